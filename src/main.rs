@@ -1,0 +1,109 @@
+//! The `lepus` binary: parses the command line and runs the broker until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use lepus::{Config, Server};
+
+/// An AMQP 0-9-1 message broker, compatible with RabbitMQ clients.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to accept AMQP connections on (repeatable, or comma-separated in LEPUS_LISTEN).
+    #[arg(
+        long = "listen",
+        env = "LEPUS_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:5672"
+    )]
+    listen: Vec<SocketAddr>,
+    /// Directory for durable state.
+    #[arg(
+        long = "data-dir",
+        env = "LEPUS_DATA_DIR",
+        default_value = "lepus-data"
+    )]
+    data_dir: PathBuf,
+    /// `product` reported to clients in the server properties.
+    #[arg(long, env = "LEPUS_PRODUCT")]
+    product: Option<String>,
+    /// `version` reported to clients in the server properties.
+    #[arg(long = "product-version", env = "LEPUS_PRODUCT_VERSION")]
+    product_version: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEPUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        ..Config::default()
+    };
+    if let Some(p) = args.product {
+        config.product = p;
+    }
+    if let Some(v) = args.product_version {
+        config.version = v;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lepus: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+        tracing::info!(
+            "Lepus {} ready, listening for AMQP on {}",
+            env!("CARGO_PKG_VERSION"),
+            addrs.join(", ")
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

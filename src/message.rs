@@ -1,0 +1,49 @@
+//! A published message, shared by every queue it is routed to.
+
+use bytes::Bytes;
+
+use crate::protocol::properties::PropertySummary;
+
+/// A message as it was published. Queues hold it behind an `Arc`, so a message routed to ten
+/// queues is stored once; its bytes are slices of the buffer the publisher's frames were read
+/// into, so it was copied once, from the socket.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The exchange the publisher named; deliveries report it.
+    pub exchange: Bytes,
+    /// The routing key the publisher gave; deliveries report it.
+    pub routing_key: Bytes,
+    /// The raw property list (flags and values), forwarded to consumers byte for byte.
+    pub properties: Bytes,
+    /// The body, reassembled if it came in several frames.
+    pub body: Bytes,
+    /// delivery_mode 2: the message should survive a restart on a durable queue.
+    pub persistent: bool,
+    /// The `priority` property, if set.
+    pub priority: Option<u8>,
+}
+
+impl Message {
+    pub fn new(
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Bytes,
+        body: Bytes,
+        summary: &PropertySummary,
+    ) -> Self {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            persistent: summary.persistent(),
+            priority: summary.priority,
+        }
+    }
+
+    /// Bytes this message adds to a connection's outbox: the body and properties plus an
+    /// estimate of the frame overhead.
+    pub fn wire_size(&self) -> usize {
+        self.body.len() + self.properties.len() + self.exchange.len() + self.routing_key.len() + 64
+    }
+}

@@ -1,0 +1,127 @@
+//! Channel-wide prefetch: the credit a channel's consumers share.
+//!
+//! RabbitMQ gives `basic.qos` two meanings: `global=false` limits each consumer created after
+//! it (kept on the queue's consumer record, see [`crate::consumer`]), `global=true` limits all
+//! consumers of the channel together. The shared count lives here, in atomics, because queues
+//! on any thread take credit from it while the channel's own task gives it back on ack.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+#[derive(Debug)]
+pub struct ChannelPrefetch {
+    /// `basic.qos(global=true)` prefetch_count; 0 means no channel-wide limit.
+    global_limit: AtomicU32,
+    /// Unacknowledged deliveries one channel may hold whatever its qos (a safety net).
+    hard_limit: u32,
+    /// Deliveries on this channel awaiting an ack.
+    unacked: AtomicU32,
+    /// Set when a queue skipped a consumer for lack of channel credit, so the channel knows
+    /// to ask its queues again when credit returns.
+    starved: AtomicBool,
+}
+
+impl ChannelPrefetch {
+    pub fn new(hard_limit: u32) -> Self {
+        ChannelPrefetch {
+            global_limit: AtomicU32::new(0),
+            hard_limit: hard_limit.max(1),
+            unacked: AtomicU32::new(0),
+            starved: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the channel-wide limit (`basic.qos` with `global=true`).
+    pub fn set_global_limit(&self, limit: u32) {
+        self.global_limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn global_limit(&self) -> u32 {
+        self.global_limit.load(Ordering::Relaxed)
+    }
+
+    fn limit(&self) -> u32 {
+        match self.global_limit.load(Ordering::Relaxed) {
+            0 => self.hard_limit,
+            n => n.min(self.hard_limit),
+        }
+    }
+
+    /// Takes one unit of channel credit for a delivery that needs an ack, if there is any
+    /// left.
+    #[inline]
+    pub fn try_acquire(&self) -> bool {
+        loop {
+            let current = self.unacked.load(Ordering::SeqCst);
+            if current >= self.limit() {
+                // Announce the shortage, then look again: a release that raced with us either
+                // sees the flag (and asks the queue again) or left room that we see here.
+                self.starved.store(true, Ordering::SeqCst);
+                if self.unacked.load(Ordering::SeqCst) >= self.limit() {
+                    return false;
+                }
+                continue;
+            }
+            if self
+                .unacked
+                .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// Whether a no-ack consumer must wait: RabbitMQ holds back no-ack deliveries too once the
+    /// channel's acknowledged deliveries reach a `global=true` limit.
+    #[inline]
+    pub fn blocks_no_ack(&self) -> bool {
+        let limit = self.global_limit.load(Ordering::Relaxed);
+        if limit == 0 || self.unacked.load(Ordering::SeqCst) < limit {
+            return false;
+        }
+        self.starved.store(true, Ordering::SeqCst);
+        self.unacked.load(Ordering::SeqCst) >= limit
+    }
+
+    /// Gives back `n` units of credit. Returns true when a queue went without because of this
+    /// channel's limit and should now be asked to dispatch again.
+    pub fn release(&self, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(n))
+            });
+        self.starved.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether some queue went without because of this channel's credit; clears the flag.
+    pub fn take_starved(&self) -> bool {
+        self.starved.swap(false, Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_limit_is_shared_and_given_back() {
+        let p = ChannelPrefetch::new(1000);
+        p.set_global_limit(2);
+        assert!(p.try_acquire());
+        assert!(p.try_acquire());
+        assert!(!p.try_acquire());
+        assert!(p.release(1), "a starved queue must be told to try again");
+        assert!(p.try_acquire());
+    }
+
+    #[test]
+    fn hard_limit_applies_without_qos() {
+        let p = ChannelPrefetch::new(1);
+        assert!(p.try_acquire());
+        assert!(!p.try_acquire());
+    }
+}

@@ -1,0 +1,131 @@
+//! Listening sockets, accepting connections, and shutting down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::Config;
+
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running broker: its listeners and the tasks serving its connections.
+pub struct Server {
+    broker: Arc<Broker>,
+    addrs: Vec<SocketAddr>,
+    listeners: Vec<JoinHandle<()>>,
+    live: Arc<Live>,
+}
+
+/// Counts connection tasks so shutdown can wait for them.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Server {
+    /// Binds every listen address and starts accepting connections.
+    pub async fn start(config: Config) -> std::io::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let mut bound = Vec::new();
+        for addr in &config.listen {
+            let listener = TcpListener::bind(addr).await?;
+            bound.push(listener);
+        }
+        let broker = Broker::new(config);
+        let live = Arc::new(Live::default());
+        let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for listener in bound {
+            addrs.push(listener.local_addr()?);
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                broker.clone(),
+                live.clone(),
+            )));
+        }
+        Ok(Server {
+            broker,
+            addrs,
+            listeners,
+            live,
+        })
+    }
+
+    /// The first bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every bound address.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The broker's shared state, for tests and tooling.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops accepting, sends every client Connection.Close 320 CONNECTION_FORCED, and waits
+    /// briefly for the connections to end.
+    pub async fn shutdown(self) {
+        for l in &self.listeners {
+            l.abort();
+        }
+        self.broker.begin_shutdown();
+        let wait = async {
+            loop {
+                let idle = self.live.idle.notified();
+                if self.live.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, wait).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, live: Arc<Live>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(outbox) = broker.register_connection() else {
+            tracing::warn!(%peer, "connection refused: connection limit reached or shutting down");
+            drop(stream);
+            continue;
+        };
+        live.count.fetch_add(1, Ordering::AcqRel);
+        let guard = LiveGuard(live.clone());
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            crate::connection::serve(broker, stream, peer, outbox).await;
+            drop(guard);
+        });
+    }
+}
