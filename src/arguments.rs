@@ -197,7 +197,7 @@ pub fn validate_queue_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()>
             format!("{{unacceptable_type,{}}}", table::type_name(v)),
         ));
     }
-    for (key, _) in args.inner() {
+    for key in args.inner().keys() {
         if OTHER_QUEUE_TYPE_KEYS.contains(&key.as_str()) {
             return Err(amqp_error!(
                 PreconditionFailed,

@@ -88,7 +88,7 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), ResponseError> {
     framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
     framed.extend_from_slice(response);
     let table = match parse_field_table(&framed[..]) {
-        Ok((rest, table)) if rest.is_empty() => table,
+        Ok(([], table)) => table,
         _ => return Err(ResponseError::Malformed),
     };
     let field = |name: &str| {

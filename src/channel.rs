@@ -111,6 +111,9 @@ struct RouteCache {
     routes: HashMap<(Bytes, Bytes), Arc<[Arc<Queue>]>>,
 }
 
+/// Settlements for one queue, in delivery order.
+type QueueSettlements = (Arc<Queue>, Vec<(Settled, QueueEntry)>);
+
 /// A channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -442,7 +445,7 @@ impl Channel {
             });
             return Ok(());
         }
-        let confirm_tag = self.confirms.as_mut().map(Confirms::next);
+        let confirm_tag = self.confirms.as_mut().map(Confirms::next_tag);
         let queues = self.route(s, &exchange, &publish.routing_key, &extra_keys, headers);
         let mut delivered = false;
         for q in queues.iter() {
@@ -637,7 +640,7 @@ impl Channel {
             Unblock::Nobody
         };
         // Group by queue, keeping delivery order within each queue.
-        let mut groups: Vec<(Arc<Queue>, Vec<(Settled, QueueEntry)>)> = Vec::new();
+        let mut groups: Vec<QueueSettlements> = Vec::new();
         for u in taken {
             match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
                 Some((_, list)) => list.push((u.consumer, u.entry)),

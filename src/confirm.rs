@@ -19,7 +19,7 @@ pub struct Confirms {
 
 impl Confirms {
     /// Numbers a new publish.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_tag(&mut self) -> u64 {
         self.last_tag += 1;
         self.last_tag
     }
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn a_single_confirm_is_not_multiple() {
         let mut c = Confirms::default();
-        let t = c.next();
+        let t = c.next_tag();
         c.ack(t);
         let mut out = Output::default();
         c.flush(&mut out, 1);
@@ -131,7 +131,7 @@ mod tests {
     fn a_run_of_acks_becomes_one_multiple_ack() {
         let mut c = Confirms::default();
         for _ in 0..5 {
-            let t = c.next();
+            let t = c.next_tag();
             c.ack(t);
         }
         let mut out = Output::default();
@@ -143,7 +143,7 @@ mod tests {
     fn a_nack_splits_the_run() {
         let mut c = Confirms::default();
         for i in 1..=4 {
-            let t = c.next();
+            let t = c.next_tag();
             if i == 3 { c.nack(t) } else { c.ack(t) }
         }
         let mut out = Output::default();

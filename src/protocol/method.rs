@@ -57,7 +57,7 @@ pub fn parse_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
         });
     }
     match parse_class(payload) {
-        Ok((rest, method)) if rest.is_empty() => Ok(method),
+        Ok(([], method)) => Ok(method),
         _ => Err(MethodError::Malformed {
             class_id,
             method_id,

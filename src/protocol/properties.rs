@@ -130,7 +130,7 @@ pub fn scan(raw: &[u8]) -> Result<PropertySummary, Malformed> {
 pub fn decode_headers(raw: &[u8], range: &Range<usize>) -> Option<FieldTable> {
     let bytes = raw.get(range.clone())?;
     match amq_protocol::types::parsing::parse_field_table(bytes) {
-        Ok((rest, table)) if rest.is_empty() => Some(table),
+        Ok(([], table)) => Some(table),
         _ => None,
     }
 }

@@ -1,0 +1,244 @@
+//! Publisher confirms and transactions.
+
+mod common;
+
+use common::*;
+use futures_lite::StreamExt;
+use lapin::Channel;
+use lapin::options::*;
+use lapin::types::FieldTable;
+
+async fn queue(ch: &Channel, name: &str) {
+    within(ch.queue_declare(name.into(), Default::default(), FieldTable::default()))
+        .await
+        .expect("declared");
+}
+
+async fn ready(ch: &Channel, name: &str) -> u32 {
+    within(ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("exists")
+    .message_count()
+}
+
+#[tokio::test]
+async fn every_publish_is_confirmed() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    queue(&ch, "c").await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..1000 {
+        pending.push(
+            within(ch.basic_publish(
+                "".into(),
+                "c".into(),
+                Default::default(),
+                format!("{i}").as_bytes(),
+                Default::default(),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    for p in pending {
+        assert!(within(p).await.unwrap().is_ack());
+    }
+    assert_eq!(ready(&ch, "c").await, 1000);
+}
+
+#[tokio::test]
+async fn confirms_are_numbered_from_one_and_may_be_batched() {
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    use amq_protocol::protocol::{AMQPClass, basic, confirm};
+    raw.send_method(
+        1,
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        })),
+    )
+    .await;
+    raw.recv_method().await.expect("select-ok");
+    // Three publishes in one write: the broker may confirm them with one multiple ack.
+    let mut bytes = Vec::new();
+    for _ in 0..3 {
+        bytes.extend(encode(&amq_protocol::frame::AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "nowhere".into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        )));
+        bytes.extend(raw_frame(
+            2,
+            1,
+            &[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ));
+    }
+    raw.send(&bytes).await;
+    let mut confirmed = 0;
+    while confirmed < 3 {
+        match raw.recv_method().await {
+            Some((1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))) => {
+                assert!(ack.delivery_tag > confirmed);
+                confirmed = ack.delivery_tag;
+                if !ack.multiple {
+                    continue;
+                }
+            }
+            other => panic!("expected basic.ack, got {other:?}"),
+        }
+    }
+    assert_eq!(confirmed, 3);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_tx_and_confirm_do_not_mix() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.tx_select()).await.unwrap();
+    assert_amqp_error(
+        within(ch.confirm_select(Default::default())).await,
+        406,
+        "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
+    );
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    assert_amqp_error(
+        within(ch.tx_select()).await,
+        406,
+        "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_commit_without_select_is_refused() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.tx_commit()).await,
+        406,
+        "PRECONDITION_FAILED - channel is not transactional",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.tx_rollback()).await,
+        406,
+        "PRECONDITION_FAILED - channel is not transactional",
+    );
+}
+
+#[tokio::test]
+async fn transactional_publishes_appear_on_commit_and_vanish_on_rollback() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    queue(&ch, "txq").await;
+    within(ch.tx_select()).await.unwrap();
+    for body in [&b"a"[..], b"b"] {
+        within(ch.basic_publish(
+            "".into(),
+            "txq".into(),
+            Default::default(),
+            body,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(ready(&ch, "txq").await, 0, "nothing before commit");
+    within(ch.tx_commit()).await.unwrap();
+    assert_eq!(ready(&ch, "txq").await, 2);
+    within(ch.basic_publish(
+        "".into(),
+        "txq".into(),
+        Default::default(),
+        b"c",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.tx_rollback()).await.unwrap();
+    within(ch.tx_commit()).await.unwrap();
+    assert_eq!(
+        ready(&ch, "txq").await,
+        2,
+        "the rolled back publish is gone"
+    );
+}
+
+#[tokio::test]
+async fn transactional_acks_apply_on_commit_and_return_on_rollback() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    queue(&ch, "txa").await;
+    for body in [&b"1"[..], b"2"] {
+        within(ch.basic_publish(
+            "".into(),
+            "txa".into(),
+            Default::default(),
+            body,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    within(ch.tx_select()).await.unwrap();
+    let mut consumer = within(ch.basic_consume(
+        "txa".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let first = within(consumer.next()).await.unwrap().unwrap();
+    let second = within(consumer.next()).await.unwrap().unwrap();
+    within(first.ack(Default::default())).await.unwrap();
+    within(ch.tx_rollback()).await.unwrap();
+    // The ack was taken back: the same tag can be acked again, and now it counts.
+    within(ch.basic_ack(first.delivery_tag, Default::default()))
+        .await
+        .unwrap();
+    within(second.ack(Default::default())).await.unwrap();
+    within(ch.tx_commit()).await.unwrap();
+    within(ch.basic_cancel("c".into(), Default::default()))
+        .await
+        .unwrap();
+    within(ch.basic_recover(BasicRecoverOptions { requeue: true }))
+        .await
+        .unwrap();
+    within(ch.tx_commit()).await.unwrap();
+    assert_eq!(ready(&ch, "txa").await, 0, "both acks were committed");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_mandatory_returns_in_a_transaction_come_with_the_commit() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.tx_select()).await.unwrap();
+    within(ch.basic_publish(
+        "".into(),
+        "nowhere".into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.tx_commit()).await.unwrap();
+}

@@ -1,0 +1,660 @@
+//! Exchanges: declaring, deleting, binding, and routing through all four types.
+
+mod common;
+
+use amq_protocol::types::AMQPValue;
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+async fn declare(ch: &Channel, name: &str, kind: ExchangeKind) {
+    within(ch.exchange_declare(name.into(), kind, Default::default(), FieldTable::default()))
+        .await
+        .expect("exchange declared");
+}
+
+async fn queue_bound(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
+    within(ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue declared");
+    within(ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        Default::default(),
+        args,
+    ))
+    .await
+    .expect("queue bound");
+}
+
+async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) {
+    within(ch.basic_publish(exchange.into(), key.into(), Default::default(), body, props))
+        .await
+        .expect("published");
+}
+
+/// Publishes with confirms so that routing is done before we look.
+async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    within(async {
+        ch.basic_publish(exchange.into(), key.into(), Default::default(), body, props)
+            .await
+            .expect("published")
+            .await
+            .expect("confirmed")
+    })
+    .await;
+}
+
+async fn count(ch: &Channel, queue: &str) -> u32 {
+    within(ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue exists")
+    .message_count()
+}
+
+async fn confirming(broker: &Broker) -> (lapin::Connection, Channel) {
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    (conn, ch)
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_every_amq_exchange_is_predeclared() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    for (name, kind) in [
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.headers", ExchangeKind::Headers),
+        ("amq.match", ExchangeKind::Headers),
+    ] {
+        // Redeclaring a predeclared exchange with its own properties is fine.
+        within(ch.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_exchange_names_starting_with_amq_are_reserved() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "amq.mine".into(),
+            ExchangeKind::Direct,
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        "ACCESS_REFUSED - exchange name 'amq.mine' contains reserved prefix 'amq.*'",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_delete("amq.direct".into(), Default::default())).await,
+        403,
+        "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_the_default_exchange_cannot_be_touched() {
+    let broker = Broker::start().await;
+    let text = "ACCESS_REFUSED - operation not permitted on the default exchange";
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        text,
+    );
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch.queue_bind(
+            "q".into(),
+            "".into(),
+            "q".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        text,
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_delete("".into(), Default::default())).await,
+        403,
+        text,
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_unknown_exchange_types_close_the_connection() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "x".into(),
+            ExchangeKind::Custom("x-nope".into()),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        503,
+        "COMMAND_INVALID - unknown exchange type 'x-nope'",
+    );
+    // A hard error: the whole connection goes.
+    let _ = within(async {
+        while conn.status().connected() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_passive_declare_of_a_missing_exchange_is_404() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "nope".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        404,
+        "NOT_FOUND - no exchange 'nope' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_redeclare_with_other_properties_is_406() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "x", ExchangeKind::Direct).await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "x".into(),
+            ExchangeKind::Fanout,
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but current is 'direct'",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "x".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'durable' for exchange 'x' in vhost '/': received 'true' but current is 'false'",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "x".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'auto_delete' for exchange 'x' in vhost '/': received 'true' but current is 'false'",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "x".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                internal: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'internal' for exchange 'x' in vhost '/': received 'true' but current is 'false'",
+    );
+    // Unknown arguments are not compared.
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "x".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        table(&[("x-whatever", long_str("1"))]),
+    ))
+    .await
+    .expect("unknown arguments are ignored on redeclare");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_delete_if_unused_refuses_an_exchange_with_bindings() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "busy", ExchangeKind::Fanout).await;
+    queue_bound(&ch, "q", "busy", "", FieldTable::default()).await;
+    assert_amqp_error(
+        within(ch.exchange_delete(
+            "busy".into(),
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - exchange 'busy' in vhost '/' in use",
+    );
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_delete("busy".into(), Default::default()))
+        .await
+        .unwrap();
+    // Deleting a missing exchange succeeds, as in RabbitMQ.
+    within(ch.exchange_delete("busy".into(), Default::default()))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "busy".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        404,
+        "NOT_FOUND - no exchange 'busy' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_publishing_to_a_missing_exchange_closes_the_channel() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    assert_publish_refused(
+        &ch,
+        "no-such-ex",
+        "k",
+        b"x",
+        Default::default(),
+        404,
+        "NOT_FOUND - no exchange 'no-such-ex' in vhost '/'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_publishing_to_an_internal_exchange_is_refused() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    within(ch.exchange_declare(
+        "inside".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_publish_refused(
+        &ch,
+        "inside",
+        "k",
+        b"x",
+        Default::default(),
+        403,
+        "ACCESS_REFUSED - cannot publish to internal exchange 'inside' in vhost '/'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn direct_routes_by_exact_key() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    declare(&ch, "d", ExchangeKind::Direct).await;
+    queue_bound(&ch, "qa", "d", "a", FieldTable::default()).await;
+    queue_bound(&ch, "qb", "d", "b", FieldTable::default()).await;
+    queue_bound(&ch, "qb", "d", "a", FieldTable::default()).await;
+    publish_confirmed(&ch, "d", "a", b"1", Default::default()).await;
+    publish_confirmed(&ch, "d", "b", b"2", Default::default()).await;
+    publish_confirmed(&ch, "d", "A", b"3", Default::default()).await;
+    assert_eq!(count(&ch, "qa").await, 1);
+    assert_eq!(count(&ch, "qb").await, 2);
+}
+
+#[tokio::test]
+async fn fanout_routes_to_every_bound_queue_once() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    declare(&ch, "f", ExchangeKind::Fanout).await;
+    for q in ["f1", "f2", "f3"] {
+        queue_bound(&ch, q, "f", "ignored", FieldTable::default()).await;
+    }
+    queue_bound(&ch, "f1", "f", "another-key", FieldTable::default()).await;
+    publish_confirmed(&ch, "f", "anything", b"x", Default::default()).await;
+    for q in ["f1", "f2", "f3"] {
+        assert_eq!(count(&ch, q).await, 1, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_topic_wildcards_match_whole_words() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    // (binding key, routing keys published, how many match): observed on RabbitMQ 3.10.8.
+    let cases: &[(&str, &[&str], u32)] = &[
+        ("a.*.c", &["a.b.c", "a..c", "a.b.b.c", "a.c"], 2),
+        ("a.#", &["a", "a.b", "a.b.c", "b.a"], 3),
+        ("#.x.#", &["x", "a.x", "x.b", "a.b", "ax"], 3),
+        ("", &["", "a"], 1),
+        ("*", &["", "a", "a.b", "."], 1),
+        ("#", &["", ".", "a.b"], 3),
+    ];
+    for (i, (key, keys, expected)) in cases.iter().enumerate() {
+        let exchange = format!("topic{i}");
+        let queue = format!("topicq{i}");
+        declare(&ch, &exchange, ExchangeKind::Topic).await;
+        queue_bound(&ch, &queue, &exchange, key, FieldTable::default()).await;
+        for k in *keys {
+            publish_confirmed(&ch, &exchange, k, b"m", Default::default()).await;
+        }
+        assert_eq!(count(&ch, &queue).await, *expected, "binding {key:?}");
+    }
+}
+
+#[tokio::test]
+async fn topic_counts_exactly_per_binding() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    declare(&ch, "tt", ExchangeKind::Topic).await;
+    queue_bound(&ch, "exact", "tt", "stock.*.nyse", FieldTable::default()).await;
+    queue_bound(&ch, "any_stock", "tt", "stock.#", FieldTable::default()).await;
+    for key in [
+        "stock.ibm.nyse",
+        "stock.msft.nasdaq",
+        "stock",
+        "stocks.ibm.nyse",
+        "stock.ibm.nyse.extra",
+    ] {
+        publish_confirmed(&ch, "tt", key, b"m", Default::default()).await;
+    }
+    assert_eq!(count(&ch, "exact").await, 1);
+    assert_eq!(count(&ch, "any_stock").await, 4);
+}
+
+#[tokio::test]
+async fn headers_matches_all_and_any() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    declare(&ch, "h", ExchangeKind::Headers).await;
+    queue_bound(
+        &ch,
+        "h_all",
+        "h",
+        "",
+        table(&[
+            ("x-match", long_str("all")),
+            ("a", long_str("1")),
+            ("b", AMQPValue::LongInt(2)),
+        ]),
+    )
+    .await;
+    queue_bound(
+        &ch,
+        "h_any",
+        "h",
+        "",
+        table(&[
+            ("x-match", long_str("any")),
+            ("a", long_str("1")),
+            ("b", AMQPValue::LongInt(2)),
+        ]),
+    )
+    .await;
+    let with = |t: FieldTable| BasicProperties::default().with_headers(t);
+    publish_confirmed(
+        &ch,
+        "h",
+        "",
+        b"both",
+        with(table(&[
+            ("a", long_str("1")),
+            ("b", AMQPValue::LongLongInt(2)),
+        ])),
+    )
+    .await;
+    publish_confirmed(&ch, "h", "", b"one", with(table(&[("a", long_str("1"))]))).await;
+    publish_confirmed(&ch, "h", "", b"none", with(table(&[("c", long_str("1"))]))).await;
+    publish_confirmed(&ch, "h", "", b"no headers", Default::default()).await;
+    assert_eq!(count(&ch, "h_all").await, 1);
+    assert_eq!(count(&ch, "h_any").await, 2);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_bad_x_match_is_refused_at_bind() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "hx", ExchangeKind::Headers).await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch.queue_bind(
+            "q".into(),
+            "hx".into(),
+            "".into(),
+            Default::default(),
+            table(&[("x-match", long_str("foo"))]),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - Invalid x-match field value <<\"foo\">>; expected all, any, all-with-x, or any-with-x",
+    );
+}
+
+#[tokio::test]
+async fn exchange_to_exchange_bindings_route_once_per_queue_and_survive_cycles() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    declare(&ch, "src", ExchangeKind::Direct).await;
+    declare(&ch, "mid", ExchangeKind::Topic).await;
+    declare(&ch, "loop", ExchangeKind::Fanout).await;
+    within(ch.exchange_bind(
+        "mid".into(),
+        "src".into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.exchange_bind(
+        "loop".into(),
+        "mid".into(),
+        "#".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.exchange_bind(
+        "mid".into(),
+        "loop".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    queue_bound(&ch, "end", "mid", "k", FieldTable::default()).await;
+    queue_bound(&ch, "end", "loop", "", FieldTable::default()).await;
+    queue_bound(&ch, "end", "src", "k", FieldTable::default()).await;
+    publish_confirmed(&ch, "src", "k", b"once", Default::default()).await;
+    assert_eq!(count(&ch, "end").await, 1);
+    let got = within(ch.basic_get("end".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    // Deliveries name the exchange the message was published to.
+    assert_eq!(got.delivery.exchange.as_str(), "src");
+    assert_eq!(got.delivery.routing_key.as_str(), "k");
+    // Unbinding cuts the path.
+    within(ch.exchange_unbind(
+        "mid".into(),
+        "src".into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_unbind(
+        "end".into(),
+        "src".into(),
+        "k".into(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    publish_confirmed(&ch, "src", "k", b"gone", Default::default()).await;
+    assert_eq!(count(&ch, "end").await, 0);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_e2e_binding_to_a_missing_exchange_is_404() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "here", ExchangeKind::Direct).await;
+    assert_amqp_error(
+        within(ch.exchange_bind(
+            "here".into(),
+            "not-here".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        404,
+        "NOT_FOUND - no exchange 'not-here' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_auto_delete_exchanges_go_with_their_last_binding() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "ad".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    queue_bound(&ch, "adq", "ad", "", FieldTable::default()).await;
+    within(ch.queue_unbind("adq".into(), "ad".into(), "".into(), FieldTable::default()))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "ad".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        404,
+        "NOT_FOUND - no exchange 'ad' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn alternate_exchange_takes_what_nothing_else_matched() {
+    let broker = Broker::start().await;
+    let (_c, ch) = confirming(&broker).await;
+    declare(&ch, "ae", ExchangeKind::Fanout).await;
+    queue_bound(&ch, "unrouted", "ae", "", FieldTable::default()).await;
+    within(ch.exchange_declare(
+        "main".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        table(&[("alternate-exchange", long_str("ae"))]),
+    ))
+    .await
+    .unwrap();
+    queue_bound(&ch, "routed", "main", "yes", FieldTable::default()).await;
+    publish_confirmed(&ch, "main", "yes", b"1", Default::default()).await;
+    publish_confirmed(&ch, "main", "no", b"2", Default::default()).await;
+    assert_eq!(count(&ch, "routed").await, 1);
+    assert_eq!(count(&ch, "unrouted").await, 1);
+}

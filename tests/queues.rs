@@ -1,0 +1,574 @@
+//! Queues: declare, bind, purge, delete, exclusivity, auto-delete, argument equivalence.
+
+mod common;
+
+use amq_protocol::types::AMQPValue;
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{Channel, ExchangeKind};
+
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+async fn declare(
+    ch: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    args: FieldTable,
+) -> lapin::Queue {
+    within(ch.queue_declare(name.into(), options, args))
+        .await
+        .expect("declared")
+}
+
+async fn put(ch: &Channel, queue: &str, n: usize) {
+    for i in 0..n {
+        within(ch.basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            format!("m{i}").as_bytes(),
+            Default::default(),
+        ))
+        .await
+        .expect("published");
+    }
+}
+
+/// Waits until the queue holds `n` ready messages.
+async fn until_count(ch: &Channel, queue: &str, n: u32) {
+    within(async {
+        loop {
+            let q = ch
+                .queue_declare(queue.into(), passive(), FieldTable::default())
+                .await
+                .expect("exists");
+            if q.message_count() == n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_server_named_queues_look_like_amq_gen() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    let q = declare(
+        &ch,
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await;
+    let name = q.name().as_str();
+    assert!(name.starts_with("amq.gen-"), "{name}");
+    assert_eq!(name.len(), "amq.gen-".len() + 22);
+    assert!(
+        name["amq.gen-".len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_queue_names_starting_with_amq_are_reserved() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.queue_declare("amq.mine".into(), Default::default(), FieldTable::default()))
+            .await,
+        403,
+        "ACCESS_REFUSED - queue name 'amq.mine' contains reserved prefix 'amq.*'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_declare_ok_counts_ready_messages_and_consumers() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "counted", Default::default(), FieldTable::default()).await;
+    put(&ch, "counted", 3).await;
+    until_count(&ch, "counted", 3).await;
+    // One message delivered and unacked no longer counts.
+    let got = within(ch.basic_get("counted".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.message_count, 2);
+    let _consumer = within(ch.basic_consume(
+        "counted".into(),
+        "c1".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let (_c2, ch2) = broker.channel().await;
+    let q = declare(&ch2, "counted", passive(), FieldTable::default()).await;
+    assert_eq!(q.consumer_count(), 1);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_passive_declare_of_a_missing_queue_is_404() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.queue_declare("nope".into(), passive(), FieldTable::default())).await,
+        404,
+        "NOT_FOUND - no queue 'nope' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_redeclare_checks_durable_auto_delete_and_known_arguments() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(
+        &ch,
+        "q",
+        Default::default(),
+        table(&[("x-message-ttl", AMQPValue::LongInt(1000))]),
+    )
+    .await;
+    let cases: Vec<(QueueDeclareOptions, FieldTable, &str)> = vec![
+        (
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            table(&[("x-message-ttl", AMQPValue::LongInt(1000))]),
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'",
+        ),
+        (
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            table(&[("x-message-ttl", AMQPValue::LongInt(1000))]),
+            "PRECONDITION_FAILED - inequivalent arg 'auto_delete' for queue 'q' in vhost '/': received 'true' but current is 'false'",
+        ),
+        (
+            Default::default(),
+            table(&[("x-message-ttl", AMQPValue::LongInt(2000))]),
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '2000' but current is '1000'",
+        ),
+        (
+            Default::default(),
+            FieldTable::default(),
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '1000' of type 'signedint'",
+        ),
+    ];
+    for (options, args, text) in cases {
+        let (_c, ch) = broker.channel().await;
+        assert_amqp_error(
+            within(ch.queue_declare("q".into(), options, args)).await,
+            406,
+            text,
+        );
+    }
+    // The same value in another integer type, and unknown arguments, are equivalent.
+    let (_c, ch) = broker.channel().await;
+    declare(
+        &ch,
+        "q",
+        Default::default(),
+        table(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(1000)),
+            ("x-unknown", AMQPValue::Boolean(true)),
+        ]),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_invalid_arguments_are_refused_on_create() {
+    let broker = Broker::start().await;
+    let cases = [
+        ("x-expires", AMQPValue::LongInt(0), "{value_zero,0}"),
+        (
+            "x-message-ttl",
+            AMQPValue::LongInt(-1),
+            "{value_negative,-1}",
+        ),
+        (
+            "x-max-length",
+            long_str("5"),
+            "\"expected integer, got longstr\"",
+        ),
+        (
+            "x-max-priority",
+            AMQPValue::LongInt(256),
+            "{max_value_exceeded,256}",
+        ),
+        ("x-overflow", long_str("explode"), "invalid_overflow"),
+    ];
+    for (key, value, reason) in cases {
+        let (_c, ch) = broker.channel().await;
+        assert_amqp_error(
+            within(ch.queue_declare("bad".into(), Default::default(), table(&[(key, value)])))
+                .await,
+            406,
+            &format!(
+                "PRECONDITION_FAILED - invalid arg '{key}' for queue 'bad' in vhost '/': {reason}"
+            ),
+        );
+    }
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_exclusive_queues_belong_to_their_connection() {
+    let broker = Broker::start().await;
+    let (owner, ch) = broker.channel().await;
+    declare(
+        &ch,
+        "mine",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await;
+    let locked = "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'mine' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.";
+    let (_other, ch2) = broker.channel().await;
+    assert_amqp_error(
+        within(ch2.queue_declare("mine".into(), passive(), FieldTable::default())).await,
+        405,
+        locked,
+    );
+    let ch2 = within(_other.create_channel()).await.unwrap();
+    assert_amqp_error(
+        within(ch2.basic_consume(
+            "mine".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        405,
+        locked,
+    );
+    // Other connections may still publish to it.
+    let ch2 = within(_other.create_channel()).await.unwrap();
+    put(&ch2, "mine", 1).await;
+    until_count(&ch, "mine", 1).await;
+    // The queue goes with its connection.
+    within(owner.close(200, "bye".into())).await.unwrap();
+    let ch2 = within(_other.create_channel()).await.unwrap();
+    within(async {
+        loop {
+            if ch2
+                .queue_declare("mine".into(), passive(), FieldTable::default())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_auto_delete_queues_go_with_their_last_consumer() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(
+        &ch,
+        "ad",
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await;
+    // A queue that never had a consumer stays.
+    put(&ch, "ad", 1).await;
+    declare(&ch, "ad", passive(), FieldTable::default()).await;
+    let c1 = within(ch.basic_consume(
+        "ad".into(),
+        "one".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let c2 = within(ch.basic_consume(
+        "ad".into(),
+        "two".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.basic_cancel(c1.tag(), Default::default()))
+        .await
+        .unwrap();
+    declare(&ch, "ad", passive(), FieldTable::default()).await;
+    within(ch.basic_cancel(c2.tag(), Default::default()))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch.queue_declare("ad".into(), passive(), FieldTable::default())).await,
+        404,
+        "NOT_FOUND - no queue 'ad' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn bind_unbind_and_purge() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "bx".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    declare(&ch, "bq", Default::default(), FieldTable::default()).await;
+    within(ch.queue_bind(
+        "bq".into(),
+        "bx".into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    // Binding twice is not an error.
+    within(ch.queue_bind(
+        "bq".into(),
+        "bx".into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        within(ch.basic_publish(
+            "bx".into(),
+            "k".into(),
+            Default::default(),
+            b"x",
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    until_count(&ch, "bq", 3).await;
+    assert_eq!(
+        within(ch.queue_purge("bq".into(), Default::default()))
+            .await
+            .unwrap(),
+        3
+    );
+    within(ch.queue_unbind("bq".into(), "bx".into(), "k".into(), FieldTable::default()))
+        .await
+        .unwrap();
+    // Unbinding what is not bound is fine too.
+    within(ch.queue_unbind("bq".into(), "bx".into(), "k".into(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.basic_publish(
+        "bx".into(),
+        "k".into(),
+        Default::default(),
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    put(&ch, "bq", 1).await;
+    until_count(&ch, "bq", 1).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_binding_a_missing_queue_or_exchange_is_404() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "here", Default::default(), FieldTable::default()).await;
+    assert_amqp_error(
+        within(ch.queue_bind(
+            "here".into(),
+            "nowhere".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        404,
+        "NOT_FOUND - no exchange 'nowhere' in vhost '/'",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.queue_bind(
+            "gone".into(),
+            "amq.direct".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        404,
+        "NOT_FOUND - no queue 'gone' in vhost '/'",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.queue_purge("gone".into(), Default::default())).await,
+        404,
+        "NOT_FOUND - no queue 'gone' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_delete_if_empty_and_if_unused() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "full", Default::default(), FieldTable::default()).await;
+    put(&ch, "full", 2).await;
+    until_count(&ch, "full", 2).await;
+    assert_amqp_error(
+        within(ch.queue_delete(
+            "full".into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - queue 'full' in vhost '/' not empty",
+    );
+    let (_c, ch) = broker.channel().await;
+    let _consumer = within(ch.basic_consume(
+        "full".into(),
+        "busy".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let (_c2, ch2) = broker.channel().await;
+    assert_amqp_error(
+        within(ch2.queue_delete(
+            "full".into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - queue 'full' in vhost '/' in use",
+    );
+    // Deleting a missing queue reports zero messages.
+    let (_c3, ch3) = broker.channel().await;
+    assert_eq!(
+        within(ch3.queue_delete("never".into(), Default::default()))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_deleting_a_queue_cancels_its_consumers() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "doomed", Default::default(), FieldTable::default()).await;
+    let mut consumer = within(ch.basic_consume(
+        "doomed".into(),
+        "watcher".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let (_c2, ch2) = broker.channel().await;
+    within(ch2.queue_delete("doomed".into(), Default::default()))
+        .await
+        .unwrap();
+    // lapin advertises consumer_cancel_notify: the broker's Basic.Cancel ends the stream.
+    let end = within(consumer.next()).await;
+    assert!(end.is_none(), "got {end:?}");
+    // The channel itself is still usable.
+    declare(&ch, "after", Default::default(), FieldTable::default()).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_an_empty_queue_name_means_the_last_declared_queue() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    let q = declare(
+        &ch,
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await;
+    within(ch.exchange_declare(
+        "lx".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    // Empty queue and key: both become the last declared queue's name.
+    within(ch.queue_bind(
+        "".into(),
+        "lx".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.basic_publish(
+        "lx".into(),
+        q.name().as_str().into(),
+        Default::default(),
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    until_count(&ch, q.name().as_str(), 1).await;
+    assert_eq!(
+        within(ch.queue_purge("".into(), Default::default()))
+            .await
+            .unwrap(),
+        1
+    );
+    let (_c, fresh) = broker.channel().await;
+    assert_amqp_error(
+        within(fresh.queue_purge("".into(), Default::default())).await,
+        404,
+        "NOT_FOUND - no previously declared queue",
+    );
+}
