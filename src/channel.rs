@@ -17,6 +17,7 @@ use crate::amqp_error;
 use crate::confirm::Confirms;
 use crate::consumer::{Consumer, ConsumerId};
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::naming;
 use crate::outbox::Delivery;
@@ -104,12 +105,22 @@ struct Transaction {
     settles: Vec<TxSettle>,
 }
 
-/// A cached route: valid while the vhost's topology version is unchanged.
+/// Routes remembered by a channel, valid while the vhost's topology version is unchanged.
 #[derive(Debug, Default)]
 struct RouteCache {
     version: u64,
-    routes: HashMap<(Bytes, Bytes), Arc<[Arc<Queue>]>>,
+    routes: HashMap<(Bytes, Bytes), CachedRoute>,
 }
+
+#[derive(Debug)]
+struct CachedRoute {
+    exchange: Arc<Exchange>,
+    /// None when the route depends on message headers and must be worked out each time.
+    queues: Option<Arc<[Arc<Queue>]>>,
+}
+
+/// The queues a message goes to.
+type Route = Arc<[Arc<Queue>]>;
 
 /// Settlements for one queue, in delivery order.
 type QueueSettlements = (Arc<Queue>, Vec<(Settled, QueueEntry)>);
@@ -341,20 +352,12 @@ impl Channel {
         if publish.immediate {
             return Err(amqp_error!(NotImplemented, "immediate=true"));
         }
-        let exchange_name = std::str::from_utf8(&publish.exchange).unwrap_or("\u{fffd}");
-        let exchange = s.vhost.exchange(exchange_name).ok_or_else(|| {
-            amqp_error!(
-                NotFound,
-                "no exchange '{}' in vhost '{}'",
-                exchange_name,
-                s.vhost.name
-            )
-        })?;
+        let (exchange, cached) = self.resolve(s, &publish.exchange, &publish.routing_key)?;
         if exchange.internal {
             return Err(amqp_error!(
                 AccessRefused,
                 "cannot publish to internal exchange '{}' in vhost '{}'",
-                exchange_name,
+                exchange.name,
                 s.vhost.name
             ));
         }
@@ -446,7 +449,17 @@ impl Channel {
             return Ok(());
         }
         let confirm_tag = self.confirms.as_mut().map(Confirms::next_tag);
-        let queues = self.route(s, &exchange, &publish.routing_key, &extra_keys, headers);
+        let queues = match cached {
+            Some(queues) if extra_keys.is_empty() => queues,
+            _ => self.route(
+                s,
+                &exchange,
+                &publish.exchange,
+                &publish.routing_key,
+                &extra_keys,
+                headers,
+            ),
+        };
         let mut delivered = false;
         for q in queues.iter() {
             delivered |= q.publish(message.clone());
@@ -468,30 +481,49 @@ impl Channel {
         Ok(())
     }
 
-    /// Finds the queues a message goes to, from the cache when the route does not depend on
-    /// the message's headers.
-    fn route(
+    /// Finds the exchange a publish names, and the queues it routes to if the channel has
+    /// routed the same exchange and key since the topology last changed.
+    fn resolve(
         &mut self,
         s: &Session,
-        exchange: &Arc<crate::exchange::Exchange>,
+        exchange: &Bytes,
         routing_key: &Bytes,
-        extra_keys: &[Bytes],
-        headers: Option<FieldTable>,
-    ) -> Arc<[Arc<Queue>]> {
+    ) -> AmqpResult<(Arc<Exchange>, Option<Route>)> {
         let version = s.vhost.version();
         if self.routes.version != version {
             self.routes.routes.clear();
             self.routes.version = version;
         }
-        let key = (
-            Bytes::copy_from_slice(exchange.name.as_bytes()),
-            routing_key.clone(),
-        );
-        if extra_keys.is_empty()
-            && let Some(hit) = self.routes.routes.get(&key)
+        if let Some(hit) = self
+            .routes
+            .routes
+            .get(&(exchange.clone(), routing_key.clone()))
         {
-            return hit.clone();
+            return Ok((hit.exchange.clone(), hit.queues.clone()));
         }
+        let name = std::str::from_utf8(exchange).unwrap_or("\u{fffd}");
+        let found = s.vhost.exchange(name).ok_or_else(|| {
+            amqp_error!(
+                NotFound,
+                "no exchange '{}' in vhost '{}'",
+                name,
+                s.vhost.name
+            )
+        })?;
+        Ok((found, None))
+    }
+
+    /// Routes a message and remembers the result when it does not depend on the message's
+    /// headers or CC/BCC keys.
+    fn route(
+        &mut self,
+        s: &Session,
+        exchange: &Arc<Exchange>,
+        exchange_key: &Bytes,
+        routing_key: &Bytes,
+        extra_keys: &[Bytes],
+        headers: Option<FieldTable>,
+    ) -> Arc<[Arc<Queue>]> {
         let mut keys: Vec<&[u8]> = Vec::with_capacity(1 + extra_keys.len());
         keys.push(routing_key);
         keys.extend(extra_keys.iter().map(|k| &k[..]));
@@ -501,11 +533,17 @@ impl Channel {
             .vhost
             .route(exchange, &keys, &mut || headers.take(), &mut found);
         let found: Arc<[Arc<Queue>]> = found.into();
-        if cacheable && extra_keys.is_empty() {
+        if extra_keys.is_empty() {
             if self.routes.routes.len() >= ROUTE_CACHE_ENTRIES {
                 self.routes.routes.clear();
             }
-            self.routes.routes.insert(key, found.clone());
+            self.routes.routes.insert(
+                (exchange_key.clone(), routing_key.clone()),
+                CachedRoute {
+                    exchange: exchange.clone(),
+                    queues: cacheable.then(|| found.clone()),
+                },
+            );
         }
         found
     }
@@ -1245,12 +1283,15 @@ impl Channel {
     }
 
     fn commit_publish(&mut self, s: &Session, out: &mut Output, p: TxPublish) {
-        let exchange_name = std::str::from_utf8(&p.exchange).unwrap_or("");
-        let Some(exchange) = s.vhost.exchange(exchange_name) else {
+        let Ok((exchange, cached)) = self.resolve(s, &p.exchange, &p.routing_key) else {
+            // The exchange was deleted before the commit: the message is unroutable.
             return;
         };
         let extra: Vec<Bytes> = p.routing_keys[1..].to_vec();
-        let queues = self.route(s, &exchange, &p.routing_key, &extra, p.headers);
+        let queues = match cached {
+            Some(queues) if extra.is_empty() => queues,
+            _ => self.route(s, &exchange, &p.exchange, &p.routing_key, &extra, p.headers),
+        };
         let mut delivered = false;
         for q in queues.iter() {
             delivered |= q.publish(p.message.clone());

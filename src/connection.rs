@@ -62,8 +62,11 @@ enum Phase {
     Dropping {
         at: Instant,
     },
-    /// Write what is queued, then close.
-    Finished,
+    /// Write what is queued, then close; give up on a client that does not read by the
+    /// deadline.
+    Finished {
+        deadline: Instant,
+    },
 }
 
 /// Why the connection task stopped.
@@ -152,7 +155,7 @@ impl Connection {
             if let Err(e) = self.flush() {
                 return Exit::Io(e);
             }
-            if self.phase == Phase::Finished && self.out.is_empty() {
+            if matches!(self.phase, Phase::Finished { .. }) && self.out.is_empty() {
                 return Exit::Done("closed");
             }
             if let Err(exit) = self.wait().await {
@@ -166,7 +169,7 @@ impl Connection {
         self.process_input();
         if matches!(
             self.phase,
-            Phase::Running | Phase::Closing { .. } | Phase::Finished
+            Phase::Running | Phase::Closing { .. } | Phase::Finished { .. }
         ) {
             self.drain_outbox();
         }
@@ -184,7 +187,7 @@ impl Connection {
             return self.on_timer(now);
         }
         let reading = match self.phase {
-            Phase::Dropping { .. } | Phase::Finished => false,
+            Phase::Dropping { .. } | Phase::Finished { .. } => false,
             Phase::Closing { fatal, .. } => !fatal,
             // Stop reading while a client does not read what we send it.
             _ => self.out.len() < self.output_limit(),
@@ -290,7 +293,8 @@ impl Connection {
             }
             Phase::Closing { deadline: d, .. } => deadline = deadline.min(d),
             Phase::Dropping { at } => deadline = deadline.min(at),
-            Phase::Running | Phase::Finished => {}
+            Phase::Finished { deadline: d } => deadline = deadline.min(d),
+            Phase::Running => {}
         }
         if self.heartbeat_s > 0 && !matches!(self.phase, Phase::Dropping { .. }) {
             let hb = Duration::from_secs(self.heartbeat_s as u64);
@@ -315,6 +319,9 @@ impl Connection {
             Phase::Dropping { at } if now >= at => {
                 return Err(Exit::Done("dropped after a failed handshake"));
             }
+            Phase::Finished { deadline } if now >= deadline => {
+                return Err(Exit::Done("client stopped reading while being closed"));
+            }
             _ => {}
         }
         if self.heartbeat_s > 0 {
@@ -327,9 +334,12 @@ impl Connection {
                 );
                 return Err(Exit::Done("missed heartbeats"));
             }
-            if now >= self.last_send + hb / 2 && self.out.is_empty() {
-                write_heartbeat(self.out.buf());
-                // Count it as sent now, so a slow socket does not queue heartbeats.
+            if now >= self.last_send + hb / 2 {
+                // Output still waiting means the client is not reading: a heartbeat would
+                // only queue behind it. Either way the interval starts again now.
+                if self.out.is_empty() {
+                    write_heartbeat(self.out.buf());
+                }
                 self.last_send = now;
             }
         }
@@ -342,7 +352,7 @@ impl Connection {
     fn process_input(&mut self) {
         loop {
             match self.phase {
-                Phase::Dropping { .. } | Phase::Finished => {
+                Phase::Dropping { .. } | Phase::Finished { .. } => {
                     self.rbuf.clear();
                     return;
                 }
@@ -395,8 +405,15 @@ impl Connection {
             self.phase = Phase::StartOk;
         } else {
             self.out.buf().extend_from_slice(PROTOCOL_HEADER);
-            self.phase = Phase::Finished;
+            self.finish();
         }
+    }
+
+    /// Moves to Finished: flush what is queued, then close.
+    fn finish(&mut self) {
+        self.phase = Phase::Finished {
+            deadline: Instant::now() + CLOSE_TIMEOUT,
+        };
     }
 
     fn in_handshake(&self) -> bool {
@@ -505,7 +522,7 @@ impl Connection {
                     0,
                     &AMQPClass::Connection(M::CloseOk(amqp_connection::CloseOk {})),
                 );
-                self.phase = Phase::Finished;
+                self.finish();
             }
             (Phase::Running, AMQPClass::Connection(M::UpdateSecret(_))) => {
                 write_method(
@@ -524,7 +541,7 @@ impl Connection {
                 }
             }
             (Phase::Closing { fatal: false, .. }, AMQPClass::Connection(M::CloseOk(_))) => {
-                self.phase = Phase::Finished;
+                self.finish();
             }
             (Phase::Closing { .. }, _) => {}
             (phase, _) => {
@@ -884,7 +901,7 @@ impl Connection {
     fn close_connection(&mut self, e: AmqpError, fatal: bool) {
         if matches!(
             self.phase,
-            Phase::Closing { .. } | Phase::Finished | Phase::Dropping { .. }
+            Phase::Closing { .. } | Phase::Finished { .. } | Phase::Dropping { .. }
         ) {
             return;
         }
@@ -987,7 +1004,7 @@ impl Connection {
                         &AMQPClass::Connection(amqp_connection::AMQPMethod::Close(close)),
                     );
                 }
-                self.phase = Phase::Finished;
+                self.finish();
             }
         }
     }

@@ -33,12 +33,6 @@ async fn queue_bound(ch: &Channel, queue: &str, exchange: &str, key: &str, args:
     .expect("queue bound");
 }
 
-async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) {
-    within(ch.basic_publish(exchange.into(), key.into(), Default::default(), body, props))
-        .await
-        .expect("published");
-}
-
 /// Publishes with confirms so that routing is done before we look.
 async fn publish_confirmed(
     ch: &Channel,

@@ -572,3 +572,100 @@ async fn same_as_rabbitmq_an_empty_queue_name_means_the_last_declared_queue() {
         "NOT_FOUND - no previously declared queue",
     );
 }
+
+mod cancel_notification {
+    use super::*;
+    use amq_protocol::protocol::{AMQPClass, basic, queue};
+
+    async fn consume_then_delete(client_properties: FieldTable) -> Vec<AMQPClass> {
+        let broker = Broker::start().await;
+        let mut raw = broker.raw().await;
+        raw.handshake_with(client_properties, 0).await;
+        raw.open_channel(1).await;
+        raw.send_method(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "watched".into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+        raw.recv_method().await.expect("declare-ok");
+        raw.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "watched".into(),
+                consumer_tag: "w".into(),
+                no_local: false,
+                no_ack: true,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+        raw.recv_method().await.expect("consume-ok");
+        raw.send_method(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+                queue: "watched".into(),
+                if_unused: false,
+                if_empty: false,
+                nowait: false,
+            })),
+        )
+        .await;
+        // Then ask for something with a reply, to know everything before it has arrived.
+        raw.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 1,
+                global: false,
+            })),
+        )
+        .await;
+        let mut seen = Vec::new();
+        loop {
+            let (_, m) = raw.recv_method().await.expect("a reply");
+            let done = matches!(m, AMQPClass::Basic(basic::AMQPMethod::QosOk(_)));
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn same_as_rabbitmq_deleting_a_queue_sends_basic_cancel_after_delete_ok() {
+        let caps = table(&[(
+            "capabilities",
+            AMQPValue::FieldTable(table(&[(
+                "consumer_cancel_notify",
+                AMQPValue::Boolean(true),
+            )])),
+        )]);
+        let seen = consume_then_delete(caps).await;
+        assert!(
+            matches!(seen[0], AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))),
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen[1],
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: "w".into(),
+                nowait: true
+            }))
+        );
+    }
+
+    #[tokio::test]
+    async fn same_as_rabbitmq_no_basic_cancel_for_clients_without_the_capability() {
+        let seen = consume_then_delete(FieldTable::default()).await;
+        assert_eq!(seen.len(), 2, "only delete-ok and qos-ok: {seen:?}");
+    }
+}

@@ -32,21 +32,23 @@ const scenarios = {
     const pch = await producer.createChannel();
     await pch.assertQueue(queue, { durable: true });
     const n = 40;
-    for (let i = 0; i < n; i++) {
-      pch.sendToQueue(queue, Buffer.from(`task ${i}`), { persistent: true });
-    }
     const done = { a: [], b: [] };
     const workers = [];
+    // Both workers subscribe before any task exists, so both get a share.
     for (const name of ['a', 'b']) {
       const conn = await amqp.connect(url);
       const ch = await conn.createChannel();
       await ch.prefetch(1);
       await ch.consume(queue, async (msg) => {
+        if (!msg) return;
         await sleep(2);
         done[name].push(msg.content.toString());
         ch.ack(msg);
       });
       workers.push(conn);
+    }
+    for (let i = 0; i < n; i++) {
+      pch.sendToQueue(queue, Buffer.from(`task ${i}`), { persistent: true });
     }
     await waitFor(() => done.a.length + done.b.length >= n, 'all tasks');
     for (const w of workers) await w.close();

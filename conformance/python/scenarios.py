@@ -45,10 +45,10 @@ def work_queue(url):
     pch = producer.channel()
     pch.queue_declare(queue, durable=True)
     n = 40
-    for i in range(n):
-        pch.basic_publish("", queue, b"task %d" % i, pika.BasicProperties(delivery_mode=2))
     done = {"a": [], "b": []}
     lock = threading.Lock()
+    # Both workers subscribe before any task exists, so both get a share.
+    subscribed = threading.Barrier(3)
 
     def worker(name):
         conn = connect(url)
@@ -65,6 +65,7 @@ def work_queue(url):
                 c.stop_consuming()
 
         ch.basic_consume(queue, on_message)
+        subscribed.wait()
         deadline = time.time() + 20
         while time.time() < deadline:
             conn.process_data_events(time_limit=0.05)
@@ -76,6 +77,9 @@ def work_queue(url):
     threads = [threading.Thread(target=worker, args=(w,)) for w in ("a", "b")]
     for t in threads:
         t.start()
+    subscribed.wait()
+    for i in range(n):
+        pch.basic_publish("", queue, b"task %d" % i, pika.BasicProperties(delivery_mode=2))
     for t in threads:
         t.join()
     processed = sorted(done["a"] + done["b"], key=lambda s: int(s.split()[1]))
