@@ -1,0 +1,288 @@
+//! `lepus-perf`: a load generator for AMQP 0-9-1 brokers, in the spirit of RabbitMQ's PerfTest
+//! and LavinMQ's lavinmqperf. It runs one scenario against one broker and prints one JSON
+//! line with the rate it measured and its own CPU use. Publishers are closed-loop: they
+//! pause when more than `--max-outstanding` messages per queue are unconsumed, so the rate
+//! is what the broker sustains with bounded queues.
+//!
+//! ```text
+//! lepus-perf --addr 127.0.0.1:5672 --scenario autoack --seconds 10
+//! ```
+
+mod client;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+use client::{Client, ack_frame, deliver_tag, publish_frames};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Measures an AMQP 0-9-1 broker")]
+struct Args {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:5672")]
+    addr: String,
+    #[arg(long, default_value = "guest")]
+    user: String,
+    #[arg(long, default_value = "guest")]
+    password: String,
+    /// autoack, ack, ack-multi, confirm, fanout or topic.
+    #[arg(long, default_value = "autoack")]
+    scenario: String,
+    /// Seconds measured, after one second of warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Message body size in bytes (default: 16, or 1024 for confirm).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Unconsumed messages per queue before publishers pause.
+    #[arg(long, default_value_t = 2000)]
+    max_outstanding: u64,
+}
+
+/// Counters shared by the tasks of one run.
+#[derive(Default)]
+struct Meter {
+    published: AtomicU64,
+    consumed: AtomicU64,
+    stop: AtomicBool,
+    progress: Notify,
+}
+
+/// CPU seconds this process has used (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let run_id = std::process::id();
+    let meter = Arc::new(Meter::default());
+    let size = args.size.unwrap_or(if args.scenario == "confirm" { 1024 } else { 16 });
+    let body = vec![b'x'; size];
+    let mut tasks = Vec::new();
+    // (queues, consumers per queue, ack mode, prefetch)
+    let (queues, ack, prefetch, multiple_every) = match args.scenario.as_str() {
+        "autoack" => (1, false, 0, 0),
+        "ack" => (1, true, 100, 1),
+        "ack-multi" => (1, true, 1000, 100),
+        "confirm" => (1, true, 1000, 100),
+        "fanout" => (10, false, 0, 0),
+        "topic" => (1, false, 0, 0),
+        other => return Err(format!("unknown scenario {other}").into()),
+    };
+    let names: Vec<String> = (0..queues).map(|i| format!("perf-{run_id}-{i}")).collect();
+    let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
+    let durable = args.scenario == "confirm";
+    for q in &names {
+        setup.declare_queue(q, durable).await?;
+        setup.purge(q).await?;
+    }
+    let (exchange, keys): (String, Vec<String>) = match args.scenario.as_str() {
+        "fanout" => {
+            let x = format!("perf-fanout-{run_id}");
+            setup.declare_exchange(&x, "fanout").await?;
+            for q in &names {
+                setup.bind(q, &x, "").await?;
+            }
+            (x, vec![String::new()])
+        }
+        "topic" => {
+            let x = format!("perf-topic-{run_id}");
+            setup.declare_exchange(&x, "topic").await?;
+            // 1,000 bindings; each routing key matches exactly one of them.
+            for i in 0..1000 {
+                setup.bind(&names[0], &x, &format!("region{i}.*.orders")).await?;
+            }
+            let keys = (0..1000).map(|i| format!("region{i}.shop.orders")).collect();
+            (x, keys)
+        }
+        _ => (String::new(), vec![names[0].clone()]),
+    };
+    for q in &names {
+        let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
+        if ack {
+            c.qos(prefetch).await?;
+        }
+        c.consume(q, !ack).await?;
+        tasks.push(tokio::spawn(consumer(c, meter.clone(), ack, multiple_every)));
+    }
+    let confirm = args.scenario == "confirm";
+    let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
+    if confirm {
+        p.confirm_select().await?;
+    }
+    let fan = queues as u64;
+    let batch_len = if confirm { 32 } else { 100 };
+    let mut batch = Vec::new();
+    for i in 0..batch_len {
+        publish_frames(&mut batch, &exchange, &keys[i % keys.len()], &body, durable);
+    }
+    let limit = args.max_outstanding * fan;
+    tasks.push(tokio::spawn(publisher(
+        p,
+        meter.clone(),
+        batch,
+        batch_len as u64,
+        fan,
+        limit,
+        confirm,
+    )));
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (c0, cpu0, t0) = (meter.consumed.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let (c1, cpu1, elapsed) = (meter.consumed.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed());
+    meter.stop.store(true, Ordering::Relaxed);
+    meter.progress.notify_waiters();
+    let rate = (c1 - c0) as f64 / elapsed.as_secs_f64();
+    let cpu = (cpu1 - cpu0) / elapsed.as_secs_f64();
+    for t in tasks {
+        t.abort();
+    }
+    for q in &names {
+        let _ = setup.delete_queue(q).await;
+    }
+    println!(
+        "{{\"scenario\":\"{}\",\"msgs_per_s\":{:.0},\"generator_cpu\":{:.3},\"size\":{},\"lower_bound\":{}}}",
+        args.scenario,
+        rate,
+        cpu,
+        size,
+        cpu > 0.9
+    );
+    Ok(())
+}
+
+/// Writes precomputed batches of publishes as long as consumers keep up.
+async fn publisher(
+    mut c: Client,
+    meter: Arc<Meter>,
+    batch: Vec<u8>,
+    per_batch: u64,
+    fan: u64,
+    limit: u64,
+    confirm: bool,
+) -> Result<()> {
+    let confirmed = Arc::new(AtomicU64::new(0));
+    if confirm {
+        // Confirms come back on the publisher's own connection.
+        let (mut reader, writer) = c.stream.into_split();
+        let counter = confirmed.clone();
+        let notify = meter.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut pending = Vec::new();
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                while let Ok(Some(h)) = lepus::protocol::frame::peek_frame(&pending[at..], 0) {
+                    if pending.len() - at < h.total_len() {
+                        break;
+                    }
+                    let p = &pending[at + 7..at + 7 + h.size as usize];
+                    if p.len() >= 12 && p[0..4] == [0, 60, 0, 80] {
+                        let tag = u64::from_be_bytes(p[4..12].try_into().unwrap_or([0; 8]));
+                        counter.fetch_max(tag, Ordering::Relaxed);
+                        notify.progress.notify_one();
+                    }
+                    at += h.total_len();
+                }
+                pending.drain(..at);
+            }
+        });
+        let mut writer = writer;
+        loop {
+            if meter.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let published = meter.published.load(Ordering::Relaxed);
+            // 256 confirms in flight, and the queue bounded like the other scenarios.
+            if published.saturating_sub(confirmed.load(Ordering::Relaxed)) >= 256
+                || published.saturating_sub(meter.consumed.load(Ordering::Relaxed)) > limit
+            {
+                meter.progress.notified().await;
+                continue;
+            }
+            writer.write_all(&batch).await?;
+            meter.published.fetch_add(per_batch, Ordering::Relaxed);
+        }
+    }
+    loop {
+        if meter.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let published = meter.published.load(Ordering::Relaxed) * fan;
+        if published.saturating_sub(meter.consumed.load(Ordering::Relaxed)) > limit {
+            meter.progress.notified().await;
+            continue;
+        }
+        c.stream.write_all(&batch).await?;
+        meter.published.fetch_add(per_batch, Ordering::Relaxed);
+    }
+}
+
+/// Counts deliveries, acknowledging them if asked: one ack per delivery (`every` 1) or one
+/// multiple ack per `every` deliveries.
+async fn consumer(mut c: Client, meter: Arc<Meter>, ack: bool, every: u64) -> Result<()> {
+    let mut acks = Vec::with_capacity(64 * 1024);
+    let mut since_ack = 0u64;
+    loop {
+        c.fill().await?;
+        let mut delivered = 0u64;
+        let mut last_tag = 0u64;
+        c.frames(|h, payload| {
+            if h.kind == 1
+                && let Some(tag) = deliver_tag(payload)
+            {
+                delivered += 1;
+                if ack {
+                    if every <= 1 {
+                        ack_frame(&mut acks, tag, false);
+                    } else {
+                        last_tag = tag;
+                        since_ack += 1;
+                        if since_ack >= every {
+                            ack_frame(&mut acks, tag, true);
+                            since_ack = 0;
+                        }
+                    }
+                }
+            }
+        })?;
+        let _ = last_tag;
+        if !acks.is_empty() {
+            c.stream.write_all(&acks).await?;
+            acks.clear();
+        }
+        if delivered > 0 {
+            meter.consumed.fetch_add(delivered, Ordering::Relaxed);
+            meter.progress.notify_one();
+        }
+    }
+}
