@@ -79,7 +79,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Virtual hosts created at start-up; every user gets full permissions on them.
     pub vhosts: Vec<String>,
-    /// `product` in the server properties. Some clients (kombu) branch on it.
+    /// `product` in the server properties. Clients branch on it: kombu (Celery) picks its
+    /// `basic.qos` semantics by checking for `RabbitMQ` and the version, so Lepus reports
+    /// the RabbitMQ release whose behaviour it implements. `platform` names Lepus.
     pub product: String,
     /// `version` in the server properties.
     pub version: String,
@@ -99,8 +101,8 @@ impl Default for Config {
                 loopback_only: true,
             }],
             vhosts: vec!["/".into()],
-            product: "Lepus".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            product: "RabbitMQ".into(),
+            version: "3.10.8".into(),
             cluster_name: "lepus@localhost".into(),
             limits: Limits::default(),
         }

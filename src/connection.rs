@@ -588,7 +588,10 @@ impl Connection {
             "information".into(),
             text("Licensed under the Apache License 2.0. An AMQP 0-9-1 broker compatible with RabbitMQ."),
         );
-        props.insert("platform".into(), text("Rust"));
+        props.insert(
+            "platform".into(),
+            text(concat!("Lepus ", env!("CARGO_PKG_VERSION"), " (Rust)")),
+        );
         props.insert("product".into(), text(&config.product));
         props.insert("version".into(), text(&config.version));
         let start = amqp_connection::Start {

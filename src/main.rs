@@ -25,10 +25,12 @@ struct Args {
         default_value = "lepus-data"
     )]
     data_dir: PathBuf,
-    /// `product` reported to clients in the server properties.
+    /// `product` reported to clients in the server properties (default `RabbitMQ`, which
+    /// clients such as kombu check before relying on RabbitMQ's semantics).
     #[arg(long, env = "LEPUS_PRODUCT")]
     product: Option<String>,
-    /// `version` reported to clients in the server properties.
+    /// `version` reported to clients in the server properties (default `3.10.8`, the
+    /// RabbitMQ release whose behaviour Lepus implements).
     #[arg(long = "product-version", env = "LEPUS_PRODUCT_VERSION")]
     product_version: Option<String>,
 }

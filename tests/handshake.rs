@@ -110,14 +110,25 @@ async fn start_offers_rabbitmq_shaped_properties_and_both_mechanisms() {
 
 #[tokio::test]
 async fn product_and_version_are_configurable() {
-    let mut config = Config::for_tests();
-    config.product = "RabbitMQ".into();
-    config.version = "3.10.8".into();
-    let broker = Broker::start_with(config).await;
+    // By default Lepus reports the RabbitMQ release it behaves like, so that clients which
+    // branch on it (kombu) take the RabbitMQ path; platform says what is really running.
+    let broker = Broker::start().await;
     let mut raw = broker.raw().await;
     let props = expect_start(&mut raw).await.server_properties;
     assert_eq!(props.inner().get("product"), Some(&long_str("RabbitMQ")));
     assert_eq!(props.inner().get("version"), Some(&long_str("3.10.8")));
+    let Some(AMQPValue::LongString(platform)) = props.inner().get("platform") else {
+        panic!("no platform");
+    };
+    assert!(platform.as_bytes().starts_with(b"Lepus "));
+    let mut config = Config::for_tests();
+    config.product = "Lepus".into();
+    config.version = "0.1.0".into();
+    let broker = Broker::start_with(config).await;
+    let mut raw = broker.raw().await;
+    let props = expect_start(&mut raw).await.server_properties;
+    assert_eq!(props.inner().get("product"), Some(&long_str("Lepus")));
+    assert_eq!(props.inner().get("version"), Some(&long_str("0.1.0")));
 }
 
 #[tokio::test]

@@ -24,6 +24,67 @@ async function waitFor(cond, what, ms = 10000) {
   }
 }
 
+// Rejects if `promise` has not settled within `ms`.
+function within(promise, what, ms = 10000) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// amqplib formats a close as `... 404 (NOT-FOUND) with message "TEXT"`; returns [code, TEXT].
+function codeText(err) {
+  const m = /with message "([\s\S]*)"$/.exec(err.message);
+  assert.ok(m, `not a close by the broker: ${err.message}`);
+  return [err.code, m[1]];
+}
+
+// Opens a channel on `conn`, runs `action` on it, which must make the broker close the
+// channel, and returns [code, text] of that close.
+async function channelError(conn, action) {
+  const ch = await conn.createChannel();
+  const closed = new Promise((resolve) => ch.on('error', resolve));
+  await Promise.resolve()
+    .then(() => action(ch))
+    .catch(() => {}); // the pending operation is rejected too; the 'error' event says why
+  return codeText(await within(closed, 'the channel to be closed by the broker'));
+}
+
+// Opens a fresh connection, runs `action` on a channel of it, which must make the broker
+// close the connection, and returns [code, text] of that close.
+async function connectionError(url, action) {
+  const conn = await amqp.connect(url);
+  const closed = new Promise((resolve) => conn.on('error', resolve));
+  const ch = await conn.createChannel();
+  ch.on('error', () => {});
+  await Promise.resolve()
+    .then(() => action(ch))
+    .catch(() => {});
+  return codeText(await within(closed, 'the connection to be closed by the broker'));
+}
+
+// Gets every ready message; returns [body, redelivered] pairs.
+async function drain(ch, queue) {
+  const out = [];
+  for (;;) {
+    const msg = await ch.get(queue, { noAck: true });
+    if (!msg) return out;
+    out.push([msg.content.toString(), msg.fields.redelivered]);
+  }
+}
+
+// The capabilities every scenario may rely on (both brokers advertise them).
+const CAPABILITIES = ['authentication_failure_close', 'basic.nack', 'consumer_cancel_notify',
+  'consumer_priorities', 'exchange_exchange_bindings', 'per_consumer_qos', 'publisher_confirms'];
+
+// JSON with object keys sorted at every level, like Python's json.dumps(sort_keys=True).
+function sortedJson(value) {
+  return JSON.stringify(value, (key, v) => (v && typeof v === 'object' && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]]))
+    : v));
+}
+
 const scenarios = {
   // Two competing consumers with prefetch 1 share a durable work queue.
   async work_queue(url) {
@@ -45,13 +106,18 @@ const scenarios = {
         done[name].push(msg.content.toString());
         ch.ack(msg);
       });
-      workers.push(conn);
+      workers.push({ conn, ch });
     }
     for (let i = 0; i < n; i++) {
       pch.sendToQueue(queue, Buffer.from(`task ${i}`), { persistent: true });
     }
     await waitFor(() => done.a.length + done.b.length >= n, 'all tasks');
-    for (const w of workers) await w.close();
+    // Closing the channel first makes sure its last ack reached the broker: amqplib
+    // multiplexes channels, so a connection.close could overtake an ack still buffered.
+    for (const w of workers) {
+      await w.ch.close();
+      await w.conn.close();
+    }
     const processed = [...done.a, ...done.b].sort((x, y) => +x.split(' ')[1] - +y.split(' ')[1]);
     assert.deepEqual(processed, Array.from({ length: n }, (_, i) => `task ${i}`));
     assert.ok(done.a.length > 0 && done.b.length > 0, 'both workers got work');
@@ -131,28 +197,291 @@ const scenarios = {
     return { answers: Object.values(asked).map((n) => n * n).sort((a, b) => a - b) };
   },
 
-  // Channel errors carry RabbitMQ's codes and texts.
+  // Channel and connection errors carry RabbitMQ's codes and texts.
   async errors(url) {
-    const conn = await amqp.connect(url);
     const observed = {};
-    const expectClose = async (action) => {
-      const ch = await conn.createChannel();
-      const closed = new Promise((resolve) => ch.on('error', resolve));
-      await action(ch).catch(() => {});
-      const err = await closed;
-      return [err.code, err.message];
-    };
-    const missing = unique('missing');
-    const [code, message] = await expectClose((ch) => ch.checkQueue(missing));
-    assert.equal(code, 404);
-    assert.match(message, new RegExp(`NOT_FOUND - no queue '${missing}' in vhost '/'`));
-    observed.passive_missing = code;
-    const [code2, message2] = await expectClose((ch) => ch.assertExchange('amq.mine', 'direct'));
-    assert.equal(code2, 403);
-    assert.match(message2, /ACCESS_REFUSED - exchange name 'amq.mine' contains reserved prefix 'amq.\*'/);
-    observed.reserved = code2;
+    const conn = await amqp.connect(url);
+    const missing = unique('does-not-exist');
+    let [code, text] = await channelError(conn, (ch) => ch.checkQueue(missing));
+    assert.deepEqual([code, text], [404, `NOT_FOUND - no queue '${missing}' in vhost '/'`]);
+    observed.passive_missing = [code, text.split("'")[0]];
+
+    const q = unique('ttl');
+    const setup = await conn.createChannel();
+    await setup.assertQueue(q, { arguments: { 'x-message-ttl': 1000 } });
+    [code, text] = await channelError(conn, (ch) => ch.assertQueue(q, { arguments: { 'x-message-ttl': 2000 } }));
+    assert.deepEqual([code, text], [406, `PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '${q}' in `
+      + "vhost '/': received '2000' but current is '1000'"]);
+    observed.inequivalent = [code, text.replace(q, 'Q')];
+
+    [code, text] = await channelError(conn, (ch) => ch.assertExchange('amq.mine', 'direct'));
+    assert.deepEqual([code, text], [403, "ACCESS_REFUSED - exchange name 'amq.mine' contains reserved prefix 'amq.*'"]);
+    observed.reserved = [code, text];
+
+    await setup.assertExchange(`${q}-x`, 'direct', { durable: false });
+    await setup.assertQueue(`${q}-q`, { durable: false });
+    await setup.bindQueue(`${q}-q`, `${q}-x`, 'k');
+    [code, text] = await channelError(conn, (ch) => ch.deleteExchange(`${q}-x`, { ifUnused: true }));
+    assert.deepEqual([code, text], [406, `PRECONDITION_FAILED - exchange '${q}-x' in vhost '/' in use`]);
+    observed.exchange_in_use = [code, text.replace(q, 'Q')];
+
+    setup.sendToQueue(`${q}-q`, Buffer.from('x'));
+    // The publish and the delete travel on different channels; wait until it is enqueued.
+    await within((async () => {
+      while ((await setup.checkQueue(`${q}-q`)).messageCount < 1) await sleep(5);
+    })(), 'the message to be enqueued');
+    [code, text] = await channelError(conn, (ch) => ch.deleteQueue(`${q}-q`, { ifEmpty: true }));
+    assert.deepEqual([code, text], [406, `PRECONDITION_FAILED - queue '${q}-q' in vhost '/' not empty`]);
+    observed.queue_not_empty = [code, text.replace(q, 'Q')];
+
+    [code, text] = await channelError(conn, (ch) => ch.assertExchange(`${q}-x`, 'fanout', { durable: false }));
+    assert.equal(code, 406);
+    observed.exchange_inequivalent = [code, text.replace(q, 'Q')];
+
+    [code, text] = await channelError(conn, (ch) => ch.publish('no-such-exchange-here', 'k', Buffer.from('x')));
+    assert.deepEqual([code, text], [404, "NOT_FOUND - no exchange 'no-such-exchange-here' in vhost '/'"]);
+    observed.publish_missing_exchange = [code, text];
+
+    await setup.deleteExchange(`${q}-x`);
+    await setup.deleteQueue(`${q}-q`);
+    await setup.deleteQueue(q);
+    [code, text] = await channelError(conn, (ch) => ch.ack({ fields: { deliveryTag: 42 } }));
+    assert.deepEqual([code, text], [406, 'PRECONDITION_FAILED - unknown delivery tag 42']);
+    observed.unknown_tag = [code, text];
     await conn.close();
+
+    // Connection-level errors: amqplib emits 'error' on the connection.
+    [code, text] = await connectionError(url, (ch) => ch.assertExchange(unique('x'), 'no-such-type'));
+    assert.deepEqual([code, text], [503, "COMMAND_INVALID - unknown exchange type 'no-such-type'"]);
+    observed.unknown_exchange_type = [code, text];
     return observed;
+  },
+
+  // The connection negotiates and the server advertises the capabilities clients use.
+  async handshake(url) {
+    const conn = await amqp.connect(url);
+    const props = conn.connection.serverProperties;
+    const caps = props.capabilities || {};
+    const missing = CAPABILITIES.filter((c) => caps[c] !== true);
+    assert.deepEqual(missing, [], `capabilities missing: ${missing}`);
+    for (const key of ['product', 'version', 'platform']) assert.ok(key in props, key);
+    assert.ok(conn.connection.frameMax <= 131072, `frameMax ${conn.connection.frameMax}`);
+    await conn.close();
+    return { capabilities: CAPABILITIES };
+  },
+
+  // Every subscriber of a fanout exchange gets every message.
+  async pubsub_fanout(url) {
+    const exchange = unique('broadcast');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertExchange(exchange, 'fanout', { durable: false });
+    const queues = [];
+    for (let i = 0; i < 3; i++) {
+      const { queue } = await ch.assertQueue('', { exclusive: true });
+      await ch.bindQueue(queue, exchange, '');
+      queues.push(queue);
+    }
+    for (let i = 0; i < 5; i++) ch.publish(exchange, 'ignored', Buffer.from(`news ${i}`));
+    const got = [];
+    for (const q of queues) got.push((await drain(ch, q)).map(([b]) => b));
+    const expected = Array.from({ length: 5 }, (_, i) => `news ${i}`);
+    for (const g of got) assert.deepEqual(g, expected);
+    await ch.deleteExchange(exchange);
+    await conn.close();
+    return { each_got: got[0], subscribers: got.length };
+  },
+
+  // With prefetch 1 a consumer holding an unacked message gets nothing more; the next
+  // message goes to a consumer with room.
+  async prefetch(url) {
+    const queue = unique('prefetch');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertQueue(queue, { durable: false });
+    const slow = await conn.createChannel();
+    await slow.prefetch(1);
+    const fast = await conn.createChannel();
+    const got = { slow: [], fast: [] };
+    await slow.consume(queue, (msg) => msg && got.slow.push(msg.content.toString()));
+    await fast.consume(queue, (msg) => msg && got.fast.push(msg.content.toString()), { noAck: true });
+    for (let i = 0; i < 6; i++) ch.sendToQueue(queue, Buffer.from(`m${i}`));
+    await waitFor(() => got.slow.length + got.fast.length >= 6, 'six deliveries');
+    assert.deepEqual(got, { slow: ['m0'], fast: ['m1', 'm2', 'm3', 'm4', 'm5'] });
+    await ch.deleteQueue(queue);
+    await conn.close();
+    return got;
+  },
+
+  // Rejected and nacked messages come back in their original position, redelivered.
+  async requeue_order(url) {
+    const queue = unique('requeue');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertQueue(queue, { durable: false });
+    for (let i = 0; i < 6; i++) ch.sendToQueue(queue, Buffer.from(`m${i}`));
+    const msgs = [];
+    for (let i = 0; i < 4; i++) {
+      const msg = await ch.get(queue, { noAck: false });
+      assert.ok(msg, `message ${i}`);
+      msgs.push(msg);
+    }
+    ch.reject(msgs[2], true);
+    ch.nack(msgs[0], false, true);
+    ch.ack(msgs[3], false);
+    ch.reject(msgs[1], false);
+    const got = await drain(ch, queue);
+    assert.deepEqual(got, [['m0', true], ['m2', true], ['m4', false], ['m5', false]]);
+    await ch.deleteQueue(queue);
+    await conn.close();
+    return { order: got };
+  },
+
+  // An unroutable mandatory message comes back with 312 NO_ROUTE.
+  async mandatory_return(url) {
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    const returned = [];
+    ch.on('return', (msg) => returned.push(
+      [msg.fields.replyCode, msg.fields.replyText, msg.fields.routingKey, msg.content.toString()]));
+    const nobody = unique('nobody');
+    ch.publish('', nobody, Buffer.from('lost'), { mandatory: true });
+    ch.publish('amq.direct', 'no-binding', Buffer.from('lost too'), { mandatory: true });
+    await waitFor(() => returned.length >= 2, 'two returns', 5000);
+    assert.deepEqual(returned, [[312, 'NO_ROUTE', nobody, 'lost'], [312, 'NO_ROUTE', 'no-binding', 'lost too']]);
+    await conn.close();
+    return { returned: returned.map((r) => [r[0], r[1], r[3]]) };
+  },
+
+  // Publisher confirms: every publish is acked; an unroutable mandatory one is returned
+  // and still acked.
+  async confirms(url) {
+    const queue = unique('confirm');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createConfirmChannel();
+    await ch.assertQueue(queue, { durable: false });
+    let acked = 0;
+    for (let i = 0; i < 100; i++) {
+      ch.sendToQueue(queue, Buffer.from(`c${i}`), {}, (err) => {
+        assert.equal(err, null, `publish ${i} nacked`);
+        acked++;
+      });
+    }
+    await within(ch.waitForConfirms(), 'confirms');
+    assert.equal(acked, 100);
+    const returns = [];
+    ch.on('return', (msg) => returns.push(msg.content.toString()));
+    const confirmed = new Promise((resolve, reject) => {
+      ch.publish('', unique('nowhere'), Buffer.from('x'), { mandatory: true },
+        (err) => (err ? reject(new Error('unroutable publish nacked')) : resolve(returns.length)));
+    });
+    const returnedBeforeAck = await within(confirmed, 'the confirm of the unroutable publish');
+    assert.equal(returnedBeforeAck, 1, 'basic.return arrives before basic.ack');
+    const { messageCount } = await ch.checkQueue(queue);
+    assert.equal(messageCount, 100);
+    await ch.deleteQueue(queue);
+    await conn.close();
+    return { confirmed: acked, returned: returns.length };
+  },
+
+  // Bodies larger than a frame arrive intact, and so do empty ones.
+  async large_messages(url) {
+    const queue = unique('large');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertQueue(queue, { durable: false });
+    const big = Buffer.alloc(5 * 1024 * 1024);
+    for (let i = 0; i < big.length; i++) big[i] = i % 256;
+    ch.sendToQueue(queue, big);
+    ch.sendToQueue(queue, Buffer.alloc(0));
+    const m1 = await ch.get(queue, { noAck: true });
+    const m2 = await ch.get(queue, { noAck: true });
+    assert.ok(m1 && m2, 'both messages arrived');
+    assert.ok(m1.content.equals(big), `big body differs (${m1.content.length} bytes)`);
+    assert.equal(m2.content.length, 0);
+    await ch.deleteQueue(queue);
+    await conn.close();
+    return { sizes: [m1.content.length, m2.content.length] };
+  },
+
+  // 200 channels on one connection each use their own queue; a channel error on one
+  // leaves the others usable.
+  async many_channels(url) {
+    const n = 200;
+    const conn = await amqp.connect(url);
+    const channels = [];
+    for (let i = 0; i < n; i++) {
+      const ch = await conn.createChannel();
+      const { queue } = await ch.assertQueue('', { exclusive: true });
+      assert.match(queue, /^amq\.gen-/);
+      channels.push({ ch, queue });
+    }
+    assert.equal(new Set(channels.map((c) => c.queue)).size, n, 'distinct queues');
+    const roundTrip = async (list, round) => {
+      let delivered = 0;
+      for (const [i, { ch, queue }] of list.entries()) ch.sendToQueue(queue, Buffer.from(`${round} ${i}`));
+      for (const [i, { ch, queue }] of list.entries()) {
+        const msg = await ch.get(queue, { noAck: true });
+        assert.ok(msg, `channel ${i} got its message`);
+        assert.equal(msg.content.toString(), `${round} ${i}`);
+        delivered++;
+      }
+      return delivered;
+    };
+    const delivered = await roundTrip(channels, 'first');
+    // A channel error on one channel...
+    const victim = channels[n / 2];
+    const closed = new Promise((resolve) => victim.ch.on('error', resolve));
+    const missing = unique('missing');
+    await victim.ch.checkQueue(missing).catch(() => {});
+    const [code, text] = codeText(await within(closed, 'the channel error'));
+    assert.deepEqual([code, text], [404, `NOT_FOUND - no queue '${missing}' in vhost '/'`]);
+    // ...leaves the others usable.
+    const others = channels.filter((c) => c !== victim);
+    const usable = await roundTrip(others, 'second');
+    await conn.close();
+    return { channels: n, delivered, error: [code, text.replace(missing, 'Q')], usable_after_error: usable };
+  },
+
+  // An exclusive queue is locked to its connection and deleted with it.
+  async exclusive_queue(url) {
+    const owner = await amqp.connect(url);
+    const och = await owner.createChannel();
+    const queue = unique('mine');
+    await och.assertQueue(queue, { exclusive: true });
+    const other = await amqp.connect(url);
+    const locked = await channelError(other, (ch) => ch.checkQueue(queue));
+    assert.deepEqual(locked, [405, `RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '${queue}' in `
+      + "vhost '/'. It could be originally declared on another connection or the exclusive property value "
+      + 'does not match that of the original declaration.']);
+    await owner.close();
+    const gone = await channelError(other, (ch) => ch.checkQueue(queue));
+    assert.deepEqual(gone, [404, `NOT_FOUND - no queue '${queue}' in vhost '/'`]);
+    await other.close();
+    return {
+      locked: [locked[0], locked[1].replace(queue, 'Q')],
+      after_close: [gone[0], gone[1].replace(queue, 'Q')],
+    };
+  },
+
+  // Deleting a queue under a consumer tells the consumer (basic.cancel from the broker).
+  async consumer_cancel_notify(url) {
+    const queue = unique('doomed');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertQueue(queue, { durable: false });
+    const cancelled = [];
+    ch.on('cancel', (fields) => cancelled.push(fields.consumerTag));
+    let gotNull = false;
+    await ch.consume(queue, (msg) => {
+      if (msg === null) gotNull = true;
+    }, { noAck: true, consumerTag: 'watcher' });
+    const other = await conn.createChannel();
+    const { messageCount } = await other.deleteQueue(queue);
+    await waitFor(() => gotNull, 'the consumer to be cancelled', 5000);
+    assert.deepEqual(cancelled, ['watcher']);
+    await conn.close();
+    return { cancelled, deleted_messages: messageCount };
   },
 };
 
@@ -165,7 +494,7 @@ async function main() {
   }
   const name = args[args.indexOf('--run') + 1];
   const observed = await scenarios[name](url);
-  console.log(JSON.stringify(observed, Object.keys(observed).sort()));
+  console.log(sortedJson(observed));
 }
 
 main().then(

@@ -209,6 +209,27 @@ def errors(url):
         assert e.reply_code == 403, e
         observed["reserved"] = [e.reply_code, e.reply_text]
     ch = conn.channel()
+    ch.exchange_declare(q + "-x", "direct")
+    ch.queue_declare(q + "-q")
+    ch.queue_bind(q + "-q", q + "-x", "k")
+    code_text = closed_by_broker(lambda: ch.exchange_delete(q + "-x", if_unused=True))
+    assert code_text == [406, "PRECONDITION_FAILED - exchange '%s-x' in vhost '/' in use" % q], code_text
+    observed["exchange_in_use"] = [code_text[0], code_text[1].replace(q, "Q")]
+    ch = conn.channel()
+    ch.basic_publish("", q + "-q", b"x")
+    code_text = closed_by_broker(lambda: ch.queue_delete(q + "-q", if_empty=True))
+    assert code_text == [406, "PRECONDITION_FAILED - queue '%s-q' in vhost '/' not empty" % q], code_text
+    observed["queue_not_empty"] = [code_text[0], code_text[1].replace(q, "Q")]
+    ch = conn.channel()
+    code_text = closed_by_broker(lambda: ch.exchange_declare(q + "-x", "fanout"))
+    assert code_text[0] == 406, code_text
+    observed["exchange_inequivalent"] = [code_text[0], code_text[1].replace(q, "Q")]
+    ch = conn.channel()
+    code_text = closed_by_broker(lambda: ch.basic_publish("no-such-exchange-here", "k", b"x") or ch.queue_declare(q + "-q", passive=True))
+    observed["publish_missing_exchange"] = code_text
+    ch = conn.channel()
+    ch.exchange_delete(q + "-x")
+    ch.queue_delete(q + "-q")
     ch.queue_delete(q)
     try:
         ch.basic_ack(delivery_tag=42)
@@ -218,7 +239,276 @@ def errors(url):
         assert (e.reply_code, e.reply_text) == (406, "PRECONDITION_FAILED - unknown delivery tag 42"), e
         observed["unknown_tag"] = [e.reply_code, e.reply_text]
     conn.close()
+    # Connection-level errors.
+    conn = connect(url)
+    code_text = closed_by_broker(lambda: conn.channel().exchange_declare(unique("x"), "no-such-type"))
+    assert code_text == [503, "COMMAND_INVALID - unknown exchange type 'no-such-type'"], code_text
+    observed["unknown_exchange_type"] = code_text
+    conn = connect(url)
+    code_text = closed_by_broker(lambda: conn.channel().basic_recover(requeue=False))
+    assert code_text == [540, "NOT_IMPLEMENTED - requeue=false"], code_text
+    observed["recover_without_requeue"] = code_text
     return observed
+
+
+# The capabilities every scenario may rely on (both brokers advertise them).
+CAPABILITIES = ["authentication_failure_close", "basic.nack", "consumer_cancel_notify",
+                "consumer_priorities", "exchange_exchange_bindings", "per_consumer_qos",
+                "publisher_confirms"]
+
+
+def drain(ch, queue):
+    """Gets every ready message; returns (body, redelivered) pairs."""
+    out = []
+    while True:
+        method, props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append([body.decode(), method.redelivered])
+
+
+def closed_by_broker(fn):
+    """Runs fn, which must make the broker close the channel or connection; returns
+    [code, text]."""
+    try:
+        fn()
+    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as e:
+        return [e.reply_code, e.reply_text]
+    raise AssertionError("the broker accepted it")
+
+
+@scenario
+def handshake(url):
+    """The connection negotiates and the server advertises the capabilities clients use."""
+    conn = connect(url)
+    props = conn._impl.server_properties
+    caps = props["capabilities"]
+    missing = [c for c in CAPABILITIES if caps.get(c) is not True]
+    assert not missing, missing
+    for key in ("product", "version", "platform"):
+        assert key in props, key
+    assert conn._impl.params.frame_max <= 131072
+    conn.close()
+    return {"capabilities": CAPABILITIES}
+
+
+@scenario
+def pubsub_fanout(url):
+    """Every subscriber of a fanout exchange gets every message."""
+    exchange = unique("broadcast")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.exchange_declare(exchange, "fanout")
+    queues = []
+    for _ in range(3):
+        q = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(q, exchange)
+        queues.append(q)
+    for i in range(5):
+        ch.basic_publish(exchange, "ignored", b"news %d" % i)
+    got = [[b for b, _ in drain(ch, q)] for q in queues]
+    assert all(g == ["news %d" % i for i in range(5)] for g in got), got
+    ch.exchange_delete(exchange)
+    conn.close()
+    return {"each_got": got[0], "subscribers": len(got)}
+
+
+@scenario
+def headers_exchange(url):
+    """A headers exchange routes on x-match all / any."""
+    exchange = unique("hdrs")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.exchange_declare(exchange, "headers")
+    q_all = ch.queue_declare("", exclusive=True).method.queue
+    q_any = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q_all, exchange, arguments={"x-match": "all", "format": "pdf", "type": "report"})
+    ch.queue_bind(q_any, exchange, arguments={"x-match": "any", "format": "pdf", "type": "report"})
+    for name, headers in [("both", {"format": "pdf", "type": "report"}), ("format", {"format": "pdf"}),
+                          ("neither", {"format": "zip"}), ("none", None)]:
+        ch.basic_publish(exchange, "", name.encode(), pika.BasicProperties(headers=headers))
+    got = {"all": [b for b, _ in drain(ch, q_all)], "any": [b for b, _ in drain(ch, q_any)]}
+    assert got == {"all": ["both"], "any": ["both", "format"]}, got
+    ch.exchange_delete(exchange)
+    conn.close()
+    return got
+
+
+@scenario
+def prefetch(url):
+    """With prefetch 1 a consumer holding an unacked message gets nothing more; the next
+    message goes to a consumer with room."""
+    queue = unique("prefetch")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    slow = conn.channel()
+    slow.basic_qos(prefetch_count=1)
+    fast = conn.channel()
+    got = {"slow": [], "fast": []}
+    slow.basic_consume(queue, lambda c, m, p, b: got["slow"].append(b.decode()))
+    fast.basic_consume(queue, lambda c, m, p, b: got["fast"].append(b.decode()), auto_ack=True)
+    for i in range(6):
+        ch.basic_publish("", queue, b"m%d" % i)
+    deadline = time.time() + 10
+    while len(got["slow"]) + len(got["fast"]) < 6 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert got == {"slow": ["m0"], "fast": ["m1", "m2", "m3", "m4", "m5"]}, got
+    ch.queue_delete(queue)
+    conn.close()
+    return got
+
+
+@scenario
+def requeue_order(url):
+    """Rejected and nacked messages come back in their original position, redelivered."""
+    queue = unique("requeue")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    for i in range(6):
+        ch.basic_publish("", queue, b"m%d" % i)
+    tags = []
+    for _ in range(4):
+        method, _, _ = ch.basic_get(queue)
+        tags.append(method.delivery_tag)
+    ch.basic_reject(tags[2], requeue=True)
+    ch.basic_nack(tags[0], multiple=False, requeue=True)
+    ch.basic_ack(tags[3], multiple=False)
+    ch.basic_reject(tags[1], requeue=False)
+    got = drain(ch, queue)
+    assert got == [["m0", True], ["m2", True], ["m4", False], ["m5", False]], got
+    ch.queue_delete(queue)
+    conn.close()
+    return {"order": got}
+
+
+@scenario
+def mandatory_return(url):
+    """An unroutable mandatory message comes back with 312 NO_ROUTE."""
+    conn = connect(url)
+    ch = conn.channel()
+    returned = []
+    ch.add_on_return_callback(lambda c, m, p, b: returned.append([m.reply_code, m.reply_text, m.routing_key, b.decode()]))
+    ch.basic_publish("", unique("nobody"), b"lost", mandatory=True)
+    ch.basic_publish("amq.direct", "no-binding", b"lost too", mandatory=True)
+    deadline = time.time() + 5
+    while len(returned) < 2 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert [r[:2] for r in returned] == [[312, "NO_ROUTE"], [312, "NO_ROUTE"]], returned
+    conn.close()
+    return {"returned": [[r[0], r[1], r[3]] for r in returned]}
+
+
+@scenario
+def confirms(url):
+    """Publisher confirms: every publish is acked; an unroutable mandatory one is returned
+    and still acked."""
+    queue = unique("confirm")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    ch.confirm_delivery()
+    for i in range(100):
+        ch.basic_publish("", queue, b"c%d" % i)  # raises if nacked
+    try:
+        ch.basic_publish("", unique("nowhere"), b"x", mandatory=True)
+        raise AssertionError("no return")
+    except pika.exceptions.UnroutableError as e:
+        returned = len(e.messages)
+    count = ch.queue_declare(queue, passive=True).method.message_count
+    assert count == 100, count
+    ch.queue_delete(queue)
+    conn.close()
+    return {"confirmed": 100, "returned": returned}
+
+
+@scenario
+def transactions(url):
+    """Publishes and acks in a transaction take effect on commit, vanish on rollback."""
+    queue = unique("tx")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    ch.tx_select()
+    ch.basic_publish("", queue, b"a")
+    ch.basic_publish("", queue, b"b")
+    before = ch.queue_declare(queue, passive=True).method.message_count
+    ch.tx_commit()
+    after = ch.queue_declare(queue, passive=True).method.message_count
+    ch.basic_publish("", queue, b"c")
+    ch.tx_rollback()
+    method, _, _ = ch.basic_get(queue)
+    ch.basic_ack(method.delivery_tag)
+    ch.tx_rollback()
+    ch.basic_ack(method.delivery_tag)
+    ch.tx_commit()
+    left = ch.queue_declare(queue, passive=True).method.message_count
+    assert (before, after, left) == (0, 2, 1), (before, after, left)
+    errors = {}
+    ch2 = conn.channel()
+    errors["commit_without_select"] = closed_by_broker(ch2.tx_commit)
+    ch.queue_delete(queue)
+    conn.close()
+    return {"before_commit": before, "after_commit": after, "after_ack": left, "errors": errors}
+
+
+@scenario
+def large_messages(url):
+    """Bodies larger than a frame arrive intact, and so do empty ones."""
+    queue = unique("large")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    big = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    ch.basic_publish("", queue, big)
+    ch.basic_publish("", queue, b"")
+    _, _, body1 = ch.basic_get(queue, auto_ack=True)
+    _, _, body2 = ch.basic_get(queue, auto_ack=True)
+    assert body1 == big and body2 == b"", (len(body1), len(body2))
+    ch.queue_delete(queue)
+    conn.close()
+    return {"sizes": [len(body1), len(body2)]}
+
+
+@scenario
+def exclusive_queue(url):
+    """An exclusive queue is locked to its connection and deleted with it."""
+    owner = connect(url)
+    och = owner.channel()
+    queue = unique("mine")
+    och.queue_declare(queue, exclusive=True)
+    other = connect(url)
+    text = closed_by_broker(lambda: other.channel().queue_declare(queue, passive=True))
+    expected = ("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '%s' in vhost '/'. "
+                "It could be originally declared on another connection or the exclusive property value "
+                "does not match that of the original declaration." % queue)
+    assert text == [405, expected], text
+    owner.close()
+    gone = closed_by_broker(lambda: other.channel().queue_declare(queue, passive=True))
+    assert gone == [404, "NOT_FOUND - no queue '%s' in vhost '/'" % queue], gone
+    other.close()
+    return {"locked": [text[0], text[1].replace(queue, "Q")], "after_close": [gone[0], gone[1].replace(queue, "Q")]}
+
+
+@scenario
+def consumer_cancel_notify(url):
+    """Deleting a queue under a consumer tells the consumer (basic.cancel from the broker)."""
+    queue = unique("doomed")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    cancelled = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    tag = ch.basic_consume(queue, lambda *a: None, auto_ack=True, consumer_tag="watcher")
+    other = conn.channel()
+    deleted = other.queue_delete(queue).method.message_count
+    deadline = time.time() + 5
+    while not cancelled and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert cancelled == ["watcher"], cancelled
+    conn.close()
+    return {"cancelled": cancelled, "deleted_messages": deleted}
 
 
 def main():
