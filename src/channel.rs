@@ -29,7 +29,7 @@ use crate::protocol::basic::{
 use crate::protocol::method::write_method;
 use crate::protocol::properties;
 use crate::protocol::table;
-use crate::queue::{Queue, QueueEntry, Settled, Unblock};
+use crate::queue::{Enqueued, Queue, QueueEntry, Settled, Unblock};
 use crate::session::Session;
 use crate::vhost::{ExchangeDeclare, QueueDeclare};
 
@@ -460,11 +460,8 @@ impl Channel {
                 headers,
             ),
         };
-        let mut delivered = false;
-        for q in queues.iter() {
-            delivered |= q.publish(message.clone());
-        }
-        if !delivered && publish.mandatory {
+        let outcome = enqueue(&queues, &message);
+        if !outcome.routed && publish.mandatory {
             write_return(
                 out.buf(),
                 self.id,
@@ -476,7 +473,14 @@ impl Channel {
             out.content(self.id, &message.properties, &message.body, s.frame_max);
         }
         if let (Some(confirms), Some(tag)) = (self.confirms.as_mut(), confirm_tag) {
-            confirms.ack(tag);
+            if outcome.failed {
+                confirms.nack(tag);
+            } else if let Some(epoch) = outcome.sync {
+                // A persistent message on a durable queue: confirmed once it is on disk.
+                confirms.hold(tag, epoch);
+            } else {
+                confirms.ack(tag);
+            }
         }
         Ok(())
     }
@@ -548,11 +552,20 @@ impl Channel {
         found
     }
 
-    /// Writes the confirms resolved since the last call.
-    pub fn flush_confirms(&mut self, out: &mut Output) {
+    /// Writes the confirms resolved since the last call, including publishes whose
+    /// messages the store has now synced.
+    pub fn flush_confirms(&mut self, out: &mut Output, synced: u64) {
         if let Some(c) = self.confirms.as_mut() {
+            c.release_synced(synced);
             c.flush(out, self.id);
         }
+    }
+
+    /// Whether confirms wait for the store to sync.
+    pub fn waiting_for_sync(&self) -> bool {
+        self.confirms
+            .as_ref()
+            .is_some_and(Confirms::waiting_for_sync)
     }
 
     // ---- deliveries -----------------------------------------------------------------------
@@ -680,15 +693,20 @@ impl Channel {
         // Group by queue, keeping delivery order within each queue.
         let mut groups: Vec<QueueSettlements> = Vec::new();
         for u in taken {
+            let settled = Settled {
+                consumer: u.consumer,
+                seq: u.entry.seq,
+                persisted: u.entry.persisted,
+            };
             match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-                Some((_, list)) => list.push((u.consumer, u.entry)),
-                None => groups.push((u.queue, vec![(u.consumer, u.entry)])),
+                Some((_, list)) => list.push((settled, u.entry)),
+                None => groups.push((u.queue, vec![(settled, u.entry)])),
             }
         }
         for (queue, list) in &groups {
             match reject {
                 Some(true) => queue.requeue(list.iter().cloned(), unblock),
-                _ => queue.ack(list.iter().map(|(c, _)| *c), unblock),
+                _ => queue.ack(list.iter().map(|(settled, _)| *settled), unblock),
             }
         }
         if channel_unblocked {
@@ -817,7 +835,7 @@ impl Channel {
                     internal: d.internal,
                     arguments: d.arguments,
                 };
-                s.vhost.declare_exchange(&declare)?;
+                out.hold_until_synced(s.vhost.declare_exchange(&declare)?);
                 if !d.nowait {
                     reply(
                         out,
@@ -829,8 +847,10 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
-                s.vhost
+                let sync = s
+                    .vhost
                     .delete_exchange(&strip_cr_lf(d.exchange.as_str()), d.if_unused)?;
+                out.hold_until_synced(sync);
                 if !d.nowait {
                     reply(
                         out,
@@ -840,12 +860,13 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
-                s.vhost.bind_exchange(
+                let sync = s.vhost.bind_exchange(
                     &strip_cr_lf(b.destination.as_str()),
                     &strip_cr_lf(b.source.as_str()),
                     b.routing_key.as_str(),
                     &b.arguments,
                 )?;
+                out.hold_until_synced(sync);
                 if !b.nowait {
                     reply(
                         out,
@@ -855,12 +876,13 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
-                s.vhost.unbind_exchange(
+                let sync = s.vhost.unbind_exchange(
                     &strip_cr_lf(b.destination.as_str()),
                     &strip_cr_lf(b.source.as_str()),
                     b.routing_key.as_str(),
                     &b.arguments,
                 )?;
+                out.hold_until_synced(sync);
                 if !b.nowait {
                     reply(
                         out,
@@ -914,8 +936,10 @@ impl Channel {
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
                 };
-                let (q, messages, consumers) = s.vhost.declare_queue(&declare, s.connection_id)?;
+                let (q, messages, consumers, sync) =
+                    s.vhost.declare_queue(&declare, s.connection_id)?;
                 self.last_queue = Some(q.name.clone());
+                out.hold_until_synced(sync);
                 if !d.nowait {
                     reply(
                         out,
@@ -936,13 +960,14 @@ impl Channel {
                     } else {
                         b.routing_key.to_string()
                     };
-                s.vhost.bind_queue(
+                let sync = s.vhost.bind_queue(
                     &queue,
                     &strip_cr_lf(b.exchange.as_str()),
                     &routing_key,
                     &b.arguments,
                     s.connection_id,
                 )?;
+                out.hold_until_synced(sync);
                 if !b.nowait {
                     reply(
                         out,
@@ -959,13 +984,14 @@ impl Channel {
                     } else {
                         b.routing_key.to_string()
                     };
-                s.vhost.unbind_queue(
+                let sync = s.vhost.unbind_queue(
                     &queue,
                     &strip_cr_lf(b.exchange.as_str()),
                     &routing_key,
                     &b.arguments,
                     s.connection_id,
                 )?;
+                out.hold_until_synced(sync);
                 reply(
                     out,
                     id,
@@ -988,9 +1014,10 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&strip_cr_lf(d.queue.as_str()))?;
-                let count =
+                let (count, sync) =
                     s.vhost
                         .delete_queue(&name, d.if_unused, d.if_empty, s.connection_id)?;
+                out.hold_until_synced(sync);
                 if !d.nowait {
                     reply(
                         out,
@@ -1236,8 +1263,11 @@ impl Channel {
                     ));
                 };
                 let work = std::mem::take(tx);
+                let mut sync: Option<u64> = None;
                 for p in work.publishes {
-                    self.commit_publish(s, out, p);
+                    if let Some(e) = self.commit_publish(s, out, p) {
+                        sync = Some(sync.map_or(e, |x: u64| x.max(e)));
+                    }
                 }
                 for settle in work.settles {
                     match settle {
@@ -1245,6 +1275,8 @@ impl Channel {
                         TxSettle::Reject(list, requeue) => self.settle(list, Some(requeue)),
                     }
                 }
+                // Commit-ok promises the persistent messages are on disk.
+                out.hold_until_synced(sync);
                 reply(
                     out,
                     id,
@@ -1282,21 +1314,19 @@ impl Channel {
         Ok(())
     }
 
-    fn commit_publish(&mut self, s: &Session, out: &mut Output, p: TxPublish) {
+    /// Routes a publish held by a transaction. Returns the epoch that makes it durable.
+    fn commit_publish(&mut self, s: &Session, out: &mut Output, p: TxPublish) -> Option<u64> {
         let Ok((exchange, cached)) = self.resolve(s, &p.exchange, &p.routing_key) else {
             // The exchange was deleted before the commit: the message is unroutable.
-            return;
+            return None;
         };
         let extra: Vec<Bytes> = p.routing_keys[1..].to_vec();
         let queues = match cached {
             Some(queues) if extra.is_empty() => queues,
             _ => self.route(s, &exchange, &p.exchange, &p.routing_key, &extra, p.headers),
         };
-        let mut delivered = false;
-        for q in queues.iter() {
-            delivered |= q.publish(p.message.clone());
-        }
-        if !delivered && p.mandatory {
+        let outcome = enqueue(&queues, &p.message);
+        if !outcome.routed && p.mandatory {
             write_return(
                 out.buf(),
                 self.id,
@@ -1307,7 +1337,41 @@ impl Channel {
             );
             out.content(self.id, &p.message.properties, &p.message.body, s.frame_max);
         }
+        outcome.sync
     }
+}
+
+/// What handing a message to its queues came to.
+struct Outcome {
+    /// At least one queue took it.
+    routed: bool,
+    /// Writing it to a durable queue's log failed.
+    failed: bool,
+    /// The epoch that makes it durable, if a durable queue logged it.
+    sync: Option<u64>,
+}
+
+fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
+    let mut outcome = Outcome {
+        routed: false,
+        failed: false,
+        sync: None,
+    };
+    for q in queues {
+        match q.publish(message.clone()) {
+            Enqueued::Deleted => {}
+            Enqueued::Accepted => outcome.routed = true,
+            Enqueued::Persisted(epoch) => {
+                outcome.routed = true;
+                outcome.sync = Some(outcome.sync.map_or(epoch, |e| e.max(epoch)));
+            }
+            Enqueued::Failed => {
+                outcome.routed = true;
+                outcome.failed = true;
+            }
+        }
+    }
+    outcome
 }
 
 /// Validates a per-message `expiration` the way RabbitMQ parses it.

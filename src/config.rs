@@ -40,6 +40,11 @@ pub struct Limits {
     pub connection_outbox_bytes: usize,
     /// Bytes read from a socket in one go.
     pub read_chunk_bytes: usize,
+    /// Message bytes all queues together keep in memory; beyond it, queues move the newest
+    /// part of their backlogs to disk and read it back as consumers catch up.
+    pub memory_budget_bytes: usize,
+    /// Size of one segment file of a queue log.
+    pub segment_bytes: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +60,8 @@ impl Default for Limits {
             handshake_timeout_s: 10,
             connection_outbox_bytes: 1024 * 1024,
             read_chunk_bytes: 64 * 1024,
+            memory_budget_bytes: 64 * 1024 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
         }
     }
 }

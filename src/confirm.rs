@@ -9,9 +9,9 @@ use crate::protocol::basic::write_confirm;
 pub struct Confirms {
     /// Sequence number of the last publish (publishes count from 1 after confirm.select).
     last_tag: u64,
-    /// Tags not yet resolved, in order. A tag waits here while its message is on its way to
-    /// disk; transient messages are resolved as soon as they are routed.
-    unresolved: std::collections::VecDeque<u64>,
+    /// Tags waiting for their messages to reach the disk, in order, with the store epoch
+    /// that makes them durable. Transient messages are resolved as soon as they are routed.
+    unresolved: std::collections::VecDeque<(u64, u64)>,
     /// Resolved since the last flush.
     acks: Vec<u64>,
     nacks: Vec<u64>,
@@ -24,13 +24,29 @@ impl Confirms {
         self.last_tag
     }
 
-    /// Marks a publish as waiting for something (a disk sync) before it can be confirmed.
-    pub fn hold(&mut self, tag: u64) {
-        self.unresolved.push_back(tag);
+    /// Holds a publish until the store has synced `epoch`.
+    pub fn hold(&mut self, tag: u64, epoch: u64) {
+        self.unresolved.push_back((tag, epoch));
+    }
+
+    /// Acks the held publishes whose epoch is now synced.
+    pub fn release_synced(&mut self, synced: u64) {
+        while let Some(&(tag, epoch)) = self.unresolved.front() {
+            if epoch > synced {
+                break;
+            }
+            self.unresolved.pop_front();
+            self.acks.push(tag);
+        }
+    }
+
+    /// Whether publishes wait for a sync.
+    pub fn waiting_for_sync(&self) -> bool {
+        !self.unresolved.is_empty()
     }
 
     fn resolve(&mut self, tag: u64) {
-        if let Some(i) = self.unresolved.iter().position(|&t| t == tag) {
+        if let Some(i) = self.unresolved.iter().position(|&(t, _)| t == tag) {
             self.unresolved.remove(i);
         }
     }
@@ -56,7 +72,7 @@ impl Confirms {
         if !self.has_pending_output() {
             return;
         }
-        let oldest_unresolved = self.unresolved.front().copied();
+        let oldest_unresolved = self.unresolved.front().map(|&(t, _)| t);
         let mut acks = std::mem::take(&mut self.acks);
         let mut nacks = std::mem::take(&mut self.nacks);
         acks.sort_unstable();
@@ -137,6 +153,27 @@ mod tests {
         let mut out = Output::default();
         c.flush(&mut out, 1);
         assert_eq!(frames(&mut out), vec![(true, 5, true)]);
+    }
+
+    #[test]
+    fn held_publishes_wait_for_the_sync_and_bound_the_multiple_ack() {
+        let mut c = Confirms::default();
+        let t1 = c.next_tag();
+        c.hold(t1, 5);
+        let t2 = c.next_tag();
+        c.ack(t2);
+        let t3 = c.next_tag();
+        c.ack(t3);
+        let mut out = Output::default();
+        c.flush(&mut out, 1);
+        // Tag 1 is not on disk yet: 2 and 3 cannot be acked with a multiple ack.
+        assert_eq!(frames(&mut out), vec![(true, 2, false), (true, 3, false)]);
+        c.release_synced(4);
+        assert!(c.waiting_for_sync());
+        c.release_synced(5);
+        let mut out = Output::default();
+        c.flush(&mut out, 1);
+        assert_eq!(frames(&mut out), vec![(true, 1, false)]);
     }
 
     #[test]

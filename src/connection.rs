@@ -113,13 +113,17 @@ pub struct Connection {
     drained: Drained,
     /// Bytes of deliveries encoded into `out` since it was last empty.
     unflushed_delivery_bytes: usize,
+    /// Changes when the store syncs: wakes the task to send held confirms and replies.
+    synced: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Serves one client connection until it closes.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, outbox: Arc<Outbox>) {
     let _ = stream.set_nodelay(true);
     let now = Instant::now();
+    let synced = broker.store.shared.subscribe();
     let mut conn = Connection {
+        synced,
         frame_max: MIN_FRAME_MAX_BYTES,
         channel_max: broker.config.limits.channel_max,
         heartbeat_s: 0,
@@ -173,10 +177,17 @@ impl Connection {
         ) {
             self.drain_outbox();
         }
+        let synced = self.broker.store.shared.synced();
+        self.out.release_holds(synced);
         for ch in &mut self.channels {
-            ch.flush_confirms(&mut self.out);
+            ch.flush_confirms(&mut self.out, synced);
         }
         Ok(())
+    }
+
+    /// Whether something waits for the store to sync.
+    fn waiting_for_sync(&self) -> bool {
+        self.out.has_holds() || self.channels.iter().any(Channel::waiting_for_sync)
     }
 
     /// Waits for the socket, the outbox or a timer.
@@ -192,7 +203,8 @@ impl Connection {
             // Stop reading while a client does not read what we send it.
             _ => self.out.len() < self.output_limit(),
         };
-        let writing = !self.out.is_empty();
+        let writing = self.out.writable_len() > 0;
+        let syncing = self.waiting_for_sync();
         let interest = match (reading, writing) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
@@ -212,6 +224,7 @@ impl Connection {
                 }
             }
             _ = self.outbox.notified() => {}
+            _ = self.synced.changed(), if syncing => {}
             _ = tokio::time::sleep_until(deadline) => {
                 return self.on_timer(Instant::now());
             }
@@ -241,7 +254,7 @@ impl Connection {
 
     /// Writes as much output as the socket takes without waiting.
     fn flush(&mut self) -> std::io::Result<()> {
-        while !self.out.is_empty() {
+        while self.out.writable_len() > 0 {
             let mut iov = iovecs();
             let n = self.out.slices(&mut iov);
             match self.stream.try_write_vectored(&iov[..n]) {

@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod topic;
 pub mod vhost;
 

@@ -10,7 +10,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// 64 unpredictable bits: a process-wide counter hashed with SipHash under a key the standard
 /// library draws from the operating system.
-fn random_u64() -> u64 {
+pub fn random_u64() -> u64 {
     thread_local! {
         static STATE: RandomState = RandomState::new();
     }

@@ -42,6 +42,12 @@ pub struct Output {
     written: usize,
     /// Bytes waiting in all segments and the tail.
     len: usize,
+    /// Bytes written to the socket since the connection started.
+    sent: u64,
+    /// Stream offsets from which output must wait until the store has synced an epoch:
+    /// a reply that promises durability (declare-ok of a durable queue, tx.commit-ok) is
+    /// held back, with everything after it, until what it promises is on disk.
+    holds: VecDeque<(u64, u64)>,
 }
 
 impl Output {
@@ -54,11 +60,41 @@ impl Output {
     /// Bytes waiting to be written.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len + self.tail.len()
+        // `written` counts bytes of the front segment (or of the tail, when it is the only
+        // thing left) that already went out.
+        self.len + self.tail.len() - self.written
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Holds back everything appended from now on until the store has synced `epoch`.
+    pub fn hold_until_synced(&mut self, epoch: Option<u64>) {
+        if let Some(epoch) = epoch {
+            let at = self.sent + self.len() as u64;
+            self.holds.push_back((at, epoch));
+        }
+    }
+
+    /// Lets go of holds whose epoch is synced.
+    pub fn release_holds(&mut self, synced: u64) {
+        while self.holds.front().is_some_and(|&(_, e)| e <= synced) {
+            self.holds.pop_front();
+        }
+    }
+
+    /// Whether some output waits for a sync.
+    pub fn has_holds(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
+    /// Bytes that may be written now.
+    pub fn writable_len(&self) -> usize {
+        match self.holds.front() {
+            Some(&(at, _)) => at.saturating_sub(self.sent) as usize,
+            None => self.len(),
+        }
     }
 
     /// Appends a message's content header and body frames. Large bodies are queued by
@@ -103,27 +139,35 @@ impl Output {
 
     /// Fills `slices` with what to write next; returns how many were filled.
     pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut budget = self.writable_len();
         let mut n = 0;
-        for (i, seg) in self.segments.iter().enumerate() {
-            if n == MAX_IOVECS {
-                return n;
-            }
-            let bytes = seg.bytes();
-            let bytes = if i == 0 {
-                &bytes[self.written..]
-            } else {
-                bytes
-            };
-            slices[n] = IoSlice::new(bytes);
-            n += 1;
-        }
-        if n < MAX_IOVECS && !self.tail.is_empty() {
-            let bytes = if self.segments.is_empty() {
-                &self.tail[self.written..]
+        let mut parts = self
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                let bytes = seg.bytes();
+                if i == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                }
+            })
+            .chain(std::iter::once(if self.segments.is_empty() {
+                &self.tail[self.written.min(self.tail.len())..]
             } else {
                 &self.tail[..]
+            }));
+        while n < MAX_IOVECS && budget > 0 {
+            let Some(bytes) = parts.next() else {
+                break;
             };
-            slices[n] = IoSlice::new(bytes);
+            if bytes.is_empty() {
+                continue;
+            }
+            let take = bytes.len().min(budget);
+            budget -= take;
+            slices[n] = IoSlice::new(&bytes[..take]);
             n += 1;
         }
         n
@@ -131,6 +175,7 @@ impl Output {
 
     /// Records that `n` bytes were written to the socket.
     pub fn consume(&mut self, mut n: usize) {
+        self.sent += n as u64;
         while n > 0 {
             let Some(front) = self.segments.front() else {
                 // Writing from the tail itself.
@@ -169,10 +214,12 @@ impl Output {
 
     /// Drops everything not yet written.
     pub fn clear(&mut self) {
+        self.sent += self.len() as u64;
         self.segments.clear();
         self.tail.clear();
         self.written = 0;
         self.len = 0;
+        self.holds.clear();
     }
 }
 
@@ -184,6 +231,24 @@ pub fn iovecs<'a>() -> [IoSlice<'a>; MAX_IOVECS] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_output_waits_for_its_epoch() {
+        let mut out = Output::default();
+        out.buf().extend_from_slice(b"before");
+        out.hold_until_synced(Some(7));
+        out.buf().extend_from_slice(b"after");
+        assert_eq!(out.writable_len(), 6);
+        let mut v = iovecs();
+        let n = out.slices(&mut v);
+        assert_eq!(v[..n].iter().map(|s| s.len()).sum::<usize>(), 6);
+        out.consume(6);
+        assert_eq!(out.writable_len(), 0);
+        out.release_holds(6);
+        assert_eq!(out.writable_len(), 0);
+        out.release_holds(7);
+        assert_eq!(out.writable_len(), 5);
+    }
 
     fn drain(out: &mut Output, step: usize) -> Vec<u8> {
         let mut all = Vec::new();

@@ -7,10 +7,18 @@
 //! outboxes. This keeps a message's path free of task hops: publish, route, enqueue and hand
 //! over to the consumer's connection happen in one call on the publisher's task.
 //!
+//! A durable queue writes each persistent message to its log ([`crate::store::QueueLog`])
+//! before the publisher's confirm; any queue moves the newest part of its backlog into a log
+//! (its *tail*) when the broker holds more message bytes in memory than its budget, and reads
+//! it back in order as the head drains.
+//!
 //! Invariants, all under the lock:
 //! - `ready` is sorted by `seq`; a requeued message goes back to the place its `seq` gives it.
-//! - A message is in exactly one place: `ready`, or a channel's unacked list (the queue only
-//!   counts those), or an outbox on its way to a channel.
+//! - Every message in the tail comes after every message in `ready` (higher `seq`), and the
+//!   tail is read back in `seq` order.
+//! - A message is in exactly one place: `ready`, the tail, a channel's unacked list (the
+//!   queue only counts those), or an outbox on its way to a channel.
+//! - A persistent message of a durable queue has a log record until it is acknowledged.
 //! - Deliveries are pushed into outboxes while the lock is held, so every consumer sees the
 //!   queue's order.
 
@@ -26,6 +34,17 @@ use crate::error::AmqpResult;
 use crate::message::Message;
 use crate::outbox::{Delivery, Outbox};
 use crate::prefetch::ChannelPrefetch;
+use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED};
+use crate::store::{QueueLog, Recovered, Store, TailReader};
+
+/// Paging thresholds, in bytes of messages a queue holds in memory. Over the broker's budget,
+/// a queue holding more than `PAGE_OUT_ABOVE` moves all but its oldest `PAGE_KEEP` to disk;
+/// it reads `PAGE_IN_BATCH` back whenever it is down to `PAGE_IN_BELOW`. The gap between the
+/// two keeps a queue from writing out what it would read straight back.
+const PAGE_OUT_ABOVE: usize = 1024 * 1024;
+const PAGE_KEEP: usize = 512 * 1024;
+const PAGE_IN_BELOW: usize = 256 * 1024;
+const PAGE_IN_BATCH: usize = 256 * 1024;
 
 /// A message in a queue, or on its way to a consumer.
 #[derive(Debug, Clone)]
@@ -35,6 +54,15 @@ pub struct QueueEntry {
     pub message: Arc<Message>,
     /// The message was delivered before (and requeued).
     pub redelivered: bool,
+    /// The message has a durable record in the queue's log: its ack must be logged.
+    pub persisted: bool,
+}
+
+impl QueueEntry {
+    /// Bytes this entry holds in memory, for the store's budget.
+    fn size(&self) -> usize {
+        self.message.wire_size()
+    }
 }
 
 /// What a queue was declared with.
@@ -47,6 +75,21 @@ pub struct QueueConfig {
     /// The connection an exclusive queue belongs to.
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
+    /// A durable queue's log directory number (0 for transient queues).
+    pub id: u64,
+}
+
+/// What became of a message handed to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The queue was deleted meanwhile.
+    Deleted,
+    /// In the queue.
+    Accepted,
+    /// In the queue and in its log; durable once the store has synced this epoch.
+    Persisted(u64),
+    /// Writing it to the log failed: the publisher's confirm is a nack.
+    Failed,
 }
 
 /// A message queue.
@@ -61,7 +104,18 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     /// Arguments as declared, for redeclare equivalence.
     pub arguments: FieldTable,
+    /// A durable queue's log directory number (0 for transient queues).
+    pub id: u64,
+    store: Arc<Store>,
     state: Mutex<State>,
+}
+
+/// Messages of a queue that live only in its log, after everything in `ready`.
+#[derive(Debug)]
+struct Tail {
+    reader: TailReader,
+    /// How many messages the tail holds.
+    count: u64,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +135,12 @@ struct State {
     had_consumers: bool,
     /// Reused per dispatch: deliveries grouped by destination connection.
     batches: Vec<Batch>,
+    /// A durable queue's log, or a transient queue's paging log once it needed one.
+    log: Option<Arc<QueueLog>>,
+    /// Messages after `ready` that live only in the log.
+    tail: Option<Tail>,
+    /// Bytes of `ready` held in memory, counted in the store's budget.
+    ready_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -99,8 +159,15 @@ pub struct ConsumerRemoved {
     pub delete_queue: bool,
 }
 
-/// A settled delivery: which consumer had it (None for basic.get).
-pub type Settled = Option<ConsumerId>;
+/// A settled delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The consumer it went to; None for basic.get.
+    pub consumer: Option<ConsumerId>,
+    pub seq: u64,
+    /// Its durable record must be acknowledged in the log.
+    pub persisted: bool,
+}
 
 /// Which blocked consumers got credit back from outside the queue and should rejoin the
 /// round-robin.
@@ -114,7 +181,8 @@ pub enum Unblock<'a> {
 }
 
 impl Queue {
-    pub fn new(config: QueueConfig) -> Self {
+    /// A new queue; durable queues bring their (empty) log.
+    pub fn new(config: QueueConfig, store: Arc<Store>, log: Option<Arc<QueueLog>>) -> Self {
         Queue {
             name: config.name,
             vhost: config.vhost,
@@ -122,8 +190,35 @@ impl Queue {
             auto_delete: config.auto_delete,
             exclusive_owner: config.exclusive_owner,
             arguments: config.arguments,
-            state: Mutex::new(State::default()),
+            id: config.id,
+            store,
+            state: Mutex::new(State {
+                log,
+                ..State::default()
+            }),
         }
+    }
+
+    /// A durable queue brought back from its log after a restart. Its messages stay in the
+    /// log and are read back in order as consumers need them.
+    pub fn recovered(
+        config: QueueConfig,
+        store: Arc<Store>,
+        log: Arc<QueueLog>,
+        recovered: Recovered,
+    ) -> Self {
+        let queue = Queue::new(config, store, Some(log));
+        {
+            let mut state = queue.lock();
+            state.next_seq = recovered.next_seq;
+            if recovered.count > 0 {
+                state.tail = Some(Tail {
+                    reader: recovered.reader,
+                    count: recovered.count,
+                });
+            }
+        }
+        queue
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -131,32 +226,81 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enqueues a message and dispatches. Returns false if the queue was deleted meanwhile.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+    /// Enqueues a message and dispatches.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
         let mut state = self.lock();
         if state.deleted {
-            return false;
+            return Enqueued::Deleted;
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.ready.push_back(QueueEntry {
-            seq,
-            message,
-            redelivered: false,
-        });
+        let mut outcome = Enqueued::Accepted;
+        let mut persisted = false;
+        if self.durable
+            && message.persistent
+            && let Some(log) = state.log.clone()
+        {
+            match log.append_message(seq, &message, true, 0) {
+                Ok(epoch) => {
+                    persisted = true;
+                    outcome = Enqueued::Persisted(epoch);
+                }
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot write a persistent message");
+                    return Enqueued::Failed;
+                }
+            }
+        }
+        if state.tail.is_some() {
+            // Paging: the message goes after the tail, in the log only.
+            if !persisted {
+                let written = state
+                    .log
+                    .as_ref()
+                    .map(|log| log.append_message(seq, &message, false, 0));
+                if !matches!(written, Some(Ok(_))) {
+                    tracing::error!(queue = %self.name, "cannot page a message out");
+                    return Enqueued::Failed;
+                }
+            }
+            if let Some(tail) = state.tail.as_mut() {
+                tail.count += 1;
+            }
+            state.dispatch(self);
+            return outcome;
+        }
+        state.push_ready(
+            QueueEntry {
+                seq,
+                message,
+                redelivered: false,
+                persisted,
+            },
+            &self.store,
+        );
         state.dispatch(self);
-        true
+        if self.store.shared.over_budget() && state.ready_bytes > PAGE_OUT_ABOVE {
+            state.page_out(self);
+        }
+        outcome
     }
 
     /// Takes the message at the head for basic.get. Returns it and the number of messages
     /// left ready.
-    pub fn get(&self, no_ack: bool) -> Option<(QueueEntry, u32)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueueEntry, u32)> {
         let mut state = self.lock();
-        let entry = state.ready.pop_front()?;
+        state.page_in(self);
+        let entry = state.pop_ready(&self.store)?;
         if !no_ack {
             state.unacked += 1;
         }
-        Some((entry, state.ready.len() as u32))
+        state.mark_delivered(&entry);
+        if no_ack && entry.persisted {
+            state.log_ack(entry.seq);
+        }
+        state.page_in(self);
+        let left = state.message_count();
+        Some((entry, left))
     }
 
     /// Adds a consumer and dispatches to it. Enforces exclusive consumers the way RabbitMQ
@@ -210,9 +354,17 @@ impl Queue {
     pub fn ack(self: &Arc<Self>, settled: impl IntoIterator<Item = Settled>, unblock: Unblock) {
         let mut state = self.lock();
         let mut released = Vec::new();
-        for consumer in settled {
+        let mut logged = false;
+        for s in settled {
             state.unacked = state.unacked.saturating_sub(1);
-            state.release_consumer(consumer, &mut released);
+            state.release_consumer(s.consumer, &mut released);
+            if s.persisted {
+                state.log_ack(s.seq);
+                logged = true;
+            }
+        }
+        if logged {
+            state.collect_garbage();
         }
         state.unblock(&released, unblock);
         state.dispatch(self);
@@ -227,16 +379,16 @@ impl Queue {
         let mut state = self.lock();
         let mut released = Vec::new();
         let mut back = Vec::new();
-        for (consumer, mut entry) in entries {
+        for (settled, mut entry) in entries {
             state.unacked = state.unacked.saturating_sub(1);
-            state.release_consumer(consumer, &mut released);
+            state.release_consumer(settled.consumer, &mut released);
             entry.redelivered = true;
             back.push(entry);
         }
         if state.deleted {
             return;
         }
-        state.insert_in_order(back);
+        state.insert_in_order(back, &self.store);
         state.unblock(&released, unblock);
         state.dispatch(self);
     }
@@ -257,7 +409,7 @@ impl Queue {
         if state.deleted {
             return;
         }
-        state.insert_in_order(back);
+        state.insert_in_order(back, &self.store);
         state.unblock(&released, Unblock::Nobody);
         state.dispatch(self);
     }
@@ -269,25 +421,49 @@ impl Queue {
         state.dispatch(self);
     }
 
-    /// Drops every ready message; returns how many there were.
+    /// Drops every ready message, in memory or paged out; returns how many there were.
     pub fn purge(&self) -> u32 {
         let mut state = self.lock();
-        let n = state.ready.len();
-        state.ready.clear();
-        n as u32
+        let n = state.message_count();
+        while let Some(e) = state.pop_ready(&self.store) {
+            if e.persisted {
+                state.log_ack(e.seq);
+            }
+        }
+        if let Some(mut tail) = state.tail.take()
+            && let Some(log) = state.log.clone()
+        {
+            // Durable messages in the tail need their acks logged: read them through.
+            loop {
+                match log.read_back(&mut tail.reader, 4 * PAGE_IN_BATCH) {
+                    Ok(batch) if batch.is_empty() => break,
+                    Ok(batch) => {
+                        for m in batch.into_iter().filter(|m| m.persisted) {
+                            state.log_ack(m.seq);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(queue = %self.name, error = %e, "cannot read the queue log");
+                        break;
+                    }
+                }
+            }
+        }
+        state.collect_garbage();
+        n
     }
 
     /// Ready messages and consumers, as queue.declare-ok reports them.
     pub fn counts(&self) -> (u32, u32) {
         let state = self.lock();
         (
-            state.ready.len() as u32,
+            state.message_count(),
             state.consumers.iter().filter(|c| !c.dead).count() as u32,
         )
     }
 
     pub fn message_count(&self) -> u32 {
-        self.lock().ready.len() as u32
+        self.lock().message_count()
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -298,20 +474,172 @@ impl Queue {
         self.lock().deleted
     }
 
-    /// Marks the queue deleted and hands back its consumers (to be told) and the number of
-    /// ready messages it held.
+    /// Marks the queue deleted, drops its messages and its log, and hands back its
+    /// consumers (to be told) and the number of ready messages it held.
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         let mut state = self.lock();
         state.deleted = true;
-        let n = state.ready.len() as u32;
-        state.ready.clear();
+        let n = state.message_count();
+        while state.pop_ready(&self.store).is_some() {}
+        state.tail = None;
+        if let Some(log) = state.log.take() {
+            log.destroy();
+        }
         (n, std::mem::take(&mut state.consumers))
     }
 }
 
 impl State {
+    fn message_count(&self) -> u32 {
+        (self.ready.len() as u64 + self.tail.as_ref().map_or(0, |t| t.count)) as u32
+    }
+
+    fn push_ready(&mut self, entry: QueueEntry, store: &Store) {
+        let size = entry.size();
+        self.ready_bytes += size;
+        store.shared.add_memory(size as isize);
+        self.ready.push_back(entry);
+    }
+
+    fn pop_ready(&mut self, store: &Store) -> Option<QueueEntry> {
+        let entry = self.ready.pop_front()?;
+        let size = entry.size();
+        self.ready_bytes = self.ready_bytes.saturating_sub(size);
+        store.shared.add_memory(-(size as isize));
+        Some(entry)
+    }
+
+    fn log_ack(&self, seq: u64) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.ack(seq)
+        {
+            tracing::error!(error = %e, "cannot log an acknowledgement");
+        }
+    }
+
+    /// Logs the first delivery of a durable message, so that it comes back redelivered
+    /// after a restart.
+    fn mark_delivered(&self, entry: &QueueEntry) {
+        if entry.persisted
+            && !entry.redelivered
+            && let Some(log) = &self.log
+            && let Err(e) = log.delivered(entry.seq)
+        {
+            tracing::error!(error = %e, "cannot log a delivery");
+        }
+    }
+
+    /// Deletes log segments nothing needs any more.
+    fn collect_garbage(&self) {
+        if let Some(log) = &self.log {
+            log.collect_garbage(self.tail.as_ref().map(|t| t.reader.pos));
+        }
+    }
+
+    /// Moves the newest part of `ready` into the log, keeping a window in memory.
+    fn page_out(&mut self, queue: &Arc<Queue>) {
+        if self.tail.is_some() || self.deleted {
+            return;
+        }
+        let mut keep = 0usize;
+        let mut kept = 0usize;
+        for e in &self.ready {
+            if kept + e.size() > PAGE_KEEP && keep > 0 {
+                break;
+            }
+            kept += e.size();
+            keep += 1;
+        }
+        if keep >= self.ready.len() {
+            return;
+        }
+        if self.log.is_none() {
+            match queue.store.create_paging_log() {
+                Ok(log) => self.log = Some(log),
+                Err(e) => {
+                    tracing::error!(queue = %queue.name, error = %e, "cannot create a paging log");
+                    return;
+                }
+            }
+        }
+        let Some(log) = self.log.clone() else {
+            return;
+        };
+        let start = log.end();
+        let mut moved = 0u64;
+        let paged: Vec<QueueEntry> = self.ready.drain(keep..).collect();
+        for e in &paged {
+            let flags = if e.persisted { FLAG_PERSISTED } else { 0 }
+                | if e.redelivered { FLAG_REDELIVERED } else { 0 };
+            if let Err(err) = log.append_message(e.seq, &e.message, false, flags) {
+                tracing::error!(queue = %queue.name, error = %err, "cannot page messages out");
+                // Keep what could not be written in memory.
+                break;
+            }
+            moved += 1;
+        }
+        let (written, kept_back) = paged.split_at(moved as usize);
+        for e in written {
+            let size = e.size();
+            self.ready_bytes = self.ready_bytes.saturating_sub(size);
+            queue.store.shared.add_memory(-(size as isize));
+        }
+        if !kept_back.is_empty() {
+            // The log refused writes part way: nothing after a failed write is in the
+            // tail, so the unwritten messages stay in memory and paging stops.
+            self.ready.extend(kept_back.iter().cloned());
+            if moved == 0 {
+                return;
+            }
+        }
+        self.tail = Some(Tail {
+            reader: TailReader {
+                pos: start,
+                ..TailReader::default()
+            },
+            count: moved,
+        });
+    }
+
+    /// Reads the tail back while the in-memory head is short. Returns whether it read
+    /// anything.
+    fn page_in(&mut self, queue: &Arc<Queue>) -> bool {
+        if self.deleted || self.ready_bytes >= PAGE_IN_BELOW {
+            return false;
+        }
+        let (Some(tail), Some(log)) = (self.tail.as_mut(), self.log.clone()) else {
+            return false;
+        };
+        let batch = match log.read_back(&mut tail.reader, PAGE_IN_BATCH) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue = %queue.name, error = %e, "cannot read the queue log");
+                return false;
+            }
+        };
+        let read = batch.len() as u64;
+        let exhausted = read == 0 || read >= tail.count;
+        tail.count = tail.count.saturating_sub(read);
+        for m in batch {
+            self.push_ready(
+                QueueEntry {
+                    seq: m.seq,
+                    message: Arc::new(m.message),
+                    redelivered: m.redelivered,
+                    persisted: m.persisted,
+                },
+                &queue.store,
+            );
+        }
+        if exhausted {
+            self.tail = None;
+        }
+        self.collect_garbage();
+        read > 0
+    }
+
     /// Gives a consumer back the credit of one settled delivery.
-    fn release_consumer(&mut self, consumer: Settled, released: &mut Vec<ConsumerId>) {
+    fn release_consumer(&mut self, consumer: Option<ConsumerId>, released: &mut Vec<ConsumerId>) {
         if let Some(id) = consumer
             && let Some(c) = self.consumers.iter_mut().find(|c| c.id == id)
         {
@@ -359,9 +687,12 @@ impl State {
     }
 
     /// Inserts entries at the positions their sequence numbers give them.
-    fn insert_in_order(&mut self, mut entries: Vec<QueueEntry>) {
+    fn insert_in_order(&mut self, mut entries: Vec<QueueEntry>, store: &Store) {
         entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
         for entry in entries {
+            let size = entry.size();
+            self.ready_bytes += size;
+            store.shared.add_memory(size as isize);
             // Requeued messages almost always belong before everything still ready.
             match self.ready.front() {
                 None => self.ready.push_front(entry),
@@ -379,6 +710,17 @@ impl State {
     /// it and moves to the tail of its priority; one that cannot is marked blocked and
     /// skipped until it gets credit back (see [`State::unblock`]).
     fn dispatch(&mut self, queue: &Arc<Queue>) {
+        loop {
+            self.dispatch_ready(queue);
+            // Keep the head fed from the tail while consumers take messages; what was read
+            // back goes out in the next round.
+            if !self.page_in(queue) {
+                break;
+            }
+        }
+    }
+
+    fn dispatch_ready(&mut self, queue: &Arc<Queue>) {
         if self.deleted {
             return;
         }
@@ -403,12 +745,17 @@ impl State {
             let Some(i) = chosen else {
                 break;
             };
-            let Some(entry) = self.ready.pop_front() else {
+            let Some(entry) = self.pop_ready(&queue.store) else {
                 break;
             };
             let consumer = self.consumers.remove(i);
             if !consumer.no_ack {
                 self.unacked += 1;
+            }
+            self.mark_delivered(&entry);
+            if consumer.no_ack && entry.persisted {
+                // Settled on delivery.
+                self.log_ack(entry.seq);
             }
             let delivery = Delivery {
                 channel: consumer.channel,
@@ -436,11 +783,11 @@ impl State {
             self.insert_consumer(consumer);
         }
         if !self.batches.is_empty() {
-            self.flush_batches();
+            self.flush_batches(&queue.store);
         }
     }
 
-    fn flush_batches(&mut self) {
+    fn flush_batches(&mut self, store: &Store) {
         let mut batches = std::mem::take(&mut self.batches);
         for mut batch in batches.drain(..) {
             if let Err(undelivered) = batch
@@ -463,7 +810,7 @@ impl State {
                     }
                     back.push(d.entry);
                 }
-                self.insert_in_order(back);
+                self.insert_in_order(back, store);
             }
         }
         // Keep the allocation for the next dispatch.

@@ -43,13 +43,23 @@ impl Drop for LiveGuard {
 impl Server {
     /// Binds every listen address and starts accepting connections.
     pub async fn start(config: Config) -> std::io::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir)?;
         let mut bound = Vec::new();
         for addr in &config.listen {
             let listener = TcpListener::bind(addr).await?;
             bound.push(listener);
         }
-        let broker = Broker::new(config);
+        let (broker, report) = tokio::task::spawn_blocking(move || Broker::open(config))
+            .await
+            .map_err(std::io::Error::other)??;
+        tracing::info!(
+            queues = report.queues,
+            messages = report.messages,
+            exchanges = report.exchanges,
+            bindings = report.bindings,
+            torn_logs = report.torn_logs,
+            millis = report.millis as u64,
+            "recovered the data directory"
+        );
         let live = Arc::new(Live::default());
         let mut addrs = Vec::new();
         let mut listeners = Vec::new();
@@ -101,6 +111,8 @@ impl Server {
             }
         };
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, wait).await;
+        let broker = self.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || broker.close_store()).await;
     }
 }
 

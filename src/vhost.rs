@@ -4,6 +4,9 @@
 //! take the vhost's topology lock, so that related changes never interleave: a queue being
 //! deleted cannot gain a binding halfway. Every change bumps `version`, which is how
 //! channels know their cached routes went stale.
+//!
+//! Changes to durable objects are recorded in the definitions journal; the methods that
+//! make them return the store epoch to wait for before telling the client (`Option<u64>`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +22,13 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, ExchangeKind};
 use crate::outbox::OutboxEvent;
 use crate::queue::{Queue, QueueConfig};
+use crate::store::Store;
+use crate::store::definitions::{
+    BindingDef, Change, DefinitionsStore, ExchangeDef, QueueDef, encode_arguments,
+};
+
+/// The store epoch a change becomes durable in, when it had to be written.
+pub type Sync = Option<u64>;
 
 /// What exchange.declare asks for.
 #[derive(Debug, Clone)]
@@ -53,6 +63,10 @@ pub struct VirtualHost {
     topology: Mutex<Topology>,
     /// Bumped by every change that could alter where a message is routed.
     version: AtomicU64,
+    /// Where durable queues keep their messages.
+    pub store: Arc<Store>,
+    /// Where durable definitions are recorded.
+    defs: Arc<DefinitionsStore>,
 }
 
 /// The reverse index of bindings, kept under the topology lock.
@@ -60,6 +74,8 @@ pub struct VirtualHost {
 struct Topology {
     /// For each destination (by identity), the bindings that lead to it and their source.
     incoming: HashMap<usize, Vec<(Arc<Exchange>, Binding)>>,
+    /// The epoch of the last definitions change made under this lock.
+    sync: Sync,
 }
 
 /// The exchanges every vhost starts with, as in RabbitMQ: (name, type, internal).
@@ -81,13 +97,15 @@ fn default_exchange_refused() -> AmqpError {
 }
 
 impl VirtualHost {
-    pub fn new(name: &str) -> Arc<Self> {
+    pub fn new(name: &str, store: Arc<Store>, defs: Arc<DefinitionsStore>) -> Arc<Self> {
         let vhost = VirtualHost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             topology: Mutex::new(Topology::default()),
             version: AtomicU64::new(0),
+            store,
+            defs,
         };
         for &(x, kind, internal) in PREDECLARED {
             vhost.exchanges.insert(
@@ -111,6 +129,60 @@ impl VirtualHost {
 
     fn changed(&self) {
         self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Records a change to durable definitions.
+    fn record(&self, topology: &mut Topology, change: Change) {
+        let epoch = self.defs.record(change);
+        topology.sync = Some(topology.sync.map_or(epoch, |e| e.max(epoch)));
+    }
+
+    fn exchange_def(&self, x: &Exchange) -> ExchangeDef {
+        let (arguments, lepus_arguments) = encode_arguments(&x.arguments);
+        ExchangeDef {
+            name: x.name.clone(),
+            vhost: self.name.clone(),
+            kind: x.kind.name().to_owned(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments,
+            lepus_arguments,
+        }
+    }
+
+    fn queue_def(&self, q: &Queue) -> QueueDef {
+        let (arguments, lepus_arguments) = encode_arguments(&q.arguments);
+        QueueDef {
+            name: q.name.clone(),
+            vhost: self.name.clone(),
+            durable: q.durable,
+            auto_delete: q.auto_delete,
+            arguments,
+            lepus_arguments,
+            lepus_id: q.id,
+        }
+    }
+
+    /// The definition of a binding, if it is durable (both ends durable, as in RabbitMQ).
+    fn binding_def(&self, source: &Exchange, b: &Binding) -> Option<BindingDef> {
+        let (destination, destination_type, durable) = match &b.destination {
+            Destination::Queue(q) => (q.name.clone(), "queue", q.durable),
+            Destination::Exchange(x) => (x.name.clone(), "exchange", x.durable),
+        };
+        if !(durable && source.durable) {
+            return None;
+        }
+        let (arguments, lepus_arguments) = encode_arguments(&b.arguments);
+        Some(BindingDef {
+            source: source.name.clone(),
+            vhost: self.name.clone(),
+            destination,
+            destination_type: destination_type.to_owned(),
+            routing_key: b.routing_key.clone(),
+            arguments,
+            lepus_arguments,
+        })
     }
 
     /// The routing generation: a cached route is valid while this is unchanged.
@@ -151,7 +223,7 @@ impl VirtualHost {
     // ---- exchanges ------------------------------------------------------------------------
 
     /// exchange.declare, with RabbitMQ's checks in RabbitMQ's order.
-    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<()> {
+    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<Sync> {
         let kind =
             if d.passive {
                 None
@@ -163,11 +235,11 @@ impl VirtualHost {
         if d.name.is_empty() {
             return Err(default_exchange_refused());
         }
-        let _topology = self.lock();
+        let mut topology = self.lock();
         let existing = self.exchange(&d.name);
         let Some(kind) = kind else {
             return existing
-                .map(|_| ())
+                .map(|_| None)
                 .ok_or_else(|| self.no_exchange(&d.name));
         };
         let desc = exchange_desc(&d.name, &self.name);
@@ -190,7 +262,8 @@ impl VirtualHost {
                     return Err(arguments::inequivalent_flag(key, &desc, received, current));
                 }
             }
-            return arguments::assert_exchange_equivalence(&x.arguments, &d.arguments, &desc);
+            return arguments::assert_exchange_equivalence(&x.arguments, &d.arguments, &desc)
+                .map(|_| None);
         }
         if d.name.starts_with("amq.") {
             return Err(amqp_error!(
@@ -200,23 +273,64 @@ impl VirtualHost {
             ));
         }
         arguments::validate_exchange_arguments(&d.arguments, &desc)?;
-        self.exchanges.insert(
+        let x = Arc::new(Exchange::new(
             d.name.clone(),
-            Arc::new(Exchange::new(
-                d.name.clone(),
-                kind,
-                d.durable,
-                d.auto_delete,
-                d.internal,
-                d.arguments.clone(),
-            )),
-        );
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        ));
+        if x.durable {
+            let def = self.exchange_def(&x);
+            self.record(&mut topology, Change::PutExchange(def));
+        }
+        self.exchanges.insert(d.name.clone(), x);
         self.changed();
-        Ok(())
+        Ok(topology.sync.take())
+    }
+
+    /// Puts back a durable exchange found in the definitions at start-up.
+    pub fn restore_exchange(&self, x: Exchange) {
+        self.exchanges.insert(x.name.clone(), Arc::new(x));
+        self.changed();
+    }
+
+    /// Puts back a durable queue recovered at start-up.
+    pub fn restore_queue(&self, q: Arc<Queue>) {
+        self.queues.insert(q.name.clone(), q);
+        self.changed();
+    }
+
+    /// Puts back a durable binding found in the definitions at start-up.
+    pub fn restore_binding(
+        &self,
+        source: &str,
+        binding_to: Destination,
+        key: &str,
+        args: FieldTable,
+    ) {
+        let mut topology = self.lock();
+        let Some(src) = self.exchange(source) else {
+            return;
+        };
+        let binding = Binding {
+            destination: binding_to,
+            routing_key: key.to_owned(),
+            arguments: args,
+        };
+        if let Ok(true) = src.bind(binding.clone()) {
+            topology
+                .incoming
+                .entry(binding.destination.identity())
+                .or_default()
+                .push((src.clone(), binding));
+        }
+        self.changed();
     }
 
     /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<Sync> {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -230,7 +344,7 @@ impl VirtualHost {
         }
         let mut topology = self.lock();
         let Some(x) = self.exchange(name) else {
-            return Ok(());
+            return Ok(None);
         };
         if if_unused && x.has_bindings() {
             return Err(amqp_error!(
@@ -240,13 +354,23 @@ impl VirtualHost {
             ));
         }
         self.remove_exchange_locked(&mut topology, &x);
-        Ok(())
+        Ok(topology.sync.take())
     }
 
     /// Removes an exchange and every binding from or to it, deleting auto-delete sources
     /// left without bindings.
     fn remove_exchange_locked(&self, topology: &mut Topology, x: &Arc<Exchange>) {
         self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        if x.durable {
+            // Also forgets the bindings from and to it in the definitions.
+            self.record(
+                topology,
+                Change::DeleteExchange {
+                    vhost: self.name.clone(),
+                    name: x.name.clone(),
+                },
+            );
+        }
         let me = Destination::Exchange(x.clone());
         // Bindings out of it: forget them in the destinations' reverse index.
         for binding in x.bindings() {
@@ -276,6 +400,9 @@ impl VirtualHost {
         };
         for (source, binding) in incoming {
             source.unbind(&binding);
+            if let Some(def) = self.binding_def(&source, &binding) {
+                self.record(topology, Change::DeleteBinding(def));
+            }
             self.maybe_auto_delete(topology, &source);
         }
     }
@@ -297,8 +424,11 @@ impl VirtualHost {
         topology: &mut Topology,
         source: &Arc<Exchange>,
         binding: Binding,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<Sync> {
         if source.bind(binding.clone())? {
+            if let Some(def) = self.binding_def(source, &binding) {
+                self.record(topology, Change::PutBinding(def));
+            }
             topology
                 .incoming
                 .entry(binding.destination.identity())
@@ -306,7 +436,7 @@ impl VirtualHost {
                 .push((source.clone(), binding));
             self.changed();
         }
-        Ok(())
+        Ok(topology.sync.take())
     }
 
     fn remove_binding_locked(
@@ -316,6 +446,9 @@ impl VirtualHost {
         binding: &Binding,
     ) {
         if source.unbind(binding) {
+            if let Some(def) = self.binding_def(source, binding) {
+                self.record(topology, Change::DeleteBinding(def));
+            }
             Self::forget_incoming(topology, binding, source);
             self.changed();
             self.maybe_auto_delete(topology, source);
@@ -329,7 +462,7 @@ impl VirtualHost {
         source: &str,
         routing_key: &str,
         arguments: &FieldTable,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<Sync> {
         if destination.is_empty() || source.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -355,13 +488,13 @@ impl VirtualHost {
         source: &str,
         routing_key: &str,
         arguments: &FieldTable,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<Sync> {
         if destination.is_empty() || source.is_empty() {
             return Err(default_exchange_refused());
         }
         let mut topology = self.lock();
         let (Some(src), Some(dst)) = (self.exchange(source), self.exchange(destination)) else {
-            return Ok(());
+            return Ok(None);
         };
         let binding = Binding {
             destination: Destination::Exchange(dst),
@@ -369,7 +502,7 @@ impl VirtualHost {
             arguments: arguments.clone(),
         };
         self.remove_binding_locked(&mut topology, &src, &binding);
-        Ok(())
+        Ok(topology.sync.take())
     }
 
     // ---- queues ---------------------------------------------------------------------------
@@ -390,9 +523,9 @@ impl VirtualHost {
         &self,
         d: &QueueDeclare,
         connection: u64,
-    ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+    ) -> AmqpResult<(Arc<Queue>, u32, u32, Sync)> {
         let desc = queue_desc(&d.name, &self.name);
-        let _topology = self.lock();
+        let mut topology = self.lock();
         if let Some(q) = self.queue(&d.name) {
             let owned_by_other = q.exclusive_owner.is_some_and(|o| o != connection);
             if owned_by_other || (!d.passive && d.exclusive != q.exclusive_owner.is_some()) {
@@ -416,24 +549,44 @@ impl VirtualHost {
                 arguments::assert_queue_equivalence(&q.arguments, &d.arguments, &desc)?;
             }
             let (messages, consumers) = q.counts();
-            return Ok((q, messages, consumers));
+            return Ok((q, messages, consumers, None));
         }
         if d.passive {
             return Err(self.no_queue(&d.name));
         }
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
-        let queue = Arc::new(Queue::new(QueueConfig {
-            name: d.name.clone(),
-            vhost: self.name.clone(),
-            // Like RabbitMQ, an exclusive queue is never durable.
-            durable: d.durable && !d.exclusive,
-            auto_delete: d.auto_delete,
-            exclusive_owner: d.exclusive.then_some(connection),
-            arguments: d.arguments.clone(),
-        }));
+        // Like RabbitMQ, an exclusive queue is never durable.
+        let durable = d.durable && !d.exclusive;
+        let (id, log) = if durable {
+            let id = self.defs.next_queue_id();
+            let log = self.store.create_queue_log(id).map_err(|e| {
+                tracing::error!(queue = %d.name, error = %e, "cannot create the queue's log");
+                AmqpError::bare(crate::error::ReplyCode::InternalError)
+            })?;
+            (id, Some(log))
+        } else {
+            (0, None)
+        };
+        let queue = Arc::new(Queue::new(
+            QueueConfig {
+                name: d.name.clone(),
+                vhost: self.name.clone(),
+                durable,
+                auto_delete: d.auto_delete,
+                exclusive_owner: d.exclusive.then_some(connection),
+                arguments: d.arguments.clone(),
+                id,
+            },
+            self.store.clone(),
+            log,
+        ));
+        if durable {
+            let def = self.queue_def(&queue);
+            self.record(&mut topology, Change::PutQueue(def));
+        }
         self.queues.insert(d.name.clone(), queue.clone());
         self.changed();
-        Ok((queue, 0, 0))
+        Ok((queue, 0, 0, topology.sync.take()))
     }
 
     /// queue.delete. Deleting a missing queue succeeds with a count of 0, as in RabbitMQ.
@@ -443,10 +596,10 @@ impl VirtualHost {
         if_unused: bool,
         if_empty: bool,
         connection: u64,
-    ) -> AmqpResult<u32> {
+    ) -> AmqpResult<(u32, Sync)> {
         let q = match self.usable_queue(name, connection) {
             Ok(q) => q,
-            Err(e) if e.code == crate::error::ReplyCode::NotFound => return Ok(0),
+            Err(e) if e.code == crate::error::ReplyCode::NotFound => return Ok((0, None)),
             Err(e) => return Err(e),
         };
         let (messages, consumers) = q.counts();
@@ -461,18 +614,29 @@ impl VirtualHost {
     }
 
     /// Deletes a queue unconditionally (auto-delete, exclusive owner gone, queue.delete):
-    /// removes its bindings and tells its consumers. Returns the ready messages it held.
-    pub fn remove_queue(&self, queue: &Arc<Queue>) -> u32 {
+    /// removes its bindings and its log and tells its consumers. Returns the ready messages
+    /// it held and the epoch its deletion is durable in.
+    pub fn remove_queue(&self, queue: &Arc<Queue>) -> (u32, Sync) {
         let mut topology = self.lock();
         let removed = self
             .queues
             .remove_if(&queue.name, |_, v| Arc::ptr_eq(v, queue))
             .is_some();
         if !removed {
-            return 0;
+            return (0, None);
         }
         self.remove_incoming_locked(&mut topology, &Destination::Queue(queue.clone()));
+        if queue.durable {
+            self.record(
+                &mut topology,
+                Change::DeleteQueue {
+                    vhost: self.name.clone(),
+                    name: queue.name.clone(),
+                },
+            );
+        }
         self.changed();
+        let sync = topology.sync.take();
         drop(topology);
         let (messages, mut consumers) = queue.mark_deleted();
         // RabbitMQ cancels a deleted queue's consumers in consumer-tag order.
@@ -483,7 +647,7 @@ impl VirtualHost {
                 consumer_tag: c.tag.clone(),
             });
         }
-        messages
+        (messages, sync)
     }
 
     /// queue.bind.
@@ -494,7 +658,7 @@ impl VirtualHost {
         routing_key: &str,
         arguments: &FieldTable,
         connection: u64,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<Sync> {
         if exchange.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -519,17 +683,17 @@ impl VirtualHost {
         routing_key: &str,
         arguments: &FieldTable,
         connection: u64,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<Sync> {
         if exchange.is_empty() {
             return Err(default_exchange_refused());
         }
         let mut topology = self.lock();
         let Some(x) = self.exchange(exchange) else {
-            return Ok(());
+            return Ok(None);
         };
         let q = match self.usable_queue(queue, connection) {
             Ok(q) => q,
-            Err(e) if e.code == crate::error::ReplyCode::NotFound => return Ok(()),
+            Err(e) if e.code == crate::error::ReplyCode::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let binding = Binding {
@@ -538,7 +702,7 @@ impl VirtualHost {
             arguments: arguments.clone(),
         };
         self.remove_binding_locked(&mut topology, &x, &binding);
-        Ok(())
+        Ok(topology.sync.take())
     }
 
     /// Deletes the exclusive queues of a connection that closed.

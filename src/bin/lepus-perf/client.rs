@@ -36,8 +36,10 @@ impl Client {
             start: 0,
         };
         c.stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
-        c.expect(0, |m| matches!(m, AMQPClass::Connection(connection::AMQPMethod::Start(_))))
-            .await?;
+        c.expect(0, |m| {
+            matches!(m, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
+        })
+        .await?;
         let response = format!("\0{user}\0{password}");
         c.send_method(
             0,
@@ -50,7 +52,9 @@ impl Client {
         )
         .await?;
         let tune = c
-            .expect(0, |m| matches!(m, AMQPClass::Connection(connection::AMQPMethod::Tune(_))))
+            .expect(0, |m| {
+                matches!(m, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))
+            })
             .await?;
         let AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) = tune else {
             return Err(other("expected tune"));
@@ -71,12 +75,19 @@ impl Client {
             })),
         )
         .await?;
-        c.expect(0, |m| matches!(m, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))))
-            .await?;
-        c.send_method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
-            .await?;
-        c.expect(1, |m| matches!(m, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))))
-            .await?;
+        c.expect(0, |m| {
+            matches!(m, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+        })
+        .await?;
+        c.send_method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await?;
+        c.expect(1, |m| {
+            matches!(m, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+        })
+        .await?;
         Ok(c)
     }
 
@@ -187,8 +198,10 @@ impl Client {
             })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
+        })
+        .await?;
         Ok(())
     }
 
@@ -201,8 +214,10 @@ impl Client {
             })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(_)))
+        })
+        .await?;
         Ok(())
     }
 
@@ -217,8 +232,10 @@ impl Client {
             })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_)))
+        })
+        .await?;
         Ok(())
     }
 
@@ -256,8 +273,10 @@ impl Client {
             })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::BindOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Queue(queue::AMQPMethod::BindOk(_)))
+        })
+        .await?;
         Ok(())
     }
 
@@ -270,8 +289,10 @@ impl Client {
             })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Basic(basic::AMQPMethod::QosOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Basic(basic::AMQPMethod::QosOk(_)))
+        })
+        .await?;
         Ok(())
     }
 
@@ -289,25 +310,37 @@ impl Client {
             })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn confirm_select(&mut self) -> io::Result<()> {
         self.send_method(
             1,
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
         )
         .await?;
-        self.expect(1, |m| matches!(m, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))))
-            .await?;
+        self.expect(1, |m| {
+            matches!(m, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)))
+        })
+        .await?;
         Ok(())
     }
 }
 
 /// Appends one publish (method, header and body frames) to `out`.
-pub fn publish_frames(out: &mut Vec<u8>, exchange: &str, routing_key: &str, body: &[u8], persistent: bool) {
+pub fn publish_frames(
+    out: &mut Vec<u8>,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    persistent: bool,
+) {
     use lepus::protocol::frame::FrameWriter;
     let start = out.begin_frame(FRAME_METHOD, 1);
     out.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
@@ -318,7 +351,11 @@ pub fn publish_frames(out: &mut Vec<u8>, exchange: &str, routing_key: &str, body
     out.push(0);
     out.end_frame(start);
     // Properties: delivery-mode only when persistent.
-    let props: &[u8] = if persistent { &[0x10, 0x00, 2] } else { &[0, 0] };
+    let props: &[u8] = if persistent {
+        &[0x10, 0x00, 2]
+    } else {
+        &[0, 0]
+    };
     lepus::protocol::basic::write_content(out, 1, props, body, FRAME_MAX);
 }
 

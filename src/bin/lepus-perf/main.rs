@@ -61,7 +61,12 @@ fn cpu_seconds() -> f64 {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -78,7 +83,9 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let run_id = std::process::id();
     let meter = Arc::new(Meter::default());
-    let size = args.size.unwrap_or(if args.scenario == "confirm" { 1024 } else { 16 });
+    let size = args
+        .size
+        .unwrap_or(if args.scenario == "confirm" { 1024 } else { 16 });
     let body = vec![b'x'; size];
     let mut tasks = Vec::new();
     // (queues, consumers per queue, ack mode, prefetch)
@@ -112,9 +119,13 @@ async fn run(args: Args) -> Result<()> {
             setup.declare_exchange(&x, "topic").await?;
             // 1,000 bindings; each routing key matches exactly one of them.
             for i in 0..1000 {
-                setup.bind(&names[0], &x, &format!("region{i}.*.orders")).await?;
+                setup
+                    .bind(&names[0], &x, &format!("region{i}.*.orders"))
+                    .await?;
             }
-            let keys = (0..1000).map(|i| format!("region{i}.shop.orders")).collect();
+            let keys = (0..1000)
+                .map(|i| format!("region{i}.shop.orders"))
+                .collect();
             (x, keys)
         }
         _ => (String::new(), vec![names[0].clone()]),
@@ -125,7 +136,12 @@ async fn run(args: Args) -> Result<()> {
             c.qos(prefetch).await?;
         }
         c.consume(q, !ack).await?;
-        tasks.push(tokio::spawn(consumer(c, meter.clone(), ack, multiple_every)));
+        tasks.push(tokio::spawn(consumer(
+            c,
+            meter.clone(),
+            ack,
+            multiple_every,
+        )));
     }
     let confirm = args.scenario == "confirm";
     let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
@@ -150,9 +166,17 @@ async fn run(args: Args) -> Result<()> {
     )));
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (c0, cpu0, t0) = (meter.consumed.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
+    let (c0, cpu0, t0) = (
+        meter.consumed.load(Ordering::Relaxed),
+        cpu_seconds(),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let (c1, cpu1, elapsed) = (meter.consumed.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed());
+    let (c1, cpu1, elapsed) = (
+        meter.consumed.load(Ordering::Relaxed),
+        cpu_seconds(),
+        t0.elapsed(),
+    );
     meter.stop.store(true, Ordering::Relaxed);
     meter.progress.notify_waiters();
     let rate = (c1 - c0) as f64 / elapsed.as_secs_f64();

@@ -1,0 +1,534 @@
+//! Durable definitions: vhosts, users, permissions, durable exchanges and queues, bindings
+//! between durable objects, and policies.
+//!
+//! They live in `definitions.json`, in the shape of RabbitMQ's definitions export (so it can
+//! be read by people and tools), plus `definitions.log`, a journal of changes since that
+//! snapshot: one line per change, `crc32 json`. A change is appended to the journal and
+//! synced by the store's sync thread before the client hears declare-ok; the snapshot is
+//! rewritten (temporary file, fsync, rename, fsync directory) when the journal grows long
+//! and at shutdown. A torn last line is detected by its checksum and dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Journal, Shared, sync_dir};
+
+/// Journal lines after which the snapshot is rewritten.
+const SNAPSHOT_AFTER_CHANGES: usize = 10_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Definitions {
+    #[serde(default)]
+    pub lepus_version: String,
+    #[serde(default)]
+    pub users: Vec<UserDef>,
+    #[serde(default)]
+    pub vhosts: Vec<VhostDef>,
+    #[serde(default)]
+    pub permissions: Vec<PermissionDef>,
+    #[serde(default)]
+    pub exchanges: Vec<ExchangeDef>,
+    #[serde(default)]
+    pub queues: Vec<QueueDef>,
+    #[serde(default)]
+    pub bindings: Vec<BindingDef>,
+    #[serde(default)]
+    pub policies: Vec<PolicyDef>,
+    /// The next id to give a durable queue (its directory under `queues/`).
+    #[serde(default)]
+    pub lepus_next_queue_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserDef {
+    pub name: String,
+    /// RabbitMQ's format: base64(salt4 ++ SHA-256(salt4 ++ password)).
+    pub password_hash: String,
+    pub hashing_algorithm: String,
+    #[serde(default)]
+    pub tags: String,
+    /// Lepus: may only connect from a loopback address.
+    #[serde(default)]
+    pub lepus_loopback_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VhostDef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExchangeDef {
+    pub name: String,
+    pub vhost: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Value,
+    /// The arguments with their AMQP types (base64 of the encoded field table).
+    #[serde(default)]
+    pub lepus_arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueDef {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub arguments: Value,
+    #[serde(default)]
+    pub lepus_arguments: String,
+    /// Lepus: the queue's log directory under `queues/`.
+    #[serde(default)]
+    pub lepus_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BindingDef {
+    pub source: String,
+    pub vhost: String,
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: String,
+    pub routing_key: String,
+    pub arguments: Value,
+    #[serde(default)]
+    pub lepus_arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyDef {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to")]
+    pub apply_to: String,
+    pub definition: Value,
+    pub priority: i64,
+}
+
+/// One change, as written to the journal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    PutUser(UserDef),
+    PutVhost(VhostDef),
+    PutPermission(PermissionDef),
+    PutExchange(ExchangeDef),
+    DeleteExchange { vhost: String, name: String },
+    PutQueue(QueueDef),
+    DeleteQueue { vhost: String, name: String },
+    PutBinding(BindingDef),
+    DeleteBinding(BindingDef),
+    PutPolicy(PolicyDef),
+    DeletePolicy { vhost: String, name: String },
+}
+
+impl Definitions {
+    /// Applies a change (idempotently: replaying a journal twice gives the same state).
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutUser(u) => {
+                self.users.retain(|x| x.name != u.name);
+                self.users.push(u);
+            }
+            Change::PutVhost(v) => {
+                if !self.vhosts.contains(&v) {
+                    self.vhosts.push(v);
+                }
+            }
+            Change::PutPermission(p) => {
+                self.permissions
+                    .retain(|x| !(x.user == p.user && x.vhost == p.vhost));
+                self.permissions.push(p);
+            }
+            Change::PutExchange(x) => {
+                self.exchanges
+                    .retain(|e| !(e.vhost == x.vhost && e.name == x.name));
+                self.exchanges.push(x);
+            }
+            Change::DeleteExchange { vhost, name } => {
+                self.exchanges
+                    .retain(|e| !(e.vhost == vhost && e.name == name));
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost
+                        && (b.source == name
+                            || (b.destination_type == "exchange" && b.destination == name)))
+                });
+            }
+            Change::PutQueue(q) => {
+                self.lepus_next_queue_id = self.lepus_next_queue_id.max(q.lepus_id + 1);
+                self.queues
+                    .retain(|e| !(e.vhost == q.vhost && e.name == q.name));
+                self.queues.push(q);
+            }
+            Change::DeleteQueue { vhost, name } => {
+                self.queues
+                    .retain(|e| !(e.vhost == vhost && e.name == name));
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
+                });
+            }
+            Change::PutBinding(b) => {
+                if !self.bindings.contains(&b) {
+                    self.bindings.push(b);
+                }
+            }
+            Change::DeleteBinding(b) => self.bindings.retain(|x| *x != b),
+            Change::PutPolicy(p) => {
+                self.policies
+                    .retain(|x| !(x.vhost == p.vhost && x.name == p.name));
+                self.policies.push(p);
+            }
+            Change::DeletePolicy { vhost, name } => {
+                self.policies
+                    .retain(|x| !(x.vhost == vhost && x.name == name));
+            }
+        }
+    }
+}
+
+/// Encodes arguments twice: as plain JSON (RabbitMQ's view) and with their AMQP types.
+pub fn encode_arguments(table: &FieldTable) -> (Value, String) {
+    let typed = amq_protocol::types::generation::gen_field_table(table)(Vec::new().into())
+        .map(|ctx| BASE64.encode(ctx.write))
+        .unwrap_or_default();
+    (table_to_json(table), typed)
+}
+
+/// Decodes arguments, preferring the typed encoding.
+pub fn decode_arguments(json: &Value, typed: &str) -> FieldTable {
+    if !typed.is_empty()
+        && let Ok(bytes) = BASE64.decode(typed)
+        && let Ok(([], table)) = amq_protocol::types::parsing::parse_field_table(&bytes[..])
+    {
+        return table;
+    }
+    match json_to_value(json) {
+        AMQPValue::FieldTable(t) => t,
+        _ => FieldTable::default(),
+    }
+}
+
+fn table_to_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &AMQPValue) -> Value {
+    if let Some(i) = crate::protocol::table::as_int(v) {
+        return Value::from(i);
+    }
+    match v {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::Float(f) => Value::from(*f as f64),
+        AMQPValue::Double(d) => Value::from(*d),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::ByteArray(b) => Value::String(BASE64.encode(b.as_slice())),
+        _ => Value::Null,
+    }
+}
+
+fn json_to_value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+        Value::Array(items) => {
+            let mut a = FieldArray::default();
+            for i in items {
+                a.push(json_to_value(i));
+            }
+            AMQPValue::FieldArray(a)
+        }
+        Value::Object(map) => {
+            let mut t = FieldTable::default();
+            for (k, v) in map {
+                t.insert(ShortString::from(k.clone()), json_to_value(v));
+            }
+            AMQPValue::FieldTable(t)
+        }
+    }
+}
+
+struct State {
+    defs: Definitions,
+    journal: Arc<File>,
+    /// Where the next journal line goes.
+    journal_len: u64,
+    pending: Vec<u8>,
+    changes_since_snapshot: usize,
+    registered: bool,
+}
+
+/// The definitions on disk, and the changes on their way there.
+pub struct DefinitionsStore {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for DefinitionsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DefinitionsStore")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+fn snapshot_path(dir: &Path) -> PathBuf {
+    dir.join("definitions.json")
+}
+
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join("definitions.log")
+}
+
+impl DefinitionsStore {
+    /// Loads the snapshot and replays the journal. Returns the store, what was loaded, and
+    /// whether this is the first start (no definitions yet).
+    pub fn open(dir: &Path, shared: Arc<Shared>) -> io::Result<(Arc<Self>, Definitions, bool)> {
+        let snapshot = snapshot_path(dir);
+        let journal = journal_path(dir);
+        let first_boot = !snapshot.exists() && !journal.exists();
+        let mut defs: Definitions = if snapshot.exists() {
+            serde_json::from_slice(&std::fs::read(&snapshot)?)
+                .map_err(|e| io::Error::other(format!("{}: {e}", snapshot.display())))?
+        } else {
+            Definitions::default()
+        };
+        let mut good_len = 0u64;
+        let mut changes = 0usize;
+        if journal.exists() {
+            let data = std::fs::read(&journal)?;
+            let mut at = 0usize;
+            while at < data.len() {
+                let Some(nl) = data[at..].iter().position(|&b| b == b'\n') else {
+                    break;
+                };
+                let line = &data[at..at + nl];
+                let Some(change) = parse_line(line) else {
+                    tracing::warn!(
+                        offset = at,
+                        "dropping a damaged last entry of the definitions journal"
+                    );
+                    break;
+                };
+                defs.apply(change);
+                changes += 1;
+                at += nl + 1;
+                good_len = at as u64;
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&journal)?;
+        // Cut a torn tail so the next line starts clean.
+        file.set_len(good_len)?;
+        file.sync_all()?;
+        sync_dir(dir)?;
+        let store = Arc::new(DefinitionsStore {
+            dir: dir.to_owned(),
+            shared,
+            state: Mutex::new(State {
+                defs: defs.clone(),
+                journal: Arc::new(file),
+                journal_len: good_len,
+                pending: Vec::new(),
+                changes_since_snapshot: changes,
+                registered: false,
+            }),
+        });
+        Ok((store, defs, first_boot))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a change. Returns the epoch after which it is durable.
+    pub fn record(self: &Arc<Self>, change: Change) -> u64 {
+        {
+            let mut state = self.lock();
+            match serde_json::to_vec(&change) {
+                Ok(json) => {
+                    let crc = crc32fast::hash(&json);
+                    let _ = write!(state.pending, "{crc:08x} ");
+                    state.pending.extend_from_slice(&json);
+                    state.pending.push(b'\n');
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a definitions change"),
+            }
+            state.defs.apply(change);
+            state.changes_since_snapshot += 1;
+            if !state.registered {
+                state.registered = true;
+                self.shared.mark_dirty(self.clone());
+            }
+            // Read inside the lock: see the protocol on `Journal`.
+            self.shared.epoch()
+        }
+    }
+
+    /// The next id for a durable queue, reserved.
+    pub fn next_queue_id(&self) -> u64 {
+        let mut state = self.lock();
+        let id = state.defs.lepus_next_queue_id;
+        state.defs.lepus_next_queue_id += 1;
+        id
+    }
+
+    /// Rewrites the snapshot from the current state and empties the journal.
+    pub fn write_snapshot(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        Self::flush_locked(&mut state)?;
+        state.defs.lepus_version = env!("CARGO_PKG_VERSION").to_owned();
+        let json = serde_json::to_vec_pretty(&state.defs).map_err(io::Error::other)?;
+        let tmp = self.dir.join("definitions.json.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, snapshot_path(&self.dir))?;
+        sync_dir(&self.dir)?;
+        state.journal.set_len(0)?;
+        state.journal.sync_all()?;
+        state.journal_len = 0;
+        state.changes_since_snapshot = 0;
+        Ok(())
+    }
+
+    fn flush_locked(state: &mut State) -> io::Result<()> {
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        state
+            .journal
+            .write_all_at(&state.pending, state.journal_len)?;
+        state.journal_len += state.pending.len() as u64;
+        state.pending.clear();
+        Ok(())
+    }
+}
+
+fn parse_line(line: &[u8]) -> Option<Change> {
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if crc32fast::hash(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+impl Journal for DefinitionsStore {
+    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
+        let mut state = self.lock();
+        state.registered = false;
+        Self::flush_locked(&mut state)?;
+        Ok((vec![state.journal.clone()], None))
+    }
+
+    fn after_sync(&self) {
+        let long = self.lock().changes_since_snapshot > SNAPSHOT_AFTER_CHANGES;
+        if long && let Err(e) = self.write_snapshot() {
+            tracing::error!(error = %e, "cannot write the definitions snapshot");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_keep_their_types_and_read_like_rabbitmq() {
+        let mut t = FieldTable::default();
+        t.insert("x-message-ttl".into(), AMQPValue::LongInt(1000));
+        t.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("dlx".into()),
+        );
+        let (json, typed) = encode_arguments(&t);
+        assert_eq!(
+            json,
+            serde_json::json!({"x-message-ttl": 1000, "x-dead-letter-exchange": "dlx"})
+        );
+        assert_eq!(decode_arguments(&json, &typed), t);
+        // Without the typed copy (a RabbitMQ export), numbers come back as longs.
+        let plain = decode_arguments(&json, "");
+        assert_eq!(
+            plain.inner().get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(1000))
+        );
+    }
+
+    #[test]
+    fn changes_apply_idempotently() {
+        let q = QueueDef {
+            name: "q".into(),
+            vhost: "/".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: Value::Object(Default::default()),
+            lepus_arguments: String::new(),
+            lepus_id: 4,
+        };
+        let mut d = Definitions::default();
+        d.apply(Change::PutQueue(q.clone()));
+        d.apply(Change::PutQueue(q.clone()));
+        assert_eq!(d.queues.len(), 1);
+        assert_eq!(d.lepus_next_queue_id, 5);
+        d.apply(Change::DeleteQueue {
+            vhost: "/".into(),
+            name: "q".into(),
+        });
+        assert!(d.queues.is_empty());
+        let line = serde_json::to_vec(&Change::PutQueue(q)).unwrap();
+        let crc = crc32fast::hash(&line);
+        let mut full = format!("{crc:08x} ").into_bytes();
+        full.extend_from_slice(&line);
+        assert!(parse_line(&full).is_some());
+        let last = full.len() - 2;
+        full[last] ^= 1;
+        assert!(parse_line(&full).is_none());
+    }
+}

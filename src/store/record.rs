@@ -1,0 +1,318 @@
+//! The records of a queue log and their encoding.
+//!
+//! Every record is `len:u32 crc:u32 payload[len]`, where `crc` is the CRC-32 of the payload
+//! and the payload starts with `kind:u8 seq:u64`; message records go on with `flags:u8`, the
+//! exchange, routing key, raw properties and body. Segments are preallocated with zeros, so a
+//! zero length marks the end of what was written; a record whose checksum does not match, or
+//! that runs past the end of the segment, is a torn write and ends the log.
+
+use bytes::Bytes;
+
+use crate::message::Message;
+use crate::protocol::properties;
+
+/// Bytes before the payload: length and checksum.
+pub const HEADER_LEN: usize = 8;
+
+/// What a record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A persistent message of a durable queue: recovered after a restart until acked.
+    Message = 1,
+    /// A copy written to move a message out of memory; never recovered.
+    Paged = 2,
+    /// The durable message `seq` was acknowledged (or otherwise left the queue for good).
+    Ack = 3,
+    /// The message `seq` was delivered at least once: it comes back redelivered.
+    Delivered = 5,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Message,
+            2 => Kind::Paged,
+            3 => Kind::Ack,
+            5 => Kind::Delivered,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Message {
+        seq: u64,
+        flags: u8,
+        message: StoredMessage,
+    },
+    Paged {
+        seq: u64,
+        flags: u8,
+        message: StoredMessage,
+    },
+    Ack {
+        seq: u64,
+    },
+    Delivered {
+        seq: u64,
+    },
+}
+
+/// Message-record flag: the message also has a durable `Message` record (acks must be logged).
+pub const FLAG_PERSISTED: u8 = 1;
+/// Message-record flag: the message was delivered before.
+pub const FLAG_REDELIVERED: u8 = 2;
+
+/// The parts of a message a log keeps: enough to deliver it again byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+impl StoredMessage {
+    /// Rebuilds the shared message, decoding what routing and queueing need.
+    pub fn into_message(self) -> Option<Message> {
+        let summary = properties::scan(&self.properties).ok()?;
+        Some(Message::new(
+            self.exchange,
+            self.routing_key,
+            self.properties,
+            self.body,
+            &summary,
+        ))
+    }
+}
+
+/// Bytes a message record of `message` takes, header included.
+pub fn message_len(message: &Message) -> usize {
+    HEADER_LEN
+        + 1
+        + 8
+        + 1
+        + 1
+        + message.exchange.len()
+        + 1
+        + message.routing_key.len()
+        + 4
+        + message.properties.len()
+        + 4
+        + message.body.len()
+}
+
+fn finish(out: &mut [u8], start: usize) {
+    let payload = &out[start + HEADER_LEN..];
+    let len = payload.len() as u32;
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn begin(out: &mut Vec<u8>, kind: Kind, seq: u64) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.push(kind as u8);
+    out.extend_from_slice(&seq.to_be_bytes());
+    start
+}
+
+/// Appends a message record (durable or paged).
+pub fn encode_message(out: &mut Vec<u8>, kind: Kind, seq: u64, flags: u8, message: &Message) {
+    let start = begin(out, kind, seq);
+    out.push(flags);
+    let short = |out: &mut Vec<u8>, s: &[u8]| {
+        let n = s.len().min(255);
+        out.push(n as u8);
+        out.extend_from_slice(&s[..n]);
+    };
+    short(out, &message.exchange);
+    short(out, &message.routing_key);
+    out.extend_from_slice(&(message.properties.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message.properties);
+    out.extend_from_slice(&(message.body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message.body);
+    finish(out, start);
+}
+
+/// Appends an ack or a delivered marker.
+pub fn encode_mark(out: &mut Vec<u8>, kind: Kind, seq: u64) {
+    let start = begin(out, kind, seq);
+    finish(out, start);
+}
+
+/// Bytes an ack or delivered marker takes.
+pub const MARK_LEN: usize = HEADER_LEN + 9;
+
+/// What reading at an offset found.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    /// A record and the bytes it took, header included.
+    Record(Record, usize),
+    /// Zeros: nothing was written here yet.
+    End,
+    /// Bytes that are not a whole, intact record: a torn or corrupted write.
+    Torn,
+}
+
+/// The kind, sequence number and total length of the record at the start of `buf`, without
+/// decoding (or checking) its payload. None at the end of the written data.
+pub fn peek(buf: &[u8]) -> Option<(Kind, u64, usize)> {
+    let len = u32::from_be_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+    if len == 0 {
+        return None;
+    }
+    let kind = Kind::from_u8(*buf.get(HEADER_LEN)?)?;
+    let seq = u64::from_be_bytes(buf.get(HEADER_LEN + 1..HEADER_LEN + 9)?.try_into().ok()?);
+    Some((kind, seq, HEADER_LEN + len))
+}
+
+/// Decodes the record at the start of `buf`. `buf` holds the record's bytes as a shared
+/// buffer so message parts can be sliced without copying.
+pub fn decode(buf: &Bytes) -> Decoded {
+    let Some(header) = buf.get(0..HEADER_LEN) else {
+        return if buf.iter().all(|&b| b == 0) {
+            Decoded::End
+        } else {
+            Decoded::Torn
+        };
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 {
+        return if crc == 0 {
+            Decoded::End
+        } else {
+            Decoded::Torn
+        };
+    }
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Decoded::Torn;
+    };
+    if crc32fast::hash(payload) != crc || len < 9 {
+        return Decoded::Torn;
+    }
+    let Some(kind) = Kind::from_u8(payload[0]) else {
+        return Decoded::Torn;
+    };
+    let seq = u64::from_be_bytes(payload[1..9].try_into().unwrap_or([0; 8]));
+    let payload = buf.slice(HEADER_LEN + 9..HEADER_LEN + len);
+    let record = match kind {
+        Kind::Message | Kind::Paged => {
+            let Some((&flags, _)) = payload.split_first() else {
+                return Decoded::Torn;
+            };
+            let Some(message) = decode_message(&payload.slice(1..)) else {
+                return Decoded::Torn;
+            };
+            if kind == Kind::Message {
+                Record::Message {
+                    seq,
+                    flags,
+                    message,
+                }
+            } else {
+                Record::Paged {
+                    seq,
+                    flags,
+                    message,
+                }
+            }
+        }
+        Kind::Ack => Record::Ack { seq },
+        Kind::Delivered => Record::Delivered { seq },
+    };
+    Decoded::Record(record, HEADER_LEN + len)
+}
+
+fn decode_message(p: &Bytes) -> Option<StoredMessage> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<Bytes> {
+        let end = at.checked_add(n)?;
+        let b = p.get(at..end).map(|_| p.slice(at..end))?;
+        at = end;
+        Some(b)
+    };
+    let n = *take(1)?.first()? as usize;
+    let exchange = take(n)?;
+    let n = *take(1)?.first()? as usize;
+    let routing_key = take(n)?;
+    let n = u32::from_be_bytes(take(4)?[..].try_into().ok()?) as usize;
+    let properties = take(n)?;
+    let n = u32::from_be_bytes(take(4)?[..].try_into().ok()?) as usize;
+    let body = take(n)?;
+    Some(StoredMessage {
+        exchange,
+        routing_key,
+        properties,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &[u8]) -> Message {
+        let props = Bytes::from_static(&[0x10, 0, 2]);
+        let summary = properties::scan(&props).unwrap();
+        Message::new(
+            Bytes::from_static(b"ex"),
+            Bytes::from_static(b"rk"),
+            props,
+            Bytes::copy_from_slice(body),
+            &summary,
+        )
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut out = Vec::new();
+        let m = message(b"hello");
+        encode_message(&mut out, Kind::Message, 7, FLAG_PERSISTED, &m);
+        assert_eq!(out.len(), message_len(&m));
+        encode_mark(&mut out, Kind::Ack, 7);
+        encode_mark(&mut out, Kind::Delivered, 8);
+        let buf = Bytes::from(out);
+        let Decoded::Record(
+            Record::Message {
+                seq,
+                flags,
+                message,
+            },
+            n,
+        ) = decode(&buf)
+        else {
+            panic!("message");
+        };
+        assert_eq!((seq, flags), (7, FLAG_PERSISTED));
+        assert_eq!(&message.body[..], b"hello");
+        assert!(message.into_message().unwrap().persistent);
+        let rest = buf.slice(n..);
+        let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest) else {
+            panic!("ack");
+        };
+        assert_eq!(k, MARK_LEN);
+        assert_eq!(
+            decode(&rest.slice(k..)),
+            Decoded::Record(Record::Delivered { seq: 8 }, MARK_LEN)
+        );
+    }
+
+    #[test]
+    fn zeros_end_the_log_and_damage_is_torn() {
+        assert_eq!(decode(&Bytes::from(vec![0u8; 64])), Decoded::End);
+        let mut out = Vec::new();
+        encode_message(&mut out, Kind::Message, 1, 0, &message(b"x"));
+        let mut bad = out.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(decode(&Bytes::from(bad)), Decoded::Torn);
+        out.truncate(out.len() - 3);
+        assert_eq!(decode(&Bytes::from(out)), Decoded::Torn);
+    }
+}
