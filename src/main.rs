@@ -33,6 +33,12 @@ struct Args {
     /// RabbitMQ release whose behaviour Lepus implements).
     #[arg(long = "product-version", env = "LEPUS_PRODUCT_VERSION")]
     product_version: Option<String>,
+    /// Message bytes queues keep in memory before paging their tails out to disk.
+    #[arg(long = "memory-budget-mib", env = "LEPUS_MEMORY_BUDGET_MIB")]
+    memory_budget_mib: Option<usize>,
+    /// Size of each queue log segment file.
+    #[arg(long = "segment-mib", env = "LEPUS_SEGMENT_MIB")]
+    segment_mib: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +59,12 @@ fn main() -> std::process::ExitCode {
     }
     if let Some(v) = args.product_version {
         config.version = v;
+    }
+    if let Some(mib) = args.memory_budget_mib {
+        config.limits.memory_budget_bytes = mib.saturating_mul(1 << 20);
+    }
+    if let Some(mib) = args.segment_mib {
+        config.limits.segment_bytes = mib.max(1).saturating_mul(1 << 20);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
