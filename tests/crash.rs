@@ -368,17 +368,19 @@ async fn confirmed_messages_survive_sigkill_and_synced_acks_stay_acked() {
         for q in 0..QUEUES {
             found.insert(q, contents(&conn, &queue_name(round, q)).await);
         }
-        let ledger = ledger.lock().unwrap();
-        verify(round, seed, &ledger, &found);
-        eprintln!(
-            "round {round}: {} published, {} confirmed, {} acked ({} known on disk), {} recovered",
-            ledger.published.len(),
-            ledger.confirmed.len(),
-            ledger.acked.len(),
-            ledger.acked_on_disk.len(),
-            found.values().map(Vec::len).sum::<usize>()
-        );
-        total_confirmed += ledger.confirmed.len();
+        {
+            let ledger = ledger.lock().unwrap();
+            verify(round, seed, &ledger, &found);
+            eprintln!(
+                "round {round}: {} published, {} confirmed, {} acked ({} known on disk), {} recovered",
+                ledger.published.len(),
+                ledger.confirmed.len(),
+                ledger.acked.len(),
+                ledger.acked_on_disk.len(),
+                found.values().map(Vec::len).sum::<usize>()
+            );
+            total_confirmed += ledger.confirmed.len();
+        }
         // Start the next round clean: deleting is confirmed only once it is on disk.
         let ch = within(conn.create_channel()).await.expect("channel");
         for q in 0..QUEUES {
