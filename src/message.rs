@@ -46,4 +46,22 @@ impl Message {
     pub fn wire_size(&self) -> usize {
         self.body.len() + self.properties.len() + self.exchange.len() + self.routing_key.len() + 64
     }
+
+    /// Bytes this message keeps alive in memory, for the memory budget: its fields point into
+    /// the frames it arrived in, so the frame headers and method fields around them count too,
+    /// as do the `Message` itself and its `Arc`.
+    pub fn memory_size(&self) -> usize {
+        /// Frame headers and end bytes of the method, header and body frames, and the method's
+        /// and header's fixed fields, all kept alive with the slices.
+        const FRAMING_BYTES: usize = 3 * 8 + 16;
+        /// The allocation counts of the `Arc` holding a message.
+        const ARC_BYTES: usize = 16;
+        self.body.len()
+            + self.properties.len()
+            + self.exchange.len()
+            + self.routing_key.len()
+            + FRAMING_BYTES
+            + ARC_BYTES
+            + std::mem::size_of::<Message>()
+    }
 }

@@ -61,7 +61,7 @@ pub struct QueueEntry {
 impl QueueEntry {
     /// Bytes this entry holds in memory, for the store's budget.
     fn size(&self) -> usize {
-        self.message.wire_size()
+        self.message.memory_size() + std::mem::size_of::<QueueEntry>()
     }
 }
 

@@ -205,6 +205,32 @@ impl Client {
         Ok(())
     }
 
+    /// Messages ready in a queue, from a passive declare.
+    pub async fn queue_depth(&mut self, name: &str) -> io::Result<u32> {
+        self.send_method(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: name.into(),
+                passive: true,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await?;
+        match self
+            .expect(1, |m| {
+                matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
+            })
+            .await?
+        {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
+            _ => Err(other("expected queue.declare-ok")),
+        }
+    }
+
     pub async fn purge(&mut self, name: &str) -> io::Result<()> {
         self.send_method(
             1,

@@ -30,7 +30,7 @@ struct Args {
     user: String,
     #[arg(long, default_value = "guest")]
     password: String,
-    /// autoack, ack, ack-multi, confirm, fanout or topic.
+    /// autoack, ack, ack-multi, confirm, fanout, topic or backlog.
     #[arg(long, default_value = "autoack")]
     scenario: String,
     /// Seconds measured, after one second of warm-up.
@@ -42,6 +42,12 @@ struct Args {
     /// Unconsumed messages per queue before publishers pause.
     #[arg(long, default_value_t = 2000)]
     max_outstanding: u64,
+    /// backlog: messages to queue up before draining them.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// backlog: the broker's process id, to report its resident memory.
+    #[arg(long)]
+    broker_pid: Option<u32>,
 }
 
 /// Counters shared by the tasks of one run.
@@ -81,6 +87,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if args.scenario == "backlog" {
+        return backlog(args).await;
+    }
     let run_id = std::process::id();
     let meter = Arc::new(Meter::default());
     let size = args
@@ -193,6 +202,87 @@ async fn run(args: Args) -> Result<()> {
         rate,
         cpu,
         size,
+        cpu > 0.9
+    );
+    Ok(())
+}
+
+/// Resident memory of a process in KiB, from /proc.
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `backlog`: publishes `--count` transient messages into one queue with no consumer, reports
+/// the broker's memory while it holds them, then drains the queue with one no-ack consumer.
+async fn backlog(args: Args) -> Result<()> {
+    let size = args.size.unwrap_or(1024);
+    let body = vec![b'x'; size];
+    let queue = format!("perf-backlog-{}", std::process::id());
+    let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
+    setup.declare_queue(&queue, false).await?;
+    setup.purge(&queue).await?;
+    let rss_before = rss_kib(args.broker_pid);
+    let cpu0 = cpu_seconds();
+
+    let started = Instant::now();
+    let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
+    const BATCH: u64 = 100;
+    let mut batch = Vec::new();
+    for _ in 0..BATCH {
+        publish_frames(&mut batch, "", &queue, &body, false);
+    }
+    let mut sent = 0;
+    while sent < args.count {
+        let n = BATCH.min(args.count - sent);
+        if n == BATCH {
+            p.stream.write_all(&batch).await?;
+        } else {
+            let mut last = Vec::new();
+            for _ in 0..n {
+                publish_frames(&mut last, "", &queue, &body, false);
+            }
+            p.stream.write_all(&last).await?;
+        }
+        sent += n;
+    }
+    // Publishing is asynchronous: the backlog is there when the queue says so.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while u64::from(setup.queue_depth(&queue).await?) < args.count {
+        if Instant::now() > deadline {
+            return Err("the queue never reached the backlog size".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let rss_backlog = rss_kib(args.broker_pid);
+
+    let drain_started = Instant::now();
+    let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
+    c.consume(&queue, true).await?;
+    let mut consumed = 0u64;
+    while consumed < args.count {
+        c.fill().await?;
+        c.frames(|h, payload| {
+            if h.kind == 1 && deliver_tag(payload).is_some() {
+                consumed += 1;
+            }
+        })?;
+    }
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds() - cpu0) / started.elapsed().as_secs_f64();
+    let _ = setup.delete_queue(&queue).await;
+    let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+    println!(
+        "{{\"scenario\":\"backlog\",\"count\":{},\"size\":{},\"publish_per_s\":{:.0},\"drain_per_s\":{:.0},\"rss_kib_before\":{},\"rss_kib_backlog\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}}}",
+        args.count,
+        size,
+        args.count as f64 / publish_s,
+        args.count as f64 / drain_s,
+        opt(rss_before),
+        opt(rss_backlog),
+        cpu,
         cpu > 0.9
     );
     Ok(())
