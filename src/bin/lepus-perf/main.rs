@@ -48,6 +48,12 @@ struct Args {
     /// backlog: the broker's process id, to report its resident memory.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// backlog: persistent messages on a durable queue instead of transient ones.
+    #[arg(long)]
+    persistent: bool,
+    /// backlog: leave the messages in the queue (to measure a restart with a backlog).
+    #[arg(long)]
+    no_drain: bool,
 }
 
 /// Counters shared by the tasks of one run.
@@ -219,9 +225,13 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
 async fn backlog(args: Args) -> Result<()> {
     let size = args.size.unwrap_or(1024);
     let body = vec![b'x'; size];
-    let queue = format!("perf-backlog-{}", std::process::id());
+    let queue = if args.persistent {
+        "perf-backlog-durable".to_owned()
+    } else {
+        format!("perf-backlog-{}", std::process::id())
+    };
     let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
-    setup.declare_queue(&queue, false).await?;
+    setup.declare_queue(&queue, args.persistent).await?;
     setup.purge(&queue).await?;
     let rss_before = rss_kib(args.broker_pid);
     let cpu0 = cpu_seconds();
@@ -231,7 +241,7 @@ async fn backlog(args: Args) -> Result<()> {
     const BATCH: u64 = 100;
     let mut batch = Vec::new();
     for _ in 0..BATCH {
-        publish_frames(&mut batch, "", &queue, &body, false);
+        publish_frames(&mut batch, "", &queue, &body, args.persistent);
     }
     let mut sent = 0;
     while sent < args.count {
@@ -241,7 +251,7 @@ async fn backlog(args: Args) -> Result<()> {
         } else {
             let mut last = Vec::new();
             for _ in 0..n {
-                publish_frames(&mut last, "", &queue, &body, false);
+                publish_frames(&mut last, "", &queue, &body, args.persistent);
             }
             p.stream.write_all(&last).await?;
         }
@@ -257,6 +267,16 @@ async fn backlog(args: Args) -> Result<()> {
     }
     let publish_s = started.elapsed().as_secs_f64();
     let rss_backlog = rss_kib(args.broker_pid);
+    if args.no_drain {
+        println!(
+            "{{\"scenario\":\"backlog\",\"count\":{},\"size\":{},\"publish_per_s\":{:.0},\"rss_kib_backlog\":{}}}",
+            args.count,
+            size,
+            args.count as f64 / publish_s,
+            rss_backlog.map_or("null".to_owned(), |v| v.to_string()),
+        );
+        return Ok(());
+    }
 
     let drain_started = Instant::now();
     let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
