@@ -483,6 +483,48 @@ const scenarios = {
     await conn.close();
     return { cancelled, deleted_messages: messageCount };
   },
+
+  // Durable definitions and persistent messages survive a broker restart; transient ones do
+  // not. The runner restarts the broker between the two phases.
+  async restart_durable(url, phase) {
+    const [q, tq, x] = ['conf-restart-amqplib', 'conf-restart-amqplib-transient', 'conf-restart-amqplib-x'];
+    const conn = await amqp.connect(url);
+    if (phase === 'before') {
+      const ch = await conn.createConfirmChannel();
+      await ch.deleteQueue(q);
+      await ch.deleteQueue(tq);
+      await ch.deleteExchange(x);
+      await ch.assertExchange(x, 'direct', { durable: true });
+      await ch.assertQueue(q, { durable: true });
+      await ch.assertQueue(tq, { durable: false });
+      await ch.bindQueue(q, x, 'k');
+      for (const [body, persistent] of [['p1', true], ['p2', true], ['t1', false], ['p3', true]]) {
+        ch.publish(x, 'k', Buffer.from(body), { persistent });
+      }
+      ch.sendToQueue(tq, Buffer.from('on-transient-queue'), { persistent: true });
+      await ch.waitForConfirms();
+      const first = await ch.get(q, { noAck: false });
+      ch.ack(first);
+      // p2 stays delivered and unacked until the connection closes, then goes back.
+      const second = await ch.get(q, { noAck: false });
+      const { messageCount } = await ch.checkQueue(q);
+      await conn.close();
+      return { acked: first.content.toString(), unacked: second.content.toString(), depth: messageCount };
+    }
+    const ch = await conn.createConfirmChannel();
+    const { messageCount } = await ch.checkQueue(q);
+    await ch.checkExchange(x);
+    const gone = await channelError(conn, (c) => c.checkQueue(tq));
+    const messages = await drain(ch, q);
+    assert.deepEqual(messages.map((m) => m[0]), ['p2', 'p3']);
+    ch.publish(x, 'k', Buffer.from('after'));
+    await ch.waitForConfirms();
+    const routed = await drain(ch, q);
+    await ch.deleteQueue(q);
+    await ch.deleteExchange(x);
+    await conn.close();
+    return { depth: messageCount, messages, transient_queue: gone, binding_routes: routed };
+  },
 };
 
 async function main() {
@@ -492,8 +534,8 @@ async function main() {
     console.log(Object.keys(scenarios).join('\n'));
     return;
   }
-  const name = args[args.indexOf('--run') + 1];
-  const observed = await scenarios[name](url);
+  const [name, phase] = args[args.indexOf('--run') + 1].split(':');
+  const observed = await scenarios[name](url, phase);
   console.log(sortedJson(observed));
 }
 

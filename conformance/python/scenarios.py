@@ -511,6 +511,50 @@ def consumer_cancel_notify(url):
     return {"cancelled": cancelled, "deleted_messages": deleted}
 
 
+def restart_durable(url, phase):
+    """Durable definitions and persistent messages survive a broker restart; transient ones
+    do not. The runner restarts the broker between the two phases."""
+    q, tq, x = "conf-restart-pika", "conf-restart-pika-transient", "conf-restart-pika-x"
+    conn = connect(url)
+    ch = conn.channel()
+    if phase == "before":
+        ch.queue_delete(q)
+        ch.queue_delete(tq)
+        ch.exchange_delete(x)
+        ch.exchange_declare(x, "direct", durable=True)
+        ch.queue_declare(q, durable=True)
+        ch.queue_declare(tq)
+        ch.queue_bind(q, x, "k")
+        ch.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=2)
+        for body, props in [("p1", persistent), ("p2", persistent), ("t1", None), ("p3", persistent)]:
+            ch.basic_publish(x, "k", body, props)
+        ch.basic_publish("", tq, "on-transient-queue", persistent)
+        method, _, body = ch.basic_get(q)
+        ch.basic_ack(method.delivery_tag)
+        # p2 stays delivered and unacked until the connection closes, then goes back.
+        method, _, second = ch.basic_get(q)
+        depth = ch.queue_declare(q, passive=True).method.message_count
+        conn.close()
+        return {"acked": body.decode(), "unacked": second.decode(), "depth": depth}
+    depth = ch.queue_declare(q, passive=True).method.message_count
+    ch.exchange_declare(x, passive=True)
+    gone = closed_by_broker(lambda: ch.queue_declare(tq, passive=True))
+    ch = conn.channel()
+    messages = drain(ch, q)
+    assert [m[0] for m in messages] == ["p2", "p3"], messages
+    ch.confirm_delivery()
+    ch.basic_publish(x, "k", "after")
+    routed = drain(ch, q)
+    ch.queue_delete(q)
+    ch.exchange_delete(x)
+    conn.close()
+    return {"depth": depth, "messages": messages, "transient_queue": gone, "binding_routes": routed}
+
+
+SCENARIOS["restart_durable"] = restart_durable
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -520,7 +564,11 @@ def main():
     if args.list:
         print("\n".join(SCENARIOS))
         return 0
-    observed = SCENARIOS[args.run](args.url)
+    name, _, phase = args.run.partition(":")
+    if phase:
+        observed = SCENARIOS[name](args.url, phase)
+    else:
+        observed = SCENARIOS[name](args.url)
     print(json.dumps(observed, sort_keys=True))
     return 0
 
