@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use crate::auth::{self, User};
 use crate::binding::Destination;
 use crate::config::Config;
+use crate::direct_reply_to::ReplyConsumers;
 use crate::exchange::{Exchange, ExchangeKind};
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::queue::{Queue, QueueConfig};
@@ -31,6 +32,8 @@ pub struct Broker {
     vhosts: DashMap<String, Arc<VirtualHost>>,
     /// Live connections by id, to reach them at shutdown.
     connections: DashMap<u64, Arc<Outbox>>,
+    /// Direct reply-to consumers, by the key in their reply names.
+    pub reply_consumers: ReplyConsumers,
     next_connection_id: AtomicU64,
     /// Set once shutdown began: new connections are refused.
     shutting_down: AtomicBool,
@@ -97,6 +100,7 @@ impl Broker {
             users: DashMap::new(),
             vhosts: DashMap::new(),
             connections: DashMap::new(),
+            reply_consumers: ReplyConsumers::default(),
             next_connection_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             store: store.clone(),

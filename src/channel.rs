@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use crate::amqp_error;
 use crate::confirm::Confirms;
 use crate::consumer::{Consumer, ConsumerId};
+use crate::direct_reply_to;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Exchange;
 use crate::message::Message;
@@ -125,6 +126,14 @@ type Route = Arc<[Arc<Queue>]>;
 /// Settlements for one queue, in delivery order.
 type QueueSettlements = (Arc<Queue>, Vec<(Settled, QueueEntry)>);
 
+/// This channel's consumer of the direct reply-to pseudo-queue.
+#[derive(Debug)]
+struct ReplyConsumer {
+    tag: Bytes,
+    /// Its key in the broker's map; its reply name is `amq.rabbitmq.reply-to.<key>`.
+    key: String,
+}
+
 /// A channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -145,6 +154,8 @@ pub struct Channel {
     /// The queue most recently declared on this channel, used for empty queue names.
     last_queue: Option<String>,
     routes: RouteCache,
+    /// At most one direct reply-to consumer per channel, as in RabbitMQ.
+    reply_consumer: Option<ReplyConsumer>,
 }
 
 /// What a channel method asks the connection to do afterwards.
@@ -179,6 +190,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             routes: RouteCache::default(),
+            reply_consumer: None,
         }
     }
 
@@ -361,8 +373,24 @@ impl Channel {
                 s.vhost.name
             ));
         }
-        let summary = properties::scan(&properties)
+        let mut summary = properties::scan(&properties)
             .map_err(|_| AmqpError::bare(crate::error::ReplyCode::InternalError))?;
+        if let Some(range) = &summary.reply_to
+            && &properties[range.clone()] == direct_reply_to::PSEUDO_QUEUE.as_bytes()
+        {
+            // A request expecting a direct reply: name this channel's reply consumer.
+            let Some(consumer) = &self.reply_consumer else {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "fast reply consumer does not exist"
+                ));
+            };
+            let name = format!("{}{}", direct_reply_to::PREFIX, consumer.key);
+            properties = properties::replace_reply_to(&properties, &summary, &name)
+                .ok_or_else(|| AmqpError::bare(crate::error::ReplyCode::InternalError))?;
+            summary = properties::scan(&properties)
+                .map_err(|_| AmqpError::bare(crate::error::ReplyCode::InternalError))?;
+        }
         if let Some(range) = &summary.user_id {
             let user_id = &properties[range.clone()];
             if user_id != s.user.name.as_bytes() {
@@ -461,6 +489,13 @@ impl Channel {
             ),
         };
         let outcome = enqueue(&queues, &message);
+        direct_replies(
+            s,
+            &publish.exchange,
+            &publish.routing_key,
+            &extra_keys,
+            &message,
+        );
         if !outcome.routed && publish.mandatory {
             write_return(
                 out.buf(),
@@ -734,6 +769,9 @@ impl Channel {
     pub fn shutdown(&mut self, s: &Session) {
         self.content = None;
         self.tx = None;
+        if let Some(reply) = self.reply_consumer.take() {
+            s.broker.reply_consumers.unregister(&reply.key);
+        }
         for (_, c) in self.consumers.drain() {
             let removed = c.queue.remove_consumer(c.id);
             if removed.delete_queue {
@@ -916,6 +954,33 @@ impl Channel {
         match method {
             queue::AMQPMethod::Declare(d) => {
                 let requested = strip_cr_lf(d.queue.as_str());
+                if requested.starts_with(direct_reply_to::PSEUDO_QUEUE) {
+                    // The pseudo-queue, or a live reply name, "exists" with one consumer
+                    // whatever the flags say, as in RabbitMQ.
+                    if requested != direct_reply_to::PSEUDO_QUEUE
+                        && !s.broker.reply_consumers.is_live(&requested)
+                    {
+                        return Err(amqp_error!(
+                            NotFound,
+                            "no queue '{}' in vhost '{}'",
+                            requested,
+                            s.vhost.name
+                        ));
+                    }
+                    self.last_queue = Some(requested.clone());
+                    if !d.nowait {
+                        reply(
+                            out,
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                                queue: ShortString::from(requested),
+                                message_count: 0,
+                                consumer_count: 1,
+                            })),
+                        );
+                    }
+                    return Ok(());
+                }
                 if !d.passive && requested.starts_with("amq.") {
                     return Err(amqp_error!(
                         AccessRefused,
@@ -1062,7 +1127,20 @@ impl Channel {
             basic::AMQPMethod::Consume(c) => self.consume(s, out, c)?,
             basic::AMQPMethod::Cancel(c) => {
                 let tag = Bytes::copy_from_slice(c.consumer_tag.as_str().as_bytes());
-                if let Some(consumer) = self.consumers.remove(&tag) {
+                if self.reply_consumer.as_ref().is_some_and(|r| r.tag == tag) {
+                    if let Some(reply) = self.reply_consumer.take() {
+                        s.broker.reply_consumers.unregister(&reply.key);
+                    }
+                    if !c.nowait {
+                        reply(
+                            out,
+                            id,
+                            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                                consumer_tag: c.consumer_tag,
+                            })),
+                        );
+                    }
+                } else if let Some(consumer) = self.consumers.remove(&tag) {
                     let removed = consumer.queue.remove_consumer(consumer.id);
                     if !c.nowait {
                         reply(
@@ -1150,12 +1228,20 @@ impl Channel {
             c.consumer_tag.to_string()
         };
         let tag_bytes = Bytes::from(tag.clone().into_bytes());
-        if self.consumers.contains_key(&tag_bytes) {
+        if self.consumers.contains_key(&tag_bytes)
+            || self
+                .reply_consumer
+                .as_ref()
+                .is_some_and(|r| r.tag == tag_bytes)
+        {
             return Err(amqp_error!(
                 NotAllowed,
                 "attempt to reuse consumer tag '{}'",
                 tag
             ));
+        }
+        if name == direct_reply_to::PSEUDO_QUEUE {
+            return self.consume_replies(s, out, c, tag, tag_bytes);
         }
         if self.consumers.len() >= s.broker.config.limits.max_consumers_per_channel {
             return Err(amqp_error!(
@@ -1229,6 +1315,72 @@ impl Channel {
             );
         }
         Ok(())
+    }
+
+    /// `basic.consume` from `amq.rabbitmq.reply-to`: becomes this channel's reply consumer.
+    fn consume_replies(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        c: basic::Consume,
+        tag: String,
+        tag_bytes: Bytes,
+    ) -> AmqpResult<()> {
+        if !c.no_ack {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "reply consumer cannot acknowledge"
+            ));
+        }
+        if self.reply_consumer.is_some() {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "reply consumer already set"
+            ));
+        }
+        let key = s.broker.reply_consumers.register(s.outbox.clone(), self.id);
+        self.reply_consumer = Some(ReplyConsumer {
+            tag: tag_bytes,
+            key,
+        });
+        if !c.nowait {
+            reply(
+                out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: ShortString::from(tag),
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends a direct reply to this channel's reply consumer, if it is still the one the
+    /// reply was addressed to. Like RabbitMQ, it carries the channel's next delivery tag
+    /// without taking it: replies are never acknowledged.
+    pub fn direct_reply(
+        &mut self,
+        key: &[u8],
+        message: &Message,
+        out: &mut Output,
+        frame_max: u32,
+    ) {
+        let Some(consumer) = &self.reply_consumer else {
+            return;
+        };
+        if self.state != ChannelState::Open || consumer.key.as_bytes() != key {
+            return;
+        }
+        write_deliver(
+            out.buf(),
+            self.id,
+            &consumer.tag,
+            self.last_tag + 1,
+            false,
+            &message.exchange,
+            &message.routing_key,
+        );
+        out.content(self.id, &message.properties, &message.body, frame_max);
     }
 
     fn tx_method(
@@ -1326,6 +1478,7 @@ impl Channel {
             _ => self.route(s, &exchange, &p.exchange, &p.routing_key, &extra, p.headers),
         };
         let outcome = enqueue(&queues, &p.message);
+        direct_replies(s, &p.exchange, &p.routing_key, &extra, &p.message);
         if !outcome.routed && p.mandatory {
             write_return(
                 out.buf(),
@@ -1338,6 +1491,27 @@ impl Channel {
             out.content(self.id, &p.message.properties, &p.message.body, s.frame_max);
         }
         outcome.sync
+    }
+}
+
+/// Hands a message published to the default exchange with a direct reply-to name as a
+/// routing key (or CC/BCC key) to that reply consumer. As in RabbitMQ, this does not count
+/// as routed: a mandatory reply is also returned.
+fn direct_replies(
+    s: &Session,
+    exchange: &Bytes,
+    routing_key: &Bytes,
+    extra_keys: &[Bytes],
+    message: &Arc<Message>,
+) {
+    if !exchange.is_empty() {
+        return;
+    }
+    let prefix = direct_reply_to::PREFIX.as_bytes();
+    for key in std::iter::once(routing_key).chain(extra_keys) {
+        if key.starts_with(prefix) {
+            s.broker.reply_consumers.deliver(key, message);
+        }
     }
 }
 

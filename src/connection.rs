@@ -589,6 +589,7 @@ impl Connection {
             "consumer_priorities",
             "authentication_failure_close",
             "per_consumer_qos",
+            "direct_reply_to",
         ] {
             capabilities.insert(ShortString::from(cap), AMQPValue::Boolean(true));
         }
@@ -1003,6 +1004,18 @@ impl Connection {
                             nowait: true,
                         })),
                     );
+                }
+            }
+            OutboxEvent::DirectReply {
+                channel,
+                key,
+                message,
+            } => {
+                // Counted as pending when pushed: count it as written once the output
+                // drains, whether or not the consumer was still there to take it.
+                self.unflushed_delivery_bytes += message.wire_size();
+                if let Ok(i) = self.channel_index(channel) {
+                    self.channels[i].direct_reply(&key, &message, &mut self.out, self.frame_max);
                 }
             }
             OutboxEvent::Close { code, text } => {

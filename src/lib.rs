@@ -20,6 +20,7 @@ pub mod config;
 pub mod confirm;
 pub mod connection;
 pub mod consumer;
+pub mod direct_reply_to;
 pub mod error;
 pub mod exchange;
 pub mod headers;

@@ -37,7 +37,17 @@ pub enum OutboxEvent {
     ConsumerCancelled { channel: u16, consumer_tag: Bytes },
     /// The broker is shutting down or an operator closed the connection.
     Close { code: u16, text: String },
+    /// A reply for the direct reply-to consumer `key` on `channel`.
+    DirectReply {
+        channel: u16,
+        key: Bytes,
+        message: Arc<crate::message::Message>,
+    },
 }
+
+/// Direct replies bypass queues and their credit; past this many times the outbox limit of
+/// unwritten bytes, a connection that does not read takes no more replies.
+const REPLY_LIMIT_FACTOR: usize = 4;
 
 #[derive(Default)]
 struct Items {
@@ -154,6 +164,28 @@ impl Outbox {
         if was_empty {
             self.notify.notify_one();
         }
+    }
+
+    /// Queues a direct reply of `bytes` bytes, counted like deliveries until written.
+    /// Returns false, dropping it, when the connection is gone or far behind.
+    pub fn push_reply(&self, event: OutboxEvent, bytes: usize) -> bool {
+        if self.pending_bytes.load(Ordering::SeqCst) > REPLY_LIMIT_FACTOR * self.limit_bytes {
+            return false;
+        }
+        let was_empty;
+        {
+            let mut items = self.lock();
+            if items.closed {
+                return false;
+            }
+            was_empty = items.deliveries.is_empty() && items.events.is_empty();
+            items.events.push(event);
+        }
+        self.pending_bytes.fetch_add(bytes, Ordering::SeqCst);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
     }
 
     /// Takes everything queued so far. `into` is reused to keep its allocation.

@@ -99,6 +99,7 @@ async fn start_offers_rabbitmq_shaped_properties_and_both_mechanisms() {
         "consumer_priorities",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         assert_eq!(
             caps.inner().get(cap),

@@ -197,6 +197,54 @@ const scenarios = {
     return { answers: Object.values(asked).map((n) => n * n).sort((a, b) => a - b) };
   },
 
+  // RPC through amq.rabbitmq.reply-to: no reply queue; the server answers to the name the
+  // broker put in reply_to; a request without a reply consumer closes the channel.
+  async rpc_direct_reply_to(url) {
+    const queue = unique('rpc-direct');
+    const server = await amqp.connect(url);
+    const sch = await server.createChannel();
+    await sch.assertQueue(queue, { durable: false });
+    const seenReplyTo = [];
+    await sch.consume(queue, (msg) => {
+      if (!msg) return;
+      seenReplyTo.push(msg.properties.replyTo);
+      const n = parseInt(msg.content.toString(), 10);
+      sch.sendToQueue(msg.properties.replyTo, Buffer.from(String(n * 2)), {
+        correlationId: msg.properties.correlationId,
+      });
+      sch.ack(msg);
+    });
+    const client = await amqp.connect(url);
+    const cch = await client.createChannel();
+    const responses = {};
+    const tags = [];
+    await cch.consume('amq.rabbitmq.reply-to', (msg) => {
+      responses[msg.properties.correlationId] = msg.content.toString();
+      tags.push(msg.fields.deliveryTag);
+    }, { noAck: true });
+    for (let n = 1; n <= 3; n++) {
+      cch.sendToQueue(queue, Buffer.from(String(n)), { replyTo: 'amq.rabbitmq.reply-to', correlationId: `c${n}` });
+    }
+    await waitFor(() => Object.keys(responses).length === 3, 'all answers');
+    assert.deepEqual(responses, { c1: '2', c2: '4', c3: '6' });
+    assert.equal(new Set(seenReplyTo).size, 1);
+    assert.ok(seenReplyTo[0].startsWith('amq.rabbitmq.reply-to.'));
+    const declared = await cch.assertQueue('amq.rabbitmq.reply-to');
+    const refused = await channelError(client, async (ch) => {
+      ch.sendToQueue(queue, Buffer.from('1'), { replyTo: 'amq.rabbitmq.reply-to' });
+      await ch.checkQueue(queue);
+    });
+    await client.close();
+    await sch.deleteQueue(queue);
+    await server.close();
+    return {
+      responses,
+      delivery_tags: tags,
+      declare: [declared.queue, declared.messageCount, declared.consumerCount],
+      without_reply_consumer: refused,
+    };
+  },
+
   // Channel and connection errors carry RabbitMQ's codes and texts.
   async errors(url) {
     const observed = {};

@@ -179,6 +179,63 @@ def rpc(url):
 
 
 @scenario
+def rpc_direct_reply_to(url):
+    """RPC through amq.rabbitmq.reply-to: no reply queue; the server answers to the name the
+    broker put in reply_to; a request without a reply consumer closes the channel."""
+    queue = unique("rpc-direct")
+    server = connect(url)
+    sch = server.channel()
+    sch.queue_declare(queue)
+    seen_reply_to = []
+
+    def on_request(c, method, props, body):
+        seen_reply_to.append(props.reply_to)
+        c.basic_publish("", props.reply_to, str(int(body) * 2).encode(),
+                        pika.BasicProperties(correlation_id=props.correlation_id))
+        c.basic_ack(method.delivery_tag)
+
+    sch.basic_consume(queue, on_request)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            server.process_data_events(time_limit=0.05)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    client = connect(url)
+    cch = client.channel()
+    responses = {}
+    tags = []
+
+    def on_response(c, method, props, body):
+        responses[props.correlation_id] = body.decode()
+        tags.append(method.delivery_tag)
+
+    cch.basic_consume("amq.rabbitmq.reply-to", on_response, auto_ack=True)
+    for n in range(1, 4):
+        cch.basic_publish("", queue, str(n).encode(),
+                          pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c%d" % n))
+    deadline = time.time() + 10
+    while len(responses) < 3 and time.time() < deadline:
+        client.process_data_events(time_limit=0.05)
+    stop.set()
+    t.join()
+    assert responses == {"c1": "2", "c2": "4", "c3": "6"}, responses
+    assert len(set(seen_reply_to)) == 1 and seen_reply_to[0].startswith("amq.rabbitmq.reply-to."), seen_reply_to
+    declared = cch.queue_declare("amq.rabbitmq.reply-to").method
+    other = client.channel()
+    refused = closed_by_broker(lambda: other.basic_publish(
+        "", queue, b"1", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")) or other.queue_declare(queue, passive=True))
+    client.close()
+    sch.queue_delete(queue)
+    server.close()
+    return {"responses": responses, "delivery_tags": tags,
+            "declare": [declared.queue, declared.message_count, declared.consumer_count],
+            "without_reply_consumer": refused}
+
+
+@scenario
 def errors(url):
     """Channel and connection errors carry RabbitMQ's codes and texts."""
     observed = {}

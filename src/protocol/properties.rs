@@ -152,10 +152,46 @@ pub fn replace_headers(
     Some(out.into())
 }
 
+/// The raw property list with its `reply_to` replaced by `reply_to` (at most 255 bytes, as
+/// a short string must be). `None` if the message has no reply_to.
+pub fn replace_reply_to(
+    raw: &[u8],
+    summary: &PropertySummary,
+    reply_to: &str,
+) -> Option<bytes::Bytes> {
+    let range = summary.reply_to.as_ref()?;
+    let len = u8::try_from(reply_to.len()).ok()?;
+    // The length byte sits just before the string.
+    let start = range.start.checked_sub(1)?;
+    let mut out = Vec::with_capacity(raw.len() - range.len() + reply_to.len());
+    out.extend_from_slice(&raw[..start]);
+    out.push(len);
+    out.extend_from_slice(reply_to.as_bytes());
+    out.extend_from_slice(&raw[range.end..]);
+    Some(out.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use amq_protocol::protocol::BasicProperties;
+
+    #[test]
+    fn reply_to_is_replaced_in_place() {
+        let props = BasicProperties::default()
+            .with_correlation_id("c1".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_expiration("60000".into());
+        let raw = encode(&props);
+        let summary = scan(&raw).unwrap();
+        let out = replace_reply_to(&raw, &summary, "amq.rabbitmq.reply-to.abc.def==").unwrap();
+        let expected = encode(
+            &props
+                .clone()
+                .with_reply_to("amq.rabbitmq.reply-to.abc.def==".into()),
+        );
+        assert_eq!(&out[..], &expected[..]);
+    }
     use amq_protocol::types::{AMQPValue, ShortString};
 
     fn encode(props: &BasicProperties) -> Vec<u8> {
