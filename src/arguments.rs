@@ -130,6 +130,9 @@ pub fn validate_queue_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()>
     }
     if let Some(v) = get("x-queue-type") {
         check_queue_type(v, desc)?;
+        if table::as_bytes(v) == Some(b"quorum".as_slice()) {
+            return validate_quorum_arguments(args, desc);
+        }
     }
     if let Some(v) = get("x-expires") {
         check_int("x-expires", v, desc, true, Some(MAX_TTL_MS))?;
@@ -210,10 +213,77 @@ pub fn validate_queue_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()>
     Ok(())
 }
 
+/// Arguments of classic and stream queues, refused on quorum queues.
+const NOT_QUORUM_KEYS: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// A quorum queue's arguments: RabbitMQ checks the values of those quorum queues know, in
+/// its fixed order, then refuses arguments of the other queue types.
+fn validate_quorum_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()> {
+    let get = |key: &str| table::get(args, key);
+    if let Some(v) = get("x-expires") {
+        check_int("x-expires", v, desc, true, Some(MAX_TTL_MS))?;
+    }
+    if let Some(v) = get("x-message-ttl") {
+        check_int("x-message-ttl", v, desc, false, Some(MAX_TTL_MS))?;
+    }
+    if let Some(v) = get("x-dead-letter-routing-key") {
+        check_string("x-dead-letter-routing-key", v, desc)?;
+        if get("x-dead-letter-exchange").is_none() {
+            return Err(invalid_arg(
+                "x-dead-letter-routing-key",
+                desc,
+                "routing_key_but_no_dlx_defined",
+            ));
+        }
+    }
+    for key in ["x-max-length", "x-max-length-bytes"] {
+        if let Some(v) = get(key) {
+            check_int(key, v, desc, false, None)?;
+        }
+    }
+    if let Some(v) = get("x-overflow") {
+        let mode = check_string("x-overflow", v, desc)?;
+        if !matches!(
+            mode,
+            b"drop-head" | b"reject-publish" | b"reject-publish-dlx"
+        ) {
+            return Err(invalid_arg("x-overflow", desc, "invalid_overflow"));
+        }
+    }
+    if let Some(v) = get("x-single-active-consumer")
+        && table::as_bool(v).is_none()
+    {
+        return Err(invalid_arg(
+            "x-single-active-consumer",
+            desc,
+            format!("{{unacceptable_type,{}}}", table::type_name(v)),
+        ));
+    }
+    for key in args.inner().keys() {
+        if NOT_QUORUM_KEYS.contains(&key.as_str()) {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "invalid arg '{}' for {} of queue type rabbit_quorum_queue",
+                key.as_str(),
+                desc
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_queue_type(value: &AMQPValue, desc: &str) -> AmqpResult<()> {
     let kind = check_string("x-queue-type", value, desc)?;
     match kind {
-        b"classic" => Ok(()),
+        b"classic" | b"quorum" => Ok(()),
         other => Err(invalid_arg(
             "x-queue-type",
             desc,

@@ -15,6 +15,7 @@ use crate::exchange::{Exchange, ExchangeKind};
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::queue::{Queue, QueueConfig};
 use crate::store::Store;
+use crate::timer::Timers;
 use crate::store::definitions::{
     Change, DefinitionsStore, PermissionDef, UserDef, VhostDef, decode_arguments,
 };
@@ -34,6 +35,8 @@ pub struct Broker {
     connections: DashMap<u64, Arc<Outbox>>,
     /// Direct reply-to consumers, by the key in their reply names.
     pub reply_consumers: ReplyConsumers,
+    /// The timer thread that expires messages and queues.
+    pub timers: Arc<Timers>,
     next_connection_id: AtomicU64,
     /// Set once shutdown began: new connections are refused.
     shutting_down: AtomicBool,
@@ -64,6 +67,7 @@ impl Broker {
         )?);
         let (definitions, mut defs, first_boot) =
             DefinitionsStore::open(&config.data_dir, store.shared.clone())?;
+        let timers = Timers::start()?;
         if first_boot {
             // As RabbitMQ does, the default users and vhosts are created on the first start
             // only; afterwards the definitions are the truth.
@@ -103,6 +107,7 @@ impl Broker {
             reply_consumers: ReplyConsumers::default(),
             next_connection_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            timers: timers.clone(),
             store: store.clone(),
             definitions: definitions.clone(),
             config,
@@ -114,10 +119,10 @@ impl Broker {
             );
         }
         for v in &defs.vhosts {
-            broker.vhosts.insert(
-                v.name.clone(),
-                VirtualHost::new(&v.name, store.clone(), definitions.clone()),
-            );
+            let vhost = VirtualHost::new(&v.name, store.clone(), definitions.clone(), timers.clone());
+            // Policies first, so that recovered queues and exchanges start with them.
+            vhost.set_policies(&defs.policies);
+            broker.vhosts.insert(v.name.clone(), vhost);
         }
         let mut report = RecoveryReport::default();
         for x in &defs.exchanges {
@@ -148,7 +153,8 @@ impl Broker {
             report.queues += 1;
             report.messages += recovered.count;
             known_ids.push(q.lepus_id);
-            vhost.restore_queue(Arc::new(Queue::recovered(
+            let policy = vhost.queue_policy(&q.name);
+            vhost.restore_queue(Queue::recovered(
                 QueueConfig {
                     name: q.name.clone(),
                     vhost: q.vhost.clone(),
@@ -158,10 +164,11 @@ impl Broker {
                     arguments: decode_arguments(&q.arguments, &q.lepus_arguments),
                     id: q.lepus_id,
                 },
-                store.clone(),
+                vhost.queue_context(),
                 log,
                 recovered,
-            )));
+                policy.as_ref(),
+            ));
         }
         for b in &defs.bindings {
             let Some(vhost) = broker.vhost(&b.vhost) else {
@@ -199,6 +206,7 @@ impl Broker {
             tracing::error!(error = %e, "cannot write the definitions snapshot");
         }
         self.store.close();
+        self.timers.stop();
     }
 
     pub fn user(&self, name: &str) -> Option<Arc<User>> {

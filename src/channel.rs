@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
@@ -52,6 +53,8 @@ pub enum ChannelState {
 struct ChannelConsumer {
     id: ConsumerId,
     queue: Arc<Queue>,
+    /// How long its deliveries may stay unacknowledged.
+    timeout_ms: Option<u64>,
 }
 
 /// A delivery the client has not settled yet.
@@ -62,6 +65,9 @@ struct Unacked {
     /// The consumer it went to; None for basic.get.
     consumer: Option<ConsumerId>,
     entry: QueueEntry,
+    /// When the channel is closed if this is still unacknowledged, and the timeout (ms)
+    /// that deadline came from.
+    deadline: Option<(Instant, u64)>,
 }
 
 /// A message being assembled from its frames.
@@ -156,6 +162,9 @@ pub struct Channel {
     routes: RouteCache,
     /// At most one direct reply-to consumer per channel, as in RabbitMQ.
     reply_consumer: Option<ReplyConsumer>,
+    /// No unacknowledged delivery times out before this (the earliest deadline when it was
+    /// last worked out; acks since may have made it earlier than needed).
+    timeout_check: Option<Instant>,
 }
 
 /// What a channel method asks the connection to do afterwards.
@@ -191,6 +200,7 @@ impl Channel {
             last_queue: None,
             routes: RouteCache::default(),
             reply_consumer: None,
+            timeout_check: None,
         }
     }
 
@@ -456,13 +466,17 @@ impl Channel {
         } else {
             summary
         };
-        let message = Arc::new(Message::new(
+        let mut message = Message::new(
             publish.exchange.clone(),
             publish.routing_key.clone(),
             properties,
             body,
             &summary,
-        ));
+        );
+        if !extra_keys.is_empty() {
+            message.extra_routing_keys = Some(extra_keys.clone().into());
+        }
+        let message = Arc::new(message);
         if let Some(tx) = self.tx.as_mut() {
             let mut routing_keys = vec![publish.routing_key.clone()];
             routing_keys.extend(extra_keys);
@@ -611,15 +625,15 @@ impl Channel {
         d: Delivery,
         out: &mut Output,
         frame_max: u32,
+        now: Instant,
     ) -> Result<usize, Delivery> {
-        if self.state != ChannelState::Open
-            || self
-                .consumers
-                .get(&d.consumer_tag)
-                .is_none_or(|c| c.id != d.consumer_id)
-        {
+        if self.state != ChannelState::Open {
             return Err(d);
         }
+        let timeout_ms = match self.consumers.get(&d.consumer_tag) {
+            Some(c) if c.id == d.consumer_id => c.timeout_ms,
+            _ => return Err(d),
+        };
         self.last_tag += 1;
         let tag = self.last_tag;
         let m = &d.entry.message;
@@ -635,14 +649,57 @@ impl Channel {
         out.content(self.id, &m.properties, &m.body, frame_max);
         let size = m.wire_size();
         if !d.no_ack {
+            let deadline = self.deadline(now, timeout_ms);
             self.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue,
                 consumer: Some(d.consumer_id),
                 entry: d.entry,
+                deadline,
             });
         }
         Ok(size)
+    }
+
+    /// The deadline of a delivery made `now` under `timeout_ms`, noted for the timer.
+    fn deadline(&mut self, now: Instant, timeout_ms: Option<u64>) -> Option<(Instant, u64)> {
+        let ms = timeout_ms?;
+        let at = now + std::time::Duration::from_millis(ms);
+        if self.timeout_check.is_none_or(|t| at < t) {
+            self.timeout_check = Some(at);
+        }
+        Some((at, ms))
+    }
+
+    /// When the connection should call [`Channel::check_timeouts`].
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timeout_check
+    }
+
+    /// Closes the channel's account with a consumer that holds a delivery past its timeout,
+    /// as RabbitMQ does: the error closes the channel.
+    pub fn check_timeouts(&mut self, now: Instant) -> Option<AmqpError> {
+        if self.timeout_check.is_none_or(|t| t > now) {
+            return None;
+        }
+        self.timeout_check = None;
+        let mut next: Option<Instant> = None;
+        for u in &self.unacked {
+            let Some((at, ms)) = u.deadline else {
+                continue;
+            };
+            if at <= now {
+                return Some(amqp_error!(
+                    PreconditionFailed,
+                    "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                    self.id,
+                    ms
+                ));
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        self.timeout_check = next;
+        None
     }
 
     /// A consumer's queue was deleted. Returns true if the client should hear of it.
@@ -741,7 +798,8 @@ impl Channel {
         for (queue, list) in &groups {
             match reject {
                 Some(true) => queue.requeue(list.iter().cloned(), unblock),
-                _ => queue.ack(list.iter().map(|(settled, _)| *settled), unblock),
+                Some(false) => queue.reject(list.iter().cloned(), unblock),
+                None => queue.ack(list.iter().map(|(settled, _)| *settled), unblock),
             }
         }
         if channel_unblocked {
@@ -1183,11 +1241,17 @@ impl Channel {
                         );
                         out.content(id, &m.properties, &m.body, s.frame_max);
                         if !g.no_ack {
+                            let timeout_ms = q
+                                .settings()
+                                .consumer_timeout_ms
+                                .or(s.broker.config.limits.consumer_timeout_ms);
+                            let deadline = self.deadline(Instant::now(), timeout_ms);
                             self.unacked.push_back(Unacked {
                                 tag,
                                 queue: q,
                                 consumer: None,
                                 entry,
+                                deadline,
                             });
                         }
                     }
@@ -1277,11 +1341,18 @@ impl Channel {
             ));
         }
         let consumer_id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
+        // RabbitMQ 3.12's per-consumer and per-queue timeouts, else the broker's.
+        let timeout_ms = table::get(&c.arguments, "x-consumer-timeout")
+            .and_then(table::as_int)
+            .and_then(|v| u64::try_from(v).ok())
+            .or(q.settings().consumer_timeout_ms)
+            .or(s.broker.config.limits.consumer_timeout_ms);
         self.consumers.insert(
             tag_bytes.clone(),
             ChannelConsumer {
                 id: consumer_id,
                 queue: q.clone(),
+                timeout_ms,
             },
         );
         let added = q.add_consumer(Consumer {
@@ -1519,7 +1590,8 @@ fn direct_replies(
 struct Outcome {
     /// At least one queue took it.
     routed: bool,
-    /// Writing it to a durable queue's log failed.
+    /// A queue refused it (full, with `x-overflow` reject-publish) or could not write it to
+    /// its log: the publisher's confirm is a nack.
     failed: bool,
     /// The epoch that makes it durable, if a durable queue logged it.
     sync: Option<u64>,
@@ -1539,7 +1611,8 @@ fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
                 outcome.routed = true;
                 outcome.sync = Some(outcome.sync.map_or(epoch, |e| e.max(epoch)));
             }
-            Enqueued::Failed => {
+            Enqueued::Failed | Enqueued::Rejected => {
+                // Routed all the same: a mandatory message is not returned.
                 outcome.routed = true;
                 outcome.failed = true;
             }

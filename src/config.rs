@@ -45,6 +45,10 @@ pub struct Limits {
     pub memory_budget_bytes: usize,
     /// Size of one segment file of a queue log.
     pub segment_bytes: u64,
+    /// How long a delivery may stay unacknowledged before its channel is closed, unless the
+    /// queue (`x-consumer-timeout`) or the consumer says otherwise; `None` never. RabbitMQ's
+    /// default is 30 minutes.
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -62,6 +66,7 @@ impl Default for Limits {
             read_chunk_bytes: 64 * 1024,
             memory_budget_bytes: 64 * 1024 * 1024,
             segment_bytes: 8 * 1024 * 1024,
+            consumer_timeout_ms: Some(30 * 60 * 1000),
         }
     }
 }

@@ -314,6 +314,11 @@ impl Connection {
             deadline = deadline.min(self.last_send + hb / 2);
             deadline = deadline.min(self.last_recv + hb * 2);
         }
+        for ch in &self.channels {
+            if let Some(at) = ch.next_timeout() {
+                deadline = deadline.min(Instant::from_std(at));
+            }
+        }
         deadline
     }
 
@@ -356,7 +361,29 @@ impl Connection {
                 self.last_send = now;
             }
         }
+        self.check_consumer_timeouts(now);
         Ok(())
+    }
+
+    /// Closes channels holding a delivery unacknowledged past its consumer timeout.
+    fn check_consumer_timeouts(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        for i in 0..self.channels.len() {
+            if !self.channels[i].is_open() {
+                continue;
+            }
+            let Some(e) = self.channels[i].check_timeouts(now.into_std()) else {
+                continue;
+            };
+            let id = self.channels[i].id;
+            tracing::warn!(peer = %self.peer, channel = id, text = %e.text, "consumer timed out waiting for delivery acknowledgement");
+            if let Some(session) = &self.session {
+                self.channels[i].shutdown(session);
+            }
+            write_channel_close(&mut self.out, id, &e);
+        }
     }
 
     // ---- input ----------------------------------------------------------------------------
@@ -961,9 +988,10 @@ impl Connection {
         let mut drained = std::mem::take(&mut self.drained);
         self.outbox.drain(&mut drained);
         let mut undelivered: Vec<Delivery> = Vec::new();
+        let now = std::time::Instant::now();
         for d in drained.deliveries.drain(..) {
             match self.channel_index(d.channel) {
-                Ok(i) => match self.channels[i].deliver(d, &mut self.out, self.frame_max) {
+                Ok(i) => match self.channels[i].deliver(d, &mut self.out, self.frame_max, now) {
                     Ok(bytes) => self.unflushed_delivery_bytes += bytes,
                     Err(d) => {
                         if !d.no_ack && self.channels[i].prefetch().release(1) {

@@ -59,6 +59,9 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// The name of the alternate exchange, if the arguments name one.
     pub alternate_exchange: Option<String>,
+    /// The alternate exchange a policy names, used when the arguments name none. Only read
+    /// for messages the exchange's own bindings did not route.
+    policy_alternate_exchange: std::sync::Mutex<Option<String>>,
     bindings: RwLock<Bindings>,
 }
 
@@ -95,6 +98,7 @@ impl Exchange {
             internal,
             arguments,
             alternate_exchange,
+            policy_alternate_exchange: std::sync::Mutex::new(None),
             bindings: RwLock::new(Bindings::default()),
         }
     }
@@ -109,6 +113,24 @@ impl Exchange {
 
     /// Adds a binding from this exchange. Returns false if it already existed (binding twice
     /// is not an error). Headers bindings are checked first, with RabbitMQ's texts.
+    /// The alternate exchange in force: the argument's, else the policy's.
+    pub fn alternate(&self) -> Option<String> {
+        self.alternate_exchange.clone().or_else(|| {
+            self.policy_alternate_exchange
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+
+    /// Sets the alternate exchange a policy names (None when no policy applies).
+    pub fn set_policy_alternate(&self, name: Option<String>) {
+        *self
+            .policy_alternate_exchange
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
     pub fn bind(&self, binding: Binding) -> AmqpResult<bool> {
         let matcher = match self.kind {
             ExchangeKind::Headers => Some(HeadersMatch::new(&binding.arguments)?),

@@ -1,5 +1,7 @@
 //! A published message, shared by every queue it is routed to.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::protocol::properties::PropertySummary;
@@ -21,6 +23,11 @@ pub struct Message {
     pub persistent: bool,
     /// The `priority` property, if set.
     pub priority: Option<u8>,
+    /// The `expiration` property as milliseconds, if set (validated at publish).
+    pub ttl_ms: Option<u64>,
+    /// Routing keys from the `CC` and `BCC` headers: dead-lettering routes with them again
+    /// (the `BCC` header itself is gone from the properties).
+    pub extra_routing_keys: Option<Arc<[Bytes]>>,
 }
 
 impl Message {
@@ -31,6 +38,12 @@ impl Message {
         body: Bytes,
         summary: &PropertySummary,
     ) -> Self {
+        let ttl_ms = summary
+            .expiration
+            .as_ref()
+            .and_then(|r| properties.get(r.clone()))
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .and_then(|s| s.parse::<u64>().ok());
         Message {
             exchange,
             routing_key,
@@ -38,6 +51,8 @@ impl Message {
             body,
             persistent: summary.persistent(),
             priority: summary.priority,
+            ttl_ms,
+            extra_routing_keys: None,
         }
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
@@ -21,11 +21,13 @@ use crate::binding::{Binding, Destination};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, ExchangeKind};
 use crate::outbox::OutboxEvent;
-use crate::queue::{Queue, QueueConfig};
+use crate::policy::{self, Policy};
+use crate::queue::{Queue, QueueConfig, QueueContext};
 use crate::store::Store;
 use crate::store::definitions::{
-    BindingDef, Change, DefinitionsStore, ExchangeDef, QueueDef, encode_arguments,
+    BindingDef, Change, DefinitionsStore, ExchangeDef, PolicyDef, QueueDef, encode_arguments,
 };
+use crate::timer::Timers;
 
 /// The store epoch a change becomes durable in, when it had to be written.
 pub type Sync = Option<u64>;
@@ -67,6 +69,12 @@ pub struct VirtualHost {
     pub store: Arc<Store>,
     /// Where durable definitions are recorded.
     defs: Arc<DefinitionsStore>,
+    /// Wakes queues for message and queue expiry.
+    timers: Arc<Timers>,
+    /// The policies of this vhost.
+    policies: RwLock<Vec<Policy>>,
+    /// This vhost, for the queues it creates (they route dead letters through it).
+    me: Weak<VirtualHost>,
 }
 
 /// The reverse index of bindings, kept under the topology lock.
@@ -97,16 +105,33 @@ fn default_exchange_refused() -> AmqpError {
 }
 
 impl VirtualHost {
-    pub fn new(name: &str, store: Arc<Store>, defs: Arc<DefinitionsStore>) -> Arc<Self> {
-        let vhost = VirtualHost {
-            name: name.to_owned(),
-            exchanges: DashMap::new(),
-            queues: DashMap::new(),
-            topology: Mutex::new(Topology::default()),
-            version: AtomicU64::new(0),
-            store,
-            defs,
-        };
+    pub fn new(
+        name: &str,
+        store: Arc<Store>,
+        defs: Arc<DefinitionsStore>,
+        timers: Arc<Timers>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let vhost = VirtualHost {
+                name: name.to_owned(),
+                exchanges: DashMap::new(),
+                queues: DashMap::new(),
+                topology: Mutex::new(Topology::default()),
+                version: AtomicU64::new(0),
+                store,
+                defs,
+                timers,
+                policies: RwLock::new(Vec::new()),
+                me: me.clone(),
+            };
+            vhost.predeclare();
+            vhost
+        })
+    }
+
+    /// Creates the exchanges every vhost has.
+    fn predeclare(&self) {
+        let vhost = self;
         for &(x, kind, internal) in PREDECLARED {
             vhost.exchanges.insert(
                 x.to_owned(),
@@ -120,7 +145,53 @@ impl VirtualHost {
                 )),
             );
         }
-        Arc::new(vhost)
+    }
+
+    /// What a new queue of this vhost works with.
+    pub fn queue_context(&self) -> QueueContext {
+        QueueContext {
+            store: self.store.clone(),
+            timers: self.timers.clone(),
+            vhost: self.me.clone(),
+        }
+    }
+
+    fn read_policies(&self) -> std::sync::RwLockReadGuard<'_, Vec<Policy>> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy that applies to a queue named `name`.
+    pub fn queue_policy(&self, name: &str) -> Option<Policy> {
+        policy::matching(&self.read_policies(), policy::Target::Queue, name).cloned()
+    }
+
+    /// Replaces the vhost's policies and applies them to existing queues and exchanges.
+    pub fn set_policies(&self, defs: &[PolicyDef]) {
+        let compiled: Vec<Policy> = defs
+            .iter()
+            .filter(|d| d.vhost == self.name)
+            .filter_map(Policy::compile)
+            .collect();
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = compiled;
+        let policies = self.read_policies().clone();
+        for x in self.exchanges.iter() {
+            let ae = policy::matching(&policies, policy::Target::Exchange, &x.name)
+                .and_then(|p| p.string("alternate-exchange"))
+                .map(str::to_owned);
+            x.set_policy_alternate(ae);
+        }
+        for q in self.queues() {
+            q.apply_policy(policy::matching(&policies, policy::Target::Queue, &q.name));
+        }
+        self.changed();
+    }
+
+    /// Applies the policy matching a new exchange.
+    fn apply_exchange_policy(&self, x: &Exchange) {
+        let ae = policy::matching(&self.read_policies(), policy::Target::Exchange, &x.name)
+            .and_then(|p| p.string("alternate-exchange"))
+            .map(str::to_owned);
+        x.set_policy_alternate(ae);
     }
 
     fn lock(&self) -> MutexGuard<'_, Topology> {
@@ -285,6 +356,7 @@ impl VirtualHost {
             let def = self.exchange_def(&x);
             self.record(&mut topology, Change::PutExchange(def));
         }
+        self.apply_exchange_policy(&x);
         self.exchanges.insert(d.name.clone(), x);
         self.changed();
         Ok(topology.sync.take())
@@ -292,6 +364,7 @@ impl VirtualHost {
 
     /// Puts back a durable exchange found in the definitions at start-up.
     pub fn restore_exchange(&self, x: Exchange) {
+        self.apply_exchange_policy(&x);
         self.exchanges.insert(x.name.clone(), Arc::new(x));
         self.changed();
     }
@@ -548,6 +621,7 @@ impl VirtualHost {
                 }
                 arguments::assert_queue_equivalence(&q.arguments, &d.arguments, &desc)?;
             }
+            q.touch();
             let (messages, consumers) = q.counts();
             return Ok((q, messages, consumers, None));
         }
@@ -555,6 +629,26 @@ impl VirtualHost {
             return Err(self.no_queue(&d.name));
         }
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
+        if crate::protocol::table::get(&d.arguments, "x-queue-type")
+            .and_then(crate::protocol::table::as_bytes)
+            == Some(b"quorum".as_slice())
+        {
+            // RabbitMQ's quorum queues are durable, shared and permanent.
+            for (refused, property) in [
+                (d.auto_delete, "auto-delete"),
+                (d.exclusive, "exclusive-owner"),
+                (!d.durable, "non-durable"),
+            ] {
+                if refused {
+                    return Err(amqp_error!(
+                        PreconditionFailed,
+                        "invalid property '{}' for {}",
+                        property,
+                        desc
+                    ));
+                }
+            }
+        }
         // Like RabbitMQ, an exclusive queue is never durable.
         let durable = d.durable && !d.exclusive;
         let (id, log) = if durable {
@@ -567,7 +661,8 @@ impl VirtualHost {
         } else {
             (0, None)
         };
-        let queue = Arc::new(Queue::new(
+        let policy = self.queue_policy(&d.name);
+        let queue = Queue::new(
             QueueConfig {
                 name: d.name.clone(),
                 vhost: self.name.clone(),
@@ -577,9 +672,10 @@ impl VirtualHost {
                 arguments: d.arguments.clone(),
                 id,
             },
-            self.store.clone(),
+            self.queue_context(),
             log,
-        ));
+            policy.as_ref(),
+        );
         if durable {
             let def = self.queue_def(&queue);
             self.record(&mut topology, Change::PutQueue(def));
@@ -765,8 +861,8 @@ impl VirtualHost {
             // An exchange whose own bindings matched nothing hands the message to its
             // alternate exchange, looked up by name each time.
             if !matched
-                && let Some(ae) = &x.alternate_exchange
-                && let Some(next) = self.exchange(ae)
+                && let Some(ae) = x.alternate()
+                && let Some(next) = self.exchange(&ae)
                 && !seen.contains(&Arc::as_ptr(&next))
             {
                 seen.push(Arc::as_ptr(&next));

@@ -152,6 +152,21 @@ pub fn replace_headers(
     Some(out.into())
 }
 
+/// Decodes every property, for the cold paths that rewrite them (dead-lettering).
+pub fn decode_all(raw: &[u8]) -> Option<amq_protocol::protocol::BasicProperties> {
+    match amq_protocol::protocol::basic::parse_properties(raw) {
+        Ok(([], props)) => Some(props),
+        _ => None,
+    }
+}
+
+/// Encodes properties back to their raw form.
+pub fn encode_all(props: &amq_protocol::protocol::BasicProperties) -> Option<bytes::Bytes> {
+    amq_protocol::protocol::basic::gen_properties(props)(Vec::new().into())
+        .ok()
+        .map(|ctx| ctx.write.into())
+}
+
 /// The raw property list with its `reply_to` replaced by `reply_to` (at most 255 bytes, as
 /// a short string must be). `None` if the message has no reply_to.
 pub fn replace_reply_to(

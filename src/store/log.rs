@@ -118,6 +118,8 @@ pub struct ReadBack {
     /// A durable record exists: its ack must be logged.
     pub persisted: bool,
     pub redelivered: bool,
+    /// When the message expires in its queue, if it has a TTL.
+    pub expires_at: Option<u64>,
 }
 
 fn zeroed_file(path: &Path, capacity: u64) -> io::Result<File> {
@@ -297,12 +299,13 @@ impl QueueLog {
         message: &Message,
         durable: bool,
         flags: u8,
+        expires_at: Option<u64>,
     ) -> io::Result<u64> {
         let kind = if durable { Kind::Message } else { Kind::Paged };
         self.append(
-            record::message_len(message),
+            record::message_len(message, expires_at),
             durable.then_some(seq),
-            |out| record::encode_message(out, kind, seq, flags, message),
+            |out| record::encode_message(out, kind, seq, flags, expires_at, message),
         )
         .map(|(_, epoch)| epoch)
     }
@@ -446,6 +449,7 @@ impl QueueLog {
             return None;
         }
         let redelivered = flags & record::FLAG_REDELIVERED != 0 || reader.delivered.contains(seq);
+        let expires_at = stored.expires_at;
         let message = stored.into_message()?;
         *got += message.body.len() + message.properties.len() + 64;
         Some(ReadBack {
@@ -453,6 +457,7 @@ impl QueueLog {
             message,
             persisted: durable || flags & record::FLAG_PERSISTED != 0,
             redelivered,
+            expires_at,
         })
     }
 
@@ -707,7 +712,7 @@ mod tests {
         let log = store.create_paging_log().unwrap();
         let mut reader = TailReader::default();
         for i in 0..500 {
-            log.append_message(i, &message(i), false, 0).unwrap();
+            log.append_message(i, &message(i), false, 0, None).unwrap();
         }
         let mut seen = 0u64;
         loop {

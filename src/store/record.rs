@@ -2,7 +2,8 @@
 //!
 //! Every record is `len:u32 crc:u32 payload[len]`, where `crc` is the CRC-32 of the payload
 //! and the payload starts with `kind:u8 seq:u64`; message records go on with `flags:u8`, the
-//! exchange, routing key, raw properties and body. Segments are preallocated with zeros, so a
+//! expiry (`u64` Unix milliseconds, only with [`FLAG_EXPIRES`]), the exchange, routing key,
+//! raw properties and body. Segments are preallocated with zeros, so a
 //! zero length marks the end of what was written; a record whose checksum does not match, or
 //! that runs past the end of the segment, is a torn write and ends the log.
 
@@ -65,6 +66,8 @@ pub enum Record {
 pub const FLAG_PERSISTED: u8 = 1;
 /// Message-record flag: the message was delivered before.
 pub const FLAG_REDELIVERED: u8 = 2;
+/// Message-record flag: an expiry time follows the flags.
+pub const FLAG_EXPIRES: u8 = 4;
 
 /// The parts of a message a log keeps: enough to deliver it again byte for byte.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +76,8 @@ pub struct StoredMessage {
     pub routing_key: Bytes,
     pub properties: Bytes,
     pub body: Bytes,
+    /// When the message expires in its queue (Unix milliseconds), if it has a TTL.
+    pub expires_at: Option<u64>,
 }
 
 impl StoredMessage {
@@ -90,11 +95,12 @@ impl StoredMessage {
 }
 
 /// Bytes a message record of `message` takes, header included.
-pub fn message_len(message: &Message) -> usize {
+pub fn message_len(message: &Message, expires_at: Option<u64>) -> usize {
     HEADER_LEN
         + 1
         + 8
         + 1
+        + if expires_at.is_some() { 8 } else { 0 }
         + 1
         + message.exchange.len()
         + 1
@@ -122,9 +128,22 @@ fn begin(out: &mut Vec<u8>, kind: Kind, seq: u64) -> usize {
 }
 
 /// Appends a message record (durable or paged).
-pub fn encode_message(out: &mut Vec<u8>, kind: Kind, seq: u64, flags: u8, message: &Message) {
+pub fn encode_message(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    seq: u64,
+    flags: u8,
+    expires_at: Option<u64>,
+    message: &Message,
+) {
     let start = begin(out, kind, seq);
-    out.push(flags);
+    match expires_at {
+        Some(at) => {
+            out.push(flags | FLAG_EXPIRES);
+            out.extend_from_slice(&at.to_be_bytes());
+        }
+        None => out.push(flags & !FLAG_EXPIRES),
+    }
     let short = |out: &mut Vec<u8>, s: &[u8]| {
         let n = s.len().min(255);
         out.push(n as u8);
@@ -206,9 +225,21 @@ pub fn decode(buf: &Bytes) -> Decoded {
             let Some((&flags, _)) = payload.split_first() else {
                 return Decoded::Torn;
             };
-            let Some(message) = decode_message(&payload.slice(1..)) else {
+            let (expires_at, rest) = if flags & FLAG_EXPIRES != 0 {
+                match payload.get(1..9) {
+                    Some(b) => (
+                        Some(u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))),
+                        payload.slice(9..),
+                    ),
+                    None => return Decoded::Torn,
+                }
+            } else {
+                (None, payload.slice(1..))
+            };
+            let Some(mut message) = decode_message(&rest) else {
                 return Decoded::Torn;
             };
+            message.expires_at = expires_at;
             if kind == Kind::Message {
                 Record::Message {
                     seq,
@@ -250,6 +281,7 @@ fn decode_message(p: &Bytes) -> Option<StoredMessage> {
         routing_key,
         properties,
         body,
+        expires_at: None,
     })
 }
 
@@ -273,8 +305,10 @@ mod tests {
     fn records_round_trip() {
         let mut out = Vec::new();
         let m = message(b"hello");
-        encode_message(&mut out, Kind::Message, 7, FLAG_PERSISTED, &m);
-        assert_eq!(out.len(), message_len(&m));
+        encode_message(&mut out, Kind::Message, 7, FLAG_PERSISTED, None, &m);
+        assert_eq!(out.len(), message_len(&m, None));
+        encode_message(&mut out, Kind::Paged, 9, 0, Some(1234), &m);
+        assert_eq!(out.len(), message_len(&m, None) + message_len(&m, Some(1)));
         encode_mark(&mut out, Kind::Ack, 7);
         encode_mark(&mut out, Kind::Delivered, 8);
         let buf = Bytes::from(out);
@@ -291,8 +325,14 @@ mod tests {
         };
         assert_eq!((seq, flags), (7, FLAG_PERSISTED));
         assert_eq!(&message.body[..], b"hello");
+        assert_eq!(message.expires_at, None);
         assert!(message.into_message().unwrap().persistent);
         let rest = buf.slice(n..);
+        let Decoded::Record(Record::Paged { seq: 9, message, .. }, m) = decode(&rest) else {
+            panic!("paged");
+        };
+        assert_eq!(message.expires_at, Some(1234));
+        let rest = rest.slice(m..);
         let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest) else {
             panic!("ack");
         };
@@ -307,7 +347,7 @@ mod tests {
     fn zeros_end_the_log_and_damage_is_torn() {
         assert_eq!(decode(&Bytes::from(vec![0u8; 64])), Decoded::End);
         let mut out = Vec::new();
-        encode_message(&mut out, Kind::Message, 1, 0, &message(b"x"));
+        encode_message(&mut out, Kind::Message, 1, 0, None, &message(b"x"));
         let mut bad = out.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;

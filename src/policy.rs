@@ -1,0 +1,157 @@
+//! Policies: RabbitMQ's way of configuring queues and exchanges by name pattern instead of
+//! by declare arguments.
+//!
+//! A policy has a name, a regular expression matched against queue or exchange names, what it
+//! applies to (`queues`, `exchanges` or `all`), a priority, and a definition (a JSON object of
+//! keys such as `message-ttl` or `dead-letter-exchange`). For each queue or exchange, the
+//! matching policy with the highest priority applies (ties go to the name that sorts last,
+//! as in RabbitMQ). How a policy value combines with a declare argument is up to each key; see
+//! [`crate::queue::settings`].
+//!
+//! Policies come from the definitions (`definitions.json`, RabbitMQ's export format).
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::store::definitions::PolicyDef;
+
+/// A policy with its pattern compiled.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pattern: Regex,
+    apply_to: ApplyTo,
+    priority: i64,
+    pub definition: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplyTo {
+    Queues,
+    Exchanges,
+    All,
+}
+
+/// What a policy is being matched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Queue,
+    Exchange,
+}
+
+impl Policy {
+    /// Compiles a policy from its definition; `None` (with a warning) if the pattern is not
+    /// a valid regular expression or the definition is not an object.
+    pub fn compile(def: &PolicyDef) -> Option<Policy> {
+        let pattern = match Regex::new(&def.pattern) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(policy = %def.name, error = %e, "ignoring a policy with an invalid pattern");
+                return None;
+            }
+        };
+        let apply_to = match def.apply_to.as_str() {
+            "queues" => ApplyTo::Queues,
+            "exchanges" => ApplyTo::Exchanges,
+            "all" | "" => ApplyTo::All,
+            other => {
+                tracing::warn!(policy = %def.name, apply_to = other, "ignoring a policy with an unknown apply-to");
+                return None;
+            }
+        };
+        let Value::Object(definition) = &def.definition else {
+            tracing::warn!(policy = %def.name, "ignoring a policy whose definition is not an object");
+            return None;
+        };
+        Some(Policy {
+            name: def.name.clone(),
+            pattern,
+            apply_to,
+            priority: def.priority,
+            definition: definition.clone(),
+        })
+    }
+
+    fn applies(&self, target: Target, name: &str) -> bool {
+        let kind = match (self.apply_to, target) {
+            (ApplyTo::All, _) => true,
+            (ApplyTo::Queues, Target::Queue) => true,
+            (ApplyTo::Exchanges, Target::Exchange) => true,
+            _ => false,
+        };
+        kind && self.pattern.is_match(name)
+    }
+
+    /// An integer value of the definition.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        self.definition.get(key).and_then(Value::as_i64)
+    }
+
+    /// A string value of the definition.
+    pub fn string(&self, key: &str) -> Option<&str> {
+        self.definition.get(key).and_then(Value::as_str)
+    }
+}
+
+/// The policy that applies to a queue or exchange named `name`, if any. Names starting with
+/// `amq.` are never subject to policies, as in RabbitMQ.
+pub fn matching<'a>(policies: &'a [Policy], target: Target, name: &str) -> Option<&'a Policy> {
+    if name.starts_with("amq.") {
+        return None;
+    }
+    policies
+        .iter()
+        .filter(|p| p.applies(target, name))
+        .max_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, pattern: &str, apply_to: &str, priority: i64, definition: Value) -> Policy {
+        Policy::compile(&PolicyDef {
+            vhost: "/".into(),
+            name: name.into(),
+            pattern: pattern.into(),
+            apply_to: apply_to.into(),
+            definition,
+            priority,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_highest_priority_matching_policy_applies() {
+        let policies = vec![
+            def("ttl", "^orders\\.", "queues", 0, serde_json::json!({"message-ttl": 1000})),
+            def("dlx", "^orders\\.eu", "all", 5, serde_json::json!({"dead-letter-exchange": "dlx"})),
+            def("ae", ".*", "exchanges", 9, serde_json::json!({"alternate-exchange": "ae"})),
+        ];
+        let p = matching(&policies, Target::Queue, "orders.eu").unwrap();
+        assert_eq!(p.string("dead-letter-exchange"), Some("dlx"));
+        let p = matching(&policies, Target::Queue, "orders.us").unwrap();
+        assert_eq!(p.int("message-ttl"), Some(1000));
+        assert!(matching(&policies, Target::Queue, "other").is_none());
+        assert_eq!(
+            matching(&policies, Target::Exchange, "x").unwrap().name,
+            "ae"
+        );
+        assert!(matching(&policies, Target::Exchange, "amq.direct").is_none());
+    }
+
+    #[test]
+    fn invalid_patterns_are_ignored() {
+        assert!(
+            Policy::compile(&PolicyDef {
+                vhost: "/".into(),
+                name: "bad".into(),
+                pattern: "(".into(),
+                apply_to: "queues".into(),
+                definition: serde_json::json!({}),
+                priority: 0,
+            })
+            .is_none()
+        );
+    }
+}
