@@ -15,10 +15,10 @@ use crate::exchange::{Exchange, ExchangeKind};
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::queue::{Queue, QueueConfig};
 use crate::store::Store;
-use crate::timer::Timers;
 use crate::store::definitions::{
     Change, DefinitionsStore, PermissionDef, UserDef, VhostDef, decode_arguments,
 };
+use crate::timer::Timers;
 use crate::vhost::VirtualHost;
 
 /// Everything connections share.
@@ -119,7 +119,8 @@ impl Broker {
             );
         }
         for v in &defs.vhosts {
-            let vhost = VirtualHost::new(&v.name, store.clone(), definitions.clone(), timers.clone());
+            let vhost =
+                VirtualHost::new(&v.name, store.clone(), definitions.clone(), timers.clone());
             // Policies first, so that recovered queues and exchanges start with them.
             vhost.set_policies(&defs.policies);
             broker.vhosts.insert(v.name.clone(), vhost);

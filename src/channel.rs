@@ -1241,10 +1241,11 @@ impl Channel {
                         );
                         out.content(id, &m.properties, &m.body, s.frame_max);
                         if !g.no_ack {
-                            let timeout_ms = q
-                                .settings()
-                                .consumer_timeout_ms
-                                .or(s.broker.config.limits.consumer_timeout_ms);
+                            let timeout_ms = q.settings().consumer_timeout_ms.or(s
+                                .broker
+                                .config
+                                .limits
+                                .consumer_timeout_ms);
                             let deadline = self.deadline(Instant::now(), timeout_ms);
                             self.unacked.push_back(Unacked {
                                 tag,

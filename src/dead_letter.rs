@@ -143,7 +143,10 @@ fn make_message(
     }
     let deaths = match table::get(&headers, "x-death") {
         None => {
-            headers.insert("x-first-death-reason".into(), long_str(reason.as_str().as_bytes()));
+            headers.insert(
+                "x-first-death-reason".into(),
+                long_str(reason.as_str().as_bytes()),
+            );
             headers.insert("x-first-death-queue".into(), long_str(queue.as_bytes()));
             headers.insert("x-first-death-exchange".into(), long_str(&message.exchange));
             vec![with_count(info, 1)]
@@ -175,7 +178,10 @@ fn make_message(
     headers.insert(
         "x-death".into(),
         AMQPValue::FieldArray(FieldArray::from(
-            deaths.into_iter().map(AMQPValue::FieldTable).collect::<Vec<_>>(),
+            deaths
+                .into_iter()
+                .map(AMQPValue::FieldTable)
+                .collect::<Vec<_>>(),
         )),
     );
     let routing_keys: Vec<Bytes> = match &destination.routing_key {
@@ -185,7 +191,12 @@ fn make_message(
         }
         None => {
             let mut keys = vec![message.routing_key.clone()];
-            keys.extend(message.extra_routing_keys.iter().flat_map(|k| k.iter().cloned()));
+            keys.extend(
+                message
+                    .extra_routing_keys
+                    .iter()
+                    .flat_map(|k| k.iter().cloned()),
+            );
             keys
         }
     };
@@ -318,14 +329,13 @@ pub fn publish(
     let now_secs = crate::timer::now_ms() / 1000;
     let mut targets: Vec<Arc<Queue>> = Vec::new();
     for letter in letters {
-        let Some((dead, keys)) = make_message(
-            &letter.message,
-            letter.reason,
-            queue,
-            destination,
-            now_secs,
-        ) else {
-            tracing::warn!(queue, "dropping a dead letter whose properties cannot be decoded");
+        let Some((dead, keys)) =
+            make_message(&letter.message, letter.reason, queue, destination, now_secs)
+        else {
+            tracing::warn!(
+                queue,
+                "dropping a dead letter whose properties cannot be decoded"
+            );
             continue;
         };
         targets.clear();
@@ -402,7 +412,10 @@ mod tests {
         let h = headers(&dead);
         assert_eq!(entry_str(&h, "x-first-death-reason"), Some(&b"expired"[..]));
         assert_eq!(entry_str(&h, "x-first-death-queue"), Some(&b"work"[..]));
-        assert_eq!(entry_str(&h, "x-first-death-exchange"), Some(&b"orders"[..]));
+        assert_eq!(
+            entry_str(&h, "x-first-death-exchange"),
+            Some(&b"orders"[..])
+        );
         let d = deaths(&dead);
         assert_eq!(d.len(), 1);
         assert_eq!(table::get(&d[0], "count"), Some(&AMQPValue::LongLongInt(1)));
@@ -446,6 +459,9 @@ mod tests {
         assert!(is_cycle("a", &deaths(&b)));
         assert!(!is_cycle("c", &deaths(&b)));
         let (r, _) = make_message(&a, Reason::Rejected, "b", &dest, 2).unwrap();
-        assert!(!is_cycle("a", &deaths(&r)), "a rejection on the way breaks the cycle");
+        assert!(
+            !is_cycle("a", &deaths(&r)),
+            "a rejection on the way breaks the cycle"
+        );
     }
 }

@@ -206,7 +206,13 @@ impl Outbox {
         if bytes == 0 {
             return false;
         }
-        let before = self.pending_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        // Saturating: an accounting slip must not wrap into an outbox that never has room.
+        let before = self
+            .pending_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                Some(p.saturating_sub(bytes))
+            })
+            .unwrap_or(0);
         let after = before.saturating_sub(bytes);
         after < self.limit_bytes / 2 && self.starved.swap(false, Ordering::SeqCst)
     }

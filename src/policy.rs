@@ -73,12 +73,12 @@ impl Policy {
     }
 
     fn applies(&self, target: Target, name: &str) -> bool {
-        let kind = match (self.apply_to, target) {
-            (ApplyTo::All, _) => true,
-            (ApplyTo::Queues, Target::Queue) => true,
-            (ApplyTo::Exchanges, Target::Exchange) => true,
-            _ => false,
-        };
+        let kind = matches!(
+            (self.apply_to, target),
+            (ApplyTo::All, _)
+                | (ApplyTo::Queues, Target::Queue)
+                | (ApplyTo::Exchanges, Target::Exchange)
+        );
         kind && self.pattern.is_match(name)
     }
 
@@ -124,9 +124,27 @@ mod tests {
     #[test]
     fn the_highest_priority_matching_policy_applies() {
         let policies = vec![
-            def("ttl", "^orders\\.", "queues", 0, serde_json::json!({"message-ttl": 1000})),
-            def("dlx", "^orders\\.eu", "all", 5, serde_json::json!({"dead-letter-exchange": "dlx"})),
-            def("ae", ".*", "exchanges", 9, serde_json::json!({"alternate-exchange": "ae"})),
+            def(
+                "ttl",
+                "^orders\\.",
+                "queues",
+                0,
+                serde_json::json!({"message-ttl": 1000}),
+            ),
+            def(
+                "dlx",
+                "^orders\\.eu",
+                "all",
+                5,
+                serde_json::json!({"dead-letter-exchange": "dlx"}),
+            ),
+            def(
+                "ae",
+                ".*",
+                "exchanges",
+                9,
+                serde_json::json!({"alternate-exchange": "ae"}),
+            ),
         ];
         let p = matching(&policies, Target::Queue, "orders.eu").unwrap();
         assert_eq!(p.string("dead-letter-exchange"), Some("dlx"));

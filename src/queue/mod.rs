@@ -351,6 +351,8 @@ impl Queue {
             state.expire_heads(self);
             state.page_in(self);
             let mut entry = state.pop_ready(&self.store)?;
+            // Expired messages now at the head go right after a fetch, as in RabbitMQ.
+            state.expire_heads(self);
             if !no_ack {
                 state.unacked += 1;
             }
@@ -709,7 +711,19 @@ impl State {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let expires_at = ttl.map(|t| now.saturating_add(t));
+        // TTL 0 is "now or never": such a message gets no expiry while it is offered to the
+        // consumers below, and is dropped if none took it.
+        let expires_at = ttl.filter(|&t| t > 0).map(|t| now.saturating_add(t));
+        if ttl == Some(0) && self.tail.is_some() {
+            // Behind a paged-out backlog no consumer can take it now.
+            if self.settings.dead_letter_exchange.is_some() {
+                self.dead.push(DeadLetter {
+                    message,
+                    reason: Reason::Expired,
+                });
+            }
+            return Enqueued::Accepted;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut outcome = Enqueued::Accepted;
@@ -746,8 +760,8 @@ impl State {
             if let Some(tail) = self.tail.as_mut() {
                 tail.count += 1;
             }
-            self.enforce_length_limit(queue);
             self.dispatch(queue);
+            self.enforce_length_limit(queue);
             return outcome;
         }
         self.push_ready(
@@ -761,8 +775,9 @@ impl State {
             },
             &queue.store,
         );
-        self.enforce_length_limit(queue);
+        // An idle consumer takes the message before the limit is looked at, as in RabbitMQ.
         self.dispatch(queue);
+        self.enforce_length_limit(queue);
         if ttl == Some(0) {
             // TTL 0 means "now or never": what no consumer took at once expires.
             if let Some(entry) = self.ready.take_seq(seq) {
@@ -1142,10 +1157,7 @@ impl State {
         let sac = self.settings.single_active_consumer;
         let quorum = self.settings.queue_type == QueueType::Quorum;
         while let Some(head) = self.ready.front() {
-            if head
-                .expires_at
-                .is_some_and(|at| at <= now_ms())
-            {
+            if head.expires_at.is_some_and(|at| at <= now_ms()) {
                 // Expired on its way out.
                 self.expire_heads(queue);
                 continue;
@@ -1182,9 +1194,12 @@ impl State {
                 // Settled on delivery.
                 self.log_ack(entry.seq);
             }
+            let mut size = size;
             if quorum && entry.delivery_count > 0 {
                 entry.message = with_delivery_count(&entry.message, entry.delivery_count);
                 entry.redelivered = true;
+                // The connection accounts for the message as it goes out.
+                size = entry.message.wire_size();
             }
             let delivery = Delivery {
                 channel: consumer.channel,

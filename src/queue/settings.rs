@@ -100,8 +100,11 @@ impl QueueSettings {
             Some("quorum") => QueueType::Quorum,
             _ => QueueType::Classic,
         };
-        let dead_letter_exchange = arg_string(args, "x-dead-letter-exchange")
-            .or_else(|| policy.and_then(|p| p.string("dead-letter-exchange")).map(str::to_owned));
+        let dead_letter_exchange = arg_string(args, "x-dead-letter-exchange").or_else(|| {
+            policy
+                .and_then(|p| p.string("dead-letter-exchange"))
+                .map(str::to_owned)
+        });
         let dead_letter_routing_key = arg_string(args, "x-dead-letter-routing-key")
             .or_else(|| {
                 policy
@@ -112,7 +115,11 @@ impl QueueSettings {
         let overflow = arg_string(args, "x-overflow")
             .as_deref()
             .and_then(parse_overflow)
-            .or_else(|| policy.and_then(|p| p.string("overflow")).and_then(parse_overflow))
+            .or_else(|| {
+                policy
+                    .and_then(|p| p.string("overflow"))
+                    .and_then(parse_overflow)
+            })
             .unwrap_or_default();
         QueueSettings {
             queue_type,
@@ -194,6 +201,9 @@ mod tests {
         assert_eq!(s.dead_letter_exchange.as_deref(), Some("from-arg"));
         assert_eq!(s.overflow, Overflow::RejectPublish);
         assert_eq!(s.expires_ms, Some(60000));
-        assert_eq!(s.delivery_limit, None, "classic queues have no delivery limit");
+        assert_eq!(
+            s.delivery_limit, None,
+            "classic queues have no delivery limit"
+        );
     }
 }

@@ -328,7 +328,13 @@ mod tests {
         assert_eq!(message.expires_at, None);
         assert!(message.into_message().unwrap().persistent);
         let rest = buf.slice(n..);
-        let Decoded::Record(Record::Paged { seq: 9, message, .. }, m) = decode(&rest) else {
+        let Decoded::Record(
+            Record::Paged {
+                seq: 9, message, ..
+            },
+            m,
+        ) = decode(&rest)
+        else {
             panic!("paged");
         };
         assert_eq!(message.expires_at, Some(1234));

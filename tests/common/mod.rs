@@ -320,7 +320,13 @@ impl RawClient {
     pub async fn expect_channel_close(&mut self, channel: u16) -> (u16, String, u16, u16) {
         use amq_protocol::protocol::channel as ch;
         loop {
-            match self.recv_method().await {
+            // Deliveries may come first: skip their content.
+            let method = match self.recv().await {
+                Some(AMQPFrame::Method(id, m)) => Some((id, m)),
+                Some(_) => continue,
+                None => None,
+            };
+            match method {
                 Some((id, AMQPClass::Channel(ch::AMQPMethod::Close(c)))) if id == channel => {
                     return (
                         c.reply_code,

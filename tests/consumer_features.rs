@@ -1,0 +1,333 @@
+//! Single active consumer, consumer acknowledgement timeouts, and quorum queues' delivery
+//! limit, as RabbitMQ does them.
+
+mod common;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::{Channel, Consumer, ExchangeKind};
+
+async fn publish(ch: &Channel, queue: &str, body: &str) {
+    within(ch.basic_publish(
+        "".into(),
+        queue.into(),
+        Default::default(),
+        body.as_bytes(),
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+}
+
+async fn consume(ch: &Channel, queue: &str, tag: &str, args: FieldTable) -> Consumer {
+    within(ch.basic_consume(queue.into(), tag.into(), Default::default(), args))
+        .await
+        .expect("consumer")
+}
+
+fn sac() -> FieldTable {
+    table(&[("x-single-active-consumer", AMQPValue::Boolean(true))])
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_single_active_consumer_gets_everything_until_it_goes() {
+    let broker = Broker::start().await;
+    let (_c1, ch1) = broker.channel().await;
+    let (_c2, ch2) = broker.channel().await;
+    let (_c3, ch3) = broker.channel().await;
+    within(ch1.queue_declare("sac".into(), Default::default(), sac()))
+        .await
+        .unwrap();
+    let mut first = consume(&ch1, "sac", "first", FieldTable::default()).await;
+    let mut low = consume(&ch2, "sac", "low", FieldTable::default()).await;
+    // A later consumer with a higher priority does not take over...
+    let mut high = consume(
+        &ch3,
+        "sac",
+        "high",
+        table(&[("x-priority", AMQPValue::LongInt(5))]),
+    )
+    .await;
+    let q = within(ch1.queue_declare(
+        "sac".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(q.consumer_count(), 3, "waiting consumers count too");
+    for i in 0..3 {
+        publish(&ch1, "sac", &format!("m{i}")).await;
+    }
+    for i in 0..3 {
+        let d = within(first.next()).await.unwrap().unwrap();
+        assert_eq!(d.data, format!("m{i}").as_bytes());
+        within(d.ack(Default::default())).await.unwrap();
+    }
+    // ...but when the active one goes, the highest priority is next.
+    within(ch1.basic_cancel("first".into(), Default::default()))
+        .await
+        .unwrap();
+    publish(&ch2, "sac", "after").await;
+    let d = within(high.next()).await.unwrap().unwrap();
+    assert_eq!(d.data, b"after");
+    within(d.ack(Default::default())).await.unwrap();
+    // The low-priority consumer got nothing.
+    within(ch3.basic_cancel("high".into(), Default::default()))
+        .await
+        .unwrap();
+    publish(&ch2, "sac", "last").await;
+    let d = within(low.next()).await.unwrap().unwrap();
+    assert_eq!(d.data, b"last");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_unacked_messages_of_a_closed_active_consumer_go_to_the_next() {
+    let broker = Broker::start().await;
+    let (_c1, ch1) = broker.channel().await;
+    let (_c2, ch2) = broker.channel().await;
+    within(ch1.queue_declare("sac".into(), Default::default(), sac()))
+        .await
+        .unwrap();
+    let mut first = consume(&ch1, "sac", "first", FieldTable::default()).await;
+    let mut second = consume(&ch2, "sac", "second", FieldTable::default()).await;
+    publish(&ch2, "sac", "job").await;
+    let _unacked = within(first.next()).await.unwrap().unwrap();
+    within(ch1.close(200, "bye".into())).await.unwrap();
+    let d = within(second.next()).await.unwrap().unwrap();
+    assert_eq!(d.data, b"job");
+    assert!(d.redelivered);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_an_exclusive_consumer_is_refused_on_a_single_active_consumer_queue() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("sac".into(), Default::default(), sac()))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch.basic_consume(
+            "sac".into(),
+            "x".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        "ACCESS_REFUSED - queue 'sac' in vhost '/' in exclusive use",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_delivery_held_past_the_consumer_timeout_closes_the_channel() {
+    use amq_protocol::protocol::{AMQPClass, basic};
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "jobs".into(),
+        Default::default(),
+        table(&[("x-consumer-timeout", AMQPValue::LongInt(50))]),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "jobs", "job").await;
+    // A consumer that takes the job and never acks it.
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    raw.open_channel(2).await;
+    raw.send_method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "jobs".into(),
+            consumer_tag: "slow".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    assert_eq!(
+        raw.expect_channel_close(1).await,
+        (
+            406,
+            "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout value used: 50 ms. This timeout value can be configured, see consumers doc guide to learn more".into(),
+            0,
+            0
+        )
+    );
+    // The message went back to the queue; the connection's other channel is unaffected.
+    let again = within(ch.basic_get("jobs".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("requeued");
+    assert!(again.delivery.redelivered);
+}
+
+fn quorum(limit: Option<i32>) -> FieldTable {
+    let mut t = table(&[("x-queue-type", long_str("quorum"))]);
+    if let Some(l) = limit {
+        t.insert("x-delivery-limit".into(), AMQPValue::LongInt(l));
+    }
+    t
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn delivery_count(d: &lapin::message::Delivery) -> Option<AMQPValue> {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_quorum_queues_count_deliveries_and_dead_letter_past_the_limit() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "dlx".into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("dlq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "dlq".into(),
+        "dlx".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let mut args = quorum(Some(2));
+    args.insert("x-dead-letter-exchange".into(), long_str("dlx"));
+    within(ch.queue_declare("qq".into(), durable(), args))
+        .await
+        .unwrap();
+    publish(&ch, "qq", "poison").await;
+    let mut consumer = consume(&ch, "qq", "c", FieldTable::default()).await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let d = within(consumer.next()).await.unwrap().unwrap();
+        counts.push((d.redelivered, delivery_count(&d)));
+        within(d.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        counts,
+        [
+            (false, None),
+            (true, Some(AMQPValue::LongLongInt(1))),
+            (true, Some(AMQPValue::LongLongInt(2))),
+        ]
+    );
+    // Returned a third time: more than the limit of 2, so it is dead-lettered.
+    let dead = within(async {
+        loop {
+            if let Some(m) = ch
+                .basic_get("dlq".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let h = dead.delivery.properties.headers().clone().unwrap();
+    assert_eq!(
+        h.inner().get("x-first-death-reason"),
+        Some(&long_str("delivery_limit"))
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_basic_get_on_a_quorum_queue_always_reports_the_delivery_count() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("qq".into(), durable(), quorum(None)))
+        .await
+        .unwrap();
+    publish(&ch, "qq", "x").await;
+    let got = within(ch.basic_get("qq".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned()),
+        Some(AMQPValue::LongLongInt(0))
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_quorum_queues_must_be_durable_shared_and_permanent() {
+    let broker = Broker::start().await;
+    let conn = broker.connect().await;
+    for (opts, property) in [
+        (QueueDeclareOptions::default(), "non-durable"),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            "auto-delete",
+        ),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            "exclusive-owner",
+        ),
+    ] {
+        let ch = within(conn.create_channel()).await.unwrap();
+        assert_amqp_error(
+            within(ch.queue_declare("qq".into(), opts, quorum(None))).await,
+            406,
+            &format!(
+                "PRECONDITION_FAILED - invalid property '{property}' for queue 'qq' in vhost '/'"
+            ),
+        );
+    }
+    let ch = within(conn.create_channel()).await.unwrap();
+    let mut args = quorum(None);
+    args.insert("x-max-priority".into(), AMQPValue::LongInt(5));
+    assert_amqp_error(
+        within(ch.queue_declare("qq".into(), durable(), args)).await,
+        406,
+        "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue",
+    );
+}

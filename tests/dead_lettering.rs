@@ -1,0 +1,455 @@
+//! Dead-letter exchanges: rejected, expired and overflowing messages go to the queue's
+//! dead-letter exchange with RabbitMQ's `x-death` story in their headers.
+
+mod common;
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+async fn declare(ch: &Channel, name: &str, args: FieldTable) {
+    within(ch.queue_declare(name.into(), Default::default(), args))
+        .await
+        .expect("queue declared");
+}
+
+async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
+    within(ch.exchange_declare(name.into(), kind, Default::default(), FieldTable::default()))
+        .await
+        .expect("exchange declared");
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
+    within(ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("bound");
+}
+
+async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) {
+    within(ch.basic_publish(exchange.into(), key.into(), Default::default(), body, props))
+        .await
+        .expect("published");
+}
+
+/// Waits for the next message of `queue` (basic.get until one arrives).
+async fn next_message(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    within(async {
+        loop {
+            if let Some(m) = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+fn headers(m: &lapin::message::BasicGetMessage) -> FieldTable {
+    m.delivery.properties.headers().clone().expect("headers")
+}
+
+fn get<'a>(t: &'a FieldTable, key: &str) -> &'a AMQPValue {
+    t.inner()
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in {t:?}"))
+}
+
+fn text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+fn deaths(h: &FieldTable) -> Vec<FieldTable> {
+    match get(h, "x-death") {
+        AMQPValue::FieldArray(a) => a
+            .as_slice()
+            .iter()
+            .map(|v| match v {
+                AMQPValue::FieldTable(t) => t.clone(),
+                other => panic!("not a table: {other:?}"),
+            })
+            .collect(),
+        other => panic!("x-death is not an array: {other:?}"),
+    }
+}
+
+fn count(death: &FieldTable) -> i64 {
+    match get(death, "count") {
+        AMQPValue::LongLongInt(n) => *n,
+        other => panic!("count is {other:?}"),
+    }
+}
+
+fn dlx_args(dlx: &str) -> FieldTable {
+    table(&[("x-dead-letter-exchange", long_str(dlx))])
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_rejected_message_goes_to_the_dead_letter_exchange_with_x_death() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    exchange(&ch, "dlx", ExchangeKind::Fanout).await;
+    declare(&ch, "dlq", FieldTable::default()).await;
+    bind(&ch, "dlq", "dlx", "").await;
+    declare(&ch, "work", dlx_args("dlx")).await;
+    publish(
+        &ch,
+        "",
+        "work",
+        b"job",
+        BasicProperties::default().with_message_id("m1".into()),
+    )
+    .await;
+    let m = within(ch.basic_get("work".into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("the job");
+    within(m.delivery.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+
+    let dead = next_message(&ch, "dlq").await;
+    assert_eq!(dead.delivery.data, b"job");
+    assert_eq!(dead.delivery.exchange.as_str(), "dlx");
+    assert_eq!(dead.delivery.routing_key.as_str(), "work");
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("m1"),
+        "other properties are kept"
+    );
+    let h = headers(&dead);
+    assert_eq!(text(get(&h, "x-first-death-reason")), "rejected");
+    assert_eq!(text(get(&h, "x-first-death-queue")), "work");
+    assert_eq!(text(get(&h, "x-first-death-exchange")), "");
+    let d = deaths(&h);
+    assert_eq!(d.len(), 1);
+    assert_eq!(count(&d[0]), 1);
+    assert_eq!(text(get(&d[0], "reason")), "rejected");
+    assert_eq!(text(get(&d[0], "queue")), "work");
+    assert_eq!(text(get(&d[0], "exchange")), "");
+    assert_eq!(
+        get(&d[0], "routing-keys"),
+        &AMQPValue::FieldArray(FieldArray::from(vec![long_str("work")]))
+    );
+    assert!(matches!(get(&d[0], "time"), AMQPValue::Timestamp(_)));
+    assert!(!d[0].inner().contains_key("original-expiration"));
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_nack_without_requeue_dead_letters_and_requeue_does_not() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    exchange(&ch, "dlx", ExchangeKind::Fanout).await;
+    declare(&ch, "dlq", FieldTable::default()).await;
+    bind(&ch, "dlq", "dlx", "").await;
+    declare(&ch, "work", dlx_args("dlx")).await;
+    for body in ["a", "b", "c"] {
+        publish(&ch, "", "work", body.as_bytes(), Default::default()).await;
+    }
+    let mut consumer = within(ch.basic_consume(
+        "work".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(within(consumer.next()).await.unwrap().unwrap());
+    }
+    let last = last.unwrap();
+    within(last.nack(BasicNackOptions {
+        multiple: true,
+        requeue: false,
+    }))
+    .await
+    .unwrap();
+    let bodies: Vec<Vec<u8>> = vec![
+        next_message(&ch, "dlq").await.delivery.data,
+        next_message(&ch, "dlq").await.delivery.data,
+        next_message(&ch, "dlq").await.delivery.data,
+    ];
+    assert_eq!(bodies, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_dead_letter_routing_key_replaces_the_keys_and_drops_cc() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    exchange(&ch, "dlx", ExchangeKind::Direct).await;
+    declare(&ch, "retry", FieldTable::default()).await;
+    bind(&ch, "retry", "dlx", "to-retry").await;
+    declare(
+        &ch,
+        "work",
+        table(&[
+            ("x-dead-letter-exchange", long_str("dlx")),
+            ("x-dead-letter-routing-key", long_str("to-retry")),
+        ]),
+    )
+    .await;
+    let cc = table(&[(
+        "CC",
+        AMQPValue::FieldArray(FieldArray::from(vec![long_str("elsewhere")])),
+    )]);
+    publish(
+        &ch,
+        "",
+        "work",
+        b"x",
+        BasicProperties::default().with_headers(cc),
+    )
+    .await;
+    let m = within(ch.basic_get("work".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    within(m.delivery.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+    let dead = next_message(&ch, "retry").await;
+    assert_eq!(dead.delivery.routing_key.as_str(), "to-retry");
+    let h = headers(&dead);
+    assert!(!h.inner().contains_key("CC"), "CC is removed");
+    // x-death records the keys the message was published with, CC included.
+    assert_eq!(
+        get(&deaths(&h)[0], "routing-keys"),
+        &AMQPValue::FieldArray(FieldArray::from(vec![
+            long_str("work"),
+            long_str("elsewhere")
+        ]))
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_without_a_dead_letter_routing_key_cc_and_bcc_keys_route_again() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    exchange(&ch, "dlx", ExchangeKind::Direct).await;
+    declare(&ch, "by-bcc", FieldTable::default()).await;
+    bind(&ch, "by-bcc", "dlx", "secret").await;
+    declare(&ch, "work", dlx_args("dlx")).await;
+    let bcc = table(&[(
+        "BCC",
+        AMQPValue::FieldArray(FieldArray::from(vec![long_str("secret")])),
+    )]);
+    publish(
+        &ch,
+        "",
+        "work",
+        b"x",
+        BasicProperties::default().with_headers(bcc),
+    )
+    .await;
+    let m = within(ch.basic_get("work".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    within(m.delivery.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+    let dead = next_message(&ch, "by-bcc").await;
+    assert_eq!(dead.delivery.data, b"x");
+    assert!(!headers(&dead).inner().contains_key("BCC"));
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_expired_messages_are_dead_lettered_without_their_expiration() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    exchange(&ch, "dlx", ExchangeKind::Fanout).await;
+    declare(&ch, "dlq", FieldTable::default()).await;
+    bind(&ch, "dlq", "dlx", "").await;
+    declare(&ch, "short-lived", dlx_args("dlx")).await;
+    publish(
+        &ch,
+        "",
+        "short-lived",
+        b"soon gone",
+        BasicProperties::default().with_expiration("20".into()),
+    )
+    .await;
+    // Nobody consumes: the queue's timer expires the message.
+    let dead = next_message(&ch, "dlq").await;
+    assert!(dead.delivery.properties.expiration().is_none());
+    let h = headers(&dead);
+    let d = deaths(&h);
+    assert_eq!(text(get(&d[0], "reason")), "expired");
+    assert_eq!(text(get(&d[0], "original-expiration")), "20");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_missing_dead_letter_exchange_drops_the_message() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "work", dlx_args("nowhere")).await;
+    publish(&ch, "", "work", b"x", Default::default()).await;
+    let m = within(ch.basic_get("work".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    within(m.delivery.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+    let q = within(ch.queue_declare(
+        "work".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(q.message_count(), 0);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_an_expiry_cycle_back_to_the_same_queue_drops_the_message() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    // Expired messages go to the default exchange with the queue's own name: back to
+    // itself. RabbitMQ drops them rather than cycle forever.
+    declare(
+        &ch,
+        "loop",
+        table(&[
+            ("x-dead-letter-exchange", long_str("")),
+            ("x-message-ttl", AMQPValue::LongInt(10)),
+        ]),
+    )
+    .await;
+    // A second queue sees every message, to know when the first one was expired.
+    exchange(&ch, "fan", ExchangeKind::Fanout).await;
+    bind(&ch, "loop", "fan", "").await;
+    declare(&ch, "witness", FieldTable::default()).await;
+    bind(&ch, "witness", "fan", "").await;
+    publish(&ch, "fan", "loop", b"x", Default::default()).await;
+    next_message(&ch, "witness").await;
+    within(async {
+        loop {
+            let q = ch
+                .queue_declare(
+                    "loop".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            if q.message_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // It stays gone.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let q = within(ch.queue_declare(
+        "loop".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(q.message_count(), 0);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_retry_loop_counts_each_death_per_queue_and_reason() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    // work --reject--> retry-x --> wait (TTL) --expire--> work-x --> work
+    exchange(&ch, "retry-x", ExchangeKind::Fanout).await;
+    exchange(&ch, "work-x", ExchangeKind::Fanout).await;
+    declare(&ch, "work", dlx_args("retry-x")).await;
+    bind(&ch, "work", "work-x", "").await;
+    declare(
+        &ch,
+        "wait",
+        table(&[
+            ("x-dead-letter-exchange", long_str("work-x")),
+            ("x-message-ttl", AMQPValue::LongInt(20)),
+        ]),
+    )
+    .await;
+    bind(&ch, "wait", "retry-x", "").await;
+    publish(&ch, "work-x", "", b"task", Default::default()).await;
+    let mut consumer = within(ch.basic_consume(
+        "work".into(),
+        "worker".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = within(consumer.next()).await.unwrap().unwrap();
+        let counts: Vec<(String, String, i64)> = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                let h = h.clone();
+                match h.inner().get("x-death") {
+                    Some(AMQPValue::FieldArray(a)) => a
+                        .as_slice()
+                        .iter()
+                        .map(|v| match v {
+                            AMQPValue::FieldTable(t) => {
+                                (text(get(t, "queue")), text(get(t, "reason")), count(t))
+                            }
+                            _ => panic!(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .unwrap_or_default();
+        seen.push(counts);
+        within(d.reject(BasicRejectOptions { requeue: false }))
+            .await
+            .unwrap();
+    }
+    assert_eq!(seen[0], vec![]);
+    assert_eq!(
+        seen[1],
+        vec![
+            ("wait".into(), "expired".into(), 1),
+            ("work".into(), "rejected".into(), 1)
+        ]
+    );
+    assert_eq!(
+        seen[2],
+        vec![
+            ("wait".into(), "expired".into(), 2),
+            ("work".into(), "rejected".into(), 2)
+        ]
+    );
+}

@@ -1,0 +1,279 @@
+//! Message TTL (`x-message-ttl`, the `expiration` property) and queue TTL (`x-expires`), as
+//! RabbitMQ 3.10 applies them: expiry is fixed at enqueue, happens at the head of the queue,
+//! on a timer, and also on the way out.
+
+mod common;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+async fn count(ch: &Channel, queue: &str) -> u32 {
+    within(ch.queue_declare(queue.into(), passive(), FieldTable::default()))
+        .await
+        .expect("queue exists")
+        .message_count()
+}
+
+async fn publish(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) {
+    within(ch.basic_publish("".into(), queue.into(), Default::default(), body, props))
+        .await
+        .expect("published");
+}
+
+fn expiring(ms: &str) -> BasicProperties {
+    BasicProperties::default().with_expiration(ms.into())
+}
+
+/// Waits until `queue` holds `n` messages. TTLs are time-based, so this polls, within the
+/// suite-wide bound.
+async fn wait_for_count(ch: &Channel, queue: &str, n: u32) {
+    within(async {
+        while count(ch, queue).await != n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_queue_ttl_expires_messages_without_any_client_activity() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "q".into(),
+        Default::default(),
+        table(&[("x-message-ttl", AMQPValue::LongInt(30))]),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "q", b"a", Default::default()).await;
+    publish(&ch, "q", b"b", Default::default()).await;
+    wait_for_count(&ch, "q", 0).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_only_the_head_expires_so_a_short_ttl_waits_behind_a_long_one() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish(&ch, "q", b"long", expiring("60000")).await;
+    publish(&ch, "q", b"short", expiring("10")).await;
+    // Give the short one time to pass its expiry: it is still counted behind the head.
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(count(&ch, "q").await, 2);
+    let got = within(ch.basic_get("q".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.data, b"long");
+    assert_eq!(
+        got.message_count, 0,
+        "the expired one went right after the fetch"
+    );
+    assert_eq!(count(&ch, "q").await, 0);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_the_shorter_of_queue_and_message_ttl_applies() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "q".into(),
+        Default::default(),
+        table(&[("x-message-ttl", AMQPValue::LongInt(60000))]),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "q", b"x", expiring("10")).await;
+    wait_for_count(&ch, "q", 0).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_ttl_zero_is_delivered_to_a_waiting_consumer_or_expires_at_once() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish(&ch, "q", b"nobody there", expiring("0")).await;
+    assert_eq!(count(&ch, "q").await, 0);
+    let mut consumer = within(ch.basic_consume(
+        "q".into(),
+        "c".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "q", b"taken at once", expiring("0")).await;
+    let d = within(consumer.next()).await.unwrap().unwrap();
+    assert_eq!(d.data, b"taken at once");
+    assert_eq!(
+        d.properties.expiration().as_ref().map(|e| e.as_str()),
+        Some("0"),
+        "a delivered message keeps its expiration"
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_requeued_message_past_its_ttl_expires_at_once() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish(&ch, "q", b"x", expiring("30")).await;
+    let got = within(ch.basic_get("q".into(), Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    within(got.delivery.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    wait_for_count(&ch, "q", 0).await;
+}
+
+/// Whether a queue named `queue` exists, asked the way that does not count as using it
+/// (a declare would restart its `x-expires` timer): a mandatory publish comes back if not.
+async fn exists(ch: &Channel, queue: &str) -> bool {
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        b"probe",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    let confirm = within(confirm).await.unwrap();
+    confirm.take_message().is_none()
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_an_unused_queue_is_deleted_after_x_expires() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "temp".into(),
+        Default::default(),
+        table(&[("x-expires", AMQPValue::LongInt(40))]),
+    ))
+    .await
+    .unwrap();
+    let (_c2, probe) = broker.channel().await;
+    within(probe.confirm_select(Default::default()))
+        .await
+        .unwrap();
+    // Publishing does not count as use either: the queue goes regardless.
+    within(async {
+        while exists(&probe, "temp").await {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_amqp_error(
+        within(ch.queue_declare("temp".into(), passive(), FieldTable::default())).await,
+        404,
+        "NOT_FOUND - no queue 'temp' in vhost '/'",
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_queue_with_consumers_does_not_expire() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "busy".into(),
+        Default::default(),
+        table(&[("x-expires", AMQPValue::LongInt(30))]),
+    ))
+    .await
+    .unwrap();
+    let _consumer = within(ch.basic_consume(
+        "busy".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (_c2, other) = broker.channel().await;
+    within(other.queue_declare("busy".into(), passive(), FieldTable::default()))
+        .await
+        .expect("still there while consumed");
+}
+
+#[tokio::test]
+async fn many_short_lived_messages_all_expire_into_the_dead_letter_queue() {
+    // Under load the timer keeps expiring on time: every one of them arrives in the
+    // dead-letter queue, checked by count.
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "dlx".into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("dlq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "dlq".into(),
+        "dlx".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare(
+        "hot".into(),
+        Default::default(),
+        table(&[
+            ("x-message-ttl", AMQPValue::LongInt(20)),
+            ("x-dead-letter-exchange", long_str("dlx")),
+        ]),
+    ))
+    .await
+    .unwrap();
+    let n = 5000;
+    for i in 0..n {
+        // Some messages carry their own, shorter TTL.
+        let props = if i % 3 == 0 {
+            expiring("5")
+        } else {
+            BasicProperties::default()
+        };
+        ch.basic_publish("".into(), "hot".into(), Default::default(), b"m", props)
+            .await
+            .unwrap();
+    }
+    wait_for_count(&ch, "dlq", n).await;
+    assert_eq!(count(&ch, "hot").await, 0);
+}
