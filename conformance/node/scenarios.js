@@ -64,6 +64,17 @@ async function connectionError(url, action) {
   return codeText(await within(closed, 'the connection to be closed by the broker'));
 }
 
+// basic.get until a message arrives (TTLs are time-based).
+async function waitGet(ch, queue, noAck) {
+  const deadline = Date.now() + 10000;
+  while (Date.now() < deadline) {
+    const msg = await ch.get(queue, { noAck });
+    if (msg) return msg;
+    await sleep(10);
+  }
+  throw new Error(`nothing arrived in ${queue}`);
+}
+
 // Gets every ready message; returns [body, redelivered] pairs.
 async function drain(ch, queue) {
   const out = [];
@@ -243,6 +254,158 @@ const scenarios = {
       declare: [declared.queue, declared.messageCount, declared.consumerCount],
       without_reply_consumer: refused,
     };
+  },
+
+  // The retry pattern: a worker rejects, the message waits in a TTL queue, comes back through
+  // the dead-letter exchanges, and x-death counts every round per queue and reason.
+  async dlx_retry_backoff(url) {
+    const [work, wait, retryX, workX] = [unique('work'), unique('wait'), unique('retry-x'), unique('work-x')];
+    const names = { [work]: 'WORK', [wait]: 'WAIT', [retryX]: 'RETRY_X', [workX]: 'WORK_X' };
+    const anon = (v) => {
+      if (Buffer.isBuffer(v)) v = v.toString();
+      if (typeof v === 'string') return names[v] || v;
+      if (Array.isArray(v)) return v.map(anon);
+      if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, anon(x)]));
+      return v;
+    };
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertExchange(retryX, 'fanout', { durable: false });
+    await ch.assertExchange(workX, 'fanout', { durable: false });
+    await ch.assertQueue(work, { durable: false, deadLetterExchange: retryX });
+    await ch.bindQueue(work, workX, '');
+    await ch.assertQueue(wait, { durable: false, deadLetterExchange: workX, messageTtl: 50 });
+    await ch.bindQueue(wait, retryX, '');
+    ch.publish(workX, 'task.created', Buffer.from('task'), { persistent: true, headers: { app: 'billing' } });
+    const rounds = [];
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const msg = await waitGet(ch, work, false);
+      const headers = msg.properties.headers || {};
+      const deaths = (headers['x-death'] || []).map((d) => {
+        const { time, ...rest } = d; // eslint-disable-line no-unused-vars
+        return anon(rest);
+      });
+      rounds.push({
+        exchange: anon(msg.fields.exchange),
+        routing_key: msg.fields.routingKey,
+        redelivered: msg.fields.redelivered,
+        deaths,
+        first_death: Object.fromEntries(Object.entries(headers)
+          .filter(([k]) => k.startsWith('x-first-death')).map(([k, v]) => [k, anon(v)])),
+        app: anon(headers.app),
+        delivery_mode: msg.properties.deliveryMode,
+      });
+      if (attempt < 2) ch.reject(msg, false);
+      else ch.ack(msg);
+    }
+    for (const q of [work, wait]) await ch.deleteQueue(q);
+    for (const x of [retryX, workX]) await ch.deleteExchange(x);
+    await conn.close();
+    assert.deepEqual(rounds[0].deaths, []);
+    assert.deepEqual(rounds[2].deaths.map((d) => d.count), [2, 2]);
+    return { rounds };
+  },
+
+  // x-max-length drops the oldest, reject-publish nacks the newest, the dead-letter exchange
+  // receives what was dropped, with reason maxlen.
+  async length_limits(url) {
+    const [dropq, rejq, dlx, dlq] = [unique('drop'), unique('reject'), unique('dlx'), unique('dlq')];
+    const conn = await amqp.connect(url);
+    const ch = await conn.createConfirmChannel();
+    await ch.assertExchange(dlx, 'fanout', { durable: false });
+    await ch.assertQueue(dlq, { durable: false });
+    await ch.bindQueue(dlq, dlx, '');
+    await ch.assertQueue(dropq, { durable: false, maxLength: 2, deadLetterExchange: dlx });
+    await ch.assertQueue(rejq, { durable: false, arguments: { 'x-max-length-bytes': 6, 'x-overflow': 'reject-publish' } });
+    for (let i = 0; i < 4; i++) ch.sendToQueue(dropq, Buffer.from(`d${i}`));
+    await ch.waitForConfirms();
+    const refused = [];
+    for (let i = 0; i < 4; i++) {
+      refused.push(await new Promise((resolve) => {
+        ch.sendToQueue(rejq, Buffer.from(`r${i}`), {}, (err) => resolve(err !== null && err !== undefined));
+      }));
+    }
+    const dead = [];
+    for (let i = 0; i < 2; i++) {
+      const m = await waitGet(ch, dlq, true);
+      dead.push([m.content.toString(), String(m.properties.headers['x-first-death-reason'])]);
+    }
+    const result = { kept: await drain(ch, dropq), refused, accepted: await drain(ch, rejq), dead };
+    for (const q of [dropq, rejq, dlq]) await ch.deleteQueue(q);
+    await ch.deleteExchange(dlx);
+    await conn.close();
+    assert.deepEqual(result.kept, [['d2', false], ['d3', false]]);
+    return result;
+  },
+
+  // Per-queue and per-message TTLs: expired messages go to the dead-letter exchange with reason
+  // expired and the original expiration; only the head expires.
+  async message_ttl(url) {
+    const [q, dlx, dlq] = [unique('ttl'), unique('dlx'), unique('dlq')];
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertExchange(dlx, 'fanout', { durable: false });
+    await ch.assertQueue(dlq, { durable: false });
+    await ch.bindQueue(dlq, dlx, '');
+    await ch.assertQueue(q, { durable: false, messageTtl: 60000, deadLetterExchange: dlx });
+    ch.sendToQueue(q, Buffer.from('short'), { expiration: '30' });
+    const m = await waitGet(ch, dlq, true);
+    const expired = {
+      body: m.content.toString(),
+      expiration: m.properties.expiration === undefined ? null : m.properties.expiration,
+      deaths: (m.properties.headers['x-death'] || []).map((d) => ({
+        count: d.count, reason: d.reason, exchange: d.exchange, 'original-expiration': d['original-expiration'],
+      })),
+    };
+    ch.sendToQueue(q, Buffer.from('long'), { expiration: '60000' });
+    ch.sendToQueue(q, Buffer.from('behind'), { expiration: '10' });
+    await sleep(100);
+    const { messageCount: countBehind } = await ch.checkQueue(q);
+    const got = await ch.get(q, { noAck: true });
+    const result = { expired, count_behind: countBehind, got: [got.content.toString(), got.fields.messageCount] };
+    for (const name of [q, dlq]) await ch.deleteQueue(name);
+    await ch.deleteExchange(dlx);
+    await conn.close();
+    return result;
+  },
+
+  // x-max-priority: higher priorities first, capped at the maximum, FIFO within one.
+  async priority_queue(url) {
+    const q = unique('prio');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createConfirmChannel();
+    await ch.assertQueue(q, { durable: false, maxPriority: 5 });
+    for (const [body, p] of [['p5', 5], ['p9', 9], ['p3', 3], ['none', undefined], ['p1', 1], ['p0', 0], ['p3b', 3]]) {
+      ch.sendToQueue(q, Buffer.from(body), p === undefined ? {} : { priority: p });
+    }
+    await ch.waitForConfirms();
+    const order = (await drain(ch, q)).map((m) => m[0]);
+    await ch.deleteQueue(q);
+    await conn.close();
+    assert.deepEqual(order, ['p5', 'p9', 'p3', 'p3b', 'p1', 'none', 'p0']);
+    return { order };
+  },
+
+  // x-single-active-consumer: one consumer gets everything; when it cancels, the next one takes
+  // over.
+  async single_active_consumer(url) {
+    const q = unique('sac');
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.assertQueue(q, { durable: false, arguments: { 'x-single-active-consumer': true } });
+    const got = [];
+    await ch.consume(q, (m) => m && got.push(['a', m.content.toString()]), { noAck: true, consumerTag: 'a' });
+    await ch.consume(q, (m) => m && got.push(['b', m.content.toString()]), { noAck: true, consumerTag: 'b' });
+    for (let i = 0; i < 3; i++) ch.sendToQueue(q, Buffer.from(`m${i}`));
+    await waitFor(() => got.length === 3, 'the first three');
+    await ch.cancel('a');
+    for (let i = 3; i < 5; i++) ch.sendToQueue(q, Buffer.from(`m${i}`));
+    await waitFor(() => got.length === 5, 'the last two');
+    const { consumerCount } = await ch.checkQueue(q);
+    await ch.deleteQueue(q);
+    await conn.close();
+    assert.deepEqual(got, [['a', 'm0'], ['a', 'm1'], ['a', 'm2'], ['b', 'm3'], ['b', 'm4']]);
+    return { got, consumers_after_cancel: consumerCount };
   },
 
   // Channel and connection errors carry RabbitMQ's codes and texts.

@@ -568,6 +568,191 @@ def consumer_cancel_notify(url):
     return {"cancelled": cancelled, "deleted_messages": deleted}
 
 
+def deaths(props):
+    """The x-death entries of a message, without their times."""
+    out = []
+    for d in (props.headers or {}).get("x-death", []):
+        out.append({k: (v.decode() if isinstance(v, bytes) else v) for k, v in d.items() if k != "time"})
+    return out
+
+
+def wait_get(ch, queue, auto_ack, timeout=10):
+    """basic.get until a message arrives (TTLs are time-based)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        method, props, body = ch.basic_get(queue, auto_ack=auto_ack)
+        if method is not None:
+            return method, props, body
+        time.sleep(0.01)
+    raise AssertionError("nothing arrived in %s" % queue)
+
+
+@scenario
+def dlx_retry_backoff(url):
+    """The retry pattern: a worker rejects, the message waits in a TTL queue, comes back
+    through the dead-letter exchanges, and x-death counts every round per queue and reason."""
+    work, wait = unique("work"), unique("wait")
+    retry_x, work_x = unique("retry-x"), unique("work-x")
+    names = {work: "WORK", wait: "WAIT", retry_x: "RETRY_X", work_x: "WORK_X"}
+
+    def anon(v):
+        if isinstance(v, bytes):
+            v = v.decode()
+        if isinstance(v, str):
+            return names.get(v, v)
+        if isinstance(v, list):
+            return [anon(x) for x in v]
+        if isinstance(v, dict):
+            return {k: anon(x) for k, x in v.items()}
+        return v
+
+    conn = connect(url)
+    ch = conn.channel()
+    ch.exchange_declare(retry_x, "fanout")
+    ch.exchange_declare(work_x, "fanout")
+    ch.queue_declare(work, arguments={"x-dead-letter-exchange": retry_x})
+    ch.queue_bind(work, work_x)
+    ch.queue_declare(wait, arguments={"x-dead-letter-exchange": work_x, "x-message-ttl": 50})
+    ch.queue_bind(wait, retry_x)
+    ch.basic_publish(work_x, "task.created", b"task",
+                     pika.BasicProperties(delivery_mode=2, headers={"app": "billing"}))
+    rounds = []
+    for attempt in range(3):
+        method, props, body = wait_get(ch, work, auto_ack=False)
+        headers = props.headers or {}
+        rounds.append({
+            "exchange": anon(method.exchange),
+            "routing_key": method.routing_key,
+            "redelivered": method.redelivered,
+            "deaths": anon(deaths(props)),
+            "first_death": {k: anon(v) for k, v in headers.items() if k.startswith("x-first-death")},
+            "app": anon(headers.get("app")),
+            "delivery_mode": props.delivery_mode,
+        })
+        if attempt < 2:
+            ch.basic_reject(method.delivery_tag, requeue=False)
+        else:
+            ch.basic_ack(method.delivery_tag)
+    for q in (work, wait):
+        ch.queue_delete(q)
+    for x in (retry_x, work_x):
+        ch.exchange_delete(x)
+    conn.close()
+    assert rounds[0]["deaths"] == [], rounds
+    assert [d["count"] for d in rounds[2]["deaths"]] == [2, 2], rounds
+    return {"rounds": rounds}
+
+
+@scenario
+def length_limits(url):
+    """x-max-length drops the oldest, reject-publish nacks the newest, a dead-letter
+    exchange receives what was dropped, with reason maxlen."""
+    dropq, rejq, dlx, dlq = unique("drop"), unique("reject"), unique("dlx"), unique("dlq")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare(dlx, "fanout")
+    ch.queue_declare(dlq)
+    ch.queue_bind(dlq, dlx)
+    ch.queue_declare(dropq, arguments={"x-max-length": 2, "x-dead-letter-exchange": dlx})
+    ch.queue_declare(rejq, arguments={"x-max-length-bytes": 6, "x-overflow": "reject-publish"})
+    for i in range(4):
+        ch.basic_publish("", dropq, ("d%d" % i).encode())
+    refused = []
+    for i in range(4):
+        try:
+            ch.basic_publish("", rejq, ("r%d" % i).encode())
+            refused.append(False)
+        except pika.exceptions.NackError:
+            refused.append(True)
+    dead = []
+    for _ in range(2):
+        method, props, body = wait_get(ch, dlq, auto_ack=True)
+        reason = (props.headers or {}).get("x-first-death-reason")
+        dead.append([body.decode(), reason.decode() if isinstance(reason, bytes) else reason])
+    result = {"kept": drain(ch, dropq), "refused": refused, "accepted": drain(ch, rejq), "dead": dead}
+    for q in (dropq, rejq, dlq):
+        ch.queue_delete(q)
+    ch.exchange_delete(dlx)
+    conn.close()
+    assert result["kept"] == [["d2", False], ["d3", False]], result
+    return result
+
+
+@scenario
+def message_ttl(url):
+    """Per-queue and per-message TTLs: expired messages go to the dead-letter exchange with
+    reason expired and the original expiration; only the head expires."""
+    q, dlx, dlq = unique("ttl"), unique("dlx"), unique("dlq")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.exchange_declare(dlx, "fanout")
+    ch.queue_declare(dlq)
+    ch.queue_bind(dlq, dlx)
+    ch.queue_declare(q, arguments={"x-message-ttl": 60000, "x-dead-letter-exchange": dlx})
+    ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="30"))
+    method, props, body = wait_get(ch, dlq, auto_ack=True)
+    expired = {"body": body.decode(), "expiration": props.expiration,
+               "deaths": [{k: v for k, v in d.items() if k not in ("queue", "routing-keys")}
+                          for d in deaths(props)]}
+    # A short TTL behind a long one waits for the head.
+    ch.basic_publish("", q, b"long", pika.BasicProperties(expiration="60000"))
+    ch.basic_publish("", q, b"behind", pika.BasicProperties(expiration="10"))
+    time.sleep(0.1)
+    count_behind = ch.queue_declare(q, passive=True).method.message_count
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    got = [body.decode(), method.message_count]
+    for name in (q, dlq):
+        ch.queue_delete(name)
+    ch.exchange_delete(dlx)
+    conn.close()
+    return {"expired": expired, "count_behind": count_behind, "got": got}
+
+
+@scenario
+def priority_queue(url):
+    """x-max-priority: higher priorities first, capped at the maximum, FIFO within one."""
+    q = unique("prio")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(q, arguments={"x-max-priority": 5})
+    for body, p in [("p5", 5), ("p9", 9), ("p3", 3), ("none", None), ("p1", 1), ("p0", 0), ("p3b", 3)]:
+        ch.basic_publish("", q, body.encode(), pika.BasicProperties(priority=p))
+    order = [m[0] for m in drain(ch, q)]
+    ch.queue_delete(q)
+    conn.close()
+    assert order == ["p5", "p9", "p3", "p3b", "p1", "none", "p0"], order
+    return {"order": order}
+
+
+@scenario
+def single_active_consumer(url):
+    """x-single-active-consumer: one consumer gets everything; when it cancels, the next one
+    takes over."""
+    q = unique("sac")
+    conn = connect(url)
+    ch = conn.channel()
+    ch.queue_declare(q, arguments={"x-single-active-consumer": True})
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(["a", b.decode()]), auto_ack=True, consumer_tag="a")
+    ch.basic_consume(q, lambda c, m, p, b: got.append(["b", b.decode()]), auto_ack=True, consumer_tag="b")
+    for i in range(3):
+        ch.basic_publish("", q, ("m%d" % i).encode())
+    deadline = time.time() + 10
+    while len(got) < 3 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    ch.basic_cancel("a")
+    for i in range(3, 5):
+        ch.basic_publish("", q, ("m%d" % i).encode())
+    while len(got) < 5 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    consumers = ch.queue_declare(q, passive=True).method.consumer_count
+    ch.queue_delete(q)
+    conn.close()
+    assert got == [["a", "m0"], ["a", "m1"], ["a", "m2"], ["b", "m3"], ["b", "m4"]], got
+    return {"got": got, "consumers_after_cancel": consumers}
+
+
 def restart_durable(url, phase):
     """Durable definitions and persistent messages survive a broker restart; transient ones
     do not. The runner restarts the broker between the two phases."""
