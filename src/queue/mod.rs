@@ -706,14 +706,14 @@ impl State {
             }
             return Enqueued::Rejected;
         }
-        let now = now_ms();
         let ttl = match (self.settings.message_ttl_ms, message.ttl_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         // TTL 0 is "now or never": such a message gets no expiry while it is offered to the
-        // consumers below, and is dropped if none took it.
-        let expires_at = ttl.filter(|&t| t > 0).map(|t| now.saturating_add(t));
+        // consumers below, and is dropped if none took it. (The clock is only read for
+        // messages that can expire.)
+        let expires_at = ttl.filter(|&t| t > 0).map(|t| now_ms().saturating_add(t));
         if ttl == Some(0) && self.tail.is_some() {
             // Behind a paged-out backlog no consumer can take it now.
             if self.settings.dead_letter_exchange.is_some() {
