@@ -30,7 +30,7 @@ struct Args {
     user: String,
     #[arg(long, default_value = "guest")]
     password: String,
-    /// autoack, ack, ack-multi, confirm, fanout, topic or backlog.
+    /// autoack, ack, ack-multi, confirm, fanout, topic, latency, conns or backlog.
     #[arg(long, default_value = "autoack")]
     scenario: String,
     /// Seconds measured, after one second of warm-up.
@@ -54,6 +54,12 @@ struct Args {
     /// backlog: leave the messages in the queue (to measure a restart with a backlog).
     #[arg(long)]
     no_drain: bool,
+    /// latency: messages per second, published at a steady pace.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// conns: idle connections to open.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
 }
 
 /// Counters shared by the tasks of one run.
@@ -93,8 +99,11 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    if args.scenario == "backlog" {
-        return backlog(args).await;
+    match args.scenario.as_str() {
+        "backlog" => return backlog(args).await,
+        "latency" => return latency(args).await,
+        "conns" => return conns(args).await,
+        _ => {}
     }
     let run_id = std::process::id();
     let meter = Arc::new(Meter::default());
@@ -209,6 +218,111 @@ async fn run(args: Args) -> Result<()> {
         cpu,
         size,
         cpu > 0.9
+    );
+    Ok(())
+}
+
+/// `latency`: one publisher at a steady `--rate`, one no-ack consumer; each body carries its
+/// send time, and the consumer records how long it took. Reports percentiles in
+/// microseconds.
+async fn latency(args: Args) -> Result<()> {
+    let size = args.size.unwrap_or(16).max(8);
+    let queue = format!("perf-latency-{}", std::process::id());
+    let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
+    setup.declare_queue(&queue, false).await?;
+    setup.purge(&queue).await?;
+    let mut consumer = Client::connect(&args.addr, &args.user, &args.password).await?;
+    consumer.consume(&queue, true).await?;
+    let mut publisher = Client::connect(&args.addr, &args.user, &args.password).await?;
+    let origin = Instant::now();
+    let warm_up = Duration::from_secs(1);
+    let measured = Duration::from_secs(args.seconds);
+    let rate = args.rate.max(1);
+    let cpu0 = cpu_seconds();
+    let publishing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        let mut frame = Vec::with_capacity(256);
+        let mut body = vec![b'x'; size];
+        loop {
+            tick.tick().await;
+            if origin.elapsed() > warm_up + measured + Duration::from_millis(200) {
+                return Ok::<(), std::io::Error>(());
+            }
+            let sent = origin.elapsed().as_nanos() as u64;
+            body[..8].copy_from_slice(&sent.to_be_bytes());
+            frame.clear();
+            publish_frames(&mut frame, "", &queue, &body, false);
+            publisher.stream.write_all(&frame).await?;
+        }
+    });
+    let mut samples: Vec<u64> = Vec::new();
+    while origin.elapsed() < warm_up + measured {
+        let read = tokio::time::timeout(Duration::from_millis(100), consumer.fill()).await;
+        match read {
+            Ok(r) => r?,
+            Err(_) => continue,
+        }
+        let now = origin.elapsed().as_nanos() as u64;
+        consumer.frames(|h, payload| {
+            if h.kind == 3 && payload.len() >= 8 {
+                let sent = u64::from_be_bytes(payload[..8].try_into().unwrap_or([0; 8]));
+                if Duration::from_nanos(sent) >= warm_up {
+                    samples.push(now.saturating_sub(sent) / 1000);
+                }
+            }
+        })?;
+    }
+    publishing.abort();
+    let cpu = (cpu_seconds() - cpu0) / origin.elapsed().as_secs_f64();
+    let _ = setup
+        .delete_queue(&format!("perf-latency-{}", std::process::id()))
+        .await;
+    samples.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if samples.is_empty() {
+            return 0;
+        }
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i.min(samples.len() - 1)]
+    };
+    println!(
+        "{{\"scenario\":\"latency\",\"rate\":{},\"samples\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}}}",
+        rate,
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        cpu,
+        cpu > 0.9
+    );
+    Ok(())
+}
+
+/// `conns`: opens `--connections` idle connections (each with a channel) and reports how
+/// much the broker's resident memory grew per connection.
+async fn conns(args: Args) -> Result<()> {
+    let before = rss_kib(args.broker_pid);
+    let mut clients = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        clients.push(Client::connect(&args.addr, &args.user, &args.password).await?);
+    }
+    // Let the broker settle (lazy allocations, its own timers).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(args.broker_pid);
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) => format!(
+            "{:.1}",
+            a.saturating_sub(b) as f64 / args.connections as f64
+        ),
+        _ => "null".to_owned(),
+    };
+    drop(clients);
+    println!(
+        "{{\"scenario\":\"conns\",\"connections\":{},\"rss_kib_before\":{},\"rss_kib_after\":{},\"kib_per_connection\":{}}}",
+        args.connections,
+        before.map_or("null".to_owned(), |v| v.to_string()),
+        after.map_or("null".to_owned(), |v| v.to_string()),
+        per_conn
     );
     Ok(())
 }

@@ -1,0 +1,152 @@
+"""The two brokers the conformance suite and the benchmark compare: a Lepus built from this
+checkout and a private RabbitMQ node from Debian's rabbitmq-server package, each on free ports
+with its own data directory. `cpu` pins the broker (and every thread it starts) to one core
+with taskset, as benches/compare does."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc=None, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("broker exited with status %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("nothing listening on port %d after %ds" % (port, timeout))
+
+
+def pinned(cpu, argv):
+    """argv run on one core (children inherit the affinity), or as is when cpu is None."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu)] + argv
+
+
+class Lepus:
+    name = "lepus"
+
+    def __init__(self, cpu=None):
+        self.proc = None
+        self.cpu = cpu
+        self.data = tempfile.mkdtemp(prefix="lepus-conformance-")
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def start(self):
+        build = subprocess.run(["cargo", "build", "--release", "--bin", "lepus"], cwd=ROOT)
+        if build.returncode != 0:
+            raise RuntimeError("cargo build failed")
+        self.port = free_port()
+        return self._spawn()
+
+    def restart(self):
+        """A clean stop and a start on the same port and data directory."""
+        self._terminate()
+        return self._spawn()
+
+    def _spawn(self):
+        log = open(os.path.join(self.data, "lepus.log"), "a")
+        self.proc = subprocess.Popen(
+            pinned(self.cpu, [os.path.join(ROOT, "target", "release", "lepus"),
+                              "--listen", "127.0.0.1:%d" % self.port,
+                              "--data-dir", os.path.join(self.data, "data")]),
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
+
+    def _terminate(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self):
+        self._terminate()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+class RabbitMQ:
+    """A private RabbitMQ node from Debian's rabbitmq-server package, on free ports."""
+    name = "rabbitmq"
+
+    def __init__(self, cpu=None):
+        self.base = tempfile.mkdtemp(prefix="rabbitmq-conformance-")
+        self.node = "lepusconf%d@localhost" % os.getpid()
+        self.env = None
+        self.cpu = cpu
+
+    @property
+    def pid(self):
+        """The node's beam.smp process (written by rabbitmq-server to its pid file)."""
+        try:
+            return int(open(os.path.join(self.base, "rabbitmq.pid")).read().strip())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def tool(name):
+        # Debian's /usr/sbin wrappers switch to the rabbitmq user, who cannot write our
+        # temporary directory; the scripts behind them run as whoever calls them.
+        direct = os.path.join("/usr/lib/rabbitmq/bin", name)
+        return direct if os.path.exists(direct) else name
+
+    def start(self):
+        if not shutil.which("rabbitmq-server"):
+            raise RuntimeError("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+        self.port = free_port()
+        plugins = os.path.join(self.base, "enabled_plugins")
+        with open(plugins, "w") as f:
+            f.write("[].\n")
+        self.env = dict(
+            os.environ,
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_MNESIA_BASE=os.path.join(self.base, "mnesia"),
+            RABBITMQ_LOG_BASE=os.path.join(self.base, "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=plugins,
+            RABBITMQ_CONFIG_FILE=os.path.join(self.base, "rabbitmq"),
+            RABBITMQ_PID_FILE=os.path.join(self.base, "rabbitmq.pid"),
+            HOME=self.base,
+        )
+        subprocess.run(pinned(self.cpu, [self.tool("rabbitmq-server"), "-detached"]), env=self.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, timeout=120)
+        return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
+
+    def restart(self):
+        """Stops and starts the RabbitMQ application: its queues close their message stores
+        and recover from disk, as after a restart of the node."""
+        for action in ("stop_app", "start_app"):
+            subprocess.run([self.tool("rabbitmqctl"), "-n", self.node, action], env=self.env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        wait_for_port(self.port, timeout=120)
+        return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
+
+    def stop(self):
+        if self.env:
+            subprocess.run([self.tool("rabbitmqctl"), "-n", self.node, "stop"], env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        shutil.rmtree(self.base, ignore_errors=True)
