@@ -30,7 +30,9 @@ struct Args {
     user: String,
     #[arg(long, default_value = "guest")]
     password: String,
-    /// autoack, ack, ack-multi, confirm, fanout, topic, latency, conns or backlog.
+    /// autoack, ack, ack-multi, confirm, fanout, topic, latency, conns or backlog; `echo`
+    /// measures the `latency` pattern against `echo-server`, a bare TCP echo server, which
+    /// gives the floor that this machine's network stack and scheduler put under any broker.
     #[arg(long, default_value = "autoack")]
     scenario: String,
     /// Seconds measured, after one second of warm-up.
@@ -92,6 +94,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.scenario == "echo-server" {
+        return echo_server(&args.addr);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -103,6 +108,7 @@ async fn run(args: Args) -> Result<()> {
         "backlog" => return backlog(args).await,
         "latency" => return latency(args).await,
         "conns" => return conns(args).await,
+        "echo" => return echo(args).await,
         _ => {}
     }
     let run_id = std::process::id();
@@ -277,6 +283,82 @@ async fn latency(args: Args) -> Result<()> {
     let _ = setup
         .delete_queue(&format!("perf-latency-{}", std::process::id()))
         .await;
+    print_latency("latency", rate, samples, cpu);
+    Ok(())
+}
+
+/// `echo-server`: echoes every byte back, a thread per connection, until killed.
+fn echo_server(addr: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        stream.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// `echo`: the `latency` pattern (one 16-byte message carrying its send time, at a steady
+/// `--rate`) against a TCP echo server instead of a broker.
+async fn echo(args: Args) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let stream = tokio::net::TcpStream::connect(&args.addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut rx, mut tx) = stream.into_split();
+    let origin = Instant::now();
+    let warm_up = Duration::from_secs(1);
+    let measured = Duration::from_secs(args.seconds);
+    let rate = args.rate.max(1);
+    let cpu0 = cpu_seconds();
+    let sending = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        loop {
+            tick.tick().await;
+            let mut msg = [b'x'; 16];
+            msg[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
+            if tx.write_all(&msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut samples = Vec::new();
+    let mut pending = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    while origin.elapsed() < warm_up + measured {
+        let n = match tokio::time::timeout(Duration::from_millis(100), rx.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => continue,
+        };
+        if n == 0 {
+            return Err("the echo server closed the connection".into());
+        }
+        let now = origin.elapsed().as_nanos() as u64;
+        pending.extend_from_slice(&chunk[..n]);
+        let whole = pending.len() / 16 * 16;
+        for msg in pending[..whole].chunks_exact(16) {
+            let sent = u64::from_be_bytes(msg[..8].try_into().unwrap_or([0; 8]));
+            if Duration::from_nanos(sent) >= warm_up {
+                samples.push(now.saturating_sub(sent) / 1000);
+            }
+        }
+        pending.drain(..whole);
+    }
+    sending.abort();
+    let cpu = (cpu_seconds() - cpu0) / origin.elapsed().as_secs_f64();
+    print_latency("echo", rate, samples, cpu);
+    Ok(())
+}
+
+/// Prints the percentiles of latency samples (microseconds) as the scenario's JSON line.
+fn print_latency(scenario: &str, rate: u64, mut samples: Vec<u64>, cpu: f64) {
     samples.sort_unstable();
     let pct = |p: f64| -> u64 {
         if samples.is_empty() {
@@ -286,7 +368,8 @@ async fn latency(args: Args) -> Result<()> {
         samples[i.min(samples.len() - 1)]
     };
     println!(
-        "{{\"scenario\":\"latency\",\"rate\":{},\"samples\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}}}",
+        "{{\"scenario\":\"{}\",\"rate\":{},\"samples\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}}}",
+        scenario,
         rate,
         samples.len(),
         pct(0.50),
@@ -295,7 +378,6 @@ async fn latency(args: Args) -> Result<()> {
         cpu,
         cpu > 0.9
     );
-    Ok(())
 }
 
 /// `conns`: opens `--connections` idle connections (each with a channel) and reports how
