@@ -180,15 +180,22 @@ async fn run(args: Args) -> Result<()> {
     }
     let fan = queues as u64;
     let batch_len = if confirm { 32 } else { 100 };
-    let mut batch = Vec::new();
-    for i in 0..batch_len {
-        publish_frames(&mut batch, &exchange, &keys[i % keys.len()], &body, durable);
-    }
+    // Enough precomputed batches that every routing key is published (topic: all 1,000).
+    let batches: Vec<Vec<u8>> = (0..keys.len().div_ceil(batch_len))
+        .map(|b| {
+            let mut batch = Vec::new();
+            for i in 0..batch_len {
+                let key = &keys[(b * batch_len + i) % keys.len()];
+                publish_frames(&mut batch, &exchange, key, &body, durable);
+            }
+            batch
+        })
+        .collect();
     let limit = args.max_outstanding * fan;
     tasks.push(tokio::spawn(publisher(
         p,
         meter.clone(),
-        batch,
+        batches,
         batch_len as u64,
         fan,
         limit,
@@ -508,13 +515,14 @@ async fn backlog(args: Args) -> Result<()> {
 async fn publisher(
     mut c: Client,
     meter: Arc<Meter>,
-    batch: Vec<u8>,
+    batches: Vec<Vec<u8>>,
     per_batch: u64,
     fan: u64,
     limit: u64,
     confirm: bool,
 ) -> Result<()> {
     let confirmed = Arc::new(AtomicU64::new(0));
+    let mut next = batches.iter().cycle();
     if confirm {
         // Confirms come back on the publisher's own connection.
         let (mut reader, writer) = c.stream.into_split();
@@ -559,7 +567,9 @@ async fn publisher(
                 meter.progress.notified().await;
                 continue;
             }
-            writer.write_all(&batch).await?;
+            if let Some(batch) = next.next() {
+                writer.write_all(batch).await?;
+            }
             meter.published.fetch_add(per_batch, Ordering::Relaxed);
         }
     }
@@ -572,7 +582,9 @@ async fn publisher(
             meter.progress.notified().await;
             continue;
         }
-        c.stream.write_all(&batch).await?;
+        if let Some(batch) = next.next() {
+            c.stream.write_all(batch).await?;
+        }
         meter.published.fetch_add(per_batch, Ordering::Relaxed);
     }
 }
