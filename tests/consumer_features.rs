@@ -7,7 +7,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
-use lapin::{Channel, Consumer, ExchangeKind};
+use lapin::{Channel, Consumer};
 
 async fn publish(ch: &Channel, queue: &str, body: &str) {
     within(ch.basic_publish(
@@ -201,26 +201,7 @@ fn delivery_count(d: &lapin::message::Delivery) -> Option<AMQPValue> {
 async fn same_as_rabbitmq_quorum_queues_count_deliveries_and_dead_letter_past_the_limit() {
     let broker = Broker::start().await;
     let (_c, ch) = broker.channel().await;
-    within(ch.exchange_declare(
-        "dlx".into(),
-        ExchangeKind::Fanout,
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    within(ch.queue_declare("dlq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(ch.queue_bind(
-        "dlq".into(),
-        "dlx".into(),
-        "".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
+    dead_letter_target(&ch, "dlx", "dlq").await;
     let mut args = quorum(Some(2));
     args.insert("x-dead-letter-exchange".into(), long_str("dlx"));
     within(ch.queue_declare("qq".into(), durable(), args))

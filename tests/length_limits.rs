@@ -133,24 +133,7 @@ async fn same_as_rabbitmq_reject_publish_dlx_dead_letters_the_refused_message() 
     let broker = Broker::start().await;
     let (_c, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
-    within(ch.exchange_declare(
-        "dlx".into(),
-        ExchangeKind::Fanout,
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    declare(&ch, "dlq", FieldTable::default()).await;
-    within(ch.queue_bind(
-        "dlq".into(),
-        "dlx".into(),
-        "".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
+    dead_letter_target(&ch, "dlx", "dlq").await;
     let mut args = limit("x-max-length", 1, Some("reject-publish-dlx"));
     args.insert("x-dead-letter-exchange".into(), long_str("dlx"));
     declare(&ch, "q", args).await;
@@ -164,24 +147,7 @@ async fn same_as_rabbitmq_reject_publish_dlx_dead_letters_the_refused_message() 
 async fn same_as_rabbitmq_drop_head_dead_letters_with_reason_maxlen() {
     let broker = Broker::start().await;
     let (_c, ch) = broker.channel().await;
-    within(ch.exchange_declare(
-        "dlx".into(),
-        ExchangeKind::Fanout,
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    declare(&ch, "dlq", FieldTable::default()).await;
-    within(ch.queue_bind(
-        "dlq".into(),
-        "dlx".into(),
-        "".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
+    dead_letter_target(&ch, "dlx", "dlq").await;
     let mut args = limit("x-max-length", 1, None);
     args.insert("x-dead-letter-exchange".into(), long_str("dlx"));
     declare(&ch, "q", args).await;

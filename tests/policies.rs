@@ -61,28 +61,12 @@ async fn a_policy_gives_matching_queues_a_ttl_and_a_dead_letter_exchange() {
     .await;
     let broker = broker_in(&dir).await;
     let (_c, ch) = broker.channel().await;
-    within(ch.exchange_declare(
-        "dlx".into(),
-        ExchangeKind::Fanout,
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    for q in ["dlq", "fast.jobs", "slow.jobs"] {
+    dead_letter_target(&ch, "dlx", "dlq").await;
+    for q in ["fast.jobs", "slow.jobs"] {
         within(ch.queue_declare(q.into(), Default::default(), FieldTable::default()))
             .await
             .unwrap();
     }
-    within(ch.queue_bind(
-        "dlq".into(),
-        "dlx".into(),
-        "".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
     for q in ["fast.jobs", "slow.jobs"] {
         within(ch.basic_publish(
             "".into(),

@@ -8,7 +8,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel};
 
 fn passive() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -232,26 +232,7 @@ async fn many_short_lived_messages_all_expire_into_the_dead_letter_queue() {
     // dead-letter queue, checked by count.
     let broker = Broker::start().await;
     let (_c, ch) = broker.channel().await;
-    within(ch.exchange_declare(
-        "dlx".into(),
-        ExchangeKind::Fanout,
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    within(ch.queue_declare("dlq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(ch.queue_bind(
-        "dlq".into(),
-        "dlx".into(),
-        "".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
+    dead_letter_target(&ch, "dlx", "dlq").await;
     within(ch.queue_declare(
         "hot".into(),
         Default::default(),

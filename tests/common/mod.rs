@@ -77,6 +77,31 @@ impl Broker {
     }
 }
 
+/// Declares a fanout exchange and a queue bound to it: where the tests' dead letters land.
+pub async fn dead_letter_target(ch: &lapin::Channel, exchange: &str, queue: &str) {
+    use lapin::ExchangeKind;
+    within(ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("exchange declared");
+    within(ch.queue_declare(queue.into(), Default::default(), FieldTable::default()))
+        .await
+        .expect("queue declared");
+    within(ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue bound");
+}
+
 /// The reply code and text of the error lapin reports, if it is an AMQP error.
 pub fn amqp_error(e: &lapin::Error) -> Option<(u16, String)> {
     match e.kind() {
