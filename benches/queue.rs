@@ -8,17 +8,34 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lepus::message::Message;
+use lepus::broker::memory::Memory;
+use lepus::broker::message::Message;
+use lepus::broker::queue::context::{QueueHost, QueueServices};
+use lepus::broker::queue::delivery::{DeliverySource, Settled, Unblock};
+use lepus::broker::queue::{Queue, QueueConfig};
+use lepus::broker::timer::Timers;
 use lepus::protocol::properties::PropertySummary;
-use lepus::queue::{Queue, QueueConfig, QueueContext, Settled, Unblock};
 use lepus::store::Store;
-use lepus::timer::Timers;
 
 const BATCH: usize = 100;
 
+/// The queue's host: this benchmark dead-letters nothing and expires nothing.
+struct NoHost;
+
+impl QueueHost for NoHost {
+    fn dead_letter(
+        &self,
+        _: &str,
+        _: lepus::broker::queue::dead_letter::DlxTarget,
+        _: Vec<lepus::broker::queue::dead_letter::DeadLetter>,
+    ) {
+    }
+    fn queue_expired(&self, _: &str, _: usize) {}
+}
+
 fn enqueue_dequeue_ack(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("lepus-bench-queue-{}", std::process::id()));
-    let (Ok(store), Ok(timers)) = (Store::open(&dir, 64 << 20, 256 << 20), Timers::start()) else {
+    let (Ok(store), Ok(timers)) = (Store::open(&dir, 64 << 20), Timers::start()) else {
         eprintln!("cannot open a store in {}", dir.display());
         return;
     };
@@ -32,10 +49,11 @@ fn enqueue_dequeue_ack(c: &mut Criterion) {
             arguments: Default::default(),
             id: 0,
         },
-        QueueContext {
+        QueueServices {
             store: Arc::new(store),
+            memory: Arc::new(Memory::new(256 << 20)),
             timers,
-            vhost: Weak::new(),
+            host: Weak::<NoHost>::new(),
         },
         None,
         None,
@@ -63,7 +81,7 @@ fn enqueue_dequeue_ack(c: &mut Criterion) {
                     persisted: false,
                 });
             }
-            queue.ack(settled.drain(..), Unblock::Nobody);
+            queue.ack(std::mem::take(&mut settled), Unblock::Nobody);
         })
     });
     group.finish();

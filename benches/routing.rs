@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lepus::topic::TopicTrie;
+use lepus::broker::exchange::topic::TopicTrie;
 
 /// Binding keys shaped like real ones: `region.service.event`, with a share of wildcards.
 fn binding_key(i: usize) -> String {

@@ -1,7 +1,17 @@
 //! Lepus: an AMQP 0-9-1 message broker that existing RabbitMQ clients use unchanged.
 //!
-//! `ARCHITECTURE.md` at the top of the repository is the map: the modules, the path a
-//! message takes from socket to queue to consumer, and the invariants that hold along it.
+//! `ARCHITECTURE.md` at the top of the repository is the map: the layers, the path a message
+//! takes from socket to queue to consumer to disk, and the invariants that hold along it. The
+//! layers, top to bottom (each imports only those below it):
+//!
+//! - [`server`]: wires the others together (listeners, connection tasks, shutdown).
+//! - [`amqp`]: the AMQP 0-9-1 session layer: connections and channels.
+//! - [`net`]: listeners and the transport a connection speaks over.
+//! - [`broker`]: vhosts, exchanges, queues, consumers, dead-lettering, timers, memory.
+//! - [`auth`]: users, password hashes, SASL mechanisms, randomness.
+//! - [`store`]: durability in bytes: queue logs, the sync thread, definitions.
+//! - [`protocol`]: the wire format and the reply codes errors become.
+//! - [`config`]: configuration and every limit.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -11,34 +21,14 @@
 //! # Ok(()) }
 //! ```
 
-pub mod arguments;
+pub mod amqp;
 pub mod auth;
-pub mod binding;
 pub mod broker;
-pub mod channel;
 pub mod config;
-pub mod confirm;
-pub mod connection;
-pub mod consumer;
-pub mod dead_letter;
-pub mod direct_reply_to;
-pub mod error;
-pub mod exchange;
-pub mod headers;
-pub mod message;
-pub mod naming;
-pub mod outbox;
-pub mod output;
-pub mod policy;
-pub mod prefetch;
+pub mod net;
 pub mod protocol;
-pub mod queue;
 pub mod server;
-pub mod session;
 pub mod store;
-pub mod timer;
-pub mod topic;
-pub mod vhost;
 
 pub use config::Config;
 pub use server::Server;

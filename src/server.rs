@@ -1,16 +1,19 @@
-//! Listening sockets, accepting connections, and shutting down cleanly.
+//! The running broker: opens the data directory, binds the listeners, hands every accepted
+//! connection to the AMQP connection task, and shuts down cleanly. This is the top of the
+//! crate: it wires the layers together and nothing imports it but `main` and the tests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::amqp::outbox::Outbox;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::net::Listener;
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -45,7 +48,7 @@ impl Server {
     pub async fn start(config: Config) -> std::io::Result<Server> {
         let mut bound = Vec::new();
         for addr in &config.listen {
-            let listener = TcpListener::bind(addr).await?;
+            let listener = Listener::bind(*addr).await?;
             bound.push(listener);
         }
         let (broker, report) = tokio::task::spawn_blocking(move || Broker::open(config))
@@ -116,9 +119,10 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, live: Arc<Live>) {
+async fn accept_loop(listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {
+    let outbox_bytes = broker.config.limits.connection_outbox_bytes;
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (transport, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -127,16 +131,19 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, live: Arc<Live>
                 continue;
             }
         };
-        let Some(outbox) = broker.register_connection() else {
+        let registered = broker
+            .connections
+            .register(|id| Arc::new(Outbox::new(id, outbox_bytes)));
+        let Some(outbox) = registered else {
             tracing::warn!(%peer, "connection refused: connection limit reached or shutting down");
-            drop(stream);
+            drop(transport);
             continue;
         };
         live.count.fetch_add(1, Ordering::AcqRel);
         let guard = LiveGuard(live.clone());
         let broker = broker.clone();
         tokio::spawn(async move {
-            crate::connection::serve(broker, stream, peer, outbox).await;
+            crate::amqp::connection::serve(broker, transport, peer, outbox).await;
             drop(guard);
         });
     }

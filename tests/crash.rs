@@ -292,14 +292,14 @@ async fn confirmed_messages_survive_sigkill_and_synced_acks_stay_acked() {
     let seed = std::env::var("LEPUS_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(lepus::naming::random_u64)
+        .unwrap_or_else(lepus::auth::random::random_u64)
         | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
     let dir = std::env::temp_dir().join(format!(
         "lepus-crash-{}-{}",
         std::process::id(),
-        lepus::naming::random_suffix()
+        lepus::auth::random::random_suffix()
     ));
     let mut total_confirmed = 0;
     for round in 0..ROUNDS {

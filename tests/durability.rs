@@ -34,7 +34,7 @@ fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "lepus-durability-{name}-{}-{}",
         std::process::id(),
-        lepus::naming::random_suffix()
+        lepus::auth::random::random_suffix()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
@@ -433,14 +433,7 @@ async fn a_backlog_larger_than_the_memory_budget_pages_to_disk_and_comes_back_in
     for p in pending {
         assert!(within(p).await.unwrap().is_ack());
     }
-    let memory = broker
-        .server
-        .as_ref()
-        .unwrap()
-        .broker()
-        .store
-        .shared
-        .memory();
+    let memory = broker.server.as_ref().unwrap().broker().memory.used();
     assert!(
         memory < 8 * 1024 * 1024,
         "10 MB of messages, {memory} bytes of them in memory"

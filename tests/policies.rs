@@ -16,7 +16,7 @@ async fn data_dir_with_policies(policies: serde_json::Value) -> std::path::PathB
     let dir = std::env::temp_dir().join(format!(
         "lepus-policies-{}-{}",
         std::process::id(),
-        lepus::naming::random_suffix()
+        lepus::auth::random::random_suffix()
     ));
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();

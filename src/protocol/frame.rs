@@ -5,7 +5,7 @@
 //! single payload byte is buffered, so a peer that announces a 4 GiB frame costs nothing.
 
 use crate::amqp_error;
-use crate::error::AmqpError;
+use crate::protocol::error::AmqpError;
 
 pub const FRAME_METHOD: u8 = 1;
 pub const FRAME_HEADER: u8 = 2;

@@ -4,6 +4,7 @@
 //! Nothing in here knows about queues or connections; it turns bytes into methods and back.
 
 pub mod basic;
+pub mod error;
 pub mod frame;
 pub mod method;
 pub mod properties;

@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::intervals::IntervalSet;
-use super::record::{self, Decoded, Kind, Record};
+use super::record::{self, Decoded, Kind, MessageParts, Record, StoredMessage};
 use super::{Shared, sync_dir};
-use crate::message::Message;
 
 /// Where a record starts: segment number and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -114,7 +113,7 @@ pub struct TailReader {
 #[derive(Debug)]
 pub struct ReadBack {
     pub seq: u64,
-    pub message: Message,
+    pub message: StoredMessage,
     /// A durable record exists: its ack must be logged.
     pub persisted: bool,
     pub redelivered: bool,
@@ -296,7 +295,7 @@ impl QueueLog {
     pub fn append_message(
         self: &Arc<Self>,
         seq: u64,
-        message: &Message,
+        message: &MessageParts,
         durable: bool,
         flags: u8,
         expires_at: Option<u64>,
@@ -450,11 +449,10 @@ impl QueueLog {
         }
         let redelivered = flags & record::FLAG_REDELIVERED != 0 || reader.delivered.contains(seq);
         let expires_at = stored.expires_at;
-        let message = stored.into_message()?;
-        *got += message.body.len() + message.properties.len() + 64;
+        *got += stored.body.len() + stored.properties.len() + 64;
         Some(ReadBack {
             seq,
-            message,
+            message: stored,
             persisted: durable || flags & record::FLAG_PERSISTED != 0,
             redelivered,
             expires_at,
@@ -686,24 +684,18 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
-    fn message(i: u64) -> Message {
-        let props = Bytes::from_static(&[0, 0]);
-        let summary = crate::protocol::properties::scan(&props).unwrap();
+    fn body(i: u64) -> Vec<u8> {
         let mut body = vec![b'x'; 1000];
         body[..8].copy_from_slice(&i.to_be_bytes());
-        Message::new(
-            Bytes::new(),
-            Bytes::from_static(b"q"),
-            props,
-            Bytes::from(body),
-            &summary,
-        )
+        body
     }
 
     fn store() -> (Store, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("lepus-log-{}", crate::naming::random_suffix()));
-        (Store::open(&dir, 64 * 1024, 1 << 20).unwrap(), dir)
+        let dir = std::env::temp_dir().join(format!(
+            "lepus-log-{}",
+            crate::auth::random::random_suffix()
+        ));
+        (Store::open(&dir, 64 * 1024).unwrap(), dir)
     }
 
     #[test]
@@ -712,7 +704,14 @@ mod tests {
         let log = store.create_paging_log().unwrap();
         let mut reader = TailReader::default();
         for i in 0..500 {
-            log.append_message(i, &message(i), false, 0, None).unwrap();
+            let body = body(i);
+            let parts = MessageParts {
+                exchange: b"",
+                routing_key: b"q",
+                properties: &[0, 0],
+                body: &body,
+            };
+            log.append_message(i, &parts, false, 0, None).unwrap();
         }
         let mut seen = 0u64;
         loop {

@@ -1,6 +1,10 @@
 //! Durability: where queues keep persistent messages and page out what does not fit in
 //! memory, and where definitions are kept across restarts.
 //!
+//! The store deals in bytes and sequence numbers only: it does not import the broker's types.
+//! The broker turns its messages into [`record::MessageParts`] to write them and rebuilds them
+//! from [`record::StoredMessage`]s it reads back.
+//!
 //! One sync thread does all the writing and syncing (group commit). Writers append to
 //! in-memory buffers and note the current *epoch*; the thread bumps the epoch, writes every
 //! dirty buffer, syncs the files it wrote, and announces that epoch as synced. A publisher
@@ -24,7 +28,7 @@ pub mod record;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -69,10 +73,6 @@ pub struct Shared {
     /// The last epoch whose writes are all on disk.
     synced: watch::Sender<u64>,
     stop: AtomicBool,
-    /// Bytes of message data queues hold in memory.
-    memory: AtomicUsize,
-    /// Past this many bytes in memory, queues page their tails out to disk.
-    memory_budget: usize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -104,24 +104,6 @@ impl Shared {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.synced.subscribe()
     }
-
-    /// Accounts message bytes held in memory (negative to release).
-    pub fn add_memory(&self, bytes: isize) {
-        if bytes >= 0 {
-            self.memory.fetch_add(bytes as usize, Ordering::Relaxed);
-        } else {
-            self.memory.fetch_sub((-bytes) as usize, Ordering::Relaxed);
-        }
-    }
-
-    pub fn memory(&self) -> usize {
-        self.memory.load(Ordering::Relaxed)
-    }
-
-    /// Whether queues should move messages out of memory.
-    pub fn over_budget(&self) -> bool {
-        self.memory.load(Ordering::Relaxed) > self.memory_budget
-    }
 }
 
 /// The store of one broker.
@@ -143,7 +125,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens the data directory, wipes paging files of the previous run, and starts the
     /// sync thread.
-    pub fn open(data_dir: &Path, segment_bytes: u64, memory_budget: usize) -> io::Result<Store> {
+    pub fn open(data_dir: &Path, segment_bytes: u64) -> io::Result<Store> {
         std::fs::create_dir_all(data_dir.join("queues"))?;
         let paging = data_dir.join("paging");
         if paging.exists() {
@@ -158,8 +140,6 @@ impl Store {
             epoch: AtomicU64::new(1),
             synced,
             stop: AtomicBool::new(false),
-            memory: AtomicUsize::new(0),
-            memory_budget,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()

@@ -9,9 +9,6 @@
 
 use bytes::Bytes;
 
-use crate::message::Message;
-use crate::protocol::properties;
-
 /// Bytes before the payload: length and checksum.
 pub const HEADER_LEN: usize = 8;
 
@@ -69,6 +66,16 @@ pub const FLAG_REDELIVERED: u8 = 2;
 /// Message-record flag: an expiry time follows the flags.
 pub const FLAG_EXPIRES: u8 = 4;
 
+/// The parts of a message a log writes, borrowed from wherever the message lives. The store
+/// knows nothing of the broker's message type: it keeps bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageParts<'a> {
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
+    pub properties: &'a [u8],
+    pub body: &'a [u8],
+}
+
 /// The parts of a message a log keeps: enough to deliver it again byte for byte.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
@@ -80,22 +87,8 @@ pub struct StoredMessage {
     pub expires_at: Option<u64>,
 }
 
-impl StoredMessage {
-    /// Rebuilds the shared message, decoding what routing and queueing need.
-    pub fn into_message(self) -> Option<Message> {
-        let summary = properties::scan(&self.properties).ok()?;
-        Some(Message::new(
-            self.exchange,
-            self.routing_key,
-            self.properties,
-            self.body,
-            &summary,
-        ))
-    }
-}
-
 /// Bytes a message record of `message` takes, header included.
-pub fn message_len(message: &Message, expires_at: Option<u64>) -> usize {
+pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
     HEADER_LEN
         + 1
         + 8
@@ -134,7 +127,7 @@ pub fn encode_message(
     seq: u64,
     flags: u8,
     expires_at: Option<u64>,
-    message: &Message,
+    message: &MessageParts,
 ) {
     let start = begin(out, kind, seq);
     match expires_at {
@@ -149,12 +142,12 @@ pub fn encode_message(
         out.push(n as u8);
         out.extend_from_slice(&s[..n]);
     };
-    short(out, &message.exchange);
-    short(out, &message.routing_key);
+    short(out, message.exchange);
+    short(out, message.routing_key);
     out.extend_from_slice(&(message.properties.len() as u32).to_be_bytes());
-    out.extend_from_slice(&message.properties);
+    out.extend_from_slice(message.properties);
     out.extend_from_slice(&(message.body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&message.body);
+    out.extend_from_slice(message.body);
     finish(out, start);
 }
 
@@ -289,16 +282,13 @@ fn decode_message(p: &Bytes) -> Option<StoredMessage> {
 mod tests {
     use super::*;
 
-    fn message(body: &[u8]) -> Message {
-        let props = Bytes::from_static(&[0x10, 0, 2]);
-        let summary = properties::scan(&props).unwrap();
-        Message::new(
-            Bytes::from_static(b"ex"),
-            Bytes::from_static(b"rk"),
-            props,
-            Bytes::copy_from_slice(body),
-            &summary,
-        )
+    fn message(body: &[u8]) -> MessageParts<'_> {
+        MessageParts {
+            exchange: b"ex",
+            routing_key: b"rk",
+            properties: &[0x10, 0, 2],
+            body,
+        }
     }
 
     #[test]
@@ -326,7 +316,7 @@ mod tests {
         assert_eq!((seq, flags), (7, FLAG_PERSISTED));
         assert_eq!(&message.body[..], b"hello");
         assert_eq!(message.expires_at, None);
-        assert!(message.into_message().unwrap().persistent);
+        assert_eq!(&message.properties[..], &[0x10, 0, 2]);
         let rest = buf.slice(n..);
         let Decoded::Record(
             Record::Paged {

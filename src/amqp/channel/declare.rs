@@ -1,0 +1,267 @@
+//! The exchange and queue classes: declare, delete, bind, unbind, purge.
+
+use amq_protocol::protocol::{AMQPClass, exchange, queue};
+use amq_protocol::types::ShortString;
+
+use super::{Channel, reply, strip_cr_lf};
+use crate::amqp::naming;
+use crate::amqp::output::Output;
+use crate::amqp::session::Session;
+use crate::amqp_error;
+use crate::broker::reply_to;
+use crate::broker::vhost::exchanges::ExchangeDeclare;
+use crate::broker::vhost::queues::QueueDeclare;
+use crate::protocol::error::AmqpResult;
+
+impl Channel {
+    pub(super) fn exchange_method(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        method: exchange::AMQPMethod,
+    ) -> AmqpResult<()> {
+        let id = self.id;
+        match method {
+            exchange::AMQPMethod::Declare(d) => {
+                let declare = ExchangeDeclare {
+                    name: strip_cr_lf(d.exchange.as_str()),
+                    kind: d.kind.to_string(),
+                    passive: d.passive,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments,
+                };
+                out.hold_until_synced(s.vhost.declare_exchange(&declare)?);
+                if !d.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                let sync = s
+                    .vhost
+                    .delete_exchange(&strip_cr_lf(d.exchange.as_str()), d.if_unused)?;
+                out.hold_until_synced(sync);
+                if !d.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                let sync = s.vhost.bind_exchange(
+                    &strip_cr_lf(b.destination.as_str()),
+                    &strip_cr_lf(b.source.as_str()),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                out.hold_until_synced(sync);
+                if !b.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                let sync = s.vhost.unbind_exchange(
+                    &strip_cr_lf(b.destination.as_str()),
+                    &strip_cr_lf(b.source.as_str()),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                out.hold_until_synced(sync);
+                if !b.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+            }
+            _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
+        }
+        Ok(())
+    }
+
+    /// Resolves an empty queue name to the channel's most recently declared queue.
+    pub(super) fn queue_name(&self, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| amqp_error!(NotFound, "no previously declared queue"))
+    }
+
+    pub(super) fn queue_method(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        method: queue::AMQPMethod,
+    ) -> AmqpResult<()> {
+        let id = self.id;
+        match method {
+            queue::AMQPMethod::Declare(d) => self.queue_declare(s, out, d)?,
+            queue::AMQPMethod::Bind(b) => {
+                let queue = self.queue_name(&strip_cr_lf(b.queue.as_str()))?;
+                let routing_key =
+                    if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+                        queue.clone()
+                    } else {
+                        b.routing_key.to_string()
+                    };
+                let sync = s.vhost.bind_queue(
+                    &queue,
+                    &strip_cr_lf(b.exchange.as_str()),
+                    &routing_key,
+                    &b.arguments,
+                    s.connection_id,
+                )?;
+                out.hold_until_synced(sync);
+                if !b.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let queue = self.queue_name(&strip_cr_lf(b.queue.as_str()))?;
+                let routing_key =
+                    if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+                        queue.clone()
+                    } else {
+                        b.routing_key.to_string()
+                    };
+                let sync = s.vhost.unbind_queue(
+                    &queue,
+                    &strip_cr_lf(b.exchange.as_str()),
+                    &routing_key,
+                    &b.arguments,
+                    s.connection_id,
+                )?;
+                out.hold_until_synced(sync);
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let name = self.queue_name(p.queue.as_str())?;
+                let q = s.vhost.usable_queue(&name, s.connection_id)?;
+                let count = q.purge();
+                if !p.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: count,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = self.queue_name(&strip_cr_lf(d.queue.as_str()))?;
+                let (count, sync) =
+                    s.vhost
+                        .delete_queue(&name, d.if_unused, d.if_empty, s.connection_id)?;
+                out.hold_until_synced(sync);
+                if !d.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: count,
+                        })),
+                    );
+                }
+            }
+            _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
+        }
+        Ok(())
+    }
+
+    /// queue.declare, including the direct reply-to pseudo-queue.
+    pub(super) fn queue_declare(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        d: queue::Declare,
+    ) -> AmqpResult<()> {
+        let id = self.id;
+        let requested = strip_cr_lf(d.queue.as_str());
+        if requested.starts_with(reply_to::PSEUDO_QUEUE) {
+            // The pseudo-queue, or a live reply name, "exists" with one consumer
+            // whatever the flags say, as in RabbitMQ.
+            if requested != reply_to::PSEUDO_QUEUE && !s.broker.reply_consumers.is_live(&requested)
+            {
+                return Err(amqp_error!(
+                    NotFound,
+                    "no queue '{}' in vhost '{}'",
+                    requested,
+                    s.vhost.name
+                ));
+            }
+            self.last_queue = Some(requested.clone());
+            if !d.nowait {
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: ShortString::from(requested),
+                        message_count: 0,
+                        consumer_count: 1,
+                    })),
+                );
+            }
+            return Ok(());
+        }
+        if !d.passive && requested.starts_with("amq.") {
+            return Err(amqp_error!(
+                AccessRefused,
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                requested
+            ));
+        }
+        let name = if requested.is_empty() && !d.passive {
+            naming::queue_name()
+        } else {
+            requested
+        };
+        let declare = QueueDeclare {
+            name,
+            passive: d.passive,
+            durable: d.durable,
+            exclusive: d.exclusive,
+            auto_delete: d.auto_delete,
+            arguments: d.arguments,
+        };
+        let (q, messages, consumers, sync) = s.vhost.declare_queue(&declare, s.connection_id)?;
+        self.last_queue = Some(q.name.clone());
+        out.hold_until_synced(sync);
+        if !d.nowait {
+            reply(
+                out,
+                id,
+                AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                    queue: ShortString::from(q.name.clone()),
+                    message_count: messages,
+                    consumer_count: consumers,
+                })),
+            );
+        }
+        Ok(())
+    }
+}

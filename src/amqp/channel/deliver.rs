@@ -1,0 +1,175 @@
+//! Deliveries: what a queue pushed for this channel's consumers goes out with a delivery tag
+//! and is remembered until settled; deliveries held past their consumer timeout close the
+//! channel. Also the channel's side of confirms and direct replies on their way out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Channel, ChannelState, Unacked};
+use crate::amqp::confirm::Confirms;
+use crate::amqp::output::Output;
+use crate::amqp_error;
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::broker::queue::delivery::Delivery;
+use crate::broker::queue::prefetch::ChannelPrefetch;
+use crate::protocol::basic::write_deliver;
+use crate::protocol::error::AmqpError;
+
+impl Channel {
+    /// Writes the confirms resolved since the last call, including publishes whose
+    /// messages the store has now synced.
+    pub fn flush_confirms(&mut self, out: &mut Output, synced: u64) {
+        if let Some(c) = self.confirms.as_mut() {
+            c.release_synced(synced);
+            c.flush(out, self.id);
+        }
+    }
+
+    /// Whether confirms wait for the store to sync.
+    pub fn waiting_for_sync(&self) -> bool {
+        self.confirms
+            .as_ref()
+            .is_some_and(Confirms::waiting_for_sync)
+    }
+
+    // ---- deliveries -----------------------------------------------------------------------
+
+    /// Sends a delivery a queue pushed to this channel. Gives it back if its consumer is gone.
+    pub fn deliver(
+        &mut self,
+        d: Delivery,
+        out: &mut Output,
+        frame_max: u32,
+        now: Instant,
+    ) -> Result<usize, Delivery> {
+        if self.state != ChannelState::Open {
+            return Err(d);
+        }
+        let timeout_ms = match self.consumers.get(&d.consumer_tag) {
+            Some(c) if c.id == d.consumer_id => c.timeout_ms,
+            _ => return Err(d),
+        };
+        self.last_tag += 1;
+        let tag = self.last_tag;
+        let m = &d.entry.message;
+        write_deliver(
+            out.buf(),
+            self.id,
+            &d.consumer_tag,
+            tag,
+            d.entry.redelivered,
+            &m.exchange,
+            &m.routing_key,
+        );
+        out.content(self.id, &m.properties, &m.body, frame_max);
+        let size = m.wire_size();
+        if !d.no_ack {
+            let deadline = self.deadline(now, timeout_ms);
+            self.unacked.push_back(Unacked {
+                tag,
+                queue: d.source,
+                consumer: Some(d.consumer_id),
+                entry: d.entry,
+                deadline,
+            });
+        }
+        Ok(size)
+    }
+
+    /// The deadline of a delivery made `now` under `timeout_ms`, noted for the timer.
+    pub(super) fn deadline(
+        &mut self,
+        now: Instant,
+        timeout_ms: Option<u64>,
+    ) -> Option<(Instant, u64)> {
+        let ms = timeout_ms?;
+        let at = now + std::time::Duration::from_millis(ms);
+        if self.timeout_check.is_none_or(|t| at < t) {
+            self.timeout_check = Some(at);
+        }
+        Some((at, ms))
+    }
+
+    /// When the connection should call [`Channel::check_timeouts`].
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timeout_check
+    }
+
+    /// Closes the channel's account with a consumer that holds a delivery past its timeout,
+    /// as RabbitMQ does: the error closes the channel.
+    pub fn check_timeouts(&mut self, now: Instant) -> Option<AmqpError> {
+        if self.timeout_check.is_none_or(|t| t > now) {
+            return None;
+        }
+        self.timeout_check = None;
+        let mut next: Option<Instant> = None;
+        for u in &self.unacked {
+            let Some((at, ms)) = u.deadline else {
+                continue;
+            };
+            if at <= now {
+                return Some(amqp_error!(
+                    PreconditionFailed,
+                    "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                    self.id,
+                    ms
+                ));
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        self.timeout_check = next;
+        None
+    }
+
+    /// A consumer's queue was deleted. Returns true if the client should hear of it.
+    pub fn consumer_cancelled(&mut self, tag: &Bytes) -> bool {
+        self.consumers.remove(tag).is_some()
+    }
+
+    /// The channel's prefetch, to give back credit for deliveries that never went out.
+    pub fn prefetch(&self) -> &Arc<ChannelPrefetch> {
+        &self.prefetch
+    }
+
+    /// The queues this channel's consumers read from.
+    pub fn consumed_queues(&self) -> Vec<Arc<Queue>> {
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        for c in self.consumers.values() {
+            if !queues.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
+                queues.push(c.queue.clone());
+            }
+        }
+        queues
+    }
+
+    /// Sends a direct reply to this channel's reply consumer, if it is still the one the
+    /// reply was addressed to. Like RabbitMQ, it carries the channel's next delivery tag
+    /// without taking it: replies are never acknowledged.
+    pub fn direct_reply(
+        &mut self,
+        key: &[u8],
+        message: &Message,
+        out: &mut Output,
+        frame_max: u32,
+    ) {
+        let Some(consumer) = &self.reply_consumer else {
+            return;
+        };
+        if self.state != ChannelState::Open || consumer.key.as_bytes() != key {
+            return;
+        }
+        write_deliver(
+            out.buf(),
+            self.id,
+            &consumer.tag,
+            self.last_tag + 1,
+            false,
+            &message.exchange,
+            &message.routing_key,
+        );
+        out.content(self.id, &message.properties, &message.body, frame_max);
+    }
+}

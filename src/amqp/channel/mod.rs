@@ -1,0 +1,290 @@
+//! A channel: the unit of work inside a connection. It assembles published messages from their
+//! frames, runs every channel method, tracks the deliveries its consumers have not
+//! acknowledged and numbers publishes for confirms.
+//!
+//! A channel belongs to its connection's task and is never shared. Queues reach it only
+//! through the connection's outbox; the channel reaches queues by calling them directly.
+//!
+//! This file holds the channel's state and routes cold-path methods to their handlers, one
+//! concern per file: content assembly and publishing ([`publish`]), the route cache
+//! ([`route`]), deliveries and consumer timeouts ([`deliver`]), ack/nack/reject ([`settle`]),
+//! transactions ([`tx`]), exchange and queue methods ([`declare`]), and consume, cancel, get,
+//! qos and recover ([`consume`]).
+
+mod consume;
+mod declare;
+mod deliver;
+mod publish;
+mod route;
+mod settle;
+mod tx;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use amq_protocol::protocol::{AMQPClass, channel, confirm};
+use amq_protocol::types::FieldTable;
+use bytes::{Bytes, BytesMut};
+
+use super::confirm::Confirms;
+use super::output::Output;
+use super::session::Session;
+use crate::amqp_error;
+use crate::broker::exchange::Exchange;
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::broker::queue::delivery::{ConsumerId, DeliverySource};
+use crate::broker::queue::entry::QueueEntry;
+use crate::broker::queue::prefetch::ChannelPrefetch;
+use crate::protocol::basic::{ContentHeader, Publish};
+use crate::protocol::error::AmqpResult;
+use crate::protocol::method::write_method;
+
+/// Routes remembered per channel; publishers usually repeat a few exchange/key pairs.
+const ROUTE_CACHE_ENTRIES: usize = 64;
+
+/// Where a channel is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    Open,
+    /// The broker sent Channel.Close and waits for Close-Ok; everything else is ignored.
+    Closing,
+}
+
+/// A consumer as its channel knows it.
+#[derive(Debug)]
+struct ChannelConsumer {
+    id: ConsumerId,
+    queue: Arc<Queue>,
+    /// How long its deliveries may stay unacknowledged.
+    timeout_ms: Option<u64>,
+}
+
+/// A delivery the client has not settled yet.
+struct Unacked {
+    tag: u64,
+    /// The queue it came from, where it is settled.
+    queue: Arc<dyn DeliverySource>,
+    /// The consumer it went to; None for basic.get.
+    consumer: Option<ConsumerId>,
+    entry: QueueEntry,
+    /// When the channel is closed if this is still unacknowledged, and the timeout (ms)
+    /// that deadline came from.
+    deadline: Option<(Instant, u64)>,
+}
+
+/// A message being assembled from its frames.
+#[derive(Debug)]
+struct Content {
+    publish: Publish,
+    header: Option<ContentHeader>,
+    body: Body,
+    received: u64,
+}
+
+#[derive(Debug)]
+enum Body {
+    Empty,
+    /// A body that came in one frame: a slice of the read buffer, no copy.
+    One(Bytes),
+    /// A body in several frames, copied together.
+    Many(BytesMut),
+}
+
+/// A publish held back by a transaction until commit.
+#[derive(Debug)]
+struct TxPublish {
+    exchange: Bytes,
+    routing_key: Bytes,
+    mandatory: bool,
+    routing_keys: Vec<Bytes>,
+    message: Arc<Message>,
+    headers: Option<FieldTable>,
+}
+
+/// Settlements held back by a transaction until commit.
+enum TxSettle {
+    Ack(Vec<Unacked>),
+    Reject(Vec<Unacked>, bool),
+}
+
+#[derive(Default)]
+struct Transaction {
+    publishes: Vec<TxPublish>,
+    settles: Vec<TxSettle>,
+}
+
+/// Routes remembered by a channel, valid while the vhost's topology version is unchanged.
+#[derive(Debug, Default)]
+struct RouteCache {
+    version: u64,
+    routes: HashMap<(Bytes, Bytes), CachedRoute>,
+}
+
+#[derive(Debug)]
+struct CachedRoute {
+    exchange: Arc<Exchange>,
+    /// None when the route depends on message headers and must be worked out each time.
+    queues: Option<Route>,
+}
+
+/// The queues a message goes to.
+type Route = Arc<[Arc<Queue>]>;
+
+/// This channel's consumer of the direct reply-to pseudo-queue.
+#[derive(Debug)]
+struct ReplyConsumer {
+    tag: Bytes,
+    /// Its key in the broker's map; its reply name is `amq.rabbitmq.reply-to.<key>`.
+    key: String,
+}
+
+/// A channel.
+pub struct Channel {
+    pub id: u16,
+    pub state: ChannelState,
+    content: Option<Content>,
+    consumers: HashMap<Bytes, ChannelConsumer>,
+    /// Deliveries awaiting settlement, ordered by delivery tag.
+    unacked: VecDeque<Unacked>,
+    /// The last delivery tag used.
+    last_tag: u64,
+    /// Channel-wide credit, shared with the queues this channel consumes from.
+    prefetch: Arc<ChannelPrefetch>,
+    /// Prefetch given to consumers created from now on (basic.qos global=false).
+    consumer_prefetch: u32,
+    confirms: Option<Confirms>,
+    tx: Option<Transaction>,
+    /// The queue most recently declared on this channel, used for empty queue names.
+    last_queue: Option<String>,
+    routes: RouteCache,
+    /// At most one direct reply-to consumer per channel, as in RabbitMQ.
+    reply_consumer: Option<ReplyConsumer>,
+    /// No unacknowledged delivery times out before this (the earliest deadline when it was
+    /// last worked out; acks since may have made it earlier than needed).
+    timeout_check: Option<Instant>,
+}
+
+/// What a channel method asks the connection to do afterwards.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    /// The client closed the channel: it is cleaned up, send Close-Ok and forget it.
+    Closed,
+}
+
+fn reply(out: &mut Output, channel: u16, method: AMQPClass) {
+    write_method(out.buf(), channel, &method);
+}
+
+/// Strips CR and LF from a name, as RabbitMQ does for exchange and queue names.
+fn strip_cr_lf(name: &str) -> String {
+    name.chars().filter(|c| *c != '\r' && *c != '\n').collect()
+}
+
+impl Channel {
+    pub fn new(id: u16, max_unacked: u32) -> Self {
+        Channel {
+            id,
+            state: ChannelState::Open,
+            content: None,
+            consumers: HashMap::new(),
+            unacked: VecDeque::new(),
+            last_tag: 0,
+            prefetch: Arc::new(ChannelPrefetch::new(max_unacked)),
+            consumer_prefetch: 0,
+            confirms: None,
+            tx: None,
+            last_queue: None,
+            routes: RouteCache::default(),
+            reply_consumer: None,
+            timeout_check: None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == ChannelState::Open
+    }
+
+    /// Runs a channel method other than publish and ack/nack/reject.
+    pub fn handle(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        method: AMQPClass,
+    ) -> AmqpResult<After> {
+        let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        self.expect_method()?;
+        self.dispatch(s, out, method)
+            .map_err(|e| e.on_method(class_id, method_id))
+    }
+
+    fn dispatch(&mut self, s: &Session, out: &mut Output, method: AMQPClass) -> AmqpResult<After> {
+        let id = self.id;
+        match method {
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                self.shutdown(s);
+                return Ok(After::Closed);
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                if !flow.active {
+                    return Err(amqp_error!(NotImplemented, "active=false"));
+                }
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: true,
+                    })),
+                );
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                return Err(amqp_error!(ChannelError, "second 'channel.open' seen"));
+            }
+            AMQPClass::Access(_) => {
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                        amq_protocol::protocol::access::RequestOk {},
+                    )),
+                );
+            }
+            AMQPClass::Exchange(m) => self.exchange_method(s, out, m)?,
+            AMQPClass::Queue(m) => self.queue_method(s, out, m)?,
+            AMQPClass::Basic(m) => self.basic_method(s, out, m)?,
+            AMQPClass::Tx(m) => self.tx_method(s, out, m)?,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if self.tx.is_some() {
+                    return Err(amqp_error!(
+                        PreconditionFailed,
+                        "cannot switch from tx to confirm mode"
+                    ));
+                }
+                if self.confirms.is_none() {
+                    self.confirms = Some(Confirms::default());
+                }
+                if !select.nowait {
+                    reply(
+                        out,
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+            }
+            _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
+        }
+        Ok(After::Nothing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_cr_and_lf() {
+        assert_eq!(strip_cr_lf("a\r\nb"), "ab");
+    }
+}

@@ -1,0 +1,517 @@
+//! Publishing: assembling a message from its method, header and body frames, checking its
+//! properties as RabbitMQ does, and handing it to the queues its route leads to.
+
+use std::sync::Arc;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::{Bytes, BytesMut};
+
+use super::{Body, Channel, Content, Route, TxPublish};
+use crate::amqp::confirm::Confirms;
+use crate::amqp::output::Output;
+use crate::amqp::session::Session;
+use crate::amqp_error;
+use crate::broker::exchange::Exchange;
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::broker::queue::state::Enqueued;
+use crate::broker::reply_to;
+use crate::protocol::basic::{ContentHeader, Publish, write_return};
+use crate::protocol::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::protocol::properties::{self, PropertySummary};
+use crate::protocol::table;
+
+/// What handing a message to its queues came to.
+pub(super) struct Outcome {
+    /// At least one queue took it.
+    pub routed: bool,
+    /// A queue refused it (full, with `x-overflow` reject-publish) or could not write it to
+    /// its log: the publisher's confirm is a nack.
+    pub failed: bool,
+    /// The epoch that makes it durable, if a durable queue logged it.
+    pub sync: Option<u64>,
+}
+
+/// Where a publish goes: the exchange and key it named, and what routing adds.
+pub(super) struct Destination<'a> {
+    pub exchange: &'a Arc<Exchange>,
+    /// The route the cache had, if any.
+    pub cached: Option<Route>,
+    pub exchange_name: &'a Bytes,
+    pub routing_key: &'a Bytes,
+    /// Routing keys from the CC and BCC headers.
+    pub extra_keys: &'a [Bytes],
+    /// The message's headers, for headers exchanges.
+    pub headers: Option<FieldTable>,
+    pub mandatory: bool,
+}
+
+fn internal_error() -> AmqpError {
+    AmqpError::bare(ReplyCode::InternalError)
+}
+
+impl Channel {
+    /// Refuses a method frame while a message's content is still expected.
+    pub fn expect_method(&self) -> AmqpResult<()> {
+        match &self.content {
+            None => Ok(()),
+            Some(c) if c.header.is_none() => Err(amqp_error!(
+                UnexpectedFrame,
+                "expected content header for class 60, got non content header frame instead"
+            )
+            .on_method(60, 40)),
+            Some(_) => Err(amqp_error!(
+                UnexpectedFrame,
+                "expected content body, got non content body frame instead"
+            )
+            .on_method(60, 40)),
+        }
+    }
+
+    /// basic.publish: remember it until its content has arrived.
+    pub fn on_publish(&mut self, publish: Publish) -> AmqpResult<()> {
+        self.expect_method()?;
+        self.content = Some(Content {
+            publish,
+            header: None,
+            body: Body::Empty,
+            received: 0,
+        });
+        Ok(())
+    }
+
+    pub(super) fn no_method() -> AmqpError {
+        amqp_error!(
+            UnexpectedFrame,
+            "expected method frame, got non method frame instead"
+        )
+    }
+
+    /// A content header frame.
+    pub fn on_header(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        header: ContentHeader,
+    ) -> AmqpResult<()> {
+        let Some(content) = self.content.as_mut() else {
+            return Err(Self::no_method());
+        };
+        if content.header.is_some() {
+            return Err(amqp_error!(
+                UnexpectedFrame,
+                "expected content body, got non content body frame instead"
+            )
+            .on_method(60, 40));
+        }
+        if header.weight != 0 {
+            return Err(amqp_error!(
+                UnexpectedFrame,
+                "expected content header for class 60, got non content header frame instead"
+            )
+            .on_method(60, 40));
+        }
+        if header.class_id != 60 {
+            return Err(amqp_error!(
+                UnexpectedFrame,
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
+            )
+            .on_method(60, 40));
+        }
+        let max = s.broker.config.limits.max_message_size_bytes;
+        if header.body_size > max {
+            // RabbitMQ checks once the body is in; checking from the header spares the
+            // memory. The body frames that follow are ignored by the closing channel.
+            self.content = None;
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "message size {} is larger than configured max size {}",
+                header.body_size,
+                max
+            )
+            .on_method(60, 40));
+        }
+        let complete = header.body_size == 0;
+        content.header = Some(header);
+        if complete {
+            return self.complete_publish(s, out);
+        }
+        Ok(())
+    }
+
+    /// A content body frame.
+    pub fn on_body(&mut self, s: &Session, out: &mut Output, chunk: Bytes) -> AmqpResult<()> {
+        let Some(content) = self.content.as_mut() else {
+            return Err(Self::no_method());
+        };
+        let Some(header) = &content.header else {
+            return Err(amqp_error!(
+                UnexpectedFrame,
+                "expected content header for class 60, got non content header frame instead"
+            )
+            .on_method(60, 40));
+        };
+        let size = header.body_size;
+        content.received += chunk.len() as u64;
+        if content.received > size {
+            // Like RabbitMQ, a body longer than announced never completes: the next method
+            // frame is refused. Nothing more is buffered meanwhile.
+            content.body = Body::Empty;
+            return Ok(());
+        }
+        content.body = match std::mem::replace(&mut content.body, Body::Empty) {
+            Body::Empty if content.received == size => Body::One(chunk),
+            Body::Empty => {
+                let mut buf = BytesMut::with_capacity(size as usize);
+                buf.extend_from_slice(&chunk);
+                Body::Many(buf)
+            }
+            Body::One(first) => {
+                let mut buf = BytesMut::with_capacity(size as usize);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                Body::Many(buf)
+            }
+            Body::Many(mut buf) => {
+                buf.extend_from_slice(&chunk);
+                Body::Many(buf)
+            }
+        };
+        if content.received == size {
+            return self.complete_publish(s, out);
+        }
+        Ok(())
+    }
+
+    pub(super) fn complete_publish(&mut self, s: &Session, out: &mut Output) -> AmqpResult<()> {
+        let Some(content) = self.content.take() else {
+            return Ok(());
+        };
+        let Some(header) = content.header else {
+            return Ok(());
+        };
+        let body = match content.body {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(b) => b.freeze(),
+        };
+        self.publish(s, out, content.publish, header.properties, body)
+            .map_err(|e| e.on_method(60, 40))
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        publish: Publish,
+        properties: Bytes,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        if publish.immediate {
+            return Err(amqp_error!(NotImplemented, "immediate=true"));
+        }
+        let (exchange, cached) = self.resolve(s, &publish.exchange, &publish.routing_key)?;
+        if exchange.internal {
+            return Err(amqp_error!(
+                AccessRefused,
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.name,
+                s.vhost.name
+            ));
+        }
+        let (properties, summary) = self.check_properties(s, properties)?;
+        let (properties, summary, headers, extra_keys) = cc_and_bcc(properties, summary)?;
+        let mut message = Message::new(
+            publish.exchange.clone(),
+            publish.routing_key.clone(),
+            properties,
+            body,
+            &summary,
+        );
+        if !extra_keys.is_empty() {
+            message.extra_routing_keys = Some(extra_keys.clone().into());
+        }
+        let message = Arc::new(message);
+        if let Some(tx) = self.tx.as_mut() {
+            let mut routing_keys = vec![publish.routing_key.clone()];
+            routing_keys.extend(extra_keys);
+            tx.publishes.push(TxPublish {
+                exchange: publish.exchange,
+                routing_key: publish.routing_key,
+                mandatory: publish.mandatory,
+                routing_keys,
+                message,
+                headers,
+            });
+            return Ok(());
+        }
+        let confirm_tag = self.confirms.as_mut().map(Confirms::next_tag);
+        let destination = Destination {
+            exchange: &exchange,
+            cached,
+            exchange_name: &publish.exchange,
+            routing_key: &publish.routing_key,
+            extra_keys: &extra_keys,
+            headers,
+            mandatory: publish.mandatory,
+        };
+        let outcome = self.hand_to_queues(s, out, destination, &message);
+        if let (Some(confirms), Some(tag)) = (self.confirms.as_mut(), confirm_tag) {
+            if outcome.failed {
+                confirms.nack(tag);
+            } else if let Some(epoch) = outcome.sync {
+                // A persistent message on a durable queue: confirmed once it is on disk.
+                confirms.hold(tag, epoch);
+            } else {
+                confirms.ack(tag);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the properties RabbitMQ checks at publish (user_id, expiration) and names this
+    /// channel's reply consumer in a request that expects a direct reply.
+    pub(super) fn check_properties(
+        &self,
+        s: &Session,
+        mut properties: Bytes,
+    ) -> AmqpResult<(Bytes, PropertySummary)> {
+        let mut summary = properties::scan(&properties).map_err(|_| internal_error())?;
+        if let Some(range) = &summary.reply_to
+            && &properties[range.clone()] == reply_to::PSEUDO_QUEUE.as_bytes()
+        {
+            let Some(consumer) = &self.reply_consumer else {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "fast reply consumer does not exist"
+                ));
+            };
+            let name = format!("{}{}", reply_to::PREFIX, consumer.key);
+            properties = properties::replace_reply_to(&properties, &summary, &name)
+                .ok_or_else(internal_error)?;
+            summary = properties::scan(&properties).map_err(|_| internal_error())?;
+        }
+        if let Some(range) = &summary.user_id {
+            let user_id = &properties[range.clone()];
+            if user_id != s.user.name.as_bytes() {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    String::from_utf8_lossy(user_id),
+                    s.user.name
+                ));
+            }
+        }
+        if let Some(range) = &summary.expiration {
+            check_expiration(&properties[range.clone()])?;
+        }
+        Ok((properties, summary))
+    }
+
+    /// Routes a message and enqueues it; hands it to direct reply consumers; returns it to
+    /// the publisher if it is mandatory and went nowhere.
+    pub(super) fn hand_to_queues(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        d: Destination,
+        message: &Arc<Message>,
+    ) -> Outcome {
+        let queues = match d.cached {
+            Some(queues) if d.extra_keys.is_empty() => queues,
+            _ => self.route(
+                s,
+                d.exchange,
+                d.exchange_name,
+                d.routing_key,
+                d.extra_keys,
+                d.headers,
+            ),
+        };
+        let outcome = enqueue(&queues, message);
+        direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, message);
+        if !outcome.routed && d.mandatory {
+            write_return(
+                out.buf(),
+                self.id,
+                312,
+                "NO_ROUTE",
+                d.exchange_name,
+                d.routing_key,
+            );
+            out.content(self.id, &message.properties, &message.body, s.frame_max);
+        }
+        outcome
+    }
+}
+
+/// CC and BCC headers add routing keys; BCC is removed from the message. Returns the
+/// properties (rewritten without BCC), their summary, the decoded headers for headers
+/// exchanges, and the extra routing keys.
+#[allow(clippy::type_complexity)]
+fn cc_and_bcc(
+    mut properties: Bytes,
+    summary: PropertySummary,
+) -> AmqpResult<(Bytes, PropertySummary, Option<FieldTable>, Vec<Bytes>)> {
+    let Some(range) = &summary.headers else {
+        return Ok((properties, summary, None, Vec::new()));
+    };
+    let table = properties::decode_headers(&properties, range).ok_or_else(internal_error)?;
+    let (cc, bcc) = (table::get(&table, "CC"), table::get(&table, "BCC"));
+    if cc.is_none() && bcc.is_none() {
+        return Ok((properties, summary, Some(table), Vec::new()));
+    }
+    let mut extra_keys: Vec<Bytes> = Vec::new();
+    for (name, value) in [("CC", cc), ("BCC", bcc)] {
+        match value {
+            None => {}
+            Some(AMQPValue::FieldArray(keys)) => {
+                for k in keys.as_slice() {
+                    if let AMQPValue::LongString(k) = k {
+                        extra_keys.push(Bytes::copy_from_slice(k.as_bytes()));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "invalid message: {{unacceptable_type_in_header,\"{}\",{}}}",
+                    name,
+                    table::type_name(other)
+                ));
+            }
+        }
+    }
+    if bcc.is_none() {
+        return Ok((properties, summary, Some(table), extra_keys));
+    }
+    let mut stripped = FieldTable::default();
+    for (k, v) in table.inner() {
+        if k.as_str() != "BCC" {
+            stripped.insert(k.clone(), v.clone());
+        }
+    }
+    properties =
+        properties::replace_headers(&properties, &summary, &stripped).ok_or_else(internal_error)?;
+    let summary = properties::scan(&properties).map_err(|_| internal_error())?;
+    Ok((properties, summary, Some(stripped), extra_keys))
+}
+
+/// Hands a message published to the default exchange with a direct reply-to name as a
+/// routing key (or CC/BCC key) to that reply consumer. As in RabbitMQ, this does not count
+/// as routed: a mandatory reply is also returned.
+fn direct_replies(
+    s: &Session,
+    exchange: &Bytes,
+    routing_key: &Bytes,
+    extra_keys: &[Bytes],
+    message: &Arc<Message>,
+) {
+    if !exchange.is_empty() {
+        return;
+    }
+    let prefix = reply_to::PREFIX.as_bytes();
+    for key in std::iter::once(routing_key).chain(extra_keys) {
+        if key.starts_with(prefix) {
+            s.broker.reply_consumers.deliver(key, message);
+        }
+    }
+}
+
+fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
+    let mut outcome = Outcome {
+        routed: false,
+        failed: false,
+        sync: None,
+    };
+    for q in queues {
+        match q.publish(message.clone()) {
+            Enqueued::Deleted => {}
+            Enqueued::Accepted => outcome.routed = true,
+            Enqueued::Persisted(epoch) => {
+                outcome.routed = true;
+                outcome.sync = Some(outcome.sync.map_or(epoch, |e| e.max(epoch)));
+            }
+            Enqueued::Failed | Enqueued::Rejected => {
+                // Routed all the same: a mandatory message is not returned.
+                outcome.routed = true;
+                outcome.failed = true;
+            }
+        }
+    }
+    outcome
+}
+
+/// Validates a per-message `expiration` the way RabbitMQ parses it.
+fn check_expiration(raw: &[u8]) -> AmqpResult<()> {
+    let text = String::from_utf8_lossy(raw);
+    let invalid = |reason: String| {
+        amqp_error!(
+            PreconditionFailed,
+            "invalid expiration '{}': {}",
+            text,
+            reason
+        )
+    };
+    let bytes = text.as_bytes();
+    let (negative, digits_start) = match bytes.first() {
+        Some(b'-') => (true, 1),
+        Some(b'+') => (false, 1),
+        _ => (false, 0),
+    };
+    let digits_end = bytes[digits_start..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(bytes.len(), |p| p + digits_start);
+    if digits_end == digits_start {
+        return Err(invalid("no_integer".into()));
+    }
+    let magnitude: i128 = text[digits_start..digits_end].parse().unwrap_or(i128::MAX);
+    let value = if negative { -magnitude } else { magnitude };
+    if digits_end != bytes.len() {
+        return Err(invalid(format!(
+            "{{leftover_string,\"{}\"}}",
+            &text[digits_end..]
+        )));
+    }
+    if value < 0 {
+        return Err(invalid(format!("{{value_negative,{value}}}")));
+    }
+    if value > crate::broker::arguments::MAX_TTL_MS as i128 {
+        return Err(invalid(format!("{{value_too_large,{value}}}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn same_as_rabbitmq_expiration_texts() {
+        let text = |s: &str| check_expiration(s.as_bytes()).unwrap_err().text;
+        assert_eq!(
+            text("abc"),
+            "PRECONDITION_FAILED - invalid expiration 'abc': no_integer"
+        );
+        assert_eq!(
+            text(""),
+            "PRECONDITION_FAILED - invalid expiration '': no_integer"
+        );
+        assert_eq!(
+            text("-1"),
+            "PRECONDITION_FAILED - invalid expiration '-1': {value_negative,-1}"
+        );
+        assert_eq!(
+            text("10x"),
+            "PRECONDITION_FAILED - invalid expiration '10x': {leftover_string,\"x\"}"
+        );
+        assert_eq!(
+            text("315360000001"),
+            "PRECONDITION_FAILED - invalid expiration '315360000001': {value_too_large,315360000001}"
+        );
+        assert!(check_expiration(b"+5").is_ok());
+        assert!(check_expiration(b"0").is_ok());
+    }
+}

@@ -1,0 +1,137 @@
+//! Settlement: basic.ack, basic.nack and basic.reject from the client (and basic.recover,
+//! and channel close), handed to the queues the deliveries came from.
+
+use std::sync::Arc;
+
+use super::{Channel, ChannelState, TxSettle, Unacked};
+use crate::amqp::session::Session;
+use crate::amqp_error;
+use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock, same_source};
+use crate::broker::queue::entry::QueueEntry;
+use crate::protocol::basic::Settle;
+use crate::protocol::error::{AmqpError, AmqpResult};
+
+/// Settlements for one queue, in delivery order.
+type QueueSettlements = (Arc<dyn DeliverySource>, Vec<(Settled, QueueEntry)>);
+
+impl Channel {
+    pub(super) fn unknown_tag(tag: u64) -> AmqpError {
+        amqp_error!(PreconditionFailed, "unknown delivery tag {}", tag)
+    }
+
+    /// Takes the deliveries an ack/nack/reject names, with RabbitMQ's rules: tag 0 with
+    /// multiple means all; otherwise the tag itself must be outstanding.
+    pub(super) fn take_unacked(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
+        if multiple && tag == 0 {
+            return Ok(self.unacked.drain(..).collect());
+        }
+        let Ok(index) = self.unacked.binary_search_by_key(&tag, |u| u.tag) else {
+            return Err(Self::unknown_tag(tag));
+        };
+        if multiple {
+            Ok(self.unacked.drain(..=index).collect())
+        } else {
+            Ok(self.unacked.remove(index).into_iter().collect())
+        }
+    }
+
+    /// basic.ack, basic.reject or basic.nack from the client.
+    pub fn on_settle(&mut self, method_id: u16, settle: Settle) -> AmqpResult<()> {
+        let err_method = |e: AmqpError| e.on_method(60, method_id);
+        self.expect_method().map_err(err_method)?;
+        let taken = self
+            .take_unacked(settle.delivery_tag, settle.multiple)
+            .map_err(err_method)?;
+        let is_ack = method_id == crate::protocol::basic::ACK;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.settles.push(if is_ack {
+                TxSettle::Ack(taken)
+            } else {
+                TxSettle::Reject(taken, settle.requeue)
+            });
+            return Ok(());
+        }
+        if is_ack {
+            self.settle(taken, None);
+        } else {
+            self.settle(taken, Some(settle.requeue));
+        }
+        Ok(())
+    }
+
+    /// Settles deliveries with their queues: `None` acks, `Some(true)` requeues,
+    /// `Some(false)` discards.
+    pub(super) fn settle(&mut self, taken: Vec<Unacked>, reject: Option<bool>) {
+        if taken.is_empty() {
+            return;
+        }
+        let counted = taken.iter().filter(|u| u.consumer.is_some()).count() as u32;
+        let channel_unblocked = self.prefetch.release(counted);
+        let unblock = if channel_unblocked {
+            Unblock::Channel(&self.prefetch)
+        } else {
+            Unblock::Nobody
+        };
+        // Group by queue, keeping delivery order within each queue.
+        let mut groups: Vec<QueueSettlements> = Vec::new();
+        for u in taken {
+            let settled = Settled {
+                consumer: u.consumer,
+                seq: u.entry.seq,
+                persisted: u.entry.persisted,
+            };
+            match groups.iter_mut().find(|(q, _)| same_source(q, &u.queue)) {
+                Some((_, list)) => list.push((settled, u.entry)),
+                None => groups.push((u.queue, vec![(settled, u.entry)])),
+            }
+        }
+        let settled_queues: Vec<*const ()> = groups
+            .iter()
+            .map(|(q, _)| Arc::as_ptr(q) as *const ())
+            .collect();
+        for (queue, list) in groups {
+            match reject {
+                Some(true) => queue.requeue(list, unblock),
+                Some(false) => queue.reject(list, unblock),
+                None => queue.ack(
+                    list.into_iter().map(|(settled, _)| settled).collect(),
+                    unblock,
+                ),
+            }
+        }
+        if channel_unblocked {
+            // Channel-wide credit came back: every queue this channel consumes from may now
+            // send again, not only those just settled.
+            for q in self.consumed_queues() {
+                if !settled_queues.contains(&(Arc::as_ptr(&q) as *const ())) {
+                    q.kick(Unblock::Channel(&self.prefetch));
+                }
+            }
+        }
+    }
+
+    /// Requeues everything unacknowledged (channel close, basic.recover).
+    pub(super) fn requeue_all(&mut self) {
+        let all: Vec<Unacked> = self.unacked.drain(..).collect();
+        self.settle(all, Some(true));
+    }
+
+    /// Releases everything the channel holds: consumers leave their queues (auto-delete
+    /// queues that lose their last consumer are deleted) and unacknowledged deliveries go
+    /// back to their queues. Called when the channel closes for any reason.
+    pub fn shutdown(&mut self, s: &Session) {
+        self.content = None;
+        self.tx = None;
+        if let Some(reply) = self.reply_consumer.take() {
+            s.broker.reply_consumers.unregister(&reply.key);
+        }
+        for (_, c) in self.consumers.drain() {
+            let removed = c.queue.remove_consumer(c.id);
+            if removed.delete_queue {
+                s.vhost.remove_queue(&c.queue);
+            }
+        }
+        self.requeue_all();
+        self.state = ChannelState::Closing;
+    }
+}

@@ -1,0 +1,119 @@
+//! Transactions: publishes and settlements held back until tx.commit, dropped (settlements
+//! put back) on tx.rollback.
+
+use amq_protocol::protocol::{AMQPClass, tx};
+
+use super::publish::Destination;
+use super::{Channel, Transaction, TxPublish, TxSettle, Unacked, reply};
+use crate::amqp::output::Output;
+use crate::amqp::session::Session;
+use crate::amqp_error;
+use crate::protocol::error::AmqpResult;
+
+impl Channel {
+    pub(super) fn tx_method(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        method: tx::AMQPMethod,
+    ) -> AmqpResult<()> {
+        let id = self.id;
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirms.is_some() {
+                    return Err(amqp_error!(
+                        PreconditionFailed,
+                        "cannot switch from confirm to tx mode"
+                    ));
+                }
+                if self.tx.is_none() {
+                    self.tx = Some(Transaction::default());
+                }
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(tx) = self.tx.as_mut() else {
+                    return Err(amqp_error!(
+                        PreconditionFailed,
+                        "channel is not transactional"
+                    ));
+                };
+                let work = std::mem::take(tx);
+                let mut sync: Option<u64> = None;
+                for p in work.publishes {
+                    if let Some(e) = self.commit_publish(s, out, p) {
+                        sync = Some(sync.map_or(e, |x: u64| x.max(e)));
+                    }
+                }
+                for settle in work.settles {
+                    match settle {
+                        TxSettle::Ack(list) => self.settle(list, None),
+                        TxSettle::Reject(list, requeue) => self.settle(list, Some(requeue)),
+                    }
+                }
+                // Commit-ok promises the persistent messages are on disk.
+                out.hold_until_synced(sync);
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(tx) = self.tx.as_mut() else {
+                    return Err(amqp_error!(
+                        PreconditionFailed,
+                        "channel is not transactional"
+                    ));
+                };
+                let work = std::mem::take(tx);
+                // Acks taken back: those deliveries are unacknowledged again.
+                let mut back: Vec<Unacked> = Vec::new();
+                for settle in work.settles {
+                    match settle {
+                        TxSettle::Ack(list) | TxSettle::Reject(list, _) => back.extend(list),
+                    }
+                }
+                if !back.is_empty() {
+                    back.extend(self.unacked.drain(..));
+                    back.sort_by_key(|u| u.tag);
+                    self.unacked = back.into();
+                }
+                reply(
+                    out,
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+            }
+            _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
+        }
+        Ok(())
+    }
+
+    /// Routes a publish held by a transaction. Returns the epoch that makes it durable.
+    pub(super) fn commit_publish(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        p: TxPublish,
+    ) -> Option<u64> {
+        let Ok((exchange, cached)) = self.resolve(s, &p.exchange, &p.routing_key) else {
+            // The exchange was deleted before the commit: the message is unroutable.
+            return None;
+        };
+        let destination = Destination {
+            exchange: &exchange,
+            cached,
+            exchange_name: &p.exchange,
+            routing_key: &p.routing_key,
+            extra_keys: &p.routing_keys[1..],
+            headers: p.headers,
+            mandatory: p.mandatory,
+        };
+        self.hand_to_queues(s, out, destination, &p.message).sync
+    }
+}

@@ -1,0 +1,193 @@
+//! Closing: the connection's own Close, shutting its channels down, draining the outbox
+//! (deliveries get their tags here; events such as a cancelled consumer or a forced close
+//! are acted on), and giving back whatever the connection held when it ends.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, basic as amqp_basic, connection as amqp_connection};
+use amq_protocol::types::ShortString;
+use tokio::time::Duration;
+use tokio::time::Instant;
+
+use super::{CLOSE_TIMEOUT, Connection, Exit, HANDSHAKE_FAILURE_DELAY, Phase};
+use crate::amqp::outbox::OutboxEvent;
+use crate::broker::queue::delivery::{Delivery, DeliverySource, Unblock, same_source};
+use crate::protocol::error::AmqpError;
+use crate::protocol::method::write_method;
+
+impl Connection {
+    pub(super) fn write_close(&mut self, e: &AmqpError) {
+        let close = amqp_connection::Close {
+            reply_code: e.code.code(),
+            reply_text: ShortString::from(e.wire_text().into_owned()),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        };
+        write_method(
+            self.out.buf(),
+            0,
+            &AMQPClass::Connection(amqp_connection::AMQPMethod::Close(close)),
+        );
+    }
+
+    /// Closes the connection with an error: channels give back what they hold, the client
+    /// gets Connection.Close and has until the deadline to answer.
+    pub(super) fn close_connection(&mut self, e: AmqpError, fatal: bool) {
+        if matches!(
+            self.phase,
+            Phase::Closing { .. } | Phase::Finished { .. } | Phase::Dropping { .. }
+        ) {
+            return;
+        }
+        tracing::warn!(
+            peer = %self.peer,
+            code = e.code.code(),
+            text = %e.text,
+            class_id = e.class_id,
+            method_id = e.method_id,
+            "closing connection on error"
+        );
+        self.shutdown_channels();
+        self.write_close(&e);
+        let wait = if fatal {
+            HANDSHAKE_FAILURE_DELAY
+        } else if (1..30).contains(&self.heartbeat_s) {
+            Duration::from_secs(self.heartbeat_s as u64)
+        } else {
+            CLOSE_TIMEOUT
+        };
+        self.phase = Phase::Closing {
+            deadline: Instant::now() + wait,
+            fatal,
+        };
+    }
+
+    pub(super) fn shutdown_channels(&mut self) {
+        if let Some(session) = &self.session {
+            for ch in &mut self.channels {
+                ch.shutdown(session);
+            }
+        }
+        self.channels.clear();
+    }
+
+    // ---- the outbox -----------------------------------------------------------------------
+
+    /// Turns what queues pushed into frames: deliveries get their delivery tags here.
+    pub(super) fn drain_outbox(&mut self) {
+        let mut drained = std::mem::take(&mut self.drained);
+        self.outbox.drain(&mut drained);
+        let mut undelivered: Vec<Delivery> = Vec::new();
+        let now = std::time::Instant::now();
+        for d in drained.deliveries.drain(..) {
+            match self.channel_index(d.channel) {
+                Ok(i) => match self.channels[i].deliver(d, &mut self.out, self.frame_max, now) {
+                    Ok(bytes) => self.unflushed_delivery_bytes += bytes,
+                    Err(d) => {
+                        if !d.no_ack && self.channels[i].prefetch().release(1) {
+                            for q in self.channels[i].consumed_queues() {
+                                q.kick(Unblock::Channel(self.channels[i].prefetch()));
+                            }
+                        }
+                        undelivered.push(d);
+                    }
+                },
+                Err(_) => undelivered.push(d),
+            }
+        }
+        for event in drained.events.drain(..) {
+            self.on_event(event);
+        }
+        self.drained = drained;
+        return_to_queues(undelivered);
+    }
+
+    pub(super) fn on_event(&mut self, event: OutboxEvent) {
+        match event {
+            OutboxEvent::ConsumerCancelled {
+                channel,
+                consumer_tag,
+            } => {
+                if let Ok(i) = self.channel_index(channel)
+                    && self.channels[i].is_open()
+                    && self.channels[i].consumer_cancelled(&consumer_tag)
+                    && self.capabilities.consumer_cancel_notify
+                {
+                    let tag = String::from_utf8_lossy(&consumer_tag).into_owned();
+                    write_method(
+                        self.out.buf(),
+                        channel,
+                        &AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(amqp_basic::Cancel {
+                            consumer_tag: ShortString::from(tag),
+                            nowait: true,
+                        })),
+                    );
+                }
+            }
+            OutboxEvent::DirectReply {
+                channel,
+                key,
+                message,
+            } => {
+                // Counted as pending when pushed: count it as written once the output
+                // drains, whether or not the consumer was still there to take it.
+                self.unflushed_delivery_bytes += message.wire_size();
+                if let Ok(i) = self.channel_index(channel) {
+                    self.channels[i].direct_reply(&key, &message, &mut self.out, self.frame_max);
+                }
+            }
+            OutboxEvent::Close { code, text } => {
+                if matches!(self.phase, Phase::Running | Phase::Open) {
+                    self.shutdown_channels();
+                    let close = amqp_connection::Close {
+                        reply_code: code,
+                        reply_text: ShortString::from(text),
+                        class_id: 0,
+                        method_id: 0,
+                    };
+                    write_method(
+                        self.out.buf(),
+                        0,
+                        &AMQPClass::Connection(amqp_connection::AMQPMethod::Close(close)),
+                    );
+                }
+                self.finish();
+            }
+        }
+    }
+
+    /// Releases everything the connection held, however it ended.
+    pub(super) fn cleanup(&mut self, exit: Exit) {
+        self.shutdown_channels();
+        let left = self.outbox.close_and_drain();
+        return_to_queues(left.deliveries);
+        if let Some(session) = &self.session {
+            session.vhost.remove_exclusive_queues(self.id);
+        }
+        self.broker.connections.unregister(self.id);
+        match exit {
+            Exit::Done(reason) => {
+                if self.session.is_some() {
+                    tracing::info!(peer = %self.peer, reason, "connection closed");
+                } else {
+                    tracing::debug!(peer = %self.peer, reason, "connection closed during handshake");
+                }
+            }
+            Exit::Io(e) => tracing::info!(peer = %self.peer, error = %e, "connection lost"),
+        }
+    }
+}
+
+/// Gives deliveries that never reached their channel back to their queues.
+fn return_to_queues(deliveries: Vec<Delivery>) {
+    let mut groups: Vec<(Arc<dyn DeliverySource>, Vec<Delivery>)> = Vec::new();
+    for d in deliveries {
+        match groups.iter_mut().find(|(q, _)| same_source(q, &d.source)) {
+            Some((_, list)) => list.push(d),
+            None => groups.push((d.source.clone(), vec![d])),
+        }
+    }
+    for (q, list) in groups {
+        q.return_undelivered(list);
+    }
+}

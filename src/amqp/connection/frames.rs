@@ -1,0 +1,334 @@
+//! Input: the protocol header, splitting frames out of the read buffer, and routing each
+//! frame to the connection (channel 0) or to its channel, with RabbitMQ's answers to frames
+//! that do not belong where they came.
+
+use amq_protocol::protocol::AMQPClass;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::replies::{
+    cannot_decode, method_error, unknown_method, write_channel_close, write_channel_close_ok,
+};
+use super::{CLOSE_TIMEOUT, Connection, HANDSHAKE_FAILURE_DELAY, Phase};
+use crate::amqp::channel::{After, Channel};
+use crate::amqp_error;
+use crate::protocol::basic as hot;
+use crate::protocol::error::AmqpError;
+use crate::protocol::frame::{
+    FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FrameHeader, PROTOCOL_HEADER,
+    check_frame_end, octets_description, peek_frame,
+};
+use crate::protocol::method::{method_ids, parse_method, write_method};
+
+impl Connection {
+    /// Parses and handles every complete frame in the read buffer.
+    pub(super) fn process_input(&mut self) {
+        loop {
+            match self.phase {
+                Phase::Dropping { .. } | Phase::Finished { .. } => {
+                    self.rbuf.clear();
+                    return;
+                }
+                Phase::Closing { fatal: true, .. } => {
+                    self.rbuf.clear();
+                    return;
+                }
+                Phase::Header => {
+                    if self.rbuf.len() < PROTOCOL_HEADER.len() {
+                        return;
+                    }
+                    let header = self.rbuf.split_to(PROTOCOL_HEADER.len());
+                    self.on_protocol_header(&header);
+                    continue;
+                }
+                _ => {}
+            }
+            let header = match peek_frame(&self.rbuf, self.frame_max) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail_framing(e);
+                    return;
+                }
+            };
+            let total = header.total_len();
+            if self.rbuf.len() < total {
+                self.rbuf.reserve(total - self.rbuf.len());
+                break;
+            }
+            if let Err(e) = check_frame_end(&self.rbuf, &header) {
+                self.fail_framing(e);
+                return;
+            }
+            let mut frame = self.rbuf.split_to(total);
+            frame.advance(7);
+            frame.truncate(header.size as usize);
+            self.on_frame(header, frame.freeze());
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            // Give the read buffer back between bursts: idle connections hold no buffer.
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    pub(super) fn on_protocol_header(&mut self, header: &[u8]) {
+        // RabbitMQ also accepts the header of the 0-9 draft and answers it as 0-9-1.
+        if header == PROTOCOL_HEADER || header == b"AMQP\x01\x01\x00\x09" {
+            self.send_start();
+            self.phase = Phase::StartOk;
+        } else {
+            self.out.buf().extend_from_slice(PROTOCOL_HEADER);
+            self.finish();
+        }
+    }
+
+    /// Moves to Finished: flush what is queued, then close.
+    pub(super) fn finish(&mut self) {
+        self.phase = Phase::Finished {
+            deadline: Instant::now() + CLOSE_TIMEOUT,
+        };
+    }
+
+    pub(super) fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::StartOk | Phase::TuneOk)
+    }
+
+    /// A framing error: before Tune-Ok the connection is dropped silently, afterwards the
+    /// client gets a Connection.Close and the socket closes 3 s later whatever it answers.
+    pub(super) fn fail_framing(&mut self, e: AmqpError) {
+        if self.in_handshake() {
+            self.drop_silently();
+        } else {
+            self.close_connection(e, true);
+        }
+    }
+
+    /// RabbitMQ's answer to a failed handshake: nothing, and the socket closed 3 s later.
+    pub(super) fn drop_silently(&mut self) {
+        self.phase = Phase::Dropping {
+            at: Instant::now() + HANDSHAKE_FAILURE_DELAY,
+        };
+    }
+
+    pub(super) fn on_frame(&mut self, header: FrameHeader, payload: Bytes) {
+        let result = match header.kind {
+            FRAME_HEARTBEAT if payload.is_empty() => {
+                if header.channel == 0 {
+                    return;
+                }
+                Err(amqp_error!(
+                    UnexpectedFrame,
+                    "{}",
+                    octets_description(header.kind, &payload)
+                ))
+            }
+            FRAME_METHOD if payload.len() >= 4 => {
+                if header.channel == 0 {
+                    self.on_connection_method(&payload);
+                    return;
+                }
+                self.on_channel_frame(header, payload)
+            }
+            FRAME_HEADER if payload.len() >= 12 => {
+                if header.channel == 0 {
+                    Err(amqp_error!(
+                        UnexpectedFrame,
+                        "{}",
+                        octets_description(header.kind, &payload)
+                    ))
+                } else {
+                    self.on_channel_frame(header, payload)
+                }
+            }
+            FRAME_BODY => {
+                if header.channel == 0 {
+                    Err(amqp_error!(
+                        UnexpectedFrame,
+                        "{}",
+                        octets_description(header.kind, &payload)
+                    ))
+                } else {
+                    self.on_channel_frame(header, payload)
+                }
+            }
+            kind => Err(amqp_error!(
+                FrameError,
+                "{}: unknown_frame",
+                octets_description(kind, &payload)
+            )),
+        };
+        if let Err(e) = result {
+            if self.in_handshake() {
+                self.drop_silently();
+            } else {
+                self.close_connection(e, false);
+            }
+        }
+    }
+
+    pub(super) fn channel_index(&self, id: u16) -> Result<usize, usize> {
+        self.channels.binary_search_by_key(&id, |c| c.id)
+    }
+
+    pub(super) fn on_channel_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: Bytes,
+    ) -> Result<(), AmqpError> {
+        match self.phase {
+            Phase::Running => {}
+            Phase::Closing { .. } => return Ok(()),
+            Phase::Open => {
+                return Err(amqp_error!(
+                    UnexpectedFrame,
+                    "{}",
+                    octets_description(header.kind, &payload)
+                ));
+            }
+            _ => {
+                self.drop_silently();
+                return Ok(());
+            }
+        }
+        let ids = if header.kind == FRAME_METHOD {
+            method_ids(&payload)
+        } else {
+            None
+        };
+        let index = match self.channel_index(header.channel) {
+            Ok(i) => i,
+            Err(at) => return self.on_unopened_channel(header.channel, at, ids, &payload),
+        };
+        let Connection {
+            channels,
+            session,
+            out,
+            ..
+        } = self;
+        let Some(session) = session.as_ref() else {
+            return Ok(());
+        };
+        let ch = &mut channels[index];
+        if !ch.is_open() {
+            // Closing: wait for Close-Ok, answer Close, ignore the rest.
+            return match ids {
+                Some((20, 41)) => {
+                    channels.remove(index);
+                    Ok(())
+                }
+                Some((20, 40)) => {
+                    write_channel_close_ok(out, header.channel);
+                    Ok(())
+                }
+                Some((20, 10)) => {
+                    Err(amqp_error!(ChannelError, "second 'channel.open' seen").on_method(20, 10))
+                }
+                Some((c, m)) if !crate::protocol::method::is_known(c, m) => {
+                    Err(unknown_method(c, m))
+                }
+                _ => Ok(()),
+            };
+        }
+        let result = match header.kind {
+            FRAME_METHOD => match ids {
+                Some((hot::CLASS_BASIC, hot::PUBLISH)) => hot::parse_publish(&payload)
+                    .map_err(|_| cannot_decode(&payload))
+                    .and_then(|p| ch.on_publish(p)),
+                Some((hot::CLASS_BASIC, m @ (hot::ACK | hot::REJECT | hot::NACK))) => {
+                    hot::parse_settle(m, &payload)
+                        .map_err(|_| cannot_decode(&payload))
+                        .and_then(|s| ch.on_settle(m, s))
+                }
+                Some((20, 41)) => {
+                    Err(amqp_error!(CommandInvalid, "unimplemented method").on_method(20, 41))
+                }
+                Some((hot::CLASS_BASIC, 10))
+                    if hot::qos_prefetch_size(&payload).is_some_and(|n| n != 0) =>
+                {
+                    let size = hot::qos_prefetch_size(&payload).unwrap_or_default();
+                    Err(amqp_error!(NotImplemented, "prefetch_size!=0 ({})", size)
+                        .on_method(60, 10))
+                }
+                _ => match parse_method(&payload) {
+                    Err(e) => Err(method_error(e, &payload, false)),
+                    Ok(method) => match ch.handle(session, out, method) {
+                        Ok(After::Closed) => {
+                            write_channel_close_ok(out, header.channel);
+                            channels.remove(index);
+                            Ok(())
+                        }
+                        Ok(After::Nothing) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                },
+            },
+            FRAME_HEADER => match hot::parse_content_header(&payload) {
+                Ok(h) => ch.on_header(session, out, h),
+                Err(_) => Err(amqp_error!(
+                    FrameError,
+                    "{}: unknown_frame",
+                    octets_description(header.kind, &payload)
+                )),
+            },
+            _ => ch.on_body(session, out, payload),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_hard() => Err(e),
+            Err(e) => {
+                // A soft error closes only this channel, after it has given back what it held.
+                if let Ok(i) = self.channel_index(header.channel) {
+                    let (channels, session, out) =
+                        (&mut self.channels, &self.session, &mut self.out);
+                    if let Some(session) = session {
+                        channels[i].shutdown(session);
+                    }
+                    tracing::debug!(peer = %self.peer, channel = header.channel, code = e.code.code(), text = %e.text, "channel error");
+                    write_channel_close(out, header.channel, &e);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn on_unopened_channel(
+        &mut self,
+        id: u16,
+        at: usize,
+        ids: Option<(u16, u16)>,
+        payload: &[u8],
+    ) -> Result<(), AmqpError> {
+        match ids {
+            Some((20, 10)) => {
+                if crate::protocol::method::parse_method(payload).is_err() {
+                    return Err(cannot_decode(payload).on_method(20, 10));
+                }
+                if self.channels.len() >= self.channel_max as usize {
+                    return Err(amqp_error!(
+                        NotAllowed,
+                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.channels.len(),
+                        self.channel_max
+                    ));
+                }
+                self.channels.insert(
+                    at,
+                    Channel::new(id, self.broker.config.limits.max_unacked_per_channel),
+                );
+                write_method(
+                    self.out.buf(),
+                    id,
+                    &AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(
+                        amq_protocol::protocol::channel::OpenOk {},
+                    )),
+                );
+                Ok(())
+            }
+            Some((c, m)) if !crate::protocol::method::is_known(c, m) => Err(unknown_method(c, m)),
+            Some((c, m)) => {
+                Err(amqp_error!(ChannelError, "expected 'channel.open'").on_method(c, m))
+            }
+            None => Err(amqp_error!(ChannelError, "expected 'channel.open'")),
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! A client connection: one task that owns the transport, reads and parses frames in place,
+//! runs them against its channels, drains deliveries from its outbox and writes everything
+//! back in batches.
+//!
+//! The task loops over: parse every complete frame in the read buffer; drain the outbox into
+//! the output; flush confirms; write as much as the transport takes; then wait until the
+//! transport is readable (or writable, when output is pending), the outbox has something, or
+//! a timer (heartbeat, handshake, close) is due.
+//!
+//! This file is the task's loop, its I/O and its timers. Beside it: parsing and routing
+//! frames ([`frames`]), the handshake and connection methods ([`handshake`]), closing and
+//! draining the outbox ([`close`]), and the frames and errors it writes ([`replies`]).
+
+mod close;
+mod frames;
+mod handshake;
+mod replies;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::time::Instant;
+
+use super::channel::Channel;
+use super::outbox::{Drained, Outbox};
+use super::output::{Output, iovecs};
+use super::session::{ClientCapabilities, Session};
+use crate::auth;
+use crate::broker::Broker;
+use crate::broker::queue::Queue;
+use crate::broker::queue::delivery::{DeliverySource, Unblock};
+use crate::config::MIN_FRAME_MAX_BYTES;
+use crate::net::Transport;
+use crate::protocol::frame::write_heartbeat;
+use replies::write_channel_close;
+
+pub(super) const HANDSHAKE_FAILURE_DELAY: Duration = Duration::from_secs(3);
+/// How long to wait for Close-Ok after sending Connection.Close, at most.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Waiting for the 8-byte protocol header.
+    Header,
+    /// Connection.Start sent.
+    StartOk,
+    /// Connection.Tune sent.
+    TuneOk,
+    /// Tuned; waiting for Connection.Open.
+    Open,
+    Running,
+    /// Connection.Close sent; only Close and Close-Ok on channel 0 matter until the deadline.
+    /// `fatal` closes are not answered: the socket goes at the deadline whatever arrives.
+    Closing {
+        deadline: Instant,
+        fatal: bool,
+    },
+    /// Send nothing more and close the socket at `at`, as RabbitMQ does after a failed
+    /// handshake.
+    Dropping {
+        at: Instant,
+    },
+    /// Write what is queued, then close; give up on a client that does not read by the
+    /// deadline.
+    Finished {
+        deadline: Instant,
+    },
+}
+
+/// Why the connection task stopped.
+#[derive(Debug)]
+pub(super) enum Exit {
+    /// The connection ended the normal way (close handshake or dropped on purpose).
+    Done(&'static str),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Exit {
+    fn from(e: std::io::Error) -> Self {
+        Exit::Io(e)
+    }
+}
+
+/// A client connection and everything it owns.
+pub struct Connection {
+    broker: Arc<Broker>,
+    transport: Transport,
+    peer: SocketAddr,
+    id: u64,
+    outbox: Arc<Outbox>,
+    phase: Phase,
+    /// Bytes read from the socket and not yet parsed.
+    rbuf: BytesMut,
+    out: Output,
+    /// Largest frame accepted from the client: 4096 until Tune-Ok, then the negotiated value.
+    frame_max: u32,
+    channel_max: u16,
+    /// Negotiated heartbeat in seconds; 0 disables heartbeats.
+    heartbeat_s: u16,
+    last_recv: Instant,
+    last_send: Instant,
+    accepted_at: Instant,
+    capabilities: ClientCapabilities,
+    user: Option<Arc<auth::User>>,
+    /// Client name for logs (`connection_name` client property).
+    client_name: String,
+    session: Option<Session>,
+    /// Open channels, sorted by id.
+    channels: Vec<Channel>,
+    /// Reused buffers for draining the outbox.
+    drained: Drained,
+    /// Bytes of deliveries encoded into `out` since it was last empty.
+    unflushed_delivery_bytes: usize,
+    /// Changes when the store syncs: wakes the task to send held confirms and replies.
+    synced: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(
+    broker: Arc<Broker>,
+    transport: Transport,
+    peer: SocketAddr,
+    outbox: Arc<Outbox>,
+) {
+    let now = Instant::now();
+    let synced = broker.store.shared.subscribe();
+    let mut conn = Connection {
+        synced,
+        frame_max: MIN_FRAME_MAX_BYTES,
+        channel_max: broker.config.limits.channel_max,
+        heartbeat_s: 0,
+        broker,
+        transport,
+        peer,
+        id: outbox.connection_id,
+        outbox,
+        phase: Phase::Header,
+        rbuf: BytesMut::new(),
+        out: Output::default(),
+        last_recv: now,
+        last_send: now,
+        accepted_at: now,
+        capabilities: ClientCapabilities::default(),
+        user: None,
+        client_name: String::new(),
+        session: None,
+        channels: Vec::new(),
+        drained: Drained::default(),
+        unflushed_delivery_bytes: 0,
+    };
+    let exit = conn.run().await;
+    conn.cleanup(exit);
+}
+
+impl Connection {
+    async fn run(&mut self) -> Exit {
+        loop {
+            if let Err(exit) = self.step() {
+                return exit;
+            }
+            if let Err(e) = self.flush() {
+                return Exit::Io(e);
+            }
+            if matches!(self.phase, Phase::Finished { .. }) && self.out.is_empty() {
+                return Exit::Done("closed");
+            }
+            if let Err(exit) = self.wait().await {
+                return exit;
+            }
+        }
+    }
+
+    /// Does all the work that needs no waiting.
+    fn step(&mut self) -> Result<(), Exit> {
+        self.process_input();
+        if matches!(
+            self.phase,
+            Phase::Running | Phase::Closing { .. } | Phase::Finished { .. }
+        ) {
+            self.drain_outbox();
+        }
+        let synced = self.broker.store.shared.synced();
+        self.out.release_holds(synced);
+        for ch in &mut self.channels {
+            ch.flush_confirms(&mut self.out, synced);
+        }
+        Ok(())
+    }
+
+    /// Whether something waits for the store to sync.
+    fn waiting_for_sync(&self) -> bool {
+        self.out.has_holds() || self.channels.iter().any(Channel::waiting_for_sync)
+    }
+
+    /// Waits for the socket, the outbox or a timer.
+    async fn wait(&mut self) -> Result<(), Exit> {
+        let now = Instant::now();
+        let deadline = self.next_deadline(now);
+        if deadline <= now {
+            return self.on_timer(now);
+        }
+        let reading = match self.phase {
+            Phase::Dropping { .. } | Phase::Finished { .. } => false,
+            Phase::Closing { fatal, .. } => !fatal,
+            // Stop reading while a client does not read what we send it.
+            _ => self.out.len() < self.output_limit(),
+        };
+        let writing = self.out.writable_len() > 0;
+        let syncing = self.waiting_for_sync();
+        let interest = match (reading, writing) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        };
+        tokio::select! {
+            ready = async {
+                match interest {
+                    Some(i) => self.transport.ready(i).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let ready = ready?;
+                if ready.is_readable() {
+                    self.read()?;
+                }
+            }
+            _ = self.outbox.notified() => {}
+            _ = self.synced.changed(), if syncing => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return self.on_timer(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    fn output_limit(&self) -> usize {
+        4 * self.broker.config.limits.connection_outbox_bytes
+    }
+
+    fn read(&mut self) -> Result<(), Exit> {
+        let chunk = self.broker.config.limits.read_chunk_bytes;
+        if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
+            self.rbuf.reserve(chunk);
+        }
+        match self.transport.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Err(Exit::Done("client closed the socket")),
+            Ok(_) => {
+                self.last_recv = Instant::now();
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(Exit::Io(e)),
+        }
+    }
+
+    /// Writes as much output as the socket takes without waiting.
+    fn flush(&mut self) -> std::io::Result<()> {
+        while self.out.writable_len() > 0 {
+            let mut iov = iovecs();
+            let n = self.out.slices(&mut iov);
+            match self.transport.try_write_vectored(&iov[..n]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    self.out.consume(written);
+                    self.last_send = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out.is_empty() {
+            self.out.shrink();
+            let delivered = std::mem::take(&mut self.unflushed_delivery_bytes);
+            if self.outbox.written(delivered) {
+                // Queues skipped our consumers while we were full: ask them again.
+                for q in self.consumed_queues() {
+                    q.kick(Unblock::Sink(self.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn consumed_queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<Arc<Queue>> = Vec::new();
+        for ch in &self.channels {
+            for q in ch.consumed_queues() {
+                if !all.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                    all.push(q);
+                }
+            }
+        }
+        all
+    }
+
+    // ---- timers ---------------------------------------------------------------------------
+
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let far = now + Duration::from_secs(3600);
+        let mut deadline = far;
+        match self.phase {
+            Phase::Header | Phase::StartOk | Phase::TuneOk | Phase::Open => {
+                deadline = deadline.min(
+                    self.accepted_at
+                        + Duration::from_secs(self.broker.config.limits.handshake_timeout_s),
+                );
+            }
+            Phase::Closing { deadline: d, .. } => deadline = deadline.min(d),
+            Phase::Dropping { at } => deadline = deadline.min(at),
+            Phase::Finished { deadline: d } => deadline = deadline.min(d),
+            Phase::Running => {}
+        }
+        if self.heartbeat_s > 0 && !matches!(self.phase, Phase::Dropping { .. }) {
+            let hb = Duration::from_secs(self.heartbeat_s as u64);
+            deadline = deadline.min(self.last_send + hb / 2);
+            deadline = deadline.min(self.last_recv + hb * 2);
+        }
+        for ch in &self.channels {
+            if let Some(at) = ch.next_timeout() {
+                deadline = deadline.min(Instant::from_std(at));
+            }
+        }
+        deadline
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Result<(), Exit> {
+        match self.phase {
+            Phase::Header | Phase::StartOk | Phase::TuneOk | Phase::Open
+                if now
+                    >= self.accepted_at
+                        + Duration::from_secs(self.broker.config.limits.handshake_timeout_s) =>
+            {
+                return Err(Exit::Done("handshake timed out"));
+            }
+            Phase::Closing { deadline, .. } if now >= deadline => {
+                return Err(Exit::Done("no close-ok from client"));
+            }
+            Phase::Dropping { at } if now >= at => {
+                return Err(Exit::Done("dropped after a failed handshake"));
+            }
+            Phase::Finished { deadline } if now >= deadline => {
+                return Err(Exit::Done("client stopped reading while being closed"));
+            }
+            _ => {}
+        }
+        if self.heartbeat_s > 0 {
+            let hb = Duration::from_secs(self.heartbeat_s as u64);
+            if now >= self.last_recv + hb * 2 {
+                tracing::warn!(
+                    peer = %self.peer,
+                    timeout_s = self.heartbeat_s,
+                    "missed heartbeats from client; closing the connection"
+                );
+                return Err(Exit::Done("missed heartbeats"));
+            }
+            if now >= self.last_send + hb / 2 {
+                // Output still waiting means the client is not reading: a heartbeat would
+                // only queue behind it. Either way the interval starts again now.
+                if self.out.is_empty() {
+                    write_heartbeat(self.out.buf());
+                }
+                self.last_send = now;
+            }
+        }
+        self.check_consumer_timeouts(now);
+        Ok(())
+    }
+
+    /// Closes channels holding a delivery unacknowledged past its consumer timeout.
+    fn check_consumer_timeouts(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        for i in 0..self.channels.len() {
+            if !self.channels[i].is_open() {
+                continue;
+            }
+            let Some(e) = self.channels[i].check_timeouts(now.into_std()) else {
+                continue;
+            };
+            let id = self.channels[i].id;
+            tracing::warn!(peer = %self.peer, channel = id, text = %e.text, "consumer timed out waiting for delivery acknowledgement");
+            if let Some(session) = &self.session {
+                self.channels[i].shutdown(session);
+            }
+            write_channel_close(&mut self.out, id, &e);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The registry of live client connections: how the broker reaches every connection to close
+//! it (shutdown, an operator) without knowing what protocol it speaks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+/// What the broker can ask of a live connection.
+pub trait ConnectionControl: Send + Sync {
+    /// Close the connection, telling the client `code` and `text` (e.g. 320
+    /// CONNECTION_FORCED).
+    fn close(&self, code: u16, text: String);
+}
+
+/// Live connections by id.
+pub struct Connections {
+    live: DashMap<u64, Arc<dyn ConnectionControl>>,
+    next_id: AtomicU64,
+    /// Set once shutdown began: new connections are refused.
+    shutting_down: AtomicBool,
+    /// Connections accepted at most.
+    max_connections: usize,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("live", &self.live.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    pub fn new(max_connections: usize) -> Self {
+        Connections {
+            live: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            max_connections,
+        }
+    }
+
+    /// Registers a new connection made by `make` from its id, unless the broker is full or
+    /// shutting down.
+    pub fn register<T: ConnectionControl + 'static>(
+        &self,
+        make: impl FnOnce(u64) -> Arc<T>,
+    ) -> Option<Arc<T>> {
+        if self.shutting_down.load(Ordering::Acquire) || self.live.len() >= self.max_connections {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = make(id);
+        self.live.insert(id, conn.clone());
+        Some(conn)
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.live.remove(&id);
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Refuses new connections and asks every live one to close with 320 CONNECTION_FORCED.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for c in self.live.iter() {
+            c.value().close(
+                320,
+                "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+                    .into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Exchanges: where a published message goes.
+//!
+//! An exchange keeps the bindings whose source it is in a [`Bindings`] index shaped by its
+//! type, so that routing answers "which destinations match this routing key" without scanning
+//! every binding: a hash map for direct, a trie for topic ([`topic`]), a plain list for fanout,
+//! matchers for headers ([`headers`]).
+
+pub mod bindings;
+pub mod headers;
+pub mod topic;
+
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use amq_protocol::types::FieldTable;
+
+use bindings::Bindings;
+pub use bindings::ExchangeKind;
+
+use crate::broker::queue::Queue;
+use crate::protocol::error::AmqpResult;
+use crate::protocol::table;
+
+/// Where a binding leads.
+#[derive(Clone)]
+pub enum Destination {
+    Queue(Arc<Queue>),
+    Exchange(Arc<Exchange>),
+}
+
+impl Destination {
+    /// A key that identifies the destination object (not its name: a queue deleted and
+    /// declared again is a different destination).
+    pub fn identity(&self) -> usize {
+        match self {
+            Destination::Queue(q) => Arc::as_ptr(q) as usize,
+            Destination::Exchange(x) => Arc::as_ptr(x) as usize,
+        }
+    }
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
+            (Destination::Exchange(a), Destination::Exchange(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Queue(q) => write!(f, "queue {:?}", q.name),
+            Destination::Exchange(x) => write!(f, "exchange {:?}", x.name),
+        }
+    }
+}
+
+/// A binding to a queue or an exchange.
+pub type Binding = bindings::Binding<Destination>;
+
+/// An exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    /// Deleted when its last binding as a source goes away.
+    pub auto_delete: bool,
+    /// Clients may not publish to it directly; other exchanges may route to it.
+    pub internal: bool,
+    /// Arguments as declared (`alternate-exchange` is the one RabbitMQ interprets).
+    pub arguments: FieldTable,
+    /// The name of the alternate exchange, if the arguments name one.
+    pub alternate_exchange: Option<String>,
+    /// The alternate exchange a policy names, used when the arguments name none. Only read
+    /// for messages the exchange's own bindings did not route.
+    policy_alternate_exchange: Mutex<Option<String>>,
+    bindings: RwLock<Bindings<Destination>>,
+}
+
+impl Exchange {
+    pub fn new(
+        name: String,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        let alternate_exchange = table::get(&arguments, "alternate-exchange")
+            .and_then(table::as_str)
+            .map(str::to_owned);
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            alternate_exchange,
+            policy_alternate_exchange: Mutex::new(None),
+            bindings: RwLock::new(Bindings::new(kind)),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Bindings<Destination>> {
+        self.bindings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Bindings<Destination>> {
+        self.bindings.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The alternate exchange in force: the argument's, else the policy's.
+    pub fn alternate(&self) -> Option<String> {
+        self.alternate_exchange.clone().or_else(|| {
+            self.policy_alternate_exchange
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+
+    /// Sets the alternate exchange a policy names (None when no policy applies).
+    pub fn set_policy_alternate(&self, name: Option<String>) {
+        *self
+            .policy_alternate_exchange
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    /// Adds a binding from this exchange. Returns false if it already existed.
+    pub fn bind(&self, binding: Binding) -> AmqpResult<bool> {
+        self.write().bind(binding)
+    }
+
+    /// Removes a binding; returns whether it existed.
+    pub fn unbind(&self, binding: &Binding) -> bool {
+        self.write().unbind(binding)
+    }
+
+    /// Whether this exchange is the source of any binding.
+    pub fn has_bindings(&self) -> bool {
+        !self.read().is_empty()
+    }
+
+    /// A copy of this exchange's bindings.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.read().list().to_vec()
+    }
+
+    /// Calls `found` for each destination matching a message (see [`Bindings::route`]).
+    pub fn route(
+        &self,
+        routing_keys: &[&[u8]],
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        found: &mut dyn FnMut(&Destination),
+    ) {
+        self.read().route(routing_keys, headers, found);
+    }
+}
+
+impl PartialEq for Exchange {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}

@@ -1,0 +1,93 @@
+//! The broker: users, virtual hosts with their exchanges and queues, the live connections,
+//! and the services they share (store, memory budget, timers, background worker).
+//!
+//! This layer knows nothing of AMQP connections or channels: queues hand deliveries to a
+//! [`queue::delivery::DeliverySink`], direct replies go to a [`reply_to::ReplySink`], and
+//! connections are reached through [`connections::ConnectionControl`]. The AMQP layer above
+//! implements those traits; so can a management API or a future stream or cluster follower.
+
+pub mod arguments;
+pub mod connections;
+pub mod exchange;
+pub mod memory;
+pub mod message;
+pub mod policy;
+pub mod queue;
+mod recovery;
+pub mod reply_to;
+pub mod timer;
+pub mod vhost;
+pub mod worker;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::auth::User;
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::definitions::DefinitionsStore;
+use connections::Connections;
+use memory::Memory;
+pub use recovery::RecoveryReport;
+use reply_to::ReplyConsumers;
+use timer::Timers;
+use vhost::VirtualHost;
+use worker::Worker;
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: Config,
+    /// Queue logs and the sync thread.
+    pub store: Arc<Store>,
+    /// Durable definitions.
+    pub definitions: Arc<DefinitionsStore>,
+    /// Message bytes held in memory, against the budget.
+    pub memory: Arc<Memory>,
+    users: DashMap<String, Arc<User>>,
+    vhosts: DashMap<String, Arc<VirtualHost>>,
+    /// Live connections, to reach them at shutdown.
+    pub connections: Connections,
+    /// Direct reply-to consumers, by the key in their reply names.
+    pub reply_consumers: ReplyConsumers,
+    /// The timer thread that expires messages and queues.
+    pub timers: Arc<Timers>,
+    /// The background thread that routes dead letters.
+    pub worker: Arc<Worker>,
+}
+
+impl Broker {
+    /// Flushes and syncs everything and rewrites the definitions snapshot, so that the next
+    /// start has nothing to replay. Called at shutdown.
+    pub fn close_store(&self) {
+        self.worker.stop();
+        if let Err(e) = self.definitions.write_snapshot() {
+            tracing::error!(error = %e, "cannot write the definitions snapshot");
+        }
+        self.store.close();
+        self.timers.stop();
+    }
+
+    pub fn user(&self, name: &str) -> Option<Arc<User>> {
+        self.users.get(name).map(|u| u.value().clone())
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VirtualHost>> {
+        self.vhosts.get(name).map(|v| v.value().clone())
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<VirtualHost>> {
+        self.vhosts.iter().map(|v| v.value().clone()).collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.count()
+    }
+
+    /// Refuses new connections and asks every connection to close with 320
+    /// CONNECTION_FORCED.
+    pub fn begin_shutdown(&self) {
+        self.connections.shut_down();
+    }
+}

@@ -1,0 +1,62 @@
+//! What a queue works with besides its own state: the store, the memory budget, the timer
+//! thread, and its host (the vhost) for what it cannot do itself.
+//!
+//! The host is a trait, so that the queue does not import the vhost: a queue never routes a
+//! message or deletes itself from inside its own call; it tells its host, which does it later.
+
+use std::sync::{Arc, Weak};
+
+use super::dead_letter::{DeadLetter, DlxTarget};
+use super::delivery::DeliverySource;
+use crate::broker::memory::Memory;
+use crate::broker::timer::{Timed, Timers};
+use crate::store::Store;
+
+/// What a queue asks of the vhost it lives in.
+pub trait QueueHost: Send + Sync {
+    /// Messages left `queue` for its dead-letter exchange. The host routes them later, with no
+    /// queue lock held and never inside this call.
+    fn dead_letter(&self, queue: &str, target: DlxTarget, letters: Vec<DeadLetter>);
+    /// The queue named `name` (the object at address `identity`) was unused for its
+    /// `x-expires`: the host deletes it, if it is still that queue.
+    fn queue_expired(&self, name: &str, identity: usize);
+}
+
+/// The broker services a new queue is given.
+#[derive(Clone)]
+pub struct QueueServices {
+    pub store: Arc<Store>,
+    pub memory: Arc<Memory>,
+    pub timers: Arc<Timers>,
+    /// The vhost; weak, as the vhost owns its queues.
+    pub host: Weak<dyn QueueHost>,
+}
+
+impl std::fmt::Debug for QueueServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueServices").finish_non_exhaustive()
+    }
+}
+
+/// A queue's own view of itself and its services, handed to the code that runs under its lock.
+pub struct QueueCtx {
+    /// The queue's name, for logs.
+    pub name: String,
+    /// Persistent messages are written to the queue's log.
+    pub durable: bool,
+    pub services: QueueServices,
+    /// The queue itself, as deliveries refer to it.
+    pub source: Weak<dyn DeliverySource>,
+    /// The queue itself, as the timer thread wakes it.
+    pub timed: Weak<dyn Timed>,
+}
+
+impl QueueCtx {
+    pub fn store(&self) -> &Store {
+        &self.services.store
+    }
+
+    pub fn memory(&self) -> &Memory {
+        &self.services.memory
+    }
+}

@@ -1,0 +1,96 @@
+//! What makes messages leave a queue unasked: length limits (`x-max-length`,
+//! `x-max-length-bytes` with drop-head) and expiry (message TTLs at the head, `x-expires` of
+//! the queue itself), and the timer that wakes the queue for them.
+
+use super::context::QueueCtx;
+use super::dead_letter::Reason;
+use super::settings::Overflow;
+use super::state::State;
+use crate::broker::timer::now_ms;
+
+impl State {
+    /// Whether one more message of `size` body bytes would exceed a length limit.
+    pub fn would_overflow(&self, size: u64) -> bool {
+        let count = u64::from(self.message_count());
+        self.settings.max_length.is_some_and(|max| count + 1 > max)
+            || self
+                .settings
+                .max_length_bytes
+                .is_some_and(|max| self.body_bytes + size > max)
+    }
+
+    /// Drop-head: while the queue is over a length limit, drops (or dead-letters) the oldest
+    /// messages.
+    pub fn enforce_length_limit(&mut self, ctx: &QueueCtx) {
+        if !self.settings.limited() || self.settings.overflow != Overflow::DropHead {
+            return;
+        }
+        loop {
+            let count = u64::from(self.message_count());
+            let over = self.settings.max_length.is_some_and(|max| count > max)
+                || self
+                    .settings
+                    .max_length_bytes
+                    .is_some_and(|max| self.body_bytes > max);
+            if !over {
+                break;
+            }
+            if self.ready.is_empty() && !self.page_in_always(ctx) {
+                break;
+            }
+            let Some(entry) = self.pop_ready(ctx) else {
+                break;
+            };
+            self.discard(entry, Reason::Maxlen);
+        }
+        self.collect_garbage();
+    }
+
+    /// Expires messages at the heads of the priority levels.
+    pub fn expire_heads(&mut self, ctx: &QueueCtx) {
+        let Some(first) = self.ready.next_expiry() else {
+            return;
+        };
+        let now = now_ms();
+        if first > now {
+            return;
+        }
+        let mut expired = false;
+        while let Some(entry) = self.ready.pop_expired(now) {
+            self.forget_ready(ctx, &entry);
+            self.discard(entry, Reason::Expired);
+            expired = true;
+            if self.ready.is_empty() {
+                self.page_in(ctx);
+            }
+        }
+        if expired {
+            self.collect_garbage();
+        }
+    }
+
+    /// Schedules the timer thread for the next head expiry, or for `x-expires` while the
+    /// queue has no consumers.
+    pub fn arm_timer(&mut self, ctx: &QueueCtx) {
+        if self.deleted {
+            return;
+        }
+        let queue_expiry = self
+            .settings
+            .expires_ms
+            .filter(|_| self.consumers.is_empty())
+            .map(|ttl| self.last_used_ms.saturating_add(ttl));
+        let next = match (self.ready.next_expiry(), queue_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(next) = next else {
+            return;
+        };
+        if self.timer_at.is_some_and(|at| at <= next) {
+            return;
+        }
+        self.timer_at = Some(next);
+        ctx.services.timers.schedule(next, ctx.timed.clone());
+    }
+}

@@ -1,0 +1,512 @@
+//! A queue: messages waiting in order, the consumers waiting for them, and the dispatch that
+//! brings the two together.
+//!
+//! There is no queue task. Whoever changes a queue (a publisher's connection enqueuing, a
+//! consumer's connection acking or consuming, the timer thread expiring messages, the
+//! dead-letter worker) takes the queue's lock, makes the change and dispatches what can be
+//! dispatched right there, pushing deliveries into consumers' sinks ([`delivery`]). This keeps
+//! a message's path free of task hops: publish, route, enqueue and hand over to the consumer's
+//! connection happen in one call on the publisher's task.
+//!
+//! This file is the queue's public face; the state behind its lock and what runs under it are
+//! in [`state`], [`dispatch`], [`limits`] and [`paging`]. A durable queue writes each
+//! persistent message to its log ([`crate::store::QueueLog`]) before the publisher's confirm.
+//! What a queue does beyond FIFO (TTLs, dead-lettering, length limits, priorities, single
+//! active consumer, delivery limits) is set by [`settings::QueueSettings`].
+//!
+//! A queue never calls another queue. Messages that leave for the dead-letter exchange are
+//! collected under the lock and handed to the queue's host (the vhost) after it is released;
+//! the host routes them later, as work, so a chain of queues cannot recurse.
+//!
+//! Invariants, all under the lock:
+//! - Each priority level of `ready` is sorted by `seq`; a requeued message goes back to the
+//!   place its `seq` gives it.
+//! - Every message in the tail comes after every message in `ready` (higher `seq`), and the
+//!   tail is read back in `seq` order. Only FIFO queues page.
+//! - A message is in exactly one place: `ready`, the tail, a channel's unacked list (the
+//!   queue only counts those), or a sink on its way to a channel.
+//! - A persistent message of a durable queue has a log record until it leaves the queue for
+//!   good (ack, expiry, drop, dead-lettering), when an Ack record is logged.
+//! - Deliveries are pushed into sinks while the lock is held, so every consumer sees the
+//!   queue's order.
+
+pub mod consumer;
+pub mod context;
+pub mod dead_letter;
+pub mod delivery;
+mod dispatch;
+pub mod entry;
+mod limits;
+mod paging;
+pub mod prefetch;
+pub mod ready;
+pub mod settings;
+pub mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use amq_protocol::types::FieldTable;
+
+use crate::amqp_error;
+use crate::broker::message::Message;
+use crate::broker::policy::Policy;
+use crate::broker::timer::{Timed, now_ms};
+use crate::protocol::error::AmqpResult;
+use crate::store::{QueueLog, Recovered};
+use consumer::Consumer;
+use context::{QueueCtx, QueueServices};
+use dead_letter::Reason;
+use delivery::{ConsumerId, Delivery, DeliverySource, Settled, Unblock};
+use entry::QueueEntry;
+use ready::Ready;
+use settings::{QueueSettings, QueueType};
+use state::{Enqueued, PAGE_IN_BATCH, State, Tail, with_delivery_count};
+
+/// What a queue was declared with.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// The connection an exclusive queue belongs to.
+    pub exclusive_owner: Option<u64>,
+    pub arguments: FieldTable,
+    /// A durable queue's log directory number (0 for transient queues).
+    pub id: u64,
+}
+
+/// A message queue.
+pub struct Queue {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// Set for exclusive queues: only this connection may use the queue, and the queue is
+    /// deleted when the connection closes.
+    pub exclusive_owner: Option<u64>,
+    /// Arguments as declared, for redeclare equivalence.
+    pub arguments: FieldTable,
+    /// A durable queue's log directory number (0 for transient queues).
+    pub id: u64,
+    /// What the code under the lock needs to know about the queue and its services.
+    ctx: QueueCtx,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What removing a consumer left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerRemoved {
+    /// The consumer was found and removed.
+    pub removed: bool,
+    /// The queue is auto-delete and that was its last consumer: the caller deletes it.
+    pub delete_queue: bool,
+}
+
+impl Queue {
+    /// A new queue; durable queues bring their (empty) log.
+    pub fn new(
+        config: QueueConfig,
+        services: QueueServices,
+        log: Option<Arc<QueueLog>>,
+        policy: Option<&Policy>,
+    ) -> Arc<Self> {
+        let settings = QueueSettings::new(&config.arguments, policy);
+        let queue = Arc::new_cyclic(|me: &Weak<Queue>| {
+            let source: Weak<dyn DeliverySource> = me.clone();
+            let timed: Weak<dyn Timed> = me.clone();
+            Queue {
+                ctx: QueueCtx {
+                    name: config.name.clone(),
+                    durable: config.durable,
+                    services,
+                    source,
+                    timed,
+                },
+                name: config.name,
+                vhost: config.vhost,
+                durable: config.durable,
+                auto_delete: config.auto_delete,
+                exclusive_owner: config.exclusive_owner,
+                arguments: config.arguments,
+                id: config.id,
+                state: Mutex::new(State {
+                    ready: Ready::new(settings.max_priority),
+                    settings,
+                    log,
+                    last_used_ms: now_ms(),
+                    ..State::default()
+                }),
+            }
+        });
+        // `x-expires` counts from the declaration.
+        queue.with_state(|_| ());
+        queue
+    }
+
+    /// A durable queue brought back from its log after a restart. Its messages stay in the
+    /// log and are read back in order as consumers need them.
+    pub fn recovered(
+        config: QueueConfig,
+        services: QueueServices,
+        log: Arc<QueueLog>,
+        recovered: Recovered,
+        policy: Option<&Policy>,
+    ) -> Arc<Self> {
+        let queue = Queue::new(config, services, Some(log), policy);
+        queue.with_state(|state| {
+            state.next_seq = recovered.next_seq;
+            state.body_bytes = recovered.bytes;
+            if recovered.count > 0 {
+                state.tail = Some(Tail {
+                    reader: recovered.reader,
+                    count: recovered.count,
+                });
+            }
+            // Messages with a TTL and the queue's own expiry get their timers. A priority
+            // queue reads everything back, so that priorities order all of it.
+            if state.ready.prioritised() {
+                while state.page_in_always(&queue.ctx) {}
+            } else {
+                state.page_in(&queue.ctx);
+            }
+        });
+        queue
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // State stays consistent across a panic in these short critical sections; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` under the lock, then hands whatever it dead-lettered to the host.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (result, letters) = {
+            let mut state = self.lock();
+            let result = f(&mut state);
+            state.arm_timer(&self.ctx);
+            (result, state.take_dead())
+        };
+        if let Some((target, letters)) = letters
+            && let Some(host) = self.ctx.services.host.upgrade()
+        {
+            host.dead_letter(&self.name, target, letters);
+        }
+        result
+    }
+
+    /// Re-reads settings after the policies changed.
+    pub fn apply_policy(&self, policy: Option<&Policy>) {
+        self.with_state(|state| {
+            let settings = QueueSettings::new(&self.arguments, policy);
+            // Priorities come from arguments only, so `ready` keeps its shape.
+            state.settings = settings;
+            state.enforce_length_limit(&self.ctx);
+            state.dispatch(&self.ctx);
+        });
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> QueueSettings {
+        self.lock().settings.clone()
+    }
+
+    /// Enqueues a message and dispatches.
+    pub fn publish(&self, message: Arc<Message>) -> Enqueued {
+        self.with_state(|state| state.publish(&self.ctx, message))
+    }
+
+    /// Takes the message at the head for basic.get. Returns it and the number of messages
+    /// left ready.
+    pub fn get(&self, no_ack: bool) -> Option<(QueueEntry, u32)> {
+        let ctx = &self.ctx;
+        self.with_state(|state| {
+            state.last_used_ms = now_ms();
+            state.expire_heads(ctx);
+            state.page_in(ctx);
+            let mut entry = state.pop_ready(ctx)?;
+            // Expired messages now at the head go right after a fetch, as in RabbitMQ.
+            state.expire_heads(ctx);
+            if !no_ack {
+                state.unacked += 1;
+            }
+            state.mark_delivered(&entry);
+            if no_ack && entry.persisted {
+                state.log_ack(entry.seq);
+            }
+            if state.settings.queue_type == QueueType::Quorum {
+                // Quorum queues always tell basic.get how often the message came back.
+                entry.message = with_delivery_count(&entry.message, entry.delivery_count);
+            }
+            state.page_in(ctx);
+            let left = state.message_count();
+            Some((entry, left))
+        })
+    }
+
+    /// Adds a consumer and dispatches to it. Enforces exclusive consumers the way RabbitMQ
+    /// does: an exclusive consumer needs an otherwise unused queue, and nobody joins it; a
+    /// single-active-consumer queue takes no exclusive consumer at all.
+    pub fn add_consumer(&self, consumer: Consumer) -> AmqpResult<()> {
+        self.with_state(|state| {
+            if state.deleted {
+                return Err(amqp_error!(
+                    NotFound,
+                    "no queue '{}' in vhost '{}'",
+                    self.name,
+                    self.vhost
+                ));
+            }
+            let in_use = || {
+                amqp_error!(
+                    AccessRefused,
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name,
+                    self.vhost
+                )
+            };
+            if state.settings.single_active_consumer {
+                if consumer.exclusive {
+                    return Err(in_use());
+                }
+            } else {
+                let mut live = state.consumers.iter().filter(|c| !c.dead).peekable();
+                if live.peek().is_some() && (consumer.exclusive || live.any(|c| c.exclusive)) {
+                    return Err(in_use());
+                }
+            }
+            if state.settings.single_active_consumer && state.active.is_none() {
+                state.active = Some(consumer.id);
+            }
+            state.insert_consumer(consumer);
+            state.had_consumers = true;
+            state.dispatch(&self.ctx);
+            Ok(())
+        })
+    }
+
+    /// Removes a consumer. Its unacknowledged deliveries stay with its channel.
+    pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoved {
+        self.with_state(|state| {
+            let Some(index) = state.consumers.iter().position(|c| c.id == id) else {
+                return ConsumerRemoved {
+                    removed: false,
+                    delete_queue: false,
+                };
+            };
+            state.consumers.remove(index);
+            state.last_used_ms = now_ms();
+            if state.active == Some(id) {
+                state.choose_active();
+                state.dispatch(&self.ctx);
+            }
+            ConsumerRemoved {
+                removed: true,
+                delete_queue: self.auto_delete
+                    && state.had_consumers
+                    && state.consumers.is_empty()
+                    && !state.deleted,
+            }
+        })
+    }
+
+    /// Drops every ready message, in memory or paged out; returns how many there were.
+    pub fn purge(&self) -> u32 {
+        let ctx = &self.ctx;
+        self.with_state(|state| {
+            let n = state.message_count();
+            while let Some(e) = state.pop_ready(ctx) {
+                if e.persisted {
+                    state.log_ack(e.seq);
+                }
+            }
+            if let Some(mut tail) = state.tail.take()
+                && let Some(log) = state.log.clone()
+            {
+                // Durable messages in the tail need their acks logged: read them through.
+                loop {
+                    match log.read_back(&mut tail.reader, 4 * PAGE_IN_BATCH) {
+                        Ok(batch) if batch.is_empty() => break,
+                        Ok(batch) => {
+                            for m in batch.into_iter().filter(|m| m.persisted) {
+                                state.log_ack(m.seq);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(queue = %self.name, error = %e, "cannot read the queue log");
+                            break;
+                        }
+                    }
+                }
+            }
+            state.body_bytes = 0;
+            state.collect_garbage();
+            n
+        })
+    }
+
+    /// Ready messages and consumers, as queue.declare-ok reports them.
+    pub fn counts(&self) -> (u32, u32) {
+        let state = self.lock();
+        (
+            state.message_count(),
+            state.consumers.iter().filter(|c| !c.dead).count() as u32,
+        )
+    }
+
+    /// A declare (active or passive) counts as use for `x-expires`.
+    pub fn touch(&self) {
+        self.with_state(|state| state.last_used_ms = now_ms());
+    }
+
+    pub fn message_count(&self) -> u32 {
+        self.lock().message_count()
+    }
+
+    pub fn consumer_count(&self) -> u32 {
+        self.counts().1
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.lock().deleted
+    }
+
+    /// Marks the queue deleted, drops its messages and its log, and hands back its
+    /// consumers (to be told) and the number of ready messages it held.
+    pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
+        let mut state = self.lock();
+        state.deleted = true;
+        let n = state.message_count();
+        while state.pop_ready(&self.ctx).is_some() {}
+        state.tail = None;
+        state.body_bytes = 0;
+        if let Some(log) = state.log.take() {
+            log.destroy();
+        }
+        state.active = None;
+        (n, std::mem::take(&mut state.consumers))
+    }
+
+    /// Gives back the credit of settled deliveries and lets blocked consumers rejoin.
+    fn settle_credit(state: &mut State, settled: &[Settled], unblock: Unblock) {
+        let mut released = Vec::new();
+        for s in settled {
+            state.unacked = state.unacked.saturating_sub(1);
+            state.release_consumer(s.consumer, &mut released);
+        }
+        state.unblock(&released, unblock);
+    }
+}
+
+impl DeliverySource for Queue {
+    /// Acknowledged deliveries leave the queue for good.
+    fn ack(&self, settled: Vec<Settled>, unblock: Unblock) {
+        self.with_state(|state| {
+            Queue::settle_credit(state, &settled, unblock);
+            let mut logged = false;
+            for s in settled.iter().filter(|s| s.persisted) {
+                state.log_ack(s.seq);
+                logged = true;
+            }
+            if logged {
+                state.collect_garbage();
+            }
+            state.dispatch(&self.ctx);
+        });
+    }
+
+    /// Rejected deliveries leave the queue, for its dead-letter exchange if it has one.
+    fn reject(&self, entries: Vec<(Settled, QueueEntry)>, unblock: Unblock) {
+        self.with_state(|state| {
+            let settled: Vec<Settled> = entries.iter().map(|(s, _)| *s).collect();
+            Queue::settle_credit(state, &settled, unblock);
+            for (_, entry) in entries {
+                state.discard(entry, Reason::Rejected);
+            }
+            state.collect_garbage();
+            state.dispatch(&self.ctx);
+        });
+    }
+
+    /// Puts delivered messages back in their original positions, marked redelivered.
+    fn requeue(&self, entries: Vec<(Settled, QueueEntry)>, unblock: Unblock) {
+        self.with_state(|state| {
+            let settled: Vec<Settled> = entries.iter().map(|(s, _)| *s).collect();
+            Queue::settle_credit(state, &settled, unblock);
+            if state.deleted {
+                return;
+            }
+            let back = entries
+                .into_iter()
+                .map(|(_, mut entry)| {
+                    entry.redelivered = true;
+                    entry
+                })
+                .collect();
+            state.return_entries(&self.ctx, back);
+            state.enforce_length_limit(&self.ctx);
+            state.dispatch(&self.ctx);
+        });
+    }
+
+    /// Puts back deliveries that never reached their consumer (its channel closed while they
+    /// were on their way). They keep their redelivered flag.
+    fn return_undelivered(&self, deliveries: Vec<Delivery>) {
+        self.with_state(|state| {
+            let mut released = Vec::new();
+            let mut back = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                if !d.no_ack {
+                    state.unacked = state.unacked.saturating_sub(1);
+                    state.release_consumer(Some(d.consumer_id), &mut released);
+                }
+                back.push(d.entry);
+            }
+            if state.deleted {
+                return;
+            }
+            state.return_entries(&self.ctx, back);
+            state.unblock(&released, Unblock::Nobody);
+            state.dispatch(&self.ctx);
+        });
+    }
+
+    /// Tries to dispatch again after consumers got credit back outside this queue.
+    fn kick(&self, unblock: Unblock) {
+        self.with_state(|state| {
+            state.unblock(&[], unblock);
+            state.dispatch(&self.ctx);
+        });
+    }
+}
+
+impl Timed for Queue {
+    /// A deadline passed: expire messages at the head, and tell the host if the queue has
+    /// been unused for its `x-expires`.
+    fn on_timer(&self, now: u64) {
+        let expired = self.with_state(|state| {
+            state.timer_at = None;
+            if state.deleted {
+                return false;
+            }
+            state.expire_heads(&self.ctx);
+            state.dispatch(&self.ctx);
+            state.settings.expires_ms.is_some_and(|ttl| {
+                state.consumers.is_empty() && now >= state.last_used_ms.saturating_add(ttl)
+            })
+        });
+        if expired && let Some(host) = self.ctx.services.host.upgrade() {
+            tracing::debug!(queue = %self.name, "deleting an unused queue (x-expires)");
+            host.queue_expired(&self.name, self as *const Queue as usize);
+        }
+    }
+}

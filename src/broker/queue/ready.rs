@@ -1,0 +1,143 @@
+//! The messages of a queue waiting for a consumer: one FIFO per priority level (a single one
+//! unless the queue was declared with `x-max-priority`), each sorted by sequence number.
+//!
+//! The head of the queue is the front of the highest non-empty level. A message's level is
+//! its `priority` property capped at the queue's maximum, as in RabbitMQ: a priority above
+//! the maximum counts as the maximum, and no priority counts as 0.
+
+use std::collections::VecDeque;
+
+use super::entry::QueueEntry;
+
+#[derive(Debug)]
+pub struct Ready {
+    /// Index 0 is priority 0; the last level is the highest.
+    levels: Vec<VecDeque<QueueEntry>>,
+    len: usize,
+}
+
+impl Default for Ready {
+    fn default() -> Self {
+        Ready::new(None)
+    }
+}
+
+impl Ready {
+    pub fn new(max_priority: Option<u8>) -> Ready {
+        let count = max_priority.map_or(1, |p| p as usize + 1);
+        Ready {
+            levels: (0..count).map(|_| VecDeque::new()).collect(),
+            len: 0,
+        }
+    }
+
+    /// Whether the queue orders by priority.
+    pub fn prioritised(&self) -> bool {
+        self.levels.len() > 1
+    }
+
+    fn level_of(&self, entry: &QueueEntry) -> usize {
+        (entry.message.priority.unwrap_or(0) as usize).min(self.levels.len() - 1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a new message (the highest sequence number so far).
+    pub fn push_back(&mut self, entry: QueueEntry) {
+        let level = self.level_of(&entry);
+        self.levels[level].push_back(entry);
+        self.len += 1;
+    }
+
+    /// Puts a message back where its sequence number goes within its level.
+    pub fn insert_in_order(&mut self, entry: QueueEntry) {
+        let index = self.level_of(&entry);
+        let level = &mut self.levels[index];
+        // Requeued messages almost always belong before everything still ready.
+        match level.front() {
+            Some(front) if entry.seq > front.seq => {
+                let at = level.partition_point(|e| e.seq < entry.seq);
+                level.insert(at, entry);
+            }
+            _ => level.push_front(entry),
+        }
+        self.len += 1;
+    }
+
+    fn head_level(&self) -> Option<usize> {
+        self.levels.iter().rposition(|l| !l.is_empty())
+    }
+
+    /// The message that goes out next.
+    pub fn front(&self) -> Option<&QueueEntry> {
+        self.head_level().and_then(|l| self.levels[l].front())
+    }
+
+    pub fn pop_front(&mut self) -> Option<QueueEntry> {
+        let level = self.head_level()?;
+        let entry = self.levels[level].pop_front()?;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// Removes the message with sequence number `seq` (looking from the newest end, where a
+    /// message just published is).
+    pub fn take_seq(&mut self, seq: u64) -> Option<QueueEntry> {
+        for level in self.levels.iter_mut() {
+            if let Some(at) = level.iter().rposition(|e| e.seq == seq) {
+                let entry = level.remove(at)?;
+                self.len -= 1;
+                return Some(entry);
+            }
+        }
+        None
+    }
+
+    /// Removes the first message of any level whose expiry has passed, if there is one. Only
+    /// heads expire, as in RabbitMQ: a message behind a longer-lived one waits its turn.
+    pub fn pop_expired(&mut self, now_ms: u64) -> Option<QueueEntry> {
+        let level = self.levels.iter().rposition(|l| {
+            l.front()
+                .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now_ms))
+        })?;
+        let entry = self.levels[level].pop_front()?;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// The earliest expiry among the level heads.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.levels
+            .iter()
+            .filter_map(|l| l.front().and_then(|e| e.expires_at))
+            .min()
+    }
+
+    /// Messages in sequence order, for paging (FIFO queues only).
+    pub fn iter(&self) -> impl Iterator<Item = &QueueEntry> {
+        self.levels.iter().flat_map(|l| l.iter())
+    }
+
+    /// Removes and returns everything after the first `keep` messages (FIFO queues only).
+    pub fn split_off(&mut self, keep: usize) -> Vec<QueueEntry> {
+        let Some(level) = self.levels.first_mut() else {
+            return Vec::new();
+        };
+        let rest: Vec<QueueEntry> = level.drain(keep.min(level.len())..).collect();
+        self.len -= rest.len();
+        rest
+    }
+
+    /// Appends messages that were split off, in order (FIFO queues only).
+    pub fn extend_back(&mut self, entries: impl IntoIterator<Item = QueueEntry>) {
+        for e in entries {
+            self.push_back(e);
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! A queue's state, behind its lock, and what every operation on it shares: accounting for
+//! ready messages, logging acks and deliveries, taking messages in and letting them go.
+//!
+//! The rest of the state's behaviour lives beside it, one concern per file: dispatch to
+//! consumers (`dispatch.rs`), length limits and expiry (`limits.rs`), paging (`paging.rs`).
+//! Everything here runs with the queue's lock held and is handed the queue's [`QueueCtx`]; it
+//! never calls into another queue.
+
+use std::sync::Arc;
+
+use amq_protocol::types::AMQPValue;
+
+use super::consumer::Consumer;
+use super::context::QueueCtx;
+use super::dead_letter::{DeadLetter, DlxTarget, Reason};
+use super::delivery::{ConsumerId, Delivery, DeliverySink};
+use super::entry::QueueEntry;
+use super::ready::Ready;
+use super::settings::{Overflow, QueueSettings};
+use crate::broker::message::Message;
+use crate::broker::timer::now_ms;
+use crate::protocol::properties;
+use crate::store::{QueueLog, TailReader};
+
+/// Paging thresholds, in bytes of messages a queue holds in memory. Over the broker's budget,
+/// a queue holding more than `PAGE_OUT_ABOVE` moves all but its oldest `PAGE_KEEP` to disk;
+/// it reads `PAGE_IN_BATCH` back whenever it is down to `PAGE_IN_BELOW`. The gap between the
+/// two keeps a queue from writing out what it would read straight back.
+pub const PAGE_OUT_ABOVE: usize = 1024 * 1024;
+pub const PAGE_KEEP: usize = 512 * 1024;
+pub const PAGE_IN_BELOW: usize = 256 * 1024;
+pub const PAGE_IN_BATCH: usize = 256 * 1024;
+
+/// What became of a message handed to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The queue was deleted meanwhile.
+    Deleted,
+    /// In the queue (or delivered, or dropped by its length limit or TTL).
+    Accepted,
+    /// In the queue and in its log; durable once the store has synced this epoch.
+    Persisted(u64),
+    /// The queue is full and refuses new messages (`x-overflow` reject-publish): the
+    /// publisher's confirm is a nack.
+    Rejected,
+    /// Writing it to the log failed: the publisher's confirm is a nack.
+    Failed,
+}
+
+/// Messages of a queue that live only in its log, after everything in `ready`.
+#[derive(Debug)]
+pub struct Tail {
+    pub reader: TailReader,
+    /// How many messages the tail holds.
+    pub count: u64,
+}
+
+/// Deliveries picked in one dispatch round for one sink, pushed together.
+pub struct Batch {
+    pub sink: Arc<dyn DeliverySink>,
+    pub deliveries: Vec<Delivery>,
+    pub bytes: usize,
+}
+
+/// Dead letters taken out from under the lock, with where they go.
+pub type Letters = Option<(DlxTarget, Vec<DeadLetter>)>;
+
+#[derive(Default)]
+pub struct State {
+    pub settings: QueueSettings,
+    /// Messages waiting for a consumer, by priority level, each level sorted by `seq`.
+    pub ready: Ready,
+    /// Sequence number of the next message enqueued.
+    pub next_seq: u64,
+    /// Consumers in dispatch order: by priority, highest first, and within a priority in
+    /// round-robin order (the next to get a message first).
+    pub consumers: Vec<Consumer>,
+    /// Single active consumer: the one consumer that gets messages.
+    pub active: Option<ConsumerId>,
+    /// Messages delivered and awaiting an ack.
+    pub unacked: usize,
+    /// The queue was deleted: it takes no more messages or consumers.
+    pub deleted: bool,
+    /// The queue has had a consumer (auto-delete only applies after the first one).
+    pub had_consumers: bool,
+    /// Reused per dispatch: deliveries grouped by destination sink.
+    pub batches: Vec<Batch>,
+    /// A durable queue's log, or a transient queue's paging log once it needed one.
+    pub log: Option<Arc<QueueLog>>,
+    /// Messages after `ready` that live only in the log.
+    pub tail: Option<Tail>,
+    /// Bytes of `ready` held in memory, counted in the broker's memory budget.
+    pub ready_bytes: usize,
+    /// Body bytes of every ready message, in memory or in the tail (`x-max-length-bytes`).
+    pub body_bytes: u64,
+    /// When the queue was last used (`x-expires`): declared, consumed from, polled.
+    pub last_used_ms: u64,
+    /// The deadline the timer thread will next wake this queue at, if one is set.
+    pub timer_at: Option<u64>,
+    /// Messages leaving for the dead-letter exchange, handed to the host once the lock is
+    /// released.
+    pub dead: Vec<DeadLetter>,
+}
+
+impl State {
+    pub fn message_count(&self) -> u32 {
+        (self.ready.len() as u64 + self.tail.as_ref().map_or(0, |t| t.count)) as u32
+    }
+
+    /// Dead letters to hand over once the lock is released, if the queue has a dead-letter
+    /// exchange.
+    pub fn take_dead(&mut self) -> Letters {
+        if self.dead.is_empty() {
+            return None;
+        }
+        let letters = std::mem::take(&mut self.dead);
+        let exchange = self.settings.dead_letter_exchange.clone()?;
+        Some((
+            DlxTarget {
+                exchange,
+                routing_key: self.settings.dead_letter_routing_key.clone(),
+            },
+            letters,
+        ))
+    }
+
+    /// A message leaves the queue for good without being acknowledged: expired, dropped by
+    /// the length limit, rejected or returned too often. It goes to the dead-letter exchange
+    /// if there is one.
+    pub fn discard(&mut self, entry: QueueEntry, reason: Reason) {
+        if entry.persisted {
+            self.log_ack(entry.seq);
+        }
+        if self.settings.dead_letter_exchange.is_some() {
+            self.dead.push(DeadLetter {
+                message: entry.message,
+                reason,
+            });
+        }
+    }
+
+    /// Enqueues a message and dispatches it.
+    pub fn publish(&mut self, ctx: &QueueCtx, message: Arc<Message>) -> Enqueued {
+        if self.deleted {
+            return Enqueued::Deleted;
+        }
+        let size = message.body.len() as u64;
+        if self.settings.overflow != Overflow::DropHead && self.would_overflow(size) {
+            if self.settings.overflow == Overflow::RejectPublishDlx
+                && self.settings.dead_letter_exchange.is_some()
+            {
+                self.dead.push(DeadLetter {
+                    message,
+                    reason: Reason::Maxlen,
+                });
+            }
+            return Enqueued::Rejected;
+        }
+        let ttl = match (self.settings.message_ttl_ms, message.ttl_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // TTL 0 is "now or never": such a message gets no expiry while it is offered to the
+        // consumers below, and is dropped if none took it. (The clock is only read for
+        // messages that can expire.)
+        let expires_at = ttl.filter(|&t| t > 0).map(|t| now_ms().saturating_add(t));
+        if ttl == Some(0) && self.tail.is_some() {
+            // Behind a paged-out backlog no consumer can take it now.
+            if self.settings.dead_letter_exchange.is_some() {
+                self.dead.push(DeadLetter {
+                    message,
+                    reason: Reason::Expired,
+                });
+            }
+            return Enqueued::Accepted;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut outcome = Enqueued::Accepted;
+        let mut persisted = false;
+        if ctx.durable
+            && message.persistent
+            && let Some(log) = self.log.clone()
+        {
+            match log.append_message(seq, &message.parts(), true, 0, expires_at) {
+                Ok(epoch) => {
+                    persisted = true;
+                    outcome = Enqueued::Persisted(epoch);
+                }
+                Err(e) => {
+                    tracing::error!(queue = %ctx.name, error = %e, "cannot write a persistent message");
+                    return Enqueued::Failed;
+                }
+            }
+        }
+        self.body_bytes += size;
+        if self.tail.is_some() {
+            return self.publish_behind_tail(ctx, seq, &message, persisted, expires_at, outcome);
+        }
+        self.push_ready(
+            ctx,
+            QueueEntry {
+                seq,
+                message,
+                redelivered: false,
+                persisted,
+                expires_at,
+                delivery_count: 0,
+            },
+        );
+        // An idle consumer takes the message before the limit is looked at, as in RabbitMQ.
+        self.dispatch(ctx);
+        self.enforce_length_limit(ctx);
+        if ttl == Some(0) {
+            // TTL 0 means "now or never": what no consumer took at once expires.
+            if let Some(entry) = self.ready.take_seq(seq) {
+                self.forget_ready(ctx, &entry);
+                self.discard(entry, Reason::Expired);
+            }
+        }
+        if !self.ready.prioritised()
+            && ctx.memory().over_budget()
+            && self.ready_bytes > PAGE_OUT_ABOVE
+        {
+            self.page_out(ctx);
+        }
+        outcome
+    }
+
+    /// Paging: a new message goes after the tail, in the log only.
+    fn publish_behind_tail(
+        &mut self,
+        ctx: &QueueCtx,
+        seq: u64,
+        message: &Message,
+        persisted: bool,
+        expires_at: Option<u64>,
+        outcome: Enqueued,
+    ) -> Enqueued {
+        if !persisted {
+            let written = self
+                .log
+                .as_ref()
+                .map(|log| log.append_message(seq, &message.parts(), false, 0, expires_at));
+            if !matches!(written, Some(Ok(_))) {
+                tracing::error!(queue = %ctx.name, "cannot page a message out");
+                self.body_bytes -= message.body.len() as u64;
+                return Enqueued::Failed;
+            }
+        }
+        if let Some(tail) = self.tail.as_mut() {
+            tail.count += 1;
+        }
+        self.dispatch(ctx);
+        self.enforce_length_limit(ctx);
+        outcome
+    }
+
+    pub fn push_ready(&mut self, ctx: &QueueCtx, entry: QueueEntry) {
+        let size = entry.size();
+        self.ready_bytes += size;
+        ctx.memory().add(size as isize);
+        self.ready.push_back(entry);
+    }
+
+    /// Takes the head message out of the queue.
+    pub fn pop_ready(&mut self, ctx: &QueueCtx) -> Option<QueueEntry> {
+        let entry = self.ready.pop_front()?;
+        self.forget_ready(ctx, &entry);
+        Some(entry)
+    }
+
+    /// Accounts for a message that left `ready` (and the queue).
+    pub fn forget_ready(&mut self, ctx: &QueueCtx, entry: &QueueEntry) {
+        let size = entry.size();
+        self.ready_bytes = self.ready_bytes.saturating_sub(size);
+        self.body_bytes = self
+            .body_bytes
+            .saturating_sub(entry.message.body.len() as u64);
+        ctx.memory().add(-(size as isize));
+    }
+
+    pub fn log_ack(&self, seq: u64) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.ack(seq)
+        {
+            tracing::error!(error = %e, "cannot log an acknowledgement");
+        }
+    }
+
+    /// Logs the first delivery of a durable message, so that it comes back redelivered
+    /// after a restart.
+    pub fn mark_delivered(&self, entry: &QueueEntry) {
+        if entry.persisted
+            && !entry.redelivered
+            && let Some(log) = &self.log
+            && let Err(e) = log.delivered(entry.seq)
+        {
+            tracing::error!(error = %e, "cannot log a delivery");
+        }
+    }
+
+    /// Deletes log segments nothing needs any more.
+    pub fn collect_garbage(&self) {
+        if let Some(log) = &self.log {
+            log.collect_garbage(self.tail.as_ref().map(|t| t.reader.pos));
+        }
+    }
+}
+
+/// The message with an `x-delivery-count` header, as quorum queues deliver it.
+pub fn with_delivery_count(message: &Arc<Message>, count: u32) -> Arc<Message> {
+    let Some(props) = properties::decode_all(&message.properties) else {
+        return message.clone();
+    };
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-delivery-count".into(),
+        AMQPValue::LongLongInt(i64::from(count)),
+    );
+    let props = props.with_headers(headers);
+    let Some(raw) = properties::encode_all(&props) else {
+        return message.clone();
+    };
+    let mut m = (**message).clone();
+    m.properties = raw;
+    Arc::new(m)
+}

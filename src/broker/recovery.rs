@@ -1,0 +1,209 @@
+//! Start-up: opening the data directory and bringing back what it holds (users, vhosts,
+//! durable exchanges, queues with their messages, bindings), or on the first start creating
+//! the configured users and vhosts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+
+use super::Broker;
+use super::connections::Connections;
+use super::exchange::{Destination, Exchange, ExchangeKind};
+use super::memory::Memory;
+use super::queue::{Queue, QueueConfig};
+use super::reply_to::ReplyConsumers;
+use super::timer::Timers;
+use super::vhost::{VhostServices, VirtualHost};
+use super::worker::Worker;
+use crate::auth::{self, User};
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::definitions::{
+    Change, Definitions, DefinitionsStore, PermissionDef, UserDef, VhostDef, decode_arguments,
+};
+
+/// What start-up found in the data directory.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub queues: usize,
+    pub messages: u64,
+    pub exchanges: usize,
+    pub bindings: usize,
+    pub torn_logs: usize,
+    pub millis: u128,
+}
+
+impl Broker {
+    /// Opens the data directory and brings back what it holds: users, vhosts, durable
+    /// exchanges, queues with their messages, and bindings. On a first start it creates the
+    /// configured users and vhosts.
+    pub fn open(config: Config) -> std::io::Result<(Arc<Self>, RecoveryReport)> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Arc::new(Store::open(&config.data_dir, config.limits.segment_bytes)?);
+        let (definitions, mut defs, first_boot) =
+            DefinitionsStore::open(&config.data_dir, store.shared.clone())?;
+        if first_boot {
+            create_defaults(&config, &definitions, &mut defs);
+        }
+        let broker = Broker {
+            users: DashMap::new(),
+            vhosts: DashMap::new(),
+            connections: Connections::new(config.limits.max_connections),
+            reply_consumers: ReplyConsumers::default(),
+            timers: Timers::start()?,
+            worker: Worker::start("lepus-dead-letters")?,
+            memory: Arc::new(Memory::new(config.limits.memory_budget_bytes)),
+            store,
+            definitions,
+            config,
+        };
+        let mut report = RecoveryReport::default();
+        broker.restore(&defs, &mut report)?;
+        report.millis = started.elapsed().as_millis();
+        Ok((Arc::new(broker), report))
+    }
+
+    fn vhost_services(&self) -> VhostServices {
+        VhostServices {
+            store: self.store.clone(),
+            defs: self.definitions.clone(),
+            timers: self.timers.clone(),
+            memory: self.memory.clone(),
+            worker: self.worker.clone(),
+        }
+    }
+
+    /// Puts everything the definitions name back in place.
+    fn restore(&self, defs: &Definitions, report: &mut RecoveryReport) -> std::io::Result<()> {
+        for u in &defs.users {
+            self.users.insert(
+                u.name.clone(),
+                Arc::new(User::new(&u.name, &u.password_hash, u.lepus_loopback_only)),
+            );
+        }
+        for v in &defs.vhosts {
+            let vhost = VirtualHost::new(&v.name, self.vhost_services());
+            // Policies first, so that recovered queues and exchanges start with them.
+            vhost.set_policies(&defs.policies);
+            self.vhosts.insert(v.name.clone(), vhost);
+        }
+        for x in &defs.exchanges {
+            let (Some(vhost), Some(kind)) = (self.vhost(&x.vhost), ExchangeKind::parse(&x.kind))
+            else {
+                continue;
+            };
+            vhost.restore_exchange(Exchange::new(
+                x.name.clone(),
+                kind,
+                x.durable,
+                x.auto_delete,
+                x.internal,
+                decode_arguments(&x.arguments, &x.lepus_arguments),
+            ));
+            report.exchanges += 1;
+        }
+        let known_ids = self.restore_queues(defs, report)?;
+        self.restore_bindings(defs, report);
+        // Logs of queues deleted while the broker was down.
+        for id in self.store.queue_ids_on_disk() {
+            if !known_ids.contains(&id) {
+                let _ = std::fs::remove_dir_all(self.store.queue_dir(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Recovers every durable queue with its log. Returns the ids of the logs in use.
+    fn restore_queues(
+        &self,
+        defs: &Definitions,
+        report: &mut RecoveryReport,
+    ) -> std::io::Result<Vec<u64>> {
+        let mut known_ids = Vec::new();
+        for q in &defs.queues {
+            let Some(vhost) = self.vhost(&q.vhost) else {
+                continue;
+            };
+            let (log, recovered) = self.store.recover_queue_log(q.lepus_id)?;
+            if recovered.torn {
+                report.torn_logs += 1;
+                tracing::warn!(queue = %q.name, vhost = %q.vhost, "cut a torn write at the end of the queue's log");
+            }
+            report.queues += 1;
+            report.messages += recovered.count;
+            known_ids.push(q.lepus_id);
+            let policy = vhost.queue_policy(&q.name);
+            vhost.restore_queue(Queue::recovered(
+                QueueConfig {
+                    name: q.name.clone(),
+                    vhost: q.vhost.clone(),
+                    durable: true,
+                    auto_delete: q.auto_delete,
+                    exclusive_owner: None,
+                    arguments: decode_arguments(&q.arguments, &q.lepus_arguments),
+                    id: q.lepus_id,
+                },
+                vhost.queue_services(),
+                log,
+                recovered,
+                policy.as_ref(),
+            ));
+        }
+        Ok(known_ids)
+    }
+
+    fn restore_bindings(&self, defs: &Definitions, report: &mut RecoveryReport) {
+        for b in &defs.bindings {
+            let Some(vhost) = self.vhost(&b.vhost) else {
+                continue;
+            };
+            let destination = if b.destination_type == "exchange" {
+                vhost.exchange(&b.destination).map(Destination::Exchange)
+            } else {
+                vhost.queue(&b.destination).map(Destination::Queue)
+            };
+            if let Some(d) = destination {
+                vhost.restore_binding(
+                    &b.source,
+                    d,
+                    &b.routing_key,
+                    decode_arguments(&b.arguments, &b.lepus_arguments),
+                );
+                report.bindings += 1;
+            }
+        }
+    }
+}
+
+/// As RabbitMQ does, the default users and vhosts are created on the first start only;
+/// afterwards the definitions are the truth.
+fn create_defaults(config: &Config, definitions: &Arc<DefinitionsStore>, defs: &mut Definitions) {
+    let mut changes = Vec::new();
+    for u in &config.users {
+        changes.push(Change::PutUser(UserDef {
+            name: u.name.clone(),
+            password_hash: auth::new_password_hash(&u.password),
+            hashing_algorithm: auth::HASHING_ALGORITHM.into(),
+            tags: "administrator".into(),
+            lepus_loopback_only: u.loopback_only,
+        }));
+    }
+    for v in &config.vhosts {
+        changes.push(Change::PutVhost(VhostDef { name: v.clone() }));
+        for u in &config.users {
+            changes.push(Change::PutPermission(PermissionDef {
+                user: u.name.clone(),
+                vhost: v.clone(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            }));
+        }
+    }
+    for change in changes {
+        defs.apply(change.clone());
+        definitions.record(change);
+    }
+}

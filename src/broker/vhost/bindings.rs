@@ -1,0 +1,216 @@
+//! Bindings of a vhost: bind and unbind, and the reverse index that finds every binding
+//! leading to a queue or exchange being deleted.
+
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+
+use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
+use crate::broker::exchange::{Binding, Destination, Exchange};
+use crate::protocol::error::{AmqpResult, ReplyCode};
+use crate::store::definitions::Change;
+
+impl VirtualHost {
+    /// Puts back a durable binding found in the definitions at start-up.
+    pub fn restore_binding(
+        &self,
+        source: &str,
+        binding_to: Destination,
+        key: &str,
+        args: FieldTable,
+    ) {
+        let mut topology = self.lock();
+        let Some(src) = self.exchange(source) else {
+            return;
+        };
+        let binding = Binding {
+            destination: binding_to,
+            routing_key: key.to_owned(),
+            arguments: args,
+        };
+        if let Ok(true) = src.bind(binding.clone()) {
+            topology
+                .incoming
+                .entry(binding.destination.identity())
+                .or_default()
+                .push((src.clone(), binding));
+        }
+        self.changed();
+    }
+
+    fn add_binding_locked(
+        &self,
+        topology: &mut Topology,
+        source: &Arc<Exchange>,
+        binding: Binding,
+    ) -> AmqpResult<SyncEpoch> {
+        if source.bind(binding.clone())? {
+            if let Some(def) = self.binding_def(source, &binding) {
+                self.record(topology, Change::PutBinding(def));
+            }
+            topology
+                .incoming
+                .entry(binding.destination.identity())
+                .or_default()
+                .push((source.clone(), binding));
+            self.changed();
+        }
+        Ok(topology.sync.take())
+    }
+
+    fn remove_binding_locked(
+        &self,
+        topology: &mut Topology,
+        source: &Arc<Exchange>,
+        binding: &Binding,
+    ) {
+        if source.unbind(binding) {
+            if let Some(def) = self.binding_def(source, binding) {
+                self.record(topology, Change::DeleteBinding(def));
+            }
+            Self::forget_incoming(topology, binding, source);
+            self.changed();
+            self.maybe_auto_delete(topology, source);
+        }
+    }
+
+    pub(super) fn forget_incoming(
+        topology: &mut Topology,
+        binding: &Binding,
+        source: &Arc<Exchange>,
+    ) {
+        let id = binding.destination.identity();
+        if let Some(list) = topology.incoming.get_mut(&id) {
+            list.retain(|(s, b)| !(Arc::ptr_eq(s, source) && b == binding));
+            if list.is_empty() {
+                topology.incoming.remove(&id);
+            }
+        }
+    }
+
+    /// Removes every binding leading to `destination`. Returns the sources that lost a
+    /// binding, for the caller to auto-delete.
+    pub(super) fn remove_incoming_locked(
+        &self,
+        topology: &mut Topology,
+        destination: &Destination,
+    ) -> Vec<Arc<Exchange>> {
+        let Some(incoming) = topology.incoming.remove(&destination.identity()) else {
+            return Vec::new();
+        };
+        let mut sources = Vec::with_capacity(incoming.len());
+        for (source, binding) in incoming {
+            source.unbind(&binding);
+            if let Some(def) = self.binding_def(&source, &binding) {
+                self.record(topology, Change::DeleteBinding(def));
+            }
+            sources.push(source);
+        }
+        sources
+    }
+
+    /// exchange.bind: routes from `source` to `destination`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<SyncEpoch> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut topology = self.lock();
+        let src = self
+            .exchange(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        let dst = self
+            .exchange(destination)
+            .ok_or_else(|| self.no_exchange(destination))?;
+        let binding = Binding {
+            destination: Destination::Exchange(dst),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        self.add_binding_locked(&mut topology, &src, binding)
+    }
+
+    /// exchange.unbind; unbinding what is not bound succeeds.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<SyncEpoch> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut topology = self.lock();
+        let (Some(src), Some(dst)) = (self.exchange(source), self.exchange(destination)) else {
+            return Ok(None);
+        };
+        let binding = Binding {
+            destination: Destination::Exchange(dst),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        self.remove_binding_locked(&mut topology, &src, &binding);
+        Ok(topology.sync.take())
+    }
+
+    /// queue.bind.
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        connection: u64,
+    ) -> AmqpResult<SyncEpoch> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut topology = self.lock();
+        let x = self
+            .exchange(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        let q = self.usable_queue(queue, connection)?;
+        let binding = Binding {
+            destination: Destination::Queue(q),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        self.add_binding_locked(&mut topology, &x, binding)
+    }
+
+    /// queue.unbind; unbinding what is not bound succeeds.
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        connection: u64,
+    ) -> AmqpResult<SyncEpoch> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut topology = self.lock();
+        let Some(x) = self.exchange(exchange) else {
+            return Ok(None);
+        };
+        let q = match self.usable_queue(queue, connection) {
+            Ok(q) => q,
+            Err(e) if e.code == ReplyCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let binding = Binding {
+            destination: Destination::Queue(q),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        self.remove_binding_locked(&mut topology, &x, &binding);
+        Ok(topology.sync.take())
+    }
+}

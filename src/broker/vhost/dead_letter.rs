@@ -1,0 +1,97 @@
+//! Routing dead letters, as work rather than recursion.
+//!
+//! A queue hands its dead letters to its vhost (the [`QueueHost`]) after releasing its lock.
+//! The vhost does not route them there and then: it submits a job to the broker's background
+//! worker, which routes them from the dead-letter exchange like a publish and enqueues them.
+//! If that makes the next queue dead-letter in turn (a chain of queues with TTL 0), that queue
+//! submits another job: a chain of any length is a sequence of jobs, never nested calls. A
+//! job routes at most [`DEAD_LETTERS_PER_JOB`] letters and puts the rest at the back of the
+//! line, so one queue dropping a million messages does not hold up the others' dead letters.
+
+use std::sync::Arc;
+
+use super::VirtualHost;
+use crate::broker::queue::Queue;
+use crate::broker::queue::context::QueueHost;
+use crate::broker::queue::dead_letter::{
+    DeadLetter, DlxTarget, Reason, deaths_of, is_cycle, make_message,
+};
+use crate::broker::timer::now_ms;
+use crate::protocol::properties;
+
+/// Dead letters one job routes before it yields to other work.
+pub const DEAD_LETTERS_PER_JOB: usize = 256;
+
+impl QueueHost for VirtualHost {
+    fn dead_letter(&self, queue: &str, target: DlxTarget, letters: Vec<DeadLetter>) {
+        self.submit_dead_letters(queue.to_owned(), target, letters);
+    }
+
+    fn queue_expired(&self, name: &str, identity: usize) {
+        if let Some(q) = self.queue(name)
+            && Arc::as_ptr(&q) as usize == identity
+        {
+            self.remove_queue(&q);
+        }
+    }
+}
+
+impl VirtualHost {
+    fn submit_dead_letters(&self, queue: String, target: DlxTarget, letters: Vec<DeadLetter>) {
+        let vhost = self.me.clone();
+        self.services.worker.submit(Box::new(move || {
+            if let Some(vhost) = vhost.upgrade() {
+                vhost.route_dead_letters(queue, target, letters);
+            }
+        }));
+    }
+
+    /// Routes dead letters from `queue` to its dead-letter exchange. A missing exchange drops
+    /// them silently, as in RabbitMQ; so does a cycle. There is no confirm or return for a
+    /// dead letter.
+    fn route_dead_letters(&self, queue: String, target: DlxTarget, mut letters: Vec<DeadLetter>) {
+        if letters.len() > DEAD_LETTERS_PER_JOB {
+            let rest = letters.split_off(DEAD_LETTERS_PER_JOB);
+            self.submit_dead_letters(queue.clone(), target.clone(), rest);
+        }
+        let Some(exchange) = self.exchange(&target.exchange) else {
+            return;
+        };
+        let now_secs = now_ms() / 1000;
+        let mut targets: Vec<Arc<Queue>> = Vec::new();
+        for letter in letters {
+            let Some((dead, keys)) =
+                make_message(&letter.message, letter.reason, &queue, &target, now_secs)
+            else {
+                tracing::warn!(
+                    queue,
+                    "dropping a dead letter whose properties cannot be decoded"
+                );
+                continue;
+            };
+            targets.clear();
+            let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+            let mut headers = || {
+                properties::scan(&dead.properties)
+                    .ok()
+                    .and_then(|s| s.headers)
+                    .and_then(|r| properties::decode_headers(&dead.properties, &r))
+            };
+            self.route(&exchange, &key_refs, &mut headers, &mut targets);
+            if letter.reason != Reason::Rejected {
+                let deaths = deaths_of(&dead);
+                targets.retain(|q| {
+                    let cycle = is_cycle(&q.name, &deaths);
+                    if cycle {
+                        tracing::debug!(queue = %q.name, "dead letter dropped: dead-letter cycle");
+                    }
+                    !cycle
+                });
+            }
+            let dead = Arc::new(dead);
+            for q in &targets {
+                q.publish(dead.clone());
+            }
+        }
+    }
+}

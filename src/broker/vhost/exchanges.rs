@@ -1,0 +1,180 @@
+//! Exchanges of a vhost: declare, delete, and the auto-delete cascade.
+
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+
+use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
+use crate::amqp_error;
+use crate::broker::arguments::{self, exchange_desc};
+use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
+use crate::protocol::error::AmqpResult;
+use crate::store::definitions::Change;
+
+/// What exchange.declare asks for.
+#[derive(Debug, Clone)]
+pub struct ExchangeDeclare {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+impl VirtualHost {
+    /// exchange.declare, with RabbitMQ's checks in RabbitMQ's order.
+    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<SyncEpoch> {
+        let kind =
+            if d.passive {
+                None
+            } else {
+                Some(ExchangeKind::parse(&d.kind).ok_or_else(|| {
+                    amqp_error!(CommandInvalid, "unknown exchange type '{}'", d.kind)
+                })?)
+            };
+        if d.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut topology = self.lock();
+        let existing = self.exchange(&d.name);
+        let Some(kind) = kind else {
+            return existing
+                .map(|_| None)
+                .ok_or_else(|| self.no_exchange(&d.name));
+        };
+        let desc = exchange_desc(&d.name, &self.name);
+        if let Some(x) = existing {
+            if x.kind != kind {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "inequivalent arg 'type' for {}: received '{}' but current is '{}'",
+                    desc,
+                    kind.name(),
+                    x.kind.name()
+                ));
+            }
+            for (key, received, current) in [
+                ("durable", d.durable, x.durable),
+                ("auto_delete", d.auto_delete, x.auto_delete),
+                ("internal", d.internal, x.internal),
+            ] {
+                if received != current {
+                    return Err(arguments::inequivalent_flag(key, &desc, received, current));
+                }
+            }
+            return arguments::assert_exchange_equivalence(&x.arguments, &d.arguments, &desc)
+                .map(|_| None);
+        }
+        if d.name.starts_with("amq.") {
+            return Err(amqp_error!(
+                AccessRefused,
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            ));
+        }
+        arguments::validate_exchange_arguments(&d.arguments, &desc)?;
+        let x = Arc::new(Exchange::new(
+            d.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        ));
+        if x.durable {
+            let def = self.exchange_def(&x);
+            self.record(&mut topology, Change::PutExchange(def));
+        }
+        self.apply_exchange_policy(&x);
+        self.exchanges.insert(d.name.clone(), x);
+        self.changed();
+        Ok(topology.sync.take())
+    }
+
+    /// Puts back a durable exchange found in the definitions at start-up.
+    pub fn restore_exchange(&self, x: Exchange) {
+        self.apply_exchange_policy(&x);
+        self.exchanges.insert(x.name.clone(), Arc::new(x));
+        self.changed();
+    }
+
+    /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<SyncEpoch> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(amqp_error!(
+                AccessRefused,
+                "deletion of system exchange '{}' in vhost '{}' not allowed",
+                name,
+                self.name
+            ));
+        }
+        let mut topology = self.lock();
+        let Some(x) = self.exchange(name) else {
+            return Ok(None);
+        };
+        if if_unused && x.has_bindings() {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "{} in use",
+                exchange_desc(name, &self.name)
+            ));
+        }
+        self.remove_exchange_locked(&mut topology, &x);
+        Ok(topology.sync.take())
+    }
+
+    /// Removes an exchange and every binding from or to it, then the auto-delete exchanges
+    /// that lost their last binding that way, and so on: a worklist, not recursion, so a chain
+    /// of auto-delete exchanges of any length costs no stack.
+    pub(super) fn remove_exchange_locked(&self, topology: &mut Topology, x: &Arc<Exchange>) {
+        let mut doomed = vec![x.clone()];
+        while let Some(x) = doomed.pop() {
+            if !self.exchange_is(&x) {
+                continue;
+            }
+            self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, &x));
+            if x.durable {
+                // Also forgets the bindings from and to it in the definitions.
+                self.record(
+                    topology,
+                    Change::DeleteExchange {
+                        vhost: self.name.clone(),
+                        name: x.name.clone(),
+                    },
+                );
+            }
+            // Bindings out of it: forget them in the destinations' reverse index.
+            for binding in x.bindings() {
+                x.unbind(&binding);
+                Self::forget_incoming(topology, &binding, &x);
+            }
+            // Bindings into it: remove them from their sources.
+            let sources = self.remove_incoming_locked(topology, &Destination::Exchange(x.clone()));
+            doomed.extend(sources.into_iter().filter(|s| self.should_auto_delete(s)));
+            self.changed();
+        }
+    }
+
+    /// Whether `source` is an auto-delete exchange of this vhost that has lost its last
+    /// binding.
+    pub(super) fn should_auto_delete(&self, source: &Arc<Exchange>) -> bool {
+        source.auto_delete && !source.has_bindings() && self.exchange_is(source)
+    }
+
+    pub(super) fn maybe_auto_delete(&self, topology: &mut Topology, source: &Arc<Exchange>) {
+        if self.should_auto_delete(source) {
+            self.remove_exchange_locked(topology, source);
+        }
+    }
+
+    fn exchange_is(&self, x: &Arc<Exchange>) -> bool {
+        self.exchanges
+            .get(&x.name)
+            .is_some_and(|v| Arc::ptr_eq(v.value(), x))
+    }
+}

@@ -1,0 +1,297 @@
+//! A virtual host: a namespace of exchanges, queues and the bindings between them.
+//!
+//! Lookups (every publish) read lock-free maps. Changes (declare, bind, delete) are rare and
+//! take the vhost's topology lock, so that related changes never interleave: a queue being
+//! deleted cannot gain a binding halfway. Every change bumps `version`, which is how
+//! channels know their cached routes went stale.
+//!
+//! Changes to durable objects are recorded in the definitions journal; the methods that
+//! make them return the store epoch to wait for before telling the client ([`SyncEpoch`]).
+//!
+//! This file holds the vhost's state and lookups; its operations are beside it: exchanges
+//! ([`exchanges`]), queues ([`queues`]), bindings ([`bindings`]), routing ([`route`]) and the
+//! routing of dead letters ([`dead_letter`]).
+
+pub mod bindings;
+pub mod dead_letter;
+pub mod exchanges;
+pub mod queues;
+pub mod route;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use amq_protocol::types::FieldTable;
+use dashmap::DashMap;
+
+use crate::amqp_error;
+use crate::broker::arguments::queue_desc;
+use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::broker::memory::Memory;
+use crate::broker::policy::{self, Policy};
+use crate::broker::queue::Queue;
+use crate::broker::queue::context::{QueueHost, QueueServices};
+use crate::broker::timer::Timers;
+use crate::broker::worker::Worker;
+use crate::protocol::error::AmqpError;
+use crate::store::Store;
+use crate::store::definitions::{
+    BindingDef, Change, DefinitionsStore, ExchangeDef, PolicyDef, QueueDef, encode_arguments,
+};
+
+/// The store epoch a change becomes durable in, when it had to be written.
+pub type SyncEpoch = Option<u64>;
+
+/// The broker services a vhost and its queues work with.
+#[derive(Clone)]
+pub struct VhostServices {
+    /// Where durable queues keep their messages.
+    pub store: Arc<Store>,
+    /// Where durable definitions are recorded.
+    pub defs: Arc<DefinitionsStore>,
+    /// Wakes queues for message and queue expiry.
+    pub timers: Arc<Timers>,
+    /// The memory budget queues page against.
+    pub memory: Arc<Memory>,
+    /// Runs the routing of dead letters, outside the calls that caused them.
+    pub worker: Arc<Worker>,
+}
+
+/// A virtual host.
+pub struct VirtualHost {
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+    /// Serialises changes to exchanges, queues and bindings.
+    topology: Mutex<Topology>,
+    /// Bumped by every change that could alter where a message is routed.
+    version: AtomicU64,
+    services: VhostServices,
+    /// The policies of this vhost.
+    policies: RwLock<Vec<Policy>>,
+    /// This vhost, for the queues it creates (they hand it their dead letters) and for the
+    /// dead-letter jobs it submits.
+    me: Weak<VirtualHost>,
+}
+
+impl std::fmt::Debug for VirtualHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualHost")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reverse index of bindings, kept under the topology lock.
+#[derive(Debug, Default)]
+struct Topology {
+    /// For each destination (by identity), the bindings that lead to it and their source.
+    incoming: HashMap<usize, Vec<(Arc<Exchange>, Binding)>>,
+    /// The epoch of the last definitions change made under this lock.
+    sync: SyncEpoch,
+}
+
+/// The exchanges every vhost starts with, as in RabbitMQ: (name, type, internal).
+const PREDECLARED: &[(&str, ExchangeKind, bool)] = &[
+    ("", ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+];
+
+fn default_exchange_refused() -> AmqpError {
+    amqp_error!(
+        AccessRefused,
+        "operation not permitted on the default exchange"
+    )
+}
+
+impl VirtualHost {
+    pub fn new(name: &str, services: VhostServices) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let vhost = VirtualHost {
+                name: name.to_owned(),
+                exchanges: DashMap::new(),
+                queues: DashMap::new(),
+                topology: Mutex::new(Topology::default()),
+                version: AtomicU64::new(0),
+                services,
+                policies: RwLock::new(Vec::new()),
+                me: me.clone(),
+            };
+            vhost.predeclare();
+            vhost
+        })
+    }
+
+    /// Creates the exchanges every vhost has.
+    fn predeclare(&self) {
+        for &(x, kind, internal) in PREDECLARED {
+            self.exchanges.insert(
+                x.to_owned(),
+                Arc::new(Exchange::new(
+                    x.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    internal,
+                    FieldTable::default(),
+                )),
+            );
+        }
+    }
+
+    /// What a new queue of this vhost works with.
+    pub fn queue_services(&self) -> QueueServices {
+        let host: Weak<dyn QueueHost> = self.me.clone();
+        QueueServices {
+            store: self.services.store.clone(),
+            memory: self.services.memory.clone(),
+            timers: self.services.timers.clone(),
+            host,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.services.store
+    }
+
+    fn read_policies(&self) -> std::sync::RwLockReadGuard<'_, Vec<Policy>> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy that applies to a queue named `name`.
+    pub fn queue_policy(&self, name: &str) -> Option<Policy> {
+        policy::matching(&self.read_policies(), policy::Target::Queue, name).cloned()
+    }
+
+    /// Replaces the vhost's policies and applies them to existing queues and exchanges.
+    pub fn set_policies(&self, defs: &[PolicyDef]) {
+        let compiled: Vec<Policy> = defs
+            .iter()
+            .filter(|d| d.vhost == self.name)
+            .filter_map(Policy::compile)
+            .collect();
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = compiled;
+        let policies = self.read_policies().clone();
+        for x in self.exchanges.iter() {
+            let ae = policy::matching(&policies, policy::Target::Exchange, &x.name)
+                .and_then(|p| p.string("alternate-exchange"))
+                .map(str::to_owned);
+            x.set_policy_alternate(ae);
+        }
+        for q in self.queues() {
+            q.apply_policy(policy::matching(&policies, policy::Target::Queue, &q.name));
+        }
+        self.changed();
+    }
+
+    /// Applies the policy matching a new exchange.
+    fn apply_exchange_policy(&self, x: &Exchange) {
+        let ae = policy::matching(&self.read_policies(), policy::Target::Exchange, &x.name)
+            .and_then(|p| p.string("alternate-exchange"))
+            .map(str::to_owned);
+        x.set_policy_alternate(ae);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Records a change to durable definitions.
+    fn record(&self, topology: &mut Topology, change: Change) {
+        let epoch = self.services.defs.record(change);
+        topology.sync = Some(topology.sync.map_or(epoch, |e| e.max(epoch)));
+    }
+
+    fn exchange_def(&self, x: &Exchange) -> ExchangeDef {
+        let (arguments, lepus_arguments) = encode_arguments(&x.arguments);
+        ExchangeDef {
+            name: x.name.clone(),
+            vhost: self.name.clone(),
+            kind: x.kind.name().to_owned(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments,
+            lepus_arguments,
+        }
+    }
+
+    fn queue_def(&self, q: &Queue) -> QueueDef {
+        let (arguments, lepus_arguments) = encode_arguments(&q.arguments);
+        QueueDef {
+            name: q.name.clone(),
+            vhost: self.name.clone(),
+            durable: q.durable,
+            auto_delete: q.auto_delete,
+            arguments,
+            lepus_arguments,
+            lepus_id: q.id,
+        }
+    }
+
+    /// The definition of a binding, if it is durable (both ends durable, as in RabbitMQ).
+    fn binding_def(&self, source: &Exchange, b: &Binding) -> Option<BindingDef> {
+        let (destination, destination_type, durable) = match &b.destination {
+            Destination::Queue(q) => (q.name.clone(), "queue", q.durable),
+            Destination::Exchange(x) => (x.name.clone(), "exchange", x.durable),
+        };
+        if !(durable && source.durable) {
+            return None;
+        }
+        let (arguments, lepus_arguments) = encode_arguments(&b.arguments);
+        Some(BindingDef {
+            source: source.name.clone(),
+            vhost: self.name.clone(),
+            destination,
+            destination_type: destination_type.to_owned(),
+            routing_key: b.routing_key.clone(),
+            arguments,
+            lepus_arguments,
+        })
+    }
+
+    /// The routing generation: a cached route is valid while this is unchanged.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.get(name).map(|x| x.value().clone())
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.value().clone())
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| q.value().clone()).collect()
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        amqp_error!(NotFound, "no exchange '{}' in vhost '{}'", name, self.name)
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        amqp_error!(NotFound, "no queue '{}' in vhost '{}'", name, self.name)
+    }
+
+    /// RabbitMQ's refusal to touch another connection's exclusive queue.
+    pub fn resource_locked(&self, name: &str) -> AmqpError {
+        amqp_error!(
+            ResourceLocked,
+            "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            queue_desc(name, &self.name)
+        )
+    }
+}

@@ -1,0 +1,212 @@
+//! Queues of a vhost: declare, delete, and the deletions that follow from connections closing.
+
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+
+use super::{SyncEpoch, VirtualHost};
+use crate::amqp_error;
+use crate::broker::arguments::{self, queue_desc};
+use crate::broker::exchange::Destination;
+use crate::broker::queue::{Queue, QueueConfig};
+use crate::protocol::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::protocol::table;
+use crate::store::definitions::Change;
+
+/// What queue.declare asks for (with the name already chosen).
+#[derive(Debug, Clone)]
+pub struct QueueDeclare {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+impl VirtualHost {
+    /// Finds a queue the connection may use: it exists and is not another connection's
+    /// exclusive queue.
+    pub fn usable_queue(&self, name: &str, connection: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        if q.exclusive_owner.is_some_and(|owner| owner != connection) {
+            return Err(self.resource_locked(name));
+        }
+        Ok(q)
+    }
+
+    /// queue.declare. Returns the queue with its ready-message and consumer counts. The
+    /// channel has already refused client-chosen names in the reserved `amq.` namespace.
+    pub fn declare_queue(
+        &self,
+        d: &QueueDeclare,
+        connection: u64,
+    ) -> AmqpResult<(Arc<Queue>, u32, u32, SyncEpoch)> {
+        let desc = queue_desc(&d.name, &self.name);
+        let mut topology = self.lock();
+        if let Some(q) = self.queue(&d.name) {
+            let owned_by_other = q.exclusive_owner.is_some_and(|o| o != connection);
+            if owned_by_other || (!d.passive && d.exclusive != q.exclusive_owner.is_some()) {
+                return Err(self.resource_locked(&d.name));
+            }
+            if !d.passive {
+                // Exclusive queues are never durable; RabbitMQ accepts either on redeclare.
+                if d.durable != q.durable && q.exclusive_owner.is_none() {
+                    return Err(arguments::inequivalent_flag(
+                        "durable", &desc, d.durable, q.durable,
+                    ));
+                }
+                if d.auto_delete != q.auto_delete {
+                    return Err(arguments::inequivalent_flag(
+                        "auto_delete",
+                        &desc,
+                        d.auto_delete,
+                        q.auto_delete,
+                    ));
+                }
+                arguments::assert_queue_equivalence(&q.arguments, &d.arguments, &desc)?;
+            }
+            q.touch();
+            let (messages, consumers) = q.counts();
+            return Ok((q, messages, consumers, None));
+        }
+        if d.passive {
+            return Err(self.no_queue(&d.name));
+        }
+        arguments::validate_queue_arguments(&d.arguments, &desc)?;
+        if table::get(&d.arguments, "x-queue-type").and_then(table::as_bytes)
+            == Some(b"quorum".as_slice())
+        {
+            // RabbitMQ's quorum queues are durable, shared and permanent.
+            for (refused, property) in [
+                (d.auto_delete, "auto-delete"),
+                (d.exclusive, "exclusive-owner"),
+                (!d.durable, "non-durable"),
+            ] {
+                if refused {
+                    return Err(amqp_error!(
+                        PreconditionFailed,
+                        "invalid property '{}' for {}",
+                        property,
+                        desc
+                    ));
+                }
+            }
+        }
+        // Like RabbitMQ, an exclusive queue is never durable.
+        let durable = d.durable && !d.exclusive;
+        let (id, log) = if durable {
+            let id = self.services.defs.next_queue_id();
+            let log = self.services.store.create_queue_log(id).map_err(|e| {
+                tracing::error!(queue = %d.name, error = %e, "cannot create the queue's log");
+                AmqpError::bare(ReplyCode::InternalError)
+            })?;
+            (id, Some(log))
+        } else {
+            (0, None)
+        };
+        let policy = self.queue_policy(&d.name);
+        let queue = Queue::new(
+            QueueConfig {
+                name: d.name.clone(),
+                vhost: self.name.clone(),
+                durable,
+                auto_delete: d.auto_delete,
+                exclusive_owner: d.exclusive.then_some(connection),
+                arguments: d.arguments.clone(),
+                id,
+            },
+            self.queue_services(),
+            log,
+            policy.as_ref(),
+        );
+        if durable {
+            let def = self.queue_def(&queue);
+            self.record(&mut topology, Change::PutQueue(def));
+        }
+        self.queues.insert(d.name.clone(), queue.clone());
+        self.changed();
+        Ok((queue, 0, 0, topology.sync.take()))
+    }
+
+    /// Puts back a durable queue recovered at start-up.
+    pub fn restore_queue(&self, q: Arc<Queue>) {
+        self.queues.insert(q.name.clone(), q);
+        self.changed();
+    }
+
+    /// queue.delete. Deleting a missing queue succeeds with a count of 0, as in RabbitMQ.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: u64,
+    ) -> AmqpResult<(u32, SyncEpoch)> {
+        let q = match self.usable_queue(name, connection) {
+            Ok(q) => q,
+            Err(e) if e.code == ReplyCode::NotFound => return Ok((0, None)),
+            Err(e) => return Err(e),
+        };
+        let (messages, consumers) = q.counts();
+        let desc = queue_desc(name, &self.name);
+        if if_unused && consumers > 0 {
+            return Err(amqp_error!(PreconditionFailed, "{} in use", desc));
+        }
+        if if_empty && messages > 0 {
+            return Err(amqp_error!(PreconditionFailed, "{} not empty", desc));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Deletes a queue unconditionally (auto-delete, exclusive owner gone, queue.delete):
+    /// removes its bindings and its log and tells its consumers. Returns the ready messages
+    /// it held and the epoch its deletion is durable in.
+    pub fn remove_queue(&self, queue: &Arc<Queue>) -> (u32, SyncEpoch) {
+        let mut topology = self.lock();
+        let removed = self
+            .queues
+            .remove_if(&queue.name, |_, v| Arc::ptr_eq(v, queue))
+            .is_some();
+        if !removed {
+            return (0, None);
+        }
+        let sources =
+            self.remove_incoming_locked(&mut topology, &Destination::Queue(queue.clone()));
+        for source in sources {
+            self.maybe_auto_delete(&mut topology, &source);
+        }
+        if queue.durable {
+            self.record(
+                &mut topology,
+                Change::DeleteQueue {
+                    vhost: self.name.clone(),
+                    name: queue.name.clone(),
+                },
+            );
+        }
+        self.changed();
+        let sync = topology.sync.take();
+        drop(topology);
+        let (messages, mut consumers) = queue.mark_deleted();
+        // RabbitMQ cancels a deleted queue's consumers in consumer-tag order.
+        consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
+        for c in consumers {
+            c.sink.consumer_cancelled(c.channel, c.tag.clone());
+        }
+        (messages, sync)
+    }
+
+    /// Deletes the exclusive queues of a connection that closed.
+    pub fn remove_exclusive_queues(&self, connection: u64) {
+        let owned: Vec<Arc<Queue>> = self
+            .queues
+            .iter()
+            .filter(|q| q.exclusive_owner == Some(connection))
+            .map(|q| q.value().clone())
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+}

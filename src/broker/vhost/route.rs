@@ -1,0 +1,72 @@
+//! Routing: where a message published to an exchange of this vhost goes.
+
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+
+use super::VirtualHost;
+use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
+use crate::broker::queue::Queue;
+
+impl VirtualHost {
+    /// Routes a message published to `exchange`: follows exchange-to-exchange bindings and
+    /// alternate exchanges, and appends each matching queue to `out` once. Returns false
+    /// if the result depended on message headers (and so must not be cached).
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        routing_keys: &[&[u8]],
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> bool {
+        let mut cacheable = true;
+        let mut seen: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
+        let mut pending: Vec<Arc<Exchange>> = vec![exchange.clone()];
+        while let Some(x) = pending.pop() {
+            let mut matched = false;
+            if x.name.is_empty() {
+                // The default exchange: every queue is bound by its own name.
+                for key in routing_keys {
+                    if let Ok(name) = std::str::from_utf8(key)
+                        && let Some(q) = self.queues.get(name)
+                    {
+                        matched = true;
+                        out.push(q.value().clone());
+                    }
+                }
+            } else {
+                if x.kind == ExchangeKind::Headers {
+                    cacheable = false;
+                }
+                x.route(routing_keys, headers, &mut |d| {
+                    matched = true;
+                    match d {
+                        Destination::Queue(q) => out.push(q.clone()),
+                        Destination::Exchange(next) => {
+                            if !seen.contains(&Arc::as_ptr(next)) {
+                                seen.push(Arc::as_ptr(next));
+                                pending.push(next.clone());
+                            }
+                        }
+                    }
+                });
+            }
+            // An exchange whose own bindings matched nothing hands the message to its
+            // alternate exchange, looked up by name each time.
+            if !matched
+                && let Some(ae) = x.alternate()
+                && let Some(next) = self.exchange(&ae)
+                && !seen.contains(&Arc::as_ptr(&next))
+            {
+                seen.push(Arc::as_ptr(&next));
+                pending.push(next);
+            }
+        }
+        // A queue reached through several bindings or paths gets the message once.
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        cacheable
+    }
+}

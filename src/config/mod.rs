@@ -1,0 +1,146 @@
+//! Broker configuration: where to listen, where data lives, who may log in, and a limit on
+//! everything that grows. Defaults are RabbitMQ's where RabbitMQ has one.
+//!
+//! This is the bottom layer: it imports nothing from the rest of the crate, and every layer
+//! may read it. Every limit lives in [`Limits`], with its unit in its name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// RabbitMQ's default `channel_max`, offered in Connection.Tune.
+pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
+/// RabbitMQ's default `frame_max`, offered in Connection.Tune.
+pub const DEFAULT_FRAME_MAX_BYTES: u32 = 131_072;
+/// RabbitMQ's default heartbeat, offered in Connection.Tune.
+pub const DEFAULT_HEARTBEAT_S: u16 = 60;
+/// The smallest frame_max AMQP allows; also the limit before Tune-Ok.
+pub const MIN_FRAME_MAX_BYTES: u32 = 4096;
+/// RabbitMQ's default `max_message_size` (128 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Limits on everything a client can make grow.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Channels per connection offered in Connection.Tune.
+    pub channel_max: u16,
+    /// Largest frame offered in Connection.Tune, overhead included.
+    pub frame_max_bytes: u32,
+    /// Heartbeat interval offered in Connection.Tune; 0 disables heartbeats.
+    pub heartbeat_s: u16,
+    /// Largest message body accepted from a publisher.
+    pub max_message_size_bytes: u64,
+    /// Open client connections; further connections are closed right after accept.
+    pub max_connections: usize,
+    /// Consumers one channel may hold.
+    pub max_consumers_per_channel: usize,
+    /// Unacknowledged deliveries one channel may hold, whatever its prefetch: a safety net
+    /// for consumers with prefetch 0 that never ack.
+    pub max_unacked_per_channel: u32,
+    /// Seconds a client has to complete the AMQP handshake (RabbitMQ: 10 s).
+    pub handshake_timeout_s: u64,
+    /// Bytes of deliveries a connection may have queued for its socket before queues stop
+    /// sending to it; they resume when the client has read half of it.
+    pub connection_outbox_bytes: usize,
+    /// Bytes read from a socket in one go.
+    pub read_chunk_bytes: usize,
+    /// Message bytes all queues together keep in memory; beyond it, queues move the newest
+    /// part of their backlogs to disk and read it back as consumers catch up.
+    pub memory_budget_bytes: usize,
+    /// Size of one segment file of a queue log.
+    pub segment_bytes: u64,
+    /// How long a delivery may stay unacknowledged before its channel is closed, unless the
+    /// queue (`x-consumer-timeout`) or the consumer says otherwise; `None` never. RabbitMQ's
+    /// default is 30 minutes.
+    pub consumer_timeout_ms: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            channel_max: DEFAULT_CHANNEL_MAX,
+            frame_max_bytes: DEFAULT_FRAME_MAX_BYTES,
+            heartbeat_s: DEFAULT_HEARTBEAT_S,
+            max_message_size_bytes: DEFAULT_MAX_MESSAGE_SIZE_BYTES,
+            max_connections: 65_536,
+            max_consumers_per_channel: 65_536,
+            max_unacked_per_channel: 1_000_000,
+            handshake_timeout_s: 10,
+            connection_outbox_bytes: 1024 * 1024,
+            read_chunk_bytes: 64 * 1024,
+            memory_budget_bytes: 64 * 1024 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
+            consumer_timeout_ms: Some(30 * 60 * 1000),
+        }
+    }
+}
+
+/// A user known at start-up.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    /// Users that may only connect from a loopback address (RabbitMQ's `loopback_users`).
+    pub loopback_only: bool,
+}
+
+/// Everything the broker needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to accept AMQP connections on; port 0 picks a free port.
+    pub listen: Vec<SocketAddr>,
+    /// Where durable state is kept.
+    pub data_dir: PathBuf,
+    /// Users created at start-up; RabbitMQ's guest/guest by default.
+    pub users: Vec<UserConfig>,
+    /// Virtual hosts created at start-up; every user gets full permissions on them.
+    pub vhosts: Vec<String>,
+    /// `product` in the server properties. Clients branch on it: kombu (Celery) picks its
+    /// `basic.qos` semantics by checking for `RabbitMQ` and the version, so Lepus reports
+    /// the RabbitMQ release whose behaviour it implements. `platform` names Lepus.
+    pub product: String,
+    /// `version` in the server properties.
+    pub version: String,
+    /// `cluster_name` in the server properties.
+    pub cluster_name: String,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5672))],
+            data_dir: PathBuf::from("lepus-data"),
+            users: vec![UserConfig {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }],
+            vhosts: vec!["/".into()],
+            product: "RabbitMQ".into(),
+            version: "3.10.8".into(),
+            cluster_name: "lepus@localhost".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: one listener on a free loopback port, data in a fresh
+    /// temporary directory.
+    pub fn for_tests() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "lepus-test-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ));
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            data_dir: dir,
+            ..Config::default()
+        }
+    }
+}
