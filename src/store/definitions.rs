@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Journal, Shared, sync_dir};
+use super::sync::{Journal, Shared, sync_dir};
 
 /// Journal lines after which the snapshot is rewritten.
 const SNAPSHOT_AFTER_CHANGES: usize = 10_000;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::intervals::IntervalSet;
 use super::record::{self, Decoded, Kind, MessageParts, Record, StoredMessage};
-use super::{Shared, sync_dir};
+use super::sync::{Journal, Shared, sync_dir};
 
 /// Where a record starts: segment number and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -534,101 +534,32 @@ impl QueueLog {
     /// Opens the log of a durable queue after a restart: checks every record, cuts a torn
     /// tail, and works out which messages are still to be delivered.
     pub fn recover(dir: PathBuf, shared: Arc<Shared>) -> io::Result<(Arc<QueueLog>, Recovered)> {
-        let mut indices: Vec<u64> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".seg")?.parse::<u64>().ok()
-            })
-            .collect();
-        indices.sort_unstable();
+        let indices = segment_indices(&dir)?;
         let mut recovered = Recovered::default();
+        let mut marks = Marks::default();
         let mut segments: VecDeque<Segment> = VecDeque::new();
-        let mut acked = IntervalSet::default();
-        let mut delivered = IntervalSet::default();
-        let mut torn_at: Option<usize> = None;
         for (i, &index) in indices.iter().enumerate() {
-            let path = Segment::path(&dir, index);
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            let capacity = file.metadata()?.len();
-            let data = Bytes::from(std::fs::read(&path)?);
-            let mut seg = Segment {
-                index,
-                file: Arc::new(file),
-                capacity,
-                end: 0,
-                live: 0,
-                first_message: u64::MAX,
-                last_message: 0,
-            };
-            let mut at = 0usize;
-            loop {
-                match record::decode(&data.slice(at..)) {
-                    Decoded::Record(r, len) => {
-                        match r {
-                            Record::Message { seq, .. } => {
-                                seg.live += 1;
-                                seg.first_message = seg.first_message.min(seq);
-                                seg.last_message = seg.last_message.max(seq);
-                                recovered.next_seq = recovered.next_seq.max(seq + 1);
-                            }
-                            Record::Paged { seq, .. } => {
-                                recovered.next_seq = recovered.next_seq.max(seq + 1);
-                            }
-                            Record::Ack { seq } => acked.insert(seq),
-                            Record::Delivered { seq } => delivered.insert(seq),
-                        }
-                        at += len;
-                    }
-                    Decoded::End => break,
-                    Decoded::Torn => {
-                        // Cut here: zero what follows so later appends are not followed by
-                        // the remains of the torn write.
-                        let zeros = vec![0u8; (capacity as usize).saturating_sub(at)];
-                        seg.file.write_all_at(&zeros, at as u64)?;
-                        seg.file.sync_data()?;
-                        recovered.torn = true;
-                        torn_at = Some(i);
-                        break;
-                    }
-                }
-            }
-            seg.end = at as u64;
+            let (seg, torn) = scan_segment(&dir, index, &mut marks, &mut recovered)?;
             segments.push_back(seg);
-            if torn_at.is_some() {
+            if torn {
+                recovered.torn = true;
+                // Nothing after a torn record was ever synced: drop later segments.
+                for &later in &indices[i + 1..] {
+                    let _ = std::fs::remove_file(Segment::path(&dir, later));
+                }
                 break;
             }
         }
-        if let Some(i) = torn_at {
-            // Nothing after a torn record was ever synced: drop later segments.
-            for &index in &indices[i + 1..] {
-                let _ = std::fs::remove_file(Segment::path(&dir, index));
-            }
-        }
+        let Marks {
+            mut acked,
+            delivered,
+        } = marks;
         for seg in segments.iter_mut() {
             if seg.live > 0 {
                 seg.live -= acked.count_in(seg.first_message, seg.last_message);
             }
         }
-        // Second pass over what is live: count body bytes of unacknowledged messages.
-        for seg in &segments {
-            if seg.live == 0 {
-                continue;
-            }
-            let mut buf = vec![0u8; seg.end as usize];
-            seg.file.read_exact_at(&mut buf, 0)?;
-            let buf = Bytes::from(buf);
-            let mut at = 0usize;
-            while let Decoded::Record(r, len) = record::decode(&buf.slice(at..)) {
-                if let Record::Message { seq, message, .. } = r
-                    && !acked.contains(seq)
-                {
-                    recovered.count += 1;
-                    recovered.bytes += message.body.len() as u64;
-                }
-                at += len;
-            }
-        }
+        count_unacked(&segments, &acked, &mut recovered)?;
         // Drop fully acknowledged segments at the front.
         while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
             if let Some(s) = segments.pop_front() {
@@ -646,7 +577,6 @@ impl QueueLog {
             acked.remove_below(s.first_message);
         }
         let head = segments.back().map_or((0, 0), |h| (h.index, h.end));
-        let next_index = head.0 + 1;
         recovered.reader = TailReader {
             pos: Position {
                 segment: first,
@@ -665,7 +595,7 @@ impl QueueLog {
             shared,
             inner: Mutex::new(Inner {
                 segments,
-                next_index,
+                next_index: head.0 + 1,
                 pending: Vec::new(),
                 pending_offset: head.1,
                 unsynced: Vec::new(),
@@ -676,6 +606,123 @@ impl QueueLog {
             }),
         });
         Ok((log, recovered))
+    }
+}
+
+/// Ack and Delivered marks found while recovering a log.
+#[derive(Default)]
+struct Marks {
+    acked: IntervalSet,
+    delivered: IntervalSet,
+}
+
+/// The segment numbers in a log directory, in order.
+fn segment_indices(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut indices: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse::<u64>().ok()
+        })
+        .collect();
+    indices.sort_unstable();
+    Ok(indices)
+}
+
+/// Reads one segment's records: counts its messages, collects marks, and finds where its
+/// written part ends. Returns the segment and whether it ended in a torn record (which is cut:
+/// zeroed, so later appends are not followed by its remains).
+fn scan_segment(
+    dir: &Path,
+    index: u64,
+    marks: &mut Marks,
+    recovered: &mut Recovered,
+) -> io::Result<(Segment, bool)> {
+    let path = Segment::path(dir, index);
+    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+    let capacity = file.metadata()?.len();
+    let data = Bytes::from(std::fs::read(&path)?);
+    let mut seg = Segment {
+        index,
+        file: Arc::new(file),
+        capacity,
+        end: 0,
+        live: 0,
+        first_message: u64::MAX,
+        last_message: 0,
+    };
+    let mut at = 0usize;
+    let mut torn = false;
+    loop {
+        match record::decode(&data.slice(at..)) {
+            Decoded::Record(r, len) => {
+                match r {
+                    Record::Message { seq, .. } => {
+                        seg.live += 1;
+                        seg.first_message = seg.first_message.min(seq);
+                        seg.last_message = seg.last_message.max(seq);
+                        recovered.next_seq = recovered.next_seq.max(seq + 1);
+                    }
+                    Record::Paged { seq, .. } => {
+                        recovered.next_seq = recovered.next_seq.max(seq + 1);
+                    }
+                    Record::Ack { seq } => marks.acked.insert(seq),
+                    Record::Delivered { seq } => marks.delivered.insert(seq),
+                }
+                at += len;
+            }
+            Decoded::End => break,
+            Decoded::Torn => {
+                let zeros = vec![0u8; (capacity as usize).saturating_sub(at)];
+                seg.file.write_all_at(&zeros, at as u64)?;
+                seg.file.sync_data()?;
+                torn = true;
+                break;
+            }
+        }
+    }
+    seg.end = at as u64;
+    Ok((seg, torn))
+}
+
+/// Counts the unacknowledged durable messages, and their body bytes, in segments that have
+/// any.
+fn count_unacked(
+    segments: &VecDeque<Segment>,
+    acked: &IntervalSet,
+    recovered: &mut Recovered,
+) -> io::Result<()> {
+    for seg in segments {
+        if seg.live == 0 {
+            continue;
+        }
+        let mut buf = vec![0u8; seg.end as usize];
+        seg.file.read_exact_at(&mut buf, 0)?;
+        let buf = Bytes::from(buf);
+        let mut at = 0usize;
+        while let Decoded::Record(r, len) = record::decode(&buf.slice(at..)) {
+            if let Record::Message { seq, message, .. } = r
+                && !acked.contains(seq)
+            {
+                recovered.count += 1;
+                recovered.bytes += message.body.len() as u64;
+            }
+            at += len;
+        }
+    }
+    Ok(())
+}
+
+impl Journal for QueueLog {
+    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
+        let (files, dir_changed) = QueueLog::flush(self)?;
+        Ok((files, dir_changed.then(|| self.dir().to_owned())))
+    }
+
+    fn after_sync(&self) {
+        if let Err(e) = self.prepare_next() {
+            tracing::warn!(error = %e, "cannot prepare the next segment");
+        }
     }
 }
 

@@ -199,6 +199,53 @@ impl Connection {
             Ok(i) => i,
             Err(at) => return self.on_unopened_channel(header.channel, at, ids, &payload),
         };
+        if !self.channels[index].is_open() {
+            return self.on_closing_channel(index, header.channel, ids);
+        }
+        match self.run_on_channel(index, header, ids, payload) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_hard() => Err(e),
+            Err(e) => {
+                self.fail_channel(header.channel, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// A frame for a channel the broker is closing: wait for Close-Ok, answer Close, ignore
+    /// the rest.
+    fn on_closing_channel(
+        &mut self,
+        index: usize,
+        channel: u16,
+        ids: Option<(u16, u16)>,
+    ) -> Result<(), AmqpError> {
+        match ids {
+            Some((20, 41)) => {
+                self.channels.remove(index);
+                Ok(())
+            }
+            Some((20, 40)) => {
+                write_channel_close_ok(&mut self.out, channel);
+                Ok(())
+            }
+            Some((20, 10)) => {
+                Err(amqp_error!(ChannelError, "second 'channel.open' seen").on_method(20, 10))
+            }
+            Some((c, m)) if !crate::protocol::method::is_known(c, m) => Err(unknown_method(c, m)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a frame on the open channel at `index`: the hot path (publish, content, settle)
+    /// decoded by hand, everything else through amq-protocol.
+    fn run_on_channel(
+        &mut self,
+        index: usize,
+        header: FrameHeader,
+        ids: Option<(u16, u16)>,
+        payload: Bytes,
+    ) -> Result<(), AmqpError> {
         let Connection {
             channels,
             session,
@@ -209,27 +256,7 @@ impl Connection {
             return Ok(());
         };
         let ch = &mut channels[index];
-        if !ch.is_open() {
-            // Closing: wait for Close-Ok, answer Close, ignore the rest.
-            return match ids {
-                Some((20, 41)) => {
-                    channels.remove(index);
-                    Ok(())
-                }
-                Some((20, 40)) => {
-                    write_channel_close_ok(out, header.channel);
-                    Ok(())
-                }
-                Some((20, 10)) => {
-                    Err(amqp_error!(ChannelError, "second 'channel.open' seen").on_method(20, 10))
-                }
-                Some((c, m)) if !crate::protocol::method::is_known(c, m) => {
-                    Err(unknown_method(c, m))
-                }
-                _ => Ok(()),
-            };
-        }
-        let result = match header.kind {
+        match header.kind {
             FRAME_METHOD => match ids {
                 Some((hot::CLASS_BASIC, hot::PUBLISH)) => hot::parse_publish(&payload)
                     .map_err(|_| cannot_decode(&payload))
@@ -271,24 +298,19 @@ impl Connection {
                 )),
             },
             _ => ch.on_body(session, out, payload),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_hard() => Err(e),
-            Err(e) => {
-                // A soft error closes only this channel, after it has given back what it held.
-                if let Ok(i) = self.channel_index(header.channel) {
-                    let (channels, session, out) =
-                        (&mut self.channels, &self.session, &mut self.out);
-                    if let Some(session) = session {
-                        channels[i].shutdown(session);
-                    }
-                    tracing::debug!(peer = %self.peer, channel = header.channel, code = e.code.code(), text = %e.text, "channel error");
-                    write_channel_close(out, header.channel, &e);
-                }
-                Ok(())
-            }
         }
+    }
+
+    /// A soft error closes only its channel, after the channel has given back what it held.
+    fn fail_channel(&mut self, channel: u16, e: AmqpError) {
+        let Ok(i) = self.channel_index(channel) else {
+            return;
+        };
+        if let Some(session) = &self.session {
+            self.channels[i].shutdown(session);
+        }
+        tracing::debug!(peer = %self.peer, channel, code = e.code.code(), text = %e.text, "channel error");
+        write_channel_close(&mut self.out, channel, &e);
     }
 
     pub(super) fn on_unopened_channel(

@@ -135,31 +135,7 @@ async fn run(args: Args) -> Result<()> {
         setup.declare_queue(q, durable).await?;
         setup.purge(q).await?;
     }
-    let (exchange, keys): (String, Vec<String>) = match args.scenario.as_str() {
-        "fanout" => {
-            let x = format!("perf-fanout-{run_id}");
-            setup.declare_exchange(&x, "fanout").await?;
-            for q in &names {
-                setup.bind(q, &x, "").await?;
-            }
-            (x, vec![String::new()])
-        }
-        "topic" => {
-            let x = format!("perf-topic-{run_id}");
-            setup.declare_exchange(&x, "topic").await?;
-            // 1,000 bindings; each routing key matches exactly one of them.
-            for i in 0..1000 {
-                setup
-                    .bind(&names[0], &x, &format!("region{i}.*.orders"))
-                    .await?;
-            }
-            let keys = (0..1000)
-                .map(|i| format!("region{i}.shop.orders"))
-                .collect();
-            (x, keys)
-        }
-        _ => (String::new(), vec![names[0].clone()]),
-    };
+    let (exchange, keys) = topology(&mut setup, &args.scenario, &names, run_id).await?;
     for q in &names {
         let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
         if ack {
@@ -202,22 +178,7 @@ async fn run(args: Args) -> Result<()> {
         confirm,
     )));
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (c0, cpu0, t0) = (
-        meter.consumed.load(Ordering::Relaxed),
-        cpu_seconds(),
-        Instant::now(),
-    );
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let (c1, cpu1, elapsed) = (
-        meter.consumed.load(Ordering::Relaxed),
-        cpu_seconds(),
-        t0.elapsed(),
-    );
-    meter.stop.store(true, Ordering::Relaxed);
-    meter.progress.notify_waiters();
-    let rate = (c1 - c0) as f64 / elapsed.as_secs_f64();
-    let cpu = (cpu1 - cpu0) / elapsed.as_secs_f64();
+    let (rate, cpu) = measure(&meter, args.seconds).await;
     for t in tasks {
         t.abort();
     }
@@ -233,6 +194,64 @@ async fn run(args: Args) -> Result<()> {
         cpu > 0.9
     );
     Ok(())
+}
+
+/// Declares what a throughput scenario publishes through; returns the exchange and the
+/// routing keys to publish with.
+async fn topology(
+    setup: &mut Client,
+    scenario: &str,
+    names: &[String],
+    run_id: u32,
+) -> Result<(String, Vec<String>)> {
+    Ok(match scenario {
+        "fanout" => {
+            let x = format!("perf-fanout-{run_id}");
+            setup.declare_exchange(&x, "fanout").await?;
+            for q in names {
+                setup.bind(q, &x, "").await?;
+            }
+            (x, vec![String::new()])
+        }
+        "topic" => {
+            let x = format!("perf-topic-{run_id}");
+            setup.declare_exchange(&x, "topic").await?;
+            // 1,000 bindings; each routing key matches exactly one of them.
+            for i in 0..1000 {
+                setup
+                    .bind(&names[0], &x, &format!("region{i}.*.orders"))
+                    .await?;
+            }
+            let keys = (0..1000)
+                .map(|i| format!("region{i}.shop.orders"))
+                .collect();
+            (x, keys)
+        }
+        _ => (String::new(), vec![names[0].clone()]),
+    })
+}
+
+/// Lets a running scenario warm up for a second, then measures the consumed rate and the
+/// generator's own CPU over `seconds`, and stops it.
+async fn measure(meter: &Meter, seconds: u64) -> (f64, f64) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (c0, cpu0, t0) = (
+        meter.consumed.load(Ordering::Relaxed),
+        cpu_seconds(),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (c1, cpu1, elapsed) = (
+        meter.consumed.load(Ordering::Relaxed),
+        cpu_seconds(),
+        t0.elapsed(),
+    );
+    meter.stop.store(true, Ordering::Relaxed);
+    meter.progress.notify_waiters();
+    (
+        (c1 - c0) as f64 / elapsed.as_secs_f64(),
+        (cpu1 - cpu0) / elapsed.as_secs_f64(),
+    )
 }
 
 /// `latency`: one publisher at a steady `--rate`, one no-ack consumer; each body carries its

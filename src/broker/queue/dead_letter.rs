@@ -18,8 +18,10 @@
 //! vhost queues them as work and routes them later, on the broker's dead-letter worker, so no
 //! queue ever publishes into another from inside a call (see `broker::vhost::dead_letter`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 
@@ -80,52 +82,64 @@ fn with_count(mut entry: FieldTable, count: i64) -> FieldTable {
 
 /// RabbitMQ's regrouping of existing `x-death` entries by (queue, reason): duplicates are
 /// merged into the first one (counting them if it had no count). Like RabbitMQ's fold, the
-/// result comes out in reverse order of first appearance.
-fn group_by_queue_and_reason(tables: Vec<FieldTable>) -> Vec<FieldTable> {
+/// result comes out in reverse order of first appearance. One pass with a map, so a message
+/// that died in thousands of queues costs time linear in its entries.
+fn group_by_queue_and_reason(tables: &[&FieldTable]) -> Vec<FieldTable> {
     if tables.len() <= 1 {
-        return tables;
+        return tables.iter().map(|t| (*t).clone()).collect();
     }
-    let mut seen: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut grouped: Vec<FieldTable> = Vec::new();
-    for t in &tables {
-        let q = entry_str(t, "queue").unwrap_or_default().to_vec();
-        let r = entry_str(t, "reason").unwrap_or_default().to_vec();
-        if seen.iter().any(|(sq, sr)| *sq == q && *sr == r) {
-            continue;
-        }
-        let matches: Vec<&FieldTable> = tables.iter().filter(|x| same_death(x, &q, &r)).collect();
-        let first = matches[0].clone();
-        let augmented = if table::get(&first, "count").is_none() {
-            with_count(first, matches.len() as i64)
-        } else {
-            first
-        };
-        grouped.insert(0, augmented);
-        seen.push((q, r));
+    // (queue, reason) -> (index of its first table, how many tables share it)
+    let mut groups: HashMap<(&[u8], &[u8]), (usize, i64)> = HashMap::with_capacity(tables.len());
+    let mut firsts: Vec<usize> = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let key = (
+            entry_str(t, "queue").unwrap_or_default(),
+            entry_str(t, "reason").unwrap_or_default(),
+        );
+        groups
+            .entry(key)
+            .and_modify(|(_, n)| *n += 1)
+            .or_insert_with(|| {
+                firsts.push(i);
+                (i, 1)
+            });
     }
-    grouped
+    let mut counts = vec![0i64; tables.len()];
+    for &(first, n) in groups.values() {
+        counts[first] = n;
+    }
+    firsts
+        .iter()
+        .rev()
+        .map(|&i| {
+            let first = tables[i].clone();
+            if table::get(&first, "count").is_none() {
+                with_count(first, counts[i])
+            } else {
+                first
+            }
+        })
+        .collect()
 }
 
-/// The message as it leaves `queue` for `dlx`, and the routing keys it is routed with.
-pub fn make_message(
+/// The `x-death` entry for this death, before its count.
+fn death_info(
     message: &Message,
+    props: &BasicProperties,
+    headers: &FieldTable,
     reason: Reason,
     queue: &str,
-    destination: &DlxTarget,
     now_secs: u64,
-) -> Option<(Message, Vec<Bytes>)> {
-    let mut props = properties::decode_all(&message.properties)?;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    let cc_keys: Vec<Bytes> = match table::get(&headers, "CC") {
-        Some(AMQPValue::FieldArray(keys)) => keys
-            .as_slice()
-            .iter()
-            .filter_map(|k| table::as_bytes(k).map(Bytes::copy_from_slice))
-            .collect(),
-        _ => Vec::new(),
-    };
+) -> FieldTable {
     let mut death_keys = vec![long_str(&message.routing_key)];
-    death_keys.extend(cc_keys.iter().map(|k| long_str(k)));
+    if let Some(AMQPValue::FieldArray(keys)) = table::get(headers, "CC") {
+        death_keys.extend(
+            keys.as_slice()
+                .iter()
+                .filter_map(table::as_bytes)
+                .map(long_str),
+        );
+    }
     let mut info = FieldTable::default();
     info.insert("reason".into(), long_str(reason.as_str().as_bytes()));
     info.insert("queue".into(), long_str(queue.as_bytes()));
@@ -141,29 +155,34 @@ pub fn make_message(
             long_str(expiration.as_str().as_bytes()),
         );
     }
-    let deaths = match table::get(&headers, "x-death") {
+    info
+}
+
+/// Writes this death into the headers as RabbitMQ 3.10 does: the first death also sets the
+/// `x-first-death-*` headers; a later one regroups the existing entries and puts this death's
+/// entry (counted up if it died here for this reason before) in front.
+fn record_death(headers: &mut FieldTable, info: FieldTable, message: &Message, queue: &str) {
+    let reason = entry_str(&info, "reason").unwrap_or_default().to_vec();
+    let deaths = match table::get(headers, "x-death") {
         None => {
-            headers.insert(
-                "x-first-death-reason".into(),
-                long_str(reason.as_str().as_bytes()),
-            );
+            headers.insert("x-first-death-reason".into(), long_str(&reason));
             headers.insert("x-first-death-queue".into(), long_str(queue.as_bytes()));
             headers.insert("x-first-death-exchange".into(), long_str(&message.exchange));
             vec![with_count(info, 1)]
         }
         Some(AMQPValue::FieldArray(existing)) => {
-            let tables: Vec<FieldTable> = existing
+            let tables: Vec<&FieldTable> = existing
                 .as_slice()
                 .iter()
                 .filter_map(|v| match v {
-                    AMQPValue::FieldTable(t) => Some(t.clone()),
+                    AMQPValue::FieldTable(t) => Some(t),
                     _ => None,
                 })
                 .collect();
-            let grouped = group_by_queue_and_reason(tables);
+            let grouped = group_by_queue_and_reason(&tables);
             let (matches, others): (Vec<FieldTable>, Vec<FieldTable>) = grouped
                 .into_iter()
-                .partition(|t| same_death(t, queue.as_bytes(), reason.as_str().as_bytes()));
+                .partition(|t| same_death(t, queue.as_bytes(), &reason));
             let updated = match matches.into_iter().next() {
                 None => with_count(info, 1),
                 Some(m) => {
@@ -184,6 +203,29 @@ pub fn make_message(
                 .collect::<Vec<_>>(),
         )),
     );
+}
+
+/// A message on its way from a queue to its dead-letter exchange.
+pub struct DeadMessage {
+    pub message: Message,
+    /// The keys it is routed with: the dead-letter routing key, or its own and its CC/BCC.
+    pub routing_keys: Vec<Bytes>,
+    /// Its headers, with the updated `x-death`: for headers exchanges and cycle detection.
+    pub headers: FieldTable,
+}
+
+/// The message as it leaves `queue` for its dead-letter exchange.
+pub fn make_message(
+    message: &Message,
+    reason: Reason,
+    queue: &str,
+    destination: &DlxTarget,
+    now_secs: u64,
+) -> Option<DeadMessage> {
+    let props = properties::decode_all(&message.properties)?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let info = death_info(message, &props, &headers, reason, queue, now_secs);
+    record_death(&mut headers, info, message, queue);
     let routing_keys: Vec<Bytes> = match &destination.routing_key {
         Some(key) => {
             headers = without_key(&headers, "CC");
@@ -200,9 +242,8 @@ pub fn make_message(
             keys
         }
     };
-    props = props.with_headers(headers);
     // amq-protocol has no way to clear a property; rebuild without the expiration.
-    let props = without_expiration(props);
+    let props = without_expiration(props.with_headers(headers.clone()));
     let raw = properties::encode_all(&props)?;
     let summary = properties::scan(&raw).ok()?;
     let mut dead = Message::new(
@@ -215,7 +256,11 @@ pub fn make_message(
     if routing_keys.len() > 1 {
         dead.extra_routing_keys = Some(routing_keys[1..].to_vec().into());
     }
-    Some((dead, routing_keys))
+    Some(DeadMessage {
+        message: dead,
+        routing_keys,
+        headers,
+    })
 }
 
 fn without_key(table: &FieldTable, key: &str) -> FieldTable {
@@ -278,46 +323,27 @@ fn without_expiration(
 /// RabbitMQ's cycle rule: routing back into `queue` is a cycle if `queue` appears in the
 /// (updated) deaths and no death from the newest up to and including its first appearance
 /// was a rejection.
-pub fn is_cycle(queue: &str, deaths: &[FieldTable]) -> bool {
-    let Some(at) = deaths
-        .iter()
-        .position(|d| entry_str(d, "queue") == Some(queue.as_bytes()))
-    else {
+pub fn is_cycle(queue: &str, headers: &FieldTable) -> bool {
+    let Some(AMQPValue::FieldArray(deaths)) = table::get(headers, "x-death") else {
         return false;
     };
-    deaths[..=at]
-        .iter()
-        .all(|d| entry_str(d, "reason") != Some(b"rejected".as_slice()))
-}
-
-pub fn deaths_of(message: &Message) -> Vec<FieldTable> {
-    let Ok(summary) = properties::scan(&message.properties) else {
-        return Vec::new();
-    };
-    let Some(headers) = summary
-        .headers
-        .as_ref()
-        .and_then(|r| properties::decode_headers(&message.properties, r))
-    else {
-        return Vec::new();
-    };
-    match table::get(&headers, "x-death") {
-        Some(AMQPValue::FieldArray(a)) => a
-            .as_slice()
-            .iter()
-            .filter_map(|v| match v {
-                AMQPValue::FieldTable(t) => Some(t.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
+    for d in deaths.as_slice() {
+        let AMQPValue::FieldTable(d) = d else {
+            continue;
+        };
+        if entry_str(d, "reason") == Some(b"rejected".as_slice()) {
+            return false;
+        }
+        if entry_str(d, "queue") == Some(queue.as_bytes()) {
+            return true;
+        }
     }
+    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amq_protocol::protocol::BasicProperties;
 
     fn message(props: BasicProperties) -> Message {
         let raw = properties::encode_all(&props).unwrap();
@@ -340,7 +366,28 @@ mod tests {
     }
 
     fn deaths(m: &Message) -> Vec<FieldTable> {
-        deaths_of(m)
+        match table::get(&headers(m), "x-death") {
+            Some(AMQPValue::FieldArray(a)) => a
+                .as_slice()
+                .iter()
+                .filter_map(|v| match v {
+                    AMQPValue::FieldTable(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn dead(
+        m: &Message,
+        reason: Reason,
+        queue: &str,
+        dest: &DlxTarget,
+        now: u64,
+    ) -> (Message, Vec<Bytes>) {
+        let d = make_message(m, reason, queue, dest, now).unwrap();
+        (d.message, d.routing_keys)
     }
 
     #[test]
@@ -354,7 +401,7 @@ mod tests {
             exchange: "dlx".into(),
             routing_key: None,
         };
-        let (dead, keys) = make_message(&m, Reason::Expired, "work", &dest, 1700).unwrap();
+        let (dead, keys) = dead(&m, Reason::Expired, "work", &dest, 1700);
         assert_eq!(keys, vec![Bytes::from_static(b"eu")]);
         assert_eq!(&dead.exchange[..], b"dlx");
         assert!(dead.ttl_ms.is_none(), "expiration is removed");
@@ -380,10 +427,10 @@ mod tests {
             exchange: "dlx".into(),
             routing_key: Some(Bytes::from_static(b"retry")),
         };
-        let (once, keys) = make_message(&m, Reason::Rejected, "work", &dest, 100).unwrap();
+        let (once, keys) = dead(&m, Reason::Rejected, "work", &dest, 100);
         assert_eq!(keys, vec![Bytes::from_static(b"retry")]);
-        let (twice, _) = make_message(&once, Reason::Expired, "wait", &dest, 200).unwrap();
-        let (thrice, _) = make_message(&twice, Reason::Rejected, "work", &dest, 300).unwrap();
+        let (twice, _) = dead(&once, Reason::Expired, "wait", &dest, 200);
+        let (thrice, _) = dead(&twice, Reason::Rejected, "work", &dest, 300);
         let d = deaths(&thrice);
         assert_eq!(d.len(), 2);
         assert_eq!(entry_str(&d[0], "queue"), Some(&b"work"[..]));
@@ -404,14 +451,41 @@ mod tests {
             exchange: "dlx".into(),
             routing_key: None,
         };
-        let (a, _) = make_message(&m, Reason::Expired, "a", &dest, 1).unwrap();
-        let (b, _) = make_message(&a, Reason::Expired, "b", &dest, 2).unwrap();
-        assert!(is_cycle("a", &deaths(&b)));
-        assert!(!is_cycle("c", &deaths(&b)));
-        let (r, _) = make_message(&a, Reason::Rejected, "b", &dest, 2).unwrap();
+        let (a, _) = dead(&m, Reason::Expired, "a", &dest, 1);
+        let (b, _) = dead(&a, Reason::Expired, "b", &dest, 2);
+        assert!(is_cycle("a", &headers(&b)));
+        assert!(!is_cycle("c", &headers(&b)));
+        let (r, _) = dead(&a, Reason::Rejected, "b", &dest, 2);
         assert!(
-            !is_cycle("a", &deaths(&r)),
+            !is_cycle("a", &headers(&r)),
             "a rejection on the way breaks the cycle"
+        );
+    }
+
+    #[test]
+    fn same_as_rabbitmq_each_death_reverses_the_older_entries() {
+        // RabbitMQ 3.10 regroups existing entries with a fold that reverses them, then puts
+        // the new death in front: q1; q2 q1; q3 q1 q2; q4 q2 q1 q3.
+        let dest = DlxTarget {
+            exchange: "dlx".into(),
+            routing_key: None,
+        };
+        let mut m = message(BasicProperties::default());
+        for q in ["q1", "q2", "q3", "q4"] {
+            m = dead(&m, Reason::Expired, q, &dest, 1).0;
+        }
+        let order: Vec<Vec<u8>> = deaths(&m)
+            .iter()
+            .map(|d| entry_str(d, "queue").unwrap().to_vec())
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                b"q4".to_vec(),
+                b"q2".to_vec(),
+                b"q1".to_vec(),
+                b"q3".to_vec()
+            ]
         );
     }
 }

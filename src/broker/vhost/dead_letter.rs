@@ -13,11 +13,8 @@ use std::sync::Arc;
 use super::VirtualHost;
 use crate::broker::queue::Queue;
 use crate::broker::queue::context::QueueHost;
-use crate::broker::queue::dead_letter::{
-    DeadLetter, DlxTarget, Reason, deaths_of, is_cycle, make_message,
-};
+use crate::broker::queue::dead_letter::{DeadLetter, DlxTarget, Reason, is_cycle, make_message};
 use crate::broker::timer::now_ms;
-use crate::protocol::properties;
 
 /// Dead letters one job routes before it yields to other work.
 pub const DEAD_LETTERS_PER_JOB: usize = 256;
@@ -60,7 +57,7 @@ impl VirtualHost {
         let now_secs = now_ms() / 1000;
         let mut targets: Vec<Arc<Queue>> = Vec::new();
         for letter in letters {
-            let Some((dead, keys)) =
+            let Some(dead) =
                 make_message(&letter.message, letter.reason, &queue, &target, now_secs)
             else {
                 tracing::warn!(
@@ -70,25 +67,19 @@ impl VirtualHost {
                 continue;
             };
             targets.clear();
-            let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-            let mut headers = || {
-                properties::scan(&dead.properties)
-                    .ok()
-                    .and_then(|s| s.headers)
-                    .and_then(|r| properties::decode_headers(&dead.properties, &r))
-            };
+            let key_refs: Vec<&[u8]> = dead.routing_keys.iter().map(|k| k.as_ref()).collect();
+            let mut headers = || Some(dead.headers.clone());
             self.route(&exchange, &key_refs, &mut headers, &mut targets);
             if letter.reason != Reason::Rejected {
-                let deaths = deaths_of(&dead);
                 targets.retain(|q| {
-                    let cycle = is_cycle(&q.name, &deaths);
+                    let cycle = is_cycle(&q.name, &dead.headers);
                     if cycle {
                         tracing::debug!(queue = %q.name, "dead letter dropped: dead-letter cycle");
                     }
                     !cycle
                 });
             }
-            let dead = Arc::new(dead);
+            let dead = Arc::new(dead.message);
             for q in &targets {
                 q.publish(dead.clone());
             }
