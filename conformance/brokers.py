@@ -42,9 +42,10 @@ def pinned(cpu, argv):
 class Lepus:
     name = "lepus"
 
-    def __init__(self, cpu=None):
+    def __init__(self, cpu=None, send_timeout_ms=None):
         self.proc = None
         self.cpu = cpu
+        self.send_timeout_ms = send_timeout_ms
         self.data = tempfile.mkdtemp(prefix="lepus-conformance-")
 
     @property
@@ -71,7 +72,8 @@ class Lepus:
         self.proc = subprocess.Popen(
             pinned(self.cpu, [os.path.join(ROOT, "target", "release", "lepus"),
                               "--listen", "127.0.0.1:%d" % self.port,
-                              "--data-dir", os.path.join(self.data, "data")]),
+                              "--data-dir", os.path.join(self.data, "data")]
+                             + (["--send-timeout-ms", str(self.send_timeout_ms)] if self.send_timeout_ms else [])),
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)
         return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
@@ -94,11 +96,12 @@ class RabbitMQ:
     """A private RabbitMQ node from Debian's rabbitmq-server package, on free ports."""
     name = "rabbitmq"
 
-    def __init__(self, cpu=None):
+    def __init__(self, cpu=None, send_timeout_ms=None):
         self.base = tempfile.mkdtemp(prefix="rabbitmq-conformance-")
         self.node = "lepusconf%d@localhost" % os.getpid()
         self.env = None
         self.cpu = cpu
+        self.send_timeout_ms = send_timeout_ms
 
     @property
     def pid(self):
@@ -122,6 +125,9 @@ class RabbitMQ:
         plugins = os.path.join(self.base, "enabled_plugins")
         with open(plugins, "w") as f:
             f.write("[].\n")
+        with open(os.path.join(self.base, "rabbitmq.conf"), "w") as f:
+            if self.send_timeout_ms:
+                f.write("tcp_listen_options.send_timeout = %d\n" % self.send_timeout_ms)
         self.env = dict(
             os.environ,
             RABBITMQ_NODENAME=self.node,

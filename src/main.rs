@@ -39,6 +39,10 @@ struct Args {
     /// Size of each queue log segment file.
     #[arg(long = "segment-mib", env = "LEPUS_SEGMENT_MIB")]
     segment_mib: Option<u64>,
+    /// How long output may wait for a client that reads none of it before the connection is
+    /// closed (RabbitMQ's `tcp_listen_options.send_timeout`, 30 s by default).
+    #[arg(long = "send-timeout-ms", env = "LEPUS_SEND_TIMEOUT_MS")]
+    send_timeout_ms: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +66,9 @@ fn main() -> std::process::ExitCode {
     }
     if let Some(mib) = args.memory_budget_mib {
         config.limits.memory_budget_bytes = mib.saturating_mul(1 << 20);
+    }
+    if let Some(ms) = args.send_timeout_ms {
+        config.limits.send_timeout_ms = ms.max(1);
     }
     if let Some(mib) = args.segment_mib {
         config.limits.segment_bytes = mib.max(1).saturating_mul(1 << 20);

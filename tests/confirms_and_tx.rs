@@ -242,3 +242,39 @@ async fn same_as_rabbitmq_mandatory_returns_in_a_transaction_come_with_the_commi
     .unwrap();
     within(ch.tx_commit()).await.unwrap();
 }
+
+/// Closing a channel with an open transaction rolls it back, as RabbitMQ does: an ack made
+/// in it is undone, so the message is requeued with the channel's other unacked deliveries.
+#[tokio::test]
+async fn same_as_rabbitmq_closing_a_channel_rolls_back_the_acks_of_its_transaction() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    queue(&ch, "txc").await;
+    for body in [&b"m1"[..], b"m2"] {
+        within(ch.basic_publish(
+            "".into(),
+            "txc".into(),
+            Default::default(),
+            body,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let tx = within(conn.create_channel()).await.unwrap();
+    within(tx.tx_select()).await.unwrap();
+    let m1 = within(tx.basic_get("txc".into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("m1");
+    within(tx.basic_ack(m1.delivery.delivery_tag, Default::default()))
+        .await
+        .unwrap();
+    let m2 = within(tx.basic_get("txc".into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("m2");
+    assert_eq!(&m2.delivery.data[..], b"m2");
+    within(tx.close(200, "bye".into())).await.unwrap();
+    assert_eq!(ready(&ch, "txc").await, 2, "both messages are ready again");
+}

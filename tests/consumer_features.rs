@@ -312,3 +312,62 @@ async fn same_as_rabbitmq_quorum_queues_must_be_durable_shared_and_permanent() {
         "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue",
     );
 }
+
+/// With a channel-wide prefetch (`basic.qos global=true`) shared by consumers of several
+/// queues, the credit an ack frees goes to the queues in turn, not always to the queue just
+/// acked: RabbitMQ spreads 99 deliveries over three queues about evenly.
+#[tokio::test]
+async fn same_as_rabbitmq_channel_wide_prefetch_is_shared_fairly_between_queues() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    for q in ["fair-0", "fair-1", "fair-2"] {
+        within(ch.queue_declare(q.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+        within(ch.queue_bind(
+            q.into(),
+            "amq.fanout".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let consuming = within(conn.create_channel()).await.unwrap();
+    within(consuming.basic_qos(1, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (i, q) in ["fair-0", "fair-1", "fair-2"].into_iter().enumerate() {
+        let mut consumer = consume(&consuming, q, &format!("c{i}"), FieldTable::default()).await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                if tx.send((i, d)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    for n in 0..100 {
+        within(ch.basic_publish(
+            "amq.fanout".into(),
+            "".into(),
+            Default::default(),
+            format!("{n}").as_bytes(),
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut per_queue = [0u32; 3];
+    for _ in 0..99 {
+        let (i, d) = within(rx.recv()).await.expect("a delivery");
+        per_queue[i] += 1;
+        within(d.ack(Default::default())).await.unwrap();
+    }
+    for n in per_queue {
+        assert!(n >= 25, "each queue gets about a third: {per_queue:?}");
+    }
+}

@@ -110,7 +110,7 @@ fn consumer(sink: &Arc<TestSink>, prefetch: &Arc<ChannelPrefetch>, no_ack: bool)
         in_flight: 0,
         priority: 0,
         arguments: FieldTable::default(),
-        blocked: false,
+        blocked: None,
         dead: false,
     }
 }

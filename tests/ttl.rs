@@ -152,6 +152,50 @@ async fn same_as_rabbitmq_a_requeued_message_past_its_ttl_expires_at_once() {
     wait_for_count(&ch, "q", 0).await;
 }
 
+/// RabbitMQ fixes a message's expiry when it is enqueued: a TTL-0 message taken at once by a
+/// waiting consumer and then requeued has expired, so it is dead-lettered, not redelivered.
+#[tokio::test]
+async fn same_as_rabbitmq_a_requeued_message_with_ttl_0_expires() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    dead_letter_target(&ch, "dlx", "dead").await;
+    within(ch.queue_declare(
+        "q".into(),
+        Default::default(),
+        table(&[
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+            ("x-dead-letter-exchange", long_str("dlx")),
+        ]),
+    ))
+    .await
+    .unwrap();
+    let mut consumer = within(ch.basic_consume(
+        "q".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "q", b"now or never", BasicProperties::default()).await;
+    let d = within(consumer.next()).await.unwrap().unwrap();
+    assert_eq!(d.data, b"now or never");
+    within(d.reject(BasicRejectOptions { requeue: true }))
+        .await
+        .unwrap();
+    wait_for_count(&ch, "dead", 1).await;
+    let dead = within(ch.basic_get("dead".into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("dead-lettered");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert_eq!(
+        headers.inner().get("x-first-death-reason"),
+        Some(&long_str("expired"))
+    );
+    assert_eq!(count(&ch, "q").await, 0, "not requeued");
+}
+
 /// Whether a queue named `queue` exists, asked the way that does not count as using it
 /// (a declare would restart its `x-expires` timer): a mandatory publish comes back if not.
 async fn exists(ch: &Channel, queue: &str) -> bool {

@@ -894,12 +894,6 @@ func errorsScenario(url string) obs {
 	observed["unknown_tag"] = got
 
 	// Connection-level errors, each on a fresh connection.
-	got = connectionError(url, "unknown exchange type", func(ch *amqp.Channel) error {
-		return ch.ExchangeDeclare(unique("x"), "no-such-type", false, false, false, false, nil)
-	})
-	expect("unknown_exchange_type", got, []interface{}{503, "COMMAND_INVALID - unknown exchange type 'no-such-type'"})
-	observed["unknown_exchange_type"] = got
-
 	got = connectionError(url, "basic.recover requeue=false", func(ch *amqp.Channel) error {
 		return ch.Recover(false)
 	})

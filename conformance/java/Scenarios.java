@@ -786,13 +786,6 @@ public class Scenarios {
         observed.put("immediate", c.observed());
 
         conn = connect(url);
-        String typed = unique("x");
-        c = connectionClosed(conn, ch -> ch.exchangeDeclare(typed, "no-such-type"));
-        checkEqual(list(503, "COMMAND_INVALID - unknown exchange type 'no-such-type'"), c.observed(),
-                "unknown exchange type");
-        observed.put("unknown_exchange_type", c.observed());
-
-        conn = connect(url);
         c = connectionClosed(conn, ch -> ch.basicRecover(false));
         checkEqual(list(540, "NOT_IMPLEMENTED - requeue=false"), c.observed(), "basic.recover requeue=false");
         observed.put("recover_without_requeue", c.observed());

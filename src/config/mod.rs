@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_unacked_per_channel: u32,
     /// Seconds a client has to complete the AMQP handshake (RabbitMQ: 10 s).
     pub handshake_timeout_s: u64,
+    /// How long output may wait for a client that reads none of it before the connection is
+    /// closed (`tcp_listen_options.send_timeout`; RabbitMQ inherits Ranch's 30 s).
+    pub send_timeout_ms: u64,
     /// Bytes of deliveries a connection may have queued for its socket before queues stop
     /// sending to it; they resume when the client has read half of it.
     pub connection_outbox_bytes: usize,
@@ -65,6 +68,7 @@ impl Default for Limits {
             max_consumers_per_channel: 65_536,
             max_unacked_per_channel: 1_000_000,
             handshake_timeout_s: 10,
+            send_timeout_ms: 30_000,
             connection_outbox_bytes: 1024 * 1024,
             read_chunk_bytes: 64 * 1024,
             memory_budget_bytes: 64 * 1024 * 1024,

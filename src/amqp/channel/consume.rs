@@ -142,7 +142,7 @@ impl Channel {
             in_flight: 0,
             priority,
             arguments: c.arguments,
-            blocked: false,
+            blocked: None,
             dead: false,
         });
         if let Err(e) = added {

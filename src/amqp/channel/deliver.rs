@@ -136,8 +136,11 @@ impl Channel {
 
     /// The queues this channel's consumers read from.
     pub fn consumed_queues(&self) -> Vec<Arc<Queue>> {
+        // In the order the consumers were created, so that taking turns is fair.
+        let mut consumers: Vec<&super::ChannelConsumer> = self.consumers.values().collect();
+        consumers.sort_unstable_by_key(|c| c.id);
         let mut queues: Vec<Arc<Queue>> = Vec::new();
-        for c in self.consumers.values() {
+        for c in consumers {
             if !queues.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
                 queues.push(c.queue.clone());
             }

@@ -161,6 +161,9 @@ pub struct Channel {
     routes: RouteCache,
     /// At most one direct reply-to consumer per channel, as in RabbitMQ.
     reply_consumer: Option<ReplyConsumer>,
+    /// Where the next round of asking consumed queues for more starts (see
+    /// `settle::kick_in_turn`).
+    kick_from: usize,
     /// No unacknowledged delivery times out before this (the earliest deadline when it was
     /// last worked out; acks since may have made it earlier than needed).
     timeout_check: Option<Instant>,
@@ -199,6 +202,7 @@ impl Channel {
             last_queue: None,
             routes: RouteCache::default(),
             reply_consumer: None,
+            kick_from: 0,
             timeout_check: None,
         }
     }

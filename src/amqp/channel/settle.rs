@@ -66,12 +66,10 @@ impl Channel {
             return;
         }
         let counted = taken.iter().filter(|u| u.consumer.is_some()).count() as u32;
+        // When channel-wide credit comes back to a channel that ran out of it, the queues
+        // just settled must not take it first: every queue is asked in turn afterwards.
         let channel_unblocked = self.prefetch.release(counted);
-        let unblock = if channel_unblocked {
-            Unblock::Channel(&self.prefetch)
-        } else {
-            Unblock::Nobody
-        };
+        let unblock = Unblock::Nobody;
         // Group by queue, keeping delivery order within each queue.
         let mut groups: Vec<QueueSettlements> = Vec::new();
         for u in taken {
@@ -85,10 +83,6 @@ impl Channel {
                 None => groups.push((u.queue, vec![(settled, u.entry)])),
             }
         }
-        let settled_queues: Vec<*const ()> = groups
-            .iter()
-            .map(|(q, _)| Arc::as_ptr(q) as *const ())
-            .collect();
         for (queue, list) in groups {
             match reject {
                 Some(true) => queue.requeue(list, unblock),
@@ -100,13 +94,23 @@ impl Channel {
             }
         }
         if channel_unblocked {
-            // Channel-wide credit came back: every queue this channel consumes from may now
-            // send again, not only those just settled.
-            for q in self.consumed_queues() {
-                if !settled_queues.contains(&(Arc::as_ptr(&q) as *const ())) {
-                    q.kick(Unblock::Channel(&self.prefetch));
-                }
-            }
+            self.kick_in_turn();
+        }
+    }
+
+    /// Channel-wide credit came back: every queue this channel consumes from may send again.
+    /// They are asked in turn, starting one further along each time, so that under a
+    /// channel-wide prefetch each queue gets its share (RabbitMQ's limiter notifies its queues
+    /// in a shuffled order for the same reason).
+    pub(super) fn kick_in_turn(&mut self) {
+        let queues = self.consumed_queues();
+        if queues.is_empty() {
+            return;
+        }
+        let start = self.kick_from % queues.len();
+        self.kick_from = self.kick_from.wrapping_add(1);
+        for q in queues[start..].iter().chain(&queues[..start]) {
+            q.kick(Unblock::Channel(&self.prefetch));
         }
     }
 
@@ -118,10 +122,14 @@ impl Channel {
 
     /// Releases everything the channel holds: consumers leave their queues (auto-delete
     /// queues that lose their last consumer are deleted) and unacknowledged deliveries go
-    /// back to their queues. Called when the channel closes for any reason.
+    /// back to their queues, including those acked in a transaction that was never
+    /// committed. Called when the channel closes for any reason.
     pub fn shutdown(&mut self, s: &Session) {
         self.content = None;
-        self.tx = None;
+        // An open transaction is rolled back: what it acked goes back to the queues below.
+        if let Some(tx) = self.tx.take() {
+            self.roll_back(tx);
+        }
         if let Some(reply) = self.reply_consumer.take() {
             s.broker.reply_consumers.unregister(&reply.key);
         }

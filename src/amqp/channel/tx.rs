@@ -71,18 +71,7 @@ impl Channel {
                     ));
                 };
                 let work = std::mem::take(tx);
-                // Acks taken back: those deliveries are unacknowledged again.
-                let mut back: Vec<Unacked> = Vec::new();
-                for settle in work.settles {
-                    match settle {
-                        TxSettle::Ack(list) | TxSettle::Reject(list, _) => back.extend(list),
-                    }
-                }
-                if !back.is_empty() {
-                    back.extend(self.unacked.drain(..));
-                    back.sort_by_key(|u| u.tag);
-                    self.unacked = back.into();
-                }
+                self.roll_back(work);
                 reply(
                     out,
                     id,
@@ -92,6 +81,23 @@ impl Channel {
             _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
         }
         Ok(())
+    }
+
+    /// Undoes a transaction: its publishes are dropped, and the deliveries it acked or
+    /// rejected are unacknowledged again, in tag order. Also what closing a channel does to
+    /// an open transaction, as in RabbitMQ.
+    pub(super) fn roll_back(&mut self, work: Transaction) {
+        let mut back: Vec<Unacked> = Vec::new();
+        for settle in work.settles {
+            match settle {
+                TxSettle::Ack(list) | TxSettle::Reject(list, _) => back.extend(list),
+            }
+        }
+        if !back.is_empty() {
+            back.extend(self.unacked.drain(..));
+            back.sort_by_key(|u| u.tag);
+            self.unacked = back.into();
+        }
     }
 
     /// Routes a publish held by a transaction. Returns the epoch that makes it durable.

@@ -102,6 +102,9 @@ pub struct Connection {
     heartbeat_s: u16,
     last_recv: Instant,
     last_send: Instant,
+    /// Since when output has been waiting for a client that reads none of it; past the send
+    /// timeout the connection is closed.
+    stalled_since: Option<Instant>,
     accepted_at: Instant,
     capabilities: ClientCapabilities,
     user: Option<Arc<auth::User>>,
@@ -142,6 +145,7 @@ pub async fn serve(
         out: Output::default(),
         last_recv: now,
         last_send: now,
+        stalled_since: None,
         accepted_at: now,
         capabilities: ClientCapabilities::default(),
         user: None,
@@ -237,6 +241,10 @@ impl Connection {
         Ok(())
     }
 
+    fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker.config.limits.send_timeout_ms)
+    }
+
     fn output_limit(&self) -> usize {
         4 * self.broker.config.limits.connection_outbox_bytes
     }
@@ -259,6 +267,7 @@ impl Connection {
 
     /// Writes as much output as the socket takes without waiting.
     fn flush(&mut self) -> std::io::Result<()> {
+        let mut progress = false;
         while self.out.writable_len() > 0 {
             let mut iov = iovecs();
             let n = self.out.slices(&mut iov);
@@ -267,11 +276,19 @@ impl Connection {
                 Ok(written) => {
                     self.out.consume(written);
                     self.last_send = Instant::now();
+                    progress = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
+        // The send timeout counts from the last write that made progress while output was
+        // waiting; output held back for the store does not count.
+        self.stalled_since = match (self.out.writable_len() > 0, progress) {
+            (false, _) => None,
+            (true, true) => Some(Instant::now()),
+            (true, false) => Some(self.stalled_since.unwrap_or_else(Instant::now)),
+        };
         if self.out.is_empty() {
             self.out.shrink();
             let delivered = std::mem::take(&mut self.unflushed_delivery_bytes);
@@ -314,6 +331,9 @@ impl Connection {
             Phase::Finished { deadline: d } => deadline = deadline.min(d),
             Phase::Running => {}
         }
+        if let Some(since) = self.stalled_since {
+            deadline = deadline.min(since + self.send_timeout());
+        }
         if self.heartbeat_s > 0 && !matches!(self.phase, Phase::Dropping { .. }) {
             let hb = Duration::from_secs(self.heartbeat_s as u64);
             deadline = deadline.min(self.last_send + hb / 2);
@@ -346,6 +366,19 @@ impl Connection {
                 return Err(Exit::Done("client stopped reading while being closed"));
             }
             _ => {}
+        }
+        if self
+            .stalled_since
+            .is_some_and(|t| now >= t + self.send_timeout())
+        {
+            // RabbitMQ's TCP send timeout: a client that reads nothing for this long is
+            // disconnected, and what its channels held goes back to the queues.
+            tracing::warn!(
+                peer = %self.peer,
+                timeout_ms = self.broker.config.limits.send_timeout_ms,
+                "client stopped reading; closing the connection"
+            );
+            return Err(Exit::Done("send timeout"));
         }
         if self.heartbeat_s > 0 {
             let hb = Duration::from_secs(self.heartbeat_s as u64);

@@ -32,11 +32,25 @@ pub struct Consumer {
     pub priority: i64,
     /// The arguments given to basic.consume, kept as RabbitMQ keeps them.
     pub arguments: FieldTable,
-    /// The consumer could not take a message when its turn came. It is skipped until it gets
-    /// credit back, and then rejoins the round-robin at the tail, as in RabbitMQ.
-    pub blocked: bool,
+    /// Why the consumer could not take a message when its turn came. It is skipped until
+    /// that credit comes back, and then rejoins the round-robin at the tail, as in RabbitMQ.
+    pub blocked: Option<Blocked>,
     /// The connection is gone; skip this consumer until the channel removes it.
     pub dead: bool,
+}
+
+/// What a consumer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// Its own prefetch is used up: an ack of one of its deliveries frees it.
+    Own,
+    /// Its channel's prefetch is used up: the channel asks its queues again when it has
+    /// credit (in turn, so that no queue always goes first).
+    Channel,
+    /// Its sink (the connection's outbox) is full: the sink asks again when it drains.
+    Sink,
+    /// Its connection is gone.
+    Dead,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -51,26 +65,30 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     /// Takes credit for one more delivery of `size` bytes on top of `batched` bytes already
-    /// picked for the same connection in this round. Returns false when the consumer must wait.
+    /// picked for the same connection in this round. Says what is missing when the consumer
+    /// must wait.
     #[inline]
-    pub fn try_reserve(&mut self, size: usize, batched: usize) -> bool {
+    pub fn try_reserve(&mut self, size: usize, batched: usize) -> Result<(), Blocked> {
         if self.dead {
-            return false;
+            return Err(Blocked::Dead);
         }
         if !self.sink.has_room(size, batched) {
-            return false;
+            return Err(Blocked::Sink);
         }
         if self.no_ack {
-            return !self.channel_prefetch.blocks_no_ack();
+            return match self.channel_prefetch.blocks_no_ack() {
+                true => Err(Blocked::Channel),
+                false => Ok(()),
+            };
         }
         if self.prefetch_count != 0 && self.in_flight >= self.prefetch_count {
-            return false;
+            return Err(Blocked::Own);
         }
         if !self.channel_prefetch.try_acquire() {
-            return false;
+            return Err(Blocked::Channel);
         }
         self.in_flight += 1;
-        true
+        Ok(())
     }
 
     /// Gives back the credit of one delivery that was reserved but not sent, or was settled.

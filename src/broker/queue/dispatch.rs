@@ -8,14 +8,20 @@
 
 use std::sync::Arc;
 
-use super::consumer::Consumer;
+use super::consumer::{Blocked, Consumer};
 use super::context::QueueCtx;
 use super::dead_letter::Reason;
-use super::delivery::{ConsumerId, Delivery, DeliverySource, Unblock};
+use super::delivery::{ConsumerId, Delivery, DeliverySink, Unblock};
 use super::entry::QueueEntry;
 use super::settings::QueueType;
 use super::state::{Batch, State, with_delivery_count};
 use crate::broker::timer::now_ms;
+
+/// Whether two consumers deliver to the same sink (connection).
+#[inline]
+fn same_sink(a: &Arc<dyn DeliverySink>, b: &Arc<dyn DeliverySink>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
 
 impl State {
     /// Hands ready messages to consumers, reading the tail back as the head drains.
@@ -35,9 +41,6 @@ impl State {
         if self.deleted || self.consumers.is_empty() {
             return;
         }
-        let Some(source) = ctx.source.upgrade() else {
-            return;
-        };
         let sac = self.settings.single_active_consumer;
         while let Some(head) = self.ready.front() {
             if head.expires_at.is_some_and(|at| at <= now_ms()) {
@@ -53,7 +56,7 @@ impl State {
                 break;
             };
             let consumer = self.consumers.remove(i);
-            self.hand_over(&source, &consumer, entry, size);
+            self.hand_over(ctx, &consumer, entry, size);
             self.insert_consumer(consumer);
         }
         if !self.batches.is_empty() {
@@ -65,19 +68,18 @@ impl State {
     /// bytes now; it has reserved the credit. Consumers that cannot are marked blocked.
     fn choose_consumer(&mut self, size: usize, sac: bool) -> Option<usize> {
         for (i, consumer) in self.consumers.iter_mut().enumerate() {
-            if consumer.blocked || (sac && self.active != Some(consumer.id)) {
+            if consumer.blocked.is_some() || (sac && self.active != Some(consumer.id)) {
                 continue;
             }
-            let sink_id = consumer.sink.sink_id();
             let batched = self
                 .batches
                 .iter()
-                .find(|b| b.sink.sink_id() == sink_id)
+                .find(|b| same_sink(&b.sink, &consumer.sink))
                 .map_or(0, |b| b.bytes);
-            if consumer.try_reserve(size, batched) {
-                return Some(i);
+            match consumer.try_reserve(size, batched) {
+                Ok(()) => return Some(i),
+                Err(why) => consumer.blocked = Some(why),
             }
-            consumer.blocked = true;
         }
         None
     }
@@ -86,7 +88,7 @@ impl State {
     /// sink's batch.
     fn hand_over(
         &mut self,
-        source: &Arc<dyn DeliverySource>,
+        ctx: &QueueCtx,
         consumer: &Consumer,
         mut entry: QueueEntry,
         mut size: usize,
@@ -105,19 +107,23 @@ impl State {
             // The connection accounts for the message as it goes out.
             size = entry.message.wire_size();
         }
+        // The queue is alive while its method runs: the upgrade cannot fail. It costs what
+        // cloning an `Arc` costs, one atomic operation per delivery.
+        let Some(source) = ctx.source.upgrade() else {
+            return;
+        };
         let delivery = Delivery {
             channel: consumer.channel,
             consumer_id: consumer.id,
             consumer_tag: consumer.tag.clone(),
-            source: source.clone(),
+            source,
             entry,
             no_ack: consumer.no_ack,
         };
-        let sink_id = consumer.sink.sink_id();
         match self
             .batches
             .iter_mut()
-            .find(|b| b.sink.sink_id() == sink_id)
+            .find(|b| same_sink(&b.sink, &consumer.sink))
         {
             Some(batch) => {
                 batch.bytes += size;
@@ -178,7 +184,7 @@ impl State {
             && let Some(c) = self.consumers.iter_mut().find(|c| c.id == id)
         {
             c.release();
-            if c.blocked && !released.contains(&id) {
+            if c.blocked == Some(Blocked::Own) && !released.contains(&id) {
                 released.push(id);
             }
         }
@@ -206,17 +212,14 @@ impl State {
         self.consumers.insert(at, consumer);
     }
 
-    /// Moves blocked consumers that got credit back to the tail of their priority, keeping
-    /// their relative order, as RabbitMQ re-appends unblocked consumers.
+    /// Moves blocked consumers that got back the credit they waited for to the tail of their
+    /// priority, keeping their relative order, as RabbitMQ re-appends unblocked consumers.
     pub fn unblock(&mut self, released: &[ConsumerId], unblock: Unblock) {
-        let wakes = |c: &Consumer| {
-            c.blocked
-                && (released.contains(&c.id)
-                    || match unblock {
-                        Unblock::Nobody => false,
-                        Unblock::Channel(p) => Arc::ptr_eq(p, &c.channel_prefetch),
-                        Unblock::Sink(id) => c.sink.sink_id() == id,
-                    })
+        let wakes = |c: &Consumer| match (c.blocked, unblock) {
+            (Some(Blocked::Own), _) => released.contains(&c.id),
+            (Some(Blocked::Channel), Unblock::Channel(p)) => Arc::ptr_eq(p, &c.channel_prefetch),
+            (Some(Blocked::Sink), Unblock::Sink(id)) => c.sink.sink_id() == id,
+            _ => false,
         };
         if !self.consumers.iter().any(wakes) {
             return;
@@ -226,19 +229,23 @@ impl State {
             .partition(wakes);
         self.consumers = rest;
         for mut c in woken.drain(..) {
-            c.blocked = false;
+            c.blocked = None;
             self.insert_consumer(c);
         }
     }
 
     /// Messages coming back from consumers: a quorum queue counts the return and
     /// dead-letters what came back more often than its delivery limit; the rest go back to
-    /// their places.
+    /// their places. A message with TTL 0 went out the moment it arrived, so its expiry (its
+    /// enqueue time, as in RabbitMQ) has passed: it is expired when it reaches the head.
     pub fn return_entries(&mut self, ctx: &QueueCtx, entries: Vec<QueueEntry>) {
         let quorum = self.settings.queue_type == QueueType::Quorum;
         let limit = self.settings.delivery_limit;
         let mut back = Vec::with_capacity(entries.len());
         for mut entry in entries {
+            if entry.expires_at.is_none() && self.ttl_of(&entry.message) == Some(0) {
+                entry.expires_at = Some(now_ms());
+            }
             if quorum {
                 entry.delivery_count += 1;
                 if limit.is_some_and(|l| u64::from(entry.delivery_count) > l) {

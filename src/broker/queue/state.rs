@@ -139,6 +139,14 @@ impl State {
         }
     }
 
+    /// The TTL a message has in this queue: the smaller of the queue's and its own.
+    pub fn ttl_of(&self, message: &Message) -> Option<u64> {
+        match (self.settings.message_ttl_ms, message.ttl_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Enqueues a message and dispatches it.
     pub fn publish(&mut self, ctx: &QueueCtx, message: Arc<Message>) -> Enqueued {
         if self.deleted {
@@ -156,10 +164,7 @@ impl State {
             }
             return Enqueued::Rejected;
         }
-        let ttl = match (self.settings.message_ttl_ms, message.ttl_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let ttl = self.ttl_of(&message);
         // TTL 0 is "now or never": such a message gets no expiry while it is offered to the
         // consumers below, and is dropped if none took it. (The clock is only read for
         // messages that can expire.)

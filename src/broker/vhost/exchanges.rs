@@ -26,14 +26,13 @@ pub struct ExchangeDeclare {
 impl VirtualHost {
     /// exchange.declare, with RabbitMQ's checks in RabbitMQ's order.
     pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<SyncEpoch> {
-        let kind =
-            if d.passive {
-                None
-            } else {
-                Some(ExchangeKind::parse(&d.kind).ok_or_else(|| {
-                    amqp_error!(CommandInvalid, "unknown exchange type '{}'", d.kind)
-                })?)
-            };
+        let kind = if d.passive {
+            None
+        } else {
+            Some(ExchangeKind::parse(&d.kind).ok_or_else(|| {
+                amqp_error!(PreconditionFailed, "unknown exchange type '{}'", d.kind)
+            })?)
+        };
         if d.name.is_empty() {
             return Err(default_exchange_refused());
         }
