@@ -46,5 +46,42 @@ fn topic_matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, topic_matching);
+/// The adversarial cases: a binding with ten `#` against 100-word keys (exponential for a
+/// backtracking matcher), and 10,000 bindings of `*` and `#` patterns that all stay alive
+/// while a key is walked.
+fn topic_adversarial(c: &mut Criterion) {
+    let mut group = c.benchmark_group("topic_adversarial");
+    group.throughput(Throughput::Elements(1));
+    let mut hashes = TopicTrie::default();
+    hashes.insert(b"#.#.#.#.#.#.#.#.#.#.z", 1u32);
+    let long_key = vec!["w"; 100].join(".");
+    group.bench_function("ten_hashes_100_words", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            hashes.matches(black_box(long_key.as_bytes()), &mut |_| hits += 1);
+            black_box(hits)
+        })
+    });
+    let mut wild = TopicTrie::default();
+    for i in 0..10_000u32 {
+        // Every pattern of `*` and `#` of up to 13 words, ending in a literal.
+        let bits = i + 1;
+        let len = 32 - bits.leading_zeros();
+        let words: Vec<&str> = (0..len)
+            .map(|w| if bits >> w & 1 == 1 { "#" } else { "*" })
+            .collect();
+        wild.insert(format!("{}.end", words.join(".")).as_bytes(), i);
+    }
+    let key = vec!["w"; 20].join(".") + ".end";
+    group.bench_function("10k_wildcard_bindings_21_words", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            wild.matches(black_box(key.as_bytes()), &mut |_| hits += 1);
+            black_box(hits)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, topic_matching, topic_adversarial);
 criterion_main!(benches);

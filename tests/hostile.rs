@@ -100,3 +100,95 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     );
     drop(victim);
 }
+
+/// A field table nesting `levels` arrays inside each other, encoded by hand (encoding it
+/// with a recursive encoder would risk this test's own stack).
+fn nested_table(levels: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + 5 * levels);
+    bytes.extend_from_slice(&((2 + 5 * levels) as u32).to_be_bytes());
+    bytes.extend_from_slice(&[1, b'a']);
+    for d in 0..levels {
+        bytes.push(b'A');
+        bytes.extend_from_slice(&((5 * (levels - d - 1)) as u32).to_be_bytes());
+    }
+    bytes
+}
+
+fn short_str(out: &mut Vec<u8>, s: &str) {
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The witness: a second connection that must still publish and consume.
+async fn witness_works(broker: &Broker) {
+    let (_c, ch) = broker.channel().await;
+    let q = within(ch.queue_declare("".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.basic_publish(
+        "".into(),
+        q.name().as_str().into(),
+        Default::default(),
+        b"still here",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    let got = within(ch.basic_get(q.name().as_str().into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("the witness gets its message");
+    assert_eq!(&got.delivery.data[..], b"still here");
+}
+
+/// Headers nested 1,300 deep in a publish used to overflow a worker's stack in the recursive
+/// decoder and abort the broker. Now the content header is refused as undecodable (501),
+/// the connection closes, and nothing else is disturbed.
+#[tokio::test]
+async fn deeply_nested_headers_close_the_connection_not_the_broker() {
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let mut publish = vec![0, 60, 0, 40, 0, 0];
+    short_str(&mut publish, "");
+    short_str(&mut publish, "anywhere");
+    publish.push(0);
+    raw.send(&raw_frame(1, 1, &publish)).await;
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&(1u16 << 13).to_be_bytes()); // headers only
+    header.extend_from_slice(&nested_table(1300));
+    raw.send(&raw_frame(2, 1, &header)).await;
+    raw.send(&raw_frame(3, 1, b"x")).await;
+    let (code, text, class, method) = raw.expect_connection_close().await;
+    assert_eq!(code, 501);
+    assert_eq!(
+        text,
+        "FRAME_ERROR - cannot decode field table: nested deeper than 64 levels"
+    );
+    assert_eq!((class, method), (60, 40));
+    witness_works(&broker).await;
+}
+
+/// The same nesting in queue.declare's arguments (decoded by amq-protocol on the cold path).
+#[tokio::test]
+async fn deeply_nested_arguments_close_the_connection_not_the_broker() {
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let mut declare = vec![0, 50, 0, 10, 0, 0];
+    short_str(&mut declare, "deep");
+    declare.push(0);
+    declare.extend_from_slice(&nested_table(1300));
+    raw.send(&raw_frame(1, 1, &declare)).await;
+    let (code, text, class, method) = raw.expect_connection_close().await;
+    assert_eq!(code, 501);
+    assert_eq!(
+        text,
+        "FRAME_ERROR - cannot decode field table: nested deeper than 64 levels"
+    );
+    assert_eq!((class, method), (50, 10));
+    witness_works(&broker).await;
+}

@@ -43,6 +43,9 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), ResponseError> {
     let mut framed = Vec::with_capacity(response.len() + 4);
     framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
     framed.extend_from_slice(response);
+    if table::check_depth(&framed, table::MAX_TABLE_DEPTH).is_err() {
+        return Err(ResponseError::Malformed);
+    }
     let table = match parse_field_table(&framed[..]) {
         Ok(([], table)) => table,
         _ => return Err(ResponseError::Malformed),

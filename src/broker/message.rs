@@ -4,12 +4,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::memory::{Charge, Memory};
 use crate::protocol::properties::{self, PropertySummary};
 use crate::store::record::{MessageParts, StoredMessage};
 
 /// A message as it was published. Queues hold it behind an `Arc`, so a message routed to ten
-/// queues is stored once; its bytes are slices of the buffer the publisher's frames were read
-/// into, so it was copied once, from the socket.
+/// queues is stored once. Its parts live in one allocation of their own (a small message is
+/// copied out of the read buffer once complete), or, for a large body, in the buffer it was
+/// read into; either way what it keeps alive is charged to the broker's memory gauge until
+/// the last reference to it is dropped.
 #[derive(Debug, Clone)]
 pub struct Message {
     /// The exchange the publisher named; deliveries report it.
@@ -29,6 +32,8 @@ pub struct Message {
     /// Routing keys from the `CC` and `BCC` headers: dead-lettering routes with them again
     /// (the `BCC` header itself is gone from the properties).
     pub extra_routing_keys: Option<Arc<[Bytes]>>,
+    /// What this message keeps alive, charged to the memory gauge while it lives.
+    pub charge: Charge,
 }
 
 impl Message {
@@ -54,7 +59,42 @@ impl Message {
             priority: summary.priority,
             ttl_ms,
             extra_routing_keys: None,
+            charge: Charge::default(),
         }
+    }
+
+    /// A message assembled from `parts` copied into one allocation of their own, so that it
+    /// keeps nothing else alive (not the read buffer its frames came in).
+    pub fn copied(
+        exchange: &[u8],
+        routing_key: &[u8],
+        properties: Bytes,
+        body: &[u8],
+        summary: &PropertySummary,
+    ) -> Self {
+        let total = exchange.len() + routing_key.len() + properties.len() + body.len();
+        let mut buf = Vec::with_capacity(total);
+        for part in [exchange, routing_key, &properties[..], body] {
+            buf.extend_from_slice(part);
+        }
+        let buf = Bytes::from(buf);
+        let mut at = 0;
+        let mut take = |len: usize| {
+            let part = buf.slice(at..at + len);
+            at += len;
+            part
+        };
+        let exchange = take(exchange.len());
+        let routing_key = take(routing_key.len());
+        let props = take(properties.len());
+        let body = take(body.len());
+        Message::new(exchange, routing_key, props, body, summary)
+    }
+
+    /// Charges what this message keeps alive to `memory`: its parts, plus `pinned` bytes of
+    /// a buffer it shares (a large body read in place).
+    pub fn charge_to(&mut self, memory: &Arc<Memory>, pinned: usize) {
+        self.charge = Charge::new(memory, self.parts_size() + pinned);
     }
 
     /// Rebuilds a message a queue log kept, decoding what routing and queueing need. None if
@@ -86,21 +126,24 @@ impl Message {
         self.body.len() + self.properties.len() + self.exchange.len() + self.routing_key.len() + 64
     }
 
-    /// Bytes this message keeps alive in memory, for the memory budget: its fields point into
-    /// the frames it arrived in, so the frame headers and method fields around them count too,
-    /// as do the `Message` itself and its `Arc`.
+    /// Bytes this message keeps alive in memory: what it is charged, or, for a message that
+    /// is not charged (tests, tools), its parts.
     pub fn memory_size(&self) -> usize {
-        /// Frame headers and end bytes of the method, header and body frames, and the method's
-        /// and header's fixed fields, all kept alive with the slices.
-        const FRAMING_BYTES: usize = 3 * 8 + 16;
-        /// The allocation counts of the `Arc` holding a message.
-        const ARC_BYTES: usize = 16;
+        match self.charge.bytes() {
+            0 => self.parts_size(),
+            charged => charged,
+        }
+    }
+
+    /// Its parts, the `Message` itself, and the `Arc` and shared-buffer headers around them.
+    fn parts_size(&self) -> usize {
+        /// The allocation counts of the `Arc` holding a message and of the shared buffer.
+        const HEADERS_BYTES: usize = 16 + 32;
         self.body.len()
             + self.properties.len()
             + self.exchange.len()
             + self.routing_key.len()
-            + FRAMING_BYTES
-            + ARC_BYTES
+            + HEADERS_BYTES
             + std::mem::size_of::<Message>()
     }
 }

@@ -6,6 +6,7 @@ use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::{AMQPClass, gen_class, parse_class};
 
 use super::frame::{FRAME_METHOD, FrameWriter};
+use super::table::{MAX_TABLE_DEPTH, TableError, check_depth};
 
 /// Why a method frame could not be turned into a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,55 @@ pub enum MethodError {
     Unknown { class_id: u16, method_id: u16 },
     /// A known method whose fields do not decode.
     Malformed { class_id: u16, method_id: u16 },
+    /// A field table in its arguments nests deeper than [`MAX_TABLE_DEPTH`].
+    TooDeep { class_id: u16, method_id: u16 },
+}
+
+/// The fields before and around the field tables of the methods that have any, in wire
+/// order: what [`check_tables`] walks to find the tables.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Octet,
+    Short,
+    ShortStr,
+    LongStr,
+    Table,
+}
+
+/// The field layout of every AMQP 0-9-1 method that carries a field table. Consecutive bits
+/// pack into one octet.
+fn table_fields(class_id: u16, method_id: u16) -> &'static [Field] {
+    use Field::*;
+    match (class_id, method_id) {
+        (10, 10) => &[Octet, Octet, Table, LongStr, LongStr],
+        (10, 11) => &[Table, ShortStr, LongStr, ShortStr],
+        (40, 10) => &[Short, ShortStr, ShortStr, Octet, Table],
+        (40, 30) | (40, 40) | (50, 20) => &[Short, ShortStr, ShortStr, ShortStr, Octet, Table],
+        (50, 10) => &[Short, ShortStr, Octet, Table],
+        (50, 50) => &[Short, ShortStr, ShortStr, ShortStr, Table],
+        (60, 20) => &[Short, ShortStr, ShortStr, Octet, Table],
+        _ => &[],
+    }
+}
+
+/// Checks the nesting depth of a method's field tables before amq-protocol decodes them
+/// (recursively). A malformed payload is left for the decoder to refuse.
+fn check_tables(payload: &[u8], fields: &[Field]) -> Result<(), TableError> {
+    let mut at = 4usize;
+    for field in fields {
+        let rest = payload.get(at..).ok_or(TableError::Malformed)?;
+        at += match field {
+            Field::Octet => 1,
+            Field::Short => 2,
+            Field::ShortStr => 1 + *rest.first().ok_or(TableError::Malformed)? as usize,
+            Field::LongStr => {
+                let b = rest.get(..4).ok_or(TableError::Malformed)?;
+                4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+            }
+            Field::Table => check_depth(rest, MAX_TABLE_DEPTH)?,
+        };
+    }
+    Ok(())
 }
 
 /// Reads the class and method id at the start of a method payload.
@@ -52,6 +102,12 @@ pub fn parse_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
     let (class_id, method_id) = method_ids(payload).ok_or(MethodError::NoIds)?;
     if !is_known(class_id, method_id) {
         return Err(MethodError::Unknown {
+            class_id,
+            method_id,
+        });
+    }
+    if let Err(TableError::TooDeep) = check_tables(payload, table_fields(class_id, method_id)) {
+        return Err(MethodError::TooDeep {
             class_id,
             method_id,
         });

@@ -11,6 +11,22 @@ use std::ops::Range;
 use amq_protocol::types::FieldTable;
 
 use super::basic::Malformed;
+use super::table::{MAX_TABLE_DEPTH, TableError, check_depth};
+
+/// Why a raw property list was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanError {
+    /// Not a well-formed property list.
+    Malformed,
+    /// Its headers table nests deeper than [`MAX_TABLE_DEPTH`].
+    TooDeep,
+}
+
+impl From<Malformed> for ScanError {
+    fn from(_: Malformed) -> Self {
+        ScanError::Malformed
+    }
+}
 
 /// Property flag bits, in wire order (bit 15 first).
 pub const CONTENT_TYPE: u16 = 1 << 15;
@@ -48,9 +64,9 @@ impl PropertySummary {
 }
 
 /// Walks a raw property list and records the fields routing needs.
-pub fn scan(raw: &[u8]) -> Result<PropertySummary, Malformed> {
+pub fn scan(raw: &[u8]) -> Result<PropertySummary, ScanError> {
     if raw.len() < 2 {
-        return Err(Malformed);
+        return Err(ScanError::Malformed);
     }
     let flags = u16::from_be_bytes([raw[0], raw[1]]);
     let mut pos = 2;
@@ -82,7 +98,13 @@ pub fn scan(raw: &[u8]) -> Result<PropertySummary, Malformed> {
         let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
         let end = pos + 4 + len as usize;
         if end > raw.len() {
-            return Err(Malformed);
+            return Err(ScanError::Malformed);
+        }
+        // Decoding headers recurses: make sure it cannot recurse without bound.
+        match check_depth(&raw[pos..end], MAX_TABLE_DEPTH) {
+            Ok(_) => {}
+            Err(TableError::TooDeep) => return Err(ScanError::TooDeep),
+            Err(TableError::Malformed) => return Err(ScanError::Malformed),
         }
         summary.headers = Some(pos..end);
         pos = end;
@@ -107,7 +129,7 @@ pub fn scan(raw: &[u8]) -> Result<PropertySummary, Malformed> {
     }
     if flags & TIMESTAMP != 0 {
         if pos + 8 > raw.len() {
-            return Err(Malformed);
+            return Err(ScanError::Malformed);
         }
         pos += 8;
     }

@@ -89,3 +89,154 @@ pub fn type_name(value: &AMQPValue) -> &'static str {
         AMQPValue::Void => "void",
     }
 }
+
+/// How deep field tables and arrays may nest in anything a client sends. RabbitMQ sets no
+/// limit, but decoding is recursive (in amq-protocol, and in every `Drop` of the decoded
+/// value), so a few kilobytes of nesting could overflow a thread's stack. Real headers nest
+/// a few levels (`x-death` is four); a frame nesting deeper is refused before it is decoded.
+pub const MAX_TABLE_DEPTH: usize = 64;
+
+/// The error for a field table nested past [`MAX_TABLE_DEPTH`]: refused as an undecodable
+/// frame, the way RabbitMQ refuses one (501, closing the connection), with a text that says
+/// why.
+pub fn too_deep_error() -> crate::protocol::error::AmqpError {
+    crate::amqp_error!(
+        FrameError,
+        "cannot decode field table: nested deeper than {} levels",
+        MAX_TABLE_DEPTH
+    )
+}
+
+/// Why [`check_depth`] refused a field table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// Nested deeper than [`MAX_TABLE_DEPTH`].
+    TooDeep,
+    /// Not a well-formed field table (decoding it fails anyway).
+    Malformed,
+}
+
+/// Checks, without recursion and in one pass, that the field table encoded at the start of
+/// `buf` (its 4-byte length first) nests tables and arrays at most `max_depth` deep. Returns
+/// the bytes the table takes. The grammar is amq-protocol's (RabbitMQ's type tags), so a
+/// table that passes decodes no deeper than checked here.
+pub fn check_depth(buf: &[u8], max_depth: usize) -> Result<usize, TableError> {
+    fn u32_at(buf: &[u8], at: usize) -> Result<usize, TableError> {
+        let b = buf.get(at..at + 4).ok_or(TableError::Malformed)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let len = u32_at(buf, 0)?;
+    let total = 4usize.checked_add(len).ok_or(TableError::Malformed)?;
+    if total > buf.len() {
+        return Err(TableError::Malformed);
+    }
+    // Open tables and arrays: where each ends, and whether its entries have names.
+    let mut open: Vec<(usize, bool)> = vec![(total, true)];
+    let mut at = 4usize;
+    while let Some(&(end, is_table)) = open.last() {
+        if at == end {
+            open.pop();
+            continue;
+        }
+        if at > end {
+            return Err(TableError::Malformed);
+        }
+        if is_table {
+            let name = *buf.get(at).ok_or(TableError::Malformed)? as usize;
+            at += 1 + name;
+        }
+        let tag = *buf.get(at).ok_or(TableError::Malformed)?;
+        at += 1;
+        let fixed = match tag {
+            b'V' => 0,
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'D' => 5,
+            b'L' | b'l' | b'd' | b'T' => 8,
+            b'S' | b'x' => 4 + u32_at(buf, at)?,
+            b'A' | b'F' => {
+                let inner = u32_at(buf, at)?;
+                let inner_end = at
+                    .checked_add(4 + inner)
+                    .filter(|&e| e <= end)
+                    .ok_or(TableError::Malformed)?;
+                if open.len() >= max_depth {
+                    return Err(TableError::TooDeep);
+                }
+                open.push((inner_end, tag == b'F'));
+                at += 4;
+                continue;
+            }
+            _ => return Err(TableError::Malformed),
+        };
+        at = at.checked_add(fixed).ok_or(TableError::Malformed)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+
+    fn encode(t: &FieldTable) -> Vec<u8> {
+        amq_protocol::types::generation::gen_field_table(t)(Vec::new().into())
+            .unwrap()
+            .write
+    }
+
+    /// A table nesting `depth` levels: tables inside arrays inside tables.
+    fn nested(depth: usize) -> FieldTable {
+        let mut t = FieldTable::default();
+        t.insert("leaf".into(), AMQPValue::LongString(LongString::from("x")));
+        for i in 1..depth {
+            let mut outer = FieldTable::default();
+            if i % 2 == 0 {
+                outer.insert("t".into(), AMQPValue::FieldTable(t));
+            } else {
+                outer.insert(
+                    "a".into(),
+                    AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(t)])),
+                );
+            }
+            t = outer;
+        }
+        t
+    }
+
+    #[test]
+    fn counts_the_depth_of_tables_and_arrays() {
+        let t = nested(3);
+        let bytes = encode(&t);
+        // 3 tables and 1 array between them: 4 levels.
+        assert_eq!(check_depth(&bytes, 4), Ok(bytes.len()));
+        assert_eq!(check_depth(&bytes, 3), Err(TableError::TooDeep));
+    }
+
+    #[test]
+    fn agrees_with_amq_protocol_on_what_is_well_formed() {
+        let bytes = encode(&nested(10));
+        assert!(check_depth(&bytes, MAX_TABLE_DEPTH).is_ok());
+        for cut in 1..bytes.len() {
+            assert_eq!(check_depth(&bytes[..cut], MAX_TABLE_DEPTH), Err(TableError::Malformed));
+        }
+        assert_eq!(check_depth(&[0, 0, 0, 3, 1, b'k', b'?'], 8), Err(TableError::Malformed));
+    }
+
+    #[test]
+    fn a_deep_table_is_refused_without_recursing() {
+        // A table holding 100,000 arrays nested in each other, built by hand: decoding it
+        // recursively would blow any stack; the check walks it in a loop and stops early.
+        let levels = 100_000usize;
+        let mut bytes = Vec::with_capacity(8 + 5 * levels);
+        bytes.extend_from_slice(&((2 + 5 * levels) as u32).to_be_bytes());
+        bytes.extend_from_slice(&[1, b'a']);
+        for d in 0..levels {
+            bytes.push(b'A');
+            bytes.extend_from_slice(&((5 * (levels - d - 1)) as u32).to_be_bytes());
+        }
+        assert_eq!(check_depth(&bytes, MAX_TABLE_DEPTH), Err(TableError::TooDeep));
+        assert_eq!(check_depth(&bytes, levels + 1), Ok(bytes.len()));
+    }
+}

@@ -221,6 +221,8 @@ pub fn encode_arguments(table: &FieldTable) -> (Value, String) {
 pub fn decode_arguments(json: &Value, typed: &str) -> FieldTable {
     if !typed.is_empty()
         && let Ok(bytes) = BASE64.decode(typed)
+        && crate::protocol::table::check_depth(&bytes, crate::protocol::table::MAX_TABLE_DEPTH)
+            .is_ok()
         && let Ok(([], table)) = amq_protocol::types::parsing::parse_field_table(&bytes[..])
     {
         return table;

@@ -25,13 +25,14 @@ use std::time::Instant;
 
 use amq_protocol::protocol::{AMQPClass, channel, confirm};
 use amq_protocol::types::FieldTable;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::confirm::Confirms;
 use super::output::Output;
 use super::session::Session;
 use crate::amqp_error;
 use crate::broker::exchange::Exchange;
+use crate::broker::memory::Charge;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{ConsumerId, DeliverySource};
@@ -81,6 +82,10 @@ struct Content {
     header: Option<ContentHeader>,
     body: Body,
     received: u64,
+    /// Bytes this half-received message holds, charged to the memory gauge: the body so far
+    /// (it grows with what arrives, never to what the header merely announces) and, once
+    /// detached from the read buffer, its names and properties.
+    charge: Charge,
 }
 
 #[derive(Debug)]
@@ -88,8 +93,8 @@ enum Body {
     Empty,
     /// A body that came in one frame: a slice of the read buffer, no copy.
     One(Bytes),
-    /// A body in several frames, copied together.
-    Many(BytesMut),
+    /// A body in several frames, copied together into a buffer that grows with what arrives.
+    Many(Vec<u8>),
 }
 
 /// A publish held back by a transaction until commit.

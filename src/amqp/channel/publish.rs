@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{Body, Channel, Content, Route, TxPublish};
 use crate::amqp::confirm::Confirms;
@@ -12,13 +12,14 @@ use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::exchange::Exchange;
+use crate::broker::memory::Charge;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::queue::state::Enqueued;
 use crate::broker::reply_to;
 use crate::protocol::basic::{ContentHeader, Publish, write_return};
 use crate::protocol::error::{AmqpError, AmqpResult, ReplyCode};
-use crate::protocol::properties::{self, PropertySummary};
+use crate::protocol::properties::{self, PropertySummary, ScanError};
 use crate::protocol::table;
 
 /// What handing a message to its queues came to.
@@ -46,8 +47,23 @@ pub(super) struct Destination<'a> {
     pub mandatory: bool,
 }
 
+/// Bodies smaller than this, read in one frame, are copied out of the read buffer together
+/// with the rest of the message once it is complete, so that a retained message keeps only
+/// itself alive, not the 64 KiB chunk it arrived in. Larger ones stay where they were read
+/// (a buffer they fill at least half of) and are charged twice their size.
+const COPY_BODY_BELOW: usize = 32 * 1024;
+
 fn internal_error() -> AmqpError {
     AmqpError::bare(ReplyCode::InternalError)
+}
+
+/// RabbitMQ answers properties it cannot decode with a bare INTERNAL_ERROR; headers nested
+/// deeper than Lepus decodes are an undecodable frame.
+fn scan_error(e: ScanError) -> AmqpError {
+    match e {
+        ScanError::Malformed => internal_error(),
+        ScanError::TooDeep => table::too_deep_error(),
+    }
 }
 
 impl Channel {
@@ -76,8 +92,36 @@ impl Channel {
             header: None,
             body: Body::Empty,
             received: 0,
+            charge: Charge::default(),
         });
         Ok(())
+    }
+
+    /// A message still being received when the read buffer it arrived in is done with: its
+    /// names and properties are copied out, so that a client sending a publish at a time on
+    /// many channels cannot make each keep a whole read buffer alive.
+    pub fn detach_content(&mut self, s: &Session) {
+        let Some(content) = self.content.as_mut() else {
+            return;
+        };
+        let p = &mut content.publish;
+        p.exchange = Bytes::copy_from_slice(&p.exchange);
+        p.routing_key = Bytes::copy_from_slice(&p.routing_key);
+        let mut held = p.exchange.len() + p.routing_key.len();
+        if let Some(h) = content.header.as_mut() {
+            h.properties = Bytes::copy_from_slice(&h.properties);
+            held += h.properties.len();
+        }
+        if let Body::One(first) = &content.body {
+            // A first body frame held while more are expected: copy it too.
+            let mut buf = Vec::with_capacity(first.len());
+            buf.extend_from_slice(first);
+            content.body = Body::Many(buf);
+        }
+        if let Body::Many(buf) = &content.body {
+            held += buf.capacity();
+        }
+        charge(&mut content.charge, s, held);
     }
 
     pub(super) fn no_method() -> AmqpError {
@@ -162,22 +206,14 @@ impl Channel {
         }
         content.body = match std::mem::replace(&mut content.body, Body::Empty) {
             Body::Empty if content.received == size => Body::One(chunk),
-            Body::Empty => {
-                let mut buf = BytesMut::with_capacity(size as usize);
-                buf.extend_from_slice(&chunk);
-                Body::Many(buf)
-            }
-            Body::One(first) => {
-                let mut buf = BytesMut::with_capacity(size as usize);
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&chunk);
-                Body::Many(buf)
-            }
-            Body::Many(mut buf) => {
-                buf.extend_from_slice(&chunk);
-                Body::Many(buf)
-            }
+            Body::Empty => Body::Many(grown(Vec::new(), &chunk, size)),
+            Body::One(first) => Body::Many(grown(grown(Vec::new(), &first, size), &chunk, size)),
+            Body::Many(buf) => Body::Many(grown(buf, &chunk, size)),
         };
+        if let Body::Many(buf) = &content.body {
+            let held = buf.capacity();
+            charge(&mut content.charge, s, held);
+        }
         if content.received == size {
             return self.complete_publish(s, out);
         }
@@ -191,12 +227,12 @@ impl Channel {
         let Some(header) = content.header else {
             return Ok(());
         };
-        let body = match content.body {
-            Body::Empty => Bytes::new(),
-            Body::One(b) => b,
-            Body::Many(b) => b.freeze(),
+        let (body, in_read_buffer) = match content.body {
+            Body::Empty => (Bytes::new(), false),
+            Body::One(b) => (b, true),
+            Body::Many(b) => (Bytes::from(b), false),
         };
-        self.publish(s, out, content.publish, header.properties, body)
+        self.publish(s, out, content.publish, header.properties, (body, in_read_buffer))
             .map_err(|e| e.on_method(60, 40))
     }
 
@@ -206,7 +242,7 @@ impl Channel {
         out: &mut Output,
         publish: Publish,
         properties: Bytes,
-        body: Bytes,
+        (body, in_read_buffer): (Bytes, bool),
     ) -> AmqpResult<()> {
         if publish.immediate {
             return Err(amqp_error!(NotImplemented, "immediate=true"));
@@ -222,23 +258,25 @@ impl Channel {
         }
         let (properties, summary) = self.check_properties(s, properties)?;
         let (properties, summary, headers, extra_keys) = cc_and_bcc(properties, summary)?;
-        let mut message = Message::new(
-            publish.exchange.clone(),
-            publish.routing_key.clone(),
-            properties,
-            body,
-            &summary,
-        );
+        let mut message = own_message(&publish, properties, body, in_read_buffer, &summary);
+        let pinned = if in_read_buffer && message.body.len() >= COPY_BODY_BELOW {
+            message.body.len()
+        } else {
+            0
+        };
+        message.charge_to(&s.broker.memory, pinned);
         if !extra_keys.is_empty() {
             message.extra_routing_keys = Some(extra_keys.clone().into());
         }
         let message = Arc::new(message);
         if let Some(tx) = self.tx.as_mut() {
-            let mut routing_keys = vec![publish.routing_key.clone()];
+            // Held until commit: keep the message's own copies of the names, not slices of
+            // the frame they came in.
+            let mut routing_keys = vec![message.routing_key.clone()];
             routing_keys.extend(extra_keys);
             tx.publishes.push(TxPublish {
-                exchange: publish.exchange,
-                routing_key: publish.routing_key,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
                 mandatory: publish.mandatory,
                 routing_keys,
                 message,
@@ -277,7 +315,7 @@ impl Channel {
         s: &Session,
         mut properties: Bytes,
     ) -> AmqpResult<(Bytes, PropertySummary)> {
-        let mut summary = properties::scan(&properties).map_err(|_| internal_error())?;
+        let mut summary = properties::scan(&properties).map_err(scan_error)?;
         if let Some(range) = &summary.reply_to
             && &properties[range.clone()] == reply_to::PSEUDO_QUEUE.as_bytes()
         {
@@ -290,7 +328,7 @@ impl Channel {
             let name = format!("{}{}", reply_to::PREFIX, consumer.key);
             properties = properties::replace_reply_to(&properties, &summary, &name)
                 .ok_or_else(internal_error)?;
-            summary = properties::scan(&properties).map_err(|_| internal_error())?;
+            summary = properties::scan(&properties).map_err(scan_error)?;
         }
         if let Some(range) = &summary.user_id {
             let user_id = &properties[range.clone()];
@@ -346,6 +384,44 @@ impl Channel {
     }
 }
 
+/// Appends `chunk` to a body being assembled, growing the buffer by doubling but never past
+/// the announced `size`: memory follows what arrived, and a complete body fills its buffer.
+fn grown(mut buf: Vec<u8>, chunk: &[u8], size: u64) -> Vec<u8> {
+    let need = buf.len() + chunk.len();
+    if need > buf.capacity() {
+        let target = (buf.len() * 2).max(need).min(size as usize).max(need);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(chunk);
+    buf
+}
+
+/// Sets a half-received message's charge to `bytes`.
+fn charge(c: &mut Charge, s: &Session, bytes: usize) {
+    if c.bytes() == 0 {
+        *c = Charge::new(&s.broker.memory, bytes);
+    } else {
+        c.set(bytes);
+    }
+}
+
+/// The message in buffers of its own: small ones copied whole into one allocation, large
+/// ones with their parts other than the body copied (they are slices of the method and header
+/// frames, which would otherwise keep their read buffers alive).
+fn own_message(
+    publish: &Publish,
+    properties: Bytes,
+    body: Bytes,
+    in_read_buffer: bool,
+    summary: &PropertySummary,
+) -> Message {
+    if in_read_buffer && body.len() < COPY_BODY_BELOW {
+        return Message::copied(&publish.exchange, &publish.routing_key, properties, &body, summary);
+    }
+    let small = Message::copied(&publish.exchange, &publish.routing_key, properties, &[], summary);
+    Message::new(small.exchange, small.routing_key, small.properties, body, summary)
+}
+
 /// CC and BCC headers add routing keys; BCC is removed from the message. Returns the
 /// properties (rewritten without BCC), their summary, the decoded headers for headers
 /// exchanges, and the extra routing keys.
@@ -394,7 +470,7 @@ fn cc_and_bcc(
     }
     properties =
         properties::replace_headers(&properties, &summary, &stripped).ok_or_else(internal_error)?;
-    let summary = properties::scan(&properties).map_err(|_| internal_error())?;
+    let summary = properties::scan(&properties).map_err(scan_error)?;
     Ok((properties, summary, Some(stripped), extra_keys))
 }
 

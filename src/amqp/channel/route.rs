@@ -71,8 +71,13 @@ impl Channel {
             if self.routes.routes.len() >= ROUTE_CACHE_ENTRIES {
                 self.routes.routes.clear();
             }
+            // Copies of the names: slices of the publish frame would keep its whole read
+            // buffer alive for as long as the route is cached.
             self.routes.routes.insert(
-                (exchange_key.clone(), routing_key.clone()),
+                (
+                    Bytes::copy_from_slice(exchange_key),
+                    Bytes::copy_from_slice(routing_key),
+                ),
                 CachedRoute {
                     exchange: exchange.clone(),
                     queues: cacheable.then(|| found.clone()),

@@ -63,12 +63,34 @@ impl Connection {
             let mut frame = self.rbuf.split_to(total);
             frame.advance(7);
             frame.truncate(header.size as usize);
+            if header.channel != 0
+                && matches!(header.kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY)
+                && self.content_touched.last() != Some(&header.channel)
+            {
+                self.content_touched.push(header.channel);
+            }
             self.on_frame(header, frame.freeze());
         }
+        self.detach_partial_content();
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             // Give the read buffer back between bursts: idle connections hold no buffer.
             self.rbuf = BytesMut::new();
         }
+    }
+
+    /// Messages left half-received when a read buffer is done with copy out what they kept
+    /// of it (see `Channel::detach_content`).
+    fn detach_partial_content(&mut self) {
+        let touched = std::mem::take(&mut self.content_touched);
+        if let Some(session) = &self.session {
+            for id in &touched {
+                if let Ok(i) = self.channels.binary_search_by_key(id, |c| c.id) {
+                    self.channels[i].detach_content(session);
+                }
+            }
+        }
+        self.content_touched = touched;
+        self.content_touched.clear();
     }
 
     pub(super) fn on_protocol_header(&mut self, header: &[u8]) {

@@ -30,6 +30,7 @@ use super::output::{Output, iovecs};
 use super::session::{ClientCapabilities, Session};
 use crate::auth;
 use crate::broker::Broker;
+use crate::broker::memory::Charge;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{DeliverySource, Unblock};
 use crate::config::MIN_FRAME_MAX_BYTES;
@@ -115,6 +116,10 @@ pub struct Connection {
     channels: Vec<Channel>,
     /// Reused buffers for draining the outbox.
     drained: Drained,
+    /// Channels that received a method or content frame from the current read buffer.
+    content_touched: Vec<u16>,
+    /// The read buffer and the output waiting for the client, charged to the memory gauge.
+    buffers: Charge,
     /// Bytes of deliveries encoded into `out` since it was last empty.
     unflushed_delivery_bytes: usize,
     /// Changes when the store syncs: wakes the task to send held confirms and replies.
@@ -154,7 +159,10 @@ pub async fn serve(
         channels: Vec::new(),
         drained: Drained::default(),
         unflushed_delivery_bytes: 0,
+        content_touched: Vec::new(),
+        buffers: Charge::default(),
     };
+    conn.buffers = Charge::new(&conn.broker.memory, 0);
     let exit = conn.run().await;
     conn.cleanup(exit);
 }
@@ -191,6 +199,7 @@ impl Connection {
         for ch in &mut self.channels {
             ch.flush_confirms(&mut self.out, synced);
         }
+        self.buffers.set(self.rbuf.capacity() + self.out.len());
         Ok(())
     }
 

@@ -73,5 +73,10 @@ pub(super) fn method_error(e: MethodError, payload: &[u8], on_channel_zero: bool
             AmqpError::bare(ReplyCode::InternalError)
         }
         MethodError::Malformed { .. } => cannot_decode(payload),
+        MethodError::TooDeep {
+            class_id,
+            method_id,
+        } => crate::protocol::table::too_deep_error().on_method(class_id, method_id),
     }
 }
+

@@ -4,8 +4,16 @@
 //! The rules are RabbitMQ's, checked against RabbitMQ 3.10.8: keys split on `.` keeping empty
 //! words, the empty key is zero words, `*` matches exactly one word (which may be empty), `#`
 //! matches zero or more words, and `*` or `#` are wildcards only as whole words.
+//!
+//! Matching runs the trie as a set of states (an NFA): after each word of the routing key, the
+//! set of trie nodes the words so far can have led to. A `#` node stays in the set as it
+//! absorbs words and brings its children in without consuming one. Each node enters the set
+//! at most once per word, so matching costs at most (words in the key) x (trie nodes the key
+//! can reach), however many `#` a binding has: `#.#.#.#.z` against a 100-word key is 500
+//! steps, where trying every split of the key between the `#`s would be exponential.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Splits a topic key into words; the empty key has no words at all.
 pub fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -29,6 +37,8 @@ struct Node<T> {
     hash: Option<Box<Node<T>>>,
     /// Values of bindings whose key ends here.
     values: Vec<T>,
+    /// This node is the end of a `#` edge: it matches any number of further words.
+    is_hash: bool,
 }
 
 impl<T> Default for Node<T> {
@@ -38,6 +48,7 @@ impl<T> Default for Node<T> {
             star: None,
             hash: None,
             values: Vec::new(),
+            is_hash: false,
         }
     }
 }
@@ -66,7 +77,12 @@ impl<T: PartialEq> TopicTrie<T> {
         for word in words(key) {
             node = match word {
                 b"*" => node.star.get_or_insert_with(Default::default),
-                b"#" => node.hash.get_or_insert_with(Default::default),
+                b"#" => node.hash.get_or_insert_with(|| {
+                    Box::new(Node {
+                        is_hash: true,
+                        ..Node::default()
+                    })
+                }),
                 _ => node.children.entry(word.into()).or_default(),
             };
         }
@@ -119,44 +135,128 @@ impl<T: PartialEq> TopicTrie<T> {
         }
     }
 
-    /// Calls `found` for the value of every binding whose key matches `routing_key`. A value
-    /// may be reported more than once; callers deduplicate.
+    /// Calls `found` for the value of every binding whose key matches `routing_key`. Each
+    /// matching binding is reported once.
     pub fn matches<'a>(&'a self, routing_key: &[u8], found: &mut impl FnMut(&'a T)) {
-        // Routing keys rarely have more than a few words: split them onto the stack.
-        let mut stack: [&[u8]; 16] = [&[]; 16];
-        let count = words(routing_key).count();
-        if count <= stack.len() {
-            for (slot, word) in stack.iter_mut().zip(words(routing_key)) {
-                *slot = word;
+        let mut current = States::default();
+        let mut next = States::default();
+        current.enter(&self.root);
+        for word in words(routing_key) {
+            next.clear();
+            for &node in current.iter() {
+                if node.is_hash {
+                    // `#` absorbs this word and stays.
+                    next.enter(node);
+                }
+                if !node.children.is_empty()
+                    && let Some(child) = node.children.get(word)
+                {
+                    next.enter(child);
+                }
+                if let Some(star) = &node.star {
+                    next.enter(star);
+                }
             }
-            Self::walk(&self.root, &stack[..count], found);
-        } else {
-            let heap: Vec<&[u8]> = words(routing_key).collect();
-            Self::walk(&self.root, &heap, found);
-        }
-    }
-
-    fn walk<'a>(node: &'a Node<T>, words: &[&[u8]], found: &mut impl FnMut(&'a T)) {
-        if let Some(hash) = &node.hash {
-            // `#` swallows zero or more words.
-            for skip in 0..=words.len() {
-                Self::walk(hash, &words[skip..], found);
+            std::mem::swap(&mut current, &mut next);
+            if current.is_empty() {
+                return;
             }
         }
-        let Some((first, rest)) = words.split_first() else {
+        for &node in current.iter() {
             node.values.iter().for_each(&mut *found);
-            return;
-        };
-        if let Some(child) = node.children.get(*first) {
-            Self::walk(child, rest, found);
-        }
-        if let Some(star) = &node.star {
-            Self::walk(star, rest, found);
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
+    }
+}
+
+/// The trie nodes the words of a key so far can have led to, each once. Small sets (the usual
+/// case) are deduplicated by scanning; large ones use a hash set of node addresses.
+struct States<'a, T> {
+    nodes: Vec<&'a Node<T>>,
+    seen: HashSet<*const Node<T>, BuildHasherDefault<AddressHasher>>,
+}
+
+/// Hashes a node's address: one multiplication, where SipHash would cost several times more
+/// for keys no client chooses.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Up to this many states, duplicates are found by scanning the list.
+const SCAN_STATES: usize = 16;
+
+impl<T> Default for States<'_, T> {
+    fn default() -> Self {
+        States {
+            nodes: Vec::new(),
+            seen: HashSet::default(),
+        }
+    }
+}
+
+impl<'a, T> States<'a, T> {
+    /// Adds `node`, and the `#` nodes below it that match without a word, once each. A node
+    /// already in the set came with its `#` nodes, so the walk stops there.
+    fn enter(&mut self, node: &'a Node<T>) {
+        let mut at = node;
+        loop {
+            if self.contains(at) {
+                return;
+            }
+            self.insert(at);
+            match &at.hash {
+                Some(hash) => at = hash,
+                None => return,
+            }
+        }
+    }
+
+    fn contains(&self, node: &Node<T>) -> bool {
+        if self.nodes.len() <= SCAN_STATES {
+            self.nodes.iter().any(|n| std::ptr::eq(*n, node))
+        } else {
+            self.seen.contains(&(node as *const Node<T>))
+        }
+    }
+
+    fn insert(&mut self, node: &'a Node<T>) {
+        self.nodes.push(node);
+        if self.nodes.len() == SCAN_STATES + 1 {
+            self.seen.extend(self.nodes.iter().map(|n| *n as *const Node<T>));
+        } else if self.nodes.len() > SCAN_STATES {
+            self.seen.insert(node as *const Node<T>);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.seen.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, &'a Node<T>> {
+        self.nodes.iter()
     }
 }
 
@@ -289,5 +389,30 @@ mod tests {
         let key = vec!["w"; 40].join(".");
         assert!(matches("#.w", &key));
         assert!(matches(&key, &key));
+    }
+
+    #[test]
+    fn many_hashes_against_a_long_key_take_linear_time() {
+        let mut trie = TopicTrie::default();
+        trie.insert(b"#.#.#.#.#.#.#.#.#.#.z", 1u8);
+        let key = vec!["w"; 100].join(".");
+        let mut hit = false;
+        trie.matches(key.as_bytes(), &mut |_| hit = true);
+        assert!(!hit);
+        trie.matches(format!("{key}.z").as_bytes(), &mut |_| hit = true);
+        // Backtracking over every split of 100 words between ten `#`s would not finish;
+        // this is a few thousand steps.
+        assert!(hit);
+    }
+
+    #[test]
+    fn each_matching_binding_is_reported_once() {
+        let mut trie = TopicTrie::default();
+        trie.insert(b"#.#", 1u8);
+        trie.insert(b"a.#.#.b", 2u8);
+        let mut seen = Vec::new();
+        trie.matches(b"a.x.b", &mut |v| seen.push(*v));
+        seen.sort();
+        assert_eq!(seen, vec![1, 2]);
     }
 }

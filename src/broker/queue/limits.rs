@@ -38,7 +38,7 @@ impl State {
             if self.ready.is_empty() && !self.page_in_always(ctx) {
                 break;
             }
-            let Some(entry) = self.pop_ready(ctx) else {
+            let Some(entry) = self.pop_ready() else {
                 break;
             };
             self.discard(entry, Reason::Maxlen);
@@ -57,7 +57,7 @@ impl State {
         }
         let mut expired = false;
         while let Some(entry) = self.ready.pop_expired(now) {
-            self.forget_ready(ctx, &entry);
+            self.forget_ready(&entry);
             self.discard(entry, Reason::Expired);
             expired = true;
             if self.ready.is_empty() {

@@ -31,6 +31,7 @@
 //!   queue's order.
 
 pub mod consumer;
+pub mod consumers;
 pub mod context;
 pub mod dead_letter;
 pub mod delivery;
@@ -54,6 +55,7 @@ use crate::broker::timer::{Timed, now_ms};
 use crate::protocol::error::AmqpResult;
 use crate::store::{QueueLog, Recovered};
 use consumer::Consumer;
+use consumers::Consumers;
 use context::{QueueCtx, QueueServices};
 use dead_letter::Reason;
 use delivery::{ConsumerId, Delivery, DeliverySource, Settled, Unblock};
@@ -141,6 +143,7 @@ impl Queue {
                 id: config.id,
                 state: Mutex::new(State {
                     ready: Ready::new(settings.max_priority),
+                    consumers: Consumers::new(settings.single_active_consumer),
                     settings,
                     log,
                     last_used_ms: now_ms(),
@@ -233,7 +236,7 @@ impl Queue {
             state.last_used_ms = now_ms();
             state.expire_heads(ctx);
             state.page_in(ctx);
-            let mut entry = state.pop_ready(ctx)?;
+            let mut entry = state.pop_ready()?;
             // Expired messages now at the head go right after a fetch, as in RabbitMQ.
             state.expire_heads(ctx);
             if !no_ack {
@@ -284,10 +287,7 @@ impl Queue {
                     return Err(in_use());
                 }
             }
-            if state.settings.single_active_consumer && state.active.is_none() {
-                state.active = Some(consumer.id);
-            }
-            state.insert_consumer(consumer);
+            state.consumers.insert(consumer);
             state.had_consumers = true;
             state.dispatch(&self.ctx);
             Ok(())
@@ -297,16 +297,14 @@ impl Queue {
     /// Removes a consumer. Its unacknowledged deliveries stay with its channel.
     pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoved {
         self.with_state(|state| {
-            let Some(index) = state.consumers.iter().position(|c| c.id == id) else {
+            let Some((_, was_active)) = state.consumers.remove(id) else {
                 return ConsumerRemoved {
                     removed: false,
                     delete_queue: false,
                 };
             };
-            state.consumers.remove(index);
             state.last_used_ms = now_ms();
-            if state.active == Some(id) {
-                state.choose_active();
+            if was_active {
                 state.dispatch(&self.ctx);
             }
             ConsumerRemoved {
@@ -321,10 +319,9 @@ impl Queue {
 
     /// Drops every ready message, in memory or paged out; returns how many there were.
     pub fn purge(&self) -> u32 {
-        let ctx = &self.ctx;
         self.with_state(|state| {
             let n = state.message_count();
-            while let Some(e) = state.pop_ready(ctx) {
+            while let Some(e) = state.pop_ready() {
                 if e.persisted {
                     state.log_ack(e.seq);
                 }
@@ -386,24 +383,24 @@ impl Queue {
         let mut state = self.lock();
         state.deleted = true;
         let n = state.message_count();
-        while state.pop_ready(&self.ctx).is_some() {}
+        while state.pop_ready().is_some() {}
         state.tail = None;
         state.body_bytes = 0;
         if let Some(log) = state.log.take() {
             log.destroy();
         }
-        state.active = None;
-        (n, std::mem::take(&mut state.consumers))
+        (n, state.consumers.take_all())
     }
 
-    /// Gives back the credit of settled deliveries and lets blocked consumers rejoin.
+    /// Gives back the credit of settled deliveries and lets waiting consumers rejoin.
     fn settle_credit(state: &mut State, settled: &[Settled], unblock: Unblock) {
-        let mut released = Vec::new();
         for s in settled {
             state.unacked = state.unacked.saturating_sub(1);
-            state.release_consumer(s.consumer, &mut released);
+            if let Some(id) = s.consumer {
+                state.consumers.release(id);
+            }
         }
-        state.unblock(&released, unblock);
+        state.wake(unblock);
     }
 }
 
@@ -452,7 +449,7 @@ impl DeliverySource for Queue {
                     entry
                 })
                 .collect();
-            state.return_entries(&self.ctx, back);
+            state.return_entries(back);
             state.enforce_length_limit(&self.ctx);
             state.dispatch(&self.ctx);
         });
@@ -462,20 +459,18 @@ impl DeliverySource for Queue {
     /// were on their way). They keep their redelivered flag.
     fn return_undelivered(&self, deliveries: Vec<Delivery>) {
         self.with_state(|state| {
-            let mut released = Vec::new();
             let mut back = Vec::with_capacity(deliveries.len());
             for d in deliveries {
                 if !d.no_ack {
                     state.unacked = state.unacked.saturating_sub(1);
-                    state.release_consumer(Some(d.consumer_id), &mut released);
+                    state.consumers.release(d.consumer_id);
                 }
                 back.push(d.entry);
             }
             if state.deleted {
                 return;
             }
-            state.return_entries(&self.ctx, back);
-            state.unblock(&released, Unblock::Nobody);
+            state.return_entries(back);
             state.dispatch(&self.ctx);
         });
     }
@@ -483,7 +478,7 @@ impl DeliverySource for Queue {
     /// Tries to dispatch again after consumers got credit back outside this queue.
     fn kick(&self, unblock: Unblock) {
         self.with_state(|state| {
-            state.unblock(&[], unblock);
+            state.wake(unblock);
             state.dispatch(&self.ctx);
         });
     }

@@ -60,7 +60,6 @@ impl State {
         for e in written {
             let size = e.size();
             self.ready_bytes = self.ready_bytes.saturating_sub(size);
-            ctx.memory().add(-(size as isize));
         }
         if !kept_back.is_empty() {
             // The log refused writes part way: nothing after a failed write is in the
@@ -107,13 +106,13 @@ impl State {
         let exhausted = read == 0 || read >= tail.count;
         tail.count = tail.count.saturating_sub(read);
         for m in batch {
-            let Some(message) = Message::from_stored(m.message) else {
+            let Some(mut message) = Message::from_stored(m.message) else {
                 tracing::error!(queue = %ctx.name, seq = m.seq, "dropping a logged message whose properties do not scan");
                 continue;
             };
-            self.push_ready(
-                ctx,
-                QueueEntry {
+            // Read into a buffer of its own (the record's), so it pins nothing else.
+            message.charge_to(&ctx.services.memory, 0);
+            self.push_ready(QueueEntry {
                     seq: m.seq,
                     message: Arc::new(message),
                     redelivered: m.redelivered,

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use amq_protocol::types::AMQPValue;
 
-use super::consumer::Consumer;
+use super::consumers::Consumers;
 use super::context::QueueCtx;
 use super::dead_letter::{DeadLetter, DlxTarget, Reason};
-use super::delivery::{ConsumerId, Delivery, DeliverySink};
+use super::delivery::{Delivery, DeliverySink};
 use super::entry::QueueEntry;
 use super::ready::Ready;
 use super::settings::{Overflow, QueueSettings};
@@ -72,11 +72,8 @@ pub struct State {
     pub ready: Ready,
     /// Sequence number of the next message enqueued.
     pub next_seq: u64,
-    /// Consumers in dispatch order: by priority, highest first, and within a priority in
-    /// round-robin order (the next to get a message first).
-    pub consumers: Vec<Consumer>,
-    /// Single active consumer: the one consumer that gets messages.
-    pub active: Option<ConsumerId>,
+    /// Consumers in dispatch order (see [`Consumers`]).
+    pub consumers: Consumers,
     /// Messages delivered and awaiting an ack.
     pub unacked: usize,
     /// The queue was deleted: it takes no more messages or consumers.
@@ -202,9 +199,7 @@ impl State {
         if self.tail.is_some() {
             return self.publish_behind_tail(ctx, seq, &message, persisted, expires_at, outcome);
         }
-        self.push_ready(
-            ctx,
-            QueueEntry {
+        self.push_ready(QueueEntry {
                 seq,
                 message,
                 redelivered: false,
@@ -219,7 +214,7 @@ impl State {
         if ttl == Some(0) {
             // TTL 0 means "now or never": what no consumer took at once expires.
             if let Some(entry) = self.ready.take_seq(seq) {
-                self.forget_ready(ctx, &entry);
+                self.forget_ready(&entry);
                 self.discard(entry, Reason::Expired);
             }
         }
@@ -261,28 +256,26 @@ impl State {
         outcome
     }
 
-    pub fn push_ready(&mut self, ctx: &QueueCtx, entry: QueueEntry) {
+    pub fn push_ready(&mut self, entry: QueueEntry) {
         let size = entry.size();
         self.ready_bytes += size;
-        ctx.memory().add(size as isize);
         self.ready.push_back(entry);
     }
 
     /// Takes the head message out of the queue.
-    pub fn pop_ready(&mut self, ctx: &QueueCtx) -> Option<QueueEntry> {
+    pub fn pop_ready(&mut self) -> Option<QueueEntry> {
         let entry = self.ready.pop_front()?;
-        self.forget_ready(ctx, &entry);
+        self.forget_ready(&entry);
         Some(entry)
     }
 
     /// Accounts for a message that left `ready` (and the queue).
-    pub fn forget_ready(&mut self, ctx: &QueueCtx, entry: &QueueEntry) {
+    pub fn forget_ready(&mut self, entry: &QueueEntry) {
         let size = entry.size();
         self.ready_bytes = self.ready_bytes.saturating_sub(size);
         self.body_bytes = self
             .body_bytes
             .saturating_sub(entry.message.body.len() as u64);
-        ctx.memory().add(-(size as isize));
     }
 
     pub fn log_ack(&self, seq: u64) {

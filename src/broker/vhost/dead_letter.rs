@@ -79,7 +79,9 @@ impl VirtualHost {
                     !cycle
                 });
             }
-            let dead = Arc::new(dead.message);
+            let mut message = dead.message;
+            message.charge_to(&self.services.memory, 0);
+            let dead = Arc::new(message);
             for q in &targets {
                 q.publish(dead.clone());
             }

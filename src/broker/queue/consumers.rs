@@ -1,0 +1,272 @@
+//! A queue's consumers, kept so that every per-message step is O(1) however many there are.
+//!
+//! RabbitMQ's dispatch order: consumers of a higher priority first; within a priority,
+//! round-robin. A consumer that cannot take a message when its turn comes (its own prefetch,
+//! its channel's prefetch or its connection's outbox is full) leaves the rotation until that
+//! credit comes back, then rejoins at the tail. So the rotation holds only consumers that can
+//! probably take a message, and each consumer that cannot is looked at once, not once per
+//! message; waiting consumers are indexed by what they wait for, so giving credit back wakes
+//! exactly them.
+//!
+//! A single-active-consumer queue has no rotation: only its active consumer takes messages,
+//! and when it goes, the live consumer of the highest priority, registered first, takes
+//! over, as in RabbitMQ.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::consumer::{Blocked, Consumer};
+use super::delivery::ConsumerId;
+
+#[derive(Default)]
+pub struct Consumers {
+    /// `x-single-active-consumer`: only `active` gets messages.
+    single_active: bool,
+    /// The single active consumer.
+    active: Option<ConsumerId>,
+    by_id: HashMap<ConsumerId, Consumer>,
+    /// Consumers in the rotation, by priority (highest first), each level in round-robin
+    /// order: the front gets the next message.
+    rotation: BTreeMap<Reverse<i64>, VecDeque<ConsumerId>>,
+    /// Consumers waiting for their channel's credit, by channel (the prefetch's address).
+    wait_channel: HashMap<usize, Vec<ConsumerId>>,
+    /// Consumers waiting for room in their sink, by sink id.
+    wait_sink: HashMap<u64, Vec<ConsumerId>>,
+}
+
+fn channel_key(c: &Consumer) -> usize {
+    Arc::as_ptr(&c.channel_prefetch) as usize
+}
+
+impl Consumers {
+    pub fn new(single_active: bool) -> Self {
+        Consumers {
+            single_active,
+            ..Consumers::default()
+        }
+    }
+
+    /// The single active consumer, if this is such a queue and it has one.
+    pub fn active(&self) -> Option<ConsumerId> {
+        self.active
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Consumer> {
+        self.by_id.values()
+    }
+
+    pub fn get_mut(&mut self, id: ConsumerId) -> Option<&mut Consumer> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// Adds a consumer at the tail of its priority (or, on a single-active-consumer queue
+    /// without an active consumer, as the active one).
+    pub fn insert(&mut self, consumer: Consumer) {
+        let (id, priority) = (consumer.id, consumer.priority);
+        self.by_id.insert(id, consumer);
+        if self.single_active {
+            self.active.get_or_insert(id);
+            return;
+        }
+        self.rotation
+            .entry(Reverse(priority))
+            .or_default()
+            .push_back(id);
+    }
+
+    /// Single active consumer: after the active one left, the next is the live consumer of
+    /// the highest priority, the earliest registered among equals, as in RabbitMQ.
+    fn choose_active(&mut self) {
+        self.active = self
+            .by_id
+            .values()
+            .filter(|c| !c.dead)
+            .max_by(|a, b| a.priority.cmp(&b.priority).then(b.id.cmp(&a.id)))
+            .map(|c| c.id);
+    }
+
+    /// Removes a consumer from wherever it is. Returns it, and whether it was the single
+    /// active consumer (another one now is).
+    pub fn remove(&mut self, id: ConsumerId) -> Option<(Consumer, bool)> {
+        let c = self.by_id.remove(&id)?;
+        let was_active = self.active == Some(id);
+        if was_active {
+            self.choose_active();
+        }
+        match c.blocked {
+            None if self.single_active => {}
+            None => {
+                if let Some(level) = self.rotation.get_mut(&Reverse(c.priority))
+                    && let Some(at) = level.iter().position(|&x| x == id)
+                {
+                    level.remove(at);
+                }
+            }
+            Some(Blocked::Channel) => {
+                if let Some(list) = self.wait_channel.get_mut(&channel_key(&c)) {
+                    list.retain(|&x| x != id);
+                }
+            }
+            Some(Blocked::Sink) => {
+                if let Some(list) = self.wait_sink.get_mut(&c.sink.sink_id()) {
+                    list.retain(|&x| x != id);
+                }
+            }
+            Some(Blocked::Own | Blocked::Dead) => {}
+        }
+        Some((c, was_active))
+    }
+
+    /// Takes every consumer out (the queue was deleted).
+    pub fn take_all(&mut self) -> Vec<Consumer> {
+        self.active = None;
+        self.rotation.clear();
+        self.wait_channel.clear();
+        self.wait_sink.clear();
+        self.by_id.drain().map(|(_, c)| c).collect()
+    }
+
+    /// The first consumer in dispatch order that takes credit for a message of `size` bytes
+    /// (with `batched` telling how many bytes are already picked for a consumer's sink).
+    /// Consumers that cannot are taken out of the rotation, noted as waiting for what they
+    /// lack. The one returned stays at the front until [`Consumers::rotate`].
+    pub fn pick(
+        &mut self,
+        size: usize,
+        batched: impl Fn(&Consumer) -> usize,
+    ) -> Option<ConsumerId> {
+        if self.single_active {
+            let id = self.active?;
+            let c = self.by_id.get_mut(&id)?;
+            if c.blocked.is_some() {
+                return None;
+            }
+            let already = batched(c);
+            return match c.try_reserve(size, already) {
+                Ok(()) => Some(id),
+                Err(why) => {
+                    Self::wait(&mut self.wait_channel, &mut self.wait_sink, c, why);
+                    None
+                }
+            };
+        }
+        let Consumers {
+            by_id,
+            rotation,
+            wait_channel,
+            wait_sink,
+            ..
+        } = self;
+        for level in rotation.values_mut() {
+            while let Some(&id) = level.front() {
+                let Some(c) = by_id.get_mut(&id) else {
+                    level.pop_front();
+                    continue;
+                };
+                let already = batched(c);
+                match c.try_reserve(size, already) {
+                    Ok(()) => return Some(id),
+                    Err(why) => {
+                        level.pop_front();
+                        Self::wait(wait_channel, wait_sink, c, why);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Notes a consumer out of the rotation as waiting for `why`.
+    fn wait(
+        wait_channel: &mut HashMap<usize, Vec<ConsumerId>>,
+        wait_sink: &mut HashMap<u64, Vec<ConsumerId>>,
+        c: &mut Consumer,
+        why: Blocked,
+    ) {
+        c.blocked = Some(why);
+        match why {
+            Blocked::Channel => wait_channel.entry(channel_key(c)).or_default().push(c.id),
+            Blocked::Sink => wait_sink.entry(c.sink.sink_id()).or_default().push(c.id),
+            Blocked::Own | Blocked::Dead => {}
+        }
+    }
+
+    /// Moves the consumer at the front of its priority (the one [`Consumers::pick`] chose)
+    /// to the tail.
+    pub fn rotate(&mut self, id: ConsumerId) {
+        if self.single_active {
+            return;
+        }
+        let Some(priority) = self.by_id.get(&id).map(|c| c.priority) else {
+            return;
+        };
+        if let Some(level) = self.rotation.get_mut(&Reverse(priority))
+            && level.front() == Some(&id)
+        {
+            level.pop_front();
+            level.push_back(id);
+        }
+    }
+
+    /// A consumer waiting for something gets it back and rejoins at the tail of its priority.
+    fn rejoin(&mut self, id: ConsumerId, was: Blocked) {
+        if let Some(c) = self.by_id.get_mut(&id)
+            && c.blocked == Some(was)
+        {
+            c.blocked = None;
+            if self.single_active {
+                return;
+            }
+            let priority = c.priority;
+            self.rotation
+                .entry(Reverse(priority))
+                .or_default()
+                .push_back(id);
+        }
+    }
+
+    /// Gives a consumer back the credit of one settled delivery; it rejoins if it was waiting
+    /// for its own prefetch.
+    pub fn release(&mut self, id: ConsumerId) {
+        if let Some(c) = self.by_id.get_mut(&id) {
+            c.release();
+            if c.blocked == Some(Blocked::Own) {
+                self.rejoin(id, Blocked::Own);
+            }
+        }
+    }
+
+    /// Consumers waiting for the channel whose prefetch lives at `channel` rejoin.
+    pub fn wake_channel(&mut self, channel: usize) {
+        for id in self.wait_channel.remove(&channel).unwrap_or_default() {
+            self.rejoin(id, Blocked::Channel);
+        }
+    }
+
+    /// Consumers waiting for room in sink `sink_id` rejoin.
+    pub fn wake_sink(&mut self, sink_id: u64) {
+        for id in self.wait_sink.remove(&sink_id).unwrap_or_default() {
+            self.rejoin(id, Blocked::Sink);
+        }
+    }
+
+    /// Marks a consumer whose connection is gone; it is skipped until its channel removes it,
+    /// and gives up being the active consumer.
+    pub fn mark_dead(&mut self, id: ConsumerId) {
+        if let Some(c) = self.by_id.get_mut(&id) {
+            c.dead = true;
+        }
+        if self.active == Some(id) {
+            self.choose_active();
+        }
+    }
+}
