@@ -51,7 +51,7 @@ fn enqueue_dequeue_ack(c: &mut Criterion) {
         },
         QueueServices {
             store: Arc::new(store),
-            memory: Arc::new(Memory::new(256 << 20)),
+            memory: Memory::leaked(256 << 20),
             timers,
             host: Weak::<NoHost>::new(),
         },

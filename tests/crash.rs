@@ -15,18 +15,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::within;
+use common::{Process, within};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
 /// Queues per round: two with a consumer, one that only grows.
 const QUEUES: usize = 3;
@@ -53,63 +50,10 @@ impl Rng {
     }
 }
 
-/// A `lepus` process on an ephemeral port.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Process {
-    fn start(dir: &Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lepus"))
-            // Small segments and a small memory budget, so crashes also land in segment
-            // roll-overs, segment deletion and paging.
-            .args(["--listen", "127.0.0.1:0", "--segment-mib", "1"])
-            .args(["--memory-budget-mib", "1", "--data-dir"])
-            .arg(dir)
-            .env("LEPUS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the lepus binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading to the end, so the broker never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once("listening for AMQP on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(common::WAIT)
-            .expect("the broker reports its address")
-            .parse()
-            .expect("a socket address");
-        Process { child, addr }
-    }
-
-    async fn connect(&self) -> Connection {
-        let uri = format!("amqp://guest:guest@{}/%2f", self.addr);
-        within(Connection::connect(&uri, ConnectionProperties::default()))
-            .await
-            .expect("lapin connects")
-    }
-
-    /// SIGKILL: no shutdown code runs, buffered writes that were not synced are lost.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `lepus` process with small segments and a small memory budget, so that crashes also
+/// land in segment roll-overs, segment deletion and paging.
+fn start(dir: &Path) -> Process {
+    Process::start(&["--segment-mib", "1", "--memory-budget-mib", "1"], dir)
 }
 
 /// What the clients know about one round, filled in while the broker runs.
@@ -303,7 +247,7 @@ async fn confirmed_messages_survive_sigkill_and_synced_acks_stay_acked() {
     ));
     let mut total_confirmed = 0;
     for round in 0..ROUNDS {
-        let process = Process::start(&dir);
+        let process = start(&dir);
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         {
             let conn = process.connect().await;
@@ -362,7 +306,7 @@ async fn confirmed_messages_survive_sigkill_and_synced_acks_stay_acked() {
             }
         }
 
-        let process = Process::start(&dir);
+        let process = start(&dir);
         let conn = process.connect().await;
         let mut found = BTreeMap::new();
         for q in 0..QUEUES {

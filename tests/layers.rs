@@ -75,7 +75,7 @@ fn queue(host: &Arc<TestHost>, arguments: FieldTable) -> (Arc<Queue>, std::path:
         },
         QueueServices {
             store,
-            memory: Arc::new(Memory::new(64 << 20)),
+            memory: Memory::leaked(64 << 20),
             timers: Timers::start().unwrap(),
             host,
         },

@@ -9,10 +9,10 @@ use crate::protocol::properties::{self, PropertySummary};
 use crate::store::record::{MessageParts, StoredMessage};
 
 /// A message as it was published. Queues hold it behind an `Arc`, so a message routed to ten
-/// queues is stored once. Its parts live in one allocation of their own (a small message is
-/// copied out of the read buffer once complete), or, for a large body, in the buffer it was
-/// read into; either way what it keeps alive is charged to the broker's memory gauge until
-/// the last reference to it is dropped.
+/// queues is stored once; its bytes are slices of the chunks its frames were read into
+/// (`amqp::input`), so it was copied once, from the socket. The chunks are charged to the
+/// broker's memory gauge while any slice of them lives, and the message charges itself (and
+/// any buffer of its own) until its last reference is dropped.
 #[derive(Debug, Clone)]
 pub struct Message {
     /// The exchange the publisher named; deliveries report it.
@@ -63,39 +63,20 @@ impl Message {
         }
     }
 
-    /// A message assembled from `parts` copied into one allocation of their own, so that it
-    /// keeps nothing else alive (not the read buffer its frames came in).
-    pub fn copied(
-        exchange: &[u8],
-        routing_key: &[u8],
-        properties: Bytes,
-        body: &[u8],
-        summary: &PropertySummary,
-    ) -> Self {
-        let total = exchange.len() + routing_key.len() + properties.len() + body.len();
-        let mut buf = Vec::with_capacity(total);
-        for part in [exchange, routing_key, &properties[..], body] {
-            buf.extend_from_slice(part);
-        }
-        let buf = Bytes::from(buf);
-        let mut at = 0;
-        let mut take = |len: usize| {
-            let part = buf.slice(at..at + len);
-            at += len;
-            part
-        };
-        let exchange = take(exchange.len());
-        let routing_key = take(routing_key.len());
-        let props = take(properties.len());
-        let body = take(body.len());
-        Message::new(exchange, routing_key, props, body, summary)
+    /// Charges what this message keeps alive to `memory`: itself, and `owned` bytes of
+    /// buffers that are its alone (slices of the input's chunks are charged by the chunks).
+    pub fn charge_to(&mut self, memory: &'static Memory, owned: usize) {
+        self.charge = Charge::new(memory, Self::OVERHEAD_BYTES + owned);
     }
 
-    /// Charges what this message keeps alive to `memory`: its parts, plus `pinned` bytes of
-    /// a buffer it shares (a large body read in place).
-    pub fn charge_to(&mut self, memory: &Arc<Memory>, pinned: usize) {
-        self.charge = Charge::new(memory, self.parts_size() + pinned);
+    /// Charges a message whose parts are all its own (read back from a log, rebuilt for
+    /// dead-lettering).
+    pub fn charge_all_to(&mut self, memory: &'static Memory) {
+        self.charge = Charge::new(memory, self.parts_size());
     }
+
+    /// The `Message` itself, and the `Arc` around it.
+    const OVERHEAD_BYTES: usize = std::mem::size_of::<Message>() + 16;
 
     /// Rebuilds a message a queue log kept, decoding what routing and queueing need. None if
     /// its properties no longer scan (the record passed its checksum, so this means a bug).
@@ -126,13 +107,10 @@ impl Message {
         self.body.len() + self.properties.len() + self.exchange.len() + self.routing_key.len() + 64
     }
 
-    /// Bytes this message keeps alive in memory: what it is charged, or, for a message that
-    /// is not charged (tests, tools), its parts.
+    /// Bytes of memory this message stands for, for a queue's decision to page: its parts
+    /// and itself (whether or not its bytes are shared with other messages of its chunk).
     pub fn memory_size(&self) -> usize {
-        match self.charge.bytes() {
-            0 => self.parts_size(),
-            charged => charged,
-        }
+        self.parts_size()
     }
 
     /// Its parts, the `Message` itself, and the `Arc` and shared-buffer headers around them.

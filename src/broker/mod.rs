@@ -43,7 +43,7 @@ pub struct Broker {
     /// Durable definitions.
     pub definitions: Arc<DefinitionsStore>,
     /// Message bytes held in memory, against the budget.
-    pub memory: Arc<Memory>,
+    pub memory: &'static Memory,
     users: DashMap<String, Arc<User>>,
     vhosts: DashMap<String, Arc<VirtualHost>>,
     /// Live connections, to reach them at shutdown.

@@ -54,7 +54,7 @@ impl Broker {
             reply_consumers: ReplyConsumers::default(),
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
-            memory: Arc::new(Memory::new(config.limits.memory_budget_bytes)),
+            memory: Memory::leaked(config.limits.memory_budget_bytes),
             store,
             definitions,
             config,
@@ -70,7 +70,7 @@ impl Broker {
             store: self.store.clone(),
             defs: self.definitions.clone(),
             timers: self.timers.clone(),
-            memory: self.memory.clone(),
+            memory: self.memory,
             worker: self.worker.clone(),
         }
     }

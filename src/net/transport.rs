@@ -7,7 +7,7 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::BufMut;
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 
@@ -25,9 +25,9 @@ impl Transport {
         }
     }
 
-    /// Reads what is available into `buf` without waiting: `Ok(0)` is end of stream,
-    /// `WouldBlock` means nothing was there.
-    pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Reads what is available into the spare capacity of `buf` without waiting: `Ok(0)` is
+    /// end of stream, `WouldBlock` means nothing was there.
+    pub fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.try_read_buf(buf),
         }

@@ -219,9 +219,15 @@ mod depth_tests {
         let bytes = encode(&nested(10));
         assert!(check_depth(&bytes, MAX_TABLE_DEPTH).is_ok());
         for cut in 1..bytes.len() {
-            assert_eq!(check_depth(&bytes[..cut], MAX_TABLE_DEPTH), Err(TableError::Malformed));
+            assert_eq!(
+                check_depth(&bytes[..cut], MAX_TABLE_DEPTH),
+                Err(TableError::Malformed)
+            );
         }
-        assert_eq!(check_depth(&[0, 0, 0, 3, 1, b'k', b'?'], 8), Err(TableError::Malformed));
+        assert_eq!(
+            check_depth(&[0, 0, 0, 3, 1, b'k', b'?'], 8),
+            Err(TableError::Malformed)
+        );
     }
 
     #[test]
@@ -236,7 +242,10 @@ mod depth_tests {
             bytes.push(b'A');
             bytes.extend_from_slice(&((5 * (levels - d - 1)) as u32).to_be_bytes());
         }
-        assert_eq!(check_depth(&bytes, MAX_TABLE_DEPTH), Err(TableError::TooDeep));
+        assert_eq!(
+            check_depth(&bytes, MAX_TABLE_DEPTH),
+            Err(TableError::TooDeep)
+        );
         assert_eq!(check_depth(&bytes, levels + 1), Ok(bytes.len()));
     }
 }

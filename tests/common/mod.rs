@@ -387,3 +387,83 @@ pub fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
     f.push(0xCE);
     f
 }
+
+/// A `lepus` process (the real binary) on an ephemeral port, for what an in-process broker
+/// cannot show: a SIGKILL, or the broker's own resident memory.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts `lepus` with `args` and its data in `dir`; waits until it listens.
+    pub fn start(args: &[&str], dir: &std::path::Path) -> Process {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lepus"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .env("LEPUS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the lepus binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading to the end, so the broker never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("listening for AMQP on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .expect("the broker reports its address")
+            .parse()
+            .expect("a socket address");
+        Process { child, addr }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        within(Connection::connect(
+            &self.uri(),
+            ConnectionProperties::default(),
+        ))
+        .await
+        .expect("lapin connects")
+    }
+
+    /// The broker's resident memory in bytes, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id()))
+            .expect("the broker's /proc/PID/statm");
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("resident pages");
+        pages * 4096
+    }
+
+    /// SIGKILL: no shutdown code runs, buffered writes that were not synced are lost.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -47,12 +47,6 @@ pub(super) struct Destination<'a> {
     pub mandatory: bool,
 }
 
-/// Bodies smaller than this, read in one frame, are copied out of the read buffer together
-/// with the rest of the message once it is complete, so that a retained message keeps only
-/// itself alive, not the 64 KiB chunk it arrived in. Larger ones stay where they were read
-/// (a buffer they fill at least half of) and are charged twice their size.
-const COPY_BODY_BELOW: usize = 32 * 1024;
-
 fn internal_error() -> AmqpError {
     AmqpError::bare(ReplyCode::InternalError)
 }
@@ -95,33 +89,6 @@ impl Channel {
             charge: Charge::default(),
         });
         Ok(())
-    }
-
-    /// A message still being received when the read buffer it arrived in is done with: its
-    /// names and properties are copied out, so that a client sending a publish at a time on
-    /// many channels cannot make each keep a whole read buffer alive.
-    pub fn detach_content(&mut self, s: &Session) {
-        let Some(content) = self.content.as_mut() else {
-            return;
-        };
-        let p = &mut content.publish;
-        p.exchange = Bytes::copy_from_slice(&p.exchange);
-        p.routing_key = Bytes::copy_from_slice(&p.routing_key);
-        let mut held = p.exchange.len() + p.routing_key.len();
-        if let Some(h) = content.header.as_mut() {
-            h.properties = Bytes::copy_from_slice(&h.properties);
-            held += h.properties.len();
-        }
-        if let Body::One(first) = &content.body {
-            // A first body frame held while more are expected: copy it too.
-            let mut buf = Vec::with_capacity(first.len());
-            buf.extend_from_slice(first);
-            content.body = Body::Many(buf);
-        }
-        if let Body::Many(buf) = &content.body {
-            held += buf.capacity();
-        }
-        charge(&mut content.charge, s, held);
     }
 
     pub(super) fn no_method() -> AmqpError {
@@ -227,12 +194,12 @@ impl Channel {
         let Some(header) = content.header else {
             return Ok(());
         };
-        let (body, in_read_buffer) = match content.body {
+        let (body, owned) = match content.body {
             Body::Empty => (Bytes::new(), false),
-            Body::One(b) => (b, true),
-            Body::Many(b) => (Bytes::from(b), false),
+            Body::One(b) => (b, false),
+            Body::Many(b) => (Bytes::from(b), true),
         };
-        self.publish(s, out, content.publish, header.properties, (body, in_read_buffer))
+        self.publish(s, out, content.publish, header.properties, (body, owned))
             .map_err(|e| e.on_method(60, 40))
     }
 
@@ -242,7 +209,7 @@ impl Channel {
         out: &mut Output,
         publish: Publish,
         properties: Bytes,
-        (body, in_read_buffer): (Bytes, bool),
+        (body, body_owned): (Bytes, bool),
     ) -> AmqpResult<()> {
         if publish.immediate {
             return Err(amqp_error!(NotImplemented, "immediate=true"));
@@ -258,13 +225,17 @@ impl Channel {
         }
         let (properties, summary) = self.check_properties(s, properties)?;
         let (properties, summary, headers, extra_keys) = cc_and_bcc(properties, summary)?;
-        let mut message = own_message(&publish, properties, body, in_read_buffer, &summary);
-        let pinned = if in_read_buffer && message.body.len() >= COPY_BODY_BELOW {
-            message.body.len()
-        } else {
-            0
-        };
-        message.charge_to(&s.broker.memory, pinned);
+        let mut message = Message::new(
+            publish.exchange.clone(),
+            publish.routing_key.clone(),
+            properties,
+            body,
+            &summary,
+        );
+        // Its names, properties and a one-frame body are slices of the input's chunks, which
+        // are charged already; a body assembled from several frames is the message's own.
+        let owned = if body_owned { message.body.len() } else { 0 };
+        message.charge_to(&s.broker.memory, owned);
         if !extra_keys.is_empty() {
             message.extra_routing_keys = Some(extra_keys.clone().into());
         }
@@ -403,23 +374,6 @@ fn charge(c: &mut Charge, s: &Session, bytes: usize) {
     } else {
         c.set(bytes);
     }
-}
-
-/// The message in buffers of its own: small ones copied whole into one allocation, large
-/// ones with their parts other than the body copied (they are slices of the method and header
-/// frames, which would otherwise keep their read buffers alive).
-fn own_message(
-    publish: &Publish,
-    properties: Bytes,
-    body: Bytes,
-    in_read_buffer: bool,
-    summary: &PropertySummary,
-) -> Message {
-    if in_read_buffer && body.len() < COPY_BODY_BELOW {
-        return Message::copied(&publish.exchange, &publish.routing_key, properties, &body, summary);
-    }
-    let small = Message::copied(&publish.exchange, &publish.routing_key, properties, &[], summary);
-    Message::new(small.exchange, small.routing_key, small.properties, body, summary)
 }
 
 /// CC and BCC headers add routing keys; BCC is removed from the message. Returns the

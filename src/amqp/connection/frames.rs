@@ -3,7 +3,7 @@
 //! that do not belong where they came.
 
 use amq_protocol::protocol::AMQPClass;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::replies::{
@@ -16,7 +16,7 @@ use crate::protocol::basic as hot;
 use crate::protocol::error::AmqpError;
 use crate::protocol::frame::{
     FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FrameHeader, PROTOCOL_HEADER,
-    check_frame_end, octets_description, peek_frame,
+    octets_description,
 };
 use crate::protocol::method::{method_ids, parse_method, write_method};
 
@@ -26,71 +26,31 @@ impl Connection {
         loop {
             match self.phase {
                 Phase::Dropping { .. } | Phase::Finished { .. } => {
-                    self.rbuf.clear();
+                    self.input.clear();
                     return;
                 }
                 Phase::Closing { fatal: true, .. } => {
-                    self.rbuf.clear();
+                    self.input.clear();
                     return;
                 }
                 Phase::Header => {
-                    if self.rbuf.len() < PROTOCOL_HEADER.len() {
+                    let Some(header) = self.input.take(PROTOCOL_HEADER.len()) else {
                         return;
-                    }
-                    let header = self.rbuf.split_to(PROTOCOL_HEADER.len());
+                    };
                     self.on_protocol_header(&header);
                     continue;
                 }
                 _ => {}
             }
-            let header = match peek_frame(&self.rbuf, self.frame_max) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
+            match self.input.next_frame(self.frame_max) {
+                Ok(Some((header, payload))) => self.on_frame(header, payload),
+                Ok(None) => return,
                 Err(e) => {
                     self.fail_framing(e);
                     return;
                 }
-            };
-            let total = header.total_len();
-            if self.rbuf.len() < total {
-                self.rbuf.reserve(total - self.rbuf.len());
-                break;
-            }
-            if let Err(e) = check_frame_end(&self.rbuf, &header) {
-                self.fail_framing(e);
-                return;
-            }
-            let mut frame = self.rbuf.split_to(total);
-            frame.advance(7);
-            frame.truncate(header.size as usize);
-            if header.channel != 0
-                && matches!(header.kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY)
-                && self.content_touched.last() != Some(&header.channel)
-            {
-                self.content_touched.push(header.channel);
-            }
-            self.on_frame(header, frame.freeze());
-        }
-        self.detach_partial_content();
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            // Give the read buffer back between bursts: idle connections hold no buffer.
-            self.rbuf = BytesMut::new();
-        }
-    }
-
-    /// Messages left half-received when a read buffer is done with copy out what they kept
-    /// of it (see `Channel::detach_content`).
-    fn detach_partial_content(&mut self) {
-        let touched = std::mem::take(&mut self.content_touched);
-        if let Some(session) = &self.session {
-            for id in &touched {
-                if let Ok(i) = self.channels.binary_search_by_key(id, |c| c.id) {
-                    self.channels[i].detach_content(session);
-                }
             }
         }
-        self.content_touched = touched;
-        self.content_touched.clear();
     }
 
     pub(super) fn on_protocol_header(&mut self, header: &[u8]) {

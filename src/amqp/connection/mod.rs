@@ -20,11 +20,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::time::Instant;
 
 use super::channel::Channel;
+use super::input::Input;
 use super::outbox::{Drained, Outbox};
 use super::output::{Output, iovecs};
 use super::session::{ClientCapabilities, Session};
@@ -93,8 +93,8 @@ pub struct Connection {
     id: u64,
     outbox: Arc<Outbox>,
     phase: Phase,
-    /// Bytes read from the socket and not yet parsed.
-    rbuf: BytesMut,
+    /// Bytes read from the transport and not yet parsed.
+    input: Input,
     out: Output,
     /// Largest frame accepted from the client: 4096 until Tune-Ok, then the negotiated value.
     frame_max: u32,
@@ -116,9 +116,8 @@ pub struct Connection {
     channels: Vec<Channel>,
     /// Reused buffers for draining the outbox.
     drained: Drained,
-    /// Channels that received a method or content frame from the current read buffer.
-    content_touched: Vec<u16>,
-    /// The read buffer and the output waiting for the client, charged to the memory gauge.
+    /// The output waiting for the client, charged to the memory gauge (the input charges its
+    /// own chunks).
     buffers: Charge,
     /// Bytes of deliveries encoded into `out` since it was last empty.
     unflushed_delivery_bytes: usize,
@@ -134,6 +133,7 @@ pub async fn serve(
     outbox: Arc<Outbox>,
 ) {
     let now = Instant::now();
+    let input = Input::new(broker.config.limits.read_chunk_bytes, broker.memory);
     let synced = broker.store.shared.subscribe();
     let mut conn = Connection {
         synced,
@@ -146,7 +146,7 @@ pub async fn serve(
         id: outbox.connection_id,
         outbox,
         phase: Phase::Header,
-        rbuf: BytesMut::new(),
+        input,
         out: Output::default(),
         last_recv: now,
         last_send: now,
@@ -159,7 +159,6 @@ pub async fn serve(
         channels: Vec::new(),
         drained: Drained::default(),
         unflushed_delivery_bytes: 0,
-        content_touched: Vec::new(),
         buffers: Charge::default(),
     };
     conn.buffers = Charge::new(&conn.broker.memory, 0);
@@ -199,7 +198,7 @@ impl Connection {
         for ch in &mut self.channels {
             ch.flush_confirms(&mut self.out, synced);
         }
-        self.buffers.set(self.rbuf.capacity() + self.out.len());
+        self.buffers.set(self.out.len());
         Ok(())
     }
 
@@ -259,11 +258,7 @@ impl Connection {
     }
 
     fn read(&mut self) -> Result<(), Exit> {
-        let chunk = self.broker.config.limits.read_chunk_bytes;
-        if self.rbuf.capacity() - self.rbuf.len() < chunk / 4 {
-            self.rbuf.reserve(chunk);
-        }
-        match self.transport.try_read_buf(&mut self.rbuf) {
+        match self.input.read(&mut self.transport, self.frame_max) {
             Ok(0) => Err(Exit::Done("client closed the socket")),
             Ok(_) => {
                 self.last_recv = Instant::now();

@@ -79,4 +79,3 @@ pub(super) fn method_error(e: MethodError, payload: &[u8], on_channel_zero: bool
         } => crate::protocol::table::too_deep_error().on_method(class_id, method_id),
     }
 }
-

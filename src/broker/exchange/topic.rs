@@ -240,7 +240,8 @@ impl<'a, T> States<'a, T> {
     fn insert(&mut self, node: &'a Node<T>) {
         self.nodes.push(node);
         if self.nodes.len() == SCAN_STATES + 1 {
-            self.seen.extend(self.nodes.iter().map(|n| *n as *const Node<T>));
+            self.seen
+                .extend(self.nodes.iter().map(|n| *n as *const Node<T>));
         } else if self.nodes.len() > SCAN_STATES {
             self.seen.insert(node as *const Node<T>);
         }

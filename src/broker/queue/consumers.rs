@@ -14,10 +14,34 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::consumer::{Blocked, Consumer};
 use super::delivery::ConsumerId;
+
+/// Hashes consumer ids: numbers the broker hands out in sequence, so one multiplication
+/// spreads them well, and no client can choose them to collide.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<ConsumerId, V, BuildHasherDefault<IdHasher>>;
 
 #[derive(Default)]
 pub struct Consumers {
@@ -25,9 +49,10 @@ pub struct Consumers {
     single_active: bool,
     /// The single active consumer.
     active: Option<ConsumerId>,
-    by_id: HashMap<ConsumerId, Consumer>,
+    by_id: IdMap<Consumer>,
     /// Consumers in the rotation, by priority (highest first), each level in round-robin
-    /// order: the front gets the next message.
+    /// order: the front gets the next message. A level is removed when it empties, so
+    /// looking for the next consumer never walks past empty priorities.
     rotation: BTreeMap<Reverse<i64>, VecDeque<ConsumerId>>,
     /// Consumers waiting for their channel's credit, by channel (the prefetch's address).
     wait_channel: HashMap<usize, Vec<ConsumerId>>,
@@ -68,6 +93,11 @@ impl Consumers {
         self.by_id.get_mut(&id)
     }
 
+    /// The rotation of consumers of `priority`, made if there is none yet.
+    fn level(&mut self, priority: i64) -> &mut VecDeque<ConsumerId> {
+        self.rotation.entry(Reverse(priority)).or_default()
+    }
+
     /// Adds a consumer at the tail of its priority (or, on a single-active-consumer queue
     /// without an active consumer, as the active one).
     pub fn insert(&mut self, consumer: Consumer) {
@@ -77,10 +107,7 @@ impl Consumers {
             self.active.get_or_insert(id);
             return;
         }
-        self.rotation
-            .entry(Reverse(priority))
-            .or_default()
-            .push_back(id);
+        self.level(priority).push_back(id);
     }
 
     /// Single active consumer: after the active one left, the next is the live consumer of
@@ -105,10 +132,14 @@ impl Consumers {
         match c.blocked {
             None if self.single_active => {}
             None => {
-                if let Some(level) = self.rotation.get_mut(&Reverse(c.priority))
-                    && let Some(at) = level.iter().position(|&x| x == id)
-                {
-                    level.remove(at);
+                let key = Reverse(c.priority);
+                if let Some(level) = self.rotation.get_mut(&key) {
+                    if let Some(at) = level.iter().position(|&x| x == id) {
+                        level.remove(at);
+                    }
+                    if level.is_empty() {
+                        self.rotation.remove(&key);
+                    }
                 }
             }
             Some(Blocked::Channel) => {
@@ -136,14 +167,15 @@ impl Consumers {
     }
 
     /// The first consumer in dispatch order that takes credit for a message of `size` bytes
-    /// (with `batched` telling how many bytes are already picked for a consumer's sink).
-    /// Consumers that cannot are taken out of the rotation, noted as waiting for what they
-    /// lack. The one returned stays at the front until [`Consumers::rotate`].
-    pub fn pick(
+    /// (with `batched` telling how many bytes are already picked for a consumer's sink); it
+    /// moves to the tail of its priority. Consumers that cannot are taken out of the rotation,
+    /// noted as waiting for what they lack.
+    pub fn pick<R>(
         &mut self,
         size: usize,
         batched: impl Fn(&Consumer) -> usize,
-    ) -> Option<ConsumerId> {
+        chosen: impl FnOnce(&Consumer) -> R,
+    ) -> Option<R> {
         if self.single_active {
             let id = self.active?;
             let c = self.by_id.get_mut(&id)?;
@@ -152,7 +184,7 @@ impl Consumers {
             }
             let already = batched(c);
             return match c.try_reserve(size, already) {
-                Ok(()) => Some(id),
+                Ok(()) => Some(chosen(c)),
                 Err(why) => {
                     Self::wait(&mut self.wait_channel, &mut self.wait_sink, c, why);
                     None
@@ -166,7 +198,9 @@ impl Consumers {
             wait_sink,
             ..
         } = self;
-        for level in rotation.values_mut() {
+        let mut emptied: Vec<Reverse<i64>> = Vec::new();
+        let mut picked = None;
+        'levels: for (key, level) in rotation.iter_mut() {
             while let Some(&id) = level.front() {
                 let Some(c) = by_id.get_mut(&id) else {
                     level.pop_front();
@@ -174,15 +208,24 @@ impl Consumers {
                 };
                 let already = batched(c);
                 match c.try_reserve(size, already) {
-                    Ok(()) => return Some(id),
+                    Ok(()) => {
+                        level.rotate_left(1);
+                        picked = Some(chosen(c));
+                        break 'levels;
+                    }
                     Err(why) => {
                         level.pop_front();
                         Self::wait(wait_channel, wait_sink, c, why);
                     }
                 }
             }
+            // Every consumer of this priority is waiting: the level goes.
+            emptied.push(*key);
         }
-        None
+        for key in emptied {
+            rotation.remove(&key);
+        }
+        picked
     }
 
     /// Notes a consumer out of the rotation as waiting for `why`.
@@ -200,23 +243,6 @@ impl Consumers {
         }
     }
 
-    /// Moves the consumer at the front of its priority (the one [`Consumers::pick`] chose)
-    /// to the tail.
-    pub fn rotate(&mut self, id: ConsumerId) {
-        if self.single_active {
-            return;
-        }
-        let Some(priority) = self.by_id.get(&id).map(|c| c.priority) else {
-            return;
-        };
-        if let Some(level) = self.rotation.get_mut(&Reverse(priority))
-            && level.front() == Some(&id)
-        {
-            level.pop_front();
-            level.push_back(id);
-        }
-    }
-
     /// A consumer waiting for something gets it back and rejoins at the tail of its priority.
     fn rejoin(&mut self, id: ConsumerId, was: Blocked) {
         if let Some(c) = self.by_id.get_mut(&id)
@@ -227,10 +253,7 @@ impl Consumers {
                 return;
             }
             let priority = c.priority;
-            self.rotation
-                .entry(Reverse(priority))
-                .or_default()
-                .push_back(id);
+            self.level(priority).push_back(id);
         }
     }
 

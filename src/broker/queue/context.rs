@@ -26,7 +26,7 @@ pub trait QueueHost: Send + Sync {
 #[derive(Clone)]
 pub struct QueueServices {
     pub store: Arc<Store>,
-    pub memory: Arc<Memory>,
+    pub memory: &'static Memory,
     pub timers: Arc<Timers>,
     /// The vhost; weak, as the vhost owns its queues.
     pub host: Weak<dyn QueueHost>,
@@ -56,7 +56,7 @@ impl QueueCtx {
         &self.services.store
     }
 
-    pub fn memory(&self) -> &Memory {
-        &self.services.memory
+    pub fn memory(&self) -> &'static Memory {
+        self.services.memory
     }
 }

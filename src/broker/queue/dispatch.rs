@@ -31,7 +31,8 @@ struct Recipient {
     channel: u16,
     tag: Bytes,
     no_ack: bool,
-    sink: Arc<dyn DeliverySink>,
+    /// Its sink, by address: the sink itself is only cloned for a new batch.
+    sink: *const (),
 }
 
 impl Recipient {
@@ -41,7 +42,7 @@ impl Recipient {
             channel: c.channel,
             tag: c.tag.clone(),
             no_ack: c.no_ack,
-            sink: c.sink.clone(),
+            sink: Arc::as_ptr(&c.sink) as *const (),
         }
     }
 }
@@ -77,7 +78,6 @@ impl State {
             let Some(entry) = self.pop_ready() else {
                 break;
             };
-            self.consumers.rotate(recipient.id);
             self.hand_over(ctx, recipient, entry, size);
         }
         if !self.batches.is_empty() {
@@ -94,8 +94,7 @@ impl State {
                 .find(|b| same_sink(&b.sink, &c.sink))
                 .map_or(0, |b| b.bytes)
         };
-        let id = self.consumers.pick(size, batched)?;
-        self.consumers.get_mut(id).map(|c| Recipient::of(c))
+        self.consumers.pick(size, batched, Recipient::of)
     }
 
     /// Gives `entry` to the chosen consumer: logs what must be logged and adds it to the
@@ -121,9 +120,10 @@ impl State {
             // The connection accounts for the message as it goes out.
             size = entry.message.wire_size();
         }
-        // The queue is alive while its method runs: the upgrade cannot fail. It costs what
-        // cloning an `Arc` costs, one atomic operation per delivery.
+        // The queue is alive while its method runs: the upgrade cannot fail (if it did, the
+        // message goes back). It costs what cloning an `Arc` costs, one atomic operation.
         let Some(source) = ctx.source.upgrade() else {
+            self.insert_in_order(vec![entry]);
             return;
         };
         let delivery = Delivery {
@@ -137,17 +137,24 @@ impl State {
         match self
             .batches
             .iter_mut()
-            .find(|b| same_sink(&b.sink, &consumer.sink))
+            .find(|b| Arc::as_ptr(&b.sink) as *const () == consumer.sink)
         {
             Some(batch) => {
                 batch.bytes += size;
                 batch.deliveries.push(delivery);
             }
-            None => self.batches.push(Batch {
-                sink: consumer.sink,
-                deliveries: vec![delivery],
-                bytes: size,
-            }),
+            None => {
+                match self.consumers.get_mut(consumer.id).map(|c| c.sink.clone()) {
+                    Some(sink) => self.batches.push(Batch {
+                        sink,
+                        deliveries: vec![delivery],
+                        bytes: size,
+                    }),
+                    // The consumer was just chosen, so this cannot happen; if it did, the
+                    // message goes back rather than being lost.
+                    None => self.insert_in_order(vec![delivery.entry]),
+                }
+            }
         }
     }
 

@@ -111,16 +111,15 @@ impl State {
                 continue;
             };
             // Read into a buffer of its own (the record's), so it pins nothing else.
-            message.charge_to(&ctx.services.memory, 0);
+            message.charge_all_to(&ctx.services.memory);
             self.push_ready(QueueEntry {
-                    seq: m.seq,
-                    message: Arc::new(message),
-                    redelivered: m.redelivered,
-                    persisted: m.persisted,
-                    expires_at: m.expires_at,
-                    delivery_count: 0,
-                },
-            );
+                seq: m.seq,
+                message: Arc::new(message),
+                redelivered: m.redelivered,
+                persisted: m.persisted,
+                expires_at: m.expires_at,
+                delivery_count: 0,
+            });
         }
         if exhausted {
             self.tail = None;

@@ -200,14 +200,13 @@ impl State {
             return self.publish_behind_tail(ctx, seq, &message, persisted, expires_at, outcome);
         }
         self.push_ready(QueueEntry {
-                seq,
-                message,
-                redelivered: false,
-                persisted,
-                expires_at,
-                delivery_count: 0,
-            },
-        );
+            seq,
+            message,
+            redelivered: false,
+            persisted,
+            expires_at,
+            delivery_count: 0,
+        });
         // An idle consumer takes the message before the limit is looked at, as in RabbitMQ.
         self.dispatch(ctx);
         self.enforce_length_limit(ctx);
@@ -218,9 +217,10 @@ impl State {
                 self.discard(entry, Reason::Expired);
             }
         }
-        if !self.ready.prioritised()
+        // The queue's own size first: summing the gauge is the dearer question.
+        if self.ready_bytes > PAGE_OUT_ABOVE
+            && !self.ready.prioritised()
             && ctx.memory().over_budget()
-            && self.ready_bytes > PAGE_OUT_ABOVE
         {
             self.page_out(ctx);
         }

@@ -53,7 +53,7 @@ pub struct VhostServices {
     /// Wakes queues for message and queue expiry.
     pub timers: Arc<Timers>,
     /// The memory budget queues page against.
-    pub memory: Arc<Memory>,
+    pub memory: &'static Memory,
     /// Runs the routing of dead letters, outside the calls that caused them.
     pub worker: Arc<Worker>,
 }
@@ -150,7 +150,7 @@ impl VirtualHost {
         let host: Weak<dyn QueueHost> = self.me.clone();
         QueueServices {
             store: self.services.store.clone(),
-            memory: self.services.memory.clone(),
+            memory: self.services.memory,
             timers: self.services.timers.clone(),
             host,
         }
