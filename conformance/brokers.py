@@ -53,7 +53,7 @@ class Lepus:
         return self.proc.pid if self.proc else None
 
     def start(self):
-        build = subprocess.run(["cargo", "build", "--release", "--bin", "lepus"], cwd=ROOT)
+        build = subprocess.run(["cargo", "build", "--release", "--bin", "lepus", "--bin", "lepusctl"], cwd=ROOT)
         if build.returncode != 0:
             raise RuntimeError("cargo build failed")
         self.port = free_port()
@@ -77,6 +77,11 @@ class Lepus:
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)
         return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
+
+    def ctl(self):
+        """How to run this broker's rabbitmqctl: (argv prefix, extra environment)."""
+        return [os.path.join(ROOT, "target", "release", "lepusctl"), "--data-dir",
+                os.path.join(self.data, "data")], {}
 
     def _terminate(self):
         if self.proc and self.proc.poll() is None:
@@ -144,6 +149,10 @@ class RabbitMQ:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, timeout=120)
         return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
+
+    def ctl(self):
+        """How to run this node's rabbitmqctl: (argv prefix, extra environment)."""
+        return [self.tool("rabbitmqctl"), "-n", self.node], dict(self.env or {})
 
     def restart_node(self):
         """Stops the whole node (the Erlang VM) and starts it again on the same ports and

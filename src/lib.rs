@@ -7,6 +7,7 @@
 //! - [`server`]: wires the others together (listeners, connection tasks, shutdown).
 //! - [`amqp`]: the AMQP 0-9-1 session layer: connections and channels.
 //! - [`net`]: listeners and the transport a connection speaks over.
+//! - [`mgmt`]: the admin socket (and, to come, the management HTTP API).
 //! - [`broker`]: vhosts, exchanges, queues, consumers, dead-lettering, timers, memory.
 //! - [`auth`]: users, password hashes, SASL mechanisms, randomness.
 //! - [`store`]: durability in bytes: queue logs, the sync thread, definitions.
@@ -25,6 +26,7 @@ pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod mgmt;
 pub mod net;
 pub mod protocol;
 pub mod server;

@@ -23,6 +23,8 @@ pub struct Server {
     broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
+    /// The admin socket `lepusctl` talks to.
+    admin: JoinHandle<()>,
     live: Arc<Live>,
 }
 
@@ -74,10 +76,13 @@ impl Server {
                 live.clone(),
             )));
         }
+        let admin_path = crate::mgmt::admin::socket_path(&broker.config.data_dir);
+        let admin = crate::mgmt::admin::serve(broker.clone(), &admin_path)?;
         Ok(Server {
             broker,
             addrs,
             listeners,
+            admin,
             live,
         })
     }
@@ -103,6 +108,10 @@ impl Server {
         for l in &self.listeners {
             l.abort();
         }
+        self.admin.abort();
+        let _ = std::fs::remove_file(crate::mgmt::admin::socket_path(
+            &self.broker.config.data_dir,
+        ));
         self.broker.begin_shutdown();
         let wait = async {
             loop {

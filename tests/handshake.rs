@@ -92,6 +92,7 @@ async fn start_offers_rabbitmq_shaped_properties_and_both_mechanisms() {
         panic!("no capabilities table");
     };
     for cap in [
+        "connection.blocked",
         "publisher_confirms",
         "exchange_exchange_bindings",
         "basic.nack",

@@ -10,6 +10,7 @@
 'use strict';
 
 const amqp = require('amqplib');
+const { execFileSync } = require('child_process');
 // amqplib's method ids (not exported; required by path) for the methods it has no API for.
 const defs = require(require('path').join(
   require('path').dirname(require.resolve('amqplib')), 'lib', 'defs.js'));
@@ -467,6 +468,39 @@ const scenarios = {
     return observed;
   },
 
+  // A memory alarm, forced with set_vm_memory_high_watermark 0.0001, blocks a publisher:
+  // amqplib emits 'blocked' with RabbitMQ's reason, a consumer drains meanwhile, and when the
+  // alarm clears it emits 'unblocked' and the message arrives.
+  async memory_alarm(url) {
+    const events = [];
+    const conn = await amqp.connect(url);
+    conn.on('blocked', (reason) => events.push(['blocked', reason]));
+    conn.on('unblocked', () => events.push(['unblocked']));
+    const ch = await conn.createChannel();
+    const q = unique('alarm');
+    await ch.assertQueue(q);
+    ch.sendToQueue(q, Buffer.from('before'));
+    const other = await amqp.connect(url);
+    const och = await other.createChannel();
+    let drained;
+    let readyDuring;
+    try {
+      ctl('set_vm_memory_high_watermark', '0.0001');
+      ch.sendToQueue(q, Buffer.from('during'));
+      await waitFor(() => events.length >= 1, 'connection.blocked', 20000);
+      drained = (await waitGet(och, q, true)).content.toString();
+      ({ messageCount: readyDuring } = await och.checkQueue(q));
+    } finally {
+      ctl('set_vm_memory_high_watermark', '0.4');
+    }
+    await waitFor(() => events.length >= 2, 'connection.unblocked', 20000);
+    const arrived = (await waitGet(och, q, true)).content.toString();
+    await och.deleteQueue(q);
+    await other.close();
+    await conn.close();
+    return { events, drained, ready_during: readyDuring, arrived };
+  },
+
   // exchange.declare with a type no broker has: RabbitMQ 3.10 closes the connection (503),
   // 3.12 and later only the channel (406), with the same text; Lepus follows 3.12.
   async unknown_exchange_type(url) {
@@ -863,6 +897,12 @@ const scenarios = {
     return { depth: messageCount, messages, transient_queue: gone, binding_routes: routed };
   },
 };
+
+// Runs the broker's rabbitmqctl (lepusctl for Lepus) with `args`.
+function ctl(...args) {
+  const argv = JSON.parse(process.env.CONFORMANCE_CTL).concat(args);
+  execFileSync(argv[0], argv.slice(1), { stdio: 'ignore', timeout: 60000 });
+}
 
 async function main() {
   const args = process.argv.slice(2);

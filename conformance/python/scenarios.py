@@ -11,6 +11,8 @@ brokers. Exit status 0 means the scenario passed.
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -442,6 +444,50 @@ def send_timeout(url):
     sch.queue_delete(q)
     setup.close()
     return {"requeued": ready}
+
+
+def ctl(*args):
+    """Runs the broker's rabbitmqctl (lepusctl for Lepus) with `args`."""
+    argv = json.loads(os.environ["CONFORMANCE_CTL"]) + list(args)
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+@scenario
+def memory_alarm(url):
+    """A memory alarm, forced with `set_vm_memory_high_watermark 0.0001`, blocks a publisher:
+    pika's connection.blocked callback fires with RabbitMQ's reason, a consumer drains
+    meanwhile, and when the alarm clears the unblocked callback fires and the message arrives."""
+    events = []
+    conn = connect(url)
+    conn.add_on_connection_blocked_callback(
+        lambda c, frame: events.append(["blocked", frame.method.reason]))
+    conn.add_on_connection_unblocked_callback(lambda c, frame: events.append(["unblocked"]))
+    ch = conn.channel()
+    q = unique("alarm")
+    ch.queue_declare(q)
+    ch.basic_publish("", q, b"before")
+    other = connect(url)
+    och = other.channel()
+    try:
+        ctl("set_vm_memory_high_watermark", "0.0001")
+        ch.basic_publish("", q, b"during")
+        deadline = time.time() + 20
+        while not events and time.time() < deadline:
+            conn.process_data_events(time_limit=0.2)
+        method, _, body = wait_get(och, q, auto_ack=True)
+        drained = body.decode()
+        ready_during = och.queue_declare(q, passive=True).method.message_count
+    finally:
+        ctl("set_vm_memory_high_watermark", "0.4")
+    deadline = time.time() + 20
+    while len(events) < 2 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    method, _, body = wait_get(och, q, auto_ack=True)
+    arrived = body.decode()
+    och.queue_delete(q)
+    other.close()
+    conn.close()
+    return {"events": events, "drained": drained, "ready_during": ready_during, "arrived": arrived}
 
 
 # The capabilities every scenario may rely on (both brokers advertise them).

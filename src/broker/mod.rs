@@ -6,6 +6,7 @@
 //! connections are reached through [`connections::ConnectionControl`]. The AMQP layer above
 //! implements those traits; so can a management API or a future stream or cluster follower.
 
+pub mod alarms;
 pub mod arguments;
 pub mod connections;
 pub mod exchange;
@@ -27,6 +28,7 @@ use crate::auth::User;
 use crate::config::Config;
 use crate::store::Store;
 use crate::store::definitions::DefinitionsStore;
+use alarms::Alarms;
 use connections::Connections;
 use memory::Memory;
 use reply_to::ReplyConsumers;
@@ -54,6 +56,8 @@ pub struct Broker {
     pub timers: Arc<Timers>,
     /// The background thread that routes dead letters.
     pub worker: Arc<Worker>,
+    /// The memory and disk alarms.
+    pub alarms: Alarms,
 }
 
 impl Broker {
@@ -66,6 +70,7 @@ impl Broker {
         }
         self.store.close();
         self.timers.stop();
+        self.alarms.stop();
     }
 
     pub fn user(&self, name: &str) -> Option<Arc<User>> {

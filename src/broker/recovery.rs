@@ -8,6 +8,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 
 use super::Broker;
+use super::alarms::Alarms;
 use super::connections::Connections;
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::Memory;
@@ -55,6 +56,12 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory: Memory::leaked(config.limits.memory_budget_bytes),
+            alarms: Alarms::start(
+                &config.data_dir,
+                config.limits.vm_memory_high_watermark,
+                config.limits.disk_free_limit,
+                config.limits.monitor_interval_ms,
+            )?,
             store,
             definitions,
             config,

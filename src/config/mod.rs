@@ -18,6 +18,46 @@ pub const MIN_FRAME_MAX_BYTES: u32 = 4096;
 /// RabbitMQ's default `max_message_size` (128 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// The memory high watermark: past it the memory alarm blocks publishers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryWatermark {
+    /// A share of the machine's (or the cgroup's) memory; RabbitMQ's default is 0.4.
+    Relative(f64),
+    /// Bytes.
+    Absolute(u64),
+}
+
+/// Free disk space below which the disk alarm blocks publishers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiskFreeLimit {
+    /// Bytes; RabbitMQ's default is 50 MB.
+    Absolute(u64),
+    /// A multiple of the machine's memory (`disk_free_limit.relative`).
+    MemRelative(f64),
+}
+
+/// Reads a size as RabbitMQ's configuration does: a number of bytes, or a number with a unit
+/// (`k`/`kiB`, `M`/`MiB`, `G`/`GiB` are powers of 1024; `kB`, `MB`, `GB` powers of 1000).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" => 1,
+        "k" | "K" | "kiB" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 /// Limits on everything a client can make grow.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -55,6 +95,12 @@ pub struct Limits {
     /// queue (`x-consumer-timeout`) or the consumer says otherwise; `None` never. RabbitMQ's
     /// default is 30 minutes.
     pub consumer_timeout_ms: Option<u64>,
+    /// Past this much resident memory the memory alarm blocks publishers.
+    pub vm_memory_high_watermark: MemoryWatermark,
+    /// Below this much free disk the disk alarm blocks publishers.
+    pub disk_free_limit: DiskFreeLimit,
+    /// How often memory and disk are checked for the alarms.
+    pub monitor_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -74,6 +120,9 @@ impl Default for Limits {
             memory_budget_bytes: 64 * 1024 * 1024,
             segment_bytes: 8 * 1024 * 1024,
             consumer_timeout_ms: Some(30 * 60 * 1000),
+            vm_memory_high_watermark: MemoryWatermark::Relative(0.4),
+            disk_free_limit: DiskFreeLimit::Absolute(50_000_000),
+            monitor_interval_ms: 1000,
         }
     }
 }
@@ -146,5 +195,22 @@ impl Config {
             data_dir: dir,
             ..Config::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_rabbitmq_reads_them() {
+        assert_eq!(parse_size("50000000"), Some(50_000_000));
+        assert_eq!(parse_size("50MB"), Some(50_000_000));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("10 kB"), Some(10_000));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("5XB"), None);
     }
 }

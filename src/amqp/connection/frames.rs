@@ -42,6 +42,10 @@ impl Connection {
                 }
                 _ => {}
             }
+            if self.is_blocked() {
+                // Held until the alarm clears: the rest stays in the buffer.
+                return;
+            }
             match self.input.next_frame(self.frame_max) {
                 Ok(Some((header, payload))) => self.on_frame(header, payload),
                 Ok(None) => return,
@@ -272,7 +276,11 @@ impl Connection {
                 },
             },
             FRAME_HEADER => match hot::parse_content_header(&payload) {
-                Ok(h) => ch.on_header(session, out, h),
+                Ok(h) => {
+                    let r = ch.on_header(session, out, h);
+                    self.on_content_header();
+                    r
+                }
                 Err(_) => Err(amqp_error!(
                     FrameError,
                     "{}: unknown_frame",

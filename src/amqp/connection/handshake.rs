@@ -85,9 +85,10 @@ impl Connection {
     pub(super) fn send_start(&mut self) {
         let config = &self.broker.config;
         let mut capabilities = FieldTable::default();
-        // Only what Lepus really does. connection.blocked is left out until memory alarms
-        // exist: clients that rely on it must not be misled (see LavinMQ #2186).
+        // Only what Lepus really does: clients that rely on a capability must not be misled
+        // (see LavinMQ #2186, which advertised connection.blocked without sending it).
         for cap in [
+            "connection.blocked",
             "publisher_confirms",
             "exchange_exchange_bindings",
             "basic.nack",
@@ -237,5 +238,6 @@ impl Connection {
             )),
         );
         self.phase = Phase::Running;
+        self.start_flow();
     }
 }

@@ -12,6 +12,7 @@
 //! draining the outbox ([`close`]), and the frames and errors it writes ([`replies`]).
 
 mod close;
+mod flow;
 mod frames;
 mod handshake;
 mod replies;
@@ -30,6 +31,7 @@ use super::output::{Output, iovecs};
 use super::session::{ClientCapabilities, Session};
 use crate::auth;
 use crate::broker::Broker;
+use crate::broker::alarms::Raised;
 use crate::broker::memory::Charge;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{DeliverySource, Unblock};
@@ -68,6 +70,19 @@ pub(super) enum Phase {
     /// deadline.
     Finished {
         deadline: Instant,
+    },
+}
+
+/// Where the connection is in RabbitMQ's flow control under a memory or disk alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Running,
+    /// An alarm is raised: the next message this connection publishes blocks it.
+    Blocking,
+    /// It published during an alarm: nothing more is read or processed until the alarm
+    /// clears. `told`: the client was sent connection.blocked.
+    Blocked {
+        told: bool,
     },
 }
 
@@ -123,6 +138,9 @@ pub struct Connection {
     unflushed_delivery_bytes: usize,
     /// Changes when the store syncs: wakes the task to send held confirms and replies.
     synced: tokio::sync::watch::Receiver<u64>,
+    /// Changes when a memory or disk alarm is raised or cleared.
+    alarms: tokio::sync::watch::Receiver<Raised>,
+    flow: Flow,
 }
 
 /// Serves one client connection until it closes.
@@ -135,8 +153,11 @@ pub async fn serve(
     let now = Instant::now();
     let input = Input::new(broker.config.limits.read_chunk_bytes, broker.memory);
     let synced = broker.store.shared.subscribe();
+    let alarms = broker.alarms.subscribe();
     let mut conn = Connection {
         synced,
+        alarms,
+        flow: Flow::Running,
         frame_max: MIN_FRAME_MAX_BYTES,
         channel_max: broker.config.limits.channel_max,
         heartbeat_s: 0,
@@ -217,6 +238,8 @@ impl Connection {
         let reading = match self.phase {
             Phase::Dropping { .. } | Phase::Finished { .. } => false,
             Phase::Closing { fatal, .. } => !fatal,
+            // A publisher blocked by an alarm is not read from until it clears.
+            _ if matches!(self.flow, Flow::Blocked { .. }) => false,
             // Stop reading while a client does not read what we send it.
             _ => self.out.len() < self.output_limit(),
         };
@@ -242,6 +265,11 @@ impl Connection {
             }
             _ = self.outbox.notified() => {}
             _ = self.synced.changed(), if syncing => {}
+            changed = self.alarms.changed() => {
+                if changed.is_ok() {
+                    self.on_alarm();
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 return self.on_timer(Instant::now());
             }
@@ -386,7 +414,10 @@ impl Connection {
         }
         if self.heartbeat_s > 0 {
             let hb = Duration::from_secs(self.heartbeat_s as u64);
-            if now >= self.last_recv + hb * 2 {
+            // A blocked connection is not read from, so its heartbeats go unseen: as in
+            // RabbitMQ, the heartbeat monitor pauses while it is blocked.
+            let blocked = matches!(self.flow, Flow::Blocked { .. });
+            if !blocked && now >= self.last_recv + hb * 2 {
                 tracing::warn!(
                     peer = %self.peer,
                     timeout_s = self.heartbeat_s,

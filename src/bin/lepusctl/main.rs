@@ -1,0 +1,130 @@
+//! `lepusctl`: Lepus's `rabbitmqctl`, for operators and for the scripts and test suites that
+//! shell out to `rabbitmqctl`. It talks to a running broker through its admin socket (HTTP on
+//! a Unix socket in the data directory; the file's permissions are the authorisation).
+
+mod http;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+/// Controls a running Lepus broker (commands and flags as rabbitmqctl's).
+#[derive(Parser, Debug)]
+#[command(name = "lepusctl", version, about)]
+struct Args {
+    /// The broker's data directory, where its admin socket is.
+    #[arg(
+        long = "data-dir",
+        env = "LEPUS_DATA_DIR",
+        default_value = "lepus-data"
+    )]
+    data_dir: PathBuf,
+    /// The admin socket itself, if not in the data directory.
+    #[arg(long, env = "LEPUS_ADMIN_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The node to talk to (accepted for rabbitmqctl compatibility; there is one node).
+    #[arg(short = 'n', long = "node")]
+    node: Option<String>,
+    /// Print less.
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Shows the broker's state.
+    Status,
+    /// Sets the memory high watermark: a fraction of the machine's memory, or
+    /// `absolute <size>`.
+    #[command(name = "set_vm_memory_high_watermark")]
+    SetVmMemoryHighWatermark {
+        /// A fraction (0.4), or `absolute` followed by a size.
+        value: String,
+        /// The size, after `absolute`.
+        size: Option<String>,
+    },
+    /// Sets the free disk limit: a size, or `mem_relative <fraction>`.
+    #[command(name = "set_disk_free_limit")]
+    SetDiskFreeLimit {
+        /// A size (50MB), or `mem_relative` followed by a fraction.
+        value: String,
+        /// The fraction, after `mem_relative`.
+        fraction: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("lepus.sock"));
+    let _ = &args.node;
+    match run(&args, &socket) {
+        Ok(out) => {
+            if !args.quiet && !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(69)
+        }
+    }
+}
+
+fn run(args: &Args, socket: &std::path::Path) -> Result<String, String> {
+    match &args.command {
+        Command::Status => {
+            let status = http::request(socket, "GET", "/api/lepus/status", None)?;
+            Ok(serde_json::to_string_pretty(&status).unwrap_or_default())
+        }
+        Command::SetVmMemoryHighWatermark { value, size } => {
+            let body = match (value.as_str(), size) {
+                ("absolute", Some(size)) => json!({"absolute": size}),
+                (fraction, None) => {
+                    let f: f64 = fraction
+                        .parse()
+                        .map_err(|_| format!("not a fraction: {fraction}"))?;
+                    json!({"relative": f})
+                }
+                _ => return Err("expected a fraction, or `absolute <size>`".into()),
+            };
+            put(socket, "/api/lepus/vm_memory_high_watermark", body)?;
+            Ok(format!(
+                "Setting memory threshold on {} to {value} ...",
+                node(args)
+            ))
+        }
+        Command::SetDiskFreeLimit { value, fraction } => {
+            let body = match (value.as_str(), fraction) {
+                ("mem_relative", Some(f)) => {
+                    let f: f64 = f.parse().map_err(|_| format!("not a fraction: {f}"))?;
+                    json!({"mem_relative": f})
+                }
+                (size, None) => json!({"absolute": size}),
+                _ => return Err("expected a size, or `mem_relative <fraction>`".into()),
+            };
+            put(socket, "/api/lepus/disk_free_limit", body)?;
+            Ok(format!(
+                "Setting disk free limit on {} to {value} bytes ...",
+                node(args)
+            ))
+        }
+    }
+}
+
+fn node(args: &Args) -> String {
+    args.node
+        .clone()
+        .unwrap_or_else(|| "lepus@localhost".into())
+}
+
+fn put(socket: &std::path::Path, path: &str, body: Value) -> Result<Value, String> {
+    http::request(socket, "PUT", path, Some(body))
+}

@@ -1,0 +1,300 @@
+//! Memory and disk alarms, as RabbitMQ raises them.
+//!
+//! A monitor thread looks at the process's resident memory and the free space of the data
+//! directory's file system every `monitor_interval_ms`. When memory passes the high watermark
+//! (`vm_memory_high_watermark`, a share of the machine's or the cgroup's memory, or an
+//! absolute size) or free disk falls below `disk_free_limit`, the alarm is raised: connections
+//! that publish are blocked until it clears (see `amqp::connection`). Consumers keep draining,
+//! which is what clears a memory alarm.
+//!
+//! Connections watch [`Alarms::subscribe`]; the watermarks can be changed while the broker
+//! runs (`set_vm_memory_high_watermark`, `set_disk_free_limit`), as with `rabbitmqctl`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{DiskFreeLimit, MemoryWatermark};
+
+/// Which alarms are raised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Raised {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+impl Raised {
+    pub fn any(self) -> bool {
+        self.memory || self.disk
+    }
+
+    /// The reason RabbitMQ gives in `connection.blocked`.
+    pub fn reason(self) -> &'static str {
+        match (self.memory, self.disk) {
+            (true, true) => "low on memory & disk",
+            (true, false) => "low on memory",
+            (false, true) => "low on disk",
+            (false, false) => "",
+        }
+    }
+}
+
+/// The thresholds in force.
+#[derive(Debug, Clone, Copy)]
+struct Thresholds {
+    memory: MemoryWatermark,
+    disk: DiskFreeLimit,
+}
+
+struct Inner {
+    thresholds: Mutex<Thresholds>,
+    raised: watch::Sender<Raised>,
+    data_dir: PathBuf,
+    interval: Duration,
+    stop: AtomicBool,
+    /// Wakes the monitor early (thresholds changed, or stop).
+    wake: std::sync::Condvar,
+    wake_lock: Mutex<bool>,
+}
+
+/// The broker's alarms and the thread that watches for them.
+pub struct Alarms {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Alarms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alarms")
+            .field("raised", &self.raised())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Alarms {
+    /// Starts the monitor; it checks once before returning, so an alarm that holds at start
+    /// is raised before the first client connects.
+    pub fn start(
+        data_dir: &Path,
+        memory: MemoryWatermark,
+        disk: DiskFreeLimit,
+        interval_ms: u64,
+    ) -> std::io::Result<Alarms> {
+        let (raised, _) = watch::channel(Raised::default());
+        let inner = Arc::new(Inner {
+            thresholds: Mutex::new(Thresholds { memory, disk }),
+            raised,
+            data_dir: data_dir.to_owned(),
+            interval: Duration::from_millis(interval_ms.max(10)),
+            stop: AtomicBool::new(false),
+            wake: std::sync::Condvar::new(),
+            wake_lock: Mutex::new(false),
+        });
+        check(&inner);
+        let worker = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("lepus-monitor".into())
+            .spawn(move || monitor(&worker))?;
+        Ok(Alarms {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The alarms raised now.
+    pub fn raised(&self) -> Raised {
+        *self.inner.raised.borrow()
+    }
+
+    /// A receiver that changes whenever an alarm is raised or cleared.
+    pub fn subscribe(&self) -> watch::Receiver<Raised> {
+        self.inner.raised.subscribe()
+    }
+
+    /// Changes the memory high watermark and checks at once.
+    pub fn set_memory_watermark(&self, w: MemoryWatermark) {
+        lock(&self.inner.thresholds).memory = w;
+        check(&self.inner);
+    }
+
+    /// Changes the free disk limit and checks at once.
+    pub fn set_disk_free_limit(&self, d: DiskFreeLimit) {
+        lock(&self.inner.thresholds).disk = d;
+        check(&self.inner);
+    }
+
+    /// The memory limit in bytes the watermark stands for on this machine.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        memory_limit(lock(&self.inner.thresholds).memory)
+    }
+
+    /// The free disk space below which the disk alarm is raised, in bytes.
+    pub fn disk_free_limit_bytes(&self) -> u64 {
+        disk_limit(lock(&self.inner.thresholds).disk)
+    }
+
+    /// Stops the monitor thread.
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        *lock(&self.inner.wake_lock) = true;
+        self.inner.wake.notify_all();
+        if let Some(h) = lock(&self.thread).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn monitor(inner: &Inner) {
+    loop {
+        {
+            let guard = lock(&inner.wake_lock);
+            let (mut woken, _) = inner
+                .wake
+                .wait_timeout_while(guard, inner.interval, |woken| !*woken)
+                .unwrap_or_else(|e| e.into_inner());
+            *woken = false;
+        }
+        if inner.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        check(inner);
+    }
+}
+
+/// Measures and raises or clears the alarms.
+fn check(inner: &Inner) {
+    let t = *lock(&inner.thresholds);
+    let rss = resident_bytes();
+    let limit = memory_limit(t.memory);
+    let free = free_disk_bytes(&inner.data_dir);
+    let disk_limit = disk_limit(t.disk);
+    let now = Raised {
+        memory: rss.is_some_and(|r| r > limit),
+        disk: free.is_some_and(|f| f < disk_limit),
+    };
+    let before = *inner.raised.borrow();
+    if now == before {
+        return;
+    }
+    if now.memory != before.memory {
+        let state = if now.memory { "set" } else { "cleared" };
+        tracing::warn!(
+            resident_bytes = rss.unwrap_or(0),
+            limit_bytes = limit,
+            "memory resource limit alarm {state}"
+        );
+    }
+    if now.disk != before.disk {
+        let state = if now.disk { "set" } else { "cleared" };
+        tracing::warn!(
+            free_bytes = free.unwrap_or(0),
+            limit_bytes = disk_limit,
+            "disk resource limit alarm {state}"
+        );
+    }
+    inner.raised.send_replace(now);
+}
+
+/// The memory a relative watermark is a share of: the machine's, or the cgroup's limit if
+/// that is lower (in a container, the container's memory is the machine).
+pub fn total_memory_bytes() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib * 1024);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .filter_map(|v| v.trim().parse::<u64>().ok())
+    .min()
+    .unwrap_or(u64::MAX);
+    machine.min(cgroup)
+}
+
+fn memory_limit(w: MemoryWatermark) -> u64 {
+    match w {
+        MemoryWatermark::Relative(share) => (total_memory_bytes() as f64 * share) as u64,
+        MemoryWatermark::Absolute(bytes) => bytes,
+    }
+}
+
+fn disk_limit(d: DiskFreeLimit) -> u64 {
+    match d {
+        DiskFreeLimit::Absolute(bytes) => bytes,
+        DiskFreeLimit::MemRelative(share) => (total_memory_bytes() as f64 * share) as u64,
+    }
+}
+
+/// The process's resident memory, as the kernel counts it.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant; it has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+/// Free space for unprivileged users on the file system holding `dir`.
+pub fn free_disk_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` points to writable memory of
+    // the right type; statvfs fills it in when it returns 0, and only then is it read. The
+    // standard library has no way to ask for free space.
+    let ok = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } == 0;
+    if !ok {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watermark_below_what_the_process_uses_raises_the_memory_alarm() {
+        let dir = std::env::temp_dir();
+        let alarms = Alarms::start(
+            &dir,
+            MemoryWatermark::Absolute(1),
+            DiskFreeLimit::Absolute(0),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            alarms.raised(),
+            Raised {
+                memory: true,
+                disk: false
+            }
+        );
+        assert_eq!(alarms.raised().reason(), "low on memory");
+        alarms.set_memory_watermark(MemoryWatermark::Relative(0.99));
+        alarms.set_disk_free_limit(DiskFreeLimit::Absolute(u64::MAX));
+        assert_eq!(alarms.raised().reason(), "low on disk");
+        alarms.stop();
+    }
+}

@@ -1,0 +1,126 @@
+//! The admin socket: operator commands for `lepusctl` over HTTP on a Unix socket.
+//!
+//! The socket is created in the data directory, readable and writable by the broker's user
+//! only: whoever can open it may administer the broker, as whoever can run `rabbitmqctl` as
+//! the broker's user may. Requests and answers are JSON.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::{DiskFreeLimit, MemoryWatermark, parse_size};
+
+/// The admin socket's file name in the data directory.
+pub const SOCKET_NAME: &str = "lepus.sock";
+
+/// Where the admin socket of a broker with data in `data_dir` is.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// Binds the admin socket (replacing a stale one) and serves it until aborted.
+pub fn serve(broker: Arc<Broker>, path: &Path) -> std::io::Result<JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let app = router(broker);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the admin socket stopped");
+        }
+    }))
+}
+
+fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/api/lepus/status", get(status))
+        .route(
+            "/api/lepus/vm_memory_high_watermark",
+            put(set_memory_watermark),
+        )
+        .route("/api/lepus/disk_free_limit", put(set_disk_free_limit))
+        .with_state(broker)
+}
+
+/// An error answer with RabbitMQ's error body shape.
+fn bad_request(reason: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "reason": reason.into()})),
+    )
+        .into_response()
+}
+
+async fn status(State(broker): State<Arc<Broker>>) -> Response {
+    let raised = broker.alarms.raised();
+    Json(json!({
+        "product": broker.config.product,
+        "lepus_version": env!("CARGO_PKG_VERSION"),
+        "connections": broker.connection_count(),
+        "mem_used": crate::broker::alarms::resident_bytes().unwrap_or(0),
+        "mem_limit": broker.alarms.memory_limit_bytes(),
+        "mem_alarm": raised.memory,
+        "disk_free": crate::broker::alarms::free_disk_bytes(&broker.config.data_dir).unwrap_or(0),
+        "disk_free_limit": broker.alarms.disk_free_limit_bytes(),
+        "disk_free_alarm": raised.disk,
+    }))
+    .into_response()
+}
+
+/// `{"relative": 0.4}` or `{"absolute": "2GB"}`, as `rabbitmqctl set_vm_memory_high_watermark`
+/// takes it.
+#[derive(Debug, Deserialize)]
+struct WatermarkRequest {
+    relative: Option<f64>,
+    absolute: Option<String>,
+}
+
+async fn set_memory_watermark(
+    State(broker): State<Arc<Broker>>,
+    Json(req): Json<WatermarkRequest>,
+) -> Response {
+    let watermark = match (req.relative, req.absolute) {
+        (Some(r), None) if (0.0..=1.0).contains(&r) => MemoryWatermark::Relative(r),
+        (None, Some(a)) => match parse_size(&a) {
+            Some(bytes) => MemoryWatermark::Absolute(bytes),
+            None => return bad_request(format!("not a size: {a}")),
+        },
+        _ => return bad_request("expected a fraction between 0 and 1, or an absolute size"),
+    };
+    broker.alarms.set_memory_watermark(watermark);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `{"absolute": "50MB"}` or `{"mem_relative": 1.0}`, as `rabbitmqctl set_disk_free_limit`.
+#[derive(Debug, Deserialize)]
+struct DiskLimitRequest {
+    absolute: Option<String>,
+    mem_relative: Option<f64>,
+}
+
+async fn set_disk_free_limit(
+    State(broker): State<Arc<Broker>>,
+    Json(req): Json<DiskLimitRequest>,
+) -> Response {
+    let limit = match (req.absolute, req.mem_relative) {
+        (Some(a), None) => match parse_size(&a) {
+            Some(bytes) => DiskFreeLimit::Absolute(bytes),
+            None => return bad_request(format!("not a size: {a}")),
+        },
+        (None, Some(r)) if r >= 0.0 => DiskFreeLimit::MemRelative(r),
+        _ => return bad_request("expected an absolute size or mem_relative"),
+    };
+    broker.alarms.set_disk_free_limit(limit);
+    StatusCode::NO_CONTENT.into_response()
+}

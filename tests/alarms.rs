@@ -1,0 +1,193 @@
+//! Memory and disk alarms, as RabbitMQ raises them: publishers are blocked (and told, when
+//! they announced `connection.blocked`), consumers keep draining, and everything resumes when
+//! the alarm clears.
+
+mod common;
+
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lepus::config::{DiskFreeLimit, MemoryWatermark};
+
+/// Client properties announcing the `connection.blocked` capability.
+fn with_blocked_capability() -> FieldTable {
+    let mut caps = FieldTable::default();
+    caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
+    table(&[("capabilities", AMQPValue::FieldTable(caps))])
+}
+
+/// A publish, its content header and a one-byte body on channel 1 to the default exchange.
+fn publish_frames(queue: &str) -> Vec<u8> {
+    let mut method = vec![0, 60, 0, 40, 0, 0, 0];
+    method.push(queue.len() as u8);
+    method.extend_from_slice(queue.as_bytes());
+    method.push(0);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    let mut frames = raw_frame(1, 1, &method);
+    frames.extend(raw_frame(2, 1, &header));
+    frames.extend(raw_frame(3, 1, b"x"));
+    frames
+}
+
+async fn ready(ch: &lapin::Channel, queue: &str) -> u32 {
+    within(ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap()
+    .message_count()
+}
+
+/// Waits for connection.blocked or unblocked; returns the reason for blocked.
+async fn next_flow_frame(raw: &mut RawClient) -> Option<String> {
+    loop {
+        match raw.recv_method().await {
+            Some((0, AMQPClass::Connection(connection::AMQPMethod::Blocked(b)))) => {
+                return Some(b.reason.to_string());
+            }
+            Some((0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)))) => return None,
+            Some(_) => continue,
+            None => panic!("the broker closed the connection"),
+        }
+    }
+}
+
+/// Same as RabbitMQ: under a memory alarm a publisher is blocked at its next message and
+/// told `low on memory`; a consumer drains what is there meanwhile; when the alarm clears
+/// the publisher is unblocked and its message arrives.
+#[tokio::test]
+async fn a_memory_alarm_blocks_publishers_and_lets_consumers_drain() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        within(ch.basic_publish(
+            "".into(),
+            "q".into(),
+            Default::default(),
+            b"before",
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(ready(&ch, "q").await, 3);
+
+    let mut publisher = broker.raw().await;
+    publisher.handshake_with(with_blocked_capability(), 0).await;
+    publisher.open_channel(1).await;
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Absolute(1));
+    publisher.send(&publish_frames("q")).await;
+    assert_eq!(
+        next_flow_frame(&mut publisher).await.as_deref(),
+        Some("low on memory")
+    );
+
+    // The consumer drains during the alarm; the blocked message has not arrived.
+    let (_c2, consumer_ch) = broker.channel().await;
+    let mut consumer = within(consumer_ch.basic_consume(
+        "q".into(),
+        "drain".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let d = within(consumer.next()).await.unwrap().unwrap();
+        assert_eq!(d.data, b"before");
+    }
+    within(consumer_ch.basic_cancel("drain".into(), Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(ready(&ch, "q").await, 0, "the blocked publish waits");
+
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Relative(0.99));
+    assert_eq!(next_flow_frame(&mut publisher).await, None, "unblocked");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&ch, "q").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Same as RabbitMQ: the reason names what is low.
+#[tokio::test]
+async fn the_block_reason_names_memory_disk_or_both() {
+    let mut config = Config::for_tests();
+    config.limits.disk_free_limit = DiskFreeLimit::Absolute(u64::MAX);
+    let broker = Broker::start_with(config).await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let mut publisher = broker.raw().await;
+    publisher.handshake_with(with_blocked_capability(), 0).await;
+    publisher.open_channel(1).await;
+    publisher.send(&publish_frames("nowhere")).await;
+    assert_eq!(
+        next_flow_frame(&mut publisher).await.as_deref(),
+        Some("low on disk")
+    );
+    server
+        .alarms
+        .set_disk_free_limit(DiskFreeLimit::Absolute(0));
+    assert_eq!(next_flow_frame(&mut publisher).await, None);
+
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Absolute(1));
+    server
+        .alarms
+        .set_disk_free_limit(DiskFreeLimit::Absolute(u64::MAX));
+    publisher.send(&publish_frames("nowhere")).await;
+    assert_eq!(
+        next_flow_frame(&mut publisher).await.as_deref(),
+        Some("low on memory & disk")
+    );
+}
+
+/// A client that did not announce the capability is blocked all the same, just not told:
+/// its confirm waits until the alarm clears.
+#[tokio::test]
+async fn a_client_without_the_capability_is_blocked_silently() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut publisher = broker.raw().await;
+    publisher.handshake().await;
+    publisher.open_channel(1).await;
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Absolute(1));
+    publisher.send(&publish_frames("q")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(ready(&ch, "q").await, 0);
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Relative(0.99));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&ch, "q").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
