@@ -43,6 +43,24 @@ struct Args {
     /// closed (RabbitMQ's `tcp_listen_options.send_timeout`, 30 s by default).
     #[arg(long = "send-timeout-ms", env = "LEPUS_SEND_TIMEOUT_MS")]
     send_timeout_ms: Option<u64>,
+    /// Memory alarm threshold: a fraction of the machine's (or cgroup's) memory such as
+    /// `0.4` (RabbitMQ's default), or a size such as `2GB`.
+    #[arg(long = "vm-memory-high-watermark", env = "LEPUS_VM_MEMORY_HIGH_WATERMARK", value_parser = parse_watermark)]
+    vm_memory_high_watermark: Option<lepus::config::MemoryWatermark>,
+    /// Disk alarm threshold: free space on the data directory's disk such as `50MB`
+    /// (RabbitMQ's default), or `mem_relative:1.0`, a multiple of the machine's memory.
+    #[arg(long = "disk-free-limit", env = "LEPUS_DISK_FREE_LIMIT", value_parser = parse_disk_limit)]
+    disk_free_limit: Option<lepus::config::DiskFreeLimit>,
+}
+
+fn parse_watermark(text: &str) -> Result<lepus::config::MemoryWatermark, String> {
+    lepus::config::MemoryWatermark::parse(text)
+        .ok_or_else(|| format!("not a fraction (0.4) or a size (2GB): {text}"))
+}
+
+fn parse_disk_limit(text: &str) -> Result<lepus::config::DiskFreeLimit, String> {
+    lepus::config::DiskFreeLimit::parse(text)
+        .ok_or_else(|| format!("not a size (50MB) or mem_relative:F: {text}"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +87,12 @@ fn main() -> std::process::ExitCode {
     }
     if let Some(ms) = args.send_timeout_ms {
         config.limits.send_timeout_ms = ms.max(1);
+    }
+    if let Some(w) = args.vm_memory_high_watermark {
+        config.limits.vm_memory_high_watermark = w;
+    }
+    if let Some(d) = args.disk_free_limit {
+        config.limits.disk_free_limit = d;
     }
     if let Some(mib) = args.segment_mib {
         config.limits.segment_bytes = mib.max(1).saturating_mul(1 << 20);

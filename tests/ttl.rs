@@ -244,6 +244,32 @@ async fn same_as_rabbitmq_an_unused_queue_is_deleted_after_x_expires() {
     );
 }
 
+/// Regression: a queue whose declaring connection closed without ever consuming was kept
+/// forever; RabbitMQ counts `x-expires` from the declaration.
+#[tokio::test]
+async fn same_as_rabbitmq_x_expires_counts_from_the_declaration() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "declared-then-left".into(),
+        Default::default(),
+        table(&[("x-expires", AMQPValue::LongInt(300))]),
+    ))
+    .await
+    .unwrap();
+    within(conn.close(200, "bye".into())).await.unwrap();
+    let (_c2, probe) = broker.channel().await;
+    within(probe.confirm_select(Default::default()))
+        .await
+        .unwrap();
+    within(async {
+        while exists(&probe, "declared-then-left").await {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_a_queue_with_consumers_does_not_expire() {
     let broker = Broker::start().await;

@@ -8,7 +8,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use super::outbox::Outbox;
 use crate::auth::User;
 use crate::broker::Broker;
-use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::{ConnectionSlot, VirtualHost};
 use crate::protocol::table;
 
 /// The capabilities a client announced in Connection.StartOk.
@@ -51,4 +51,6 @@ pub struct Session {
     /// The negotiated frame_max: body frames are split to fit it.
     pub frame_max: u32,
     pub capabilities: ClientCapabilities,
+    /// Counts this connection against the vhost's `max-connections` while the session lives.
+    pub _slot: ConnectionSlot,
 }

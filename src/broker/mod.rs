@@ -27,7 +27,7 @@ use dashmap::DashMap;
 use crate::auth::User;
 use crate::config::Config;
 use crate::store::Store;
-use crate::store::definitions::DefinitionsStore;
+use crate::store::definitions::{Change, DefinitionsStore, VhostDef, VhostLimits};
 use alarms::Alarms;
 use connections::Connections;
 use memory::Memory;
@@ -58,6 +58,8 @@ pub struct Broker {
     pub worker: Arc<Worker>,
     /// The memory and disk alarms.
     pub alarms: Alarms,
+    /// Limits on what clients create, shared by every vhost.
+    pub creation_limits: vhost::CreationLimits,
 }
 
 impl Broker {
@@ -83,6 +85,18 @@ impl Broker {
 
     pub fn vhosts(&self) -> Vec<Arc<VirtualHost>> {
         self.vhosts.iter().map(|v| v.value().clone()).collect()
+    }
+
+    /// Sets a vhost's `max-queues`/`max-connections` (RabbitMQ's `set_vhost_limits`) and
+    /// records them with its definition. Limits apply to what is created from now on.
+    pub fn set_vhost_limits(&self, name: &str, limits: VhostLimits) -> Option<()> {
+        let vhost = self.vhost(name)?;
+        vhost.set_limits(limits.clone());
+        self.definitions.record(Change::PutVhost(VhostDef {
+            name: name.to_string(),
+            limits,
+        }));
+        Some(())
     }
 
     pub fn connection_count(&self) -> usize {

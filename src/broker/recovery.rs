@@ -15,7 +15,7 @@ use super::memory::Memory;
 use super::queue::{Queue, QueueConfig};
 use super::reply_to::ReplyConsumers;
 use super::timer::Timers;
-use super::vhost::{VhostServices, VirtualHost};
+use super::vhost::{CreationLimits, VhostServices, VirtualHost};
 use super::worker::Worker;
 use crate::auth::{self, User};
 use crate::config::Config;
@@ -56,6 +56,12 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory: Memory::leaked(config.limits.memory_budget_bytes),
+            creation_limits: CreationLimits {
+                max_queues: config.limits.max_queues,
+                queues: Default::default(),
+                max_exchanges_per_vhost: config.limits.max_exchanges_per_vhost,
+                max_bindings_per_exchange: config.limits.max_bindings_per_exchange,
+            },
             alarms: Alarms::start(
                 &config.data_dir,
                 config.limits.vm_memory_high_watermark,
@@ -79,6 +85,7 @@ impl Broker {
             timers: self.timers.clone(),
             memory: self.memory,
             worker: self.worker.clone(),
+            limits: self.creation_limits.clone(),
         }
     }
 
@@ -92,6 +99,7 @@ impl Broker {
         }
         for v in &defs.vhosts {
             let vhost = VirtualHost::new(&v.name, self.vhost_services());
+            vhost.set_limits(v.limits.clone());
             // Policies first, so that recovered queues and exchanges start with them.
             vhost.set_policies(&defs.policies);
             self.vhosts.insert(v.name.clone(), vhost);
@@ -198,7 +206,10 @@ fn create_defaults(config: &Config, definitions: &Arc<DefinitionsStore>, defs: &
         }));
     }
     for v in &config.vhosts {
-        changes.push(Change::PutVhost(VhostDef { name: v.clone() }));
+        changes.push(Change::PutVhost(VhostDef {
+            name: v.clone(),
+            limits: Default::default(),
+        }));
         for u in &config.users {
             changes.push(Change::PutPermission(PermissionDef {
                 user: u.name.clone(),

@@ -36,6 +36,35 @@ pub enum DiskFreeLimit {
     MemRelative(f64),
 }
 
+impl MemoryWatermark {
+    /// Reads a watermark from the command line: a fraction such as `0.4` is relative to the
+    /// machine's memory, a size with a unit (`2GB`, `512MiB`) or a whole number above 1 is
+    /// bytes.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Ok(f) = text.parse::<f64>()
+            && f.is_finite()
+            && (0.0..=1.0).contains(&f)
+        {
+            return Some(MemoryWatermark::Relative(f));
+        }
+        parse_size(text).map(MemoryWatermark::Absolute)
+    }
+}
+
+impl DiskFreeLimit {
+    /// Reads a disk free limit from the command line: a size (`50MB`, `1GiB`, bytes) or
+    /// `mem_relative:F`, a multiple of the machine's memory.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Some(f) = text.strip_prefix("mem_relative:") {
+            let f: f64 = f.trim().parse().ok()?;
+            return (f.is_finite() && f >= 0.0).then_some(DiskFreeLimit::MemRelative(f));
+        }
+        parse_size(text).map(DiskFreeLimit::Absolute)
+    }
+}
+
 /// Reads a size as RabbitMQ's configuration does: a number of bytes, or a number with a unit
 /// (`k`/`kiB`, `M`/`MiB`, `G`/`GiB` are powers of 1024; `kB`, `MB`, `GB` powers of 1000).
 pub fn parse_size(text: &str) -> Option<u64> {
@@ -73,6 +102,18 @@ pub struct Limits {
     pub max_connections: usize,
     /// Consumers one channel may hold.
     pub max_consumers_per_channel: usize,
+    /// Queues in the whole broker (RabbitMQ's `cluster_queue_limit`; vhosts may set a lower
+    /// `max-queues` of their own).
+    pub max_queues: usize,
+    /// Exchanges one vhost may hold.
+    pub max_exchanges_per_vhost: usize,
+    /// Bindings whose source is one exchange.
+    pub max_bindings_per_exchange: usize,
+    /// Publishes and acknowledgements a transaction may hold before its commit.
+    pub max_uncommitted_per_channel: usize,
+    /// Publishes one channel may have waiting for their confirms (only a stalled disk makes
+    /// them wait long).
+    pub max_unconfirmed_per_channel: usize,
     /// Unacknowledged deliveries one channel may hold, whatever its prefetch: a safety net
     /// for consumers with prefetch 0 that never ack.
     pub max_unacked_per_channel: u32,
@@ -112,6 +153,11 @@ impl Default for Limits {
             max_message_size_bytes: DEFAULT_MAX_MESSAGE_SIZE_BYTES,
             max_connections: 65_536,
             max_consumers_per_channel: 65_536,
+            max_queues: 1_000_000,
+            max_exchanges_per_vhost: 100_000,
+            max_bindings_per_exchange: 1_000_000,
+            max_uncommitted_per_channel: 1_000_000,
+            max_unconfirmed_per_channel: 1_000_000,
             max_unacked_per_channel: 1_000_000,
             handshake_timeout_s: 10,
             send_timeout_ms: 30_000,

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::State;
+use crate::store::definitions::VhostLimits;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -50,6 +51,10 @@ fn router(broker: Arc<Broker>) -> Router {
             put(set_memory_watermark),
         )
         .route("/api/lepus/disk_free_limit", put(set_disk_free_limit))
+        .route(
+            "/api/lepus/vhost_limits/{vhost}",
+            put(set_vhost_limits).delete(clear_vhost_limits),
+        )
         .with_state(broker)
 }
 
@@ -123,4 +128,31 @@ async fn set_disk_free_limit(
     };
     broker.alarms.set_disk_free_limit(limit);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `{"max-queues": N, "max-connections": N}`, as `rabbitmqctl set_vhost_limits` takes it.
+async fn set_vhost_limits(
+    State(broker): State<Arc<Broker>>,
+    UrlPath(vhost): UrlPath<String>,
+    Json(limits): Json<VhostLimits>,
+) -> Response {
+    vhost_limits(&broker, &vhost, limits)
+}
+
+async fn clear_vhost_limits(
+    State(broker): State<Arc<Broker>>,
+    UrlPath(vhost): UrlPath<String>,
+) -> Response {
+    vhost_limits(&broker, &vhost, VhostLimits::default())
+}
+
+fn vhost_limits(broker: &Broker, vhost: &str, limits: VhostLimits) -> Response {
+    match broker.set_vhost_limits(vhost, limits) {
+        Some(()) => StatusCode::NO_CONTENT.into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not_found", "reason": format!("vhost {vhost} not found")})),
+        )
+            .into_response(),
+    }
 }

@@ -175,16 +175,18 @@ pub fn check_depth(buf: &[u8], max_depth: usize) -> Result<usize, TableError> {
     Ok(total)
 }
 
+/// A table's wire encoding: equal tables (same keys, values and value types) encode to equal
+/// bytes, since a `FieldTable` keeps its keys sorted.
+pub fn encode(t: &FieldTable) -> Vec<u8> {
+    amq_protocol::types::generation::gen_field_table(t)(Vec::new().into())
+        .map(|ctx| ctx.write)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod depth_tests {
     use super::*;
     use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
-
-    fn encode(t: &FieldTable) -> Vec<u8> {
-        amq_protocol::types::generation::gen_field_table(t)(Vec::new().into())
-            .unwrap()
-            .write
-    }
 
     /// A table nesting `depth` levels: tables inside arrays inside tables.
     fn nested(depth: usize) -> FieldTable {

@@ -64,6 +64,33 @@ pub struct UserDef {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VhostDef {
     pub name: String,
+    /// The vhost's limits (`max-queues`, `max-connections`), as RabbitMQ's
+    /// `set_vhost_limits` takes them; absent or negative means none.
+    #[serde(default, skip_serializing_if = "VhostLimits::is_empty")]
+    pub limits: VhostLimits,
+}
+
+/// A vhost's limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VhostLimits {
+    #[serde(
+        rename = "max-queues",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_queues: Option<i64>,
+    #[serde(
+        rename = "max-connections",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connections: Option<i64>,
+}
+
+impl VhostLimits {
+    pub fn is_empty(&self) -> bool {
+        self.max_queues.is_none() && self.max_connections.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -154,9 +181,8 @@ impl Definitions {
                 self.users.push(u);
             }
             Change::PutVhost(v) => {
-                if !self.vhosts.contains(&v) {
-                    self.vhosts.push(v);
-                }
+                self.vhosts.retain(|x| x.name != v.name);
+                self.vhosts.push(v);
             }
             Change::PutPermission(p) => {
                 self.permissions

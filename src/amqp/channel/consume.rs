@@ -106,10 +106,10 @@ impl Channel {
         }
         let max = s.broker.config.limits.max_consumers_per_channel;
         if self.consumers.len() >= max {
+            // Same as RabbitMQ 3.12's `consumer_max_per_channel`: a connection error.
             return Err(amqp_error!(
                 NotAllowed,
-                "number of consumers on channel {} has reached the limit of {}",
-                self.id,
+                "reached maximum ({}) of consumers per channel",
                 max
             ));
         }

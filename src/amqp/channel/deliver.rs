@@ -35,6 +35,11 @@ impl Channel {
             .is_some_and(Confirms::waiting_for_sync)
     }
 
+    /// Publishes waiting for the store before they can be confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.confirms.as_ref().map_or(0, Confirms::unresolved_len)
+    }
+
     // ---- deliveries -----------------------------------------------------------------------
 
     /// Sends a delivery a queue pushed to this channel. Gives it back if its consumer is gone.

@@ -241,6 +241,14 @@ impl Channel {
         }
         let message = Arc::new(message);
         if let Some(tx) = self.tx.as_mut() {
+            let max = s.broker.config.limits.max_uncommitted_per_channel;
+            if tx.publishes.len() >= max {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "transaction exceeds max_uncommitted_per_channel ({} messages)",
+                    max
+                ));
+            }
             // Held until commit: keep the message's own copies of the names, not slices of
             // the frame they came in.
             let mut routing_keys = vec![message.routing_key.clone()];

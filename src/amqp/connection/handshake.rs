@@ -214,6 +214,24 @@ impl Connection {
             self.drop_silently();
             return;
         };
+        let slot = match vhost.open_connection() {
+            Ok(slot) => slot,
+            Err(max) => {
+                // Same as RabbitMQ: a vhost at its connection limit refuses the open.
+                self.close_connection(
+                    amqp_error!(
+                        NotAllowed,
+                        "access to vhost '{}' refused for user '{}': connection limit ({}) is reached",
+                        vhost.name,
+                        user.name,
+                        max
+                    )
+                    .on_method(10, 40),
+                    false,
+                );
+                return;
+            }
+        };
         tracing::info!(
             peer = %self.peer,
             user = %user.name,
@@ -229,6 +247,7 @@ impl Connection {
             outbox: self.outbox.clone(),
             frame_max: self.frame_max,
             capabilities: self.capabilities,
+            _slot: slot,
         });
         write_method(
             self.out.buf(),

@@ -228,6 +228,11 @@ impl Connection {
         self.out.has_holds() || self.channels.iter().any(Channel::waiting_for_sync)
     }
 
+    fn too_many_unconfirmed(&self) -> bool {
+        let max = self.broker.config.limits.max_unconfirmed_per_channel;
+        self.channels.iter().any(|ch| ch.unconfirmed() >= max)
+    }
+
     /// Waits for the socket, the outbox or a timer.
     async fn wait(&mut self) -> Result<(), Exit> {
         let now = Instant::now();
@@ -240,6 +245,9 @@ impl Connection {
             Phase::Closing { fatal, .. } => !fatal,
             // A publisher blocked by an alarm is not read from until it clears.
             _ if matches!(self.flow, Flow::Blocked { .. }) => false,
+            // A channel with max_unconfirmed_per_channel publishes waiting for the disk is
+            // not read from until they are confirmed: credit flow, not an error.
+            _ if self.too_many_unconfirmed() => false,
             // Stop reading while a client does not read what we send it.
             _ => self.out.len() < self.output_limit(),
         };

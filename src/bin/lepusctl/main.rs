@@ -55,6 +55,22 @@ enum Command {
         /// The fraction, after `mem_relative`.
         fraction: Option<String>,
     },
+    /// Sets a vhost's limits: a JSON object such as `{"max-connections": 256}`.
+    #[command(name = "set_vhost_limits")]
+    SetVhostLimits {
+        /// The vhost.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        /// The limits, as JSON (`max-queues`, `max-connections`; negative means none).
+        definition: String,
+    },
+    /// Clears a vhost's limits.
+    #[command(name = "clear_vhost_limits")]
+    ClearVhostLimits {
+        /// The vhost.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,7 +132,34 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<String, String> {
                 node(args)
             ))
         }
+        Command::SetVhostLimits { vhost, definition } => {
+            let body: Value = serde_json::from_str(definition)
+                .map_err(|e| format!("the limits are not JSON: {e}"))?;
+            put(socket, &vhost_limits_path(vhost), body)?;
+            Ok(format!("Applying limits for vhost \"{vhost}\" ..."))
+        }
+        Command::ClearVhostLimits { vhost } => {
+            http::request(socket, "DELETE", &vhost_limits_path(vhost), None)?;
+            Ok(format!("Clearing vhost \"{vhost}\" limits ..."))
+        }
     }
+}
+
+fn vhost_limits_path(vhost: &str) -> String {
+    format!("/api/lepus/vhost_limits/{}", percent_encode(vhost))
+}
+
+/// Percent-encodes everything but unreserved characters, for a name inside a URL path.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn node(args: &Args) -> String {

@@ -17,7 +17,7 @@ use bindings::Bindings;
 pub use bindings::ExchangeKind;
 
 use crate::broker::queue::Queue;
-use crate::protocol::error::AmqpResult;
+use crate::protocol::error::{AmqpError, AmqpResult};
 use crate::protocol::table;
 
 /// Where a binding leads.
@@ -35,6 +35,14 @@ impl Destination {
             Destination::Queue(q) => Arc::as_ptr(q) as usize,
             Destination::Exchange(x) => Arc::as_ptr(x) as usize,
         }
+    }
+}
+
+impl Eq for Destination {}
+
+impl std::hash::Hash for Destination {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
     }
 }
 
@@ -131,14 +139,25 @@ impl Exchange {
             .unwrap_or_else(|e| e.into_inner()) = name;
     }
 
-    /// Adds a binding from this exchange. Returns false if it already existed.
-    pub fn bind(&self, binding: Binding) -> AmqpResult<bool> {
-        self.write().bind(binding)
+    /// Adds a binding from this exchange, unless it has `max` already. Returns false if it
+    /// already existed.
+    pub fn bind(
+        &self,
+        binding: Binding,
+        max: usize,
+        full: impl FnOnce() -> AmqpError,
+    ) -> AmqpResult<bool> {
+        self.write().bind(binding, max, full)
     }
 
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&self, binding: &Binding) -> bool {
         self.write().unbind(binding)
+    }
+
+    /// How many bindings this exchange is the source of.
+    pub fn binding_count(&self) -> usize {
+        self.read().len()
     }
 
     /// Whether this exchange is the source of any binding.
@@ -148,7 +167,7 @@ impl Exchange {
 
     /// A copy of this exchange's bindings.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.read().list().to_vec()
+        self.read().iter().cloned().collect()
     }
 
     /// Calls `found` for each destination matching a message (see [`Bindings::route`]).

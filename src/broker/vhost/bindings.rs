@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
-use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
+use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key};
+use crate::amqp_error;
+use crate::broker::arguments::exchange_desc;
 use crate::broker::exchange::{Binding, Destination, Exchange};
 use crate::protocol::error::{AmqpResult, ReplyCode};
 use crate::store::definitions::Change;
@@ -28,12 +30,14 @@ impl VirtualHost {
             routing_key: key.to_owned(),
             arguments: args,
         };
-        if let Ok(true) = src.bind(binding.clone()) {
+        // Recovered bindings were accepted once: the limit applies to new ones.
+        let unlimited = || amqp_error!(InternalError, "binding limit");
+        if let Ok(true) = src.bind(binding.clone(), usize::MAX, unlimited) {
             topology
                 .incoming
                 .entry(binding.destination.identity())
                 .or_default()
-                .push((src.clone(), binding));
+                .insert(incoming_key(&src, &binding), (src.clone(), binding));
         }
         self.changed();
     }
@@ -44,7 +48,16 @@ impl VirtualHost {
         source: &Arc<Exchange>,
         binding: Binding,
     ) -> AmqpResult<SyncEpoch> {
-        if source.bind(binding.clone())? {
+        let max = self.services.limits.max_bindings_per_exchange;
+        let full = || {
+            amqp_error!(
+                PreconditionFailed,
+                "cannot bind to {}: binding limit ({}) is reached",
+                exchange_desc(&source.name, &self.name),
+                max
+            )
+        };
+        if source.bind(binding.clone(), max, full)? {
             if let Some(def) = self.binding_def(source, &binding) {
                 self.record(topology, Change::PutBinding(def));
             }
@@ -52,7 +65,7 @@ impl VirtualHost {
                 .incoming
                 .entry(binding.destination.identity())
                 .or_default()
-                .push((source.clone(), binding));
+                .insert(incoming_key(source, &binding), (source.clone(), binding));
             self.changed();
         }
         Ok(topology.sync.take())
@@ -81,7 +94,7 @@ impl VirtualHost {
     ) {
         let id = binding.destination.identity();
         if let Some(list) = topology.incoming.get_mut(&id) {
-            list.retain(|(s, b)| !(Arc::ptr_eq(s, source) && b == binding));
+            list.remove(&incoming_key(source, binding));
             if list.is_empty() {
                 topology.incoming.remove(&id);
             }
@@ -99,7 +112,7 @@ impl VirtualHost {
             return Vec::new();
         };
         let mut sources = Vec::with_capacity(incoming.len());
-        for (source, binding) in incoming {
+        for (source, binding) in incoming.into_values() {
             source.unbind(&binding);
             if let Some(def) = self.binding_def(&source, &binding) {
                 self.record(topology, Change::DeleteBinding(def));

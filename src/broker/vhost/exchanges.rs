@@ -74,6 +74,16 @@ impl VirtualHost {
             ));
         }
         arguments::validate_exchange_arguments(&d.arguments, &desc)?;
+        let max = self.services.limits.max_exchanges_per_vhost;
+        if self.exchanges.len() >= max {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "cannot declare exchange '{}': exchange limit in vhost '{}' ({}) is reached",
+                d.name,
+                self.name,
+                max
+            ));
+        }
         let x = Arc::new(Exchange::new(
             d.name.clone(),
             kind,

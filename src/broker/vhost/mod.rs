@@ -19,7 +19,7 @@ pub mod queues;
 pub mod route;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use amq_protocol::types::FieldTable;
@@ -37,7 +37,8 @@ use crate::broker::worker::Worker;
 use crate::protocol::error::AmqpError;
 use crate::store::Store;
 use crate::store::definitions::{
-    BindingDef, Change, DefinitionsStore, ExchangeDef, PolicyDef, QueueDef, encode_arguments,
+    BindingDef, Change, DefinitionsStore, ExchangeDef, PolicyDef, QueueDef, VhostLimits,
+    encode_arguments,
 };
 
 /// The store epoch a change becomes durable in, when it had to be written.
@@ -56,6 +57,18 @@ pub struct VhostServices {
     pub memory: &'static Memory,
     /// Runs the routing of dead letters, outside the calls that caused them.
     pub worker: Arc<Worker>,
+    /// Broker-wide limits on what clients create.
+    pub limits: CreationLimits,
+}
+
+/// Limits on what clients create, shared by every vhost of a broker.
+#[derive(Clone, Debug)]
+pub struct CreationLimits {
+    /// Queues in the whole broker, and how many there are.
+    pub max_queues: usize,
+    pub queues: Arc<AtomicUsize>,
+    pub max_exchanges_per_vhost: usize,
+    pub max_bindings_per_exchange: usize,
 }
 
 /// A virtual host.
@@ -70,6 +83,10 @@ pub struct VirtualHost {
     services: VhostServices,
     /// The policies of this vhost.
     policies: RwLock<Vec<Policy>>,
+    /// `max-queues` and `max-connections`, as `set_vhost_limits` sets them.
+    limits: RwLock<VhostLimits>,
+    /// Open client connections to this vhost.
+    connections: AtomicUsize,
     /// This vhost, for the queues it creates (they hand it their dead letters) and for the
     /// dead-letter jobs it submits.
     me: Weak<VirtualHost>,
@@ -86,10 +103,23 @@ impl std::fmt::Debug for VirtualHost {
 /// The reverse index of bindings, kept under the topology lock.
 #[derive(Debug, Default)]
 struct Topology {
-    /// For each destination (by identity), the bindings that lead to it and their source.
-    incoming: HashMap<usize, Vec<(Arc<Exchange>, Binding)>>,
+    /// For each destination (by identity), the bindings that lead to it and their source,
+    /// keyed so that forgetting one is a lookup (a queue may have 100,000 bindings).
+    incoming: HashMap<usize, HashMap<IncomingKey, (Arc<Exchange>, Binding)>>,
     /// The epoch of the last definitions change made under this lock.
     sync: SyncEpoch,
+}
+
+/// Identifies a binding among those leading to one destination: its source (by identity),
+/// routing key and encoded arguments.
+type IncomingKey = (usize, String, Vec<u8>);
+
+fn incoming_key(source: &Arc<Exchange>, binding: &Binding) -> IncomingKey {
+    (
+        Arc::as_ptr(source) as usize,
+        binding.routing_key.clone(),
+        crate::protocol::table::encode(&binding.arguments),
+    )
 }
 
 /// The exchanges every vhost starts with, as in RabbitMQ: (name, type, internal).
@@ -121,6 +151,8 @@ impl VirtualHost {
                 version: AtomicU64::new(0),
                 services,
                 policies: RwLock::new(Vec::new()),
+                limits: RwLock::new(VhostLimits::default()),
+                connections: AtomicUsize::new(0),
                 me: me.clone(),
             };
             vhost.predeclare();
@@ -286,6 +318,47 @@ impl VirtualHost {
         amqp_error!(NotFound, "no queue '{}' in vhost '{}'", name, self.name)
     }
 
+    /// The vhost's limits.
+    pub fn limits(&self) -> VhostLimits {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the vhost's limits (recorded by the caller with the vhost's definition).
+    pub fn set_limits(&self, limits: VhostLimits) {
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// A client opens a connection to this vhost, unless its `max-connections` is reached
+    /// (the limit that refused it is the error). The slot counts the connection until dropped.
+    pub fn open_connection(self: &Arc<Self>) -> Result<ConnectionSlot, i64> {
+        let max = self.limits().max_connections.filter(|&m| m >= 0);
+        let mut now = self.connections.load(Ordering::Relaxed);
+        loop {
+            if let Some(max) = max
+                && now as i64 >= max
+            {
+                return Err(max);
+            }
+            match self.connections.compare_exchange_weak(
+                now,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(ConnectionSlot(self.clone())),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    /// Open client connections to this vhost.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     /// RabbitMQ's refusal to touch another connection's exclusive queue.
     pub fn resource_locked(&self, name: &str) -> AmqpError {
         amqp_error!(
@@ -293,5 +366,19 @@ impl VirtualHost {
             "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
             queue_desc(name, &self.name)
         )
+    }
+}
+
+/// One open connection counted against its vhost's `max-connections`; dropping it frees the
+/// slot, so every way a connection ends (close, error, vanished peer) gives it back.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<VirtualHost>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }

@@ -1,6 +1,7 @@
 //! Queues of a vhost: declare, delete, and the deletions that follow from connections closing.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use amq_protocol::types::FieldTable;
 
@@ -74,6 +75,7 @@ impl VirtualHost {
             return Err(self.no_queue(&d.name));
         }
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
+        self.check_queue_limits(&d.name)?;
         if table::get(&d.arguments, "x-queue-type").and_then(table::as_bytes)
             == Some(b"quorum".as_slice())
         {
@@ -125,12 +127,39 @@ impl VirtualHost {
             self.record(&mut topology, Change::PutQueue(def));
         }
         self.queues.insert(d.name.clone(), queue.clone());
+        self.services.limits.queues.fetch_add(1, Ordering::Relaxed);
         self.changed();
         Ok((queue, 0, 0, topology.sync.take()))
     }
 
+    /// The vhost's `max-queues` and the broker's queue limit, with RabbitMQ's texts.
+    fn check_queue_limits(&self, name: &str) -> AmqpResult<()> {
+        if let Some(max) = self.limits().max_queues.filter(|&m| m >= 0)
+            && self.queues.len() as i64 >= max
+        {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "cannot declare queue '{}': queue limit in vhost '{}' ({}) is reached",
+                name,
+                self.name,
+                max
+            ));
+        }
+        let limits = &self.services.limits;
+        if limits.queues.load(Ordering::Relaxed) >= limits.max_queues {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "cannot declare queue '{}': queue limit in cluster ({}) is reached",
+                name,
+                limits.max_queues
+            ));
+        }
+        Ok(())
+    }
+
     /// Puts back a durable queue recovered at start-up.
     pub fn restore_queue(&self, q: Arc<Queue>) {
+        self.services.limits.queues.fetch_add(1, Ordering::Relaxed);
         self.queues.insert(q.name.clone(), q);
         self.changed();
     }
@@ -171,6 +200,7 @@ impl VirtualHost {
         if !removed {
             return (0, None);
         }
+        self.services.limits.queues.fetch_sub(1, Ordering::Relaxed);
         let sources =
             self.remove_incoming_locked(&mut topology, &Destination::Queue(queue.clone()));
         for source in sources {

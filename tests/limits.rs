@@ -1,0 +1,334 @@
+//! Limits on what clients create: queues and connections per vhost (RabbitMQ's `max-queues`
+//! and `max-connections`), queues in the broker, exchanges, bindings, consumers, uncommitted
+//! transactions and unconfirmed publishes. Each refusal carries RabbitMQ's code and text (or
+//! 406 with a text naming the limit), and nothing else is disturbed.
+
+mod common;
+
+use amq_protocol::protocol::{AMQPClass, basic};
+use amq_protocol::types::FieldTable;
+use common::*;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::{BasicProperties, ExchangeKind};
+use lepus::store::definitions::VhostLimits;
+
+fn limits(max_queues: Option<i64>, max_connections: Option<i64>) -> VhostLimits {
+    VhostLimits {
+        max_queues,
+        max_connections,
+    }
+}
+
+async fn declare(ch: &lapin::Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    within(ch.queue_declare(name.into(), Default::default(), FieldTable::default())).await
+}
+
+/// A channel that must still work after a neighbour was refused.
+async fn assert_healthy(ch: &lapin::Channel) {
+    within(ch.queue_declare(
+        "".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("the witness channel still works");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_max_connections_refuses_the_open_and_frees_on_close() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    server
+        .set_vhost_limits("/", limits(None, Some(2)))
+        .expect("vhost exists");
+    let first = broker.connect().await;
+    let second = broker.connect().await;
+    let refused = lapin::Connection::connect(&broker.uri(), Default::default()).await;
+    assert_amqp_error(
+        refused,
+        530,
+        "NOT_ALLOWED - access to vhost '/' refused for user 'guest': connection limit (2) is reached",
+    );
+    // The refused connection did not take a slot; closing one frees one.
+    within(first.close(200, "bye".into())).await.unwrap();
+    let third = broker.connect().await;
+    let ch = within(third.create_channel()).await.unwrap();
+    assert_healthy(&ch).await;
+    let ch2 = within(second.create_channel()).await.unwrap();
+    assert_healthy(&ch2).await;
+    // Clearing the limit lets more in.
+    server
+        .set_vhost_limits("/", VhostLimits::default())
+        .unwrap();
+    let _more = broker.connect().await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_max_queues_refuses_a_new_queue_with_precondition_failed() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    server.set_vhost_limits("/", limits(Some(2), None)).unwrap();
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "a").await.unwrap();
+    declare(&ch, "b").await.unwrap();
+    // Declaring an existing queue again is not a new queue.
+    declare(&ch, "a").await.expect("redeclare is fine");
+    assert_amqp_error(
+        declare(&ch, "c").await,
+        406,
+        "PRECONDITION_FAILED - cannot declare queue 'c': queue limit in vhost '/' (2) is reached",
+    );
+    let (_w, witness) = broker.channel().await;
+    within(witness.queue_delete("a".into(), Default::default()))
+        .await
+        .unwrap();
+    declare(&witness, "c").await.expect("a slot was freed");
+}
+
+#[tokio::test]
+async fn vhost_limits_survive_a_restart() {
+    let config = Config::for_tests();
+    let mut broker = Broker::start_with(config.clone()).await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    server.set_vhost_limits("/", limits(Some(1), None)).unwrap();
+    drop(server);
+    broker.stop().await;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "one").await.unwrap();
+    assert_amqp_error(
+        declare(&ch, "two").await,
+        406,
+        "PRECONDITION_FAILED - cannot declare queue 'two': queue limit in vhost '/' (1) is reached",
+    );
+}
+
+#[tokio::test]
+async fn the_broker_wide_queue_limit_is_refused_as_rabbitmq_words_it_and_deleting_frees_a_slot() {
+    let mut config = Config::for_tests();
+    config.limits.max_queues = 3;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    for name in ["q1", "q2", "q3"] {
+        declare(&ch, name).await.unwrap();
+    }
+    assert_amqp_error(
+        declare(&ch, "q4").await,
+        406,
+        "PRECONDITION_FAILED - cannot declare queue 'q4': queue limit in cluster (3) is reached",
+    );
+    let (_w, witness) = broker.channel().await;
+    within(witness.queue_delete("q1".into(), Default::default()))
+        .await
+        .unwrap();
+    declare(&witness, "q4")
+        .await
+        .expect("deleting freed a slot");
+}
+
+#[tokio::test]
+async fn exchanges_per_vhost_are_limited() {
+    let mut config = Config::for_tests();
+    // The seven exchanges every vhost starts with count too.
+    config.limits.max_exchanges_per_vhost = 8;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    let declare_x = |name: &'static str| {
+        ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+    };
+    within(declare_x("x1")).await.unwrap();
+    within(declare_x("x1")).await.expect("redeclare is fine");
+    assert_amqp_error(
+        within(declare_x("x2")).await,
+        406,
+        "PRECONDITION_FAILED - cannot declare exchange 'x2': exchange limit in vhost '/' (8) is reached",
+    );
+    let (_w, witness) = broker.channel().await;
+    assert_healthy(&witness).await;
+}
+
+#[tokio::test]
+async fn bindings_per_exchange_are_limited_and_rebinding_is_not_a_new_binding() {
+    let mut config = Config::for_tests();
+    config.limits.max_bindings_per_exchange = 2;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "q").await.unwrap();
+    let bind = |key: &'static str| {
+        ch.queue_bind(
+            "q".into(),
+            "amq.direct".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+    };
+    within(bind("a")).await.unwrap();
+    within(bind("b")).await.unwrap();
+    within(bind("a")).await.expect("the same binding again");
+    assert_amqp_error(
+        within(bind("c")).await,
+        406,
+        "PRECONDITION_FAILED - cannot bind to exchange 'amq.direct' in vhost '/': binding limit (2) is reached",
+    );
+    let (_w, witness) = broker.channel().await;
+    within(witness.queue_unbind(
+        "q".into(),
+        "amq.direct".into(),
+        "a".into(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(witness.queue_bind(
+        "q".into(),
+        "amq.direct".into(),
+        "c".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("unbinding freed a slot");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_consumers_per_channel_are_limited_with_a_connection_error() {
+    let mut config = Config::for_tests();
+    config.limits.max_consumers_per_channel = 2;
+    let broker = Broker::start_with(config).await;
+    let (_w, witness) = broker.channel().await;
+    declare(&witness, "q").await.unwrap();
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    for tag in ["c1", "c2", "c3"] {
+        raw.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "q".into(),
+                consumer_tag: tag.into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: true,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+    }
+    let (code, text, class, method) = raw.expect_connection_close().await;
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (
+            530,
+            "NOT_ALLOWED - reached maximum (2) of consumers per channel",
+            60,
+            20
+        )
+    );
+    assert_healthy(&witness).await;
+}
+
+#[tokio::test]
+async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
+    let mut config = Config::for_tests();
+    config.limits.max_uncommitted_per_channel = 3;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "q").await.unwrap();
+    within(ch.tx_select()).await.unwrap();
+    for _ in 0..4 {
+        // The fourth is refused; lapin reports it on the next synchronous call.
+        let _ = ch
+            .basic_publish(
+                "".into(),
+                "q".into(),
+                BasicPublishOptions::default(),
+                b"m",
+                BasicProperties::default(),
+            )
+            .await;
+    }
+    assert_amqp_error(
+        within(ch.tx_commit()).await,
+        406,
+        "PRECONDITION_FAILED - transaction exceeds max_uncommitted_per_channel (3 messages)",
+    );
+    let (_w, witness) = broker.channel().await;
+    let q = within(witness.queue_declare(
+        "q".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        q.message_count(),
+        0,
+        "nothing of the refused transaction was routed"
+    );
+}
+
+#[tokio::test]
+async fn publishes_past_max_unconfirmed_wait_for_the_disk_and_are_all_confirmed() {
+    // With a limit of one, the broker stops reading the publisher until each persistent
+    // message is on disk: every publish is still confirmed, in order, and none is lost.
+    let mut config = Config::for_tests();
+    config.limits.max_unconfirmed_per_channel = 1;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "durable".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..500u32 {
+        let confirm = within(ch.basic_publish(
+            "".into(),
+            "durable".into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        ))
+        .await
+        .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(within(confirm).await.unwrap().is_ack());
+    }
+    let q = within(ch.queue_declare(
+        "durable".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(q.message_count(), 500);
+}
