@@ -8,4 +8,5 @@ pub mod error;
 pub mod frame;
 pub mod method;
 pub mod properties;
+pub mod raw_table;
 pub mod table;

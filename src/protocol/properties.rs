@@ -189,6 +189,45 @@ pub fn encode_all(props: &amq_protocol::protocol::BasicProperties) -> Option<byt
         .map(|ctx| ctx.write.into())
 }
 
+/// The raw property list as a dead letter carries it: `headers` (an encoded table, length
+/// first) in place of its headers, and no `expiration`. Everything else is copied as is.
+pub fn dead_letter_properties(
+    raw: &[u8],
+    summary: &PropertySummary,
+    headers: &[u8],
+) -> Option<bytes::Bytes> {
+    if raw.len() < 2 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    // Where the headers are, or would be: after content_type and content_encoding.
+    let headers_range = match &summary.headers {
+        Some(range) => range.clone(),
+        None => {
+            let mut pos = 2;
+            for flag in [CONTENT_TYPE, CONTENT_ENCODING] {
+                if flags & flag != 0 {
+                    pos += 1 + *raw.get(pos)? as usize;
+                }
+            }
+            pos..pos
+        }
+    };
+    // The expiration with its length byte.
+    let expiration = match &summary.expiration {
+        Some(range) => range.start.checked_sub(1)?..range.end,
+        None => headers_range.end..headers_range.end,
+    };
+    let new_flags = (flags | HEADERS) & !EXPIRATION;
+    let mut out = Vec::with_capacity(raw.len() + headers.len());
+    out.extend_from_slice(&new_flags.to_be_bytes());
+    out.extend_from_slice(raw.get(2..headers_range.start)?);
+    out.extend_from_slice(headers);
+    out.extend_from_slice(raw.get(headers_range.end..expiration.start)?);
+    out.extend_from_slice(raw.get(expiration.end..)?);
+    Some(out.into())
+}
+
 /// The raw property list with its `reply_to` replaced by `reply_to` (at most 255 bytes, as
 /// a short string must be). `None` if the message has no reply_to.
 pub fn replace_reply_to(
@@ -212,6 +251,58 @@ pub fn replace_reply_to(
 mod tests {
     use super::*;
     use amq_protocol::protocol::BasicProperties;
+
+    #[test]
+    fn dead_letter_properties_swap_the_headers_and_drop_the_expiration() {
+        let mut headers = FieldTable::default();
+        headers.insert("k".into(), AMQPValue::LongInt(1));
+        let cases = [
+            BasicProperties::default(),
+            BasicProperties::default().with_expiration("5".into()),
+            BasicProperties::default()
+                .with_content_type("text/plain".into())
+                .with_content_encoding("gzip".into())
+                .with_headers(FieldTable::default())
+                .with_delivery_mode(2)
+                .with_reply_to("r".into())
+                .with_expiration("60000".into())
+                .with_message_id("m".into())
+                .with_app_id("a".into()),
+            BasicProperties::default()
+                .with_content_type("t".into())
+                .with_priority(3),
+        ];
+        for props in cases {
+            let raw = encode(&props);
+            let summary = scan(&raw).unwrap();
+            let table = crate::protocol::table::encode(&headers);
+            let out = dead_letter_properties(&raw, &summary, &table).unwrap();
+            let mut expected = BasicProperties::default();
+            if let Some(v) = props.content_type() {
+                expected = expected.with_content_type(v.clone());
+            }
+            if let Some(v) = props.content_encoding() {
+                expected = expected.with_content_encoding(v.clone());
+            }
+            expected = expected.with_headers(headers.clone());
+            if let Some(v) = props.delivery_mode() {
+                expected = expected.with_delivery_mode(*v);
+            }
+            if let Some(v) = props.priority() {
+                expected = expected.with_priority(*v);
+            }
+            if let Some(v) = props.reply_to() {
+                expected = expected.with_reply_to(v.clone());
+            }
+            if let Some(v) = props.message_id() {
+                expected = expected.with_message_id(v.clone());
+            }
+            if let Some(v) = props.app_id() {
+                expected = expected.with_app_id(v.clone());
+            }
+            assert_eq!(&out[..], &encode(&expected)[..], "{props:?}");
+        }
+    }
 
     #[test]
     fn reply_to_is_replaced_in_place() {

@@ -21,12 +21,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 
 use crate::broker::message::Message;
 use crate::protocol::properties;
+use crate::protocol::raw_table;
 use crate::protocol::table;
 
 /// Why a message was dead-lettered, as `x-death` names it.
@@ -67,12 +67,18 @@ fn long_str(s: &[u8]) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.to_vec()))
 }
 
-fn entry_str<'a>(entry: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
-    table::get(entry, key).and_then(table::as_bytes)
+/// The string value named `name` in an encoded `x-death` entry.
+fn entry_field<'a>(entry: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    raw_table::get(entry, name).and_then(raw_table::as_bytes)
 }
 
-fn same_death(entry: &FieldTable, queue: &[u8], reason: &[u8]) -> bool {
-    entry_str(entry, "queue") == Some(queue) && entry_str(entry, "reason") == Some(reason)
+/// An entry as a table value (tag `F`), keys sorted as RabbitMQ sorts the entry it writes.
+fn table_value(entry: &FieldTable) -> Vec<u8> {
+    let encoded = table::encode(entry);
+    let mut value = Vec::with_capacity(1 + encoded.len());
+    value.push(b'F');
+    value.extend_from_slice(&encoded);
+    value
 }
 
 fn with_count(mut entry: FieldTable, count: i64) -> FieldTable {
@@ -80,21 +86,56 @@ fn with_count(mut entry: FieldTable, count: i64) -> FieldTable {
     entry
 }
 
-/// RabbitMQ's regrouping of existing `x-death` entries by (queue, reason): duplicates are
-/// merged into the first one (counting them if it had no count). Like RabbitMQ's fold, the
-/// result comes out in reverse order of first appearance. One pass with a map, so a message
-/// that died in thousands of queues costs time linear in its entries.
-fn group_by_queue_and_reason(tables: &[&FieldTable]) -> Vec<FieldTable> {
-    if tables.len() <= 1 {
-        return tables.iter().map(|t| (*t).clone()).collect();
+/// An existing `x-death` entry after regrouping: the encoded table, and the count to give
+/// it if it has none.
+struct Grouped<'a> {
+    entry: &'a [u8],
+    missing_count: Option<i64>,
+}
+
+impl Grouped<'_> {
+    /// The entry decoded, with its count filled in if it was missing.
+    fn decoded(&self) -> Option<FieldTable> {
+        let table = raw_table::decode(self.entry)?;
+        Some(match self.missing_count {
+            Some(n) => with_count(table, n),
+            None => table,
+        })
     }
-    // (queue, reason) -> (index of its first table, how many tables share it)
-    let mut groups: HashMap<(&[u8], &[u8]), (usize, i64)> = HashMap::with_capacity(tables.len());
+
+    fn push_to(&self, out: &mut raw_table::Builder) -> Option<()> {
+        if self.missing_count.is_some() {
+            out.item(&table_value(&self.decoded()?));
+        } else {
+            out.item(b"F");
+            out.item(self.entry);
+        }
+        Some(())
+    }
+}
+
+/// RabbitMQ's regrouping of existing `x-death` entries by (queue, reason): duplicates are
+/// merged into the first one, which gets their number as its count if it had none. Like
+/// RabbitMQ's fold, the result comes out in reverse order of first appearance. One pass with
+/// a map over the encoded entries, which stay encoded: a message that died in thousands of
+/// queues costs time linear in its entries.
+fn group_by_queue_and_reason<'a>(entries: &[&'a [u8]]) -> Vec<Grouped<'a>> {
+    if entries.len() <= 1 {
+        return entries
+            .iter()
+            .map(|&entry| Grouped {
+                entry,
+                missing_count: None,
+            })
+            .collect();
+    }
+    // (queue, reason) -> (index of its first entry, how many entries share it)
+    let mut groups: HashMap<(&[u8], &[u8]), (usize, i64)> = HashMap::with_capacity(entries.len());
     let mut firsts: Vec<usize> = Vec::new();
-    for (i, t) in tables.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         let key = (
-            entry_str(t, "queue").unwrap_or_default(),
-            entry_str(t, "reason").unwrap_or_default(),
+            entry_field(entry, b"queue").unwrap_or_default(),
+            entry_field(entry, b"reason").unwrap_or_default(),
         );
         groups
             .entry(key)
@@ -104,39 +145,76 @@ fn group_by_queue_and_reason(tables: &[&FieldTable]) -> Vec<FieldTable> {
                 (i, 1)
             });
     }
-    let mut counts = vec![0i64; tables.len()];
+    let mut counts = vec![0i64; entries.len()];
     for &(first, n) in groups.values() {
         counts[first] = n;
     }
     firsts
         .iter()
         .rev()
-        .map(|&i| {
-            let first = tables[i].clone();
-            if table::get(&first, "count").is_none() {
-                with_count(first, counts[i])
-            } else {
-                first
-            }
+        .map(|&i| Grouped {
+            entry: entries[i],
+            missing_count: raw_table::get(entries[i], b"count")
+                .is_none()
+                .then_some(counts[i]),
         })
         .collect()
+}
+
+/// The `x-death` array after this death, as RabbitMQ 3.10 writes it: the existing entries
+/// regrouped, this death's entry (counted up if it died here for this reason before) in
+/// front of the others.
+fn x_death_after(
+    existing: Option<&[u8]>,
+    info: FieldTable,
+    queue: &[u8],
+    reason: &[u8],
+) -> Option<Vec<u8>> {
+    let entries: Vec<&[u8]> = existing
+        .map(|array| {
+            raw_table::items(array)
+                .filter_map(raw_table::as_table)
+                .collect()
+        })
+        .unwrap_or_default();
+    let grouped = group_by_queue_and_reason(&entries);
+    let matching = grouped.iter().position(|g| {
+        entry_field(g.entry, b"queue") == Some(queue)
+            && entry_field(g.entry, b"reason") == Some(reason)
+    });
+    let updated = match matching {
+        None => with_count(info, 1),
+        Some(i) => {
+            let m = grouped[i].decoded()?;
+            let count = table::get(&m, "count").and_then(table::as_int).unwrap_or(0);
+            with_count(m, count + 1)
+        }
+    };
+    let capacity = existing.map_or(0, <[u8]>::len) + 256;
+    let mut out = raw_table::Builder::new(Some(b'A'), capacity);
+    out.item(&table_value(&updated));
+    for (i, g) in grouped.iter().enumerate() {
+        if Some(i) != matching {
+            g.push_to(&mut out)?;
+        }
+    }
+    out.finish()
 }
 
 /// The `x-death` entry for this death, before its count.
 fn death_info(
     message: &Message,
-    props: &BasicProperties,
-    headers: &FieldTable,
+    expiration: Option<&[u8]>,
+    cc: Option<&[u8]>,
     reason: Reason,
     queue: &str,
     now_secs: u64,
 ) -> FieldTable {
     let mut death_keys = vec![long_str(&message.routing_key)];
-    if let Some(AMQPValue::FieldArray(keys)) = table::get(headers, "CC") {
+    if let Some(cc) = cc {
         death_keys.extend(
-            keys.as_slice()
-                .iter()
-                .filter_map(table::as_bytes)
+            raw_table::items(cc)
+                .filter_map(raw_table::as_bytes)
                 .map(long_str),
         );
     }
@@ -149,72 +227,32 @@ fn death_info(
         "routing-keys".into(),
         AMQPValue::FieldArray(FieldArray::from(death_keys)),
     );
-    if let Some(expiration) = props.expiration() {
-        info.insert(
-            "original-expiration".into(),
-            long_str(expiration.as_str().as_bytes()),
-        );
+    if let Some(expiration) = expiration {
+        info.insert("original-expiration".into(), long_str(expiration));
     }
     info
 }
 
-/// Writes this death into the headers as RabbitMQ 3.10 does: the first death also sets the
-/// `x-first-death-*` headers; a later one regroups the existing entries and puts this death's
-/// entry (counted up if it died here for this reason before) in front.
-fn record_death(headers: &mut FieldTable, info: FieldTable, message: &Message, queue: &str) {
-    let reason = entry_str(&info, "reason").unwrap_or_default().to_vec();
-    let deaths = match table::get(headers, "x-death") {
-        None => {
-            headers.insert("x-first-death-reason".into(), long_str(&reason));
-            headers.insert("x-first-death-queue".into(), long_str(queue.as_bytes()));
-            headers.insert("x-first-death-exchange".into(), long_str(&message.exchange));
-            vec![with_count(info, 1)]
-        }
-        Some(AMQPValue::FieldArray(existing)) => {
-            let tables: Vec<&FieldTable> = existing
-                .as_slice()
-                .iter()
-                .filter_map(|v| match v {
-                    AMQPValue::FieldTable(t) => Some(t),
-                    _ => None,
-                })
-                .collect();
-            let grouped = group_by_queue_and_reason(&tables);
-            let (matches, others): (Vec<FieldTable>, Vec<FieldTable>) = grouped
-                .into_iter()
-                .partition(|t| same_death(t, queue.as_bytes(), &reason));
-            let updated = match matches.into_iter().next() {
-                None => with_count(info, 1),
-                Some(m) => {
-                    let count = table::get(&m, "count").and_then(table::as_int).unwrap_or(0);
-                    with_count(m, count + 1)
-                }
-            };
-            std::iter::once(updated).chain(others).collect()
-        }
-        Some(_) => vec![with_count(info, 1)],
-    };
-    headers.insert(
-        "x-death".into(),
-        AMQPValue::FieldArray(FieldArray::from(
-            deaths
-                .into_iter()
-                .map(AMQPValue::FieldTable)
-                .collect::<Vec<_>>(),
-        )),
-    );
-}
+/// The headers RabbitMQ sets on the first death only.
+const FIRST_DEATH: [&[u8]; 3] = [
+    b"x-first-death-reason",
+    b"x-first-death-queue",
+    b"x-first-death-exchange",
+];
 
 /// A message on its way from a queue to its dead-letter exchange.
 pub struct DeadMessage {
     pub message: Message,
     /// The keys it is routed with: the dead-letter routing key, or its own and its CC/BCC.
     pub routing_keys: Vec<Bytes>,
-    /// Its headers, with the updated `x-death`: for headers exchanges and cycle detection.
-    pub headers: FieldTable,
+    /// Its headers, encoded, with the updated `x-death`: for headers exchanges and cycle
+    /// detection.
+    pub headers: Bytes,
 }
 
-/// The message as it leaves `queue` for its dead-letter exchange.
+/// The message as it leaves `queue` for its dead-letter exchange. Its headers are edited in
+/// their encoded form: the existing `x-death` entries are copied, not decoded, so the cost
+/// is the copy of the headers whatever they hold.
 pub fn make_message(
     message: &Message,
     reason: Reason,
@@ -222,15 +260,46 @@ pub fn make_message(
     destination: &DlxTarget,
     now_secs: u64,
 ) -> Option<DeadMessage> {
-    let props = properties::decode_all(&message.properties)?;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    let info = death_info(message, &props, &headers, reason, queue, now_secs);
-    record_death(&mut headers, info, message, queue);
-    let routing_keys: Vec<Bytes> = match &destination.routing_key {
-        Some(key) => {
-            headers = without_key(&headers, "CC");
-            vec![key.clone()]
+    const EMPTY_TABLE: &[u8] = &[0, 0, 0, 0];
+    let raw = &message.properties;
+    let summary = properties::scan(raw).ok()?;
+    let old_headers = match &summary.headers {
+        Some(range) => raw.get(range.clone())?,
+        None => EMPTY_TABLE,
+    };
+    let expiration = summary.expiration.as_ref().and_then(|r| raw.get(r.clone()));
+    let x_death = raw_table::get(old_headers, b"x-death");
+    let info = death_info(
+        message,
+        expiration,
+        raw_table::get(old_headers, b"CC"),
+        reason,
+        queue,
+        now_secs,
+    );
+    let first_death = x_death.is_none();
+    // Same as RabbitMQ: an `x-death` that is not an array is replaced.
+    let existing = x_death.filter(|v| v.first() == Some(&b'A'));
+    let deaths = x_death_after(existing, info, queue.as_bytes(), reason.as_str().as_bytes())?;
+    let drop_cc = destination.routing_key.is_some();
+    let mut headers = raw_table::Builder::new(None, old_headers.len() + deaths.len() + 128);
+    for (name, value) in raw_table::entries(old_headers) {
+        let replaced = name == b"x-death"
+            || (drop_cc && name == b"CC")
+            || (first_death && FIRST_DEATH.contains(&name));
+        if !replaced {
+            headers.entry(name, value);
         }
+    }
+    if first_death {
+        headers.long_str(FIRST_DEATH[0], reason.as_str().as_bytes());
+        headers.long_str(FIRST_DEATH[1], queue.as_bytes());
+        headers.long_str(FIRST_DEATH[2], &message.exchange);
+    }
+    headers.entry(b"x-death", &deaths);
+    let headers = headers.finish()?;
+    let routing_keys: Vec<Bytes> = match &destination.routing_key {
+        Some(key) => vec![key.clone()],
         None => {
             let mut keys = vec![message.routing_key.clone()];
             keys.extend(
@@ -242,9 +311,7 @@ pub fn make_message(
             keys
         }
     };
-    // amq-protocol has no way to clear a property; rebuild without the expiration.
-    let props = without_expiration(props.with_headers(headers.clone()));
-    let raw = properties::encode_all(&props)?;
+    let raw = properties::dead_letter_properties(raw, &summary, &headers)?;
     let summary = properties::scan(&raw).ok()?;
     let mut dead = Message::new(
         Bytes::copy_from_slice(destination.exchange.as_bytes()),
@@ -259,82 +326,22 @@ pub fn make_message(
     Some(DeadMessage {
         message: dead,
         routing_keys,
-        headers,
+        headers: headers.into(),
     })
-}
-
-fn without_key(table: &FieldTable, key: &str) -> FieldTable {
-    let mut out = FieldTable::default();
-    for (k, v) in table.inner() {
-        if k.as_str() != key {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    out
-}
-
-/// The same properties without `expiration`.
-fn without_expiration(
-    p: amq_protocol::protocol::BasicProperties,
-) -> amq_protocol::protocol::BasicProperties {
-    let mut out = amq_protocol::protocol::BasicProperties::default();
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
-    }
-    if let Some(v) = p.delivery_mode() {
-        out = out.with_delivery_mode(*v);
-    }
-    if let Some(v) = p.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        out = out.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    if let Some(v) = p.user_id() {
-        out = out.with_user_id(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        out = out.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        out = out.with_cluster_id(v.clone());
-    }
-    out
 }
 
 /// RabbitMQ's cycle rule: routing back into `queue` is a cycle if `queue` appears in the
 /// (updated) deaths and no death from the newest up to and including its first appearance
-/// was a rejection.
-pub fn is_cycle(queue: &str, headers: &FieldTable) -> bool {
-    let Some(AMQPValue::FieldArray(deaths)) = table::get(headers, "x-death") else {
+/// was a rejection. `headers` is the encoded headers table.
+pub fn is_cycle(queue: &str, headers: &[u8]) -> bool {
+    let Some(deaths) = raw_table::get(headers, b"x-death") else {
         return false;
     };
-    for d in deaths.as_slice() {
-        let AMQPValue::FieldTable(d) = d else {
-            continue;
-        };
-        if entry_str(d, "reason") == Some(b"rejected".as_slice()) {
+    for entry in raw_table::items(deaths).filter_map(raw_table::as_table) {
+        if entry_field(entry, b"reason") == Some(b"rejected".as_slice()) {
             return false;
         }
-        if entry_str(d, "queue") == Some(queue.as_bytes()) {
+        if entry_field(entry, b"queue") == Some(queue.as_bytes()) {
             return true;
         }
     }
@@ -344,6 +351,15 @@ pub fn is_cycle(queue: &str, headers: &FieldTable) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amq_protocol::protocol::BasicProperties;
+
+    fn entry_str<'a>(entry: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
+        table::get(entry, key).and_then(table::as_bytes)
+    }
+
+    fn raw_headers(m: &Message) -> Vec<u8> {
+        table::encode(&headers(m))
+    }
 
     fn message(props: BasicProperties) -> Message {
         let raw = properties::encode_all(&props).unwrap();
@@ -453,11 +469,11 @@ mod tests {
         };
         let (a, _) = dead(&m, Reason::Expired, "a", &dest, 1);
         let (b, _) = dead(&a, Reason::Expired, "b", &dest, 2);
-        assert!(is_cycle("a", &headers(&b)));
-        assert!(!is_cycle("c", &headers(&b)));
+        assert!(is_cycle("a", &raw_headers(&b)));
+        assert!(!is_cycle("c", &raw_headers(&b)));
         let (r, _) = dead(&a, Reason::Rejected, "b", &dest, 2);
         assert!(
-            !is_cycle("a", &headers(&r)),
+            !is_cycle("a", &raw_headers(&r)),
             "a rejection on the way breaks the cycle"
         );
     }
@@ -487,5 +503,149 @@ mod tests {
                 b"q3".to_vec()
             ]
         );
+    }
+
+    /// The decoded-table implementation this file had before headers were edited in their
+    /// encoded form, kept as the oracle for it.
+    mod reference {
+        use super::*;
+
+        fn group(tables: &[&FieldTable]) -> Vec<FieldTable> {
+            if tables.len() <= 1 {
+                return tables.iter().map(|t| (*t).clone()).collect();
+            }
+            let mut seen: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut acc: Vec<FieldTable> = Vec::new();
+            for t in tables {
+                let key = (
+                    entry_str(t, "queue").unwrap_or_default().to_vec(),
+                    entry_str(t, "reason").unwrap_or_default().to_vec(),
+                );
+                if seen.contains(&key) {
+                    continue;
+                }
+                let n = tables
+                    .iter()
+                    .filter(|u| {
+                        entry_str(u, "queue").unwrap_or_default() == key.0
+                            && entry_str(u, "reason").unwrap_or_default() == key.1
+                    })
+                    .count() as i64;
+                let first = (*t).clone();
+                let first = if table::get(&first, "count").is_none() {
+                    with_count(first, n)
+                } else {
+                    first
+                };
+                acc.insert(0, first);
+                seen.push(key);
+            }
+            acc
+        }
+
+        pub fn record_death(
+            headers: &mut FieldTable,
+            info: FieldTable,
+            exchange: &[u8],
+            queue: &str,
+        ) {
+            let reason = entry_str(&info, "reason").unwrap_or_default().to_vec();
+            let deaths = match table::get(headers, "x-death") {
+                None => {
+                    headers.insert("x-first-death-reason".into(), long_str(&reason));
+                    headers.insert("x-first-death-queue".into(), long_str(queue.as_bytes()));
+                    headers.insert("x-first-death-exchange".into(), long_str(exchange));
+                    vec![with_count(info, 1)]
+                }
+                Some(AMQPValue::FieldArray(existing)) => {
+                    let tables: Vec<&FieldTable> = existing
+                        .as_slice()
+                        .iter()
+                        .filter_map(|v| match v {
+                            AMQPValue::FieldTable(t) => Some(t),
+                            _ => None,
+                        })
+                        .collect();
+                    let (matches, others): (Vec<FieldTable>, Vec<FieldTable>) =
+                        group(&tables).into_iter().partition(|t| {
+                            entry_str(t, "queue") == Some(queue.as_bytes())
+                                && entry_str(t, "reason") == Some(reason.as_slice())
+                        });
+                    let updated = match matches.into_iter().next() {
+                        None => with_count(info, 1),
+                        Some(m) => {
+                            let count =
+                                table::get(&m, "count").and_then(table::as_int).unwrap_or(0);
+                            with_count(m, count + 1)
+                        }
+                    };
+                    std::iter::once(updated).chain(others).collect()
+                }
+                Some(_) => vec![with_count(info, 1)],
+            };
+            headers.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(
+                    deaths
+                        .into_iter()
+                        .map(AMQPValue::FieldTable)
+                        .collect::<Vec<_>>(),
+                )),
+            );
+        }
+    }
+
+    /// Legacy `x-death` entries (from before RabbitMQ counted them): no count, repeated.
+    fn legacy_entry(queue: &str, reason: &str) -> AMQPValue {
+        let mut t = FieldTable::default();
+        t.insert("queue".into(), long_str(queue.as_bytes()));
+        t.insert("reason".into(), long_str(reason.as_bytes()));
+        t.insert("time".into(), AMQPValue::Timestamp(1));
+        AMQPValue::FieldTable(t)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoded_editing_writes_what_the_decoded_oracle_writes(
+            legacy in proptest::collection::vec((0usize..3, 0usize..2), 0..5),
+            deaths in proptest::collection::vec((0usize..4, 0usize..4, proptest::bool::ANY), 1..12),
+        ) {
+            let queues = ["a", "b", "c", "d"];
+            let reasons = [Reason::Rejected, Reason::Expired, Reason::Maxlen, Reason::DeliveryLimit];
+            let mut start = FieldTable::default();
+            start.insert("app".into(), long_str(b"kept"));
+            if !legacy.is_empty() {
+                let entries: Vec<AMQPValue> = legacy
+                    .iter()
+                    .map(|&(q, r)| legacy_entry(queues[q], reasons[r].as_str()))
+                    .collect();
+                start.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(entries)));
+            }
+            let mut m = message(
+                BasicProperties::default()
+                    .with_headers(start.clone())
+                    .with_expiration("9".into()),
+            );
+            let mut expected = start;
+            for (step, &(q, r, with_key)) in deaths.iter().enumerate() {
+                let dest = DlxTarget {
+                    exchange: "dlx".into(),
+                    routing_key: with_key.then(|| Bytes::from_static(b"k")),
+                };
+                let props = properties::decode_all(&m.properties).unwrap();
+                let expiration = props.expiration().as_ref().map(|e| e.as_str().as_bytes().to_vec());
+                let info = death_info(
+                    &m,
+                    expiration.as_deref(),
+                    None,
+                    reasons[r],
+                    queues[q],
+                    step as u64,
+                );
+                reference::record_death(&mut expected, info, &m.exchange, queues[q]);
+                m = dead(&m, reasons[r], queues[q], &dest, step as u64).0;
+                proptest::prop_assert_eq!(&headers(&m), &expected);
+            }
+        }
     }
 }

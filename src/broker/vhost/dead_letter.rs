@@ -68,7 +68,7 @@ impl VirtualHost {
             };
             targets.clear();
             let key_refs: Vec<&[u8]> = dead.routing_keys.iter().map(|k| k.as_ref()).collect();
-            let mut headers = || Some(dead.headers.clone());
+            let mut headers = || crate::protocol::raw_table::decode(&dead.headers);
             self.route(&exchange, &key_refs, &mut headers, &mut targets);
             if letter.reason != Reason::Rejected {
                 targets.retain(|q| {
