@@ -1,5 +1,5 @@
-//! Micro-benchmarks of topic routing: matching a routing key against 1,000 and 100,000
-//! bindings. The trie visits only the branches a key's words lead to, so the cost per
+//! Micro-benchmarks of routing: matching a topic routing key against 1,000 and 100,000
+//! bindings (and adversarial patterns), and a direct exchange with 10 or 100,000 bindings. The trie visits only the branches a key's words lead to, so the cost per
 //! message grows with the depth of the keys, not with the number of bindings.
 //!
 //! `cargo bench --bench routing`
@@ -83,5 +83,46 @@ fn topic_adversarial(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, topic_matching, topic_adversarial);
+/// A direct exchange with 10 and with 100,000 bindings: routing a key, and binding then
+/// unbinding one more, cost the same (hash lookups, no scans).
+fn direct_bindings(c: &mut Criterion) {
+    use amq_protocol::types::FieldTable;
+    use lepus::broker::exchange::bindings::{Binding, Bindings, ExchangeKind};
+    let mut group = c.benchmark_group("direct_bindings");
+    group.throughput(Throughput::Elements(1));
+    let binding = |i: u32| Binding {
+        destination: i,
+        routing_key: format!("key-{i}"),
+        arguments: FieldTable::default(),
+    };
+    let refuse = || lepus::amqp_error!(InternalError, "unlimited");
+    for count in [10u32, 100_000] {
+        let mut bindings = Bindings::new(ExchangeKind::Direct);
+        for i in 0..count {
+            let _ = bindings.bind(binding(i), usize::MAX, refuse);
+        }
+        let key = format!("key-{}", count / 2);
+        group.bench_function(BenchmarkId::new("route", count), |b| {
+            b.iter(|| {
+                let mut hits = 0u32;
+                bindings.route(
+                    &[black_box(key.as_bytes())],
+                    &mut || None,
+                    &mut |_| hits += 1,
+                );
+                black_box(hits)
+            })
+        });
+        let extra = binding(count + 1);
+        group.bench_function(BenchmarkId::new("bind_unbind", count), |b| {
+            b.iter(|| {
+                let _ = bindings.bind(extra.clone(), usize::MAX, refuse);
+                black_box(bindings.unbind(&extra))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, topic_matching, topic_adversarial, direct_bindings);
 criterion_main!(benches);
