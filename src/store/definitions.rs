@@ -488,11 +488,11 @@ fn parse_line(line: &[u8]) -> Option<Change> {
 }
 
 impl Journal for DefinitionsStore {
-    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
+    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)> {
         let mut state = self.lock();
         state.registered = false;
         Self::flush_locked(&mut state)?;
-        Ok((vec![state.journal.clone()], None))
+        Ok((vec![state.journal.clone()], Vec::new()))
     }
 
     fn after_sync(&self) {

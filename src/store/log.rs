@@ -76,6 +76,9 @@ struct Inner {
     unsynced: Vec<Arc<File>>,
     /// A directory entry changed (segment created or deleted) since the last sync.
     dir_dirty: bool,
+    /// The log's directory itself is new: its entry in the parent directory is synced with
+    /// the first sync cycle (by the sync thread, not by whoever declared the queue).
+    created: bool,
     /// On the store's list of logs to write and sync.
     registered: bool,
     /// A zero-filled segment made ahead of time by the sync thread.
@@ -147,41 +150,46 @@ impl QueueLog {
     pub fn create(dir: PathBuf, shared: Arc<Shared>) -> io::Result<Arc<QueueLog>> {
         std::fs::create_dir_all(&dir)?;
         let capacity = shared.segment_bytes;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(Segment::path(&dir, 0))?;
+        let file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(Segment::path(&dir, 0))?,
+        );
         file.set_len(capacity)?;
-        sync_dir(&dir)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
         let head = Segment {
             index: 0,
-            file: Arc::new(file),
+            file: file.clone(),
             capacity,
             end: 0,
             live: 0,
             first_message: u64::MAX,
             last_message: 0,
         };
-        Ok(Arc::new(QueueLog {
+        // The new file, its directory and the directory's entry in its parent are synced by
+        // the next sync cycle, which everything that depends on this log (the declare-ok of
+        // its queue, confirms of its messages) waits for anyway. Whoever creates a queue does
+        // no fsync, under no lock.
+        let log = Arc::new(QueueLog {
             dir,
-            shared,
+            shared: shared.clone(),
             inner: Mutex::new(Inner {
                 segments: VecDeque::from([head]),
                 next_index: 1,
                 pending: Vec::new(),
                 pending_offset: 0,
-                unsynced: Vec::new(),
-                dir_dirty: false,
-                registered: false,
+                unsynced: vec![file],
+                dir_dirty: true,
+                created: true,
+                registered: true,
                 prepared: None,
                 destroyed: false,
             }),
-        }))
+        });
+        shared.mark_dirty(log.clone());
+        Ok(log)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -460,17 +468,25 @@ impl QueueLog {
     }
 
     /// Writes pending bytes and returns the files to sync. Called by the sync thread.
-    pub(super) fn flush(&self) -> io::Result<(Vec<Arc<File>>, bool)> {
+    pub(super) fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)> {
         let mut inner = self.lock();
         inner.registered = false;
         if inner.destroyed {
             inner.pending.clear();
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Vec::new()));
         }
         Self::write_pending(&mut inner)?;
         let files = std::mem::take(&mut inner.unsynced);
-        let dir = std::mem::take(&mut inner.dir_dirty);
-        Ok((files, dir))
+        let mut dirs = Vec::new();
+        if std::mem::take(&mut inner.dir_dirty) {
+            dirs.push(self.dir.clone());
+        }
+        if std::mem::take(&mut inner.created)
+            && let Some(parent) = self.dir.parent()
+        {
+            dirs.push(parent.to_owned());
+        }
+        Ok((files, dirs))
     }
 
     /// Makes the next segment ahead of time when the head is half full. Called by the sync
@@ -600,6 +616,7 @@ impl QueueLog {
                 pending_offset: head.1,
                 unsynced: Vec::new(),
                 dir_dirty: false,
+                created: false,
                 registered: false,
                 prepared: None,
                 destroyed: false,
@@ -714,9 +731,8 @@ fn count_unacked(
 }
 
 impl Journal for QueueLog {
-    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
-        let (files, dir_changed) = QueueLog::flush(self)?;
-        Ok((files, dir_changed.then(|| self.dir().to_owned())))
+    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)> {
+        QueueLog::flush(self)
     }
 
     fn after_sync(&self) {

@@ -29,9 +29,9 @@ const SYNC_RETRY_MS: u64 = 100;
 /// publishes the next epoch too (under the same lock writers register under), so a writer
 /// that appended while that cycle was running does not wait for a cycle that never comes.
 pub trait Journal: Send + Sync {
-    /// Writes what is buffered; returns the files to sync and whether a directory entry
-    /// changed.
-    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)>;
+    /// Writes what is buffered; returns the files and the directories (whose entries
+    /// changed) to sync.
+    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)>;
     /// Work to do outside the publish path after a sync (preparing the next segment).
     fn after_sync(&self) {}
 }
@@ -133,16 +133,16 @@ pub fn sync_loop(shared: &Shared) {
         tracing::trace!(epoch, journals = journals.len(), "sync cycle");
         for j in &journals {
             match j.flush() {
-                Ok((f, dir)) => {
+                Ok((f, changed_dirs)) => {
                     for file in f {
                         if !files.iter().any(|x| Arc::ptr_eq(x, &file)) {
                             files.push(file);
                         }
                     }
-                    if let Some(d) = dir
-                        && !dirs.contains(&d)
-                    {
-                        dirs.push(d);
+                    for d in changed_dirs {
+                        if !dirs.contains(&d) {
+                            dirs.push(d);
+                        }
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot write to the data directory"),

@@ -191,20 +191,49 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` under the lock, then hands whatever it dead-lettered to the host.
+    /// Runs `f` under the lock, then hands whatever it dead-lettered to the host and reads
+    /// the tail ahead if the head ran short.
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let (result, letters) = {
+        let (result, letters, read) = {
             let mut state = self.lock();
             let result = f(&mut state);
             state.arm_timer(&self.ctx);
-            (result, state.take_dead())
+            (result, state.take_dead(), state.start_read_ahead())
         };
+        self.hand_over(letters);
+        if let Some(job) = read {
+            self.read_ahead(job);
+        }
+        result
+    }
+
+    fn hand_over(&self, letters: state::Letters) {
         if let Some((target, letters)) = letters
             && let Some(host) = self.ctx.services.host.upgrade()
         {
             host.dead_letter(&self.name, target, letters);
         }
-        result
+    }
+
+    /// Reads the next batch of the tail with the lock released, then takes the lock again
+    /// to keep it and dispatch. One batch per call: a further read waits for the next call
+    /// (and an empty head is always read under the lock, so nothing stalls).
+    fn read_ahead(&self, job: state::ReadJob) {
+        let result = job.run();
+        let letters = {
+            let mut state = self.lock();
+            match result {
+                Ok((from, reader, batch)) => state.finish_read_ahead(from, reader, batch),
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot read the queue log");
+                    state.fail_read_ahead();
+                }
+            }
+            state.dispatch(&self.ctx);
+            state.arm_timer(&self.ctx);
+            state.take_dead()
+        };
+        self.hand_over(letters);
     }
 
     /// Re-reads settings after the policies changed.

@@ -1,15 +1,16 @@
 //! Paging: a FIFO queue over its share of the memory budget moves the newest part of its
 //! ready messages into a log (its *tail*) and reads them back in order as the head drains.
 //! A durable queue pages into its own log; a transient queue gets a paging log when it first
-//! needs one. Every message in the tail comes after every message in `ready`.
+//! needs one. Every message in the tail comes after every message in `ready`. The tail is
+//! read back ahead of need and outside the queue's lock, except when the head is empty.
 
 use std::sync::Arc;
 
 use super::context::QueueCtx;
 use super::entry::QueueEntry;
-use super::state::{PAGE_IN_BATCH, PAGE_IN_BELOW, PAGE_KEEP, State, Tail};
+use super::state::{PAGE_IN_BATCH, PAGE_IN_BELOW, PAGE_KEEP, ReadAhead, ReadJob, State, Tail};
 use crate::broker::message::Message;
-use crate::store::TailReader;
+use crate::store::{Position, ReadBack, TailReader};
 use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED};
 
 impl State {
@@ -78,13 +79,26 @@ impl State {
         });
     }
 
-    /// Reads the tail back while the in-memory head is short. Returns whether it read
-    /// anything.
+    /// Keeps the in-memory head fed from the tail. Returns whether it added messages.
+    ///
+    /// While some messages are still in memory, the next batch is read outside the lock
+    /// (`ReadAhead`): the file read never holds up publishers and consumers of the queue.
+    /// Only when the head is empty, and a consumer or basic.get is waiting on the tail, is it
+    /// read here and now.
     pub fn page_in(&mut self, ctx: &QueueCtx) -> bool {
-        if self.deleted || self.ready_bytes >= PAGE_IN_BELOW {
+        if self.deleted || self.ready_bytes >= PAGE_IN_BELOW || self.tail.is_none() {
             return false;
         }
-        self.page_in_always(ctx)
+        if self.take_read_ahead(ctx) {
+            return true;
+        }
+        if self.ready.is_empty() {
+            return self.page_in_always(ctx);
+        }
+        if matches!(self.read_ahead, ReadAhead::Idle) {
+            self.read_ahead = ReadAhead::Wanted;
+        }
+        false
     }
 
     /// Reads a batch of the tail back, however much is in memory.
@@ -92,16 +106,82 @@ impl State {
         if self.deleted {
             return false;
         }
+        if self.take_read_ahead(ctx) {
+            return true;
+        }
         let (Some(tail), Some(log)) = (self.tail.as_mut(), self.log.clone()) else {
             return false;
         };
-        let batch = match log.read_back(&mut tail.reader, PAGE_IN_BATCH) {
-            Ok(b) => b,
+        let mut reader = tail.reader.clone();
+        match log.read_back(&mut reader, PAGE_IN_BATCH) {
+            Ok(batch) => self.take_batch(ctx, reader, batch),
             Err(e) => {
                 tracing::error!(queue = %ctx.name, error = %e, "cannot read the queue log");
-                return false;
+                false
             }
+        }
+    }
+
+    /// The read to do once the lock is released, if the head asked for one.
+    pub fn start_read_ahead(&mut self) -> Option<ReadJob> {
+        if !matches!(self.read_ahead, ReadAhead::Wanted) || self.deleted {
+            return None;
+        }
+        let (Some(tail), Some(log)) = (self.tail.as_ref(), self.log.clone()) else {
+            self.read_ahead = ReadAhead::Idle;
+            return None;
         };
+        self.read_ahead = ReadAhead::Reading;
+        Some(ReadJob {
+            log,
+            reader: tail.reader.clone(),
+        })
+    }
+
+    /// Keeps the batch a read ahead produced (unless the tail moved on meanwhile).
+    pub fn finish_read_ahead(&mut self, from: Position, reader: TailReader, batch: Vec<ReadBack>) {
+        if matches!(self.read_ahead, ReadAhead::Reading) {
+            self.read_ahead = ReadAhead::Ready {
+                from,
+                reader,
+                batch,
+            };
+        }
+    }
+
+    /// A read that failed outside the lock: the next short head tries again.
+    pub fn fail_read_ahead(&mut self) {
+        if matches!(self.read_ahead, ReadAhead::Reading) {
+            self.read_ahead = ReadAhead::Idle;
+        }
+    }
+
+    /// Takes in a batch read ahead, if it continues where the tail is now.
+    fn take_read_ahead(&mut self, ctx: &QueueCtx) -> bool {
+        if !matches!(self.read_ahead, ReadAhead::Ready { .. }) {
+            return false;
+        }
+        let ReadAhead::Ready {
+            from,
+            reader,
+            batch,
+        } = std::mem::take(&mut self.read_ahead)
+        else {
+            return false;
+        };
+        if self.tail.as_ref().is_none_or(|t| t.reader.pos != from) {
+            // Read by someone else meanwhile, or purged: stale.
+            return false;
+        }
+        self.take_batch(ctx, reader, batch)
+    }
+
+    /// Moves a batch read from the tail into `ready`; `reader` is where it left off.
+    fn take_batch(&mut self, ctx: &QueueCtx, reader: TailReader, batch: Vec<ReadBack>) -> bool {
+        let Some(tail) = self.tail.as_mut() else {
+            return false;
+        };
+        tail.reader = reader;
         let read = batch.len() as u64;
         let exhausted = read == 0 || read >= tail.count;
         tail.count = tail.count.saturating_sub(read);
@@ -126,5 +206,15 @@ impl State {
         }
         self.collect_garbage();
         read > 0
+    }
+}
+
+impl ReadJob {
+    /// Reads the batch (outside the queue's lock). Returns where it started, the reader as
+    /// it left off, and what it read.
+    pub fn run(mut self) -> std::io::Result<(Position, TailReader, Vec<ReadBack>)> {
+        let from = self.reader.pos;
+        let batch = self.log.read_back(&mut self.reader, PAGE_IN_BATCH)?;
+        Ok((from, self.reader, batch))
     }
 }

@@ -20,7 +20,7 @@ use super::settings::{Overflow, QueueSettings};
 use crate::broker::message::Message;
 use crate::broker::timer::now_ms;
 use crate::protocol::properties;
-use crate::store::{QueueLog, TailReader};
+use crate::store::{Position, QueueLog, ReadBack, TailReader};
 
 /// Paging thresholds, in bytes of messages a queue holds in memory. Over the broker's budget,
 /// a queue holding more than `PAGE_OUT_ABOVE` moves all but its oldest `PAGE_KEEP` to disk;
@@ -55,6 +55,30 @@ pub struct Tail {
     pub count: u64,
 }
 
+/// Reading the tail back without holding the queue's lock: the batch is read after the lock
+/// is released, and taken in under it the next time the head runs short.
+#[derive(Debug, Default)]
+pub enum ReadAhead {
+    #[default]
+    Idle,
+    /// The head is short: read the next batch once the lock is released.
+    Wanted,
+    /// A read is running outside the lock.
+    Reading,
+    /// A batch read from `from`, with the reader as it left off.
+    Ready {
+        from: Position,
+        reader: TailReader,
+        batch: Vec<ReadBack>,
+    },
+}
+
+/// A read of the tail to do outside the lock.
+pub struct ReadJob {
+    pub log: Arc<QueueLog>,
+    pub reader: TailReader,
+}
+
 /// Deliveries picked in one dispatch round for one sink, pushed together.
 pub struct Batch {
     pub sink: Arc<dyn DeliverySink>,
@@ -86,6 +110,8 @@ pub struct State {
     pub log: Option<Arc<QueueLog>>,
     /// Messages after `ready` that live only in the log.
     pub tail: Option<Tail>,
+    /// The next batch of the tail, read outside the lock (see `paging`).
+    pub read_ahead: ReadAhead,
     /// Bytes of `ready` held in memory, counted in the broker's memory budget.
     pub ready_bytes: usize,
     /// Body bytes of every ready message, in memory or in the tail (`x-max-length-bytes`).
