@@ -11,8 +11,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lepus::broker::memory::Memory;
 use lepus::broker::message::Message;
-use lepus::broker::queue::context::{QueueHost, QueueServices};
 use lepus::broker::queue::consumer::Consumer;
+use lepus::broker::queue::context::{QueueHost, QueueServices};
 use lepus::broker::queue::delivery::{Delivery, DeliverySink, DeliverySource, Settled, Unblock};
 use lepus::broker::queue::prefetch::ChannelPrefetch;
 use lepus::broker::queue::{Queue, QueueConfig};
@@ -55,10 +55,7 @@ impl DeliverySink for DropSink {
 
 /// A queue with a store in a fresh directory (returned, for removal).
 fn bench_queue(name: &str) -> Option<(Arc<Queue>, std::path::PathBuf)> {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-bench-{name}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("lepus-bench-{name}-{}", std::process::id()));
     let (Ok(store), Ok(timers)) = (Store::open(&dir, 64 << 20), Timers::start()) else {
         eprintln!("cannot open a store in {}", dir.display());
         return None;

@@ -105,11 +105,9 @@ fn direct_bindings(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("route", count), |b| {
             b.iter(|| {
                 let mut hits = 0u32;
-                bindings.route(
-                    &[black_box(key.as_bytes())],
-                    &mut || None,
-                    &mut |_| hits += 1,
-                );
+                bindings.route(&[black_box(key.as_bytes())], &mut || None, &mut |_| {
+                    hits += 1
+                });
                 black_box(hits)
             })
         });

@@ -2,11 +2,18 @@
 //! between durable objects, and policies.
 //!
 //! They live in `definitions.json`, in the shape of RabbitMQ's definitions export (so it can
-//! be read by people and tools), plus `definitions.log`, a journal of changes since that
-//! snapshot: one line per change, `crc32 json`. A change is appended to the journal and
-//! synced by the store's sync thread before the client hears declare-ok; the snapshot is
-//! rewritten (temporary file, fsync, rename, fsync directory) when the journal grows long
-//! and at shutdown. A torn last line is detected by its checksum and dropped.
+//! be read by people and tools), plus a journal of changes since that snapshot: one line per
+//! change, `crc32 json`. A change is appended to the journal and synced by the store's sync
+//! thread before the client hears declare-ok. A torn last line is detected by its checksum
+//! and dropped.
+//!
+//! Journals come in generations (`definitions.log` is generation 0, then
+//! `definitions.1.log`, ...), so that the snapshot can be rewritten without stopping changes:
+//! under the lock, the definitions are copied and new changes switch to the next generation's
+//! journal; then, with the lock released and off the sync thread, the copy is written
+//! (temporary file, fsync, rename, fsync directory) naming that generation, and the older
+//! journals are deleted. A start loads the snapshot and replays the journals of its
+//! generation and later, so a crash at any point finds every change exactly once.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -46,6 +53,9 @@ pub struct Definitions {
     /// The next id to give a durable queue (its directory under `queues/`).
     #[serde(default)]
     pub lepus_next_queue_id: u64,
+    /// The first journal generation this snapshot does not contain.
+    #[serde(default)]
+    pub lepus_journal_generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -317,11 +327,19 @@ fn json_to_value(v: &Value) -> AMQPValue {
 struct State {
     defs: Definitions,
     journal: Arc<File>,
+    /// The journal's generation.
+    generation: u64,
     /// Where the next journal line goes.
     journal_len: u64,
     pending: Vec<u8>,
     changes_since_snapshot: usize,
     registered: bool,
+    /// Journals left behind by a switch of generation, still to be synced once.
+    old_journals: Vec<Arc<File>>,
+    /// A journal file was created: the directory needs a sync.
+    dir_dirty: bool,
+    /// A snapshot is being written in the background.
+    snapshotting: bool,
 }
 
 /// The definitions on disk, and the changes on their way there.
@@ -329,6 +347,9 @@ pub struct DefinitionsStore {
     dir: PathBuf,
     shared: Arc<Shared>,
     state: Mutex<State>,
+    /// Serialises snapshot writes; holds the generation of the last one written, so an
+    /// older copy never replaces a newer one.
+    written: Mutex<u64>,
 }
 
 impl std::fmt::Debug for DefinitionsStore {
@@ -343,52 +364,96 @@ fn snapshot_path(dir: &Path) -> PathBuf {
     dir.join("definitions.json")
 }
 
-fn journal_path(dir: &Path) -> PathBuf {
-    dir.join("definitions.log")
+fn journal_path(dir: &Path, generation: u64) -> PathBuf {
+    if generation == 0 {
+        dir.join("definitions.log")
+    } else {
+        dir.join(format!("definitions.{generation}.log"))
+    }
+}
+
+/// The journal generations present in `dir`, in order.
+fn journal_generations(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name == "definitions.log" {
+            found.push(0);
+        } else if let Some(g) = name
+            .strip_prefix("definitions.")
+            .and_then(|rest| rest.strip_suffix(".log"))
+            .and_then(|g| g.parse::<u64>().ok())
+        {
+            found.push(g);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Replays one journal into `defs`. Returns the length of its good prefix and the number of
+/// changes in it; a damaged line ends the replay of this journal.
+fn replay(path: &Path, defs: &mut Definitions) -> io::Result<(u64, usize)> {
+    let data = std::fs::read(path)?;
+    let mut at = 0usize;
+    let mut changes = 0usize;
+    while at < data.len() {
+        let Some(nl) = data[at..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let Some(change) = parse_line(&data[at..at + nl]) else {
+            tracing::warn!(
+                journal = %path.display(),
+                offset = at,
+                "dropping a damaged last entry of the definitions journal"
+            );
+            break;
+        };
+        defs.apply(change);
+        changes += 1;
+        at += nl + 1;
+    }
+    Ok((at as u64, changes))
 }
 
 impl DefinitionsStore {
-    /// Loads the snapshot and replays the journal. Returns the store, what was loaded, and
+    /// Loads the snapshot and replays the journals. Returns the store, what was loaded, and
     /// whether this is the first start (no definitions yet).
     pub fn open(dir: &Path, shared: Arc<Shared>) -> io::Result<(Arc<Self>, Definitions, bool)> {
         let snapshot = snapshot_path(dir);
-        let journal = journal_path(dir);
-        let first_boot = !snapshot.exists() && !journal.exists();
+        let generations = journal_generations(dir)?;
+        let first_boot = !snapshot.exists() && generations.is_empty();
         let mut defs: Definitions = if snapshot.exists() {
             serde_json::from_slice(&std::fs::read(&snapshot)?)
                 .map_err(|e| io::Error::other(format!("{}: {e}", snapshot.display())))?
         } else {
             Definitions::default()
         };
+        let base = defs.lepus_journal_generation;
+        let mut current = base;
         let mut good_len = 0u64;
         let mut changes = 0usize;
-        if journal.exists() {
-            let data = std::fs::read(&journal)?;
-            let mut at = 0usize;
-            while at < data.len() {
-                let Some(nl) = data[at..].iter().position(|&b| b == b'\n') else {
-                    break;
-                };
-                let line = &data[at..at + nl];
-                let Some(change) = parse_line(line) else {
-                    tracing::warn!(
-                        offset = at,
-                        "dropping a damaged last entry of the definitions journal"
-                    );
-                    break;
-                };
-                defs.apply(change);
-                changes += 1;
-                at += nl + 1;
-                good_len = at as u64;
+        for g in generations {
+            let path = journal_path(dir, g);
+            if g < base {
+                // Contained in the snapshot: left over from a snapshot that completed.
+                std::fs::remove_file(&path)?;
+                continue;
             }
+            let (len, n) = replay(&path, &mut defs)?;
+            current = g;
+            good_len = len;
+            changes += n;
         }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(&journal)?;
+            .open(journal_path(dir, current))?;
         // Cut a torn tail so the next line starts clean.
         file.set_len(good_len)?;
         file.sync_all()?;
@@ -399,11 +464,16 @@ impl DefinitionsStore {
             state: Mutex::new(State {
                 defs: defs.clone(),
                 journal: Arc::new(file),
+                generation: current,
                 journal_len: good_len,
                 pending: Vec::new(),
                 changes_since_snapshot: changes,
                 registered: false,
+                old_journals: Vec::new(),
+                dir_dirty: false,
+                snapshotting: false,
             }),
+            written: Mutex::new(base),
         });
         Ok((store, defs, first_boot))
     }
@@ -444,12 +514,45 @@ impl DefinitionsStore {
         id
     }
 
-    /// Rewrites the snapshot from the current state and empties the journal.
+    /// Rewrites the snapshot now (at shutdown): afterwards the journal is empty.
     pub fn write_snapshot(&self) -> io::Result<()> {
+        let (defs, generation) = self.switch_generation()?;
+        self.write_snapshot_file(&defs, generation)
+    }
+
+    /// Copies the definitions and switches new changes to the next journal generation.
+    /// Everything in the copy is in the journals before it; nothing after is.
+    fn switch_generation(&self) -> io::Result<(Definitions, u64)> {
         let mut state = self.lock();
         Self::flush_locked(&mut state)?;
-        state.defs.lepus_version = env!("CARGO_PKG_VERSION").to_owned();
-        let json = serde_json::to_vec_pretty(&state.defs).map_err(io::Error::other)?;
+        let next = state.generation + 1;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(journal_path(&self.dir, next))?;
+        let old = std::mem::replace(&mut state.journal, Arc::new(file));
+        // Lines written to the old journal may still wait for their sync.
+        state.old_journals.push(old);
+        state.dir_dirty = true;
+        state.generation = next;
+        state.journal_len = 0;
+        state.changes_since_snapshot = 0;
+        let mut defs = state.defs.clone();
+        defs.lepus_version = env!("CARGO_PKG_VERSION").to_owned();
+        defs.lepus_journal_generation = next;
+        Ok((defs, next))
+    }
+
+    /// Writes a copy made by [`switch_generation`] as the snapshot, then deletes the
+    /// journals it contains. Runs without the definitions lock.
+    fn write_snapshot_file(&self, defs: &Definitions, generation: u64) -> io::Result<()> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= generation {
+            return Ok(());
+        }
+        let json = serde_json::to_vec_pretty(defs).map_err(io::Error::other)?;
         let tmp = self.dir.join("definitions.json.tmp");
         {
             let mut f = File::create(&tmp)?;
@@ -458,11 +561,43 @@ impl DefinitionsStore {
         }
         std::fs::rename(&tmp, snapshot_path(&self.dir))?;
         sync_dir(&self.dir)?;
-        state.journal.set_len(0)?;
-        state.journal.sync_all()?;
-        state.journal_len = 0;
-        state.changes_since_snapshot = 0;
+        *written = generation;
+        for g in journal_generations(&self.dir)? {
+            if g < generation {
+                std::fs::remove_file(journal_path(&self.dir, g))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Rewrites the snapshot in the background once the journal has grown long.
+    fn snapshot_if_long(self: &Arc<Self>) {
+        {
+            let mut state = self.lock();
+            if state.snapshotting || state.changes_since_snapshot <= SNAPSHOT_AFTER_CHANGES {
+                return;
+            }
+            state.snapshotting = true;
+        }
+        let copy = self.switch_generation();
+        let store = self.clone();
+        let write = move || {
+            let result = copy.and_then(|(defs, g)| store.write_snapshot_file(&defs, g));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot write the definitions snapshot");
+            }
+            store.lock().snapshotting = false;
+        };
+        // Serialising and syncing a large snapshot must not hold up the sync thread (and the
+        // confirms waiting on it). If no thread can be had, the snapshot waits for the next
+        // try; the journals hold everything meanwhile.
+        if let Err(e) = std::thread::Builder::new()
+            .name("lepus-snapshot".into())
+            .spawn(write)
+        {
+            tracing::error!(error = %e, "cannot start writing the definitions snapshot");
+            self.lock().snapshotting = false;
+        }
     }
 
     fn flush_locked(state: &mut State) -> io::Result<()> {
@@ -492,14 +627,18 @@ impl Journal for DefinitionsStore {
         let mut state = self.lock();
         state.registered = false;
         Self::flush_locked(&mut state)?;
-        Ok((vec![state.journal.clone()], Vec::new()))
+        let mut files = std::mem::take(&mut state.old_journals);
+        files.push(state.journal.clone());
+        let dirs = if std::mem::take(&mut state.dir_dirty) {
+            vec![self.dir.clone()]
+        } else {
+            Vec::new()
+        };
+        Ok((files, dirs))
     }
 
-    fn after_sync(&self) {
-        let long = self.lock().changes_since_snapshot > SNAPSHOT_AFTER_CHANGES;
-        if long && let Err(e) = self.write_snapshot() {
-            tracing::error!(error = %e, "cannot write the definitions snapshot");
-        }
+    fn after_sync(self: Arc<Self>) {
+        self.snapshot_if_long();
     }
 }
 
@@ -558,5 +697,56 @@ mod tests {
         let last = full.len() - 2;
         full[last] ^= 1;
         assert!(parse_line(&full).is_none());
+    }
+
+    fn queue(name: &str) -> Change {
+        Change::PutQueue(QueueDef {
+            name: name.into(),
+            vhost: "/".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: Value::Object(Default::default()),
+            lepus_arguments: String::new(),
+            lepus_id: 0,
+        })
+    }
+
+    fn names(d: &Definitions) -> Vec<String> {
+        let mut n: Vec<String> = d.queues.iter().map(|q| q.name.clone()).collect();
+        n.sort();
+        n
+    }
+
+    /// A crash at each step of a background snapshot finds every change exactly once.
+    #[test]
+    fn a_crash_anywhere_in_a_snapshot_loses_no_change() {
+        let dir = std::env::temp_dir().join(format!(
+            "lepus-defs-{}",
+            crate::auth::random::random_suffix()
+        ));
+        let store = crate::store::Store::open(&dir, 64 * 1024).unwrap();
+        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone()).unwrap();
+        defs.record(queue("a"));
+        // Switched to generation 1, snapshot not written yet (crash here).
+        let (copy, generation) = defs.switch_generation().unwrap();
+        defs.record(queue("b"));
+        Journal::flush(&*defs).unwrap();
+        drop(defs);
+        let (defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone()).unwrap();
+        assert_eq!(names(&loaded), vec!["a", "b"], "both journals replayed");
+        // The old copy written late must not replace what is newer; a fresh one does.
+        defs.write_snapshot_file(&copy, generation).unwrap();
+        defs.record(queue("c"));
+        let (copy2, generation2) = defs.switch_generation().unwrap();
+        defs.write_snapshot_file(&copy2, generation2).unwrap();
+        defs.write_snapshot_file(&copy, generation).unwrap();
+        defs.record(queue("d"));
+        Journal::flush(&*defs).unwrap();
+        drop(defs);
+        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone()).unwrap();
+        assert_eq!(names(&loaded), vec!["a", "b", "c", "d"]);
+        let journals = journal_generations(&dir).unwrap();
+        assert_eq!(journals, vec![generation2], "older journals deleted");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -735,7 +735,7 @@ impl Journal for QueueLog {
         QueueLog::flush(self)
     }
 
-    fn after_sync(&self) {
+    fn after_sync(self: Arc<Self>) {
         if let Err(e) = self.prepare_next() {
             tracing::warn!(error = %e, "cannot prepare the next segment");
         }

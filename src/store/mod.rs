@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! definitions.json      snapshot of durable definitions (atomically replaced)
-//! definitions.log       journal of changes since the snapshot (checksummed lines)
+//! definitions[.N].log   journals of changes since the snapshot (checksummed lines)
 //! queues/<id>/*.seg     segment files of the durable queue <id>
 //! paging/<id>/*.seg     segment files of a transient queue paging to disk (wiped at start)
 //! ```

@@ -33,7 +33,7 @@ pub trait Journal: Send + Sync {
     /// changed) to sync.
     fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)>;
     /// Work to do outside the publish path after a sync (preparing the next segment).
-    fn after_sync(&self) {}
+    fn after_sync(self: Arc<Self>) {}
 }
 
 /// Fsyncs a directory, making file creations, renames and deletions in it durable.
@@ -188,7 +188,7 @@ pub fn sync_loop(shared: &Shared) {
             }
         }
         for j in &journals {
-            j.after_sync();
+            j.clone().after_sync();
         }
     }
 }

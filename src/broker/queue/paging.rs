@@ -10,8 +10,8 @@ use super::context::QueueCtx;
 use super::entry::QueueEntry;
 use super::state::{PAGE_IN_BATCH, PAGE_IN_BELOW, PAGE_KEEP, ReadAhead, ReadJob, State, Tail};
 use crate::broker::message::Message;
-use crate::store::{Position, ReadBack, TailReader};
 use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED};
+use crate::store::{Position, ReadBack, TailReader};
 
 impl State {
     /// Moves the newest part of `ready` into the log, keeping a window in memory.
