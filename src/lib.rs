@@ -4,6 +4,7 @@
 //! takes from socket to queue to consumer to disk, and the invariants that hold along it. The
 //! layers, top to bottom (each imports only those below it):
 //!
+//! - [`fuzz`]: entry points for the fuzzer, each taking arbitrary bytes.
 //! - [`server`]: wires the others together (listeners, connection tasks, shutdown).
 //! - [`amqp`]: the AMQP 0-9-1 session layer: connections and channels.
 //! - [`net`]: listeners and the transport a connection speaks over.
@@ -26,6 +27,7 @@ pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod fuzz;
 pub mod mgmt;
 pub mod net;
 pub mod protocol;

@@ -30,6 +30,19 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Where input comes from: reads what is available into the spare capacity of `buf`, without
+/// waiting (`Ok(0)` is end of stream, `WouldBlock` means nothing was there). The transport in
+/// the broker; a byte slice cut into reads in the fuzzer.
+pub trait ByteSource {
+    fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+}
+
+impl ByteSource for Transport {
+    fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
 /// An allocation frames are sliced from, charged while any slice of it lives.
 struct Chunk {
     data: Vec<u8>,
@@ -89,7 +102,7 @@ impl Input {
 
     /// Reads what the transport has, after what is unparsed. `Ok(0)` is end of stream;
     /// `WouldBlock` means nothing was there.
-    pub fn read(&mut self, transport: &mut Transport, frame_max: u32) -> io::Result<usize> {
+    pub fn read(&mut self, transport: &mut impl ByteSource, frame_max: u32) -> io::Result<usize> {
         if self.partial.is_none()
             && let Ok(Some(h)) = peek_frame(&self.pending, frame_max)
             && self.pending.len() < h.total_len()
@@ -104,7 +117,7 @@ impl Input {
         }
         if let Some((buf, _)) = self.partial.as_mut() {
             // Reads at most the rest of the frame: the buffer's capacity is the frame.
-            let read = transport.try_read_buf(buf)?;
+            let read = transport.read_into(buf)?;
             if read > 0 && buf.len() == buf.capacity() {
                 if let Some((done, _)) = self.partial.take() {
                     self.pending = self.chunk(done);
@@ -119,7 +132,7 @@ impl Input {
             scratch.reserve(read_bytes);
             // At most a partial frame header, from the last read.
             scratch.extend_from_slice(&self.pending);
-            let read = transport.try_read_buf(&mut *scratch)?;
+            let read = transport.read_into(&mut scratch)?;
             if read == 0 {
                 return Ok(0);
             }
