@@ -77,6 +77,27 @@ impl Broker {
     }
 }
 
+/// Gets a message from `queue`, polling until one is there: for messages that arrive after
+/// the call that caused them returned, such as dead letters (routed in the background).
+pub async fn get_eventually(ch: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    within(async {
+        loop {
+            let got = ch
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .expect("basic.get");
+            if let Some(m) = got {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// Declares a fanout exchange and a queue bound to it: where the tests' dead letters land.
 pub async fn dead_letter_target(ch: &lapin::Channel, exchange: &str, queue: &str) {
     use lapin::ExchangeKind;

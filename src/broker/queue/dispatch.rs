@@ -65,7 +65,12 @@ impl State {
         if self.deleted || self.consumers.is_empty() {
             return;
         }
-        while let Some(head) = self.ready.front() {
+        loop {
+            // A priority level whose messages are all on disk may hold the real head.
+            self.page_in_levels(ctx);
+            let Some(head) = self.ready.front() else {
+                break;
+            };
             if head.expires_at.is_some_and(|at| at <= now_ms()) {
                 // Expired on its way out.
                 self.expire_heads(ctx);

@@ -35,6 +35,7 @@ impl State {
             if !over {
                 break;
             }
+            self.page_in_levels(ctx);
             if self.ready.is_empty() && !self.page_in_always(ctx) {
                 break;
             }

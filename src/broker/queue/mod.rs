@@ -37,6 +37,7 @@ pub mod dead_letter;
 pub mod delivery;
 mod dispatch;
 pub mod entry;
+pub mod levels;
 mod limits;
 mod paging;
 pub mod prefetch;
@@ -62,7 +63,7 @@ use delivery::{ConsumerId, Delivery, DeliverySource, Settled, Unblock};
 use entry::QueueEntry;
 use ready::Ready;
 use settings::{QueueSettings, QueueType};
-use state::{Enqueued, PAGE_IN_BATCH, State, Tail, with_delivery_count};
+use state::{Enqueued, PAGE_IN_BATCH, PAGE_OUT_ABOVE, State, Tail, with_delivery_count};
 
 /// What a queue was declared with.
 #[derive(Debug, Clone)]
@@ -176,9 +177,14 @@ impl Queue {
                 });
             }
             // Messages with a TTL and the queue's own expiry get their timers. A priority
-            // queue reads everything back, so that priorities order all of it.
+            // queue reads everything back through its levels, so that priorities order all
+            // of it; levels page out as memory runs short.
             if state.ready.prioritised() {
-                while state.page_in_always(&queue.ctx) {}
+                while state.page_in_always(&queue.ctx) {
+                    if state.ready_bytes > PAGE_OUT_ABOVE && queue.ctx.memory().over_budget() {
+                        state.page_out_levels(&queue.ctx);
+                    }
+                }
             } else {
                 state.page_in(&queue.ctx);
             }
@@ -374,6 +380,7 @@ impl Queue {
                     }
                 }
             }
+            state.drop_level_tails(&self.ctx, true);
             state.body_bytes = 0;
             state.collect_garbage();
             n
@@ -414,6 +421,7 @@ impl Queue {
         let n = state.message_count();
         while state.pop_ready().is_some() {}
         state.tail = None;
+        state.drop_level_tails(&self.ctx, false);
         state.body_bytes = 0;
         if let Some(log) = state.log.take() {
             log.destroy();

@@ -86,6 +86,9 @@ impl State {
     /// Only when the head is empty, and a consumer or basic.get is waiting on the tail, is it
     /// read here and now.
     pub fn page_in(&mut self, ctx: &QueueCtx) -> bool {
+        if self.page_in_levels(ctx) {
+            return true;
+        }
         if self.deleted || self.ready_bytes >= PAGE_IN_BELOW || self.tail.is_none() {
             return false;
         }
@@ -192,14 +195,17 @@ impl State {
             };
             // Read into a buffer of its own (the record's), so it pins nothing else.
             message.charge_all_to(&ctx.services.memory);
-            self.push_ready(QueueEntry {
-                seq: m.seq,
-                message: Arc::new(message),
-                redelivered: m.redelivered,
-                persisted: m.persisted,
-                expires_at: m.expires_at,
-                delivery_count: 0,
-            });
+            self.push_or_page(
+                ctx,
+                QueueEntry {
+                    seq: m.seq,
+                    message: Arc::new(message),
+                    redelivered: m.redelivered,
+                    persisted: m.persisted,
+                    expires_at: m.expires_at,
+                    delivery_count: 0,
+                },
+            );
         }
         if exhausted {
             self.tail = None;

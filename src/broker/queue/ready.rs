@@ -37,7 +37,32 @@ impl Ready {
     }
 
     fn level_of(&self, entry: &QueueEntry) -> usize {
-        (entry.message.priority.unwrap_or(0) as usize).min(self.levels.len() - 1)
+        self.level_index(entry.message.priority)
+    }
+
+    /// The level a message of this priority goes to.
+    pub fn level_index(&self, priority: Option<u8>) -> usize {
+        (priority.unwrap_or(0) as usize).min(self.levels.len() - 1)
+    }
+
+    /// How many priority levels there are (1 for a FIFO queue).
+    pub fn level_count(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// The messages of one level, oldest first.
+    pub fn level(&self, level: usize) -> impl Iterator<Item = &QueueEntry> {
+        self.levels.get(level).into_iter().flat_map(|l| l.iter())
+    }
+
+    /// Removes and returns a level's messages after its first `keep`.
+    pub fn split_level(&mut self, level: usize, keep: usize) -> Vec<QueueEntry> {
+        let Some(level) = self.levels.get_mut(level) else {
+            return Vec::new();
+        };
+        let rest: Vec<QueueEntry> = level.drain(keep.min(level.len())..).collect();
+        self.len -= rest.len();
+        rest
     }
 
     pub fn len(&self) -> usize {
@@ -70,7 +95,8 @@ impl Ready {
         self.len += 1;
     }
 
-    fn head_level(&self) -> Option<usize> {
+    /// The highest level with a message in memory.
+    pub fn head_level(&self) -> Option<usize> {
         self.levels.iter().rposition(|l| !l.is_empty())
     }
 

@@ -55,6 +55,14 @@ pub struct Tail {
     pub count: u64,
 }
 
+/// The part of one priority level that lives on disk, in a paging log of its own (see
+/// `levels`).
+#[derive(Debug)]
+pub struct LevelTail {
+    pub log: Arc<QueueLog>,
+    pub tail: Tail,
+}
+
 /// Reading the tail back without holding the queue's lock: the batch is read after the lock
 /// is released, and taken in under it the next time the head runs short.
 #[derive(Debug, Default)]
@@ -112,6 +120,10 @@ pub struct State {
     pub tail: Option<Tail>,
     /// The next batch of the tail, read outside the lock (see `paging`).
     pub read_ahead: ReadAhead,
+    /// A priority queue's levels that page on their own, by level (see `levels`).
+    pub levels: Vec<Option<LevelTail>>,
+    /// How many of `levels` have a tail.
+    pub paged_levels: usize,
     /// Bytes of `ready` held in memory, counted in the broker's memory budget.
     pub ready_bytes: usize,
     /// Body bytes of every ready message, in memory or in the tail (`x-max-length-bytes`).
@@ -127,7 +139,12 @@ pub struct State {
 
 impl State {
     pub fn message_count(&self) -> u32 {
-        (self.ready.len() as u64 + self.tail.as_ref().map_or(0, |t| t.count)) as u32
+        let paged = if self.paged_levels > 0 {
+            self.level_tail_count()
+        } else {
+            0
+        };
+        (self.ready.len() as u64 + self.tail.as_ref().map_or(0, |t| t.count) + paged) as u32
     }
 
     /// Dead letters to hand over once the lock is released, if the queue has a dead-letter
@@ -192,7 +209,8 @@ impl State {
         // consumers below, and is dropped if none took it. (The clock is only read for
         // messages that can expire.)
         let expires_at = ttl.filter(|&t| t > 0).map(|t| now_ms().saturating_add(t));
-        if ttl == Some(0) && self.tail.is_some() {
+        let level_paged = self.paged_levels > 0 && self.level_paged(message.priority);
+        if ttl == Some(0) && (self.tail.is_some() || level_paged) {
             // Behind a paged-out backlog no consumer can take it now.
             if self.settings.dead_letter_exchange.is_some() {
                 self.dead.push(DeadLetter {
@@ -225,14 +243,25 @@ impl State {
         if self.tail.is_some() {
             return self.publish_behind_tail(ctx, seq, &message, persisted, expires_at, outcome);
         }
-        self.push_ready(QueueEntry {
+        let entry = QueueEntry {
             seq,
             message,
             redelivered: false,
             persisted,
             expires_at,
             delivery_count: 0,
-        });
+        };
+        if level_paged {
+            // Its level is on disk: it goes after the level's tail.
+            if !self.append_to_level(ctx, &entry) {
+                self.body_bytes -= size;
+                return Enqueued::Failed;
+            }
+            self.dispatch(ctx);
+            self.enforce_length_limit(ctx);
+            return outcome;
+        }
+        self.push_ready(entry);
         // An idle consumer takes the message before the limit is looked at, as in RabbitMQ.
         self.dispatch(ctx);
         self.enforce_length_limit(ctx);
@@ -244,11 +273,12 @@ impl State {
             }
         }
         // The queue's own size first: summing the gauge is the dearer question.
-        if self.ready_bytes > PAGE_OUT_ABOVE
-            && !self.ready.prioritised()
-            && ctx.memory().over_budget()
-        {
-            self.page_out(ctx);
+        if self.ready_bytes > PAGE_OUT_ABOVE && ctx.memory().over_budget() {
+            if self.ready.prioritised() {
+                self.page_out_levels(ctx);
+            } else {
+                self.page_out(ctx);
+            }
         }
         outcome
     }
