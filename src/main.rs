@@ -51,6 +51,10 @@ struct Args {
     /// (RabbitMQ's default), or `mem_relative:1.0`, a multiple of the machine's memory.
     #[arg(long = "disk-free-limit", env = "LEPUS_DISK_FREE_LIMIT", value_parser = parse_disk_limit)]
     disk_free_limit: Option<lepus::config::DiskFreeLimit>,
+    /// Start even if a definitions journal has damaged lines, skipping them (the changes
+    /// they held are lost). Without it, such a start is refused with the file and line.
+    #[arg(long = "skip-damaged-definitions")]
+    skip_damaged_definitions: bool,
 }
 
 fn parse_watermark(text: &str) -> Result<lepus::config::MemoryWatermark, String> {
@@ -74,6 +78,7 @@ fn main() -> std::process::ExitCode {
     let mut config = Config {
         listen: args.listen,
         data_dir: args.data_dir,
+        skip_damaged_definitions: args.skip_damaged_definitions,
         ..Config::default()
     };
     if let Some(p) = args.product {

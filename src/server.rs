@@ -23,8 +23,8 @@ pub struct Server {
     broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
-    /// The admin socket `lepusctl` talks to.
-    admin: JoinHandle<()>,
+    /// The admin socket `lepusctl` talks to (none if it could not be made).
+    admin: Option<JoinHandle<()>>,
     live: Arc<Live>,
 }
 
@@ -48,12 +48,21 @@ impl Drop for LiveGuard {
 impl Server {
     /// Binds every listen address and starts accepting connections.
     pub async fn start(config: Config) -> std::io::Result<Server> {
+        Self::start_on(Arc::new(crate::store::fs::RealFs), config).await
+    }
+
+    /// [`Server::start`] with the store on a file system of the caller's choosing (tests
+    /// simulate a failing disk).
+    pub async fn start_on(
+        fs: Arc<dyn crate::store::fs::Fs>,
+        config: Config,
+    ) -> std::io::Result<Server> {
         let mut bound = Vec::new();
         for addr in &config.listen {
             let listener = Listener::bind(*addr).await?;
             bound.push(listener);
         }
-        let (broker, report) = tokio::task::spawn_blocking(move || Broker::open(config))
+        let (broker, report) = tokio::task::spawn_blocking(move || Broker::open_on(fs, config))
             .await
             .map_err(std::io::Error::other)??;
         tracing::info!(
@@ -77,7 +86,14 @@ impl Server {
             )));
         }
         let admin_path = crate::mgmt::admin::socket_path(&broker.config.data_dir);
-        let admin = crate::mgmt::admin::serve(broker.clone(), &admin_path)?;
+        // The admin socket is for operators; a broker that cannot make one still serves.
+        let admin = match crate::mgmt::admin::serve(broker.clone(), &admin_path) {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                tracing::warn!(path = %admin_path.display(), error = %e, "cannot open the admin socket; lepusctl will not reach this broker");
+                None
+            }
+        };
         Ok(Server {
             broker,
             addrs,
@@ -108,7 +124,9 @@ impl Server {
         for l in &self.listeners {
             l.abort();
         }
-        self.admin.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
         let _ = std::fs::remove_file(crate::mgmt::admin::socket_path(
             &self.broker.config.data_dir,
         ));

@@ -554,3 +554,114 @@ async fn segments_whose_messages_are_all_acked_are_deleted() {
     assert_eq!(bodies, ["marker"], "only the unacked message comes back");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Where each record of a segment starts.
+fn record_starts(data: &[u8]) -> Vec<usize> {
+    let mut at = 0;
+    let mut starts = Vec::new();
+    while let Some((_, _, len)) = lepus::store::record::peek(&data[at..]) {
+        starts.push(at);
+        at += len;
+    }
+    starts
+}
+
+/// Regression: a record failing its checksum in the middle of a log used to end the log
+/// there, dropping every confirmed message after it. Now only the damaged record is lost.
+#[tokio::test]
+async fn a_damaged_record_in_the_middle_of_a_log_loses_only_that_message() {
+    let dir = fresh_dir("middle");
+    publish_and_stop(&dir, 6).await;
+    let seg = last_segment(&dir);
+    let mut data = std::fs::read(&seg).unwrap();
+    let starts = record_starts(&data);
+    // The records are the six messages (after any marks): damage the third message's body.
+    let third = starts[2];
+    let next = starts[3];
+    data[next - 2] ^= 0xFF;
+    assert!(next > third);
+    std::fs::write(&seg, &data).unwrap();
+    let broker = broker_in(&dir).await;
+    let (_c, ch) = broker.channel().await;
+    let bodies: Vec<String> = drain(&ch, "dq").await.into_iter().map(|(b, _)| b).collect();
+    assert_eq!(bodies, ["m0", "m1", "m3", "m4", "m5"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A damaged line in the middle of the definitions journal stops the start (naming the file
+/// and line) instead of silently dropping every later definition; the explicit flag skips
+/// it and starts.
+#[tokio::test]
+async fn a_damaged_definitions_journal_line_stops_the_start_unless_told_to_skip_it() {
+    let dir = fresh_dir("journal");
+    {
+        let mut broker = broker_in(&dir).await;
+        let (_c, ch) = broker.channel().await;
+        for q in ["first", "second", "third"] {
+            within(ch.queue_declare(q.into(), durable(), FieldTable::default()))
+                .await
+                .unwrap();
+        }
+        // Stop without the clean-shutdown snapshot: the journal must be replayed.
+        let server = broker.server.take().unwrap();
+        std::mem::forget(server);
+    }
+    let journal = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a journal");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    let damaged_line = lines.iter().position(|l| l.contains("\"second\"")).unwrap();
+    let mut damaged: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    damaged[damaged_line] = damaged[damaged_line].replace("second", "secomd");
+    std::fs::write(&journal, damaged.join("\n") + "\n").unwrap();
+
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    let refused = Server::start(config.clone())
+        .await
+        .err()
+        .expect("start refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains(&format!("line {}", damaged_line + 1))
+            && text.contains("--skip-damaged-definitions"),
+        "{text}"
+    );
+    config.skip_damaged_definitions = true;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    assert!(passive_count(&ch, "first").await.is_ok());
+    assert!(
+        passive_count(&ch, "third").await.is_ok(),
+        "lines after the damage are kept"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Logs of queues the definitions do not know are moved to lost+found, never deleted.
+#[tokio::test]
+async fn an_unknown_queue_log_is_moved_aside_not_deleted() {
+    let dir = fresh_dir("lost");
+    publish_and_stop(&dir, 1).await;
+    let stray = dir.join("queues").join("999999");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("0000000000000000.seg"), b"someone's data").unwrap();
+    let broker = broker_in(&dir).await;
+    assert!(!stray.exists());
+    let kept: Vec<PathBuf> = std::fs::read_dir(dir.join("lost+found"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        std::fs::read(kept[0].join("0000000000000000.seg")).unwrap(),
+        b"someone's data"
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(passive_count(&ch, "dq").await.unwrap(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,14 +29,19 @@ impl Confirms {
         self.unresolved.push_back((tag, epoch));
     }
 
-    /// Acks the held publishes whose epoch is now synced.
-    pub fn release_synced(&mut self, synced: u64) {
+    /// Resolves the held publishes whose epoch is now synced: acked if their writes are on
+    /// disk, nacked if `failed` says their epoch's writes failed.
+    pub fn release_synced(&mut self, synced: u64, failed: impl Fn(u64) -> bool) {
         while let Some(&(tag, epoch)) = self.unresolved.front() {
             if epoch > synced {
                 break;
             }
             self.unresolved.pop_front();
-            self.acks.push(tag);
+            if failed(epoch) {
+                self.nacks.push(tag);
+            } else {
+                self.acks.push(tag);
+            }
         }
     }
 
@@ -175,9 +180,9 @@ mod tests {
         c.flush(&mut out, 1);
         // Tag 1 is not on disk yet: 2 and 3 cannot be acked with a multiple ack.
         assert_eq!(frames(&mut out), vec![(true, 2, false), (true, 3, false)]);
-        c.release_synced(4);
+        c.release_synced(4, |_| false);
         assert!(c.waiting_for_sync());
-        c.release_synced(5);
+        c.release_synced(5, |_| false);
         let mut out = Output::default();
         c.flush(&mut out, 1);
         assert_eq!(frames(&mut out), vec![(true, 1, false)]);

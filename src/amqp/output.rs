@@ -77,11 +77,53 @@ impl Output {
         }
     }
 
-    /// Lets go of holds whose epoch is synced.
-    pub fn release_holds(&mut self, synced: u64) {
-        while self.holds.front().is_some_and(|&(_, e)| e <= synced) {
+    /// Lets go of holds whose epoch is synced. A hold whose writes failed (`failed` says
+    /// which epochs did) is not let go: everything from it on is dropped, unsent, and the
+    /// error is returned for the connection to report.
+    pub fn release_holds(&mut self, synced: u64, failed: impl Fn(u64) -> bool) -> Result<(), ()> {
+        while let Some(&(at, epoch)) = self.holds.front() {
+            if epoch > synced {
+                break;
+            }
+            if failed(epoch) {
+                self.truncate_at(at);
+                return Err(());
+            }
             self.holds.pop_front();
         }
+        Ok(())
+    }
+
+    /// Drops what was appended from stream offset `at` on, and the holds there.
+    fn truncate_at(&mut self, at: u64) {
+        let keep = at.saturating_sub(self.sent) as usize;
+        let mut kept = Vec::with_capacity(keep);
+        // Everything before the first hold is writable, so `slices` reaches it all (in
+        // rounds of MAX_IOVECS slices).
+        while kept.len() < keep {
+            let added = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.slices(&mut iov);
+                let before = kept.len();
+                for s in &iov[..n] {
+                    let take = s.len().min(keep - kept.len());
+                    kept.extend_from_slice(&s[..take]);
+                }
+                kept.len() - before
+            };
+            if added == 0 {
+                break;
+            }
+            // Advance past what was copied without counting it as sent.
+            let sent = self.sent;
+            self.consume(added);
+            self.sent = sent;
+        }
+        self.segments.clear();
+        self.len = 0;
+        self.written = 0;
+        self.tail = kept;
+        self.holds.retain(|&(h, _)| h < at);
     }
 
     /// Whether some output waits for a sync.
@@ -244,9 +286,9 @@ mod tests {
         assert_eq!(v[..n].iter().map(|s| s.len()).sum::<usize>(), 6);
         out.consume(6);
         assert_eq!(out.writable_len(), 0);
-        out.release_holds(6);
+        out.release_holds(6, |_| false).unwrap();
         assert_eq!(out.writable_len(), 0);
-        out.release_holds(7);
+        out.release_holds(7, |_| false).unwrap();
         assert_eq!(out.writable_len(), 5);
     }
 

@@ -11,6 +11,8 @@
 //! runs (`set_vm_memory_high_watermark`, `set_disk_free_limit`), as with `rabbitmqctl`.
 
 use std::path::{Path, PathBuf};
+
+use crate::store::sync::Shared;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -54,6 +56,8 @@ struct Inner {
     thresholds: Mutex<Thresholds>,
     raised: watch::Sender<Raised>,
     data_dir: PathBuf,
+    /// The store: a disk that refuses writes raises the disk alarm too.
+    store: Arc<Shared>,
     interval: Duration,
     stop: AtomicBool,
     /// Wakes the monitor early (thresholds changed, or stop).
@@ -80,6 +84,7 @@ impl Alarms {
     /// is raised before the first client connects.
     pub fn start(
         data_dir: &Path,
+        store: Arc<Shared>,
         memory: MemoryWatermark,
         disk: DiskFreeLimit,
         interval_ms: u64,
@@ -89,6 +94,7 @@ impl Alarms {
             thresholds: Mutex::new(Thresholds { memory, disk }),
             raised,
             data_dir: data_dir.to_owned(),
+            store,
             interval: Duration::from_millis(interval_ms.max(10)),
             stop: AtomicBool::new(false),
             wake: std::sync::Condvar::new(),
@@ -178,7 +184,8 @@ fn check(inner: &Inner) {
     let disk_limit = disk_limit(t.disk);
     let now = Raised {
         memory: rss.is_some_and(|r| r > limit),
-        disk: free.is_some_and(|f| f < disk_limit),
+        // A full or failing disk may refuse writes before statvfs says it is low.
+        disk: free.is_some_and(|f| f < disk_limit) || inner.store.write_failing(),
     };
     let before = *inner.raised.borrow();
     if now == before {
@@ -277,8 +284,10 @@ mod tests {
     #[test]
     fn a_watermark_below_what_the_process_uses_raises_the_memory_alarm() {
         let dir = std::env::temp_dir();
+        let store = Arc::new(Shared::new(1 << 20, Arc::new(crate::store::fs::RealFs)));
         let alarms = Alarms::start(
             &dir,
+            store,
             MemoryWatermark::Absolute(1),
             DiskFreeLimit::Absolute(0),
             1000,

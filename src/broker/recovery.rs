@@ -23,6 +23,7 @@ use crate::store::Store;
 use crate::store::definitions::{
     Change, Definitions, DefinitionsStore, PermissionDef, UserDef, VhostDef, decode_arguments,
 };
+use crate::store::fs::{Fs, RealFs};
 
 /// What start-up found in the data directory.
 #[derive(Debug, Default)]
@@ -40,11 +41,26 @@ impl Broker {
     /// exchanges, queues with their messages, and bindings. On a first start it creates the
     /// configured users and vhosts.
     pub fn open(config: Config) -> std::io::Result<(Arc<Self>, RecoveryReport)> {
+        Self::open_on(Arc::new(RealFs), config)
+    }
+
+    /// [`Broker::open`] on a file system of the caller's choosing (tests simulate faults).
+    pub fn open_on(
+        fs: Arc<dyn Fs>,
+        config: Config,
+    ) -> std::io::Result<(Arc<Self>, RecoveryReport)> {
         let started = Instant::now();
-        std::fs::create_dir_all(&config.data_dir)?;
-        let store = Arc::new(Store::open(&config.data_dir, config.limits.segment_bytes)?);
-        let (definitions, mut defs, first_boot) =
-            DefinitionsStore::open(&config.data_dir, store.shared.clone())?;
+        fs.create_dir_all(&config.data_dir)?;
+        let store = Arc::new(Store::open_on(
+            fs,
+            &config.data_dir,
+            config.limits.segment_bytes,
+        )?);
+        let (definitions, mut defs, first_boot) = DefinitionsStore::open(
+            &config.data_dir,
+            store.shared.clone(),
+            config.skip_damaged_definitions,
+        )?;
         if first_boot {
             create_defaults(&config, &definitions, &mut defs);
         }
@@ -64,6 +80,7 @@ impl Broker {
             },
             alarms: Alarms::start(
                 &config.data_dir,
+                store.shared.clone(),
                 config.limits.vm_memory_high_watermark,
                 config.limits.disk_free_limit,
                 config.limits.monitor_interval_ms,
@@ -121,10 +138,20 @@ impl Broker {
         }
         let known_ids = self.restore_queues(defs, report)?;
         self.restore_bindings(defs, report);
-        // Logs of queues deleted while the broker was down.
+        // Logs the definitions do not know (a queue deleted just before a crash, or one whose
+        // vhost is gone): moved aside for an operator to look at, never deleted.
         for id in self.store.queue_ids_on_disk() {
             if !known_ids.contains(&id) {
-                let _ = std::fs::remove_dir_all(self.store.queue_dir(id));
+                match self.store.move_aside(id) {
+                    Ok(to) => tracing::warn!(
+                        queue_id = id,
+                        to = %to.display(),
+                        "a queue log no definition refers to was moved aside"
+                    ),
+                    Err(e) => {
+                        tracing::error!(queue_id = id, error = %e, "cannot move an unknown queue log aside")
+                    }
+                }
             }
         }
         Ok(())

@@ -202,6 +202,9 @@ pub struct Config {
     /// `cluster_name` in the server properties.
     pub cluster_name: String,
     pub limits: Limits,
+    /// Start even if a definitions journal has damaged lines, skipping them (the changes
+    /// they held are lost); without it such a start is refused.
+    pub skip_damaged_definitions: bool,
 }
 
 impl Default for Config {
@@ -219,6 +222,7 @@ impl Default for Config {
             version: "3.10.8".into(),
             cluster_name: "lepus@localhost".into(),
             limits: Limits::default(),
+            skip_damaged_definitions: false,
         }
     }
 }

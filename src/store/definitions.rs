@@ -15,9 +15,7 @@
 //! journals are deleted. A start loads the snapshot and replays the journals of its
 //! generation and later, so a crash at any point finds every change exactly once.
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,7 +25,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::sync::{Journal, Shared, sync_dir};
+use super::fs::{FileIo, Fs, OpenMode};
+use super::sync::{Journal, Shared};
 
 /// Journal lines after which the snapshot is rewritten.
 const SNAPSHOT_AFTER_CHANGES: usize = 10_000;
@@ -326,7 +325,7 @@ fn json_to_value(v: &Value) -> AMQPValue {
 
 struct State {
     defs: Definitions,
-    journal: Arc<File>,
+    journal: Arc<dyn FileIo>,
     /// The journal's generation.
     generation: u64,
     /// Where the next journal line goes.
@@ -335,7 +334,7 @@ struct State {
     changes_since_snapshot: usize,
     registered: bool,
     /// Journals left behind by a switch of generation, still to be synced once.
-    old_journals: Vec<Arc<File>>,
+    old_journals: Vec<Arc<dyn FileIo>>,
     /// A journal file was created: the directory needs a sync.
     dir_dirty: bool,
     /// A snapshot is being written in the background.
@@ -373,13 +372,9 @@ fn journal_path(dir: &Path, generation: u64) -> PathBuf {
 }
 
 /// The journal generations present in `dir`, in order.
-fn journal_generations(dir: &Path) -> io::Result<Vec<u64>> {
+fn journal_generations(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<u64>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
+    for name in fs.read_dir(dir)? {
         if name == "definitions.log" {
             found.push(0);
         } else if let Some(g) = name
@@ -394,40 +389,89 @@ fn journal_generations(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(found)
 }
 
-/// Replays one journal into `defs`. Returns the length of its good prefix and the number of
-/// changes in it; a damaged line ends the replay of this journal.
-fn replay(path: &Path, defs: &mut Definitions) -> io::Result<(u64, usize)> {
-    let data = std::fs::read(path)?;
+/// How a journal replayed.
+struct Replayed {
+    /// Length of its good prefix (where the next line goes, for the last journal).
+    good_len: u64,
+    changes: usize,
+    /// Damaged lines skipped (only with `skip_damaged`).
+    skipped: usize,
+}
+
+/// Replays one journal into `defs`. A damaged last line of the last journal is a torn write
+/// and is cut; a damaged line anywhere else stops the start with an error naming the file
+/// and line, unless `skip_damaged` says to skip it (every change it held is lost).
+fn replay(
+    fs: &dyn Fs,
+    path: &Path,
+    defs: &mut Definitions,
+    last_journal: bool,
+    skip_damaged: bool,
+) -> io::Result<Replayed> {
+    let data = fs.read(path)?;
     let mut at = 0usize;
-    let mut changes = 0usize;
+    let mut out = Replayed {
+        good_len: 0,
+        changes: 0,
+        skipped: 0,
+    };
+    let mut line_no = 0usize;
     while at < data.len() {
-        let Some(nl) = data[at..].iter().position(|&b| b == b'\n') else {
-            break;
-        };
-        let Some(change) = parse_line(&data[at..at + nl]) else {
+        line_no += 1;
+        let nl = data[at..].iter().position(|&b| b == b'\n');
+        let line_end = nl.map_or(data.len(), |n| at + n);
+        match parse_line(&data[at..line_end]) {
+            Some(change) if nl.is_some() => {
+                defs.apply(change);
+                out.changes += 1;
+                at = line_end + 1;
+                out.good_len = at as u64;
+                continue;
+            }
+            _ => {}
+        }
+        let is_tail = last_journal && (nl.is_none() || line_end + 1 >= data.len());
+        if is_tail {
             tracing::warn!(
                 journal = %path.display(),
-                offset = at,
-                "dropping a damaged last entry of the definitions journal"
+                line = line_no,
+                "dropping a torn last entry of the definitions journal"
             );
             break;
-        };
-        defs.apply(change);
-        changes += 1;
-        at += nl + 1;
+        }
+        if !skip_damaged {
+            return Err(io::Error::other(format!(
+                "definitions journal {} line {line_no} is damaged; the definitions after it cannot be trusted. Start with --skip-damaged-definitions to skip damaged lines (the changes they held are lost)",
+                path.display()
+            )));
+        }
+        tracing::error!(
+            journal = %path.display(),
+            line = line_no,
+            "skipping a damaged line of the definitions journal"
+        );
+        out.skipped += 1;
+        at = nl.map_or(data.len(), |_| line_end + 1);
+        out.good_len = at as u64;
     }
-    Ok((at as u64, changes))
+    Ok(out)
 }
 
 impl DefinitionsStore {
     /// Loads the snapshot and replays the journals. Returns the store, what was loaded, and
-    /// whether this is the first start (no definitions yet).
-    pub fn open(dir: &Path, shared: Arc<Shared>) -> io::Result<(Arc<Self>, Definitions, bool)> {
+    /// whether this is the first start (no definitions yet). `skip_damaged` lets a start
+    /// skip damaged journal lines instead of refusing (`--skip-damaged-definitions`).
+    pub fn open(
+        dir: &Path,
+        shared: Arc<Shared>,
+        skip_damaged: bool,
+    ) -> io::Result<(Arc<Self>, Definitions, bool)> {
+        let fs = shared.fs.clone();
         let snapshot = snapshot_path(dir);
-        let generations = journal_generations(dir)?;
-        let first_boot = !snapshot.exists() && generations.is_empty();
-        let mut defs: Definitions = if snapshot.exists() {
-            serde_json::from_slice(&std::fs::read(&snapshot)?)
+        let generations = journal_generations(&*fs, dir)?;
+        let first_boot = !fs.exists(&snapshot) && generations.is_empty();
+        let mut defs: Definitions = if fs.exists(&snapshot) {
+            serde_json::from_slice(&fs.read(&snapshot)?)
                 .map_err(|e| io::Error::other(format!("{}: {e}", snapshot.display())))?
         } else {
             Definitions::default()
@@ -436,34 +480,32 @@ impl DefinitionsStore {
         let mut current = base;
         let mut good_len = 0u64;
         let mut changes = 0usize;
+        let mut skipped = 0usize;
+        let last = generations.last().copied();
         for g in generations {
             let path = journal_path(dir, g);
             if g < base {
                 // Contained in the snapshot: left over from a snapshot that completed.
-                std::fs::remove_file(&path)?;
+                fs.remove_file(&path)?;
                 continue;
             }
-            let (len, n) = replay(&path, &mut defs)?;
+            let replayed = replay(&*fs, &path, &mut defs, Some(g) == last, skip_damaged)?;
             current = g;
-            good_len = len;
-            changes += n;
+            good_len = replayed.good_len;
+            changes += replayed.changes;
+            skipped += replayed.skipped;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(journal_path(dir, current))?;
+        let file = fs.open(&journal_path(dir, current), OpenMode::CREATE)?;
         // Cut a torn tail so the next line starts clean.
         file.set_len(good_len)?;
         file.sync_all()?;
-        sync_dir(dir)?;
+        fs.sync_dir(dir)?;
         let store = Arc::new(DefinitionsStore {
             dir: dir.to_owned(),
             shared,
             state: Mutex::new(State {
                 defs: defs.clone(),
-                journal: Arc::new(file),
+                journal: file,
                 generation: current,
                 journal_len: good_len,
                 pending: Vec::new(),
@@ -475,6 +517,10 @@ impl DefinitionsStore {
             }),
             written: Mutex::new(base),
         });
+        if skipped > 0 {
+            // Retire the damaged journals: the definitions as loaded become the snapshot.
+            store.write_snapshot()?;
+        }
         Ok((store, defs, first_boot))
     }
 
@@ -526,13 +572,11 @@ impl DefinitionsStore {
         let mut state = self.lock();
         Self::flush_locked(&mut state)?;
         let next = state.generation + 1;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(journal_path(&self.dir, next))?;
-        let old = std::mem::replace(&mut state.journal, Arc::new(file));
+        let file = self
+            .shared
+            .fs
+            .open(&journal_path(&self.dir, next), OpenMode::FRESH)?;
+        let old = std::mem::replace(&mut state.journal, file);
         // Lines written to the old journal may still wait for their sync.
         state.old_journals.push(old);
         state.dir_dirty = true;
@@ -553,18 +597,15 @@ impl DefinitionsStore {
             return Ok(());
         }
         let json = serde_json::to_vec_pretty(defs).map_err(io::Error::other)?;
+        let fs = &self.shared.fs;
         let tmp = self.dir.join("definitions.json.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, snapshot_path(&self.dir))?;
-        sync_dir(&self.dir)?;
+        fs.write_synced(&tmp, &json)?;
+        fs.rename(&tmp, &snapshot_path(&self.dir))?;
+        fs.sync_dir(&self.dir)?;
         *written = generation;
-        for g in journal_generations(&self.dir)? {
+        for g in journal_generations(&**fs, &self.dir)? {
             if g < generation {
-                std::fs::remove_file(journal_path(&self.dir, g))?;
+                fs.remove_file(&journal_path(&self.dir, g))?;
             }
         }
         Ok(())
@@ -623,7 +664,7 @@ fn parse_line(line: &[u8]) -> Option<Change> {
 }
 
 impl Journal for DefinitionsStore {
-    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)> {
+    fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
         let mut state = self.lock();
         state.registered = false;
         Self::flush_locked(&mut state)?;
@@ -725,14 +766,14 @@ mod tests {
             crate::auth::random::random_suffix()
         ));
         let store = crate::store::Store::open(&dir, 64 * 1024).unwrap();
-        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone()).unwrap();
+        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
         defs.record(queue("a"));
         // Switched to generation 1, snapshot not written yet (crash here).
         let (copy, generation) = defs.switch_generation().unwrap();
         defs.record(queue("b"));
         Journal::flush(&*defs).unwrap();
         drop(defs);
-        let (defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone()).unwrap();
+        let (defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
         assert_eq!(names(&loaded), vec!["a", "b"], "both journals replayed");
         // The old copy written late must not replace what is newer; a fresh one does.
         defs.write_snapshot_file(&copy, generation).unwrap();
@@ -743,9 +784,9 @@ mod tests {
         defs.record(queue("d"));
         Journal::flush(&*defs).unwrap();
         drop(defs);
-        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone()).unwrap();
+        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
         assert_eq!(names(&loaded), vec!["a", "b", "c", "d"]);
-        let journals = journal_generations(&dir).unwrap();
+        let journals = journal_generations(&crate::store::fs::RealFs, &dir).unwrap();
         assert_eq!(journals, vec![generation2], "older journals deleted");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -7,17 +7,16 @@
 //! acknowledged and the queue has read past them.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::fs::{FileIo, Fs, OpenMode};
 use super::intervals::IntervalSet;
 use super::record::{self, Decoded, Kind, MessageParts, Record, StoredMessage};
-use super::sync::{Journal, Shared, sync_dir};
+use super::sync::{Journal, Shared};
 
 /// Where a record starts: segment number and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -28,9 +27,9 @@ pub struct Position {
 
 /// A queue log.
 pub struct QueueLog {
-    dir: PathBuf,
-    shared: Arc<Shared>,
-    inner: Mutex<Inner>,
+    pub(super) dir: PathBuf,
+    pub(super) shared: Arc<Shared>,
+    pub(super) inner: Mutex<Inner>,
 }
 
 impl std::fmt::Debug for QueueLog {
@@ -39,22 +38,22 @@ impl std::fmt::Debug for QueueLog {
     }
 }
 
-struct Segment {
-    index: u64,
-    file: Arc<File>,
+pub(super) struct Segment {
+    pub(super) index: u64,
+    pub(super) file: Arc<dyn FileIo>,
     /// Preallocated size of the file.
-    capacity: u64,
+    pub(super) capacity: u64,
     /// Where the next record goes (bytes written plus bytes pending).
-    end: u64,
+    pub(super) end: u64,
     /// Durable message records in this segment that are not yet acknowledged.
-    live: u64,
+    pub(super) live: u64,
     /// Sequence numbers of the first and last durable message records here.
-    first_message: u64,
-    last_message: u64,
+    pub(super) first_message: u64,
+    pub(super) last_message: u64,
 }
 
 impl Segment {
-    fn path(dir: &Path, index: u64) -> PathBuf {
+    pub(super) fn path(dir: &Path, index: u64) -> PathBuf {
         dir.join(format!("{index:016}.seg"))
     }
 
@@ -63,27 +62,27 @@ impl Segment {
     }
 }
 
-struct Inner {
+pub(super) struct Inner {
     /// Oldest first; the last one takes appends.
-    segments: VecDeque<Segment>,
+    pub(super) segments: VecDeque<Segment>,
     /// Number for the next segment file.
-    next_index: u64,
+    pub(super) next_index: u64,
     /// Bytes appended to the head segment and not yet written to its file.
-    pending: Vec<u8>,
+    pub(super) pending: Vec<u8>,
     /// Offset in the head segment where `pending` starts.
-    pending_offset: u64,
+    pub(super) pending_offset: u64,
     /// Files written since the last sync.
-    unsynced: Vec<Arc<File>>,
+    pub(super) unsynced: Vec<Arc<dyn FileIo>>,
     /// A directory entry changed (segment created or deleted) since the last sync.
-    dir_dirty: bool,
+    pub(super) dir_dirty: bool,
     /// The log's directory itself is new: its entry in the parent directory is synced with
     /// the first sync cycle (by the sync thread, not by whoever declared the queue).
-    created: bool,
+    pub(super) created: bool,
     /// On the store's list of logs to write and sync.
-    registered: bool,
+    pub(super) registered: bool,
     /// A zero-filled segment made ahead of time by the sync thread.
-    prepared: Option<Segment>,
-    destroyed: bool,
+    pub(super) prepared: Option<Segment>,
+    pub(super) destroyed: bool,
 }
 
 /// What recovering a durable queue's log found.
@@ -99,6 +98,9 @@ pub struct Recovered {
     pub reader: TailReader,
     /// Damaged bytes cut from the end.
     pub torn: bool,
+    /// Damaged stretches in the middle of the log, skipped, and their bytes.
+    pub damaged_regions: usize,
+    pub damaged_bytes: u64,
 }
 
 /// Reads a queue's messages back from its log, in order.
@@ -110,6 +112,8 @@ pub struct TailReader {
     pub recovery_end: Position,
     pub acked: IntervalSet,
     pub delivered: IntervalSet,
+    /// Damaged stretches found at recovery (start, end), in order: read past, never parsed.
+    pub skip: Vec<(Position, Position)>,
 }
 
 /// A message read back from a log.
@@ -124,13 +128,8 @@ pub struct ReadBack {
     pub expires_at: Option<u64>,
 }
 
-fn zeroed_file(path: &Path, capacity: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+fn zeroed_file(fs: &dyn Fs, path: &Path, capacity: u64) -> io::Result<Arc<dyn FileIo>> {
+    let file = fs.open(path, OpenMode::FRESH)?;
     // Writing the zeros (rather than a sparse set_len) means later fdatasyncs of this file
     // do not have to journal block allocations.
     let zeros = vec![0u8; 1 << 20];
@@ -148,16 +147,9 @@ impl QueueLog {
     /// Creates an empty log in `dir`. The first segment is sparse, so declaring a queue
     /// costs no large write; the sync thread zero-fills the segments that follow.
     pub fn create(dir: PathBuf, shared: Arc<Shared>) -> io::Result<Arc<QueueLog>> {
-        std::fs::create_dir_all(&dir)?;
+        shared.fs.create_dir_all(&dir)?;
         let capacity = shared.segment_bytes;
-        let file = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(Segment::path(&dir, 0))?,
-        );
+        let file = shared.fs.open(&Segment::path(&dir, 0), OpenMode::FRESH)?;
         file.set_len(capacity)?;
         let head = Segment {
             index: 0,
@@ -212,6 +204,11 @@ impl QueueLog {
         if inner.destroyed {
             return Err(io::Error::other("queue log was deleted"));
         }
+        if !self.shared.writable() {
+            return Err(io::Error::other(
+                "the data directory is read-only after a failed fsync",
+            ));
+        }
         let fits = inner
             .segments
             .back()
@@ -255,16 +252,14 @@ impl QueueLog {
                 }
                 let index = inner.next_index;
                 inner.next_index += 1;
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(Segment::path(&self.dir, index))?;
+                let file = self
+                    .shared
+                    .fs
+                    .open(&Segment::path(&self.dir, index), OpenMode::FRESH)?;
                 file.set_len(capacity)?;
                 Segment {
                     index,
-                    file: Arc::new(file),
+                    file,
                     capacity,
                     end: 0,
                     live: 0,
@@ -317,16 +312,17 @@ impl QueueLog {
         .map(|(_, epoch)| epoch)
     }
 
-    /// Logs that the durable message `seq` left the queue.
-    pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, None, |out| {
+    /// Logs that the durable message `seq` left the queue. Returns the store epoch after
+    /// which that is on disk.
+    pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<u64> {
+        let (_, epoch) = self.append(record::MARK_LEN, None, |out| {
             record::encode_mark(out, Kind::Ack, seq)
         })?;
         let mut inner = self.lock();
         if let Some(s) = inner.segments.iter_mut().rev().find(|s| s.holds(seq)) {
             s.live = s.live.saturating_sub(1);
         }
-        Ok(())
+        Ok(epoch)
     }
 
     /// Logs that the durable message `seq` was delivered.
@@ -362,7 +358,7 @@ impl QueueLog {
             }
             let index = front.index;
             inner.segments.pop_front();
-            let _ = std::fs::remove_file(Segment::path(&self.dir, index));
+            let _ = self.shared.fs.remove_file(&Segment::path(&self.dir, index));
             inner.dir_dirty = true;
         }
     }
@@ -375,7 +371,7 @@ impl QueueLog {
         max_bytes: usize,
     ) -> io::Result<Vec<ReadBack>> {
         const CHUNK: u64 = 256 * 1024;
-        let segments: Vec<(u64, Arc<File>, u64)> = {
+        let segments: Vec<(u64, Arc<dyn FileIo>, u64)> = {
             let mut inner = self.lock();
             Self::write_pending(&mut inner)?;
             inner
@@ -398,11 +394,24 @@ impl QueueLog {
                 if got >= max_bytes {
                     return Ok(out);
                 }
+                if let Some(&(_, past)) = reader.skip.iter().find(|(from, _)| *from == reader.pos) {
+                    reader.pos = past;
+                    continue;
+                }
                 let len = (end - reader.pos.offset).min(CHUNK) as usize;
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, reader.pos.offset)?;
                 let buf = Bytes::from(buf);
                 let mut at = 0usize;
+                // Stop this chunk where a damaged stretch starts.
+                let stop = reader
+                    .skip
+                    .iter()
+                    .find(|(from, _)| from.segment == index && from.offset > reader.pos.offset)
+                    .map_or(buf.len(), |(from, _)| {
+                        (from.offset - reader.pos.offset) as usize
+                    });
+                let buf = buf.slice(..stop.min(buf.len()));
                 while let Some((_, _, len)) = record::peek(&buf[at..]) {
                     if at + len > buf.len() || got >= max_bytes {
                         break;
@@ -468,7 +477,7 @@ impl QueueLog {
     }
 
     /// Writes pending bytes and returns the files to sync. Called by the sync thread.
-    pub(super) fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)> {
+    pub(super) fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
         let mut inner = self.lock();
         inner.registered = false;
         if inner.destroyed {
@@ -505,7 +514,7 @@ impl QueueLog {
             index
         };
         let capacity = self.shared.segment_bytes;
-        let file = zeroed_file(&Segment::path(&self.dir, index), capacity)?;
+        let file = zeroed_file(&*self.shared.fs, &Segment::path(&self.dir, index), capacity)?;
         let mut inner = self.lock();
         if inner.destroyed {
             return Ok(());
@@ -515,9 +524,9 @@ impl QueueLog {
             // The log rolled over meanwhile: give the prepared file the next number.
             let renumbered = inner.next_index;
             inner.next_index += 1;
-            std::fs::rename(
-                Segment::path(&self.dir, index),
-                Segment::path(&self.dir, renumbered),
+            self.shared.fs.rename(
+                &Segment::path(&self.dir, index),
+                &Segment::path(&self.dir, renumbered),
             )?;
             renumbered
         } else {
@@ -526,7 +535,7 @@ impl QueueLog {
         inner.dir_dirty = true;
         inner.prepared = Some(Segment {
             index,
-            file: Arc::new(file),
+            file,
             capacity,
             end: 0,
             live: 0,
@@ -544,194 +553,12 @@ impl QueueLog {
         inner.segments.clear();
         inner.prepared = None;
         drop(inner);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.shared.fs.remove_dir_all(&self.dir);
     }
-
-    /// Opens the log of a durable queue after a restart: checks every record, cuts a torn
-    /// tail, and works out which messages are still to be delivered.
-    pub fn recover(dir: PathBuf, shared: Arc<Shared>) -> io::Result<(Arc<QueueLog>, Recovered)> {
-        let indices = segment_indices(&dir)?;
-        let mut recovered = Recovered::default();
-        let mut marks = Marks::default();
-        let mut segments: VecDeque<Segment> = VecDeque::new();
-        for (i, &index) in indices.iter().enumerate() {
-            let (seg, torn) = scan_segment(&dir, index, &mut marks, &mut recovered)?;
-            segments.push_back(seg);
-            if torn {
-                recovered.torn = true;
-                // Nothing after a torn record was ever synced: drop later segments.
-                for &later in &indices[i + 1..] {
-                    let _ = std::fs::remove_file(Segment::path(&dir, later));
-                }
-                break;
-            }
-        }
-        let Marks {
-            mut acked,
-            delivered,
-        } = marks;
-        for seg in segments.iter_mut() {
-            if seg.live > 0 {
-                seg.live -= acked.count_in(seg.first_message, seg.last_message);
-            }
-        }
-        count_unacked(&segments, &acked, &mut recovered)?;
-        // Drop fully acknowledged segments at the front.
-        while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
-            if let Some(s) = segments.pop_front() {
-                let _ = std::fs::remove_file(Segment::path(&dir, s.index));
-            }
-        }
-        if segments.is_empty() {
-            let log = QueueLog::create(dir, shared)?;
-            return Ok((log, recovered));
-        }
-        let first = segments.front().map_or(0, |s| s.index);
-        if let Some(s) = segments.front()
-            && s.first_message != u64::MAX
-        {
-            acked.remove_below(s.first_message);
-        }
-        let head = segments.back().map_or((0, 0), |h| (h.index, h.end));
-        recovered.reader = TailReader {
-            pos: Position {
-                segment: first,
-                offset: 0,
-            },
-            recovery_end: Position {
-                segment: head.0,
-                offset: head.1,
-            },
-            acked,
-            delivered,
-        };
-        sync_dir(&dir)?;
-        let log = Arc::new(QueueLog {
-            dir,
-            shared,
-            inner: Mutex::new(Inner {
-                segments,
-                next_index: head.0 + 1,
-                pending: Vec::new(),
-                pending_offset: head.1,
-                unsynced: Vec::new(),
-                dir_dirty: false,
-                created: false,
-                registered: false,
-                prepared: None,
-                destroyed: false,
-            }),
-        });
-        Ok((log, recovered))
-    }
-}
-
-/// Ack and Delivered marks found while recovering a log.
-#[derive(Default)]
-struct Marks {
-    acked: IntervalSet,
-    delivered: IntervalSet,
-}
-
-/// The segment numbers in a log directory, in order.
-fn segment_indices(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut indices: Vec<u64> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".seg")?.parse::<u64>().ok()
-        })
-        .collect();
-    indices.sort_unstable();
-    Ok(indices)
-}
-
-/// Reads one segment's records: counts its messages, collects marks, and finds where its
-/// written part ends. Returns the segment and whether it ended in a torn record (which is cut:
-/// zeroed, so later appends are not followed by its remains).
-fn scan_segment(
-    dir: &Path,
-    index: u64,
-    marks: &mut Marks,
-    recovered: &mut Recovered,
-) -> io::Result<(Segment, bool)> {
-    let path = Segment::path(dir, index);
-    let file = OpenOptions::new().read(true).write(true).open(&path)?;
-    let capacity = file.metadata()?.len();
-    let data = Bytes::from(std::fs::read(&path)?);
-    let mut seg = Segment {
-        index,
-        file: Arc::new(file),
-        capacity,
-        end: 0,
-        live: 0,
-        first_message: u64::MAX,
-        last_message: 0,
-    };
-    let mut at = 0usize;
-    let mut torn = false;
-    loop {
-        match record::decode(&data.slice(at..)) {
-            Decoded::Record(r, len) => {
-                match r {
-                    Record::Message { seq, .. } => {
-                        seg.live += 1;
-                        seg.first_message = seg.first_message.min(seq);
-                        seg.last_message = seg.last_message.max(seq);
-                        recovered.next_seq = recovered.next_seq.max(seq + 1);
-                    }
-                    Record::Paged { seq, .. } => {
-                        recovered.next_seq = recovered.next_seq.max(seq + 1);
-                    }
-                    Record::Ack { seq } => marks.acked.insert(seq),
-                    Record::Delivered { seq } => marks.delivered.insert(seq),
-                }
-                at += len;
-            }
-            Decoded::End => break,
-            Decoded::Torn => {
-                let zeros = vec![0u8; (capacity as usize).saturating_sub(at)];
-                seg.file.write_all_at(&zeros, at as u64)?;
-                seg.file.sync_data()?;
-                torn = true;
-                break;
-            }
-        }
-    }
-    seg.end = at as u64;
-    Ok((seg, torn))
-}
-
-/// Counts the unacknowledged durable messages, and their body bytes, in segments that have
-/// any.
-fn count_unacked(
-    segments: &VecDeque<Segment>,
-    acked: &IntervalSet,
-    recovered: &mut Recovered,
-) -> io::Result<()> {
-    for seg in segments {
-        if seg.live == 0 {
-            continue;
-        }
-        let mut buf = vec![0u8; seg.end as usize];
-        seg.file.read_exact_at(&mut buf, 0)?;
-        let buf = Bytes::from(buf);
-        let mut at = 0usize;
-        while let Decoded::Record(r, len) = record::decode(&buf.slice(at..)) {
-            if let Record::Message { seq, message, .. } = r
-                && !acked.contains(seq)
-            {
-                recovered.count += 1;
-                recovered.bytes += message.body.len() as u64;
-            }
-            at += len;
-        }
-    }
-    Ok(())
 }
 
 impl Journal for QueueLog {
-    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)> {
+    fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
         QueueLog::flush(self)
     }
 

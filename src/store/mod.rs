@@ -18,12 +18,16 @@
 //! definitions[.N].log   journals of changes since the snapshot (checksummed lines)
 //! queues/<id>/*.seg     segment files of the durable queue <id>
 //! paging/<id>/*.seg     segment files of a transient queue paging to disk (wiped at start)
+//! lost+found/           logs of queues the definitions did not know, moved aside at start
 //! ```
 
 pub mod definitions;
+pub mod fs;
 pub mod intervals;
 pub mod log;
 pub mod record;
+mod recover;
+pub mod sim;
 pub mod sync;
 
 use std::io;
@@ -32,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use fs::{Fs, RealFs};
 pub use log::{Position, QueueLog, ReadBack, Recovered, TailReader};
 use sync::{Shared, sync_loop};
 
@@ -55,23 +60,42 @@ impl Store {
     /// Opens the data directory, wipes paging files of the previous run, and starts the
     /// sync thread.
     pub fn open(data_dir: &Path, segment_bytes: u64) -> io::Result<Store> {
-        std::fs::create_dir_all(data_dir.join("queues"))?;
-        let paging = data_dir.join("paging");
-        if paging.exists() {
-            std::fs::remove_dir_all(&paging)?;
-        }
-        std::fs::create_dir_all(&paging)?;
-        let shared = Arc::new(Shared::new(segment_bytes));
-        let worker = shared.clone();
+        Self::open_on(Arc::new(RealFs), data_dir, segment_bytes)
+    }
+
+    /// [`Store::open`] on a file system of the caller's choosing (tests simulate faults).
+    pub fn open_on(fs: Arc<dyn Fs>, data_dir: &Path, segment_bytes: u64) -> io::Result<Store> {
+        let store = Self::open_manual(fs, data_dir, segment_bytes)?;
+        let worker = store.shared.clone();
         let thread = std::thread::Builder::new()
             .name("lepus-sync".into())
             .spawn(move || sync_loop(&worker))?;
+        *store.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        Ok(store)
+    }
+
+    /// A store without its sync thread: nothing is written until [`Store::sync_now`] is
+    /// called. The storage fault simulation drives a store this way, one step at a time,
+    /// so that a seed replays a run exactly.
+    pub fn open_manual(fs: Arc<dyn Fs>, data_dir: &Path, segment_bytes: u64) -> io::Result<Store> {
+        fs.create_dir_all(&data_dir.join("queues"))?;
+        let paging = data_dir.join("paging");
+        if fs.exists(&paging) {
+            fs.remove_dir_all(&paging)?;
+        }
+        fs.create_dir_all(&paging)?;
         Ok(Store {
             data_dir: data_dir.to_owned(),
-            shared,
-            thread: Mutex::new(Some(thread)),
+            shared: Arc::new(Shared::new(segment_bytes, fs)),
+            thread: Mutex::new(None),
             next_paging_id: AtomicU64::new(1),
         })
+    }
+
+    /// Runs one write-and-sync cycle now (a store opened with [`Store::open_manual`]).
+    /// Returns whether there was anything to write.
+    pub fn sync_now(&self) -> bool {
+        sync::sync_once(&self.shared)
     }
 
     /// Where the log of durable queue `id` lives.
@@ -82,10 +106,27 @@ impl Store {
     /// A new log for a durable queue.
     pub fn create_queue_log(&self, id: u64) -> io::Result<Arc<QueueLog>> {
         let dir = self.queue_dir(id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+        if self.shared.fs.exists(&dir) {
+            // Left over from a queue that no longer exists: kept aside, never deleted.
+            self.move_aside(id)?;
         }
         QueueLog::create(dir, self.shared.clone())
+    }
+
+    /// Moves the directory of queue `id` to `lost+found/` in the data directory: the logs of
+    /// queues the definitions do not know are kept for an operator, never deleted.
+    pub fn move_aside(&self, id: u64) -> io::Result<PathBuf> {
+        let fs = &self.shared.fs;
+        let lost = self.data_dir.join("lost+found");
+        fs.create_dir_all(&lost)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let to = lost.join(format!("queue-{id}-{stamp}"));
+        fs.rename(&self.queue_dir(id), &to)?;
+        fs.sync_dir(&lost)?;
+        fs.sync_dir(&self.data_dir.join("queues"))?;
+        Ok(to)
     }
 
     /// A new paging log for a transient queue; it does not survive a restart.
@@ -100,7 +141,7 @@ impl Store {
     /// Recovers the log of durable queue `id`.
     pub fn recover_queue_log(&self, id: u64) -> io::Result<(Arc<QueueLog>, Recovered)> {
         let dir = self.queue_dir(id);
-        if !dir.exists() {
+        if !self.shared.fs.exists(&dir) {
             return Ok((
                 QueueLog::create(dir, self.shared.clone())?,
                 Recovered::default(),
@@ -111,12 +152,10 @@ impl Store {
 
     /// Ids of the queue directories on disk.
     pub fn queue_ids_on_disk(&self) -> Vec<u64> {
-        std::fs::read_dir(self.data_dir.join("queues"))
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse().ok())
-                    .collect()
-            })
+        self.shared
+            .fs
+            .read_dir(&self.data_dir.join("queues"))
+            .map(|names| names.iter().filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_default()
     }
 

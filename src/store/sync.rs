@@ -8,16 +8,32 @@
 //! changed, then publishes the old epoch as synced. So one sync covers every writer waiting at
 //! that moment, with no timer.
 
-use std::fs::File;
+use std::collections::BTreeSet;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
-/// How long the sync thread waits before retrying after a failed fsync.
+use super::fs::{FileIo, Fs};
+
+/// How long the sync thread waits before retrying writes that failed (a full disk).
 const SYNC_RETRY_MS: u64 = 100;
+
+/// Failed epochs remembered for waiters that look late; far more than can be in flight.
+const FAILED_EPOCHS_KEPT: usize = 65_536;
+
+/// What became of the writes of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not synced yet.
+    Pending,
+    /// On disk.
+    Durable,
+    /// A write or a sync covering them failed: they must not be confirmed.
+    Failed,
+}
 
 /// Something with buffered writes the sync thread must write and sync.
 ///
@@ -30,21 +46,24 @@ const SYNC_RETRY_MS: u64 = 100;
 /// that appended while that cycle was running does not wait for a cycle that never comes.
 pub trait Journal: Send + Sync {
     /// Writes what is buffered; returns the files and the directories (whose entries
-    /// changed) to sync.
-    fn flush(&self) -> io::Result<(Vec<Arc<File>>, Vec<PathBuf>)>;
+    /// changed) to sync. On an error, what was buffered stays buffered, to be written again.
+    fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)>;
     /// Work to do outside the publish path after a sync (preparing the next segment).
     fn after_sync(self: Arc<Self>) {}
-}
-
-/// Fsyncs a directory, making file creations, renames and deletions in it durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// State shared by the store, its logs and the sync thread.
 pub struct Shared {
     /// Size of a segment file.
     pub segment_bytes: u64,
+    /// The file system everything is written to.
+    pub fs: Arc<dyn Fs>,
+    /// Epochs some of whose writes failed (the disk was full, or refused a write).
+    failed: Mutex<BTreeSet<u64>>,
+    /// From this epoch on nothing is durable: an fsync failed (`u64::MAX` while healthy).
+    read_only_from: AtomicU64,
+    /// The last cycle could not write everything: the disk is full or failing.
+    write_failing: AtomicBool,
     /// Journals with writes to make.
     dirty: Mutex<Vec<Arc<dyn Journal>>>,
     wake: Condvar,
@@ -80,6 +99,41 @@ impl Shared {
         *self.synced.borrow()
     }
 
+    /// What became of the writes of `epoch`.
+    pub fn outcome(&self, epoch: u64) -> Outcome {
+        if epoch > self.synced() {
+            return Outcome::Pending;
+        }
+        if epoch >= self.read_only_from.load(Ordering::SeqCst) {
+            return Outcome::Failed;
+        }
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.contains(&epoch) {
+            Outcome::Failed
+        } else {
+            Outcome::Durable
+        }
+    }
+
+    /// Whether the store still writes: false for good after an fsync failed.
+    pub fn writable(&self) -> bool {
+        self.read_only_from.load(Ordering::SeqCst) == u64::MAX
+    }
+
+    /// Whether the last writes failed (a full or failing disk), or the store stopped
+    /// writing: publishers should be held back.
+    pub fn write_failing(&self) -> bool {
+        self.write_failing.load(Ordering::SeqCst) || !self.writable()
+    }
+
+    fn fail_epoch(&self, epoch: u64) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.insert(epoch);
+        while failed.len() > FAILED_EPOCHS_KEPT {
+            failed.pop_first();
+        }
+    }
+
     /// A receiver that changes whenever an epoch is synced.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.synced.subscribe()
@@ -88,10 +142,14 @@ impl Shared {
 
 impl Shared {
     /// State for a new store: epoch 1 is the first to be written, nothing synced yet.
-    pub fn new(segment_bytes: u64) -> Shared {
+    pub fn new(segment_bytes: u64, fs: Arc<dyn Fs>) -> Shared {
         let (synced, _) = watch::channel(0);
         Shared {
             segment_bytes,
+            fs,
+            failed: Mutex::new(BTreeSet::new()),
+            read_only_from: AtomicU64::new(u64::MAX),
+            write_failing: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             epoch: AtomicU64::new(1),
@@ -108,87 +166,138 @@ impl Shared {
 }
 
 /// The sync thread's loop; returns once stopped and idle.
+///
+/// The failure model: a write that fails (a full disk: `ENOSPC`, or `EIO`) fails the epoch
+/// it belonged to, whose waiters are told (publishes are nacked, replies that wait for the
+/// disk fail); what was buffered stays buffered and is written again every
+/// `SYNC_RETRY_MS`, and while that fails [`Shared::write_failing`] holds publishers back.
+/// When the disk has room again the store goes on by itself. An fsync that fails is fatal
+/// for the store (the kernel may have dropped the dirty pages, so a retry that succeeds
+/// would prove nothing): that epoch and every later one fail, nothing more is written, and
+/// the data directory is recovered at the next start from what is on it.
 pub fn sync_loop(shared: &Shared) {
-    // Files and directories whose sync failed: retried with every later cycle, because their
-    // writers are still waiting for it.
-    let mut files: Vec<Arc<File>> = Vec::new();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    loop {
-        let journals = {
-            let mut dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-            while dirty.is_empty() && !shared.stop.load(Ordering::SeqCst) {
-                dirty = shared.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
-            }
-            if dirty.is_empty() {
-                return;
-            }
-            // Taking the list and starting the next epoch happen together, under the lock a
-            // writer registers under: a journal registered after this point reads a later
-            // epoch. Writers read the epoch inside the same critical section as their append,
-            // so an append and the epoch it waits for cannot fall apart (see `Journal`).
-            let epoch = shared.epoch.fetch_add(1, Ordering::SeqCst);
-            (std::mem::take(&mut *dirty), epoch)
-        };
-        let (journals, epoch) = journals;
-        tracing::trace!(epoch, journals = journals.len(), "sync cycle");
-        for j in &journals {
-            match j.flush() {
-                Ok((f, changed_dirs)) => {
-                    for file in f {
-                        if !files.iter().any(|x| Arc::ptr_eq(x, &file)) {
-                            files.push(file);
-                        }
-                    }
-                    for d in changed_dirs {
-                        if !dirs.contains(&d) {
-                            dirs.push(d);
-                        }
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot write to the data directory"),
-            }
+    while let Some((journals, epoch)) = take_dirty(shared, true) {
+        if !run_cycle(shared, journals, epoch, true) {
+            return;
         }
-        let mut failed = false;
-        for f in &files {
-            if let Err(e) = f.sync_data() {
-                failed = true;
-                tracing::error!(error = %e, "fdatasync failed");
-            }
+    }
+}
+
+/// Runs one cycle now if something is dirty (for a store driven by hand, as the storage
+/// fault simulation drives it). Returns whether there was anything to do.
+pub fn sync_once(shared: &Shared) -> bool {
+    match take_dirty(shared, false) {
+        Some((journals, epoch)) => {
+            run_cycle(shared, journals, epoch, false);
+            true
         }
-        for d in &dirs {
-            if let Err(e) = sync_dir(d) {
-                failed = true;
-                tracing::error!(error = %e, dir = %d.display(), "directory fsync failed");
-            }
-        }
-        if failed {
-            // Never confirm what may not be on disk. Writers keep waiting; the journals go
-            // back on the list so another cycle retries soon.
-            if shared.stop.load(Ordering::SeqCst) {
-                // Shutting down with a failing disk: what was not synced is not confirmed.
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(SYNC_RETRY_MS));
-            let mut dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-            dirty.extend(journals);
-            continue;
-        }
+        None => false,
+    }
+}
+
+/// Takes the dirty journals and starts the next epoch; waits for some with `wait` (until
+/// stopped: then `None`).
+fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64)> {
+    let mut dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
+    while wait && dirty.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+        dirty = shared.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
+    }
+    if dirty.is_empty() {
+        return None;
+    }
+    // Taking the list and starting the next epoch happen together, under the lock a writer
+    // registers under: a journal registered after this point reads a later epoch. Writers
+    // read the epoch inside the same critical section as their append, so an append and the
+    // epoch it waits for cannot fall apart (see `Journal`).
+    let epoch = shared.epoch.fetch_add(1, Ordering::SeqCst);
+    Some((std::mem::take(&mut *dirty), epoch))
+}
+
+/// One cycle: write, sync, publish the outcome. Returns false when the thread must stop.
+fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause: bool) -> bool {
+    tracing::trace!(epoch, journals = journals.len(), "sync cycle");
+    if !shared.writable() {
+        // Read-only after a failed fsync: nothing is written (every epoch has failed).
+        return true;
+    }
+    let retry = sync_cycle(shared, &journals, epoch);
+    let failed_writes = !retry.is_empty();
+    shared.write_failing.store(failed_writes, Ordering::SeqCst);
+    if failed_writes {
+        shared.fail_epoch(epoch);
+    }
+    if shared.writable() {
         shared.synced.send_replace(epoch);
-        tracing::trace!(epoch, files = files.len(), "synced");
-        files.clear();
-        dirs.clear();
-        {
-            // Nothing left to write: everything appended so far is on disk, including
-            // appends that read the epoch after it was bumped above.
-            let dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-            if dirty.is_empty() {
-                let e = shared.epoch.fetch_add(1, Ordering::SeqCst);
-                shared.synced.send_replace(e);
-                tracing::trace!(epoch = e, "synced (idle)");
-            }
+    }
+    if failed_writes {
+        if shared.stop.load(Ordering::SeqCst) {
+            // Shutting down on a failing disk: what was not written is not confirmed.
+            return false;
         }
+        if pause {
+            std::thread::sleep(std::time::Duration::from_millis(SYNC_RETRY_MS));
+        }
+        let mut dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.extend(retry);
+        return true;
+    }
+    tracing::trace!(epoch, "synced");
+    {
+        // Nothing left to write: everything appended so far is on disk, including appends
+        // that read the epoch after it was bumped above.
+        let dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if dirty.is_empty() && shared.writable() {
+            let e = shared.epoch.fetch_add(1, Ordering::SeqCst);
+            shared.synced.send_replace(e);
+            tracing::trace!(epoch = e, "synced (idle)");
+        }
+    }
+    if shared.writable() {
         for j in &journals {
             j.clone().after_sync();
         }
     }
+    true
+}
+
+/// Writes and syncs what the journals buffered. Returns the journals whose writes failed,
+/// to be written again; an fsync that fails makes the store read-only from `epoch` on.
+fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec<Arc<dyn Journal>> {
+    let mut files: Vec<Arc<dyn FileIo>> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut retry = Vec::new();
+    for j in journals {
+        match j.flush() {
+            Ok((f, changed_dirs)) => {
+                for file in f {
+                    if !files.iter().any(|x| Arc::ptr_eq(x, &file)) {
+                        files.push(file);
+                    }
+                }
+                for d in changed_dirs {
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, epoch, "cannot write to the data directory; the publishes it held are refused");
+                retry.push(j.clone());
+            }
+        }
+    }
+    let synced_files = files.iter().map(|f| f.sync_data());
+    let synced_dirs = dirs.iter().map(|d| shared.fs.sync_dir(d));
+    if let Some(e) = synced_files.chain(synced_dirs).find_map(Result::err) {
+        shared.read_only_from.fetch_min(epoch, Ordering::SeqCst);
+        // Every epoch from this one on has failed, including those no cycle will ever run
+        // for: waiters learn it now.
+        shared.synced.send_replace(u64::MAX);
+        tracing::error!(
+            error = %e,
+            epoch,
+            "an fsync of the data directory failed: nothing written since the last good sync is confirmed, and nothing more is written; restart the broker to recover from what is on disk"
+        );
+    }
+    retry
 }

@@ -21,9 +21,9 @@ use crate::protocol::error::AmqpError;
 impl Channel {
     /// Writes the confirms resolved since the last call, including publishes whose
     /// messages the store has now synced.
-    pub fn flush_confirms(&mut self, out: &mut Output, synced: u64) {
+    pub fn flush_confirms(&mut self, out: &mut Output, synced: u64, failed: &dyn Fn(u64) -> bool) {
         if let Some(c) = self.confirms.as_mut() {
-            c.release_synced(synced);
+            c.release_synced(synced, failed);
             c.flush(out, self.id);
         }
     }

@@ -38,6 +38,7 @@ use crate::broker::queue::delivery::{DeliverySource, Unblock};
 use crate::config::MIN_FRAME_MAX_BYTES;
 use crate::net::Transport;
 use crate::protocol::frame::write_heartbeat;
+use crate::store::sync::Outcome;
 use replies::write_channel_close;
 
 pub(super) const HANDSHAKE_FAILURE_DELAY: Duration = Duration::from_secs(3);
@@ -214,10 +215,22 @@ impl Connection {
         ) {
             self.drain_outbox();
         }
-        let synced = self.broker.store.shared.synced();
-        self.out.release_holds(synced);
+        let shared = self.broker.store.shared.clone();
+        let synced = shared.synced();
+        let failed = |epoch: u64| shared.outcome(epoch) == Outcome::Failed;
+        if self.out.release_holds(synced, failed).is_err() {
+            // A reply that promised durability (declare-ok of a durable entity, commit-ok)
+            // is dropped unsent: its writes failed. The client learns it from a close.
+            self.close_connection(
+                crate::amqp_error!(
+                    InternalError,
+                    "the data directory refused a write; what was declared or committed may not survive a restart"
+                ),
+                false,
+            );
+        }
         for ch in &mut self.channels {
-            ch.flush_confirms(&mut self.out, synced);
+            ch.flush_confirms(&mut self.out, synced, &failed);
         }
         self.buffers.set(self.out.len());
         Ok(())

@@ -1,0 +1,147 @@
+//! The file system under the store, as a seam: every file the store reads, writes, syncs,
+//! renames or deletes goes through [`Fs`] and [`FileIo`]. The broker runs on [`RealFs`];
+//! tests run the same store on a simulated disk (`store::sim`) that fails writes and syncs
+//! and loses power on purpose.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenMode {
+    /// Create it if it does not exist.
+    pub create: bool,
+    /// Empty it.
+    pub truncate: bool,
+}
+
+impl OpenMode {
+    /// Opens an existing file.
+    pub const EXISTING: OpenMode = OpenMode {
+        create: false,
+        truncate: false,
+    };
+    /// Opens a file, creating it if need be, keeping what it holds.
+    pub const CREATE: OpenMode = OpenMode {
+        create: true,
+        truncate: false,
+    };
+    /// Creates a file, or empties the one there.
+    pub const FRESH: OpenMode = OpenMode {
+        create: true,
+        truncate: true,
+    };
+}
+
+/// An open file: positioned reads and writes, and syncs.
+pub trait FileIo: Send + Sync + std::fmt::Debug {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    /// Makes the file's data durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and metadata durable (`fsync`).
+    fn sync_all(&self) -> io::Result<()>;
+}
+
+/// A file system: the operations the store needs, no more.
+pub trait Fs: Send + Sync + std::fmt::Debug {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>>;
+    /// A whole file's contents.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates, or replaces, a file with `data`, and syncs it.
+    fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+    fn is_dir(&self, path: &Path) -> bool;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The names of the entries of a directory.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes a directory's entries (creations, renames, deletions) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+/// A file of the operating system's file system.
+#[derive(Debug)]
+struct RealFile(File);
+
+impl FileIo for RealFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+impl Fs for RealFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(mode.create)
+            .truncate(mode.truncate)
+            .open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let file = self.open(path, OpenMode::FRESH)?;
+        file.write_all_at(data, 0)?;
+        file.sync_all()
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}
