@@ -116,6 +116,39 @@ pub struct TailReader {
     pub skip: Vec<(Position, Position)>,
 }
 
+/// The head segment's bytes not yet written to its file: (segment, offset, bytes).
+type Unwritten = Option<(u64, u64, Bytes)>;
+
+/// Reads `buf.len()` bytes of segment `index` at `offset`: from the file up to where it was
+/// written, from `unwritten` after that.
+fn read_range(
+    index: u64,
+    file: &Arc<dyn FileIo>,
+    unwritten: &Unwritten,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<()> {
+    let split = match unwritten {
+        Some((i, at, _)) if *i == index => (*at).clamp(offset, offset + buf.len() as u64),
+        _ => offset + buf.len() as u64,
+    };
+    let from_file = (split - offset) as usize;
+    if from_file > 0 {
+        file.read_exact_at(&mut buf[..from_file], offset)?;
+    }
+    if let Some((_, at, bytes)) = unwritten
+        && from_file < buf.len()
+    {
+        let start = (split - at) as usize;
+        let rest = &mut buf[from_file..];
+        let Some(src) = bytes.get(start..start + rest.len()) else {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        };
+        rest.copy_from_slice(src);
+    }
+    Ok(())
+}
+
 /// A message read back from a log.
 #[derive(Debug)]
 pub struct ReadBack {
@@ -371,15 +404,27 @@ impl QueueLog {
         max_bytes: usize,
     ) -> io::Result<Vec<ReadBack>> {
         const CHUNK: u64 = 256 * 1024;
-        let segments: Vec<(u64, Arc<dyn FileIo>, u64)> = {
-            let mut inner = self.lock();
-            Self::write_pending(&mut inner)?;
-            inner
+        // Bytes not yet written are read from the buffer itself: reading never writes, so it
+        // works on a disk that refuses writes.
+        let (segments, unwritten): (Vec<(u64, Arc<dyn FileIo>, u64)>, Unwritten) = {
+            let inner = self.lock();
+            let segments = inner
                 .segments
                 .iter()
                 .filter(|s| s.index >= reader.pos.segment)
                 .map(|s| (s.index, s.file.clone(), s.end))
-                .collect()
+                .collect();
+            let unwritten = inner.segments.back().map(|h| {
+                (
+                    h.index,
+                    inner.pending_offset,
+                    Bytes::copy_from_slice(&inner.pending),
+                )
+            });
+            (segments, unwritten)
+        };
+        let read_at = |index: u64, file: &Arc<dyn FileIo>, buf: &mut [u8], offset: u64| {
+            read_range(index, file, &unwritten, buf, offset)
         };
         let mut out = Vec::new();
         let mut got = 0usize;
@@ -400,7 +445,7 @@ impl QueueLog {
                 }
                 let len = (end - reader.pos.offset).min(CHUNK) as usize;
                 let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, reader.pos.offset)?;
+                read_at(index, &file, &mut buf, reader.pos.offset)?;
                 let buf = Bytes::from(buf);
                 let mut at = 0usize;
                 // Stop this chunk where a damaged stretch starts.
@@ -427,7 +472,7 @@ impl QueueLog {
                         // One record larger than a chunk: read exactly it.
                         Some((_, _, len)) => {
                             let mut big = vec![0u8; len];
-                            file.read_exact_at(&mut big, reader.pos.offset)?;
+                            read_at(index, &file, &mut big, reader.pos.offset)?;
                             if let Some(r) = Self::take(reader, &Bytes::from(big), &mut got) {
                                 out.push(r);
                             }

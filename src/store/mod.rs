@@ -83,7 +83,10 @@ impl Store {
         if fs.exists(&paging) {
             fs.remove_dir_all(&paging)?;
         }
-        fs.create_dir_all(&paging)?;
+        // Made again when a queue first pages; on a full disk the start goes on without it.
+        if let Err(e) = fs.create_dir_all(&paging) {
+            tracing::warn!(error = %e, "cannot make the paging directory");
+        }
         Ok(Store {
             data_dir: data_dir.to_owned(),
             shared: Arc::new(Shared::new(segment_bytes, fs)),
@@ -132,6 +135,9 @@ impl Store {
     /// A new paging log for a transient queue; it does not survive a restart.
     pub fn create_paging_log(&self) -> io::Result<Arc<QueueLog>> {
         let id = self.next_paging_id.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .fs
+            .create_dir_all(&self.data_dir.join("paging"))?;
         QueueLog::create(
             self.data_dir.join("paging").join(id.to_string()),
             self.shared.clone(),

@@ -239,8 +239,14 @@ fn scan_segment(
     seg.end = walk.end as u64;
     if walk.dirty_tail {
         if last {
-            // A torn write at the end: nothing after it was ever synced. Cut it.
-            let zeros = vec![0u8; (capacity as usize).saturating_sub(walk.end)];
+            // A torn write at the end: nothing after it was ever synced. Cut it, zeroing
+            // only up to its last non-zero byte: those blocks hold data already, so this
+            // needs no free space (a broker restarted on a full disk must come up).
+            let dirty_end = data
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(walk.end, |i| i + 1);
+            let zeros = vec![0u8; dirty_end.saturating_sub(walk.end)];
             seg.file.write_all_at(&zeros, walk.end as u64)?;
             seg.file.sync_data()?;
             recovered.torn = true;
