@@ -1,5 +1,5 @@
 //! The store on a failing disk: a seeded simulation of thousands of crashes under confirmed
-//! publishing and acking, with writes that fail (`EIO`, `ENOSPC`, short), fsyncs that fail
+//! publishing, acking and compaction, with writes that fail (`EIO`, `ENOSPC`, short), fsyncs that fail
 //! and drop what they covered, and power losses that tear the last write.
 //!
 //! After every crash the queue log is recovered and checked against what was promised:
@@ -76,6 +76,8 @@ struct Model {
     msgs: BTreeMap<u64, Msg>,
     pending_confirms: Vec<(u64, u64)>,
     pending_acks: Vec<(u64, u64)>,
+    /// Segments compacted so far.
+    compactions: u64,
 }
 
 /// Brings the model up to date with what the store says is synced.
@@ -84,6 +86,7 @@ fn settle(model: &mut Model, store: &Store) {
         msgs,
         pending_confirms,
         pending_acks,
+        ..
     } = model;
     pending_confirms.retain(|&(seq, epoch)| match store.shared.outcome(epoch) {
         Outcome::Pending => true,
@@ -214,9 +217,15 @@ fn run_round(
             if let Ok(epoch) = log.ack(seq) {
                 model.pending_acks.push((seq, epoch));
             }
-        } else {
+        } else if roll < 9 {
             store.sync_now();
             settle(model, store);
+        } else {
+            // Compaction rewrites segments under the same faults.
+            if let Ok(true) = log.compact_now() {
+                model.compactions += 1;
+            }
+            log.collect_garbage(None);
         }
     }
 }
@@ -238,6 +247,8 @@ fn simulate(seed: u64, rounds: usize) {
         next_seq = next_seq.max(recovered.next_seq);
         let mut reader = recovered.reader.clone();
         let seqs = read_all(&log, &mut reader);
+        // The queue holds what it read in memory: the log may now be compacted anywhere.
+        log.collect_garbage(None);
         check_recovery(seed, round, &mut model, &seqs);
         let faults = faults_for(&mut rng, fs.used_bytes());
         if std::env::var("LEPUS_STORAGE_TRACE").is_ok() {
@@ -256,6 +267,11 @@ fn simulate(seed: u64, rounds: usize) {
         drop(log);
         drop(store);
     }
+    assert!(
+        model.compactions > 100,
+        "seed {seed}: {} compactions",
+        model.compactions
+    );
     let injected = fs.injected();
     assert!(
         injected.write_errors > 0 && injected.no_space > 0 && injected.fsync_errors > 0,

@@ -30,6 +30,8 @@ pub struct QueueLog {
     pub(super) dir: PathBuf,
     pub(super) shared: Arc<Shared>,
     pub(super) inner: Mutex<Inner>,
+    /// A durable queue's log (compacted); otherwise a paging log, deleted as it is read.
+    pub(super) durable: bool,
 }
 
 impl std::fmt::Debug for QueueLog {
@@ -50,6 +52,10 @@ pub(super) struct Segment {
     /// Sequence numbers of the first and last durable message records here.
     pub(super) first_message: u64,
     pub(super) last_message: u64,
+    /// Durable message records here, acknowledged or not (compaction compares `live` to it).
+    pub(super) messages: u64,
+    /// Rewritten by compaction already.
+    pub(super) compacted: bool,
 }
 
 impl Segment {
@@ -57,7 +63,7 @@ impl Segment {
         dir.join(format!("{index:016}.seg"))
     }
 
-    fn holds(&self, seq: u64) -> bool {
+    pub(super) fn holds(&self, seq: u64) -> bool {
         self.first_message <= seq && seq <= self.last_message
     }
 }
@@ -83,6 +89,13 @@ pub(super) struct Inner {
     /// A zero-filled segment made ahead of time by the sync thread.
     pub(super) prepared: Option<Segment>,
     pub(super) destroyed: bool,
+    /// Durable messages acknowledged (and not yet forgotten with their segments): what
+    /// compaction leaves out.
+    pub(super) acked: IntervalSet,
+    /// Where the queue reads its log from, as it last said: compaction stays behind it.
+    pub(super) read_pos: Option<Position>,
+    /// When a segment was last compacted: compaction is paced.
+    pub(super) last_compaction: Option<std::time::Instant>,
 }
 
 /// What recovering a durable queue's log found.
@@ -179,7 +192,7 @@ fn zeroed_file(fs: &dyn Fs, path: &Path, capacity: u64) -> io::Result<Arc<dyn Fi
 impl QueueLog {
     /// Creates an empty log in `dir`. The first segment is sparse, so declaring a queue
     /// costs no large write; the sync thread zero-fills the segments that follow.
-    pub fn create(dir: PathBuf, shared: Arc<Shared>) -> io::Result<Arc<QueueLog>> {
+    pub fn create(dir: PathBuf, shared: Arc<Shared>, durable: bool) -> io::Result<Arc<QueueLog>> {
         shared.fs.create_dir_all(&dir)?;
         let capacity = shared.segment_bytes;
         let file = shared.fs.open(&Segment::path(&dir, 0), OpenMode::FRESH)?;
@@ -192,6 +205,8 @@ impl QueueLog {
             live: 0,
             first_message: u64::MAX,
             last_message: 0,
+            messages: 0,
+            compacted: false,
         };
         // The new file, its directory and the directory's entry in its parent are synced by
         // the next sync cycle, which everything that depends on this log (the declare-ok of
@@ -199,6 +214,7 @@ impl QueueLog {
         // no fsync, under no lock.
         let log = Arc::new(QueueLog {
             dir,
+            durable,
             shared: shared.clone(),
             inner: Mutex::new(Inner {
                 segments: VecDeque::from([head]),
@@ -211,6 +227,9 @@ impl QueueLog {
                 registered: true,
                 prepared: None,
                 destroyed: false,
+                acked: IntervalSet::default(),
+                read_pos: None,
+                last_compaction: None,
             }),
         });
         shared.mark_dirty(log.clone());
@@ -231,6 +250,7 @@ impl QueueLog {
         self: &Arc<Self>,
         len: usize,
         durable_seq: Option<u64>,
+        paged: bool,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> io::Result<(Position, u64)> {
         let mut inner = self.lock();
@@ -259,8 +279,14 @@ impl QueueLog {
         head.end += len as u64;
         if let Some(seq) = durable_seq {
             head.live += 1;
+            head.messages += 1;
             head.first_message = head.first_message.min(seq);
             head.last_message = head.last_message.max(seq);
+        }
+        if paged {
+            // A copy the queue will read back: compaction stays behind it until the queue
+            // says where it reads from.
+            inner.read_pos = Some(inner.read_pos.map_or(pos, |p| p.min(pos)));
         }
         encode(&mut inner.pending);
         if !inner.registered {
@@ -298,6 +324,8 @@ impl QueueLog {
                     live: 0,
                     first_message: u64::MAX,
                     last_message: 0,
+                    messages: 0,
+                    compacted: false,
                 }
             }
         };
@@ -340,6 +368,7 @@ impl QueueLog {
         self.append(
             record::message_len(message, expires_at),
             durable.then_some(seq),
+            !durable,
             |out| record::encode_message(out, kind, seq, flags, expires_at, message),
         )
         .map(|(_, epoch)| epoch)
@@ -348,10 +377,11 @@ impl QueueLog {
     /// Logs that the durable message `seq` left the queue. Returns the store epoch after
     /// which that is on disk.
     pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<u64> {
-        let (_, epoch) = self.append(record::MARK_LEN, None, |out| {
+        let (_, epoch) = self.append(record::MARK_LEN, None, false, |out| {
             record::encode_mark(out, Kind::Ack, seq)
         })?;
         let mut inner = self.lock();
+        inner.acked.insert(seq);
         if let Some(s) = inner.segments.iter_mut().rev().find(|s| s.holds(seq)) {
             s.live = s.live.saturating_sub(1);
         }
@@ -360,7 +390,7 @@ impl QueueLog {
 
     /// Logs that the durable message `seq` was delivered.
     pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, None, |out| {
+        self.append(record::MARK_LEN, None, false, |out| {
             record::encode_mark(out, Kind::Delivered, seq)
         })
         .map(|_| ())
@@ -382,6 +412,7 @@ impl QueueLog {
     /// the queue has read past (`read_pos`: where the queue reads its log from, if it does).
     pub fn collect_garbage(&self, read_pos: Option<Position>) {
         let mut inner = self.lock();
+        inner.read_pos = read_pos;
         while inner.segments.len() > 1 {
             let Some(front) = inner.segments.front() else {
                 break;
@@ -393,6 +424,10 @@ impl QueueLog {
             inner.segments.pop_front();
             let _ = self.shared.fs.remove_file(&Segment::path(&self.dir, index));
             inner.dir_dirty = true;
+            // Acks of messages whose records are gone are no longer needed.
+            if let Some(first) = inner.segments.iter().map(|s| s.first_message).min() {
+                inner.acked.remove_below(first);
+            }
         }
     }
 
@@ -586,6 +621,8 @@ impl QueueLog {
             live: 0,
             first_message: u64::MAX,
             last_message: 0,
+            messages: 0,
+            compacted: false,
         });
         Ok(())
     }
@@ -610,6 +647,9 @@ impl Journal for QueueLog {
     fn after_sync(self: Arc<Self>) {
         if let Err(e) = self.prepare_next() {
             tracing::warn!(error = %e, "cannot prepare the next segment");
+        }
+        if let Err(e) = self.compact_paced() {
+            tracing::warn!(log = %self.dir.display(), error = %e, "cannot compact a segment");
         }
     }
 }

@@ -21,6 +21,7 @@
 //! lost+found/           logs of queues the definitions did not know, moved aside at start
 //! ```
 
+mod compact;
 pub mod definitions;
 pub mod fs;
 pub mod intervals;
@@ -113,7 +114,7 @@ impl Store {
             // Left over from a queue that no longer exists: kept aside, never deleted.
             self.move_aside(id)?;
         }
-        QueueLog::create(dir, self.shared.clone())
+        QueueLog::create(dir, self.shared.clone(), true)
     }
 
     /// Moves the directory of queue `id` to `lost+found/` in the data directory: the logs of
@@ -141,6 +142,7 @@ impl Store {
         QueueLog::create(
             self.data_dir.join("paging").join(id.to_string()),
             self.shared.clone(),
+            false,
         )
     }
 
@@ -149,7 +151,7 @@ impl Store {
         let dir = self.queue_dir(id);
         if !self.shared.fs.exists(&dir) {
             return Ok((
-                QueueLog::create(dir, self.shared.clone())?,
+                QueueLog::create(dir, self.shared.clone(), true)?,
                 Recovered::default(),
             ));
         }

@@ -28,7 +28,7 @@ struct Marks {
 
 /// What walking a segment's bytes found.
 #[derive(Debug, Default)]
-struct Walk {
+pub(super) struct Walk {
     /// Where the records end (after the last valid one).
     end: usize,
     /// Damaged stretches between valid records: (start, end).
@@ -55,14 +55,15 @@ fn resync(data: &Bytes, from: usize) -> Option<usize> {
     None
 }
 
-/// Calls `found` for every valid record of a segment, in order, skipping damage.
-fn walk(data: &Bytes, mut found: impl FnMut(Record)) -> Walk {
+/// Calls `found` for every valid record of a segment, in order, with its bytes, skipping
+/// damage.
+pub(super) fn walk(data: &Bytes, mut found: impl FnMut(Record, &[u8])) -> Walk {
     let mut walk = Walk::default();
     let mut at = 0usize;
     loop {
         match record::decode(&data.slice(at..)) {
             Decoded::Record(r, len) => {
-                found(r);
+                found(r, &data[at..at + len]);
                 at += len;
                 walk.end = at;
             }
@@ -104,6 +105,12 @@ impl QueueLog {
     /// delivered.
     pub fn recover(dir: PathBuf, shared: Arc<Shared>) -> io::Result<(Arc<QueueLog>, Recovered)> {
         let fs = shared.fs.clone();
+        for name in fs.read_dir(&dir)? {
+            if name.ends_with(".tmp") {
+                // A compaction that did not finish: the segment it was rewriting is intact.
+                fs.remove_file(&dir.join(&name))?;
+            }
+        }
         let indices = segment_indices(&*fs, &dir)?;
         let mut recovered = Recovered::default();
         let mut marks = Marks::default();
@@ -126,12 +133,7 @@ impl QueueLog {
             mut acked,
             delivered,
         } = marks;
-        for seg in segments.iter_mut() {
-            if seg.live > 0 {
-                seg.live -= acked.count_in(seg.first_message, seg.last_message);
-            }
-        }
-        count_unacked(&*fs, &dir, &segments, &acked, &mut recovered)?;
+        count_unacked(&*fs, &dir, &mut segments, &acked, &mut recovered)?;
         // Drop fully acknowledged segments at the front.
         while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
             if let Some(s) = segments.pop_front() {
@@ -139,7 +141,7 @@ impl QueueLog {
             }
         }
         if segments.is_empty() {
-            let log = QueueLog::create(dir, shared)?;
+            let log = QueueLog::create(dir, shared, true)?;
             return Ok((log, recovered));
         }
         let first = segments.front().map_or(0, |s| s.index);
@@ -159,13 +161,14 @@ impl QueueLog {
                 segment: head.0,
                 offset: head.1,
             },
-            acked,
+            acked: acked.clone(),
             delivered,
             skip,
         };
         fs.sync_dir(&dir)?;
         let log = Arc::new(QueueLog {
             dir,
+            durable: true,
             shared,
             inner: Mutex::new(Inner {
                 segments,
@@ -178,6 +181,13 @@ impl QueueLog {
                 registered: false,
                 prepared: None,
                 destroyed: false,
+                acked,
+                // The queue reads its recovered messages from the front: compaction waits.
+                read_pos: Some(Position {
+                    segment: first,
+                    offset: 0,
+                }),
+                last_compaction: None,
             }),
         });
         Ok((log, recovered))
@@ -208,10 +218,13 @@ fn scan_segment(
         live: 0,
         first_message: u64::MAX,
         last_message: 0,
+        messages: 0,
+        compacted: false,
     };
-    let walk = walk(&data, |r| match r {
+    let walk = walk(&data, |r, _| match r {
         Record::Message { seq, .. } => {
             seg.live += 1;
+            seg.messages += 1;
             seg.first_message = seg.first_message.min(seq);
             seg.last_message = seg.last_message.max(seq);
             recovered.next_seq = recovered.next_seq.max(seq + 1);
@@ -264,29 +277,33 @@ fn scan_segment(
     Ok(seg)
 }
 
-/// Counts the unacknowledged durable messages, and their body bytes, in segments that have
-/// any.
+/// Counts the unacknowledged durable messages, and their body bytes, and sets each
+/// segment's live count exactly (after compaction a segment's sequence range has gaps, so
+/// acks in its range are not all its own).
 fn count_unacked(
     fs: &dyn Fs,
     dir: &Path,
-    segments: &VecDeque<Segment>,
+    segments: &mut VecDeque<Segment>,
     acked: &IntervalSet,
     recovered: &mut Recovered,
 ) -> io::Result<()> {
-    for seg in segments {
+    for seg in segments.iter_mut() {
         if seg.live == 0 {
             continue;
         }
         let data = Bytes::from(fs.read(&Segment::path(dir, seg.index))?);
         let data = data.slice(..(seg.end as usize).min(data.len()));
-        walk(&data, |r| {
+        let mut live = 0u64;
+        walk(&data, |r, _| {
             if let Record::Message { seq, message, .. } = r
                 && !acked.contains(seq)
             {
+                live += 1;
                 recovered.count += 1;
                 recovered.bytes += message.body.len() as u64;
             }
         });
+        seg.live = live;
     }
     Ok(())
 }
@@ -317,7 +334,7 @@ mod tests {
 
     fn seqs(data: &[u8]) -> (Vec<u64>, Walk) {
         let mut seen = Vec::new();
-        let walk = walk(&Bytes::copy_from_slice(data), |r| {
+        let walk = walk(&Bytes::copy_from_slice(data), |r, _| {
             if let Record::Message { seq, .. } = r {
                 seen.push(seq);
             }
