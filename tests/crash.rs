@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Process, within};
+use common::{Process, Rng, within};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -33,22 +33,6 @@ const PUBLISH_BATCH: usize = 32;
 /// Acks between two marker publishes.
 const ACKS_PER_MARKER: usize = 16;
 const ROUNDS: usize = 5;
-
-/// A small deterministic generator, so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A `lepus` process with small segments and a small memory budget, so that crashes also
 /// land in segment roll-overs, segment deletion and paging.

@@ -266,21 +266,8 @@ async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
         "PRECONDITION_FAILED - transaction exceeds max_uncommitted_per_channel (3 messages)",
     );
     let (_w, witness) = broker.channel().await;
-    let q = within(witness.queue_declare(
-        "q".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        q.message_count(),
-        0,
-        "nothing of the refused transaction was routed"
-    );
+    let q_count = message_count(&witness, "q").await;
+    assert_eq!(q_count, 0, "nothing of the refused transaction was routed");
 }
 
 #[tokio::test]
@@ -320,15 +307,6 @@ async fn publishes_past_max_unconfirmed_wait_for_the_disk_and_are_all_confirmed(
     for confirm in confirms {
         assert!(within(confirm).await.unwrap().is_ack());
     }
-    let q = within(ch.queue_declare(
-        "durable".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(q.message_count(), 500);
+    let q_count = message_count(&ch, "durable").await;
+    assert_eq!(q_count, 500);
 }

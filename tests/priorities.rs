@@ -186,17 +186,8 @@ async fn a_priority_backlog_pages_by_level_and_comes_back_in_priority_order() {
         memory < 4 * 1024 * 1024,
         "5 MB of messages, {memory} bytes of them in memory"
     );
-    let q = within(ch.queue_declare(
-        "pq-big".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(u64::from(q.message_count()), n);
+    let q_count = message_count(&ch, "pq-big").await;
+    assert_eq!(u64::from(q_count), n);
     assert_eq!(numbers(&ch, "pq-big").await, priority_order(n));
 }
 

@@ -8,6 +8,8 @@
 //! succeeds. `LEPUS_STORAGE_SEED=<n>` replays one run; the store is driven by hand (no sync
 //! thread), so a seed replays it exactly.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,11 @@ use lepus::store::record::MessageParts;
 use lepus::store::sim::{Faults, SimFs};
 use lepus::store::sync::Outcome;
 use lepus::store::{QueueLog, Store};
+
+use common::{Broker as TestBroker, Config, Rng, Server, WAIT, within};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 
 const ROUNDS: usize = 1000;
 const SEGMENT_BYTES: u64 = 16 * 1024;
@@ -29,24 +36,6 @@ struct Msg {
     ack_durable: bool,
     /// Acked (in memory) already: it may come back until its ack is on disk.
     acked: bool,
-}
-
-/// A tiny deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 fn body(seq: u64) -> Vec<u8> {
@@ -295,13 +284,6 @@ fn confirmed_messages_survive_thousands_of_crashes_on_a_failing_disk() {
 }
 
 // ---- the broker on a failing disk -----------------------------------------------------------
-
-mod common;
-
-use common::{Broker as TestBroker, Config, Server, WAIT, within};
-use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 
 async fn broker_on(fs: &SimFs, name: &str) -> TestBroker {
     let mut config = Config::for_tests();

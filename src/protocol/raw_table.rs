@@ -9,18 +9,26 @@
 //! Values here are slices that start with their type tag (`S` for a long string, `F` for a
 //! table, ...), as they appear inside a table or an array.
 
-/// Bytes the value at the start of `buf` takes, its type tag included; `None` if malformed.
-pub fn value_len(buf: &[u8]) -> Option<usize> {
-    let (&tag, rest) = buf.split_first()?;
-    let len = match tag {
+/// Bytes a value of a fixed-size type takes after its tag (RabbitMQ's tags, as amq-protocol
+/// reads them); `None` for the sized types (`S`, `x`, `A`, `F`) and unknown tags.
+pub fn fixed_len(tag: u8) -> Option<usize> {
+    Some(match tag {
         b'V' => 0,
         b't' | b'b' | b'B' => 1,
         b's' | b'U' | b'u' => 2,
         b'I' | b'i' | b'f' => 4,
         b'D' => 5,
         b'L' | b'l' | b'd' | b'T' => 8,
-        b'S' | b'x' | b'A' | b'F' => 4usize.checked_add(u32_at(rest)?)?,
         _ => return None,
+    })
+}
+
+/// Bytes the value at the start of `buf` takes, its type tag included; `None` if malformed.
+pub fn value_len(buf: &[u8]) -> Option<usize> {
+    let (&tag, rest) = buf.split_first()?;
+    let len = match tag {
+        b'S' | b'x' | b'A' | b'F' => 4usize.checked_add(u32_at(rest)?)?,
+        _ => fixed_len(tag)?,
     };
     (len <= rest.len()).then_some(1 + len)
 }

@@ -148,12 +148,6 @@ pub fn check_depth(buf: &[u8], max_depth: usize) -> Result<usize, TableError> {
         let tag = *buf.get(at).ok_or(TableError::Malformed)?;
         at += 1;
         let fixed = match tag {
-            b'V' => 0,
-            b't' | b'b' | b'B' => 1,
-            b's' | b'U' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'D' => 5,
-            b'L' | b'l' | b'd' | b'T' => 8,
             b'S' | b'x' => 4 + u32_at(buf, at)?,
             b'A' | b'F' => {
                 let inner = u32_at(buf, at)?;
@@ -168,7 +162,7 @@ pub fn check_depth(buf: &[u8], max_depth: usize) -> Result<usize, TableError> {
                 at += 4;
                 continue;
             }
-            _ => return Err(TableError::Malformed),
+            _ => super::raw_table::fixed_len(tag).ok_or(TableError::Malformed)?,
         };
         at = at.checked_add(fixed).ok_or(TableError::Malformed)?;
     }

@@ -59,6 +59,21 @@ pub(super) struct Segment {
 }
 
 impl Segment {
+    /// A segment with nothing in it yet.
+    pub(super) fn empty(index: u64, file: Arc<dyn FileIo>, capacity: u64) -> Segment {
+        Segment {
+            index,
+            file,
+            capacity,
+            end: 0,
+            live: 0,
+            first_message: u64::MAX,
+            last_message: 0,
+            messages: 0,
+            compacted: false,
+        }
+    }
+
     pub(super) fn path(dir: &Path, index: u64) -> PathBuf {
         dir.join(format!("{index:016}.seg"))
     }
@@ -197,17 +212,7 @@ impl QueueLog {
         let capacity = shared.segment_bytes;
         let file = shared.fs.open(&Segment::path(&dir, 0), OpenMode::FRESH)?;
         file.set_len(capacity)?;
-        let head = Segment {
-            index: 0,
-            file: file.clone(),
-            capacity,
-            end: 0,
-            live: 0,
-            first_message: u64::MAX,
-            last_message: 0,
-            messages: 0,
-            compacted: false,
-        };
+        let head = Segment::empty(0, file.clone(), capacity);
         // The new file, its directory and the directory's entry in its parent are synced by
         // the next sync cycle, which everything that depends on this log (the declare-ok of
         // its queue, confirms of its messages) waits for anyway. Whoever creates a queue does
@@ -316,17 +321,7 @@ impl QueueLog {
                     .fs
                     .open(&Segment::path(&self.dir, index), OpenMode::FRESH)?;
                 file.set_len(capacity)?;
-                Segment {
-                    index,
-                    file,
-                    capacity,
-                    end: 0,
-                    live: 0,
-                    first_message: u64::MAX,
-                    last_message: 0,
-                    messages: 0,
-                    compacted: false,
-                }
+                Segment::empty(index, file, capacity)
             }
         };
         inner.pending_offset = 0;
@@ -613,17 +608,7 @@ impl QueueLog {
             index
         };
         inner.dir_dirty = true;
-        inner.prepared = Some(Segment {
-            index,
-            file,
-            capacity,
-            end: 0,
-            live: 0,
-            first_message: u64::MAX,
-            last_message: 0,
-            messages: 0,
-            compacted: false,
-        });
+        inner.prepared = Some(Segment::empty(index, file, capacity));
         Ok(())
     }
 

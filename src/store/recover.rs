@@ -210,17 +210,7 @@ fn scan_segment(
     let file = fs.open(&path, OpenMode::EXISTING)?;
     let capacity = file.len()?;
     let data = Bytes::from(fs.read(&path)?);
-    let mut seg = Segment {
-        index,
-        file,
-        capacity,
-        end: 0,
-        live: 0,
-        first_message: u64::MAX,
-        last_message: 0,
-        messages: 0,
-        compacted: false,
-    };
+    let mut seg = Segment::empty(index, file, capacity);
     let walk = walk(&data, |r, _| match r {
         Record::Message { seq, .. } => {
             seg.live += 1;

@@ -77,6 +77,21 @@ impl Broker {
     }
 }
 
+/// How many messages `queue` holds ready, asked with a passive declare.
+pub async fn message_count(ch: &lapin::Channel, queue: &str) -> u32 {
+    within(ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("the queue exists")
+    .message_count()
+}
+
 /// Gets a message from `queue`, polling until one is there: for messages that arrive after
 /// the call that caused them returned, such as dead letters (routed in the background).
 pub async fn get_eventually(ch: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
@@ -486,5 +501,27 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A small deterministic generator (xorshift), so that a failing seed replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
     }
 }

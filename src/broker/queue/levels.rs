@@ -13,12 +13,10 @@
 //! level's paging log holds copies, read back with their sequence numbers, so their acks are
 //! logged where the durable record is.
 
-use std::sync::Arc;
-
 use super::context::QueueCtx;
 use super::entry::QueueEntry;
+use super::paging::entry_read_back;
 use super::state::{LevelTail, PAGE_IN_BATCH, PAGE_KEEP, State, Tail};
-use crate::broker::message::Message;
 use crate::store::TailReader;
 use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED};
 
@@ -189,20 +187,8 @@ impl State {
             paged.log.collect_garbage(Some(paged.tail.reader.pos));
             self.levels[top] = Some(paged);
         }
-        for m in batch {
-            let Some(mut message) = Message::from_stored(m.message) else {
-                tracing::error!(queue = %ctx.name, seq = m.seq, "dropping a paged message whose properties do not scan");
-                continue;
-            };
-            message.charge_all_to(&ctx.services.memory);
-            self.push_ready(QueueEntry {
-                seq: m.seq,
-                message: Arc::new(message),
-                redelivered: m.redelivered,
-                persisted: m.persisted,
-                expires_at: m.expires_at,
-                delivery_count: 0,
-            });
+        for entry in batch.into_iter().filter_map(|m| entry_read_back(ctx, m)) {
+            self.push_ready(entry);
         }
         read > 0
     }

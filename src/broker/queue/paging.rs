@@ -188,24 +188,8 @@ impl State {
         let read = batch.len() as u64;
         let exhausted = read == 0 || read >= tail.count;
         tail.count = tail.count.saturating_sub(read);
-        for m in batch {
-            let Some(mut message) = Message::from_stored(m.message) else {
-                tracing::error!(queue = %ctx.name, seq = m.seq, "dropping a logged message whose properties do not scan");
-                continue;
-            };
-            // Read into a buffer of its own (the record's), so it pins nothing else.
-            message.charge_all_to(&ctx.services.memory);
-            self.push_or_page(
-                ctx,
-                QueueEntry {
-                    seq: m.seq,
-                    message: Arc::new(message),
-                    redelivered: m.redelivered,
-                    persisted: m.persisted,
-                    expires_at: m.expires_at,
-                    delivery_count: 0,
-                },
-            );
+        for entry in batch.into_iter().filter_map(|m| entry_read_back(ctx, m)) {
+            self.push_or_page(ctx, entry);
         }
         if exhausted {
             self.tail = None;
@@ -223,4 +207,23 @@ impl ReadJob {
         let batch = self.log.read_back(&mut self.reader, PAGE_IN_BATCH)?;
         Ok((from, self.reader, batch))
     }
+}
+
+/// A message read back from a log, as a ready entry charged to the memory gauge; `None`
+/// (reported) if its properties no longer scan.
+pub(super) fn entry_read_back(ctx: &QueueCtx, m: ReadBack) -> Option<QueueEntry> {
+    let Some(mut message) = Message::from_stored(m.message) else {
+        tracing::error!(queue = %ctx.name, seq = m.seq, "dropping a logged message whose properties do not scan");
+        return None;
+    };
+    // Read into a buffer of its own (the record's), so it pins nothing else.
+    message.charge_all_to(&ctx.services.memory);
+    Some(QueueEntry {
+        seq: m.seq,
+        message: Arc::new(message),
+        redelivered: m.redelivered,
+        persisted: m.persisted,
+        expires_at: m.expires_at,
+        delivery_count: 0,
+    })
 }
