@@ -60,6 +60,8 @@ pub struct Shared {
     pub fs: Arc<dyn Fs>,
     /// Epochs some of whose writes failed (the disk was full, or refused a write).
     failed: Mutex<BTreeSet<u64>>,
+    /// Some epoch ever failed: until then `failed` need not be looked at.
+    ever_failed: AtomicBool,
     /// From this epoch on nothing is durable: an fsync failed (`u64::MAX` while healthy).
     read_only_from: AtomicU64,
     /// The last cycle could not write everything: the disk is full or failing.
@@ -102,17 +104,25 @@ impl Shared {
     /// What became of the writes of `epoch`.
     pub fn outcome(&self, epoch: u64) -> Outcome {
         if epoch > self.synced() {
-            return Outcome::Pending;
-        }
-        if epoch >= self.read_only_from.load(Ordering::SeqCst) {
-            return Outcome::Failed;
-        }
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if failed.contains(&epoch) {
+            Outcome::Pending
+        } else if self.failed(epoch) {
             Outcome::Failed
         } else {
             Outcome::Durable
         }
+    }
+
+    /// Whether the writes of `epoch`, synced already, failed.
+    pub fn failed(&self, epoch: u64) -> bool {
+        if epoch >= self.read_only_from.load(Ordering::SeqCst) {
+            return true;
+        }
+        // The common case, on the confirm path: no write has ever failed.
+        if !self.ever_failed.load(Ordering::Acquire) {
+            return false;
+        }
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.contains(&epoch)
     }
 
     /// Whether the store still writes: false for good after an fsync failed.
@@ -129,6 +139,7 @@ impl Shared {
     fn fail_epoch(&self, epoch: u64) {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         failed.insert(epoch);
+        self.ever_failed.store(true, Ordering::Release);
         while failed.len() > FAILED_EPOCHS_KEPT {
             failed.pop_first();
         }
@@ -148,6 +159,7 @@ impl Shared {
             segment_bytes,
             fs,
             failed: Mutex::new(BTreeSet::new()),
+            ever_failed: AtomicBool::new(false),
             read_only_from: AtomicU64::new(u64::MAX),
             write_failing: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),

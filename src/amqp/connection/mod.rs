@@ -38,7 +38,6 @@ use crate::broker::queue::delivery::{DeliverySource, Unblock};
 use crate::config::MIN_FRAME_MAX_BYTES;
 use crate::net::Transport;
 use crate::protocol::frame::write_heartbeat;
-use crate::store::sync::Outcome;
 use replies::write_channel_close;
 
 pub(super) const HANDSHAKE_FAILURE_DELAY: Duration = Duration::from_secs(3);
@@ -217,7 +216,7 @@ impl Connection {
         }
         let shared = self.broker.store.shared.clone();
         let synced = shared.synced();
-        let failed = |epoch: u64| shared.outcome(epoch) == Outcome::Failed;
+        let failed = |epoch: u64| shared.failed(epoch);
         if self.out.release_holds(synced, failed).is_err() {
             // A reply that promised durability (declare-ok of a durable entity, commit-ok)
             // is dropped unsent: its writes failed. The client learns it from a close.
