@@ -468,6 +468,68 @@ const scenarios = {
     return observed;
   },
 
+  // A user with narrow permissions (add_user, set_permissions, set_topic_permissions) is
+  // refused what RabbitMQ refuses, with its codes and texts.
+  async access_control(url) {
+    const user = 'amqplib_bob';
+    ctl('add_user', user, 'secret');
+    ctl('add_user', 'amqplib_nob', 'secret');
+    ctl('set_permissions', '-p', '/', user, '^bob', '^(bob|amq\\.default|amq\\.topic)', '^(bob|amq\\.topic)');
+    ctl('set_topic_permissions', '-p', '/', user, 'amq.topic', '^{username}\\.', '^r\\.');
+    const as = (name) => url.replace('guest:guest@', `${name}:secret@`);
+    const observed = {};
+    try {
+      try {
+        const c = await amqp.connect(as('amqplib_nob'));
+        await c.close();
+        observed.vhost = 'opened';
+      } catch (err) {
+        observed.vhost = /(NOT_ALLOWED[^"]*)/.exec(err.message)?.[1] ?? err.message;
+      }
+      const conn = await amqp.connect(as(user));
+      conn.on('error', () => {});
+      const attempt = async (action) => {
+        const ch = await conn.createConfirmChannel();
+        let closed = null;
+        ch.on('error', (err) => { closed = codeText(err); });
+        try {
+          await action(ch);
+          await ch.close();
+          return 'ok';
+        } catch (err) {
+          await waitFor(() => closed !== null, 'the channel close');
+          return closed;
+        }
+      };
+      const publish = (exchange, key, options = {}) => (ch) => new Promise((resolve, reject) => {
+        ch.publish(exchange, key, Buffer.from('x'), options, (err) => (err ? reject(err) : resolve()));
+      });
+      observed.declare_other = await attempt((ch) => ch.assertQueue('other'));
+      observed.declare_own = await attempt((ch) => ch.assertQueue('bobq'));
+      observed.declare_dlx = await attempt((ch) => ch.assertQueue('bobq2', { deadLetterExchange: 'dx' }));
+      observed.declare_exchange = await attempt((ch) => ch.assertExchange('ox', 'direct'));
+      observed.declare_own_exchange = await attempt((ch) => ch.assertExchange('bobx', 'direct'));
+      observed.delete_queue = await attempt((ch) => ch.deleteQueue('zz'));
+      observed.publish_default = await attempt(publish('', 'bobq'));
+      observed.publish_direct = await attempt(publish('amq.direct', 'k'));
+      observed.publish_topic_own = await attempt(publish('amq.topic', `${user}.x`));
+      observed.publish_topic_other = await attempt(publish('amq.topic', 'alice.x'));
+      observed.publish_user_id = await attempt(publish('', 'bobq', { userId: 'guest' }));
+      observed.get = await attempt((ch) => ch.get('nosuchq'));
+      observed.consume = await attempt((ch) => ch.consume('other', () => {}));
+      observed.bind_source = await attempt((ch) => ch.bindQueue('bobq', 'amq.direct', 'k'));
+      observed.bind_topic_refused = await attempt((ch) => ch.bindQueue('bobq', 'amq.topic', 'w.x'));
+      const ch = await conn.createChannel();
+      observed.depth = (await ch.deleteQueue('bobq')).messageCount;
+      await ch.deleteExchange('bobx');
+      await conn.close();
+    } finally {
+      ctl('delete_user', user);
+      ctl('delete_user', 'amqplib_nob');
+    }
+    return observed;
+  },
+
   // A memory alarm, forced with set_vm_memory_high_watermark 0.0001, blocks a publisher:
   // amqplib emits 'blocked' with RabbitMQ's reason, a consumer drains meanwhile, and when the
   // alarm clears it emits 'unblocked' and the message arrives.

@@ -490,6 +490,88 @@ def memory_alarm(url):
     return {"events": events, "drained": drained, "ready_during": ready_during, "arrived": arrived}
 
 
+@scenario
+def access_control(url):
+    """A user with narrow permissions (added with add_user, set_permissions and
+    set_topic_permissions) is refused what RabbitMQ refuses, with its codes and texts: the
+    vhost without permissions, declares and deletes without configure, publishes without
+    write (the default exchange checked as amq.default), gets and consumes without read,
+    bindings without write on the destination or read on the source, routing keys outside
+    the topic permissions; a user_id that is not the user's own."""
+    user = "pika_bob"
+    ctl("add_user", user, "secret")
+    ctl("add_user", "pika_nob", "secret")
+    ctl("set_permissions", "-p", "/", user, "^bob", "^(bob|amq\\.default|amq\\.topic)",
+        "^(bob|amq\\.topic)")
+    ctl("set_topic_permissions", "-p", "/", user, "amq.topic", "^{username}\\.", "^r\\.")
+    params = pika.URLParameters(url)
+    observed = {}
+    try:
+        nob = pika.URLParameters(url)
+        nob.credentials = pika.PlainCredentials("pika_nob", "secret")
+        try:
+            pika.BlockingConnection(nob).close()
+            observed["vhost"] = "opened"
+        except pika.exceptions.ProbableAccessDeniedError as e:
+            observed["vhost"] = str(e)
+        params.credentials = pika.PlainCredentials(user, "secret")
+        params.heartbeat = 0
+        conn = pika.BlockingConnection(params)
+
+        def attempt(fn):
+            ch = conn.channel()
+            try:
+                fn(ch)
+                ch.close()
+                return "ok"
+            except pika.exceptions.ChannelClosedByBroker as e:
+                return [e.reply_code, e.reply_text]
+
+        observed["declare_other"] = attempt(lambda ch: ch.queue_declare("other"))
+        observed["declare_own"] = attempt(lambda ch: ch.queue_declare("bobq"))
+        observed["declare_passive"] = attempt(lambda ch: ch.queue_declare("bobq", passive=True))
+        observed["declare_dlx"] = attempt(lambda ch: ch.queue_declare(
+            "bobq2", arguments={"x-dead-letter-exchange": "dx"}))
+        observed["declare_exchange"] = attempt(lambda ch: ch.exchange_declare("ox", "direct"))
+        observed["declare_ae"] = attempt(lambda ch: ch.exchange_declare(
+            "bobx", "direct", arguments={"alternate-exchange": "ae"}))
+        observed["declare_own_exchange"] = attempt(lambda ch: ch.exchange_declare("bobx", "direct"))
+        observed["delete_system"] = attempt(lambda ch: ch.exchange_delete("amq.direct"))
+        observed["delete_queue"] = attempt(lambda ch: ch.queue_delete("zz"))
+
+        def publish(exchange, key, **props):
+            def run(ch):
+                ch.confirm_delivery()
+                ch.basic_publish(exchange, key, b"x", pika.BasicProperties(**props))
+            return run
+
+        observed["publish_default"] = attempt(publish("", "bobq"))
+        observed["publish_direct"] = attempt(publish("amq.direct", "k"))
+        observed["publish_missing"] = attempt(publish("bobmissing", "k"))
+        observed["publish_topic_own"] = attempt(publish("amq.topic", user + ".x"))
+        observed["publish_topic_other"] = attempt(publish("amq.topic", "alice.x"))
+        observed["publish_user_id"] = attempt(publish("", "bobq", user_id="guest"))
+        observed["get"] = attempt(lambda ch: ch.basic_get("nosuchq"))
+        observed["consume"] = attempt(lambda ch: ch.basic_consume("other", lambda *a: None))
+        observed["purge"] = attempt(lambda ch: ch.queue_purge("other"))
+        observed["bind_own"] = attempt(lambda ch: ch.queue_bind("bobq", "bobx", "k"))
+        observed["bind_source"] = attempt(lambda ch: ch.queue_bind("bobq", "amq.direct", "k"))
+        observed["bind_destination"] = attempt(lambda ch: ch.queue_bind("other", "bobx", "k"))
+        observed["bind_default"] = attempt(lambda ch: ch.queue_bind("bobq", "", "k"))
+        observed["bind_topic_allowed"] = attempt(lambda ch: ch.queue_bind("bobq", "amq.topic", "r.x"))
+        observed["bind_topic_refused"] = attempt(lambda ch: ch.queue_bind("bobq", "amq.topic", "w.x"))
+        observed["reply_to"] = attempt(lambda ch: ch.basic_consume(
+            "amq.rabbitmq.reply-to", lambda *a: None, auto_ack=True))
+        ch = conn.channel()
+        observed["depth"] = ch.queue_delete("bobq").method.message_count
+        ch.exchange_delete("bobx")
+        conn.close()
+    finally:
+        ctl("delete_user", user)
+        ctl("delete_user", "pika_nob")
+    return observed
+
+
 # The capabilities every scenario may rely on (both brokers advertise them).
 CAPABILITIES = ["authentication_failure_close", "basic.nack", "consumer_cancel_notify",
                 "consumer_priorities", "exchange_exchange_bindings", "per_consumer_qos",

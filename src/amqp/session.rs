@@ -7,8 +7,11 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::outbox::Outbox;
 use crate::auth::User;
+use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
+use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::broker::vhost::{ConnectionSlot, VirtualHost};
+use crate::protocol::error::AmqpResult;
 use crate::protocol::table;
 
 /// The capabilities a client announced in Connection.StartOk.
@@ -53,4 +56,34 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Counts this connection against the vhost's `max-connections` while the session lives.
     pub _slot: ConnectionSlot,
+}
+
+impl Session {
+    /// Whether this connection's user may do what needs `permission` to `resource` in its
+    /// vhost; refused with RabbitMQ's 403 and text.
+    pub fn authorize(&self, resource: Resource<'_>, permission: Permission) -> AmqpResult<()> {
+        self.broker
+            .access
+            .check(&self.user.name, &self.vhost.name, resource, permission)
+    }
+
+    /// For a topic exchange, whether the user's topic permissions allow this routing key
+    /// (`Write` to publish, `Read` to bind from it); other exchanges have no topic checks.
+    pub fn authorize_topic(
+        &self,
+        exchange: &Exchange,
+        routing_key: &str,
+        permission: Permission,
+    ) -> AmqpResult<()> {
+        if exchange.kind != ExchangeKind::Topic {
+            return Ok(());
+        }
+        self.broker.access.check_topic(
+            &self.user.name,
+            &self.vhost.name,
+            &exchange.name,
+            routing_key,
+            permission,
+        )
+    }
 }

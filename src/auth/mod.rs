@@ -1,9 +1,11 @@
-//! Authentication: users, RabbitMQ's password hashes, the SASL mechanisms clients log in
-//! with ([`sasl`]) and the randomness salts and names come from ([`random`]).
+//! Authentication and authorisation: users, RabbitMQ's password hashes, the SASL mechanisms
+//! clients log in with ([`sasl`]), what each user may do where ([`access`]) and the
+//! randomness salts and names come from ([`random`]).
 //!
 //! This layer knows nothing of queues or connections; the broker keeps the users, the AMQP
 //! layer runs the mechanisms.
 
+pub mod access;
 pub mod random;
 pub mod sasl;
 
@@ -12,6 +14,7 @@ use std::net::IpAddr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// RabbitMQ's name for the hashing scheme Lepus stores passwords with.
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
@@ -32,6 +35,21 @@ pub fn new_password_hash(password: &str) -> String {
     hash_password(password, [r[0], r[1], r[2], r[3]])
 }
 
+/// Whether `hash` is a password hash Lepus can check: RabbitMQ's SHA-256 format.
+pub fn is_supported_hash(hash: &str) -> bool {
+    BASE64.decode(hash).is_ok_and(|b| b.len() == 4 + 32)
+}
+
+/// Reads RabbitMQ's `tags`, a comma-separated list (as `rabbitmqctl set_user_tags` and older
+/// exports write it) or a JSON-style list already split.
+pub fn parse_tags(text: &str) -> Vec<String> {
+    text.split([',', ' '])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A user that may log in.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -40,6 +58,10 @@ pub struct User {
     pub password_hash: String,
     /// Like RabbitMQ's `loopback_users`: may only connect from a loopback address.
     pub loopback_only: bool,
+    /// RabbitMQ's user tags (`administrator`, `monitoring`, `policymaker`, `management`,
+    /// `impersonator`, or any other word): the management API authorises by them, and an
+    /// `impersonator` may publish with another user's `user_id`.
+    pub tags: Vec<String>,
 }
 
 impl User {
@@ -48,7 +70,18 @@ impl User {
             name: name.to_owned(),
             password_hash: password_hash.to_owned(),
             loopback_only,
+            tags: Vec::new(),
         }
+    }
+
+    /// The same user with these tags.
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
     }
 
     /// Checks a password against the stored hash without leaking, through timing, where
@@ -64,11 +97,7 @@ impl User {
         let Ok(computed) = BASE64.decode(hash_password(candidate, salt)) else {
             return false;
         };
-        let diff = stored
-            .iter()
-            .zip(computed.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        diff == 0
+        stored.ct_eq(&computed).into()
     }
 
     /// Whether the user may connect from `peer`.

@@ -1,15 +1,28 @@
 //! Unpredictable numbers and names: salts for password hashes, the random part of
-//! server-named queues, consumer tags and direct reply-to names.
+//! server-named queues, consumer tags and direct reply-to names. They come from the operating
+//! system's random source.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// 64 unpredictable bits: a process-wide counter hashed with SipHash under a key the standard
-/// library draws from the operating system.
+/// 64 unpredictable bits from the operating system.
 pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_ne_bytes(bytes),
+        Err(e) => {
+            // Linux's getrandom(2) does not fail once the pool is initialised; if a sandbox
+            // forbids it, names stay unique and unguessable enough through SipHash under the
+            // key std drew at start (itself from the OS), over a counter.
+            tracing::warn!(error = %e, "the OS random source failed; using a keyed hash");
+            fallback()
+        }
+    }
+}
+
+fn fallback() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     thread_local! {
         static STATE: RandomState = RandomState::new();
     }

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod recovery;
 pub mod reply_to;
 pub mod timer;
+pub mod users;
 pub mod vhost;
 pub mod worker;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::auth::User;
+use crate::auth::access::AccessControl;
 use crate::config::Config;
 use crate::store::Store;
 use crate::store::definitions::{Change, DefinitionsStore, VhostDef, VhostLimits};
@@ -47,6 +49,8 @@ pub struct Broker {
     /// Message bytes held in memory, against the budget.
     pub memory: &'static Memory,
     users: DashMap<String, Arc<User>>,
+    /// What each user may do in each vhost.
+    pub access: AccessControl,
     vhosts: DashMap<String, Arc<VirtualHost>>,
     /// Live connections, to reach them at shutdown.
     pub connections: Connections,

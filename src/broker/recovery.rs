@@ -17,6 +17,7 @@ use super::reply_to::ReplyConsumers;
 use super::timer::Timers;
 use super::vhost::{CreationLimits, VhostServices, VirtualHost};
 use super::worker::Worker;
+use crate::auth::access::{AccessControl, VhostPermissions};
 use crate::auth::{self, User};
 use crate::config::Config;
 use crate::store::Store;
@@ -66,6 +67,7 @@ impl Broker {
         }
         let broker = Broker {
             users: DashMap::new(),
+            access: AccessControl::default(),
             vhosts: DashMap::new(),
             connections: Connections::new(config.limits.max_connections),
             reply_consumers: ReplyConsumers::default(),
@@ -111,8 +113,22 @@ impl Broker {
         for u in &defs.users {
             self.users.insert(
                 u.name.clone(),
-                Arc::new(User::new(&u.name, &u.password_hash, u.lepus_loopback_only)),
+                Arc::new(
+                    User::new(&u.name, &u.password_hash, u.lepus_loopback_only)
+                        .with_tags(auth::parse_tags(&u.tags)),
+                ),
             );
+        }
+        for p in &defs.permissions {
+            self.access.set(
+                &p.user,
+                &p.vhost,
+                VhostPermissions::new(&p.configure, &p.write, &p.read),
+            );
+        }
+        for t in &defs.topic_permissions {
+            self.access
+                .set_topic(&t.user, &t.vhost, &t.exchange, &t.write, &t.read);
         }
         for v in &defs.vhosts {
             let vhost = VirtualHost::new(&v.name, self.vhost_services());

@@ -55,6 +55,7 @@ fn router(broker: Arc<Broker>) -> Router {
             "/api/lepus/vhost_limits/{vhost}",
             put(set_vhost_limits).delete(clear_vhost_limits),
         )
+        .merge(super::users::routes())
         .with_state(broker)
 }
 

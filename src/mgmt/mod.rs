@@ -6,3 +6,4 @@
 //! directory, where the file's permissions are the authorisation (as LavinMQ's `lavinmqctl`).
 
 pub mod admin;
+pub mod users;

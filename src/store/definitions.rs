@@ -42,6 +42,8 @@ pub struct Definitions {
     #[serde(default)]
     pub permissions: Vec<PermissionDef>,
     #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionDef>,
+    #[serde(default)]
     pub exchanges: Vec<ExchangeDef>,
     #[serde(default)]
     pub queues: Vec<QueueDef>,
@@ -111,6 +113,16 @@ pub struct PermissionDef {
     pub read: String,
 }
 
+/// A user's topic permissions on one exchange, in RabbitMQ's export shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicPermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExchangeDef {
     pub name: String,
@@ -171,14 +183,38 @@ pub enum Change {
     PutUser(UserDef),
     PutVhost(VhostDef),
     PutPermission(PermissionDef),
+    DeleteUser {
+        name: String,
+    },
+    DeletePermission {
+        user: String,
+        vhost: String,
+    },
+    PutTopicPermission(TopicPermissionDef),
+    /// All of the user's topic permissions in the vhost when `exchange` is absent.
+    DeleteTopicPermission {
+        user: String,
+        vhost: String,
+        #[serde(default)]
+        exchange: Option<String>,
+    },
     PutExchange(ExchangeDef),
-    DeleteExchange { vhost: String, name: String },
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
     PutQueue(QueueDef),
-    DeleteQueue { vhost: String, name: String },
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
     PutBinding(BindingDef),
     DeleteBinding(BindingDef),
     PutPolicy(PolicyDef),
-    DeletePolicy { vhost: String, name: String },
+    DeletePolicy {
+        vhost: String,
+        name: String,
+    },
 }
 
 impl Definitions {
@@ -197,6 +233,32 @@ impl Definitions {
                 self.permissions
                     .retain(|x| !(x.user == p.user && x.vhost == p.vhost));
                 self.permissions.push(p);
+            }
+            Change::DeleteUser { name } => {
+                self.users.retain(|x| x.name != name);
+                self.permissions.retain(|x| x.user != name);
+                self.topic_permissions.retain(|x| x.user != name);
+            }
+            Change::DeletePermission { user, vhost } => {
+                self.permissions
+                    .retain(|x| !(x.user == user && x.vhost == vhost));
+            }
+            Change::PutTopicPermission(p) => {
+                self.topic_permissions.retain(|x| {
+                    !(x.user == p.user && x.vhost == p.vhost && x.exchange == p.exchange)
+                });
+                self.topic_permissions.push(p);
+            }
+            Change::DeleteTopicPermission {
+                user,
+                vhost,
+                exchange,
+            } => {
+                self.topic_permissions.retain(|x| {
+                    !(x.user == user
+                        && x.vhost == vhost
+                        && exchange.as_ref().is_none_or(|e| *e == x.exchange))
+                });
             }
             Change::PutExchange(x) => {
                 self.exchanges

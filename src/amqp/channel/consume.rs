@@ -14,6 +14,7 @@ use crate::amqp::naming;
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
+use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
 use crate::broker::queue::consumer::Consumer;
 use crate::broker::queue::delivery::{DeliverySource, Unblock};
@@ -104,6 +105,7 @@ impl Channel {
         if name == reply_to::PSEUDO_QUEUE {
             return self.consume_replies(s, out, c, tag, tag_bytes);
         }
+        s.authorize(Resource::Queue(&name), Permission::Read)?;
         let max = s.broker.config.limits.max_consumers_per_channel;
         if self.consumers.len() >= max {
             // Same as RabbitMQ 3.12's `consumer_max_per_channel`: a connection error.
@@ -233,6 +235,7 @@ impl Channel {
     pub(super) fn get(&mut self, s: &Session, out: &mut Output, g: basic::Get) -> AmqpResult<()> {
         let id = self.id;
         let name = self.queue_name(g.queue.as_str())?;
+        s.authorize(Resource::Queue(&name), Permission::Read)?;
         let q = s.vhost.usable_queue(&name, s.connection_id)?;
         let Some((entry, remaining)) = q.get(g.no_ack) else {
             reply(

@@ -8,10 +8,13 @@ use crate::amqp::naming;
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
+use crate::auth::access::{Permission, Resource};
+use crate::broker::exchange::ExchangeKind;
 use crate::broker::reply_to;
 use crate::broker::vhost::exchanges::ExchangeDeclare;
 use crate::broker::vhost::queues::QueueDeclare;
 use crate::protocol::error::AmqpResult;
+use crate::protocol::table;
 
 impl Channel {
     pub(super) fn exchange_method(
@@ -23,8 +26,10 @@ impl Channel {
         let id = self.id;
         match method {
             exchange::AMQPMethod::Declare(d) => {
+                let name = strip_cr_lf(d.exchange.as_str());
+                authorize_exchange_declare(s, &name, &d)?;
                 let declare = ExchangeDeclare {
-                    name: strip_cr_lf(d.exchange.as_str()),
+                    name,
                     kind: d.kind.to_string(),
                     passive: d.passive,
                     durable: d.durable,
@@ -44,9 +49,13 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
-                let sync = s
-                    .vhost
-                    .delete_exchange(&strip_cr_lf(d.exchange.as_str()), d.if_unused)?;
+                let name = strip_cr_lf(d.exchange.as_str());
+                // As in RabbitMQ, the default and `amq.*` exchanges are refused for what
+                // they are before anyone's permissions are looked at.
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    s.authorize(Resource::Exchange(&name), Permission::Configure)?;
+                }
+                let sync = s.vhost.delete_exchange(&name, d.if_unused)?;
                 out.hold_until_synced(sync);
                 if !d.nowait {
                     reply(
@@ -57,9 +66,15 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
+                let (destination, source) = (
+                    strip_cr_lf(b.destination.as_str()),
+                    strip_cr_lf(b.source.as_str()),
+                );
+                let key = b.routing_key.as_str();
+                authorize_binding(s, Resource::Exchange(&destination), &source, key)?;
                 let sync = s.vhost.bind_exchange(
-                    &strip_cr_lf(b.destination.as_str()),
-                    &strip_cr_lf(b.source.as_str()),
+                    &destination,
+                    &source,
                     b.routing_key.as_str(),
                     &b.arguments,
                 )?;
@@ -73,9 +88,15 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
+                let (destination, source) = (
+                    strip_cr_lf(b.destination.as_str()),
+                    strip_cr_lf(b.source.as_str()),
+                );
+                let key = b.routing_key.as_str();
+                authorize_binding(s, Resource::Exchange(&destination), &source, key)?;
                 let sync = s.vhost.unbind_exchange(
-                    &strip_cr_lf(b.destination.as_str()),
-                    &strip_cr_lf(b.source.as_str()),
+                    &destination,
+                    &source,
                     b.routing_key.as_str(),
                     &b.arguments,
                 )?;
@@ -120,9 +141,11 @@ impl Channel {
                     } else {
                         b.routing_key.to_string()
                     };
+                let exchange = strip_cr_lf(b.exchange.as_str());
+                authorize_binding(s, Resource::Queue(&queue), &exchange, &routing_key)?;
                 let sync = s.vhost.bind_queue(
                     &queue,
-                    &strip_cr_lf(b.exchange.as_str()),
+                    &exchange,
                     &routing_key,
                     &b.arguments,
                     s.connection_id,
@@ -144,9 +167,11 @@ impl Channel {
                     } else {
                         b.routing_key.to_string()
                     };
+                let exchange = strip_cr_lf(b.exchange.as_str());
+                authorize_binding(s, Resource::Queue(&queue), &exchange, &routing_key)?;
                 let sync = s.vhost.unbind_queue(
                     &queue,
-                    &strip_cr_lf(b.exchange.as_str()),
+                    &exchange,
                     &routing_key,
                     &b.arguments,
                     s.connection_id,
@@ -160,6 +185,7 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
+                s.authorize(Resource::Queue(&name), Permission::Read)?;
                 let q = s.vhost.usable_queue(&name, s.connection_id)?;
                 let count = q.purge();
                 if !p.nowait {
@@ -174,6 +200,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&strip_cr_lf(d.queue.as_str()))?;
+                s.authorize(Resource::Queue(&name), Permission::Configure)?;
                 let (count, sync) =
                     s.vhost
                         .delete_queue(&name, d.if_unused, d.if_empty, s.connection_id)?;
@@ -240,6 +267,19 @@ impl Channel {
         } else {
             requested
         };
+        if !d.passive {
+            // As in RabbitMQ, a server-named queue needs configure permission on the name
+            // the server chose; a new queue with a dead-letter exchange also needs read on
+            // itself and write on that exchange.
+            s.authorize(Resource::Queue(&name), Permission::Configure)?;
+            if s.vhost.queue(&name).is_none()
+                && let Some(dlx) =
+                    table::get(&d.arguments, "x-dead-letter-exchange").and_then(table::as_str)
+            {
+                s.authorize(Resource::Queue(&name), Permission::Read)?;
+                s.authorize(Resource::Exchange(dlx), Permission::Write)?;
+            }
+        }
         let declare = QueueDeclare {
             name,
             passive: d.passive,
@@ -264,4 +304,42 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// What RabbitMQ checks before declaring an exchange: configure on it (once its type and name
+/// are known to be acceptable), and for a new exchange with an alternate exchange, read on it
+/// and write on the alternate. Passive declares check nothing.
+fn authorize_exchange_declare(s: &Session, name: &str, d: &exchange::Declare) -> AmqpResult<()> {
+    if d.passive || name.is_empty() || ExchangeKind::parse(d.kind.as_str()).is_none() {
+        return Ok(());
+    }
+    s.authorize(Resource::Exchange(name), Permission::Configure)?;
+    if !name.starts_with("amq.")
+        && s.vhost.exchange(name).is_none()
+        && let Some(ae) = table::get(&d.arguments, "alternate-exchange").and_then(table::as_str)
+    {
+        s.authorize(Resource::Exchange(name), Permission::Read)?;
+        s.authorize(Resource::Exchange(ae), Permission::Write)?;
+    }
+    Ok(())
+}
+
+/// What RabbitMQ checks before binding or unbinding: write on the destination, then (unless
+/// either end is the default exchange, which is refused for that) read on the source and,
+/// for a topic source, the user's topic read permission on the routing key.
+fn authorize_binding(
+    s: &Session,
+    destination: Resource<'_>,
+    source: &str,
+    routing_key: &str,
+) -> AmqpResult<()> {
+    s.authorize(destination, Permission::Write)?;
+    if source.is_empty() || destination == Resource::Exchange("") {
+        return Ok(());
+    }
+    s.authorize(Resource::Exchange(source), Permission::Read)?;
+    if let Some(x) = s.vhost.exchange(source) {
+        s.authorize_topic(&x, routing_key, Permission::Read)?;
+    }
+    Ok(())
 }

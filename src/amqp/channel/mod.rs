@@ -123,7 +123,11 @@ struct Transaction {
 /// Routes remembered by a channel, valid while the vhost's topology version is unchanged.
 #[derive(Debug, Default)]
 struct RouteCache {
+    /// The vhost's topology version the routes were computed under.
     version: u64,
+    /// The broker's grants version the routes were authorised under: a cached route also
+    /// stands for the write and topic permission checks its first publish passed.
+    access_version: u64,
     routes: HashMap<(Bytes, Bytes), CachedRoute>,
 }
 

@@ -1,6 +1,6 @@
 //! The route cache: a channel remembers where its recent publishes went, valid while the
-//! vhost's topology version is unchanged, so a publisher repeating an exchange and routing
-//! key skips the exchange lookup and the routing.
+//! vhost's topology and the broker's grants are unchanged, so a publisher repeating an
+//! exchange and routing key skips the permission checks, the exchange lookup and the routing.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::{CachedRoute, Channel, ROUTE_CACHE_ENTRIES, Route};
 use crate::amqp::session::Session;
 use crate::amqp_error;
+use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::queue::Queue;
 use crate::protocol::error::AmqpResult;
@@ -24,9 +25,11 @@ impl Channel {
         routing_key: &Bytes,
     ) -> AmqpResult<(Arc<Exchange>, Option<Route>)> {
         let version = s.vhost.version();
-        if self.routes.version != version {
+        let access_version = s.broker.access.version();
+        if self.routes.version != version || self.routes.access_version != access_version {
             self.routes.routes.clear();
             self.routes.version = version;
+            self.routes.access_version = access_version;
         }
         if let Some(hit) = self
             .routes
@@ -35,7 +38,11 @@ impl Channel {
         {
             return Ok((hit.exchange.clone(), hit.queues.clone()));
         }
+        // RabbitMQ's order: write permission on the exchange, its existence, that it is not
+        // internal, then the user's topic permission on the routing key. A cached route has
+        // passed all four under the same topology and grants.
         let name = std::str::from_utf8(exchange).unwrap_or("\u{fffd}");
+        s.authorize(Resource::Exchange(name), Permission::Write)?;
         let found = s.vhost.exchange(name).ok_or_else(|| {
             amqp_error!(
                 NotFound,
@@ -44,6 +51,16 @@ impl Channel {
                 s.vhost.name
             )
         })?;
+        if found.internal {
+            return Err(amqp_error!(
+                AccessRefused,
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                found.name,
+                s.vhost.name
+            ));
+        }
+        let key = String::from_utf8_lossy(routing_key);
+        s.authorize_topic(&found, &key, Permission::Write)?;
         Ok((found, None))
     }
 

@@ -232,6 +232,13 @@ impl Connection {
                 return;
             }
         };
+        // After the connection limit, as in RabbitMQ: a user without permissions in the
+        // vhost may not open it.
+        if let Err(e) = self.broker.access.check_vhost(&user.name, &vhost.name) {
+            tracing::warn!(peer = %self.peer, user = %user.name, vhost = %vhost.name, "vhost access refused");
+            self.close_connection(e.on_method(10, 40), false);
+            return;
+        }
         tracing::info!(
             peer = %self.peer,
             user = %user.name,

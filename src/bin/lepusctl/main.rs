@@ -3,6 +3,7 @@
 //! a Unix socket in the data directory; the file's permissions are the authorisation).
 
 mod http;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ struct Args {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+pub(crate) enum Command {
     /// Shows the broker's state.
     Status,
     /// Sets the memory high watermark: a fraction of the machine's memory, or
@@ -70,6 +71,53 @@ enum Command {
         /// The vhost.
         #[arg(short = 'p', long = "vhost", default_value = "/")]
         vhost: String,
+    },
+    /// Adds a user.
+    #[command(name = "add_user")]
+    AddUser { username: String, password: String },
+    /// Deletes a user and their permissions.
+    #[command(name = "delete_user")]
+    DeleteUser { username: String },
+    /// Changes a user's password.
+    #[command(name = "change_password")]
+    ChangePassword { username: String, password: String },
+    /// Replaces a user's tags (none clears them).
+    #[command(name = "set_user_tags")]
+    SetUserTags { username: String, tags: Vec<String> },
+    /// Sets a user's configure, write and read patterns in a vhost.
+    #[command(name = "set_permissions")]
+    SetPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+        configure: String,
+        write: String,
+        read: String,
+    },
+    /// Revokes a user's permissions in a vhost.
+    #[command(name = "clear_permissions")]
+    ClearPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+    },
+    /// Sets a user's topic write and read patterns on an exchange.
+    #[command(name = "set_topic_permissions")]
+    SetTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+        exchange: String,
+        write: String,
+        read: String,
+    },
+    /// Revokes a user's topic permissions in a vhost (on one exchange, if named).
+    #[command(name = "clear_topic_permissions")]
+    ClearTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+        exchange: Option<String>,
     },
 }
 
@@ -142,6 +190,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<String, String> {
             http::request(socket, "DELETE", &vhost_limits_path(vhost), None)?;
             Ok(format!("Clearing vhost \"{vhost}\" limits ..."))
         }
+        other => users::run(other, socket),
     }
 }
 
@@ -150,7 +199,7 @@ fn vhost_limits_path(vhost: &str) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters, for a name inside a URL path.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -168,6 +217,6 @@ fn node(args: &Args) -> String {
         .unwrap_or_else(|| "lepus@localhost".into())
 }
 
-fn put(socket: &std::path::Path, path: &str, body: Value) -> Result<Value, String> {
+pub(crate) fn put(socket: &std::path::Path, path: &str, body: Value) -> Result<Value, String> {
     http::request(socket, "PUT", path, Some(body))
 }

@@ -1,0 +1,637 @@
+//! Permissions, as RabbitMQ's internal authorisation backend enforces them: vhost access at
+//! connection.open, configure/write/read patterns on every operation RabbitMQ checks, topic
+//! permissions on routing keys, the user_id property and the impersonator tag. Every text was
+//! observed from RabbitMQ 3.10.8 with the same grants.
+
+mod common;
+
+use common::{
+    Broker, amqp_error, assert_amqp_error, assert_publish_refused, long_str, table, within,
+};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ExchangeKind};
+
+/// A broker where `bob` may configure and read `bob*`, write `bob*`, the default exchange
+/// and `amq.topic`, read `amq.topic`, with topic permissions on `amq.topic`: publish
+/// `{username}.*`, bind `r.*`. `imp` may do anything and is an impersonator; `nob` has no
+/// permissions at all.
+async fn broker_with_bob() -> Broker {
+    let broker = Broker::start().await;
+    let b = broker.server.as_ref().unwrap().broker().clone();
+    for u in ["bob", "imp", "nob"] {
+        b.add_user(u, u).expect("new user");
+    }
+    b.set_permissions(
+        "bob",
+        "/",
+        "^bob",
+        "^(bob|amq\\.default|amq\\.topic)",
+        "^(bob|amq\\.topic)",
+    )
+    .unwrap();
+    b.set_topic_permissions("bob", "/", "amq.topic", "^{username}\\.", "^r\\.")
+        .unwrap();
+    b.set_permissions("imp", "/", ".*", ".*", ".*").unwrap();
+    b.set_user_tags("imp", vec!["impersonator".into()]).unwrap();
+    // Something bob may not touch.
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("other".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.exchange_declare(
+        "ox".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    broker
+}
+
+async fn connect_as(broker: &Broker, user: &str) -> lapin::Result<Connection> {
+    let uri = format!("amqp://{user}:{user}@{}/%2f", broker.addr);
+    within(Connection::connect(&uri, Default::default())).await
+}
+
+async fn bob(broker: &Broker) -> (Connection, lapin::Channel) {
+    let conn = connect_as(broker, "bob").await.expect("bob connects");
+    let ch = within(conn.create_channel()).await.expect("channel opens");
+    (conn, ch)
+}
+
+fn refused(kind: &str, name: &str) -> String {
+    format!("ACCESS_REFUSED - access to {kind} '{name}' in vhost '/' refused for user 'bob'")
+}
+
+/// The broker and its other users are undisturbed by bob's refusals.
+async fn assert_witness_healthy(broker: &Broker) {
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "other".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("the witness still works");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_user_without_permissions_cannot_open_the_vhost() {
+    let broker = broker_with_bob().await;
+    assert_amqp_error(
+        connect_as(&broker, "nob").await,
+        530,
+        "NOT_ALLOWED - access to vhost '/' refused for user 'nob'",
+    );
+    // Granting takes effect for the next open; revoking too.
+    let b = broker.server.as_ref().unwrap().broker().clone();
+    b.set_permissions("nob", "/", "", "", "").unwrap();
+    connect_as(&broker, "nob")
+        .await
+        .expect("empty permissions still open the vhost");
+    b.clear_permissions("nob", "/").unwrap();
+    assert!(connect_as(&broker, "nob").await.is_err());
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_declares_need_configure() {
+    let broker = broker_with_bob().await;
+    let declare = |name: &'static str, opts: QueueDeclareOptions, args: FieldTable| {
+        let broker = &broker;
+        async move {
+            let (_c, ch) = bob(broker).await;
+            within(ch.queue_declare(name.into(), opts, args))
+                .await
+                .map(|q| q.name().to_string())
+        }
+    };
+    assert_amqp_error(
+        declare("other", Default::default(), FieldTable::default()).await,
+        403,
+        &refused("queue", "other"),
+    );
+    assert_eq!(
+        declare("bobq", Default::default(), FieldTable::default())
+            .await
+            .unwrap(),
+        "bobq"
+    );
+    // The reserved prefix is refused before permissions are looked at.
+    assert_amqp_error(
+        declare("amq.x", Default::default(), FieldTable::default()).await,
+        403,
+        "ACCESS_REFUSED - queue name 'amq.x' contains reserved prefix 'amq.*'",
+    );
+    // A server-named queue needs configure on the name the server chose.
+    let err = declare(
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect_err("refused");
+    let (code, text) = amqp_error(&err).unwrap();
+    assert_eq!(code, 403);
+    assert!(
+        text.starts_with("ACCESS_REFUSED - access to queue 'amq.gen-"),
+        "{text}"
+    );
+    // A passive declare needs nothing.
+    declare(
+        "other",
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declares are not checked");
+    // A dead-letter exchange needs write on it.
+    assert_amqp_error(
+        declare(
+            "bobq2",
+            Default::default(),
+            table(&[("x-dead-letter-exchange", long_str("dx"))]),
+        )
+        .await,
+        403,
+        &refused("exchange", "dx"),
+    );
+
+    let (_c, ch) = bob(&broker).await;
+    let x = |name: &'static str, kind: ExchangeKind, args: FieldTable| {
+        let ch = ch.clone();
+        async move { within(ch.exchange_declare(name.into(), kind, Default::default(), args)).await }
+    };
+    assert_amqp_error(
+        x("ox", ExchangeKind::Direct, FieldTable::default()).await,
+        403,
+        &refused("exchange", "ox"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    let x2 = |name: &'static str, args: FieldTable| {
+        let ch = ch.clone();
+        async move {
+            within(ch.exchange_declare(name.into(), ExchangeKind::Direct, Default::default(), args))
+                .await
+        }
+    };
+    assert_amqp_error(
+        x2("bobx", table(&[("alternate-exchange", long_str("ae"))])).await,
+        403,
+        &refused("exchange", "ae"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    within(ch.exchange_declare(
+        "bobx".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("bob may declare bobx");
+    within(ch.exchange_declare(
+        "amq.direct".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("passive declares are not checked");
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_deletes_need_configure_and_system_exchanges_are_refused_first() {
+    let broker = broker_with_bob().await;
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.queue_delete("other".into(), Default::default())).await,
+        403,
+        &refused("queue", "other"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.queue_delete("zz".into(), Default::default())).await,
+        403,
+        &refused("queue", "zz"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_delete("bobzz".into(), Default::default()))
+        .await
+        .expect("deleting a missing queue bob may configure is fine");
+    assert_amqp_error(
+        within(ch.exchange_delete("amq.direct".into(), Default::default())).await,
+        403,
+        "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.exchange_delete("ox".into(), Default::default())).await,
+        403,
+        &refused("exchange", "ox"),
+    );
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_publish_needs_write_before_the_exchange_is_looked_up() {
+    let broker = broker_with_bob().await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    // The default exchange is checked as amq.default.
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        "bobq".into(),
+        Default::default(),
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    assert_publish_refused(
+        &ch,
+        "amq.direct",
+        "k",
+        b"x",
+        Default::default(),
+        403,
+        &refused("exchange", "amq.direct"),
+    )
+    .await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    assert_publish_refused(
+        &ch,
+        "nosuch",
+        "k",
+        b"x",
+        Default::default(),
+        403,
+        &refused("exchange", "nosuch"),
+    )
+    .await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    assert_publish_refused(
+        &ch,
+        "bobmissing",
+        "k",
+        b"x",
+        Default::default(),
+        404,
+        "NOT_FOUND - no exchange 'bobmissing' in vhost '/'",
+    )
+    .await;
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_consume_get_and_purge_need_read() {
+    let broker = broker_with_bob().await;
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.basic_get("other".into(), Default::default())).await,
+        403,
+        &refused("queue", "other"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.basic_get("nosuchq".into(), Default::default())).await,
+        403,
+        &refused("queue", "nosuchq"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.basic_consume(
+            "other".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        &refused("queue", "other"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.queue_purge("other".into(), Default::default())).await,
+        403,
+        &refused("queue", "other"),
+    );
+    // Direct reply-to is not a queue and needs nothing.
+    let (_c, ch) = bob(&broker).await;
+    within(ch.basic_consume(
+        "amq.rabbitmq.reply-to".into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("direct reply-to needs no permission");
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_bindings_need_write_on_the_destination_and_read_on_the_source() {
+    let broker = broker_with_bob().await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.exchange_declare(
+        "bobx".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_bind(
+        "bobq".into(),
+        "bobx".into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("bob may bind his queue to his exchange");
+    let bind = |queue: &'static str, exchange: &'static str| {
+        let broker = &broker;
+        async move {
+            let (_c, ch) = bob(broker).await;
+            within(ch.queue_bind(
+                queue.into(),
+                exchange.into(),
+                "k".into(),
+                Default::default(),
+                FieldTable::default(),
+            ))
+            .await
+        }
+    };
+    assert_amqp_error(
+        bind("bobq", "amq.direct").await,
+        403,
+        &refused("exchange", "amq.direct"),
+    );
+    assert_amqp_error(bind("other", "bobx").await, 403, &refused("queue", "other"));
+    assert_amqp_error(
+        bind("bobq", "").await,
+        403,
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    );
+    assert_amqp_error(
+        bind("bobq", "bobnox").await,
+        404,
+        "NOT_FOUND - no exchange 'bobnox' in vhost '/'",
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.queue_unbind(
+            "bobq".into(),
+            "amq.direct".into(),
+            "k".into(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        &refused("exchange", "amq.direct"),
+    );
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.exchange_bind(
+            "bobx".into(),
+            "amq.direct".into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        &refused("exchange", "amq.direct"),
+    );
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_topic_permissions_check_routing_keys() {
+    let broker = broker_with_bob().await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let confirm = within(ch.basic_publish(
+        "amq.topic".into(),
+        "bob.x".into(),
+        Default::default(),
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        within(confirm).await.unwrap().is_ack(),
+        "{{username}} expands to bob"
+    );
+    let topic_refused = |key: &str| {
+        format!(
+            "ACCESS_REFUSED - access to topic '{key}' in exchange 'amq.topic' in vhost '/' refused for user 'bob'"
+        )
+    };
+    assert_publish_refused(
+        &ch,
+        "amq.topic",
+        "alice.x",
+        b"x",
+        Default::default(),
+        403,
+        &topic_refused("alice.x"),
+    )
+    .await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_bind(
+        "bobq".into(),
+        "amq.topic".into(),
+        "r.x".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("bob may bind r.*");
+    assert_amqp_error(
+        within(ch.queue_bind(
+            "bobq".into(),
+            "amq.topic".into(),
+            "w.x".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        &topic_refused("w.x"),
+    );
+    // Clearing the topic permissions allows every key again, on a channel that had cached
+    // the refusal's neighbour route.
+    let b = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = bob(&broker).await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let confirm = within(ch.basic_publish(
+        "amq.topic".into(),
+        "bob.y".into(),
+        Default::default(),
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    b.set_topic_permissions("bob", "/", "amq.topic", "^nobody$", "^r\\.")
+        .unwrap();
+    assert_publish_refused(
+        &ch,
+        "amq.topic",
+        "bob.y",
+        b"x",
+        Default::default(),
+        403,
+        &topic_refused("bob.y"),
+    )
+    .await;
+    b.clear_topic_permissions("bob", "/", None).unwrap();
+    let (_c, ch) = bob(&broker).await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let confirm = within(ch.basic_publish(
+        "amq.topic".into(),
+        "alice.x".into(),
+        Default::default(),
+        b"x",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    assert_witness_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn a_revoked_write_permission_stops_a_publisher_with_a_cached_route() {
+    let broker = broker_with_bob().await;
+    let b = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    for _ in 0..3 {
+        let confirm = within(ch.basic_publish(
+            "".into(),
+            "bobq".into(),
+            Default::default(),
+            b"x",
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+        assert!(within(confirm).await.unwrap().is_ack());
+    }
+    b.set_permissions("bob", "/", "^bob", "^bob", "^bob")
+        .unwrap();
+    assert_publish_refused(
+        &ch,
+        "",
+        "bobq",
+        b"x",
+        Default::default(),
+        403,
+        &refused("exchange", "amq.default"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_user_id_must_be_the_user_unless_an_impersonator() {
+    let broker = broker_with_bob().await;
+    let (_c, ch) = bob(&broker).await;
+    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    assert_publish_refused(
+        &ch,
+        "",
+        "bobq",
+        b"x",
+        BasicProperties::default().with_user_id("imp".into()),
+        406,
+        "PRECONDITION_FAILED - user_id property set to 'imp' but authenticated user was 'bob'",
+    )
+    .await;
+    let conn = connect_as(&broker, "imp").await.unwrap();
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        "bobq".into(),
+        Default::default(),
+        b"x",
+        BasicProperties::default().with_user_id("bob".into()),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        within(confirm).await.unwrap().is_ack(),
+        "an impersonator may set any user_id"
+    );
+}
+
+#[tokio::test]
+async fn grants_survive_a_restart() {
+    let mut config = lepus::config::Config::for_tests();
+    let dir = config.data_dir.clone();
+    let mut broker = Broker::start_with(config.clone()).await;
+    {
+        let b = broker.server.as_ref().unwrap().broker().clone();
+        b.add_user("bob", "bob").unwrap();
+        b.set_permissions("bob", "/", "^bob", "^bob", "^bob")
+            .unwrap();
+        b.set_topic_permissions("bob", "/", "amq.topic", "^x", "^y")
+            .unwrap();
+        b.set_user_tags("bob", vec!["monitoring".into()]).unwrap();
+    }
+    broker.stop().await;
+    config.data_dir = dir;
+    let broker = Broker::start_with(config).await;
+    let b = broker.server.as_ref().unwrap().broker().clone();
+    assert!(b.user("bob").unwrap().has_tag("monitoring"));
+    let grants = b.access.grants("bob").expect("grants are back");
+    assert_eq!(grants.vhosts["/"].write.source, "^bob");
+    assert_eq!(grants.topics["/"]["amq.topic"].read.source, "^y");
+    let (_c, ch) = bob(&broker).await;
+    assert_amqp_error(
+        within(ch.queue_declare("other".into(), Default::default(), FieldTable::default())).await,
+        403,
+        &refused("queue", "other"),
+    );
+}
