@@ -11,13 +11,22 @@ use lepus::{Config, Server};
 #[command(version, about)]
 struct Args {
     /// Address to accept AMQP connections on (repeatable, or comma-separated in LEPUS_LISTEN).
+    /// The default, `[::]:5672`, takes IPv4 and IPv6 clients.
     #[arg(
         long = "listen",
         env = "LEPUS_LISTEN",
         value_delimiter = ',',
-        default_value = "0.0.0.0:5672"
+        default_value = "[::]:5672"
     )]
     listen: Vec<SocketAddr>,
+    /// How log lines are written: `text`, or `json` for log collectors.
+    #[arg(
+        long = "log-format",
+        env = "LEPUS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     /// Directory for durable state.
     #[arg(
         long = "data-dir",
@@ -67,14 +76,32 @@ fn parse_disk_limit(text: &str) -> Result<lepus::config::DiskFreeLimit, String> 
         .ok_or_else(|| format!("not a size (50MB) or mem_relative:F: {text}"))
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event; coloured only on a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to standard output, filtered by `LEPUS_LOG` (`info` by default). Escape codes only
+/// go to a terminal: a log file or a journal gets plain text.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEPUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEPUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
     let mut config = Config {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -59,8 +59,7 @@ impl Server {
     ) -> std::io::Result<Server> {
         let mut bound = Vec::new();
         for addr in &config.listen {
-            let listener = Listener::bind(*addr).await?;
-            bound.push(listener);
+            bound.extend(Listener::bind_all(*addr).await?);
         }
         let (broker, report) = tokio::task::spawn_blocking(move || Broker::open_on(fs, config))
             .await
@@ -166,6 +165,7 @@ async fn accept_loop(listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {
             drop(transport);
             continue;
         };
+        tracing::info!(%peer, "accepting AMQP connection");
         live.count.fetch_add(1, Ordering::AcqRel);
         let guard = LiveGuard(live.clone());
         let broker = broker.clone();

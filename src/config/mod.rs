@@ -210,7 +210,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5672))],
+            // IPv4 and IPv6, as RabbitMQ's default listener (see `Listener::bind_all`).
+            listen: vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5672))],
             data_dir: PathBuf::from("lepus-data"),
             users: vec![UserConfig {
                 name: "guest".into(),

@@ -1,7 +1,7 @@
 //! Listening sockets: bind an address, accept transports.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use tokio::net::TcpListener;
 
@@ -19,6 +19,34 @@ impl Listener {
         Ok(Listener {
             inner: TcpListener::bind(addr).await?,
         })
+    }
+
+    /// Binds `addr`, and for the IPv6 wildcard (`[::]`) makes sure IPv4 clients are served
+    /// too, as RabbitMQ's default listener does: where the OS makes `[::]` dual-stack (Linux
+    /// unless `net.ipv6.bindv6only` is set) one socket takes both; where it does not, a
+    /// second socket listens on `0.0.0.0` at the same port; where there is no IPv6 at all,
+    /// `0.0.0.0` alone.
+    pub async fn bind_all(addr: SocketAddr) -> io::Result<Vec<Listener>> {
+        let wildcard_v6 = matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified());
+        if !wildcard_v6 {
+            return Ok(vec![Listener::bind(addr).await?]);
+        }
+        let v4 = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let v6 = match Listener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if e.kind() != io::ErrorKind::AddrInUse => {
+                tracing::info!(error = %e, "no IPv6 here; listening on IPv4 only");
+                return Ok(vec![Listener::bind(v4(addr.port())).await?]);
+            }
+            Err(e) => return Err(e),
+        };
+        let port = v6.local_addr()?.port();
+        match Listener::bind(v4(port)).await {
+            Ok(also) => Ok(vec![v6, also]),
+            // The IPv6 socket already takes IPv4 connections on this port.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(vec![v6]),
+            Err(e) => Err(e),
+        }
     }
 
     /// The bound address, with the real port.

@@ -165,15 +165,22 @@ impl Connection {
             session.vhost.remove_exclusive_queues(self.id);
         }
         self.broker.connections.unregister(self.id);
+        // One line per connection end, with who it was, for an operator reading the log.
+        let (user, vhost) = match &self.session {
+            Some(s) => (s.user.name.as_str(), s.vhost.name.as_str()),
+            None => ("", ""),
+        };
         match exit {
             Exit::Done(reason) => {
                 if self.session.is_some() {
-                    tracing::info!(peer = %self.peer, reason, "connection closed");
+                    tracing::info!(peer = %self.peer, user = %user, vhost = %vhost, reason, "connection closed");
                 } else {
                     tracing::debug!(peer = %self.peer, reason, "connection closed during handshake");
                 }
             }
-            Exit::Io(e) => tracing::info!(peer = %self.peer, error = %e, "connection lost"),
+            Exit::Io(e) => {
+                tracing::info!(peer = %self.peer, user = %user, vhost = %vhost, error = %e, "connection lost")
+            }
         }
     }
 }
