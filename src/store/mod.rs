@@ -23,6 +23,7 @@
 
 mod compact;
 pub mod definitions;
+pub mod export;
 pub mod fs;
 pub mod intervals;
 pub mod log;
