@@ -18,7 +18,7 @@ use lapin::{BasicProperties, Connection, ExchangeKind};
 /// permissions at all.
 async fn broker_with_bob() -> Broker {
     let broker = Broker::start().await;
-    let b = broker.server.as_ref().unwrap().broker().clone();
+    let b = admin(&broker);
     for u in ["bob", "imp", "nob"] {
         b.add_user(u, u).expect("new user");
     }
@@ -55,6 +55,50 @@ async fn connect_as(broker: &Broker, user: &str) -> lapin::Result<Connection> {
     within(Connection::connect(&uri, Default::default())).await
 }
 
+/// Runs an operation on a fresh channel of bob's and asserts the broker refused it with this
+/// code and text.
+macro_rules! refuse {
+    ($broker:expr, |$ch:ident| $op:expr, $code:expr, $text:expr) => {{
+        let (_c, $ch) = bob($broker).await;
+        assert_amqp_error(within($op).await, $code, $text);
+    }};
+}
+
+/// The in-process broker's state, to grant and revoke as an operator would.
+fn admin(broker: &Broker) -> std::sync::Arc<lepus::broker::Broker> {
+    broker.server.as_ref().unwrap().broker().clone()
+}
+
+async fn declare(ch: &lapin::Channel, queue: &str) {
+    within(ch.queue_declare(queue.into(), Default::default(), FieldTable::default()))
+        .await
+        .expect("declared");
+}
+
+/// Puts a channel in confirm mode.
+async fn confirming(ch: &lapin::Channel) {
+    within(ch.confirm_select(Default::default())).await.unwrap();
+}
+
+/// Publishes `x` and asserts the broker confirmed it.
+async fn publish_acked(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    properties: BasicProperties,
+) {
+    let confirm = within(ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        Default::default(),
+        b"x",
+        properties,
+    ))
+    .await
+    .expect("the publish is written");
+    assert!(within(confirm).await.unwrap().is_ack(), "confirmed");
+}
+
 async fn bob(broker: &Broker) -> (Connection, lapin::Channel) {
     let conn = connect_as(broker, "bob").await.expect("bob connects");
     let ch = within(conn.create_channel()).await.expect("channel opens");
@@ -89,7 +133,7 @@ async fn same_as_rabbitmq_a_user_without_permissions_cannot_open_the_vhost() {
         "NOT_ALLOWED - access to vhost '/' refused for user 'nob'",
     );
     // Granting takes effect for the next open; revoking too.
-    let b = broker.server.as_ref().unwrap().broker().clone();
+    let b = admin(&broker);
     b.set_permissions("nob", "/", "", "", "").unwrap();
     connect_as(&broker, "nob")
         .await
@@ -217,17 +261,17 @@ async fn same_as_rabbitmq_declares_need_configure() {
 #[tokio::test]
 async fn same_as_rabbitmq_deletes_need_configure_and_system_exchanges_are_refused_first() {
     let broker = broker_with_bob().await;
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.queue_delete("other".into(), Default::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.queue_delete("other".into(), Default::default()),
         403,
-        &refused("queue", "other"),
+        &refused("queue", "other")
     );
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.queue_delete("zz".into(), Default::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.queue_delete("zz".into(), Default::default()),
         403,
-        &refused("queue", "zz"),
+        &refused("queue", "zz")
     );
     let (_c, ch) = bob(&broker).await;
     within(ch.queue_delete("bobzz".into(), Default::default()))
@@ -238,11 +282,11 @@ async fn same_as_rabbitmq_deletes_need_configure_and_system_exchanges_are_refuse
         403,
         "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
     );
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.exchange_delete("ox".into(), Default::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.exchange_delete("ox".into(), Default::default()),
         403,
-        &refused("exchange", "ox"),
+        &refused("exchange", "ox")
     );
     assert_witness_healthy(&broker).await;
 }
@@ -251,21 +295,10 @@ async fn same_as_rabbitmq_deletes_need_configure_and_system_exchanges_are_refuse
 async fn same_as_rabbitmq_publish_needs_write_before_the_exchange_is_looked_up() {
     let broker = broker_with_bob().await;
     let (_c, ch) = bob(&broker).await;
-    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(ch.confirm_select(Default::default())).await.unwrap();
+    declare(&ch, "bobq").await;
+    confirming(&ch).await;
     // The default exchange is checked as amq.default.
-    let confirm = within(ch.basic_publish(
-        "".into(),
-        "bobq".into(),
-        Default::default(),
-        b"x",
-        Default::default(),
-    ))
-    .await
-    .unwrap();
-    assert!(within(confirm).await.unwrap().is_ack());
+    publish_acked(&ch, "", "bobq", Default::default()).await;
     assert_publish_refused(
         &ch,
         "amq.direct",
@@ -277,7 +310,7 @@ async fn same_as_rabbitmq_publish_needs_write_before_the_exchange_is_looked_up()
     )
     .await;
     let (_c, ch) = bob(&broker).await;
-    within(ch.confirm_select(Default::default())).await.unwrap();
+    confirming(&ch).await;
     assert_publish_refused(
         &ch,
         "nosuch",
@@ -289,7 +322,7 @@ async fn same_as_rabbitmq_publish_needs_write_before_the_exchange_is_looked_up()
     )
     .await;
     let (_c, ch) = bob(&broker).await;
-    within(ch.confirm_select(Default::default())).await.unwrap();
+    confirming(&ch).await;
     assert_publish_refused(
         &ch,
         "bobmissing",
@@ -306,17 +339,17 @@ async fn same_as_rabbitmq_publish_needs_write_before_the_exchange_is_looked_up()
 #[tokio::test]
 async fn same_as_rabbitmq_consume_get_and_purge_need_read() {
     let broker = broker_with_bob().await;
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.basic_get("other".into(), Default::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.basic_get("other".into(), Default::default()),
         403,
-        &refused("queue", "other"),
+        &refused("queue", "other")
     );
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.basic_get("nosuchq".into(), Default::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.basic_get("nosuchq".into(), Default::default()),
         403,
-        &refused("queue", "nosuchq"),
+        &refused("queue", "nosuchq")
     );
     let (_c, ch) = bob(&broker).await;
     assert_amqp_error(
@@ -330,11 +363,11 @@ async fn same_as_rabbitmq_consume_get_and_purge_need_read() {
         403,
         &refused("queue", "other"),
     );
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.queue_purge("other".into(), Default::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.queue_purge("other".into(), Default::default()),
         403,
-        &refused("queue", "other"),
+        &refused("queue", "other")
     );
     // Direct reply-to is not a queue and needs nothing.
     let (_c, ch) = bob(&broker).await;
@@ -356,9 +389,7 @@ async fn same_as_rabbitmq_consume_get_and_purge_need_read() {
 async fn same_as_rabbitmq_bindings_need_write_on_the_destination_and_read_on_the_source() {
     let broker = broker_with_bob().await;
     let (_c, ch) = bob(&broker).await;
-    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
+    declare(&ch, "bobq").await;
     within(ch.exchange_declare(
         "bobx".into(),
         ExchangeKind::Direct,
@@ -438,23 +469,9 @@ async fn same_as_rabbitmq_bindings_need_write_on_the_destination_and_read_on_the
 async fn same_as_rabbitmq_topic_permissions_check_routing_keys() {
     let broker = broker_with_bob().await;
     let (_c, ch) = bob(&broker).await;
-    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(ch.confirm_select(Default::default())).await.unwrap();
-    let confirm = within(ch.basic_publish(
-        "amq.topic".into(),
-        "bob.x".into(),
-        Default::default(),
-        b"x",
-        Default::default(),
-    ))
-    .await
-    .unwrap();
-    assert!(
-        within(confirm).await.unwrap().is_ack(),
-        "{{username}} expands to bob"
-    );
+    declare(&ch, "bobq").await;
+    confirming(&ch).await;
+    publish_acked(&ch, "amq.topic", "bob.x", Default::default()).await; // {username} expands to bob
     let topic_refused = |key: &str| {
         format!(
             "ACCESS_REFUSED - access to topic '{key}' in exchange 'amq.topic' in vhost '/' refused for user 'bob'"
@@ -494,19 +511,10 @@ async fn same_as_rabbitmq_topic_permissions_check_routing_keys() {
     );
     // Clearing the topic permissions allows every key again, on a channel that had cached
     // the refusal's neighbour route.
-    let b = broker.server.as_ref().unwrap().broker().clone();
+    let b = admin(&broker);
     let (_c, ch) = bob(&broker).await;
-    within(ch.confirm_select(Default::default())).await.unwrap();
-    let confirm = within(ch.basic_publish(
-        "amq.topic".into(),
-        "bob.y".into(),
-        Default::default(),
-        b"x",
-        Default::default(),
-    ))
-    .await
-    .unwrap();
-    assert!(within(confirm).await.unwrap().is_ack());
+    confirming(&ch).await;
+    publish_acked(&ch, "amq.topic", "bob.y", Default::default()).await;
     b.set_topic_permissions("bob", "/", "amq.topic", "^nobody$", "^r\\.")
         .unwrap();
     assert_publish_refused(
@@ -521,40 +529,20 @@ async fn same_as_rabbitmq_topic_permissions_check_routing_keys() {
     .await;
     b.clear_topic_permissions("bob", "/", None).unwrap();
     let (_c, ch) = bob(&broker).await;
-    within(ch.confirm_select(Default::default())).await.unwrap();
-    let confirm = within(ch.basic_publish(
-        "amq.topic".into(),
-        "alice.x".into(),
-        Default::default(),
-        b"x",
-        Default::default(),
-    ))
-    .await
-    .unwrap();
-    assert!(within(confirm).await.unwrap().is_ack());
+    confirming(&ch).await;
+    publish_acked(&ch, "amq.topic", "alice.x", Default::default()).await;
     assert_witness_healthy(&broker).await;
 }
 
 #[tokio::test]
 async fn a_revoked_write_permission_stops_a_publisher_with_a_cached_route() {
     let broker = broker_with_bob().await;
-    let b = broker.server.as_ref().unwrap().broker().clone();
+    let b = admin(&broker);
     let (_c, ch) = bob(&broker).await;
-    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(ch.confirm_select(Default::default())).await.unwrap();
+    declare(&ch, "bobq").await;
+    confirming(&ch).await;
     for _ in 0..3 {
-        let confirm = within(ch.basic_publish(
-            "".into(),
-            "bobq".into(),
-            Default::default(),
-            b"x",
-            Default::default(),
-        ))
-        .await
-        .unwrap();
-        assert!(within(confirm).await.unwrap().is_ack());
+        publish_acked(&ch, "", "bobq", Default::default()).await;
     }
     b.set_permissions("bob", "/", "^bob", "^bob", "^bob")
         .unwrap();
@@ -574,10 +562,8 @@ async fn a_revoked_write_permission_stops_a_publisher_with_a_cached_route() {
 async fn same_as_rabbitmq_user_id_must_be_the_user_unless_an_impersonator() {
     let broker = broker_with_bob().await;
     let (_c, ch) = bob(&broker).await;
-    within(ch.queue_declare("bobq".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(ch.confirm_select(Default::default())).await.unwrap();
+    declare(&ch, "bobq").await;
+    confirming(&ch).await;
     assert_publish_refused(
         &ch,
         "",
@@ -590,7 +576,7 @@ async fn same_as_rabbitmq_user_id_must_be_the_user_unless_an_impersonator() {
     .await;
     let conn = connect_as(&broker, "imp").await.unwrap();
     let ch = within(conn.create_channel()).await.unwrap();
-    within(ch.confirm_select(Default::default())).await.unwrap();
+    confirming(&ch).await;
     let confirm = within(ch.basic_publish(
         "".into(),
         "bobq".into(),
@@ -612,7 +598,7 @@ async fn grants_survive_a_restart() {
     let dir = config.data_dir.clone();
     let mut broker = Broker::start_with(config.clone()).await;
     {
-        let b = broker.server.as_ref().unwrap().broker().clone();
+        let b = admin(&broker);
         b.add_user("bob", "bob").unwrap();
         b.set_permissions("bob", "/", "^bob", "^bob", "^bob")
             .unwrap();
@@ -623,15 +609,15 @@ async fn grants_survive_a_restart() {
     broker.stop().await;
     config.data_dir = dir;
     let broker = Broker::start_with(config).await;
-    let b = broker.server.as_ref().unwrap().broker().clone();
+    let b = admin(&broker);
     assert!(b.user("bob").unwrap().has_tag("monitoring"));
     let grants = b.access.grants("bob").expect("grants are back");
     assert_eq!(grants.vhosts["/"].write.source, "^bob");
     assert_eq!(grants.topics["/"]["amq.topic"].read.source, "^y");
-    let (_c, ch) = bob(&broker).await;
-    assert_amqp_error(
-        within(ch.queue_declare("other".into(), Default::default(), FieldTable::default())).await,
+    refuse!(
+        &broker,
+        |ch| ch.queue_declare("other".into(), Default::default(), FieldTable::default()),
         403,
-        &refused("queue", "other"),
+        &refused("queue", "other")
     );
 }
