@@ -1,39 +1,36 @@
-//! The `lepus` binary: parses the command line and runs the broker until SIGTERM or SIGINT.
+//! The `lepus` binary: reads the configuration (flags > environment > configuration file >
+//! defaults), and runs the broker until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use lepus::config::file::{self, Origins};
 use lepus::{Config, Server};
 
 /// An AMQP 0-9-1 message broker, compatible with RabbitMQ clients.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// A configuration file in RabbitMQ's `rabbitmq.conf` format (RABBITMQ_CONFIG_FILE is
+    /// read too, with or without its `.conf`).
+    #[arg(long = "config", env = "LEPUS_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration, and where each value came from, and exit.
+    #[arg(long = "print-config")]
+    print_config: bool,
     /// Address to accept AMQP connections on (repeatable, or comma-separated in LEPUS_LISTEN).
     /// The default, `[::]:5672`, takes IPv4 and IPv6 clients.
-    #[arg(
-        long = "listen",
-        env = "LEPUS_LISTEN",
-        value_delimiter = ',',
-        default_value = "[::]:5672"
-    )]
-    listen: Vec<SocketAddr>,
-    /// How log lines are written: `text`, or `json` for log collectors.
-    #[arg(
-        long = "log-format",
-        env = "LEPUS_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    log_format: LogFormat,
-    /// Directory for durable state.
-    #[arg(
-        long = "data-dir",
-        env = "LEPUS_DATA_DIR",
-        default_value = "lepus-data"
-    )]
-    data_dir: PathBuf,
+    #[arg(long = "listen", env = "LEPUS_LISTEN", value_delimiter = ',')]
+    listen: Option<Vec<SocketAddr>>,
+    /// How log lines are written: `text` (the default), or `json` for log collectors.
+    #[arg(long = "log-format", env = "LEPUS_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Directory for durable state (default `lepus-data`).
+    #[arg(long = "data-dir", env = "LEPUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// `product` reported to clients in the server properties (default `RabbitMQ`, which
     /// clients such as kombu check before relying on RabbitMQ's semantics).
     #[arg(long, env = "LEPUS_PRODUCT")]
@@ -85,49 +82,158 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to standard output, filtered by `LEPUS_LOG` (`info` by default). Escape codes only
-/// go to a terminal: a log file or a journal gets plain text.
-fn init_logging(format: LogFormat) {
+/// Logs to standard output, filtered by `LEPUS_LOG` (else the configured level). Escape codes
+/// only go to a terminal: a log file or a journal gets plain text.
+fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEPUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder
+    if json {
+        builder.json().init();
+    } else {
+        builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .init(),
-        LogFormat::Json => builder.json().init(),
+            .init();
     }
 }
 
-fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    init_logging(args.log_format);
-    let mut config = Config {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        skip_damaged_definitions: args.skip_damaged_definitions,
-        ..Config::default()
+/// Where a flag's value came from, if it was given at all.
+fn given(matches: &ArgMatches, id: &str, flag: &str, env: &str) -> Option<String> {
+    match matches.value_source(id)? {
+        ValueSource::CommandLine => Some(format!("flag --{flag}")),
+        ValueSource::EnvVariable => Some(format!("environment {env}")),
+        _ => None,
+    }
+}
+
+/// The configuration: defaults, then the file, then environment and flags over it.
+fn configure(
+    args: &Args,
+    matches: &ArgMatches,
+) -> Result<(Config, Origins, Option<(PathBuf, file::Report)>), String> {
+    let mut config = Config::default();
+    let mut origins = Origins::default();
+    let rabbitmq_env = std::env::var_os("RABBITMQ_CONFIG_FILE").map(PathBuf::from);
+    let mut read = None;
+    if let Some(path) = file::locate(args.config.as_deref(), rabbitmq_env.as_deref()) {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
+        let report =
+            file::apply(&mut config, &mut origins, &path, &text).map_err(|e| e.to_string())?;
+        read = Some((path, report));
+    }
+    let mut over = |key: &str, id: &str, flag: &str, env: &str| {
+        if let Some(origin) = given(matches, id, flag, env) {
+            origins.set(key, origin);
+        }
     };
-    if let Some(p) = args.product {
-        config.product = p;
+    over("listeners.tcp", "listen", "listen", "LEPUS_LISTEN");
+    over("data_dir", "data_dir", "data-dir", "LEPUS_DATA_DIR");
+    over(
+        "log.console.formatter",
+        "log_format",
+        "log-format",
+        "LEPUS_LOG_FORMAT",
+    );
+    over("product", "product", "product", "LEPUS_PRODUCT");
+    over(
+        "product_version",
+        "product_version",
+        "product-version",
+        "LEPUS_PRODUCT_VERSION",
+    );
+    over(
+        "memory_budget",
+        "memory_budget_mib",
+        "memory-budget-mib",
+        "LEPUS_MEMORY_BUDGET_MIB",
+    );
+    over(
+        "segment_size",
+        "segment_mib",
+        "segment-mib",
+        "LEPUS_SEGMENT_MIB",
+    );
+    over(
+        "tcp_listen_options.send_timeout",
+        "send_timeout_ms",
+        "send-timeout-ms",
+        "LEPUS_SEND_TIMEOUT_MS",
+    );
+    over(
+        "vm_memory_high_watermark",
+        "vm_memory_high_watermark",
+        "vm-memory-high-watermark",
+        "LEPUS_VM_MEMORY_HIGH_WATERMARK",
+    );
+    over(
+        "disk_free_limit",
+        "disk_free_limit",
+        "disk-free-limit",
+        "LEPUS_DISK_FREE_LIMIT",
+    );
+    let a = args;
+    if let Some(l) = &a.listen {
+        config.listen = l.clone();
     }
-    if let Some(v) = args.product_version {
-        config.version = v;
+    if let Some(d) = &a.data_dir {
+        config.data_dir = d.clone();
     }
-    if let Some(mib) = args.memory_budget_mib {
-        config.limits.memory_budget_bytes = mib.saturating_mul(1 << 20);
+    if let Some(f) = a.log_format {
+        config.log_json = f == LogFormat::Json;
     }
-    if let Some(ms) = args.send_timeout_ms {
-        config.limits.send_timeout_ms = ms.max(1);
+    if let Some(p) = &a.product {
+        config.product = p.clone();
     }
-    if let Some(w) = args.vm_memory_high_watermark {
-        config.limits.vm_memory_high_watermark = w;
+    if let Some(v) = &a.product_version {
+        config.version = v.clone();
     }
-    if let Some(d) = args.disk_free_limit {
-        config.limits.disk_free_limit = d;
+    let limits = &mut config.limits;
+    if let Some(mib) = a.memory_budget_mib {
+        limits.memory_budget_bytes = mib.saturating_mul(1 << 20);
     }
-    if let Some(mib) = args.segment_mib {
-        config.limits.segment_bytes = mib.max(1).saturating_mul(1 << 20);
+    if let Some(ms) = a.send_timeout_ms {
+        limits.send_timeout_ms = ms.max(1);
+    }
+    if let Some(w) = a.vm_memory_high_watermark {
+        limits.vm_memory_high_watermark = w;
+    }
+    if let Some(d) = a.disk_free_limit {
+        limits.disk_free_limit = d;
+    }
+    if let Some(mib) = a.segment_mib {
+        limits.segment_bytes = mib.max(1).saturating_mul(1 << 20);
+    }
+    config.skip_damaged_definitions = a.skip_damaged_definitions;
+    Ok((config, origins, read))
+}
+
+fn main() -> ExitCode {
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let (config, origins, read) = match configure(&args, &matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lepus: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    if args.print_config {
+        print!("{}", file::effective(&config, &origins));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.log_level, config.log_json);
+    if let Some((path, report)) = &read {
+        tracing::info!(path = %path.display(), "read the configuration file");
+        for (line, key) in &report.unknown {
+            tracing::warn!(path = %path.display(), line, key, "unknown configuration key, ignored");
+        }
+        for (line, key) in &report.unsupported {
+            tracing::warn!(path = %path.display(), line, key, "configuration key not supported by this Lepus yet, ignored");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,7 +242,7 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lepus: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
@@ -144,7 +250,7 @@ fn main() -> std::process::ExitCode {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
-                return std::process::ExitCode::FAILURE;
+                return ExitCode::FAILURE;
             }
         };
         let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
@@ -156,7 +262,7 @@ fn main() -> std::process::ExitCode {
         wait_for_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;
-        std::process::ExitCode::SUCCESS
+        ExitCode::SUCCESS
     })
 }
 

@@ -61,9 +61,13 @@ impl Server {
         for addr in &config.listen {
             bound.extend(Listener::bind_all(*addr).await?);
         }
-        let (broker, report) = tokio::task::spawn_blocking(move || Broker::open_on(fs, config))
-            .await
-            .map_err(std::io::Error::other)??;
+        let (broker, report) = tokio::task::spawn_blocking(move || {
+            let (broker, report) = Broker::open_on(fs, config)?;
+            load_definitions(&broker)?;
+            Ok::<_, std::io::Error>((broker, report))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         tracing::info!(
             queues = report.queues,
             messages = report.messages,
@@ -143,6 +147,32 @@ impl Server {
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close_store()).await;
     }
+}
+
+/// Imports the definitions file the configuration names (`load_definitions`), at every start
+/// as RabbitMQ does; a file that cannot be read or applied stops the start.
+fn load_definitions(broker: &Broker) -> std::io::Result<()> {
+    let Some(path) = &broker.config.load_definitions else {
+        return Ok(());
+    };
+    let fail =
+        |why: String| std::io::Error::other(format!("load_definitions {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let defs: crate::store::definitions::Definitions =
+        serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let report = broker.import_definitions(&defs).map_err(fail)?;
+    tracing::info!(
+        path = %path.display(),
+        users = report.users,
+        vhosts = report.vhosts,
+        permissions = report.permissions,
+        policies = report.policies,
+        exchanges = report.exchanges,
+        queues = report.queues,
+        bindings = report.bindings,
+        "imported definitions"
+    );
+    Ok(())
 }
 
 async fn accept_loop(listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {

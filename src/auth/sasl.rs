@@ -4,8 +4,19 @@ use amq_protocol::types::parsing::parse_field_table;
 
 use crate::protocol::table;
 
-/// The mechanisms offered in Connection.Start, sorted and space-separated like RabbitMQ's.
-pub const MECHANISMS: &str = "AMQPLAIN PLAIN";
+/// The mechanisms Lepus has.
+pub const MECHANISMS: [&str; 2] = ["AMQPLAIN", "PLAIN"];
+
+/// The `mechanisms` field of Connection.Start: the configured ones Lepus has, sorted and
+/// space-separated like RabbitMQ's.
+pub fn offered(configured: &[String]) -> String {
+    let mut names: Vec<&str> = MECHANISMS
+        .into_iter()
+        .filter(|m| configured.iter().any(|c| c == m))
+        .collect();
+    names.sort_unstable();
+    names.join(" ")
+}
 
 /// Why a Connection.StartOk response could not even be read.
 #[derive(Debug, Clone, PartialEq, Eq)]

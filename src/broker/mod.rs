@@ -10,6 +10,7 @@ pub mod alarms;
 pub mod arguments;
 pub mod connections;
 pub mod exchange;
+pub mod import;
 pub mod memory;
 pub mod message;
 pub mod policy;

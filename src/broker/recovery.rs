@@ -97,7 +97,7 @@ impl Broker {
         Ok((Arc::new(broker), report))
     }
 
-    fn vhost_services(&self) -> VhostServices {
+    pub(super) fn vhost_services(&self) -> VhostServices {
         VhostServices {
             store: self.store.clone(),
             defs: self.definitions.clone(),
@@ -114,8 +114,11 @@ impl Broker {
             self.users.insert(
                 u.name.clone(),
                 Arc::new(
-                    User::new(&u.name, &u.password_hash, u.lepus_loopback_only)
-                        .with_tags(auth::parse_tags(&u.tags)),
+                    User::new(&u.name, &u.password_hash)
+                        .with_hashing(
+                            auth::Hashing::from_name(&u.hashing_algorithm).unwrap_or_default(),
+                        )
+                        .with_tags(u.tags.clone()),
                 ),
             );
         }
@@ -244,8 +247,7 @@ fn create_defaults(config: &Config, definitions: &Arc<DefinitionsStore>, defs: &
             name: u.name.clone(),
             password_hash: auth::new_password_hash(&u.password),
             hashing_algorithm: auth::HASHING_ALGORITHM.into(),
-            tags: "administrator".into(),
-            lepus_loopback_only: u.loopback_only,
+            tags: vec!["administrator".into()],
         }));
     }
     for v in &config.vhosts {

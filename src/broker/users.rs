@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::Broker;
 use crate::auth::access::{Pattern, VhostPermissions, expand_topic_pattern};
-use crate::auth::{self, User};
+use crate::auth::{self, Hashing, User};
 use crate::store::definitions::{Change, PermissionDef, TopicPermissionDef, UserDef};
 
 impl Broker {
@@ -25,25 +25,27 @@ impl Broker {
         if self.users.contains_key(name) {
             return Err(format!("User \"{name}\" already exists"));
         }
-        self.put_user(User::new(name, &auth::new_password_hash(password), false));
+        self.put_user(User::new(name, &auth::new_password_hash(password)));
         Ok(())
     }
 
     /// Creates or updates a user with a password hash in RabbitMQ's format (as a
     /// definitions import or the management API gives it); an empty hash lets no password in.
-    pub fn put_user_hash(&self, name: &str, hash: &str) -> Result<(), String> {
-        if !hash.is_empty() && !auth::is_supported_hash(hash) {
+    pub fn put_user_hash(&self, name: &str, hash: &str, hashing: Hashing) -> Result<(), String> {
+        if !hash.is_empty() && !hashing.accepts(hash) {
             return Err(format!(
-                "password_hash of user \"{name}\" is not a supported hash"
+                "password_hash of user \"{name}\" is not a {} hash",
+                hashing.name()
             ));
         }
         let user = match self.user(name) {
             Some(u) => {
                 let mut u = User::clone(&u);
                 u.password_hash = hash.to_owned();
+                u.hashing = hashing;
                 u
             }
-            None => User::new(name, hash, false),
+            None => User::new(name, hash).with_hashing(hashing),
         };
         self.put_user(user);
         Ok(())
@@ -54,6 +56,7 @@ impl Broker {
         let user = self.existing_user(name)?;
         let mut changed = User::clone(&user);
         changed.password_hash = auth::new_password_hash(password);
+        changed.hashing = Hashing::Sha256;
         self.put_user(changed);
         Ok(())
     }
@@ -175,9 +178,8 @@ impl Broker {
         self.definitions.record(Change::PutUser(UserDef {
             name: user.name.clone(),
             password_hash: user.password_hash.clone(),
-            hashing_algorithm: auth::HASHING_ALGORITHM.into(),
-            tags: user.tags.join(","),
-            lepus_loopback_only: user.loopback_only,
+            hashing_algorithm: user.hashing.name().into(),
+            tags: user.tags.clone(),
         }));
         self.users.insert(user.name.clone(), Arc::new(user));
     }

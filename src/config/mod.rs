@@ -4,6 +4,8 @@
 //! This is the bottom layer: it imports nothing from the rest of the crate, and every layer
 //! may read it. Every limit lives in [`Limits`], with its unit in its name.
 
+pub mod file;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,6 +17,8 @@ pub const DEFAULT_FRAME_MAX_BYTES: u32 = 131_072;
 pub const DEFAULT_HEARTBEAT_S: u16 = 60;
 /// The smallest frame_max AMQP allows; also the limit before Tune-Ok.
 pub const MIN_FRAME_MAX_BYTES: u32 = 4096;
+/// The largest `max_message_size` RabbitMQ accepts (512 MiB).
+pub const MAX_MESSAGE_SIZE_BYTES: u64 = 512 * 1024 * 1024;
 /// RabbitMQ's default `max_message_size` (128 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -173,13 +177,11 @@ impl Default for Limits {
     }
 }
 
-/// A user known at start-up.
+/// A user created on the first start (RabbitMQ's `default_user`/`default_pass`).
 #[derive(Debug, Clone)]
 pub struct UserConfig {
     pub name: String,
     pub password: String,
-    /// Users that may only connect from a loopback address (RabbitMQ's `loopback_users`).
-    pub loopback_only: bool,
 }
 
 /// Everything the broker needs to start.
@@ -189,8 +191,19 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Where durable state is kept.
     pub data_dir: PathBuf,
-    /// Users created at start-up; RabbitMQ's guest/guest by default.
+    /// Users created on the first start; RabbitMQ's guest/guest by default.
     pub users: Vec<UserConfig>,
+    /// Users who may only connect from a loopback address (RabbitMQ's `loopback_users`;
+    /// `guest` by default).
+    pub loopback_users: Vec<String>,
+    /// The SASL mechanisms offered, of those Lepus has (RabbitMQ's `auth_mechanisms`).
+    pub auth_mechanisms: Vec<String>,
+    /// A RabbitMQ definitions file imported at every start (`load_definitions`).
+    pub load_definitions: Option<PathBuf>,
+    /// The log level (`log.console.level`), in `tracing`'s words.
+    pub log_level: String,
+    /// One JSON object per log line (`log.console.formatter = json`).
+    pub log_json: bool,
     /// Virtual hosts created at start-up; every user gets full permissions on them.
     pub vhosts: Vec<String>,
     /// `product` in the server properties. Clients branch on it: kombu (Celery) picks its
@@ -216,8 +229,12 @@ impl Default for Config {
             users: vec![UserConfig {
                 name: "guest".into(),
                 password: "guest".into(),
-                loopback_only: true,
             }],
+            loopback_users: vec!["guest".into()],
+            auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into()],
+            load_definitions: None,
+            log_level: "info".into(),
+            log_json: false,
             vhosts: vec!["/".into()],
             product: "RabbitMQ".into(),
             version: "3.10.8".into(),
@@ -229,6 +246,17 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The user created on the first start, made if there is none.
+    pub fn default_user_mut(&mut self) -> &mut UserConfig {
+        if self.users.is_empty() {
+            self.users.push(UserConfig {
+                name: "guest".into(),
+                password: "guest".into(),
+            });
+        }
+        &mut self.users[0]
+    }
+
     /// A configuration for tests: one listener on a free loopback port, data in a fresh
     /// temporary directory.
     pub fn for_tests() -> Self {

@@ -73,7 +73,7 @@ fn user_json(u: &auth::User) -> Value {
     json!({
         "name": u.name,
         "password_hash": u.password_hash,
-        "hashing_algorithm": auth::HASHING_ALGORITHM,
+        "hashing_algorithm": u.hashing.name(),
         "tags": u.tags,
         "limits": {},
     })
@@ -97,6 +97,8 @@ async fn show_user(State(broker): State<Arc<Broker>>, Path(name): Path<String>) 
 struct PutUser {
     password: Option<String>,
     password_hash: Option<String>,
+    #[serde(default)]
+    hashing_algorithm: String,
     #[serde(default)]
     tags: Option<Value>,
 }
@@ -123,9 +125,17 @@ async fn put_user(
     let result = match (&req.password, &req.password_hash) {
         (Some(p), _) if created => broker.add_user(&name, p),
         (Some(p), _) => broker.change_password(&name, p),
-        (None, Some(hash)) => broker.put_user_hash(&name, hash),
+        (None, Some(hash)) => match auth::Hashing::from_name(&req.hashing_algorithm) {
+            Some(hashing) => broker.put_user_hash(&name, hash, hashing),
+            None => {
+                return bad_request(format!(
+                    "unknown hashing_algorithm {}",
+                    req.hashing_algorithm
+                ));
+            }
+        },
         // No password: an existing user keeps theirs; a new one cannot log in with one.
-        (None, None) if created => broker.put_user_hash(&name, ""),
+        (None, None) if created => broker.put_user_hash(&name, "", auth::Hashing::Sha256),
         (None, None) => Ok(()),
     };
     if let Err(e) = result {

@@ -256,6 +256,11 @@ impl DefinitionsStore {
         }
     }
 
+    /// The policies as recorded, for callers that change one and re-apply them all.
+    pub fn policies(&self) -> Vec<PolicyDef> {
+        self.lock().defs.policies.clone()
+    }
+
     /// The next id for a durable queue, reserved.
     pub fn next_queue_id(&self) -> u64 {
         let mut state = self.lock();

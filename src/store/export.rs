@@ -43,11 +43,29 @@ pub struct UserDef {
     /// RabbitMQ's format: base64(salt4 ++ SHA-256(salt4 ++ password)).
     pub password_hash: String,
     pub hashing_algorithm: String,
-    #[serde(default)]
-    pub tags: String,
-    /// Lepus: may only connect from a loopback address.
-    #[serde(default)]
-    pub lepus_loopback_only: bool,
+    /// A list; older exports (and `rabbitmqctl`) write one comma-separated string.
+    #[serde(default, deserialize_with = "tags_from_string_or_list")]
+    pub tags: Vec<String>,
+}
+
+fn tags_from_string_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Tags {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Tags::deserialize(d)? {
+        Tags::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Tags::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use super::replies::method_error;
 use super::{Connection, Phase};
 use crate::amqp::session::{ClientCapabilities, Session};
 use crate::amqp_error;
-use crate::auth::sasl::{self, MECHANISMS};
+use crate::auth::sasl;
 use crate::config::MIN_FRAME_MAX_BYTES;
 use crate::protocol::error::{AmqpError, ReplyCode};
 use crate::protocol::method::{parse_method, write_method};
@@ -119,7 +119,7 @@ impl Connection {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from(MECHANISMS.as_bytes().to_vec()),
+            mechanisms: LongString::from(sasl::offered(&config.auth_mechanisms).into_bytes()),
             locales: LongString::from(b"en_US".to_vec()),
         };
         write_method(
@@ -137,7 +137,18 @@ impl Connection {
             self.client_name = name.to_owned();
         }
         let mechanism = ok.mechanism.as_str();
-        let (name, password) = match sasl::parse_response(mechanism, ok.response.as_bytes()) {
+        let offered = self
+            .broker
+            .config
+            .auth_mechanisms
+            .iter()
+            .any(|m| m == mechanism);
+        let response = if offered {
+            sasl::parse_response(mechanism, ok.response.as_bytes())
+        } else {
+            Err(sasl::ResponseError::UnknownMechanism(mechanism.to_owned()))
+        };
+        let (name, password) = match response {
             Ok(creds) => creds,
             Err(e) => {
                 tracing::warn!(peer = %self.peer, mechanism, error = ?e, "refused login: bad SASL response");
@@ -148,7 +159,7 @@ impl Connection {
         let user = self
             .broker
             .user(&name)
-            .filter(|u| u.password_matches(&password) && u.may_connect_from(self.peer.ip()));
+            .filter(|u| u.password_matches(&password) && self.may_connect_from(&u.name));
         let Some(user) = user else {
             tracing::warn!(peer = %self.peer, user = %name, mechanism, "login refused");
             if self.capabilities.authentication_failure_close {
@@ -176,6 +187,12 @@ impl Connection {
             &AMQPClass::Connection(amqp_connection::AMQPMethod::Tune(tune)),
         );
         self.phase = Phase::TuneOk;
+    }
+
+    /// RabbitMQ's `loopback_users` (guest by default) may only connect from this machine.
+    fn may_connect_from(&self, user: &str) -> bool {
+        let config = &self.broker.config;
+        !config.loopback_users.iter().any(|u| u == user) || crate::auth::is_loopback(self.peer.ip())
     }
 
     pub(super) fn on_tune_ok(&mut self, ok: amqp_connection::TuneOk) {

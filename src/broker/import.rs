@@ -1,0 +1,155 @@
+//! Importing a RabbitMQ definitions file (`load_definitions` at start-up; later the
+//! management API's `POST /api/definitions`): users with their password hashes, vhosts,
+//! permissions, topic permissions, policies, exchanges, queues and bindings, in that order so
+//! that each finds what it refers to. What exists already is updated (users, grants,
+//! policies) or must be equivalent (exchanges and queues, as a redeclare would).
+
+use amq_protocol::types::FieldTable;
+
+use super::Broker;
+use super::vhost::exchanges::ExchangeDeclare;
+use super::vhost::queues::QueueDeclare;
+use crate::auth::Hashing;
+use crate::store::definitions::{Change, Definitions, PolicyDef, VhostDef, decode_arguments};
+
+/// No connection owns what an import declares.
+const NO_CONNECTION: u64 = 0;
+
+/// What an import brought in.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub users: usize,
+    pub vhosts: usize,
+    pub permissions: usize,
+    pub policies: usize,
+    pub exchanges: usize,
+    pub queues: usize,
+    pub bindings: usize,
+}
+
+impl Broker {
+    /// Imports definitions; stops at the first one that cannot be applied, naming it.
+    pub fn import_definitions(&self, defs: &Definitions) -> Result<ImportReport, String> {
+        let mut report = ImportReport::default();
+        for u in &defs.users {
+            let hashing = Hashing::from_name(&u.hashing_algorithm).ok_or_else(|| {
+                format!(
+                    "user '{}': unknown hashing_algorithm '{}'",
+                    u.name, u.hashing_algorithm
+                )
+            })?;
+            self.put_user_hash(&u.name, &u.password_hash, hashing)?;
+            self.set_user_tags(&u.name, u.tags.clone())?;
+            report.users += 1;
+        }
+        for v in &defs.vhosts {
+            self.add_vhost(v);
+            report.vhosts += 1;
+        }
+        for p in &defs.permissions {
+            self.set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)?;
+            report.permissions += 1;
+        }
+        for t in &defs.topic_permissions {
+            self.set_topic_permissions(&t.user, &t.vhost, &t.exchange, &t.write, &t.read)?;
+            report.permissions += 1;
+        }
+        report.policies = self.import_policies(&defs.policies)?;
+        for x in &defs.exchanges {
+            let vhost = self.existing_vhost_of(&x.vhost, "exchange", &x.name)?;
+            let declare = ExchangeDeclare {
+                name: x.name.clone(),
+                kind: x.kind.clone(),
+                passive: false,
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: decode_arguments(&x.arguments, &x.lepus_arguments),
+            };
+            vhost
+                .declare_exchange(&declare)
+                .map_err(|e| format!("exchange '{}' in vhost '{}': {}", x.name, x.vhost, e.text))?;
+            report.exchanges += 1;
+        }
+        for q in &defs.queues {
+            let vhost = self.existing_vhost_of(&q.vhost, "queue", &q.name)?;
+            let declare = QueueDeclare {
+                name: q.name.clone(),
+                passive: false,
+                durable: q.durable,
+                exclusive: false,
+                auto_delete: q.auto_delete,
+                arguments: decode_arguments(&q.arguments, &q.lepus_arguments),
+            };
+            vhost
+                .declare_queue(&declare, NO_CONNECTION)
+                .map_err(|e| format!("queue '{}' in vhost '{}': {}", q.name, q.vhost, e.text))?;
+            report.queues += 1;
+        }
+        for b in &defs.bindings {
+            let vhost = self.existing_vhost_of(&b.vhost, "binding from", &b.source)?;
+            let args: FieldTable = decode_arguments(&b.arguments, &b.lepus_arguments);
+            let result = if b.destination_type == "exchange" {
+                vhost.bind_exchange(&b.destination, &b.source, &b.routing_key, &args)
+            } else {
+                vhost.bind_queue(
+                    &b.destination,
+                    &b.source,
+                    &b.routing_key,
+                    &args,
+                    NO_CONNECTION,
+                )
+            };
+            result.map_err(|e| {
+                format!(
+                    "binding of '{}' to '{}' in vhost '{}': {}",
+                    b.destination, b.source, b.vhost, e.text
+                )
+            })?;
+            report.bindings += 1;
+        }
+        Ok(report)
+    }
+
+    /// `add_vhost`: creates the vhost (with its limits, if given) unless it exists.
+    pub fn add_vhost(&self, def: &VhostDef) {
+        if let Some(existing) = self.vhost(&def.name) {
+            if !def.limits.is_empty() {
+                existing.set_limits(def.limits.clone());
+            }
+            return;
+        }
+        let vhost = super::vhost::VirtualHost::new(&def.name, self.vhost_services());
+        vhost.set_limits(def.limits.clone());
+        vhost.set_policies(&self.definitions.policies());
+        self.vhosts.insert(def.name.clone(), vhost);
+        self.definitions.record(Change::PutVhost(def.clone()));
+    }
+
+    fn import_policies(&self, policies: &[PolicyDef]) -> Result<usize, String> {
+        for p in policies {
+            if self.vhost(&p.vhost).is_none() {
+                return Err(format!(
+                    "policy '{}': vhost '{}' does not exist",
+                    p.name, p.vhost
+                ));
+            }
+            self.definitions.record(Change::PutPolicy(p.clone()));
+        }
+        let all = self.definitions.policies();
+        for v in self.vhosts() {
+            v.set_policies(&all);
+        }
+        Ok(policies.len())
+    }
+
+    fn existing_vhost_of(
+        &self,
+        vhost: &str,
+        what: &str,
+        name: &str,
+    ) -> Result<std::sync::Arc<super::vhost::VirtualHost>, String> {
+        self.vhost(vhost)
+            .ok_or_else(|| format!("{what} '{name}': vhost '{vhost}' does not exist"))
+    }
+}
