@@ -127,13 +127,42 @@ struct ApplyState {
     mechanisms_named: bool,
 }
 
+/// What a line sets: `Ok(Some(key shown))` when used, `Ok(None)` when not this group's key.
+type Setting = Result<Option<&'static str>, &'static str>;
+
 fn set(
     config: &mut Config,
     state: &mut ApplyState,
     key: &str,
     value: &str,
 ) -> Result<Known, &'static str> {
-    let limits = &mut config.limits;
+    if let Some(shown) = set_access(config, state, key, value)? {
+        return Ok(Known::Used(shown));
+    }
+    if let Some(shown) = set_limit(&mut config.limits, key, value)? {
+        return Ok(Known::Used(shown));
+    }
+    if let Some(shown) = set_log(config, key, value)? {
+        return Ok(Known::Used(shown));
+    }
+    let not_yet = matches!(
+        key,
+        "management.tcp.port"
+            | "management.tcp.ip"
+            | "prometheus.tcp.port"
+            | "prometheus.tcp.ip"
+            | "ssl_cert_login_from"
+    ) || key.starts_with("listeners.ssl.")
+        || key.starts_with("ssl_options.");
+    Ok(if not_yet {
+        Known::NotYet
+    } else {
+        Known::Unknown
+    })
+}
+
+/// Listeners, users, vhost, mechanisms, definitions.
+fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &str) -> Setting {
     let used = match key {
         "listeners.tcp" if value == "none" => {
             config.listen.clear();
@@ -195,6 +224,14 @@ fn set(
             config.load_definitions = Some(PathBuf::from(nonempty(value)?));
             "load_definitions"
         }
+        _ => return Ok(None),
+    };
+    Ok(Some(used))
+}
+
+/// The limits and alarm thresholds.
+fn set_limit(limits: &mut super::Limits, key: &str, value: &str) -> Setting {
+    let used = match key {
         "vm_memory_high_watermark.relative" => {
             let f: f64 = value.parse().map_err(|_| "a fraction such as 0.4")?;
             if !(0.0..=1.0).contains(&f) {
@@ -259,6 +296,14 @@ fn set(
             limits.send_timeout_ms = ms.max(1);
             "tcp_listen_options.send_timeout"
         }
+        _ => return Ok(None),
+    };
+    Ok(Some(used))
+}
+
+/// Logging.
+fn set_log(config: &mut Config, key: &str, value: &str) -> Setting {
+    let used = match key {
         "log.console.level" => {
             config.log_level = match value {
                 "debug" | "info" | "error" => value.to_owned(),
@@ -281,17 +326,9 @@ fn set(
             parse_bool(value)?;
             "log.console"
         }
-        "management.tcp.port"
-        | "management.tcp.ip"
-        | "prometheus.tcp.port"
-        | "prometheus.tcp.ip"
-        | "ssl_cert_login_from" => return Ok(Known::NotYet),
-        k if k.starts_with("listeners.ssl.") || k.starts_with("ssl_options.") => {
-            return Ok(Known::NotYet);
-        }
-        _ => return Ok(Known::Unknown),
+        _ => return Ok(None),
     };
-    Ok(Known::Used(used))
+    Ok(Some(used))
 }
 
 /// The effective configuration as `rabbitmq.conf` lines, each followed by where it came from
@@ -345,6 +382,30 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
             "load_definitions",
         );
     }
+    limit_lines(l, &mut add);
+    add(
+        "log.console.level",
+        config.log_level.clone(),
+        "log.console.level",
+    );
+    let formatter = if config.log_json { "json" } else { "plaintext" };
+    add(
+        "log.console.formatter",
+        formatter.into(),
+        "log.console.formatter",
+    );
+    add("product", config.product.clone(), "product");
+    add("product_version", config.version.clone(), "product_version");
+    let mut out =
+        String::from("# The effective configuration; after each value, where it came from.\n");
+    for (key, value, origin) in lines {
+        out.push_str(&format!("{key} = {value}    # {origin}\n"));
+    }
+    out
+}
+
+/// The limits' lines of [`effective`].
+fn limit_lines(l: &super::Limits, add: &mut impl FnMut(&str, String, &str)) {
     let (key, value) = match l.vm_memory_high_watermark {
         MemoryWatermark::Relative(f) => ("vm_memory_high_watermark.relative", f.to_string()),
         MemoryWatermark::Absolute(b) => ("vm_memory_high_watermark.absolute", b.to_string()),
@@ -372,30 +433,11 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
         "tcp_listen_options.send_timeout",
     );
     add(
-        "log.console.level",
-        config.log_level.clone(),
-        "log.console.level",
-    );
-    let formatter = if config.log_json { "json" } else { "plaintext" };
-    add(
-        "log.console.formatter",
-        formatter.into(),
-        "log.console.formatter",
-    );
-    add(
         "memory_budget_bytes",
         l.memory_budget_bytes.to_string(),
         "memory_budget",
     );
     add("segment_bytes", l.segment_bytes.to_string(), "segment_size");
-    add("product", config.product.clone(), "product");
-    add("product_version", config.version.clone(), "product_version");
-    let mut out =
-        String::from("# The effective configuration; after each value, where it came from.\n");
-    for (key, value, origin) in lines {
-        out.push_str(&format!("{key} = {value}    # {origin}\n"));
-    }
-    out
 }
 
 fn nonempty(value: &str) -> Result<String, &'static str> {
