@@ -130,7 +130,10 @@ impl Outbox {
                 return Err(std::mem::take(deliveries));
             }
             was_empty = items.deliveries.is_empty() && items.events.is_empty();
-            if items.deliveries.is_empty() {
+            // Whichever buffer is larger stays here: the caller's is dropped after the push,
+            // and regrowing the outbox's from one element for every batch made the allocator
+            // fault fresh pages in all the time.
+            if items.deliveries.is_empty() && deliveries.capacity() >= items.deliveries.capacity() {
                 std::mem::swap(&mut items.deliveries, deliveries);
             } else {
                 items.deliveries.append(deliveries);

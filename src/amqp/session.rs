@@ -72,7 +72,7 @@ impl Session {
     pub fn authorize_topic(
         &self,
         exchange: &Exchange,
-        routing_key: &str,
+        routing_key: &[u8],
         permission: Permission,
     ) -> AmqpResult<()> {
         if exchange.kind != ExchangeKind::Topic {

@@ -303,7 +303,7 @@ impl AccessControl {
         user: &str,
         vhost: &str,
         exchange: &str,
-        routing_key: &str,
+        routing_key: &[u8],
         permission: Permission,
     ) -> AmqpResult<()> {
         let Some(grants) = self.grants(user) else {
@@ -312,12 +312,13 @@ impl AccessControl {
         let Some(t) = grants.topics.get(vhost).and_then(|t| t.get(exchange)) else {
             return Ok(());
         };
+        let routing_key = String::from_utf8_lossy(routing_key);
         let pattern = match permission {
             Permission::Write => &t.write,
             Permission::Read => &t.read,
             Permission::Configure => return Ok(()),
         };
-        if pattern.matches(routing_key) {
+        if pattern.matches(&routing_key) {
             return Ok(());
         }
         Err(amqp_error!(
@@ -375,31 +376,31 @@ mod tests {
         let acl = AccessControl::default();
         acl.set("alice", "/", VhostPermissions::new(".*", ".*", ".*"));
         assert!(
-            acl.check_topic("alice", "/", "amq.topic", "x", Permission::Write)
+            acl.check_topic("alice", "/", "amq.topic", b"x", Permission::Write)
                 .is_ok()
         );
         acl.set_topic("alice", "/", "amq.topic", "^{username}\\.", "^{vhost}$");
         assert!(
-            acl.check_topic("alice", "/", "amq.topic", "alice.a", Permission::Write)
+            acl.check_topic("alice", "/", "amq.topic", b"alice.a", Permission::Write)
                 .is_ok()
         );
         assert!(
-            acl.check_topic("alice", "/", "amq.topic", "bob.a", Permission::Write)
+            acl.check_topic("alice", "/", "amq.topic", b"bob.a", Permission::Write)
                 .is_err()
         );
         assert!(
-            acl.check_topic("alice", "/", "amq.topic", "/", Permission::Read)
+            acl.check_topic("alice", "/", "amq.topic", b"/", Permission::Read)
                 .is_ok()
         );
         assert!(
-            acl.check_topic("alice", "/", "other", "bob.a", Permission::Write)
+            acl.check_topic("alice", "/", "other", b"bob.a", Permission::Write)
                 .is_ok()
         );
         let v = acl.version();
         acl.clear_topic("alice", "/", None);
         assert!(acl.version() > v);
         assert!(
-            acl.check_topic("alice", "/", "amq.topic", "bob.a", Permission::Write)
+            acl.check_topic("alice", "/", "amq.topic", b"bob.a", Permission::Write)
                 .is_ok()
         );
     }

@@ -11,9 +11,9 @@
 //! synced, and renamed over it; a crash at any point leaves the old segment or the new one,
 //! both complete. Record order is kept, so the queue's order after a restart is too.
 //!
-//! The bound: every segment but the head and the front is more than a quarter live, or holds
-//! only what compaction kept, so a log takes about four times its live messages, plus its
-//! marks, plus two segments.
+//! The bound: every segment but the two newest and the front is more than a quarter live, or
+//! holds only what compaction kept, so a log takes about four times its live messages, plus
+//! its marks, plus three segments.
 
 use std::io;
 use std::path::PathBuf;
@@ -112,10 +112,13 @@ impl QueueLog {
         if !self.durable || inner.destroyed || !self.shared.writable() {
             return Ok(None);
         }
-        let head = inner.segments.back().map(|s| s.index);
-        let candidate = inner.segments.iter().find(|s| {
-            Some(s.index) != head
-                && inner.read_pos.is_none_or(|p| p.segment > s.index)
+        // Not the head, nor the segment just before it: with consumers keeping up, that one
+        // is being acknowledged as it goes and will be deleted whole in a moment; rewriting
+        // it would only read and copy what is about to be freed (it cost a fifth of the CPU
+        // per message under confirmed publishing).
+        let settled = inner.segments.len().saturating_sub(2);
+        let candidate = inner.segments.iter().take(settled).find(|s| {
+            inner.read_pos.is_none_or(|p| p.segment > s.index)
                 && if s.messages > 0 {
                     s.live * 4 <= s.messages
                 } else {

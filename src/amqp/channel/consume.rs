@@ -148,6 +148,7 @@ impl Channel {
             dead: false,
         });
         if let Err(e) = added {
+            self.last_consumer = None;
             self.consumers.remove(&tag_bytes);
             return Err(e);
         }
@@ -212,8 +213,10 @@ impl Channel {
             if let Some(reply) = self.reply_consumer.take() {
                 s.broker.reply_consumers.unregister(&reply.key);
             }
-        } else if let Some(consumer) = self.consumers.remove(&tag)
-            && consumer.queue.remove_consumer(consumer.id).delete_queue
+        } else if let Some(consumer) = {
+            self.last_consumer = None;
+            self.consumers.remove(&tag)
+        } && consumer.queue.remove_consumer(consumer.id).delete_queue
         {
             delete_queue = Some(consumer.queue);
         }

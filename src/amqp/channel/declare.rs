@@ -339,7 +339,7 @@ fn authorize_binding(
     }
     s.authorize(Resource::Exchange(source), Permission::Read)?;
     if let Some(x) = s.vhost.exchange(source) {
-        s.authorize_topic(&x, routing_key, Permission::Read)?;
+        s.authorize_topic(&x, routing_key.as_bytes(), Permission::Read)?;
     }
     Ok(())
 }

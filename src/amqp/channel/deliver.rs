@@ -53,9 +53,16 @@ impl Channel {
         if self.state != ChannelState::Open {
             return Err(d);
         }
-        let timeout_ms = match self.consumers.get(&d.consumer_tag) {
-            Some(c) if c.id == d.consumer_id => c.timeout_ms,
-            _ => return Err(d),
+        // Consumer ids are never reused, so a match with the last one means it still exists.
+        let timeout_ms = match self.last_consumer {
+            Some((id, timeout_ms)) if id == d.consumer_id => timeout_ms,
+            _ => match self.consumers.get(&d.consumer_tag) {
+                Some(c) if c.id == d.consumer_id => {
+                    self.last_consumer = Some((c.id, c.timeout_ms));
+                    c.timeout_ms
+                }
+                _ => return Err(d),
+            },
         };
         self.last_tag += 1;
         let tag = self.last_tag;
@@ -131,6 +138,7 @@ impl Channel {
 
     /// A consumer's queue was deleted. Returns true if the client should hear of it.
     pub fn consumer_cancelled(&mut self, tag: &Bytes) -> bool {
+        self.last_consumer = None;
         self.consumers.remove(tag).is_some()
     }
 

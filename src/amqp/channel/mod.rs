@@ -31,7 +31,6 @@ use super::confirm::Confirms;
 use super::output::Output;
 use super::session::Session;
 use crate::amqp_error;
-use crate::broker::exchange::Exchange;
 use crate::broker::memory::Charge;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -120,24 +119,6 @@ struct Transaction {
     settles: Vec<TxSettle>,
 }
 
-/// Routes remembered by a channel, valid while the vhost's topology version is unchanged.
-#[derive(Debug, Default)]
-struct RouteCache {
-    /// The vhost's topology version the routes were computed under.
-    version: u64,
-    /// The broker's grants version the routes were authorised under: a cached route also
-    /// stands for the write and topic permission checks its first publish passed.
-    access_version: u64,
-    routes: HashMap<(Bytes, Bytes), CachedRoute>,
-}
-
-#[derive(Debug)]
-struct CachedRoute {
-    exchange: Arc<Exchange>,
-    /// None when the route depends on message headers and must be worked out each time.
-    queues: Option<Route>,
-}
-
 /// The queues a message goes to.
 type Route = Arc<[Arc<Queue>]>;
 
@@ -155,6 +136,9 @@ pub struct Channel {
     pub state: ChannelState,
     content: Option<Content>,
     consumers: HashMap<Bytes, ChannelConsumer>,
+    /// The consumer the last delivery was for (its id and timeout): deliveries to one
+    /// consumer in a row skip hashing its tag. Forgotten whenever a consumer goes.
+    last_consumer: Option<(u64, Option<u64>)>,
     /// Deliveries awaiting settlement, ordered by delivery tag.
     unacked: VecDeque<Unacked>,
     /// The last delivery tag used.
@@ -167,7 +151,7 @@ pub struct Channel {
     tx: Option<Transaction>,
     /// The queue most recently declared on this channel, used for empty queue names.
     last_queue: Option<String>,
-    routes: RouteCache,
+    routes: route::RouteCache,
     /// At most one direct reply-to consumer per channel, as in RabbitMQ.
     reply_consumer: Option<ReplyConsumer>,
     /// Where the next round of asking consumed queues for more starts (see
@@ -202,6 +186,7 @@ impl Channel {
             state: ChannelState::Open,
             content: None,
             consumers: HashMap::new(),
+            last_consumer: None,
             unacked: VecDeque::new(),
             last_tag: 0,
             prefetch: Arc::new(ChannelPrefetch::new(max_unacked)),
@@ -209,7 +194,7 @@ impl Channel {
             confirms: None,
             tx: None,
             last_queue: None,
-            routes: RouteCache::default(),
+            routes: route::RouteCache::default(),
             reply_consumer: None,
             kick_from: 0,
             timeout_check: None,

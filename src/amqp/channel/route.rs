@@ -2,18 +2,154 @@
 //! vhost's topology and the broker's grants are unchanged, so a publisher repeating an
 //! exchange and routing key skips the permission checks, the exchange lookup and the routing.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
-use super::{CachedRoute, Channel, ROUTE_CACHE_ENTRIES, Route};
+use super::{Channel, ROUTE_CACHE_ENTRIES, Route};
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::queue::Queue;
 use crate::protocol::error::AmqpResult;
+
+/// Routes remembered by a channel, valid while the vhost's topology and the broker's grants
+/// are unchanged.
+#[derive(Debug, Default)]
+pub(super) struct RouteCache {
+    /// The vhost's topology version the routes were computed under.
+    version: u64,
+    /// The broker's grants version the routes were authorised under: a cached route also
+    /// stands for the write and topic permission checks its first publish passed.
+    access_version: u64,
+    routes: HashMap<RouteKey, CachedRoute>,
+    /// The last route used: a publisher repeating one exchange and key finds it with two
+    /// comparisons, without hashing.
+    last: Option<(RouteKey, Arc<Exchange>, Option<Route>)>,
+    /// Exchanges the user may write to under the same grants: a publisher spreading over
+    /// more routing keys than the cache holds still checks its permission once.
+    writable: Vec<Bytes>,
+    /// Hits since the routes were last dropped for room.
+    hits: usize,
+    /// Publishes that will not be cached: after a round of the cache in which few routes
+    /// were used twice, a publisher spreading over many keys would only copy names into it.
+    skip: usize,
+}
+
+/// Publishes left uncached after a round of the cache with fewer than a quarter hits.
+const SKIP_AFTER_THRASH: usize = 16 * ROUTE_CACHE_ENTRIES;
+
+/// Exchanges remembered as writable per channel.
+const WRITABLE_ENTRIES: usize = 8;
+
+#[derive(Debug)]
+struct CachedRoute {
+    exchange: Arc<Exchange>,
+    /// None when the route depends on message headers and must be worked out each time.
+    queues: Option<Route>,
+}
+
+/// An exchange name and routing key, as the cache keeps them (copies, see `route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteKey {
+    exchange: Bytes,
+    routing_key: Bytes,
+}
+
+/// The cache is searched with the publish's own slices: no key is built (and no reference
+/// count touched) to look one up.
+trait KeyParts {
+    fn parts(&self) -> (&[u8], &[u8]);
+}
+
+impl KeyParts for RouteKey {
+    fn parts(&self) -> (&[u8], &[u8]) {
+        (&self.exchange, &self.routing_key)
+    }
+}
+
+impl KeyParts for (&[u8], &[u8]) {
+    fn parts(&self) -> (&[u8], &[u8]) {
+        (self.0, self.1)
+    }
+}
+
+impl Hash for RouteKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for RouteKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl RouteCache {
+    fn get(
+        &mut self,
+        exchange: &[u8],
+        routing_key: &[u8],
+    ) -> Option<(Arc<Exchange>, Option<Route>)> {
+        if let Some((k, x, q)) = &self.last
+            && k.routing_key == routing_key
+            && k.exchange == exchange
+        {
+            return Some((x.clone(), q.clone()));
+        }
+        let probe: &dyn KeyParts = &(exchange, routing_key);
+        let (k, hit) = self.routes.get_key_value(probe)?;
+        self.hits += 1;
+        self.last = Some((k.clone(), hit.exchange.clone(), hit.queues.clone()));
+        Some((hit.exchange.clone(), hit.queues.clone()))
+    }
+
+    /// Forgets the routes (the topology or the grants changed).
+    fn clear(&mut self) {
+        self.routes.clear();
+        self.last = None;
+        self.writable.clear();
+    }
+
+    /// Whether a new route is worth keeping: room is made when the cache is full, and a
+    /// cache that was mostly missed stops taking routes for a while.
+    fn should_cache(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        if self.routes.len() >= ROUTE_CACHE_ENTRIES {
+            if self.hits < ROUTE_CACHE_ENTRIES / 4 {
+                self.skip = SKIP_AFTER_THRASH;
+            }
+            self.routes.clear();
+            self.last = None;
+            self.hits = 0;
+            return self.skip == 0;
+        }
+        true
+    }
+}
 
 impl Channel {
     /// Finds the exchange a publish names, and the queues it routes to if the channel has
@@ -27,22 +163,24 @@ impl Channel {
         let version = s.vhost.version();
         let access_version = s.broker.access.version();
         if self.routes.version != version || self.routes.access_version != access_version {
-            self.routes.routes.clear();
+            self.routes.clear();
             self.routes.version = version;
             self.routes.access_version = access_version;
         }
-        if let Some(hit) = self
-            .routes
-            .routes
-            .get(&(exchange.clone(), routing_key.clone()))
-        {
-            return Ok((hit.exchange.clone(), hit.queues.clone()));
+        if let Some(hit) = self.routes.get(exchange, routing_key) {
+            return Ok(hit);
         }
         // RabbitMQ's order: write permission on the exchange, its existence, that it is not
         // internal, then the user's topic permission on the routing key. A cached route has
         // passed all four under the same topology and grants.
         let name = std::str::from_utf8(exchange).unwrap_or("\u{fffd}");
-        s.authorize(Resource::Exchange(name), Permission::Write)?;
+        if !self.routes.writable.iter().any(|x| x == exchange) {
+            s.authorize(Resource::Exchange(name), Permission::Write)?;
+            if self.routes.writable.len() >= WRITABLE_ENTRIES {
+                self.routes.writable.clear();
+            }
+            self.routes.writable.push(Bytes::copy_from_slice(exchange));
+        }
         let found = s.vhost.exchange(name).ok_or_else(|| {
             amqp_error!(
                 NotFound,
@@ -59,8 +197,7 @@ impl Channel {
                 s.vhost.name
             ));
         }
-        let key = String::from_utf8_lossy(routing_key);
-        s.authorize_topic(&found, &key, Permission::Write)?;
+        s.authorize_topic(&found, routing_key, Permission::Write)?;
         Ok((found, None))
     }
 
@@ -75,26 +212,31 @@ impl Channel {
         extra_keys: &[Bytes],
         headers: Option<FieldTable>,
     ) -> Arc<[Arc<Queue>]> {
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(1 + extra_keys.len());
-        keys.push(routing_key);
-        keys.extend(extra_keys.iter().map(|k| &k[..]));
+        let one: [&[u8]; 1] = [routing_key];
+        let many: Vec<&[u8]>;
+        let keys: &[&[u8]] = if extra_keys.is_empty() {
+            &one
+        } else {
+            many = one
+                .into_iter()
+                .chain(extra_keys.iter().map(|k| &k[..]))
+                .collect();
+            &many
+        };
         let mut headers = headers;
         let mut found = Vec::new();
         let cacheable = s
             .vhost
-            .route(exchange, &keys, &mut || headers.take(), &mut found);
+            .route(exchange, keys, &mut || headers.take(), &mut found);
         let found: Arc<[Arc<Queue>]> = found.into();
-        if extra_keys.is_empty() {
-            if self.routes.routes.len() >= ROUTE_CACHE_ENTRIES {
-                self.routes.routes.clear();
-            }
+        if extra_keys.is_empty() && self.routes.should_cache() {
             // Copies of the names: slices of the publish frame would keep its whole read
             // buffer alive for as long as the route is cached.
             self.routes.routes.insert(
-                (
-                    Bytes::copy_from_slice(exchange_key),
-                    Bytes::copy_from_slice(routing_key),
-                ),
+                RouteKey {
+                    exchange: Bytes::copy_from_slice(exchange_key),
+                    routing_key: Bytes::copy_from_slice(routing_key),
+                },
                 CachedRoute {
                     exchange: exchange.clone(),
                     queues: cacheable.then(|| found.clone()),

@@ -133,6 +133,7 @@ impl Channel {
         if let Some(reply) = self.reply_consumer.take() {
             s.broker.reply_consumers.unregister(&reply.key);
         }
+        self.last_consumer = None;
         for (_, c) in self.consumers.drain() {
             let removed = c.queue.remove_consumer(c.id);
             if removed.delete_queue {

@@ -143,7 +143,9 @@ impl<T: PartialEq> TopicTrie<T> {
         current.enter(&self.root);
         for word in words(routing_key) {
             next.clear();
-            for &node in current.iter() {
+            let mut i = 0;
+            while let Some(node) = current.get(i) {
+                i += 1;
                 if node.is_hash {
                     // `#` absorbs this word and stays.
                     next.enter(node);
@@ -162,7 +164,9 @@ impl<T: PartialEq> TopicTrie<T> {
                 return;
             }
         }
-        for &node in current.iter() {
+        let mut i = 0;
+        while let Some(node) = current.get(i) {
+            i += 1;
             node.values.iter().for_each(&mut *found);
         }
     }
@@ -173,9 +177,13 @@ impl<T: PartialEq> TopicTrie<T> {
 }
 
 /// The trie nodes the words of a key so far can have led to, each once. Small sets (the usual
-/// case) are deduplicated by scanning; large ones use a hash set of node addresses.
+/// case) live inline, without allocating, and are deduplicated by scanning; large ones spill
+/// to the heap with a hash set of node addresses.
 struct States<'a, T> {
-    nodes: Vec<&'a Node<T>>,
+    inline: [Option<&'a Node<T>>; SCAN_STATES],
+    /// How many of `inline` are used; `SCAN_STATES + 1` once spilled.
+    len: usize,
+    spilled: Vec<&'a Node<T>>,
     seen: HashSet<*const Node<T>, BuildHasherDefault<AddressHasher>>,
 }
 
@@ -200,13 +208,15 @@ impl Hasher for AddressHasher {
     }
 }
 
-/// Up to this many states, duplicates are found by scanning the list.
+/// Up to this many states, they live inline and duplicates are found by scanning.
 const SCAN_STATES: usize = 16;
 
 impl<T> Default for States<'_, T> {
     fn default() -> Self {
         States {
-            nodes: Vec::new(),
+            inline: [None; SCAN_STATES],
+            len: 0,
+            spilled: Vec::new(),
             seen: HashSet::default(),
         }
     }
@@ -229,35 +239,61 @@ impl<'a, T> States<'a, T> {
         }
     }
 
+    fn spilled(&self) -> bool {
+        self.len > SCAN_STATES
+    }
+
     fn contains(&self, node: &Node<T>) -> bool {
-        if self.nodes.len() <= SCAN_STATES {
-            self.nodes.iter().any(|n| std::ptr::eq(*n, node))
-        } else {
+        if self.spilled() {
             self.seen.contains(&(node as *const Node<T>))
+        } else {
+            self.inline[..self.len]
+                .iter()
+                .any(|n| n.is_some_and(|n| std::ptr::eq(n, node)))
         }
     }
 
     fn insert(&mut self, node: &'a Node<T>) {
-        self.nodes.push(node);
-        if self.nodes.len() == SCAN_STATES + 1 {
-            self.seen
-                .extend(self.nodes.iter().map(|n| *n as *const Node<T>));
-        } else if self.nodes.len() > SCAN_STATES {
-            self.seen.insert(node as *const Node<T>);
+        if self.len < SCAN_STATES {
+            self.inline[self.len] = Some(node);
+            self.len += 1;
+            return;
         }
+        if !self.spilled() {
+            self.spilled.extend(self.inline.iter().flatten());
+            self.seen
+                .extend(self.spilled.iter().map(|n| *n as *const Node<T>));
+            self.len = SCAN_STATES + 1;
+        }
+        self.spilled.push(node);
+        self.seen.insert(node as *const Node<T>);
     }
 
     fn clear(&mut self) {
-        self.nodes.clear();
-        self.seen.clear();
+        if self.spilled() {
+            self.spilled.clear();
+            self.seen.clear();
+        }
+        self.len = 0;
     }
 
     fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len == 0
     }
 
-    fn iter(&self) -> std::slice::Iter<'_, &'a Node<T>> {
-        self.nodes.iter()
+    /// The states, in the order they were entered.
+    fn nodes(&self) -> &[&'a Node<T>] {
+        &self.spilled
+    }
+
+    fn get(&self, i: usize) -> Option<&'a Node<T>> {
+        if self.spilled() {
+            self.nodes().get(i).copied()
+        } else if i < self.len {
+            self.inline[i]
+        } else {
+            None
+        }
     }
 }
 

@@ -67,7 +67,9 @@ impl State {
         }
         loop {
             // A priority level whose messages are all on disk may hold the real head.
-            self.page_in_levels(ctx);
+            if self.paged_levels > 0 {
+                self.page_in_levels(ctx);
+            }
             let Some(head) = self.ready.front() else {
                 break;
             };

@@ -126,10 +126,17 @@ impl State {
     }
 
     /// The read to do once the lock is released, if the head asked for one.
+    #[inline]
     pub fn start_read_ahead(&mut self) -> Option<ReadJob> {
         if !matches!(self.read_ahead, ReadAhead::Wanted) || self.deleted {
             return None;
         }
+        self.begin_read_ahead()
+    }
+
+    /// The slow half of [`State::start_read_ahead`], kept out of every queue call's way.
+    #[cold]
+    fn begin_read_ahead(&mut self) -> Option<ReadJob> {
         let (Some(tail), Some(log)) = (self.tail.as_ref(), self.log.clone()) else {
             self.read_ahead = ReadAhead::Idle;
             return None;

@@ -20,9 +20,13 @@ impl VirtualHost {
         out: &mut Vec<Arc<Queue>>,
     ) -> bool {
         let mut cacheable = true;
-        let mut seen: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
-        let mut pending: Vec<Arc<Exchange>> = vec![exchange.clone()];
-        while let Some(x) = pending.pop() {
+        // Exchanges reached besides the first; nothing is allocated unless the message goes
+        // on through exchange-to-exchange bindings or an alternate exchange.
+        let origin = Arc::as_ptr(exchange);
+        let mut seen: Vec<*const Exchange> = Vec::new();
+        let mut pending: Vec<Arc<Exchange>> = Vec::new();
+        let mut first = Some(exchange.clone());
+        while let Some(x) = first.take().or_else(|| pending.pop()) {
             let mut matched = false;
             if x.name.is_empty() {
                 // The default exchange: every queue is bound by its own name.
@@ -43,7 +47,8 @@ impl VirtualHost {
                     match d {
                         Destination::Queue(q) => out.push(q.clone()),
                         Destination::Exchange(next) => {
-                            if !seen.contains(&Arc::as_ptr(next)) {
+                            let at = Arc::as_ptr(next);
+                            if at != origin && !seen.contains(&at) {
                                 seen.push(Arc::as_ptr(next));
                                 pending.push(next.clone());
                             }
@@ -56,6 +61,7 @@ impl VirtualHost {
             if !matched
                 && let Some(ae) = x.alternate()
                 && let Some(next) = self.exchange(&ae)
+                && Arc::as_ptr(&next) != origin
                 && !seen.contains(&Arc::as_ptr(&next))
             {
                 seen.push(Arc::as_ptr(&next));
