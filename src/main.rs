@@ -253,11 +253,18 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+        let list = |addrs: &[SocketAddr]| {
+            let names: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            names.join(", ")
+        };
+        let tls = match server.tls_addrs() {
+            [] => String::new(),
+            addrs => format!("; AMQP over TLS on {}", list(addrs)),
+        };
         tracing::info!(
-            "Lepus {} ready, listening for AMQP on {}",
+            "Lepus {} ready, listening for AMQP on {}{tls}",
             env!("CARGO_PKG_VERSION"),
-            addrs.join(", ")
+            list(server.local_addrs())
         );
         wait_for_signal().await;
         tracing::info!("shutting down");

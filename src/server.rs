@@ -22,6 +22,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Server {
     broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
+    /// The TLS listeners' addresses.
+    tls_addrs: Vec<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
     /// The admin socket `lepusctl` talks to (none if it could not be made).
     admin: Option<JoinHandle<()>>,
@@ -61,6 +63,20 @@ impl Server {
         for addr in &config.listen {
             bound.extend(Listener::bind_all(*addr).await?);
         }
+        if !config.tls_listen.is_empty() {
+            let options = config.tls.as_ref().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "listeners.ssl needs ssl_options.certfile and ssl_options.keyfile",
+                )
+            })?;
+            let tls = crate::net::tls::server_config(options)?;
+            for addr in &config.tls_listen {
+                for listener in Listener::bind_all(*addr).await? {
+                    bound.push(listener.with_tls(tls.clone()));
+                }
+            }
+        }
         let (broker, report) = tokio::task::spawn_blocking(move || {
             let (broker, report) = Broker::open_on(fs, config)?;
             load_definitions(&broker)?;
@@ -79,9 +95,14 @@ impl Server {
         );
         let live = Arc::new(Live::default());
         let mut addrs = Vec::new();
+        let mut tls_addrs = Vec::new();
         let mut listeners = Vec::new();
         for listener in bound {
-            addrs.push(listener.local_addr()?);
+            if listener.is_tls() {
+                tls_addrs.push(listener.local_addr()?);
+            } else {
+                addrs.push(listener.local_addr()?);
+            }
             listeners.push(tokio::spawn(accept_loop(
                 listener,
                 broker.clone(),
@@ -100,6 +121,7 @@ impl Server {
         Ok(Server {
             broker,
             addrs,
+            tls_addrs,
             listeners,
             admin,
             live,
@@ -108,12 +130,21 @@ impl Server {
 
     /// The first bound address (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addrs[0]
+        self.addrs
+            .first()
+            .or_else(|| self.tls_addrs.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Every bound address.
+    /// Every bound address of a plain listener.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Every bound address of a TLS listener.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The broker's shared state, for tests and tooling.

@@ -14,6 +14,8 @@ use super::{Config, DiskFreeLimit, MemoryWatermark, parse_size};
 
 /// The AMQP port RabbitMQ listens on when a listener names only an interface.
 const DEFAULT_AMQP_PORT: u16 = 5672;
+/// The same for AMQP over TLS.
+const DEFAULT_AMQPS_PORT: u16 = 5671;
 
 /// A value in the file that cannot be used: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,8 +154,7 @@ fn set(
             | "prometheus.tcp.port"
             | "prometheus.tcp.ip"
             | "ssl_cert_login_from"
-    ) || key.starts_with("listeners.ssl.")
-        || key.starts_with("ssl_options.");
+    ) || key.starts_with("ssl_options.");
     Ok(if not_yet {
         Known::NotYet
     } else {
@@ -192,6 +193,40 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
                 config.loopback_users.push(user.to_owned());
             }
             "loopback_users"
+        }
+        "listeners.ssl" if value == "none" => {
+            config.tls_listen.clear();
+            "listeners.ssl"
+        }
+        k if k.starts_with("listeners.ssl.") => {
+            config
+                .tls_listen
+                .push(parse_listener_on(value, DEFAULT_AMQPS_PORT)?);
+            "listeners.ssl"
+        }
+        "ssl_options.certfile" => {
+            config.tls.get_or_insert_default().cert_file = PathBuf::from(nonempty(value)?);
+            "ssl_options.certfile"
+        }
+        "ssl_options.keyfile" => {
+            config.tls.get_or_insert_default().key_file = PathBuf::from(nonempty(value)?);
+            "ssl_options.keyfile"
+        }
+        "ssl_options.cacertfile" => {
+            config.tls.get_or_insert_default().ca_file = Some(PathBuf::from(nonempty(value)?));
+            "ssl_options.cacertfile"
+        }
+        "ssl_options.verify" => {
+            config.tls.get_or_insert_default().verify_peer = match value {
+                "verify_peer" => true,
+                "verify_none" => false,
+                _ => return Err("verify_peer or verify_none"),
+            };
+            "ssl_options.verify"
+        }
+        "ssl_options.fail_if_no_peer_cert" => {
+            config.tls.get_or_insert_default().fail_if_no_peer_cert = parse_bool(value)?;
+            "ssl_options.fail_if_no_peer_cert"
         }
         k if k.starts_with("auth_mechanisms.") => {
             if !state.mechanisms_named {
@@ -349,6 +384,40 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
     if config.listen.is_empty() {
         add("listeners.tcp", "none".into(), "listeners.tcp");
     }
+    for (i, addr) in config.tls_listen.iter().enumerate() {
+        add(
+            &format!("listeners.ssl.{}", i + 1),
+            addr.to_string(),
+            "listeners.ssl",
+        );
+    }
+    if let Some(t) = &config.tls {
+        let file = |p: &std::path::Path| p.display().to_string();
+        add(
+            "ssl_options.certfile",
+            file(&t.cert_file),
+            "ssl_options.certfile",
+        );
+        add(
+            "ssl_options.keyfile",
+            file(&t.key_file),
+            "ssl_options.keyfile",
+        );
+        if let Some(ca) = &t.ca_file {
+            add("ssl_options.cacertfile", file(ca), "ssl_options.cacertfile");
+        }
+        let verify = if t.verify_peer {
+            "verify_peer"
+        } else {
+            "verify_none"
+        };
+        add("ssl_options.verify", verify.into(), "ssl_options.verify");
+        add(
+            "ssl_options.fail_if_no_peer_cert",
+            t.fail_if_no_peer_cert.to_string(),
+            "ssl_options.fail_if_no_peer_cert",
+        );
+    }
     add(
         "data_dir",
         config.data_dir.display().to_string(),
@@ -458,6 +527,11 @@ fn parse_bool(value: &str) -> Result<bool, &'static str> {
 /// A listener as RabbitMQ writes one: a port (on every interface, IPv4 and IPv6), or an
 /// address and port (`127.0.0.1:5672`, `::1:5672`, `[::1]:5672`), or an address alone.
 pub fn parse_listener(value: &str) -> Result<SocketAddr, &'static str> {
+    parse_listener_on(value, DEFAULT_AMQP_PORT)
+}
+
+/// [`parse_listener`] with another default port.
+fn parse_listener_on(value: &str, default_port: u16) -> Result<SocketAddr, &'static str> {
     const EXPECTED: &str = "a port, or an address and port such as 127.0.0.1:5672 or [::1]:5672";
     if let Ok(port) = value.parse::<u16>() {
         return Ok(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
@@ -473,7 +547,7 @@ pub fn parse_listener(value: &str) -> Result<SocketAddr, &'static str> {
         return Ok(SocketAddr::new(ip, port));
     }
     let ip: IpAddr = value.parse().map_err(|_| EXPECTED)?;
-    Ok(SocketAddr::new(ip, DEFAULT_AMQP_PORT))
+    Ok(SocketAddr::new(ip, default_port))
 }
 
 #[cfg(test)]
@@ -552,6 +626,29 @@ mod tests {
             report.unknown,
             vec![(21, "cluster_formation.peer_discovery_backend".into())]
         );
+    }
+
+    #[test]
+    fn reads_tls_listeners_and_options() {
+        let (config, _, report) = read(
+            "listeners.ssl.default = 5671\n\
+             ssl_options.cacertfile = /etc/ca.pem\n\
+             ssl_options.certfile = /etc/server.pem\n\
+             ssl_options.keyfile = /etc/server.key\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n\
+             ssl_options.versions.1 = tlsv1.3\n",
+        )
+        .unwrap();
+        assert_eq!(config.tls_listen, vec!["[::]:5671".parse().unwrap()]);
+        let tls = config.tls.expect("ssl_options");
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(tls.verify_peer && tls.fail_if_no_peer_cert);
+        assert_eq!(
+            report.unsupported,
+            vec![(7, "ssl_options.versions.1".into())]
+        );
+        assert!(read("ssl_options.verify = maybe").is_err());
     }
 
     #[test]

@@ -177,6 +177,22 @@ impl Default for Limits {
     }
 }
 
+/// What a TLS listener needs: RabbitMQ's `ssl_options`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The server's certificate chain, PEM (`ssl_options.certfile`).
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (`ssl_options.keyfile`).
+    pub key_file: PathBuf,
+    /// Certificate authorities client certificates are checked against, PEM
+    /// (`ssl_options.cacertfile`).
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and check it (`ssl_options.verify = verify_peer`).
+    pub verify_peer: bool,
+    /// Refuse clients without one (`ssl_options.fail_if_no_peer_cert`).
+    pub fail_if_no_peer_cert: bool,
+}
+
 /// A user created on the first start (RabbitMQ's `default_user`/`default_pass`).
 #[derive(Debug, Clone)]
 pub struct UserConfig {
@@ -189,6 +205,11 @@ pub struct UserConfig {
 pub struct Config {
     /// Addresses to accept AMQP connections on; port 0 picks a free port.
     pub listen: Vec<SocketAddr>,
+    /// Addresses to accept AMQP over TLS on (RabbitMQ's `listeners.ssl.*`, 5671 by
+    /// convention); they need `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificates and client verification for the TLS listeners (`ssl_options.*`).
+    pub tls: Option<TlsOptions>,
     /// Where durable state is kept.
     pub data_dir: PathBuf,
     /// Users created on the first start; RabbitMQ's guest/guest by default.
@@ -225,6 +246,8 @@ impl Default for Config {
         Config {
             // IPv4 and IPv6, as RabbitMQ's default listener (see `Listener::bind_all`).
             listen: vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5672))],
+            tls_listen: Vec::new(),
+            tls: None,
             data_dir: PathBuf::from("lepus-data"),
             users: vec![UserConfig {
                 name: "guest".into(),

@@ -3,14 +3,20 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 
+use std::sync::Arc;
+
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 
+use super::tls::TlsStream;
 use super::transport::Transport;
 
 /// A bound listening socket.
 #[derive(Debug)]
 pub struct Listener {
     inner: TcpListener,
+    /// TLS for every connection accepted here, if this is a TLS listener.
+    tls: Option<Arc<ServerConfig>>,
 }
 
 impl Listener {
@@ -18,7 +24,19 @@ impl Listener {
     pub async fn bind(addr: SocketAddr) -> io::Result<Listener> {
         Ok(Listener {
             inner: TcpListener::bind(addr).await?,
+            tls: None,
         })
+    }
+
+    /// The same listener, speaking TLS with this configuration.
+    pub fn with_tls(mut self, config: Arc<ServerConfig>) -> Listener {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Whether connections accepted here speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Binds `addr`, and for the IPv6 wildcard (`[::]`) makes sure IPv4 clients are served
@@ -59,6 +77,10 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Transport, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
         let _ = stream.set_nodelay(true);
-        Ok((Transport::Tcp(stream), peer))
+        let transport = match &self.tls {
+            None => Transport::Tcp(stream),
+            Some(config) => Transport::Tls(Box::new(TlsStream::new(stream, config.clone())?)),
+        };
+        Ok((transport, peer))
     }
 }

@@ -6,6 +6,7 @@
 //! nothing of AMQP: the server wires accepted transports to the connection task.
 
 pub mod listener;
+pub mod tls;
 pub mod transport;
 
 pub use listener::Listener;

@@ -1,20 +1,22 @@
 //! The byte stream under a connection.
 //!
 //! The connection task works by readiness: it waits until the transport is readable or
-//! writable, then reads or writes as much as it can without blocking, in batches. Those three
-//! operations are all it needs, so they are all a transport offers.
+//! writable, then reads or writes as much as it can without blocking, in batches. Those
+//! operations are all it needs, so they are all a transport offers, over plain TCP or TLS.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 
-use bytes::BufMut;
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
+
+use super::tls::TlsStream;
 
 /// A client connection's byte stream.
 #[derive(Debug)]
 pub enum Transport {
     Tcp(TcpStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -22,14 +24,16 @@ impl Transport {
     pub async fn ready(&self, interest: Interest) -> io::Result<Ready> {
         match self {
             Transport::Tcp(s) => s.ready(interest).await,
+            Transport::Tls(s) => s.ready(interest).await,
         }
     }
 
     /// Reads what is available into the spare capacity of `buf` without waiting: `Ok(0)` is
     /// end of stream, `WouldBlock` means nothing was there.
-    pub fn try_read_buf<B: BufMut>(&mut self, buf: &mut B) -> io::Result<usize> {
+    pub fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.try_read_buf(buf),
+            Transport::Tls(s) => s.try_read_buf(buf),
         }
     }
 
@@ -37,6 +41,24 @@ impl Transport {
     pub fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.try_write_vectored(bufs),
+            Transport::Tls(s) => s.try_write_vectored(bufs),
+        }
+    }
+
+    /// Whether bytes the transport made itself (TLS records) wait for the socket: the
+    /// connection then waits for writability even with no output of its own.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+            Transport::Tls(s) => s.wants_write(),
+        }
+    }
+
+    /// Sends what [`Transport::wants_write`] reports, as far as the socket takes it.
+    pub fn flush_own(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(_) => Ok(()),
+            Transport::Tls(s) => s.flush_records(),
         }
     }
 
@@ -44,6 +66,12 @@ impl Transport {
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Transport::Tcp(s) => s.peer_addr(),
+            Transport::Tls(s) => s.peer_addr(),
         }
+    }
+
+    /// Whether the connection is encrypted (for the management API and logs).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
     }
 }

@@ -263,7 +263,7 @@ impl Connection {
             // Stop reading while a client does not read what we send it.
             _ => self.out.len() < self.output_limit(),
         };
-        let writing = self.out.writable_len() > 0;
+        let writing = self.out.writable_len() > 0 || self.transport.wants_write();
         let syncing = self.waiting_for_sync();
         let interest = match (reading, writing) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
@@ -319,6 +319,8 @@ impl Connection {
 
     /// Writes as much output as the socket takes without waiting.
     fn flush(&mut self) -> std::io::Result<()> {
+        // TLS records left from the handshake or the last write go first.
+        self.transport.flush_own()?;
         let mut progress = false;
         while self.out.writable_len() > 0 {
             let mut iov = iovecs();

@@ -1,0 +1,367 @@
+//! AMQP over TLS, with certificates made in the test (rcgen) and a rustls client: a TLS
+//! listener beside the plain one, TLS 1.2 and 1.3, and client certificates checked as
+//! RabbitMQ's `ssl_options.verify = verify_peer` / `fail_if_no_peer_cert` do.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use amq_protocol::frame::{AMQPFrame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{FieldTable, LongString};
+use common::{Broker, encode};
+use lepus::config::{Config, TlsOptions};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate for `bob`,
+/// as PEM files in a fresh directory.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("lepus-tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Lepus test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client.distinguished_name.push(DnType::CommonName, "bob");
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+        for (file, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server_cert.pem()),
+            ("server.key", server_key.serialize_pem()),
+            ("client.pem", client_cert.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.join(file), pem).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn options(&self, verify_peer: bool, fail_if_no_peer_cert: bool) -> TlsOptions {
+        TlsOptions {
+            cert_file: self.file("server.pem"),
+            key_file: self.file("server.key"),
+            ca_file: Some(self.file("ca.pem")),
+            verify_peer,
+            fail_if_no_peer_cert,
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn broker_with_tls(options: TlsOptions) -> (Broker, SocketAddr) {
+    let mut config = Config::for_tests();
+    config.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.tls = Some(options);
+    let broker = Broker::start_with(config).await;
+    let tls = broker.server.as_ref().unwrap().tls_addrs()[0];
+    (broker, tls)
+}
+
+fn client_config(
+    pki: &Pki,
+    with_cert: bool,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(pki.file("ca.pem")).unwrap())
+        .unwrap();
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots);
+    let config = if with_cert {
+        builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(pki.file("client.pem")).unwrap()],
+                PrivateKeyDer::from_pem_file(pki.file("client.key")).unwrap(),
+            )
+            .unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    Arc::new(config)
+}
+
+/// A blocking AMQP client over TLS: just enough to log in as guest and see connection.open-ok.
+struct TlsClient {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl TlsClient {
+    fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<TlsClient> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(common::WAIT))?;
+        let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
+            .map_err(std::io::Error::other)?;
+        Ok(TlsClient {
+            stream: StreamOwned::new(conn, tcp),
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, method: AMQPClass) -> std::io::Result<()> {
+        self.stream
+            .write_all(&encode(&AMQPFrame::Method(0, method)))
+    }
+
+    fn recv(&mut self) -> std::io::Result<AMQPClass> {
+        loop {
+            if let Ok((rest, frame)) = parse_frame(&self.buf[..]) {
+                let used = self.buf.len() - rest.len();
+                self.buf.drain(..used);
+                if let AMQPFrame::Method(_, m) = frame {
+                    return Ok(m);
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The AMQP handshake as guest; Ok once connection.open-ok arrives.
+    fn login(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(b"AMQP\x00\x00\x09\x01")?;
+        let start = self.recv()?;
+        assert!(matches!(
+            start,
+            AMQPClass::Connection(connection::AMQPMethod::Start(_))
+        ));
+        self.send(AMQPClass::Connection(connection::AMQPMethod::StartOk(
+            connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: LongString::from(b"\0guest\0guest".to_vec()),
+                locale: "en_US".into(),
+            },
+        )))?;
+        let AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) = self.recv()? else {
+            panic!("expected connection.tune");
+        };
+        self.send(AMQPClass::Connection(connection::AMQPMethod::TuneOk(
+            connection::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat: 0,
+            },
+        )))?;
+        self.send(AMQPClass::Connection(connection::AMQPMethod::Open(
+            connection::Open {
+                virtual_host: "/".into(),
+            },
+        )))?;
+        match self.recv()? {
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => Ok(()),
+            other => panic!("expected open-ok, got {other:?}"),
+        }
+    }
+}
+
+impl TlsClient {
+    fn send_on(&mut self, channel: u16, method: AMQPClass) -> std::io::Result<()> {
+        self.stream
+            .write_all(&encode(&AMQPFrame::Method(channel, method)))
+    }
+
+    fn recv_frame(&mut self) -> std::io::Result<AMQPFrame> {
+        loop {
+            if let Ok((rest, frame)) = parse_frame(&self.buf[..]) {
+                let used = self.buf.len() - rest.len();
+                self.buf.drain(..used);
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Publishes `body` to a new queue and gets it back, all over TLS.
+    fn round_trip(&mut self, body: &[u8]) -> std::io::Result<Vec<u8>> {
+        use amq_protocol::protocol::{basic, channel, queue};
+        self.send_on(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )?;
+        self.recv_frame()?;
+        self.send_on(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "tls-q".into(),
+                exclusive: true,
+                ..Default::default()
+            })),
+        )?;
+        self.recv_frame()?;
+        self.send_on(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "tls-q".into(),
+                ..Default::default()
+            })),
+        )?;
+        let header = AMQPFrame::Header(
+            1,
+            amq_protocol::frame::AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: Default::default(),
+            },
+        );
+        self.stream.write_all(&encode(&header))?;
+        for part in body.chunks(100_000) {
+            self.stream
+                .write_all(&encode(&AMQPFrame::Body(1, part.to_vec())))?;
+        }
+        self.send_on(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: "tls-q".into(),
+                no_ack: true,
+                ..Default::default()
+            })),
+        )?;
+        let mut got = Vec::new();
+        let mut size = None;
+        while size != Some(got.len()) {
+            match self.recv_frame()? {
+                AMQPFrame::Header(_, h) => size = Some(h.body_size as usize),
+                AMQPFrame::Body(_, data) => got.extend_from_slice(&data),
+                _ => {}
+            }
+        }
+        Ok(got)
+    }
+}
+
+fn login(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<()> {
+    TlsClient::connect(addr, config)?.login()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_speak_amqp_over_tls_1_2_and_1_3_beside_the_plain_listener() {
+    let pki = Pki::new("plain");
+    let (broker, tls) = broker_with_tls(pki.options(false, false)).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let config = client_config(&pki, false, version);
+        tokio::task::spawn_blocking(move || login(tls, config))
+            .await
+            .unwrap()
+            .expect("logs in over TLS");
+    }
+    // A message larger than what the TLS session buffers goes in and comes back whole.
+    let config = client_config(&pki, false, &rustls::version::TLS13);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let expected = body.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut client = TlsClient::connect(tls, config)?;
+        client.login()?;
+        client.round_trip(&body)
+    })
+    .await
+    .unwrap()
+    .expect("a 3 MB message round-trips over TLS");
+    assert!(got == expected, "the body came back intact");
+    // The plain listener still serves.
+    let (_c, ch) = broker.channel().await;
+    common::within(ch.queue_declare("".into(), Default::default(), FieldTable::default()))
+        .await
+        .expect("plain AMQP still works");
+    // Plain AMQP sent to the TLS port is not a TLS handshake: the connection goes.
+    let mut raw = TcpStream::connect(tls).unwrap();
+    raw.set_read_timeout(Some(common::WAIT)).unwrap();
+    raw.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert!(
+        !answer.windows(4).any(|w| w == b"AMQP"),
+        "no AMQP in clear text"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_peer_with_fail_if_no_peer_cert_refuses_clients_without_a_certificate() {
+    let pki = Pki::new("verify");
+    let (_broker, tls) = broker_with_tls(pki.options(true, true)).await;
+    let with = client_config(&pki, true, &rustls::version::TLS13);
+    tokio::task::spawn_blocking(move || login(tls, with))
+        .await
+        .unwrap()
+        .expect("a client with a certificate from the CA logs in");
+    let without = client_config(&pki, false, &rustls::version::TLS13);
+    let refused = tokio::task::spawn_blocking(move || login(tls, without))
+        .await
+        .unwrap();
+    assert!(
+        refused.is_err(),
+        "a client without a certificate is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_peer_without_fail_if_no_peer_cert_lets_clients_without_one_in() {
+    let pki = Pki::new("optional");
+    let (_broker, tls) = broker_with_tls(pki.options(true, false)).await;
+    for with_cert in [true, false] {
+        let config = client_config(&pki, with_cert, &rustls::version::TLS12);
+        tokio::task::spawn_blocking(move || login(tls, config))
+            .await
+            .unwrap()
+            .expect("logs in");
+    }
+}
+
+#[tokio::test]
+async fn a_tls_listener_without_certificates_stops_the_start() {
+    let mut config = Config::for_tests();
+    config.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.tls = Some(TlsOptions {
+        cert_file: Path::new("/nonexistent/server.pem").to_path_buf(),
+        key_file: Path::new("/nonexistent/server.key").to_path_buf(),
+        ..TlsOptions::default()
+    });
+    let err = lepus::Server::start(config).await.err().expect("refused");
+    assert!(err.to_string().contains("ssl_options.certfile"), "{err}");
+}
