@@ -392,31 +392,7 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
         );
     }
     if let Some(t) = &config.tls {
-        let file = |p: &std::path::Path| p.display().to_string();
-        add(
-            "ssl_options.certfile",
-            file(&t.cert_file),
-            "ssl_options.certfile",
-        );
-        add(
-            "ssl_options.keyfile",
-            file(&t.key_file),
-            "ssl_options.keyfile",
-        );
-        if let Some(ca) = &t.ca_file {
-            add("ssl_options.cacertfile", file(ca), "ssl_options.cacertfile");
-        }
-        let verify = if t.verify_peer {
-            "verify_peer"
-        } else {
-            "verify_none"
-        };
-        add("ssl_options.verify", verify.into(), "ssl_options.verify");
-        add(
-            "ssl_options.fail_if_no_peer_cert",
-            t.fail_if_no_peer_cert.to_string(),
-            "ssl_options.fail_if_no_peer_cert",
-        );
+        tls_lines(t, &mut add);
     }
     add(
         "data_dir",
@@ -471,6 +447,35 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
         out.push_str(&format!("{key} = {value}    # {origin}\n"));
     }
     out
+}
+
+/// The TLS options' lines of [`effective`].
+fn tls_lines(t: &super::TlsOptions, add: &mut impl FnMut(&str, String, &str)) {
+    let file = |p: &std::path::Path| p.display().to_string();
+    add(
+        "ssl_options.certfile",
+        file(&t.cert_file),
+        "ssl_options.certfile",
+    );
+    add(
+        "ssl_options.keyfile",
+        file(&t.key_file),
+        "ssl_options.keyfile",
+    );
+    if let Some(ca) = &t.ca_file {
+        add("ssl_options.cacertfile", file(ca), "ssl_options.cacertfile");
+    }
+    let verify = if t.verify_peer {
+        "verify_peer"
+    } else {
+        "verify_none"
+    };
+    add("ssl_options.verify", verify.into(), "ssl_options.verify");
+    add(
+        "ssl_options.fail_if_no_peer_cert",
+        t.fail_if_no_peer_cert.to_string(),
+        "ssl_options.fail_if_no_peer_cert",
+    );
 }
 
 /// The limits' lines of [`effective`].
