@@ -159,17 +159,22 @@ impl TlsClient {
 
     /// The AMQP handshake as guest; Ok once connection.open-ok arrives.
     fn login(&mut self) -> std::io::Result<()> {
+        self.login_with("PLAIN", b"\0guest\0guest").map(|_| ())
+    }
+
+    /// The AMQP handshake with this SASL mechanism and response; returns the mechanisms the
+    /// broker offered.
+    fn login_with(&mut self, mechanism: &str, response: &[u8]) -> std::io::Result<String> {
         self.stream.write_all(b"AMQP\x00\x00\x09\x01")?;
-        let start = self.recv()?;
-        assert!(matches!(
-            start,
-            AMQPClass::Connection(connection::AMQPMethod::Start(_))
-        ));
+        let AMQPClass::Connection(connection::AMQPMethod::Start(start)) = self.recv()? else {
+            panic!("expected connection.start");
+        };
+        let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
         self.send(AMQPClass::Connection(connection::AMQPMethod::StartOk(
             connection::StartOk {
                 client_properties: FieldTable::default(),
-                mechanism: "PLAIN".into(),
-                response: LongString::from(b"\0guest\0guest".to_vec()),
+                mechanism: mechanism.into(),
+                response: LongString::from(response.to_vec()),
                 locale: "en_US".into(),
             },
         )))?;
@@ -189,7 +194,7 @@ impl TlsClient {
             },
         )))?;
         match self.recv()? {
-            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => Ok(()),
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => Ok(offered),
             other => panic!("expected open-ok, got {other:?}"),
         }
     }
@@ -364,4 +369,85 @@ async fn a_tls_listener_without_certificates_stops_the_start() {
     });
     let err = lepus::Server::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("ssl_options.certfile"), "{err}");
+}
+
+async fn broker_with_external(
+    pki: &Pki,
+    login_from: lepus::config::CertLogin,
+) -> (Broker, SocketAddr) {
+    let mut config = Config::for_tests();
+    config.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.tls = Some(pki.options(true, false));
+    config.auth_mechanisms = vec!["PLAIN".into(), "AMQPLAIN".into(), "EXTERNAL".into()];
+    config.ssl_cert_login_from = login_from;
+    let broker = Broker::start_with(config).await;
+    let tls = broker.server.as_ref().unwrap().tls_addrs()[0];
+    (broker, tls)
+}
+
+fn external(tls: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<String> {
+    TlsClient::connect(tls, config)?.login_with("EXTERNAL", b"")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmq_external_logs_in_as_the_certificate_subject() {
+    let pki = Pki::new("external-dn");
+    let (broker, tls) =
+        broker_with_external(&pki, lepus::config::CertLogin::DistinguishedName).await;
+    let admin = broker.server.as_ref().unwrap().broker().clone();
+    // The client certificate's subject is CN=bob: that is the user, and it must exist.
+    let with = client_config(&pki, true, &rustls::version::TLS13);
+    let c = with.clone();
+    let refused = tokio::task::spawn_blocking(move || external(tls, c))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "no user CN=bob yet");
+    admin.add_user("CN=bob", "unused-password").unwrap();
+    admin
+        .set_permissions("CN=bob", "/", ".*", ".*", ".*")
+        .unwrap();
+    let offered = tokio::task::spawn_blocking(move || external(tls, with))
+        .await
+        .unwrap()
+        .expect("EXTERNAL logs in as CN=bob");
+    assert_eq!(offered, "AMQPLAIN EXTERNAL PLAIN");
+    // Without a certificate EXTERNAL is not offered, and not accepted.
+    let without = client_config(&pki, false, &rustls::version::TLS13);
+    let offered = {
+        let c = without.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut client = TlsClient::connect(tls, c)?;
+            client.login_with("PLAIN", b"\0guest\0guest")
+        })
+        .await
+        .unwrap()
+        .expect("PLAIN still works")
+    };
+    assert_eq!(offered, "AMQPLAIN PLAIN");
+    let refused = tokio::task::spawn_blocking(move || external(tls, without))
+        .await
+        .unwrap();
+    assert!(refused.is_err());
+    // Nor on the plain listener.
+    let mut raw = broker.raw().await;
+    raw.send(b"AMQP\x00\x00\x09\x01").await;
+    let (_, start) = raw.recv_method().await.expect("start");
+    let AMQPClass::Connection(connection::AMQPMethod::Start(start)) = start else {
+        panic!("expected connection.start");
+    };
+    assert_eq!(start.mechanisms.as_bytes(), b"AMQPLAIN PLAIN");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_cert_login_from_common_name_uses_the_cn() {
+    let pki = Pki::new("external-cn");
+    let (broker, tls) = broker_with_external(&pki, lepus::config::CertLogin::CommonName).await;
+    let admin = broker.server.as_ref().unwrap().broker().clone();
+    admin.add_user("bob", "unused-password").unwrap();
+    admin.set_permissions("bob", "/", ".*", ".*", ".*").unwrap();
+    let with = client_config(&pki, true, &rustls::version::TLS12);
+    tokio::task::spawn_blocking(move || external(tls, with))
+        .await
+        .unwrap()
+        .expect("EXTERNAL logs in as bob");
 }

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod random;
 pub mod sasl;
+pub mod x509;
 
 use std::net::IpAddr;
 

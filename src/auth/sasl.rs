@@ -5,14 +5,17 @@ use amq_protocol::types::parsing::parse_field_table;
 use crate::protocol::table;
 
 /// The mechanisms Lepus has.
-pub const MECHANISMS: [&str; 2] = ["AMQPLAIN", "PLAIN"];
+pub const MECHANISMS: [&str; 3] = ["AMQPLAIN", "EXTERNAL", "PLAIN"];
 
 /// The `mechanisms` field of Connection.Start: the configured ones Lepus has, sorted and
-/// space-separated like RabbitMQ's.
-pub fn offered(configured: &[String]) -> String {
+/// space-separated like RabbitMQ's. EXTERNAL is offered only where it can work, as
+/// RabbitMQ's `rabbitmq_auth_mechanism_ssl` does: on a TLS connection whose client presented
+/// a verified certificate.
+pub fn offered(configured: &[String], peer_certificate: bool) -> String {
     let mut names: Vec<&str> = MECHANISMS
         .into_iter()
         .filter(|m| configured.iter().any(|c| c == m))
+        .filter(|m| *m != "EXTERNAL" || peer_certificate)
         .collect();
     names.sort_unstable();
     names.join(" ")

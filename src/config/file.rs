@@ -149,11 +149,7 @@ fn set(
     }
     let not_yet = matches!(
         key,
-        "management.tcp.port"
-            | "management.tcp.ip"
-            | "prometheus.tcp.port"
-            | "prometheus.tcp.ip"
-            | "ssl_cert_login_from"
+        "management.tcp.port" | "management.tcp.ip" | "prometheus.tcp.port" | "prometheus.tcp.ip"
     ) || key.starts_with("ssl_options.");
     Ok(if not_yet {
         Known::NotYet
@@ -204,6 +200,14 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
                 .push(parse_listener_on(value, DEFAULT_AMQPS_PORT)?);
             "listeners.ssl"
         }
+        "ssl_cert_login_from" => {
+            config.ssl_cert_login_from = match value {
+                "distinguished_name" => super::CertLogin::DistinguishedName,
+                "common_name" => super::CertLogin::CommonName,
+                _ => return Err("distinguished_name or common_name"),
+            };
+            "ssl_cert_login_from"
+        }
         "ssl_options.certfile" => {
             config.tls.get_or_insert_default().cert_file = PathBuf::from(nonempty(value)?);
             "ssl_options.certfile"
@@ -234,8 +238,8 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
                 state.mechanisms_named = true;
             }
             match value {
-                "PLAIN" | "AMQPLAIN" => config.auth_mechanisms.push(value.to_owned()),
-                _ => return Err("PLAIN or AMQPLAIN"),
+                "PLAIN" | "AMQPLAIN" | "EXTERNAL" => config.auth_mechanisms.push(value.to_owned()),
+                _ => return Err("PLAIN, AMQPLAIN or EXTERNAL"),
             }
             "auth_mechanisms"
         }

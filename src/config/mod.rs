@@ -193,6 +193,15 @@ pub struct TlsOptions {
     pub fail_if_no_peer_cert: bool,
 }
 
+/// Where SASL EXTERNAL finds the user name in a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertLogin {
+    /// The subject's distinguished name, as RabbitMQ writes it (`CN=bob,O=Example`).
+    DistinguishedName,
+    /// The subject's common name.
+    CommonName,
+}
+
 /// A user created on the first start (RabbitMQ's `default_user`/`default_pass`).
 #[derive(Debug, Clone)]
 pub struct UserConfig {
@@ -219,6 +228,9 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// The SASL mechanisms offered, of those Lepus has (RabbitMQ's `auth_mechanisms`).
     pub auth_mechanisms: Vec<String>,
+    /// What of a client certificate is the user name under SASL EXTERNAL
+    /// (`ssl_cert_login_from`).
+    pub ssl_cert_login_from: CertLogin,
     /// A RabbitMQ definitions file imported at every start (`load_definitions`).
     pub load_definitions: Option<PathBuf>,
     /// The log level (`log.console.level`), in `tracing`'s words.
@@ -256,6 +268,7 @@ impl Default for Config {
             loopback_users: vec!["guest".into()],
             auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into()],
             load_definitions: None,
+            ssl_cert_login_from: CertLogin::DistinguishedName,
             log_level: "info".into(),
             log_json: false,
             vhosts: vec!["/".into()],

@@ -215,4 +215,12 @@ impl TlsStream {
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.peer_addr()
     }
+
+    /// The client's certificate (DER), once the handshake verified it.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|c| c.as_ref())
+    }
 }

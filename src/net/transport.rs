@@ -70,6 +70,14 @@ impl Transport {
         }
     }
 
+    /// The client's verified certificate (DER), on a TLS connection that has one.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Transport::Tcp(_) => None,
+            Transport::Tls(s) => s.peer_certificate(),
+        }
+    }
+
     /// Whether the connection is encrypted (for the management API and logs).
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

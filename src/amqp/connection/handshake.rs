@@ -119,7 +119,13 @@ impl Connection {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from(sasl::offered(&config.auth_mechanisms).into_bytes()),
+            mechanisms: LongString::from(
+                sasl::offered(
+                    &config.auth_mechanisms,
+                    self.transport.peer_certificate().is_some(),
+                )
+                .into_bytes(),
+            ),
             locales: LongString::from(b"en_US".to_vec()),
         };
         write_method(
@@ -143,10 +149,14 @@ impl Connection {
             .auth_mechanisms
             .iter()
             .any(|m| m == mechanism);
-        let response = if offered {
-            sasl::parse_response(mechanism, ok.response.as_bytes())
-        } else {
+        let response = if !offered {
             Err(sasl::ResponseError::UnknownMechanism(mechanism.to_owned()))
+        } else if mechanism == "EXTERNAL" {
+            self.certificate_user()
+                .map(|name| (name, String::new()))
+                .ok_or(sasl::ResponseError::Malformed)
+        } else {
+            sasl::parse_response(mechanism, ok.response.as_bytes())
         };
         let (name, password) = match response {
             Ok(creds) => creds,
@@ -159,7 +169,11 @@ impl Connection {
         let user = self
             .broker
             .user(&name)
-            .filter(|u| u.password_matches(&password) && self.may_connect_from(&u.name));
+            // EXTERNAL: the verified certificate stands for the password.
+            .filter(|u| {
+                (mechanism == "EXTERNAL" || u.password_matches(&password))
+                    && self.may_connect_from(&u.name)
+            });
         let Some(user) = user else {
             tracing::warn!(peer = %self.peer, user = %name, mechanism, "login refused");
             if self.capabilities.authentication_failure_close {
@@ -187,6 +201,18 @@ impl Connection {
             &AMQPClass::Connection(amqp_connection::AMQPMethod::Tune(tune)),
         );
         self.phase = Phase::TuneOk;
+    }
+
+    /// The user name a verified client certificate stands for, as `ssl_cert_login_from`
+    /// says: the subject's distinguished name (RabbitMQ's default) or its common name.
+    fn certificate_user(&self) -> Option<String> {
+        let rdns = crate::auth::x509::subject(self.transport.peer_certificate()?)?;
+        match self.broker.config.ssl_cert_login_from {
+            crate::config::CertLogin::DistinguishedName => {
+                Some(crate::auth::x509::distinguished_name(&rdns))
+            }
+            crate::config::CertLogin::CommonName => crate::auth::x509::common_name(&rdns),
+        }
     }
 
     /// RabbitMQ's `loopback_users` (guest by default) may only connect from this machine.

@@ -1,0 +1,243 @@
+//! The subject of an X.509 certificate, for SASL EXTERNAL: the user name is the subject's
+//! distinguished name written as RabbitMQ writes it (`CN=bob,O=Example,C=GB`: the RDNs in
+//! reverse order, RFC 4514 escapes), or its common name.
+//!
+//! Only the path to the subject is decoded (certificate → tbsCertificate → subject), with
+//! every length checked against what is left: the certificate has been verified against the
+//! configured CA before this runs, but a parser of client-supplied bytes must be safe anyway.
+
+/// One attribute of the subject: its short name (or dotted OID) and value.
+pub type Attribute = (String, String);
+
+/// The subject's attributes, RDN by RDN, in certificate order.
+pub fn subject(cert: &[u8]) -> Option<Vec<Vec<Attribute>>> {
+    let (certificate, _) = element(cert, SEQUENCE)?;
+    let (tbs, _) = element(certificate, SEQUENCE)?;
+    let mut rest = tbs;
+    // An explicit version ([0]) is optional; then serial, signature algorithm, issuer,
+    // validity, and the subject.
+    if rest.first() == Some(&0xA0) {
+        rest = skip(rest)?;
+    }
+    for _ in 0..4 {
+        rest = skip(rest)?;
+    }
+    let (name, _) = element(rest, SEQUENCE)?;
+    let mut rdns = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let (set, after) = element(rest, SET)?;
+        rest = after;
+        let mut rdn = Vec::new();
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (pair, after) = element(attrs, SEQUENCE)?;
+            attrs = after;
+            let (oid, value) = element(pair, OID)?;
+            let (tag, body, _) = tlv(value)?;
+            if !matches!(tag, 0x0C | 0x13 | 0x16 | 0x14 | 0x1E | 0x1C) {
+                return None;
+            }
+            let text = if tag == 0x1E {
+                // BMPString: UTF-16 big-endian.
+                let units: Vec<u16> = body
+                    .chunks(2)
+                    .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+                    .collect();
+                String::from_utf16_lossy(&units)
+            } else {
+                String::from_utf8_lossy(body).into_owned()
+            };
+            rdn.push((oid_name(oid), text));
+        }
+        rdns.push(rdn);
+    }
+    Some(rdns)
+}
+
+/// The distinguished name as RabbitMQ writes it for `ssl_cert_login_from =
+/// distinguished_name`: RDNs last to first, joined by commas, values escaped (RFC 4514).
+pub fn distinguished_name(rdns: &[Vec<Attribute>]) -> String {
+    let parts: Vec<String> = rdns
+        .iter()
+        .rev()
+        .map(|rdn| {
+            let attrs: Vec<String> = rdn
+                .iter()
+                .map(|(name, value)| format!("{name}={}", escape(value)))
+                .collect();
+            attrs.join("+")
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// The subject's common name (`ssl_cert_login_from = common_name`).
+pub fn common_name(rdns: &[Vec<Attribute>]) -> Option<String> {
+    rdns.iter()
+        .flatten()
+        .find(|(name, _)| name == "CN")
+        .map(|(_, v)| v.clone())
+}
+
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+
+/// Splits one DER element off `data`: (tag, contents, what follows).
+fn tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = data.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7F) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| acc << 8 | b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The contents of an element with this tag, and what follows it.
+fn element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (t, body, rest) = tlv(data)?;
+    (t == tag).then_some((body, rest))
+}
+
+fn skip(data: &[u8]) -> Option<&[u8]> {
+    tlv(data).map(|(_, _, rest)| rest)
+}
+
+/// The short names RabbitMQ (Erlang's public_key) prints, else the dotted OID.
+fn oid_name(oid: &[u8]) -> String {
+    const KNOWN: &[(&[u8], &str)] = &[
+        (&[0x55, 0x04, 0x03], "CN"),
+        (&[0x55, 0x04, 0x06], "C"),
+        (&[0x55, 0x04, 0x07], "L"),
+        (&[0x55, 0x04, 0x08], "ST"),
+        (&[0x55, 0x04, 0x09], "STREET"),
+        (&[0x55, 0x04, 0x0A], "O"),
+        (&[0x55, 0x04, 0x0B], "OU"),
+        (&[0x55, 0x04, 0x05], "serialNumber"),
+        (
+            &[0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x19],
+            "DC",
+        ),
+        (
+            &[0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x01],
+            "UID",
+        ),
+        (
+            &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x01],
+            "emailAddress",
+        ),
+    ];
+    if let Some((_, name)) = KNOWN.iter().find(|(o, _)| *o == oid) {
+        return (*name).to_owned();
+    }
+    // Dotted form: the first byte holds two arcs, the rest are base-128.
+    let mut arcs: Vec<u64> = Vec::new();
+    let mut value: u64 = 0;
+    for (i, &b) in oid.iter().enumerate() {
+        value = value.saturating_mul(128) | u64::from(b & 0x7F);
+        if b & 0x80 == 0 {
+            if arcs.is_empty() && i < oid.len() {
+                arcs.push((value / 40).min(2));
+                arcs.push(value - 40 * arcs[0]);
+            } else {
+                arcs.push(value);
+            }
+            value = 0;
+        }
+    }
+    let parts: Vec<String> = arcs.iter().map(u64::to_string).collect();
+    parts.join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Name with C=GB, O=Example, CN=bob, in a minimal certificate shape.
+    fn certificate() -> Vec<u8> {
+        fn seq(tag: u8, parts: &[Vec<u8>]) -> Vec<u8> {
+            let body: Vec<u8> = parts.concat();
+            let mut out = vec![tag, body.len() as u8];
+            out.extend(body);
+            out
+        }
+        let attr = |oid: &[u8], value: &str| {
+            seq(
+                SET,
+                &[seq(
+                    SEQUENCE,
+                    &[
+                        seq(OID, &[oid.to_vec()]),
+                        seq(0x0C, &[value.as_bytes().to_vec()]),
+                    ],
+                )],
+            )
+        };
+        let name = seq(
+            SEQUENCE,
+            &[
+                attr(&[0x55, 0x04, 0x06], "GB"),
+                attr(&[0x55, 0x04, 0x0A], "Example, Ltd"),
+                attr(&[0x55, 0x04, 0x03], "bob"),
+            ],
+        );
+        let filler = |tag: u8| vec![tag, 1, 0];
+        let tbs = seq(
+            SEQUENCE,
+            &[
+                vec![0xA0, 3, 2, 1, 2],
+                filler(0x02),
+                seq(SEQUENCE, &[]),
+                seq(SEQUENCE, &[]),
+                seq(SEQUENCE, &[]),
+                name,
+            ],
+        );
+        seq(SEQUENCE, &[tbs])
+    }
+
+    #[test]
+    fn same_as_rabbitmq_dn_is_reversed_and_escaped() {
+        let rdns = subject(&certificate()).expect("parses");
+        assert_eq!(distinguished_name(&rdns), "CN=bob,O=Example\\, Ltd,C=GB");
+        assert_eq!(common_name(&rdns).as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn truncated_or_garbage_input_is_refused_not_panicked() {
+        let cert = certificate();
+        for n in 0..cert.len() {
+            let _ = subject(&cert[..n]);
+        }
+        assert!(subject(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]).is_none());
+        assert!(subject(b"").is_none());
+    }
+}
