@@ -141,6 +141,9 @@ fn set(
     if let Some(shown) = set_access(config, state, key, value)? {
         return Ok(Known::Used(shown));
     }
+    if let Some(shown) = set_tls(config, key, value)? {
+        return Ok(Known::Used(shown));
+    }
     if let Some(shown) = set_limit(&mut config.limits, key, value)? {
         return Ok(Known::Used(shown));
     }
@@ -190,6 +193,45 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
             }
             "loopback_users"
         }
+        k if k.starts_with("auth_mechanisms.") => {
+            if !state.mechanisms_named {
+                config.auth_mechanisms.clear();
+                state.mechanisms_named = true;
+            }
+            match value {
+                "PLAIN" | "AMQPLAIN" | "EXTERNAL" => config.auth_mechanisms.push(value.to_owned()),
+                _ => return Err("PLAIN, AMQPLAIN or EXTERNAL"),
+            }
+            "auth_mechanisms"
+        }
+        "default_user" => {
+            config.default_user_mut().name = nonempty(value)?;
+            "default_user"
+        }
+        "default_pass" => {
+            config.default_user_mut().password = value.to_owned();
+            "default_pass"
+        }
+        "default_vhost" => {
+            let vhost = nonempty(value)?;
+            match config.vhosts.first_mut() {
+                Some(v) => *v = vhost,
+                None => config.vhosts.push(vhost),
+            }
+            "default_vhost"
+        }
+        "load_definitions" => {
+            config.load_definitions = Some(PathBuf::from(nonempty(value)?));
+            "load_definitions"
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(used))
+}
+
+/// TLS listeners and options, and the user name a client certificate gives.
+fn set_tls(config: &mut Config, key: &str, value: &str) -> Setting {
+    let used = match key {
         "listeners.ssl" if value == "none" => {
             config.tls_listen.clear();
             "listeners.ssl"
@@ -231,37 +273,6 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
         "ssl_options.fail_if_no_peer_cert" => {
             config.tls.get_or_insert_default().fail_if_no_peer_cert = parse_bool(value)?;
             "ssl_options.fail_if_no_peer_cert"
-        }
-        k if k.starts_with("auth_mechanisms.") => {
-            if !state.mechanisms_named {
-                config.auth_mechanisms.clear();
-                state.mechanisms_named = true;
-            }
-            match value {
-                "PLAIN" | "AMQPLAIN" | "EXTERNAL" => config.auth_mechanisms.push(value.to_owned()),
-                _ => return Err("PLAIN, AMQPLAIN or EXTERNAL"),
-            }
-            "auth_mechanisms"
-        }
-        "default_user" => {
-            config.default_user_mut().name = nonempty(value)?;
-            "default_user"
-        }
-        "default_pass" => {
-            config.default_user_mut().password = value.to_owned();
-            "default_pass"
-        }
-        "default_vhost" => {
-            let vhost = nonempty(value)?;
-            match config.vhosts.first_mut() {
-                Some(v) => *v = vhost,
-                None => config.vhosts.push(vhost),
-            }
-            "default_vhost"
-        }
-        "load_definitions" => {
-            config.load_definitions = Some(PathBuf::from(nonempty(value)?));
-            "load_definitions"
         }
         _ => return Ok(None),
     };
