@@ -34,6 +34,48 @@ def wait_for_port(port, proc=None, timeout=60):
     raise RuntimeError("nothing listening on port %d after %ds" % (port, timeout))
 
 
+_TLS = {}
+
+
+def tls_files():
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate
+    (CN=conformance-client), made once per run with openssl; both brokers get the same."""
+    if not _TLS:
+        d = tempfile.mkdtemp(prefix="conformance-tls-")
+        f = lambda name: os.path.join(d, name)  # noqa: E731
+        run = lambda *argv: subprocess.run(argv, check=True, capture_output=True)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f("ca.key"),
+            "-out", f("ca.pem"), "-days", "3", "-subj", "/CN=Conformance CA")
+        exts = {"server": "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                          "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+                "client": "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"}
+        subjects = {"server": "/CN=localhost", "client": "/CN=conformance-client"}
+        for who in ("server", "client"):
+            with open(f(who + ".ext"), "w") as ext:
+                ext.write(exts[who])
+            run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f(who + ".key"),
+                "-out", f(who + ".csr"), "-subj", subjects[who])
+            run("openssl", "x509", "-req", "-in", f(who + ".csr"), "-CA", f("ca.pem"), "-CAkey",
+                f("ca.key"), "-CAcreateserial", "-out", f(who + ".pem"), "-days", "3",
+                "-extfile", f(who + ".ext"))
+        _TLS.update(dir=d, ca=f("ca.pem"), server_cert=f("server.pem"), server_key=f("server.key"),
+                    client_cert=f("client.pem"), client_key=f("client.key"))
+    return _TLS
+
+
+def tls_conf(port, bind="127.0.0.1:"):
+    """The rabbitmq.conf lines of a TLS listener that asks for (but does not require) a
+    client certificate, with EXTERNAL offered beside PLAIN and AMQPLAIN."""
+    t = tls_files()
+    return ("listeners.ssl.default = %s%d\n" % (bind, port)
+            + "ssl_options.cacertfile = %s\n" % t["ca"]
+            + "ssl_options.certfile = %s\n" % t["server_cert"]
+            + "ssl_options.keyfile = %s\n" % t["server_key"]
+            + "ssl_options.verify = verify_peer\n"
+            + "ssl_options.fail_if_no_peer_cert = false\n"
+            + "auth_mechanisms.1 = PLAIN\nauth_mechanisms.2 = AMQPLAIN\nauth_mechanisms.3 = EXTERNAL\n")
+
+
 def pinned(cpu, argv):
     """argv run on one core (children inherit the affinity), or as is when cpu is None."""
     return argv if cpu is None else ["taskset", "-c", str(cpu)] + argv
@@ -57,6 +99,10 @@ class Lepus:
         if build.returncode != 0:
             raise RuntimeError("cargo build failed")
         self.port = free_port()
+        self.tls_port = free_port()
+        self.conf = os.path.join(self.data, "lepus.conf")
+        with open(self.conf, "w") as f:
+            f.write(tls_conf(self.tls_port))
         return self._spawn()
 
     def restart(self):
@@ -71,7 +117,7 @@ class Lepus:
         log = open(os.path.join(self.data, "lepus.log"), "a")
         self.proc = subprocess.Popen(
             pinned(self.cpu, [os.path.join(ROOT, "target", "release", "lepus"),
-                              "--listen", "127.0.0.1:%d" % self.port,
+                              "--listen", "127.0.0.1:%d" % self.port, "--config", self.conf,
                               "--data-dir", os.path.join(self.data, "data")]
                              + (["--send-timeout-ms", str(self.send_timeout_ms)] if self.send_timeout_ms else [])),
             stdout=log, stderr=subprocess.STDOUT)
@@ -129,8 +175,10 @@ class RabbitMQ:
         self.port = free_port()
         plugins = os.path.join(self.base, "enabled_plugins")
         with open(plugins, "w") as f:
-            f.write("[].\n")
+            f.write("[rabbitmq_auth_mechanism_ssl].\n")
+        self.tls_port = free_port()
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as f:
+            f.write(tls_conf(self.tls_port, bind=""))
             if self.send_timeout_ms:
                 f.write("tcp_listen_options.send_timeout = %d\n" % self.send_timeout_ms)
         self.env = dict(

@@ -468,6 +468,52 @@ const scenarios = {
     return observed;
   },
 
+  // AMQP over TLS with the run's certificates: PLAIN without a client certificate, EXTERNAL
+  // with one (as the subject's distinguished name), refused when that user is gone.
+  async tls(url) {
+    const fs = require('fs');
+    const tls = JSON.parse(process.env.CONFORMANCE_TLS);
+    const subject = 'CN=conformance-client';
+    const options = (clientCert, external) => {
+      const o = { ca: [fs.readFileSync(tls.ca)], servername: 'localhost' };
+      if (clientCert) {
+        o.cert = fs.readFileSync(tls.client_cert);
+        o.key = fs.readFileSync(tls.client_key);
+      }
+      if (external) o.credentials = amqp.credentials.external();
+      return o;
+    };
+    const target = (user) => ({
+      protocol: 'amqps', hostname: 'localhost', port: tls.port, username: user, password: user,
+      vhost: '/', heartbeat: 0,
+    });
+    const roundTrip = async (conn) => {
+      const ch = await conn.createChannel();
+      const { queue } = await ch.assertQueue('', { exclusive: true });
+      ch.sendToQueue(queue, Buffer.from('over tls'));
+      const msg = await waitGet(ch, queue, true);
+      await conn.close();
+      return msg.content.toString();
+    };
+    const observed = {};
+    observed.plain = await roundTrip(await amqp.connect(target('guest'), options(false, false)));
+    ctl('add_user', subject, 'unused-password');
+    try {
+      ctl('set_permissions', '-p', '/', subject, '.*', '.*', '.*');
+      observed.external = await roundTrip(await amqp.connect(target(''), options(true, true)));
+    } finally {
+      ctl('delete_user', subject);
+    }
+    try {
+      const c = await amqp.connect(target(''), options(true, true));
+      await c.close();
+      observed.external_without_user = 'opened';
+    } catch (err) {
+      observed.external_without_user = /(ACCESS.REFUSED[^"]*)/.exec(err.message)?.[1] ?? err.message;
+    }
+    return observed;
+  },
+
   // A user with narrow permissions (add_user, set_permissions, set_topic_permissions) is
   // refused what RabbitMQ refuses, with its codes and texts.
   async access_control(url) {

@@ -572,6 +572,57 @@ def access_control(url):
     return observed
 
 
+def tls_params(url, client_cert, credentials):
+    """Connection parameters for the broker's TLS listener (CONFORMANCE_TLS), trusting the
+    run's CA, with the client certificate if asked."""
+    import ssl
+    tls = json.loads(os.environ["CONFORMANCE_TLS"])
+    context = ssl.create_default_context(cafile=tls["ca"])
+    if client_cert:
+        context.load_cert_chain(tls["client_cert"], tls["client_key"])
+    params = pika.URLParameters(url)
+    params.host = "localhost"
+    params.port = tls["port"]
+    params.ssl_options = pika.SSLOptions(context, "localhost")
+    params.credentials = credentials
+    params.heartbeat = 0
+    return params
+
+
+def tls_round_trip(params):
+    """Publishes a message over the connection and gets it back; returns its body."""
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"over tls")
+    body = wait_get(ch, q, auto_ack=True)[2].decode()
+    conn.close()
+    return body
+
+
+@scenario
+def tls(url):
+    """AMQP over TLS with the run's certificates: a client without a certificate logs in with
+    PLAIN; one with a certificate logs in with EXTERNAL as its subject's distinguished name
+    (a user made with add_user), and is refused with RabbitMQ's text when that user is gone."""
+    subject = "CN=conformance-client"
+    observed = {}
+    observed["plain"] = tls_round_trip(tls_params(url, False, pika.PlainCredentials("guest", "guest")))
+    ctl("add_user", subject, "unused-password")
+    try:
+        ctl("set_permissions", "-p", "/", subject, ".*", ".*", ".*")
+        observed["external"] = tls_round_trip(
+            tls_params(url, True, pika.credentials.ExternalCredentials()))
+    finally:
+        ctl("delete_user", subject)
+    try:
+        pika.BlockingConnection(tls_params(url, True, pika.credentials.ExternalCredentials())).close()
+        observed["external_without_user"] = "opened"
+    except pika.exceptions.AMQPConnectionError as e:
+        observed["external_without_user"] = [type(e).__name__, str(e)]
+    return observed
+
+
 # The capabilities every scenario may rely on (both brokers advertise them).
 CAPABILITIES = ["authentication_failure_close", "basic.nack", "consumer_cancel_notify",
                 "consumer_priorities", "exchange_exchange_bindings", "per_consumer_qos",
