@@ -3,19 +3,67 @@
 //! so that it costs the broker under test far more than it costs itself.
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use amq_protocol::types::{FieldTable, LongString};
 use lepus::protocol::frame::{FRAME_METHOD, FrameHeader, peek_frame};
 use lepus::protocol::method::{parse_method, write_method};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+/// A connection's byte stream: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// TLS for every connection, when `--tls-ca` names the CA that signed the broker's
+/// certificate (issued for `localhost`).
+static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Makes every later connection speak TLS, trusting the CA in `ca_file`.
+pub fn use_tls(ca_file: &str) -> io::Result<()> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(io::Error::other)? {
+        roots
+            .add(cert.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+/// Connects to `addr`, over TLS if `use_tls` was called.
+pub async fn connect_stream(addr: &str) -> io::Result<Stream> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    match TLS.get() {
+        None => Ok(Box::new(tcp)),
+        Some(config) => {
+            let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+            let tls = TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await?;
+            Ok(Box::new(tls))
+        }
+    }
+}
 
 /// Frames up to this size are asked for in Tune-Ok.
 pub const FRAME_MAX: u32 = 131_072;
 
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read and not yet parsed.
     buf: Vec<u8>,
     /// Where unparsed bytes start in `buf`.
@@ -28,8 +76,7 @@ fn other(msg: impl Into<String>) -> io::Error {
 
 impl Client {
     pub async fn connect(addr: &str, user: &str, password: &str) -> io::Result<Client> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = connect_stream(addr).await?;
         let mut c = Client {
             stream,
             buf: Vec::with_capacity(1 << 20),

@@ -26,6 +26,9 @@ struct Args {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:5672")]
     addr: String,
+    /// Speak TLS, trusting this CA (PEM) for the broker's `localhost` certificate.
+    #[arg(long)]
+    tls_ca: Option<String>,
     #[arg(long, default_value = "guest")]
     user: String,
     #[arg(long, default_value = "guest")]
@@ -96,6 +99,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.scenario == "echo-server" {
         return echo_server(&args.addr);
+    }
+    if let Some(ca) = &args.tls_ca {
+        client::use_tls(ca)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -544,7 +550,7 @@ async fn publisher(
     let mut next = batches.iter().cycle();
     if confirm {
         // Confirms come back on the publisher's own connection.
-        let (mut reader, writer) = c.stream.into_split();
+        let (mut reader, writer) = tokio::io::split(c.stream);
         let counter = confirmed.clone();
         let notify = meter.clone();
         tokio::spawn(async move {
