@@ -235,6 +235,14 @@ fn main() -> ExitCode {
             tracing::warn!(path = %path.display(), line, key, "configuration key not supported by this Lepus yet, ignored");
         }
     }
+    for (key, addr) in [
+        ("management.tcp", config.management_listen),
+        ("prometheus.tcp", config.prometheus_listen),
+    ] {
+        if let Some(addr) = addr {
+            tracing::warn!(key, %addr, "configured, but this Lepus serves no HTTP yet (lepusctl uses the admin socket)");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -150,10 +150,10 @@ fn set(
     if let Some(shown) = set_log(config, key, value)? {
         return Ok(Known::Used(shown));
     }
-    let not_yet = matches!(
-        key,
-        "management.tcp.port" | "management.tcp.ip" | "prometheus.tcp.port" | "prometheus.tcp.ip"
-    ) || key.starts_with("ssl_options.");
+    if let Some(shown) = set_http(config, key, value)? {
+        return Ok(Known::Used(shown));
+    }
+    let not_yet = key.starts_with("ssl_options.");
     Ok(if not_yet {
         Known::NotYet
     } else {
@@ -277,6 +277,27 @@ fn set_tls(config: &mut Config, key: &str, value: &str) -> Setting {
         _ => return Ok(None),
     };
     Ok(Some(used))
+}
+
+/// The management and Prometheus listeners' addresses (RabbitMQ's ports 15672 and 15692 on
+/// every interface unless the file says otherwise).
+fn set_http(config: &mut Config, key: &str, value: &str) -> Setting {
+    let (slot, default_port, shown) = match key {
+        "management.tcp.port" | "management.tcp.ip" => {
+            (&mut config.management_listen, 15672, "management.tcp")
+        }
+        "prometheus.tcp.port" | "prometheus.tcp.ip" => {
+            (&mut config.prometheus_listen, 15692, "prometheus.tcp")
+        }
+        _ => return Ok(None),
+    };
+    let addr = slot.get_or_insert(SocketAddr::from((Ipv6Addr::UNSPECIFIED, default_port)));
+    if key.ends_with(".port") {
+        addr.set_port(value.parse().map_err(|_| "a port number")?);
+    } else {
+        addr.set_ip(value.parse().map_err(|_| "an IP address")?);
+    }
+    Ok(Some(shown))
 }
 
 /// The limits and alarm thresholds.
@@ -414,6 +435,12 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
         config.data_dir.display().to_string(),
         "data_dir",
     );
+    if let Some(addr) = config.management_listen {
+        add("management.tcp", addr.to_string(), "management.tcp");
+    }
+    if let Some(addr) = config.prometheus_listen {
+        add("prometheus.tcp", addr.to_string(), "prometheus.tcp");
+    }
     if let Some(u) = config.users.first() {
         add("default_user", u.name.clone(), "default_user");
         add("default_pass", "********".into(), "default_pass");
@@ -641,7 +668,11 @@ mod tests {
         );
         assert_eq!(origins.of("heartbeat"), "file /etc/r.conf:13");
         assert_eq!(origins.of("data_dir"), "default");
-        assert_eq!(report.unsupported, vec![(20, "management.tcp.port".into())]);
+        assert!(report.unsupported.is_empty());
+        assert_eq!(
+            config.management_listen,
+            Some("[::]:15673".parse().unwrap())
+        );
         assert_eq!(
             report.unknown,
             vec![(21, "cluster_formation.peer_discovery_backend".into())]

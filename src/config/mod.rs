@@ -228,6 +228,12 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// The SASL mechanisms offered, of those Lepus has (RabbitMQ's `auth_mechanisms`).
     pub auth_mechanisms: Vec<String>,
+    /// Where the management HTTP API is to listen (`management.tcp.ip`/`.port`; RabbitMQ's
+    /// port is 15672). Kept for the management listener, which this version does not have.
+    pub management_listen: Option<SocketAddr>,
+    /// Where Prometheus metrics are to be served (`prometheus.tcp.ip`/`.port`; 15692).
+    /// Kept likewise.
+    pub prometheus_listen: Option<SocketAddr>,
     /// What of a client certificate is the user name under SASL EXTERNAL
     /// (`ssl_cert_login_from`).
     pub ssl_cert_login_from: CertLogin,
@@ -269,6 +275,8 @@ impl Default for Config {
             auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into()],
             load_definitions: None,
             ssl_cert_login_from: CertLogin::DistinguishedName,
+            management_listen: None,
+            prometheus_listen: None,
             log_level: "info".into(),
             log_json: false,
             vhosts: vec!["/".into()],
