@@ -181,6 +181,12 @@ impl TlsStream {
                 self.plaintext_waiting = waiting > n;
                 return Ok(n);
             }
+            if waiting > 0 {
+                // No room: nothing more is read from the socket (so the session's plaintext
+                // cannot grow) until the caller has made some.
+                self.plaintext_waiting = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             self.plaintext_waiting = false;
             if state.peer_has_closed() || self.closed {
                 self.closed = true;
