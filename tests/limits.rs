@@ -242,32 +242,56 @@ async fn same_as_rabbitmq_consumers_per_channel_are_limited_with_a_connection_er
 
 #[tokio::test]
 async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
+    // A raw client: the refusal closes the channel at the fourth publish, before any commit,
+    // and lapin would report it as a close or as a closing channel depending on timing.
+    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+    use amq_protocol::protocol::tx;
     let mut config = Config::for_tests();
     config.limits.max_uncommitted_per_channel = 3;
     let broker = Broker::start_with(config).await;
-    let (_c, ch) = broker.channel().await;
-    declare(&ch, "q").await.unwrap();
-    within(ch.tx_select()).await.unwrap();
+    let (_c, setup) = broker.channel().await;
+    declare(&setup, "q").await.unwrap();
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    raw.send_method(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})))
+        .await;
+    let (_, ok) = raw.recv_method().await.expect("tx.select-ok");
+    assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))));
     for _ in 0..4 {
-        // The fourth is refused; lapin reports it on the next synchronous call.
-        let _ = ch
-            .basic_publish(
-                "".into(),
-                "q".into(),
-                BasicPublishOptions::default(),
-                b"m",
-                BasicProperties::default(),
-            )
-            .await;
+        raw.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "q".into(),
+                ..Default::default()
+            })),
+        )
+        .await;
+        raw.send_frame(AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 1,
+                properties: Default::default(),
+            },
+        ))
+        .await;
+        raw.send_frame(AMQPFrame::Body(1, b"m".to_vec())).await;
     }
-    assert_amqp_error(
-        within(ch.tx_commit()).await,
-        406,
-        "PRECONDITION_FAILED - transaction exceeds max_uncommitted_per_channel (3 messages)",
+    let (code, text, _, _) = raw.expect_channel_close(1).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            406,
+            "PRECONDITION_FAILED - transaction exceeds max_uncommitted_per_channel (3 messages)"
+        )
     );
-    let (_w, witness) = broker.channel().await;
-    let q_count = message_count(&witness, "q").await;
-    assert_eq!(q_count, 0, "nothing of the refused transaction was routed");
+    assert_eq!(
+        message_count(&setup, "q").await,
+        0,
+        "nothing of the refused transaction was routed"
+    );
 }
 
 #[tokio::test]
