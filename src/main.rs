@@ -25,6 +25,12 @@ struct Args {
     /// The default, `[::]:5672`, takes IPv4 and IPv6 clients.
     #[arg(long = "listen", env = "LEPUS_LISTEN", value_delimiter = ',')]
     listen: Option<Vec<SocketAddr>>,
+    /// Address of the management HTTP API (default `[::]:15672`), or `off`.
+    #[arg(long = "management-listen", env = "LEPUS_MANAGEMENT_LISTEN", value_parser = parse_http_listen)]
+    management_listen: Option<HttpListen>,
+    /// Address of the Prometheus endpoint (default `[::]:15692`), or `off`.
+    #[arg(long = "prometheus-listen", env = "LEPUS_PROMETHEUS_LISTEN", value_parser = parse_http_listen)]
+    prometheus_listen: Option<HttpListen>,
     /// How log lines are written: `text` (the default), or `json` for log collectors.
     #[arg(long = "log-format", env = "LEPUS_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -61,6 +67,20 @@ struct Args {
     /// they held are lost). Without it, such a start is refused with the file and line.
     #[arg(long = "skip-damaged-definitions")]
     skip_damaged_definitions: bool,
+}
+
+/// An HTTP listener's address, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct HttpListen(Option<SocketAddr>);
+
+fn parse_http_listen(text: &str) -> Result<HttpListen, String> {
+    match text {
+        "off" | "none" => Ok(HttpListen(None)),
+        _ => text
+            .parse()
+            .map(|a| HttpListen(Some(a)))
+            .map_err(|_| format!("not an address such as 127.0.0.1:15672, or off: {text}")),
+    }
 }
 
 fn parse_watermark(text: &str) -> Result<lepus::config::MemoryWatermark, String> {
@@ -106,22 +126,8 @@ fn given(matches: &ArgMatches, id: &str, flag: &str, env: &str) -> Option<String
     }
 }
 
-/// The configuration: defaults, then the file, then environment and flags over it.
-fn configure(
-    args: &Args,
-    matches: &ArgMatches,
-) -> Result<(Config, Origins, Option<(PathBuf, file::Report)>), String> {
-    let mut config = Config::default();
-    let mut origins = Origins::default();
-    let rabbitmq_env = std::env::var_os("RABBITMQ_CONFIG_FILE").map(PathBuf::from);
-    let mut read = None;
-    if let Some(path) = file::locate(args.config.as_deref(), rabbitmq_env.as_deref()) {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
-        let report =
-            file::apply(&mut config, &mut origins, &path, &text).map_err(|e| e.to_string())?;
-        read = Some((path, report));
-    }
+/// Notes which settings the command line or the environment gave, for --print-config.
+fn note_origins(matches: &ArgMatches, origins: &mut Origins) {
     let mut over = |key: &str, id: &str, flag: &str, env: &str| {
         if let Some(origin) = given(matches, id, flag, env) {
             origins.set(key, origin);
@@ -129,6 +135,18 @@ fn configure(
     };
     over("listeners.tcp", "listen", "listen", "LEPUS_LISTEN");
     over("data_dir", "data_dir", "data-dir", "LEPUS_DATA_DIR");
+    over(
+        "management.tcp",
+        "management_listen",
+        "management-listen",
+        "LEPUS_MANAGEMENT_LISTEN",
+    );
+    over(
+        "prometheus.tcp",
+        "prometheus_listen",
+        "prometheus-listen",
+        "LEPUS_PROMETHEUS_LISTEN",
+    );
     over(
         "log.console.formatter",
         "log_format",
@@ -172,12 +190,37 @@ fn configure(
         "disk-free-limit",
         "LEPUS_DISK_FREE_LIMIT",
     );
+}
+
+/// The configuration: defaults, then the file, then environment and flags over it.
+fn configure(
+    args: &Args,
+    matches: &ArgMatches,
+) -> Result<(Config, Origins, Option<(PathBuf, file::Report)>), String> {
+    let mut config = Config::default();
+    let mut origins = Origins::default();
+    let rabbitmq_env = std::env::var_os("RABBITMQ_CONFIG_FILE").map(PathBuf::from);
+    let mut read = None;
+    if let Some(path) = file::locate(args.config.as_deref(), rabbitmq_env.as_deref()) {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
+        let report =
+            file::apply(&mut config, &mut origins, &path, &text).map_err(|e| e.to_string())?;
+        read = Some((path, report));
+    }
+    note_origins(matches, &mut origins);
     let a = args;
     if let Some(l) = &a.listen {
         config.listen = l.clone();
     }
     if let Some(d) = &a.data_dir {
         config.data_dir = d.clone();
+    }
+    if let Some(HttpListen(addr)) = a.management_listen {
+        config.management_listen = addr;
+    }
+    if let Some(HttpListen(addr)) = a.prometheus_listen {
+        config.prometheus_listen = addr;
     }
     if let Some(f) = a.log_format {
         config.log_json = f == LogFormat::Json;
@@ -235,14 +278,6 @@ fn main() -> ExitCode {
             tracing::warn!(path = %path.display(), line, key, "configuration key not supported by this Lepus yet, ignored");
         }
     }
-    for (key, addr) in [
-        ("management.tcp", config.management_listen),
-        ("prometheus.tcp", config.prometheus_listen),
-    ] {
-        if let Some(addr) = addr {
-            tracing::warn!(key, %addr, "configured, but this Lepus serves no HTTP yet (lepusctl uses the admin socket)");
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -269,8 +304,16 @@ fn main() -> ExitCode {
             [] => String::new(),
             addrs => format!("; AMQP over TLS on {}", list(addrs)),
         };
+        let http = match (server.management_addr(), server.prometheus_addr()) {
+            (None, None) => String::new(),
+            (m, p) => format!(
+                "; management API on {}; Prometheus metrics on {}",
+                m.map_or("none".into(), |a| a.to_string()),
+                p.map_or("none".into(), |a| a.to_string())
+            ),
+        };
         tracing::info!(
-            "Lepus {} ready, listening for AMQP on {}{tls}",
+            "Lepus {} ready, listening for AMQP on {}{tls}{http}",
             env!("CARGO_PKG_VERSION"),
             list(server.local_addrs())
         );

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 
 use crate::amqp::outbox::Outbox;
 use crate::broker::Broker;
+use crate::broker::stats::ConnectionInfo;
 use crate::config::Config;
+use crate::mgmt::state::Mgmt;
 use crate::net::Listener;
 
 /// How long shutdown waits for connections to say goodbye.
@@ -27,6 +29,10 @@ pub struct Server {
     listeners: Vec<JoinHandle<()>>,
     /// The admin socket `lepusctl` talks to (none if it could not be made).
     admin: Option<JoinHandle<()>>,
+    /// The management and Prometheus listeners and the rate sampler.
+    http: Vec<JoinHandle<()>>,
+    management_addr: Option<SocketAddr>,
+    prometheus_addr: Option<SocketAddr>,
     live: Arc<Live>,
 }
 
@@ -109,9 +115,11 @@ impl Server {
                 live.clone(),
             )));
         }
+        let mgmt = Mgmt::new(broker.clone());
+        let (http, management_addr, prometheus_addr) = start_http(&mgmt, &addrs, &tls_addrs).await;
         let admin_path = crate::mgmt::admin::socket_path(&broker.config.data_dir);
         // The admin socket is for operators; a broker that cannot make one still serves.
-        let admin = match crate::mgmt::admin::serve(broker.clone(), &admin_path) {
+        let admin = match crate::mgmt::admin::serve(mgmt.clone(), &admin_path) {
             Ok(admin) => Some(admin),
             Err(e) => {
                 tracing::warn!(path = %admin_path.display(), error = %e, "cannot open the admin socket; lepusctl will not reach this broker");
@@ -124,8 +132,21 @@ impl Server {
             tls_addrs,
             listeners,
             admin,
+            http,
+            management_addr,
+            prometheus_addr,
             live,
         })
+    }
+
+    /// Where the management API listens, if it does.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
+    }
+
+    /// Where Prometheus metrics are served, if they are.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus_addr
     }
 
     /// The first bound address (with the real port when port 0 was asked for).
@@ -161,6 +182,9 @@ impl Server {
         if let Some(admin) = &self.admin {
             admin.abort();
         }
+        for task in &self.http {
+            task.abort();
+        }
         let _ = std::fs::remove_file(crate::mgmt::admin::socket_path(
             &self.broker.config.data_dir,
         ));
@@ -178,6 +202,46 @@ impl Server {
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close_store()).await;
     }
+}
+
+/// Starts the management API (with its rate sampler) and the Prometheus endpoint where the
+/// configuration asks. A port that cannot be bound is logged and skipped: AMQP clients are
+/// served all the same, as they are when the admin socket cannot be made.
+async fn start_http(
+    mgmt: &Arc<Mgmt>,
+    amqp: &[SocketAddr],
+    amqps: &[SocketAddr],
+) -> (Vec<JoinHandle<()>>, Option<SocketAddr>, Option<SocketAddr>) {
+    let config = &mgmt.broker.config;
+    let mut tasks = Vec::new();
+    let mut listeners: Vec<(&'static str, SocketAddr)> = Vec::new();
+    listeners.extend(amqp.iter().map(|a| ("amqp", *a)));
+    listeners.extend(amqps.iter().map(|a| ("amqp/ssl", *a)));
+    let mut management = None;
+    if let Some(addr) = config.management_listen {
+        match crate::mgmt::api::serve(mgmt.clone(), addr).await {
+            Ok((local, task)) => {
+                tasks.push(task);
+                tasks.push(mgmt.rates.spawn(mgmt.broker.clone()));
+                listeners.push(("http", local));
+                management = Some(local);
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot open the management listener"),
+        }
+    }
+    let mut prometheus = None;
+    if let Some(addr) = config.prometheus_listen {
+        match crate::mgmt::metrics::serve(mgmt.clone(), addr).await {
+            Ok((local, task)) => {
+                tasks.push(task);
+                listeners.push(("http/prometheus", local));
+                prometheus = Some(local);
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot open the Prometheus listener"),
+        }
+    }
+    *mgmt.listeners.write().unwrap_or_else(|e| e.into_inner()) = listeners;
+    (tasks, management, prometheus)
 }
 
 /// Imports the definitions file the configuration names (`load_definitions`), at every start
@@ -208,6 +272,10 @@ fn load_definitions(broker: &Broker) -> std::io::Result<()> {
 
 async fn accept_loop(listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {
     let outbox_bytes = broker.config.limits.connection_outbox_bytes;
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let tls = listener.is_tls();
     loop {
         let (transport, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -218,9 +286,10 @@ async fn accept_loop(listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {
                 continue;
             }
         };
-        let registered = broker
-            .connections
-            .register(|id| Arc::new(Outbox::new(id, outbox_bytes)));
+        let registered = broker.connections.register(|id| {
+            let info = ConnectionInfo::new(id, peer, local, tls);
+            Arc::new(Outbox::new(Arc::new(info), outbox_bytes))
+        });
         let Some(outbox) = registered else {
             tracing::warn!(%peer, "connection refused: connection limit reached or shutting down");
             drop(transport);

@@ -73,6 +73,11 @@ impl Confirms {
         self.nacks.push(tag);
     }
 
+    /// Acks resolved and not yet written.
+    pub fn pending_acks(&self) -> usize {
+        self.acks.len()
+    }
+
     pub fn has_pending_output(&self) -> bool {
         !self.acks.is_empty() || !self.nacks.is_empty()
     }

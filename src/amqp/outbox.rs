@@ -21,6 +21,7 @@ use crate::broker::connections::ConnectionControl;
 use crate::broker::message::Message;
 use crate::broker::queue::delivery::{Delivery, DeliverySink};
 use crate::broker::reply_to::ReplySink;
+use crate::broker::stats::ConnectionInfo;
 
 /// Something other than a delivery that a connection must act on.
 #[derive(Debug)]
@@ -53,6 +54,8 @@ struct Items {
 pub struct Outbox {
     /// The connection this outbox belongs to.
     pub connection_id: u64,
+    /// What operators see of the connection.
+    pub info: Arc<ConnectionInfo>,
     items: Mutex<Items>,
     /// Wakes the connection task when the outbox goes from empty to non-empty.
     notify: Notify,
@@ -80,9 +83,10 @@ pub struct Drained {
 }
 
 impl Outbox {
-    pub fn new(connection_id: u64, limit_bytes: usize) -> Self {
+    pub fn new(info: Arc<ConnectionInfo>, limit_bytes: usize) -> Self {
         Outbox {
-            connection_id,
+            connection_id: info.id,
+            info,
             items: Mutex::new(Items::default()),
             notify: Notify::new(),
             pending_bytes: AtomicUsize::new(0),
@@ -271,5 +275,9 @@ impl ReplySink for Outbox {
 impl ConnectionControl for Outbox {
     fn close(&self, code: u16, text: String) {
         self.push_event(OutboxEvent::Close { code, text });
+    }
+
+    fn info(&self) -> &Arc<ConnectionInfo> {
+        &self.info
     }
 }

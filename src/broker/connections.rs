@@ -6,11 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use super::stats::ConnectionInfo;
+
 /// What the broker can ask of a live connection.
 pub trait ConnectionControl: Send + Sync {
     /// Close the connection, telling the client `code` and `text` (e.g. 320
     /// CONNECTION_FORCED).
     fn close(&self, code: u16, text: String);
+    /// What operators see of the connection.
+    fn info(&self) -> &Arc<ConnectionInfo>;
 }
 
 /// Live connections by id.
@@ -58,6 +62,21 @@ impl Connections {
 
     pub fn unregister(&self, id: u64) {
         self.live.remove(&id);
+    }
+
+    /// Every live connection, in the order they were accepted.
+    pub fn list(&self) -> Vec<Arc<dyn ConnectionControl>> {
+        let mut all: Vec<_> = self.live.iter().map(|c| c.value().clone()).collect();
+        all.sort_by_key(|c| c.info().id);
+        all
+    }
+
+    /// The live connection RabbitMQ would call `name` (`peer -> local`).
+    pub fn by_name(&self, name: &str) -> Option<Arc<dyn ConnectionControl>> {
+        self.live
+            .iter()
+            .find(|c| c.value().info().name() == name)
+            .map(|c| c.value().clone())
     }
 
     pub fn count(&self) -> usize {

@@ -10,7 +10,7 @@ use super::Broker;
 use super::vhost::exchanges::ExchangeDeclare;
 use super::vhost::queues::QueueDeclare;
 use crate::auth::Hashing;
-use crate::store::definitions::{Change, Definitions, PolicyDef, VhostDef, decode_arguments};
+use crate::store::definitions::{Change, Definitions, PolicyDef, decode_arguments};
 
 /// No connection owns what an import declares.
 const NO_CONNECTION: u64 = 0;
@@ -109,21 +109,6 @@ impl Broker {
             report.bindings += 1;
         }
         Ok(report)
-    }
-
-    /// `add_vhost`: creates the vhost (with its limits, if given) unless it exists.
-    pub fn add_vhost(&self, def: &VhostDef) {
-        if let Some(existing) = self.vhost(&def.name) {
-            if !def.limits.is_empty() {
-                existing.set_limits(def.limits.clone());
-            }
-            return;
-        }
-        let vhost = super::vhost::VirtualHost::new(&def.name, self.vhost_services());
-        vhost.set_limits(def.limits.clone());
-        vhost.set_policies(&self.definitions.policies());
-        self.vhosts.insert(def.name.clone(), vhost);
-        self.definitions.record(Change::PutVhost(def.clone()));
     }
 
     fn import_policies(&self, policies: &[PolicyDef]) -> Result<usize, String> {

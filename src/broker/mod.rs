@@ -6,6 +6,7 @@
 //! connections are reached through [`connections::ConnectionControl`]. The AMQP layer above
 //! implements those traits; so can a management API or a future stream or cluster follower.
 
+pub mod admin;
 pub mod alarms;
 pub mod arguments;
 pub mod connections;
@@ -17,6 +18,7 @@ pub mod policy;
 pub mod queue;
 pub mod recovery;
 pub mod reply_to;
+pub mod stats;
 pub mod timer;
 pub mod users;
 pub mod vhost;
@@ -65,6 +67,10 @@ pub struct Broker {
     pub alarms: Alarms,
     /// Limits on what clients create, shared by every vhost.
     pub creation_limits: vhost::CreationLimits,
+    /// Connections, channels and queues opened and closed since the start.
+    pub churn: stats::Churn,
+    /// When the broker started (milliseconds since the epoch), for uptime.
+    pub started_at_ms: u64,
 }
 
 impl Broker {
@@ -97,10 +103,12 @@ impl Broker {
     pub fn set_vhost_limits(&self, name: &str, limits: VhostLimits) -> Option<()> {
         let vhost = self.vhost(name)?;
         vhost.set_limits(limits.clone());
-        self.definitions.record(Change::PutVhost(VhostDef {
-            name: name.to_string(),
-            limits,
-        }));
+        let mut def = self
+            .definitions
+            .vhost(name)
+            .unwrap_or_else(|| VhostDef::named(name));
+        def.limits = limits;
+        self.definitions.record(Change::PutVhost(def));
         Some(())
     }
 

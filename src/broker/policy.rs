@@ -93,6 +93,41 @@ impl Policy {
     }
 }
 
+/// The keys an operator policy may set: limits, which cap what user policies and arguments
+/// ask (the lower value wins), as in RabbitMQ.
+pub const OPERATOR_KEYS: &[&str] = &[
+    "expires",
+    "message-ttl",
+    "max-length",
+    "max-length-bytes",
+    "max-in-memory-length",
+    "max-in-memory-bytes",
+    "delivery-limit",
+];
+
+/// The policy in force for a queue: the user policy with the operator policy's limits laid
+/// over it, each key at the lower of the two values. Named after the user policy, if any.
+pub fn with_operator(user: Option<&Policy>, operator: Option<&Policy>) -> Option<Policy> {
+    let Some(op) = operator else {
+        return user.cloned();
+    };
+    let mut merged = match user {
+        Some(u) => u.clone(),
+        None => Policy {
+            definition: serde_json::Map::new(),
+            ..op.clone()
+        },
+    };
+    for key in OPERATOR_KEYS {
+        let Some(cap) = op.int(key) else { continue };
+        let value = merged.int(key).map_or(cap, |v| v.min(cap));
+        merged
+            .definition
+            .insert((*key).to_owned(), Value::from(value));
+    }
+    Some(merged)
+}
+
 /// The policy that applies to a queue or exchange named `name`, if any. Names starting with
 /// `amq.` are never subject to policies, as in RabbitMQ.
 pub fn matching<'a>(policies: &'a [Policy], target: Target, name: &str) -> Option<&'a Policy> {

@@ -74,6 +74,8 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory: Memory::leaked(config.limits.memory_budget_bytes),
+            churn: super::stats::Churn::default(),
+            started_at_ms: super::timer::now_ms(),
             creation_limits: CreationLimits {
                 max_queues: config.limits.max_queues,
                 queues: Default::default(),
@@ -138,6 +140,7 @@ impl Broker {
             vhost.set_limits(v.limits.clone());
             // Policies first, so that recovered queues and exchanges start with them.
             vhost.set_policies(&defs.policies);
+            vhost.set_operator_policies(&defs.operator_policies);
             self.vhosts.insert(v.name.clone(), vhost);
         }
         for x in &defs.exchanges {
@@ -251,10 +254,7 @@ fn create_defaults(config: &Config, definitions: &Arc<DefinitionsStore>, defs: &
         }));
     }
     for v in &config.vhosts {
-        changes.push(Change::PutVhost(VhostDef {
-            name: v.clone(),
-            limits: Default::default(),
-        }));
+        changes.push(Change::PutVhost(VhostDef::named(v)));
         for u in &config.users {
             changes.push(Change::PutPermission(PermissionDef {
                 user: u.name.clone(),

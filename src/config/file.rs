@@ -367,6 +367,11 @@ fn set_limit(limits: &mut super::Limits, key: &str, value: &str) -> Setting {
             limits.send_timeout_ms = ms.max(1);
             "tcp_listen_options.send_timeout"
         }
+        "collect_statistics_interval" => {
+            let ms: u64 = value.parse().map_err(|_| "milliseconds")?;
+            limits.stats_interval_ms = ms.max(100);
+            "collect_statistics_interval"
+        }
         _ => return Ok(None),
     };
     Ok(Some(used))
@@ -547,6 +552,11 @@ fn limit_lines(l: &super::Limits, add: &mut impl FnMut(&str, String, &str)) {
         "tcp_listen_options.send_timeout",
         l.send_timeout_ms.to_string(),
         "tcp_listen_options.send_timeout",
+    );
+    add(
+        "collect_statistics_interval",
+        l.stats_interval_ms.to_string(),
+        "collect_statistics_interval",
     );
     add(
         "memory_budget_bytes",

@@ -126,6 +126,9 @@ pub struct Limits {
     /// How long output may wait for a client that reads none of it before the connection is
     /// closed (`tcp_listen_options.send_timeout`; RabbitMQ inherits Ranch's 30 s).
     pub send_timeout_ms: u64,
+    /// How often the management API samples counters for message rates
+    /// (`collect_statistics_interval`; RabbitMQ: 5 s).
+    pub stats_interval_ms: u64,
     /// Bytes of deliveries a connection may have queued for its socket before queues stop
     /// sending to it; they resume when the client has read half of it.
     pub connection_outbox_bytes: usize,
@@ -165,6 +168,7 @@ impl Default for Limits {
             max_unacked_per_channel: 1_000_000,
             handshake_timeout_s: 10,
             send_timeout_ms: 30_000,
+            stats_interval_ms: 5_000,
             connection_outbox_bytes: 1024 * 1024,
             read_chunk_bytes: 64 * 1024,
             memory_budget_bytes: 64 * 1024 * 1024,
@@ -228,11 +232,10 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// The SASL mechanisms offered, of those Lepus has (RabbitMQ's `auth_mechanisms`).
     pub auth_mechanisms: Vec<String>,
-    /// Where the management HTTP API is to listen (`management.tcp.ip`/`.port`; RabbitMQ's
-    /// port is 15672). Kept for the management listener, which this version does not have.
+    /// Where the management HTTP API listens (`management.tcp.ip`/`.port`; RabbitMQ's port
+    /// 15672 on every interface by default); `None` serves none.
     pub management_listen: Option<SocketAddr>,
-    /// Where Prometheus metrics are to be served (`prometheus.tcp.ip`/`.port`; 15692).
-    /// Kept likewise.
+    /// Where Prometheus metrics are served (`prometheus.tcp.ip`/`.port`; 15692).
     pub prometheus_listen: Option<SocketAddr>,
     /// What of a client certificate is the user name under SASL EXTERNAL
     /// (`ssl_cert_login_from`).
@@ -275,8 +278,8 @@ impl Default for Config {
             auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into()],
             load_definitions: None,
             ssl_cert_login_from: CertLogin::DistinguishedName,
-            management_listen: None,
-            prometheus_listen: None,
+            management_listen: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 15672))),
+            prometheus_listen: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 15692))),
             log_level: "info".into(),
             log_json: false,
             vhosts: vec!["/".into()],
@@ -316,6 +319,9 @@ impl Config {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             data_dir: dir,
+            // Tests that want HTTP ask for it on an ephemeral port.
+            management_listen: None,
+            prometheus_listen: None,
             ..Config::default()
         }
     }

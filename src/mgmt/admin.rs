@@ -18,6 +18,8 @@ use serde_json::json;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
+use super::http::Caller;
+use super::state::Mgmt;
 use crate::broker::Broker;
 use crate::config::{DiskFreeLimit, MemoryWatermark, parse_size};
 
@@ -30,12 +32,13 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Binds the admin socket (replacing a stale one) and serves it until aborted.
-pub fn serve(broker: Arc<Broker>, path: &Path) -> std::io::Result<JoinHandle<()>> {
+pub fn serve(mgmt: Arc<Mgmt>, path: &Path) -> std::io::Result<JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let app = router(broker);
+    let app = tower::ServiceExt::map_request(router(mgmt), super::http::normalise_path);
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the admin socket stopped");
@@ -43,7 +46,9 @@ pub fn serve(broker: Arc<Broker>, path: &Path) -> std::io::Result<JoinHandle<()>
     }))
 }
 
-fn router(broker: Arc<Broker>) -> Router {
+/// The management API's routes and the operator commands only `lepusctl` uses, every
+/// request made as the operator.
+fn router(mgmt: Arc<Mgmt>) -> Router {
     Router::new()
         .route("/api/lepus/status", get(status))
         .route(
@@ -55,8 +60,9 @@ fn router(broker: Arc<Broker>) -> Router {
             "/api/lepus/vhost_limits/{vhost}",
             put(set_vhost_limits).delete(clear_vhost_limits),
         )
-        .merge(super::users::routes())
-        .with_state(broker)
+        .merge(super::api::routes())
+        .layer(axum::Extension(Caller::Operator))
+        .with_state(mgmt)
 }
 
 /// An error answer with RabbitMQ's error body shape.
@@ -68,7 +74,8 @@ fn bad_request(reason: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn status(State(broker): State<Arc<Broker>>) -> Response {
+async fn status(State(m): State<Arc<Mgmt>>) -> Response {
+    let broker = &m.broker;
     let raised = broker.alarms.raised();
     Json(json!({
         "product": broker.config.product,
@@ -93,9 +100,10 @@ struct WatermarkRequest {
 }
 
 async fn set_memory_watermark(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
     Json(req): Json<WatermarkRequest>,
 ) -> Response {
+    let broker = &m.broker;
     let watermark = match (req.relative, req.absolute) {
         (Some(r), None) if (0.0..=1.0).contains(&r) => MemoryWatermark::Relative(r),
         (None, Some(a)) => match parse_size(&a) {
@@ -116,9 +124,10 @@ struct DiskLimitRequest {
 }
 
 async fn set_disk_free_limit(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
     Json(req): Json<DiskLimitRequest>,
 ) -> Response {
+    let broker = &m.broker;
     let limit = match (req.absolute, req.mem_relative) {
         (Some(a), None) => match parse_size(&a) {
             Some(bytes) => DiskFreeLimit::Absolute(bytes),
@@ -133,18 +142,20 @@ async fn set_disk_free_limit(
 
 /// `{"max-queues": N, "max-connections": N}`, as `rabbitmqctl set_vhost_limits` takes it.
 async fn set_vhost_limits(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
     UrlPath(vhost): UrlPath<String>,
     Json(limits): Json<VhostLimits>,
 ) -> Response {
-    vhost_limits(&broker, &vhost, limits)
+    let broker = &m.broker;
+    vhost_limits(broker, &vhost, limits)
 }
 
 async fn clear_vhost_limits(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
     UrlPath(vhost): UrlPath<String>,
 ) -> Response {
-    vhost_limits(&broker, &vhost, VhostLimits::default())
+    let broker = &m.broker;
+    vhost_limits(broker, &vhost, VhostLimits::default())
 }
 
 fn vhost_limits(broker: &Broker, vhost: &str, limits: VhostLimits) -> Response {

@@ -1,9 +1,32 @@
 //! Management: how operators see and change the broker while it runs.
 //!
 //! Everything here is HTTP (axum on hyper) over the broker's own state: it reads and changes
-//! the broker through its public interface and never reaches into AMQP connections. The admin
-//! socket ([`admin`]) serves operator commands to `lepusctl` on a Unix socket in the data
-//! directory, where the file's permissions are the authorisation (as LavinMQ's `lavinmqctl`).
+//! the broker through its public interface and never reaches into AMQP connections (it sees
+//! them through what they registered, [`crate::broker::stats::ConnectionInfo`], and closes
+//! them through [`crate::broker::connections::ConnectionControl`]).
+//!
+//! - [`api`]: the router, HTTP Basic on the management listener (RabbitMQ's port 15672), and
+//!   the same routes on the admin socket ([`admin`]) for `lepusctl`, where the socket file's
+//!   permissions are the authorisation (as LavinMQ's `lavinmqctl`).
+//! - [`http`]: callers and their tags, RabbitMQ's error bodies and list parameters.
+//! - One file per resource: [`overview`], [`vhosts`] (with limits and policies), [`users`],
+//!   [`queues`], [`exchanges`], [`bindings`], [`connections`] (with channels and consumers),
+//!   [`definitions`]; [`messages`] converts messages to and from JSON.
+//! - [`rates`]: message totals, and rates from counters sampled every few seconds.
+//! - [`metrics`]: the Prometheus endpoint (RabbitMQ's port 15692).
 
 pub mod admin;
+pub mod api;
+pub mod bindings;
+pub mod connections;
+pub mod definitions;
+pub mod exchanges;
+pub mod http;
+pub mod messages;
+pub mod metrics;
+pub mod overview;
+pub mod queues;
+pub mod rates;
+pub mod state;
 pub mod users;
+pub mod vhosts;

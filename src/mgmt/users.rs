@@ -1,28 +1,38 @@
-//! Users and permissions over HTTP, in the shapes of RabbitMQ's management API
-//! (`/api/users`, `/api/permissions`, `/api/topic-permissions`), so that `lepusctl` today and
-//! the management listener tomorrow share one implementation.
+//! Users and permissions in the shapes of RabbitMQ's management API (`/api/users`,
+//! `/api/permissions`, `/api/topic-permissions`). Administrators only.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::http::{ApiError, ApiResult, Caller, List, body_or_empty, created, list, no_content};
+use super::state::Mgmt;
 use crate::auth;
 use crate::broker::Broker;
 
-/// The routes, to be merged into a router whose state is the broker.
-pub fn routes() -> Router<Arc<Broker>> {
+pub fn routes() -> Router<Arc<Mgmt>> {
     Router::new()
         .route("/api/users", get(list_users))
         .route(
+            "/api/users/without-permissions",
+            get(users_without_permissions),
+        )
+        .route("/api/users/bulk-delete", post(bulk_delete))
+        .route(
             "/api/users/{name}",
             get(show_user).put(put_user).delete(delete_user),
+        )
+        .route("/api/users/{name}/permissions", get(user_permissions))
+        .route(
+            "/api/users/{name}/topic-permissions",
+            get(user_topic_permissions),
         )
         .route("/api/permissions", get(list_permissions))
         .route(
@@ -34,39 +44,14 @@ pub fn routes() -> Router<Arc<Broker>> {
         .route("/api/topic-permissions", get(list_topic_permissions))
         .route(
             "/api/topic-permissions/{vhost}/{user}",
-            axum::routing::put(put_topic_permissions).delete(delete_topic_permissions),
+            get(show_topic_permissions)
+                .put(put_topic_permissions)
+                .delete(delete_topic_permissions),
         )
         .route(
             "/api/topic-permissions/{vhost}/{user}/{exchange}",
             delete(delete_topic_permissions_on),
         )
-}
-
-fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "reason": reason.into()})),
-    )
-        .into_response()
-}
-
-fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
-}
-
-fn bad_request(reason: String) -> Response {
-    error(StatusCode::BAD_REQUEST, "bad_request", reason)
-}
-
-fn done(result: Result<(), String>, created: bool) -> Response {
-    match result {
-        Ok(()) if created => StatusCode::CREATED.into_response(),
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(reason) if reason.contains("does not exist") => {
-            error(StatusCode::NOT_FOUND, "Object Not Found", reason)
-        }
-        Err(reason) => bad_request(reason),
-    }
 }
 
 fn user_json(u: &auth::User) -> Value {
@@ -79,27 +64,49 @@ fn user_json(u: &auth::User) -> Value {
     })
 }
 
-async fn list_users(State(broker): State<Arc<Broker>>) -> Json<Value> {
-    Json(Value::Array(
-        broker.users().iter().map(|u| user_json(u)).collect(),
-    ))
+fn users_json(broker: &Broker) -> Vec<Value> {
+    let mut users = broker.users();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    users.iter().map(|u| user_json(u)).collect()
 }
 
-async fn show_user(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
-    match broker.user(&name) {
-        Some(u) => Json(user_json(&u)).into_response(),
-        None => not_found(),
-    }
+async fn list_users(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    caller.require_admin()?;
+    list(users_json(&m.broker), &q)
+}
+
+async fn users_without_permissions(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    let items: Vec<Value> = users_json(&m.broker)
+        .into_iter()
+        .filter(|u| {
+            let name = u["name"].as_str().unwrap_or_default();
+            m.broker
+                .access
+                .grants(name)
+                .is_none_or(|g| g.vhosts.is_empty())
+        })
+        .collect();
+    Ok(Json(items).into_response())
+}
+
+async fn show_user(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let user = m.broker.user(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(user_json(&user)).into_response())
 }
 
 /// The body of `PUT /api/users/{name}`: `tags` as a list or a comma-separated string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct PutUser {
     password: Option<String>,
     password_hash: Option<String>,
-    #[serde(default)]
-    hashing_algorithm: String,
-    #[serde(default)]
+    hashing_algorithm: Option<String>,
     tags: Option<Value>,
 }
 
@@ -116,99 +123,90 @@ fn tags_of(value: &Option<Value>) -> Vec<String> {
 }
 
 async fn put_user(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
     Path(name): Path<String>,
-    Json(req): Json<PutUser>,
-) -> Response {
+    body: Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let req: PutUser = body_or_empty(&body)?;
+    let broker = &m.broker;
     let tags = tags_of(&req.tags);
-    let created = broker.user(&name).is_none();
+    let new = broker.user(&name).is_none();
     let result = match (&req.password, &req.password_hash) {
-        (Some(p), _) if created => broker.add_user(&name, p),
+        (Some(p), _) if new => broker.add_user(&name, p),
         (Some(p), _) => broker.change_password(&name, p),
-        (None, Some(hash)) => match auth::Hashing::from_name(&req.hashing_algorithm) {
-            Some(hashing) => broker.put_user_hash(&name, hash, hashing),
-            None => {
-                return bad_request(format!(
-                    "unknown hashing_algorithm {}",
-                    req.hashing_algorithm
-                ));
-            }
-        },
+        (None, Some(hash)) => {
+            let algorithm = req
+                .hashing_algorithm
+                .as_deref()
+                .unwrap_or(auth::HASHING_ALGORITHM);
+            let hashing = auth::Hashing::from_name(algorithm).ok_or_else(|| {
+                ApiError::bad_request(format!("unknown hashing_algorithm {algorithm}"))
+            })?;
+            broker.put_user_hash(&name, hash, hashing)
+        }
         // No password: an existing user keeps theirs; a new one cannot log in with one.
-        (None, None) if created => broker.put_user_hash(&name, "", auth::Hashing::Sha256),
+        (None, None) if new => broker.put_user_hash(&name, "", auth::Hashing::Sha256),
         (None, None) => Ok(()),
     };
-    if let Err(e) = result {
-        return bad_request(e);
+    result.map_err(ApiError::bad_request)?;
+    broker
+        .set_user_tags(&name, tags)
+        .map_err(ApiError::from_message)?;
+    Ok(created(new))
+}
+
+async fn delete_user(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    m.broker.user(&name).ok_or_else(ApiError::not_found)?;
+    m.broker
+        .delete_user(&name)
+        .map_err(ApiError::from_message)?;
+    Ok(no_content())
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkDelete {
+    users: Vec<String>,
+}
+
+/// `POST /api/users/bulk-delete` with `{"users": [...]}`: users that do not exist are
+/// skipped, as in RabbitMQ.
+async fn bulk_delete(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let req: BulkDelete =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    for name in req.users {
+        let _ = m.broker.delete_user(&name);
     }
-    done(broker.set_user_tags(&name, tags), created)
+    Ok(no_content())
 }
 
-async fn delete_user(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
-    done(broker.delete_user(&name), false)
-}
-
-fn permissions_json(broker: &Broker, filter: impl Fn(&str, &str) -> bool) -> Vec<Value> {
+/// Every vhost permission, ordered by vhost then user.
+pub fn permissions_json(broker: &Broker) -> Vec<Value> {
     let mut out = Vec::new();
     for (user, grants) in broker.access.all() {
         for (vhost, p) in &grants.vhosts {
-            if filter(&user, vhost) {
-                out.push(json!({
-                    "user": user,
-                    "vhost": vhost,
-                    "configure": p.configure.source,
-                    "write": p.write.source,
-                    "read": p.read.source,
-                }));
-            }
+            out.push(json!({
+                "user": user,
+                "vhost": vhost,
+                "configure": p.configure.source,
+                "write": p.write.source,
+                "read": p.read.source,
+            }));
         }
     }
     out.sort_by_key(|v| (v["vhost"].to_string(), v["user"].to_string()));
     out
 }
 
-async fn list_permissions(State(broker): State<Arc<Broker>>) -> Json<Value> {
-    Json(Value::Array(permissions_json(&broker, |_, _| true)))
-}
-
-async fn show_permissions(
-    State(broker): State<Arc<Broker>>,
-    Path((vhost, user)): Path<(String, String)>,
-) -> Response {
-    match permissions_json(&broker, |u, v| u == user && v == vhost).pop() {
-        Some(p) => Json(p).into_response(),
-        None => not_found(),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct PutPermissions {
-    configure: String,
-    write: String,
-    read: String,
-}
-
-async fn put_permissions(
-    State(broker): State<Arc<Broker>>,
-    Path((vhost, user)): Path<(String, String)>,
-    Json(req): Json<PutPermissions>,
-) -> Response {
-    let created = broker
-        .access
-        .grants(&user)
-        .is_none_or(|g| !g.vhosts.contains_key(&vhost));
-    let result = broker.set_permissions(&user, &vhost, &req.configure, &req.write, &req.read);
-    done(result, created)
-}
-
-async fn delete_permissions(
-    State(broker): State<Arc<Broker>>,
-    Path((vhost, user)): Path<(String, String)>,
-) -> Response {
-    done(broker.clear_permissions(&user, &vhost), false)
-}
-
-async fn list_topic_permissions(State(broker): State<Arc<Broker>>) -> Json<Value> {
+/// Every topic permission, ordered by vhost, user and exchange.
+pub fn topic_permissions_json(broker: &Broker) -> Vec<Value> {
     let mut out = Vec::new();
     for (user, grants) in broker.access.all() {
         for (vhost, exchanges) in &grants.topics {
@@ -223,7 +221,134 @@ async fn list_topic_permissions(State(broker): State<Arc<Broker>>) -> Json<Value
             }
         }
     }
-    Json(Value::Array(out))
+    out.sort_by_key(|v| {
+        (
+            v["vhost"].to_string(),
+            v["user"].to_string(),
+            v["exchange"].to_string(),
+        )
+    });
+    out
+}
+
+async fn list_permissions(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    caller.require_admin()?;
+    list(permissions_json(&m.broker), &q)
+}
+
+async fn user_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(user): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    caller.require_admin()?;
+    m.broker.user(&user).ok_or_else(ApiError::not_found)?;
+    let items = permissions_json(&m.broker)
+        .into_iter()
+        .filter(|p| p["user"] == user.as_str())
+        .collect();
+    list(items, &q)
+}
+
+async fn user_topic_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(user): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    caller.require_admin()?;
+    m.broker.user(&user).ok_or_else(ApiError::not_found)?;
+    let items = topic_permissions_json(&m.broker)
+        .into_iter()
+        .filter(|p| p["user"] == user.as_str())
+        .collect();
+    list(items, &q)
+}
+
+async fn show_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    permissions_json(&m.broker)
+        .into_iter()
+        .find(|p| p["user"] == user.as_str() && p["vhost"] == vhost.as_str())
+        .map(|p| Json(p).into_response())
+        .ok_or_else(ApiError::not_found)
+}
+
+#[derive(Debug, Deserialize)]
+struct PutPermissions {
+    configure: String,
+    write: String,
+    read: String,
+}
+
+async fn put_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let req: PutPermissions =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let broker = &m.broker;
+    let new = broker
+        .access
+        .grants(&user)
+        .is_none_or(|g| !g.vhosts.contains_key(&vhost));
+    broker
+        .set_permissions(&user, &vhost, &req.configure, &req.write, &req.read)
+        .map_err(ApiError::from_message)?;
+    Ok(created(new))
+}
+
+async fn delete_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let granted = m
+        .broker
+        .access
+        .grants(&user)
+        .is_some_and(|g| g.vhosts.contains_key(&vhost));
+    if !granted {
+        return Err(ApiError::not_found());
+    }
+    m.broker
+        .clear_permissions(&user, &vhost)
+        .map_err(ApiError::from_message)?;
+    Ok(no_content())
+}
+
+async fn list_topic_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Query(q): List,
+) -> ApiResult {
+    caller.require_admin()?;
+    list(topic_permissions_json(&m.broker), &q)
+}
+
+async fn show_topic_permissions(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let items: Vec<Value> = topic_permissions_json(&m.broker)
+        .into_iter()
+        .filter(|p| p["user"] == user.as_str() && p["vhost"] == vhost.as_str())
+        .collect();
+    if items.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(items).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,27 +359,40 @@ struct PutTopicPermissions {
 }
 
 async fn put_topic_permissions(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
     Path((vhost, user)): Path<(String, String)>,
-    Json(req): Json<PutTopicPermissions>,
-) -> Response {
-    let result = broker.set_topic_permissions(&user, &vhost, &req.exchange, &req.write, &req.read);
-    done(result, true)
+    body: Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let req: PutTopicPermissions =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    m.broker
+        .set_topic_permissions(&user, &vhost, &req.exchange, &req.write, &req.read)
+        .map_err(ApiError::from_message)?;
+    Ok(created(true))
 }
 
 async fn delete_topic_permissions(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
     Path((vhost, user)): Path<(String, String)>,
-) -> Response {
-    done(broker.clear_topic_permissions(&user, &vhost, None), false)
+) -> ApiResult {
+    caller.require_admin()?;
+    m.broker
+        .clear_topic_permissions(&user, &vhost, None)
+        .map_err(ApiError::from_message)?;
+    Ok(no_content())
 }
 
 async fn delete_topic_permissions_on(
-    State(broker): State<Arc<Broker>>,
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
     Path((vhost, user, exchange)): Path<(String, String, String)>,
-) -> Response {
-    done(
-        broker.clear_topic_permissions(&user, &vhost, Some(&exchange)),
-        false,
-    )
+) -> ApiResult {
+    caller.require_admin()?;
+    m.broker
+        .clear_topic_permissions(&user, &vhost, Some(&exchange))
+        .map_err(ApiError::from_message)?;
+    Ok(no_content())
 }

@@ -43,6 +43,9 @@ struct State {
     dir_dirty: bool,
     /// A snapshot is being written in the background.
     snapshotting: bool,
+    /// The epoch the last recorded change is durable in: waiting for it waits for every
+    /// change recorded before.
+    last_epoch: u64,
 }
 
 /// The definitions on disk, and the changes on their way there.
@@ -218,6 +221,7 @@ impl DefinitionsStore {
                 old_journals: Vec::new(),
                 dir_dirty: false,
                 snapshotting: false,
+                last_epoch: 0,
             }),
             written: Mutex::new(base),
         });
@@ -252,13 +256,39 @@ impl DefinitionsStore {
                 self.shared.mark_dirty(self.clone());
             }
             // Read inside the lock: see the protocol on `Journal`.
-            self.shared.epoch()
+            state.last_epoch = self.shared.epoch();
+            state.last_epoch
         }
     }
 
     /// The policies as recorded, for callers that change one and re-apply them all.
     pub fn policies(&self) -> Vec<PolicyDef> {
         self.lock().defs.policies.clone()
+    }
+
+    /// The epoch every change recorded so far is durable in.
+    pub fn last_epoch(&self) -> u64 {
+        self.lock().last_epoch
+    }
+
+    /// The operator policies as recorded.
+    pub fn operator_policies(&self) -> Vec<PolicyDef> {
+        self.lock().defs.operator_policies.clone()
+    }
+
+    /// Everything recorded, for an export.
+    pub fn current(&self) -> Definitions {
+        self.lock().defs.clone()
+    }
+
+    /// A vhost's recorded definition.
+    pub fn vhost(&self, name: &str) -> Option<VhostDef> {
+        self.lock()
+            .defs
+            .vhosts
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
     }
 
     /// The next id for a durable queue, reserved.

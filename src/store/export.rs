@@ -29,6 +29,9 @@ pub struct Definitions {
     pub bindings: Vec<BindingDef>,
     #[serde(default)]
     pub policies: Vec<PolicyDef>,
+    /// Operator policies: set by operators, they cap what user policies and arguments ask.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_policies: Vec<PolicyDef>,
     /// The next id to give a durable queue (its directory under `queues/`).
     #[serde(default)]
     pub lepus_next_queue_id: u64,
@@ -75,6 +78,22 @@ pub struct VhostDef {
     /// `set_vhost_limits` takes them; absent or negative means none.
     #[serde(default, skip_serializing_if = "VhostLimits::is_empty")]
     pub limits: VhostLimits,
+    /// What the management API's `PUT /api/vhosts/{name}` said of it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl VhostDef {
+    pub fn named(name: &str) -> Self {
+        VhostDef {
+            name: name.to_owned(),
+            limits: VhostLimits::default(),
+            description: String::new(),
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// A vhost's limits.
@@ -211,6 +230,15 @@ pub enum Change {
         vhost: String,
         name: String,
     },
+    /// The vhost and everything in it.
+    DeleteVhost {
+        name: String,
+    },
+    PutOperatorPolicy(PolicyDef),
+    DeleteOperatorPolicy {
+        vhost: String,
+        name: String,
+    },
 }
 
 impl Definitions {
@@ -289,6 +317,13 @@ impl Definitions {
                 }
             }
             Change::DeleteBinding(b) => self.bindings.retain(|x| *x != b),
+            other => self.apply_policy_or_vhost(other),
+        }
+    }
+
+    /// The policy and vhost-deletion half of [`Definitions::apply`].
+    fn apply_policy_or_vhost(&mut self, change: Change) {
+        match change {
             Change::PutPolicy(p) => {
                 self.policies
                     .retain(|x| !(x.vhost == p.vhost && x.name == p.name));
@@ -298,6 +333,26 @@ impl Definitions {
                 self.policies
                     .retain(|x| !(x.vhost == vhost && x.name == name));
             }
+            Change::DeleteVhost { name } => {
+                self.vhosts.retain(|x| x.name != name);
+                self.permissions.retain(|x| x.vhost != name);
+                self.topic_permissions.retain(|x| x.vhost != name);
+                self.exchanges.retain(|x| x.vhost != name);
+                self.queues.retain(|x| x.vhost != name);
+                self.bindings.retain(|x| x.vhost != name);
+                self.policies.retain(|x| x.vhost != name);
+                self.operator_policies.retain(|x| x.vhost != name);
+            }
+            Change::PutOperatorPolicy(p) => {
+                self.operator_policies
+                    .retain(|x| !(x.vhost == p.vhost && x.name == p.name));
+                self.operator_policies.push(p);
+            }
+            Change::DeleteOperatorPolicy { vhost, name } => {
+                self.operator_policies
+                    .retain(|x| !(x.vhost == vhost && x.name == name));
+            }
+            _ => {}
         }
     }
 }

@@ -36,12 +36,18 @@ impl Channel {
         match method {
             basic::AMQPMethod::Qos(q) => {
                 // prefetch_size is checked by the connection: amq-protocol does not keep it.
+                let info = &self.stats.info;
                 if q.global {
                     self.prefetch.set_global_limit(q.prefetch_count as u32);
+                    info.global_prefetch_count
+                        .store(q.prefetch_count as u32, Ordering::Relaxed);
                 } else {
                     // Like RabbitMQ, a per-consumer qos also lifts any channel-wide limit.
                     self.consumer_prefetch = q.prefetch_count as u32;
                     self.prefetch.set_global_limit(0);
+                    info.prefetch_count
+                        .store(q.prefetch_count as u32, Ordering::Relaxed);
+                    info.global_prefetch_count.store(0, Ordering::Relaxed);
                 }
                 reply(
                     out,
@@ -241,6 +247,7 @@ impl Channel {
         s.authorize(Resource::Queue(&name), Permission::Read)?;
         let q = s.vhost.usable_queue(&name, s.connection_id)?;
         let Some((entry, remaining)) = q.get(g.no_ack) else {
+            crate::broker::stats::bump(&self.stats.info.messages.get_empty, 1);
             reply(
                 out,
                 id,
@@ -251,6 +258,15 @@ impl Channel {
         self.last_tag += 1;
         let tag = self.last_tag;
         let m = &entry.message;
+        let counters = &self.stats.info.messages;
+        let counter = match g.no_ack {
+            true => &counters.get_no_ack,
+            false => &counters.get,
+        };
+        crate::broker::stats::bump(counter, 1);
+        if entry.redelivered {
+            crate::broker::stats::bump(&counters.redeliver, 1);
+        }
         write_get_ok(
             out.buf(),
             id,

@@ -8,6 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Channel, ChannelState, Unacked};
+use std::sync::atomic::Ordering;
+
 use crate::amqp::confirm::Confirms;
 use crate::amqp::output::Output;
 use crate::amqp_error;
@@ -15,6 +17,7 @@ use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::Delivery;
 use crate::broker::queue::prefetch::ChannelPrefetch;
+use crate::broker::stats::bump;
 use crate::protocol::basic::write_deliver;
 use crate::protocol::error::AmqpError;
 
@@ -24,7 +27,12 @@ impl Channel {
     pub fn flush_confirms(&mut self, out: &mut Output, synced: u64, failed: &dyn Fn(u64) -> bool) {
         if let Some(c) = self.confirms.as_mut() {
             c.release_synced(synced, failed);
+            let confirmed = c.pending_acks();
             c.flush(out, self.id);
+            let info = &self.stats.info;
+            bump(&info.messages.confirm, confirmed as u64);
+            info.unconfirmed
+                .store(c.unresolved_len() as u32, Ordering::Relaxed);
         }
     }
 
@@ -78,6 +86,17 @@ impl Channel {
         );
         out.content(self.id, &m.properties, &m.body, frame_max);
         let size = m.wire_size();
+        let counters = &self.stats.info.messages;
+        bump(
+            match d.no_ack {
+                true => &counters.deliver_no_ack,
+                false => &counters.deliver,
+            },
+            1,
+        );
+        if d.entry.redelivered {
+            bump(&counters.redeliver, 1);
+        }
         if !d.no_ack {
             let deadline = self.deadline(now, timeout_ms);
             self.unacked.push_back(Unacked {
@@ -87,6 +106,7 @@ impl Channel {
                 entry: d.entry,
                 deadline,
             });
+            self.note_gauges();
         }
         Ok(size)
     }
@@ -139,7 +159,9 @@ impl Channel {
     /// A consumer's queue was deleted. Returns true if the client should hear of it.
     pub fn consumer_cancelled(&mut self, tag: &Bytes) -> bool {
         self.last_consumer = None;
-        self.consumers.remove(tag).is_some()
+        let removed = self.consumers.remove(tag).is_some();
+        self.note_gauges();
+        removed
     }
 
     /// The channel's prefetch, to give back credit for deliveries that never went out.

@@ -31,12 +31,15 @@ use super::confirm::Confirms;
 use super::output::Output;
 use super::session::Session;
 use crate::amqp_error;
+use crate::broker::Broker;
 use crate::broker::memory::Charge;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{ConsumerId, DeliverySource};
 use crate::broker::queue::entry::QueueEntry;
 use crate::broker::queue::prefetch::ChannelPrefetch;
+use crate::broker::stats::{ChannelInfo, bump};
+use crate::broker::vhost::VirtualHost;
 use crate::protocol::basic::{ContentHeader, Publish};
 use crate::protocol::error::AmqpResult;
 use crate::protocol::method::write_method;
@@ -160,6 +163,38 @@ pub struct Channel {
     /// No unacknowledged delivery times out before this (the earliest deadline when it was
     /// last worked out; acks since may have made it earlier than needed).
     timeout_check: Option<Instant>,
+    /// What operators see of this channel; its counts join the vhost's when it closes.
+    stats: Counted,
+}
+
+/// A channel's counters, registered with its connection while the channel lives.
+struct Counted {
+    info: Arc<ChannelInfo>,
+    vhost: Arc<VirtualHost>,
+    broker: Arc<Broker>,
+}
+
+impl Counted {
+    fn new(id: u16, s: &Session) -> Self {
+        let info = Arc::new(ChannelInfo {
+            number: id,
+            ..ChannelInfo::default()
+        });
+        s.outbox.info.add_channel(&info);
+        bump(&s.broker.churn.channels_opened, 1);
+        Counted {
+            info,
+            vhost: s.vhost.clone(),
+            broker: s.broker.clone(),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.vhost.retired.add(&self.info.messages.snapshot());
+        bump(&self.broker.churn.channels_closed, 1);
+    }
 }
 
 /// What a channel method asks the connection to do afterwards.
@@ -180,8 +215,9 @@ fn strip_cr_lf(name: &str) -> String {
 }
 
 impl Channel {
-    pub fn new(id: u16, max_unacked: u32) -> Self {
+    pub fn new(id: u16, max_unacked: u32, session: &Session) -> Self {
         Channel {
+            stats: Counted::new(id, session),
             id,
             state: ChannelState::Open,
             content: None,
@@ -201,6 +237,15 @@ impl Channel {
         }
     }
 
+    /// Tells operators how many consumers and unacknowledged deliveries the channel has (a
+    /// plain store each; readers take what they find).
+    fn note_gauges(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let info = &self.stats.info;
+        info.consumers.store(self.consumers.len() as u32, Relaxed);
+        info.unacked.store(self.unacked.len() as u32, Relaxed);
+    }
+
     pub fn is_open(&self) -> bool {
         self.state == ChannelState::Open
     }
@@ -214,8 +259,11 @@ impl Channel {
     ) -> AmqpResult<After> {
         let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
         self.expect_method()?;
-        self.dispatch(s, out, method)
-            .map_err(|e| e.on_method(class_id, method_id))
+        let result = self
+            .dispatch(s, out, method)
+            .map_err(|e| e.on_method(class_id, method_id));
+        self.note_gauges();
+        result
     }
 
     fn dispatch(&mut self, s: &Session, out: &mut Output, method: AMQPClass) -> AmqpResult<After> {
@@ -262,6 +310,10 @@ impl Channel {
                 }
                 if self.confirms.is_none() {
                     self.confirms = Some(Confirms::default());
+                    self.stats
+                        .info
+                        .confirm
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 if !select.nowait {
                     reply(

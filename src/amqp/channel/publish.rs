@@ -17,6 +17,7 @@ use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::queue::state::Enqueued;
 use crate::broker::reply_to;
+use crate::broker::stats::bump;
 use crate::protocol::basic::{ContentHeader, Publish, write_return};
 use crate::protocol::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::properties::{self, PropertySummary, ScanError};
@@ -340,6 +341,16 @@ impl Channel {
         };
         let outcome = enqueue(&queues, message);
         direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, message);
+        let counters = &self.stats.info.messages;
+        bump(&counters.publish, 1);
+        bump(&d.exchange.counters.publish_in, 1);
+        if outcome.routed {
+            bump(&d.exchange.counters.publish_out, 1);
+        } else if d.mandatory {
+            bump(&counters.return_unroutable, 1);
+        } else {
+            bump(&counters.drop_unroutable, 1);
+        }
         if !outcome.routed && d.mandatory {
             write_return(
                 out.buf(),

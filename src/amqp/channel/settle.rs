@@ -83,6 +83,10 @@ impl Channel {
                 None => groups.push((u.queue, vec![(settled, u.entry)])),
             }
         }
+        if reject.is_none() {
+            let acked = groups.iter().map(|(_, l)| l.len() as u64).sum();
+            crate::broker::stats::bump(&self.stats.info.messages.ack, acked);
+        }
         for (queue, list) in groups {
             match reject {
                 Some(true) => queue.requeue(list, unblock),
@@ -96,6 +100,7 @@ impl Channel {
         if channel_unblocked {
             self.kick_in_turn();
         }
+        self.note_gauges();
     }
 
     /// Channel-wide credit came back: every queue this channel consumes from may send again.

@@ -28,6 +28,10 @@ impl Channel {
                 }
                 if self.tx.is_none() {
                     self.tx = Some(Transaction::default());
+                    self.stats
+                        .info
+                        .transactional
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 reply(
                     out,

@@ -163,6 +163,10 @@ impl Connection {
         return_to_queues(left.deliveries);
         if let Some(session) = &self.session {
             session.vhost.remove_exclusive_queues(self.id);
+            self.broker
+                .churn
+                .connections_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.broker.connections.unregister(self.id);
         // One line per connection end, with who it was, for an operator reading the log.

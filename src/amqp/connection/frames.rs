@@ -323,10 +323,15 @@ impl Connection {
                         self.channel_max
                     ));
                 }
-                self.channels.insert(
-                    at,
-                    Channel::new(id, self.broker.config.limits.max_unacked_per_channel),
+                let Some(session) = &self.session else {
+                    return Err(amqp_error!(ChannelError, "expected 'channel.open'"));
+                };
+                let channel = Channel::new(
+                    id,
+                    self.broker.config.limits.max_unacked_per_channel,
+                    session,
                 );
+                self.channels.insert(at, channel);
                 write_method(
                     self.out.buf(),
                     id,

@@ -9,6 +9,7 @@ use super::{Connection, Phase};
 use crate::amqp::session::{ClientCapabilities, Session};
 use crate::amqp_error;
 use crate::auth::sasl;
+use crate::broker::stats::Opened;
 use crate::config::MIN_FRAME_MAX_BYTES;
 use crate::protocol::error::{AmqpError, ReplyCode};
 use crate::protocol::method::{parse_method, write_method};
@@ -143,6 +144,7 @@ impl Connection {
             self.client_name = name.to_owned();
         }
         let mechanism = ok.mechanism.as_str();
+        self.start_ok = Some((ok.client_properties.clone(), mechanism.to_owned()));
         let offered = self
             .broker
             .config
@@ -289,6 +291,20 @@ impl Connection {
             client = %self.client_name,
             "connection opened"
         );
+        let (client_properties, auth_mechanism) = self.start_ok.take().unwrap_or_default();
+        self.outbox.info.set_opened(Opened {
+            user: user.name.clone(),
+            vhost: vhost.name.clone(),
+            client_properties,
+            auth_mechanism,
+            frame_max: self.frame_max,
+            channel_max: self.channel_max,
+            heartbeat_s: self.heartbeat_s,
+        });
+        self.broker
+            .churn
+            .connections_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.session = Some(Session {
             broker: self.broker.clone(),
             vhost,

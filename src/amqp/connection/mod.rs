@@ -124,6 +124,9 @@ pub struct Connection {
     accepted_at: Instant,
     capabilities: ClientCapabilities,
     user: Option<Arc<auth::User>>,
+    /// The client properties and SASL mechanism of Connection.StartOk, kept for the
+    /// management API until the connection opens.
+    start_ok: Option<(amq_protocol::types::FieldTable, String)>,
     /// Client name for logs (`connection_name` client property).
     client_name: String,
     session: Option<Session>,
@@ -176,6 +179,7 @@ pub async fn serve(
         capabilities: ClientCapabilities::default(),
         user: None,
         client_name: String::new(),
+        start_ok: None,
         session: None,
         channels: Vec::new(),
         drained: Drained::default(),
@@ -308,7 +312,8 @@ impl Connection {
     fn read(&mut self) -> Result<(), Exit> {
         match self.input.read(&mut self.transport, self.frame_max) {
             Ok(0) => Err(Exit::Done("client closed the socket")),
-            Ok(_) => {
+            Ok(n) => {
+                crate::broker::stats::bump(&self.outbox.info.recv_oct, n as u64);
                 self.last_recv = Instant::now();
                 Ok(())
             }
@@ -328,6 +333,7 @@ impl Connection {
             match self.transport.try_write_vectored(&iov[..n]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
+                    crate::broker::stats::bump(&self.outbox.info.send_oct, written as u64);
                     self.out.consume(written);
                     self.last_send = Instant::now();
                     progress = true;

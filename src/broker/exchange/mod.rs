@@ -86,6 +86,8 @@ pub struct Exchange {
     /// for messages the exchange's own bindings did not route.
     policy_alternate_exchange: Mutex<Option<String>>,
     bindings: RwLock<Bindings<Destination>>,
+    /// Messages published into the exchange and routed out of it.
+    pub counters: crate::broker::stats::ExchangeCounters,
 }
 
 impl Exchange {
@@ -110,6 +112,7 @@ impl Exchange {
             alternate_exchange,
             policy_alternate_exchange: Mutex::new(None),
             bindings: RwLock::new(Bindings::new(kind)),
+            counters: Default::default(),
         }
     }
 

@@ -133,6 +133,11 @@ impl State {
             self.insert_in_order(vec![entry]);
             return;
         };
+        match consumer.no_ack {
+            true => self.counters.deliver_no_ack += 1,
+            false => self.counters.deliver += 1,
+        }
+        self.counters.redeliver += entry.redelivered as u64;
         let delivery = Delivery {
             channel: consumer.channel,
             consumer_id: consumer.id,

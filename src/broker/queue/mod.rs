@@ -106,6 +106,38 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// A queue as the management API shows it.
+#[derive(Debug, Clone)]
+pub struct QueueSnapshot {
+    /// Messages ready for delivery, in memory or on disk.
+    pub ready: u32,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: u32,
+    /// Body bytes of the ready messages.
+    pub ready_bytes: u64,
+    pub consumers: Vec<ConsumerSnapshot>,
+    /// The tag of the consumer holding the queue exclusively, if one does.
+    pub exclusive_consumer: Option<String>,
+    pub counters: crate::broker::stats::QueueCounters,
+    /// When the queue was last used (milliseconds since the epoch).
+    pub last_used_ms: u64,
+    /// Some of its messages live only on disk.
+    pub paged: bool,
+}
+
+/// A consumer as the management API shows it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSnapshot {
+    pub tag: String,
+    pub channel: u16,
+    /// The consumer's connection id.
+    pub connection: u64,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch_count: u32,
+    pub arguments: FieldTable,
+}
+
 /// What removing a consumer left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerRemoved {
@@ -271,7 +303,15 @@ impl Queue {
             state.last_used_ms = now_ms();
             state.expire_heads(ctx);
             state.page_in(ctx);
-            let mut entry = state.pop_ready()?;
+            let Some(mut entry) = state.pop_ready() else {
+                state.counters.get_empty += 1;
+                return None;
+            };
+            match no_ack {
+                true => state.counters.get_no_ack += 1,
+                false => state.counters.get += 1,
+            }
+            state.counters.redeliver += entry.redelivered as u64;
             // Expired messages now at the head go right after a fetch, as in RabbitMQ.
             state.expire_heads(ctx);
             if !no_ack {
@@ -409,6 +449,34 @@ impl Queue {
         self.counts().1
     }
 
+    /// What the management API shows of the queue, read under one lock.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let state = self.lock();
+        let live = || state.consumers.iter().filter(|c| !c.dead);
+        QueueSnapshot {
+            ready: state.message_count(),
+            unacked: state.unacked as u32,
+            ready_bytes: state.body_bytes,
+            consumers: live()
+                .map(|c| ConsumerSnapshot {
+                    tag: String::from_utf8_lossy(&c.tag).into_owned(),
+                    channel: c.channel,
+                    connection: c.sink.sink_id(),
+                    ack_required: !c.no_ack,
+                    exclusive: c.exclusive,
+                    prefetch_count: c.prefetch_count,
+                    arguments: c.arguments.clone(),
+                })
+                .collect(),
+            exclusive_consumer: live()
+                .find(|c| c.exclusive)
+                .map(|c| String::from_utf8_lossy(&c.tag).into_owned()),
+            counters: state.counters,
+            last_used_ms: state.last_used_ms,
+            paged: state.tail.is_some() || state.paged_levels > 0,
+        }
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.lock().deleted
     }
@@ -446,6 +514,7 @@ impl DeliverySource for Queue {
     fn ack(&self, settled: Vec<Settled>, unblock: Unblock) {
         self.with_state(|state| {
             Queue::settle_credit(state, &settled, unblock);
+            state.counters.ack += settled.len() as u64;
             let mut logged = false;
             for s in settled.iter().filter(|s| s.persisted) {
                 state.log_ack(s.seq);

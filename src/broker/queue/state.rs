@@ -18,6 +18,7 @@ use super::entry::QueueEntry;
 use super::ready::Ready;
 use super::settings::{Overflow, QueueSettings};
 use crate::broker::message::Message;
+use crate::broker::stats::QueueCounters;
 use crate::broker::timer::now_ms;
 use crate::protocol::properties;
 use crate::store::{Position, QueueLog, ReadBack, TailReader};
@@ -135,6 +136,8 @@ pub struct State {
     /// Messages leaving for the dead-letter exchange, handed to the host once the lock is
     /// released.
     pub dead: Vec<DeadLetter>,
+    /// Messages in, delivered, fetched and acknowledged, for the management API.
+    pub counters: QueueCounters,
 }
 
 impl State {
@@ -193,6 +196,7 @@ impl State {
             return Enqueued::Deleted;
         }
         let size = message.body.len() as u64;
+        self.counters.publish += 1;
         if self.settings.overflow != Overflow::DropHead && self.would_overflow(size) {
             if self.settings.overflow == Overflow::RejectPublishDlx
                 && self.settings.dead_letter_exchange.is_some()

@@ -83,10 +83,17 @@ pub struct VirtualHost {
     services: VhostServices,
     /// The policies of this vhost.
     policies: RwLock<Vec<Policy>>,
+    /// The operator policies of this vhost (limits only; see [`policy::with_operator`]).
+    operator_policies: RwLock<Vec<Policy>>,
     /// `max-queues` and `max-connections`, as `set_vhost_limits` sets them.
     limits: RwLock<VhostLimits>,
     /// Open client connections to this vhost.
     connections: AtomicUsize,
+    /// The message counters of this vhost's closed channels, so that its totals never go
+    /// backwards.
+    pub retired: crate::broker::stats::MessageCounters,
+    /// Queues declared, created and deleted in this vhost (the queue fields of `Churn`).
+    pub churn: crate::broker::stats::Churn,
     /// This vhost, for the queues it creates (they hand it their dead letters) and for the
     /// dead-letter jobs it submits.
     me: Weak<VirtualHost>,
@@ -151,8 +158,11 @@ impl VirtualHost {
                 version: AtomicU64::new(0),
                 services,
                 policies: RwLock::new(Vec::new()),
+                operator_policies: RwLock::new(Vec::new()),
                 limits: RwLock::new(VhostLimits::default()),
                 connections: AtomicUsize::new(0),
+                retired: Default::default(),
+                churn: Default::default(),
                 me: me.clone(),
             };
             vhost.predeclare();
@@ -196,18 +206,66 @@ impl VirtualHost {
         self.policies.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The policy that applies to a queue named `name`.
+    fn read_operator_policies(&self) -> std::sync::RwLockReadGuard<'_, Vec<Policy>> {
+        self.operator_policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy in force for a queue named `name`: its user policy with any operator
+    /// policy's limits over it.
     pub fn queue_policy(&self, name: &str) -> Option<Policy> {
-        policy::matching(&self.read_policies(), policy::Target::Queue, name).cloned()
+        let (user, operator) = self.queue_policy_names(name);
+        let policies = self.read_policies();
+        let operators = self.read_operator_policies();
+        let find = |all: &[Policy], n: Option<String>| {
+            n.and_then(|n| all.iter().find(|p| p.name == n).cloned())
+        };
+        policy::with_operator(
+            find(&policies, user).as_ref(),
+            find(&operators, operator).as_ref(),
+        )
+    }
+
+    /// The names of the user and operator policies that match a queue named `name`.
+    pub fn queue_policy_names(&self, name: &str) -> (Option<String>, Option<String>) {
+        let user = policy::matching(&self.read_policies(), policy::Target::Queue, name)
+            .map(|p| p.name.clone());
+        let operator =
+            policy::matching(&self.read_operator_policies(), policy::Target::Queue, name)
+                .map(|p| p.name.clone());
+        (user, operator)
+    }
+
+    /// The name of the policy that applies to an exchange named `name`.
+    pub fn exchange_policy_name(&self, name: &str) -> Option<String> {
+        policy::matching(&self.read_policies(), policy::Target::Exchange, name)
+            .map(|p| p.name.clone())
+    }
+
+    fn compile(&self, defs: &[PolicyDef]) -> Vec<Policy> {
+        defs.iter()
+            .filter(|d| d.vhost == self.name)
+            .filter_map(Policy::compile)
+            .collect()
+    }
+
+    /// Replaces the vhost's operator policies and applies them to existing queues.
+    pub fn set_operator_policies(&self, defs: &[PolicyDef]) {
+        let compiled = self.compile(defs);
+        *self
+            .operator_policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = compiled;
+        for q in self.queues() {
+            q.apply_policy(self.queue_policy(&q.name).as_ref());
+        }
+        self.changed();
     }
 
     /// Replaces the vhost's policies and applies them to existing queues and exchanges.
     pub fn set_policies(&self, defs: &[PolicyDef]) {
-        let compiled: Vec<Policy> = defs
-            .iter()
-            .filter(|d| d.vhost == self.name)
-            .filter_map(Policy::compile)
-            .collect();
+        let compiled = self.compile(defs);
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = compiled;
         let policies = self.read_policies().clone();
         for x in self.exchanges.iter() {
@@ -217,7 +275,7 @@ impl VirtualHost {
             x.set_policy_alternate(ae);
         }
         for q in self.queues() {
-            q.apply_policy(policy::matching(&policies, policy::Target::Queue, &q.name));
+            q.apply_policy(self.queue_policy(&q.name).as_ref());
         }
         self.changed();
     }
@@ -304,6 +362,10 @@ impl VirtualHost {
 
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.get(name).map(|q| q.value().clone())
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|x| x.value().clone()).collect()
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {

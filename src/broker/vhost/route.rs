@@ -76,3 +76,71 @@ impl VirtualHost {
         cacheable
     }
 }
+
+/// What became of a message published by the broker's operators rather than a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Some queue took it.
+    pub routed: bool,
+    /// The store epoch that makes it durable, if a durable queue logged it.
+    pub sync: Option<u64>,
+}
+
+impl VirtualHost {
+    /// Publishes a message as the management API's publish does: routed like any other,
+    /// counted by the exchange, confirmed to nobody.
+    pub fn publish_message(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: bytes::Bytes,
+        body: bytes::Bytes,
+    ) -> crate::protocol::error::AmqpResult<Published> {
+        use crate::broker::queue::state::Enqueued;
+        let x = self
+            .exchange(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        let summary = crate::protocol::properties::scan(&properties)
+            .map_err(|_| crate::amqp_error!(PreconditionFailed, "invalid message properties"))?;
+        let mut message = crate::broker::message::Message::new(
+            bytes::Bytes::copy_from_slice(exchange.as_bytes()),
+            bytes::Bytes::copy_from_slice(routing_key.as_bytes()),
+            properties,
+            body,
+            &summary,
+        );
+        message.charge_all_to(self.services.memory);
+        let message = Arc::new(message);
+        let headers = summary
+            .headers
+            .as_ref()
+            .and_then(|r| crate::protocol::properties::decode_headers(&message.properties, r));
+        let mut headers = headers;
+        let mut queues = Vec::new();
+        self.route(
+            &x,
+            &[routing_key.as_bytes()],
+            &mut || headers.take(),
+            &mut queues,
+        );
+        let mut published = Published {
+            routed: false,
+            sync: None,
+        };
+        for q in &queues {
+            match q.publish(message.clone()) {
+                Enqueued::Deleted => {}
+                Enqueued::Persisted(epoch) => {
+                    published.routed = true;
+                    published.sync = Some(published.sync.map_or(epoch, |e| e.max(epoch)));
+                }
+                _ => published.routed = true,
+            }
+        }
+        crate::broker::stats::bump(&x.counters.publish_in, 1);
+        if published.routed {
+            crate::broker::stats::bump(&x.counters.publish_out, 1);
+        }
+        Ok(published)
+    }
+}

@@ -1,0 +1,190 @@
+//! Changes operators make while the broker runs (the management API, `lepusctl`): vhosts
+//! and policies. Each is recorded in the definitions and takes effect at once: a policy set
+//! or cleared is re-applied to the live queues and exchanges it matches.
+
+use std::sync::Arc;
+
+use super::Broker;
+use super::vhost::VirtualHost;
+use crate::store::definitions::{Change, PolicyDef, VhostDef};
+
+/// The policy keys RabbitMQ 3.10 recognises; a policy with any other is refused, as
+/// RabbitMQ's validation does.
+pub const POLICY_KEYS: &[&str] = &[
+    "alternate-exchange",
+    "dead-letter-exchange",
+    "dead-letter-routing-key",
+    "dead-letter-strategy",
+    "delivery-limit",
+    "expires",
+    "federation-upstream",
+    "federation-upstream-set",
+    "ha-mode",
+    "ha-params",
+    "ha-promote-on-failure",
+    "ha-promote-on-shutdown",
+    "ha-sync-batch-size",
+    "ha-sync-mode",
+    "initial-cluster-size",
+    "max-age",
+    "max-in-memory-bytes",
+    "max-in-memory-length",
+    "max-length",
+    "max-length-bytes",
+    "message-ttl",
+    "overflow",
+    "queue-leader-locator",
+    "queue-master-locator",
+    "queue-mode",
+    "queue-version",
+    "stream-max-segment-size-bytes",
+];
+
+impl Broker {
+    /// `add_vhost`: creates the vhost unless it exists; an existing one takes the limits and
+    /// description given. Returns whether it was created.
+    pub fn add_vhost(&self, def: &VhostDef) -> bool {
+        if let Some(existing) = self.vhost(&def.name) {
+            if !def.limits.is_empty() {
+                existing.set_limits(def.limits.clone());
+            }
+            let mut recorded = self
+                .definitions
+                .vhost(&def.name)
+                .unwrap_or_else(|| VhostDef::named(&def.name));
+            if !def.limits.is_empty() {
+                recorded.limits = def.limits.clone();
+            }
+            if !def.description.is_empty() || !def.tags.is_empty() {
+                recorded.description = def.description.clone();
+                recorded.tags = def.tags.clone();
+            }
+            self.definitions.record(Change::PutVhost(recorded));
+            return false;
+        }
+        let vhost = VirtualHost::new(&def.name, self.vhost_services());
+        vhost.set_limits(def.limits.clone());
+        vhost.set_policies(&self.definitions.policies());
+        vhost.set_operator_policies(&self.definitions.operator_policies());
+        self.vhosts.insert(def.name.clone(), vhost);
+        self.definitions.record(Change::PutVhost(def.clone()));
+        true
+    }
+
+    /// `delete_vhost`: closes its connections (320), deletes its queues with their messages,
+    /// its exchanges, permissions and policies. Returns the epoch the deletion is durable in.
+    pub fn delete_vhost(&self, name: &str) -> Result<u64, String> {
+        let Some((_, vhost)) = self.vhosts.remove(name) else {
+            return Err(format!("Virtual host '{name}' does not exist"));
+        };
+        for conn in self.connections.list() {
+            if conn.info().opened().is_some_and(|o| o.vhost == name) {
+                conn.close(
+                    320,
+                    format!("CONNECTION_FORCED - vhost '{name}' is deleted"),
+                );
+            }
+        }
+        for q in vhost.queues() {
+            vhost.remove_queue(&q);
+        }
+        self.access.forget_vhost(name);
+        Ok(self.definitions.record(Change::DeleteVhost {
+            name: name.to_owned(),
+        }))
+    }
+
+    /// Checks a policy as RabbitMQ validates it: a known vhost, a valid pattern, a known
+    /// apply-to and only recognised keys (operator policies: only limits).
+    pub fn validate_policy(&self, p: &PolicyDef, operator: bool) -> Result<(), String> {
+        if self.vhost(&p.vhost).is_none() {
+            return Err(format!("Virtual host '{}' does not exist", p.vhost));
+        }
+        crate::auth::access::Pattern::check(&p.pattern).map_err(|e| {
+            format!(
+                "Validation failed\n\n{} is not a valid regular expression: {e}\n",
+                p.pattern
+            )
+        })?;
+        if !matches!(p.apply_to.as_str(), "queues" | "exchanges" | "all") {
+            return Err(format!(
+                "Validation failed\n\n\"{}\" is not a valid apply-to value\n",
+                p.apply_to
+            ));
+        }
+        let serde_json::Value::Object(definition) = &p.definition else {
+            return Err("Validation failed\n\ndefinition must be a JSON object\n".into());
+        };
+        if definition.is_empty() {
+            return Err("Validation failed\n\nno policy provided\n".into());
+        }
+        let allowed = match operator {
+            true => super::policy::OPERATOR_KEYS,
+            false => POLICY_KEYS,
+        };
+        let unknown: Vec<&String> = definition
+            .keys()
+            .filter(|k| !allowed.contains(&k.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            let listed: Vec<String> = unknown
+                .iter()
+                // RabbitMQ's reason is the Erlang term, HTML-escaped.
+                .map(|k| format!("{{&lt;&lt;\"{k}\"&gt;&gt;,{}}}", definition[k.as_str()]))
+                .collect();
+            return Err(format!(
+                "Validation failed\n\n[{}] are not recognised policy settings\n",
+                listed.join(",")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets a policy (or operator policy) and applies it at once.
+    pub fn put_policy(&self, p: PolicyDef, operator: bool) -> Result<u64, String> {
+        self.validate_policy(&p, operator)?;
+        let vhost = p.vhost.clone();
+        let epoch = match operator {
+            true => self.definitions.record(Change::PutOperatorPolicy(p)),
+            false => self.definitions.record(Change::PutPolicy(p)),
+        };
+        self.reapply_policies(&vhost, operator);
+        Ok(epoch)
+    }
+
+    /// Clears a policy (or operator policy) and applies what is left at once.
+    pub fn delete_policy(&self, vhost: &str, name: &str, operator: bool) -> Result<u64, String> {
+        let recorded = match operator {
+            true => self.definitions.operator_policies(),
+            false => self.definitions.policies(),
+        };
+        if !recorded.iter().any(|p| p.vhost == vhost && p.name == name) {
+            return Err(format!(
+                "Parameter does not exist: policy '{name}' in vhost '{vhost}'"
+            ));
+        }
+        let (vhost, name) = (vhost.to_owned(), name.to_owned());
+        let epoch = match operator {
+            true => self.definitions.record(Change::DeleteOperatorPolicy {
+                vhost: vhost.clone(),
+                name,
+            }),
+            false => self.definitions.record(Change::DeletePolicy {
+                vhost: vhost.clone(),
+                name,
+            }),
+        };
+        self.reapply_policies(&vhost, operator);
+        Ok(epoch)
+    }
+
+    fn reapply_policies(&self, vhost: &str, operator: bool) {
+        let Some(v): Option<Arc<VirtualHost>> = self.vhost(vhost) else {
+            return;
+        };
+        match operator {
+            true => v.set_operator_policies(&self.definitions.operator_policies()),
+            false => v.set_policies(&self.definitions.policies()),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The management API: RabbitMQ's HTTP API (`/api/...`) on the management listener, with
+//! HTTP Basic against the broker's users, and the same routes on the admin socket for
+//! `lepusctl`, where the socket file's permissions stand in for a login.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::http::{ApiError, Caller, normalise_path};
+pub use super::state::Mgmt;
+
+/// Every route of the API, for either listener.
+pub fn routes() -> Router<Arc<Mgmt>> {
+    Router::new()
+        .merge(super::overview::routes())
+        .merge(super::users::routes())
+        .merge(super::vhosts::routes())
+        .merge(super::queues::routes())
+        .merge(super::exchanges::routes())
+        .merge(super::bindings::routes())
+        .merge(super::connections::routes())
+        .merge(super::definitions::routes())
+        .fallback(|| async { ApiError::not_found() })
+}
+
+/// Binds the management listener and serves the API (and the web UI) until aborted.
+pub async fn serve(
+    mgmt: Arc<Mgmt>,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = routes()
+        .layer(middleware::from_fn_with_state(mgmt.clone(), authenticate))
+        .with_state(mgmt);
+    let app = tower::ServiceExt::map_request(app, normalise_path);
+    let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+    Ok((
+        local,
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, make).await {
+                tracing::error!(error = %e, "the management listener stopped");
+            }
+        }),
+    ))
+}
+
+/// HTTP Basic against the broker's users: the user must exist, give the right password, be
+/// allowed in from where they connect (`loopback_users`) and have a management tag.
+async fn authenticate(
+    State(mgmt): State<Arc<Mgmt>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some((name, password)) = basic_credentials(&req) else {
+        return challenge(None);
+    };
+    let broker = &mgmt.broker;
+    let user = match broker.user(&name) {
+        Some(u) if u.password_matches(&password) => u,
+        _ => return challenge(Some("Login failed")),
+    };
+    if broker.config.loopback_users.iter().any(|u| *u == user.name)
+        && !crate::auth::is_loopback(peer.ip())
+    {
+        return challenge(Some("Login failed"));
+    }
+    const MANAGEMENT_TAGS: [&str; 4] = ["administrator", "monitoring", "policymaker", "management"];
+    if !MANAGEMENT_TAGS.iter().any(|t| user.has_tag(t)) {
+        return ApiError::not_authorised("Not management user").into_response();
+    }
+    req.extensions_mut().insert(Caller::User(user));
+    next.run(req).await
+}
+
+fn basic_credentials(req: &Request) -> Option<(String, String)> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (name, password) = text.split_once(':')?;
+    Some((name.to_owned(), password.to_owned()))
+}
+
+/// RabbitMQ's 401: an empty body without credentials, `Login failed` with wrong ones.
+fn challenge(reason: Option<&str>) -> Response {
+    let mut response = match reason {
+        None => StatusCode::UNAUTHORIZED.into_response(),
+        Some(reason) => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": "not_authorized", "reason": reason})),
+        )
+            .into_response(),
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+    );
+    response
+}

@@ -1,0 +1,335 @@
+//! Connections, channels and consumers: what clients are connected and what they do.
+//!
+//! Read from what each connection registered with the broker ([`ConnectionInfo`]); the API
+//! never reaches into a connection's task. Closing one goes through
+//! [`ConnectionControl::close`], as shutdown does.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+
+use super::http::{
+    ApiError, ApiResult, Caller, List, ListQuery, list, no_content, timestamp, visible_vhosts,
+};
+use super::queues::{channel_details, connections_by_id};
+use super::rates::{self, CONSUMER_FIELDS, PUBLISHER_FIELDS};
+use super::state::Mgmt;
+use crate::broker::connections::ConnectionControl;
+use crate::broker::stats::{ChannelInfo, ConnectionInfo, Opened};
+use crate::store::definitions::encode_arguments;
+
+pub fn routes() -> Router<Arc<Mgmt>> {
+    Router::new()
+        .route("/api/connections", get(list_connections))
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(list_vhost_connections),
+        )
+        .route(
+            "/api/connections/{name}",
+            get(show_connection).delete(close_connection),
+        )
+        .route("/api/connections/{name}/channels", get(connection_channels))
+        .route("/api/channels", get(list_channels))
+        .route("/api/vhosts/{vhost}/channels", get(list_vhost_channels))
+        .route("/api/channels/{name}", get(show_channel))
+        .route("/api/consumers", get(list_consumers))
+        .route("/api/consumers/{vhost}", get(list_vhost_consumers))
+}
+
+/// The open connections the caller may see: monitors see all, others their own.
+fn visible(m: &Mgmt, caller: &Caller) -> Vec<(Arc<dyn ConnectionControl>, Opened)> {
+    m.broker
+        .connections
+        .list()
+        .into_iter()
+        .filter_map(|c| {
+            let opened = c.info().opened()?;
+            let mine = caller.user().is_none_or(|u| u.name == opened.user);
+            (caller.is_monitor() || mine).then_some((c, opened))
+        })
+        .collect()
+}
+
+fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool) -> Value {
+    let key = rates::connection_key(info.id);
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = Map::new();
+    let fields = json!({
+        "name": info.name(),
+        "node": super::state::node_name(),
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "state": if info.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" },
+        "user": opened.user,
+        "user_who_performed_action": opened.user,
+        "vhost": opened.vhost,
+        "auth_mechanism": opened.auth_mechanism,
+        "client_properties": encode_arguments(&opened.client_properties).0,
+        "connected_at": info.connected_at_ms,
+        "channel_max": opened.channel_max,
+        "frame_max": opened.frame_max,
+        "timeout": opened.heartbeat_s,
+        "channels": info.channels().len(),
+        "host": info.local.ip().to_string(),
+        "port": info.local.port(),
+        "peer_host": info.peer.ip().to_string(),
+        "peer_port": info.peer.port(),
+        "ssl": info.tls,
+        "ssl_protocol": Value::Null,
+        "ssl_cipher": Value::Null,
+        "ssl_hash": Value::Null,
+        "ssl_key_exchange": Value::Null,
+        "peer_cert_issuer": Value::Null,
+        "peer_cert_subject": Value::Null,
+        "peer_cert_validity": Value::Null,
+        "recv_cnt": load(&info.recv_cnt),
+        "send_cnt": load(&info.send_cnt),
+        "send_pend": 0,
+    });
+    if let Value::Object(f) = fields {
+        out.extend(f);
+    }
+    for field in ["recv_oct", "send_oct"] {
+        let value = match field {
+            "recv_oct" => load(&info.recv_oct),
+            _ => load(&info.send_oct),
+        };
+        out.insert(field.into(), json!(value));
+        if stats {
+            out.insert(
+                format!("{field}_details"),
+                json!({"rate": m.rates.rate(&key, field)}),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+fn connections_json(
+    m: &Mgmt,
+    conns: &[(Arc<dyn ConnectionControl>, Opened)],
+    q: &ListQuery,
+) -> Vec<Value> {
+    conns
+        .iter()
+        .map(|(c, o)| connection_json(m, c.info(), o, q.stats()))
+        .collect()
+}
+
+async fn list_connections(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    list(connections_json(&m, &visible(&m, &caller), &q), &q)
+}
+
+async fn list_vhost_connections(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    let mut conns = visible(&m, &caller);
+    conns.retain(|(_, o)| o.vhost == vhost.name);
+    list(connections_json(&m, &conns, &q), &q)
+}
+
+fn find(
+    m: &Mgmt,
+    caller: &Caller,
+    name: &str,
+) -> Result<(Arc<dyn ConnectionControl>, Opened), ApiError> {
+    visible(m, caller)
+        .into_iter()
+        .find(|(c, _)| c.info().name() == name)
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn show_connection(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let (c, opened) = find(&m, &caller, &name)?;
+    Ok(Json(connection_json(&m, c.info(), &opened, q.stats())).into_response())
+}
+
+/// DELETE: the client is sent `320 CONNECTION_FORCED - <X-Reason>` ("Closed via management
+/// plugin" without one), as RabbitMQ does.
+async fn close_connection(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let (c, _) = find(&m, &caller, &name)?;
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or("Closed via management plugin");
+    c.close(320, format!("CONNECTION_FORCED - {reason}"));
+    Ok(no_content())
+}
+
+fn channel_json(
+    m: &Mgmt,
+    conn: &ConnectionInfo,
+    opened: &Opened,
+    ch: &ChannelInfo,
+    stats: bool,
+) -> Value {
+    let load32 = |a: &std::sync::atomic::AtomicU32| a.load(Ordering::Relaxed);
+    let flag = |a: &std::sync::atomic::AtomicBool| a.load(Ordering::Relaxed);
+    let name = conn.name();
+    let mut out = json!({
+        "name": format!("{name} ({})", ch.number),
+        "node": super::state::node_name(),
+        "number": ch.number,
+        "state": "running",
+        "user": opened.user,
+        "user_who_performed_action": opened.user,
+        "vhost": opened.vhost,
+        "connection_details": {
+            "name": name,
+            "peer_host": conn.peer.ip().to_string(),
+            "peer_port": conn.peer.port(),
+        },
+        "confirm": flag(&ch.confirm),
+        "transactional": flag(&ch.transactional),
+        "consumer_count": load32(&ch.consumers),
+        "prefetch_count": load32(&ch.prefetch_count),
+        "global_prefetch_count": load32(&ch.global_prefetch_count),
+        "messages_unacknowledged": load32(&ch.unacked),
+        "messages_unconfirmed": load32(&ch.unconfirmed),
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "pending_raft_commands": 0,
+        "idle_since": timestamp(conn.connected_at_ms),
+    });
+    let totals = ch.messages.snapshot();
+    let key = rates::channel_key(conn.id, ch.number);
+    let mut fields: Vec<&str> = Vec::new();
+    if totals.publish + totals.confirm + totals.return_unroutable + totals.drop_unroutable > 0 {
+        fields.extend(PUBLISHER_FIELDS);
+    }
+    if totals.deliver_get() + totals.get_empty + totals.ack + totals.redeliver > 0 {
+        fields.extend(CONSUMER_FIELDS);
+    }
+    if !fields.is_empty() {
+        out["message_stats"] = rates::message_stats(&m.rates, &key, &totals, &fields, stats);
+    }
+    out
+}
+
+fn channels_of(
+    m: &Mgmt,
+    conns: &[(Arc<dyn ConnectionControl>, Opened)],
+    stats: bool,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (c, opened) in conns {
+        let mut channels = c.info().channels();
+        channels.sort_by_key(|ch| ch.number);
+        out.extend(
+            channels
+                .iter()
+                .map(|ch| channel_json(m, c.info(), opened, ch, stats)),
+        );
+    }
+    out
+}
+
+async fn connection_channels(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let found = find(&m, &caller, &name)?;
+    list(channels_of(&m, &[found], q.stats()), &q)
+}
+
+async fn list_channels(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    list(channels_of(&m, &visible(&m, &caller), q.stats()), &q)
+}
+
+async fn list_vhost_channels(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    let mut conns = visible(&m, &caller);
+    conns.retain(|(_, o)| o.vhost == vhost.name);
+    list(channels_of(&m, &conns, q.stats()), &q)
+}
+
+/// A channel by its name, `<connection name> (<number>)`.
+async fn show_channel(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let (conn_name, number) = name
+        .rsplit_once(" (")
+        .and_then(|(c, n)| Some((c, n.strip_suffix(')')?.parse::<u16>().ok()?)))
+        .ok_or_else(ApiError::not_found)?;
+    let (c, opened) = find(&m, &caller, conn_name)?;
+    let ch = c
+        .info()
+        .channels()
+        .into_iter()
+        .find(|ch| ch.number == number)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(channel_json(&m, c.info(), &opened, &ch, q.stats())).into_response())
+}
+
+fn consumers_of(m: &Mgmt, vhosts: &[Arc<crate::broker::vhost::VirtualHost>]) -> Vec<Value> {
+    let conns = connections_by_id(&m.broker);
+    let mut out = Vec::new();
+    for v in vhosts {
+        let mut queues = v.queues();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for queue in queues {
+            for c in queue.snapshot().consumers {
+                out.push(json!({
+                    "arguments": encode_arguments(&c.arguments).0,
+                    "ack_required": c.ack_required,
+                    "active": true,
+                    "activity_status": "up",
+                    "channel_details": channel_details(conns.get(&c.connection), c.channel),
+                    "consumer_tag": c.tag,
+                    "exclusive": c.exclusive,
+                    "prefetch_count": c.prefetch_count,
+                    "queue": {"name": queue.name, "vhost": v.name},
+                }));
+            }
+        }
+    }
+    out
+}
+
+async fn list_consumers(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    let vhosts = visible_vhosts(&m.broker, &caller);
+    list(consumers_of(&m, &vhosts), &q)
+}
+
+async fn list_vhost_consumers(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    list(consumers_of(&m, &[vhost]), &q)
+}

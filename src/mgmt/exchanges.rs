@@ -1,0 +1,273 @@
+//! Exchanges: `/api/exchanges[/{vhost}[/{name}]]`, `publish`, and their bindings.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{
+    ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
+    exchange_name, list, no_content, visible_vhosts,
+};
+use super::rates;
+use super::state::Mgmt;
+use crate::auth::access::{Permission, Resource};
+use crate::broker::exchange::Exchange;
+use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::exchanges::ExchangeDeclare;
+use crate::store::definitions::encode_arguments;
+
+pub fn routes() -> Router<Arc<Mgmt>> {
+    Router::new()
+        .route("/api/exchanges", get(list_all))
+        .route("/api/exchanges/{vhost}", get(list_vhost))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(show).put(declare).delete(remove),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(as_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(as_destination),
+        )
+}
+
+fn exchange_json(m: &Mgmt, vhost: &VirtualHost, x: &Exchange, stats: bool) -> Value {
+    let key = rates::exchange_key(&vhost.name, &x.name);
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = json!({
+        "name": x.name,
+        "vhost": vhost.name,
+        "type": x.kind.name(),
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": encode_arguments(&x.arguments).0,
+        "user_who_performed_action": "",
+    });
+    let (publish_in, publish_out) = (load(&x.counters.publish_in), load(&x.counters.publish_out));
+    if publish_in > 0 {
+        let mut stats_json = serde_json::Map::new();
+        for (field, value) in [("publish_in", publish_in), ("publish_out", publish_out)] {
+            stats_json.insert(field.into(), json!(value));
+            if stats {
+                stats_json.insert(
+                    format!("{field}_details"),
+                    json!({"rate": m.rates.rate(&key, field)}),
+                );
+            }
+        }
+        out["message_stats"] = Value::Object(stats_json);
+    }
+    out
+}
+
+fn exchanges_of(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Vec<Value> {
+    let mut items = Vec::new();
+    for v in vhosts {
+        let mut exchanges = v.exchanges();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        items.extend(exchanges.iter().map(|x| exchange_json(m, v, x, q.stats())));
+    }
+    items
+}
+
+async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    let vhosts = visible_vhosts(&m.broker, &caller);
+    list(exchanges_of(&m, &vhosts, &q), &q)
+}
+
+async fn list_vhost(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    list(exchanges_of(&m, &[vhost], &q), &q)
+}
+
+async fn show(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    let x = vhost
+        .exchange(exchange_name(&name))
+        .ok_or_else(ApiError::not_found)?;
+    let mut out = exchange_json(&m, &vhost, &x, q.stats());
+    out["incoming"] = json!([]);
+    out["outgoing"] = json!([]);
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeclareBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(deserialize_with = "super::http::lenient_bool")]
+    durable: Option<bool>,
+    #[serde(deserialize_with = "super::http::lenient_bool")]
+    auto_delete: Option<bool>,
+    #[serde(deserialize_with = "super::http::lenient_bool")]
+    internal: Option<bool>,
+    arguments: Option<Value>,
+}
+
+async fn declare(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let req: DeclareBody = body_or_empty(&body)?;
+    let name = exchange_name(&name).to_owned();
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Exchange(&name),
+        Permission::Configure,
+    )?;
+    let kind = req
+        .kind
+        .ok_or_else(|| ApiError::bad_request("Missing key: type"))?;
+    let existed = vhost.exchange(&name).is_some();
+    let declare = ExchangeDeclare {
+        name,
+        kind,
+        passive: false,
+        // Absent flags are false, as in an AMQP declare (and RabbitMQ's API).
+        durable: req.durable.unwrap_or(false),
+        auto_delete: req.auto_delete.unwrap_or(false),
+        internal: req.internal.unwrap_or(false),
+        arguments: arguments_of(req.arguments.as_ref()),
+    };
+    let epoch = vhost.declare_exchange(&declare)?;
+    durable(&m.broker, epoch).await?;
+    Ok(created(!existed))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeleteQuery {
+    #[serde(rename = "if-unused")]
+    if_unused: Option<String>,
+}
+
+async fn remove(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(dq): Query<DeleteQuery>,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let name = exchange_name(&name);
+    vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Exchange(name),
+        Permission::Configure,
+    )?;
+    let epoch = vhost.delete_exchange(name, dq.if_unused.as_deref() == Some("true"))?;
+    durable(&m.broker, epoch).await?;
+    Ok(no_content())
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishBody {
+    #[serde(default)]
+    properties: Option<Value>,
+    routing_key: String,
+    payload: String,
+    payload_encoding: String,
+}
+
+/// POST `publish`: routes one message and says whether any queue took it.
+async fn publish(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let name = exchange_name(&name);
+    let x = vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+    let req: PublishBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Exchange(name),
+        Permission::Write,
+    )?;
+    if let Some(user) = caller.user()
+        && x.kind == crate::broker::exchange::ExchangeKind::Topic
+    {
+        m.broker
+            .access
+            .check_topic(
+                &user.name,
+                &vhost.name,
+                name,
+                req.routing_key.as_bytes(),
+                Permission::Write,
+            )
+            .map_err(ApiError::from_amqp)?;
+    }
+    if x.internal {
+        return Err(ApiError::from_amqp(crate::amqp_error!(
+            AccessRefused,
+            "cannot publish to internal {}",
+            crate::broker::arguments::exchange_desc(name, &vhost.name)
+        )));
+    }
+    let properties = super::messages::properties_from_json(req.properties.as_ref())?;
+    let payload = super::messages::payload_from_json(&req.payload, &req.payload_encoding)?;
+    let published = vhost.publish_message(name, &req.routing_key, properties, payload)?;
+    durable(&m.broker, published.sync).await?;
+    Ok(Json(json!({"routed": published.routed})).into_response())
+}
+
+async fn as_source(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    let name = exchange_name(&name);
+    vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+    let items = super::bindings::bindings_json(&vhost, |b| b.source == name);
+    list(items, &q)
+}
+
+async fn as_destination(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    let name = exchange_name(&name);
+    vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+    let items = super::bindings::bindings_json(&vhost, |b| {
+        b.destination_type == "exchange" && b.destination == name
+    });
+    list(items, &q)
+}

@@ -1,0 +1,505 @@
+//! The Prometheus endpoint (RabbitMQ's `rabbitmq_prometheus`, port 15692): `/metrics` with
+//! every metric aggregated, `/metrics/per-object` (and `/metrics/detailed`) with one series
+//! per queue, under RabbitMQ's metric names, types and labels, so that its Grafana
+//! dashboards and scrapers read Lepus unchanged.
+//!
+//! Nothing is kept between scrapes: each scrape reads the live counters through a
+//! `prometheus-client` collector, which writes the OpenMetrics text.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::state::Mgmt;
+use crate::broker::alarms;
+use crate::broker::stats::MessageTotals;
+
+/// OpenMetrics text, which Prometheus asks for first.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds the Prometheus listener and serves it until aborted.
+pub async fn serve(
+    mgmt: Arc<Mgmt>,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(aggregated))
+        .route("/metrics/per-object", get(per_object))
+        .route("/metrics/detailed", get(per_object))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(mgmt);
+    let app = tower::ServiceExt::map_request(app, super::http::normalise_path);
+    let app = axum::ServiceExt::<Request>::into_make_service(app);
+    Ok((
+        local,
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the Prometheus listener stopped");
+            }
+        }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Filter {
+    /// `/metrics/detailed?vhost=...`: only this vhost's queues.
+    vhost: Option<String>,
+}
+
+async fn aggregated(State(m): State<Arc<Mgmt>>) -> Response {
+    scrape(m, false, None)
+}
+
+async fn per_object(State(m): State<Arc<Mgmt>>, Query(f): Query<Filter>) -> Response {
+    scrape(m, true, f.vhost)
+}
+
+fn scrape(mgmt: Arc<Mgmt>, per_object: bool, vhost: Option<String>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BrokerMetrics {
+        mgmt,
+        per_object,
+        vhost,
+    }));
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// One scrape's view of the broker.
+#[derive(Debug)]
+struct BrokerMetrics {
+    mgmt: Arc<Mgmt>,
+    per_object: bool,
+    vhost: Option<String>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one gauge family.
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, i64)],
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(0i64);
+    let mut family = enc.encode_descriptor(name, help, None, metric.metric_type())?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one counter family (`name` without `_total`, which the encoder adds).
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(0u64);
+    let mut family = enc.encode_descriptor(name, help, None, metric.metric_type())?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// One queue's numbers.
+struct QueueSample {
+    labels: Labels,
+    ready: i64,
+    unacked: i64,
+    consumers: i64,
+    bytes: i64,
+    persistent: i64,
+    published: u64,
+}
+
+impl Collector for BrokerMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let broker = &self.mgmt.broker;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let none = Labels::new;
+        let amqp = || vec![("protocol", "amqp091".to_owned())];
+        let conns = broker.connections.list();
+        let channels: usize = conns.iter().map(|c| c.info().channels().len()).sum();
+        let mut queues = Vec::new();
+        let mut totals = MessageTotals::default();
+        let (mut declared, mut created, mut deleted) = (0, 0, 0);
+        for v in broker.vhosts() {
+            totals.add(&super::rates::vhost_totals(broker, &v.name));
+            declared += load(&v.churn.queues_declared);
+            created += load(&v.churn.queues_created);
+            deleted += load(&v.churn.queues_deleted);
+            if self.vhost.as_ref().is_some_and(|f| *f != v.name) {
+                continue;
+            }
+            for q in v.queues() {
+                let s = q.snapshot();
+                let total = i64::from(s.ready) + i64::from(s.unacked);
+                queues.push(QueueSample {
+                    labels: vec![("vhost", v.name.clone()), ("queue", q.name.clone())],
+                    ready: i64::from(s.ready),
+                    unacked: i64::from(s.unacked),
+                    consumers: s.consumers.len() as i64,
+                    bytes: s.ready_bytes as i64,
+                    persistent: if q.durable { total } else { 0 },
+                    published: s.counters.publish,
+                });
+            }
+        }
+        let consumers: i64 = queues.iter().map(|q| q.consumers).sum();
+        // Queue families: one series per queue, or their sum without labels.
+        let queue_gauge =
+            |enc: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&QueueSample) -> i64| {
+                let samples: Vec<(Labels, i64)> = match self.per_object {
+                    true => queues.iter().map(|q| (q.labels.clone(), f(q))).collect(),
+                    false => vec![(none(), queues.iter().map(f).sum())],
+                };
+                gauge(enc, name, help, &samples)
+            };
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_messages_ready",
+            "Messages ready to be delivered to consumers",
+            |q| q.ready,
+        )?;
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered to consumers but not yet acknowledged",
+            |q| q.unacked,
+        )?;
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_messages",
+            "Sum of ready and unacknowledged messages - total queue depth",
+            |q| q.ready + q.unacked,
+        )?;
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_consumers",
+            "Consumers on a queue",
+            |q| q.consumers,
+        )?;
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_messages_bytes",
+            "Size in bytes of ready and unacknowledged messages",
+            |q| q.bytes,
+        )?;
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_messages_ready_bytes",
+            "Size in bytes of ready messages",
+            |q| q.bytes,
+        )?;
+        queue_gauge(
+            &mut enc,
+            "rabbitmq_queue_messages_persistent",
+            "Persistent messages",
+            |q| q.persistent,
+        )?;
+        let published: Vec<(Labels, u64)> = match self.per_object {
+            true => queues
+                .iter()
+                .map(|q| (q.labels.clone(), q.published))
+                .collect(),
+            false => vec![(none(), queues.iter().map(|q| q.published).sum())],
+        };
+        counter(
+            &mut enc,
+            "rabbitmq_queue_messages_published",
+            "Total number of messages published to queues",
+            &published,
+        )?;
+        let churn = &broker.churn;
+        gauge(
+            &mut enc,
+            "rabbitmq_connections",
+            "Connections currently open",
+            &[(none(), conns.len() as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "rabbitmq_channels",
+            "Channels currently open",
+            &[(none(), channels as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "rabbitmq_consumers",
+            "Consumers currently connected",
+            &[(none(), consumers)],
+        )?;
+        gauge(
+            &mut enc,
+            "rabbitmq_queues",
+            "Queues available",
+            &[(none(), queues.len() as i64)],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_connections_opened",
+            "Total number of connections opened",
+            &[(none(), load(&churn.connections_opened))],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_connections_closed",
+            "Total number of connections closed or terminated",
+            &[(none(), load(&churn.connections_closed))],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_channels_opened",
+            "Total number of channels opened",
+            &[(none(), load(&churn.channels_opened))],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_channels_closed",
+            "Total number of channels closed",
+            &[(none(), load(&churn.channels_closed))],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_queues_declared",
+            "Total number of queues declared",
+            &[(none(), declared)],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_queues_created",
+            "Total number of queues created",
+            &[(none(), created)],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_queues_deleted",
+            "Total number of queues deleted",
+            &[(none(), deleted)],
+        )?;
+        let t = &totals;
+        let unroutable = t.drop_unroutable + t.return_unroutable;
+        for (name, help, value) in [
+            (
+                "rabbitmq_global_messages_received",
+                "Total number of messages received from publishers",
+                t.publish,
+            ),
+            (
+                "rabbitmq_global_messages_routed",
+                "Total number of messages routed to queues or streams",
+                t.publish.saturating_sub(unroutable),
+            ),
+            (
+                "rabbitmq_global_messages_delivered",
+                "Total number of messages delivered to consumers",
+                t.deliver_get(),
+            ),
+            (
+                "rabbitmq_global_messages_delivered_consume_manual_ack",
+                "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+                t.deliver,
+            ),
+            (
+                "rabbitmq_global_messages_delivered_consume_auto_ack",
+                "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+                t.deliver_no_ack,
+            ),
+            (
+                "rabbitmq_global_messages_delivered_get_manual_ack",
+                "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+                t.get,
+            ),
+            (
+                "rabbitmq_global_messages_delivered_get_auto_ack",
+                "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+                t.get_no_ack,
+            ),
+            (
+                "rabbitmq_global_messages_get_empty",
+                "Total number of times basic.get operations fetched no message",
+                t.get_empty,
+            ),
+            (
+                "rabbitmq_global_messages_acknowledged",
+                "Total number of message acknowledgements received from consumers",
+                t.ack,
+            ),
+            (
+                "rabbitmq_global_messages_confirmed",
+                "Total number of messages confirmed to publishers",
+                t.confirm,
+            ),
+            (
+                "rabbitmq_global_messages_redelivered",
+                "Total number of messages redelivered to consumers",
+                t.redeliver,
+            ),
+            (
+                "rabbitmq_global_messages_unroutable_dropped",
+                "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+                t.drop_unroutable,
+            ),
+            (
+                "rabbitmq_global_messages_unroutable_returned",
+                "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+                t.return_unroutable,
+            ),
+        ] {
+            counter(&mut enc, name, help, &[(amqp(), value)])?;
+        }
+        gauge(
+            &mut enc,
+            "rabbitmq_global_consumers",
+            "Current number of consumers",
+            &[(amqp(), consumers)],
+        )?;
+        let (recv, send) = conns.iter().fold((0, 0), |(r, s), c| {
+            (r + load(&c.info().recv_oct), s + load(&c.info().send_oct))
+        });
+        counter(
+            &mut enc,
+            "rabbitmq_connection_incoming_bytes",
+            "Total number of bytes received on a connection",
+            &[(none(), recv)],
+        )?;
+        counter(
+            &mut enc,
+            "rabbitmq_connection_outgoing_bytes",
+            "Total number of bytes sent on a connection",
+            &[(none(), send)],
+        )?;
+        self.encode_node(&mut enc)
+    }
+}
+
+impl BrokerMetrics {
+    /// Process, memory, disk, alarms and identity.
+    fn encode_node(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let broker = &self.mgmt.broker;
+        let none = Labels::new;
+        let raised = broker.alarms.raised();
+        let (fds, max_fds) = super::overview::file_descriptors();
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            (
+                "rabbitmq_process_resident_memory_bytes",
+                "Memory used in bytes",
+                alarms::resident_bytes().unwrap_or(0),
+            ),
+            (
+                "rabbitmq_resident_memory_limit_bytes",
+                "Memory high watermark in bytes",
+                broker.alarms.memory_limit_bytes(),
+            ),
+            (
+                "rabbitmq_disk_space_available_bytes",
+                "Disk space available in bytes",
+                alarms::free_disk_bytes(&broker.config.data_dir).unwrap_or(0),
+            ),
+            (
+                "rabbitmq_disk_space_available_limit_bytes",
+                "Free disk space low watermark in bytes",
+                broker.alarms.disk_free_limit_bytes(),
+            ),
+            ("rabbitmq_process_open_fds", "Open file descriptors", fds),
+            (
+                "rabbitmq_process_max_fds",
+                "Open file descriptors limit",
+                max_fds,
+            ),
+            (
+                "rabbitmq_process_open_tcp_sockets",
+                "Open TCP sockets",
+                broker.connection_count() as u64,
+            ),
+            (
+                "rabbitmq_process_max_tcp_sockets",
+                "Open TCP sockets limit",
+                broker.config.limits.max_connections as u64,
+            ),
+            (
+                "rabbitmq_alarms_memory_used_watermark",
+                "is 1 if VM memory watermark alarm is in effect",
+                u64::from(raised.memory),
+            ),
+            (
+                "rabbitmq_alarms_free_disk_space_watermark",
+                "is 1 if free disk space watermark alarm is in effect",
+                u64::from(raised.disk),
+            ),
+            (
+                "rabbitmq_alarms_file_descriptor_limit",
+                "is 1 if file descriptor limit alarm is in effect",
+                0,
+            ),
+            (
+                "rabbitmq_erlang_uptime_seconds",
+                "Node uptime",
+                crate::broker::timer::now_ms().saturating_sub(broker.started_at_ms) / 1000,
+            ),
+        ] {
+            gauge(enc, name, help, &[(none(), as_i64(value))])?;
+        }
+        let version = broker.config.version.clone();
+        gauge(
+            enc,
+            "rabbitmq_build_info",
+            "RabbitMQ & Erlang/OTP version info",
+            &[(
+                vec![
+                    ("rabbitmq_version", version.clone()),
+                    ("prometheus_plugin_version", version),
+                    ("prometheus_client_version", "prometheus-client 0.26".into()),
+                    ("erlang_version", "none".into()),
+                    ("lepus_version", env!("CARGO_PKG_VERSION").into()),
+                ],
+                1,
+            )],
+        )?;
+        let cluster = self
+            .mgmt
+            .cluster_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        gauge(
+            enc,
+            "rabbitmq_identity_info",
+            "RabbitMQ node & cluster identity info",
+            &[(
+                vec![
+                    ("rabbitmq_node", super::state::node_name()),
+                    ("rabbitmq_cluster", cluster.clone()),
+                    ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
+                ],
+                1,
+            )],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,382 @@
+//! The broker as a whole: `overview`, `whoami`, `nodes`, health checks and the cluster name.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, body::Bytes};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::http::{ApiError, ApiResult, Caller, List, body_or_empty, no_content};
+use super::rates::{self, ALL_FIELDS};
+use super::state::Mgmt;
+use crate::broker::Broker;
+use crate::broker::alarms;
+
+pub fn routes() -> Router<Arc<Mgmt>> {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node))
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+        .route("/api/healthchecks/node", get(healthcheck))
+        .route("/api/healthchecks/node/{node}", get(healthcheck))
+        .route("/api/cluster-name", get(cluster_name).put(set_cluster_name))
+        .route("/api/extensions", get(|| async { Json(json!([])) }))
+        .route("/api/rates/history", get(history))
+}
+
+const EXCHANGE_TYPES: &[(&str, &str)] = &[
+    (
+        "direct",
+        "AMQP direct exchange, as per the AMQP specification",
+    ),
+    (
+        "fanout",
+        "AMQP fanout exchange, as per the AMQP specification",
+    ),
+    (
+        "headers",
+        "AMQP headers exchange, as per the AMQP specification",
+    ),
+    (
+        "topic",
+        "AMQP topic exchange, as per the AMQP specification",
+    ),
+];
+
+async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> Response {
+    let broker = &m.broker;
+    let visible: Vec<_> = broker
+        .vhosts()
+        .into_iter()
+        .filter(|v| caller.may_see(broker, &v.name))
+        .collect();
+    let mut totals = crate::broker::stats::MessageTotals::default();
+    let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0, 0, 0);
+    for v in &visible {
+        totals.add(&rates::vhost_totals(broker, &v.name));
+        for queue in v.queues() {
+            let s = queue.snapshot();
+            ready += u64::from(s.ready);
+            unacked += u64::from(s.unacked);
+            consumers += s.consumers.len();
+            queues += 1;
+        }
+        exchanges += v.exchanges().len();
+    }
+    let conns: Vec<_> = broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| {
+            c.info()
+                .opened()
+                .is_some_and(|o| visible.iter().any(|v| v.name == o.vhost))
+        })
+        .collect();
+    let channels: usize = conns.iter().map(|c| c.info().channels().len()).sum();
+    let mut queue_totals = Map::new();
+    let key = "overview";
+    rates::with_rate(
+        &mut queue_totals,
+        &m.rates,
+        key,
+        "messages",
+        ready + unacked,
+    );
+    rates::with_rate(&mut queue_totals, &m.rates, key, "messages_ready", ready);
+    rates::with_rate(
+        &mut queue_totals,
+        &m.rates,
+        key,
+        "messages_unacknowledged",
+        unacked,
+    );
+    let churn = &broker.churn;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let queue_churn = |f: fn(&crate::broker::stats::Churn) -> &AtomicU64| -> u64 {
+        broker.vhosts().iter().map(|v| load(f(&v.churn))).sum()
+    };
+    let mut churn_rates = Map::new();
+    for (field, value) in [
+        ("channel_closed", load(&churn.channels_closed)),
+        ("channel_created", load(&churn.channels_opened)),
+        ("connection_closed", load(&churn.connections_closed)),
+        ("connection_created", load(&churn.connections_opened)),
+        ("queue_created", queue_churn(|c| &c.queues_created)),
+        ("queue_declared", queue_churn(|c| &c.queues_declared)),
+        ("queue_deleted", queue_churn(|c| &c.queues_deleted)),
+    ] {
+        churn_rates.insert(field.into(), json!(value));
+        churn_rates.insert(format!("{field}_details"), json!({"rate": 0.0}));
+    }
+    let node = super::state::node_name();
+    let version = &broker.config.version;
+    Json(json!({
+        "management_version": version,
+        "rates_mode": "basic",
+        "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600], "detailed": [600]},
+        "exchange_types": EXCHANGE_TYPES.iter().map(|(n, d)| json!({"name": n, "description": d, "enabled": true})).collect::<Vec<_>>(),
+        "product_version": version,
+        "product_name": broker.config.product,
+        "rabbitmq_version": version,
+        "lepus_version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": read_cluster_name(&m),
+        "erlang_version": "none (Lepus is written in Rust)",
+        "erlang_full_version": "none (Lepus is written in Rust)",
+        "release_series_support_status": "supported",
+        "disable_stats": false,
+        "enable_queue_totals": false,
+        "message_stats": overview_stats(&m, &totals, q.stats()),
+        "churn_rates": churn_rates,
+        "queue_totals": queue_totals,
+        "object_totals": {
+            "channels": channels,
+            "connections": conns.len(),
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
+        "statistics_db_event_queue": 0,
+        "node": node,
+        "listeners": m.listeners(&node),
+        "contexts": [],
+    }))
+    .into_response()
+}
+
+/// The overview's `message_stats`: the vhosts' counters, and RabbitMQ's message store disk
+/// counters (Lepus's logs have none of that kind; they are 0).
+fn overview_stats(
+    m: &Mgmt,
+    totals: &crate::broker::stats::MessageTotals,
+    with_rates: bool,
+) -> Value {
+    let mut stats = rates::message_stats(&m.rates, "overview", totals, ALL_FIELDS, with_rates);
+    if let Value::Object(map) = &mut stats {
+        for field in ["disk_reads", "disk_writes"] {
+            map.insert(field.into(), json!(0));
+            if with_rates {
+                map.insert(format!("{field}_details"), json!({"rate": 0.0}));
+            }
+        }
+    }
+    stats
+}
+
+async fn whoami(caller: Caller) -> Response {
+    let tags = match &caller {
+        Caller::Operator => vec!["administrator".to_owned()],
+        Caller::User(u) => u.tags.clone(),
+    };
+    Json(json!({"name": caller.name(), "tags": tags})).into_response()
+}
+
+async fn nodes(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
+    caller.require_monitor()?;
+    Ok(Json(json!([node_json(&m.broker)])).into_response())
+}
+
+async fn node(State(m): State<Arc<Mgmt>>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.require_monitor()?;
+    if name != super::state::node_name() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&m.broker)).into_response())
+}
+
+/// Node counters RabbitMQ reports that have no meaning for Lepus (Erlang's garbage
+/// collector, Mnesia, the message store's file handles): present, at 0, so that clients that
+/// read them find them.
+const NODE_ZEROS: &[&str] = &[
+    "context_switches",
+    "gc_bytes_reclaimed",
+    "gc_num",
+    "io_read_avg_time",
+    "io_read_bytes",
+    "io_read_count",
+    "io_reopen_count",
+    "io_seek_avg_time",
+    "io_seek_count",
+    "io_sync_avg_time",
+    "io_sync_count",
+    "io_write_avg_time",
+    "io_write_bytes",
+    "io_write_count",
+    "mnesia_disk_tx_count",
+    "mnesia_ram_tx_count",
+    "msg_store_read_count",
+    "msg_store_write_count",
+    "queue_index_read_count",
+    "queue_index_write_count",
+];
+
+fn node_json(broker: &Broker) -> Value {
+    let mut node = node_basics(broker);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let queue_churn = |f: fn(&crate::broker::stats::Churn) -> &AtomicU64| -> u64 {
+        broker.vhosts().iter().map(|v| load(f(&v.churn))).sum()
+    };
+    let churn = &broker.churn;
+    let counted = [
+        ("channel_closed", load(&churn.channels_closed)),
+        ("channel_created", load(&churn.channels_opened)),
+        ("connection_closed", load(&churn.connections_closed)),
+        ("connection_created", load(&churn.connections_opened)),
+        ("queue_created", queue_churn(|c| &c.queues_created)),
+        ("queue_declared", queue_churn(|c| &c.queues_declared)),
+        ("queue_deleted", queue_churn(|c| &c.queues_deleted)),
+    ];
+    if let Value::Object(map) = &mut node {
+        let zeros = NODE_ZEROS.iter().map(|f| (*f, 0));
+        for (field, value) in counted.into_iter().chain(zeros) {
+            map.insert(field.into(), json!(value));
+            map.insert(format!("{field}_details"), json!({"rate": 0.0}));
+        }
+        for gauge in [
+            "mem_used",
+            "fd_used",
+            "sockets_used",
+            "proc_used",
+            "disk_free",
+        ] {
+            map.insert(format!("{gauge}_details"), json!({"rate": 0.0}));
+        }
+        map.insert("contexts".into(), json!([]));
+        map.insert("metrics_gc_queue_length".into(), json!({}));
+        map.insert("ra_open_file_metrics".into(), json!({}));
+    }
+    node
+}
+
+fn node_basics(broker: &Broker) -> Value {
+    let raised = broker.alarms.raised();
+    let (fd_used, fd_total) = file_descriptors();
+    let uptime_ms = crate::broker::timer::now_ms().saturating_sub(broker.started_at_ms);
+    let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({
+        "name": super::state::node_name(),
+        "type": "disc",
+        "running": true,
+        "mem_used": alarms::resident_bytes().unwrap_or(0),
+        "mem_limit": broker.alarms.memory_limit_bytes(),
+        "mem_alarm": raised.memory,
+        "mem_calculation_strategy": "rss",
+        "disk_free": alarms::free_disk_bytes(&broker.config.data_dir).unwrap_or(0),
+        "disk_free_limit": broker.alarms.disk_free_limit_bytes(),
+        "disk_free_alarm": raised.disk,
+        "fd_used": fd_used,
+        "fd_total": fd_total,
+        "sockets_used": broker.connection_count(),
+        "sockets_total": broker.config.limits.max_connections,
+        "proc_used": 0,
+        "proc_total": 0,
+        "run_queue": 0,
+        "processors": processors,
+        "uptime": uptime_ms,
+        "os_pid": std::process::id().to_string(),
+        "rates_mode": "basic",
+        "partitions": [],
+        "applications": [],
+        "auth_mechanisms": broker.config.auth_mechanisms.iter().map(|m| json!({"name": m, "enabled": true})).collect::<Vec<_>>(),
+        "exchange_types": EXCHANGE_TYPES.iter().map(|(n, d)| json!({"name": n, "description": d, "enabled": true})).collect::<Vec<_>>(),
+        "db_dir": broker.config.data_dir.display().to_string(),
+        "config_files": [],
+        "log_files": [],
+        "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
+        "net_ticktime": 60,
+        "cluster_links": [],
+    })
+}
+
+/// Open file descriptors and the limit on them.
+pub fn file_descriptors() -> (u64, u64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into the struct we own; no other memory is touched.
+    let total = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur,
+        _ => 0,
+    };
+    (used, total)
+}
+
+/// Declares, publishes to, gets from and deletes a queue in the vhost, as RabbitMQ's
+/// aliveness test does.
+async fn aliveness(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    match super::queues::aliveness(&vhost) {
+        Ok(()) => Ok(Json(json!({"status": "ok"})).into_response()),
+        Err(reason) => Ok((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": reason})),
+        )
+            .into_response()),
+    }
+}
+
+/// Fails with 503 while an alarm is raised or the store has stopped writing.
+async fn healthcheck(State(m): State<Arc<Mgmt>>, _caller: Caller) -> Response {
+    let raised = m.broker.alarms.raised();
+    let reason = if !m.broker.store.shared.writable() {
+        Some("the message store stopped writing after an fsync failed")
+    } else if raised.any() {
+        Some(raised.reason())
+    } else {
+        None
+    };
+    match reason {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+fn read_cluster_name(m: &Mgmt) -> String {
+    m.cluster_name
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+async fn cluster_name(State(m): State<Arc<Mgmt>>, _caller: Caller) -> Response {
+    Json(json!({"name": read_cluster_name(&m)})).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ClusterName {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn set_cluster_name(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let req: ClusterName = body_or_empty(&body)?;
+    let name = req
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("name is required"))?;
+    *m.cluster_name.write().unwrap_or_else(|e| e.into_inner()) = name;
+    Ok(no_content())
+}
+
+/// The overview's message rates over the last minutes, oldest first, for the web UI.
+async fn history(State(m): State<Arc<Mgmt>>, _caller: Caller) -> Response {
+    Json(Value::Array(m.rates.history())).into_response()
+}

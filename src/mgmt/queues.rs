@@ -1,0 +1,442 @@
+//! Queues: `/api/queues[/{vhost}[/{name}]]`, their contents (purge), `get` and bindings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::http::{
+    ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
+    list, no_content, timestamp, visible_vhosts,
+};
+use super::rates::{self, QUEUE_FIELDS};
+use super::state::Mgmt;
+use crate::auth::access::{Permission, Resource};
+use crate::broker::Broker;
+use crate::broker::queue::Queue;
+use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock};
+use crate::broker::queue::settings::QueueType;
+use crate::broker::stats::ConnectionInfo;
+use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::queues::QueueDeclare;
+use crate::store::definitions::encode_arguments;
+
+pub fn routes() -> Router<Arc<Mgmt>> {
+    Router::new()
+        .route("/api/queues", get(list_all))
+        .route("/api/queues/{vhost}", get(list_vhost))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(show).put(declare).delete(remove),
+        )
+        .route("/api/queues/{vhost}/{name}/contents", delete(purge))
+        .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/api/queues/{vhost}/{name}/bindings", get(bindings))
+}
+
+/// Live connections by id, to describe consumers' channels.
+pub fn connections_by_id(broker: &Broker) -> HashMap<u64, Arc<ConnectionInfo>> {
+    broker
+        .connections
+        .list()
+        .into_iter()
+        .map(|c| (c.info().id, c.info().clone()))
+        .collect()
+}
+
+/// `channel_details` as RabbitMQ nests it in consumers.
+pub fn channel_details(conn: Option<&Arc<ConnectionInfo>>, number: u16) -> Value {
+    let Some(conn) = conn else {
+        return json!({});
+    };
+    let name = conn.name();
+    json!({
+        "connection_name": name,
+        "name": format!("{name} ({number})"),
+        "node": super::state::node_name(),
+        "number": number,
+        "peer_host": conn.peer.ip().to_string(),
+        "peer_port": conn.peer.port(),
+        "user": conn.opened().map(|o| o.user).unwrap_or_default(),
+    })
+}
+
+/// A queue as RabbitMQ's management API shows it.
+pub fn queue_json(
+    m: &Mgmt,
+    vhost: &VirtualHost,
+    q: &Queue,
+    stats: bool,
+    conns: &HashMap<u64, Arc<ConnectionInfo>>,
+    details: bool,
+) -> Value {
+    let s = q.snapshot();
+    let key = rates::queue_key(&vhost.name, &q.name);
+    let policy = vhost.queue_policy(&q.name);
+    let kind = match q.settings().queue_type {
+        QueueType::Quorum => "quorum",
+        QueueType::Classic => "classic",
+    };
+    let total = u64::from(s.ready) + u64::from(s.unacked);
+    let mut out = Map::new();
+    out.insert("name".into(), json!(q.name));
+    out.insert("vhost".into(), json!(vhost.name));
+    out.insert("type".into(), json!(kind));
+    out.insert("durable".into(), json!(q.durable));
+    out.insert("auto_delete".into(), json!(q.auto_delete));
+    out.insert("exclusive".into(), json!(q.exclusive_owner.is_some()));
+    out.insert("arguments".into(), encode_arguments(&q.arguments).0);
+    out.insert("node".into(), json!(super::state::node_name()));
+    out.insert("state".into(), json!("running"));
+    out.insert(
+        "policy".into(),
+        json!(policy.as_ref().map(|p| p.name.clone())),
+    );
+    out.insert("operator_policy".into(), Value::Null);
+    out.insert(
+        "effective_policy_definition".into(),
+        Value::Object(policy.map(|p| p.definition).unwrap_or_default()),
+    );
+    out.insert("consumers".into(), json!(s.consumers.len()));
+    out.insert("exclusive_consumer_tag".into(), json!(s.exclusive_consumer));
+    out.insert("single_active_consumer_tag".into(), Value::Null);
+    out.insert("consumer_utilisation".into(), Value::Null);
+    out.insert(
+        "consumer_capacity".into(),
+        json!(if s.consumers.is_empty() { 0.0 } else { 1.0 }),
+    );
+    out.insert("head_message_timestamp".into(), Value::Null);
+    out.insert("recoverable_slaves".into(), Value::Null);
+    rates::with_rate(&mut out, &m.rates, &key, "messages", total);
+    rates::with_rate(
+        &mut out,
+        &m.rates,
+        &key,
+        "messages_ready",
+        u64::from(s.ready),
+    );
+    rates::with_rate(
+        &mut out,
+        &m.rates,
+        &key,
+        "messages_unacknowledged",
+        u64::from(s.unacked),
+    );
+    out.insert(
+        "messages_ram".into(),
+        json!(if s.paged { 0 } else { total }),
+    );
+    out.insert(
+        "messages_ready_ram".into(),
+        json!(if s.paged { 0 } else { s.ready }),
+    );
+    out.insert("messages_unacknowledged_ram".into(), json!(s.unacked));
+    out.insert(
+        "messages_persistent".into(),
+        json!(if q.durable { total } else { 0 }),
+    );
+    out.insert("messages_paged_out".into(), json!(0));
+    out.insert("message_bytes".into(), json!(s.ready_bytes));
+    out.insert("message_bytes_ready".into(), json!(s.ready_bytes));
+    out.insert("message_bytes_unacknowledged".into(), json!(0));
+    out.insert("message_bytes_ram".into(), json!(s.ready_bytes));
+    out.insert(
+        "message_bytes_persistent".into(),
+        json!(if q.durable { s.ready_bytes } else { 0 }),
+    );
+    out.insert("message_bytes_paged_out".into(), json!(0));
+    out.insert("memory".into(), json!(s.ready_bytes));
+    if s.consumers.is_empty() {
+        out.insert("idle_since".into(), json!(timestamp(s.last_used_ms)));
+    }
+    out.insert(
+        "message_stats".into(),
+        rates::message_stats(&m.rates, &key, &s.counters.totals(), QUEUE_FIELDS, stats),
+    );
+    if details {
+        let consumers: Vec<Value> = s
+            .consumers
+            .iter()
+            .map(|c| {
+                json!({
+                    "arguments": encode_arguments(&c.arguments).0,
+                    "ack_required": c.ack_required,
+                    "active": true,
+                    "activity_status": "up",
+                    "channel_details": channel_details(conns.get(&c.connection), c.channel),
+                    "consumer_tag": c.tag,
+                    "exclusive": c.exclusive,
+                    "prefetch_count": c.prefetch_count,
+                    "queue": {"name": q.name, "vhost": vhost.name},
+                })
+            })
+            .collect();
+        out.insert("consumer_details".into(), Value::Array(consumers));
+        out.insert("deliveries".into(), json!([]));
+        out.insert("incoming".into(), json!([]));
+    }
+    Value::Object(out)
+}
+
+fn queues_of(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Vec<Value> {
+    let conns = connections_by_id(&m.broker);
+    let mut items = Vec::new();
+    for v in vhosts {
+        let mut queues = v.queues();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        items.extend(
+            queues
+                .iter()
+                .map(|queue| queue_json(m, v, queue, q.stats(), &conns, false)),
+        );
+    }
+    items
+}
+
+async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    let vhosts = visible_vhosts(&m.broker, &caller);
+    list(queues_of(&m, &vhosts, &q), &q)
+}
+
+async fn list_vhost(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    list(queues_of(&m, &[vhost], &q), &q)
+}
+
+async fn show(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let conns = connections_by_id(&m.broker);
+    Ok(Json(queue_json(&m, &vhost, &queue, q.stats(), &conns, true)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeclareBody {
+    #[serde(deserialize_with = "super::http::lenient_bool")]
+    durable: Option<bool>,
+    #[serde(deserialize_with = "super::http::lenient_bool")]
+    auto_delete: Option<bool>,
+    arguments: Option<Value>,
+}
+
+/// PUT: declares the queue (201), or finds an equivalent one (204); an inequivalent one is a
+/// 400 with the AMQP error's text, as RabbitMQ answers.
+async fn declare(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let req: DeclareBody = body_or_empty(&body)?;
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Queue(&name),
+        Permission::Configure,
+    )?;
+    if name.starts_with("amq.") {
+        return Err(ApiError::from_amqp(crate::amqp_error!(
+            AccessRefused,
+            "queue name '{}' contains reserved prefix 'amq.*'",
+            name
+        )));
+    }
+    let existed = vhost.queue(&name).is_some();
+    let declare = QueueDeclare {
+        name: name.clone(),
+        passive: false,
+        // Absent flags are false, as in an AMQP declare (and RabbitMQ's API).
+        durable: req.durable.unwrap_or(false),
+        exclusive: false,
+        auto_delete: req.auto_delete.unwrap_or(false),
+        arguments: arguments_of(req.arguments.as_ref()),
+    };
+    let (_, _, _, epoch) = vhost.declare_queue(&declare, 0)?;
+    durable(&m.broker, epoch).await?;
+    Ok(created(!existed))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeleteQuery {
+    #[serde(rename = "if-unused")]
+    if_unused: Option<String>,
+    #[serde(rename = "if-empty")]
+    if_empty: Option<String>,
+}
+
+async fn remove(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(dq): Query<DeleteQuery>,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Queue(&name),
+        Permission::Configure,
+    )?;
+    let (ready, consumers) = queue.counts();
+    let desc = crate::broker::arguments::queue_desc(&name, &vhost.name);
+    if dq.if_unused.as_deref() == Some("true") && consumers > 0 {
+        return Err(ApiError::bad_request(format!("{desc} in use")));
+    }
+    if dq.if_empty.as_deref() == Some("true") && ready > 0 {
+        return Err(ApiError::bad_request(format!("{desc} not empty")));
+    }
+    let (_, epoch) = vhost.remove_queue(&queue);
+    durable(&m.broker, epoch).await?;
+    Ok(no_content())
+}
+
+async fn purge(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Queue(&name),
+        Permission::Read,
+    )?;
+    queue.purge();
+    Ok(no_content())
+}
+
+#[derive(Debug, Deserialize)]
+struct GetBody {
+    #[serde(default, deserialize_with = "super::http::lenient_int")]
+    count: Option<i64>,
+    ackmode: String,
+    encoding: String,
+    #[serde(default, deserialize_with = "super::http::lenient_int")]
+    truncate: Option<i64>,
+}
+
+/// The most messages one `get` takes, whatever `count` asks.
+pub const MAX_GET_COUNT: u64 = 10_000;
+
+/// POST `get`: fetches up to `count` messages; `ackmode` says whether they go back
+/// (`ack_requeue_true`, `reject_requeue_true`) or leave the queue (`ack_requeue_false`,
+/// `reject_requeue_false`, which dead-letters as a reject does).
+async fn get_messages(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let req: GetBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    caller.authorize(
+        &m.broker,
+        &vhost.name,
+        Resource::Queue(&name),
+        Permission::Read,
+    )?;
+    let (requeue, reject) = match req.ackmode.as_str() {
+        "ack_requeue_true" => (true, false),
+        "reject_requeue_true" => (true, true),
+        "ack_requeue_false" => (false, false),
+        "reject_requeue_false" => (false, true),
+        other => return Err(ApiError::bad_request(format!("unknown ackmode: {other}"))),
+    };
+    let base64 = match req.encoding.as_str() {
+        "auto" => false,
+        "base64" => true,
+        other => return Err(ApiError::bad_request(format!("unknown encoding: {other}"))),
+    };
+    let count = req.count.unwrap_or(1).clamp(0, MAX_GET_COUNT as i64) as u64;
+    let truncate = req.truncate.and_then(|t| u64::try_from(t).ok());
+    let mut taken = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        // Messages that leave are taken without an ack; those that go back are held (as
+        // unacknowledged) until all are read, so that each is seen once.
+        let Some((entry, left)) = queue.get(!requeue && !reject) else {
+            break;
+        };
+        out.push(super::messages::message_json(
+            &entry, left, base64, truncate,
+        ));
+        taken.push(entry);
+    }
+    let settled = |e: &crate::broker::queue::entry::QueueEntry| Settled {
+        consumer: None,
+        seq: e.seq,
+        persisted: e.persisted,
+    };
+    if requeue {
+        let list = taken.into_iter().map(|e| (settled(&e), e)).collect();
+        queue.requeue(list, Unblock::Nobody);
+    } else if reject {
+        let list = taken.into_iter().map(|e| (settled(&e), e)).collect();
+        queue.reject(list, Unblock::Nobody);
+    }
+    Ok(Json(Value::Array(out)).into_response())
+}
+
+async fn bindings(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): List,
+) -> ApiResult {
+    let vhost = caller.vhost(&m.broker, &vhost)?;
+    vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let items = super::bindings::bindings_json(&vhost, |b| {
+        b.destination_type == "queue" && b.destination == name
+    });
+    list(items, &q)
+}
+
+/// RabbitMQ's aliveness test: a queue named `aliveness-test` is declared, a message
+/// published to it and fetched back. The queue stays, as in RabbitMQ.
+pub fn aliveness(vhost: &VirtualHost) -> Result<(), String> {
+    const NAME: &str = "aliveness-test";
+    let declare = QueueDeclare {
+        name: NAME.into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    };
+    let (queue, _, _, _) = vhost.declare_queue(&declare, 0).map_err(|e| e.text)?;
+    let props = crate::protocol::properties::encode_all(&Default::default())
+        .ok_or_else(|| "cannot encode properties".to_owned())?;
+    vhost
+        .publish_message("", NAME, props, bytes::Bytes::from_static(b"test_message"))
+        .map_err(|e| e.text)?;
+    match queue.get(true) {
+        Some((entry, _)) if &entry.message.body[..] == b"test_message" => Ok(()),
+        _ => Err("the test message did not come back".into()),
+    }
+}

@@ -1,0 +1,317 @@
+//! Message rates and totals: the `message_stats` of queues, exchanges, channels, vhosts and
+//! the overview.
+//!
+//! Totals are read from the live counters whenever asked. Rates (`*_details.rate`, per
+//! second) come from a background task that samples every counter every
+//! `collect_statistics_interval` (5 s) while the management listener runs, and keeps only the previous
+//! sample of each object: the cost is one pass over the broker's objects every few seconds,
+//! nothing per message, and nothing at all without the listener.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use crate::broker::Broker;
+use crate::broker::connections::ConnectionControl;
+use crate::broker::stats::{ChannelInfo, MessageTotals, Opened};
+
+/// Overview samples kept for the web UI's charts (10 minutes at the default 5 s interval,
+/// `collect_statistics_interval`).
+pub const HISTORY_SAMPLES: usize = 120;
+
+/// The last sample of every object, and the rates it gave.
+#[derive(Debug, Default)]
+pub struct Rates {
+    objects: Mutex<HashMap<String, Sampled>>,
+    /// The overview's recent rates, oldest first, for charts.
+    history: Mutex<VecDeque<Value>>,
+}
+
+#[derive(Debug)]
+struct Sampled {
+    at: Instant,
+    values: Vec<(&'static str, u64)>,
+    rates: Vec<(&'static str, f64)>,
+    /// The sampling round that last saw the object; objects gone are forgotten.
+    round: u64,
+}
+
+impl Rates {
+    pub fn new() -> Arc<Rates> {
+        Arc::new(Rates::default())
+    }
+
+    /// The rate of `field` of the object `key`, per second (0 before two samples).
+    pub fn rate(&self, key: &str, field: &str) -> f64 {
+        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        objects
+            .get(key)
+            .and_then(|s| s.rates.iter().find(|(f, _)| *f == field))
+            .map_or(0.0, |(_, r)| *r)
+    }
+
+    /// The overview's recent rates, oldest first.
+    pub fn history(&self) -> Vec<Value> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.iter().cloned().collect()
+    }
+
+    /// Samples until aborted.
+    pub fn spawn(self: &Arc<Self>, broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
+        let rates = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis(broker.config.limits.stats_interval_ms.max(100));
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut round = 0;
+            loop {
+                tick.tick().await;
+                round += 1;
+                rates.sample(&broker, round);
+            }
+        })
+    }
+
+    /// One pass over every object.
+    pub fn sample(&self, broker: &Broker, round: u64) {
+        let now = Instant::now();
+        let mut seen: Vec<(String, Vec<(&'static str, u64)>)> = Vec::new();
+        let mut overview = MessageTotals::default();
+        for vhost in broker.vhosts() {
+            for q in vhost.queues() {
+                let s = q.snapshot();
+                let mut values = totals_fields(&s.counters.totals());
+                values.push(("messages", u64::from(s.ready) + u64::from(s.unacked)));
+                values.push(("messages_ready", u64::from(s.ready)));
+                values.push(("messages_unacknowledged", u64::from(s.unacked)));
+                seen.push((queue_key(&vhost.name, &q.name), values));
+            }
+            for x in vhost.exchanges() {
+                let c = &x.counters;
+                let load =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                seen.push((
+                    exchange_key(&vhost.name, &x.name),
+                    vec![
+                        ("publish_in", load(&c.publish_in)),
+                        ("publish_out", load(&c.publish_out)),
+                    ],
+                ));
+            }
+            let totals = vhost_totals(broker, &vhost.name);
+            overview.add(&totals);
+            seen.push((vhost_key(&vhost.name), totals_fields(&totals)));
+        }
+        for conn in broker.connections.list() {
+            let info = conn.info();
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            seen.push((
+                connection_key(info.id),
+                vec![
+                    ("recv_oct", load(&info.recv_oct)),
+                    ("send_oct", load(&info.send_oct)),
+                ],
+            ));
+            for ch in info.channels() {
+                seen.push((
+                    channel_key(info.id, ch.number),
+                    totals_fields(&ch.messages.snapshot()),
+                ));
+            }
+        }
+        seen.push(("overview".into(), totals_fields(&overview)));
+        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, values) in seen {
+            let rates = match objects.get(&key) {
+                Some(prev) => rates_between(prev, &values, now),
+                None => values.iter().map(|(f, _)| (*f, 0.0)).collect(),
+            };
+            objects.insert(
+                key,
+                Sampled {
+                    at: now,
+                    values,
+                    rates,
+                    round,
+                },
+            );
+        }
+        objects.retain(|_, s| s.round == round);
+        if let Some(o) = objects.get("overview") {
+            let point: Map<String, Value> = o
+                .rates
+                .iter()
+                .map(|(f, r)| ((*f).to_owned(), json!(r)))
+                .collect();
+            drop(objects);
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            if history.len() == HISTORY_SAMPLES {
+                history.pop_front();
+            }
+            history.push_back(Value::Object(point));
+        }
+    }
+}
+
+fn rates_between(
+    prev: &Sampled,
+    values: &[(&'static str, u64)],
+    now: Instant,
+) -> Vec<(&'static str, f64)> {
+    let secs = now.duration_since(prev.at).as_secs_f64().max(0.001);
+    values
+        .iter()
+        .map(|(f, v)| {
+            let before = prev
+                .values
+                .iter()
+                .find(|(pf, _)| pf == f)
+                .map_or(*v, |(_, pv)| *pv);
+            // Depths go down as well as up; a counter that went down was a new object.
+            let delta = *v as f64 - before as f64;
+            let rate = if f.starts_with("messages") {
+                delta
+            } else {
+                delta.max(0.0)
+            };
+            (*f, (rate / secs * 10.0).round() / 10.0)
+        })
+        .collect()
+}
+
+fn totals_fields(t: &MessageTotals) -> Vec<(&'static str, u64)> {
+    vec![
+        ("publish", t.publish),
+        ("confirm", t.confirm),
+        ("deliver", t.deliver),
+        ("deliver_no_ack", t.deliver_no_ack),
+        ("get", t.get),
+        ("get_no_ack", t.get_no_ack),
+        ("get_empty", t.get_empty),
+        ("deliver_get", t.deliver_get()),
+        ("ack", t.ack),
+        ("redeliver", t.redeliver),
+        ("return_unroutable", t.return_unroutable),
+        ("drop_unroutable", t.drop_unroutable),
+    ]
+}
+
+pub fn queue_key(vhost: &str, name: &str) -> String {
+    format!("queue\0{vhost}\0{name}")
+}
+
+pub fn exchange_key(vhost: &str, name: &str) -> String {
+    format!("exchange\0{vhost}\0{name}")
+}
+
+pub fn vhost_key(vhost: &str) -> String {
+    format!("vhost\0{vhost}")
+}
+
+pub fn connection_key(id: u64) -> String {
+    format!("connection\0{id}")
+}
+
+pub fn channel_key(connection: u64, number: u16) -> String {
+    format!("channel\0{connection}\0{number}")
+}
+
+/// What RabbitMQ's `message_stats` of each kind of object holds.
+pub const QUEUE_FIELDS: &[&str] = &[
+    "ack",
+    "deliver",
+    "deliver_get",
+    "deliver_no_ack",
+    "get",
+    "get_empty",
+    "get_no_ack",
+    "publish",
+    "redeliver",
+];
+pub const PUBLISHER_FIELDS: &[&str] =
+    &["confirm", "drop_unroutable", "publish", "return_unroutable"];
+pub const CONSUMER_FIELDS: &[&str] = &[
+    "ack",
+    "deliver",
+    "deliver_get",
+    "deliver_no_ack",
+    "get",
+    "get_empty",
+    "get_no_ack",
+    "redeliver",
+];
+pub const ALL_FIELDS: &[&str] = &[
+    "ack",
+    "confirm",
+    "deliver",
+    "deliver_get",
+    "deliver_no_ack",
+    "drop_unroutable",
+    "get",
+    "get_empty",
+    "get_no_ack",
+    "publish",
+    "redeliver",
+    "return_unroutable",
+];
+
+/// `message_stats` for `fields` of `totals`, each with its `_details.rate` from the sample of
+/// `key` (left out when `with_rates` is false, as `disable_stats` asks).
+pub fn message_stats(
+    rates: &Rates,
+    key: &str,
+    totals: &MessageTotals,
+    fields: &[&str],
+    with_rates: bool,
+) -> Value {
+    let values = totals_fields(totals);
+    let mut out = Map::new();
+    for f in fields {
+        let v = values.iter().find(|(n, _)| n == f).map_or(0, |(_, v)| *v);
+        out.insert((*f).to_owned(), json!(v));
+        if with_rates {
+            out.insert(format!("{f}_details"), json!({"rate": rates.rate(key, f)}));
+        }
+    }
+    Value::Object(out)
+}
+
+/// A gauge or counter with its `_details.rate`, into `out`.
+pub fn with_rate(out: &mut Map<String, Value>, rates: &Rates, key: &str, field: &str, value: u64) {
+    out.insert(field.to_owned(), json!(value));
+    out.insert(
+        format!("{field}_details"),
+        json!({"rate": rates.rate(key, field)}),
+    );
+}
+
+/// The live channels of every open connection, with what their connection negotiated.
+pub fn channels(broker: &Broker) -> Vec<(Arc<dyn ConnectionControl>, Opened, Arc<ChannelInfo>)> {
+    let mut out = Vec::new();
+    for conn in broker.connections.list() {
+        let Some(opened) = conn.info().opened() else {
+            continue;
+        };
+        for ch in conn.info().channels() {
+            out.push((conn.clone(), opened.clone(), ch));
+        }
+    }
+    out
+}
+
+/// A vhost's message totals: its live channels' counters and those of the ones closed.
+pub fn vhost_totals(broker: &Broker, vhost: &str) -> MessageTotals {
+    let mut totals = broker
+        .vhost(vhost)
+        .map(|v| v.retired.snapshot())
+        .unwrap_or_default();
+    for (_, opened, ch) in channels(broker) {
+        if opened.vhost == vhost {
+            totals.add(&ch.messages.snapshot());
+        }
+    }
+    totals
+}

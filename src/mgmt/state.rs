@@ -1,0 +1,59 @@
+//! What the management handlers share: the broker, the rate sampler, the cluster name and
+//! the listeners to show.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use super::rates::Rates;
+use crate::broker::Broker;
+
+/// What the management handlers share.
+#[derive(Debug)]
+pub struct Mgmt {
+    pub broker: Arc<Broker>,
+    /// Message rates, sampled in the background while the API is served.
+    pub rates: Arc<Rates>,
+    /// `PUT /api/cluster-name` sets it; it starts as the node name.
+    pub cluster_name: RwLock<String>,
+    /// The broker's listeners (protocol and address), for the overview.
+    pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
+}
+
+impl Mgmt {
+    pub fn new(broker: Arc<Broker>) -> Arc<Mgmt> {
+        let cluster_name = RwLock::new(node_name());
+        Arc::new(Mgmt {
+            rates: Rates::new(),
+            broker,
+            cluster_name,
+            listeners: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The listeners as the overview lists them.
+    pub fn listeners(&self, node: &str) -> Vec<serde_json::Value> {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        listeners
+            .iter()
+            .map(|(protocol, addr)| {
+                serde_json::json!({
+                    "node": node,
+                    "protocol": protocol,
+                    "ip_address": addr.ip().to_string(),
+                    "port": addr.port(),
+                    "socket_opts": {},
+                })
+            })
+            .collect()
+    }
+}
+
+/// The node's name, as RabbitMQ's `rabbit@host`.
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("lepus@{host}")
+}

@@ -1,0 +1,843 @@
+//! The management HTTP API, spoken to over real HTTP as rabbitmqadmin and the management
+//! client libraries speak to it, with AMQP clients doing the work it reports on. Shapes,
+//! status codes and texts are RabbitMQ 3.10.8's (observed on a private node; the
+//! conformance suite compares the two field by field).
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::Api;
+use common::*;
+use lapin::BasicProperties;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+/// A broker with the management API and Prometheus on ephemeral ports, sampling rates
+/// every 100 ms, and the API as guest sees it.
+async fn broker_with_api() -> (Broker, Api) {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.prometheus_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.stats_interval_ms = 100;
+    let broker = Broker::start_with(config).await;
+    let addr = broker
+        .server
+        .as_ref()
+        .and_then(|s| s.management_addr())
+        .expect("management listener");
+    (broker, Api::new(addr, "guest", "guest"))
+}
+
+fn prometheus(broker: &Broker) -> Api {
+    let addr = broker
+        .server
+        .as_ref()
+        .and_then(|s| s.prometheus_addr())
+        .expect("prometheus listener");
+    Api::anonymous(addr)
+}
+
+/// Polls `path` until `done` holds for its JSON.
+async fn eventually(api: &Api, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    within(async {
+        loop {
+            let body = api.get(path).await.json();
+            if done(&body) {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+async fn publish(ch: &lapin::Channel, exchange: &str, key: &str, body: &[u8]) {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("published");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_logins_and_tags_decide_what_a_user_sees() {
+    let (_broker, api) = broker_with_api().await;
+    let anonymous = Api::anonymous(api.addr).get("/api/overview").await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"RabbitMQ Management\"")
+    );
+    let wrong = Api::new(api.addr, "guest", "nope")
+        .get("/api/overview")
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        wrong.json(),
+        json!({"error": "not_authorized", "reason": "Login failed"})
+    );
+    assert_eq!(
+        api.get("/api/whoami").await.json(),
+        json!({"name": "guest", "tags": ["administrator"]})
+    );
+    for (user, tags) in [
+        ("plain", ""),
+        ("watcher", "monitoring"),
+        ("mgr", "management"),
+    ] {
+        let created = api
+            .put(
+                &format!("/api/users/{user}"),
+                json!({"password": "pw", "tags": tags}),
+            )
+            .await;
+        assert_eq!(created.status, 201);
+    }
+    let plain = Api::new(api.addr, "plain", "pw").get("/api/overview").await;
+    assert_eq!(plain.status, 401);
+    assert_eq!(
+        plain.json(),
+        json!({"error": "not_authorised", "reason": "Not management user"})
+    );
+    let watcher = Api::new(api.addr, "watcher", "pw");
+    assert_eq!(watcher.get("/api/nodes").await.status, 200);
+    assert_eq!(
+        watcher.get("/api/users").await.json(),
+        json!({"error": "not_authorised", "reason": "Not administrator user"})
+    );
+    let mgr = Api::new(api.addr, "mgr", "pw");
+    assert_eq!(mgr.get("/api/queues").await.json(), json!([]));
+    assert_eq!(
+        mgr.get("/api/nodes").await.json()["reason"],
+        "Not monitor user"
+    );
+    let refused = mgr.get("/api/queues/%2F/anything").await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.json()["reason"],
+        "User not authorised to access virtual host"
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_queues_declared_over_amqp_show_their_depth_and_consumers() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "work".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        table(&[("x-max-length", lapin::types::AMQPValue::LongInt(100))]),
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        publish(&ch, "", "work", format!("m{i}").as_bytes()).await;
+    }
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let _consumer = ch
+        .basic_consume(
+            "work".into(),
+            "tag-1".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let q = eventually(&api, "/api/queues/%2F/work", |q| {
+        q["messages_unacknowledged"] == 1
+    })
+    .await;
+    assert_eq!(q["name"], "work");
+    assert_eq!(q["vhost"], "/");
+    assert_eq!(q["type"], "classic");
+    assert_eq!(q["durable"], true);
+    assert_eq!(q["arguments"], json!({"x-max-length": 100}));
+    assert_eq!(q["messages"], 3);
+    assert_eq!(q["messages_ready"], 2);
+    assert_eq!(q["consumers"], 1);
+    assert_eq!(q["message_stats"]["publish"], 3);
+    assert_eq!(q["message_stats"]["deliver"], 1);
+    let consumer = &q["consumer_details"][0];
+    assert_eq!(consumer["consumer_tag"], "tag-1");
+    assert_eq!(consumer["prefetch_count"], 1);
+    assert_eq!(consumer["ack_required"], true);
+    assert_eq!(consumer["channel_details"]["number"], 1);
+    let overview = api.get("/api/overview").await.json();
+    assert_eq!(overview["object_totals"]["queues"], 1);
+    assert_eq!(overview["object_totals"]["consumers"], 1);
+    assert_eq!(overview["object_totals"]["connections"], 1);
+    assert_eq!(overview["queue_totals"]["messages"], 3);
+    let consumers = api.get("/api/consumers/%2F").await.json();
+    assert_eq!(consumers[0]["queue"], json!({"name": "work", "vhost": "/"}));
+    let missing = api.get("/api/queues/%2F/nope").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json(),
+        json!({"error": "Object Not Found", "reason": "Not Found"})
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_queues_are_declared_fetched_purged_and_deleted_over_http() {
+    let (broker, api) = broker_with_api().await;
+    let put = api
+        .put(
+            "/api/queues/%2F/jobs",
+            json!({"durable": "true", "arguments": {"x-max-length": 5}}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    assert_eq!(
+        api.put(
+            "/api/queues/%2F/jobs",
+            json!({"durable": true, "arguments": {"x-max-length": 5}})
+        )
+        .await
+        .status,
+        204
+    );
+    let inequivalent = api
+        .put("/api/queues/%2F/jobs", json!({"durable": false}))
+        .await;
+    assert_eq!(inequivalent.status, 400);
+    assert_eq!(
+        inequivalent.json()["reason"],
+        "inequivalent arg 'durable' for queue 'jobs' in vhost '/': received 'false' but current is 'true'"
+    );
+    let published = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {"delivery_mode": 2, "headers": {"h": "v"}}, "routing_key": "jobs",
+                   "payload": "aGVsbG8=", "payload_encoding": "base64"}),
+        )
+        .await;
+    assert_eq!(published.json(), json!({"routed": true}));
+    let unrouted = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {}, "routing_key": "nowhere", "payload": "x", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(unrouted.json(), json!({"routed": false}));
+    // Requeued: the message stays, marked redelivered.
+    let got = api
+        .post(
+            "/api/queues/%2F/jobs/get",
+            json!({"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await
+        .json();
+    assert_eq!(got.as_array().map(Vec::len), Some(1));
+    assert_eq!(got[0]["payload"], "hello");
+    assert_eq!(got[0]["payload_encoding"], "string");
+    assert_eq!(got[0]["payload_bytes"], 5);
+    assert_eq!(got[0]["routing_key"], "jobs");
+    assert_eq!(got[0]["message_count"], 0);
+    assert_eq!(got[0]["properties"]["delivery_mode"], 2);
+    assert_eq!(got[0]["properties"]["headers"], json!({"h": "v"}));
+    let again = api
+        .post(
+            "/api/queues/%2F/jobs/get",
+            json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "base64"}),
+        )
+        .await
+        .json();
+    assert_eq!(again[0]["redelivered"], true);
+    assert_eq!(again[0]["payload"], "aGVsbG8=");
+    let (_conn, ch) = broker.channel().await;
+    assert_eq!(
+        message_count(&ch, "jobs").await,
+        0,
+        "ack_requeue_false took it"
+    );
+    publish(&ch, "", "jobs", b"one").await;
+    publish(&ch, "", "jobs", b"two").await;
+    assert_eq!(
+        api.delete("/api/queues/%2F/jobs/contents").await.status,
+        204
+    );
+    assert_eq!(message_count(&ch, "jobs").await, 0, "purged");
+    assert_eq!(api.delete("/api/queues/%2F/jobs").await.status, 204);
+    assert_eq!(api.get("/api/queues/%2F/jobs").await.status, 404);
+    assert_eq!(api.delete("/api/queues/%2F/jobs").await.status, 404);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_get_that_rejects_dead_letters() {
+    let (broker, api) = broker_with_api().await;
+    api.put("/api/exchanges/%2F/dlx", json!({"type": "fanout"}))
+        .await;
+    api.put("/api/queues/%2F/dead", json!({})).await;
+    api.post("/api/bindings/%2F/e/dlx/q/dead", json!({})).await;
+    api.put(
+        "/api/queues/%2F/live",
+        json!({"arguments": {"x-dead-letter-exchange": "dlx"}}),
+    )
+    .await;
+    let (_conn, ch) = broker.channel().await;
+    publish(&ch, "", "live", b"bad").await;
+    let got = api
+        .post(
+            "/api/queues/%2F/live/get",
+            json!({"count": 1, "ackmode": "reject_requeue_false", "encoding": "auto"}),
+        )
+        .await
+        .json();
+    assert_eq!(got[0]["payload"], "bad");
+    let dead = get_eventually(&ch, "dead").await;
+    assert_eq!(dead.delivery.data, b"bad");
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_bindings_are_made_listed_and_deleted_by_properties_key() {
+    let (_broker, api) = broker_with_api().await;
+    assert_eq!(
+        api.put(
+            "/api/exchanges/%2F/events",
+            json!({"type": "topic", "durable": true})
+        )
+        .await
+        .status,
+        201
+    );
+    let bad = api
+        .put("/api/exchanges/%2F/odd", json!({"type": "nope"}))
+        .await;
+    assert_eq!(
+        bad.json(),
+        json!({"error": "bad_request", "reason": "unknown exchange type 'nope'"})
+    );
+    api.put("/api/queues/%2F/audit", json!({"durable": true}))
+        .await;
+    let made = api
+        .post(
+            "/api/bindings/%2F/e/events/q/audit",
+            json!({"routing_key": "a b/c", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    assert_eq!(made.header("location"), Some("audit/a%2Bb%252Fc"));
+    let with_args = api
+        .post(
+            "/api/bindings/%2F/e/events/q/audit",
+            json!({"routing_key": "x.*", "arguments": {"k": "v"}}),
+        )
+        .await;
+    let location = with_args.header("location").expect("location").to_owned();
+    assert!(location.starts_with("audit/x.%252A~"), "{location}");
+    let listed = api.get("/api/queues/%2F/audit/bindings").await.json();
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["properties_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys[0], "audit",
+        "the default exchange's binding comes first"
+    );
+    assert_eq!(keys[1], "a+b%2Fc");
+    assert!(keys[2].starts_with("x.%2A~"));
+    assert_eq!(listed[2]["arguments"], json!({"k": "v"}));
+    let source = api
+        .get("/api/exchanges/%2F/events/bindings/source")
+        .await
+        .json();
+    assert_eq!(source.as_array().map(Vec::len), Some(2));
+    // Either spelling of the routing key finds the binding, as in RabbitMQ.
+    assert_eq!(
+        api.delete("/api/bindings/%2F/e/events/q/audit/a%20b%2Fc")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.delete("/api/bindings/%2F/e/events/q/audit/a%2Bb%252Fc")
+            .await
+            .status,
+        404
+    );
+    let arg_key = location.trim_start_matches("audit/");
+    assert_eq!(
+        api.delete(&format!("/api/bindings/%2F/e/events/q/audit/{arg_key}"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.get("/api/bindings/%2F/e/events/q/audit").await.json(),
+        json!([])
+    );
+    let published = api
+        .post("/api/exchanges/%2F/events/publish",
+            json!({"properties": {}, "routing_key": "x.y", "payload": "p", "payload_encoding": "string"}))
+        .await;
+    assert_eq!(published.json(), json!({"routed": false}), "unbound now");
+    assert_eq!(api.delete("/api/exchanges/%2F/events").await.status, 204);
+    assert_eq!(
+        api.delete("/api/exchanges/%2F/amq.direct").await.status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_deleting_a_connection_closes_it_with_320_and_the_reason() {
+    let (broker, api) = broker_with_api().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let conns = eventually(&api, "/api/connections", |c| {
+        c.as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let conn = &conns[0];
+    assert_eq!(conn["user"], "guest");
+    assert_eq!(conn["vhost"], "/");
+    assert_eq!(conn["protocol"], "AMQP 0-9-1");
+    assert_eq!(conn["auth_mechanism"], "PLAIN");
+    assert_eq!(conn["channels"], 1);
+    assert_eq!(conn["ssl"], false);
+    let name = conn["name"].as_str().unwrap().to_owned();
+    let channels = api.get("/api/channels").await.json();
+    assert_eq!(channels[0]["name"], format!("{name} (1)"));
+    assert_eq!(channels[0]["connection_details"]["name"], name.as_str());
+    let path = format!(
+        "/api/connections/{}",
+        name.replace(' ', "%20").replace('>', "%3E")
+    );
+    assert_eq!(api.get(&path).await.json()["name"], name.as_str());
+    let deleted = api
+        .send("DELETE", &path, None, &[("X-Reason", "maintenance window")])
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        raw.expect_connection_close().await,
+        (320, "CONNECTION_FORCED - maintenance window".into(), 0, 0)
+    );
+    assert_eq!(api.get(&path).await.status, 404);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_policy_set_over_http_applies_to_live_queues_at_once() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "capped".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..5 {
+        publish(&ch, "", "capped", format!("{i}").as_bytes()).await;
+    }
+    let bad = api
+        .put(
+            "/api/policies/%2F/cap",
+            json!({"pattern": "^capped$", "definition": {"max-lengthx": 3}}),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.json()["reason"],
+        "Validation failed\n\n[{&lt;&lt;\"max-lengthx\"&gt;&gt;,3}] are not recognised policy settings\n"
+    );
+    let set = api
+        .put("/api/policies/%2F/cap", json!({"pattern": "^capped$", "definition": {"max-length": 2}, "apply-to": "queues", "priority": 1}))
+        .await;
+    assert_eq!(set.status, 201);
+    assert_eq!(
+        message_count(&ch, "capped").await,
+        2,
+        "the policy trimmed the queue"
+    );
+    let q = api.get("/api/queues/%2F/capped").await.json();
+    assert_eq!(q["policy"], "cap");
+    assert_eq!(q["effective_policy_definition"], json!({"max-length": 2}));
+    assert_eq!(
+        api.get("/api/policies/%2F/cap").await.json(),
+        json!({"vhost": "/", "name": "cap", "pattern": "^capped$", "apply-to": "queues",
+               "definition": {"max-length": 2}, "priority": 1})
+    );
+    // An operator policy caps what the user policy allows.
+    let op = api
+        .put(
+            "/api/operator-policies/%2F/tight",
+            json!({"pattern": ".*", "definition": {"max-length": 1}, "apply-to": "queues"}),
+        )
+        .await;
+    assert_eq!(op.status, 201);
+    assert_eq!(message_count(&ch, "capped").await, 1);
+    assert_eq!(
+        api.delete("/api/operator-policies/%2F/tight").await.status,
+        204
+    );
+    assert_eq!(api.delete("/api/policies/%2F/cap").await.status, 204);
+    assert_eq!(api.delete("/api/policies/%2F/cap").await.status, 404);
+    for i in 0..4 {
+        publish(&ch, "", "capped", format!("{i}").as_bytes()).await;
+    }
+    assert_eq!(message_count(&ch, "capped").await, 5, "no cap once cleared");
+    assert_eq!(
+        api.get("/api/queues/%2F/capped").await.json()["policy"],
+        Value::Null
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_definitions_export_and_import_while_running() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "orders".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let exported = api.get("/api/definitions").await.json();
+    assert_eq!(exported["rabbit_version"], "3.10.8");
+    assert!(
+        exported["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "guest")
+    );
+    assert_eq!(exported["vhosts"], json!([{"name": "/"}]));
+    assert_eq!(
+        exported["queues"],
+        json!([{"name": "orders", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}])
+    );
+    let import = json!({
+        "users": [{"name": "ops", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": "administrator", "limits": {}}],
+        "vhosts": [{"name": "/"}],
+        "permissions": [{"user": "ops", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+        "exchanges": [{"name": "billing", "vhost": "/", "type": "direct", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "invoices", "vhost": "/", "durable": true, "auto_delete": false,
+                    "arguments": {"x-queue-type": "classic"}}],
+        "bindings": [{"source": "billing", "vhost": "/", "destination": "invoices",
+                      "destination_type": "queue", "routing_key": "new", "arguments": {}}],
+        "policies": []
+    });
+    assert_eq!(api.post("/api/definitions", import).await.status, 204);
+    assert_eq!(
+        api.get("/api/users/ops").await.json()["tags"],
+        json!(["administrator"])
+    );
+    publish(&ch, "billing", "new", b"invoice").await;
+    assert_eq!(
+        message_count(&ch, "invoices").await,
+        1,
+        "the imported binding routes"
+    );
+    let per_vhost = api.get("/api/definitions/%2F").await.json();
+    assert!(per_vhost.get("users").is_none());
+    assert!(
+        per_vhost["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q.get("vhost").is_none())
+    );
+    let bad = api.post("/api/definitions", json!({"queues": [{"name": "orders", "vhost": "/", "durable": false, "auto_delete": false, "arguments": {}}]})).await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_vhosts_and_permissions_are_managed_over_http() {
+    let (broker, api) = broker_with_api().await;
+    assert_eq!(
+        api.put("/api/vhosts/staging", json!({"description": "pre-prod"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(api.put("/api/vhosts/staging", json!({})).await.status, 204);
+    let v = api.get("/api/vhosts/staging").await.json();
+    assert_eq!(v["name"], "staging");
+    assert_eq!(v["description"], "pre-prod");
+    // The creator gets full permissions, as in RabbitMQ.
+    let perms = api.get("/api/permissions/staging/guest").await.json();
+    assert_eq!(perms["configure"], ".*");
+    assert_eq!(
+        api.put("/api/users/app", json!({"password": "secret", "tags": []}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        api.put(
+            "/api/permissions/staging/app",
+            json!({"configure": "^app\\.", "write": ".*", "read": ".*"})
+        )
+        .await
+        .status,
+        201
+    );
+    let listed = api.get("/api/vhosts/staging/permissions").await.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    let uri = format!("amqp://app:secret@{}/staging", broker.addr);
+    let conn = within(lapin::Connection::connect(
+        &uri,
+        lapin::ConnectionProperties::default(),
+    ))
+    .await
+    .expect("app connects to staging");
+    let ch = conn.create_channel().await.unwrap();
+    assert_amqp_error(
+        ch.queue_declare(
+            "other".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+        403,
+        "ACCESS_REFUSED - access to queue 'other' in vhost 'staging' refused for user 'app'",
+    );
+    assert_eq!(
+        api.put("/api/vhost-limits/staging/max-queues", json!({"value": 7}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.get("/api/vhost-limits/staging").await.json(),
+        json!([{"vhost": "staging", "value": {"max-queues": 7}}])
+    );
+    assert_eq!(api.delete("/api/vhosts/staging").await.status, 204);
+    assert_eq!(api.get("/api/vhosts/staging").await.status, 404);
+    within(async {
+        while conn.status().connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(api.delete("/api/users/app").await.status, 204);
+    assert_eq!(api.get("/api/users/app").await.status, 404);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_lists_page_filter_sort_and_pick_columns() {
+    let (_broker, api) = broker_with_api().await;
+    for name in ["b-2", "a-1", "c-3", "b-4"] {
+        api.put(&format!("/api/queues/%2F/{name}"), json!({})).await;
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&api.get("/api/queues/").await.json()),
+        ["a-1", "b-2", "b-4", "c-3"]
+    );
+    assert_eq!(
+        api.get("/api/queues?columns=name,durable").await.json()[0],
+        json!({"name": "a-1", "durable": false})
+    );
+    let paged = api.get("/api/queues?page=2&page_size=2").await.json();
+    assert_eq!(paged["total_count"], 4);
+    assert_eq!(paged["filtered_count"], 4);
+    assert_eq!(paged["item_count"], 2);
+    assert_eq!(paged["page"], 2);
+    assert_eq!(paged["page_count"], 2);
+    assert_eq!(paged["page_size"], 2);
+    assert_eq!(names(&paged["items"]), ["b-4", "c-3"]);
+    let filtered = api
+        .get("/api/queues?page=1&name=b-&sort=name&sort_reverse=true")
+        .await
+        .json();
+    assert_eq!(filtered["filtered_count"], 2);
+    assert_eq!(names(&filtered["items"]), ["b-4", "b-2"]);
+    let regex = api
+        .get("/api/queues?page=1&name=%5E%5Bac%5D&use_regex=true")
+        .await
+        .json();
+    assert_eq!(names(&regex["items"]), ["a-1", "c-3"]);
+    assert_eq!(
+        api.get("/api/queues?page=1&page_size=501").await.status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_health_checks_and_the_aliveness_test_answer_ok() {
+    let (_broker, api) = broker_with_api().await;
+    assert_eq!(
+        api.get("/api/healthchecks/node").await.json(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(
+        api.get("/api/aliveness-test/%2F").await.json(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(api.get("/api/aliveness-test/nope").await.status, 404);
+    let nodes = api.get("/api/nodes").await.json();
+    assert_eq!(nodes[0]["running"], true);
+    assert_eq!(nodes[0]["mem_alarm"], false);
+    assert!(nodes[0]["mem_used"].as_u64().unwrap() > 0);
+    let node = nodes[0]["name"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/api/nodes/{node}")).await.json()["name"],
+        node
+    );
+    assert_eq!(
+        api.put("/api/cluster-name", json!({"name": "prod-eu"}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.get("/api/cluster-name").await.json(),
+        json!({"name": "prod-eu"})
+    );
+}
+
+#[tokio::test]
+async fn message_rates_come_from_sampled_counters() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "rated".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let publisher = {
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            loop {
+                publish(&ch, "", "rated", b"tick").await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let q = eventually(&api, "/api/queues/%2F/rated", |q| {
+        q["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    assert!(q["messages_details"]["rate"].as_f64().is_some());
+    let overview = eventually(&api, "/api/overview", |o| {
+        o["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    assert!(overview["message_stats"]["publish"].as_u64().unwrap() > 0);
+    let channels = api.get("/api/channels").await.json();
+    assert!(channels[0]["message_stats"]["publish"].as_u64().unwrap() > 0);
+    publisher.abort();
+    let without = api
+        .get("/api/queues/%2F/rated?disable_stats=true")
+        .await
+        .json();
+    assert!(without["message_stats"].get("publish_details").is_none());
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_prometheus_serves_rabbitmq_metric_names() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "scraped".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    publish(&ch, "", "scraped", b"x").await;
+    let _ = api;
+    let prom = prometheus(&broker);
+    let aggregated = prom.get("/metrics").await;
+    assert_eq!(aggregated.status, 200);
+    let text = aggregated.text();
+    for name in [
+        "rabbitmq_queue_messages_ready 1",
+        "rabbitmq_connections 1",
+        "rabbitmq_queues 1",
+        "# TYPE rabbitmq_connections_opened counter",
+        "rabbitmq_connections_opened_total 1",
+        "rabbitmq_global_messages_received_total{protocol=\"amqp091\"} 1",
+        "rabbitmq_process_resident_memory_bytes",
+        "rabbitmq_resident_memory_limit_bytes",
+        "rabbitmq_disk_space_available_bytes",
+        "rabbitmq_alarms_memory_used_watermark 0",
+        "rabbitmq_build_info{rabbitmq_version=\"3.10.8\"",
+        "rabbitmq_identity_info{rabbitmq_node=",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    let per_object = prom.get("/metrics/per-object").await.text();
+    assert!(
+        per_object.contains("rabbitmq_queue_messages_ready{vhost=\"/\",queue=\"scraped\"} 1"),
+        "{per_object}"
+    );
+    assert_eq!(prom.get("/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn a_queue_declared_over_http_is_durable_before_the_answer() {
+    let dir = std::env::temp_dir().join(format!(
+        "lepus-mgmt-durable-{}-{}",
+        std::process::id(),
+        lepus::auth::random::random_suffix()
+    ));
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut broker = Broker::start_with(config.clone()).await;
+    let api = Api::new(
+        broker.server.as_ref().unwrap().management_addr().unwrap(),
+        "guest",
+        "guest",
+    );
+    assert_eq!(
+        api.put("/api/queues/%2F/kept", json!({"durable": true}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        api.put(
+            "/api/policies/%2F/ttl",
+            json!({"pattern": "^kept$", "definition": {"message-ttl": 60000}})
+        )
+        .await
+        .status,
+        201
+    );
+    broker.stop().await;
+    let broker = Broker::start_with(config).await;
+    let api = Api::new(
+        broker.server.as_ref().unwrap().management_addr().unwrap(),
+        "guest",
+        "guest",
+    );
+    let q = api.get("/api/queues/%2F/kept").await.json();
+    assert_eq!(q["durable"], true);
+    assert_eq!(q["policy"], "ttl");
+}
