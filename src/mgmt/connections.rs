@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::http::{
     ApiError, ApiResult, Caller, List, ListQuery, list, no_content, timestamp, visible_vhosts,
 };
-use super::queues::{channel_details, connections_by_id};
+use super::queues::{connections_by_id, consumer_json};
 use super::rates::{self, CONSUMER_FIELDS, PUBLISHER_FIELDS};
 use super::state::Mgmt;
 use crate::broker::connections::ConnectionControl;
@@ -302,17 +302,7 @@ fn consumers_of(m: &Mgmt, vhosts: &[Arc<crate::broker::vhost::VirtualHost>]) -> 
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         for queue in queues {
             for c in queue.snapshot().consumers {
-                out.push(json!({
-                    "arguments": encode_arguments(&c.arguments).0,
-                    "ack_required": c.ack_required,
-                    "active": true,
-                    "activity_status": "up",
-                    "channel_details": channel_details(conns.get(&c.connection), c.channel),
-                    "consumer_tag": c.tag,
-                    "exclusive": c.exclusive,
-                    "prefetch_count": c.prefetch_count,
-                    "queue": {"name": queue.name, "vhost": v.name},
-                }));
+                out.push(consumer_json(&queue.name, &v.name, &c, &conns));
             }
         }
     }

@@ -136,29 +136,177 @@ struct QueueSample {
     published: u64,
 }
 
+/// What one scrape reads from the broker, before anything is written.
+struct Scrape {
+    queues: Vec<QueueSample>,
+    totals: MessageTotals,
+    /// Queues declared, created and deleted.
+    queue_churn: [u64; 3],
+    connections: usize,
+    channels: usize,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// The queue gauges: name, help, and which number.
+const QUEUE_GAUGES: &[(&str, &str, fn(&QueueSample) -> i64)] = &[
+    (
+        "rabbitmq_queue_messages_ready",
+        "Messages ready to be delivered to consumers",
+        |q| q.ready,
+    ),
+    (
+        "rabbitmq_queue_messages_unacked",
+        "Messages delivered to consumers but not yet acknowledged",
+        |q| q.unacked,
+    ),
+    (
+        "rabbitmq_queue_messages",
+        "Sum of ready and unacknowledged messages - total queue depth",
+        |q| q.ready + q.unacked,
+    ),
+    ("rabbitmq_queue_consumers", "Consumers on a queue", |q| {
+        q.consumers
+    }),
+    (
+        "rabbitmq_queue_messages_bytes",
+        "Size in bytes of ready and unacknowledged messages",
+        |q| q.bytes,
+    ),
+    (
+        "rabbitmq_queue_messages_ready_bytes",
+        "Size in bytes of ready messages",
+        |q| q.bytes,
+    ),
+    (
+        "rabbitmq_queue_messages_persistent",
+        "Persistent messages",
+        |q| q.persistent,
+    ),
+];
+
+/// The broker-wide message counters, by RabbitMQ's names (labelled `protocol="amqp091"`).
+const MESSAGE_COUNTERS: &[(&str, &str, fn(&MessageTotals) -> u64)] = &[
+    (
+        "rabbitmq_global_messages_received",
+        "Total number of messages received from publishers",
+        |t| t.publish,
+    ),
+    (
+        "rabbitmq_global_messages_routed",
+        "Total number of messages routed to queues or streams",
+        |t| {
+            t.publish
+                .saturating_sub(t.drop_unroutable + t.return_unroutable)
+        },
+    ),
+    (
+        "rabbitmq_global_messages_delivered",
+        "Total number of messages delivered to consumers",
+        |t| t.deliver_get(),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_manual_ack",
+        "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+        |t| t.deliver,
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_auto_ack",
+        "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+        |t| t.deliver_no_ack,
+    ),
+    (
+        "rabbitmq_global_messages_delivered_get_manual_ack",
+        "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+        |t| t.get,
+    ),
+    (
+        "rabbitmq_global_messages_delivered_get_auto_ack",
+        "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+        |t| t.get_no_ack,
+    ),
+    (
+        "rabbitmq_global_messages_get_empty",
+        "Total number of times basic.get operations fetched no message",
+        |t| t.get_empty,
+    ),
+    (
+        "rabbitmq_global_messages_acknowledged",
+        "Total number of message acknowledgements received from consumers",
+        |t| t.ack,
+    ),
+    (
+        "rabbitmq_global_messages_confirmed",
+        "Total number of messages confirmed to publishers",
+        |t| t.confirm,
+    ),
+    (
+        "rabbitmq_global_messages_redelivered",
+        "Total number of messages redelivered to consumers",
+        |t| t.redeliver,
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_dropped",
+        "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+        |t| t.drop_unroutable,
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_returned",
+        "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+        |t| t.return_unroutable,
+    ),
+];
+
 impl Collector for BrokerMetrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let scrape = self.read();
+        self.encode_queues(&mut enc, &scrape)?;
+        self.encode_objects(&mut enc, &scrape)?;
+        self.encode_node(&mut enc)?;
+        self.encode_identity(&mut enc)
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn none() -> Labels {
+    Labels::new()
+}
+
+impl BrokerMetrics {
+    fn read(&self) -> Scrape {
         let broker = &self.mgmt.broker;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let none = Labels::new;
-        let amqp = || vec![("protocol", "amqp091".to_owned())];
         let conns = broker.connections.list();
-        let channels: usize = conns.iter().map(|c| c.info().channels().len()).sum();
-        let mut queues = Vec::new();
-        let mut totals = MessageTotals::default();
-        let (mut declared, mut created, mut deleted) = (0, 0, 0);
+        let mut scrape = Scrape {
+            queues: Vec::new(),
+            totals: MessageTotals::default(),
+            queue_churn: [0; 3],
+            connections: conns.len(),
+            channels: conns.iter().map(|c| c.info().channels().len()).sum(),
+            bytes_in: conns.iter().map(|c| load(&c.info().recv_oct)).sum(),
+            bytes_out: conns.iter().map(|c| load(&c.info().send_oct)).sum(),
+        };
         for v in broker.vhosts() {
-            totals.add(&super::rates::vhost_totals(broker, &v.name));
-            declared += load(&v.churn.queues_declared);
-            created += load(&v.churn.queues_created);
-            deleted += load(&v.churn.queues_deleted);
+            scrape
+                .totals
+                .add(&super::rates::vhost_totals(broker, &v.name));
+            let churn = &v.churn;
+            for (slot, counter) in scrape.queue_churn.iter_mut().zip([
+                &churn.queues_declared,
+                &churn.queues_created,
+                &churn.queues_deleted,
+            ]) {
+                *slot += load(counter);
+            }
             if self.vhost.as_ref().is_some_and(|f| *f != v.name) {
                 continue;
             }
             for q in v.queues() {
                 let s = q.snapshot();
                 let total = i64::from(s.ready) + i64::from(s.unacked);
-                queues.push(QueueSample {
+                scrape.queues.push(QueueSample {
                     labels: vec![("vhost", v.name.clone()), ("queue", q.name.clone())],
                     ready: i64::from(s.ready),
                     unacked: i64::from(s.unacked),
@@ -169,239 +317,122 @@ impl Collector for BrokerMetrics {
                 });
             }
         }
-        let consumers: i64 = queues.iter().map(|q| q.consumers).sum();
-        // Queue families: one series per queue, or their sum without labels.
-        let queue_gauge =
-            |enc: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&QueueSample) -> i64| {
-                let samples: Vec<(Labels, i64)> = match self.per_object {
-                    true => queues.iter().map(|q| (q.labels.clone(), f(q))).collect(),
-                    false => vec![(none(), queues.iter().map(f).sum())],
-                };
-                gauge(enc, name, help, &samples)
+        scrape
+    }
+
+    /// Queue families: one series per queue, or their sum without labels.
+    fn encode_queues(&self, enc: &mut DescriptorEncoder, s: &Scrape) -> std::fmt::Result {
+        for (name, help, f) in QUEUE_GAUGES {
+            let samples: Vec<(Labels, i64)> = match self.per_object {
+                true => s.queues.iter().map(|q| (q.labels.clone(), f(q))).collect(),
+                false => vec![(none(), s.queues.iter().map(f).sum())],
             };
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_messages_ready",
-            "Messages ready to be delivered to consumers",
-            |q| q.ready,
-        )?;
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_messages_unacked",
-            "Messages delivered to consumers but not yet acknowledged",
-            |q| q.unacked,
-        )?;
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_messages",
-            "Sum of ready and unacknowledged messages - total queue depth",
-            |q| q.ready + q.unacked,
-        )?;
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_consumers",
-            "Consumers on a queue",
-            |q| q.consumers,
-        )?;
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_messages_bytes",
-            "Size in bytes of ready and unacknowledged messages",
-            |q| q.bytes,
-        )?;
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_messages_ready_bytes",
-            "Size in bytes of ready messages",
-            |q| q.bytes,
-        )?;
-        queue_gauge(
-            &mut enc,
-            "rabbitmq_queue_messages_persistent",
-            "Persistent messages",
-            |q| q.persistent,
-        )?;
+            gauge(enc, name, help, &samples)?;
+        }
         let published: Vec<(Labels, u64)> = match self.per_object {
-            true => queues
+            true => s
+                .queues
                 .iter()
                 .map(|q| (q.labels.clone(), q.published))
                 .collect(),
-            false => vec![(none(), queues.iter().map(|q| q.published).sum())],
+            false => vec![(none(), s.queues.iter().map(|q| q.published).sum())],
         };
         counter(
-            &mut enc,
+            enc,
             "rabbitmq_queue_messages_published",
             "Total number of messages published to queues",
             &published,
-        )?;
-        let churn = &broker.churn;
-        gauge(
-            &mut enc,
-            "rabbitmq_connections",
-            "Connections currently open",
-            &[(none(), conns.len() as i64)],
-        )?;
-        gauge(
-            &mut enc,
-            "rabbitmq_channels",
-            "Channels currently open",
-            &[(none(), channels as i64)],
-        )?;
-        gauge(
-            &mut enc,
-            "rabbitmq_consumers",
-            "Consumers currently connected",
-            &[(none(), consumers)],
-        )?;
-        gauge(
-            &mut enc,
-            "rabbitmq_queues",
-            "Queues available",
-            &[(none(), queues.len() as i64)],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_connections_opened",
-            "Total number of connections opened",
-            &[(none(), load(&churn.connections_opened))],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_connections_closed",
-            "Total number of connections closed or terminated",
-            &[(none(), load(&churn.connections_closed))],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_channels_opened",
-            "Total number of channels opened",
-            &[(none(), load(&churn.channels_opened))],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_channels_closed",
-            "Total number of channels closed",
-            &[(none(), load(&churn.channels_closed))],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_queues_declared",
-            "Total number of queues declared",
-            &[(none(), declared)],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_queues_created",
-            "Total number of queues created",
-            &[(none(), created)],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_queues_deleted",
-            "Total number of queues deleted",
-            &[(none(), deleted)],
-        )?;
-        let t = &totals;
-        let unroutable = t.drop_unroutable + t.return_unroutable;
+        )
+    }
+
+    /// Connections, channels, consumers and queues: how many, and how many came and went.
+    fn encode_objects(&self, enc: &mut DescriptorEncoder, s: &Scrape) -> std::fmt::Result {
+        let churn = &self.mgmt.broker.churn;
+        let consumers: i64 = s.queues.iter().map(|q| q.consumers).sum();
+        let amqp = || vec![("protocol", "amqp091".to_owned())];
         for (name, help, value) in [
             (
-                "rabbitmq_global_messages_received",
-                "Total number of messages received from publishers",
-                t.publish,
+                "rabbitmq_connections",
+                "Connections currently open",
+                s.connections as i64,
             ),
             (
-                "rabbitmq_global_messages_routed",
-                "Total number of messages routed to queues or streams",
-                t.publish.saturating_sub(unroutable),
+                "rabbitmq_channels",
+                "Channels currently open",
+                s.channels as i64,
             ),
             (
-                "rabbitmq_global_messages_delivered",
-                "Total number of messages delivered to consumers",
-                t.deliver_get(),
+                "rabbitmq_consumers",
+                "Consumers currently connected",
+                consumers,
+            ),
+            ("rabbitmq_queues", "Queues available", s.queues.len() as i64),
+        ] {
+            gauge(enc, name, help, &[(none(), value)])?;
+        }
+        for (name, help, value) in [
+            (
+                "rabbitmq_connections_opened",
+                "Total number of connections opened",
+                load(&churn.connections_opened),
             ),
             (
-                "rabbitmq_global_messages_delivered_consume_manual_ack",
-                "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
-                t.deliver,
+                "rabbitmq_connections_closed",
+                "Total number of connections closed or terminated",
+                load(&churn.connections_closed),
             ),
             (
-                "rabbitmq_global_messages_delivered_consume_auto_ack",
-                "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
-                t.deliver_no_ack,
+                "rabbitmq_channels_opened",
+                "Total number of channels opened",
+                load(&churn.channels_opened),
             ),
             (
-                "rabbitmq_global_messages_delivered_get_manual_ack",
-                "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
-                t.get,
+                "rabbitmq_channels_closed",
+                "Total number of channels closed",
+                load(&churn.channels_closed),
             ),
             (
-                "rabbitmq_global_messages_delivered_get_auto_ack",
-                "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
-                t.get_no_ack,
+                "rabbitmq_queues_declared",
+                "Total number of queues declared",
+                s.queue_churn[0],
             ),
             (
-                "rabbitmq_global_messages_get_empty",
-                "Total number of times basic.get operations fetched no message",
-                t.get_empty,
+                "rabbitmq_queues_created",
+                "Total number of queues created",
+                s.queue_churn[1],
             ),
             (
-                "rabbitmq_global_messages_acknowledged",
-                "Total number of message acknowledgements received from consumers",
-                t.ack,
+                "rabbitmq_queues_deleted",
+                "Total number of queues deleted",
+                s.queue_churn[2],
             ),
             (
-                "rabbitmq_global_messages_confirmed",
-                "Total number of messages confirmed to publishers",
-                t.confirm,
+                "rabbitmq_connection_incoming_bytes",
+                "Total number of bytes received on a connection",
+                s.bytes_in,
             ),
             (
-                "rabbitmq_global_messages_redelivered",
-                "Total number of messages redelivered to consumers",
-                t.redeliver,
-            ),
-            (
-                "rabbitmq_global_messages_unroutable_dropped",
-                "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
-                t.drop_unroutable,
-            ),
-            (
-                "rabbitmq_global_messages_unroutable_returned",
-                "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
-                t.return_unroutable,
+                "rabbitmq_connection_outgoing_bytes",
+                "Total number of bytes sent on a connection",
+                s.bytes_out,
             ),
         ] {
-            counter(&mut enc, name, help, &[(amqp(), value)])?;
+            counter(enc, name, help, &[(none(), value)])?;
+        }
+        for (name, help, f) in MESSAGE_COUNTERS {
+            counter(enc, name, help, &[(amqp(), f(&s.totals))])?;
         }
         gauge(
-            &mut enc,
+            enc,
             "rabbitmq_global_consumers",
             "Current number of consumers",
             &[(amqp(), consumers)],
-        )?;
-        let (recv, send) = conns.iter().fold((0, 0), |(r, s), c| {
-            (r + load(&c.info().recv_oct), s + load(&c.info().send_oct))
-        });
-        counter(
-            &mut enc,
-            "rabbitmq_connection_incoming_bytes",
-            "Total number of bytes received on a connection",
-            &[(none(), recv)],
-        )?;
-        counter(
-            &mut enc,
-            "rabbitmq_connection_outgoing_bytes",
-            "Total number of bytes sent on a connection",
-            &[(none(), send)],
-        )?;
-        self.encode_node(&mut enc)
+        )
     }
-}
 
-impl BrokerMetrics {
-    /// Process, memory, disk, alarms and identity.
+    /// Process, memory, disk and alarms.
     fn encode_node(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let broker = &self.mgmt.broker;
-        let none = Labels::new;
         let raised = broker.alarms.raised();
         let (fds, max_fds) = super::overview::file_descriptors();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -465,21 +496,24 @@ impl BrokerMetrics {
         ] {
             gauge(enc, name, help, &[(none(), as_i64(value))])?;
         }
-        let version = broker.config.version.clone();
+        Ok(())
+    }
+
+    /// `rabbitmq_build_info` and `rabbitmq_identity_info`, which dashboards group by.
+    fn encode_identity(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let version = self.mgmt.broker.config.version.clone();
+        let build = vec![
+            ("rabbitmq_version", version.clone()),
+            ("prometheus_plugin_version", version),
+            ("prometheus_client_version", "prometheus-client 0.26".into()),
+            ("erlang_version", "none".into()),
+            ("lepus_version", env!("CARGO_PKG_VERSION").into()),
+        ];
         gauge(
             enc,
             "rabbitmq_build_info",
             "RabbitMQ & Erlang/OTP version info",
-            &[(
-                vec![
-                    ("rabbitmq_version", version.clone()),
-                    ("prometheus_plugin_version", version),
-                    ("prometheus_client_version", "prometheus-client 0.26".into()),
-                    ("erlang_version", "none".into()),
-                    ("lepus_version", env!("CARGO_PKG_VERSION").into()),
-                ],
-                1,
-            )],
+            &[(build, 1)],
         )?;
         let cluster = self
             .mgmt
@@ -487,19 +521,16 @@ impl BrokerMetrics {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let identity = vec![
+            ("rabbitmq_node", super::state::node_name()),
+            ("rabbitmq_cluster", cluster.clone()),
+            ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
+        ];
         gauge(
             enc,
             "rabbitmq_identity_info",
             "RabbitMQ node & cluster identity info",
-            &[(
-                vec![
-                    ("rabbitmq_node", super::state::node_name()),
-                    ("rabbitmq_cluster", cluster.clone()),
-                    ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
-                ],
-                1,
-            )],
-        )?;
-        Ok(())
+            &[(identity, 1)],
+        )
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::http::{
     ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
@@ -21,9 +21,9 @@ use super::rates::{self, QUEUE_FIELDS};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
-use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock};
 use crate::broker::queue::settings::QueueType;
+use crate::broker::queue::{ConsumerSnapshot, Queue};
 use crate::broker::stats::ConnectionInfo;
 use crate::broker::vhost::VirtualHost;
 use crate::broker::vhost::queues::QueueDeclare;
@@ -69,7 +69,28 @@ pub fn channel_details(conn: Option<&Arc<ConnectionInfo>>, number: u16) -> Value
     })
 }
 
-/// A queue as RabbitMQ's management API shows it.
+/// A consumer as RabbitMQ lists it, in a queue's `consumer_details` and in `/api/consumers`.
+pub fn consumer_json(
+    queue: &str,
+    vhost: &str,
+    c: &ConsumerSnapshot,
+    conns: &HashMap<u64, Arc<ConnectionInfo>>,
+) -> Value {
+    json!({
+        "arguments": encode_arguments(&c.arguments).0,
+        "ack_required": c.ack_required,
+        "active": true,
+        "activity_status": "up",
+        "channel_details": channel_details(conns.get(&c.connection), c.channel),
+        "consumer_tag": c.tag,
+        "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch_count,
+        "queue": {"name": queue, "vhost": vhost},
+    })
+}
+
+/// A queue as RabbitMQ's management API shows it; `details` adds its consumers, as the
+/// single-queue GET does.
 pub fn queue_json(
     m: &Mgmt,
     vhost: &VirtualHost,
@@ -81,109 +102,73 @@ pub fn queue_json(
     let s = q.snapshot();
     let key = rates::queue_key(&vhost.name, &q.name);
     let policy = vhost.queue_policy(&q.name);
+    let (user_policy, operator_policy) = vhost.queue_policy_names(&q.name);
     let kind = match q.settings().queue_type {
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
     };
-    let total = u64::from(s.ready) + u64::from(s.unacked);
-    let mut out = Map::new();
-    out.insert("name".into(), json!(q.name));
-    out.insert("vhost".into(), json!(vhost.name));
-    out.insert("type".into(), json!(kind));
-    out.insert("durable".into(), json!(q.durable));
-    out.insert("auto_delete".into(), json!(q.auto_delete));
-    out.insert("exclusive".into(), json!(q.exclusive_owner.is_some()));
-    out.insert("arguments".into(), encode_arguments(&q.arguments).0);
-    out.insert("node".into(), json!(super::state::node_name()));
-    out.insert("state".into(), json!("running"));
-    out.insert(
-        "policy".into(),
-        json!(policy.as_ref().map(|p| p.name.clone())),
-    );
-    out.insert("operator_policy".into(), Value::Null);
-    out.insert(
-        "effective_policy_definition".into(),
-        Value::Object(policy.map(|p| p.definition).unwrap_or_default()),
-    );
-    out.insert("consumers".into(), json!(s.consumers.len()));
-    out.insert("exclusive_consumer_tag".into(), json!(s.exclusive_consumer));
-    out.insert("single_active_consumer_tag".into(), Value::Null);
-    out.insert("consumer_utilisation".into(), Value::Null);
-    out.insert(
-        "consumer_capacity".into(),
-        json!(if s.consumers.is_empty() { 0.0 } else { 1.0 }),
-    );
-    out.insert("head_message_timestamp".into(), Value::Null);
-    out.insert("recoverable_slaves".into(), Value::Null);
-    rates::with_rate(&mut out, &m.rates, &key, "messages", total);
-    rates::with_rate(
-        &mut out,
-        &m.rates,
-        &key,
-        "messages_ready",
-        u64::from(s.ready),
-    );
-    rates::with_rate(
-        &mut out,
-        &m.rates,
-        &key,
-        "messages_unacknowledged",
-        u64::from(s.unacked),
-    );
-    out.insert(
-        "messages_ram".into(),
-        json!(if s.paged { 0 } else { total }),
-    );
-    out.insert(
-        "messages_ready_ram".into(),
-        json!(if s.paged { 0 } else { s.ready }),
-    );
-    out.insert("messages_unacknowledged_ram".into(), json!(s.unacked));
-    out.insert(
-        "messages_persistent".into(),
-        json!(if q.durable { total } else { 0 }),
-    );
-    out.insert("messages_paged_out".into(), json!(0));
-    out.insert("message_bytes".into(), json!(s.ready_bytes));
-    out.insert("message_bytes_ready".into(), json!(s.ready_bytes));
-    out.insert("message_bytes_unacknowledged".into(), json!(0));
-    out.insert("message_bytes_ram".into(), json!(s.ready_bytes));
-    out.insert(
-        "message_bytes_persistent".into(),
-        json!(if q.durable { s.ready_bytes } else { 0 }),
-    );
-    out.insert("message_bytes_paged_out".into(), json!(0));
-    out.insert("memory".into(), json!(s.ready_bytes));
-    if s.consumers.is_empty() {
-        out.insert("idle_since".into(), json!(timestamp(s.last_used_ms)));
+    let (ready, unacked) = (u64::from(s.ready), u64::from(s.unacked));
+    let total = ready + unacked;
+    let in_memory = |n: u64| if s.paged { 0 } else { n };
+    let persistent = |n: u64| if q.durable { n } else { 0 };
+    let mut out = json!({
+        "name": q.name,
+        "vhost": vhost.name,
+        "type": kind,
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner.is_some(),
+        "arguments": encode_arguments(&q.arguments).0,
+        "node": super::state::node_name(),
+        "state": "running",
+        "policy": user_policy,
+        "operator_policy": operator_policy,
+        "effective_policy_definition": Value::Object(policy.map(|p| p.definition).unwrap_or_default()),
+        "consumers": s.consumers.len(),
+        "exclusive_consumer_tag": s.exclusive_consumer,
+        "single_active_consumer_tag": Value::Null,
+        "consumer_utilisation": Value::Null,
+        "consumer_capacity": if s.consumers.is_empty() { 0.0 } else { 1.0 },
+        "head_message_timestamp": Value::Null,
+        "recoverable_slaves": Value::Null,
+        "messages_ram": in_memory(total),
+        "messages_ready_ram": in_memory(ready),
+        "messages_unacknowledged_ram": unacked,
+        "messages_persistent": persistent(total),
+        "messages_paged_out": 0,
+        "message_bytes": s.ready_bytes,
+        "message_bytes_ready": s.ready_bytes,
+        "message_bytes_unacknowledged": 0,
+        "message_bytes_ram": in_memory(s.ready_bytes),
+        "message_bytes_persistent": persistent(s.ready_bytes),
+        "message_bytes_paged_out": 0,
+        "memory": s.ready_bytes,
+        "message_stats": rates::message_stats(&m.rates, &key, &s.counters.totals(), QUEUE_FIELDS, stats),
+    });
+    let Value::Object(map) = &mut out else {
+        return out;
+    };
+    for (field, value) in [
+        ("messages", total),
+        ("messages_ready", ready),
+        ("messages_unacknowledged", unacked),
+    ] {
+        rates::with_rate(map, &m.rates, &key, field, value);
     }
-    out.insert(
-        "message_stats".into(),
-        rates::message_stats(&m.rates, &key, &s.counters.totals(), QUEUE_FIELDS, stats),
-    );
+    if s.consumers.is_empty() {
+        map.insert("idle_since".into(), json!(timestamp(s.last_used_ms)));
+    }
     if details {
-        let consumers: Vec<Value> = s
+        let consumers = s
             .consumers
             .iter()
-            .map(|c| {
-                json!({
-                    "arguments": encode_arguments(&c.arguments).0,
-                    "ack_required": c.ack_required,
-                    "active": true,
-                    "activity_status": "up",
-                    "channel_details": channel_details(conns.get(&c.connection), c.channel),
-                    "consumer_tag": c.tag,
-                    "exclusive": c.exclusive,
-                    "prefetch_count": c.prefetch_count,
-                    "queue": {"name": q.name, "vhost": vhost.name},
-                })
-            })
+            .map(|c| consumer_json(&q.name, &vhost.name, c, conns))
             .collect();
-        out.insert("consumer_details".into(), Value::Array(consumers));
-        out.insert("deliveries".into(), json!([]));
-        out.insert("incoming".into(), json!([]));
+        map.insert("consumer_details".into(), Value::Array(consumers));
+        map.insert("deliveries".into(), json!([]));
+        map.insert("incoming".into(), json!([]));
     }
-    Value::Object(out)
+    out
 }
 
 fn queues_of(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Vec<Value> {
