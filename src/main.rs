@@ -304,16 +304,14 @@ fn main() -> ExitCode {
             [] => String::new(),
             addrs => format!("; AMQP over TLS on {}", list(addrs)),
         };
-        let http = match (server.management_addr(), server.prometheus_addr()) {
-            (None, None) => String::new(),
-            (m, p) => format!(
-                "; management API on {}; Prometheus metrics on {}",
-                m.map_or("none".into(), |a| a.to_string()),
-                p.map_or("none".into(), |a| a.to_string())
-            ),
-        };
+        if let Some(addr) = server.management_addr() {
+            tracing::info!("management API on http://{addr}/api/");
+        }
+        if let Some(addr) = server.prometheus_addr() {
+            tracing::info!("Prometheus metrics on http://{addr}/metrics");
+        }
         tracing::info!(
-            "Lepus {} ready, listening for AMQP on {}{tls}{http}",
+            "Lepus {} ready, listening for AMQP on {}{tls}",
             env!("CARGO_PKG_VERSION"),
             list(server.local_addrs())
         );

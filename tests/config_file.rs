@@ -128,6 +128,8 @@ fn rabbitmq_hash<D: Digest>(password: &str) -> String {
 /// Starts the binary; returns it, every log line so far, and the address it listens on.
 fn start(args: &[&str], dir: &Path) -> (std::process::Child, mpsc::Receiver<String>, SocketAddr) {
     let mut child = lepus(args)
+        .env("LEPUS_MANAGEMENT_LISTEN", "off")
+        .env("LEPUS_PROMETHEUS_LISTEN", "off")
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("LEPUS_LOG", "info")

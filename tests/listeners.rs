@@ -45,6 +45,8 @@ fn log_of_one_connection(args: &[&str]) -> Vec<String> {
         .args(args)
         .env("LEPUS_LOG", "info")
         .env_remove("NO_COLOR")
+        .env("LEPUS_MANAGEMENT_LISTEN", "off")
+        .env("LEPUS_PROMETHEUS_LISTEN", "off")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

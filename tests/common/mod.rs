@@ -445,6 +445,9 @@ impl Process {
             .arg(dir)
             .env("LEPUS_LOG", "info")
             .env("NO_COLOR", "1")
+            // Tests run in parallel: no broker takes the fixed HTTP ports.
+            .env("LEPUS_MANAGEMENT_LISTEN", "off")
+            .env("LEPUS_PROMETHEUS_LISTEN", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
