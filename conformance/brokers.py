@@ -81,14 +81,25 @@ def pinned(cpu, argv):
     return argv if cpu is None else ["taskset", "-c", str(cpu)] + argv
 
 
+def http_conf(mgmt_port, prom_port):
+    """The rabbitmq.conf lines of the management API and Prometheus listeners."""
+    return ("management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %d\n" % mgmt_port
+            + "prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = %d\n" % prom_port)
+
+
 class Lepus:
     name = "lepus"
 
-    def __init__(self, cpu=None, send_timeout_ms=None):
+    def __init__(self, cpu=None, send_timeout_ms=None, management=True):
         self.proc = None
         self.cpu = cpu
         self.send_timeout_ms = send_timeout_ms
         self.data = tempfile.mkdtemp(prefix="lepus-conformance-")
+        # Lepus serves its management API by default; on free ports here, so that runs
+        # never collide.
+        self.management = management
+        self.mgmt_port = free_port()
+        self.prom_port = free_port()
 
     @property
     def pid(self):
@@ -103,6 +114,7 @@ class Lepus:
         self.conf = os.path.join(self.data, "lepus.conf")
         with open(self.conf, "w") as f:
             f.write(tls_conf(self.tls_port))
+            f.write(http_conf(self.mgmt_port, self.prom_port))
         return self._spawn()
 
     def restart(self):
@@ -122,6 +134,7 @@ class Lepus:
                              + (["--send-timeout-ms", str(self.send_timeout_ms)] if self.send_timeout_ms else [])),
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)
+        wait_for_port(self.mgmt_port, self.proc)
         return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
 
     def ctl(self):
@@ -147,8 +160,13 @@ class RabbitMQ:
     """A private RabbitMQ node from Debian's rabbitmq-server package, on free ports."""
     name = "rabbitmq"
 
-    def __init__(self, cpu=None, send_timeout_ms=None):
+    def __init__(self, cpu=None, send_timeout_ms=None, management=False):
         self.base = tempfile.mkdtemp(prefix="rabbitmq-conformance-")
+        # rabbitmq_management and rabbitmq_prometheus, for the management scenarios (off for
+        # benchmarks, where Debian's default node has neither).
+        self.management = management
+        self.mgmt_port = free_port() if management else None
+        self.prom_port = free_port() if management else None
         self.node = "lepusconf%d@localhost" % os.getpid()
         self.env = None
         self.cpu = cpu
@@ -175,10 +193,13 @@ class RabbitMQ:
         self.port = free_port()
         plugins = os.path.join(self.base, "enabled_plugins")
         with open(plugins, "w") as f:
-            f.write("[rabbitmq_auth_mechanism_ssl].\n")
+            extra = ",rabbitmq_management,rabbitmq_prometheus" if self.management else ""
+            f.write("[rabbitmq_auth_mechanism_ssl%s].\n" % extra)
         self.tls_port = free_port()
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as f:
             f.write(tls_conf(self.tls_port, bind=""))
+            if self.management:
+                f.write(http_conf(self.mgmt_port, self.prom_port))
             if self.send_timeout_ms:
                 f.write("tcp_listen_options.send_timeout = %d\n" % self.send_timeout_ms)
         self.env = dict(
@@ -196,6 +217,9 @@ class RabbitMQ:
         subprocess.run(pinned(self.cpu, [self.tool("rabbitmq-server"), "-detached"]), env=self.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, timeout=120)
+        if self.management:
+            wait_for_port(self.mgmt_port, timeout=120)
+            wait_for_port(self.prom_port, timeout=120)
         return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
 
     def ctl(self):

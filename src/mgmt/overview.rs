@@ -126,7 +126,6 @@ async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) ->
         "product_version": version,
         "product_name": broker.config.product,
         "rabbitmq_version": version,
-        "lepus_version": env!("CARGO_PKG_VERSION"),
         "cluster_name": read_cluster_name(&m),
         "erlang_version": "none (Lepus is written in Rust)",
         "erlang_full_version": "none (Lepus is written in Rust)",

@@ -127,7 +127,8 @@ pub fn queue_json(
         "consumers": s.consumers.len(),
         "exclusive_consumer_tag": s.exclusive_consumer,
         "single_active_consumer_tag": Value::Null,
-        "consumer_utilisation": Value::Null,
+        // Lepus's queues never hold back a message from a consumer with credit.
+        "consumer_utilisation": if s.consumers.is_empty() { Value::Null } else { json!(1.0) },
         "consumer_capacity": if s.consumers.is_empty() { 0.0 } else { 1.0 },
         "head_message_timestamp": Value::Null,
         "recoverable_slaves": Value::Null,
@@ -155,9 +156,7 @@ pub fn queue_json(
     ] {
         rates::with_rate(map, &m.rates, &key, field, value);
     }
-    if s.consumers.is_empty() {
-        map.insert("idle_since".into(), json!(timestamp(s.last_used_ms)));
-    }
+    map.insert("idle_since".into(), json!(timestamp(s.last_used_ms)));
     if details {
         let consumers = s
             .consumers

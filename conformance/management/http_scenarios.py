@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""The management API and the Prometheus endpoint over plain HTTP: status codes, error bodies,
+paging, the shape of every kind of object (field names and types, where values are not
+deterministic), and RabbitMQ's metric names."""
+
+import os
+import re
+import sys
+import time
+
+import pika
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import endpoints, get_json, http, quote, run, scenario, shape  # noqa: E402
+
+# Fields of Erlang's own machinery (garbage collection, reductions, the classic queue's
+# backing store), which Lepus has no equivalent of; left out of shape comparisons
+# (conformance/DIFFERENCES.md).
+ERLANG_ONLY = {"garbage_collection", "reductions", "reductions_details", "backing_queue_status"}
+
+
+def strip(v):
+    if isinstance(v, dict):
+        return {k: strip(x) for k, x in v.items() if k not in ERLANG_ONLY}
+    return v
+
+
+@scenario
+def http_errors(url):
+    seen = {}
+    status, headers, body = http("GET", "/api/overview", auth=None)
+    seen["no_auth"] = [status, headers.get("www-authenticate"), body]
+    seen["bad_password"] = http("GET", "/api/overview", auth=("guest", "nope"))[::2]
+    http("PUT", "/api/users/http-plain", {"password": "pw", "tags": ""})
+    http("PUT", "/api/users/http-mgr", {"password": "pw", "tags": "management"})
+    seen["no_tags"] = http("GET", "/api/overview", auth=("http-plain", "pw"))[::2]
+    seen["not_admin"] = http("GET", "/api/users", auth=("http-mgr", "pw"))[::2]
+    seen["not_monitor"] = http("GET", "/api/nodes", auth=("http-mgr", "pw"))[::2]
+    seen["no_vhost_access"] = http("GET", "/api/queues/%2F/x", auth=("http-mgr", "pw"))[::2]
+    seen["not_found"] = http("GET", "/api/queues/%2F/http-nope")[::2]
+    seen["no_such_vhost"] = http("GET", "/api/queues/nope")[::2]
+    seen["bad_type"] = http("PUT", "/api/exchanges/%2F/http-x", {"type": "nope"})[::2]
+    http("PUT", "/api/queues/%2F/http-q", {"durable": True})
+    seen["inequivalent"] = http("PUT", "/api/queues/%2F/http-q", {"durable": False})[::2]
+    seen["trailing_slash"] = http("GET", "/api/queues/%2F/http-q/")[0]
+    seen["default_exchange"] = get_json("/api/exchanges/%2F/amq.default")[1]["name"]
+    seen["delete_system_exchange"] = http("DELETE", "/api/exchanges/%2F/amq.direct")[0]
+    http("DELETE", "/api/queues/%2F/http-q")
+    for u in ("http-plain", "http-mgr"):
+        http("DELETE", "/api/users/" + u)
+    return seen
+
+
+@scenario
+def http_paging(url):
+    http("PUT", "/api/vhosts/http-paging", {})
+    for name in ("b-2", "a-1", "c-3", "b-4"):
+        http("PUT", "/api/queues/http-paging/" + name, {})
+    seen = {}
+    seen["plain"] = [q["name"] for q in get_json("/api/queues/http-paging")[1]]
+    seen["columns"] = get_json("/api/queues/http-paging?columns=name,durable")[1]
+    page = get_json("/api/queues/http-paging?page=2&page_size=3")[1]
+    seen["page"] = {k: v for k, v in page.items() if k != "items"}
+    seen["page_items"] = [q["name"] for q in page["items"]]
+    filtered = get_json("/api/queues/http-paging?page=1&name=b-&sort=name&sort_reverse=true")[1]
+    seen["filtered"] = [filtered["filtered_count"], [q["name"] for q in filtered["items"]]]
+    regex = get_json("/api/queues/http-paging?page=1&name=%5E%5Bac%5D&use_regex=true")[1]
+    seen["regex"] = [q["name"] for q in regex["items"]]
+    http("DELETE", "/api/vhosts/http-paging")
+    return seen
+
+
+def until(path, ready, timeout=20):
+    """The JSON at `path` once `ready` holds (RabbitMQ fills in statistics every 5 s)."""
+    deadline = time.time() + timeout
+    while True:
+        status, body = get_json(path)
+        if (status == 200 and ready(body)) or time.time() > deadline:
+            return body
+        time.sleep(0.25)
+
+
+@scenario
+def http_shapes(url):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare("http-shape", durable=True)
+    ch.basic_publish("", "http-shape", b"m")
+    ch.basic_qos(prefetch_count=2)
+    ch.basic_consume("http-shape", lambda *a: None, consumer_tag="shape-tag")
+    conn.process_data_events(time_limit=0.5)
+    seen = {}
+    queue = until("/api/queues/%2F/http-shape", lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1)
+    seen["queue"] = shape(strip(queue))
+    conns = until("/api/connections", lambda cs: any("recv_oct" in c for c in cs))
+    seen["connection"] = shape(strip([c for c in conns if "recv_oct" in c][0]))
+    chans = until("/api/channels", lambda cs: any("message_stats" in c for c in cs))
+    seen["channel"] = shape(strip([c for c in chans if "message_stats" in c][0]))
+    consumers = until("/api/consumers", lambda cs: any(c["consumer_tag"] == "shape-tag" for c in cs))
+    seen["consumer"] = shape(strip([c for c in consumers if c["consumer_tag"] == "shape-tag"][0]))
+    seen["exchange"] = shape(strip(get_json("/api/exchanges/%2F/amq.topic")[1]))
+    seen["binding"] = shape(get_json("/api/queues/%2F/http-shape/bindings")[1])
+    vhost = until("/api/vhosts/%2F", lambda v: "message_stats" in v and "recv_oct" in v)
+    # Keyed by node name, which differs between the brokers.
+    vhost["cluster_state"] = sorted(vhost["cluster_state"].values())
+    seen["vhost"] = shape(vhost)
+    seen["user"] = shape(get_json("/api/users/guest")[1])
+    seen["permission"] = get_json("/api/permissions/%2F/guest")[1]
+    seen["whoami"] = get_json("/api/whoami")[1]
+    conn.close()
+    http("DELETE", "/api/queues/%2F/http-shape")
+    return seen
+
+
+METRICS = [
+    "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
+    "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queue_messages_published_total",
+    "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_consumers", "rabbitmq_queues",
+    "rabbitmq_connections_opened_total", "rabbitmq_connections_closed_total",
+    "rabbitmq_channels_opened_total", "rabbitmq_channels_closed_total",
+    "rabbitmq_queues_declared_total", "rabbitmq_queues_created_total", "rabbitmq_queues_deleted_total",
+    "rabbitmq_global_messages_received_total", "rabbitmq_global_messages_routed_total",
+    "rabbitmq_global_messages_delivered_total", "rabbitmq_global_messages_acknowledged_total",
+    "rabbitmq_global_messages_confirmed_total", "rabbitmq_global_messages_redelivered_total",
+    "rabbitmq_global_messages_unroutable_dropped_total", "rabbitmq_global_messages_unroutable_returned_total",
+    "rabbitmq_global_consumers", "rabbitmq_connection_incoming_bytes_total",
+    "rabbitmq_connection_outgoing_bytes_total", "rabbitmq_process_resident_memory_bytes",
+    "rabbitmq_resident_memory_limit_bytes", "rabbitmq_disk_space_available_bytes",
+    "rabbitmq_disk_space_available_limit_bytes", "rabbitmq_process_open_fds", "rabbitmq_process_max_fds",
+    "rabbitmq_alarms_memory_used_watermark", "rabbitmq_alarms_free_disk_space_watermark",
+    "rabbitmq_build_info", "rabbitmq_identity_info",
+]
+
+
+def scrape(path):
+    status, headers, body = http("GET", path, auth=None, port=endpoints()[1])
+    assert status == 200, status
+    return body
+
+
+@scenario
+def prometheus_metrics(url):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare("prom-q")
+    for _ in range(2):
+        ch.basic_publish("", "prom-q", b"m")
+    seen = {}
+    names = set(re.findall(r"^([a-z_]+)[{ ]", scrape("/metrics"), re.M))
+    seen["present"] = {name: name in names for name in METRICS}
+    line = re.compile(r'^rabbitmq_queue_messages_ready\{vhost="/",queue="prom-q"\} (\S+)$', re.M)
+    deadline = time.time() + 20
+    value = None
+    while time.time() < deadline:
+        found = line.search(scrape("/metrics/per-object"))
+        value = found and float(found.group(1))
+        if value == 2:
+            break
+        time.sleep(0.25)
+    seen["per_object_ready"] = value
+    conn.close()
+    http("DELETE", "/api/queues/%2F/prom-q")
+    return seen
+
+
+if __name__ == "__main__":
+    run()
