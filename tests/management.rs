@@ -841,3 +841,14 @@ async fn a_queue_declared_over_http_is_durable_before_the_answer() {
     assert_eq!(q["durable"], true);
     assert_eq!(q["policy"], "ttl");
 }
+
+#[tokio::test]
+async fn a_request_body_past_the_limit_is_refused_before_it_is_read_whole() {
+    let (_broker, api) = broker_with_api().await;
+    let huge = "x".repeat(lepus::mgmt::api::MAX_BODY_BYTES + 1);
+    let refused = api
+        .post("/api/definitions", json!({"users": [], "padding": huge}))
+        .await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(api.get("/api/parameters").await.json(), json!([]));
+}

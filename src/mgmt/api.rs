@@ -15,7 +15,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::http::{ApiError, Caller, normalise_path};
+use super::listener::{Bounded, Peer};
 pub use super::state::Mgmt;
+
+/// The largest request body taken (a definitions import is the largest there is); RabbitMQ's
+/// `management.http.max_body_size` is the same 20 MiB.
+pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 
 /// Every route of the API, for either listener.
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -29,6 +34,7 @@ pub fn routes() -> Router<Arc<Mgmt>> {
         .merge(super::connections::routes())
         .merge(super::definitions::routes())
         .fallback(|| async { ApiError::not_found() })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// Binds the management listener and serves the API (and the web UI) until aborted.
@@ -38,11 +44,12 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let listener = Bounded::new(listener);
     let app = routes()
         .layer(middleware::from_fn_with_state(mgmt.clone(), authenticate))
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, normalise_path);
-    let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+    let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<Peer>(app);
     Ok((
         local,
         tokio::spawn(async move {
@@ -57,7 +64,7 @@ pub async fn serve(
 /// allowed in from where they connect (`loopback_users`) and have a management tag.
 async fn authenticate(
     State(mgmt): State<Arc<Mgmt>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     mut req: Request,
     next: Next,
 ) -> Response {

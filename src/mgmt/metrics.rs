@@ -38,6 +38,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let listener = super::listener::Bounded::new(listener);
     let app = Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))

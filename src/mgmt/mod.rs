@@ -22,6 +22,7 @@ pub mod connections;
 pub mod definitions;
 pub mod exchanges;
 pub mod http;
+pub mod listener;
 pub mod messages;
 pub mod metrics;
 pub mod overview;

@@ -30,6 +30,12 @@ pub fn routes() -> Router<Arc<Mgmt>> {
             "/api/vhosts/{vhost}/topic-permissions",
             get(vhost_topic_permissions),
         )
+        // Runtime parameters belong to plugins Lepus does not have (shovels, federation):
+        // there are none.
+        .route("/api/parameters", get(no_parameters))
+        .route("/api/parameters/{component}", get(no_parameters))
+        .route("/api/parameters/{component}/{vhost}", get(no_parameters))
+        .route("/api/global-parameters", get(no_parameters))
         .route("/api/vhost-limits", get(all_limits))
         .route("/api/vhost-limits/{vhost}", get(vhost_limits))
         .route(
@@ -55,6 +61,10 @@ pub fn routes() -> Router<Arc<Mgmt>> {
                 .put(put_policy::<true>)
                 .delete(delete_policy::<true>),
         )
+}
+
+async fn no_parameters(_caller: Caller) -> ApiResult {
+    Ok(Json(json!([])).into_response())
 }
 
 fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery) -> Value {

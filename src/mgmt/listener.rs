@@ -1,0 +1,134 @@
+//! The HTTP listeners' connections: bounded in number and closed when idle, so that clients
+//! holding connections open cannot use up the broker's memory or lock operators out for
+//! long. (hyper applies no idle timeout of its own here.)
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// HTTP connections served at once per listener; further ones wait to be accepted.
+pub const MAX_HTTP_CONNECTIONS: usize = 256;
+/// A connection that sends nothing for this long is closed (between requests, or in the
+/// middle of one).
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A TCP listener that holds a slot for every connection it hands out.
+pub struct Bounded {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl Bounded {
+    pub fn new(inner: TcpListener) -> Bounded {
+        Bounded {
+            inner,
+            slots: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+        }
+    }
+}
+
+impl Listener for Bounded {
+    type Io = Guarded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Guarded, SocketAddr) {
+        loop {
+            // The semaphore is never closed; if it were, serving without a bound would
+            // be wrong, so wait and try again.
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            match self.inner.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (Guarded::new(stream, permit), peer);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The client's address, for handlers (`loopback_users`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, Bounded>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Bounded>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// One accepted connection: its slot, and the deadline it must send something by.
+pub struct Guarded {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    idle: Pin<Box<Sleep>>,
+}
+
+impl Guarded {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit) -> Guarded {
+        Guarded {
+            stream,
+            _slot: slot,
+            idle: Box::pin(tokio::time::sleep(HTTP_IDLE_TIMEOUT)),
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.idle.as_mut().reset(Instant::now() + HTTP_IDLE_TIMEOUT);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
