@@ -123,7 +123,7 @@ METRICS = [
     "rabbitmq_global_messages_delivered_total", "rabbitmq_global_messages_acknowledged_total",
     "rabbitmq_global_messages_confirmed_total", "rabbitmq_global_messages_redelivered_total",
     "rabbitmq_global_messages_unroutable_dropped_total", "rabbitmq_global_messages_unroutable_returned_total",
-    "rabbitmq_global_consumers", "rabbitmq_connection_incoming_bytes_total",
+    "rabbitmq_global_consumers", "rabbitmq_global_publishers", "rabbitmq_connection_incoming_bytes_total",
     "rabbitmq_connection_outgoing_bytes_total", "rabbitmq_process_resident_memory_bytes",
     "rabbitmq_resident_memory_limit_bytes", "rabbitmq_disk_space_available_bytes",
     "rabbitmq_disk_space_available_limit_bytes", "rabbitmq_process_open_fds", "rabbitmq_process_max_fds",

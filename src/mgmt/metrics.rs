@@ -147,6 +147,8 @@ struct Scrape {
     channels: usize,
     bytes_in: u64,
     bytes_out: u64,
+    /// Channels that have published (RabbitMQ's publishers).
+    publishers: i64,
 }
 
 /// The queue gauges: name, help, and which number.
@@ -288,6 +290,11 @@ impl BrokerMetrics {
             channels: conns.iter().map(|c| c.info().channels().len()).sum(),
             bytes_in: conns.iter().map(|c| load(&c.info().recv_oct)).sum(),
             bytes_out: conns.iter().map(|c| load(&c.info().send_oct)).sum(),
+            publishers: conns
+                .iter()
+                .flat_map(|c| c.info().channels())
+                .filter(|ch| load(&ch.messages.publish) > 0)
+                .count() as i64,
         };
         for v in broker.vhosts() {
             scrape
@@ -423,6 +430,12 @@ impl BrokerMetrics {
         for (name, help, f) in MESSAGE_COUNTERS {
             counter(enc, name, help, &[(amqp(), f(&s.totals))])?;
         }
+        gauge(
+            enc,
+            "rabbitmq_global_publishers",
+            "Current number of publishers",
+            &[(amqp(), s.publishers)],
+        )?;
         gauge(
             enc,
             "rabbitmq_global_consumers",
