@@ -3,6 +3,7 @@
 //! a Unix socket in the data directory; the file's permissions are the authorisation).
 
 mod http;
+mod list;
 mod users;
 
 use std::path::PathBuf;
@@ -111,6 +112,36 @@ pub(crate) enum Command {
         write: String,
         read: String,
     },
+    /// Lists queues and their properties.
+    #[command(name = "list_queues")]
+    ListQueues(list::ListArgs),
+    /// Lists exchanges.
+    #[command(name = "list_exchanges")]
+    ListExchanges(list::ListArgs),
+    /// Lists all bindings on a vhost.
+    #[command(name = "list_bindings")]
+    ListBindings(list::ListArgs),
+    /// Lists user names and tags.
+    #[command(name = "list_users")]
+    ListUsers(list::ListArgs),
+    /// Lists virtual hosts.
+    #[command(name = "list_vhosts")]
+    ListVhosts(list::ListArgs),
+    /// Lists user permissions in a virtual host.
+    #[command(name = "list_permissions")]
+    ListPermissions(list::ListArgs),
+    /// Lists all policies in a virtual host.
+    #[command(name = "list_policies")]
+    ListPolicies(list::ListArgs),
+    /// Lists all consumers for a vhost.
+    #[command(name = "list_consumers")]
+    ListConsumers(list::ListArgs),
+    /// Lists AMQP 0.9.1 connections for the node.
+    #[command(name = "list_connections")]
+    ListConnections(list::ListArgs),
+    /// Lists all channels in the node.
+    #[command(name = "list_channels")]
+    ListChannels(list::ListArgs),
     /// Revokes a user's topic permissions in a vhost (on one exchange, if named).
     #[command(name = "clear_topic_permissions")]
     ClearTopicPermissions {
@@ -121,13 +152,45 @@ pub(crate) enum Command {
     },
 }
 
+/// rabbitmqctl's exit status for bad usage (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// rabbitmqctl's exit status when the node cannot be reached or refuses (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return match e.use_stderr() {
+                true => ExitCode::from(EXIT_USAGE),
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
     let socket = args
         .socket
         .clone()
         .unwrap_or_else(|| args.data_dir.join("lepus.sock"));
     let _ = &args.node;
+    if let Some((kind, list_args)) = list_command(&args.command) {
+        return match list::run(kind, list_args, args.quiet, &socket) {
+            Ok(out) => {
+                if !out.is_empty() {
+                    println!("{out}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(list::ListError::Usage(e)) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+            Err(list::ListError::Broker(e)) => {
+                eprintln!("Error: {e}");
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        };
+    }
     match run(&args, &socket) {
         Ok(out) => {
             if !args.quiet && !out.is_empty() {
@@ -137,8 +200,25 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("Error: {e}");
-            ExitCode::from(69)
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
+    }
+}
+
+/// The kind of object a `list_*` command lists, and its arguments.
+fn list_command(command: &Command) -> Option<(list::Kind, &list::ListArgs)> {
+    match command {
+        Command::ListQueues(a) => Some((list::Kind::Queues, a)),
+        Command::ListExchanges(a) => Some((list::Kind::Exchanges, a)),
+        Command::ListBindings(a) => Some((list::Kind::Bindings, a)),
+        Command::ListUsers(a) => Some((list::Kind::Users, a)),
+        Command::ListVhosts(a) => Some((list::Kind::Vhosts, a)),
+        Command::ListPermissions(a) => Some((list::Kind::Permissions, a)),
+        Command::ListPolicies(a) => Some((list::Kind::Policies, a)),
+        Command::ListConsumers(a) => Some((list::Kind::Consumers, a)),
+        Command::ListConnections(a) => Some((list::Kind::Connections, a)),
+        Command::ListChannels(a) => Some((list::Kind::Channels, a)),
+        _ => None,
     }
 }
 
