@@ -194,3 +194,127 @@ async fn same_as_rabbitmqctl_bad_usage_exits_with_64() {
         "Error (argument validation): Info key(s) bogus_col are not supported\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmqctl_objects_are_changed_with_its_messages_and_statuses() {
+    let broker = Broker::start().await;
+    let _client = declare_and_publish(&broker).await;
+    assert_eq!(
+        ctl(&broker, &["add_vhost", "v3"]).await,
+        (0, "Adding vhost \"v3\" ...\n".into(), String::new())
+    );
+    assert_eq!(
+        ctl(&broker, &["-q", "list_vhosts"]).await.1,
+        "name\n/\nv3\n"
+    );
+    assert_eq!(ctl(&broker, &["delete_vhost", "v3"]).await.0, 0);
+    assert_eq!(
+        ctl(&broker, &["delete_vhost", "v3"]).await,
+        (
+            65,
+            "Deleting vhost \"v3\" ...\nVirtual host 'v3' does not exist\n".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        ctl(&broker, &["set_policy", "-p", "/", "--priority", "1", "--apply-to", "queues", "p2", "^q", "{\"max-length\":1}"]).await,
+        (0, "Setting policy \"p2\" for pattern \"^q\" to \"{\"max-length\":1}\" with priority \"1\" for vhost \"/\" ...\n".into(), String::new())
+    );
+    assert_eq!(
+        ctl(&broker, &["-q", "list_policies"])
+            .await
+            .1
+            .lines()
+            .nth(1),
+        Some("/\tp2\t^q\tqueues\t{\"max-length\":1}\t1")
+    );
+    assert_eq!(ctl(&broker, &["clear_policy", "p2"]).await.0, 0);
+    assert_eq!(
+        ctl(&broker, &["clear_policy", "p2"]).await,
+        (
+            69,
+            "Clearing policy \"p2\" on vhost \"/\" ...\n".into(),
+            "Error:\nParameter does not exist\n".into()
+        )
+    );
+    assert_eq!(
+        ctl(&broker, &["purge_queue", "q1"]).await,
+        (
+            0,
+            "Purging queue 'q1' in vhost '/' ...\n".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        ctl(&broker, &["delete_queue", "q1"]).await,
+        (0, "Deleting queue 'q1' on vhost '/' ...\nQueue was successfully deleted with 0 ready messages\n".into(), String::new())
+    );
+    assert_eq!(
+        ctl(&broker, &["delete_queue", "q1"]).await,
+        (
+            64,
+            "Deleting queue 'q1' on vhost '/' ...\n".into(),
+            "Error:\nQueue not found\n".into()
+        )
+    );
+    assert_eq!(
+        ctl(&broker, &["authenticate_user", "guest", "guest"])
+            .await
+            .1,
+        "Authenticating user \"guest\" ...\nSuccess\n"
+    );
+    assert_eq!(
+        ctl(&broker, &["authenticate_user", "guest", "nope"])
+            .await
+            .0,
+        65
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmqctl_close_connection_tells_the_client_why() {
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    let name = within(async {
+        loop {
+            let listed = ctl(
+                &broker,
+                &["-q", "list_connections", "name", "--no-table-headers"],
+            )
+            .await
+            .1;
+            if let Some(line) = listed.lines().next() {
+                return line.to_owned();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        ctl(
+            &broker,
+            &["close_connection", &name, "Closed via rabbitmqctl"]
+        )
+        .await
+        .1,
+        format!("Closing connection {name}, reason: Closed via rabbitmqctl...\n")
+    );
+    assert_eq!(
+        raw.expect_connection_close().await,
+        (
+            320,
+            "CONNECTION_FORCED - Closed via rabbitmqctl".into(),
+            0,
+            0
+        )
+    );
+    let dir = std::env::temp_dir().join(format!("lepusctl-defs-{}.json", std::process::id()));
+    let path = dir.to_str().unwrap();
+    assert_eq!(ctl(&broker, &["export_definitions", path]).await.0, 0);
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dir).unwrap()).unwrap();
+    assert_eq!(exported["vhosts"], serde_json::json!([{"name": "/"}]));
+    assert_eq!(ctl(&broker, &["import_definitions", path]).await.0, 0);
+    let _ = std::fs::remove_file(&dir);
+}

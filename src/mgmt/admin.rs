@@ -57,6 +57,10 @@ fn router(mgmt: Arc<Mgmt>) -> Router {
         )
         .route("/api/lepus/disk_free_limit", put(set_disk_free_limit))
         .route(
+            "/api/lepus/authenticate",
+            axum::routing::post(authenticate_user),
+        )
+        .route(
             "/api/lepus/vhost_limits/{vhost}",
             put(set_vhost_limits).delete(clear_vhost_limits),
         )
@@ -138,6 +142,21 @@ async fn set_disk_free_limit(
     };
     broker.alarms.set_disk_free_limit(limit);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `{"user": ..., "password": ...}`, as `rabbitmqctl authenticate_user` takes them.
+#[derive(Debug, Deserialize)]
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+/// 204 if the password is the user's, 401 otherwise (no user and a wrong password alike).
+async fn authenticate_user(State(m): State<Arc<Mgmt>>, Json(c): Json<Credentials>) -> Response {
+    match m.broker.user(&c.user) {
+        Some(u) if u.password_matches(&c.password) => StatusCode::NO_CONTENT.into_response(),
+        _ => StatusCode::UNAUTHORIZED.into_response(),
+    }
 }
 
 /// `{"max-queues": N, "max-connections": N}`, as `rabbitmqctl set_vhost_limits` takes it.

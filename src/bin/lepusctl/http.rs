@@ -14,6 +14,26 @@ pub fn request(
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, String> {
+    let (status, value) = call(socket, method, path, body, &[])?;
+    if status >= 400 {
+        let reason = value
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("failed");
+        return Err(format!("{reason} (HTTP {status})"));
+    }
+    Ok(value)
+}
+
+/// Sends one request with extra headers and returns the status and the JSON answer; only a
+/// broker that cannot be reached, or an answer that is not HTTP, is an error.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Value), String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach the broker at {}: {e} (is it running, and is this its data directory?)",
@@ -21,8 +41,12 @@ pub fn request(
         )
     })?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     stream
@@ -46,14 +70,7 @@ pub fn request(
         serde_json::from_str(&payload)
             .map_err(|e| format!("the broker's answer is not JSON: {e}"))?
     };
-    if status >= 400 {
-        let reason = value
-            .get("reason")
-            .and_then(Value::as_str)
-            .unwrap_or("failed");
-        return Err(format!("{reason} (HTTP {status})"));
-    }
-    Ok(value)
+    Ok((status, value))
 }
 
 /// The body of a response sent with `Transfer-Encoding: chunked`, joined.

@@ -4,6 +4,7 @@
 
 mod http;
 mod list;
+mod objects;
 mod users;
 
 use std::path::PathBuf;
@@ -142,6 +143,77 @@ pub(crate) enum Command {
     /// Lists all channels in the node.
     #[command(name = "list_channels")]
     ListChannels(list::ListArgs),
+    /// Creates a virtual host.
+    #[command(name = "add_vhost")]
+    AddVhost {
+        vhost: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        tags: Option<String>,
+    },
+    /// Deletes a virtual host and everything in it.
+    #[command(name = "delete_vhost")]
+    DeleteVhost { vhost: String },
+    /// Sets or updates a policy.
+    #[command(name = "set_policy")]
+    SetPolicy {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        #[arg(long = "apply-to", default_value = "all")]
+        apply_to: String,
+        name: String,
+        pattern: String,
+        definition: String,
+    },
+    /// Clears a policy.
+    #[command(name = "clear_policy")]
+    ClearPolicy {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        name: String,
+    },
+    /// Deletes a queue.
+    #[command(name = "delete_queue")]
+    DeleteQueue {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        queue: String,
+        #[arg(short = 'e', long = "if-empty")]
+        if_empty: bool,
+        #[arg(short = 'u', long = "if-unused")]
+        if_unused: bool,
+    },
+    /// Purges a queue (removes its ready messages).
+    #[command(name = "purge_queue")]
+    PurgeQueue {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        queue: String,
+    },
+    /// Closes a connection (by the name list_connections shows), telling the client why.
+    #[command(name = "close_connection")]
+    CloseConnection { connection: String, reason: String },
+    /// Closes every connection of a vhost (or of the node, with --global).
+    #[command(name = "close_all_connections")]
+    CloseAllConnections {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        #[arg(short = 'a', long)]
+        global: bool,
+        reason: String,
+    },
+    /// Exports the definitions to a file (`-` for standard output).
+    #[command(name = "export_definitions")]
+    ExportDefinitions { path: String },
+    /// Imports definitions from a file.
+    #[command(name = "import_definitions")]
+    ImportDefinitions { path: String },
+    /// Checks a user's password.
+    #[command(name = "authenticate_user")]
+    AuthenticateUser { username: String, password: String },
     /// Revokes a user's topic permissions in a vhost (on one exchange, if named).
     #[command(name = "clear_topic_permissions")]
     ClearTopicPermissions {
@@ -190,6 +262,20 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_UNAVAILABLE)
             }
         };
+    }
+    if let Some(done) = objects::run(&args.command, &socket) {
+        let mut stdout = done.stdout;
+        if args.quiet && !stdout.is_empty() {
+            // `-q` leaves out the banner, the first line.
+            stdout.remove(0);
+        }
+        for line in stdout.iter().filter(|l| !l.is_empty()) {
+            println!("{line}");
+        }
+        for line in &done.stderr {
+            eprintln!("{line}");
+        }
+        return ExitCode::from(done.status);
     }
     match run(&args, &socket) {
         Ok(out) => {
