@@ -40,17 +40,25 @@ def ctl_lists(url):
     ch.basic_publish("", "ctl-q", b"x")
     seen = {}
     seen["set_policy"] = ctl("set_policy", "--priority", "3", "--apply-to", "queues", "ctl-pol", "^ctl-", '{"max-length":5}')
-    seen["queues"] = ctl("-q", "list_queues", "name", "messages", "consumers", "durable", "arguments", "policy")
-    seen["queues_json"] = ctl("-q", "list_queues", "name", "durable", "--formatter", "json")
-    status, lines = ctl("-q", "list_exchanges", "name", "type")
-    seen["exchanges"] = [status, lines[:1] + sorted(lines[1:])]
-    status, lines = ctl("-q", "list_bindings")
-    seen["bindings"] = [status, lines[:1] + sorted(l for l in lines[1:] if "ctl-" in l)]
+    # Other scenarios leave queues and exchanges behind (some with random names), and
+    # RabbitMQ lists in its tables' order: compare this scenario's objects, sorted.
+    def mine(result, keep=lambda l: l.startswith("ctl-")):
+        status, lines = result
+        return [status, lines[:1] + sorted(l for l in lines[1:] if keep(l))]
+
+    seen["queues"] = mine(ctl("-q", "list_queues", "name", "messages", "consumers", "durable", "arguments", "policy"))
+    status, lines = ctl("-q", "list_queues", "name", "durable", "--formatter", "json")
+    listed = json.loads("\n".join(lines)) if status == 0 else []
+    seen["queues_json"] = [status, [q for q in listed if q["name"].startswith("ctl-")]]
+    seen["exchanges"] = mine(ctl("-q", "list_exchanges", "name", "type"),
+                             lambda l: l.split("\t")[0] in ("", "amq.direct", "amq.topic", "amq.fanout"))
+    seen["bindings"] = mine(ctl("-q", "list_bindings"), lambda l: "ctl-" in l)
     seen["users"] = ctl("-q", "list_users")
     seen["permissions"] = ctl("-q", "list_permissions")
     seen["policies"] = ctl("-q", "list_policies")
     seen["vhosts"] = ctl("-q", "list_vhosts", "name")
-    seen["no_headers"] = ctl("-q", "list_queues", "--no-table-headers")
+    status, lines = ctl("-q", "list_queues", "--no-table-headers")
+    seen["no_headers"] = [status, sorted(l for l in lines if l.startswith("ctl-"))]
     seen["unknown_command"] = ctl("no_such_command")[0]
     seen["unknown_column"] = ctl("list_queues", "bogus_col")
     ctl("clear_policy", "ctl-pol")
