@@ -17,6 +17,9 @@ use crate::config::Config;
 use crate::mgmt::state::Mgmt;
 use crate::net::Listener;
 
+/// How long a listener waits before trying again to bind its address after `start_app`.
+const REOPEN_RETRY: Duration = Duration::from_millis(200);
+
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -204,6 +207,39 @@ impl Server {
     }
 }
 
+/// After `stop_app`: closes the listening socket, so that clients are refused as by a
+/// stopped RabbitMQ, waits for `start_app` and binds the same address again (retrying while
+/// the port is still taken). None if the broker is gone.
+async fn closed_until_started(
+    listener: Listener,
+    app: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Listener> {
+    let closed = match listener.close() {
+        Ok(closed) => closed,
+        // Without its address the socket cannot be opened again: keep it, and refuse
+        // connections in `register` instead.
+        Err((listener, e)) => {
+            tracing::warn!(error = %e, "cannot close the listener for stop_app");
+            app.wait_for(|running| *running).await.ok()?;
+            return Some(listener);
+        }
+    };
+    tracing::info!(addr = %closed.addr(), "AMQP listener closed (stop_app)");
+    app.wait_for(|running| *running).await.ok()?;
+    loop {
+        match closed.reopen().await {
+            Ok(listener) => {
+                tracing::info!(addr = %closed.addr(), "AMQP listener open again (start_app)");
+                return Some(listener);
+            }
+            Err(e) => {
+                tracing::warn!(addr = %closed.addr(), error = %e, "cannot reopen the listener; retrying");
+                tokio::time::sleep(REOPEN_RETRY).await;
+            }
+        }
+    }
+}
+
 /// Starts the management API (with its rate sampler) and the Prometheus endpoint where the
 /// configuration asks. A port that cannot be bound is logged and skipped: AMQP clients are
 /// served all the same, as they are when the admin socket cannot be made.
@@ -270,14 +306,26 @@ fn load_definitions(broker: &Broker) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {
+async fn accept_loop(mut listener: Listener, broker: Arc<Broker>, live: Arc<Live>) {
     let outbox_bytes = broker.config.limits.connection_outbox_bytes;
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let tls = listener.is_tls();
+    let mut app = broker.connections.watch_app();
     loop {
-        let (transport, peer) = match listener.accept().await {
+        if !*app.borrow_and_update() {
+            match closed_until_started(listener, &mut app).await {
+                Some(reopened) => listener = reopened,
+                None => return,
+            }
+            continue;
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = app.changed() => continue,
+        };
+        let (transport, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

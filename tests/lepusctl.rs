@@ -318,3 +318,94 @@ async fn same_as_rabbitmqctl_close_connection_tells_the_client_why() {
     assert_eq!(ctl(&broker, &["import_definitions", path]).await.0, 0);
     let _ = std::fs::remove_file(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmqctl_stop_app_closes_amqp_and_start_app_brings_it_back() {
+    let broker = Broker::start().await;
+    let _publisher = declare_and_publish(&broker).await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    assert_eq!(
+        ctl(&broker, &["await_startup"]).await,
+        (0, "".into(), "".into())
+    );
+
+    let (status, out, _) = ctl(&broker, &["stop_app"]).await;
+    assert_eq!(status, 0);
+    assert!(
+        out.starts_with("Stopping rabbit application on node lepus@"),
+        "{out}"
+    );
+    // Same as RabbitMQ: every client is told why, and new ones are refused at the door.
+    assert_eq!(
+        raw.expect_connection_close().await,
+        (
+            320,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".into(),
+            0,
+            0
+        )
+    );
+    let refused = tokio::net::TcpStream::connect(broker.addr).await;
+    assert!(refused.is_err(), "the AMQP port is closed while stopped");
+    // Commands that need the app are refused with rabbitmqctl's words and 64 ...
+    let (status, _, err) = ctl(&broker, &["list_queues"]).await;
+    assert_eq!(status, 64);
+    assert!(
+        err.starts_with(
+            "Error: this command requires the 'rabbit' app to be running on the target node. \
+         Start it with 'rabbitmqctl start_app'.\nArguments given:\n"
+        ),
+        "{err}"
+    );
+    // ... and await_startup gives up with 69.
+    assert_eq!(
+        ctl(&broker, &["await_startup", "--timeout", "1"]).await,
+        (69, "".into(), "Error:\nrabbit_is_not_running\n".into())
+    );
+
+    let (status, out, _) = ctl(&broker, &["start_app"]).await;
+    assert_eq!(status, 0);
+    assert!(out.starts_with("Starting node lepus@"), "{out}");
+    assert_eq!(ctl(&broker, &["-q", "await_startup"]).await.0, 0);
+    // The same port takes clients again, and the queue kept its message.
+    let (_conn, ch) = broker.channel().await;
+    let got = ch
+        .basic_get("q1".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message survived stop_app");
+    assert_eq!(got.delivery.data, b"x");
+    assert_eq!(
+        ctl(&broker, &["-q", "list_queues", "name", "messages"]).await,
+        (0, "name\tmessages\nq1\t0\n".into(), "".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmqctl_status_reports_its_sections_and_json() {
+    let broker = Broker::start().await;
+    let _client = declare_and_publish(&broker).await;
+    let (status, out, _) = ctl(&broker, &["status"]).await;
+    assert_eq!(status, 0);
+    assert!(out.starts_with("Status of node lepus@"), "{out}");
+    for line in [
+        "\nRuntime\n\nOS PID: ",
+        "\nAlarms\n\n(none)\n",
+        "\nTotals\n\nConnection count: 1\nQueue count: 1\nVirtual host count: 1\n",
+        &format!(
+            "Interface: {}, port: {}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0",
+            broker.addr.ip(),
+            broker.addr.port()
+        ),
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    let (status, out, _) = ctl(&broker, &["status", "--formatter", "json"]).await;
+    assert_eq!(status, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["pid"], serde_json::json!(std::process::id()));
+    assert_eq!(json["totals"]["queue_count"], 1);
+    assert_eq!(json["alarms"], serde_json::json!([]));
+    assert_eq!(json["listeners"][0]["protocol"], "amqp");
+}

@@ -852,3 +852,104 @@ async fn a_request_body_past_the_limit_is_refused_before_it_is_read_whole() {
     assert_eq!(refused.status, 413);
     assert_eq!(api.get("/api/parameters").await.json(), json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_ui_is_served_without_a_login_and_uses_the_api_with_one() {
+    let (broker, api) = broker_with_api().await;
+    let anonymous = Api::anonymous(api.addr);
+    let page = anonymous.get("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.text().contains("<script src=\"/ui/app.js\"></script>"));
+    // Data the UI shows is text, and the policy keeps anything that slipped through from
+    // running or the page from being framed.
+    let policy = page.header("content-security-policy").unwrap_or_default();
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    for file in ["app.js", "dom.js", "pages.js", "objects.js", "admin.js"] {
+        let script = anonymous.get(&format!("/ui/{file}")).await;
+        assert_eq!(script.status, 200, "{file}");
+        assert_eq!(
+            script.header("content-type"),
+            Some("text/javascript; charset=utf-8")
+        );
+    }
+    assert_eq!(anonymous.get("/ui/lepus.css").await.status, 200);
+    // Only the embedded files are served: no path reaches the file system.
+    assert_eq!(anonymous.get("/ui/secret.js").await.status, 404);
+    assert_eq!(api.get("/ui/../Cargo.toml").await.status, 404);
+    assert_eq!(api.get("/ui/%2e%2e%2fCargo.toml").await.status, 404);
+    // The API itself still needs a login. A browser would show its own password dialog on
+    // a challenge: the UI's requests (X-Requested-With) get the 401 without one.
+    let refused = anonymous.get("/api/overview").await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.header("www-authenticate").is_some());
+    let wrong = Api::new(api.addr, "guest", "wrong");
+    let from_ui = wrong
+        .send(
+            "GET",
+            "/api/whoami",
+            None,
+            &[("X-Requested-With", "XMLHttpRequest")],
+        )
+        .await;
+    assert_eq!(from_ui.status, 401);
+    assert_eq!(from_ui.header("www-authenticate"), None);
+    assert_eq!(from_ui.json()["reason"], "Login failed");
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ui_charts_come_from_the_rate_history_which_only_monitors_see() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "charted".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "charted".into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    // Samples every 100 ms here: wait for one that saw the message.
+    let point = within(async {
+        loop {
+            let history = api.get("/api/rates/history").await.json();
+            if let Some(p) = history
+                .as_array()
+                .and_then(|h| h.last())
+                .filter(|p| p["messages_ready"] == 1)
+            {
+                return p.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(point["timestamp"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(point["messages_unacknowledged"], 0);
+    assert!(point["publish"].is_number());
+    // A management user without the monitoring tag sees no broker-wide history.
+    assert_eq!(
+        api.put(
+            "/api/users/viewer",
+            json!({"password": "v", "tags": "management"})
+        )
+        .await
+        .status,
+        201
+    );
+    let viewer = Api::new(api.addr, "viewer", "v");
+    assert_eq!(viewer.get("/api/rates/history").await.json(), json!([]));
+}

@@ -97,5 +97,41 @@ def ctl_changes(url):
     return seen
 
 
+@scenario
+def ctl_app(url):
+    """stop_app and start_app, as the RabbitMQ Java client's test suite uses them: clients are
+    told why and refused while stopped, commands that need the app are refused, and the
+    broker takes clients again, with its durable queues, after start_app."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare("ctl-app", durable=True)
+    ch.basic_publish("", "ctl-app", b"kept", pika.BasicProperties(delivery_mode=2))
+    seen = {"await_startup": ctl("await_startup")}
+    status, lines = ctl("stop_app")
+    seen["stop_app"] = [status, [l.split(" on node ")[0] for l in lines]]
+    try:
+        conn.process_data_events(time_limit=10)
+        seen["client_saw"] = None
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        seen["client_saw"] = [e.reply_code, e.reply_text]
+    try:
+        pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1&socket_timeout=2"))
+        seen["connect_while_stopped"] = "connected"
+    except pika.exceptions.AMQPConnectionError:
+        seen["connect_while_stopped"] = "refused"
+    seen["list_while_stopped"] = ctl("list_queues")
+    seen["await_while_stopped"] = ctl("await_startup", "--timeout", "1")
+    status, lines = ctl("start_app")
+    seen["start_app"] = [status, [l.split(" node ")[0] for l in lines]]
+    seen["await_after_start"] = ctl("await_startup")
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    method, _, body = ch.basic_get("ctl-app", auto_ack=True)
+    seen["kept"] = body.decode() if method else None
+    ch.queue_delete("ctl-app")
+    conn.close()
+    return seen
+
+
 if __name__ == "__main__":
     run()

@@ -133,6 +133,11 @@ impl Alarms {
         check(&self.inner);
     }
 
+    /// The memory high watermark as set (a share of memory, or bytes).
+    pub fn memory_watermark(&self) -> MemoryWatermark {
+        lock(&self.inner.thresholds).memory
+    }
+
     /// The memory limit in bytes the watermark stands for on this machine.
     pub fn memory_limit_bytes(&self) -> u64 {
         memory_limit(lock(&self.inner.thresholds).memory)

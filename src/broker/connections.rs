@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use super::stats::ConnectionInfo;
 
@@ -23,6 +24,10 @@ pub struct Connections {
     next_id: AtomicU64,
     /// Set once shutdown began: new connections are refused.
     shutting_down: AtomicBool,
+    /// Whether the AMQP side runs: `lepusctl stop_app` sets it false (listeners close,
+    /// connections are closed and refused) and `start_app` true again; the process, the
+    /// store and the management listeners stay.
+    app_running: watch::Sender<bool>,
     /// Connections accepted at most.
     max_connections: usize,
 }
@@ -41,6 +46,7 @@ impl Connections {
             live: DashMap::new(),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            app_running: watch::Sender::new(true),
             max_connections,
         }
     }
@@ -51,13 +57,45 @@ impl Connections {
         &self,
         make: impl FnOnce(u64) -> Arc<T>,
     ) -> Option<Arc<T>> {
-        if self.shutting_down.load(Ordering::Acquire) || self.live.len() >= self.max_connections {
+        if self.refusing() || self.live.len() >= self.max_connections {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = make(id);
         self.live.insert(id, conn.clone());
+        // A shutdown or stop_app that began between the check and the insert closed the
+        // connections it saw, which may not include this one: look again.
+        if self.refusing() {
+            self.live.remove(&id);
+            return None;
+        }
         Some(conn)
+    }
+
+    fn refusing(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire) || !*self.app_running.borrow()
+    }
+
+    /// `stop_app`: closes every connection with 320 CONNECTION_FORCED and refuses new ones
+    /// until [`Connections::start_app`]; the listeners close their sockets when they see it.
+    pub fn stop_app(&self) {
+        self.app_running.send_replace(false);
+        self.close_all();
+    }
+
+    /// `start_app`: the listeners open again and connections are accepted.
+    pub fn start_app(&self) {
+        self.app_running.send_replace(true);
+    }
+
+    /// Whether the AMQP side runs (false after `stop_app`).
+    pub fn app_running(&self) -> bool {
+        *self.app_running.borrow()
+    }
+
+    /// Follows `stop_app` and `start_app`, for the listeners.
+    pub fn watch_app(&self) -> watch::Receiver<bool> {
+        self.app_running.subscribe()
     }
 
     pub fn unregister(&self, id: u64) {
@@ -86,6 +124,11 @@ impl Connections {
     /// Refuses new connections and asks every live one to close with 320 CONNECTION_FORCED.
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        self.close_all();
+    }
+
+    /// RabbitMQ's words when its application stops, for shutdown and `stop_app` alike.
+    fn close_all(&self) {
         for c in self.live.iter() {
             c.value().close(
                 320,

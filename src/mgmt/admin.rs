@@ -51,6 +51,7 @@ pub fn serve(mgmt: Arc<Mgmt>, path: &Path) -> std::io::Result<JoinHandle<()>> {
 fn router(mgmt: Arc<Mgmt>) -> Router {
     Router::new()
         .route("/api/lepus/status", get(status))
+        .route("/api/lepus/app", get(app_state).put(set_app_state))
         .route(
             "/api/lepus/vm_memory_high_watermark",
             put(set_memory_watermark),
@@ -65,8 +66,58 @@ fn router(mgmt: Arc<Mgmt>) -> Router {
             put(set_vhost_limits).delete(clear_vhost_limits),
         )
         .merge(super::api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            mgmt.clone(),
+            refuse_while_stopped,
+        ))
         .layer(axum::Extension(Caller::Operator))
         .with_state(mgmt)
+}
+
+/// After `stop_app`, only `start_app`, `stop_app` and `await_startup` (`/api/lepus/app`)
+/// are served, as rabbitmqctl refuses every other command while the `rabbit` app is
+/// stopped; `lepusctl` prints RabbitMQ's words for the 503.
+async fn refuse_while_stopped(
+    State(m): State<Arc<Mgmt>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if m.broker.connections.app_running() || req.uri().path() == "/api/lepus/app" {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "app_stopped", "reason": "the broker's AMQP side is stopped (stop_app)"})),
+    )
+        .into_response()
+}
+
+async fn app_state(State(m): State<Arc<Mgmt>>) -> Response {
+    Json(json!({
+        "node": super::state::node_name(),
+        "running": m.broker.connections.app_running(),
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AppRequest {
+    running: bool,
+}
+
+/// `stop_app` (`{"running": false}`): AMQP listeners close and every connection is closed
+/// with 320 CONNECTION_FORCED, as RabbitMQ's; `start_app` opens them again. Queues, their
+/// messages and the management listeners stay.
+async fn set_app_state(State(m): State<Arc<Mgmt>>, Json(req): Json<AppRequest>) -> Response {
+    let connections = &m.broker.connections;
+    if req.running {
+        connections.start_app();
+        tracing::info!("start_app: accepting AMQP connections again");
+    } else {
+        connections.stop_app();
+        tracing::info!("stop_app: AMQP connections closed and refused until start_app");
+    }
+    app_state(State(m)).await
 }
 
 /// An error answer with RabbitMQ's error body shape.
@@ -78,21 +129,95 @@ fn bad_request(reason: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// What `rabbitmqctl status --formatter json` shows, with RabbitMQ's keys; the Erlang VM's
+/// own (processes, run queue, crypto library, Raft) are left out.
 async fn status(State(m): State<Arc<Mgmt>>) -> Response {
     let broker = &m.broker;
+    let config = &broker.config;
     let raised = broker.alarms.raised();
+    let node = super::state::node_name();
+    let (fd_used, fd_total) = super::overview::file_descriptors();
+    let mut alarms = Vec::new();
+    if raised.memory {
+        alarms.push(json!({"resource_alarm": "memory", "node": node}));
+    }
+    if raised.disk {
+        alarms.push(json!({"resource_alarm": "disk", "node": node}));
+    }
+    let watermark = match broker.alarms.memory_watermark() {
+        MemoryWatermark::Relative(share) => json!({"relative": share}),
+        MemoryWatermark::Absolute(bytes) => json!({"absolute": bytes}),
+    };
+    let listeners: Vec<_> = m
+        .listeners(&node)
+        .into_iter()
+        .map(|l| {
+            let protocol = l["protocol"].as_str().unwrap_or_default().to_owned();
+            json!({
+                "interface": interface(l["ip_address"].as_str().unwrap_or_default()),
+                "node": node,
+                "port": l["port"],
+                "purpose": listener_purpose(&protocol),
+                "protocol": protocol,
+            })
+        })
+        .collect();
+    let queues: usize = broker.vhosts().iter().map(|v| v.queues().len()).sum();
+    let resident = crate::broker::alarms::resident_bytes().unwrap_or(0);
     Json(json!({
-        "product": broker.config.product,
+        "pid": std::process::id(),
+        "os": "Linux",
+        "uptime": crate::broker::timer::now_ms().saturating_sub(broker.started_at_ms) / 1000,
+        "is_under_maintenance": false,
+        "rabbitmq_version": config.version,
+        "product_name": config.product,
+        "product_version": config.version,
         "lepus_version": env!("CARGO_PKG_VERSION"),
-        "connections": broker.connection_count(),
-        "mem_used": crate::broker::alarms::resident_bytes().unwrap_or(0),
-        "mem_limit": broker.alarms.memory_limit_bytes(),
-        "mem_alarm": raised.memory,
-        "disk_free": crate::broker::alarms::free_disk_bytes(&broker.config.data_dir).unwrap_or(0),
+        "data_directory": config.data_dir.display().to_string(),
+        "config_files": [],
+        "log_files": ["<stdout>"],
+        "active_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
+        "alarms": alarms,
+        "memory": {"strategy": "rss", "total": {"rss": resident}},
+        "vm_memory_calculation_strategy": "rss",
+        "vm_memory_high_watermark_setting": watermark,
+        "vm_memory_high_watermark_limit": broker.alarms.memory_limit_bytes(),
         "disk_free_limit": broker.alarms.disk_free_limit_bytes(),
-        "disk_free_alarm": raised.disk,
+        "disk_free": crate::broker::alarms::free_disk_bytes(&config.data_dir).unwrap_or(0),
+        "file_descriptors": {
+            "total_used": fd_used,
+            "total_limit": fd_total,
+            "sockets_used": broker.connection_count(),
+            "sockets_limit": config.limits.max_connections,
+        },
+        "totals": {
+            "virtual_host_count": broker.vhosts().len(),
+            "connection_count": broker.connection_count(),
+            "queue_count": queues,
+        },
+        "listeners": listeners,
     }))
     .into_response()
+}
+
+/// An address as rabbitmqctl prints a listener's interface (`[::]`, `0.0.0.0`).
+fn interface(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    }
+}
+
+/// RabbitMQ's description of each kind of listener.
+fn listener_purpose(protocol: &str) -> &'static str {
+    match protocol {
+        "amqp" => "AMQP 0-9-1 and AMQP 1.0",
+        "amqp/ssl" => "AMQP 0-9-1 and AMQP 1.0 over TLS",
+        "http" => "HTTP API",
+        "http/prometheus" => "Prometheus exporter API over HTTP",
+        _ => "",
+    }
 }
 
 /// `{"relative": 0.4}` or `{"absolute": "2GB"}`, as `rabbitmqctl set_vm_memory_high_watermark`

@@ -45,8 +45,9 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let listener = Bounded::new(listener);
-    let app = routes()
-        .layer(middleware::from_fn_with_state(mgmt.clone(), authenticate))
+    // The UI's static files are served without a login; everything under /api needs one.
+    let app = super::ui::routes()
+        .merge(routes().layer(middleware::from_fn_with_state(mgmt.clone(), authenticate)))
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, normalise_path);
     let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<Peer>(app);
@@ -69,17 +70,17 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let Some((name, password)) = basic_credentials(&req) else {
-        return challenge(None);
+        return challenge(&req, None);
     };
     let broker = &mgmt.broker;
     let user = match broker.user(&name) {
         Some(u) if u.password_matches(&password) => u,
-        _ => return challenge(Some("Login failed")),
+        _ => return challenge(&req, Some("Login failed")),
     };
     if broker.config.loopback_users.iter().any(|u| *u == user.name)
         && !crate::auth::is_loopback(peer.ip())
     {
-        return challenge(Some("Login failed"));
+        return challenge(&req, Some("Login failed"));
     }
     const MANAGEMENT_TAGS: [&str; 4] = ["administrator", "monitoring", "policymaker", "management"];
     if !MANAGEMENT_TAGS.iter().any(|t| user.has_tag(t)) {
@@ -103,8 +104,10 @@ fn basic_credentials(req: &Request) -> Option<(String, String)> {
     Some((name.to_owned(), password.to_owned()))
 }
 
-/// RabbitMQ's 401: an empty body without credentials, `Login failed` with wrong ones.
-fn challenge(reason: Option<&str>) -> Response {
+/// RabbitMQ's 401: an empty body without credentials, `Login failed` with wrong ones. A
+/// script's request (`X-Requested-With`, as the web UI sends) gets no `WWW-Authenticate`, so
+/// that a failed login shows in the page rather than as the browser's own password dialog.
+fn challenge(req: &Request, reason: Option<&str>) -> Response {
     let mut response = match reason {
         None => StatusCode::UNAUTHORIZED.into_response(),
         Some(reason) => (
@@ -113,6 +116,9 @@ fn challenge(reason: Option<&str>) -> Response {
         )
             .into_response(),
     };
+    if req.headers().contains_key("x-requested-with") {
+        return response;
+    }
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),

@@ -14,6 +14,7 @@
 //!   [`definitions`]; [`messages`] converts messages to and from JSON.
 //! - [`rates`]: message totals, and rates from counters sampled every few seconds.
 //! - [`metrics`]: the Prometheus endpoint (RabbitMQ's port 15692).
+//! - [`ui`]: the web UI, static files in `www/` that use the API like any other client.
 
 pub mod admin;
 pub mod api;
@@ -29,5 +30,6 @@ pub mod overview;
 pub mod queues;
 pub mod rates;
 pub mod state;
+pub mod ui;
 pub mod users;
 pub mod vhosts;

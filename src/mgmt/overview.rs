@@ -376,6 +376,11 @@ async fn set_cluster_name(State(m): State<Arc<Mgmt>>, caller: Caller, body: Byte
 }
 
 /// The overview's message rates over the last minutes, oldest first, for the web UI.
-async fn history(State(m): State<Arc<Mgmt>>, _caller: Caller) -> Response {
+/// The overview's rates and queue depth over the last minutes, oldest first, for the web
+/// UI's charts. They cover every vhost, so only a monitor sees them (others get `[]`).
+async fn history(State(m): State<Arc<Mgmt>>, caller: Caller) -> Response {
+    if !caller.is_monitor() {
+        return Json(Value::Array(Vec::new())).into_response();
+    }
     Json(Value::Array(m.rates.history())).into_response()
 }

@@ -79,9 +79,12 @@ impl Rates {
         let now = Instant::now();
         let mut seen: Vec<(String, Vec<(&'static str, u64)>)> = Vec::new();
         let mut overview = MessageTotals::default();
+        let (mut ready, mut unacked) = (0u64, 0u64);
         for vhost in broker.vhosts() {
             for q in vhost.queues() {
                 let s = q.snapshot();
+                ready += u64::from(s.ready);
+                unacked += u64::from(s.unacked);
                 let mut values = totals_fields(&s.counters.totals());
                 values.push(("messages", u64::from(s.ready) + u64::from(s.unacked)));
                 values.push(("messages_ready", u64::from(s.ready)));
@@ -141,11 +144,14 @@ impl Rates {
         }
         objects.retain(|_, s| s.round == round);
         if let Some(o) = objects.get("overview") {
-            let point: Map<String, Value> = o
+            let mut point: Map<String, Value> = o
                 .rates
                 .iter()
                 .map(|(f, r)| ((*f).to_owned(), json!(r)))
                 .collect();
+            point.insert("timestamp".into(), json!(crate::broker::timer::now_ms()));
+            point.insert("messages_ready".into(), json!(ready));
+            point.insert("messages_unacknowledged".into(), json!(unacked));
             drop(objects);
             let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
             if history.len() == HISTORY_SAMPLES {

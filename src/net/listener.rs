@@ -67,6 +67,18 @@ impl Listener {
         }
     }
 
+    /// Closes the socket (clients are refused from now on), keeping what it takes to open
+    /// it again on the same address.
+    pub fn close(self) -> Result<Closed, (Listener, io::Error)> {
+        match self.inner.local_addr() {
+            Ok(addr) => Ok(Closed {
+                addr,
+                tls: self.tls,
+            }),
+            Err(e) => Err((self, e)),
+        }
+    }
+
     /// The bound address, with the real port.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
@@ -82,5 +94,28 @@ impl Listener {
             Some(config) => Transport::Tls(Box::new(TlsStream::new(stream, config.clone())?)),
         };
         Ok((transport, peer))
+    }
+}
+
+/// A listener closed by `stop_app`, to be opened again by `start_app`.
+#[derive(Debug)]
+pub struct Closed {
+    /// The address it had, with the real port (so a port chosen by the OS is kept).
+    addr: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
+}
+
+impl Closed {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Binds the same address again.
+    pub async fn reopen(&self) -> io::Result<Listener> {
+        let listener = Listener::bind(self.addr).await?;
+        Ok(match &self.tls {
+            Some(tls) => listener.with_tls(tls.clone()),
+            None => listener,
+        })
     }
 }

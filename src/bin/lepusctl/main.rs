@@ -4,6 +4,7 @@
 
 mod http;
 mod list;
+mod node;
 mod objects;
 mod users;
 
@@ -40,7 +41,24 @@ struct Args {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Shows the broker's state.
-    Status,
+    Status {
+        /// `json` for rabbitmqctl's JSON report.
+        #[arg(long)]
+        formatter: Option<String>,
+    },
+    /// Waits until the broker has started (its AMQP side runs).
+    #[command(name = "await_startup")]
+    AwaitStartup {
+        /// How long to wait, in seconds.
+        #[arg(short = 't', long = "timeout", default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Stops the AMQP side: listeners close and connections are closed; the process stays.
+    #[command(name = "stop_app")]
+    StopApp,
+    /// Starts the AMQP side again after stop_app.
+    #[command(name = "start_app")]
+    StartApp,
     /// Sets the memory high watermark: a fraction of the machine's memory, or
     /// `absolute <size>`.
     #[command(name = "set_vm_memory_high_watermark")]
@@ -245,6 +263,12 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("lepus.sock"));
     let _ = &args.node;
+    if !node::works_stopped(&args.command) {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        if let Some(refused) = node::refused_while_stopped(&socket, &argv) {
+            return finish(refused, args.quiet);
+        }
+    }
     if let Some((kind, list_args)) = list_command(&args.command) {
         return match list::run(kind, list_args, args.quiet, &socket) {
             Ok(out) => {
@@ -263,19 +287,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(done) = objects::run(&args.command, &socket) {
-        let mut stdout = done.stdout;
-        if args.quiet && !stdout.is_empty() {
-            // `-q` leaves out the banner, the first line.
-            stdout.remove(0);
-        }
-        for line in stdout.iter().filter(|l| !l.is_empty()) {
-            println!("{line}");
-        }
-        for line in &done.stderr {
-            eprintln!("{line}");
-        }
-        return ExitCode::from(done.status);
+    if let Some(done) =
+        node::run(&args.command, &socket).or_else(|| objects::run(&args.command, &socket))
+    {
+        return finish(done, args.quiet);
     }
     match run(&args, &socket) {
         Ok(out) => {
@@ -289,6 +304,23 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// Prints what a command printed and ends with its status.
+fn finish(done: objects::Done, quiet: bool) -> ExitCode {
+    let mut stdout = done.stdout;
+    // `-q` leaves out the banner, the first line (and a command that failed before its
+    // banner has an empty one).
+    if !stdout.is_empty() && (quiet || stdout[0].is_empty()) {
+        stdout.remove(0);
+    }
+    for line in &stdout {
+        println!("{line}");
+    }
+    for line in &done.stderr {
+        eprintln!("{line}");
+    }
+    ExitCode::from(done.status)
 }
 
 /// The kind of object a `list_*` command lists, and its arguments.
@@ -310,10 +342,6 @@ fn list_command(command: &Command) -> Option<(list::Kind, &list::ListArgs)> {
 
 fn run(args: &Args, socket: &std::path::Path) -> Result<String, String> {
     match &args.command {
-        Command::Status => {
-            let status = http::request(socket, "GET", "/api/lepus/status", None)?;
-            Ok(serde_json::to_string_pretty(&status).unwrap_or_default())
-        }
         Command::SetVmMemoryHighWatermark { value, size } => {
             let body = match (value.as_str(), size) {
                 ("absolute", Some(size)) => json!({"absolute": size}),
