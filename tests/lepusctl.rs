@@ -409,3 +409,39 @@ async fn same_as_rabbitmqctl_status_reports_its_sections_and_json() {
     assert_eq!(json["alarms"], serde_json::json!([]));
     assert_eq!(json["listeners"][0]["protocol"], "amqp");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn called_as_rabbitmqctl_through_a_symlink_it_behaves_the_same() {
+    let broker = Broker::start().await;
+    let _client = declare_and_publish(&broker).await;
+    let data_dir = broker
+        .server
+        .as_ref()
+        .map(|s| s.broker().config.data_dir.clone())
+        .expect("a running broker");
+    let bin = std::env::temp_dir().join(format!("lepusctl-symlink-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    let rabbitmqctl = bin.join("rabbitmqctl");
+    let _ = std::fs::remove_file(&rabbitmqctl);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_lepusctl"), &rabbitmqctl).unwrap();
+    // Scripts name no data directory: the environment (or ./lepus-data) says where.
+    let run = |args: &[&str]| {
+        let out = Command::new(&rabbitmqctl)
+            .args(args)
+            .env("LEPUS_DATA_DIR", &data_dir)
+            .env_remove("LEPUS_ADMIN_SOCKET")
+            .output()
+            .expect("rabbitmqctl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let listed = tokio::task::block_in_place(|| run(&["-q", "list_queues", "name", "messages"]));
+    assert_eq!(listed, (0, "name\tmessages\nq1\t1\n".into(), "".into()));
+    let (status, _, usage) = tokio::task::block_in_place(|| run(&["no_such_command"]));
+    assert_eq!(status, 64);
+    assert!(usage.contains("rabbitmqctl"), "{usage}");
+    let _ = std::fs::remove_dir_all(&bin);
+}

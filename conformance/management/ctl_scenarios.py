@@ -98,6 +98,44 @@ def ctl_changes(url):
 
 
 @scenario
+def ctl_users(url):
+    """The user, permission and resource commands scripts and Docker entrypoints call."""
+    seen = {}
+    seen["add_user"] = ctl("add_user", "ctl-alice", "s3cret")
+    seen["add_user_again"] = ctl("add_user", "ctl-alice", "other")
+    seen["change_password"] = ctl("change_password", "ctl-alice", "n3w")
+    seen["authenticate_new"] = ctl("authenticate_user", "ctl-alice", "n3w")
+    seen["authenticate_old"] = ctl("authenticate_user", "ctl-alice", "s3cret")[0]
+    seen["set_user_tags"] = ctl("set_user_tags", "ctl-alice", "monitoring", "policymaker")
+    seen["list_users"] = [l for l in ctl("-q", "list_users")[1] if l.startswith("ctl-")]
+    seen["set_user_tags_none"] = ctl("set_user_tags", "ctl-alice")
+    seen["set_permissions"] = ctl("set_permissions", "-p", "/", "ctl-alice", "^ctl-", ".*", ".*")
+    seen["list_permissions"] = [l for l in ctl("-q", "list_permissions")[1] if l.startswith("ctl-")]
+    seen["set_permissions_nobody"] = ctl("set_permissions", "ctl-nobody", ".*", ".*", ".*")
+    seen["set_permissions_no_vhost"] = ctl("set_permissions", "-p", "ctl-none", "ctl-alice", ".*", ".*", ".*")
+    seen["set_topic_permissions"] = ctl("set_topic_permissions", "ctl-alice", "amq.topic", "^a", "^b")
+    seen["clear_topic_permissions"] = ctl("clear_topic_permissions", "ctl-alice", "amq.topic")
+    seen["clear_permissions"] = ctl("clear_permissions", "ctl-alice")
+    seen["delete_user"] = ctl("delete_user", "ctl-alice")
+    seen["delete_user_again"] = ctl("delete_user", "ctl-alice")
+    seen["change_password_nobody"] = ctl("change_password", "ctl-alice", "x")
+    seen["set_user_tags_nobody"] = ctl("set_user_tags", "ctl-alice", "x")
+    seen["add_user_missing_password"] = ctl("add_user", "ctl-bob")[0]
+    # The node's name differs (lepus@host); the rest of each banner is compared.
+    def banner(result):
+        return [result[0], [l.split(" on ")[0] + " to " + l.split(" to ")[-1] for l in result[1]]]
+    seen["watermark"] = [banner(ctl("set_vm_memory_high_watermark", "0.5")),
+                         banner(ctl("set_vm_memory_high_watermark", "absolute", "2GB")),
+                         banner(ctl("set_vm_memory_high_watermark", "0.4"))]
+    seen["disk_free_limit"] = [banner(ctl("set_disk_free_limit", "mem_relative", "1.0")),
+                               banner(ctl("set_disk_free_limit", "50MB")),
+                               banner(ctl("set_disk_free_limit", "50000000"))]
+    seen["watermark_bad"] = ctl("set_vm_memory_high_watermark", "7")
+    seen["disk_free_limit_bad"] = ctl("set_disk_free_limit", "bogus")
+    return seen
+
+
+@scenario
 def ctl_app(url):
     """stop_app and start_app, as the RabbitMQ Java client's test suite uses them: clients are
     told why and refused while stopped, commands that need the app are refused, and the

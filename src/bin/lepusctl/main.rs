@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Controls a running Lepus broker (commands and flags as rabbitmqctl's).
 #[derive(Parser, Debug)]
@@ -94,7 +94,11 @@ pub(crate) enum Command {
     },
     /// Adds a user.
     #[command(name = "add_user")]
-    AddUser { username: String, password: String },
+    AddUser {
+        username: String,
+        /// Read from standard input when left out, as rabbitmqctl does.
+        password: Option<String>,
+    },
     /// Deletes a user and their permissions.
     #[command(name = "delete_user")]
     DeleteUser { username: String },
@@ -248,7 +252,7 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
             let _ = e.print();
@@ -287,8 +291,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(done) =
-        node::run(&args.command, &socket).or_else(|| objects::run(&args.command, &socket))
+    if let Some(done) = node::run(&args.command, &socket)
+        .or_else(|| objects::run(&args.command, &socket))
+        .or_else(|| users::run(&args.command, &socket))
     {
         return finish(done, args.quiet);
     }
@@ -304,6 +309,20 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// The arguments, with usage messages naming the program as it was called: `rabbitmqctl`
+/// through a symlink of that name, `lepusctl` otherwise.
+fn parse_args() -> Result<Args, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let called = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n == "rabbitmqctl")
+        .unwrap_or_else(|| "lepusctl".into());
+    let matches = Args::command().bin_name(called).try_get_matches()?;
+    Args::from_arg_matches(&matches)
 }
 
 /// Prints what a command printed and ends with its status.
@@ -342,38 +361,6 @@ fn list_command(command: &Command) -> Option<(list::Kind, &list::ListArgs)> {
 
 fn run(args: &Args, socket: &std::path::Path) -> Result<String, String> {
     match &args.command {
-        Command::SetVmMemoryHighWatermark { value, size } => {
-            let body = match (value.as_str(), size) {
-                ("absolute", Some(size)) => json!({"absolute": size}),
-                (fraction, None) => {
-                    let f: f64 = fraction
-                        .parse()
-                        .map_err(|_| format!("not a fraction: {fraction}"))?;
-                    json!({"relative": f})
-                }
-                _ => return Err("expected a fraction, or `absolute <size>`".into()),
-            };
-            put(socket, "/api/lepus/vm_memory_high_watermark", body)?;
-            Ok(format!(
-                "Setting memory threshold on {} to {value} ...",
-                node(args)
-            ))
-        }
-        Command::SetDiskFreeLimit { value, fraction } => {
-            let body = match (value.as_str(), fraction) {
-                ("mem_relative", Some(f)) => {
-                    let f: f64 = f.parse().map_err(|_| format!("not a fraction: {f}"))?;
-                    json!({"mem_relative": f})
-                }
-                (size, None) => json!({"absolute": size}),
-                _ => return Err("expected a size, or `mem_relative <fraction>`".into()),
-            };
-            put(socket, "/api/lepus/disk_free_limit", body)?;
-            Ok(format!(
-                "Setting disk free limit on {} to {value} bytes ...",
-                node(args)
-            ))
-        }
         Command::SetVhostLimits { vhost, definition } => {
             let body: Value = serde_json::from_str(definition)
                 .map_err(|e| format!("the limits are not JSON: {e}"))?;
@@ -384,7 +371,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<String, String> {
             http::request(socket, "DELETE", &vhost_limits_path(vhost), None)?;
             Ok(format!("Clearing vhost \"{vhost}\" limits ..."))
         }
-        other => users::run(other, socket),
+        _ => Err("not a command of this module".into()),
     }
 }
 
@@ -403,12 +390,6 @@ pub(crate) fn percent_encode(text: &str) -> String {
         }
     }
     out
-}
-
-fn node(args: &Args) -> String {
-    args.node
-        .clone()
-        .unwrap_or_else(|| "lepus@localhost".into())
 }
 
 pub(crate) fn put(socket: &std::path::Path, path: &str, body: Value) -> Result<Value, String> {

@@ -13,8 +13,10 @@ use crate::{Command, http};
 /// How often `await_startup` asks.
 const POLL: Duration = Duration::from_millis(200);
 
-/// rabbitmqctl's statuses: bad usage, and a node that cannot be reached or refuses.
+/// rabbitmqctl's statuses: bad usage, bad input, and a node that cannot be reached or
+/// refuses.
 const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
 const EX_UNAVAILABLE: u8 = 69;
 
 /// Runs the command if it is one of this module's.
@@ -24,6 +26,12 @@ pub fn run(command: &Command, socket: &Path) -> Option<Done> {
         Command::StartApp => switch(socket, true),
         Command::AwaitStartup { timeout } => await_startup(socket, *timeout),
         Command::Status { formatter } => status(socket, formatter.as_deref()),
+        Command::SetVmMemoryHighWatermark { value, size } => {
+            set_watermark(socket, value, size.as_deref())
+        }
+        Command::SetDiskFreeLimit { value, fraction } => {
+            set_disk_free_limit(socket, value, fraction.as_deref())
+        }
         _ => return None,
     })
 }
@@ -57,9 +65,9 @@ pub fn refused_while_stopped(socket: &Path, argv: &[String]) -> Option<Done> {
 }
 
 fn switch(socket: &Path, running: bool) -> Done {
-    let node = match http::request(socket, "GET", "/api/lepus/app", None) {
-        Ok(app) => app["node"].as_str().unwrap_or("lepus").to_owned(),
-        Err(e) => return unreachable(e),
+    let node = match node_name(socket) {
+        Ok(node) => node,
+        Err(done) => return done,
     };
     let banner = match running {
         true => format!("Starting node {node} ..."),
@@ -73,6 +81,90 @@ fn switch(socket: &Path, running: bool) -> Done {
     ) {
         Ok(_) => Done {
             stdout: vec![banner],
+            stderr: Vec::new(),
+            status: 0,
+        },
+        Err(e) => unreachable(e),
+    }
+}
+
+/// The node's name, as the broker gives it.
+fn node_name(socket: &Path) -> Result<String, Done> {
+    match http::request(socket, "GET", "/api/lepus/app", None) {
+        Ok(app) => Ok(app["node"].as_str().unwrap_or("lepus").to_owned()),
+        Err(e) => Err(unreachable(e)),
+    }
+}
+
+/// rabbitmqctl's refusal of a bad argument (exit 65), before it asks the node.
+fn bad_argument(why: &str) -> Done {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    Done {
+        stdout: Vec::new(),
+        stderr: vec![
+            format!("Error (argument validation): {why}"),
+            "Arguments given:".into(),
+            format!("\t{}", argv.join(" ")),
+        ],
+        status: EX_DATAERR,
+    }
+}
+
+/// `set_vm_memory_high_watermark <fraction> | absolute <value>`.
+fn set_watermark(socket: &Path, value: &str, size: Option<&str>) -> Done {
+    let (body, shown) = match (value, size) {
+        ("absolute", Some(size)) => (json!({"absolute": size}), format!("{size} bytes")),
+        (fraction, None) => match fraction.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => (json!({"relative": f}), fraction.to_owned()),
+            _ => {
+                return bad_argument(
+                    "Bad argument: The threshold should be a fraction between 0.0 and 1.0",
+                );
+            }
+        },
+        _ => return bad_argument("Bad argument."),
+    };
+    set_threshold(
+        socket,
+        "/api/lepus/vm_memory_high_watermark",
+        body,
+        |node| format!("Setting memory threshold on {node} to {shown} ..."),
+    )
+}
+
+/// `set_disk_free_limit <disk_limit> | mem_relative <fraction>`.
+fn set_disk_free_limit(socket: &Path, value: &str, fraction: Option<&str>) -> Done {
+    let (body, shown) = match (value, fraction) {
+        ("mem_relative", Some(f)) => match f.parse::<f64>() {
+            Ok(share) => (
+                json!({"mem_relative": share}),
+                format!("{f} times the total RAM"),
+            ),
+            Err(_) => return bad_argument("Bad argument."),
+        },
+        (size, None) if lepus::config::parse_size(size).is_some() => {
+            (json!({"absolute": size}), format!("{size} bytes"))
+        }
+        _ => return bad_argument("Bad argument."),
+    };
+    set_threshold(socket, "/api/lepus/disk_free_limit", body, |node| {
+        format!("Setting disk free limit on {node} to {shown} ...")
+    })
+}
+
+fn set_threshold(
+    socket: &Path,
+    path: &str,
+    body: Value,
+    banner: impl FnOnce(&str) -> String,
+) -> Done {
+    let node = match node_name(socket) {
+        Ok(node) => node,
+        Err(done) => return done,
+    };
+    match http::request(socket, "PUT", path, Some(body)) {
+        Ok(_) => Done {
+            stdout: vec![banner(&node)],
             stderr: Vec::new(),
             status: 0,
         },

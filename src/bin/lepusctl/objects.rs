@@ -21,7 +21,7 @@ const EX_DATAERR: u8 = 65;
 const EX_UNAVAILABLE: u8 = 69;
 
 impl Done {
-    fn ok(banner: String) -> Done {
+    pub(crate) fn ok(banner: String) -> Done {
         Done {
             stdout: vec![banner],
             stderr: Vec::new(),
@@ -29,13 +29,13 @@ impl Done {
         }
     }
 
-    fn then(mut self, line: impl Into<String>) -> Done {
+    pub(crate) fn then(mut self, line: impl Into<String>) -> Done {
         self.stdout.push(line.into());
         self
     }
 
     /// The banner, then `Error:` and why, as rabbitmqctl reports a refusal.
-    fn failed(banner: String, why: impl Into<String>, status: u8) -> Done {
+    pub(crate) fn failed(banner: String, why: impl Into<String>, status: u8) -> Done {
         Done {
             stdout: vec![banner],
             stderr: vec!["Error:".into(), why.into()],
@@ -90,7 +90,7 @@ pub fn run(command: &Command, socket: &Path) -> Option<Done> {
 }
 
 /// The broker's answer, or why it could not be asked.
-fn call(
+pub(crate) fn call(
     socket: &Path,
     method: &str,
     path: &str,
@@ -103,7 +103,7 @@ fn call(
     })
 }
 
-fn reason(answer: &Value) -> String {
+pub(crate) fn reason(answer: &Value) -> String {
     answer
         .get("reason")
         .and_then(Value::as_str)
