@@ -899,6 +899,19 @@ async fn the_web_ui_is_served_without_a_login_and_uses_the_api_with_one() {
     assert_eq!(from_ui.status, 401);
     assert_eq!(from_ui.header("www-authenticate"), None);
     assert_eq!(from_ui.json()["reason"], "Login failed");
+    // Another site's page cannot make a logged-in browser change anything; the UI's own
+    // origin can.
+    let own_origin = format!("http://{}", api.addr);
+    let user = json!({"password": "x", "tags": ""});
+    let forged = api
+        .send("PUT", "/api/users/forged", Some(user.clone()), &[("Origin", "http://evil.example")])
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(api.get("/api/users/forged").await.status, 404);
+    let own = api
+        .send("PUT", "/api/users/mine", Some(user), &[("Origin", own_origin.as_str())])
+        .await;
+    assert_eq!(own.status, 201);
     drop(broker);
 }
 

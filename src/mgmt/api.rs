@@ -48,6 +48,7 @@ pub async fn serve(
     // The UI's static files are served without a login; everything under /api needs one.
     let app = super::ui::routes()
         .merge(routes().layer(middleware::from_fn_with_state(mgmt.clone(), authenticate)))
+        .layer(middleware::from_fn(same_origin_changes))
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, normalise_path);
     let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<Peer>(app);
@@ -59,6 +60,30 @@ pub async fn serve(
             }
         }),
     ))
+}
+
+/// Refuses a change (any method but GET and HEAD) that a browser sent from another site's
+/// page: a browser that has cached Basic credentials for this origin would otherwise attach
+/// them to a form another site makes it POST (a definitions import, a user). Browsers name
+/// the page's origin in `Origin`; tools (rabbitmqadmin, curl, client libraries) send none,
+/// and the web UI's own requests come from this origin.
+async fn same_origin_changes(req: Request, next: Next) -> Response {
+    let reading = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    match origin {
+        Some(origin) if !reading => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            if Some(origin_host) != host {
+                return ApiError::forbidden("cross-origin request refused").into_response();
+            }
+        }
+        _ => {}
+    }
+    next.run(req).await
 }
 
 /// HTTP Basic against the broker's users: the user must exist, give the right password, be

@@ -60,6 +60,15 @@ impl ApiError {
         }
     }
 
+    /// 403 for a request refused whoever sends it.
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            error: "forbidden",
+            reason: reason.into(),
+        }
+    }
+
     /// A broker operation refused: the AMQP reply code decides the status.
     /// The reason is the AMQP text without its `NAME - ` prefix, as RabbitMQ shows it.
     pub fn from_amqp(e: AmqpError) -> Self {
