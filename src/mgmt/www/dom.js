@@ -10,7 +10,8 @@ function h(tag, attrs, ...children) {
     if (value === null || value === undefined || value === false) continue;
     if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
     else if (key === 'class') el.className = value;
-    else if (key === 'value') el.value = value;
+    // An input's value attribute is its default, which a form's reset() restores.
+    else if (key === 'value' && tag !== 'input') el.value = value;
     else el.setAttribute(key, value === true ? '' : String(value));
   }
   for (const child of children.flat(Infinity)) {
