@@ -629,6 +629,10 @@ impl Journal for QueueLog {
         QueueLog::flush(self)
     }
 
+    fn removed(&self) -> bool {
+        self.lock().destroyed
+    }
+
     fn after_sync(self: Arc<Self>) {
         if let Err(e) = self.prepare_next() {
             tracing::warn!(error = %e, "cannot prepare the next segment");

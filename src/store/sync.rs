@@ -50,6 +50,11 @@ pub trait Journal: Send + Sync {
     fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)>;
     /// Work to do outside the publish path after a sync (preparing the next segment).
     fn after_sync(self: Arc<Self>) {}
+    /// Whether the journal was deleted with its directory (its queue was deleted), so that
+    /// a directory it asked to sync may be gone.
+    fn removed(&self) -> bool {
+        false
+    }
 }
 
 /// State shared by the store, its logs and the sync thread.
@@ -276,7 +281,8 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
 /// to be written again; an fsync that fails makes the store read-only from `epoch` on.
 fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec<Arc<dyn Journal>> {
     let mut files: Vec<Arc<dyn FileIo>> = Vec::new();
-    let mut dirs: Vec<PathBuf> = Vec::new();
+    // Each directory with the journal that asked for it.
+    let mut dirs: Vec<(PathBuf, &Arc<dyn Journal>)> = Vec::new();
     let mut retry = Vec::new();
     for j in journals {
         match j.flush() {
@@ -287,8 +293,8 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
                     }
                 }
                 for d in changed_dirs {
-                    if !dirs.contains(&d) {
-                        dirs.push(d);
+                    if !dirs.iter().any(|(known, _)| *known == d) {
+                        dirs.push((d, j));
                     }
                 }
             }
@@ -299,7 +305,13 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
         }
     }
     let synced_files = files.iter().map(|f| f.sync_data());
-    let synced_dirs = dirs.iter().map(|d| shared.fs.sync_dir(d));
+    // A queue deleted between its flush and this sync took its directory with it: nothing in
+    // it needs to last, and a missing directory is no failed fsync (were it one, a client
+    // deleting queues at the wrong moment would make the whole store read-only).
+    let synced_dirs = dirs.iter().map(|(d, j)| match shared.fs.sync_dir(d) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && j.removed() => Ok(()),
+        other => other,
+    });
     if let Some(e) = synced_files.chain(synced_dirs).find_map(Result::err) {
         shared.read_only_from.fetch_min(epoch, Ordering::SeqCst);
         // Every epoch from this one on has failed, including those no cycle will ever run
@@ -312,4 +324,53 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
         );
     }
     retry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::RealFs;
+
+    /// A journal that wrote nothing but asks for a directory to be synced.
+    struct DirOnly {
+        dir: PathBuf,
+        removed: bool,
+    }
+
+    impl Journal for DirOnly {
+        fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+            Ok((Vec::new(), vec![self.dir.clone()]))
+        }
+        fn removed(&self) -> bool {
+            self.removed
+        }
+    }
+
+    fn gone_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("lepus-sync-gone-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_directory_deleted_with_its_queue_during_a_sync_is_no_failed_fsync() {
+        // Regression: a queue deleted between its log's flush and the directory sync made
+        // the whole store read-only (found by benches' large-message run).
+        let shared = Shared::new(1 << 20, Arc::new(RealFs));
+        shared.mark_dirty(Arc::new(DirOnly {
+            dir: gone_dir(),
+            removed: true,
+        }));
+        assert!(sync_once(&shared));
+        assert!(shared.writable());
+    }
+
+    #[test]
+    fn a_directory_missing_from_a_live_journal_still_fails_the_store() {
+        let shared = Shared::new(1 << 20, Arc::new(RealFs));
+        shared.mark_dirty(Arc::new(DirOnly {
+            dir: gone_dir(),
+            removed: false,
+        }));
+        assert!(sync_once(&shared));
+        assert!(!shared.writable());
+    }
 }
