@@ -33,7 +33,9 @@ struct Args {
     user: String,
     #[arg(long, default_value = "guest")]
     password: String,
-    /// autoack, ack, ack-multi, confirm, fanout, topic, latency, conns or backlog; `echo`
+    /// autoack, ack, ack-multi, confirm, fanout, topic, many-queues (1,000 queues and
+    /// consumers, 10 publishers), large-64k, large-1m (autoack with such bodies), latency,
+    /// conns or backlog; `echo`
     /// measures the `latency` pattern against `echo-server`, a bare TCP echo server, which
     /// gives the floor that this machine's network stack and scheduler put under any broker.
     #[arg(long, default_value = "autoack")]
@@ -93,6 +95,13 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Queues of the many-queues scenario, each with its own consumer connection.
+const MANY_QUEUES: usize = 1000;
+/// Bodies per precomputed publish batch: about this many bytes, and at most 100 messages.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Bodies left unconsumed, at most, before publishers pause.
+const OUTSTANDING_BYTES: usize = 64 * 1024 * 1024;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> Result<()> {
@@ -119,9 +128,12 @@ async fn run(args: Args) -> Result<()> {
     }
     let run_id = std::process::id();
     let meter = Arc::new(Meter::default());
-    let size = args
-        .size
-        .unwrap_or(if args.scenario == "confirm" { 1024 } else { 16 });
+    let size = args.size.unwrap_or(match args.scenario.as_str() {
+        "confirm" => 1024,
+        "large-64k" => 64 * 1024,
+        "large-1m" => 1024 * 1024,
+        _ => 16,
+    });
     let body = vec![b'x'; size];
     let mut tasks = Vec::new();
     // (queues, consumers per queue, ack mode, prefetch)
@@ -132,8 +144,12 @@ async fn run(args: Args) -> Result<()> {
         "confirm" => (1, true, 1000, 100),
         "fanout" => (10, false, 0, 0),
         "topic" => (1, false, 0, 0),
+        "many-queues" => (MANY_QUEUES, false, 0, 0),
+        "large-64k" | "large-1m" => (1, false, 0, 0),
         other => return Err(format!("unknown scenario {other}").into()),
     };
+    // many-queues: 10 publishers, each spreading its messages over a tenth of the queues.
+    let publishers = if args.scenario == "many-queues" { 10 } else { 1 };
     let names: Vec<String> = (0..queues).map(|i| format!("perf-{run_id}-{i}")).collect();
     let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
     let durable = args.scenario == "confirm";
@@ -156,33 +172,49 @@ async fn run(args: Args) -> Result<()> {
         )));
     }
     let confirm = args.scenario == "confirm";
-    let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
-    if confirm {
-        p.confirm_select().await?;
+    // Every message goes to one queue, but fanout's to all of them.
+    let fan = if args.scenario == "fanout" { queues as u64 } else { 1 };
+    let batch_len = if confirm {
+        32
+    } else {
+        (BATCH_BYTES / size).clamp(1, 100)
+    };
+    // Unconsumed messages before publishers pause: per queue, and at most OUTSTANDING_BYTES
+    // of bodies (large messages would otherwise pile up gigabytes in a slow broker).
+    let per_queue = if args.scenario == "many-queues" {
+        100
+    } else {
+        args.max_outstanding
+    };
+    let limit = (per_queue * queues as u64).min((OUTSTANDING_BYTES / size).max(1) as u64);
+    for n in 0..publishers {
+        let mine: Vec<&String> = keys.iter().skip(n).step_by(publishers).collect();
+        let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
+        if confirm {
+            p.confirm_select().await?;
+        }
+        // Enough precomputed batches that every routing key is published (topic: all
+        // 1,000; many-queues: each of this publisher's queues).
+        let batches: Vec<Vec<u8>> = (0..mine.len().div_ceil(batch_len))
+            .map(|b| {
+                let mut batch = Vec::new();
+                for i in 0..batch_len {
+                    let key = mine[(b * batch_len + i) % mine.len()];
+                    publish_frames(&mut batch, &exchange, key, &body, durable);
+                }
+                batch
+            })
+            .collect();
+        tasks.push(tokio::spawn(publisher(
+            p,
+            meter.clone(),
+            batches,
+            batch_len as u64,
+            fan,
+            limit,
+            confirm,
+        )));
     }
-    let fan = queues as u64;
-    let batch_len = if confirm { 32 } else { 100 };
-    // Enough precomputed batches that every routing key is published (topic: all 1,000).
-    let batches: Vec<Vec<u8>> = (0..keys.len().div_ceil(batch_len))
-        .map(|b| {
-            let mut batch = Vec::new();
-            for i in 0..batch_len {
-                let key = &keys[(b * batch_len + i) % keys.len()];
-                publish_frames(&mut batch, &exchange, key, &body, durable);
-            }
-            batch
-        })
-        .collect();
-    let limit = args.max_outstanding * fan;
-    tasks.push(tokio::spawn(publisher(
-        p,
-        meter.clone(),
-        batches,
-        batch_len as u64,
-        fan,
-        limit,
-        confirm,
-    )));
 
     let (rate, cpu) = measure(&meter, args.seconds).await;
     for t in tasks {
@@ -192,9 +224,10 @@ async fn run(args: Args) -> Result<()> {
         let _ = setup.delete_queue(q).await;
     }
     println!(
-        "{{\"scenario\":\"{}\",\"msgs_per_s\":{:.0},\"generator_cpu\":{:.3},\"size\":{},\"lower_bound\":{}}}",
+        "{{\"scenario\":\"{}\",\"msgs_per_s\":{:.0},\"bytes_per_s\":{:.0},\"generator_cpu\":{:.3},\"size\":{},\"lower_bound\":{}}}",
         args.scenario,
         rate,
+        rate * size as f64,
         cpu,
         size,
         cpu > 0.9
@@ -233,6 +266,8 @@ async fn topology(
                 .collect();
             (x, keys)
         }
+        // Through the default exchange, to every queue in turn.
+        "many-queues" => (String::new(), names.to_vec()),
         _ => (String::new(), vec![names[0].clone()]),
     })
 }
