@@ -904,12 +904,22 @@ async fn the_web_ui_is_served_without_a_login_and_uses_the_api_with_one() {
     let own_origin = format!("http://{}", api.addr);
     let user = json!({"password": "x", "tags": ""});
     let forged = api
-        .send("PUT", "/api/users/forged", Some(user.clone()), &[("Origin", "http://evil.example")])
+        .send(
+            "PUT",
+            "/api/users/forged",
+            Some(user.clone()),
+            &[("Origin", "http://evil.example")],
+        )
         .await;
     assert_eq!(forged.status, 403);
     assert_eq!(api.get("/api/users/forged").await.status, 404);
     let own = api
-        .send("PUT", "/api/users/mine", Some(user), &[("Origin", own_origin.as_str())])
+        .send(
+            "PUT",
+            "/api/users/mine",
+            Some(user),
+            &[("Origin", own_origin.as_str())],
+        )
         .await;
     assert_eq!(own.status, 201);
     drop(broker);

@@ -72,8 +72,14 @@ async fn same_origin_changes(req: Request, next: Next) -> Response {
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
-    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     match origin {
         Some(origin) if !reading => {
             let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);

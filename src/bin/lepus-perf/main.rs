@@ -128,28 +128,20 @@ async fn run(args: Args) -> Result<()> {
     }
     let run_id = std::process::id();
     let meter = Arc::new(Meter::default());
-    let size = args.size.unwrap_or(match args.scenario.as_str() {
-        "confirm" => 1024,
-        "large-64k" => 64 * 1024,
-        "large-1m" => 1024 * 1024,
-        _ => 16,
-    });
+    let Some(shape) = Shape::of(&args.scenario) else {
+        return Err(format!("unknown scenario {}", args.scenario).into());
+    };
+    let Shape {
+        queues,
+        ack,
+        prefetch,
+        multiple_every,
+        publishers,
+        default_size,
+    } = shape;
+    let size = args.size.unwrap_or(default_size);
     let body = vec![b'x'; size];
     let mut tasks = Vec::new();
-    // (queues, consumers per queue, ack mode, prefetch)
-    let (queues, ack, prefetch, multiple_every) = match args.scenario.as_str() {
-        "autoack" => (1, false, 0, 0),
-        "ack" => (1, true, 100, 1),
-        "ack-multi" => (1, true, 1000, 100),
-        "confirm" => (1, true, 1000, 100),
-        "fanout" => (10, false, 0, 0),
-        "topic" => (1, false, 0, 0),
-        "many-queues" => (MANY_QUEUES, false, 0, 0),
-        "large-64k" | "large-1m" => (1, false, 0, 0),
-        other => return Err(format!("unknown scenario {other}").into()),
-    };
-    // many-queues: 10 publishers, each spreading its messages over a tenth of the queues.
-    let publishers = if args.scenario == "many-queues" { 10 } else { 1 };
     let names: Vec<String> = (0..queues).map(|i| format!("perf-{run_id}-{i}")).collect();
     let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
     let durable = args.scenario == "confirm";
@@ -173,7 +165,11 @@ async fn run(args: Args) -> Result<()> {
     }
     let confirm = args.scenario == "confirm";
     // Every message goes to one queue, but fanout's to all of them.
-    let fan = if args.scenario == "fanout" { queues as u64 } else { 1 };
+    let fan = if args.scenario == "fanout" {
+        queues as u64
+    } else {
+        1
+    };
     let batch_len = if confirm {
         32
     } else {
@@ -187,34 +183,17 @@ async fn run(args: Args) -> Result<()> {
         args.max_outstanding
     };
     let limit = (per_queue * queues as u64).min((OUTSTANDING_BYTES / size).max(1) as u64);
-    for n in 0..publishers {
-        let mine: Vec<&String> = keys.iter().skip(n).step_by(publishers).collect();
-        let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
-        if confirm {
-            p.confirm_select().await?;
-        }
-        // Enough precomputed batches that every routing key is published (topic: all
-        // 1,000; many-queues: each of this publisher's queues).
-        let batches: Vec<Vec<u8>> = (0..mine.len().div_ceil(batch_len))
-            .map(|b| {
-                let mut batch = Vec::new();
-                for i in 0..batch_len {
-                    let key = mine[(b * batch_len + i) % mine.len()];
-                    publish_frames(&mut batch, &exchange, key, &body, durable);
-                }
-                batch
-            })
-            .collect();
-        tasks.push(tokio::spawn(publisher(
-            p,
-            meter.clone(),
-            batches,
-            batch_len as u64,
-            fan,
-            limit,
-            confirm,
-        )));
-    }
+    let plan = PublishPlan {
+        exchange: &exchange,
+        keys: &keys,
+        body: &body,
+        durable,
+        confirm,
+        batch_len,
+        fan,
+        limit,
+    };
+    tasks.extend(spawn_publishers(&args, &meter, publishers, &plan).await?);
 
     let (rate, cpu) = measure(&meter, args.seconds).await;
     for t in tasks {
@@ -233,6 +212,97 @@ async fn run(args: Args) -> Result<()> {
         cpu > 0.9
     );
     Ok(())
+}
+
+/// How a throughput scenario is built.
+struct Shape {
+    queues: usize,
+    /// Consumers acknowledge (else no-ack).
+    ack: bool,
+    prefetch: u16,
+    /// One multiple ack per this many deliveries (1: one ack each).
+    multiple_every: u64,
+    publishers: usize,
+    default_size: usize,
+}
+
+impl Shape {
+    fn of(scenario: &str) -> Option<Shape> {
+        let (queues, ack, prefetch, multiple_every) = match scenario {
+            "autoack" | "topic" | "large-64k" | "large-1m" => (1, false, 0, 0),
+            "ack" => (1, true, 100, 1),
+            "ack-multi" | "confirm" => (1, true, 1000, 100),
+            "fanout" => (10, false, 0, 0),
+            "many-queues" => (MANY_QUEUES, false, 0, 0),
+            _ => return None,
+        };
+        Some(Shape {
+            queues,
+            ack,
+            prefetch,
+            multiple_every,
+            // many-queues: 10 publishers, each spreading over a tenth of the queues.
+            publishers: if scenario == "many-queues" { 10 } else { 1 },
+            default_size: match scenario {
+                "confirm" => 1024,
+                "large-64k" => 64 * 1024,
+                "large-1m" => 1024 * 1024,
+                _ => 16,
+            },
+        })
+    }
+}
+
+/// What the publishers of a throughput scenario send, and how much they let pile up.
+struct PublishPlan<'a> {
+    exchange: &'a str,
+    keys: &'a [String],
+    body: &'a [u8],
+    durable: bool,
+    confirm: bool,
+    batch_len: usize,
+    fan: u64,
+    limit: u64,
+}
+
+/// Connects `publishers` publishers, each sending to its share of the routing keys.
+async fn spawn_publishers(
+    args: &Args,
+    meter: &Arc<Meter>,
+    publishers: usize,
+    plan: &PublishPlan<'_>,
+) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
+    let mut tasks = Vec::new();
+    for n in 0..publishers {
+        let mine: Vec<&String> = plan.keys.iter().skip(n).step_by(publishers).collect();
+        let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
+        if plan.confirm {
+            p.confirm_select().await?;
+        }
+        // Enough precomputed batches that every routing key is published (topic: all
+        // 1,000; many-queues: each of this publisher's queues).
+        let batch_len = plan.batch_len;
+        let batches: Vec<Vec<u8>> = (0..mine.len().div_ceil(batch_len))
+            .map(|b| {
+                let mut batch = Vec::new();
+                for i in 0..batch_len {
+                    let key = mine[(b * batch_len + i) % mine.len()];
+                    publish_frames(&mut batch, plan.exchange, key, plan.body, plan.durable);
+                }
+                batch
+            })
+            .collect();
+        tasks.push(tokio::spawn(publisher(
+            p,
+            meter.clone(),
+            batches,
+            batch_len as u64,
+            plan.fan,
+            plan.limit,
+            plan.confirm,
+        )));
+    }
+    Ok(tasks)
 }
 
 /// Declares what a throughput scenario publishes through; returns the exchange and the
