@@ -95,7 +95,13 @@ def storm_connections(url):
         seen["closed"] = None
     except pika.exceptions.ConnectionClosedByBroker as e:
         seen["closed"] = [e.reply_code, e.reply_text]
+    # RabbitMQ drops a closed connection from its statistics a moment after it closed:
+    # ask until it is gone (or 10 s have passed).
+    deadline = time.time() + 10
     seen["gone"] = error(m.connection.get, mine[0]["name"])
+    while seen["gone"] is None and time.time() < deadline:
+        time.sleep(0.2)
+        seen["gone"] = error(m.connection.get, mine[0]["name"])
     return seen
 
 
