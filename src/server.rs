@@ -226,6 +226,7 @@ async fn closed_until_started(
     };
     tracing::info!(addr = %closed.addr(), "AMQP listener closed (stop_app)");
     app.wait_for(|running| *running).await.ok()?;
+    let mut failures = 0u64;
     loop {
         match closed.reopen().await {
             Ok(listener) => {
@@ -233,7 +234,11 @@ async fn closed_until_started(
                 return Some(listener);
             }
             Err(e) => {
-                tracing::warn!(addr = %closed.addr(), error = %e, "cannot reopen the listener; retrying");
+                // Said once, then every minute or so: another process may hold the port.
+                if failures % 300 == 0 {
+                    tracing::warn!(addr = %closed.addr(), error = %e, "cannot reopen the listener; retrying");
+                }
+                failures += 1;
                 tokio::time::sleep(REOPEN_RETRY).await;
             }
         }
