@@ -17,13 +17,17 @@ fn lepusctl(broker: &Broker, args: &[&str]) -> (i32, String, String) {
         .as_ref()
         .map(|s| s.broker().config.data_dir.clone())
         .expect("a running broker");
-    let out = Command::new(env!("CARGO_BIN_EXE_lepusctl"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lepusctl"));
+    cmd.arg("--data-dir").arg(data_dir).args(args);
+    output(cmd)
+}
+
+/// Runs a command: (exit status, stdout, stderr).
+fn output(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd
         .env_remove("LEPUS_ADMIN_SOCKET")
         .output()
-        .expect("lepusctl runs");
+        .expect("the command runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -426,17 +430,9 @@ async fn called_as_rabbitmqctl_through_a_symlink_it_behaves_the_same() {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_lepusctl"), &rabbitmqctl).unwrap();
     // Scripts name no data directory: the environment (or ./lepus-data) says where.
     let run = |args: &[&str]| {
-        let out = Command::new(&rabbitmqctl)
-            .args(args)
-            .env("LEPUS_DATA_DIR", &data_dir)
-            .env_remove("LEPUS_ADMIN_SOCKET")
-            .output()
-            .expect("rabbitmqctl runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut cmd = Command::new(&rabbitmqctl);
+        cmd.args(args).env("LEPUS_DATA_DIR", &data_dir);
+        output(cmd)
     };
     let listed = tokio::task::block_in_place(|| run(&["-q", "list_queues", "name", "messages"]));
     assert_eq!(listed, (0, "name\tmessages\nq1\t1\n".into(), "".into()));
