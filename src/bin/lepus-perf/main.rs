@@ -8,6 +8,7 @@
 //! lepus-perf --addr 127.0.0.1:5672 --scenario autoack --seconds 10
 //! ```
 
+mod busy;
 mod client;
 
 use std::sync::Arc;
@@ -64,7 +65,7 @@ struct Args {
     /// latency: messages per second, published at a steady pace.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// conns: idle connections to open.
+    /// conns: idle connections to open; conns-busy: connections publishing once a second.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
 }
@@ -123,6 +124,7 @@ async fn run(args: Args) -> Result<()> {
         "backlog" => return backlog(args).await,
         "latency" => return latency(args).await,
         "conns" => return conns(args).await,
+        "conns-busy" => return busy::conns_busy(args).await,
         "echo" => return echo(args).await,
         _ => {}
     }
@@ -495,7 +497,12 @@ async fn echo(args: Args) -> Result<()> {
 }
 
 /// Prints the percentiles of latency samples (microseconds) as the scenario's JSON line.
-fn print_latency(scenario: &str, rate: u64, mut samples: Vec<u64>, cpu: f64) {
+fn print_latency(scenario: &str, rate: u64, samples: Vec<u64>, cpu: f64) {
+    print_latency_with(scenario, rate, samples, cpu, "");
+}
+
+/// [`print_latency`] with more JSON fields (`extra` starts with a comma).
+fn print_latency_with(scenario: &str, rate: u64, mut samples: Vec<u64>, cpu: f64, extra: &str) {
     samples.sort_unstable();
     let pct = |p: f64| -> u64 {
         if samples.is_empty() {
@@ -505,7 +512,7 @@ fn print_latency(scenario: &str, rate: u64, mut samples: Vec<u64>, cpu: f64) {
         samples[i.min(samples.len() - 1)]
     };
     println!(
-        "{{\"scenario\":\"{}\",\"rate\":{},\"samples\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}}}",
+        "{{\"scenario\":\"{}\",\"rate\":{},\"samples\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}{}}}",
         scenario,
         rate,
         samples.len(),
@@ -513,7 +520,8 @@ fn print_latency(scenario: &str, rate: u64, mut samples: Vec<u64>, cpu: f64) {
         pct(0.99),
         pct(0.999),
         cpu,
-        cpu > 0.9
+        cpu > 0.9,
+        extra
     );
 }
 
