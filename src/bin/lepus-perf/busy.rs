@@ -5,7 +5,7 @@
 //! publish-to-delivery latency.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -25,6 +25,15 @@ pub async fn conns_busy(args: Args) -> Result<()> {
     consumer.consume(&queue, true).await?;
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    // Deliveries are read from the start (a consumer that does not read is closed by a
+    // broker's send timeout) and timed once every connection is publishing.
+    let measure_from_ns = Arc::new(AtomicU64::new(u64::MAX));
+    let consuming = tokio::spawn(consume(
+        consumer,
+        origin,
+        measure_from_ns.clone(),
+        stop.clone(),
+    ));
     let mut publishers = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let client = Client::connect(&args.addr, &args.user, &args.password).await?;
@@ -41,34 +50,18 @@ pub async fn conns_busy(args: Args) -> Result<()> {
     let connected = origin.elapsed();
     // Two periods for every connection to be publishing, then measure.
     let warm_up = connected + 2 * PERIOD;
-    let measured = Duration::from_secs(args.seconds);
+    measure_from_ns.store(warm_up.as_nanos() as u64, Ordering::Relaxed);
     let cpu0 = cpu_seconds();
-    let mut samples: Vec<u64> = Vec::new();
     let mut peak_rss = 0;
-    let mut next_rss = origin.elapsed();
-    while origin.elapsed() < warm_up + measured {
-        if origin.elapsed() >= next_rss {
-            peak_rss = peak_rss.max(rss_kib(args.broker_pid).unwrap_or(0));
-            next_rss += Duration::from_millis(500);
-        }
-        match tokio::time::timeout(Duration::from_millis(100), consumer.fill()).await {
-            Ok(r) => r?,
-            Err(_) => continue,
-        }
-        let now = origin.elapsed().as_nanos() as u64;
-        consumer.frames(|h, payload| {
-            if h.kind == 3 && payload.len() >= 8 {
-                let sent = u64::from_be_bytes(payload[..8].try_into().unwrap_or([0; 8]));
-                if Duration::from_nanos(sent) >= warm_up {
-                    samples.push(now.saturating_sub(sent) / 1000);
-                }
-            }
-        })?;
+    while origin.elapsed() < warm_up + Duration::from_secs(args.seconds) {
+        peak_rss = peak_rss.max(rss_kib(args.broker_pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop.store(true, Ordering::Relaxed);
     for p in publishers {
         p.abort();
     }
+    let samples = consuming.await??;
     let cpu = (cpu_seconds() - cpu0) / (origin.elapsed() - connected).as_secs_f64();
     let _ = setup.delete_queue(&queue).await;
     print_latency_with(
@@ -84,6 +77,34 @@ pub async fn conns_busy(args: Args) -> Result<()> {
         ),
     );
     Ok(())
+}
+
+/// Reads deliveries until stopped; returns the latencies (microseconds) of the messages
+/// sent from `measure_from_ns` on.
+async fn consume(
+    mut consumer: Client,
+    origin: Instant,
+    measure_from_ns: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<u64>> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(100), consumer.fill()).await {
+            Ok(r) => r?,
+            Err(_) => continue,
+        }
+        let now = origin.elapsed().as_nanos() as u64;
+        let from = measure_from_ns.load(Ordering::Relaxed);
+        consumer.frames(|h, payload| {
+            if h.kind == 3 && payload.len() >= 8 {
+                let sent = u64::from_be_bytes(payload[..8].try_into().unwrap_or([0; 8]));
+                if sent >= from {
+                    samples.push(now.saturating_sub(sent) / 1000);
+                }
+            }
+        })?;
+    }
+    Ok(samples)
 }
 
 /// Publishes one message carrying its send time every period, from `offset` on.

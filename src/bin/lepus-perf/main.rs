@@ -98,6 +98,8 @@ fn cpu_seconds() -> f64 {
 
 /// Queues of the many-queues scenario, each with its own consumer connection.
 const MANY_QUEUES: usize = 1000;
+/// Independent publisher-queue-consumer sets of the cores scenario.
+const CORES_PAIRS: usize = 4;
 /// Bodies per precomputed publish batch: about this many bytes, and at most 100 messages.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Bodies left unconsumed, at most, before publishers pause.
@@ -236,6 +238,7 @@ impl Shape {
             "ack-multi" | "confirm" => (1, true, 1000, 100),
             "fanout" => (10, false, 0, 0),
             "many-queues" => (MANY_QUEUES, false, 0, 0),
+            "cores" => (CORES_PAIRS, false, 0, 0),
             _ => return None,
         };
         Some(Shape {
@@ -244,7 +247,12 @@ impl Shape {
             prefetch,
             multiple_every,
             // many-queues: 10 publishers, each spreading over a tenth of the queues.
-            publishers: if scenario == "many-queues" { 10 } else { 1 },
+            publishers: match scenario {
+                "many-queues" => 10,
+                // One publisher per queue: independent pairs a broker can spread over cores.
+                "cores" => CORES_PAIRS,
+                _ => 1,
+            },
             default_size: match scenario {
                 "confirm" => 1024,
                 "large-64k" => 64 * 1024,
@@ -339,7 +347,7 @@ async fn topology(
             (x, keys)
         }
         // Through the default exchange, to every queue in turn.
-        "many-queues" => (String::new(), names.to_vec()),
+        "many-queues" | "cores" => (String::new(), names.to_vec()),
         _ => (String::new(), vec![names[0].clone()]),
     })
 }
