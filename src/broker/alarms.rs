@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::memory::Memory;
 use crate::config::{DiskFreeLimit, MemoryWatermark};
 
 /// Which alarms are raised.
@@ -54,6 +55,8 @@ struct Thresholds {
 
 struct Inner {
     thresholds: Mutex<Thresholds>,
+    /// The memory gauge, whose paging limit follows the watermark.
+    gauge: &'static Memory,
     raised: watch::Sender<Raised>,
     data_dir: PathBuf,
     /// The store: a disk that refuses writes raises the disk alarm too.
@@ -85,6 +88,7 @@ impl Alarms {
     pub fn start(
         data_dir: &Path,
         store: Arc<Shared>,
+        gauge: &'static Memory,
         memory: MemoryWatermark,
         disk: DiskFreeLimit,
         interval_ms: u64,
@@ -92,6 +96,7 @@ impl Alarms {
         let (raised, _) = watch::channel(Raised::default());
         let inner = Arc::new(Inner {
             thresholds: Mutex::new(Thresholds { memory, disk }),
+            gauge,
             raised,
             data_dir: data_dir.to_owned(),
             store,
@@ -185,6 +190,7 @@ fn check(inner: &Inner) {
     let t = *lock(&inner.thresholds);
     let rss = resident_bytes();
     let limit = memory_limit(t.memory);
+    inner.gauge.set_watermark_bytes(limit);
     let free = free_disk_bytes(&inner.data_dir);
     let disk_limit = disk_limit(t.disk);
     let now = Raised {
@@ -293,6 +299,7 @@ mod tests {
         let alarms = Alarms::start(
             &dir,
             store,
+            Memory::leaked(1 << 20),
             MemoryWatermark::Absolute(1),
             DiskFreeLimit::Absolute(0),
             1000,

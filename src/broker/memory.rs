@@ -1,6 +1,12 @@
 //! Memory accounting: how many bytes of messages and buffers the broker holds, against the
 //! budget past which queues move the newest part of their backlogs to disk.
 //!
+//! Two thresholds. Past `budget_bytes` (64 MiB by default) a queue whose backlog grows pages
+//! it out; a queue whose consumers keep pace with it (`queue::pace`) stays in memory until
+//! the broker holds `paced_limit_bytes`, half the memory high watermark, as RabbitMQ pages
+//! at `vm_memory_high_watermark_paging_ratio` (0.5). Writing out and reading back a stream
+//! that is consumed as fast as it comes costs two copies and a file for nothing.
+//!
 //! Everything a client can make the broker hold is charged here while it lives ([`Charge`]):
 //! each message, each input chunk, each half-received body, each connection's output. The
 //! counter is updated for every message, by many threads, so it is sharded: each thread adds
@@ -10,6 +16,10 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+
+/// The share of the memory high watermark below which queues whose consumers keep pace are
+/// not paged: RabbitMQ's `vm_memory_high_watermark_paging_ratio` default.
+pub const PACED_PAGING_RATIO: f64 = 0.5;
 
 /// Threads that get a slot of their own; later ones share one with atomic adds.
 const OWN_SLOTS: usize = 64;
@@ -40,6 +50,9 @@ pub struct Memory {
     slots: Box<[Slot]>,
     /// Past this many bytes in memory, queues page their tails out to disk.
     budget_bytes: usize,
+    /// Past this many bytes, even queues whose consumers keep pace page out; never below
+    /// `budget_bytes`. Follows the memory watermark (`set_watermark_bytes`).
+    paced_limit_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for Memory {
@@ -47,6 +60,7 @@ impl std::fmt::Debug for Memory {
         f.debug_struct("Memory")
             .field("used", &self.used())
             .field("budget_bytes", &self.budget_bytes)
+            .field("paced_limit_bytes", &self.paced_limit_bytes)
             .finish()
     }
 }
@@ -59,6 +73,7 @@ impl Memory {
         Box::leak(Box::new(Memory {
             slots: (0..=OWN_SLOTS).map(|_| Slot::default()).collect(),
             budget_bytes,
+            paced_limit_bytes: AtomicUsize::new(budget_bytes),
         }))
     }
 
@@ -84,6 +99,22 @@ impl Memory {
     /// Whether queues should move messages out of memory.
     pub fn over_budget(&self) -> bool {
         self.used() > self.budget_bytes
+    }
+
+    /// Whether a queue holding a backlog should move it out of memory: past the budget,
+    /// unless its consumers keep pace with it (`keeps_pace`, asked only then) and the broker
+    /// holds less than the paced limit.
+    pub fn should_page(&self, keeps_pace: impl FnOnce() -> bool) -> bool {
+        let used = self.used();
+        used > self.budget_bytes
+            && (used > self.paced_limit_bytes.load(Ordering::Relaxed) || !keeps_pace())
+    }
+
+    /// Sets the paced limit from the memory high watermark, in bytes.
+    pub fn set_watermark_bytes(&self, watermark_bytes: u64) {
+        let paced = (watermark_bytes as f64 * PACED_PAGING_RATIO) as usize;
+        self.paced_limit_bytes
+            .store(paced.max(self.budget_bytes), Ordering::Relaxed);
     }
 }
 
@@ -159,5 +190,29 @@ mod tests {
         drop(charges);
         drop(more);
         assert_eq!(memory.used(), 0);
+    }
+
+    #[test]
+    fn queues_that_keep_pace_page_only_past_half_the_watermark() {
+        let memory = Memory::leaked(1000);
+        memory.set_watermark_bytes(4000);
+        let held = Charge::new(memory, 1500);
+        assert!(
+            memory.should_page(|| false),
+            "over budget, not keeping pace"
+        );
+        assert!(
+            !memory.should_page(|| true),
+            "keeping pace, under half the watermark"
+        );
+        let more = Charge::new(memory, 1000);
+        assert!(memory.should_page(|| true), "past half the watermark");
+        drop((held, more));
+        assert!(!memory.should_page(|| false), "under budget");
+        // A watermark below the budget leaves the budget in force.
+        memory.set_watermark_bytes(10);
+        let held = Charge::new(memory, 1001);
+        assert!(memory.should_page(|| true));
+        drop(held);
     }
 }

@@ -65,6 +65,7 @@ impl Broker {
         if first_boot {
             create_defaults(&config, &definitions, &mut defs);
         }
+        let memory = Memory::leaked(config.limits.memory_budget_bytes);
         let broker = Broker {
             users: DashMap::new(),
             access: AccessControl::default(),
@@ -73,7 +74,7 @@ impl Broker {
             reply_consumers: ReplyConsumers::default(),
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
-            memory: Memory::leaked(config.limits.memory_budget_bytes),
+            memory,
             churn: super::stats::Churn::default(),
             started_at_ms: super::timer::now_ms(),
             creation_limits: CreationLimits {
@@ -85,6 +86,7 @@ impl Broker {
             alarms: Alarms::start(
                 &config.data_dir,
                 store.shared.clone(),
+                memory,
                 config.limits.vm_memory_high_watermark,
                 config.limits.disk_free_limit,
                 config.limits.monitor_interval_ms,

@@ -109,7 +109,9 @@ pub fn queue_json(
     };
     let (ready, unacked) = (u64::from(s.ready), u64::from(s.unacked));
     let total = ready + unacked;
-    let in_memory = |n: u64| if s.paged { 0 } else { n };
+    // Bytes are not counted per place: while part of a queue is paged out, none are shown in
+    // memory.
+    let bytes_in_memory = |n: u64| if s.paged_out > 0 { 0 } else { n };
     let persistent = |n: u64| if q.durable { n } else { 0 };
     let mut out = json!({
         "name": q.name,
@@ -132,15 +134,15 @@ pub fn queue_json(
         "consumer_capacity": if s.consumers.is_empty() { 0.0 } else { 1.0 },
         "head_message_timestamp": Value::Null,
         "recoverable_slaves": Value::Null,
-        "messages_ram": in_memory(total),
-        "messages_ready_ram": in_memory(ready),
+        "messages_ram": total.saturating_sub(s.paged_out),
+        "messages_ready_ram": ready.saturating_sub(s.paged_out),
         "messages_unacknowledged_ram": unacked,
         "messages_persistent": persistent(total),
-        "messages_paged_out": 0,
+        "messages_paged_out": s.paged_out,
         "message_bytes": s.ready_bytes,
         "message_bytes_ready": s.ready_bytes,
         "message_bytes_unacknowledged": 0,
-        "message_bytes_ram": in_memory(s.ready_bytes),
+        "message_bytes_ram": bytes_in_memory(s.ready_bytes),
         "message_bytes_persistent": persistent(s.ready_bytes),
         "message_bytes_paged_out": 0,
         "memory": s.ready_bytes,

@@ -39,6 +39,7 @@ mod dispatch;
 pub mod entry;
 pub mod levels;
 mod limits;
+mod pace;
 mod paging;
 pub mod prefetch;
 pub mod ready;
@@ -121,8 +122,8 @@ pub struct QueueSnapshot {
     pub counters: crate::broker::stats::QueueCounters,
     /// When the queue was last used (milliseconds since the epoch).
     pub last_used_ms: u64,
-    /// Some of its messages live only on disk.
-    pub paged: bool,
+    /// Ready messages that live only on disk (paged out).
+    pub paged_out: u64,
 }
 
 /// A consumer as the management API shows it.
@@ -473,7 +474,7 @@ impl Queue {
                 .map(|c| String::from_utf8_lossy(&c.tag).into_owned()),
             counters: state.counters,
             last_used_ms: state.last_used_ms,
-            paged: state.tail.is_some() || state.paged_levels > 0,
+            paged_out: state.tail.as_ref().map_or(0, |t| t.count) + state.level_tail_count(),
         }
     }
 

@@ -15,6 +15,7 @@ use super::context::QueueCtx;
 use super::dead_letter::{DeadLetter, DlxTarget, Reason};
 use super::delivery::{Delivery, DeliverySink};
 use super::entry::QueueEntry;
+use super::pace::Pace;
 use super::ready::Ready;
 use super::settings::{Overflow, QueueSettings};
 use crate::broker::message::Message;
@@ -138,6 +139,8 @@ pub struct State {
     pub dead: Vec<DeadLetter>,
     /// Messages in, delivered, fetched and acknowledged, for the management API.
     pub counters: QueueCounters,
+    /// How fast consumers take messages: a queue they keep pace with is not paged early.
+    pub pace: Pace,
 }
 
 impl State {
@@ -276,8 +279,7 @@ impl State {
                 self.discard(entry, Reason::Expired);
             }
         }
-        // The queue's own size first: summing the gauge is the dearer question.
-        if self.ready_bytes > PAGE_OUT_ABOVE && ctx.memory().over_budget() {
+        if self.should_page_out(ctx) {
             if self.ready.prioritised() {
                 self.page_out_levels(ctx);
             } else {
@@ -316,6 +318,19 @@ impl State {
         outcome
     }
 
+    /// Whether to move the newest part of the backlog to disk now: the queue holds more than
+    /// `PAGE_OUT_ABOVE` (asked first: summing the gauge is the dearer question) and the
+    /// broker is over its memory budget, unless the consumers keep pace (`pace`).
+    fn should_page_out(&mut self, ctx: &QueueCtx) -> bool {
+        if self.ready_bytes <= PAGE_OUT_ABOVE {
+            return false;
+        }
+        let (backlog, consumed, pace) =
+            (self.ready_bytes, !self.consumers.is_empty(), &mut self.pace);
+        ctx.memory()
+            .should_page(|| consumed && pace.keeps_up(backlog, now_ms()))
+    }
+
     pub fn push_ready(&mut self, entry: QueueEntry) {
         let size = entry.size();
         self.ready_bytes += size;
@@ -333,6 +348,7 @@ impl State {
     pub fn forget_ready(&mut self, entry: &QueueEntry) {
         let size = entry.size();
         self.ready_bytes = self.ready_bytes.saturating_sub(size);
+        self.pace.took(size);
         self.body_bytes = self
             .body_bytes
             .saturating_sub(entry.message.body.len() as u64);
