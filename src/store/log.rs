@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub struct QueueLog {
     pub(super) inner: Mutex<Inner>,
     /// A durable queue's log (compacted); otherwise a paging log, deleted as it is read.
     pub(super) durable: bool,
+    /// The preparation of its next segment is queued on the background thread.
+    pub(super) prepare_queued: AtomicBool,
 }
 
 impl std::fmt::Debug for QueueLog {
@@ -220,6 +223,7 @@ impl QueueLog {
         let log = Arc::new(QueueLog {
             dir,
             durable,
+            prepare_queued: AtomicBool::new(false),
             shared: shared.clone(),
             inner: Mutex::new(Inner {
                 segments: VecDeque::from([head]),
@@ -573,8 +577,8 @@ impl QueueLog {
         Ok((files, dirs))
     }
 
-    /// Makes the next segment ahead of time when the head is half full. Called by the sync
-    /// thread, outside the publish path.
+    /// Makes the next segment ahead of time when the head is half full. Called on the
+    /// store's background thread, outside the publish path and the sync thread's.
     pub(super) fn prepare_next(&self) -> io::Result<()> {
         let index = {
             let mut inner = self.lock();
@@ -634,8 +638,16 @@ impl Journal for QueueLog {
     }
 
     fn after_sync(self: Arc<Self>) {
-        if let Err(e) = self.prepare_next() {
-            tracing::warn!(error = %e, "cannot prepare the next segment");
+        // Zero-filling a segment takes longer than a sync: it happens beside the sync thread,
+        // one at a time per log.
+        if !self.prepare_queued.swap(true, Ordering::AcqRel) {
+            let log = self.clone();
+            self.shared.in_background(Box::new(move || {
+                log.prepare_queued.store(false, Ordering::Release);
+                if let Err(e) = log.prepare_next() {
+                    tracing::warn!(error = %e, "cannot prepare the next segment");
+                }
+            }));
         }
         if let Err(e) = self.compact_paced() {
             tracing::warn!(log = %self.dir.display(), error = %e, "cannot compact a segment");

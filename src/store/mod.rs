@@ -47,6 +47,8 @@ pub struct Store {
     pub data_dir: PathBuf,
     pub shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The background thread (segment preparation), joined at close.
+    background: Mutex<Option<JoinHandle<()>>>,
     next_paging_id: AtomicU64,
 }
 
@@ -68,6 +70,8 @@ impl Store {
     /// [`Store::open`] on a file system of the caller's choosing (tests simulate faults).
     pub fn open_on(fs: Arc<dyn Fs>, data_dir: &Path, segment_bytes: u64) -> io::Result<Store> {
         let store = Self::open_manual(fs, data_dir, segment_bytes)?;
+        *store.background.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(store.shared.start_background()?);
         let worker = store.shared.clone();
         let thread = std::thread::Builder::new()
             .name("lepus-sync".into())
@@ -93,6 +97,7 @@ impl Store {
             data_dir: data_dir.to_owned(),
             shared: Arc::new(Shared::new(segment_bytes, fs)),
             thread: Mutex::new(None),
+            background: Mutex::new(None),
             next_paging_id: AtomicU64::new(1),
         })
     }
@@ -172,6 +177,14 @@ impl Store {
     pub fn close(&self) {
         self.shared.request_stop();
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let handle = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(h) = handle {
             let _ = h.join();
         }

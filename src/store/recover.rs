@@ -169,6 +169,7 @@ impl QueueLog {
         let log = Arc::new(QueueLog {
             dir,
             durable: true,
+            prepare_queued: std::sync::atomic::AtomicBool::new(false),
             shared,
             inner: Mutex::new(Inner {
                 segments,

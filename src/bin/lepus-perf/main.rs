@@ -8,9 +8,11 @@
 //! lepus-perf --addr 127.0.0.1:5672 --scenario autoack --seconds 10
 //! ```
 
+mod backlog;
 mod busy;
 mod client;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,7 +36,7 @@ struct Args {
     user: String,
     #[arg(long, default_value = "guest")]
     password: String,
-    /// autoack, ack, ack-multi, confirm, fanout, topic, many-queues (1,000 queues and
+    /// autoack, ack, ack-multi, confirm, confirm-16 (16 publishers), fanout, topic, many-queues (1,000 queues and
     /// consumers, 10 publishers), large-64k, large-1m (autoack with such bodies), latency,
     /// conns or backlog; `echo`
     /// measures the `latency` pattern against `echo-server`, a bare TCP echo server, which
@@ -77,6 +79,11 @@ struct Meter {
     consumed: AtomicU64,
     stop: AtomicBool,
     progress: Notify,
+    /// Set once the warm-up is over: latencies are recorded from then on.
+    measuring: AtomicBool,
+    /// Confirm scenarios: microseconds from writing a batch of publishes to the confirm of
+    /// its last message, one sample per batch.
+    confirm_us: std::sync::Mutex<Vec<u64>>,
 }
 
 /// CPU seconds this process has used (user + system), from /proc.
@@ -123,7 +130,7 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     match args.scenario.as_str() {
-        "backlog" => return backlog(args).await,
+        "backlog" => return backlog::backlog(args).await,
         "latency" => return latency(args).await,
         "conns" => return conns(args).await,
         "conns-busy" => return busy::conns_busy(args).await,
@@ -148,7 +155,8 @@ async fn run(args: Args) -> Result<()> {
     let mut tasks = Vec::new();
     let names: Vec<String> = (0..queues).map(|i| format!("perf-{run_id}-{i}")).collect();
     let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
-    let durable = args.scenario == "confirm";
+    // confirm, confirm-16: persistent messages on a durable queue, with publisher confirms.
+    let durable = args.scenario.starts_with("confirm");
     for q in &names {
         setup.declare_queue(q, durable).await?;
         setup.purge(q).await?;
@@ -167,7 +175,7 @@ async fn run(args: Args) -> Result<()> {
             multiple_every,
         )));
     }
-    let confirm = args.scenario == "confirm";
+    let confirm = durable;
     // Every message goes to one queue, but fanout's to all of them.
     let fan = if args.scenario == "fanout" {
         queues as u64
@@ -206,16 +214,28 @@ async fn run(args: Args) -> Result<()> {
     for q in &names {
         let _ = setup.delete_queue(q).await;
     }
+    report(&args.scenario, rate, size, cpu, &meter);
+    Ok(())
+}
+
+/// Prints a throughput scenario's JSON line.
+fn report(scenario: &str, rate: f64, size: usize, cpu: f64, meter: &Meter) {
+    let confirm_p99 = meter
+        .confirm_us
+        .lock()
+        .ok()
+        .and_then(|mut v| percentile(&mut v, 0.99))
+        .map_or(String::new(), |p| format!(",\"p99_confirm_us\":{p}"));
     println!(
-        "{{\"scenario\":\"{}\",\"msgs_per_s\":{:.0},\"bytes_per_s\":{:.0},\"generator_cpu\":{:.3},\"size\":{},\"lower_bound\":{}}}",
-        args.scenario,
+        "{{\"scenario\":\"{}\",\"msgs_per_s\":{:.0},\"bytes_per_s\":{:.0},\"generator_cpu\":{:.3},\"size\":{},\"lower_bound\":{}{}}}",
+        scenario,
         rate,
         rate * size as f64,
         cpu,
         size,
-        cpu > 0.9
+        cpu > 0.9,
+        confirm_p99
     );
-    Ok(())
 }
 
 /// How a throughput scenario is built.
@@ -235,7 +255,7 @@ impl Shape {
         let (queues, ack, prefetch, multiple_every) = match scenario {
             "autoack" | "topic" | "large-64k" | "large-1m" => (1, false, 0, 0),
             "ack" => (1, true, 100, 1),
-            "ack-multi" | "confirm" => (1, true, 1000, 100),
+            "ack-multi" | "confirm" | "confirm-16" => (1, true, 1000, 100),
             "fanout" => (10, false, 0, 0),
             "many-queues" => (MANY_QUEUES, false, 0, 0),
             "cores" => (CORES_PAIRS, false, 0, 0),
@@ -251,10 +271,12 @@ impl Shape {
                 "many-queues" => 10,
                 // One publisher per queue: independent pairs a broker can spread over cores.
                 "cores" => CORES_PAIRS,
+                // 16 publishers with 256 confirms in flight each, to one queue.
+                "confirm-16" => 16,
                 _ => 1,
             },
             default_size: match scenario {
-                "confirm" => 1024,
+                "confirm" | "confirm-16" => 1024,
                 "large-64k" => 64 * 1024,
                 "large-1m" => 1024 * 1024,
                 _ => 16,
@@ -284,7 +306,13 @@ async fn spawn_publishers(
 ) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
     let mut tasks = Vec::new();
     for n in 0..publishers {
-        let mine: Vec<&String> = plan.keys.iter().skip(n).step_by(publishers).collect();
+        // Each publisher its share of the keys; with fewer keys than publishers (confirm-16:
+        // one queue), publishers share them.
+        let mine: Vec<&String> = if plan.keys.len() >= publishers {
+            plan.keys.iter().skip(n).step_by(publishers).collect()
+        } else {
+            plan.keys.iter().cycle().skip(n).take(1).collect()
+        };
         let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
         if plan.confirm {
             p.confirm_select().await?;
@@ -356,6 +384,7 @@ async fn topology(
 /// generator's own CPU over `seconds`, and stops it.
 async fn measure(meter: &Meter, seconds: u64) -> (f64, f64) {
     tokio::time::sleep(Duration::from_secs(1)).await;
+    meter.measuring.store(true, Ordering::Relaxed);
     let (c0, cpu0, t0) = (
         meter.consumed.load(Ordering::Relaxed),
         cpu_seconds(),
@@ -509,24 +538,28 @@ fn print_latency(scenario: &str, rate: u64, samples: Vec<u64>, cpu: f64) {
     print_latency_with(scenario, rate, samples, cpu, "");
 }
 
+/// The `p` quantile of `samples` (sorts them); None if there are none.
+fn percentile(samples: &mut [u64], p: f64) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    Some(samples[i.min(samples.len() - 1)])
+}
+
 /// [`print_latency`] with more JSON fields (`extra` starts with a comma).
 fn print_latency_with(scenario: &str, rate: u64, mut samples: Vec<u64>, cpu: f64, extra: &str) {
-    samples.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if samples.is_empty() {
-            return 0;
-        }
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i.min(samples.len() - 1)]
-    };
+    let mut pct = |p: f64| -> u64 { percentile(&mut samples, p).unwrap_or(0) };
+    let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
     println!(
         "{{\"scenario\":\"{}\",\"rate\":{},\"samples\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}{}}}",
         scenario,
         rate,
         samples.len(),
-        pct(0.50),
-        pct(0.99),
-        pct(0.999),
+        p50,
+        p99,
+        p999,
         cpu,
         cpu > 0.9,
         extra
@@ -569,99 +602,6 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `backlog`: publishes `--count` transient messages into one queue with no consumer, reports
-/// the broker's memory while it holds them, then drains the queue with one no-ack consumer.
-async fn backlog(args: Args) -> Result<()> {
-    let size = args.size.unwrap_or(1024);
-    let body = vec![b'x'; size];
-    let queue = if args.persistent {
-        "perf-backlog-durable".to_owned()
-    } else {
-        format!("perf-backlog-{}", std::process::id())
-    };
-    let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
-    setup.declare_queue(&queue, args.persistent).await?;
-    setup.purge(&queue).await?;
-    let rss_before = rss_kib(args.broker_pid);
-    let cpu0 = cpu_seconds();
-
-    let started = Instant::now();
-    let mut p = Client::connect(&args.addr, &args.user, &args.password).await?;
-    const BATCH: u64 = 100;
-    let mut batch = Vec::new();
-    for _ in 0..BATCH {
-        publish_frames(&mut batch, "", &queue, &body, args.persistent);
-    }
-    let mut sent = 0;
-    while sent < args.count {
-        let n = BATCH.min(args.count - sent);
-        if n == BATCH {
-            p.stream.write_all(&batch).await?;
-        } else {
-            let mut last = Vec::new();
-            for _ in 0..n {
-                publish_frames(&mut last, "", &queue, &body, args.persistent);
-            }
-            p.stream.write_all(&last).await?;
-        }
-        sent += n;
-    }
-    // Publishing is asynchronous: the backlog is there when the queue says so.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while u64::from(setup.queue_depth(&queue).await?) < args.count {
-        if Instant::now() > deadline {
-            return Err("the queue never reached the backlog size".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let publish_s = started.elapsed().as_secs_f64();
-    let rss_backlog = rss_kib(args.broker_pid);
-    if args.no_drain {
-        println!(
-            "{{\"scenario\":\"backlog\",\"count\":{},\"size\":{},\"publish_per_s\":{:.0},\"rss_kib_backlog\":{}}}",
-            args.count,
-            size,
-            args.count as f64 / publish_s,
-            rss_backlog.map_or("null".to_owned(), |v| v.to_string()),
-        );
-        return Ok(());
-    }
-
-    let drain_started = Instant::now();
-    let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
-    c.consume(&queue, true).await?;
-    let mut consumed = 0u64;
-    loop {
-        // Deliveries may have come in the same read as the consume-ok: count what is
-        // buffered before waiting for more (a small backlog used to wait forever).
-        c.frames(|h, payload| {
-            if h.kind == 1 && deliver_tag(payload).is_some() {
-                consumed += 1;
-            }
-        })?;
-        if consumed >= args.count {
-            break;
-        }
-        c.fill().await?;
-    }
-    let drain_s = drain_started.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds() - cpu0) / started.elapsed().as_secs_f64();
-    let _ = setup.delete_queue(&queue).await;
-    let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
-    println!(
-        "{{\"scenario\":\"backlog\",\"count\":{},\"size\":{},\"publish_per_s\":{:.0},\"drain_per_s\":{:.0},\"rss_kib_before\":{},\"rss_kib_backlog\":{},\"generator_cpu\":{:.3},\"lower_bound\":{}}}",
-        args.count,
-        size,
-        args.count as f64 / publish_s,
-        args.count as f64 / drain_s,
-        opt(rss_before),
-        opt(rss_backlog),
-        cpu,
-        cpu > 0.9
-    );
-    Ok(())
-}
-
 /// Writes precomputed batches of publishes as long as consumers keep up.
 async fn publisher(
     mut c: Client,
@@ -679,6 +619,11 @@ async fn publisher(
         let (mut reader, writer) = tokio::io::split(c.stream);
         let counter = confirmed.clone();
         let notify = meter.clone();
+        // When each batch was written, by the delivery tag of its last message.
+        let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::<(u64, Instant)>::new()));
+        let confirmed_at = sent_at.clone();
+        let wake = Arc::new(Notify::new());
+        let woken = wake.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let mut buf = vec![0u8; 1 << 16];
@@ -698,7 +643,8 @@ async fn publisher(
                     if p.len() >= 12 && p[0..4] == [0, 60, 0, 80] {
                         let tag = u64::from_be_bytes(p[4..12].try_into().unwrap_or([0; 8]));
                         counter.fetch_max(tag, Ordering::Relaxed);
-                        notify.progress.notify_one();
+                        record_confirms(&notify, &confirmed_at, tag);
+                        woken.notify_one();
                     }
                     at += h.total_len();
                 }
@@ -706,19 +652,27 @@ async fn publisher(
             }
         });
         let mut writer = writer;
+        let mut sent = 0u64;
         loop {
             if meter.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             let published = meter.published.load(Ordering::Relaxed);
-            // 256 confirms in flight, and the queue bounded like the other scenarios.
-            if published.saturating_sub(confirmed.load(Ordering::Relaxed)) >= 256
-                || published.saturating_sub(meter.consumed.load(Ordering::Relaxed)) > limit
-            {
+            // 256 confirms in flight on this connection, and the queue bounded like the
+            // other scenarios. This publisher's confirms wake it alone.
+            if sent.saturating_sub(confirmed.load(Ordering::Relaxed)) >= 256 {
+                wake.notified().await;
+                continue;
+            }
+            if published.saturating_sub(meter.consumed.load(Ordering::Relaxed)) > limit {
                 meter.progress.notified().await;
                 continue;
             }
             if let Some(batch) = next.next() {
+                sent += per_batch;
+                if let Ok(mut q) = sent_at.lock() {
+                    q.push_back((sent, Instant::now()));
+                }
                 writer.write_all(batch).await?;
             }
             meter.published.fetch_add(per_batch, Ordering::Relaxed);
@@ -737,6 +691,29 @@ async fn publisher(
             c.stream.write_all(batch).await?;
         }
         meter.published.fetch_add(per_batch, Ordering::Relaxed);
+    }
+}
+
+/// Records the confirm latency of every batch whose last message `tag` confirms.
+fn record_confirms(meter: &Meter, sent_at: &std::sync::Mutex<VecDeque<(u64, Instant)>>, tag: u64) {
+    let Ok(mut q) = sent_at.lock() else {
+        return;
+    };
+    let measuring = meter.measuring.load(Ordering::Relaxed);
+    let mut samples = Vec::new();
+    while let Some(&(last, at)) = q.front() {
+        if last > tag {
+            break;
+        }
+        q.pop_front();
+        if measuring {
+            samples.push(at.elapsed().as_micros() as u64);
+        }
+    }
+    if !samples.is_empty()
+        && let Ok(mut all) = meter.confirm_us.lock()
+    {
+        all.extend(samples);
     }
 }
 
