@@ -3,8 +3,8 @@
 //! Every record is `len:u32 crc:u32 payload[len]`, where `crc` is the CRC-32 of the payload
 //! and the payload starts with `kind:u8 seq:u64`; message records go on with `flags:u8`, the
 //! expiry (`u64` Unix milliseconds, only with [`FLAG_EXPIRES`]), the exchange, routing key,
-//! raw properties and body. Segments are preallocated with zeros, so a
-//! zero length marks the end of what was written; a record whose checksum does not match, or
+//! raw properties and body. Segments are preallocated sparse (unwritten space reads as
+//! zeros), so a zero length marks the end of what was written; a record whose checksum does not match, or
 //! that runs past the end of the segment, is a torn write and ends the log.
 
 use bytes::Bytes;

@@ -79,8 +79,8 @@ pub struct Shared {
     /// The last epoch whose writes are all on disk.
     synced: watch::Sender<u64>,
     pub(super) stop: AtomicBool,
-    /// Work the sync thread hands off so that no epoch waits for it (zero-filling the next
-    /// segment takes ~13 ms here); `None` in a store driven by hand, or once stopping, and
+    /// Work the sync thread hands off so that no epoch waits for it (making and syncing the
+    /// next segment); `None` in a store driven by hand, or once stopping, and
     /// then such work runs in place.
     background: Mutex<Option<mpsc::Sender<BackgroundJob>>>,
 }
