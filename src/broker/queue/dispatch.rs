@@ -116,10 +116,12 @@ impl State {
         if !consumer.no_ack {
             self.unacked += 1;
         }
-        self.mark_delivered(&entry);
         if consumer.no_ack && entry.persisted {
-            // Settled on delivery.
+            // Settled on delivery: the Ack alone says all a Delivered mark would (it lands in
+            // the same epoch), so a no-ack drain writes one record per message, not two.
             self.log_ack(entry.seq);
+        } else {
+            self.mark_delivered(&entry);
         }
         if self.settings.queue_type == QueueType::Quorum && entry.delivery_count > 0 {
             entry.message = with_delivery_count(&entry.message, entry.delivery_count);
