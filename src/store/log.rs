@@ -198,10 +198,17 @@ pub struct ReadBack {
 /// (`benches/compare confirm`, the same run: 1 publisher 144-216k msg/s and confirm p99
 /// 4.5-6.7 ms sparse, against 134-179k and 8-10 ms zero-filled). Unwritten space reads as
 /// zeros, which end the log as they did.
-fn sparse_file(fs: &dyn Fs, path: &Path, capacity: u64) -> io::Result<Arc<dyn FileIo>> {
+fn sparse_file(
+    fs: &dyn Fs,
+    path: &Path,
+    capacity: u64,
+    durable: bool,
+) -> io::Result<Arc<dyn FileIo>> {
     let file = fs.open(path, OpenMode::FRESH)?;
     file.set_len(capacity)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     Ok(file)
 }
 
@@ -563,13 +570,19 @@ impl QueueLog {
         }
         Self::write_pending(&mut inner)?;
         let files = std::mem::take(&mut inner.unsynced);
+        let dir_dirty = std::mem::take(&mut inner.dir_dirty);
+        let created = std::mem::take(&mut inner.created);
+        if !self.durable {
+            // A paging log is read back by this process only (the page cache has it) and
+            // wiped at the next start: syncing it would only make the disk and every
+            // confirm of the epoch wait for a backlog's copy.
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mut dirs = Vec::new();
-        if std::mem::take(&mut inner.dir_dirty) {
+        if dir_dirty {
             dirs.push(self.dir.clone());
         }
-        if std::mem::take(&mut inner.created)
-            && let Some(parent) = self.dir.parent()
-        {
+        if created && let Some(parent) = self.dir.parent() {
             dirs.push(parent.to_owned());
         }
         Ok((files, dirs))
@@ -591,7 +604,12 @@ impl QueueLog {
             index
         };
         let capacity = self.shared.segment_bytes;
-        let file = sparse_file(&*self.shared.fs, &Segment::path(&self.dir, index), capacity)?;
+        let file = sparse_file(
+            &*self.shared.fs,
+            &Segment::path(&self.dir, index),
+            capacity,
+            self.durable,
+        )?;
         let mut inner = self.lock();
         if inner.destroyed {
             return Ok(());
@@ -704,6 +722,38 @@ mod tests {
         }
         assert_eq!(seen, 500);
         store.close();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
+        let dir = std::env::temp_dir().join(format!(
+            "lepus-log-{}",
+            crate::auth::random::random_suffix()
+        ));
+        let store =
+            Store::open_manual(Arc::new(crate::store::fs::RealFs), &dir, 64 * 1024).unwrap();
+        let parts = MessageParts {
+            exchange: b"",
+            routing_key: b"q",
+            properties: &[0, 0],
+            body: b"paged",
+        };
+        let paging = store.create_paging_log().unwrap();
+        paging.append_message(1, &parts, false, 0, None).unwrap();
+        let (files, dirs) = paging.flush().unwrap();
+        assert!(
+            files.is_empty() && dirs.is_empty(),
+            "nothing of a paging log is synced"
+        );
+        let mut reader = TailReader::default();
+        let back = paging.read_back(&mut reader, 1 << 20).unwrap();
+        assert_eq!(&back[0].message.body[..], b"paged", "but it reads back");
+        let durable = store.create_queue_log(7).unwrap();
+        durable.append_message(1, &parts, true, 0, None).unwrap();
+        let (files, dirs) = durable.flush().unwrap();
+        assert!(!files.is_empty() && !dirs.is_empty());
+        drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
