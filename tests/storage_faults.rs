@@ -65,6 +65,8 @@ struct Model {
     msgs: BTreeMap<u64, Msg>,
     pending_confirms: Vec<(u64, u64)>,
     pending_acks: Vec<(u64, u64)>,
+    /// Acks no sync cycle has run for yet: acks are lazy, written by the next cycle.
+    unsynced_acks: Vec<u64>,
     /// Segments compacted so far.
     compactions: u64,
 }
@@ -103,6 +105,7 @@ fn settle(model: &mut Model, store: &Store) {
 fn check_recovery(seed: u64, round: usize, model: &mut Model, recovered: &[u64]) {
     model.pending_confirms.clear();
     model.pending_acks.clear();
+    model.unsynced_acks.clear();
     let model = &mut model.msgs;
     let ctx = || format!("seed {seed} round {round}");
     for pair in recovered.windows(2) {
@@ -203,11 +206,15 @@ fn run_round(
             if let Some(m) = model.msgs.get_mut(&seq) {
                 m.acked = true;
             }
-            if let Ok(epoch) = log.ack(seq) {
-                model.pending_acks.push((seq, epoch));
+            if log.ack(seq).is_ok() {
+                model.unsynced_acks.push(seq);
             }
         } else if roll < 9 {
+            // The cycle runs as the current epoch and writes every ack made before it.
+            let epoch = store.shared.epoch();
             store.sync_now();
+            let covered = model.unsynced_acks.drain(..).map(|seq| (seq, epoch));
+            model.pending_acks.extend(covered);
             settle(model, store);
         } else {
             // Compaction rewrites segments under the same faults.

@@ -86,6 +86,27 @@ impl Segment {
     }
 }
 
+/// Which of the store's lists of journals a log is on (see [`Shared::mark_lazy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Registered {
+    No,
+    /// Only lazy records (marks) are buffered: they go with the next cycle.
+    Lazy,
+    /// Something waits for what is buffered: the next cycle runs at once.
+    Eager,
+}
+
+/// What an append writes, which decides what the log accounts and whether it is lazy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Append {
+    /// A durable message, with its sequence number: a confirm waits for it.
+    Durable(u64),
+    /// A transient message's copy, read back by this process.
+    Paged,
+    /// An acknowledgement or delivery mark: nothing waits for it.
+    Mark,
+}
+
 pub(super) struct Inner {
     /// Oldest first; the last one takes appends.
     pub(super) segments: VecDeque<Segment>,
@@ -102,8 +123,8 @@ pub(super) struct Inner {
     /// The log's directory itself is new: its entry in the parent directory is synced with
     /// the first sync cycle (by the sync thread, not by whoever declared the queue).
     pub(super) created: bool,
-    /// On the store's list of logs to write and sync.
-    pub(super) registered: bool,
+    /// Which of the store's lists of logs to write and sync this log is on.
+    pub(super) registered: Registered,
     /// A segment made ahead of time on the store's background thread.
     pub(super) prepared: Option<Segment>,
     pub(super) destroyed: bool,
@@ -238,7 +259,7 @@ impl QueueLog {
                 unsynced: vec![file],
                 dir_dirty: true,
                 created: true,
-                registered: true,
+                registered: Registered::Eager,
                 prepared: None,
                 destroyed: false,
                 acked: IntervalSet::default(),
@@ -263,8 +284,7 @@ impl QueueLog {
     fn append(
         self: &Arc<Self>,
         len: usize,
-        durable_seq: Option<u64>,
-        paged: bool,
+        record: Append,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> io::Result<(Position, u64)> {
         let mut inner = self.lock();
@@ -291,21 +311,28 @@ impl QueueLog {
             offset: head.end,
         };
         head.end += len as u64;
-        if let Some(seq) = durable_seq {
+        if let Append::Durable(seq) = record {
             head.live += 1;
             head.messages += 1;
             head.first_message = head.first_message.min(seq);
             head.last_message = head.last_message.max(seq);
         }
-        if paged {
+        if record == Append::Paged {
             // A copy the queue will read back: compaction stays behind it until the queue
             // says where it reads from.
             inner.read_pos = Some(inner.read_pos.map_or(pos, |p| p.min(pos)));
         }
         encode(&mut inner.pending);
-        if !inner.registered {
-            inner.registered = true;
-            self.shared.mark_dirty(self.clone());
+        match (record, inner.registered) {
+            (_, Registered::Eager) | (Append::Mark, Registered::Lazy) => {}
+            (Append::Mark, Registered::No) => {
+                inner.registered = Registered::Lazy;
+                self.shared.mark_lazy(self.clone());
+            }
+            (_, _) => {
+                inner.registered = Registered::Eager;
+                self.shared.mark_dirty(self.clone());
+            }
         }
         // Read inside the lock: see the protocol on `Journal`.
         Ok((pos, self.shared.epoch()))
@@ -369,19 +396,22 @@ impl QueueLog {
         expires_at: Option<u64>,
     ) -> io::Result<u64> {
         let kind = if durable { Kind::Message } else { Kind::Paged };
-        self.append(
-            record::message_len(message, expires_at),
-            durable.then_some(seq),
-            !durable,
-            |out| record::encode_message(out, kind, seq, flags, expires_at, message),
-        )
+        let record = if durable {
+            Append::Durable(seq)
+        } else {
+            Append::Paged
+        };
+        self.append(record::message_len(message, expires_at), record, |out| {
+            record::encode_message(out, kind, seq, flags, expires_at, message)
+        })
         .map(|(_, epoch)| epoch)
     }
 
-    /// Logs that the durable message `seq` left the queue. Returns the store epoch after
-    /// which that is on disk.
-    pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<u64> {
-        let (_, epoch) = self.append(record::MARK_LEN, None, false, |out| {
+    /// Logs that the durable message `seq` left the queue. The record is lazy: it goes to
+    /// disk with the next sync, or within `LAZY_WRITE_MS`; a crash before then brings the
+    /// message back, redelivered (at least once, as RabbitMQ's queue index does).
+    pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<()> {
+        self.append(record::MARK_LEN, Append::Mark, |out| {
             record::encode_mark(out, Kind::Ack, seq)
         })?;
         let mut inner = self.lock();
@@ -389,12 +419,12 @@ impl QueueLog {
         if let Some(s) = inner.segments.iter_mut().rev().find(|s| s.holds(seq)) {
             s.live = s.live.saturating_sub(1);
         }
-        Ok(epoch)
+        Ok(())
     }
 
-    /// Logs that the durable message `seq` was delivered.
+    /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).
     pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, None, false, |out| {
+        self.append(record::MARK_LEN, Append::Mark, |out| {
             record::encode_mark(out, Kind::Delivered, seq)
         })
         .map(|_| ())
@@ -563,7 +593,7 @@ impl QueueLog {
     /// Writes pending bytes and returns the files to sync. Called by the sync thread.
     pub(super) fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
         let mut inner = self.lock();
-        inner.registered = false;
+        inner.registered = Registered::No;
         if inner.destroyed {
             inner.pending.clear();
             return Ok((Vec::new(), Vec::new()));

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::fs::{Fs, OpenMode};
 use super::intervals::IntervalSet;
-use super::log::{Inner, Position, QueueLog, Recovered, Segment, TailReader};
+use super::log::{Inner, Position, QueueLog, Recovered, Registered, Segment, TailReader};
 use super::record::{self, Decoded, Record};
 use super::sync::Shared;
 
@@ -179,7 +179,7 @@ impl QueueLog {
                 unsynced: Vec::new(),
                 dir_dirty: false,
                 created: false,
-                registered: false,
+                registered: Registered::No,
                 prepared: None,
                 destroyed: false,
                 acked,

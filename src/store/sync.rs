@@ -21,6 +21,10 @@ use super::fs::{FileIo, Fs};
 /// How long the sync thread waits before retrying writes that failed (a full disk).
 const SYNC_RETRY_MS: u64 = 100;
 
+/// At most how long a lazy write (an acknowledgement or a delivery mark, which nothing waits
+/// for) stays buffered when no other write comes to carry it to disk.
+pub const LAZY_WRITE_MS: u64 = 200;
+
 /// Failed epochs remembered for waiters that look late; far more than can be in flight.
 const FAILED_EPOCHS_KEPT: usize = 65_536;
 
@@ -44,6 +48,11 @@ pub enum Outcome {
 /// writer read is published. After a sync that left no journal registered, the sync thread
 /// publishes the next epoch too (under the same lock writers register under), so a writer
 /// that appended while that cycle was running does not wait for a cycle that never comes.
+///
+/// Writes nobody waits for (acknowledgements, delivery marks) register lazily
+/// ([`Shared::mark_lazy`]): they read no epoch, and every cycle takes them along, so a write
+/// that waits and was appended after a lazy one makes it durable too (an ack followed by a
+/// confirmed publish on the same channel is on disk, as `tests/crash.rs` checks).
 pub trait Journal: Send + Sync {
     /// Writes what is buffered; returns the files and the directories (whose entries
     /// changed) to sync. On an error, what was buffered stays buffered, to be written again.
@@ -72,7 +81,7 @@ pub struct Shared {
     /// The last cycle could not write everything: the disk is full or failing.
     write_failing: AtomicBool,
     /// Journals with writes to make.
-    dirty: Mutex<Vec<Arc<dyn Journal>>>,
+    dirty: Mutex<Dirty>,
     wake: Condvar,
     /// The epoch new writes belong to.
     epoch: AtomicU64,
@@ -83,6 +92,19 @@ pub struct Shared {
     /// next segment); `None` in a store driven by hand, or once stopping, and
     /// then such work runs in place.
     background: Mutex<Option<mpsc::Sender<BackgroundJob>>>,
+}
+
+/// The journals the next cycle writes.
+#[derive(Default)]
+struct Dirty {
+    /// Someone waits for these writes: the sync thread runs a cycle at once.
+    eager: Vec<Arc<dyn Journal>>,
+    /// Nobody waits for these (acknowledgements, delivery marks): they go with the next cycle,
+    /// or once they have waited `LAZY_WRITE_MS`. A journal may be on both lists; its second
+    /// flush in a cycle finds nothing to write.
+    lazy: Vec<Arc<dyn Journal>>,
+    /// When `lazy` became non-empty.
+    lazy_since: Option<std::time::Instant>,
 }
 
 /// A piece of work for the store's background thread.
@@ -100,8 +122,21 @@ impl Shared {
     /// Queues a journal for the next write and sync.
     pub fn mark_dirty(&self, journal: Arc<dyn Journal>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        dirty.push(journal);
+        dirty.eager.push(journal);
         self.wake.notify_one();
+    }
+
+    /// Queues a journal whose writes nobody waits for: they are written with the next
+    /// cycle, or within `LAZY_WRITE_MS`. Under a steady stream of acknowledgements this
+    /// wakes the sync thread once per `LAZY_WRITE_MS`, not once per acknowledgement.
+    pub fn mark_lazy(&self, journal: Arc<dyn Journal>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.lazy.push(journal);
+        if dirty.lazy_since.is_none() {
+            dirty.lazy_since = Some(std::time::Instant::now());
+            // The thread may be waiting with no deadline: it learns of one.
+            self.wake.notify_one();
+        }
     }
 
     /// The epoch to wait for, read after appending: once it is synced, the append is durable.
@@ -174,7 +209,7 @@ impl Shared {
             ever_failed: AtomicBool::new(false),
             read_only_from: AtomicU64::new(u64::MAX),
             write_failing: AtomicBool::new(false),
-            dirty: Mutex::new(Vec::new()),
+            dirty: Mutex::new(Dirty::default()),
             wake: Condvar::new(),
             epoch: AtomicU64::new(1),
             synced,
@@ -257,13 +292,27 @@ pub fn sync_once(shared: &Shared) -> bool {
 }
 
 /// Takes the dirty journals and starts the next epoch; waits for some with `wait` (until
-/// stopped: then `None`).
+/// stopped: then `None`). Lazy journals go with any cycle, and make one of their own once
+/// they have waited `LAZY_WRITE_MS`.
 fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64)> {
     let mut dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-    while wait && dirty.is_empty() && !shared.stop.load(Ordering::SeqCst) {
-        dirty = shared.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
+    while wait && dirty.eager.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+        let Some(since) = dirty.lazy_since else {
+            dirty = shared.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        let due = since + std::time::Duration::from_millis(LAZY_WRITE_MS);
+        let now = std::time::Instant::now();
+        if now >= due {
+            break;
+        }
+        dirty = shared
+            .wake
+            .wait_timeout(dirty, due - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
-    if dirty.is_empty() {
+    if dirty.eager.is_empty() && dirty.lazy.is_empty() {
         return None;
     }
     // Taking the list and starting the next epoch happen together, under the lock a writer
@@ -271,7 +320,10 @@ fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64
     // read the epoch inside the same critical section as their append, so an append and the
     // epoch it waits for cannot fall apart (see `Journal`).
     let epoch = shared.epoch.fetch_add(1, Ordering::SeqCst);
-    Some((std::mem::take(&mut *dirty), epoch))
+    let mut journals = std::mem::take(&mut dirty.eager);
+    journals.append(&mut dirty.lazy);
+    dirty.lazy_since = None;
+    Some((journals, epoch))
 }
 
 /// One cycle: write, sync, publish the outcome. Returns false when the thread must stop.
@@ -299,7 +351,7 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
             std::thread::sleep(std::time::Duration::from_millis(SYNC_RETRY_MS));
         }
         let mut dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        dirty.extend(retry);
+        dirty.eager.extend(retry);
         return true;
     }
     tracing::trace!(epoch, "synced");
@@ -307,7 +359,7 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         // Nothing left to write: everything appended so far is on disk, including appends
         // that read the epoch after it was bumped above.
         let dirty = shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        if dirty.is_empty() && shared.writable() {
+        if dirty.eager.is_empty() && shared.writable() {
             let e = shared.epoch.fetch_add(1, Ordering::SeqCst);
             shared.synced.send_replace(e);
             tracing::trace!(epoch = e, "synced (idle)");
@@ -392,6 +444,62 @@ mod tests {
 
     fn gone_dir() -> PathBuf {
         std::env::temp_dir().join(format!("lepus-sync-gone-{}", std::process::id()))
+    }
+
+    /// A journal that counts its flushes.
+    #[derive(Default)]
+    struct Counting {
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Journal for Counting {
+        fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok((Vec::new(), Vec::new()))
+        }
+    }
+
+    #[test]
+    fn a_lazy_write_goes_with_the_next_cycle_for_a_write_that_waits() {
+        let shared = Shared::new(1 << 20, Arc::new(RealFs));
+        let (lazy, eager) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
+        shared.mark_lazy(lazy.clone());
+        shared.mark_dirty(eager.clone());
+        let epoch = shared.epoch();
+        assert!(sync_once(&shared));
+        assert_eq!(shared.outcome(epoch), Outcome::Durable);
+        assert_eq!(lazy.flushes.load(Ordering::SeqCst), 1);
+        assert_eq!(eager.flushes.load(Ordering::SeqCst), 1);
+        assert!(!sync_once(&shared), "nothing is left for another cycle");
+    }
+
+    #[test]
+    fn a_lazy_write_alone_is_written_by_the_sync_thread_without_a_wake_per_write() {
+        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
+        let thread = {
+            let shared = shared.clone();
+            std::thread::spawn(move || sync_loop(&shared))
+        };
+        let journal = Arc::new(Counting::default());
+        shared.mark_lazy(journal.clone());
+        // Written once LAZY_WRITE_MS have passed; the bound here is only against a hang.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while journal.flushes.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < give_up {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(journal.flushes.load(Ordering::SeqCst), 1);
+        shared.request_stop();
+        assert!(thread.join().is_ok());
+    }
+
+    #[test]
+    fn lazy_writes_are_written_when_the_store_stops() {
+        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
+        let journal = Arc::new(Counting::default());
+        shared.mark_lazy(journal.clone());
+        shared.request_stop();
+        sync_loop(&shared);
+        assert_eq!(journal.flushes.load(Ordering::SeqCst), 1);
     }
 
     #[test]
