@@ -147,7 +147,7 @@ impl QueueLog {
             seqs: Vec::new(),
         };
         let mut delivered: Vec<(u64, Vec<u8>)> = Vec::new();
-        walk(data, |record, raw| match record {
+        walk(data, index, |record, raw| match record {
             Record::Message { seq, .. } if !inner.acked.contains(seq) => {
                 kept.bytes.extend_from_slice(raw);
                 kept.seqs.push(seq);

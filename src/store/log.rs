@@ -59,6 +59,17 @@ pub(super) struct Segment {
     pub(super) messages: u64,
     /// Rewritten by compaction already.
     pub(super) compacted: bool,
+    /// Made by this process at the full segment size: once its messages are all
+    /// acknowledged its file may be reused for a later segment (its blocks are allocated, so
+    /// an `fdatasync` of an overwrite commits no file-system metadata). Recovered segments
+    /// may hold records from before checksums were sealed with the segment number, which a
+    /// reuse would not hide: they are deleted, as compacted ones (smaller) are.
+    pub(super) reusable: bool,
+    /// A reused file: past `end` lie records of its earlier life (sealed for another
+    /// segment number, so they read as the end of the log). When the log moves on to the
+    /// next segment the rest of this one is zeroed, so that a segment before the last
+    /// ends in zeros, as recovery expects of it.
+    pub(super) stale_tail: bool,
 }
 
 impl Segment {
@@ -74,6 +85,16 @@ impl Segment {
             last_message: 0,
             messages: 0,
             compacted: false,
+            reusable: false,
+            stale_tail: false,
+        }
+    }
+
+    /// A new segment of this process, in a new file of the full segment size.
+    pub(super) fn fresh(index: u64, file: Arc<dyn FileIo>, capacity: u64) -> Segment {
+        Segment {
+            reusable: true,
+            ..Segment::empty(index, file, capacity)
         }
     }
 
@@ -127,6 +148,9 @@ pub(super) struct Inner {
     pub(super) registered: Registered,
     /// A segment made ahead of time on the store's background thread.
     pub(super) prepared: Option<Segment>,
+    /// A segment whose messages were all acknowledged, kept for the background thread to
+    /// reuse as the next one.
+    pub(super) spare: Option<Segment>,
     pub(super) destroyed: bool,
     /// Durable messages acknowledged (and not yet forgotten with their segments): what
     /// compaction leaves out.
@@ -148,7 +172,8 @@ pub struct Recovered {
     pub bytes: u64,
     /// Where the queue's messages start, and how to read them back.
     pub reader: TailReader,
-    /// Damaged bytes cut from the end.
+    /// The last segment ended in bytes that are not records, cut: a torn write, or the
+    /// earlier records of a reused segment file.
     pub torn: bool,
     /// Damaged stretches in the middle of the log, skipped, and their bytes.
     pub damaged_regions: usize,
@@ -241,7 +266,7 @@ impl QueueLog {
         let capacity = shared.segment_bytes;
         let file = shared.fs.open(&Segment::path(&dir, 0), OpenMode::FRESH)?;
         file.set_len(capacity)?;
-        let head = Segment::empty(0, file.clone(), capacity);
+        let head = Segment::fresh(0, file.clone(), capacity);
         // The new file, its directory and the directory's entry in its parent are synced by
         // the next sync cycle, which everything that depends on this log (the declare-ok of
         // its queue, confirms of its messages) waits for anyway. Whoever creates a queue does
@@ -261,6 +286,7 @@ impl QueueLog {
                 created: true,
                 registered: Registered::Eager,
                 prepared: None,
+                spare: None,
                 destroyed: false,
                 acked: IntervalSet::default(),
                 read_pos: None,
@@ -285,7 +311,7 @@ impl QueueLog {
         self: &Arc<Self>,
         len: usize,
         record: Append,
-        encode: impl FnOnce(&mut Vec<u8>),
+        encode: impl FnOnce(&mut Vec<u8>, u64),
     ) -> io::Result<(Position, u64)> {
         let mut inner = self.lock();
         if inner.destroyed {
@@ -322,7 +348,7 @@ impl QueueLog {
             // says where it reads from.
             inner.read_pos = Some(inner.read_pos.map_or(pos, |p| p.min(pos)));
         }
-        encode(&mut inner.pending);
+        encode(&mut inner.pending, pos.segment);
         match (record, inner.registered) {
             (_, Registered::Eager) | (Append::Mark, Registered::Lazy) => {}
             (Append::Mark, Registered::No) => {
@@ -341,6 +367,13 @@ impl QueueLog {
     /// Starts a new head segment: writes out what is pending for the old one and opens the
     /// prepared segment, or makes one now if the sync thread has not.
     fn roll_over(&self, inner: &mut Inner, need: u64) -> io::Result<()> {
+        if let Some(head) = inner.segments.back()
+            && head.stale_tail
+        {
+            // At most one record's length: what did not fit.
+            let rest = head.capacity.saturating_sub(head.end) as usize;
+            inner.pending.resize(inner.pending.len() + rest, 0);
+        }
         Self::write_pending(inner)?;
         let capacity = self.shared.segment_bytes.max(need);
         let next = match inner.prepared.take() {
@@ -357,7 +390,7 @@ impl QueueLog {
                     .fs
                     .open(&Segment::path(&self.dir, index), OpenMode::FRESH)?;
                 file.set_len(capacity)?;
-                Segment::empty(index, file, capacity)
+                Segment::fresh(index, file, capacity)
             }
         };
         inner.pending_offset = 0;
@@ -401,9 +434,13 @@ impl QueueLog {
         } else {
             Append::Paged
         };
-        self.append(record::message_len(message, expires_at), record, |out| {
-            record::encode_message(out, kind, seq, flags, expires_at, message)
-        })
+        self.append(
+            record::message_len(message, expires_at),
+            record,
+            |out, segment| {
+                record::encode_message(out, segment, kind, seq, flags, expires_at, message)
+            },
+        )
         .map(|(_, epoch)| epoch)
     }
 
@@ -411,8 +448,8 @@ impl QueueLog {
     /// disk with the next sync, or within `LAZY_WRITE_MS`; a crash before then brings the
     /// message back, redelivered (at least once, as RabbitMQ's queue index does).
     pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, Append::Mark, |out| {
-            record::encode_mark(out, Kind::Ack, seq)
+        self.append(record::MARK_LEN, Append::Mark, |out, segment| {
+            record::encode_mark(out, segment, Kind::Ack, seq)
         })?;
         let mut inner = self.lock();
         inner.acked.insert(seq);
@@ -424,8 +461,8 @@ impl QueueLog {
 
     /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).
     pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, Append::Mark, |out| {
-            record::encode_mark(out, Kind::Delivered, seq)
+        self.append(record::MARK_LEN, Append::Mark, |out, segment| {
+            record::encode_mark(out, segment, Kind::Delivered, seq)
         })
         .map(|_| ())
     }
@@ -454,9 +491,24 @@ impl QueueLog {
             if front.live > 0 || read_pos.is_some_and(|p| p.segment <= front.index) {
                 break;
             }
-            let index = front.index;
-            inner.segments.pop_front();
-            let _ = self.shared.fs.remove_file(&Segment::path(&self.dir, index));
+            let Some(front) = inner.segments.pop_front() else {
+                break;
+            };
+            let reuse = front.reusable
+                && !front.compacted
+                && front.capacity == self.shared.segment_bytes
+                && inner.spare.is_none();
+            if reuse {
+                // Renamed into the next segment by the background thread; until then it
+                // stays where it is (recovery reads it as a segment whose messages were
+                // all acknowledged, as it would a deletion that did not reach the disk).
+                inner.spare = Some(front);
+            } else {
+                let _ = self
+                    .shared
+                    .fs
+                    .remove_file(&Segment::path(&self.dir, front.index));
+            }
             inner.dir_dirty = true;
             // Acks of messages whose records are gone are no longer needed.
             if let Some(first) = inner.segments.iter().map(|s| s.first_message).min() {
@@ -559,7 +611,7 @@ impl QueueLog {
     /// Whether the record is one of the queue's messages; decodes it if so.
     fn take(reader: &TailReader, bytes: &Bytes, got: &mut usize) -> Option<ReadBack> {
         let recovered_region = reader.pos < reader.recovery_end;
-        let Decoded::Record(record, _) = record::decode(bytes) else {
+        let Decoded::Record(record, _) = record::decode(bytes, reader.pos.segment) else {
             return None;
         };
         let (seq, flags, stored, durable) = match record {
@@ -631,8 +683,17 @@ impl QueueLog {
             }
             let index = inner.next_index;
             inner.next_index += 1;
-            index
+            (index, inner.spare.take())
         };
+        let (index, spare) = index;
+        if let Some(spare) = spare {
+            match self.reuse(spare, index) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(log = %self.dir.display(), error = %e, "cannot reuse a segment file; making a new one")
+                }
+            }
+        }
         let capacity = self.shared.segment_bytes;
         let file = sparse_file(
             &*self.shared.fs,
@@ -658,7 +719,36 @@ impl QueueLog {
             index
         };
         inner.dir_dirty = true;
-        inner.prepared = Some(Segment::empty(index, file, capacity));
+        inner.prepared = Some(Segment::fresh(index, file, capacity));
+        Ok(())
+    }
+
+    /// Makes `spare` the prepared segment `index`: renames its file, and (durable logs)
+    /// syncs the directory, so that the new name is on disk before anything is written
+    /// under it. Were the rename lost in a crash, records sealed for `index` would lie in
+    /// a file recovered under its old number, where they read as damage, not as messages.
+    fn reuse(&self, spare: Segment, index: u64) -> io::Result<()> {
+        let from = Segment::path(&self.dir, spare.index);
+        let to = Segment::path(&self.dir, index);
+        if let Err(e) = self.shared.fs.rename(&from, &to) {
+            let _ = self.shared.fs.remove_file(&from);
+            return Err(e);
+        }
+        if self.durable {
+            self.shared.fs.sync_dir(&self.dir)?;
+        }
+        let mut inner = self.lock();
+        let head_index = inner.segments.back().map_or(0, |h| h.index);
+        if inner.destroyed || index < head_index || inner.prepared.is_some() {
+            // Rolled over meanwhile onto a segment made in place: not needed.
+            drop(inner);
+            let _ = self.shared.fs.remove_file(&to);
+            return Ok(());
+        }
+        inner.prepared = Some(Segment {
+            stale_tail: true,
+            ..Segment::fresh(index, spare.file, spare.capacity)
+        });
         Ok(())
     }
 
@@ -669,6 +759,7 @@ impl QueueLog {
         inner.pending.clear();
         inner.segments.clear();
         inner.prepared = None;
+        inner.spare = None;
         drop(inner);
         let _ = self.shared.fs.remove_dir_all(&self.dir);
     }
@@ -783,6 +874,63 @@ mod tests {
         durable.append_message(1, &parts, true, 0, None).unwrap();
         let (files, dirs) = durable.flush().unwrap();
         assert!(!files.is_empty() && !dirs.is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number() {
+        let dir = std::env::temp_dir().join(format!(
+            "lepus-log-{}",
+            crate::auth::random::random_suffix()
+        ));
+        let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
+        let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+        let log = store.create_queue_log(7).unwrap();
+        let append = |seq: u64| {
+            let body = body(seq);
+            let parts = MessageParts {
+                exchange: b"",
+                routing_key: b"q",
+                properties: &[0, 0],
+                body: &body,
+            };
+            log.append_message(seq, &parts, true, 0, None).unwrap();
+        };
+        // Fill segments, acknowledge everything, and go on until the log writes into a
+        // reused file (the sync cycle prepares the next segment when the head is half full).
+        let mut seq = 0u64;
+        let mut reused = false;
+        while !reused && seq < 2_000 {
+            append(seq);
+            log.ack(seq).unwrap();
+            seq += 1;
+            store.sync_now();
+            log.collect_garbage(None);
+            reused = log.lock().segments.back().is_some_and(|s| s.stale_tail);
+        }
+        assert!(reused, "a segment file was reused");
+        // What must come back: a few messages not acknowledged, written over the reused
+        // file's earlier records, which follow them (acknowledged messages, and marks).
+        let kept: Vec<u64> = (seq..seq + 10).collect();
+        kept.iter().for_each(|&s| append(s));
+        store.sync_now();
+        store.close();
+        drop(log);
+        drop(store);
+        let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
+        let (log, recovered) = store.recover_queue_log(7).unwrap();
+        assert_eq!(recovered.damaged_regions, 0);
+        let mut reader = recovered.reader.clone();
+        let mut seen = Vec::new();
+        loop {
+            let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            seen.extend(batch.iter().map(|m| m.seq));
+        }
+        assert_eq!(seen, kept);
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -104,10 +104,20 @@ pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
         + message.body.len()
 }
 
-fn finish(out: &mut [u8], start: usize) {
+/// Mixed into a record's checksum: the number of the segment it is written to. A segment
+/// file whose records are all acknowledged is reused under a new number
+/// (`QueueLog::prepare_next`), and what it held before then fails the checksum under the new
+/// number, so that it reads as the end of the log. Never 0 (below 2^32 - 1 segments): a
+/// record with an unsealed checksum was written by a Lepus from before the seal, and
+/// [`decode`] still accepts it.
+fn seal(segment: u64) -> u32 {
+    (segment as u32).wrapping_add(1).wrapping_mul(0x9E37_79B1)
+}
+
+fn finish(out: &mut [u8], start: usize, segment: u64) {
     let payload = &out[start + HEADER_LEN..];
     let len = payload.len() as u32;
-    let crc = crc32fast::hash(payload);
+    let crc = crc32fast::hash(payload) ^ seal(segment);
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
@@ -120,9 +130,10 @@ fn begin(out: &mut Vec<u8>, kind: Kind, seq: u64) -> usize {
     start
 }
 
-/// Appends a message record (durable or paged).
+/// Appends a message record (durable or paged) for segment `segment`.
 pub fn encode_message(
     out: &mut Vec<u8>,
+    segment: u64,
     kind: Kind,
     seq: u64,
     flags: u8,
@@ -148,13 +159,13 @@ pub fn encode_message(
     out.extend_from_slice(message.properties);
     out.extend_from_slice(&(message.body.len() as u32).to_be_bytes());
     out.extend_from_slice(message.body);
-    finish(out, start);
+    finish(out, start, segment);
 }
 
-/// Appends an ack or a delivered marker.
-pub fn encode_mark(out: &mut Vec<u8>, kind: Kind, seq: u64) {
+/// Appends an ack or a delivered marker for segment `segment`.
+pub fn encode_mark(out: &mut Vec<u8>, segment: u64, kind: Kind, seq: u64) {
     let start = begin(out, kind, seq);
-    finish(out, start);
+    finish(out, start, segment);
 }
 
 /// Bytes an ack or delivered marker takes.
@@ -183,9 +194,9 @@ pub fn peek(buf: &[u8]) -> Option<(Kind, u64, usize)> {
     Some((kind, seq, HEADER_LEN + len))
 }
 
-/// Decodes the record at the start of `buf`. `buf` holds the record's bytes as a shared
-/// buffer so message parts can be sliced without copying.
-pub fn decode(buf: &Bytes) -> Decoded {
+/// Decodes the record at the start of `buf`, read from segment `segment`. `buf` holds the
+/// record's bytes as a shared buffer so message parts can be sliced without copying.
+pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
     let Some(header) = buf.get(0..HEADER_LEN) else {
         return if buf.iter().all(|&b| b == 0) {
             Decoded::End
@@ -205,7 +216,9 @@ pub fn decode(buf: &Bytes) -> Decoded {
     let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
         return Decoded::Torn;
     };
-    if crc32fast::hash(payload) != crc || len < 9 {
+    let computed = crc32fast::hash(payload);
+    // Sealed with this segment's number, or written before seals (see `seal`).
+    if (computed ^ seal(segment) != crc && computed != crc) || len < 9 {
         return Decoded::Torn;
     }
     let Some(kind) = Kind::from_u8(payload[0]) else {
@@ -295,12 +308,12 @@ mod tests {
     fn records_round_trip() {
         let mut out = Vec::new();
         let m = message(b"hello");
-        encode_message(&mut out, Kind::Message, 7, FLAG_PERSISTED, None, &m);
+        encode_message(&mut out, 3, Kind::Message, 7, FLAG_PERSISTED, None, &m);
         assert_eq!(out.len(), message_len(&m, None));
-        encode_message(&mut out, Kind::Paged, 9, 0, Some(1234), &m);
+        encode_message(&mut out, 3, Kind::Paged, 9, 0, Some(1234), &m);
         assert_eq!(out.len(), message_len(&m, None) + message_len(&m, Some(1)));
-        encode_mark(&mut out, Kind::Ack, 7);
-        encode_mark(&mut out, Kind::Delivered, 8);
+        encode_mark(&mut out, 3, Kind::Ack, 7);
+        encode_mark(&mut out, 3, Kind::Delivered, 8);
         let buf = Bytes::from(out);
         let Decoded::Record(
             Record::Message {
@@ -309,7 +322,7 @@ mod tests {
                 message,
             },
             n,
-        ) = decode(&buf)
+        ) = decode(&buf, 3)
         else {
             panic!("message");
         };
@@ -323,32 +336,57 @@ mod tests {
                 seq: 9, message, ..
             },
             m,
-        ) = decode(&rest)
+        ) = decode(&rest, 3)
         else {
             panic!("paged");
         };
         assert_eq!(message.expires_at, Some(1234));
         let rest = rest.slice(m..);
-        let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest) else {
+        let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest, 3) else {
             panic!("ack");
         };
         assert_eq!(k, MARK_LEN);
         assert_eq!(
-            decode(&rest.slice(k..)),
+            decode(&rest.slice(k..), 3),
             Decoded::Record(Record::Delivered { seq: 8 }, MARK_LEN)
         );
     }
 
     #[test]
     fn zeros_end_the_log_and_damage_is_torn() {
-        assert_eq!(decode(&Bytes::from(vec![0u8; 64])), Decoded::End);
+        assert_eq!(decode(&Bytes::from(vec![0u8; 64]), 3), Decoded::End);
         let mut out = Vec::new();
-        encode_message(&mut out, Kind::Message, 1, 0, None, &message(b"x"));
+        encode_message(&mut out, 3, Kind::Message, 1, 0, None, &message(b"x"));
         let mut bad = out.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert_eq!(decode(&Bytes::from(bad)), Decoded::Torn);
+        assert_eq!(decode(&Bytes::from(bad), 3), Decoded::Torn);
         out.truncate(out.len() - 3);
-        assert_eq!(decode(&Bytes::from(out)), Decoded::Torn);
+        assert_eq!(decode(&Bytes::from(out), 3), Decoded::Torn);
+    }
+
+    #[test]
+    fn a_record_reads_only_in_the_segment_it_was_sealed_for() {
+        // A reused segment file's earlier records must read as the end of the log.
+        let mut out = Vec::new();
+        encode_message(&mut out, 5, Kind::Message, 1, 0, None, &message(b"x"));
+        let buf = Bytes::from(out);
+        assert!(matches!(decode(&buf, 5), Decoded::Record(..)));
+        assert_eq!(decode(&buf, 6), Decoded::Torn);
+        assert_eq!(decode(&buf, 0), Decoded::Torn);
+    }
+
+    #[test]
+    fn records_from_before_the_seal_still_read() {
+        // A data directory written by an earlier Lepus: a plain CRC-32 of the payload.
+        let mut out = Vec::new();
+        encode_mark(&mut out, 0, Kind::Ack, 7);
+        let payload_crc = crc32fast::hash(&out[HEADER_LEN..]);
+        out[4..8].copy_from_slice(&payload_crc.to_be_bytes());
+        let buf = Bytes::from(out);
+        assert_eq!(
+            decode(&buf, 4),
+            Decoded::Record(Record::Ack { seq: 7 }, MARK_LEN)
+        );
     }
 }

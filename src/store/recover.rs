@@ -40,14 +40,19 @@ pub(super) struct Walk {
 /// The next offset from `from` where a valid record starts, if any. A candidate must have a
 /// plausible header (a length that fits, a known kind) before its checksum is computed, so
 /// scanning garbage stays cheap.
-fn resync(data: &Bytes, from: usize) -> Option<usize> {
+fn resync(data: &Bytes, segment: u64, from: usize) -> Option<usize> {
     let mut at = from;
     while at + record::HEADER_LEN + 9 <= data.len() {
         let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let plausible = len >= 9
             && at + record::HEADER_LEN + len <= data.len()
             && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5);
-        if plausible && matches!(record::decode(&data.slice(at..)), Decoded::Record(..)) {
+        if plausible
+            && matches!(
+                record::decode(&data.slice(at..), segment),
+                Decoded::Record(..)
+            )
+        {
             return Some(at);
         }
         at += 1;
@@ -55,13 +60,13 @@ fn resync(data: &Bytes, from: usize) -> Option<usize> {
     None
 }
 
-/// Calls `found` for every valid record of a segment, in order, with its bytes, skipping
-/// damage.
-pub(super) fn walk(data: &Bytes, mut found: impl FnMut(Record, &[u8])) -> Walk {
+/// Calls `found` for every valid record of segment `segment`, in order, with its bytes,
+/// skipping damage.
+pub(super) fn walk(data: &Bytes, segment: u64, mut found: impl FnMut(Record, &[u8])) -> Walk {
     let mut walk = Walk::default();
     let mut at = 0usize;
     loop {
-        match record::decode(&data.slice(at..)) {
+        match record::decode(&data.slice(at..), segment) {
             Decoded::Record(r, len) => {
                 found(r, &data[at..at + len]);
                 at += len;
@@ -72,7 +77,7 @@ pub(super) fn walk(data: &Bytes, mut found: impl FnMut(Record, &[u8])) -> Walk {
                 if rest.iter().all(|&b| b == 0) {
                     break;
                 }
-                match resync(data, at + 1) {
+                match resync(data, segment, at + 1) {
                     Some(next) => {
                         walk.damaged.push((at, next));
                         at = next;
@@ -181,6 +186,7 @@ impl QueueLog {
                 created: false,
                 registered: Registered::No,
                 prepared: None,
+                spare: None,
                 destroyed: false,
                 acked,
                 // The queue reads its recovered messages from the front: compaction waits.
@@ -212,7 +218,7 @@ fn scan_segment(
     let capacity = file.len()?;
     let data = Bytes::from(fs.read(&path)?);
     let mut seg = Segment::empty(index, file, capacity);
-    let walk = walk(&data, |r, _| match r {
+    let walk = walk(&data, index, |r, _| match r {
         Record::Message { seq, .. } => {
             seg.live += 1;
             seg.messages += 1;
@@ -243,16 +249,13 @@ fn scan_segment(
     seg.end = walk.end as u64;
     if walk.dirty_tail {
         if last {
-            // A torn write at the end: nothing after it was ever synced. Cut it, zeroing
-            // only up to its last non-zero byte: those blocks hold data already, so this
-            // needs no free space (a broker restarted on a full disk must come up).
-            let dirty_end = data
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(walk.end, |i| i + 1);
-            let zeros = vec![0u8; dirty_end.saturating_sub(walk.end)];
-            seg.file.write_all_at(&zeros, walk.end as u64)?;
-            seg.file.sync_data()?;
+            // A torn write at the end (nothing after it was ever synced), or a reused
+            // file's earlier records: cut. The bytes stay: no record in them is valid here
+            // (the scan found none), and appends cannot make one (they only change what
+            // lies before them), so they need no writing at start (a broker restarted on a
+            // full disk must come up, and a reused segment would cost a segment of zeros).
+            // When the log moves on, the rest of this segment is zeroed (`stale_tail`).
+            seg.stale_tail = true;
             recovered.torn = true;
         } else {
             tracing::error!(
@@ -285,7 +288,7 @@ fn count_unacked(
         let data = Bytes::from(fs.read(&Segment::path(dir, seg.index))?);
         let data = data.slice(..(seg.end as usize).min(data.len()));
         let mut live = 0u64;
-        walk(&data, |r, _| {
+        walk(&data, seg.index, |r, _| {
             if let Record::Message { seq, message, .. } = r
                 && !acked.contains(seq)
             {
@@ -315,17 +318,17 @@ mod tests {
                 properties: &[0, 0],
                 body: &seq.to_be_bytes(),
             };
-            encode_message(&mut out, Kind::Message, seq, 0, None, &parts);
+            encode_message(&mut out, 0, Kind::Message, seq, 0, None, &parts);
         }
         starts.push(out.len());
-        encode_mark(&mut out, Kind::Ack, 0);
+        encode_mark(&mut out, 0, Kind::Ack, 0);
         out.extend(vec![0u8; 4096]);
         (out, starts)
     }
 
     fn seqs(data: &[u8]) -> (Vec<u64>, Walk) {
         let mut seen = Vec::new();
-        let walk = walk(&Bytes::copy_from_slice(data), |r, _| {
+        let walk = walk(&Bytes::copy_from_slice(data), 0, |r, _| {
             if let Record::Message { seq, .. } = r {
                 seen.push(seq);
             }
