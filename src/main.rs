@@ -278,8 +278,12 @@ fn main() -> ExitCode {
             tracing::warn!(path = %path.display(), line, key, "configuration key not supported by this Lepus yet, ignored");
         }
     }
+    // The store's sync thread starts a cycle once the workers have nothing left to run
+    // (store::idle): they say when they park.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(|| lepus::store::idle::note_worker_busy(false))
+        .on_thread_unpark(|| lepus::store::idle::note_worker_busy(true))
         .build()
     {
         Ok(rt) => rt,

@@ -25,6 +25,7 @@ mod compact;
 pub mod definitions;
 pub mod export;
 pub mod fs;
+pub mod idle;
 pub mod intervals;
 pub mod log;
 pub mod record;
@@ -72,6 +73,8 @@ impl Store {
         let store = Self::open_manual(fs, data_dir, segment_bytes)?;
         *store.background.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(store.shared.start_background()?);
+        let waiter: std::sync::Weak<dyn idle::WakeOnIdle> = Arc::downgrade(&store.shared) as _;
+        idle::register(waiter);
         let worker = store.shared.clone();
         let thread = std::thread::Builder::new()
             .name("lepus-sync".into())

@@ -88,6 +88,8 @@ pub struct Shared {
     /// The last epoch whose writes are all on disk.
     synced: watch::Sender<u64>,
     pub(super) stop: AtomicBool,
+    /// The sync thread waits for the runtime's workers to run out of work (`store::idle`).
+    waiting_for_idle: AtomicBool,
     /// Work the sync thread hands off so that no epoch waits for it (making and syncing the
     /// next segment); `None` in a store driven by hand, or once stopping, and
     /// then such work runs in place.
@@ -198,6 +200,16 @@ impl Shared {
     }
 }
 
+impl super::idle::WakeOnIdle for Shared {
+    fn workers_idle(&self) {
+        if self.waiting_for_idle.swap(false, Ordering::SeqCst) {
+            // Under the lock the sync thread checked the workers under: it is waiting now.
+            let _dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_one();
+        }
+    }
+}
+
 impl Shared {
     /// State for a new store: epoch 1 is the first to be written, nothing synced yet.
     pub fn new(segment_bytes: u64, fs: Arc<dyn Fs>) -> Shared {
@@ -214,6 +226,7 @@ impl Shared {
             epoch: AtomicU64::new(1),
             synced,
             stop: AtomicBool::new(false),
+            waiting_for_idle: AtomicBool::new(false),
             background: Mutex::new(None),
         }
     }
@@ -314,6 +327,24 @@ fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64
     }
     if dirty.eager.is_empty() && dirty.lazy.is_empty() {
         return None;
+    }
+    if wait && !dirty.eager.is_empty() {
+        // Let the workers finish what they are processing first (see `store::idle`).
+        let give_up = super::idle::give_up_at();
+        while super::idle::workers_busy(&shared.waiting_for_idle)
+            && !shared.stop.load(Ordering::SeqCst)
+        {
+            let now = std::time::Instant::now();
+            if now >= give_up {
+                break;
+            }
+            dirty = shared
+                .wake
+                .wait_timeout(dirty, give_up - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        shared.waiting_for_idle.store(false, Ordering::SeqCst);
     }
     // Taking the list and starting the next epoch happen together, under the lock a writer
     // registers under: a journal registered after this point reads a later epoch. Writers
@@ -488,6 +519,41 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(journal.flushes.load(Ordering::SeqCst), 1);
+        shared.request_stop();
+        assert!(thread.join().is_ok());
+    }
+
+    /// Waits (up to a bound that only guards against a hang) until `journal` was flushed.
+    fn flushed(journal: &Counting) -> usize {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while journal.flushes.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < give_up {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        journal.flushes.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_cycle_waits_for_busy_workers_but_not_for_ever() {
+        use crate::store::idle::{note_worker_busy, register};
+        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
+        let weak: std::sync::Weak<dyn crate::store::idle::WakeOnIdle> =
+            Arc::downgrade(&shared) as _;
+        register(weak);
+        let thread = {
+            let shared = shared.clone();
+            std::thread::spawn(move || sync_loop(&shared))
+        };
+        // This thread plays a runtime worker that never runs out of work: the cycle starts
+        // anyway, IDLE_WAIT_MAX_US later.
+        note_worker_busy(true);
+        let busy = Arc::new(Counting::default());
+        shared.mark_dirty(busy.clone());
+        assert_eq!(flushed(&busy), 1);
+        // A worker that parks lets the waiting cycle start.
+        let parked = Arc::new(Counting::default());
+        shared.mark_dirty(parked.clone());
+        note_worker_busy(false);
+        assert_eq!(flushed(&parked), 1);
         shared.request_stop();
         assert!(thread.join().is_ok());
     }
