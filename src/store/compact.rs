@@ -136,10 +136,12 @@ impl QueueLog {
     /// What of segment `index` (its bytes: `data`) is still needed, in its order.
     fn keep(&self, index: u64, data: &Bytes) -> Kept {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // The spare segment counts: its file is on disk, under its old number, until reused.
         let elsewhere = |seq: u64| {
             inner
                 .segments
                 .iter()
+                .chain(inner.spare.as_ref())
                 .any(|s| s.index != index && s.holds(seq))
         };
         let mut kept = Kept {

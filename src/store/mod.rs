@@ -28,6 +28,7 @@ pub mod fs;
 pub mod idle;
 pub mod intervals;
 pub mod log;
+mod prepare;
 pub mod record;
 mod recover;
 pub mod sim;

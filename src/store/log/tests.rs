@@ -1,6 +1,7 @@
 //! Unit tests of the queue log: paging, syncing, reusing segment files.
 use super::*;
 use crate::store::Store;
+use crate::store::fs::Fs;
 
 /// A directory of its own for each test, even when tests run at once.
 fn temp_dir() -> PathBuf {
@@ -133,6 +134,69 @@ fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number()
         seen.extend(batch.iter().map(|m| m.seq));
     }
     assert_eq!(seen, kept);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
+    // Regression: the front segment kept (not deleted) for reuse stays on disk under its old
+    // number until the background thread renames it. Compaction of a later segment dropped
+    // the Ack marks of its messages meanwhile, so a crash brought them back.
+    let dir = temp_dir();
+    let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
+    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+    let log = store.create_queue_log(7).unwrap();
+    let append = |seq: u64| {
+        let body = body(seq);
+        let parts = MessageParts {
+            exchange: b"",
+            routing_key: b"q",
+            properties: &[0, 0],
+            body: &body,
+        };
+        log.append_message(seq, &parts, true, 0, None).unwrap();
+    };
+    let segments = || log.lock().segments.len();
+    // Segment 0 full of messages; its acks, and those of most of segment 1's, in segment 1.
+    let mut seq = 0u64;
+    while segments() < 2 {
+        append(seq);
+        seq += 1;
+    }
+    let first_of_1 = seq - 1;
+    (0..first_of_1).for_each(|s| log.ack(s).unwrap());
+    while segments() < 3 {
+        append(seq);
+        seq += 1;
+    }
+    let first_of_2 = seq - 1;
+    (first_of_1..first_of_2 - 2).for_each(|s| log.ack(s).unwrap());
+    // Two more segments of messages nobody acknowledges: segment 1 may be compacted.
+    while segments() < 5 {
+        append(seq);
+        seq += 1;
+    }
+    log.collect_garbage(None);
+    assert!(log.lock().spare.is_some(), "segment 0 is kept for reuse");
+    assert!(log.compact_now().unwrap(), "segment 1 is compacted");
+    log.flush().unwrap();
+    // A crash before the spare was renamed: segment 0 is still there.
+    drop(log);
+    drop(store);
+    let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
+    let (log, recovered) = store.recover_queue_log(7).unwrap();
+    let mut reader = recovered.reader.clone();
+    let mut seen = Vec::new();
+    loop {
+        let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch.iter().map(|m| m.seq));
+    }
+    let expected: Vec<u64> = (first_of_2 - 2..seq).collect();
+    assert_eq!(seen, expected, "acknowledged messages stay gone");
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }

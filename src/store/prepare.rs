@@ -1,0 +1,134 @@
+//! Making a log's next segment ahead of time, on the store's background thread: a new sparse
+//! file, or the file of a front segment whose messages are all acknowledged, renamed.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::fs::{FileIo, Fs, OpenMode};
+use super::log::{Inner, QueueLog, Segment};
+
+/// A new segment file of `capacity` bytes, sparse, synced with its size. Sparse rather than
+/// zero-filled: writing 8 MiB of zeros per segment doubled the bytes written under
+/// persistent load, and on ext4 the fdatasyncs that then allocate blocks measured no slower
+/// (`benches/compare confirm`, the same run: 1 publisher 144-216k msg/s and confirm p99
+/// 4.5-6.7 ms sparse, against 134-179k and 8-10 ms zero-filled). Unwritten space reads as
+/// zeros, which end the log as they did.
+fn sparse_file(
+    fs: &dyn Fs,
+    path: &Path,
+    capacity: u64,
+    durable: bool,
+) -> io::Result<Arc<dyn FileIo>> {
+    let file = fs.open(path, OpenMode::FRESH)?;
+    file.set_len(capacity)?;
+    if durable {
+        file.sync_all()?;
+    }
+    Ok(file)
+}
+
+impl QueueLog {
+    /// Makes the next segment ahead of time when the head is half full. Called on the
+    /// store's background thread, outside the publish path and the sync thread's.
+    pub(super) fn prepare_next(&self) -> io::Result<()> {
+        let index = {
+            let mut inner = self.lock();
+            let Some(head) = inner.segments.back() else {
+                return Ok(());
+            };
+            if inner.destroyed || inner.prepared.is_some() || head.end < head.capacity / 2 {
+                return Ok(());
+            }
+            let index = inner.next_index;
+            inner.next_index += 1;
+            // The spare stays the log's until renamed: see `reuse`.
+            let spare = inner
+                .spare
+                .as_ref()
+                .map(|s| (s.index, s.file.clone(), s.capacity));
+            (index, spare)
+        };
+        let (index, spare) = index;
+        if let Some(spare) = spare {
+            match self.reuse(spare, index) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(log = %self.dir.display(), error = %e, "cannot reuse a segment file; making a new one")
+                }
+            }
+        }
+        let capacity = self.shared.segment_bytes;
+        let file = sparse_file(
+            &*self.shared.fs,
+            &Segment::path(&self.dir, index),
+            capacity,
+            self.durable,
+        )?;
+        let mut inner = self.lock();
+        if inner.destroyed {
+            return Ok(());
+        }
+        let head_index = inner.segments.back().map_or(0, |h| h.index);
+        let index = if index < head_index {
+            // The log rolled over meanwhile: give the prepared file the next number.
+            let renumbered = inner.next_index;
+            inner.next_index += 1;
+            self.shared.fs.rename(
+                &Segment::path(&self.dir, index),
+                &Segment::path(&self.dir, renumbered),
+            )?;
+            renumbered
+        } else {
+            index
+        };
+        inner.dir_dirty = true;
+        inner.prepared = Some(Segment::fresh(index, file, capacity));
+        Ok(())
+    }
+
+    /// Makes the spare segment (its number, file and size) the prepared segment `index`:
+    /// renames its file, and (durable logs) syncs the directory, so that the new name is on
+    /// disk before anything is written under it. Were the rename lost in a crash, records
+    /// sealed for `index` would lie in a file recovered under its old number, where they
+    /// read as damage, not as messages.
+    ///
+    /// Until then the spare is still the log's (`Inner::spare`): its file is on disk under
+    /// its old number, so compaction keeps the Ack marks of its messages (a crash would bring
+    /// them back otherwise). Once renamed, its records no longer read.
+    fn reuse(&self, spare: (u64, Arc<dyn FileIo>, u64), index: u64) -> io::Result<()> {
+        let (spare_index, file, capacity) = spare;
+        let from = Segment::path(&self.dir, spare_index);
+        let to = Segment::path(&self.dir, index);
+        let forget_spare = |inner: &mut Inner| {
+            if inner.spare.as_ref().is_some_and(|s| s.index == spare_index) {
+                inner.spare = None;
+            }
+        };
+        if let Err(e) = self.shared.fs.rename(&from, &to) {
+            forget_spare(&mut self.lock());
+            let _ = self.shared.fs.remove_file(&from);
+            return Err(e);
+        }
+        let synced = if self.durable {
+            self.shared.fs.sync_dir(&self.dir)
+        } else {
+            Ok(())
+        };
+        let mut inner = self.lock();
+        forget_spare(&mut inner);
+        synced?;
+        let head_index = inner.segments.back().map_or(0, |h| h.index);
+        if inner.destroyed || index < head_index || inner.prepared.is_some() {
+            // Rolled over meanwhile onto a segment made in place: not needed.
+            drop(inner);
+            let _ = self.shared.fs.remove_file(&to);
+            return Ok(());
+        }
+        inner.prepared = Some(Segment {
+            stale_tail: true,
+            ..Segment::fresh(index, file, capacity)
+        });
+        Ok(())
+    }
+}
