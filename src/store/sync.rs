@@ -315,15 +315,11 @@ fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64
             continue;
         };
         let due = since + std::time::Duration::from_millis(LAZY_WRITE_MS);
-        let now = std::time::Instant::now();
-        if now >= due {
+        let (woken, due_now) = wait_until(shared, dirty, due);
+        dirty = woken;
+        if due_now {
             break;
         }
-        dirty = shared
-            .wake
-            .wait_timeout(dirty, due - now)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
     }
     if dirty.eager.is_empty() && dirty.lazy.is_empty() {
         return None;
@@ -334,15 +330,11 @@ fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64
         while super::idle::workers_busy(&shared.waiting_for_idle)
             && !shared.stop.load(Ordering::SeqCst)
         {
-            let now = std::time::Instant::now();
-            if now >= give_up {
+            let (woken, given_up) = wait_until(shared, dirty, give_up);
+            dirty = woken;
+            if given_up {
                 break;
             }
-            dirty = shared
-                .wake
-                .wait_timeout(dirty, give_up - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
         shared.waiting_for_idle.store(false, Ordering::SeqCst);
     }
@@ -355,6 +347,24 @@ fn take_dirty(shared: &Shared, wait: bool) -> Option<(Vec<Arc<dyn Journal>>, u64
     journals.append(&mut dirty.lazy);
     dirty.lazy_since = None;
     Some((journals, epoch))
+}
+
+/// Waits on the sync thread's condition until `deadline` at the latest; says whether the
+/// deadline had already passed (then without waiting).
+fn wait_until<'a>(
+    shared: &Shared,
+    dirty: std::sync::MutexGuard<'a, Dirty>,
+    deadline: std::time::Instant,
+) -> (std::sync::MutexGuard<'a, Dirty>, bool) {
+    let now = std::time::Instant::now();
+    if now >= deadline {
+        return (dirty, true);
+    }
+    let (dirty, _) = shared
+        .wake
+        .wait_timeout(dirty, deadline - now)
+        .unwrap_or_else(|e| e.into_inner());
+    (dirty, false)
 }
 
 /// One cycle: write, sync, publish the outcome. Returns false when the thread must stop.

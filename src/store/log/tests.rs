@@ -10,6 +10,31 @@ fn temp_dir() -> PathBuf {
     std::env::temp_dir().join(format!("lepus-log-{}-{n}", std::process::id()))
 }
 
+/// Appends durable message `seq` (a 1,000-byte body) to `log`.
+fn append_durable(log: &Arc<QueueLog>, seq: u64) {
+    let body = body(seq);
+    let parts = MessageParts {
+        exchange: b"",
+        routing_key: b"q",
+        properties: &[0, 0],
+        body: &body,
+    };
+    log.append_message(seq, &parts, true, 0, None).unwrap();
+}
+
+/// The sequence numbers of every message a recovered log gives back, in order.
+fn read_all(log: &QueueLog, recovered: &Recovered) -> Vec<u64> {
+    let mut reader = recovered.reader.clone();
+    let mut seen = Vec::new();
+    loop {
+        let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+        if batch.is_empty() {
+            return seen;
+        }
+        seen.extend(batch.iter().map(|m| m.seq));
+    }
+}
+
 fn body(i: u64) -> Vec<u8> {
     let mut body = vec![b'x'; 1000];
     body[..8].copy_from_slice(&i.to_be_bytes());
@@ -90,16 +115,7 @@ fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number()
     let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
     let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
     let log = store.create_queue_log(7).unwrap();
-    let append = |seq: u64| {
-        let body = body(seq);
-        let parts = MessageParts {
-            exchange: b"",
-            routing_key: b"q",
-            properties: &[0, 0],
-            body: &body,
-        };
-        log.append_message(seq, &parts, true, 0, None).unwrap();
-    };
+    let append = |seq: u64| append_durable(&log, seq);
     // Fill segments, acknowledge everything, and go on until the log writes into a
     // reused file (the sync cycle prepares the next segment when the head is half full).
     let mut seq = 0u64;
@@ -124,15 +140,7 @@ fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number()
     let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
     let (log, recovered) = store.recover_queue_log(7).unwrap();
     assert_eq!(recovered.damaged_regions, 0);
-    let mut reader = recovered.reader.clone();
-    let mut seen = Vec::new();
-    loop {
-        let batch = log.read_back(&mut reader, 1 << 20).unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        seen.extend(batch.iter().map(|m| m.seq));
-    }
+    let seen = read_all(&log, &recovered);
     assert_eq!(seen, kept);
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
@@ -147,16 +155,7 @@ fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
     let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
     let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
     let log = store.create_queue_log(7).unwrap();
-    let append = |seq: u64| {
-        let body = body(seq);
-        let parts = MessageParts {
-            exchange: b"",
-            routing_key: b"q",
-            properties: &[0, 0],
-            body: &body,
-        };
-        log.append_message(seq, &parts, true, 0, None).unwrap();
-    };
+    let append = |seq: u64| append_durable(&log, seq);
     let segments = || log.lock().segments.len();
     // Segment 0 full of messages; its acks, and those of most of segment 1's, in segment 1.
     let mut seq = 0u64;
@@ -186,15 +185,7 @@ fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
     drop(store);
     let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
     let (log, recovered) = store.recover_queue_log(7).unwrap();
-    let mut reader = recovered.reader.clone();
-    let mut seen = Vec::new();
-    loop {
-        let batch = log.read_back(&mut reader, 1 << 20).unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        seen.extend(batch.iter().map(|m| m.seq));
-    }
+    let seen = read_all(&log, &recovered);
     let expected: Vec<u64> = (first_of_2 - 2..seq).collect();
     assert_eq!(seen, expected, "acknowledged messages stay gone");
     drop(store);
