@@ -197,8 +197,15 @@ pub fn peek(buf: &[u8]) -> Option<(Kind, u64, usize)> {
 /// Decodes the record at the start of `buf`, read from segment `segment`. `buf` holds the
 /// record's bytes as a shared buffer so message parts can be sliced without copying.
 pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
-    let Some(header) = buf.get(0..HEADER_LEN) else {
-        return if buf.iter().all(|&b| b == 0) {
+    decode_at(buf, 0, segment)
+}
+
+/// Decodes the record at `buf[at..]`: a reader walking a buffer of many records slices only
+/// the parts of the messages it keeps.
+pub fn decode_at(buf: &Bytes, at: usize, segment: u64) -> Decoded {
+    let rest = buf.get(at..).unwrap_or_default();
+    let Some(header) = rest.get(0..HEADER_LEN) else {
+        return if rest.iter().all(|&b| b == 0) {
             Decoded::End
         } else {
             Decoded::Torn
@@ -213,7 +220,7 @@ pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
             Decoded::Torn
         };
     }
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+    let Some(payload) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
         return Decoded::Torn;
     };
     let computed = crc32fast::hash(payload);
@@ -225,24 +232,27 @@ pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
         return Decoded::Torn;
     };
     let seq = u64::from_be_bytes(payload[1..9].try_into().unwrap_or([0; 8]));
-    let payload = buf.slice(HEADER_LEN + 9..HEADER_LEN + len);
+    // The message's parts are found by offsets into `buf`; only the four it keeps are sliced
+    // out of the shared buffer (each slice is an atomic reference count).
+    let start = at + HEADER_LEN + 9;
+    let end = at + HEADER_LEN + len;
     let record = match kind {
         Kind::Message | Kind::Paged => {
-            let Some((&flags, _)) = payload.split_first() else {
+            let Some(&flags) = buf.get(start).filter(|_| start < end) else {
                 return Decoded::Torn;
             };
             let (expires_at, rest) = if flags & FLAG_EXPIRES != 0 {
-                match payload.get(1..9) {
-                    Some(b) => (
+                match buf.get(start + 1..start + 9) {
+                    Some(b) if start + 9 <= end => (
                         Some(u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))),
-                        payload.slice(9..),
+                        start + 9,
                     ),
-                    None => return Decoded::Torn,
+                    _ => return Decoded::Torn,
                 }
             } else {
-                (None, payload.slice(1..))
+                (None, start + 1)
             };
-            let Some(mut message) = decode_message(&rest) else {
+            let Some(mut message) = decode_message(buf, rest, end) else {
                 return Decoded::Torn;
             };
             message.expires_at = expires_at;
@@ -266,27 +276,29 @@ pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
     Decoded::Record(record, HEADER_LEN + len)
 }
 
-fn decode_message(p: &Bytes) -> Option<StoredMessage> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Option<Bytes> {
-        let end = at.checked_add(n)?;
-        let b = p.get(at..end).map(|_| p.slice(at..end))?;
-        at = end;
-        Some(b)
+/// The message whose encoding is `buf[at..end]`.
+fn decode_message(buf: &Bytes, mut at: usize, end: usize) -> Option<StoredMessage> {
+    let p = buf.get(..end)?;
+    // The offsets of the next `n` bytes, advancing past them.
+    let mut take = |n: usize| -> Option<std::ops::Range<usize>> {
+        let to = at.checked_add(n).filter(|&to| to <= p.len())?;
+        let range = at..to;
+        at = to;
+        Some(range)
     };
-    let n = *take(1)?.first()? as usize;
+    let n = usize::from(p[take(1)?.start]);
     let exchange = take(n)?;
-    let n = *take(1)?.first()? as usize;
+    let n = usize::from(p[take(1)?.start]);
     let routing_key = take(n)?;
-    let n = u32::from_be_bytes(take(4)?[..].try_into().ok()?) as usize;
+    let n = u32::from_be_bytes(p[take(4)?].try_into().ok()?) as usize;
     let properties = take(n)?;
-    let n = u32::from_be_bytes(take(4)?[..].try_into().ok()?) as usize;
+    let n = u32::from_be_bytes(p[take(4)?].try_into().ok()?) as usize;
     let body = take(n)?;
     Some(StoredMessage {
-        exchange,
-        routing_key,
-        properties,
-        body,
+        exchange: buf.slice(exchange),
+        routing_key: buf.slice(routing_key),
+        properties: buf.slice(properties),
+        body: buf.slice(body),
         expires_at: None,
     })
 }
@@ -388,5 +400,41 @@ mod tests {
             decode(&buf, 4),
             Decoded::Record(Record::Ack { seq: 7 }, MARK_LEN)
         );
+    }
+
+    #[test]
+    fn a_record_decodes_in_place_among_others() {
+        let mut out = Vec::new();
+        encode_message(&mut out, 3, Kind::Message, 1, 0, None, &message(b"first"));
+        let second = out.len();
+        encode_message(
+            &mut out,
+            3,
+            Kind::Paged,
+            2,
+            0,
+            Some(99),
+            &message(b"second"),
+        );
+        let buf = Bytes::from(out);
+        let Decoded::Record(Record::Paged { seq, message, .. }, n) = decode_at(&buf, second, 3)
+        else {
+            panic!("the second record");
+        };
+        assert_eq!((seq, n), (2, buf.len() - second));
+        assert_eq!(&message.body[..], b"second");
+        assert_eq!(&message.routing_key[..], b"rk");
+        assert_eq!(message.expires_at, Some(99));
+    }
+
+    #[test]
+    fn a_message_record_without_a_message_is_torn_not_read_from_its_neighbour() {
+        // A checksummed record of kind Message whose payload stops after its sequence
+        // number, followed by a whole record: the parts are not looked for in the next one.
+        let mut out = Vec::new();
+        encode_mark(&mut out, 3, Kind::Message, 1);
+        encode_message(&mut out, 3, Kind::Message, 2, 0, None, &message(b"next"));
+        let buf = Bytes::from(out);
+        assert_eq!(decode(&buf, 3), Decoded::Torn);
     }
 }

@@ -191,3 +191,43 @@ fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_read_spanning_written_and_pending_bytes_gives_each_message_once_in_order() {
+    let dir = temp_dir();
+    let store = Store::open_manual(Arc::new(crate::store::fs::RealFs), &dir, 1 << 20).unwrap();
+    let log = store.create_paging_log().unwrap();
+    let append = |from: u64, to: u64| {
+        for i in from..to {
+            let body = body(i);
+            let parts = MessageParts {
+                exchange: b"",
+                routing_key: b"q",
+                properties: &[0, 0],
+                body: &body,
+            };
+            log.append_message(i, &parts, false, 0, None).unwrap();
+        }
+    };
+    let bodies = |batch: Vec<ReadBack>| -> Vec<u64> {
+        batch
+            .iter()
+            .map(|m| u64::from_be_bytes(m.message.body[..8].try_into().unwrap()))
+            .collect()
+    };
+    // 0..10 written to the file, 10..20 only in the log's buffer: one read takes both.
+    append(0, 10);
+    log.flush().unwrap();
+    append(10, 20);
+    let mut reader = TailReader::default();
+    let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+    assert_eq!(bodies(batch), (0..20).collect::<Vec<_>>());
+    // The buffer written out after the read, more appended: the reader goes on from there.
+    log.flush().unwrap();
+    append(20, 25);
+    let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+    assert_eq!(bodies(batch), (20..25).collect::<Vec<_>>());
+    assert!(log.read_back(&mut reader, 1 << 20).unwrap().is_empty());
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
