@@ -159,6 +159,9 @@ pub(super) struct Inner {
     pub(super) read_pos: Option<Position>,
     /// When a segment was last compacted: compaction is paced.
     pub(super) last_compaction: Option<std::time::Instant>,
+    /// The segment that held the last acknowledged message (its number): the next ack's
+    /// first guess.
+    pub(super) ack_hint: u64,
 }
 
 /// What recovering a durable queue's log found.
@@ -288,6 +291,7 @@ impl QueueLog {
                 acked: IntervalSet::default(),
                 read_pos: None,
                 last_compaction: None,
+                ack_hint: 0,
             }),
         });
         shared.mark_dirty(log.clone());
@@ -445,15 +449,48 @@ impl QueueLog {
     /// disk with the next sync, or within `LAZY_WRITE_MS`; a crash before then brings the
     /// message back, redelivered (at least once, as RabbitMQ's queue index does).
     pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, Append::Mark, |out, segment| {
-            record::encode_mark(out, segment, Kind::Ack, seq)
-        })?;
-        let mut inner = self.lock();
-        inner.acked.insert(seq);
-        if let Some(s) = inner.segments.iter_mut().rev().find(|s| s.holds(seq)) {
-            s.live = s.live.saturating_sub(1);
+        self.ack_all(&[seq])
+    }
+
+    /// Logs that the durable messages `seqs` left the queue (see [`QueueLog::ack`]): one
+    /// append, and one pass over the segments, per `MARKS_PER_APPEND` of them.
+    pub fn ack_all(self: &Arc<Self>, seqs: &[u64]) -> io::Result<()> {
+        /// Small against the smallest segment, so a batch never needs a segment of its own.
+        const MARKS_PER_APPEND: usize = 256;
+        for chunk in seqs.chunks(MARKS_PER_APPEND) {
+            self.append(
+                record::MARK_LEN * chunk.len(),
+                Append::Mark,
+                |out, segment| {
+                    for &seq in chunk {
+                        record::encode_mark(out, segment, Kind::Ack, seq);
+                    }
+                },
+            )?;
+            let mut inner = self.lock();
+            for &seq in chunk {
+                inner.acked.insert(seq);
+                if let Some(at) = Self::segment_holding(&mut inner, seq) {
+                    let s = &mut inner.segments[at];
+                    s.live = s.live.saturating_sub(1);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Where in `segments` the durable message `seq` is. Acks come mostly in the order the
+    /// messages were logged, so the segment of the last one (or the next) is tried first:
+    /// draining a backlog of many segments costs no search per message.
+    fn segment_holding(inner: &mut Inner, seq: u64) -> Option<usize> {
+        let first = inner.segments.front()?.index;
+        let hint = inner.ack_hint.saturating_sub(first) as usize;
+        let at = [hint, hint + 1]
+            .into_iter()
+            .find(|&i| inner.segments.get(i).is_some_and(|s| s.holds(seq)))
+            .or_else(|| inner.segments.iter().rposition(|s| s.holds(seq)))?;
+        inner.ack_hint = inner.segments[at].index;
+        Some(at)
     }
 
     /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).

@@ -195,6 +195,7 @@ impl QueueLog {
                     offset: 0,
                 }),
                 last_compaction: None,
+                ack_hint: 0,
             }),
         });
         Ok((log, recovered))

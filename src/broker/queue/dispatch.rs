@@ -87,6 +87,12 @@ impl State {
             };
             self.hand_over(ctx, recipient, entry, size);
         }
+        if !self.acks_to_log.is_empty() {
+            let acks = std::mem::take(&mut self.acks_to_log);
+            self.log_acks(&acks);
+            self.acks_to_log = acks;
+            self.acks_to_log.clear();
+        }
         if !self.batches.is_empty() {
             self.flush_batches();
         }
@@ -116,11 +122,7 @@ impl State {
         if !consumer.no_ack {
             self.unacked += 1;
         }
-        if consumer.no_ack && entry.persisted {
-            // Settled on delivery: the Ack alone says all a Delivered mark would (it lands in
-            // the same epoch), so a no-ack drain writes one record per message, not two.
-            self.log_ack(entry.seq);
-        } else {
+        if !(consumer.no_ack && entry.persisted) {
             self.mark_delivered(&entry);
         }
         if self.settings.queue_type == QueueType::Quorum && entry.delivery_count > 0 {
@@ -135,6 +137,12 @@ impl State {
             self.insert_in_order(vec![entry]);
             return;
         };
+        if consumer.no_ack && entry.persisted {
+            // Settled on delivery: the Ack alone says all a Delivered mark would (it lands in
+            // the same epoch), so a no-ack drain writes one record per message, not two. The
+            // dispatch logs its Acks together before it hands the deliveries over.
+            self.acks_to_log.push(entry.seq);
+        }
         match consumer.no_ack {
             true => self.counters.deliver_no_ack += 1,
             false => self.counters.deliver += 1,

@@ -516,12 +516,13 @@ impl DeliverySource for Queue {
         self.with_state(|state| {
             Queue::settle_credit(state, &settled, unblock);
             state.counters.ack += settled.len() as u64;
-            let mut logged = false;
-            for s in settled.iter().filter(|s| s.persisted) {
-                state.log_ack(s.seq);
-                logged = true;
-            }
-            if logged {
+            let persisted: Vec<u64> = settled
+                .iter()
+                .filter(|s| s.persisted)
+                .map(|s| s.seq)
+                .collect();
+            if !persisted.is_empty() {
+                state.log_acks(&persisted);
                 state.collect_garbage();
             }
             state.dispatch(&self.ctx);

@@ -116,6 +116,9 @@ pub struct State {
     pub had_consumers: bool,
     /// Reused per dispatch: deliveries grouped by destination sink.
     pub batches: Vec<Batch>,
+    /// Reused per dispatch: durable messages delivered to no-ack consumers, whose Ack
+    /// records are logged together when the dispatch ends.
+    pub acks_to_log: Vec<u64>,
     /// A durable queue's log, or a transient queue's paging log once it needed one.
     pub log: Option<Arc<QueueLog>>,
     /// Messages after `ready` that live only in the log.
@@ -355,8 +358,14 @@ impl State {
     }
 
     pub fn log_ack(&self, seq: u64) {
+        self.log_acks(&[seq]);
+    }
+
+    /// Logs that the durable messages `seqs` left the queue, with one append.
+    pub fn log_acks(&self, seqs: &[u64]) {
         if let Some(log) = &self.log
-            && let Err(e) = log.ack(seq)
+            && !seqs.is_empty()
+            && let Err(e) = log.ack_all(seqs)
         {
             tracing::error!(error = %e, "cannot log an acknowledgement");
         }
