@@ -726,7 +726,7 @@ impl Journal for QueueLog {
     fn after_sync(self: Arc<Self>) {
         // Making a file and syncing it takes longer than a sync of appends: it happens beside
         // the sync thread, one at a time per log.
-        if !self.prepare_queued.swap(true, Ordering::AcqRel) {
+        if self.wants_next_segment() && !self.prepare_queued.swap(true, Ordering::AcqRel) {
             let log = self.clone();
             self.shared.in_background(Box::new(move || {
                 log.prepare_queued.store(false, Ordering::Release);
