@@ -46,6 +46,23 @@ fn store() -> (Store, PathBuf) {
     (Store::open(&dir, 64 * 1024).unwrap(), dir)
 }
 
+/// A store whose cycles run when the test says, on the real file system, with queue 7's log.
+fn manual_store() -> (Store, Arc<dyn Fs>, PathBuf, Arc<QueueLog>) {
+    let dir = temp_dir();
+    let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
+    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+    let log = store.create_queue_log(7).unwrap();
+    (store, fs, dir, log)
+}
+
+/// Opens the store in `dir` again, as a restart does, and reads queue 7's messages back.
+fn restart_and_read(fs: Arc<dyn Fs>, dir: &Path) -> (Recovered, Vec<u64>) {
+    let store = Store::open_manual(fs, dir, 64 * 1024).unwrap();
+    let (log, recovered) = store.recover_queue_log(7).unwrap();
+    let seen = read_all(&log, &recovered);
+    (recovered, seen)
+}
+
 #[test]
 fn paged_records_read_back_in_order_across_segments() {
     let (store, dir) = store();
@@ -111,10 +128,7 @@ fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
 
 #[test]
 fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number() {
-    let dir = temp_dir();
-    let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
-    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
+    let (store, fs, dir, log) = manual_store();
     let append = |seq: u64| append_durable(&log, seq);
     // Fill segments, acknowledge everything, and go on until the log writes into a
     // reused file (the sync cycle prepares the next segment when the head is half full).
@@ -137,12 +151,9 @@ fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number()
     store.close();
     drop(log);
     drop(store);
-    let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
-    let (log, recovered) = store.recover_queue_log(7).unwrap();
+    let (recovered, seen) = restart_and_read(fs, &dir);
     assert_eq!(recovered.damaged_regions, 0);
-    let seen = read_all(&log, &recovered);
     assert_eq!(seen, kept);
-    drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -151,10 +162,7 @@ fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
     // Regression: the front segment kept (not deleted) for reuse stays on disk under its old
     // number until the background thread renames it. Compaction of a later segment dropped
     // the Ack marks of its messages meanwhile, so a crash brought them back.
-    let dir = temp_dir();
-    let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
-    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
+    let (store, fs, dir, log) = manual_store();
     let append = |seq: u64| append_durable(&log, seq);
     let segments = || log.lock().segments.len();
     // Segment 0 full of messages; its acks, and those of most of segment 1's, in segment 1.
@@ -183,12 +191,9 @@ fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
     // A crash before the spare was renamed: segment 0 is still there.
     drop(log);
     drop(store);
-    let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
-    let (log, recovered) = store.recover_queue_log(7).unwrap();
-    let seen = read_all(&log, &recovered);
+    let (_, seen) = restart_and_read(fs, &dir);
     let expected: Vec<u64> = (first_of_2 - 2..seq).collect();
     assert_eq!(seen, expected, "acknowledged messages stay gone");
-    drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -234,10 +239,7 @@ fn a_read_spanning_written_and_pending_bytes_gives_each_message_once_in_order() 
 
 #[test]
 fn acks_in_batches_and_out_of_order_free_exactly_the_segments_they_empty() {
-    let dir = temp_dir();
-    let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
-    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
+    let (store, fs, dir, log) = manual_store();
     (0..300).for_each(|seq| append_durable(&log, seq));
     let live = |log: &QueueLog| log.lock().segments.iter().map(|s| s.live).sum::<u64>();
     let segments = log.lock().segments.len();
@@ -255,9 +257,7 @@ fn acks_in_batches_and_out_of_order_free_exactly_the_segments_they_empty() {
     store.close();
     drop(log);
     drop(store);
-    let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
-    let (log, recovered) = store.recover_queue_log(7).unwrap();
-    assert_eq!(read_all(&log, &recovered), (250..300).collect::<Vec<_>>());
-    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, (250..300).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(dir);
 }
