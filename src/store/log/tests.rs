@@ -12,6 +12,11 @@ fn temp_dir() -> PathBuf {
 
 /// Appends durable message `seq` (a 1,000-byte body) to `log`.
 fn append_durable(log: &Arc<QueueLog>, seq: u64) {
+    append(log, seq, true);
+}
+
+/// Appends message `seq` (a 1,000-byte body) to `log`: a durable one, or a paged copy.
+fn append(log: &Arc<QueueLog>, seq: u64, durable: bool) {
     let body = body(seq);
     let parts = MessageParts {
         exchange: b"",
@@ -19,7 +24,7 @@ fn append_durable(log: &Arc<QueueLog>, seq: u64) {
         properties: &[0, 0],
         body: &body,
     };
-    log.append_message(seq, &parts, true, 0, None).unwrap();
+    log.append_message(seq, &parts, durable, 0, None).unwrap();
 }
 
 /// The sequence numbers of every message a recovered log gives back, in order.
@@ -68,16 +73,7 @@ fn paged_records_read_back_in_order_across_segments() {
     let (store, dir) = store();
     let log = store.create_paging_log().unwrap();
     let mut reader = TailReader::default();
-    for i in 0..500 {
-        let body = body(i);
-        let parts = MessageParts {
-            exchange: b"",
-            routing_key: b"q",
-            properties: &[0, 0],
-            body: &body,
-        };
-        log.append_message(i, &parts, false, 0, None).unwrap();
-    }
+    (0..500).for_each(|i| append(&log, i, false));
     let mut seen = 0u64;
     loop {
         let batch = log.read_back(&mut reader, 100_000).unwrap();
@@ -202,18 +198,7 @@ fn a_read_spanning_written_and_pending_bytes_gives_each_message_once_in_order() 
     let dir = temp_dir();
     let store = Store::open_manual(Arc::new(crate::store::fs::RealFs), &dir, 1 << 20).unwrap();
     let log = store.create_paging_log().unwrap();
-    let append = |from: u64, to: u64| {
-        for i in from..to {
-            let body = body(i);
-            let parts = MessageParts {
-                exchange: b"",
-                routing_key: b"q",
-                properties: &[0, 0],
-                body: &body,
-            };
-            log.append_message(i, &parts, false, 0, None).unwrap();
-        }
-    };
+    let append = |from: u64, to: u64| (from..to).for_each(|i| append(&log, i, false));
     let bodies = |batch: Vec<ReadBack>| -> Vec<u64> {
         batch
             .iter()
