@@ -13,13 +13,14 @@
 use std::path::{Path, PathBuf};
 
 use crate::store::sync::Shared;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::heap;
 use super::memory::Memory;
 use crate::config::{DiskFreeLimit, MemoryWatermark};
 
@@ -63,6 +64,9 @@ struct Inner {
     store: Arc<Shared>,
     interval: Duration,
     stop: AtomicBool,
+    /// The most memory accounted at a check since freed memory was last released to the
+    /// system (`heap`).
+    peak_used_bytes: AtomicUsize,
     /// Wakes the monitor early (thresholds changed, or stop).
     wake: std::sync::Condvar,
     wake_lock: Mutex<bool>,
@@ -102,6 +106,7 @@ impl Alarms {
             store,
             interval: Duration::from_millis(interval_ms.max(10)),
             stop: AtomicBool::new(false),
+            peak_used_bytes: AtomicUsize::new(0),
             wake: std::sync::Condvar::new(),
             wake_lock: Mutex::new(false),
         });
@@ -188,8 +193,24 @@ fn monitor(inner: &Inner) {
 /// Measures and raises or clears the alarms.
 fn check(inner: &Inner) {
     let t = *lock(&inner.thresholds);
-    let rss = resident_bytes();
+    let used = inner.gauge.used();
+    let peak = inner
+        .peak_used_bytes
+        .fetch_max(used, Ordering::Relaxed)
+        .max(used);
+    if peak - used >= heap::RELEASE_AFTER_FREED_BYTES {
+        // Much was freed since (a backlog drained, a queue deleted): give it back.
+        inner.peak_used_bytes.store(used, Ordering::Relaxed);
+        heap::release_soon();
+    }
     let limit = memory_limit(t.memory);
+    let mut rss = resident_bytes();
+    if rss.is_some_and(|r| r > limit) && !inner.raised.borrow().memory {
+        // Before blocking publishers, see whether the process holds that much or only the
+        // allocator does, with memory freed and kept.
+        heap::release_now();
+        rss = resident_bytes();
+    }
     inner.gauge.set_watermark_bytes(limit);
     let free = free_disk_bytes(&inner.data_dir);
     let disk_limit = disk_limit(t.disk);

@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod arguments;
 pub mod connections;
 pub mod exchange;
+pub mod heap;
 pub mod import;
 pub mod memory;
 pub mod message;

@@ -53,6 +53,7 @@ impl State {
         if self.levels.len() < count {
             self.levels.resize_with(count, || None);
         }
+        let paged_before = self.paged_levels;
         for level in 0..count {
             if self.ready_bytes <= PAGE_KEEP {
                 break;
@@ -60,6 +61,10 @@ impl State {
             if self.levels[level].is_none() && !self.page_out_level(ctx, level) {
                 break;
             }
+        }
+        if self.paged_levels != paged_before {
+            // What was written out is freed; the allocator keeps it unless asked.
+            crate::broker::heap::release_soon();
         }
     }
 

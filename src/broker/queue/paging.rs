@@ -77,6 +77,9 @@ impl State {
             },
             count: moved,
         });
+        // What was written out is freed now; the allocator keeps it unless asked.
+        drop(paged);
+        crate::broker::heap::release_soon();
     }
 
     /// Keeps the in-memory head fed from the tail. Returns whether it added messages.
