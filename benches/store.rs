@@ -18,15 +18,16 @@ fn mostly_acked_log(store: &Store, id: u64) -> Arc<QueueLog> {
     let log = store.create_queue_log(id).expect("a log");
     // Hold compaction back while the log is made (the queue has not read past anything).
     log.collect_garbage(Some(Position::default()));
-    let body = vec![b'x'; 1000];
+    let body = [bytes::Bytes::from(vec![b'x'; 1000])];
     let parts = MessageParts {
         exchange: b"",
         routing_key: b"q",
         properties: &[0, 0],
         body: &body,
     };
-    // Enough to fill the first segment and start a second.
-    for seq in 0..1100 {
+    // Enough to fill two segments and start a third: the newest two are never compacted
+    // (`QueueLog::compact_now`).
+    for seq in 0..2100 {
         log.append_message(seq, &parts, true, 0, None)
             .expect("append");
         if seq % 1000 != 0 {

@@ -126,8 +126,14 @@ fn a_queue_delivers_in_order_to_any_sink_and_is_settled_through_its_source() {
     let prefetch = Arc::new(ChannelPrefetch::new(1000));
     q.add_consumer(consumer(&sink, &prefetch, false)).unwrap();
     let got = std::mem::take(&mut *sink.got.lock().unwrap());
-    let bodies: Vec<&[u8]> = got.iter().map(|d| &d.entry.message.body[..]).collect();
-    assert_eq!(bodies, vec![&b"one"[..], b"two", b"three"]);
+    let bodies: Vec<Vec<u8>> = got
+        .iter()
+        .map(|d| d.entry.message.body.contiguous().into_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
     assert_eq!(q.counts(), (0, 1), "nothing ready, one consumer");
     let source = got[0].source.clone();
     source.ack(

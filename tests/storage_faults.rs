@@ -180,7 +180,7 @@ fn run_round(
         if roll < publish_share {
             let seq = *next_seq;
             *next_seq += 1;
-            let b = body(seq);
+            let b = [bytes::Bytes::from(body(seq))];
             let parts = MessageParts {
                 exchange: b"",
                 routing_key: b"q",

@@ -9,6 +9,7 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
+use crate::broker::body::Body;
 use crate::protocol::basic;
 use crate::protocol::frame::{FRAME_BODY, FRAME_END, FRAME_OVERHEAD, FrameWriter};
 
@@ -140,10 +141,20 @@ impl Output {
     }
 
     /// Appends a message's content header and body frames. Large bodies are queued by
-    /// reference, one slice per body frame.
-    pub fn content(&mut self, channel: u16, properties: &[u8], body: &Bytes, frame_max: u32) {
+    /// reference: each body frame is its header, the slices of the body's pieces it covers,
+    /// and its end byte (a frame may span pieces when this consumer's `frame_max` differs
+    /// from the publisher's).
+    pub fn content(&mut self, channel: u16, properties: &[u8], body: &Body, frame_max: u32) {
         if body.len() < SHARE_BODY_BYTES {
-            basic::write_content(&mut self.tail, channel, properties, body, frame_max);
+            match body.as_one() {
+                Some(one) => {
+                    basic::write_content(&mut self.tail, channel, properties, one, frame_max)
+                }
+                None => {
+                    let whole = body.contiguous();
+                    basic::write_content(&mut self.tail, channel, properties, &whole, frame_max);
+                }
+            }
             return;
         }
         basic::write_content(&mut self.tail, channel, properties, &[], frame_max);
@@ -155,18 +166,32 @@ impl Output {
         } else {
             (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
         };
-        let mut offset = 0;
-        while offset < body.len() {
-            let end = (offset + chunk).min(body.len());
+        let mut pieces = body.parts().iter();
+        // What is left to send of the piece being sent.
+        let mut piece = pieces.next().cloned().unwrap_or_default();
+        let mut left = body.len();
+        while left > 0 {
+            let size = chunk.min(left);
             let start = self.tail.begin_frame(FRAME_BODY, channel);
-            let size = (end - offset) as u32;
-            self.tail[start + 3..start + 7].copy_from_slice(&size.to_be_bytes());
+            self.tail[start + 3..start + 7].copy_from_slice(&(size as u32).to_be_bytes());
             self.seal();
-            self.len += end - offset;
-            self.segments
-                .push_back(Segment::Shared(body.slice(offset..end)));
+            let mut need = size;
+            while need > 0 {
+                if piece.is_empty() {
+                    match pieces.next() {
+                        Some(p) => piece = p.clone(),
+                        // Unreachable: the pieces add up to the body's length.
+                        None => break,
+                    }
+                }
+                let take = need.min(piece.len());
+                self.len += take;
+                self.segments
+                    .push_back(Segment::Shared(piece.split_to(take)));
+                need -= take;
+            }
             self.tail.push(FRAME_END);
-            offset = end;
+            left -= size;
         }
     }
 
@@ -314,14 +339,15 @@ mod tests {
 
     #[test]
     fn large_bodies_come_out_identical_to_copied_ones() {
-        let body = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let whole = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let body = Body::from(whole.clone());
         let mut shared = Output::default();
         shared.buf().extend_from_slice(b"before");
         shared.content(1, &[0, 0], &body, 4096);
         shared.buf().extend_from_slice(b"after");
         let mut copied = Vec::new();
         copied.extend_from_slice(b"before");
-        basic::write_content(&mut copied, 1, &[0, 0], &body, 4096);
+        basic::write_content(&mut copied, 1, &[0, 0], &whole, 4096);
         copied.extend_from_slice(b"after");
         assert_eq!(shared.len(), copied.len());
         for step in [1, 7, 4096, 1 << 20] {
@@ -330,6 +356,35 @@ mod tests {
             out.content(1, &[0, 0], &body, 4096);
             out.buf().extend_from_slice(b"after");
             assert_eq!(drain(&mut out, step), copied, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_body_in_pieces_goes_out_as_if_it_were_one() {
+        // Pieces that do not line up with this consumer's frames (the publisher's frame_max
+        // was different): frames span pieces, and the bytes are the same as a copy's.
+        let whole = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let pieces = [0, 17_000, 30_000, 65_536, 99_999, 100_000]
+            .windows(2)
+            .map(|w| whole.slice(w[0]..w[1]))
+            .collect();
+        let body = Body::from_parts(pieces);
+        assert_eq!(body.parts().len(), 5);
+        for frame_max in [4096, 131_072, 0] {
+            let mut copied = Vec::new();
+            basic::write_content(&mut copied, 1, &[0, 0], &whole, frame_max);
+            let mut out = Output::default();
+            out.content(1, &[0, 0], &body, frame_max);
+            assert_eq!(out.len(), copied.len(), "frame_max {frame_max}");
+            for step in [1, 4096, 1 << 20] {
+                let mut out = Output::default();
+                out.content(1, &[0, 0], &body, frame_max);
+                assert_eq!(
+                    drain(&mut out, step),
+                    copied,
+                    "frame_max {frame_max} step {step}"
+                );
+            }
         }
     }
 }

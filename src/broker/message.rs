@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::body::Body;
 use super::memory::{Charge, Memory};
 use crate::protocol::properties::{self, PropertySummary};
 use crate::store::record::{MessageParts, StoredMessage};
@@ -21,8 +22,8 @@ pub struct Message {
     pub routing_key: Bytes,
     /// The raw property list (flags and values), forwarded to consumers byte for byte.
     pub properties: Bytes,
-    /// The body, reassembled if it came in several frames.
-    pub body: Bytes,
+    /// The body: one slice, or the slices of the frames it came in (never reassembled).
+    pub body: Body,
     /// delivery_mode 2: the message should survive a restart on a durable queue.
     pub persistent: bool,
     /// The `priority` property, if set.
@@ -41,7 +42,7 @@ impl Message {
         exchange: Bytes,
         routing_key: Bytes,
         properties: Bytes,
-        body: Bytes,
+        body: impl Into<Body>,
         summary: &PropertySummary,
     ) -> Self {
         let ttl_ms = summary
@@ -54,7 +55,7 @@ impl Message {
             exchange,
             routing_key,
             properties,
-            body,
+            body: body.into(),
             persistent: summary.persistent(),
             priority: summary.priority,
             ttl_ms,
@@ -97,7 +98,7 @@ impl Message {
             exchange: &self.exchange,
             routing_key: &self.routing_key,
             properties: &self.properties,
-            body: &self.body,
+            body: self.body.parts(),
         }
     }
 
@@ -118,6 +119,7 @@ impl Message {
         /// The allocation counts of the `Arc` holding a message and of the shared buffer.
         const HEADERS_BYTES: usize = 16 + 32;
         self.body.len()
+            + self.body.list_bytes()
             + self.properties.len()
             + self.exchange.len()
             + self.routing_key.len()

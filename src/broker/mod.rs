@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod alarms;
 pub mod arguments;
+pub mod body;
 pub mod connections;
 pub mod exchange;
 pub mod heap;

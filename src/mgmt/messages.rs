@@ -15,9 +15,10 @@ use crate::store::definitions::{decode_arguments, encode_arguments};
 /// UTF-8 payload is shown as a string. `truncate` cuts the payload to that many bytes.
 pub fn message_json(entry: &QueueEntry, left: u32, base64: bool, truncate: Option<u64>) -> Value {
     let m = &entry.message;
+    let whole = m.body.contiguous();
     let body = match truncate {
-        Some(n) if (n as usize) < m.body.len() => &m.body[..n as usize],
-        _ => &m.body[..],
+        Some(n) if (n as usize) < whole.len() => &whole[..n as usize],
+        _ => &whole[..],
     };
     let (payload, encoding) = match std::str::from_utf8(body) {
         Ok(s) if !base64 => (s.to_owned(), "string"),

@@ -422,7 +422,7 @@ pub fn aliveness(vhost: &VirtualHost) -> Result<(), String> {
         .publish_message("", NAME, props, bytes::Bytes::from_static(b"test_message"))
         .map_err(|e| e.text)?;
     match queue.get(true) {
-        Some((entry, _)) if &entry.message.body[..] == b"test_message" => Ok(()),
+        Some((entry, _)) if entry.message.body == b"test_message"[..] => Ok(()),
         _ => Err("the test message did not come back".into()),
     }
 }

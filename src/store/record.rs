@@ -73,7 +73,15 @@ pub struct MessageParts<'a> {
     pub exchange: &'a [u8],
     pub routing_key: &'a [u8],
     pub properties: &'a [u8],
-    pub body: &'a [u8],
+    /// The body's pieces, in order.
+    pub body: &'a [Bytes],
+}
+
+impl MessageParts<'_> {
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
 }
 
 /// The parts of a message a log keeps: enough to deliver it again byte for byte.
@@ -101,7 +109,7 @@ pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
         + 4
         + message.properties.len()
         + 4
-        + message.body.len()
+        + message.body_len()
 }
 
 /// Mixed into a record's checksum: the number of the segment it is written to. A segment
@@ -157,8 +165,10 @@ pub fn encode_message(
     short(out, message.routing_key);
     out.extend_from_slice(&(message.properties.len() as u32).to_be_bytes());
     out.extend_from_slice(message.properties);
-    out.extend_from_slice(&(message.body.len() as u32).to_be_bytes());
-    out.extend_from_slice(message.body);
+    out.extend_from_slice(&(message.body_len() as u32).to_be_bytes());
+    for piece in message.body {
+        out.extend_from_slice(piece);
+    }
     finish(out, start, segment);
 }
 
@@ -307,7 +317,7 @@ fn decode_message(buf: &Bytes, mut at: usize, end: usize) -> Option<StoredMessag
 mod tests {
     use super::*;
 
-    fn message(body: &[u8]) -> MessageParts<'_> {
+    fn message(body: &[Bytes]) -> MessageParts<'_> {
         MessageParts {
             exchange: b"ex",
             routing_key: b"rk",
@@ -319,7 +329,8 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let mut out = Vec::new();
-        let m = message(b"hello");
+        let body = [Bytes::from_static(b"hel"), Bytes::from_static(b"lo")];
+        let m = message(&body);
         encode_message(&mut out, 3, Kind::Message, 7, FLAG_PERSISTED, None, &m);
         assert_eq!(out.len(), message_len(&m, None));
         encode_message(&mut out, 3, Kind::Paged, 9, 0, Some(1234), &m);
@@ -368,7 +379,15 @@ mod tests {
     fn zeros_end_the_log_and_damage_is_torn() {
         assert_eq!(decode(&Bytes::from(vec![0u8; 64]), 3), Decoded::End);
         let mut out = Vec::new();
-        encode_message(&mut out, 3, Kind::Message, 1, 0, None, &message(b"x"));
+        encode_message(
+            &mut out,
+            3,
+            Kind::Message,
+            1,
+            0,
+            None,
+            &message(&[Bytes::from_static(b"x")]),
+        );
         let mut bad = out.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
@@ -381,7 +400,15 @@ mod tests {
     fn a_record_reads_only_in_the_segment_it_was_sealed_for() {
         // A reused segment file's earlier records must read as the end of the log.
         let mut out = Vec::new();
-        encode_message(&mut out, 5, Kind::Message, 1, 0, None, &message(b"x"));
+        encode_message(
+            &mut out,
+            5,
+            Kind::Message,
+            1,
+            0,
+            None,
+            &message(&[Bytes::from_static(b"x")]),
+        );
         let buf = Bytes::from(out);
         assert!(matches!(decode(&buf, 5), Decoded::Record(..)));
         assert_eq!(decode(&buf, 6), Decoded::Torn);
@@ -405,7 +432,15 @@ mod tests {
     #[test]
     fn a_record_decodes_in_place_among_others() {
         let mut out = Vec::new();
-        encode_message(&mut out, 3, Kind::Message, 1, 0, None, &message(b"first"));
+        encode_message(
+            &mut out,
+            3,
+            Kind::Message,
+            1,
+            0,
+            None,
+            &message(&[Bytes::from_static(b"first")]),
+        );
         let second = out.len();
         encode_message(
             &mut out,
@@ -414,7 +449,7 @@ mod tests {
             2,
             0,
             Some(99),
-            &message(b"second"),
+            &message(&[Bytes::from_static(b"second")]),
         );
         let buf = Bytes::from(out);
         let Decoded::Record(Record::Paged { seq, message, .. }, n) = decode_at(&buf, second, 3)
@@ -433,7 +468,15 @@ mod tests {
         // number, followed by a whole record: the parts are not looked for in the next one.
         let mut out = Vec::new();
         encode_mark(&mut out, 3, Kind::Message, 1);
-        encode_message(&mut out, 3, Kind::Message, 2, 0, None, &message(b"next"));
+        encode_message(
+            &mut out,
+            3,
+            Kind::Message,
+            2,
+            0,
+            None,
+            &message(&[Bytes::from_static(b"next")]),
+        );
         let buf = Bytes::from(out);
         assert_eq!(decode(&buf, 3), Decoded::Torn);
     }

@@ -317,7 +317,7 @@ mod tests {
                 exchange: b"",
                 routing_key: b"q",
                 properties: &[0, 0],
-                body: &seq.to_be_bytes(),
+                body: &[Bytes::copy_from_slice(&seq.to_be_bytes())],
             };
             encode_message(&mut out, 0, Kind::Message, seq, 0, None, &parts);
         }

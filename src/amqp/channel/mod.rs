@@ -82,7 +82,8 @@ struct Unacked {
 struct Content {
     publish: Publish,
     header: Option<ContentHeader>,
-    body: Body,
+    /// The body of one that came in several frames (boxed: most bodies come in one).
+    body: Option<Box<BodySoFar>>,
     received: u64,
     /// Bytes this half-received message holds, charged to the memory gauge: the body so far
     /// (it grows with what arrives, never to what the header merely announces) and, once
@@ -90,13 +91,28 @@ struct Content {
     charge: Charge,
 }
 
-#[derive(Debug)]
-enum Body {
-    Empty,
-    /// A body that came in one frame: a slice of the read buffer, no copy.
-    One(Bytes),
-    /// A body in several frames, copied together into a buffer that grows with what arrives.
-    Many(Vec<u8>),
+/// A body being assembled from its frames.
+#[derive(Debug, Default)]
+struct BodySoFar {
+    /// Pieces complete so far, in order: large frames as they came (slices of the input's
+    /// chunks, charged there), and small frames copied together.
+    pieces: Vec<Bytes>,
+    /// Small frames since the last large one, copied together into a buffer that grows with
+    /// what arrives.
+    small: Vec<u8>,
+    /// Bytes of the buffers small frames were copied into: the message's own.
+    copied: usize,
+}
+
+impl BodySoFar {
+    /// Ends the run of small frames: their copy becomes the next piece.
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            let small = std::mem::take(&mut self.small);
+            self.copied += small.capacity();
+            self.pieces.push(Bytes::from(small));
+        }
+    }
 }
 
 /// A publish held back by a transaction until commit.

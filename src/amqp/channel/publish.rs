@@ -6,11 +6,12 @@ use std::sync::Arc;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 
-use super::{Body, Channel, Content, Route, TxPublish};
+use super::{Channel, Content, Route, TxPublish};
 use crate::amqp::confirm::Confirms;
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
+use crate::broker::body::Body;
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::Charge;
 use crate::broker::message::Message;
@@ -85,7 +86,7 @@ impl Channel {
         self.content = Some(Content {
             publish,
             header: None,
-            body: Body::Empty,
+            body: None,
             received: 0,
             charge: Charge::default(),
         });
@@ -147,7 +148,7 @@ impl Channel {
         let complete = header.body_size == 0;
         content.header = Some(header);
         if complete {
-            return self.complete_publish(s, out);
+            return self.complete_publish(s, out, (Body::default(), 0));
         }
         Ok(())
     }
@@ -169,36 +170,48 @@ impl Channel {
         if content.received > size {
             // Like RabbitMQ, a body longer than announced never completes: the next method
             // frame is refused. Nothing more is buffered meanwhile.
-            content.body = Body::Empty;
+            content.body = None;
             return Ok(());
         }
-        content.body = match std::mem::replace(&mut content.body, Body::Empty) {
-            Body::Empty if content.received == size => Body::One(chunk),
-            Body::Empty => Body::Many(grown(Vec::new(), &chunk, size)),
-            Body::One(first) => Body::Many(grown(grown(Vec::new(), &first, size), &chunk, size)),
-            Body::Many(buf) => Body::Many(grown(buf, &chunk, size)),
-        };
-        if let Body::Many(buf) = &content.body {
-            let held = buf.capacity();
-            charge(&mut content.charge, s, held);
+        if content.received == size && content.body.is_none() {
+            // The common case, a body in one frame: kept as it came, nothing to assemble.
+            return self.complete_publish(s, out, (Body::from(chunk), 0));
         }
+        let body = content.body.get_or_insert_with(Box::default);
+        if chunk.len() >= KEEP_FRAME_BYTES || content.received == size && body.small.is_empty() {
+            // Kept as it came: a large frame, or the last of a body.
+            body.flush_small();
+            body.pieces.push(chunk);
+        } else {
+            body.small = grown(std::mem::take(&mut body.small), &chunk, size);
+        }
+        let held = body.copied + body.small.capacity() + body.pieces.capacity() * PIECE_BYTES;
+        charge(&mut content.charge, s, held);
         if content.received == size {
-            return self.complete_publish(s, out);
+            let Some(mut body) = content.body.take() else {
+                return Ok(());
+            };
+            body.flush_small();
+            let whole = Body::from_parts(body.pieces);
+            let owned = body.copied + whole.list_bytes();
+            return self.complete_publish(s, out, (whole, owned));
         }
         Ok(())
     }
 
-    pub(super) fn complete_publish(&mut self, s: &Session, out: &mut Output) -> AmqpResult<()> {
+    /// Publishes the message being assembled, now that its body is complete: `owned` bytes
+    /// of it are buffers of its own rather than slices of the input's chunks.
+    pub(super) fn complete_publish(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        (body, owned): (Body, usize),
+    ) -> AmqpResult<()> {
         let Some(content) = self.content.take() else {
             return Ok(());
         };
         let Some(header) = content.header else {
             return Ok(());
-        };
-        let (body, owned) = match content.body {
-            Body::Empty => (Bytes::new(), false),
-            Body::One(b) => (b, false),
-            Body::Many(b) => (Bytes::from(b), true),
         };
         self.publish(s, out, content.publish, header.properties, (body, owned))
             .map_err(|e| e.on_method(60, 40))
@@ -210,7 +223,7 @@ impl Channel {
         out: &mut Output,
         publish: Publish,
         properties: Bytes,
-        (body, body_owned): (Bytes, bool),
+        (body, owned): (Body, usize),
     ) -> AmqpResult<()> {
         if publish.immediate {
             return Err(amqp_error!(NotImplemented, "immediate=true"));
@@ -225,9 +238,8 @@ impl Channel {
             body,
             &summary,
         );
-        // Its names, properties and a one-frame body are slices of the input's chunks, which
-        // are charged already; a body assembled from several frames is the message's own.
-        let owned = if body_owned { message.body.len() } else { 0 };
+        // Its names, properties and the body's frames are slices of the input's chunks, which
+        // are charged already; small frames copied together are the message's own.
         message.charge_to(&s.broker.memory, owned);
         if !extra_keys.is_empty() {
             message.extra_routing_keys = Some(extra_keys.clone().into());
@@ -365,6 +377,14 @@ impl Channel {
         outcome
     }
 }
+
+/// Body frames at least this large are kept as they came, slices of the chunk they were read
+/// into; smaller ones are copied together, so that a body sent in many tiny frames is not a
+/// list of as many slices (each of which would also pin its read buffer).
+const KEEP_FRAME_BYTES: usize = 16 * 1024;
+
+/// Bytes one piece takes in a body's list of pieces.
+const PIECE_BYTES: usize = std::mem::size_of::<Bytes>();
 
 /// Appends `chunk` to a body being assembled, growing the buffer by doubling but never past
 /// the announced `size`: memory follows what arrived, and a complete body fills its buffer.

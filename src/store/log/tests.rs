@@ -17,7 +17,7 @@ fn append_durable(log: &Arc<QueueLog>, seq: u64) {
 
 /// Appends message `seq` (a 1,000-byte body) to `log`: a durable one, or a paged copy.
 fn append(log: &Arc<QueueLog>, seq: u64, durable: bool) {
-    let body = body(seq);
+    let body = [Bytes::from(body(seq))];
     let parts = MessageParts {
         exchange: b"",
         routing_key: b"q",
@@ -102,7 +102,7 @@ fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
         exchange: b"",
         routing_key: b"q",
         properties: &[0, 0],
-        body: b"paged",
+        body: &[Bytes::from_static(b"paged")],
     };
     let paging = store.create_paging_log().unwrap();
     paging.append_message(1, &parts, false, 0, None).unwrap();
