@@ -82,16 +82,29 @@ impl Body {
     }
 
     /// The body in one piece: borrowed if it is one, else copied together (for the few
-    /// readers that need it whole: the management API's message view).
+    /// readers that need it whole).
     pub fn contiguous(&self) -> Cow<'_, [u8]> {
-        match &self.repr {
-            Repr::One(b) => Cow::Borrowed(b),
-            Repr::Parts(parts, len) => {
-                let mut whole = Vec::with_capacity(*len);
-                for p in parts.iter() {
-                    whole.extend_from_slice(p);
+        self.head(self.len())
+    }
+
+    /// The first `n` bytes of the body (all of it if it is shorter), in one piece: borrowed
+    /// if they are in the first piece, else copied together, no more than `n` bytes (the
+    /// management API shows a large body truncated).
+    pub fn head(&self, n: usize) -> Cow<'_, [u8]> {
+        let parts = self.parts();
+        let n = n.min(self.len());
+        match parts.first() {
+            Some(first) if n <= first.len() => Cow::Borrowed(&first[..n]),
+            _ => {
+                let mut head = Vec::with_capacity(n);
+                for p in parts {
+                    if head.len() == n {
+                        break;
+                    }
+                    let take = (n - head.len()).min(p.len());
+                    head.extend_from_slice(&p[..take]);
                 }
-                Cow::Owned(whole)
+                Cow::Owned(head)
             }
         }
     }
@@ -108,12 +121,6 @@ impl Body {
 impl From<Bytes> for Body {
     fn from(b: Bytes) -> Self {
         Body { repr: Repr::One(b) }
-    }
-}
-
-impl From<&'static [u8]> for Body {
-    fn from(b: &'static [u8]) -> Self {
-        Body::from(Bytes::from_static(b))
     }
 }
 
@@ -148,6 +155,9 @@ mod tests {
         assert_eq!(body.len(), 12);
         assert_eq!(body.parts().len(), 2);
         assert_eq!(&body.contiguous()[..], b"hello, world");
+        assert!(matches!(body.head(5), Cow::Borrowed(b"hello")));
+        assert_eq!(&body.head(9)[..], b"hello, wo");
+        assert_eq!(&body.head(100)[..], b"hello, world");
         assert!(body == *b"hello, world".as_slice());
         assert!(body != *b"hello, there".as_slice());
         assert!(body != *b"hello".as_slice());

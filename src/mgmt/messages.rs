@@ -15,11 +15,11 @@ use crate::store::definitions::{decode_arguments, encode_arguments};
 /// UTF-8 payload is shown as a string. `truncate` cuts the payload to that many bytes.
 pub fn message_json(entry: &QueueEntry, left: u32, base64: bool, truncate: Option<u64>) -> Value {
     let m = &entry.message;
-    let whole = m.body.contiguous();
-    let body = match truncate {
-        Some(n) if (n as usize) < whole.len() => &whole[..n as usize],
-        _ => &whole[..],
-    };
+    // Only what is shown is copied together, however large the body.
+    let body = m
+        .body
+        .head(truncate.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)));
+    let body = &body[..];
     let (payload, encoding) = match std::str::from_utf8(body) {
         Ok(s) if !base64 => (s.to_owned(), "string"),
         _ => (BASE64.encode(body), "base64"),
