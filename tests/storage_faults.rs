@@ -20,6 +20,7 @@ use lepus::store::sync::Outcome;
 use lepus::store::{QueueLog, Store};
 
 use common::{Broker as TestBroker, Config, Rng, Server, WAIT, within};
+use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -427,4 +428,154 @@ async fn a_failed_fsync_stops_the_store_and_nothing_more_is_confirmed() {
         .unwrap()
         .expect("served from memory");
     assert_eq!(got.delivery.data, b"kept");
+}
+
+// ---- confirms that need no disk -------------------------------------------------------------
+
+/// Lets held fsyncs go when a test ends, passed or failed, so the broker can stop.
+struct SyncsResumeOnDrop(SimFs);
+
+impl Drop for SyncsResumeOnDrop {
+    fn drop(&mut self) {
+        self.0.resume_syncs();
+    }
+}
+
+async fn publish_persistent(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> lapin::PublisherConfirm {
+    within(ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        Default::default(),
+        body,
+        BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .expect("publish")
+}
+
+/// Same as RabbitMQ, whose message store confirms a message that was removed before it was
+/// written: a persistent message its consumer acknowledged is confirmed while the disk has
+/// not synced it yet, and a message nobody took still waits for the disk.
+#[tokio::test]
+async fn a_message_its_consumer_acknowledged_is_confirmed_without_waiting_for_the_disk() {
+    let fs = SimFs::new(13);
+    let broker = broker_on(&fs, "early").await;
+    let (_c, ch) = broker.channel().await;
+    for q in ["dq", "nobody"] {
+        within(ch.queue_declare(q.into(), durable(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let (_c2, consumer) = broker.channel().await;
+    let mut deliveries = within(consumer.basic_consume(
+        "dq".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let _resume = SyncsResumeOnDrop(fs.clone());
+    fs.hold_syncs();
+    let mut waiting = publish_persistent(&ch, "", "nobody", b"for the disk").await;
+    let taken = publish_persistent(&ch, "", "dq", b"taken").await;
+    let delivery = within(deliveries.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.data, b"taken");
+    within(delivery.ack(Default::default())).await.unwrap();
+    assert!(
+        within(taken).await.unwrap().is_ack(),
+        "confirmed once acknowledged"
+    );
+    assert!(
+        futures_lite::future::poll_once(&mut waiting)
+            .await
+            .is_none(),
+        "the message nobody took waits for the disk"
+    );
+    fs.resume_syncs();
+    assert!(within(waiting).await.unwrap().is_ack());
+}
+
+/// A message routed to two durable queues is confirmed before the disk has it only once it
+/// was acknowledged from both. A delivery without acknowledgement does not count (stricter
+/// than RabbitMQ): its bytes may not have reached the consumer when the queue lets it go.
+#[tokio::test]
+async fn a_message_in_two_queues_is_confirmed_early_only_once_acknowledged_from_both() {
+    let fs = SimFs::new(14);
+    let broker = broker_on(&fs, "early-two").await;
+    let (_c, ch) = broker.channel().await;
+    for q in ["q1", "q2", "q3"] {
+        within(ch.queue_declare(q.into(), durable(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    for q in ["q1", "q2"] {
+        within(ch.queue_bind(
+            q.into(),
+            "amq.fanout".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let (_c2, consumer) = broker.channel().await;
+    let mut deliveries = within(consumer.basic_consume(
+        "q1".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let (_c3, getter) = broker.channel().await;
+    let _resume = SyncsResumeOnDrop(fs.clone());
+    fs.hold_syncs();
+    let mut both = publish_persistent(&ch, "amq.fanout", "", b"both").await;
+    let mut unacked = publish_persistent(&ch, "", "q3", b"taken without ack").await;
+    let delivery = within(deliveries.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.data, b"both");
+    within(delivery.ack(Default::default())).await.unwrap();
+    let got = within(getter.basic_get("q3".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("q3 holds it");
+    assert_eq!(got.delivery.data, b"taken without ack");
+    // A later message q1 alone holds, acknowledged after the first: once it is confirmed,
+    // every acknowledgement before it has been counted.
+    let later = publish_persistent(&ch, "", "q1", b"q1 only").await;
+    let delivery = within(deliveries.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.data, b"q1 only");
+    within(delivery.ack(Default::default())).await.unwrap();
+    assert!(within(later).await.unwrap().is_ack());
+    assert!(
+        futures_lite::future::poll_once(&mut both).await.is_none(),
+        "q2 still holds it, and the disk has not synced it"
+    );
+    assert!(
+        futures_lite::future::poll_once(&mut unacked)
+            .await
+            .is_none(),
+        "taken without acknowledgement, it waits for the disk"
+    );
+    let got = within(getter.basic_get("q2".into(), BasicGetOptions::default()))
+        .await
+        .unwrap()
+        .expect("q2 holds it");
+    assert_eq!(got.delivery.data, b"both");
+    within(got.delivery.ack(Default::default())).await.unwrap();
+    assert!(
+        within(both).await.unwrap().is_ack(),
+        "confirmed once q2 had it acknowledged"
+    );
+    fs.resume_syncs();
+    assert!(within(unacked).await.unwrap().is_ack());
 }

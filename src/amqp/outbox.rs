@@ -151,6 +151,12 @@ impl Outbox {
     }
 
     /// Queues an event for the connection.
+    /// Wakes the connection task with nothing to drain: something it looks at on every turn
+    /// changed (a channel's early confirms, `amqp::confirm::EarlyConfirms`).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     pub fn push_event(&self, event: OutboxEvent) {
         let was_empty;
         {

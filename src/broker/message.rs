@@ -35,6 +35,71 @@ pub struct Message {
     pub extra_routing_keys: Option<Arc<[Bytes]>>,
     /// What this message keeps alive, charged to the memory gauge while it lives.
     pub charge: Charge,
+    /// The publisher confirm it is held for, if its publisher is in confirm mode: once it is
+    /// acknowledged from every queue that logged it, the confirm need not wait for the disk.
+    pub confirm: Option<ConfirmWatch>,
+}
+
+/// Where a consumer's channel tells a publisher that a message it holds a confirm for was
+/// acknowledged, wherever the message's disk write stands.
+///
+/// Same as RabbitMQ's message store, which confirms a message removed before it was
+/// written ("ignored") without waiting for the write: a message a consumer has acknowledged
+/// needs the disk no more, so a publisher whose consumers keep pace is confirmed at their
+/// pace and not at the pace of `fdatasync`. A message is reported once per queue that logged
+/// it, and its publisher counts the queues (`amqp::confirm`). Stricter than RabbitMQ, a
+/// delivery without acknowledgement is not reported: when the queue lets go of it, its bytes
+/// have not reached the consumer's socket yet.
+pub trait ConfirmSink: Send + Sync + std::fmt::Debug {
+    /// The messages with these confirm tags were acknowledged from one of their queues.
+    fn settled(&self, tags: &[u64]);
+}
+
+/// A message's publisher confirm: the publishing channel's sink and the publish's tag.
+#[derive(Debug, Clone)]
+pub struct ConfirmWatch {
+    pub sink: Arc<dyn ConfirmSink>,
+    pub tag: u64,
+}
+
+/// Collects the confirm tags of settled messages and reports them to their sinks, one call
+/// per run of messages from the same publishing channel.
+#[derive(Default)]
+pub struct SettledConfirms {
+    sink: Option<Arc<dyn ConfirmSink>>,
+    tags: Vec<u64>,
+}
+
+impl SettledConfirms {
+    /// Notes that `message` was acknowledged from a queue that logged it.
+    pub fn add(&mut self, message: &Message) {
+        let Some(watch) = &message.confirm else {
+            return;
+        };
+        if let Some(sink) = &self.sink
+            && !Arc::ptr_eq(sink, &watch.sink)
+        {
+            self.report();
+        }
+        if self.sink.is_none() {
+            self.sink = Some(watch.sink.clone());
+        }
+        self.tags.push(watch.tag);
+    }
+
+    /// Reports what was collected.
+    pub fn report(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.settled(&self.tags);
+        }
+        self.tags.clear();
+    }
+}
+
+impl Drop for SettledConfirms {
+    fn drop(&mut self) {
+        self.report();
+    }
 }
 
 impl Message {
@@ -61,6 +126,7 @@ impl Message {
             ttl_ms,
             extra_routing_keys: None,
             charge: Charge::default(),
+            confirm: None,
         }
     }
 

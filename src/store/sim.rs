@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::fs::{FileIo, Fs, OpenMode};
 
@@ -99,6 +99,9 @@ struct Disk {
     state: Mutex<State>,
     /// Bumped by a crash: files opened before it are dead.
     generation: AtomicU64,
+    /// While true, every fsync waits (a disk that takes its time), until `resume_syncs`.
+    syncs_held: Mutex<bool>,
+    syncs_resumed: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,7 +143,21 @@ impl SimFs {
                 ..State::default()
             }),
             generation: AtomicU64::new(0),
+            syncs_held: Mutex::new(false),
+            syncs_resumed: Condvar::new(),
         }))
+    }
+
+    /// Makes every fsync from now on wait until [`SimFs::resume_syncs`]: a disk slower than
+    /// anything else the broker does.
+    pub fn hold_syncs(&self) {
+        *lock(&self.0.syncs_held) = true;
+    }
+
+    /// Lets held fsyncs (and later ones) go on.
+    pub fn resume_syncs(&self) {
+        *lock(&self.0.syncs_held) = false;
+        self.0.syncs_resumed.notify_all();
     }
 
     /// Sets the faults injected from now on.
@@ -284,6 +301,16 @@ impl FileIo for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.alive()?;
+        {
+            let mut held = lock(&self.fs.syncs_held);
+            while *held {
+                held = self
+                    .fs
+                    .syncs_resumed
+                    .wait(held)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
         let mut state = lock(&self.fs.state);
         let mut n = lock(&self.node);
         let p = state.faults.fsync_error;

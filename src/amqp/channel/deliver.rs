@@ -26,6 +26,7 @@ impl Channel {
     /// messages the store has now synced.
     pub fn flush_confirms(&mut self, out: &mut Output, synced: u64, failed: &dyn Fn(u64) -> bool) {
         if let Some(c) = self.confirms.as_mut() {
+            c.take_early();
             c.release_synced(synced, failed);
             let confirmed = c.pending_acks();
             c.flush(out, self.id);

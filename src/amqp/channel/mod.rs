@@ -325,7 +325,8 @@ impl Channel {
                     ));
                 }
                 if self.confirms.is_none() {
-                    self.confirms = Some(Confirms::default());
+                    let early = crate::amqp::confirm::EarlyConfirms::new(&s.outbox);
+                    self.confirms = Some(Confirms::with_early(early));
                     self.stats
                         .info
                         .confirm

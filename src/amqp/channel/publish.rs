@@ -14,7 +14,7 @@ use crate::amqp_error;
 use crate::broker::body::Body;
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::Charge;
-use crate::broker::message::Message;
+use crate::broker::message::{ConfirmWatch, Message};
 use crate::broker::queue::Queue;
 use crate::broker::queue::state::Enqueued;
 use crate::broker::reply_to;
@@ -33,6 +33,9 @@ pub(super) struct Outcome {
     pub failed: bool,
     /// The epoch that makes it durable, if a durable queue logged it.
     pub sync: Option<u64>,
+    /// How many queues logged it: each reports it when it leaves for good
+    /// (`broker::message::ConfirmSink`).
+    pub logged: u32,
 }
 
 /// Where a publish goes: the exchange and key it named, and what routing adds.
@@ -231,6 +234,9 @@ impl Channel {
         let (exchange, cached) = self.resolve(s, &publish.exchange, &publish.routing_key)?;
         let (properties, summary) = self.check_properties(s, properties)?;
         let (properties, summary, headers, extra_keys) = cc_and_bcc(properties, summary)?;
+        // Confirm mode and transactions exclude each other: a channel with confirms numbers
+        // every publish here.
+        let confirm_tag = self.confirms.as_mut().map(Confirms::next_tag);
         let mut message = Message::new(
             publish.exchange.clone(),
             publish.routing_key.clone(),
@@ -243,6 +249,11 @@ impl Channel {
         message.charge_to(&s.broker.memory, owned);
         if !extra_keys.is_empty() {
             message.extra_routing_keys = Some(extra_keys.clone().into());
+        }
+        if message.persistent
+            && let (Some(confirms), Some(tag)) = (&self.confirms, confirm_tag)
+        {
+            message.confirm = confirms.early_sink().map(|sink| ConfirmWatch { sink, tag });
         }
         let message = Arc::new(message);
         if let Some(tx) = self.tx.as_mut() {
@@ -268,7 +279,6 @@ impl Channel {
             });
             return Ok(());
         }
-        let confirm_tag = self.confirms.as_mut().map(Confirms::next_tag);
         let destination = Destination {
             exchange: &exchange,
             cached,
@@ -283,8 +293,9 @@ impl Channel {
             if outcome.failed {
                 confirms.nack(tag);
             } else if let Some(epoch) = outcome.sync {
-                // A persistent message on a durable queue: confirmed once it is on disk.
-                confirms.hold(tag, epoch);
+                // A persistent message on a durable queue: confirmed once it is on disk, or
+                // once every queue that logged it saw it acknowledged.
+                confirms.hold(tag, epoch, outcome.logged);
             } else {
                 confirms.ack(tag);
             }
@@ -485,6 +496,7 @@ fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
         routed: false,
         failed: false,
         sync: None,
+        logged: 0,
     };
     for q in queues {
         match q.publish(message.clone()) {
@@ -493,6 +505,7 @@ fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
             Enqueued::Persisted(epoch) => {
                 outcome.routed = true;
                 outcome.sync = Some(outcome.sync.map_or(epoch, |e| e.max(epoch)));
+                outcome.logged += 1;
             }
             Enqueued::Failed | Enqueued::Rejected => {
                 // Routed all the same: a mandatory message is not returned.

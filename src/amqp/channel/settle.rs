@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{Channel, ChannelState, TxSettle, Unacked};
 use crate::amqp::session::Session;
 use crate::amqp_error;
+use crate::broker::message::SettledConfirms;
 use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock, same_source};
 use crate::broker::queue::entry::QueueEntry;
 use crate::protocol::basic::Settle;
@@ -86,6 +87,17 @@ impl Channel {
         if reject.is_none() {
             let acked = groups.iter().map(|(_, l)| l.len() as u64).sum();
             crate::broker::stats::bump(&self.stats.info.messages.ack, acked);
+        }
+        if reject.is_none() {
+            // Acknowledged: the publishers' confirms of these messages need not wait for the
+            // disk (see `broker::message::ConfirmSink`).
+            let mut confirms = SettledConfirms::default();
+            for (settled, entry) in groups.iter().flat_map(|(_, l)| l) {
+                if settled.persisted {
+                    confirms.add(&entry.message);
+                }
+            }
+            confirms.report();
         }
         for (queue, list) in groups {
             match reject {
