@@ -124,8 +124,15 @@ impl Shared {
     /// Queues a journal for the next write and sync.
     pub fn mark_dirty(&self, journal: Arc<dyn Journal>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let first = dirty.eager.is_empty();
         dirty.eager.push(journal);
-        self.wake.notify_one();
+        // Notified after the lock is let go: on one core the woken sync thread runs at once,
+        // and would find the lock still held and sleep on it again (two more switches).
+        // Only the first eager journal of a cycle wakes it: it looks at the list after that.
+        drop(dirty);
+        if first {
+            self.wake.notify_one();
+        }
     }
 
     /// Queues a journal whose writes nobody waits for: they are written with the next
@@ -136,8 +143,14 @@ impl Shared {
         dirty.lazy.push(journal);
         if dirty.lazy_since.is_none() {
             dirty.lazy_since = Some(std::time::Instant::now());
-            // The thread may be waiting with no deadline: it learns of one.
-            self.wake.notify_one();
+            // The thread may be waiting with no deadline: it learns of one (after the lock
+            // is let go, as in `mark_dirty`). Not while an eager journal waits: a cycle is
+            // coming anyway, and takes this one along.
+            let idle = dirty.eager.is_empty();
+            drop(dirty);
+            if idle {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -203,8 +216,9 @@ impl Shared {
 impl super::idle::WakeOnIdle for Shared {
     fn workers_idle(&self) {
         if self.waiting_for_idle.swap(false, Ordering::SeqCst) {
-            // Under the lock the sync thread checked the workers under: it is waiting now.
-            let _dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            // Once the lock the sync thread checked the workers under is free, it is waiting
+            // (it waits on the condition, which lets the lock go): the notification finds it.
+            drop(self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
             self.wake.notify_one();
         }
     }
