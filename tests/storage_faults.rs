@@ -441,6 +441,18 @@ impl Drop for SyncsResumeOnDrop {
     }
 }
 
+/// A consumer that acknowledges by hand.
+async fn consume(ch: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    within(ch.basic_consume(
+        queue.into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap()
+}
+
 async fn publish_persistent(
     ch: &lapin::Channel,
     exchange: &str,
@@ -473,14 +485,7 @@ async fn a_message_its_consumer_acknowledged_is_confirmed_without_waiting_for_th
     }
     within(ch.confirm_select(Default::default())).await.unwrap();
     let (_c2, consumer) = broker.channel().await;
-    let mut deliveries = within(consumer.basic_consume(
-        "dq".into(),
-        "c".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
+    let mut deliveries = consume(&consumer, "dq").await;
     let _resume = SyncsResumeOnDrop(fs.clone());
     fs.hold_syncs();
     let mut waiting = publish_persistent(&ch, "", "nobody", b"for the disk").await;
@@ -528,14 +533,7 @@ async fn a_message_in_two_queues_is_confirmed_early_only_once_acknowledged_from_
     }
     within(ch.confirm_select(Default::default())).await.unwrap();
     let (_c2, consumer) = broker.channel().await;
-    let mut deliveries = within(consumer.basic_consume(
-        "q1".into(),
-        "c".into(),
-        Default::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
+    let mut deliveries = consume(&consumer, "q1").await;
     let (_c3, getter) = broker.channel().await;
     let _resume = SyncsResumeOnDrop(fs.clone());
     fs.hold_syncs();
