@@ -11,6 +11,7 @@
 mod backlog;
 mod busy;
 mod client;
+mod relay;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,7 +41,9 @@ struct Args {
     /// consumers, 10 publishers), large-64k, large-1m (autoack with such bodies), latency,
     /// conns or backlog; `echo`
     /// measures the `latency` pattern against `echo-server`, a bare TCP echo server, which
-    /// gives the floor that this machine's network stack and scheduler put under any broker.
+    /// gives the floor that this machine's network stack and scheduler put under any broker;
+    /// `relay` moves `--size` chunks through `relay-server`, a bare TCP relay, which gives
+    /// the ceiling over the `large-*` scenarios.
     #[arg(long, default_value = "autoack")]
     scenario: String,
     /// Seconds measured, after one second of warm-up.
@@ -119,6 +122,9 @@ fn main() -> Result<()> {
     if args.scenario == "echo-server" {
         return echo_server(&args.addr);
     }
+    if args.scenario == "relay-server" {
+        return relay::relay_server(&args.addr);
+    }
     if let Some(ca) = &args.tls_ca {
         client::use_tls(ca)?;
     }
@@ -135,6 +141,7 @@ async fn run(args: Args) -> Result<()> {
         "conns" => return conns(args).await,
         "conns-busy" => return busy::conns_busy(args).await,
         "echo" => return echo(args).await,
+        "relay" => return relay::relay(args).await,
         _ => {}
     }
     let run_id = std::process::id();
