@@ -305,9 +305,12 @@ impl Config {
     }
 
     /// A configuration for tests: one listener on a free loopback port, data in a fresh
-    /// temporary directory.
+    /// temporary directory. The first call in a process removes the directories that test
+    /// processes no longer running left behind.
     pub fn for_tests() -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(remove_dead_test_dirs);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -327,9 +330,53 @@ impl Config {
     }
 }
 
+/// Removes the `lepus-test-<pid>-*` directories of processes that have exited: a test whose
+/// broker is dropped cannot know whether another broker will reopen its data, so the
+/// directories are collected here, by the next test process, instead. Only where `/proc`
+/// says which processes run.
+fn remove_dead_test_dirs() {
+    let proc = std::path::Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    // Listed first, removed after: a directory read while entries are removed from it may
+    // skip some.
+    let dead: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_str()
+                .and_then(|n| n.strip_prefix("lepus-test-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !proc.join(pid.to_string()).exists())
+        })
+        .map(|entry| entry.path())
+        .collect();
+    for dir in dead {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_directories_of_exited_processes_are_removed() {
+        // No process has this id: Linux's pid_max is at most 2^22.
+        let dead = std::env::temp_dir().join("lepus-test-999999999-0-1");
+        let mine = std::env::temp_dir().join(format!("lepus-test-{}-sweep-1", std::process::id()));
+        std::fs::create_dir_all(dead.join("vhosts")).expect("temp dir");
+        std::fs::create_dir_all(&mine).expect("temp dir");
+        remove_dead_test_dirs();
+        assert!(!dead.exists(), "an exited process's directory is removed");
+        assert!(mine.exists(), "a running process's directory stays");
+        let _ = std::fs::remove_dir_all(&mine);
+    }
 
     #[test]
     fn sizes_read_like_rabbitmq_reads_them() {
