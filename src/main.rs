@@ -192,11 +192,11 @@ fn note_origins(matches: &ArgMatches, origins: &mut Origins) {
     );
 }
 
+/// The configuration, where each setting came from, and the file read (with its report).
+type Configured = (Config, Origins, Option<(PathBuf, file::Report)>);
+
 /// The configuration: defaults, then the file, then environment and flags over it.
-fn configure(
-    args: &Args,
-    matches: &ArgMatches,
-) -> Result<(Config, Origins, Option<(PathBuf, file::Report)>), String> {
+fn configure(args: &Args, matches: &ArgMatches) -> Result<Configured, String> {
     let mut config = Config::default();
     let mut origins = Origins::default();
     let rabbitmq_env = std::env::var_os("RABBITMQ_CONFIG_FILE").map(PathBuf::from);

@@ -235,7 +235,7 @@ async fn closed_until_started(
             }
             Err(e) => {
                 // Said once, then every minute or so: another process may hold the port.
-                if failures % 300 == 0 {
+                if failures.is_multiple_of(300) {
                     tracing::warn!(addr = %closed.addr(), error = %e, "cannot reopen the listener; retrying");
                 }
                 failures += 1;

@@ -265,7 +265,6 @@ impl TlsClient {
             AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
                 queue: "tls-q".into(),
                 no_ack: true,
-                ..Default::default()
             })),
         )?;
         let mut got = Vec::new();

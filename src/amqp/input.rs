@@ -172,7 +172,7 @@ impl Input {
 
     /// A chunk of `data`, charged for its capacity while any slice of it lives.
     fn chunk(&self, data: Vec<u8>) -> Bytes {
-        let charge = Charge::new(&self.memory, data.capacity());
+        let charge = Charge::new(self.memory, data.capacity());
         Bytes::from_owner(Chunk {
             data,
             _charge: charge,
@@ -195,17 +195,18 @@ impl Input {
             }
             let mut buf = Vec::with_capacity(h.total_len());
             buf.extend_from_slice(&self.pending);
-            let charge = Charge::new(&self.memory, buf.capacity());
+            let charge = Charge::new(self.memory, buf.capacity());
             self.pending = Bytes::new();
             self.partial = Some((buf, charge));
         }
         if let Some((buf, _)) = self.partial.as_mut() {
             // Reads at most the rest of the frame: the buffer's capacity is the frame.
             let read = transport.read_into(buf)?;
-            if read > 0 && buf.len() == buf.capacity() {
-                if let Some((done, _)) = self.partial.take() {
-                    self.pending = self.chunk(done);
-                }
+            if read > 0
+                && buf.len() == buf.capacity()
+                && let Some((done, _)) = self.partial.take()
+            {
+                self.pending = self.chunk(done);
             }
             return Ok(read);
         }

@@ -32,6 +32,11 @@ impl Segment {
     }
 }
 
+/// Writes held back for an epoch the store failed to sync: they were dropped, unsent, and
+/// the connection must report the failure.
+#[derive(Debug)]
+pub struct HeldWritesFailed;
+
 /// The output side of a connection.
 #[derive(Default)]
 pub struct Output {
@@ -81,14 +86,18 @@ impl Output {
     /// Lets go of holds whose epoch is synced. A hold whose writes failed (`failed` says
     /// which epochs did) is not let go: everything from it on is dropped, unsent, and the
     /// error is returned for the connection to report.
-    pub fn release_holds(&mut self, synced: u64, failed: impl Fn(u64) -> bool) -> Result<(), ()> {
+    pub fn release_holds(
+        &mut self,
+        synced: u64,
+        failed: impl Fn(u64) -> bool,
+    ) -> Result<(), HeldWritesFailed> {
         while let Some(&(at, epoch)) = self.holds.front() {
             if epoch > synced {
                 break;
             }
             if failed(epoch) {
                 self.truncate_at(at);
-                return Err(());
+                return Err(HeldWritesFailed);
             }
             self.holds.pop_front();
         }

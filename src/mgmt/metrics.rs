@@ -151,8 +151,11 @@ struct Scrape {
     publishers: i64,
 }
 
+/// A metric: its name, its help text, and how to read it from `T`.
+type Metric<T, V> = (&'static str, &'static str, fn(&T) -> V);
+
 /// The queue gauges: name, help, and which number.
-const QUEUE_GAUGES: &[(&str, &str, fn(&QueueSample) -> i64)] = &[
+const QUEUE_GAUGES: &[Metric<QueueSample, i64>] = &[
     (
         "rabbitmq_queue_messages_ready",
         "Messages ready to be delivered to consumers",
@@ -189,7 +192,7 @@ const QUEUE_GAUGES: &[(&str, &str, fn(&QueueSample) -> i64)] = &[
 ];
 
 /// The broker-wide message counters, by RabbitMQ's names (labelled `protocol="amqp091"`).
-const MESSAGE_COUNTERS: &[(&str, &str, fn(&MessageTotals) -> u64)] = &[
+const MESSAGE_COUNTERS: &[Metric<MessageTotals, u64>] = &[
     (
         "rabbitmq_global_messages_received",
         "Total number of messages received from publishers",

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::fs::{FileIo, Fs, OpenMode};
-use super::sync::{Journal, Shared};
+use super::sync::{Journal, Shared, ToSync};
 
 pub use super::export::*;
 
@@ -403,7 +403,7 @@ fn parse_line(line: &[u8]) -> Option<Change> {
 }
 
 impl Journal for DefinitionsStore {
-    fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+    fn flush(&self) -> io::Result<ToSync> {
         let mut state = self.lock();
         state.registered = false;
         Self::flush_locked(&mut state)?;

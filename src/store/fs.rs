@@ -36,7 +36,9 @@ impl OpenMode {
     };
 }
 
-/// An open file: positioned reads and writes, and syncs.
+/// An open file: positioned reads and writes, and syncs. (Its length is asked, never
+/// whether it is empty.)
+#[allow(clippy::len_without_is_empty)]
 pub trait FileIo: Send + Sync + std::fmt::Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use super::fs::{FileIo, OpenMode};
 use super::intervals::IntervalSet;
 use super::record::{self, Decoded, Kind, MessageParts, Record, StoredMessage};
-use super::sync::{Journal, Shared};
+use super::sync::{Journal, Shared, ToSync};
 
 /// Where a record starts: segment number and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -561,7 +561,9 @@ impl QueueLog {
         const CHUNK: u64 = 256 * 1024;
         // Bytes not yet written are read from the buffer itself: reading never writes, so it
         // works on a disk that refuses writes.
-        let (segments, written): (Vec<(u64, Arc<dyn FileIo>, u64)>, Written) = {
+        // Each segment's first offset, file and length.
+        type Segments = Vec<(u64, Arc<dyn FileIo>, u64)>;
+        let (segments, written): (Segments, Written) = {
             let inner = self.lock();
             let segments = inner
                 .segments
@@ -674,7 +676,7 @@ impl QueueLog {
     }
 
     /// Writes pending bytes and returns the files to sync. Called by the sync thread.
-    pub(super) fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+    pub(super) fn flush(&self) -> io::Result<ToSync> {
         let mut inner = self.lock();
         inner.registered = Registered::No;
         if inner.destroyed {
@@ -715,7 +717,7 @@ impl QueueLog {
 }
 
 impl Journal for QueueLog {
-    fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+    fn flush(&self) -> io::Result<ToSync> {
         QueueLog::flush(self)
     }
 

@@ -39,6 +39,10 @@ pub enum Outcome {
     Failed,
 }
 
+/// What a journal's flush leaves to sync: the files it wrote, and the directories whose
+/// entries changed.
+pub type ToSync = (Vec<Arc<dyn FileIo>>, Vec<PathBuf>);
+
 /// Something with buffered writes the sync thread must write and sync.
 ///
 /// The protocol that makes one sync cover every waiting writer: a writer appends, registers
@@ -56,7 +60,7 @@ pub enum Outcome {
 pub trait Journal: Send + Sync {
     /// Writes what is buffered; returns the files and the directories (whose entries
     /// changed) to sync. On an error, what was buffered stays buffered, to be written again.
-    fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)>;
+    fn flush(&self) -> io::Result<ToSync>;
     /// Work to do outside the publish path after a sync (preparing the next segment).
     fn after_sync(self: Arc<Self>) {}
     /// Whether the journal was deleted with its directory (its queue was deleted), so that
@@ -489,7 +493,7 @@ mod tests {
     }
 
     impl Journal for DirOnly {
-        fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+        fn flush(&self) -> io::Result<ToSync> {
             Ok((Vec::new(), vec![self.dir.clone()]))
         }
         fn removed(&self) -> bool {
@@ -508,7 +512,7 @@ mod tests {
     }
 
     impl Journal for Counting {
-        fn flush(&self) -> io::Result<(Vec<Arc<dyn FileIo>>, Vec<PathBuf>)> {
+        fn flush(&self) -> io::Result<ToSync> {
             self.flushes.fetch_add(1, Ordering::SeqCst);
             Ok((Vec::new(), Vec::new()))
         }

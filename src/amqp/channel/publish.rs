@@ -246,7 +246,7 @@ impl Channel {
         );
         // Its names, properties and the body's frames are slices of the input's chunks, which
         // are charged already; small frames copied together are the message's own.
-        message.charge_to(&s.broker.memory, owned);
+        message.charge_to(s.broker.memory, owned);
         if !extra_keys.is_empty() {
             message.extra_routing_keys = Some(extra_keys.clone().into());
         }
@@ -412,7 +412,7 @@ fn grown(mut buf: Vec<u8>, chunk: &[u8], size: u64) -> Vec<u8> {
 /// Sets a half-received message's charge to `bytes`.
 fn charge(c: &mut Charge, s: &Session, bytes: usize) {
     if c.bytes() == 0 {
-        *c = Charge::new(&s.broker.memory, bytes);
+        *c = Charge::new(s.broker.memory, bytes);
     } else {
         c.set(bytes);
     }

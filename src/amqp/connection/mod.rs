@@ -186,7 +186,7 @@ pub async fn serve(
         unflushed_delivery_bytes: 0,
         buffers: Charge::default(),
     };
-    conn.buffers = Charge::new(&conn.broker.memory, 0);
+    conn.buffers = Charge::new(conn.broker.memory, 0);
     let exit = conn.run().await;
     conn.cleanup(exit);
 }

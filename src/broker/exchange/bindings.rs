@@ -153,10 +153,10 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
             return false;
         };
         self.entries.swap_remove(index);
-        if let Some(moved) = self.entries.get(index) {
-            if let Some(slot) = self.index.get_mut(&BindingKey::of(&moved.binding)) {
-                *slot = index;
-            }
+        if let Some(moved) = self.entries.get(index)
+            && let Some(slot) = self.index.get_mut(&BindingKey::of(&moved.binding))
+        {
+            *slot = index;
         }
         match self.kind {
             ExchangeKind::Direct => {

@@ -130,7 +130,8 @@ fn group_by_queue_and_reason<'a>(entries: &[&'a [u8]]) -> Vec<Grouped<'a>> {
             .collect();
     }
     // (queue, reason) -> (index of its first entry, how many entries share it)
-    let mut groups: HashMap<(&[u8], &[u8]), (usize, i64)> = HashMap::with_capacity(entries.len());
+    type Groups<'a> = HashMap<(&'a [u8], &'a [u8]), (usize, i64)>;
+    let mut groups: Groups = HashMap::with_capacity(entries.len());
     let mut firsts: Vec<usize> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let key = (

@@ -202,19 +202,22 @@ impl State {
     /// them have their acks logged first.
     pub fn drop_level_tails(&mut self, ctx: &QueueCtx, log_acks: bool) {
         for mut paged in std::mem::take(&mut self.levels).into_iter().flatten() {
-            while log_acks {
-                match paged
-                    .log
-                    .read_back(&mut paged.tail.reader, 4 * PAGE_IN_BATCH)
-                {
-                    Ok(batch) if batch.is_empty() => break,
-                    Ok(batch) => batch
-                        .into_iter()
-                        .filter(|m| m.persisted)
-                        .for_each(|m| self.log_ack(m.seq)),
-                    Err(e) => {
-                        tracing::error!(queue = %ctx.name, error = %e, "cannot read a paging log");
-                        break;
+            if log_acks {
+                // Until the tail is read to its end (or cannot be read).
+                loop {
+                    match paged
+                        .log
+                        .read_back(&mut paged.tail.reader, 4 * PAGE_IN_BATCH)
+                    {
+                        Ok(batch) if batch.is_empty() => break,
+                        Ok(batch) => batch
+                            .into_iter()
+                            .filter(|m| m.persisted)
+                            .for_each(|m| self.log_ack(m.seq)),
+                        Err(e) => {
+                            tracing::error!(queue = %ctx.name, error = %e, "cannot read a paging log");
+                            break;
+                        }
                     }
                 }
             }

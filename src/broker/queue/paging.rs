@@ -227,7 +227,7 @@ pub(super) fn entry_read_back(ctx: &QueueCtx, m: ReadBack) -> Option<QueueEntry>
         return None;
     };
     // Read into a buffer of its own (the record's), so it pins nothing else.
-    message.charge_all_to(&ctx.services.memory);
+    message.charge_all_to(ctx.services.memory);
     Some(QueueEntry {
         seq: m.seq,
         message: Arc::new(message),

@@ -80,7 +80,7 @@ impl VirtualHost {
                 });
             }
             let mut message = dead.message;
-            message.charge_all_to(&self.services.memory);
+            message.charge_all_to(self.services.memory);
             let dead = Arc::new(message);
             for q in &targets {
                 q.publish(dead.clone());
