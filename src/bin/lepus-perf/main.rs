@@ -43,7 +43,7 @@ struct Args {
     /// measures the `latency` pattern against `echo-server`, a bare TCP echo server, which
     /// gives the floor that this machine's network stack and scheduler put under any broker;
     /// `relay` moves `--size` chunks through `relay-server`, a bare TCP relay, which gives
-    /// the ceiling over the `large-*` scenarios.
+    /// a reference for the `large-*` scenarios.
     #[arg(long, default_value = "autoack")]
     scenario: String,
     /// Seconds measured, after one second of warm-up.
