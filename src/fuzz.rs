@@ -72,8 +72,15 @@ pub fn frames(data: &[u8]) {
         }
         loop {
             match input.next_frame(FRAME_MAX_BYTES) {
-                Ok(Some((header, payload))) => {
+                Ok(Some(frame)) => {
+                    let header = frame.header;
                     consumed += header.total_len();
+                    assert_eq!(
+                        frame.payload.len() + frame.rest.len(),
+                        header.size as usize,
+                        "a frame's slices add up to its size"
+                    );
+                    let payload = frame.joined();
                     assert!(consumed <= data.len(), "frames cover more than was read");
                     match header.kind {
                         1 => method(&payload),

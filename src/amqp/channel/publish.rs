@@ -156,8 +156,15 @@ impl Channel {
         Ok(())
     }
 
-    /// A content body frame.
-    pub fn on_body(&mut self, s: &Session, out: &mut Output, chunk: Bytes) -> AmqpResult<()> {
+    /// A content body frame: its payload in one slice, or in two (`rest` non-empty) when
+    /// its start and end came in different reads.
+    pub fn on_body(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        chunk: Bytes,
+        rest: Bytes,
+    ) -> AmqpResult<()> {
         let Some(content) = self.content.as_mut() else {
             return Err(Self::no_method());
         };
@@ -169,7 +176,7 @@ impl Channel {
             .on_method(60, 40));
         };
         let size = header.body_size;
-        content.received += chunk.len() as u64;
+        content.received += (chunk.len() + rest.len()) as u64;
         if content.received > size {
             // Like RabbitMQ, a body longer than announced never completes: the next method
             // frame is refused. Nothing more is buffered meanwhile.
@@ -178,15 +185,26 @@ impl Channel {
         }
         if content.received == size && content.body.is_none() {
             // The common case, a body in one frame: kept as it came, nothing to assemble.
-            return self.complete_publish(s, out, (Body::from(chunk), 0));
+            let body = if rest.is_empty() {
+                Body::from(chunk)
+            } else {
+                Body::from_parts(vec![chunk, rest])
+            };
+            return self.complete_publish(s, out, (body, 0));
         }
         let body = content.body.get_or_insert_with(Box::default);
-        if chunk.len() >= KEEP_FRAME_BYTES || content.received == size && body.small.is_empty() {
-            // Kept as it came: a large frame, or the last of a body.
-            body.flush_small();
-            body.pieces.push(chunk);
-        } else {
-            body.small = grown(std::mem::take(&mut body.small), &chunk, size);
+        for piece in [chunk, rest] {
+            if piece.is_empty() {
+                continue;
+            }
+            if piece.len() >= KEEP_FRAME_BYTES || content.received == size && body.small.is_empty()
+            {
+                // Kept as it came: a large frame, or the last of a body.
+                body.flush_small();
+                body.pieces.push(piece);
+            } else {
+                body.small = grown(std::mem::take(&mut body.small), &piece, size);
+            }
         }
         let held = body.copied + body.small.capacity() + body.pieces.capacity() * PIECE_BYTES;
         charge(&mut content.charge, s, held);

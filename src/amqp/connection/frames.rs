@@ -11,6 +11,7 @@ use super::replies::{
 };
 use super::{CLOSE_TIMEOUT, Connection, HANDSHAKE_FAILURE_DELAY, Phase};
 use crate::amqp::channel::{After, Channel};
+use crate::amqp::input::Frame;
 use crate::amqp_error;
 use crate::protocol::basic as hot;
 use crate::protocol::error::AmqpError;
@@ -47,7 +48,10 @@ impl Connection {
                 return;
             }
             match self.input.next_frame(self.frame_max) {
-                Ok(Some((header, payload))) => self.on_frame(header, payload),
+                Ok(Some(frame)) if frame.rest.is_empty() => {
+                    self.on_frame(frame.header, frame.payload)
+                }
+                Ok(Some(frame)) => self.on_split_body(frame),
                 Ok(None) => return,
                 Err(e) => {
                     self.fail_framing(e);
@@ -94,6 +98,29 @@ impl Connection {
         self.phase = Phase::Dropping {
             at: Instant::now() + HANDSHAKE_FAILURE_DELAY,
         };
+    }
+
+    /// A body frame whose start and end came in different reads, as two slices. On an open
+    /// channel of a running connection (every well-behaved publisher's large bodies) they go
+    /// to the channel as they are, so neither is copied; anywhere else the frame is joined
+    /// and taken like any other, so every answer to a misplaced frame stays the same.
+    fn on_split_body(&mut self, frame: Frame) {
+        let channel = frame.header.channel;
+        let open = match self.phase {
+            Phase::Running if channel != 0 => self
+                .channel_index(channel)
+                .ok()
+                .filter(|&i| self.channels[i].is_open()),
+            _ => None,
+        };
+        let (Some(index), Some(session)) = (open, self.session.as_ref()) else {
+            return self.on_frame(frame.header, frame.joined());
+        };
+        let result =
+            self.channels[index].on_body(session, &mut self.out, frame.payload, frame.rest);
+        if let Err(e) = self.settle_channel_result(channel, result) {
+            self.close_connection(e, false);
+        }
     }
 
     pub(super) fn on_frame(&mut self, header: FrameHeader, payload: Bytes) {
@@ -188,11 +215,22 @@ impl Connection {
         if !self.channels[index].is_open() {
             return self.on_closing_channel(index, header.channel, ids);
         }
-        match self.run_on_channel(index, header, ids, payload) {
+        let result = self.run_on_channel(index, header, ids, payload);
+        self.settle_channel_result(header.channel, result)
+    }
+
+    /// What a channel's answer to a frame means for the connection: a hard error closes
+    /// it (returned), a soft one closes only the channel.
+    fn settle_channel_result(
+        &mut self,
+        channel: u16,
+        result: Result<(), AmqpError>,
+    ) -> Result<(), AmqpError> {
+        match result {
             Ok(()) => Ok(()),
             Err(e) if e.is_hard() => Err(e),
             Err(e) => {
-                self.fail_channel(header.channel, e);
+                self.fail_channel(channel, e);
                 Ok(())
             }
         }
@@ -287,7 +325,7 @@ impl Connection {
                     octets_description(header.kind, &payload)
                 )),
             },
-            _ => ch.on_body(session, out, payload),
+            _ => ch.on_body(session, out, payload, Bytes::new()),
         }
     }
 
