@@ -78,6 +78,20 @@ async fn passive_count(ch: &Channel, queue: &str) -> lapin::Result<u32> {
     .map(|q| q.message_count())
 }
 
+/// A raw client with channel 1 open in confirm mode, once the durable `queue` is declared.
+async fn publishing_to_durable(broker: &Broker, queue: &str) -> RawClient {
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(queue.into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    raw.send(&raw_frame(1, 1, &[0, 85, 0, 10, 0])).await;
+    raw.recv_method().await.expect("confirm.select-ok");
+    raw
+}
+
 /// Publishes, on channel 1 of `raw` (in confirm mode), a persistent message to `queue` whose
 /// body is sent in frames of the given sizes, and waits for its confirm.
 async fn publish_in_frames(raw: &mut RawClient, queue: &str, body: &[u8], frames: &[usize]) {
@@ -130,15 +144,7 @@ async fn large_bodies_sent_back_to_back_come_back_byte_for_byte_and_after_a_rest
         })
         .collect();
     {
-        let (_c, ch) = broker.channel().await;
-        within(ch.queue_declare("straddling".into(), durable(), FieldTable::default()))
-            .await
-            .unwrap();
-        let mut raw = broker.raw().await;
-        raw.handshake().await;
-        raw.open_channel(1).await;
-        raw.send(&raw_frame(1, 1, &[0, 85, 0, 10, 0])).await;
-        raw.recv_method().await.expect("confirm.select-ok");
+        let mut raw = publishing_to_durable(&broker, "straddling").await;
         let mut all = Vec::new();
         for body in &bodies {
             all.extend_from_slice(&persistent_publish("straddling", body, &[body.len()]));
@@ -193,15 +199,7 @@ async fn a_body_in_frames_of_every_size_comes_back_byte_for_byte_in_other_frames
     let body: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let frames = [100, 20_000, 50, 30_000, 3, 40_000, 17_000, 1, 92_839, 7];
     {
-        let (_c, ch) = broker.channel().await;
-        within(ch.queue_declare("pieces".into(), durable(), FieldTable::default()))
-            .await
-            .unwrap();
-        let mut raw = broker.raw().await;
-        raw.handshake().await;
-        raw.open_channel(1).await;
-        raw.send(&raw_frame(1, 1, &[0, 85, 0, 10, 0])).await;
-        raw.recv_method().await.expect("confirm.select-ok");
+        let mut raw = publishing_to_durable(&broker, "pieces").await;
         publish_in_frames(&mut raw, "pieces", &body, &frames).await;
         publish_in_frames(&mut raw, "pieces", &body[..40_000], &[20_000, 20_000]).await;
     }

@@ -348,6 +348,18 @@ mod tests {
         reads: usize,
     }
 
+    impl<'a> Stream<'a> {
+        /// `data` in reads as large as the reader asks for.
+        fn of(data: &'a [u8]) -> Self {
+            Stream {
+                data,
+                trickle: usize::MAX,
+                largest_read: 0,
+                reads: 0,
+            }
+        }
+    }
+
     impl ByteSource for Stream<'_> {
         fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
             let n = (buf.capacity() - buf.len())
@@ -454,14 +466,8 @@ mod tests {
     fn large_body_frames_that_straddle_reads_are_not_copied() {
         // 64 KiB bodies in 256 KiB reads: nearly every read ends inside a body frame.
         let (data, expected) = body_frames(40, 64 * 1024);
-        let memory = Memory::leaked(usize::MAX);
-        let mut input = Input::new(LARGE_READ_BYTES, memory);
-        let mut stream = Stream {
-            data: &data,
-            trickle: usize::MAX,
-            largest_read: 0,
-            reads: 0,
-        };
+        let mut input = Input::new(LARGE_READ_BYTES, Memory::leaked(usize::MAX));
+        let mut stream = Stream::of(&data);
         let (mut frames, mut split) = (Vec::new(), 0);
         // Where every read landed: a frame's slices must point into these.
         let mut chunks: Vec<Bytes> = Vec::new();
@@ -507,14 +513,8 @@ mod tests {
         // The end byte of the fourth frame, which straddles the first 256 KiB read.
         let frame = 64 * 1024 + 8;
         data[4 * frame - 1] = 0;
-        let memory = Memory::leaked(usize::MAX);
-        let mut input = Input::new(LARGE_READ_BYTES, memory);
-        let mut stream = Stream {
-            data: &data,
-            trickle: usize::MAX,
-            largest_read: 0,
-            reads: 0,
-        };
+        let mut input = Input::new(LARGE_READ_BYTES, Memory::leaked(usize::MAX));
+        let mut stream = Stream::of(&data);
         let mut good = 0;
         let error = loop {
             match input.next_frame(1 << 20) {
@@ -529,6 +529,64 @@ mod tests {
             "{}",
             error.text
         );
+    }
+
+    /// Reads of the sizes given, in turn.
+    struct Cut<'a> {
+        data: &'a [u8],
+        sizes: &'a [usize],
+        next: usize,
+    }
+
+    impl ByteSource for Cut<'_> {
+        fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+            let size = self.sizes[self.next % self.sizes.len()];
+            self.next += 1;
+            let n = (buf.capacity() - buf.len()).min(self.data.len()).min(size);
+            buf.extend_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// However the reads fall, every frame comes out whole and in order, and only a body
+        /// frame ever comes in two slices.
+        #[test]
+        fn frames_come_out_whole_however_reads_fall(
+            frames in proptest::collection::vec((0u8..4, 0usize..150_000), 1..10),
+            sizes in proptest::collection::vec(1usize..300_000, 1..20),
+        ) {
+            let mut data = Vec::new();
+            let mut expected = Vec::new();
+            for (n, &(kind, size)) in frames.iter().enumerate() {
+                let kind = [1, 2, FRAME_BODY, 8][kind as usize];
+                let payload: Vec<u8> = (0..size).map(|i| ((i * 7 + n * 31) % 251) as u8).collect();
+                data.push(kind);
+                data.extend_from_slice(&1u16.to_be_bytes());
+                data.extend_from_slice(&(size as u32).to_be_bytes());
+                data.extend_from_slice(&payload);
+                data.push(FRAME_END);
+                expected.push((kind, payload));
+            }
+            let mut input = Input::new(64 * 1024, Memory::leaked(usize::MAX));
+            let mut cut = Cut { data: &data, sizes: &sizes, next: 0 };
+            let mut got = Vec::new();
+            loop {
+                while let Some(frame) = input.next_frame(1 << 20).expect("a frame") {
+                    let kind = frame.header.kind;
+                    proptest::prop_assert!(frame.rest.is_empty() || kind == FRAME_BODY);
+                    got.push((kind, frame.joined().to_vec()));
+                }
+                if input.read(&mut cut, 1 << 20).expect("read") == 0 {
+                    break;
+                }
+            }
+            proptest::prop_assert!(got == expected, "{} frames of {}", got.len(), expected.len());
+            proptest::prop_assert!(input.is_empty());
+        }
     }
 
     #[test]
