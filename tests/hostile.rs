@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use amq_protocol::protocol::{AMQPClass, basic};
+use amq_protocol::protocol::{AMQPClass, basic, connection};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
 use lapin::options::*;
@@ -122,6 +122,33 @@ fn nested_table(levels: usize) -> Vec<u8> {
 fn short_str(out: &mut Vec<u8>, s: &str) {
     out.push(s.len() as u8);
     out.extend_from_slice(s.as_bytes());
+}
+
+/// A client that goes on sending bytes that are no frame after the broker's
+/// Connection.Close (here for a body frame on channel 0) used to be read on until the close
+/// deadline (30 s, longer than the test waits), everything it sent kept unparsed and copied
+/// again with every read: time quadratic in what it sent. The broker now stops reading at
+/// the bad frame and closes the socket.
+#[tokio::test]
+async fn garbage_after_the_brokers_connection_close_ends_the_connection() {
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.send(&raw_frame(3, 0, b"x")).await;
+    loop {
+        match raw.recv_method().await {
+            Some((0, AMQPClass::Connection(connection::AMQPMethod::Close(close)))) => {
+                assert_eq!(close.reply_code, 505);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the socket closed before Connection.Close"),
+        }
+    }
+    // A frame larger than frame_max (its type, channel and size all 9s), then more.
+    raw.send(&[9u8; 64 * 1024]).await;
+    assert!(raw.closed().await);
+    witness_works(&broker).await;
 }
 
 /// The witness: a second connection that must still publish and consume.

@@ -120,14 +120,21 @@ impl ByteSource for Transport {
 /// An allocation frames are sliced from, charged while any slice of it lives.
 struct Chunk {
     data: Vec<u8>,
+    /// A read buffer, of a size reads ask for: worth keeping for the next read. A buffer
+    /// made to measure (a small read's copy, the rest of a frame that straddled reads) is
+    /// not: no read would take one of its size, and kept, it would take a large read
+    /// buffer's place in the pool.
+    reuse: bool,
     _charge: Charge,
 }
 
 impl Drop for Chunk {
-    /// A large read buffer goes back to the pool, uncharged (the pool is small and
-    /// bounded); small ones, made to measure, are freed.
+    /// A read buffer goes back to the pool, uncharged (the pool is small and bounded);
+    /// buffers made to measure are freed.
     fn drop(&mut self) {
-        recycle(std::mem::take(&mut self.data));
+        if self.reuse {
+            recycle(std::mem::take(&mut self.data));
+        }
     }
 }
 
@@ -208,11 +215,13 @@ impl Input {
         self.partial = None;
     }
 
-    /// A chunk of `data`, charged for its capacity while any slice of it lives.
-    fn chunk(&self, data: Vec<u8>) -> Bytes {
+    /// A chunk of `data`, charged for its capacity while any slice of it lives; `reuse` if
+    /// it is a read buffer (see `Chunk::reuse`).
+    fn chunk(&self, data: Vec<u8>, reuse: bool) -> Bytes {
         let charge = Charge::new(self.memory, data.capacity());
         Bytes::from_owner(Chunk {
             data,
+            reuse,
             _charge: charge,
         })
     }
@@ -253,7 +262,7 @@ impl Input {
                 && buf.len() == buf.capacity()
                 && let Some((done, _)) = self.partial.take()
             {
-                self.pending = self.chunk(done);
+                self.pending = self.chunk(done, false);
             }
             return Ok(read);
         }
@@ -273,18 +282,28 @@ impl Input {
             if read == 0 {
                 return Ok(0);
             }
-            let data = if scratch.len() >= COPY_READ_BELOW {
-                std::mem::take(&mut *scratch)
+            self.pending = if scratch.len() >= COPY_READ_BELOW {
+                self.chunk(std::mem::take(&mut *scratch), true)
             } else {
-                scratch.as_slice().to_vec()
+                self.chunk(scratch.as_slice().to_vec(), false)
             };
-            self.pending = self.chunk(data);
             Ok(read)
         })
     }
 
     /// Takes `n` bytes from the front (the protocol header), if they have arrived.
     pub fn take(&mut self, n: usize) -> Option<Bytes> {
+        if self.partial.is_some() {
+            return None;
+        }
+        if let Some((_, head)) = self.head.take() {
+            // Bytes before the protocol header that looked like a large body frame's start
+            // (a client sending something else): they come first, joined to what followed.
+            let mut whole = Vec::with_capacity(head.len() + self.pending.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(&self.pending);
+            self.pending = self.chunk(whole, false);
+        }
         (self.pending.len() >= n).then(|| self.pending.split_to(n))
     }
 
@@ -547,6 +566,29 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+    }
+
+    #[test]
+    fn bytes_before_the_protocol_header_are_taken_in_order_even_if_they_look_like_a_frame() {
+        // Seven bytes that read as a large body frame's header, in a read of their own, then
+        // the rest: `take` sees the stream as it came.
+        let mut data = vec![FRAME_BODY, 0, 1, 0, 0, 0x10, 0x00];
+        data.extend((0..5000u32).map(|i| (i % 251) as u8));
+        let mut input = Input::new(64 * 1024, Memory::leaked(usize::MAX));
+        let mut stream = Stream::of(&data);
+        stream.trickle = 7;
+        assert_eq!(input.read(&mut stream, 4096).expect("read"), 7);
+        assert!(input.take(8).is_none());
+        stream.trickle = usize::MAX;
+        let first = loop {
+            if let Some(first) = input.take(8) {
+                break first;
+            }
+            assert!(input.read(&mut stream, 4096).expect("read") > 0);
+        };
+        assert_eq!(&first[..], &data[..8]);
+        let rest = input.take(100).expect("the bytes after");
+        assert_eq!(&rest[..], &data[8..108]);
     }
 
     proptest::proptest! {

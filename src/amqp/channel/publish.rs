@@ -184,22 +184,26 @@ impl Channel {
             return Ok(());
         }
         if content.received == size && content.body.is_none() {
-            // The common case, a body in one frame: kept as it came, nothing to assemble.
+            // The common case, a body in one frame: kept as it came, nothing to assemble
+            // (but the list of its two slices, if it straddled reads).
             let body = if rest.is_empty() {
                 Body::from(chunk)
             } else {
                 Body::from_parts(vec![chunk, rest])
             };
-            return self.complete_publish(s, out, (body, 0));
+            let owned = body.list_bytes();
+            return self.complete_publish(s, out, (body, owned));
         }
         let body = content.body.get_or_insert_with(Box::default);
+        let frame = chunk.len() + rest.len();
+        let keep = frame >= KEEP_FRAME_BYTES || content.received == size && body.small.is_empty();
         for piece in [chunk, rest] {
             if piece.is_empty() {
                 continue;
             }
-            if piece.len() >= KEEP_FRAME_BYTES || content.received == size && body.small.is_empty()
-            {
-                // Kept as it came: a large frame, or the last of a body.
+            if keep {
+                // Kept as it came: a large frame (its one or two slices), or the last of a
+                // body.
                 body.flush_small();
                 body.pieces.push(piece);
             } else {

@@ -88,6 +88,12 @@ impl Connection {
     pub(super) fn fail_framing(&mut self, e: AmqpError) {
         if self.in_handshake() {
             self.drop_silently();
+        } else if matches!(self.phase, Phase::Closing { .. }) {
+            // Already closing, and what follows cannot be parsed: it is not read on (it
+            // would pile up unparsed until the deadline, each read copying all of it
+            // again); the socket closes once what is queued is written.
+            self.input.clear();
+            self.finish();
         } else {
             self.close_connection(e, true);
         }
