@@ -76,7 +76,7 @@ pub fn frames(data: &[u8]) {
                     let header = frame.header;
                     consumed += header.total_len();
                     assert_eq!(
-                        frame.payload.len() + frame.rest.len(),
+                        frame.payload.len() + frame.rest.as_ref().map_or(0, |r| r.len()),
                         header.size as usize,
                         "a frame's slices add up to its size"
                     );

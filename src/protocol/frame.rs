@@ -66,11 +66,23 @@ pub fn peek_frame(buf: &[u8], frame_max: u32) -> Result<Option<FrameHeader>, Amq
 }
 
 /// Checks the frame-end octet of a complete frame at the start of `buf`.
+#[inline]
 pub fn check_frame_end(buf: &[u8], header: &FrameHeader) -> Result<(), AmqpError> {
     let end = header.size as usize + FRAME_HEADER_LEN;
     match buf.get(end) {
         Some(&FRAME_END) => Ok(()),
-        Some(&other) => {
+        found => Err(frame_end_error(buf, header, found.copied())),
+    }
+}
+
+/// The error for a frame whose end octet is wrong or missing: out of line, so that the check
+/// on every frame stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn frame_end_error(buf: &[u8], header: &FrameHeader, found: Option<u8>) -> AmqpError {
+    let end = header.size as usize + FRAME_HEADER_LEN;
+    match found {
+        Some(other) => {
             let prefix = octets_description(header.kind, &buf[FRAME_HEADER_LEN..end]);
             // RabbitMQ pretty-prints the reason term at the column where it starts, and wraps
             // it after the comma when it would pass column 79.
@@ -84,9 +96,9 @@ pub fn check_frame_end(buf: &[u8], header: &FrameHeader) -> Result<(), AmqpError
             } else {
                 term
             };
-            Err(amqp_error!(FrameError, "{}: {}", prefix, reason))
+            amqp_error!(FrameError, "{}: {}", prefix, reason)
         }
-        None => Err(amqp_error!(FrameError, "truncated frame")),
+        None => amqp_error!(FrameError, "truncated frame"),
     }
 }
 

@@ -156,14 +156,14 @@ impl Channel {
         Ok(())
     }
 
-    /// A content body frame: its payload in one slice, or in two (`rest` non-empty) when
-    /// its start and end came in different reads.
+    /// A content body frame: its payload in one slice, or in two (`rest`) when its start
+    /// and end came in different reads.
     pub fn on_body(
         &mut self,
         s: &Session,
         out: &mut Output,
         chunk: Bytes,
-        rest: Bytes,
+        rest: Option<Bytes>,
     ) -> AmqpResult<()> {
         let Some(content) = self.content.as_mut() else {
             return Err(Self::no_method());
@@ -176,7 +176,8 @@ impl Channel {
             .on_method(60, 40));
         };
         let size = header.body_size;
-        content.received += (chunk.len() + rest.len()) as u64;
+        let frame = chunk.len() + rest.as_ref().map_or(0, Bytes::len);
+        content.received += frame as u64;
         if content.received > size {
             // Like RabbitMQ, a body longer than announced never completes: the next method
             // frame is refused. Nothing more is buffered meanwhile.
@@ -186,18 +187,19 @@ impl Channel {
         if content.received == size && content.body.is_none() {
             // The common case, a body in one frame: kept as it came, nothing to assemble
             // (but the list of its two slices, if it straddled reads).
-            let body = if rest.is_empty() {
-                Body::from(chunk)
-            } else {
-                Body::from_parts(vec![chunk, rest])
+            let body = match rest {
+                None => (Body::from(chunk), 0),
+                Some(rest) => {
+                    let both = Body::from_parts(vec![chunk, rest]);
+                    let owned = both.list_bytes();
+                    (both, owned)
+                }
             };
-            let owned = body.list_bytes();
-            return self.complete_publish(s, out, (body, owned));
+            return self.complete_publish(s, out, body);
         }
         let body = content.body.get_or_insert_with(Box::default);
-        let frame = chunk.len() + rest.len();
         let keep = frame >= KEEP_FRAME_BYTES || content.received == size && body.small.is_empty();
-        for piece in [chunk, rest] {
+        for piece in std::iter::once(chunk).chain(rest) {
             if piece.is_empty() {
                 continue;
             }

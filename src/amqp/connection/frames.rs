@@ -47,17 +47,24 @@ impl Connection {
                 // Held until the alarm clears: the rest stays in the buffer.
                 return;
             }
-            match self.input.next_frame(self.frame_max) {
-                Ok(Some(frame)) if frame.rest.is_empty() => {
-                    self.on_frame(frame.header, frame.payload)
-                }
-                Ok(Some(frame)) => self.on_split_body(frame),
+            let (header, payload) = match self.input.next_frame(self.frame_max) {
+                Ok(Some(Frame {
+                    header,
+                    payload,
+                    rest: None,
+                })) => (header, payload),
+                Ok(Some(frame)) => match self.on_split_body(frame) {
+                    Some(joined) => joined,
+                    None => continue,
+                },
                 Ok(None) => return,
                 Err(e) => {
                     self.fail_framing(e);
                     return;
                 }
-            }
+            };
+            // The one call of `on_frame`, which keeps it inlined here (the hot path).
+            self.on_frame(header, payload);
         }
     }
 
@@ -108,9 +115,11 @@ impl Connection {
 
     /// A body frame whose start and end came in different reads, as two slices. On an open
     /// channel of a running connection (every well-behaved publisher's large bodies) they go
-    /// to the channel as they are, so neither is copied; anywhere else the frame is joined
-    /// and taken like any other, so every answer to a misplaced frame stays the same.
-    fn on_split_body(&mut self, frame: Frame) {
+    /// to the channel as they are, so neither is copied; anywhere else the frame is returned
+    /// joined, to be taken like any other, so every answer to a misplaced frame stays the
+    /// same.
+    #[inline(never)]
+    fn on_split_body(&mut self, frame: Frame) -> Option<(FrameHeader, Bytes)> {
         let channel = frame.header.channel;
         let open = match self.phase {
             Phase::Running if channel != 0 => self
@@ -120,13 +129,15 @@ impl Connection {
             _ => None,
         };
         let (Some(index), Some(session)) = (open, self.session.as_ref()) else {
-            return self.on_frame(frame.header, frame.joined());
+            return Some((frame.header, frame.joined()));
         };
-        let result =
-            self.channels[index].on_body(session, &mut self.out, frame.payload, frame.rest);
-        if let Err(e) = self.settle_channel_result(channel, result) {
-            self.close_connection(e, false);
+        // As `on_channel_frame` and `on_frame` answer an error.
+        match self.channels[index].on_body(session, &mut self.out, frame.payload, frame.rest) {
+            Ok(()) => {}
+            Err(e) if e.is_hard() => self.close_connection(e, false),
+            Err(e) => self.fail_channel(channel, e),
         }
+        None
     }
 
     pub(super) fn on_frame(&mut self, header: FrameHeader, payload: Bytes) {
@@ -221,22 +232,11 @@ impl Connection {
         if !self.channels[index].is_open() {
             return self.on_closing_channel(index, header.channel, ids);
         }
-        let result = self.run_on_channel(index, header, ids, payload);
-        self.settle_channel_result(header.channel, result)
-    }
-
-    /// What a channel's answer to a frame means for the connection: a hard error closes
-    /// it (returned), a soft one closes only the channel.
-    fn settle_channel_result(
-        &mut self,
-        channel: u16,
-        result: Result<(), AmqpError>,
-    ) -> Result<(), AmqpError> {
-        match result {
+        match self.run_on_channel(index, header, ids, payload) {
             Ok(()) => Ok(()),
             Err(e) if e.is_hard() => Err(e),
             Err(e) => {
-                self.fail_channel(channel, e);
+                self.fail_channel(header.channel, e);
                 Ok(())
             }
         }
@@ -331,7 +331,7 @@ impl Connection {
                     octets_description(header.kind, &payload)
                 )),
             },
-            _ => ch.on_body(session, out, payload, Bytes::new()),
+            _ => ch.on_body(session, out, payload, None),
         }
     }
 
