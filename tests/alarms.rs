@@ -18,21 +18,6 @@ fn with_blocked_capability() -> FieldTable {
     table(&[("capabilities", AMQPValue::FieldTable(caps))])
 }
 
-/// A publish, its content header and a one-byte body on channel 1 to the default exchange.
-fn publish_frames(queue: &str) -> Vec<u8> {
-    let mut method = vec![0, 60, 0, 40, 0, 0, 0];
-    method.push(queue.len() as u8);
-    method.extend_from_slice(queue.as_bytes());
-    method.push(0);
-    let mut header = vec![0, 60, 0, 0];
-    header.extend_from_slice(&1u64.to_be_bytes());
-    header.extend_from_slice(&[0, 0]);
-    let mut frames = raw_frame(1, 1, &method);
-    frames.extend(raw_frame(2, 1, &header));
-    frames.extend(raw_frame(3, 1, b"x"));
-    frames
-}
-
 async fn ready(ch: &lapin::Channel, queue: &str) -> u32 {
     within(ch.queue_declare(
         queue.into(),

@@ -408,6 +408,11 @@ async fn same_as_rabbitmq_deleting_a_connection_closes_it_with_320_and_the_reaso
     assert_eq!(conn["auth_mechanism"], "PLAIN");
     assert_eq!(conn["channels"], 1);
     assert_eq!(conn["ssl"], false);
+    assert_eq!(conn["state"], "running");
+    // The handshake took reads and writes on the socket.
+    for counter in ["recv_cnt", "send_cnt", "recv_oct", "send_oct"] {
+        assert!(conn[counter].as_u64().unwrap() > 0, "{counter}: {conn}");
+    }
     let name = conn["name"].as_str().unwrap().to_owned();
     let channels = api.get("/api/channels").await.json();
     assert_eq!(channels[0]["name"], format!("{name} (1)"));
@@ -426,6 +431,34 @@ async fn same_as_rabbitmq_deleting_a_connection_closes_it_with_320_and_the_reaso
         (320, "CONNECTION_FORCED - maintenance window".into(), 0, 0)
     );
     assert_eq!(api.get(&path).await.status, 404);
+}
+
+/// Same as RabbitMQ: under an alarm a connection shows `blocking` until it publishes, then
+/// `blocked`, and `running` again once the alarm clears. (It showed `running` throughout.)
+#[tokio::test]
+async fn same_as_rabbitmq_a_connection_under_an_alarm_shows_blocking_then_blocked() {
+    let (broker, api) = broker_with_api().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let state = |want: &'static str| {
+        move |c: &Value| {
+            c.as_array()
+                .is_some_and(|a| a.len() == 1 && a[0]["state"] == want)
+        }
+    };
+    eventually(&api, "/api/connections", state("running")).await;
+    server
+        .alarms
+        .set_memory_watermark(lepus::config::MemoryWatermark::Absolute(1));
+    eventually(&api, "/api/connections", state("blocking")).await;
+    raw.send(&publish_frames("nowhere")).await;
+    eventually(&api, "/api/connections", state("blocked")).await;
+    server
+        .alarms
+        .set_memory_watermark(lepus::config::MemoryWatermark::Relative(0.99));
+    eventually(&api, "/api/connections", state("running")).await;
 }
 
 #[tokio::test]

@@ -577,3 +577,68 @@ async fn a_message_in_two_queues_is_confirmed_early_only_once_acknowledged_from_
     fs.resume_syncs();
     assert!(within(unacked).await.unwrap().is_ack());
 }
+
+// ---- a failed write while a publisher is blocked ---------------------------------------------
+
+/// Regression: a connection blocked by an alarm and then closed by the broker (a durable
+/// declare's write failed) parsed nothing more, so its Close-Ok went unseen and the socket
+/// stayed open until the 30 s close deadline, keeping what the client sent meanwhile
+/// unparsed. Same as RabbitMQ, whose reader leaves `blocked` when it closes: the Close-Ok is
+/// read and the socket closes.
+#[tokio::test]
+async fn a_blocked_connection_the_broker_closes_still_has_its_close_ok_read() {
+    use amq_protocol::protocol::{AMQPClass, connection, queue};
+    use lepus::config::MemoryWatermark;
+
+    let fs = SimFs::new(14);
+    let broker = broker_on(&fs, "blocked").await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    // The alarm is up before the connection opens, so its first publish blocks it.
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Absolute(1));
+    wait_until(|| server.alarms.raised().memory).await;
+    let mut raw = common::RawClient::connect(broker.addr).await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let _resume = SyncsResumeOnDrop(fs.clone());
+    fs.hold_syncs();
+    // A durable declare, whose answer waits for the disk, then a publish, which blocks the
+    // connection: both in one write.
+    let mut bytes = common::encode(&amq_protocol::frame::AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "dq".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    ));
+    bytes.extend(common::publish_frames("dq"));
+    raw.send(&bytes).await;
+    wait_until(|| {
+        server
+            .connections
+            .list()
+            .iter()
+            .any(|c| c.info().state() == "blocked")
+    })
+    .await;
+    // The declare's sync fails.
+    fs.set_faults(Faults {
+        fsync_error: 1.0,
+        ..Faults::default()
+    });
+    fs.resume_syncs();
+    let (code, text, _, _) = raw.expect_connection_close().await;
+    assert_eq!(code, 541, "{text}");
+    raw.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    )
+    .await;
+    assert!(raw.closed().await, "the socket closes after the Close-Ok");
+}

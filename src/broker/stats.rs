@@ -7,7 +7,7 @@
 //! layer from counters it samples every few seconds, so an idle broker does no work for them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use amq_protocol::types::FieldTable;
@@ -132,14 +132,17 @@ pub struct ConnectionInfo {
     /// Milliseconds since the epoch when the socket was accepted.
     pub connected_at_ms: u64,
     opened: Mutex<Option<Opened>>,
-    /// Bytes and frames read and written, for `recv_oct`/`send_oct` and the Prometheus byte
-    /// counters.
+    /// Bytes read and written, for `recv_oct`/`send_oct` and the Prometheus byte counters.
     pub recv_oct: AtomicU64,
+    /// Socket reads that brought bytes, RabbitMQ's `recv_cnt` (its socket's packet count).
     pub recv_cnt: AtomicU64,
     pub send_oct: AtomicU64,
+    /// Socket writes that took bytes, RabbitMQ's `send_cnt`.
     pub send_cnt: AtomicU64,
-    /// Set while the connection is blocked by a memory or disk alarm.
-    pub blocked: AtomicBool,
+    /// Where the connection is in flow control under an alarm ([`FlowState`] as a byte),
+    /// the `state` operators see: RabbitMQ's `blocking` (an alarm is raised, its next
+    /// publish blocks it) and `blocked` (it published, nothing of it is read).
+    pub flow: AtomicU8,
     /// The connection's channels; a closed channel's entry no longer upgrades.
     channels: Mutex<Vec<Weak<ChannelInfo>>>,
 }
@@ -157,7 +160,7 @@ impl ConnectionInfo {
             recv_cnt: AtomicU64::new(0),
             send_oct: AtomicU64::new(0),
             send_cnt: AtomicU64::new(0),
-            blocked: AtomicBool::new(false),
+            flow: AtomicU8::new(FlowState::Running as u8),
             channels: Mutex::new(Vec::new()),
         }
     }
@@ -172,6 +175,15 @@ impl ConnectionInfo {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The connection's `state`, as RabbitMQ's management API and `rabbitmqctl` show it.
+    pub fn state(&self) -> &'static str {
+        match self.flow.load(Ordering::Relaxed) {
+            x if x == FlowState::Blocking as u8 => "blocking",
+            x if x == FlowState::Blocked as u8 => "blocked",
+            _ => "running",
+        }
     }
 
     /// The name RabbitMQ gives a connection: `peer -> local`, e.g.
@@ -191,6 +203,15 @@ impl ConnectionInfo {
         let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         channels.iter().filter_map(Weak::upgrade).collect()
     }
+}
+
+/// A connection's flow-control state, as [`ConnectionInfo::flow`] stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowState {
+    Running = 0,
+    Blocking = 1,
+    Blocked = 2,
 }
 
 /// A channel as operators see it. The channel's task writes it; readers take what they find.

@@ -67,7 +67,7 @@ fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool
         "node": super::state::node_name(),
         "type": "network",
         "protocol": "AMQP 0-9-1",
-        "state": if info.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" },
+        "state": info.state(),
         "user": opened.user,
         "user_who_performed_action": opened.user,
         "vhost": opened.vhost,

@@ -12,6 +12,7 @@ use amq_protocol::types::ShortString;
 use tokio::time::Instant;
 
 use super::{Connection, Flow, Phase};
+use crate::broker::stats::FlowState;
 use crate::protocol::method::write_method;
 
 impl Connection {
@@ -20,7 +21,7 @@ impl Connection {
         let raised = *self.alarms.borrow_and_update();
         if raised.any() {
             if self.flow == Flow::Running && matches!(self.phase, Phase::Running) {
-                self.flow = Flow::Blocking;
+                self.set_flow(Flow::Blocking);
             }
             return;
         }
@@ -38,13 +39,13 @@ impl Connection {
             self.last_recv = Instant::now();
             tracing::info!(peer = %self.peer, "connection unblocked");
         }
-        self.flow = Flow::Running;
+        self.set_flow(Flow::Running);
     }
 
     /// The connection just opened: it starts blocking if an alarm is raised already.
     pub(super) fn start_flow(&mut self) {
         if self.alarms.borrow_and_update().any() {
-            self.flow = Flow::Blocking;
+            self.set_flow(Flow::Blocking);
         }
     }
 
@@ -67,7 +68,21 @@ impl Connection {
             );
         }
         tracing::info!(peer = %self.peer, "connection blocked by a resource alarm");
-        self.flow = Flow::Blocked { told };
+        self.set_flow(Flow::Blocked { told });
+    }
+
+    /// Moves to `flow`, and shows it to operators as the connection's state.
+    fn set_flow(&mut self, flow: Flow) {
+        self.flow = flow;
+        let state = match flow {
+            Flow::Running => FlowState::Running,
+            Flow::Blocking => FlowState::Blocking,
+            Flow::Blocked { .. } => FlowState::Blocked,
+        };
+        self.outbox
+            .info
+            .flow
+            .store(state as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether input is held back by an alarm.

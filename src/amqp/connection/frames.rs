@@ -43,8 +43,11 @@ impl Connection {
                 }
                 _ => {}
             }
-            if self.is_blocked() {
-                // Held until the alarm clears: the rest stays in the buffer.
+            if self.is_blocked() && matches!(self.phase, Phase::Running) {
+                // Held until the alarm clears: the rest stays in the buffer. A connection
+                // the broker is closing is read on whatever its flow (as RabbitMQ's reader,
+                // which leaves `blocked` when it closes): its Close-Ok must be seen, and
+                // what it sends meanwhile is parsed and dropped, not kept.
                 return;
             }
             let (header, payload) = match self.input.next_frame(self.frame_max) {

@@ -314,6 +314,7 @@ impl Connection {
             Ok(0) => Err(Exit::Done("client closed the socket")),
             Ok(n) => {
                 crate::broker::stats::bump(&self.outbox.info.recv_oct, n as u64);
+                crate::broker::stats::bump(&self.outbox.info.recv_cnt, 1);
                 self.last_recv = Instant::now();
                 Ok(())
             }
@@ -334,6 +335,7 @@ impl Connection {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
                     crate::broker::stats::bump(&self.outbox.info.send_oct, written as u64);
+                    crate::broker::stats::bump(&self.outbox.info.send_cnt, 1);
                     self.out.consume(written);
                     self.last_send = Instant::now();
                     progress = true;
