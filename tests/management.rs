@@ -781,6 +781,19 @@ async fn message_rates_come_from_sampled_counters() {
     })
     .await;
     assert!(overview["message_stats"]["publish"].as_u64().unwrap() > 0);
+    // The queue grows, so its vhost's depth and the overview's have a rate (they were 0),
+    // and so do the bytes its connection sends.
+    let positive = |v: &Value| v["rate"].as_f64().unwrap_or(0.0) > 0.0;
+    eventually(&api, "/api/vhosts/%2F", |v| {
+        positive(&v["messages_details"])
+            && positive(&v["messages_ready_details"])
+            && positive(&v["recv_oct_details"])
+    })
+    .await;
+    eventually(&api, "/api/overview", |o| {
+        positive(&o["queue_totals"]["messages_details"])
+    })
+    .await;
     let channels = api.get("/api/channels").await.json();
     assert!(channels[0]["message_stats"]["publish"].as_u64().unwrap() > 0);
     publisher.abort();
@@ -830,6 +843,55 @@ async fn same_as_rabbitmq_prometheus_serves_rabbitmq_metric_names() {
         "{per_object}"
     );
     assert_eq!(prom.get("/nope").await.status, 404);
+}
+
+/// Same as RabbitMQ, whose global counters never go backwards: what a vhost's clients did
+/// still counts after the vhost is deleted (the totals were sums over the vhosts left, so
+/// Prometheus saw a counter reset).
+#[tokio::test]
+async fn global_counters_keep_what_a_deleted_vhost_counted() {
+    let (broker, api) = broker_with_api().await;
+    assert_eq!(api.put("/api/vhosts/gone", json!({})).await.status, 201);
+    let uri = format!("amqp://guest:guest@{}/gone", broker.addr);
+    let conn = within(lapin::Connection::connect(
+        &uri,
+        lapin::ConnectionProperties::default(),
+    ))
+    .await
+    .expect("guest connects to the new vhost");
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.queue_declare(
+        "q".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        publish(&ch, "", "q", b"counted").await;
+    }
+    within(conn.close(200, "done".into())).await.unwrap();
+    let prom = prometheus(&broker);
+    let counted = [
+        "rabbitmq_global_messages_received_total{protocol=\"amqp091\"} 3",
+        "rabbitmq_queues_created_total 1",
+        "rabbitmq_queues_declared_total 1",
+    ];
+    let text = prom.get("/metrics").await.text();
+    for line in counted {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert_eq!(api.delete("/api/vhosts/gone").await.status, 204);
+    let text = prom.get("/metrics").await.text();
+    for line in counted {
+        assert!(
+            text.contains(line),
+            "{line} missing after the delete:\n{text}"
+        );
+    }
+    let overview = api.get("/api/overview").await.json();
+    assert_eq!(overview["message_stats"]["publish"], 3);
+    assert_eq!(overview["churn_rates"]["queue_created"], 1);
 }
 
 #[tokio::test]

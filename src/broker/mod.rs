@@ -69,8 +69,9 @@ pub struct Broker {
     pub alarms: Alarms,
     /// Limits on what clients create, shared by every vhost.
     pub creation_limits: vhost::CreationLimits,
-    /// Connections, channels and queues opened and closed since the start.
-    pub churn: stats::Churn,
+    /// Churn since the start and closed channels' counters: the totals that never go
+    /// backwards.
+    pub ledger: Arc<stats::Ledger>,
     /// When the broker started (milliseconds since the epoch), for uptime.
     pub started_at_ms: u64,
 }

@@ -75,7 +75,7 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory,
-            churn: super::stats::Churn::default(),
+            ledger: Default::default(),
             started_at_ms: super::timer::now_ms(),
             creation_limits: CreationLimits {
                 max_queues: config.limits.max_queues,
@@ -109,6 +109,7 @@ impl Broker {
             memory: self.memory,
             worker: self.worker.clone(),
             limits: self.creation_limits.clone(),
+            ledger: self.ledger.clone(),
         }
     }
 

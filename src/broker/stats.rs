@@ -228,9 +228,12 @@ pub struct ChannelInfo {
     pub consumers: AtomicU32,
     pub unacked: AtomicU32,
     pub unconfirmed: AtomicU32,
+    /// Set (under the [`Ledger`]'s lock) when the closed channel's counters were added to
+    /// the retired totals: from then on a total that still holds this channel skips it.
+    pub(crate) retired: AtomicBool,
 }
 
-/// Gauges that only grow, for Prometheus's `_total` counters and the overview's churn.
+/// Counters that only grow, for Prometheus's `_total` counters and the overview's churn.
 #[derive(Debug, Default)]
 pub struct Churn {
     pub connections_opened: AtomicU64,
@@ -240,6 +243,91 @@ pub struct Churn {
     pub queues_declared: AtomicU64,
     pub queues_created: AtomicU64,
     pub queues_deleted: AtomicU64,
+}
+
+impl Churn {
+    /// The counts by the names of RabbitMQ's `churn_rates`.
+    pub fn fields(&self) -> [(&'static str, u64); 7] {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("channel_closed", load(&self.channels_closed)),
+            ("channel_created", load(&self.channels_opened)),
+            ("connection_closed", load(&self.connections_closed)),
+            ("connection_created", load(&self.connections_opened)),
+            ("queue_created", load(&self.queues_created)),
+            ("queue_declared", load(&self.queues_declared)),
+            ("queue_deleted", load(&self.queues_deleted)),
+        ]
+    }
+}
+
+/// The broker's running totals, which never go backwards (Prometheus reads a counter that
+/// drops as a restart, and a rate chart would spike): churn, and the message counters of
+/// closed channels, broker-wide and per vhost.
+///
+/// A total is the retired counters plus those of the channels still open. A channel that
+/// closes moves its counters into the retired ones under this ledger's lock, and a total is
+/// added up under it too, so every channel counts exactly once: a total never holds a
+/// closing channel twice (retired and still listed) nor misses it (listed no more, not yet
+/// retired). The lock is taken when a channel closes and when an operator asks, never per
+/// message.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Connections, channels and queues opened and closed since the start, in every vhost
+    /// (a deleted vhost's queues still count).
+    pub churn: Churn,
+    /// The message counters of every closed channel, of every vhost.
+    retired: MessageCounters,
+    lock: Mutex<()>,
+}
+
+impl Ledger {
+    /// Moves a closing channel's counters into its vhost's retired counters and the
+    /// broker's.
+    pub fn retire(&self, vhost: &MessageCounters, channel: &ChannelInfo) {
+        let _counting = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let counted = channel.messages.snapshot();
+        vhost.add(&counted);
+        self.retired.add(&counted);
+        channel.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// The totals of `retired` (a vhost's; the broker's when `None`) and of `open`, those
+    /// channels that are still open.
+    pub fn total<'a>(
+        &self,
+        retired: Option<&MessageCounters>,
+        open: impl IntoIterator<Item = &'a ChannelInfo>,
+    ) -> MessageTotals {
+        let _counting = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut totals = retired.unwrap_or(&self.retired).snapshot();
+        for ch in open {
+            if !ch.retired.load(Ordering::Relaxed) {
+                totals.add(&ch.messages.snapshot());
+            }
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+
+    /// A total taken while a closing channel is still listed (a scrape that found it just
+    /// before it closed) counts it once, from the retired counters.
+    #[test]
+    fn a_closing_channel_counts_once() {
+        let ledger = Ledger::default();
+        let vhost = MessageCounters::default();
+        let ch = ChannelInfo::default();
+        bump(&ch.messages.publish, 5);
+        assert_eq!(ledger.total(None, [&ch]).publish, 5);
+        ledger.retire(&vhost, &ch);
+        assert_eq!(ledger.total(None, [&ch]).publish, 5, "still listed");
+        assert_eq!(ledger.total(Some(&vhost), [&ch]).publish, 5);
+        assert_eq!(ledger.total(None, []).publish, 5, "no longer listed");
+    }
 }
 
 /// A queue's counters, kept under its lock.

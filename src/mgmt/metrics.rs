@@ -141,8 +141,6 @@ struct QueueSample {
 struct Scrape {
     queues: Vec<QueueSample>,
     totals: MessageTotals,
-    /// Queues declared, created and deleted.
-    queue_churn: [u64; 3],
     connections: usize,
     channels: usize,
     bytes_in: u64,
@@ -287,8 +285,7 @@ impl BrokerMetrics {
         let conns = broker.connections.list();
         let mut scrape = Scrape {
             queues: Vec::new(),
-            totals: MessageTotals::default(),
-            queue_churn: [0; 3],
+            totals: super::rates::broker_totals(broker),
             connections: conns.len(),
             channels: conns.iter().map(|c| c.info().channels().len()).sum(),
             bytes_in: conns.iter().map(|c| load(&c.info().recv_oct)).sum(),
@@ -300,17 +297,6 @@ impl BrokerMetrics {
                 .count() as i64,
         };
         for v in broker.vhosts() {
-            scrape
-                .totals
-                .add(&super::rates::vhost_totals(broker, &v.name));
-            let churn = &v.churn;
-            for (slot, counter) in scrape.queue_churn.iter_mut().zip([
-                &churn.queues_declared,
-                &churn.queues_created,
-                &churn.queues_deleted,
-            ]) {
-                *slot += load(counter);
-            }
             if self.vhost.as_ref().is_some_and(|f| *f != v.name) {
                 continue;
             }
@@ -358,7 +344,7 @@ impl BrokerMetrics {
 
     /// Connections, channels, consumers and queues: how many, and how many came and went.
     fn encode_objects(&self, enc: &mut DescriptorEncoder, s: &Scrape) -> std::fmt::Result {
-        let churn = &self.mgmt.broker.churn;
+        let churn = &self.mgmt.broker.ledger.churn;
         let consumers: i64 = s.queues.iter().map(|q| q.consumers).sum();
         let amqp = || vec![("protocol", "amqp091".to_owned())];
         for (name, help, value) in [
@@ -405,17 +391,17 @@ impl BrokerMetrics {
             (
                 "rabbitmq_queues_declared",
                 "Total number of queues declared",
-                s.queue_churn[0],
+                load(&churn.queues_declared),
             ),
             (
                 "rabbitmq_queues_created",
                 "Total number of queues created",
-                s.queue_churn[1],
+                load(&churn.queues_created),
             ),
             (
                 "rabbitmq_queues_deleted",
                 "Total number of queues deleted",
-                s.queue_churn[2],
+                load(&churn.queues_deleted),
             ),
             (
                 "rabbitmq_connection_incoming_bytes",

@@ -1,7 +1,6 @@
 //! The broker as a whole: `overview`, `whoami`, `nodes`, health checks and the cluster name.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -57,10 +56,16 @@ async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) ->
         .into_iter()
         .filter(|v| caller.may_see(broker, &v.name))
         .collect();
-    let mut totals = crate::broker::stats::MessageTotals::default();
+    // Every vhost's totals, deleted ones' too, for whoever sees them all.
+    let mut totals = match caller.is_monitor() {
+        true => rates::broker_totals(broker),
+        false => crate::broker::stats::MessageTotals::default(),
+    };
     let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0, 0, 0);
     for v in &visible {
-        totals.add(&rates::vhost_totals(broker, &v.name));
+        if !caller.is_monitor() {
+            totals.add(&rates::vhost_totals(broker, &v.name));
+        }
         for queue in v.queues() {
             let s = queue.snapshot();
             ready += u64::from(s.ready);
@@ -98,23 +103,9 @@ async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) ->
         "messages_unacknowledged",
         unacked,
     );
-    let churn = &broker.churn;
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let queue_churn = |f: fn(&crate::broker::stats::Churn) -> &AtomicU64| -> u64 {
-        broker.vhosts().iter().map(|v| load(f(&v.churn))).sum()
-    };
     let mut churn_rates = Map::new();
-    for (field, value) in [
-        ("channel_closed", load(&churn.channels_closed)),
-        ("channel_created", load(&churn.channels_opened)),
-        ("connection_closed", load(&churn.connections_closed)),
-        ("connection_created", load(&churn.connections_opened)),
-        ("queue_created", queue_churn(|c| &c.queues_created)),
-        ("queue_declared", queue_churn(|c| &c.queues_declared)),
-        ("queue_deleted", queue_churn(|c| &c.queues_deleted)),
-    ] {
-        churn_rates.insert(field.into(), json!(value));
-        churn_rates.insert(format!("{field}_details"), json!({"rate": 0.0}));
+    for (field, value) in broker.ledger.churn.fields() {
+        rates::with_rate(&mut churn_rates, &m.rates, key, field, value);
     }
     let node = super::state::node_name();
     let version = &broker.config.version;
@@ -179,7 +170,7 @@ async fn whoami(caller: Caller) -> Response {
 
 async fn nodes(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
     caller.require_monitor()?;
-    Ok(Json(json!([node_json(&m.broker)])).into_response())
+    Ok(Json(json!([node_json(&m)])).into_response())
 }
 
 async fn node(State(m): State<Arc<Mgmt>>, caller: Caller, Path(name): Path<String>) -> ApiResult {
@@ -187,7 +178,7 @@ async fn node(State(m): State<Arc<Mgmt>>, caller: Caller, Path(name): Path<Strin
     if name != super::state::node_name() {
         return Err(ApiError::not_found());
     }
-    Ok(Json(node_json(&m.broker)).into_response())
+    Ok(Json(node_json(&m)).into_response())
 }
 
 /// Node counters RabbitMQ reports that have no meaning for Lepus (Erlang's garbage
@@ -216,26 +207,15 @@ const NODE_ZEROS: &[&str] = &[
     "queue_index_write_count",
 ];
 
-fn node_json(broker: &Broker) -> Value {
+fn node_json(m: &Mgmt) -> Value {
+    let broker = &m.broker;
     let mut node = node_basics(broker);
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let queue_churn = |f: fn(&crate::broker::stats::Churn) -> &AtomicU64| -> u64 {
-        broker.vhosts().iter().map(|v| load(f(&v.churn))).sum()
-    };
-    let churn = &broker.churn;
-    let counted = [
-        ("channel_closed", load(&churn.channels_closed)),
-        ("channel_created", load(&churn.channels_opened)),
-        ("connection_closed", load(&churn.connections_closed)),
-        ("connection_created", load(&churn.connections_opened)),
-        ("queue_created", queue_churn(|c| &c.queues_created)),
-        ("queue_declared", queue_churn(|c| &c.queues_declared)),
-        ("queue_deleted", queue_churn(|c| &c.queues_deleted)),
-    ];
     if let Value::Object(map) = &mut node {
-        let zeros = NODE_ZEROS.iter().map(|f| (*f, 0));
-        for (field, value) in counted.into_iter().chain(zeros) {
-            map.insert(field.into(), json!(value));
+        for (field, value) in broker.ledger.churn.fields() {
+            rates::with_rate(map, &m.rates, "overview", field, value);
+        }
+        for field in NODE_ZEROS {
+            map.insert((*field).into(), json!(0));
             map.insert(format!("{field}_details"), json!({"rate": 0.0}));
         }
         for gauge in [

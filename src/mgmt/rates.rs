@@ -78,45 +78,20 @@ impl Rates {
     pub fn sample(&self, broker: &Broker, round: u64) {
         let now = Instant::now();
         let mut seen: Vec<(String, Vec<(&'static str, u64)>)> = Vec::new();
-        let mut overview = MessageTotals::default();
-        let (mut ready, mut unacked) = (0u64, 0u64);
-        for vhost in broker.vhosts() {
-            for q in vhost.queues() {
-                let s = q.snapshot();
-                ready += u64::from(s.ready);
-                unacked += u64::from(s.unacked);
-                let mut values = totals_fields(&s.counters.totals());
-                values.push(("messages", u64::from(s.ready) + u64::from(s.unacked)));
-                values.push(("messages_ready", u64::from(s.ready)));
-                values.push(("messages_unacknowledged", u64::from(s.unacked)));
-                seen.push((queue_key(&vhost.name, &q.name), values));
-            }
-            for x in vhost.exchanges() {
-                let c = &x.counters;
-                let load =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-                seen.push((
-                    exchange_key(&vhost.name, &x.name),
-                    vec![
-                        ("publish_in", load(&c.publish_in)),
-                        ("publish_out", load(&c.publish_out)),
-                    ],
-                ));
-            }
-            let totals = vhost_totals(broker, &vhost.name);
-            overview.add(&totals);
-            seen.push((vhost_key(&vhost.name), totals_fields(&totals)));
-        }
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        // Bytes each vhost's connections read and wrote.
+        let mut vhost_bytes: HashMap<String, (u64, u64)> = HashMap::new();
         for conn in broker.connections.list() {
             let info = conn.info();
-            let load =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let (recv, send) = (load(&info.recv_oct), load(&info.send_oct));
+            if let Some(opened) = info.opened() {
+                let bytes = vhost_bytes.entry(opened.vhost).or_default();
+                bytes.0 += recv;
+                bytes.1 += send;
+            }
             seen.push((
                 connection_key(info.id),
-                vec![
-                    ("recv_oct", load(&info.recv_oct)),
-                    ("send_oct", load(&info.send_oct)),
-                ],
+                vec![("recv_oct", recv), ("send_oct", send)],
             ));
             for ch in info.channels() {
                 seen.push((
@@ -125,7 +100,39 @@ impl Rates {
                 ));
             }
         }
-        seen.push(("overview".into(), totals_fields(&overview)));
+        let (mut ready, mut unacked) = (0u64, 0u64);
+        for vhost in broker.vhosts() {
+            let (mut vhost_ready, mut vhost_unacked) = (0u64, 0u64);
+            for q in vhost.queues() {
+                let s = q.snapshot();
+                vhost_ready += u64::from(s.ready);
+                vhost_unacked += u64::from(s.unacked);
+                let mut values = totals_fields(&s.counters.totals());
+                values.extend(depth_fields(u64::from(s.ready), u64::from(s.unacked)));
+                seen.push((queue_key(&vhost.name, &q.name), values));
+            }
+            for x in vhost.exchanges() {
+                let c = &x.counters;
+                seen.push((
+                    exchange_key(&vhost.name, &x.name),
+                    vec![
+                        ("publish_in", load(&c.publish_in)),
+                        ("publish_out", load(&c.publish_out)),
+                    ],
+                ));
+            }
+            let mut values = totals_fields(&vhost_totals(broker, &vhost.name));
+            values.extend(depth_fields(vhost_ready, vhost_unacked));
+            let (recv, send) = vhost_bytes.get(&vhost.name).copied().unwrap_or_default();
+            values.extend([("recv_oct", recv), ("send_oct", send)]);
+            seen.push((vhost_key(&vhost.name), values));
+            ready += vhost_ready;
+            unacked += vhost_unacked;
+        }
+        let mut overview = totals_fields(&broker_totals(broker));
+        overview.extend(depth_fields(ready, unacked));
+        overview.extend(broker.ledger.churn.fields());
+        seen.push(("overview".into(), overview));
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         for (key, values) in seen {
             let rates = match objects.get(&key) {
@@ -144,9 +151,12 @@ impl Rates {
         }
         objects.retain(|_, s| s.round == round);
         if let Some(o) = objects.get("overview") {
+            // The message rates, and the depth as it is (not its rate).
+            let message_fields = totals_fields(&MessageTotals::default());
             let mut point: Map<String, Value> = o
                 .rates
                 .iter()
+                .filter(|(f, _)| message_fields.iter().any(|(m, _)| m == f))
                 .map(|(f, r)| ((*f).to_owned(), json!(r)))
                 .collect();
             point.insert("timestamp".into(), json!(crate::broker::timer::now_ms()));
@@ -160,6 +170,15 @@ impl Rates {
             history.push_back(Value::Object(point));
         }
     }
+}
+
+/// A queue's (or a sum of queues') depth, whose rates show how fast it grows or drains.
+fn depth_fields(ready: u64, unacked: u64) -> [(&'static str, u64); 3] {
+    [
+        ("messages", ready + unacked),
+        ("messages_ready", ready),
+        ("messages_unacknowledged", unacked),
+    ]
 }
 
 fn rates_between(
@@ -308,16 +327,23 @@ pub fn channels(broker: &Broker) -> Vec<(Arc<dyn ConnectionControl>, Opened, Arc
     out
 }
 
-/// A vhost's message totals: its live channels' counters and those of the ones closed.
+/// A vhost's message totals: its open channels' counters and those of the ones closed.
 pub fn vhost_totals(broker: &Broker, vhost: &str) -> MessageTotals {
-    let mut totals = broker
-        .vhost(vhost)
-        .map(|v| v.retired.snapshot())
-        .unwrap_or_default();
-    for (_, opened, ch) in channels(broker) {
-        if opened.vhost == vhost {
-            totals.add(&ch.messages.snapshot());
-        }
-    }
-    totals
+    let Some(v) = broker.vhost(vhost) else {
+        return MessageTotals::default();
+    };
+    let open = channels(broker);
+    let open = open
+        .iter()
+        .filter(|(_, opened, _)| opened.vhost == vhost)
+        .map(|(_, _, ch)| &**ch);
+    broker.ledger.total(Some(&v.retired), open)
+}
+
+/// The broker's message totals, every vhost's (deleted ones' too): they never go backwards.
+pub fn broker_totals(broker: &Broker) -> MessageTotals {
+    let open = channels(broker);
+    broker
+        .ledger
+        .total(None, open.iter().map(|(_, _, ch)| &**ch))
 }

@@ -197,7 +197,7 @@ impl Counted {
             ..ChannelInfo::default()
         });
         s.outbox.info.add_channel(&info);
-        bump(&s.broker.churn.channels_opened, 1);
+        bump(&s.broker.ledger.churn.channels_opened, 1);
         Counted {
             info,
             vhost: s.vhost.clone(),
@@ -208,8 +208,8 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.vhost.retired.add(&self.info.messages.snapshot());
-        bump(&self.broker.churn.channels_closed, 1);
+        self.broker.ledger.retire(&self.vhost.retired, &self.info);
+        bump(&self.broker.ledger.churn.channels_closed, 1);
     }
 }
 

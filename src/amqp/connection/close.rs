@@ -164,6 +164,7 @@ impl Connection {
         if let Some(session) = &self.session {
             session.vhost.remove_exclusive_queues(self.id);
             self.broker
+                .ledger
                 .churn
                 .connections_closed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -302,6 +302,7 @@ impl Connection {
             heartbeat_s: self.heartbeat_s,
         });
         self.broker
+            .ledger
             .churn
             .connections_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

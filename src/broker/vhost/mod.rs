@@ -59,6 +59,8 @@ pub struct VhostServices {
     pub worker: Arc<Worker>,
     /// Broker-wide limits on what clients create.
     pub limits: CreationLimits,
+    /// The broker's running totals, where queue churn is counted.
+    pub ledger: Arc<crate::broker::stats::Ledger>,
 }
 
 /// Limits on what clients create, shared by every vhost of a broker.
@@ -92,8 +94,6 @@ pub struct VirtualHost {
     /// The message counters of this vhost's closed channels, so that its totals never go
     /// backwards.
     pub retired: crate::broker::stats::MessageCounters,
-    /// Queues declared, created and deleted in this vhost (the queue fields of `Churn`).
-    pub churn: crate::broker::stats::Churn,
     /// This vhost, for the queues it creates (they hand it their dead letters) and for the
     /// dead-letter jobs it submits.
     me: Weak<VirtualHost>,
@@ -162,7 +162,6 @@ impl VirtualHost {
                 limits: RwLock::new(VhostLimits::default()),
                 connections: AtomicUsize::new(0),
                 retired: Default::default(),
-                churn: Default::default(),
                 me: me.clone(),
             };
             vhost.predeclare();

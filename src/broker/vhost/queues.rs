@@ -44,7 +44,7 @@ impl VirtualHost {
         connection: u64,
     ) -> AmqpResult<(Arc<Queue>, u32, u32, SyncEpoch)> {
         let desc = queue_desc(&d.name, &self.name);
-        crate::broker::stats::bump(&self.churn.queues_declared, 1);
+        crate::broker::stats::bump(&self.services.ledger.churn.queues_declared, 1);
         let mut topology = self.lock();
         if let Some(q) = self.queue(&d.name) {
             let owned_by_other = q.exclusive_owner.is_some_and(|o| o != connection);
@@ -129,7 +129,7 @@ impl VirtualHost {
         }
         self.queues.insert(d.name.clone(), queue.clone());
         self.services.limits.queues.fetch_add(1, Ordering::Relaxed);
-        crate::broker::stats::bump(&self.churn.queues_created, 1);
+        crate::broker::stats::bump(&self.services.ledger.churn.queues_created, 1);
         self.changed();
         Ok((queue, 0, 0, topology.sync.take()))
     }
@@ -203,7 +203,7 @@ impl VirtualHost {
             return (0, None);
         }
         self.services.limits.queues.fetch_sub(1, Ordering::Relaxed);
-        crate::broker::stats::bump(&self.churn.queues_deleted, 1);
+        crate::broker::stats::bump(&self.services.ledger.churn.queues_deleted, 1);
         let sources =
             self.remove_incoming_locked(&mut topology, &Destination::Queue(queue.clone()));
         for source in sources {
