@@ -845,6 +845,105 @@ async fn same_as_rabbitmq_prometheus_serves_rabbitmq_metric_names() {
     assert_eq!(prom.get("/nope").await.status, 404);
 }
 
+/// Same as RabbitMQ: on a single-active-consumer queue the one that gets messages shows as
+/// `single_active` and its tag as the queue's, the others as `waiting` and not active
+/// (every consumer showed `up`).
+#[tokio::test]
+async fn same_as_rabbitmq_single_active_consumers_show_who_is_active() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "sac".into(),
+        QueueDeclareOptions::default(),
+        table(&[(
+            "x-single-active-consumer",
+            amq_protocol::types::AMQPValue::Boolean(true),
+        )]),
+    ))
+    .await
+    .unwrap();
+    let mut consumers = Vec::new();
+    for tag in ["first", "second"] {
+        consumers.push(
+            within(ch.basic_consume(
+                "sac".into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let q = api.get("/api/queues/%2F/sac").await.json();
+    assert_eq!(q["single_active_consumer_tag"], "first");
+    let mut seen: Vec<(String, bool, String)> = q["consumer_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["consumer_tag"].as_str().unwrap().to_owned(),
+                c["active"].as_bool().unwrap(),
+                c["activity_status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("first".into(), true, "single_active".into()),
+            ("second".into(), false, "waiting".into()),
+        ]
+    );
+}
+
+/// Same as RabbitMQ: a transactional channel shows what it holds until tx.commit (both
+/// showed 0).
+#[tokio::test]
+async fn same_as_rabbitmq_a_transaction_shows_its_uncommitted_publishes_and_acks() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "txq".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "", "txq", b"acked in the transaction").await;
+    within(ch.tx_select()).await.unwrap();
+    let got = within(ch.basic_get("txq".into(), BasicGetOptions::default()))
+        .await
+        .unwrap()
+        .expect("a message");
+    within(got.delivery.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        within(ch.basic_publish(
+            "".into(),
+            "txq".into(),
+            BasicPublishOptions::default(),
+            b"held",
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let holding = |c: &Value| {
+        c.as_array().is_some_and(|a| {
+            a.len() == 1 && a[0]["messages_uncommitted"] == 2 && a[0]["acks_uncommitted"] == 1
+        })
+    };
+    eventually(&api, "/api/channels", holding).await;
+    within(ch.tx_commit()).await.unwrap();
+    let channels = api.get("/api/channels").await.json();
+    assert_eq!(channels[0]["messages_uncommitted"], 0);
+    assert_eq!(channels[0]["acks_uncommitted"], 0);
+}
+
 /// Same as RabbitMQ, whose global counters never go backwards: what a vhost's clients did
 /// still counts after the vhost is deleted (the totals were sums over the vhosts left, so
 /// Prometheus saw a counter reset).

@@ -65,6 +65,13 @@ async fn a_backlog_with_no_consumer_pages_out_past_the_budget() {
     let paged = q["messages_paged_out"].as_u64().unwrap();
     assert!(paged > 0, "4 MiB held under a 256 KiB budget: {q}");
     assert_eq!(q["messages_ram"].as_u64().unwrap() + paged, 8);
+    // Same as RabbitMQ: `memory` is what the queue holds in memory, not what it pages out
+    // (it showed all 4 MiB).
+    let in_memory = q["messages_ram"].as_u64().unwrap();
+    let memory = q["memory"].as_u64().unwrap();
+    assert!(memory >= in_memory * 512 * 1024, "{q}");
+    assert!(memory < (in_memory + 1) * 512 * 1024, "{q}");
+    assert_eq!(q["message_bytes"], 8 * 512 * 1024);
 }
 
 #[tokio::test]

@@ -112,6 +112,46 @@ def http_shapes(url):
     return seen
 
 
+@scenario
+def http_live_values(url):
+    """Values operators read, compared as they are: which consumer a single-active-consumer
+    queue delivers to, what an open transaction holds, the connection's state."""
+    params = pika.URLParameters(url)
+    params.client_properties = {"connection_name": "http-live"}
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    ch.queue_declare("http-sac", arguments={"x-single-active-consumer": True})
+    for tag in ("sac-first", "sac-second"):
+        ch.basic_consume("http-sac", lambda *a: None, consumer_tag=tag)
+    seen = {}
+    q = until("/api/queues/%2F/http-sac", lambda q: len(q.get("consumer_details", [])) == 2)
+    seen["sac_tag"] = q.get("single_active_consumer_tag")
+    seen["sac_consumers"] = sorted(
+        [c["consumer_tag"], c["active"], c["activity_status"]] for c in q.get("consumer_details", []))
+    tx = conn.channel()
+    tx.queue_declare("http-tx")
+    tx.tx_select()
+    for body in (b"m1", b"m2"):
+        tx.basic_publish("", "http-tx", body)
+    conn.process_data_events(time_limit=0.2)
+
+    def mine(cs):
+        return [c for c in cs if c.get("client_properties", {}).get("connection_name") == "http-live"]
+
+    me = mine(until("/api/connections", lambda cs: len(mine(cs)) == 1))
+    seen["state"] = [c.get("state") for c in me]
+    name = me[0]["name"] if me else None
+    chans = until("/api/channels", lambda cs: any(
+        c["connection_details"]["name"] == name and c.get("messages_uncommitted") == 2 for c in cs))
+    seen["uncommitted"] = sorted(
+        c.get("messages_uncommitted") for c in chans if c["connection_details"]["name"] == name)
+    tx.tx_commit()
+    conn.close()
+    for queue in ("http-sac", "http-tx"):
+        http("DELETE", "/api/queues/%2F/" + queue)
+    return seen
+
+
 METRICS = [
     "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
     "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queue_messages_published_total",

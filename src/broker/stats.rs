@@ -228,6 +228,9 @@ pub struct ChannelInfo {
     pub consumers: AtomicU32,
     pub unacked: AtomicU32,
     pub unconfirmed: AtomicU32,
+    /// Publishes and settled deliveries an open transaction holds until tx.commit.
+    pub uncommitted_messages: AtomicU32,
+    pub uncommitted_acks: AtomicU32,
     /// Set (under the [`Ledger`]'s lock) when the closed channel's counters were added to
     /// the retired totals: from then on a total that still holds this channel skips it.
     pub(crate) retired: AtomicBool,

@@ -209,8 +209,8 @@ fn channel_json(
         "global_prefetch_count": load32(&ch.global_prefetch_count),
         "messages_unacknowledged": load32(&ch.unacked),
         "messages_unconfirmed": load32(&ch.unconfirmed),
-        "messages_uncommitted": 0,
-        "acks_uncommitted": 0,
+        "messages_uncommitted": load32(&ch.uncommitted_messages),
+        "acks_uncommitted": load32(&ch.uncommitted_acks),
         "pending_raft_commands": 0,
         "idle_since": timestamp(conn.connected_at_ms),
     });

@@ -21,6 +21,7 @@ use super::rates::{self, QUEUE_FIELDS};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
+use crate::broker::queue::consumers::Activity;
 use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock};
 use crate::broker::queue::settings::QueueType;
 use crate::broker::queue::{ConsumerSnapshot, Queue};
@@ -79,8 +80,8 @@ pub fn consumer_json(
     json!({
         "arguments": encode_arguments(&c.arguments).0,
         "ack_required": c.ack_required,
-        "active": true,
-        "activity_status": "up",
+        "active": c.activity != Activity::Waiting,
+        "activity_status": c.activity.name(),
         "channel_details": channel_details(conns.get(&c.connection), c.channel),
         "consumer_tag": c.tag,
         "exclusive": c.exclusive,
@@ -128,7 +129,7 @@ pub fn queue_json(
         "effective_policy_definition": Value::Object(policy.map(|p| p.definition).unwrap_or_default()),
         "consumers": s.consumers.len(),
         "exclusive_consumer_tag": s.exclusive_consumer,
-        "single_active_consumer_tag": Value::Null,
+        "single_active_consumer_tag": s.consumers.iter().find(|c| c.activity == Activity::SingleActive).map(|c| c.tag.clone()),
         // Lepus's queues never hold back a message from a consumer with credit.
         "consumer_utilisation": if s.consumers.is_empty() { Value::Null } else { json!(1.0) },
         "consumer_capacity": if s.consumers.is_empty() { 0.0 } else { 1.0 },
@@ -145,7 +146,7 @@ pub fn queue_json(
         "message_bytes_ram": bytes_in_memory(s.ready_bytes),
         "message_bytes_persistent": persistent(s.ready_bytes),
         "message_bytes_paged_out": 0,
-        "memory": s.ready_bytes,
+        "memory": s.memory_bytes,
         "message_stats": rates::message_stats(&m.rates, &key, &s.counters.totals(), QUEUE_FIELDS, stats),
     });
     let Value::Object(map) = &mut out else {

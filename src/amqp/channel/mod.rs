@@ -136,6 +136,8 @@ enum TxSettle {
 struct Transaction {
     publishes: Vec<TxPublish>,
     settles: Vec<TxSettle>,
+    /// Deliveries the held settlements cover (RabbitMQ's `acks_uncommitted`).
+    settled: usize,
 }
 
 /// The queues a message goes to.
@@ -260,6 +262,12 @@ impl Channel {
         let info = &self.stats.info;
         info.consumers.store(self.consumers.len() as u32, Relaxed);
         info.unacked.store(self.unacked.len() as u32, Relaxed);
+        let (publishes, settled) = self
+            .tx
+            .as_ref()
+            .map_or((0, 0), |tx| (tx.publishes.len(), tx.settled));
+        info.uncommitted_messages.store(publishes as u32, Relaxed);
+        info.uncommitted_acks.store(settled as u32, Relaxed);
     }
 
     pub fn is_open(&self) -> bool {

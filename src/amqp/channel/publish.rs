@@ -301,6 +301,7 @@ impl Channel {
                 message,
                 headers,
             });
+            self.note_gauges();
             return Ok(());
         }
         let destination = Destination {

@@ -45,11 +45,13 @@ impl Channel {
             .map_err(err_method)?;
         let is_ack = method_id == crate::protocol::basic::ACK;
         if let Some(tx) = self.tx.as_mut() {
+            tx.settled += taken.len();
             tx.settles.push(if is_ack {
                 TxSettle::Ack(taken)
             } else {
                 TxSettle::Reject(taken, settle.requeue)
             });
+            self.note_gauges();
             return Ok(());
         }
         if is_ack {

@@ -43,6 +43,27 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<ConsumerId, V, BuildHasherDefault<IdHasher>>;
 
+/// Whether a consumer gets messages, as RabbitMQ's `activity_status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// A consumer of a queue without a single active consumer.
+    Up,
+    /// The one consumer a single-active-consumer queue delivers to.
+    SingleActive,
+    /// A single-active-consumer queue's standby, waiting for the active one to go.
+    Waiting,
+}
+
+impl Activity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activity::Up => "up",
+            Activity::SingleActive => "single_active",
+            Activity::Waiting => "waiting",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Consumers {
     /// `x-single-active-consumer`: only `active` gets messages.
@@ -75,6 +96,15 @@ impl Consumers {
     /// The single active consumer, if this is such a queue and it has one.
     pub fn active(&self) -> Option<ConsumerId> {
         self.active
+    }
+
+    /// How the management API shows a consumer's part: RabbitMQ's `activity_status`.
+    pub fn activity(&self, id: ConsumerId) -> Activity {
+        match (self.single_active, self.active == Some(id)) {
+            (false, _) => Activity::Up,
+            (true, true) => Activity::SingleActive,
+            (true, false) => Activity::Waiting,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -114,8 +114,10 @@ pub struct QueueSnapshot {
     pub ready: u32,
     /// Messages delivered and not yet acknowledged.
     pub unacked: u32,
-    /// Body bytes of the ready messages.
+    /// Body bytes of the ready messages, in memory or on disk.
     pub ready_bytes: u64,
+    /// What the ready messages held in memory take there.
+    pub memory_bytes: u64,
     pub consumers: Vec<ConsumerSnapshot>,
     /// The tag of the consumer holding the queue exclusively, if one does.
     pub exclusive_consumer: Option<String>,
@@ -137,6 +139,8 @@ pub struct ConsumerSnapshot {
     pub exclusive: bool,
     pub prefetch_count: u32,
     pub arguments: FieldTable,
+    /// Whether it gets messages, or waits its turn on a single-active-consumer queue.
+    pub activity: consumers::Activity,
 }
 
 /// What removing a consumer left behind.
@@ -458,6 +462,7 @@ impl Queue {
             ready: state.message_count(),
             unacked: state.unacked as u32,
             ready_bytes: state.body_bytes,
+            memory_bytes: state.ready_bytes as u64,
             consumers: live()
                 .map(|c| ConsumerSnapshot {
                     tag: String::from_utf8_lossy(&c.tag).into_owned(),
@@ -467,6 +472,7 @@ impl Queue {
                     exclusive: c.exclusive,
                     prefetch_count: c.prefetch_count,
                     arguments: c.arguments.clone(),
+                    activity: state.consumers.activity(c.id),
                 })
                 .collect(),
             exclusive_consumer: live()
