@@ -87,7 +87,7 @@ fn topic_adversarial(c: &mut Criterion) {
 /// unbinding one more, cost the same (hash lookups, no scans).
 fn direct_bindings(c: &mut Criterion) {
     use amq_protocol::types::FieldTable;
-    use lepus::broker::exchange::bindings::{Binding, Bindings, ExchangeKind};
+    use lepus::broker::exchange::bindings::{Binding, Bindings, ExchangeKind, LazyHeaders};
     let mut group = c.benchmark_group("direct_bindings");
     group.throughput(Throughput::Elements(1));
     let binding = |i: u32| Binding {
@@ -105,7 +105,9 @@ fn direct_bindings(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("route", count), |b| {
             b.iter(|| {
                 let mut hits = 0u32;
-                bindings.route(&[black_box(key.as_bytes())], &mut || None, &mut |_| {
+                let mut none = || None;
+                let mut headers = LazyHeaders::new(&mut none);
+                bindings.route(&[black_box(key.as_bytes())], &mut headers, &mut |_| {
                     hits += 1
                 });
                 black_box(hits)

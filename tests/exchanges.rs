@@ -659,3 +659,53 @@ async fn alternate_exchange_takes_what_nothing_else_matched() {
     assert_eq!(count(&ch, "routed").await, 1);
     assert_eq!(count(&ch, "unrouted").await, 1);
 }
+
+/// Same as RabbitMQ: a message passing two headers exchanges (an exchange-to-exchange
+/// binding between them) is matched on its headers by both. The second one used to see no
+/// headers, so the message was dropped.
+#[tokio::test]
+async fn same_as_rabbitmq_a_second_headers_exchange_on_the_route_sees_the_headers() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "second-headers".into(),
+        lapin::ExchangeKind::Headers,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let args = table(&[("x-match", long_str("all")), ("kind", long_str("invoice"))]);
+    within(ch.exchange_bind(
+        "second-headers".into(),
+        "amq.headers".into(),
+        "".into(),
+        Default::default(),
+        args.clone(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("invoices".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "invoices".into(),
+        "second-headers".into(),
+        "".into(),
+        Default::default(),
+        args,
+    ))
+    .await
+    .unwrap();
+    within(ch.basic_publish(
+        "amq.headers".into(),
+        "".into(),
+        Default::default(),
+        b"through both",
+        lapin::BasicProperties::default().with_headers(table(&[("kind", long_str("invoice"))])),
+    ))
+    .await
+    .unwrap();
+    let got = get_eventually(&ch, "invoices").await;
+    assert_eq!(got.delivery.data, b"through both");
+}

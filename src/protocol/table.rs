@@ -5,11 +5,9 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// Looks up `key` in a field table.
 pub fn get<'a>(table: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
-    table
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str() == key)
-        .map(|(_, v)| v)
+    // The table is a sorted map: a lookup, not a scan (a headers binding with 30,000
+    // arguments against a message with 30,000 headers was 10^9 comparisons).
+    table.inner().get(key)
 }
 
 /// The value as an integer, whatever integer type carried it.

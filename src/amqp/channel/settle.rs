@@ -7,7 +7,7 @@ use super::{Channel, ChannelState, TxSettle, Unacked};
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::message::SettledConfirms;
-use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock, same_source};
+use crate::broker::queue::delivery::{BySource, DeliverySource, Settled, Unblock};
 use crate::broker::queue::entry::QueueEntry;
 use crate::protocol::basic::Settle;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -74,18 +74,16 @@ impl Channel {
         let channel_unblocked = self.prefetch.release(counted);
         let unblock = Unblock::Nobody;
         // Group by queue, keeping delivery order within each queue.
-        let mut groups: Vec<QueueSettlements> = Vec::new();
+        let mut by_queue = BySource::new();
         for u in taken {
             let settled = Settled {
                 consumer: u.consumer,
                 seq: u.entry.seq,
                 persisted: u.entry.persisted,
             };
-            match groups.iter_mut().find(|(q, _)| same_source(q, &u.queue)) {
-                Some((_, list)) => list.push((settled, u.entry)),
-                None => groups.push((u.queue, vec![(settled, u.entry)])),
-            }
+            by_queue.push(&u.queue, (settled, u.entry));
         }
+        let groups: Vec<QueueSettlements> = by_queue.into_groups();
         if reject.is_none() {
             let acked = groups.iter().map(|(_, l)| l.len() as u64).sum();
             crate::broker::stats::bump(&self.stats.info.messages.ack, acked);

@@ -2,8 +2,6 @@
 //! (deliveries get their tags here; events such as a cancelled consumer or a forced close
 //! are acted on), and giving back whatever the connection held when it ends.
 
-use std::sync::Arc;
-
 use amq_protocol::protocol::{AMQPClass, basic as amqp_basic, connection as amqp_connection};
 use amq_protocol::types::ShortString;
 use tokio::time::Duration;
@@ -11,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{CLOSE_TIMEOUT, Connection, Exit, HANDSHAKE_FAILURE_DELAY, Phase};
 use crate::amqp::outbox::OutboxEvent;
-use crate::broker::queue::delivery::{Delivery, DeliverySource, Unblock, same_source};
+use crate::broker::queue::delivery::{BySource, Delivery, DeliverySource, Unblock};
 use crate::protocol::error::AmqpError;
 use crate::protocol::method::write_method;
 
@@ -192,14 +190,12 @@ impl Connection {
 
 /// Gives deliveries that never reached their channel back to their queues.
 fn return_to_queues(deliveries: Vec<Delivery>) {
-    let mut groups: Vec<(Arc<dyn DeliverySource>, Vec<Delivery>)> = Vec::new();
+    let mut groups = BySource::new();
     for d in deliveries {
-        match groups.iter_mut().find(|(q, _)| same_source(q, &d.source)) {
-            Some((_, list)) => list.push(d),
-            None => groups.push((d.source.clone(), vec![d])),
-        }
+        let source = d.source.clone();
+        groups.push(&source, d);
     }
-    for (q, list) in groups {
+    for (q, list) in groups.into_groups() {
         q.return_undelivered(list);
     }
 }

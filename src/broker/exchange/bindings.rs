@@ -15,6 +15,26 @@ use super::topic::TopicTrie;
 use crate::protocol::error::{AmqpError, AmqpResult};
 use crate::protocol::table;
 
+/// A message's headers for headers exchanges: decoded the first time one asks, and kept for
+/// the next one on the same route (an exchange-to-exchange chain may pass several).
+pub struct LazyHeaders<'a> {
+    decode: &'a mut dyn FnMut() -> Option<FieldTable>,
+    decoded: Option<Option<FieldTable>>,
+}
+
+impl<'a> LazyHeaders<'a> {
+    pub fn new(decode: &'a mut dyn FnMut() -> Option<FieldTable>) -> Self {
+        LazyHeaders {
+            decode,
+            decoded: None,
+        }
+    }
+
+    pub fn get(&mut self) -> Option<&FieldTable> {
+        self.decoded.get_or_insert_with(&mut self.decode).as_ref()
+    }
+}
+
 /// The four exchange types of AMQP 0-9-1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExchangeKind {
@@ -200,36 +220,43 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
     pub fn route(
         &self,
         routing_keys: &[&[u8]],
-        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        headers: &mut LazyHeaders,
         found: &mut dyn FnMut(&D),
     ) {
         match self.kind {
             ExchangeKind::Direct => {
-                for key in routing_keys {
-                    if let Some(dests) = self.direct.get(*key) {
-                        dests.iter().for_each(&mut *found);
+                let lookup = |key: &[u8], found: &mut dyn FnMut(&D)| {
+                    if let Some(dests) = self.direct.get(key) {
+                        dests.iter().for_each(found);
                     }
+                };
+                if let [key] = routing_keys {
+                    return lookup(key, found);
+                }
+                // A key given twice (CC and BCC may repeat one thousands of times) is looked
+                // up once, so each binding is reported at most once.
+                let mut keys = routing_keys.to_vec();
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    lookup(key, found);
                 }
             }
             ExchangeKind::Fanout => self
                 .entries
                 .iter()
                 .for_each(|e| found(&e.binding.destination)),
-            ExchangeKind::Topic => {
-                for key in routing_keys {
-                    self.topic.matches(key, &mut |d| found(d));
-                }
-            }
+            ExchangeKind::Topic => match routing_keys {
+                [key] => self.topic.matches(key, &mut |d| found(d)),
+                keys => self.topic.matches_any(keys, &mut |d| found(d)),
+            },
             ExchangeKind::Headers => {
                 if self.entries.is_empty() {
                     return;
                 }
-                let table = headers();
+                let table = headers.get();
                 for e in &self.entries {
-                    if e.matcher
-                        .as_ref()
-                        .is_some_and(|m| m.matches(table.as_ref()))
-                    {
+                    if e.matcher.as_ref().is_some_and(|m| m.matches(table)) {
                         found(&e.binding.destination);
                     }
                 }

@@ -103,12 +103,12 @@ fn erlang_eq(a: &AMQPValue, b: &AMQPValue) -> bool {
     if let (Some(x), Some(y)) = (number(a), number(b)) {
         return x == y;
     }
-    let bytes = |v: &AMQPValue| -> Option<Vec<u8>> {
+    fn bytes(v: &AMQPValue) -> Option<&[u8]> {
         match v {
-            AMQPValue::ByteArray(b) => Some(b.as_slice().to_vec()),
-            other => table::as_bytes(other).map(<[u8]>::to_vec),
+            AMQPValue::ByteArray(b) => Some(b.as_slice()),
+            other => table::as_bytes(other),
         }
-    };
+    }
     if let (Some(x), Some(y)) = (bytes(a), bytes(b)) {
         return x == y;
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use amq_protocol::types::FieldTable;
 
 use bindings::Bindings;
-pub use bindings::ExchangeKind;
+pub use bindings::{ExchangeKind, LazyHeaders};
 
 use crate::broker::queue::Queue;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -177,7 +177,7 @@ impl Exchange {
     pub fn route(
         &self,
         routing_keys: &[&[u8]],
-        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        headers: &mut LazyHeaders,
         found: &mut dyn FnMut(&Destination),
     ) {
         self.read().route(routing_keys, headers, found);

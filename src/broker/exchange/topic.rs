@@ -138,6 +138,28 @@ impl<T: PartialEq> TopicTrie<T> {
     /// Calls `found` for the value of every binding whose key matches `routing_key`. Each
     /// matching binding is reported once.
     pub fn matches<'a>(&'a self, routing_key: &[u8], found: &mut impl FnMut(&'a T)) {
+        self.walk(routing_key, &mut |node| {
+            node.values.iter().for_each(&mut *found)
+        });
+    }
+
+    /// Calls `found` for the value of every binding whose key matches any of `routing_keys`,
+    /// each once however many of the keys match it: a publish with thousands of CC keys and
+    /// a `#` binding costs the keys' words plus the bindings, not their product.
+    pub fn matches_any<'a>(&'a self, routing_keys: &[&[u8]], found: &mut impl FnMut(&'a T)) {
+        let mut reported: HashSet<*const Node<T>, BuildHasherDefault<AddressHasher>> =
+            HashSet::default();
+        for key in routing_keys {
+            self.walk(key, &mut |node| {
+                if reported.insert(node) {
+                    node.values.iter().for_each(&mut *found);
+                }
+            });
+        }
+    }
+
+    /// Calls `end` for every trie node (each once) that `routing_key`'s words lead to.
+    fn walk<'a>(&'a self, routing_key: &[u8], end: &mut impl FnMut(&'a Node<T>)) {
         let mut current = States::default();
         let mut next = States::default();
         current.enter(&self.root);
@@ -167,7 +189,7 @@ impl<T: PartialEq> TopicTrie<T> {
         let mut i = 0;
         while let Some(node) = current.get(i) {
             i += 1;
-            node.values.iter().for_each(&mut *found);
+            end(node);
         }
     }
 

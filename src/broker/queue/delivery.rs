@@ -9,6 +9,7 @@
 //! This file is below the queue in the import graph: the queue implements the source trait and
 //! calls sinks, and neither trait names the queue type.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -79,6 +80,69 @@ pub trait DeliverySource: Send + Sync {
 /// Whether two sources are the same queue.
 pub fn same_source(a: &Arc<dyn DeliverySource>, b: &Arc<dyn DeliverySource>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// Items grouped by the queue they came from, groups in order of first appearance and items
+/// in order within each. A few groups are found by scanning (the usual case: one queue, no
+/// allocation beyond the list); past `SCAN_GROUPS` a map finds them, so a channel holding
+/// deliveries from 100,000 queues settles them in linear time.
+pub struct BySource<T> {
+    groups: Vec<(Arc<dyn DeliverySource>, Vec<T>)>,
+    /// Each group's position by its queue's address, once there are too many to scan.
+    index: Option<HashMap<usize, usize>>,
+}
+
+const SCAN_GROUPS: usize = 8;
+
+fn source_key(source: &Arc<dyn DeliverySource>) -> usize {
+    Arc::as_ptr(source) as *const () as usize
+}
+
+impl<T> BySource<T> {
+    pub fn new() -> Self {
+        BySource {
+            groups: Vec::new(),
+            index: None,
+        }
+    }
+
+    pub fn push(&mut self, source: &Arc<dyn DeliverySource>, item: T) {
+        let at = match &self.index {
+            None => self.groups.iter().position(|(q, _)| same_source(q, source)),
+            Some(index) => index.get(&source_key(source)).copied(),
+        };
+        if let Some(i) = at {
+            self.groups[i].1.push(item);
+            return;
+        }
+        self.groups.push((source.clone(), vec![item]));
+        let last = self.groups.len() - 1;
+        match &mut self.index {
+            Some(index) => {
+                index.insert(source_key(source), last);
+            }
+            None if self.groups.len() > SCAN_GROUPS => {
+                let index = self
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (q, _))| (source_key(q), i))
+                    .collect();
+                self.index = Some(index);
+            }
+            None => {}
+        }
+    }
+
+    pub fn into_groups(self) -> Vec<(Arc<dyn DeliverySource>, Vec<T>)> {
+        self.groups
+    }
+}
+
+impl<T> Default for BySource<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A settled delivery.
