@@ -4,10 +4,13 @@
 //! expires with no client activity. One thread per broker keeps a heap of deadlines and calls
 //! [`Timed::on_timer`] when one passes. A queue schedules only its earliest deadline and
 //! schedules again from `on_timer`; a stale entry (the queue moved on, or was dropped) costs
-//! one wasted call.
+//! one wasted call. Stale entries are swept out whenever the heap has doubled since the last
+//! sweep: only the earliest entry of each live target is kept, so a client that declares and
+//! deletes queues with a ten-year `x-expires` in a loop cannot grow the heap (each entry
+//! would keep its dropped queue's memory allocated until the deadline).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -54,6 +57,31 @@ impl Ord for Entry {
 struct Heap {
     entries: BinaryHeap<Reverse<Entry>>,
     next_order: u64,
+    /// The size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+/// The smallest heap that is swept.
+const SWEEP_MIN_ENTRIES: usize = 1024;
+
+impl Heap {
+    /// Keeps the earliest entry of each target still alive. A queue re-arms after every
+    /// wake-up, so its later entries are redundant.
+    fn sweep(&mut self) {
+        let mut seen: HashSet<usize> = HashSet::new();
+        // Ascending `Reverse` order is the latest deadline first: walk it backwards.
+        let sorted = std::mem::take(&mut self.entries).into_sorted_vec();
+        let kept: Vec<Reverse<Entry>> = sorted
+            .into_iter()
+            .rev()
+            .filter(|e| {
+                e.0.target.strong_count() > 0
+                    && seen.insert(Weak::as_ptr(&e.0.target) as *const () as usize)
+            })
+            .collect();
+        self.entries = BinaryHeap::from(kept);
+        self.sweep_at = (2 * self.entries.len()).max(SWEEP_MIN_ENTRIES);
+    }
 }
 
 /// The broker's timer thread.
@@ -102,9 +130,17 @@ impl Timers {
             order,
             target,
         }));
+        if heap.entries.len() >= heap.sweep_at.max(SWEEP_MIN_ENTRIES) {
+            heap.sweep();
+        }
         if earliest {
             self.wake.notify_one();
         }
+    }
+
+    /// Deadlines waiting in the heap, stale ones included.
+    pub fn pending(&self) -> usize {
+        self.lock().entries.len()
     }
 
     /// Stops the thread; pending deadlines are dropped.
@@ -191,6 +227,33 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(a.0.load(Ordering::SeqCst), 2);
+        timers.stop();
+    }
+
+    /// Regression: every re-arm to an earlier deadline, and every dropped target, left an
+    /// entry until its deadline (years, for `x-expires`), keeping the dropped queue's memory.
+    #[test]
+    fn stale_entries_are_swept_and_the_earliest_of_each_live_target_kept() {
+        let timers = Timers::start().unwrap();
+        let far = now_ms() + 10 * 365 * 24 * 3600 * 1000;
+        let live = Arc::new(Counter(AtomicU64::new(0)));
+        for i in 0..100_000u64 {
+            // A live target moving its deadline earlier, and a target dropped at once.
+            timers.schedule(far - i, Arc::downgrade(&live) as Weak<dyn Timed>);
+            let gone = Arc::new(Counter(AtomicU64::new(0)));
+            timers.schedule(far, Arc::downgrade(&gone) as Weak<dyn Timed>);
+        }
+        assert!(
+            timers.pending() < 2 * SWEEP_MIN_ENTRIES,
+            "{}",
+            timers.pending()
+        );
+        // The live target's earliest deadline is the one kept.
+        let mut heap = timers.lock();
+        heap.sweep();
+        assert_eq!(heap.entries.len(), 1);
+        assert_eq!(heap.entries.peek().map(|e| e.0.at_ms), Some(far - 99_999));
+        drop(heap);
         timers.stop();
     }
 }

@@ -15,6 +15,10 @@ use crate::amqp::output::Output;
 use crate::amqp_error;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
+
+/// The least time between two scans of a channel's unacknowledged deliveries for a consumer
+/// timeout.
+const TIMEOUT_RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::broker::queue::delivery::Delivery;
 use crate::broker::queue::prefetch::ChannelPrefetch;
 use crate::broker::stats::bump;
@@ -127,6 +131,8 @@ impl Channel {
     }
 
     /// When the connection should call [`Channel::check_timeouts`].
+    ///
+    /// After a scan the next one is at least [`TIMEOUT_RESCAN`] away.
     pub fn next_timeout(&self) -> Option<Instant> {
         self.timeout_check
     }
@@ -153,7 +159,10 @@ impl Channel {
             }
             next = Some(next.map_or(at, |n| n.min(at)));
         }
-        self.timeout_check = next;
+        // A scan walks every unacknowledged delivery: at most one a second, or a consumer
+        // acking in time with 100,000 in flight would have the channel scan them all at
+        // each delivery's deadline. (RabbitMQ checks about once a minute.)
+        self.timeout_check = next.map(|n| n.max(now + TIMEOUT_RESCAN));
         None
     }
 

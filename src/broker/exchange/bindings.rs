@@ -10,6 +10,7 @@ use std::hash::Hash;
 
 use amq_protocol::types::FieldTable;
 
+use super::destinations::Destinations;
 use super::headers::HeadersMatch;
 use super::topic::TopicTrie;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -85,7 +86,7 @@ pub struct Bindings<D> {
     /// lookup, not a scan: exchanges may hold hundreds of thousands of bindings.
     index: HashMap<BindingKey<D>, usize>,
     /// Index for the routing key of a direct exchange.
-    direct: HashMap<Box<[u8]>, Vec<D>>,
+    direct: HashMap<Box<[u8]>, Destinations<D>>,
     /// Index for a topic exchange.
     topic: TopicTrie<D>,
 }
@@ -151,7 +152,7 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                 .direct
                 .entry(binding.routing_key.as_bytes().into())
                 .or_default()
-                .push(destination),
+                .insert(destination),
             ExchangeKind::Topic => self
                 .topic
                 .insert(binding.routing_key.as_bytes(), destination),
@@ -182,11 +183,7 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
             ExchangeKind::Direct => {
                 let key = binding.routing_key.as_bytes();
                 if let Some(dests) = self.direct.get_mut(key) {
-                    // Bindings with one key to one destination are few (they differ only in
-                    // arguments), so this scan is short.
-                    if let Some(i) = dests.iter().position(|d| *d == binding.destination) {
-                        dests.swap_remove(i);
-                    }
+                    dests.remove(&binding.destination);
                     if dests.is_empty() {
                         self.direct.remove(key);
                     }

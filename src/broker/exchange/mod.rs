@@ -6,6 +6,7 @@
 //! matchers for headers ([`headers`]).
 
 pub mod bindings;
+pub mod destinations;
 pub mod headers;
 pub mod topic;
 

@@ -13,7 +13,9 @@
 //! steps, where trying every split of the key between the `#`s would be exponential.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use super::destinations::Destinations;
 
 /// Splits a topic key into words; the empty key has no words at all.
 pub fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -35,8 +37,8 @@ struct Node<T> {
     star: Option<Box<Node<T>>>,
     /// The `#` edge.
     hash: Option<Box<Node<T>>>,
-    /// Values of bindings whose key ends here.
-    values: Vec<T>,
+    /// Values of bindings whose key ends here, each once.
+    values: Destinations<T>,
     /// This node is the end of a `#` edge: it matches any number of further words.
     is_hash: bool,
 }
@@ -47,7 +49,7 @@ impl<T> Default for Node<T> {
             children: HashMap::new(),
             star: None,
             hash: None,
-            values: Vec::new(),
+            values: Destinations::default(),
             is_hash: false,
         }
     }
@@ -70,7 +72,7 @@ impl<T> Default for TopicTrie<T> {
     }
 }
 
-impl<T: PartialEq> TopicTrie<T> {
+impl<T: Clone + Eq + Hash> TopicTrie<T> {
     /// Adds `value` under binding key `key`.
     pub fn insert(&mut self, key: &[u8], value: T) {
         let mut node = &mut self.root;
@@ -86,7 +88,7 @@ impl<T: PartialEq> TopicTrie<T> {
                 _ => node.children.entry(word.into()).or_default(),
             };
         }
-        node.values.push(value);
+        node.values.insert(value);
     }
 
     /// Removes one `value` stored under `key`; returns whether it was there. Emptied branches
@@ -98,13 +100,7 @@ impl<T: PartialEq> TopicTrie<T> {
 
     fn remove_at(node: &mut Node<T>, words: &[&[u8]], value: &T) -> bool {
         let Some((first, rest)) = words.split_first() else {
-            return match node.values.iter().position(|v| v == value) {
-                Some(i) => {
-                    node.values.swap_remove(i);
-                    true
-                }
-                None => false,
-            };
+            return node.values.remove(value);
         };
         match *first {
             b"*" | b"#" => {
