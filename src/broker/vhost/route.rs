@@ -25,8 +25,8 @@ impl VirtualHost {
         // on through exchange-to-exchange bindings or an alternate exchange.
         let origin = Arc::as_ptr(exchange);
         // A set, not a list: a fanout bound to 100,000 exchanges reaches each once, in
-        // linear time.
-        let mut seen: HashSet<*const Exchange> = HashSet::new();
+        // linear time. Made on the first hop (most routes never leave their exchange).
+        let mut seen: Option<HashSet<*const Exchange>> = None;
         let mut headers = LazyHeaders::new(headers);
         let mut pending: Vec<Arc<Exchange>> = Vec::new();
         let mut first = Some(exchange.clone());
@@ -52,7 +52,7 @@ impl VirtualHost {
                         Destination::Queue(q) => out.push(q.clone()),
                         Destination::Exchange(next) => {
                             let at = Arc::as_ptr(next);
-                            if at != origin && seen.insert(at) {
+                            if at != origin && seen.get_or_insert_default().insert(at) {
                                 pending.push(next.clone());
                             }
                         }
@@ -65,7 +65,7 @@ impl VirtualHost {
                 && let Some(ae) = x.alternate()
                 && let Some(next) = self.exchange(&ae)
                 && Arc::as_ptr(&next) != origin
-                && seen.insert(Arc::as_ptr(&next))
+                && seen.get_or_insert_default().insert(Arc::as_ptr(&next))
             {
                 pending.push(next);
             }
