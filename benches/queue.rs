@@ -107,11 +107,7 @@ fn enqueue_dequeue_ack(c: &mut Criterion) {
             }
             settled.clear();
             while let Some((entry, _)) = queue.get(false) {
-                settled.push(Settled {
-                    consumer: None,
-                    seq: entry.seq,
-                    persisted: false,
-                });
+                settled.push(Settled::of(&entry, None));
             }
             queue.ack(std::mem::take(&mut settled), Unblock::Nobody);
         })

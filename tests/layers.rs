@@ -138,11 +138,7 @@ fn a_queue_delivers_in_order_to_any_sink_and_is_settled_through_its_source() {
     let source = got[0].source.clone();
     source.ack(
         got.iter()
-            .map(|d| Settled {
-                consumer: Some(d.consumer_id),
-                seq: d.entry.seq,
-                persisted: false,
-            })
+            .map(|d| Settled::of(&d.entry, Some(d.consumer_id)))
             .collect(),
         Unblock::Nobody,
     );

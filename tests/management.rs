@@ -944,6 +944,92 @@ async fn same_as_rabbitmq_a_transaction_shows_its_uncommitted_publishes_and_acks
     assert_eq!(channels[0]["acks_uncommitted"], 0);
 }
 
+/// Same as RabbitMQ: a queue counts the body bytes of its unacknowledged messages, and
+/// which of its messages are persistent (a persistent message in a durable queue), ready or
+/// unacknowledged (`message_bytes_unacknowledged` was always 0, and `messages_persistent`
+/// counted every message of a durable queue). After a restart only the persistent ones are
+/// left, and counted.
+#[tokio::test]
+async fn same_as_rabbitmq_a_queue_counts_unacknowledged_bytes_and_persistent_messages() {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.prometheus_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut broker = Broker::start_with(config.clone()).await;
+    let api_of = |broker: &Broker| {
+        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+        Api::new(addr.expect("management listener"), "guest", "guest")
+    };
+    let (conn, ch) = broker.channel().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    within(ch.queue_declare("bytes".into(), durable, FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for (body, mode) in [(&[b'p'; 10][..], 2), (&[b'p'; 20], 2), (&[b't'; 5], 1)] {
+        within(async {
+            ch.basic_publish(
+                "".into(),
+                "bytes".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(mode),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+        })
+        .await;
+    }
+    let got = within(ch.basic_get("bytes".into(), BasicGetOptions::default()))
+        .await
+        .unwrap()
+        .expect("the first message");
+    assert_eq!(got.delivery.data.len(), 10);
+    let counted = |q: &Value| {
+        [
+            q["messages"].clone(),
+            q["messages_persistent"].clone(),
+            q["message_bytes"].clone(),
+            q["message_bytes_ready"].clone(),
+            q["message_bytes_unacknowledged"].clone(),
+            q["message_bytes_persistent"].clone(),
+        ]
+    };
+    let api = api_of(&broker);
+    let q = api.get("/api/queues/%2F/bytes").await.json();
+    assert_eq!(counted(&q), [3, 2, 35, 25, 10, 30].map(|n| json!(n)), "{q}");
+    let metrics = prometheus(&broker).get("/metrics/per-object").await.text();
+    for line in [
+        "rabbitmq_queue_messages_bytes{vhost=\"/\",queue=\"bytes\"} 35",
+        "rabbitmq_queue_messages_ready_bytes{vhost=\"/\",queue=\"bytes\"} 25",
+        "rabbitmq_queue_messages_unacked_bytes{vhost=\"/\",queue=\"bytes\"} 10",
+        "rabbitmq_queue_messages_persistent{vhost=\"/\",queue=\"bytes\"} 2",
+        "rabbitmq_queue_messages_persistent_bytes{vhost=\"/\",queue=\"bytes\"} 30",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    within(got.delivery.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    let q = eventually(&api, "/api/queues/%2F/bytes", |q| q["messages"] == 2).await;
+    assert_eq!(counted(&q), [2, 1, 25, 25, 0, 20].map(|n| json!(n)), "{q}");
+
+    drop(ch);
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+    let broker = Broker::start_with(config).await;
+    let api = api_of(&broker);
+    let q = api.get("/api/queues/%2F/bytes").await.json();
+    assert_eq!(counted(&q), [1, 1, 20, 20, 0, 20].map(|n| json!(n)), "{q}");
+}
+
 /// Same as RabbitMQ, whose global counters never go backwards: what a vhost's clients did
 /// still counts after the vhost is deleted (the totals were sums over the vhosts left, so
 /// Prometheus saw a counter reset).

@@ -152,9 +152,34 @@ def http_live_values(url):
     return seen
 
 
+@scenario
+def http_message_bytes(url):
+    """What a queue counts of its messages' bodies: ready, unacknowledged, persistent."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare("http-bytes", durable=True)
+    ch.confirm_delivery()
+    for body, mode in ((b"p" * 10, 2), (b"p" * 20, 2), (b"t" * 5, 1)):
+        ch.basic_publish("", "http-bytes", body, pika.BasicProperties(delivery_mode=mode))
+    ch.basic_get("http-bytes", auto_ack=False)
+    fields = ("messages", "messages_persistent", "message_bytes", "message_bytes_ready",
+              "message_bytes_unacknowledged", "message_bytes_persistent")
+    seen = {}
+    q = until("/api/queues/%2F/http-bytes", lambda q: q.get("messages_unacknowledged") == 1)
+    seen["one_unacked"] = {f: q.get(f) for f in fields}
+    ch.basic_ack(1)
+    q = until("/api/queues/%2F/http-bytes", lambda q: q.get("messages") == 2)
+    seen["acked"] = {f: q.get(f) for f in fields}
+    conn.close()
+    http("DELETE", "/api/queues/%2F/http-bytes")
+    return seen
+
+
 METRICS = [
     "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
     "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queue_messages_published_total",
+    "rabbitmq_queue_messages_ready_bytes", "rabbitmq_queue_messages_unacked_bytes",
+    "rabbitmq_queue_messages_persistent",
     "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_consumers", "rabbitmq_queues",
     "rabbitmq_connections_opened_total", "rabbitmq_connections_closed_total",
     "rabbitmq_channels_opened_total", "rabbitmq_channels_closed_total",
@@ -191,13 +216,16 @@ def prometheus_metrics(url):
     line = re.compile(r'^rabbitmq_queue_messages_ready\{vhost="/",queue="prom-q"\} (\S+)$', re.M)
     deadline = time.time() + 20
     value = None
+    per_object = ""
     while time.time() < deadline:
-        found = line.search(scrape("/metrics/per-object"))
+        per_object = scrape("/metrics/per-object")
+        found = line.search(per_object)
         value = found and float(found.group(1))
         if value == 2:
             break
         time.sleep(0.25)
     seen["per_object_ready"] = value
+    seen["per_object_persistent_bytes"] = "\nrabbitmq_queue_messages_persistent_bytes{" in per_object
     conn.close()
     http("DELETE", "/api/queues/%2F/prom-q")
     return seen

@@ -132,8 +132,10 @@ struct QueueSample {
     ready: i64,
     unacked: i64,
     consumers: i64,
-    bytes: i64,
+    ready_bytes: i64,
+    unacked_bytes: i64,
     persistent: i64,
+    persistent_bytes: i64,
     published: u64,
 }
 
@@ -175,17 +177,27 @@ const QUEUE_GAUGES: &[Metric<QueueSample, i64>] = &[
     (
         "rabbitmq_queue_messages_bytes",
         "Size in bytes of ready and unacknowledged messages",
-        |q| q.bytes,
+        |q| q.ready_bytes + q.unacked_bytes,
     ),
     (
         "rabbitmq_queue_messages_ready_bytes",
         "Size in bytes of ready messages",
-        |q| q.bytes,
+        |q| q.ready_bytes,
+    ),
+    (
+        "rabbitmq_queue_messages_unacked_bytes",
+        "Size in bytes of all unacknowledged messages",
+        |q| q.unacked_bytes,
     ),
     (
         "rabbitmq_queue_messages_persistent",
         "Persistent messages",
         |q| q.persistent,
+    ),
+    (
+        "rabbitmq_queue_messages_persistent_bytes",
+        "Size in bytes of persistent messages",
+        |q| q.persistent_bytes,
     ),
 ];
 
@@ -302,14 +314,15 @@ impl BrokerMetrics {
             }
             for q in v.queues() {
                 let s = q.snapshot();
-                let total = i64::from(s.ready) + i64::from(s.unacked);
                 scrape.queues.push(QueueSample {
                     labels: vec![("vhost", v.name.clone()), ("queue", q.name.clone())],
                     ready: i64::from(s.ready),
                     unacked: i64::from(s.unacked),
                     consumers: s.consumers.len() as i64,
-                    bytes: s.ready_bytes as i64,
-                    persistent: if q.durable { total } else { 0 },
+                    ready_bytes: s.ready_bytes as i64,
+                    unacked_bytes: s.unacked_bytes as i64,
+                    persistent: s.persistent.messages as i64,
+                    persistent_bytes: s.persistent.bytes as i64,
                     published: s.counters.publish,
                 });
             }

@@ -113,7 +113,6 @@ pub fn queue_json(
     // Bytes are not counted per place: while part of a queue is paged out, none are shown in
     // memory.
     let bytes_in_memory = |n: u64| if s.paged_out > 0 { 0 } else { n };
-    let persistent = |n: u64| if q.durable { n } else { 0 };
     let mut out = json!({
         "name": q.name,
         "vhost": vhost.name,
@@ -138,13 +137,13 @@ pub fn queue_json(
         "messages_ram": total.saturating_sub(s.paged_out),
         "messages_ready_ram": ready.saturating_sub(s.paged_out),
         "messages_unacknowledged_ram": unacked,
-        "messages_persistent": persistent(total),
+        "messages_persistent": s.persistent.messages,
         "messages_paged_out": s.paged_out,
-        "message_bytes": s.ready_bytes,
+        "message_bytes": s.ready_bytes + s.unacked_bytes,
         "message_bytes_ready": s.ready_bytes,
-        "message_bytes_unacknowledged": 0,
-        "message_bytes_ram": bytes_in_memory(s.ready_bytes),
-        "message_bytes_persistent": persistent(s.ready_bytes),
+        "message_bytes_unacknowledged": s.unacked_bytes,
+        "message_bytes_ram": bytes_in_memory(s.ready_bytes) + s.unacked_bytes,
+        "message_bytes_persistent": s.persistent.bytes,
         "message_bytes_paged_out": 0,
         "memory": s.memory_bytes,
         "message_stats": rates::message_stats(&m.rates, &key, &s.counters.totals(), QUEUE_FIELDS, stats),
@@ -375,11 +374,7 @@ async fn get_messages(
         ));
         taken.push(entry);
     }
-    let settled = |e: &crate::broker::queue::entry::QueueEntry| Settled {
-        consumer: None,
-        seq: e.seq,
-        persisted: e.persisted,
-    };
+    let settled = |e: &crate::broker::queue::entry::QueueEntry| Settled::of(e, None);
     if requeue {
         let list = taken.into_iter().map(|e| (settled(&e), e)).collect();
         queue.requeue(list, Unblock::Nobody);

@@ -76,11 +76,7 @@ impl Channel {
         // Group by queue, keeping delivery order within each queue.
         let mut by_queue = BySource::new();
         for u in taken {
-            let settled = Settled {
-                consumer: u.consumer,
-                seq: u.entry.seq,
-                persisted: u.entry.persisted,
-            };
+            let settled = Settled::of(&u.entry, u.consumer);
             by_queue.push(&u.queue, (settled, u.entry));
         }
         let groups: Vec<QueueSettlements> = by_queue.into_groups();

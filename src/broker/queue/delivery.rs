@@ -153,6 +153,20 @@ pub struct Settled {
     pub seq: u64,
     /// Its durable record must be acknowledged in the log.
     pub persisted: bool,
+    /// Its body's length: the queue counts the bytes its unacknowledged messages hold.
+    pub body_bytes: u64,
+}
+
+impl Settled {
+    /// The settlement of `entry`, delivered to `consumer` (None for basic.get).
+    pub fn of(entry: &QueueEntry, consumer: Option<ConsumerId>) -> Settled {
+        Settled {
+            consumer,
+            seq: entry.seq,
+            persisted: entry.persisted,
+            body_bytes: entry.message.body.len() as u64,
+        }
+    }
 }
 
 /// Which blocked consumers got credit back from outside the queue and should rejoin the

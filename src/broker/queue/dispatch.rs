@@ -89,7 +89,7 @@ impl State {
         }
         if !self.acks_to_log.is_empty() {
             let acks = std::mem::take(&mut self.acks_to_log);
-            self.log_acks(&acks);
+            self.append_acks(&acks);
             self.acks_to_log = acks;
             self.acks_to_log.clear();
         }
@@ -121,6 +121,7 @@ impl State {
     ) {
         if !consumer.no_ack {
             self.unacked += 1;
+            self.unacked_bytes += entry.message.body.len() as u64;
         }
         if !(consumer.no_ack && entry.persisted) {
             self.mark_delivered(&entry);
@@ -200,6 +201,9 @@ impl State {
                     self.consumers.mark_dead(d.consumer_id);
                     if !d.no_ack {
                         self.unacked = self.unacked.saturating_sub(1);
+                        self.unacked_bytes = self
+                            .unacked_bytes
+                            .saturating_sub(d.entry.message.body.len() as u64);
                     }
                     back.push(d.entry);
                 }

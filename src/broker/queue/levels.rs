@@ -213,7 +213,7 @@ impl State {
                         Ok(batch) => batch
                             .into_iter()
                             .filter(|m| m.persisted)
-                            .for_each(|m| self.log_ack(m.seq)),
+                            .for_each(|m| self.log_acks(&[m.seq], m.message.body.len() as u64)),
                         Err(e) => {
                             tracing::error!(queue = %ctx.name, error = %e, "cannot read a paging log");
                             break;

@@ -116,6 +116,11 @@ pub struct QueueSnapshot {
     pub unacked: u32,
     /// Body bytes of the ready messages, in memory or on disk.
     pub ready_bytes: u64,
+    /// Body bytes of the messages delivered and not yet acknowledged.
+    pub unacked_bytes: u64,
+    /// Messages with a durable record (persistent messages of a durable queue), ready or
+    /// unacknowledged, and their body bytes.
+    pub persistent: state::Tally,
     /// What the ready messages held in memory take there.
     pub memory_bytes: u64,
     pub consumers: Vec<ConsumerSnapshot>,
@@ -207,6 +212,7 @@ impl Queue {
         queue.with_state(|state| {
             state.next_seq = recovered.next_seq;
             state.body_bytes = recovered.bytes;
+            state.persistent.add(recovered.count, recovered.bytes);
             if recovered.count > 0 {
                 state.tail = Some(Tail {
                     reader: recovered.reader,
@@ -321,10 +327,11 @@ impl Queue {
             state.expire_heads(ctx);
             if !no_ack {
                 state.unacked += 1;
+                state.unacked_bytes += entry.message.body.len() as u64;
             }
             state.mark_delivered(&entry);
             if no_ack && entry.persisted {
-                state.log_ack(entry.seq);
+                state.log_ack(&entry);
             }
             if state.settings.queue_type == QueueType::Quorum {
                 // Quorum queues always tell basic.get how often the message came back.
@@ -403,7 +410,7 @@ impl Queue {
             let n = state.message_count();
             while let Some(e) = state.pop_ready() {
                 if e.persisted {
-                    state.log_ack(e.seq);
+                    state.log_ack(&e);
                 }
             }
             if let Some(mut tail) = state.tail.take()
@@ -415,7 +422,7 @@ impl Queue {
                         Ok(batch) if batch.is_empty() => break,
                         Ok(batch) => {
                             for m in batch.into_iter().filter(|m| m.persisted) {
-                                state.log_ack(m.seq);
+                                state.log_acks(&[m.seq], m.message.body.len() as u64);
                             }
                         }
                         Err(e) => {
@@ -462,6 +469,8 @@ impl Queue {
             ready: state.message_count(),
             unacked: state.unacked as u32,
             ready_bytes: state.body_bytes,
+            unacked_bytes: state.unacked_bytes,
+            persistent: state.persistent,
             memory_bytes: state.ready_bytes as u64,
             consumers: live()
                 .map(|c| ConsumerSnapshot {
@@ -508,6 +517,7 @@ impl Queue {
     fn settle_credit(state: &mut State, settled: &[Settled], unblock: Unblock) {
         for s in settled {
             state.unacked = state.unacked.saturating_sub(1);
+            state.unacked_bytes = state.unacked_bytes.saturating_sub(s.body_bytes);
             if let Some(id) = s.consumer {
                 state.consumers.release(id);
             }
@@ -528,7 +538,12 @@ impl DeliverySource for Queue {
                 .map(|s| s.seq)
                 .collect();
             if !persisted.is_empty() {
-                state.log_acks(&persisted);
+                let bytes = settled
+                    .iter()
+                    .filter(|s| s.persisted)
+                    .map(|s| s.body_bytes)
+                    .sum();
+                state.log_acks(&persisted, bytes);
                 state.collect_garbage();
             }
             state.dispatch(&self.ctx);
@@ -577,6 +592,9 @@ impl DeliverySource for Queue {
             for d in deliveries {
                 if !d.no_ack {
                     state.unacked = state.unacked.saturating_sub(1);
+                    state.unacked_bytes = state
+                        .unacked_bytes
+                        .saturating_sub(d.entry.message.body.len() as u64);
                     state.consumers.release(d.consumer_id);
                 }
                 back.push(d.entry);

@@ -99,6 +99,25 @@ pub struct Batch {
 /// Dead letters taken out from under the lock, with where they go.
 pub type Letters = Option<(DlxTarget, Vec<DeadLetter>)>;
 
+/// Messages and their body bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, messages: u64, bytes: u64) {
+        self.messages += messages;
+        self.bytes += bytes;
+    }
+
+    pub fn remove(&mut self, messages: u64, bytes: u64) {
+        self.messages = self.messages.saturating_sub(messages);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
 #[derive(Default)]
 pub struct State {
     pub settings: QueueSettings,
@@ -110,6 +129,11 @@ pub struct State {
     pub consumers: Consumers,
     /// Messages delivered and awaiting an ack.
     pub unacked: usize,
+    /// Body bytes of the messages delivered and awaiting an ack.
+    pub unacked_bytes: u64,
+    /// The messages with a durable record, ready or unacknowledged: what the management
+    /// API calls persistent. Counted in when written, out when their ack is logged.
+    pub persistent: Tally,
     /// The queue was deleted: it takes no more messages or consumers.
     pub deleted: bool,
     /// The queue has had a consumer (auto-delete only applies after the first one).
@@ -178,7 +202,7 @@ impl State {
     /// if there is one.
     pub fn discard(&mut self, entry: QueueEntry, reason: Reason) {
         if entry.persisted {
-            self.log_ack(entry.seq);
+            self.log_ack(&entry);
         }
         if self.settings.dead_letter_exchange.is_some() {
             self.dead.push(DeadLetter {
@@ -241,6 +265,7 @@ impl State {
             match log.append_message(seq, &message.parts(), true, 0, expires_at) {
                 Ok(epoch) => {
                     persisted = true;
+                    self.persistent.add(1, size);
                     outcome = Enqueued::Persisted(epoch);
                 }
                 Err(e) => {
@@ -265,6 +290,10 @@ impl State {
             // Its level is on disk: it goes after the level's tail.
             if !self.append_to_level(ctx, &entry) {
                 self.body_bytes -= size;
+                if persisted {
+                    // Refused: its durable record must not bring it back after a restart.
+                    self.log_ack(&entry);
+                }
                 return Enqueued::Failed;
             }
             self.dispatch(ctx);
@@ -357,12 +386,20 @@ impl State {
             .saturating_sub(entry.message.body.len() as u64);
     }
 
-    pub fn log_ack(&self, seq: u64) {
-        self.log_acks(&[seq]);
+    /// Logs that the durable message `entry` left the queue.
+    pub fn log_ack(&mut self, entry: &QueueEntry) {
+        self.log_acks(&[entry.seq], entry.message.body.len() as u64);
     }
 
-    /// Logs that the durable messages `seqs` left the queue, with one append.
-    pub fn log_acks(&self, seqs: &[u64]) {
+    /// Logs that the durable messages `seqs`, of `body_bytes` together, left the queue, with
+    /// one append.
+    pub fn log_acks(&mut self, seqs: &[u64], body_bytes: u64) {
+        self.persistent.remove(seqs.len() as u64, body_bytes);
+        self.append_acks(seqs);
+    }
+
+    /// Appends the Ack records of `seqs`, whose messages were already counted out.
+    pub fn append_acks(&self, seqs: &[u64]) {
         if let Some(log) = &self.log
             && !seqs.is_empty()
             && let Err(e) = log.ack_all(seqs)
