@@ -433,6 +433,84 @@ async fn same_as_rabbitmq_deleting_a_connection_closes_it_with_320_and_the_reaso
     assert_eq!(api.get(&path).await.status, 404);
 }
 
+/// A close reason longer than a reply text holds is cut as RabbitMQ cuts reply texts (to 252
+/// bytes and `...`), and the connection is gone from the list afterwards. (Encoding the
+/// reason panicked in the connection's task, which then never unregistered: each such
+/// DELETE leaked an entry that `max_connections` counts.)
+#[tokio::test]
+async fn a_long_close_reason_is_cut_and_the_connection_still_cleans_up() {
+    let (broker, api) = broker_with_api().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    let conns = eventually(&api, "/api/connections", |c| {
+        c.as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let name = conns[0]["name"].as_str().unwrap().to_owned();
+    let path = format!(
+        "/api/connections/{}",
+        name.replace(' ', "%20").replace('>', "%3E")
+    );
+    let reason = "r".repeat(300);
+    let deleted = api
+        .send("DELETE", &path, None, &[("X-Reason", reason.as_str())])
+        .await;
+    assert_eq!(deleted.status, 204);
+    let (code, text, _, _) = raw.expect_connection_close().await;
+    assert_eq!(code, 320);
+    assert_eq!(text.len(), 255);
+    assert!(text.starts_with("CONNECTION_FORCED - rrr"), "{text}");
+    assert!(text.ends_with("r..."), "{text}");
+    eventually(&api, "/api/connections", |c| {
+        c.as_array().is_some_and(|a| a.is_empty())
+    })
+    .await;
+}
+
+/// Same as RabbitMQ (`rabbit_mgmt_util:is_authorized_user/3`): a monitoring user sees every
+/// connection but may close only its own; an administrator closes any. (Monitors closed
+/// anyone's.)
+#[tokio::test]
+async fn same_as_rabbitmq_monitors_see_all_connections_but_close_only_their_own() {
+    let (broker, api) = broker_with_api().await;
+    let created = api
+        .put(
+            "/api/users/watcher",
+            json!({"password": "pw", "tags": "monitoring"}),
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    let watcher = Api::new(
+        broker
+            .server
+            .as_ref()
+            .and_then(|s| s.management_addr())
+            .unwrap(),
+        "watcher",
+        "pw",
+    );
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    let conns = eventually(&watcher, "/api/connections", |c| {
+        c.as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let name = conns[0]["name"].as_str().unwrap().to_owned();
+    let path = format!(
+        "/api/connections/{}",
+        name.replace(' ', "%20").replace('>', "%3E")
+    );
+    let refused = watcher.delete(&path).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.json(),
+        json!({"error": "not_authorised", "reason": "User not authorised to access object"})
+    );
+    assert_eq!(api.get(&path).await.status, 200, "still open");
+    assert_eq!(api.delete(&path).await.status, 204);
+    assert_eq!(raw.expect_connection_close().await.0, 320);
+}
+
 /// Same as RabbitMQ: under an alarm a connection shows `blocking` until it publishes, then
 /// `blocked`, and `running` again once the alarm clears. (It showed `running` throughout.)
 #[tokio::test]

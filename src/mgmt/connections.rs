@@ -162,14 +162,21 @@ async fn show_connection(
 }
 
 /// DELETE: the client is sent `320 CONNECTION_FORCED - <X-Reason>` ("Closed via management
-/// plugin" without one), as RabbitMQ does.
+/// plugin" without one), as RabbitMQ does, cut to what a reply text holds.
 async fn close_connection(
     State(m): State<Arc<Mgmt>>,
     caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (c, _) = find(&m, &caller, &name)?;
+    let (c, opened) = find(&m, &caller, &name)?;
+    // Same as RabbitMQ: monitors see everyone's connections but close only their own.
+    let mine = caller.user().is_none_or(|u| u.name == opened.user);
+    if !mine && caller.require_admin().is_err() {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access object",
+        ));
+    }
     let reason = headers
         .get("x-reason")
         .and_then(|v| v.to_str().ok())

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use amq_protocol::types::ShortString;
+
 /// AMQP 0-9-1 reply codes, with the names RabbitMQ puts at the start of reply texts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -125,15 +127,21 @@ impl AmqpError {
     pub fn is_hard(&self) -> bool {
         self.code.is_hard()
     }
+}
 
-    /// Reply texts are short strings on the wire: like RabbitMQ, a text longer than 255 bytes
-    /// is cut to 252 and ends in `...`.
-    pub fn wire_text(&self) -> std::borrow::Cow<'_, str> {
-        if self.text.len() <= 255 {
-            return std::borrow::Cow::Borrowed(&self.text);
-        }
-        std::borrow::Cow::Owned(format!("{}...", truncate_utf8(&self.text, 252)))
+/// A reply text as a short string, cut as RabbitMQ cuts one (to 252 bytes and `...`) when it
+/// is longer than 255 bytes: texts can carry what clients and operators chose (names, an
+/// operator's close reason).
+pub fn reply_text(text: &str) -> ShortString {
+    // Cut to at most 255 bytes: the short string cannot refuse it.
+    ShortString::try_new(cut_text(text).into_owned()).unwrap_or_default()
+}
+
+fn cut_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= 255 {
+        return std::borrow::Cow::Borrowed(text);
     }
+    std::borrow::Cow::Owned(format!("{}...", truncate_utf8(text, 252)))
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
@@ -179,10 +187,11 @@ mod tests {
     }
 
     #[test]
-    fn wire_text_is_cut_on_a_char_boundary() {
+    fn reply_text_is_cut_on_a_char_boundary() {
         let e = AmqpError::new(ReplyCode::NotFound, "é".repeat(200));
-        assert!(e.wire_text().len() <= 255);
-        assert!(e.wire_text().ends_with("..."));
-        assert!(e.wire_text().starts_with("NOT_FOUND - "));
+        let text = reply_text(&e.text);
+        assert!(text.as_str().len() <= 255);
+        assert!(text.as_str().ends_with("..."));
+        assert!(text.as_str().starts_with("NOT_FOUND - "));
     }
 }

@@ -17,7 +17,7 @@ impl Connection {
     pub(super) fn write_close(&mut self, e: &AmqpError) {
         let close = amqp_connection::Close {
             reply_code: e.code.code(),
-            reply_text: ShortString::from(e.wire_text().into_owned()),
+            reply_text: crate::protocol::error::reply_text(&e.text),
             class_id: e.class_id,
             method_id: e.method_id,
         };
@@ -139,7 +139,7 @@ impl Connection {
                     self.shutdown_channels();
                     let close = amqp_connection::Close {
                         reply_code: code,
-                        reply_text: ShortString::from(text),
+                        reply_text: crate::protocol::error::reply_text(&text),
                         class_id: 0,
                         method_id: 0,
                     };

@@ -8,7 +8,6 @@
 //! that only consumes is never blocked, so consumers keep draining the queues.
 
 use amq_protocol::protocol::{AMQPClass, connection as amqp_connection};
-use amq_protocol::types::ShortString;
 use tokio::time::Instant;
 
 use super::{Connection, Flow, Phase};
@@ -62,7 +61,7 @@ impl Connection {
                 0,
                 &AMQPClass::Connection(amqp_connection::AMQPMethod::Blocked(
                     amqp_connection::Blocked {
-                        reason: ShortString::from(reason),
+                        reason: crate::protocol::error::reply_text(&reason),
                     },
                 )),
             );

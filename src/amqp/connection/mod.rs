@@ -187,8 +187,35 @@ pub async fn serve(
         buffers: Charge::default(),
     };
     conn.buffers = Charge::new(conn.broker.memory, 0);
-    let exit = conn.run().await;
+    let ran = CatchPanic(Box::pin(conn.run())).await;
+    let exit = ran.unwrap_or_else(|_| {
+        tracing::error!(peer = %conn.peer, "a connection's task panicked (a bug); cleaning up after it");
+        Exit::Done("panicked")
+    });
     conn.cleanup(exit);
+}
+
+/// A future that turns a panic while it is polled into `Err`. A bug that panics in one
+/// connection's task must still let the connection clean up after itself (its entry in the
+/// registry, which `max_connections` counts; its exclusive queues; what it held for consumers),
+/// or every such panic would leak them for good.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 impl Connection {

@@ -2,7 +2,6 @@
 //! close-ok, and RabbitMQ's texts for methods that cannot be decoded or do not exist.
 
 use amq_protocol::protocol::AMQPClass;
-use amq_protocol::types::ShortString;
 
 use crate::amqp::output::Output;
 use crate::amqp_error;
@@ -23,7 +22,7 @@ pub(super) fn write_channel_close_ok(out: &mut Output, channel: u16) {
 pub(super) fn write_channel_close(out: &mut Output, channel: u16, e: &AmqpError) {
     let close = amq_protocol::protocol::channel::Close {
         reply_code: e.code.code(),
-        reply_text: ShortString::from(e.wire_text().into_owned()),
+        reply_text: crate::protocol::error::reply_text(&e.text),
         class_id: e.class_id,
         method_id: e.method_id,
     };
