@@ -227,9 +227,18 @@ fn scan_segment(
             seg.last_message = seg.last_message.max(seq);
             recovered.next_seq = recovered.next_seq.max(seq + 1);
         }
+        // Marks count too: once the messages they mark are gone from the log, they may be
+        // all that says which numbers were used, and a number used again under an old Ack
+        // would read as acknowledged at the next start.
         Record::Paged { seq, .. } => recovered.next_seq = recovered.next_seq.max(seq + 1),
-        Record::Ack { seq } => marks.acked.insert(seq),
-        Record::Delivered { seq } => marks.delivered.insert(seq),
+        Record::Ack { seq } => {
+            marks.acked.insert(seq);
+            recovered.next_seq = recovered.next_seq.max(seq + 1);
+        }
+        Record::Delivered { seq } => {
+            marks.delivered.insert(seq);
+            recovered.next_seq = recovered.next_seq.max(seq + 1);
+        }
     });
     for &(from, to) in &walk.damaged {
         tracing::error!(
