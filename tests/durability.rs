@@ -732,7 +732,13 @@ async fn messages_published_after_a_restart_are_not_taken_for_ones_acked_before_
         .unwrap();
     let mut confirms = Vec::new();
     for _ in 0..6000 {
-        let publish = ch.basic_publish("".into(), "dq".into(), Default::default(), b"old", persistent());
+        let publish = ch.basic_publish(
+            "".into(),
+            "dq".into(),
+            Default::default(),
+            b"old",
+            persistent(),
+        );
         confirms.push(within(publish).await.expect("published"));
     }
     for confirm in confirms {
@@ -744,7 +750,9 @@ async fn messages_published_after_a_restart_are_not_taken_for_ones_acked_before_
         .unwrap()
         .expect("the first message");
     assert_eq!(drain(&ch, "dq").await.len(), 5999);
-    within(first.delivery.ack(Default::default())).await.unwrap();
+    within(first.delivery.ack(Default::default()))
+        .await
+        .unwrap();
     // A round trip after the ack: the broker has handled it before it stops (and a clean
     // stop writes what it logged).
     assert_eq!(drain(&ch, "dq").await.len(), 0);
@@ -762,6 +770,103 @@ async fn messages_published_after_a_restart_are_not_taken_for_ones_acked_before_
     let (_c, ch) = broker.channel().await;
     let bodies: Vec<String> = drain(&ch, "dq").await.into_iter().map(|(b, _)| b).collect();
     assert_eq!(bodies, ["new-0", "new-1", "new-2", "new-3", "new-4"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: a no-ack delivery is settled when the queue hands it over (its Ack is logged
+/// then). When it came back because its channel closed before the connection wrote it, it
+/// kept its durable flag, so acking it again logged a second Ack, which took another message
+/// off its segment's live count: the segment was deleted under a confirmed message nobody
+/// had acked, and a restart lost that message.
+#[tokio::test]
+async fn a_no_ack_delivery_that_comes_back_is_not_acked_twice_in_the_log() {
+    let dir = fresh_dir("bounce");
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.limits.segment_bytes = 64 * 1024;
+    let mut broker = Broker::start_with(config.clone()).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare("dq".into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    // 100 messages of 500 bytes: about 55 KB of the first 64 KB segment.
+    for n in 0..100 {
+        let body = format!("{n:0500}");
+        confirmed(&ch, "", "dq", body.as_bytes(), persistent()).await;
+    }
+    // A no-ack consumer whose channel closes in the same read: every message is handed over
+    // (its Ack logged) and comes back undelivered.
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let consume = AMQPClass::Basic(AMQPMethod::Consume(
+        amq_protocol::protocol::basic::Consume {
+            queue: "dq".into(),
+            consumer_tag: "gone".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: true,
+            arguments: FieldTable::default(),
+        },
+    ));
+    let close = AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(
+        amq_protocol::protocol::channel::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    ));
+    let mut both = encode(&amq_protocol::frame::AMQPFrame::Method(1, consume));
+    both.extend(encode(&amq_protocol::frame::AMQPFrame::Method(1, close)));
+    raw.send(&both).await;
+    loop {
+        match raw.recv_method().await {
+            Some((
+                1,
+                AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::CloseOk(_)),
+            )) => break,
+            Some(_) => {}
+            None => panic!("the connection closed"),
+        }
+    }
+    assert_eq!(
+        passive_count(&ch, "dq").await.unwrap(),
+        100,
+        "all came back"
+    );
+    // A confirmed message in the same segment, then one that starts the next.
+    confirmed(&ch, "", "dq", b"kept", persistent()).await;
+    confirmed(&ch, "", "dq", &[b'f'; 16 * 1024], persistent()).await;
+    // The 100 are consumed again, and acked.
+    for _ in 0..100 {
+        let got = within(ch.basic_get("dq".into(), BasicGetOptions { no_ack: false }))
+            .await
+            .unwrap()
+            .expect("a message");
+        within(got.delivery.ack(Default::default())).await.unwrap();
+    }
+    // More messages: the log moves on to segments made from the files of acknowledged ones.
+    for _ in 0..4 {
+        confirmed(&ch, "", "dq", &[b'f'; 16 * 1024], persistent()).await;
+    }
+    assert_eq!(passive_count(&ch, "dq").await.unwrap(), 6);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    let bodies: Vec<usize> = drain(&ch, "dq")
+        .await
+        .into_iter()
+        .map(|(b, _)| b.len())
+        .collect();
+    assert_eq!(
+        bodies,
+        [4, 16 * 1024, 16 * 1024, 16 * 1024, 16 * 1024, 16 * 1024],
+        "every confirmed, unacked message is back"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

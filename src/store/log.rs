@@ -469,6 +469,11 @@ impl QueueLog {
             )?;
             let mut inner = self.lock();
             for &seq in chunk {
+                // A message leaves its segment's live count once, however often its Ack
+                // is logged: counted twice, it would let the segment go under a live one.
+                if inner.acked.contains(seq) {
+                    continue;
+                }
                 inner.acked.insert(seq);
                 if let Some(at) = Self::segment_holding(&mut inner, seq) {
                     let s = &mut inner.segments[at];

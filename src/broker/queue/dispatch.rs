@@ -191,7 +191,9 @@ impl State {
                 // The connection closed under us: its consumers are going away. Put the
                 // messages back where they were and stop sending to those consumers.
                 let mut back = Vec::with_capacity(undelivered.len());
-                for d in undelivered {
+                for mut d in undelivered {
+                    // Its Ack is logged (see `Queue::return_undelivered`).
+                    d.entry.persisted &= !d.no_ack;
                     if let Some(c) = self.consumers.get_mut(d.consumer_id)
                         && !d.no_ack
                     {

@@ -585,11 +585,16 @@ impl DeliverySource for Queue {
     }
 
     /// Puts back deliveries that never reached their consumer (its channel closed while they
-    /// were on their way). They keep their redelivered flag.
+    /// were on their way). They keep their redelivered flag. A no-ack delivery's Ack is in the
+    /// log already (it was settled when handed over): it comes back as a message held in
+    /// memory only, whose settlement logs nothing. (Logged twice, its Ack took a second
+    /// message off its segment's live count, and the segment could be deleted under a
+    /// confirmed message nobody had acked.)
     fn return_undelivered(&self, deliveries: Vec<Delivery>) {
         self.with_state(|state| {
             let mut back = Vec::with_capacity(deliveries.len());
-            for d in deliveries {
+            for mut d in deliveries {
+                d.entry.persisted &= !d.no_ack;
                 if !d.no_ack {
                     state.unacked = state.unacked.saturating_sub(1);
                     state.unacked_bytes = state
