@@ -1108,6 +1108,128 @@ async fn same_as_rabbitmq_a_queue_counts_unacknowledged_bytes_and_persistent_mes
     assert_eq!(counted(&q), [1, 1, 20, 20, 0, 20].map(|n| json!(n)), "{q}");
 }
 
+/// What the API takes is what an AMQP client could have declared, so that it can be stored
+/// and read back: arguments nested past 64 levels (stored a few levels deeper still, they
+/// were past what the definitions reader takes, and the broker did not start again), names
+/// longer than a short string (which panicked in the handler), policy values nested past a
+/// few levels, and the same through a definitions import.
+#[tokio::test]
+async fn arguments_and_policies_the_broker_could_not_read_back_are_refused() {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut broker = Broker::start_with(config.clone()).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.unwrap(), "guest", "guest");
+    let nested = |levels: usize| -> Value {
+        serde_json::from_str(&format!("{}1{}", "[".repeat(levels), "]".repeat(levels))).unwrap()
+    };
+    let deep = api
+        .put(
+            "/api/queues/%2F/deep",
+            json!({"durable": true, "arguments": {"x-a": nested(100)}}),
+        )
+        .await;
+    assert_eq!(deep.status, 400, "{}", deep.text());
+    assert_eq!(
+        deep.json()["reason"],
+        "arguments nest deeper than 64 levels"
+    );
+    let long_name = api
+        .put(
+            "/api/exchanges/%2F/long",
+            json!({"type": "fanout", "durable": true, "arguments": {"k".repeat(256): 1}}),
+        )
+        .await;
+    assert_eq!(long_name.status, 400, "{}", long_name.text());
+    let policy = api
+        .put(
+            "/api/policies/%2F/deep",
+            json!({"pattern": "^$", "definition": {"max-length": nested(100)}}),
+        )
+        .await;
+    assert_eq!(policy.status, 400, "{}", policy.text());
+    let imported = api
+        .post(
+            "/api/definitions",
+            json!({"queues": [{"name": "deep", "vhost": "/", "durable": true,
+                "auto_delete": false, "arguments": {"x-a": nested(100)}}]}),
+        )
+        .await;
+    assert_eq!(imported.status, 400, "{}", imported.text());
+    // What is within the limits is taken, and the broker starts again with it.
+    let fine = api
+        .put(
+            "/api/queues/%2F/fine",
+            json!({"durable": true, "arguments": {"x-a": nested(60)}}),
+        )
+        .await;
+    assert_eq!(fine.status, 201, "{}", fine.text());
+    broker.stop().await;
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.unwrap(), "guest", "guest");
+    assert_eq!(api.get("/api/queues/%2F/fine").await.status, 200);
+    assert_eq!(api.get("/api/queues/%2F/deep").await.status, 404);
+}
+
+/// Same as RabbitMQ: the API's publish checks `user_id` as an AMQP publish does (any user
+/// could publish as another), and Lepus also refuses a body over `max_message_size` and a
+/// routing key no AMQP frame could carry (conformance/DIFFERENCES.md).
+#[tokio::test]
+async fn the_api_publish_checks_what_an_amqp_publish_checks() {
+    let max = 64 * 1024;
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.max_message_size_bytes = max as u64;
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.unwrap(), "guest", "guest");
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "pub".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let publish = |props: Value, key: String, payload: String| {
+        json!({"properties": props, "routing_key": key, "payload": payload,
+            "payload_encoding": "string"})
+    };
+    let path = "/api/exchanges/%2F/amq.default/publish";
+    let own = api
+        .post(
+            path,
+            publish(json!({"user_id": "guest"}), "pub".into(), "x".into()),
+        )
+        .await;
+    assert_eq!(own.json(), json!({"routed": true}));
+    let other = api
+        .post(
+            path,
+            publish(json!({"user_id": "admin"}), "pub".into(), "x".into()),
+        )
+        .await;
+    assert_eq!(other.status, 400);
+    assert_eq!(
+        other.json()["reason"],
+        "406 PRECONDITION_FAILED - user_id property set to 'admin' but authenticated user was 'guest'"
+    );
+    let long_key = api
+        .post(path, publish(json!({}), "k".repeat(256), "x".into()))
+        .await;
+    assert_eq!(long_key.status, 400);
+    let too_big = api
+        .post(path, publish(json!({}), "pub".into(), "x".repeat(max + 1)))
+        .await;
+    assert_eq!(too_big.status, 400, "{}", too_big.text());
+    assert_eq!(
+        message_count(&ch, "pub").await,
+        1,
+        "only the first was published"
+    );
+}
+
 /// Same as RabbitMQ, whose global counters never go backwards: what a vhost's clients did
 /// still counts after the vhost is deleted (the totals were sums over the vhosts left, so
 /// Prometheus saw a counter reset).

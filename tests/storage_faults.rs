@@ -430,6 +430,53 @@ async fn a_failed_fsync_stops_the_store_and_nothing_more_is_confirmed() {
     assert_eq!(got.delivery.data, b"kept");
 }
 
+/// Regression: a transaction's publishes are routed at tx.commit. When the store could not
+/// take one (read-only after a failed fsync) and nothing else waited for the disk, commit-ok
+/// went out at once for a message no queue held. Now the commit fails with a connection
+/// error, as a commit whose write failed does.
+#[tokio::test]
+async fn a_commit_whose_publish_the_store_refused_is_not_committed() {
+    let fs = SimFs::new(13);
+    let broker = broker_on(&fs, "tx").await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("dq".into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    let (_t, tx) = broker.channel().await;
+    within(tx.tx_select()).await.unwrap();
+    within(tx.basic_publish(
+        "".into(),
+        "dq".into(),
+        Default::default(),
+        b"in the transaction",
+        BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .unwrap();
+    // The store stops (fail-stop) before the commit.
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    fs.set_faults(Faults {
+        fsync_error: 1.0,
+        ..Faults::default()
+    });
+    let _lost = within(ch.basic_publish(
+        "".into(),
+        "dq".into(),
+        Default::default(),
+        b"lost",
+        BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .unwrap();
+    wait_until(|| !server.store.shared.writable()).await;
+    let committed = within(tx.tx_commit()).await;
+    let Err(e) = committed else {
+        panic!("commit-ok for a publish no queue took");
+    };
+    assert!(e.to_string().contains("INTERNAL_ERROR"), "{e}");
+}
+
 // ---- confirms that need no disk -------------------------------------------------------------
 
 /// Lets held fsyncs go when a test ends, passed or failed, so the broker can stop.

@@ -175,6 +175,37 @@ def http_message_bytes(url):
     return seen
 
 
+@scenario
+def http_publish_checks(url):
+    """What the API's publish refuses as an AMQP publish would (another user's user_id), and a
+    monitor closing someone else's connection."""
+    http("PUT", "/api/queues/%2F/http-pub", {})
+    seen = {}
+
+    def publish(props, key="http-pub", auth=("guest", "guest")):
+        status, _, body = http("POST", "/api/exchanges/%2F/amq.default/publish", {
+            "properties": props, "routing_key": key, "payload": "x", "payload_encoding": "string"},
+            auth=auth)
+        return [status, body]
+
+    seen["own_user_id"] = publish({"user_id": "guest"})
+    seen["other_user_id"] = publish({"user_id": "someone-else"})
+    http("PUT", "/api/users/http-mon", {"password": "pw", "tags": "monitoring"})
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    name = None
+    deadline = time.time() + 20
+    while name is None and time.time() < deadline:
+        status, conns = get_json("/api/connections", auth=("http-mon", "pw"))
+        name = conns[0]["name"] if status == 200 and conns else None
+        time.sleep(0.25)
+    status, _, body = http("DELETE", "/api/connections/" + quote(name or "none"), auth=("http-mon", "pw"))
+    seen["monitor_closes_other"] = [status, body]
+    conn.close()
+    http("DELETE", "/api/users/http-mon")
+    http("DELETE", "/api/queues/%2F/http-pub")
+    return seen
+
+
 METRICS = [
     "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
     "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queue_messages_published_total",

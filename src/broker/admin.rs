@@ -10,6 +10,24 @@ use crate::store::definitions::{Change, PolicyDef, VhostDef};
 
 /// The policy keys RabbitMQ 3.10 recognises; a policy with any other is refused, as
 /// RabbitMQ's validation does.
+/// How deeply a policy setting's value may nest lists and objects.
+const MAX_POLICY_VALUE_LEVELS: usize = 8;
+
+/// How deeply `v` nests arrays and objects (a scalar is 0), walked without recursion.
+fn json_depth(v: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match v {
+            serde_json::Value::Array(items) => stack.extend(items.iter().map(|x| (x, depth + 1))),
+            serde_json::Value::Object(map) => stack.extend(map.values().map(|x| (x, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 pub const POLICY_KEYS: &[&str] = &[
     "alternate-exchange",
     "dead-letter-exchange",
@@ -135,6 +153,17 @@ impl Broker {
             return Err(format!(
                 "Validation failed\n\n[{}] are not recognised policy settings\n",
                 listed.join(",")
+            ));
+        }
+        // Every setting's value is a number, a string or a list of them. Deeper JSON, stored,
+        // could be deeper than the definitions reader takes back at the next start.
+        if let Some(key) = definition
+            .iter()
+            .find(|(_, v)| json_depth(v) > MAX_POLICY_VALUE_LEVELS)
+            .map(|(k, _)| k)
+        {
+            return Err(format!(
+                "Validation failed\n\n{key} nests deeper than {MAX_POLICY_VALUE_LEVELS} levels\n"
             ));
         }
         Ok(())

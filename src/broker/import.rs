@@ -64,7 +64,8 @@ impl Broker {
                 durable: x.durable,
                 auto_delete: x.auto_delete,
                 internal: x.internal,
-                arguments: decode_arguments(&x.arguments, &x.lepus_arguments),
+                arguments: decode_arguments(&x.arguments, &x.lepus_arguments)
+                    .map_err(|e| format!("exchange '{}' in vhost '{}': {e}", x.name, x.vhost))?,
             };
             vhost
                 .declare_exchange(&declare)
@@ -79,7 +80,8 @@ impl Broker {
                 durable: q.durable,
                 exclusive: false,
                 auto_delete: q.auto_delete,
-                arguments: decode_arguments(&q.arguments, &q.lepus_arguments),
+                arguments: decode_arguments(&q.arguments, &q.lepus_arguments)
+                    .map_err(|e| format!("queue '{}' in vhost '{}': {e}", q.name, q.vhost))?,
             };
             vhost
                 .declare_queue(&declare, NO_CONNECTION)
@@ -88,7 +90,8 @@ impl Broker {
         }
         for b in &defs.bindings {
             let vhost = self.existing_vhost_of(&b.vhost, "binding from", &b.source)?;
-            let args: FieldTable = decode_arguments(&b.arguments, &b.lepus_arguments);
+            let args: FieldTable = decode_arguments(&b.arguments, &b.lepus_arguments)
+                .map_err(|e| format!("binding from '{}' in vhost '{}': {e}", b.source, b.vhost))?;
             let result = if b.destination_type == "exchange" {
                 vhost.bind_exchange(&b.destination, &b.source, &b.routing_key, &args)
             } else {
@@ -119,6 +122,9 @@ impl Broker {
                     p.name, p.vhost
                 ));
             }
+            // Checked as a policy set any other way is (RabbitMQ's import sets them so).
+            self.validate_policy(p, false)
+                .map_err(|e| format!("policy '{}': {}", p.name, e.trim()))?;
             self.definitions.record(Change::PutPolicy(p.clone()));
         }
         let all = self.definitions.policies();

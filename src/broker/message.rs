@@ -6,6 +6,8 @@ use bytes::Bytes;
 
 use super::body::Body;
 use super::memory::{Charge, Memory};
+use crate::auth::User;
+use crate::protocol::error::AmqpResult;
 use crate::protocol::properties::{self, PropertySummary};
 use crate::store::record::{MessageParts, StoredMessage};
 
@@ -192,4 +194,77 @@ impl Message {
             + HEADERS_BYTES
             + std::mem::size_of::<Message>()
     }
+}
+
+/// What RabbitMQ checks of a message's properties when it is published, whichever way it comes
+/// in (AMQP, the management API): that `user_id` names the publishing user (unless it may
+/// impersonate), and that `expiration` is a valid TTL.
+pub fn check_publisher_properties(
+    properties: &[u8],
+    summary: &PropertySummary,
+    user: &User,
+) -> AmqpResult<()> {
+    if let Some(user_id) = summary
+        .user_id
+        .as_ref()
+        .and_then(|r| properties.get(r.clone()))
+        && user_id != user.name.as_bytes()
+        && !user.has_tag("impersonator")
+    {
+        return Err(crate::amqp_error!(
+            PreconditionFailed,
+            "user_id property set to '{}' but authenticated user was '{}'",
+            String::from_utf8_lossy(user_id),
+            user.name
+        ));
+    }
+    if let Some(expiration) = summary
+        .expiration
+        .as_ref()
+        .and_then(|r| properties.get(r.clone()))
+    {
+        check_expiration(expiration)?;
+    }
+    Ok(())
+}
+
+/// Validates a per-message `expiration` the way RabbitMQ parses it.
+pub fn check_expiration(raw: &[u8]) -> AmqpResult<()> {
+    let text = String::from_utf8_lossy(raw);
+    let invalid = |reason: String| {
+        crate::amqp_error!(
+            PreconditionFailed,
+            "invalid expiration '{}': {}",
+            text,
+            reason
+        )
+    };
+    let bytes = text.as_bytes();
+    let (negative, digits_start) = match bytes.first() {
+        Some(b'-') => (true, 1),
+        Some(b'+') => (false, 1),
+        _ => (false, 0),
+    };
+    let digits_end = bytes[digits_start..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(bytes.len(), |p| p + digits_start);
+    if digits_end == digits_start {
+        return Err(invalid("no_integer".into()));
+    }
+    let magnitude: i128 = text[digits_start..digits_end].parse().unwrap_or(i128::MAX);
+    let value = if negative { -magnitude } else { magnitude };
+    if digits_end != bytes.len() {
+        return Err(invalid(format!(
+            "{{leftover_string,\"{}\"}}",
+            &text[digits_end..]
+        )));
+    }
+    if value < 0 {
+        return Err(invalid(format!("{{value_negative,{value}}}")));
+    }
+    if value > crate::broker::arguments::MAX_TTL_MS as i128 {
+        return Err(invalid(format!("{{value_too_large,{value}}}")));
+    }
+    Ok(())
 }

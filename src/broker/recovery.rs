@@ -157,7 +157,7 @@ impl Broker {
                 x.durable,
                 x.auto_delete,
                 x.internal,
-                decode_arguments(&x.arguments, &x.lepus_arguments),
+                stored_arguments(&x.arguments, &x.lepus_arguments),
             ));
             report.exchanges += 1;
         }
@@ -209,7 +209,7 @@ impl Broker {
                     durable: true,
                     auto_delete: q.auto_delete,
                     exclusive_owner: None,
-                    arguments: decode_arguments(&q.arguments, &q.lepus_arguments),
+                    arguments: stored_arguments(&q.arguments, &q.lepus_arguments),
                     id: q.lepus_id,
                 },
                 vhost.queue_services(),
@@ -236,7 +236,7 @@ impl Broker {
                     &b.source,
                     d,
                     &b.routing_key,
-                    decode_arguments(&b.arguments, &b.lepus_arguments),
+                    stored_arguments(&b.arguments, &b.lepus_arguments),
                 );
                 report.bindings += 1;
             }
@@ -272,4 +272,13 @@ fn create_defaults(config: &Config, definitions: &Arc<DefinitionsStore>, defs: &
         defs.apply(change.clone());
         definitions.record(change);
     }
+}
+
+/// Arguments the definitions hold. They were checked when they were recorded; ones that
+/// cannot be read now are left out, said in the log, rather than stopping the start.
+fn stored_arguments(json: &serde_json::Value, typed: &str) -> amq_protocol::types::FieldTable {
+    decode_arguments(json, typed).unwrap_or_else(|e| {
+        tracing::error!(error = %e, arguments = %json, "stored arguments cannot be read; left out");
+        amq_protocol::types::FieldTable::default()
+    })
 }

@@ -306,7 +306,7 @@ async fn bind(
     let source = exchange_name(&source).to_owned();
     let req: BindBody = body_or_empty(&body)?;
     let routing_key = req.routing_key.unwrap_or_default();
-    let arguments = arguments_of(req.arguments.as_ref());
+    let arguments = arguments_of(req.arguments.as_ref())?;
     ends(&vhost, &source, kind, &destination)?;
     let dest = match kind {
         "queue" => Resource::Queue(&destination),

@@ -22,6 +22,7 @@ use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::vhost::VirtualHost;
 use crate::broker::vhost::exchanges::ExchangeDeclare;
+use crate::protocol::error::ReplyCode;
 use crate::store::definitions::encode_arguments;
 
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -155,7 +156,7 @@ async fn declare(
         durable: req.durable.unwrap_or(false),
         auto_delete: req.auto_delete.unwrap_or(false),
         internal: req.internal.unwrap_or(false),
-        arguments: arguments_of(req.arguments.as_ref()),
+        arguments: arguments_of(req.arguments.as_ref())?,
     };
     let epoch = vhost.declare_exchange(&declare)?;
     durable(&m.broker, epoch).await?;
@@ -239,7 +240,23 @@ async fn publish(
     }
     let properties = super::messages::properties_from_json(req.properties.as_ref())?;
     let payload = super::messages::payload_from_json(&req.payload, &req.payload_encoding)?;
-    let published = vhost.publish_message(name, &req.routing_key, properties, payload)?;
+    let max = m.broker.config.limits.max_message_size_bytes;
+    if payload.len() as u64 > max {
+        return Err(ApiError::bad_request(format!(
+            "message size {} is larger than configured max size {max}",
+            payload.len()
+        )));
+    }
+    let user = caller.user().map(|u| &**u);
+    let published = vhost
+        .publish_message(name, &req.routing_key, properties, payload, user)
+        .map_err(|e| match e.code {
+            // RabbitMQ publishes on a channel of its own, whose closing reason it shows.
+            ReplyCode::PreconditionFailed => {
+                ApiError::bad_request(format!("{} {}", e.code.code(), e.text))
+            }
+            _ => ApiError::from_amqp(e),
+        })?;
     durable(&m.broker, published.sync).await?;
     Ok(Json(json!({"routed": published.routed})).into_response())
 }

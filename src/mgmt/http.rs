@@ -77,6 +77,11 @@ impl ApiError {
         match e.code {
             ReplyCode::NotFound => ApiError::not_found(),
             ReplyCode::AccessRefused => ApiError::not_authorised(reason),
+            ReplyCode::InternalError => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: "internal_server_error",
+                reason,
+            },
             _ => ApiError::bad_request(reason),
         }
     }
@@ -478,10 +483,12 @@ pub fn visible_vhosts(broker: &Broker, caller: &Caller) -> Vec<Arc<VirtualHost>>
 }
 
 /// Arguments as JSON, as the API takes them, into an AMQP table.
-pub fn arguments_of(json: Option<&Value>) -> amq_protocol::types::FieldTable {
+pub fn arguments_of(json: Option<&Value>) -> Result<amq_protocol::types::FieldTable, ApiError> {
     match json {
-        Some(v @ Value::Object(_)) => crate::store::definitions::decode_arguments(v, ""),
-        _ => amq_protocol::types::FieldTable::default(),
+        Some(v @ Value::Object(_)) => {
+            crate::store::definitions::decode_arguments(v, "").map_err(ApiError::bad_request)
+        }
+        _ => Ok(amq_protocol::types::FieldTable::default()),
     }
 }
 

@@ -92,7 +92,7 @@ fn set_property(p: BasicProperties, key: &str, value: &Value) -> Result<BasicPro
     let text = || {
         value
             .as_str()
-            .map(|s| ShortString::from(s.to_owned()))
+            .and_then(|s| ShortString::try_new(s.to_owned()).ok())
             .ok_or_else(bad)
     };
     let small = || {
@@ -115,7 +115,7 @@ fn set_property(p: BasicProperties, key: &str, value: &Value) -> Result<BasicPro
         "delivery_mode" => p.with_delivery_mode(small()?),
         "priority" => p.with_priority(small()?),
         "timestamp" => p.with_timestamp(value.as_u64().ok_or_else(bad)?),
-        "headers" => p.with_headers(decode_arguments(value, "")),
+        "headers" => p.with_headers(decode_arguments(value, "").map_err(ApiError::bad_request)?),
         _ => return Err(ApiError::bad_request(format!("unknown property: {key}"))),
     })
 }

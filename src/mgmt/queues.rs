@@ -255,7 +255,7 @@ async fn declare(
         durable: req.durable.unwrap_or(false),
         exclusive: false,
         auto_delete: req.auto_delete.unwrap_or(false),
-        arguments: arguments_of(req.arguments.as_ref()),
+        arguments: arguments_of(req.arguments.as_ref())?,
     };
     let (_, _, _, epoch) = vhost.declare_queue(&declare, 0)?;
     durable(&m.broker, epoch).await?;
@@ -415,7 +415,13 @@ pub fn aliveness(vhost: &VirtualHost) -> Result<(), String> {
     let props = crate::protocol::properties::encode_all(&Default::default())
         .ok_or_else(|| "cannot encode properties".to_owned())?;
     vhost
-        .publish_message("", NAME, props, bytes::Bytes::from_static(b"test_message"))
+        .publish_message(
+            "",
+            NAME,
+            props,
+            bytes::Bytes::from_static(b"test_message"),
+            None,
+        )
         .map_err(|e| e.text)?;
     match queue.get(true) {
         Some((entry, _)) if entry.message.body == b"test_message"[..] => Ok(()),

@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::protocol::table::MAX_TABLE_DEPTH;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Definitions {
     #[serde(default)]
@@ -552,19 +554,20 @@ pub fn encode_arguments(table: &FieldTable) -> (Value, String) {
     (table_to_json(table), typed)
 }
 
-/// Decodes arguments, preferring the typed encoding.
-pub fn decode_arguments(json: &Value, typed: &str) -> FieldTable {
+/// Decodes arguments, preferring the typed encoding. Refuses what an AMQP table cannot be:
+/// nested past [`MAX_TABLE_DEPTH`] (stored, such JSON could be deeper than a JSON reader
+/// takes back at the next start) or with a name longer than a short string.
+pub fn decode_arguments(json: &Value, typed: &str) -> Result<FieldTable, String> {
     if !typed.is_empty()
         && let Ok(bytes) = BASE64.decode(typed)
-        && crate::protocol::table::check_depth(&bytes, crate::protocol::table::MAX_TABLE_DEPTH)
-            .is_ok()
+        && crate::protocol::table::check_depth(&bytes, MAX_TABLE_DEPTH).is_ok()
         && let Ok(([], table)) = amq_protocol::types::parsing::parse_field_table(&bytes[..])
     {
-        return table;
+        return Ok(table);
     }
-    match json_to_value(json) {
-        AMQPValue::FieldTable(t) => t,
-        _ => FieldTable::default(),
+    match json_to_value(json, 0)? {
+        AMQPValue::FieldTable(t) => Ok(t),
+        _ => Ok(FieldTable::default()),
     }
 }
 
@@ -597,8 +600,14 @@ fn value_to_json(v: &AMQPValue) -> Value {
     }
 }
 
-fn json_to_value(v: &Value) -> AMQPValue {
-    match v {
+/// JSON as an AMQP value; `depth` is how many tables and arrays hold it.
+fn json_to_value(v: &Value, depth: usize) -> Result<AMQPValue, String> {
+    if depth > MAX_TABLE_DEPTH {
+        return Err(format!(
+            "arguments nest deeper than {MAX_TABLE_DEPTH} levels"
+        ));
+    }
+    Ok(match v {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),
         Value::Number(n) => match n.as_i64() {
@@ -609,18 +618,20 @@ fn json_to_value(v: &Value) -> AMQPValue {
         Value::Array(items) => {
             let mut a = FieldArray::default();
             for i in items {
-                a.push(json_to_value(i));
+                a.push(json_to_value(i, depth + 1)?);
             }
             AMQPValue::FieldArray(a)
         }
         Value::Object(map) => {
             let mut t = FieldTable::default();
             for (k, v) in map {
-                t.insert(ShortString::from(k.clone()), json_to_value(v));
+                let key = ShortString::try_new(k.clone())
+                    .map_err(|_| "an argument name is longer than 255 bytes".to_owned())?;
+                t.insert(key, json_to_value(v, depth + 1)?);
             }
             AMQPValue::FieldTable(t)
         }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -95,7 +95,13 @@ pub struct StoredMessage {
     pub expires_at: Option<u64>,
 }
 
-/// Bytes a message record of `message` takes, header included.
+/// The exchange and routing key are short strings, on the wire and here: a longer routing
+/// key (a dead-letter routing key set by argument or policy) is cut to this, as a delivery
+/// cuts it.
+const MAX_NAME_BYTES: usize = 255;
+
+/// Bytes a message record of `message` takes, header included. It must be what
+/// [`encode_message`] writes: the log places every later record by it.
 pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
     HEADER_LEN
         + 1
@@ -103,9 +109,9 @@ pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
         + 1
         + if expires_at.is_some() { 8 } else { 0 }
         + 1
-        + message.exchange.len()
+        + message.exchange.len().min(MAX_NAME_BYTES)
         + 1
-        + message.routing_key.len()
+        + message.routing_key.len().min(MAX_NAME_BYTES)
         + 4
         + message.properties.len()
         + 4
@@ -157,7 +163,7 @@ pub fn encode_message(
         None => out.push(flags & !FLAG_EXPIRES),
     }
     let short = |out: &mut Vec<u8>, s: &[u8]| {
-        let n = s.len().min(255);
+        let n = s.len().min(MAX_NAME_BYTES);
         out.push(n as u8);
         out.extend_from_slice(&s[..n]);
     };
@@ -316,6 +322,30 @@ fn decode_message(buf: &Bytes, mut at: usize, end: usize) -> Option<StoredMessag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a routing key past 255 bytes was cut when written but counted whole, so
+    /// every later record of the segment was placed past where it was written (paging
+    /// read from the wrong offset and skipped the rest of the segment).
+    #[test]
+    fn a_record_with_a_long_routing_key_is_as_long_as_its_length_says() {
+        let key = vec![b'k'; 300];
+        let body = [Bytes::from_static(b"body")];
+        let m = MessageParts {
+            exchange: b"ex",
+            routing_key: &key,
+            properties: &[],
+            body: &body,
+        };
+        let mut out = Vec::new();
+        encode_message(&mut out, 1, Kind::Message, 7, 0, None, &m);
+        assert_eq!(out.len(), message_len(&m, None));
+        let Decoded::Record(Record::Message { message, .. }, len) = decode(&Bytes::from(out), 1)
+        else {
+            panic!("decodes");
+        };
+        assert_eq!(len, message_len(&m, None));
+        assert_eq!(message.routing_key.len(), 255);
+    }
 
     fn message(body: &[Bytes]) -> MessageParts<'_> {
         MessageParts {

@@ -14,7 +14,7 @@ use crate::amqp_error;
 use crate::broker::body::Body;
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::Charge;
-use crate::broker::message::{ConfirmWatch, Message};
+use crate::broker::message::{ConfirmWatch, Message, check_publisher_properties};
 use crate::broker::queue::Queue;
 use crate::broker::queue::state::Enqueued;
 use crate::broker::reply_to;
@@ -31,6 +31,9 @@ pub(super) struct Outcome {
     /// A queue refused it (full, with `x-overflow` reject-publish) or could not write it to
     /// its log: the publisher's confirm is a nack.
     pub failed: bool,
+    /// Of those, a queue could not write it (its log or paging file refused): it is in no
+    /// queue that should hold it, whatever a commit would say.
+    pub write_failed: bool,
     /// The epoch that makes it durable, if a durable queue logged it.
     pub sync: Option<u64>,
     /// How many queues logged it: each reports it when it leaves for good
@@ -350,20 +353,7 @@ impl Channel {
                 .ok_or_else(internal_error)?;
             summary = properties::scan(&properties).map_err(scan_error)?;
         }
-        if let Some(range) = &summary.user_id {
-            let user_id = &properties[range.clone()];
-            if user_id != s.user.name.as_bytes() && !s.user.has_tag("impersonator") {
-                return Err(amqp_error!(
-                    PreconditionFailed,
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    String::from_utf8_lossy(user_id),
-                    s.user.name
-                ));
-            }
-        }
-        if let Some(range) = &summary.expiration {
-            check_expiration(&properties[range.clone()])?;
-        }
+        check_publisher_properties(&properties, &summary, &s.user)?;
         Ok((properties, summary))
     }
 
@@ -520,6 +510,7 @@ fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
     let mut outcome = Outcome {
         routed: false,
         failed: false,
+        write_failed: false,
         sync: None,
         logged: 0,
     };
@@ -532,60 +523,24 @@ fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {
                 outcome.sync = Some(outcome.sync.map_or(epoch, |e| e.max(epoch)));
                 outcome.logged += 1;
             }
-            Enqueued::Failed | Enqueued::Rejected => {
+            Enqueued::Rejected => {
                 // Routed all the same: a mandatory message is not returned.
                 outcome.routed = true;
                 outcome.failed = true;
+            }
+            Enqueued::Failed => {
+                outcome.routed = true;
+                outcome.failed = true;
+                outcome.write_failed = true;
             }
         }
     }
     outcome
 }
 
-/// Validates a per-message `expiration` the way RabbitMQ parses it.
-fn check_expiration(raw: &[u8]) -> AmqpResult<()> {
-    let text = String::from_utf8_lossy(raw);
-    let invalid = |reason: String| {
-        amqp_error!(
-            PreconditionFailed,
-            "invalid expiration '{}': {}",
-            text,
-            reason
-        )
-    };
-    let bytes = text.as_bytes();
-    let (negative, digits_start) = match bytes.first() {
-        Some(b'-') => (true, 1),
-        Some(b'+') => (false, 1),
-        _ => (false, 0),
-    };
-    let digits_end = bytes[digits_start..]
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .map_or(bytes.len(), |p| p + digits_start);
-    if digits_end == digits_start {
-        return Err(invalid("no_integer".into()));
-    }
-    let magnitude: i128 = text[digits_start..digits_end].parse().unwrap_or(i128::MAX);
-    let value = if negative { -magnitude } else { magnitude };
-    if digits_end != bytes.len() {
-        return Err(invalid(format!(
-            "{{leftover_string,\"{}\"}}",
-            &text[digits_end..]
-        )));
-    }
-    if value < 0 {
-        return Err(invalid(format!("{{value_negative,{value}}}")));
-    }
-    if value > crate::broker::arguments::MAX_TTL_MS as i128 {
-        return Err(invalid(format!("{{value_too_large,{value}}}")));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::broker::message::check_expiration;
 
     #[test]
     pub(super) fn same_as_rabbitmq_expiration_texts() {

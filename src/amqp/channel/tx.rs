@@ -3,7 +3,7 @@
 
 use amq_protocol::protocol::{AMQPClass, tx};
 
-use super::publish::Destination;
+use super::publish::{Destination, Outcome};
 use super::{Channel, Transaction, TxPublish, TxSettle, Unacked, reply};
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
@@ -48,8 +48,13 @@ impl Channel {
                 };
                 let work = std::mem::take(tx);
                 let mut sync: Option<u64> = None;
+                let mut write_failed = false;
                 for p in work.publishes {
-                    if let Some(e) = self.commit_publish(s, out, p) {
+                    let Some(outcome) = self.commit_publish(s, out, p) else {
+                        continue;
+                    };
+                    write_failed |= outcome.write_failed;
+                    if let Some(e) = outcome.sync {
                         sync = Some(sync.map_or(e, |x: u64| x.max(e)));
                     }
                 }
@@ -58,6 +63,13 @@ impl Channel {
                         TxSettle::Ack(list) => self.settle(list, None),
                         TxSettle::Reject(list, requeue) => self.settle(list, Some(requeue)),
                     }
+                }
+                if write_failed {
+                    // Commit-ok would promise messages that no queue holds.
+                    return Err(amqp_error!(
+                        InternalError,
+                        "the data directory refused a write; the transaction's publishes were not all enqueued"
+                    ));
                 }
                 // Commit-ok promises the persistent messages are on disk.
                 out.hold_until_synced(sync);
@@ -110,7 +122,7 @@ impl Channel {
         s: &Session,
         out: &mut Output,
         p: TxPublish,
-    ) -> Option<u64> {
+    ) -> Option<Outcome> {
         let Ok((exchange, cached)) = self.resolve(s, &p.exchange, &p.routing_key) else {
             // The exchange was deleted before the commit: the message is unroutable.
             return None;
@@ -124,6 +136,6 @@ impl Channel {
             headers: p.headers,
             mandatory: p.mandatory,
         };
-        self.hand_to_queues(s, out, destination, &p.message).sync
+        Some(self.hand_to_queues(s, out, destination, &p.message))
     }
 }

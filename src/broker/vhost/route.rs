@@ -90,20 +90,32 @@ pub struct Published {
 
 impl VirtualHost {
     /// Publishes a message as the management API's publish does: routed like any other,
-    /// counted by the exchange, confirmed to nobody.
+    /// counted by the exchange, confirmed to nobody; `user` (the caller, if not an operator)
+    /// is checked against `user_id` as an AMQP publisher is.
     pub fn publish_message(
         &self,
         exchange: &str,
         routing_key: &str,
         properties: bytes::Bytes,
         body: bytes::Bytes,
+        user: Option<&crate::auth::User>,
     ) -> crate::protocol::error::AmqpResult<Published> {
         use crate::broker::queue::state::Enqueued;
         let x = self
             .exchange(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
+        if routing_key.len() > 255 {
+            // A short string on the wire and in the log's records.
+            return Err(crate::amqp_error!(
+                PreconditionFailed,
+                "routing key longer than 255 bytes"
+            ));
+        }
         let summary = crate::protocol::properties::scan(&properties)
             .map_err(|_| crate::amqp_error!(PreconditionFailed, "invalid message properties"))?;
+        if let Some(user) = user {
+            crate::broker::message::check_publisher_properties(&properties, &summary, user)?;
+        }
         let mut message = crate::broker::message::Message::new(
             bytes::Bytes::copy_from_slice(exchange.as_bytes()),
             bytes::Bytes::copy_from_slice(routing_key.as_bytes()),
@@ -129,6 +141,7 @@ impl VirtualHost {
             routed: false,
             sync: None,
         };
+        let mut write_failed = false;
         for q in &queues {
             match q.publish(message.clone()) {
                 Enqueued::Deleted => {}
@@ -136,12 +149,19 @@ impl VirtualHost {
                     published.routed = true;
                     published.sync = Some(published.sync.map_or(epoch, |e| e.max(epoch)));
                 }
-                _ => published.routed = true,
+                Enqueued::Failed => write_failed = true,
+                Enqueued::Accepted | Enqueued::Rejected => published.routed = true,
             }
         }
         crate::broker::stats::bump(&x.counters.publish_in, 1);
         if published.routed {
             crate::broker::stats::bump(&x.counters.publish_out, 1);
+        }
+        if write_failed {
+            return Err(crate::amqp_error!(
+                InternalError,
+                "the data directory refused a write; the message is not in every queue it was routed to"
+            ));
         }
         Ok(published)
     }
