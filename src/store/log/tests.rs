@@ -153,6 +153,90 @@ fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number()
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Regression: rolling over from a reused segment pads what is pending to the segment's end
+/// (its old records must not follow the new ones). When that write failed, the padding stayed
+/// pending but the head's end did not move: the next record was given the offset where it
+/// should go and written after the padding, past the segment's end. Read back from its offset
+/// (zeros) it was not found: confirmed messages were lost.
+#[test]
+fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_be() {
+    use crate::store::sim::{Faults, SimFs};
+    let sim = SimFs::new(5);
+    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
+    let dir = PathBuf::from("/sim/roll-over");
+    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+    let log = store.create_queue_log(7).unwrap();
+    let mut seq = 0u64;
+    let mut reused = false;
+    while !reused && seq < 2_000 {
+        append_durable(&log, seq);
+        log.ack(seq).unwrap();
+        seq += 1;
+        store.sync_now();
+        log.collect_garbage(None);
+        reused = log.lock().segments.back().is_some_and(|s| s.stale_tail);
+    }
+    assert!(reused, "a segment file was reused");
+    // Writes fail until an append has to roll over (and fails).
+    sim.set_faults(Faults {
+        write_error: 1.0,
+        ..Faults::default()
+    });
+    let mut kept = Vec::new();
+    let refused = loop {
+        let body = [Bytes::from(body(seq))];
+        let parts = MessageParts {
+            exchange: b"",
+            routing_key: b"q",
+            properties: &[0, 0],
+            body: &body,
+        };
+        match log.append_message(seq, &parts, true, 0, None) {
+            Ok(_) => kept.push(seq),
+            Err(_) => break seq,
+        }
+        seq += 1;
+        assert!(seq < 10_000, "a roll-over was reached");
+    };
+    seq = refused + 1;
+    sim.set_faults(Faults::default());
+    // A small message: it fits in what the refused one left of the head.
+    let small = [Bytes::from(vec![b's'; 100])];
+    let parts = MessageParts {
+        exchange: b"",
+        routing_key: b"q",
+        properties: &[0, 0],
+        body: &small,
+    };
+    let at = log.end();
+    log.append_message(seq, &parts, true, 0, None).unwrap();
+    assert!(store.sync_now());
+    // Read where the log says the message is, as a queue reading its paged tail does.
+    let mut reader = TailReader {
+        pos: at,
+        ..TailReader::default()
+    };
+    let first = log.read_back(&mut reader, 1 << 20).unwrap();
+    assert_eq!(
+        first.first().map(|m| m.seq),
+        Some(seq),
+        "found where it was put"
+    );
+    kept.push(seq);
+    seq += 1;
+    for _ in 0..100 {
+        append_durable(&log, seq);
+        kept.push(seq);
+        seq += 1;
+    }
+    assert!(store.sync_now());
+    store.close();
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, kept);
+}
+
 #[test]
 fn acks_of_a_spare_segment_survive_compaction_until_its_file_is_reused() {
     // Regression: the front segment kept (not deleted) for reuse stays on disk under its old
