@@ -441,3 +441,46 @@ async fn called_as_rabbitmqctl_through_a_symlink_it_behaves_the_same() {
     assert!(usage.contains("rabbitmqctl"), "{usage}");
     let _ = std::fs::remove_dir_all(&bin);
 }
+
+/// The admin socket serves only the broker's own user (and root), whatever the socket file's
+/// mode: its mode is set just after it is bound, and a connection made in between was served
+/// as the operator. Run as root (which can act as another user); skipped otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_socket_serves_no_other_user_even_when_its_file_lets_them_in() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let broker = Broker::start().await;
+    let data_dir = broker
+        .server
+        .as_ref()
+        .unwrap()
+        .broker()
+        .config
+        .data_dir
+        .clone();
+    let socket = lepus::mgmt::admin::socket_path(&data_dir);
+    if std::fs::metadata(&socket).unwrap().uid() != 0
+        || !std::path::Path::new("/usr/bin/setpriv").exists()
+    {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    // What a connection in the moment before the mode is set would find.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for dir in [data_dir.as_path(), data_dir.parent().unwrap()] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+    }
+    let mut as_nobody = Command::new("/usr/bin/setpriv");
+    as_nobody
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_lepusctl"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("list_users");
+    let (status, stdout, _) = tokio::task::block_in_place(|| output(as_nobody));
+    assert_ne!(status, 0, "another user was served: {stdout}");
+    assert!(!stdout.contains("guest"), "{stdout}");
+    let (status, stdout, _) = ctl(&broker, &["list_users"]).await;
+    assert_eq!(status, 0);
+    assert!(stdout.contains("guest"), "{stdout}");
+}

@@ -790,6 +790,84 @@ async fn same_as_rabbitmq_lists_page_filter_sort_and_pick_columns() {
     );
 }
 
+/// Sorting by a column whose values are of different types orders them as Erlang orders
+/// terms (numbers, atoms, strings), a missing value first. (Mixed types compared equal one
+/// way and unequal another, which is not an order: `sort_by` may panic on that.)
+#[tokio::test]
+async fn a_sort_over_values_of_mixed_types_is_an_order() {
+    let (_broker, api) = broker_with_api().await;
+    for (name, value) in [
+        ("q-number-5", json!(5)),
+        ("q-string", json!("s")),
+        ("q-true", json!(true)),
+        ("q-number-1", json!(1)),
+        ("q-false", json!(false)),
+    ] {
+        let put = api
+            .put(
+                &format!("/api/queues/%2F/{name}"),
+                json!({"arguments": {"x-lepus-tag": value}}),
+            )
+            .await;
+        assert!(put.status < 300, "{}", put.text());
+    }
+    api.put("/api/queues/%2F/q-none", json!({})).await;
+    let sorted = api
+        .get("/api/queues?sort=arguments.x-lepus-tag&columns=name,name,name")
+        .await
+        .json();
+    let names: Vec<&str> = sorted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "q-none",
+            "q-number-1",
+            "q-number-5",
+            "q-false",
+            "q-true",
+            "q-string"
+        ]
+    );
+    assert_eq!(
+        sorted[0],
+        json!({"name": "q-none"}),
+        "a column asked twice once"
+    );
+}
+
+/// A `get` stops taking messages once their bodies add up to 16 MiB, however many were
+/// asked for: an answer is bounded (with 10,000 large messages asked for, it was not).
+#[tokio::test]
+async fn a_get_answers_with_a_bounded_amount_of_message_bodies() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "big".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let body = vec![b'b'; 9 * 1024 * 1024];
+    for _ in 0..3 {
+        publish(&ch, "", "big", &body).await;
+    }
+    let got = api
+        .post(
+            "/api/queues/%2F/big/get",
+            json!({"count": 3, "ackmode": "ack_requeue_true", "encoding": "base64"}),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json().as_array().unwrap().len(), 2);
+    assert_eq!(message_count(&ch, "big").await, 3, "both went back");
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_health_checks_and_the_aliveness_test_answer_ok() {
     let (_broker, api) = broker_with_api().await;

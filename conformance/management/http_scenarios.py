@@ -37,6 +37,9 @@ def http_errors(url):
     seen["not_admin"] = http("GET", "/api/users", auth=("http-mgr", "pw"))[::2]
     seen["not_monitor"] = http("GET", "/api/nodes", auth=("http-mgr", "pw"))[::2]
     seen["no_vhost_access"] = http("GET", "/api/queues/%2F/x", auth=("http-mgr", "pw"))[::2]
+    seen["policy_not_policymaker"] = http("GET", "/api/policies/%2F/x", auth=("http-mgr", "pw"))[::2]
+    seen["operator_policy_not_admin"] = http(
+        "GET", "/api/operator-policies/%2F/x", auth=("http-mgr", "pw"))[::2]
     seen["not_found"] = http("GET", "/api/queues/%2F/http-nope")[::2]
     seen["no_such_vhost"] = http("GET", "/api/queues/nope")[::2]
     seen["bad_type"] = http("PUT", "/api/exchanges/%2F/http-x", {"type": "nope"})[::2]

@@ -37,13 +37,51 @@ pub fn serve(mgmt: Arc<Mgmt>, path: &Path) -> std::io::Result<JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // The broker's own user: the one the socket file it just made belongs to.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path)?);
     let app = tower::ServiceExt::map_request(router(mgmt), super::http::normalise_path);
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(OwnerOnly { listener, owner }, app).await {
             tracing::error!(error = %e, "the admin socket stopped");
         }
     }))
+}
+
+/// The admin socket's listener: it serves only processes of the broker's own user (or
+/// root). The file's mode says as much, but it is set just after the socket is bound, and a
+/// connection made in between would otherwise be served as the operator.
+struct OwnerOnly {
+    listener: UnixListener,
+    /// The broker's user id.
+    owner: u32,
+}
+
+impl axum::serve::Listener for OwnerOnly {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            match stream.peer_cred() {
+                Ok(peer) if peer.uid() == self.owner || peer.uid() == 0 => return (stream, addr),
+                Ok(peer) => {
+                    tracing::warn!(
+                        uid = peer.uid(),
+                        "refused an admin socket connection from another user"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused an admin socket connection: no peer credentials")
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
 
 /// The management API's routes and the operator commands only `lepusctl` uses, every

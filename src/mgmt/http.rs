@@ -167,11 +167,14 @@ impl Caller {
         }
     }
 
-    /// Policies and vhost limits: `administrator` or `policymaker`.
+    /// One policy, and changing policies: `administrator` or `policymaker`.
     pub fn require_policymaker(&self) -> Result<(), ApiError> {
         match self.has_any(&["administrator", "policymaker"]) {
             true => Ok(()),
-            false => Err(ApiError::not_authorised("Not policymaker user")),
+            // RabbitMQ's `is_authorized_policies` says no more than this.
+            false => Err(ApiError::not_authorised(
+                "User not authorised to access object",
+            )),
         }
     }
 
@@ -382,26 +385,60 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, key| v.get(key))
 }
 
+/// Orders sort keys as Erlang orders terms (numbers, then atoms, then objects, arrays and
+/// strings), a missing value first. It must be a total order whatever the values are:
+/// `sort_by` may panic on one that is not, and values of a column can be of any type.
 fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
     use std::cmp::Ordering;
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Number(_) => 0,
+            Value::Null | Value::Bool(_) => 1,
+            Value::Object(_) => 2,
+            Value::Array(_) => 3,
+            Value::String(_) => 4,
+        }
+    }
     match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(Ordering::Equal),
-        (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
-        (Some(_), None) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
         (None, Some(_)) => Ordering::Less,
-        _ => Ordering::Equal,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) => rank(x).cmp(&rank(y)).then_with(|| match (x, y) {
+            (Value::Number(x), Value::Number(y)) => x
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&y.as_f64().unwrap_or(0.0)),
+            (Value::String(x), Value::String(y)) => x.cmp(y),
+            // Atoms in alphabetical order: false, null, true.
+            (Value::Null | Value::Bool(_), Value::Null | Value::Bool(_)) => {
+                let atom = |v: &Value| match v {
+                    Value::Bool(false) => 0,
+                    Value::Null => 1,
+                    _ => 2,
+                };
+                atom(x).cmp(&atom(y))
+            }
+            _ => Ordering::Equal,
+        }),
     }
 }
+
+/// How many `columns` a list request may pick.
+const MAX_COLUMNS: usize = 64;
 
 /// Keeps only the `columns` asked for (dotted paths keep their parents' shape).
 fn columns(items: Vec<Value>, q: &ListQuery) -> Vec<Value> {
     let Some(cols) = q.columns.as_deref().filter(|c| !c.is_empty()) else {
         return items;
     };
-    let paths: Vec<&str> = cols.split(',').map(str::trim).collect();
+    // Each distinct path once, and no more than an item could have: every path costs a
+    // walk of every item.
+    let mut paths: Vec<&str> = Vec::new();
+    for path in cols.split(',').map(str::trim) {
+        if paths.len() < MAX_COLUMNS && !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
     items
         .into_iter()
         .map(|item| {

@@ -328,6 +328,10 @@ struct GetBody {
 /// The most messages one `get` takes, whatever `count` asks.
 pub const MAX_GET_COUNT: u64 = 10_000;
 
+/// A `get` takes no more messages once the bodies it answers with add up to this (each
+/// shown as JSON, up to six times its size): what one request can make the broker hold.
+pub const MAX_GET_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// POST `get`: fetches up to `count` messages; `ackmode` says whether they go back
 /// (`ack_requeue_true`, `reject_requeue_true`) or leave the queue (`ack_requeue_false`,
 /// `reject_requeue_false`, which dead-letters as a reject does).
@@ -363,12 +367,19 @@ async fn get_messages(
     let truncate = req.truncate.and_then(|t| u64::try_from(t).ok());
     let mut taken = Vec::new();
     let mut out = Vec::new();
+    let mut body_bytes = 0u64;
     for _ in 0..count {
+        if body_bytes >= MAX_GET_BODY_BYTES {
+            // One answer holds a bounded amount; the caller asks again for more.
+            break;
+        }
         // Messages that leave are taken without an ack; those that go back are held (as
         // unacknowledged) until all are read, so that each is seen once.
         let Some((entry, left)) = queue.get(!requeue && !reject) else {
             break;
         };
+        let shown = entry.message.body.len() as u64;
+        body_bytes += truncate.map_or(shown, |t| t.min(shown));
         out.push(super::messages::message_json(
             &entry, left, base64, truncate,
         ));

@@ -355,6 +355,12 @@ async fn show_policy<const OPERATOR: bool>(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let operator = OPERATOR;
+    // Same as RabbitMQ: a list of policies needs only the vhost; one policy needs a
+    // policymaker (an operator policy, an administrator).
+    match operator {
+        true => caller.require_admin()?,
+        false => caller.require_policymaker()?,
+    }
     caller.vhost(&m.broker, &vhost)?;
     recorded(&m, operator)
         .iter()
