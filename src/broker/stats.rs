@@ -131,7 +131,9 @@ pub struct ConnectionInfo {
     pub tls: bool,
     /// Milliseconds since the epoch when the socket was accepted.
     pub connected_at_ms: u64,
-    opened: Mutex<Option<Opened>>,
+    /// Shared: every listing of channels refers to it, a count each (it holds the client's
+    /// properties, up to a frame in size).
+    opened: Mutex<Option<Arc<Opened>>>,
     /// Bytes read and written, for `recv_oct`/`send_oct` and the Prometheus byte counters.
     pub recv_oct: AtomicU64,
     /// Socket reads that brought bytes, RabbitMQ's `recv_cnt` (its socket's packet count).
@@ -166,11 +168,11 @@ impl ConnectionInfo {
     }
 
     pub fn set_opened(&self, opened: Opened) {
-        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(opened);
+        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(opened));
     }
 
     /// What the connection negotiated; `None` until Connection.Open succeeded.
-    pub fn opened(&self) -> Option<Opened> {
+    pub fn opened(&self) -> Option<Arc<Opened>> {
         self.opened
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -45,7 +45,7 @@ pub fn routes() -> Router<Arc<Mgmt>> {
 }
 
 /// The open connections the caller may see: monitors see all, others their own.
-fn visible(m: &Mgmt, caller: &Caller) -> Vec<(Arc<dyn ConnectionControl>, Opened)> {
+fn visible(m: &Mgmt, caller: &Caller) -> Vec<(Arc<dyn ConnectionControl>, Arc<Opened>)> {
     m.broker
         .connections
         .list()
@@ -115,7 +115,7 @@ fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool
 
 fn connections_json(
     m: &Mgmt,
-    conns: &[(Arc<dyn ConnectionControl>, Opened)],
+    conns: &[(Arc<dyn ConnectionControl>, Arc<Opened>)],
     q: &ListQuery,
 ) -> Vec<Value> {
     conns
@@ -144,7 +144,7 @@ fn find(
     m: &Mgmt,
     caller: &Caller,
     name: &str,
-) -> Result<(Arc<dyn ConnectionControl>, Opened), ApiError> {
+) -> Result<(Arc<dyn ConnectionControl>, Arc<Opened>), ApiError> {
     visible(m, caller)
         .into_iter()
         .find(|(c, _)| c.info().name() == name)
@@ -238,7 +238,7 @@ fn channel_json(
 
 fn channels_of(
     m: &Mgmt,
-    conns: &[(Arc<dyn ConnectionControl>, Opened)],
+    conns: &[(Arc<dyn ConnectionControl>, Arc<Opened>)],
     stats: bool,
 ) -> Vec<Value> {
     let mut out = Vec::new();

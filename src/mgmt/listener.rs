@@ -2,10 +2,11 @@
 //! holding connections open cannot use up the broker's memory or lock operators out for
 //! long. (hyper applies no idle timeout of its own here.)
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use tokio::time::{Instant, Sleep};
 
 /// HTTP connections served at once per listener; further ones wait to be accepted.
 pub const MAX_HTTP_CONNECTIONS: usize = 256;
+/// HTTP connections one client address may hold at once: a client that holds connections
+/// open (sending a byte now and then, as slowloris does) cannot take every slot from one
+/// address. A browser opens six or so.
+pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 32;
 /// A connection that sends nothing for this long is closed (between requests, or in the
 /// middle of one).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,6 +31,7 @@ pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Bounded {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Bounded {
@@ -33,6 +39,39 @@ impl Bounded {
         Bounded {
             inner,
             slots: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+            per_peer: Arc::default(),
+        }
+    }
+
+    /// Counts a connection from `ip`, unless that address holds as many as it may.
+    fn admit(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut counts = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_HTTP_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            counts: self.per_peer.clone(),
+            ip,
+        })
+    }
+}
+
+/// One of an address's connections, given back when the connection ends.
+struct PeerSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
         }
     }
 }
@@ -51,8 +90,12 @@ impl Listener for Bounded {
             };
             match self.inner.accept().await {
                 Ok((stream, peer)) => {
+                    let Some(peer_slot) = self.admit(peer.ip()) else {
+                        tracing::debug!(%peer, "refused an HTTP connection: its address holds too many");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    return (Guarded::new(stream, permit), peer);
+                    return (Guarded::new(stream, permit, peer_slot), peer);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -82,14 +125,16 @@ impl Connected<IncomingStream<'_, Bounded>> for Peer {
 pub struct Guarded {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _peer_slot: PeerSlot,
     idle: Pin<Box<Sleep>>,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit) -> Guarded {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, peer_slot: PeerSlot) -> Guarded {
         Guarded {
             stream,
             _slot: slot,
+            _peer_slot: peer_slot,
             idle: Box::pin(tokio::time::sleep(HTTP_IDLE_TIMEOUT)),
         }
     }

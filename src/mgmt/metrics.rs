@@ -65,14 +65,26 @@ struct Filter {
 }
 
 async fn aggregated(State(m): State<Arc<Mgmt>>) -> Response {
-    scrape(m, false, None)
+    scrape(m, false, None).await
 }
 
 async fn per_object(State(m): State<Arc<Mgmt>>, Query(f): Query<Filter>) -> Response {
-    scrape(m, true, f.vhost)
+    scrape(m, true, f.vhost).await
 }
 
-fn scrape(mgmt: Arc<Mgmt>, per_object: bool, vhost: Option<String>) -> Response {
+/// Scrapes run one at a time (`Mgmt::scraping`) and off the runtime's workers, which the
+/// AMQP connections run on: a scrape takes time in the number of queues and channels.
+async fn scrape(mgmt: Arc<Mgmt>, per_object: bool, vhost: Option<String>) -> Response {
+    let Ok(_turn) = mgmt.scraping.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let mgmt = mgmt.clone();
+    tokio::task::spawn_blocking(move || render(mgmt, per_object, vhost))
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn render(mgmt: Arc<Mgmt>, per_object: bool, vhost: Option<String>) -> Response {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerMetrics {
         mgmt,
@@ -313,12 +325,12 @@ impl BrokerMetrics {
                 continue;
             }
             for q in v.queues() {
-                let s = q.snapshot();
+                let s = q.gauges();
                 scrape.queues.push(QueueSample {
                     labels: vec![("vhost", v.name.clone()), ("queue", q.name.clone())],
                     ready: i64::from(s.ready),
                     unacked: i64::from(s.unacked),
-                    consumers: s.consumers.len() as i64,
+                    consumers: s.consumer_count as i64,
                     ready_bytes: s.ready_bytes as i64,
                     unacked_bytes: s.unacked_bytes as i64,
                     persistent: s.persistent.messages as i64,

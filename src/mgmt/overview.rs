@@ -62,15 +62,19 @@ async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) ->
         false => crate::broker::stats::MessageTotals::default(),
     };
     let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0, 0, 0);
+    let open = match caller.is_monitor() {
+        true => Vec::new(),
+        false => rates::channels(broker),
+    };
     for v in &visible {
         if !caller.is_monitor() {
-            totals.add(&rates::vhost_totals(broker, &v.name));
+            totals.add(&rates::vhost_totals_in(broker, &v.name, &open));
         }
         for queue in v.queues() {
-            let s = queue.snapshot();
+            let s = queue.gauges();
             ready += u64::from(s.ready);
             unacked += u64::from(s.unacked);
-            consumers += s.consumers.len();
+            consumers += s.consumer_count;
             queues += 1;
         }
         exchanges += v.exchanges().len();

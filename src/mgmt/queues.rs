@@ -66,7 +66,7 @@ pub fn channel_details(conn: Option<&Arc<ConnectionInfo>>, number: u16) -> Value
         "number": number,
         "peer_host": conn.peer.ip().to_string(),
         "peer_port": conn.peer.port(),
-        "user": conn.opened().map(|o| o.user).unwrap_or_default(),
+        "user": conn.opened().map(|o| o.user.clone()).unwrap_or_default(),
     })
 }
 

@@ -85,7 +85,7 @@ impl Rates {
             let info = conn.info();
             let (recv, send) = (load(&info.recv_oct), load(&info.send_oct));
             if let Some(opened) = info.opened() {
-                let bytes = vhost_bytes.entry(opened.vhost).or_default();
+                let bytes = vhost_bytes.entry(opened.vhost.clone()).or_default();
                 bytes.0 += recv;
                 bytes.1 += send;
             }
@@ -101,10 +101,11 @@ impl Rates {
             }
         }
         let (mut ready, mut unacked) = (0u64, 0u64);
+        let open = channels(broker);
         for vhost in broker.vhosts() {
             let (mut vhost_ready, mut vhost_unacked) = (0u64, 0u64);
             for q in vhost.queues() {
-                let s = q.snapshot();
+                let s = q.gauges();
                 vhost_ready += u64::from(s.ready);
                 vhost_unacked += u64::from(s.unacked);
                 let mut values = totals_fields(&s.counters.totals());
@@ -121,7 +122,7 @@ impl Rates {
                     ],
                 ));
             }
-            let mut values = totals_fields(&vhost_totals(broker, &vhost.name));
+            let mut values = totals_fields(&vhost_totals_in(broker, &vhost.name, &open));
             values.extend(depth_fields(vhost_ready, vhost_unacked));
             let (recv, send) = vhost_bytes.get(&vhost.name).copied().unwrap_or_default();
             values.extend([("recv_oct", recv), ("send_oct", send)]);
@@ -313,8 +314,11 @@ pub fn with_rate(out: &mut Map<String, Value>, rates: &Rates, key: &str, field: 
     );
 }
 
+/// A live channel, its connection, and what the connection negotiated.
+pub type OpenChannel = (Arc<dyn ConnectionControl>, Arc<Opened>, Arc<ChannelInfo>);
+
 /// The live channels of every open connection, with what their connection negotiated.
-pub fn channels(broker: &Broker) -> Vec<(Arc<dyn ConnectionControl>, Opened, Arc<ChannelInfo>)> {
+pub fn channels(broker: &Broker) -> Vec<OpenChannel> {
     let mut out = Vec::new();
     for conn in broker.connections.list() {
         let Some(opened) = conn.info().opened() else {
@@ -329,10 +333,15 @@ pub fn channels(broker: &Broker) -> Vec<(Arc<dyn ConnectionControl>, Opened, Arc
 
 /// A vhost's message totals: its open channels' counters and those of the ones closed.
 pub fn vhost_totals(broker: &Broker, vhost: &str) -> MessageTotals {
+    vhost_totals_in(broker, vhost, &channels(broker))
+}
+
+/// [`vhost_totals`] with the live channels listed once for many vhosts (listing them for
+/// each vhost cost vhosts x channels).
+pub fn vhost_totals_in(broker: &Broker, vhost: &str, open: &[OpenChannel]) -> MessageTotals {
     let Some(v) = broker.vhost(vhost) else {
         return MessageTotals::default();
     };
-    let open = channels(broker);
     let open = open
         .iter()
         .filter(|(_, opened, _)| opened.vhost == vhost)

@@ -17,6 +17,9 @@ pub struct Mgmt {
     pub cluster_name: RwLock<String>,
     /// The broker's listeners (protocol and address), for the overview.
     pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
+    /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
+    /// endpoint asks for no login.
+    pub scraping: tokio::sync::Semaphore,
 }
 
 impl Mgmt {
@@ -27,6 +30,7 @@ impl Mgmt {
             broker,
             cluster_name,
             listeners: RwLock::new(Vec::new()),
+            scraping: tokio::sync::Semaphore::new(1),
         })
     }
 

@@ -67,7 +67,7 @@ async fn no_parameters(_caller: Caller) -> ApiResult {
     Ok(Json(json!([])).into_response())
 }
 
-fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery) -> Value {
+fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &[rates::OpenChannel]) -> Value {
     let def = m
         .broker
         .definitions
@@ -80,7 +80,7 @@ fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery) -> Value {
     let key = rates::vhost_key(&v.name);
     let (mut ready, mut unacked) = (0u64, 0u64);
     for queue in v.queues() {
-        let s = queue.snapshot();
+        let s = queue.gauges();
         ready += u64::from(s.ready);
         unacked += u64::from(s.unacked);
     }
@@ -110,7 +110,7 @@ fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery) -> Value {
     rates::with_rate(&mut out, &m.rates, &key, "messages_unacknowledged", unacked);
     rates::with_rate(&mut out, &m.rates, &key, "recv_oct", recv);
     rates::with_rate(&mut out, &m.rates, &key, "send_oct", send);
-    let totals = rates::vhost_totals(&m.broker, &v.name);
+    let totals = rates::vhost_totals_in(&m.broker, &v.name, open);
     out.insert(
         "message_stats".into(),
         rates::message_stats(&m.rates, &key, &totals, ALL_FIELDS, q.stats()),
@@ -119,9 +119,10 @@ fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery) -> Value {
 }
 
 async fn list_vhosts(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
+    let open = rates::channels(&m.broker);
     let items = visible_vhosts(&m.broker, &caller)
         .iter()
-        .map(|v| vhost_json(&m, v, &q))
+        .map(|v| vhost_json(&m, v, &q, &open))
         .collect();
     list(items, &q)
 }
@@ -133,7 +134,7 @@ async fn show(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    Ok(Json(vhost_json(&m, &vhost, &q)).into_response())
+    Ok(Json(vhost_json(&m, &vhost, &q, &rates::channels(&m.broker))).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

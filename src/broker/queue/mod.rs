@@ -123,7 +123,10 @@ pub struct QueueSnapshot {
     pub persistent: state::Tally,
     /// What the ready messages held in memory take there.
     pub memory_bytes: u64,
+    /// The consumers (empty from [`Queue::gauges`]).
     pub consumers: Vec<ConsumerSnapshot>,
+    /// How many consumers there are.
+    pub consumer_count: usize,
     /// The tag of the consumer holding the queue exclusively, if one does.
     pub exclusive_consumer: Option<String>,
     pub counters: crate::broker::stats::QueueCounters,
@@ -463,9 +466,21 @@ impl Queue {
 
     /// What the management API shows of the queue, read under one lock.
     pub fn snapshot(&self) -> QueueSnapshot {
+        self.snapshot_of(true)
+    }
+
+    /// The snapshot without the consumers' details (`consumers` is empty, their number is
+    /// in `consumer_count`): what a scrape or a total over many queues needs, read without
+    /// copying every consumer's tag and arguments under the queue's lock.
+    pub fn gauges(&self) -> QueueSnapshot {
+        self.snapshot_of(false)
+    }
+
+    fn snapshot_of(&self, with_consumers: bool) -> QueueSnapshot {
         let state = self.lock();
         let live = || state.consumers.iter().filter(|c| !c.dead);
         QueueSnapshot {
+            consumer_count: live().count(),
             ready: state.message_count(),
             unacked: state.unacked as u32,
             ready_bytes: state.body_bytes,
@@ -473,6 +488,7 @@ impl Queue {
             persistent: state.persistent,
             memory_bytes: state.ready_bytes as u64,
             consumers: live()
+                .filter(|_| with_consumers)
                 .map(|c| ConsumerSnapshot {
                     tag: String::from_utf8_lossy(&c.tag).into_owned(),
                     channel: c.channel,
