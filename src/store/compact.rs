@@ -99,7 +99,11 @@ impl QueueLog {
         }
         inner.dir_dirty = true;
         drop(inner);
-        fs.sync_dir(&self.dir)?;
+        if let Err(e) = fs.sync_dir(&self.dir) {
+            self.shared
+                .fail_stop(&e, "the directory of a compacted segment");
+            return Err(e);
+        }
         tracing::debug!(log = %self.dir.display(), segment = index, kept_bytes = kept.bytes.len(), "compacted a segment");
         Ok(true)
     }

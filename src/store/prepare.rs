@@ -130,7 +130,11 @@ impl QueueLog {
         };
         let mut inner = self.lock();
         forget_spare(&mut inner);
-        synced?;
+        if let Err(e) = synced {
+            self.shared
+                .fail_stop(&e, "the directory of a reused segment file");
+            return Err(e);
+        }
         let head_index = inner.segments.back().map_or(0, |h| h.index);
         if inner.destroyed || index < head_index || inner.prepared.is_some() {
             // Rolled over meanwhile onto a segment made in place: not needed.

@@ -31,6 +31,8 @@ pub struct Faults {
     pub fsync_error: f64,
     /// Writes fail with `ENOSPC` once the files hold this many bytes.
     pub capacity_bytes: Option<u64>,
+    /// A directory's fsync fails (`EIO`).
+    pub dir_sync_error: f64,
 }
 
 #[derive(Debug, Default)]
@@ -470,7 +472,13 @@ impl Fs for SimFs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        if lock(&self.0.state).dirs.contains(path) {
+        let mut state = lock(&self.0.state);
+        let p = state.faults.dir_sync_error;
+        if state.chance(p) {
+            state.injected.fsync_errors += 1;
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        if state.dirs.contains(path) {
             Ok(())
         } else {
             Err(io::ErrorKind::NotFound.into())

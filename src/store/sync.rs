@@ -202,6 +202,23 @@ impl Shared {
         self.write_failing.load(Ordering::SeqCst) || !self.writable()
     }
 
+    /// Stops the store for good after an fsync outside the sync thread failed (a directory
+    /// synced after a rename). Linux reports a failed write-back once, to whoever syncs
+    /// first: the sync thread's own next sync of the same directory could succeed without
+    /// the lost entries being on disk. So nothing not yet synced is confirmed, as when the
+    /// sync thread's fsync fails.
+    pub fn fail_stop(&self, error: &io::Error, what: &str) {
+        let epoch = self.epoch();
+        self.read_only_from.fetch_min(epoch, Ordering::SeqCst);
+        self.synced.send_replace(u64::MAX);
+        tracing::error!(
+            %error,
+            epoch,
+            what,
+            "an fsync of the data directory failed: nothing written since the last good sync is confirmed, and nothing more is written; restart the broker to recover from what is on disk"
+        );
+    }
+
     fn fail_epoch(&self, epoch: u64) {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         failed.insert(epoch);
