@@ -57,18 +57,16 @@ impl State {
             }
             moved += 1;
         }
-        let (written, kept_back) = paged.split_at(moved as usize);
-        for e in written {
+        if moved < paged.len() as u64 {
+            // The log refused writes part way: every message stays in memory, in order, and
+            // what was written is left unread. (Keeping only the unwritten ones put them
+            // ahead of the older ones in the tail: consumers got them out of order.)
+            self.ready.extend_back(paged);
+            return;
+        }
+        for e in &paged {
             let size = e.size();
             self.ready_bytes = self.ready_bytes.saturating_sub(size);
-        }
-        if !kept_back.is_empty() {
-            // The log refused writes part way: nothing after a failed write is in the
-            // tail, so the unwritten messages stay in memory and paging stops.
-            self.ready.extend_back(kept_back.iter().cloned());
-            if moved == 0 {
-                return;
-            }
         }
         self.tail = Some(Tail {
             reader: TailReader {
