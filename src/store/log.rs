@@ -642,7 +642,19 @@ impl QueueLog {
                             reader.pos.offset += len as u64;
                         }
                         // Nothing readable before the recorded end: skip to it.
-                        None => reader.pos.offset = end,
+                        // Zeros are padding (see `roll_over`); anything else is damage.
+                        None if buf.iter().take(record::HEADER_LEN).all(|&b| b == 0) => {
+                            reader.pos.offset = end;
+                        }
+                        None => {
+                            tracing::error!(
+                                segment = index,
+                                offset = reader.pos.offset,
+                                bytes = end - reader.pos.offset,
+                                "a queue log holds no record where one should start; the rest of the segment is skipped"
+                            );
+                            reader.pos.offset = end;
+                        }
                     }
                 }
             }
@@ -653,8 +665,19 @@ impl QueueLog {
     /// Whether the record at `buf[at..]` is one of the queue's messages; decodes it if so.
     fn take(reader: &TailReader, buf: &Bytes, at: usize, got: &mut usize) -> Option<ReadBack> {
         let recovered_region = reader.pos < reader.recovery_end;
-        let Decoded::Record(record, _) = record::decode_at(buf, at, reader.pos.segment) else {
-            return None;
+        let record = match record::decode_at(buf, at, reader.pos.segment) {
+            Decoded::Record(record, _) => record,
+            Decoded::Torn => {
+                // Written whole (its length is right) but no longer what was written: the
+                // disk changed it after it was read at start, or a write of it failed.
+                tracing::error!(
+                    segment = reader.pos.segment,
+                    offset = reader.pos.offset,
+                    "a record of a queue log fails its checksum when read back; its message is skipped"
+                );
+                return None;
+            }
+            Decoded::End => return None,
         };
         let (seq, flags, stored, durable) = match record {
             Record::Message {
