@@ -554,9 +554,8 @@ pub fn encode_arguments(table: &FieldTable) -> (Value, String) {
     (table_to_json(table), typed)
 }
 
-/// Decodes arguments, preferring the typed encoding. Refuses what an AMQP table cannot be:
-/// nested past [`MAX_TABLE_DEPTH`] (stored, such JSON could be deeper than a JSON reader
-/// takes back at the next start) or with a name longer than a short string.
+/// Decodes arguments, preferring the typed encoding. Refuses what no AMQP table is: nested
+/// past [`MAX_TABLE_DEPTH`] (stored, it could not be read back) or a name past 255 bytes.
 pub fn decode_arguments(json: &Value, typed: &str) -> Result<FieldTable, String> {
     if !typed.is_empty()
         && let Ok(bytes) = BASE64.decode(typed)

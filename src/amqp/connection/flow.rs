@@ -61,7 +61,7 @@ impl Connection {
                 0,
                 &AMQPClass::Connection(amqp_connection::AMQPMethod::Blocked(
                     amqp_connection::Blocked {
-                        reason: crate::protocol::error::reply_text(&reason),
+                        reason: crate::protocol::error::reply_text(reason),
                     },
                 )),
             );
