@@ -219,6 +219,19 @@ pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
 /// Decodes the record at `buf[at..]`: a reader walking a buffer of many records slices only
 /// the parts of the messages it keeps.
 pub fn decode_at(buf: &Bytes, at: usize, segment: u64) -> Decoded {
+    decode_checked(buf, at, segment, true)
+}
+
+/// Decodes the record at the start of `buf` only if it is sealed for `segment`. Recovery
+/// looks for the next record this way when it resynchronises past damage, byte by byte
+/// through what may be message bodies: an unsealed record's checksum is a plain CRC-32,
+/// which anyone who publishes a body can forge (an Ack that would drop another publisher's
+/// message), and a reused file's old records lie there.
+pub fn decode_sealed(buf: &Bytes, segment: u64) -> Decoded {
+    decode_checked(buf, 0, segment, false)
+}
+
+fn decode_checked(buf: &Bytes, at: usize, segment: u64, unsealed_too: bool) -> Decoded {
     let rest = buf.get(at..).unwrap_or_default();
     let Some(header) = rest.get(0..HEADER_LEN) else {
         return if rest.iter().all(|&b| b == 0) {
@@ -241,7 +254,8 @@ pub fn decode_at(buf: &Bytes, at: usize, segment: u64) -> Decoded {
     };
     let computed = crc32fast::hash(payload);
     // Sealed with this segment's number, or written before seals (see `seal`).
-    if (computed ^ seal(segment) != crc && computed != crc) || len < 9 {
+    let sealed = computed ^ seal(segment) == crc;
+    if !(sealed || unsealed_too && computed == crc) || len < 9 {
         return Decoded::Torn;
     }
     let Some(kind) = Kind::from_u8(payload[0]) else {

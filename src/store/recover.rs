@@ -49,7 +49,7 @@ fn resync(data: &Bytes, segment: u64, from: usize) -> Option<usize> {
             && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5);
         if plausible
             && matches!(
-                record::decode(&data.slice(at..), segment),
+                record::decode_sealed(&data.slice(at..), segment),
                 Decoded::Record(..)
             )
         {
@@ -344,6 +344,47 @@ mod tests {
             }
         });
         (seen, walk)
+    }
+
+    /// Regression: past damage, or past the new records of a reused file, recovery looks for
+    /// the next record byte by byte, through old message bodies. It accepted a record with a
+    /// plain CRC-32 (the format before seals), which a publisher can write into a body: an
+    /// Ack there dropped another publisher's confirmed message at the next start.
+    #[test]
+    fn a_record_forged_in_a_message_body_is_not_found_by_resynchronising() {
+        // The forgery: an unsealed Ack of message 1, as a body.
+        let mut forged = Vec::new();
+        encode_mark(&mut forged, 0, Kind::Ack, 1);
+        let crc = crc32fast::hash(&forged[record::HEADER_LEN..]);
+        forged[4..8].copy_from_slice(&crc.to_be_bytes());
+        // A reused file: two new records (segment 5), then an old one (segment 3) whose
+        // body holds the forgery.
+        let mut data = Vec::new();
+        for seq in [1u64, 2] {
+            let body = [Bytes::copy_from_slice(&seq.to_be_bytes())];
+            let parts = MessageParts {
+                exchange: b"",
+                routing_key: b"q",
+                properties: &[0, 0],
+                body: &body,
+            };
+            encode_message(&mut data, 5, Kind::Message, seq, 0, None, &parts);
+        }
+        let old_body = [Bytes::from(forged)];
+        let old = MessageParts {
+            exchange: b"",
+            routing_key: b"q",
+            properties: &[0, 0],
+            body: &old_body,
+        };
+        encode_message(&mut data, 3, Kind::Message, 0, 0, None, &old);
+        let mut acked = Vec::new();
+        walk(&Bytes::from(data), 5, |r, _| {
+            if let Record::Ack { seq } = r {
+                acked.push(seq);
+            }
+        });
+        assert_eq!(acked, Vec::<u64>::new(), "no Ack read out of a body");
     }
 
     #[test]
