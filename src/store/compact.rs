@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::fs::OpenMode;
 use super::log::{QueueLog, Segment};
-use super::record::Record;
+use super::record::{Record, Seal};
 use super::recover::walk;
 
 /// A log is compacted at most this often...
@@ -58,10 +58,10 @@ impl QueueLog {
 
     /// Compacts the first segment that needs it, now. Returns whether it did.
     pub fn compact_now(&self) -> io::Result<bool> {
-        let Some((index, file_bytes)) = self.pick_candidate()? else {
+        let Some((index, seal, file_bytes)) = self.pick_candidate()? else {
             return Ok(false);
         };
-        let kept = self.keep(index, &file_bytes);
+        let kept = self.keep(index, seal, &file_bytes);
         let path = Segment::path(&self.dir, index);
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         let fs = self.shared.fs.clone();
@@ -109,7 +109,7 @@ impl QueueLog {
     }
 
     /// The first segment worth compacting, with its bytes.
-    fn pick_candidate(&self) -> io::Result<Option<(u64, Bytes)>> {
+    fn pick_candidate(&self) -> io::Result<Option<(u64, Seal, Bytes)>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // Paging logs hold no durable data: they are deleted from the front as they are
         // read, and never compacted.
@@ -134,11 +134,13 @@ impl QueueLog {
         };
         let mut data = vec![0u8; seg.end as usize];
         seg.file.read_exact_at(&mut data, 0)?;
-        Ok(Some((seg.index, Bytes::from(data))))
+        Ok(Some((seg.index, seg.seal, Bytes::from(data))))
     }
 
-    /// What of segment `index` (its bytes: `data`) is still needed, in its order.
-    fn keep(&self, index: u64, data: &Bytes) -> Kept {
+    /// What of segment `index` (its bytes: `data`, sealed `seal`) is still needed, in its
+    /// order. Records are kept as they are: the copy takes the segment's number, and so its
+    /// seal.
+    fn keep(&self, index: u64, seal: Seal, data: &Bytes) -> Kept {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // The spare segment counts: its file is on disk, under its old number, until reused.
         let elsewhere = |seq: u64| {
@@ -153,7 +155,7 @@ impl QueueLog {
             seqs: Vec::new(),
         };
         let mut delivered: Vec<(u64, Vec<u8>)> = Vec::new();
-        walk(data, index, |record, raw| match record {
+        walk(data, seal, |record, raw| match record {
             Record::Message { seq, .. } if !inner.acked.contains(seq) => {
                 kept.bytes.extend_from_slice(raw);
                 kept.seqs.push(seq);

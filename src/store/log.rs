@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::fs::{FileIo, OpenMode};
 use super::intervals::IntervalSet;
-use super::record::{self, Decoded, Kind, MessageParts, Record, StoredMessage};
+use super::record::{self, Decoded, Kind, MessageParts, Record, Seal, StoredMessage};
 use super::sync::{Journal, Shared, ToSync};
 
 /// Where a record starts: segment number and byte offset.
@@ -46,6 +46,9 @@ impl std::fmt::Debug for QueueLog {
 pub(super) struct Segment {
     pub(super) index: u64,
     pub(super) file: Arc<dyn FileIo>,
+    /// What its records' checksums are sealed with (`store::seal`): keyed, or, in a segment
+    /// recovered from before keys, the old way (it then takes no appends).
+    pub(super) seal: Seal,
     /// Preallocated size of the file.
     pub(super) capacity: u64,
     /// Where the next record goes (bytes written plus bytes pending).
@@ -74,10 +77,11 @@ pub(super) struct Segment {
 
 impl Segment {
     /// A segment with nothing in it yet.
-    pub(super) fn empty(index: u64, file: Arc<dyn FileIo>, capacity: u64) -> Segment {
+    pub(super) fn empty(index: u64, file: Arc<dyn FileIo>, capacity: u64, seal: Seal) -> Segment {
         Segment {
             index,
             file,
+            seal,
             capacity,
             end: 0,
             live: 0,
@@ -91,10 +95,10 @@ impl Segment {
     }
 
     /// A new segment of this process, in a new file of the full segment size.
-    pub(super) fn fresh(index: u64, file: Arc<dyn FileIo>, capacity: u64) -> Segment {
+    pub(super) fn fresh(index: u64, file: Arc<dyn FileIo>, capacity: u64, seal: Seal) -> Segment {
         Segment {
             reusable: true,
-            ..Segment::empty(index, file, capacity)
+            ..Segment::empty(index, file, capacity, seal)
         }
     }
 
@@ -266,7 +270,7 @@ impl QueueLog {
         let capacity = shared.segment_bytes;
         let file = shared.fs.open(&Segment::path(&dir, 0), OpenMode::FRESH)?;
         file.set_len(capacity)?;
-        let head = Segment::fresh(0, file.clone(), capacity);
+        let head = Segment::fresh(0, file.clone(), capacity, shared.seals.for_new_segment(0));
         // The new file, its directory and the directory's entry in its parent are synced by
         // the next sync cycle, which everything that depends on this log (the declare-ok of
         // its queue, confirms of its messages) waits for anyway. Whoever creates a queue does
@@ -312,7 +316,7 @@ impl QueueLog {
         self: &Arc<Self>,
         len: usize,
         record: Append,
-        encode: impl FnOnce(&mut Vec<u8>, u64),
+        encode: impl FnOnce(&mut Vec<u8>, Seal),
     ) -> io::Result<(Position, u64)> {
         let mut inner = self.lock();
         if inner.destroyed {
@@ -323,16 +327,17 @@ impl QueueLog {
                 "the data directory is read-only after a failed fsync",
             ));
         }
-        let fits = inner
-            .segments
-            .back()
-            .is_some_and(|h| h.end == 0 || h.end + len as u64 <= h.capacity);
+        let fits = inner.segments.back().is_some_and(|h| {
+            (h.end == 0 || h.end + len as u64 <= h.capacity)
+                && self.shared.seals.takes_appends(h.seal)
+        });
         if !fits {
             self.roll_over(&mut inner, len as u64)?;
         }
         let Some(head) = inner.segments.back_mut() else {
             return Err(io::Error::other("queue log has no segment"));
         };
+        let seal = head.seal;
         let pos = Position {
             segment: head.index,
             offset: head.end,
@@ -349,7 +354,7 @@ impl QueueLog {
             // says where it reads from.
             inner.read_pos = Some(inner.read_pos.map_or(pos, |p| p.min(pos)));
         }
-        encode(&mut inner.pending, pos.segment);
+        encode(&mut inner.pending, seal);
         match (record, inner.registered) {
             (_, Registered::Eager) | (Append::Mark, Registered::Lazy) => {}
             (Append::Mark, Registered::No) => {
@@ -395,7 +400,12 @@ impl QueueLog {
                     .fs
                     .open(&Segment::path(&self.dir, index), OpenMode::FRESH)?;
                 file.set_len(capacity)?;
-                Segment::fresh(index, file, capacity)
+                Segment::fresh(
+                    index,
+                    file,
+                    capacity,
+                    self.shared.seals.for_new_segment(index),
+                )
             }
         };
         inner.pending_offset = 0;
@@ -442,9 +452,7 @@ impl QueueLog {
         self.append(
             record::message_len(message, expires_at),
             record,
-            |out, segment| {
-                record::encode_message(out, segment, kind, seq, flags, expires_at, message)
-            },
+            |out, seal| record::encode_message(out, seal, kind, seq, flags, expires_at, message),
         )
         .map(|(_, epoch)| epoch)
     }
@@ -462,15 +470,11 @@ impl QueueLog {
         /// Small against the smallest segment, so a batch never needs a segment of its own.
         const MARKS_PER_APPEND: usize = 256;
         for chunk in seqs.chunks(MARKS_PER_APPEND) {
-            self.append(
-                record::MARK_LEN * chunk.len(),
-                Append::Mark,
-                |out, segment| {
-                    for &seq in chunk {
-                        record::encode_mark(out, segment, Kind::Ack, seq);
-                    }
-                },
-            )?;
+            self.append(record::MARK_LEN * chunk.len(), Append::Mark, |out, seal| {
+                for &seq in chunk {
+                    record::encode_mark(out, seal, Kind::Ack, seq);
+                }
+            })?;
             let mut inner = self.lock();
             for &seq in chunk {
                 // A message leaves its segment's live count once, however often its Ack
@@ -504,8 +508,8 @@ impl QueueLog {
 
     /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).
     pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, Append::Mark, |out, segment| {
-            record::encode_mark(out, segment, Kind::Delivered, seq)
+        self.append(record::MARK_LEN, Append::Mark, |out, seal| {
+            record::encode_mark(out, seal, Kind::Delivered, seq)
         })
         .map(|_| ())
     }
@@ -569,16 +573,15 @@ impl QueueLog {
     ) -> io::Result<Vec<ReadBack>> {
         const CHUNK: u64 = 256 * 1024;
         // Bytes not yet written are read from the buffer itself: reading never writes, so it
-        // works on a disk that refuses writes.
-        // Each segment's first offset, file and length.
-        type Segments = Vec<(u64, Arc<dyn FileIo>, u64)>;
+        // works on a disk that refuses writes. Each segment's number, file, length and seal:
+        type Segments = Vec<(u64, Arc<dyn FileIo>, u64, Seal)>;
         let (segments, written): (Segments, Written) = {
             let inner = self.lock();
             let segments = inner
                 .segments
                 .iter()
                 .filter(|s| s.index >= reader.pos.segment)
-                .map(|s| (s.index, s.file.clone(), s.end))
+                .map(|s| (s.index, s.file.clone(), s.end, s.seal))
                 .collect();
             let written = inner
                 .segments
@@ -591,7 +594,7 @@ impl QueueLog {
         };
         let mut out = Vec::new();
         let mut got = 0usize;
-        for (index, file, end) in segments {
+        for (index, file, end, seal) in segments {
             if index > reader.pos.segment {
                 reader.pos = Position {
                     segment: index,
@@ -624,7 +627,7 @@ impl QueueLog {
                     if at + len > buf.len() || got >= max_bytes {
                         break;
                     }
-                    if let Some(r) = Self::take(reader, &buf, at, &mut got) {
+                    if let Some(r) = Self::take(reader, &buf, at, seal, &mut got) {
                         out.push(r);
                     }
                     at += len;
@@ -636,7 +639,9 @@ impl QueueLog {
                         Some((_, _, len)) => {
                             let mut big = vec![0u8; len];
                             read_at(index, &file, &mut big, reader.pos.offset)?;
-                            if let Some(r) = Self::take(reader, &Bytes::from(big), 0, &mut got) {
+                            if let Some(r) =
+                                Self::take(reader, &Bytes::from(big), 0, seal, &mut got)
+                            {
                                 out.push(r);
                             }
                             reader.pos.offset += len as u64;
@@ -663,9 +668,15 @@ impl QueueLog {
     }
 
     /// Whether the record at `buf[at..]` is one of the queue's messages; decodes it if so.
-    fn take(reader: &TailReader, buf: &Bytes, at: usize, got: &mut usize) -> Option<ReadBack> {
+    fn take(
+        reader: &TailReader,
+        buf: &Bytes,
+        at: usize,
+        seal: Seal,
+        got: &mut usize,
+    ) -> Option<ReadBack> {
         let recovered_region = reader.pos < reader.recovery_end;
-        let record = match record::decode_at(buf, at, reader.pos.segment) {
+        let record = match record::decode_at(buf, at, seal) {
             Decoded::Record(record, _) => record,
             Decoded::Torn => {
                 // Written whole (its length is right) but no longer what was written: the

@@ -19,6 +19,7 @@
 //! queues/<id>/*.seg     segment files of the durable queue <id>
 //! paging/<id>/*.seg     segment files of a transient queue paging to disk (wiped at start)
 //! lost+found/           logs of queues the definitions did not know, moved aside at start
+//! seal.key              the key mixed into every record's checksum (`store::seal`)
 //! ```
 
 mod compact;
@@ -31,6 +32,7 @@ pub mod log;
 mod prepare;
 pub mod record;
 mod recover;
+pub mod seal;
 pub mod sim;
 pub mod sync;
 
@@ -88,6 +90,9 @@ impl Store {
     /// called. The storage fault simulation drives a store this way, one step at a time,
     /// so that a seed replays a run exactly.
     pub fn open_manual(fs: Arc<dyn Fs>, data_dir: &Path, segment_bytes: u64) -> io::Result<Store> {
+        // Before the queues' directory is made: its entries say whether logs from before
+        // keys may exist.
+        let seals = seal::SealKey::load_or_create(&*fs, data_dir)?;
         fs.create_dir_all(&data_dir.join("queues"))?;
         let paging = data_dir.join("paging");
         if fs.exists(&paging) {
@@ -99,7 +104,7 @@ impl Store {
         }
         Ok(Store {
             data_dir: data_dir.to_owned(),
-            shared: Arc::new(Shared::new(segment_bytes, fs)),
+            shared: Arc::new(Shared::new(segment_bytes, fs).with_seals(seals)),
             thread: Mutex::new(None),
             background: Mutex::new(None),
             next_paging_id: AtomicU64::new(1),

@@ -96,7 +96,8 @@ impl QueueLog {
             index
         };
         inner.dir_dirty = true;
-        inner.prepared = Some(Segment::fresh(index, file, capacity));
+        let seal = self.shared.seals.for_new_segment(index);
+        inner.prepared = Some(Segment::fresh(index, file, capacity, seal));
         Ok(())
     }
 
@@ -144,7 +145,12 @@ impl QueueLog {
         }
         inner.prepared = Some(Segment {
             stale_tail: true,
-            ..Segment::fresh(index, file, capacity)
+            ..Segment::fresh(
+                index,
+                file,
+                capacity,
+                self.shared.seals.for_new_segment(index),
+            )
         });
         Ok(())
     }

@@ -1,13 +1,16 @@
 //! The records of a queue log and their encoding.
 //!
 //! Every record is `len:u32 crc:u32 payload[len]`, where `crc` is the CRC-32 of the payload
-//! and the payload starts with `kind:u8 seq:u64`; message records go on with `flags:u8`, the
-//! expiry (`u64` Unix milliseconds, only with [`FLAG_EXPIRES`]), the exchange, routing key,
-//! raw properties and body. Segments are preallocated sparse (unwritten space reads as
-//! zeros), so a zero length marks the end of what was written; a record whose checksum does not match, or
-//! that runs past the end of the segment, is a torn write and ends the log.
+//! XORed with its segment's [`Seal`] (which says whose record it is), and the payload starts
+//! with `kind:u8 seq:u64`; message records go on with `flags:u8`, the expiry (`u64` Unix
+//! milliseconds, only with [`FLAG_EXPIRES`]), the exchange, routing key, raw properties and
+//! body. Segments are preallocated sparse (unwritten space reads as zeros), so a zero length
+//! marks the end of what was written; a record whose checksum does not match, or that runs
+//! past the end of the segment, is a torn write and ends the log.
 
 use bytes::Bytes;
+
+pub use super::seal::Seal;
 
 /// Bytes before the payload: length and checksum.
 pub const HEADER_LEN: usize = 8;
@@ -118,20 +121,10 @@ pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
         + message.body_len()
 }
 
-/// Mixed into a record's checksum: the number of the segment it is written to. A segment
-/// file whose records are all acknowledged is reused under a new number
-/// (`QueueLog::prepare_next`), and what it held before then fails the checksum under the new
-/// number, so that it reads as the end of the log. Never 0 (below 2^32 - 1 segments): a
-/// record with an unsealed checksum was written by a Lepus from before the seal, and
-/// [`decode`] still accepts it.
-fn seal(segment: u64) -> u32 {
-    (segment as u32).wrapping_add(1).wrapping_mul(0x9E37_79B1)
-}
-
-fn finish(out: &mut [u8], start: usize, segment: u64) {
+fn finish(out: &mut [u8], start: usize, seal: Seal) {
     let payload = &out[start + HEADER_LEN..];
     let len = payload.len() as u32;
-    let crc = crc32fast::hash(payload) ^ seal(segment);
+    let crc = crc32fast::hash(payload) ^ seal.value();
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
@@ -144,10 +137,10 @@ fn begin(out: &mut Vec<u8>, kind: Kind, seq: u64) -> usize {
     start
 }
 
-/// Appends a message record (durable or paged) for segment `segment`.
+/// Appends a message record (durable or paged) for the segment sealed `seal`.
 pub fn encode_message(
     out: &mut Vec<u8>,
-    segment: u64,
+    seal: Seal,
     kind: Kind,
     seq: u64,
     flags: u8,
@@ -175,13 +168,13 @@ pub fn encode_message(
     for piece in message.body {
         out.extend_from_slice(piece);
     }
-    finish(out, start, segment);
+    finish(out, start, seal);
 }
 
-/// Appends an ack or a delivered marker for segment `segment`.
-pub fn encode_mark(out: &mut Vec<u8>, segment: u64, kind: Kind, seq: u64) {
+/// Appends an ack or a delivered marker for the segment sealed `seal`.
+pub fn encode_mark(out: &mut Vec<u8>, seal: Seal, kind: Kind, seq: u64) {
     let start = begin(out, kind, seq);
-    finish(out, start, segment);
+    finish(out, start, seal);
 }
 
 /// Bytes an ack or delivered marker takes.
@@ -210,28 +203,27 @@ pub fn peek(buf: &[u8]) -> Option<(Kind, u64, usize)> {
     Some((kind, seq, HEADER_LEN + len))
 }
 
-/// Decodes the record at the start of `buf`, read from segment `segment`. `buf` holds the
-/// record's bytes as a shared buffer so message parts can be sliced without copying.
-pub fn decode(buf: &Bytes, segment: u64) -> Decoded {
-    decode_at(buf, 0, segment)
+/// Decodes the record at the start of `buf`, read from the segment sealed `seal`. `buf`
+/// holds the record's bytes as a shared buffer so message parts can be sliced without
+/// copying.
+pub fn decode(buf: &Bytes, seal: Seal) -> Decoded {
+    decode_at(buf, 0, seal)
 }
 
 /// Decodes the record at `buf[at..]`: a reader walking a buffer of many records slices only
 /// the parts of the messages it keeps.
-pub fn decode_at(buf: &Bytes, at: usize, segment: u64) -> Decoded {
-    decode_checked(buf, at, segment, true)
+pub fn decode_at(buf: &Bytes, at: usize, seal: Seal) -> Decoded {
+    decode_checked(buf, at, seal, false)
 }
 
-/// Decodes the record at the start of `buf` only if it is sealed for `segment`. Recovery
-/// looks for the next record this way when it resynchronises past damage, byte by byte
-/// through what may be message bodies: an unsealed record's checksum is a plain CRC-32,
-/// which anyone who publishes a body can forge (an Ack that would drop another publisher's
-/// message), and a reused file's old records lie there.
-pub fn decode_sealed(buf: &Bytes, segment: u64) -> Decoded {
-    decode_checked(buf, 0, segment, false)
+/// Decodes the record at the start of `buf` as recovery does when it resynchronises past
+/// damage, byte by byte through what may be message bodies: a record of a segment from
+/// before keys must be sealed, not merely checksummed (see [`Seal::accepts`]).
+pub fn decode_resynchronising(buf: &Bytes, seal: Seal) -> Decoded {
+    decode_checked(buf, 0, seal, true)
 }
 
-fn decode_checked(buf: &Bytes, at: usize, segment: u64, unsealed_too: bool) -> Decoded {
+fn decode_checked(buf: &Bytes, at: usize, seal: Seal, resynchronising: bool) -> Decoded {
     let rest = buf.get(at..).unwrap_or_default();
     let Some(header) = rest.get(0..HEADER_LEN) else {
         return if rest.iter().all(|&b| b == 0) {
@@ -252,10 +244,7 @@ fn decode_checked(buf: &Bytes, at: usize, segment: u64, unsealed_too: bool) -> D
     let Some(payload) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
         return Decoded::Torn;
     };
-    let computed = crc32fast::hash(payload);
-    // Sealed with this segment's number, or written before seals (see `seal`).
-    let sealed = computed ^ seal(segment) == crc;
-    if !(sealed || unsealed_too && computed == crc) || len < 9 {
+    if !seal.accepts(crc32fast::hash(payload), crc, resynchronising) || len < 9 {
         return Decoded::Torn;
     }
     let Some(kind) = Kind::from_u8(payload[0]) else {
@@ -337,6 +326,11 @@ fn decode_message(buf: &Bytes, mut at: usize, end: usize) -> Option<StoredMessag
 mod tests {
     use super::*;
 
+    /// The keyed seal of segment `segment` under some key.
+    fn seal(segment: u64) -> Seal {
+        Seal::Keyed((segment as u32).wrapping_mul(0x2545_F491) | 1)
+    }
+
     /// Regression: a routing key past 255 bytes was cut when written but counted whole, so
     /// every later record of the segment was placed past where it was written (paging
     /// read from the wrong offset and skipped the rest of the segment).
@@ -351,9 +345,10 @@ mod tests {
             body: &body,
         };
         let mut out = Vec::new();
-        encode_message(&mut out, 1, Kind::Message, 7, 0, None, &m);
+        encode_message(&mut out, seal(1), Kind::Message, 7, 0, None, &m);
         assert_eq!(out.len(), message_len(&m, None));
-        let Decoded::Record(Record::Message { message, .. }, len) = decode(&Bytes::from(out), 1)
+        let Decoded::Record(Record::Message { message, .. }, len) =
+            decode(&Bytes::from(out), seal(1))
         else {
             panic!("decodes");
         };
@@ -375,12 +370,20 @@ mod tests {
         let mut out = Vec::new();
         let body = [Bytes::from_static(b"hel"), Bytes::from_static(b"lo")];
         let m = message(&body);
-        encode_message(&mut out, 3, Kind::Message, 7, FLAG_PERSISTED, None, &m);
+        encode_message(
+            &mut out,
+            seal(3),
+            Kind::Message,
+            7,
+            FLAG_PERSISTED,
+            None,
+            &m,
+        );
         assert_eq!(out.len(), message_len(&m, None));
-        encode_message(&mut out, 3, Kind::Paged, 9, 0, Some(1234), &m);
+        encode_message(&mut out, seal(3), Kind::Paged, 9, 0, Some(1234), &m);
         assert_eq!(out.len(), message_len(&m, None) + message_len(&m, Some(1)));
-        encode_mark(&mut out, 3, Kind::Ack, 7);
-        encode_mark(&mut out, 3, Kind::Delivered, 8);
+        encode_mark(&mut out, seal(3), Kind::Ack, 7);
+        encode_mark(&mut out, seal(3), Kind::Delivered, 8);
         let buf = Bytes::from(out);
         let Decoded::Record(
             Record::Message {
@@ -389,7 +392,7 @@ mod tests {
                 message,
             },
             n,
-        ) = decode(&buf, 3)
+        ) = decode(&buf, seal(3))
         else {
             panic!("message");
         };
@@ -403,29 +406,29 @@ mod tests {
                 seq: 9, message, ..
             },
             m,
-        ) = decode(&rest, 3)
+        ) = decode(&rest, seal(3))
         else {
             panic!("paged");
         };
         assert_eq!(message.expires_at, Some(1234));
         let rest = rest.slice(m..);
-        let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest, 3) else {
+        let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest, seal(3)) else {
             panic!("ack");
         };
         assert_eq!(k, MARK_LEN);
         assert_eq!(
-            decode(&rest.slice(k..), 3),
+            decode(&rest.slice(k..), seal(3)),
             Decoded::Record(Record::Delivered { seq: 8 }, MARK_LEN)
         );
     }
 
     #[test]
     fn zeros_end_the_log_and_damage_is_torn() {
-        assert_eq!(decode(&Bytes::from(vec![0u8; 64]), 3), Decoded::End);
+        assert_eq!(decode(&Bytes::from(vec![0u8; 64]), seal(3)), Decoded::End);
         let mut out = Vec::new();
         encode_message(
             &mut out,
-            3,
+            seal(3),
             Kind::Message,
             1,
             0,
@@ -435,9 +438,9 @@ mod tests {
         let mut bad = out.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert_eq!(decode(&Bytes::from(bad), 3), Decoded::Torn);
+        assert_eq!(decode(&Bytes::from(bad), seal(3)), Decoded::Torn);
         out.truncate(out.len() - 3);
-        assert_eq!(decode(&Bytes::from(out), 3), Decoded::Torn);
+        assert_eq!(decode(&Bytes::from(out), seal(3)), Decoded::Torn);
     }
 
     #[test]
@@ -446,7 +449,7 @@ mod tests {
         let mut out = Vec::new();
         encode_message(
             &mut out,
-            5,
+            seal(5),
             Kind::Message,
             1,
             0,
@@ -454,23 +457,39 @@ mod tests {
             &message(&[Bytes::from_static(b"x")]),
         );
         let buf = Bytes::from(out);
-        assert!(matches!(decode(&buf, 5), Decoded::Record(..)));
-        assert_eq!(decode(&buf, 6), Decoded::Torn);
-        assert_eq!(decode(&buf, 0), Decoded::Torn);
+        assert!(matches!(decode(&buf, seal(5)), Decoded::Record(..)));
+        assert_eq!(decode(&buf, seal(6)), Decoded::Torn);
+        assert_eq!(decode(&buf, seal(0)), Decoded::Torn);
     }
 
     #[test]
-    fn records_from_before_the_seal_still_read() {
+    fn records_from_before_the_seal_still_read_in_a_segment_from_before_keys() {
         // A data directory written by an earlier Lepus: a plain CRC-32 of the payload.
         let mut out = Vec::new();
-        encode_mark(&mut out, 0, Kind::Ack, 7);
+        encode_mark(&mut out, Seal::legacy(4), Kind::Ack, 7);
         let payload_crc = crc32fast::hash(&out[HEADER_LEN..]);
         out[4..8].copy_from_slice(&payload_crc.to_be_bytes());
         let buf = Bytes::from(out);
         assert_eq!(
-            decode(&buf, 4),
+            decode(&buf, Seal::legacy(4)),
             Decoded::Record(Record::Ack { seq: 7 }, MARK_LEN)
         );
+        // Never where recovery looks byte by byte, nor in a keyed segment.
+        assert_eq!(decode_resynchronising(&buf, Seal::legacy(4)), Decoded::Torn);
+        assert_eq!(decode(&buf, seal(4)), Decoded::Torn);
+    }
+
+    /// Regression: a keyed segment read a record sealed the old way (with the segment
+    /// number alone), or not sealed at all, as its own. Where a reused file's new records
+    /// end, the next bytes may be an old body a publisher wrote, and such a record there
+    /// was taken as the queue's.
+    #[test]
+    fn a_keyed_segment_reads_only_records_sealed_with_its_key() {
+        let mut out = Vec::new();
+        encode_mark(&mut out, Seal::legacy(4), Kind::Ack, 7);
+        let buf = Bytes::from(out);
+        assert!(matches!(decode(&buf, Seal::legacy(4)), Decoded::Record(..)));
+        assert_eq!(decode(&buf, seal(4)), Decoded::Torn);
     }
 
     #[test]
@@ -478,7 +497,7 @@ mod tests {
         let mut out = Vec::new();
         encode_message(
             &mut out,
-            3,
+            seal(3),
             Kind::Message,
             1,
             0,
@@ -488,7 +507,7 @@ mod tests {
         let second = out.len();
         encode_message(
             &mut out,
-            3,
+            seal(3),
             Kind::Paged,
             2,
             0,
@@ -496,7 +515,8 @@ mod tests {
             &message(&[Bytes::from_static(b"second")]),
         );
         let buf = Bytes::from(out);
-        let Decoded::Record(Record::Paged { seq, message, .. }, n) = decode_at(&buf, second, 3)
+        let Decoded::Record(Record::Paged { seq, message, .. }, n) =
+            decode_at(&buf, second, seal(3))
         else {
             panic!("the second record");
         };
@@ -511,10 +531,10 @@ mod tests {
         // A checksummed record of kind Message whose payload stops after its sequence
         // number, followed by a whole record: the parts are not looked for in the next one.
         let mut out = Vec::new();
-        encode_mark(&mut out, 3, Kind::Message, 1);
+        encode_mark(&mut out, seal(3), Kind::Message, 1);
         encode_message(
             &mut out,
-            3,
+            seal(3),
             Kind::Message,
             2,
             0,
@@ -522,6 +542,6 @@ mod tests {
             &message(&[Bytes::from_static(b"next")]),
         );
         let buf = Bytes::from(out);
-        assert_eq!(decode(&buf, 3), Decoded::Torn);
+        assert_eq!(decode(&buf, seal(3)), Decoded::Torn);
     }
 }

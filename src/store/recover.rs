@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::fs::{Fs, OpenMode};
 use super::intervals::IntervalSet;
 use super::log::{Inner, Position, QueueLog, Recovered, Registered, Segment, TailReader};
-use super::record::{self, Decoded, Record};
+use super::record::{self, Decoded, Record, Seal};
 use super::sync::Shared;
 
 /// Ack and Delivered marks found while recovering a log.
@@ -37,10 +37,16 @@ pub(super) struct Walk {
     dirty_tail: bool,
 }
 
-/// The next offset from `from` where a valid record starts, if any. A candidate must have a
-/// plausible header (a length that fits, a known kind) before its checksum is computed, so
-/// scanning garbage stays cheap.
-fn resync(data: &Bytes, segment: u64, from: usize) -> Option<usize> {
+/// The next offset from `from` where a record of the segment sealed `seal` starts, if any.
+/// A candidate must have a plausible header (a length that fits, a known kind) before its
+/// checksum is computed, so scanning garbage stays cheap.
+///
+/// What is scanned may be message bodies, which publishers write: a candidate is taken
+/// only when what follows it is a record of the segment too, or the end of its data. A
+/// record forged in a body (its seal guessed, 2^-32 per try) must then end exactly where a
+/// real record starts or the data ends: one try per body, not one per byte of it. A real
+/// record followed by damage is lost with the damage.
+fn resync(data: &Bytes, seal: Seal, from: usize) -> Option<usize> {
     let mut at = from;
     while at + record::HEADER_LEN + 9 <= data.len() {
         let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
@@ -48,10 +54,8 @@ fn resync(data: &Bytes, segment: u64, from: usize) -> Option<usize> {
             && at + record::HEADER_LEN + len <= data.len()
             && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5);
         if plausible
-            && matches!(
-                record::decode_sealed(&data.slice(at..), segment),
-                Decoded::Record(..)
-            )
+            && let Decoded::Record(_, n) = record::decode_resynchronising(&data.slice(at..), seal)
+            && followed_by_record_or_end(data, at + n, seal)
         {
             return Some(at);
         }
@@ -60,13 +64,23 @@ fn resync(data: &Bytes, segment: u64, from: usize) -> Option<usize> {
     None
 }
 
-/// Calls `found` for every valid record of segment `segment`, in order, with its bytes,
-/// skipping damage.
-pub(super) fn walk(data: &Bytes, segment: u64, mut found: impl FnMut(Record, &[u8])) -> Walk {
+/// Whether `data[at..]` is empty, all zeros, or starts with a record of the segment.
+fn followed_by_record_or_end(data: &Bytes, at: usize, seal: Seal) -> bool {
+    let rest = data.get(at..).unwrap_or_default();
+    rest.iter().all(|&b| b == 0)
+        || matches!(
+            record::decode_resynchronising(&data.slice(at..), seal),
+            Decoded::Record(..)
+        )
+}
+
+/// Calls `found` for every valid record of the segment sealed `seal`, in order, with its
+/// bytes, skipping damage.
+pub(super) fn walk(data: &Bytes, seal: Seal, mut found: impl FnMut(Record, &[u8])) -> Walk {
     let mut walk = Walk::default();
     let mut at = 0usize;
     loop {
-        match record::decode(&data.slice(at..), segment) {
+        match record::decode(&data.slice(at..), seal) {
             Decoded::Record(r, len) => {
                 found(r, &data[at..at + len]);
                 at += len;
@@ -77,7 +91,7 @@ pub(super) fn walk(data: &Bytes, segment: u64, mut found: impl FnMut(Record, &[u
                 if rest.iter().all(|&b| b == 0) {
                     break;
                 }
-                match resync(data, segment, at + 1) {
+                match resync(data, seal, at + 1) {
                     Some(next) => {
                         walk.damaged.push((at, next));
                         at = next;
@@ -124,7 +138,7 @@ impl QueueLog {
         for (i, &index) in indices.iter().enumerate() {
             let last = i + 1 == indices.len();
             let seg = scan_segment(
-                &*fs,
+                &shared,
                 &dir,
                 index,
                 last,
@@ -206,7 +220,7 @@ impl QueueLog {
 /// where its records end. A torn tail of the last segment is zeroed, so later appends are not
 /// followed by its remains; earlier segments are never changed.
 fn scan_segment(
-    fs: &dyn Fs,
+    shared: &Shared,
     dir: &Path,
     index: u64,
     last: bool,
@@ -214,12 +228,16 @@ fn scan_segment(
     recovered: &mut Recovered,
     skip: &mut Vec<(Position, Position)>,
 ) -> io::Result<Segment> {
+    let fs = &*shared.fs;
     let path = Segment::path(dir, index);
     let file = fs.open(&path, OpenMode::EXISTING)?;
     let capacity = file.len()?;
     let data = Bytes::from(fs.read(&path)?);
-    let mut seg = Segment::empty(index, file, capacity);
-    let walk = walk(&data, index, |r, _| match r {
+    let seal = shared.seals.recovered(index, |seal| {
+        matches!(record::decode(&data, seal), Decoded::Record(..))
+    });
+    let mut seg = Segment::empty(index, file, capacity, seal);
+    let walk = walk(&data, seal, |r, _| match r {
         Record::Message { seq, .. } => {
             seg.live += 1;
             seg.messages += 1;
@@ -298,7 +316,7 @@ fn count_unacked(
         let data = Bytes::from(fs.read(&Segment::path(dir, seg.index))?);
         let data = data.slice(..(seg.end as usize).min(data.len()));
         let mut live = 0u64;
-        walk(&data, seg.index, |r, _| {
+        walk(&data, seg.seal, |r, _| {
             if let Record::Message { seq, message, .. } = r
                 && !acked.contains(seq)
             {
@@ -317,28 +335,46 @@ mod tests {
     use super::*;
     use crate::store::record::{Kind, MessageParts, encode_mark, encode_message};
 
+    /// The segment's keyed seal, and that of the segment a reused file held before.
+    const SEAL: Seal = Seal::Keyed(0x1234_5679);
+    const OLD_SEAL: Seal = Seal::Keyed(0x0BAD_5EA1);
+
+    fn parts(body: &[Bytes]) -> MessageParts<'_> {
+        MessageParts {
+            exchange: b"",
+            routing_key: b"q",
+            properties: &[0, 0],
+            body,
+        }
+    }
+
+    fn acks_read(data: Vec<u8>) -> Vec<u64> {
+        let mut acked = Vec::new();
+        walk(&Bytes::from(data), SEAL, |r, _| {
+            if let Record::Ack { seq } = r {
+                acked.push(seq);
+            }
+        });
+        acked
+    }
+
     fn log_bytes(n: u64) -> (Vec<u8>, Vec<usize>) {
         let mut out = Vec::new();
         let mut starts = Vec::new();
         for seq in 0..n {
             starts.push(out.len());
-            let parts = MessageParts {
-                exchange: b"",
-                routing_key: b"q",
-                properties: &[0, 0],
-                body: &[Bytes::copy_from_slice(&seq.to_be_bytes())],
-            };
-            encode_message(&mut out, 0, Kind::Message, seq, 0, None, &parts);
+            let body = [Bytes::copy_from_slice(&seq.to_be_bytes())];
+            encode_message(&mut out, SEAL, Kind::Message, seq, 0, None, &parts(&body));
         }
         starts.push(out.len());
-        encode_mark(&mut out, 0, Kind::Ack, 0);
+        encode_mark(&mut out, SEAL, Kind::Ack, 0);
         out.extend(vec![0u8; 4096]);
         (out, starts)
     }
 
     fn seqs(data: &[u8]) -> (Vec<u64>, Walk) {
         let mut seen = Vec::new();
-        let walk = walk(&Bytes::copy_from_slice(data), 0, |r, _| {
+        let walk = walk(&Bytes::copy_from_slice(data), SEAL, |r, _| {
             if let Record::Message { seq, .. } = r {
                 seen.push(seq);
             }
@@ -349,42 +385,92 @@ mod tests {
     /// Regression: past damage, or past the new records of a reused file, recovery looks for
     /// the next record byte by byte, through old message bodies. It accepted a record with a
     /// plain CRC-32 (the format before seals), which a publisher can write into a body: an
-    /// Ack there dropped another publisher's confirmed message at the next start.
+    /// Ack there dropped another publisher's confirmed message at the next start. Then it
+    /// accepted one sealed with the segment number alone, which a publisher can work out.
     #[test]
     fn a_record_forged_in_a_message_body_is_not_found_by_resynchronising() {
-        // The forgery: an unsealed Ack of message 1, as a body.
-        let mut forged = Vec::new();
-        encode_mark(&mut forged, 0, Kind::Ack, 1);
-        let crc = crc32fast::hash(&forged[record::HEADER_LEN..]);
-        forged[4..8].copy_from_slice(&crc.to_be_bytes());
-        // A reused file: two new records (segment 5), then an old one (segment 3) whose
-        // body holds the forgery.
-        let mut data = Vec::new();
-        for seq in [1u64, 2] {
-            let body = [Bytes::copy_from_slice(&seq.to_be_bytes())];
-            let parts = MessageParts {
-                exchange: b"",
-                routing_key: b"q",
-                properties: &[0, 0],
-                body: &body,
-            };
-            encode_message(&mut data, 5, Kind::Message, seq, 0, None, &parts);
-        }
-        let old_body = [Bytes::from(forged)];
-        let old = MessageParts {
-            exchange: b"",
-            routing_key: b"q",
-            properties: &[0, 0],
-            body: &old_body,
-        };
-        encode_message(&mut data, 3, Kind::Message, 0, 0, None, &old);
-        let mut acked = Vec::new();
-        walk(&Bytes::from(data), 5, |r, _| {
-            if let Record::Ack { seq } = r {
-                acked.push(seq);
+        for forge in [Seal::Legacy(0), Seal::legacy(5)] {
+            // The forgery, as a body: an Ack of message 1, with the checksum a publisher can
+            // compute (plain, or sealed with the segment number).
+            let mut forged = Vec::new();
+            encode_mark(&mut forged, forge, Kind::Ack, 1);
+            // A reused file: two new records, then an old one whose body holds the forgery.
+            let mut data = Vec::new();
+            for seq in [1u64, 2] {
+                let body = [Bytes::copy_from_slice(&seq.to_be_bytes())];
+                encode_message(&mut data, SEAL, Kind::Message, seq, 0, None, &parts(&body));
             }
-        });
-        assert_eq!(acked, Vec::<u64>::new(), "no Ack read out of a body");
+            let old_body = [Bytes::from(forged)];
+            encode_message(
+                &mut data,
+                OLD_SEAL,
+                Kind::Message,
+                0,
+                0,
+                None,
+                &parts(&old_body),
+            );
+            assert_eq!(
+                acks_read(data),
+                Vec::<u64>::new(),
+                "no Ack read out of a body"
+            );
+        }
+    }
+
+    /// Regression: where a reused file's new records end, the scan decoded the next bytes as
+    /// the next record, accepting a plain CRC-32 there. A body of the file's earlier life
+    /// that starts with a forged record (a publisher can fill a body with them, end to end,
+    /// so that one starts wherever the new records end) was read as the queue's.
+    #[test]
+    fn a_forged_record_where_a_reused_files_new_records_end_is_not_read() {
+        for forge in [Seal::Legacy(0), Seal::legacy(5)] {
+            let mut data = Vec::new();
+            let body = [Bytes::from_static(b"new")];
+            encode_message(&mut data, SEAL, Kind::Message, 9, 0, None, &parts(&body));
+            encode_mark(&mut data, forge, Kind::Ack, 9);
+            assert_eq!(acks_read(data), Vec::<u64>::new());
+        }
+    }
+
+    /// A forged record that guessed the seal (a chance of 2^-32 per try) is still not taken
+    /// by resynchronising unless a record of the segment, or the end, follows it: inside a
+    /// body, or among a reused file's old records, it is not.
+    #[test]
+    fn a_forgery_that_guessed_the_seal_is_not_taken_where_no_record_follows_it() {
+        let mut forged = Vec::new();
+        encode_mark(&mut forged, SEAL, Kind::Ack, 1);
+        forged.extend_from_slice(b"the rest of the body");
+        let mut data = Vec::new();
+        let body = [Bytes::from_static(b"new")];
+        encode_message(&mut data, SEAL, Kind::Message, 1, 0, None, &parts(&body));
+        // Old records follow the new one: a body holding the forgery, then another.
+        let old_body = [Bytes::from(forged)];
+        encode_message(
+            &mut data,
+            OLD_SEAL,
+            Kind::Message,
+            0,
+            0,
+            None,
+            &parts(&old_body),
+        );
+        encode_message(
+            &mut data,
+            OLD_SEAL,
+            Kind::Message,
+            0,
+            0,
+            None,
+            &parts(&body),
+        );
+        assert_eq!(acks_read(data.clone()), Vec::<u64>::new());
+        // Damage before two real records: resynchronising finds the first of them.
+        let mut damaged = data[..data.len() - 4].to_vec();
+        damaged.extend_from_slice(&[0xEE; 7]);
+        encode_mark(&mut damaged, SEAL, Kind::Ack, 2);
+        encode_mark(&mut damaged, SEAL, Kind::Ack, 3);
+        assert_eq!(acks_read(damaged), vec![2, 3]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use tokio::sync::watch;
 
 use super::fs::{FileIo, Fs};
+use super::seal::SealKey;
 
 /// How long the sync thread waits before retrying writes that failed (a full disk).
 const SYNC_RETRY_MS: u64 = 100;
@@ -76,6 +77,8 @@ pub struct Shared {
     pub segment_bytes: u64,
     /// The file system everything is written to.
     pub fs: Arc<dyn Fs>,
+    /// How records are sealed: the data directory's key (`store::seal`).
+    pub seals: SealKey,
     /// Epochs some of whose writes failed (the disk was full, or refused a write).
     failed: Mutex<BTreeSet<u64>>,
     /// Some epoch ever failed: until then `failed` need not be looked at.
@@ -252,6 +255,7 @@ impl Shared {
         Shared {
             segment_bytes,
             fs,
+            seals: SealKey::ephemeral(),
             failed: Mutex::new(BTreeSet::new()),
             ever_failed: AtomicBool::new(false),
             read_only_from: AtomicU64::new(u64::MAX),
@@ -264,6 +268,11 @@ impl Shared {
             waiting_for_idle: AtomicBool::new(false),
             background: Mutex::new(None),
         }
+    }
+
+    /// The same, sealing records with `seals` (the data directory's key).
+    pub fn with_seals(self, seals: SealKey) -> Shared {
+        Shared { seals, ..self }
     }
 
     /// Starts the thread that runs [`Shared::in_background`] work.

@@ -372,3 +372,52 @@ fn acks_in_batches_and_out_of_order_free_exactly_the_segments_they_empty() {
     assert_eq!(seen, (250..300).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A data directory written before seal keys: its segments read the old way, and the next
+/// record starts a keyed segment (a segment sealed the old way takes no appends, so that no
+/// new body lies where a forgery sealed the old way would read).
+#[test]
+fn a_log_from_before_seal_keys_reads_and_goes_on_in_a_keyed_segment() {
+    let dir = temp_dir();
+    let queue = dir.join("queues/7");
+    std::fs::create_dir_all(&queue).unwrap();
+    let mut old = Vec::new();
+    for seq in 0..3u64 {
+        let body = [Bytes::from(body(seq))];
+        let parts = MessageParts {
+            exchange: b"",
+            routing_key: b"q",
+            properties: &[0, 0],
+            body: &body,
+        };
+        record::encode_message(
+            &mut old,
+            Seal::legacy(0),
+            Kind::Message,
+            seq,
+            0,
+            None,
+            &parts,
+        );
+    }
+    record::encode_mark(&mut old, Seal::legacy(0), Kind::Ack, 1);
+    old.resize(64 * 1024, 0);
+    std::fs::write(Segment::path(&queue, 0), &old).unwrap();
+
+    let fs: Arc<dyn Fs> = Arc::new(crate::store::fs::RealFs);
+    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+    let (log, recovered) = store.recover_queue_log(7).unwrap();
+    assert_eq!(read_all(&log, &recovered), vec![0, 2]);
+    append_durable(&log, 3);
+    let seals: Vec<Seal> = log.lock().segments.iter().map(|s| s.seal).collect();
+    assert_eq!(seals.len(), 2, "a new segment took the append: {seals:?}");
+    assert_eq!(seals[0], Seal::legacy(0));
+    assert!(matches!(seals[1], Seal::Keyed(_)));
+    store.sync_now();
+    store.close();
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, vec![0, 2, 3]);
+    let _ = std::fs::remove_dir_all(dir);
+}
