@@ -1573,3 +1573,50 @@ async fn the_ui_charts_come_from_the_rate_history_which_only_monitors_see() {
     let viewer = Api::new(api.addr, "viewer", "v");
     assert_eq!(viewer.get("/api/rates/history").await.json(), json!([]));
 }
+
+/// Request bodies are read before a handler can check permissions, so the API bounds what
+/// it holds at once: a request reserves what its `Content-Length` announces, among 64 MiB.
+/// Three 20 MiB imports whose bodies have not come leave no room for a fourth, which is
+/// answered 503 after waiting; small requests still pass, and room comes back when an
+/// upload goes.
+#[tokio::test]
+async fn request_bodies_held_at_once_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (broker, api) = broker_with_api().await;
+    let addr = broker
+        .server
+        .as_ref()
+        .and_then(|s| s.management_addr())
+        .unwrap();
+    // Headers of a 20 MiB import, asking to be told when the body is wanted: hyper sends
+    // "100 Continue" when the handler starts reading, after the room is reserved.
+    async fn upload(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /api/definitions HTTP/1.1\r\nHost: lepus\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            lepus::mgmt::api::MAX_BODY_BYTES
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        (s, answer)
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (s, answer) = within(upload(addr)).await;
+        assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+        held.push(s);
+    }
+    let (_, refused) = upload(addr).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.contains("too many request bodies at once"),
+        "{refused}"
+    );
+    assert_eq!(api.put("/api/vhosts/small", json!({})).await.status, 201);
+    drop(held.pop());
+    let (_, answer) = within(upload(addr)).await;
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+}

@@ -22,6 +22,17 @@ pub use super::state::Mgmt;
 /// `management.http.max_body_size` is the same 20 MiB.
 pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 
+/// Request bodies the API holds at once, at most: each request of a logged-in user reserves
+/// what it announces (its `Content-Length`, or [`MAX_BODY_BYTES`] when chunked) before its
+/// body is read, and gives it back with its answer. Bodies are read before a handler can
+/// check permissions, so without this 256 connections of management users, whatever their
+/// permissions, could make the broker hold 5 GiB.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// How long a request waits for room among [`MAX_BODY_BYTES_IN_FLIGHT`] before it is
+/// answered 503.
+pub const BODY_ROOM_WAIT_S: u64 = 5;
+
 /// Every route of the API, for either listener.
 pub fn routes() -> Router<Arc<Mgmt>> {
     Router::new()
@@ -118,7 +129,46 @@ async fn authenticate(
         return ApiError::not_authorised("Not management user").into_response();
     }
     req.extensions_mut().insert(Caller::User(user));
+    // Held until the answer is made, so the body has been read (or dropped) by then.
+    let _room = match room_for_body(&mgmt, announced_body_bytes(&req)).await {
+        Ok(room) => room,
+        Err(e) => return e.into_response(),
+    };
     next.run(req).await
+}
+
+/// The bytes of body `req` announces: a body past [`MAX_BODY_BYTES`] counts only that much,
+/// as it is refused (413) once that much is read.
+fn announced_body_bytes(req: &Request) -> usize {
+    let headers = req.headers();
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(len) => len
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<u64>().ok())
+            .map_or(MAX_BODY_BYTES, |l| l.min(MAX_BODY_BYTES as u64) as usize),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => MAX_BODY_BYTES,
+        None => 0,
+    }
+}
+
+/// Reserves room for `announced` bytes of body among [`MAX_BODY_BYTES_IN_FLIGHT`], waiting
+/// up to [`BODY_ROOM_WAIT_S`].
+async fn room_for_body(
+    mgmt: &Mgmt,
+    announced: usize,
+) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, ApiError> {
+    if announced == 0 {
+        return Ok(None);
+    }
+    let kib = announced.div_ceil(1024) as u32;
+    let wait = std::time::Duration::from_secs(BODY_ROOM_WAIT_S);
+    match tokio::time::timeout(wait, mgmt.bodies.acquire_many(kib)).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        _ => Err(ApiError::unavailable(
+            "too many request bodies at once; try again",
+        )),
+    }
 }
 
 fn basic_credentials(req: &Request) -> Option<(String, String)> {

@@ -69,6 +69,15 @@ impl ApiError {
         }
     }
 
+    /// 503 for a request the API has no room for now; it may be tried again.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "service_unavailable",
+            reason: reason.into(),
+        }
+    }
+
     /// A broker operation refused: the AMQP reply code decides the status.
     /// The reason is the AMQP text without its `NAME - ` prefix, as RabbitMQ shows it.
     pub fn from_amqp(e: AmqpError) -> Self {

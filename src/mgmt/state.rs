@@ -20,6 +20,9 @@ pub struct Mgmt {
     /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
     /// endpoint asks for no login.
     pub scraping: tokio::sync::Semaphore,
+    /// Room for request bodies, in KiB (`api::MAX_BODY_BYTES_IN_FLIGHT`): a request reserves
+    /// what it announces before its body is read.
+    pub bodies: tokio::sync::Semaphore,
 }
 
 impl Mgmt {
@@ -31,6 +34,7 @@ impl Mgmt {
             cluster_name,
             listeners: RwLock::new(Vec::new()),
             scraping: tokio::sync::Semaphore::new(1),
+            bodies: tokio::sync::Semaphore::new(super::api::MAX_BODY_BYTES_IN_FLIGHT / 1024),
         })
     }
 
