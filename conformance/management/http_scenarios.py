@@ -209,6 +209,24 @@ def http_publish_checks(url):
     return seen
 
 
+@scenario
+def http_aliveness_permissions(url):
+    """The aliveness test runs as the caller: configure and read on its queue, write on the
+    default exchange; each refusal is a 401 with the channel's text."""
+    http("PUT", "/api/users/http-alive", {"password": "pw", "tags": "management"})
+    seen = {}
+    for name, perms in [("none", ["^$", "^$", "^$"]), ("no_write", [".*", "^$", ".*"]),
+                        ("no_read", [".*", ".*", "^$"]), ("all", [".*", ".*", ".*"])]:
+        http("PUT", "/api/permissions/%2F/http-alive",
+             {"configure": perms[0], "write": perms[1], "read": perms[2]})
+        seen[name] = http("GET", "/api/aliveness-test/%2F", auth=("http-alive", "pw"))[::2]
+    http("DELETE", "/api/permissions/%2F/http-alive")
+    seen["no_vhost"] = http("GET", "/api/aliveness-test/%2F", auth=("http-alive", "pw"))[::2]
+    http("DELETE", "/api/users/http-alive")
+    http("DELETE", "/api/queues/%2F/aliveness-test")
+    return seen
+
+
 METRICS = [
     "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
     "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queue_messages_published_total",

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::http::{ApiError, ApiResult, Caller, List, body_or_empty, no_content};
 use super::rates::{self, ALL_FIELDS};
 use super::state::Mgmt;
+use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
 use crate::broker::alarms;
 
@@ -301,6 +302,22 @@ async fn aliveness(
     Path(vhost): Path<String>,
 ) -> ApiResult {
     let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
+    // Same as RabbitMQ, which runs the test over a channel of the caller's: the declare
+    // needs configure on the queue, the publish write on the default exchange, the get read
+    // on the queue, and a refusal is a 401 with the channel's whole text.
+    if let Some(user) = caller.user() {
+        let queue = Resource::Queue(super::queues::ALIVENESS_QUEUE);
+        for (resource, permission) in [
+            (queue, Permission::Configure),
+            (Resource::Exchange(""), Permission::Write),
+            (queue, Permission::Read),
+        ] {
+            m.broker
+                .access
+                .check(&user.name, &vhost.name, resource, permission)
+                .map_err(|e| ApiError::not_authorised(e.text))?;
+        }
+    }
     match super::queues::aliveness(&vhost) {
         Ok(()) => Ok(Json(json!({"status": "ok"})).into_response()),
         Err(reason) => Ok((

@@ -410,10 +410,13 @@ async fn bindings(
     list(items, &q)
 }
 
+/// The queue RabbitMQ's aliveness test uses.
+pub const ALIVENESS_QUEUE: &str = "aliveness-test";
+
 /// RabbitMQ's aliveness test: a queue named `aliveness-test` is declared, a message
 /// published to it and fetched back. The queue stays, as in RabbitMQ.
 pub fn aliveness(vhost: &VirtualHost) -> Result<(), String> {
-    const NAME: &str = "aliveness-test";
+    const NAME: &str = ALIVENESS_QUEUE;
     let declare = QueueDeclare {
         name: NAME.into(),
         passive: false,
