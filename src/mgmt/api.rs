@@ -16,18 +16,11 @@ use tokio::task::JoinHandle;
 
 use super::http::{ApiError, Caller, normalise_path};
 use super::listener::{Bounded, Peer};
-pub use super::state::Mgmt;
+pub use super::state::{MAX_BODY_BYTES_IN_FLIGHT, Mgmt};
 
 /// The largest request body taken (a definitions import is the largest there is); RabbitMQ's
 /// `management.http.max_body_size` is the same 20 MiB.
 pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
-
-/// Request bodies the API holds at once, at most: each request of a logged-in user reserves
-/// what it announces (its `Content-Length`, or [`MAX_BODY_BYTES`] when chunked) before its
-/// body is read, and gives it back with its answer. Bodies are read before a handler can
-/// check permissions, so without this 256 connections of management users, whatever their
-/// permissions, could make the broker hold 5 GiB.
-pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// How long a request waits for room among [`MAX_BODY_BYTES_IN_FLIGHT`] before it is
 /// answered 503.

@@ -7,6 +7,13 @@ use std::sync::{Arc, RwLock};
 use super::rates::Rates;
 use crate::broker::Broker;
 
+/// Request bodies the API holds at once, at most: each request of a logged-in user reserves
+/// what it announces (its `Content-Length`, or `api::MAX_BODY_BYTES` when chunked) before its
+/// body is read, and gives it back with its answer. Bodies are read before a handler can
+/// check permissions, so without this 256 connections of management users, whatever their
+/// permissions, could make the broker hold 5 GiB.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
 /// What the management handlers share.
 #[derive(Debug)]
 pub struct Mgmt {
@@ -20,7 +27,7 @@ pub struct Mgmt {
     /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
     /// endpoint asks for no login.
     pub scraping: tokio::sync::Semaphore,
-    /// Room for request bodies, in KiB (`api::MAX_BODY_BYTES_IN_FLIGHT`): a request reserves
+    /// Room for request bodies, in KiB ([`MAX_BODY_BYTES_IN_FLIGHT`]): a request reserves
     /// what it announces before its body is read.
     pub bodies: tokio::sync::Semaphore,
 }
@@ -34,7 +41,7 @@ impl Mgmt {
             cluster_name,
             listeners: RwLock::new(Vec::new()),
             scraping: tokio::sync::Semaphore::new(1),
-            bodies: tokio::sync::Semaphore::new(super::api::MAX_BODY_BYTES_IN_FLIGHT / 1024),
+            bodies: tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT / 1024),
         })
     }
 

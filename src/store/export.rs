@@ -6,11 +6,11 @@
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::positions::{BindingKey, ListKey, Positions, swap_out};
 use crate::protocol::table::MAX_TABLE_DEPTH;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -42,44 +42,15 @@ pub struct Definitions {
     /// The first journal generation this snapshot does not contain.
     #[serde(default)]
     pub lepus_journal_generation: u64,
-    /// Where each exchange, queue and binding is in the lists above, for changes to find
-    /// them by a lookup. Derived from the lists, never written.
+    /// Where each item is in the lists above, for changes to find them by a lookup.
+    /// Derived from the lists, never written.
     #[serde(skip)]
     positions: Positions,
 }
 
-/// Where each exchange, queue and binding is in [`Definitions`]' lists, so that a change
-/// finds what it replaces or removes by a lookup: recording N durable queues or bindings
-/// used to cost O(N^2) under the definitions lock (each change scanned the lists). Built
-/// from the lists when they are first changed, and again whenever their lengths show they
-/// were replaced (a deserialized snapshot).
-#[derive(Debug, Clone, Default)]
-struct Positions {
-    /// The lengths of (exchanges, queues, bindings) these positions describe.
-    built_for: Option<(usize, usize, usize)>,
-    exchanges: HashMap<(String, String), usize>,
-    queues: HashMap<(String, String), usize>,
-    bindings: HashMap<BindingKey, usize>,
-    /// Bindings by (vhost, source exchange).
-    by_source: HashMap<(String, String), HashSet<BindingKey>>,
-    /// Bindings by (vhost, destination type, destination).
-    by_destination: HashMap<(String, String, String), HashSet<BindingKey>>,
-}
-
-/// Derived data: two definitions with the same lists are equal whatever their positions.
-impl PartialEq for Positions {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// A binding's identity: every field (equal keys, equal definitions).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct BindingKey([String; 7]);
-
 impl BindingKey {
     fn of(b: &BindingDef) -> Self {
-        BindingKey([
+        BindingKey::new([
             b.vhost.clone(),
             b.source.clone(),
             b.destination.clone(),
@@ -127,16 +98,6 @@ impl Positions {
             .insert(key.clone());
         self.bindings.insert(key, at);
     }
-}
-
-/// Removes `list[at]` by moving the last element into its place, and tells `moved` where
-/// that element went.
-fn swap_out<T>(list: &mut Vec<T>, at: usize, mut moved: impl FnMut(&T, usize)) -> T {
-    let gone = list.swap_remove(at);
-    if let Some(last) = list.get(at) {
-        moved(last, at);
-    }
-    gone
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -348,19 +309,9 @@ impl Definitions {
             None => return,
         };
         match change {
-            Change::PutUser(u) => {
-                self.users.retain(|x| x.name != u.name);
-                self.users.push(u);
-            }
-            Change::PutVhost(v) => {
-                self.vhosts.retain(|x| x.name != v.name);
-                self.vhosts.push(v);
-            }
-            Change::PutPermission(p) => {
-                self.permissions
-                    .retain(|x| !(x.user == p.user && x.vhost == p.vhost));
-                self.permissions.push(p);
-            }
+            Change::PutUser(u) => self.positions.users.put(&mut self.users, u),
+            Change::PutVhost(v) => self.positions.vhosts.put(&mut self.vhosts, v),
+            Change::PutPermission(p) => self.positions.permissions.put(&mut self.permissions, p),
             Change::DeleteUser { name } => {
                 self.users.retain(|x| x.name != name);
                 self.permissions.retain(|x| x.user != name);
@@ -370,12 +321,10 @@ impl Definitions {
                 self.permissions
                     .retain(|x| !(x.user == user && x.vhost == vhost));
             }
-            Change::PutTopicPermission(p) => {
-                self.topic_permissions.retain(|x| {
-                    !(x.user == p.user && x.vhost == p.vhost && x.exchange == p.exchange)
-                });
-                self.topic_permissions.push(p);
-            }
+            Change::PutTopicPermission(p) => self
+                .positions
+                .topic_permissions
+                .put(&mut self.topic_permissions, p),
             Change::DeleteTopicPermission {
                 user,
                 vhost,
@@ -511,11 +460,7 @@ impl Definitions {
     /// The policy and vhost-deletion half of [`Definitions::apply`].
     fn apply_policy_or_vhost(&mut self, change: Change) {
         match change {
-            Change::PutPolicy(p) => {
-                self.policies
-                    .retain(|x| !(x.vhost == p.vhost && x.name == p.name));
-                self.policies.push(p);
-            }
+            Change::PutPolicy(p) => self.positions.policies.put(&mut self.policies, p),
             Change::DeletePolicy { vhost, name } => {
                 self.policies
                     .retain(|x| !(x.vhost == vhost && x.name == name));
@@ -532,11 +477,10 @@ impl Definitions {
                 self.policies.retain(|x| x.vhost != name);
                 self.operator_policies.retain(|x| x.vhost != name);
             }
-            Change::PutOperatorPolicy(p) => {
-                self.operator_policies
-                    .retain(|x| !(x.vhost == p.vhost && x.name == p.name));
-                self.operator_policies.push(p);
-            }
+            Change::PutOperatorPolicy(p) => self
+                .positions
+                .operator_policies
+                .put(&mut self.operator_policies, p),
             Change::DeleteOperatorPolicy { vhost, name } => {
                 self.operator_policies
                     .retain(|x| !(x.vhost == vhost && x.name == name));
@@ -631,6 +575,41 @@ fn json_to_value(v: &Value, depth: usize) -> Result<AMQPValue, String> {
             AMQPValue::FieldTable(t)
         }
     })
+}
+
+impl ListKey for UserDef {
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl ListKey for VhostDef {
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl ListKey for PermissionDef {
+    type Key = (String, String);
+    fn key(&self) -> (String, String) {
+        (self.user.clone(), self.vhost.clone())
+    }
+}
+
+impl ListKey for TopicPermissionDef {
+    type Key = (String, String, String);
+    fn key(&self) -> (String, String, String) {
+        (self.user.clone(), self.vhost.clone(), self.exchange.clone())
+    }
+}
+
+impl ListKey for PolicyDef {
+    type Key = (String, String);
+    fn key(&self) -> (String, String) {
+        (self.vhost.clone(), self.name.clone())
+    }
 }
 
 #[cfg(test)]

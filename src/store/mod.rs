@@ -29,6 +29,7 @@ pub mod fs;
 pub mod idle;
 pub mod intervals;
 pub mod log;
+mod positions;
 mod prepare;
 pub mod record;
 mod recover;
