@@ -227,6 +227,38 @@ def http_aliveness_permissions(url):
     return seen
 
 
+@scenario
+def http_api_message_stats(url):
+    """What the API's publishes and gets count, in the vhost's totals (RabbitMQ does them on a
+    channel of its own, with confirms and mandatory) and on the default exchange, which counts
+    every message as routed out."""
+    vh = "http-api-stats"
+    http("PUT", "/api/vhosts/" + vh, {})
+    http("PUT", "/api/permissions/%s/guest" % vh, {"configure": ".*", "write": ".*", "read": ".*"})
+    http("PUT", "/api/queues/%s/stq" % vh, {})
+    for key in ("stq", "stq", "stq", "nowhere"):
+        http("POST", "/api/exchanges/%s/amq.default/publish" % vh, {
+            "properties": {}, "routing_key": key, "payload": "x", "payload_encoding": "string"})
+    for mode in ("ack_requeue_false", "ack_requeue_true", "reject_requeue_true"):
+        http("POST", "/api/queues/%s/stq/get" % vh, {"count": 1, "ackmode": mode, "encoding": "auto"})
+    counted = ("publish", "confirm", "return_unroutable", "drop_unroutable", "get", "get_no_ack",
+               "redeliver", "deliver_get", "ack")
+
+    def stats(body):
+        return {k: (body.get("message_stats") or {}).get(k) for k in counted}
+
+    seen = {}
+    vhost = until("/api/vhosts/" + vh, lambda v: stats(v)["get"] == 2 and stats(v)["publish"] == 4)
+    seen["vhost"] = stats(vhost)
+    queue = until("/api/queues/%s/stq" % vh, lambda q: stats(q)["get"] == 2)
+    seen["queue"] = stats(queue)
+    x = until("/api/exchanges/%s/amq.default" % vh,
+              lambda x: (x.get("message_stats") or {}).get("publish_in") == 4)
+    seen["default_exchange"] = {k: (x.get("message_stats") or {}).get(k) for k in ("publish_in", "publish_out")}
+    http("DELETE", "/api/vhosts/" + vh)
+    return seen
+
+
 METRICS = [
     "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
     "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queue_messages_published_total",

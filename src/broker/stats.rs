@@ -297,6 +297,15 @@ impl Ledger {
         channel.retired.store(true, Ordering::Relaxed);
     }
 
+    /// Counts what no client's channel did (the management API's publishes and gets) into
+    /// the vhost's and the broker's totals, as RabbitMQ counts them: it does them on a
+    /// channel of its own, closed at once.
+    pub fn count_unlisted(&self, vhost: &MessageCounters, count: impl Fn(&MessageCounters)) {
+        let _counting = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        count(vhost);
+        count(&self.retired);
+    }
+
     /// The totals of `retired` (a vhost's; the broker's when `None`) and of `open`, those
     /// channels that are still open.
     pub fn total<'a>(

@@ -25,7 +25,7 @@ use crate::broker::queue::consumers::Activity;
 use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock};
 use crate::broker::queue::settings::QueueType;
 use crate::broker::queue::{ConsumerSnapshot, Queue};
-use crate::broker::stats::ConnectionInfo;
+use crate::broker::stats::{ConnectionInfo, bump};
 use crate::broker::vhost::VirtualHost;
 use crate::broker::vhost::queues::QueueDeclare;
 use crate::store::definitions::encode_arguments;
@@ -385,6 +385,16 @@ async fn get_messages(
         ));
         taken.push(entry);
     }
+    // Same as RabbitMQ, which gets them on a channel of its own.
+    m.broker.ledger.count_unlisted(&vhost.retired, |c| {
+        let no_ack = !requeue && !reject;
+        bump(
+            if no_ack { &c.get_no_ack } else { &c.get },
+            taken.len() as u64,
+        );
+        let redelivered = taken.iter().filter(|e| e.redelivered).count() as u64;
+        bump(&c.redeliver, redelivered);
+    });
     let settled = |e: &crate::broker::queue::entry::QueueEntry| Settled::of(e, None);
     if requeue {
         let list = taken.into_iter().map(|e| (settled(&e), e)).collect();

@@ -382,12 +382,15 @@ impl Channel {
         let counters = &self.stats.info.messages;
         bump(&counters.publish, 1);
         bump(&d.exchange.counters.publish_in, 1);
-        if outcome.routed {
+        if outcome.routed || d.exchange_name.is_empty() {
+            // Same as RabbitMQ: the default exchange counts every message as routed out
+            // (to the queue its key names, whether or not there is one).
             bump(&d.exchange.counters.publish_out, 1);
-        } else if d.mandatory {
-            bump(&counters.return_unroutable, 1);
-        } else {
-            bump(&counters.drop_unroutable, 1);
+        }
+        match (outcome.routed, d.mandatory) {
+            (true, _) => {}
+            (false, true) => bump(&counters.return_unroutable, 1),
+            (false, false) => bump(&counters.drop_unroutable, 1),
         }
         if !outcome.routed && d.mandatory {
             write_return(

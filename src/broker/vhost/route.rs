@@ -153,10 +153,20 @@ impl VirtualHost {
                 Enqueued::Accepted | Enqueued::Rejected => published.routed = true,
             }
         }
-        crate::broker::stats::bump(&x.counters.publish_in, 1);
-        if published.routed {
-            crate::broker::stats::bump(&x.counters.publish_out, 1);
+        use crate::broker::stats::bump;
+        bump(&x.counters.publish_in, 1);
+        if published.routed || exchange.is_empty() {
+            bump(&x.counters.publish_out, 1);
         }
+        // Same as RabbitMQ, which publishes on a channel of its own with confirms and
+        // `mandatory`.
+        self.services.ledger.count_unlisted(&self.retired, |c| {
+            bump(&c.publish, 1);
+            bump(&c.confirm, 1);
+            if !published.routed {
+                bump(&c.return_unroutable, 1);
+            }
+        });
         if write_failed {
             return Err(crate::amqp_error!(
                 InternalError,
