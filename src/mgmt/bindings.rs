@@ -70,24 +70,59 @@ impl BindingView {
     }
 }
 
-/// Every binding of a vhost, the default exchange's implicit ones first, then by source and
-/// routing key, as RabbitMQ lists them.
-pub fn all_bindings(vhost: &VirtualHost) -> Vec<BindingView> {
-    let mut queues = vhost.queues();
-    queues.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut out: Vec<BindingView> = queues
-        .iter()
-        .map(|q| BindingView {
-            source: String::new(),
-            destination: q.name.clone(),
-            destination_type: "queue",
-            routing_key: q.name.clone(),
-            arguments: Default::default(),
-        })
-        .collect();
+/// Which of a vhost's bindings to list: only the exchanges and destinations asked for are
+/// looked at and copied (a request about one binding copied and sorted all of a vhost's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Select<'a> {
+    /// The source exchange (`""`: the default exchange).
+    pub source: Option<&'a str>,
+    /// The destination: its type (`"queue"` or `"exchange"`) and name.
+    pub destination: Option<(&'static str, &'a str)>,
+}
+
+impl Select<'_> {
+    /// Every binding.
+    pub const ALL: Select<'static> = Select {
+        source: None,
+        destination: None,
+    };
+
+    fn takes(&self, destination: &Destination) -> bool {
+        let (kind, name) = match destination {
+            Destination::Queue(q) => ("queue", &q.name),
+            Destination::Exchange(x) => ("exchange", &x.name),
+        };
+        self.destination.is_none_or(|(k, n)| k == kind && n == name)
+    }
+}
+
+/// The bindings of a vhost that `select` asks for, the default exchange's implicit ones
+/// first, then by source and routing key, as RabbitMQ lists them.
+pub fn all_bindings(vhost: &VirtualHost, select: Select<'_>) -> Vec<BindingView> {
+    let implicit = |q: &crate::broker::queue::Queue| BindingView {
+        source: String::new(),
+        destination: q.name.clone(),
+        destination_type: "queue",
+        routing_key: q.name.clone(),
+        arguments: Default::default(),
+    };
+    let mut out: Vec<BindingView> = match (select.source, select.destination) {
+        (Some(s), _) if !s.is_empty() => Vec::new(),
+        (_, Some(("queue", name))) => vhost.queue(name).iter().map(|q| implicit(q)).collect(),
+        (_, Some(_)) => Vec::new(),
+        (_, None) => {
+            let mut queues = vhost.queues();
+            queues.sort_by(|a, b| a.name.cmp(&b.name));
+            queues.iter().map(|q| implicit(q)).collect()
+        }
+    };
+    let exchanges = match select.source {
+        Some(s) => vhost.exchange(s).into_iter().collect(),
+        None => vhost.exchanges(),
+    };
     let mut exchanged = Vec::new();
-    for x in vhost.exchanges() {
-        for b in x.bindings() {
+    for x in exchanges {
+        for b in x.bindings_where(|b| select.takes(&b.destination)) {
             let (destination, destination_type) = match &b.destination {
                 Destination::Queue(q) => (q.name.clone(), "queue"),
                 Destination::Exchange(d) => (d.name.clone(), "exchange"),
@@ -119,11 +154,10 @@ pub fn all_bindings(vhost: &VirtualHost) -> Vec<BindingView> {
     out
 }
 
-/// The bindings of a vhost that `keep` selects, as JSON.
-pub fn bindings_json(vhost: &VirtualHost, keep: impl Fn(&BindingView) -> bool) -> Vec<Value> {
-    all_bindings(vhost)
+/// The bindings of a vhost that `select` asks for, as JSON.
+pub fn bindings_json(vhost: &VirtualHost, select: Select<'_>) -> Vec<Value> {
+    all_bindings(vhost, select)
         .iter()
-        .filter(|b| keep(b))
         .map(|b| b.json(&vhost.name))
         .collect()
 }
@@ -210,7 +244,7 @@ pub fn properties_key(routing_key: &str, arguments: &amq_protocol::types::FieldT
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let items = visible_vhosts(&m.broker, &caller)
         .iter()
-        .flat_map(|v| bindings_json(v, |_| true))
+        .flat_map(|v| bindings_json(v, Select::ALL))
         .collect();
     list(items, &q)
 }
@@ -222,7 +256,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list(bindings_json(&vhost, |_| true), &q)
+    list(bindings_json(&vhost, Select::ALL), &q)
 }
 
 /// `q` or `e` in a path.
@@ -259,9 +293,13 @@ async fn between(
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source);
     ends(&vhost, source, kind, &destination)?;
-    let items = bindings_json(&vhost, |b| {
-        b.source == source && b.destination_type == kind && b.destination == destination
-    });
+    let items = bindings_json(
+        &vhost,
+        Select {
+            source: Some(source),
+            destination: Some((kind, &destination)),
+        },
+    );
     list(items, &q)
 }
 
@@ -273,16 +311,15 @@ async fn show(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source);
-    let found = bindings_json(&vhost, |b| {
-        b.source == source
-            && b.destination_type == kind
-            && b.destination == destination
-            && b.properties_key() == normalise_key(&props)
-    });
-    found
+    let select = Select {
+        source: Some(source),
+        destination: Some((kind, &destination)),
+    };
+    let key = normalise_key(&props);
+    all_bindings(&vhost, select)
         .into_iter()
-        .next()
-        .map(|b| Json(b).into_response())
+        .find(|b| b.properties_key() == key)
+        .map(|b| Json(b.json(&vhost.name)).into_response())
         .ok_or_else(ApiError::not_found)
 }
 
@@ -344,12 +381,14 @@ async fn unbind(
     let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source).to_owned();
-    let found = all_bindings(&vhost).into_iter().find(|b| {
-        b.source == source
-            && b.destination_type == kind
-            && b.destination == destination
-            && b.properties_key() == normalise_key(&props)
-    });
+    let select = Select {
+        source: Some(&source),
+        destination: Some((kind, &destination)),
+    };
+    let key = normalise_key(&props);
+    let found = all_bindings(&vhost, select)
+        .into_iter()
+        .find(|b| b.properties_key() == key);
     let Some(b) = found else {
         return Err(ApiError::not_found());
     };

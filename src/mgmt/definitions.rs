@@ -143,7 +143,7 @@ fn live_objects(m: &Mgmt, only: Option<&str>) -> (Vec<Value>, Vec<Value>, Vec<Va
                 "auto_delete": x.auto_delete, "internal": x.internal,
                 "arguments": encode_arguments(&x.arguments).0})
         }));
-        for b in super::bindings::all_bindings(v) {
+        for b in super::bindings::all_bindings(v, super::bindings::Select::ALL) {
             if b.source.is_empty()
                 || (b.destination_type == "queue" && exclusive.contains(&b.destination))
             {

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::bindings::Select;
 use super::http::{
     ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
     exchange_name, list, no_content, visible_vhosts,
@@ -270,7 +271,11 @@ async fn as_source(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let name = exchange_name(&name);
     vhost.exchange(name).ok_or_else(ApiError::not_found)?;
-    let items = super::bindings::bindings_json(&vhost, |b| b.source == name);
+    let select = Select {
+        source: Some(name),
+        destination: None,
+    };
+    let items = super::bindings::bindings_json(&vhost, select);
     list(items, &q)
 }
 
@@ -283,8 +288,10 @@ async fn as_destination(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let name = exchange_name(&name);
     vhost.exchange(name).ok_or_else(ApiError::not_found)?;
-    let items = super::bindings::bindings_json(&vhost, |b| {
-        b.destination_type == "exchange" && b.destination == name
-    });
+    let select = Select {
+        source: None,
+        destination: Some(("exchange", name)),
+    };
+    let items = super::bindings::bindings_json(&vhost, select);
     list(items, &q)
 }

@@ -414,9 +414,11 @@ async fn bindings(
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
     vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    let items = super::bindings::bindings_json(&vhost, |b| {
-        b.destination_type == "queue" && b.destination == name
-    });
+    let select = super::bindings::Select {
+        source: None,
+        destination: Some(("queue", &name)),
+    };
+    let items = super::bindings::bindings_json(&vhost, select);
     list(items, &q)
 }
 

@@ -174,6 +174,12 @@ impl Exchange {
         self.read().iter().cloned().collect()
     }
 
+    /// A copy of those of this exchange's bindings that `keep` selects (the others are not
+    /// copied).
+    pub fn bindings_where(&self, keep: impl Fn(&Binding) -> bool) -> Vec<Binding> {
+        self.read().iter().filter(|b| keep(b)).cloned().collect()
+    }
+
     /// Calls `found` for each destination matching a message (see [`Bindings::route`]).
     pub fn route(
         &self,
