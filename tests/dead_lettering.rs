@@ -453,3 +453,45 @@ async fn same_as_rabbitmq_a_retry_loop_counts_each_death_per_queue_and_reason() 
         ]
     );
 }
+
+/// A fanout dead-letter exchange bound back to the ten queues that dead-letter into it (TTL
+/// 0): each generation of dead letters goes to every queue it has not died in yet, as
+/// RabbitMQ's cycle rule allows, about e·10! = 9.9 million dead letters from one publish
+/// (and 1.3e9 with 12 queues), which held the broker's dead-letter thread for as long and
+/// filled its memory. Lepus stops the line after 100,000 copies; a retry loop (one queue
+/// per generation, as in `same_as_rabbitmq_a_retry_loop_counts_each_death_per_queue_and_reason`)
+/// spends none of them.
+#[tokio::test]
+async fn a_dead_letter_exchange_that_multiplies_a_message_stops_after_a_bounded_number() {
+    let broker = Broker::start().await;
+    let (_conn, ch) = broker.channel().await;
+    exchange(&ch, "boom", ExchangeKind::Fanout).await;
+    for i in 0..10 {
+        let name = format!("boom-{i}");
+        let args = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+            ("x-dead-letter-exchange", long_str("boom")),
+        ]);
+        declare(&ch, &name, args).await;
+        bind(&ch, &name, "boom", "").await;
+    }
+    declare(&ch, "boom-seen", FieldTable::default()).await;
+    bind(&ch, "boom-seen", "boom", "").await;
+    publish(&ch, "boom", "", b"once", BasicProperties::default()).await;
+    // Wait until the dead letters stop coming.
+    let mut last = u32::MAX;
+    let mut same = 0;
+    let seen = within(async {
+        loop {
+            let n = message_count(&ch, "boom-seen").await;
+            same = if n == last { same + 1 } else { 0 };
+            last = n;
+            if same == 10 && n > 1 {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(seen < 200_000, "{seen} dead letters of one message");
+}

@@ -40,6 +40,10 @@ pub struct Message {
     /// The publisher confirm it is held for, if its publisher is in confirm mode: once it is
     /// acknowledged from every queue that logged it, the confirm need not wait for the disk.
     pub confirm: Option<ConfirmWatch>,
+    /// The copies dead-lettering has made of the message this one is or descends from,
+    /// beyond one per dead letter: shared by the message and every dead letter made of it,
+    /// and made when it is first dead-lettered (`vhost::dead_letter`).
+    pub dead_letter_copies: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Where a consumer's channel tells a publisher that a message it holds a confirm for was
@@ -129,6 +133,7 @@ impl Message {
             extra_routing_keys: None,
             charge: Charge::default(),
             confirm: None,
+            dead_letter_copies: std::sync::OnceLock::new(),
         }
     }
 

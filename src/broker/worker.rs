@@ -8,7 +8,7 @@
 //! its caller a push onto a list, and a long chain costs this thread time, not stack.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -29,6 +29,9 @@ struct Inner {
 pub struct Worker {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Units of work waiting in submitted jobs (dead letters), against a bound the
+    /// submitter chooses ([`Worker::reserve`]).
+    waiting: AtomicUsize,
 }
 
 impl std::fmt::Debug for Worker {
@@ -52,7 +55,27 @@ impl Worker {
         Ok(Arc::new(Worker {
             inner,
             thread: Mutex::new(Some(thread)),
+            waiting: AtomicUsize::new(0),
         }))
+    }
+
+    /// Counts `n` more units of work as waiting, unless that would make more than `max`:
+    /// then nothing is counted and the caller drops the work.
+    pub fn reserve(&self, n: usize, max: usize) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                w.checked_add(n).filter(|&total| total <= max)
+            })
+            .is_ok()
+    }
+
+    /// `n` units of work counted by [`Worker::reserve`] are done (or dropped).
+    pub fn release(&self, n: usize) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w.saturating_sub(n))
+            });
     }
 
     /// Queues a job; it runs after every job queued before it.

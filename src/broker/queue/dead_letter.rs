@@ -324,6 +324,8 @@ pub fn make_message(
     if routing_keys.len() > 1 {
         dead.extra_routing_keys = Some(routing_keys[1..].to_vec().into());
     }
+    let copies = message.dead_letter_copies.get_or_init(Default::default);
+    dead.dead_letter_copies = std::sync::OnceLock::from(copies.clone());
     Some(DeadMessage {
         message: dead,
         routing_keys,

@@ -19,6 +19,22 @@ use crate::broker::timer::now_ms;
 /// Dead letters one job routes before it yields to other work.
 pub const DEAD_LETTERS_PER_JOB: usize = 256;
 
+/// Dead letters waiting to be routed, at most, in the whole broker: past this, new ones are
+/// dropped and said in the log, so that queues dead-lettering faster than one thread routes
+/// cannot fill memory. Dead-lettering is at most once, as in RabbitMQ (nothing confirms a
+/// dead letter).
+pub const MAX_DEAD_LETTERS_WAITING: usize = 1_000_000;
+
+/// Copies of one published message that dead-lettering may make beyond one per dead letter
+/// (a dead letter routed to n queues makes n - 1 more). Past this, the dead letters of its
+/// line are dropped and said in the log. A fanout dead-letter exchange bound back to the K
+/// queues that dead-letter into it (with TTL 0, say) multiplies a message at every
+/// generation, about e·K! dead letters in all: RabbitMQ's cycle rule stops a letter only at
+/// a queue it already died in, and 12 queues made 1.3e9 letters of one publish. A line of
+/// dead letters routed to one queue each (a retry loop) never spends any, however long, and
+/// one dead letter may go to any number of queues.
+pub const MAX_DEAD_LETTER_COPIES_PER_MESSAGE: u64 = 100_000;
+
 impl QueueHost for VirtualHost {
     fn dead_letter(&self, queue: &str, target: DlxTarget, letters: Vec<DeadLetter>) {
         self.submit_dead_letters(queue.to_owned(), target, letters);
@@ -35,6 +51,23 @@ impl QueueHost for VirtualHost {
 
 impl VirtualHost {
     fn submit_dead_letters(&self, queue: String, target: DlxTarget, letters: Vec<DeadLetter>) {
+        if !self
+            .services
+            .worker
+            .reserve(letters.len(), MAX_DEAD_LETTERS_WAITING)
+        {
+            tracing::warn!(
+                queue,
+                dropped = letters.len(),
+                "dead letters dropped: {MAX_DEAD_LETTERS_WAITING} wait to be routed already"
+            );
+            return;
+        }
+        self.enqueue_dead_letters(queue, target, letters);
+    }
+
+    /// Queues the routing of `letters`, counted as waiting already.
+    fn enqueue_dead_letters(&self, queue: String, target: DlxTarget, letters: Vec<DeadLetter>) {
         let vhost = self.me.clone();
         self.services.worker.submit(Box::new(move || {
             if let Some(vhost) = vhost.upgrade() {
@@ -49,8 +82,9 @@ impl VirtualHost {
     fn route_dead_letters(&self, queue: String, target: DlxTarget, mut letters: Vec<DeadLetter>) {
         if letters.len() > DEAD_LETTERS_PER_JOB {
             let rest = letters.split_off(DEAD_LETTERS_PER_JOB);
-            self.submit_dead_letters(queue.clone(), target.clone(), rest);
+            self.enqueue_dead_letters(queue.clone(), target.clone(), rest);
         }
+        self.services.worker.release(letters.len());
         let Some(exchange) = self.exchange(&target.exchange) else {
             return;
         };
@@ -79,6 +113,9 @@ impl VirtualHost {
                     !cycle
                 });
             }
+            if !self.spend_copies(&queue, &dead.message, targets.len()) {
+                continue;
+            }
             let mut message = dead.message;
             message.charge_all_to(self.services.memory);
             let dead = Arc::new(message);
@@ -86,5 +123,36 @@ impl VirtualHost {
                 q.publish(dead.clone());
             }
         }
+    }
+}
+
+impl VirtualHost {
+    /// Counts the copies a dead letter routed to `targets` queues makes beyond one against
+    /// its line's [`MAX_DEAD_LETTER_COPIES_PER_MESSAGE`]; false (and said once in the log)
+    /// when the line has spent it, and the letter is dropped.
+    fn spend_copies(
+        &self,
+        queue: &str,
+        dead: &crate::broker::message::Message,
+        targets: usize,
+    ) -> bool {
+        let Some(copies) = dead.dead_letter_copies.get() else {
+            return true;
+        };
+        let extra = targets.saturating_sub(1) as u64;
+        let before = copies.fetch_add(extra, std::sync::atomic::Ordering::Relaxed);
+        if before <= MAX_DEAD_LETTER_COPIES_PER_MESSAGE {
+            return true;
+        }
+        // The line's first refusal marks it, and says so; later ones find it marked.
+        const REFUSING: u64 = u64::MAX / 2;
+        if copies.fetch_max(REFUSING, std::sync::atomic::Ordering::Relaxed) < REFUSING {
+            tracing::warn!(
+                queue,
+                vhost = %self.name,
+                "dead letters of one message dropped: dead-lettering made {MAX_DEAD_LETTER_COPIES_PER_MESSAGE} copies of it already (a dead-letter exchange that routes back to the queues dead-lettering into it?)"
+            );
+        }
+        false
     }
 }
