@@ -184,13 +184,14 @@ impl Channel {
         // In the order the consumers were created, so that taking turns is fair.
         let mut consumers: Vec<&super::ChannelConsumer> = self.consumers.values().collect();
         consumers.sort_unstable_by_key(|c| c.id);
-        let mut queues: Vec<Arc<Queue>> = Vec::new();
-        for c in consumers {
-            if !queues.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
-                queues.push(c.queue.clone());
-            }
-        }
-        queues
+        // A set, not a scan of what is kept: a channel may consume 65,536 times, and a scan
+        // cost that squared on every basic.qos.
+        let mut seen = std::collections::HashSet::with_capacity(consumers.len());
+        consumers
+            .into_iter()
+            .filter(|c| seen.insert(Arc::as_ptr(&c.queue)))
+            .map(|c| c.queue.clone())
+            .collect()
     }
 
     /// Sends a direct reply to this channel's reply consumer, if it is still the one the

@@ -392,13 +392,14 @@ impl Connection {
     }
 
     fn consumed_queues(&self) -> Vec<Arc<Queue>> {
+        let mut seen = std::collections::HashSet::new();
         let mut all: Vec<Arc<Queue>> = Vec::new();
         for ch in &self.channels {
-            for q in ch.consumed_queues() {
-                if !all.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                    all.push(q);
-                }
-            }
+            all.extend(
+                ch.consumed_queues()
+                    .into_iter()
+                    .filter(|q| seen.insert(Arc::as_ptr(q))),
+            );
         }
         all
     }
