@@ -302,3 +302,39 @@ async fn same_as_rabbitmq_replies_to_a_gone_consumer_or_through_another_exchange
     .unwrap();
     assert!(confirm.is_ack(), "a dropped reply is still confirmed");
 }
+
+/// Same as RabbitMQ, which routes the set of a message's keys: a reply that names the reply
+/// consumer again in CC and many times in BCC is delivered once (each name was delivered).
+#[tokio::test]
+async fn same_as_rabbitmq_a_reply_named_many_times_is_delivered_once() {
+    use lapin::types::{AMQPValue, FieldArray, LongString};
+    let broker = Broker::start().await;
+    let (_c1, requester) = broker.channel().await;
+    let (_c2, responder) = broker.channel().await;
+    within(responder.queue_declare("rpc-many".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut replies = reply_consumer(&requester, "replies").await;
+    let reply_to = request(&requester, &responder, "rpc-many", b"ping").await;
+    let names = |n: usize| {
+        let name = AMQPValue::LongString(LongString::from(reply_to.as_str()));
+        AMQPValue::FieldArray(FieldArray::from(vec![name; n]))
+    };
+    let mut headers = FieldTable::default();
+    headers.insert("CC".into(), names(1));
+    headers.insert("BCC".into(), names(100));
+    within(responder.basic_publish(
+        "".into(),
+        reply_to.as_str().into(),
+        Default::default(),
+        b"pong",
+        BasicProperties::default().with_headers(headers),
+    ))
+    .await
+    .unwrap();
+    reply(&responder, &reply_to, b"second").await;
+    let first = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(first.data, b"pong");
+    let next = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(next.data, b"second", "the first reply came once");
+}

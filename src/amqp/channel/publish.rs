@@ -502,10 +502,16 @@ fn direct_replies(
         return;
     }
     let prefix = reply_to::PREFIX.as_bytes();
-    for key in std::iter::once(routing_key).chain(extra_keys) {
-        if key.starts_with(prefix) {
-            s.broker.reply_consumers.deliver(key, message);
-        }
+    let mut keys: Vec<&Bytes> = std::iter::once(routing_key)
+        .chain(extra_keys)
+        .filter(|k| k.starts_with(prefix))
+        .collect();
+    // Same as RabbitMQ, which routes the set of keys: a reply named twice (in CC and BCC,
+    // or 2,000 times in BCC) is delivered once.
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        s.broker.reply_consumers.deliver(key, message);
     }
 }
 
