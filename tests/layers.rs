@@ -109,7 +109,7 @@ fn consumer(sink: &Arc<TestSink>, prefetch: &Arc<ChannelPrefetch>, no_ack: bool)
         prefetch_count: 0,
         in_flight: 0,
         priority: 0,
-        arguments: FieldTable::default(),
+        arguments: Bytes::new(),
         blocked: None,
         dead: false,
     }

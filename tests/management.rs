@@ -150,7 +150,7 @@ async fn same_as_rabbitmq_queues_declared_over_amqp_show_their_depth_and_consume
             "work".into(),
             "tag-1".into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            table(&[("x-priority", lapin::types::AMQPValue::LongInt(3))]),
         )
         .await
         .unwrap();
@@ -173,6 +173,7 @@ async fn same_as_rabbitmq_queues_declared_over_amqp_show_their_depth_and_consume
     assert_eq!(consumer["prefetch_count"], 1);
     assert_eq!(consumer["ack_required"], true);
     assert_eq!(consumer["channel_details"]["number"], 1);
+    assert_eq!(consumer["arguments"], json!({"x-priority": 3}));
     let overview = api.get("/api/overview").await.json();
     assert_eq!(overview["object_totals"]["queues"], 1);
     assert_eq!(overview["object_totals"]["consumers"], 1);

@@ -78,7 +78,7 @@ pub fn consumer_json(
     conns: &HashMap<u64, Arc<ConnectionInfo>>,
 ) -> Value {
     json!({
-        "arguments": encode_arguments(&c.arguments).0,
+        "arguments": encode_arguments(&consumer_arguments(&c.arguments)).0,
         "ack_required": c.ack_required,
         "active": c.activity != Activity::Waiting,
         "activity_status": c.activity.name(),
@@ -420,6 +420,11 @@ async fn bindings(
     };
     let items = super::bindings::bindings_json(&vhost, select);
     list(items, &q)
+}
+
+/// A consumer's arguments, kept encoded (an empty table as no bytes).
+fn consumer_arguments(raw: &[u8]) -> FieldTable {
+    crate::protocol::raw_table::decode(raw).unwrap_or_default()
 }
 
 /// The queue RabbitMQ's aliveness test uses.

@@ -149,7 +149,10 @@ impl Channel {
             prefetch_count: self.consumer_prefetch,
             in_flight: 0,
             priority,
-            arguments: c.arguments,
+            arguments: match c.arguments.inner().is_empty() {
+                true => Bytes::new(),
+                false => Bytes::from(table::encode(&c.arguments)),
+            },
             blocked: None,
             dead: false,
         });

@@ -146,7 +146,7 @@ pub struct ConsumerSnapshot {
     pub ack_required: bool,
     pub exclusive: bool,
     pub prefetch_count: u32,
-    pub arguments: FieldTable,
+    pub arguments: bytes::Bytes,
     /// Whether it gets messages, or waits its turn on a single-active-consumer queue.
     pub activity: consumers::Activity,
 }
