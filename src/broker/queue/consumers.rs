@@ -79,6 +79,15 @@ pub struct Consumers {
     wait_channel: HashMap<usize, Vec<ConsumerId>>,
     /// Consumers waiting for room in their sink, by sink id.
     wait_sink: HashMap<u64, Vec<ConsumerId>>,
+    /// Consumers marked dead (their connection is gone) and not removed yet.
+    dead: usize,
+    /// The live consumer that asked to be the queue's only one, if any.
+    exclusive: Option<ConsumerId>,
+    /// Ids of removed consumers left in the rotation and the waiting lists: a removal does
+    /// not search them (with many consumers that cost each removal a scan, under the queue's
+    /// lock), dispatch and wake-ups skip ids no longer here, and past as many as there are
+    /// consumers the lists are swept.
+    stale: usize,
 }
 
 fn channel_key(c: &Consumer) -> usize {
@@ -111,6 +120,16 @@ impl Consumers {
         self.by_id.len()
     }
 
+    /// Consumers whose connection is still there.
+    pub fn live(&self) -> usize {
+        self.by_id.len() - self.dead
+    }
+
+    /// The live consumer that holds the queue exclusively, if one does.
+    pub fn exclusive(&self) -> Option<ConsumerId> {
+        self.exclusive
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
@@ -132,6 +151,9 @@ impl Consumers {
     /// without an active consumer, as the active one).
     pub fn insert(&mut self, consumer: Consumer) {
         let (id, priority) = (consumer.id, consumer.priority);
+        if consumer.exclusive {
+            self.exclusive = Some(id);
+        }
         self.by_id.insert(id, consumer);
         if self.single_active {
             self.active.get_or_insert(id);
@@ -159,37 +181,46 @@ impl Consumers {
         if was_active {
             self.choose_active();
         }
-        match c.blocked {
-            None if self.single_active => {}
-            None => {
-                let key = Reverse(c.priority);
-                if let Some(level) = self.rotation.get_mut(&key) {
-                    if let Some(at) = level.iter().position(|&x| x == id) {
-                        level.remove(at);
-                    }
-                    if level.is_empty() {
-                        self.rotation.remove(&key);
-                    }
-                }
-            }
-            Some(Blocked::Channel) => {
-                if let Some(list) = self.wait_channel.get_mut(&channel_key(&c)) {
-                    list.retain(|&x| x != id);
-                }
-            }
-            Some(Blocked::Sink) => {
-                if let Some(list) = self.wait_sink.get_mut(&c.sink.sink_id()) {
-                    list.retain(|&x| x != id);
-                }
-            }
-            Some(Blocked::Own | Blocked::Dead) => {}
+        if c.dead {
+            self.dead -= 1;
+        }
+        if self.exclusive == Some(id) {
+            self.exclusive = None;
+        }
+        // Its id stays in the rotation or a waiting list (if it was in one) until swept.
+        self.stale += 1;
+        if self.stale > self.by_id.len() + 64 {
+            self.sweep();
         }
         Some((c, was_active))
+    }
+
+    /// Drops the ids of removed consumers from the rotation and the waiting lists.
+    fn sweep(&mut self) {
+        let by_id = &self.by_id;
+        self.rotation.retain(|_, level| {
+            level.retain(|id| by_id.contains_key(id));
+            !level.is_empty()
+        });
+        for lists in [
+            self.wait_channel.values_mut().collect::<Vec<_>>(),
+            self.wait_sink.values_mut().collect(),
+        ] {
+            for list in lists {
+                list.retain(|id| by_id.contains_key(id));
+            }
+        }
+        self.wait_channel.retain(|_, list| !list.is_empty());
+        self.wait_sink.retain(|_, list| !list.is_empty());
+        self.stale = 0;
     }
 
     /// Takes every consumer out (the queue was deleted).
     pub fn take_all(&mut self) -> Vec<Consumer> {
         self.active = None;
+        self.exclusive = None;
+        self.dead = 0;
+        self.stale = 0;
         self.rotation.clear();
         self.wait_channel.clear();
         self.wait_sink.clear();
@@ -315,11 +346,93 @@ impl Consumers {
     /// Marks a consumer whose connection is gone; it is skipped until its channel removes it,
     /// and gives up being the active consumer.
     pub fn mark_dead(&mut self, id: ConsumerId) {
-        if let Some(c) = self.by_id.get_mut(&id) {
+        if let Some(c) = self.by_id.get_mut(&id)
+            && !c.dead
+        {
             c.dead = true;
+            self.dead += 1;
+            if self.exclusive == Some(id) {
+                self.exclusive = None;
+            }
         }
         if self.active == Some(id) {
             self.choose_active();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::queue::delivery::{Delivery, DeliverySink};
+    use crate::broker::queue::prefetch::ChannelPrefetch;
+    use bytes::Bytes;
+
+    struct Sink;
+
+    impl DeliverySink for Sink {
+        fn sink_id(&self) -> u64 {
+            1
+        }
+        fn has_room(&self, _size: usize, _batched: usize) -> bool {
+            true
+        }
+        fn push_deliveries(&self, _: &mut Vec<Delivery>, _: usize) -> Result<(), Vec<Delivery>> {
+            Ok(())
+        }
+        fn consumer_cancelled(&self, _channel: u16, _tag: Bytes) {}
+    }
+
+    fn consumer(id: ConsumerId, exclusive: bool) -> Consumer {
+        Consumer {
+            id,
+            tag: Bytes::from(format!("c{id}")),
+            channel: 1,
+            sink: Arc::new(Sink),
+            channel_prefetch: Arc::new(ChannelPrefetch::new(1_000)),
+            no_ack: true,
+            exclusive,
+            prefetch_count: 0,
+            in_flight: 0,
+            priority: 0,
+            arguments: Bytes::new(),
+            blocked: None,
+            dead: false,
+        }
+    }
+
+    /// A removal leaves its id in the rotation rather than searching for it; consuming and
+    /// cancelling over and over on an idle queue must not make the rotation grow.
+    #[test]
+    fn removed_consumers_are_never_picked_and_do_not_pile_up() {
+        let mut consumers = Consumers::new(false);
+        consumers.insert(consumer(1, false));
+        for id in 2..100_000 {
+            consumers.insert(consumer(id, false));
+            consumers.remove(id);
+        }
+        let in_rotation: usize = consumers.rotation.values().map(VecDeque::len).sum();
+        assert!(
+            in_rotation <= 2 * 64 + 2,
+            "{in_rotation} ids in the rotation"
+        );
+        for _ in 0..3 {
+            assert_eq!(consumers.pick(1, |_| 0, |c| c.id), Some(1));
+        }
+    }
+
+    #[test]
+    fn live_and_exclusive_consumers_are_counted_not_searched() {
+        let mut consumers = Consumers::new(false);
+        consumers.insert(consumer(1, true));
+        assert_eq!((consumers.live(), consumers.exclusive()), (1, Some(1)));
+        consumers.mark_dead(1);
+        consumers.mark_dead(1);
+        assert_eq!((consumers.live(), consumers.exclusive()), (0, None));
+        consumers.insert(consumer(2, false));
+        assert_eq!(consumers.live(), 1);
+        consumers.remove(1);
+        consumers.remove(2);
+        assert_eq!((consumers.len(), consumers.live()), (0, 0));
     }
 }

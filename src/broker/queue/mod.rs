@@ -372,8 +372,8 @@ impl Queue {
                     return Err(in_use());
                 }
             } else {
-                let mut live = state.consumers.iter().filter(|c| !c.dead).peekable();
-                if live.peek().is_some() && (consumer.exclusive || live.any(|c| c.exclusive)) {
+                let consumers = &state.consumers;
+                if consumers.live() > 0 && (consumer.exclusive || consumers.exclusive().is_some()) {
                     return Err(in_use());
                 }
             }
@@ -445,10 +445,7 @@ impl Queue {
     /// Ready messages and consumers, as queue.declare-ok reports them.
     pub fn counts(&self) -> (u32, u32) {
         let state = self.lock();
-        (
-            state.message_count(),
-            state.consumers.iter().filter(|c| !c.dead).count() as u32,
-        )
+        (state.message_count(), state.consumers.live() as u32)
     }
 
     /// A declare (active or passive) counts as use for `x-expires`.
@@ -480,7 +477,7 @@ impl Queue {
         let state = self.lock();
         let live = || state.consumers.iter().filter(|c| !c.dead);
         QueueSnapshot {
-            consumer_count: live().count(),
+            consumer_count: state.consumers.live(),
             ready: state.message_count(),
             unacked: state.unacked as u32,
             ready_bytes: state.body_bytes,
