@@ -541,6 +541,15 @@ impl QueueLog {
             let Some(front) = inner.segments.pop_front() else {
                 break;
             };
+            // A spare's messages were acknowledged by Ack marks in later segments, this one
+            // among them: its file goes first, or a restart would find its messages with
+            // their acknowledgements deleted (a clean stop brought back a segment of them).
+            if let Some(spare) = inner.spare.take() {
+                let _ = self
+                    .shared
+                    .fs
+                    .remove_file(&Segment::path(&self.dir, spare.index));
+            }
             let reuse = front.reusable
                 && !front.compacted
                 && front.capacity == self.shared.segment_bytes

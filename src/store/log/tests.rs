@@ -421,3 +421,40 @@ fn a_log_from_before_seal_keys_reads_and_goes_on_in_a_keyed_segment() {
     assert_eq!(seen, vec![0, 2, 3]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Regression: a front segment whose messages were all acknowledged was kept as the spare
+/// (its file to be reused for a later segment), and the Ack marks of its messages lay in
+/// the segments after it. When the next front segment went (deleted, as a spare was kept
+/// already), those marks went with it while the spare's file stayed: a clean stop and a
+/// start brought back a whole segment of acknowledged messages.
+#[test]
+fn a_spare_segment_goes_before_the_segments_holding_its_acks() {
+    let (store, fs, dir, log) = manual_store();
+    let head = |log: &QueueLog| log.lock().segments.back().map_or(0, |s| s.index);
+    let mut seq = 0u64;
+    while head(&log) < 1 {
+        append_durable(&log, seq);
+        seq += 1;
+    }
+    // Segment 0's messages are acknowledged; the marks go to segment 1.
+    let first_of_1 = seq - 1;
+    log.ack_all(&(0..first_of_1).collect::<Vec<_>>()).unwrap();
+    log.collect_garbage(None);
+    assert_eq!(log.lock().spare.as_ref().map(|s| s.index), Some(0));
+    while head(&log) < 2 {
+        append_durable(&log, seq);
+        seq += 1;
+    }
+    // Segment 1's messages too, with marks in segment 2; segment 1 goes, and its marks.
+    let first_of_2 = seq - 1;
+    log.ack_all(&(first_of_1..first_of_2).collect::<Vec<_>>())
+        .unwrap();
+    log.collect_garbage(None);
+    store.sync_now();
+    store.close();
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, (first_of_2..seq).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(dir);
+}
