@@ -495,3 +495,32 @@ async fn a_dead_letter_exchange_that_multiplies_a_message_stops_after_a_bounded_
     .await;
     assert!(seen < 200_000, "{seen} dead letters of one message");
 }
+
+/// Same as RabbitMQ: a message rejected after its queue was deleted is gone; it is not
+/// dead-lettered (RabbitMQ settles a deleted queue's deliveries with nothing).
+#[tokio::test]
+async fn same_as_rabbitmq_a_reject_after_the_queue_is_deleted_does_not_dead_letter() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    let (_c2, other) = broker.channel().await;
+    exchange(&ch, "dlx", ExchangeKind::Fanout).await;
+    declare(&ch, "dlq", FieldTable::default()).await;
+    bind(&ch, "dlq", "dlx", "").await;
+    declare(&ch, "gone", dlx_args("dlx")).await;
+    publish(&ch, "", "gone", b"held", Default::default()).await;
+    let held = within(ch.basic_get("gone".into(), BasicGetOptions { no_ack: false }))
+        .await
+        .unwrap()
+        .expect("the message");
+    within(other.queue_delete("gone".into(), Default::default()))
+        .await
+        .unwrap();
+    within(held.delivery.nack(BasicNackOptions {
+        multiple: false,
+        requeue: false,
+    }))
+    .await
+    .unwrap();
+    publish(&ch, "", "dlq", b"marker", Default::default()).await;
+    assert_eq!(next_message(&ch, "dlq").await.delivery.data, b"marker");
+}

@@ -568,6 +568,11 @@ impl DeliverySource for Queue {
         self.with_state(|state| {
             let settled: Vec<Settled> = entries.iter().map(|(s, _)| *s).collect();
             Queue::settle_credit(state, &settled, unblock);
+            if state.deleted {
+                // Same as RabbitMQ, where a deleted queue's deliveries settle with nothing:
+                // they are not dead-lettered.
+                return;
+            }
             for (_, entry) in entries {
                 state.discard(entry, Reason::Rejected);
             }
