@@ -247,6 +247,9 @@ async fn same_as_rabbitmq_quorum_queues_count_deliveries_and_dead_letter_past_th
         h.inner().get("x-first-death-reason"),
         Some(&long_str("delivery_limit"))
     );
+    // Same as RabbitMQ, which adds the count to what it delivers, not to the message it
+    // dead-letters.
+    assert_eq!(delivery_count(&dead.delivery), None);
 }
 
 #[tokio::test]

@@ -205,10 +205,13 @@ impl State {
             self.log_ack(&entry);
         }
         if self.settings.dead_letter_exchange.is_some() {
-            self.dead.push(DeadLetter {
-                message: entry.message,
-                reason,
-            });
+            let message = match self.settings.queue_type {
+                // Same as RabbitMQ, which adds `x-delivery-count` to what it delivers, not
+                // to the message it keeps and dead-letters.
+                super::settings::QueueType::Quorum => without_delivery_count(&entry.message),
+                _ => entry.message,
+            };
+            self.dead.push(DeadLetter { message, reason });
         }
     }
 
@@ -429,6 +432,37 @@ impl State {
 }
 
 /// The message with an `x-delivery-count` header, as quorum queues deliver it.
+/// `message` without the `x-delivery-count` header a quorum queue adds to what it delivers
+/// (itself if it has none).
+pub fn without_delivery_count(message: &Arc<Message>) -> Arc<Message> {
+    let Some(props) = properties::decode_all(&message.properties) else {
+        return message.clone();
+    };
+    let Some(headers) = props.headers().as_ref() else {
+        return message.clone();
+    };
+    if headers.inner().get("x-delivery-count").is_none() {
+        return message.clone();
+    }
+    // Dead-lettering writes the headers again (`x-death`): an empty table left here is
+    // never seen.
+    let mut kept = amq_protocol::types::FieldTable::default();
+    for (k, v) in headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "x-delivery-count")
+    {
+        kept.insert(k.clone(), v.clone());
+    }
+    let props = props.clone().with_headers(kept);
+    let Some(raw) = properties::encode_all(&props) else {
+        return message.clone();
+    };
+    let mut m = (**message).clone();
+    m.properties = raw;
+    Arc::new(m)
+}
+
 pub fn with_delivery_count(message: &Arc<Message>, count: u32) -> Arc<Message> {
     let Some(props) = properties::decode_all(&message.properties) else {
         return message.clone();
