@@ -328,3 +328,57 @@ async fn many_short_lived_messages_all_expire_into_the_dead_letter_queue() {
     wait_for_count(&ch, "dlq", n).await;
     assert_eq!(count(&ch, "hot").await, 0);
 }
+
+/// Same as RabbitMQ: a message with TTL 0 behind another one is not dropped when no
+/// consumer takes it: only the head expires, so it waits to get there, and then expires.
+#[tokio::test]
+async fn same_as_rabbitmq_ttl_zero_behind_another_message_expires_when_it_reaches_the_head() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish(&ch, "q", b"first", BasicProperties::default()).await;
+    publish(&ch, "q", b"behind", expiring("0")).await;
+    assert_eq!(count(&ch, "q").await, 2);
+    let first = within(ch.basic_get("q".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the first message");
+    assert_eq!(first.delivery.data, b"first");
+    wait_for_count(&ch, "q", 0).await;
+}
+
+/// Same as RabbitMQ, whose priority queue expires messages from the highest priority down
+/// and stops at the first head that has not expired: a short-lived message below a
+/// higher-priority one waits, counted, until that one has gone.
+#[tokio::test]
+async fn same_as_rabbitmq_a_priority_queue_expires_only_its_head() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    let args = table(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]);
+    within(ch.queue_declare("pq".into(), Default::default(), args))
+        .await
+        .unwrap();
+    publish(
+        &ch,
+        "pq",
+        b"high",
+        BasicProperties::default().with_priority(5),
+    )
+    .await;
+    publish(&ch, "pq", b"low", expiring("20")).await;
+    // Past the low one's TTL (no timed assertion: the count is read after the wait).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        count(&ch, "pq").await,
+        2,
+        "the low one waits below the head"
+    );
+    let high = within(ch.basic_get("pq".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the head");
+    assert_eq!(high.delivery.data, b"high");
+    wait_for_count(&ch, "pq", 0).await;
+}

@@ -133,24 +133,26 @@ impl Ready {
         None
     }
 
-    /// Removes the first message of any level whose expiry has passed, if there is one. Only
-    /// heads expire, as in RabbitMQ: a message behind a longer-lived one waits its turn.
+    /// Removes the message at the head if its expiry has passed. Only the head expires, as
+    /// in RabbitMQ (whose priority queue stops at the first level whose head has not
+    /// expired): a message behind a longer-lived one, or below a higher priority, waits its
+    /// turn.
     pub fn pop_expired(&mut self, now_ms: u64) -> Option<QueueEntry> {
-        let level = self.levels.iter().rposition(|l| {
-            l.front()
-                .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now_ms))
-        })?;
+        let level = self.head_level()?;
+        let expired = self.levels[level]
+            .front()
+            .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now_ms));
+        if !expired {
+            return None;
+        }
         let entry = self.levels[level].pop_front()?;
         self.len -= 1;
         Some(entry)
     }
 
-    /// The earliest expiry among the level heads.
+    /// When the head expires, if it does.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.levels
-            .iter()
-            .filter_map(|l| l.front().and_then(|e| e.expires_at))
-            .min()
+        self.front().and_then(|e| e.expires_at)
     }
 
     /// Messages in sequence order, for paging (FIFO queues only).

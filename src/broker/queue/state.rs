@@ -308,10 +308,18 @@ impl State {
         self.dispatch(ctx);
         self.enforce_length_limit(ctx);
         if ttl == Some(0) {
-            // TTL 0 means "now or never": what no consumer took at once expires.
-            if let Some(entry) = self.ready.take_seq(seq) {
-                self.forget_ready(&entry);
-                self.discard(entry, Reason::Expired);
+            // TTL 0 means "now or never": what no consumer took at once expires, at the
+            // head. Behind other messages it expires when it gets there, as in RabbitMQ
+            // (only heads expire): its expiry is now.
+            let at_head = self.ready.front().is_some_and(|e| e.seq == seq);
+            if let Some(mut entry) = self.ready.take_seq(seq) {
+                if at_head {
+                    self.forget_ready(&entry);
+                    self.discard(entry, Reason::Expired);
+                } else {
+                    entry.expires_at = Some(now_ms());
+                    self.ready.insert_in_order(entry);
+                }
             }
         }
         if self.should_page_out(ctx) {
