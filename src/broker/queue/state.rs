@@ -308,19 +308,7 @@ impl State {
         self.dispatch(ctx);
         self.enforce_length_limit(ctx);
         if ttl == Some(0) {
-            // TTL 0 means "now or never": what no consumer took at once expires, at the
-            // head. Behind other messages it expires when it gets there, as in RabbitMQ
-            // (only heads expire): its expiry is now.
-            let at_head = self.ready.front().is_some_and(|e| e.seq == seq);
-            if let Some(mut entry) = self.ready.take_seq(seq) {
-                if at_head {
-                    self.forget_ready(&entry);
-                    self.discard(entry, Reason::Expired);
-                } else {
-                    entry.expires_at = Some(now_ms());
-                    self.ready.insert_in_order(entry);
-                }
-            }
+            self.expire_untaken(seq);
         }
         if self.should_page_out(ctx) {
             if self.ready.prioritised() {
@@ -330,6 +318,23 @@ impl State {
             }
         }
         outcome
+    }
+
+    /// TTL 0 means "now or never": the message `seq`, if no consumer took it at once,
+    /// expires now at the head. Behind other messages it expires when it gets there, as in
+    /// RabbitMQ (only heads expire): its expiry is now.
+    fn expire_untaken(&mut self, seq: u64) {
+        let at_head = self.ready.front().is_some_and(|e| e.seq == seq);
+        let Some(mut entry) = self.ready.take_seq(seq) else {
+            return;
+        };
+        if at_head {
+            self.forget_ready(&entry);
+            self.discard(entry, Reason::Expired);
+        } else {
+            entry.expires_at = Some(now_ms());
+            self.ready.insert_in_order(entry);
+        }
     }
 
     /// Paging: a new message goes after the tail, in the log only.
