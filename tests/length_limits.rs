@@ -255,3 +255,63 @@ async fn same_as_rabbitmq_a_requeue_over_the_limit_drops_the_oldest() {
     .unwrap();
     assert_eq!(bodies(&ch, "q").await, ["second", "third"]);
 }
+
+fn quorum_limit(n: i32, overflow: &str) -> FieldTable {
+    let mut t = limit("x-max-length", n, Some(overflow));
+    t.insert("x-queue-type".into(), long_str("quorum"));
+    t
+}
+
+async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare(name.into(), options, args))
+        .await
+        .expect("queue declared");
+}
+
+/// Same as RabbitMQ (`rabbit_fifo:evaluate_limit`): a quorum queue with `reject-publish`
+/// takes the message that goes over its limit and refuses from the next one, until it is
+/// down to 80% of the limit.
+#[tokio::test]
+async fn same_as_rabbitmq_a_quorum_queue_refuses_after_the_message_that_goes_over() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    declare_durable(&ch, "qq", quorum_limit(2, "reject-publish")).await;
+    let mut acked = Vec::new();
+    for body in ["p1", "p2", "p3", "p4"] {
+        acked.push(confirmed(&ch, "", "qq", body).await);
+    }
+    assert_eq!(acked, [true, true, true, false]);
+    for _ in 0..2 {
+        within(ch.basic_get("qq".into(), BasicGetOptions { no_ack: true }))
+            .await
+            .unwrap()
+            .expect("a message");
+    }
+    // Down to 1, 80% of 2 truncated: publishes are taken again.
+    assert!(confirmed(&ch, "", "qq", "p5").await);
+    assert_eq!(bodies(&ch, "qq").await, ["p3", "p5"]);
+}
+
+/// Same as RabbitMQ 3.10, where quorum queues do not support `reject-publish-dlx`: they
+/// drop from the head (dead-lettering with reason `maxlen`) and confirm every publish.
+#[tokio::test]
+async fn same_as_rabbitmq_a_quorum_queue_with_reject_publish_dlx_drops_from_the_head() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    dead_letter_target(&ch, "dlx", "dlq").await;
+    let mut args = quorum_limit(2, "reject-publish-dlx");
+    args.insert("x-dead-letter-exchange".into(), long_str("dlx"));
+    declare_durable(&ch, "qq", args).await;
+    for body in ["first", "second", "third"] {
+        assert!(confirmed(&ch, "", "qq", body).await);
+    }
+    assert_eq!(bodies(&ch, "qq").await, ["second", "third"]);
+    let dead = get_eventually(&ch, "dlq").await;
+    assert_eq!(dead.delivery.data, b"first");
+}

@@ -4,7 +4,7 @@
 
 use super::context::QueueCtx;
 use super::dead_letter::Reason;
-use super::settings::Overflow;
+use super::settings::{Overflow, QueueType};
 use super::state::State;
 use crate::broker::timer::now_ms;
 
@@ -17,6 +17,32 @@ impl State {
                 .settings
                 .max_length_bytes
                 .is_some_and(|max| self.body_bytes + size > max)
+    }
+
+    /// Whether a publish of `size` bytes is refused under `reject-publish(-dlx)`. A classic
+    /// queue refuses what would take it over its limit. A quorum queue, as RabbitMQ's
+    /// (`rabbit_fifo:evaluate_limit`), takes the message that goes over and refuses from
+    /// the next one, until it is down to 80% of the limit.
+    pub fn refuses(&mut self, size: u64) -> bool {
+        if self.settings.queue_type != QueueType::Quorum {
+            return self.would_overflow(size);
+        }
+        if self.refusing_publishes && self.below_soft_limit() {
+            self.refusing_publishes = false;
+        }
+        if self.refusing_publishes {
+            return true;
+        }
+        self.refusing_publishes = self.would_overflow(size);
+        false
+    }
+
+    /// Down to 80% of every length limit, as `rabbit_fifo:is_below_soft_limit` (the limit
+    /// times 0.8, truncated).
+    fn below_soft_limit(&self) -> bool {
+        let below = |max: Option<u64>, n: u64| max.is_none_or(|m| n <= m * 4 / 5);
+        below(self.settings.max_length, u64::from(self.message_count()))
+            && below(self.settings.max_length_bytes, self.body_bytes)
     }
 
     /// Drop-head: while the queue is over a length limit, drops (or dead-letters) the oldest

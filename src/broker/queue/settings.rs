@@ -121,6 +121,17 @@ impl QueueSettings {
                     .and_then(parse_overflow)
             })
             .unwrap_or_default();
+        // Same as RabbitMQ 3.10: quorum queues do not support `reject-publish-dlx`; they
+        // warn and drop from the head.
+        let overflow = match (queue_type, overflow) {
+            (QueueType::Quorum, Overflow::RejectPublishDlx) => {
+                tracing::warn!(
+                    "reject-publish-dlx is not supported by quorum queues; using drop-head"
+                );
+                Overflow::DropHead
+            }
+            (_, overflow) => overflow,
+        };
         QueueSettings {
             queue_type,
             message_ttl_ms: min_of(

@@ -168,6 +168,9 @@ pub struct State {
     pub counters: QueueCounters,
     /// How fast consumers take messages: a queue they keep pace with is not paged early.
     pub pace: Pace,
+    /// A quorum queue with `reject-publish` went over its length limit: it refuses
+    /// publishes until it is down to 80% of the limit (`limits::quorum_refuses`).
+    pub refusing_publishes: bool,
 }
 
 impl State {
@@ -230,7 +233,7 @@ impl State {
         }
         let size = message.body.len() as u64;
         self.counters.publish += 1;
-        if self.settings.overflow != Overflow::DropHead && self.would_overflow(size) {
+        if self.settings.overflow != Overflow::DropHead && self.refuses(size) {
             if self.settings.overflow == Overflow::RejectPublishDlx
                 && self.settings.dead_letter_exchange.is_some()
             {
