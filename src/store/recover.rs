@@ -348,6 +348,11 @@ mod tests {
         }
     }
 
+    /// Appends a message record of the file's earlier life (sealed `OLD_SEAL`).
+    fn old_record(data: &mut Vec<u8>, body: &[Bytes]) {
+        encode_message(data, OLD_SEAL, Kind::Message, 0, 0, None, &parts(body));
+    }
+
     fn acks_read(data: Vec<u8>) -> Vec<u64> {
         let mut acked = Vec::new();
         walk(&Bytes::from(data), SEAL, |r, _| {
@@ -401,15 +406,7 @@ mod tests {
                 encode_message(&mut data, SEAL, Kind::Message, seq, 0, None, &parts(&body));
             }
             let old_body = [Bytes::from(forged)];
-            encode_message(
-                &mut data,
-                OLD_SEAL,
-                Kind::Message,
-                0,
-                0,
-                None,
-                &parts(&old_body),
-            );
+            old_record(&mut data, &old_body);
             assert_eq!(
                 acks_read(data),
                 Vec::<u64>::new(),
@@ -446,24 +443,8 @@ mod tests {
         encode_message(&mut data, SEAL, Kind::Message, 1, 0, None, &parts(&body));
         // Old records follow the new one: a body holding the forgery, then another.
         let old_body = [Bytes::from(forged)];
-        encode_message(
-            &mut data,
-            OLD_SEAL,
-            Kind::Message,
-            0,
-            0,
-            None,
-            &parts(&old_body),
-        );
-        encode_message(
-            &mut data,
-            OLD_SEAL,
-            Kind::Message,
-            0,
-            0,
-            None,
-            &parts(&body),
-        );
+        old_record(&mut data, &old_body);
+        old_record(&mut data, &body);
         assert_eq!(acks_read(data.clone()), Vec::<u64>::new());
         // Damage before two real records: resynchronising finds the first of them.
         let mut damaged = data[..data.len() - 4].to_vec();

@@ -15,16 +15,21 @@ fn append_durable(log: &Arc<QueueLog>, seq: u64) {
     append(log, seq, true);
 }
 
-/// Appends message `seq` (a 1,000-byte body) to `log`: a durable one, or a paged copy.
-fn append(log: &Arc<QueueLog>, seq: u64, durable: bool) {
-    let body = [Bytes::from(body(seq))];
-    let parts = MessageParts {
+/// The parts of a message to queue `q` with `body`.
+fn parts(body: &[Bytes]) -> MessageParts<'_> {
+    MessageParts {
         exchange: b"",
         routing_key: b"q",
         properties: &[0, 0],
-        body: &body,
-    };
-    log.append_message(seq, &parts, durable, 0, None).unwrap();
+        body,
+    }
+}
+
+/// Appends message `seq` (a 1,000-byte body) to `log`: a durable one, or a paged copy.
+fn append(log: &Arc<QueueLog>, seq: u64, durable: bool) {
+    let body = [Bytes::from(body(seq))];
+    log.append_message(seq, &parts(&body), durable, 0, None)
+        .unwrap();
 }
 
 /// The sequence numbers of every message a recovered log gives back, in order.
@@ -185,12 +190,7 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
     let mut kept = Vec::new();
     let refused = loop {
         let body = [Bytes::from(body(seq))];
-        let parts = MessageParts {
-            exchange: b"",
-            routing_key: b"q",
-            properties: &[0, 0],
-            body: &body,
-        };
+        let parts = parts(&body);
         match log.append_message(seq, &parts, true, 0, None) {
             Ok(_) => kept.push(seq),
             Err(_) => break seq,
@@ -202,12 +202,7 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
     sim.set_faults(Faults::default());
     // A small message: it fits in what the refused one left of the head.
     let small = [Bytes::from(vec![b's'; 100])];
-    let parts = MessageParts {
-        exchange: b"",
-        routing_key: b"q",
-        properties: &[0, 0],
-        body: &small,
-    };
+    let parts = parts(&small);
     let at = log.end();
     log.append_message(seq, &parts, true, 0, None).unwrap();
     assert!(store.sync_now());
@@ -270,12 +265,7 @@ fn a_failed_directory_sync_after_reusing_a_segment_file_stops_the_store() {
     sim.set_faults(Faults::default());
     assert!(!store.shared.writable(), "the store stopped");
     let body = [Bytes::from(body(seq))];
-    let parts = MessageParts {
-        exchange: b"",
-        routing_key: b"q",
-        properties: &[0, 0],
-        body: &body,
-    };
+    let parts = parts(&body);
     assert!(log.append_message(seq, &parts, true, 0, None).is_err());
 }
 
@@ -384,12 +374,7 @@ fn a_log_from_before_seal_keys_reads_and_goes_on_in_a_keyed_segment() {
     let mut old = Vec::new();
     for seq in 0..3u64 {
         let body = [Bytes::from(body(seq))];
-        let parts = MessageParts {
-            exchange: b"",
-            routing_key: b"q",
-            properties: &[0, 0],
-            body: &body,
-        };
+        let parts = parts(&body);
         record::encode_message(
             &mut old,
             Seal::legacy(0),
