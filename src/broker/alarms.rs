@@ -70,6 +70,9 @@ struct Inner {
     /// Wakes the monitor early (thresholds changed, or stop).
     wake: std::sync::Condvar,
     wake_lock: Mutex<bool>,
+    /// What to do at each check while the broker holds more than its memory budget, before
+    /// memory is measured (`Broker::compact_retained`).
+    over_budget: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The broker's alarms and the thread that watches for them.
@@ -109,6 +112,7 @@ impl Alarms {
             peak_used_bytes: AtomicUsize::new(0),
             wake: std::sync::Condvar::new(),
             wake_lock: Mutex::new(false),
+            over_budget: std::sync::OnceLock::new(),
         });
         check(&inner);
         let worker = inner.clone();
@@ -158,6 +162,12 @@ impl Alarms {
         disk_limit(lock(&self.inner.thresholds).disk)
     }
 
+    /// Sets what the monitor does at each check while the memory gauge is past its budget
+    /// (once; later calls are ignored).
+    pub fn when_over_budget(&self, relief: impl Fn() + Send + Sync + 'static) {
+        let _ = self.inner.over_budget.set(Box::new(relief));
+    }
+
     /// Stops the monitor thread.
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
@@ -192,6 +202,11 @@ fn monitor(inner: &Inner) {
 
 /// Measures and raises or clears the alarms.
 fn check(inner: &Inner) {
+    if inner.gauge.over_budget()
+        && let Some(relief) = inner.over_budget.get()
+    {
+        relief();
+    }
     let t = *lock(&inner.thresholds);
     let used = inner.gauge.used();
     let peak = inner

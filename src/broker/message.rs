@@ -11,6 +11,11 @@ use crate::protocol::error::AmqpResult;
 use crate::protocol::properties::{self, PropertySummary};
 use crate::store::record::{MessageParts, StoredMessage};
 
+/// Parts of a message at least this large are left in their read buffers when it is
+/// `compacted`: reads this large become buffers of their own (`amqp::input`), which such a
+/// part fills at least an eighth of.
+pub const COMPACT_PARTS_BELOW_BYTES: usize = 32 * 1024;
+
 /// A message as it was published. Queues hold it behind an `Arc`, so a message routed to ten
 /// queues is stored once; its bytes are slices of the chunks its frames were read into
 /// (`amqp::input`), so it was copied once, from the socket. The chunks are charged to the
@@ -44,6 +49,49 @@ pub struct Message {
     /// beyond one per dead letter: shared by the message and every dead letter made of it,
     /// and made when it is first dead-lettered (`vhost::dead_letter`).
     pub dead_letter_copies: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
+    /// Its parts are slices of the read buffers its frames arrived in (`amqp::input`),
+    /// which it keeps alive whole: a queue that holds it while memory runs short copies it
+    /// out of them (`compacted`).
+    pub in_read_buffers: bool,
+}
+
+/// One pass of compaction over the queues (`Broker::compact_retained`): a message in several
+/// queues is copied once, and each queue gets the same copy.
+pub struct Compaction {
+    memory: &'static Memory,
+    /// Copies made so far of messages other holders may hold, by the address of the
+    /// original. The original is kept with its copy until the pass ends, so that its
+    /// address is not reused meanwhile by a message published since.
+    copies: std::collections::HashMap<usize, (Arc<Message>, Arc<Message>)>,
+    /// Messages copied in this pass.
+    pub copied: usize,
+}
+
+impl Compaction {
+    pub fn new(memory: &'static Memory) -> Self {
+        Compaction {
+            memory,
+            copies: Default::default(),
+            copied: 0,
+        }
+    }
+
+    /// The compacted copy of `message`: the one already made in this pass, or a new one.
+    pub fn copy_of(&mut self, message: &Arc<Message>) -> Arc<Message> {
+        if Arc::strong_count(message) == 1 {
+            // Nothing else holds it: no other queue will ask for its copy.
+            self.copied += 1;
+            return Arc::new(message.compacted(self.memory));
+        }
+        let key = Arc::as_ptr(message) as usize;
+        if let Some((_, copy)) = self.copies.get(&key) {
+            return copy.clone();
+        }
+        self.copied += 1;
+        let copy = Arc::new(message.compacted(self.memory));
+        self.copies.insert(key, (message.clone(), copy.clone()));
+        copy
+    }
 }
 
 /// Where a consumer's channel tells a publisher that a message it holds a confirm for was
@@ -134,6 +182,7 @@ impl Message {
             charge: Charge::default(),
             confirm: None,
             dead_letter_copies: std::sync::OnceLock::new(),
+            in_read_buffers: false,
         }
     }
 
@@ -141,6 +190,59 @@ impl Message {
     /// buffers that are its alone (slices of the input's chunks are charged by the chunks).
     pub fn charge_to(&mut self, memory: &'static Memory, owned: usize) {
         self.charge = Charge::new(memory, Self::OVERHEAD_BYTES + owned);
+        self.in_read_buffers = true;
+    }
+
+    /// The same message with its small parts (every part under `COMPACT_PARTS_BELOW_BYTES`)
+    /// copied together into one buffer of its own, and charged for it.
+    ///
+    /// A message's parts are slices of the read buffers they arrived in (64 or 256 KiB), and
+    /// any slice keeps its whole buffer alive. A small message kept in a queue can therefore
+    /// hold hundreds of times its size; a client that sends a tiny message and then bytes
+    /// the broker drops, over and over, fills memory with buffers the queue counts as a few
+    /// bytes each, and that paging cannot free. Its copy holds what it is. Larger parts stay
+    /// where they are: such a part fills at least an eighth of its buffer, and a queue counts
+    /// it at its size. Its parts keep their lengths and number, so `memory_size` is unchanged.
+    pub fn compacted(&self, memory: &'static Memory) -> Message {
+        let small = |p: &Bytes| !p.is_empty() && p.len() < COMPACT_PARTS_BELOW_BYTES;
+        let names = [&self.exchange, &self.routing_key, &self.properties];
+        let parts = || {
+            names
+                .into_iter()
+                .chain(self.body.parts())
+                .filter(|p| small(p))
+        };
+        let mut buf = Vec::with_capacity(parts().map(Bytes::len).sum());
+        for p in parts() {
+            buf.extend_from_slice(p);
+        }
+        let own = buf.len();
+        let shared = Bytes::from(buf);
+        let mut at = 0;
+        let mut copy = |p: &Bytes| {
+            if !small(p) {
+                return p.clone();
+            }
+            at += p.len();
+            shared.slice(at - p.len()..at)
+        };
+        let (exchange, routing_key) = (copy(&self.exchange), copy(&self.routing_key));
+        let properties = copy(&self.properties);
+        let body: Vec<Bytes> = self.body.parts().iter().map(copy).collect();
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body: Body::from_parts(body),
+            persistent: self.persistent,
+            priority: self.priority,
+            ttl_ms: self.ttl_ms,
+            extra_routing_keys: self.extra_routing_keys.clone(),
+            charge: Charge::new(memory, Self::OVERHEAD_BYTES + own + self.body.list_bytes()),
+            confirm: self.confirm.clone(),
+            dead_letter_copies: self.dead_letter_copies.clone(),
+            in_read_buffers: false,
+        }
     }
 
     /// Charges a message whose parts are all its own (read back from a log, rebuilt for

@@ -119,6 +119,25 @@ impl Broker {
         self.connections.count()
     }
 
+    /// Copies the messages queues hold out of the read buffers they arrived in, so that
+    /// what stays in memory is what the messages are and paging can free it (see
+    /// `Message::compacted`). The memory monitor calls this at each check while the broker
+    /// holds more than its memory budget; a queue compacted before costs a look at its lock.
+    /// Returns how many messages were copied.
+    pub fn compact_retained(&self) -> usize {
+        let mut compaction = message::Compaction::new(self.memory);
+        for vhost in self.vhosts() {
+            for queue in vhost.queues() {
+                queue.compact(&mut compaction);
+            }
+        }
+        if compaction.copied > 0 {
+            tracing::debug!(messages = compaction.copied, "copied out of read buffers");
+            heap::release_soon();
+        }
+        compaction.copied
+    }
+
     /// Refuses new connections and asks every connection to close with 320
     /// CONNECTION_FORCED.
     pub fn begin_shutdown(&self) {

@@ -98,7 +98,14 @@ impl Broker {
         let mut report = RecoveryReport::default();
         broker.restore(&defs, &mut report)?;
         report.millis = started.elapsed().as_millis();
-        Ok((Arc::new(broker), report))
+        let broker = Arc::new(broker);
+        let weak = Arc::downgrade(&broker);
+        broker.alarms.when_over_budget(move || {
+            if let Some(broker) = weak.upgrade() {
+                broker.compact_retained();
+            }
+        });
+        Ok((broker, report))
     }
 
     pub(super) fn vhost_services(&self) -> VhostServices {

@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use amq_protocol::types::FieldTable;
 
 use crate::amqp_error;
-use crate::broker::message::Message;
+use crate::broker::message::{Compaction, Message};
 use crate::broker::policy::Policy;
 use crate::broker::timer::{Timed, now_ms};
 use crate::protocol::error::AmqpResult;
@@ -236,6 +236,11 @@ impl Queue {
             }
         });
         queue
+    }
+
+    /// Copies its ready messages out of the read buffers they arrived in (`Ready::compact`).
+    pub fn compact(&self, compaction: &mut Compaction) {
+        self.lock().ready.compact(compaction);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

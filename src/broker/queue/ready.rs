@@ -8,12 +8,16 @@
 use std::collections::VecDeque;
 
 use super::entry::QueueEntry;
+use crate::broker::message::Compaction;
 
 #[derive(Debug)]
 pub struct Ready {
     /// Index 0 is priority 0; the last level is the highest.
     levels: Vec<VecDeque<QueueEntry>>,
     len: usize,
+    /// How many of the messages are still slices of the read buffers they arrived in
+    /// (`Message::in_read_buffers`): what `compact` would copy.
+    in_read_buffers: usize,
 }
 
 impl Default for Ready {
@@ -28,6 +32,7 @@ impl Ready {
         Ready {
             levels: (0..count).map(|_| VecDeque::new()).collect(),
             len: 0,
+            in_read_buffers: 0,
         }
     }
 
@@ -62,11 +67,40 @@ impl Ready {
         };
         let rest: Vec<QueueEntry> = level.drain(keep.min(level.len())..).collect();
         self.len -= rest.len();
+        self.in_read_buffers -= rest.iter().filter(|e| e.message.in_read_buffers).count();
         rest
     }
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    fn added(&mut self, entry: &QueueEntry) {
+        self.len += 1;
+        self.in_read_buffers += usize::from(entry.message.in_read_buffers);
+    }
+
+    fn removed(&mut self, entry: &QueueEntry) {
+        self.len -= 1;
+        self.in_read_buffers -= usize::from(entry.message.in_read_buffers);
+    }
+
+    /// Copies every message that is still a slice of its read buffers out of them
+    /// (`Message::compacted`), so that the queue keeps alive only what its messages are.
+    /// Looks from the newest end of each level, where new messages are, and stops once it
+    /// has found them all: a queue compacted before costs only what arrived since.
+    pub fn compact(&mut self, compaction: &mut Compaction) {
+        for level in self.levels.iter_mut().rev() {
+            for entry in level.iter_mut().rev() {
+                if self.in_read_buffers == 0 {
+                    return;
+                }
+                if entry.message.in_read_buffers {
+                    entry.message = compaction.copy_of(&entry.message);
+                    self.in_read_buffers -= 1;
+                }
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,13 +110,14 @@ impl Ready {
     /// Appends a new message (the highest sequence number so far).
     pub fn push_back(&mut self, entry: QueueEntry) {
         let level = self.level_of(&entry);
+        self.added(&entry);
         self.levels[level].push_back(entry);
-        self.len += 1;
     }
 
     /// Puts a message back where its sequence number goes within its level.
     pub fn insert_in_order(&mut self, entry: QueueEntry) {
         let index = self.level_of(&entry);
+        self.added(&entry);
         let level = &mut self.levels[index];
         // Requeued messages almost always belong before everything still ready.
         match level.front() {
@@ -92,7 +127,6 @@ impl Ready {
             }
             _ => level.push_front(entry),
         }
-        self.len += 1;
     }
 
     /// The highest level with a message in memory.
@@ -108,7 +142,7 @@ impl Ready {
     pub fn pop_front(&mut self) -> Option<QueueEntry> {
         let level = self.head_level()?;
         let entry = self.levels[level].pop_front()?;
-        self.len -= 1;
+        self.removed(&entry);
         Some(entry)
     }
 
@@ -128,6 +162,7 @@ impl Ready {
             };
             let entry = level.remove(at)?;
             self.len -= 1;
+            self.in_read_buffers -= usize::from(entry.message.in_read_buffers);
             return Some(entry);
         }
         None
@@ -146,7 +181,7 @@ impl Ready {
             return None;
         }
         let entry = self.levels[level].pop_front()?;
-        self.len -= 1;
+        self.removed(&entry);
         Some(entry)
     }
 
@@ -167,6 +202,7 @@ impl Ready {
         };
         let rest: Vec<QueueEntry> = level.drain(keep.min(level.len())..).collect();
         self.len -= rest.len();
+        self.in_read_buffers -= rest.iter().filter(|e| e.message.in_read_buffers).count();
         rest
     }
 
@@ -181,6 +217,8 @@ impl Ready {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::body::Body;
+    use crate::broker::memory::Memory;
     use crate::broker::message::Message;
     use crate::protocol::properties::PropertySummary;
     use bytes::Bytes;
@@ -223,5 +261,75 @@ mod tests {
         assert_eq!(ready.take_seq(4_000).map(|e| e.seq), Some(4_000));
         assert!(ready.take_seq(4_001).is_none());
         assert_eq!(ready.len(), 4_999);
+    }
+
+    /// A message whose parts are slices of `buffer` (as if read into it), with a body in
+    /// one or two pieces.
+    fn in_buffer(seq: u64, buffer: &Bytes, pieces: usize) -> QueueEntry {
+        let mut e = entry(seq, 0);
+        let mut message = Message::new(
+            buffer.slice(0..3),
+            buffer.slice(3..8),
+            buffer.slice(8..10),
+            Body::from_parts(
+                (0..pieces)
+                    .map(|i| buffer.slice(10 + i * 5..15 + i * 5))
+                    .collect(),
+            ),
+            &PropertySummary::default(),
+        );
+        message.charge_to(Memory::leaked(0), 0);
+        e.message = Arc::new(message);
+        e
+    }
+
+    fn inside(part: &Bytes, buffer: &Bytes) -> bool {
+        let range = buffer.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    /// Compaction copies a message out of the buffer it arrived in once, however many queues
+    /// hold it, keeps its parts as they were, and finds a message requeued into the middle
+    /// of a queue compacted before.
+    #[test]
+    fn compaction_copies_a_message_out_of_its_read_buffer_once() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let (mut one, mut two) = (Ready::default(), Ready::default());
+        for seq in 0..10 {
+            let e = in_buffer(seq, &buffer, 1 + seq as usize % 2);
+            two.push_back(e.clone());
+            one.push_back(e);
+        }
+        let size: usize = one.iter().map(QueueEntry::size).sum();
+        let mut compaction = Compaction::new(Memory::leaked(0));
+        one.compact(&mut compaction);
+        two.compact(&mut compaction);
+        assert_eq!(compaction.copied, 10);
+        for (a, b) in one.iter().zip(two.iter()) {
+            assert!(
+                Arc::ptr_eq(&a.message, &b.message),
+                "one copy for both queues"
+            );
+            let m = &a.message;
+            assert!(!m.in_read_buffers);
+            let parts = [&m.exchange, &m.routing_key, &m.properties];
+            for p in parts.into_iter().chain(m.body.parts()) {
+                assert!(!inside(p, &buffer), "copied out of the read buffer");
+            }
+            assert_eq!(&m.routing_key[..], &[7u8; 5]);
+            assert_eq!(m.body.len(), 5 * m.body.parts().len());
+        }
+        assert_eq!(one.iter().map(QueueEntry::size).sum::<usize>(), size);
+        // A message requeued into the middle of a compacted queue.
+        drop(two);
+        let requeued = in_buffer(4, &buffer, 1);
+        assert!(one.take_seq(4).is_some());
+        one.insert_in_order(requeued);
+        let mut again = Compaction::new(Memory::leaked(0));
+        one.compact(&mut again);
+        assert_eq!(again.copied, 1);
+        assert!(one.iter().all(|e| !inside(&e.message.exchange, &buffer)));
+        drop((one, compaction));
+        assert!(buffer.is_unique(), "nothing holds the read buffer");
     }
 }
