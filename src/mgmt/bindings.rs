@@ -122,7 +122,7 @@ pub fn all_bindings(vhost: &VirtualHost, select: Select<'_>) -> Vec<BindingView>
     };
     let mut exchanged = Vec::new();
     for x in exchanges {
-        for b in x.bindings_where(|b| select.takes(&b.destination)) {
+        for b in x.bindings_where(|d| select.takes(d)) {
             let (destination, destination_type) = match &b.destination {
                 Destination::Queue(q) => (q.name.clone(), "queue"),
                 Destination::Exchange(d) => (d.name.clone(), "exchange"),

@@ -171,13 +171,13 @@ impl Exchange {
 
     /// A copy of this exchange's bindings.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.read().iter().cloned().collect()
+        self.bindings_where(|_| true)
     }
 
-    /// A copy of those of this exchange's bindings that `keep` selects (the others are not
-    /// copied).
-    pub fn bindings_where(&self, keep: impl Fn(&Binding) -> bool) -> Vec<Binding> {
-        self.read().iter().filter(|b| keep(b)).cloned().collect()
+    /// A copy of this exchange's bindings to the destinations `keep` selects (the others are
+    /// not copied).
+    pub fn bindings_where(&self, keep: impl Fn(&Destination) -> bool) -> Vec<Binding> {
+        self.read().iter_where(keep).collect()
     }
 
     /// Calls `found` for each destination matching a message (see [`Bindings::route`]).
