@@ -195,3 +195,66 @@ async fn tiny_messages_do_not_keep_the_buffers_they_arrived_in_once_memory_runs_
     }
     assert_eq!(message_count(&ch, "tiny").await, 0);
 }
+
+/// Same as RabbitMQ, whose memory monitor tells every queue to reduce what it keeps in
+/// memory: a backlog that built up while memory was plentiful pages out once memory runs
+/// short, though nothing is published to its queue any more. (Queues paged only when a
+/// publish to them found memory short.)
+#[tokio::test]
+async fn an_idle_backlog_pages_out_when_memory_runs_short_elsewhere() {
+    let mut config = Config::for_tests();
+    config.limits.memory_budget_bytes = 8 * 1024 * 1024;
+    config.limits.monitor_interval_ms = 20;
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let (_c, ch) = broker.channel().await;
+    for queue in ["idle", "elsewhere"] {
+        within(ch.queue_declare(queue.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let body = vec![b'i'; 256 * 1024];
+    let publish_to = |ch: &lapin::Channel, queue: &'static str| {
+        let (ch, body) = (ch.clone(), body.clone());
+        async move {
+            within(ch.basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                &body,
+                Default::default(),
+            ))
+            .await
+            .unwrap()
+        }
+    };
+    for _ in 0..12 {
+        publish_to(&ch, "idle").await;
+    }
+    while message_count(&ch, "idle").await < 12 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        paged_out(&api, "idle").await,
+        0,
+        "3 MiB under an 8 MiB budget"
+    );
+    // 8 MiB more, held by a transaction that is not committed (which nothing pages).
+    let (_tc, tx) = broker.channel().await;
+    within(tx.tx_select()).await.unwrap();
+    for _ in 0..32 {
+        publish_to(&tx, "elsewhere").await;
+    }
+    within(async {
+        while paged_out(&api, "idle").await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for _ in 0..12 {
+        let m = get_eventually(&ch, "idle").await;
+        assert_eq!(m.delivery.data.len(), 256 * 1024);
+    }
+}

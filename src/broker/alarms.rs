@@ -71,7 +71,7 @@ struct Inner {
     wake: std::sync::Condvar,
     wake_lock: Mutex<bool>,
     /// What to do at each check while the broker holds more than its memory budget, before
-    /// memory is measured (`Broker::compact_retained`).
+    /// memory is measured (`Broker::relieve_memory`).
     over_budget: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 

@@ -55,7 +55,7 @@ pub struct Message {
     pub in_read_buffers: bool,
 }
 
-/// One pass of compaction over the queues (`Broker::compact_retained`): a message in several
+/// One pass of compaction over the queues (`Broker::relieve_memory`): a message in several
 /// queues is copied once, and each queue gets the same copy.
 pub struct Compaction {
     memory: &'static Memory,

@@ -120,15 +120,16 @@ impl Broker {
     }
 
     /// Copies the messages queues hold out of the read buffers they arrived in, so that
-    /// what stays in memory is what the messages are and paging can free it (see
-    /// `Message::compacted`). The memory monitor calls this at each check while the broker
-    /// holds more than its memory budget; a queue compacted before costs a look at its lock.
-    /// Returns how many messages were copied.
-    pub fn compact_retained(&self) -> usize {
+    /// what stays in memory is what the messages are (see `Message::compacted`), and has
+    /// each queue page out as a publish to it would (`Queue::relieve`): a queue nobody
+    /// publishes to pages too. The memory monitor calls this at each check while the broker
+    /// holds more than its memory budget; a queue with nothing to do costs a look under its
+    /// lock. Returns how many messages were copied.
+    pub fn relieve_memory(&self) -> usize {
         let mut compaction = message::Compaction::new(self.memory);
         for vhost in self.vhosts() {
             for queue in vhost.queues() {
-                queue.compact(&mut compaction);
+                queue.relieve(&mut compaction);
             }
         }
         if compaction.copied > 0 {

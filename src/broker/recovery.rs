@@ -102,7 +102,7 @@ impl Broker {
         let weak = Arc::downgrade(&broker);
         broker.alarms.when_over_budget(move || {
             if let Some(broker) = weak.upgrade() {
-                broker.compact_retained();
+                broker.relieve_memory();
             }
         });
         Ok((broker, report))

@@ -238,9 +238,14 @@ impl Queue {
         queue
     }
 
-    /// Copies its ready messages out of the read buffers they arrived in (`Ready::compact`).
-    pub fn compact(&self, compaction: &mut Compaction) {
-        self.lock().ready.compact(compaction);
+    /// What the memory monitor asks of every queue while the broker holds more than its
+    /// budget: copy its ready messages out of the read buffers they arrived in
+    /// (`Ready::compact`), then page out as a publish would have.
+    pub fn relieve(&self, compaction: &mut Compaction) {
+        self.with_state(|state| {
+            state.ready.compact(compaction);
+            state.page_out_if_short(&self.ctx);
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

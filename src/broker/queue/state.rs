@@ -313,6 +313,14 @@ impl State {
         if ttl == Some(0) {
             self.expire_untaken(seq);
         }
+        self.page_out_if_short(ctx);
+        outcome
+    }
+
+    /// Moves the newest part of the backlog to disk if memory is short (`should_page_out`):
+    /// after a publish, and when the memory monitor asks every queue (`Queue::relieve`), so
+    /// that a queue nobody publishes to pages too.
+    pub fn page_out_if_short(&mut self, ctx: &QueueCtx) {
         if self.should_page_out(ctx) {
             if self.ready.prioritised() {
                 self.page_out_levels(ctx);
@@ -320,7 +328,6 @@ impl State {
                 self.page_out(ctx);
             }
         }
-        outcome
     }
 
     /// TTL 0 means "now or never": the message `seq`, if no consumer took it at once,
