@@ -227,7 +227,7 @@ async fn an_idle_backlog_pages_out_when_memory_runs_short_elsewhere() {
                 Default::default(),
             ))
             .await
-            .unwrap()
+            .unwrap();
         }
     };
     for _ in 0..12 {
