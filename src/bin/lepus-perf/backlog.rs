@@ -20,6 +20,17 @@ pub async fn backlog(args: Args) -> Result<()> {
     };
     let mut setup = Client::connect(&args.addr, &args.user, &args.password).await?;
     setup.declare_queue(&queue, args.persistent).await?;
+    if args.drain_only {
+        let count = u64::from(setup.queue_depth(&queue).await?);
+        let drain_s = drain(&args, &queue, count).await?;
+        println!(
+            "{{\"scenario\":\"backlog\",\"count\":{},\"size\":{},\"drain_per_s\":{:.0}}}",
+            count,
+            size,
+            count as f64 / drain_s
+        );
+        return Ok(());
+    }
     setup.purge(&queue).await?;
     let rss_before = rss_kib(args.broker_pid);
     let cpu0 = cpu_seconds();
@@ -66,24 +77,7 @@ pub async fn backlog(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let drain_started = Instant::now();
-    let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
-    c.consume(&queue, true).await?;
-    let mut consumed = 0u64;
-    loop {
-        // Deliveries may have come in the same read as the consume-ok: count what is
-        // buffered before waiting for more (a small backlog used to wait forever).
-        c.frames(|h, payload| {
-            if h.kind == 1 && deliver_tag(payload).is_some() {
-                consumed += 1;
-            }
-        })?;
-        if consumed >= args.count {
-            break;
-        }
-        c.fill().await?;
-    }
-    let drain_s = drain_started.elapsed().as_secs_f64();
+    let drain_s = drain(&args, &queue, args.count).await?;
     let cpu = (cpu_seconds() - cpu0) / started.elapsed().as_secs_f64();
     let _ = setup.delete_queue(&queue).await;
     let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
@@ -99,4 +93,26 @@ pub async fn backlog(args: Args) -> Result<()> {
         cpu > 0.9
     );
     Ok(())
+}
+
+/// Drains `count` messages from `queue` with one no-ack consumer; returns the seconds it
+/// took.
+async fn drain(args: &Args, queue: &str, count: u64) -> Result<f64> {
+    let started = Instant::now();
+    let mut c = Client::connect(&args.addr, &args.user, &args.password).await?;
+    c.consume(queue, true).await?;
+    let mut consumed = 0u64;
+    loop {
+        // Deliveries may have come in the same read as the consume-ok: count what is
+        // buffered before waiting for more (a small backlog used to wait forever).
+        c.frames(|h, payload| {
+            if h.kind == 1 && deliver_tag(payload).is_some() {
+                consumed += 1;
+            }
+        })?;
+        if consumed >= count {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        c.fill().await?;
+    }
 }

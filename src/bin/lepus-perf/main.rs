@@ -67,6 +67,10 @@ struct Args {
     /// backlog: leave the messages in the queue (to measure a restart with a backlog).
     #[arg(long)]
     no_drain: bool,
+    /// backlog: drain what an earlier `--no-drain --persistent` run left, publishing nothing
+    /// (to profile the drain alone).
+    #[arg(long)]
+    drain_only: bool,
     /// latency: messages per second, published at a steady pace.
     #[arg(long, default_value_t = 1000)]
     rate: u64,

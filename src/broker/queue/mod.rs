@@ -239,12 +239,15 @@ impl Queue {
     }
 
     /// What the memory monitor asks of every queue while the broker holds more than its
-    /// budget: copy its ready messages out of the read buffers they arrived in
-    /// (`Ready::compact`), then page out as a publish would have.
+    /// budget: if memory is short for it (`State::memory_short`), copy its ready messages
+    /// out of the read buffers they arrived in (`Ready::compact`), then page out as a
+    /// publish would have.
     pub fn relieve(&self, compaction: &mut Compaction) {
         self.with_state(|state| {
-            state.ready.compact(compaction);
-            state.page_out_if_short(&self.ctx);
+            if state.memory_short(&self.ctx) {
+                state.ready.compact(compaction);
+                state.page_out_if_short(&self.ctx);
+            }
         });
     }
 

@@ -377,12 +377,18 @@ impl State {
     }
 
     /// Whether to move the newest part of the backlog to disk now: the queue holds more than
-    /// `PAGE_OUT_ABOVE` (asked first: summing the gauge is the dearer question) and the
-    /// broker is over its memory budget, unless the consumers keep pace (`pace`).
+    /// `PAGE_OUT_ABOVE` (asked first: summing the gauge is the dearer question) and memory is
+    /// short for it (`memory_short`).
     fn should_page_out(&mut self, ctx: &QueueCtx) -> bool {
-        if self.ready_bytes <= PAGE_OUT_ABOVE {
-            return false;
-        }
+        self.ready_bytes > PAGE_OUT_ABOVE && self.memory_short(ctx)
+    }
+
+    /// Whether memory is short for this queue: the broker is over its memory budget, and the
+    /// queue is not a stream its consumers keep pace with (`pace`), or the broker holds more
+    /// than the paced limit. Such a queue pages, and has its messages copied out of their
+    /// read buffers (`Queue::relieve`); a stream passing through does neither, since what
+    /// it holds is gone within a second.
+    pub fn memory_short(&mut self, ctx: &QueueCtx) -> bool {
         let (backlog, consumed, pace) =
             (self.ready_bytes, !self.consumers.is_empty(), &mut self.pace);
         ctx.memory()
