@@ -11,7 +11,7 @@ use common::http::Api;
 use common::*;
 use lapin::BasicProperties;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 /// A broker with the management API and Prometheus on ephemeral ports, sampling rates
@@ -867,6 +867,50 @@ async fn a_get_answers_with_a_bounded_amount_of_message_bodies() {
     assert_eq!(got.status, 200);
     assert_eq!(got.json().as_array().unwrap().len(), 2);
     assert_eq!(message_count(&ch, "big").await, 3, "both went back");
+}
+
+/// The bound counts what a message's properties become when shown, not only its body:
+/// a `get` of 10,000 messages with empty bodies and 128 KiB headers of small values built
+/// tens of gigabytes of JSON.
+#[tokio::test]
+async fn a_get_counts_headers_towards_its_bound() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "headers".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let voids = AMQPValue::FieldArray(vec![AMQPValue::Void; 100_000].into());
+    let mut headers = FieldTable::default();
+    headers.insert("voids".into(), voids);
+    let properties = BasicProperties::default().with_headers(headers);
+    for _ in 0..10 {
+        within(ch.basic_publish(
+            "".into(),
+            "headers".into(),
+            BasicPublishOptions::default(),
+            b"",
+            properties.clone(),
+        ))
+        .await
+        .unwrap();
+    }
+    while message_count(&ch, "headers").await < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let got = api
+        .post(
+            "/api/queues/%2F/headers/get",
+            json!({"count": 10, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 0}),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    let shown = got.json().as_array().unwrap().len();
+    assert!((1..10).contains(&shown), "{shown} of 10 shown");
+    assert_eq!(message_count(&ch, "headers").await, 10, "all went back");
 }
 
 #[tokio::test]
