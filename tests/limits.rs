@@ -334,3 +334,65 @@ async fn publishes_past_max_unconfirmed_wait_for_the_disk_and_are_all_confirmed(
     let q_count = message_count(&ch, "durable").await;
     assert_eq!(q_count, 500);
 }
+
+/// Arguments are kept decoded, where a one-byte value takes 32 bytes or more: a queue, an
+/// exchange or a binding keeps at most 4,096 argument values, nested ones included
+/// (RabbitMQ has no such limit, and no client we know of sends more than a few dozen).
+#[tokio::test]
+async fn arguments_past_4096_values_are_refused() {
+    let broker = Broker::start().await;
+    let args = |values: usize| {
+        let mut t = FieldTable::default();
+        let voids = vec![amq_protocol::types::AMQPValue::Void; values - 1];
+        t.insert(
+            "x-many".into(),
+            amq_protocol::types::AMQPValue::FieldArray(voids.into()),
+        );
+        t
+    };
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("most".into(), Default::default(), args(4096)))
+        .await
+        .expect("4,096 values are kept");
+    assert_amqp_error(
+        within(ch.queue_declare("more".into(), Default::default(), args(4097))).await,
+        406,
+        "PRECONDITION_FAILED - arguments of queue 'more' in vhost '/' hold more than 4096 values",
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "more".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            args(4097),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - arguments of exchange 'more' in vhost '/' hold more than 4096 values",
+    );
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_bind(
+        "most".into(),
+        "amq.fanout".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        args(4096),
+    ))
+    .await
+    .expect("4,096 values are kept");
+    assert_amqp_error(
+        within(ch.queue_bind(
+            "most".into(),
+            "amq.fanout".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            args(4097),
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - arguments of a binding from exchange 'amq.fanout' in vhost '/' hold more than 4096 values",
+    );
+    let (_w, witness) = broker.channel().await;
+    assert_healthy(&witness).await;
+}

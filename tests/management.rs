@@ -396,13 +396,16 @@ async fn same_as_rabbitmq_bindings_are_made_listed_and_deleted_by_properties_key
 async fn same_as_rabbitmq_deleting_a_connection_closes_it_with_320_and_the_reason() {
     let (broker, api) = broker_with_api().await;
     let mut raw = broker.raw().await;
-    raw.handshake().await;
+    let mut properties = FieldTable::default();
+    properties.insert("product".into(), AMQPValue::LongString("raw".into()));
+    raw.handshake_with(properties, 0).await;
     raw.open_channel(1).await;
     let conns = eventually(&api, "/api/connections", |c| {
         c.as_array().is_some_and(|a| a.len() == 1)
     })
     .await;
     let conn = &conns[0];
+    assert_eq!(conn["client_properties"], json!({"product": "raw"}));
     assert_eq!(conn["user"], "guest");
     assert_eq!(conn["vhost"], "/");
     assert_eq!(conn["protocol"], "AMQP 0-9-1");

@@ -392,6 +392,20 @@ pub fn assert_queue_equivalence(
     Ok(())
 }
 
+/// Refuses arguments (of `what`, a queue, an exchange or a binding) holding more values than
+/// the broker keeps for an object (`table::MAX_KEPT_TABLE_VALUES`).
+pub fn check_kept_size(args: &FieldTable, what: impl FnOnce() -> String) -> AmqpResult<()> {
+    if table::values_within(args, table::MAX_KEPT_TABLE_VALUES) {
+        return Ok(());
+    }
+    Err(amqp_error!(
+        PreconditionFailed,
+        "arguments of {} hold more than {} values",
+        what(),
+        table::MAX_KEPT_TABLE_VALUES
+    ))
+}
+
 /// Checks an exchange's `alternate-exchange` argument when it is created.
 pub fn validate_exchange_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()> {
     if let Some(v) = table::get(args, "alternate-exchange")

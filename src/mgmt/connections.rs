@@ -72,7 +72,10 @@ fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool
         "user_who_performed_action": opened.user,
         "vhost": opened.vhost,
         "auth_mechanism": opened.auth_mechanism,
-        "client_properties": encode_arguments(&opened.client_properties).0,
+        "client_properties": encode_arguments(
+            &crate::protocol::raw_table::decode(&opened.client_properties).unwrap_or_default()
+        )
+        .0,
         "connected_at": info.connected_at_ms,
         "channel_max": opened.channel_max,
         "frame_max": opened.frame_max,

@@ -94,6 +94,40 @@ pub fn type_name(value: &AMQPValue) -> &'static str {
 /// a few levels (`x-death` is four); a frame nesting deeper is refused before it is decoded.
 pub const MAX_TABLE_DEPTH: usize = 64;
 
+/// The most values a table the broker keeps may hold, those in nested tables and arrays
+/// included: a queue's, an exchange's or a binding's arguments, a connection's client
+/// properties. Decoded, a value takes 32 bytes or more, however small it was on the wire (a
+/// void is one byte), so a 128 KiB frame of them became 4 MiB kept per object; with this
+/// limit an object keeps at most about 160 KiB of them. RabbitMQ has no such limit; no
+/// client or plugin we know of sends more than a few dozen.
+pub const MAX_KEPT_TABLE_VALUES: usize = 4096;
+
+/// Whether `t` holds at most `max` values, counting those nested in tables and arrays (in
+/// one pass, without recursion, stopping as soon as it is past `max`).
+pub fn values_within(t: &FieldTable, max: usize) -> bool {
+    let mut left = max;
+    // Values whose nested values are still to be counted; each value is counted as its
+    // table or array is opened, so this never holds more than `max`.
+    let mut open: Vec<&AMQPValue> = Vec::new();
+    let top = t.inner();
+    if top.len() > left {
+        return false;
+    }
+    left -= top.len();
+    open.extend(top.values());
+    while let Some(v) = open.pop() {
+        let before = open.len();
+        match v {
+            AMQPValue::FieldTable(t) if t.inner().len() <= left => open.extend(t.inner().values()),
+            AMQPValue::FieldArray(a) if a.as_slice().len() <= left => open.extend(a.as_slice()),
+            AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => return false,
+            _ => {}
+        }
+        left -= open.len() - before;
+    }
+    true
+}
+
 /// The error for a field table nested past [`MAX_TABLE_DEPTH`]: refused as an undecodable
 /// frame, the way RabbitMQ refuses one (501, closing the connection), with a text that says
 /// why.
@@ -173,6 +207,37 @@ pub fn encode(t: &FieldTable) -> Vec<u8> {
     amq_protocol::types::generation::gen_field_table(t)(Vec::new().into())
         .map(|ctx| ctx.write)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod value_count_tests {
+    use super::*;
+    use amq_protocol::types::FieldArray;
+
+    fn with_array(n: usize) -> FieldTable {
+        let mut inner = FieldTable::default();
+        inner.insert(
+            "v".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::Void; n].into()),
+        );
+        let mut t = FieldTable::default();
+        t.insert("a".into(), AMQPValue::Boolean(true));
+        t.insert("t".into(), AMQPValue::FieldTable(inner));
+        t
+    }
+
+    /// Every value counts, nested ones too: here 3 (`a`, `t`, `v`) and the array's.
+    #[test]
+    fn values_are_counted_through_tables_and_arrays() {
+        assert!(values_within(&with_array(97), 100));
+        assert!(!values_within(&with_array(98), 100));
+        assert!(values_within(&FieldTable::default(), 0));
+        let array = AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::Void; 5]));
+        let mut deep = FieldTable::default();
+        deep.insert("x".into(), AMQPValue::FieldArray(vec![array; 5].into()));
+        assert!(values_within(&deep, 31));
+        assert!(!values_within(&deep, 30));
+    }
 }
 
 #[cfg(test)]

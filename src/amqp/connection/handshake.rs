@@ -144,7 +144,10 @@ impl Connection {
             self.client_name = name.to_owned();
         }
         let mechanism = ok.mechanism.as_str();
-        self.start_ok = Some((ok.client_properties.clone(), mechanism.to_owned()));
+        self.start_ok = Some((
+            crate::protocol::table::encode(&ok.client_properties).into(),
+            mechanism.to_owned(),
+        ));
         let offered = self
             .broker
             .config

@@ -126,7 +126,7 @@ pub struct Connection {
     user: Option<Arc<auth::User>>,
     /// The client properties and SASL mechanism of Connection.StartOk, kept for the
     /// management API until the connection opens.
-    start_ok: Option<(amq_protocol::types::FieldTable, String)>,
+    start_ok: Option<(Box<[u8]>, String)>,
     /// Client name for logs (`connection_name` client property).
     client_name: String,
     session: Option<Session>,

@@ -7,7 +7,7 @@ use amq_protocol::types::FieldTable;
 
 use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key};
 use crate::amqp_error;
-use crate::broker::arguments::exchange_desc;
+use crate::broker::arguments::{self, exchange_desc};
 use crate::broker::exchange::{Binding, Destination, Exchange};
 use crate::protocol::error::{AmqpResult, ReplyCode};
 use crate::store::definitions::Change;
@@ -57,6 +57,9 @@ impl VirtualHost {
                 max
             )
         };
+        arguments::check_kept_size(&binding.arguments, || {
+            format!("a binding from {}", exchange_desc(&source.name, &self.name))
+        })?;
         if source.bind(binding.clone(), max, full)? {
             if let Some(def) = self.binding_def(source, &binding) {
                 self.record(topology, Change::PutBinding(def));

@@ -74,6 +74,7 @@ impl VirtualHost {
             ));
         }
         arguments::validate_exchange_arguments(&d.arguments, &desc)?;
+        arguments::check_kept_size(&d.arguments, || desc.clone())?;
         let max = self.services.limits.max_exchanges_per_vhost;
         if self.exchanges.len() >= max {
             return Err(amqp_error!(

@@ -76,6 +76,7 @@ impl VirtualHost {
             return Err(self.no_queue(&d.name));
         }
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
+        arguments::check_kept_size(&d.arguments, || desc.clone())?;
         self.check_queue_limits(&d.name)?;
         if table::get(&d.arguments, "x-queue-type").and_then(table::as_bytes)
             == Some(b"quorum".as_slice())
