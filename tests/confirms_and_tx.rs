@@ -278,3 +278,63 @@ async fn same_as_rabbitmq_closing_a_channel_rolls_back_the_acks_of_its_transacti
     within(tx.close(200, "bye".into())).await.unwrap();
     assert_eq!(ready(&ch, "txc").await, 2, "both messages are ready again");
 }
+
+/// Same as RabbitMQ: a publish held by a transaction is routed at commit as it would have
+/// been at once, by its headers on a headers exchange and by its BCC keys, which the
+/// message delivered no longer shows. (The transaction no longer keeps the headers decoded
+/// until then; the commit reads them from the message.)
+#[tokio::test]
+async fn a_committed_publish_routes_by_its_headers_and_bcc_keys() {
+    use lapin::types::{AMQPValue, FieldArray};
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    for q in ["matched", "bcc"] {
+        within(ch.queue_declare(q.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let mut match_args = FieldTable::default();
+    match_args.insert("kind".into(), AMQPValue::LongString("order".into()));
+    within(ch.queue_bind(
+        "matched".into(),
+        "amq.headers".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        match_args,
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_bind(
+        "bcc".into(),
+        "amq.direct".into(),
+        "hidden".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.tx_select()).await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("kind".into(), AMQPValue::LongString("order".into()));
+    let bcc = FieldArray::from(vec![AMQPValue::LongString("hidden".into())]);
+    headers.insert("BCC".into(), AMQPValue::FieldArray(bcc));
+    let properties = lapin::BasicProperties::default().with_headers(headers);
+    for exchange in ["amq.headers", "amq.direct"] {
+        within(ch.basic_publish(
+            exchange.into(),
+            "none".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            properties.clone(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(message_count(&ch, "matched").await, 0, "held until commit");
+    within(ch.tx_commit()).await.unwrap();
+    assert_eq!(message_count(&ch, "matched").await, 1);
+    let m = get_eventually(&ch, "bcc").await;
+    let shown = m.properties.headers().clone().unwrap_or_default();
+    assert!(shown.inner().contains_key("kind"));
+    assert!(!shown.inner().contains_key("BCC"), "BCC is not delivered");
+}

@@ -302,7 +302,6 @@ impl Channel {
                 mandatory: publish.mandatory,
                 routing_keys,
                 message,
-                headers,
             });
             self.note_gauges();
             return Ok(());

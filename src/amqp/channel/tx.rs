@@ -9,6 +9,7 @@ use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::protocol::error::AmqpResult;
+use crate::protocol::properties;
 
 impl Channel {
     pub(super) fn tx_method(
@@ -127,13 +128,18 @@ impl Channel {
             // The exchange was deleted before the commit: the message is unroutable.
             return None;
         };
+        // The headers as the publish would have routed them (BCC already left out).
+        let raw = &p.message.properties;
+        let headers = properties::scan(raw)
+            .ok()
+            .and_then(|summary| properties::decode_headers(raw, summary.headers.as_ref()?));
         let destination = Destination {
             exchange: &exchange,
             cached,
             exchange_name: &p.exchange,
             routing_key: &p.routing_key,
             extra_keys: &p.routing_keys[1..],
-            headers: p.headers,
+            headers,
             mandatory: p.mandatory,
         };
         Some(self.hand_to_queues(s, out, destination, &p.message))
