@@ -125,7 +125,8 @@ fn live_objects(m: &Mgmt, only: Option<&str>) -> (Vec<Value>, Vec<Value>, Vec<Va
         let mut qs = v.queues();
         qs.retain(|q| q.exclusive_owner.is_none());
         qs.sort_by(|a, b| a.name.cmp(&b.name));
-        let exclusive: Vec<String> = v
+        // A set: checked once per binding, of which there may be 100,000s.
+        let exclusive: std::collections::HashSet<String> = v
             .queues()
             .iter()
             .filter(|q| q.exclusive_owner.is_some())

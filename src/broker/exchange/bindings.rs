@@ -108,7 +108,7 @@ struct Entry<D> {
 /// Decoded, a table or array of small values takes 30 to 60 times its wire size (a 128 KiB
 /// array of voids became 4 MiB), and a client may make a million bindings per exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct BindingKey<D> {
+pub struct BindingKey<D> {
     destination: D,
     routing_key: String,
     arguments: Box<[u8]>,
@@ -124,7 +124,7 @@ impl<D: Clone> BindingKey<D> {
     }
 
     /// The binding, its arguments decoded.
-    fn binding(&self) -> Binding<D> {
+    pub fn binding(&self) -> Binding<D> {
         Binding {
             destination: self.destination.clone(),
             routing_key: self.routing_key.clone(),
@@ -220,13 +220,14 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
         true
     }
 
-    /// Every binding to a destination `keep` selects, its arguments decoded (the others
-    /// are not).
-    pub fn iter_where(&self, keep: impl Fn(&D) -> bool) -> impl Iterator<Item = Binding<D>> {
+    /// Every binding to a destination `keep` selects, still encoded: what a caller holding
+    /// the exchange's lock takes, to decode once it has let go.
+    pub fn keys_where(&self, keep: impl Fn(&D) -> bool) -> Vec<Arc<BindingKey<D>>> {
         self.entries
             .iter()
-            .filter(move |e| keep(&e.destination))
-            .map(|e| e.key.binding())
+            .filter(|e| keep(&e.destination))
+            .map(|e| e.key.clone())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -319,10 +320,15 @@ mod tests {
             bindings.bind(made[1].clone(), 10, || unreachable!()),
             Ok(false)
         );
-        assert_eq!(bindings.iter_where(|_| true).collect::<Vec<_>>(), made);
+        let listed: Vec<_> = bindings
+            .keys_where(|_| true)
+            .iter()
+            .map(|k| k.binding())
+            .collect();
+        assert_eq!(listed, made);
         assert!(bindings.unbind(&made[0]));
         assert!(!bindings.contains(&made[0]));
         assert!(bindings.contains(&made[2]));
-        assert_eq!(bindings.iter_where(|&d| d == 2).count(), 0);
+        assert!(bindings.keys_where(|&d| d == 2).is_empty());
     }
 }

@@ -175,9 +175,11 @@ impl Exchange {
     }
 
     /// A copy of this exchange's bindings to the destinations `keep` selects (the others are
-    /// not copied).
+    /// not copied). Their arguments are decoded after the lock is let go: a writer waiting
+    /// for it would otherwise hold up routing through the exchange meanwhile.
     pub fn bindings_where(&self, keep: impl Fn(&Destination) -> bool) -> Vec<Binding> {
-        self.read().iter_where(keep).collect()
+        let keys = self.read().keys_where(keep);
+        keys.iter().map(|k| k.binding()).collect()
     }
 
     /// Calls `found` for each destination matching a message (see [`Bindings::route`]).
