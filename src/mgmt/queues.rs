@@ -100,7 +100,8 @@ pub fn queue_json(
     conns: &HashMap<u64, Arc<ConnectionInfo>>,
     details: bool,
 ) -> Value {
-    let s = q.snapshot();
+    // Without details, the consumers are counted, not copied under the queue's lock.
+    let s = if details { q.snapshot() } else { q.gauges() };
     let key = rates::queue_key(&vhost.name, &q.name);
     let policy = vhost.queue_policy(&q.name);
     let (user_policy, operator_policy) = vhost.queue_policy_names(&q.name);
@@ -126,12 +127,12 @@ pub fn queue_json(
         "policy": user_policy,
         "operator_policy": operator_policy,
         "effective_policy_definition": Value::Object(policy.map(|p| p.definition).unwrap_or_default()),
-        "consumers": s.consumers.len(),
+        "consumers": s.consumer_count,
         "exclusive_consumer_tag": s.exclusive_consumer,
-        "single_active_consumer_tag": s.consumers.iter().find(|c| c.activity == Activity::SingleActive).map(|c| c.tag.clone()),
+        "single_active_consumer_tag": s.single_active_consumer,
         // Lepus's queues never hold back a message from a consumer with credit.
-        "consumer_utilisation": if s.consumers.is_empty() { Value::Null } else { json!(1.0) },
-        "consumer_capacity": if s.consumers.is_empty() { 0.0 } else { 1.0 },
+        "consumer_utilisation": if s.consumer_count == 0 { Value::Null } else { json!(1.0) },
+        "consumer_capacity": if s.consumer_count == 0 { 0.0 } else { 1.0 },
         "head_message_timestamp": Value::Null,
         "recoverable_slaves": Value::Null,
         "messages_ram": total.saturating_sub(s.paged_out),

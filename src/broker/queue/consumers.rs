@@ -134,6 +134,10 @@ impl Consumers {
         self.by_id.is_empty()
     }
 
+    pub fn get(&self, id: ConsumerId) -> Option<&Consumer> {
+        self.by_id.get(&id)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Consumer> {
         self.by_id.values()
     }

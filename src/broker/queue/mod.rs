@@ -129,6 +129,8 @@ pub struct QueueSnapshot {
     pub consumer_count: usize,
     /// The tag of the consumer holding the queue exclusively, if one does.
     pub exclusive_consumer: Option<String>,
+    /// The tag of the single active consumer, if the queue has one.
+    pub single_active_consumer: Option<String>,
     pub counters: crate::broker::stats::QueueCounters,
     /// When the queue was last used (milliseconds since the epoch).
     pub last_used_ms: u64,
@@ -488,6 +490,10 @@ impl Queue {
 
     fn snapshot_of(&self, with_consumers: bool) -> QueueSnapshot {
         let state = self.lock();
+        let tag_of = |id: Option<ConsumerId>| {
+            let consumer = state.consumers.get(id?)?;
+            Some(String::from_utf8_lossy(&consumer.tag).into_owned())
+        };
         let live = || state.consumers.iter().filter(|c| !c.dead);
         QueueSnapshot {
             consumer_count: state.consumers.live(),
@@ -510,9 +516,8 @@ impl Queue {
                     activity: state.consumers.activity(c.id),
                 })
                 .collect(),
-            exclusive_consumer: live()
-                .find(|c| c.exclusive)
-                .map(|c| String::from_utf8_lossy(&c.tag).into_owned()),
+            exclusive_consumer: tag_of(state.consumers.exclusive()),
+            single_active_consumer: tag_of(state.consumers.active()),
             counters: state.counters,
             last_used_ms: state.last_used_ms,
             paged_out: state.tail.as_ref().map_or(0, |t| t.count) + state.level_tail_count(),
