@@ -258,3 +258,89 @@ async fn an_idle_backlog_pages_out_when_memory_runs_short_elsewhere() {
         assert_eq!(m.delivery.data.len(), 256 * 1024);
     }
 }
+
+/// Same as RabbitMQ, which stores a message's routing keys with it: a message that was paged
+/// out and read back is dead-lettered with the keys its `CC` header added, as it would have
+/// been had it stayed in memory. (They were lost with the page-out.)
+#[tokio::test]
+async fn a_message_read_back_is_dead_lettered_with_its_cc_keys() {
+    use lapin::types::{AMQPValue, FieldArray};
+    let (broker, api) = small_budget_broker().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.exchange_declare(
+        "dlx-direct".into(),
+        lapin::ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("by-cc".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "by-cc".into(),
+        "dlx-direct".into(),
+        "cc-key".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("dlx-direct".into()),
+    );
+    within(ch.queue_declare("source".into(), Default::default(), args))
+        .await
+        .unwrap();
+    let filler = vec![b'f'; 256 * 1024];
+    for _ in 0..5 {
+        within(ch.basic_publish(
+            "".into(),
+            "source".into(),
+            Default::default(),
+            &filler,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut headers = FieldTable::default();
+    let cc = FieldArray::from(vec![AMQPValue::LongString("cc-key".into())]);
+    headers.insert("CC".into(), AMQPValue::FieldArray(cc));
+    let properties = lapin::BasicProperties::default().with_headers(headers);
+    within(ch.basic_publish(
+        "".into(),
+        "source".into(),
+        Default::default(),
+        b"cc",
+        properties,
+    ))
+    .await
+    .unwrap();
+    within(async {
+        while paged_out(&api, "source").await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for _ in 0..5 {
+        get_eventually(&ch, "source").await;
+    }
+    let m = within(ch.basic_get("source".into(), BasicGetOptions { no_ack: false }))
+        .await
+        .unwrap()
+        .expect("the message with CC");
+    assert_eq!(m.delivery.data, b"cc");
+    within(
+        m.delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false }),
+    )
+    .await
+    .unwrap();
+    let dead = get_eventually(&ch, "by-cc").await;
+    assert_eq!(dead.delivery.data, b"cc");
+}

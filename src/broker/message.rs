@@ -9,6 +9,7 @@ use super::memory::{Charge, Memory};
 use crate::auth::User;
 use crate::protocol::error::AmqpResult;
 use crate::protocol::properties::{self, PropertySummary};
+use crate::protocol::raw_table;
 use crate::store::record::{MessageParts, StoredMessage};
 
 /// Parts of a message at least this large are left in their read buffers when it is
@@ -251,20 +252,52 @@ impl Message {
         self.charge = Charge::new(memory, self.parts_size());
     }
 
+    /// Bytes of memory the CC and BCC routing keys take (a header of many short keys takes
+    /// several times its wire size: each key is a `Bytes` of its own).
+    pub fn extra_keys_size(&self) -> usize {
+        self.extra_routing_keys.as_ref().map_or(0, |keys| {
+            16 + keys
+                .iter()
+                .map(|k| std::mem::size_of::<Bytes>() + k.len())
+                .sum::<usize>()
+        })
+    }
+
     /// The `Message` itself, and the `Arc` around it.
     const OVERHEAD_BYTES: usize = std::mem::size_of::<Message>() + 16;
 
     /// Rebuilds a message a queue log kept, decoding what routing and queueing need. None if
     /// its properties no longer scan (the record passed its checksum, so this means a bug).
+    ///
+    /// The routing keys its `CC` header added come back from the header, which the message
+    /// keeps: dead-lettering routes with them again, as RabbitMQ does with the routing keys
+    /// it stores. (Those of `BCC`, a header no message keeps, are not stored.)
     pub fn from_stored(stored: StoredMessage) -> Option<Self> {
         let summary = properties::scan(&stored.properties).ok()?;
-        Some(Message::new(
+        let cc: Vec<Bytes> = summary
+            .headers
+            .as_ref()
+            .and_then(|range| stored.properties.get(range.clone()))
+            .and_then(|headers| raw_table::get(headers, b"CC"))
+            .map(|cc| {
+                raw_table::items(cc)
+                    .filter(|v| v.first() == Some(&b'S'))
+                    .filter_map(raw_table::as_bytes)
+                    .map(Bytes::copy_from_slice)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut message = Message::new(
             stored.exchange,
             stored.routing_key,
             stored.properties,
             stored.body,
             &summary,
-        ))
+        );
+        if !cc.is_empty() {
+            message.extra_routing_keys = Some(cc.into());
+        }
+        Some(message)
     }
 
     /// The bytes a queue log writes for this message.
@@ -295,6 +328,7 @@ impl Message {
         const HEADERS_BYTES: usize = 16 + 32;
         self.body.len()
             + self.body.list_bytes()
+            + self.extra_keys_size()
             + self.properties.len()
             + self.exchange.len()
             + self.routing_key.len()
