@@ -245,6 +245,14 @@ impl Queue {
     /// out of the read buffers they arrived in (`Ready::compact`), then page out as a
     /// publish would have.
     pub fn relieve(&self, compaction: &mut Compaction) {
+        {
+            // Most queues have nothing to copy and too little to page: they cost a look under
+            // the lock, not a sum of the memory gauge (a broker may have a million queues).
+            let state = self.lock();
+            if state.ready.in_read_buffers() == 0 && state.ready_bytes <= PAGE_OUT_ABOVE {
+                return;
+            }
+        }
         self.with_state(|state| {
             if state.memory_short(&self.ctx) {
                 state.ready.compact(compaction);

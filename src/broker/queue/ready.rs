@@ -75,6 +75,11 @@ impl Ready {
         self.len
     }
 
+    /// How many messages are still slices of their read buffers (what `compact` copies).
+    pub fn in_read_buffers(&self) -> usize {
+        self.in_read_buffers
+    }
+
     fn added(&mut self, entry: &QueueEntry) {
         self.len += 1;
         self.in_read_buffers += usize::from(entry.message.in_read_buffers);
