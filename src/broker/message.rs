@@ -239,7 +239,11 @@ impl Message {
             priority: self.priority,
             ttl_ms: self.ttl_ms,
             extra_routing_keys: self.extra_routing_keys.clone(),
-            charge: Charge::new(memory, Self::OVERHEAD_BYTES + own + self.body.list_bytes()),
+            // The CC and BCC keys are shared with the original, and outlive it in the copy.
+            charge: Charge::new(
+                memory,
+                Self::OVERHEAD_BYTES + own + self.body.list_bytes() + self.extra_keys_size(),
+            ),
             confirm: self.confirm.clone(),
             dead_letter_copies: self.dead_letter_copies.clone(),
             in_read_buffers: false,
@@ -253,7 +257,7 @@ impl Message {
     }
 
     /// Bytes of memory the CC and BCC routing keys take (a header of many short keys takes
-    /// several times its wire size: each key is a `Bytes` of its own).
+    /// several times its wire size: each key is a `Bytes` of 32 bytes, into a shared buffer).
     pub fn extra_keys_size(&self) -> usize {
         self.extra_routing_keys.as_ref().map_or(0, |keys| {
             16 + keys
