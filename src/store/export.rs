@@ -3,6 +3,8 @@
 //! journalled between snapshots ([`Change`]). Arguments are kept twice: as plain JSON, as
 //! RabbitMQ exports them, and with their AMQP types.
 
+use std::sync::Arc;
+
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -13,7 +15,11 @@ use serde_json::Value;
 use super::positions::{BindingKey, ListKey, Positions, swap_out};
 use crate::protocol::table::MAX_TABLE_DEPTH;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// The definitions. Exchanges, queues and bindings are shared (`Arc`), so that a copy (for a
+/// snapshot, or for `GET /api/definitions`) costs a pointer per item under the definitions
+/// lock, not a deep copy: with 200,000 durable queues and as many bindings, the deep copy
+/// took 0.6-1.5 s, and every durable declare waited for it.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Definitions {
     #[serde(default)]
     pub lepus_version: String,
@@ -26,11 +32,11 @@ pub struct Definitions {
     #[serde(default)]
     pub topic_permissions: Vec<TopicPermissionDef>,
     #[serde(default)]
-    pub exchanges: Vec<ExchangeDef>,
+    pub exchanges: Vec<Arc<ExchangeDef>>,
     #[serde(default)]
-    pub queues: Vec<QueueDef>,
+    pub queues: Vec<Arc<QueueDef>>,
     #[serde(default)]
-    pub bindings: Vec<BindingDef>,
+    pub bindings: Vec<Arc<BindingDef>>,
     #[serde(default)]
     pub policies: Vec<PolicyDef>,
     /// Operator policies: set by operators, they cap what user policies and arguments ask.
@@ -46,6 +52,29 @@ pub struct Definitions {
     /// Derived from the lists, never written.
     #[serde(skip)]
     positions: Positions,
+}
+
+/// A copy without the positions: copies are read (exported, written as the snapshot), and
+/// one that is changed builds its own when first changed. Copying the positions cost more
+/// than the lists.
+impl Clone for Definitions {
+    fn clone(&self) -> Self {
+        Definitions {
+            lepus_version: self.lepus_version.clone(),
+            users: self.users.clone(),
+            vhosts: self.vhosts.clone(),
+            permissions: self.permissions.clone(),
+            topic_permissions: self.topic_permissions.clone(),
+            exchanges: self.exchanges.clone(),
+            queues: self.queues.clone(),
+            bindings: self.bindings.clone(),
+            policies: self.policies.clone(),
+            operator_policies: self.operator_policies.clone(),
+            lepus_next_queue_id: self.lepus_next_queue_id,
+            lepus_journal_generation: self.lepus_journal_generation,
+            positions: Positions::default(),
+        }
+    }
 }
 
 impl BindingKey {
@@ -361,10 +390,10 @@ impl Definitions {
             Change::PutExchange(x) => {
                 let key = (x.vhost.clone(), x.name.clone());
                 match self.positions.exchanges.get(&key) {
-                    Some(&at) => self.exchanges[at] = x,
+                    Some(&at) => self.exchanges[at] = Arc::new(x),
                     None => {
                         self.positions.exchanges.insert(key, self.exchanges.len());
-                        self.exchanges.push(x);
+                        self.exchanges.push(Arc::new(x));
                     }
                 }
             }
@@ -385,10 +414,10 @@ impl Definitions {
                 self.lepus_next_queue_id = self.lepus_next_queue_id.max(q.lepus_id + 1);
                 let key = (q.vhost.clone(), q.name.clone());
                 match self.positions.queues.get(&key) {
-                    Some(&at) => self.queues[at] = q,
+                    Some(&at) => self.queues[at] = Arc::new(q),
                     None => {
                         self.positions.queues.insert(key, self.queues.len());
-                        self.queues.push(q);
+                        self.queues.push(Arc::new(q));
                     }
                 }
             }
@@ -413,7 +442,7 @@ impl Definitions {
             Change::PutBinding(b) => {
                 if !self.positions.bindings.contains_key(&BindingKey::of(&b)) {
                     self.positions.index_binding(&b, self.bindings.len());
-                    self.bindings.push(b);
+                    self.bindings.push(Arc::new(b));
                 }
             }
             Change::DeleteBinding(b) => self.remove_binding(&BindingKey::of(&b)),
@@ -448,7 +477,11 @@ impl Definitions {
                 self.positions.by_source.remove(&source);
             }
         }
-        let destination = (gone.vhost, gone.destination_type, gone.destination);
+        let destination = (
+            gone.vhost.clone(),
+            gone.destination_type.clone(),
+            gone.destination.clone(),
+        );
         if let Some(set) = self.positions.by_destination.get_mut(&destination) {
             set.remove(key);
             if set.is_empty() {
@@ -676,7 +709,7 @@ mod tests {
             Change::PutExchange(x) => {
                 d.exchanges
                     .retain(|e| !(e.vhost == x.vhost && e.name == x.name));
-                d.exchanges.push(x);
+                d.exchanges.push(Arc::new(x));
             }
             Change::DeleteExchange { vhost, name } => {
                 d.exchanges
@@ -690,7 +723,7 @@ mod tests {
             Change::PutQueue(q) => {
                 d.queues
                     .retain(|e| !(e.vhost == q.vhost && e.name == q.name));
-                d.queues.push(q);
+                d.queues.push(Arc::new(q));
             }
             Change::DeleteQueue { vhost, name } => {
                 d.queues.retain(|e| !(e.vhost == vhost && e.name == name));
@@ -699,11 +732,11 @@ mod tests {
                 });
             }
             Change::PutBinding(b) => {
-                if !d.bindings.contains(&b) {
-                    d.bindings.push(b);
+                if !d.bindings.iter().any(|x| **x == b) {
+                    d.bindings.push(Arc::new(b));
                 }
             }
-            Change::DeleteBinding(b) => d.bindings.retain(|x| *x != b),
+            Change::DeleteBinding(b) => d.bindings.retain(|x| **x != b),
             other => d.apply(other),
         }
     }
@@ -775,5 +808,34 @@ mod tests {
             });
         }
         assert_eq!((d.queues.len(), d.bindings.len()), (0, 0));
+    }
+
+    /// A copy (the snapshot's, an export's) is taken under the definitions lock, so it
+    /// shares the exchanges, queues and bindings instead of copying them: with 200,000
+    /// queues and as many bindings a deep copy took 0.6-1.5 s, and every durable declare
+    /// waited for it. A changed copy builds its own positions and leaves the original alone.
+    #[test]
+    fn a_copy_shares_its_items_and_changes_apart() {
+        let mut d = Definitions::default();
+        for i in 0..3 {
+            let name = format!("q{i}");
+            d.apply(queue("/", &name, i));
+            d.apply(exchange("/", &format!("x{i}"), false));
+            d.apply(Change::PutBinding(binding("/", "x0", true, &name, "k")));
+        }
+        let mut copy = d.clone();
+        assert!(Arc::ptr_eq(&copy.queues[1], &d.queues[1]));
+        assert!(Arc::ptr_eq(&copy.exchanges[2], &d.exchanges[2]));
+        assert!(Arc::ptr_eq(&copy.bindings[0], &d.bindings[0]));
+        assert_eq!(copy, d);
+
+        copy.apply(Change::DeleteQueue {
+            vhost: "/".into(),
+            name: "q1".into(),
+        });
+        copy.apply(Change::DeleteBinding(binding("/", "x0", true, "q0", "k")));
+        assert_eq!((copy.queues.len(), copy.bindings.len()), (2, 1));
+        assert_eq!(copy.bindings[0].destination, "q2");
+        assert_eq!((d.queues.len(), d.bindings.len()), (3, 3));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// Where each exchange, queue and binding is in the definitions' lists (`export`), and each
 /// user, vhost, permission and policy. Built from the lists when they are first changed,
@@ -35,13 +36,14 @@ impl PartialEq for Positions {
     }
 }
 
-/// A binding's identity: every field (equal keys, equal definitions).
+/// A binding's identity: every field (equal keys, equal definitions). Shared: each binding
+/// is indexed three times (by key, by source, by destination).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct BindingKey([String; 7]);
+pub(super) struct BindingKey(Arc<[String; 7]>);
 
 impl BindingKey {
     pub(super) fn new(fields: [String; 7]) -> BindingKey {
-        BindingKey(fields)
+        BindingKey(Arc::new(fields))
     }
 }
 
