@@ -16,7 +16,8 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::http::{
-    ApiError, ApiResult, Caller, List, ListQuery, list, no_content, timestamp, visible_vhosts,
+    ApiError, ApiResult, Caller, List, ListQuery, list, list_of, no_content, timestamp,
+    visible_vhosts,
 };
 use super::queues::{connections_by_id, consumer_json};
 use super::rates::{self, CONSUMER_FIELDS, PUBLISHER_FIELDS};
@@ -116,19 +117,23 @@ fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool
     Value::Object(out)
 }
 
-fn connections_json(
+/// Connections answered as a list: only those answered are made JSON (see [`list_of`]).
+fn list_conns(
     m: &Mgmt,
     conns: &[(Arc<dyn ConnectionControl>, Arc<Opened>)],
     q: &ListQuery,
-) -> Vec<Value> {
-    conns
-        .iter()
-        .map(|(c, o)| connection_json(m, c.info(), o, q.stats()))
-        .collect()
+) -> ApiResult {
+    let items: Vec<_> = conns.iter().map(|c| (c.0.info().name(), c)).collect();
+    list_of(
+        items,
+        q,
+        |(name, _)| name,
+        |(_, (c, o))| connection_json(m, c.info(), o, q.stats()),
+    )
 }
 
 async fn list_connections(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list(connections_json(&m, &visible(&m, &caller), &q), &q)
+    list_conns(&m, &visible(&m, &caller), &q)
 }
 
 async fn list_vhost_connections(
@@ -140,7 +145,7 @@ async fn list_vhost_connections(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    list(connections_json(&m, &conns, &q), &q)
+    list_conns(&m, &conns, &q)
 }
 
 fn find(
@@ -239,22 +244,30 @@ fn channel_json(
     out
 }
 
-fn channels_of(
+/// The channels of `conns` answered as a list: only those answered are made JSON (see
+/// [`list_of`]).
+fn list_channels_of(
     m: &Mgmt,
     conns: &[(Arc<dyn ConnectionControl>, Arc<Opened>)],
-    stats: bool,
-) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (c, opened) in conns {
-        let mut channels = c.info().channels();
+    q: &ListQuery,
+) -> ApiResult {
+    let mut items = Vec::new();
+    for conn in conns {
+        let mut channels = conn.0.info().channels();
         channels.sort_by_key(|ch| ch.number);
-        out.extend(
+        let name = conn.0.info().name();
+        items.extend(
             channels
-                .iter()
-                .map(|ch| channel_json(m, c.info(), opened, ch, stats)),
+                .into_iter()
+                .map(|ch| (format!("{name} ({})", ch.number), conn, ch)),
         );
     }
-    out
+    list_of(
+        items,
+        q,
+        |(name, _, _)| name,
+        |(_, (c, opened), ch)| channel_json(m, c.info(), opened, ch, q.stats()),
+    )
 }
 
 async fn connection_channels(
@@ -264,11 +277,11 @@ async fn connection_channels(
     Query(q): List,
 ) -> ApiResult {
     let found = find(&m, &caller, &name)?;
-    list(channels_of(&m, &[found], q.stats()), &q)
+    list_channels_of(&m, &[found], &q)
 }
 
 async fn list_channels(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list(channels_of(&m, &visible(&m, &caller), q.stats()), &q)
+    list_channels_of(&m, &visible(&m, &caller), &q)
 }
 
 async fn list_vhost_channels(
@@ -280,7 +293,7 @@ async fn list_vhost_channels(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    list(channels_of(&m, &conns, q.stats()), &q)
+    list_channels_of(&m, &conns, &q)
 }
 
 /// A channel by its name, `<connection name> (<number>)`.

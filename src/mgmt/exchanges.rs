@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::bindings::Select;
 use super::http::{
     ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
-    exchange_name, list, no_content, visible_vhosts,
+    exchange_name, list, list_of, no_content, visible_vhosts,
 };
 use super::rates;
 use super::state::Mgmt;
@@ -75,19 +75,26 @@ fn exchange_json(m: &Mgmt, vhost: &VirtualHost, x: &Exchange, stats: bool) -> Va
     out
 }
 
-fn exchanges_of(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Vec<Value> {
+/// The exchanges of `vhosts`, each vhost's by name, answered as a list: only the exchanges
+/// answered are made JSON (see [`list_of`]).
+fn list_exchanges(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> ApiResult {
     let mut items = Vec::new();
     for v in vhosts {
         let mut exchanges = v.exchanges();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(exchanges.iter().map(|x| exchange_json(m, v, x, q.stats())));
+        items.extend(exchanges.into_iter().map(|x| (v, x)));
     }
-    items
+    list_of(
+        items,
+        q,
+        |(_, x)| &x.name,
+        |(v, x)| exchange_json(m, v, x, q.stats()),
+    )
 }
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    list(exchanges_of(&m, &vhosts, &q), &q)
+    list_exchanges(&m, &vhosts, &q)
 }
 
 async fn list_vhost(
@@ -97,7 +104,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list(exchanges_of(&m, &[vhost], &q), &q)
+    list_exchanges(&m, &[vhost], &q)
 }
 
 async fn show(

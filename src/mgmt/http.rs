@@ -307,14 +307,93 @@ impl ListQuery {
 /// `{total_count, item_count, filtered_count, page, page_size, page_count, items}` when
 /// `page` is given.
 pub fn list(mut items: Vec<Value>, q: &ListQuery) -> ApiResult {
-    if let Some(sort) = q.sort.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(sort) = sort_field(q) {
         items.sort_by(|a, b| compare(lookup(a, sort), lookup(b, sort)));
     }
     if truthy(&q.sort_reverse) {
         items.reverse();
     }
-    let Some(page) = &q.page else {
+    let Some((page, page_size)) = page_of(q)? else {
         return Ok(Json(Value::Array(columns(items, q))).into_response());
+    };
+    let total = items.len();
+    if let Some(matcher) = name_filter(q)? {
+        items.retain(|item| matcher.matches(item.get("name").and_then(Value::as_str)));
+    }
+    let filtered = items.len();
+    let page_count = page_count(filtered, page, page_size)?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .collect();
+    Ok(paged(
+        items,
+        q,
+        (total, filtered),
+        (page, page_size, page_count),
+    ))
+}
+
+/// [`list`] for items that are turned into JSON only to be answered: with `page`, only the
+/// page's items are, and when sorting by a field other than `name`, each item's value of
+/// it (one item at a time). `name` must be the item's `"name"` in its JSON. A dashboard
+/// paging through 100,000 queues made all of them JSON for each page, hundreds of
+/// megabytes a request.
+pub fn list_of<T>(
+    items: Vec<T>,
+    q: &ListQuery,
+    name: impl Fn(&T) -> &str,
+    to_json: impl Fn(&T) -> Value,
+) -> ApiResult {
+    let Some((page, page_size)) = page_of(q)? else {
+        return list(items.iter().map(to_json).collect(), q);
+    };
+    let total = items.len();
+    let mut keyed: Vec<(Option<Value>, T)> = match sort_field(q) {
+        None => items.into_iter().map(|item| (None, item)).collect(),
+        Some("name") => items
+            .into_iter()
+            .map(|item| (Some(Value::String(name(&item).to_owned())), item))
+            .collect(),
+        Some(sort) => items
+            .into_iter()
+            .map(|item| (lookup(&to_json(&item), sort).cloned(), item))
+            .collect(),
+    };
+    if sort_field(q).is_some() {
+        keyed.sort_by(|a, b| compare(a.0.as_ref(), b.0.as_ref()));
+    }
+    if truthy(&q.sort_reverse) {
+        keyed.reverse();
+    }
+    if let Some(matcher) = name_filter(q)? {
+        keyed.retain(|(_, item)| matcher.matches(Some(name(item))));
+    }
+    let filtered = keyed.len();
+    let page_count = page_count(filtered, page, page_size)?;
+    let items: Vec<Value> = keyed
+        .iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .map(|(_, item)| to_json(item))
+        .collect();
+    Ok(paged(
+        items,
+        q,
+        (total, filtered),
+        (page, page_size, page_count),
+    ))
+}
+
+fn sort_field(q: &ListQuery) -> Option<&str> {
+    q.sort.as_deref().filter(|s| !s.is_empty())
+}
+
+/// `(page, page_size)` when `page` is given.
+fn page_of(q: &ListQuery) -> Result<Option<(usize, usize)>, ApiError> {
+    let Some(page) = &q.page else {
+        return Ok(None);
     };
     let page: usize =
         page.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
@@ -332,24 +411,34 @@ pub fn list(mut items: Vec<Value>, q: &ListQuery) -> ApiResult {
                 ))
             })?,
     };
-    let total = items.len();
-    if let Some(name) = q.name.as_deref().filter(|n| !n.is_empty()) {
-        let matcher = NameFilter::new(name, truthy(&q.use_regex))?;
-        items.retain(|item| matcher.matches(item.get("name").and_then(Value::as_str)));
+    Ok(Some((page, page_size)))
+}
+
+fn name_filter(q: &ListQuery) -> Result<Option<NameFilter>, ApiError> {
+    match q.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => NameFilter::new(name, truthy(&q.use_regex)).map(Some),
+        None => Ok(None),
     }
-    let filtered = items.len();
+}
+
+fn page_count(filtered: usize, page: usize, page_size: usize) -> Result<usize, ApiError> {
     let page_count = filtered.div_ceil(page_size);
     if page > page_count.max(1) {
         return Err(ApiError::bad_request(format!(
             "page out of range: {page} of {page_count}"
         )));
     }
-    let items: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1) * page_size)
-        .take(page_size)
-        .collect();
-    Ok(Json(json!({
+    Ok(page_count)
+}
+
+/// A page: `(total, filtered)` counts and `(page, page_size, page_count)`.
+fn paged(
+    items: Vec<Value>,
+    q: &ListQuery,
+    (total, filtered): (usize, usize),
+    (page, page_size, page_count): (usize, usize, usize),
+) -> Response {
+    Json(json!({
         "filtered_count": filtered,
         "item_count": items.len(),
         "items": columns(items, q),
@@ -358,7 +447,7 @@ pub fn list(mut items: Vec<Value>, q: &ListQuery) -> ApiResult {
         "page_size": page_size,
         "total_count": total,
     }))
-    .into_response())
+    .into_response()
 }
 
 enum NameFilter {
@@ -636,5 +725,88 @@ mod tests {
             columns(items, &q),
             vec![json!({"name": "a", "message_stats": {"publish": 3}})]
         );
+    }
+
+    async fn body(r: ApiResult) -> Result<Value, String> {
+        match r {
+            Ok(resp) => {
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.reason),
+        }
+    }
+
+    /// `list_of`, which makes JSON of the answered items only, answers every query as
+    /// `list` does over all of them made JSON: sorts (by name, by another field, nested,
+    /// missing, reversed), name filters, pages, columns and errors.
+    #[tokio::test]
+    async fn a_list_made_json_lazily_answers_as_one_made_json_first() {
+        let items: Vec<(String, i64)> = (0..23)
+            .map(|i| (format!("q{:02}", (i * 7) % 23), (i * 5) % 4))
+            .collect();
+        let to_json = |(name, n): &(String, i64)| {
+            let mut v = json!({"name": name, "messages": n, "stats": {"rate": -n}});
+            if n % 2 == 0 {
+                v["sometimes"] = json!(n);
+            }
+            v
+        };
+        let made = std::cell::Cell::new(0usize);
+        let counted = |item: &(String, i64)| {
+            made.set(made.get() + 1);
+            to_json(item)
+        };
+        let s = |v: &str| Some(v.to_owned());
+        let mut queries = Vec::new();
+        for sort in [
+            None,
+            s("name"),
+            s("messages"),
+            s("stats.rate"),
+            s("sometimes"),
+        ] {
+            for reverse in [None, s("true")] {
+                for (page, size) in [
+                    (None, None),
+                    (s("1"), None),
+                    (s("2"), s("5")),
+                    (s("5"), s("5")),
+                    (s("6"), s("5")),
+                    (s("0"), None),
+                    (s("1"), s("501")),
+                ] {
+                    for name in [None, s("1"), s("^q0"), s("(")] {
+                        for use_regex in [None, s("true")] {
+                            queries.push(ListQuery {
+                                page: page.clone(),
+                                page_size: size.clone(),
+                                name: name.clone(),
+                                use_regex: use_regex.clone(),
+                                sort: sort.clone(),
+                                sort_reverse: reverse.clone(),
+                                columns: Some("name,stats.rate".into()).filter(|_| name.is_none()),
+                                disable_stats: None,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for q in &queries {
+            let eager = body(list(items.iter().map(to_json).collect(), q)).await;
+            made.set(0);
+            let lazy = body(list_of(items.clone(), q, |(n, _)| n, counted)).await;
+            assert_eq!(lazy, eager, "{q:?}");
+            // A page of the first sort (none or by name) made only its items JSON.
+            if q.page.is_some() && q.sort.as_deref().is_none_or(|s| s == "name") {
+                let answered = lazy
+                    .as_ref()
+                    .map_or(0, |page| page["item_count"].as_u64().unwrap_or(0));
+                assert_eq!(made.get() as u64, answered, "{q:?}");
+            }
+        }
     }
 }

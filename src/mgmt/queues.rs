@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::http::{
     ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
-    list, no_content, timestamp, visible_vhosts,
+    list, list_of, no_content, timestamp, visible_vhosts,
 };
 use super::rates::{self, QUEUE_FIELDS};
 use super::state::Mgmt;
@@ -173,24 +173,27 @@ pub fn queue_json(
     out
 }
 
-fn queues_of(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Vec<Value> {
+/// The queues of `vhosts`, each vhost's by name, answered as a list: only the queues
+/// answered are made JSON (see [`list_of`]).
+fn list_queues(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> ApiResult {
     let conns = connections_by_id(&m.broker);
     let mut items = Vec::new();
     for v in vhosts {
         let mut queues = v.queues();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(
-            queues
-                .iter()
-                .map(|queue| queue_json(m, v, queue, q.stats(), &conns, false)),
-        );
+        items.extend(queues.into_iter().map(|queue| (v, queue)));
     }
-    items
+    list_of(
+        items,
+        q,
+        |(_, queue)| &queue.name,
+        |(v, queue)| queue_json(m, v, queue, q.stats(), &conns, false),
+    )
 }
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    list(queues_of(&m, &vhosts, &q), &q)
+    list_queues(&m, &vhosts, &q)
 }
 
 async fn list_vhost(
@@ -200,7 +203,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list(queues_of(&m, &[vhost], &q), &q)
+    list_queues(&m, &[vhost], &q)
 }
 
 async fn show(
