@@ -1395,6 +1395,61 @@ async fn one_address_holds_at_most_32_api_connections() {
     .await;
 }
 
+/// Same as RabbitMQ: each vhost's message stats count its own connections' channels, open
+/// ones included, and the overview all of them.
+#[tokio::test]
+async fn each_vhost_counts_its_own_open_channels() {
+    let (broker, api) = broker_with_api().await;
+    assert_eq!(api.put("/api/vhosts/other", json!({})).await.status, 201);
+    let mut kept = Vec::new();
+    for (vhost, n) in [("%2F", 3), ("other", 2)] {
+        let uri = format!("amqp://guest:guest@{}/{vhost}", broker.addr);
+        let conn = within(lapin::Connection::connect(
+            &uri,
+            lapin::ConnectionProperties::default(),
+        ))
+        .await
+        .expect("guest connects");
+        let ch = within(conn.create_channel()).await.unwrap();
+        within(ch.queue_declare(
+            "q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        for _ in 0..n {
+            publish(&ch, "", "q", b"counted").await;
+        }
+        // A reply on the same channel: the publishes before it were handled.
+        within(ch.queue_declare(
+            "q".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        kept.push((conn, ch));
+    }
+    let vhosts = api.get("/api/vhosts").await.json();
+    let publishes = |name: &str| {
+        vhosts
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+            .map(|v| v["message_stats"]["publish"].clone())
+    };
+    assert_eq!(publishes("/"), Some(json!(3)), "{vhosts}");
+    assert_eq!(publishes("other"), Some(json!(2)), "{vhosts}");
+    let other = api.get("/api/vhosts/other").await.json();
+    assert_eq!(other["message_stats"]["publish"], 2, "{other}");
+    let overview = api.get("/api/overview").await.json();
+    assert_eq!(overview["message_stats"]["publish"], 5, "{overview}");
+    drop(kept);
+}
+
 /// Same as RabbitMQ, whose global counters never go backwards: what a vhost's clients did
 /// still counts after the vhost is deleted (the totals were sums over the vhosts left, so
 /// Prometheus saw a counter reset).

@@ -64,7 +64,7 @@ async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) ->
     };
     let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0, 0, 0);
     let open = match caller.is_monitor() {
-        true => Vec::new(),
+        true => rates::OpenChannels::default(),
         false => rates::channels(broker),
     };
     for v in &visible {

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::broker::Broker;
-use crate::broker::connections::ConnectionControl;
-use crate::broker::stats::{ChannelInfo, MessageTotals, Opened};
+use crate::broker::stats::{ChannelInfo, MessageTotals};
 
 /// Overview samples kept for the web UI's charts (10 minutes at the default 5 s interval,
 /// `collect_statistics_interval`).
@@ -130,7 +129,7 @@ impl Rates {
             ready += vhost_ready;
             unacked += vhost_unacked;
         }
-        let mut overview = totals_fields(&broker_totals(broker));
+        let mut overview = totals_fields(&broker.ledger.total(None, open.all()));
         overview.extend(depth_fields(ready, unacked));
         overview.extend(broker.ledger.churn.fields());
         seen.push(("overview".into(), overview));
@@ -314,18 +313,36 @@ pub fn with_rate(out: &mut Map<String, Value>, rates: &Rates, key: &str, field: 
     );
 }
 
-/// A live channel, its connection, and what the connection negotiated.
-pub type OpenChannel = (Arc<dyn ConnectionControl>, Arc<Opened>, Arc<ChannelInfo>);
+/// The live channels of every open connection, by the vhost their connection opened:
+/// listed once for a pass over many vhosts, each of which then adds up its own only.
+/// Picking each vhost's out of all of them cost vhosts x channels, under the ledger's lock,
+/// which every closing channel waits for.
+#[derive(Default)]
+pub struct OpenChannels(HashMap<String, Vec<Arc<ChannelInfo>>>);
 
-/// The live channels of every open connection, with what their connection negotiated.
-pub fn channels(broker: &Broker) -> Vec<OpenChannel> {
-    let mut out = Vec::new();
+impl OpenChannels {
+    fn of(&self, vhost: &str) -> impl Iterator<Item = &ChannelInfo> {
+        self.0.get(vhost).into_iter().flatten().map(|ch| &**ch)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &ChannelInfo> {
+        self.0.values().flatten().map(|ch| &**ch)
+    }
+}
+
+/// The live channels of every open connection.
+pub fn channels(broker: &Broker) -> OpenChannels {
+    let mut out = OpenChannels::default();
     for conn in broker.connections.list() {
         let Some(opened) = conn.info().opened() else {
             continue;
         };
-        for ch in conn.info().channels() {
-            out.push((conn.clone(), opened.clone(), ch));
+        let channels = conn.info().channels();
+        if !channels.is_empty() {
+            out.0
+                .entry(opened.vhost.clone())
+                .or_default()
+                .extend(channels);
         }
     }
     out
@@ -336,23 +353,15 @@ pub fn vhost_totals(broker: &Broker, vhost: &str) -> MessageTotals {
     vhost_totals_in(broker, vhost, &channels(broker))
 }
 
-/// [`vhost_totals`] with the live channels listed once for many vhosts (listing them for
-/// each vhost cost vhosts x channels).
-pub fn vhost_totals_in(broker: &Broker, vhost: &str, open: &[OpenChannel]) -> MessageTotals {
+/// [`vhost_totals`] with the live channels listed once for many vhosts.
+pub fn vhost_totals_in(broker: &Broker, vhost: &str, open: &OpenChannels) -> MessageTotals {
     let Some(v) = broker.vhost(vhost) else {
         return MessageTotals::default();
     };
-    let open = open
-        .iter()
-        .filter(|(_, opened, _)| opened.vhost == vhost)
-        .map(|(_, _, ch)| &**ch);
-    broker.ledger.total(Some(&v.retired), open)
+    broker.ledger.total(Some(&v.retired), open.of(vhost))
 }
 
 /// The broker's message totals, every vhost's (deleted ones' too): they never go backwards.
 pub fn broker_totals(broker: &Broker) -> MessageTotals {
-    let open = channels(broker);
-    broker
-        .ledger
-        .total(None, open.iter().map(|(_, _, ch)| &**ch))
+    broker.ledger.total(None, channels(broker).all())
 }

@@ -67,7 +67,7 @@ async fn no_parameters(_caller: Caller) -> ApiResult {
     Ok(Json(json!([])).into_response())
 }
 
-fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &[rates::OpenChannel]) -> Value {
+fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &rates::OpenChannels) -> Value {
     let def = m
         .broker
         .definitions
