@@ -15,6 +15,8 @@ use crate::protocol::frame::{FRAME_BODY, FRAME_END, FRAME_OVERHEAD, FrameWriter}
 
 /// Bodies at least this large are sent from the message's own buffer instead of being copied.
 const SHARE_BODY_BYTES: usize = 16 * 1024;
+/// The output buffer an idle connection may keep.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 /// Slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -281,9 +283,14 @@ impl Output {
         }
     }
 
+    /// Whether output is empty and holds a buffer [`Output::shrink`] would free.
+    pub fn holds_large_buffer(&self) -> bool {
+        self.is_empty() && self.tail.capacity() > KEEP_BUFFER_BYTES
+    }
+
     /// Releases memory after a burst: an idle connection should not hold a large buffer.
     pub fn shrink(&mut self) {
-        if self.is_empty() && self.tail.capacity() > 64 * 1024 {
+        if self.holds_large_buffer() {
             self.tail = Vec::new();
         }
     }
@@ -307,6 +314,26 @@ pub fn iovecs<'a>() -> [IoSlice<'a>; MAX_IOVECS] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst's buffer is kept while output waits, and freed by `shrink` once it is all
+    /// written; a small one is kept.
+    #[test]
+    fn a_burst_buffer_is_freed_only_once_empty() {
+        let mut out = Output::default();
+        out.buf().extend_from_slice(&[7u8; 200 * 1024]);
+        assert!(!out.holds_large_buffer());
+        out.shrink();
+        assert_eq!(out.len(), 200 * 1024, "nothing written is dropped");
+        out.consume(200 * 1024);
+        assert!(out.holds_large_buffer());
+        out.shrink();
+        assert!(!out.holds_large_buffer());
+        assert_eq!(out.buf().capacity(), 0);
+        out.buf().extend_from_slice(&[7u8; 1024]);
+        out.consume(1024);
+        out.shrink();
+        assert!(out.buf().capacity() >= 1024, "a small buffer is kept");
+    }
 
     #[test]
     fn held_output_waits_for_its_epoch() {
