@@ -283,6 +283,12 @@ impl Output {
         }
     }
 
+    /// Bytes this output keeps: what waits, and the buffer frames are encoded into, used
+    /// or not (it is kept after a burst; see [`Output::shrink`]).
+    pub fn memory(&self) -> usize {
+        self.len + self.tail.capacity()
+    }
+
     /// Whether output is empty and holds a buffer [`Output::shrink`] would free.
     pub fn holds_large_buffer(&self) -> bool {
         self.is_empty() && self.tail.capacity() > KEEP_BUFFER_BYTES
@@ -326,9 +332,11 @@ mod tests {
         assert_eq!(out.len(), 200 * 1024, "nothing written is dropped");
         out.consume(200 * 1024);
         assert!(out.holds_large_buffer());
+        assert!(out.memory() >= 200 * 1024, "a kept buffer is counted");
         out.shrink();
         assert!(!out.holds_large_buffer());
         assert_eq!(out.buf().capacity(), 0);
+        assert_eq!(out.memory(), 0);
         out.buf().extend_from_slice(&[7u8; 1024]);
         out.consume(1024);
         out.shrink();

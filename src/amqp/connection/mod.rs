@@ -141,8 +141,8 @@ pub struct Connection {
     channels: Vec<Channel>,
     /// Reused buffers for draining the outbox.
     drained: Drained,
-    /// The output waiting for the client, charged to the memory gauge (the input charges its
-    /// own chunks).
+    /// The output waiting for the client and the buffer it keeps, charged to the memory
+    /// gauge (the input charges its own chunks).
     buffers: Charge,
     /// Bytes of deliveries encoded into `out` since it was last empty.
     unflushed_delivery_bytes: usize,
@@ -270,7 +270,7 @@ impl Connection {
         for ch in &mut self.channels {
             ch.flush_confirms(&mut self.out, synced, &failed);
         }
-        self.buffers.set(self.out.len());
+        self.buffers.set(self.out.memory());
         Ok(())
     }
 
