@@ -1395,6 +1395,59 @@ async fn one_address_holds_at_most_32_api_connections() {
     .await;
 }
 
+/// Same as RabbitMQ (3.10.8, checked), whose management publish routes as a client's
+/// publish does: the `CC` and `BCC` headers add routing keys, `BCC` is gone from the message
+/// delivered, and a `CC` that is not an array is refused with 406 in a 400.
+#[tokio::test]
+async fn a_management_publish_routes_by_its_cc_and_bcc_headers() {
+    let (_broker, api) = broker_with_api().await;
+    for q in ["main", "copied", "blind"] {
+        assert_eq!(
+            api.put(&format!("/api/queues/%2F/{q}"), json!({}))
+                .await
+                .status,
+            201
+        );
+    }
+    let published = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {"headers": {"CC": ["copied"], "BCC": ["blind"]}},
+                   "routing_key": "main", "payload": "x", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(published.json(), json!({"routed": true}));
+    for q in ["main", "copied", "blind"] {
+        let got = api
+            .post(
+                &format!("/api/queues/%2F/{q}/get"),
+                json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"}),
+            )
+            .await
+            .json();
+        assert_eq!(got[0]["payload"], "x", "{q}: {got}");
+        assert_eq!(got[0]["routing_key"], "main", "{q}: {got}");
+        assert_eq!(
+            got[0]["properties"]["headers"],
+            json!({"CC": ["copied"]}),
+            "{q}: BCC removed"
+        );
+    }
+    let refused = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {"headers": {"CC": "copied"}},
+                   "routing_key": "main", "payload": "x", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json(),
+        json!({"error": "bad_request",
+               "reason": "406 PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,\"CC\",longstr}"})
+    );
+}
+
 /// Same as RabbitMQ: each vhost's message stats count its own connections' channels, open
 /// ones included, and the overview all of them.
 #[tokio::test]

@@ -7,9 +7,12 @@ use bytes::Bytes;
 use super::body::Body;
 use super::memory::{Charge, Memory};
 use crate::auth::User;
-use crate::protocol::error::AmqpResult;
-use crate::protocol::properties::{self, PropertySummary};
-use crate::protocol::raw_table;
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use crate::amqp_error;
+use crate::protocol::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::protocol::properties::{self, PropertySummary, ScanError};
+use crate::protocol::{raw_table, table};
 use crate::store::record::{MessageParts, StoredMessage};
 
 /// Parts of a message at least this large are left in their read buffers when it is
@@ -230,6 +233,20 @@ impl Message {
         let (exchange, routing_key) = (copy(&self.exchange), copy(&self.routing_key));
         let properties = copy(&self.properties);
         let body: Vec<Bytes> = self.body.parts().iter().map(copy).collect();
+        // Buffers of its own the original was charged for (a body sent in small frames,
+        // copied together at publish) stay with the copy when they are large: it is charged
+        // for them, as the original is no longer once dropped. (If they were small, they
+        // were copied again and this overcounts them, on the safe side.)
+        let keeps_large_parts = names
+            .into_iter()
+            .chain(self.body.parts())
+            .any(|p| !p.is_empty() && !small(p));
+        let kept_own = if keeps_large_parts {
+            self.own_buffers_bytes()
+        } else {
+            0
+        };
+        let dead_letter_copies = self.dead_letter_copies.get_or_init(Default::default);
         Message {
             exchange,
             routing_key,
@@ -242,12 +259,27 @@ impl Message {
             // The CC and BCC keys are shared with the original, and outlive it in the copy.
             charge: Charge::new(
                 memory,
-                Self::OVERHEAD_BYTES + own + self.body.list_bytes() + self.extra_keys_size(),
+                Self::OVERHEAD_BYTES
+                    + own
+                    + kept_own
+                    + self.body.list_bytes()
+                    + self.extra_keys_size(),
             ),
             confirm: self.confirm.clone(),
-            dead_letter_copies: self.dead_letter_copies.clone(),
+            // One budget for the original and its copy, which may both live on: made now,
+            // or the copy would get one of its own.
+            dead_letter_copies: std::sync::OnceLock::from(dead_letter_copies.clone()),
             in_read_buffers: false,
         }
+    }
+
+    /// Bytes of buffers of its own its charge holds beyond itself, its parts list and its
+    /// CC and BCC keys: a body sent in small frames, copied together at publish
+    /// (`charge_to`); for a message charged whole (`charge_all_to`), its parts.
+    fn own_buffers_bytes(&self) -> usize {
+        self.charge
+            .bytes()
+            .saturating_sub(Self::OVERHEAD_BYTES + self.body.list_bytes() + self.extra_keys_size())
     }
 
     /// Charges a message whose parts are all its own (read back from a log, rebuilt for
@@ -412,4 +444,73 @@ pub fn check_expiration(raw: &[u8]) -> AmqpResult<()> {
         return Err(invalid(format!("{{value_too_large,{value}}}")));
     }
     Ok(())
+}
+
+/// CC and BCC headers add routing keys; BCC is removed from the message. Returns the
+/// properties (rewritten without BCC), their summary, the decoded headers for headers
+/// exchanges, and the extra routing keys. Properties that do not decode are a bare
+/// INTERNAL_ERROR, as in RabbitMQ; headers nested deeper than Lepus decodes an undecodable
+/// frame.
+#[allow(clippy::type_complexity)]
+pub fn cc_and_bcc(
+    mut properties: Bytes,
+    summary: PropertySummary,
+) -> AmqpResult<(Bytes, PropertySummary, Option<FieldTable>, Vec<Bytes>)> {
+    let Some(range) = &summary.headers else {
+        return Ok((properties, summary, None, Vec::new()));
+    };
+    let table = properties::decode_headers(&properties, range)
+        .ok_or_else(|| AmqpError::bare(ReplyCode::InternalError))?;
+    let (cc, bcc) = (table::get(&table, "CC"), table::get(&table, "BCC"));
+    if cc.is_none() && bcc.is_none() {
+        return Ok((properties, summary, Some(table), Vec::new()));
+    }
+    let mut keys: Vec<&[u8]> = Vec::new();
+    for (name, value) in [("CC", cc), ("BCC", bcc)] {
+        match value {
+            None => {}
+            Some(AMQPValue::FieldArray(values)) => {
+                for k in values.as_slice() {
+                    if let AMQPValue::LongString(k) = k {
+                        keys.push(k.as_bytes());
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(amqp_error!(
+                    PreconditionFailed,
+                    "invalid message: {{unacceptable_type_in_header,\"{}\",{}}}",
+                    name,
+                    table::type_name(other)
+                ));
+            }
+        }
+    }
+    // The keys are slices of one buffer: thousands of short keys are not as many
+    // allocations.
+    let joined = Bytes::from(keys.concat());
+    let mut at = 0;
+    let extra_keys: Vec<Bytes> = keys
+        .iter()
+        .map(|k| {
+            at += k.len();
+            joined.slice(at - k.len()..at)
+        })
+        .collect();
+    if bcc.is_none() {
+        return Ok((properties, summary, Some(table), extra_keys));
+    }
+    let mut stripped = FieldTable::default();
+    for (k, v) in table.inner() {
+        if k.as_str() != "BCC" {
+            stripped.insert(k.clone(), v.clone());
+        }
+    }
+    properties = properties::replace_headers(&properties, &summary, &stripped)
+        .ok_or_else(|| AmqpError::bare(ReplyCode::InternalError))?;
+    let summary = properties::scan(&properties).map_err(|e| match e {
+        ScanError::Malformed => AmqpError::bare(ReplyCode::InternalError),
+        ScanError::TooDeep => table::too_deep_error(),
+    })?;
+    Ok((properties, summary, Some(stripped), extra_keys))
 }

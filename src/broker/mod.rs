@@ -129,7 +129,7 @@ impl Broker {
         let mut compaction = message::Compaction::new(self.memory);
         for vhost in self.vhosts() {
             for queue in vhost.queues() {
-                queue.relieve(&mut compaction);
+                queue.relieve(&mut compaction, self.config.limits.monitor_interval_ms);
             }
         }
         if compaction.copied > 0 {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 use super::{Channel, Content, Route, TxPublish};
@@ -14,7 +14,7 @@ use crate::amqp_error;
 use crate::broker::body::Body;
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::Charge;
-use crate::broker::message::{ConfirmWatch, Message, check_publisher_properties};
+use crate::broker::message::{ConfirmWatch, Message, cc_and_bcc, check_publisher_properties};
 use crate::broker::queue::Queue;
 use crate::broker::queue::state::Enqueued;
 use crate::broker::reply_to;
@@ -434,69 +434,6 @@ fn charge(c: &mut Charge, s: &Session, bytes: usize) {
     } else {
         c.set(bytes);
     }
-}
-
-/// CC and BCC headers add routing keys; BCC is removed from the message. Returns the
-/// properties (rewritten without BCC), their summary, the decoded headers for headers
-/// exchanges, and the extra routing keys.
-#[allow(clippy::type_complexity)]
-fn cc_and_bcc(
-    mut properties: Bytes,
-    summary: PropertySummary,
-) -> AmqpResult<(Bytes, PropertySummary, Option<FieldTable>, Vec<Bytes>)> {
-    let Some(range) = &summary.headers else {
-        return Ok((properties, summary, None, Vec::new()));
-    };
-    let table = properties::decode_headers(&properties, range).ok_or_else(internal_error)?;
-    let (cc, bcc) = (table::get(&table, "CC"), table::get(&table, "BCC"));
-    if cc.is_none() && bcc.is_none() {
-        return Ok((properties, summary, Some(table), Vec::new()));
-    }
-    let mut keys: Vec<&[u8]> = Vec::new();
-    for (name, value) in [("CC", cc), ("BCC", bcc)] {
-        match value {
-            None => {}
-            Some(AMQPValue::FieldArray(values)) => {
-                for k in values.as_slice() {
-                    if let AMQPValue::LongString(k) = k {
-                        keys.push(k.as_bytes());
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(amqp_error!(
-                    PreconditionFailed,
-                    "invalid message: {{unacceptable_type_in_header,\"{}\",{}}}",
-                    name,
-                    table::type_name(other)
-                ));
-            }
-        }
-    }
-    // The keys are slices of one buffer: thousands of short keys are not as many
-    // allocations.
-    let joined = Bytes::from(keys.concat());
-    let mut at = 0;
-    let extra_keys: Vec<Bytes> = keys
-        .iter()
-        .map(|k| {
-            at += k.len();
-            joined.slice(at - k.len()..at)
-        })
-        .collect();
-    if bcc.is_none() {
-        return Ok((properties, summary, Some(table), extra_keys));
-    }
-    let mut stripped = FieldTable::default();
-    for (k, v) in table.inner() {
-        if k.as_str() != "BCC" {
-            stripped.insert(k.clone(), v.clone());
-        }
-    }
-    properties =
-        properties::replace_headers(&properties, &summary, &stripped).ok_or_else(internal_error)?;
-    let summary = properties::scan(&properties).map_err(scan_error)?;
-    Ok((properties, summary, Some(stripped), extra_keys))
 }
 
 /// Hands a message published to the default exchange with a direct reply-to name as a

@@ -326,6 +326,10 @@ pub fn make_message(
     }
     let copies = message.dead_letter_copies.get_or_init(Default::default);
     dead.dead_letter_copies = std::sync::OnceLock::from(copies.clone());
+    // Its body and routing key are still slices of the read buffers the original arrived
+    // in, if its were: a queue short of memory copies it out of them as it would the
+    // original.
+    dead.in_read_buffers = message.in_read_buffers;
     Some(DeadMessage {
         message: dead,
         routing_keys,
@@ -407,6 +411,26 @@ mod tests {
     ) -> (Message, Vec<Bytes>) {
         let d = make_message(m, reason, queue, dest, now).unwrap();
         (d.message, d.routing_keys)
+    }
+
+    /// A dead letter's body is still a slice of the buffer the original arrived in: it is
+    /// marked so, for a queue short of memory to copy it out as it would the original.
+    #[test]
+    fn a_dead_letter_of_a_message_in_read_buffers_is_in_them_too() {
+        let mut m = message(BasicProperties::default());
+        let dest = DlxTarget {
+            exchange: "dlx".into(),
+            routing_key: None,
+        };
+        assert!(
+            !dead(&m, Reason::Expired, "work", &dest, 1)
+                .0
+                .in_read_buffers
+        );
+        m.in_read_buffers = true;
+        let (letter, _) = dead(&m, Reason::Expired, "work", &dest, 1);
+        assert!(letter.in_read_buffers);
+        assert_eq!(letter.body.parts()[0].as_ptr(), m.body.parts()[0].as_ptr());
     }
 
     #[test]

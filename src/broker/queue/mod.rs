@@ -240,11 +240,13 @@ impl Queue {
         queue
     }
 
-    /// What the memory monitor asks of every queue while the broker holds more than its
-    /// budget: if memory is short for it (`State::memory_short`), copy its ready messages
-    /// out of the read buffers they arrived in (`Ready::compact`), then page out as a
-    /// publish would have.
-    pub fn relieve(&self, compaction: &mut Compaction) {
+    /// What the memory monitor asks of every queue, every `asked_every_ms`, while the broker
+    /// holds more than its budget: if memory is short for it (`State::memory_short`), page
+    /// out as a publish would have, then copy the ready messages left in memory out of the
+    /// read buffers they arrived in (`Ready::compact`). Paging first: copying a backlog
+    /// that then goes to disk raised memory before anything was freed, all of it under the
+    /// queue's lock.
+    pub fn relieve(&self, compaction: &mut Compaction, asked_every_ms: u64) {
         {
             // Most queues have nothing to copy and too little to page: they cost a look under
             // the lock, not a sum of the memory gauge (a broker may have a million queues).
@@ -254,9 +256,9 @@ impl Queue {
             }
         }
         self.with_state(|state| {
-            if state.memory_short(&self.ctx) {
-                state.ready.compact(compaction);
+            if state.memory_short_asked_every(&self.ctx, asked_every_ms) {
                 state.page_out_if_short(&self.ctx);
+                state.ready.compact(compaction);
             }
         });
     }

@@ -15,7 +15,8 @@
 pub const WINDOW_MS: u64 = 100;
 /// A backlog the consumers would take within this long stays in memory.
 pub const DRAIN_WITHIN_MS: u64 = 1000;
-/// After this long without a question, the last pace says little: start afresh.
+/// After this long without a question, the last pace says little: start afresh. (Unless the
+/// questions come this far apart anyway: see `keeps_up`.)
 const STALE_MS: u64 = 4 * WINDOW_MS;
 
 #[derive(Debug, Default)]
@@ -40,9 +41,15 @@ impl Pace {
     /// Whether consumers would take `backlog_bytes` within `DRAIN_WITHIN_MS` at the pace of
     /// the last window. Until one window has passed the answer is yes: the broker's paced
     /// limit bounds what that optimism can cost.
-    pub fn keeps_up(&mut self, backlog_bytes: usize, now_ms: u64) -> bool {
+    ///
+    /// `asked_every_ms` is how far apart the asker's questions are: publishes ask all the
+    /// time (0), the memory monitor once per interval. A window as long as twice that is
+    /// still a pace, not stale: started afresh at every question, the monitor's answer was
+    /// always yes, and a queue whose consumer took nothing was never relieved.
+    pub fn keeps_up(&mut self, backlog_bytes: usize, now_ms: u64, asked_every_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
-        if self.window_start_ms == 0 || now_ms < self.window_start_ms || elapsed > STALE_MS {
+        let stale = elapsed > STALE_MS.max(asked_every_ms.saturating_mul(2));
+        if self.window_start_ms == 0 || now_ms < self.window_start_ms || stale {
             self.start_window(now_ms, None);
         } else if elapsed >= WINDOW_MS {
             let taken = self.taken_bytes - self.taken_at_start;
@@ -71,24 +78,43 @@ mod tests {
     fn a_backlog_drained_within_a_second_keeps_up() {
         let mut pace = Pace::default();
         // No window has passed: assumed to keep up.
-        assert!(pace.keeps_up(64 << 20, 1_000));
+        assert!(pace.keeps_up(64 << 20, 1_000, 0));
         // 100 MB taken in 100 ms: 1 GB/s drains 64 MiB well within a second.
         pace.took(100_000_000);
-        assert!(pace.keeps_up(64 << 20, 1_100));
+        assert!(pace.keeps_up(64 << 20, 1_100, 0));
         // The next window took 1 MB: 10 MB/s would need six seconds.
         pace.took(1_000_000);
-        assert!(!pace.keeps_up(64 << 20, 1_200));
+        assert!(!pace.keeps_up(64 << 20, 1_200, 0));
         // ... but takes a 5 MB backlog within a second.
-        assert!(pace.keeps_up(5_000_000, 1_250));
+        assert!(pace.keeps_up(5_000_000, 1_250, 0));
     }
 
     #[test]
     fn a_queue_whose_consumers_take_nothing_does_not_keep_up() {
         let mut pace = Pace::default();
-        assert!(pace.keeps_up(2 << 20, 5_000));
-        assert!(!pace.keeps_up(2 << 20, 5_150));
+        assert!(pace.keeps_up(2 << 20, 5_000, 0));
+        assert!(!pace.keeps_up(2 << 20, 5_150, 0));
         // Long silence: the old pace is forgotten, and measured again.
-        assert!(pace.keeps_up(2 << 20, 60_000));
-        assert!(!pace.keeps_up(2 << 20, 60_100));
+        assert!(pace.keeps_up(2 << 20, 60_000, 0));
+        assert!(!pace.keeps_up(2 << 20, 60_100, 0));
+    }
+
+    /// Same as the publish path's questions, but a second apart (the memory monitor's): a
+    /// consumer that takes nothing does not keep up, one that takes the backlog does.
+    #[test]
+    fn questions_a_monitor_interval_apart_measure_the_pace() {
+        let mut pace = Pace::default();
+        assert!(pace.keeps_up(2 << 20, 5_000, 1_000), "nothing measured yet");
+        assert!(
+            !pace.keeps_up(2 << 20, 6_000, 1_000),
+            "took nothing in a second"
+        );
+        pace.took(4 << 20);
+        assert!(
+            pace.keeps_up(2 << 20, 7_000, 1_000),
+            "took 4 MiB in a second"
+        );
+        // A question much later than the interval starts afresh.
+        assert!(pace.keeps_up(2 << 20, 60_000, 1_000));
     }
 }

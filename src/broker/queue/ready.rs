@@ -337,4 +337,60 @@ mod tests {
         drop((one, compaction));
         assert!(buffer.is_unique(), "nothing holds the read buffer");
     }
+
+    /// A body sent in small frames is a buffer of the message's own, copied together at
+    /// publish and charged to it. A compacted copy keeps such a buffer when it is large,
+    /// and is charged for it: once the original is dropped, nothing else is.
+    #[test]
+    fn a_compacted_copy_is_charged_for_the_large_buffer_it_keeps() {
+        let memory = Memory::leaked(0);
+        let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+        let own_body = Bytes::from(vec![2u8; 200 * 1024]);
+        let mut message = Message::new(
+            chunk.slice(0..3),
+            chunk.slice(3..8),
+            chunk.slice(8..10),
+            Body::from(own_body.clone()),
+            &PropertySummary::default(),
+        );
+        message.charge_to(memory, own_body.len() + message.body.list_bytes());
+        let mut e = entry(0, 0);
+        e.message = Arc::new(message);
+        let mut ready = Ready::default();
+        ready.push_back(e);
+        let mut compaction = Compaction::new(memory);
+        ready.compact(&mut compaction);
+        drop(compaction);
+        let copy = &ready.iter().next().unwrap().message;
+        assert_eq!(
+            copy.body.parts()[0].as_ptr(),
+            own_body.as_ptr(),
+            "the large body is kept, not copied"
+        );
+        assert!(
+            memory.used() >= own_body.len(),
+            "the kept body is charged: {} bytes",
+            memory.used()
+        );
+    }
+
+    /// A compacted copy and its original share one dead-letter copy budget.
+    #[test]
+    fn a_compacted_copy_shares_the_dead_letter_budget() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let e = in_buffer(0, &buffer, 1);
+        let original = e.message.clone();
+        let mut ready = Ready::default();
+        ready.push_back(e);
+        ready.compact(&mut Compaction::new(Memory::leaked(0)));
+        let copy = &ready.iter().next().unwrap().message;
+        let (a, b) = (
+            original
+                .dead_letter_copies
+                .get()
+                .expect("made by the compaction"),
+            copy.dead_letter_copies.get().expect("shared"),
+        );
+        assert!(Arc::ptr_eq(a, b));
+    }
 }

@@ -389,10 +389,16 @@ impl State {
     /// read buffers (`Queue::relieve`); a stream passing through does neither, since what
     /// it holds is gone within a second.
     pub fn memory_short(&mut self, ctx: &QueueCtx) -> bool {
+        self.memory_short_asked_every(ctx, 0)
+    }
+
+    /// [`State::memory_short`] for an asker whose questions come `asked_every_ms` apart
+    /// (see [`Pace::keeps_up`]).
+    pub fn memory_short_asked_every(&mut self, ctx: &QueueCtx, asked_every_ms: u64) -> bool {
         let (backlog, consumed, pace) =
             (self.ready_bytes, !self.consumers.is_empty(), &mut self.pace);
         ctx.memory()
-            .should_page(|| consumed && pace.keeps_up(backlog, now_ms()))
+            .should_page(|| consumed && pace.keeps_up(backlog, now_ms(), asked_every_ms))
     }
 
     pub fn push_ready(&mut self, entry: QueueEntry) {

@@ -116,6 +116,10 @@ impl VirtualHost {
         if let Some(user) = user {
             crate::broker::message::check_publisher_properties(&properties, &summary, user)?;
         }
+        // Same as RabbitMQ, whose management publish goes through the same routing as a
+        // client's: the CC and BCC headers add routing keys, and BCC is removed.
+        let (properties, summary, headers, extra_keys) =
+            crate::broker::message::cc_and_bcc(properties, summary)?;
         let mut message = crate::broker::message::Message::new(
             bytes::Bytes::copy_from_slice(exchange.as_bytes()),
             bytes::Bytes::copy_from_slice(routing_key.as_bytes()),
@@ -123,20 +127,16 @@ impl VirtualHost {
             body,
             &summary,
         );
+        if !extra_keys.is_empty() {
+            message.extra_routing_keys = Some(extra_keys.clone().into());
+        }
         message.charge_all_to(self.services.memory);
         let message = Arc::new(message);
-        let headers = summary
-            .headers
-            .as_ref()
-            .and_then(|r| crate::protocol::properties::decode_headers(&message.properties, r));
         let mut headers = headers;
+        let mut keys: Vec<&[u8]> = vec![routing_key.as_bytes()];
+        keys.extend(extra_keys.iter().map(|k| &k[..]));
         let mut queues = Vec::new();
-        self.route(
-            &x,
-            &[routing_key.as_bytes()],
-            &mut || headers.take(),
-            &mut queues,
-        );
+        self.route(&x, &keys, &mut || headers.take(), &mut queues);
         let mut published = Published {
             routed: false,
             sync: None,
