@@ -50,6 +50,9 @@ pub struct Output {
     written: usize,
     /// Bytes waiting in all segments and the tail.
     len: usize,
+    /// Capacity beyond their length of the owned segments: a sealed tail keeps its spare
+    /// capacity, and comes back as the tail once written.
+    sealed_spare: usize,
     /// Bytes written to the socket since the connection started.
     sent: u64,
     /// Stream offsets from which output must wait until the store has synced an epoch:
@@ -132,6 +135,7 @@ impl Output {
             self.sent = sent;
         }
         self.segments.clear();
+        self.sealed_spare = 0;
         self.len = 0;
         self.written = 0;
         self.tail = kept;
@@ -211,6 +215,7 @@ impl Output {
         if !self.tail.is_empty() {
             let tail = std::mem::take(&mut self.tail);
             self.len += tail.len();
+            self.sealed_spare += tail.capacity() - tail.len();
             self.segments.push_back(Segment::Owned(tail));
         }
     }
@@ -272,13 +277,13 @@ impl Output {
             n -= left;
             self.len -= front.bytes().len();
             self.written = 0;
-            if let Some(Segment::Owned(mut v)) = self.segments.pop_front()
-                && self.tail.is_empty()
-                && v.capacity() > self.tail.capacity()
-            {
-                // Keep the larger allocation for the next frames.
-                v.clear();
-                self.tail = v;
+            if let Some(Segment::Owned(mut v)) = self.segments.pop_front() {
+                self.sealed_spare -= v.capacity() - v.len();
+                if self.tail.is_empty() && v.capacity() > self.tail.capacity() {
+                    // Keep the larger allocation for the next frames.
+                    v.clear();
+                    self.tail = v;
+                }
             }
         }
     }
@@ -286,7 +291,7 @@ impl Output {
     /// Bytes this output keeps: what waits, and the buffer frames are encoded into, used
     /// or not (it is kept after a burst; see [`Output::shrink`]).
     pub fn memory(&self) -> usize {
-        self.len + self.tail.capacity()
+        self.len + self.sealed_spare + self.tail.capacity()
     }
 
     /// Whether output is empty and holds a buffer [`Output::shrink`] would free.
@@ -305,6 +310,7 @@ impl Output {
     pub fn clear(&mut self) {
         self.sent += self.len() as u64;
         self.segments.clear();
+        self.sealed_spare = 0;
         self.tail.clear();
         self.written = 0;
         self.len = 0;
@@ -341,6 +347,31 @@ mod tests {
         out.consume(1024);
         out.shrink();
         assert!(out.buf().capacity() >= 1024, "a small buffer is kept");
+    }
+
+    /// A large body seals the buffer small frames were encoded into, with its spare
+    /// capacity: that is still memory the output keeps, until written.
+    #[test]
+    fn a_sealed_buffer_counts_its_spare_capacity() {
+        let mut out = Output::default();
+        out.buf().reserve(1 << 20);
+        out.buf().extend_from_slice(&[7u8; 100]);
+        let capacity = out.buf().capacity();
+        out.content(
+            1,
+            &[0, 0],
+            &Body::from(Bytes::from(vec![1u8; 64 * 1024])),
+            131_072,
+        );
+        assert!(out.memory() >= capacity + 64 * 1024, "{}", out.memory());
+        let all = out.len();
+        out.consume(all);
+        assert!(out.is_empty());
+        assert_eq!(
+            out.memory(),
+            out.buf().capacity(),
+            "what is left is counted once"
+        );
     }
 
     #[test]

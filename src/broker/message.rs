@@ -59,6 +59,9 @@ pub struct Message {
     pub in_read_buffers: bool,
 }
 
+/// What a message's dead-letter copy budget takes: an `Arc<AtomicU64>` allocation.
+const DEAD_LETTER_BUDGET_BYTES: usize = 32;
+
 /// One pass of compaction over the queues (`Broker::relieve_memory`): a message in several
 /// queues is copied once, and each queue gets the same copy.
 pub struct Compaction {
@@ -236,13 +239,20 @@ impl Message {
         // Buffers of its own the original was charged for (a body sent in small frames,
         // copied together at publish) stay with the copy when they are large: it is charged
         // for them, as the original is no longer once dropped. (If they were small, they
-        // were copied again and this overcounts them, on the safe side.)
+        // were copied again and this overcounts them; and while the original lives on
+        // elsewhere both count them. Both err on the safe side: paging a little early.)
         let keeps_large_parts = names
             .into_iter()
             .chain(self.body.parts())
             .any(|p| !p.is_empty() && !small(p));
         let kept_own = if keeps_large_parts {
             self.own_buffers_bytes()
+        } else {
+            0
+        };
+        // Made now if not yet (a small allocation, charged to the copy).
+        let budget_made = if self.dead_letter_copies.get().is_none() {
+            DEAD_LETTER_BUDGET_BYTES
         } else {
             0
         };
@@ -262,6 +272,7 @@ impl Message {
                 Self::OVERHEAD_BYTES
                     + own
                     + kept_own
+                    + budget_made
                     + self.body.list_bytes()
                     + self.extra_keys_size(),
             ),

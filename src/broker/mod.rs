@@ -74,6 +74,9 @@ pub struct Broker {
     pub ledger: Arc<stats::Ledger>,
     /// When the broker started (milliseconds since the epoch), for uptime.
     pub started_at_ms: u64,
+    /// How long the last memory-relief pass took (`relieve_memory`), in milliseconds: the
+    /// monitor's questions to a queue come its interval plus this apart.
+    pub relief_pass_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Broker {
@@ -126,12 +129,18 @@ impl Broker {
     /// holds more than its memory budget; a queue with nothing to do costs a look under its
     /// lock. Returns how many messages were copied.
     pub fn relieve_memory(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        let asked_every_ms =
+            self.config.limits.monitor_interval_ms + self.relief_pass_ms.load(Ordering::Relaxed);
         let mut compaction = message::Compaction::new(self.memory);
         for vhost in self.vhosts() {
             for queue in vhost.queues() {
-                queue.relieve(&mut compaction, self.config.limits.monitor_interval_ms);
+                queue.relieve(&mut compaction, asked_every_ms);
             }
         }
+        self.relief_pass_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if compaction.copied > 0 {
             tracing::debug!(messages = compaction.copied, "copied out of read buffers");
             heap::release_soon();

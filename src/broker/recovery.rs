@@ -77,6 +77,7 @@ impl Broker {
             memory,
             ledger: Default::default(),
             started_at_ms: super::timer::now_ms(),
+            relief_pass_ms: Default::default(),
             creation_limits: CreationLimits {
                 max_queues: config.limits.max_queues,
                 queues: Default::default(),
