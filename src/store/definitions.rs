@@ -207,11 +207,15 @@ impl DefinitionsStore {
         file.set_len(good_len)?;
         file.sync_all()?;
         fs.sync_dir(dir)?;
+        // The caller gets a copy (shared items, no positions); the store keeps the
+        // definitions indexed, so that no change waits for the index to be built.
+        let loaded = defs.clone();
+        defs.index();
         let store = Arc::new(DefinitionsStore {
             dir: dir.to_owned(),
             shared,
             state: Mutex::new(State {
-                defs: defs.clone(),
+                defs,
                 journal: file,
                 generation: current,
                 journal_len: good_len,
@@ -229,7 +233,7 @@ impl DefinitionsStore {
             // Retire the damaged journals: the definitions as loaded become the snapshot.
             store.write_snapshot()?;
         }
-        Ok((store, defs, first_boot))
+        Ok((store, loaded, first_boot))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -369,6 +369,15 @@ impl Definitions {
         }
     }
 
+    /// Builds the positions of exchanges, queues and bindings now, if they are not: at
+    /// start, rather than under the definitions lock at the first change (with a million
+    /// definitions, a second or two that every durable declare would wait for).
+    pub fn index(&mut self) {
+        if self.positions.built_for != Some(Positions::lengths(self)) {
+            self.positions = Positions::build(self);
+        }
+    }
+
     /// Applies a change to exchanges, queues or bindings through their positions; returns
     /// any other change.
     fn apply_indexed(&mut self, change: Change) -> Option<Change> {
@@ -383,9 +392,7 @@ impl Definitions {
         ) {
             return Some(change);
         }
-        if self.positions.built_for != Some(Positions::lengths(self)) {
-            self.positions = Positions::build(self);
-        }
+        self.index();
         match change {
             Change::PutExchange(x) => {
                 let key = (x.vhost.clone(), x.name.clone());

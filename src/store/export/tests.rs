@@ -170,6 +170,14 @@ fn a_copy_shares_its_items_and_changes_apart() {
         d.apply(Change::PutBinding(binding("/", "x0", true, &name, "k")));
     }
     let mut copy = d.clone();
+    assert_eq!(copy.positions.built_for, None, "a copy has no index");
+    let mut indexed = d.clone();
+    indexed.index();
+    assert_eq!(
+        indexed.positions.built_for,
+        Some((3, 3, 3)),
+        "built at start"
+    );
     assert!(Arc::ptr_eq(&copy.queues[1], &d.queues[1]));
     assert!(Arc::ptr_eq(&copy.exchanges[2], &d.exchanges[2]));
     assert!(Arc::ptr_eq(&copy.bindings[0], &d.bindings[0]));
