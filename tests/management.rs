@@ -1448,6 +1448,34 @@ async fn a_management_publish_routes_by_its_cc_and_bcc_headers() {
     );
 }
 
+/// Connects as guest to `vhost` (URI-encoded), declares queue `q` there and publishes `n`
+/// messages to it; returns the connection and channel, still open.
+async fn publish_in_vhost(
+    broker: &Broker,
+    vhost: &str,
+    n: usize,
+) -> (lapin::Connection, lapin::Channel) {
+    let uri = format!("amqp://guest:guest@{}/{vhost}", broker.addr);
+    let conn = within(lapin::Connection::connect(
+        &uri,
+        lapin::ConnectionProperties::default(),
+    ))
+    .await
+    .expect("guest connects to the vhost");
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.queue_declare(
+        "q".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..n {
+        publish(&ch, "", "q", b"counted").await;
+    }
+    (conn, ch)
+}
+
 /// Same as RabbitMQ: each vhost's message stats count its own connections' channels, open
 /// ones included, and the overview all of them.
 #[tokio::test]
@@ -1456,24 +1484,7 @@ async fn each_vhost_counts_its_own_open_channels() {
     assert_eq!(api.put("/api/vhosts/other", json!({})).await.status, 201);
     let mut kept = Vec::new();
     for (vhost, n) in [("%2F", 3), ("other", 2)] {
-        let uri = format!("amqp://guest:guest@{}/{vhost}", broker.addr);
-        let conn = within(lapin::Connection::connect(
-            &uri,
-            lapin::ConnectionProperties::default(),
-        ))
-        .await
-        .expect("guest connects");
-        let ch = within(conn.create_channel()).await.unwrap();
-        within(ch.queue_declare(
-            "q".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        ))
-        .await
-        .unwrap();
-        for _ in 0..n {
-            publish(&ch, "", "q", b"counted").await;
-        }
+        let (conn, ch) = publish_in_vhost(&broker, vhost, n).await;
         // A reply on the same channel: the publishes before it were handled.
         within(ch.queue_declare(
             "q".into(),
@@ -1510,24 +1521,7 @@ async fn each_vhost_counts_its_own_open_channels() {
 async fn global_counters_keep_what_a_deleted_vhost_counted() {
     let (broker, api) = broker_with_api().await;
     assert_eq!(api.put("/api/vhosts/gone", json!({})).await.status, 201);
-    let uri = format!("amqp://guest:guest@{}/gone", broker.addr);
-    let conn = within(lapin::Connection::connect(
-        &uri,
-        lapin::ConnectionProperties::default(),
-    ))
-    .await
-    .expect("guest connects to the new vhost");
-    let ch = within(conn.create_channel()).await.unwrap();
-    within(ch.queue_declare(
-        "q".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    for _ in 0..3 {
-        publish(&ch, "", "q", b"counted").await;
-    }
+    let (conn, _ch) = publish_in_vhost(&broker, "gone", 3).await;
     within(conn.close(200, "done".into())).await.unwrap();
     let prom = prometheus(&broker);
     let counted = [

@@ -33,6 +33,60 @@ async fn paged_out(api: &Api, queue: &str) -> u64 {
         .expect("messages_paged_out")
 }
 
+/// A broker with an 8 MiB memory budget whose monitor looks every `monitor_interval_ms`,
+/// and its management API.
+async fn monitored_broker(monitor_interval_ms: u64) -> (Broker, Api) {
+    let mut config = Config::for_tests();
+    config.limits.memory_budget_bytes = 8 * 1024 * 1024;
+    config.limits.monitor_interval_ms = monitor_interval_ms;
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    (broker, api)
+}
+
+/// Publishes `count` bodies of 256 KiB of `fill` to `queue` through the default exchange.
+async fn publish_256k(ch: &lapin::Channel, queue: &str, fill: u8, count: usize) {
+    let body = vec![fill; 256 * 1024];
+    for _ in 0..count {
+        within(ch.basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            &body,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+/// Runs the broker past its 8 MiB budget with 8 MiB held by a transaction that is not
+/// committed (which nothing pages), in queue `elsewhere`; returns the channel holding it.
+async fn fill_memory_elsewhere(broker: &Broker) -> (lapin::Connection, lapin::Channel) {
+    let (conn, tx) = broker.channel().await;
+    within(tx.queue_declare(
+        "elsewhere".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(tx.tx_select()).await.unwrap();
+    publish_256k(&tx, "elsewhere", b'e', 32).await;
+    (conn, tx)
+}
+
+async fn until_paged_out(api: &Api, queue: &str) {
+    within(async {
+        while paged_out(api, queue).await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_backlog_with_no_consumer_pages_out_past_the_budget() {
     let (broker, api) = small_budget_broker().await;
@@ -202,37 +256,12 @@ async fn tiny_messages_do_not_keep_the_buffers_they_arrived_in_once_memory_runs_
 /// publish to them found memory short.)
 #[tokio::test]
 async fn an_idle_backlog_pages_out_when_memory_runs_short_elsewhere() {
-    let mut config = Config::for_tests();
-    config.limits.memory_budget_bytes = 8 * 1024 * 1024;
-    config.limits.monitor_interval_ms = 20;
-    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
-    let broker = Broker::start_with(config).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let (broker, api) = monitored_broker(20).await;
     let (_c, ch) = broker.channel().await;
-    for queue in ["idle", "elsewhere"] {
-        within(ch.queue_declare(queue.into(), Default::default(), FieldTable::default()))
-            .await
-            .unwrap();
-    }
-    let body = vec![b'i'; 256 * 1024];
-    let publish_to = |ch: &lapin::Channel, queue: &'static str| {
-        let (ch, body) = (ch.clone(), body.clone());
-        async move {
-            within(ch.basic_publish(
-                "".into(),
-                queue.into(),
-                Default::default(),
-                &body,
-                Default::default(),
-            ))
-            .await
-            .unwrap();
-        }
-    };
-    for _ in 0..12 {
-        publish_to(&ch, "idle").await;
-    }
+    within(ch.queue_declare("idle".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish_256k(&ch, "idle", b'i', 12).await;
     while message_count(&ch, "idle").await < 12 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -241,21 +270,11 @@ async fn an_idle_backlog_pages_out_when_memory_runs_short_elsewhere() {
         0,
         "3 MiB under an 8 MiB budget"
     );
-    // 8 MiB more, held by a transaction that is not committed (which nothing pages).
-    let (_tc, tx) = broker.channel().await;
-    within(tx.tx_select()).await.unwrap();
-    for _ in 0..32 {
-        publish_to(&tx, "elsewhere").await;
-    }
-    within(async {
-        while paged_out(&api, "idle").await == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let _held = fill_memory_elsewhere(&broker).await;
+    until_paged_out(&api, "idle").await;
     for _ in 0..12 {
         let m = get_eventually(&ch, "idle").await;
-        assert_eq!(m.delivery.data.len(), 256 * 1024);
+        assert_eq!(m.delivery.data, vec![b'i'; 256 * 1024]);
     }
 }
 
@@ -265,37 +284,12 @@ async fn an_idle_backlog_pages_out_when_memory_runs_short_elsewhere() {
 /// took the pace afresh, so such a queue always seemed to keep up and never paged.
 #[tokio::test]
 async fn a_backlog_whose_consumer_takes_nothing_pages_out_when_memory_runs_short() {
-    let mut config = Config::for_tests();
-    config.limits.memory_budget_bytes = 8 * 1024 * 1024;
-    config.limits.monitor_interval_ms = 1000;
-    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
-    let broker = Broker::start_with(config).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let (broker, api) = monitored_broker(1000).await;
     let (_c, ch) = broker.channel().await;
-    for queue in ["slow", "elsewhere"] {
-        within(ch.queue_declare(queue.into(), Default::default(), FieldTable::default()))
-            .await
-            .unwrap();
-    }
-    let body = vec![b's'; 256 * 1024];
-    let publish_to = |ch: &lapin::Channel, queue: &'static str| {
-        let (ch, body) = (ch.clone(), body.clone());
-        async move {
-            within(ch.basic_publish(
-                "".into(),
-                queue.into(),
-                Default::default(),
-                &body,
-                Default::default(),
-            ))
-            .await
-            .unwrap();
-        }
-    };
-    for _ in 0..12 {
-        publish_to(&ch, "slow").await;
-    }
+    within(ch.queue_declare("slow".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish_256k(&ch, "slow", b's', 12).await;
     while message_count(&ch, "slow").await < 12 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -317,23 +311,13 @@ async fn a_backlog_whose_consumer_takes_nothing_pages_out_when_memory_runs_short
         .unwrap();
     assert_eq!(first.data.len(), 256 * 1024);
     assert_eq!(paged_out(&api, "slow").await, 0, "under the budget");
-    // 8 MiB more, held by a transaction that is not committed (which nothing pages).
-    let (_tc, tx) = broker.channel().await;
-    within(tx.tx_select()).await.unwrap();
-    for _ in 0..32 {
-        publish_to(&tx, "elsewhere").await;
-    }
-    within(async {
-        while paged_out(&api, "slow").await == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let _held = fill_memory_elsewhere(&broker).await;
+    until_paged_out(&api, "slow").await;
     // The consumer gets the rest once it acknowledges, read back intact.
     within(first.ack(Default::default())).await.unwrap();
     for _ in 0..11 {
         let d = within(deliveries.next()).await.expect("delivery").unwrap();
-        assert_eq!(d.data, body);
+        assert_eq!(d.data, vec![b's'; 256 * 1024]);
         within(d.ack(Default::default())).await.unwrap();
     }
 }
