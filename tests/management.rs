@@ -794,6 +794,64 @@ async fn same_as_rabbitmq_lists_page_filter_sort_and_pick_columns() {
     );
 }
 
+/// A whole list (no `page`, as Flower and the Prometheus exporters ask) is written as the
+/// client reads it, in chunks; it reads as one array, the same as its pages put together.
+#[tokio::test]
+async fn a_whole_list_of_thousands_of_queues_reads_as_its_pages_put_together() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    for i in 0..2_000 {
+        let name = format!("queue-{i:04}");
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        if i % 7 == 0 {
+            publish(&ch, "", &name, b"waiting").await;
+        }
+    }
+    // Rates and idle times move between two requests; the rest must not.
+    fn steady(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(k, _)| !k.ends_with("_details") && *k != "idle_since")
+                    .map(|(k, v)| (k.clone(), steady(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(steady).collect()),
+            other => other.clone(),
+        }
+    }
+    let whole = api.get("/api/queues").await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("content-type"), Some("application/json"));
+    let whole = steady(&whole.json());
+    let mut pages = Vec::new();
+    for page in 1..=4 {
+        let answer = api
+            .get(&format!("/api/queues?page={page}&page_size=500"))
+            .await
+            .json();
+        pages.extend(
+            answer["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(steady),
+        );
+    }
+    assert_eq!(whole.as_array().map(Vec::len), Some(2_000));
+    assert_eq!(whole, Value::Array(pages));
+    assert_eq!(whole[0]["name"], "queue-0000");
+    assert_eq!(whole[0]["messages"], 1);
+    assert_eq!(whole[1]["messages"], 0);
+    assert_eq!(whole[1_999]["name"], "queue-1999");
+}
+
 /// Sorting by a column whose values are of different types orders them as Erlang orders
 /// terms (numbers, atoms, strings), a missing value first. (Mixed types compared equal one
 /// way and unequal another, which is not an order: `sort_by` may panic on that.)

@@ -19,9 +19,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{
-    ApiError, ApiResult, Caller, List, arguments_of, body_or_empty, durable, exchange_name, list,
-    no_content, visible_vhosts,
+    ApiError, ApiResult, Caller, arguments_of, body_or_empty, durable, exchange_name, no_content,
+    visible_vhosts,
 };
+use super::list::{List, list};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Destination;

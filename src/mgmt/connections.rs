@@ -15,10 +15,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
-use super::http::{
-    ApiError, ApiResult, Caller, List, ListQuery, list, list_of, no_content, timestamp,
-    visible_vhosts,
-};
+use super::http::{ApiError, ApiResult, Caller, no_content, timestamp, visible_vhosts};
+use super::list::{List, ListQuery, list, list_of};
 use super::queues::{connections_by_id, consumer_json};
 use super::rates::{self, CONSUMER_FIELDS, PUBLISHER_FIELDS};
 use super::state::Mgmt;
@@ -119,21 +117,22 @@ fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool
 
 /// Connections answered as a list: only those answered are made JSON (see [`list_of`]).
 fn list_conns(
-    m: &Mgmt,
-    conns: &[(Arc<dyn ConnectionControl>, Arc<Opened>)],
+    m: &Arc<Mgmt>,
+    conns: Vec<(Arc<dyn ConnectionControl>, Arc<Opened>)>,
     q: &ListQuery,
 ) -> ApiResult {
-    let items: Vec<_> = conns.iter().map(|c| (c.0.info().name(), c)).collect();
+    let items: Vec<_> = conns.into_iter().map(|c| (c.0.info().name(), c)).collect();
+    let (m, stats) = (m.clone(), q.stats());
     list_of(
         items,
         q,
         |(name, _)| name,
-        |(_, (c, o))| connection_json(m, c.info(), o, q.stats()),
+        move |(_, (c, o))| connection_json(&m, c.info(), o, stats),
     )
 }
 
 async fn list_connections(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list_conns(&m, &visible(&m, &caller), &q)
+    list_conns(&m, visible(&m, &caller), &q)
 }
 
 async fn list_vhost_connections(
@@ -145,7 +144,7 @@ async fn list_vhost_connections(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    list_conns(&m, &conns, &q)
+    list_conns(&m, conns, &q)
 }
 
 fn find(
@@ -247,8 +246,8 @@ fn channel_json(
 /// The channels of `conns` answered as a list: only those answered are made JSON (see
 /// [`list_of`]).
 fn list_channels_of(
-    m: &Mgmt,
-    conns: &[(Arc<dyn ConnectionControl>, Arc<Opened>)],
+    m: &Arc<Mgmt>,
+    conns: Vec<(Arc<dyn ConnectionControl>, Arc<Opened>)>,
     q: &ListQuery,
 ) -> ApiResult {
     let mut items = Vec::new();
@@ -259,14 +258,15 @@ fn list_channels_of(
         items.extend(
             channels
                 .into_iter()
-                .map(|ch| (format!("{name} ({})", ch.number), conn, ch)),
+                .map(|ch| (format!("{name} ({})", ch.number), conn.clone(), ch)),
         );
     }
+    let (m, stats) = (m.clone(), q.stats());
     list_of(
         items,
         q,
         |(name, _, _)| name,
-        |(_, (c, opened), ch)| channel_json(m, c.info(), opened, ch, q.stats()),
+        move |(_, (c, opened), ch)| channel_json(&m, c.info(), opened, ch, stats),
     )
 }
 
@@ -277,11 +277,11 @@ async fn connection_channels(
     Query(q): List,
 ) -> ApiResult {
     let found = find(&m, &caller, &name)?;
-    list_channels_of(&m, &[found], &q)
+    list_channels_of(&m, vec![found], &q)
 }
 
 async fn list_channels(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list_channels_of(&m, &visible(&m, &caller), &q)
+    list_channels_of(&m, visible(&m, &caller), &q)
 }
 
 async fn list_vhost_channels(
@@ -293,7 +293,7 @@ async fn list_vhost_channels(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    list_channels_of(&m, &conns, &q)
+    list_channels_of(&m, conns, &q)
 }
 
 /// A channel by its name, `<connection name> (<number>)`.

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::bindings::Select;
 use super::http::{
-    ApiError, ApiResult, Caller, List, ListQuery, arguments_of, body_or_empty, created, durable,
-    exchange_name, list, list_of, no_content, visible_vhosts,
+    ApiError, ApiResult, Caller, arguments_of, body_or_empty, created, durable, exchange_name,
+    no_content, visible_vhosts,
 };
+use super::list::{List, ListQuery, list, list_of};
 use super::rates;
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
@@ -77,18 +78,19 @@ fn exchange_json(m: &Mgmt, vhost: &VirtualHost, x: &Exchange, stats: bool) -> Va
 
 /// The exchanges of `vhosts`, each vhost's by name, answered as a list: only the exchanges
 /// answered are made JSON (see [`list_of`]).
-fn list_exchanges(m: &Mgmt, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> ApiResult {
+fn list_exchanges(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> ApiResult {
     let mut items = Vec::new();
     for v in vhosts {
         let mut exchanges = v.exchanges();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(exchanges.into_iter().map(|x| (v, x)));
+        items.extend(exchanges.into_iter().map(|x| (v.clone(), x)));
     }
+    let (m, stats) = (m.clone(), q.stats());
     list_of(
         items,
         q,
         |(_, x)| &x.name,
-        |(v, x)| exchange_json(m, v, x, q.stats()),
+        move |(v, x)| exchange_json(&m, v, x, stats),
     )
 }
 

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Query, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::auth::User;
 use crate::auth::access::{Permission, Resource};
@@ -18,17 +18,13 @@ use crate::broker::Broker;
 use crate::broker::vhost::VirtualHost;
 use crate::protocol::error::{AmqpError, ReplyCode};
 
-/// The largest page RabbitMQ serves.
-pub const MAX_PAGE_SIZE: usize = 500;
-/// The page size when `page` is given without `page_size`.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-
 /// An error answer with RabbitMQ's status and body (`{"error": …, "reason": …}`).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     error: &'static str,
-    reason: String,
+    /// Readable across `mgmt` (the list tests compare it).
+    pub(super) reason: String,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -271,298 +267,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         match Extension::<Caller>::from_request_parts(parts, state).await {
             Ok(Extension(caller)) => Ok(caller),
             Err(_) => Err(ApiError::not_authorised("Not management user")),
-        }
-    }
-}
-
-/// RabbitMQ's list parameters. Filtering and pages apply when `page` is given (as in
-/// RabbitMQ 3.10, which ignores `name` otherwise); sorting and `columns` always.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ListQuery {
-    pub page: Option<String>,
-    pub page_size: Option<String>,
-    pub name: Option<String>,
-    pub use_regex: Option<String>,
-    pub sort: Option<String>,
-    pub sort_reverse: Option<String>,
-    pub columns: Option<String>,
-    /// `disable_stats=true`: leave message rates out, as RabbitMQ does.
-    pub disable_stats: Option<String>,
-}
-
-pub type List = Query<ListQuery>;
-
-fn truthy(v: &Option<String>) -> bool {
-    v.as_deref() == Some("true")
-}
-
-impl ListQuery {
-    pub fn stats(&self) -> bool {
-        !truthy(&self.disable_stats)
-    }
-}
-
-/// Answers a list the way RabbitMQ does: sorted, cut to `columns`, and paged into
-/// `{total_count, item_count, filtered_count, page, page_size, page_count, items}` when
-/// `page` is given.
-pub fn list(mut items: Vec<Value>, q: &ListQuery) -> ApiResult {
-    if let Some(sort) = sort_field(q) {
-        items.sort_by(|a, b| compare(lookup(a, sort), lookup(b, sort)));
-    }
-    if truthy(&q.sort_reverse) {
-        items.reverse();
-    }
-    let Some((page, page_size)) = page_of(q)? else {
-        return Ok(Json(Value::Array(columns(items, q))).into_response());
-    };
-    let total = items.len();
-    if let Some(matcher) = name_filter(q)? {
-        items.retain(|item| matcher.matches(item.get("name").and_then(Value::as_str)));
-    }
-    let filtered = items.len();
-    let page_count = page_count(filtered, page, page_size)?;
-    let items: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1) * page_size)
-        .take(page_size)
-        .collect();
-    Ok(paged(
-        items,
-        q,
-        (total, filtered),
-        (page, page_size, page_count),
-    ))
-}
-
-/// [`list`] for items that are turned into JSON only to be answered: with `page`, only the
-/// page's items are, and when sorting by a field other than `name`, each item's value of
-/// it (one item at a time). `name` must be the item's `"name"` in its JSON. A dashboard
-/// paging through 100,000 queues made all of them JSON for each page, hundreds of
-/// megabytes a request.
-pub fn list_of<T>(
-    items: Vec<T>,
-    q: &ListQuery,
-    name: impl Fn(&T) -> &str,
-    to_json: impl Fn(&T) -> Value,
-) -> ApiResult {
-    let Some((page, page_size)) = page_of(q)? else {
-        return list(items.iter().map(to_json).collect(), q);
-    };
-    let total = items.len();
-    let mut keyed: Vec<(Option<Value>, T)> = match sort_field(q) {
-        None => items.into_iter().map(|item| (None, item)).collect(),
-        Some("name") => items
-            .into_iter()
-            .map(|item| (Some(Value::String(name(&item).to_owned())), item))
-            .collect(),
-        Some(sort) => items
-            .into_iter()
-            .map(|item| (lookup(&to_json(&item), sort).cloned(), item))
-            .collect(),
-    };
-    if sort_field(q).is_some() {
-        keyed.sort_by(|a, b| compare(a.0.as_ref(), b.0.as_ref()));
-    }
-    if truthy(&q.sort_reverse) {
-        keyed.reverse();
-    }
-    if let Some(matcher) = name_filter(q)? {
-        keyed.retain(|(_, item)| matcher.matches(Some(name(item))));
-    }
-    let filtered = keyed.len();
-    let page_count = page_count(filtered, page, page_size)?;
-    let items: Vec<Value> = keyed
-        .iter()
-        .skip((page - 1) * page_size)
-        .take(page_size)
-        .map(|(_, item)| to_json(item))
-        .collect();
-    Ok(paged(
-        items,
-        q,
-        (total, filtered),
-        (page, page_size, page_count),
-    ))
-}
-
-fn sort_field(q: &ListQuery) -> Option<&str> {
-    q.sort.as_deref().filter(|s| !s.is_empty())
-}
-
-/// `(page, page_size)` when `page` is given.
-fn page_of(q: &ListQuery) -> Result<Option<(usize, usize)>, ApiError> {
-    let Some(page) = &q.page else {
-        return Ok(None);
-    };
-    let page: usize =
-        page.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
-            ApiError::bad_request(format!("page must be a positive integer: {page}"))
-        })?;
-    let page_size = match &q.page_size {
-        None => DEFAULT_PAGE_SIZE,
-        Some(s) => s
-            .parse()
-            .ok()
-            .filter(|&n| (1..=MAX_PAGE_SIZE).contains(&n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "page_size must be between 1 and {MAX_PAGE_SIZE}: {s}"
-                ))
-            })?,
-    };
-    Ok(Some((page, page_size)))
-}
-
-fn name_filter(q: &ListQuery) -> Result<Option<NameFilter>, ApiError> {
-    match q.name.as_deref().filter(|n| !n.is_empty()) {
-        Some(name) => NameFilter::new(name, truthy(&q.use_regex)).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn page_count(filtered: usize, page: usize, page_size: usize) -> Result<usize, ApiError> {
-    let page_count = filtered.div_ceil(page_size);
-    if page > page_count.max(1) {
-        return Err(ApiError::bad_request(format!(
-            "page out of range: {page} of {page_count}"
-        )));
-    }
-    Ok(page_count)
-}
-
-/// A page: `(total, filtered)` counts and `(page, page_size, page_count)`.
-fn paged(
-    items: Vec<Value>,
-    q: &ListQuery,
-    (total, filtered): (usize, usize),
-    (page, page_size, page_count): (usize, usize, usize),
-) -> Response {
-    Json(json!({
-        "filtered_count": filtered,
-        "item_count": items.len(),
-        "items": columns(items, q),
-        "page": page,
-        "page_count": page_count,
-        "page_size": page_size,
-        "total_count": total,
-    }))
-    .into_response()
-}
-
-enum NameFilter {
-    Substring(String),
-    Regex(regex::Regex),
-}
-
-impl NameFilter {
-    fn new(name: &str, regex: bool) -> Result<Self, ApiError> {
-        if !regex {
-            return Ok(NameFilter::Substring(name.to_lowercase()));
-        }
-        // Bounded like every pattern a client sends: the regex crate runs in linear time.
-        regex::RegexBuilder::new(name)
-            .case_insensitive(true)
-            .size_limit(1 << 20)
-            .build()
-            .map(NameFilter::Regex)
-            .map_err(|e| ApiError::bad_request(format!("invalid regular expression: {e}")))
-    }
-
-    fn matches(&self, name: Option<&str>) -> bool {
-        let name = name.unwrap_or_default();
-        match self {
-            NameFilter::Substring(s) => name.to_lowercase().contains(s.as_str()),
-            NameFilter::Regex(r) => r.is_match(name),
-        }
-    }
-}
-
-/// A value by dotted path (`message_stats.publish_details.rate`).
-fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |v, key| v.get(key))
-}
-
-/// Orders sort keys as Erlang orders terms (numbers, then atoms, then objects, arrays and
-/// strings), a missing value first. It must be a total order whatever the values are:
-/// `sort_by` may panic on one that is not, and values of a column can be of any type.
-fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    fn rank(v: &Value) -> u8 {
-        match v {
-            Value::Number(_) => 0,
-            Value::Null | Value::Bool(_) => 1,
-            Value::Object(_) => 2,
-            Value::Array(_) => 3,
-            Value::String(_) => 4,
-        }
-    }
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(x), Some(y)) => rank(x).cmp(&rank(y)).then_with(|| match (x, y) {
-            (Value::Number(x), Value::Number(y)) => x
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&y.as_f64().unwrap_or(0.0)),
-            (Value::String(x), Value::String(y)) => x.cmp(y),
-            // Atoms in alphabetical order: false, null, true.
-            (Value::Null | Value::Bool(_), Value::Null | Value::Bool(_)) => {
-                let atom = |v: &Value| match v {
-                    Value::Bool(false) => 0,
-                    Value::Null => 1,
-                    _ => 2,
-                };
-                atom(x).cmp(&atom(y))
-            }
-            _ => Ordering::Equal,
-        }),
-    }
-}
-
-/// How many `columns` a list request may pick.
-const MAX_COLUMNS: usize = 64;
-
-/// Keeps only the `columns` asked for (dotted paths keep their parents' shape).
-fn columns(items: Vec<Value>, q: &ListQuery) -> Vec<Value> {
-    let Some(cols) = q.columns.as_deref().filter(|c| !c.is_empty()) else {
-        return items;
-    };
-    // Each distinct path once, and no more than an item could have: every path costs a
-    // walk of every item.
-    let mut paths: Vec<&str> = Vec::new();
-    for path in cols.split(',').map(str::trim) {
-        if paths.len() < MAX_COLUMNS && !paths.contains(&path) {
-            paths.push(path);
-        }
-    }
-    items
-        .into_iter()
-        .map(|item| {
-            let mut out = Map::new();
-            for path in &paths {
-                if let Some(v) = lookup(&item, path) {
-                    insert_path(&mut out, path, v.clone());
-                }
-            }
-            Value::Object(out)
-        })
-        .collect()
-}
-
-fn insert_path(out: &mut Map<String, Value>, path: &str, v: Value) {
-    match path.split_once('.') {
-        None => {
-            out.insert(path.to_owned(), v);
-        }
-        Some((head, rest)) => {
-            let child = out
-                .entry(head.to_owned())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(child) = child {
-                insert_path(child, rest, v);
-            }
         }
     }
 }

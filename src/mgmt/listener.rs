@@ -24,7 +24,9 @@ pub const MAX_HTTP_CONNECTIONS: usize = 256;
 /// address. A browser opens six or so.
 pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 32;
 /// A connection that sends nothing for this long is closed (between requests, or in the
-/// middle of one).
+/// middle of one), and so is one that takes nothing of an answer for this long: a client
+/// that asks for a long list and never reads it would otherwise hold its slot, and what the
+/// answer holds, for ever.
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TCP listener that holds a slot for every connection it hands out.
@@ -32,6 +34,8 @@ pub struct Bounded {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// [`HTTP_IDLE_TIMEOUT`], shorter in tests.
+    idle_after: Duration,
 }
 
 impl Bounded {
@@ -40,6 +44,7 @@ impl Bounded {
             inner,
             slots: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
             per_peer: Arc::default(),
+            idle_after: HTTP_IDLE_TIMEOUT,
         }
     }
 
@@ -95,7 +100,10 @@ impl Listener for Bounded {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    return (Guarded::new(stream, permit, peer_slot), peer);
+                    return (
+                        Guarded::new(stream, permit, peer_slot, self.idle_after),
+                        peer,
+                    );
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -121,21 +129,48 @@ impl Connected<IncomingStream<'_, Bounded>> for Peer {
     }
 }
 
-/// One accepted connection: its slot, and the deadline it must send something by.
+/// One accepted connection: its slot, and the deadline it must send or take something by.
 pub struct Guarded {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     _peer_slot: PeerSlot,
+    /// Moved on whenever bytes go either way.
     idle: Pin<Box<Sleep>>,
+    idle_after: Duration,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, peer_slot: PeerSlot) -> Guarded {
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        peer_slot: PeerSlot,
+        idle_after: Duration,
+    ) -> Guarded {
         Guarded {
             stream,
             _slot: slot,
             _peer_slot: peer_slot,
-            idle: Box::pin(tokio::time::sleep(HTTP_IDLE_TIMEOUT)),
+            idle: Box::pin(tokio::time::sleep(idle_after)),
+            idle_after,
+        }
+    }
+
+    /// `io` as it came, moving the deadline on when it is ready, or a timeout once the
+    /// deadline passes while it is not.
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match io {
+            Poll::Ready(result) => {
+                self.idle.as_mut().reset(Instant::now() + self.idle_after);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
@@ -147,16 +182,8 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.idle.as_mut().reset(Instant::now() + HTTP_IDLE_TIMEOUT);
-                Poll::Ready(result)
-            }
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        this.progress(cx, read)
     }
 }
 
@@ -166,7 +193,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.progress(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -175,5 +204,36 @@ impl AsyncWrite for Guarded {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client that asks and then takes nothing of the answer is dropped once the
+    /// answer has made no progress for the idle time, as one that sends nothing is.
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_of_an_answer_is_dropped() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = inner.local_addr().expect("address");
+        let mut listener = Bounded {
+            idle_after: Duration::from_millis(200),
+            ..Bounded::new(inner)
+        };
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (mut served, _) = listener.accept().await;
+        let chunk = vec![b'x'; 64 * 1024];
+        let stalled = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Err(e) = served.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the write gave up");
+        assert_eq!(stalled.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -8,7 +8,9 @@
 //! - [`api`]: the router, HTTP Basic on the management listener (RabbitMQ's port 15672), and
 //!   the same routes on the admin socket ([`admin`]) for `lepusctl`, where the socket file's
 //!   permissions are the authorisation (as LavinMQ's `lavinmqctl`).
-//! - [`http`]: callers and their tags, RabbitMQ's error bodies and list parameters.
+//! - [`http`]: callers and their tags, RabbitMQ's error bodies.
+//! - [`list`]: RabbitMQ's list parameters (sorting, filters, columns, pages); whole lists are
+//!   written as the client reads them.
 //! - One file per resource: [`overview`], [`vhosts`] (with limits and policies), [`users`],
 //!   [`queues`], [`exchanges`], [`bindings`], [`connections`] (with channels and consumers),
 //!   [`definitions`]; [`messages`] converts messages to and from JSON.
@@ -23,6 +25,7 @@ pub mod connections;
 pub mod definitions;
 pub mod exchanges;
 pub mod http;
+pub mod list;
 pub mod listener;
 pub mod messages;
 pub mod metrics;

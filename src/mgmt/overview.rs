@@ -10,7 +10,8 @@ use axum::{Json, body::Bytes};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::http::{ApiError, ApiResult, Caller, List, body_or_empty, no_content};
+use super::http::{ApiError, ApiResult, Caller, body_or_empty, no_content};
+use super::list::List;
 use super::rates::{self, ALL_FIELDS};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};

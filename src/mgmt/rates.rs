@@ -11,6 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::broker::Broker;
@@ -49,6 +51,16 @@ impl Rates {
             .get(key)
             .and_then(|s| s.rates.iter().find(|(f, _)| *f == field))
             .map_or(0.0, |(_, r)| *r)
+    }
+
+    /// Every rate of the object `key` (none before two samples): one look-up for all the
+    /// fields of an object, where [`Rates::rate`] takes the lock for each.
+    pub fn rates_of(&self, key: &str) -> Vec<(&'static str, f64)> {
+        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        objects
+            .get(key)
+            .map(|s| s.rates.clone())
+            .unwrap_or_default()
     }
 
     /// The overview's recent rates, oldest first.
@@ -292,16 +304,64 @@ pub fn message_stats(
     fields: &[&str],
     with_rates: bool,
 ) -> Value {
-    let values = totals_fields(totals);
-    let mut out = Map::new();
-    for f in fields {
-        let v = values.iter().find(|(n, _)| n == f).map_or(0, |(_, v)| *v);
-        out.insert((*f).to_owned(), json!(v));
-        if with_rates {
-            out.insert(format!("{f}_details"), json!({"rate": rates.rate(key, f)}));
+    let rates = with_rates.then(|| rates.rates_of(key));
+    let stats = MessageStats {
+        totals,
+        fields,
+        rates: rates.as_deref(),
+    };
+    serde_json::to_value(stats).unwrap_or_default()
+}
+
+/// `message_stats`, written as JSON where it is serialized, without a `Value` built first.
+pub struct MessageStats<'a> {
+    pub totals: &'a MessageTotals,
+    /// The fields this kind of object shows (`QUEUE_FIELDS`, ...).
+    pub fields: &'a [&'a str],
+    /// The object's rates ([`Rates::rates_of`]); `None` leaves the `_details` out, as
+    /// `disable_stats` asks.
+    pub rates: Option<&'a [(&'static str, f64)]>,
+}
+
+impl Serialize for MessageStats<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let values = totals_fields(self.totals);
+        let mut map = s.serialize_map(None)?;
+        for f in self.fields {
+            let v = values.iter().find(|(n, _)| n == f).map_or(0, |(_, v)| *v);
+            map.serialize_entry(f, &v)?;
+            if let Some(rates) = self.rates {
+                map.serialize_entry(&Details(f), &Rate::of(rates, f))?;
+            }
         }
+        map.end()
     }
-    Value::Object(out)
+}
+
+/// The key `<field>_details`, written without being built.
+pub struct Details<'a>(pub &'a str);
+
+impl Serialize for Details<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}_details", self.0))
+    }
+}
+
+/// A `_details` object: `{"rate": per second}`.
+#[derive(Serialize)]
+pub struct Rate {
+    pub rate: f64,
+}
+
+impl Rate {
+    /// The rate of `field` among an object's `rates` (0 before two samples).
+    pub fn of(rates: &[(&'static str, f64)], field: &str) -> Rate {
+        let rate = rates
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(0.0, |(_, r)| *r);
+        Rate { rate }
+    }
 }
 
 /// A gauge or counter with its `_details.rate`, into `out`.

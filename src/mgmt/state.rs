@@ -63,12 +63,18 @@ impl Mgmt {
     }
 }
 
-/// The node's name, as RabbitMQ's `rabbit@host`.
+/// The node's name, as RabbitMQ's `rabbit@host`: read once, as RabbitMQ fixes its node name
+/// at start. Every queue, connection and channel in a list shows it, and reading the host
+/// name for each was a file read per item.
 pub fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("lepus@{host}")
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("lepus@{host}")
+    })
+    .clone()
 }

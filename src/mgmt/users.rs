@@ -12,7 +12,8 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{ApiError, ApiResult, Caller, List, body_or_empty, created, list, no_content};
+use super::http::{ApiError, ApiResult, Caller, body_or_empty, created, no_content};
+use super::list::{List, list};
 use super::state::Mgmt;
 use crate::auth;
 use crate::broker::Broker;

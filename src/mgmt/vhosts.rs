@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::http::{
-    ApiError, ApiResult, Caller, List, ListQuery, body_or_empty, created, durable, list,
-    no_content, visible_vhosts,
+    ApiError, ApiResult, Caller, body_or_empty, created, durable, no_content, visible_vhosts,
 };
+use super::list::{List, ListQuery, list};
 use super::rates::{self, ALL_FIELDS};
 use super::state::Mgmt;
 use crate::broker::vhost::VirtualHost;
