@@ -22,7 +22,7 @@ use super::http::{
     ApiError, ApiResult, Caller, arguments_of, body_or_empty, durable, exchange_name, no_content,
     visible_vhosts,
 };
-use super::list::{List, list};
+use super::list::{List, ListQuery, list_of};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Destination;
@@ -155,12 +155,15 @@ pub fn all_bindings(vhost: &VirtualHost, select: Select<'_>) -> Vec<BindingView>
     out
 }
 
-/// The bindings of a vhost that `select` asks for, as JSON.
-pub fn bindings_json(vhost: &VirtualHost, select: Select<'_>) -> Vec<Value> {
-    all_bindings(vhost, select)
+/// The bindings of `vhosts` that `select` asks for, answered as a list: a whole list is
+/// written as the client reads it (see [`list_of`]).
+pub fn list_bindings(vhosts: &[Arc<VirtualHost>], select: Select<'_>, q: &ListQuery) -> ApiResult {
+    let items: Vec<(Arc<VirtualHost>, BindingView)> = vhosts
         .iter()
-        .map(|b| b.json(&vhost.name))
-        .collect()
+        .flat_map(|v| all_bindings(v, select).into_iter().map(|b| (v.clone(), b)))
+        .collect();
+    // Bindings have no name to filter or sort by, as in RabbitMQ.
+    list_of(items, q, |_| None, |(v, b)| b.json(&v.name))
 }
 
 /// Percent-encodes as Python's `quote_plus` (and RabbitMQ's properties keys): unreserved
@@ -243,11 +246,7 @@ pub fn properties_key(routing_key: &str, arguments: &amq_protocol::types::FieldT
 }
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    let items = visible_vhosts(&m.broker, &caller)
-        .iter()
-        .flat_map(|v| bindings_json(v, Select::ALL))
-        .collect();
-    list(items, &q)
+    list_bindings(&visible_vhosts(&m.broker, &caller), Select::ALL, &q)
 }
 
 async fn list_vhost(
@@ -257,7 +256,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list(bindings_json(&vhost, Select::ALL), &q)
+    list_bindings(&[vhost], Select::ALL, &q)
 }
 
 /// `q` or `e` in a path.
@@ -294,14 +293,11 @@ async fn between(
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source);
     ends(&vhost, source, kind, &destination)?;
-    let items = bindings_json(
-        &vhost,
-        Select {
-            source: Some(source),
-            destination: Some((kind, &destination)),
-        },
-    );
-    list(items, &q)
+    let select = Select {
+        source: Some(source),
+        destination: Some((kind, &destination)),
+    };
+    list_bindings(&[vhost], select, &q)
 }
 
 async fn show(

@@ -16,7 +16,7 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::http::{ApiError, ApiResult, Caller, no_content, timestamp, visible_vhosts};
-use super::list::{List, ListQuery, list, list_of};
+use super::list::{List, ListQuery, list_of};
 use super::queues::{connections_by_id, consumer_json};
 use super::rates::{self, CONSUMER_FIELDS, PUBLISHER_FIELDS};
 use super::state::Mgmt;
@@ -126,7 +126,7 @@ fn list_conns(
     list_of(
         items,
         q,
-        |(name, _)| name,
+        |(name, _)| Some(name),
         move |(_, (c, o))| connection_json(&m, c.info(), o, stats),
     )
 }
@@ -265,7 +265,7 @@ fn list_channels_of(
     list_of(
         items,
         q,
-        |(name, _, _)| name,
+        |(name, _, _)| Some(name),
         move |(_, (c, opened), ch)| channel_json(&m, c.info(), opened, ch, stats),
     )
 }
@@ -317,24 +317,34 @@ async fn show_channel(
     Ok(Json(channel_json(&m, c.info(), &opened, &ch, q.stats())).into_response())
 }
 
-fn consumers_of(m: &Mgmt, vhosts: &[Arc<crate::broker::vhost::VirtualHost>]) -> Vec<Value> {
+/// The consumers of the queues of `vhosts`, answered as a list (see [`list_of`]).
+fn list_consumers_of(
+    m: &Mgmt,
+    vhosts: &[Arc<crate::broker::vhost::VirtualHost>],
+    q: &ListQuery,
+) -> ApiResult {
     let conns = connections_by_id(&m.broker);
-    let mut out = Vec::new();
+    let mut items = Vec::new();
     for v in vhosts {
         let mut queues = v.queues();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         for queue in queues {
-            for c in queue.snapshot().consumers {
-                out.push(consumer_json(&queue.name, &v.name, &c, &conns));
-            }
+            let consumers = queue.snapshot().consumers;
+            items.extend(consumers.into_iter().map(|c| (v.clone(), queue.clone(), c)));
         }
     }
-    out
+    // Consumers have no name to filter or sort by, as in RabbitMQ.
+    list_of(
+        items,
+        q,
+        |_| None,
+        move |(v, queue, c)| consumer_json(&queue.name, &v.name, c, &conns),
+    )
 }
 
 async fn list_consumers(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    list(consumers_of(&m, &vhosts), &q)
+    list_consumers_of(&m, &vhosts, &q)
 }
 
 async fn list_vhost_consumers(
@@ -344,5 +354,5 @@ async fn list_vhost_consumers(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list(consumers_of(&m, &[vhost]), &q)
+    list_consumers_of(&m, &[vhost], &q)
 }

@@ -17,7 +17,7 @@ use super::http::{
     ApiError, ApiResult, Caller, arguments_of, body_or_empty, created, durable, exchange_name,
     no_content, visible_vhosts,
 };
-use super::list::{List, ListQuery, list, list_of};
+use super::list::{List, ListQuery, list_of};
 use super::rates;
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
@@ -89,7 +89,7 @@ fn list_exchanges(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> 
     list_of(
         items,
         q,
-        |(_, x)| &x.name,
+        |(_, x)| Some(&x.name),
         move |(v, x)| exchange_json(&m, v, x, stats),
     )
 }
@@ -284,8 +284,7 @@ async fn as_source(
         source: Some(name),
         destination: None,
     };
-    let items = super::bindings::bindings_json(&vhost, select);
-    list(items, &q)
+    super::bindings::list_bindings(&[vhost], select, &q)
 }
 
 async fn as_destination(
@@ -301,6 +300,5 @@ async fn as_destination(
         source: None,
         destination: Some(("exchange", name)),
     };
-    let items = super::bindings::bindings_json(&vhost, select);
-    list(items, &q)
+    super::bindings::list_bindings(&[vhost], select, &q)
 }

@@ -102,11 +102,12 @@ impl Row for Value {
 /// [`list`] for items that are turned into JSON only to be answered: with `page`, only the
 /// page's items are; without, each item is as the response is written ([`Streamed`]). When
 /// sorting by a field other than `name`, each item's value of it is read first, one item
-/// at a time. `name` must be the item's `"name"` in its JSON.
+/// at a time. `name` must be the item's `"name"` in its JSON (`None` for items without one,
+/// such as bindings).
 pub fn list_of<T, R, F>(
     items: Vec<T>,
     q: &ListQuery,
-    name: impl Fn(&T) -> &str,
+    name: impl Fn(&T) -> Option<&str>,
     to_json: F,
 ) -> ApiResult
 where
@@ -120,7 +121,7 @@ where
         None => items.into_iter().map(|item| (None, item)).collect(),
         Some("name") => items
             .into_iter()
-            .map(|item| (Some(Value::String(name(&item).to_owned())), item))
+            .map(|item| (name(&item).map(|n| Value::String(n.to_owned())), item))
             .collect(),
         Some(sort) => items
             .into_iter()
@@ -138,7 +139,7 @@ where
         return Ok(Streamed::answer(items, Columns::of(q), to_json));
     };
     if let Some(matcher) = name_filter(q)? {
-        keyed.retain(|(_, item)| matcher.matches(Some(name(item))));
+        keyed.retain(|(_, item)| matcher.matches(name(item)));
     }
     let filtered = keyed.len();
     let page_count = page_count(filtered, page, page_size)?;

@@ -18,7 +18,7 @@ use super::http::{
     ApiError, ApiResult, Caller, arguments_of, body_or_empty, created, durable, no_content,
     timestamp, visible_vhosts,
 };
-use super::list::{List, ListQuery, Row, list, list_of};
+use super::list::{List, ListQuery, Row, list_of};
 use super::rates::{self, Details, MessageStats, QUEUE_FIELDS, Rate};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
@@ -261,7 +261,7 @@ fn list_queues(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Api
     list_of(
         items,
         q,
-        |(_, queue)| &queue.name,
+        |(_, queue)| Some(&queue.name),
         move |(v, queue)| QueueRow::new(&m, v, queue, stats, false),
     )
 }
@@ -506,8 +506,7 @@ async fn bindings(
         source: None,
         destination: Some(("queue", &name)),
     };
-    let items = super::bindings::bindings_json(&vhost, select);
-    list(items, &q)
+    super::bindings::list_bindings(&[vhost], select, &q)
 }
 
 /// A consumer's arguments, kept encoded (an empty table as no bytes).

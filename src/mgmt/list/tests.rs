@@ -91,7 +91,7 @@ async fn a_list_made_json_lazily_answers_as_one_made_json_first() {
     for q in &queries {
         let eager = body(list(items.iter().map(to_json).collect(), q)).await;
         made.store(0, Ordering::Relaxed);
-        let lazy = body(list_of(items.clone(), q, |(n, _)| n, counted.clone())).await;
+        let lazy = body(list_of(items.clone(), q, |(n, _)| Some(n), counted.clone())).await;
         assert_eq!(lazy, eager, "{q:?}");
         // A page of the first sort (none or by name) made only its items JSON.
         if q.page.is_some() && q.sort.as_deref().is_none_or(|s| s == "name") {
@@ -113,7 +113,7 @@ async fn a_whole_list_is_written_in_chunks_that_read_as_one_array() {
     let mut chunks = 0;
     let mut bytes = Vec::new();
     let q = ListQuery::default();
-    let response = list_of(items.clone(), &q, |n| n, to_json).map_err(|e| e.reason);
+    let response = list_of(items.clone(), &q, |n| Some(n), to_json).map_err(|e| e.reason);
     let mut stream = response
         .expect("a whole list")
         .into_body()
@@ -130,14 +130,14 @@ async fn a_whole_list_is_written_in_chunks_that_read_as_one_array() {
         columns: Some("name".into()),
         ..ListQuery::default()
     };
-    let picked = body(list_of(items.clone(), &q, |n| n, to_json)).await;
+    let picked = body(list_of(items.clone(), &q, |n| Some(n), to_json)).await;
     let names: Vec<Value> = items.iter().map(|n| json!({"name": n})).collect();
     assert_eq!(picked, Ok(Value::Array(names)));
     // And an empty list is still an array.
     let empty = body(list_of(
         Vec::<String>::new(),
         &ListQuery::default(),
-        |n| n,
+        |n| Some(n),
         to_json,
     ))
     .await;
