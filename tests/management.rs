@@ -1007,6 +1007,54 @@ async fn same_as_rabbitmq_health_checks_and_the_aliveness_test_answer_ok() {
     );
 }
 
+/// Same as RabbitMQ: `idle_since` is on a queue or channel at rest only. A queue taking
+/// messages has none (a clean-up script deleting queues idle for an hour must not find it),
+/// and once messages stop it is idle since after the last one.
+#[tokio::test]
+async fn only_a_queue_and_channel_at_rest_show_idle_since() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "rests".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let queue = "/api/queues/%2F/rests";
+    let before = eventually(&api, queue, |q| q.get("idle_since").is_some()).await;
+    let channel_idle = |busy: bool| {
+        move |chans: &Value| {
+            chans
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c.get("idle_since").is_some() != busy))
+        }
+    };
+    // A publisher that keeps going until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (ch, stop) = (ch.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                publish(&ch, "", "rests", b"busy").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    eventually(&api, queue, |q| q.get("idle_since").is_none()).await;
+    eventually(&api, "/api/channels", channel_idle(true)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.expect("publisher");
+    let after = eventually(&api, queue, |q| q.get("idle_since").is_some()).await;
+    eventually(&api, "/api/channels", channel_idle(false)).await;
+    // Timestamps of one format order as text.
+    let (before, after) = (before["idle_since"].as_str(), after["idle_since"].as_str());
+    assert!(
+        after > before,
+        "idle since {after:?}, before the messages {before:?}"
+    );
+}
+
 #[tokio::test]
 async fn message_rates_come_from_sampled_counters() {
     let (broker, api) = broker_with_api().await;

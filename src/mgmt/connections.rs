@@ -226,10 +226,13 @@ fn channel_json(
         "messages_uncommitted": load32(&ch.uncommitted_messages),
         "acks_uncommitted": load32(&ch.uncommitted_acks),
         "pending_raft_commands": 0,
-        "idle_since": timestamp(conn.connected_at_ms),
     });
     let totals = ch.messages.snapshot();
     let key = rates::channel_key(conn.id, ch.number);
+    // Shown only on a channel at rest, as RabbitMQ shows it on a hibernated one.
+    if let Some(idle) = m.rates.sample_of(&key).idle_since_ms {
+        out["idle_since"] = json!(timestamp(idle.max(conn.connected_at_ms)));
+    }
     let mut fields: Vec<&str> = Vec::new();
     if totals.publish + totals.confirm + totals.return_unroutable + totals.drop_unroutable > 0 {
         fields.extend(PUBLISHER_FIELDS);

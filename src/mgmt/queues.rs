@@ -19,7 +19,7 @@ use super::http::{
     timestamp, visible_vhosts,
 };
 use super::list::{List, ListQuery, Row, list_of};
-use super::rates::{self, Details, MessageStats, QUEUE_FIELDS, Rate};
+use super::rates::{self, Details, MessageStats, ObjectSample, QUEUE_FIELDS, Rate};
 use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
@@ -129,8 +129,8 @@ pub struct QueueRow {
     policies: (Option<String>, Option<String>),
     /// The definition they make together.
     policy_definition: Map<String, Value>,
-    /// The queue's rates, read once.
-    rates: Vec<(&'static str, f64)>,
+    /// The queue's rates, read once, and whether it is idle.
+    sample: ObjectSample,
     /// `disable_stats` leaves the rates of `message_stats` out.
     stats: bool,
     node: String,
@@ -151,9 +151,9 @@ impl QueueRow {
         } else {
             queue.gauges()
         };
-        let rates = m
+        let sample = m
             .rates
-            .rates_of(&rates::queue_key(&vhost.name, &queue.name));
+            .sample_of(&rates::queue_key(&vhost.name, &queue.name));
         QueueRow {
             policies: vhost.queue_policy_names(&queue.name),
             policy_definition: vhost
@@ -163,7 +163,7 @@ impl QueueRow {
             vhost: vhost.clone(),
             queue: queue.clone(),
             gauges,
-            rates,
+            sample,
             stats,
             node: super::state::node_name(),
         }
@@ -232,7 +232,7 @@ impl Serialize for QueueRow {
         let stats = MessageStats {
             totals: &totals,
             fields: QUEUE_FIELDS,
-            rates: self.stats.then_some(&self.rates[..]),
+            rates: self.stats.then_some(&self.sample.rates[..]),
         };
         map.serialize_entry("message_stats", &stats)?;
         for (field, value) in [
@@ -241,9 +241,13 @@ impl Serialize for QueueRow {
             ("messages_unacknowledged", unacked),
         ] {
             map.serialize_entry(field, &value)?;
-            map.serialize_entry(&Details(field), &Rate::of(&self.rates, field))?;
+            map.serialize_entry(&Details(field), &Rate::of(&self.sample.rates, field))?;
         }
-        map.serialize_entry("idle_since", &timestamp(s.last_used_ms))?;
+        // At rest since the later of the sampler's finding and its last use (a consumer,
+        // a get, a declare), as RabbitMQ shows it on a hibernated queue only.
+        if let Some(idle) = self.sample.idle_since_ms {
+            map.serialize_entry("idle_since", &timestamp(idle.max(s.last_used_ms)))?;
+        }
         map.end()
     }
 }

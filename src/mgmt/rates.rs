@@ -33,10 +33,67 @@ pub struct Rates {
 #[derive(Debug)]
 struct Sampled {
     at: Instant,
+    /// `at` on the wall clock (milliseconds since the epoch).
+    at_ms: u64,
     values: Vec<(&'static str, u64)>,
     rates: Vec<(&'static str, f64)>,
     /// The sampling round that last saw the object; objects gone are forgotten.
     round: u64,
+    /// See [`ObjectSample::idle_since_ms`].
+    idle_since_ms: Option<u64>,
+}
+
+impl Sampled {
+    /// The sample of an object taken at `(now, now_ms)`, after `prev` if it was seen before.
+    fn after(
+        prev: Option<&Sampled>,
+        values: Vec<(&'static str, u64)>,
+        (now, now_ms): (Instant, u64),
+        round: u64,
+    ) -> Sampled {
+        let (rates, idle_since_ms) = match prev {
+            Some(prev) => (
+                rates_between(prev, &values, now),
+                (prev.values == values).then(|| prev.idle_since_ms.unwrap_or(prev.at_ms)),
+            ),
+            // Counted before it was first seen: at rest from this sample at the earliest.
+            None => {
+                let untouched = values.iter().all(|(_, v)| *v == 0);
+                let rates = values.iter().map(|(f, _)| (*f, 0.0)).collect();
+                (rates, Some(if untouched { 0 } else { now_ms }))
+            }
+        };
+        Sampled {
+            at: now,
+            at_ms: now_ms,
+            values,
+            rates,
+            round,
+            idle_since_ms,
+        }
+    }
+}
+
+/// What the sampler knows of one object.
+#[derive(Debug)]
+pub struct ObjectSample {
+    /// The rate of each field, per second (none before two samples).
+    pub rates: Vec<(&'static str, f64)>,
+    /// `None` if its counters or depths moved between the last two samples; else since
+    /// when they have not (0: not since it was first seen, with nothing counted then).
+    /// RabbitMQ shows `idle_since` only on an object at rest (its process hibernated), and
+    /// an operator's clean-up script reads it so: a queue taking messages must not look idle.
+    pub idle_since_ms: Option<u64>,
+}
+
+impl Default for ObjectSample {
+    /// An object not sampled yet: nothing seen moving.
+    fn default() -> Self {
+        ObjectSample {
+            rates: Vec::new(),
+            idle_since_ms: Some(0),
+        }
+    }
 }
 
 impl Rates {
@@ -53,13 +110,16 @@ impl Rates {
             .map_or(0.0, |(_, r)| *r)
     }
 
-    /// Every rate of the object `key` (none before two samples): one look-up for all the
+    /// Every rate of the object `key`, and whether it is idle: one look-up for all the
     /// fields of an object, where [`Rates::rate`] takes the lock for each.
-    pub fn rates_of(&self, key: &str) -> Vec<(&'static str, f64)> {
+    pub fn sample_of(&self, key: &str) -> ObjectSample {
         let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         objects
             .get(key)
-            .map(|s| s.rates.clone())
+            .map(|s| ObjectSample {
+                rates: s.rates.clone(),
+                idle_since_ms: s.idle_since_ms,
+            })
             .unwrap_or_default()
     }
 
@@ -145,21 +205,11 @@ impl Rates {
         overview.extend(depth_fields(ready, unacked));
         overview.extend(broker.ledger.churn.fields());
         seen.push(("overview".into(), overview));
+        let now_ms = crate::broker::timer::now_ms();
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         for (key, values) in seen {
-            let rates = match objects.get(&key) {
-                Some(prev) => rates_between(prev, &values, now),
-                None => values.iter().map(|(f, _)| (*f, 0.0)).collect(),
-            };
-            objects.insert(
-                key,
-                Sampled {
-                    at: now,
-                    values,
-                    rates,
-                    round,
-                },
-            );
+            let next = Sampled::after(objects.get(&key), values, (now, now_ms), round);
+            objects.insert(key, next);
         }
         objects.retain(|_, s| s.round == round);
         if let Some(o) = objects.get("overview") {
@@ -304,7 +354,7 @@ pub fn message_stats(
     fields: &[&str],
     with_rates: bool,
 ) -> Value {
-    let rates = with_rates.then(|| rates.rates_of(key));
+    let rates = with_rates.then(|| rates.sample_of(key).rates);
     let stats = MessageStats {
         totals,
         fields,
