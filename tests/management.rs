@@ -1055,6 +1055,35 @@ async fn only_a_queue_and_channel_at_rest_show_idle_since() {
     );
 }
 
+/// Same as RabbitMQ: the node's gauges have rates (`sockets_used_details` and the like),
+/// which grow while clients connect, as a dashboard charting them expects.
+#[tokio::test]
+async fn the_node_gauges_have_rates() {
+    let (broker, api) = broker_with_api().await;
+    let mut connections = Vec::new();
+    let node = within(async {
+        loop {
+            connections.push(broker.connect().await);
+            let nodes = api.get("/api/nodes").await.json();
+            if nodes[0]["sockets_used_details"]["rate"]
+                .as_f64()
+                .is_some_and(|r| r > 0.0)
+            {
+                return nodes[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(node["sockets_used"].as_u64().is_some_and(|n| n >= 1));
+    for gauge in ["mem_used", "fd_used", "proc_used", "disk_free"] {
+        assert!(
+            node[format!("{gauge}_details")]["rate"].is_number(),
+            "{gauge}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn message_rates_come_from_sampled_counters() {
     let (broker, api) = broker_with_api().await;

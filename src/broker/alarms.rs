@@ -307,6 +307,21 @@ fn page_size() -> u64 {
     if size > 0 { size as u64 } else { 4096 }
 }
 
+/// Open file descriptors and the limit on them.
+pub fn file_descriptors() -> (u64, u64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into the struct we own; no other memory is touched.
+    let total = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur,
+        _ => 0,
+    };
+    (used, total)
+}
+
 /// Free space for unprivileged users on the file system holding `dir`.
 pub fn free_disk_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

@@ -174,7 +174,7 @@ async fn status(State(m): State<Arc<Mgmt>>) -> Response {
     let config = &broker.config;
     let raised = broker.alarms.raised();
     let node = super::state::node_name();
-    let (fd_used, fd_total) = super::overview::file_descriptors();
+    let (fd_used, fd_total) = crate::broker::alarms::file_descriptors();
     let mut alarms = Vec::new();
     if raised.memory {
         alarms.push(json!({"resource_alarm": "memory", "node": node}));

@@ -462,7 +462,7 @@ impl BrokerMetrics {
     fn encode_node(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let broker = &self.mgmt.broker;
         let raised = broker.alarms.raised();
-        let (fds, max_fds) = super::overview::file_descriptors();
+        let (fds, max_fds) = crate::broker::alarms::file_descriptors();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for (name, help, value) in [
             (

@@ -224,14 +224,8 @@ fn node_json(m: &Mgmt) -> Value {
             map.insert((*field).into(), json!(0));
             map.insert(format!("{field}_details"), json!({"rate": 0.0}));
         }
-        for gauge in [
-            "mem_used",
-            "fd_used",
-            "sockets_used",
-            "proc_used",
-            "disk_free",
-        ] {
-            map.insert(format!("{gauge}_details"), json!({"rate": 0.0}));
+        for (gauge, value) in rates::node_gauges(broker) {
+            rates::with_rate(map, &m.rates, "node", gauge, value);
         }
         map.insert("contexts".into(), json!([]));
         map.insert("metrics_gc_queue_length".into(), json!({}));
@@ -242,25 +236,20 @@ fn node_json(m: &Mgmt) -> Value {
 
 fn node_basics(broker: &Broker) -> Value {
     let raised = broker.alarms.raised();
-    let (fd_used, fd_total) = file_descriptors();
+    let (_, fd_total) = alarms::file_descriptors();
     let uptime_ms = crate::broker::timer::now_ms().saturating_sub(broker.started_at_ms);
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     json!({
         "name": super::state::node_name(),
         "type": "disc",
         "running": true,
-        "mem_used": alarms::resident_bytes().unwrap_or(0),
         "mem_limit": broker.alarms.memory_limit_bytes(),
         "mem_alarm": raised.memory,
         "mem_calculation_strategy": "rss",
-        "disk_free": alarms::free_disk_bytes(&broker.config.data_dir).unwrap_or(0),
         "disk_free_limit": broker.alarms.disk_free_limit_bytes(),
         "disk_free_alarm": raised.disk,
-        "fd_used": fd_used,
         "fd_total": fd_total,
-        "sockets_used": broker.connection_count(),
         "sockets_total": broker.config.limits.max_connections,
-        "proc_used": 0,
         "proc_total": 0,
         "run_queue": 0,
         "processors": processors,
@@ -278,21 +267,6 @@ fn node_basics(broker: &Broker) -> Value {
         "net_ticktime": 60,
         "cluster_links": [],
     })
-}
-
-/// Open file descriptors and the limit on them.
-pub fn file_descriptors() -> (u64, u64) {
-    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the limit into the struct we own; no other memory is touched.
-    let total = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => limit.rlim_cur,
-        _ => 0,
-    };
-    (used, total)
 }
 
 /// Declares, publishes to, gets from and deletes a queue in the vhost, as RabbitMQ's

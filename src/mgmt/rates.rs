@@ -205,6 +205,7 @@ impl Rates {
         overview.extend(depth_fields(ready, unacked));
         overview.extend(broker.ledger.churn.fields());
         seen.push(("overview".into(), overview));
+        seen.push(("node".into(), node_gauges(broker).to_vec()));
         let now_ms = crate::broker::timer::now_ms();
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         for (key, values) in seen {
@@ -234,6 +235,36 @@ impl Rates {
     }
 }
 
+/// The node's gauges, each with its rate in `/api/nodes` (`mem_used_details`, ...): resident
+/// memory, open file descriptors, client connections, processes (none: Lepus has no Erlang
+/// processes) and free disk.
+pub fn node_gauges(broker: &Broker) -> [(&'static str, u64); 5] {
+    use crate::broker::alarms;
+    [
+        ("mem_used", alarms::resident_bytes().unwrap_or(0)),
+        ("fd_used", alarms::file_descriptors().0),
+        ("sockets_used", broker.connection_count() as u64),
+        ("proc_used", 0),
+        (
+            "disk_free",
+            alarms::free_disk_bytes(&broker.config.data_dir).unwrap_or(0),
+        ),
+    ]
+}
+
+/// Whether `field` is a level that goes down as well as up (a depth, a gauge), not a count.
+fn is_level(field: &str) -> bool {
+    field.starts_with("messages") || NODE_GAUGE_FIELDS.contains(&field)
+}
+
+const NODE_GAUGE_FIELDS: &[&str] = &[
+    "mem_used",
+    "fd_used",
+    "sockets_used",
+    "proc_used",
+    "disk_free",
+];
+
 /// A queue's (or a sum of queues') depth, whose rates show how fast it grows or drains.
 fn depth_fields(ready: u64, unacked: u64) -> [(&'static str, u64); 3] {
     [
@@ -259,11 +290,7 @@ fn rates_between(
                 .map_or(*v, |(_, pv)| *pv);
             // Depths go down as well as up; a counter that went down was a new object.
             let delta = *v as f64 - before as f64;
-            let rate = if f.starts_with("messages") {
-                delta
-            } else {
-                delta.max(0.0)
-            };
+            let rate = if is_level(f) { delta } else { delta.max(0.0) };
             (*f, (rate / secs * 10.0).round() / 10.0)
         })
         .collect()
