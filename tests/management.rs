@@ -1084,6 +1084,90 @@ async fn the_node_gauges_have_rates() {
     }
 }
 
+/// Same as RabbitMQ 3.10: `/metrics/detailed` answers the families asked for, under
+/// `rabbitmq_detailed_*` names, the queue families only for the vhosts named; without a
+/// family, only the build and identity info.
+#[tokio::test]
+async fn same_as_rabbitmq_detailed_metrics_answer_the_families_asked_for() {
+    let (broker, api) = broker_with_api().await;
+    api.put("/api/vhosts/other", json!({})).await;
+    api.put("/api/queues/other/elsewhere", json!({})).await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare(
+        "deep".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    for _ in 0..2 {
+        publish(&ch, "", "deep", b"m").await;
+    }
+    let prom = prometheus(&broker);
+    let scrape = |path: &'static str| {
+        let prom = prom.clone();
+        async move {
+            let answer = prom.get(path).await;
+            assert_eq!(answer.status, 200, "{path}");
+            answer.text()
+        }
+    };
+    let series = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split([' ', '{']).next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let bare = scrape("/metrics/detailed").await;
+    assert_eq!(
+        series(&bare),
+        ["rabbitmq_build_info", "rabbitmq_identity_info"]
+    );
+
+    let coarse = scrape("/metrics/detailed?family=queue_coarse_metrics&vhost=%2F").await;
+    for line in [
+        "rabbitmq_detailed_queue_messages_ready{vhost=\"/\",queue=\"deep\"} 2",
+        "rabbitmq_detailed_queue_messages_unacked{vhost=\"/\",queue=\"deep\"} 0",
+        "rabbitmq_detailed_queue_messages{vhost=\"/\",queue=\"deep\"} 2",
+        "rabbitmq_detailed_queue_process_reductions_total{vhost=\"/\",queue=\"deep\"} 0",
+    ] {
+        assert!(coarse.contains(line), "{line} missing from:\n{coarse}");
+    }
+    assert!(!coarse.contains("elsewhere"), "{coarse}");
+    assert!(!coarse.contains("rabbitmq_queue_messages"), "{coarse}");
+
+    // Two families holding the consumers gauge write it once; vhosts repeat too.
+    let both = scrape(
+        "/metrics/detailed?family=queue_consumer_count&family=queue_metrics&vhost=other&vhost=%2F",
+    )
+    .await;
+    let consumers = series(&both)
+        .iter()
+        .filter(|n| *n == "rabbitmq_detailed_queue_consumers")
+        .count();
+    assert_eq!(consumers, 2, "one series per queue:\n{both}");
+    assert_eq!(
+        both.matches("# TYPE rabbitmq_detailed_queue_consumers ")
+            .count(),
+        1
+    );
+    assert!(
+        both.contains("rabbitmq_detailed_queue_messages_ready_bytes{vhost=\"/\",queue=\"deep\"} 2")
+    );
+
+    // Exchanges and vhosts are not filtered by vhost, as in RabbitMQ.
+    let cluster =
+        scrape("/metrics/detailed?family=exchange_names&family=vhost_status&vhost=%2F").await;
+    assert!(cluster.contains(
+        "rabbitmq_cluster_exchange_name{vhost=\"other\",exchange=\"amq.direct\",type=\"direct\"} 1"
+    ));
+    assert!(cluster.contains("rabbitmq_cluster_vhost_status{vhost=\"other\"} 1"));
+
+    let node = scrape("/metrics/detailed?family=node_coarse_metrics&family=channel_metrics").await;
+    assert!(series(&node).contains(&"rabbitmq_detailed_process_resident_memory_bytes".to_owned()));
+    assert!(series(&node).contains(&"rabbitmq_detailed_channel_consumers".to_owned()));
+}
+
 #[tokio::test]
 async fn message_rates_come_from_sampled_counters() {
     let (broker, api) = broker_with_api().await;

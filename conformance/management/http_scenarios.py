@@ -19,9 +19,14 @@ from common import endpoints, get_json, http, quote, run, scenario, shape  # noq
 ERLANG_ONLY = {"garbage_collection", "reductions", "reductions_details", "backing_queue_status"}
 
 
+# Present or not by timing on both brokers: RabbitMQ shows it once the object's process has
+# hibernated (about a second at rest), Lepus once two rate samples found it at rest.
+TIMING = {"idle_since"}
+
+
 def strip(v):
     if isinstance(v, dict):
-        return {k: strip(x) for k, x in v.items() if k not in ERLANG_ONLY}
+        return {k: strip(x) for k, x in v.items() if k not in ERLANG_ONLY | TIMING}
     return v
 
 
@@ -312,6 +317,43 @@ def prometheus_metrics(url):
     seen["per_object_persistent_bytes"] = "\nrabbitmq_queue_messages_persistent_bytes{" in per_object
     conn.close()
     http("DELETE", "/api/queues/%2F/prom-q")
+    return seen
+
+
+@scenario
+def prometheus_detailed(url):
+    """`/metrics/detailed`: which series each family holds, and a queue's depth in them."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare("prom-detailed")
+    for _ in range(2):
+        ch.basic_publish("", "prom-detailed", b"m")
+    conn.process_data_events(time_limit=0.2)
+
+    def names(text):
+        found = set(re.findall(r"^([a-z_]+)[{ ]", text, re.M))
+        return sorted(n for n in found if not n.startswith("telemetry_"))
+
+    seen = {"bare": names(scrape("/metrics/detailed"))}
+    ready = re.compile(r'^rabbitmq_detailed_queue_messages_ready\{vhost="/",queue="prom-detailed"\} (\S+)$', re.M)
+    deadline = time.time() + 20
+    coarse = ""
+    while time.time() < deadline:
+        coarse = scrape("/metrics/detailed?family=queue_coarse_metrics&vhost=%2F")
+        found = ready.search(coarse)
+        if found and float(found.group(1)) == 2:
+            break
+        time.sleep(0.25)
+    seen["coarse"] = names(coarse)
+    seen["coarse_depth"] = re.findall(r'^rabbitmq_detailed_queue_messages(?:_ready|_unacked)?\{vhost="/",queue="prom-detailed"\} \S+$', coarse, re.M)
+    for family in ("queue_metrics", "queue_consumer_count", "connection_coarse_metrics", "connection_metrics",
+                   "channel_metrics", "channel_process_metrics", "exchange_names", "exchange_bindings",
+                   "vhost_status", "node_coarse_metrics", "node_metrics", "node_persister_metrics", "no_such_family"):
+        seen[family] = names(scrape("/metrics/detailed?family=" + family))
+    seen["exchange"] = re.findall(r'^rabbitmq_cluster_exchange_name\{vhost="/",exchange="amq.fanout",type="fanout"\} \S+$',
+                                  scrape("/metrics/detailed?family=exchange_names"), re.M)
+    conn.close()
+    http("DELETE", "/api/queues/%2F/prom-detailed")
     return seen
 
 

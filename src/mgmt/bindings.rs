@@ -201,7 +201,7 @@ fn normalise_key(props: &str) -> String {
 }
 
 /// Decodes `+` and `%XX` (bytes that do not decode are kept as they are).
-fn unquote_plus(s: &str) -> String {
+pub fn unquote_plus(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

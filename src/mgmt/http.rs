@@ -1,5 +1,5 @@
 //! What every management endpoint shares: who is calling and what they may do, RabbitMQ's
-//! error bodies, and its list parameters (filtering, sorting, columns, pages).
+//! error bodies, waiting for durable changes. The list parameters are in [`super::list`].
 
 use std::sync::Arc;
 

@@ -116,6 +116,17 @@ where
     F: Fn(&T) -> R + Send + Unpin + 'static,
 {
     let pages = page_of(q)?;
+    // A whole list sorted by a changing field (`messages`) is written as its keys were
+    // read: made again as it is written, it could come out unsorted.
+    if pages.is_none() && sort_field(q).is_some_and(|s| s != "name") {
+        return list(
+            items
+                .iter()
+                .map(|item| to_json(item).into_value())
+                .collect(),
+            q,
+        );
+    }
     let total = items.len();
     let mut keyed: Vec<(Option<Value>, T)> = match sort_field(q) {
         None => items.into_iter().map(|item| (None, item)).collect(),
@@ -160,10 +171,10 @@ where
 /// How much of a whole list is written at a time: a few dozen queues.
 const STREAMED_CHUNK_BYTES: usize = 64 * 1024;
 
-/// A whole list, written as the client reads it: the next chunk is made only once hyper
-/// has sent the last, so an answer holds one chunk and the items themselves (each an `Arc`
-/// or two), not the list's JSON. Making a chunk takes about a millisecond, so a long list
-/// never holds a runtime thread for long either.
+/// A whole list, written as the client reads it: hyper asks for the next chunk as its write
+/// buffer drains (it buffers about 400 KiB), so an answer holds a few chunks and the items
+/// themselves (each an `Arc` or two), not the list's JSON. Making a chunk takes about a
+/// millisecond, so a long list never holds a runtime thread for long either.
 struct Streamed<T, F> {
     items: std::vec::IntoIter<T>,
     to_json: F,

@@ -1,7 +1,8 @@
 //! The Prometheus endpoint (RabbitMQ's `rabbitmq_prometheus`, port 15692): `/metrics` with
-//! every metric aggregated, `/metrics/per-object` (and `/metrics/detailed`) with one series
-//! per queue, under RabbitMQ's metric names, types and labels, so that its Grafana
-//! dashboards and scrapers read Lepus unchanged.
+//! every metric aggregated, `/metrics/per-object` with one series per queue, and
+//! `/metrics/detailed` with the families asked for ([`detailed`]), under RabbitMQ's metric
+//! names, types and labels, so that its Grafana dashboards and scrapers read Lepus
+//! unchanged.
 //!
 //! Nothing is kept between scrapes: each scrape reads the live counters through a
 //! `prometheus-client` collector, which writes the OpenMetrics text.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +24,8 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+mod detailed;
 
 use super::state::Mgmt;
 use crate::broker::alarms;
@@ -42,7 +45,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))
-        .route("/metrics/detailed", get(per_object))
+        .route("/metrics/detailed", get(detailed))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, super::http::normalise_path);
@@ -60,37 +63,52 @@ pub async fn serve(
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Filter {
-    /// `/metrics/detailed?vhost=...`: only this vhost's queues.
+    /// `/metrics/per-object?vhost=...`: only this vhost's queues.
     vhost: Option<String>,
 }
 
 async fn aggregated(State(m): State<Arc<Mgmt>>) -> Response {
-    scrape(m, false, None).await
+    let metrics = BrokerMetrics {
+        mgmt: m.clone(),
+        per_object: false,
+        vhost: None,
+    };
+    scrape(&m, Box::new(metrics)).await
 }
 
 async fn per_object(State(m): State<Arc<Mgmt>>, Query(f): Query<Filter>) -> Response {
-    scrape(m, true, f.vhost).await
+    let metrics = BrokerMetrics {
+        mgmt: m.clone(),
+        per_object: true,
+        vhost: f.vhost,
+    };
+    scrape(&m, Box::new(metrics)).await
+}
+
+/// `family=` and `vhost=` repeat, which a `Query` struct cannot take: the query is read
+/// as it came.
+async fn detailed(State(m): State<Arc<Mgmt>>, RawQuery(query): RawQuery) -> Response {
+    let metrics = detailed::DetailedMetrics {
+        mgmt: m.clone(),
+        request: detailed::Request::parse(query.as_deref()),
+    };
+    scrape(&m, Box::new(metrics)).await
 }
 
 /// Scrapes run one at a time (`Mgmt::scraping`) and off the runtime's workers, which the
 /// AMQP connections run on: a scrape takes time in the number of queues and channels.
-async fn scrape(mgmt: Arc<Mgmt>, per_object: bool, vhost: Option<String>) -> Response {
+async fn scrape(mgmt: &Mgmt, metrics: Box<dyn Collector>) -> Response {
     let Ok(_turn) = mgmt.scraping.acquire().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    let mgmt = mgmt.clone();
-    tokio::task::spawn_blocking(move || render(mgmt, per_object, vhost))
+    tokio::task::spawn_blocking(move || render(metrics))
         .await
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn render(mgmt: Arc<Mgmt>, per_object: bool, vhost: Option<String>) -> Response {
+fn render(metrics: Box<dyn Collector>) -> Response {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(BrokerMetrics {
-        mgmt,
-        per_object,
-        vhost,
-    }));
+    registry.register_collector(metrics);
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
@@ -116,6 +134,21 @@ fn gauge(
     samples: &[(Labels, i64)],
 ) -> std::fmt::Result {
     let metric = ConstGauge::new(0i64);
+    let mut family = enc.encode_descriptor(name, help, None, metric.metric_type())?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge family of fractions (or NaN, RabbitMQ's "none").
+fn gauge_f64(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, f64)],
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(0f64);
     let mut family = enc.encode_descriptor(name, help, None, metric.metric_type())?;
     for (labels, value) in samples {
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
@@ -291,7 +324,7 @@ impl Collector for BrokerMetrics {
         self.encode_queues(&mut enc, &scrape)?;
         self.encode_objects(&mut enc, &scrape)?;
         self.encode_node(&mut enc)?;
-        self.encode_identity(&mut enc)
+        encode_identity(&self.mgmt, &mut enc)
     }
 }
 
@@ -526,39 +559,39 @@ impl BrokerMetrics {
         }
         Ok(())
     }
+}
 
-    /// `rabbitmq_build_info` and `rabbitmq_identity_info`, which dashboards group by.
-    fn encode_identity(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        let version = self.mgmt.broker.config.version.clone();
-        let build = vec![
-            ("rabbitmq_version", version.clone()),
-            ("prometheus_plugin_version", version),
-            ("prometheus_client_version", "prometheus-client 0.26".into()),
-            ("erlang_version", "none".into()),
-            ("lepus_version", env!("CARGO_PKG_VERSION").into()),
-        ];
-        gauge(
-            enc,
-            "rabbitmq_build_info",
-            "RabbitMQ & Erlang/OTP version info",
-            &[(build, 1)],
-        )?;
-        let cluster = self
-            .mgmt
-            .cluster_name
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let identity = vec![
-            ("rabbitmq_node", super::state::node_name()),
-            ("rabbitmq_cluster", cluster.clone()),
-            ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
-        ];
-        gauge(
-            enc,
-            "rabbitmq_identity_info",
-            "RabbitMQ node & cluster identity info",
-            &[(identity, 1)],
-        )
-    }
+/// `rabbitmq_build_info` and `rabbitmq_identity_info`, which dashboards group by; on every
+/// endpoint.
+fn encode_identity(mgmt: &Mgmt, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    let version = mgmt.broker.config.version.clone();
+    let build = vec![
+        ("rabbitmq_version", version.clone()),
+        ("prometheus_plugin_version", version),
+        ("prometheus_client_version", "prometheus-client 0.26".into()),
+        ("erlang_version", "none".into()),
+        ("lepus_version", env!("CARGO_PKG_VERSION").into()),
+    ];
+    gauge(
+        enc,
+        "rabbitmq_build_info",
+        "RabbitMQ & Erlang/OTP version info",
+        &[(build, 1)],
+    )?;
+    let cluster = mgmt
+        .cluster_name
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let identity = vec![
+        ("rabbitmq_node", super::state::node_name()),
+        ("rabbitmq_cluster", cluster.clone()),
+        ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
+    ];
+    gauge(
+        enc,
+        "rabbitmq_identity_info",
+        "RabbitMQ node & cluster identity info",
+        &[(identity, 1)],
+    )
 }

@@ -6,6 +6,9 @@
 //! `collect_statistics_interval` (5 s) while the management listener runs, and keeps only the previous
 //! sample of each object: the cost is one pass over the broker's objects every few seconds,
 //! nothing per message, and nothing at all without the listener.
+//!
+//! The same samples tell which objects are at rest (`idle_since`: nothing they count moved
+//! between two samples) and give the node's gauges their rates (`mem_used_details`, ...).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -56,11 +59,12 @@ impl Sampled {
                 rates_between(prev, &values, now),
                 (prev.values == values).then(|| prev.idle_since_ms.unwrap_or(prev.at_ms)),
             ),
-            // Counted before it was first seen: at rest from this sample at the earliest.
+            // Seen for the first time: idle only if nothing was ever counted; otherwise the
+            // next sample tells.
             None => {
                 let untouched = values.iter().all(|(_, v)| *v == 0);
                 let rates = values.iter().map(|(f, _)| (*f, 0.0)).collect();
-                (rates, Some(if untouched { 0 } else { now_ms }))
+                (rates, untouched.then_some(0))
             }
         };
         Sampled {
@@ -75,25 +79,16 @@ impl Sampled {
 }
 
 /// What the sampler knows of one object.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ObjectSample {
     /// The rate of each field, per second (none before two samples).
     pub rates: Vec<(&'static str, f64)>,
-    /// `None` if its counters or depths moved between the last two samples; else since
-    /// when they have not (0: not since it was first seen, with nothing counted then).
+    /// Since when its counters and depths have not moved (0: nothing was ever counted),
+    /// or `None` if they moved between the last two samples or it is too new to tell.
     /// RabbitMQ shows `idle_since` only on an object at rest (its process hibernated), and
-    /// an operator's clean-up script reads it so: a queue taking messages must not look idle.
+    /// an operator's clean-up script reads it so: a queue taking messages must not look
+    /// idle, so when in doubt it does not.
     pub idle_since_ms: Option<u64>,
-}
-
-impl Default for ObjectSample {
-    /// An object not sampled yet: nothing seen moving.
-    fn default() -> Self {
-        ObjectSample {
-            rates: Vec::new(),
-            idle_since_ms: Some(0),
-        }
-    }
 }
 
 impl Rates {
@@ -395,7 +390,7 @@ pub struct MessageStats<'a> {
     pub totals: &'a MessageTotals,
     /// The fields this kind of object shows (`QUEUE_FIELDS`, ...).
     pub fields: &'a [&'a str],
-    /// The object's rates ([`Rates::rates_of`]); `None` leaves the `_details` out, as
+    /// The object's rates ([`Rates::sample_of`]); `None` leaves the `_details` out, as
     /// `disable_stats` asks.
     pub rates: Option<&'a [(&'static str, f64)]>,
 }

@@ -404,6 +404,9 @@ impl Queue {
             }
             state.consumers.insert(consumer);
             state.had_consumers = true;
+            // A use, as the management API's `idle_since` shows it (the queue's expiry
+            // waits while it has consumers anyway).
+            state.last_used_ms = now_ms();
             state.dispatch(&self.ctx);
             Ok(())
         })
