@@ -292,6 +292,20 @@ def scrape(path):
     return body
 
 
+def scrape_until(path, line, want):
+    """(the scrape, the value `line` matched) once it is `want`, or the last after 20 s: the
+    brokers' statistics lag (RabbitMQ's by up to its 5 s emission interval)."""
+    pattern = re.compile(line, re.M)
+    deadline = time.time() + 20
+    while True:
+        text = scrape(path)
+        found = pattern.search(text)
+        value = found and float(found.group(1))
+        if value == want or time.time() > deadline:
+            return text, value
+        time.sleep(0.25)
+
+
 @scenario
 def prometheus_metrics(url):
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -302,18 +316,8 @@ def prometheus_metrics(url):
     seen = {}
     names = set(re.findall(r"^([a-z_]+)[{ ]", scrape("/metrics"), re.M))
     seen["present"] = {name: name in names for name in METRICS}
-    line = re.compile(r'^rabbitmq_queue_messages_ready\{vhost="/",queue="prom-q"\} (\S+)$', re.M)
-    deadline = time.time() + 20
-    value = None
-    per_object = ""
-    while time.time() < deadline:
-        per_object = scrape("/metrics/per-object")
-        found = line.search(per_object)
-        value = found and float(found.group(1))
-        if value == 2:
-            break
-        time.sleep(0.25)
-    seen["per_object_ready"] = value
+    line = r'^rabbitmq_queue_messages_ready\{vhost="/",queue="prom-q"\} (\S+)$'
+    per_object, seen["per_object_ready"] = scrape_until("/metrics/per-object", line, 2)
     seen["per_object_persistent_bytes"] = "\nrabbitmq_queue_messages_persistent_bytes{" in per_object
     conn.close()
     http("DELETE", "/api/queues/%2F/prom-q")
@@ -335,15 +339,8 @@ def prometheus_detailed(url):
         return sorted(n for n in found if not n.startswith("telemetry_"))
 
     seen = {"bare": names(scrape("/metrics/detailed"))}
-    ready = re.compile(r'^rabbitmq_detailed_queue_messages_ready\{vhost="/",queue="prom-detailed"\} (\S+)$', re.M)
-    deadline = time.time() + 20
-    coarse = ""
-    while time.time() < deadline:
-        coarse = scrape("/metrics/detailed?family=queue_coarse_metrics&vhost=%2F")
-        found = ready.search(coarse)
-        if found and float(found.group(1)) == 2:
-            break
-        time.sleep(0.25)
+    ready = r'^rabbitmq_detailed_queue_messages_ready\{vhost="/",queue="prom-detailed"\} (\S+)$'
+    coarse, _ = scrape_until("/metrics/detailed?family=queue_coarse_metrics&vhost=%2F", ready, 2)
     seen["coarse"] = names(coarse)
     seen["coarse_depth"] = re.findall(r'^rabbitmq_detailed_queue_messages(?:_ready|_unacked)?\{vhost="/",queue="prom-detailed"\} \S+$', coarse, re.M)
     for family in ("queue_metrics", "queue_consumer_count", "connection_coarse_metrics", "connection_metrics",

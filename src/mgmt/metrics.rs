@@ -17,7 +17,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -126,30 +127,14 @@ struct BrokerMetrics {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Writes one gauge family.
-fn gauge(
+/// Writes one gauge family (whole numbers, or fractions and NaN, RabbitMQ's "none").
+fn gauge<N: EncodeGaugeValue + Copy>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: &[(Labels, i64)],
+    samples: &[(Labels, N)],
 ) -> std::fmt::Result {
-    let metric = ConstGauge::new(0i64);
-    let mut family = enc.encode_descriptor(name, help, None, metric.metric_type())?;
-    for (labels, value) in samples {
-        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-/// Writes one gauge family of fractions (or NaN, RabbitMQ's "none").
-fn gauge_f64(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: &[(Labels, f64)],
-) -> std::fmt::Result {
-    let metric = ConstGauge::new(0f64);
-    let mut family = enc.encode_descriptor(name, help, None, metric.metric_type())?;
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in samples {
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{Labels, Metric, counter, encode_identity, gauge, gauge_f64};
+use super::{Labels, Metric, counter, encode_identity, gauge};
 use crate::broker::alarms;
 use crate::broker::queue::QueueSnapshot;
 use crate::broker::stats::ChannelInfo;
@@ -288,7 +288,7 @@ fn queue_details(
         ),
     ] {
         if written.insert(name) {
-            gauge_f64(enc, name, help, &capacity)?;
+            gauge(enc, name, help, &capacity)?;
         }
     }
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -304,7 +304,7 @@ fn queue_details(
             .iter()
             .map(|q| (q.labels.clone(), f64::NAN))
             .collect();
-        gauge_f64(
+        gauge(
             enc,
             name,
             "Timestamp of the first message in the queue, if any",
