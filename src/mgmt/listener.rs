@@ -198,6 +198,22 @@ impl AsyncWrite for Guarded {
         this.progress(cx, written)
     }
 
+    /// hyper writes a response's head and body chunks in one call when it can, instead of
+    /// copying each chunk into its own buffer first.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.progress(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
@@ -235,5 +251,11 @@ mod tests {
         .await
         .expect("the write gave up");
         assert_eq!(stalled.kind(), io::ErrorKind::TimedOut);
+        // The same for hyper's vectored writes.
+        let again = served.write_vectored(&[io::IoSlice::new(&chunk)]).await;
+        assert_eq!(
+            again.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::TimedOut)
+        );
     }
 }

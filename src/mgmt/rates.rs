@@ -135,7 +135,11 @@ impl Rates {
             loop {
                 tick.tick().await;
                 round += 1;
-                rates.sample(&broker, round);
+                // A pass takes time in the number of objects (tens of milliseconds for
+                // 50,000 queues) and reads the disk's free space: off the runtime's
+                // workers, which the AMQP connections run on.
+                let (r, b) = (rates.clone(), broker.clone());
+                let _ = tokio::task::spawn_blocking(move || r.sample(&b, round)).await;
             }
         })
     }
