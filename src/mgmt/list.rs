@@ -118,14 +118,8 @@ where
     let pages = page_of(q)?;
     // A whole list sorted by a changing field (`messages`) is written as its keys were
     // read: made again as it is written, it could come out unsorted.
-    if pages.is_none() && sort_field(q).is_some_and(|s| s != "name") {
-        return list(
-            items
-                .iter()
-                .map(|item| to_json(item).into_value())
-                .collect(),
-            q,
-        );
+    if let (None, Some(sort)) = (pages, sort_field(q).filter(|s| *s != "name")) {
+        return Ok(sorted_whole(&items, q, sort, to_json));
     }
     let total = items.len();
     let mut keyed: Vec<(Option<Value>, T)> = match sort_field(q) {
@@ -166,6 +160,47 @@ where
         (total, filtered),
         (page, page_size, page_count),
     ))
+}
+
+/// A whole list sorted by a field other than the name: each item is made JSON once, its
+/// sort key read and the item written out (as compact bytes, a twentieth of what its
+/// `Value` takes), then the rows are sorted. Sorting the `Value`s themselves held a
+/// gigabyte for 50,000 queues.
+fn sorted_whole<T, R: Row>(
+    items: &[T],
+    q: &ListQuery,
+    sort: &str,
+    to_json: impl Fn(&T) -> R,
+) -> Response {
+    let columns = Columns::of(q);
+    let mut rows: Vec<(Option<Value>, Vec<u8>)> = items
+        .iter()
+        .map(|item| {
+            let json = to_json(item).into_value();
+            let key = lookup(&json, sort).cloned();
+            let shown = match &columns {
+                Some(columns) => columns.pick(&json),
+                None => json,
+            };
+            // Cannot fail for JSON made of string keys; an item that did would be left out.
+            (key, serde_json::to_vec(&shown).unwrap_or_default())
+        })
+        .filter(|(_, bytes)| !bytes.is_empty())
+        .collect();
+    rows.sort_by(|a, b| compare(a.0.as_ref(), b.0.as_ref()));
+    if truthy(&q.sort_reverse) {
+        rows.reverse();
+    }
+    let mut body = Vec::with_capacity(rows.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, (_, bytes)) in rows.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&bytes);
+    }
+    body.push(b']');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// How much of a whole list is written at a time: a few dozen queues.
