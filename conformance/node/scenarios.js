@@ -649,6 +649,68 @@ const scenarios = {
     return { got: [m1.content.toString(), m2.content.toString()], ready_after_close: messageCount };
   },
 
+  // Where a requeued message goes: a quorum queue puts what its consumer refused (nack or
+  // reject with requeue, basic.recover) behind every ready message, in the order it came
+  // back, and what a closing channel let go back in its place; a classic queue puts both
+  // back in their places. x-delivery-count counts the returns.
+  async quorum_requeue_order(url) {
+    const conn = await amqp.connect(url);
+    const setup = await conn.createConfirmChannel();
+    const ch = await conn.createChannel();
+    const fresh = async (q, kind) => {
+      await setup.assertQueue(q, { durable: true, arguments: { 'x-queue-type': kind } });
+      for (let i = 1; i <= 5; i++) setup.sendToQueue(q, Buffer.from(`m${i}`), { persistent: true });
+      await setup.waitForConfirms();
+    };
+    const drainFive = async (q) => {
+      const out = [];
+      const deadline = Date.now() + 10000;
+      while (out.length < 5 && Date.now() < deadline) {
+        const m = await ch.get(q, { noAck: true });
+        if (!m) { await sleep(10); continue; }
+        const count = (m.properties.headers || {})['x-delivery-count'];
+        out.push(m.content.toString() + (m.fields.redelivered ? '*' : '') +
+          (count === undefined ? '' : `[${count}]`));
+      }
+      await setup.deleteQueue(q);
+      return out.join(' ');
+    };
+    const seen = {};
+    for (const kind of ['quorum', 'classic']) {
+      const q = unique(`order-${kind}`);
+      await fresh(q, kind);
+      ch.nack(await waitGet(ch, q, false), false, true);
+      seen[`${kind} nack`] = await drainFive(q);
+      await fresh(q, kind);
+      ch.reject(await waitGet(ch, q, false), true);
+      seen[`${kind} reject`] = await drainFive(q);
+      await fresh(q, kind);
+      await waitGet(ch, q, false);
+      ch.nack(await waitGet(ch, q, false), true, true);
+      seen[`${kind} nack multiple`] = await drainFive(q);
+      await fresh(q, kind);
+      const m1 = await waitGet(ch, q, false);
+      const m2 = await waitGet(ch, q, false);
+      ch.nack(m2, false, true);
+      ch.nack(m1, false, true);
+      seen[`${kind} nack m2 then m1`] = await drainFive(q);
+      await fresh(q, kind);
+      await waitGet(ch, q, false);
+      await ch.recover();
+      seen[`${kind} recover`] = await drainFive(q);
+      await fresh(q, kind);
+      const other = await conn.createChannel();
+      await waitGet(other, q, false);
+      await other.close();
+      seen[`${kind} channel closed`] = await drainFive(q);
+    }
+    await conn.close();
+    assert.equal(seen['quorum nack'], 'm2[0] m3[0] m4[0] m5[0] m1*[1]');
+    assert.equal(seen['quorum channel closed'], 'm1*[1] m2[0] m3[0] m4[0] m5[0]');
+    assert.equal(seen['classic nack'], 'm1* m2 m3 m4 m5');
+    return seen;
+  },
+
   // A channel-wide prefetch of 1 shared by consumers of three queues: as acks free the
   // credit, every queue gets a share.
   async global_prefetch_fairness(url) {

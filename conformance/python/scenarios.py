@@ -349,6 +349,73 @@ def tx_close_rollback(url):
 
 
 @scenario
+def quorum_requeue_order(url):
+    """Where a requeued message goes: a quorum queue puts what its consumer refused (nack or
+    reject with requeue, basic.recover) behind every ready message, in the order it came
+    back, and what a closing channel let go back in its place; a classic queue puts both
+    back in their places. x-delivery-count counts the returns."""
+    conn = connect(url)
+    setup = conn.channel()
+    setup.confirm_delivery()
+    ch = conn.channel()
+
+    def fresh(q, kind):
+        setup.queue_declare(q, durable=True, arguments={"x-queue-type": kind})
+        for i in range(1, 6):
+            setup.basic_publish("", q, b"m%d" % i, pika.BasicProperties(delivery_mode=2))
+
+    def take(q):
+        return wait_get(ch, q, auto_ack=False)[0].delivery_tag
+
+    def drain(q):
+        """The five messages, with * if redelivered and the delivery count if any."""
+        out, deadline = [], time.time() + 10
+        while len(out) < 5 and time.time() < deadline:
+            method, props, body = ch.basic_get(q, auto_ack=True)
+            if method is None:
+                time.sleep(0.01)
+                continue
+            count = (props.headers or {}).get("x-delivery-count")
+            out.append(body.decode() + ("*" if method.redelivered else "")
+                       + ("" if count is None else "[%d]" % count))
+        setup.queue_delete(q)
+        return " ".join(out)
+
+    seen = {}
+    for kind in ("quorum", "classic"):
+        q = unique("order-" + kind)
+        fresh(q, kind)
+        ch.basic_nack(take(q), requeue=True)
+        seen[kind + " nack"] = drain(q)
+        fresh(q, kind)
+        ch.basic_reject(take(q), requeue=True)
+        seen[kind + " reject"] = drain(q)
+        fresh(q, kind)
+        take(q)
+        ch.basic_nack(take(q), multiple=True, requeue=True)
+        seen[kind + " nack multiple"] = drain(q)
+        fresh(q, kind)
+        m1, m2 = take(q), take(q)
+        ch.basic_nack(m2, requeue=True)
+        ch.basic_nack(m1, requeue=True)
+        seen[kind + " nack m2 then m1"] = drain(q)
+        fresh(q, kind)
+        take(q)
+        ch.basic_recover(requeue=True)
+        seen[kind + " recover"] = drain(q)
+        fresh(q, kind)
+        other = conn.channel()
+        wait_get(other, q, auto_ack=False)
+        other.close()
+        seen[kind + " channel closed"] = drain(q)
+    conn.close()
+    assert seen["quorum nack"] == "m2[0] m3[0] m4[0] m5[0] m1*[1]", seen
+    assert seen["quorum channel closed"] == "m1*[1] m2[0] m3[0] m4[0] m5[0]", seen
+    assert seen["classic nack"] == "m1* m2 m3 m4 m5", seen
+    return seen
+
+
+@scenario
 def global_prefetch_fairness(url):
     """basic.qos(prefetch_count=1, global=true) shared by consumers of three queues on one
     channel: as acks free the credit, every queue gets a share of the deliveries."""

@@ -24,7 +24,7 @@ use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
 use crate::broker::queue::consumers::Activity;
-use crate::broker::queue::delivery::{DeliverySource, Settled, Unblock};
+use crate::broker::queue::delivery::{DeliverySource, Requeue, Settled, Unblock};
 use crate::broker::queue::settings::QueueType;
 use crate::broker::queue::{ConsumerSnapshot, Queue, QueueSnapshot};
 use crate::broker::stats::{ConnectionInfo, bump};
@@ -490,7 +490,7 @@ async fn get_messages(
     let settled = |e: &crate::broker::queue::entry::QueueEntry| Settled::of(e, None);
     if requeue {
         let list = taken.into_iter().map(|e| (settled(&e), e)).collect();
-        queue.requeue(list, Unblock::Nobody);
+        queue.requeue(list, Requeue::Released, Unblock::Nobody);
     } else if reject {
         let list = taken.into_iter().map(|e| (settled(&e), e)).collect();
         queue.reject(list, Unblock::Nobody);

@@ -17,7 +17,7 @@ use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
 use crate::broker::queue::consumer::Consumer;
-use crate::broker::queue::delivery::{DeliverySource, Unblock};
+use crate::broker::queue::delivery::{DeliverySource, Requeue, Unblock};
 use crate::broker::reply_to::{self, ReplySink};
 use crate::protocol::basic::write_get_ok;
 use crate::protocol::error::AmqpResult;
@@ -70,13 +70,13 @@ impl Channel {
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
                 );
-                self.requeue_all();
+                self.requeue_all(Requeue::Refused);
             }
             basic::AMQPMethod::RecoverAsync(r) => {
                 if !r.requeue {
                     return Err(amqp_error!(NotImplemented, "requeue=false"));
                 }
-                self.requeue_all();
+                self.requeue_all(Requeue::Refused);
             }
             _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
         }

@@ -7,10 +7,33 @@ use super::{Channel, ChannelState, TxSettle, Unacked};
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::message::SettledConfirms;
-use crate::broker::queue::delivery::{BySource, DeliverySource, Settled, Unblock};
+use crate::broker::queue::delivery::{BySource, DeliverySource, Requeue, Settled, Unblock};
 use crate::broker::queue::entry::QueueEntry;
 use crate::protocol::basic::Settle;
 use crate::protocol::error::{AmqpError, AmqpResult};
+
+/// What becomes of settled deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Acknowledged: they leave their queues.
+    Ack,
+    /// Back into their queues, marked redelivered.
+    Requeue(Requeue),
+    /// Rejected without requeue: dead-lettered or dropped.
+    Discard,
+}
+
+impl Verdict {
+    /// The verdict of a basic.ack (`is_ack`), or of a basic.nack or basic.reject and its
+    /// requeue flag.
+    pub(super) fn of(is_ack: bool, requeue: bool) -> Verdict {
+        match (is_ack, requeue) {
+            (true, _) => Verdict::Ack,
+            (false, true) => Verdict::Requeue(Requeue::Refused),
+            (false, false) => Verdict::Discard,
+        }
+    }
+}
 
 /// Settlements for one queue, in delivery order.
 type QueueSettlements = (Arc<dyn DeliverySource>, Vec<(Settled, QueueEntry)>);
@@ -54,17 +77,12 @@ impl Channel {
             self.note_gauges();
             return Ok(());
         }
-        if is_ack {
-            self.settle(taken, None);
-        } else {
-            self.settle(taken, Some(settle.requeue));
-        }
+        self.settle(taken, Verdict::of(is_ack, settle.requeue));
         Ok(())
     }
 
-    /// Settles deliveries with their queues: `None` acks, `Some(true)` requeues,
-    /// `Some(false)` discards.
-    pub(super) fn settle(&mut self, taken: Vec<Unacked>, reject: Option<bool>) {
+    /// Settles deliveries with their queues.
+    pub(super) fn settle(&mut self, taken: Vec<Unacked>, verdict: Verdict) {
         if taken.is_empty() {
             return;
         }
@@ -80,11 +98,11 @@ impl Channel {
             by_queue.push(&u.queue, (settled, u.entry));
         }
         let groups: Vec<QueueSettlements> = by_queue.into_groups();
-        if reject.is_none() {
+        if verdict == Verdict::Ack {
             let acked = groups.iter().map(|(_, l)| l.len() as u64).sum();
             crate::broker::stats::bump(&self.stats.info.messages.ack, acked);
         }
-        if reject.is_none() {
+        if verdict == Verdict::Ack {
             // Acknowledged: the publishers' confirms of these messages need not wait for the
             // disk (see `broker::message::ConfirmSink`).
             let mut confirms = SettledConfirms::default();
@@ -96,10 +114,10 @@ impl Channel {
             confirms.report();
         }
         for (queue, list) in groups {
-            match reject {
-                Some(true) => queue.requeue(list, unblock),
-                Some(false) => queue.reject(list, unblock),
-                None => queue.ack(
+            match verdict {
+                Verdict::Requeue(why) => queue.requeue(list, why, unblock),
+                Verdict::Discard => queue.reject(list, unblock),
+                Verdict::Ack => queue.ack(
                     list.into_iter().map(|(settled, _)| settled).collect(),
                     unblock,
                 ),
@@ -127,10 +145,11 @@ impl Channel {
         }
     }
 
-    /// Requeues everything unacknowledged (channel close, basic.recover).
-    pub(super) fn requeue_all(&mut self) {
+    /// Requeues everything unacknowledged: `Requeue::Released` when the channel closes,
+    /// `Requeue::Refused` for basic.recover.
+    pub(super) fn requeue_all(&mut self, why: Requeue) {
         let all: Vec<Unacked> = self.unacked.drain(..).collect();
-        self.settle(all, Some(true));
+        self.settle(all, Verdict::Requeue(why));
     }
 
     /// Releases everything the channel holds: consumers leave their queues (auto-delete
@@ -153,7 +172,7 @@ impl Channel {
                 s.vhost.remove_queue(&c.queue);
             }
         }
-        self.requeue_all();
+        self.requeue_all(Requeue::Released);
         self.state = ChannelState::Closing;
     }
 }

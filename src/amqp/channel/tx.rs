@@ -4,6 +4,7 @@
 use amq_protocol::protocol::{AMQPClass, tx};
 
 use super::publish::{Destination, Outcome};
+use super::settle::Verdict;
 use super::{Channel, Transaction, TxPublish, TxSettle, Unacked, reply};
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
@@ -61,8 +62,10 @@ impl Channel {
                 }
                 for settle in work.settles {
                     match settle {
-                        TxSettle::Ack(list) => self.settle(list, None),
-                        TxSettle::Reject(list, requeue) => self.settle(list, Some(requeue)),
+                        TxSettle::Ack(list) => self.settle(list, Verdict::Ack),
+                        TxSettle::Reject(list, requeue) => {
+                            self.settle(list, Verdict::of(false, requeue))
+                        }
                     }
                 }
                 if write_failed {

@@ -63,12 +63,26 @@ pub trait DeliverySink: Send + Sync {
     fn consumer_cancelled(&self, channel: u16, consumer_tag: Bytes);
 }
 
+/// Why deliveries go back to their queue, which decides where a quorum queue puts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Their consumer turned them down: `basic.nack` or `basic.reject` with requeue, or
+    /// `basic.recover`. Same as RabbitMQ 3.10, a quorum queue puts them behind every ready
+    /// message, in the order they came back, so that a message its consumers keep refusing
+    /// does not hold up the rest; a classic queue puts them back in their places.
+    Refused,
+    /// They were let go without a verdict: their channel closed, or the management API
+    /// only looked at them. Every queue puts them back in their places.
+    Released,
+}
+
 /// What a delivery is settled with: the queue it came from.
 pub trait DeliverySource: Send + Sync {
     /// The deliveries were acknowledged: they leave the queue for good.
     fn ack(&self, settled: Vec<Settled>, unblock: Unblock);
-    /// The deliveries go back to their places in the queue, marked redelivered.
-    fn requeue(&self, settled: Vec<(Settled, QueueEntry)>, unblock: Unblock);
+    /// The deliveries go back into the queue, marked redelivered: where, `why` decides (see
+    /// [`Requeue`]).
+    fn requeue(&self, settled: Vec<(Settled, QueueEntry)>, why: Requeue, unblock: Unblock);
     /// The deliveries were rejected without requeue: dead-lettered or dropped.
     fn reject(&self, settled: Vec<(Settled, QueueEntry)>, unblock: Unblock);
     /// The deliveries never reached their consumer (it went away first).

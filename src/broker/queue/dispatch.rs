@@ -12,7 +12,6 @@ use bytes::Bytes;
 
 use super::consumer::Consumer;
 use super::context::QueueCtx;
-use super::dead_letter::Reason;
 use super::delivery::{ConsumerId, Delivery, DeliverySink, Unblock};
 use super::entry::QueueEntry;
 use super::settings::QueueType;
@@ -222,41 +221,6 @@ impl State {
             Unblock::Nobody => {}
             Unblock::Channel(p) => self.consumers.wake_channel(Arc::as_ptr(p) as usize),
             Unblock::Sink(id) => self.consumers.wake_sink(id),
-        }
-    }
-
-    /// Messages coming back from consumers: a quorum queue counts the return and
-    /// dead-letters what came back more often than its delivery limit; the rest go back to
-    /// their places. A message with TTL 0 went out the moment it arrived, so its expiry (its
-    /// enqueue time, as in RabbitMQ) has passed: it is expired when it reaches the head.
-    pub fn return_entries(&mut self, entries: Vec<QueueEntry>) {
-        let quorum = self.settings.queue_type == QueueType::Quorum;
-        let limit = self.settings.delivery_limit;
-        let mut back = Vec::with_capacity(entries.len());
-        for mut entry in entries {
-            if entry.expires_at.is_none() && self.ttl_of(&entry.message) == Some(0) {
-                entry.expires_at = Some(now_ms());
-            }
-            if quorum {
-                entry.delivery_count += 1;
-                if limit.is_some_and(|l| u64::from(entry.delivery_count) > l) {
-                    self.discard(entry, Reason::DeliveryLimit);
-                    continue;
-                }
-            }
-            back.push(entry);
-        }
-        self.insert_in_order(back);
-    }
-
-    /// Inserts entries at the positions their sequence numbers give them.
-    pub fn insert_in_order(&mut self, mut entries: Vec<QueueEntry>) {
-        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
-        for entry in entries {
-            let size = entry.size();
-            self.ready_bytes += size;
-            self.body_bytes += entry.message.body.len() as u64;
-            self.ready.insert_in_order(entry);
         }
     }
 }

@@ -9,7 +9,7 @@
 //! connection happen in one call on the publisher's task.
 //!
 //! This file is the queue's public face; the state behind its lock and what runs under it are
-//! in [`state`], [`dispatch`], [`limits`] and [`paging`]. A durable queue writes each
+//! in [`state`], [`dispatch`], [`requeue`], [`limits`] and [`paging`]. A durable queue writes each
 //! persistent message to its log ([`crate::store::QueueLog`]) before the publisher's confirm.
 //! What a queue does beyond FIFO (TTLs, dead-lettering, length limits, priorities, single
 //! active consumer, delivery limits) is set by [`settings::QueueSettings`].
@@ -20,7 +20,8 @@
 //!
 //! Invariants, all under the lock:
 //! - Each priority level of `ready` is sorted by `seq`; a requeued message goes back to the
-//!   place its `seq` gives it.
+//!   place its `seq` gives it, or, refused by a quorum queue's consumer, takes the next
+//!   `seq` at the back ([`requeue`]).
 //! - Every message in the tail comes after every message in `ready` (higher `seq`), and the
 //!   tail is read back in `seq` order. Only FIFO queues page.
 //! - A message is in exactly one place: `ready`, the tail, a channel's unacked list (the
@@ -43,6 +44,7 @@ mod pace;
 mod paging;
 pub mod prefetch;
 pub mod ready;
+mod requeue;
 pub mod settings;
 pub mod state;
 
@@ -60,7 +62,7 @@ use consumer::Consumer;
 use consumers::Consumers;
 use context::{QueueCtx, QueueServices};
 use dead_letter::Reason;
-use delivery::{ConsumerId, Delivery, DeliverySource, Settled, Unblock};
+use delivery::{ConsumerId, Delivery, DeliverySource, Requeue, Settled, Unblock};
 use entry::QueueEntry;
 use ready::Ready;
 use settings::{QueueSettings, QueueType};
@@ -612,8 +614,9 @@ impl DeliverySource for Queue {
         });
     }
 
-    /// Puts delivered messages back in their original positions, marked redelivered.
-    fn requeue(&self, entries: Vec<(Settled, QueueEntry)>, unblock: Unblock) {
+    /// Puts delivered messages back, marked redelivered: in their original positions, or,
+    /// in a quorum queue whose consumer refused them, at the back (`requeue`).
+    fn requeue(&self, entries: Vec<(Settled, QueueEntry)>, why: Requeue, unblock: Unblock) {
         self.with_state(|state| {
             let settled: Vec<Settled> = entries.iter().map(|(s, _)| *s).collect();
             Queue::settle_credit(state, &settled, unblock);
@@ -627,7 +630,7 @@ impl DeliverySource for Queue {
                     entry
                 })
                 .collect();
-            state.return_entries(back);
+            state.return_entries(&self.ctx, back, why);
             state.enforce_length_limit(&self.ctx);
             state.dispatch(&self.ctx);
         });
@@ -656,7 +659,7 @@ impl DeliverySource for Queue {
             if state.deleted {
                 return;
             }
-            state.return_entries(back);
+            state.return_entries(&self.ctx, back, Requeue::Released);
             state.dispatch(&self.ctx);
         });
     }

@@ -1,0 +1,291 @@
+//! Where a requeued message goes. Same as RabbitMQ 3.10.8 (checked with pika against a local
+//! `rabbitmq-server`): a classic queue puts it back in its place; a quorum queue puts what
+//! its consumer turned down (`basic.nack` or `basic.reject` with requeue, `basic.recover`)
+//! behind every ready message, in the order it came back, but what a closing channel let go
+//! back in its place. The back stays the back across a restart and past a paged-out backlog.
+
+mod common;
+
+use common::http::Api;
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn quorum() -> FieldTable {
+    table(&[("x-queue-type", long_str("quorum"))])
+}
+
+/// A fresh queue `name` of `kind` ("quorum" or "classic") holding m1..m5.
+async fn fresh(ch: &Channel, name: &str, kind: &str) {
+    within(ch.queue_delete(name.into(), Default::default()))
+        .await
+        .unwrap();
+    let args = table(&[("x-queue-type", long_str(kind))]);
+    within(ch.queue_declare(name.into(), durable(), args))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        publish(ch, name, &format!("m{i}"), true).await;
+    }
+}
+
+async fn publish(ch: &Channel, queue: &str, body: &str, persistent: bool) {
+    let props = BasicProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
+    within(ch.basic_publish(
+        "".into(),
+        queue.into(),
+        Default::default(),
+        body.as_bytes(),
+        props,
+    ))
+    .await
+    .unwrap();
+}
+
+async fn get(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    within(ch.basic_get(queue.into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("a message")
+}
+
+/// Every message of `queue`, taken with no-ack: its body, with `*` if redelivered.
+async fn drain(ch: &Channel, queue: &str) -> String {
+    let mut out = Vec::new();
+    while let Some(m) = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+    {
+        let star = if m.delivery.redelivered { "*" } else { "" };
+        out.push(format!(
+            "{}{star}",
+            String::from_utf8_lossy(&m.delivery.data)
+        ));
+    }
+    out.join(" ")
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    }
+}
+
+/// What each way of giving messages back leaves in a queue of `kind`, as `drain` shows it.
+async fn orders(ch: &Channel, conn: &lapin::Connection, kind: &str) -> Vec<String> {
+    let q = "order";
+    let mut seen = Vec::new();
+    fresh(ch, q, kind).await;
+    within(get(ch, q).await.delivery.nack(requeue()))
+        .await
+        .unwrap();
+    seen.push(drain(ch, q).await);
+
+    fresh(ch, q, kind).await;
+    let m1 = get(ch, q).await;
+    within(m1.delivery.reject(BasicRejectOptions { requeue: true }))
+        .await
+        .unwrap();
+    seen.push(drain(ch, q).await);
+
+    fresh(ch, q, kind).await;
+    let _m1 = get(ch, q).await;
+    let m2 = get(ch, q).await;
+    within(m2.delivery.nack(BasicNackOptions {
+        requeue: true,
+        multiple: true,
+    }))
+    .await
+    .unwrap();
+    seen.push(drain(ch, q).await);
+
+    fresh(ch, q, kind).await;
+    let m1 = get(ch, q).await;
+    let m2 = get(ch, q).await;
+    within(m2.delivery.nack(requeue())).await.unwrap();
+    within(m1.delivery.nack(requeue())).await.unwrap();
+    seen.push(drain(ch, q).await);
+
+    fresh(ch, q, kind).await;
+    let _m1 = get(ch, q).await;
+    within(ch.basic_recover(BasicRecoverOptions { requeue: true }))
+        .await
+        .unwrap();
+    seen.push(drain(ch, q).await);
+
+    fresh(ch, q, kind).await;
+    let other = within(conn.create_channel()).await.unwrap();
+    let _m1 = get(&other, q).await;
+    within(other.close(200, "bye".into())).await.unwrap();
+    seen.push(drain(ch, q).await);
+    seen
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_quorum_queue_puts_what_its_consumer_refused_at_the_back() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    assert_eq!(
+        orders(&ch, &conn, "quorum").await,
+        [
+            // basic.nack with requeue
+            "m2 m3 m4 m5 m1*",
+            // basic.reject with requeue
+            "m2 m3 m4 m5 m1*",
+            // nack of m1 and m2 with multiple: in the order they came back
+            "m3 m4 m5 m1* m2*",
+            // m2 nacked, then m1
+            "m3 m4 m5 m2* m1*",
+            // basic.recover
+            "m2 m3 m4 m5 m1*",
+            // the channel holding m1 closed: back in its place
+            "m1* m2 m3 m4 m5",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_classic_queue_puts_requeued_messages_back_in_their_places() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    let orders = orders(&ch, &conn, "classic").await;
+    let expected = [
+        "m1* m2 m3 m4 m5",
+        "m1* m2 m3 m4 m5",
+        "m1* m2* m3 m4 m5",
+        "m1* m2* m3 m4 m5",
+        "m1* m2 m3 m4 m5",
+        "m1* m2 m3 m4 m5",
+    ];
+    assert_eq!(orders, expected);
+}
+
+/// A consumer that keeps refusing one message does not hold up the rest: with prefetch 1 it
+/// gets every other message before the refused one comes round again.
+#[tokio::test]
+async fn same_as_rabbitmq_a_refused_message_does_not_block_a_quorum_queues_consumer() {
+    use futures_lite::StreamExt;
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    fresh(&ch, "work", "quorum").await;
+    within(ch.basic_qos(1, Default::default())).await.unwrap();
+    let mut consumer = within(ch.basic_consume(
+        "work".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    for n in 0..6 {
+        let d = within(consumer.next()).await.unwrap().unwrap();
+        seen.push(String::from_utf8_lossy(&d.data).into_owned());
+        if n == 0 {
+            within(d.nack(requeue())).await.unwrap();
+        } else {
+            within(d.ack(Default::default())).await.unwrap();
+        }
+    }
+    assert_eq!(seen, ["m1", "m2", "m3", "m4", "m5", "m1"]);
+}
+
+/// The refused message's new place is logged: a restart finds it at the back, once, and
+/// still redelivered.
+#[tokio::test]
+async fn a_quorum_queues_refused_message_stays_at_the_back_across_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "lepus-requeue-{}-{}",
+        std::process::id(),
+        lepus::auth::random::random_suffix()
+    ));
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    let mut broker = Broker::start_with(config.clone()).await;
+    let (conn, ch) = broker.channel().await;
+    fresh(&ch, "qq", "quorum").await;
+    // A transient message too: a quorum queue keeps it in memory only, and a restart drops it.
+    publish(&ch, "qq", "transient", false).await;
+    within(get(&ch, "qq").await.delivery.nack(requeue()))
+        .await
+        .unwrap();
+    // A confirmed publish to the same queue after the nack: once it is confirmed, the
+    // records the nack logged before it are on disk too.
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        "qq".into(),
+        Default::default(),
+        b"m6",
+        BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    drop(ch);
+    drop(conn);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(drain(&ch, "qq").await, "m2 m3 m4 m5 m1* m6");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Behind a backlog paged out to disk, a refused message goes after the last paged message,
+/// persistent or not.
+#[tokio::test]
+async fn a_refused_message_goes_behind_a_quorum_queues_paged_out_backlog() {
+    let mut config = Config::for_tests();
+    config.limits.memory_budget_bytes = 256 * 1024;
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("big".into(), durable(), quorum()))
+        .await
+        .unwrap();
+    let filler = "x".repeat(32 * 1024);
+    for (i, persistent) in [true, false].into_iter().enumerate() {
+        // Two heads refused in turn: one persistent, one transient.
+        publish(&ch, "big", &format!("head{i}"), persistent).await;
+    }
+    for i in 0..60 {
+        publish(&ch, "big", &format!("{i:02}{filler}"), i % 2 == 0).await;
+    }
+    let paged = within(async {
+        loop {
+            let q = api.get("/api/queues/%2F/big").await.json();
+            let paged = q["messages_paged_out"].as_u64().unwrap_or(0);
+            if paged > 0 && q["messages"].as_u64() == Some(62) {
+                return paged;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(paged > 0);
+    for _ in 0..2 {
+        within(get(&ch, "big").await.delivery.nack(requeue()))
+            .await
+            .unwrap();
+    }
+    let order = drain(&ch, "big").await;
+    let short: Vec<&str> = order
+        .split(' ')
+        .map(|m| m.get(..2).filter(|_| !m.starts_with("head")).unwrap_or(m))
+        .collect();
+    let mut expected: Vec<String> = (0..60).map(|i| format!("{i:02}")).collect();
+    expected.extend(["head0*".to_string(), "head1*".to_string()]);
+    assert_eq!(short, expected);
+}
