@@ -1,5 +1,5 @@
 //! The store on a failing disk: a seeded simulation of thousands of crashes under confirmed
-//! publishing, acking and compaction, with writes that fail (`EIO`, `ENOSPC`, short), fsyncs that fail
+//! publishing, acking, requeueing at the back and compaction, with writes that fail (`EIO`, `ENOSPC`, short), fsyncs that fail
 //! and drop what they covered, and power losses that tear the last write.
 //!
 //! After every crash the queue log is recovered and checked against what was promised:
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lepus::store::record::MessageParts;
+use lepus::store::record::{FLAG_REDELIVERED, MessageParts};
 use lepus::store::sim::{Faults, SimFs};
 use lepus::store::sync::Outcome;
 use lepus::store::{QueueLog, Store};
@@ -37,6 +37,10 @@ struct Msg {
     ack_durable: bool,
     /// Acked (in memory) already: it may come back until its ack is on disk.
     acked: bool,
+    /// Requeued at the back (a quorum queue's refused message): logged again under this
+    /// sequence number, then acked under its own. Until one of the two records is gone for
+    /// good, at least one of them must come back.
+    moved_to: Option<u64>,
 }
 
 fn body(seq: u64) -> Vec<u8> {
@@ -135,6 +139,25 @@ fn check_recovery(seed: u64, round: usize, model: &mut Model, recovered: &[u64])
                 ctx()
             );
         }
+        // Moved to the back, perhaps more than once: the message comes back under one of
+        // its numbers (or two: at least once), unless its last copy was acked.
+        if m.confirmed && m.moved_to.is_some() {
+            let mut chain = vec![*seq];
+            let mut last = m;
+            while let Some(next) = last.moved_to {
+                chain.push(next);
+                match model.get(&next) {
+                    Some(n) => last = n,
+                    None => break,
+                }
+            }
+            let gone = last.acked && last.moved_to.is_none();
+            assert!(
+                gone || chain.iter().any(|s| recovered.binary_search(s).is_ok()),
+                "{}: confirmed message {seq}, moved to the back as {chain:?}, was lost",
+                ctx()
+            );
+        }
     }
     // What came back is on disk: from now on it must stay until acked. What did not come
     // back is gone for good.
@@ -165,7 +188,18 @@ fn faults_for(rng: &mut Rng, used_guess: u64) -> Faults {
     }
 }
 
-/// One round: publish, ack and sync until a crash. The queue is kept to a few hundred
+/// A message not yet acked, picked at random.
+fn pick_unacked(rng: &mut Rng, model: &Model, next_seq: u64) -> Option<u64> {
+    let from = rng.below(next_seq);
+    model
+        .msgs
+        .range(from..)
+        .chain(model.msgs.range(..from))
+        .find(|(_, m)| !m.acked)
+        .map(|(s, _)| *s)
+}
+
+/// One round: publish, ack, requeue at the back and sync until a crash. The queue is kept to a few hundred
 /// messages: acks outnumber publishes when it is longer.
 fn run_round(
     rng: &mut Rng,
@@ -193,21 +227,42 @@ fn run_round(
                 model.msgs.insert(seq, Msg::default());
                 model.pending_confirms.push((seq, epoch));
             }
-        } else if roll < 8 {
-            let from = rng.below(*next_seq);
-            let pick = model
-                .msgs
-                .range(from..)
-                .chain(model.msgs.range(..from))
-                .find(|(_, m)| !m.acked)
-                .map(|(s, _)| *s);
-            let Some(seq) = pick else {
+        } else if roll < 7 {
+            let Some(seq) = pick_unacked(rng, model, *next_seq) else {
                 continue;
             };
             if let Some(m) = model.msgs.get_mut(&seq) {
                 m.acked = true;
             }
             if log.ack(seq).is_ok() {
+                model.unsynced_acks.push(seq);
+            }
+        } else if roll < 8 {
+            // Requeued at the back: the message is logged again under the next number,
+            // then its old record is acked, as `State::requeue_at_back` does.
+            let Some(seq) = pick_unacked(rng, model, *next_seq) else {
+                continue;
+            };
+            let moved = *next_seq;
+            *next_seq += 1;
+            let b = [bytes::Bytes::from(body(moved))];
+            let parts = MessageParts {
+                exchange: b"",
+                routing_key: b"q",
+                properties: &[0, 0],
+                body: &b,
+            };
+            // A refused append leaves the message where it was.
+            let Ok(epoch) = log.append_message(moved, &parts, true, FLAG_REDELIVERED, None) else {
+                continue;
+            };
+            model.msgs.insert(moved, Msg::default());
+            model.pending_confirms.push((moved, epoch));
+            if let Some(m) = model.msgs.get_mut(&seq) {
+                m.acked = true;
+                m.moved_to = Some(moved);
+            }
+            if log.ack_superseded(seq, epoch).is_ok() {
                 model.unsynced_acks.push(seq);
             }
         } else if roll < 9 {

@@ -110,7 +110,8 @@ impl QueueLog {
 
     /// The first segment worth compacting, with its bytes.
     fn pick_candidate(&self) -> io::Result<Option<(u64, Seal, Bytes)>> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.settle_superseded(&mut inner);
         // Paging logs hold no durable data: they are deleted from the front as they are
         // read, and never compacted.
         if !self.durable || inner.destroyed || !self.shared.writable() {

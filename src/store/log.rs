@@ -123,7 +123,7 @@ pub(super) enum Registered {
 
 /// What an append writes, which decides what the log accounts and whether it is lazy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Append {
+pub(super) enum Append {
     /// A durable message, with its sequence number: a confirm waits for it.
     Durable(u64),
     /// A transient message's copy, read back by this process.
@@ -166,6 +166,9 @@ pub(super) struct Inner {
     /// The segment that held the last acknowledged message (its number): the next ack's
     /// first guess.
     pub(super) ack_hint: u64,
+    /// Acked messages still counted live until the copy that superseded them is on disk:
+    /// (the copy's epoch, seq), oldest first (see `store::ack`).
+    pub(super) superseded: VecDeque<(u64, u64)>,
 }
 
 /// What recovering a durable queue's log found.
@@ -296,6 +299,7 @@ impl QueueLog {
                 read_pos: None,
                 last_compaction: None,
                 ack_hint: 0,
+                superseded: VecDeque::new(),
             }),
         });
         shared.mark_dirty(log.clone());
@@ -312,7 +316,7 @@ impl QueueLog {
 
     /// Appends a record of `len` bytes built by `encode`; returns where it starts and the
     /// store epoch after which it is on disk.
-    fn append(
+    pub(super) fn append(
         self: &Arc<Self>,
         len: usize,
         record: Append,
@@ -457,55 +461,6 @@ impl QueueLog {
         .map(|(_, epoch)| epoch)
     }
 
-    /// Logs that the durable message `seq` left the queue. The record is lazy: it goes to
-    /// disk with the next sync, or within `LAZY_WRITE_MS`; a crash before then brings the
-    /// message back, redelivered (at least once, as RabbitMQ's queue index does).
-    pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.ack_all(&[seq])
-    }
-
-    /// Logs that the durable messages `seqs` left the queue (see [`QueueLog::ack`]): one
-    /// append, and one pass over the segments, per `MARKS_PER_APPEND` of them.
-    pub fn ack_all(self: &Arc<Self>, seqs: &[u64]) -> io::Result<()> {
-        /// Small against the smallest segment, so a batch never needs a segment of its own.
-        const MARKS_PER_APPEND: usize = 256;
-        for chunk in seqs.chunks(MARKS_PER_APPEND) {
-            self.append(record::MARK_LEN * chunk.len(), Append::Mark, |out, seal| {
-                for &seq in chunk {
-                    record::encode_mark(out, seal, Kind::Ack, seq);
-                }
-            })?;
-            let mut inner = self.lock();
-            for &seq in chunk {
-                // A message leaves its segment's live count once, however often its Ack
-                // is logged: counted twice, it would let the segment go under a live one.
-                if inner.acked.contains(seq) {
-                    continue;
-                }
-                inner.acked.insert(seq);
-                if let Some(at) = Self::segment_holding(&mut inner, seq) {
-                    let s = &mut inner.segments[at];
-                    s.live = s.live.saturating_sub(1);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Where in `segments` the durable message `seq` is. Acks come mostly in the order the
-    /// messages were logged, so the segment of the last one (or the next) is tried first:
-    /// draining a backlog of many segments costs no search per message.
-    fn segment_holding(inner: &mut Inner, seq: u64) -> Option<usize> {
-        let first = inner.segments.front()?.index;
-        let hint = inner.ack_hint.saturating_sub(first) as usize;
-        let at = [hint, hint + 1]
-            .into_iter()
-            .find(|&i| inner.segments.get(i).is_some_and(|s| s.holds(seq)))
-            .or_else(|| inner.segments.iter().rposition(|s| s.holds(seq)))?;
-        inner.ack_hint = inner.segments[at].index;
-        Some(at)
-    }
-
     /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).
     pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
         self.append(record::MARK_LEN, Append::Mark, |out, seal| {
@@ -530,6 +485,7 @@ impl QueueLog {
     /// the queue has read past (`read_pos`: where the queue reads its log from, if it does).
     pub fn collect_garbage(&self, read_pos: Option<Position>) {
         let mut inner = self.lock();
+        self.settle_superseded(&mut inner);
         inner.read_pos = read_pos;
         while inner.segments.len() > 1 {
             let Some(front) = inner.segments.front() else {

@@ -22,6 +22,7 @@
 //! seal.key              the key mixed into every record's checksum (`store::seal`)
 //! ```
 
+mod ack;
 mod compact;
 pub mod definitions;
 pub mod export;

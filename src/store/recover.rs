@@ -210,6 +210,7 @@ impl QueueLog {
                 }),
                 last_compaction: None,
                 ack_hint: 0,
+                superseded: std::collections::VecDeque::new(),
             }),
         });
         Ok((log, recovered))

@@ -5,8 +5,9 @@
 //! its consumer turned down ([`Requeue::Refused`]) behind every ready message, as RabbitMQ
 //! 3.10's does: the message gets the next `seq`, and, if it has a durable record, a new
 //! record under that `seq` is logged before the Ack of the old one, so that a restart finds
-//! it at the back too. (A crash that keeps the first of the two records and not the second
-//! brings it back twice: at least once, as a lazy ack does.)
+//! it at the back too. The log keeps the old record until the new one is synced. (A crash
+//! that keeps the new record and not the Ack brings the message back twice: at least once,
+//! as a lazy ack does.)
 
 use super::context::QueueCtx;
 use super::dead_letter::Reason;
@@ -82,14 +83,18 @@ impl State {
                     entry.expires_at,
                 )
             });
-            if !matches!(written, Some(Ok(_))) {
+            let Some(Ok(epoch)) = written else {
                 tracing::error!(queue = %ctx.name, "cannot log a requeued message at the back; it keeps its place");
                 self.insert_in_order(vec![entry]);
                 return;
-            }
-            if durable {
-                // The old record leaves; the message stays counted as persistent.
-                self.append_acks(&[entry.seq]);
+            };
+            // The old record leaves (the message stays counted as persistent), but the log
+            // keeps it until the new one is on disk (`QueueLog::ack_superseded`).
+            if durable
+                && let Some(log) = &self.log
+                && let Err(e) = log.ack_superseded(entry.seq, epoch)
+            {
+                tracing::error!(queue = %ctx.name, error = %e, "cannot log an acknowledgement");
             }
         }
         self.next_seq += 1;

@@ -1,0 +1,103 @@
+//! Acknowledgements in a queue log: an Ack record per message that left the queue, and the
+//! live count of its segment, which decides when the segment may be compacted or deleted.
+
+use std::io;
+use std::sync::Arc;
+
+use super::log::{Append, Inner, QueueLog};
+use super::record::{self, Kind};
+use super::sync::Outcome;
+
+impl QueueLog {
+    /// Logs that the durable message `seq` left the queue. The record is lazy: it goes to
+    /// disk with the next sync, or within `LAZY_WRITE_MS`; a crash before then brings the
+    /// message back, redelivered (at least once, as RabbitMQ's queue index does).
+    pub fn ack(self: &Arc<Self>, seq: u64) -> io::Result<()> {
+        self.ack_all(&[seq])
+    }
+
+    /// Logs that the durable messages `seqs` left the queue (see [`QueueLog::ack`]): one
+    /// append, and one pass over the segments, per `MARKS_PER_APPEND` of them.
+    pub fn ack_all(self: &Arc<Self>, seqs: &[u64]) -> io::Result<()> {
+        /// Small against the smallest segment, so a batch never needs a segment of its own.
+        const MARKS_PER_APPEND: usize = 256;
+        for chunk in seqs.chunks(MARKS_PER_APPEND) {
+            self.append(record::MARK_LEN * chunk.len(), Append::Mark, |out, seal| {
+                for &seq in chunk {
+                    record::encode_mark(out, seal, Kind::Ack, seq);
+                }
+            })?;
+            let mut inner = self.lock();
+            for &seq in chunk {
+                Self::count_out(&mut inner, seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs that the durable message `seq` left the queue because a copy of it was logged
+    /// under a later number, in `epoch` (a quorum queue's message requeued at the back).
+    /// The Ack goes after the copy, so no disk holds the Ack without the copy; but until
+    /// `epoch` is synced the log goes on counting `seq` live, and keeps its record:
+    /// compaction, or deleting its segment, would otherwise take the record off the disk
+    /// before the copy is on it, and a crash between the two would lose the message.
+    pub fn ack_superseded(self: &Arc<Self>, seq: u64, epoch: u64) -> io::Result<()> {
+        self.append(record::MARK_LEN, Append::Mark, |out, seal| {
+            record::encode_mark(out, seal, Kind::Ack, seq);
+        })?;
+        self.lock().superseded.push_back((epoch, seq));
+        Ok(())
+    }
+
+    /// Counts out the superseded records whose copies are on disk now. Called before the
+    /// log decides what it may drop (compaction, deleting segments).
+    pub(super) fn settle_superseded(&self, inner: &mut Inner) {
+        while let Some(&(epoch, seq)) = inner.superseded.front() {
+            match self.shared.outcome(epoch) {
+                Outcome::Pending => break,
+                Outcome::Durable => {
+                    inner.superseded.pop_front();
+                    Self::count_out(inner, seq);
+                }
+                // A store stopped by a failed fsync makes nothing durable any more: the
+                // record stays, and a restart may bring the message back twice (at least
+                // once).
+                Outcome::Failed if !self.shared.writable() => break,
+                // The copy's write failed: its bytes stay buffered and are written again,
+                // at the latest by the cycle of the epoch open now (later than every
+                // other entry's, so the list stays in order).
+                Outcome::Failed => {
+                    inner.superseded.pop_front();
+                    inner.superseded.push_back((self.shared.epoch(), seq));
+                }
+            }
+        }
+    }
+
+    /// Takes the acknowledged message `seq` off its segment's live count, once however
+    /// often its Ack is logged: counted twice, it would let the segment go under a live one.
+    fn count_out(inner: &mut Inner, seq: u64) {
+        if inner.acked.contains(seq) {
+            return;
+        }
+        inner.acked.insert(seq);
+        if let Some(at) = Self::segment_holding(inner, seq) {
+            let s = &mut inner.segments[at];
+            s.live = s.live.saturating_sub(1);
+        }
+    }
+
+    /// Where in `segments` the durable message `seq` is. Acks come mostly in the order the
+    /// messages were logged, so the segment of the last one (or the next) is tried first:
+    /// draining a backlog of many segments costs no search per message.
+    fn segment_holding(inner: &mut Inner, seq: u64) -> Option<usize> {
+        let first = inner.segments.front()?.index;
+        let hint = inner.ack_hint.saturating_sub(first) as usize;
+        let at = [hint, hint + 1]
+            .into_iter()
+            .find(|&i| inner.segments.get(i).is_some_and(|s| s.holds(seq)))
+            .or_else(|| inner.segments.iter().rposition(|s| s.holds(seq)))?;
+        inner.ack_hint = inner.segments[at].index;
+        Some(at)
+    }
+}
