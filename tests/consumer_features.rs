@@ -1,5 +1,5 @@
 //! Single active consumer, consumer acknowledgement timeouts, and quorum queues' delivery
-//! limit, as RabbitMQ does them.
+//! limit and refusals, as RabbitMQ does them.
 
 mod common;
 
@@ -314,6 +314,79 @@ async fn same_as_rabbitmq_quorum_queues_must_be_durable_shared_and_permanent() {
         406,
         "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue",
     );
+}
+
+/// Same as RabbitMQ 3.10.8: a channel with a channel-wide prefetch cannot consume from a
+/// quorum queue (a connection error); with one set after the consume, or with a zero
+/// prefetch, it can.
+#[tokio::test]
+async fn same_as_rabbitmq_quorum_queues_refuse_consumers_under_a_global_prefetch() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("qq".into(), durable(), quorum(None)))
+        .await
+        .unwrap();
+    within(ch.basic_qos(0, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let _first = consume(&ch, "qq", "zero", FieldTable::default()).await;
+    within(ch.basic_qos(5, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    publish(&ch, "qq", "still flows").await;
+    let (_c2, ch2) = broker.channel().await;
+    within(ch2.basic_qos(5, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    assert_amqp_error(
+        within(ch2.basic_consume(
+            "qq".into(),
+            "global".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        540,
+        "NOT_IMPLEMENTED - queue 'qq' in vhost '/' does not support global qos",
+    );
+}
+
+/// Same as RabbitMQ 3.10.8: `queue.delete` with `if-unused` or `if-empty` on a quorum queue
+/// is a connection error, whatever the queue holds; the queue stays.
+#[tokio::test]
+async fn same_as_rabbitmq_quorum_queues_refuse_conditional_deletes() {
+    let broker = Broker::start().await;
+    for (options, flag) in [
+        (
+            QueueDeleteOptions {
+                if_unused: true,
+                if_empty: true,
+                ..Default::default()
+            },
+            "if-unused",
+        ),
+        (
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+            "if-empty",
+        ),
+    ] {
+        let (_c, ch) = broker.channel().await;
+        within(ch.queue_declare("qq".into(), durable(), quorum(None)))
+            .await
+            .unwrap();
+        assert_amqp_error(
+            within(ch.queue_delete("qq".into(), options)).await,
+            540,
+            &format!(
+                "NOT_IMPLEMENTED - cannot delete queue 'qq' in vhost '/'. queue.delete operations with {flag} flag set are not supported by quorum queues"
+            ),
+        );
+    }
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(message_count(&ch, "qq").await, 0);
 }
 
 /// With a channel-wide prefetch (`basic.qos global=true`) shared by consumers of several

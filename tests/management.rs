@@ -274,6 +274,34 @@ async fn same_as_rabbitmq_queues_are_declared_fetched_purged_and_deleted_over_ht
     assert_eq!(api.delete("/api/queues/%2F/jobs").await.status, 404);
 }
 
+/// Same as RabbitMQ 3.10.8: a quorum queue takes no conditional delete, whatever it holds;
+/// the API says so with a 400 and RabbitMQ's reason.
+#[tokio::test]
+async fn same_as_rabbitmq_quorum_queues_refuse_conditional_deletes_over_http() {
+    let (_broker, api) = broker_with_api().await;
+    let put = api
+        .put(
+            "/api/queues/%2F/qq",
+            json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    for (query, flag) in [
+        ("if-empty=true", "if-empty"),
+        ("if-unused=true", "if-unused"),
+    ] {
+        let refused = api.delete(&format!("/api/queues/%2F/qq?{query}")).await;
+        assert_eq!(refused.status, 400);
+        assert_eq!(
+            refused.json(),
+            json!({"error": "bad_request", "reason": format!(
+                "cannot delete queue 'qq' in vhost '/'. queue.delete operations with {flag} flag set are not supported by quorum queues"
+            )})
+        );
+    }
+    assert_eq!(api.delete("/api/queues/%2F/qq").await.status, 204);
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_a_get_that_rejects_dead_letters() {
     let (broker, api) = broker_with_api().await;

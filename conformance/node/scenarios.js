@@ -711,6 +711,61 @@ const scenarios = {
     return seen;
   },
 
+  // What a quorum queue refuses: consumers under a channel-wide prefetch and conditional
+  // deletes (connection errors), arguments only quorum queues know with bad values, and a
+  // redeclare that changes its delivery limit or dead-letter strategy.
+  async quorum_refusals(url) {
+    const q = unique('qq-refuse');
+    const seen = [];
+    const base = { 'x-queue-type': 'quorum', 'x-delivery-limit': 3, 'x-dead-letter-strategy': 'at-most-once' };
+    const attempt = async (what, action) => {
+      const conn = await amqp.connect(url);
+      const ch = await conn.createChannel();
+      // The broker's close, of the connection or of the channel (a channel also ends,
+      // without the broker's text, when its connection closes).
+      const closed = new Promise((resolve) => {
+        conn.on('error', resolve);
+        ch.on('error', (e) => { if (/with message/.test(e.message)) resolve(e); });
+      });
+      await ch.assertQueue(q, { durable: true, arguments: base });
+      try {
+        await action(ch);
+        seen.push([what, 'ok']);
+        await conn.close();
+      } catch (_) {
+        const [code, text] = codeText(await within(closed, 'the broker to close'));
+        seen.push([what, code, text.split(q).join('Q')]);
+        await conn.close().catch(() => {});
+      }
+    };
+    const declare = (args) => (ch) => ch.assertQueue(`${q}-arg`,
+      { durable: true, arguments: { 'x-queue-type': 'quorum', ...args } });
+    const redeclare = (args) => (ch) => ch.assertQueue(q,
+      { durable: true, arguments: { 'x-queue-type': 'quorum', ...args } });
+    await attempt('consume under global qos', async (ch) => {
+      await ch.prefetch(5, true);
+      await ch.consume(q, () => {});
+    });
+    await attempt('consume, then global qos', async (ch) => {
+      await ch.consume(q, () => {});
+      await ch.prefetch(5, true);
+    });
+    await attempt('delete if-empty', (ch) => ch.deleteQueue(q, { ifEmpty: true }));
+    await attempt('delete if-unused', (ch) => ch.deleteQueue(q, { ifUnused: true }));
+    await attempt('dead-letter strategy bogus', declare({ 'x-dead-letter-strategy': 'bogus' }));
+    await attempt('in-memory length negative', declare({ 'x-max-in-memory-length': -1 }));
+    await attempt('group size zero', declare({ 'x-quorum-initial-group-size': 0 }));
+    await attempt('leader locator bogus', declare({ 'x-queue-leader-locator': 'min-masters' }));
+    await attempt('redeclare delivery limit', redeclare({ 'x-delivery-limit': 4, 'x-dead-letter-strategy': 'at-most-once' }));
+    await attempt('redeclare strategy', redeclare({ 'x-delivery-limit': 3, 'x-dead-letter-strategy': 'at-least-once' }));
+    await attempt('redeclare same', redeclare({ 'x-delivery-limit': 3, 'x-dead-letter-strategy': 'at-most-once' }));
+    const conn = await amqp.connect(url);
+    const ch = await conn.createChannel();
+    await ch.deleteQueue(q);
+    await conn.close();
+    return { attempts: seen };
+  },
+
   // A channel-wide prefetch of 1 shared by consumers of three queues: as acks free the
   // credit, every queue gets a share.
   async global_prefetch_fairness(url) {

@@ -416,6 +416,65 @@ def quorum_requeue_order(url):
 
 
 @scenario
+def quorum_refusals(url):
+    """What a quorum queue refuses: consumers under a channel-wide prefetch and conditional
+    deletes (connection errors), arguments only quorum queues know with bad values, and a
+    redeclare that changes its delivery limit or dead-letter strategy."""
+    q = unique("qq-refuse")
+    seen = []
+
+    def attempt(what, action):
+        conn = connect(url)
+        ch = conn.channel()
+        ch.queue_declare(q, durable=True, arguments={
+            "x-queue-type": "quorum", "x-delivery-limit": 3,
+            "x-dead-letter-strategy": "at-most-once"})
+        try:
+            action(ch)
+            seen.append([what, "ok"])
+        except (pika.exceptions.ChannelClosedByBroker,
+                pika.exceptions.ConnectionClosedByBroker) as e:
+            seen.append([what, e.reply_code, e.reply_text.replace(q, "Q")])
+        if conn.is_open:
+            conn.close()
+
+    def consume_under_global_qos(ch):
+        ch.basic_qos(prefetch_count=5, global_qos=True)
+        ch.basic_consume(q, lambda *a: None)
+
+    def consume_then_global_qos(ch):
+        ch.basic_consume(q, lambda *a: None)
+        ch.basic_qos(prefetch_count=5, global_qos=True)
+
+    def declare(args):
+        return lambda ch: ch.queue_declare(q + "-arg", durable=True,
+                                           arguments=dict({"x-queue-type": "quorum"}, **args))
+
+    def redeclare(args):
+        return lambda ch: ch.queue_declare(q, durable=True,
+                                           arguments=dict({"x-queue-type": "quorum"}, **args))
+
+    attempt("consume under global qos", consume_under_global_qos)
+    attempt("consume, then global qos", consume_then_global_qos)
+    attempt("delete if-empty", lambda ch: ch.queue_delete(q, if_empty=True))
+    attempt("delete if-unused", lambda ch: ch.queue_delete(q, if_unused=True))
+    attempt("dead-letter strategy bogus", declare({"x-dead-letter-strategy": "bogus"}))
+    attempt("in-memory length negative", declare({"x-max-in-memory-length": -1}))
+    attempt("group size zero", declare({"x-quorum-initial-group-size": 0}))
+    attempt("leader locator bogus", declare({"x-queue-leader-locator": "min-masters"}))
+    attempt("redeclare delivery limit", redeclare({
+        "x-delivery-limit": 4, "x-dead-letter-strategy": "at-most-once"}))
+    attempt("redeclare strategy", redeclare({
+        "x-delivery-limit": 3, "x-dead-letter-strategy": "at-least-once"}))
+    attempt("redeclare same", redeclare({
+        "x-delivery-limit": 3, "x-dead-letter-strategy": "at-most-once"}))
+    conn = connect(url)
+    conn.channel().queue_delete(q)
+    conn.close()
+    return {"attempts": seen}
+
+
+@scenario
 def global_prefetch_fairness(url):
     """basic.qos(prefetch_count=1, global=true) shared by consumers of three queues on one
     channel: as acks free the credit, every queue gets a share of the deliveries."""

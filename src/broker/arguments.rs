@@ -31,6 +31,25 @@ const QUEUE_EQUIVALENCE_KEYS: &[&str] = &[
     "x-queue-master-locator",
 ];
 
+/// Arguments compared on a quorum queue's redeclare, in RabbitMQ's order (checked on 3.10.8).
+const QUORUM_EQUIVALENCE_KEYS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
+];
+
 /// Arguments of quorum and stream queues, refused on classic queues.
 const OTHER_QUEUE_TYPE_KEYS: &[&str] = &[
     "x-delivery-limit",
@@ -244,7 +263,21 @@ fn validate_quorum_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()> {
             ));
         }
     }
-    for key in ["x-max-length", "x-max-length-bytes"] {
+    if let Some(v) = get("x-dead-letter-strategy") {
+        check_one_of(
+            "x-dead-letter-strategy",
+            v,
+            desc,
+            &[b"at-least-once", b"at-most-once"],
+            "invalid_dlx_strategy",
+        )?;
+    }
+    for key in [
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-in-memory-length",
+        "x-max-in-memory-bytes",
+    ] {
         if let Some(v) = get(key) {
             check_int(key, v, desc, false, None)?;
         }
@@ -267,6 +300,19 @@ fn validate_quorum_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()> {
             format!("{{unacceptable_type,{}}}", table::type_name(v)),
         ));
     }
+    // Accepted and kept (a redeclare must match them) but without effect on one node.
+    if let Some(v) = get("x-quorum-initial-group-size") {
+        check_int("x-quorum-initial-group-size", v, desc, true, None)?;
+    }
+    if let Some(v) = get("x-queue-leader-locator") {
+        check_one_of(
+            "x-queue-leader-locator",
+            v,
+            desc,
+            &[b"client-local", b"balanced", b"random", b"least-leaders"],
+            "invalid_queue_locator_arg",
+        )?;
+    }
     for key in args.inner().keys() {
         if NOT_QUORUM_KEYS.contains(&key.as_str()) {
             return Err(amqp_error!(
@@ -278,6 +324,29 @@ fn validate_quorum_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()> {
         }
     }
     Ok(())
+}
+
+/// A long string that is one of `allowed`: RabbitMQ takes no other type (a byte array is
+/// `{unacceptable_type,binary}`), and refuses other values with `reason`.
+fn check_one_of(
+    key: &str,
+    value: &AMQPValue,
+    desc: &str,
+    allowed: &[&[u8]],
+    reason: &str,
+) -> AmqpResult<()> {
+    let AMQPValue::LongString(s) = value else {
+        return Err(invalid_arg(
+            key,
+            desc,
+            format!("{{unacceptable_type,{}}}", table::type_name(value)),
+        ));
+    };
+    if allowed.contains(&s.as_bytes()) {
+        Ok(())
+    } else {
+        Err(invalid_arg(key, desc, reason))
+    }
 }
 
 fn check_queue_type(value: &AMQPValue, desc: &str) -> AmqpResult<()> {
@@ -369,13 +438,22 @@ pub fn inequivalent_flag(key: &str, desc: &str, received: bool, current: bool) -
     )
 }
 
-/// Compares a redeclare's arguments with the queue's.
+/// Compares a redeclare's arguments with the queue's: the list its type compares (a quorum
+/// queue's includes its delivery limit and the arguments without effect on one node).
 pub fn assert_queue_equivalence(
     current: &FieldTable,
     received: &FieldTable,
     desc: &str,
 ) -> AmqpResult<()> {
-    for key in QUEUE_EQUIVALENCE_KEYS {
+    let quorum = table::get(current, "x-queue-type")
+        .and_then(table::as_bytes)
+        .is_some_and(|t| t == b"quorum");
+    let keys = if quorum {
+        QUORUM_EQUIVALENCE_KEYS
+    } else {
+        QUEUE_EQUIVALENCE_KEYS
+    };
+    for key in keys {
         let c = table::get(current, key);
         let r = table::get(received, key);
         let same = match (c, r) {
@@ -496,6 +574,130 @@ mod tests {
             assert_eq!(validate_queue_arguments(&a, Q).unwrap_err().text, text);
         }
         assert!(validate_queue_arguments(&args(&[("x-foo", AMQPValue::Boolean(true))]), Q).is_ok());
+    }
+
+    fn quorum(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = args(entries);
+        t.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        t
+    }
+
+    fn text(s: &str) -> AMQPValue {
+        AMQPValue::LongString(s.into())
+    }
+
+    /// Observed on RabbitMQ 3.10.8: the arguments only quorum queues know are checked, in
+    /// its order (the dead-letter strategy after the routing key and before the lengths;
+    /// the group size and leader locator after the overflow mode).
+    #[test]
+    fn same_as_rabbitmq_quorum_queue_validation_texts() {
+        let invalid = |key: &str, reason: &str| {
+            format!(
+                "PRECONDITION_FAILED - invalid arg '{key}' for queue 'q' in vhost '/': {reason}"
+            )
+        };
+        let cases = [
+            (
+                quorum(&[("x-dead-letter-strategy", text("AT-LEAST-ONCE"))]),
+                invalid("x-dead-letter-strategy", "invalid_dlx_strategy"),
+            ),
+            (
+                quorum(&[(
+                    "x-dead-letter-strategy",
+                    AMQPValue::ByteArray(b"at-least-once".to_vec().into()),
+                )]),
+                invalid("x-dead-letter-strategy", "{unacceptable_type,binary}"),
+            ),
+            (
+                quorum(&[
+                    ("x-dead-letter-strategy", text("bogus")),
+                    ("x-max-length", AMQPValue::LongInt(-1)),
+                    ("x-overflow", text("bogus")),
+                ]),
+                invalid("x-dead-letter-strategy", "invalid_dlx_strategy"),
+            ),
+            (
+                quorum(&[
+                    ("x-max-in-memory-length", AMQPValue::LongInt(-1)),
+                    ("x-overflow", text("bogus")),
+                ]),
+                invalid("x-max-in-memory-length", "{value_negative,-1}"),
+            ),
+            (
+                quorum(&[("x-max-in-memory-bytes", text("x"))]),
+                invalid("x-max-in-memory-bytes", "\"expected integer, got longstr\""),
+            ),
+            (
+                quorum(&[
+                    ("x-quorum-initial-group-size", AMQPValue::LongInt(0)),
+                    ("x-queue-leader-locator", text("bogus")),
+                ]),
+                invalid("x-quorum-initial-group-size", "{value_zero,0}"),
+            ),
+            (
+                quorum(&[
+                    ("x-single-active-consumer", AMQPValue::LongInt(5)),
+                    ("x-quorum-initial-group-size", AMQPValue::LongInt(0)),
+                ]),
+                invalid("x-single-active-consumer", "{unacceptable_type,signedint}"),
+            ),
+            (
+                quorum(&[("x-queue-leader-locator", text("min-masters"))]),
+                invalid("x-queue-leader-locator", "invalid_queue_locator_arg"),
+            ),
+            (
+                quorum(&[("x-queue-leader-locator", AMQPValue::LongInt(5))]),
+                invalid("x-queue-leader-locator", "{unacceptable_type,signedint}"),
+            ),
+        ];
+        for (a, expected) in cases {
+            assert_eq!(validate_queue_arguments(&a, Q).unwrap_err().text, expected);
+        }
+        for ok in [
+            ("x-dead-letter-strategy", text("at-most-once")),
+            ("x-queue-leader-locator", text("least-leaders")),
+            ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+            // Not checked when declared, as in RabbitMQ 3.10.
+            ("x-delivery-limit", text("x")),
+        ] {
+            assert!(validate_queue_arguments(&quorum(&[ok]), Q).is_ok());
+        }
+    }
+
+    /// Observed on RabbitMQ 3.10.8: a quorum queue's redeclare compares its own list, in its
+    /// own order (the dead-letter arguments first, the leader locator last).
+    #[test]
+    fn same_as_rabbitmq_quorum_queue_equivalence() {
+        let cur = quorum(&[
+            ("x-delivery-limit", AMQPValue::LongInt(3)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-queue-leader-locator", text("balanced")),
+        ]);
+        let new = quorum(&[
+            ("x-delivery-limit", AMQPValue::LongInt(4)),
+            ("x-queue-leader-locator", text("client-local")),
+        ]);
+        assert_eq!(
+            assert_queue_equivalence(&cur, &new, Q).unwrap_err().text,
+            "PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': received none but current is the value 'at-least-once' of type 'longstr'"
+        );
+        let new = quorum(&[
+            ("x-delivery-limit", AMQPValue::ShortShortInt(4)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-queue-leader-locator", text("client-local")),
+        ]);
+        assert_eq!(
+            assert_queue_equivalence(&cur, &new, Q).unwrap_err().text,
+            "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received '4' but current is '3'"
+        );
+        assert!(assert_queue_equivalence(&cur, &cur, Q).is_ok());
+        // The classic list is not compared: an argument quorum queues ignore on redeclare.
+        let mut with_priority = cur.clone();
+        with_priority.insert("x-max-priority".into(), AMQPValue::LongInt(5));
+        assert!(assert_queue_equivalence(&cur, &with_priority, Q).is_ok());
     }
 
     #[test]

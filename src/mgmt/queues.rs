@@ -29,7 +29,7 @@ use crate::broker::queue::settings::QueueType;
 use crate::broker::queue::{ConsumerSnapshot, Queue, QueueSnapshot};
 use crate::broker::stats::{ConnectionInfo, bump};
 use crate::broker::vhost::VirtualHost;
-use crate::broker::vhost::queues::QueueDeclare;
+use crate::broker::vhost::queues::{QueueDeclare, conditional_delete_refused};
 use crate::store::definitions::encode_arguments;
 
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -370,10 +370,17 @@ async fn remove(
     )?;
     let (ready, consumers) = queue.counts();
     let desc = crate::broker::arguments::queue_desc(&name, &vhost.name);
-    if dq.if_unused.as_deref() == Some("true") && consumers > 0 {
+    let (if_unused, if_empty) = (
+        dq.if_unused.as_deref() == Some("true"),
+        dq.if_empty.as_deref() == Some("true"),
+    );
+    if let Some(reason) = conditional_delete_refused(&queue, &desc, if_unused, if_empty) {
+        return Err(ApiError::bad_request(reason));
+    }
+    if if_unused && consumers > 0 {
         return Err(ApiError::bad_request(format!("{desc} in use")));
     }
-    if dq.if_empty.as_deref() == Some("true") && ready > 0 {
+    if if_empty && ready > 0 {
         return Err(ApiError::bad_request(format!("{desc} not empty")));
     }
     let (_, epoch) = vhost.remove_queue(&queue);

@@ -18,6 +18,7 @@ use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
 use crate::broker::queue::consumer::Consumer;
 use crate::broker::queue::delivery::{DeliverySource, Requeue, Unblock};
+use crate::broker::queue::settings::QueueType;
 use crate::broker::reply_to::{self, ReplySink};
 use crate::protocol::basic::write_get_ok;
 use crate::protocol::error::AmqpResult;
@@ -123,6 +124,15 @@ impl Channel {
         }
         let q = s.vhost.usable_queue(&name, s.connection_id)?;
         let priority = consumer_priority(&c, &queue_desc(&q.name, &s.vhost.name))?;
+        if self.prefetch.global_limit() > 0 && q.settings().queue_type == QueueType::Quorum {
+            // Same as RabbitMQ 3.10 (a connection error), for a channel-wide prefetch set
+            // before the consume; one set after it is accepted, and shared as usual.
+            return Err(amqp_error!(
+                NotImplemented,
+                "{} does not support global qos",
+                queue_desc(&q.name, &s.vhost.name)
+            ));
+        }
         let consumer_id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
         // RabbitMQ 3.12's per-consumer and per-queue timeouts, else the broker's.
         let timeout_ms = table::get(&c.arguments, "x-consumer-timeout")

@@ -9,6 +9,7 @@ use super::{SyncEpoch, VirtualHost};
 use crate::amqp_error;
 use crate::broker::arguments::{self, queue_desc};
 use crate::broker::exchange::Destination;
+use crate::broker::queue::settings::QueueType;
 use crate::broker::queue::{Queue, QueueConfig};
 use crate::protocol::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::table;
@@ -180,8 +181,12 @@ impl VirtualHost {
             Err(e) if e.code == ReplyCode::NotFound => return Ok((0, None)),
             Err(e) => return Err(e),
         };
-        let (messages, consumers) = q.counts();
         let desc = queue_desc(name, &self.name);
+        if let Some(reason) = conditional_delete_refused(&q, &desc, if_unused, if_empty) {
+            // A connection error, as in RabbitMQ.
+            return Err(amqp_error!(NotImplemented, "{}", reason));
+        }
+        let (messages, consumers) = q.counts();
         if if_unused && consumers > 0 {
             return Err(amqp_error!(PreconditionFailed, "{} in use", desc));
         }
@@ -243,4 +248,21 @@ impl VirtualHost {
             self.remove_queue(&q);
         }
     }
+}
+
+/// Why a conditional delete (`if-unused`, `if-empty`) of `queue` is refused whatever it
+/// holds, if it is: same as RabbitMQ 3.10, quorum queues take neither flag.
+pub fn conditional_delete_refused(
+    queue: &Queue,
+    desc: &str,
+    if_unused: bool,
+    if_empty: bool,
+) -> Option<String> {
+    if queue.settings().queue_type != QueueType::Quorum || !(if_unused || if_empty) {
+        return None;
+    }
+    let flag = if if_unused { "if-unused" } else { "if-empty" };
+    Some(format!(
+        "cannot delete {desc}. queue.delete operations with {flag} flag set are not supported by quorum queues"
+    ))
 }
