@@ -188,6 +188,19 @@ fn faults_for(rng: &mut Rng, used_guess: u64) -> Faults {
     }
 }
 
+/// Logs the durable message `seq` (its body is `body(seq)`); returns the epoch that makes
+/// it durable.
+fn log_message(log: &Arc<QueueLog>, seq: u64, flags: u8) -> std::io::Result<u64> {
+    let b = [bytes::Bytes::from(body(seq))];
+    let parts = MessageParts {
+        exchange: b"",
+        routing_key: b"q",
+        properties: &[0, 0],
+        body: &b,
+    };
+    log.append_message(seq, &parts, true, flags, None)
+}
+
 /// A message not yet acked, picked at random.
 fn pick_unacked(rng: &mut Rng, model: &Model, next_seq: u64) -> Option<u64> {
     let from = rng.below(next_seq);
@@ -215,15 +228,8 @@ fn run_round(
         if roll < publish_share {
             let seq = *next_seq;
             *next_seq += 1;
-            let b = [bytes::Bytes::from(body(seq))];
-            let parts = MessageParts {
-                exchange: b"",
-                routing_key: b"q",
-                properties: &[0, 0],
-                body: &b,
-            };
             // A refused append is a nack: the message was never in the log.
-            if let Ok(epoch) = log.append_message(seq, &parts, true, 0, None) {
+            if let Ok(epoch) = log_message(log, seq, 0) {
                 model.msgs.insert(seq, Msg::default());
                 model.pending_confirms.push((seq, epoch));
             }
@@ -245,15 +251,8 @@ fn run_round(
             };
             let moved = *next_seq;
             *next_seq += 1;
-            let b = [bytes::Bytes::from(body(moved))];
-            let parts = MessageParts {
-                exchange: b"",
-                routing_key: b"q",
-                properties: &[0, 0],
-                body: &b,
-            };
             // A refused append leaves the message where it was.
-            let Ok(epoch) = log.append_message(moved, &parts, true, FLAG_REDELIVERED, None) else {
+            let Ok(epoch) = log_message(log, moved, FLAG_REDELIVERED) else {
                 continue;
             };
             model.msgs.insert(moved, Msg::default());
