@@ -274,6 +274,35 @@ async fn same_as_rabbitmq_queues_are_declared_fetched_purged_and_deleted_over_ht
     assert_eq!(api.delete("/api/queues/%2F/jobs").await.status, 404);
 }
 
+/// Same as RabbitMQ 3.10.8: a quorum queue shows the fields of its kind (a cluster of one
+/// node here: it leads, is the only member and is online), not a classic queue's.
+#[tokio::test]
+async fn same_as_rabbitmq_a_quorum_queue_shows_its_leader_and_members() {
+    let (_broker, api) = broker_with_api().await;
+    let put = api
+        .put(
+            "/api/queues/%2F/qq",
+            json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let q = api.get("/api/queues/%2F/qq").await.json();
+    let node = q["node"].clone();
+    assert_eq!(q["type"], "quorum");
+    assert_eq!(q["leader"], node);
+    assert_eq!(q["members"], json!([node]));
+    assert_eq!(q["online"], json!([node]));
+    assert_eq!(q["messages_dlx"], 0);
+    assert_eq!(q["single_active_consumer_ctag"], Value::Null);
+    for classic_only in [
+        "exclusive_consumer_tag",
+        "messages_paged_out",
+        "recoverable_slaves",
+    ] {
+        assert!(q.get(classic_only).is_none(), "{classic_only}: {q}");
+    }
+}
+
 /// Same as RabbitMQ 3.10.8: a quorum queue takes no conditional delete, whatever it holds;
 /// the API says so with a 400 and RabbitMQ's reason.
 #[tokio::test]

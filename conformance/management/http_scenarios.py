@@ -100,6 +100,16 @@ def http_shapes(url):
     seen = {}
     queue = until("/api/queues/%2F/http-shape", lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1)
     seen["queue"] = shape(strip(queue))
+    # A quorum queue has fields of its own (leader, members, online, open_files...).
+    ch.queue_declare("http-shape-qq", durable=True, arguments={"x-queue-type": "quorum"})
+    ch.basic_publish("", "http-shape-qq", b"m")
+    ch.basic_consume("http-shape-qq", lambda *a: None, consumer_tag="shape-qq-tag")
+    conn.process_data_events(time_limit=0.5)
+    qq = until("/api/queues/%2F/http-shape-qq",
+               lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1)
+    # Keyed by node name, which differs between the brokers.
+    qq["open_files"] = sorted(qq.get("open_files", {}).values())
+    seen["quorum_queue"] = shape(strip(qq))
     conns = until("/api/connections", lambda cs: any("recv_oct" in c for c in cs))
     seen["connection"] = shape(strip([c for c in conns if "recv_oct" in c][0]))
     chans = until("/api/channels", lambda cs: any("message_stats" in c for c in cs))
@@ -117,6 +127,7 @@ def http_shapes(url):
     seen["whoami"] = get_json("/api/whoami")[1]
     conn.close()
     http("DELETE", "/api/queues/%2F/http-shape")
+    http("DELETE", "/api/queues/%2F/http-shape-qq")
     return seen
 
 

@@ -207,17 +207,37 @@ impl Serialize for QueueRow {
         map.serialize_entry("operator_policy", &self.policies.1)?;
         map.serialize_entry("effective_policy_definition", &self.policy_definition)?;
         map.serialize_entry("consumers", &s.consumer_count)?;
-        map.serialize_entry("exclusive_consumer_tag", &s.exclusive_consumer)?;
-        map.serialize_entry("single_active_consumer_tag", &s.single_active_consumer)?;
         map.serialize_entry("consumer_utilisation", &utilisation)?;
         map.serialize_entry("consumer_capacity", &capacity)?;
-        map.serialize_entry("head_message_timestamp", &())?;
-        map.serialize_entry("recoverable_slaves", &())?;
+        if kind == "quorum" {
+            // Same fields as RabbitMQ 3.10's quorum queues, as a cluster of one node: it
+            // leads and is the only member, online. Dead letters are routed at once, so
+            // none wait in the queue (RabbitMQ's at-least-once `messages_dlx`).
+            let node = std::slice::from_ref(&self.node);
+            map.serialize_entry("leader", &self.node)?;
+            map.serialize_entry("members", node)?;
+            map.serialize_entry("online", node)?;
+            map.serialize_entry(
+                "open_files",
+                &[(&self.node, 0)]
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )?;
+            map.serialize_entry("single_active_consumer_ctag", &s.single_active_consumer)?;
+            map.serialize_entry("messages_dlx", &0)?;
+            map.serialize_entry("message_bytes_dlx", &0)?;
+        } else {
+            map.serialize_entry("exclusive_consumer_tag", &s.exclusive_consumer)?;
+            map.serialize_entry("single_active_consumer_tag", &s.single_active_consumer)?;
+            map.serialize_entry("head_message_timestamp", &())?;
+            map.serialize_entry("recoverable_slaves", &())?;
+            map.serialize_entry("messages_ready_ram", &ready.saturating_sub(s.paged_out))?;
+            map.serialize_entry("messages_unacknowledged_ram", &unacked)?;
+            map.serialize_entry("messages_paged_out", &s.paged_out)?;
+            map.serialize_entry("message_bytes_paged_out", &0)?;
+        }
         map.serialize_entry("messages_ram", &total.saturating_sub(s.paged_out))?;
-        map.serialize_entry("messages_ready_ram", &ready.saturating_sub(s.paged_out))?;
-        map.serialize_entry("messages_unacknowledged_ram", &unacked)?;
         map.serialize_entry("messages_persistent", &s.persistent.messages)?;
-        map.serialize_entry("messages_paged_out", &s.paged_out)?;
         map.serialize_entry("message_bytes", &(s.ready_bytes + s.unacked_bytes))?;
         map.serialize_entry("message_bytes_ready", &s.ready_bytes)?;
         map.serialize_entry("message_bytes_unacknowledged", &s.unacked_bytes)?;
@@ -226,7 +246,6 @@ impl Serialize for QueueRow {
             &(bytes_in_memory(s.ready_bytes) + s.unacked_bytes),
         )?;
         map.serialize_entry("message_bytes_persistent", &s.persistent.bytes)?;
-        map.serialize_entry("message_bytes_paged_out", &0)?;
         map.serialize_entry("memory", &s.memory_bytes)?;
         let totals = s.counters.totals();
         let stats = MessageStats {
