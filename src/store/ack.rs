@@ -59,16 +59,13 @@ impl QueueLog {
                     inner.superseded.pop_front();
                     Self::count_out(inner, seq);
                 }
-                // A store stopped by a failed fsync makes nothing durable any more: the
-                // record stays, and a restart may bring the message back twice (at least
-                // once).
-                Outcome::Failed if !self.shared.writable() => break,
-                // The copy's write failed: its bytes stay buffered and are written again,
-                // at the latest by the cycle of the epoch open now (later than every
-                // other entry's, so the list stays in order).
+                // The copy's write failed. Its bytes may reach the disk later, but no epoch
+                // says when, so the old record is never counted out: it stays (compaction
+                // keeps it) until a restart reads its Ack, if that got to the disk, or brings
+                // the message back twice (at least once). Writes fail rarely; a record
+                // kept beats a message lost.
                 Outcome::Failed => {
                     inner.superseded.pop_front();
-                    inner.superseded.push_back((self.shared.epoch(), seq));
                 }
             }
         }
