@@ -274,18 +274,23 @@ async fn same_as_rabbitmq_queues_are_declared_fetched_purged_and_deleted_over_ht
     assert_eq!(api.delete("/api/queues/%2F/jobs").await.status, 404);
 }
 
+/// Declares the quorum queue `name` in `/` over HTTP.
+async fn put_quorum_queue(api: &Api, name: &str) {
+    let put = api
+        .put(
+            &format!("/api/queues/%2F/{name}"),
+            json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+}
+
 /// Same as RabbitMQ 3.10.8: a quorum queue shows the fields of its kind (a cluster of one
 /// node here: it leads, is the only member and is online), not a classic queue's.
 #[tokio::test]
 async fn same_as_rabbitmq_a_quorum_queue_shows_its_leader_and_members() {
     let (_broker, api) = broker_with_api().await;
-    let put = api
-        .put(
-            "/api/queues/%2F/qq",
-            json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
-        )
-        .await;
-    assert_eq!(put.status, 201, "{}", put.text());
+    put_quorum_queue(&api, "qq").await;
     let q = api.get("/api/queues/%2F/qq").await.json();
     let node = q["node"].clone();
     assert_eq!(q["type"], "quorum");
@@ -308,13 +313,7 @@ async fn same_as_rabbitmq_a_quorum_queue_shows_its_leader_and_members() {
 #[tokio::test]
 async fn same_as_rabbitmq_quorum_queues_refuse_conditional_deletes_over_http() {
     let (_broker, api) = broker_with_api().await;
-    let put = api
-        .put(
-            "/api/queues/%2F/qq",
-            json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
-        )
-        .await;
-    assert_eq!(put.status, 201, "{}", put.text());
+    put_quorum_queue(&api, "qq").await;
     for (query, flag) in [
         ("if-empty=true", "if-empty"),
         ("if-unused=true", "if-unused"),
