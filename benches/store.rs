@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use lepus::store::fs::RealFs;
-use lepus::store::record::MessageParts;
+use lepus::store::record::{MessageParts, Stamp};
 use lepus::store::{Position, QueueLog, Store};
 
 const SEGMENT_BYTES: u64 = 1 << 20;
@@ -28,7 +28,7 @@ fn mostly_acked_log(store: &Store, id: u64) -> Arc<QueueLog> {
     // Enough to fill two segments and start a third: the newest two are never compacted
     // (`QueueLog::compact_now`).
     for seq in 0..2100 {
-        log.append_message(seq, &parts, true, 0, None)
+        log.append_message(seq, &parts, true, &Stamp::default())
             .expect("append");
         if seq % 1000 != 0 {
             log.ack(seq).expect("ack");

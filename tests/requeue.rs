@@ -59,14 +59,34 @@ async fn get(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
 
 /// Every message of `queue`, taken with no-ack: its body, with `*` if redelivered.
 async fn drain(ch: &Channel, queue: &str) -> String {
+    drain_marked(ch, queue, false).await
+}
+
+/// As [`drain`], with `#n` after a message whose `x-delivery-count` header is `n` > 0 (a
+/// quorum queue's `basic.get` shows the header, 0 included).
+async fn drain_counted(ch: &Channel, queue: &str) -> String {
+    drain_marked(ch, queue, true).await
+}
+
+async fn drain_marked(ch: &Channel, queue: &str, counted: bool) -> String {
     let mut out = Vec::new();
     while let Some(m) = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
         .await
         .unwrap()
     {
         let star = if m.delivery.redelivered { "*" } else { "" };
+        let count = m
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned())
+            .and_then(|n| n.as_long_long_int())
+            .filter(|&n| counted && n > 0)
+            .map(|n| format!("#{n}"))
+            .unwrap_or_default();
         out.push(format!(
-            "{}{star}",
+            "{}{star}{count}",
             String::from_utf8_lossy(&m.delivery.data)
         ));
     }
@@ -200,7 +220,8 @@ async fn same_as_rabbitmq_a_refused_message_does_not_block_a_quorum_queues_consu
 }
 
 /// The refused message's new place is logged: a restart finds it at the back, once, and
-/// still redelivered.
+/// still redelivered, with its delivery count (as RabbitMQ's quorum queue, whose count is
+/// in its log).
 #[tokio::test]
 async fn a_quorum_queues_refused_message_stays_at_the_back_across_a_restart() {
     let dir = std::env::temp_dir().join(format!(
@@ -237,7 +258,7 @@ async fn a_quorum_queues_refused_message_stays_at_the_back_across_a_restart() {
 
     let broker = Broker::start_with(config).await;
     let (_c, ch) = broker.channel().await;
-    assert_eq!(drain(&ch, "qq").await, "m2 m3 m4 m5 m1* m6");
+    assert_eq!(drain_counted(&ch, "qq").await, "m2 m3 m4 m5 m1*#1 m6");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -289,5 +310,45 @@ async fn a_refused_message_goes_behind_a_quorum_queues_paged_out_backlog() {
         .collect();
     let mut expected: Vec<String> = (0..60).map(|i| format!("{i:02}")).collect();
     expected.extend(["head0*".to_string(), "head1*".to_string()]);
+    assert_eq!(short, expected);
+}
+
+/// Regression: a quorum queue's message that was paged out and read back had forgotten how
+/// often it came back (the paging record had no field for it), so its `x-delivery-count`,
+/// and its delivery limit, started again from 0.
+#[tokio::test]
+async fn a_quorum_queue_message_keeps_its_delivery_count_when_paged_out() {
+    let mut config = Config::for_tests();
+    config.limits.memory_budget_bytes = 256 * 1024;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("counted".into(), durable(), quorum()))
+        .await
+        .unwrap();
+    let filler = "x".repeat(32 * 1024);
+    publish(&ch, "counted", "transient", false).await;
+    publish(&ch, "counted", "persistent", true).await;
+    for i in 0..20 {
+        publish(&ch, "counted", &format!("{i:02}{filler}"), i % 2 == 0).await;
+    }
+    // Refused once each: both go to the back, past the part of the queue a paging queue
+    // keeps in memory, with a delivery count of 1.
+    for _ in 0..2 {
+        within(get(&ch, "counted").await.delivery.nack(requeue()))
+            .await
+            .unwrap();
+    }
+    // Past a megabyte over the memory budget, the queue pages the newest part out.
+    for i in 20..60 {
+        publish(&ch, "counted", &format!("{i:02}{filler}"), i % 2 == 0).await;
+    }
+    let order = drain_counted(&ch, "counted").await;
+    let short: Vec<&str> = order
+        .split(' ')
+        .map(|m| m.get(..2).filter(|_| m.len() > 1024).unwrap_or(m))
+        .collect();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("{i:02}")).collect();
+    expected.extend(["transient*#1".to_string(), "persistent*#1".to_string()]);
+    expected.extend((20..60).map(|i| format!("{i:02}")));
     assert_eq!(short, expected);
 }

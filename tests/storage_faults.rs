@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lepus::store::record::{FLAG_REDELIVERED, MessageParts};
+use lepus::store::record::{FLAG_REDELIVERED, MessageParts, Stamp};
 use lepus::store::sim::{Faults, SimFs};
 use lepus::store::sync::Outcome;
 use lepus::store::{QueueLog, Store};
@@ -198,7 +198,11 @@ fn log_message(log: &Arc<QueueLog>, seq: u64, flags: u8) -> std::io::Result<u64>
         properties: &[0, 0],
         body: &b,
     };
-    log.append_message(seq, &parts, true, flags, None)
+    let stamp = Stamp {
+        flags,
+        ..Stamp::default()
+    };
+    log.append_message(seq, &parts, true, &stamp)
 }
 
 /// A message not yet acked, picked at random.

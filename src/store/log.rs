@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::fs::{FileIo, OpenMode};
 use super::intervals::IntervalSet;
-use super::record::{self, Decoded, Kind, MessageParts, Record, Seal, StoredMessage};
+use super::record::{self, Decoded, Kind, MessageParts, Record, Seal, Stamp, StoredMessage};
 use super::sync::{Journal, Shared, ToSync};
 
 /// Where a record starts: segment number and byte offset.
@@ -444,8 +444,7 @@ impl QueueLog {
         seq: u64,
         message: &MessageParts,
         durable: bool,
-        flags: u8,
-        expires_at: Option<u64>,
+        stamp: &Stamp,
     ) -> io::Result<u64> {
         let kind = if durable { Kind::Message } else { Kind::Paged };
         let record = if durable {
@@ -453,11 +452,9 @@ impl QueueLog {
         } else {
             Append::Paged
         };
-        self.append(
-            record::message_len(message, expires_at),
-            record,
-            |out, seal| record::encode_message(out, seal, kind, seq, flags, expires_at, message),
-        )
+        self.append(record::message_len(message, stamp), record, |out, seal| {
+            record::encode_message(out, seal, kind, seq, stamp, message)
+        })
         .map(|(_, epoch)| epoch)
     }
 

@@ -3,8 +3,8 @@
 //! Every record is `len:u32 crc:u32 payload[len]`, where `crc` is the CRC-32 of the payload
 //! XORed with its segment's [`Seal`] (which says whose record it is), and the payload starts
 //! with `kind:u8 seq:u64`; message records go on with `flags:u8`, the expiry (`u64` Unix
-//! milliseconds, only with [`FLAG_EXPIRES`]), the exchange, routing key, raw properties and
-//! body. Segments are preallocated sparse (unwritten space reads as zeros), so a zero length
+//! milliseconds, only with [`FLAG_EXPIRES`]), the delivery count (`u32`, only with
+//! [`FLAG_DELIVERY_COUNT`]), the exchange, routing key, raw properties and body. Segments are preallocated sparse (unwritten space reads as zeros), so a zero length
 //! marks the end of what was written; a record whose checksum does not match, or that runs
 //! past the end of the segment, is a torn write and ends the log.
 
@@ -68,6 +68,22 @@ pub const FLAG_PERSISTED: u8 = 1;
 pub const FLAG_REDELIVERED: u8 = 2;
 /// Message-record flag: an expiry time follows the flags.
 pub const FLAG_EXPIRES: u8 = 4;
+/// Message-record flag: a quorum queue's delivery count follows the expiry. (Records from
+/// before this flag have none: their count is 0.)
+pub const FLAG_DELIVERY_COUNT: u8 = 8;
+
+/// What a message record says of its message besides the message's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// [`FLAG_PERSISTED`] and [`FLAG_REDELIVERED`]; the encoder sets the others.
+    pub flags: u8,
+    /// When the message expires in its queue (Unix milliseconds), if it has a TTL.
+    pub expires_at: Option<u64>,
+    /// Quorum queues: how often the message came back from consumers, so that its
+    /// `x-delivery-count` and delivery limit survive paging and restarts. Written only when
+    /// not 0.
+    pub delivery_count: u32,
+}
 
 /// The parts of a message a log writes, borrowed from wherever the message lives. The store
 /// knows nothing of the broker's message type: it keeps bytes.
@@ -96,6 +112,8 @@ pub struct StoredMessage {
     pub body: Bytes,
     /// When the message expires in its queue (Unix milliseconds), if it has a TTL.
     pub expires_at: Option<u64>,
+    /// Quorum queues: how often the message came back from consumers (see [`Stamp`]).
+    pub delivery_count: u32,
 }
 
 /// The exchange and routing key are short strings, on the wire and here: a longer routing
@@ -105,12 +123,13 @@ const MAX_NAME_BYTES: usize = 255;
 
 /// Bytes a message record of `message` takes, header included. It must be what
 /// [`encode_message`] writes: the log places every later record by it.
-pub fn message_len(message: &MessageParts, expires_at: Option<u64>) -> usize {
+pub fn message_len(message: &MessageParts, stamp: &Stamp) -> usize {
     HEADER_LEN
         + 1
         + 8
         + 1
-        + if expires_at.is_some() { 8 } else { 0 }
+        + if stamp.expires_at.is_some() { 8 } else { 0 }
+        + if stamp.delivery_count > 0 { 4 } else { 0 }
         + 1
         + message.exchange.len().min(MAX_NAME_BYTES)
         + 1
@@ -143,17 +162,23 @@ pub fn encode_message(
     seal: Seal,
     kind: Kind,
     seq: u64,
-    flags: u8,
-    expires_at: Option<u64>,
+    stamp: &Stamp,
     message: &MessageParts,
 ) {
     let start = begin(out, kind, seq);
-    match expires_at {
-        Some(at) => {
-            out.push(flags | FLAG_EXPIRES);
-            out.extend_from_slice(&at.to_be_bytes());
-        }
-        None => out.push(flags & !FLAG_EXPIRES),
+    let mut flags = stamp.flags & !(FLAG_EXPIRES | FLAG_DELIVERY_COUNT);
+    if stamp.expires_at.is_some() {
+        flags |= FLAG_EXPIRES;
+    }
+    if stamp.delivery_count > 0 {
+        flags |= FLAG_DELIVERY_COUNT;
+    }
+    out.push(flags);
+    if let Some(at) = stamp.expires_at {
+        out.extend_from_slice(&at.to_be_bytes());
+    }
+    if stamp.delivery_count > 0 {
+        out.extend_from_slice(&stamp.delivery_count.to_be_bytes());
     }
     let short = |out: &mut Vec<u8>, s: &[u8]| {
         let n = s.len().min(MAX_NAME_BYTES);
@@ -260,21 +285,15 @@ fn decode_checked(buf: &Bytes, at: usize, seal: Seal, resynchronising: bool) -> 
             let Some(&flags) = buf.get(start).filter(|_| start < end) else {
                 return Decoded::Torn;
             };
-            let (expires_at, rest) = if flags & FLAG_EXPIRES != 0 {
-                match buf.get(start + 1..start + 9) {
-                    Some(b) if start + 9 <= end => (
-                        Some(u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))),
-                        start + 9,
-                    ),
-                    _ => return Decoded::Torn,
-                }
-            } else {
-                (None, start + 1)
+            let Some((expires_at, delivery_count, rest)) = decode_stamp(buf, flags, start + 1, end)
+            else {
+                return Decoded::Torn;
             };
             let Some(mut message) = decode_message(buf, rest, end) else {
                 return Decoded::Torn;
             };
             message.expires_at = expires_at;
+            message.delivery_count = delivery_count;
             if kind == Kind::Message {
                 Record::Message {
                     seq,
@@ -293,6 +312,31 @@ fn decode_checked(buf: &Bytes, at: usize, seal: Seal, resynchronising: bool) -> 
         Kind::Delivered => Record::Delivered { seq },
     };
     Decoded::Record(record, HEADER_LEN + len)
+}
+
+/// The expiry and delivery count that `flags` say follow at `buf[at..end]`, and where the
+/// message starts after them.
+fn decode_stamp(
+    buf: &Bytes,
+    flags: u8,
+    mut at: usize,
+    end: usize,
+) -> Option<(Option<u64>, u32, usize)> {
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let to = at.checked_add(n).filter(|&to| to <= end)?;
+        let bytes = buf.get(at..to)?;
+        at = to;
+        Some(bytes)
+    };
+    let expires_at = match flags & FLAG_EXPIRES {
+        0 => None,
+        _ => Some(u64::from_be_bytes(take(8)?.try_into().ok()?)),
+    };
+    let delivery_count = match flags & FLAG_DELIVERY_COUNT {
+        0 => 0,
+        _ => u32::from_be_bytes(take(4)?.try_into().ok()?),
+    };
+    Some((expires_at, delivery_count, at))
 }
 
 /// The message whose encoding is `buf[at..end]`.
@@ -319,12 +363,19 @@ fn decode_message(buf: &Bytes, mut at: usize, end: usize) -> Option<StoredMessag
         properties: buf.slice(properties),
         body: buf.slice(body),
         expires_at: None,
+        delivery_count: 0,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PLAIN: Stamp = Stamp {
+        flags: 0,
+        expires_at: None,
+        delivery_count: 0,
+    };
 
     /// The keyed seal of segment `segment` under some key.
     fn seal(segment: u64) -> Seal {
@@ -345,14 +396,14 @@ mod tests {
             body: &body,
         };
         let mut out = Vec::new();
-        encode_message(&mut out, seal(1), Kind::Message, 7, 0, None, &m);
-        assert_eq!(out.len(), message_len(&m, None));
+        encode_message(&mut out, seal(1), Kind::Message, 7, &PLAIN, &m);
+        assert_eq!(out.len(), message_len(&m, &PLAIN));
         let Decoded::Record(Record::Message { message, .. }, len) =
             decode(&Bytes::from(out), seal(1))
         else {
             panic!("decodes");
         };
-        assert_eq!(len, message_len(&m, None));
+        assert_eq!(len, message_len(&m, &PLAIN));
         assert_eq!(message.routing_key.len(), 255);
     }
 
@@ -375,13 +426,20 @@ mod tests {
             seal(3),
             Kind::Message,
             7,
-            FLAG_PERSISTED,
-            None,
+            &Stamp {
+                flags: FLAG_PERSISTED,
+                ..PLAIN
+            },
             &m,
         );
-        assert_eq!(out.len(), message_len(&m, None));
-        encode_message(&mut out, seal(3), Kind::Paged, 9, 0, Some(1234), &m);
-        assert_eq!(out.len(), message_len(&m, None) + message_len(&m, Some(1)));
+        assert_eq!(out.len(), message_len(&m, &PLAIN));
+        let paged = Stamp {
+            expires_at: Some(1234),
+            delivery_count: 3,
+            ..PLAIN
+        };
+        encode_message(&mut out, seal(3), Kind::Paged, 9, &paged, &m);
+        assert_eq!(out.len(), message_len(&m, &PLAIN) + message_len(&m, &paged));
         encode_mark(&mut out, seal(3), Kind::Ack, 7);
         encode_mark(&mut out, seal(3), Kind::Delivered, 8);
         let buf = Bytes::from(out);
@@ -398,7 +456,7 @@ mod tests {
         };
         assert_eq!((seq, flags), (7, FLAG_PERSISTED));
         assert_eq!(&message.body[..], b"hello");
-        assert_eq!(message.expires_at, None);
+        assert_eq!((message.expires_at, message.delivery_count), (None, 0));
         assert_eq!(&message.properties[..], &[0x10, 0, 2]);
         let rest = buf.slice(n..);
         let Decoded::Record(
@@ -410,7 +468,10 @@ mod tests {
         else {
             panic!("paged");
         };
-        assert_eq!(message.expires_at, Some(1234));
+        assert_eq!(
+            (message.expires_at, message.delivery_count),
+            (Some(1234), 3)
+        );
         let rest = rest.slice(m..);
         let Decoded::Record(Record::Ack { seq: 7 }, k) = decode(&rest, seal(3)) else {
             panic!("ack");
@@ -422,6 +483,35 @@ mod tests {
         );
     }
 
+    /// A record written before the delivery count had a field reads with a count of 0; one
+    /// with a count and no expiry reads its count; one that says it has a count and stops
+    /// short is torn.
+    #[test]
+    fn a_delivery_count_reads_back_with_or_without_an_expiry() {
+        let body = [Bytes::from_static(b"x")];
+        let counted = Stamp {
+            delivery_count: 7,
+            ..PLAIN
+        };
+        let mut out = Vec::new();
+        encode_message(&mut out, seal(3), Kind::Paged, 1, &counted, &message(&body));
+        assert_eq!(out.len(), message_len(&message(&body), &counted));
+        let Decoded::Record(Record::Paged { flags, message, .. }, _) =
+            decode(&Bytes::from(out.clone()), seal(3))
+        else {
+            panic!("paged");
+        };
+        assert_eq!(flags & FLAG_DELIVERY_COUNT, FLAG_DELIVERY_COUNT);
+        assert_eq!((message.delivery_count, message.expires_at), (7, None));
+        // The same payload cut off inside the count, with a length and checksum to match.
+        let mut short = out[..HEADER_LEN + 1 + 8 + 1 + 2].to_vec();
+        let len = (short.len() - HEADER_LEN) as u32;
+        short[..4].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32fast::hash(&short[HEADER_LEN..]) ^ seal(3).value();
+        short[4..8].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(decode(&Bytes::from(short), seal(3)), Decoded::Torn);
+    }
+
     #[test]
     fn zeros_end_the_log_and_damage_is_torn() {
         assert_eq!(decode(&Bytes::from(vec![0u8; 64]), seal(3)), Decoded::End);
@@ -431,8 +521,7 @@ mod tests {
             seal(3),
             Kind::Message,
             1,
-            0,
-            None,
+            &PLAIN,
             &message(&[Bytes::from_static(b"x")]),
         );
         let mut bad = out.clone();
@@ -452,8 +541,7 @@ mod tests {
             seal(5),
             Kind::Message,
             1,
-            0,
-            None,
+            &PLAIN,
             &message(&[Bytes::from_static(b"x")]),
         );
         let buf = Bytes::from(out);
@@ -500,8 +588,7 @@ mod tests {
             seal(3),
             Kind::Message,
             1,
-            0,
-            None,
+            &PLAIN,
             &message(&[Bytes::from_static(b"first")]),
         );
         let second = out.len();
@@ -510,8 +597,10 @@ mod tests {
             seal(3),
             Kind::Paged,
             2,
-            0,
-            Some(99),
+            &Stamp {
+                expires_at: Some(99),
+                ..PLAIN
+            },
             &message(&[Bytes::from_static(b"second")]),
         );
         let buf = Bytes::from(out);
@@ -537,8 +626,7 @@ mod tests {
             seal(3),
             Kind::Message,
             2,
-            0,
-            None,
+            &PLAIN,
             &message(&[Bytes::from_static(b"next")]),
         );
         let buf = Bytes::from(out);

@@ -334,7 +334,7 @@ fn count_unacked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::{Kind, MessageParts, encode_mark, encode_message};
+    use crate::store::record::{Kind, MessageParts, Stamp, encode_mark, encode_message};
 
     /// The segment's keyed seal, and that of the segment a reused file held before.
     const SEAL: Seal = Seal::Keyed(0x1234_5679);
@@ -351,7 +351,14 @@ mod tests {
 
     /// Appends a message record of the file's earlier life (sealed `OLD_SEAL`).
     fn old_record(data: &mut Vec<u8>, body: &[Bytes]) {
-        encode_message(data, OLD_SEAL, Kind::Message, 0, 0, None, &parts(body));
+        encode_message(
+            data,
+            OLD_SEAL,
+            Kind::Message,
+            0,
+            &Stamp::default(),
+            &parts(body),
+        );
     }
 
     fn acks_read(data: Vec<u8>) -> Vec<u64> {
@@ -370,7 +377,14 @@ mod tests {
         for seq in 0..n {
             starts.push(out.len());
             let body = [Bytes::copy_from_slice(&seq.to_be_bytes())];
-            encode_message(&mut out, SEAL, Kind::Message, seq, 0, None, &parts(&body));
+            encode_message(
+                &mut out,
+                SEAL,
+                Kind::Message,
+                seq,
+                &Stamp::default(),
+                &parts(&body),
+            );
         }
         starts.push(out.len());
         encode_mark(&mut out, SEAL, Kind::Ack, 0);
@@ -404,7 +418,14 @@ mod tests {
             let mut data = Vec::new();
             for seq in [1u64, 2] {
                 let body = [Bytes::copy_from_slice(&seq.to_be_bytes())];
-                encode_message(&mut data, SEAL, Kind::Message, seq, 0, None, &parts(&body));
+                encode_message(
+                    &mut data,
+                    SEAL,
+                    Kind::Message,
+                    seq,
+                    &Stamp::default(),
+                    &parts(&body),
+                );
             }
             let old_body = [Bytes::from(forged)];
             old_record(&mut data, &old_body);
@@ -425,7 +446,14 @@ mod tests {
         for forge in [Seal::Legacy(0), Seal::legacy(5)] {
             let mut data = Vec::new();
             let body = [Bytes::from_static(b"new")];
-            encode_message(&mut data, SEAL, Kind::Message, 9, 0, None, &parts(&body));
+            encode_message(
+                &mut data,
+                SEAL,
+                Kind::Message,
+                9,
+                &Stamp::default(),
+                &parts(&body),
+            );
             encode_mark(&mut data, forge, Kind::Ack, 9);
             assert_eq!(acks_read(data), Vec::<u64>::new());
         }
@@ -441,7 +469,14 @@ mod tests {
         forged.extend_from_slice(b"the rest of the body");
         let mut data = Vec::new();
         let body = [Bytes::from_static(b"new")];
-        encode_message(&mut data, SEAL, Kind::Message, 1, 0, None, &parts(&body));
+        encode_message(
+            &mut data,
+            SEAL,
+            Kind::Message,
+            1,
+            &Stamp::default(),
+            &parts(&body),
+        );
         // Old records follow the new one: a body holding the forgery, then another.
         let old_body = [Bytes::from(forged)];
         old_record(&mut data, &old_body);

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::broker::message::Message;
+use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED, Stamp};
 
 /// A message in a queue, with what the queue knows about it.
 #[derive(Debug, Clone)]
@@ -24,5 +25,20 @@ impl QueueEntry {
     /// Bytes this entry holds in memory, for the memory budget.
     pub fn size(&self) -> usize {
         self.message.memory_size() + std::mem::size_of::<QueueEntry>()
+    }
+
+    /// What a log record of this entry says besides the message: paged out and read back,
+    /// or logged again, it comes back as it went.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            flags: if self.persisted { FLAG_PERSISTED } else { 0 }
+                | if self.redelivered {
+                    FLAG_REDELIVERED
+                } else {
+                    0
+                },
+            expires_at: self.expires_at,
+            delivery_count: self.delivery_count,
+        }
     }
 }

@@ -18,19 +18,9 @@ use super::entry::QueueEntry;
 use super::paging::entry_read_back;
 use super::state::{LevelTail, PAGE_IN_BATCH, PAGE_KEEP, State, Tail};
 use crate::store::TailReader;
-use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED};
 
 /// Bytes of a level kept in memory when it pages out (at least one message).
 const LEVEL_KEEP: usize = 64 * 1024;
-
-fn flags(entry: &QueueEntry) -> u8 {
-    (if entry.persisted { FLAG_PERSISTED } else { 0 })
-        | if entry.redelivered {
-            FLAG_REDELIVERED
-        } else {
-            0
-        }
-}
 
 impl State {
     /// Messages of priority levels that are on disk.
@@ -96,7 +86,7 @@ impl State {
         let mut moved = 0usize;
         for e in &paged {
             let parts = e.message.parts();
-            if let Err(err) = log.append_message(e.seq, &parts, false, flags(e), e.expires_at) {
+            if let Err(err) = log.append_message(e.seq, &parts, false, &e.stamp()) {
                 tracing::error!(queue = %ctx.name, error = %err, "cannot page messages out");
                 break;
             }
@@ -135,7 +125,7 @@ impl State {
         let parts = entry.message.parts();
         match paged
             .log
-            .append_message(entry.seq, &parts, false, flags(entry), entry.expires_at)
+            .append_message(entry.seq, &parts, false, &entry.stamp())
         {
             Ok(_) => {
                 paged.tail.count += 1;

@@ -10,7 +10,6 @@ use super::context::QueueCtx;
 use super::entry::QueueEntry;
 use super::state::{PAGE_IN_BATCH, PAGE_IN_BELOW, PAGE_KEEP, ReadAhead, ReadJob, State, Tail};
 use crate::broker::message::Message;
-use crate::store::record::{FLAG_PERSISTED, FLAG_REDELIVERED};
 use crate::store::{Position, ReadBack, TailReader};
 
 impl State {
@@ -47,10 +46,8 @@ impl State {
         let mut moved = 0u64;
         let paged = self.ready.split_off(keep);
         for e in &paged {
-            let flags = if e.persisted { FLAG_PERSISTED } else { 0 }
-                | if e.redelivered { FLAG_REDELIVERED } else { 0 };
             let parts = e.message.parts();
-            if let Err(err) = log.append_message(e.seq, &parts, false, flags, e.expires_at) {
+            if let Err(err) = log.append_message(e.seq, &parts, false, &e.stamp()) {
                 tracing::error!(queue = %ctx.name, error = %err, "cannot page messages out");
                 // Keep what could not be written in memory.
                 break;
@@ -220,6 +217,7 @@ impl ReadJob {
 /// A message read back from a log, as a ready entry charged to the memory gauge; `None`
 /// (reported) if its properties no longer scan.
 pub(super) fn entry_read_back(ctx: &QueueCtx, m: ReadBack) -> Option<QueueEntry> {
+    let delivery_count = m.message.delivery_count;
     let Some(mut message) = Message::from_stored(m.message) else {
         tracing::error!(queue = %ctx.name, seq = m.seq, "dropping a logged message whose properties do not scan");
         return None;
@@ -232,6 +230,6 @@ pub(super) fn entry_read_back(ctx: &QueueCtx, m: ReadBack) -> Option<QueueEntry>
         redelivered: m.redelivered,
         persisted: m.persisted,
         expires_at: m.expires_at,
-        delivery_count: 0,
+        delivery_count,
     })
 }

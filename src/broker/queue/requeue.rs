@@ -16,7 +16,7 @@ use super::entry::QueueEntry;
 use super::settings::QueueType;
 use super::state::State;
 use crate::broker::timer::now_ms;
-use crate::store::record::FLAG_REDELIVERED;
+use crate::store::record::{FLAG_REDELIVERED, Stamp};
 
 impl State {
     /// Messages coming back from consumers: a quorum queue counts the return and
@@ -75,13 +75,11 @@ impl State {
         let durable = entry.persisted;
         if durable || self.tail.is_some() {
             let written = self.log.as_ref().map(|log| {
-                log.append_message(
-                    seq,
-                    &entry.message.parts(),
-                    durable,
-                    FLAG_REDELIVERED,
-                    entry.expires_at,
-                )
+                let stamp = Stamp {
+                    flags: FLAG_REDELIVERED,
+                    ..entry.stamp()
+                };
+                log.append_message(seq, &entry.message.parts(), durable, &stamp)
             });
             let Some(Ok(epoch)) = written else {
                 tracing::error!(queue = %ctx.name, "cannot log a requeued message at the back; it keeps its place");

@@ -22,6 +22,7 @@ use crate::broker::message::Message;
 use crate::broker::stats::QueueCounters;
 use crate::broker::timer::now_ms;
 use crate::protocol::properties;
+use crate::store::record::Stamp;
 use crate::store::{Position, QueueLog, ReadBack, TailReader};
 
 /// Paging thresholds, in bytes of messages a queue holds in memory. Over the broker's budget,
@@ -268,7 +269,11 @@ impl State {
             && message.persistent
             && let Some(log) = self.log.clone()
         {
-            match log.append_message(seq, &message.parts(), true, 0, expires_at) {
+            let stamp = Stamp {
+                expires_at,
+                ..Stamp::default()
+            };
+            match log.append_message(seq, &message.parts(), true, &stamp) {
                 Ok(epoch) => {
                     persisted = true;
                     self.persistent.add(1, size);
@@ -358,10 +363,14 @@ impl State {
         outcome: Enqueued,
     ) -> Enqueued {
         if !persisted {
+            let stamp = Stamp {
+                expires_at,
+                ..Stamp::default()
+            };
             let written = self
                 .log
                 .as_ref()
-                .map(|log| log.append_message(seq, &message.parts(), false, 0, expires_at));
+                .map(|log| log.append_message(seq, &message.parts(), false, &stamp));
             if !matches!(written, Some(Ok(_))) {
                 tracing::error!(queue = %ctx.name, "cannot page a message out");
                 self.body_bytes -= message.body.len() as u64;

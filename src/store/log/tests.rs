@@ -28,7 +28,7 @@ fn parts(body: &[Bytes]) -> MessageParts<'_> {
 /// Appends message `seq` (a 1,000-byte body) to `log`: a durable one, or a paged copy.
 fn append(log: &Arc<QueueLog>, seq: u64, durable: bool) {
     let body = [Bytes::from(body(seq))];
-    log.append_message(seq, &parts(&body), durable, 0, None)
+    log.append_message(seq, &parts(&body), durable, &Stamp::default())
         .unwrap();
 }
 
@@ -110,7 +110,9 @@ fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
         body: &[Bytes::from_static(b"paged")],
     };
     let paging = store.create_paging_log().unwrap();
-    paging.append_message(1, &parts, false, 0, None).unwrap();
+    paging
+        .append_message(1, &parts, false, &Stamp::default())
+        .unwrap();
     let (files, dirs) = paging.flush().unwrap();
     assert!(
         files.is_empty() && dirs.is_empty(),
@@ -120,7 +122,9 @@ fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
     let back = paging.read_back(&mut reader, 1 << 20).unwrap();
     assert_eq!(&back[0].message.body[..], b"paged", "but it reads back");
     let durable = store.create_queue_log(7).unwrap();
-    durable.append_message(1, &parts, true, 0, None).unwrap();
+    durable
+        .append_message(1, &parts, true, &Stamp::default())
+        .unwrap();
     let (files, dirs) = durable.flush().unwrap();
     assert!(!files.is_empty() && !dirs.is_empty());
     drop(store);
@@ -191,7 +195,7 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
     let refused = loop {
         let body = [Bytes::from(body(seq))];
         let parts = parts(&body);
-        match log.append_message(seq, &parts, true, 0, None) {
+        match log.append_message(seq, &parts, true, &Stamp::default()) {
             Ok(_) => kept.push(seq),
             Err(_) => break seq,
         }
@@ -204,7 +208,8 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
     let small = [Bytes::from(vec![b's'; 100])];
     let parts = parts(&small);
     let at = log.end();
-    log.append_message(seq, &parts, true, 0, None).unwrap();
+    log.append_message(seq, &parts, true, &Stamp::default())
+        .unwrap();
     assert!(store.sync_now());
     // Read where the log says the message is, as a queue reading its paged tail does.
     let mut reader = TailReader {
@@ -266,7 +271,10 @@ fn a_failed_directory_sync_after_reusing_a_segment_file_stops_the_store() {
     assert!(!store.shared.writable(), "the store stopped");
     let body = [Bytes::from(body(seq))];
     let parts = parts(&body);
-    assert!(log.append_message(seq, &parts, true, 0, None).is_err());
+    assert!(
+        log.append_message(seq, &parts, true, &Stamp::default())
+            .is_err()
+    );
 }
 
 #[test]
@@ -380,8 +388,7 @@ fn a_log_from_before_seal_keys_reads_and_goes_on_in_a_keyed_segment() {
             Seal::legacy(0),
             Kind::Message,
             seq,
-            0,
-            None,
+            &Stamp::default(),
             &parts,
         );
     }
