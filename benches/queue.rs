@@ -75,6 +75,7 @@ fn bench_queue(name: &str) -> Option<(Arc<Queue>, std::path::PathBuf)> {
             memory: Memory::leaked(256 << 20),
             timers,
             host: Weak::<NoHost>::new(),
+            dead_letter_retry_ms: 180_000,
         },
         None,
         None,

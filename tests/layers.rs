@@ -78,6 +78,7 @@ fn queue(host: &Arc<TestHost>, arguments: FieldTable) -> (Arc<Queue>, std::path:
             memory: Memory::leaked(64 << 20),
             timers: Timers::start().unwrap(),
             host,
+            dead_letter_retry_ms: 180_000,
         },
         None,
         None,

@@ -195,6 +195,64 @@ def http_message_bytes(url):
 
 
 @scenario
+def quorum_dlx_at_least_once(url):
+    """At-least-once dead-lettering: a quorum queue keeps dead letters its exchange cannot
+    take (`messages_dlx`), counts them among its messages and against its length limit, keeps
+    them through a purge, and routes them again when a policy changes."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    q, x, t = "http-alo-src", "http-alo-dlx", "http-alo-target"
+    for name in (q, t):
+        ch.queue_delete(name)
+    ch.exchange_delete(x)
+    ch.queue_declare(q, durable=True, arguments={
+        "x-queue-type": "quorum", "x-dead-letter-exchange": x, "x-max-length": 3,
+        "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    for body in (b"m1", b"m2", b"m3"):
+        ch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2))
+    for _ in range(2):
+        method, _, _ = ch.basic_get(q)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    fields = ("messages", "messages_ready", "messages_unacknowledged", "messages_dlx",
+              "message_bytes_dlx", "message_bytes")
+    path = "/api/queues/%2F/" + q
+    seen = {}
+    body = until(path, lambda s: s.get("messages_dlx") == 2 and s.get("messages") == 3)
+    seen["held"] = {f: body.get(f) for f in fields}
+    published = []
+    for body in (b"m4", b"m5"):
+        try:
+            ch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2))
+            published.append("ack")
+        except pika.exceptions.NackError:
+            published.append("nack")
+    seen["publishes_at_the_limit"] = published
+    seen["purged"] = ch.queue_purge(q).method.message_count
+    body = until(path, lambda s: s.get("messages_ready") == 0 and s.get("messages") == 2)
+    seen["after_purge"] = {f: body.get(f) for f in fields}
+    ch.exchange_declare(x, "fanout")
+    ch.queue_declare(t, durable=True)
+    ch.queue_bind(t, x)
+    http("PUT", "/api/policies/%2F/http-alo", {
+        "pattern": "^http-alo-src$", "definition": {"max-length": 100}, "apply-to": "queues"})
+    body = until(path, lambda s: s.get("messages") == 0)
+    seen["after_policy"] = {f: body.get(f) for f in fields}
+    got = []
+    for _ in range(2):
+        method, props, body = ch.basic_get(t, auto_ack=True)
+        got.append([body.decode() if body else None,
+                    [d.get("reason") for d in (props.headers or {}).get("x-death", [])] if props else None])
+    seen["target"] = got
+    http("DELETE", "/api/policies/%2F/http-alo")
+    for name in (q, t):
+        ch.queue_delete(name)
+    ch.exchange_delete(x)
+    conn.close()
+    return seen
+
+
+@scenario
 def http_publish_checks(url):
     """What the API's publish refuses as an AMQP publish would (another user's user_id), and a
     monitor closing someone else's connection."""

@@ -118,6 +118,7 @@ impl Broker {
             worker: self.worker.clone(),
             limits: self.creation_limits.clone(),
             ledger: self.ledger.clone(),
+            dead_letter_retry_ms: self.config.limits.dead_letter_retry_ms,
         }
     }
 

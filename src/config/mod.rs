@@ -149,6 +149,11 @@ pub struct Limits {
     pub disk_free_limit: DiskFreeLimit,
     /// How often memory and disk are checked for the alarms.
     pub monitor_interval_ms: u64,
+    /// How long a quorum queue's at-least-once dead letter waits before it is routed again,
+    /// if its exchange was missing, it matched no queue, or a queue refused it. RabbitMQ's
+    /// `dead_letter_worker_publisher_confirm_timeout` (advanced.config only): 3 minutes.
+    /// A policy change routes them again at once.
+    pub dead_letter_retry_ms: u64,
 }
 
 impl Default for Limits {
@@ -177,6 +182,7 @@ impl Default for Limits {
             vm_memory_high_watermark: MemoryWatermark::Relative(0.4),
             disk_free_limit: DiskFreeLimit::Absolute(50_000_000),
             monitor_interval_ms: 1000,
+            dead_letter_retry_ms: 180_000,
         }
     }
 }

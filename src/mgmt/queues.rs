@@ -184,7 +184,9 @@ impl Serialize for QueueRow {
             QueueType::Classic => "classic",
         };
         let (ready, unacked) = (u64::from(s.ready), u64::from(s.unacked));
-        let total = ready + unacked;
+        // Same as RabbitMQ: dead letters a quorum queue holds (at-least-once) are among its
+        // messages, not ready nor unacknowledged.
+        let total = ready + unacked + s.held;
         // Bytes are not counted per place: while part of a queue is paged out, none are
         // shown in memory.
         let bytes_in_memory = |n: u64| if s.paged_out > 0 { 0 } else { n };
@@ -211,8 +213,7 @@ impl Serialize for QueueRow {
         map.serialize_entry("consumer_capacity", &capacity)?;
         if kind == "quorum" {
             // Same fields as RabbitMQ 3.10's quorum queues, as a cluster of one node: it
-            // leads and is the only member, online. Dead letters are routed at once, so
-            // none wait in the queue (RabbitMQ's at-least-once `messages_dlx`).
+            // leads and is the only member, online.
             let node = std::slice::from_ref(&self.node);
             map.serialize_entry("leader", &self.node)?;
             map.serialize_entry("members", node)?;
@@ -224,8 +225,8 @@ impl Serialize for QueueRow {
                     .collect::<std::collections::BTreeMap<_, _>>(),
             )?;
             map.serialize_entry("single_active_consumer_ctag", &s.single_active_consumer)?;
-            map.serialize_entry("messages_dlx", &0)?;
-            map.serialize_entry("message_bytes_dlx", &0)?;
+            map.serialize_entry("messages_dlx", &s.held)?;
+            map.serialize_entry("message_bytes_dlx", &s.held_bytes)?;
         } else {
             map.serialize_entry("exclusive_consumer_tag", &s.exclusive_consumer)?;
             map.serialize_entry("single_active_consumer_tag", &s.single_active_consumer)?;
@@ -238,7 +239,10 @@ impl Serialize for QueueRow {
         }
         map.serialize_entry("messages_ram", &total.saturating_sub(s.paged_out))?;
         map.serialize_entry("messages_persistent", &s.persistent.messages)?;
-        map.serialize_entry("message_bytes", &(s.ready_bytes + s.unacked_bytes))?;
+        map.serialize_entry(
+            "message_bytes",
+            &(s.ready_bytes + s.unacked_bytes + s.held_bytes),
+        )?;
         map.serialize_entry("message_bytes_ready", &s.ready_bytes)?;
         map.serialize_entry("message_bytes_unacknowledged", &s.unacked_bytes)?;
         map.serialize_entry(

@@ -30,6 +30,8 @@ pub struct QueueServices {
     pub timers: Arc<Timers>,
     /// The vhost; weak, as the vhost owns its queues.
     pub host: Weak<dyn QueueHost>,
+    /// How long an at-least-once dead letter waits before it is routed again.
+    pub dead_letter_retry_ms: u64,
 }
 
 impl std::fmt::Debug for QueueServices {

@@ -54,6 +54,19 @@ impl Reason {
 pub struct DeadLetter {
     pub message: Arc<Message>,
     pub reason: Reason,
+    /// An at-least-once letter its queue holds until every queue routed to has it: the
+    /// host reports back what became of it.
+    pub ticket: Option<Ticket>,
+}
+
+/// What a held letter (`held`) carries to the host: which letter it is, of which queue,
+/// and which queues have it already.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub id: u64,
+    /// The address of the queue holding it.
+    pub owner: usize,
+    pub have: Vec<String>,
 }
 
 /// Where a queue's dead letters go: its dead-letter exchange and routing key.

@@ -10,13 +10,16 @@ use crate::broker::timer::now_ms;
 
 impl State {
     /// Whether one more message of `size` body bytes would exceed a length limit.
+    /// Dead letters held until their queues have them count, as in RabbitMQ
+    /// (`rabbit_fifo:is_over_limit`).
     pub fn would_overflow(&self, size: u64) -> bool {
-        let count = u64::from(self.message_count());
+        let count = u64::from(self.message_count()) + self.held.count;
+        let bytes = self.body_bytes + self.held.bytes;
         self.settings.max_length.is_some_and(|max| count + 1 > max)
             || self
                 .settings
                 .max_length_bytes
-                .is_some_and(|max| self.body_bytes + size > max)
+                .is_some_and(|max| bytes + size > max)
     }
 
     /// Whether a publish of `size` bytes is refused under `reject-publish(-dlx)`. A classic
@@ -41,8 +44,13 @@ impl State {
     /// times 0.8, truncated).
     fn below_soft_limit(&self) -> bool {
         let below = |max: Option<u64>, n: u64| max.is_none_or(|m| n <= m * 4 / 5);
-        below(self.settings.max_length, u64::from(self.message_count()))
-            && below(self.settings.max_length_bytes, self.body_bytes)
+        below(
+            self.settings.max_length,
+            u64::from(self.message_count()) + self.held.count,
+        ) && below(
+            self.settings.max_length_bytes,
+            self.body_bytes + self.held.bytes,
+        )
     }
 
     /// Drop-head: while the queue is over a length limit, drops (or dead-letters) the oldest
@@ -107,10 +115,14 @@ impl State {
             .expires_ms
             .filter(|_| self.consumers.is_empty())
             .map(|ttl| self.last_used_ms.saturating_add(ttl));
-        let next = match (self.ready.next_expiry(), queue_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [
+            self.ready.next_expiry(),
+            queue_expiry,
+            self.held.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let Some(next) = next else {
             return;
         };

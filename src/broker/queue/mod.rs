@@ -31,6 +31,7 @@
 //! - Deliveries are pushed into sinks while the lock is held, so every consumer sees the
 //!   queue's order.
 
+mod at_least_once;
 pub mod consumer;
 pub mod consumers;
 pub mod context;
@@ -38,6 +39,7 @@ pub mod dead_letter;
 pub mod delivery;
 mod dispatch;
 pub mod entry;
+pub mod held;
 pub mod levels;
 mod limits;
 mod pace;
@@ -138,6 +140,10 @@ pub struct QueueSnapshot {
     pub last_used_ms: u64,
     /// Ready messages that live only on disk (paged out).
     pub paged_out: u64,
+    /// Dead letters held until their queues have them (at-least-once), and their body
+    /// bytes: RabbitMQ's `messages_dlx` and `message_bytes_dlx`.
+    pub held: u64,
+    pub held_bytes: u64,
 }
 
 /// A consumer as the management API shows it.
@@ -173,6 +179,7 @@ impl Queue {
         policy: Option<&Policy>,
     ) -> Arc<Self> {
         let settings = QueueSettings::new(&config.arguments, policy);
+        let services_retry_ms = services.dead_letter_retry_ms;
         let queue = Arc::new_cyclic(|me: &Weak<Queue>| {
             let source: Weak<dyn DeliverySource> = me.clone();
             let timed: Weak<dyn Timed> = me.clone();
@@ -194,6 +201,7 @@ impl Queue {
                 state: Mutex::new(State {
                     ready: Ready::new(settings.max_priority),
                     consumers: Consumers::new(settings.single_active_consumer),
+                    held: held::Held::new(services_retry_ms, me.as_ptr() as usize),
                     settings,
                     log,
                     last_used_ms: now_ms(),
@@ -294,6 +302,12 @@ impl Queue {
         }
     }
 
+    /// The host routed dead letters this queue holds (at-least-once): settles those every
+    /// queue they went to has.
+    pub fn dead_letters_routed(&self, reports: Vec<held::Routed>) {
+        self.with_state(|state| state.held_routed(&self.ctx, reports));
+    }
+
     /// Reads the next batch of the tail with the lock released, then takes the lock again
     /// to keep it and dispatch. One batch per call: a further read waits for the next call
     /// (and an empty head is always read under the lock, so nothing stalls).
@@ -321,6 +335,7 @@ impl Queue {
             let settings = QueueSettings::new(&self.arguments, policy);
             // Priorities come from arguments only, so `ready` keeps its shape.
             state.settings = settings;
+            state.held_settings_changed(&self.ctx);
             state.enforce_length_limit(&self.ctx);
             state.dispatch(&self.ctx);
         });
@@ -536,6 +551,8 @@ impl Queue {
             counters: state.counters,
             last_used_ms: state.last_used_ms,
             paged_out: state.tail.as_ref().map_or(0, |t| t.count) + state.level_tail_count(),
+            held: state.held.count,
+            held_bytes: state.held.bytes,
         }
     }
 
@@ -682,6 +699,7 @@ impl Timed for Queue {
             if state.deleted {
                 return false;
             }
+            state.held_tick(&self.ctx, now);
             state.expire_heads(&self.ctx);
             state.dispatch(&self.ctx);
             state.settings.expires_ms.is_some_and(|ttl| {

@@ -54,6 +54,10 @@ pub struct QueueSettings {
     pub delivery_limit: Option<u64>,
     /// How long a consumer may hold a delivery unacknowledged (`x-consumer-timeout`).
     pub consumer_timeout_ms: Option<u64>,
+    /// Quorum queues: dead letters stay in the queue until every queue they are routed to
+    /// has them (`x-dead-letter-strategy: at-least-once`). Only with `reject-publish` and a
+    /// dead-letter exchange, as in RabbitMQ; otherwise dead-lettering is at most once.
+    pub dead_letter_at_least_once: bool,
 }
 
 /// A non-negative integer argument.
@@ -132,8 +136,25 @@ impl QueueSettings {
             }
             (_, overflow) => overflow,
         };
+        let strategy = arg_string(args, "x-dead-letter-strategy").or_else(|| {
+            policy
+                .and_then(|p| p.string("dead-letter-strategy"))
+                .map(str::to_owned)
+        });
+        let dead_letter_at_least_once = queue_type == QueueType::Quorum
+            && strategy.as_deref() == Some("at-least-once")
+            && dead_letter_exchange.is_some();
+        if dead_letter_at_least_once && overflow != Overflow::RejectPublish {
+            // Same as RabbitMQ 3.10 (`rabbit_quorum_queue:dlh`).
+            tracing::warn!(
+                "at-least-once dead-lettering needs overflow reject-publish; falling back to at-most-once"
+            );
+        }
+        let dead_letter_at_least_once =
+            dead_letter_at_least_once && overflow == Overflow::RejectPublish;
         QueueSettings {
             queue_type,
+            dead_letter_at_least_once,
             message_ttl_ms: min_of(
                 arg_u64(args, "x-message-ttl"),
                 policy_u64(policy, "message-ttl"),

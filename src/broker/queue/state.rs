@@ -15,6 +15,7 @@ use super::context::QueueCtx;
 use super::dead_letter::{DeadLetter, DlxTarget, Reason};
 use super::delivery::{Delivery, DeliverySink};
 use super::entry::QueueEntry;
+use super::held::Held;
 use super::pace::Pace;
 use super::ready::Ready;
 use super::settings::{Overflow, QueueSettings};
@@ -165,6 +166,8 @@ pub struct State {
     /// Messages leaving for the dead-letter exchange, handed to the host once the lock is
     /// released.
     pub dead: Vec<DeadLetter>,
+    /// Dead letters kept until their queues have them (at-least-once, see `held`).
+    pub held: Held,
     /// Messages in, delivered, fetched and acknowledged, for the management API.
     pub counters: QueueCounters,
     /// How fast consumers take messages: a queue they keep pace with is not paged early.
@@ -205,6 +208,11 @@ impl State {
     /// the length limit, rejected or returned too often. It goes to the dead-letter exchange
     /// if there is one.
     pub fn discard(&mut self, entry: QueueEntry, reason: Reason) {
+        // `maxlen` never is: at-least-once needs reject-publish, which drops nothing.
+        if self.settings.dead_letter_at_least_once && reason != Reason::Maxlen {
+            self.hold(entry, reason);
+            return;
+        }
         if entry.persisted {
             self.log_ack(&entry);
         }
@@ -215,7 +223,11 @@ impl State {
                 super::settings::QueueType::Quorum => without_delivery_count(&entry.message),
                 _ => entry.message,
             };
-            self.dead.push(DeadLetter { message, reason });
+            self.dead.push(DeadLetter {
+                message,
+                reason,
+                ticket: None,
+            });
         }
     }
 
@@ -241,6 +253,7 @@ impl State {
                 self.dead.push(DeadLetter {
                     message,
                     reason: Reason::Maxlen,
+                    ticket: None,
                 });
             }
             return Enqueued::Rejected;
@@ -257,6 +270,7 @@ impl State {
                 self.dead.push(DeadLetter {
                     message,
                     reason: Reason::Expired,
+                    ticket: None,
                 });
             }
             return Enqueued::Accepted;

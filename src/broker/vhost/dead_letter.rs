@@ -14,6 +14,8 @@ use super::VirtualHost;
 use crate::broker::queue::Queue;
 use crate::broker::queue::context::QueueHost;
 use crate::broker::queue::dead_letter::{DeadLetter, DlxTarget, Reason, is_cycle, make_message};
+use crate::broker::queue::held::Routed;
+use crate::broker::queue::state::Enqueued;
 use crate::broker::timer::now_ms;
 
 /// Dead letters one job routes before it yields to other work.
@@ -78,7 +80,8 @@ impl VirtualHost {
 
     /// Routes dead letters from `queue` to its dead-letter exchange. A missing exchange drops
     /// them silently, as in RabbitMQ; so does a cycle. There is no confirm or return for a
-    /// dead letter.
+    /// dead letter, except to the queue that holds it (at-least-once, `queue::held`): it is
+    /// told which queues took it, and a missing exchange leaves it held.
     fn route_dead_letters(&self, queue: String, target: DlxTarget, mut letters: Vec<DeadLetter>) {
         if letters.len() > DEAD_LETTERS_PER_JOB {
             let rest = letters.split_off(DEAD_LETTERS_PER_JOB);
@@ -90,6 +93,8 @@ impl VirtualHost {
         };
         let now_secs = now_ms() / 1000;
         let mut targets: Vec<Arc<Queue>> = Vec::new();
+        let mut reports: Vec<Routed> = Vec::new();
+        let mut owner = None;
         for letter in letters {
             let Some(dead) =
                 make_message(&letter.message, letter.reason, &queue, &target, now_secs)
@@ -113,15 +118,47 @@ impl VirtualHost {
                     !cycle
                 });
             }
+            if let Some(ticket) = &letter.ticket {
+                targets.retain(|q| !ticket.have.contains(&q.name));
+            }
             if !self.spend_copies(&queue, &dead.message, targets.len()) {
                 continue;
             }
             let mut message = dead.message;
             message.charge_all_to(self.services.memory);
             let dead = Arc::new(message);
+            let Some(ticket) = letter.ticket else {
+                for q in &targets {
+                    q.publish(dead.clone());
+                }
+                continue;
+            };
+            owner = Some(ticket.owner);
+            let mut report = Routed {
+                id: ticket.id,
+                took: Vec::with_capacity(targets.len()),
+                epoch: None,
+                complete: !(targets.is_empty() && ticket.have.is_empty()),
+            };
             for q in &targets {
-                q.publish(dead.clone());
+                match q.publish(dead.clone()) {
+                    Enqueued::Accepted => report.took.push(q.name.clone()),
+                    Enqueued::Persisted(epoch) => {
+                        report.took.push(q.name.clone());
+                        report.epoch = report.epoch.max(Some(epoch));
+                    }
+                    Enqueued::Rejected | Enqueued::Failed | Enqueued::Deleted => {
+                        report.complete = false;
+                    }
+                }
             }
+            reports.push(report);
+        }
+        if let Some(owner) = owner
+            && let Some(source) = self.queue(&queue)
+            && Arc::as_ptr(&source) as usize == owner
+        {
+            source.dead_letters_routed(reports);
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct VhostServices {
     pub limits: CreationLimits,
     /// The broker's running totals, where queue churn is counted.
     pub ledger: Arc<crate::broker::stats::Ledger>,
+    /// How long an at-least-once dead letter waits before it is routed again.
+    pub dead_letter_retry_ms: u64,
 }
 
 /// Limits on what clients create, shared by every vhost of a broker.
@@ -194,6 +196,7 @@ impl VirtualHost {
             memory: self.services.memory,
             timers: self.services.timers.clone(),
             host,
+            dead_letter_retry_ms: self.services.dead_letter_retry_ms,
         }
     }
 

@@ -1,0 +1,313 @@
+//! At-least-once dead-lettering. Same as RabbitMQ 3.10.8 (checked with pika against a local
+//! `rabbitmq-server`): a quorum queue with `x-dead-letter-strategy: at-least-once`,
+//! `x-overflow: reject-publish` and a dead-letter exchange keeps each dead letter until the
+//! queues it is routed to have it. Held letters count among the queue's `messages` and
+//! against its length limit, show as `messages_dlx`, survive a purge, and are routed again
+//! after the retry interval or at once when a policy changes. With `drop-head` the strategy
+//! falls back to at most once; turning it off drops what is held.
+
+mod common;
+
+use common::http::Api;
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use serde_json::{Value, json};
+
+/// A broker with the management API, routing held dead letters again after `retry_ms`.
+async fn broker(retry_ms: u64) -> (Broker, Api) {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.dead_letter_retry_ms = retry_ms;
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    (broker, api)
+}
+
+/// Quorum-queue arguments for at-least-once dead-lettering to `dlx`, with `more`.
+fn at_least_once(dlx: &str, more: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut args = table(&[
+        ("x-queue-type", long_str("quorum")),
+        ("x-dead-letter-exchange", long_str(dlx)),
+        ("x-dead-letter-strategy", long_str("at-least-once")),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    for (k, v) in more {
+        args.insert((*k).into(), v.clone());
+    }
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Publishes `body` persistently on a channel in confirm mode; true if it was confirmed.
+async fn publish(ch: &Channel, queue: &str, body: &str) -> bool {
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        queue.into(),
+        Default::default(),
+        body.as_bytes(),
+        BasicProperties::default().with_delivery_mode(2),
+    ))
+    .await
+    .unwrap();
+    within(confirm).await.unwrap().is_ack()
+}
+
+/// Takes the next message of `queue` and rejects it without requeueing.
+async fn reject_next(ch: &Channel, queue: &str) {
+    let m = within(ch.basic_get(queue.into(), Default::default()))
+        .await
+        .unwrap()
+        .expect("a message");
+    within(m.delivery.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+}
+
+/// Waits until the queue's `messages`, `messages_ready` and `messages_dlx` are `want`.
+async fn wait_counts(api: &Api, queue: &str, want: (u64, u64, u64)) -> Value {
+    within(async {
+        loop {
+            let q = api.get(&format!("/api/queues/%2F/{queue}")).await.json();
+            let got = (
+                q["messages"].as_u64(),
+                q["messages_ready"].as_u64(),
+                q["messages_dlx"].as_u64(),
+            );
+            if got == (Some(want.0), Some(want.1), Some(want.2)) {
+                return q;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+async fn fanout_to(ch: &Channel, exchange: &str, queues: &[(&str, FieldTable)]) {
+    within(ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for (queue, args) in queues {
+        within(ch.queue_declare((*queue).into(), durable(), args.clone()))
+            .await
+            .unwrap();
+        within(ch.queue_bind(
+            (*queue).into(),
+            exchange.into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+/// Every message of `queue`, taken with no-ack, as text.
+async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+    {
+        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_dead_letter_waits_in_its_quorum_queue_until_a_queue_takes_it() {
+    // The retry interval is RabbitMQ's 3 minutes: only the policy change routes them again.
+    let (broker, api) = broker(180_000).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let args = at_least_once(
+        "alo-dlx",
+        &[("x-max-length", lapin::types::AMQPValue::LongInt(3))],
+    );
+    within(ch.queue_declare("alo-src".into(), durable(), args))
+        .await
+        .unwrap();
+    for body in ["m1", "m2", "m3"] {
+        assert!(publish(&ch, "alo-src", body).await);
+    }
+    // The dead-letter exchange does not exist: both rejected messages stay.
+    reject_next(&ch, "alo-src").await;
+    reject_next(&ch, "alo-src").await;
+    let q = wait_counts(&api, "alo-src", (3, 1, 2)).await;
+    assert_eq!(q["message_bytes_dlx"], 4);
+    assert_eq!(q["message_bytes"], 6);
+    // They count against the length limit: as for any quorum queue, the publish that goes
+    // over is taken and the next refused.
+    assert!(publish(&ch, "alo-src", "m4").await);
+    assert!(!publish(&ch, "alo-src", "m5").await);
+    // A purge takes the ready messages only.
+    let purged = within(ch.queue_purge("alo-src".into(), Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    wait_counts(&api, "alo-src", (2, 0, 2)).await;
+    // A queue to take them, then a policy change: they are routed again at once.
+    fanout_to(&ch, "alo-dlx", &[("alo-target", FieldTable::default())]).await;
+    let policy =
+        json!({"pattern": "^alo-src$", "definition": {"max-length": 100}, "apply-to": "queues"});
+    assert_eq!(api.put("/api/policies/%2F/alo", policy).await.status, 201);
+    wait_counts(&api, "alo-src", (0, 0, 0)).await;
+    let first = get_eventually(&ch, "alo-target").await;
+    assert_eq!(&first.delivery.data[..], b"m1");
+    let headers = first
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    assert!(headers.inner().contains_key("x-death"));
+    assert_eq!(drain(&ch, "alo-target").await, ["m2"]);
+}
+
+#[tokio::test]
+async fn a_held_dead_letter_is_routed_again_when_its_retry_is_due() {
+    let (broker, api) = broker(100).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare(
+        "retry-src".into(),
+        durable(),
+        at_least_once("retry-dlx", &[]),
+    ))
+    .await
+    .unwrap();
+    assert!(publish(&ch, "retry-src", "late").await);
+    reject_next(&ch, "retry-src").await;
+    wait_counts(&api, "retry-src", (1, 0, 1)).await;
+    // The exchange and a durable queue appear; the next retry finds them, and the letter
+    // leaves its queue once the target has logged it.
+    fanout_to(&ch, "retry-dlx", &[("retry-target", FieldTable::default())]).await;
+    let m = get_eventually(&ch, "retry-target").await;
+    assert_eq!(&m.delivery.data[..], b"late");
+    wait_counts(&api, "retry-src", (0, 0, 0)).await;
+}
+
+#[tokio::test]
+async fn a_retry_goes_only_to_the_queues_that_refused_the_dead_letter() {
+    let (broker, api) = broker(100).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let full = table(&[
+        ("x-max-length", lapin::types::AMQPValue::LongInt(1)),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    fanout_to(
+        &ch,
+        "split-dlx",
+        &[("split-open", FieldTable::default()), ("split-full", full)],
+    )
+    .await;
+    assert!(publish(&ch, "split-full", "filler").await);
+    within(ch.queue_declare(
+        "split-src".into(),
+        durable(),
+        at_least_once("split-dlx", &[]),
+    ))
+    .await
+    .unwrap();
+    assert!(publish(&ch, "split-src", "dead").await);
+    reject_next(&ch, "split-src").await;
+    // One queue took it, the full one refused it: it stays held.
+    assert_eq!(
+        &get_eventually(&ch, "split-open").await.delivery.data[..],
+        b"dead"
+    );
+    wait_counts(&api, "split-src", (1, 0, 1)).await;
+    // Room in the full queue: a retry delivers it there, and not again to the other.
+    assert_eq!(drain(&ch, "split-full").await, ["filler"]);
+    assert_eq!(
+        &get_eventually(&ch, "split-full").await.delivery.data[..],
+        b"dead"
+    );
+    wait_counts(&api, "split-src", (0, 0, 0)).await;
+    assert!(drain(&ch, "split-open").await.is_empty());
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_at_least_once_needs_reject_publish_and_turning_it_off_drops_what_is_held()
+{
+    let (broker, api) = broker(180_000).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    // With drop-head (the default overflow) it falls back to at most once.
+    let mut args = at_least_once("nowhere", &[]);
+    args.insert("x-overflow".into(), long_str("drop-head"));
+    within(ch.queue_declare("alo-drop-head".into(), durable(), args))
+        .await
+        .unwrap();
+    assert!(publish(&ch, "alo-drop-head", "gone").await);
+    reject_next(&ch, "alo-drop-head").await;
+    wait_counts(&api, "alo-drop-head", (0, 0, 0)).await;
+    // Strategy by policy: held while it is at-least-once, dropped when it is not.
+    let policy = |strategy: &str| {
+        json!({"pattern": "^alo-by-policy$", "apply-to": "queues",
+               "definition": {"dead-letter-strategy": strategy, "dead-letter-exchange": "nowhere"}})
+    };
+    api.put("/api/policies/%2F/strategy", policy("at-least-once"))
+        .await;
+    let args = table(&[
+        ("x-queue-type", long_str("quorum")),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    within(ch.queue_declare("alo-by-policy".into(), durable(), args))
+        .await
+        .unwrap();
+    assert!(publish(&ch, "alo-by-policy", "held").await);
+    reject_next(&ch, "alo-by-policy").await;
+    wait_counts(&api, "alo-by-policy", (1, 0, 1)).await;
+    api.put("/api/policies/%2F/strategy", policy("at-most-once"))
+        .await;
+    wait_counts(&api, "alo-by-policy", (0, 0, 0)).await;
+}
+
+/// A held letter keeps its record until a queue has it: after a restart it is back among
+/// its queue's ready messages, not lost (RabbitMQ keeps it held; see DIFFERENCES.md).
+#[tokio::test]
+async fn a_dead_letter_held_at_a_restart_comes_back_to_its_queue() {
+    let dir = std::env::temp_dir().join(format!(
+        "lepus-alo-{}-{}",
+        std::process::id(),
+        lepus::auth::random::random_suffix()
+    ));
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut broker = Broker::start_with(config.clone()).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare("alo-restart".into(), durable(), at_least_once("none", &[])))
+        .await
+        .unwrap();
+    assert!(publish(&ch, "alo-restart", "kept").await);
+    reject_next(&ch, "alo-restart").await;
+    wait_counts(&api, "alo-restart", (1, 0, 1)).await;
+    drop(ch);
+    drop(conn);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(drain(&ch, "alo-restart").await, ["kept"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
