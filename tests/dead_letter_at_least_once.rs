@@ -311,3 +311,39 @@ async fn a_dead_letter_held_at_a_restart_comes_back_to_its_queue() {
     assert_eq!(drain(&ch, "alo-restart").await, ["kept"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Many held letters routed again at once (a policy change) go a batch at a time, and all
+/// of them arrive.
+#[tokio::test]
+async fn many_held_dead_letters_are_all_routed_again() {
+    let (broker, api) = broker(180_000).await;
+    let (_c, ch) = broker.channel().await;
+    let args = at_least_once(
+        "many-dlx",
+        &[("x-message-ttl", lapin::types::AMQPValue::LongInt(0))],
+    );
+    within(ch.queue_declare("many-src".into(), durable(), args))
+        .await
+        .unwrap();
+    // With TTL 0 and no consumer, every message expires at once, into the held letters.
+    for i in 0..1000 {
+        within(ch.basic_publish(
+            "".into(),
+            "many-src".into(),
+            Default::default(),
+            format!("{i}").as_bytes(),
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    wait_counts(&api, "many-src", (1000, 0, 1000)).await;
+    fanout_to(&ch, "many-dlx", &[("many-target", FieldTable::default())]).await;
+    let policy =
+        json!({"pattern": "^many-src$", "definition": {"max-length": 5000}, "apply-to": "queues"});
+    api.put("/api/policies/%2F/many", policy).await;
+    wait_counts(&api, "many-src", (0, 0, 0)).await;
+    let got = drain(&ch, "many-target").await;
+    assert_eq!(got.len(), 1000);
+    assert_eq!(got.first().map(String::as_str), Some("0"));
+}

@@ -18,7 +18,7 @@
 use super::context::QueueCtx;
 use super::dead_letter::{DeadLetter, Reason, Ticket};
 use super::entry::QueueEntry;
-use super::held::{HeldLetter, Routed};
+use super::held::{HELD_SENDS_PER_TICK, Held, HeldLetter, Routed};
 use super::state::{State, without_delivery_count};
 use crate::broker::timer::now_ms;
 use crate::store::sync::Outcome;
@@ -26,15 +26,13 @@ use crate::store::sync::Outcome;
 impl State {
     /// Holds a dead letter (see the module's doc) and hands it over for routing.
     pub fn hold(&mut self, entry: QueueEntry, reason: Reason) {
-        let id = self.held.next_id;
-        self.held.next_id += 1;
+        let id = Held::next_id();
         self.held.count += 1;
         self.held.bytes += entry.message.body.len() as u64;
         let letter = HeldLetter {
             entry,
             reason,
             have: Vec::new(),
-            have_epoch: None,
             due_ms: 0,
             syncing: None,
         };
@@ -42,21 +40,8 @@ impl State {
         self.send_held(id, now_ms());
     }
 
-    /// Sends the letter `id` again. The queues that took it in an epoch that failed do not
-    /// have it after all.
-    fn resend_held(&mut self, ctx: &QueueCtx, id: u64, now: u64) {
-        if let Some(letter) = self.held.letters.get_mut(&id)
-            && letter
-                .have_epoch
-                .is_some_and(|e| ctx.store().shared.outcome(e) == Outcome::Failed)
-        {
-            letter.have.clear();
-            letter.have_epoch = None;
-        }
-        self.send_held(id, now);
-    }
-
-    /// Hands the letter `id` to the host, to the queues that do not have it yet.
+    /// Hands the letter `id` to the host, for the queues that do not have it yet, and sets
+    /// when it is due again.
     fn send_held(&mut self, id: u64, now: u64) {
         let Some(letter) = self.held.letters.get_mut(&id) else {
             return;
@@ -71,12 +56,13 @@ impl State {
             ticket: Some(Ticket {
                 id,
                 owner: self.held.owner,
-                have: letter.have.clone(),
+                have: letter.have.iter().map(|(name, _)| name.clone()).collect(),
             }),
         });
     }
 
-    /// The host routed held letters: settles those every queue has.
+    /// The host routed held letters: a letter every queue has is settled, once the epochs
+    /// they logged it in are on disk.
     pub fn held_routed(&mut self, ctx: &QueueCtx, reports: Vec<Routed>) {
         if self.deleted {
             // Its letters went with it (as in RabbitMQ), and its log is gone.
@@ -86,13 +72,17 @@ impl State {
             let Some(letter) = self.held.letters.get_mut(&report.id) else {
                 continue;
             };
-            letter.have.extend(report.took);
-            letter.have_epoch = letter.have_epoch.max(report.epoch);
+            for (name, epoch) in report.took {
+                if !letter.have.iter().any(|(n, _)| *n == name) {
+                    letter.have.push((name, epoch));
+                }
+            }
             if !report.complete || letter.syncing.is_some() {
-                // Routed again when due; or settling already (a retry sent meanwhile).
+                // Routed again when due; or settling already (a copy sent meanwhile).
                 continue;
             }
-            match report.epoch {
+            // Epochs are synced in order: the latest one covers the others.
+            match letter.have.iter().filter_map(|(_, e)| *e).max() {
                 None => self.settle_held(report.id),
                 Some(epoch) => {
                     letter.syncing = Some(epoch);
@@ -104,23 +94,23 @@ impl State {
         self.settle_synced(ctx);
     }
 
-    /// Settles the letters whose epoch is on disk; a letter whose epoch failed is routed
-    /// again to every queue.
+    /// Settles the letters whose epochs are on disk. A letter a queue took in an epoch
+    /// that failed is routed again, to the queues whose epoch failed.
     fn settle_synced(&mut self, ctx: &QueueCtx) {
         while let Some(&(epoch, id)) = self.held.syncing.first() {
-            match ctx.store().shared.outcome(epoch) {
-                Outcome::Pending => break,
-                Outcome::Durable => self.settle_held(id),
-                Outcome::Failed => {
-                    if let Some(letter) = self.held.letters.get_mut(&id) {
-                        letter.syncing = None;
-                        letter.have.clear();
-                        letter.have_epoch = None;
-                    }
-                    self.send_held(id, now_ms());
-                }
+            if ctx.store().shared.outcome(epoch) == Outcome::Pending {
+                break;
             }
             self.held.syncing.remove(&(epoch, id));
+            let Some(letter) = self.held.letters.get_mut(&id) else {
+                continue;
+            };
+            letter.syncing = None;
+            if forget_failed(ctx, &mut letter.have) {
+                self.send_held(id, now_ms());
+            } else {
+                self.settle_held(id);
+            }
         }
     }
 
@@ -130,53 +120,59 @@ impl State {
             return;
         };
         self.held.due.remove(&(letter.due_ms, id));
-        self.forget_held(&letter.entry);
+        self.drop_held(letter);
+    }
+
+    fn drop_held(&mut self, letter: HeldLetter) {
+        self.held.count -= 1;
+        self.held.bytes = self
+            .held
+            .bytes
+            .saturating_sub(letter.entry.message.body.len() as u64);
         if letter.entry.persisted {
             self.log_ack(&letter.entry);
         }
     }
 
-    fn forget_held(&mut self, entry: &QueueEntry) {
-        self.held.count -= 1;
-        self.held.bytes = self
-            .held
-            .bytes
-            .saturating_sub(entry.message.body.len() as u64);
-    }
-
-    /// The timer went off: settles what is on disk and routes again what is due.
+    /// The timer went off: settles what is on disk and routes again what is due, a batch
+    /// at a time.
     pub fn held_tick(&mut self, ctx: &QueueCtx, now: u64) {
         if self.held.is_empty() {
             return;
         }
         self.settle_synced(ctx);
-        while let Some(&(at, id)) = self.held.due.first() {
+        for _ in 0..HELD_SENDS_PER_TICK {
+            let Some(&(at, id)) = self.held.due.first() else {
+                break;
+            };
             if at > now {
                 break;
             }
-            self.resend_held(ctx, id, now);
+            self.held.due.pop_first();
+            if let Some(letter) = self.held.letters.get_mut(&id) {
+                forget_failed(ctx, &mut letter.have);
+                self.send_held(id, now);
+            }
         }
     }
 
     /// The settings changed: with at-least-once still on, every held letter not settling is
-    /// routed again now (as RabbitMQ does on a policy change); with it off, they are
-    /// dropped.
+    /// due now (RabbitMQ routes them again on a policy change); with it off, they are
+    /// dropped, as in RabbitMQ.
     pub fn held_settings_changed(&mut self, ctx: &QueueCtx) {
         if self.held.is_empty() {
             return;
         }
         if self.settings.dead_letter_at_least_once {
             let now = now_ms();
-            let ids: Vec<u64> = self
-                .held
-                .letters
-                .iter()
-                .filter(|(_, l)| l.syncing.is_none())
-                .map(|(&id, _)| id)
-                .collect();
-            for id in ids {
-                self.resend_held(ctx, id, now);
+            let held = &mut self.held;
+            for (&id, letter) in held.letters.iter_mut() {
+                if letter.syncing.is_none() && held.due.remove(&(letter.due_ms, id)) {
+                    letter.due_ms = now;
+                    held.due.insert((now, id));
+                }
             }
+            self.held_tick(ctx, now);
             return;
         }
         let letters = std::mem::take(&mut self.held.letters);
@@ -188,10 +184,21 @@ impl State {
             "at-least-once dead-lettering turned off: the dead letters held are deleted"
         );
         for letter in letters.into_values() {
-            self.forget_held(&letter.entry);
-            if letter.entry.persisted {
-                self.log_ack(&letter.entry);
-            }
+            self.drop_held(letter);
         }
     }
+
+    /// The queue is deleted: its held letters go with it (its log is destroyed).
+    pub fn clear_held(&mut self) {
+        self.held = Held::new(self.held.retry_ms(), self.held.owner());
+    }
+}
+
+/// Forgets the queues that took a letter in an epoch that failed; true if there were any.
+fn forget_failed(ctx: &QueueCtx, have: &mut Vec<(String, Option<u64>)>) -> bool {
+    let before = have.len();
+    have.retain(|(_, epoch)| {
+        epoch.is_none_or(|e| ctx.store().shared.outcome(e) != Outcome::Failed)
+    });
+    have.len() != before
 }

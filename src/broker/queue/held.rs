@@ -2,6 +2,7 @@
 //! queues they were routed to have them (see `at_least_once` for what is done with them).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::dead_letter::Reason;
 use super::entry::QueueEntry;
@@ -9,6 +10,15 @@ use crate::broker::timer::now_ms;
 
 /// How often a queue looks whether the epoch its settled letters wait for is on disk.
 const SYNC_POLL_MS: u64 = 5;
+
+/// Letters a queue hands over for routing again in one go; the rest follow at once on the
+/// timer thread, so one queue holding many cannot hold its lock long or fill the worker.
+pub const HELD_SENDS_PER_TICK: usize = 256;
+
+/// Ids of held letters, unique in the broker: a report meant for a deleted queue can never
+/// settle a letter of a queue declared since under the same name (and perhaps at the same
+/// address).
+static NEXT_LETTER_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The dead letters a queue holds.
 #[derive(Debug, Default)]
@@ -20,7 +30,6 @@ pub struct Held {
     /// Letters every queue has, waiting for the store to sync the epoch that wrote them:
     /// (epoch, id).
     pub(super) syncing: BTreeSet<(u64, u64)>,
-    pub(super) next_id: u64,
     /// How long a letter waits before it is routed again (`dead_letter_retry_ms`).
     pub(super) retry_ms: u64,
     /// The queue's address: the host reports back to this queue, not to a queue declared
@@ -36,11 +45,9 @@ pub struct Held {
 pub(super) struct HeldLetter {
     pub(super) entry: QueueEntry,
     pub(super) reason: Reason,
-    /// The queues that have it, so that a retry goes only to the others.
-    pub(super) have: Vec<String>,
-    /// The latest store epoch those queues logged it in: if that epoch failed, none of
-    /// them counts as having it.
-    pub(super) have_epoch: Option<u64>,
+    /// The queues that took it, with the store epoch each logged it in (if it did): a
+    /// retry goes only to the others, and one whose epoch failed does not have it after all.
+    pub(super) have: Vec<(String, Option<u64>)>,
     /// When it is due to be routed again (Unix milliseconds), while it is not settling.
     pub(super) due_ms: u64,
     /// Every queue has it; settled once this epoch is synced.
@@ -51,10 +58,8 @@ pub(super) struct HeldLetter {
 #[derive(Debug)]
 pub struct Routed {
     pub id: u64,
-    /// Queues that took it on this attempt.
-    pub took: Vec<String>,
-    /// The latest store epoch those queues logged it in, if any did.
-    pub epoch: Option<u64>,
+    /// Queues that took it on this attempt, with the store epoch each logged it in.
+    pub took: Vec<(String, Option<u64>)>,
     /// Every queue it was routed to (this time or before) has it, and it went somewhere.
     pub complete: bool,
 }
@@ -68,8 +73,21 @@ impl Held {
         }
     }
 
+    /// A new letter's id.
+    pub fn next_id() -> u64 {
+        NEXT_LETTER_ID.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.letters.is_empty()
+    }
+
+    pub fn retry_ms(&self) -> u64 {
+        self.retry_ms
+    }
+
+    pub fn owner(&self) -> usize {
+        self.owner
     }
 
     /// When the queue must next look at its held letters, if ever.

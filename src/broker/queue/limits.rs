@@ -115,14 +115,14 @@ impl State {
             .expires_ms
             .filter(|_| self.consumers.is_empty())
             .map(|ttl| self.last_used_ms.saturating_add(ttl));
-        let next = [
-            self.ready.next_expiry(),
-            queue_expiry,
-            self.held.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let earliest = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut next = earliest(self.ready.next_expiry(), queue_expiry);
+        if !self.held.is_empty() {
+            next = earliest(next, self.held.next_deadline());
+        }
         let Some(next) = next else {
             return;
         };

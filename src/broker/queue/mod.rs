@@ -565,6 +565,7 @@ impl Queue {
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         let mut state = self.lock();
         state.deleted = true;
+        state.clear_held();
         let n = state.message_count();
         while state.pop_ready().is_some() {}
         state.tail = None;

@@ -262,9 +262,14 @@ impl State {
         // TTL 0 is "now or never": such a message gets no expiry while it is offered to the
         // consumers below, and is dropped if none took it. (The clock is only read for
         // messages that can expire.)
-        let expires_at = ttl.filter(|&t| t > 0).map(|t| now_ms().saturating_add(t));
+        let mut expires_at = ttl.filter(|&t| t > 0).map(|t| now_ms().saturating_add(t));
         let level_paged = self.paged_levels > 0 && self.level_paged(message.priority);
-        if ttl == Some(0) && (self.tail.is_some() || level_paged) {
+        let behind = ttl == Some(0) && (self.tail.is_some() || level_paged);
+        if behind && self.settings.dead_letter_at_least_once {
+            // A dead letter this queue must keep: it is logged behind the backlog and
+            // expires when it gets to the head (only heads expire, as in RabbitMQ).
+            expires_at = Some(now_ms());
+        } else if behind {
             // Behind a paged-out backlog no consumer can take it now.
             if self.settings.dead_letter_exchange.is_some() {
                 self.dead.push(DeadLetter {

@@ -137,16 +137,12 @@ impl VirtualHost {
             let mut report = Routed {
                 id: ticket.id,
                 took: Vec::with_capacity(targets.len()),
-                epoch: None,
                 complete: !(targets.is_empty() && ticket.have.is_empty()),
             };
             for q in &targets {
                 match q.publish(dead.clone()) {
-                    Enqueued::Accepted => report.took.push(q.name.clone()),
-                    Enqueued::Persisted(epoch) => {
-                        report.took.push(q.name.clone());
-                        report.epoch = report.epoch.max(Some(epoch));
-                    }
+                    Enqueued::Accepted => report.took.push((q.name.clone(), None)),
+                    Enqueued::Persisted(epoch) => report.took.push((q.name.clone(), Some(epoch))),
                     Enqueued::Rejected | Enqueued::Failed | Enqueued::Deleted => {
                         report.complete = false;
                     }
