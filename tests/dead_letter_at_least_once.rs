@@ -116,18 +116,6 @@ async fn fanout_to(ch: &Channel, exchange: &str, queues: &[(&str, FieldTable)]) 
     }
 }
 
-/// Every message of `queue`, taken with no-ack, as text.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
 #[tokio::test]
 async fn same_as_rabbitmq_a_dead_letter_waits_in_its_quorum_queue_until_a_queue_takes_it() {
     // The retry interval is RabbitMQ's 3 minutes: only the policy change routes them again.
@@ -175,7 +163,7 @@ async fn same_as_rabbitmq_a_dead_letter_waits_in_its_quorum_queue_until_a_queue_
         .clone()
         .unwrap_or_default();
     assert!(headers.inner().contains_key("x-death"));
-    assert_eq!(drain(&ch, "alo-target").await, ["m2"]);
+    assert_eq!(bodies(&ch, "alo-target").await, ["m2"]);
 }
 
 #[tokio::test]
@@ -233,13 +221,13 @@ async fn a_retry_goes_only_to_the_queues_that_refused_the_dead_letter() {
     );
     wait_counts(&api, "split-src", (1, 0, 1)).await;
     // Room in the full queue: a retry delivers it there, and not again to the other.
-    assert_eq!(drain(&ch, "split-full").await, ["filler"]);
+    assert_eq!(bodies(&ch, "split-full").await, ["filler"]);
     assert_eq!(
         &get_eventually(&ch, "split-full").await.delivery.data[..],
         b"dead"
     );
     wait_counts(&api, "split-src", (0, 0, 0)).await;
-    assert!(drain(&ch, "split-open").await.is_empty());
+    assert!(bodies(&ch, "split-open").await.is_empty());
 }
 
 #[tokio::test]
@@ -308,7 +296,7 @@ async fn a_dead_letter_held_at_a_restart_comes_back_to_its_queue() {
 
     let broker = Broker::start_with(config).await;
     let (_c, ch) = broker.channel().await;
-    assert_eq!(drain(&ch, "alo-restart").await, ["kept"]);
+    assert_eq!(bodies(&ch, "alo-restart").await, ["kept"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -343,7 +331,7 @@ async fn many_held_dead_letters_are_all_routed_again() {
         json!({"pattern": "^many-src$", "definition": {"max-length": 5000}, "apply-to": "queues"});
     api.put("/api/policies/%2F/many", policy).await;
     wait_counts(&api, "many-src", (0, 0, 0)).await;
-    let got = drain(&ch, "many-target").await;
+    let got = bodies(&ch, "many-target").await;
     assert_eq!(got.len(), 1000);
     assert_eq!(got.first().map(String::as_str), Some("0"));
 }

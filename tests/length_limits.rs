@@ -15,17 +15,6 @@ async fn declare(ch: &Channel, name: &str, args: FieldTable) {
         .expect("queue declared");
 }
 
-async fn bodies(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
 /// Publishes with confirms; returns whether the broker acked.
 async fn confirmed(ch: &Channel, exchange: &str, key: &str, body: &str) -> bool {
     let confirm = within(ch.basic_publish(

@@ -23,17 +23,6 @@ async fn publish(ch: &Channel, queue: &str, body: &str, priority: Option<u8>) {
     .unwrap();
 }
 
-async fn bodies(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
 #[tokio::test]
 async fn same_as_rabbitmq_higher_priorities_first_capped_at_the_maximum_fifo_within() {
     let broker = Broker::start().await;

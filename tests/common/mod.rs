@@ -115,6 +115,21 @@ pub async fn get_eventually(ch: &lapin::Channel, queue: &str) -> lapin::message:
     .await
 }
 
+/// The bodies of every message of `queue`, taken with no-ack, in order.
+pub async fn bodies(ch: &lapin::Channel, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = within(ch.basic_get(
+        queue.into(),
+        lapin::options::BasicGetOptions { no_ack: true },
+    ))
+    .await
+    .expect("basic.get")
+    {
+        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    out
+}
+
 /// Declares a fanout exchange and a queue bound to it: where the tests' dead letters land.
 pub async fn dead_letter_target(ch: &lapin::Channel, exchange: &str, queue: &str) {
     use lapin::ExchangeKind;
