@@ -701,10 +701,21 @@ async fn segments_whose_messages_are_all_acked_are_deleted() {
     }
     // A persistent marker, confirmed after the acks: by then they are on disk.
     confirmed(&ch, "", "dq", b"marker", persistent()).await;
+    // Left: the head, the next segment if the background thread made it ahead (once the
+    // head is half full), and one emptied file kept to be reused as a later segment. Which of
+    // the last two exist depends on how the background thread's work fell (CI once found all
+    // three).
     let left = segment_count(&dir);
     assert!(
-        left <= 2,
-        "everything but the marker is acked, yet {left} of {full} segments are left"
+        left <= 3,
+        "everything but the marker is acked, yet {left} of {full} segments are left: {:?}",
+        std::fs::read_dir(dir.join("queues"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|q| std::fs::read_dir(q.path()).into_iter().flatten().flatten())
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
     );
     broker.stop().await;
     let broker = Broker::start_with(config).await;
