@@ -15,6 +15,8 @@
 //! A crash before the Ack brings a letter back as a ready message of this queue: nothing
 //! is lost, and a target may get it twice (at least once).
 
+use std::collections::HashSet;
+
 use super::context::QueueCtx;
 use super::dead_letter::{DeadLetter, Reason, Ticket};
 use super::entry::QueueEntry;
@@ -72,10 +74,13 @@ impl State {
             let Some(letter) = self.held.letters.get_mut(&report.id) else {
                 continue;
             };
-            for (name, epoch) in report.took {
-                if !letter.have.iter().any(|(n, _)| *n == name) {
-                    letter.have.push((name, epoch));
-                }
+            if letter.have.is_empty() {
+                letter.have = report.took;
+            } else {
+                // A set, not a scan per queue: a dead-letter exchange may reach many queues.
+                let had: HashSet<String> = letter.have.iter().map(|(n, _)| n.clone()).collect();
+                let new = report.took.into_iter().filter(|(n, _)| !had.contains(n));
+                letter.have.extend(new);
             }
             if !report.complete || letter.syncing.is_some() {
                 // Routed again when due; or settling already (a copy sent meanwhile).

@@ -8,6 +8,7 @@
 //! job routes at most [`DEAD_LETTERS_PER_JOB`] letters and puts the rest at the back of the
 //! line, so one queue dropping a million messages does not hold up the others' dead letters.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::VirtualHost;
@@ -118,8 +119,10 @@ impl VirtualHost {
                     !cycle
                 });
             }
-            if let Some(ticket) = &letter.ticket {
-                targets.retain(|q| !ticket.have.contains(&q.name));
+            if let Some(ticket) = letter.ticket.as_ref().filter(|t| !t.have.is_empty()) {
+                // A set, not a scan per target: a dead-letter exchange may reach many queues.
+                let have: HashSet<&str> = ticket.have.iter().map(String::as_str).collect();
+                targets.retain(|q| !have.contains(q.name.as_str()));
             }
             if !self.spend_copies(&queue, &dead.message, targets.len()) {
                 continue;
