@@ -91,11 +91,15 @@ async fn wait_counts(api: &Api, queue: &str, want: (u64, u64, u64)) -> Value {
     .await
 }
 
+/// A durable fanout exchange bound to the durable `queues`, declared with their arguments.
 async fn fanout_to(ch: &Channel, exchange: &str, queues: &[(&str, FieldTable)]) {
     within(ch.exchange_declare(
         exchange.into(),
         ExchangeKind::Fanout,
-        Default::default(),
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     ))
     .await
@@ -267,10 +271,11 @@ async fn same_as_rabbitmq_at_least_once_needs_reject_publish_and_turning_it_off_
     wait_counts(&api, "alo-by-policy", (0, 0, 0)).await;
 }
 
-/// A held letter keeps its record until a queue has it: after a restart it is back among
-/// its queue's ready messages, not lost (RabbitMQ keeps it held; see DIFFERENCES.md).
+/// Same as RabbitMQ: a dead letter held when the broker stops is still held after the
+/// restart (not back among its queue's ready messages), and is routed again at once to
+/// every queue, as RabbitMQ's dead-letter worker does when it starts.
 #[tokio::test]
-async fn a_dead_letter_held_at_a_restart_comes_back_to_its_queue() {
+async fn same_as_rabbitmq_a_dead_letter_held_at_a_restart_is_held_after_it_and_routed_again() {
     let dir = std::env::temp_dir().join(format!(
         "lepus-alo-{}-{}",
         std::process::id(),
@@ -279,24 +284,57 @@ async fn a_dead_letter_held_at_a_restart_comes_back_to_its_queue() {
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    // RabbitMQ's 3 minutes: only the restart routes the letters again within the test.
+    config.limits.dead_letter_retry_ms = 180_000;
+    let api_of = |broker: &Broker| {
+        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+        Api::new(addr.expect("management listener"), "guest", "guest")
+    };
     let mut broker = Broker::start_with(config.clone()).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let api = api_of(&broker);
     let (conn, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
-    within(ch.queue_declare("alo-restart".into(), durable(), at_least_once("none", &[])))
+    // One queue's letters go to a full queue, which refuses them; another's exchange does
+    // not exist.
+    let full = table(&[
+        ("x-max-length", lapin::types::AMQPValue::LongInt(1)),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    fanout_to(&ch, "alo-restart-dlx", &[("alo-restart-full", full)]).await;
+    assert!(publish(&ch, "alo-restart-full", "filler").await);
+    for (queue, dlx) in [
+        ("alo-restart", "alo-restart-dlx"),
+        ("alo-restart-nowhere", "missing"),
+    ] {
+        within(ch.queue_declare(queue.into(), durable(), at_least_once(dlx, &[])))
+            .await
+            .unwrap();
+        assert!(publish(&ch, queue, "held").await);
+        assert!(publish(&ch, queue, "ready").await);
+        reject_next(&ch, queue).await;
+        wait_counts(&api, queue, (2, 1, 1)).await;
+    }
+    // Room in the full queue; the letter would wait for its retry, minutes away.
+    within(ch.queue_purge("alo-restart-full".into(), Default::default()))
         .await
         .unwrap();
-    assert!(publish(&ch, "alo-restart", "kept").await);
-    reject_next(&ch, "alo-restart").await;
-    wait_counts(&api, "alo-restart", (1, 0, 1)).await;
     drop(ch);
     drop(conn);
     broker.stop().await;
 
     let broker = Broker::start_with(config).await;
+    let api = api_of(&broker);
     let (_c, ch) = broker.channel().await;
-    assert_eq!(bodies(&ch, "alo-restart").await, ["kept"]);
+    // Still held where it cannot go, and not among the ready messages.
+    wait_counts(&api, "alo-restart-nowhere", (2, 1, 1)).await;
+    assert_eq!(bodies(&ch, "alo-restart-nowhere").await, ["ready"]);
+    // Routed again at the start where it can go, with its death recorded.
+    let m = get_eventually(&ch, "alo-restart-full").await;
+    assert_eq!(&m.delivery.data[..], b"held");
+    let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+    assert!(headers.inner().contains_key("x-death"));
+    wait_counts(&api, "alo-restart", (1, 1, 0)).await;
+    assert_eq!(bodies(&ch, "alo-restart").await, ["ready"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -87,7 +87,9 @@ def main():
     if args.list:
         print("\n".join(SCENARIOS))
         return 0
-    observed = SCENARIOS[args.run](args.url)
+    # A `restart_` scenario runs as NAME:before and NAME:after, with a restart between.
+    name, _, phase = args.run.partition(":")
+    observed = SCENARIOS[name](args.url, phase) if phase else SCENARIOS[name](args.url)
     print(json.dumps(observed, sort_keys=True))
     return 0
 

@@ -253,6 +253,71 @@ def quorum_dlx_at_least_once(url):
 
 
 @scenario
+def restart_quorum_dlx_held(url, phase):
+    """At-least-once dead letters held when the broker restarts: still held after it (not
+    ready), and routed again at the start to a queue that has room for them now."""
+    src, nowhere, x, full, refused = ("http-rs-src", "http-rs-nowhere", "http-rs-dlx",
+                                      "http-rs-full", "http-rs-refused")
+    fields = ("messages", "messages_ready", "messages_dlx")
+
+    def counts(q, want):
+        body = until("/api/queues/%2F/" + q, lambda s: [s.get(f) for f in fields] == want)
+        return {f: body.get(f) for f in fields}
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    seen = {}
+    if phase == "before":
+        for q in (src, nowhere, full, refused):
+            ch.queue_delete(q)
+        ch.exchange_delete(x)
+        ch.exchange_delete(x + "-refused")
+        ch.exchange_declare(x, "fanout", durable=True)
+        ch.exchange_declare(x + "-refused", "fanout", durable=True)
+        ch.queue_declare(refused, durable=True)
+        ch.queue_bind(refused, x + "-refused")
+        # A full queue refuses the letter, and says so by dead-lettering the refusal.
+        ch.queue_declare(full, durable=True, arguments={
+            "x-max-length": 1, "x-overflow": "reject-publish-dlx",
+            "x-dead-letter-exchange": x + "-refused"})
+        ch.queue_bind(full, x)
+        ch.confirm_delivery()
+        ch.basic_publish("", full, b"filler", pika.BasicProperties(delivery_mode=2))
+        for q, dlx in ((src, x), (nowhere, "http-rs-missing")):
+            ch.queue_declare(q, durable=True, arguments={
+                "x-queue-type": "quorum", "x-dead-letter-exchange": dlx,
+                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+            for body in (b"held", b"ready"):
+                ch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2))
+            method, _, _ = ch.basic_get(q)
+            ch.basic_reject(method.delivery_tag, requeue=False)
+            seen[q] = counts(q, [2, 1, 1])
+        seen["refused"] = counts(refused, [1, 1, None])["messages"]
+        # Room for it now; its retry is three minutes away.
+        seen["purged"] = ch.queue_purge(full).method.message_count
+        conn.close()
+        return seen
+    seen[src] = counts(src, [1, 1, 0])
+    seen[nowhere] = counts(nowhere, [2, 1, 1])
+    method, props, body = ch.basic_get(full, auto_ack=True)
+    seen["routed_again"] = [body.decode() if body else None,
+                            [[d.get("reason"), d.get("queue"), d.get("count")]
+                             for d in (props.headers or {}).get("x-death", [])] if props else None]
+    seen["nowhere_ready"] = []
+    while True:
+        method, _, body = ch.basic_get(nowhere, auto_ack=True)
+        if method is None:
+            break
+        seen["nowhere_ready"].append(body.decode())
+    for q in (src, nowhere, full, refused):
+        ch.queue_delete(q)
+    ch.exchange_delete(x)
+    ch.exchange_delete(x + "-refused")
+    conn.close()
+    return seen
+
+
+@scenario
 def http_publish_checks(url):
     """What the API's publish refuses as an AMQP publish would (another user's user_id), and a
     monitor closing someone else's connection."""

@@ -170,8 +170,11 @@ impl Broker {
             ));
             report.exchanges += 1;
         }
-        let known_ids = self.restore_queues(defs, report)?;
+        let (known_ids, holding) = self.restore_queues(defs, report)?;
         self.restore_bindings(defs, report);
+        for queue in holding {
+            queue.route_held_again();
+        }
         // Logs the definitions do not know (a queue deleted just before a crash, or one whose
         // vhost is gone): moved aside for an operator to look at, never deleted.
         for id in self.store.queue_ids_on_disk() {
@@ -191,13 +194,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Recovers every durable queue with its log. Returns the ids of the logs in use.
+    /// Recovers every durable queue with its log. Returns the ids of the logs in use, and
+    /// the queues that hold dead letters to route again.
     fn restore_queues(
         &self,
         defs: &Definitions,
         report: &mut RecoveryReport,
-    ) -> std::io::Result<Vec<u64>> {
+    ) -> std::io::Result<(Vec<u64>, Vec<Arc<Queue>>)> {
         let mut known_ids = Vec::new();
+        let mut holding = Vec::new();
         for q in &defs.queues {
             let Some(vhost) = self.vhost(&q.vhost) else {
                 continue;
@@ -208,10 +213,11 @@ impl Broker {
                 tracing::warn!(queue = %q.name, vhost = %q.vhost, "cut a torn write at the end of the queue's log");
             }
             report.queues += 1;
-            report.messages += recovered.count;
+            report.messages += recovered.count + recovered.held.len() as u64;
             known_ids.push(q.lepus_id);
             let policy = vhost.queue_policy(&q.name);
-            vhost.restore_queue(Queue::recovered(
+            let holds = !recovered.held.is_empty();
+            let queue = Queue::recovered(
                 QueueConfig {
                     name: q.name.clone(),
                     vhost: q.vhost.clone(),
@@ -225,9 +231,13 @@ impl Broker {
                 log,
                 recovered,
                 policy.as_ref(),
-            ));
+            );
+            if holds {
+                holding.push(queue.clone());
+            }
+            vhost.restore_queue(queue);
         }
-        Ok(known_ids)
+        Ok((known_ids, holding))
     }
 
     fn restore_bindings(&self, defs: &Definitions, report: &mut RecoveryReport) {

@@ -155,7 +155,8 @@ impl QueueLog {
             bytes: Vec::new(),
             seqs: Vec::new(),
         };
-        let mut delivered: Vec<(u64, Vec<u8>)> = Vec::new();
+        // Delivered and Held marks of messages not acknowledged.
+        let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
         walk(data, seal, |record, raw| match record {
             Record::Message { seq, .. } if !inner.acked.contains(seq) => {
                 kept.bytes.extend_from_slice(raw);
@@ -163,14 +164,14 @@ impl QueueLog {
             }
             Record::Ack { seq } if elsewhere(seq) => kept.bytes.extend_from_slice(raw),
             // Decided below, once the messages kept here are known.
-            Record::Delivered { seq } if !inner.acked.contains(seq) => {
-                delivered.push((seq, raw.to_vec()))
+            Record::Delivered { seq } | Record::Held { seq, .. } if !inner.acked.contains(seq) => {
+                marks.push((seq, raw.to_vec()))
             }
             // Acknowledged messages, paged copies the queue has read past, marks of what
             // is gone.
             _ => {}
         });
-        for (seq, raw) in delivered {
+        for (seq, raw) in marks {
             if kept.seqs.binary_search(&seq).is_ok() || elsewhere(seq) {
                 kept.bytes.extend_from_slice(&raw);
             }

@@ -176,10 +176,14 @@ pub(super) struct Inner {
 pub struct Recovered {
     /// Sequence number for the next message.
     pub next_seq: u64,
-    /// Unacknowledged durable messages.
+    /// Unacknowledged durable messages, not counting the held ones.
     pub count: u64,
     /// Their body bytes.
     pub bytes: u64,
+    /// Unacknowledged messages held as dead letters, with the reason byte of their
+    /// [`record::Kind::Held`] marker, in log order. The reader skips them: they are read
+    /// here, at recovery.
+    pub held: Vec<(ReadBack, u8)>,
     /// Where the queue's messages start, and how to read them back.
     pub reader: TailReader,
     /// The last segment ended in bytes that are not records, cut: a torn write, or the
@@ -462,6 +466,16 @@ impl QueueLog {
     pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
         self.append(record::MARK_LEN, Append::Mark, |out, seal| {
             record::encode_mark(out, seal, Kind::Delivered, seq)
+        })
+        .map(|_| ())
+    }
+
+    /// Logs that the durable message `seq` is held as a dead letter (see
+    /// [`record::Kind::Held`]), for `reason` (the broker's code): a restart brings it back
+    /// held.
+    pub fn held(self: &Arc<Self>, seq: u64, reason: u8) -> io::Result<()> {
+        self.append(record::HELD_LEN, Append::Mark, |out, seal| {
+            record::encode_held(out, seal, seq, reason)
         })
         .map(|_| ())
     }

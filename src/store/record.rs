@@ -4,9 +4,11 @@
 //! XORed with its segment's [`Seal`] (which says whose record it is), and the payload starts
 //! with `kind:u8 seq:u64`; message records go on with `flags:u8`, the expiry (`u64` Unix
 //! milliseconds, only with [`FLAG_EXPIRES`]), the delivery count (`u32`, only with
-//! [`FLAG_DELIVERY_COUNT`]), the exchange, routing key, raw properties and body. Segments are preallocated sparse (unwritten space reads as zeros), so a zero length
-//! marks the end of what was written; a record whose checksum does not match, or that runs
-//! past the end of the segment, is a torn write and ends the log.
+//! [`FLAG_DELIVERY_COUNT`]), the exchange, routing key, raw properties and body; a held
+//! marker goes on with its reason byte, other marks end there. Segments are preallocated
+//! sparse (unwritten space reads as zeros), so a zero length marks the end of what was
+//! written; a record whose checksum does not match, or that runs past the end of the
+//! segment, is a torn write and ends the log.
 
 use bytes::Bytes;
 
@@ -27,6 +29,10 @@ pub enum Kind {
     Ack = 3,
     /// The message `seq` was delivered at least once: it comes back redelivered.
     Delivered = 5,
+    /// The durable message `seq` is a dead letter its quorum queue holds until the queues it
+    /// is routed to have it (at-least-once dead-lettering); a byte after the number says
+    /// why it died. It comes back held, not ready.
+    Held = 6,
 }
 
 impl Kind {
@@ -36,6 +42,7 @@ impl Kind {
             2 => Kind::Paged,
             3 => Kind::Ack,
             5 => Kind::Delivered,
+            6 => Kind::Held,
             _ => return None,
         })
     }
@@ -59,6 +66,11 @@ pub enum Record {
     },
     Delivered {
         seq: u64,
+    },
+    Held {
+        seq: u64,
+        /// Why it died, in the broker's code: the store keeps the byte.
+        reason: u8,
     },
 }
 
@@ -205,6 +217,16 @@ pub fn encode_mark(out: &mut Vec<u8>, seal: Seal, kind: Kind, seq: u64) {
 /// Bytes an ack or delivered marker takes.
 pub const MARK_LEN: usize = HEADER_LEN + 9;
 
+/// Appends a held marker (see [`Kind::Held`]) for the segment sealed `seal`.
+pub fn encode_held(out: &mut Vec<u8>, seal: Seal, seq: u64, reason: u8) {
+    let start = begin(out, Kind::Held, seq);
+    out.push(reason);
+    finish(out, start, seal);
+}
+
+/// Bytes a held marker takes: a mark and its reason.
+pub const HELD_LEN: usize = MARK_LEN + 1;
+
 /// What reading at an offset found.
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
@@ -310,6 +332,10 @@ fn decode_checked(buf: &Bytes, at: usize, seal: Seal, resynchronising: bool) -> 
         }
         Kind::Ack => Record::Ack { seq },
         Kind::Delivered => Record::Delivered { seq },
+        Kind::Held => match buf.get(start) {
+            Some(&reason) if start + 1 == end => Record::Held { seq, reason },
+            _ => return Decoded::Torn,
+        },
     };
     Decoded::Record(record, HEADER_LEN + len)
 }
@@ -442,6 +468,7 @@ mod tests {
         assert_eq!(out.len(), message_len(&m, &PLAIN) + message_len(&m, &paged));
         encode_mark(&mut out, seal(3), Kind::Ack, 7);
         encode_mark(&mut out, seal(3), Kind::Delivered, 8);
+        encode_held(&mut out, seal(3), 9, 2);
         let buf = Bytes::from(out);
         let Decoded::Record(
             Record::Message {
@@ -477,10 +504,23 @@ mod tests {
             panic!("ack");
         };
         assert_eq!(k, MARK_LEN);
+        let rest = rest.slice(k..);
         assert_eq!(
-            decode(&rest.slice(k..), seal(3)),
+            decode(&rest, seal(3)),
             Decoded::Record(Record::Delivered { seq: 8 }, MARK_LEN)
         );
+        assert_eq!(
+            decode(&rest.slice(MARK_LEN..), seal(3)),
+            Decoded::Record(Record::Held { seq: 9, reason: 2 }, HELD_LEN)
+        );
+    }
+
+    /// A held marker without its reason byte is torn, though its checksum matches.
+    #[test]
+    fn a_held_marker_without_its_reason_is_torn() {
+        let mut out = Vec::new();
+        encode_mark(&mut out, seal(3), Kind::Held, 9);
+        assert_eq!(decode(&Bytes::from(out), seal(3)), Decoded::Torn);
     }
 
     /// A record written before the delivery count had a field reads with a count of 0; one

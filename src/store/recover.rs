@@ -6,7 +6,7 @@
 //! damaged bytes only; it is reported (queue, segment, offset, bytes) and the reader skips
 //! it. Only a torn *tail*, damage with nothing valid after it in the last segment, is cut.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,15 +15,18 @@ use bytes::Bytes;
 
 use super::fs::{Fs, OpenMode};
 use super::intervals::IntervalSet;
-use super::log::{Inner, Position, QueueLog, Recovered, Registered, Segment, TailReader};
-use super::record::{self, Decoded, Record, Seal};
+use super::log::{Inner, Position, QueueLog, ReadBack, Recovered, Registered, Segment, TailReader};
+use super::record::{self, Decoded, Record, Seal, StoredMessage};
 use super::sync::Shared;
 
-/// Ack and Delivered marks found while recovering a log.
+/// Ack, Delivered and Held marks found while recovering a log.
 #[derive(Default)]
 struct Marks {
     acked: IntervalSet,
     delivered: IntervalSet,
+    /// Held dead letters and the reason byte of their mark. Few: a letter is held until its
+    /// queues have it.
+    held: BTreeMap<u64, u8>,
 }
 
 /// What walking a segment's bytes found.
@@ -52,7 +55,7 @@ fn resync(data: &Bytes, seal: Seal, from: usize) -> Option<usize> {
         let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let plausible = len >= 9
             && at + record::HEADER_LEN + len <= data.len()
-            && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5);
+            && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5 | 6);
         if plausible
             && let Decoded::Record(_, n) = record::decode_resynchronising(&data.slice(at..), seal)
             && followed_by_record_or_end(data, at + n, seal)
@@ -148,11 +151,12 @@ impl QueueLog {
             )?;
             segments.push_back(seg);
         }
+        count_unacked(&*fs, &dir, &mut segments, &marks, &mut recovered)?;
         let Marks {
             mut acked,
             delivered,
+            ..
         } = marks;
-        count_unacked(&*fs, &dir, &mut segments, &acked, &mut recovered)?;
         // Drop fully acknowledged segments at the front.
         while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
             if let Some(s) = segments.pop_front() {
@@ -171,6 +175,12 @@ impl QueueLog {
         }
         skip.retain(|(from, _)| from.segment >= first);
         let head = segments.back().map_or((0, 0), |h| (h.index, h.end));
+        // The reader passes over the held letters as over acknowledged messages: they were
+        // read above. Only its copy of the marks says so; the log keeps their records.
+        let mut read_past = acked.clone();
+        for (m, _) in &recovered.held {
+            read_past.insert(m.seq);
+        }
         recovered.reader = TailReader {
             pos: Position {
                 segment: first,
@@ -180,7 +190,7 @@ impl QueueLog {
                 segment: head.0,
                 offset: head.1,
             },
-            acked: acked.clone(),
+            acked: read_past,
             delivered,
             skip,
         };
@@ -258,6 +268,10 @@ fn scan_segment(
             marks.delivered.insert(seq);
             recovered.next_seq = recovered.next_seq.max(seq + 1);
         }
+        Record::Held { seq, reason } => {
+            marks.held.insert(seq, reason);
+            recovered.next_seq = recovered.next_seq.max(seq + 1);
+        }
     });
     for &(from, to) in &walk.damaged {
         tracing::error!(
@@ -307,9 +321,10 @@ fn count_unacked(
     fs: &dyn Fs,
     dir: &Path,
     segments: &mut VecDeque<Segment>,
-    acked: &IntervalSet,
+    marks: &Marks,
     recovered: &mut Recovered,
 ) -> io::Result<()> {
+    let acked = &marks.acked;
     for seg in segments.iter_mut() {
         if seg.live == 0 {
             continue;
@@ -318,10 +333,29 @@ fn count_unacked(
         let data = data.slice(..(seg.end as usize).min(data.len()));
         let mut live = 0u64;
         walk(&data, seg.seal, |r, _| {
-            if let Record::Message { seq, message, .. } = r
-                && !acked.contains(seq)
-            {
-                live += 1;
+            let Record::Message {
+                seq,
+                flags,
+                message,
+            } = r
+            else {
+                return;
+            };
+            if acked.contains(seq) {
+                return;
+            }
+            live += 1;
+            if let Some(&reason) = marks.held.get(&seq) {
+                let back = ReadBack {
+                    seq,
+                    redelivered: flags & record::FLAG_REDELIVERED != 0
+                        || marks.delivered.contains(seq),
+                    persisted: true,
+                    expires_at: message.expires_at,
+                    message: detached(message),
+                };
+                recovered.held.push((back, reason));
+            } else {
                 recovered.count += 1;
                 recovered.bytes += message.body.len() as u64;
             }
@@ -329,6 +363,19 @@ fn count_unacked(
         seg.live = live;
     }
     Ok(())
+}
+
+/// `message` in buffers of its own: its parts are slices of a whole segment read at
+/// recovery, which a held letter would otherwise keep in memory for as long as it is held.
+fn detached(message: StoredMessage) -> StoredMessage {
+    let own = |b: &Bytes| Bytes::copy_from_slice(b);
+    StoredMessage {
+        exchange: own(&message.exchange),
+        routing_key: own(&message.routing_key),
+        properties: own(&message.properties),
+        body: own(&message.body),
+        ..message
+    }
 }
 
 #[cfg(test)]

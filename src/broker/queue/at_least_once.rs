@@ -12,8 +12,11 @@
 //! a retry goes only to the queues that do not have it yet. Turning at-least-once off (by a
 //! policy, or `drop-head`) drops the held letters, as RabbitMQ does.
 //!
-//! A crash before the Ack brings a letter back as a ready message of this queue: nothing
-//! is lost, and a target may get it twice (at least once).
+//! A durable letter is marked held in the queue's log (`store::record::Kind::Held`): a
+//! restart, clean or not, brings it back held, and routes it again to every queue, as
+//! RabbitMQ's new dead-letter worker does after a restart; a target may get it twice (at
+//! least once). Should at-least-once be off by then, the letters are dropped, as when it is
+//! turned off.
 
 use std::collections::HashSet;
 
@@ -26,8 +29,33 @@ use crate::broker::timer::now_ms;
 use crate::store::sync::Outcome;
 
 impl State {
-    /// Holds a dead letter (see the module's doc) and hands it over for routing.
+    /// Holds a dead letter (see the module's doc) and hands it over for routing. A durable
+    /// one is marked held in the log, so that a restart brings it back held.
     pub fn hold(&mut self, entry: QueueEntry, reason: Reason) {
+        if entry.persisted
+            && let Some(log) = &self.log
+            && let Err(e) = log.held(entry.seq, reason.code())
+        {
+            // It comes back as a ready message after a restart: nothing is lost.
+            tracing::error!(error = %e, "cannot log a held dead letter");
+        }
+        let id = self.keep_held(entry, reason);
+        self.send_held(id, now_ms());
+    }
+
+    /// Holds a dead letter brought back by a restart. It is routed again once everything
+    /// is restored (`Queue::route_held_again`).
+    pub fn hold_recovered(&mut self, entry: QueueEntry, reason: Reason) {
+        let id = self.keep_held(entry, reason);
+        let Some(letter) = self.held.letters.get_mut(&id) else {
+            return;
+        };
+        letter.due_ms = now_ms().saturating_add(self.held.retry_ms.max(1));
+        self.held.due.insert((letter.due_ms, id));
+    }
+
+    /// Keeps a letter among the held ones, counted; returns its id.
+    fn keep_held(&mut self, entry: QueueEntry, reason: Reason) -> u64 {
         let id = Held::next_id();
         self.held.count += 1;
         self.held.bytes += entry.message.body.len() as u64;
@@ -39,7 +67,7 @@ impl State {
             syncing: None,
         };
         self.held.letters.insert(id, letter);
-        self.send_held(id, now_ms());
+        id
     }
 
     /// Hands the letter `id` to the host, for the queues that do not have it yet, and sets

@@ -47,6 +47,27 @@ impl Reason {
             Reason::DeliveryLimit => "delivery_limit",
         }
     }
+
+    /// The byte a queue log keeps for a held letter's reason (`store::record::Kind::Held`).
+    /// Written to disk: the values never change.
+    pub fn code(self) -> u8 {
+        match self {
+            Reason::Rejected => 0,
+            Reason::Expired => 1,
+            Reason::Maxlen => 2,
+            Reason::DeliveryLimit => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Reason> {
+        Some(match code {
+            0 => Reason::Rejected,
+            1 => Reason::Expired,
+            2 => Reason::Maxlen,
+            3 => Reason::DeliveryLimit,
+            _ => return None,
+        })
+    }
 }
 
 /// A message leaving a queue for its dead-letter exchange.

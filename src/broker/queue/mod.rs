@@ -228,6 +228,16 @@ impl Queue {
             state.next_seq = recovered.next_seq;
             state.body_bytes = recovered.bytes;
             state.persistent.add(recovered.count, recovered.bytes);
+            // Dead letters held when the broker stopped are held again (at-least-once),
+            // still durable and counted as such until settled.
+            for (back, code) in recovered.held {
+                let reason = Reason::from_code(code).unwrap_or(Reason::Rejected);
+                let bytes = back.message.body.len() as u64;
+                if let Some(entry) = paging::entry_read_back(&queue.ctx, back) {
+                    state.persistent.add(1, bytes);
+                    state.hold_recovered(entry, reason);
+                }
+            }
             if recovered.count > 0 {
                 state.tail = Some(Tail {
                     reader: recovered.reader,
@@ -327,6 +337,12 @@ impl Queue {
             state.take_dead()
         };
         self.hand_over(letters);
+    }
+
+    /// Routes the dead letters a restart brought back held, now that the exchanges and
+    /// bindings they go through are restored (or drops them, if at-least-once is off now).
+    pub fn route_held_again(&self) {
+        self.with_state(|state| state.held_settings_changed(&self.ctx));
     }
 
     /// Re-reads settings after the policies changed.

@@ -450,3 +450,42 @@ fn a_spare_segment_goes_before_the_segments_holding_its_acks() {
     assert_eq!(seen, (first_of_2..seq).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_held_letter_comes_back_held_and_its_mark_survives_compaction() {
+    let (store, fs, dir, log) = manual_store();
+    let segments = || log.lock().segments.len();
+    (0..3).for_each(|s| append_durable(&log, s));
+    log.held(1, 2).unwrap();
+    let mut seq = 3u64;
+    while segments() < 3 {
+        append_durable(&log, seq);
+        seq += 1;
+    }
+    let first_of_2 = seq - 1;
+    // A letter held, then settled: it is gone, not held.
+    log.held(first_of_2, 1).unwrap();
+    log.ack(first_of_2).unwrap();
+    // Everything else of segments 0 and 1 is acknowledged: segment 0 keeps message 1 and
+    // its mark only.
+    (0..first_of_2)
+        .filter(|&s| s != 1)
+        .for_each(|s| log.ack(s).unwrap());
+    log.collect_garbage(None);
+    assert!(log.compact_now().unwrap(), "segment 0 is compacted");
+    log.flush().unwrap();
+    drop(log);
+    drop(store);
+    let (recovered, seen) = restart_and_read(fs, &dir);
+    let held: Vec<(u64, u8)> = recovered.held.iter().map(|(m, r)| (m.seq, *r)).collect();
+    assert_eq!(
+        held,
+        [(1, 2)],
+        "the held letter comes back held, with its reason"
+    );
+    assert_eq!(&recovered.held[0].0.message.body[..], &body(1)[..]);
+    let expected: Vec<u64> = (first_of_2 + 1..seq).collect();
+    assert_eq!(seen, expected, "the reader passes over the held letter");
+    assert_eq!(recovered.count, expected.len() as u64);
+    let _ = std::fs::remove_dir_all(dir);
+}
