@@ -431,3 +431,80 @@ async fn a_ttl_zero_message_behind_a_paged_backlog_is_held_too() {
     assert_eq!(bodies(&ch, "alo-paged").await.len(), 60);
     wait_counts(&api, "alo-paged", (1, 0, 1)).await;
 }
+
+/// Segment files of every queue log under `dir`.
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("queues"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|q| std::fs::read_dir(q.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect()
+}
+
+/// Regression (review): a restart that brought back only held letters left the log's read
+/// position at its start, so once they settled no segment of theirs was ever deleted.
+#[tokio::test]
+async fn the_log_of_letters_held_across_a_restart_is_deleted_once_they_settle() {
+    let dir = std::env::temp_dir().join(format!(
+        "lepus-alo-gc-{}-{}",
+        std::process::id(),
+        lepus::auth::random::random_suffix()
+    ));
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.dead_letter_retry_ms = 180_000;
+    config.limits.segment_bytes = 64 * 1024;
+    let mut broker = Broker::start_with(config.clone()).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    // A target full of 100 small fillers refuses the 100 letters; purged, it has room.
+    let full = table(&[
+        ("x-max-length", lapin::types::AMQPValue::LongInt(100)),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    fanout_to(&ch, "gc-dlx", &[("gc-target", full)]).await;
+    for _ in 0..100 {
+        assert!(publish(&ch, "gc-target", "f").await);
+    }
+    within(ch.queue_declare("gc-src".into(), durable(), at_least_once("gc-dlx", &[])))
+        .await
+        .unwrap();
+    let body = "x".repeat(2000);
+    for _ in 0..100 {
+        assert!(publish(&ch, "gc-src", &body).await);
+    }
+    for _ in 0..100 {
+        reject_next(&ch, "gc-src").await;
+    }
+    wait_counts(&api, "gc-src", (100, 0, 100)).await;
+    within(ch.queue_purge("gc-target".into(), Default::default()))
+        .await
+        .unwrap();
+    drop(ch);
+    drop(conn);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    wait_counts(&api, "gc-src", (0, 0, 0)).await;
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(message_count(&ch, "gc-target").await, 100);
+    // What is left is the source's: the target's log goes with it.
+    within(ch.queue_delete("gc-target".into(), Default::default()))
+        .await
+        .unwrap();
+    let left = segment_files(&dir);
+    assert!(
+        left.len() <= 3,
+        "200 KB of settled letters in 64 KB segments, yet {} files are left: {left:?}",
+        left.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@ mod common;
 
 use common::http::Api;
 use common::*;
+use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
@@ -193,7 +194,6 @@ async fn same_as_rabbitmq_a_classic_queue_puts_requeued_messages_back_in_their_p
 /// gets every other message before the refused one comes round again.
 #[tokio::test]
 async fn same_as_rabbitmq_a_refused_message_does_not_block_a_quorum_queues_consumer() {
-    use futures_lite::StreamExt;
     let broker = Broker::start().await;
     let (_c, ch) = broker.channel().await;
     fresh(&ch, "work", "quorum").await;
@@ -351,4 +351,72 @@ async fn a_quorum_queue_message_keeps_its_delivery_count_when_paged_out() {
     expected.extend(["transient*#1".to_string(), "persistent*#1".to_string()]);
     expected.extend((20..60).map(|i| format!("{i:02}")));
     assert_eq!(short, expected);
+}
+
+/// Same as RabbitMQ 3.10.8 (checked with pika): a quorum queue counts a message given back
+/// in its place, by a closing channel or after a cancelled consumer, and a restart brings
+/// it back with that count, as its Raft log does.
+#[tokio::test]
+async fn same_as_rabbitmq_a_count_from_returns_in_place_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "lepus-requeue-{}-{}",
+        std::process::id(),
+        lepus::auth::random::random_suffix()
+    ));
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    let mut broker = Broker::start_with(config.clone()).await;
+    let conn = broker.connect().await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.queue_declare("in-place".into(), durable(), quorum()))
+        .await
+        .unwrap();
+    publish(&ch, "in-place", "m1", true).await;
+    publish(&ch, "in-place", "m2", true).await;
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        let other = within(conn.create_channel()).await.unwrap();
+        counts.push(delivery_count(&get(&other, "in-place").await.delivery));
+        within(other.close(200, "bye".into())).await.unwrap();
+    }
+    let other = within(conn.create_channel()).await.unwrap();
+    within(other.basic_qos(1, Default::default()))
+        .await
+        .unwrap();
+    let mut consumer = within(other.basic_consume(
+        "in-place".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let d = within(consumer.next()).await.unwrap().unwrap();
+    counts.push(delivery_count(&d));
+    within(other.basic_cancel("c".into(), Default::default()))
+        .await
+        .unwrap();
+    within(other.close(200, "bye".into())).await.unwrap();
+    let other = within(conn.create_channel()).await.unwrap();
+    counts.push(delivery_count(&get(&other, "in-place").await.delivery));
+    within(other.close(200, "bye".into())).await.unwrap();
+    assert_eq!(counts, [0, 1, 2, 3]);
+    drop(ch);
+    drop(conn);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(drain_counted(&ch, "in-place").await, "m1*#4 m2");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `x-delivery-count` header of a quorum queue's delivery.
+fn delivery_count(d: &lapin::message::Delivery) -> i64 {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|n| n.as_long_long_int())
+        .expect("an x-delivery-count header")
 }

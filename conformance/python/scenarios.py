@@ -1238,6 +1238,49 @@ def restart_durable(url, phase):
 SCENARIOS["restart_durable"] = restart_durable
 
 
+def restart_quorum_delivery_count(url, phase):
+    """A quorum queue counts a persistent message given back in its place (a channel closed
+    holding it, a consumer cancelled before acking it) and keeps that count across a
+    restart: `x-delivery-limit` holds for a consumer that keeps crashing."""
+    q = "conf-restart-qq-count"
+    conn = connect(url)
+    ch = conn.channel()
+    if phase == "before":
+        ch.queue_delete(q)
+        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.confirm_delivery()
+        for body in ("m1", "m2"):
+            ch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2))
+        counts = []
+        for _ in range(2):
+            other = conn.channel()
+            _, props, _ = other.basic_get(q)
+            counts.append(props.headers.get("x-delivery-count"))
+            other.close()
+        other = conn.channel()
+        other.basic_qos(prefetch_count=1)
+        got = []
+        tag = other.basic_consume(q, lambda _c, _m, props, _b: got.append(props.headers.get("x-delivery-count")))
+        while not got:
+            conn.process_data_events(time_limit=0.1)
+        other.basic_cancel(tag)
+        other.close()
+        conn.close()
+        return {"counts": counts + got}
+    out = []
+    while True:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            break
+        out.append([body.decode(), method.redelivered, props.headers.get("x-delivery-count")])
+    ch.queue_delete(q)
+    conn.close()
+    return {"after": out}
+
+
+SCENARIOS["restart_quorum_delivery_count"] = restart_quorum_delivery_count
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)

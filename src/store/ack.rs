@@ -1,10 +1,11 @@
 //! Acknowledgements in a queue log: an Ack record per message that left the queue, and the
 //! live count of its segment, which decides when the segment may be compacted or deleted.
+//! Also the other marks, written as lazily: delivered, held and returned.
 
 use std::io;
 use std::sync::Arc;
 
-use super::log::{Append, Inner, QueueLog};
+use super::log::{Append, Inner, MARKS_PER_APPEND, QueueLog};
 use super::record::{self, Kind};
 use super::sync::Outcome;
 
@@ -19,8 +20,6 @@ impl QueueLog {
     /// Logs that the durable messages `seqs` left the queue (see [`QueueLog::ack`]): one
     /// append, and one pass over the segments, per `MARKS_PER_APPEND` of them.
     pub fn ack_all(self: &Arc<Self>, seqs: &[u64]) -> io::Result<()> {
-        /// Small against the smallest segment, so a batch never needs a segment of its own.
-        const MARKS_PER_APPEND: usize = 256;
         for chunk in seqs.chunks(MARKS_PER_APPEND) {
             self.append(record::MARK_LEN * chunk.len(), Append::Mark, |out, seal| {
                 for &seq in chunk {
@@ -31,6 +30,42 @@ impl QueueLog {
             for &seq in chunk {
                 Self::count_out(&mut inner, seq);
             }
+        }
+        Ok(())
+    }
+
+    /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).
+    pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
+        self.append(record::MARK_LEN, Append::Mark, |out, seal| {
+            record::encode_mark(out, seal, Kind::Delivered, seq)
+        })
+        .map(|_| ())
+    }
+
+    /// Logs that the durable message `seq` is held as a dead letter (see
+    /// [`record::Kind::Held`]), for `reason` (the broker's code): a restart brings it back
+    /// held.
+    pub fn held(self: &Arc<Self>, seq: u64, reason: u8) -> io::Result<()> {
+        self.append(record::HELD_LEN, Append::Mark, |out, seal| {
+            record::encode_held(out, seal, seq, reason)
+        })
+        .map(|_| ())
+    }
+
+    /// Logs the delivery counts of a quorum queue's durable messages returned to their
+    /// places (see [`record::Kind::Returned`]), lazily, as acknowledgements: one append per
+    /// `MARKS_PER_APPEND` of them.
+    pub fn returned(self: &Arc<Self>, counts: &[(u64, u32)]) -> io::Result<()> {
+        for chunk in counts.chunks(MARKS_PER_APPEND) {
+            self.append(
+                record::RETURNED_LEN * chunk.len(),
+                Append::Mark,
+                |out, seal| {
+                    for &(seq, count) in chunk {
+                        record::encode_returned(out, seal, seq, count);
+                    }
+                },
+            )?;
         }
         Ok(())
     }
@@ -74,10 +109,9 @@ impl QueueLog {
     /// Takes the acknowledged message `seq` off its segment's live count, once however
     /// often its Ack is logged: counted twice, it would let the segment go under a live one.
     fn count_out(inner: &mut Inner, seq: u64) {
-        if inner.acked.contains(seq) {
+        if !inner.acked.insert(seq) {
             return;
         }
-        inner.acked.insert(seq);
         if let Some(at) = Self::segment_holding(inner, seq) {
             let s = &mut inner.segments[at];
             s.live = s.live.saturating_sub(1);

@@ -15,6 +15,7 @@
 //! holds only what compaction kept, so a log takes about four times its live messages, plus
 //! its marks, plus three segments.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -157,6 +158,9 @@ impl QueueLog {
         };
         // Delivered and Held marks of messages not acknowledged.
         let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
+        // The latest Returned mark of each such message: a message a consumer keeps giving
+        // back leaves one per return, and only its latest count matters.
+        let mut returned: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
         walk(data, seal, |record, raw| match record {
             Record::Message { seq, .. } if !inner.acked.contains(seq) => {
                 kept.bytes.extend_from_slice(raw);
@@ -167,11 +171,21 @@ impl QueueLog {
             Record::Delivered { seq } | Record::Held { seq, .. } if !inner.acked.contains(seq) => {
                 marks.push((seq, raw.to_vec()))
             }
+            Record::Returned {
+                seq,
+                delivery_count,
+            } if !inner.acked.contains(seq) => {
+                let latest = returned.entry(seq).or_insert((0, Vec::new()));
+                if delivery_count >= latest.0 {
+                    *latest = (delivery_count, raw.to_vec());
+                }
+            }
             // Acknowledged messages, paged copies the queue has read past, marks of what
             // is gone.
             _ => {}
         });
-        for (seq, raw) in marks {
+        let returned = returned.into_iter().map(|(seq, (_, raw))| (seq, raw));
+        for (seq, raw) in marks.into_iter().chain(returned) {
             if kept.seqs.binary_search(&seq).is_ok() || elsewhere(seq) {
                 kept.bytes.extend_from_slice(&raw);
             }

@@ -6,7 +6,7 @@
 //! (group commit). Segments are deleted from the front once every durable message in them is
 //! acknowledged and the queue has read past them.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -194,17 +194,52 @@ pub struct Recovered {
     pub damaged_bytes: u64,
 }
 
-/// Reads a queue's messages back from its log, in order.
+/// Marks appended at once, at most: small against the smallest segment, so a batch never
+/// needs a segment of its own.
+pub(super) const MARKS_PER_APPEND: usize = 256;
+
+/// Reads a queue's messages back from its log, in order. Cloned for every batch read, so
+/// what recovery found is shared, not copied: a log whose acks left a million gaps has a
+/// million ranges, and copying them per batch made draining it quadratic.
 #[derive(Debug, Clone, Default)]
 pub struct TailReader {
     pub pos: Position,
     /// Up to here the log is what a restart found: only unacknowledged durable messages
     /// count, and paged copies from before the restart are ignored.
     pub recovery_end: Position,
+    pub found: Arc<Found>,
+}
+
+/// What recovery found that the reader of the recovered region needs. Never changed after.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Messages to pass over: acknowledged, or read at recovery (held dead letters).
     pub acked: IntervalSet,
+    /// Messages delivered before: they come back redelivered.
     pub delivered: IntervalSet,
+    /// Quorum-queue messages returned to their places, with their latest delivery count
+    /// ([`record::Kind::Returned`]).
+    pub returned: BTreeMap<u64, u32>,
     /// Damaged stretches found at recovery (start, end), in order: read past, never parsed.
     pub skip: Vec<(Position, Position)>,
+}
+
+impl Found {
+    /// Where the damaged stretch starting at `pos` ends, if one does.
+    fn damage_at(&self, pos: Position) -> Option<Position> {
+        self.skip
+            .iter()
+            .find(|(from, _)| *from == pos)
+            .map(|&(_, past)| past)
+    }
+
+    /// The offset of the next damaged stretch in `pos`'s segment after `pos`, if any.
+    fn damage_after(&self, pos: Position) -> Option<u64> {
+        self.skip
+            .iter()
+            .find(|(from, _)| from.segment == pos.segment && from.offset > pos.offset)
+            .map(|(from, _)| from.offset)
+    }
 }
 
 /// Where the head segment's file ends, as a read found it: (segment, bytes written). Bytes
@@ -462,24 +497,6 @@ impl QueueLog {
         .map(|(_, epoch)| epoch)
     }
 
-    /// Logs that the durable message `seq` was delivered (lazily, as an acknowledgement).
-    pub fn delivered(self: &Arc<Self>, seq: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, Append::Mark, |out, seal| {
-            record::encode_mark(out, seal, Kind::Delivered, seq)
-        })
-        .map(|_| ())
-    }
-
-    /// Logs that the durable message `seq` is held as a dead letter (see
-    /// [`record::Kind::Held`]), for `reason` (the broker's code): a restart brings it back
-    /// held.
-    pub fn held(self: &Arc<Self>, seq: u64, reason: u8) -> io::Result<()> {
-        self.append(record::HELD_LEN, Append::Mark, |out, seal| {
-            record::encode_held(out, seal, seq, reason)
-        })
-        .map(|_| ())
-    }
-
     /// The position the next record will take.
     pub fn end(&self) -> Position {
         let inner = self.lock();
@@ -581,7 +598,7 @@ impl QueueLog {
                 if got >= max_bytes {
                     return Ok(out);
                 }
-                if let Some(&(_, past)) = reader.skip.iter().find(|(from, _)| *from == reader.pos) {
+                if let Some(past) = reader.found.damage_at(reader.pos) {
                     reader.pos = past;
                     continue;
                 }
@@ -592,12 +609,9 @@ impl QueueLog {
                 let mut at = 0usize;
                 // Stop this chunk where a damaged stretch starts.
                 let stop = reader
-                    .skip
-                    .iter()
-                    .find(|(from, _)| from.segment == index && from.offset > reader.pos.offset)
-                    .map_or(buf.len(), |(from, _)| {
-                        (from.offset - reader.pos.offset) as usize
-                    });
+                    .found
+                    .damage_after(reader.pos)
+                    .map_or(buf.len(), |from| (from - reader.pos.offset) as usize);
                 let buf = buf.slice(..stop.min(buf.len()));
                 while let Some((_, _, len)) = record::peek(&buf[at..]) {
                     if at + len > buf.len() || got >= max_bytes {
@@ -666,7 +680,7 @@ impl QueueLog {
             }
             Decoded::End => return None,
         };
-        let (seq, flags, stored, durable) = match record {
+        let (seq, flags, mut stored, durable) = match record {
             Record::Message {
                 seq,
                 flags,
@@ -679,10 +693,16 @@ impl QueueLog {
             } if !recovered_region => (seq, flags, message, false),
             _ => return None,
         };
-        if recovered_region && reader.acked.contains(seq) {
-            return None;
+        let found = &reader.found;
+        if recovered_region {
+            if found.acked.contains(seq) {
+                return None;
+            }
+            if let Some(&count) = found.returned.get(&seq) {
+                stored.delivery_count = stored.delivery_count.max(count);
+            }
         }
-        let redelivered = flags & record::FLAG_REDELIVERED != 0 || reader.delivered.contains(seq);
+        let redelivered = flags & record::FLAG_REDELIVERED != 0 || found.delivered.contains(seq);
         let expires_at = stored.expires_at;
         *got += stored.body.len() + stored.properties.len() + 64;
         Some(ReadBack {

@@ -5,7 +5,8 @@
 //! with `kind:u8 seq:u64`; message records go on with `flags:u8`, the expiry (`u64` Unix
 //! milliseconds, only with [`FLAG_EXPIRES`]), the delivery count (`u32`, only with
 //! [`FLAG_DELIVERY_COUNT`]), the exchange, routing key, raw properties and body; a held
-//! marker goes on with its reason byte, other marks end there. Segments are preallocated
+//! marker goes on with its reason byte, a returned marker with the delivery count (`u32`),
+//! other marks end there. Segments are preallocated
 //! sparse (unwritten space reads as zeros), so a zero length marks the end of what was
 //! written; a record whose checksum does not match, or that runs past the end of the
 //! segment, is a torn write and ends the log.
@@ -33,6 +34,10 @@ pub enum Kind {
     /// is routed to have it (at-least-once dead-lettering); a byte after the number says
     /// why it died. It comes back held, not ready.
     Held = 6,
+    /// A quorum queue's durable message `seq` came back from a consumer to its place (its
+    /// channel closed, its consumer was cancelled): its delivery count, a `u32` after the
+    /// number, is what it comes back with.
+    Returned = 7,
 }
 
 impl Kind {
@@ -43,6 +48,7 @@ impl Kind {
             3 => Kind::Ack,
             5 => Kind::Delivered,
             6 => Kind::Held,
+            7 => Kind::Returned,
             _ => return None,
         })
     }
@@ -71,6 +77,10 @@ pub enum Record {
         seq: u64,
         /// Why it died, in the broker's code: the store keeps the byte.
         reason: u8,
+    },
+    Returned {
+        seq: u64,
+        delivery_count: u32,
     },
 }
 
@@ -227,6 +237,16 @@ pub fn encode_held(out: &mut Vec<u8>, seal: Seal, seq: u64, reason: u8) {
 /// Bytes a held marker takes: a mark and its reason.
 pub const HELD_LEN: usize = MARK_LEN + 1;
 
+/// Appends a returned marker (see [`Kind::Returned`]) for the segment sealed `seal`.
+pub fn encode_returned(out: &mut Vec<u8>, seal: Seal, seq: u64, delivery_count: u32) {
+    let start = begin(out, Kind::Returned, seq);
+    out.extend_from_slice(&delivery_count.to_be_bytes());
+    finish(out, start, seal);
+}
+
+/// Bytes a returned marker takes: a mark and its count.
+pub const RETURNED_LEN: usize = MARK_LEN + 4;
+
 /// What reading at an offset found.
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
@@ -334,6 +354,13 @@ fn decode_checked(buf: &Bytes, at: usize, seal: Seal, resynchronising: bool) -> 
         Kind::Delivered => Record::Delivered { seq },
         Kind::Held => match buf.get(start) {
             Some(&reason) if start + 1 == end => Record::Held { seq, reason },
+            _ => return Decoded::Torn,
+        },
+        Kind::Returned => match buf.get(start..end) {
+            Some(&[a, b, c, d]) => Record::Returned {
+                seq,
+                delivery_count: u32::from_be_bytes([a, b, c, d]),
+            },
             _ => return Decoded::Torn,
         },
     };
@@ -469,6 +496,7 @@ mod tests {
         encode_mark(&mut out, seal(3), Kind::Ack, 7);
         encode_mark(&mut out, seal(3), Kind::Delivered, 8);
         encode_held(&mut out, seal(3), 9, 2);
+        encode_returned(&mut out, seal(3), 10, 70_000);
         let buf = Bytes::from(out);
         let Decoded::Record(
             Record::Message {
@@ -509,18 +537,32 @@ mod tests {
             decode(&rest, seal(3)),
             Decoded::Record(Record::Delivered { seq: 8 }, MARK_LEN)
         );
+        let rest = rest.slice(MARK_LEN..);
         assert_eq!(
-            decode(&rest.slice(MARK_LEN..), seal(3)),
+            decode(&rest, seal(3)),
             Decoded::Record(Record::Held { seq: 9, reason: 2 }, HELD_LEN)
+        );
+        assert_eq!(
+            decode(&rest.slice(HELD_LEN..), seal(3)),
+            Decoded::Record(
+                Record::Returned {
+                    seq: 10,
+                    delivery_count: 70_000
+                },
+                RETURNED_LEN
+            )
         );
     }
 
-    /// A held marker without its reason byte is torn, though its checksum matches.
+    /// A held or returned marker without what follows its number is torn, though its
+    /// checksum matches.
     #[test]
-    fn a_held_marker_without_its_reason_is_torn() {
-        let mut out = Vec::new();
-        encode_mark(&mut out, seal(3), Kind::Held, 9);
-        assert_eq!(decode(&Bytes::from(out), seal(3)), Decoded::Torn);
+    fn a_marker_without_its_payload_is_torn() {
+        for kind in [Kind::Held, Kind::Returned] {
+            let mut out = Vec::new();
+            encode_mark(&mut out, seal(3), kind, 9);
+            assert_eq!(decode(&Bytes::from(out), seal(3)), Decoded::Torn);
+        }
     }
 
     /// A record written before the delivery count had a field reads with a count of 0; one

@@ -15,15 +15,19 @@ use bytes::Bytes;
 
 use super::fs::{Fs, OpenMode};
 use super::intervals::IntervalSet;
-use super::log::{Inner, Position, QueueLog, ReadBack, Recovered, Registered, Segment, TailReader};
+use super::log::{
+    Found, Inner, Position, QueueLog, ReadBack, Recovered, Registered, Segment, TailReader,
+};
 use super::record::{self, Decoded, Record, Seal, StoredMessage};
 use super::sync::Shared;
 
-/// Ack, Delivered and Held marks found while recovering a log.
+/// Ack, Delivered, Held and Returned marks found while recovering a log.
 #[derive(Default)]
 struct Marks {
     acked: IntervalSet,
     delivered: IntervalSet,
+    /// The latest delivery count of each message returned to its place.
+    returned: BTreeMap<u64, u32>,
     /// Held dead letters and the reason byte of their mark. Few: a letter is held until its
     /// queues have it.
     held: BTreeMap<u64, u8>,
@@ -55,7 +59,7 @@ fn resync(data: &Bytes, seal: Seal, from: usize) -> Option<usize> {
         let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let plausible = len >= 9
             && at + record::HEADER_LEN + len <= data.len()
-            && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5 | 6);
+            && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5 | 6 | 7);
         if plausible
             && let Decoded::Record(_, n) = record::decode_resynchronising(&data.slice(at..), seal)
             && followed_by_record_or_end(data, at + n, seal)
@@ -152,11 +156,6 @@ impl QueueLog {
             segments.push_back(seg);
         }
         count_unacked(&*fs, &dir, &mut segments, &marks, &mut recovered)?;
-        let Marks {
-            mut acked,
-            delivered,
-            ..
-        } = marks;
         // Drop fully acknowledged segments at the front.
         while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
             if let Some(s) = segments.pop_front() {
@@ -171,16 +170,11 @@ impl QueueLog {
         if let Some(s) = segments.front()
             && s.first_message != u64::MAX
         {
-            acked.remove_below(s.first_message);
+            marks.acked.remove_below(s.first_message);
         }
         skip.retain(|(from, _)| from.segment >= first);
         let head = segments.back().map_or((0, 0), |h| (h.index, h.end));
-        // The reader passes over the held letters as over acknowledged messages: they were
-        // read above. Only its copy of the marks says so; the log keeps their records.
-        let mut read_past = acked.clone();
-        for (m, _) in &recovered.held {
-            read_past.insert(m.seq);
-        }
+        let acked = marks.acked.clone();
         recovered.reader = TailReader {
             pos: Position {
                 segment: first,
@@ -190,9 +184,7 @@ impl QueueLog {
                 segment: head.0,
                 offset: head.1,
             },
-            acked: read_past,
-            delivered,
-            skip,
+            found: Arc::new(marks.found(&recovered.held, skip)),
         };
         fs.sync_dir(&dir)?;
         let log = Arc::new(QueueLog {
@@ -224,6 +216,30 @@ impl QueueLog {
             }),
         });
         Ok((log, recovered))
+    }
+}
+
+impl Marks {
+    /// What the reader of the recovered region needs. It passes over the held letters as
+    /// over acknowledged messages (they were read at recovery): only its copy of the marks
+    /// says so; the log keeps their records.
+    fn found(self, held: &[(ReadBack, u8)], skip: Vec<(Position, Position)>) -> Found {
+        let Marks {
+            mut acked,
+            delivered,
+            mut returned,
+            ..
+        } = self;
+        for (m, _) in held {
+            acked.insert(m.seq);
+        }
+        returned.retain(|&seq, _| !acked.contains(seq));
+        Found {
+            acked,
+            delivered,
+            returned,
+            skip,
+        }
     }
 }
 
@@ -270,6 +286,15 @@ fn scan_segment(
         }
         Record::Held { seq, reason } => {
             marks.held.insert(seq, reason);
+            recovered.next_seq = recovered.next_seq.max(seq + 1);
+        }
+        Record::Returned {
+            seq,
+            delivery_count,
+        } => {
+            // Counts only grow: the largest is the latest, whatever order compaction left.
+            let count = marks.returned.entry(seq).or_default();
+            *count = (*count).max(delivery_count);
             recovered.next_seq = recovered.next_seq.max(seq + 1);
         }
     });

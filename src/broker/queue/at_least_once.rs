@@ -98,6 +98,7 @@ impl State {
             // Its letters went with it (as in RabbitMQ), and its log is gone.
             return;
         }
+        let before = self.held.count;
         for report in reports {
             let Some(letter) = self.held.letters.get_mut(&report.id) else {
                 continue;
@@ -125,6 +126,9 @@ impl State {
             }
         }
         self.settle_synced(ctx);
+        if self.held.count < before {
+            self.collect_garbage();
+        }
     }
 
     /// Settles the letters whose epochs are on disk. A letter a queue took in an epoch
@@ -156,6 +160,9 @@ impl State {
         self.drop_held(letter);
     }
 
+    /// Counts a letter out and logs its Ack. Its callers then let the log delete what no
+    /// letter needs any more (`collect_garbage`): after a restart that brought back only held
+    /// letters, nothing else would.
     fn drop_held(&mut self, letter: HeldLetter) {
         self.held.count -= 1;
         self.held.bytes = self
@@ -173,7 +180,11 @@ impl State {
         if self.held.is_empty() {
             return;
         }
+        let before = self.held.count;
         self.settle_synced(ctx);
+        if self.held.count < before {
+            self.collect_garbage();
+        }
         for _ in 0..HELD_SENDS_PER_TICK {
             let Some(&(at, id)) = self.held.due.first() else {
                 break;
@@ -219,6 +230,7 @@ impl State {
         for letter in letters.into_values() {
             self.drop_held(letter);
         }
+        self.collect_garbage();
     }
 
     /// The queue is deleted: its held letters go with it (its log is destroyed).

@@ -231,12 +231,23 @@ impl Queue {
             // Dead letters held when the broker stopped are held again (at-least-once),
             // still durable and counted as such until settled.
             for (back, code) in recovered.held {
-                let reason = Reason::from_code(code).unwrap_or(Reason::Rejected);
-                let bytes = back.message.body.len() as u64;
-                if let Some(entry) = paging::entry_read_back(&queue.ctx, back) {
-                    state.persistent.add(1, bytes);
-                    state.hold_recovered(entry, reason);
+                let reason = Reason::from_code(code).unwrap_or_else(|| {
+                    tracing::warn!(queue = %queue.name, code, "a held dead letter's reason is unknown; taken as rejected");
+                    Reason::Rejected
+                });
+                let (seq, bytes) = (back.seq, back.message.body.len() as u64);
+                match paging::entry_read_back(&queue.ctx, back) {
+                    Some(entry) => {
+                        state.persistent.add(1, bytes);
+                        state.hold_recovered(entry, reason);
+                    }
+                    // Dropped (and said): its record need not be read at every start.
+                    None => state.append_acks(&[seq]),
                 }
+            }
+            if recovered.count == 0 {
+                // No tail to read: the log may drop what is acknowledged from the front.
+                state.collect_garbage();
             }
             if recovered.count > 0 {
                 state.tail = Some(Tail {

@@ -48,7 +48,30 @@ impl State {
             }
             self.page_out_if_short(ctx);
         } else {
+            if quorum {
+                self.log_returned(ctx, &back);
+            }
             self.insert_in_order(back);
+        }
+    }
+
+    /// Logs the delivery counts of durable messages going back to their places, so that a
+    /// restart brings them back with these counts (and `x-delivery-limit` holds across it),
+    /// as RabbitMQ's Raft log does. Lazily, as acknowledgements: a crash within
+    /// `LAZY_WRITE_MS` of a return forgets that return.
+    fn log_returned(&self, ctx: &QueueCtx, entries: &[QueueEntry]) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let counts: Vec<(u64, u32)> = entries
+            .iter()
+            .filter(|e| e.persisted)
+            .map(|e| (e.seq, e.delivery_count))
+            .collect();
+        if !counts.is_empty()
+            && let Err(e) = log.returned(&counts)
+        {
+            tracing::error!(queue = %ctx.name, error = %e, "cannot log the delivery counts of returned messages");
         }
     }
 

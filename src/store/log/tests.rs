@@ -489,3 +489,49 @@ fn a_held_letter_comes_back_held_and_its_mark_survives_compaction() {
     assert_eq!(recovered.count, expected.len() as u64);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_returned_messages_latest_count_is_read_back_and_compaction_keeps_only_it() {
+    let (store, fs, dir, log) = manual_store();
+    let segments = || log.lock().segments.len();
+    (0..3).for_each(|s| append_durable(&log, s));
+    // Message 1 given back 100 times: a mark each time, in segment 0.
+    for count in 1..=100 {
+        log.returned(&[(1, count)]).unwrap();
+    }
+    let mut seq = 3u64;
+    while segments() < 3 {
+        append_durable(&log, seq);
+        seq += 1;
+    }
+    (0..seq)
+        .filter(|&s| s != 1)
+        .for_each(|s| log.ack(s).unwrap());
+    // Message 2's count is written after its ack: not kept.
+    log.returned(&[(2, 7)]).unwrap();
+    log.collect_garbage(None);
+    assert!(log.compact_now().unwrap(), "segment 0 is compacted");
+    let (bytes, kept) = {
+        let inner = log.lock();
+        let front = inner.segments.front().unwrap();
+        (front.end as usize, front.messages)
+    };
+    assert_eq!(kept, 1);
+    assert!(
+        bytes < 1000 + 200,
+        "message 1 and one returned mark are kept, not 100 ({bytes} bytes)"
+    );
+    log.flush().unwrap();
+    drop(log);
+    drop(store);
+    let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
+    let (log, recovered) = store.recover_queue_log(7).unwrap();
+    let mut reader = recovered.reader.clone();
+    let back = log.read_back(&mut reader, 1 << 20).unwrap();
+    let counts: Vec<(u64, u32)> = back
+        .iter()
+        .map(|m| (m.seq, m.message.delivery_count))
+        .collect();
+    assert_eq!(counts, [(1, 100)]);
+    let _ = std::fs::remove_dir_all(dir);
+}
