@@ -1,6 +1,6 @@
 //! Acknowledgements in a queue log: an Ack record per message that left the queue, and the
 //! live count of its segment, which decides when the segment may be compacted or deleted.
-//! Also the other marks, written as lazily: delivered, held and returned.
+//! Also the other marks, written as lazily: delivered and held (returned: `store::returned`).
 
 use std::io;
 use std::sync::Arc;
@@ -52,24 +52,6 @@ impl QueueLog {
         .map(|_| ())
     }
 
-    /// Logs the delivery counts of a quorum queue's durable messages returned to their
-    /// places (see [`record::Kind::Returned`]), lazily, as acknowledgements: one append per
-    /// `MARKS_PER_APPEND` of them.
-    pub fn returned(self: &Arc<Self>, counts: &[(u64, u32)]) -> io::Result<()> {
-        for chunk in counts.chunks(MARKS_PER_APPEND) {
-            self.append(
-                record::RETURNED_LEN * chunk.len(),
-                Append::Mark,
-                |out, seal| {
-                    for &(seq, count) in chunk {
-                        record::encode_returned(out, seal, seq, count);
-                    }
-                },
-            )?;
-        }
-        Ok(())
-    }
-
     /// Logs that the durable message `seq` left the queue because a copy of it was logged
     /// under a later number, in `epoch` (a quorum queue's message requeued at the back).
     /// The Ack goes after the copy, so no disk holds the Ack without the copy; but until
@@ -111,6 +93,9 @@ impl QueueLog {
     fn count_out(inner: &mut Inner, seq: u64) {
         if !inner.acked.insert(seq) {
             return;
+        }
+        if !inner.returned_at.is_empty() {
+            inner.returned_gone(seq);
         }
         if let Some(at) = Self::segment_holding(inner, seq) {
             let s = &mut inner.segments[at];

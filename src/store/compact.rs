@@ -5,9 +5,10 @@
 //! compaction one old unacknowledged message would pin every segment after it. The sync
 //! thread, after a cycle (at most every 100 ms per log, for at most 20 ms), rewrites the
 //! segments that the queue has read past and where at most a quarter of the messages written are still
-//! unacknowledged (or that holds no messages at all, only marks): its unacknowledged
-//! messages, the Delivered marks of those still unacknowledged, and the Ack marks of messages
-//! whose records may still exist in another segment. The copy is written beside the segment,
+//! unacknowledged (or that holds no messages at all, only marks), or half of whose Returned
+//! marks went stale: its unacknowledged messages, the Delivered and Held marks of those still
+//! unacknowledged, the latest Returned mark of each (`store::returned`), and the Ack marks of
+//! messages whose records may still exist in another segment. The copy is written beside the segment,
 //! synced, and renamed over it; a crash at any point leaves the old segment or the new one,
 //! both complete. Record order is kept, so the queue's order after a restart is too.
 //!
@@ -37,6 +38,8 @@ const COMPACTION_BUDGET: Duration = Duration::from_millis(20);
 struct Kept {
     bytes: Vec<u8>,
     seqs: Vec<u64>,
+    /// The messages whose Returned marks were kept.
+    returned: Vec<u64>,
 }
 
 impl QueueLog {
@@ -97,6 +100,15 @@ impl QueueLog {
             seg.first_message = kept.seqs.first().copied().unwrap_or(u64::MAX);
             seg.last_message = kept.seqs.last().copied().unwrap_or(0);
             seg.compacted = true;
+            // Marks kept may have gone stale while the copy was written.
+            let stale = kept
+                .returned
+                .iter()
+                .filter(|&seq| inner.returned_at.get(seq) != Some(&index))
+                .count() as u64;
+            let seg = &mut inner.segments[at];
+            seg.returned_marks = kept.returned.len() as u64;
+            seg.stale_marks = stale;
         }
         inner.dir_dirty = true;
         drop(inner);
@@ -125,11 +137,11 @@ impl QueueLog {
         let settled = inner.segments.len().saturating_sub(2);
         let candidate = inner.segments.iter().take(settled).find(|s| {
             inner.read_pos.is_none_or(|p| p.segment > s.index)
-                && if s.messages > 0 {
+                && (if s.messages > 0 {
                     s.live * 4 <= s.messages
                 } else {
                     !s.compacted
-                }
+                } || s.marks_went_stale())
         });
         let Some(seg) = candidate else {
             return Ok(None);
@@ -155,12 +167,14 @@ impl QueueLog {
         let mut kept = Kept {
             bytes: Vec::new(),
             seqs: Vec::new(),
+            returned: Vec::new(),
         };
         // Delivered and Held marks of messages not acknowledged.
         let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
-        // The latest Returned mark of each such message: a message a consumer keeps giving
-        // back leaves one per return, and only its latest count matters.
-        let mut returned: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
+        // The latest Returned mark of each such message, if it is in this segment (the last
+        // of its marks here): a message a consumer keeps giving back leaves one per return,
+        // and only its latest count matters (`store::returned`).
+        let mut returned: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         walk(data, seal, |record, raw| match record {
             Record::Message { seq, .. } if !inner.acked.contains(seq) => {
                 kept.bytes.extend_from_slice(raw);
@@ -171,23 +185,22 @@ impl QueueLog {
             Record::Delivered { seq } | Record::Held { seq, .. } if !inner.acked.contains(seq) => {
                 marks.push((seq, raw.to_vec()))
             }
-            Record::Returned {
-                seq,
-                delivery_count,
-            } if !inner.acked.contains(seq) => {
-                let latest = returned.entry(seq).or_insert((0, Vec::new()));
-                if delivery_count >= latest.0 {
-                    *latest = (delivery_count, raw.to_vec());
-                }
+            Record::Returned { seq, .. } if inner.returned_at.get(&seq) == Some(&index) => {
+                returned.insert(seq, raw.to_vec());
             }
             // Acknowledged messages, paged copies the queue has read past, marks of what
             // is gone.
             _ => {}
         });
-        let returned = returned.into_iter().map(|(seq, (_, raw))| (seq, raw));
-        for (seq, raw) in marks.into_iter().chain(returned) {
+        for (seq, raw) in marks {
             if kept.seqs.binary_search(&seq).is_ok() || elsewhere(seq) {
                 kept.bytes.extend_from_slice(&raw);
+            }
+        }
+        for (seq, raw) in returned {
+            if kept.seqs.binary_search(&seq).is_ok() || elsewhere(seq) {
+                kept.bytes.extend_from_slice(&raw);
+                kept.returned.push(seq);
             }
         }
         kept

@@ -6,7 +6,7 @@
 //! (group commit). Segments are deleted from the front once every durable message in them is
 //! acknowledged and the queue has read past them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +62,10 @@ pub(super) struct Segment {
     pub(super) messages: u64,
     /// Rewritten by compaction already.
     pub(super) compacted: bool,
+    /// Returned marks here, and how many of them a later mark or an Ack made stale
+    /// (`store::returned`): a segment whose marks went stale is compacted again.
+    pub(super) returned_marks: u64,
+    pub(super) stale_marks: u64,
     /// Made by this process at the full segment size: once its messages are all
     /// acknowledged its file may be reused for a later segment (its blocks are allocated, so
     /// an `fdatasync` of an overwrite commits no file-system metadata). Recovered segments
@@ -89,6 +93,8 @@ impl Segment {
             last_message: 0,
             messages: 0,
             compacted: false,
+            returned_marks: 0,
+            stale_marks: 0,
             reusable: false,
             stale_tail: false,
         }
@@ -169,6 +175,8 @@ pub(super) struct Inner {
     /// Acked messages still counted live until the copy that superseded them is on disk:
     /// (the copy's epoch, seq), oldest first (see `store::ack`).
     pub(super) superseded: VecDeque<(u64, u64)>,
+    /// Unacknowledged messages with a Returned mark: the segment of the latest one.
+    pub(super) returned_at: HashMap<u64, u64>,
 }
 
 /// What recovering a durable queue's log found.
@@ -339,6 +347,7 @@ impl QueueLog {
                 last_compaction: None,
                 ack_hint: 0,
                 superseded: VecDeque::new(),
+                returned_at: HashMap::new(),
             }),
         });
         shared.mark_dirty(log.clone());

@@ -34,6 +34,7 @@ mod positions;
 mod prepare;
 pub mod record;
 mod recover;
+mod returned;
 pub mod seal;
 pub mod sim;
 pub mod sync;

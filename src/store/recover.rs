@@ -6,7 +6,7 @@
 //! damaged bytes only; it is reported (queue, segment, offset, bytes) and the reader skips
 //! it. Only a torn *tail*, damage with nothing valid after it in the last segment, is cut.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,8 +26,9 @@ use super::sync::Shared;
 struct Marks {
     acked: IntervalSet,
     delivered: IntervalSet,
-    /// The latest delivery count of each message returned to its place.
-    returned: BTreeMap<u64, u32>,
+    /// The latest delivery count of each message returned to its place, and the segment
+    /// of that mark.
+    returned: BTreeMap<u64, (u32, u64)>,
     /// Held dead letters and the reason byte of their mark. Few: a letter is held until its
     /// queues have it.
     held: BTreeMap<u64, u8>,
@@ -156,6 +157,7 @@ impl QueueLog {
             segments.push_back(seg);
         }
         count_unacked(&*fs, &dir, &mut segments, &marks, &mut recovered)?;
+        let returned_at = marks.latest_returned(&mut segments);
         // Drop fully acknowledged segments at the front.
         while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
             if let Some(s) = segments.pop_front() {
@@ -213,6 +215,7 @@ impl QueueLog {
                 last_compaction: None,
                 ack_hint: 0,
                 superseded: std::collections::VecDeque::new(),
+                returned_at,
             }),
         });
         Ok((log, recovered))
@@ -237,9 +240,32 @@ impl Marks {
         Found {
             acked,
             delivered,
-            returned,
+            returned: returned
+                .into_iter()
+                .map(|(seq, (count, _))| (seq, count))
+                .collect(),
             skip,
         }
+    }
+
+    /// Where the latest Returned mark of each unacknowledged message is; counts the other
+    /// marks of each segment as stale (`store::returned`).
+    fn latest_returned(&self, segments: &mut VecDeque<Segment>) -> HashMap<u64, u64> {
+        let latest: HashMap<u64, u64> = self
+            .returned
+            .iter()
+            .filter(|&(&seq, _)| !self.acked.contains(seq))
+            .map(|(&seq, &(_, index))| (seq, index))
+            .collect();
+        let mut current: HashMap<u64, u64> = HashMap::new();
+        for index in latest.values() {
+            *current.entry(*index).or_default() += 1;
+        }
+        for seg in segments.iter_mut() {
+            let kept = current.get(&seg.index).copied().unwrap_or(0);
+            seg.stale_marks = seg.returned_marks.saturating_sub(kept);
+        }
+        latest
     }
 }
 
@@ -293,8 +319,11 @@ fn scan_segment(
             delivery_count,
         } => {
             // Counts only grow: the largest is the latest, whatever order compaction left.
-            let count = marks.returned.entry(seq).or_default();
-            *count = (*count).max(delivery_count);
+            seg.returned_marks += 1;
+            let latest = marks.returned.entry(seq).or_default();
+            if delivery_count >= latest.0 {
+                *latest = (delivery_count, index);
+            }
             recovered.next_seq = recovered.next_seq.max(seq + 1);
         }
     });

@@ -490,6 +490,79 @@ fn a_held_letter_comes_back_held_and_its_mark_survives_compaction() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Returned marks on disk in the log's segments, and the segments.
+fn returned_marks_on_disk(log: &QueueLog) -> (usize, usize) {
+    let segments: Vec<(u64, Seal)> = log
+        .lock()
+        .segments
+        .iter()
+        .map(|s| (s.index, s.seal))
+        .collect();
+    let mut marks = 0;
+    for &(index, seal) in &segments {
+        let data = Bytes::from(std::fs::read(Segment::path(&log.dir, index)).unwrap());
+        crate::store::recover::walk(&data, seal, |r, _| {
+            if let Record::Returned { .. } = r {
+                marks += 1;
+            }
+        });
+    }
+    (marks, segments.len())
+}
+
+#[test]
+fn returned_marks_on_disk_follow_the_messages_returned_not_the_returns() {
+    // Regression (review): compaction kept the latest Returned mark of a message in every
+    // segment, and a segment of marks compacted once was never compacted again, so a
+    // consumer giving the same messages back again and again grew the log without bound.
+    let (store, fs, dir, log) = manual_store();
+    let segments = || log.lock().segments.len();
+    let returned: Vec<u64> = (0..100).collect();
+    returned.iter().for_each(|&s| append_durable(&log, s));
+    let mut seq = 100u64;
+    let mut filler = |log: &Arc<QueueLog>, more: usize| {
+        let until = segments() + more;
+        while segments() < until {
+            append_durable(log, seq);
+            log.ack(seq).unwrap();
+            seq += 1;
+        }
+    };
+    for count in 1..=5u32 {
+        let counts: Vec<(u64, u32)> = returned.iter().map(|&s| (s, count)).collect();
+        log.returned(&counts).unwrap();
+        // A single message given back many times, between the others' returns.
+        for _ in 0..1000 {
+            log.returned(&[(0, count)]).unwrap();
+        }
+        filler(&log, 3);
+        log.flush().unwrap();
+        log.collect_garbage(None);
+        while log.compact_now().unwrap() {}
+    }
+    let (marks, files) = returned_marks_on_disk(&log);
+    assert_eq!(
+        marks, 100,
+        "one mark per message returned, in {files} segments"
+    );
+    drop(log);
+    drop(store);
+    let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
+    let (log, recovered) = store.recover_queue_log(7).unwrap();
+    let mut reader = recovered.reader.clone();
+    let mut counts = Vec::new();
+    loop {
+        let back = log.read_back(&mut reader, 1 << 20).unwrap();
+        if back.is_empty() {
+            break;
+        }
+        counts.extend(back.iter().map(|m| (m.seq, m.message.delivery_count)));
+    }
+    let expected: Vec<(u64, u32)> = returned.iter().map(|&s| (s, 5)).collect();
+    assert_eq!(counts, expected);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_returned_messages_latest_count_is_read_back_and_compaction_keeps_only_it() {
     let (store, fs, dir, log) = manual_store();
