@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Process, Rng, within};
+use common::{Process, Rng, temp_dir, within};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -224,11 +224,7 @@ async fn confirmed_messages_survive_sigkill_and_synced_acks_stay_acked() {
         | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-crash-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("crash");
     let mut total_confirmed = 0;
     for round in 0..ROUNDS {
         let process = start(&dir);

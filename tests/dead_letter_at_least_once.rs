@@ -276,11 +276,7 @@ async fn same_as_rabbitmq_at_least_once_needs_reject_publish_and_turning_it_off_
 /// every queue, as RabbitMQ's dead-letter worker does when it starts.
 #[tokio::test]
 async fn same_as_rabbitmq_a_dead_letter_held_at_a_restart_is_held_after_it_and_routed_again() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-alo-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("alo");
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -448,11 +444,7 @@ fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// position at its start, so once they settled no segment of theirs was ever deleted.
 #[tokio::test]
 async fn the_log_of_letters_held_across_a_restart_is_deleted_once_they_settle() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-alo-gc-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("alo-gc");
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());

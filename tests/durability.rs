@@ -33,11 +33,7 @@ async fn broker_in(dir: &Path) -> Broker {
 }
 
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-durability-{name}-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir(&format!("durability-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }

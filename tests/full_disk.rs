@@ -18,10 +18,7 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = std::env::temp_dir().join(format!(
-            "lepus-tmpfs-{}",
-            lepus::auth::random::random_suffix()
-        ));
+        let dir = temp_dir("tmpfs");
         std::fs::create_dir_all(&dir).ok()?;
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -129,10 +126,7 @@ async fn a_full_disk_loses_no_confirmed_message_and_the_broker_restarts_on_it() 
     broker.kill();
 
     // Every confirmed message survives the kill, on a roomier copy of the data.
-    let roomy = std::env::temp_dir().join(format!(
-        "lepus-roomy-{}",
-        lepus::auth::random::random_suffix()
-    ));
+    let roomy = temp_dir("roomy");
     copy_dir(&data, &roomy);
     let copy = Process::start(&[], &roomy);
     let got = drain_numbers(&copy).await;

@@ -231,10 +231,7 @@ async fn deeply_nested_arguments_close_the_connection_not_the_broker() {
 /// a few megabytes. Measured on the real binary, from /proc.
 #[tokio::test]
 async fn retained_small_messages_cost_their_size_not_their_read_buffers() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-hostile-rss-{}",
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("hostile-rss");
     let broker = Process::start(&[], &dir);
     let conn = broker.connect().await;
     let ch = within(conn.create_channel()).await.unwrap();

@@ -1823,11 +1823,7 @@ async fn global_counters_keep_what_a_deleted_vhost_counted() {
 
 #[tokio::test]
 async fn a_queue_declared_over_http_is_durable_before_the_answer() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-mgmt-durable-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("mgmt-durable");
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());

@@ -13,11 +13,7 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 /// Starts a broker once so the data directory exists, then adds `policies` to its
 /// definitions file while it is stopped, as an operator would.
 async fn data_dir_with_policies(policies: serde_json::Value) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-policies-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("policies");
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     let mut broker = Broker::start_with(config).await;

@@ -182,10 +182,7 @@ async fn a_priority_backlog_pages_by_level_and_comes_back_in_priority_order() {
 
 #[tokio::test]
 async fn a_durable_priority_backlog_recovers_without_reading_it_all_into_memory() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-priorities-{}",
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("priorities");
     let config = || {
         let mut config = Config::for_tests();
         config.data_dir = dir.clone();

@@ -224,11 +224,7 @@ async fn same_as_rabbitmq_a_refused_message_does_not_block_a_quorum_queues_consu
 /// in its log).
 #[tokio::test]
 async fn a_quorum_queues_refused_message_stays_at_the_back_across_a_restart() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-requeue-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("requeue");
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     let mut broker = Broker::start_with(config.clone()).await;
@@ -358,11 +354,7 @@ async fn a_quorum_queue_message_keeps_its_delivery_count_when_paged_out() {
 /// it back with that count, as its Raft log does.
 #[tokio::test]
 async fn same_as_rabbitmq_a_count_from_returns_in_place_survives_a_restart() {
-    let dir = std::env::temp_dir().join(format!(
-        "lepus-requeue-{}-{}",
-        std::process::id(),
-        lepus::auth::random::random_suffix()
-    ));
+    let dir = temp_dir("requeue");
     let mut config = Config::for_tests();
     config.data_dir = dir.clone();
     let mut broker = Broker::start_with(config.clone()).await;

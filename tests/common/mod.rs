@@ -79,6 +79,16 @@ impl Broker {
     }
 }
 
+/// A directory of its own under the system's temporary one, for a test's data: named after
+/// `name`, the process and a random suffix, since tests run at once.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "lepus-{name}-{}-{}",
+        std::process::id(),
+        lepus::auth::random::random_suffix()
+    ))
+}
+
 /// How many messages `queue` holds ready, asked with a passive declare.
 pub async fn message_count(ch: &lapin::Channel, queue: &str) -> u32 {
     within(ch.queue_declare(
