@@ -21,9 +21,26 @@ async fn broker(retry_ms: u64) -> (Broker, Api) {
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());
     config.limits.dead_letter_retry_ms = retry_ms;
     let broker = Broker::start_with(config).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let api = api_of(&broker);
     (broker, api)
+}
+
+/// The management API of `broker`.
+fn api_of(broker: &Broker) -> Api {
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    Api::new(addr.expect("management listener"), "guest", "guest")
+}
+
+/// A data directory of its own and a configuration to start a broker on it, again and
+/// again, with the management API. Held letters wait RabbitMQ's 3 minutes before a retry:
+/// only a restart routes them again within a test.
+fn restartable(name: &str) -> (std::path::PathBuf, Config) {
+    let dir = temp_dir(name);
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.dead_letter_retry_ms = 180_000;
+    (dir, config)
 }
 
 /// Quorum-queue arguments for at-least-once dead-lettering to `dlx`, with `more`.
@@ -276,16 +293,7 @@ async fn same_as_rabbitmq_at_least_once_needs_reject_publish_and_turning_it_off_
 /// every queue, as RabbitMQ's dead-letter worker does when it starts.
 #[tokio::test]
 async fn same_as_rabbitmq_a_dead_letter_held_at_a_restart_is_held_after_it_and_routed_again() {
-    let dir = temp_dir("alo");
-    let mut config = Config::for_tests();
-    config.data_dir = dir.clone();
-    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
-    // RabbitMQ's 3 minutes: only the restart routes the letters again within the test.
-    config.limits.dead_letter_retry_ms = 180_000;
-    let api_of = |broker: &Broker| {
-        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-        Api::new(addr.expect("management listener"), "guest", "guest")
-    };
+    let (dir, config) = restartable("alo");
     let mut broker = Broker::start_with(config.clone()).await;
     let api = api_of(&broker);
     let (conn, ch) = broker.channel().await;
@@ -385,8 +393,7 @@ async fn a_ttl_zero_message_behind_a_paged_backlog_is_held_too() {
     config.limits.memory_budget_bytes = 256 * 1024;
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());
     let broker = Broker::start_with(config).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let api = api_of(&broker);
     let (_c, ch) = broker.channel().await;
     within(ch.queue_declare("alo-paged".into(), durable(), at_least_once("none", &[])))
         .await
@@ -444,15 +451,10 @@ fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// position at its start, so once they settled no segment of theirs was ever deleted.
 #[tokio::test]
 async fn the_log_of_letters_held_across_a_restart_is_deleted_once_they_settle() {
-    let dir = temp_dir("alo-gc");
-    let mut config = Config::for_tests();
-    config.data_dir = dir.clone();
-    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.limits.dead_letter_retry_ms = 180_000;
+    let (dir, mut config) = restartable("alo-gc");
     config.limits.segment_bytes = 64 * 1024;
     let mut broker = Broker::start_with(config.clone()).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let api = api_of(&broker);
     let (conn, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
     // A target full of 100 small fillers refuses the 100 letters; purged, it has room.
@@ -483,8 +485,7 @@ async fn the_log_of_letters_held_across_a_restart_is_deleted_once_they_settle() 
     broker.stop().await;
 
     let broker = Broker::start_with(config).await;
-    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let api = api_of(&broker);
     wait_counts(&api, "gc-src", (0, 0, 0)).await;
     let (_c, ch) = broker.channel().await;
     assert_eq!(message_count(&ch, "gc-target").await, 100);
