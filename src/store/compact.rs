@@ -33,6 +33,9 @@ const COMPACTION_INTERVAL: Duration = Duration::from_millis(100);
 /// ...for at most this long at a time, so that the sync thread (and the confirms waiting for
 /// it) is held up for no longer.
 const COMPACTION_BUDGET: Duration = Duration::from_millis(20);
+/// Records of a segment being compacted decided under one taking of the log's lock (see
+/// `QueueLog::keep`): about a millisecond's work.
+const DECIDED_PER_LOCK: usize = 4096;
 
 /// What a compaction decided to keep of a segment.
 struct Kept {
@@ -121,88 +124,187 @@ impl QueueLog {
         Ok(true)
     }
 
-    /// The first segment worth compacting, with its bytes.
+    /// The first segment worth compacting, with its bytes. The bytes are read after the
+    /// log's lock is let go: a segment is 8 MiB, and publishers and acks need the lock. A
+    /// segment before the head takes no more appends, and its file is rewritten only once
+    /// it has left the log (reused as the spare), which the replacement notices.
     fn pick_candidate(&self) -> io::Result<Option<(u64, Seal, Bytes)>> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        self.settle_superseded(&mut inner);
-        // Paging logs hold no durable data: they are deleted from the front as they are
-        // read, and never compacted.
-        if !self.durable || inner.destroyed || !self.shared.writable() {
-            return Ok(None);
-        }
-        // Not the head, nor the segment just before it: with consumers keeping up, that one
-        // is being acknowledged as it goes and will be deleted whole in a moment; rewriting
-        // it would only read and copy what is about to be freed (it cost a fifth of the CPU
-        // per message under confirmed publishing).
-        let settled = inner.segments.len().saturating_sub(2);
-        let candidate = inner.segments.iter().take(settled).find(|s| {
-            inner.read_pos.is_none_or(|p| p.segment > s.index)
-                && (if s.messages > 0 {
-                    s.live * 4 <= s.messages
-                } else {
-                    !s.compacted
-                } || s.marks_went_stale())
-        });
-        let Some(seg) = candidate else {
-            return Ok(None);
+        let (index, seal, file, end) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            self.settle_superseded(&mut inner);
+            // Paging logs hold no durable data: they are deleted from the front as they are
+            // read, and never compacted.
+            if !self.durable || inner.destroyed || !self.shared.writable() {
+                return Ok(None);
+            }
+            // Not the head, nor the segment just before it: with consumers keeping up, that
+            // one is being acknowledged as it goes and will be deleted whole in a moment;
+            // rewriting it would only read and copy what is about to be freed (it cost a
+            // fifth of the CPU per message under confirmed publishing).
+            let settled = inner.segments.len().saturating_sub(2);
+            let candidate = inner.segments.iter().take(settled).find(|s| {
+                inner.read_pos.is_none_or(|p| p.segment > s.index)
+                    && (if s.messages > 0 {
+                        s.live * 4 <= s.messages
+                    } else {
+                        !s.compacted
+                    } || s.marks_went_stale())
+            });
+            let Some(seg) = candidate else {
+                return Ok(None);
+            };
+            (seg.index, seg.seal, seg.file.clone(), seg.end)
         };
-        let mut data = vec![0u8; seg.end as usize];
-        seg.file.read_exact_at(&mut data, 0)?;
-        Ok(Some((seg.index, seg.seal, Bytes::from(data))))
+        let mut data = vec![0u8; end as usize];
+        file.read_exact_at(&mut data, 0)?;
+        Ok(Some((index, seal, Bytes::from(data))))
     }
 
     /// What of segment `index` (its bytes: `data`, sealed `seal`) is still needed, in its
     /// order. Records are kept as they are: the copy takes the segment's number, and so its
     /// seal.
+    ///
+    /// The segment is parsed without the log's lock, and what only the lock can tell
+    /// (acknowledged? latest Returned mark?) is asked for `DECIDED_PER_LOCK` records at a
+    /// time, so that publishers and acks wait for one batch at most, not for a segment of
+    /// 400,000 marks. What changes between batches only makes a record less needed (an
+    /// acknowledgement is never taken back, a later Returned mark goes to a later segment,
+    /// segments only leave the log): a record kept that is no longer needed is harmless,
+    /// and the replacement counts what is live afresh.
     fn keep(&self, index: u64, seal: Seal, data: &Bytes) -> Kept {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        // The spare segment counts: its file is on disk, under its old number, until reused.
-        let elsewhere = |seq: u64| {
-            inner
-                .segments
-                .iter()
-                .chain(inner.spare.as_ref())
-                .any(|s| s.index != index && s.holds(seq))
-        };
+        let elsewhere = self.held_elsewhere(index);
         let mut kept = Kept {
             bytes: Vec::new(),
             seqs: Vec::new(),
             returned: Vec::new(),
         };
         // Delivered and Held marks of messages not acknowledged.
-        let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut marks: Vec<(u64, &[u8])> = Vec::new();
         // The latest Returned mark of each such message, if it is in this segment (the last
         // of its marks here): a message a consumer keeps giving back leaves one per return,
         // and only its latest count matters (`store::returned`).
-        let mut returned: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        walk(data, seal, |record, raw| match record {
-            Record::Message { seq, .. } if !inner.acked.contains(seq) => {
-                kept.bytes.extend_from_slice(raw);
-                kept.seqs.push(seq);
+        let mut returned: BTreeMap<u64, &[u8]> = BTreeMap::new();
+        let mut batch: Vec<Found> = Vec::with_capacity(DECIDED_PER_LOCK);
+        let mut decide = |batch: &mut Vec<Found>, kept: &mut Kept| {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            for found in batch.drain(..) {
+                let (seq, raw) = (found.seq, &data[found.range()]);
+                match found.what {
+                    What::Message if !inner.acked.contains(seq) => {
+                        kept.bytes.extend_from_slice(raw);
+                        kept.seqs.push(seq);
+                    }
+                    What::Ack if elsewhere.holds(seq) => kept.bytes.extend_from_slice(raw),
+                    // Decided below, once the messages kept here are known.
+                    What::Mark if !inner.acked.contains(seq) => marks.push((seq, raw)),
+                    What::Returned if inner.returned_at.get(&seq) == Some(&index) => {
+                        returned.insert(seq, raw);
+                    }
+                    // Acknowledged messages, marks of what is gone.
+                    _ => {}
+                }
             }
-            Record::Ack { seq } if elsewhere(seq) => kept.bytes.extend_from_slice(raw),
-            // Decided below, once the messages kept here are known.
-            Record::Delivered { seq } | Record::Held { seq, .. } if !inner.acked.contains(seq) => {
-                marks.push((seq, raw.to_vec()))
+        };
+        walk(data, seal, |record, raw| {
+            let what = match record {
+                Record::Message { seq, .. } => (What::Message, seq),
+                Record::Ack { seq } => (What::Ack, seq),
+                Record::Delivered { seq } | Record::Held { seq, .. } => (What::Mark, seq),
+                Record::Returned { seq, .. } => (What::Returned, seq),
+                // Paged copies the queue has read past.
+                Record::Paged { .. } => return,
+            };
+            // `raw` is a slice of `data`: where it starts is the distance between the two.
+            let at = raw.as_ptr() as usize - data.as_ptr() as usize;
+            batch.push(Found {
+                what: what.0,
+                seq: what.1,
+                at,
+                len: raw.len(),
+            });
+            if batch.len() == DECIDED_PER_LOCK {
+                decide(&mut batch, &mut kept);
             }
-            Record::Returned { seq, .. } if inner.returned_at.get(&seq) == Some(&index) => {
-                returned.insert(seq, raw.to_vec());
-            }
-            // Acknowledged messages, paged copies the queue has read past, marks of what
-            // is gone.
-            _ => {}
         });
+        decide(&mut batch, &mut kept);
         for (seq, raw) in marks {
-            if kept.seqs.binary_search(&seq).is_ok() || elsewhere(seq) {
-                kept.bytes.extend_from_slice(&raw);
+            if kept.seqs.binary_search(&seq).is_ok() || elsewhere.holds(seq) {
+                kept.bytes.extend_from_slice(raw);
             }
         }
         for (seq, raw) in returned {
-            if kept.seqs.binary_search(&seq).is_ok() || elsewhere(seq) {
-                kept.bytes.extend_from_slice(&raw);
+            if kept.seqs.binary_search(&seq).is_ok() || elsewhere.holds(seq) {
+                kept.bytes.extend_from_slice(raw);
                 kept.returned.push(seq);
             }
         }
         kept
+    }
+
+    /// The messages whose records may be in a segment other than `index`, now or later in
+    /// this compaction: the spare counts, as its file is on disk under its old number until
+    /// reused. A message's records never move to another segment, and segments only leave
+    /// the log, so what this says of a message can only become too generous (an Ack kept
+    /// that was no longer needed), never too strict.
+    fn held_elsewhere(&self, index: u64) -> Spans {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Spans::new(
+            inner
+                .segments
+                .iter()
+                .chain(inner.spare.as_ref())
+                .filter(|s| s.index != index && s.messages > 0)
+                .map(|s| (s.first_message, s.last_message)),
+        )
+    }
+}
+
+/// A record of a segment being compacted, found without the log's lock and decided under it.
+struct Found {
+    what: What,
+    seq: u64,
+    /// Where its bytes are in the segment.
+    at: usize,
+    len: usize,
+}
+
+impl Found {
+    fn range(&self) -> std::ops::Range<usize> {
+        self.at..self.at + self.len
+    }
+}
+
+/// What a record is, as far as compaction cares.
+#[derive(Clone, Copy)]
+enum What {
+    Message,
+    Ack,
+    /// Delivered or Held: kept while its message is.
+    Mark,
+    Returned,
+}
+
+/// Sequence numbers covered by any of some inclusive ranges, merged and sorted so that a
+/// lookup is a binary search rather than a walk over every segment of the log for each
+/// record (a log of a thousand segments made that a thousand comparisons per Ack).
+struct Spans(Vec<(u64, u64)>);
+
+impl Spans {
+    fn new(ranges: impl Iterator<Item = (u64, u64)>) -> Spans {
+        let mut ranges: Vec<(u64, u64)> = ranges.filter(|(first, last)| first <= last).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (first, last) in ranges {
+            match merged.last_mut() {
+                Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        Spans(merged)
+    }
+
+    fn holds(&self, seq: u64) -> bool {
+        let after = self.0.partition_point(|&(first, _)| first <= seq);
+        after > 0 && seq <= self.0[after - 1].1
     }
 }

@@ -104,6 +104,17 @@ struct Disk {
     /// While true, every fsync waits (a disk that takes its time), until `resume_syncs`.
     syncs_held: Mutex<bool>,
     syncs_resumed: Condvar,
+    /// Reads held back (see [`SimFs::hold_reads_from`]), and how many wait.
+    reads_held: Mutex<HeldReads>,
+    reads_changed: Condvar,
+}
+
+/// Which reads wait, and how many do now.
+#[derive(Debug, Default)]
+struct HeldReads {
+    /// Reads of at least this many bytes wait, until `resume_reads`.
+    from_bytes: Option<usize>,
+    waiting: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,6 +158,8 @@ impl SimFs {
             generation: AtomicU64::new(0),
             syncs_held: Mutex::new(false),
             syncs_resumed: Condvar::new(),
+            reads_held: Mutex::new(HeldReads::default()),
+            reads_changed: Condvar::new(),
         }))
     }
 
@@ -160,6 +173,30 @@ impl SimFs {
     pub fn resume_syncs(&self) {
         *lock(&self.0.syncs_held) = false;
         self.0.syncs_resumed.notify_all();
+    }
+
+    /// Makes every read of at least `bytes` from now on wait until [`SimFs::resume_reads`]: a
+    /// read of a whole segment that takes its time, to see what else goes on meanwhile.
+    pub fn hold_reads_from(&self, bytes: usize) {
+        lock(&self.0.reads_held).from_bytes = Some(bytes);
+    }
+
+    /// Returns once a read is held.
+    pub fn wait_for_held_read(&self) {
+        let mut held = lock(&self.0.reads_held);
+        while held.waiting == 0 {
+            held = self
+                .0
+                .reads_changed
+                .wait(held)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Lets held reads (and later ones) go on.
+    pub fn resume_reads(&self) {
+        lock(&self.0.reads_held).from_bytes = None;
+        self.0.reads_changed.notify_all();
     }
 
     /// Sets the faults injected from now on.
@@ -276,6 +313,22 @@ impl FileIo for SimFile {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.alive()?;
+        {
+            let holds = |held: &HeldReads| held.from_bytes.is_some_and(|b| buf.len() >= b);
+            let mut held = lock(&self.fs.reads_held);
+            if holds(&held) {
+                held.waiting += 1;
+                self.fs.reads_changed.notify_all();
+                while holds(&held) {
+                    held = self
+                        .fs
+                        .reads_changed
+                        .wait(held)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                held.waiting -= 1;
+            }
+        }
         let n = lock(&self.node);
         let at = offset as usize;
         let Some(src) = n.data.get(at..at + buf.len()) else {
