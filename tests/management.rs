@@ -908,6 +908,69 @@ async fn a_whole_list_of_thousands_of_queues_reads_as_its_pages_put_together() {
     assert_eq!(whole[1_999]["name"], "queue-1999");
 }
 
+/// Lists, the overview and the definitions are made off the runtime's workers (which the
+/// AMQP connections run on), a few at a time (`mgmt::state::BUILDS_AT_ONCE`): more requests
+/// than that at once wait their turn, and each gets its whole answer.
+#[tokio::test]
+async fn more_sorted_lists_than_are_built_at_once_are_all_answered_in_order() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    for i in 0..300u32 {
+        let name = format!("queue-{i:03}");
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        for _ in 0..i % 5 {
+            publish(&ch, "", &name, b"waiting").await;
+        }
+    }
+    eventually(
+        &api,
+        "/api/queues?page=1&page_size=1&sort=messages&sort_reverse=true",
+        |v| v["items"][0]["messages"] == 4,
+    )
+    .await;
+    let mut lists = tokio::task::JoinSet::new();
+    for n in 0..3 * lepus::mgmt::state::BUILDS_AT_ONCE {
+        let api = api.clone();
+        lists.spawn(async move {
+            let path = match n % 3 {
+                0 => "/api/queues?sort=messages&sort_reverse=true",
+                1 => "/api/overview",
+                _ => "/api/definitions",
+            };
+            (n % 3, api.get(path).await)
+        });
+    }
+    while let Some(done) = lists.join_next().await {
+        let (kind, answer) = done.expect("a request");
+        assert_eq!(answer.status, 200);
+        let body = answer.json();
+        match kind {
+            0 => {
+                let counts: Vec<u64> = body
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .map(|q| q["messages"].as_u64().expect("messages"))
+                    .collect();
+                assert_eq!(counts.len(), 300);
+                assert!(
+                    counts.windows(2).all(|w| w[0] >= w[1]),
+                    "sorted: {counts:?}"
+                );
+                assert_eq!(counts[0], 4);
+            }
+            1 => assert_eq!(body["object_totals"]["queues"], 300),
+            _ => assert_eq!(body["queues"].as_array().map(Vec::len), Some(300)),
+        }
+    }
+}
+
 /// Sorting by a column whose values are of different types orders them as Erlang orders
 /// terms (numbers, atoms, strings), a missing value first. (Mixed types compared equal one
 /// way and unequal another, which is not an order: `sort_by` may panic on that.)

@@ -246,7 +246,9 @@ pub fn properties_key(routing_key: &str, arguments: &amq_protocol::types::FieldT
 }
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list_bindings(&visible_vhosts(&m.broker, &caller), Select::ALL, &q)
+    let vhosts = visible_vhosts(&m.broker, &caller);
+    m.build(move |_| list_bindings(&vhosts, Select::ALL, &q))
+        .await
 }
 
 async fn list_vhost(
@@ -256,7 +258,8 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list_bindings(&[vhost], Select::ALL, &q)
+    m.build(move |_| list_bindings(&[vhost], Select::ALL, &q))
+        .await
 }
 
 /// `q` or `e` in a path.
@@ -291,13 +294,15 @@ async fn between(
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let kind = destination_type(&kind)?;
-    let source = exchange_name(&source);
-    ends(&vhost, source, kind, &destination)?;
-    let select = Select {
-        source: Some(source),
-        destination: Some((kind, &destination)),
-    };
-    list_bindings(&[vhost], select, &q)
+    ends(&vhost, exchange_name(&source), kind, &destination)?;
+    m.build(move |_| {
+        let select = Select {
+            source: Some(exchange_name(&source)),
+            destination: Some((kind, &destination)),
+        };
+        list_bindings(&[vhost], select, &q)
+    })
+    .await
 }
 
 async fn show(

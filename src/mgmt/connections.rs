@@ -132,7 +132,8 @@ fn list_conns(
 }
 
 async fn list_connections(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list_conns(&m, visible(&m, &caller), &q)
+    let conns = visible(&m, &caller);
+    m.build(move |m| list_conns(m, conns, &q)).await
 }
 
 async fn list_vhost_connections(
@@ -144,7 +145,7 @@ async fn list_vhost_connections(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    list_conns(&m, conns, &q)
+    m.build(move |m| list_conns(m, conns, &q)).await
 }
 
 fn find(
@@ -280,11 +281,12 @@ async fn connection_channels(
     Query(q): List,
 ) -> ApiResult {
     let found = find(&m, &caller, &name)?;
-    list_channels_of(&m, vec![found], &q)
+    m.build(move |m| list_channels_of(m, vec![found], &q)).await
 }
 
 async fn list_channels(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    list_channels_of(&m, visible(&m, &caller), &q)
+    let conns = visible(&m, &caller);
+    m.build(move |m| list_channels_of(m, conns, &q)).await
 }
 
 async fn list_vhost_channels(
@@ -296,7 +298,7 @@ async fn list_vhost_channels(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    list_channels_of(&m, conns, &q)
+    m.build(move |m| list_channels_of(m, conns, &q)).await
 }
 
 /// A channel by its name, `<connection name> (<number>)`.
@@ -347,7 +349,7 @@ fn list_consumers_of(
 
 async fn list_consumers(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    list_consumers_of(&m, &vhosts, &q)
+    m.build(move |m| list_consumers_of(m, &vhosts, &q)).await
 }
 
 async fn list_vhost_consumers(
@@ -357,5 +359,5 @@ async fn list_vhost_consumers(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list_consumers_of(&m, &[vhost], &q)
+    m.build(move |m| list_consumers_of(m, &[vhost], &q)).await
 }

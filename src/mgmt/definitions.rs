@@ -100,7 +100,7 @@ pub fn export(m: &Mgmt, vhost: Option<&str>) -> Value {
 
 async fn export_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
     caller.require_admin()?;
-    Ok(Json(export(&m, None)).into_response())
+    m.build(|m| Ok(Json(export(m, None)).into_response())).await
 }
 
 async fn export_vhost(
@@ -110,7 +110,8 @@ async fn export_vhost(
 ) -> ApiResult {
     caller.require_admin()?;
     m.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    Ok(Json(export(&m, Some(&vhost))).into_response())
+    m.build(move |m| Ok(Json(export(m, Some(&vhost))).into_response()))
+        .await
 }
 
 /// The queues, exchanges and bindings an export lists: every one a client declared, durable
@@ -183,15 +184,21 @@ fn parse(body: &[u8], vhost: Option<&str>) -> Result<Definitions, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-async fn import(m: &Mgmt, caller: &Caller, body: &[u8], vhost: Option<&str>) -> ApiResult {
+async fn import(m: &Arc<Mgmt>, caller: &Caller, body: Bytes, vhost: Option<String>) -> ApiResult {
     caller.require_admin()?;
-    if let Some(v) = vhost {
+    if let Some(v) = &vhost {
         m.broker.vhost(v).ok_or_else(ApiError::not_found)?;
     }
-    let defs = parse(body, vhost)?;
-    m.broker
-        .import_definitions(&defs)
-        .map_err(ApiError::bad_request)?;
+    // Declaring thousands of queues (each durable one a directory and a file) is work for
+    // the blocking pool, not for the workers the AMQP connections run on.
+    m.build(move |m| {
+        let defs = parse(&body, vhost.as_deref())?;
+        m.broker
+            .import_definitions(&defs)
+            .map_err(ApiError::bad_request)?;
+        Ok(no_content())
+    })
+    .await?;
     // Durable before the answer, as each declare would be.
     let epoch = m.broker.definitions.last_epoch();
     super::http::durable(&m.broker, Some(epoch)).await?;
@@ -199,7 +206,7 @@ async fn import(m: &Mgmt, caller: &Caller, body: &[u8], vhost: Option<&str>) -> 
 }
 
 async fn import_all(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> ApiResult {
-    import(&m, &caller, &body, None).await
+    import(&m, &caller, body, None).await
 }
 
 async fn import_vhost(
@@ -208,5 +215,5 @@ async fn import_vhost(
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    import(&m, &caller, &body, Some(&vhost)).await
+    import(&m, &caller, body, Some(vhost)).await
 }

@@ -96,7 +96,7 @@ fn list_exchanges(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> 
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    list_exchanges(&m, &vhosts, &q)
+    m.build(move |m| list_exchanges(m, &vhosts, &q)).await
 }
 
 async fn list_vhost(
@@ -106,7 +106,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list_exchanges(&m, &[vhost], &q)
+    m.build(move |m| list_exchanges(m, &[vhost], &q)).await
 }
 
 async fn show(
@@ -278,13 +278,17 @@ async fn as_source(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    let name = exchange_name(&name);
-    vhost.exchange(name).ok_or_else(ApiError::not_found)?;
-    let select = Select {
-        source: Some(name),
-        destination: None,
-    };
-    super::bindings::list_bindings(&[vhost], select, &q)
+    vhost
+        .exchange(exchange_name(&name))
+        .ok_or_else(ApiError::not_found)?;
+    m.build(move |_| {
+        let select = Select {
+            source: Some(exchange_name(&name)),
+            destination: None,
+        };
+        super::bindings::list_bindings(&[vhost], select, &q)
+    })
+    .await
 }
 
 async fn as_destination(
@@ -294,11 +298,15 @@ async fn as_destination(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    let name = exchange_name(&name);
-    vhost.exchange(name).ok_or_else(ApiError::not_found)?;
-    let select = Select {
-        source: None,
-        destination: Some(("exchange", name)),
-    };
-    super::bindings::list_bindings(&[vhost], select, &q)
+    vhost
+        .exchange(exchange_name(&name))
+        .ok_or_else(ApiError::not_found)?;
+    m.build(move |_| {
+        let select = Select {
+            source: None,
+            destination: Some(("exchange", exchange_name(&name))),
+        };
+        super::bindings::list_bindings(&[vhost], select, &q)
+    })
+    .await
 }

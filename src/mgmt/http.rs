@@ -74,6 +74,15 @@ impl ApiError {
         }
     }
 
+    /// 500 for an answer the broker failed to make.
+    pub fn internal(reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "internal_server_error",
+            reason: reason.into(),
+        }
+    }
+
     /// A broker operation refused: the AMQP reply code decides the status.
     /// The reason is the AMQP text without its `NAME - ` prefix, as RabbitMQ shows it.
     pub fn from_amqp(e: AmqpError) -> Self {

@@ -295,7 +295,7 @@ fn list_queues(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Api
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    list_queues(&m, &vhosts, &q)
+    m.build(move |m| list_queues(m, &vhosts, &q)).await
 }
 
 async fn list_vhost(
@@ -305,7 +305,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    list_queues(&m, &[vhost], &q)
+    m.build(move |m| list_queues(m, &[vhost], &q)).await
 }
 
 async fn show(
@@ -536,11 +536,14 @@ async fn bindings(
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
     vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    let select = super::bindings::Select {
-        source: None,
-        destination: Some(("queue", &name)),
-    };
-    super::bindings::list_bindings(&[vhost], select, &q)
+    m.build(move |_| {
+        let select = super::bindings::Select {
+            source: None,
+            destination: Some(("queue", &name)),
+        };
+        super::bindings::list_bindings(&[vhost], select, &q)
+    })
+    .await
 }
 
 /// A consumer's arguments, kept encoded (an empty table as no bytes).

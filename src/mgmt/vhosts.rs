@@ -119,12 +119,16 @@ fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &rates::OpenChanne
 }
 
 async fn list_vhosts(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    let open = rates::channels(&m.broker);
-    let items = visible_vhosts(&m.broker, &caller)
-        .iter()
-        .map(|v| vhost_json(&m, v, &q, &open))
-        .collect();
-    list(items, &q)
+    // Each vhost's totals walk its queues.
+    m.build(move |m| {
+        let open = rates::channels(&m.broker);
+        let items = visible_vhosts(&m.broker, &caller)
+            .iter()
+            .map(|v| vhost_json(m, v, &q, &open))
+            .collect();
+        list(items, &q)
+    })
+    .await
 }
 
 async fn show(
