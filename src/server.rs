@@ -296,7 +296,9 @@ fn load_definitions(broker: &Broker) -> std::io::Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     let defs: crate::store::definitions::Definitions =
         serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
-    let report = broker.import_definitions(&defs).map_err(fail)?;
+    let report = broker
+        .import_definitions(&defs, crate::broker::exchange::INTERNAL_USER)
+        .map_err(fail)?;
     tracing::info!(
         path = %path.display(),
         users = report.users,

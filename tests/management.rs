@@ -971,6 +971,139 @@ async fn more_sorted_lists_than_are_built_at_once_are_all_answered_in_order() {
     }
 }
 
+/// Same as RabbitMQ (3.10.8, checked): an exchange's `user_who_performed_action` is who
+/// declared it, over AMQP or the API; `rmq-internal` for the predeclared ones; the importing
+/// user for imported ones. A later equivalent declare by someone else changes nothing, and a
+/// durable exchange keeps it across a restart.
+#[tokio::test]
+async fn same_as_rabbitmq_an_exchange_shows_who_declared_it() {
+    let dir = temp_dir("declared-by");
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut broker = Broker::start_with(config.clone()).await;
+    let api_of = |broker: &Broker, user: &str| {
+        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+        Api::new(addr.expect("management listener"), user, user)
+    };
+    let guest = api_of(&broker, "guest");
+    let made = guest
+        .put(
+            "/api/users/alice",
+            json!({"password": "alice", "tags": "administrator"}),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    let granted = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(
+        guest
+            .put("/api/permissions/%2F/alice", granted)
+            .await
+            .status,
+        201
+    );
+    let alice_uri = broker.uri().replace("guest:guest", "alice:alice");
+    let alice_conn = within(lapin::Connection::connect(
+        &alice_uri,
+        lapin::ConnectionProperties::default(),
+    ))
+    .await
+    .expect("alice connects");
+    let ch = alice_conn.create_channel().await.expect("channel");
+    for (name, durable) in [("by-amqp", true), ("by-amqp-transient", false)] {
+        let options = ExchangeDeclareOptions {
+            durable,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Direct,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    }
+    let alice = api_of(&broker, "alice");
+    let put = alice
+        .put(
+            "/api/exchanges/%2F/by-http",
+            json!({"type": "topic", "durable": true}),
+        )
+        .await;
+    assert_eq!(put.status, 201);
+    let imported = json!({"exchanges": [{"name": "by-import", "vhost": "/", "type": "direct",
+        "durable": true, "auto_delete": false, "internal": false, "arguments": {}}]});
+    assert_eq!(guest.post("/api/definitions", imported).await.status, 204);
+    // guest declares alice's again: it stays alice's.
+    let (_conn, guest_ch) = broker.channel().await;
+    guest_ch
+        .exchange_declare(
+            "by-amqp".into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("an equivalent declare");
+    let who = |list: Value| -> Vec<(String, String)> {
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .map(|x| {
+                let user = x["user_who_performed_action"].as_str().expect("a user");
+                (
+                    x["name"].as_str().expect("a name").to_owned(),
+                    user.to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |names: &[(&str, &str)]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|(n, u)| (n.to_string(), u.to_string()))
+            .collect()
+    };
+    let before = who(guest
+        .get("/api/exchanges/%2F?columns=name,user_who_performed_action")
+        .await
+        .json());
+    assert_eq!(
+        before,
+        pairs(&[
+            ("", "rmq-internal"),
+            ("amq.direct", "rmq-internal"),
+            ("amq.fanout", "rmq-internal"),
+            ("amq.headers", "rmq-internal"),
+            ("amq.match", "rmq-internal"),
+            ("amq.rabbitmq.trace", "rmq-internal"),
+            ("amq.topic", "rmq-internal"),
+            ("by-amqp", "alice"),
+            ("by-amqp-transient", "alice"),
+            ("by-http", "alice"),
+            ("by-import", "guest"),
+        ])
+    );
+    drop(alice_conn);
+    broker.stop().await;
+    let broker = Broker::start_with(config).await;
+    let guest = api_of(&broker, "guest");
+    let after = who(guest
+        .get("/api/exchanges/%2F?columns=name,user_who_performed_action")
+        .await
+        .json());
+    let durable: Vec<_> = before
+        .into_iter()
+        .filter(|(name, _)| name != "by-amqp-transient")
+        .collect();
+    assert_eq!(after, durable, "durable exchanges keep who declared them");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Sorting by a column whose values are of different types orders them as Erlang orders
 /// terms (numbers, atoms, strings), a missing value first. (Mixed types compared equal one
 /// way and unequal another, which is not an order: `sort_by` may panic on that.)

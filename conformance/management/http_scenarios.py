@@ -318,6 +318,49 @@ def restart_quorum_dlx_held(url, phase):
 
 
 @scenario
+def restart_exchange_user(url, phase):
+    """An exchange's `user_who_performed_action`: who declared it (over AMQP or the API),
+    `rmq-internal` for the predeclared ones, the importing user for imported ones; an
+    equivalent declare by another user changes nothing; durable ones keep it across a
+    restart."""
+    names = ("http-ux-amqp", "http-ux-transient", "http-ux-http", "http-ux-import")
+    user, password = "http-ux", "pw"
+
+    def who():
+        listed = get_json("/api/exchanges/%2F?columns=name,user_who_performed_action")[1]
+        return {x["name"]: x["user_who_performed_action"] for x in listed
+                if x["name"] in names + ("", "amq.direct", "amq.rabbitmq.trace")}
+
+    if phase == "after":
+        seen = who()
+        for name in names:
+            http("DELETE", "/api/exchanges/%2F/" + name)
+        http("DELETE", "/api/users/" + user)
+        return seen
+    for name in names:
+        http("DELETE", "/api/exchanges/%2F/" + name)
+    http("PUT", "/api/users/" + user, {"password": password, "tags": "management"})
+    http("PUT", "/api/permissions/%2F/" + user, {"configure": ".*", "write": ".*", "read": ".*"})
+    conn = pika.BlockingConnection(pika.URLParameters(
+        url.replace("guest:guest@", "%s:%s@" % (user, password))))
+    ch = conn.channel()
+    ch.exchange_declare(names[0], "direct", durable=True)
+    ch.exchange_declare(names[1], "fanout", durable=False)
+    seen = {"put": http("PUT", "/api/exchanges/%2F/" + names[2], {"type": "topic", "durable": True},
+                        auth=(user, password))[0]}
+    seen["import"] = http("POST", "/api/definitions", {"exchanges": [
+        {"name": names[3], "vhost": "/", "type": "direct", "durable": True,
+         "auto_delete": False, "internal": False, "arguments": {}}]})[0]
+    guest = pika.BlockingConnection(pika.URLParameters(url))
+    guest.channel().exchange_declare(names[0], "direct", durable=True)
+    guest.close()
+    seen["who"] = who()
+    # Kept through the restart only if the exchange is.
+    conn.close()
+    return seen
+
+
+@scenario
 def http_publish_checks(url):
     """What the API's publish refuses as an AMQP publish would (another user's user_id), and a
     monitor closing someone else's connection."""

@@ -28,8 +28,13 @@ pub struct ImportReport {
 }
 
 impl Broker {
-    /// Imports definitions; stops at the first one that cannot be applied, naming it.
-    pub fn import_definitions(&self, defs: &Definitions) -> Result<ImportReport, String> {
+    /// Imports definitions as `user` (who the exchanges say declared them); stops at the
+    /// first one that cannot be applied, naming it.
+    pub fn import_definitions(
+        &self,
+        defs: &Definitions,
+        user: &str,
+    ) -> Result<ImportReport, String> {
         let mut report = ImportReport::default();
         for u in &defs.users {
             let hashing = Hashing::from_name(&u.hashing_algorithm).ok_or_else(|| {
@@ -66,6 +71,7 @@ impl Broker {
                 internal: x.internal,
                 arguments: decode_arguments(&x.arguments, &x.lepus_arguments)
                     .map_err(|e| format!("exchange '{}' in vhost '{}': {e}", x.name, x.vhost))?,
+                user: user.to_owned(),
             };
             vhost
                 .declare_exchange(&declare)

@@ -160,14 +160,17 @@ impl Broker {
             else {
                 continue;
             };
-            vhost.restore_exchange(Exchange::new(
-                x.name.clone(),
-                kind,
-                x.durable,
-                x.auto_delete,
-                x.internal,
-                stored_arguments(&x.arguments, &x.lepus_arguments),
-            ));
+            vhost.restore_exchange(
+                Exchange::new(
+                    x.name.clone(),
+                    kind,
+                    x.durable,
+                    x.auto_delete,
+                    x.internal,
+                    stored_arguments(&x.arguments, &x.lepus_arguments),
+                )
+                .declared_by(&x.lepus_user),
+            );
             report.exchanges += 1;
         }
         let (known_ids, holding) = self.restore_queues(defs, report)?;

@@ -57,7 +57,7 @@ fn exchange_json(m: &Mgmt, vhost: &VirtualHost, x: &Exchange, stats: bool) -> Va
         "auto_delete": x.auto_delete,
         "internal": x.internal,
         "arguments": encode_arguments(&x.arguments).0,
-        "user_who_performed_action": "",
+        "user_who_performed_action": x.declared_by,
     });
     let (publish_in, publish_out) = (load(&x.counters.publish_in), load(&x.counters.publish_out));
     if publish_in > 0 {
@@ -167,6 +167,7 @@ async fn declare(
         auto_delete: req.auto_delete.unwrap_or(false),
         internal: req.internal.unwrap_or(false),
         arguments: arguments_of(req.arguments.as_ref())?,
+        user: caller.acting_user().to_owned(),
     };
     let epoch = vhost.declare_exchange(&declare)?;
     durable(&m.broker, epoch).await?;

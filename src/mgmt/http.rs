@@ -158,6 +158,16 @@ impl Caller {
         }
     }
 
+    /// Who RabbitMQ says made what this caller makes (an exchange's
+    /// `user_who_performed_action`): the user, or for the operator what RabbitMQ says of its
+    /// CLI's imports.
+    pub fn acting_user(&self) -> &str {
+        match self {
+            Caller::Operator => crate::broker::exchange::INTERNAL_USER,
+            Caller::User(u) => &u.name,
+        }
+    }
+
     fn has_any(&self, tags: &[&str]) -> bool {
         match self {
             Caller::Operator => true,

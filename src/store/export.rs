@@ -240,6 +240,11 @@ pub struct ExchangeDef {
     /// The arguments with their AMQP types (base64 of the encoded field table).
     #[serde(default)]
     pub lepus_arguments: String,
+    /// Who declared it, kept across restarts as RabbitMQ keeps it (see
+    /// `Exchange::declared_by`); empty in definitions written before it was kept. An export
+    /// leaves it out, as RabbitMQ's does, and an import ignores it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lepus_user: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -36,6 +36,7 @@ impl Channel {
                     auto_delete: d.auto_delete,
                     internal: d.internal,
                     arguments: d.arguments,
+                    user: s.user.name.clone(),
                 };
                 out.hold_until_synced(s.vhost.declare_exchange(&declare)?);
                 if !d.nowait {

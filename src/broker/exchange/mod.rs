@@ -89,7 +89,15 @@ pub struct Exchange {
     bindings: RwLock<Bindings<Destination>>,
     /// Messages published into the exchange and routed out of it.
     pub counters: crate::broker::stats::ExchangeCounters,
+    /// Who declared it (the management API's `user_who_performed_action`): a user's name, or
+    /// [`INTERNAL_USER`] for what the broker made itself. A declare of an exchange that
+    /// exists changes nothing, as in RabbitMQ.
+    pub declared_by: String,
 }
+
+/// Who RabbitMQ says made what it made itself (the predeclared exchanges) or what its CLI
+/// made (`rabbitmqctl import_definitions`, and definitions loaded at boot): `rmq-internal`.
+pub const INTERNAL_USER: &str = "rmq-internal";
 
 impl Exchange {
     pub fn new(
@@ -114,7 +122,14 @@ impl Exchange {
             policy_alternate_exchange: Mutex::new(None),
             bindings: RwLock::new(Bindings::new(kind)),
             counters: Default::default(),
+            declared_by: String::new(),
         }
+    }
+
+    /// The exchange, declared by `user` (see [`Exchange::declared_by`]).
+    pub fn declared_by(mut self, user: &str) -> Self {
+        user.clone_into(&mut self.declared_by);
+        self
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Bindings<Destination>> {

@@ -21,6 +21,8 @@ pub struct ExchangeDeclare {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// Who declares it: the exchange keeps it if it is made (`Exchange::declared_by`).
+    pub user: String,
 }
 
 impl VirtualHost {
@@ -85,14 +87,17 @@ impl VirtualHost {
                 max
             ));
         }
-        let x = Arc::new(Exchange::new(
-            d.name.clone(),
-            kind,
-            d.durable,
-            d.auto_delete,
-            d.internal,
-            d.arguments.clone(),
-        ));
+        let x = Arc::new(
+            Exchange::new(
+                d.name.clone(),
+                kind,
+                d.durable,
+                d.auto_delete,
+                d.internal,
+                d.arguments.clone(),
+            )
+            .declared_by(&d.user),
+        );
         if x.durable {
             let def = self.exchange_def(&x);
             self.record(&mut topology, Change::PutExchange(def));

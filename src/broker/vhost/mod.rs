@@ -176,14 +176,17 @@ impl VirtualHost {
         for &(x, kind, internal) in PREDECLARED {
             self.exchanges.insert(
                 x.to_owned(),
-                Arc::new(Exchange::new(
-                    x.to_owned(),
-                    kind,
-                    true,
-                    false,
-                    internal,
-                    FieldTable::default(),
-                )),
+                Arc::new(
+                    Exchange::new(
+                        x.to_owned(),
+                        kind,
+                        true,
+                        false,
+                        internal,
+                        FieldTable::default(),
+                    )
+                    .declared_by(crate::broker::exchange::INTERNAL_USER),
+                ),
             );
         }
     }
@@ -315,6 +318,7 @@ impl VirtualHost {
             internal: x.internal,
             arguments,
             lepus_arguments,
+            lepus_user: x.declared_by.clone(),
         }
     }
 

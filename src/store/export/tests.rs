@@ -23,6 +23,7 @@ fn exchange(vhost: &str, name: &str, internal: bool) -> Change {
         internal,
         arguments: serde_json::json!({}),
         lepus_arguments: String::new(),
+        lepus_user: "guest".into(),
     })
 }
 
