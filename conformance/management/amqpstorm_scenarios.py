@@ -72,7 +72,7 @@ def storm_exchanges(url):
     m.queue.declare("storm-xq")
     m.queue.bind("storm-xq", "storm-x", routing_key="any")
     seen["exchange"] = pick(m.exchange.get("storm-x"), ["name", "vhost", "type", "durable", "auto_delete",
-                                                        "internal", "arguments"])
+                                                        "internal", "arguments", "user_who_performed_action"])
     seen["bindings"] = [pick(b, ["source", "destination", "destination_type", "routing_key", "properties_key"])
                         for b in m.queue.bindings("storm-xq")]
     seen["exchange_bindings"] = [pick(b, ["source", "destination", "routing_key"]) for b in m.exchange.bindings("storm-x")]
