@@ -192,7 +192,7 @@ async fn import(m: &Arc<Mgmt>, caller: &Caller, body: Bytes, vhost: Option<Strin
     // Declaring thousands of queues (each durable one a directory and a file) is work for
     // the blocking pool, not for the workers the AMQP connections run on.
     let user = caller.acting_user().to_owned();
-    m.build(move |m| {
+    m.build_change(move |m| {
         let defs = parse(&body, vhost.as_deref())?;
         m.broker
             .import_definitions(&defs, &user)

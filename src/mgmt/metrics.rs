@@ -99,12 +99,18 @@ async fn detailed(State(m): State<Arc<Mgmt>>, RawQuery(query): RawQuery) -> Resp
 /// Scrapes run one at a time (`Mgmt::scraping`) and off the runtime's workers, which the
 /// AMQP connections run on: a scrape takes time in the number of queues and channels.
 async fn scrape(mgmt: &Mgmt, metrics: Box<dyn Collector>) -> Response {
-    let Ok(_turn) = mgmt.scraping.acquire().await else {
+    // The turn goes with the work: a scraper that goes away does not free it while the
+    // scrape it asked for goes on.
+    let Ok(turn) = mgmt.scraping.clone().acquire_owned().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    tokio::task::spawn_blocking(move || render(metrics))
-        .await
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    tokio::task::spawn_blocking(move || {
+        let answer = render(metrics);
+        drop(turn);
+        answer
+    })
+    .await
+    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn render(metrics: Box<dyn Collector>) -> Response {

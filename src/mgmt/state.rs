@@ -12,6 +12,12 @@ use crate::broker::Broker;
 /// its list while it is made, and the machine has this many cores to give them.
 pub const BUILDS_AT_ONCE: usize = 2;
 
+/// Changes whose cost grows with the broker (a definitions import, a vhost's deletion, a
+/// policy applied to every queue and exchange it matches) run one at a time, on turns of
+/// their own (see [`Mgmt::build_change`]): an import may declare thousands of queues, and
+/// lists and the overview should not wait for it.
+pub const CHANGES_AT_ONCE: usize = 1;
+
 /// Request bodies the API holds at once, at most: each request of a logged-in user reserves
 /// what it announces (its `Content-Length`, or `api::MAX_BODY_BYTES` when chunked) before its
 /// body is read, and gives it back with its answer. Bodies are read before a handler can
@@ -31,12 +37,14 @@ pub struct Mgmt {
     pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
     /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
     /// endpoint asks for no login.
-    pub scraping: tokio::sync::Semaphore,
+    pub scraping: Arc<tokio::sync::Semaphore>,
     /// Room for request bodies, in KiB ([`MAX_BODY_BYTES_IN_FLIGHT`]): a request reserves
     /// what it announces before its body is read.
     pub bodies: tokio::sync::Semaphore,
     /// Turns to build an answer off the runtime ([`BUILDS_AT_ONCE`], [`Mgmt::build`]).
-    pub building: tokio::sync::Semaphore,
+    pub building: Arc<tokio::sync::Semaphore>,
+    /// Turns to make a large change ([`CHANGES_AT_ONCE`], [`Mgmt::build_change`]).
+    pub changing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Mgmt {
@@ -47,9 +55,10 @@ impl Mgmt {
             broker,
             cluster_name,
             listeners: RwLock::new(Vec::new()),
-            scraping: tokio::sync::Semaphore::new(1),
+            scraping: Arc::new(tokio::sync::Semaphore::new(1)),
             bodies: tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT / 1024),
-            building: tokio::sync::Semaphore::new(BUILDS_AT_ONCE),
+            building: Arc::new(tokio::sync::Semaphore::new(BUILDS_AT_ONCE)),
+            changing: Arc::new(tokio::sync::Semaphore::new(CHANGES_AT_ONCE)),
         })
     }
 
@@ -63,16 +72,40 @@ impl Mgmt {
         self: &Arc<Self>,
         build: impl FnOnce(&Arc<Mgmt>) -> ApiResult + Send + 'static,
     ) -> ApiResult {
-        let Ok(_turn) = self.building.acquire().await else {
+        self.off_runtime(&self.building, build).await
+    }
+
+    /// [`Mgmt::build`] for a change whose cost grows with the broker, on turns of its own
+    /// ([`CHANGES_AT_ONCE`]).
+    pub async fn build_change<T: Send + 'static>(
+        self: &Arc<Self>,
+        build: impl FnOnce(&Arc<Mgmt>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.off_runtime(&self.changing, build).await
+    }
+
+    /// Runs `build` on the blocking pool once `turns` gives it a turn. The turn goes with
+    /// the work, not with the request: a client that goes away while its answer is made
+    /// does not free a turn for another while the work goes on.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        turns: &Arc<tokio::sync::Semaphore>,
+        build: impl FnOnce(&Arc<Mgmt>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let Ok(turn) = turns.clone().acquire_owned().await else {
             return Err(ApiError::unavailable("the management API is stopping"));
         };
         let m = self.clone();
-        tokio::task::spawn_blocking(move || build(&m))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "a management answer failed to build");
-                Err(ApiError::internal("the answer could not be built"))
-            })
+        tokio::task::spawn_blocking(move || {
+            let answer = build(&m);
+            drop(turn);
+            answer
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a management answer failed to build");
+            Err(ApiError::internal("the answer could not be built"))
+        })
     }
 
     /// The listeners as the overview lists them.

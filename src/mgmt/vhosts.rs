@@ -138,7 +138,12 @@ async fn show(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    Ok(Json(vhost_json(&m, &vhost, &q, &rates::channels(&m.broker))).into_response())
+    // Its totals walk its queues.
+    m.build(move |m| {
+        let open = rates::channels(&m.broker);
+        Ok(Json(vhost_json(m, &vhost, &q, &open)).into_response())
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,10 +188,10 @@ async fn add(
 async fn remove(State(m): State<Arc<Mgmt>>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.require_admin()?;
     m.broker.vhost(&name).ok_or_else(ApiError::not_found)?;
+    // Every queue of it goes, with its files.
     let epoch = m
-        .broker
-        .delete_vhost(&name)
-        .map_err(ApiError::from_message)?;
+        .build_change(move |m| m.broker.delete_vhost(&name).map_err(ApiError::from_message))
+        .await?;
     durable(&m.broker, Some(epoch)).await?;
     Ok(no_content())
 }
@@ -415,10 +420,14 @@ async fn put_policy<const OPERATOR: bool>(
             .ok_or_else(|| ApiError::bad_request("Missing key: definition"))?,
         priority: req.priority.unwrap_or(0),
     };
+    // Applied to every queue and exchange of the vhost it matches.
     let epoch = m
-        .broker
-        .put_policy(def, operator)
-        .map_err(ApiError::from_message)?;
+        .build_change(move |m| {
+            m.broker
+                .put_policy(def, operator)
+                .map_err(ApiError::from_message)
+        })
+        .await?;
     durable(&m.broker, Some(epoch)).await?;
     Ok(created(!existed))
 }
@@ -435,9 +444,12 @@ async fn delete_policy<const OPERATOR: bool>(
     }
     caller.vhost(&m.broker, &vhost)?;
     let epoch = m
-        .broker
-        .delete_policy(&vhost, &name, operator)
-        .map_err(|_| ApiError::not_found())?;
+        .build_change(move |m| {
+            m.broker
+                .delete_policy(&vhost, &name, operator)
+                .map_err(|_| ApiError::not_found())
+        })
+        .await?;
     durable(&m.broker, Some(epoch)).await?;
     Ok(no_content())
 }

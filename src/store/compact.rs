@@ -69,6 +69,7 @@ impl QueueLog {
             return Ok(false);
         };
         let kept = self.keep(index, seal, &file_bytes);
+        self.make_appended_durable()?;
         let path = Segment::path(&self.dir, index);
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         let fs = self.shared.fs.clone();
@@ -124,6 +125,47 @@ impl QueueLog {
         Ok(true)
     }
 
+    /// Makes what was appended to the log so far durable, before a copy replaces its
+    /// segment. What the copy leaves out was decided by acknowledgements (and by later
+    /// Returned marks), which are lazy: they may still be buffered. Were the copy in place
+    /// before them, a crash would bring back a message without the marks the copy dropped
+    /// (not redelivered, no longer held, its delivery count lost). The bookkeeping of the
+    /// sync thread is left as it is (its next cycle syncs the same files again, at no cost),
+    /// so a confirm never counts on this sync.
+    fn make_appended_durable(&self) -> io::Result<()> {
+        let (files, dirs) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.destroyed {
+                return Ok(());
+            }
+            // A write that fails leaves the bytes buffered, for the sync thread to write and
+            // report: this compaction waits for another turn.
+            Self::write_pending(&mut inner)?;
+            let mut dirs = Vec::new();
+            if inner.dir_dirty {
+                dirs.push(self.dir.clone());
+            }
+            if inner.created
+                && let Some(parent) = self.dir.parent()
+            {
+                dirs.push(parent.to_owned());
+            }
+            (inner.unsynced.clone(), dirs)
+        };
+        let fs = &self.shared.fs;
+        let synced = files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| dirs.iter().try_for_each(|d| fs.sync_dir(d)));
+        if let Err(e) = &synced {
+            // As for any failed sync: the pages it covered may be dropped, and a later sync
+            // that succeeds would prove nothing.
+            self.shared
+                .fail_stop(e, "the acknowledgements a compaction relies on");
+        }
+        synced
+    }
+
     /// The first segment worth compacting, with its bytes. The bytes are read after the
     /// log's lock is let go: a segment is 8 MiB, and publishers and acks need the lock. A
     /// segment before the head takes no more appends, and its file is rewritten only once
@@ -167,10 +209,13 @@ impl QueueLog {
     /// The segment is parsed without the log's lock, and what only the lock can tell
     /// (acknowledged? latest Returned mark?) is asked for `DECIDED_PER_LOCK` records at a
     /// time, so that publishers and acks wait for one batch at most, not for a segment of
-    /// 400,000 marks. What changes between batches only makes a record less needed (an
-    /// acknowledgement is never taken back, a later Returned mark goes to a later segment,
-    /// segments only leave the log): a record kept that is no longer needed is harmless,
-    /// and the replacement counts what is live afresh.
+    /// 400,000 marks. What changes between batches only makes a record less needed (a
+    /// message is acknowledged, a later Returned mark goes to a later segment, segments
+    /// leave the log; the acknowledged set forgets only what lies before the log's first
+    /// segment): a record kept that is no longer needed is harmless, and the replacement
+    /// counts what is live afresh. A message kept whose marks a later batch dropped (it was
+    /// acknowledged in between) is safe once that acknowledgement is on disk, which
+    /// [`QueueLog::make_appended_durable`] sees to before the copy replaces the segment.
     fn keep(&self, index: u64, seal: Seal, data: &Bytes) -> Kept {
         let elsewhere = self.held_elsewhere(index);
         let mut kept = Kept {

@@ -467,7 +467,7 @@ impl QueueLog {
     }
 
     /// Writes the pending bytes of the head segment to its file (no sync).
-    fn write_pending(inner: &mut Inner) -> io::Result<()> {
+    pub(super) fn write_pending(inner: &mut Inner) -> io::Result<()> {
         if inner.pending.is_empty() {
             return Ok(());
         }

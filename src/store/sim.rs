@@ -181,16 +181,15 @@ impl SimFs {
         lock(&self.0.reads_held).from_bytes = Some(bytes);
     }
 
-    /// Returns once a read is held.
-    pub fn wait_for_held_read(&self) {
-        let mut held = lock(&self.0.reads_held);
-        while held.waiting == 0 {
-            held = self
-                .0
-                .reads_changed
-                .wait(held)
-                .unwrap_or_else(|e| e.into_inner());
-        }
+    /// Returns once a read is held (true), or after `timeout` if none is (false).
+    pub fn wait_for_held_read(&self, timeout: std::time::Duration) -> bool {
+        let held = lock(&self.0.reads_held);
+        let (held, _) = self
+            .0
+            .reads_changed
+            .wait_timeout_while(held, timeout, |h| h.waiting == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        held.waiting > 0
     }
 
     /// Lets held reads (and later ones) go on.
