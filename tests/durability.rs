@@ -1053,3 +1053,68 @@ async fn one_old_unacked_message_does_not_pin_the_disk() {
     assert_eq!(bodies, [("old".to_string(), true)]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression: a logged message whose properties no longer scan (its record passed its
+/// checksum, so only a bug writes one) is dropped when the queue reads it back, and said in
+/// the log. It was not acknowledged in the queue's log, so every start read it again, said so
+/// again, and counted it in the queue's depth until the queue's reading reached it; and it
+/// kept its segment on disk for ever.
+#[tokio::test]
+async fn a_logged_message_that_cannot_be_read_back_is_dropped_once_not_at_every_start() {
+    let dir = fresh_dir("unreadable");
+    let segment_bytes = Config::for_tests().limits.segment_bytes;
+    let mut broker = broker_in(&dir).await;
+    let (conn, ch) = broker.channel().await;
+    ch.queue_declare("q".into(), durable(), FieldTable::default())
+        .await
+        .expect("declare");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    confirmed(&ch, "", "q", b"good", persistent()).await;
+    drop(conn);
+    broker.stop().await;
+    // A record behind it, sealed and checksummed, whose properties say a content type
+    // follows and end there.
+    let definitions: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("definitions.json")).expect("definitions"))
+            .expect("json");
+    let id = definitions["queues"][0]["lepus_id"]
+        .as_u64()
+        .expect("the queue's id");
+    // What a start finds live in the queue's log.
+    let live_in_log = || {
+        let store = lepus::store::Store::open(&dir, segment_bytes).expect("the store opens");
+        let (_log, recovered) = store.recover_queue_log(id).expect("the queue's log");
+        store.close();
+        recovered.count
+    };
+    assert_eq!(live_in_log(), 1);
+    let body = [bytes::Bytes::from_static(b"unreadable")];
+    let parts = lepus::store::record::MessageParts {
+        exchange: b"",
+        routing_key: b"q",
+        properties: &[0x80, 0x00],
+        body: &body,
+    };
+    let store = lepus::store::Store::open(&dir, segment_bytes).expect("the store opens");
+    let (log, _) = store.recover_queue_log(id).expect("the queue's log");
+    log.append_message(1_000, &parts, true, &Default::default())
+        .expect("appended");
+    store.close();
+    drop((log, store));
+    assert_eq!(live_in_log(), 2, "both are in the log");
+    // A start gives the good one and drops the other as it reads it.
+    let mut broker = broker_in(&dir).await;
+    let (conn, ch) = broker.channel().await;
+    assert_eq!(drain(&ch, "q").await, [("good".to_owned(), false)]);
+    assert_eq!(passive_count(&ch, "q").await.expect("passive"), 0);
+    drop(conn);
+    broker.stop().await;
+    assert_eq!(
+        live_in_log(),
+        0,
+        "the dropped message is acknowledged in the log"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

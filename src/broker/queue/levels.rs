@@ -15,7 +15,6 @@
 
 use super::context::QueueCtx;
 use super::entry::QueueEntry;
-use super::paging::entry_read_back;
 use super::state::{LevelTail, PAGE_IN_BATCH, PAGE_KEEP, State, Tail};
 use crate::store::TailReader;
 
@@ -182,8 +181,10 @@ impl State {
             paged.log.collect_garbage(Some(paged.tail.reader.pos));
             self.levels[top] = Some(paged);
         }
-        for entry in batch.into_iter().filter_map(|m| entry_read_back(ctx, m)) {
-            self.push_ready(entry);
+        for back in batch {
+            if let Some(entry) = self.read_back_or_ack(ctx, back) {
+                self.push_ready(entry);
+            }
         }
         read > 0
     }

@@ -193,8 +193,10 @@ impl State {
         let read = batch.len() as u64;
         let exhausted = read == 0 || read >= tail.count;
         tail.count = tail.count.saturating_sub(read);
-        for entry in batch.into_iter().filter_map(|m| entry_read_back(ctx, m)) {
-            self.push_or_page(ctx, entry);
+        for back in batch {
+            if let Some(entry) = self.read_back_or_ack(ctx, back) {
+                self.push_or_page(ctx, entry);
+            }
         }
         if exhausted {
             self.tail = None;
@@ -211,6 +213,25 @@ impl ReadJob {
         let from = self.reader.pos;
         let batch = self.log.read_back(&mut self.reader, PAGE_IN_BATCH)?;
         Ok((from, self.reader, batch))
+    }
+}
+
+impl State {
+    /// [`entry_read_back`], and a message dropped because it cannot be read is acknowledged
+    /// in the queue's log if it is durable: left live, it came back at every start, counted
+    /// in the queue's depth until its turn came to be read and dropped again, and it kept
+    /// its segment on disk.
+    pub(super) fn read_back_or_ack(
+        &mut self,
+        ctx: &QueueCtx,
+        back: ReadBack,
+    ) -> Option<QueueEntry> {
+        let (seq, persisted, bytes) = (back.seq, back.persisted, back.message.body.len() as u64);
+        let entry = entry_read_back(ctx, back);
+        if entry.is_none() && persisted {
+            self.log_acks(&[seq], bytes);
+        }
+        entry
     }
 }
 
