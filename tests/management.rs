@@ -2054,6 +2054,8 @@ async fn a_queue_declared_over_http_is_durable_before_the_answer() {
     let q = api.get("/api/queues/%2F/kept").await.json();
     assert_eq!(q["durable"], true);
     assert_eq!(q["policy"], "ttl");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
