@@ -1104,11 +1104,22 @@ async fn a_logged_message_that_cannot_be_read_back_is_dropped_once_not_at_every_
     store.close();
     drop((log, store));
     assert_eq!(live_in_log(), 2, "both are in the log");
-    // A start gives the good one and drops the other as it reads it.
-    let mut broker = broker_in(&dir).await;
+    // A start gives the good one and drops the other as it reads it: neither its count nor
+    // its bytes (10) stay.
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut broker = Broker::start_with(config).await;
     let (conn, ch) = broker.channel().await;
     assert_eq!(drain(&ch, "q").await, [("good".to_owned(), false)]);
     assert_eq!(passive_count(&ch, "q").await.expect("passive"), 0);
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = common::http::Api::new(addr.expect("management"), "guest", "guest");
+    let q = api.get("/api/queues/%2F/q").await.json();
+    assert_eq!(
+        (&q["messages"], &q["message_bytes"]),
+        (&0.into(), &0.into())
+    );
     drop(conn);
     broker.stop().await;
     assert_eq!(

@@ -63,7 +63,10 @@ impl QueueLog {
         Ok(())
     }
 
-    /// Compacts the first segment that needs it, now. Returns whether it did.
+    /// Compacts the first segment that needs it, now. Returns whether it did. Only the sync
+    /// thread calls it in the broker (`compact_paced`, after a cycle), or the caller of a
+    /// store whose cycles it runs itself (tests, benchmarks): run beside a cycle, it could
+    /// find the Acks it relies on written by the cycle but not yet synced.
     pub fn compact_now(&self) -> io::Result<bool> {
         let Some((index, seal, file_bytes)) = self.pick_candidate()? else {
             return Ok(false);
@@ -116,11 +119,7 @@ impl QueueLog {
         }
         inner.dir_dirty = true;
         drop(inner);
-        if let Err(e) = fs.sync_dir(&self.dir) {
-            self.shared
-                .fail_stop(&e, "the directory of a compacted segment");
-            return Err(e);
-        }
+        self.sync_dir_unless_removed(&self.dir, "the directory of a compacted segment")?;
         tracing::debug!(log = %self.dir.display(), segment = index, kept_bytes = kept.bytes.len(), "compacted a segment");
         Ok(true)
     }
@@ -152,18 +151,39 @@ impl QueueLog {
             }
             (inner.unsynced.clone(), dirs)
         };
-        let fs = &self.shared.fs;
-        let synced = files
-            .iter()
-            .try_for_each(|f| f.sync_data())
-            .and_then(|()| dirs.iter().try_for_each(|d| fs.sync_dir(d)));
-        if let Err(e) = &synced {
+        let what = "the acknowledgements a compaction relies on";
+        if let Err(e) = files.iter().try_for_each(|f| f.sync_data()) {
             // As for any failed sync: the pages it covered may be dropped, and a later sync
             // that succeeds would prove nothing.
-            self.shared
-                .fail_stop(e, "the acknowledgements a compaction relies on");
+            self.shared.fail_stop(&e, what);
+            return Err(e);
         }
-        synced
+        dirs.iter()
+            .try_for_each(|d| self.sync_dir_unless_removed(d, what))
+    }
+
+    /// Syncs directory `dir` of this log (or its parent), stopping the store if that fails,
+    /// as any failed sync does; but a log deleted meanwhile (its queue was deleted: the
+    /// directory is gone) is no failure, as on the sync thread: a client deleting queues
+    /// cannot make the store read-only.
+    fn sync_dir_unless_removed(&self, dir: &std::path::Path, what: &str) -> io::Result<()> {
+        match self.shared.fs.sync_dir(dir) {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && self
+                        .inner
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .destroyed =>
+            {
+                Err(e)
+            }
+            Err(e) => {
+                self.shared.fail_stop(&e, what);
+                Err(e)
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     /// The first segment worth compacting, with its bytes. The bytes are read after the
@@ -353,3 +373,6 @@ impl Spans {
         after > 0 && seq <= self.0[after - 1].1
     }
 }
+
+#[cfg(test)]
+mod tests;

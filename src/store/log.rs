@@ -792,4 +792,4 @@ impl Journal for QueueLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -102,11 +102,18 @@ struct Disk {
     /// Bumped by a crash: files opened before it are dead.
     generation: AtomicU64,
     /// While true, every fsync waits (a disk that takes its time), until `resume_syncs`.
-    syncs_held: Mutex<bool>,
+    syncs_held: Mutex<HeldSyncs>,
     syncs_resumed: Condvar,
     /// Reads held back (see [`SimFs::hold_reads_from`]), and how many wait.
     reads_held: Mutex<HeldReads>,
     reads_changed: Condvar,
+}
+
+/// Whether fsyncs wait, and how many do now.
+#[derive(Debug, Default)]
+struct HeldSyncs {
+    held: bool,
+    waiting: usize,
 }
 
 /// Which reads wait, and how many do now.
@@ -156,7 +163,7 @@ impl SimFs {
                 ..State::default()
             }),
             generation: AtomicU64::new(0),
-            syncs_held: Mutex::new(false),
+            syncs_held: Mutex::new(HeldSyncs::default()),
             syncs_resumed: Condvar::new(),
             reads_held: Mutex::new(HeldReads::default()),
             reads_changed: Condvar::new(),
@@ -166,13 +173,24 @@ impl SimFs {
     /// Makes every fsync from now on wait until [`SimFs::resume_syncs`]: a disk slower than
     /// anything else the broker does.
     pub fn hold_syncs(&self) {
-        *lock(&self.0.syncs_held) = true;
+        lock(&self.0.syncs_held).held = true;
     }
 
     /// Lets held fsyncs (and later ones) go on.
     pub fn resume_syncs(&self) {
-        *lock(&self.0.syncs_held) = false;
+        lock(&self.0.syncs_held).held = false;
         self.0.syncs_resumed.notify_all();
+    }
+
+    /// Returns once an fsync is held (true), or after `timeout` if none is (false).
+    pub fn wait_for_held_sync(&self, timeout: std::time::Duration) -> bool {
+        let held = lock(&self.0.syncs_held);
+        let (held, _) = self
+            .0
+            .syncs_resumed
+            .wait_timeout_while(held, timeout, |h| h.waiting == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        held.waiting > 0
     }
 
     /// Makes every read of at least `bytes` from now on wait until [`SimFs::resume_reads`]: a
@@ -357,12 +375,17 @@ impl FileIo for SimFile {
         self.alive()?;
         {
             let mut held = lock(&self.fs.syncs_held);
-            while *held {
-                held = self
-                    .fs
-                    .syncs_resumed
-                    .wait(held)
-                    .unwrap_or_else(|e| e.into_inner());
+            if held.held {
+                held.waiting += 1;
+                self.fs.syncs_resumed.notify_all();
+                while held.held {
+                    held = self
+                        .fs
+                        .syncs_resumed
+                        .wait(held)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                held.waiting -= 1;
             }
         }
         let mut state = lock(&self.fs.state);

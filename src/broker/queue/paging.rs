@@ -217,10 +217,10 @@ impl ReadJob {
 }
 
 impl State {
-    /// [`entry_read_back`], and a message dropped because it cannot be read is acknowledged
-    /// in the queue's log if it is durable: left live, it came back at every start, counted
-    /// in the queue's depth until its turn came to be read and dropped again, and it kept
-    /// its segment on disk.
+    /// [`entry_read_back`]; a message dropped because it cannot be read leaves the queue's
+    /// bytes, and is acknowledged in the queue's log if it is durable: left live, it came
+    /// back at every start, counted in the queue's depth until its turn came to be read and
+    /// dropped again, and it kept its segment on disk.
     pub(super) fn read_back_or_ack(
         &mut self,
         ctx: &QueueCtx,
@@ -228,8 +228,12 @@ impl State {
     ) -> Option<QueueEntry> {
         let (seq, persisted, bytes) = (back.seq, back.persisted, back.message.body.len() as u64);
         let entry = entry_read_back(ctx, back);
-        if entry.is_none() && persisted {
-            self.log_acks(&[seq], bytes);
+        if entry.is_none() {
+            // Counted in the queue's bytes while it was on disk (`x-max-length-bytes` too).
+            self.body_bytes = self.body_bytes.saturating_sub(bytes);
+            if persisted {
+                self.log_acks(&[seq], bytes);
+            }
         }
         entry
     }
