@@ -136,6 +136,9 @@ pub(super) enum Append {
     Paged,
     /// An acknowledgement or delivery mark: nothing waits for it.
     Mark,
+    /// A mark nothing waits for either, but which starts a cycle at once rather than within
+    /// `LAZY_WRITE_MS`: a held dead letter's (`QueueLog::held`).
+    EagerMark,
 }
 
 pub(super) struct Inner {

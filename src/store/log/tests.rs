@@ -608,3 +608,23 @@ fn a_returned_messages_latest_count_is_read_back_and_compaction_keeps_only_it() 
     assert_eq!(counts, [(1, 100)]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A held dead letter's mark starts a sync at once, as RabbitMQ syncs the command that holds
+/// a letter before it takes effect; an Ack waits for the next sync, or `LAZY_WRITE_MS`. (A
+/// held mark written lazily came back ready after a crash in the 200 ms after it.)
+#[test]
+fn a_held_mark_starts_a_sync_at_once_and_an_ack_waits_for_one() {
+    let (store, _fs, dir, log) = manual_store();
+    (0..2).for_each(|s| append_durable(&log, s));
+    store.sync_now();
+    assert_eq!(log.lock().registered, Registered::No);
+    log.ack(0).unwrap();
+    assert_eq!(log.lock().registered, Registered::Lazy, "an Ack is lazy");
+    log.held(1, 2).unwrap();
+    assert_eq!(
+        log.lock().registered,
+        Registered::Eager,
+        "a held mark is not"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
