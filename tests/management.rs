@@ -53,6 +53,17 @@ async fn eventually(api: &Api, path: &str, done: impl Fn(&Value) -> bool) -> Val
     .await
 }
 
+/// Declares queue `name` with no flags and no arguments.
+async fn declare_plain(ch: &lapin::Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+}
+
 async fn publish(ch: &lapin::Channel, exchange: &str, key: &str, body: &[u8]) {
     ch.basic_publish(
         exchange.into(),
@@ -858,13 +869,7 @@ async fn a_whole_list_of_thousands_of_queues_reads_as_its_pages_put_together() {
     let (_conn, ch) = broker.channel().await;
     for i in 0..2_000 {
         let name = format!("queue-{i:04}");
-        ch.queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
+        declare_plain(&ch, &name).await;
         if i % 7 == 0 {
             publish(&ch, "", &name, b"waiting").await;
         }
@@ -917,13 +922,7 @@ async fn more_sorted_lists_than_are_built_at_once_are_all_answered_in_order() {
     let (_conn, ch) = broker.channel().await;
     for i in 0..300u32 {
         let name = format!("queue-{i:03}");
-        ch.queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
+        declare_plain(&ch, &name).await;
         for _ in 0..i % 5 {
             publish(&ch, "", &name, b"waiting").await;
         }

@@ -1,13 +1,28 @@
 //! Unit tests of compaction: what a compacted segment keeps, and what compaction lets the
 //! rest of the log (and the store) do meanwhile.
-use super::super::log::tests::{append_durable, restart_and_read, temp_dir};
+use super::super::log::tests::{append_durable, restart_and_read, sim_store, temp_dir};
 use super::super::log::*;
 use crate::store::Store;
 use crate::store::fs::Fs;
 use crate::store::record::Record;
 use bytes::Bytes;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Fills four segments of `log` and acknowledges every message of segment 0 but message 1:
+/// segment 0 is worth compacting. Returns the next sequence number and the first of
+/// segment 1.
+fn segment_0_keeping_message_1(log: &Arc<QueueLog>) -> (u64, u64) {
+    let mut seq = 0u64;
+    while log.lock().segments.len() < 4 {
+        append_durable(log, seq);
+        seq += 1;
+    }
+    let first_of_1 = log.lock().segments[1].first_message;
+    (0..first_of_1)
+        .filter(|&s| s != 1)
+        .for_each(|s| log.ack(s).unwrap());
+    (seq, first_of_1)
+}
 
 /// Regression: compaction held the log's lock while it read a segment (8 MiB in the broker)
 /// and while it decided what to keep of each of its records, so every publisher and ack of
@@ -15,23 +30,8 @@ use std::sync::Arc;
 /// up for seconds.
 #[test]
 fn appends_and_acks_go_on_while_compaction_reads_a_segment() {
-    use crate::store::sim::SimFs;
-    let sim = SimFs::new(7);
-    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-    let dir = PathBuf::from("/sim/compaction-lock");
-    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
-    let segments = || log.lock().segments.len();
-    let mut seq = 0u64;
-    while segments() < 4 {
-        append_durable(&log, seq);
-        seq += 1;
-    }
-    // Segment 0 keeps message 1 only: it is worth compacting.
-    let first_of_1 = log.lock().segments[1].first_message;
-    (0..first_of_1)
-        .filter(|&s| s != 1)
-        .for_each(|s| log.ack(s).unwrap());
+    let (sim, fs, dir, store, log) = sim_store(7, "compaction-lock");
+    let (seq, first_of_1) = segment_0_keeping_message_1(&log);
     log.collect_garbage(None);
     sim.hold_reads_from(32 * 1024);
     let compaction = std::thread::spawn({
@@ -130,12 +130,7 @@ fn a_segment_of_many_batches_of_records_compacts_to_what_is_live() {
 /// though it was delivered (a held letter came back ready, a delivery count was lost).
 #[test]
 fn a_mark_dropped_by_compaction_does_not_outlive_the_ack_it_relied_on_in_a_crash() {
-    use crate::store::sim::SimFs;
-    let sim = SimFs::new(9);
-    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-    let dir = PathBuf::from("/sim/compaction-marks");
-    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
+    let (sim, fs, dir, store, log) = sim_store(9, "compaction-marks");
     let segments = || log.lock().segments.len();
     // Segment 0: message 0 among others nobody acknowledges; it is not compacted.
     let mut seq = 0u64;
@@ -181,23 +176,9 @@ fn a_mark_dropped_by_compaction_does_not_outlive_the_ack_it_relied_on_in_a_crash
 /// failure; so does compaction now.
 #[test]
 fn a_queue_deleted_while_its_log_is_compacted_does_not_stop_the_store() {
-    use crate::store::sim::SimFs;
-    let sim = SimFs::new(11);
-    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-    let store = Store::open_manual(fs, Path::new("/sim/compaction-delete"), 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
-    let segments = || log.lock().segments.len();
-    let mut seq = 0u64;
-    while segments() < 4 {
-        append_durable(&log, seq);
-        seq += 1;
-    }
-    // Segment 0 keeps message 1 only; nothing is synced yet, new segments' directory entries
-    // included.
-    let first_of_1 = log.lock().segments[1].first_message;
-    (0..first_of_1)
-        .filter(|&s| s != 1)
-        .for_each(|s| log.ack(s).unwrap());
+    let (sim, _, _, store, log) = sim_store(11, "compaction-delete");
+    // Nothing is synced yet, new segments' directory entries included.
+    segment_0_keeping_message_1(&log);
     sim.hold_syncs();
     let compaction = std::thread::spawn({
         let log = log.clone();

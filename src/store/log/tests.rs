@@ -65,6 +65,26 @@ fn manual_store() -> (Store, Arc<dyn Fs>, PathBuf, Arc<QueueLog>) {
     (store, fs, dir, log)
 }
 
+/// A store on a simulated disk (seeded with `seed`) in `/sim/<name>`, whose cycles run when
+/// the test says, with queue 7's log.
+pub(in crate::store) fn sim_store(
+    seed: u64,
+    name: &str,
+) -> (
+    crate::store::sim::SimFs,
+    Arc<dyn Fs>,
+    PathBuf,
+    Store,
+    Arc<QueueLog>,
+) {
+    let sim = crate::store::sim::SimFs::new(seed);
+    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
+    let dir = PathBuf::from(format!("/sim/{name}"));
+    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+    let log = store.create_queue_log(7).unwrap();
+    (sim, fs, dir, store, log)
+}
+
 /// Opens the store in `dir` again, as a restart does, and reads queue 7's messages back.
 pub(in crate::store) fn restart_and_read(fs: Arc<dyn Fs>, dir: &Path) -> (Recovered, Vec<u64>) {
     let store = Store::open_manual(fs, dir, 64 * 1024).unwrap();
@@ -169,12 +189,8 @@ fn a_reused_segment_file_gives_back_only_what_was_written_under_its_new_number()
 /// (zeros) it was not found: confirmed messages were lost.
 #[test]
 fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_be() {
-    use crate::store::sim::{Faults, SimFs};
-    let sim = SimFs::new(5);
-    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-    let dir = PathBuf::from("/sim/roll-over");
-    let store = Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
+    use crate::store::sim::Faults;
+    let (sim, fs, dir, store, log) = sim_store(5, "roll-over");
     let mut seq = 0u64;
     let mut reused = false;
     while !reused && seq < 2_000 {
@@ -243,11 +259,8 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
 /// succeed over lost entries. (The error was logged, and writing went on.)
 #[test]
 fn a_failed_directory_sync_after_reusing_a_segment_file_stops_the_store() {
-    use crate::store::sim::{Faults, SimFs};
-    let sim = SimFs::new(6);
-    let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-    let store = Store::open_manual(fs, Path::new("/sim/dir-sync"), 64 * 1024).unwrap();
-    let log = store.create_queue_log(7).unwrap();
+    use crate::store::sim::Faults;
+    let (sim, _, _, store, log) = sim_store(6, "dir-sync");
     let mut seq = 0u64;
     while log.lock().spare.is_none() {
         append_durable(&log, seq);
