@@ -196,8 +196,8 @@ async fn import(m: &Arc<Mgmt>, caller: &Caller, body: Bytes, vhost: Option<Strin
         let defs = parse(&body, vhost.as_deref())?;
         m.broker
             .import_definitions(&defs, &user)
-            .map_err(ApiError::bad_request)?;
-        Ok(no_content())
+            .map(|_| ())
+            .map_err(ApiError::bad_request)
     })
     .await?;
     // Durable before the answer, as each declare would be.

@@ -137,6 +137,10 @@ impl QueueLog {
             if inner.destroyed {
                 return Ok(());
             }
+            if !self.shared.writable() {
+                // Stopped meanwhile: nothing more is written, and the copy is not put in place.
+                return Err(io::Error::other("the store stopped taking writes"));
+            }
             // A write that fails leaves the bytes buffered, for the sync thread to write and
             // report: this compaction waits for another turn.
             Self::write_pending(&mut inner)?;
@@ -249,12 +253,12 @@ impl QueueLog {
         // of its marks here): a message a consumer keeps giving back leaves one per return,
         // and only its latest count matters (`store::returned`).
         let mut returned: BTreeMap<u64, &[u8]> = BTreeMap::new();
-        let mut batch: Vec<Found> = Vec::with_capacity(DECIDED_PER_LOCK);
-        let mut decide = |batch: &mut Vec<Found>, kept: &mut Kept| {
+        let mut batch: Vec<Seen> = Vec::with_capacity(DECIDED_PER_LOCK);
+        let mut decide = |batch: &mut Vec<Seen>, kept: &mut Kept| {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            for found in batch.drain(..) {
-                let (seq, raw) = (found.seq, &data[found.range()]);
-                match found.what {
+            for seen in batch.drain(..) {
+                let (seq, raw) = (seen.seq, &data[seen.range()]);
+                match seen.what {
                     What::Message if !inner.acked.contains(seq) => {
                         kept.bytes.extend_from_slice(raw);
                         kept.seqs.push(seq);
@@ -281,7 +285,7 @@ impl QueueLog {
             };
             // `raw` is a slice of `data`: where it starts is the distance between the two.
             let at = raw.as_ptr() as usize - data.as_ptr() as usize;
-            batch.push(Found {
+            batch.push(Seen {
                 what: what.0,
                 seq: what.1,
                 at,
@@ -324,8 +328,8 @@ impl QueueLog {
     }
 }
 
-/// A record of a segment being compacted, found without the log's lock and decided under it.
-struct Found {
+/// A record of a segment being compacted, seen without the log's lock and decided under it.
+struct Seen {
     what: What,
     seq: u64,
     /// Where its bytes are in the segment.
@@ -333,7 +337,7 @@ struct Found {
     len: usize,
 }
 
-impl Found {
+impl Seen {
     fn range(&self) -> std::ops::Range<usize> {
         self.at..self.at + self.len
     }
