@@ -87,8 +87,11 @@ impl QueueLog {
             let _ = fs.remove_file(&tmp);
             return Ok(false);
         };
+        // The file replaced, closed on the background thread once unlinked: its last close
+        // frees its blocks, and the sync thread has confirms waiting on it.
+        let replaced;
         if kept.bytes.is_empty() {
-            inner.segments.remove(at);
+            replaced = inner.segments.remove(at).map(|s| s.file);
             fs.remove_file(&path)?;
         } else {
             fs.rename(&tmp, &path)?;
@@ -99,7 +102,7 @@ impl QueueLog {
                 .filter(|&&s| !inner.acked.contains(s))
                 .count() as u64;
             let seg = &mut inner.segments[at];
-            seg.file = file;
+            replaced = Some(std::mem::replace(&mut seg.file, file));
             seg.end = kept.bytes.len() as u64;
             seg.capacity = seg.end;
             seg.messages = kept.seqs.len() as u64;
@@ -119,6 +122,8 @@ impl QueueLog {
         }
         inner.dir_dirty = true;
         drop(inner);
+        self.shared
+            .close_in_background(replaced.into_iter().collect());
         self.sync_dir_unless_removed(&self.dir, "the directory of a compacted segment")?;
         tracing::debug!(log = %self.dir.display(), segment = index, kept_bytes = kept.bytes.len(), "compacted a segment");
         Ok(true)

@@ -32,6 +32,7 @@ pub mod intervals;
 pub mod log;
 mod positions;
 mod prepare;
+mod read_back;
 pub mod record;
 mod recover;
 mod returned;

@@ -307,6 +307,18 @@ impl Shared {
         }
     }
 
+    /// Closes the files of deleted segments on the background thread. The last close of a
+    /// deleted file is what frees its blocks, and on a file system mounted with `discard`
+    /// it waits for the device: 5 ms for an 8 MiB segment, measured on ext4. A persistent
+    /// backlog drained by a no-ack consumer spent 0.7 s of its 1.8 s in such closes, on the
+    /// runtime worker and under the queue's lock, before they moved here. Unlink the file
+    /// while it is open, then hand it here: the unlink itself is then cheap (30 us).
+    pub fn close_in_background(&self, files: Vec<Arc<dyn FileIo>>) {
+        if !files.is_empty() {
+            self.in_background(Box::new(move || drop(files)));
+        }
+    }
+
     /// Asks the sync thread to finish what is queued and stop.
     pub fn request_stop(&self) {
         self.background
@@ -504,6 +516,13 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
             "an fsync of the data directory failed: nothing written since the last good sync is confirmed, and nothing more is written; restart the broker to recover from what is on disk"
         );
     }
+    // A segment deleted since its flush is closed here last: not with a confirm waiting.
+    shared.close_in_background(
+        files
+            .into_iter()
+            .filter(|f| Arc::strong_count(f) == 1)
+            .collect(),
+    );
     retry
 }
 
