@@ -970,6 +970,32 @@ async fn more_sorted_lists_than_are_built_at_once_are_all_answered_in_order() {
     }
 }
 
+/// Regression: whether a policy existed was asked before the change's turn, so of several
+/// PUTs of the same new policy at once, more than one could answer 201 Created. It is asked
+/// on the turn now (changes run one at a time): one creates it, the others update it.
+#[tokio::test]
+async fn of_several_puts_of_a_new_policy_at_once_one_creates_it() {
+    let (_broker, api) = broker_with_api().await;
+    let mut puts = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let api = api.clone();
+        puts.spawn(async move {
+            api.put(
+                "/api/policies/%2F/raced",
+                json!({"pattern": "^raced$", "definition": {"max-length": 1}}),
+            )
+            .await
+            .status
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = puts.join_next().await {
+        statuses.push(status.expect("a request"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 204, 204, 204, 204, 204, 204, 204]);
+}
+
 /// Same as RabbitMQ (3.10.8, checked): an exchange's `user_who_performed_action` is who
 /// declared it, over AMQP or the API; `rmq-internal` for the predeclared ones; the importing
 /// user for imported ones. A later equivalent declare by someone else changes nothing, and a

@@ -405,9 +405,6 @@ async fn put_policy<const OPERATOR: bool>(
     }
     caller.vhost(&m.broker, &vhost)?;
     let req: PolicyBody = body_or_empty(&body)?;
-    let existed = recorded(&m, operator)
-        .iter()
-        .any(|p| p.vhost == vhost && p.name == name);
     let def = PolicyDef {
         vhost,
         name,
@@ -420,11 +417,16 @@ async fn put_policy<const OPERATOR: bool>(
             .ok_or_else(|| ApiError::bad_request("Missing key: definition"))?,
         priority: req.priority.unwrap_or(0),
     };
-    // Applied to every queue and exchange of the vhost it matches.
-    let epoch = m
+    // Applied to every queue and exchange of the vhost it matches. Whether it existed is
+    // asked on the change's own turn: of two PUTs of a new policy at once, one creates it.
+    let (epoch, existed) = m
         .build_change(move |m| {
+            let existed = recorded(m, operator)
+                .iter()
+                .any(|p| p.vhost == def.vhost && p.name == def.name);
             m.broker
                 .put_policy(def, operator)
+                .map(|epoch| (epoch, existed))
                 .map_err(ApiError::from_message)
         })
         .await?;
