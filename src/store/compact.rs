@@ -227,7 +227,10 @@ impl QueueLog {
             (seg.index, seg.seal, seg.file.clone(), seg.end)
         };
         let mut data = vec![0u8; end as usize];
-        file.read_exact_at(&mut data, 0)?;
+        let read = file.read_exact_at(&mut data, 0);
+        // Deleted during the read, this may have been the file's last handle.
+        self.shared.close_in_background(vec![file]);
+        read?;
         Ok(Some((index, seal, Bytes::from(data))))
     }
 

@@ -520,7 +520,10 @@ impl QueueLog {
         if !self.durable {
             // A paging log is read back by this process only (the page cache has it) and
             // wiped at the next start: syncing it would only make the disk and every
-            // confirm of the epoch wait for a backlog's copy.
+            // confirm of the epoch wait for a backlog's copy. A file deleted since it was
+            // written is closed by the closer, not under this lock.
+            drop(inner);
+            self.shared.close_in_background(files);
             return Ok((Vec::new(), Vec::new()));
         }
         let mut dirs = Vec::new();
@@ -542,12 +545,14 @@ impl QueueLog {
         let mut inner = self.lock();
         inner.destroyed = true;
         inner.pending.clear();
-        let closing: Vec<Arc<dyn FileIo>> = std::mem::take(&mut inner.segments)
+        let mut closing: Vec<Arc<dyn FileIo>> = std::mem::take(&mut inner.segments)
             .into_iter()
             .chain(inner.prepared.take())
             .chain(inner.spare.take())
             .map(|s| s.file)
             .collect();
+        // Held for the next sync as well: that handle may be the last.
+        closing.append(&mut inner.unsynced);
         drop(inner);
         let _ = self.shared.fs.remove_dir_all(&self.dir);
         self.shared.close_in_background(closing);

@@ -57,6 +57,8 @@ pub struct Store {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The background thread (segment preparation), joined at close.
     background: Mutex<Option<JoinHandle<()>>>,
+    /// The thread that closes deleted files (`Shared::close_in_background`), joined at close.
+    closer: Mutex<Option<JoinHandle<()>>>,
     next_paging_id: AtomicU64,
 }
 
@@ -80,6 +82,8 @@ impl Store {
         let store = Self::open_manual(fs, data_dir, segment_bytes)?;
         *store.background.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(store.shared.start_background()?);
+        *store.closer.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(store.shared.start_closer()?);
         let waiter: std::sync::Weak<dyn idle::WakeOnIdle> = Arc::downgrade(&store.shared) as _;
         idle::register(waiter);
         let worker = store.shared.clone();
@@ -111,6 +115,7 @@ impl Store {
             shared: Arc::new(Shared::new(segment_bytes, fs).with_seals(seals)),
             thread: Mutex::new(None),
             background: Mutex::new(None),
+            closer: Mutex::new(None),
             next_paging_id: AtomicU64::new(1),
         })
     }
@@ -193,13 +198,11 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        let handle = self
-            .background
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
+        for thread in [&self.background, &self.closer] {
+            let handle = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
         }
     }
 }

@@ -86,7 +86,6 @@ impl QueueLog {
         reader: &mut TailReader,
         max_bytes: usize,
     ) -> io::Result<Vec<ReadBack>> {
-        const CHUNK: u64 = 256 * 1024;
         // Bytes not yet written are read from the buffer itself: reading never writes, so it
         // works on a disk that refuses writes. Each segment's number, file, length and seal:
         type Segments = Vec<(u64, Arc<dyn FileIo>, u64, Seal)>;
@@ -104,12 +103,29 @@ impl QueueLog {
                 .map(|h| (h.index, inner.pending_offset));
             (segments, written)
         };
+        let result = self.read_segments(reader, max_bytes, &segments, written);
+        // A segment deleted meanwhile (the queue was, or its tail moved on under the lock) is
+        // closed by the closer if this read held it last: not here, on a runtime worker.
+        self.shared
+            .close_in_background(segments.into_iter().map(|s| s.1).collect());
+        result
+    }
+
+    /// [`QueueLog::read_back`] from `segments`: each one's number, file, length and seal.
+    fn read_segments(
+        &self,
+        reader: &mut TailReader,
+        max_bytes: usize,
+        segments: &[(u64, Arc<dyn FileIo>, u64, Seal)],
+        written: Written,
+    ) -> io::Result<Vec<ReadBack>> {
+        const CHUNK: u64 = 256 * 1024;
         let read_at = |index: u64, file: &Arc<dyn FileIo>, buf: &mut [u8], offset: u64| {
             self.read_range(index, file, written, buf, offset)
         };
         let mut out = Vec::new();
         let mut got = 0usize;
-        for (index, file, end, seal) in segments {
+        for &(index, ref file, end, seal) in segments {
             if index > reader.pos.segment {
                 reader.pos = Position {
                     segment: index,
@@ -126,7 +142,7 @@ impl QueueLog {
                 }
                 let len = (end - reader.pos.offset).min(CHUNK) as usize;
                 let mut buf = vec![0u8; len];
-                read_at(index, &file, &mut buf, reader.pos.offset)?;
+                read_at(index, file, &mut buf, reader.pos.offset)?;
                 let buf = Bytes::from(buf);
                 let mut at = 0usize;
                 // Stop this chunk where a damaged stretch starts.
@@ -150,7 +166,7 @@ impl QueueLog {
                         // One record larger than a chunk: read exactly it.
                         Some((_, _, len)) => {
                             let mut big = vec![0u8; len];
-                            read_at(index, &file, &mut big, reader.pos.offset)?;
+                            read_at(index, file, &mut big, reader.pos.offset)?;
                             if let Some(r) =
                                 Self::take(reader, &Bytes::from(big), 0, seal, &mut got)
                             {

@@ -661,27 +661,28 @@ fn deleted_but_open(dir: &Path) -> usize {
 /// mounted with `discard` waits for the device (5 ms per 8 MiB segment). Collecting a
 /// drained queue's segments, or deleting a queue, closed them in the caller: on the runtime
 /// worker, under the queue's lock. A persistent backlog drained by a no-ack consumer spent
-/// 0.7 s of its 1.8 s there. The caller now unlinks them and the background thread closes
-/// them: while that thread is busy they stay open, unlinked.
+/// 0.7 s of its 1.8 s there. The caller now unlinks them and the closer thread closes them:
+/// while that thread is busy they stay open, unlinked.
 #[test]
-fn deleted_segments_are_closed_on_the_background_thread_not_by_the_caller() {
+fn deleted_segments_are_closed_on_the_closer_thread_not_by_the_caller() {
     if !Path::new("/proc/self/fd").exists() {
         return;
     }
+    // No sync cycle runs unless the test says.
     let (store, _fs, dir, log) = manual_store();
-    let _background = store.shared.start_background().unwrap();
-    // Keeps the background thread busy until told.
+    let _closer = store.shared.start_closer().unwrap();
+    // Keeps the closer busy until told.
     let hold = || {
         let (release, held) = std::sync::mpsc::channel::<()>();
-        store.shared.in_background(Box::new(move || {
+        store.shared.on_closer(Box::new(move || {
             let _ = held.recv();
         }));
         release
     };
-    // Runs after everything queued before it on the background thread.
-    let background_done = || {
+    // Runs after everything queued before it on the closer.
+    let closer_done = || {
         let (done, wait) = std::sync::mpsc::channel::<()>();
-        store.shared.in_background(Box::new(move || {
+        store.shared.on_closer(Box::new(move || {
             let _ = done.send(());
         }));
         wait.recv_timeout(std::time::Duration::from_secs(60))
@@ -693,7 +694,11 @@ fn deleted_segments_are_closed_on_the_background_thread_not_by_the_caller() {
         append_durable(&log, seq);
         log.ack(seq).unwrap();
     }
+    // Synced, so that no handle waits for a sync; a read position at the start keeps
+    // compaction (which deletes segments as well) away.
+    log.collect_garbage(Some(Position::default()));
     store.sync_now();
+    assert_eq!(deleted_but_open(&dir), 0);
     let before = log.lock().segments.len();
     log.collect_garbage(None);
     assert!(
@@ -702,22 +707,20 @@ fn deleted_segments_are_closed_on_the_background_thread_not_by_the_caller() {
     );
     assert!(
         deleted_but_open(&dir) > 0,
-        "the caller left the closing to the background thread"
+        "the caller left the closing to the closer thread"
     );
     release.send(()).unwrap();
-    background_done();
-    assert_eq!(
-        deleted_but_open(&dir),
-        0,
-        "the background thread closed them"
-    );
-    // The same when the queue is deleted.
+    closer_done();
+    assert_eq!(deleted_but_open(&dir), 0, "the closer closed them");
+    // The same when the queue is deleted, with files waiting for their sync as well.
     let release = hold();
+    (400..500).for_each(|seq| append_durable(&log, seq));
+    assert!(!log.lock().unsynced.is_empty());
     log.destroy();
     assert!(!dir.join("queues").join("7").exists());
     assert!(deleted_but_open(&dir) > 0);
     release.send(()).unwrap();
-    background_done();
+    closer_done();
     assert_eq!(deleted_but_open(&dir), 0);
     store.close();
     let _ = std::fs::remove_dir_all(dir);
