@@ -100,6 +100,8 @@ class Lepus:
         self.management = management
         self.mgmt_port = free_port()
         self.prom_port = free_port()
+        # More command-line arguments, from the next start on (benches/compare sets them).
+        self.extra_args = []
 
     @property
     def pid(self):
@@ -131,7 +133,8 @@ class Lepus:
             pinned(self.cpu, [os.path.join(ROOT, "target", "release", "lepus"),
                               "--listen", "127.0.0.1:%d" % self.port, "--config", self.conf,
                               "--data-dir", os.path.join(self.data, "data")]
-                             + (["--send-timeout-ms", str(self.send_timeout_ms)] if self.send_timeout_ms else [])),
+                             + (["--send-timeout-ms", str(self.send_timeout_ms)] if self.send_timeout_ms else [])
+                             + self.extra_args),
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)
         wait_for_port(self.mgmt_port, self.proc)
