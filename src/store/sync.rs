@@ -287,14 +287,7 @@ impl Shared {
     /// Starts the thread that runs [`Shared::in_background`] work.
     pub fn start_background(&self) -> io::Result<std::thread::JoinHandle<()>> {
         let (tx, rx) = mpsc::channel::<BackgroundJob>();
-        let thread = std::thread::Builder::new()
-            .name("lepus-prepare".into())
-            .spawn(move || {
-                // Ends when the store stops and drops the sender.
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })?;
+        let thread = job_thread("lepus-prepare", rx)?;
         *self.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         Ok(thread)
     }
@@ -321,13 +314,7 @@ impl Shared {
     /// close, and the next segment of a busy log must not wait behind that.
     pub fn start_closer(&self) -> io::Result<std::thread::JoinHandle<()>> {
         let (tx, rx) = mpsc::sync_channel::<BackgroundJob>(CLOSES_QUEUED);
-        let thread = std::thread::Builder::new()
-            .name("lepus-closer".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })?;
+        let thread = job_thread("lepus-closer", rx)?;
         *self.closer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         Ok(thread)
     }
@@ -381,6 +368,21 @@ impl Shared {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify_all();
     }
+}
+
+/// A thread named `name` that runs the jobs `jobs` gives it, in order. It ends when the
+/// store stops and drops the sender.
+fn job_thread(
+    name: &str,
+    jobs: mpsc::Receiver<BackgroundJob>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                job();
+            }
+        })
 }
 
 /// The sync thread's loop; returns once stopped and idle.
