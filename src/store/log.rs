@@ -551,9 +551,11 @@ impl QueueLog {
             .chain(inner.spare.take())
             .map(|s| s.file)
             .collect();
-        // Held for the next sync as well: that handle may be the last.
+        // Held for the next sync as well: that handle may be the last. Listed once each.
         closing.append(&mut inner.unsynced);
         drop(inner);
+        closing.sort_unstable_by_key(|f| Arc::as_ptr(f).cast::<()>() as usize);
+        closing.dedup_by(|a, b| Arc::ptr_eq(a, b));
         let _ = self.shared.fs.remove_dir_all(&self.dir);
         self.shared.close_in_background(closing);
     }

@@ -344,11 +344,8 @@ impl Shared {
     /// runtime worker and under the queue's lock, before they moved here. Unlink the file
     /// while it is open, then hand it here: the unlink itself is then cheap (30 us).
     /// Files someone else still holds are closed by them, and are left out (their handle
-    /// is dropped here).
-    pub fn close_in_background(&self, mut files: Vec<Arc<dyn FileIo>>) {
-        // A file listed twice (a segment, and the same file waiting for its sync) counts once.
-        files.sort_unstable_by_key(|f| Arc::as_ptr(f).cast::<()>() as usize);
-        files.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    /// is dropped here): list each file once, or neither handle counts as the last.
+    pub fn close_in_background(&self, files: Vec<Arc<dyn FileIo>>) {
         let last: Vec<Arc<dyn FileIo>> = files
             .into_iter()
             .filter(|f| Arc::strong_count(f) == 1)
