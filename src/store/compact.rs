@@ -87,7 +87,7 @@ impl QueueLog {
             let _ = fs.remove_file(&tmp);
             return Ok(false);
         };
-        // The file replaced, closed on the background thread once unlinked: its last close
+        // The file replaced, closed on the closer thread once unlinked: its last close
         // frees its blocks, and the sync thread has confirms waiting on it.
         let replaced;
         if kept.bytes.is_empty() {

@@ -454,7 +454,7 @@ impl QueueLog {
     /// Deletes segments from the front whose durable messages are all acknowledged and that
     /// the queue has read past (`read_pos`: where the queue reads its log from, if it does).
     pub fn collect_garbage(&self, read_pos: Option<Position>) {
-        // Closed on the background thread once unlinked (`Shared::close_in_background`).
+        // Closed on the closer thread once unlinked (`Shared::close_in_background`).
         let mut closing = Vec::new();
         let mut inner = self.lock();
         self.settle_superseded(&mut inner);
@@ -538,7 +538,7 @@ impl QueueLog {
 
     /// Deletes the log and its directory (the queue was deleted).
     ///
-    /// Its files are unlinked while still open and closed on the background thread
+    /// Its files are unlinked while still open and closed on the closer thread
     /// (`Shared::close_in_background`): deleting a queue of a gigabyte closed 125 segments
     /// on the runtime worker, under the queue's lock, each waiting for the device.
     pub fn destroy(&self) {
