@@ -444,3 +444,31 @@ async fn frames_on_a_channel_closed_by_the_broker_are_ignored_until_close_ok() {
     // The channel number is free again.
     raw.open_channel(1).await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_a_byte_at_a_time_is_read_to_the_end() {
+    // Every read after the first byte returns less than it asked for, and so clears the
+    // socket's readiness (`net::transport`): each following byte must still wake the
+    // connection. The broker runs on this test's thread, so a yield lets it read each byte
+    // before the next is written.
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.stream.set_nodelay(true).expect("nodelay");
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare("bytes".into(), Default::default(), FieldTable::default()))
+        .await
+        .expect("declare");
+    let frames: Vec<u8> = (0..3).flat_map(|_| publish_frames("bytes")).collect();
+    for byte in frames {
+        raw.send(&[byte]).await;
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..3 {
+        assert_eq!(get_eventually(&ch, "bytes").await.delivery.data, b"x");
+    }
+    still_serves(&broker).await;
+}

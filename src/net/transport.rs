@@ -6,6 +6,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
@@ -32,7 +33,7 @@ impl Transport {
     /// end of stream, `WouldBlock` means nothing was there.
     pub fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
-            Transport::Tcp(s) => s.try_read_buf(buf),
+            Transport::Tcp(s) => read_now(s, buf),
             Transport::Tls(s) => s.try_read_buf(buf),
         }
     }
@@ -81,5 +82,25 @@ impl Transport {
     /// Whether the connection is encrypted (for the management API and logs).
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
+    }
+}
+
+/// Reads like `TcpStream::try_read_buf`, except that a read returning less than it had room
+/// for clears the socket's readiness, as tokio's own `poll_read` does. The socket is then
+/// drained (a stream socket returns less only when it has no more), so the next wait goes
+/// straight to the poller instead of trying another read that can only fail with
+/// `WouldBlock`. That failed read cost a system call per wake-up, and it ran before the tasks
+/// this read had woken (a consumer with a message to write): on the path of every message's
+/// latency. No wake-up is lost: readiness is cleared only if no event came after the one
+/// this read answered (tokio compares the event's tick).
+fn read_now(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    // Polled once: ready now, or `WouldBlock`. Were it pending, the noop waker would be
+    // registered for reads, harmlessly: the connection waits through `ready`, whose waiters
+    // are kept apart from it.
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::pin!(s.read_buf(buf)).poll(&mut cx) {
+        Poll::Ready(read) => read,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
     }
 }
