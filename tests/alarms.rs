@@ -176,3 +176,45 @@ async fn a_client_without_the_capability_is_blocked_silently() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Same as RabbitMQ: a blocked connection's heartbeat monitor pauses (it is not read from, so
+/// its heartbeats go unseen). Its deadline passing meanwhile must not matter either. It used
+/// to: the connection found the deadline due on every turn and spun without yielding, so it
+/// never saw the alarm clear, and held a worker thread of the broker.
+#[tokio::test]
+async fn a_publisher_blocked_past_two_heartbeats_is_unblocked_when_the_alarm_clears() {
+    let isolated = IsolatedBroker::start();
+    let broker = &isolated.broker;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut publisher = broker.raw().await;
+    publisher.handshake_with(with_blocked_capability(), 1).await;
+    publisher.open_channel(1).await;
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Absolute(1));
+    publisher.send(&publish_frames("q")).await;
+    assert_eq!(
+        next_flow_frame(&mut publisher).await.as_deref(),
+        Some("low on memory")
+    );
+    // Two heartbeat intervals pass without a byte from the client (time has to pass here).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Relative(0.99));
+    // Within the usual wait: the broker's heartbeats keep arriving meanwhile.
+    assert_eq!(
+        within(next_flow_frame(&mut publisher)).await,
+        None,
+        "unblocked"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&ch, "q").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -175,6 +175,62 @@ async fn same_as_rabbitmq_a_delivery_held_past_the_consumer_timeout_closes_the_c
     assert!(again.delivery.redelivered);
 }
 
+/// A channel closed by an error while it holds a delivery with a consumer timeout waits for
+/// the client's Close-Ok; the timeout's deadline passing meanwhile must not matter. It used
+/// to: the connection found the deadline due on every turn and spun without yielding, so it
+/// never read again (a worker thread of the broker lost with it).
+#[tokio::test]
+async fn a_consumer_timeout_passing_while_its_channel_closes_leaves_the_connection_working() {
+    use amq_protocol::protocol::{AMQPClass, basic};
+    let isolated = IsolatedBroker::start();
+    let broker = &isolated.broker;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "jobs".into(),
+        Default::default(),
+        table(&[("x-consumer-timeout", AMQPValue::LongInt(100))]),
+    ))
+    .await
+    .unwrap();
+    publish(&ch, "jobs", "job").await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    raw.send_method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "jobs".into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: true,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    // An acknowledgement of a tag never delivered closes the channel at once, the delivery
+    // still held; the client does not answer the close.
+    raw.send_method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 99,
+            multiple: false,
+        })),
+    )
+    .await;
+    let (code, text, _, _) = raw.expect_channel_close(1).await;
+    assert_eq!(code, 406, "{text}");
+    // Past the consumer timeout (time has to pass here: nothing to wait on).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    raw.open_channel(2).await;
+    let again = within(ch.basic_get("jobs".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("requeued");
+    assert!(again.delivery.redelivered);
+}
+
 fn quorum(limit: Option<i32>) -> FieldTable {
     let mut t = table(&[("x-queue-type", long_str("quorum"))]);
     if let Some(l) = limit {

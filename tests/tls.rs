@@ -123,7 +123,10 @@ struct TlsClient {
 
 impl TlsClient {
     fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<TlsClient> {
-        let tcp = TcpStream::connect(addr)?;
+        TlsClient::over(TcpStream::connect(addr)?, config)
+    }
+
+    fn over(tcp: TcpStream, config: Arc<ClientConfig>) -> std::io::Result<TlsClient> {
         tcp.set_read_timeout(Some(common::WAIT))?;
         let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
             .map_err(std::io::Error::other)?;
@@ -449,4 +452,96 @@ async fn ssl_cert_login_from_common_name_uses_the_cn() {
         .await
         .unwrap()
         .expect("EXTERNAL logs in as bob");
+}
+
+/// Same as RabbitMQ: a client that closes its connection while deliveries are still on their
+/// way gets them all, then Close-Ok. Over TLS the last of them can sit in the session's
+/// records after the connection's own output has emptied; they used to be dropped with the
+/// socket, Close-Ok among them, when the last write filled the socket. (Loopback's socket
+/// buffers are large, so this test rarely catches that moment; it checks the path.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_closed_over_tls_sends_everything_before_it_goes() {
+    use amq_protocol::protocol::{basic, channel};
+    let pki = Pki::new("close");
+    let (broker, tls) = broker_with_tls(pki.options(false, false)).await;
+    let (_c, ch) = broker.channel().await;
+    common::within(ch.queue_declare("backlog".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    const MESSAGES: usize = 128;
+    let body = vec![7u8; 64 * 1024];
+    for _ in 0..MESSAGES {
+        common::within(ch.basic_publish(
+            "".into(),
+            "backlog".into(),
+            Default::default(),
+            &body,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(common::message_count(&ch, "backlog").await, MESSAGES as u32);
+    let config = client_config(&pki, false, &rustls::version::TLS13);
+    // A small receive window keeps the broker's send buffer small: it fills at every write.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = common::within(socket.connect(tls))
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    let (bodies, closed) = tokio::task::spawn_blocking(move || {
+        let mut client = TlsClient::over(tcp, config)?;
+        client.login()?;
+        client.send_on(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )?;
+        client.send_on(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "backlog".into(),
+                no_ack: true,
+                ..Default::default()
+            })),
+        )?;
+        // Deliveries fill the socket and the session while the client reads nothing; then
+        // it closes, and reads what comes, slowly, until the socket closes.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        client.send(AMQPClass::Connection(connection::AMQPMethod::Close(
+            connection::Close {
+                reply_code: 200,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )))?;
+        let mut bodies = 0;
+        loop {
+            match client.recv_frame() {
+                Ok(AMQPFrame::Body(..)) => {
+                    // A slow reader: the socket is full whenever the broker writes.
+                    bodies += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Ok(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                )) => {
+                    return Ok::<_, std::io::Error>((bodies, true));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok((bodies, false));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the client reads until the socket closes");
+    assert!(closed, "Close-Ok arrived (after {bodies} bodies)");
 }

@@ -466,6 +466,42 @@ pub fn publish_frames(queue: &str) -> Vec<u8> {
     frames
 }
 
+/// A broker on a runtime of its own, for a test of a bug that made a connection's task spin
+/// without yielding: on the test's own runtime that would hang the test (and its runtime's
+/// shutdown, which waits for the spinning task) instead of failing it. This runtime is
+/// dropped without waiting for its workers.
+pub struct IsolatedBroker {
+    pub broker: Broker,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IsolatedBroker {
+    pub fn start() -> IsolatedBroker {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let broker = runtime.block_on(Broker::start());
+            IsolatedBroker {
+                broker,
+                runtime: Some(runtime),
+            }
+        })
+        .join()
+        .expect("the broker starts")
+    }
+}
+
+impl Drop for IsolatedBroker {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// A `lepus` process (the real binary) on an ephemeral port, for what an in-process broker
 /// cannot show: a SIGKILL, or the broker's own resident memory.
 pub struct Process {

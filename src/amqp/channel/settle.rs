@@ -173,6 +173,10 @@ impl Channel {
             }
         }
         self.requeue_all(Requeue::Released);
+        // Nothing is left to time out. A deadline kept past this point would stay in the
+        // past for as long as the client takes to send Close-Ok (no check looks at a closing
+        // channel), and the connection would find it due on every turn.
+        self.timeout_check = None;
         self.state = ChannelState::Closing;
     }
 }

@@ -235,7 +235,12 @@ impl Connection {
             if let Err(e) = self.flush() {
                 return Exit::Io(e);
             }
-            if matches!(self.phase, Phase::Finished { .. }) && self.out.is_empty() {
+            // Over TLS the last output can still be records in the session, waiting for the
+            // socket: they are part of what was queued (Close-Ok among them).
+            if matches!(self.phase, Phase::Finished { .. })
+                && self.out.is_empty()
+                && !self.transport.wants_write()
+            {
                 return Exit::Done("closed");
             }
             if let Err(exit) = self.wait().await {
@@ -286,11 +291,12 @@ impl Connection {
 
     /// Waits for the socket, the outbox or a timer.
     async fn wait(&mut self) -> Result<(), Exit> {
-        let now = Instant::now();
-        let deadline = self.next_deadline(now);
-        if deadline <= now {
-            return self.on_timer(now);
-        }
+        // A deadline already past is not handled here and now: it goes through the select
+        // below like any other, whose timer is ready at once. So even a deadline that
+        // `on_timer` failed to move (a bug) would not spin here without ever yielding: the
+        // timer spends the task's cooperative budget, and the other events (an alarm
+        // cleared, the socket) still get their turn.
+        let deadline = self.next_deadline(Instant::now());
         let reading = match self.phase {
             Phase::Dropping { .. } | Phase::Finished { .. } => false,
             Phase::Closing { fatal, .. } => !fatal,
@@ -440,11 +446,17 @@ impl Connection {
         if self.heartbeat_s > 0 && !matches!(self.phase, Phase::Dropping { .. }) {
             let hb = Duration::from_secs(self.heartbeat_s as u64);
             deadline = deadline.min(self.last_send + hb / 2);
-            deadline = deadline.min(self.last_recv + hb * 2);
+            // Paused while blocked, as in `on_timer`: a blocked connection is not read from.
+            if !matches!(self.flow, Flow::Blocked { .. }) {
+                deadline = deadline.min(self.last_recv + hb * 2);
+            }
         }
-        for ch in &self.channels {
-            if let Some(at) = ch.next_timeout() {
-                deadline = deadline.min(Instant::from_std(at));
+        // Only what `check_consumer_timeouts` checks: a deadline nothing would check stays due.
+        if matches!(self.phase, Phase::Running) {
+            for ch in self.channels.iter().filter(|ch| ch.is_open()) {
+                if let Some(at) = ch.next_timeout() {
+                    deadline = deadline.min(Instant::from_std(at));
+                }
             }
         }
         deadline
