@@ -2264,3 +2264,157 @@ async fn request_bodies_held_at_once_are_bounded() {
     let (_, answer) = within(upload(addr)).await;
     assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
 }
+
+/// `app` may configure, write and read `app.*`, read `amq.topic`, and bind from `amq.topic`
+/// only keys under `app.`; `secret` is an exchange it may not write to.
+async fn api_as_app(api: &Api) -> Api {
+    let made = api
+        .put(
+            "/api/users/app",
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    let perms =
+        json!({"configure": "^app\\.", "write": "^app\\.", "read": "^(app\\..*|amq\\.topic)$"});
+    assert_eq!(api.put("/api/permissions/%2F/app", perms).await.status, 201);
+    let topic = json!({"exchange": "amq.topic", "write": ".*", "read": "^app\\."});
+    assert_eq!(
+        api.put("/api/topic-permissions/%2F/app", topic)
+            .await
+            .status,
+        201
+    );
+    let secret = json!({"type": "fanout"});
+    assert_eq!(
+        api.put("/api/exchanges/%2F/secret", secret).await.status,
+        201
+    );
+    Api::new(api.addr, "app", "pw")
+}
+
+/// Same as RabbitMQ, whose API declares and binds over a channel of its own: the checks an
+/// AMQP declare or bind makes beyond the object named apply over HTTP too (write on an
+/// alternate or dead-letter exchange, topic read permission on a binding's key).
+#[tokio::test]
+async fn same_as_rabbitmq_the_api_checks_what_a_declare_or_bind_over_amqp_checks() {
+    let (_broker, api) = broker_with_api().await;
+    let app = api_as_app(&api).await;
+    // RabbitMQ's API says no more than this, whatever was refused.
+    let refused = json!({"error": "not_authorised", "reason": "Access refused."});
+    let x = app
+        .put(
+            "/api/exchanges/%2F/app.x",
+            json!({"type": "fanout", "arguments": {"alternate-exchange": "secret"}}),
+        )
+        .await;
+    assert_eq!((x.status, x.json()), (401, refused.clone()));
+    let q = app
+        .put(
+            "/api/queues/%2F/app.q",
+            json!({"arguments": {"x-dead-letter-exchange": "secret"}}),
+        )
+        .await;
+    assert_eq!((q.status, q.json()), (401, refused.clone()));
+    assert_eq!(
+        app.get("/api/queues/%2F/app.q").await.status,
+        404,
+        "not declared"
+    );
+    assert_eq!(
+        app.put("/api/queues/%2F/app.q", json!({})).await.status,
+        201
+    );
+    let all = app
+        .post(
+            "/api/bindings/%2F/e/amq.topic/q/app.q",
+            json!({"routing_key": "#"}),
+        )
+        .await;
+    assert_eq!((all.status, all.json()), (401, refused.clone()));
+    let own = app
+        .post(
+            "/api/bindings/%2F/e/amq.topic/q/app.q",
+            json!({"routing_key": "app.events"}),
+        )
+        .await;
+    assert_eq!(own.status, 201);
+    // What the checks allow still works, with the alternate and dead-letter exchanges its own.
+    let x = app
+        .put(
+            "/api/exchanges/%2F/app.x",
+            json!({"type": "fanout", "arguments": {"alternate-exchange": "app.ae"}}),
+        )
+        .await;
+    assert_eq!(x.status, 201);
+}
+
+/// Same as RabbitMQ: another connection's exclusive queue is locked to the API as to any
+/// other connection (its 405 RESOURCE_LOCKED answered as a 400): it is not deleted, purged
+/// or read from.
+#[tokio::test]
+async fn same_as_rabbitmq_an_exclusive_queue_is_locked_to_the_api() {
+    let (broker, api) = broker_with_api().await;
+    let (_c, ch) = broker.channel().await;
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare("mine".into(), options, FieldTable::default()))
+        .await
+        .unwrap();
+    publish(&ch, "", "mine", b"private").await;
+    let locked = json!({
+        "error": "bad_request",
+        "reason": "cannot obtain exclusive access to locked queue 'mine' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    });
+    let get = json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"});
+    for response in [
+        api.delete("/api/queues/%2F/mine").await,
+        api.delete("/api/queues/%2F/mine/contents").await,
+    ] {
+        assert_eq!((response.status, response.json()), (400, locked.clone()));
+    }
+    // A get, alone, puts the code first.
+    let got = api.post("/api/queues/%2F/mine/get", get).await;
+    let reason = format!(
+        "405 RESOURCE_LOCKED - {}",
+        locked["reason"].as_str().unwrap()
+    );
+    assert_eq!(
+        (got.status, got.json()["reason"].clone()),
+        (400, json!(reason))
+    );
+    assert_eq!(
+        message_count(&ch, "mine").await,
+        1,
+        "still there, message and all"
+    );
+}
+
+/// A `name` filter taken as a regular expression is at most 255 bytes (no name is longer):
+/// compiling one costs more than its length suggests. Arguments are at most 128 KiB of
+/// JSON, what RabbitMQ's default frame_max lets an AMQP declare carry.
+#[tokio::test]
+async fn a_long_regular_expression_filter_and_oversized_arguments_are_refused() {
+    let (_broker, api) = broker_with_api().await;
+    assert_eq!(api.put("/api/queues/%2F/q1", json!({})).await.status, 201);
+    let short = api
+        .get("/api/queues?page=1&use_regex=true&name=%5Eq%5Cd")
+        .await;
+    assert_eq!(short.json()["filtered_count"], 1);
+    let long = "%5Cp%7BAny%7D".repeat(40);
+    let refused = api
+        .get(&format!("/api/policies?page=1&use_regex=true&name={long}"))
+        .await;
+    assert_eq!(refused.status, 400);
+    let nulls: Vec<Value> = vec![Value::Null; 100_000];
+    let big = api
+        .put("/api/queues/%2F/q2", json!({"arguments": {"x-a": nulls}}))
+        .await;
+    assert_eq!(
+        (big.status, big.json()["reason"].clone()),
+        (400, json!("arguments longer than 131072 bytes as JSON"))
+    );
+    assert_eq!(api.get("/api/queues/%2F/q2").await.status, 404);
+}

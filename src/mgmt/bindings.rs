@@ -27,6 +27,7 @@ use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Destination;
 use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::checks::binding_checks;
 use crate::store::definitions::encode_arguments;
 
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -332,6 +333,25 @@ struct BindBody {
     arguments: Option<Value>,
 }
 
+/// What binding or unbinding checks, as over AMQP (`broker::vhost::checks`): write on the
+/// destination, read on the source, and a topic source's topic read permission on the key.
+fn authorize_binding(
+    m: &Mgmt,
+    caller: &Caller,
+    vhost: &VirtualHost,
+    destination: Resource<'_>,
+    source: &str,
+    routing_key: &str,
+) -> Result<(), ApiError> {
+    caller.authorize_all(&m.broker, &vhost.name, binding_checks(destination, source))?;
+    match vhost.exchange(source) {
+        Some(x) if !source.is_empty() && destination != Resource::Exchange("") => {
+            caller.authorize_topic(&m.broker, &vhost.name, &x, routing_key, Permission::Read)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// POST: binds, answering 201 with the new binding's path in `Location` (relative, ending
 /// in its properties key), which clients such as Terraform's provider parse.
 async fn bind(
@@ -351,13 +371,7 @@ async fn bind(
         "queue" => Resource::Queue(&destination),
         _ => Resource::Exchange(&destination),
     };
-    caller.authorize(&m.broker, &vhost.name, dest, Permission::Write)?;
-    caller.authorize(
-        &m.broker,
-        &vhost.name,
-        Resource::Exchange(&source),
-        Permission::Read,
-    )?;
+    authorize_binding(&m, &caller, &vhost, dest, &source, &routing_key)?;
     let epoch = match kind {
         "queue" => vhost.bind_queue(&destination, &source, &routing_key, &arguments, 0)?,
         _ => vhost.bind_exchange(&destination, &source, &routing_key, &arguments)?,
@@ -398,13 +412,7 @@ async fn unbind(
         "queue" => Resource::Queue(&destination),
         _ => Resource::Exchange(&destination),
     };
-    caller.authorize(&m.broker, &vhost.name, dest, Permission::Write)?;
-    caller.authorize(
-        &m.broker,
-        &vhost.name,
-        Resource::Exchange(&source),
-        Permission::Read,
-    )?;
+    authorize_binding(&m, &caller, &vhost, dest, &source, &b.routing_key)?;
     let epoch = match kind {
         "queue" => vhost.unbind_queue(&destination, &source, &b.routing_key, &b.arguments, 0)?,
         _ => vhost.unbind_exchange(&destination, &source, &b.routing_key, &b.arguments)?,

@@ -157,6 +157,12 @@ async fn declare(
     let kind = req
         .kind
         .ok_or_else(|| ApiError::bad_request("Missing key: type"))?;
+    let arguments = arguments_of(req.arguments.as_ref())?;
+    caller.authorize_all(
+        &m.broker,
+        &vhost.name,
+        vhost.exchange_declare_checks(&name, &arguments),
+    )?;
     let existed = vhost.exchange(&name).is_some();
     let declare = ExchangeDeclare {
         name,
@@ -166,7 +172,7 @@ async fn declare(
         durable: req.durable.unwrap_or(false),
         auto_delete: req.auto_delete.unwrap_or(false),
         internal: req.internal.unwrap_or(false),
-        arguments: arguments_of(req.arguments.as_ref())?,
+        arguments,
         user: caller.acting_user().to_owned(),
     };
     let epoch = vhost.declare_exchange(&declare)?;

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use crate::auth::User;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
+use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::checks::Check;
 use crate::protocol::error::{AmqpError, ReplyCode};
 
 /// An error answer with RabbitMQ's status and body (`{"error": …, "reason": …}`).
@@ -90,7 +92,8 @@ impl ApiError {
         let reason = e.text.strip_prefix(&prefix).unwrap_or(&e.text).to_owned();
         match e.code {
             ReplyCode::NotFound => ApiError::not_found(),
-            ReplyCode::AccessRefused => ApiError::not_authorised(reason),
+            // Same as RabbitMQ 3.10.8: whatever was refused, the API says only this.
+            ReplyCode::AccessRefused => ApiError::not_authorised("Access refused."),
             ReplyCode::InternalError => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 error: "internal_server_error",
@@ -266,6 +269,43 @@ impl Caller {
         }
     }
 
+    /// Each of `checks` ([`crate::broker::vhost::checks`]), in order.
+    pub fn authorize_all(
+        &self,
+        broker: &Broker,
+        vhost: &str,
+        checks: Vec<Check<'_>>,
+    ) -> Result<(), ApiError> {
+        checks.into_iter().try_for_each(|(resource, permission)| {
+            self.authorize(broker, vhost, resource, permission)
+        })
+    }
+
+    /// For a topic exchange, whether the user's topic permissions allow this routing key;
+    /// other exchanges have no topic checks (as [`crate::amqp::session`]'s).
+    pub fn authorize_topic(
+        &self,
+        broker: &Broker,
+        vhost: &str,
+        exchange: &Exchange,
+        routing_key: &str,
+        permission: Permission,
+    ) -> Result<(), ApiError> {
+        match self {
+            Caller::User(u) if exchange.kind == ExchangeKind::Topic => broker
+                .access
+                .check_topic(
+                    &u.name,
+                    vhost,
+                    &exchange.name,
+                    routing_key.as_bytes(),
+                    permission,
+                )
+                .map_err(ApiError::from_amqp),
+            _ => Ok(()),
+        }
+    }
+
     /// The user name permission checks run as; the operator is checked as nobody.
     pub fn user(&self) -> Option<&Arc<User>> {
         match self {
@@ -340,10 +380,39 @@ pub fn visible_vhosts(broker: &Broker, caller: &Caller) -> Vec<Arc<VirtualHost>>
     vhosts
 }
 
+/// The largest arguments the API takes, as JSON: what RabbitMQ's default `frame_max` lets a
+/// declare or a binding carry over AMQP. Decoded, a value takes more room than its JSON (an
+/// array of nulls, about seven times); bounded only by the body's size, one request made a
+/// queue whose every listing built hundreds of megabytes.
+pub const MAX_ARGUMENTS_JSON_BYTES: usize = 128 * 1024;
+
+/// Counts down what is written through it, failing past zero.
+struct Budget(usize);
+
+impl std::io::Write for Budget {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self
+            .0
+            .checked_sub(buf.len())
+            .ok_or_else(|| std::io::Error::other("over budget"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Arguments as JSON, as the API takes them, into an AMQP table.
 pub fn arguments_of(json: Option<&Value>) -> Result<amq_protocol::types::FieldTable, ApiError> {
     match json {
         Some(v @ Value::Object(_)) => {
+            // Measured by writing it out again, compactly, stopping at the limit.
+            if serde_json::to_writer(Budget(MAX_ARGUMENTS_JSON_BYTES), v).is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "arguments longer than {MAX_ARGUMENTS_JSON_BYTES} bytes as JSON"
+                )));
+            }
             crate::store::definitions::decode_arguments(v, "").map_err(ApiError::bad_request)
         }
         _ => Ok(amq_protocol::types::FieldTable::default()),

@@ -353,6 +353,12 @@ async fn declare(
             name
         )));
     }
+    let arguments = arguments_of(req.arguments.as_ref())?;
+    caller.authorize_all(
+        &m.broker,
+        &vhost.name,
+        vhost.queue_declare_checks(&name, &arguments),
+    )?;
     let existed = vhost.queue(&name).is_some();
     let declare = QueueDeclare {
         name: name.clone(),
@@ -361,7 +367,7 @@ async fn declare(
         durable: req.durable.unwrap_or(false),
         exclusive: false,
         auto_delete: req.auto_delete.unwrap_or(false),
-        arguments: arguments_of(req.arguments.as_ref())?,
+        arguments,
     };
     let (_, _, _, epoch) = vhost.declare_queue(&declare, 0)?;
     durable(&m.broker, epoch).await?;
@@ -391,6 +397,9 @@ async fn remove(
         Resource::Queue(&name),
         Permission::Configure,
     )?;
+    // Same as RabbitMQ, whose API does this over a channel of its own: another
+    // connection's exclusive queue is locked (405, answered as a 400).
+    vhost.usable_queue(&name, 0)?;
     let (ready, consumers) = queue.counts();
     let desc = crate::broker::arguments::queue_desc(&name, &vhost.name);
     let (if_unused, if_empty) = (
@@ -424,6 +433,7 @@ async fn purge(
         Resource::Queue(&name),
         Permission::Read,
     )?;
+    vhost.usable_queue(&name, 0)?;
     queue.purge();
     Ok(no_content())
 }
@@ -470,6 +480,11 @@ async fn get_messages(
         Resource::Queue(&name),
         Permission::Read,
     )?;
+    // Same as RabbitMQ 3.10.8, whose `get` (unlike delete and purge) answers with the code
+    // before the text: "405 RESOURCE_LOCKED - cannot obtain exclusive access ...".
+    vhost
+        .usable_queue(&name, 0)
+        .map_err(|e| ApiError::bad_request(format!("{} {}", e.code.code(), e.text)))?;
     let (requeue, reject) = match req.ackmode.as_str() {
         "ack_requeue_true" => (true, false),
         "reject_requeue_true" => (true, true),

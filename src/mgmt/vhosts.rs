@@ -328,7 +328,8 @@ async fn policies<const OPERATOR: bool>(
     caller: Caller,
     Query(q): List,
 ) -> ApiResult {
-    policies_in(&m, &caller, &q, None, OPERATOR)
+    m.build(move |m| policies_in(m, &caller, &q, None, OPERATOR))
+        .await
 }
 
 async fn vhost_policies<const OPERATOR: bool>(
@@ -337,7 +338,8 @@ async fn vhost_policies<const OPERATOR: bool>(
     Path(vhost): Path<String>,
     Query(q): List,
 ) -> ApiResult {
-    policies_in(&m, &caller, &q, Some(vhost), OPERATOR)
+    m.build(move |m| policies_in(m, &caller, &q, Some(vhost), OPERATOR))
+        .await
 }
 
 fn policies_in(

@@ -11,10 +11,10 @@ use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::ExchangeKind;
 use crate::broker::reply_to;
+use crate::broker::vhost::checks::binding_checks;
 use crate::broker::vhost::exchanges::ExchangeDeclare;
 use crate::broker::vhost::queues::QueueDeclare;
 use crate::protocol::error::AmqpResult;
-use crate::protocol::table;
 
 impl Channel {
     pub(super) fn exchange_method(
@@ -273,12 +273,8 @@ impl Channel {
             // the server chose; a new queue with a dead-letter exchange also needs read on
             // itself and write on that exchange.
             s.authorize(Resource::Queue(&name), Permission::Configure)?;
-            if s.vhost.queue(&name).is_none()
-                && let Some(dlx) =
-                    table::get(&d.arguments, "x-dead-letter-exchange").and_then(table::as_str)
-            {
-                s.authorize(Resource::Queue(&name), Permission::Read)?;
-                s.authorize(Resource::Exchange(dlx), Permission::Write)?;
+            for (resource, permission) in s.vhost.queue_declare_checks(&name, &d.arguments) {
+                s.authorize(resource, permission)?;
             }
         }
         let declare = QueueDeclare {
@@ -315,12 +311,8 @@ fn authorize_exchange_declare(s: &Session, name: &str, d: &exchange::Declare) ->
         return Ok(());
     }
     s.authorize(Resource::Exchange(name), Permission::Configure)?;
-    if !name.starts_with("amq.")
-        && s.vhost.exchange(name).is_none()
-        && let Some(ae) = table::get(&d.arguments, "alternate-exchange").and_then(table::as_str)
-    {
-        s.authorize(Resource::Exchange(name), Permission::Read)?;
-        s.authorize(Resource::Exchange(ae), Permission::Write)?;
+    for (resource, permission) in s.vhost.exchange_declare_checks(name, &d.arguments) {
+        s.authorize(resource, permission)?;
     }
     Ok(())
 }
@@ -334,11 +326,12 @@ fn authorize_binding(
     source: &str,
     routing_key: &str,
 ) -> AmqpResult<()> {
-    s.authorize(destination, Permission::Write)?;
+    for (resource, permission) in binding_checks(destination, source) {
+        s.authorize(resource, permission)?;
+    }
     if source.is_empty() || destination == Resource::Exchange("") {
         return Ok(());
     }
-    s.authorize(Resource::Exchange(source), Permission::Read)?;
     if let Some(x) = s.vhost.exchange(source) {
         s.authorize_topic(&x, routing_key.as_bytes(), Permission::Read)?;
     }

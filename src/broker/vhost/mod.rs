@@ -13,6 +13,7 @@
 //! routing of dead letters ([`dead_letter`]).
 
 pub mod bindings;
+pub mod checks;
 pub mod dead_letter;
 pub mod exchanges;
 pub mod queues;
