@@ -50,7 +50,7 @@ impl DeliverySink for DropSink {
         d.clear();
         Ok(())
     }
-    fn consumer_cancelled(&self, _channel: u16, _tag: Bytes) {}
+    fn consumer_cancelled(&self, _channel: u16, _consumer: u64, _tag: Bytes) {}
 }
 
 /// A queue with a store in a fresh directory (returned, for removal).

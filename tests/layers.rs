@@ -12,7 +12,9 @@ use lepus::broker::message::Message;
 use lepus::broker::queue::consumer::Consumer;
 use lepus::broker::queue::context::{QueueHost, QueueServices};
 use lepus::broker::queue::dead_letter::{DeadLetter, DlxTarget};
-use lepus::broker::queue::delivery::{Delivery, DeliverySink, DeliverySource, Settled, Unblock};
+use lepus::broker::queue::delivery::{
+    ConsumerId, Delivery, DeliverySink, DeliverySource, Settled, Unblock,
+};
 use lepus::broker::queue::prefetch::ChannelPrefetch;
 use lepus::broker::queue::{Queue, QueueConfig};
 use lepus::broker::timer::Timers;
@@ -37,7 +39,7 @@ impl DeliverySink for TestSink {
         self.got.lock().unwrap().append(d);
         Ok(())
     }
-    fn consumer_cancelled(&self, _channel: u16, _tag: Bytes) {}
+    fn consumer_cancelled(&self, _channel: u16, _consumer: ConsumerId, _tag: Bytes) {}
 }
 
 /// A host that records dead letters instead of routing them.

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::broker::connections::ConnectionControl;
 use crate::broker::message::Message;
-use crate::broker::queue::delivery::{Delivery, DeliverySink};
+use crate::broker::queue::delivery::{ConsumerId, Delivery, DeliverySink};
 use crate::broker::reply_to::ReplySink;
 use crate::broker::stats::ConnectionInfo;
 
@@ -28,7 +28,13 @@ use crate::broker::stats::ConnectionInfo;
 pub enum OutboxEvent {
     /// A queue was deleted under this consumer; the channel forgets it and, if the client
     /// asked for consumer_cancel_notify, sends Basic.Cancel.
-    ConsumerCancelled { channel: u16, consumer_tag: Bytes },
+    ConsumerCancelled {
+        channel: u16,
+        /// Which consumer: a later one on the channel (or on a channel reopened with its
+        /// number) may have taken the same tag since.
+        consumer: ConsumerId,
+        consumer_tag: Bytes,
+    },
     /// The broker is shutting down or an operator closed the connection.
     Close { code: u16, text: String },
     /// A reply for the direct reply-to consumer `key` on `channel`.
@@ -252,9 +258,10 @@ impl DeliverySink for Outbox {
         Outbox::push_deliveries(self, deliveries, bytes)
     }
 
-    fn consumer_cancelled(&self, channel: u16, consumer_tag: Bytes) {
+    fn consumer_cancelled(&self, channel: u16, consumer: ConsumerId, consumer_tag: Bytes) {
         self.push_event(OutboxEvent::ConsumerCancelled {
             channel,
+            consumer,
             consumer_tag,
         });
     }

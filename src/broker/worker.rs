@@ -89,7 +89,11 @@ impl Worker {
 
     /// Runs what is queued (up to a bound), then stops the thread.
     pub fn stop(&self) {
+        // Under the lock the thread checks `stop` under before it waits, or the notification
+        // could come between the two and the thread sleep through it (and `join` hang).
+        let jobs = self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
         self.inner.stop.store(true, Ordering::SeqCst);
+        drop(jobs);
         self.inner.wake.notify_one();
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle

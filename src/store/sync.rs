@@ -362,7 +362,12 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         self.closer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Under the lock the thread checks `stop` under before it waits: set between its
+        // check and its wait, the notification would find nobody waiting, and the thread
+        // would sleep through its stop (and `Store::close` wait for it for good).
+        let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         self.stop.store(true, Ordering::SeqCst);
+        drop(dirty);
         self.wake.notify_all();
     }
 }

@@ -26,6 +26,11 @@ use crate::protocol::table;
 
 static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The id the next consumer will have (a later one's is larger).
+pub(super) fn next_consumer_id() -> crate::broker::queue::delivery::ConsumerId {
+    NEXT_CONSUMER_ID.load(Ordering::Relaxed)
+}
+
 impl Channel {
     pub(super) fn basic_method(
         &mut self,

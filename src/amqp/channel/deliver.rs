@@ -19,7 +19,7 @@ use crate::broker::queue::Queue;
 /// The least time between two scans of a channel's unacknowledged deliveries for a consumer
 /// timeout.
 const TIMEOUT_RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
-use crate::broker::queue::delivery::Delivery;
+use crate::broker::queue::delivery::{ConsumerId, Delivery};
 use crate::broker::queue::prefetch::ChannelPrefetch;
 use crate::broker::stats::bump;
 use crate::protocol::basic::write_deliver;
@@ -167,11 +167,23 @@ impl Channel {
     }
 
     /// A consumer's queue was deleted. Returns true if the client should hear of it.
-    pub fn consumer_cancelled(&mut self, tag: &Bytes) -> bool {
+    /// The queue of consumer `id` cancelled it (it was deleted). Returns whether the channel
+    /// still had it: not if the client cancelled it meanwhile, and a later consumer that took
+    /// the same tag stays.
+    pub fn consumer_cancelled(&mut self, tag: &Bytes, id: ConsumerId) -> bool {
+        if self.consumers.get(tag).is_none_or(|c| c.id != id) {
+            return false;
+        }
         self.last_consumer = None;
-        let removed = self.consumers.remove(tag).is_some();
+        self.consumers.remove(tag);
         self.note_gauges();
-        removed
+        true
+    }
+
+    /// Whether consumer `id` was made on this channel, not on an earlier one that had its
+    /// number (consumer ids only grow).
+    pub fn made_consumer(&self, id: ConsumerId) -> bool {
+        id >= self.first_consumer_id
     }
 
     /// The channel's prefetch, to give back credit for deliveries that never went out.

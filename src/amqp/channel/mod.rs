@@ -181,6 +181,9 @@ pub struct Channel {
     /// No unacknowledged delivery times out before this (the earliest deadline when it was
     /// last worked out; acks since may have made it earlier than needed).
     timeout_check: Option<Instant>,
+    /// Every consumer made on this channel has an id at least this: a delivery for a lower
+    /// one was meant for an earlier channel with this number, whose credit it took.
+    first_consumer_id: ConsumerId,
     /// What operators see of this channel; its counts join the vhost's when it closes.
     stats: Counted,
 }
@@ -252,6 +255,7 @@ impl Channel {
             reply_consumer: None,
             kick_from: 0,
             timeout_check: None,
+            first_consumer_id: consume::next_consumer_id(),
         }
     }
 

@@ -114,6 +114,16 @@ impl Channel {
             }
         }
         if !back.is_empty() {
+            // Their consumer timeouts run on: a deadline that passed while the transaction
+            // held them is due now (a check that found nothing unacked stopped looking).
+            if let Some(at) = back
+                .iter()
+                .filter_map(|u| u.deadline)
+                .map(|(at, _)| at)
+                .min()
+            {
+                self.timeout_check = Some(self.timeout_check.map_or(at, |t| t.min(at)));
+            }
             back.extend(self.unacked.drain(..));
             back.sort_by_key(|u| u.tag);
             self.unacked = back.into();

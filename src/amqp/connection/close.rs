@@ -82,15 +82,25 @@ impl Connection {
                 Ok(i) => match self.channels[i].deliver(d, &mut self.out, self.frame_max, now) {
                     Ok(bytes) => self.unflushed_delivery_bytes += bytes,
                     Err(d) => {
-                        if !d.no_ack && self.channels[i].prefetch().release(1) {
+                        // Its credit came from this channel's prefetch only if its consumer
+                        // was made here (not on a closed channel that had this number).
+                        if !d.no_ack
+                            && self.channels[i].made_consumer(d.consumer_id)
+                            && self.channels[i].prefetch().release(1)
+                        {
                             for q in self.channels[i].consumed_queues() {
                                 q.kick(Unblock::Channel(self.channels[i].prefetch()));
                             }
                         }
+                        // Counted in the outbox when pushed: it leaves it here, unwritten.
+                        self.unflushed_delivery_bytes += d.entry.message.wire_size();
                         undelivered.push(d);
                     }
                 },
-                Err(_) => undelivered.push(d),
+                Err(_) => {
+                    self.unflushed_delivery_bytes += d.entry.message.wire_size();
+                    undelivered.push(d);
+                }
             }
         }
         for event in drained.events.drain(..) {
@@ -104,11 +114,12 @@ impl Connection {
         match event {
             OutboxEvent::ConsumerCancelled {
                 channel,
+                consumer,
                 consumer_tag,
             } => {
                 if let Ok(i) = self.channel_index(channel)
                     && self.channels[i].is_open()
-                    && self.channels[i].consumer_cancelled(&consumer_tag)
+                    && self.channels[i].consumer_cancelled(&consumer_tag, consumer)
                     && self.capabilities.consumer_cancel_notify
                 {
                     let tag = String::from_utf8_lossy(&consumer_tag).into_owned();

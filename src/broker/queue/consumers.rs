@@ -384,7 +384,7 @@ mod tests {
         fn push_deliveries(&self, _: &mut Vec<Delivery>, _: usize) -> Result<(), Vec<Delivery>> {
             Ok(())
         }
-        fn consumer_cancelled(&self, _channel: u16, _tag: Bytes) {}
+        fn consumer_cancelled(&self, _channel: u16, _consumer: ConsumerId, _tag: Bytes) {}
     }
 
     fn consumer(id: ConsumerId, exclusive: bool) -> Consumer {

@@ -60,7 +60,7 @@ pub trait DeliverySink: Send + Sync {
         bytes: usize,
     ) -> Result<(), Vec<Delivery>>;
     /// The queue of the consumer `consumer_tag` on `channel` was deleted.
-    fn consumer_cancelled(&self, channel: u16, consumer_tag: Bytes);
+    fn consumer_cancelled(&self, channel: u16, consumer: ConsumerId, consumer_tag: Bytes);
 }
 
 /// Why deliveries go back to their queue, which decides where a quorum queue puts them.

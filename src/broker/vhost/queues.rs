@@ -231,7 +231,7 @@ impl VirtualHost {
         // RabbitMQ cancels a deleted queue's consumers in consumer-tag order.
         consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
         for c in consumers {
-            c.sink.consumer_cancelled(c.channel, c.tag.clone());
+            c.sink.consumer_cancelled(c.channel, c.id, c.tag.clone());
         }
         (messages, sync)
     }
