@@ -2265,8 +2265,9 @@ async fn request_bodies_held_at_once_are_bounded() {
     assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
 }
 
-/// `app` may configure, write and read `app.*`, read `amq.topic`, and bind from `amq.topic`
-/// only keys under `app.`; `secret` is an exchange it may not write to.
+/// `app` may configure `app.*`, write and read `app.*` and `amq.topic`, and publish to and
+/// bind from `amq.topic` only keys under `app.`; `secret` is an exchange it may not write
+/// to, `secretq` a queue it may not read.
 async fn api_as_app(api: &Api) -> Api {
     let made = api
         .put(
@@ -2275,10 +2276,9 @@ async fn api_as_app(api: &Api) -> Api {
         )
         .await;
     assert_eq!(made.status, 201);
-    let perms =
-        json!({"configure": "^app\\.", "write": "^app\\.", "read": "^(app\\..*|amq\\.topic)$"});
+    let perms = json!({"configure": "^app\\.", "write": "^(app\\..*|amq\\.topic)$", "read": "^(app\\..*|amq\\.topic)$"});
     assert_eq!(api.put("/api/permissions/%2F/app", perms).await.status, 201);
-    let topic = json!({"exchange": "amq.topic", "write": ".*", "read": "^app\\."});
+    let topic = json!({"exchange": "amq.topic", "write": "^app\\.", "read": "^app\\."});
     assert_eq!(
         api.put("/api/topic-permissions/%2F/app", topic)
             .await
@@ -2288,6 +2288,10 @@ async fn api_as_app(api: &Api) -> Api {
     let secret = json!({"type": "fanout"});
     assert_eq!(
         api.put("/api/exchanges/%2F/secret", secret).await.status,
+        201
+    );
+    assert_eq!(
+        api.put("/api/queues/%2F/secretq", json!({})).await.status,
         201
     );
     Api::new(api.addr, "app", "pw")
@@ -2417,4 +2421,67 @@ async fn a_long_regular_expression_filter_and_oversized_arguments_are_refused() 
         (400, json!("arguments longer than 131072 bytes as JSON"))
     );
     assert_eq!(api.get("/api/queues/%2F/q2").await.status, 404);
+}
+
+/// Same as RabbitMQ 3.10.8, which words a refusal by how it ran the request: a declare,
+/// delete, purge or binding asked of a channel directly says only "Access refused."; a
+/// `get`, run over a channel of its own, gives the channel's text (401); a publish learns
+/// of it as its channel closing (400, the code before the text).
+#[tokio::test]
+async fn same_as_rabbitmq_a_refusal_is_worded_by_how_the_request_ran() {
+    let (_broker, api) = broker_with_api().await;
+    let app = api_as_app(&api).await;
+    let purge = app.delete("/api/queues/%2F/secretq/contents").await;
+    assert_eq!(
+        (purge.status, purge.json()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Access refused."})
+        )
+    );
+    let get = app
+        .post(
+            "/api/queues/%2F/secretq/get",
+            json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await;
+    assert_eq!(
+        (get.status, get.json()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "ACCESS_REFUSED - access to queue 'secretq' in vhost '/' refused for user 'app'"})
+        )
+    );
+    let publish = |key: &str| json!({"properties": {}, "routing_key": key, "payload": "x", "payload_encoding": "string"});
+    let refused = |reason: &str| (400, json!({"error": "bad_request", "reason": reason}));
+    let no_write = app
+        .post("/api/exchanges/%2F/secret/publish", publish("k"))
+        .await;
+    assert_eq!(
+        (no_write.status, no_write.json()),
+        refused(
+            "403 ACCESS_REFUSED - access to exchange 'secret' in vhost '/' refused for user 'app'"
+        )
+    );
+    let topic = app
+        .post("/api/exchanges/%2F/amq.topic/publish", publish("other.k"))
+        .await;
+    assert_eq!(
+        (topic.status, topic.json()),
+        refused(
+            "403 ACCESS_REFUSED - access to topic 'other.k' in exchange 'amq.topic' in vhost '/' refused for user 'app'"
+        )
+    );
+    let internal = json!({"type": "fanout", "internal": true});
+    assert_eq!(
+        api.put("/api/exchanges/%2F/inner", internal).await.status,
+        201
+    );
+    let inner = api
+        .post("/api/exchanges/%2F/inner/publish", publish("k"))
+        .await;
+    assert_eq!(
+        (inner.status, inner.json()),
+        refused("403 ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'")
+    );
 }

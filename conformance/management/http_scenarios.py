@@ -410,6 +410,58 @@ def http_aliveness_permissions(url):
 
 
 @scenario
+def http_refusals(url):
+    """What the API checks as AMQP does (write on an alternate or dead-letter exchange, topic
+    read on a binding's key), how it words a refusal (by how it ran the request), and another
+    connection's exclusive queue, locked to it."""
+    http("PUT", "/api/users/http-app", {"password": "pw", "tags": "management"})
+    http("PUT", "/api/permissions/%2F/http-app", {
+        "configure": "^app\\.", "write": "^(app\\..*|amq\\.topic)$", "read": "^(app\\..*|amq\\.topic)$"})
+    http("PUT", "/api/topic-permissions/%2F/http-app",
+         {"exchange": "amq.topic", "write": "^app\\.", "read": "^app\\."})
+    http("PUT", "/api/exchanges/%2F/http-secret", {"type": "fanout"})
+    http("PUT", "/api/exchanges/%2F/http-inner", {"type": "fanout", "internal": True})
+    http("PUT", "/api/queues/%2F/http-secretq", {})
+    app = ("http-app", "pw")
+    seen = {}
+    seen["alternate"] = http("PUT", "/api/exchanges/%2F/app.x", {
+        "type": "fanout", "arguments": {"alternate-exchange": "http-secret"}}, auth=app)[::2]
+    seen["dead_letter"] = http("PUT", "/api/queues/%2F/app.q", {
+        "arguments": {"x-dead-letter-exchange": "http-secret"}}, auth=app)[::2]
+    seen["own_queue"] = http("PUT", "/api/queues/%2F/app.q", {}, auth=app)[0]
+    seen["bind_all_topics"] = http("POST", "/api/bindings/%2F/e/amq.topic/q/app.q",
+                                   {"routing_key": "#"}, auth=app)[::2]
+    seen["bind_own_topics"] = http("POST", "/api/bindings/%2F/e/amq.topic/q/app.q",
+                                   {"routing_key": "app.events"}, auth=app)[0]
+    seen["purge"] = http("DELETE", "/api/queues/%2F/http-secretq/contents", auth=app)[::2]
+    seen["get"] = http("POST", "/api/queues/%2F/http-secretq/get",
+                       {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}, auth=app)[::2]
+
+    def publish(exchange, key, auth):
+        return http("POST", "/api/exchanges/%2F/" + exchange + "/publish", {
+            "properties": {}, "routing_key": key, "payload": "x", "payload_encoding": "string"},
+            auth=auth)[::2]
+
+    seen["publish_no_write"] = publish("http-secret", "k", app)
+    seen["publish_topic"] = publish("amq.topic", "other.k", app)
+    seen["publish_internal"] = publish("http-inner", "k", ("guest", "guest"))
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare("http-mine", exclusive=True)
+    ch.basic_publish("", "http-mine", b"private")
+    seen["exclusive_delete"] = http("DELETE", "/api/queues/%2F/http-mine")[::2]
+    seen["exclusive_purge"] = http("DELETE", "/api/queues/%2F/http-mine/contents")[::2]
+    seen["exclusive_get"] = http("POST", "/api/queues/%2F/http-mine/get",
+                                 {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})[::2]
+    seen["exclusive_left"] = ch.queue_declare("http-mine", passive=True).method.message_count
+    conn.close()
+    for path in ("/api/queues/%2F/app.q", "/api/queues/%2F/http-secretq", "/api/exchanges/%2F/http-secret",
+                 "/api/exchanges/%2F/http-inner", "/api/users/http-app"):
+        http("DELETE", path)
+    return seen
+
+
+@scenario
 def http_api_message_stats(url):
     """What the API's publishes and gets count, in the vhost's totals (RabbitMQ does them on a
     channel of its own, with confirms and mandatory) and on the default exchange, which counts

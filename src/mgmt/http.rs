@@ -85,14 +85,31 @@ impl ApiError {
         }
     }
 
-    /// A broker operation refused: the AMQP reply code decides the status.
-    /// The reason is the AMQP text without its `NAME - ` prefix, as RabbitMQ shows it.
+    /// A request RabbitMQ runs over a channel of its own (a `get`): not found is a 404, a
+    /// refusal a 401 with the channel's whole text, anything else a 400 with the code before
+    /// the text ("405 RESOURCE_LOCKED - ..."), as RabbitMQ 3.10.8 answers.
+    pub fn from_channel(e: AmqpError) -> Self {
+        match e.code {
+            ReplyCode::NotFound => ApiError::not_found(),
+            ReplyCode::AccessRefused => ApiError::not_authorised(e.text),
+            _ => ApiError::from_closed_channel(e),
+        }
+    }
+
+    /// A publish refused: RabbitMQ learns it as its channel closing under the request, and
+    /// answers every such error, a refusal too, as a 400 with the code before the text.
+    pub fn from_closed_channel(e: AmqpError) -> Self {
+        ApiError::bad_request(format!("{} {}", e.code.code(), e.text))
+    }
+
+    /// A broker operation refused, as RabbitMQ answers a declare, delete, purge or binding
+    /// it asked of a channel directly: the AMQP reply code decides the status. The reason is
+    /// the AMQP text without its `NAME - ` prefix, but a refusal says only "Access refused.".
     pub fn from_amqp(e: AmqpError) -> Self {
         let prefix = format!("{} - ", e.code.name());
         let reason = e.text.strip_prefix(&prefix).unwrap_or(&e.text).to_owned();
         match e.code {
             ReplyCode::NotFound => ApiError::not_found(),
-            // Same as RabbitMQ 3.10.8: whatever was refused, the API says only this.
             ReplyCode::AccessRefused => ApiError::not_authorised("Access refused."),
             ReplyCode::InternalError => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -260,12 +277,22 @@ impl Caller {
         resource: Resource<'_>,
         permission: Permission,
     ) -> Result<(), ApiError> {
+        self.check(broker, vhost, resource, permission)
+            .map_err(ApiError::from_amqp)
+    }
+
+    /// [`Caller::authorize`] with the AMQP error, for the requests RabbitMQ answers with its
+    /// channel's text (`get`, `publish`).
+    pub fn check(
+        &self,
+        broker: &Broker,
+        vhost: &str,
+        resource: Resource<'_>,
+        permission: Permission,
+    ) -> Result<(), AmqpError> {
         match self {
             Caller::Operator => Ok(()),
-            Caller::User(u) => broker
-                .access
-                .check(&u.name, vhost, resource, permission)
-                .map_err(ApiError::from_amqp),
+            Caller::User(u) => broker.access.check(&u.name, vhost, resource, permission),
         }
     }
 

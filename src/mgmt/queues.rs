@@ -474,17 +474,17 @@ async fn get_messages(
     let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
     let req: GetBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    caller.authorize(
-        &m.broker,
-        &vhost.name,
-        Resource::Queue(&name),
-        Permission::Read,
-    )?;
-    // Same as RabbitMQ 3.10.8, whose `get` (unlike delete and purge) answers with the code
-    // before the text: "405 RESOURCE_LOCKED - cannot obtain exclusive access ...".
-    vhost
-        .usable_queue(&name, 0)
-        .map_err(|e| ApiError::bad_request(format!("{} {}", e.code.code(), e.text)))?;
+    // Same as RabbitMQ 3.10.8, which runs a `get` over a channel of its own (unlike delete
+    // and purge): its errors carry the channel's text.
+    caller
+        .check(
+            &m.broker,
+            &vhost.name,
+            Resource::Queue(&name),
+            Permission::Read,
+        )
+        .and_then(|()| vhost.usable_queue(&name, 0))
+        .map_err(ApiError::from_channel)?;
     let (requeue, reject) = match req.ackmode.as_str() {
         "ack_requeue_true" => (true, false),
         "reject_requeue_true" => (true, true),
