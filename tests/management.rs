@@ -2485,3 +2485,28 @@ async fn same_as_rabbitmq_a_refusal_is_worded_by_how_the_request_ran() {
         refused("403 ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'")
     );
 }
+
+/// Same as RabbitMQ, where a queue sets its expiry timer afresh when it takes a new policy:
+/// a policy giving an idle queue `expires` counts from the policy, not from when the queue
+/// was last used. It used to count from then, and deleted a long-idle queue at once.
+#[tokio::test]
+async fn same_as_rabbitmq_a_policys_expires_counts_from_the_policy() {
+    let (broker, api) = broker_with_api().await;
+    let (_c, ch) = broker.channel().await;
+    declare_plain(&ch, "idle").await;
+    // Idle for longer than the policy will allow (time has to pass here).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let policy =
+        json!({"pattern": "^idle$", "definition": {"expires": 1000}, "apply-to": "queues"});
+    assert_eq!(api.put("/api/policies/%2F/short", policy).await.status, 201);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        api.get("/api/queues/%2F/idle").await.status,
+        200,
+        "still there"
+    );
+    eventually(&api, "/api/queues/%2F", |queues| {
+        queues.as_array().is_some_and(|q| q.is_empty())
+    })
+    .await;
+}

@@ -344,7 +344,15 @@ impl DefinitionsStore {
         let tmp = self.dir.join("definitions.json.tmp");
         fs.write_synced(&tmp, &json)?;
         fs.rename(&tmp, &snapshot_path(&self.dir))?;
-        fs.sync_dir(&self.dir)?;
+        // The directory also holds the new generation's journal, made by
+        // `switch_generation`: this fsync failing may have taken the error the sync thread's
+        // own sync of the directory would have seen, so the store stops as for any fsync
+        // outside the sync thread (`Shared::fail_stop`).
+        if let Err(e) = fs.sync_dir(&self.dir) {
+            self.shared
+                .fail_stop(&e, "syncing the definitions directory after a snapshot");
+            return Err(e);
+        }
         *written = generation;
         for g in journal_generations(&**fs, &self.dir)? {
             if g < generation {

@@ -163,8 +163,9 @@ impl QueueLog {
                 }
                 if at == 0 && got < max_bytes {
                     match record::peek(&buf) {
-                        // One record larger than a chunk: read exactly it.
-                        Some((_, _, len)) => {
+                        // One record larger than a chunk: read exactly it. Its length comes
+                        // off the disk, so it is allocated only if the segment holds it.
+                        Some((_, _, len)) if reader.pos.offset + len as u64 <= end => {
                             let mut big = vec![0u8; len];
                             read_at(index, file, &mut big, reader.pos.offset)?;
                             if let Some(r) =
@@ -179,12 +180,12 @@ impl QueueLog {
                         None if buf.iter().take(record::HEADER_LEN).all(|&b| b == 0) => {
                             reader.pos.offset = end;
                         }
-                        None => {
+                        _ => {
                             tracing::error!(
                                 segment = index,
                                 offset = reader.pos.offset,
                                 bytes = end - reader.pos.offset,
-                                "a queue log holds no record where one should start; the rest of the segment is skipped"
+                                "a queue log holds no record where one should start (or one longer than the segment); the rest of the segment is skipped"
                             );
                             reader.pos.offset = end;
                         }

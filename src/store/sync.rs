@@ -26,8 +26,21 @@ const SYNC_RETRY_MS: u64 = 100;
 /// for) stays buffered when no other write comes to carry it to disk.
 pub const LAZY_WRITE_MS: u64 = 200;
 
-/// Failed epochs remembered for waiters that look late; far more than can be in flight.
+/// Failed epochs remembered one by one for waiters that look late; far more than can be in
+/// flight. Older ones are not forgotten: every epoch up to the last one let go counts as
+/// failed (`Failed::forgotten_upto`), since a forgotten failure must never read as durable.
 const FAILED_EPOCHS_KEPT: usize = 65_536;
+
+/// The epochs some of whose writes failed.
+#[derive(Default)]
+struct Failed {
+    /// The latest `FAILED_EPOCHS_KEPT` of them.
+    epochs: BTreeSet<u64>,
+    /// Every epoch up to this one reads as failed (0: none): the failed epochs let go of
+    /// were all at or below it. A durable one among them reads as failed too, which makes
+    /// a late waiter give up on a write that lasted, never trust one that did not.
+    forgotten_upto: u64,
+}
 
 /// What became of the writes of an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +93,7 @@ pub struct Shared {
     /// How records are sealed: the data directory's key (`store::seal`).
     pub seals: SealKey,
     /// Epochs some of whose writes failed (the disk was full, or refused a write).
-    failed: Mutex<BTreeSet<u64>>,
+    failed: Mutex<Failed>,
     /// Some epoch ever failed: until then `failed` need not be looked at.
     ever_failed: AtomicBool,
     /// From this epoch on nothing is durable: an fsync failed (`u64::MAX` while healthy).
@@ -199,7 +212,7 @@ impl Shared {
             return false;
         }
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        failed.contains(&epoch)
+        epoch <= failed.forgotten_upto || failed.epochs.contains(&epoch)
     }
 
     /// Whether the store still writes: false for good after an fsync failed.
@@ -219,7 +232,10 @@ impl Shared {
     /// the lost entries being on disk. So nothing not yet synced is confirmed, as when the
     /// sync thread's fsync fails.
     pub fn fail_stop(&self, error: &io::Error, what: &str) {
-        let epoch = self.epoch();
+        // From the first epoch not yet published as synced: the sync thread may be in the
+        // middle of a cycle for an epoch before `self.epoch()`, whose fsync this failure may
+        // have robbed of its error.
+        let epoch = self.synced().saturating_add(1);
         self.read_only_from.fetch_min(epoch, Ordering::SeqCst);
         self.synced.send_replace(u64::MAX);
         tracing::error!(
@@ -232,10 +248,12 @@ impl Shared {
 
     fn fail_epoch(&self, epoch: u64) {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        failed.insert(epoch);
+        failed.epochs.insert(epoch);
         self.ever_failed.store(true, Ordering::Release);
-        while failed.len() > FAILED_EPOCHS_KEPT {
-            failed.pop_first();
+        while failed.epochs.len() > FAILED_EPOCHS_KEPT {
+            if let Some(oldest) = failed.epochs.pop_first() {
+                failed.forgotten_upto = failed.forgotten_upto.max(oldest);
+            }
         }
     }
 
@@ -264,7 +282,7 @@ impl Shared {
             segment_bytes,
             fs,
             seals: SealKey::ephemeral(),
-            failed: Mutex::new(BTreeSet::new()),
+            failed: Mutex::new(Failed::default()),
             ever_failed: AtomicBool::new(false),
             read_only_from: AtomicU64::new(u64::MAX),
             write_failing: AtomicBool::new(false),
@@ -493,8 +511,17 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
     if failed_writes {
         shared.fail_epoch(epoch);
     }
+    // Only upwards: a store stopped meanwhile (`fail_stop`, on another thread) has published
+    // u64::MAX, every epoch settled, and must not go back to `epoch`, which would leave
+    // every later one pending for good.
     if shared.writable() {
-        shared.synced.send_replace(epoch);
+        shared.synced.send_if_modified(|synced| {
+            let later = *synced < epoch;
+            if later {
+                *synced = epoch;
+            }
+            later
+        });
     }
     if failed_writes {
         if shared.stop.load(Ordering::SeqCst) {
@@ -613,6 +640,58 @@ mod tests {
             self.flushes.fetch_add(1, Ordering::SeqCst);
             Ok((Vec::new(), Vec::new()))
         }
+    }
+
+    /// A journal whose flush stands for another thread's fsync failing (`fail_stop`) while
+    /// the sync thread is in the middle of the cycle.
+    struct FailsElsewhere(std::sync::Weak<Shared>);
+
+    impl Journal for FailsElsewhere {
+        fn flush(&self) -> io::Result<ToSync> {
+            if let Some(shared) = self.0.upgrade() {
+                shared.fail_stop(&io::Error::other("EIO"), "a test");
+            }
+            Ok((Vec::new(), Vec::new()))
+        }
+    }
+
+    /// Regression: a directory fsync failing on another thread (segment preparation,
+    /// compaction, the definitions snapshot) during a cycle failed only the epochs after the
+    /// cycle's, and the cycle's own epoch read as durable: its publishes were confirmed
+    /// though the failure may have taken the error its own fsync would have seen.
+    #[test]
+    fn a_failure_outside_the_sync_thread_fails_the_epoch_being_synced() {
+        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
+        shared.mark_dirty(Arc::new(FailsElsewhere(Arc::downgrade(&shared))));
+        let epoch = shared.epoch();
+        assert!(sync_once(&shared));
+        assert_eq!(shared.outcome(epoch), Outcome::Failed);
+        assert_eq!(
+            shared.synced(),
+            u64::MAX,
+            "every epoch is settled, none left pending"
+        );
+        assert!(shared.failed(shared.epoch()), "and later ones fail too");
+    }
+
+    /// A failed epoch is never forgotten as durable: past the ones kept one by one, every
+    /// epoch up to the last let go reads as failed.
+    #[test]
+    fn a_failed_epoch_let_go_still_reads_as_failed() {
+        let shared = Shared::new(1 << 20, Arc::new(RealFs));
+        for epoch in 1..=FAILED_EPOCHS_KEPT as u64 + 2 {
+            shared.fail_epoch(epoch * 2);
+        }
+        assert!(shared.failed(2), "the first failed epoch, let go");
+        assert!(shared.failed(4));
+        assert!(
+            shared.failed(FAILED_EPOCHS_KEPT as u64 * 2 + 4),
+            "the last, kept"
+        );
+        assert!(
+            !shared.failed(FAILED_EPOCHS_KEPT as u64 * 2 + 5),
+            "one that never failed"
+        );
     }
 
     #[test]

@@ -91,15 +91,16 @@ impl State {
             }
             moved += 1;
         }
-        let mut paged = paged.into_iter();
-        for e in paged.by_ref().take(moved) {
-            self.ready_bytes = self.ready_bytes.saturating_sub(e.size());
-        }
-        // What could not be written stays in memory, and the level does not page.
-        paged.for_each(|e| self.ready.push_back(e));
-        if moved == 0 {
+        if moved < paged.len() {
+            // The log refused writes part way: every message stays in memory, in order, and
+            // the level does not page. (Keeping only the unwritten ones in memory put them
+            // ahead of the older ones in the log: consumers got them out of order.)
+            paged.into_iter().for_each(|e| self.ready.push_back(e));
             log.destroy();
             return false;
+        }
+        for e in &paged {
+            self.ready_bytes = self.ready_bytes.saturating_sub(e.size());
         }
         self.paged_levels += 1;
         self.levels[level] = Some(LevelTail {

@@ -360,11 +360,18 @@ impl Queue {
     pub fn apply_policy(&self, policy: Option<&Policy>) {
         self.with_state(|state| {
             let settings = QueueSettings::new(&self.arguments, policy);
+            // Same as RabbitMQ, where a queue sets its expiry timer afresh when it takes a
+            // new policy: an unused queue's `expires` counts from now, not from when it was
+            // last used (a policy giving an idle queue an hour would delete it at once).
+            if settings != state.settings {
+                state.last_used_ms = now_ms();
+            }
             // Priorities come from arguments only, so `ready` keeps its shape.
             state.settings = settings;
             state.held_settings_changed(&self.ctx);
             state.enforce_length_limit(&self.ctx);
             state.dispatch(&self.ctx);
+            state.arm_timer(&self.ctx);
         });
     }
 

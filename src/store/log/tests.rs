@@ -121,6 +121,32 @@ fn paged_records_read_back_in_order_across_segments() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A record's length comes off the disk: one that says more than its segment holds (the
+/// file changed under the broker) is damage, skipped, not a buffer of that size read into.
+/// It used to be allocated as it said, up to 4 GiB, and the read of it failed the batch.
+#[test]
+fn a_record_longer_than_its_segment_is_skipped_not_allocated() {
+    let (store, dir) = store();
+    let log = store.create_paging_log().unwrap();
+    let start = log.end();
+    append(&log, 1, false);
+    log.flush().unwrap();
+    let path = Segment::path(&log.dir, start.segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = start.offset as usize;
+    bytes[at..at + 4].copy_from_slice(&0x7fff_0000u32.to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let mut reader = TailReader {
+        pos: start,
+        ..TailReader::default()
+    };
+    let back = log.read_back(&mut reader, 1 << 10).unwrap();
+    assert!(back.is_empty(), "nothing readable");
+    assert!(reader.pos > start, "the reader moved past the damage");
+    store.close();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
     let dir = temp_dir();
