@@ -535,15 +535,12 @@ async fn a_commit_whose_publish_the_store_refused_is_not_committed() {
     assert!(e.to_string().contains("INTERNAL_ERROR"), "{e}");
 }
 
-/// Regression: when the disk refused a page-out part way, the messages it had not written
-/// stayed in memory but behind the ones it had (the tail is read after what is in memory):
-/// consumers got them out of order. Now a page-out that fails keeps every message in memory,
-/// in order.
-#[tokio::test]
-async fn a_page_out_the_disk_refuses_part_way_keeps_the_queue_in_order() {
+/// Pages a queue out onto a disk that refuses part way (a priority queue's level, with
+/// `priority`), then reads every message back: they must come in the order they went in.
+async fn page_out_refused_part_way(priority: Option<u8>) {
     let fs = SimFs::new(14);
     let mut config = Config::for_tests();
-    config.data_dir = PathBuf::from("/sim/page-out");
+    config.data_dir = PathBuf::from(format!("/sim/page-out-{}", priority.is_some()));
     config.limits.monitor_interval_ms = 20;
     config.limits.memory_budget_bytes = 256 * 1024;
     config.limits.segment_bytes = 64 * 1024;
@@ -556,7 +553,11 @@ async fn a_page_out_the_disk_refuses_part_way_keeps_the_queue_in_order() {
         addr,
     };
     let (_c, ch) = broker.channel().await;
-    within(ch.queue_declare("held".into(), Default::default(), FieldTable::default()))
+    let arguments = match priority {
+        Some(_) => common::table(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]),
+        None => FieldTable::default(),
+    };
+    within(ch.queue_declare("held".into(), Default::default(), arguments))
         .await
         .unwrap();
     // Every write fails: the first page-out writes one message (into memory, pending) and is
@@ -572,7 +573,10 @@ async fn a_page_out_the_disk_refuses_part_way_keeps_the_queue_in_order() {
             "held".into(),
             Default::default(),
             &body(n),
-            BasicProperties::default(),
+            match priority {
+                Some(p) => BasicProperties::default().with_priority(p),
+                None => BasicProperties::default(),
+            },
         ))
         .await
         .unwrap();
@@ -598,67 +602,21 @@ async fn a_page_out_the_disk_refuses_part_way_keeps_the_queue_in_order() {
     assert_eq!(got, (0..8).collect::<Vec<u8>>());
 }
 
+/// Regression: when the disk refused a page-out part way, the messages it had not written
+/// stayed in memory but behind the ones it had (the tail is read after what is in memory):
+/// consumers got them out of order. Now a page-out that fails keeps every message in memory,
+/// in order.
+#[tokio::test]
+async fn a_page_out_the_disk_refuses_part_way_keeps_the_queue_in_order() {
+    page_out_refused_part_way(None).await;
+}
+
 /// Regression, as above for a priority queue's level: the messages a level's page-out had
 /// not written stayed in memory, ahead of the older ones it had written. Now the level keeps
 /// every message in memory, in order.
 #[tokio::test]
 async fn a_priority_level_the_disk_refuses_to_page_part_way_stays_in_order() {
-    let fs = SimFs::new(14);
-    let mut config = Config::for_tests();
-    config.data_dir = PathBuf::from("/sim/page-out-level");
-    config.limits.monitor_interval_ms = 20;
-    config.limits.memory_budget_bytes = 256 * 1024;
-    config.limits.segment_bytes = 64 * 1024;
-    let server = Server::start_on(Arc::new(fs.clone()), config)
-        .await
-        .expect("starts on the simulated disk");
-    let addr = server.local_addr();
-    let broker = TestBroker {
-        server: Some(server),
-        addr,
-    };
-    let (_c, ch) = broker.channel().await;
-    let arguments = common::table(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]);
-    within(ch.queue_declare("held".into(), Default::default(), arguments))
-        .await
-        .unwrap();
-    // Every write fails: the first page-out writes one message (into memory, pending) and is
-    // refused at the next segment.
-    fs.set_faults(Faults {
-        write_error: 1.0,
-        ..Faults::default()
-    });
-    let body = |n: u8| vec![n; 200 * 1024];
-    for n in 0..8u8 {
-        within(ch.basic_publish(
-            "".into(),
-            "held".into(),
-            Default::default(),
-            &body(n),
-            BasicProperties::default().with_priority(3),
-        ))
-        .await
-        .unwrap();
-    }
-    let server = broker.server.as_ref().unwrap().broker().clone();
-    wait_until(|| server.alarms.raised().disk).await;
-    fs.set_faults(Faults::default());
-    let (_c2, reader) = broker.channel().await;
-    let mut got = Vec::new();
-    within(async {
-        while got.len() < 8 {
-            match reader
-                .basic_get("held".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                Some(m) => got.push(m.delivery.data[0]),
-                None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        }
-    })
-    .await;
-    assert_eq!(got, (0..8).collect::<Vec<u8>>());
+    page_out_refused_part_way(Some(3)).await;
 }
 
 // ---- confirms that need no disk -------------------------------------------------------------
