@@ -542,6 +542,35 @@ def ttl_zero_requeue(url):
 
 
 @scenario
+def dead_letter_header_order(url):
+    """A dead-lettered message's headers come out sorted by name, its first x-death entry in
+    RabbitMQ's field order, and an entry counted up again with its fields sorted: pika keeps
+    a table's order, so an application printing or comparing headers sees it."""
+    conn = connect(url)
+    ch = conn.channel()
+    q = unique("dl-order")
+    ch.queue_declare(q, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": q})
+    ch.basic_publish("", q, b"twice", pika.BasicProperties(
+        headers={"zz": 1, "Ab": "x", "mm": 2}, expiration="60000"))
+    seen = []
+    for _ in range(3):
+        method, props, _ = wait_get(ch, q, auto_ack=False)
+        seen.append({
+            "headers": list((props.headers or {}).keys()),
+            "x-death": [list(d.keys()) for d in (props.headers or {}).get("x-death", [])],
+        })
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.queue_delete(q)
+    conn.close()
+    assert seen[1]["headers"] == ["Ab", "mm", "x-death", "x-first-death-exchange",
+                                  "x-first-death-queue", "x-first-death-reason", "zz"], seen
+    assert seen[1]["x-death"] == [["count", "reason", "queue", "time", "exchange",
+                                   "routing-keys", "original-expiration"]], seen
+    assert seen[2]["x-death"] == [sorted(seen[1]["x-death"][0])], seen
+    return {"seen": seen}
+
+
+@scenario
 def send_timeout(url):
     """A consumer that stops reading its socket while the broker has megabytes for it is
     disconnected after the broker's TCP send timeout (5 s in this suite, on both brokers), and

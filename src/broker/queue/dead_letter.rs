@@ -7,6 +7,9 @@
 //!   per-message TTL, `original-expiration`. Dying again for the same queue and reason bumps
 //!   that entry's count and moves it to the front, keeping its first `time`.
 //! - `x-first-death-reason`, `-queue` and `-exchange` are set once, on the first death.
+//! - The headers table comes out sorted by name, and an entry counted up with its fields
+//!   sorted: RabbitMQ edits tables with `set_table_value`, which sorts them. Clients that keep
+//!   a table's order (pika, amqplib) show it.
 //! - The `expiration` property is removed. With `x-dead-letter-routing-key` the message is
 //!   routed with that key and its `CC` header is removed; without it, with its original
 //!   routing keys (including `CC` and `BCC`).
@@ -21,7 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
 
 use crate::broker::message::Message;
@@ -95,10 +98,6 @@ pub struct Ticket {
 pub struct DlxTarget {
     pub exchange: String,
     pub routing_key: Option<Bytes>,
-}
-
-fn long_str(s: &[u8]) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.to_vec()))
 }
 
 /// The string value named `name` in an encoded `x-death` entry.
@@ -201,7 +200,7 @@ fn group_by_queue_and_reason<'a>(entries: &[&'a [u8]]) -> Vec<Grouped<'a>> {
 /// front of the others.
 fn x_death_after(
     existing: Option<&[u8]>,
-    info: FieldTable,
+    new_entry: Vec<u8>,
     queue: &[u8],
     reason: &[u8],
 ) -> Option<Vec<u8>> {
@@ -218,16 +217,16 @@ fn x_death_after(
             && entry_field(g.entry, b"reason") == Some(reason)
     });
     let updated = match matching {
-        None => with_count(info, 1),
+        None => new_entry,
         Some(i) => {
             let m = grouped[i].decoded()?;
             let count = table::get(&m, "count").and_then(table::as_int).unwrap_or(0);
-            with_count(m, count + 1)
+            table_value(&with_count(m, count + 1))
         }
     };
     let capacity = existing.map_or(0, <[u8]>::len) + 256;
     let mut out = raw_table::Builder::new(Some(b'A'), capacity);
-    out.item(&table_value(&updated));
+    out.item(&updated);
     for (i, g) in grouped.iter().enumerate() {
         if Some(i) != matching {
             g.push_to(&mut out)?;
@@ -236,36 +235,43 @@ fn x_death_after(
     out.finish()
 }
 
-/// The `x-death` entry for this death, before its count.
-fn death_info(
+/// The `x-death` entry for a first death in this queue for this reason, encoded as a table
+/// value with its fields in the order RabbitMQ 3.10 writes them (`rabbit_dead_letter`):
+/// `count`, `reason`, `queue`, `time`, `exchange`, `routing-keys`, then
+/// `original-expiration` if the message had one. (An entry counted up again comes out with
+/// its keys sorted, as RabbitMQ's `set_table_value` leaves it: see `x_death_after`.)
+fn new_death_entry(
     message: &Message,
     expiration: Option<&[u8]>,
     cc: Option<&[u8]>,
     reason: Reason,
     queue: &str,
     now_secs: u64,
-) -> FieldTable {
-    let mut death_keys = vec![long_str(&message.routing_key)];
-    if let Some(cc) = cc {
-        death_keys.extend(
-            raw_table::items(cc)
-                .filter_map(raw_table::as_bytes)
-                .map(long_str),
-        );
+) -> Option<Vec<u8>> {
+    let mut keys = raw_table::Builder::new(Some(b'A'), 64 + message.routing_key.len());
+    keys.item(&raw_table::long_str(&message.routing_key));
+    for key in cc
+        .into_iter()
+        .flat_map(raw_table::items)
+        .filter_map(raw_table::as_bytes)
+    {
+        keys.item(&raw_table::long_str(key));
     }
-    let mut info = FieldTable::default();
-    info.insert("reason".into(), long_str(reason.as_str().as_bytes()));
-    info.insert("queue".into(), long_str(queue.as_bytes()));
-    info.insert("time".into(), AMQPValue::Timestamp(now_secs));
-    info.insert("exchange".into(), long_str(&message.exchange));
-    info.insert(
-        "routing-keys".into(),
-        AMQPValue::FieldArray(FieldArray::from(death_keys)),
-    );
+    let mut count = vec![b'l'];
+    count.extend_from_slice(&1i64.to_be_bytes());
+    let mut time = vec![b'T'];
+    time.extend_from_slice(&now_secs.to_be_bytes());
+    let mut entry = raw_table::Builder::new(Some(b'F'), 256 + message.exchange.len());
+    entry.entry(b"count", &count);
+    entry.long_str(b"reason", reason.as_str().as_bytes());
+    entry.long_str(b"queue", queue.as_bytes());
+    entry.entry(b"time", &time);
+    entry.long_str(b"exchange", &message.exchange);
+    entry.entry(b"routing-keys", &keys.finish()?);
     if let Some(expiration) = expiration {
-        info.insert("original-expiration".into(), long_str(expiration));
+        entry.long_str(b"original-expiration", expiration);
     }
-    info
+    entry.finish()
 }
 
 /// The headers RabbitMQ sets on the first death only.
@@ -304,34 +310,52 @@ pub fn make_message(
     };
     let expiration = summary.expiration.as_ref().and_then(|r| raw.get(r.clone()));
     let x_death = raw_table::get(old_headers, b"x-death");
-    let info = death_info(
+    let new_entry = new_death_entry(
         message,
         expiration,
         raw_table::get(old_headers, b"CC"),
         reason,
         queue,
         now_secs,
-    );
+    )?;
     let first_death = x_death.is_none();
     // Same as RabbitMQ: an `x-death` that is not an array is replaced.
     let existing = x_death.filter(|v| v.first() == Some(&b'A'));
-    let deaths = x_death_after(existing, info, queue.as_bytes(), reason.as_str().as_bytes())?;
+    let deaths = x_death_after(
+        existing,
+        new_entry,
+        queue.as_bytes(),
+        reason.as_str().as_bytes(),
+    )?;
     let drop_cc = destination.routing_key.is_some();
-    let mut headers = raw_table::Builder::new(None, old_headers.len() + deaths.len() + 128);
-    for (name, value) in raw_table::entries(old_headers) {
-        let replaced = name == b"x-death"
-            || (drop_cc && name == b"CC")
-            || (first_death && FIRST_DEATH.contains(&name));
-        if !replaced {
-            headers.entry(name, value);
-        }
-    }
+    let first_values = [
+        raw_table::long_str(reason.as_str().as_bytes()),
+        raw_table::long_str(queue.as_bytes()),
+        raw_table::long_str(&message.exchange),
+    ];
+    let mut entries: Vec<(&[u8], &[u8])> = raw_table::entries(old_headers)
+        .filter(|&(name, _)| {
+            !(name == b"x-death"
+                || (drop_cc && name == b"CC")
+                || (first_death && FIRST_DEATH.contains(&name)))
+        })
+        .collect();
     if first_death {
-        headers.long_str(FIRST_DEATH[0], reason.as_str().as_bytes());
-        headers.long_str(FIRST_DEATH[1], queue.as_bytes());
-        headers.long_str(FIRST_DEATH[2], &message.exchange);
+        entries.extend(
+            FIRST_DEATH
+                .iter()
+                .copied()
+                .zip(first_values.iter().map(Vec::as_slice)),
+        );
     }
-    headers.entry(b"x-death", &deaths);
+    entries.push((b"x-death", &deaths));
+    // Same as RabbitMQ: the headers come out sorted by name (bytewise), as its
+    // `set_table_value` leaves a table; the sort is stable, so repeated names keep their order.
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut headers = raw_table::Builder::new(None, old_headers.len() + deaths.len() + 128);
+    for (name, value) in entries {
+        headers.entry(name, value);
+    }
     let headers = headers.finish()?;
     let routing_keys: Vec<Bytes> = match &destination.routing_key {
         Some(key) => vec![key.clone()],
@@ -393,6 +417,11 @@ pub fn is_cycle(queue: &str, headers: &[u8]) -> bool {
 mod tests {
     use super::*;
     use amq_protocol::protocol::BasicProperties;
+    use amq_protocol::types::{FieldArray, LongString};
+
+    fn long_str(s: &[u8]) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s.to_vec()))
+    }
 
     fn entry_str<'a>(entry: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
         table::get(entry, key).and_then(table::as_bytes)
@@ -495,6 +524,64 @@ mod tests {
         assert_eq!(table::get(&d[0], "count"), Some(&AMQPValue::LongLongInt(1)));
         assert_eq!(table::get(&d[0], "time"), Some(&AMQPValue::Timestamp(1700)));
         assert_eq!(entry_str(&d[0], "original-expiration"), Some(&b"5000"[..]));
+    }
+
+    /// The names of an encoded table's entries, in wire order.
+    fn names(table: &[u8]) -> Vec<String> {
+        raw_table::entries(table)
+            .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn same_as_rabbitmq_dead_lettered_headers_are_sorted_and_a_new_entry_keeps_its_order() {
+        let mut start = FieldTable::default();
+        start.insert("zz".into(), long_str(b"1"));
+        start.insert("Ab".into(), long_str(b"2"));
+        let m = message(
+            BasicProperties::default()
+                .with_headers(start)
+                .with_expiration("60000".into()),
+        );
+        let dest = DlxTarget {
+            exchange: String::new(),
+            routing_key: None,
+        };
+        let once = make_message(&m, Reason::Rejected, "work", &dest, 7).unwrap();
+        assert_eq!(
+            names(&once.headers),
+            [
+                "Ab",
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason",
+                "zz"
+            ]
+        );
+        let entry = |headers: &[u8]| {
+            let deaths = raw_table::get(headers, b"x-death").unwrap();
+            let first = raw_table::items(deaths).next().unwrap();
+            names(raw_table::as_table(first).unwrap())
+        };
+        let rabbit_order = [
+            "count",
+            "reason",
+            "queue",
+            "time",
+            "exchange",
+            "routing-keys",
+            "original-expiration",
+        ];
+        assert_eq!(entry(&once.headers), rabbit_order);
+        let twice = make_message(&once.message, Reason::Rejected, "work", &dest, 8).unwrap();
+        let mut sorted = rabbit_order.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(
+            entry(&twice.headers),
+            sorted,
+            "counted up: set_table_value sorts it"
+        );
     }
 
     #[test]
@@ -695,14 +782,16 @@ mod tests {
                 };
                 let props = properties::decode_all(&m.properties).unwrap();
                 let expiration = props.expiration().as_ref().map(|e| e.as_str().as_bytes().to_vec());
-                let info = death_info(
+                let entry = new_death_entry(
                     &m,
                     expiration.as_deref(),
                     None,
                     reasons[r],
                     queues[q],
                     step as u64,
-                );
+                )
+                .unwrap();
+                let info = raw_table::decode(&entry[1..]).unwrap();
                 reference::record_death(&mut expected, info, &m.exchange, queues[q]);
                 m = dead(&m, reasons[r], queues[q], &dest, step as u64).0;
                 proptest::prop_assert_eq!(&headers(&m), &expected);
