@@ -218,3 +218,41 @@ async fn a_publisher_blocked_past_two_heartbeats_is_unblocked_when_the_alarm_cle
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Same as RabbitMQ (its reader blocks on body frames as on headers): a publisher that began
+/// a message before the alarm is blocked by its next body frame. It used to be blocked only
+/// by a content header, so it could go on sending the bodies of messages begun on every
+/// channel, never blocked, until the broker ran out of memory.
+#[tokio::test]
+async fn a_body_frame_under_an_alarm_blocks_a_publisher_mid_message() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let mut publisher = broker.raw().await;
+    publisher.handshake_with(with_blocked_capability(), 0).await;
+    publisher.open_channel(1).await;
+    let mut method = vec![0, 60, 0, 40, 0, 0, 0, 7];
+    method.extend_from_slice(b"nowhere");
+    method.push(0);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1_000_000u64.to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    let mut begun = raw_frame(1, 1, &method);
+    begun.extend(raw_frame(2, 1, &header));
+    begun.extend(raw_frame(3, 1, &[7; 1000]));
+    publisher.send(&begun).await;
+    // The channel has taken the message's start: a method round trip on the same channel
+    // would be refused mid-message, so a second channel's open shows the frames were read.
+    publisher.open_channel(2).await;
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Absolute(1));
+    publisher.send(&raw_frame(3, 1, &[7; 1000])).await;
+    assert_eq!(
+        within(next_flow_frame(&mut publisher)).await.as_deref(),
+        Some("low on memory")
+    );
+    server
+        .alarms
+        .set_memory_watermark(MemoryWatermark::Relative(0.99));
+    assert_eq!(within(next_flow_frame(&mut publisher)).await, None);
+}

@@ -1,11 +1,12 @@
 //! Flow control under memory and disk alarms, as RabbitMQ's reader does it.
 //!
 //! When an alarm is raised every open connection starts *blocking*: nothing changes until it
-//! publishes. The content header of its next message blocks it: the broker stops processing
-//! and reading its input (the rest of that message waits in the buffer), and a client that
-//! announced the `connection.blocked` capability is told why. When the alarms clear, it is
-//! unblocked (and told so, if it was told it was blocked) and reading resumes. A connection
-//! that only consumes is never blocked, so consumers keep draining the queues.
+//! publishes. Its next content frame, a message's header or a body frame, blocks it: the
+//! broker stops processing and reading its input (the rest of that message waits in the
+//! buffer), and a client that announced the `connection.blocked` capability is told why.
+//! When the alarms clear, it is unblocked (and told so, if it was told it was blocked) and
+//! reading resumes. A connection that only consumes is never blocked, so consumers keep
+//! draining the queues.
 
 use amq_protocol::protocol::{AMQPClass, connection as amqp_connection};
 use tokio::time::Instant;
@@ -48,8 +49,11 @@ impl Connection {
         }
     }
 
-    /// A content header arrived: under an alarm, this blocks the connection.
-    pub(super) fn on_content_header(&mut self) {
+    /// A content frame arrived: under an alarm, this blocks the connection. Body frames
+    /// count as well as headers (as in RabbitMQ's reader): a publisher that had begun
+    /// messages before the alarm would otherwise go on sending their bodies, up to
+    /// `channel_max` messages of `max_message_size` each, and never be blocked.
+    pub(super) fn on_content_frame(&mut self) {
         if self.flow != Flow::Blocking {
             return;
         }

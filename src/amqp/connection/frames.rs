@@ -140,6 +140,7 @@ impl Connection {
             Err(e) if e.is_hard() => self.close_connection(e, false),
             Err(e) => self.fail_channel(channel, e),
         }
+        self.on_content_frame();
         None
     }
 
@@ -325,7 +326,7 @@ impl Connection {
             FRAME_HEADER => match hot::parse_content_header(&payload) {
                 Ok(h) => {
                     let r = ch.on_header(session, out, h);
-                    self.on_content_header();
+                    self.on_content_frame();
                     r
                 }
                 Err(_) => Err(amqp_error!(
@@ -334,7 +335,11 @@ impl Connection {
                     octets_description(header.kind, &payload)
                 )),
             },
-            _ => ch.on_body(session, out, payload, None),
+            _ => {
+                let r = ch.on_body(session, out, payload, None);
+                self.on_content_frame();
+                r
+            }
         }
     }
 
