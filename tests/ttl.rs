@@ -270,6 +270,72 @@ async fn same_as_rabbitmq_x_expires_counts_from_the_declaration() {
     .await;
 }
 
+/// Redeclares `queue` with `options` every few milliseconds until it is gone: it must go
+/// (the test fails by timing out if these redeclares keep it alive).
+async fn redeclared_until_gone(
+    broker: &Broker,
+    queue: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) {
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        arguments.clone(),
+    ))
+    .await
+    .unwrap();
+    let (_c2, probe) = broker.channel().await;
+    within(probe.confirm_select(Default::default()))
+        .await
+        .unwrap();
+    within(async {
+        while exists(&probe, queue).await {
+            // A passive declare can find it gone already: that is the end too.
+            if ch
+                .queue_declare(queue.into(), options, arguments.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Same as RabbitMQ 3.10 (checked on a node): a `nowait` redeclare of a classic queue does
+/// not count as use (RabbitMQ counts the `stat` behind a Declare-Ok, and sends none), so the
+/// queue expires however often it is redeclared so.
+#[tokio::test]
+async fn same_as_rabbitmq_a_nowait_redeclare_does_not_keep_a_classic_queue() {
+    let broker = Broker::start().await;
+    let options = QueueDeclareOptions {
+        durable: true,
+        nowait: true,
+        ..Default::default()
+    };
+    let arguments = table(&[("x-expires", AMQPValue::LongInt(40))]);
+    redeclared_until_gone(&broker, "redeclared-nowait", options, arguments).await;
+}
+
+/// Same as RabbitMQ 3.10 (checked on a node): a passive declare of a quorum queue only reads
+/// its counts, so it does not keep the queue alive (an active redeclare does).
+#[tokio::test]
+async fn same_as_rabbitmq_a_passive_declare_does_not_keep_a_quorum_queue() {
+    let broker = Broker::start().await;
+    let arguments = table(&[
+        ("x-expires", AMQPValue::LongInt(40)),
+        ("x-queue-type", long_str("quorum")),
+    ]);
+    redeclared_until_gone(&broker, "declared-passively", passive(), arguments).await;
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_a_queue_with_consumers_does_not_expire() {
     let broker = Broker::start().await;

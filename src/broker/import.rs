@@ -81,6 +81,7 @@ impl Broker {
         for q in &defs.queues {
             let vhost = self.existing_vhost_of(&q.vhost, "queue", &q.name)?;
             let declare = QueueDeclare {
+                nowait: false,
                 name: q.name.clone(),
                 passive: false,
                 durable: q.durable,

@@ -361,6 +361,7 @@ async fn declare(
     )?;
     let existed = vhost.queue(&name).is_some();
     let declare = QueueDeclare {
+        nowait: false,
         name: name.clone(),
         passive: false,
         // Absent flags are false, as in an AMQP declare (and RabbitMQ's API).
@@ -574,6 +575,7 @@ pub const ALIVENESS_QUEUE: &str = "aliveness-test";
 pub fn aliveness(vhost: &VirtualHost) -> Result<(), String> {
     const NAME: &str = ALIVENESS_QUEUE;
     let declare = QueueDeclare {
+        nowait: false,
         name: NAME.into(),
         passive: false,
         durable: false,

@@ -278,6 +278,7 @@ impl Channel {
             }
         }
         let declare = QueueDeclare {
+            nowait: d.nowait,
             name,
             passive: d.passive,
             durable: d.durable,

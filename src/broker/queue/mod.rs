@@ -527,9 +527,20 @@ impl Queue {
         (state.message_count(), state.consumers.live() as u32)
     }
 
-    /// A declare (active or passive) counts as use for `x-expires`.
-    pub fn touch(&self) {
-        self.with_state(|state| state.last_used_ms = now_ms());
+    /// A redeclare counts as use for `x-expires` when RabbitMQ 3.10's would (checked on a
+    /// node): on a classic queue, one the client awaits an answer to (RabbitMQ counts the
+    /// `stat` that makes Declare-Ok, passive or not; a `nowait` one makes none); on a quorum
+    /// queue, an active one, awaited or not (a passive one only reads the queue's counts).
+    pub fn touch_on_declare(&self, passive: bool, nowait: bool) {
+        self.with_state(|state| {
+            let used = match state.settings.queue_type {
+                QueueType::Quorum => !passive,
+                _ => !nowait,
+            };
+            if used {
+                state.last_used_ms = now_ms();
+            }
+        });
     }
 
     pub fn message_count(&self) -> u32 {

@@ -24,6 +24,9 @@ pub struct QueueDeclare {
     pub exclusive: bool,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The client wants no Declare-Ok: in RabbitMQ such a redeclare does not count as use
+    /// of a classic queue for `x-expires`.
+    pub nowait: bool,
 }
 
 impl VirtualHost {
@@ -69,7 +72,7 @@ impl VirtualHost {
                 }
                 arguments::assert_queue_equivalence(&q.arguments, &d.arguments, &desc)?;
             }
-            q.touch();
+            q.touch_on_declare(d.passive, d.nowait);
             let (messages, consumers) = q.counts();
             return Ok((q, messages, consumers, None));
         }
