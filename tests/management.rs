@@ -2510,3 +2510,35 @@ async fn same_as_rabbitmq_a_policys_expires_counts_from_the_policy() {
     })
     .await;
 }
+
+/// A binding key is a short string in AMQP; over the API it is held to the same 255 bytes.
+/// Before, a key of 100,000 words to `amq.topic` built a trie that deep, and removing it
+/// (unbind, deleting the queue) recursed once per word: the broker's stack overflowed.
+#[tokio::test]
+async fn a_binding_key_longer_than_a_short_string_is_refused() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    declare_plain(&ch, "deep").await;
+    let words = |n: usize| vec!["a"; n].join(".");
+    let refused = api
+        .post(
+            "/api/bindings/%2F/e/amq.topic/q/deep",
+            json!({"routing_key": words(100_000)}),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json()["reason"],
+        "binding key longer than 255 bytes"
+    );
+    let longest = words(128);
+    assert_eq!(longest.len(), 255);
+    let made = api
+        .post(
+            "/api/bindings/%2F/e/amq.topic/q/deep",
+            json!({"routing_key": longest}),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    assert_eq!(api.delete("/api/queues/%2F/deep").await.status, 204);
+}

@@ -3,6 +3,11 @@
 //!
 //! Nothing in here knows about queues or connections; it turns bytes into methods and back.
 
+/// The most bytes a short string holds on the wire (names, routing and binding keys). What
+/// reaches the broker by other ways (the management API, a definitions file) is held to it
+/// too: every such string can end up in a frame.
+pub const SHORT_STRING_MAX_BYTES: usize = 255;
+
 pub mod basic;
 pub mod error;
 pub mod frame;

@@ -60,6 +60,15 @@ impl VirtualHost {
         arguments::check_kept_size(&binding.arguments, || {
             format!("a binding from {}", exchange_desc(&source.name, &self.name))
         })?;
+        if binding.routing_key.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
+            // Only the management API and definitions can send one: AMQP's is a short
+            // string. A topic binding's words are nested trie nodes, walked recursively.
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "binding key longer than {} bytes",
+                crate::protocol::SHORT_STRING_MAX_BYTES
+            ));
+        }
         if source.bind(binding.clone(), max, full)? {
             if let Some(def) = self.binding_def(source, &binding) {
                 self.record(topology, Change::PutBinding(def));

@@ -104,7 +104,7 @@ impl VirtualHost {
         let x = self
             .exchange(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
-        if routing_key.len() > 255 {
+        if routing_key.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
             // A short string on the wire and in the log's records.
             return Err(crate::amqp_error!(
                 PreconditionFailed,
