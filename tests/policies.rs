@@ -173,3 +173,95 @@ async fn a_policy_can_give_an_exchange_its_alternate_exchange() {
     assert_eq!(m.delivery.data, b"stray");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Same as RabbitMQ 3.10 (checked on a node): a catch-all policy applies to `amq.*`
+/// exchanges and server-named `amq.gen-` queues as to any other, and the default exchange
+/// never hands a message to an alternate: a mandatory publish to a missing queue comes back.
+/// Before, `amq.*` names were exempt from policies and the default exchange used one.
+#[tokio::test]
+async fn same_as_rabbitmq_a_catch_all_policy_covers_amq_names_but_the_default_exchange_keeps_its_returns()
+ {
+    let dir = data_dir_with_policies(serde_json::json!([
+        {"vhost": "/", "name": "ae", "pattern": ".*", "apply-to": "exchanges",
+         "priority": 0, "definition": {"alternate-exchange": "unrouted"}},
+        {"vhost": "/", "name": "ttl", "pattern": "^amq\\.gen", "apply-to": "queues",
+         "priority": 0, "definition": {"message-ttl": 0}}
+    ]))
+    .await;
+    let broker = broker_in(&dir).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.exchange_declare(
+        "unrouted".into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("lost".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "lost".into(),
+        "unrouted".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let publish = |exchange: &'static str, key: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let confirm = within(ch.basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                key.as_bytes(),
+                Default::default(),
+            ))
+            .await
+            .unwrap();
+            within(confirm).await.unwrap()
+        }
+    };
+    let returned = publish("", "no-such-queue").await.take_message();
+    assert_eq!(returned.map(|m| m.reply_code), Some(312), "NO_ROUTE");
+    assert!(
+        publish("amq.topic", "nothing.matches")
+            .await
+            .take_message()
+            .is_none()
+    );
+    let m = wait_for_message(&ch, "lost").await;
+    assert_eq!(m.delivery.data, b"nothing.matches");
+    let generated = within(ch.queue_declare(
+        "".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let name: &'static str = generated.name().to_string().leak();
+    assert!(publish("", name).await.take_message().is_none());
+    let count = within(ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap()
+    .message_count();
+    assert_eq!(count, 0, "the policy's TTL 0 applies to {name}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

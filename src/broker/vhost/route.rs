@@ -33,15 +33,20 @@ impl VirtualHost {
         while let Some(x) = first.take().or_else(|| pending.pop()) {
             let mut matched = false;
             if x.name.is_empty() {
-                // The default exchange: every queue is bound by its own name.
-                for key in routing_keys {
-                    if let Ok(name) = std::str::from_utf8(key)
-                        && let Some(q) = self.queues.get(name)
-                    {
-                        matched = true;
-                        out.push(q.value().clone());
+                // The default exchange: every queue is bound by its own name. As in RabbitMQ,
+                // it never hands a message to an alternate exchange (a policy may name one),
+                // and, reached as another exchange's alternate, it routes nothing: RabbitMQ
+                // routes that through the bindings it stores, which are none.
+                if Arc::as_ptr(&x) == origin {
+                    for key in routing_keys {
+                        if let Ok(name) = std::str::from_utf8(key)
+                            && let Some(q) = self.queues.get(name)
+                        {
+                            out.push(q.value().clone());
+                        }
                     }
                 }
+                continue;
             } else {
                 if x.kind == ExchangeKind::Headers {
                     cacheable = false;
