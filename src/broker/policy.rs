@@ -188,7 +188,13 @@ mod tests {
             matching(&policies, Target::Exchange, "x").unwrap().name,
             "ae"
         );
-        assert!(matching(&policies, Target::Exchange, "amq.direct").is_none());
+        assert_eq!(
+            matching(&policies, Target::Exchange, "amq.direct")
+                .unwrap()
+                .name,
+            "ae",
+            "as in RabbitMQ, amq.* names are no exception"
+        );
     }
 
     #[test]
