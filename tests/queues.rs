@@ -490,6 +490,41 @@ async fn same_as_rabbitmq_delete_if_empty_and_if_unused() {
     );
 }
 
+/// Same as RabbitMQ 3.10 (checked on a node): with both conditions and both unmet, the
+/// refusal is "not empty" (RabbitMQ checks emptiness first; Lepus said "in use").
+#[tokio::test]
+async fn same_as_rabbitmq_delete_if_empty_and_if_unused_together_reports_not_empty() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    declare(&ch, "both", Default::default(), FieldTable::default()).await;
+    put(&ch, "both", 3).await;
+    until_count(&ch, "both", 3).await;
+    within(ch.basic_qos(1, Default::default())).await.unwrap();
+    let _consumer = within(ch.basic_consume(
+        "both".into(),
+        "holding-one".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    until_count(&ch, "both", 2).await;
+    let (_c2, ch2) = broker.channel().await;
+    assert_amqp_error(
+        within(ch2.queue_delete(
+            "both".into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                if_empty: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+        406,
+        "PRECONDITION_FAILED - queue 'both' in vhost '/' not empty",
+    );
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_deleting_a_queue_cancels_its_consumers() {
     let broker = Broker::start().await;

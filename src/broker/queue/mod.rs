@@ -20,8 +20,8 @@
 //!
 //! Invariants, all under the lock:
 //! - Each priority level of `ready` is sorted by `seq`; a requeued message goes back to the
-//!   place its `seq` gives it, or, refused by a quorum queue's consumer, takes the next
-//!   `seq` at the back ([`requeue`]).
+//!   place its `seq` gives it, or, refused by the consumer of a quorum queue without a
+//!   delivery limit, takes the next `seq` at the back ([`requeue`]).
 //! - Every message in the tail comes after every message in `ready` (higher `seq`), and the
 //!   tail is read back in `seq` order. Only FIFO queues page.
 //! - A message is in exactly one place: `ready`, the tail, a channel's unacked list (the

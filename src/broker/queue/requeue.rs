@@ -1,11 +1,13 @@
 //! Messages coming back from consumers: requeued by a nack, a reject or a recover, or let go
 //! when their channel closed.
 //!
-//! A classic queue puts them back in their places, by `seq`. A quorum queue puts the ones
-//! its consumer turned down ([`Requeue::Refused`]) behind every ready message, as RabbitMQ
-//! 3.10's does: the message gets the next `seq`, and, if it has a durable record, a new
-//! record under that `seq` is logged before the Ack of the old one, so that a restart finds
-//! it at the back too. The log keeps the old record until the new one is synced. (A crash
+//! A classic queue puts them back in their places, by `seq`. A quorum queue without a
+//! delivery limit puts the ones its consumer turned down ([`Requeue::Refused`]) behind every
+//! ready message, as RabbitMQ 3.10's does (with a limit, RabbitMQ keeps them as returns,
+//! served before the ready messages, so they go back to their places here as in a classic
+//! queue; checked on a node): the message gets the next `seq`, and, if it has a durable
+//! record, a new record under that `seq` is logged before the Ack of the old one, so that a
+//! restart finds it at the back too. The log keeps the old record until the new one is synced. (A crash
 //! that keeps the new record and not the Ack brings the message back twice: at least once,
 //! as a lazy ack does.)
 
@@ -42,7 +44,7 @@ impl State {
             back.push(entry);
         }
         // Quorum queues take no priorities; a queue with levels keeps to their order.
-        if quorum && why == Requeue::Refused && !self.ready.prioritised() {
+        if quorum && limit.is_none() && why == Requeue::Refused && !self.ready.prioritised() {
             for entry in back {
                 self.requeue_at_back(ctx, entry);
             }

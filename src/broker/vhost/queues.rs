@@ -190,11 +190,12 @@ impl VirtualHost {
             return Err(amqp_error!(NotImplemented, "{}", reason));
         }
         let (messages, consumers) = q.counts();
-        if if_unused && consumers > 0 {
-            return Err(amqp_error!(PreconditionFailed, "{} in use", desc));
-        }
+        // Same as RabbitMQ: emptiness is checked first.
         if if_empty && messages > 0 {
             return Err(amqp_error!(PreconditionFailed, "{} not empty", desc));
+        }
+        if if_unused && consumers > 0 {
+            return Err(amqp_error!(PreconditionFailed, "{} in use", desc));
         }
         Ok(self.remove_queue(&q))
     }
