@@ -104,6 +104,43 @@ async fn same_as_rabbitmq_unacked_messages_of_a_closed_active_consumer_go_to_the
     assert!(d.redelivered);
 }
 
+/// Same as RabbitMQ (its queue requeues a closed channel's messages, then hands over): the
+/// next active consumer gets what the last one held before anything after it, so the
+/// queue's order holds across the handover. Before, the successor was picked and fed at
+/// once, and got m6..m10 before m1..m5 came back.
+#[tokio::test]
+async fn same_as_rabbitmq_a_single_active_consumers_successor_gets_what_it_held_first() {
+    let broker = Broker::start().await;
+    let (_c1, ch1) = broker.channel().await;
+    let (_c2, ch2) = broker.channel().await;
+    within(ch1.queue_declare("sac".into(), Default::default(), sac()))
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        publish(&ch2, "sac", &format!("m{i}")).await;
+    }
+    within(ch1.basic_qos(5, Default::default())).await.unwrap();
+    within(ch2.basic_qos(5, Default::default())).await.unwrap();
+    let mut first = consume(&ch1, "sac", "first", FieldTable::default()).await;
+    let mut second = consume(&ch2, "sac", "second", FieldTable::default()).await;
+    for i in 1..=5 {
+        let d = within(first.next()).await.unwrap().unwrap();
+        assert_eq!(d.data, format!("m{i}").as_bytes());
+    }
+    within(ch1.close(200, "bye".into())).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let d = within(second.next()).await.unwrap().unwrap();
+        seen.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&d.data),
+            if d.redelivered { "*" } else { "" }
+        ));
+        within(d.ack(Default::default())).await.unwrap();
+    }
+    assert_eq!(seen.join(" "), "m1* m2* m3* m4* m5* m6 m7 m8 m9 m10");
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_an_exclusive_consumer_is_refused_on_a_single_active_consumer_queue() {
     let broker = Broker::start().await;

@@ -166,13 +166,22 @@ impl Channel {
             s.broker.reply_consumers.unregister(&reply.key);
         }
         self.last_consumer = None;
+        let mut left = Vec::with_capacity(self.consumers.len());
         for (_, c) in self.consumers.drain() {
-            let removed = c.queue.remove_consumer(c.id);
+            let removed = c.queue.remove_consumer_of_closing_channel(c.id);
             if removed.delete_queue {
                 s.vhost.remove_queue(&c.queue);
+            } else {
+                left.push(c.queue);
             }
         }
         self.requeue_all(Requeue::Released);
+        // Only now do the queues pick their consumers' next deliveries: what this channel
+        // held is back in its place first, so a single active consumer's successor gets it
+        // before anything after it, as in RabbitMQ.
+        for q in left {
+            q.dispatch_now();
+        }
         // Nothing is left to time out. A deadline kept past this point would stay in the
         // past for as long as the client takes to send Close-Ok (no check looks at a closing
         // channel), and the connection would find it due on every turn.

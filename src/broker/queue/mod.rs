@@ -465,6 +465,23 @@ impl Queue {
 
     /// Removes a consumer. Its unacknowledged deliveries stay with its channel.
     pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoved {
+        self.remove_consumer_then(id, true)
+    }
+
+    /// Removes a consumer whose channel is closing, without dispatching: the channel gives
+    /// back what it held first, then calls [`Queue::dispatch_now`]. Same as RabbitMQ (its
+    /// queue requeues a dead channel's messages, then runs): a single active consumer's
+    /// successor gets the messages its predecessor held before any later ones.
+    pub fn remove_consumer_of_closing_channel(&self, id: ConsumerId) -> ConsumerRemoved {
+        self.remove_consumer_then(id, false)
+    }
+
+    /// Dispatches what is ready to the consumers that can take it.
+    pub fn dispatch_now(&self) {
+        self.with_state(|state| state.dispatch(&self.ctx));
+    }
+
+    fn remove_consumer_then(&self, id: ConsumerId, dispatch: bool) -> ConsumerRemoved {
         self.with_state(|state| {
             let Some((_, was_active)) = state.consumers.remove(id) else {
                 return ConsumerRemoved {
@@ -473,7 +490,7 @@ impl Queue {
                 };
             };
             state.last_used_ms = now_ms();
-            if was_active {
+            if was_active && dispatch {
                 state.dispatch(&self.ctx);
             }
             ConsumerRemoved {
