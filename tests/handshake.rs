@@ -382,3 +382,78 @@ async fn same_as_rabbitmq_shutdown_sends_320_connection_forced() {
         )
     );
 }
+
+/// Same as RabbitMQ (its reader pauses the heartbeat monitor whenever it stops reading): a
+/// client the broker is not reading from, here because a large delivery fills its output,
+/// is not dropped for missed heartbeats it sent meanwhile. Before, only an alarm paused the
+/// check: a consumer taking a 20 MiB message over a slow link for longer than two heartbeat
+/// intervals was disconnected though it read and sent heartbeats all along.
+#[tokio::test]
+async fn a_client_not_read_while_its_output_is_full_keeps_its_connection() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("big".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    const BODY_BYTES: usize = 20 * 1024 * 1024;
+    within(ch.basic_publish(
+        "".into(),
+        "big".into(),
+        Default::default(),
+        &vec![7u8; BODY_BYTES],
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    let mut raw = broker.raw().await;
+    raw.handshake_with(FieldTable::default(), 1).await;
+    raw.open_channel(1).await;
+    raw.send_method(
+        1,
+        AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Consume(
+            amq_protocol::protocol::basic::Consume {
+                queue: "big".into(),
+                consumer_tag: "slow".into(),
+                no_local: false,
+                no_ack: true,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            },
+        )),
+    )
+    .await;
+    // Three heartbeat intervals pass, the client heartbeating but reading nothing.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        raw.send(&raw_frame(8, 0, &[])).await;
+    }
+    let mut body = 0;
+    while body < BODY_BYTES {
+        match raw.recv().await {
+            Some(AMQPFrame::Body(_, bytes)) => body += bytes.len(),
+            Some(_) => {}
+            None => panic!("dropped after {body} bytes of the body"),
+        }
+    }
+    // Still open: a round trip on the channel.
+    raw.send_method(
+        1,
+        AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Qos(
+            amq_protocol::protocol::basic::Qos {
+                prefetch_count: 1,
+                global: false,
+            },
+        )),
+    )
+    .await;
+    loop {
+        match raw.recv_method().await {
+            Some((1, AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::QosOk(_)))) => {
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the connection closed"),
+        }
+    }
+}

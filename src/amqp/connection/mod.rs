@@ -120,6 +120,8 @@ pub struct Connection {
     /// Negotiated heartbeat in seconds; 0 disables heartbeats.
     heartbeat_s: u16,
     last_recv: Instant,
+    /// Whether the last wait read the socket: missed heartbeats count only while it does.
+    reading: bool,
     last_send: Instant,
     /// Since when output has been waiting for a client that reads none of it; past the send
     /// timeout the connection is closed.
@@ -180,6 +182,7 @@ pub async fn serve(
         input,
         out: Output::default(),
         last_recv: now,
+        reading: true,
         last_send: now,
         stalled_since: None,
         shrink_at: None,
@@ -296,7 +299,6 @@ impl Connection {
         // `on_timer` failed to move (a bug) would not spin here without ever yielding: the
         // timer spends the task's cooperative budget, and the other events (an alarm
         // cleared, the socket) still get their turn.
-        let deadline = self.next_deadline(Instant::now());
         let reading = match self.phase {
             Phase::Dropping { .. } | Phase::Finished { .. } => false,
             Phase::Closing { fatal, .. } => !fatal,
@@ -308,6 +310,16 @@ impl Connection {
             // Stop reading while a client does not read what we send it.
             _ => self.out.len() < self.output_limit(),
         };
+        // As RabbitMQ's reader, which pauses its heartbeat monitor whenever it stops
+        // reading (an alarm, credit flow): a client that is not read from cannot be heard,
+        // so its heartbeats count only while it is read, and from when reading resumes.
+        if reading != self.reading {
+            if reading {
+                self.last_recv = Instant::now();
+            }
+            self.reading = reading;
+        }
+        let deadline = self.next_deadline(Instant::now());
         let writing = self.out.writable_len() > 0 || self.transport.wants_write();
         let syncing = self.waiting_for_sync();
         let interest = match (reading, writing) {
@@ -446,8 +458,8 @@ impl Connection {
         if self.heartbeat_s > 0 && !matches!(self.phase, Phase::Dropping { .. }) {
             let hb = Duration::from_secs(self.heartbeat_s as u64);
             deadline = deadline.min(self.last_send + hb / 2);
-            // Paused while blocked, as in `on_timer`: a blocked connection is not read from.
-            if !matches!(self.flow, Flow::Blocked { .. }) {
+            // Paused while the connection is not read from, as in `on_timer`.
+            if self.reading {
                 deadline = deadline.min(self.last_recv + hb * 2);
             }
         }
@@ -504,10 +516,9 @@ impl Connection {
         }
         if self.heartbeat_s > 0 {
             let hb = Duration::from_secs(self.heartbeat_s as u64);
-            // A blocked connection is not read from, so its heartbeats go unseen: as in
-            // RabbitMQ, the heartbeat monitor pauses while it is blocked.
-            let blocked = matches!(self.flow, Flow::Blocked { .. });
-            if !blocked && now >= self.last_recv + hb * 2 {
+            // A connection not read from (blocked by an alarm, or held back by credit
+            // flow) cannot be heard: as in RabbitMQ, the heartbeat monitor pauses meanwhile.
+            if self.reading && now >= self.last_recv + hb * 2 {
                 tracing::warn!(
                     peer = %self.peer,
                     timeout_s = self.heartbeat_s,
