@@ -472,3 +472,49 @@ async fn a_client_that_sends_a_byte_at_a_time_is_read_to_the_end() {
     }
     still_serves(&broker).await;
 }
+
+/// Same as RabbitMQ 3.10 (checked on a node; conformance `raw` scenarios compare the two):
+/// while a message's content is expected, every method is refused as unexpected before it
+/// is decoded, whatever it is or however malformed. Before, a truncated method got 501 and
+/// a `basic.qos` with a prefetch size 540.
+#[tokio::test]
+async fn same_as_rabbitmq_any_method_in_place_of_a_content_header_is_unexpected() {
+    let broker = Broker::start().await;
+    for method in [
+        raw_frame(1, 1, &[0, 60, 0, 40, 0, 0]),
+        raw_frame(1, 1, &[0, 60, 0, 10, 0, 0, 0, 10, 0, 0, 0]),
+        raw_frame(1, 1, &[0, 20, 0, 41]),
+    ] {
+        let mut raw = open(&broker).await;
+        raw.send_method(1, publish("", "q", false)).await;
+        raw.send(&method).await;
+        assert_eq!(
+            raw.expect_connection_close().await,
+            (
+                505,
+                "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead".into(),
+                60,
+                40
+            )
+        );
+    }
+}
+
+/// Same as RabbitMQ 3.10 (checked on a node): a content frame on a channel never opened
+/// meets a channel that expects a method (a method there is a channel error, above).
+#[tokio::test]
+async fn same_as_rabbitmq_content_on_an_unopened_channel_is_an_unexpected_frame() {
+    let broker = Broker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.send(&raw_frame(2, 5, &header_payload(60, 0))).await;
+    assert_eq!(
+        raw.expect_connection_close().await,
+        (
+            505,
+            "UNEXPECTED_FRAME - expected method frame, got non method frame instead".into(),
+            0,
+            0
+        )
+    );
+}

@@ -225,6 +225,35 @@ def channel_not_open(url):
 
 
 @scenario
+def content_on_unopened_channel(url):
+    r = Raw(url)
+    r.handshake()
+    r.send(frame(2, 5, struct.pack(">HHQ", 60, 0, 0) + b"\x00\x00"))
+    return {"close": r.close_frame()}
+
+
+@scenario
+def truncated_method_instead_of_header(url):
+    r = opened(url)
+    r.send(PUBLISH + frame(1, 1, bytes([0, 60, 0, 40, 0, 0])))
+    return {"close": r.close_frame()}
+
+
+@scenario
+def prefetch_size_instead_of_header(url):
+    r = opened(url)
+    r.send(PUBLISH + method(1, 60, 10, struct.pack(">IHB", 10, 0, 0)))
+    return {"close": r.close_frame()}
+
+
+@scenario
+def close_ok_instead_of_header(url):
+    r = opened(url)
+    r.send(PUBLISH + method(1, 20, 41))
+    return {"close": r.close_frame()}
+
+
+@scenario
 def second_channel_open(url):
     r = opened(url)
     r.send(method(1, 20, 10, shortstr("")))

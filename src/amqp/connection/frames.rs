@@ -291,6 +291,9 @@ impl Connection {
         };
         let ch = &mut channels[index];
         match header.kind {
+            // Same as RabbitMQ, whose content assembler sees every frame first: a method
+            // while a message's content is expected is refused before it is decoded.
+            FRAME_METHOD if ch.expect_method().is_err() => ch.expect_method(),
             FRAME_METHOD => match ids {
                 Some((hot::CLASS_BASIC, hot::PUBLISH)) => hot::parse_publish(&payload)
                     .map_err(|_| cannot_decode(&payload))
@@ -397,7 +400,12 @@ impl Connection {
             Some((c, m)) => {
                 Err(amqp_error!(ChannelError, "expected 'channel.open'").on_method(c, m))
             }
-            None => Err(amqp_error!(ChannelError, "expected 'channel.open'")),
+            // Same as RabbitMQ: a content frame on a channel not yet open meets the
+            // channel's content assembler, which expects a method first.
+            None => Err(amqp_error!(
+                UnexpectedFrame,
+                "expected method frame, got non method frame instead"
+            )),
         }
     }
 }
