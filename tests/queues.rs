@@ -260,6 +260,37 @@ async fn same_as_rabbitmq_exclusive_queues_belong_to_their_connection() {
         405,
         locked,
     );
+    // Unbinding what is not bound succeeds (checked on RabbitMQ 3.10: only a binding that
+    // exists meets the exclusivity check); an existing binding is locked.
+    let ch2 = within(_other.create_channel()).await.unwrap();
+    within(ch2.queue_unbind(
+        "mine".into(),
+        "amq.direct".into(),
+        "never-bound".into(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("unbind-ok");
+    within(ch.queue_bind(
+        "mine".into(),
+        "amq.direct".into(),
+        "bound".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_amqp_error(
+        within(ch2.queue_unbind(
+            "mine".into(),
+            "amq.direct".into(),
+            "bound".into(),
+            FieldTable::default(),
+        ))
+        .await,
+        405,
+        locked,
+    );
     // Other connections may still publish to it.
     let ch2 = within(_other.create_channel()).await.unwrap();
     put(&ch2, "mine", 1).await;

@@ -9,7 +9,7 @@ use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
 use crate::broker::exchange::{Binding, Destination, Exchange};
-use crate::protocol::error::{AmqpResult, ReplyCode};
+use crate::protocol::error::AmqpResult;
 use crate::store::definitions::Change;
 
 impl VirtualHost {
@@ -225,16 +225,27 @@ impl VirtualHost {
         let Some(x) = self.exchange(exchange) else {
             return Ok(None);
         };
-        let q = match self.usable_queue(queue, connection) {
-            Ok(q) => q,
-            Err(e) if e.code == ReplyCode::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(q) = self.queue(queue) else {
+            return Ok(None);
         };
+        let locked = q.exclusive_owner.is_some_and(|owner| owner != connection);
         let binding = Binding {
             destination: Destination::Queue(q),
             routing_key: routing_key.to_owned(),
             arguments: arguments.clone(),
         };
+        // Same as RabbitMQ: only a binding that exists meets the exclusivity check, so
+        // unbinding what is not bound succeeds even on another connection's exclusive queue.
+        let bound = topology
+            .incoming
+            .get(&binding.destination.identity())
+            .is_some_and(|from| from.contains_key(&incoming_key(&x, &binding)));
+        if !bound {
+            return Ok(None);
+        }
+        if locked {
+            return Err(self.resource_locked(queue));
+        }
         self.remove_binding_locked(&mut topology, &x, &binding);
         Ok(topology.sync.take())
     }
