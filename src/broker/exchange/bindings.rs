@@ -269,7 +269,13 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
             ExchangeKind::Fanout => self.entries.iter().for_each(|e| found(&e.destination)),
             ExchangeKind::Topic => match routing_keys {
                 [key] => self.topic.matches(key, &mut |d| found(d)),
-                keys => self.topic.matches_any(keys, &mut |d| found(d)),
+                keys => {
+                    // A key given twice is walked once, as in the direct case.
+                    let mut keys = keys.to_vec();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    self.topic.matches_any(&keys, &mut |d| found(d))
+                }
             },
             ExchangeKind::Headers => {
                 if self.entries.is_empty() {
