@@ -86,6 +86,44 @@ async fn same_as_rabbitmq_single_active_consumer_gets_everything_until_it_goes()
     assert_eq!(d.data, b"last");
 }
 
+/// Same as RabbitMQ 3.10 (checked on a node): a quorum queue hands over to the earliest
+/// registered waiting consumer, whatever the priorities (`rabbit_fifo` keeps them in
+/// registration order); a classic queue picks the highest priority (the test above).
+#[tokio::test]
+async fn same_as_rabbitmq_a_quorum_queue_hands_over_in_registration_order() {
+    let broker = Broker::start().await;
+    let (_c1, ch1) = broker.channel().await;
+    let (_c2, ch2) = broker.channel().await;
+    let (_c3, ch3) = broker.channel().await;
+    let mut args = sac();
+    args.insert("x-queue-type".into(), long_str("quorum"));
+    within(ch1.queue_declare(
+        "qsac".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    ))
+    .await
+    .unwrap();
+    let _first = consume(&ch1, "qsac", "first", FieldTable::default()).await;
+    let mut low = consume(&ch2, "qsac", "low", FieldTable::default()).await;
+    let _high = consume(
+        &ch3,
+        "qsac",
+        "high",
+        table(&[("x-priority", AMQPValue::LongInt(5))]),
+    )
+    .await;
+    within(ch1.basic_cancel("first".into(), Default::default()))
+        .await
+        .unwrap();
+    publish(&ch1, "qsac", "after").await;
+    let d = within(low.next()).await.unwrap().unwrap();
+    assert_eq!(d.data, b"after");
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_unacked_messages_of_a_closed_active_consumer_go_to_the_next() {
     let broker = Broker::start().await;

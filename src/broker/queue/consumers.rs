@@ -70,6 +70,10 @@ pub struct Consumers {
     single_active: bool,
     /// The single active consumer.
     active: Option<ConsumerId>,
+    /// Whether the next single active consumer is the one of the highest priority (classic
+    /// queues) or simply the earliest registered (quorum queues, whose `rabbit_fifo` keeps
+    /// waiting consumers in registration order; checked on a 3.10.8 node).
+    handover_by_priority: bool,
     by_id: IdMap<Consumer>,
     /// Consumers in the rotation, by priority (highest first), each level in round-robin
     /// order: the front gets the next message. A level is removed when it empties, so
@@ -95,9 +99,10 @@ fn channel_key(c: &Consumer) -> usize {
 }
 
 impl Consumers {
-    pub fn new(single_active: bool) -> Self {
+    pub fn new(single_active: bool, handover_by_priority: bool) -> Self {
         Consumers {
             single_active,
+            handover_by_priority,
             ..Consumers::default()
         }
     }
@@ -167,13 +172,22 @@ impl Consumers {
     }
 
     /// Single active consumer: after the active one left, the next is the live consumer of
-    /// the highest priority, the earliest registered among equals, as in RabbitMQ.
+    /// the highest priority, the earliest registered among equals, as in RabbitMQ (on a
+    /// quorum queue priorities play no part).
     fn choose_active(&mut self) {
+        let by_priority = self.handover_by_priority;
         self.active = self
             .by_id
             .values()
             .filter(|c| !c.dead)
-            .max_by(|a, b| a.priority.cmp(&b.priority).then(b.id.cmp(&a.id)))
+            .max_by(|a, b| {
+                let priority = if by_priority {
+                    a.priority.cmp(&b.priority)
+                } else {
+                    std::cmp::Ordering::Equal
+                };
+                priority.then(b.id.cmp(&a.id))
+            })
             .map(|c| c.id);
     }
 
@@ -409,7 +423,7 @@ mod tests {
     /// cancelling over and over on an idle queue must not make the rotation grow.
     #[test]
     fn removed_consumers_are_never_picked_and_do_not_pile_up() {
-        let mut consumers = Consumers::new(false);
+        let mut consumers = Consumers::new(false, true);
         consumers.insert(consumer(1, false));
         for id in 2..100_000 {
             consumers.insert(consumer(id, false));
@@ -427,7 +441,7 @@ mod tests {
 
     #[test]
     fn live_and_exclusive_consumers_are_counted_not_searched() {
-        let mut consumers = Consumers::new(false);
+        let mut consumers = Consumers::new(false, true);
         consumers.insert(consumer(1, true));
         assert_eq!((consumers.live(), consumers.exclusive()), (1, Some(1)));
         consumers.mark_dead(1);

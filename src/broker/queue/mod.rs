@@ -200,7 +200,10 @@ impl Queue {
                 id: config.id,
                 state: Mutex::new(State {
                     ready: Ready::new(settings.max_priority),
-                    consumers: Consumers::new(settings.single_active_consumer),
+                    consumers: Consumers::new(
+                        settings.single_active_consumer,
+                        settings.queue_type != QueueType::Quorum,
+                    ),
                     held: held::Held::new(services_retry_ms, me.as_ptr() as usize),
                     settings,
                     log,
