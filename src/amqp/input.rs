@@ -252,12 +252,16 @@ impl Input {
                 buf.extend_from_slice(&std::mem::take(&mut self.pending));
                 buf
             };
-            let charge = Charge::new(self.memory, buf.capacity());
+            // Charged for what has arrived, not for what the frame's header announced: a
+            // client that announces large frames and sends a byte of each holds back no
+            // memory it has not sent (the capacity is address space until written).
+            let charge = Charge::new(self.memory, buf.len());
             self.partial = Some((buf, charge));
         }
-        if let Some((buf, _)) = self.partial.as_mut() {
+        if let Some((buf, charge)) = self.partial.as_mut() {
             // Reads at most the rest of the frame: the buffer's capacity is what is missing.
             let read = transport.read_into(buf)?;
+            charge.set(buf.len());
             if read > 0
                 && buf.len() == buf.capacity()
                 && let Some((done, _)) = self.partial.take()
@@ -490,6 +494,37 @@ mod tests {
             largest_read >= LARGE_READ_BYTES,
             "largest read {largest_read}"
         );
+    }
+
+    /// A frame's header announces its size; the memory charged for it is what has arrived.
+    /// Before, the whole announced frame was charged at once: thousands of connections each
+    /// sending the header of a 128 KiB frame and one byte counted as gigabytes, and queues
+    /// paged to disk for memory nobody used.
+    #[test]
+    fn a_frame_announced_but_not_sent_is_charged_for_what_arrived() {
+        let memory = Memory::leaked(usize::MAX);
+        let mut input = Input::new(64 * 1024, memory);
+        let mut data = Vec::new();
+        for kind in [crate::protocol::frame::FRAME_METHOD, FRAME_BODY] {
+            data.clear();
+            data.push(kind);
+            data.extend_from_slice(&1u16.to_be_bytes());
+            data.extend_from_slice(&(100_000u32).to_be_bytes());
+            data.extend_from_slice(&[0; 100]);
+            let mut stream = Stream {
+                data: &data,
+                trickle: 8,
+                largest_read: 0,
+                reads: 0,
+            };
+            while input.read(&mut stream, 1 << 20).expect("read") > 0 {}
+            assert!(
+                memory.used() < 10_000,
+                "{} bytes charged for 107 received",
+                memory.used()
+            );
+            input.clear();
+        }
     }
 
     #[test]
