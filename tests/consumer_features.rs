@@ -179,6 +179,86 @@ async fn same_as_rabbitmq_a_single_active_consumers_successor_gets_what_it_held_
     assert_eq!(seen.join(" "), "m1* m2* m3* m4* m5* m6 m7 m8 m9 m10");
 }
 
+/// As above, with a delivery still on its way when the channel closes: the client acks m1
+/// and closes in one write, so the ack's credit sends m6 towards it and the close finds m6
+/// in the connection's outbox, not yet written. It goes back with m2..m5, before the
+/// successor gets anything: RabbitMQ counts what it sent a channel as held by it.
+#[tokio::test]
+async fn same_as_rabbitmq_a_successor_also_gets_what_was_on_its_way_to_the_last_one_first() {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{AMQPClass, basic, channel};
+    let broker = Broker::start().await;
+    let (_c2, ch2) = broker.channel().await;
+    within(ch2.queue_declare("sac".into(), Default::default(), sac()))
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        publish(&ch2, "sac", &format!("m{i}")).await;
+    }
+    let mut first = broker.raw().await;
+    first.handshake().await;
+    first.open_channel(1).await;
+    let qos = basic::Qos {
+        prefetch_count: 5,
+        global: false,
+    };
+    first
+        .send_method(1, AMQPClass::Basic(basic::AMQPMethod::Qos(qos)))
+        .await;
+    let start = basic::Consume {
+        queue: "sac".into(),
+        consumer_tag: "first".into(),
+        no_local: false,
+        no_ack: false,
+        exclusive: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    first
+        .send_method(1, AMQPClass::Basic(basic::AMQPMethod::Consume(start)))
+        .await;
+    let mut delivered = 0;
+    while delivered < 5 {
+        if let Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Deliver(_)))) =
+            first.recv().await
+        {
+            delivered += 1;
+        }
+    }
+    within(ch2.basic_qos(10, Default::default())).await.unwrap();
+    let mut second = consume(&ch2, "sac", "second", FieldTable::default()).await;
+    let ack = basic::Ack {
+        delivery_tag: 1,
+        multiple: false,
+    };
+    let close = channel::Close {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    let mut one_write = encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(ack)),
+    ));
+    one_write.extend(encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Close(close)),
+    )));
+    first.send(&one_write).await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let d = within(second.next()).await.unwrap().unwrap();
+        seen.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&d.data),
+            if d.redelivered { "*" } else { "" }
+        ));
+        within(d.ack(Default::default())).await.unwrap();
+    }
+    assert_eq!(seen.join(" "), "m2* m3* m4* m5* m6 m7 m8 m9 m10 m11");
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_an_exclusive_consumer_is_refused_on_a_single_active_consumer_queue() {
     let broker = Broker::start().await;

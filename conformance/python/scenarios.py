@@ -553,6 +553,7 @@ def dead_letter_header_order(url):
     ch.basic_publish("", q, b"twice", pika.BasicProperties(
         headers={"zz": 1, "Ab": "x", "mm": 2}, expiration="60000"))
     seen = []
+    props = None
     for _ in range(3):
         method, props, _ = wait_get(ch, q, auto_ack=False)
         seen.append({
@@ -560,13 +561,26 @@ def dead_letter_header_order(url):
             "x-death": [list(d.keys()) for d in (props.headers or {}).get("x-death", [])],
         })
         ch.basic_reject(method.delivery_tag, requeue=False)
-    ch.queue_delete(q)
+    # A second queue: the new entry goes in front of the existing one, its fields sorted.
+    second, nxt = unique("dl-order-second"), unique("dl-order-next")
+    ch.queue_declare(nxt)
+    ch.queue_declare(second, arguments={"x-dead-letter-exchange": "",
+                                        "x-dead-letter-routing-key": nxt})
+    ch.basic_publish("", second, b"onwards", props)
+    method, props, _ = wait_get(ch, second, auto_ack=False)
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    _, props, _ = wait_get(ch, nxt, auto_ack=True)
+    seen.append({"x-death": [list(d.keys()) for d in props.headers["x-death"]]})
+    for name in (q, second, nxt):
+        ch.queue_delete(name)
     conn.close()
     assert seen[1]["headers"] == ["Ab", "mm", "x-death", "x-first-death-exchange",
                                   "x-first-death-queue", "x-first-death-reason", "zz"], seen
     assert seen[1]["x-death"] == [["count", "reason", "queue", "time", "exchange",
                                    "routing-keys", "original-expiration"]], seen
     assert seen[2]["x-death"] == [sorted(seen[1]["x-death"][0])], seen
+    assert len(seen[3]["x-death"]) == 2, seen
+    assert seen[3]["x-death"][0] == sorted(seen[3]["x-death"][0]), seen
     return {"seen": seen}
 
 

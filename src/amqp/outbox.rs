@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::broker::connections::ConnectionControl;
 use crate::broker::message::Message;
-use crate::broker::queue::delivery::{ConsumerId, Delivery, DeliverySink};
+use crate::broker::queue::delivery::{BySource, ConsumerId, Delivery, DeliverySink};
 use crate::broker::reply_to::ReplySink;
 use crate::broker::stats::ConnectionInfo;
 
@@ -71,6 +71,10 @@ pub struct Outbox {
     limit_bytes: usize,
     /// Set when a queue skipped a consumer because this connection was full.
     starved: AtomicBool,
+    /// Bytes of deliveries a closing channel took back ([`Outbox::take_channel`]): they
+    /// leave `pending_bytes` with the connection's next written bytes, whose accounting
+    /// also asks starved queues again.
+    taken_back_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -98,6 +102,7 @@ impl Outbox {
             pending_bytes: AtomicUsize::new(0),
             limit_bytes,
             starved: AtomicBool::new(false),
+            taken_back_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -207,6 +212,34 @@ impl Outbox {
         std::mem::swap(&mut items.events, &mut into.events);
     }
 
+    /// Takes back the deliveries waiting for `channel`, which is closing: it gives them
+    /// back to their queues with what it held, before those queues hand over to other
+    /// consumers. Their bytes leave the pending count with the next written bytes
+    /// ([`Outbox::take_taken_back_bytes`]).
+    pub fn take_channel(&self, channel: u16) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        {
+            let mut items = self.lock();
+            if items.deliveries.iter().any(|d| d.channel == channel) {
+                let (mine, others): (Vec<Delivery>, Vec<Delivery>) =
+                    std::mem::take(&mut items.deliveries)
+                        .into_iter()
+                        .partition(|d| d.channel == channel);
+                items.deliveries = others;
+                taken = mine;
+            }
+        }
+        let bytes: usize = taken.iter().map(|d| d.entry.message.wire_size()).sum();
+        self.taken_back_bytes.fetch_add(bytes, Ordering::SeqCst);
+        taken
+    }
+
+    /// Bytes of deliveries taken back since the last call: the connection counts them with
+    /// what it wrote.
+    pub fn take_taken_back_bytes(&self) -> usize {
+        self.taken_back_bytes.swap(0, Ordering::SeqCst)
+    }
+
     /// Waits until something is pushed.
     pub async fn notified(&self) {
         self.notify.notified().await
@@ -292,5 +325,17 @@ impl ConnectionControl for Outbox {
 
     fn info(&self) -> &Arc<ConnectionInfo> {
         &self.info
+    }
+}
+
+/// Gives deliveries that never reached their channel back to their queues.
+pub fn return_to_queues(deliveries: Vec<Delivery>) {
+    let mut groups = BySource::new();
+    for d in deliveries {
+        let source = d.source.clone();
+        groups.push(&source, d);
+    }
+    for (q, list) in groups.into_groups() {
+        q.return_undelivered(list);
     }
 }

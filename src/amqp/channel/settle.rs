@@ -1,12 +1,15 @@
 //! Settlement: basic.ack, basic.nack and basic.reject from the client (and basic.recover,
 //! and channel close), handed to the queues the deliveries came from.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Channel, ChannelState, TxSettle, Unacked};
+use crate::amqp::outbox::return_to_queues;
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::message::SettledConfirms;
+use crate::broker::queue::DispatchHold;
 use crate::broker::queue::delivery::{BySource, DeliverySource, Requeue, Settled, Unblock};
 use crate::broker::queue::entry::QueueEntry;
 use crate::protocol::basic::Settle;
@@ -166,22 +169,25 @@ impl Channel {
             s.broker.reply_consumers.unregister(&reply.key);
         }
         self.last_consumer = None;
-        let mut left = Vec::with_capacity(self.consumers.len());
+        // The queues this channel consumes from hand nothing to their consumers until what
+        // the channel held is back in its place: its unacked deliveries and those still in
+        // the outbox. So a single active consumer's successor gets them before anything
+        // after them, as in RabbitMQ. The holds dispatch when they drop, at the end.
+        let mut holds: HashMap<usize, DispatchHold> = HashMap::new();
+        for c in self.consumers.values() {
+            holds
+                .entry(Arc::as_ptr(&c.queue) as usize)
+                .or_insert_with(|| c.queue.hold_dispatch());
+        }
         for (_, c) in self.consumers.drain() {
-            let removed = c.queue.remove_consumer_of_closing_channel(c.id);
+            let removed = c.queue.remove_consumer(c.id);
             if removed.delete_queue {
                 s.vhost.remove_queue(&c.queue);
-            } else {
-                left.push(c.queue);
             }
         }
         self.requeue_all(Requeue::Released);
-        // Only now do the queues pick their consumers' next deliveries: what this channel
-        // held is back in its place first, so a single active consumer's successor gets it
-        // before anything after it, as in RabbitMQ.
-        for q in left {
-            q.dispatch_now();
-        }
+        return_to_queues(s.outbox.take_channel(self.id));
+        drop(holds);
         // Nothing is left to time out. A deadline kept past this point would stay in the
         // past for as long as the client takes to send Close-Ok (no check looks at a closing
         // channel), and the connection would find it due on every turn.

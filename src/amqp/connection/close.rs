@@ -8,8 +8,8 @@ use tokio::time::Duration;
 use tokio::time::Instant;
 
 use super::{CLOSE_TIMEOUT, Connection, Exit, HANDSHAKE_FAILURE_DELAY, Phase};
-use crate::amqp::outbox::OutboxEvent;
-use crate::broker::queue::delivery::{BySource, Delivery, DeliverySource, Unblock};
+use crate::amqp::outbox::{OutboxEvent, return_to_queues};
+use crate::broker::queue::delivery::{Delivery, DeliverySource, Unblock};
 use crate::protocol::error::AmqpError;
 use crate::protocol::method::write_method;
 
@@ -196,17 +196,5 @@ impl Connection {
                 tracing::info!(peer = %self.peer, user = %user, vhost = %vhost, error = %e, "connection lost")
             }
         }
-    }
-}
-
-/// Gives deliveries that never reached their channel back to their queues.
-fn return_to_queues(deliveries: Vec<Delivery>) {
-    let mut groups = BySource::new();
-    for d in deliveries {
-        let source = d.source.clone();
-        groups.push(&source, d);
-    }
-    for (q, list) in groups.into_groups() {
-        q.return_undelivered(list);
     }
 }

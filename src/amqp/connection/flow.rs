@@ -54,7 +54,9 @@ impl Connection {
     /// messages before the alarm would otherwise go on sending their bodies, up to
     /// `channel_max` messages of `max_message_size` each, and never be blocked.
     pub(super) fn on_content_frame(&mut self) {
-        if self.flow != Flow::Blocking {
+        // A connection the frame's error just closed is not blocked: nothing follows its
+        // Connection.Close.
+        if self.flow != Flow::Blocking || !matches!(self.phase, Phase::Running) {
             return;
         }
         let told = self.capabilities.connection_blocked;

@@ -408,7 +408,8 @@ impl Connection {
             if self.shrink_at.is_none() && self.out.holds_large_buffer() {
                 self.shrink_at = Some(self.last_send + SHRINK_OUTPUT_AFTER);
             }
-            let delivered = std::mem::take(&mut self.unflushed_delivery_bytes);
+            let delivered = std::mem::take(&mut self.unflushed_delivery_bytes)
+                + self.outbox.take_taken_back_bytes();
             if self.outbox.written(delivered) {
                 // Queues skipped our consumers while we were full: ask them again.
                 for q in self.consumed_queues() {

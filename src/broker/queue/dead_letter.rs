@@ -217,6 +217,9 @@ fn x_death_after(
             && entry_field(g.entry, b"reason") == Some(reason)
     });
     let updated = match matching {
+        // Same as RabbitMQ: a new entry keeps its field order only as the first of a new
+        // array; put in front of an existing one (even an empty one), its fields are sorted.
+        None if existing.is_some() => table_value(&raw_table::decode(new_entry.get(1..)?)?),
         None => new_entry,
         Some(i) => {
             let m = grouped[i].decoded()?;
@@ -238,8 +241,9 @@ fn x_death_after(
 /// The `x-death` entry for a first death in this queue for this reason, encoded as a table
 /// value with its fields in the order RabbitMQ 3.10 writes them (`rabbit_dead_letter`):
 /// `count`, `reason`, `queue`, `time`, `exchange`, `routing-keys`, then
-/// `original-expiration` if the message had one. (An entry counted up again comes out with
-/// its keys sorted, as RabbitMQ's `set_table_value` leaves it: see `x_death_after`.)
+/// `original-expiration` if the message had one. (An entry added to an existing `x-death`,
+/// or counted up again, comes out with its keys sorted, as RabbitMQ leaves it: see
+/// `x_death_after`.)
 fn new_death_entry(
     message: &Message,
     expiration: Option<&[u8]>,
@@ -582,6 +586,12 @@ mod tests {
             sorted,
             "counted up: set_table_value sorts it"
         );
+        // Dying in another queue puts a new entry in front of the existing one, sorted too
+        // (the first death took the expiration, so it has no `original-expiration`).
+        let elsewhere = make_message(&once.message, Reason::Rejected, "next", &dest, 9).unwrap();
+        let mut sorted_new: Vec<&str> = rabbit_order[..6].to_vec();
+        sorted_new.sort_unstable();
+        assert_eq!(entry(&elsewhere.headers), sorted_new);
     }
 
     #[test]

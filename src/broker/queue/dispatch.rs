@@ -49,6 +49,10 @@ impl Recipient {
 impl State {
     /// Hands ready messages to consumers, reading the tail back as the head drains.
     pub fn dispatch(&mut self, ctx: &QueueCtx) {
+        if self.dispatch_holds > 0 {
+            // Whoever holds it dispatches when they let go.
+            return;
+        }
         loop {
             self.expire_heads(ctx);
             self.dispatch_ready(ctx);

@@ -170,6 +170,23 @@ pub struct ConsumerRemoved {
     pub delete_queue: bool,
 }
 
+/// A hold on a queue's dispatching ([`Queue::hold_dispatch`]); dropping it dispatches, even
+/// while unwinding, so a hold never outlives its holder.
+#[must_use]
+pub struct DispatchHold {
+    queue: Arc<Queue>,
+}
+
+impl Drop for DispatchHold {
+    fn drop(&mut self) {
+        let queue = &self.queue;
+        queue.with_state(|state| {
+            state.dispatch_holds = state.dispatch_holds.saturating_sub(1);
+            state.dispatch(&queue.ctx);
+        });
+    }
+}
+
 impl Queue {
     /// A new queue; durable queues bring their (empty) log.
     pub fn new(
@@ -466,25 +483,20 @@ impl Queue {
         })
     }
 
+    /// Holds the queue's dispatching until the hold is dropped, which dispatches. A closing
+    /// channel holds its queues while it gives back everything it held (its unacked
+    /// deliveries and those still on their way in the outbox). Same as RabbitMQ (its queue
+    /// requeues a dead channel's messages, then runs): a single active consumer's successor
+    /// gets the messages its predecessor held before any later ones.
+    pub fn hold_dispatch(self: &Arc<Self>) -> DispatchHold {
+        self.with_state(|state| state.dispatch_holds += 1);
+        DispatchHold {
+            queue: self.clone(),
+        }
+    }
+
     /// Removes a consumer. Its unacknowledged deliveries stay with its channel.
     pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoved {
-        self.remove_consumer_then(id, true)
-    }
-
-    /// Removes a consumer whose channel is closing, without dispatching: the channel gives
-    /// back what it held first, then calls [`Queue::dispatch_now`]. Same as RabbitMQ (its
-    /// queue requeues a dead channel's messages, then runs): a single active consumer's
-    /// successor gets the messages its predecessor held before any later ones.
-    pub fn remove_consumer_of_closing_channel(&self, id: ConsumerId) -> ConsumerRemoved {
-        self.remove_consumer_then(id, false)
-    }
-
-    /// Dispatches what is ready to the consumers that can take it.
-    pub fn dispatch_now(&self) {
-        self.with_state(|state| state.dispatch(&self.ctx));
-    }
-
-    fn remove_consumer_then(&self, id: ConsumerId, dispatch: bool) -> ConsumerRemoved {
         self.with_state(|state| {
             let Some((_, was_active)) = state.consumers.remove(id) else {
                 return ConsumerRemoved {
@@ -493,7 +505,7 @@ impl Queue {
                 };
             };
             state.last_used_ms = now_ms();
-            if was_active && dispatch {
+            if was_active {
                 state.dispatch(&self.ctx);
             }
             ConsumerRemoved {

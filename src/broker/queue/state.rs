@@ -140,6 +140,9 @@ pub struct State {
     pub deleted: bool,
     /// The queue has had a consumer (auto-delete only applies after the first one).
     pub had_consumers: bool,
+    /// Holds on dispatching ([`super::DispatchHold`]): while any is out, nothing is handed
+    /// to consumers, so a closing channel can give everything it held back first.
+    pub dispatch_holds: u32,
     /// Reused per dispatch: deliveries grouped by destination sink.
     pub batches: Vec<Batch>,
     /// Reused per dispatch: durable messages delivered to no-ack consumers, whose Ack
