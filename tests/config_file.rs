@@ -226,15 +226,14 @@ async fn a_rabbitmq_conf_and_definitions_export_configure_the_broker() {
         let uri = format!("amqp://{user}:{pass}@{addr}/{vhost}");
         async move { within(Connection::connect(&uri, ConnectionProperties::default())).await }
     };
-    // The default user comes from the file; guest was never created.
-    let admin = connect("admin", "s3cret", "%2f")
-        .await
-        .expect("admin logs in");
-    assert_eq!(admin.configuration().heartbeat(), 7);
-    assert_eq!(admin.configuration().channel_max(), 16);
+    // Same as RabbitMQ: with definitions to load, no default user is created, neither
+    // guest nor the file's default_user: the definitions say who may log in.
+    assert!(connect("admin", "s3cret", "%2f").await.is_err());
     assert!(connect("guest", "guest", "%2f").await.is_err());
     // Imported users log in with their imported hashes, SHA-512 and SHA-256.
     let svc = connect("svc", "svcpass", "app").await.expect("svc logs in");
+    assert_eq!(svc.configuration().heartbeat(), 7);
+    assert_eq!(svc.configuration().channel_max(), 16);
     assert!(connect("svc", "wrong", "app").await.is_err());
     assert!(
         connect("old", "oldpass", "app").await.is_err(),

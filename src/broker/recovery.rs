@@ -62,8 +62,15 @@ impl Broker {
             store.shared.clone(),
             config.skip_damaged_definitions,
         )?;
-        if first_boot {
+        // Same as RabbitMQ (`maybe_insert_default_data`): with definitions to load, the
+        // default user and vhost are not created; the definitions say who may log in, and
+        // an operator's file must not come with a guest administrator beside it.
+        if first_boot && config.load_definitions.is_none() {
             create_defaults(&config, &definitions, &mut defs);
+        } else if first_boot {
+            tracing::info!(
+                "will not create the default vhost and user: there are definitions to load"
+            );
         }
         let memory = Memory::leaked(config.limits.memory_budget_bytes);
         let broker = Broker {
