@@ -621,3 +621,28 @@ async fn grants_survive_a_restart() {
         &refused("queue", "other")
     );
 }
+
+/// Same as RabbitMQ (`rabbit_connection_tracking` on `user_deleted`): deleting a user closes
+/// its connections with 320 and says why; other users' connections stay. Before, they stayed
+/// open, consuming, and a user created again under the name gave them its grants.
+#[tokio::test]
+async fn same_as_rabbitmq_deleting_a_user_closes_its_connections() {
+    let broker = broker_with_bob().await;
+    let mut guest = broker.raw().await;
+    guest.handshake().await;
+    guest.open_channel(1).await;
+    let imp = connect_as(&broker, "imp").await.expect("imp connects");
+    admin(&broker).delete_user("guest").unwrap();
+    assert_eq!(
+        guest.expect_connection_close().await,
+        (
+            320,
+            "CONNECTION_FORCED - user 'guest' is deleted".into(),
+            0,
+            0
+        )
+    );
+    within(imp.create_channel())
+        .await
+        .expect("imp's connection stays");
+}

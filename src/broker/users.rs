@@ -76,6 +76,14 @@ impl Broker {
         self.definitions.record(Change::DeleteUser {
             name: name.to_owned(),
         });
+        // Same as RabbitMQ (`rabbit_connection_tracking` on `user_deleted`): the user's
+        // connections are closed. Left open, they would keep consuming, and pick up the
+        // grants of a user created again under the same name.
+        for conn in self.connections.list() {
+            if conn.info().opened().is_some_and(|o| o.user == name) {
+                conn.close(320, format!("CONNECTION_FORCED - user '{name}' is deleted"));
+            }
+        }
         Ok(())
     }
 
