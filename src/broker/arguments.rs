@@ -147,6 +147,9 @@ pub fn validate_queue_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()>
             desc
         ));
     }
+    if let Some(v) = get("x-dead-letter-exchange") {
+        not_utf8_refused(v, "x-dead-letter-exchange", desc)?;
+    }
     if let Some(v) = get("x-queue-type") {
         check_queue_type(v, desc)?;
         if table::as_bytes(v) == Some(b"quorum".as_slice()) {
@@ -486,17 +489,34 @@ pub fn check_kept_size(args: &FieldTable, what: impl FnOnce() -> String) -> Amqp
 
 /// Checks an exchange's `alternate-exchange` argument when it is created.
 pub fn validate_exchange_arguments(args: &FieldTable, desc: &str) -> AmqpResult<()> {
-    if let Some(v) = table::get(args, "alternate-exchange")
-        && !matches!(v, AMQPValue::LongString(_))
-    {
-        return Err(amqp_error!(
-            PreconditionFailed,
-            "invalid type '{}' for arg 'alternate-exchange' in {}",
-            table::type_name(v),
-            desc
-        ));
+    if let Some(v) = table::get(args, "alternate-exchange") {
+        if !matches!(v, AMQPValue::LongString(_)) {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "invalid type '{}' for arg 'alternate-exchange' in {}",
+                table::type_name(v),
+                desc
+            ));
+        }
+        not_utf8_refused(v, "alternate-exchange", desc)?;
     }
     Ok(())
+}
+
+/// An exchange named in an argument (a dead-letter or alternate exchange) must be UTF-8, as
+/// every exchange name here is: the permission checks on it (write, for what is sent there)
+/// are made on the name as text, and a name they could not read would be a name nobody's
+/// permissions were checked on. RabbitMQ takes any bytes (see `conformance/DIFFERENCES.md`).
+fn not_utf8_refused(value: &AMQPValue, key: &str, desc: &str) -> AmqpResult<()> {
+    match table::as_bytes(value) {
+        Some(name) if std::str::from_utf8(name).is_err() => Err(amqp_error!(
+            PreconditionFailed,
+            "invalid arg '{}' for {}: the exchange name is not UTF-8",
+            key,
+            desc
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Compares the one exchange argument RabbitMQ checks on redeclare.
@@ -568,6 +588,14 @@ mod tests {
             (
                 args(&[("x-dead-letter-exchange", AMQPValue::LongInt(1))]),
                 "PRECONDITION_FAILED - invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'q' in vhost '/'",
+            ),
+            // Not UTF-8: no permission check could have read it (see `not_utf8_refused`).
+            (
+                args(&[(
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(b"victim\xff"[..].into()),
+                )]),
+                "PRECONDITION_FAILED - invalid arg 'x-dead-letter-exchange' for queue 'q' in vhost '/': the exchange name is not UTF-8",
             ),
         ];
         for (a, text) in cases {
