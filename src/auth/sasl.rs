@@ -8,14 +8,14 @@ use crate::protocol::table;
 pub const MECHANISMS: [&str; 3] = ["AMQPLAIN", "EXTERNAL", "PLAIN"];
 
 /// The `mechanisms` field of Connection.Start: the configured ones Lepus has, sorted and
-/// space-separated like RabbitMQ's. EXTERNAL is offered only where it can work, as
-/// RabbitMQ's `rabbitmq_auth_mechanism_ssl` does: on a TLS connection whose client presented
-/// a verified certificate.
-pub fn offered(configured: &[String], peer_certificate: bool) -> String {
+/// space-separated like RabbitMQ's. EXTERNAL is offered on TLS connections, as RabbitMQ's
+/// `rabbitmq_auth_mechanism_ssl` does, with or without a client certificate: without one,
+/// choosing it is a refused login, a clearer error than a mechanism the client cannot find.
+pub fn offered(configured: &[String], tls: bool) -> String {
     let mut names: Vec<&str> = MECHANISMS
         .into_iter()
         .filter(|m| configured.iter().any(|c| c == m))
-        .filter(|m| *m != "EXTERNAL" || peer_certificate)
+        .filter(|m| *m != "EXTERNAL" || tls)
         .collect();
     names.sort_unstable();
     names.join(" ")

@@ -121,11 +121,7 @@ impl Connection {
             version_minor: 9,
             server_properties: props,
             mechanisms: LongString::from(
-                sasl::offered(
-                    &config.auth_mechanisms,
-                    self.transport.peer_certificate().is_some(),
-                )
-                .into_bytes(),
+                sasl::offered(&config.auth_mechanisms, self.transport.is_tls()).into_bytes(),
             ),
             locales: LongString::from(b"en_US".to_vec()),
         };
@@ -157,9 +153,9 @@ impl Connection {
         let response = if !offered {
             Err(sasl::ResponseError::UnknownMechanism(mechanism.to_owned()))
         } else if mechanism == "EXTERNAL" {
-            self.certificate_user()
-                .map(|name| (name, String::new()))
-                .ok_or(sasl::ResponseError::Malformed)
+            // Without a certificate, or one with no name to use, the login is refused like
+            // a wrong password (RabbitMQ: "no peer certificate"): no user has no name.
+            Ok((self.certificate_user().unwrap_or_default(), String::new()))
         } else {
             sasl::parse_response(mechanism, ok.response.as_bytes())
         };
@@ -176,8 +172,12 @@ impl Connection {
             .user(&name)
             // EXTERNAL: the verified certificate stands for the password.
             .filter(|u| {
-                (mechanism == "EXTERNAL" || u.password_matches(&password))
-                    && self.may_connect_from(&u.name)
+                let proven = if mechanism == "EXTERNAL" {
+                    !name.is_empty()
+                } else {
+                    u.password_matches(&password)
+                };
+                proven && self.may_connect_from(&u.name)
             });
         let Some(user) = user else {
             tracing::warn!(peer = %self.peer, user = %name, mechanism, "login refused");
