@@ -35,19 +35,7 @@ pub fn subject(cert: &[u8]) -> Option<Vec<Vec<Attribute>>> {
             attrs = after;
             let (oid, value) = element(pair, OID)?;
             let (tag, body, _) = tlv(value)?;
-            if !matches!(tag, 0x0C | 0x13 | 0x16 | 0x14 | 0x1E | 0x1C) {
-                return None;
-            }
-            let text = if tag == 0x1E {
-                // BMPString: UTF-16 big-endian.
-                let units: Vec<u16> = body
-                    .chunks(2)
-                    .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
-                    .collect();
-                String::from_utf16_lossy(&units)
-            } else {
-                String::from_utf8_lossy(body).into_owned()
-            };
+            let text = directory_string(tag, body)?;
             rdn.push((oid_name(oid), text));
         }
         rdns.push(rdn);
@@ -72,25 +60,65 @@ pub fn distinguished_name(rdns: &[Vec<Attribute>]) -> String {
     parts.join(",")
 }
 
-/// The subject's common name (`ssl_cert_login_from = common_name`).
+/// The subject's common name (`ssl_cert_login_from = common_name`): as RabbitMQ's
+/// `peer_cert_auth_name`, several CNs are joined with commas, unescaped.
 pub fn common_name(rdns: &[Vec<Attribute>]) -> Option<String> {
-    rdns.iter()
+    let names: Vec<&str> = rdns
+        .iter()
         .flatten()
-        .find(|(name, _)| name == "CN")
-        .map(|(_, v)| v.clone())
+        .filter(|(name, _)| name == "CN")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!names.is_empty()).then(|| names.join(","))
 }
 
+/// An attribute's value as text, decoded as RabbitMQ's `rabbit_cert_info` decodes it:
+/// UTF8String as it is, TeletexString as Latin-1, BMPString as UCS-2, UniversalString as
+/// UCS-4, and the ASCII types (printable, IA5, visible, numeric) as they are.
+fn directory_string(tag: u8, body: &[u8]) -> Option<String> {
+    let chars = |units: &mut dyn Iterator<Item = u32>| -> String {
+        units
+            .map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect()
+    };
+    Some(match tag {
+        0x0C | 0x13 | 0x16 | 0x1A | 0x12 => String::from_utf8_lossy(body).into_owned(),
+        0x14 => body.iter().map(|&b| char::from(b)).collect(),
+        0x1E => chars(
+            &mut body
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))),
+        ),
+        0x1C => chars(&mut body.chunks(4).map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            u32::from_be_bytes(b)
+        })),
+        _ => return None,
+    })
+}
+
+/// RabbitMQ's `escape_rdn_value` (RFC 4514): a leading space or `#`, a trailing space and
+/// `"+,;<>\` get a backslash; every byte of the UTF-8 form below 32 or from 126 up is
+/// written as `\XX` in hex (so `é` is `\C3\A9`). `=` is left as it is.
 fn escape(value: &str) -> String {
+    use std::fmt::Write;
+    let bytes = value.as_bytes();
     let mut out = String::with_capacity(value.len());
-    let last = value.chars().count().saturating_sub(1);
-    for (i, c) in value.chars().enumerate() {
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
-            || (i == 0 && (c == '#' || c == ' '))
-            || (i == last && c == ' ');
-        if special {
+    for (i, &b) in bytes.iter().enumerate() {
+        let first = i == 0;
+        let last = i + 1 == bytes.len();
+        if (first && (b == b' ' || b == b'#'))
+            || (last && b == b' ')
+            || matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\')
+        {
             out.push('\\');
+            out.push(char::from(b));
+        } else if !(32..126).contains(&b) {
+            let _ = write!(out, "\\{b:02X}");
+        } else {
+            out.push(char::from(b));
         }
-        out.push(c);
     }
     out
 }
@@ -134,14 +162,21 @@ fn skip(data: &[u8]) -> Option<&[u8]> {
 /// The short names RabbitMQ (Erlang's public_key) prints, else the dotted OID.
 fn oid_name(oid: &[u8]) -> String {
     const KNOWN: &[(&[u8], &str)] = &[
+        // RabbitMQ's names (`rabbit_cert_info:format_rdn`); any other is dotted.
+        (&[0x55, 0x04, 0x04], "SN"),
+        (&[0x55, 0x04, 0x2A], "GIVENNAME"),
+        (&[0x55, 0x04, 0x2B], "INITIALS"),
+        (&[0x55, 0x04, 0x2C], "GENERATIONQUALIFIER"),
         (&[0x55, 0x04, 0x03], "CN"),
-        (&[0x55, 0x04, 0x06], "C"),
         (&[0x55, 0x04, 0x07], "L"),
         (&[0x55, 0x04, 0x08], "ST"),
-        (&[0x55, 0x04, 0x09], "STREET"),
         (&[0x55, 0x04, 0x0A], "O"),
         (&[0x55, 0x04, 0x0B], "OU"),
-        (&[0x55, 0x04, 0x05], "serialNumber"),
+        (&[0x55, 0x04, 0x0C], "TITLE"),
+        (&[0x55, 0x04, 0x06], "C"),
+        (&[0x55, 0x04, 0x05], "SERIALNUMBER"),
+        (&[0x55, 0x04, 0x41], "PSEUDONYM"),
+        (&[0x55, 0x04, 0x09], "STREET"),
         (
             &[0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x19],
             "DC",
@@ -152,7 +187,7 @@ fn oid_name(oid: &[u8]) -> String {
         ),
         (
             &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x01],
-            "emailAddress",
+            "EMAILADDRESS",
         ),
     ];
     if let Some((_, name)) = KNOWN.iter().find(|(o, _)| *o == oid) {
@@ -229,6 +264,48 @@ mod tests {
         let rdns = subject(&certificate()).expect("parses");
         assert_eq!(distinguished_name(&rdns), "CN=bob,O=Example\\, Ltd,C=GB");
         assert_eq!(common_name(&rdns).as_deref(), Some("bob"));
+    }
+
+    /// RabbitMQ's `escape_rdn_value`, case by case.
+    #[test]
+    fn same_as_rabbitmq_values_are_escaped_as_rfc_4514_and_bytes_past_ascii_in_hex() {
+        for (value, escaped) in [
+            ("a=b", "a=b"),
+            ("#x", "\\#x"),
+            (" x ", "\\ x\\ "),
+            ("x#", "x#"),
+            ("a\"b+c,d;e<f>g\\h", "a\\\"b\\+c\\,d\\;e\\<f\\>g\\\\h"),
+            ("~", "\\7E"),
+            ("é", "\\C3\\A9"),
+            ("\u{1}", "\\01"),
+        ] {
+            assert_eq!(escape(value), escaped, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn same_as_rabbitmq_strings_decode_by_their_type() {
+        assert_eq!(directory_string(0x14, &[0x63, 0xE9]).as_deref(), Some("cé"));
+        assert_eq!(
+            directory_string(0x1E, &[0, 0x62, 0x03, 0xBB]).as_deref(),
+            Some("bλ")
+        );
+        assert_eq!(
+            directory_string(0x1C, &[0, 0, 0, 0x62, 0, 1, 0xF6, 0x00]).as_deref(),
+            Some("b😀")
+        );
+        assert_eq!(directory_string(0x1A, b"vis").as_deref(), Some("vis"));
+        assert_eq!(directory_string(0x04, b"octets"), None);
+        assert_eq!(
+            oid_name(&[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x01]),
+            "EMAILADDRESS"
+        );
+        assert_eq!(oid_name(&[0x55, 0x04, 0x05]), "SERIALNUMBER");
+        let two = vec![
+            vec![("CN".to_owned(), "a".to_owned())],
+            vec![("CN".to_owned(), "b".to_owned())],
+        ];
+        assert_eq!(common_name(&two).as_deref(), Some("a,b"));
     }
 
     #[test]
