@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use regex::{Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 
 use crate::amqp_error;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -82,10 +82,7 @@ impl Pattern {
     /// `^$`); a pattern that does not compile also grants nothing, and says so in the log.
     pub fn new(source: &str) -> Pattern {
         let effective = if source.is_empty() { "^$" } else { source };
-        let regex = match RegexBuilder::new(effective)
-            .size_limit(MAX_PATTERN_COMPILED_BYTES)
-            .build()
-        {
+        let regex = match pattern_builder(effective).build() {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(pattern = source, error = %e, "permission pattern does not compile; it grants nothing");
@@ -100,8 +97,7 @@ impl Pattern {
 
     /// Whether `source` compiles, for callers that refuse to store a pattern that does not.
     pub fn check(source: &str) -> Result<(), String> {
-        RegexBuilder::new(source)
-            .size_limit(MAX_PATTERN_COMPILED_BYTES)
+        pattern_builder(source)
             .build()
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -109,8 +105,21 @@ impl Pattern {
 
     /// An unanchored search, as Erlang's `re:run` does.
     pub fn matches(&self, name: &str) -> bool {
-        self.regex.as_ref().is_some_and(|r| r.is_match(name))
+        self.regex
+            .as_ref()
+            .is_some_and(|r| r.is_match(name.as_bytes()))
     }
+}
+
+/// Patterns are matched as RabbitMQ's `re:run` matches them, without its `unicode` option:
+/// over the name's bytes, with `.`, `\w`, `\d` and case folding ASCII-only. (With Unicode
+/// classes, `^q-\d+$` let `q-١٢` through, which RabbitMQ refuses.)
+fn pattern_builder(source: &str) -> RegexBuilder {
+    let mut builder = RegexBuilder::new(source);
+    builder
+        .unicode(false)
+        .size_limit(MAX_PATTERN_COMPILED_BYTES);
+    builder
 }
 
 /// One user's permissions in one vhost.
@@ -347,6 +356,26 @@ fn refused(resource: Resource<'_>, vhost: &str, user: &str) -> AmqpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Same as RabbitMQ's `re:run` without the `unicode` option: classes are ASCII, and a
+    /// literal outside ASCII still matches its own bytes.
+    #[test]
+    fn same_as_rabbitmq_pattern_classes_are_ascii() {
+        let digits = Pattern::new("^q-\\d+$");
+        assert!(digits.matches("q-12"));
+        assert!(
+            !digits.matches("q-\u{661}\u{662}"),
+            "Arabic-Indic digits are not \\d"
+        );
+        let word = Pattern::new("^\\w+$");
+        assert!(!word.matches("caf\u{e9}"));
+        assert!(Pattern::new("^caf\u{e9}$").matches("caf\u{e9}"));
+        assert!(
+            !Pattern::new("^caf.$").matches("caf\u{e9}"),
+            "one byte, not one char"
+        );
+        assert!(Pattern::new("^caf..$").matches("caf\u{e9}"));
+    }
 
     #[test]
     fn same_as_rabbitmq_patterns_search_unanchored_and_empty_grants_nothing() {
