@@ -287,8 +287,12 @@ impl State {
         self.next_seq += 1;
         let mut outcome = Enqueued::Accepted;
         let mut persisted = false;
+        // Same as RabbitMQ: a quorum queue has no transient messages. Every message goes into
+        // its log whatever its delivery mode (which it keeps), and is confirmed once there.
+        let kept_on_disk =
+            message.persistent || self.settings.queue_type == super::settings::QueueType::Quorum;
         if ctx.durable
-            && message.persistent
+            && kept_on_disk
             && let Some(log) = self.log.clone()
         {
             let stamp = Stamp {
