@@ -585,6 +585,40 @@ def dead_letter_header_order(url):
 
 
 @scenario
+def tx_routes_at_publish_and_refusals_fail_the_commit(url):
+    """A transaction's publish is routed when published (its exchange deleted before the
+    commit loses nothing), and a commit a full reject-publish queue refused is a partial
+    completion (406)."""
+    conn = connect(url)
+    ch = conn.channel()
+    q, x = unique("tx-kept"), unique("tx-gone")
+    ch.queue_declare(q)
+    ch.exchange_declare(x, "fanout")
+    ch.queue_bind(q, x)
+    ch.tx_select()
+    ch.basic_publish(x, "k", b"routed already", mandatory=True)
+    conn.channel().exchange_delete(x)
+    ch.tx_commit()
+    kept = ch.queue_declare(q, passive=True).method.message_count
+    full = unique("tx-full")
+    ch.queue_declare(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch.basic_publish("", full, b"1")
+    ch.basic_publish("", full, b"2")
+    try:
+        ch.tx_commit()
+        refused = None
+    except pika.exceptions.ChannelClosedByBroker as e:
+        refused = [e.reply_code, e.reply_text]
+    other = conn.channel()
+    for name in (q, full):
+        other.queue_delete(name)
+    conn.close()
+    assert kept == 1, kept
+    assert refused == [406, "PRECONDITION_FAILED - partial tx completion"], refused
+    return {"kept": kept, "refused": refused}
+
+
+@scenario
 def send_timeout(url):
     """A consumer that stops reading its socket while the broker has megabytes for it is
     disconnected after the broker's TCP send timeout (5 s in this suite, on both brokers), and

@@ -29,6 +29,12 @@ impl Channel {
     /// Writes the confirms resolved since the last call, including publishes whose
     /// messages the store has now synced.
     pub fn flush_confirms(&mut self, out: &mut Output, synced: u64, failed: &dyn Fn(u64) -> bool) {
+        // Same as RabbitMQ (`send_confirms` sends nothing on a closing channel): nothing
+        // follows a Channel.Close. A client that has forgotten the channel, or opened it
+        // again, would take stray acks for its own (amqp091-go closes the connection).
+        if !self.is_open() {
+            return;
+        }
         if let Some(c) = self.confirms.as_mut() {
             c.take_early();
             c.release_synced(synced, failed);
@@ -38,6 +44,15 @@ impl Channel {
             bump(&info.messages.confirm, confirmed as u64);
             info.unconfirmed
                 .store(c.unresolved_len() as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the confirms already resolved (unroutable, transient, early), before the
+    /// channel closes: as RabbitMQ, which sends them after each method, before the close.
+    pub fn flush_resolved_confirms(&mut self, out: &mut Output) {
+        if let Some(c) = self.confirms.as_mut() {
+            c.take_early();
+            c.flush(out, self.id);
         }
     }
 

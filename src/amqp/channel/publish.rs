@@ -53,6 +53,9 @@ pub(super) struct Destination<'a> {
     /// The message's headers, for headers exchanges.
     pub headers: Option<FieldTable>,
     pub mandatory: bool,
+    /// `cached` is the route the message took when published (in a transaction), to be
+    /// used as it is, CC and BCC keys included.
+    pub routed_at_publish: bool,
 }
 
 fn internal_error() -> AmqpError {
@@ -284,30 +287,48 @@ impl Channel {
             message.confirm = confirms.early_sink().map(|sink| ConfirmWatch { sink, tag });
         }
         let message = Arc::new(message);
-        if let Some(tx) = self.tx.as_mut() {
+        if let Some(held) = self.tx.as_ref().map(|tx| tx.publishes.len()) {
             let max = s.broker.config.limits.max_uncommitted_per_channel;
-            if tx.publishes.len() >= max {
+            if held >= max {
                 return Err(amqp_error!(
                     PreconditionFailed,
                     "transaction exceeds max_uncommitted_per_channel ({} messages)",
                     max
                 ));
             }
+            // Same as RabbitMQ: routed now, enqueued at commit into the queues it was routed
+            // to (those still there). A binding or exchange deleted meanwhile changes nothing.
+            let route = match cached {
+                Some(queues) if extra_keys.is_empty() => queues,
+                _ => self.route(
+                    s,
+                    &exchange,
+                    &publish.exchange,
+                    &publish.routing_key,
+                    &extra_keys,
+                    headers,
+                ),
+            };
             // Held until commit: keep the message's own copies of the names, not slices of
             // the frame they came in.
             let mut routing_keys = vec![message.routing_key.clone()];
             routing_keys.extend(extra_keys);
-            tx.publishes.push(TxPublish {
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-                mandatory: publish.mandatory,
-                routing_keys,
-                message,
-            });
+            if let Some(tx) = self.tx.as_mut() {
+                tx.publishes.push(TxPublish {
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
+                    mandatory: publish.mandatory,
+                    routing_keys,
+                    target: exchange,
+                    route,
+                    message,
+                });
+            }
             self.note_gauges();
             return Ok(());
         }
         let destination = Destination {
+            routed_at_publish: false,
             exchange: &exchange,
             cached,
             exchange_name: &publish.exchange,
@@ -367,7 +388,7 @@ impl Channel {
         message: &Arc<Message>,
     ) -> Outcome {
         let queues = match d.cached {
-            Some(queues) if d.extra_keys.is_empty() => queues,
+            Some(queues) if d.extra_keys.is_empty() || d.routed_at_publish => queues,
             _ => self.route(
                 s,
                 d.exchange,

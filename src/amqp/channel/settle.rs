@@ -188,6 +188,14 @@ impl Channel {
         self.requeue_all(Requeue::Released);
         return_to_queues(s.outbox.take_channel(self.id));
         drop(holds);
+        // Confirms still waiting are never sent (nothing follows a Channel.Close), and must
+        // not hold the connection's reading back as unconfirmed publishes.
+        if self.confirms.take().is_some() {
+            self.stats
+                .info
+                .unconfirmed
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         // Nothing is left to time out. A deadline kept past this point would stay in the
         // past for as long as the client takes to send Close-Ok (no check looks at a closing
         // channel), and the connection would find it due on every turn.

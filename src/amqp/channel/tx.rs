@@ -10,7 +10,6 @@ use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::protocol::error::AmqpResult;
-use crate::protocol::properties;
 
 impl Channel {
     pub(super) fn tx_method(
@@ -51,11 +50,11 @@ impl Channel {
                 let work = std::mem::take(tx);
                 let mut sync: Option<u64> = None;
                 let mut write_failed = false;
+                let mut refused = false;
                 for p in work.publishes {
-                    let Some(outcome) = self.commit_publish(s, out, p) else {
-                        continue;
-                    };
+                    let outcome = self.commit_publish(s, out, p);
                     write_failed |= outcome.write_failed;
+                    refused |= outcome.failed;
                     if let Some(e) = outcome.sync {
                         sync = Some(sync.map_or(e, |x: u64| x.max(e)));
                     }
@@ -74,6 +73,11 @@ impl Channel {
                         InternalError,
                         "the data directory refused a write; the transaction's publishes were not all enqueued"
                     ));
+                }
+                if refused {
+                    // Same as RabbitMQ: a queue refused a message (full, with reject-publish),
+                    // so the transaction did not complete; commit-ok would say it did.
+                    return Err(amqp_error!(PreconditionFailed, "partial tx completion"));
                 }
                 // Commit-ok promises the persistent messages are on disk.
                 out.hold_until_synced(sync);
@@ -130,31 +134,25 @@ impl Channel {
         }
     }
 
-    /// Routes a publish held by a transaction. Returns the epoch that makes it durable.
+    /// Enqueues a publish held by a transaction into the queues it was routed to when
+    /// published (a queue deleted since takes nothing, and a mandatory message that reached
+    /// none comes back).
     pub(super) fn commit_publish(
         &mut self,
         s: &Session,
         out: &mut Output,
         p: TxPublish,
-    ) -> Option<Outcome> {
-        let Ok((exchange, cached)) = self.resolve(s, &p.exchange, &p.routing_key) else {
-            // The exchange was deleted before the commit: the message is unroutable.
-            return None;
-        };
-        // The headers as the publish would have routed them (BCC already left out).
-        let raw = &p.message.properties;
-        let headers = properties::scan(raw)
-            .ok()
-            .and_then(|summary| properties::decode_headers(raw, summary.headers.as_ref()?));
+    ) -> Outcome {
         let destination = Destination {
-            exchange: &exchange,
-            cached,
+            exchange: &p.target,
+            cached: Some(p.route),
             exchange_name: &p.exchange,
             routing_key: &p.routing_key,
             extra_keys: &p.routing_keys[1..],
-            headers,
+            headers: None,
             mandatory: p.mandatory,
+            routed_at_publish: true,
         };
-        Some(self.hand_to_queues(s, out, destination, &p.message))
+        self.hand_to_queues(s, out, destination, &p.message)
     }
 }

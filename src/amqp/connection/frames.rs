@@ -351,6 +351,7 @@ impl Connection {
         let Ok(i) = self.channel_index(channel) else {
             return;
         };
+        self.channels[i].flush_resolved_confirms(&mut self.out);
         if let Some(session) = &self.session {
             self.channels[i].shutdown(session);
         }

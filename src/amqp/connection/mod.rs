@@ -554,6 +554,7 @@ impl Connection {
             };
             let id = self.channels[i].id;
             tracing::warn!(peer = %self.peer, channel = id, text = %e.text, "consumer timed out waiting for delivery acknowledgement");
+            self.channels[i].flush_resolved_confirms(&mut self.out);
             if let Some(session) = &self.session {
                 self.channels[i].shutdown(session);
             }
