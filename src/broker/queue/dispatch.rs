@@ -144,7 +144,9 @@ impl State {
         if consumer.no_ack && entry.persisted {
             // Settled on delivery: the Ack alone says all a Delivered mark would (it lands in
             // the same epoch), so a no-ack drain writes one record per message, not two. The
-            // dispatch logs its Acks together before it hands the deliveries over.
+            // dispatch logs its Acks together before it hands the deliveries over. It leaves
+            // the persistent count now.
+            self.persistent.remove(1, entry.message.body.len() as u64);
             self.acks_to_log.push(entry.seq);
         }
         match consumer.no_ack {
