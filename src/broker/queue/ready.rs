@@ -10,6 +10,19 @@ use std::collections::VecDeque;
 use super::entry::QueueEntry;
 use crate::broker::message::Compaction;
 
+/// A level holding more slots than this is shrunk once it is less than a quarter full: a
+/// drained backlog of a million messages would otherwise keep 40 MB of empty slots, which
+/// nothing accounts and nothing frees. Below it, a level keeps what it grew to.
+const SHRINK_ABOVE_SLOTS: usize = 4096;
+
+/// Gives a level's spare slots back when it is mostly empty, keeping room to double. Halving
+/// at a quarter makes each shrink's copy paid for by the pops before it.
+fn shrink_if_sparse(level: &mut VecDeque<QueueEntry>) {
+    if level.capacity() > SHRINK_ABOVE_SLOTS && level.len() < level.capacity() / 4 {
+        level.shrink_to(level.len() * 2);
+    }
+}
+
 #[derive(Debug)]
 pub struct Ready {
     /// Index 0 is priority 0; the last level is the highest.
@@ -66,6 +79,7 @@ impl Ready {
             return Vec::new();
         };
         let rest: Vec<QueueEntry> = level.drain(keep.min(level.len())..).collect();
+        shrink_if_sparse(level);
         self.len -= rest.len();
         self.in_read_buffers -= rest.iter().filter(|e| e.message.in_read_buffers).count();
         rest
@@ -147,6 +161,7 @@ impl Ready {
     pub fn pop_front(&mut self) -> Option<QueueEntry> {
         let level = self.head_level()?;
         let entry = self.levels[level].pop_front()?;
+        shrink_if_sparse(&mut self.levels[level]);
         self.removed(&entry);
         Some(entry)
     }
@@ -166,6 +181,7 @@ impl Ready {
                 },
             };
             let entry = level.remove(at)?;
+            shrink_if_sparse(level);
             self.len -= 1;
             self.in_read_buffers -= usize::from(entry.message.in_read_buffers);
             return Some(entry);
@@ -186,6 +202,7 @@ impl Ready {
             return None;
         }
         let entry = self.levels[level].pop_front()?;
+        shrink_if_sparse(&mut self.levels[level]);
         self.removed(&entry);
         Some(entry)
     }
@@ -206,6 +223,7 @@ impl Ready {
             return Vec::new();
         };
         let rest: Vec<QueueEntry> = level.drain(keep.min(level.len())..).collect();
+        shrink_if_sparse(level);
         self.len -= rest.len();
         self.in_read_buffers -= rest.iter().filter(|e| e.message.in_read_buffers).count();
         rest
@@ -222,6 +240,23 @@ impl Ready {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drained backlog gives its slots back (the slots are memory no gauge sees).
+    #[test]
+    fn a_drained_level_gives_its_slots_back() {
+        let mut ready = Ready::new(None);
+        for seq in 0..100_000 {
+            ready.push_back(entry(seq, 0));
+        }
+        let grown = ready.levels[0].capacity();
+        while ready.len() > 10 {
+            ready.pop_front();
+        }
+        assert!(ready.levels[0].capacity() <= SHRINK_ABOVE_SLOTS.max(grown / 100));
+        let rest = ready.split_off(0);
+        assert_eq!(rest.len(), 10);
+        assert!(ready.levels[0].capacity() <= SHRINK_ABOVE_SLOTS);
+    }
     use crate::broker::body::Body;
     use crate::broker::memory::Memory;
     use crate::broker::message::Message;
