@@ -448,3 +448,59 @@ async fn same_as_rabbitmq_a_priority_queue_expires_only_its_head() {
     assert_eq!(high.delivery.data, b"high");
     wait_for_count(&ch, "pq", 0).await;
 }
+
+/// A backlog larger than a queue expires or drops under one hold of its lock (4,096) goes
+/// all the same, in turns: every message of a TTL passing over 20,000 at once reaches the
+/// dead-letter queue, and a policy cutting `max-length` to 0 empties a queue of 10,000.
+/// (One turn used to take them all: read back from disk, and their dead letters collected
+/// in memory, with the queue locked and the timer thread held.)
+#[tokio::test]
+async fn a_backlog_larger_than_one_turn_expires_and_drops_in_turns() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    dead_letter_target(&ch, "dlx", "dlq").await;
+    let dead_lettered = |ttl: Option<i32>| {
+        let mut args = vec![("x-dead-letter-exchange", long_str("dlx"))];
+        if let Some(ttl) = ttl {
+            args.push(("x-message-ttl", AMQPValue::LongInt(ttl)));
+        }
+        table(&args)
+    };
+    within(ch.queue_declare("stale".into(), Default::default(), dead_lettered(Some(300))))
+        .await
+        .unwrap();
+    within(ch.queue_declare("cut".into(), Default::default(), dead_lettered(None)))
+        .await
+        .unwrap();
+    for (queue, n) in [("stale", 20_000), ("cut", 10_000)] {
+        for _ in 0..n {
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                b"m",
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    wait_for_count(&ch, "dlq", 20_000).await;
+    let admin = broker.server.as_ref().unwrap().broker().clone();
+    admin
+        .put_policy(
+            lepus::store::export::PolicyDef {
+                vhost: "/".into(),
+                name: "cut".into(),
+                pattern: "^cut$".into(),
+                apply_to: "queues".into(),
+                definition: serde_json::json!({"max-length": 0}),
+                priority: 0,
+            },
+            false,
+        )
+        .unwrap();
+    wait_for_count(&ch, "dlq", 30_000).await;
+    assert_eq!(count(&ch, "cut").await, 0);
+    assert_eq!(count(&ch, "stale").await, 0);
+}

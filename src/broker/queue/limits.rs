@@ -8,6 +8,12 @@ use super::settings::{Overflow, QueueType};
 use super::state::State;
 use crate::broker::timer::now_ms;
 
+/// Messages expired or dropped (drop-head) under one hold of a queue's lock. A TTL passing
+/// over a backlog of millions paged out, or a policy cutting `max-length` to 0, would
+/// otherwise read all of it back and collect every dead letter in memory in one go, with
+/// the queue locked and the timer thread (every queue's expiry) waiting.
+pub const MAX_DISCARDS_PER_TURN: usize = 4096;
+
 impl State {
     /// Whether one more message of `size` body bytes would exceed a length limit.
     /// Dead letters held until their queues have them count, as in RabbitMQ
@@ -54,11 +60,14 @@ impl State {
     }
 
     /// Drop-head: while the queue is over a length limit, drops (or dead-letters) the oldest
-    /// messages.
+    /// messages, at most [`MAX_DISCARDS_PER_TURN`] under this lock hold; the timer thread
+    /// goes on with the rest at once.
     pub fn enforce_length_limit(&mut self, ctx: &QueueCtx) {
+        self.over_limit_pending = false;
         if !self.settings.limited() || self.settings.overflow != Overflow::DropHead {
             return;
         }
+        let mut discarded = 0;
         loop {
             let count = u64::from(self.message_count());
             let over = self.settings.max_length.is_some_and(|max| count > max)
@@ -69,6 +78,11 @@ impl State {
             if !over {
                 break;
             }
+            if discarded == MAX_DISCARDS_PER_TURN {
+                self.over_limit_pending = true;
+                break;
+            }
+            discarded += 1;
             self.page_in_levels(ctx);
             if self.ready.is_empty() && !self.page_in_always(ctx) {
                 break;
@@ -81,7 +95,10 @@ impl State {
         self.collect_garbage();
     }
 
-    /// Expires messages at the heads of the priority levels.
+    /// Expires messages at the heads of the priority levels, at most
+    /// [`MAX_DISCARDS_PER_TURN`] under this lock hold: a head still expired after that arms
+    /// the timer for now, so the timer thread goes on with the rest once the lock (and the
+    /// dead letters collected) have been let go.
     pub fn expire_heads(&mut self, ctx: &QueueCtx) {
         let Some(first) = self.ready.next_expiry() else {
             return;
@@ -90,16 +107,19 @@ impl State {
         if first > now {
             return;
         }
-        let mut expired = false;
-        while let Some(entry) = self.ready.pop_expired(now) {
+        let mut expired = 0;
+        while expired < MAX_DISCARDS_PER_TURN
+            && let Some(entry) = self.ready.pop_expired(now)
+        {
             self.forget_ready(&entry);
             self.discard(entry, Reason::Expired);
-            expired = true;
+            expired += 1;
             if self.ready.is_empty() {
+                // The next head is read back now, so that the timer is armed for it.
                 self.page_in(ctx);
             }
         }
-        if expired {
+        if expired > 0 {
             self.collect_garbage();
         }
     }
@@ -120,6 +140,9 @@ impl State {
             (a, b) => a.or(b),
         };
         let mut next = earliest(self.ready.next_expiry(), queue_expiry);
+        if self.over_limit_pending {
+            next = earliest(next, Some(now_ms()));
+        }
         if !self.held.is_empty() {
             next = earliest(next, self.held.next_deadline());
         }

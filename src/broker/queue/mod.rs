@@ -778,6 +778,9 @@ impl Timed for Queue {
                 return false;
             }
             state.held_tick(&self.ctx, now);
+            if state.over_limit_pending {
+                state.enforce_length_limit(&self.ctx);
+            }
             state.expire_heads(&self.ctx);
             state.dispatch(&self.ctx);
             state.settings.expires_ms.is_some_and(|ttl| {

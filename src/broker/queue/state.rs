@@ -166,6 +166,9 @@ pub struct State {
     pub last_used_ms: u64,
     /// The deadline the timer thread will next wake this queue at, if one is set.
     pub timer_at: Option<u64>,
+    /// Drop-head stopped at its bound per lock hold with the queue still over its limit:
+    /// the timer thread goes on at once (`limits::MAX_DISCARDS_PER_TURN`).
+    pub over_limit_pending: bool,
     /// Messages leaving for the dead-letter exchange, handed to the host once the lock is
     /// released.
     pub dead: Vec<DeadLetter>,
