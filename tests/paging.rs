@@ -407,3 +407,78 @@ async fn a_message_read_back_is_dead_lettered_with_its_cc_keys() {
     let dead = get_eventually(&ch, "by-cc").await;
     assert_eq!(dead.delivery.data, b"cc");
 }
+
+/// A queue that pages out with messages out at consumers keeps its order when they come
+/// back: paging keeps requeued messages in memory, since others (older than the newest one
+/// taken) may still come back among them. Before, the queue paged the newer part of a
+/// closed channel's messages, another channel's older ones came back ahead of them, and a
+/// consumer got 40..79 before 16..39.
+#[tokio::test]
+async fn messages_requeued_around_a_page_out_keep_the_queue_order() {
+    let (broker, _api) = small_budget_broker().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("order".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let publish = |i: usize| {
+        let ch = ch.clone();
+        async move {
+            let mut body = format!("{i:04}").into_bytes();
+            body.resize(32 * 1024, b'.');
+            ch.basic_publish(
+                "".into(),
+                "order".into(),
+                Default::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    };
+    for i in 0..80 {
+        within(publish(i)).await;
+    }
+    let (conn_a, a) = broker.channel().await;
+    let (_conn_b, b) = broker.channel().await;
+    let take = |ch: &lapin::Channel| {
+        let ch = ch.clone();
+        async move {
+            within(ch.basic_get("order".into(), BasicGetOptions { no_ack: false }))
+                .await
+                .unwrap()
+                .expect("a message")
+        }
+    };
+    for _ in 0..40 {
+        take(&a).await;
+    }
+    let mut last_of_b = None;
+    for _ in 0..40 {
+        last_of_b = Some(take(&b).await);
+    }
+    // A's 40 come back (1.25 MiB ready, over the budget); a publish pages the queue out.
+    within(conn_a.close(200, "bye".into())).await.unwrap();
+    within(publish(80)).await;
+    // B's 40, older than the newest of A's paged ones were, come back too.
+    within(last_of_b.unwrap().delivery.nack(BasicNackOptions {
+        multiple: true,
+        requeue: true,
+    }))
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while let Some(m) = within(ch.basic_get("order".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+    {
+        seen.push(
+            String::from_utf8_lossy(&m.delivery.data[..4])
+                .parse::<usize>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(seen, (0..=80).collect::<Vec<_>>());
+}

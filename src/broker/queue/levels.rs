@@ -69,6 +69,8 @@ impl State {
             kept += e.size();
             keep += 1;
         }
+        // As `page_out`: requeued messages stay in memory.
+        keep = keep.max(self.requeued_to_keep(level, self.ready.level(level)));
         let paged = self.ready.split_level(level, keep);
         if paged.is_empty() {
             return true;

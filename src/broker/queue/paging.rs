@@ -1,7 +1,8 @@
 //! Paging: a FIFO queue over its share of the memory budget moves the newest part of its
 //! ready messages into a log (its *tail*) and reads them back in order as the head drains.
 //! A durable queue pages into its own log; a transient queue gets a paging log when it first
-//! needs one. Every message in the tail comes after every message in `ready`. The tail is
+//! needs one. Every message in the tail comes after every message in `ready`, and after
+//! every message out with consumers (which may come back). The tail is
 //! read back ahead of need and outside the queue's lock, except when the head is empty.
 
 use std::sync::Arc;
@@ -27,6 +28,9 @@ impl State {
             kept += e.size();
             keep += 1;
         }
+        // Requeued messages stay: a tail holds only what comes after every message out with
+        // consumers, or a later requeue would overtake what was paged.
+        keep = keep.max(self.requeued_to_keep(0, self.ready.iter()));
         if keep >= self.ready.len() {
             return;
         }

@@ -166,6 +166,11 @@ pub struct State {
     pub last_used_ms: u64,
     /// The deadline the timer thread will next wake this queue at, if one is set.
     pub timer_at: Option<u64>,
+    /// Per priority level, the highest sequence number taken out of `ready` (delivered,
+    /// fetched or dropped). Paging keeps in memory every ready message of the level up to
+    /// it: those are requeued ones, and more may come back among them, which a tail could
+    /// not take in order.
+    pub max_taken_seq: Vec<u64>,
     /// Drop-head stopped at its bound per lock hold with the queue still over its limit:
     /// the timer thread goes on at once (`limits::MAX_DISCARDS_PER_TURN`).
     pub over_limit_pending: bool,
@@ -448,8 +453,27 @@ impl State {
     /// Takes the head message out of the queue.
     pub fn pop_ready(&mut self) -> Option<QueueEntry> {
         let entry = self.ready.pop_front()?;
+        let level = self.ready.level_index(entry.message.priority);
+        if self.max_taken_seq.len() <= level {
+            self.max_taken_seq.resize(level + 1, 0);
+        }
+        self.max_taken_seq[level] = self.max_taken_seq[level].max(entry.seq);
         self.forget_ready(&entry);
         Some(entry)
+    }
+
+    /// How many of a level's first messages paging must keep in memory: requeued ones
+    /// older than a message taken from it (`max_taken_seq`), which others may yet come
+    /// back among.
+    pub fn requeued_to_keep<'a>(
+        &self,
+        level: usize,
+        entries: impl Iterator<Item = &'a QueueEntry>,
+    ) -> usize {
+        let Some(&max) = self.max_taken_seq.get(level) else {
+            return 0;
+        };
+        entries.take_while(|e| e.seq <= max).count()
     }
 
     /// Accounts for a message that left `ready` (and the queue).
