@@ -504,3 +504,52 @@ async fn a_backlog_larger_than_one_turn_expires_and_drops_in_turns() {
     assert_eq!(count(&ch, "cut").await, 0);
     assert_eq!(count(&ch, "stale").await, 0);
 }
+
+/// Same as RabbitMQ (which stores a message's expiry): a persistent TTL-0 message waiting
+/// behind another expires at the head after a restart too. Its record had no expiry, so the
+/// restart delivered it, long after its "now or never".
+#[tokio::test]
+async fn same_as_rabbitmq_a_ttl_zero_message_found_by_a_restart_still_expires() {
+    let dir = temp_dir("ttl0-restart");
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    let mut broker = Broker::start_with(config.clone()).await;
+    let (conn, ch) = broker.channel().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare("kept".into(), durable, FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    for props in [
+        BasicProperties::default().with_delivery_mode(2),
+        expiring("0").with_delivery_mode(2),
+    ] {
+        let confirm =
+            within(ch.basic_publish("".into(), "kept".into(), Default::default(), b"m", props))
+                .await
+                .unwrap();
+        assert!(within(confirm).await.unwrap().is_ack());
+    }
+    assert_eq!(count(&ch, "kept").await, 2, "behind the first, it waits");
+    drop(ch);
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    let first = within(ch.basic_get("kept".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the first message");
+    assert!(first.properties.expiration().is_none());
+    assert!(
+        within(ch.basic_get("kept".into(), BasicGetOptions { no_ack: true }))
+            .await
+            .unwrap()
+            .is_none(),
+        "the TTL-0 message expired at the head"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -303,8 +303,11 @@ impl State {
             && kept_on_disk
             && let Some(log) = self.log.clone()
         {
+            // On disk a TTL-0 message expires at its publish (as RabbitMQ stores its expiry):
+            // one a restart finds, untaken or unacked, expires at the head rather than being
+            // delivered long after its "now or never".
             let stamp = Stamp {
-                expires_at,
+                expires_at: expires_at.or_else(|| (ttl == Some(0)).then(now_ms)),
                 ..Stamp::default()
             };
             match log.append_message(seq, &message.parts(), true, &stamp) {
