@@ -412,7 +412,11 @@ impl Queue {
         self.with_state(|state| {
             state.last_used_ms = now_ms();
             state.expire_heads(ctx);
-            state.page_in(ctx);
+            // What is read back may have expired on disk: it is expired before it is taken
+            // (a priority level has no read-ahead to have done it).
+            if state.page_in(ctx) {
+                state.expire_heads(ctx);
+            }
             let Some(mut entry) = state.pop_ready() else {
                 state.counters.get_empty += 1;
                 return None;
