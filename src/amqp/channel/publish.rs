@@ -287,46 +287,6 @@ impl Channel {
             message.confirm = confirms.early_sink().map(|sink| ConfirmWatch { sink, tag });
         }
         let message = Arc::new(message);
-        if let Some(held) = self.tx.as_ref().map(|tx| tx.publishes.len()) {
-            let max = s.broker.config.limits.max_uncommitted_per_channel;
-            if held >= max {
-                return Err(amqp_error!(
-                    PreconditionFailed,
-                    "transaction exceeds max_uncommitted_per_channel ({} messages)",
-                    max
-                ));
-            }
-            // Same as RabbitMQ: routed now, enqueued at commit into the queues it was routed
-            // to (those still there). A binding or exchange deleted meanwhile changes nothing.
-            let route = match cached {
-                Some(queues) if extra_keys.is_empty() => queues,
-                _ => self.route(
-                    s,
-                    &exchange,
-                    &publish.exchange,
-                    &publish.routing_key,
-                    &extra_keys,
-                    headers,
-                ),
-            };
-            // Held until commit: keep the message's own copies of the names, not slices of
-            // the frame they came in.
-            let mut routing_keys = vec![message.routing_key.clone()];
-            routing_keys.extend(extra_keys);
-            if let Some(tx) = self.tx.as_mut() {
-                tx.publishes.push(TxPublish {
-                    exchange: message.exchange.clone(),
-                    routing_key: message.routing_key.clone(),
-                    mandatory: publish.mandatory,
-                    routing_keys,
-                    target: exchange,
-                    route,
-                    message,
-                });
-            }
-            self.note_gauges();
-            return Ok(());
-        }
         let destination = Destination {
             routed_at_publish: false,
             exchange: &exchange,
@@ -337,6 +297,9 @@ impl Channel {
             headers,
             mandatory: publish.mandatory,
         };
+        if self.tx.is_some() {
+            return self.hold_for_commit(s, destination, message);
+        }
         let outcome = self.hand_to_queues(s, out, destination, &message);
         if let (Some(confirms), Some(tag)) = (self.confirms.as_mut(), confirm_tag) {
             if outcome.failed {
@@ -349,6 +312,53 @@ impl Channel {
                 confirms.ack(tag);
             }
         }
+        Ok(())
+    }
+
+    /// A publish in a transaction: routed now, as RabbitMQ routes it, and held until the
+    /// commit enqueues it into the queues it was routed to (those still there). A binding or
+    /// exchange deleted meanwhile changes nothing.
+    fn hold_for_commit(
+        &mut self,
+        s: &Session,
+        d: Destination,
+        message: Arc<Message>,
+    ) -> AmqpResult<()> {
+        let max = s.broker.config.limits.max_uncommitted_per_channel;
+        if self.tx.as_ref().is_some_and(|tx| tx.publishes.len() >= max) {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "transaction exceeds max_uncommitted_per_channel ({} messages)",
+                max
+            ));
+        }
+        let route = match d.cached {
+            Some(queues) if d.extra_keys.is_empty() => queues,
+            _ => self.route(
+                s,
+                d.exchange,
+                d.exchange_name,
+                d.routing_key,
+                d.extra_keys,
+                d.headers,
+            ),
+        };
+        // Held until commit: keep the message's own copies of the names, not slices of the
+        // frame they came in.
+        let mut routing_keys = vec![message.routing_key.clone()];
+        routing_keys.extend_from_slice(d.extra_keys);
+        if let Some(tx) = self.tx.as_mut() {
+            tx.publishes.push(TxPublish {
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                mandatory: d.mandatory,
+                routing_keys,
+                target: d.exchange.clone(),
+                route,
+                message,
+            });
+        }
+        self.note_gauges();
         Ok(())
     }
 

@@ -293,35 +293,11 @@ impl State {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut outcome = Enqueued::Accepted;
-        let mut persisted = false;
-        // Same as RabbitMQ: a quorum queue has no transient messages. Every message goes into
-        // its log whatever its delivery mode (which it keeps), and is confirmed once there.
-        let kept_on_disk =
-            message.persistent || self.settings.queue_type == super::settings::QueueType::Quorum;
-        if ctx.durable
-            && kept_on_disk
-            && let Some(log) = self.log.clone()
-        {
-            // On disk a TTL-0 message expires at its publish (as RabbitMQ stores its expiry):
-            // one a restart finds, untaken or unacked, expires at the head rather than being
-            // delivered long after its "now or never".
-            let stamp = Stamp {
-                expires_at: expires_at.or_else(|| (ttl == Some(0)).then(now_ms)),
-                ..Stamp::default()
-            };
-            match log.append_message(seq, &message.parts(), true, &stamp) {
-                Ok(epoch) => {
-                    persisted = true;
-                    self.persistent.add(1, size);
-                    outcome = Enqueued::Persisted(epoch);
-                }
-                Err(e) => {
-                    tracing::error!(queue = %ctx.name, error = %e, "cannot write a persistent message");
-                    return Enqueued::Failed;
-                }
-            }
-        }
+        let disk_expiry = expires_at.or_else(|| (ttl == Some(0)).then(now_ms));
+        let Some(outcome) = self.log_published(ctx, seq, &message, disk_expiry) else {
+            return Enqueued::Failed;
+        };
+        let persisted = matches!(outcome, Enqueued::Persisted(_));
         self.body_bytes += size;
         if self.tail.is_some() {
             return self.publish_behind_tail(ctx, seq, &message, persisted, expires_at, outcome);
@@ -386,6 +362,40 @@ impl State {
         } else {
             entry.expires_at = Some(now_ms());
             self.ready.insert_in_order(entry);
+        }
+    }
+
+    /// Writes a published message to the queue's log if it is to survive a restart: a
+    /// persistent message of a durable queue, and (same as RabbitMQ, whose quorum queues
+    /// have no transient messages) every message of a quorum queue, which keeps its
+    /// delivery mode. `expires_at` is its expiry on disk: a TTL-0 message's is its publish,
+    /// as RabbitMQ stores it, so one a restart finds expires at the head rather than being
+    /// delivered long after its "now or never". `None` if the write failed.
+    fn log_published(
+        &mut self,
+        ctx: &QueueCtx,
+        seq: u64,
+        message: &Message,
+        expires_at: Option<u64>,
+    ) -> Option<Enqueued> {
+        let kept_on_disk =
+            message.persistent || self.settings.queue_type == super::settings::QueueType::Quorum;
+        let Some(log) = self.log.clone().filter(|_| ctx.durable && kept_on_disk) else {
+            return Some(Enqueued::Accepted);
+        };
+        let stamp = Stamp {
+            expires_at,
+            ..Stamp::default()
+        };
+        match log.append_message(seq, &message.parts(), true, &stamp) {
+            Ok(epoch) => {
+                self.persistent.add(1, message.body.len() as u64);
+                Some(Enqueued::Persisted(epoch))
+            }
+            Err(e) => {
+                tracing::error!(queue = %ctx.name, error = %e, "cannot write a persistent message");
+                None
+            }
         }
     }
 
