@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::amqp::confirm::Confirms;
 use crate::amqp::output::Output;
+use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -47,13 +48,12 @@ impl Channel {
         }
     }
 
-    /// Writes the confirms already resolved (unroutable, transient, early), before the
-    /// channel closes: as RabbitMQ, which sends them after each method, before the close.
-    pub fn flush_resolved_confirms(&mut self, out: &mut Output) {
-        if let Some(c) = self.confirms.as_mut() {
-            c.take_early();
-            c.flush(out, self.id);
-        }
+    /// Writes the confirms already resolved (unroutable, transient, early, or synced by
+    /// now) before the channel closes: as RabbitMQ, which sends them after each method,
+    /// before the close.
+    pub fn flush_resolved_confirms(&mut self, s: &Session, out: &mut Output) {
+        let shared = &s.broker.store.shared;
+        self.flush_confirms(out, shared.synced(), &|epoch| shared.failed(epoch));
     }
 
     /// Whether confirms wait for the store to sync.

@@ -125,8 +125,12 @@ struct TxPublish {
     /// The exchange it was published to, kept for its counters even if deleted since.
     target: Arc<Exchange>,
     /// The queues it was routed to when published, as RabbitMQ routes a transaction's
-    /// publishes: the commit enqueues it in those still there.
+    /// publishes: the commit enqueues it in those still there. (A queue deleted and
+    /// declared again meanwhile is another queue: RabbitMQ, which keeps names, would find
+    /// the new one.)
     route: Route,
+    /// The memory a route of its own takes (a cached route is shared).
+    _route_charge: Charge,
     message: Arc<Message>,
 }
 
@@ -302,7 +306,7 @@ impl Channel {
         let id = self.id;
         match method {
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
-                self.flush_resolved_confirms(out);
+                self.flush_resolved_confirms(s, out);
                 self.shutdown(s);
                 return Ok(After::Closed);
             }

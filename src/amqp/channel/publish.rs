@@ -332,16 +332,23 @@ impl Channel {
                 max
             ));
         }
-        let route = match d.cached {
-            Some(queues) if d.extra_keys.is_empty() => queues,
-            _ => self.route(
-                s,
-                d.exchange,
-                d.exchange_name,
-                d.routing_key,
-                d.extra_keys,
-                d.headers,
-            ),
+        let (route, route_charge) = match d.cached {
+            // The cache's route, shared.
+            Some(queues) if d.extra_keys.is_empty() => (queues, Charge::default()),
+            // A route of its own, charged while it is held (a headers exchange bound to
+            // many queues, times a million held publishes, is memory).
+            _ => {
+                let route = self.route(
+                    s,
+                    d.exchange,
+                    d.exchange_name,
+                    d.routing_key,
+                    d.extra_keys,
+                    d.headers,
+                );
+                let bytes = route.len() * std::mem::size_of::<Arc<Queue>>();
+                (route, Charge::new(s.broker.memory, bytes))
+            }
         };
         // Held until commit: keep the message's own copies of the names, not slices of the
         // frame they came in.
@@ -355,6 +362,7 @@ impl Channel {
                 routing_keys,
                 target: d.exchange.clone(),
                 route,
+                _route_charge: route_charge,
                 message,
             });
         }

@@ -351,8 +351,8 @@ impl Connection {
         let Ok(i) = self.channel_index(channel) else {
             return;
         };
-        self.channels[i].flush_resolved_confirms(&mut self.out);
         if let Some(session) = &self.session {
+            self.channels[i].flush_resolved_confirms(session, &mut self.out);
             self.channels[i].shutdown(session);
         }
         tracing::debug!(peer = %self.peer, channel, code = e.code.code(), text = %e.text, "channel error");

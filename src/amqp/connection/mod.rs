@@ -554,8 +554,8 @@ impl Connection {
             };
             let id = self.channels[i].id;
             tracing::warn!(peer = %self.peer, channel = id, text = %e.text, "consumer timed out waiting for delivery acknowledgement");
-            self.channels[i].flush_resolved_confirms(&mut self.out);
             if let Some(session) = &self.session {
+                self.channels[i].flush_resolved_confirms(session, &mut self.out);
                 self.channels[i].shutdown(session);
             }
             write_channel_close(&mut self.out, id, &e);

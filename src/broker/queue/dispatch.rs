@@ -54,8 +54,10 @@ impl State {
             return;
         }
         loop {
-            self.expire_heads(ctx);
-            self.dispatch_ready(ctx);
+            // Past the bound on discards per lock hold, the timer goes on with the rest.
+            if self.expire_heads(ctx) || self.dispatch_ready(ctx) {
+                break;
+            }
             // Keep the head fed from the tail while consumers take messages; what was read
             // back goes out in the next round.
             if !self.page_in(ctx) {
@@ -64,10 +66,12 @@ impl State {
         }
     }
 
-    fn dispatch_ready(&mut self, ctx: &QueueCtx) {
+    /// Returns true if it stopped at the bound on expiries per lock hold.
+    fn dispatch_ready(&mut self, ctx: &QueueCtx) -> bool {
         if self.deleted || self.consumers.is_empty() {
-            return;
+            return false;
         }
+        let mut capped = false;
         loop {
             // A priority level whose messages are all on disk may hold the real head.
             if self.paged_levels > 0 {
@@ -78,7 +82,10 @@ impl State {
             };
             if head.expires_at.is_some_and(|at| at <= now_ms()) {
                 // Expired on its way out.
-                self.expire_heads(ctx);
+                if self.expire_heads(ctx) {
+                    capped = true;
+                    break;
+                }
                 continue;
             }
             let size = head.message.wire_size();
@@ -99,6 +106,7 @@ impl State {
         if !self.batches.is_empty() {
             self.flush_batches();
         }
+        capped
     }
 
     /// The consumer that gets a message of `size` bytes, having reserved the credit for it.

@@ -99,13 +99,16 @@ impl State {
     /// [`MAX_DISCARDS_PER_TURN`] under this lock hold: a head still expired after that arms
     /// the timer for now, so the timer thread goes on with the rest once the lock (and the
     /// dead letters collected) have been let go.
-    pub fn expire_heads(&mut self, ctx: &QueueCtx) {
+    ///
+    /// Returns true if it stopped at that bound with an expired head left: whoever called
+    /// it stops too, and leaves the rest to the timer.
+    pub fn expire_heads(&mut self, ctx: &QueueCtx) -> bool {
         let Some(first) = self.ready.next_expiry() else {
-            return;
+            return false;
         };
         let now = now_ms();
         if first > now {
-            return;
+            return false;
         }
         let mut expired = 0;
         while expired < MAX_DISCARDS_PER_TURN
@@ -122,6 +125,7 @@ impl State {
         if expired > 0 {
             self.collect_garbage();
         }
+        expired == MAX_DISCARDS_PER_TURN && self.ready.next_expiry().is_some_and(|at| at <= now)
     }
 
     /// Schedules the timer thread for the next head expiry, or for `x-expires` while the

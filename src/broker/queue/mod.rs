@@ -180,9 +180,13 @@ pub struct DispatchHold {
 impl Drop for DispatchHold {
     fn drop(&mut self) {
         let queue = &self.queue;
+        // While unwinding, only let go: a panic in the dispatch would abort the process.
+        let dispatch = !std::thread::panicking();
         queue.with_state(|state| {
             state.dispatch_holds = state.dispatch_holds.saturating_sub(1);
-            state.dispatch(&queue.ctx);
+            if dispatch {
+                state.dispatch(&queue.ctx);
+            }
         });
     }
 }
@@ -411,11 +415,18 @@ impl Queue {
         let ctx = &self.ctx;
         self.with_state(|state| {
             state.last_used_ms = now_ms();
-            state.expire_heads(ctx);
+            let mut capped = state.expire_heads(ctx);
             // What is read back may have expired on disk: it is expired before it is taken
             // (a priority level has no read-ahead to have done it).
-            if state.page_in(ctx) {
-                state.expire_heads(ctx);
+            if !capped && state.page_in(ctx) {
+                capped = state.expire_heads(ctx);
+            }
+            // More expired heads than one lock hold discards: an expired message is never
+            // handed out, so the fetch finds nothing this time while the timer goes on.
+            let head_expired = state.ready.next_expiry().is_some_and(|at| at <= now_ms());
+            if capped || head_expired {
+                state.counters.get_empty += 1;
+                return None;
             }
             let Some(mut entry) = state.pop_ready() else {
                 state.counters.get_empty += 1;
