@@ -782,3 +782,77 @@ async fn a_slow_consumer_holds_back_its_queue_not_the_broker() {
         assert_eq!(next(&mut consumer).await.data.len(), 10_000);
     }
 }
+
+/// Messages coming back shared out among more consumers, on more connections, than a
+/// dispatch scans its batches for (past eight it looks them up): every message goes to
+/// exactly one, and every waiting consumer gets some in the same round.
+#[tokio::test]
+async fn requeued_messages_are_shared_out_once_among_many_connections_consumers() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("work".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    const CONSUMERS: usize = 20;
+    const MESSAGES: usize = 400;
+    // One consumer takes the whole backlog...
+    let (hog_conn, hog) = broker.channel().await;
+    let mut hogged = within(hog.basic_consume(
+        "work".into(),
+        "hog".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for i in 0..MESSAGES {
+        within(ch.basic_publish(
+            "".into(),
+            "work".into(),
+            Default::default(),
+            format!("{i}").as_bytes(),
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    for _ in 0..MESSAGES {
+        within(hogged.next()).await.unwrap().unwrap();
+    }
+    // ...while twenty others wait on twenty connections.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut connections = Vec::new();
+    for n in 0..CONSUMERS {
+        let (conn, ch) = broker.channel().await;
+        within(ch.basic_qos(5, Default::default())).await.unwrap();
+        let mut consumer = within(ch.basic_consume(
+            "work".into(),
+            format!("c{n}").as_str().into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let body = String::from_utf8_lossy(&d.data).into_owned();
+                let _ = d.ack(Default::default()).await;
+                if tx.send((n, body)).is_err() {
+                    break;
+                }
+            }
+        });
+        connections.push((conn, ch));
+    }
+    // The hog goes: its 400 come back, and one dispatch shares them out.
+    within(hog_conn.close(200, "bye".into())).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut by_consumer = [0usize; CONSUMERS];
+    while seen.len() < MESSAGES {
+        let (n, body) = within(rx.recv()).await.expect("a delivery");
+        assert!(seen.insert(body.clone()), "{body} delivered twice");
+        by_consumer[n] += 1;
+    }
+    assert!(by_consumer.iter().all(|&k| k > 0), "{by_consumer:?}");
+}

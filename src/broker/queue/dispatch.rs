@@ -6,6 +6,7 @@
 //! lacked ([`super::consumers::Consumers`]). Deliveries are grouped per sink and pushed while
 //! the lock is held, so every consumer sees the queue's order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,10 +19,22 @@ use super::settings::QueueType;
 use super::state::{Batch, State, with_delivery_count};
 use crate::broker::timer::now_ms;
 
-/// Whether two consumers deliver to the same sink (connection).
+/// Up to this many sinks a dispatch finds a sink's batch by a scan; past it, by
+/// `batch_index`.
+const SCANNED_BATCHES: usize = 8;
+
+/// The address that identifies a sink (a connection), whichever consumer leads to it.
 #[inline]
-fn same_sink(a: &Arc<dyn DeliverySink>, b: &Arc<dyn DeliverySink>) -> bool {
-    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+fn sink_key(sink: &Arc<dyn DeliverySink>) -> usize {
+    Arc::as_ptr(sink) as *const () as usize
+}
+
+/// The batch of the sink at `key`, if this dispatch has one.
+fn batch_of(batches: &[Batch], index: &HashMap<usize, usize>, key: usize) -> Option<usize> {
+    if batches.len() > SCANNED_BATCHES {
+        return index.get(&key).copied();
+    }
+    batches.iter().position(|b| sink_key(&b.sink) == key)
 }
 
 /// What a delivery needs from the consumer it goes to.
@@ -111,12 +124,9 @@ impl State {
 
     /// The consumer that gets a message of `size` bytes, having reserved the credit for it.
     fn choose_consumer(&mut self, size: usize) -> Option<Recipient> {
-        let batches = &self.batches;
+        let (batches, index) = (&self.batches, &self.batch_index);
         let batched = |c: &Consumer| {
-            batches
-                .iter()
-                .find(|b| same_sink(&b.sink, &c.sink))
-                .map_or(0, |b| b.bytes)
+            batch_of(batches, index, sink_key(&c.sink)).map_or(0, |i| batches[i].bytes)
         };
         self.consumers.pick(size, batched, Recipient::of)
     }
@@ -170,22 +180,31 @@ impl State {
             entry,
             no_ack: consumer.no_ack,
         };
-        match self
-            .batches
-            .iter_mut()
-            .find(|b| Arc::as_ptr(&b.sink) as *const () == consumer.sink)
-        {
-            Some(batch) => {
+        match batch_of(&self.batches, &self.batch_index, consumer.sink as usize) {
+            Some(i) => {
+                let batch = &mut self.batches[i];
                 batch.bytes += size;
                 batch.deliveries.push(delivery);
             }
             None => {
                 match self.consumers.get_mut(consumer.id).map(|c| c.sink.clone()) {
-                    Some(sink) => self.batches.push(Batch {
-                        sink,
-                        deliveries: vec![delivery],
-                        bytes: size,
-                    }),
+                    Some(sink) => {
+                        self.batches.push(Batch {
+                            sink,
+                            deliveries: vec![delivery],
+                            bytes: size,
+                        });
+                        if self.batches.len() > SCANNED_BATCHES {
+                            if self.batch_index.is_empty() {
+                                for (i, b) in self.batches.iter().enumerate() {
+                                    self.batch_index.insert(sink_key(&b.sink), i);
+                                }
+                            } else {
+                                self.batch_index
+                                    .insert(consumer.sink as usize, self.batches.len() - 1);
+                            }
+                        }
+                    }
                     // The consumer was just chosen, so this cannot happen; if it did, the
                     // message goes back rather than being lost.
                     None => self.insert_in_order(vec![delivery.entry]),
@@ -195,6 +214,7 @@ impl State {
     }
 
     fn flush_batches(&mut self) {
+        self.batch_index.clear();
         let mut batches = std::mem::take(&mut self.batches);
         for mut batch in batches.drain(..) {
             if let Err(undelivered) = batch

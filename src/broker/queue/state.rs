@@ -145,6 +145,10 @@ pub struct State {
     pub dispatch_holds: u32,
     /// Reused per dispatch: deliveries grouped by destination sink.
     pub batches: Vec<Batch>,
+    /// Where each sink's batch is in `batches` (by the sink's address), once a dispatch
+    /// serves more sinks than a scan is cheap for: a work queue with thousands of
+    /// consumers on as many connections would scan its batches per delivery.
+    pub batch_index: std::collections::HashMap<usize, usize>,
     /// Reused per dispatch: durable messages delivered to no-ack consumers, whose Ack
     /// records are logged together when the dispatch ends.
     pub acks_to_log: Vec<u64>,
