@@ -2559,3 +2559,118 @@ async fn a_binding_key_longer_than_a_short_string_is_refused() {
     assert_eq!(made.status, 201, "{}", made.text());
     assert_eq!(api.delete("/api/queues/%2F/deep").await.status, 204);
 }
+
+/// Same as RabbitMQ 3.10 (each answer checked on a node): the health checks that probes and
+/// clients call (`/api/health/checks/...`) answer 200 `ok`, or 503 with what failed. They
+/// were all 404.
+#[tokio::test]
+async fn same_as_rabbitmq_health_checks_answer_ok_or_say_what_failed() {
+    let (broker, api) = broker_with_api().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let check = |path: &'static str| {
+        let api = &api;
+        async move {
+            let r = api.get(&format!("/api/health/checks/{path}")).await;
+            (r.status, r.json())
+        }
+    };
+    for path in ["alarms", "local-alarms", "virtual-hosts"] {
+        assert_eq!(check(path).await, (200, json!({"status": "ok"})), "{path}");
+    }
+    for path in ["node-is-quorum-critical", "node-is-mirror-sync-critical"] {
+        assert_eq!(
+            check(path).await,
+            (
+                200,
+                json!({"status": "ok", "reason": "single node cluster"})
+            ),
+            "{path}"
+        );
+    }
+    let amqp = broker.addr.port();
+    let listening = api
+        .get(&format!("/api/health/checks/port-listener/{amqp}"))
+        .await;
+    assert_eq!(listening.status, 200);
+    assert_eq!(listening.json(), json!({"status": "ok", "port": amqp}));
+    let (status, body) = check("port-listener/1").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["reason"], "No active listener");
+    assert_eq!(body["missing"], 1);
+    assert!(body["ports"].as_array().unwrap().contains(&json!(amqp)));
+    assert_eq!(
+        check("port-listener/abc").await,
+        (
+            400,
+            json!({"error": "bad_request", "reason": "Invalid port"})
+        )
+    );
+    assert_eq!(
+        check("protocol-listener/amqp").await,
+        (200, json!({"status": "ok", "protocol": "amqp"}))
+    );
+    let (status, body) = check("protocol-listener/mqtt").await;
+    assert_eq!((status, &body["missing"]), (503, &json!("mqtt")));
+    server
+        .alarms
+        .set_memory_watermark(lepus::config::MemoryWatermark::Absolute(1));
+    let (status, body) = check("local-alarms").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["reason"], "There are alarms in effect on the node");
+    assert_eq!(body["alarms"][0]["resource"], "memory");
+    let (_, body) = check("alarms").await;
+    assert_eq!(body["reason"], "There are alarms in effect in the cluster");
+    server
+        .alarms
+        .set_memory_watermark(lepus::config::MemoryWatermark::Relative(0.99));
+    assert_eq!(check("alarms").await.0, 200);
+}
+
+/// Same as RabbitMQ 3.10 (checked on a node): `PUT /api/users/{name}` without `tags` is
+/// refused (a password change that left them out used to strip `administrator`), one
+/// without a password or hash leaves the user with none, and an exchange declared without
+/// a `type` is direct.
+#[tokio::test]
+async fn same_as_rabbitmq_puts_that_leave_out_tags_password_or_type() {
+    let (broker, api) = broker_with_api().await;
+    let _ = &broker;
+    assert_eq!(
+        api.put(
+            "/api/users/ops",
+            json!({"password": "pw", "tags": "administrator"})
+        )
+        .await
+        .status,
+        201
+    );
+    let refused = api.put("/api/users/ops", json!({"password": "new"})).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json(),
+        json!({"error": "bad_request", "reason": "tags_not_present"})
+    );
+    let ops = Api::new(api.addr, "ops", "pw");
+    assert_eq!(
+        ops.get("/api/whoami").await.status,
+        200,
+        "still an administrator"
+    );
+    assert_eq!(
+        api.put("/api/users/ops", json!({"tags": "administrator"}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(ops.get("/api/whoami").await.status, 401, "no password now");
+    assert_eq!(api.get("/api/users/ops").await.json()["password_hash"], "");
+    assert_eq!(
+        api.put("/api/exchanges/%2F/untyped", json!({}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        api.get("/api/exchanges/%2F/untyped").await.json()["type"],
+        "direct"
+    );
+}

@@ -30,6 +30,7 @@ pub const BODY_ROOM_WAIT_S: u64 = 5;
 pub fn routes() -> Router<Arc<Mgmt>> {
     Router::new()
         .merge(super::overview::routes())
+        .merge(super::health::routes())
         .merge(super::users::routes())
         .merge(super::vhosts::routes())
         .merge(super::queues::routes())

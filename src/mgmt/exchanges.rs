@@ -154,9 +154,9 @@ async fn declare(
         Resource::Exchange(&name),
         Permission::Configure,
     )?;
-    let kind = req
-        .kind
-        .ok_or_else(|| ApiError::bad_request("Missing key: type"))?;
+    // Same as RabbitMQ (checked on a node), whose declare starts from `exchange.declare`'s
+    // defaults: no `type` is a direct exchange.
+    let kind = req.kind.unwrap_or_else(|| "direct".into());
     let arguments = arguments_of(req.arguments.as_ref())?;
     caller.authorize_all(
         &m.broker,

@@ -24,6 +24,7 @@ pub mod bindings;
 pub mod connections;
 pub mod definitions;
 pub mod exchanges;
+pub mod health;
 pub mod http;
 pub mod list;
 pub mod listener;

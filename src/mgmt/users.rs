@@ -132,6 +132,11 @@ async fn put_user(
     caller.require_admin()?;
     let req: PutUser = body_or_empty(&body)?;
     let broker = &m.broker;
+    // Same as RabbitMQ 3.10 (checked on a node): `tags` must be given, even empty. Taking
+    // a missing one as none stripped `administrator` from whoever only changed a password.
+    if req.tags.is_none() {
+        return Err(ApiError::bad_request("tags_not_present"));
+    }
     let tags = tags_of(&req.tags);
     let new = broker.user(&name).is_none();
     let result = match (&req.password, &req.password_hash) {
@@ -147,9 +152,9 @@ async fn put_user(
             })?;
             broker.put_user_hash(&name, hash, hashing)
         }
-        // No password: an existing user keeps theirs; a new one cannot log in with one.
-        (None, None) if new => broker.put_user_hash(&name, "", auth::Hashing::Sha256),
-        (None, None) => Ok(()),
+        // Same as RabbitMQ: no password, no hash means none, for a new user and an
+        // existing one alike (a user who logs in by certificate only).
+        (None, None) => broker.put_user_hash(&name, "", auth::Hashing::Sha256),
     };
     result.map_err(ApiError::bad_request)?;
     broker
