@@ -2674,3 +2674,45 @@ async fn same_as_rabbitmq_puts_that_leave_out_tags_password_or_type() {
         "direct"
     );
 }
+
+/// The two figures RabbitMQ's Grafana overview needs beside the others: consumers summed
+/// over channels (its "Publishers" is channels less these) and publishes received on
+/// confirm-mode channels (its "unconfirmed" is these less the confirmed). Both were missing.
+#[tokio::test]
+async fn prometheus_shows_channel_consumers_and_publishes_awaiting_confirms() {
+    let (broker, _api) = broker_with_api().await;
+    let (_c, ch) = broker.channel().await;
+    declare_plain(&ch, "watched").await;
+    let _consumer = within(ch.basic_consume(
+        "watched".into(),
+        "c".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let (_c2, publisher) = broker.channel().await;
+    within(publisher.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let confirm = within(publisher.basic_publish(
+            "".into(),
+            "nowhere".into(),
+            Default::default(),
+            b"m",
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+        within(confirm).await.unwrap();
+    }
+    let metrics = prometheus(&broker).get("/metrics").await.text();
+    for line in [
+        "rabbitmq_channel_consumers 1",
+        "rabbitmq_global_messages_received_confirm_total{protocol=\"amqp091\"} 3",
+        "rabbitmq_global_messages_confirmed_total{protocol=\"amqp091\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+}

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex, Weak};
 #[derive(Debug, Default)]
 pub struct MessageCounters {
     pub publish: AtomicU64,
+    /// Publishes received on channels in confirm mode (Prometheus'
+    /// `rabbitmq_global_messages_received_confirm_total`).
+    pub publish_confirm: AtomicU64,
     pub confirm: AtomicU64,
     pub deliver: AtomicU64,
     pub deliver_no_ack: AtomicU64,
@@ -34,6 +37,7 @@ pub struct MessageCounters {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MessageTotals {
     pub publish: u64,
+    pub publish_confirm: u64,
     pub confirm: u64,
     pub deliver: u64,
     pub deliver_no_ack: u64,
@@ -57,6 +61,7 @@ impl MessageCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MessageTotals {
             publish: get(&self.publish),
+            publish_confirm: get(&self.publish_confirm),
             confirm: get(&self.confirm),
             deliver: get(&self.deliver),
             deliver_no_ack: get(&self.deliver_no_ack),
@@ -73,6 +78,7 @@ impl MessageCounters {
     /// Adds a closed channel's counts, so that totals never go backwards.
     pub fn add(&self, t: &MessageTotals) {
         bump(&self.publish, t.publish);
+        bump(&self.publish_confirm, t.publish_confirm);
         bump(&self.confirm, t.confirm);
         bump(&self.deliver, t.deliver);
         bump(&self.deliver_no_ack, t.deliver_no_ack);
@@ -89,6 +95,7 @@ impl MessageCounters {
 impl MessageTotals {
     pub fn add(&mut self, t: &MessageTotals) {
         self.publish += t.publish;
+        self.publish_confirm += t.publish_confirm;
         self.confirm += t.confirm;
         self.deliver += t.deliver;
         self.deliver_no_ack += t.deliver_no_ack;

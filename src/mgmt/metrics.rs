@@ -185,6 +185,9 @@ struct Scrape {
     bytes_out: u64,
     /// Channels that have published (RabbitMQ's publishers).
     publishers: i64,
+    /// Consumers summed over the channels (the Grafana dashboard's publishers are
+    /// channels less these).
+    channel_consumers: i64,
 }
 
 /// A metric: its name, its help text, and how to read it from `T`.
@@ -288,6 +291,11 @@ const MESSAGE_COUNTERS: &[Metric<MessageTotals, u64>] = &[
         |t| t.ack,
     ),
     (
+        "rabbitmq_global_messages_received_confirm",
+        "Total number of messages received from publishers expecting confirmations",
+        |t| t.publish_confirm,
+    ),
+    (
         "rabbitmq_global_messages_confirmed",
         "Total number of messages confirmed to publishers",
         |t| t.confirm,
@@ -343,6 +351,11 @@ impl BrokerMetrics {
                 .flat_map(|c| c.info().channels())
                 .filter(|ch| load(&ch.messages.publish) > 0)
                 .count() as i64,
+            channel_consumers: conns
+                .iter()
+                .flat_map(|c| c.info().channels())
+                .map(|ch| i64::from(ch.consumers.load(Ordering::Relaxed)))
+                .sum(),
         };
         for v in broker.vhosts() {
             if self.vhost.as_ref().is_some_and(|f| *f != v.name) {
@@ -411,6 +424,11 @@ impl BrokerMetrics {
                 "rabbitmq_consumers",
                 "Consumers currently connected",
                 consumers,
+            ),
+            (
+                "rabbitmq_channel_consumers",
+                "Consumers on a channel",
+                s.channel_consumers,
             ),
             ("rabbitmq_queues", "Queues available", s.queues.len() as i64),
         ] {

@@ -420,6 +420,9 @@ impl Channel {
         direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, message);
         let counters = &self.stats.info.messages;
         bump(&counters.publish, 1);
+        if self.confirms.is_some() {
+            bump(&counters.publish_confirm, 1);
+        }
         bump(&d.exchange.counters.publish_in, 1);
         if outcome.routed || d.exchange_name.is_empty() {
             // Same as RabbitMQ: the default exchange counts every message as routed out
