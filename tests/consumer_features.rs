@@ -27,6 +27,21 @@ async fn consume(ch: &Channel, queue: &str, tag: &str, args: FieldTable) -> Cons
         .expect("consumer")
 }
 
+/// The next `n` deliveries, each acked: their bodies, `*` after a redelivered one.
+async fn acked_in_turn(consumer: &mut Consumer, n: usize) -> String {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let d = within(consumer.next()).await.unwrap().unwrap();
+        seen.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&d.data),
+            if d.redelivered { "*" } else { "" }
+        ));
+        within(d.ack(Default::default())).await.unwrap();
+    }
+    seen.join(" ")
+}
+
 fn sac() -> FieldTable {
     table(&[("x-single-active-consumer", AMQPValue::Boolean(true))])
 }
@@ -166,17 +181,10 @@ async fn same_as_rabbitmq_a_single_active_consumers_successor_gets_what_it_held_
         assert_eq!(d.data, format!("m{i}").as_bytes());
     }
     within(ch1.close(200, "bye".into())).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..10 {
-        let d = within(second.next()).await.unwrap().unwrap();
-        seen.push(format!(
-            "{}{}",
-            String::from_utf8_lossy(&d.data),
-            if d.redelivered { "*" } else { "" }
-        ));
-        within(d.ack(Default::default())).await.unwrap();
-    }
-    assert_eq!(seen.join(" "), "m1* m2* m3* m4* m5* m6 m7 m8 m9 m10");
+    assert_eq!(
+        acked_in_turn(&mut second, 10).await,
+        "m1* m2* m3* m4* m5* m6 m7 m8 m9 m10"
+    );
 }
 
 /// As above, with a delivery still on its way when the channel closes: the client acks m1
@@ -246,17 +254,10 @@ async fn same_as_rabbitmq_a_successor_also_gets_what_was_on_its_way_to_the_last_
         AMQPClass::Channel(channel::AMQPMethod::Close(close)),
     )));
     first.send(&one_write).await;
-    let mut seen = Vec::new();
-    for _ in 0..10 {
-        let d = within(second.next()).await.unwrap().unwrap();
-        seen.push(format!(
-            "{}{}",
-            String::from_utf8_lossy(&d.data),
-            if d.redelivered { "*" } else { "" }
-        ));
-        within(d.ack(Default::default())).await.unwrap();
-    }
-    assert_eq!(seen.join(" "), "m2* m3* m4* m5* m6 m7 m8 m9 m10 m11");
+    assert_eq!(
+        acked_in_turn(&mut second, 10).await,
+        "m2* m3* m4* m5* m6 m7 m8 m9 m10 m11"
+    );
 }
 
 #[tokio::test]
