@@ -2611,6 +2611,19 @@ async fn same_as_rabbitmq_health_checks_answer_ok_or_say_what_failed() {
     );
     let (status, body) = check("protocol-listener/mqtt").await;
     assert_eq!((status, &body["missing"]), (503, &json!("mqtt")));
+    // RabbitMQ's other names for a protocol, case aside.
+    for alias in ["AMQP", "amqp091", "amqp0-9-1"] {
+        let r = api
+            .get(&format!("/api/health/checks/protocol-listener/{alias}"))
+            .await;
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"status": "ok", "protocol": "amqp"})),
+            "{alias}"
+        );
+    }
+    let (status, body) = check("protocol-listener/amqps").await;
+    assert_eq!((status, &body["missing"]), (503, &json!("amqp/ssl")));
     server
         .alarms
         .set_memory_watermark(lepus::config::MemoryWatermark::Absolute(1));

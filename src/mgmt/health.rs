@@ -107,11 +107,29 @@ async fn port_listener(
     })))
 }
 
+/// A protocol as RabbitMQ names its listeners, from the names it takes for it (checked on
+/// a node: `amqp091` and `amqp0-9-1` are `amqp`, `amqps` is `amqp/ssl`, `management` is
+/// `http`), case aside.
+fn normalize_protocol(name: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    let normal = match name.as_str() {
+        "amqp091" | "amqp0.9.1" | "amqp0-9-1" | "amqp10" | "amqp1.0" | "amqp1-0" => "amqp",
+        "amqps" | "amqp091/ssl" | "amqp0-9-1/ssl" => "amqp/ssl",
+        "http1.1" | "management" | "ui" => "http",
+        "management/ssl" | "ui/ssl" | "https1.1" => "https",
+        "prometheus" => "http/prometheus",
+        "prometheus/ssl" => "https/prometheus",
+        _ => return name,
+    };
+    normal.to_owned()
+}
+
 async fn protocol_listener(
     State(m): State<Arc<Mgmt>>,
     _caller: Caller,
     Path(protocol): Path<String>,
 ) -> Response {
+    let protocol = normalize_protocol(&protocol);
     let mut protocols: Vec<&'static str> = m
         .listeners
         .read()

@@ -67,7 +67,6 @@ impl State {
         if !self.settings.limited() || self.settings.overflow != Overflow::DropHead {
             return;
         }
-        let mut discarded = 0;
         loop {
             let count = u64::from(self.message_count());
             let over = self.settings.max_length.is_some_and(|max| count > max)
@@ -78,11 +77,11 @@ impl State {
             if !over {
                 break;
             }
-            if discarded == MAX_DISCARDS_PER_TURN {
+            if self.discards_left == 0 {
                 self.over_limit_pending = true;
                 break;
             }
-            discarded += 1;
+            self.discards_left -= 1;
             self.page_in_levels(ctx);
             if self.ready.is_empty() && !self.page_in_always(ctx) {
                 break;
@@ -111,11 +110,12 @@ impl State {
             return false;
         }
         let mut expired = 0;
-        while expired < MAX_DISCARDS_PER_TURN
+        while self.discards_left > 0
             && let Some(entry) = self.ready.pop_expired(now)
         {
             self.forget_ready(&entry);
             self.discard(entry, Reason::Expired);
+            self.discards_left -= 1;
             expired += 1;
             if self.ready.is_empty() {
                 // The next head is read back now, so that the timer is armed for it.
@@ -125,7 +125,7 @@ impl State {
         if expired > 0 {
             self.collect_garbage();
         }
-        expired == MAX_DISCARDS_PER_TURN && self.ready.next_expiry().is_some_and(|at| at <= now)
+        self.discards_left == 0 && self.ready.next_expiry().is_some_and(|at| at <= now)
     }
 
     /// Schedules the timer thread for the next head expiry, or for `x-expires` while the

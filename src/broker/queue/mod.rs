@@ -132,12 +132,21 @@ pub struct DispatchHold {
 impl Drop for DispatchHold {
     fn drop(&mut self) {
         let queue = &self.queue;
-        // While unwinding, only let go: a panic in the dispatch would abort the process.
+        // While unwinding, let go and leave the dispatch to the timer thread: a panic in it
+        // here would abort the process.
         let dispatch = !std::thread::panicking();
         queue.with_state(|state| {
             state.dispatch_holds = state.dispatch_holds.saturating_sub(1);
             if dispatch {
                 state.dispatch(&queue.ctx);
+            } else {
+                let now = now_ms();
+                state.timer_at = Some(now);
+                queue
+                    .ctx
+                    .services
+                    .timers
+                    .schedule(now, queue.ctx.timed.clone());
             }
         });
     }
@@ -272,7 +281,11 @@ impl Queue {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // State stays consistent across a panic in these short critical sections; keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Each hold of the lock may discard this many messages (expiry, drop-head), however
+        // many calls it makes.
+        state.discards_left = limits::MAX_DISCARDS_PER_TURN;
+        state
     }
 
     /// Runs `f` under the lock, then hands whatever it dead-lettered to the host and reads
@@ -368,15 +381,20 @@ impl Queue {
         self.with_state(|state| {
             state.last_used_ms = now_ms();
             let mut capped = state.expire_heads(ctx);
-            // What is read back may have expired on disk: it is expired before it is taken
-            // (a priority level has no read-ahead to have done it).
-            if !capped && state.page_in(ctx) {
+            // What is read back may have expired on disk, and the head may expire while we
+            // look: it is expired before it is taken (a priority level has no read-ahead).
+            while !capped
+                && (state.page_in(ctx)
+                    || state.ready.next_expiry().is_some_and(|at| at <= now_ms()))
+            {
                 capped = state.expire_heads(ctx);
+                if state.ready.next_expiry().is_none_or(|at| at > now_ms()) {
+                    break;
+                }
             }
             // More expired heads than one lock hold discards: an expired message is never
             // handed out, so the fetch finds nothing this time while the timer goes on.
-            let head_expired = state.ready.next_expiry().is_some_and(|at| at <= now_ms());
-            if capped || head_expired {
+            if capped {
                 state.counters.get_empty += 1;
                 return None;
             }
@@ -748,8 +766,9 @@ impl Timed for Queue {
             if state.over_limit_pending {
                 state.enforce_length_limit(&self.ctx);
             }
-            state.expire_heads(&self.ctx);
-            state.dispatch(&self.ctx);
+            if !state.expire_heads(&self.ctx) {
+                state.dispatch(&self.ctx);
+            }
             state.settings.expires_ms.is_some_and(|ttl| {
                 state.consumers.is_empty() && now >= state.last_used_ms.saturating_add(ttl)
             })

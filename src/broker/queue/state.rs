@@ -175,6 +175,9 @@ pub struct State {
     /// it: those are requeued ones, and more may come back among them, which a tail could
     /// not take in order.
     pub max_taken_seq: Vec<u64>,
+    /// What this hold of the lock may still discard (`limits::MAX_DISCARDS_PER_TURN`, set
+    /// when the lock is taken).
+    pub discards_left: usize,
     /// Drop-head stopped at its bound per lock hold with the queue still over its limit:
     /// the timer thread goes on at once (`limits::MAX_DISCARDS_PER_TURN`).
     pub over_limit_pending: bool,

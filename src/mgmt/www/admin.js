@@ -75,7 +75,12 @@ pages.user = async (view, name) => {
   ], 'Update user', async v => {
     const body = {tags: v.tags};
     if (v.password) body.password = v.password;
-    else body.password_hash = (await api.get('/users/' + enc(name))).password_hash;
+    else {
+      // The hash is kept with its algorithm (an imported SHA-512 or MD5 one stays one).
+      const user = await api.get('/users/' + enc(name));
+      body.password_hash = user.password_hash;
+      body.hashing_algorithm = user.hashing_algorithm;
+    }
     await api.put('/users/' + enc(name), body);
     await view.refresh();
     return 'User ' + name + ' updated.';
