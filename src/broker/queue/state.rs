@@ -170,11 +170,13 @@ pub struct State {
     pub last_used_ms: u64,
     /// The deadline the timer thread will next wake this queue at, if one is set.
     pub timer_at: Option<u64>,
-    /// Per priority level, the highest sequence number taken out of `ready` (delivered,
-    /// fetched or dropped). Paging keeps in memory every ready message of the level up to
-    /// it: those are requeued ones, and more may come back among them, which a tail could
-    /// not take in order.
-    pub max_taken_seq: Vec<u64>,
+    /// The highest sequence number taken out of `ready` (delivered, fetched or dropped),
+    /// for a FIFO queue; `max_taken_by_level` holds it per level for a priority queue (kept
+    /// apart so that a FIFO pop touches no other allocation). Paging keeps in memory every
+    /// ready message of the level up to it: those are requeued ones, and more may come back
+    /// among them, which a tail could not take in order.
+    pub max_taken_seq: u64,
+    pub max_taken_by_level: Vec<u64>,
     /// What this hold of the lock may still discard (`limits::MAX_DISCARDS_PER_TURN`, set
     /// when the lock is taken).
     pub discards_left: usize,
@@ -387,7 +389,12 @@ impl State {
     ) -> Option<Enqueued> {
         let kept_on_disk =
             message.persistent || self.settings.queue_type == super::settings::QueueType::Quorum;
-        let Some(log) = self.log.clone().filter(|_| ctx.durable && kept_on_disk) else {
+        // The log's `Arc` is cloned only for a message that goes into it: a clone is two
+        // atomic operations, per queue per publish (7% of a fanout's rate when it was not).
+        if !(ctx.durable && kept_on_disk) {
+            return Some(Enqueued::Accepted);
+        }
+        let Some(log) = self.log.clone() else {
             return Some(Enqueued::Accepted);
         };
         let stamp = Stamp {
@@ -473,11 +480,15 @@ impl State {
     /// Takes the head message out of the queue.
     pub fn pop_ready(&mut self) -> Option<QueueEntry> {
         let entry = self.ready.pop_front()?;
-        let level = self.ready.level_index(entry.message.priority);
-        if self.max_taken_seq.len() <= level {
-            self.max_taken_seq.resize(level + 1, 0);
+        if self.ready.prioritised() {
+            let level = self.ready.level_index(entry.message.priority);
+            if self.max_taken_by_level.len() <= level {
+                self.max_taken_by_level.resize(level + 1, 0);
+            }
+            self.max_taken_by_level[level] = self.max_taken_by_level[level].max(entry.seq);
+        } else {
+            self.max_taken_seq = self.max_taken_seq.max(entry.seq);
         }
-        self.max_taken_seq[level] = self.max_taken_seq[level].max(entry.seq);
         self.forget_ready(&entry);
         Some(entry)
     }
@@ -490,8 +501,9 @@ impl State {
         level: usize,
         entries: impl Iterator<Item = &'a QueueEntry>,
     ) -> usize {
-        let Some(&max) = self.max_taken_seq.get(level) else {
-            return 0;
+        let max = match self.ready.prioritised() {
+            true => self.max_taken_by_level.get(level).copied().unwrap_or(0),
+            false => self.max_taken_seq,
         };
         entries.take_while(|e| e.seq <= max).count()
     }
