@@ -119,6 +119,7 @@ impl State {
         if !self.batches.is_empty() {
             self.flush_batches();
         }
+        self.ready.shrink_sparse_levels();
         capped
     }
 

@@ -161,9 +161,16 @@ impl Ready {
     pub fn pop_front(&mut self) -> Option<QueueEntry> {
         let level = self.head_level()?;
         let entry = self.levels[level].pop_front()?;
-        shrink_if_sparse(&mut self.levels[level]);
         self.removed(&entry);
         Some(entry)
+    }
+
+    /// Gives the spare slots of mostly empty levels back: called once per dispatch rather
+    /// than per pop, off the per-message path.
+    pub fn shrink_sparse_levels(&mut self) {
+        for level in &mut self.levels {
+            shrink_if_sparse(level);
+        }
     }
 
     /// Removes the message with sequence number `seq` (looking from the newest end, where a
@@ -251,6 +258,8 @@ mod tests {
         let grown = ready.levels[0].capacity();
         while ready.len() > 10 {
             ready.pop_front();
+            // As a dispatch does after its pops.
+            ready.shrink_sparse_levels();
         }
         assert!(ready.levels[0].capacity() <= SHRINK_ABOVE_SLOTS.max(grown / 100));
         let rest = ready.split_off(0);
