@@ -18,6 +18,7 @@ mod handshake;
 mod replies;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long after output first empties a connection frees the buffer a burst grew (if
 /// output is empty then).
 const SHRINK_OUTPUT_AFTER: Duration = Duration::from_secs(1);
+/// How far off a connection with nothing timed sets its timer: past it, the timer only
+/// finds there is still nothing to do.
+const IDLE_DEADLINE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -153,6 +157,10 @@ pub struct Connection {
     /// Changes when a memory or disk alarm is raised or cleared.
     alarms: tokio::sync::watch::Receiver<Raised>,
     flow: Flow,
+    /// The connection's one timer, moved to each wait's deadline. A timer made for every
+    /// wait and dropped after it took the runtime's timer lock twice per wake-up; moving
+    /// this one later is a single atomic store.
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Serves one client connection until it closes.
@@ -196,6 +204,7 @@ pub async fn serve(
         drained: Drained::default(),
         unflushed_delivery_bytes: 0,
         buffers: Charge::default(),
+        timer: Box::pin(tokio::time::sleep_until(now + IDLE_DEADLINE)),
     };
     conn.buffers = Charge::new(conn.broker.memory, 0);
     let ran = CatchPanic(Box::pin(conn.run())).await;
@@ -320,6 +329,9 @@ impl Connection {
             self.reading = reading;
         }
         let deadline = self.next_deadline(Instant::now());
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
         let writing = self.out.writable_len() > 0 || self.transport.wants_write();
         let syncing = self.waiting_for_sync();
         let interest = match (reading, writing) {
@@ -328,10 +340,12 @@ impl Connection {
             (false, true) => Some(Interest::WRITABLE),
             (false, false) => None,
         };
+        let transport = &self.transport;
+        let timer = self.timer.as_mut();
         tokio::select! {
             ready = async {
                 match interest {
-                    Some(i) => self.transport.ready(i).await,
+                    Some(i) => transport.ready(i).await,
                     None => std::future::pending().await,
                 }
             } => {
@@ -347,7 +361,7 @@ impl Connection {
                     self.on_alarm();
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = timer => {
                 return self.on_timer(Instant::now());
             }
         }
@@ -436,7 +450,7 @@ impl Connection {
     // ---- timers ---------------------------------------------------------------------------
 
     fn next_deadline(&self, now: Instant) -> Instant {
-        let far = now + Duration::from_secs(3600);
+        let far = now + IDLE_DEADLINE;
         let mut deadline = far;
         match self.phase {
             Phase::Header | Phase::StartOk | Phase::TuneOk | Phase::Open => {
