@@ -996,6 +996,58 @@ async fn of_several_puts_of_a_new_policy_at_once_one_creates_it() {
     assert_eq!(statuses, [201, 204, 204, 204, 204, 204, 204, 204]);
 }
 
+/// Regression: a queue declared while a policy was being set could miss it until the next
+/// policy change. The declaration read the policies before the change, and put its queue in
+/// the vhost after the change had gone over the vhost's queues. A declaration that a change
+/// overtook now applies the policies again. The race is microseconds wide: each round gives
+/// it a chance, and none may fail (without the fix it did not show in 60 rounds here, so
+/// this guards the behaviour more than it reproduces the race).
+#[tokio::test]
+async fn queues_declared_while_a_policy_is_set_get_it() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    for round in 0..10 {
+        let prefix = format!("raced-{round}-");
+        let declaring = {
+            let (ch, prefix) = (ch.clone(), prefix.clone());
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    declare_plain(&ch, &format!("{prefix}{i}")).await;
+                }
+            })
+        };
+        let set = api
+            .put(
+                &format!("/api/policies/%2F/raced-{round}"),
+                json!({"pattern": format!("^{prefix}"), "definition": {"max-length": 1}}),
+            )
+            .await;
+        assert_eq!(set.status, 201);
+        declaring.await.expect("declares");
+        for i in 0..50 {
+            let queue = format!("{prefix}{i}");
+            publish(&ch, "", &queue, b"first").await;
+            publish(&ch, "", &queue, b"second").await;
+            let kept = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("passive declare")
+                .message_count();
+            assert_eq!(
+                kept, 1,
+                "{queue} kept {kept} messages: it missed the policy"
+            );
+        }
+    }
+}
+
 /// Same as RabbitMQ (3.10.8, checked): an exchange's `user_who_performed_action` is who
 /// declared it, over AMQP or the API; `rmq-internal` for the predeclared ones; the importing
 /// user for imported ones. A later equivalent declare by someone else changes nothing, and a

@@ -82,9 +82,12 @@ impl Broker {
         }
         let vhost = VirtualHost::new(&def.name, self.vhost_services());
         vhost.set_limits(def.limits.clone());
-        vhost.set_policies(&self.definitions.policies());
-        vhost.set_operator_policies(&self.definitions.operator_policies());
-        self.vhosts.insert(def.name.clone(), vhost);
+        vhost.reload_policies(false);
+        vhost.reload_policies(true);
+        self.vhosts.insert(def.name.clone(), vhost.clone());
+        // A policy set for it meanwhile did not find it: it reads them again.
+        vhost.reload_policies(false);
+        vhost.reload_policies(true);
         self.definitions.record(Change::PutVhost(def.clone()));
         true
     }
@@ -211,9 +214,6 @@ impl Broker {
         let Some(v): Option<Arc<VirtualHost>> = self.vhost(vhost) else {
             return;
         };
-        match operator {
-            true => v.set_operator_policies(&self.definitions.operator_policies()),
-            false => v.set_policies(&self.definitions.policies()),
-        }
+        v.reload_policies(operator);
     }
 }

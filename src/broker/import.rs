@@ -134,9 +134,8 @@ impl Broker {
                 .map_err(|e| format!("policy '{}': {}", p.name, e.trim()))?;
             self.definitions.record(Change::PutPolicy(p.clone()));
         }
-        let all = self.definitions.policies();
         for v in self.vhosts() {
-            v.set_policies(&all);
+            v.reload_policies(false);
         }
         Ok(policies.len())
     }

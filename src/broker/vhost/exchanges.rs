@@ -102,8 +102,8 @@ impl VirtualHost {
             let def = self.exchange_def(&x);
             self.record(&mut topology, Change::PutExchange(def));
         }
+        self.exchanges.insert(d.name.clone(), x.clone());
         self.apply_exchange_policy(&x);
-        self.exchanges.insert(d.name.clone(), x);
         self.changed();
         Ok(topology.sync.take())
     }

@@ -90,6 +90,12 @@ pub struct VirtualHost {
     policies: RwLock<Vec<Policy>>,
     /// The operator policies of this vhost (limits only; see [`policy::with_operator`]).
     operator_policies: RwLock<Vec<Policy>>,
+    /// Bumped by every change of policies, after they are replaced and before they are
+    /// applied: a queue declared meanwhile sees it moved and applies them again.
+    policy_epoch: AtomicU64,
+    /// Held while the recorded policies are read and applied, so that of two changes made
+    /// at once the later snapshot is applied last.
+    applying_policies: Mutex<()>,
     /// `max-queues` and `max-connections`, as `set_vhost_limits` sets them.
     limits: RwLock<VhostLimits>,
     /// Open client connections to this vhost.
@@ -162,6 +168,8 @@ impl VirtualHost {
                 services,
                 policies: RwLock::new(Vec::new()),
                 operator_policies: RwLock::new(Vec::new()),
+                policy_epoch: AtomicU64::new(0),
+                applying_policies: Mutex::new(()),
                 limits: RwLock::new(VhostLimits::default()),
                 connections: AtomicUsize::new(0),
                 retired: Default::default(),
@@ -263,6 +271,7 @@ impl VirtualHost {
             .operator_policies
             .write()
             .unwrap_or_else(|e| e.into_inner()) = compiled;
+        self.policy_epoch.fetch_add(1, Ordering::SeqCst);
         for q in self.queues() {
             q.apply_policy(self.queue_policy(&q.name).as_ref());
         }
@@ -273,6 +282,7 @@ impl VirtualHost {
     pub fn set_policies(&self, defs: &[PolicyDef]) {
         let compiled = self.compile(defs);
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = compiled;
+        self.policy_epoch.fetch_add(1, Ordering::SeqCst);
         let policies = self.read_policies().clone();
         for x in self.exchanges.iter() {
             let ae = policy::matching(&policies, policy::Target::Exchange, &x.name)
@@ -286,7 +296,28 @@ impl VirtualHost {
         self.changed();
     }
 
-    /// Applies the policy matching a new exchange.
+    /// Applies the policies (or operator policies) recorded in the definitions now. Two
+    /// changes made at once each record theirs and then apply what is recorded, one after
+    /// the other: the one applied last read the other's too.
+    pub fn reload_policies(&self, operator: bool) {
+        let _applying = self
+            .applying_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match operator {
+            true => self.set_operator_policies(&self.services.defs.operator_policies()),
+            false => self.set_policies(&self.services.defs.policies()),
+        }
+    }
+
+    /// Where policy changes stand, for a declaration to tell whether one happened while it
+    /// made its queue.
+    fn policy_epoch(&self) -> u64 {
+        self.policy_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Applies the policy matching a new exchange, once it is in the vhost: a policy change
+    /// from then on finds it there, and one before has replaced the policies this reads.
     fn apply_exchange_policy(&self, x: &Exchange) {
         let ae = policy::matching(&self.read_policies(), policy::Target::Exchange, &x.name)
             .and_then(|p| p.string("alternate-exchange"))

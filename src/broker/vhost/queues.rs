@@ -113,6 +113,7 @@ impl VirtualHost {
         } else {
             (0, None)
         };
+        let policy_epoch = self.policy_epoch();
         let policy = self.queue_policy(&d.name);
         let queue = Queue::new(
             QueueConfig {
@@ -133,6 +134,10 @@ impl VirtualHost {
             self.record(&mut topology, Change::PutQueue(def));
         }
         self.queues.insert(d.name.clone(), queue.clone());
+        // Policies changed while the queue was made did not find it: it applies them now.
+        if self.policy_epoch() != policy_epoch {
+            queue.apply_policy(self.queue_policy(&d.name).as_ref());
+        }
         self.services.limits.queues.fetch_add(1, Ordering::Relaxed);
         crate::broker::stats::bump(&self.services.ledger.churn.queues_created, 1);
         self.changed();
