@@ -264,8 +264,9 @@ impl VirtualHost {
             .collect()
     }
 
-    /// Replaces the vhost's operator policies and applies them to existing queues.
-    pub fn set_operator_policies(&self, defs: &[PolicyDef]) {
+    /// Replaces the vhost's operator policies and applies them to existing queues. At boot;
+    /// a running broker goes through [`VirtualHost::reload_policies`].
+    pub(crate) fn set_operator_policies(&self, defs: &[PolicyDef]) {
         let compiled = self.compile(defs);
         *self
             .operator_policies
@@ -278,8 +279,9 @@ impl VirtualHost {
         self.changed();
     }
 
-    /// Replaces the vhost's policies and applies them to existing queues and exchanges.
-    pub fn set_policies(&self, defs: &[PolicyDef]) {
+    /// Replaces the vhost's policies and applies them to existing queues and exchanges. At
+    /// boot; a running broker goes through [`VirtualHost::reload_policies`].
+    pub(crate) fn set_policies(&self, defs: &[PolicyDef]) {
         let compiled = self.compile(defs);
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = compiled;
         self.policy_epoch.fetch_add(1, Ordering::SeqCst);
@@ -316,13 +318,35 @@ impl VirtualHost {
         self.policy_epoch.load(Ordering::SeqCst)
     }
 
+    /// A queue just put in the vhost, made with the policies of epoch `seen`: changes since
+    /// did not find it, so it applies the policies again, until no change overtakes that
+    /// (each bumps the epoch before it goes over the queues).
+    fn catch_up_with_policies(&self, queue: &Queue, mut seen: u64) {
+        loop {
+            let now = self.policy_epoch();
+            if now == seen {
+                return;
+            }
+            seen = now;
+            queue.apply_policy(self.queue_policy(&queue.name).as_ref());
+        }
+    }
+
     /// Applies the policy matching a new exchange, once it is in the vhost: a policy change
     /// from then on finds it there, and one before has replaced the policies this reads.
+    /// Applied again if a change overtook it: it could have set what it read over what the
+    /// change had set.
     fn apply_exchange_policy(&self, x: &Exchange) {
-        let ae = policy::matching(&self.read_policies(), policy::Target::Exchange, &x.name)
-            .and_then(|p| p.string("alternate-exchange"))
-            .map(str::to_owned);
-        x.set_policy_alternate(ae);
+        loop {
+            let seen = self.policy_epoch();
+            let ae = policy::matching(&self.read_policies(), policy::Target::Exchange, &x.name)
+                .and_then(|p| p.string("alternate-exchange"))
+                .map(str::to_owned);
+            x.set_policy_alternate(ae);
+            if self.policy_epoch() == seen {
+                break;
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Topology> {

@@ -134,10 +134,7 @@ impl VirtualHost {
             self.record(&mut topology, Change::PutQueue(def));
         }
         self.queues.insert(d.name.clone(), queue.clone());
-        // Policies changed while the queue was made did not find it: it applies them now.
-        if self.policy_epoch() != policy_epoch {
-            queue.apply_policy(self.queue_policy(&d.name).as_ref());
-        }
+        self.catch_up_with_policies(&queue, policy_epoch);
         self.services.limits.queues.fetch_add(1, Ordering::Relaxed);
         crate::broker::stats::bump(&self.services.ledger.churn.queues_created, 1);
         self.changed();
