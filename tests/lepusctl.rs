@@ -484,3 +484,95 @@ async fn the_admin_socket_serves_no_other_user_even_when_its_file_lets_them_in()
     assert_eq!(status, 0);
     assert!(stdout.contains("guest"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmqctl_user_limits_are_set_merged_listed_and_cleared() {
+    let broker = Broker::start().await;
+    let set = ctl(
+        &broker,
+        &["set_user_limits", "guest", r#"{"max-connections": 1}"#],
+    )
+    .await;
+    assert_eq!(
+        set,
+        (
+            0,
+            "Setting user limits to \"{\"max-connections\": 1}\" for user \"guest\" ...\n".into(),
+            String::new()
+        )
+    );
+    // Same as rabbitmqctl: the names given replace those set, the others stay.
+    ctl(
+        &broker,
+        &["set_user_limits", "guest", r#"{"max-channels": 2}"#],
+    )
+    .await;
+    assert_eq!(
+        ctl(&broker, &["list_user_limits", "--user", "guest"])
+            .await
+            .1,
+        "Listing limits for user \"guest\" ...\n{\"max-channels\":2,\"max-connections\":1}\n"
+    );
+    assert_eq!(
+        ctl(&broker, &["-q", "list_user_limits", "--global"])
+            .await
+            .1,
+        "user\tlimits\nguest\t{\"max-channels\":2,\"max-connections\":1}\n"
+    );
+    let _first = broker.connect().await;
+    assert_amqp_error(
+        within(lapin::Connection::connect(
+            &broker.uri(),
+            Default::default(),
+        ))
+        .await,
+        530,
+        "NOT_ALLOWED - connection refused for user 'guest': user connection limit (1) is reached",
+    );
+    // rabbitmqctl's refusals, all with status 69.
+    for (definition, why) in [
+        (
+            r#"{"max-foo": 1}"#,
+            "Unrecognised terms [{<<\"max-foo\">>,1}] in user-limits",
+        ),
+        (
+            r#"{"max-channels": "a"}"#,
+            "max-channels should be a number, actually was <<\"a\">>",
+        ),
+        ("notjson", "JSON decoding error. Reason: badarg"),
+    ] {
+        let (status, _, stderr) = ctl(&broker, &["set_user_limits", "guest", definition]).await;
+        assert_eq!((status, stderr), (69, format!("Error:\n{why}\n")));
+    }
+    let (status, _, stderr) = ctl(
+        &broker,
+        &["set_user_limits", "nobody", r#"{"max-channels": 1}"#],
+    )
+    .await;
+    assert_eq!(
+        (status, stderr.as_str()),
+        (69, "Error:\n{:no_such_user, \"nobody\"}\n")
+    );
+    assert_eq!(
+        ctl(&broker, &["clear_user_limits", "guest", "max-connections"]).await,
+        (
+            0,
+            "Clearing \"max-connections\" limit for user \"guest\" ...\n".into(),
+            String::new()
+        )
+    );
+    let _second = broker.connect().await;
+    ctl(&broker, &["clear_user_limits", "guest", "all"]).await;
+    assert_eq!(
+        ctl(&broker, &["-q", "list_user_limits", "--user", "guest"])
+            .await
+            .1,
+        "{}\n"
+    );
+    assert_eq!(
+        ctl(&broker, &["-q", "list_user_limits", "--global"])
+            .await
+            .1,
+        ""
+    );
+}

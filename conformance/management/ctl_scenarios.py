@@ -171,5 +171,35 @@ def ctl_app(url):
     return seen
 
 
+@scenario
+def ctl_user_limits(url):
+    """set_user_limits, clear_user_limits and list_user_limits, as scripts call them."""
+    ctl("add_user", "ctl-lim", "pw")
+    seen = {}
+    seen["set"] = ctl("set_user_limits", "ctl-lim", '{"max-connections": 1}')
+    seen["merge"] = ctl("set_user_limits", "ctl-lim", '{"max-channels": 2}')
+    seen["list"] = ctl("list_user_limits", "--user", "ctl-lim")
+    seen["list_quiet"] = ctl("-q", "list_user_limits", "--user", "ctl-lim")
+    status, lines = ctl("-q", "list_user_limits", "--global")
+    seen["global"] = [status, [l for l in lines if l.startswith("user") or l.startswith("ctl-")]]
+    seen["negative"] = ctl("set_user_limits", "ctl-lim", '{"max-channels": -5}')
+    seen["after_negative"] = ctl("-q", "list_user_limits", "--user", "ctl-lim")
+    seen["unknown"] = ctl("set_user_limits", "ctl-lim", '{"max-foo": 1}')
+    seen["not_a_number"] = ctl("set_user_limits", "ctl-lim", '{"max-channels": "a"}')
+    seen["float"] = ctl("set_user_limits", "ctl-lim", '{"max-channels": 1.5}')
+    seen["not_json"] = ctl("set_user_limits", "ctl-lim", "notjson")
+    seen["not_an_object"] = ctl("set_user_limits", "ctl-lim", "[1]")
+    seen["no_user"] = ctl("set_user_limits", "ctl-nobody", '{"max-channels": 1}')
+    seen["clear_one"] = ctl("clear_user_limits", "ctl-lim", "max-connections")
+    seen["clear_unknown"] = ctl("clear_user_limits", "ctl-lim", "max-foo")
+    seen["after_clear"] = ctl("-q", "list_user_limits", "--user", "ctl-lim")
+    seen["clear_all"] = ctl("clear_user_limits", "ctl-lim", "all")
+    seen["after_clear_all"] = ctl("-q", "list_user_limits", "--user", "ctl-lim")
+    seen["clear_no_user"] = ctl("clear_user_limits", "ctl-nobody", "all")
+    seen["list_no_user"] = ctl("list_user_limits", "--user", "ctl-nobody")
+    ctl("delete_user", "ctl-lim")
+    return seen
+
+
 if __name__ == "__main__":
     run()

@@ -3,6 +3,7 @@
 paging, the shape of every kind of object (field names and types, where values are not
 deterministic), and RabbitMQ's metric names."""
 
+import json
 import os
 import re
 import sys
@@ -580,6 +581,59 @@ def prometheus_detailed(url):
                                   scrape("/metrics/detailed?family=exchange_names"), re.M)
     conn.close()
     http("DELETE", "/api/queues/%2F/prom-detailed")
+    return seen
+
+
+@scenario
+def http_user_limits(url):
+    """Per-user limits over the API, and what a client of that user sees at them: the
+    refused connection and the channel over the limit, each with RabbitMQ's 530 and text."""
+    seen = {}
+
+    def answer(method, path, body=None):
+        status, _, text = http(method, path, body)
+        return [status, json.loads(text) if text else None]
+
+    http("PUT", "/api/users/http-lim", {"password": "pw", "tags": ""})
+    http("PUT", "/api/permissions/%2F/http-lim", {"configure": ".*", "write": ".*", "read": ".*"})
+    seen["none"] = answer("GET", "/api/user-limits/http-lim")
+    seen["no_user"] = answer("GET", "/api/user-limits/http-nobody")[0]
+    seen["set_connections"] = answer("PUT", "/api/user-limits/http-lim/max-connections", {"value": 1})
+    seen["set_channels"] = answer("PUT", "/api/user-limits/http-lim/max-channels", {"value": 2})
+    seen["one"] = answer("GET", "/api/user-limits/http-lim")
+    seen["listed"] = [i for i in answer("GET", "/api/user-limits")[1] if i["user"] == "http-lim"]
+    seen["user"] = answer("GET", "/api/users/http-lim")[1]["limits"]
+    exported = answer("GET", "/api/definitions")[1]["users"]
+    seen["exported"] = [u["limits"] for u in exported if u["name"] == "http-lim"]
+    seen["unknown_name"] = answer("PUT", "/api/user-limits/http-lim/max-foo", {"value": 3})
+    seen["string_value"] = answer("PUT", "/api/user-limits/http-lim/max-channels", {"value": "7"})
+    seen["float_value"] = answer("PUT", "/api/user-limits/http-lim/max-channels", {"value": 2.5})
+    seen["no_value"] = answer("PUT", "/api/user-limits/http-lim/max-channels", {})[0]
+    seen["set_no_user"] = answer("PUT", "/api/user-limits/http-nobody/max-channels", {"value": 1})[0]
+    params = pika.URLParameters(url.replace("guest:guest", "http-lim:pw"))
+    first = pika.BlockingConnection(params)
+    try:
+        pika.BlockingConnection(params)
+        seen["second_connection"] = "opened"
+    except pika.exceptions.ProbableAccessDeniedError as e:
+        seen["second_connection"] = str(e)
+    first.channel()
+    first.channel()
+    try:
+        first.channel()
+        seen["third_channel"] = "opened"
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        seen["third_channel"] = [e.reply_code, e.reply_text]
+    # The closed connection gave back its place.
+    again = pika.BlockingConnection(params)
+    again.channel()
+    again.close()
+    seen["cleared"] = answer("DELETE", "/api/user-limits/http-lim/max-connections")
+    seen["cleared_again"] = answer("DELETE", "/api/user-limits/http-lim/max-connections")
+    seen["after_clear"] = answer("GET", "/api/user-limits/http-lim")
+    http("DELETE", "/api/user-limits/http-lim/max-channels")
+    seen["all_cleared"] = answer("GET", "/api/user-limits/http-lim")
+    http("DELETE", "/api/users/http-lim")
     return seen
 
 

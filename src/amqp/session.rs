@@ -10,6 +10,7 @@ use crate::auth::User;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
 use crate::broker::exchange::{Exchange, ExchangeKind};
+use crate::broker::user_limits::UserConnection;
 use crate::broker::vhost::{ConnectionSlot, VirtualHost};
 use crate::protocol::error::AmqpResult;
 use crate::protocol::table;
@@ -56,6 +57,9 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Counts this connection against the vhost's `max-connections` while the session lives.
     pub _slot: ConnectionSlot,
+    /// Counts this connection against its user's `max-connections`, and opens its channels
+    /// against the user's `max-channels`.
+    pub user_slot: UserConnection,
 }
 
 impl Session {

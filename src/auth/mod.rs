@@ -18,6 +18,8 @@ use md5::Md5;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
+use crate::store::definitions::UserLimits;
+
 /// RabbitMQ's name for the hashing scheme Lepus stores new passwords with.
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
 
@@ -115,6 +117,9 @@ pub struct User {
     /// `impersonator`, or any other word): the management API authorises by them, and an
     /// `impersonator` may publish with another user's `user_id`.
     pub tags: Vec<String>,
+    /// How many connections and channels the user may have open at once, over all of the
+    /// user's connections (`set_user_limits`); checked when one opens.
+    pub limits: UserLimits,
 }
 
 impl User {
@@ -124,7 +129,14 @@ impl User {
             password_hash: password_hash.to_owned(),
             hashing: Hashing::Sha256,
             tags: Vec::new(),
+            limits: UserLimits::default(),
         }
+    }
+
+    /// The same user with these limits.
+    pub fn with_limits(mut self, limits: UserLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same user with a hash of another scheme.

@@ -45,6 +45,9 @@ impl Broker {
             })?;
             self.put_user_hash(&u.name, &u.password_hash, hashing)?;
             self.set_user_tags(&u.name, u.tags.clone())?;
+            if !u.limits.is_empty() {
+                self.set_user_limits(&u.name, u.limits)?;
+            }
             report.users += 1;
         }
         for v in &defs.vhosts {

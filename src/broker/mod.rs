@@ -22,6 +22,7 @@ pub mod recovery;
 pub mod reply_to;
 pub mod stats;
 pub mod timer;
+pub mod user_limits;
 pub mod users;
 pub mod vhost;
 pub mod worker;
@@ -54,6 +55,8 @@ pub struct Broker {
     /// Message bytes held in memory, against the budget.
     pub memory: &'static Memory,
     users: DashMap<String, Arc<User>>,
+    /// What each user has open, against their `max-connections` and `max-channels`.
+    user_usage: DashMap<String, Arc<user_limits::UserUsage>>,
     /// What each user may do in each vhost.
     pub access: AccessControl,
     vhosts: DashMap<String, Arc<VirtualHost>>,

@@ -75,6 +75,7 @@ impl Broker {
         let memory = Memory::leaked(config.limits.memory_budget_bytes);
         let broker = Broker {
             users: DashMap::new(),
+            user_usage: DashMap::new(),
             access: AccessControl::default(),
             vhosts: DashMap::new(),
             connections: Connections::new(config.limits.max_connections),
@@ -139,7 +140,8 @@ impl Broker {
                         .with_hashing(
                             auth::Hashing::from_name(&u.hashing_algorithm).unwrap_or_default(),
                         )
-                        .with_tags(u.tags.clone()),
+                        .with_tags(u.tags.clone())
+                        .with_limits(u.limits),
                 ),
             );
         }
@@ -283,6 +285,7 @@ fn create_defaults(config: &Config, definitions: &Arc<DefinitionsStore>, defs: &
             password_hash: auth::new_password_hash(&u.password),
             hashing_algorithm: auth::HASHING_ALGORITHM.into(),
             tags: vec!["administrator".into()],
+            limits: Default::default(),
         }));
     }
     for v in &config.vhosts {

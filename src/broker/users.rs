@@ -73,6 +73,7 @@ impl Broker {
         self.existing_user(name)?;
         self.users.remove(name);
         self.access.forget_user(name);
+        self.forget_user_usage(name);
         self.definitions.record(Change::DeleteUser {
             name: name.to_owned(),
         });
@@ -171,7 +172,7 @@ impl Broker {
         Ok(())
     }
 
-    fn existing_user(&self, name: &str) -> Result<Arc<User>, String> {
+    pub(super) fn existing_user(&self, name: &str) -> Result<Arc<User>, String> {
         self.user(name)
             .ok_or_else(|| format!("User \"{name}\" does not exist"))
     }
@@ -182,12 +183,13 @@ impl Broker {
             .ok_or_else(|| format!("Virtual host \"{name}\" does not exist"))
     }
 
-    fn put_user(&self, user: User) {
+    pub(super) fn put_user(&self, user: User) {
         self.definitions.record(Change::PutUser(UserDef {
             name: user.name.clone(),
             password_hash: user.password_hash.clone(),
             hashing_algorithm: user.hashing.name().into(),
             tags: user.tags.clone(),
+            limits: user.limits,
         }));
         self.users.insert(user.name.clone(), Arc::new(user));
     }

@@ -32,6 +32,7 @@ pub fn routes() -> Router<Arc<Mgmt>> {
         .merge(super::overview::routes())
         .merge(super::health::routes())
         .merge(super::users::routes())
+        .merge(super::user_limits::routes())
         .merge(super::vhosts::routes())
         .merge(super::queues::routes())
         .merge(super::exchanges::routes())

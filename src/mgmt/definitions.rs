@@ -76,7 +76,7 @@ pub fn export(m: &Mgmt, vhost: Option<&str>) -> Value {
         .iter()
         .map(|u| {
             json!({"name": u.name, "password_hash": u.password_hash,
-                "hashing_algorithm": u.hashing_algorithm, "tags": u.tags, "limits": {}})
+                "hashing_algorithm": u.hashing_algorithm, "tags": u.tags, "limits": u.limits})
         })
         .collect();
     let vhosts: Vec<Value> = defs.vhosts.iter().map(|v| json!(v)).collect();

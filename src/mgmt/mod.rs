@@ -35,5 +35,6 @@ pub mod queues;
 pub mod rates;
 pub mod state;
 pub mod ui;
+pub mod user_limits;
 pub mod users;
 pub mod vhosts;

@@ -61,7 +61,7 @@ fn user_json(u: &auth::User) -> Value {
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing.name(),
         "tags": u.tags,
-        "limits": {},
+        "limits": u.limits,
     })
 }
 

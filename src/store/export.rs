@@ -138,6 +138,53 @@ pub struct UserDef {
     /// A list; older exports (and `rabbitmqctl`) write one comma-separated string.
     #[serde(default, deserialize_with = "tags_from_string_or_list")]
     pub tags: Vec<String>,
+    /// `max-connections` and `max-channels`, as `set_user_limits` sets them. RabbitMQ
+    /// exports `{}` for a user without; older exports leave the key out.
+    #[serde(default)]
+    pub limits: UserLimits,
+}
+
+/// A user's limits, over all of the user's connections; absent or negative means none.
+/// Fields in RabbitMQ's (alphabetical) order, as it prints them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserLimits {
+    #[serde(
+        rename = "max-channels",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_channels: Option<i64>,
+    #[serde(
+        rename = "max-connections",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connections: Option<i64>,
+}
+
+impl UserLimits {
+    /// The names `set_user_limits` and `/api/user-limits` take.
+    pub const NAMES: [&'static str; 2] = ["max-connections", "max-channels"];
+
+    pub fn is_empty(&self) -> bool {
+        self.max_channels.is_none() && self.max_connections.is_none()
+    }
+
+    /// The limit of this name, to set or clear; `None` for a name that is not a limit.
+    pub fn slot(&mut self, name: &str) -> Option<&mut Option<i64>> {
+        match name {
+            "max-connections" => Some(&mut self.max_connections),
+            "max-channels" => Some(&mut self.max_channels),
+            _ => None,
+        }
+    }
+
+    /// These limits with every one `changes` sets put over them, as `set_user_limits` merges.
+    pub fn merged(mut self, changes: UserLimits) -> UserLimits {
+        self.max_channels = changes.max_channels.or(self.max_channels);
+        self.max_connections = changes.max_connections.or(self.max_connections);
+        self
+    }
 }
 
 fn tags_from_string_or_list<'de, D: serde::Deserializer<'de>>(

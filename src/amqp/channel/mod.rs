@@ -39,6 +39,7 @@ use crate::broker::queue::delivery::{ConsumerId, DeliverySource};
 use crate::broker::queue::entry::QueueEntry;
 use crate::broker::queue::prefetch::ChannelPrefetch;
 use crate::broker::stats::{ChannelInfo, bump};
+use crate::broker::user_limits::UserChannel;
 use crate::broker::vhost::VirtualHost;
 use crate::protocol::basic::{ContentHeader, Publish};
 use crate::protocol::error::AmqpResult;
@@ -194,6 +195,8 @@ pub struct Channel {
     first_consumer_id: ConsumerId,
     /// What operators see of this channel; its counts join the vhost's when it closes.
     stats: Counted,
+    /// Counts the channel against its user's `max-channels` while it lives.
+    _user_slot: UserChannel,
 }
 
 /// A channel's counters, registered with its connection while the channel lives.
@@ -244,7 +247,7 @@ fn strip_cr_lf(name: &str) -> String {
 }
 
 impl Channel {
-    pub fn new(id: u16, max_unacked: u32, session: &Session) -> Self {
+    pub fn new(id: u16, max_unacked: u32, session: &Session, user_slot: UserChannel) -> Self {
         Channel {
             stats: Counted::new(id, session),
             id,
@@ -264,6 +267,7 @@ impl Channel {
             kick_from: 0,
             timeout_check: None,
             first_consumer_id: consume::next_consumer_id(),
+            _user_slot: user_slot,
         }
     }
 

@@ -382,10 +382,24 @@ impl Connection {
                 let Some(session) = &self.session else {
                     return Err(amqp_error!(ChannelError, "expected 'channel.open'"));
                 };
+                // Same as RabbitMQ: after channel_max, the user's limit over all of the
+                // user's connections; refused, the connection closes.
+                let user_slot = self
+                    .broker
+                    .open_user_channel(&session.user_slot)
+                    .map_err(|max| {
+                        amqp_error!(
+                            NotAllowed,
+                            "number of channels opened for user '{}' has reached the maximum allowed user limit of ({})",
+                            session.user.name,
+                            max
+                        )
+                    })?;
                 let channel = Channel::new(
                     id,
                     self.broker.config.limits.max_unacked_per_channel,
                     session,
+                    user_slot,
                 );
                 self.channels.insert(at, channel);
                 write_method(

@@ -280,7 +280,24 @@ impl Connection {
                 return;
             }
         };
-        // After the connection limit, as in RabbitMQ: a user without permissions in the
+        // Same as RabbitMQ: then the user's own connection limit.
+        let user_slot = match self.broker.open_user_connection(&user.name) {
+            Ok(slot) => slot,
+            Err(max) => {
+                self.close_connection(
+                    amqp_error!(
+                        NotAllowed,
+                        "connection refused for user '{}': user connection limit ({}) is reached",
+                        user.name,
+                        max
+                    )
+                    .on_method(10, 40),
+                    false,
+                );
+                return;
+            }
+        };
+        // After the connection limits, as in RabbitMQ: a user without permissions in the
         // vhost may not open it.
         if let Err(e) = self.broker.access.check_vhost(&user.name, &vhost.name) {
             tracing::warn!(peer = %self.peer, user = %user.name, vhost = %vhost.name, "vhost access refused");
@@ -318,6 +335,7 @@ impl Connection {
             frame_max: self.frame_max,
             capabilities: self.capabilities,
             _slot: slot,
+            user_slot,
         });
         write_method(
             self.out.buf(),

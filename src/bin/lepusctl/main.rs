@@ -6,6 +6,7 @@ mod http;
 mod list;
 mod node;
 mod objects;
+mod user_limits;
 mod users;
 
 use std::path::PathBuf;
@@ -236,6 +237,24 @@ pub(crate) enum Command {
     /// Checks a user's password.
     #[command(name = "authenticate_user")]
     AuthenticateUser { username: String, password: String },
+    /// Sets a user's limits: a JSON object such as `{"max-connections": 10}` (the names
+    /// given replace those set; negative means none).
+    #[command(name = "set_user_limits")]
+    SetUserLimits {
+        username: String,
+        definition: String,
+    },
+    /// Clears one of a user's limits by name, or `all` of them.
+    #[command(name = "clear_user_limits")]
+    ClearUserLimits { username: String, limit: String },
+    /// Lists a user's limits (guest's unless named), or every user's with --global.
+    #[command(name = "list_user_limits")]
+    ListUserLimits {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        global: bool,
+    },
     /// Revokes a user's topic permissions in a vhost (on one exchange, if named).
     #[command(name = "clear_topic_permissions")]
     ClearTopicPermissions {
@@ -294,6 +313,7 @@ fn main() -> ExitCode {
     if let Some(done) = node::run(&args.command, &socket)
         .or_else(|| objects::run(&args.command, &socket))
         .or_else(|| users::run(&args.command, &socket))
+        .or_else(|| user_limits::run(&args.command, &socket))
     {
         return finish(done, args.quiet);
     }
