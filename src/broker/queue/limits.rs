@@ -14,6 +14,11 @@ use crate::broker::timer::now_ms;
 /// the queue locked and the timer thread (every queue's expiry) waiting.
 pub const MAX_DISCARDS_PER_TURN: usize = 4096;
 
+/// Holds of a queue's lock one `basic.get` may take to discard expired heads before the
+/// message it returns (65,536 messages): a fetch past a larger expired backlog finds the
+/// queue empty, and the timer thread goes on with the rest.
+pub const MAX_GET_TURNS: usize = 16;
+
 impl State {
     /// Whether one more message of `size` body bytes would exceed a length limit.
     /// Dead letters held until their queues have them count, as in RabbitMQ

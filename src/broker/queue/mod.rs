@@ -375,8 +375,22 @@ impl Queue {
     }
 
     /// Takes the message at the head for basic.get. Returns it and the number of messages
-    /// left ready.
+    /// left ready. More expired heads than one lock hold discards are discarded over more
+    /// holds, letting the lock go between them (at most [`limits::MAX_GET_TURNS`]): the
+    /// fetch finds what is behind them, as RabbitMQ's does.
     pub fn get(&self, no_ack: bool) -> Option<(QueueEntry, u32)> {
+        for turn in 1..=limits::MAX_GET_TURNS {
+            if let Ok(got) = self.get_turn(no_ack, turn == limits::MAX_GET_TURNS) {
+                return got;
+            }
+        }
+        None
+    }
+
+    /// One hold of the lock for [`Queue::get`]: `Err` if it stopped at the discard bound
+    /// with expired heads left, having counted nothing (the `last` turn counts an empty
+    /// fetch instead).
+    fn get_turn(&self, no_ack: bool, last: bool) -> Result<Option<(QueueEntry, u32)>, ()> {
         let ctx = &self.ctx;
         self.with_state(|state| {
             state.last_used_ms = now_ms();
@@ -393,14 +407,17 @@ impl Queue {
                 }
             }
             // More expired heads than one lock hold discards: an expired message is never
-            // handed out, so the fetch finds nothing this time while the timer goes on.
+            // handed out, so this turn ends here and the next goes on.
+            if capped && !last {
+                return Err(());
+            }
             if capped {
                 state.counters.get_empty += 1;
-                return None;
+                return Ok(None);
             }
             let Some(mut entry) = state.pop_ready() else {
                 state.counters.get_empty += 1;
-                return None;
+                return Ok(None);
             };
             match no_ack {
                 true => state.counters.get_no_ack += 1,
@@ -423,7 +440,7 @@ impl Queue {
             }
             state.page_in(ctx);
             let left = state.message_count();
-            Some((entry, left))
+            Ok(Some((entry, left)))
         })
     }
 
