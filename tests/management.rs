@@ -2781,3 +2781,37 @@ async fn prometheus_shows_channel_consumers_and_publishes_awaiting_confirms() {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
 }
+
+/// Regression: two creations of one vhost at once could both create it (both answered
+/// 201), and the second copy replaced the first in the broker, with whatever was declared
+/// in the first meanwhile. Of creations at once, exactly one creates it now.
+#[tokio::test(flavor = "multi_thread")]
+async fn of_creations_of_one_vhost_at_once_exactly_one_creates_it() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    tokio::task::block_in_place(|| {
+        for round in 0..50 {
+            let def = lepus::store::definitions::VhostDef::named(&format!("race-{round}"));
+            let start = std::sync::Barrier::new(4);
+            let created = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            server.add_vhost(&def)
+                        })
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|r| r.join().expect("no panic"))
+                    .filter(|&made| made)
+                    .count()
+            });
+            assert_eq!(
+                created, 1,
+                "round {round}: one creation, the others updates"
+            );
+        }
+    });
+}

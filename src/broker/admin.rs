@@ -60,36 +60,53 @@ pub const POLICY_KEYS: &[&str] = &[
 
 impl Broker {
     /// `add_vhost`: creates the vhost unless it exists; an existing one takes the limits and
-    /// description given. Returns whether it was created.
+    /// description given. Returns whether it was created. Of two creations of one name at
+    /// once, one creates it and the other updates it: the vhost joins the broker only if
+    /// the name is still free, so nothing declared in it is lost to a second copy.
     pub fn add_vhost(&self, def: &VhostDef) -> bool {
         if let Some(existing) = self.vhost(&def.name) {
-            if !def.limits.is_empty() {
-                existing.set_limits(def.limits.clone());
-            }
-            let mut recorded = self
-                .definitions
-                .vhost(&def.name)
-                .unwrap_or_else(|| VhostDef::named(&def.name));
-            if !def.limits.is_empty() {
-                recorded.limits = def.limits.clone();
-            }
-            if !def.description.is_empty() || !def.tags.is_empty() {
-                recorded.description = def.description.clone();
-                recorded.tags = def.tags.clone();
-            }
-            self.definitions.record(Change::PutVhost(recorded));
+            self.update_vhost(&existing, def);
             return false;
         }
         let vhost = VirtualHost::new(&def.name, self.vhost_services());
         vhost.set_limits(def.limits.clone());
         vhost.reload_policies(false);
         vhost.reload_policies(true);
-        self.vhosts.insert(def.name.clone(), vhost.clone());
+        match self.vhosts.entry(def.name.clone()) {
+            dashmap::Entry::Occupied(won) => {
+                let existing = won.get().clone();
+                drop(won);
+                self.update_vhost(&existing, def);
+                return false;
+            }
+            dashmap::Entry::Vacant(free) => {
+                free.insert(vhost.clone());
+            }
+        }
         // A policy set for it meanwhile did not find it: it reads them again.
         vhost.reload_policies(false);
         vhost.reload_policies(true);
         self.definitions.record(Change::PutVhost(def.clone()));
         true
+    }
+
+    /// `add_vhost` of a vhost that exists: it takes the limits, description and tags given.
+    fn update_vhost(&self, existing: &VirtualHost, def: &VhostDef) {
+        if !def.limits.is_empty() {
+            existing.set_limits(def.limits.clone());
+        }
+        let mut recorded = self
+            .definitions
+            .vhost(&def.name)
+            .unwrap_or_else(|| VhostDef::named(&def.name));
+        if !def.limits.is_empty() {
+            recorded.limits = def.limits.clone();
+        }
+        if !def.description.is_empty() || !def.tags.is_empty() {
+            recorded.description = def.description.clone();
+            recorded.tags = def.tags.clone();
+        }
+        self.definitions.record(Change::PutVhost(recorded));
     }
 
     /// `delete_vhost`: closes its connections (320), deletes its queues with their messages,
