@@ -220,3 +220,94 @@ async fn an_import_sets_the_limits_a_definitions_export_carries() {
         "NOT_ALLOWED - connection refused for user 'guest': user connection limit (1) is reached",
     );
 }
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_user_put_with_limits_merges_them_and_an_unknown_limit_is_refused() {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    let made = api
+        .put(
+            "/api/users/capped",
+            json!({"password": "pw", "tags": "", "limits": {"max-connections": 3}}),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    let changed = api
+        .put(
+            "/api/users/capped",
+            json!({"password": "pw2", "tags": "", "limits": {"max-channels": 4}}),
+        )
+        .await;
+    assert_eq!(changed.status, 204);
+    assert_eq!(
+        api.get("/api/user-limits/capped").await.json(),
+        json!([{"user": "capped", "value": {"max-channels": 4, "max-connections": 3}}])
+    );
+    let unknown = api
+        .put(
+            "/api/users/capped",
+            json!({"password": "pw", "tags": "", "limits": {"max-foo": 1}}),
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    // A management user (neither administrator nor monitoring) may read them.
+    assert_eq!(
+        api.put(
+            "/api/users/viewer",
+            json!({"password": "pw", "tags": "management"})
+        )
+        .await
+        .status,
+        201
+    );
+    let viewer = Api::new(api.addr, "viewer", "pw");
+    assert_eq!(viewer.get("/api/user-limits").await.status, 200);
+    assert_eq!(
+        viewer
+            .put("/api/user-limits/capped/max-channels", json!({"value": 1}))
+            .await
+            .status,
+        401
+    );
+}
+
+/// Changes to one user at once are not lost: each reads the user, changes a copy and
+/// records it, one at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_and_tags_changed_at_once_are_all_kept() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    tokio::task::block_in_place(|| {
+        for round in 0..50 {
+            let name = format!("u{round}");
+            server.add_user(&name, "pw").unwrap();
+            let start = std::sync::Barrier::new(3);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    start.wait();
+                    server
+                        .set_user_limits(&name, limits(Some(1), None))
+                        .unwrap();
+                });
+                s.spawn(|| {
+                    start.wait();
+                    server
+                        .set_user_limits(&name, limits(None, Some(2)))
+                        .unwrap();
+                });
+                s.spawn(|| {
+                    start.wait();
+                    server
+                        .set_user_tags(&name, vec!["monitoring".into()])
+                        .unwrap();
+                });
+            });
+            let user = server.user(&name).unwrap();
+            assert_eq!(user.limits, limits(Some(1), Some(2)), "round {round}");
+            assert_eq!(user.tags, vec!["monitoring".to_owned()], "round {round}");
+        }
+    });
+}

@@ -55,6 +55,8 @@ pub struct Broker {
     /// Message bytes held in memory, against the budget.
     pub memory: &'static Memory,
     users: DashMap<String, Arc<User>>,
+    /// Held by each change to users and grants (`Broker::changing_users`).
+    user_changes: std::sync::Mutex<()>,
     /// What each user has open, against their `max-connections` and `max-channels`.
     user_usage: DashMap<String, Arc<user_limits::UserUsage>>,
     /// What each user may do in each vhost.

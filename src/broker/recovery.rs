@@ -76,6 +76,7 @@ impl Broker {
         let broker = Broker {
             users: DashMap::new(),
             user_usage: DashMap::new(),
+            user_changes: Default::default(),
             access: AccessControl::default(),
             vhosts: DashMap::new(),
             connections: Connections::new(config.limits.max_connections),

@@ -89,6 +89,7 @@ impl Broker {
 
     /// `set_user_limits`: the limits given replace those of the same names; the others stay.
     pub fn set_user_limits(&self, name: &str, changes: UserLimits) -> Result<(), String> {
+        let _changing = self.changing_users();
         let user = self.existing_user(name)?;
         let limits = user.limits.merged(changes);
         self.put_user(crate::auth::User::clone(&user).with_limits(limits));
@@ -98,6 +99,7 @@ impl Broker {
     /// `clear_user_limits`: one limit by name (a name that is no limit clears nothing, as
     /// rabbitmqctl's), or all of them.
     pub fn clear_user_limit(&self, name: &str, limit: Option<&str>) -> Result<(), String> {
+        let _changing = self.changing_users();
         let user = self.existing_user(name)?;
         let mut limits = user.limits;
         match limit {

@@ -22,6 +22,7 @@ impl Broker {
 
     /// `add_user`: refused if the user exists, as rabbitmqctl does.
     pub fn add_user(&self, name: &str, password: &str) -> Result<(), String> {
+        let _changing = self.changing_users();
         if self.users.contains_key(name) {
             return Err(format!("User \"{name}\" already exists"));
         }
@@ -32,6 +33,7 @@ impl Broker {
     /// Creates or updates a user with a password hash in RabbitMQ's format (as a
     /// definitions import or the management API gives it); an empty hash lets no password in.
     pub fn put_user_hash(&self, name: &str, hash: &str, hashing: Hashing) -> Result<(), String> {
+        let _changing = self.changing_users();
         if !hash.is_empty() && !hashing.accepts(hash) {
             return Err(format!(
                 "password_hash of user \"{name}\" is not a {} hash",
@@ -53,6 +55,7 @@ impl Broker {
 
     /// `change_password`.
     pub fn change_password(&self, name: &str, password: &str) -> Result<(), String> {
+        let _changing = self.changing_users();
         let user = self.existing_user(name)?;
         let mut changed = User::clone(&user);
         changed.password_hash = auth::new_password_hash(password);
@@ -63,6 +66,7 @@ impl Broker {
 
     /// `set_user_tags`: replaces the user's tags.
     pub fn set_user_tags(&self, name: &str, tags: Vec<String>) -> Result<(), String> {
+        let _changing = self.changing_users();
         let user = self.existing_user(name)?;
         self.put_user(User::clone(&user).with_tags(tags));
         Ok(())
@@ -70,6 +74,7 @@ impl Broker {
 
     /// `delete_user`, with every permission the user held.
     pub fn delete_user(&self, name: &str) -> Result<(), String> {
+        let _changing = self.changing_users();
         self.existing_user(name)?;
         self.users.remove(name);
         self.access.forget_user(name);
@@ -97,6 +102,7 @@ impl Broker {
         write: &str,
         read: &str,
     ) -> Result<(), String> {
+        let _changing = self.changing_users();
         self.existing_user(user)?;
         self.existing_vhost(vhost)?;
         for p in [configure, write, read] {
@@ -117,6 +123,7 @@ impl Broker {
 
     /// `clear_permissions`: the user may no longer open the vhost.
     pub fn clear_permissions(&self, user: &str, vhost: &str) -> Result<(), String> {
+        let _changing = self.changing_users();
         self.existing_user(user)?;
         self.existing_vhost(vhost)?;
         self.access.clear(user, vhost);
@@ -136,6 +143,7 @@ impl Broker {
         write: &str,
         read: &str,
     ) -> Result<(), String> {
+        let _changing = self.changing_users();
         self.existing_user(user)?;
         self.existing_vhost(vhost)?;
         for p in [write, read] {
@@ -161,6 +169,7 @@ impl Broker {
         vhost: &str,
         exchange: Option<&str>,
     ) -> Result<(), String> {
+        let _changing = self.changing_users();
         self.existing_user(user)?;
         self.existing_vhost(vhost)?;
         self.access.clear_topic(user, vhost, exchange);
@@ -170,6 +179,14 @@ impl Broker {
             exchange: exchange.map(str::to_owned),
         });
         Ok(())
+    }
+
+    /// Serialises the changes to users and their grants: each reads a user, changes a copy
+    /// and records it, and two at once must not lose one (a limit set beside a tag change)
+    /// or bring back a user deleted in between. Held for a few map operations, never across
+    /// an `.await`.
+    pub(super) fn changing_users(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.user_changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn existing_user(&self, name: &str) -> Result<Arc<User>, String> {

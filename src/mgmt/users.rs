@@ -17,6 +17,7 @@ use super::list::{List, list};
 use super::state::Mgmt;
 use crate::auth;
 use crate::broker::Broker;
+use crate::store::definitions::UserLimits;
 
 pub fn routes() -> Router<Arc<Mgmt>> {
     Router::new()
@@ -109,6 +110,8 @@ struct PutUser {
     password_hash: Option<String>,
     hashing_algorithm: Option<String>,
     tags: Option<Value>,
+    /// Merged into the user's limits, as RabbitMQ's `put_user` does.
+    limits: Option<UserLimits>,
 }
 
 fn tags_of(value: &Option<Value>) -> Vec<String> {
@@ -160,6 +163,11 @@ async fn put_user(
     broker
         .set_user_tags(&name, tags)
         .map_err(ApiError::from_message)?;
+    if let Some(limits) = req.limits.filter(|l| !l.is_empty()) {
+        broker
+            .set_user_limits(&name, limits)
+            .map_err(ApiError::from_message)?;
+    }
     Ok(created(new))
 }
 

@@ -145,8 +145,10 @@ pub struct UserDef {
 }
 
 /// A user's limits, over all of the user's connections; absent or negative means none.
-/// Fields in RabbitMQ's (alphabetical) order, as it prints them.
+/// Fields in RabbitMQ's (alphabetical) order, as it prints them. A name that is no limit is
+/// refused, as RabbitMQ's import refuses it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct UserLimits {
     #[serde(
         rename = "max-channels",
