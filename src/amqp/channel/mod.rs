@@ -179,6 +179,9 @@ pub struct Channel {
     consumer_prefetch: u32,
     confirms: Option<Confirms>,
     tx: Option<Transaction>,
+    /// A tx.commit under way: enqueued a batch per turn of the connection task
+    /// (`tx::COMMIT_BATCH`), its input paused until the commit is done.
+    committing: Option<tx::Committing>,
     /// The queue most recently declared on this channel, used for empty queue names.
     last_queue: Option<String>,
     routes: route::RouteCache,
@@ -235,6 +238,9 @@ pub enum After {
     Nothing,
     /// The client closed the channel: it is cleaned up, send Close-Ok and forget it.
     Closed,
+    /// A tx.commit goes on over the next turns (`Channel::continue_commit`); until it is
+    /// done, the connection reads nothing more.
+    Committing,
 }
 
 fn reply(out: &mut Output, channel: u16, method: AMQPClass) {
@@ -261,6 +267,7 @@ impl Channel {
             consumer_prefetch: 0,
             confirms: None,
             tx: None,
+            committing: None,
             last_queue: None,
             routes: route::RouteCache::default(),
             reply_consumer: None,
@@ -341,7 +348,7 @@ impl Channel {
             AMQPClass::Exchange(m) => self.exchange_method(s, out, m)?,
             AMQPClass::Queue(m) => self.queue_method(s, out, m)?,
             AMQPClass::Basic(m) => self.basic_method(s, out, m)?,
-            AMQPClass::Tx(m) => self.tx_method(s, out, m)?,
+            AMQPClass::Tx(m) => return self.tx_method(s, out, m),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
                 if self.tx.is_some() {
                     return Err(amqp_error!(

@@ -165,6 +165,7 @@ impl Channel {
         if let Some(tx) = self.tx.take() {
             self.roll_back(tx);
         }
+        self.abandon_commit();
         if let Some(reply) = self.reply_consumer.take() {
             s.broker.reply_consumers.unregister(&reply.key);
         }

@@ -5,11 +5,30 @@ use amq_protocol::protocol::{AMQPClass, tx};
 
 use super::publish::{Destination, Outcome};
 use super::settle::Verdict;
-use super::{Channel, Transaction, TxPublish, TxSettle, Unacked, reply};
+use super::{After, Channel, Transaction, TxPublish, TxSettle, Unacked, reply};
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::protocol::error::AmqpResult;
+
+/// Publishes a tx.commit enqueues per turn of its connection's task. A transaction holds
+/// up to `max_uncommitted_per_channel` (a million) publishes; enqueued in one go, they
+/// kept the runtime worker, and every connection waiting for it, for seconds. Between
+/// batches the task yields, and reads nothing more until the commit is done, so what the
+/// client sent after tx.commit still comes after it.
+pub const COMMIT_BATCH: usize = 4096;
+
+/// A tx.commit under way.
+pub(super) struct Committing {
+    /// The publishes not yet enqueued, in the order they were published.
+    publishes: std::vec::IntoIter<TxPublish>,
+    /// Applied after the last publish, as before.
+    settles: Vec<TxSettle>,
+    /// The latest store epoch a publish so far waits for: commit-ok waits for its sync.
+    sync: Option<u64>,
+    write_failed: bool,
+    refused: bool,
+}
 
 impl Channel {
     pub(super) fn tx_method(
@@ -17,7 +36,7 @@ impl Channel {
         s: &Session,
         out: &mut Output,
         method: tx::AMQPMethod,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<After> {
         let id = self.id;
         match method {
             tx::AMQPMethod::Select(_) => {
@@ -48,44 +67,17 @@ impl Channel {
                     ));
                 };
                 let work = std::mem::take(tx);
-                let mut sync: Option<u64> = None;
-                let mut write_failed = false;
-                let mut refused = false;
-                for p in work.publishes {
-                    let outcome = self.commit_publish(s, out, p);
-                    write_failed |= outcome.write_failed;
-                    refused |= outcome.failed;
-                    if let Some(e) = outcome.sync {
-                        sync = Some(sync.map_or(e, |x: u64| x.max(e)));
-                    }
-                }
-                for settle in work.settles {
-                    match settle {
-                        TxSettle::Ack(list) => self.settle(list, Verdict::Ack),
-                        TxSettle::Reject(list, requeue) => {
-                            self.settle(list, Verdict::of(false, requeue))
-                        }
-                    }
-                }
-                if write_failed {
-                    // Commit-ok would promise messages that no queue holds.
-                    return Err(amqp_error!(
-                        InternalError,
-                        "the data directory refused a write; the transaction's publishes were not all enqueued"
-                    ));
-                }
-                if refused {
-                    // Same as RabbitMQ: a queue refused a message (full, with reject-publish),
-                    // so the transaction did not complete; commit-ok would say it did.
-                    return Err(amqp_error!(PreconditionFailed, "partial tx completion"));
-                }
-                // Commit-ok promises the persistent messages are on disk.
-                out.hold_until_synced(sync);
-                reply(
-                    out,
-                    id,
-                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                );
+                self.committing = Some(Committing {
+                    publishes: work.publishes.into_iter(),
+                    settles: work.settles,
+                    sync: None,
+                    write_failed: false,
+                    refused: false,
+                });
+                return Ok(match self.continue_commit(s, out)? {
+                    true => After::Nothing,
+                    false => After::Committing,
+                });
             }
             tx::AMQPMethod::Rollback(_) => {
                 let Some(tx) = self.tx.as_mut() else {
@@ -104,7 +96,71 @@ impl Channel {
             }
             _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
         }
-        Ok(())
+        Ok(After::Nothing)
+    }
+
+    /// Whether a tx.commit is under way.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Enqueues the next [`COMMIT_BATCH`] publishes of the commit under way; after the last,
+    /// applies its settlements and answers. Returns whether the commit is done.
+    pub fn continue_commit(&mut self, s: &Session, out: &mut Output) -> AmqpResult<bool> {
+        let Some(mut c) = self.committing.take() else {
+            return Ok(true);
+        };
+        for p in c.publishes.by_ref().take(COMMIT_BATCH) {
+            let outcome = self.commit_publish(s, out, p);
+            c.write_failed |= outcome.write_failed;
+            c.refused |= outcome.failed;
+            if let Some(e) = outcome.sync {
+                c.sync = Some(c.sync.map_or(e, |x| x.max(e)));
+            }
+        }
+        if c.publishes.len() > 0 {
+            self.committing = Some(c);
+            return Ok(false);
+        }
+        for settle in c.settles {
+            match settle {
+                TxSettle::Ack(list) => self.settle(list, Verdict::Ack),
+                TxSettle::Reject(list, requeue) => self.settle(list, Verdict::of(false, requeue)),
+            }
+        }
+        if c.write_failed {
+            // Commit-ok would promise messages that no queue holds.
+            return Err(amqp_error!(
+                InternalError,
+                "the data directory refused a write; the transaction's publishes were not all enqueued"
+            )
+            .on_method(90, 20));
+        }
+        if c.refused {
+            // Same as RabbitMQ: a queue refused a message (full, with reject-publish), so
+            // the transaction did not complete; commit-ok would say it did.
+            return Err(amqp_error!(PreconditionFailed, "partial tx completion").on_method(90, 20));
+        }
+        // Commit-ok promises the persistent messages are on disk.
+        out.hold_until_synced(c.sync);
+        reply(
+            out,
+            self.id,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
+        Ok(true)
+    }
+
+    /// Stops a commit under way because the channel closes: the publishes not yet enqueued
+    /// are dropped, and the deliveries it acked or rejected are unacknowledged again (the
+    /// client saw no commit-ok).
+    pub(super) fn abandon_commit(&mut self) {
+        if let Some(c) = self.committing.take() {
+            self.roll_back(Transaction {
+                settles: c.settles,
+                ..Transaction::default()
+            });
+        }
     }
 
     /// Undoes a transaction: its publishes are dropped, and the deliveries it acked or

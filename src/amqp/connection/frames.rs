@@ -43,6 +43,10 @@ impl Connection {
                 }
                 _ => {}
             }
+            if self.committing && matches!(self.phase, Phase::Running) {
+                // The rest waits for the tx.commit under way (see `continue_commits`).
+                return;
+            }
             if self.is_blocked() && matches!(self.phase, Phase::Running) {
                 // Held until the alarm clears: the rest stays in the buffer. A connection
                 // the broker is closing is read on whatever its flow (as RabbitMQ's reader,
@@ -284,6 +288,7 @@ impl Connection {
             channels,
             session,
             out,
+            committing,
             ..
         } = self;
         let Some(session) = session.as_ref() else {
@@ -322,6 +327,10 @@ impl Connection {
                             Ok(())
                         }
                         Ok(After::Nothing) => Ok(()),
+                        Ok(After::Committing) => {
+                            *committing = true;
+                            Ok(())
+                        }
                         Err(e) => Err(e),
                     },
                 },
@@ -343,6 +352,40 @@ impl Connection {
                 self.on_content_frame();
                 r
             }
+        }
+    }
+
+    /// Enqueues the next batch of the tx.commit under way; when it is done (or the
+    /// connection no longer runs), input is parsed again. Its errors are the commit's, as
+    /// if the commit had run in one go.
+    pub(super) fn continue_commits(&mut self) {
+        let Some(session) = self
+            .session
+            .as_ref()
+            .filter(|_| matches!(self.phase, Phase::Running))
+        else {
+            // A closing connection's channels drop what is left (`Channel::shutdown`).
+            self.committing = false;
+            return;
+        };
+        let mut failed = None;
+        let mut pending = false;
+        for ch in self.channels.iter_mut().filter(|c| c.is_committing()) {
+            match ch.continue_commit(session, &mut self.out) {
+                Ok(done) => pending |= !done,
+                Err(e) => failed = Some((ch.id, e)),
+            }
+        }
+        self.committing = pending;
+        if pending {
+            // Nothing is read meanwhile, so the client's heartbeats count again from when
+            // reading resumes, as after any pause in reading (`Connection::wait`).
+            self.reading = false;
+        }
+        match failed {
+            Some((_, e)) if e.is_hard() => self.close_connection(e, false),
+            Some((channel, e)) => self.fail_channel(channel, e),
+            None => {}
         }
     }
 

@@ -145,6 +145,10 @@ pub struct Connection {
     session: Option<Session>,
     /// Open channels, sorted by id.
     channels: Vec<Channel>,
+    /// A channel's tx.commit is under way (`Channel::continue_commit`): the task enqueues a
+    /// batch of it per turn and yields in between, and parses no more input until it is
+    /// done, so what follows the commit still comes after it.
+    committing: bool,
     /// Reused buffers for draining the outbox.
     drained: Drained,
     /// The output waiting for the client and the buffer it keeps, charged to the memory
@@ -201,6 +205,7 @@ pub async fn serve(
         start_ok: None,
         session: None,
         channels: Vec::new(),
+        committing: false,
         drained: Drained::default(),
         unflushed_delivery_bytes: 0,
         buffers: Charge::default(),
@@ -247,6 +252,11 @@ impl Connection {
             if let Err(e) = self.flush() {
                 return Exit::Io(e);
             }
+            if self.committing {
+                // The next batch after the runtime's other tasks have had their turn.
+                tokio::task::yield_now().await;
+                continue;
+            }
             // Over TLS the last output can still be records in the session, waiting for the
             // socket: they are part of what was queued (Close-Ok among them).
             if matches!(self.phase, Phase::Finished { .. })
@@ -263,6 +273,9 @@ impl Connection {
 
     /// Does all the work that needs no waiting.
     fn step(&mut self) -> Result<(), Exit> {
+        if self.committing {
+            self.continue_commits();
+        }
         self.process_input();
         if matches!(
             self.phase,
