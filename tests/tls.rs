@@ -18,6 +18,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType}
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::json;
 
 /// A CA, a server certificate for localhost/127.0.0.1 and a client certificate for `bob`,
 /// as PEM files in a fresh directory.
@@ -27,6 +28,12 @@ struct Pki {
 
 impl Pki {
     fn new(name: &str) -> Pki {
+        Pki::with_server_expiry(name, None)
+    }
+
+    /// The same, with the server certificate valid until New Year of `year` (rcgen's
+    /// default is 4096).
+    fn with_server_expiry(name: &str, year: Option<i32>) -> Pki {
         let dir = std::env::temp_dir().join(format!("lepus-tls-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -40,6 +47,9 @@ impl Pki {
         server
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        if let Some(year) = year {
+            server.not_after = rcgen::date_time_ymd(year, 1, 1);
+        }
         let server_key = KeyPair::generate().unwrap();
         let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
         let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -545,4 +555,54 @@ async fn a_connection_closed_over_tls_sends_everything_before_it_goes() {
     .unwrap()
     .expect("the client reads until the socket closes");
     assert!(closed, "Close-Ok arrived (after {bodies} bodies)");
+}
+
+/// Same as RabbitMQ's `/api/health/checks/certificate-expiration/{within}/{unit}`: 200 while
+/// the TLS listeners' certificates outlive the window, 503 naming the listener and the
+/// expiry dates when one does not, 400 for a window it cannot read.
+#[tokio::test]
+async fn same_as_rabbitmq_the_certificate_expiration_check_names_what_expires_within_the_window() {
+    let pki = Pki::with_server_expiry("expiry", Some(2040));
+    let mut config = Config::for_tests();
+    config.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.tls = Some(pki.options(false, false));
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = Broker::start_with(config).await;
+    let server = broker.server.as_ref().unwrap();
+    let tls = server.tls_addrs()[0];
+    let api = common::http::Api::new(server.management_addr().unwrap(), "guest", "guest");
+    let check = |window: &str| {
+        let path = format!("/api/health/checks/certificate-expiration/{window}");
+        let api = api.clone();
+        async move { api.get(&path).await }
+    };
+    let fine = check("1/years").await;
+    assert_eq!((fine.status, fine.json()), (200, json!({"status": "ok"})));
+    let soon = check("20/YEARS").await;
+    assert_eq!(soon.status, 503);
+    let body = soon.json();
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["reason"], "Certificates expiring");
+    let listener = &body["expired"][0];
+    assert_eq!(listener["protocol"], "amqp/ssl");
+    assert_eq!(listener["port"], tls.port());
+    assert_eq!(
+        listener["certfile_expires_on"],
+        json!(["2040-01-01 0:00:00"])
+    );
+    // The CA's certificate outlives the window.
+    assert_eq!(listener["cacertfile_expires_on"], json!([]));
+    let bad = check("soon/days").await;
+    assert_eq!(
+        (bad.status, bad.json()["reason"].clone()),
+        (400, json!("Invalid expiration value."))
+    );
+    let bad = check("3/fortnights").await;
+    assert_eq!(
+        (bad.status, bad.json()["reason"].clone()),
+        (
+            400,
+            json!("Time unit not recognised. Supported units: days, weeks, months, years.")
+        )
+    );
 }

@@ -637,5 +637,21 @@ def http_user_limits(url):
     return seen
 
 
+@scenario
+def http_certificate_expiration(url):
+    """The TLS listener's certificates (3 days, the conformance CA's) against windows on
+    both sides of their expiry, and windows neither broker can read."""
+    seen = {}
+    for window in ("1/days", "1/weeks", "2/MONTHS", "soon/days", "3/fortnights"):
+        status, _, text = http("GET", "/api/health/checks/certificate-expiration/" + window)
+        body = json.loads(text) if text else None
+        if status == 503:
+            body = {"status": body["status"], "reason": body["reason"],
+                    "expired": sorted([l["protocol"], len(l["certfile_expires_on"]),
+                                       len(l["cacertfile_expires_on"])] for l in body["expired"])}
+        seen[window] = [status, body]
+    return seen
+
+
 if __name__ == "__main__":
     run()

@@ -43,6 +43,66 @@ pub fn subject(cert: &[u8]) -> Option<Vec<Vec<Attribute>>> {
     Some(rdns)
 }
 
+/// The certificate's validity: its notBefore and notAfter, in seconds since the Unix epoch
+/// (UTC), for the `certificate-expiration` health check.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (certificate, _) = element(cert, SEQUENCE)?;
+    let (tbs, _) = element(certificate, SEQUENCE)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xA0) {
+        rest = skip(rest)?;
+    }
+    // Serial number, signature algorithm, issuer; then the validity.
+    for _ in 0..3 {
+        rest = skip(rest)?;
+    }
+    let (validity, _) = element(rest, SEQUENCE)?;
+    let (tag, not_before, rest) = tlv(validity)?;
+    let not_before = time(tag, not_before)?;
+    let (tag, not_after, _) = tlv(rest)?;
+    Some((not_before, time(tag, not_after)?))
+}
+
+/// An X.509 time in seconds since the Unix epoch: UTCTime (`YYMMDDHHMMSSZ`, years 1950 to
+/// 2049 as RFC 5280 reads them) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    let digits = |from: usize, n: usize| -> Option<i64> {
+        let part = text.get(from..from + n)?;
+        part.iter().try_fold(0i64, |acc, &b| {
+            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+        })
+    };
+    let (year, at) = match (tag, text.len()) {
+        (0x17, 13) => {
+            let yy = digits(0, 2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
+        }
+        (0x18, 15) => (digits(0, 4)?, 4),
+        _ => return None,
+    };
+    if text.last() != Some(&b'Z') {
+        return None;
+    }
+    let (month, day) = (digits(at, 2)?, digits(at + 2, 2)?);
+    let (hour, minute, second) = (digits(at + 4, 2)?, digits(at + 6, 2)?, digits(at + 8, 2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(60))
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// The distinguished name as RabbitMQ writes it for `ssl_cert_login_from =
 /// distinguished_name`: RDNs last to first, joined by commas, values escaped (RFC 4514).
 pub fn distinguished_name(rdns: &[Vec<Attribute>]) -> String {
@@ -309,12 +369,45 @@ mod tests {
     }
 
     #[test]
+    fn validity_reads_utc_and_generalized_times() {
+        let time_of =
+            |tag: u8, text: &str| [vec![tag, text.len() as u8], text.as_bytes().to_vec()].concat();
+        let body = [
+            vec![0xA0, 3, 2, 1, 2],
+            vec![0x02, 1, 7],
+            vec![SEQUENCE, 0],
+            vec![SEQUENCE, 0],
+            {
+                let times = [
+                    time_of(0x17, "260101000000Z"),
+                    time_of(0x18, "20491231235959Z"),
+                ]
+                .concat();
+                [vec![SEQUENCE, times.len() as u8], times].concat()
+            },
+        ]
+        .concat();
+        let tbs = [vec![SEQUENCE, body.len() as u8], body].concat();
+        let cert = [vec![SEQUENCE, tbs.len() as u8], tbs].concat();
+        // 2026-01-01T00:00:00Z and 2049-12-31T23:59:59Z.
+        assert_eq!(validity(&cert), Some((1_767_225_600, 2_524_607_999)));
+        assert_eq!(time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(time(0x17, b"700101000000"), None);
+        assert_eq!(time(0x18, b"2024022912000Z"), None);
+        assert_eq!(time(0x18, b"20240229120000Z"), Some(1_709_208_000));
+    }
+
+    #[test]
     fn truncated_or_garbage_input_is_refused_not_panicked() {
         let cert = certificate();
         for n in 0..cert.len() {
             let _ = subject(&cert[..n]);
+            let _ = validity(&cert[..n]);
         }
         assert!(subject(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]).is_none());
         assert!(subject(b"").is_none());
+        assert!(validity(b"").is_none());
+        assert!(time(0x17, b"99\xff\xff00000000Z").is_none());
+        assert!(time(0x18, b"").is_none());
     }
 }

@@ -64,6 +64,7 @@ impl Broker {
     /// once, one creates it and the other updates it: the vhost joins the broker only if
     /// the name is still free, so nothing declared in it is lost to a second copy.
     pub fn add_vhost(&self, def: &VhostDef) -> bool {
+        let _changing = self.changing_vhosts();
         if let Some(existing) = self.vhost(&def.name) {
             self.update_vhost(&existing, def);
             return false;
@@ -90,6 +91,14 @@ impl Broker {
         true
     }
 
+    /// Serialises creating, updating and deleting vhosts: each changes the live vhost and
+    /// then records its definition, and two at once must leave both the same (an update
+    /// between a creation's insert and its record, or after a deletion, set the one and
+    /// not the other). Never held across an `.await`.
+    pub(super) fn changing_vhosts(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.vhost_changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `add_vhost` of a vhost that exists: it takes the limits, description and tags given.
     fn update_vhost(&self, existing: &VirtualHost, def: &VhostDef) {
         if !def.limits.is_empty() {
@@ -112,6 +121,7 @@ impl Broker {
     /// `delete_vhost`: closes its connections (320), deletes its queues with their messages,
     /// its exchanges, permissions and policies. Returns the epoch the deletion is durable in.
     pub fn delete_vhost(&self, name: &str) -> Result<u64, String> {
+        let _changing = self.changing_vhosts();
         let Some((_, vhost)) = self.vhosts.remove(name) else {
             return Err(format!("Virtual host '{name}' does not exist"));
         };

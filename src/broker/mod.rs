@@ -62,6 +62,8 @@ pub struct Broker {
     /// What each user may do in each vhost.
     pub access: AccessControl,
     vhosts: DashMap<String, Arc<VirtualHost>>,
+    /// Held by each creation, update and deletion of a vhost (`Broker::changing_vhosts`).
+    vhost_changes: std::sync::Mutex<()>,
     /// Live connections, to reach them at shutdown.
     pub connections: Connections,
     /// Direct reply-to consumers, by the key in their reply names.
@@ -112,6 +114,7 @@ impl Broker {
     /// Sets a vhost's `max-queues`/`max-connections` (RabbitMQ's `set_vhost_limits`) and
     /// records them with its definition. Limits apply to what is created from now on.
     pub fn set_vhost_limits(&self, name: &str, limits: VhostLimits) -> Option<()> {
+        let _changing = self.changing_vhosts();
         let vhost = self.vhost(name)?;
         vhost.set_limits(limits.clone());
         let mut def = self

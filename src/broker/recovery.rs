@@ -79,6 +79,7 @@ impl Broker {
             user_changes: Default::default(),
             access: AccessControl::default(),
             vhosts: DashMap::new(),
+            vhost_changes: Default::default(),
             connections: Connections::new(config.limits.max_connections),
             reply_consumers: ReplyConsumers::default(),
             timers: Timers::start()?,

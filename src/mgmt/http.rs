@@ -505,6 +505,19 @@ pub fn timestamp(ms: u64) -> String {
     )
 }
 
+/// Formats seconds since the epoch as RabbitMQ prints a certificate's expiry
+/// (`2027-01-05 9:30:00`: Erlang's `~w` leaves the hour unpadded).
+pub fn calendar_time(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y}-{m:02}-{d:02} {}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
 /// algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -153,7 +153,10 @@ impl Channel {
 
     /// Stops a commit under way because the channel closes: the publishes not yet enqueued
     /// are dropped, and the deliveries it acked or rejected are unacknowledged again (the
-    /// client saw no commit-ok).
+    /// client saw no commit-ok). The batches enqueued before stay: unlike RabbitMQ's
+    /// commit, which runs in one step, a commit cut short by a closing channel can leave
+    /// part of its publishes delivered, which a client that retries without commit-ok
+    /// sees as duplicates.
     pub(super) fn abandon_commit(&mut self) {
         if let Some(c) = self.committing.take() {
             self.roll_back(Transaction {

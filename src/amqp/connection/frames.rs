@@ -368,24 +368,21 @@ impl Connection {
             self.committing = false;
             return;
         };
-        let mut failed = None;
+        let mut failed = Vec::new();
         let mut pending = false;
         for ch in self.channels.iter_mut().filter(|c| c.is_committing()) {
             match ch.continue_commit(session, &mut self.out) {
                 Ok(done) => pending |= !done,
-                Err(e) => failed = Some((ch.id, e)),
+                Err(e) => failed.push((ch.id, e)),
             }
         }
         self.committing = pending;
-        if pending {
-            // Nothing is read meanwhile, so the client's heartbeats count again from when
-            // reading resumes, as after any pause in reading (`Connection::wait`).
-            self.reading = false;
-        }
-        match failed {
-            Some((_, e)) if e.is_hard() => self.close_connection(e, false),
-            Some((channel, e)) => self.fail_channel(channel, e),
-            None => {}
+        for (channel, e) in failed {
+            if e.is_hard() {
+                self.close_connection(e, false);
+                return;
+            }
+            self.fail_channel(channel, e);
         }
     }
 

@@ -253,6 +253,17 @@ impl Connection {
                 return Exit::Io(e);
             }
             if self.committing {
+                // Nothing is read meanwhile, so the client's heartbeats count again from
+                // when reading resumes, as after any pause in reading (`wait`). The timed
+                // duties `wait` runs go on between batches: heartbeats to the client, the
+                // send timeout, consumer timeouts.
+                self.reading = false;
+                let now = Instant::now();
+                if now >= self.next_deadline(now)
+                    && let Err(exit) = self.on_timer(now)
+                {
+                    return exit;
+                }
                 // The next batch after the runtime's other tasks have had their turn.
                 tokio::task::yield_now().await;
                 continue;
