@@ -646,3 +646,30 @@ async fn same_as_rabbitmq_deleting_a_user_closes_its_connections() {
         .await
         .expect("imp's connection stays");
 }
+
+/// Same as RabbitMQ (PCRE): a pattern may use lookaround, as operators do to grant all but
+/// some names. (Lepus refused these patterns before: `set_permissions` said they did not
+/// compile, and one in imported definitions granted nothing.)
+#[tokio::test]
+async fn same_as_rabbitmq_a_pattern_with_lookahead_grants_all_but_what_it_excludes() {
+    let broker = Broker::start().await;
+    let b = admin(&broker);
+    b.add_user("ops", "ops").unwrap();
+    b.set_permissions("ops", "/", "^(?!secret-).*", ".*", ".*")
+        .expect("lookaround compiles");
+    let conn = connect_as(&broker, "ops").await.expect("ops connects");
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.queue_declare("orders".into(), Default::default(), FieldTable::default()))
+        .await
+        .expect("allowed");
+    assert_amqp_error(
+        within(ch.queue_declare(
+            "secret-plans".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        403,
+        "ACCESS_REFUSED - access to queue 'secret-plans' in vhost '/' refused for user 'ops'",
+    );
+}

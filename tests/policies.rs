@@ -265,3 +265,41 @@ async fn same_as_rabbitmq_a_catch_all_policy_covers_amq_names_but_the_default_ex
     assert_eq!(count, 0, "the policy's TTL 0 applies to {name}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Same as RabbitMQ: a policy pattern may use lookaround (`^(?!skip-)` applies to every
+/// queue but those named `skip-...`).
+#[tokio::test]
+async fn same_as_rabbitmq_a_policy_pattern_with_lookahead_applies_to_all_but_what_it_excludes() {
+    let broker = Broker::start().await;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let policy = lepus::store::definitions::PolicyDef {
+        vhost: "/".into(),
+        name: "cap".into(),
+        pattern: "^(?!skip-)".into(),
+        apply_to: "queues".into(),
+        definition: serde_json::json!({"max-length": 1}),
+        priority: 0,
+    };
+    server
+        .put_policy(policy, false)
+        .expect("lookaround compiles");
+    let (_c, ch) = broker.channel().await;
+    for queue in ["capped", "skip-me"] {
+        within(ch.queue_declare(queue.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+        for body in [b"1", b"2"] {
+            within(ch.basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                body,
+                BasicProperties::default(),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(message_count(&ch, "capped").await, 1);
+    assert_eq!(message_count(&ch, "skip-me").await, 2);
+}

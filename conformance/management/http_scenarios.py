@@ -653,5 +653,40 @@ def http_certificate_expiration(url):
     return seen
 
 
+@scenario
+def http_lookaround_patterns(url):
+    """Permission and policy patterns with lookahead, as operators write them to cover all
+    names but some (PCRE in RabbitMQ)."""
+    seen = {}
+    http("PUT", "/api/users/http-look", {"password": "pw", "tags": ""})
+    seen["grant"] = http("PUT", "/api/permissions/%2F/http-look",
+                         {"configure": "^(?!http-secret-).*", "write": ".*", "read": ".*"})[0]
+    conn = pika.BlockingConnection(pika.URLParameters(url.replace("guest:guest", "http-look:pw")))
+    ch = conn.channel()
+    ch.queue_declare("http-open-q")
+    seen["allowed"] = "declared"
+    try:
+        ch.queue_declare("http-secret-q")
+        seen["refused"] = "declared"
+    except pika.exceptions.ChannelClosedByBroker as e:
+        seen["refused"] = [e.reply_code, e.reply_text]
+    conn.close()
+    seen["policy"] = http("PUT", "/api/policies/%2F/http-look-pol",
+                          {"pattern": "^http-(?!skip-)", "apply-to": "queues", "definition": {"max-length": 1}})[0]
+    for q in ("http-open-q", "http-skip-q"):
+        http("PUT", "/api/queues/%2F/" + q, {})
+    for _ in range(50):
+        got = {q: get_json("/api/queues/%2F/" + q)[1].get("policy") for q in ("http-open-q", "http-skip-q")}
+        if got["http-open-q"]:
+            break
+        time.sleep(0.1)
+    seen["applied"] = got
+    http("DELETE", "/api/policies/%2F/http-look-pol")
+    for q in ("http-open-q", "http-skip-q"):
+        http("DELETE", "/api/queues/%2F/" + q)
+    http("DELETE", "/api/users/http-look")
+    return seen
+
+
 if __name__ == "__main__":
     run()

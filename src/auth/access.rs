@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use regex::bytes::{Regex, RegexBuilder};
+use fancy_regex::{BytesMode, Regex, RegexBuilder};
 
 use crate::amqp_error;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -23,6 +23,11 @@ use crate::protocol::error::{AmqpError, AmqpResult};
 /// The compiled size one permission pattern may reach. Patterns come from operators, not
 /// clients, but a mistyped one must not eat the broker's memory.
 const MAX_PATTERN_COMPILED_BYTES: usize = 1 << 20;
+
+/// Backtracking steps one match of a pattern with lookaround or backreferences may take (a
+/// pattern without them runs in linear time). Names are at most 255 bytes; a match that
+/// would take more counts as none, as Erlang's `re:run` answers `nomatch` past its limit.
+const MAX_PATTERN_BACKTRACK_STEPS: usize = 100_000;
 
 /// The three permissions RabbitMQ grants per vhost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,19 +112,32 @@ impl Pattern {
     pub fn matches(&self, name: &str) -> bool {
         self.regex
             .as_ref()
-            .is_some_and(|r| r.is_match(name.as_bytes()))
+            .is_some_and(|r| pattern_matches(r, name))
     }
 }
 
-/// Patterns are matched as RabbitMQ's `re:run` matches them, without its `unicode` option:
-/// over the name's bytes, with `.`, `\w`, `\d` and case folding ASCII-only. (With Unicode
-/// classes, `^q-\d+$` let `q-١٢` through, which RabbitMQ refuses.)
+/// Patterns (permissions and policies) are read as RabbitMQ's `re` reads them: PCRE's
+/// syntax, lookaround and backreferences included (`^(?!amq\.).*` is a common one), and
+/// matched without its `unicode` option: over the name's bytes, with `.`, `\w`, `\d` and
+/// case folding ASCII-only. (With Unicode classes, `^q-\d+$` let `q-١٢` through, which
+/// RabbitMQ refuses.) A pattern without lookaround or backreferences runs in linear time.
 fn pattern_builder(source: &str) -> RegexBuilder {
     let mut builder = RegexBuilder::new(source);
     builder
-        .unicode(false)
-        .size_limit(MAX_PATTERN_COMPILED_BYTES);
+        .bytes_mode(BytesMode::Ascii)
+        .delegate_size_limit(MAX_PATTERN_COMPILED_BYTES)
+        .backtrack_limit(MAX_PATTERN_BACKTRACK_STEPS);
     builder
+}
+
+/// Compiles a pattern as [`pattern_builder`] reads it, for a policy.
+pub fn compile_pattern(source: &str) -> Result<Regex, String> {
+    pattern_builder(source).build().map_err(|e| e.to_string())
+}
+
+/// An unanchored search of `name`; a match past the backtracking bound is none.
+pub fn pattern_matches(regex: &Regex, name: &str) -> bool {
+    regex.is_match(name.as_bytes()).unwrap_or(false)
 }
 
 /// One user's permissions in one vhost.
@@ -375,6 +393,25 @@ mod tests {
             "one byte, not one char"
         );
         assert!(Pattern::new("^caf..$").matches("caf\u{e9}"));
+    }
+
+    /// Same as RabbitMQ's (PCRE's): lookaround and backreferences, which operators use to
+    /// grant everything but the `amq.` names.
+    #[test]
+    fn same_as_rabbitmq_patterns_take_lookaround_and_backreferences() {
+        let not_amq = Pattern::new("^(?!amq\\.).*");
+        assert!(not_amq.matches("orders"));
+        assert!(!not_amq.matches("amq.gen-1"));
+        assert!(Pattern::new("(?<!-dlq)$").matches("orders"));
+        assert!(!Pattern::new("^.*(?<!-dlq)$").matches("orders-dlq"));
+        assert!(Pattern::new("^(a)\\1$").matches("aa"));
+        assert!(Pattern::check("^(?!amq\\.).*").is_ok());
+        // Classes match bytes: a character past ASCII inside one is refused (a difference
+        // from RabbitMQ, in conformance/DIFFERENCES.md).
+        assert!(Pattern::check("^[\u{e4}\u{f6}]$").is_err());
+        // A pattern that backtracks without end matches nothing, in bounded time.
+        let runaway = Pattern::new("^(a|a?)+(?=b)b$");
+        assert!(!runaway.matches(&"a".repeat(255)));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! Policies come from the definitions (`definitions.json`, RabbitMQ's export format).
 
-use regex::Regex;
+use fancy_regex::Regex;
 use serde_json::Value;
 
 use crate::store::definitions::PolicyDef;
@@ -43,7 +43,7 @@ impl Policy {
     /// Compiles a policy from its definition; `None` (with a warning) if the pattern is not
     /// a valid regular expression or the definition is not an object.
     pub fn compile(def: &PolicyDef) -> Option<Policy> {
-        let pattern = match Regex::new(&def.pattern) {
+        let pattern = match crate::auth::access::compile_pattern(&def.pattern) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(policy = %def.name, error = %e, "ignoring a policy with an invalid pattern");
@@ -79,7 +79,7 @@ impl Policy {
                 | (ApplyTo::Queues, Target::Queue)
                 | (ApplyTo::Exchanges, Target::Exchange)
         );
-        kind && self.pattern.is_match(name)
+        kind && crate::auth::access::pattern_matches(&self.pattern, name)
     }
 
     /// An integer value of the definition.
