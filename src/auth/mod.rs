@@ -6,6 +6,7 @@
 //! layer runs the mechanisms.
 
 pub mod access;
+pub mod pattern;
 pub mod random;
 pub mod sasl;
 pub mod x509;

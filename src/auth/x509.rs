@@ -85,10 +85,15 @@ fn time(tag: u8, text: &[u8]) -> Option<i64> {
     }
     let (month, day) = (digits(at, 2)?, digits(at + 2, 2)?);
     let (hour, minute, second) = (digits(at + 4, 2)?, digits(at + 6, 2)?, digits(at + 8, 2)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(60))
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's

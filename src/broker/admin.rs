@@ -148,7 +148,12 @@ impl Broker {
         if self.vhost(&p.vhost).is_none() {
             return Err(format!("Virtual host '{}' does not exist", p.vhost));
         }
-        crate::auth::access::Pattern::check(&p.pattern).map_err(|e| {
+        // Compiled as the policy will be (`Policy::compile`).
+        let pattern = crate::auth::pattern::Matcher::compile(
+            &p.pattern,
+            crate::auth::pattern::Classes::Unicode,
+        );
+        pattern.map_err(|e| {
             format!(
                 "Validation failed\n\n{} is not a valid regular expression: {e}\n",
                 p.pattern

@@ -114,8 +114,20 @@ impl Broker {
     /// Sets a vhost's `max-queues`/`max-connections` (RabbitMQ's `set_vhost_limits`) and
     /// records them with its definition. Limits apply to what is created from now on.
     pub fn set_vhost_limits(&self, name: &str, limits: VhostLimits) -> Option<()> {
+        self.update_vhost_limits(name, |l| *l = limits)
+    }
+
+    /// Changes some of a vhost's limits: read, changed and recorded under the lock of vhost
+    /// changes, so that two changes at once both count.
+    pub fn update_vhost_limits(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut VhostLimits),
+    ) -> Option<()> {
         let _changing = self.changing_vhosts();
         let vhost = self.vhost(name)?;
+        let mut limits = vhost.limits();
+        change(&mut limits);
         vhost.set_limits(limits.clone());
         let mut def = self
             .definitions

@@ -10,7 +10,7 @@
 //!
 //! Policies come from the definitions (`definitions.json`, RabbitMQ's export format).
 
-use fancy_regex::Regex;
+use crate::auth::pattern::{Classes, Matcher};
 use serde_json::Value;
 
 use crate::store::definitions::PolicyDef;
@@ -19,7 +19,7 @@ use crate::store::definitions::PolicyDef;
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub name: String,
-    pattern: Regex,
+    pattern: Matcher,
     apply_to: ApplyTo,
     priority: i64,
     pub definition: serde_json::Map<String, Value>,
@@ -43,7 +43,7 @@ impl Policy {
     /// Compiles a policy from its definition; `None` (with a warning) if the pattern is not
     /// a valid regular expression or the definition is not an object.
     pub fn compile(def: &PolicyDef) -> Option<Policy> {
-        let pattern = match crate::auth::access::compile_pattern(&def.pattern) {
+        let pattern = match Matcher::compile(&def.pattern, Classes::Unicode) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(policy = %def.name, error = %e, "ignoring a policy with an invalid pattern");
@@ -79,7 +79,7 @@ impl Policy {
                 | (ApplyTo::Queues, Target::Queue)
                 | (ApplyTo::Exchanges, Target::Exchange)
         );
-        kind && crate::auth::access::pattern_matches(&self.pattern, name)
+        kind && self.pattern.matches(name)
     }
 
     /// An integer value of the definition.

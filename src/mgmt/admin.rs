@@ -20,7 +20,6 @@ use tokio::task::JoinHandle;
 
 use super::http::Caller;
 use super::state::Mgmt;
-use crate::broker::Broker;
 use crate::config::{DiskFreeLimit, MemoryWatermark, parse_size};
 
 /// The admin socket's file name in the data directory.
@@ -328,22 +327,24 @@ async fn set_vhost_limits(
     UrlPath(vhost): UrlPath<String>,
     Json(limits): Json<VhostLimits>,
 ) -> Response {
-    let broker = &m.broker;
-    vhost_limits(broker, &vhost, limits)
+    vhost_limits(&m, vhost, limits).await
 }
 
 async fn clear_vhost_limits(
     State(m): State<Arc<Mgmt>>,
     UrlPath(vhost): UrlPath<String>,
 ) -> Response {
-    let broker = &m.broker;
-    vhost_limits(broker, &vhost, VhostLimits::default())
+    vhost_limits(&m, vhost, VhostLimits::default()).await
 }
 
-fn vhost_limits(broker: &Broker, vhost: &str, limits: VhostLimits) -> Response {
-    match broker.set_vhost_limits(vhost, limits) {
-        Some(()) => StatusCode::NO_CONTENT.into_response(),
-        None => (
+/// Off the runtime: the lock of vhost changes may be held by a deletion.
+async fn vhost_limits(m: &Arc<Mgmt>, vhost: String, limits: VhostLimits) -> Response {
+    let name = vhost.clone();
+    let set = m.build_change(move |m| Ok(m.broker.set_vhost_limits(&name, limits)));
+    match set.await {
+        Err(e) => e.into_response(),
+        Ok(Some(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "not_found", "reason": format!("vhost {vhost} not found")})),
         )

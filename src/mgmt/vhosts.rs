@@ -19,7 +19,7 @@ use super::list::{List, ListQuery, list};
 use super::rates::{self, ALL_FIELDS};
 use super::state::Mgmt;
 use crate::broker::vhost::VirtualHost;
-use crate::store::definitions::{PolicyDef, VhostDef, VhostLimits};
+use crate::store::definitions::{PolicyDef, VhostDef};
 
 pub fn routes() -> Router<Arc<Mgmt>> {
     Router::new()
@@ -175,7 +175,10 @@ async fn add(
         tags,
         ..VhostDef::named(&name)
     };
-    let created_now = m.broker.add_vhost(&def);
+    // Off the runtime: the lock of vhost changes may be held by a deletion.
+    let created_now = m
+        .build_change(move |m| Ok(m.broker.add_vhost(&def)))
+        .await?;
     if created_now && let Some(user) = caller.user() {
         // RabbitMQ gives the user who created a vhost full permissions in it.
         let _ = m
@@ -271,17 +274,22 @@ async fn set_limit(
     let value = req
         .value
         .ok_or_else(|| ApiError::bad_request("Missing key: value"))?;
-    let mut limits = v.limits();
-    match name.as_str() {
-        "max-queues" => limits.max_queues = Some(value),
-        "max-connections" => limits.max_connections = Some(value),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Validation failed\n\n{other} is not a valid limit\n"
-            )));
-        }
+    if !matches!(name.as_str(), "max-queues" | "max-connections") {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\n{name} is not a valid limit\n"
+        )));
     }
-    m.broker.set_vhost_limits(&vhost, limits);
+    drop(v);
+    // Off the runtime: the lock of vhost changes may be held by a deletion.
+    m.build_change(move |m| {
+        m.broker
+            .update_vhost_limits(&vhost, |limits| match name.as_str() {
+                "max-queues" => limits.max_queues = Some(value),
+                _ => limits.max_connections = Some(value),
+            });
+        Ok(())
+    })
+    .await?;
     Ok(no_content())
 }
 
@@ -291,14 +299,19 @@ async fn clear_limit(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     caller.require_admin()?;
-    let v = m.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    let mut limits: VhostLimits = v.limits();
-    match name.as_str() {
-        "max-queues" => limits.max_queues = None,
-        "max-connections" => limits.max_connections = None,
-        _ => return Err(ApiError::not_found()),
+    m.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    if !matches!(name.as_str(), "max-queues" | "max-connections") {
+        return Err(ApiError::not_found());
     }
-    m.broker.set_vhost_limits(&vhost, limits);
+    m.build_change(move |m| {
+        m.broker
+            .update_vhost_limits(&vhost, |limits| match name.as_str() {
+                "max-queues" => limits.max_queues = None,
+                _ => limits.max_connections = None,
+            });
+        Ok(())
+    })
+    .await?;
     Ok(no_content())
 }
 
