@@ -353,7 +353,10 @@ async fn same_as_rabbitmqctl_stop_app_closes_amqp_and_start_app_brings_it_back()
     // The AMQP listener is closed while stopped. (Connecting to its port is no test: a
     // broker of a test running beside this one may have been given the freed port.)
     let server = broker.server.as_ref().unwrap().broker().clone();
-    assert!(!server.connections.app_running(), "the AMQP side is stopped");
+    assert!(
+        !server.connections.app_running(),
+        "the AMQP side is stopped"
+    );
     // Commands that need the app are refused with rabbitmqctl's words and 64 ...
     let (status, _, err) = ctl(&broker, &["list_queues"]).await;
     assert_eq!(status, 64);

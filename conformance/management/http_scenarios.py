@@ -672,7 +672,7 @@ def http_lookaround_patterns(url):
         seen["refused"] = [e.reply_code, e.reply_text]
     conn.close()
     seen["policy"] = http("PUT", "/api/policies/%2F/http-look-pol",
-                          {"pattern": "^http-(?!skip-)", "apply-to": "queues", "definition": {"max-length": 1}})[0]
+                          {"pattern": "^(?!http-skip-)http-", "apply-to": "queues", "definition": {"max-length": 1}})[0]
     for q in ("http-open-q", "http-skip-q"):
         http("PUT", "/api/queues/%2F/" + q, {})
     for _ in range(50):
