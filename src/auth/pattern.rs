@@ -46,6 +46,14 @@ impl Matcher {
                 .build()
                 .map_err(|e| e.to_string())
         };
+        // Same characters, other meanings: refused rather than read otherwise.
+        if !classes_read_alike(source) {
+            return Err(
+                "a character class holds `[` (other than [:name:]), `&&`, `--` or `~~`, \
+                 which PCRE and this broker read differently"
+                    .into(),
+            );
+        }
         let whole = match build(source) {
             Ok(rest) => {
                 return Ok(Matcher {
@@ -60,7 +68,11 @@ impl Matcher {
         };
         let lookaheads = lookaheads
             .into_iter()
-            .map(|(positive, body)| Ok((positive, build(&format!("^(?:{body})"))?)))
+            .map(|(positive, body)| {
+                let body = pcre_dollars(body)
+                    .ok_or("a lookahead with flags (?m) or (?s) is not supported".to_owned())?;
+                Ok((positive, build(&format!("^(?:{body})"))?))
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let rest = build(&format!("^(?:{rest})"))?;
         Ok(Matcher { lookaheads, rest })
@@ -91,7 +103,30 @@ fn leading_lookaheads(source: &str) -> Option<(Vec<(bool, &str)>, &str)> {
         found.push((positive, &rest[3..close]));
         rest = &rest[close + 1..];
     }
-    (!found.is_empty()).then_some((found, rest))
+    // `^(?!a)b|c` is `^(?!a)b` or `c` anywhere: not this idiom.
+    if found.is_empty() || alternates_at_top(rest)? {
+        return None;
+    }
+    Some((found, rest))
+}
+
+/// Whether `pattern` has a `|` outside every group (`None` if it is unbalanced).
+fn alternates_at_top(pattern: &str) -> Option<bool> {
+    let bytes = pattern.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' => i = class_end(bytes, i)?,
+            b'(' => depth += 1,
+            b')' => depth = depth.checked_sub(1)?,
+            b'|' if depth == 0 => return Some(true),
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(false)
 }
 
 /// The index of the `)` that closes the group opening at `pattern[0]`, past escapes and
@@ -118,6 +153,54 @@ fn closing_paren(pattern: &str) -> Option<usize> {
     None
 }
 
+/// Whether every character class of `pattern` reads the same in PCRE and in Rust's `regex`:
+/// in PCRE a `[` inside a class is a literal unless it opens `[:name:]`, and `&&`, `--`,
+/// `~~` are literals; in `regex` they nest classes and make set operations.
+fn classes_read_alike(pattern: &str) -> bool {
+    class_contents_alike(pattern.as_bytes())
+}
+
+/// Every class's contents hold nothing the two engines read differently.
+fn class_contents_alike(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' => {
+                let Some(end) = class_end(bytes, i) else {
+                    return true;
+                };
+                if !class_alike(&bytes[i + 1..end]) {
+                    return false;
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A class's contents (between its brackets) read alike: no `&&`, `--`, `~~`, and no `[`
+/// but those of `[:name:]`.
+fn class_alike(contents: &[u8]) -> bool {
+    let mut i = 0;
+    while i < contents.len() {
+        match contents[i] {
+            b'\\' => i += 1,
+            b'[' => match posix_class_end(contents, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            c @ (b'&' | b'-' | b'~') if contents.get(i + 1) == Some(&c) => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The index of the `]` that closes the class opening at `bytes[open]`.
 fn class_end(bytes: &[u8], open: usize) -> Option<usize> {
     let mut i = open + 1;
@@ -131,10 +214,10 @@ fn class_end(bytes: &[u8], open: usize) -> Option<usize> {
     while i < bytes.len() {
         match bytes[i] {
             b'\\' => i += 1,
-            b'[' if bytes.get(i + 1) == Some(&b':') => {
-                // A POSIX class, `[:alpha:]`, inside the class.
-                let end = bytes[i + 2..].windows(2).position(|w| w == b":]")?;
-                i += 2 + end + 1;
+            b'[' => {
+                if let Some(end) = posix_class_end(bytes, i) {
+                    i = end;
+                }
             }
             b']' => return Some(i),
             _ => {}
@@ -142,6 +225,62 @@ fn class_end(bytes: &[u8], open: usize) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// If `bytes[open]` opens a POSIX class (`[:alpha:]`, `[.x.]`, `[=x=]`) as PCRE reads one,
+/// the index of its closing `]`: PCRE gives up at a `]` or another `[` of the same kind
+/// before the terminator.
+fn posix_class_end(bytes: &[u8], open: usize) -> Option<usize> {
+    let kind = *bytes.get(open + 1)?;
+    if !matches!(kind, b':' | b'.' | b'=') {
+        return None;
+    }
+    let mut i = open + 2;
+    while i + 1 < bytes.len() {
+        match bytes[i] {
+            b'\\' if matches!(bytes[i + 1], b']' | b'\\') => i += 1,
+            b'[' if bytes[i + 1] == kind => return None,
+            c if c == kind && bytes[i + 1] == b']' => return Some(i + 1),
+            b']' => return None,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A lookahead's body with each `$` outside classes and escapes made PCRE's: without
+/// multiline, it also matches before a final newline (`(?:\n?\z)` here; nothing follows
+/// a lookahead's `$` that could tell the difference but more pattern, which fails either
+/// way). `None` if the body sets flags that change `$` or `.` (`(?m`, `(?s`).
+fn pcre_dollars(body: &str) -> Option<String> {
+    let bytes = body.as_bytes();
+    let mut out = String::with_capacity(body.len());
+    let mut from = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' => i = class_end(bytes, i).unwrap_or(bytes.len()),
+            b'(' if bytes.get(i + 1) == Some(&b'?') => {
+                let flags = bytes[i + 2..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphabetic() || **b == b'-');
+                if flags.clone().any(|b| matches!(b, b'm' | b's')) {
+                    return None;
+                }
+            }
+            b'$' => {
+                out.push_str(&body[from..i]);
+                out.push_str("(?:\\n?\\z)");
+                from = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&body[from.min(body.len())..]);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -166,6 +305,15 @@ mod tests {
         assert!(!only_app.matches("app.Orders"));
         assert!(!only_app.matches("web.orders"));
         // The rest is matched from the start, as PCRE matches it after `^(?!X)`.
+        // PCRE's `$` also matches before a final newline.
+        let not_secret = ascii("^(?!secret$).*").unwrap();
+        assert!(!not_secret.matches("secret\n"));
+        assert!(!not_secret.matches("secret"));
+        assert!(not_secret.matches("secrets"));
+        assert!(
+            ascii("^(?![$])").unwrap().matches("a"),
+            "a class's $ is a literal"
+        );
         let rest = ascii("^(?!a)b").unwrap();
         assert!(rest.matches("bc"));
         assert!(!rest.matches("cb"));
@@ -181,6 +329,11 @@ mod tests {
             "^(?!a(?!b))",
             "^(?!a",
             "^(?![)",
+            "^(?!a)b|c",
+            "^(?![[a]]).*",
+            "^(?![[:])(x:]])",
+            "^[a&&b]",
+            "^(?!(?m)a$)",
         ] {
             assert!(ascii(source).is_err(), "{source}");
         }
