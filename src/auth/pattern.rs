@@ -112,45 +112,72 @@ fn leading_lookaheads(source: &str) -> Option<(Vec<(bool, &str)>, &str)> {
 
 /// Whether `pattern` has a `|` outside every group (`None` if it is unbalanced).
 fn alternates_at_top(pattern: &str) -> Option<bool> {
-    let bytes = pattern.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 1,
-            b'[' => i = class_end(bytes, i)?,
-            b'(' => depth += 1,
-            b')' => depth = depth.checked_sub(1)?,
-            b'|' if depth == 0 => return Some(true),
-            _ => {}
-        }
-        i += 1;
-    }
-    Some(false)
+    let bar = walk(pattern.as_bytes(), |piece| {
+        matches!(
+            piece,
+            Piece::Byte {
+                byte: b'|',
+                depth: 0,
+                ..
+            }
+        )
+        .then_some(())
+    });
+    bar.ok().map(|found| found.is_some())
 }
 
 /// The index of the `)` that closes the group opening at `pattern[0]`, past escapes and
 /// character classes (`[)]`, `[]]`, `[[:alpha:]]`).
 fn closing_paren(pattern: &str) -> Option<usize> {
-    let bytes = pattern.as_bytes();
+    let close = walk(pattern.as_bytes(), |piece| match piece {
+        Piece::Byte {
+            at,
+            byte: b')',
+            depth: 0,
+        } => Some(at),
+        _ => None,
+    });
+    close.ok().flatten()
+}
+
+/// What [`walk`] shows of a pattern: a byte outside escapes and character classes, with the
+/// depth of the groups it is in (after it, for a parenthesis), or a whole class.
+enum Piece {
+    Byte { at: usize, byte: u8, depth: usize },
+    Class { open: usize, close: usize },
+}
+
+/// Walks `pattern` as PCRE reads its structure, past escapes, until `visit` returns
+/// something. `Err` if a class is not closed or a `)` closes no group.
+fn walk<T>(pattern: &[u8], mut visit: impl FnMut(Piece) -> Option<T>) -> Result<Option<T>, ()> {
     let mut depth = 0usize;
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 1,
-            b'[' => i = class_end(bytes, i)?,
-            b'(' => depth += 1,
-            b')' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i);
-                }
+    while i < pattern.len() {
+        let piece = match pattern[i] {
+            b'\\' => {
+                i += 2;
+                continue;
             }
-            _ => {}
+            b'[' => {
+                let close = class_end(pattern, i).ok_or(())?;
+                let open = std::mem::replace(&mut i, close);
+                Piece::Class { open, close }
+            }
+            byte => {
+                match byte {
+                    b'(' => depth += 1,
+                    b')' => depth = depth.checked_sub(1).ok_or(())?,
+                    _ => {}
+                }
+                Piece::Byte { at: i, byte, depth }
+            }
+        };
+        if let Some(found) = visit(piece) {
+            return Ok(Some(found));
         }
         i += 1;
     }
-    None
+    Ok(None)
 }
 
 /// Whether every character class of `pattern` reads the same in PCRE and in Rust's `regex`:
@@ -160,26 +187,14 @@ fn classes_read_alike(pattern: &str) -> bool {
     class_contents_alike(pattern.as_bytes())
 }
 
-/// Every class's contents hold nothing the two engines read differently.
+/// Every class's contents hold nothing the two engines read differently. (A pattern whose
+/// classes or groups do not close is left to `regex`, which refuses it with its reason.)
 fn class_contents_alike(bytes: &[u8]) -> bool {
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 1,
-            b'[' => {
-                let Some(end) = class_end(bytes, i) else {
-                    return true;
-                };
-                if !class_alike(&bytes[i + 1..end]) {
-                    return false;
-                }
-                i = end;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    true
+    let differ = walk(bytes, |piece| match piece {
+        Piece::Class { open, close } if !class_alike(&bytes[open + 1..close]) => Some(()),
+        _ => None,
+    });
+    !matches!(differ, Ok(Some(())))
 }
 
 /// A class's contents (between its brackets) read alike: no `&&`, `--`, `~~`, and no `[`
@@ -255,31 +270,33 @@ fn posix_class_end(bytes: &[u8], open: usize) -> Option<usize> {
 /// way). `None` if the body sets flags that change `$` or `.` (`(?m`, `(?s`).
 fn pcre_dollars(body: &str) -> Option<String> {
     let bytes = body.as_bytes();
-    let mut out = String::with_capacity(body.len());
-    let mut from = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 1,
-            b'[' => i = class_end(bytes, i).unwrap_or(bytes.len()),
-            b'(' if bytes.get(i + 1) == Some(&b'?') => {
-                let flags = bytes[i + 2..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_alphabetic() || **b == b'-');
-                if flags.clone().any(|b| matches!(b, b'm' | b's')) {
-                    return None;
-                }
-            }
-            b'$' => {
-                out.push_str(&body[from..i]);
-                out.push_str("(?:\\n?\\z)");
-                from = i + 1;
-            }
-            _ => {}
+    let mut dollars = Vec::new();
+    let flags_change_dollar = |at: usize| {
+        bytes.get(at + 1) == Some(&b'?')
+            && bytes[at + 2..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphabetic() || **b == b'-')
+                .any(|b| matches!(b, b'm' | b's'))
+    };
+    let refused = walk(bytes, |piece| match piece {
+        Piece::Byte { at, byte: b'$', .. } => {
+            dollars.push(at);
+            None
         }
-        i += 1;
+        Piece::Byte { at, byte: b'(', .. } if flags_change_dollar(at) => Some(()),
+        _ => None,
+    });
+    if !matches!(refused, Ok(None)) {
+        return None;
     }
-    out.push_str(&body[from.min(body.len())..]);
+    let mut out = String::with_capacity(body.len() + 8 * dollars.len());
+    let mut from = 0;
+    for at in dollars {
+        out.push_str(&body[from..at]);
+        out.push_str("(?:\\n?\\z)");
+        from = at + 1;
+    }
+    out.push_str(&body[from..]);
     Some(out)
 }
 
@@ -336,6 +353,22 @@ mod tests {
             "^(?!(?m)a$)",
         ] {
             assert!(ascii(source).is_err(), "{source}");
+        }
+    }
+
+    /// Every prefix of patterns full of brackets, escapes and lookaheads compiles or is
+    /// refused; none panics.
+    #[test]
+    fn truncated_and_odd_patterns_are_refused_not_panicked() {
+        for source in [
+            "^(?!a[]\\]b[[:alpha:]][^]x]|(?=c$))(?![[.a.][=b=]\\\\)$)d\\",
+            "^(?!\u{e4}[\u{f6}-\u{fc}]$)(?=(?i)x)[[:",
+            "^(?!(?m)$)(?s:.)$[$]\\$",
+        ] {
+            for end in (0..=source.len()).filter(|&e| source.is_char_boundary(e)) {
+                let _ = Matcher::compile(&source[..end], Classes::Ascii);
+                let _ = Matcher::compile(&source[..end], Classes::Unicode);
+            }
         }
     }
 
