@@ -482,3 +482,85 @@ async fn messages_requeued_around_a_page_out_keep_the_queue_order() {
     }
     assert_eq!(seen, (0..=80).collect::<Vec<_>>());
 }
+
+/// A backlog is read back from disk 256 KiB at a time, and its messages are slices of that
+/// read buffer: a consumer that keeps one message of each buffer unacknowledged keeps every
+/// buffer alive. The memory gauge counted each kept message at its own size, so the 25 MiB
+/// that 100 such messages kept went unseen by paging and by the memory monitor's relief.
+/// The read buffers are now charged while any message of theirs lives, as the read buffers
+/// of connections are, and the charge goes when the last of them is acknowledged.
+#[tokio::test]
+async fn messages_kept_from_a_backlog_read_back_are_charged_the_buffers_they_keep() {
+    const COUNT: usize = 25_000;
+    const KEEP_EVERY: usize = 250;
+    let (broker, _api) = small_budget_broker().await;
+    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("kept".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let before = memory.used();
+    let body = vec![b'k'; 1024];
+    for _ in 0..COUNT {
+        within(ch.basic_publish(
+            "".into(),
+            "kept".into(),
+            Default::default(),
+            &body,
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    within(async {
+        while message_count(&ch, "kept").await < COUNT as u32 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (_cc, consumer) = broker.channel().await;
+    let mut deliveries = within(consumer.basic_consume(
+        "kept".into(),
+        "keeper".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let mut kept = Vec::new();
+    for i in 0..COUNT {
+        let d = within(deliveries.next()).await.unwrap().unwrap();
+        if i % KEEP_EVERY == KEEP_EVERY - 1 {
+            kept.push(d);
+        } else {
+            within(d.ack(BasicAckOptions::default())).await.unwrap();
+        }
+    }
+    // A round trip on the consumer's channel: every ack before it has been handled.
+    within(consumer.queue_declare(
+        "kept".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let held = memory.used().saturating_sub(before);
+    assert!(
+        held > kept.len() * 64 * 1024,
+        "{} messages kept from {} read buffers are charged {held} bytes",
+        kept.len(),
+        COUNT / KEEP_EVERY
+    );
+    for d in kept {
+        within(d.ack(BasicAckOptions::default())).await.unwrap();
+    }
+    within(async {
+        while memory.used().saturating_sub(before) > 4 * 1024 * 1024 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -53,7 +53,9 @@ fn body(seq: u64) -> Vec<u8> {
 fn read_all(log: &QueueLog, reader: &mut lepus::store::TailReader) -> Vec<u64> {
     let mut out = Vec::new();
     loop {
-        let batch = log.read_back(reader, 1 << 20).expect("reading back");
+        let batch = log
+            .read_back(reader, 1 << 20, &lepus::store::uncharged)
+            .expect("reading back");
         if batch.is_empty() {
             return out;
         }

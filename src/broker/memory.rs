@@ -152,6 +152,30 @@ impl Charge {
     }
 }
 
+/// `data` as a shared buffer charged to `memory` for its capacity while any slice of it
+/// lives. A queue log is read back 256 KiB at a time and its messages are slices of that
+/// buffer: one message kept (unacknowledged, say) keeps all of it alive, so the buffer is
+/// what is charged, as the connection's read buffers are (`Message::charge_to`).
+pub fn charged_buffer(memory: &'static Memory, data: Vec<u8>) -> bytes::Bytes {
+    let charge = Charge::new(memory, data.capacity());
+    bytes::Bytes::from_owner(ChargedBuffer {
+        data,
+        _charge: charge,
+    })
+}
+
+/// The owner of a [`charged_buffer`]: its bytes, and their charge, dropped together.
+struct ChargedBuffer {
+    data: Vec<u8>,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for ChargedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 impl Clone for Charge {
     fn clone(&self) -> Self {
         match self.memory {

@@ -48,6 +48,7 @@ use std::thread::JoinHandle;
 
 use fs::{Fs, RealFs};
 pub use log::{Position, QueueLog, ReadBack, Recovered, TailReader};
+pub use read_back::uncharged;
 use sync::{Shared, sync_loop};
 
 /// The store of one broker.

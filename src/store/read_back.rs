@@ -38,6 +38,28 @@ impl QueueLog {
     /// what was written when the read began takes the lock again, and copies only the bytes
     /// it needs: copying the whole pending buffer for every read cost a drain 5-7% of the
     /// broker's time.
+    /// Reads `len` bytes of segment `index` at `offset` into a buffer of their own, as
+    /// [`QueueLog::read_range`] does; from the file alone without zeroing the buffer first
+    /// when they are all in it, which is every read but the last few of a head segment.
+    fn read_vec(
+        &self,
+        index: u64,
+        file: &Arc<dyn FileIo>,
+        written: Written,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<Vec<u8>> {
+        let end = offset + len as u64;
+        match written {
+            Some((head, at)) if head == index && end > at => {
+                let mut buf = vec![0u8; len];
+                self.read_range(index, file, written, &mut buf, offset)?;
+                Ok(buf)
+            }
+            _ => file.read_exact_vec_at(len, offset),
+        }
+    }
+
     fn read_range(
         &self,
         index: u64,
@@ -78,13 +100,22 @@ impl QueueLog {
     }
 }
 
+/// A buffer read back, shared as it is: for reads whose messages are dropped at once (a
+/// purge reading the tail through to log its acks) and for tests.
+pub fn uncharged(data: Vec<u8>) -> Bytes {
+    Bytes::from(data)
+}
+
 impl QueueLog {
     /// Reads records from `reader.pos` and returns up to about `max_bytes` of the queue's
     /// messages, advancing the reader. An empty result means the log is read to its end.
+    /// The messages are slices of the buffers the log is read into, each made shared by
+    /// `buffer` (which may charge it to the broker's memory gauge).
     pub fn read_back(
         &self,
         reader: &mut TailReader,
         max_bytes: usize,
+        buffer: &dyn Fn(Vec<u8>) -> Bytes,
     ) -> io::Result<Vec<ReadBack>> {
         // Bytes not yet written are read from the buffer itself: reading never writes, so it
         // works on a disk that refuses writes. Each segment's number, file, length and seal:
@@ -103,7 +134,7 @@ impl QueueLog {
                 .map(|h| (h.index, inner.pending_offset));
             (segments, written)
         };
-        let result = self.read_segments(reader, max_bytes, &segments, written);
+        let result = self.read_segments(reader, max_bytes, &segments, written, buffer);
         // A segment deleted meanwhile (the queue was, or its tail moved on under the lock) is
         // closed by the closer if this read held it last: not here, on a runtime worker.
         self.shared
@@ -118,10 +149,11 @@ impl QueueLog {
         max_bytes: usize,
         segments: &[(u64, Arc<dyn FileIo>, u64, Seal)],
         written: Written,
+        buffer: &dyn Fn(Vec<u8>) -> Bytes,
     ) -> io::Result<Vec<ReadBack>> {
         const CHUNK: u64 = 256 * 1024;
-        let read_at = |index: u64, file: &Arc<dyn FileIo>, buf: &mut [u8], offset: u64| {
-            self.read_range(index, file, written, buf, offset)
+        let read_at = |index: u64, file: &Arc<dyn FileIo>, len: usize, offset: u64| {
+            self.read_vec(index, file, written, len, offset)
         };
         let mut out = Vec::new();
         let mut got = 0usize;
@@ -141,9 +173,7 @@ impl QueueLog {
                     continue;
                 }
                 let len = (end - reader.pos.offset).min(CHUNK) as usize;
-                let mut buf = vec![0u8; len];
-                read_at(index, file, &mut buf, reader.pos.offset)?;
-                let buf = Bytes::from(buf);
+                let buf = buffer(read_at(index, file, len, reader.pos.offset)?);
                 let mut at = 0usize;
                 // Stop this chunk where a damaged stretch starts.
                 let stop = reader
@@ -166,11 +196,8 @@ impl QueueLog {
                         // One record larger than a chunk: read exactly it. Its length comes
                         // off the disk, so it is allocated only if the segment holds it.
                         Some((_, _, len)) if reader.pos.offset + len as u64 <= end => {
-                            let mut big = vec![0u8; len];
-                            read_at(index, file, &mut big, reader.pos.offset)?;
-                            if let Some(r) =
-                                Self::take(reader, &Bytes::from(big), 0, seal, &mut got)
-                            {
+                            let big = read_at(index, file, len, reader.pos.offset)?;
+                            if let Some(r) = Self::take(reader, &buffer(big), 0, seal, &mut got) {
                                 out.push(r);
                             }
                             reader.pos.offset += len as u64;

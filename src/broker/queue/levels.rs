@@ -167,7 +167,12 @@ impl State {
         let Some(mut paged) = self.levels[top].take() else {
             return false;
         };
-        let batch = match paged.log.read_back(&mut paged.tail.reader, PAGE_IN_BATCH) {
+        let memory = ctx.services.memory;
+        let buffer = |data| crate::broker::memory::charged_buffer(memory, data);
+        let batch = match paged
+            .log
+            .read_back(&mut paged.tail.reader, PAGE_IN_BATCH, &buffer)
+        {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(queue = %ctx.name, error = %e, "cannot read a paging log");
@@ -199,10 +204,11 @@ impl State {
             if log_acks {
                 // Until the tail is read to its end (or cannot be read).
                 loop {
-                    match paged
-                        .log
-                        .read_back(&mut paged.tail.reader, 4 * PAGE_IN_BATCH)
-                    {
+                    match paged.log.read_back(
+                        &mut paged.tail.reader,
+                        4 * PAGE_IN_BATCH,
+                        &crate::store::uncharged,
+                    ) {
                         Ok(batch) if batch.is_empty() => break,
                         Ok(batch) => batch
                             .into_iter()

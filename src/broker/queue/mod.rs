@@ -221,7 +221,7 @@ impl Queue {
                     Reason::Rejected
                 });
                 let (seq, bytes) = (back.seq, back.message.body.len() as u64);
-                match paging::entry_read_back(&queue.ctx, back) {
+                match paging::entry_read_back(&queue.ctx, back, paging::Parts::Own) {
                     Some(entry) => {
                         state.persistent.add(1, bytes);
                         state.hold_recovered(entry, reason);
@@ -322,7 +322,7 @@ impl Queue {
     /// to keep it and dispatch. One batch per call: a further read waits for the next call
     /// (and an empty head is always read under the lock, so nothing stalls).
     fn read_ahead(&self, job: state::ReadJob) {
-        let result = job.run();
+        let result = job.run(self.ctx.services.memory);
         let letters = {
             let mut state = self.lock();
             match result {
@@ -534,7 +534,7 @@ impl Queue {
             {
                 // Durable messages in the tail need their acks logged: read them through.
                 loop {
-                    match log.read_back(&mut tail.reader, 4 * PAGE_IN_BATCH) {
+                    match log.read_back(&mut tail.reader, 4 * PAGE_IN_BATCH, &crate::store::uncharged) {
                         Ok(batch) if batch.is_empty() => break,
                         Ok(batch) => {
                             for m in batch.into_iter().filter(|m| m.persisted) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::context::QueueCtx;
 use super::entry::QueueEntry;
 use super::state::{PAGE_IN_BATCH, PAGE_IN_BELOW, PAGE_KEEP, ReadAhead, ReadJob, State, Tail};
+use crate::broker::memory::{Memory, charged_buffer};
 use crate::broker::message::Message;
 use crate::store::{Position, ReadBack, TailReader};
 
@@ -118,7 +119,10 @@ impl State {
             return false;
         };
         let mut reader = tail.reader.clone();
-        match log.read_back(&mut reader, PAGE_IN_BATCH) {
+        let memory = ctx.services.memory;
+        match log.read_back(&mut reader, PAGE_IN_BATCH, &|data| {
+            charged_buffer(memory, data)
+        }) {
             Ok(batch) => self.take_batch(ctx, reader, batch),
             Err(e) => {
                 tracing::error!(queue = %ctx.name, error = %e, "cannot read the queue log");
@@ -213,9 +217,16 @@ impl State {
 impl ReadJob {
     /// Reads the batch (outside the queue's lock). Returns where it started, the reader as
     /// it left off, and what it read.
-    pub fn run(mut self) -> std::io::Result<(Position, TailReader, Vec<ReadBack>)> {
+    pub fn run(
+        mut self,
+        memory: &'static Memory,
+    ) -> std::io::Result<(Position, TailReader, Vec<ReadBack>)> {
         let from = self.reader.pos;
-        let batch = self.log.read_back(&mut self.reader, PAGE_IN_BATCH)?;
+        let batch = self
+            .log
+            .read_back(&mut self.reader, PAGE_IN_BATCH, &|data| {
+                charged_buffer(memory, data)
+            })?;
         Ok((from, self.reader, batch))
     }
 }
@@ -231,7 +242,7 @@ impl State {
         back: ReadBack,
     ) -> Option<QueueEntry> {
         let (seq, persisted, bytes) = (back.seq, back.persisted, back.message.body.len() as u64);
-        let entry = entry_read_back(ctx, back);
+        let entry = entry_read_back(ctx, back, Parts::InBuffer);
         if entry.is_none() {
             // Counted in the queue's bytes while it was on disk (`x-max-length-bytes` too).
             self.body_bytes = self.body_bytes.saturating_sub(bytes);
@@ -243,16 +254,32 @@ impl State {
     }
 }
 
+/// How a message read back holds its bytes, and so what it is charged.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Parts {
+    /// Slices of a buffer read back many messages at a time, which is charged itself
+    /// (`charged_buffer`): the message is charged what it has of its own.
+    InBuffer,
+    /// Copies of its own (a held dead letter recovered at start): charged whole.
+    Own,
+}
+
 /// A message read back from a log, as a ready entry charged to the memory gauge; `None`
 /// (reported) if its properties no longer scan.
-pub(super) fn entry_read_back(ctx: &QueueCtx, m: ReadBack) -> Option<QueueEntry> {
+pub(super) fn entry_read_back(ctx: &QueueCtx, m: ReadBack, parts: Parts) -> Option<QueueEntry> {
     let delivery_count = m.message.delivery_count;
     let Some(mut message) = Message::from_stored(m.message) else {
         tracing::error!(queue = %ctx.name, seq = m.seq, "dropping a logged message whose properties do not scan");
         return None;
     };
-    // Read into a buffer of its own (the record's), so it pins nothing else.
-    message.charge_all_to(ctx.services.memory);
+    match parts {
+        // Its CC keys are copies of its own.
+        Parts::InBuffer => {
+            let own = message.extra_keys_size();
+            message.charge_to(ctx.services.memory, own);
+        }
+        Parts::Own => message.charge_all_to(ctx.services.memory),
+    }
     Some(QueueEntry {
         seq: m.seq,
         message: Arc::new(message),

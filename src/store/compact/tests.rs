@@ -161,7 +161,9 @@ fn a_mark_dropped_by_compaction_does_not_outlive_the_ack_it_relied_on_in_a_crash
     let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
     let (log, recovered) = store.recover_queue_log(7).unwrap();
     let mut reader = recovered.reader.clone();
-    let back = log.read_back(&mut reader, 1 << 20).unwrap();
+    let back = log
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap();
     let first = back.iter().find(|m| m.seq == 0);
     assert!(
         first.is_none_or(|m| m.redelivered),

@@ -39,7 +39,9 @@ fn read_all(log: &QueueLog, recovered: &Recovered) -> Vec<u64> {
     let mut reader = recovered.reader.clone();
     let mut seen = Vec::new();
     loop {
-        let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+        let batch = log
+            .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+            .unwrap();
         if batch.is_empty() {
             return seen;
         }
@@ -103,7 +105,9 @@ fn paged_records_read_back_in_order_across_segments() {
     (0..500).for_each(|i| append(&log, i, false));
     let mut seen = 0u64;
     loop {
-        let batch = log.read_back(&mut reader, 100_000).unwrap();
+        let batch = log
+            .read_back(&mut reader, 100_000, &crate::store::uncharged)
+            .unwrap();
         if batch.is_empty() {
             break;
         }
@@ -140,7 +144,9 @@ fn a_record_longer_than_its_segment_is_skipped_not_allocated() {
         pos: start,
         ..TailReader::default()
     };
-    let back = log.read_back(&mut reader, 1 << 10).unwrap();
+    let back = log
+        .read_back(&mut reader, 1 << 10, &crate::store::uncharged)
+        .unwrap();
     assert!(back.is_empty(), "nothing readable");
     assert!(reader.pos > start, "the reader moved past the damage");
     store.close();
@@ -167,7 +173,9 @@ fn a_paging_log_is_written_but_never_synced_and_a_durable_log_is() {
         "nothing of a paging log is synced"
     );
     let mut reader = TailReader::default();
-    let back = paging.read_back(&mut reader, 1 << 20).unwrap();
+    let back = paging
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap();
     assert_eq!(&back[0].message.body[..], b"paged", "but it reads back");
     let durable = store.create_queue_log(7).unwrap();
     durable
@@ -260,7 +268,9 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
         pos: at,
         ..TailReader::default()
     };
-    let first = log.read_back(&mut reader, 1 << 20).unwrap();
+    let first = log
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap();
     assert_eq!(
         first.first().map(|m| m.seq),
         Some(seq),
@@ -375,14 +385,22 @@ fn a_read_spanning_written_and_pending_bytes_gives_each_message_once_in_order() 
     log.flush().unwrap();
     append(10, 20);
     let mut reader = TailReader::default();
-    let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+    let batch = log
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap();
     assert_eq!(bodies(batch), (0..20).collect::<Vec<_>>());
     // The buffer written out after the read, more appended: the reader goes on from there.
     log.flush().unwrap();
     append(20, 25);
-    let batch = log.read_back(&mut reader, 1 << 20).unwrap();
+    let batch = log
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap();
     assert_eq!(bodies(batch), (20..25).collect::<Vec<_>>());
-    assert!(log.read_back(&mut reader, 1 << 20).unwrap().is_empty());
+    assert!(
+        log.read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+            .unwrap()
+            .is_empty()
+    );
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -593,7 +611,9 @@ fn returned_marks_on_disk_follow_the_messages_returned_not_the_returns() {
     let mut reader = recovered.reader.clone();
     let mut counts = Vec::new();
     loop {
-        let back = log.read_back(&mut reader, 1 << 20).unwrap();
+        let back = log
+            .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+            .unwrap();
         if back.is_empty() {
             break;
         }
@@ -641,7 +661,9 @@ fn a_returned_messages_latest_count_is_read_back_and_compaction_keeps_only_it() 
     let store = Store::open_manual(fs, &dir, 64 * 1024).unwrap();
     let (log, recovered) = store.recover_queue_log(7).unwrap();
     let mut reader = recovered.reader.clone();
-    let back = log.read_back(&mut reader, 1 << 20).unwrap();
+    let back = log
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap();
     let counts: Vec<(u64, u32)> = back
         .iter()
         .map(|m| (m.seq, m.message.delivery_count))
