@@ -53,9 +53,10 @@ pub struct Message {
     /// beyond one per dead letter: shared by the message and every dead letter made of it,
     /// and made when it is first dead-lettered (`vhost::dead_letter`).
     pub dead_letter_copies: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
-    /// Its parts are slices of the read buffers its frames arrived in (`amqp::input`),
-    /// which it keeps alive whole: a queue that holds it while memory runs short copies it
-    /// out of them (`compacted`).
+    /// Its parts are slices of a buffer that is charged itself and that it keeps alive
+    /// whole: the read buffers its frames arrived in (`amqp::input`), or the buffer a queue
+    /// log was read back into (`memory::charged_buffer`). A queue that holds it while
+    /// memory runs short copies it out of them (`compacted`).
     pub in_read_buffers: bool,
 }
 
@@ -293,8 +294,8 @@ impl Message {
             .saturating_sub(Self::OVERHEAD_BYTES + self.body.list_bytes() + self.extra_keys_size())
     }
 
-    /// Charges a message whose parts are all its own (read back from a log, rebuilt for
-    /// dead-lettering).
+    /// Charges a message whose parts are all its own (a held dead letter recovered at start,
+    /// one rebuilt for dead-lettering).
     pub fn charge_all_to(&mut self, memory: &'static Memory) {
         self.charge = Charge::new(memory, self.parts_size());
     }

@@ -33,11 +33,6 @@ impl Found {
 type Written = Option<(u64, u64)>;
 
 impl QueueLog {
-    /// Reads `buf.len()` bytes of segment `index` at `offset`: from the file up to where it
-    /// was written, from the head's pending bytes after that. Only a read that reaches past
-    /// what was written when the read began takes the lock again, and copies only the bytes
-    /// it needs: copying the whole pending buffer for every read cost a drain 5-7% of the
-    /// broker's time.
     /// Reads `len` bytes of segment `index` at `offset` into a buffer of their own, as
     /// [`QueueLog::read_range`] does; from the file alone without zeroing the buffer first
     /// when they are all in it, which is every read but the last few of a head segment.
@@ -60,6 +55,11 @@ impl QueueLog {
         }
     }
 
+    /// Reads `buf.len()` bytes of segment `index` at `offset`: from the file up to where it
+    /// was written, from the head's pending bytes after that. Only a read that reaches past
+    /// what was written when the read began takes the lock again, and copies only the bytes
+    /// it needs: copying the whole pending buffer for every read cost a drain 5-7% of the
+    /// broker's time.
     fn read_range(
         &self,
         index: u64,
