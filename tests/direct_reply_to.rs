@@ -338,3 +338,37 @@ async fn same_as_rabbitmq_a_reply_named_many_times_is_delivered_once() {
     let next = within(replies.next()).await.unwrap().unwrap();
     assert_eq!(next.data, b"second", "the first reply came once");
 }
+
+/// Same as RabbitMQ (observed on 3.10.8): a reply published in a transaction goes to its
+/// requester at once, not at the commit, and a rollback does not take it back. (Lepus held
+/// it to the commit, and a rollback dropped it.) The transaction's other publishes still
+/// wait for the commit.
+#[tokio::test]
+async fn same_as_rabbitmq_a_reply_in_a_transaction_goes_at_once() {
+    let broker = Broker::start().await;
+    let (_c1, requester) = broker.channel().await;
+    let (_c2, responder) = broker.channel().await;
+    within(responder.queue_declare("rpc-tx".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(responder.queue_declare("audit".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut replies = reply_consumer(&requester, "replies").await;
+    within(responder.tx_select()).await.unwrap();
+
+    let reply_to = request(&requester, &responder, "rpc-tx", b"first").await;
+    reply(&responder, &reply_to, b"before commit").await;
+    reply(&responder, "audit", b"held").await;
+    let got = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(got.data, b"before commit");
+    assert_eq!(message_count(&requester, "audit").await, 0);
+    within(responder.tx_commit()).await.unwrap();
+    assert_eq!(message_count(&requester, "audit").await, 1);
+
+    let reply_to = request(&requester, &responder, "rpc-tx", b"second").await;
+    reply(&responder, &reply_to, b"rolled back").await;
+    within(responder.tx_rollback()).await.unwrap();
+    let got = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(got.data, b"rolled back");
+}

@@ -181,6 +181,55 @@ def rpc(url):
 
 
 @scenario
+def rpc_direct_reply_in_transaction(url):
+    """A server answers through direct reply-to on a transactional channel: the reply goes
+    to the requester at once, not at the commit, and a rollback does not take it back; the
+    transaction's publish to a queue still waits for the commit."""
+    queue, audit = unique("rpc-tx"), unique("audit")
+    client = connect(url)
+    cch = client.channel()
+    got = []
+    cch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: got.append(b.decode()), auto_ack=True)
+    server = connect(url)
+    sch = server.channel()
+    sch.queue_declare(queue)
+    sch.queue_declare(audit)
+    sch.tx_select()
+
+    def request(body):
+        cch.basic_publish("", queue, body, pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            method, props, _ = sch.basic_get(queue, auto_ack=True)
+            if method:
+                return props.reply_to
+            time.sleep(0.02)
+        raise AssertionError("the request never arrived")
+
+    def replies_within(count, seconds):
+        deadline = time.time() + seconds
+        while len(got) < count and time.time() < deadline:
+            client.process_data_events(time_limit=0.05)
+        return list(got)
+
+    sch.basic_publish("", request(b"first"), b"before commit")
+    sch.basic_publish("", audit, b"held")
+    observed = {"before_commit": replies_within(1, 5),
+                "audit_before_commit": sch.queue_declare(audit, passive=True).method.message_count}
+    sch.tx_commit()
+    observed["after_commit"] = replies_within(1, 1)
+    observed["audit_after_commit"] = sch.queue_declare(audit, passive=True).method.message_count
+    sch.basic_publish("", request(b"second"), b"rolled back")
+    sch.tx_rollback()
+    observed["after_rollback"] = replies_within(2, 5)
+    sch.queue_delete(queue)
+    sch.queue_delete(audit)
+    server.close()
+    client.close()
+    return observed
+
+
+@scenario
 def rpc_direct_reply_to(url):
     """RPC through amq.rabbitmq.reply-to: no reply queue; the server answers to the name the
     broker put in reply_to; a request without a reply consumer closes the channel."""

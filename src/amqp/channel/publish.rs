@@ -54,7 +54,7 @@ pub(super) struct Destination<'a> {
     pub headers: Option<FieldTable>,
     pub mandatory: bool,
     /// `cached` is the route the message took when published (in a transaction), to be
-    /// used as it is, CC and BCC keys included.
+    /// used as it is, CC and BCC keys included; its direct replies went then too.
     pub routed_at_publish: bool,
 }
 
@@ -350,6 +350,9 @@ impl Channel {
                 (route, Charge::new(s.broker.memory, bytes))
             }
         };
+        // Same as RabbitMQ: a direct reply goes to its requester now, not at the commit, and
+        // a rollback does not take it back (it is no queue's message).
+        direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, &message);
         // Held until commit: keep the message's own copies of the names, not slices of the
         // frame they came in.
         let mut routing_keys = vec![message.routing_key.clone()];
@@ -417,7 +420,10 @@ impl Channel {
             ),
         };
         let outcome = enqueue(&queues, message);
-        direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, message);
+        if !d.routed_at_publish {
+            // A transaction's direct replies went when they were published.
+            direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, message);
+        }
         let counters = &self.stats.info.messages;
         bump(&counters.publish, 1);
         if self.confirms.is_some() {
