@@ -32,6 +32,9 @@ impl Found {
 /// past it may still be in `pending`.
 type Written = Option<(u64, u64)>;
 
+/// Segments to read: each one's number, file, length and seal.
+type Segments = Vec<(u64, Arc<dyn FileIo>, u64, Seal)>;
+
 impl QueueLog {
     /// Reads `len` bytes of segment `index` at `offset` into a buffer of their own, as
     /// [`QueueLog::read_range`] does; from the file alone without zeroing the buffer first
@@ -117,29 +120,52 @@ impl QueueLog {
         max_bytes: usize,
         buffer: &dyn Fn(Vec<u8>) -> Bytes,
     ) -> io::Result<Vec<ReadBack>> {
+        loop {
+            let (segments, written, more) = self.segments_from(reader.pos, max_bytes);
+            let result = self.read_segments(reader, max_bytes, &segments, written, buffer);
+            // A segment deleted meanwhile (the queue was, or its tail moved on under the
+            // lock) is closed by the closer if this read held it last: not here, on a
+            // runtime worker.
+            self.shared
+                .close_in_background(segments.into_iter().map(|s| s.1).collect());
+            // Segments of acks and marks alone hold no messages: read on past them.
+            match result {
+                Ok(batch) if batch.is_empty() && more => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// The segments a read from `pos` of up to `max_bytes` needs: the one `pos` is in and
+    /// those after it, until they hold `max_bytes` (each one's number, file, length and
+    /// seal); where the head's file ends; and whether more segments follow. Taking every
+    /// later segment, as reads did, made each batch of a drain cost as much as the backlog
+    /// has segments (a 100 GB backlog has 12,800), and a whole drain their square.
+    fn segments_from(&self, pos: Position, max_bytes: usize) -> (Segments, Written, bool) {
         // Bytes not yet written are read from the buffer itself: reading never writes, so it
-        // works on a disk that refuses writes. Each segment's number, file, length and seal:
-        type Segments = Vec<(u64, Arc<dyn FileIo>, u64, Seal)>;
-        let (segments, written): (Segments, Written) = {
-            let inner = self.lock();
-            let segments = inner
-                .segments
-                .iter()
-                .filter(|s| s.index >= reader.pos.segment)
-                .map(|s| (s.index, s.file.clone(), s.end, s.seal))
-                .collect();
-            let written = inner
-                .segments
-                .back()
-                .map(|h| (h.index, inner.pending_offset));
-            (segments, written)
-        };
-        let result = self.read_segments(reader, max_bytes, &segments, written, buffer);
-        // A segment deleted meanwhile (the queue was, or its tail moved on under the lock) is
-        // closed by the closer if this read held it last: not here, on a runtime worker.
-        self.shared
-            .close_in_background(segments.into_iter().map(|s| s.1).collect());
-        result
+        // works on a disk that refuses writes.
+        let inner = self.lock();
+        let first = inner.segments.partition_point(|s| s.index < pos.segment);
+        let mut segments = Vec::new();
+        let mut bytes = 0u64;
+        for s in inner.segments.range(first..) {
+            segments.push((s.index, s.file.clone(), s.end, s.seal));
+            let from = if s.index == pos.segment {
+                pos.offset
+            } else {
+                0
+            };
+            bytes += s.end.saturating_sub(from);
+            if bytes >= max_bytes as u64 {
+                break;
+            }
+        }
+        let more = first + segments.len() < inner.segments.len();
+        let written = inner
+            .segments
+            .back()
+            .map(|h| (h.index, inner.pending_offset));
+        (segments, written, more)
     }
 
     /// [`QueueLog::read_back`] from `segments`: each one's number, file, length and seal.

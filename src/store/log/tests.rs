@@ -773,3 +773,33 @@ fn deleted_segments_are_closed_on_the_closer_thread_not_by_the_caller() {
     store.close();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A read takes only the segments it needs (`QueueLog::segments_from`), so segments that
+/// hold marks alone do not end it: it reads on past them to the next message, and the log
+/// reads as ended only at its end.
+#[test]
+fn a_read_goes_on_past_segments_of_marks_alone() {
+    let (store, dir) = store();
+    let log = store.create_queue_log(7).unwrap();
+    append_durable(&log, 0);
+    // About 10 segments of 64 KiB holding nothing but marks.
+    for _ in 0..40_000 {
+        log.delivered(0).unwrap();
+    }
+    append_durable(&log, 1);
+    assert!(log.lock().segments.len() > 5, "the marks fill segments");
+    let mut reader = TailReader::default();
+    let mut seen = Vec::new();
+    loop {
+        let batch = log
+            .read_back(&mut reader, 1000, &crate::store::uncharged)
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch.iter().map(|m| m.seq));
+    }
+    assert_eq!(seen, [0, 1]);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
