@@ -372,12 +372,21 @@ impl QueueLog {
         Self::write_pending(inner)?;
         let capacity = self.shared.segment_bytes.max(need);
         let next = match inner.prepared.take() {
-            Some(p) if p.capacity >= need => p,
-            other => {
-                if let Some(unused) = other {
-                    // Too small for this record: keep it for the one after.
-                    inner.prepared = Some(unused);
+            Some(mut p) => {
+                if p.capacity < need {
+                    // Too small for this record: grown to hold it (the rest is sparse, and
+                    // no longer the size a reused file must be). A new segment made for the
+                    // record was numbered after this one, which came after it: reads
+                    // skipped this one's messages, and a restart put them before the record.
+                    if let Err(e) = p.file.set_len(capacity) {
+                        inner.prepared = Some(p);
+                        return Err(e);
+                    }
+                    p.capacity = capacity;
                 }
+                p
+            }
+            None => {
                 let index = inner.next_index;
                 inner.next_index += 1;
                 let file = self

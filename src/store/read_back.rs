@@ -120,6 +120,8 @@ impl QueueLog {
         max_bytes: usize,
         buffer: &dyn Fn(Vec<u8>) -> Bytes,
     ) -> io::Result<Vec<ReadBack>> {
+        // A read of nothing would find nothing in every window, and never end.
+        let max_bytes = max_bytes.max(1);
         loop {
             let (segments, written, more) = self.segments_from(reader.pos, max_bytes);
             let result = self.read_segments(reader, max_bytes, &segments, written, buffer);
@@ -181,7 +183,9 @@ impl QueueLog {
         let read_at = |index: u64, file: &Arc<dyn FileIo>, len: usize, offset: u64| {
             self.read_vec(index, file, written, len, offset)
         };
-        let mut out = Vec::new();
+        // Room for a batch of 1 KiB messages: growing the vector from empty moved every
+        // message read back seven times over.
+        let mut out = Vec::with_capacity((max_bytes / 1024).clamp(16, 1024));
         let mut got = 0usize;
         for &(index, ref file, end, seal) in segments {
             if index > reader.pos.segment {

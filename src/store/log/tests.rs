@@ -803,3 +803,53 @@ fn a_read_goes_on_past_segments_of_marks_alone() {
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A record larger than a segment, logged when the next segment was already prepared, was
+/// given a new segment numbered after the prepared one, which then came after it: a read
+/// skipped the prepared segment's messages (the read ended there), and a restart put them
+/// before the large one. The prepared segment now grows to hold the record.
+#[test]
+fn a_record_larger_than_a_segment_keeps_the_segments_in_order() {
+    let (store, fs, dir, log) = manual_store();
+    let mut seq = 0u64;
+    while log.lock().prepared.is_none() && seq < 200 {
+        append_durable(&log, seq);
+        seq += 1;
+        store.sync_now();
+    }
+    assert!(
+        log.lock().prepared.is_some(),
+        "the next segment is prepared"
+    );
+    let large = [Bytes::from(vec![b'L'; 100 * 1024])];
+    log.append_message(seq, &parts(&large), true, &Stamp::default())
+        .unwrap();
+    seq += 1;
+    // On past the large record, into the segments after it.
+    for _ in 0..150 {
+        append_durable(&log, seq);
+        seq += 1;
+    }
+    store.sync_now();
+    let indexes: Vec<u64> = log.lock().segments.iter().map(|s| s.index).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    let all: Vec<u64> = (0..seq).collect();
+    let mut reader = TailReader::default();
+    let mut seen = Vec::new();
+    loop {
+        let batch = log
+            .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch.iter().map(|m| m.seq));
+    }
+    assert_eq!(seen, all);
+    store.close();
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, all);
+    let _ = std::fs::remove_dir_all(dir);
+}
