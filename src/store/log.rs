@@ -598,4 +598,6 @@ impl Journal for QueueLog {
 }
 
 #[cfg(test)]
+mod read_tests;
+#[cfg(test)]
 pub(super) mod tests;
