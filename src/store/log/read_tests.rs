@@ -4,6 +4,22 @@ use super::tests::{append_durable, manual_store, parts, restart_and_read, store}
 use super::*;
 use bytes::Bytes;
 
+/// The sequence numbers of every message of `log`, read from its start `max_bytes` at a
+/// time.
+fn read_seqs(log: &QueueLog, max_bytes: usize) -> Vec<u64> {
+    let mut reader = TailReader::default();
+    let mut seen = Vec::new();
+    loop {
+        let batch = log
+            .read_back(&mut reader, max_bytes, &crate::store::uncharged)
+            .unwrap();
+        if batch.is_empty() {
+            return seen;
+        }
+        seen.extend(batch.iter().map(|m| m.seq));
+    }
+}
+
 /// A read takes only the segments it needs (`QueueLog::segments_from`), so segments that
 /// hold marks alone do not end it: it reads on past them to the next message, and the log
 /// reads as ended only at its end.
@@ -18,18 +34,7 @@ fn a_read_goes_on_past_segments_of_marks_alone() {
     }
     append_durable(&log, 1);
     assert!(log.lock().segments.len() > 5, "the marks fill segments");
-    let mut reader = TailReader::default();
-    let mut seen = Vec::new();
-    loop {
-        let batch = log
-            .read_back(&mut reader, 1000, &crate::store::uncharged)
-            .unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        seen.extend(batch.iter().map(|m| m.seq));
-    }
-    assert_eq!(seen, [0, 1]);
+    assert_eq!(read_seqs(&log, 1000), [0, 1]);
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -64,18 +69,7 @@ fn a_record_larger_than_a_segment_keeps_the_segments_in_order() {
     let indexes: Vec<u64> = log.lock().segments.iter().map(|s| s.index).collect();
     assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
     let all: Vec<u64> = (0..seq).collect();
-    let mut reader = TailReader::default();
-    let mut seen = Vec::new();
-    loop {
-        let batch = log
-            .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
-            .unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        seen.extend(batch.iter().map(|m| m.seq));
-    }
-    assert_eq!(seen, all);
+    assert_eq!(read_seqs(&log, 1 << 20), all);
     store.close();
     drop(log);
     drop(store);
