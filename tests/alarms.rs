@@ -219,6 +219,47 @@ async fn a_publisher_blocked_past_two_heartbeats_is_unblocked_when_the_alarm_cle
     }
 }
 
+/// Same as RabbitMQ (its reader takes the alarm and the socket's data in the order they
+/// came): a publish sent after the alarm was raised is blocked, every time. It used to slip
+/// through now and then, when the connection saw its input and the alarm in one wake-up and
+/// looked at the input first: the message was published under the alarm, and the publisher
+/// was never told it was blocked.
+#[tokio::test]
+async fn a_publish_sent_after_the_alarm_is_raised_is_always_blocked() {
+    const ROUNDS: u32 = 200;
+    let isolated = IsolatedBroker::start();
+    let broker = &isolated.broker;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut publisher = broker.raw().await;
+    publisher.handshake_with(with_blocked_capability(), 0).await;
+    publisher.open_channel(1).await;
+    for round in 1..=ROUNDS {
+        server
+            .alarms
+            .set_memory_watermark(MemoryWatermark::Absolute(1));
+        publisher.send(&publish_frames("q")).await;
+        assert_eq!(
+            within(next_flow_frame(&mut publisher)).await.as_deref(),
+            Some("low on memory"),
+            "round {round}"
+        );
+        assert_eq!(ready(&ch, "q").await, round - 1, "round {round}");
+        server
+            .alarms
+            .set_memory_watermark(MemoryWatermark::Relative(0.99));
+        assert_eq!(within(next_flow_frame(&mut publisher)).await, None);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&ch, "q").await < ROUNDS {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Same as RabbitMQ (its reader blocks on body frames as on headers): a publisher that began
 /// a message before the alarm is blocked by its next body frame. It used to be blocked only
 /// by a content header, so it could go on sending the bodies of messages begun on every

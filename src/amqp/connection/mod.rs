@@ -287,6 +287,13 @@ impl Connection {
         if self.committing {
             self.continue_commits();
         }
+        // An alarm raised before the input arrived blocks it, whichever of the two `wait`
+        // saw first: its select takes ready events in no set order, so a publish could
+        // otherwise slip past an alarm already raised (RabbitMQ's reader takes the alarm
+        // and the socket's data from one mailbox, in the order they came).
+        if self.alarms.has_changed().unwrap_or(false) {
+            self.on_alarm();
+        }
         self.process_input();
         if matches!(
             self.phase,
