@@ -37,6 +37,10 @@ struct Args {
     /// Directory for durable state (default `lepus-data`).
     #[arg(long = "data-dir", env = "LEPUS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The node's name (default `lepus@` and the host name), as RabbitMQ's
+    /// `RABBITMQ_NODENAME`: the management API and lepusctl name the node by it.
+    #[arg(long = "node-name", env = "LEPUS_NODENAME")]
+    node_name: Option<String>,
     /// `product` reported to clients in the server properties (default `RabbitMQ`, which
     /// clients such as kombu check before relying on RabbitMQ's semantics).
     #[arg(long, env = "LEPUS_PRODUCT")]
@@ -153,6 +157,7 @@ fn note_origins(matches: &ArgMatches, origins: &mut Origins) {
         "log-format",
         "LEPUS_LOG_FORMAT",
     );
+    over("node_name", "node_name", "node-name", "LEPUS_NODENAME");
     over("product", "product", "product", "LEPUS_PRODUCT");
     over(
         "product_version",
@@ -215,6 +220,9 @@ fn configure(args: &Args, matches: &ArgMatches) -> Result<Configured, String> {
     }
     if let Some(d) = &a.data_dir {
         config.data_dir = d.clone();
+    }
+    if let Some(n) = &a.node_name {
+        config.node_name = lepus::config::node_name_from(n)?;
     }
     if let Some(HttpListen(addr)) = a.management_listen {
         config.management_listen = addr;

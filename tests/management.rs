@@ -1336,6 +1336,97 @@ async fn same_as_rabbitmq_health_checks_and_the_aliveness_test_answer_ok() {
     );
 }
 
+/// The `cluster_name` a client is told in connection.start, over a raw socket.
+async fn cluster_name_offered(broker: &Broker) -> String {
+    use amq_protocol::protocol::{AMQPClass, connection};
+    let mut raw = broker.raw().await;
+    raw.send(b"AMQP\x00\x00\x09\x01").await;
+    match raw.recv_method().await {
+        Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(start)))) => {
+            match start.server_properties.inner().get("cluster_name") {
+                Some(AMQPValue::LongString(name)) => name.to_string(),
+                other => panic!("cluster_name is {other:?}"),
+            }
+        }
+        other => panic!("expected Connection.Start, got {other:?}"),
+    }
+}
+
+/// Same as RabbitMQ 3.10.8 (observed): the cluster's name starts as the node's; a new one
+/// reaches the connections opened after it, the overview and the definitions; an empty one
+/// is taken, a missing one refused; and it is kept across a restart. Lepus told every
+/// client `lepus@localhost` whatever the name, and forgot a name at a restart.
+#[tokio::test]
+async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
+    let mut config = Config::for_tests();
+    config.node_name = "lepus@testhost".into();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let start = |config: Config| async move {
+        let broker = Broker::start_with(config).await;
+        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+        let api = Api::new(addr.expect("management listener"), "guest", "guest");
+        (broker, api)
+    };
+    let (mut broker, api) = start(config.clone()).await;
+    assert_eq!(
+        api.get("/api/nodes").await.json()[0]["name"],
+        "lepus@testhost"
+    );
+    assert_eq!(
+        api.get("/api/cluster-name").await.json(),
+        json!({"name": "lepus@testhost"})
+    );
+    assert_eq!(cluster_name_offered(&broker).await, "lepus@testhost");
+
+    let missing = api.put("/api/cluster-name", json!({})).await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(
+        api.put("/api/cluster-name", json!({"name": "prod-eu"}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(cluster_name_offered(&broker).await, "prod-eu");
+    assert_eq!(
+        api.get("/api/overview").await.json()["cluster_name"],
+        "prod-eu"
+    );
+    let defs = api.get("/api/definitions").await.json();
+    assert!(
+        defs["global_parameters"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "cluster_name", "value": "prod-eu"})),
+        "{defs}"
+    );
+    // The node keeps its own name.
+    assert_eq!(
+        api.get("/api/nodes").await.json()[0]["name"],
+        "lepus@testhost"
+    );
+
+    broker.stop().await;
+    let (mut broker, api) = start(config.clone()).await;
+    assert_eq!(
+        api.get("/api/cluster-name").await.json(),
+        json!({"name": "prod-eu"})
+    );
+    assert_eq!(cluster_name_offered(&broker).await, "prod-eu");
+    assert_eq!(
+        api.put("/api/cluster-name", json!({"name": ""}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(cluster_name_offered(&broker).await, "");
+    broker.stop().await;
+    let (_broker, api) = start(config).await;
+    assert_eq!(
+        api.get("/api/cluster-name").await.json(),
+        json!({"name": ""})
+    );
+}
+
 /// Same as RabbitMQ: `idle_since` is on a queue or channel at rest only. A queue taking
 /// messages has none (a clean-up script deleting queues idle for an hour must not find it),
 /// and once messages stop it is idle since after the last one.

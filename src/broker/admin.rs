@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Broker;
 use super::vhost::VirtualHost;
-use crate::store::definitions::{Change, PolicyDef, VhostDef};
+use crate::store::definitions::{Change, GlobalParameterDef, PolicyDef, VhostDef};
 
 /// The policy keys RabbitMQ 3.10 recognises; a policy with any other is refused, as
 /// RabbitMQ's validation does.
@@ -58,7 +58,43 @@ pub const POLICY_KEYS: &[&str] = &[
     "stream-max-segment-size-bytes",
 ];
 
+/// The global runtime parameter that names the cluster, as RabbitMQ calls it.
+pub const CLUSTER_NAME: &str = "cluster_name";
+
+/// The longest cluster name taken: every connection's server properties carry it.
+pub const MAX_CLUSTER_NAME_BYTES: usize = 1024;
+
 impl Broker {
+    /// The cluster's name (see [`Broker::cluster_name`]'s field).
+    pub fn cluster_name(&self) -> String {
+        self.cluster_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Names the cluster, for connections opened from now on, and records the name with
+    /// the definitions (as RabbitMQ's `set_cluster_name`); returns the epoch it is durable
+    /// in. Same as RabbitMQ, an empty name is taken.
+    pub fn set_cluster_name(&self, name: String) -> Result<u64, String> {
+        if name.len() > MAX_CLUSTER_NAME_BYTES {
+            return Err(format!(
+                "the cluster name is longer than {MAX_CLUSTER_NAME_BYTES} bytes"
+            ));
+        }
+        // Under the name's lock, so that of two names set at once the one kept in memory
+        // is the one recorded last.
+        let mut current = self.cluster_name.write().unwrap_or_else(|e| e.into_inner());
+        let epoch = self
+            .definitions
+            .record(Change::PutGlobalParameter(GlobalParameterDef {
+                name: CLUSTER_NAME.into(),
+                value: serde_json::Value::String(name.clone()),
+            }));
+        *current = name;
+        Ok(epoch)
+    }
+
     /// `add_vhost`: creates the vhost unless it exists; an existing one takes the limits and
     /// description given. Returns whether it was created. Of two creations of one name at
     /// once, one creates it and the other updates it: the vhost joins the broker only if

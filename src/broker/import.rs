@@ -62,6 +62,15 @@ impl Broker {
             self.set_topic_permissions(&t.user, &t.vhost, &t.exchange, &t.write, &t.read)?;
             report.permissions += 1;
         }
+        // Same as RabbitMQ, which imports global parameters: the cluster's name, of those
+        // Lepus has.
+        for p in &defs.global_parameters {
+            if p.name == super::admin::CLUSTER_NAME
+                && let Some(name) = p.value.as_str()
+            {
+                self.set_cluster_name(name.to_owned())?;
+            }
+        }
         report.policies = self.import_policies(&defs.policies)?;
         for x in &defs.exchanges {
             let vhost = self.existing_vhost_of(&x.vhost, "exchange", &x.name)?;

@@ -84,6 +84,10 @@ pub struct Broker {
     /// How long the last memory-relief pass took (`relieve_memory`), in milliseconds: the
     /// monitor's questions to a queue come its interval plus this apart.
     pub relief_pass_ms: std::sync::atomic::AtomicU64,
+    /// The cluster's name, in every connection's server properties and the management
+    /// API: the node's name until one is set (`Broker::set_cluster_name`), kept with the
+    /// definitions, as RabbitMQ keeps its `cluster_name` global parameter.
+    pub cluster_name: std::sync::RwLock<String>,
 }
 
 impl Broker {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 
 use super::Broker;
+use super::admin::CLUSTER_NAME;
 use super::alarms::Alarms;
 use super::connections::Connections;
 use super::exchange::{Destination, Exchange, ExchangeKind};
@@ -73,7 +74,14 @@ impl Broker {
             );
         }
         let memory = Memory::leaked(config.limits.memory_budget_bytes);
+        let cluster_name = defs
+            .global_parameters
+            .iter()
+            .find(|p| p.name == CLUSTER_NAME)
+            .and_then(|p| p.value.as_str())
+            .map_or_else(|| config.node_name.clone(), str::to_owned);
         let broker = Broker {
+            cluster_name: std::sync::RwLock::new(cluster_name),
             users: DashMap::new(),
             user_usage: DashMap::new(),
             user_changes: Default::default(),

@@ -486,6 +486,7 @@ pub fn effective(config: &Config, origins: &Origins) -> String {
         formatter.into(),
         "log.console.formatter",
     );
+    add("node_name", config.node_name.clone(), "node_name");
     add("product", config.product.clone(), "product");
     add("product_version", config.version.clone(), "product_version");
     let mut out =

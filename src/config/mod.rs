@@ -260,12 +260,42 @@ pub struct Config {
     pub product: String,
     /// `version` in the server properties.
     pub version: String,
-    /// `cluster_name` in the server properties.
-    pub cluster_name: String,
+    /// The node's name, as RabbitMQ's `rabbit@host` (its `RABBITMQ_NODENAME`): every list of
+    /// the management API and lepusctl names it, and it is the cluster's name until one is
+    /// set (`PUT /api/cluster-name`).
+    pub node_name: String,
     pub limits: Limits,
     /// Start even if a definitions journal has damaged lines, skipping them (the changes
     /// they held are lost); without it such a start is refused.
     pub skip_damaged_definitions: bool,
+}
+
+/// `lepus@` and the machine's host name, as RabbitMQ names a node `rabbit@` and its host.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("lepus@{host}")
+}
+
+/// The node name `given` stands for: as RabbitMQ takes `RABBITMQ_NODENAME`, a name without
+/// a host gets this machine's (`lepus` is `lepus@host`).
+pub fn node_name_from(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    match given.split_once('@') {
+        _ if given.is_empty() => Err("the node name is empty".into()),
+        Some((name, host)) if name.is_empty() || host.is_empty() => {
+            Err(format!("not a node name such as lepus@host: {given}"))
+        }
+        Some(_) => Ok(given.to_owned()),
+        None => {
+            let host = default_node_name();
+            let host = host.split_once('@').map_or("localhost", |(_, h)| h);
+            Ok(format!("{given}@{host}"))
+        }
+    }
 }
 
 impl Default for Config {
@@ -291,7 +321,7 @@ impl Default for Config {
             vhosts: vec!["/".into()],
             product: "RabbitMQ".into(),
             version: "3.10.8".into(),
-            cluster_name: "lepus@localhost".into(),
+            node_name: default_node_name(),
             limits: Limits::default(),
             skip_damaged_definitions: false,
         }
@@ -382,6 +412,17 @@ mod tests {
         assert!(!dead.exists(), "an exited process's directory is removed");
         assert!(mine.exists(), "a running process's directory stays");
         let _ = std::fs::remove_dir_all(&mine);
+    }
+
+    #[test]
+    fn a_node_name_without_a_host_gets_this_machines_as_rabbitmq_nodename_does() {
+        assert_eq!(node_name_from("lepus@db1").as_deref(), Ok("lepus@db1"));
+        let host = default_node_name();
+        let host = host.split_once('@').map(|(_, h)| h).unwrap_or_default();
+        assert_eq!(node_name_from("blue"), Ok(format!("blue@{host}")));
+        for bad in ["", "  ", "@db1", "lepus@"] {
+            assert!(node_name_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

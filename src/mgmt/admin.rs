@@ -131,7 +131,7 @@ async fn refuse_while_stopped(
 
 async fn app_state(State(m): State<Arc<Mgmt>>) -> Response {
     Json(json!({
-        "node": super::state::node_name(),
+        "node": m.node(),
         "running": m.broker.connections.app_running(),
     }))
     .into_response()
@@ -172,7 +172,7 @@ async fn status(State(m): State<Arc<Mgmt>>) -> Response {
     let broker = &m.broker;
     let config = &broker.config;
     let raised = broker.alarms.raised();
-    let node = super::state::node_name();
+    let node = m.node().to_owned();
     let (fd_used, fd_total) = crate::broker::alarms::file_descriptors();
     let mut alarms = Vec::new();
     if raised.memory {

@@ -63,7 +63,7 @@ fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool
     let mut out = Map::new();
     let fields = json!({
         "name": info.name(),
-        "node": super::state::node_name(),
+        "node": m.node(),
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "state": info.state(),
@@ -206,7 +206,7 @@ fn channel_json(
     let name = conn.name();
     let mut out = json!({
         "name": format!("{name} ({})", ch.number),
-        "node": super::state::node_name(),
+        "node": m.node(),
         "number": ch.number,
         "state": "running",
         "user": opened.user,
@@ -338,12 +338,13 @@ fn list_consumers_of(
             items.extend(consumers.into_iter().map(|c| (v.clone(), queue.clone(), c)));
         }
     }
+    let node = m.node().to_owned();
     // Consumers have no name to filter or sort by, as in RabbitMQ.
     list_of(
         items,
         q,
         |_| None,
-        move |(v, queue, c)| consumer_json(&queue.name, &v.name, c, &conns),
+        move |(v, queue, c)| consumer_json(&queue.name, &v.name, c, &conns, &node),
     )
 }
 

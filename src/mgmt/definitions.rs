@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::http::{ApiError, ApiResult, Caller, no_content};
 use super::state::Mgmt;
+use crate::broker::admin::CLUSTER_NAME;
 use crate::store::definitions::{Definitions, encode_arguments};
 
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -90,7 +91,10 @@ pub fn export(m: &Mgmt, vhost: Option<&str>) -> Value {
         "permissions": defs.permissions,
         "topic_permissions": defs.topic_permissions,
         "parameters": [],
-        "global_parameters": [{"name": "internal_cluster_id", "value": format!("lepus-cluster-id-{}", m.broker.started_at_ms)}],
+        "global_parameters": [
+            {"name": CLUSTER_NAME, "value": m.broker.cluster_name()},
+            {"name": "internal_cluster_id", "value": format!("lepus-cluster-id-{}", m.broker.started_at_ms)},
+        ],
         "policies": policies,
         "queues": queues,
         "exchanges": exchanges,

@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::http::{ApiError, ApiResult, Caller, calendar_time};
-use super::state::{Mgmt, node_name};
+use super::state::Mgmt;
 
 pub fn routes() -> Router<Arc<Mgmt>> {
     Router::new()
@@ -59,7 +59,7 @@ async fn single_node(_caller: Caller) -> Response {
 /// The memory and disk alarms in effect, as RabbitMQ lists them.
 fn alarms_in_effect(m: &Mgmt) -> Vec<Value> {
     let raised = m.broker.alarms.raised();
-    let node = node_name();
+    let node = m.node();
     [(raised.memory, "memory"), (raised.disk, "disk")]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -239,7 +239,7 @@ async fn certificate_expiration(
         .iter()
         .map(|(protocol, addr)| {
             json!({
-                "node": node_name(),
+                "node": m.node(),
                 "protocol": protocol,
                 "interface": addr.ip().to_string(),
                 "port": addr.port(),

@@ -587,13 +587,9 @@ fn encode_identity(mgmt: &Mgmt, enc: &mut DescriptorEncoder) -> std::fmt::Result
         "RabbitMQ & Erlang/OTP version info",
         &[(build, 1)],
     )?;
-    let cluster = mgmt
-        .cluster_name
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let cluster = mgmt.broker.cluster_name();
     let identity = vec![
-        ("rabbitmq_node", super::state::node_name()),
+        ("rabbitmq_node", mgmt.node().to_owned()),
         ("rabbitmq_cluster", cluster.clone()),
         ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
     ];

@@ -10,7 +10,7 @@ use axum::{Json, body::Bytes};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::http::{ApiError, ApiResult, Caller, body_or_empty, no_content};
+use super::http::{ApiError, ApiResult, Caller, body_or_empty, durable, no_content};
 use super::list::{List, ListQuery};
 use super::rates::{self, ALL_FIELDS};
 use super::state::Mgmt;
@@ -120,7 +120,7 @@ fn overview_of(m: &Mgmt, caller: &Caller, q: &ListQuery) -> Response {
     for (field, value) in broker.ledger.churn.fields() {
         rates::with_rate(&mut churn_rates, &m.rates, key, field, value);
     }
-    let node = super::state::node_name();
+    let node = m.node();
     let version = &broker.config.version;
     Json(json!({
         "management_version": version,
@@ -188,7 +188,7 @@ async fn nodes(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
 
 async fn node(State(m): State<Arc<Mgmt>>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.require_monitor()?;
-    if name != super::state::node_name() {
+    if name != m.node() {
         return Err(ApiError::not_found());
     }
     Ok(Json(node_json(&m)).into_response())
@@ -247,7 +247,7 @@ fn node_basics(broker: &Broker) -> Value {
     let uptime_ms = crate::broker::timer::now_ms().saturating_sub(broker.started_at_ms);
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     json!({
-        "name": super::state::node_name(),
+        "name": broker.config.node_name,
         "type": "disc",
         "running": true,
         "mem_limit": broker.alarms.memory_limit_bytes(),
@@ -331,10 +331,7 @@ async fn healthcheck(State(m): State<Arc<Mgmt>>, _caller: Caller) -> Response {
 }
 
 fn read_cluster_name(m: &Mgmt) -> String {
-    m.cluster_name
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+    m.broker.cluster_name()
 }
 
 async fn cluster_name(State(m): State<Arc<Mgmt>>, _caller: Caller) -> Response {
@@ -350,11 +347,15 @@ struct ClusterName {
 async fn set_cluster_name(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> ApiResult {
     caller.require_admin()?;
     let req: ClusterName = body_or_empty(&body)?;
+    // Same as RabbitMQ: the name must be given, and may be empty.
     let name = req
         .name
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request("name is required"))?;
-    *m.cluster_name.write().unwrap_or_else(|e| e.into_inner()) = name;
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,name}]"))?;
+    let epoch = m
+        .broker
+        .set_cluster_name(name)
+        .map_err(ApiError::bad_request)?;
+    durable(&m.broker, Some(epoch)).await?;
     Ok(no_content())
 }
 

@@ -56,7 +56,7 @@ pub fn connections_by_id(broker: &Broker) -> HashMap<u64, Arc<ConnectionInfo>> {
 }
 
 /// `channel_details` as RabbitMQ nests it in consumers.
-pub fn channel_details(conn: Option<&Arc<ConnectionInfo>>, number: u16) -> Value {
+pub fn channel_details(conn: Option<&Arc<ConnectionInfo>>, number: u16, node: &str) -> Value {
     let Some(conn) = conn else {
         return json!({});
     };
@@ -64,7 +64,7 @@ pub fn channel_details(conn: Option<&Arc<ConnectionInfo>>, number: u16) -> Value
     json!({
         "connection_name": name,
         "name": format!("{name} ({number})"),
-        "node": super::state::node_name(),
+        "node": node,
         "number": number,
         "peer_host": conn.peer.ip().to_string(),
         "peer_port": conn.peer.port(),
@@ -78,13 +78,14 @@ pub fn consumer_json(
     vhost: &str,
     c: &ConsumerSnapshot,
     conns: &HashMap<u64, Arc<ConnectionInfo>>,
+    node: &str,
 ) -> Value {
     json!({
         "arguments": encode_arguments(&consumer_arguments(&c.arguments)).0,
         "ack_required": c.ack_required,
         "active": c.activity != Activity::Waiting,
         "activity_status": c.activity.name(),
-        "channel_details": channel_details(conns.get(&c.connection), c.channel),
+        "channel_details": channel_details(conns.get(&c.connection), c.channel, node),
         "consumer_tag": c.tag,
         "exclusive": c.exclusive,
         "prefetch_count": c.prefetch_count,
@@ -107,7 +108,7 @@ pub fn queue_json(
         .gauges
         .consumers
         .iter()
-        .map(|c| consumer_json(&q.name, &vhost.name, c, conns))
+        .map(|c| consumer_json(&q.name, &vhost.name, c, conns, m.node()))
         .collect();
     let mut out = row.into_value();
     if let (true, Value::Object(map)) = (details, &mut out) {
@@ -165,7 +166,7 @@ impl QueueRow {
             gauges,
             sample,
             stats,
-            node: super::state::node_name(),
+            node: m.node().to_owned(),
         }
     }
 }

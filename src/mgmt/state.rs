@@ -31,8 +31,6 @@ pub struct Mgmt {
     pub broker: Arc<Broker>,
     /// Message rates, sampled in the background while the API is served.
     pub rates: Arc<Rates>,
-    /// `PUT /api/cluster-name` sets it; it starts as the node name.
-    pub cluster_name: RwLock<String>,
     /// The broker's listeners (protocol and address), for the overview.
     pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
     /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
@@ -48,12 +46,15 @@ pub struct Mgmt {
 }
 
 impl Mgmt {
+    /// The node's name, as RabbitMQ's `rabbit@host` (`Config::node_name`).
+    pub fn node(&self) -> &str {
+        &self.broker.config.node_name
+    }
+
     pub fn new(broker: Arc<Broker>) -> Arc<Mgmt> {
-        let cluster_name = RwLock::new(node_name());
         Arc::new(Mgmt {
             rates: Rates::new(),
             broker,
-            cluster_name,
             listeners: RwLock::new(Vec::new()),
             scraping: Arc::new(tokio::sync::Semaphore::new(1)),
             bodies: tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT / 1024),
@@ -124,20 +125,4 @@ impl Mgmt {
             })
             .collect()
     }
-}
-
-/// The node's name, as RabbitMQ's `rabbit@host`: read once, as RabbitMQ fixes its node name
-/// at start. Every queue, connection and channel in a list shows it, and reading the host
-/// name for each was a file read per item.
-pub fn node_name() -> String {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
-        format!("lepus@{host}")
-    })
-    .clone()
 }

@@ -101,10 +101,7 @@ fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &rates::OpenChanne
         json!({"description": description, "tags": def.tags}),
     );
     out.insert("tracing".into(), json!(false));
-    out.insert(
-        "cluster_state".into(),
-        json!({super::state::node_name(): "running"}),
-    );
+    out.insert("cluster_state".into(), json!({m.node(): "running"}));
     rates::with_rate(&mut out, &m.rates, &key, "messages", ready + unacked);
     rates::with_rate(&mut out, &m.rates, &key, "messages_ready", ready);
     rates::with_rate(&mut out, &m.rates, &key, "messages_unacknowledged", unacked);

@@ -42,6 +42,9 @@ pub struct Definitions {
     /// Operator policies: set by operators, they cap what user policies and arguments ask.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operator_policies: Vec<PolicyDef>,
+    /// Settings of the whole node, as RabbitMQ's global runtime parameters: `cluster_name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_parameters: Vec<GlobalParameterDef>,
     /// The next id to give a durable queue (its directory under `queues/`).
     #[serde(default)]
     pub lepus_next_queue_id: u64,
@@ -70,6 +73,7 @@ impl Clone for Definitions {
             bindings: self.bindings.clone(),
             policies: self.policies.clone(),
             operator_policies: self.operator_policies.clone(),
+            global_parameters: self.global_parameters.clone(),
             lepus_next_queue_id: self.lepus_next_queue_id,
             lepus_journal_generation: self.lepus_journal_generation,
             positions: Positions::default(),
@@ -334,6 +338,13 @@ pub struct PolicyDef {
     pub priority: i64,
 }
 
+/// A global runtime parameter, as RabbitMQ's definitions list it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GlobalParameterDef {
+    pub name: String,
+    pub value: Value,
+}
+
 /// One change, as written to the journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -382,6 +393,7 @@ pub enum Change {
         vhost: String,
         name: String,
     },
+    PutGlobalParameter(GlobalParameterDef),
 }
 
 impl Definitions {
@@ -578,6 +590,12 @@ impl Definitions {
             Change::DeleteOperatorPolicy { vhost, name } => {
                 self.operator_policies
                     .retain(|x| !(x.vhost == vhost && x.name == name));
+            }
+            Change::PutGlobalParameter(p) => {
+                match self.global_parameters.iter_mut().find(|x| x.name == p.name) {
+                    Some(old) => *old = p,
+                    None => self.global_parameters.push(p),
+                }
             }
             _ => {}
         }

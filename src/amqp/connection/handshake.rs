@@ -104,7 +104,7 @@ impl Connection {
         let mut props = FieldTable::default();
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
         props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
-        props.insert("cluster_name".into(), text(&config.cluster_name));
+        props.insert("cluster_name".into(), text(&self.broker.cluster_name()));
         props.insert("copyright".into(), text("Copyright (c) the Lepus authors"));
         props.insert(
             "information".into(),
