@@ -148,7 +148,7 @@ fn overview_of(m: &Mgmt, caller: &Caller, q: &ListQuery) -> Response {
         },
         "statistics_db_event_queue": 0,
         "node": node,
-        "listeners": m.listeners(&node),
+        "listeners": m.listeners(node),
         "contexts": [],
     }))
     .into_response()
