@@ -260,6 +260,26 @@ async fn a_publish_sent_after_the_alarm_is_raised_is_always_blocked() {
     }
 }
 
+/// A watermark set stays in force: the alarm monitor, checking at the same moment with the
+/// threshold it read before, used to finish after the change's own check now and then and
+/// undo it (clearing the alarm just raised), until its next turn a second later.
+#[tokio::test]
+async fn the_monitor_never_undoes_a_watermark_just_set() {
+    let mut config = lepus::config::Config::for_tests();
+    // The monitor checks all the time, so that its checks overlap the changes'.
+    config.limits.monitor_interval_ms = 1;
+    let broker = Broker::start_with(config).await;
+    let alarms = &broker.server.as_ref().unwrap().broker().alarms;
+    for round in 0..300 {
+        alarms.set_memory_watermark(MemoryWatermark::Absolute(1));
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert!(alarms.raised().memory, "round {round}: raised");
+        alarms.set_memory_watermark(MemoryWatermark::Relative(0.99));
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert!(!alarms.raised().memory, "round {round}: cleared");
+    }
+}
+
 /// Same as RabbitMQ (its reader blocks on body frames as on headers): a publisher that began
 /// a message before the alarm is blocked by its next body frame. It used to be blocked only
 /// by a content header, so it could go on sending the bodies of messages begun on every

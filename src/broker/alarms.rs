@@ -56,6 +56,12 @@ struct Thresholds {
 
 struct Inner {
     thresholds: Mutex<Thresholds>,
+    /// Held by each check from reading the thresholds to raising or clearing the alarms.
+    /// The monitor and a change of threshold both check: without it, the monitor's check
+    /// begun with the old threshold could finish after the change's own, and clear the
+    /// alarm it had just raised (a publish sent after a watermark was lowered was let
+    /// through, and its publisher never told it was blocked).
+    checking: Mutex<()>,
     /// The memory gauge, whose paging limit follows the watermark.
     gauge: &'static Memory,
     raised: watch::Sender<Raised>,
@@ -103,6 +109,7 @@ impl Alarms {
         let (raised, _) = watch::channel(Raised::default());
         let inner = Arc::new(Inner {
             thresholds: Mutex::new(Thresholds { memory, disk }),
+            checking: Mutex::new(()),
             gauge,
             raised,
             data_dir: data_dir.to_owned(),
@@ -207,6 +214,7 @@ fn check(inner: &Inner) {
     {
         relief();
     }
+    let _checking = lock(&inner.checking);
     let t = *lock(&inner.thresholds);
     let used = inner.gauge.used();
     let peak = inner
