@@ -2655,11 +2655,11 @@ async fn same_as_rabbitmq_a_policys_expires_counts_from_the_policy() {
     let (_c, ch) = broker.channel().await;
     declare_plain(&ch, "idle").await;
     // Idle for longer than the policy will allow (time has to pass here).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Two seconds: room for a loaded machine between the policy and the look that follows.
     let policy =
-        json!({"pattern": "^idle$", "definition": {"expires": 1000}, "apply-to": "queues"});
+        json!({"pattern": "^idle$", "definition": {"expires": 2000}, "apply-to": "queues"});
     assert_eq!(api.put("/api/policies/%2F/short", policy).await.status, 201);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         api.get("/api/queues/%2F/idle").await.status,
         200,
