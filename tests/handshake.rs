@@ -383,6 +383,41 @@ async fn same_as_rabbitmq_shutdown_sends_320_connection_forced() {
     );
 }
 
+/// Same as RabbitMQ, whose reader is closing by the time an operator's close returns: a
+/// publish the client sends after that is not routed. It was now and then, when the
+/// connection saw the client's input and the close in one wake-up and read the input first.
+#[tokio::test]
+async fn a_publish_sent_after_an_operator_closed_the_connection_is_not_routed() {
+    const ROUNDS: usize = 100;
+    let isolated = IsolatedBroker::start();
+    let broker = &isolated.broker;
+    let server = broker.server.as_ref().unwrap().broker().clone();
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    for round in 0..ROUNDS {
+        let mut raw = broker.raw().await;
+        raw.handshake().await;
+        raw.open_channel(1).await;
+        let me = raw.stream.local_addr().unwrap();
+        let control = server
+            .connections
+            .list()
+            .into_iter()
+            .find(|c| c.info().peer == me)
+            .expect("the connection is listed");
+        control.close(320, "CONNECTION_FORCED - maintenance".into());
+        raw.send(&publish_frames("q")).await;
+        assert_eq!(
+            within(raw.expect_connection_close()).await.0,
+            320,
+            "round {round}"
+        );
+    }
+    assert_eq!(message_count(&ch, "q").await, 0);
+}
+
 /// Same as RabbitMQ (its reader pauses the heartbeat monitor whenever it stops reading): a
 /// client the broker is not reading from, here because a large delivery fills its output,
 /// is not dropped for missed heartbeats it sent meanwhile. Before, only an alarm paused the

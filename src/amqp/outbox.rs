@@ -75,6 +75,9 @@ pub struct Outbox {
     /// leave `pending_bytes` with the connection's next written bytes, whose accounting
     /// also asks starved queues again.
     taken_back_bytes: AtomicUsize,
+    /// An operator or the shutdown closed the connection ([`ConnectionControl::close`]):
+    /// the connection acts on it before it looks at more input.
+    close_requested: AtomicBool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -102,6 +105,7 @@ impl Outbox {
             pending_bytes: AtomicUsize::new(0),
             limit_bytes,
             starved: AtomicBool::new(false),
+            close_requested: AtomicBool::new(false),
             taken_back_bytes: AtomicUsize::new(0),
         }
     }
@@ -300,6 +304,14 @@ impl DeliverySink for Outbox {
     }
 }
 
+impl Outbox {
+    /// Whether the connection was closed from outside ([`ConnectionControl::close`]).
+    #[inline]
+    pub fn close_requested(&self) -> bool {
+        self.close_requested.load(Ordering::Relaxed)
+    }
+}
+
 impl ReplySink for Outbox {
     fn sink_id(&self) -> u64 {
         self.connection_id
@@ -321,6 +333,7 @@ impl ReplySink for Outbox {
 impl ConnectionControl for Outbox {
     fn close(&self, code: u16, text: String) {
         self.push_event(OutboxEvent::Close { code, text });
+        self.close_requested.store(true, Ordering::SeqCst);
     }
 
     fn info(&self) -> &Arc<ConnectionInfo> {

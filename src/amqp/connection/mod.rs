@@ -294,6 +294,12 @@ impl Connection {
         if self.alarms.has_changed().unwrap_or(false) {
             self.on_alarm();
         }
+        // Same as RabbitMQ, whose reader is closing by the time an operator's close returns:
+        // what the client sends after that is not acted on. The close waits in the outbox,
+        // which is otherwise drained after the input.
+        if self.outbox.close_requested() && matches!(self.phase, Phase::Running | Phase::Open) {
+            self.drain_outbox();
+        }
         self.process_input();
         if matches!(
             self.phase,
