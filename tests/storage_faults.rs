@@ -251,7 +251,8 @@ fn run_round(
             }
         } else if roll < 8 {
             // Requeued at the back: the message is logged again under the next number,
-            // then its old record is acked, as `State::requeue_at_back` does.
+            // and its old record is acked once that is on disk, as `State::requeue_at_back`
+            // does.
             let Some(seq) = pick_unacked(rng, model, *next_seq) else {
                 continue;
             };
@@ -267,9 +268,10 @@ fn run_round(
                 m.acked = true;
                 m.moved_to = Some(moved);
             }
-            if log.ack_superseded(seq, epoch).is_ok() {
-                model.unsynced_acks.push(seq);
-            }
+            // Its Ack is logged once the copy is synced, and written by a cycle after that:
+            // the model lets the old number come back (at least once) rather than follow
+            // when that is.
+            let _ = log.ack_superseded(seq, epoch);
         } else if roll < 9 {
             // The cycle runs as the current epoch and writes every ack made before it.
             let epoch = store.shared.epoch();

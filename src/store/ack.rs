@@ -54,28 +54,46 @@ impl QueueLog {
         .map(|_| ())
     }
 
-    /// Logs that the durable message `seq` left the queue because a copy of it was logged
+    /// Notes that the durable message `seq` left the queue because a copy of it was logged
     /// under a later number, in `epoch` (a quorum queue's message requeued at the back).
-    /// The Ack goes after the copy, so no disk holds the Ack without the copy; but until
-    /// `epoch` is synced the log goes on counting `seq` live, and keeps its record:
-    /// compaction, or deleting its segment, would otherwise take the record off the disk
-    /// before the copy is on it, and a crash between the two would lose the message.
+    /// Its Ack is logged only once `epoch` is synced (`settle_superseded`): written in the
+    /// same cycle as the copy, the Ack could reach the disk without it (the kernel writes
+    /// pages back in no set order), and a power cut between the two would lose a confirmed
+    /// message. Until then the log counts `seq` live and keeps its record, which compaction
+    /// or deleting its segment would otherwise take off the disk before the copy is on it.
+    /// A crash meanwhile brings the message back twice (at least once).
     pub fn ack_superseded(self: &Arc<Self>, seq: u64, epoch: u64) -> io::Result<()> {
-        self.append(record::MARK_LEN, Append::Mark, |out, seal| {
-            record::encode_mark(out, seal, Kind::Ack, seq);
-        })?;
-        self.lock().superseded.push_back((epoch, seq));
+        let mut inner = self.lock();
+        if inner.destroyed {
+            return Err(io::Error::other("queue log was deleted"));
+        }
+        inner.superseded.push_back((epoch, seq));
         Ok(())
     }
 
-    /// Counts out the superseded records whose copies are on disk now. Called before the
-    /// log decides what it may drop (compaction, deleting segments).
-    pub(super) fn settle_superseded(&self, inner: &mut Inner) {
+    /// Logs the Acks of the superseded records whose copies are on disk now, and counts
+    /// them out. Called after each sync cycle, and before the log decides what it may drop
+    /// (compaction, deleting segments).
+    pub(super) fn settle_superseded(self: &Arc<Self>, inner: &mut Inner) {
+        if inner.destroyed {
+            // Its files are gone: there is nothing to acknowledge in them.
+            inner.superseded.clear();
+            return;
+        }
         while let Some(&(epoch, seq)) = inner.superseded.front() {
             match self.shared.outcome(epoch) {
                 Outcome::Pending => break,
                 Outcome::Durable => {
                     inner.superseded.pop_front();
+                    let logged =
+                        self.append_locked(inner, record::MARK_LEN, Append::Mark, |out, seal| {
+                            record::encode_mark(out, seal, Kind::Ack, seq);
+                        });
+                    if let Err(e) = logged {
+                        // The record stays without its Ack: a restart brings the message
+                        // back beside its copy (at least once).
+                        tracing::error!(log = %self.dir.display(), error = %e, "cannot log an acknowledgement");
+                    }
                     Self::count_out(inner, seq);
                 }
                 // The copy's write failed. Its bytes may reach the disk later, but no epoch

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,7 +49,7 @@ struct Kept {
 impl QueueLog {
     /// Compacts one segment, if one needs it and the last compaction of this log was long
     /// enough ago. Called by the sync thread after a cycle.
-    pub(super) fn compact_paced(&self) -> io::Result<()> {
+    pub(super) fn compact_paced(self: &Arc<Self>) -> io::Result<()> {
         {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if inner
@@ -67,7 +68,7 @@ impl QueueLog {
     /// thread calls it in the broker (`compact_paced`, after a cycle), or the caller of a
     /// store whose cycles it runs itself (tests, benchmarks): run beside a cycle, it could
     /// find the Acks it relies on written by the cycle but not yet synced.
-    pub fn compact_now(&self) -> io::Result<bool> {
+    pub fn compact_now(self: &Arc<Self>) -> io::Result<bool> {
         let Some((index, seal, file_bytes)) = self.pick_candidate()? else {
             return Ok(false);
         };
@@ -199,7 +200,7 @@ impl QueueLog {
     /// log's lock is let go: a segment is 8 MiB, and publishers and acks need the lock. A
     /// segment before the head takes no more appends, and its file is rewritten only once
     /// it has left the log (reused as the spare), which the replacement notices.
-    fn pick_candidate(&self) -> io::Result<Option<(u64, Seal, Bytes)>> {
+    fn pick_candidate(self: &Arc<Self>) -> io::Result<Option<(u64, Seal, Bytes)>> {
         let (index, seal, file, end) = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             self.settle_superseded(&mut inner);

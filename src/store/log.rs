@@ -304,6 +304,17 @@ impl QueueLog {
         encode: impl FnOnce(&mut Vec<u8>, Seal),
     ) -> io::Result<(Position, u64)> {
         let mut inner = self.lock();
+        self.append_locked(&mut inner, len, record, encode)
+    }
+
+    /// [`QueueLog::append`] with the log's lock held.
+    pub(super) fn append_locked(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        len: usize,
+        record: Append,
+        encode: impl FnOnce(&mut Vec<u8>, Seal),
+    ) -> io::Result<(Position, u64)> {
         if inner.destroyed {
             return Err(io::Error::other("queue log was deleted"));
         }
@@ -317,7 +328,7 @@ impl QueueLog {
                 && self.shared.seals.takes_appends(h.seal)
         });
         if !fits {
-            self.roll_over(&mut inner, len as u64)?;
+            self.roll_over(inner, len as u64)?;
         }
         let Some(head) = inner.segments.back_mut() else {
             return Err(io::Error::other("queue log has no segment"));
@@ -462,7 +473,7 @@ impl QueueLog {
 
     /// Deletes segments from the front whose durable messages are all acknowledged and that
     /// the queue has read past (`read_pos`: where the queue reads its log from, if it does).
-    pub fn collect_garbage(&self, read_pos: Option<Position>) {
+    pub fn collect_garbage(self: &Arc<Self>, read_pos: Option<Position>) {
         // Closed on the closer thread once unlinked (`Shared::close_in_background`).
         let mut closing = Vec::new();
         let mut inner = self.lock();
@@ -591,12 +602,15 @@ impl Journal for QueueLog {
                 }
             }));
         }
+        self.settle_superseded(&mut self.lock());
         if let Err(e) = self.compact_paced() {
             tracing::warn!(log = %self.dir.display(), error = %e, "cannot compact a segment");
         }
     }
 }
 
+#[cfg(test)]
+mod ack_tests;
 #[cfg(test)]
 mod read_tests;
 #[cfg(test)]
