@@ -1425,6 +1425,14 @@ async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
         api.get("/api/cluster-name").await.json(),
         json!({"name": ""})
     );
+    // An import of definitions names the cluster too, as RabbitMQ's does.
+    let defs = json!({"global_parameters": [{"name": "cluster_name", "value": "imported"}]});
+    let imported = api.post("/api/definitions", defs).await;
+    assert_eq!(imported.status, 204, "{}", imported.text());
+    assert_eq!(
+        api.get("/api/cluster-name").await.json(),
+        json!({"name": "imported"})
+    );
 }
 
 /// Same as RabbitMQ: `idle_since` is on a queue or channel at rest only. A queue taking

@@ -62,15 +62,7 @@ impl Broker {
             self.set_topic_permissions(&t.user, &t.vhost, &t.exchange, &t.write, &t.read)?;
             report.permissions += 1;
         }
-        // Same as RabbitMQ, which imports global parameters: the cluster's name, of those
-        // Lepus has.
-        for p in &defs.global_parameters {
-            if p.name == super::admin::CLUSTER_NAME
-                && let Some(name) = p.value.as_str()
-            {
-                self.set_cluster_name(name.to_owned())?;
-            }
-        }
+        self.import_global_parameters(defs)?;
         report.policies = self.import_policies(&defs.policies)?;
         for x in &defs.exchanges {
             let vhost = self.existing_vhost_of(&x.vhost, "exchange", &x.name)?;
@@ -131,6 +123,19 @@ impl Broker {
             report.bindings += 1;
         }
         Ok(report)
+    }
+
+    /// Same as RabbitMQ, which imports global parameters: the cluster's name, of those
+    /// Lepus has.
+    fn import_global_parameters(&self, defs: &Definitions) -> Result<(), String> {
+        for p in &defs.global_parameters {
+            if p.name == super::admin::CLUSTER_NAME
+                && let Some(name) = p.value.as_str()
+            {
+                self.set_cluster_name(name.to_owned())?;
+            }
+        }
+        Ok(())
     }
 
     fn import_policies(&self, policies: &[PolicyDef]) -> Result<usize, String> {
