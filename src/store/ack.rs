@@ -123,17 +123,14 @@ impl QueueLog {
         }
     }
 
-    /// Where in `segments` the durable message `seq` is. Acks come mostly in the order the
-    /// messages were logged, so the segment of the last one (or the next) is tried first:
-    /// draining a backlog of many segments costs no search per message.
-    fn segment_holding(inner: &mut Inner, seq: u64) -> Option<usize> {
-        let first = inner.segments.front()?.index;
-        let hint = inner.ack_hint.saturating_sub(first) as usize;
-        let at = [hint, hint + 1]
-            .into_iter()
-            .find(|&i| inner.segments.get(i).is_some_and(|s| s.holds(seq)))
-            .or_else(|| inner.segments.iter().rposition(|s| s.holds(seq)))?;
-        inner.ack_hint = inner.segments[at].index;
-        Some(at)
+    /// Where in `segments` the durable message `seq` is: the first segment whose
+    /// `ceiling` reaches it, if that one holds it (compaction may have dropped the record).
+    /// A binary search, whatever order acks come in: a guess from the last ack's segment,
+    /// with a scan of every segment when it missed, made each ack of a consumer lagging a
+    /// segment behind another cost a pass over a backlog of thousands of segments, under
+    /// the lock its publishers need.
+    fn segment_holding(inner: &Inner, seq: u64) -> Option<usize> {
+        let at = inner.segments.partition_point(|s| s.ceiling < seq);
+        inner.segments.get(at).filter(|s| s.holds(seq)).map(|_| at)
     }
 }

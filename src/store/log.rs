@@ -58,6 +58,12 @@ pub(super) struct Segment {
     pub(super) last_message: u64,
     /// Durable message records here, acknowledged or not (compaction compares `live` to it).
     pub(super) messages: u64,
+    /// The highest sequence number of a durable message record logged in this segment or
+    /// any before it. Numbers rise in the order records are logged, so it never falls along
+    /// the log, and an ack finds the segment of its record by a binary search on it
+    /// (`segment_holding`); `first_message` and `last_message` allow none, as a segment of
+    /// marks alone has none.
+    pub(super) ceiling: u64,
     /// Rewritten by compaction already.
     pub(super) compacted: bool,
     /// Returned marks here, and how many of them a later mark or an Ack made stale
@@ -90,6 +96,7 @@ impl Segment {
             first_message: u64::MAX,
             last_message: 0,
             messages: 0,
+            ceiling: 0,
             compacted: false,
             returned_marks: 0,
             stale_marks: 0,
@@ -170,9 +177,6 @@ pub(super) struct Inner {
     pub(super) read_pos: Option<Position>,
     /// When a segment was last compacted: compaction is paced.
     pub(super) last_compaction: Option<std::time::Instant>,
-    /// The segment that held the last acknowledged message (its number): the next ack's
-    /// first guess.
-    pub(super) ack_hint: u64,
     /// Acked messages still counted live until the copy that superseded them is on disk:
     /// (the copy's epoch, seq), oldest first (see `store::ack`).
     pub(super) superseded: VecDeque<(u64, u64)>,
@@ -278,7 +282,6 @@ impl QueueLog {
                 acked: IntervalSet::default(),
                 read_pos: None,
                 last_compaction: None,
-                ack_hint: 0,
                 superseded: VecDeque::new(),
                 returned_at: HashMap::new(),
             }),
@@ -344,6 +347,7 @@ impl QueueLog {
             head.messages += 1;
             head.first_message = head.first_message.min(seq);
             head.last_message = head.last_message.max(seq);
+            head.ceiling = head.ceiling.max(seq);
         }
         if record == Append::Paged {
             // A copy the queue will read back: compaction stays behind it until the queue
@@ -415,6 +419,8 @@ impl QueueLog {
         };
         inner.pending_offset = 0;
         inner.dir_dirty = true;
+        let mut next = next;
+        next.ceiling = inner.segments.back().map_or(0, |h| h.ceiling);
         inner.segments.push_back(next);
         Ok(())
     }

@@ -143,9 +143,10 @@ impl QueueLog {
         let mut marks = Marks::default();
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut skip: Vec<(Position, Position)> = Vec::new();
+        let mut ceiling = 0;
         for (i, &index) in indices.iter().enumerate() {
             let last = i + 1 == indices.len();
-            let seg = scan_segment(
+            let mut seg = scan_segment(
                 &shared,
                 &dir,
                 index,
@@ -154,6 +155,10 @@ impl QueueLog {
                 &mut recovered,
                 &mut skip,
             )?;
+            if seg.messages > 0 {
+                ceiling = ceiling.max(seg.last_message);
+            }
+            seg.ceiling = ceiling;
             segments.push_back(seg);
         }
         count_unacked(&*fs, &dir, &mut segments, &marks, &mut recovered)?;
@@ -213,7 +218,6 @@ impl QueueLog {
                     offset: 0,
                 }),
                 last_compaction: None,
-                ack_hint: 0,
                 superseded: std::collections::VecDeque::new(),
                 returned_at,
             }),

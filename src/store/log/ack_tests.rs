@@ -41,3 +41,43 @@ fn the_ack_of_a_superseded_record_waits_until_its_copy_is_synced() {
     let (_, seen) = restart_and_read(fs, &dir);
     assert_eq!(seen, vec![1], "only the copy comes back");
 }
+
+/// Acks in any order take each message off its own segment's live count, also after a
+/// restart (which works out where each segment's numbers reach again) and with segments of
+/// marks alone between those of messages.
+#[test]
+fn acks_in_any_order_count_out_each_message_from_its_own_segment() {
+    let (store, fs, dir, log) = manual_store();
+    for seq in 0..200 {
+        append_durable(&log, seq);
+        if seq % 50 == 49 {
+            // More than a segment of marks alone (no message numbers) now and then.
+            for _ in 0..(2 * 64 * 1024 / record::MARK_LEN) {
+                log.delivered(seq).unwrap();
+            }
+        }
+    }
+    assert!(store.sync_now());
+    drop(log);
+    drop(store);
+    let store = crate::store::Store::open_manual(fs, &dir, 64 * 1024).unwrap();
+    let (log, _) = store.recover_queue_log(7).unwrap();
+    // Every third message, from the back, then the rest of the odd ones from the front.
+    let mut acked: Vec<u64> = (0..200).rev().filter(|s| s % 3 == 0).collect();
+    acked.extend((0..200).filter(|s| s % 3 != 0 && s % 2 == 1));
+    for &seq in &acked {
+        log.ack(seq).unwrap();
+    }
+    let inner = log.lock();
+    let between = inner.segments.iter().skip(1).rev().skip(3);
+    assert!(
+        between.clone().any(|s| s.messages == 0) && between.clone().any(|s| s.messages > 0),
+        "segments of marks alone lie among the others"
+    );
+    for s in &inner.segments {
+        let unacked = (0..200u64)
+            .filter(|seq| s.holds(*seq) && !acked.contains(seq))
+            .count() as u64;
+        assert_eq!(s.live, unacked, "segment {}", s.index);
+    }
+}
