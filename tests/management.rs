@@ -1425,8 +1425,15 @@ async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
         api.get("/api/cluster-name").await.json(),
         json!({"name": ""})
     );
-    // An import of definitions names the cluster too, as RabbitMQ's does.
+    // A vhost's import leaves the node's settings be; a whole import names the cluster,
+    // as RabbitMQ's do.
     let defs = json!({"global_parameters": [{"name": "cluster_name", "value": "imported"}]});
+    let into_vhost = api.post("/api/definitions/%2F", defs.clone()).await;
+    assert_eq!(into_vhost.status, 204, "{}", into_vhost.text());
+    assert_eq!(
+        api.get("/api/cluster-name").await.json(),
+        json!({"name": ""})
+    );
     let imported = api.post("/api/definitions", defs).await;
     assert_eq!(imported.status, 204, "{}", imported.text());
     assert_eq!(
@@ -2668,6 +2675,8 @@ async fn same_as_rabbitmq_a_policys_expires_counts_from_the_policy() {
     let policy =
         json!({"pattern": "^idle$", "definition": {"expires": 2000}, "apply-to": "queues"});
     assert_eq!(api.put("/api/policies/%2F/short", policy).await.status, 201);
+    // A broker that expired it at once (counting from the declare) would have by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         api.get("/api/queues/%2F/idle").await.status,
         200,

@@ -36,6 +36,8 @@ impl Broker {
         user: &str,
     ) -> Result<ImportReport, String> {
         let mut report = ImportReport::default();
+        // Refused before anything is applied, rather than half way.
+        check_global_parameters(defs)?;
         for u in &defs.users {
             let hashing = Hashing::from_name(&u.hashing_algorithm).ok_or_else(|| {
                 format!(
@@ -165,5 +167,22 @@ impl Broker {
     ) -> Result<std::sync::Arc<super::vhost::VirtualHost>, String> {
         self.vhost(vhost)
             .ok_or_else(|| format!("{what} '{name}': vhost '{vhost}' does not exist"))
+    }
+}
+
+/// What [`Broker::import_global_parameters`] would refuse: a cluster name too long.
+fn check_global_parameters(defs: &Definitions) -> Result<(), String> {
+    use super::admin::{CLUSTER_NAME, MAX_CLUSTER_NAME_BYTES};
+    let too_long = defs.global_parameters.iter().any(|p| {
+        p.name == CLUSTER_NAME
+            && p.value
+                .as_str()
+                .is_some_and(|n| n.len() > MAX_CLUSTER_NAME_BYTES)
+    });
+    match too_long {
+        true => Err(format!(
+            "the cluster name is longer than {MAX_CLUSTER_NAME_BYTES} bytes"
+        )),
+        false => Ok(()),
     }
 }

@@ -180,7 +180,14 @@ fn parse(body: &[u8], vhost: Option<&str>) -> Result<Definitions, ApiError> {
             }
         }
         if let Value::Object(map) = &mut value {
-            for key in ["users", "vhosts", "permissions", "topic_permissions"] {
+            // And the node's settings: same as RabbitMQ, a vhost's import leaves them be.
+            for key in [
+                "users",
+                "vhosts",
+                "permissions",
+                "topic_permissions",
+                "global_parameters",
+            ] {
                 map.remove(key);
             }
         }

@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::log::{Append, Inner, MARKS_PER_APPEND, QueueLog};
+use super::log::{Append, Inner, MARKS_PER_APPEND, QueueLog, Registered};
 use super::record::{self, Kind};
 use super::sync::Outcome;
 
@@ -68,7 +68,19 @@ impl QueueLog {
             return Err(io::Error::other("queue log was deleted"));
         }
         inner.superseded.push_back((epoch, seq));
+        self.await_a_cycle(&mut inner);
         Ok(())
+    }
+
+    /// Puts the log on the sync thread's list (lazily) if it is on none: a cycle that takes
+    /// it settles its superseded records afterwards (`after_sync`). Without it, an Ack
+    /// waiting for an epoch a cycle without this log synced was never written, and a
+    /// restart brought the message back twice.
+    fn await_a_cycle(self: &Arc<Self>, inner: &mut Inner) {
+        if inner.registered == Registered::No {
+            inner.registered = Registered::Lazy;
+            self.shared.mark_lazy(self.clone());
+        }
     }
 
     /// Logs the Acks of the superseded records whose copies are on disk now, and counts
@@ -80,7 +92,11 @@ impl QueueLog {
             inner.superseded.clear();
             return;
         }
-        while let Some(&(epoch, seq)) = inner.superseded.front() {
+        // Each entry once: one whose copy's write failed goes to the back with a later epoch.
+        for _ in 0..inner.superseded.len() {
+            let Some(&(epoch, seq)) = inner.superseded.front() else {
+                break;
+            };
             match self.shared.outcome(epoch) {
                 Outcome::Pending => break,
                 Outcome::Durable => {
@@ -96,15 +112,22 @@ impl QueueLog {
                     }
                     Self::count_out(inner, seq);
                 }
-                // The copy's write failed. Its bytes may reach the disk later, but no epoch
-                // says when, so the old record is never counted out: it stays (compaction
-                // keeps it) until a restart reads its Ack, if that got to the disk, or brings
-                // the message back twice (at least once). Writes fail rarely; a record
-                // kept beats a message lost.
+                // The copy's write failed. Its bytes stay pending and are written again
+                // (a full disk that empties), so the epoch current now says when they are on
+                // disk: the cycle that writes them is that one or a later one. On a store
+                // that went read-only (a failed fsync) nothing more is written: the old
+                // record stays (compaction keeps it), and a restart brings the message back
+                // from it (at least once). A record kept beats a message lost.
                 Outcome::Failed => {
                     inner.superseded.pop_front();
+                    if self.shared.writable() {
+                        inner.superseded.push_back((self.shared.epoch(), seq));
+                    }
                 }
             }
+        }
+        if !inner.superseded.is_empty() {
+            self.await_a_cycle(inner);
         }
     }
 

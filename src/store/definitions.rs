@@ -265,13 +265,6 @@ impl DefinitionsStore {
         }
     }
 
-    /// The global runtime parameter `name` as recorded, if it is set.
-    pub fn global_parameter(&self, name: &str) -> Option<serde_json::Value> {
-        let state = self.lock();
-        let found = state.defs.global_parameters.iter().find(|p| p.name == name);
-        found.map(|p| p.value.clone())
-    }
-
     /// The policies as recorded, for callers that change one and re-apply them all.
     pub fn policies(&self) -> Vec<PolicyDef> {
         self.lock().defs.policies.clone()

@@ -81,3 +81,52 @@ fn acks_in_any_order_count_out_each_message_from_its_own_segment() {
         assert_eq!(s.live, unacked, "segment {}", s.index);
     }
 }
+
+/// The Ack follows however the copy's epoch was synced: here by a cycle that ran before the
+/// requeue noted the record it supersedes, so no cycle of this log is left to settle it.
+/// Before, nothing wrote that Ack, and a clean restart brought the message back twice.
+#[test]
+fn the_ack_of_a_superseded_record_is_written_when_its_copy_was_synced_already() {
+    let (store, fs, dir, log) = manual_store();
+    append_durable(&log, 0);
+    let body = [Bytes::from(vec![b'x'; 100])];
+    let epoch = log
+        .append_message(1, &parts(&body), true, &Default::default())
+        .unwrap();
+    assert!(store.sync_now());
+    log.ack_superseded(0, epoch).unwrap();
+    while store.sync_now() {}
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, vec![1], "only the copy comes back");
+}
+
+/// A copy whose first write failed (a full disk) is written again, and its old record's
+/// Ack follows it then. Before, a failed epoch dropped the Ack for good: the old record
+/// came back at every restart beside its copy, and kept its segment.
+#[test]
+fn the_ack_of_a_superseded_record_follows_a_copy_written_again_after_a_failure() {
+    let (sim, fs, dir, store, log) = super::tests::sim_store(7, "superseded-retry");
+    append_durable(&log, 0);
+    assert!(store.sync_now());
+    let body = [Bytes::from(vec![b'x'; 100])];
+    let epoch = log
+        .append_message(1, &parts(&body), true, &Default::default())
+        .unwrap();
+    log.ack_superseded(0, epoch).unwrap();
+    sim.set_faults(crate::store::sim::Faults {
+        write_error: 1.0,
+        ..Default::default()
+    });
+    store.sync_now();
+    assert!(store.shared.failed(epoch), "the copy's first write failed");
+    sim.set_faults(Default::default());
+    for _ in 0..4 {
+        store.sync_now();
+    }
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, vec![1], "only the copy comes back");
+}
