@@ -1442,6 +1442,92 @@ async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
     );
 }
 
+/// The `rabbitmq_cluster_permanent_id` label of `rabbitmq_identity_info` on Prometheus.
+async fn permanent_id(broker: &Broker) -> String {
+    let metrics = prometheus(broker).get("/metrics").await.text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("rabbitmq_identity_info{"))
+        .unwrap_or_else(|| panic!("no identity line in {metrics}"));
+    let (_, rest) = line
+        .split_once("rabbitmq_cluster_permanent_id=\"")
+        .unwrap_or_else(|| panic!("no permanent id in {line}"));
+    rest.split('"').next().unwrap().to_owned()
+}
+
+/// Same as RabbitMQ 3.10.8 (observed): the cluster's permanent id is drawn on the first
+/// start (`rabbitmq-cluster-id-` and 22 characters) and kept: renaming the cluster or
+/// restarting leaves it, so dashboards keyed by it follow the cluster. It is the global
+/// parameter `internal_cluster_id`, listed in an export (where `cluster_name` shows only once
+/// one is set), and an import of definitions replaces it.
+#[tokio::test]
+async fn same_as_rabbitmq_the_clusters_permanent_id_outlives_renames_and_restarts() {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.prometheus_listen = Some("127.0.0.1:0".parse().unwrap());
+    let start = |config: Config| async move {
+        let broker = Broker::start_with(config).await;
+        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+        let api = Api::new(addr.expect("management listener"), "guest", "guest");
+        (broker, api)
+    };
+    let (mut broker, api) = start(config.clone()).await;
+    let id = permanent_id(&broker).await;
+    let random = id
+        .strip_prefix("rabbitmq-cluster-id-")
+        .unwrap_or_else(|| panic!("{id}"));
+    assert_eq!(random.len(), 22, "{id}");
+    let parameter = json!({"name": "internal_cluster_id", "value": id});
+    assert_eq!(
+        api.get("/api/global-parameters").await.json(),
+        json!([parameter])
+    );
+    assert_eq!(
+        api.get("/api/global-parameters/internal_cluster_id")
+            .await
+            .json(),
+        parameter
+    );
+    assert_eq!(api.get("/api/global-parameters/nothing").await.status, 404);
+    let exported = api.get("/api/definitions").await.json();
+    assert_eq!(exported["global_parameters"], json!([parameter]));
+
+    let renamed = api
+        .put("/api/cluster-name", json!({"name": "prod-eu"}))
+        .await;
+    assert_eq!(renamed.status, 204);
+    assert_eq!(permanent_id(&broker).await, id);
+    broker.stop().await;
+    let (broker, api) = start(config.clone()).await;
+    assert_eq!(permanent_id(&broker).await, id);
+    let exported = api.get("/api/definitions").await.json();
+    let listed = exported["global_parameters"].as_array().unwrap();
+    assert!(listed.contains(&parameter), "{exported}");
+    assert!(
+        listed.contains(&json!({"name": "cluster_name", "value": "prod-eu"})),
+        "{exported}"
+    );
+
+    // Another node has its own.
+    let other = Broker::start_with({
+        let mut c = Config::for_tests();
+        c.prometheus_listen = Some("127.0.0.1:0".parse().unwrap());
+        c
+    })
+    .await;
+    assert_ne!(permanent_id(&other).await, id);
+
+    let imported = json!({"global_parameters": [
+        {"name": "internal_cluster_id", "value": "rabbitmq-cluster-id-AAAAAAAAAAAAAAAAAAAAAA"}
+    ]});
+    let response = api.post("/api/definitions", imported).await;
+    assert_eq!(response.status, 204, "{}", response.text());
+    assert_eq!(
+        permanent_id(&broker).await,
+        "rabbitmq-cluster-id-AAAAAAAAAAAAAAAAAAAAAA"
+    );
+}
+
 /// Same as RabbitMQ: `idle_since` is on a queue or channel at rest only. A queue taking
 /// messages has none (a clean-up script deleting queues idle for an hour must not find it),
 /// and once messages stop it is idle since after the last one.

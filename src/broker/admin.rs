@@ -61,8 +61,30 @@ pub const POLICY_KEYS: &[&str] = &[
 /// The global runtime parameter that names the cluster, as RabbitMQ calls it.
 pub const CLUSTER_NAME: &str = "cluster_name";
 
-/// The longest cluster name taken: every connection's server properties carry it.
+/// The global runtime parameter that holds the cluster's permanent id, as RabbitMQ calls it.
+pub const INTERNAL_CLUSTER_ID: &str = "internal_cluster_id";
+
+/// The longest cluster name (or id) taken: every connection's server properties carry the
+/// name, and every Prometheus scrape the id.
 pub const MAX_CLUSTER_NAME_BYTES: usize = 1024;
+
+/// A new permanent id for a cluster, in RabbitMQ's shape (`rabbitmq-cluster-id-` and 16
+/// random bytes in URL-safe base64): tools that read it see what they know.
+pub fn new_cluster_id() -> String {
+    format!(
+        "rabbitmq-cluster-id-{}",
+        crate::auth::random::random_suffix()
+    )
+}
+
+/// The refusal of a cluster name or id longer than [`MAX_CLUSTER_NAME_BYTES`].
+pub fn global_too_long(name: &str) -> String {
+    let what = match name {
+        CLUSTER_NAME => "the cluster name",
+        _ => "the cluster id",
+    };
+    format!("{what} is longer than {MAX_CLUSTER_NAME_BYTES} bytes")
+}
 
 impl Broker {
     /// The cluster's name (see [`Broker::cluster_name`]'s field).
@@ -77,21 +99,44 @@ impl Broker {
     /// the definitions (as RabbitMQ's `set_cluster_name`); returns the epoch it is durable
     /// in. Same as RabbitMQ, an empty name is taken.
     pub fn set_cluster_name(&self, name: String) -> Result<u64, String> {
-        if name.len() > MAX_CLUSTER_NAME_BYTES {
-            return Err(format!(
-                "the cluster name is longer than {MAX_CLUSTER_NAME_BYTES} bytes"
-            ));
+        self.set_global(&self.cluster_name, CLUSTER_NAME, name)
+    }
+
+    /// The cluster's permanent id (`internal_cluster_id`).
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the cluster's permanent id (an import of definitions does, as RabbitMQ's
+    /// does), recorded with the definitions; returns the epoch it is durable in.
+    pub fn set_cluster_id(&self, id: String) -> Result<u64, String> {
+        self.set_global(&self.cluster_id, INTERNAL_CLUSTER_ID, id)
+    }
+
+    /// Sets a global parameter Lepus keeps in memory as a string (the cluster's name or
+    /// id), and records it with the definitions.
+    fn set_global(
+        &self,
+        slot: &std::sync::RwLock<String>,
+        name: &str,
+        value: String,
+    ) -> Result<u64, String> {
+        if value.len() > MAX_CLUSTER_NAME_BYTES {
+            return Err(global_too_long(name));
         }
-        // Under the name's lock, so that of two names set at once the one kept in memory
+        // Under the value's lock, so that of two values set at once the one kept in memory
         // is the one recorded last.
-        let mut current = self.cluster_name.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = slot.write().unwrap_or_else(|e| e.into_inner());
         let epoch = self
             .definitions
             .record(Change::PutGlobalParameter(GlobalParameterDef {
-                name: CLUSTER_NAME.into(),
-                value: serde_json::Value::String(name.clone()),
+                name: name.into(),
+                value: serde_json::Value::String(value.clone()),
             }));
-        *current = name;
+        *current = value;
         Ok(epoch)
     }
 

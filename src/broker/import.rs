@@ -127,15 +127,20 @@ impl Broker {
         Ok(report)
     }
 
-    /// Same as RabbitMQ, which imports global parameters: the cluster's name, of those
-    /// Lepus has.
+    /// Same as RabbitMQ, which imports global parameters: the cluster's name and permanent
+    /// id, of those Lepus has (as strings; other global parameters belong to plugins Lepus
+    /// does not have).
     fn import_global_parameters(&self, defs: &Definitions) -> Result<(), String> {
+        use super::admin::{CLUSTER_NAME, INTERNAL_CLUSTER_ID};
         for p in &defs.global_parameters {
-            if p.name == super::admin::CLUSTER_NAME
-                && let Some(name) = p.value.as_str()
-            {
-                self.set_cluster_name(name.to_owned())?;
-            }
+            let Some(value) = p.value.as_str() else {
+                continue;
+            };
+            match p.name.as_str() {
+                CLUSTER_NAME => self.set_cluster_name(value.to_owned())?,
+                INTERNAL_CLUSTER_ID => self.set_cluster_id(value.to_owned())?,
+                _ => continue,
+            };
         }
         Ok(())
     }
@@ -170,19 +175,17 @@ impl Broker {
     }
 }
 
-/// What [`Broker::import_global_parameters`] would refuse: a cluster name too long.
+/// What [`Broker::import_global_parameters`] would refuse: a cluster name or id too long.
 fn check_global_parameters(defs: &Definitions) -> Result<(), String> {
-    use super::admin::{CLUSTER_NAME, MAX_CLUSTER_NAME_BYTES};
-    let too_long = defs.global_parameters.iter().any(|p| {
-        p.name == CLUSTER_NAME
+    use super::admin::{CLUSTER_NAME, INTERNAL_CLUSTER_ID, MAX_CLUSTER_NAME_BYTES};
+    let too_long = defs.global_parameters.iter().find(|p| {
+        [CLUSTER_NAME, INTERNAL_CLUSTER_ID].contains(&p.name.as_str())
             && p.value
                 .as_str()
                 .is_some_and(|n| n.len() > MAX_CLUSTER_NAME_BYTES)
     });
     match too_long {
-        true => Err(format!(
-            "the cluster name is longer than {MAX_CLUSTER_NAME_BYTES} bytes"
-        )),
-        false => Ok(()),
+        Some(p) => Err(super::admin::global_too_long(&p.name)),
+        None => Ok(()),
     }
 }

@@ -88,6 +88,11 @@ pub struct Broker {
     /// API: the node's name until one is set (`Broker::set_cluster_name`), kept with the
     /// definitions, as RabbitMQ keeps its `cluster_name` global parameter.
     pub cluster_name: std::sync::RwLock<String>,
+    /// The cluster's permanent id (RabbitMQ's `internal_cluster_id` global parameter,
+    /// Prometheus's `rabbitmq_cluster_permanent_id`): drawn at random on the first start and
+    /// kept with the definitions, so that a dashboard keyed by it follows the cluster through
+    /// restarts and a change of name. An import of definitions replaces it, as RabbitMQ's does.
+    pub cluster_id: std::sync::RwLock<String>,
 }
 
 impl Broker {

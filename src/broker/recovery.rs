@@ -8,7 +8,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 
 use super::Broker;
-use super::admin::CLUSTER_NAME;
+use super::admin::{CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id};
 use super::alarms::Alarms;
 use super::connections::Connections;
 use super::exchange::{Destination, Exchange, ExchangeKind};
@@ -23,7 +23,8 @@ use crate::auth::{self, User};
 use crate::config::Config;
 use crate::store::Store;
 use crate::store::definitions::{
-    Change, Definitions, DefinitionsStore, PermissionDef, UserDef, VhostDef, decode_arguments,
+    Change, Definitions, DefinitionsStore, GlobalParameterDef, PermissionDef, UserDef, VhostDef,
+    decode_arguments,
 };
 use crate::store::fs::{Fs, RealFs};
 
@@ -74,14 +75,26 @@ impl Broker {
             );
         }
         let memory = Memory::leaked(config.limits.memory_budget_bytes);
-        let cluster_name = defs
-            .global_parameters
-            .iter()
-            .find(|p| p.name == CLUSTER_NAME)
-            .and_then(|p| p.value.as_str())
-            .map_or_else(|| config.node_name.clone(), str::to_owned);
+        let global = |name: &str| {
+            defs.global_parameters
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.value.as_str())
+                .map(str::to_owned)
+        };
+        let cluster_name = global(CLUSTER_NAME).unwrap_or_else(|| config.node_name.clone());
+        // Same as RabbitMQ: the permanent id is drawn when the node first needs it and kept.
+        let cluster_id = global(INTERNAL_CLUSTER_ID).unwrap_or_else(|| {
+            let id = new_cluster_id();
+            definitions.record(Change::PutGlobalParameter(GlobalParameterDef {
+                name: INTERNAL_CLUSTER_ID.into(),
+                value: serde_json::Value::String(id.clone()),
+            }));
+            id
+        });
         let broker = Broker {
             cluster_name: std::sync::RwLock::new(cluster_name),
+            cluster_id: std::sync::RwLock::new(cluster_id),
             users: DashMap::new(),
             user_usage: DashMap::new(),
             user_changes: Default::default(),

@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 
 use super::http::{ApiError, ApiResult, Caller, no_content};
 use super::state::Mgmt;
-use crate::broker::admin::CLUSTER_NAME;
 use crate::store::definitions::{Definitions, encode_arguments};
 
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -91,10 +90,8 @@ pub fn export(m: &Mgmt, vhost: Option<&str>) -> Value {
         "permissions": defs.permissions,
         "topic_permissions": defs.topic_permissions,
         "parameters": [],
-        "global_parameters": [
-            {"name": CLUSTER_NAME, "value": m.broker.cluster_name()},
-            {"name": "internal_cluster_id", "value": format!("lepus-cluster-id-{}", m.broker.started_at_ms)},
-        ],
+        // Same as RabbitMQ: the cluster's id, and its name once one was set.
+        "global_parameters": defs.global_parameters,
         "policies": policies,
         "queues": queues,
         "exchanges": exchanges,

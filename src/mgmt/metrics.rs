@@ -591,7 +591,7 @@ fn encode_identity(mgmt: &Mgmt, enc: &mut DescriptorEncoder) -> std::fmt::Result
     let identity = vec![
         ("rabbitmq_node", mgmt.node().to_owned()),
         ("rabbitmq_cluster", cluster.clone()),
-        ("rabbitmq_cluster_permanent_id", format!("lepus-{cluster}")),
+        ("rabbitmq_cluster_permanent_id", mgmt.broker.cluster_id()),
     ];
     gauge(
         enc,

@@ -35,7 +35,8 @@ pub fn routes() -> Router<Arc<Mgmt>> {
         .route("/api/parameters", get(no_parameters))
         .route("/api/parameters/{component}", get(no_parameters))
         .route("/api/parameters/{component}/{vhost}", get(no_parameters))
-        .route("/api/global-parameters", get(no_parameters))
+        .route("/api/global-parameters", get(global_parameters))
+        .route("/api/global-parameters/{name}", get(global_parameter))
         .route("/api/vhost-limits", get(all_limits))
         .route("/api/vhost-limits/{vhost}", get(vhost_limits))
         .route(
@@ -65,6 +66,31 @@ pub fn routes() -> Router<Arc<Mgmt>> {
 
 async fn no_parameters(_caller: Caller) -> ApiResult {
     Ok(Json(json!([])).into_response())
+}
+
+/// Same as RabbitMQ, for administrators: the global parameters Lepus keeps (the cluster's
+/// permanent id, and its name once one was set).
+async fn global_parameters(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    Ok(Json(m.broker.definitions.global_parameters()).into_response())
+}
+
+async fn global_parameter(
+    State(m): State<Arc<Mgmt>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let found = m
+        .broker
+        .definitions
+        .global_parameters()
+        .into_iter()
+        .find(|p| p.name == name);
+    match found {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiError::not_found()),
+    }
 }
 
 fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &rates::OpenChannels) -> Value {

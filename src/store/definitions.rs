@@ -280,6 +280,11 @@ impl DefinitionsStore {
         self.lock().defs.operator_policies.clone()
     }
 
+    /// The global parameters as recorded (the cluster's name, once set, and its id).
+    pub fn global_parameters(&self) -> Vec<GlobalParameterDef> {
+        self.lock().defs.global_parameters.clone()
+    }
+
     /// Everything recorded, for an export.
     pub fn current(&self) -> Definitions {
         self.lock().defs.clone()
