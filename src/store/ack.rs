@@ -92,6 +92,7 @@ impl QueueLog {
             inner.superseded.clear();
             return;
         }
+        let mut settled = Vec::new();
         // Each entry once: one whose copy's write failed goes to the back with a later epoch.
         for _ in 0..inner.superseded.len() {
             let Some(&(epoch, seq)) = inner.superseded.front() else {
@@ -101,16 +102,7 @@ impl QueueLog {
                 Outcome::Pending => break,
                 Outcome::Durable => {
                     inner.superseded.pop_front();
-                    let logged =
-                        self.append_locked(inner, record::MARK_LEN, Append::Mark, |out, seal| {
-                            record::encode_mark(out, seal, Kind::Ack, seq);
-                        });
-                    if let Err(e) = logged {
-                        // The record stays without its Ack: a restart brings the message
-                        // back beside its copy (at least once).
-                        tracing::error!(log = %self.dir.display(), error = %e, "cannot log an acknowledgement");
-                    }
-                    Self::count_out(inner, seq);
+                    settled.push(seq);
                 }
                 // The copy's write failed. Its bytes stay pending and are written again
                 // (a full disk that empties), so the epoch current now says when they are on
@@ -124,6 +116,23 @@ impl QueueLog {
                         inner.superseded.push_back((self.shared.epoch(), seq));
                     }
                 }
+            }
+        }
+        // One append per `MARKS_PER_APPEND` Acks, as `ack_all` logs them.
+        for chunk in settled.chunks(MARKS_PER_APPEND) {
+            let len = record::MARK_LEN * chunk.len();
+            let logged = self.append_locked(inner, len, Append::Mark, |out, seal| {
+                for &seq in chunk {
+                    record::encode_mark(out, seal, Kind::Ack, seq);
+                }
+            });
+            if let Err(e) = logged {
+                // The records stay without their Acks: a restart brings the messages back
+                // beside their copies (at least once).
+                tracing::error!(log = %self.dir.display(), error = %e, "cannot log acknowledgements");
+            }
+            for &seq in chunk {
+                Self::count_out(inner, seq);
             }
         }
         if !inner.superseded.is_empty() {

@@ -130,3 +130,30 @@ fn the_ack_of_a_superseded_record_follows_a_copy_written_again_after_a_failure()
     let (_, seen) = restart_and_read(fs, &dir);
     assert_eq!(seen, vec![1], "only the copy comes back");
 }
+
+/// Many superseded records settled in one cycle (a consumer requeueing a whole prefetch
+/// window at once) are acknowledged in appends of `MARKS_PER_APPEND`, as `ack_all` logs
+/// acks, every one of them: only the copies come back.
+#[test]
+fn many_superseded_records_are_acknowledged_together_once_their_copies_are_synced() {
+    const REQUEUED: u64 = (MARKS_PER_APPEND * 2 + 10) as u64;
+    let (store, fs, dir, log) = manual_store();
+    for seq in 0..REQUEUED {
+        append_durable(&log, seq);
+    }
+    assert!(store.sync_now());
+    let body = [Bytes::from(vec![b'x'; 100])];
+    for seq in 0..REQUEUED {
+        let epoch = log
+            .append_message(REQUEUED + seq, &parts(&body), true, &Default::default())
+            .unwrap();
+        log.ack_superseded(seq, epoch).unwrap();
+    }
+    assert!(store.sync_now());
+    assert!(log.lock().superseded.is_empty());
+    while store.sync_now() {}
+    drop(log);
+    drop(store);
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, (REQUEUED..2 * REQUEUED).collect::<Vec<_>>());
+}
