@@ -1352,6 +1352,15 @@ async fn cluster_name_offered(broker: &Broker) -> String {
     }
 }
 
+/// Starts a broker on `config` (with a management listener) and a client of its API as
+/// guest: for tests that restart a broker on the same data directory.
+async fn start_with_api(config: Config) -> (Broker, Api) {
+    let broker = Broker::start_with(config).await;
+    let addr = broker.server.as_ref().and_then(|s| s.management_addr());
+    let api = Api::new(addr.expect("management listener"), "guest", "guest");
+    (broker, api)
+}
+
 /// Same as RabbitMQ 3.10.8 (observed): the cluster's name starts as the node's; a new one
 /// reaches the connections opened after it, the overview and the definitions; an empty one
 /// is taken, a missing one refused; and it is kept across a restart. Lepus told every
@@ -1361,13 +1370,7 @@ async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
     let mut config = Config::for_tests();
     config.node_name = "lepus@testhost".into();
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());
-    let start = |config: Config| async move {
-        let broker = Broker::start_with(config).await;
-        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-        let api = Api::new(addr.expect("management listener"), "guest", "guest");
-        (broker, api)
-    };
-    let (mut broker, api) = start(config.clone()).await;
+    let (mut broker, api) = start_with_api(config.clone()).await;
     assert_eq!(
         api.get("/api/nodes").await.json()[0]["name"],
         "lepus@testhost"
@@ -1406,7 +1409,7 @@ async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
     );
 
     broker.stop().await;
-    let (mut broker, api) = start(config.clone()).await;
+    let (mut broker, api) = start_with_api(config.clone()).await;
     assert_eq!(
         api.get("/api/cluster-name").await.json(),
         json!({"name": "prod-eu"})
@@ -1420,7 +1423,7 @@ async fn the_cluster_name_reaches_clients_and_survives_a_restart() {
     );
     assert_eq!(cluster_name_offered(&broker).await, "");
     broker.stop().await;
-    let (_broker, api) = start(config).await;
+    let (_broker, api) = start_with_api(config).await;
     assert_eq!(
         api.get("/api/cluster-name").await.json(),
         json!({"name": ""})
@@ -1465,13 +1468,7 @@ async fn same_as_rabbitmq_the_clusters_permanent_id_outlives_renames_and_restart
     let mut config = Config::for_tests();
     config.management_listen = Some("127.0.0.1:0".parse().unwrap());
     config.prometheus_listen = Some("127.0.0.1:0".parse().unwrap());
-    let start = |config: Config| async move {
-        let broker = Broker::start_with(config).await;
-        let addr = broker.server.as_ref().and_then(|s| s.management_addr());
-        let api = Api::new(addr.expect("management listener"), "guest", "guest");
-        (broker, api)
-    };
-    let (mut broker, api) = start(config.clone()).await;
+    let (mut broker, api) = start_with_api(config.clone()).await;
     let id = permanent_id(&broker).await;
     let random = id
         .strip_prefix("rabbitmq-cluster-id-")
@@ -1498,7 +1495,7 @@ async fn same_as_rabbitmq_the_clusters_permanent_id_outlives_renames_and_restart
     assert_eq!(renamed.status, 204);
     assert_eq!(permanent_id(&broker).await, id);
     broker.stop().await;
-    let (broker, api) = start(config.clone()).await;
+    let (broker, api) = start_with_api(config.clone()).await;
     assert_eq!(permanent_id(&broker).await, id);
     let exported = api.get("/api/definitions").await.json();
     let listed = exported["global_parameters"].as_array().unwrap();

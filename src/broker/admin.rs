@@ -86,13 +86,15 @@ pub fn global_too_long(name: &str) -> String {
     format!("{what} is longer than {MAX_CLUSTER_NAME_BYTES} bytes")
 }
 
+/// A global parameter Lepus keeps in memory as a string.
+fn read_global(slot: &std::sync::RwLock<String>) -> String {
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 impl Broker {
     /// The cluster's name (see [`Broker::cluster_name`]'s field).
     pub fn cluster_name(&self) -> String {
-        self.cluster_name
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read_global(&self.cluster_name)
     }
 
     /// Names the cluster, for connections opened from now on, and records the name with
@@ -104,10 +106,7 @@ impl Broker {
 
     /// The cluster's permanent id (`internal_cluster_id`).
     pub fn cluster_id(&self) -> String {
-        self.cluster_id
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read_global(&self.cluster_id)
     }
 
     /// Replaces the cluster's permanent id (an import of definitions does, as RabbitMQ's
