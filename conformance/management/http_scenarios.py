@@ -688,5 +688,31 @@ def http_lookaround_patterns(url):
     return seen
 
 
+@scenario
+def http_cluster_identity(url):
+    """The cluster's permanent id: the global parameter `internal_cluster_id` in RabbitMQ's
+    shape, the label Prometheus puts on `rabbitmq_identity_info`, unchanged by a new cluster
+    name; and who may read the global parameters."""
+    seen = {}
+    status, params = get_json("/api/global-parameters")
+    seen["list"] = [status, sorted(p["name"] for p in params)]
+    status, one = get_json("/api/global-parameters/internal_cluster_id")
+    cluster_id = one["value"]
+    seen["id"] = [status, sorted(one), bool(re.fullmatch(r"rabbitmq-cluster-id-[A-Za-z0-9_-]{22}", cluster_id))]
+    seen["missing"] = http("GET", "/api/global-parameters/http-nothing")[::2]
+    http("PUT", "/api/users/http-mon", {"password": "pw", "tags": "monitoring"})
+    seen["monitor"] = http("GET", "/api/global-parameters", auth=("http-mon", "pw"))[0]
+    http("DELETE", "/api/users/http-mon")
+    label = r'rabbitmq_cluster_permanent_id="([^"]*)"'
+    seen["prometheus"] = re.search(label, scrape("/metrics")).group(1) == cluster_id
+    original = get_json("/api/cluster-name")[1]["name"]
+    http("PUT", "/api/cluster-name", {"name": "http-renamed"})
+    seen["renamed"] = re.search(label, scrape("/metrics")).group(1) == cluster_id
+    exported = get_json("/api/definitions")[1]["global_parameters"]
+    seen["exported"] = sorted((p["name"], p["value"] == cluster_id) for p in exported)
+    http("PUT", "/api/cluster-name", {"name": original})
+    return seen
+
+
 if __name__ == "__main__":
     run()
