@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, connection};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
@@ -620,4 +621,109 @@ async fn deliveries_from_many_queues_settle_back_to_their_own_queues() {
     for q in &queues {
         assert_eq!(ready(&ch, q).await, 1, "{q}");
     }
+}
+
+/// A few bytes of input can ask for a lot of output: here a `basic.get` of a 1 MiB message,
+/// given back by `basic.recover` and got again, 300 times in one write (13 KB). The broker
+/// stops parsing once the client has its output limit to read, as it stops reading: what
+/// it holds for the client, and the memory it accounts, stay near that limit, where they
+/// grew by the whole message for every get in the read (300 MiB here; 128 MiB messages made
+/// it hundreds of GB). And the input left unparsed is parsed as the client reads, without
+/// it sending more: every answer comes.
+#[tokio::test]
+async fn gets_given_back_and_got_again_wait_for_the_client_to_read() {
+    const PAIRS: usize = 300;
+    const BODY_BYTES: usize = 1 << 20;
+    let broker = Broker::start().await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare("big".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    fill(&ch, "big", 1, BODY_BYTES).await;
+    let memory = &broker.server.as_ref().unwrap().broker().memory;
+    let before = memory.used();
+
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    let get = encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "big".into(),
+            no_ack: false,
+        })),
+    ));
+    let recover = encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue: true })),
+    ));
+    let burst: Vec<u8> = std::iter::repeat_n([get, recover].concat(), PAIRS)
+        .flatten()
+        .collect();
+    raw.send(&burst).await;
+
+    let mut most = 0;
+    let (mut got, mut recovered) = (0, 0);
+    while recovered < PAIRS {
+        match raw.recv().await.expect("the broker answers") {
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(_))) => got += 1,
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(_))) => {
+                recovered += 1;
+                most = most.max(memory.used().saturating_sub(before));
+            }
+            AMQPFrame::Method(_, other) => panic!("unexpected {other:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(got, PAIRS);
+    assert!(
+        most < 32 << 20,
+        "the broker accounted {} MiB more while the client read",
+        most >> 20
+    );
+    witness_works(&broker).await;
+}
+
+/// An ack that settles nothing (tag 0 with multiple, on a channel holding no deliveries),
+/// sent over and over inside a transaction: each was kept until the commit, so 21 bytes of
+/// input grew the broker by more than that, unaccounted, for as long as the client kept on.
+/// A settle that takes nothing is dropped now, and a run of settles of one kind is kept as
+/// one, as RabbitMQ's `ack_cons` keeps them; the commit still answers.
+#[tokio::test]
+async fn acks_of_nothing_in_a_transaction_are_not_kept() {
+    use amq_protocol::protocol::tx;
+    const ACKS_PER_WRITE: usize = 100_000;
+    let dir = temp_dir("hostile-tx-acks");
+    let broker = Process::start(&[], &dir);
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.handshake().await;
+    raw.open_channel(1).await;
+    raw.send_method(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})))
+        .await;
+    let (_, ok) = raw.recv_method().await.expect("tx.select-ok");
+    assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))));
+    let before = broker.rss_bytes();
+    let ack = encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 0,
+            multiple: true,
+        })),
+    ));
+    let burst: Vec<u8> = std::iter::repeat_n(ack, ACKS_PER_WRITE).flatten().collect();
+    for _ in 0..20 {
+        raw.send(&burst).await;
+    }
+    raw.send_method(1, AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})))
+        .await;
+    let (_, ok) = raw.recv_method().await.expect("tx.commit-ok");
+    assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))));
+    let grown = broker.rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 24 << 20,
+        "2,000,000 acks of nothing grew the broker by {} MiB",
+        grown >> 20
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
 }

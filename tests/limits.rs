@@ -396,3 +396,42 @@ async fn arguments_past_4096_values_are_refused() {
     let (_w, witness) = broker.channel().await;
     assert_healthy(&witness).await;
 }
+
+/// The safety net on unacknowledged deliveries per channel (`max_unacked_per_channel`, where
+/// consumers' credit stops) holds for `basic.get` too: gets never acknowledged pulled a whole
+/// backlog into memory. Past it the channel is closed with 406 naming the limit, and what
+/// the channel held goes back to the queue.
+#[tokio::test]
+async fn gets_past_max_unacked_are_refused_and_what_was_got_goes_back() {
+    use lapin::options::BasicGetOptions;
+    let mut config = Config::for_tests();
+    config.limits.max_unacked_per_channel = 3;
+    let broker = Broker::start_with(config).await;
+    let (_c, setup) = broker.channel().await;
+    declare(&setup, "q").await.unwrap();
+    for _ in 0..5 {
+        within(setup.basic_publish(
+            "".into(),
+            "q".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(message_count(&setup, "q").await, 5);
+    let (_g, getter) = broker.channel().await;
+    for _ in 0..3 {
+        let got = within(getter.basic_get("q".into(), BasicGetOptions::default())).await;
+        assert!(got.unwrap().is_some());
+    }
+    let refused = within(getter.basic_get("q".into(), BasicGetOptions::default())).await;
+    assert_amqp_error(
+        refused,
+        406,
+        "PRECONDITION_FAILED - channel 1 holds 3 unacknowledged deliveries, the most one channel may (max_unacked_per_channel)",
+    );
+    assert_eq!(message_count(&setup, "q").await, 5);
+    assert_healthy(&setup).await;
+}

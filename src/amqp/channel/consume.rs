@@ -264,6 +264,17 @@ impl Channel {
         let name = self.queue_name(g.queue.as_str())?;
         s.authorize(Resource::Queue(&name), Permission::Read)?;
         let q = s.vhost.usable_queue(&name, s.connection_id)?;
+        // The safety net consumers have (their credit stops at it) holds for gets too:
+        // gets never acknowledged would otherwise pull a whole backlog into memory.
+        let max = s.broker.config.limits.max_unacked_per_channel;
+        if !g.no_ack && self.unacked.len() >= max as usize {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "channel {} holds {} unacknowledged deliveries, the most one channel may (max_unacked_per_channel)",
+                id,
+                max
+            ));
+        }
         let Some((entry, remaining)) = q.get(g.no_ack) else {
             crate::broker::stats::bump(&self.stats.info.messages.get_empty, 1);
             reply(

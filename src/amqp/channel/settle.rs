@@ -71,12 +71,22 @@ impl Channel {
             .map_err(err_method)?;
         let is_ack = method_id == crate::protocol::basic::ACK;
         if let Some(tx) = self.tx.as_mut() {
+            // Kept until the commit, so never an entry per settle that took nothing (an ack
+            // of tag 0 with multiple, sent forever, grew the list without end) and one entry
+            // for a run of settles of one kind, as RabbitMQ's `ack_cons` keeps them: the
+            // list is as long as the deliveries it holds at most.
+            if taken.is_empty() {
+                return Ok(());
+            }
             tx.settled += taken.len();
-            tx.settles.push(if is_ack {
-                TxSettle::Ack(taken)
-            } else {
-                TxSettle::Reject(taken, settle.requeue)
-            });
+            match (tx.settles.last_mut(), is_ack) {
+                (Some(TxSettle::Ack(list)), true) => list.extend(taken),
+                (Some(TxSettle::Reject(list, requeue)), false) if *requeue == settle.requeue => {
+                    list.extend(taken)
+                }
+                (_, true) => tx.settles.push(TxSettle::Ack(taken)),
+                (_, false) => tx.settles.push(TxSettle::Reject(taken, settle.requeue)),
+            }
             self.note_gauges();
             return Ok(());
         }

@@ -24,6 +24,7 @@ use crate::protocol::method::{method_ids, parse_method, write_method};
 impl Connection {
     /// Parses and handles every complete frame in the read buffer.
     pub(super) fn process_input(&mut self) {
+        self.parse_paused = false;
         loop {
             match self.phase {
                 Phase::Dropping { .. } | Phase::Finished { .. } => {
@@ -45,6 +46,13 @@ impl Connection {
             }
             if self.committing && matches!(self.phase, Phase::Running) {
                 // The rest waits for the tx.commit under way (see `continue_commits`).
+                return;
+            }
+            if matches!(self.phase, Phase::Running) && self.output_full() {
+                // What is left waits until the client reads what it was sent: a few bytes of
+                // input can ask for a lot of output (a basic.get of a large message, given
+                // back by basic.recover and got again), and `wait` stops reading only between
+                // reads, not within the frames one read brought.
                 return;
             }
             if self.is_blocked() && matches!(self.phase, Phase::Running) {

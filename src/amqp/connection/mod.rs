@@ -149,6 +149,9 @@ pub struct Connection {
     /// batch of it per turn and yields in between, and parses no more input until it is
     /// done, so what follows the commit still comes after it.
     committing: bool,
+    /// Input is left unparsed until output falls under its limit (`output_full`): once it
+    /// has, the next turn parses it without waiting for the client to send more.
+    parse_paused: bool,
     /// Reused buffers for draining the outbox.
     drained: Drained,
     /// The output waiting for the client and the buffer it keeps, charged to the memory
@@ -206,6 +209,7 @@ pub async fn serve(
         session: None,
         channels: Vec::new(),
         committing: false,
+        parse_paused: false,
         drained: Drained::default(),
         unflushed_delivery_bytes: 0,
         buffers: Charge::default(),
@@ -340,6 +344,13 @@ impl Connection {
 
     /// Waits for the socket, the outbox or a timer.
     async fn wait(&mut self) -> Result<(), Exit> {
+        if self.parse_paused && self.out.len() < self.output_limit() {
+            // The client may be waiting for the answers to what it already sent (output
+            // held for a sync went out all at once): parse it now, after the runtime's other
+            // tasks have had their turn.
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
         // A deadline already past is not handled here and now: it goes through the select
         // below like any other, whose timer is ready at once. So even a deadline that
         // `on_timer` failed to move (a bug) would not spin here without ever yielding: the
@@ -411,6 +422,17 @@ impl Connection {
 
     fn output_limit(&self) -> usize {
         4 * self.broker.config.limits.connection_outbox_bytes
+    }
+
+    /// Whether output is at its limit even after writing what the socket takes now. Input
+    /// left unparsed for it is parsed in a later step, which every wake-up runs: `wait`
+    /// waits for the socket to take more while output is over the limit, so the input
+    /// already read is never left waiting for more input. (An error writing is left for the
+    /// flush after the step to report.)
+    fn output_full(&mut self) -> bool {
+        self.parse_paused = self.out.len() >= self.output_limit()
+            && (self.flush().is_err() || self.out.len() >= self.output_limit());
+        self.parse_paused
     }
 
     fn read(&mut self) -> Result<(), Exit> {
