@@ -72,13 +72,23 @@ impl QueueLog {
         let Some((index, seal, file_bytes)) = self.pick_candidate()? else {
             return Ok(false);
         };
+        // Paced from the attempt, not from a success: a compaction that fails (a full disk)
+        // is not tried again at every cycle.
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_compaction = Some(Instant::now());
         let kept = self.keep(index, seal, &file_bytes);
         self.make_appended_durable()?;
         let path = Segment::path(&self.dir, index);
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         let fs = self.shared.fs.clone();
-        if !kept.bytes.is_empty() {
-            fs.write_synced(&tmp, &kept.bytes)?;
+        if !kept.bytes.is_empty()
+            && let Err(e) = fs.write_synced(&tmp, &kept.bytes)
+        {
+            // A copy written in part would hold the space a full disk needs to recover.
+            let _ = fs.remove_file(&tmp);
+            return Err(e);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.last_compaction = Some(Instant::now());
@@ -95,7 +105,10 @@ impl QueueLog {
             replaced = inner.segments.remove(at).map(|s| s.file);
             fs.remove_file(&path)?;
         } else {
-            fs.rename(&tmp, &path)?;
+            if let Err(e) = fs.rename(&tmp, &path) {
+                let _ = fs.remove_file(&tmp);
+                return Err(e);
+            }
             let file = fs.open(&path, OpenMode::EXISTING)?;
             let live = kept
                 .seqs

@@ -10,20 +10,25 @@ use super::fs::FileIo;
 use super::log::{Found, Position, QueueLog, ReadBack, TailReader};
 use super::record::{self, Decoded, Record, Seal};
 
+/// Both are binary searches of `skip`, which recovery makes in log order: scanned whole for
+/// each chunk read, as they were, a log with many damaged stretches cost their number for
+/// every chunk of a drain (found by review).
 impl Found {
     /// Where the damaged stretch starting at `pos` ends, if one does.
     fn damage_at(&self, pos: Position) -> Option<Position> {
+        let at = self.skip.partition_point(|(from, _)| *from < pos);
         self.skip
-            .iter()
-            .find(|(from, _)| *from == pos)
+            .get(at)
+            .filter(|(from, _)| *from == pos)
             .map(|&(_, past)| past)
     }
 
     /// The offset of the next damaged stretch in `pos`'s segment after `pos`, if any.
     fn damage_after(&self, pos: Position) -> Option<u64> {
+        let at = self.skip.partition_point(|(from, _)| *from <= pos);
         self.skip
-            .iter()
-            .find(|(from, _)| from.segment == pos.segment && from.offset > pos.offset)
+            .get(at)
+            .filter(|(from, _)| from.segment == pos.segment)
             .map(|(from, _)| from.offset)
     }
 }

@@ -43,6 +43,28 @@ pub(super) struct Walk {
     damaged: Vec<(usize, usize)>,
     /// Something other than zeros lies after the last valid record.
     dirty_tail: bool,
+    /// Bytes checksummed looking for records past damage (see [`resync`]).
+    resync_checked: usize,
+}
+
+/// What looking for records past damage may checksum, per byte of the segment, before the
+/// rest of the segment is taken for a damaged tail: enough for any real damage (random bytes
+/// rarely pass the cheap checks), and a bound on what bytes made to pass them cost, such as
+/// bodies a publisher filled with headers of records a megabyte long, each followed by
+/// another (without it, terabytes of checksums at every start).
+const RESYNC_CHECKED_PER_BYTE: usize = 8;
+/// ...and at least this much, for small segments.
+const RESYNC_CHECKED_MIN_BYTES: usize = 64 << 20;
+
+/// Whether a record could start at `data[at..]`: a length that fits and a known kind.
+fn plausible_at(data: &[u8], at: usize) -> bool {
+    let Some(header) = data.get(at..at + record::HEADER_LEN + 1) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    len >= 9
+        && at + record::HEADER_LEN + len <= data.len()
+        && matches!(header[record::HEADER_LEN], 1 | 2 | 3 | 5 | 6 | 7)
 }
 
 /// The next offset from `from` where a record of the segment sealed `seal` starts, if any.
@@ -54,18 +76,37 @@ pub(super) struct Walk {
 /// record forged in a body (its seal guessed, 2^-32 per try) must then end exactly where a
 /// real record starts or the data ends: one try per body, not one per byte of it. A real
 /// record followed by damage is lost with the damage.
-fn resync(data: &Bytes, seal: Seal, from: usize) -> Option<usize> {
+///
+/// Checksums are the cost: a candidate is checksummed only if what would follow it could be
+/// a record too, or is zeros, and all of it within `walk.resync_checked`'s budget; past the
+/// budget, `None` (the rest is a damaged tail). `zeros_from` is where the data's trailing
+/// zeros start.
+fn resync(
+    data: &Bytes,
+    seal: Seal,
+    from: usize,
+    zeros_from: usize,
+    walk: &mut Walk,
+) -> Option<usize> {
+    let budget = (RESYNC_CHECKED_PER_BYTE * data.len()).max(RESYNC_CHECKED_MIN_BYTES);
     let mut at = from;
     while at + record::HEADER_LEN + 9 <= data.len() {
-        let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        let plausible = len >= 9
-            && at + record::HEADER_LEN + len <= data.len()
-            && matches!(data[at + record::HEADER_LEN], 1 | 2 | 3 | 5 | 6 | 7);
-        if plausible
-            && let Decoded::Record(_, n) = record::decode_resynchronising(&data.slice(at..), seal)
-            && followed_by_record_or_end(data, at + n, seal)
-        {
-            return Some(at);
+        if plausible_at(data, at) {
+            let len =
+                u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+            let next = at + record::HEADER_LEN + len;
+            if next >= zeros_from || plausible_at(data, next) {
+                walk.resync_checked += len;
+                if walk.resync_checked > budget {
+                    return None;
+                }
+                if let Decoded::Record(_, n) =
+                    record::decode_resynchronising(&data.slice(at..), seal)
+                    && followed_by_record_or_end(data, at + n, seal, zeros_from)
+                {
+                    return Some(at);
+                }
+            }
         }
         at += 1;
     }
@@ -73,9 +114,8 @@ fn resync(data: &Bytes, seal: Seal, from: usize) -> Option<usize> {
 }
 
 /// Whether `data[at..]` is empty, all zeros, or starts with a record of the segment.
-fn followed_by_record_or_end(data: &Bytes, at: usize, seal: Seal) -> bool {
-    let rest = data.get(at..).unwrap_or_default();
-    rest.iter().all(|&b| b == 0)
+fn followed_by_record_or_end(data: &Bytes, at: usize, seal: Seal, zeros_from: usize) -> bool {
+    at >= zeros_from
         || matches!(
             record::decode_resynchronising(&data.slice(at..), seal),
             Decoded::Record(..)
@@ -86,6 +126,8 @@ fn followed_by_record_or_end(data: &Bytes, at: usize, seal: Seal) -> bool {
 /// bytes, skipping damage.
 pub(super) fn walk(data: &Bytes, seal: Seal, mut found: impl FnMut(Record, &[u8])) -> Walk {
     let mut walk = Walk::default();
+    // Where the trailing zeros start: whether the rest is zeros is asked after every damage.
+    let zeros_from = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut at = 0usize;
     loop {
         match record::decode(&data.slice(at..), seal) {
@@ -95,11 +137,10 @@ pub(super) fn walk(data: &Bytes, seal: Seal, mut found: impl FnMut(Record, &[u8]
                 walk.end = at;
             }
             Decoded::End | Decoded::Torn => {
-                let rest = &data[at..];
-                if rest.iter().all(|&b| b == 0) {
+                if at >= zeros_from {
                     break;
                 }
-                match resync(data, seal, at + 1) {
+                match resync(data, seal, at + 1, zeros_from, &mut walk) {
                     Some(next) => {
                         walk.damaged.push((at, next));
                         at = next;
@@ -623,5 +664,36 @@ mod tests {
         assert_eq!(walk.damaged, vec![(starts[2], starts[3])]);
         assert!(walk.dirty_tail);
         assert_eq!(walk.end, starts[6]);
+    }
+
+    /// Bytes made to look like records a megabyte long, each followed by another, as a
+    /// publisher can fill bodies with (and a reused segment file keeps them past its new
+    /// records): every twelfth offset passed the cheap checks, and looking past damage
+    /// checksummed a megabyte at each, half a terabyte for an 8 MiB segment, at every start.
+    /// Now the search stops at its budget and takes the rest for a damaged tail; the records
+    /// before the damage are kept.
+    #[test]
+    fn looking_past_damage_checksums_a_bounded_amount_of_look_alike_bytes() {
+        const UNIT: usize = 12;
+        // A length whose record ends where the next unit starts: 1 MiB + 8 = 87,382 units.
+        const LEN: u32 = (87_382 * UNIT - record::HEADER_LEN) as u32;
+        let (mut data, _) = log_bytes(3);
+        data.truncate(data.len() - 4096);
+        data.push(0xff); // The damage.
+        let mut unit = [0u8; UNIT];
+        unit[..4].copy_from_slice(&LEN.to_be_bytes());
+        unit[record::HEADER_LEN] = 1;
+        while data.len() < 8 << 20 {
+            data.extend_from_slice(&unit);
+        }
+        let (seen, walk) = seqs(&data);
+        assert_eq!(seen, vec![0, 1, 2]);
+        assert!(walk.dirty_tail);
+        let budget = (RESYNC_CHECKED_PER_BYTE * data.len()).max(RESYNC_CHECKED_MIN_BYTES);
+        assert!(
+            walk.resync_checked <= budget + LEN as usize,
+            "checksummed {} MiB",
+            walk.resync_checked >> 20
+        );
     }
 }

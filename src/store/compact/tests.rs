@@ -194,3 +194,31 @@ fn a_queue_deleted_while_its_log_is_compacted_does_not_stop_the_store() {
     let _ = compaction.join().unwrap();
     assert!(store.shared.writable(), "the store goes on taking writes");
 }
+
+/// A compaction whose copy cannot be written (the disk refuses it) removes what it wrote
+/// of the copy, and waits its interval before it tries again: the partial copy held space a
+/// full disk needed back, and every cycle tried again at once.
+#[test]
+fn a_copy_that_cannot_be_written_is_removed_and_not_retried_at_once() {
+    let (sim, fs, _, _store, log) = sim_store(11, "compaction-refused");
+    segment_0_keeping_message_1(&log);
+    log.collect_garbage(None);
+    // Written, so that only the copy's write meets the fault (a cycle would compact).
+    log.flush().unwrap();
+    sim.set_faults(crate::store::sim::Faults {
+        write_error: 1.0,
+        ..Default::default()
+    });
+    assert!(log.compact_now().is_err(), "the copy's write fails");
+    sim.set_faults(Default::default());
+    let files = fs.read_dir(&log.dir).unwrap();
+    assert!(files.iter().any(|f| f.ends_with(".seg")), "{files:?}");
+    assert!(
+        !files.iter().any(|f| f.ends_with(".tmp")),
+        "no partial copy is left: {files:?}"
+    );
+    assert!(
+        log.lock().last_compaction.is_some(),
+        "the failed attempt paces the next"
+    );
+}
