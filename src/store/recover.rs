@@ -45,6 +45,23 @@ pub(super) struct Walk {
     dirty_tail: bool,
     /// Bytes checksummed looking for records past damage (see [`resync`]).
     resync_checked: usize,
+    /// The highest number of a record of the segment found looking past damage but not
+    /// taken (nothing valid followed it): its number must not be used again. An append that
+    /// happened to end where it starts would make it read as valid at the next start, and an
+    /// old Ack there would acknowledge the new message under its number.
+    untaken_seq: Option<u64>,
+}
+
+/// The message number a record is about.
+fn seq_of(record: &Record) -> u64 {
+    match *record {
+        Record::Message { seq, .. }
+        | Record::Paged { seq, .. }
+        | Record::Ack { seq }
+        | Record::Delivered { seq }
+        | Record::Held { seq, .. }
+        | Record::Returned { seq, .. } => seq,
+    }
 }
 
 /// What looking for records past damage may checksum, per byte of the segment, before the
@@ -100,11 +117,13 @@ fn resync(
                 if walk.resync_checked > budget {
                     return None;
                 }
-                if let Decoded::Record(_, n) =
+                if let Decoded::Record(r, n) =
                     record::decode_resynchronising(&data.slice(at..), seal)
-                    && followed_by_record_or_end(data, at + n, seal, zeros_from)
                 {
-                    return Some(at);
+                    if followed_by_record_or_end(data, at + n, seal, zeros_from) {
+                        return Some(at);
+                    }
+                    walk.untaken_seq = walk.untaken_seq.max(Some(seq_of(&r)));
                 }
             }
         }
@@ -388,13 +407,18 @@ fn scan_segment(
         };
         skip.push((at(from), at(to)));
     }
+    if let Some(seq) = walk.untaken_seq {
+        recovered.next_seq = recovered.next_seq.max(seq.saturating_add(1));
+    }
     seg.end = walk.end as u64;
     if walk.dirty_tail {
         if last {
             // A torn write at the end (nothing after it was ever synced), or a reused
             // file's earlier records: cut. The bytes stay: no record in them is valid here
-            // (the scan found none), and appends cannot make one (they only change what
-            // lies before them), so they need no writing at start (a broker restarted on a
+            // (the scan found none), and appends cannot make one that matters (they only
+            // change what lies before them; one that ends where a record of the segment
+            // starts makes it read, but no number in the tail is used again:
+            // `untaken_seq`), so they need no writing at start (a broker restarted on a
             // full disk must come up, and a reused segment would cost a segment of zeros).
             // When the log moves on, the rest of this segment is zeroed (`stale_tail`).
             seg.stale_tail = true;
@@ -695,5 +719,39 @@ mod tests {
             "checksummed {} MiB",
             walk.resync_checked >> 20
         );
+    }
+
+    /// A power cut kept an Ack whole but tore the message it acknowledged and the record
+    /// after it. The Ack is not taken (nothing valid follows it), but its number is not
+    /// used again: a new message of the same length, appended where the torn one was, ends
+    /// where the Ack starts, and the next start would read the Ack as acknowledging it.
+    #[test]
+    fn the_number_of_a_record_left_in_a_torn_tail_is_not_used_again() {
+        let mut data = Vec::new();
+        let mut starts = Vec::new();
+        for (seq, ack) in [(0, false), (1, false), (1, true), (2, false)] {
+            starts.push(data.len());
+            if ack {
+                encode_mark(&mut data, SEAL, Kind::Ack, seq);
+            } else {
+                let body = [Bytes::from(vec![b'x'; 64])];
+                encode_message(
+                    &mut data,
+                    SEAL,
+                    Kind::Message,
+                    seq,
+                    &Stamp::default(),
+                    &parts(&body),
+                );
+            }
+        }
+        // Messages 1 and 2 torn: a byte of each body changed.
+        data[starts[2] - 10] ^= 0xff;
+        let last = data.len() - 10;
+        data[last] ^= 0xff;
+        let (seen, walk) = seqs(&data);
+        assert_eq!(seen, vec![0]);
+        assert!(walk.dirty_tail);
+        assert_eq!(walk.untaken_seq, Some(1), "the Ack's number is noted");
     }
 }
