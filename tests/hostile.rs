@@ -698,10 +698,7 @@ async fn acks_of_nothing_in_a_transaction_are_not_kept() {
     let mut raw = RawClient::connect(broker.addr).await;
     raw.handshake().await;
     raw.open_channel(1).await;
-    raw.send_method(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})))
-        .await;
-    let (_, ok) = raw.recv_method().await.expect("tx.select-ok");
-    assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))));
+    raw.tx_select(1).await;
     let before = broker.rss_bytes();
     let ack = encode(&AMQPFrame::Method(
         1,
@@ -737,4 +734,43 @@ async fn acks_of_nothing_in_a_transaction_are_not_kept() {
     );
     drop(broker);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A body longer than its header announced never completes (the next method is refused, as
+/// RabbitMQ does), and nothing more is kept meanwhile: what was received before it ran over
+/// is no longer counted either. It stayed charged to the memory gauge, on every channel
+/// doing so, for as long as the client went on sending body frames.
+#[tokio::test]
+async fn a_body_longer_than_announced_is_no_longer_counted() {
+    const CHANNELS: u16 = 50;
+    const ANNOUNCED: usize = 898_000;
+    // Small frames, which are copied together as they come.
+    const FRAME: usize = 4_000;
+    let broker = Broker::start().await;
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let memory = &broker.server.as_ref().unwrap().broker().memory;
+    let before = memory.used();
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+    for id in 1..=CHANNELS {
+        raw.open_channel(id).await;
+        raw.start_publish(id, "q", ANNOUNCED as u64).await;
+        // All but the last 2 KB of the body, then a frame past its end.
+        for _ in 0..(ANNOUNCED / FRAME) {
+            raw.send_frame(AMQPFrame::Body(id, vec![b'x'; FRAME])).await;
+        }
+        raw.send_frame(AMQPFrame::Body(id, vec![b'x'; FRAME])).await;
+    }
+    // Answered once everything before it was handled.
+    raw.open_channel(CHANNELS + 1).await;
+    let held = memory.used().saturating_sub(before);
+    assert!(
+        held < 16 << 20,
+        "{CHANNELS} bodies run past their end hold {} MiB",
+        held >> 20
+    );
+    witness_works(&broker).await;
 }

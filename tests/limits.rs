@@ -244,8 +244,7 @@ async fn same_as_rabbitmq_consumers_per_channel_are_limited_with_a_connection_er
 async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
     // A raw client: the refusal closes the channel at the fourth publish, before any commit,
     // and lapin would report it as a close or as a closing channel depending on timing.
-    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-    use amq_protocol::protocol::tx;
+    use amq_protocol::frame::AMQPFrame;
     let mut config = Config::for_tests();
     config.limits.max_uncommitted_per_channel = 3;
     let broker = Broker::start_with(config).await;
@@ -254,29 +253,9 @@ async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
     let mut raw = broker.raw().await;
     raw.handshake().await;
     raw.open_channel(1).await;
-    raw.send_method(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})))
-        .await;
-    let (_, ok) = raw.recv_method().await.expect("tx.select-ok");
-    assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))));
+    raw.tx_select(1).await;
     for _ in 0..4 {
-        raw.send_method(
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: "".into(),
-                routing_key: "q".into(),
-                ..Default::default()
-            })),
-        )
-        .await;
-        raw.send_frame(AMQPFrame::Header(
-            1,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: 1,
-                properties: Default::default(),
-            },
-        ))
-        .await;
+        raw.start_publish(1, "q", 1).await;
         raw.send_frame(AMQPFrame::Body(1, b"m".to_vec())).await;
     }
     let (code, text, _, _) = raw.expect_channel_close(1).await;

@@ -371,6 +371,43 @@ impl RawClient {
         ));
     }
 
+    /// basic.publish to `routing_key` through the default exchange on `channel`, and the
+    /// content header announcing `body_size` bytes: the body frames are the caller's.
+    pub async fn start_publish(&mut self, channel: u16, routing_key: &str, body_size: u64) {
+        use amq_protocol::frame::AMQPContentHeader;
+        use amq_protocol::protocol::basic;
+        self.send_method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: routing_key.into(),
+                ..Default::default()
+            })),
+        )
+        .await;
+        self.send_frame(AMQPFrame::Header(
+            channel,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size,
+                properties: Default::default(),
+            },
+        ))
+        .await;
+    }
+
+    /// tx.select on `channel`, waiting for its select-ok.
+    pub async fn tx_select(&mut self, channel: u16) {
+        use amq_protocol::protocol::tx;
+        self.send_method(
+            channel,
+            AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})),
+        )
+        .await;
+        let (_, ok) = self.recv_method().await.expect("tx.select-ok");
+        assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))));
+    }
+
     pub async fn open_channel(&mut self, id: u16) {
         use amq_protocol::protocol::channel;
         self.send_method(

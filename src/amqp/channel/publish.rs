@@ -186,8 +186,10 @@ impl Channel {
         content.received += frame as u64;
         if content.received > size {
             // Like RabbitMQ, a body longer than announced never completes: the next method
-            // frame is refused. Nothing more is buffered meanwhile.
+            // frame is refused. Nothing more is buffered meanwhile, and what was is no longer
+            // charged (the gauge counted it for as long as the client kept sending).
             content.body = None;
+            content.charge = Charge::default();
             return Ok(());
         }
         if content.received == size && content.body.is_none() {
