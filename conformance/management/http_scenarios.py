@@ -144,7 +144,10 @@ def http_live_values(url):
     for tag in ("sac-first", "sac-second"):
         ch.basic_consume("http-sac", lambda *a: None, consumer_tag=tag)
     seen = {}
-    q = until("/api/queues/%2F/http-sac", lambda q: len(q.get("consumer_details", [])) == 2)
+    # RabbitMQ fills in the active consumer's tag from its statistics, which may lag the
+    # consumer details.
+    q = until("/api/queues/%2F/http-sac", lambda q: len(q.get("consumer_details", [])) == 2
+              and q.get("single_active_consumer_tag"))
     seen["sac_tag"] = q.get("single_active_consumer_tag")
     seen["sac_consumers"] = sorted(
         [c["consumer_tag"], c["active"], c["activity_status"]] for c in q.get("consumer_details", []))
