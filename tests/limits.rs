@@ -241,6 +241,50 @@ async fn same_as_rabbitmq_consumers_per_channel_are_limited_with_a_connection_er
 }
 
 #[tokio::test]
+async fn what_a_connections_consumers_hold_is_limited_and_freed_when_they_go() {
+    // A consumer's arguments may be as large as a frame: without a budget, 65,536 consumers
+    // per channel could hold gigabytes for one connection.
+    let mut config = Config::for_tests();
+    config.limits.connection_consumer_bytes = 100 * 1024;
+    let broker = Broker::start_with(config).await;
+    let (_w, witness) = broker.channel().await;
+    declare(&witness, "q").await.unwrap();
+    let conn = broker.connect().await;
+    let padded = table(&[("x-padding", long_str(&"x".repeat(30 * 1024)))]);
+    let consume = |ch: lapin::Channel, tag: &'static str| {
+        let padded = padded.clone();
+        async move { within(ch.basic_consume("q".into(), tag.into(), Default::default(), padded)).await }
+    };
+    // lapin cancels a consumer it drops: they are kept until the end.
+    let mut kept = Vec::new();
+    let first = within(conn.create_channel()).await.unwrap();
+    for tag in ["a", "b", "c"] {
+        kept.push(consume(first.clone(), tag).await.expect("under the budget"));
+    }
+    // A cancel gives back what its consumer held, and so does closing a channel.
+    within(first.basic_cancel("a".into(), Default::default()))
+        .await
+        .unwrap();
+    kept.push(
+        consume(first.clone(), "d")
+            .await
+            .expect("the cancel freed its share"),
+    );
+    within(first.close(200, "bye".into())).await.unwrap();
+    let second = within(conn.create_channel()).await.unwrap();
+    for tag in ["e", "f", "g"] {
+        let consumer = consume(second.clone(), tag).await;
+        kept.push(consumer.expect("closing the channel freed its consumers' shares"));
+    }
+    assert_amqp_error(
+        consume(second.clone(), "h").await,
+        530,
+        "NOT_ALLOWED - consumers of this connection would hold more than 102400 bytes (connection_consumer_bytes)",
+    );
+    assert_healthy(&witness).await;
+}
+
+#[tokio::test]
 async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
     // A raw client: the refusal closes the channel at the fourth publish, before any commit,
     // and lapin would report it as a close or as a closing channel depending on timing.

@@ -2,6 +2,7 @@
 //! limits and client capabilities. Fixed once Connection.Open succeeds.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
@@ -60,6 +61,70 @@ pub struct Session {
     /// Counts this connection against its user's `max-connections`, and opens its channels
     /// against the user's `max-channels`.
     pub user_slot: UserConnection,
+    /// What this connection's consumers hold, against `connection_consumer_bytes`.
+    pub consumer_budget: Arc<ConsumerBudget>,
+}
+
+/// The memory one connection's consumers hold: their records, tags and arguments. A
+/// consumer's arguments may be as large as a frame and a channel may hold 65,536
+/// consumers, so without a budget one connection could hold many gigabytes of them.
+/// Counting is exact: each consumer takes its share with a compare-and-swap and gives it
+/// back when its [`ConsumerShare`] drops, so every way a consumer ends frees it.
+#[derive(Debug)]
+pub struct ConsumerBudget {
+    held_bytes: AtomicUsize,
+    limit_bytes: usize,
+}
+
+/// One consumer's share of its connection's [`ConsumerBudget`], held until it drops.
+#[derive(Debug)]
+pub struct ConsumerShare {
+    budget: Arc<ConsumerBudget>,
+    bytes: usize,
+}
+
+impl ConsumerBudget {
+    pub fn new(limit_bytes: usize) -> Arc<Self> {
+        Arc::new(ConsumerBudget {
+            held_bytes: AtomicUsize::new(0),
+            limit_bytes,
+        })
+    }
+
+    /// The budget's size, named in the refusal.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_bytes
+    }
+
+    /// Takes `bytes` for one consumer, unless that would pass the limit.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Option<ConsumerShare> {
+        let mut now = self.held_bytes.load(Ordering::Relaxed);
+        loop {
+            let after = now.checked_add(bytes).filter(|&a| a <= self.limit_bytes)?;
+            match self.held_bytes.compare_exchange_weak(
+                now,
+                after,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(ConsumerShare {
+                        budget: self.clone(),
+                        bytes,
+                    });
+                }
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+impl Drop for ConsumerShare {
+    fn drop(&mut self) {
+        self.budget
+            .held_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl Session {

@@ -106,6 +106,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Consumers one channel may hold.
     pub max_consumers_per_channel: usize,
+    /// Memory the consumers of one connection may hold together: their records, tags and
+    /// the arguments the broker keeps for each.
+    pub connection_consumer_bytes: usize,
     /// Queues in the whole broker (RabbitMQ's `cluster_queue_limit`; vhosts may set a lower
     /// `max-queues` of their own).
     pub max_queues: usize,
@@ -165,6 +168,7 @@ impl Default for Limits {
             max_message_size_bytes: DEFAULT_MAX_MESSAGE_SIZE_BYTES,
             max_connections: 65_536,
             max_consumers_per_channel: 65_536,
+            connection_consumer_bytes: 64 * 1024 * 1024,
             max_queues: 1_000_000,
             max_exchanges_per_vhost: 100_000,
             max_bindings_per_exchange: 1_000_000,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{Channel, ChannelConsumer, ReplyConsumer, Unacked, reply};
 use crate::amqp::naming;
 use crate::amqp::output::Output;
-use crate::amqp::session::Session;
+use crate::amqp::session::{ConsumerShare, Session};
 use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
@@ -138,6 +138,11 @@ impl Channel {
                 queue_desc(&q.name, &s.vhost.name)
             ));
         }
+        let arguments = match c.arguments.inner().is_empty() {
+            true => Bytes::new(),
+            false => Bytes::from(table::encode(&c.arguments)),
+        };
+        let share = consumer_share(s, &tag_bytes, &arguments)?;
         let consumer_id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
         // RabbitMQ 3.12's per-consumer and per-queue timeouts, else the broker's.
         let timeout_ms = table::get(&c.arguments, "x-consumer-timeout")
@@ -151,6 +156,7 @@ impl Channel {
                 id: consumer_id,
                 queue: q.clone(),
                 timeout_ms,
+                _share: share,
             },
         );
         let added = q.add_consumer(Consumer {
@@ -164,10 +170,7 @@ impl Channel {
             prefetch_count: self.consumer_prefetch,
             in_flight: 0,
             priority,
-            arguments: match c.arguments.inner().is_empty() {
-                true => Bytes::new(),
-                false => Bytes::from(table::encode(&c.arguments)),
-            },
+            arguments,
             blocked: None,
             dead: false,
         });
@@ -351,4 +354,22 @@ fn consumer_priority(c: &basic::Consume, desc: &str) -> AmqpResult<i64> {
         ));
     }
     Ok(priority)
+}
+
+/// What a consumer costs besides its tag and arguments: its record in the queue and in its
+/// channel, and their map entries.
+const CONSUMER_RECORD_BYTES: usize =
+    size_of::<Consumer>() + size_of::<ChannelConsumer>() + 2 * size_of::<Bytes>() + 64;
+
+/// A new consumer's share of its connection's consumer budget; past the budget, a
+/// connection error naming the limit, as for `max_consumers_per_channel`.
+fn consumer_share(s: &Session, tag: &Bytes, arguments: &Bytes) -> AmqpResult<ConsumerShare> {
+    let bytes = CONSUMER_RECORD_BYTES + tag.len() + arguments.len();
+    s.consumer_budget.take(bytes).ok_or_else(|| {
+        amqp_error!(
+            NotAllowed,
+            "consumers of this connection would hold more than {} bytes (connection_consumer_bytes)",
+            s.consumer_budget.limit_bytes()
+        )
+    })
 }

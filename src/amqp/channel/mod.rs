@@ -28,7 +28,7 @@ use bytes::Bytes;
 
 use super::confirm::Confirms;
 use super::output::Output;
-use super::session::Session;
+use super::session::{ConsumerShare, Session};
 use crate::amqp_error;
 use crate::broker::Broker;
 use crate::broker::exchange::Exchange;
@@ -63,6 +63,8 @@ struct ChannelConsumer {
     queue: Arc<Queue>,
     /// How long its deliveries may stay unacknowledged.
     timeout_ms: Option<u64>,
+    /// What it holds of its connection's consumer budget, given back when it goes.
+    _share: ConsumerShare,
 }
 
 /// A delivery the client has not settled yet.
