@@ -13,7 +13,7 @@
 //! over, as in RabbitMQ.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -74,6 +74,10 @@ pub struct Consumers {
     /// queues) or simply the earliest registered (quorum queues, whose `rabbit_fifo` keeps
     /// waiting consumers in registration order; checked on a 3.10.8 node).
     handover_by_priority: bool,
+    /// A single-active-consumer queue's live consumers in handover order (the active one
+    /// among them): when the active one goes, the next is the first here, found without
+    /// looking at the others under the queue's lock.
+    handover: BTreeSet<(Reverse<i64>, ConsumerId)>,
     by_id: IdMap<Consumer>,
     /// Consumers in the rotation, by priority (highest first), each level in round-robin
     /// order: the front gets the next message. A level is removed when it empties, so
@@ -165,6 +169,7 @@ impl Consumers {
         }
         self.by_id.insert(id, consumer);
         if self.single_active {
+            self.handover.insert(self.handover_key(priority, id));
             self.active.get_or_insert(id);
             return;
         }
@@ -175,26 +180,25 @@ impl Consumers {
     /// the highest priority, the earliest registered among equals, as in RabbitMQ (on a
     /// quorum queue priorities play no part).
     fn choose_active(&mut self) {
-        let by_priority = self.handover_by_priority;
-        self.active = self
-            .by_id
-            .values()
-            .filter(|c| !c.dead)
-            .max_by(|a, b| {
-                let priority = if by_priority {
-                    a.priority.cmp(&b.priority)
-                } else {
-                    std::cmp::Ordering::Equal
-                };
-                priority.then(b.id.cmp(&a.id))
-            })
-            .map(|c| c.id);
+        self.active = self.handover.first().map(|&(_, id)| id);
+    }
+
+    /// Where a consumer stands in the handover order: by priority (classic queues), then
+    /// by registration, which the ids follow.
+    fn handover_key(&self, priority: i64, id: ConsumerId) -> (Reverse<i64>, ConsumerId) {
+        let priority = if self.handover_by_priority {
+            priority
+        } else {
+            0
+        };
+        (Reverse(priority), id)
     }
 
     /// Removes a consumer from wherever it is. Returns it, and whether it was the single
     /// active consumer (another one now is).
     pub fn remove(&mut self, id: ConsumerId) -> Option<(Consumer, bool)> {
         let c = self.by_id.remove(&id)?;
+        self.handover.remove(&self.handover_key(c.priority, id));
         let was_active = self.active == Some(id);
         if was_active {
             self.choose_active();
@@ -240,6 +244,7 @@ impl Consumers {
         self.dead = 0;
         self.stale = 0;
         self.rotation.clear();
+        self.handover.clear();
         self.wait_channel.clear();
         self.wait_sink.clear();
         self.by_id.drain().map(|(_, c)| c).collect()
@@ -369,6 +374,8 @@ impl Consumers {
         {
             c.dead = true;
             self.dead += 1;
+            let priority = c.priority;
+            self.handover.remove(&self.handover_key(priority, id));
             if self.exclusive == Some(id) {
                 self.exclusive = None;
             }
@@ -437,6 +444,38 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(consumers.pick(1, |_| 0, |c| c.id), Some(1));
         }
+    }
+
+    /// Same as RabbitMQ: when a single active consumer goes, the live consumer of the highest
+    /// priority takes over, the earliest registered among equals (quorum queues: the
+    /// earliest registered), without a search through the others.
+    #[test]
+    fn the_next_single_active_consumer_is_taken_in_handover_order() {
+        let with_priority = |id, priority| Consumer {
+            priority,
+            ..consumer(id, false)
+        };
+        let mut classic = Consumers::new(true, true);
+        let mut quorum = Consumers::new(true, false);
+        for (id, priority) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 9)] {
+            classic.insert(with_priority(id, priority));
+            quorum.insert(with_priority(id, priority));
+        }
+        classic.mark_dead(5);
+        let mut order = vec![];
+        while let Some(id) = classic.active() {
+            order.push(id);
+            classic.remove(id);
+        }
+        assert_eq!(order, [1, 2, 4, 3]);
+        quorum.mark_dead(2);
+        let mut order = vec![];
+        while let Some(id) = quorum.active() {
+            order.push(id);
+            quorum.remove(id);
+        }
+        assert_eq!(order, [1, 3, 4, 5]);
+        assert_eq!((classic.len(), quorum.len()), (1, 1));
     }
 
     #[test]
