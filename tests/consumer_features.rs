@@ -659,3 +659,35 @@ async fn same_as_rabbitmq_channel_wide_prefetch_is_shared_fairly_between_queues(
         assert!(n >= 25, "each queue gets about a third: {per_queue:?}");
     }
 }
+
+/// Credit that an ack on one queue frees goes to every queue the channel consumes from,
+/// and the channel keeps that set as its consumers come and go: a queue whose first
+/// consumer was cancelled is still asked while another consumer of it remains.
+#[tokio::test]
+async fn channel_credit_reaches_a_queue_while_any_consumer_of_it_remains() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    for q in ["kept", "other"] {
+        within(ch.queue_declare(q.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let consuming = within(conn.create_channel()).await.unwrap();
+    within(consuming.basic_qos(1, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let first = consume(&consuming, "kept", "first", FieldTable::default()).await;
+    let mut second = consume(&consuming, "kept", "second", FieldTable::default()).await;
+    let mut other = consume(&consuming, "other", "o", FieldTable::default()).await;
+    within(consuming.basic_cancel("first".into(), Default::default()))
+        .await
+        .unwrap();
+    drop(first);
+    // The one credit goes to "other"; "kept" waits for it.
+    publish(&ch, "other", "x").await;
+    let held = within(other.next()).await.unwrap().unwrap();
+    publish(&ch, "kept", "a").await;
+    publish(&ch, "kept", "b").await;
+    within(held.ack(Default::default())).await.unwrap();
+    assert_eq!(acked_in_turn(&mut second, 2).await, "a b");
+}

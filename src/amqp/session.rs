@@ -13,6 +13,7 @@ use crate::broker::Broker;
 use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::broker::user_limits::UserConnection;
 use crate::broker::vhost::{ConnectionSlot, VirtualHost};
+use crate::config::Limits;
 use crate::protocol::error::AmqpResult;
 use crate::protocol::table;
 
@@ -84,10 +85,10 @@ pub struct ConsumerShare {
 }
 
 impl ConsumerBudget {
-    pub fn new(limit_bytes: usize) -> Arc<Self> {
+    pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(ConsumerBudget {
             held_bytes: AtomicUsize::new(0),
-            limit_bytes,
+            limit_bytes: limits.connection_consumer_bytes,
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use amq_protocol::protocol::{AMQPClass, basic};
-use amq_protocol::types::{AMQPValue, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
 
 use super::{Channel, ChannelConsumer, ReplyConsumer, Unacked, reply};
@@ -138,11 +138,7 @@ impl Channel {
                 queue_desc(&q.name, &s.vhost.name)
             ));
         }
-        let arguments = match c.arguments.inner().is_empty() {
-            true => Bytes::new(),
-            false => Bytes::from(table::encode(&c.arguments)),
-        };
-        let share = consumer_share(s, &tag_bytes, &arguments)?;
+        let (arguments, share) = consumer_share(s, &tag_bytes, &c.arguments)?;
         let consumer_id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
         // RabbitMQ 3.12's per-consumer and per-queue timeouts, else the broker's.
         let timeout_ms = table::get(&c.arguments, "x-consumer-timeout")
@@ -361,15 +357,25 @@ fn consumer_priority(c: &basic::Consume, desc: &str) -> AmqpResult<i64> {
 const CONSUMER_RECORD_BYTES: usize =
     size_of::<Consumer>() + size_of::<ChannelConsumer>() + 2 * size_of::<Bytes>() + 64;
 
-/// A new consumer's share of its connection's consumer budget; past the budget, a
-/// connection error naming the limit, as for `max_consumers_per_channel`.
-fn consumer_share(s: &Session, tag: &Bytes, arguments: &Bytes) -> AmqpResult<ConsumerShare> {
+/// A new consumer's arguments as they are kept (encoded), and its share of its
+/// connection's consumer budget; past the budget, a connection error naming the limit, as
+/// for `max_consumers_per_channel`.
+fn consumer_share(
+    s: &Session,
+    tag: &Bytes,
+    arguments: &FieldTable,
+) -> AmqpResult<(Bytes, ConsumerShare)> {
+    let arguments = match arguments.inner().is_empty() {
+        true => Bytes::new(),
+        false => Bytes::from(table::encode(arguments)),
+    };
     let bytes = CONSUMER_RECORD_BYTES + tag.len() + arguments.len();
-    s.consumer_budget.take(bytes).ok_or_else(|| {
+    let share = s.consumer_budget.take(bytes).ok_or_else(|| {
         amqp_error!(
             NotAllowed,
             "consumers of this connection would hold more than {} bytes (connection_consumer_bytes)",
             s.consumer_budget.limit_bytes()
         )
-    })
+    })?;
+    Ok((arguments, share))
 }

@@ -208,17 +208,7 @@ impl Channel {
 
     /// The queues this channel's consumers read from.
     pub fn consumed_queues(&self) -> Vec<Arc<Queue>> {
-        // In the order the consumers were created, so that taking turns is fair.
-        let mut consumers: Vec<&super::ChannelConsumer> = self.consumers.values().collect();
-        consumers.sort_unstable_by_key(|c| c.id);
-        // A set, not a scan of what is kept: a channel may consume 65,536 times, and a scan
-        // cost that squared on every basic.qos.
-        let mut seen = std::collections::HashSet::with_capacity(consumers.len());
-        consumers
-            .into_iter()
-            .filter(|c| seen.insert(Arc::as_ptr(&c.queue)))
-            .map(|c| c.queue.clone())
-            .collect()
+        self.consumers.queues().cloned().collect()
     }
 
     /// Sends a direct reply to this channel's reply consumer, if it is still the one the

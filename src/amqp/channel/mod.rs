@@ -12,6 +12,7 @@
 //! qos and recover ([`consume`]).
 
 mod consume;
+mod consumers;
 mod declare;
 mod deliver;
 mod publish;
@@ -19,7 +20,7 @@ mod route;
 mod settle;
 mod tx;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -167,7 +168,7 @@ pub struct Channel {
     pub id: u16,
     pub state: ChannelState,
     content: Option<Content>,
-    consumers: HashMap<Bytes, ChannelConsumer>,
+    consumers: consumers::ChannelConsumers,
     /// The consumer the last delivery was for (its id and timeout): deliveries to one
     /// consumer in a row skip hashing its tag. Forgotten whenever a consumer goes.
     last_consumer: Option<(u64, Option<u64>)>,
@@ -261,7 +262,7 @@ impl Channel {
             id,
             state: ChannelState::Open,
             content: None,
-            consumers: HashMap::new(),
+            consumers: Default::default(),
             last_consumer: None,
             unacked: VecDeque::new(),
             last_tag: 0,

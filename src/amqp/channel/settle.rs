@@ -147,13 +147,13 @@ impl Channel {
     /// channel-wide prefetch each queue gets its share (RabbitMQ's limiter notifies its queues
     /// in a shuffled order for the same reason).
     pub(super) fn kick_in_turn(&mut self) {
-        let queues = self.consumed_queues();
-        if queues.is_empty() {
+        let queues = self.consumers.queues();
+        if queues.len() == 0 {
             return;
         }
         let start = self.kick_from % queues.len();
         self.kick_from = self.kick_from.wrapping_add(1);
-        for q in queues[start..].iter().chain(&queues[..start]) {
+        for q in queues.clone().skip(start).chain(queues.take(start)) {
             q.kick(Unblock::Channel(&self.prefetch));
         }
     }
@@ -190,7 +190,7 @@ impl Channel {
                 .entry(Arc::as_ptr(&c.queue) as usize)
                 .or_insert_with(|| c.queue.hold_dispatch());
         }
-        for (_, c) in self.consumers.drain() {
+        for c in self.consumers.drain() {
             let removed = c.queue.remove_consumer(c.id);
             if removed.delete_queue {
                 s.vhost.remove_queue(&c.queue);

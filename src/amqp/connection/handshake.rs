@@ -336,9 +336,7 @@ impl Connection {
             capabilities: self.capabilities,
             _slot: slot,
             user_slot,
-            consumer_budget: ConsumerBudget::new(
-                self.broker.config.limits.connection_consumer_bytes,
-            ),
+            consumer_budget: ConsumerBudget::new(&self.broker.config.limits),
         });
         write_method(
             self.out.buf(),

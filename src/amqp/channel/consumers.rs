@@ -1,0 +1,86 @@
+//! The consumers of one channel, by tag, and the queues they consume from.
+//!
+//! Channel-wide credit coming back (an ack under a global prefetch, a basic.qos) asks every
+//! queue the channel consumes from to send again. A channel may hold 65,536 consumers, so
+//! that set of queues is kept as consumers come and go rather than worked out from all of
+//! them each time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::ChannelConsumer;
+use crate::broker::queue::Queue;
+use crate::broker::queue::delivery::ConsumerId;
+
+#[derive(Default)]
+pub(super) struct ChannelConsumers {
+    by_tag: HashMap<Bytes, ChannelConsumer>,
+    /// The queues consumed from, each under the id of the consumer that first consumed from
+    /// it here: in that order, so that asking them in turn is fair.
+    queues: BTreeMap<ConsumerId, Arc<Queue>>,
+    /// Per queue (by its address): its key in `queues`, and how many consumers here use it.
+    per_queue: HashMap<usize, (ConsumerId, usize)>,
+}
+
+fn queue_key(c: &ChannelConsumer) -> usize {
+    Arc::as_ptr(&c.queue) as usize
+}
+
+impl ChannelConsumers {
+    pub fn len(&self) -> usize {
+        self.by_tag.len()
+    }
+
+    pub fn get(&self, tag: &Bytes) -> Option<&ChannelConsumer> {
+        self.by_tag.get(tag)
+    }
+
+    pub fn contains_key(&self, tag: &Bytes) -> bool {
+        self.by_tag.contains_key(tag)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &ChannelConsumer> {
+        self.by_tag.values()
+    }
+
+    /// The queues consumed from, in the order they were first consumed from here.
+    pub fn queues(&self) -> impl ExactSizeIterator<Item = &Arc<Queue>> + Clone {
+        self.queues.values()
+    }
+
+    /// Adds a consumer (basic.consume refuses a tag in use; one would be replaced).
+    pub fn insert(&mut self, tag: Bytes, consumer: ChannelConsumer) {
+        self.remove(&tag);
+        let (_, count) = self
+            .per_queue
+            .entry(queue_key(&consumer))
+            .or_insert_with(|| {
+                self.queues.insert(consumer.id, consumer.queue.clone());
+                (consumer.id, 0)
+            });
+        *count += 1;
+        self.by_tag.insert(tag, consumer);
+    }
+
+    pub fn remove(&mut self, tag: &Bytes) -> Option<ChannelConsumer> {
+        let consumer = self.by_tag.remove(tag)?;
+        let key = queue_key(&consumer);
+        if let Some((first, count)) = self.per_queue.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.queues.remove(first);
+                self.per_queue.remove(&key);
+            }
+        }
+        Some(consumer)
+    }
+
+    /// Takes every consumer out (the channel closes).
+    pub fn drain(&mut self) -> impl Iterator<Item = ChannelConsumer> + '_ {
+        self.queues.clear();
+        self.per_queue.clear();
+        self.by_tag.drain().map(|(_, c)| c)
+    }
+}
