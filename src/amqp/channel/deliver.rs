@@ -160,7 +160,7 @@ impl Channel {
         }
         self.timeout_check = None;
         let mut next: Option<Instant> = None;
-        for u in &self.unacked {
+        for u in self.unacked.iter() {
             let Some((at, ms)) = u.deadline else {
                 continue;
             };

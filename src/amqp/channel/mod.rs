@@ -19,13 +19,15 @@ mod publish;
 mod route;
 mod settle;
 mod tx;
+mod unacked;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use amq_protocol::protocol::{AMQPClass, channel, confirm};
 use bytes::Bytes;
+
+use unacked::{Unacked, UnackedList};
 
 use super::confirm::Confirms;
 use super::output::Output;
@@ -36,8 +38,7 @@ use crate::broker::exchange::Exchange;
 use crate::broker::memory::Charge;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
-use crate::broker::queue::delivery::{ConsumerId, DeliverySource};
-use crate::broker::queue::entry::QueueEntry;
+use crate::broker::queue::delivery::ConsumerId;
 use crate::broker::queue::prefetch::ChannelPrefetch;
 use crate::broker::stats::{ChannelInfo, bump};
 use crate::broker::user_limits::UserChannel;
@@ -66,19 +67,6 @@ struct ChannelConsumer {
     timeout_ms: Option<u64>,
     /// What it holds of its connection's consumer budget, given back when it goes.
     _share: ConsumerShare,
-}
-
-/// A delivery the client has not settled yet.
-struct Unacked {
-    tag: u64,
-    /// The queue it came from, where it is settled.
-    queue: Arc<dyn DeliverySource>,
-    /// The consumer it went to; None for basic.get.
-    consumer: Option<ConsumerId>,
-    entry: QueueEntry,
-    /// When the channel is closed if this is still unacknowledged, and the timeout (ms)
-    /// that deadline came from.
-    deadline: Option<(Instant, u64)>,
 }
 
 /// A message being assembled from its frames.
@@ -173,7 +161,7 @@ pub struct Channel {
     /// consumer in a row skip hashing its tag. Forgotten whenever a consumer goes.
     last_consumer: Option<(u64, Option<u64>)>,
     /// Deliveries awaiting settlement, ordered by delivery tag.
-    unacked: VecDeque<Unacked>,
+    unacked: UnackedList,
     /// The last delivery tag used.
     last_tag: u64,
     /// Channel-wide credit, shared with the queues this channel consumes from.
@@ -264,7 +252,7 @@ impl Channel {
             content: None,
             consumers: Default::default(),
             last_consumer: None,
-            unacked: VecDeque::new(),
+            unacked: UnackedList::default(),
             last_tag: 0,
             prefetch: Arc::new(ChannelPrefetch::new(max_unacked)),
             consumer_prefetch: 0,

@@ -50,16 +50,11 @@ impl Channel {
     /// multiple means all; otherwise the tag itself must be outstanding.
     pub(super) fn take_unacked(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
         if multiple && tag == 0 {
-            return Ok(self.unacked.drain(..).collect());
+            return Ok(self.unacked.take_all());
         }
-        let Ok(index) = self.unacked.binary_search_by_key(&tag, |u| u.tag) else {
-            return Err(Self::unknown_tag(tag));
-        };
-        if multiple {
-            Ok(self.unacked.drain(..=index).collect())
-        } else {
-            Ok(self.unacked.remove(index).into_iter().collect())
-        }
+        self.unacked
+            .take(tag, multiple)
+            .map_err(|_| Self::unknown_tag(tag))
     }
 
     /// basic.ack, basic.reject or basic.nack from the client.
@@ -161,7 +156,7 @@ impl Channel {
     /// Requeues everything unacknowledged: `Requeue::Released` when the channel closes,
     /// `Requeue::Refused` for basic.recover.
     pub(super) fn requeue_all(&mut self, why: Requeue) {
-        let all: Vec<Unacked> = self.unacked.drain(..).collect();
+        let all = self.unacked.take_all();
         self.settle(all, Verdict::Requeue(why));
     }
 

@@ -187,9 +187,7 @@ impl Channel {
             {
                 self.timeout_check = Some(self.timeout_check.map_or(at, |t| t.min(at)));
             }
-            back.extend(self.unacked.drain(..));
-            back.sort_by_key(|u| u.tag);
-            self.unacked = back.into();
+            self.unacked.put_back(back);
         }
     }
 

@@ -1,0 +1,199 @@
+//! The deliveries a channel's client has not settled, by delivery tag.
+//!
+//! Clients settle mostly in order, so the list is a deque: a delivery joins at the back,
+//! and an ack of the oldest (or a multiple ack) takes from the front. A single ack out of
+//! order leaves a gap where its delivery was rather than shifting the others: with a
+//! million unacknowledged deliveries, an ack in the middle moved half a million of them,
+//! and a client acking from the middle inward held its connection's task for hours. Gaps
+//! at either end are dropped at once; the rest are swept once they outnumber the live
+//! deliveries, so the list stays at most about twice what it holds.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::broker::queue::delivery::{ConsumerId, DeliverySource};
+use crate::broker::queue::entry::QueueEntry;
+
+/// A delivery the client has not settled yet.
+pub(super) struct Unacked {
+    pub tag: u64,
+    /// The queue it came from, where it is settled.
+    pub queue: Arc<dyn DeliverySource>,
+    /// The consumer it went to; None for basic.get.
+    pub consumer: Option<ConsumerId>,
+    pub entry: QueueEntry,
+    /// When the channel is closed if this is still unacknowledged, and the timeout (ms)
+    /// that deadline came from.
+    pub deadline: Option<(Instant, u64)>,
+}
+
+/// Gaps tolerated beyond the live deliveries before a sweep.
+const GAPS_BEFORE_SWEEP: usize = 64;
+
+#[derive(Default)]
+pub(super) struct UnackedList {
+    /// In delivery-tag order; `None` where a delivery was settled out of order.
+    slots: VecDeque<(u64, Option<Unacked>)>,
+    /// The deliveries in `slots` (the gaps are the rest).
+    live: usize,
+}
+
+/// Why a settle took nothing: its tag is not outstanding.
+pub(super) struct UnknownTag;
+
+impl UnackedList {
+    /// Deliveries outstanding.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Adds a delivery; tags only grow.
+    pub fn push_back(&mut self, u: Unacked) {
+        self.slots.push_back((u.tag, Some(u)));
+        self.live += 1;
+    }
+
+    /// The outstanding deliveries, in tag order.
+    pub fn iter(&self) -> impl Iterator<Item = &Unacked> {
+        self.slots.iter().filter_map(|(_, u)| u.as_ref())
+    }
+
+    /// Takes them all, in tag order.
+    pub fn take_all(&mut self) -> Vec<Unacked> {
+        self.live = 0;
+        self.slots.drain(..).filter_map(|(_, u)| u).collect()
+    }
+
+    /// Takes the delivery `tag`, and with `multiple` every earlier one too.
+    pub fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, UnknownTag> {
+        let index = self
+            .slots
+            .binary_search_by_key(&tag, |(tag, _)| *tag)
+            .map_err(|_| UnknownTag)?;
+        if self.slots[index].1.is_none() {
+            return Err(UnknownTag);
+        }
+        let taken: Vec<Unacked> = if multiple {
+            self.slots.drain(..=index).filter_map(|(_, u)| u).collect()
+        } else {
+            self.slots[index].1.take().into_iter().collect()
+        };
+        self.live -= taken.len();
+        self.drop_gaps();
+        Ok(taken)
+    }
+
+    /// Puts deliveries back in tag order (a transaction rolled back what it settled).
+    pub fn put_back(&mut self, mut back: Vec<Unacked>) {
+        back.extend(self.take_all());
+        back.sort_by_key(|u| u.tag);
+        self.live = back.len();
+        self.slots = back.into_iter().map(|u| (u.tag, Some(u))).collect();
+    }
+
+    fn drop_gaps(&mut self) {
+        while self.slots.front().is_some_and(|(_, u)| u.is_none()) {
+            self.slots.pop_front();
+        }
+        while self.slots.back().is_some_and(|(_, u)| u.is_none()) {
+            self.slots.pop_back();
+        }
+        if self.slots.len() > 2 * self.live + GAPS_BEFORE_SWEEP {
+            self.slots.retain(|(_, u)| u.is_some());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::broker::queue::delivery::{Delivery, Requeue, Settled, Unblock};
+    use crate::protocol::properties;
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+
+    struct Nowhere;
+
+    impl DeliverySource for Nowhere {
+        fn ack(&self, _: Vec<Settled>, _: Unblock) {}
+        fn requeue(&self, _: Vec<(Settled, QueueEntry)>, _: Requeue, _: Unblock) {}
+        fn reject(&self, _: Vec<(Settled, QueueEntry)>, _: Unblock) {}
+        fn return_undelivered(&self, _: Vec<Delivery>) {}
+        fn kick(&self, _: Unblock) {}
+    }
+
+    fn list(tags: std::ops::RangeInclusive<u64>) -> UnackedList {
+        let raw = properties::encode_all(&BasicProperties::default()).unwrap();
+        let summary = properties::scan(&raw).unwrap();
+        let message = Arc::new(Message::new(
+            Bytes::new(),
+            Bytes::from_static(b"q"),
+            raw,
+            Bytes::from_static(b"body"),
+            &summary,
+        ));
+        let queue: Arc<dyn DeliverySource> = Arc::new(Nowhere);
+        let mut list = UnackedList::default();
+        for tag in tags {
+            list.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                consumer: None,
+                entry: QueueEntry {
+                    seq: tag,
+                    message: message.clone(),
+                    redelivered: false,
+                    persisted: false,
+                    expires_at: None,
+                    delivery_count: 0,
+                },
+                deadline: None,
+            });
+        }
+        list
+    }
+
+    fn tags(taken: &[Unacked]) -> Vec<u64> {
+        taken.iter().map(|u| u.tag).collect()
+    }
+
+    /// Same as RabbitMQ: any outstanding tag may be settled in any order, a tag settled
+    /// already is unknown, and a multiple settle takes what is still outstanding up to it.
+    #[test]
+    fn settles_out_of_order_take_exactly_what_is_outstanding() {
+        let mut list = list(1..=10);
+        assert_eq!(tags(&list.take(5, false).ok().unwrap()), [5]);
+        assert_eq!(tags(&list.take(7, false).ok().unwrap()), [7]);
+        assert!(list.take(5, false).is_err(), "settled already");
+        assert!(
+            list.take(5, true).is_err(),
+            "a multiple settle names an outstanding tag"
+        );
+        assert!(list.take(11, false).is_err(), "never delivered");
+        assert_eq!(tags(&list.take(8, true).ok().unwrap()), [1, 2, 3, 4, 6, 8]);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.iter().map(|u| u.tag).collect::<Vec<_>>(), [9, 10]);
+        let rolled_back = list.take(10, false).ok().unwrap();
+        list.put_back(rolled_back);
+        assert_eq!(tags(&list.take_all()), [9, 10]);
+        assert_eq!(list.len(), 0);
+    }
+
+    /// A client acking from the middle outward: each ack leaves a gap rather than moving
+    /// half the list, and the gaps never make the list much longer than what it holds.
+    #[test]
+    fn acks_from_the_middle_outward_leave_a_bounded_number_of_gaps() {
+        let n = 100_000;
+        let mut list = list(1..=n);
+        let (mut low, mut high) = (n / 2, n / 2 + 1);
+        while low >= 1 {
+            assert_eq!(tags(&list.take(low, false).ok().unwrap()), [low]);
+            assert_eq!(tags(&list.take(high, false).ok().unwrap()), [high]);
+            assert!(list.slots.len() <= 2 * list.len() + GAPS_BEFORE_SWEEP);
+            (low, high) = (low - 1, high + 1);
+        }
+        assert_eq!((list.len(), list.slots.len()), (0, 0));
+    }
+}
