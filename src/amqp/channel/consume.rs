@@ -367,7 +367,9 @@ fn consumer_share(
 ) -> AmqpResult<(Bytes, ConsumerShare)> {
     let arguments = match arguments.inner().is_empty() {
         true => Bytes::new(),
-        false => Bytes::from(table::encode(arguments)),
+        // Exactly sized: `Bytes` keeps a vector's whole allocation, which its growth may
+        // have made up to twice what is counted.
+        false => Bytes::from(table::encode(arguments).into_boxed_slice()),
     };
     let bytes = CONSUMER_RECORD_BYTES + tag.len() + arguments.len();
     let share = s.consumer_budget.take(bytes).ok_or_else(|| {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::ChannelConsumer;
+use crate::broker::heap::shrink_map;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::ConsumerId;
 
@@ -50,9 +51,9 @@ impl ChannelConsumers {
         self.queues.values()
     }
 
-    /// Adds a consumer (basic.consume refuses a tag in use; one would be replaced).
+    /// Adds a consumer under a tag not in use (basic.consume refuses one that is).
     pub fn insert(&mut self, tag: Bytes, consumer: ChannelConsumer) {
-        self.remove(&tag);
+        debug_assert!(!self.by_tag.contains_key(&tag), "consumer tag in use");
         let (_, count) = self
             .per_queue
             .entry(queue_key(&consumer))
@@ -74,6 +75,8 @@ impl ChannelConsumers {
                 self.per_queue.remove(&key);
             }
         }
+        shrink_map(&mut self.by_tag);
+        shrink_map(&mut self.per_queue);
         Some(consumer)
     }
 

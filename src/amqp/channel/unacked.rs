@@ -84,12 +84,29 @@ impl UnackedList {
         Ok(taken)
     }
 
-    /// Puts deliveries back in tag order (a transaction rolled back what it settled).
+    /// Puts deliveries back in their places (a transaction rolled back what it settled).
+    /// Each fills its gap if it is still there, or is inserted where it belongs: a
+    /// rollback costs what it gives back, not a rebuild of everything outstanding.
     pub fn put_back(&mut self, mut back: Vec<Unacked>) {
-        back.extend(self.take_all());
-        back.sort_by_key(|u| u.tag);
-        self.live = back.len();
-        self.slots = back.into_iter().map(|u| (u.tag, Some(u))).collect();
+        // Highest first: deliveries a multiple ack took from the front go back at the
+        // front, each without shifting the others.
+        back.sort_unstable_by_key(|u| std::cmp::Reverse(u.tag));
+        for u in back {
+            match self.slots.binary_search_by_key(&u.tag, |(tag, _)| *tag) {
+                Ok(i) => {
+                    // Tags a transaction holds are out of the list until it ends, so
+                    // the slot is a gap.
+                    if self.slots[i].1.is_none() {
+                        self.live += 1;
+                    }
+                    self.slots[i].1 = Some(u);
+                }
+                Err(i) => {
+                    self.slots.insert(i, (u.tag, Some(u)));
+                    self.live += 1;
+                }
+            }
+        }
     }
 
     fn drop_gaps(&mut self) {
@@ -178,6 +195,29 @@ mod tests {
         let rolled_back = list.take(10, false).ok().unwrap();
         list.put_back(rolled_back);
         assert_eq!(tags(&list.take_all()), [9, 10]);
+        assert_eq!(list.len(), 0);
+    }
+
+    /// A transaction rolled back: what it settled goes back in tag order, into its gaps or
+    /// ahead of what is left, and can be settled again.
+    #[test]
+    fn deliveries_put_back_take_their_places_again() {
+        let mut list = list(1..=10);
+        let mut held = list.take(3, true).ok().unwrap();
+        held.extend(list.take(6, false).ok().unwrap());
+        held.extend(list.take(10, false).ok().unwrap());
+        assert_eq!(list.len(), 5);
+        list.put_back(held);
+        assert_eq!(list.len(), 10);
+        assert_eq!(
+            list.iter().map(|u| u.tag).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(tags(&list.take(6, false).ok().unwrap()), [6]);
+        assert_eq!(
+            tags(&list.take(10, true).ok().unwrap()),
+            [1, 2, 3, 4, 5, 7, 8, 9, 10]
+        );
         assert_eq!(list.len(), 0);
     }
 

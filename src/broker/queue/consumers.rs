@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::consumer::{Blocked, Consumer};
 use super::delivery::ConsumerId;
+use crate::broker::heap::shrink_map;
 
 /// Hashes consumer ids: numbers the broker hands out in sequence, so one multiplication
 /// spreads them well, and no client can choose them to collide.
@@ -198,6 +199,7 @@ impl Consumers {
     /// active consumer (another one now is).
     pub fn remove(&mut self, id: ConsumerId) -> Option<(Consumer, bool)> {
         let c = self.by_id.remove(&id)?;
+        shrink_map(&mut self.by_id);
         self.handover.remove(&self.handover_key(c.priority, id));
         let was_active = self.active == Some(id);
         if was_active {
