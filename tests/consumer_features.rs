@@ -42,6 +42,15 @@ async fn acked_in_turn(consumer: &mut Consumer, n: usize) -> String {
     seen.join(" ")
 }
 
+/// A new channel whose consumers share one credit (`basic.qos` 1, global).
+async fn channel_with_one_credit(conn: &lapin::Connection) -> Channel {
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.basic_qos(1, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    ch
+}
+
 fn sac() -> FieldTable {
     table(&[("x-single-active-consumer", AMQPValue::Boolean(true))])
 }
@@ -622,10 +631,7 @@ async fn same_as_rabbitmq_channel_wide_prefetch_is_shared_fairly_between_queues(
         .await
         .unwrap();
     }
-    let consuming = within(conn.create_channel()).await.unwrap();
-    within(consuming.basic_qos(1, BasicQosOptions { global: true }))
-        .await
-        .unwrap();
+    let consuming = channel_with_one_credit(&conn).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for (i, q) in ["fair-0", "fair-1", "fair-2"].into_iter().enumerate() {
         let mut consumer = consume(&consuming, q, &format!("c{i}"), FieldTable::default()).await;
@@ -672,10 +678,7 @@ async fn channel_credit_reaches_a_queue_while_any_consumer_of_it_remains() {
             .await
             .unwrap();
     }
-    let consuming = within(conn.create_channel()).await.unwrap();
-    within(consuming.basic_qos(1, BasicQosOptions { global: true }))
-        .await
-        .unwrap();
+    let consuming = channel_with_one_credit(&conn).await;
     let first = consume(&consuming, "kept", "first", FieldTable::default()).await;
     let mut second = consume(&consuming, "kept", "second", FieldTable::default()).await;
     let mut other = consume(&consuming, "other", "o", FieldTable::default()).await;

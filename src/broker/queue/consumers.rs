@@ -463,20 +463,19 @@ mod tests {
             classic.insert(with_priority(id, priority));
             quorum.insert(with_priority(id, priority));
         }
+        // The active consumers in turn, each removed as it becomes active.
+        let handovers = |consumers: &mut Consumers| {
+            std::iter::from_fn(|| {
+                let id = consumers.active()?;
+                consumers.remove(id);
+                Some(id)
+            })
+            .collect::<Vec<_>>()
+        };
         classic.mark_dead(5);
-        let mut order = vec![];
-        while let Some(id) = classic.active() {
-            order.push(id);
-            classic.remove(id);
-        }
-        assert_eq!(order, [1, 2, 4, 3]);
+        assert_eq!(handovers(&mut classic), [1, 2, 4, 3]);
         quorum.mark_dead(2);
-        let mut order = vec![];
-        while let Some(id) = quorum.active() {
-            order.push(id);
-            quorum.remove(id);
-        }
-        assert_eq!(order, [1, 3, 4, 5]);
+        assert_eq!(handovers(&mut quorum), [1, 3, 4, 5]);
         assert_eq!((classic.len(), quorum.len()), (1, 1));
     }
 
