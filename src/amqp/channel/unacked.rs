@@ -31,10 +31,34 @@ pub(super) struct Unacked {
 /// Gaps tolerated beyond the live deliveries before a sweep.
 const GAPS_BEFORE_SWEEP: usize = 64;
 
+/// A place in the list: a delivery outstanding, or the tag of one settled out of order.
+/// A gap keeps only its tag, which fits beside the delivery's own fields, so a slot is no
+/// larger than the delivery it holds.
+enum Slot {
+    Live(Unacked),
+    Gap(u64),
+}
+
+impl Slot {
+    fn tag(&self) -> u64 {
+        match self {
+            Slot::Live(u) => u.tag,
+            Slot::Gap(tag) => *tag,
+        }
+    }
+
+    fn live(self) -> Option<Unacked> {
+        match self {
+            Slot::Live(u) => Some(u),
+            Slot::Gap(_) => None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct UnackedList {
-    /// In delivery-tag order; `None` where a delivery was settled out of order.
-    slots: VecDeque<(u64, Option<Unacked>)>,
+    /// In delivery-tag order, with gaps where deliveries were settled out of order.
+    slots: VecDeque<Slot>,
     /// The deliveries in `slots` (the gaps are the rest).
     live: usize,
 }
@@ -50,34 +74,40 @@ impl UnackedList {
 
     /// Adds a delivery; tags only grow.
     pub fn push_back(&mut self, u: Unacked) {
-        self.slots.push_back((u.tag, Some(u)));
+        self.slots.push_back(Slot::Live(u));
         self.live += 1;
     }
 
     /// The outstanding deliveries, in tag order.
     pub fn iter(&self) -> impl Iterator<Item = &Unacked> {
-        self.slots.iter().filter_map(|(_, u)| u.as_ref())
+        self.slots.iter().filter_map(|slot| match slot {
+            Slot::Live(u) => Some(u),
+            Slot::Gap(_) => None,
+        })
     }
 
     /// Takes them all, in tag order.
     pub fn take_all(&mut self) -> Vec<Unacked> {
         self.live = 0;
-        self.slots.drain(..).filter_map(|(_, u)| u).collect()
+        self.slots.drain(..).filter_map(Slot::live).collect()
     }
 
     /// Takes the delivery `tag`, and with `multiple` every earlier one too.
     pub fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, UnknownTag> {
         let index = self
             .slots
-            .binary_search_by_key(&tag, |(tag, _)| *tag)
+            .binary_search_by_key(&tag, Slot::tag)
             .map_err(|_| UnknownTag)?;
-        if self.slots[index].1.is_none() {
+        if matches!(self.slots[index], Slot::Gap(_)) {
             return Err(UnknownTag);
         }
         let taken: Vec<Unacked> = if multiple {
-            self.slots.drain(..=index).filter_map(|(_, u)| u).collect()
+            self.slots.drain(..=index).filter_map(Slot::live).collect()
         } else {
-            self.slots[index].1.take().into_iter().collect()
+            std::mem::replace(&mut self.slots[index], Slot::Gap(tag))
+                .live()
+                .into_iter()
+                .collect()
         };
         self.live -= taken.len();
         self.drop_gaps();
@@ -85,39 +115,65 @@ impl UnackedList {
     }
 
     /// Puts deliveries back in their places (a transaction rolled back what it settled).
-    /// Each fills its gap if it is still there, or is inserted where it belongs: a
-    /// rollback costs what it gives back, not a rebuild of everything outstanding.
-    pub fn put_back(&mut self, mut back: Vec<Unacked>) {
-        // Highest first: deliveries a multiple ack took from the front go back at the
-        // front, each without shifting the others.
-        back.sort_unstable_by_key(|u| std::cmp::Reverse(u.tag));
+    /// Each fills its gap if it is still there. Those whose gaps were dropped meanwhile
+    /// are merged in with one pass, so a rollback costs what it gives back plus at most
+    /// one walk of the list, never a shift of the list per delivery.
+    pub fn put_back(&mut self, back: Vec<Unacked>) {
+        let mut homeless = Vec::new();
         for u in back {
-            match self.slots.binary_search_by_key(&u.tag, |(tag, _)| *tag) {
+            match self.slots.binary_search_by_key(&u.tag, Slot::tag) {
+                // Tags a transaction holds are out of the list until it ends, so the
+                // slot is a gap.
                 Ok(i) => {
-                    // Tags a transaction holds are out of the list until it ends, so
-                    // the slot is a gap.
-                    if self.slots[i].1.is_none() {
+                    if matches!(self.slots[i], Slot::Gap(_)) {
                         self.live += 1;
                     }
-                    self.slots[i].1 = Some(u);
+                    self.slots[i] = Slot::Live(u);
                 }
-                Err(i) => {
-                    self.slots.insert(i, (u.tag, Some(u)));
-                    self.live += 1;
-                }
+                Err(_) => homeless.push(u),
             }
         }
+        if homeless.is_empty() {
+            return;
+        }
+        self.live += homeless.len();
+        homeless.sort_unstable_by_key(|u| u.tag);
+        // A multiple ack rolled back goes back ahead of what is left, and deliveries past
+        // the last one outstanding go at the back: neither needs a walk of the list.
+        let first = self.slots.front().map_or(u64::MAX, Slot::tag);
+        let last = self.slots.back().map_or(0, Slot::tag);
+        let below = homeless.partition_point(|u| u.tag < first);
+        let above = homeless.partition_point(|u| u.tag <= last).max(below);
+        if below == above {
+            let tail = homeless.split_off(below);
+            self.slots.extend(tail.into_iter().map(Slot::Live));
+            for u in homeless.into_iter().rev() {
+                self.slots.push_front(Slot::Live(u));
+            }
+            return;
+        }
+        let old = std::mem::take(&mut self.slots);
+        let mut merged = VecDeque::with_capacity(old.len() + homeless.len());
+        let mut homeless = homeless.into_iter().peekable();
+        for slot in old {
+            while let Some(u) = homeless.next_if(|u| u.tag < slot.tag()) {
+                merged.push_back(Slot::Live(u));
+            }
+            merged.push_back(slot);
+        }
+        merged.extend(homeless.map(Slot::Live));
+        self.slots = merged;
     }
 
     fn drop_gaps(&mut self) {
-        while self.slots.front().is_some_and(|(_, u)| u.is_none()) {
+        while matches!(self.slots.front(), Some(Slot::Gap(_))) {
             self.slots.pop_front();
         }
-        while self.slots.back().is_some_and(|(_, u)| u.is_none()) {
+        while matches!(self.slots.back(), Some(Slot::Gap(_))) {
             self.slots.pop_back();
         }
         if self.slots.len() > 2 * self.live + GAPS_BEFORE_SWEEP {
-            self.slots.retain(|(_, u)| u.is_some());
+            self.slots.retain(|slot| matches!(slot, Slot::Live(_)));
         }
     }
 }
@@ -219,6 +275,53 @@ mod tests {
             [1, 2, 3, 4, 5, 7, 8, 9, 10]
         );
         assert_eq!(list.len(), 0);
+    }
+
+    /// A gap keeps only its tag, so the list holds no more per slot than a delivery.
+    #[test]
+    fn a_slot_is_no_larger_than_a_delivery() {
+        assert_eq!(std::mem::size_of::<Slot>(), std::mem::size_of::<Unacked>());
+    }
+
+    /// A transaction settled more than was left, so the gaps it made were swept; a
+    /// rollback still puts every delivery back in tag order, in the middle as well as at
+    /// either end.
+    #[test]
+    fn deliveries_whose_gaps_were_swept_go_back_in_order() {
+        let n = 1_000;
+        let mut list = list(1..=n);
+        let mut held = Vec::new();
+        for tag in (2..n).filter(|tag| tag % 3 != 0) {
+            held.extend(list.take(tag, false).ok().unwrap());
+        }
+        held.extend(list.take(1, false).ok().unwrap());
+        held.extend(list.take(n, false).ok().unwrap());
+        assert!(list.slots.len() <= 2 * list.len() + GAPS_BEFORE_SWEEP);
+        assert!(list.slots.len() < n as usize, "the gaps were swept");
+        list.put_back(held);
+        assert_eq!(list.len(), n as usize);
+        assert_eq!(
+            list.iter().map(|u| u.tag).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        assert_eq!(tags(&list.take(n, true).ok().unwrap()).len(), n as usize);
+    }
+
+    /// A multiple ack rolled back goes back ahead of what is left; tags past the last
+    /// one outstanding go at the back.
+    #[test]
+    fn deliveries_put_back_at_either_end_keep_their_order() {
+        let mut list = list(1..=10);
+        let mut held = list.take(4, true).ok().unwrap();
+        held.extend(list.take(10, false).ok().unwrap());
+        held.extend(list.take(9, false).ok().unwrap());
+        assert_eq!(list.slots.len(), 4, "no gaps at either end");
+        list.put_back(held);
+        assert_eq!(
+            list.iter().map(|u| u.tag).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(list.len(), 10);
     }
 
     /// A client acking from the middle outward: each ack leaves a gap rather than moving
