@@ -449,7 +449,7 @@ impl Connection {
                     session,
                     user_slot,
                 );
-                self.channels.insert(at, channel);
+                self.channels.insert(at, Box::new(channel));
                 write_method(
                     self.out.buf(),
                     id,

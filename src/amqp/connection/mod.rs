@@ -143,8 +143,10 @@ pub struct Connection {
     /// Client name for logs (`connection_name` client property).
     client_name: String,
     session: Option<Session>,
-    /// Open channels, sorted by id.
-    channels: Vec<Channel>,
+    /// Open channels, sorted by id. Boxed, so opening or closing one shifts pointers, not
+    /// whole channels (952 bytes each): with 2,047 open, a loop of channel.open and close
+    /// on the lowest id moved about 2 MB per frame.
+    channels: Vec<Box<Channel>>,
     /// A channel's tx.commit is under way (`Channel::continue_commit`): the task enqueues a
     /// batch of it per turn and yields in between, and parses no more input until it is
     /// done, so what follows the commit still comes after it.
@@ -334,7 +336,7 @@ impl Connection {
 
     /// Whether something waits for the store to sync.
     fn waiting_for_sync(&self) -> bool {
-        self.out.has_holds() || self.channels.iter().any(Channel::waiting_for_sync)
+        self.out.has_holds() || self.channels.iter().any(|ch| ch.waiting_for_sync())
     }
 
     fn too_many_unconfirmed(&self) -> bool {
