@@ -186,6 +186,11 @@ fn faults_for(rng: &mut Rng, used_guess: u64) -> Faults {
             capacity_bytes: Some(used_guess + rng.below(32 * 1024)),
             ..Faults::default()
         },
+        3 => Faults {
+            unlink_error: 0.3,
+            rename_error: 0.3,
+            ..Faults::default()
+        },
         _ => Faults::default(),
     }
 }

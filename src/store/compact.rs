@@ -102,8 +102,11 @@ impl QueueLog {
         // frees its blocks, and the sync thread has confirms waiting on it.
         let replaced;
         if kept.bytes.is_empty() {
+            // It leaves the log only once its file is gone (see `collect_garbage`).
+            if !self.unlink(index) {
+                return Ok(false);
+            }
             replaced = inner.segments.remove(at).map(|s| s.file);
-            fs.remove_file(&path)?;
         } else {
             if let Err(e) = fs.rename(&tmp, &path) {
                 let _ = fs.remove_file(&tmp);

@@ -33,6 +33,8 @@ pub struct QueueLog {
     pub(super) durable: bool,
     /// The preparation of its next segment is queued on the background thread.
     pub(super) prepare_queued: AtomicBool,
+    /// The last unlink of a segment failed (and was logged): the next failure is not.
+    pub(super) unlink_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for QueueLog {
@@ -266,6 +268,7 @@ impl QueueLog {
             dir,
             durable,
             prepare_queued: AtomicBool::new(false),
+            unlink_failing: AtomicBool::new(false),
             shared: shared.clone(),
             inner: Mutex::new(Inner {
                 segments: VecDeque::from([head]),
@@ -492,33 +495,38 @@ impl QueueLog {
             if front.live > 0 || read_pos.is_some_and(|p| p.segment <= front.index) {
                 break;
             }
-            let Some(front) = inner.segments.pop_front() else {
-                break;
-            };
+            let index = front.index;
+            let reuse =
+                front.reusable && !front.compacted && front.capacity == self.shared.segment_bytes;
+            // A segment leaves the log only once its file is gone: while the file is on
+            // disk, compaction must keep the Ack marks of its messages (held elsewhere), or
+            // a restart would bring them back. A failed unlink is tried again at the next
+            // collection, and nothing after it goes first.
+            //
             // A spare's messages were acknowledged by Ack marks in later segments, this one
             // among them: its file goes first, or a restart would find its messages with
             // their acknowledgements deleted (a clean stop brought back a segment of them).
-            if let Some(spare) = inner.spare.take() {
-                let _ = self
-                    .shared
-                    .fs
-                    .remove_file(&Segment::path(&self.dir, spare.index));
-                closing.push(spare.file);
+            if let Some(spare) = &inner.spare {
+                if !self.unlink(spare.index) {
+                    break;
+                }
+                inner.dir_dirty = true;
+                if let Some(spare) = inner.spare.take() {
+                    closing.push(spare.file);
+                }
             }
-            let reuse = front.reusable
-                && !front.compacted
-                && front.capacity == self.shared.segment_bytes
-                && inner.spare.is_none();
+            if !reuse && !self.unlink(index) {
+                break;
+            }
+            let Some(front) = inner.segments.pop_front() else {
+                break;
+            };
             if reuse {
                 // Renamed into the next segment by the background thread; until then it
                 // stays where it is (recovery reads it as a segment whose messages were
                 // all acknowledged, as it would a deletion that did not reach the disk).
                 inner.spare = Some(front);
             } else {
-                let _ = self
-                    .shared
-                    .fs
-                    .remove_file(&Segment::path(&self.dir, front.index));
                 closing.push(front.file);
             }
             inner.dir_dirty = true;
@@ -529,6 +537,24 @@ impl QueueLog {
         }
         drop(inner);
         self.shared.close_in_background(closing);
+    }
+
+    /// Unlinks segment `index`'s file; whether it is gone. A failure is logged, once per
+    /// run of failures, and the caller keeps the segment to try again.
+    pub(super) fn unlink(&self, index: u64) -> bool {
+        match self.shared.fs.remove_file(&Segment::path(&self.dir, index)) {
+            Ok(()) => {
+                self.unlink_failing.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => {
+                if !self.unlink_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(log = %self.dir.display(), segment = index, error = %e, "cannot delete a segment whose messages were all acknowledged; it is kept, with the acknowledgements that cover it, and deleting it is tried again");
+                }
+                false
+            }
+        }
     }
 
     /// Writes pending bytes and returns the files to sync. Called by the sync thread.
@@ -621,3 +647,5 @@ mod ack_tests;
 mod read_tests;
 #[cfg(test)]
 pub(super) mod tests;
+#[cfg(test)]
+mod unlink_tests;

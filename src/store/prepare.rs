@@ -120,8 +120,14 @@ impl QueueLog {
             }
         };
         if let Err(e) = self.shared.fs.rename(&from, &to) {
-            forget_spare(&mut self.lock());
-            let _ = self.shared.fs.remove_file(&from);
+            // Not reused: deleted instead, and forgotten once its file is gone; until
+            // then the spare is kept (and its Ack marks with it), and `collect_garbage`
+            // tries again.
+            let mut inner = self.lock();
+            if self.unlink(spare_index) {
+                inner.dir_dirty = true;
+                forget_spare(&mut inner);
+            }
             return Err(e);
         }
         let synced = if self.durable {

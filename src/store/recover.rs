@@ -258,6 +258,7 @@ impl QueueLog {
             dir,
             durable: true,
             prepare_queued: std::sync::atomic::AtomicBool::new(false),
+            unlink_failing: std::sync::atomic::AtomicBool::new(false),
             shared,
             inner: Mutex::new(Inner {
                 segments,

@@ -33,6 +33,10 @@ pub struct Faults {
     pub capacity_bytes: Option<u64>,
     /// A directory's fsync fails (`EIO`).
     pub dir_sync_error: f64,
+    /// An unlink fails (`EIO`) and leaves the file where it was.
+    pub unlink_error: f64,
+    /// A rename fails (`EIO`) and leaves both names as they were.
+    pub rename_error: f64,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +94,8 @@ pub struct Injected {
     pub no_space: u64,
     pub fsync_errors: u64,
     pub torn_writes: u64,
+    pub unlink_errors: u64,
+    pub rename_errors: u64,
 }
 
 /// The simulated disk (clones share it).
@@ -498,6 +504,11 @@ impl Fs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = lock(&self.0.state);
+        let p = state.faults.rename_error;
+        if state.chance(p) {
+            state.injected.rename_errors += 1;
+            return Err(io::Error::from_raw_os_error(5));
+        }
         if let Some(node) = state.files.remove(from) {
             state.files.insert(to.to_owned(), node);
             return Ok(());
@@ -533,7 +544,13 @@ impl Fs for SimFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        match lock(&self.0.state).files.remove(path) {
+        let mut state = lock(&self.0.state);
+        let p = state.faults.unlink_error;
+        if state.chance(p) {
+            state.injected.unlink_errors += 1;
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        match state.files.remove(path) {
             Some(_) => Ok(()),
             None => Err(io::ErrorKind::NotFound.into()),
         }

@@ -13,8 +13,11 @@ use crate::{Args, Result, cpu_seconds, rss_kib};
 pub async fn backlog(args: Args) -> Result<()> {
     let size = args.size.unwrap_or(1024);
     let body = vec![b'x'; size];
+    // A backlog left for a later `--drain-only` run needs a name that run can find.
     let queue = if args.persistent {
         "perf-backlog-durable".to_owned()
+    } else if args.no_drain || args.drain_only {
+        "perf-backlog-left".to_owned()
     } else {
         format!("perf-backlog-{}", std::process::id())
     };

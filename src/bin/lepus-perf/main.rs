@@ -67,7 +67,7 @@ struct Args {
     /// backlog: leave the messages in the queue (to measure a restart with a backlog).
     #[arg(long)]
     no_drain: bool,
-    /// backlog: drain what an earlier `--no-drain --persistent` run left, publishing nothing
+    /// backlog: drain what an earlier `--no-drain` run (as persistent or not) left, publishing nothing
     /// (to profile the drain alone).
     #[arg(long)]
     drain_only: bool,

@@ -1,0 +1,135 @@
+//! A segment file the disk refuses to delete (`EIO` on unlink, a failed rename of a spare):
+//! the segment stays in the log, with the Ack marks that cover its messages, until its file
+//! is gone, so a restart never brings back what was acknowledged.
+use super::tests::{append_durable, restart_and_read, sim_store};
+use super::*;
+use crate::store::Store;
+use crate::store::fs::Fs;
+use crate::store::sim::{Faults, SimFs};
+
+/// Segments 0 and 1 full of acknowledged messages (their Ack marks in segments 1 and 2),
+/// segment 2 of messages acknowledged but for its last two (so that compacting it is worth
+/// it), then a segment of messages nobody acknowledges. Returns the outstanding messages.
+fn two_acknowledged_segments(log: &Arc<QueueLog>) -> std::ops::Range<u64> {
+    let head = |log: &QueueLog| log.lock().segments.back().map_or(0, |s| s.index);
+    let mut seq = 0u64;
+    let mut first_of = vec![0];
+    for segment in 1..=3 {
+        while head(log) < segment {
+            append_durable(log, seq);
+            seq += 1;
+        }
+        first_of.push(seq - 1);
+        let (from, to) = (first_of[first_of.len() - 2], seq - 1);
+        let to = if segment == 3 { to - 2 } else { to };
+        log.ack_all(&(from..to).collect::<Vec<_>>()).unwrap();
+    }
+    let outstanding = first_of[3] - 2;
+    while head(log) < 4 {
+        append_durable(log, seq);
+        seq += 1;
+    }
+    outstanding..seq
+}
+
+/// The acknowledged segments the log still holds, in its list or as its spare.
+fn kept(log: &QueueLog) -> Vec<u64> {
+    let inner = log.lock();
+    let mut kept: Vec<u64> = (inner.spare.iter().chain(&inner.segments))
+        .map(|s| s.index)
+        .filter(|&i| i < 2)
+        .collect();
+    kept.sort_unstable();
+    kept
+}
+
+fn on_disk(fs: &Arc<dyn Fs>, log: &QueueLog, index: u64) -> bool {
+    fs.exists(&Segment::path(&log.dir, index))
+}
+
+/// The state a disk that stopped deleting leaves: segments 0 and 1 hold only acknowledged
+/// messages, and neither file could be deleted. The spare (segment 0, kept for reuse) is
+/// still there, so segment 1, which holds the Ack marks of segment 0's messages, stays in
+/// the log too, and compaction keeps the marks of both. Returns the simulated disk, its
+/// store and log, and the messages still outstanding.
+fn a_disk_that_stopped_deleting(
+    seed: u64,
+    name: &str,
+) -> (SimFs, Arc<dyn Fs>, PathBuf, Store, Arc<QueueLog>, Vec<u64>) {
+    let (sim, fs, dir, store, log) = sim_store(seed, name);
+    let outstanding = two_acknowledged_segments(&log);
+    sim.set_faults(Faults {
+        unlink_error: 1.0,
+        ..Faults::default()
+    });
+    store.sync_now();
+    for _ in 0..2 {
+        log.collect_garbage(None);
+        assert_eq!(
+            kept(&log),
+            [0, 1],
+            "segment 0 kept (as the spare, or to delete) and segment 1 waits for it"
+        );
+    }
+    for _ in 0..8 {
+        if !log.compact_now().unwrap() {
+            break;
+        }
+    }
+    store.sync_now();
+    assert!(sim.injected().unlink_errors >= 2, "{:?}", sim.injected());
+    (sim, fs, dir, store, log, outstanding.collect())
+}
+
+/// Same as every other storage fault: a restart never brings back a message whose
+/// acknowledgement was synced, here while the files of acknowledged segments stay on disk.
+#[test]
+fn a_segment_whose_file_cannot_be_deleted_keeps_the_acks_that_cover_it() {
+    let (sim, fs, dir, _store, _log, outstanding) = a_disk_that_stopped_deleting(11, "unlink");
+    sim.crash(false);
+    sim.set_faults(Faults::default());
+    let (_, seen) = restart_and_read(fs, &dir);
+    assert_eq!(seen, outstanding, "acknowledged messages stay gone");
+}
+
+/// Deleting is tried again: once the disk deletes, the spare and the segment after it go.
+#[test]
+fn a_segment_file_that_could_not_be_deleted_goes_once_the_disk_deletes_again() {
+    let (sim, fs, _, _store, log, _) = a_disk_that_stopped_deleting(12, "unlink-again");
+    sim.set_faults(Faults::default());
+    log.collect_garbage(None);
+    assert!(kept(&log).is_empty());
+    assert_eq!(log.lock().segments.front().map(|s| s.index), Some(2));
+    assert!(!on_disk(&fs, &log, 0) && !on_disk(&fs, &log, 1));
+}
+
+/// A spare whose rename into the next segment fails is deleted instead; if that fails too,
+/// it stays the log's spare (and its file with it) rather than being forgotten on disk.
+#[test]
+fn a_spare_that_can_be_neither_reused_nor_deleted_stays_the_logs() {
+    let (sim, fs, _, store, log) = sim_store(13, "rename");
+    let mut seq = 0u64;
+    while log.lock().spare.is_none() {
+        append_durable(&log, seq);
+        log.ack(seq).unwrap();
+        seq += 1;
+        store.sync_now();
+        log.collect_garbage(None);
+        assert!(seq < 2_000, "a segment file became the spare");
+    }
+    let spare = log.lock().spare.as_ref().map(|s| s.index);
+    // The head half full, nothing prepared: the next segment is made from the spare.
+    while !log.wants_next_segment() {
+        append_durable(&log, seq);
+        seq += 1;
+    }
+    sim.set_faults(Faults {
+        unlink_error: 1.0,
+        rename_error: 1.0,
+        ..Faults::default()
+    });
+    log.prepare_next().unwrap();
+    assert!(log.lock().prepared.is_some(), "a new file made instead");
+    assert_eq!(log.lock().spare.as_ref().map(|s| s.index), spare);
+    assert!(spare.is_some_and(|i| on_disk(&fs, &log, i)));
+}
