@@ -539,8 +539,10 @@ impl QueueLog {
         self.shared.close_in_background(closing);
     }
 
-    /// Unlinks segment `index`'s file; whether it is gone. A failure is logged, once per
-    /// run of failures, and the caller keeps the segment to try again.
+    /// Unlinks segment `index`'s file; whether the segment may leave the log. A failure is
+    /// logged, once per run of failures, and a durable log keeps the segment to try again.
+    /// A paging log lets it go: nothing acknowledges its records, the next start wipes its
+    /// directory, and keeping every segment of a backlog would hold a file open for each.
     pub(super) fn unlink(&self, index: u64) -> bool {
         match self.shared.fs.remove_file(&Segment::path(&self.dir, index)) {
             Ok(()) => {
@@ -550,9 +552,9 @@ impl QueueLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => {
                 if !self.unlink_failing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(log = %self.dir.display(), segment = index, error = %e, "cannot delete a segment whose messages were all acknowledged; it is kept, with the acknowledgements that cover it, and deleting it is tried again");
+                    tracing::error!(log = %self.dir.display(), segment = index, error = %e, "cannot delete a segment file that is no longer needed; a durable log keeps it, with the acknowledgements that cover it, and tries again");
                 }
-                false
+                !self.durable
             }
         }
     }

@@ -146,7 +146,10 @@ pub struct Connection {
     /// Open channels, sorted by id. Boxed, so opening or closing one shifts pointers, not
     /// whole channels (952 bytes each): with 2,047 open, a loop of channel.open and close
     /// on the lowest id moved about 2 MB per frame.
-    #[allow(clippy::vec_box, reason = "shifting boxes on open and close, not channels")]
+    #[allow(
+        clippy::vec_box,
+        reason = "shifting boxes on open and close, not channels"
+    )]
     channels: Vec<Box<Channel>>,
     /// A channel's tx.commit is under way (`Channel::continue_commit`): the task enqueues a
     /// batch of it per turn and yields in between, and parses no more input until it is
