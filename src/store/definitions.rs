@@ -192,8 +192,12 @@ impl DefinitionsStore {
         for g in generations {
             let path = journal_path(dir, g);
             if g < base {
-                // Contained in the snapshot: left over from a snapshot that completed.
-                fs.remove_file(&path)?;
+                // Contained in the snapshot: left over from a snapshot that completed, and
+                // skipped whether or not it can be deleted now (a disk refusing to delete
+                // must not stop a start).
+                if let Err(e) = fs.remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot delete a definitions journal the snapshot contains");
+                }
                 continue;
             }
             let replayed = replay(&*fs, &path, &mut defs, Some(g) == last, skip_damaged)?;
@@ -359,9 +363,14 @@ impl DefinitionsStore {
             return Err(e);
         }
         *written = generation;
+        // The snapshot is written: journals it contains that cannot be deleted now are
+        // skipped at the next start, which tries again.
         for g in journal_generations(&**fs, &self.dir)? {
-            if g < generation {
-                fs.remove_file(&journal_path(&self.dir, g))?;
+            let path = journal_path(&self.dir, g);
+            if g < generation
+                && let Err(e) = fs.remove_file(&path)
+            {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete a definitions journal the snapshot contains");
             }
         }
         Ok(())
@@ -514,6 +523,31 @@ mod tests {
         let mut n: Vec<String> = d.queues.iter().map(|q| q.name.clone()).collect();
         n.sort();
         n
+    }
+
+    /// A disk that refuses to delete leaves journals the snapshot contains: the snapshot
+    /// still counts, and a start skips them rather than failing or replaying them.
+    #[test]
+    fn journals_that_cannot_be_deleted_do_not_stop_a_start() {
+        let sim = crate::store::sim::SimFs::new(21);
+        let fs: Arc<dyn Fs> = Arc::new(sim.clone());
+        let dir = PathBuf::from("/sim/definitions");
+        let store = crate::store::Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
+        defs.record(queue("a"));
+        let (copy, generation) = defs.switch_generation().unwrap();
+        defs.record(queue("b"));
+        Journal::flush(&*defs).unwrap();
+        sim.set_faults(crate::store::sim::Faults {
+            unlink_error: 1.0,
+            ..Default::default()
+        });
+        defs.write_snapshot_file(&copy, generation).unwrap();
+        drop(defs);
+        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
+        assert_eq!(names(&loaded), vec!["a", "b"]);
+        assert!(sim.injected().unlink_errors >= 2);
+        assert_eq!(journal_generations(&*fs, &dir).unwrap().len(), 2);
     }
 
     /// A crash at each step of a background snapshot finds every change exactly once.
