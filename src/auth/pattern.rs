@@ -54,6 +54,11 @@ impl Matcher {
                     .into(),
             );
         }
+        // PCRE's `$` (without multiline) also matches before a final newline: `^q$` grants
+        // `q\n` in RabbitMQ, and a policy `^q$` applies to it. A pattern that sets flags
+        // changing `$` or `.` is left as it is.
+        let converted = pcre_dollars(source);
+        let source = converted.as_deref().unwrap_or(source);
         let whole = match build(source) {
             Ok(rest) => {
                 return Ok(Matcher {
@@ -369,6 +374,26 @@ mod tests {
                 let _ = Matcher::compile(&source[..end], Classes::Ascii);
                 let _ = Matcher::compile(&source[..end], Classes::Unicode);
             }
+        }
+    }
+
+    /// Same as RabbitMQ (PCRE without multiline): `$` matches at the end of the name or
+    /// before a final newline, and nowhere else.
+    #[test]
+    fn a_dollar_also_matches_before_a_final_newline() {
+        for classes in [Classes::Ascii, Classes::Unicode] {
+            let exact = Matcher::compile("^q$", classes).unwrap();
+            assert!(exact.matches("q"));
+            assert!(exact.matches("q\n"));
+            assert!(!exact.matches("q\n\n"));
+            assert!(!exact.matches("q\nx"));
+            assert!(!exact.matches("qq"));
+            let rest = Matcher::compile("^(?!tmp)[a-z]+$", classes).unwrap();
+            assert!(rest.matches("orders\n"));
+            assert!(!rest.matches("tmpq\n"));
+            let literal = Matcher::compile("^q\\$|^[$]$", classes).unwrap();
+            assert!(literal.matches("q$") && literal.matches("$\n"));
+            assert!(!literal.matches("q\n"));
         }
     }
 
