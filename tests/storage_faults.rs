@@ -338,7 +338,11 @@ fn simulate(seed: u64, rounds: usize) {
     );
     let injected = fs.injected();
     assert!(
-        injected.write_errors > 0 && injected.no_space > 0 && injected.fsync_errors > 0,
+        injected.write_errors > 0
+            && injected.no_space > 0
+            && injected.fsync_errors > 0
+            && injected.unlink_errors > 0
+            && injected.rename_errors > 0,
         "seed {seed}: every kind of fault was injected: {injected:?}"
     );
 }

@@ -103,7 +103,8 @@ impl QueueLog {
         let replaced;
         if kept.bytes.is_empty() {
             // It leaves the log only once its file is gone (see `collect_garbage`).
-            if !self.unlink(index) {
+            if !self.unlink(&mut inner, index) {
+                inner.segments[at].undeletable = true;
                 return Ok(false);
             }
             replaced = inner.segments.remove(at).map(|s| s.file);
@@ -231,7 +232,8 @@ impl QueueLog {
             // fifth of the CPU per message under confirmed publishing).
             let settled = inner.segments.len().saturating_sub(2);
             let candidate = inner.segments.iter().take(settled).find(|s| {
-                inner.read_pos.is_none_or(|p| p.segment > s.index)
+                !s.undeletable
+                    && inner.read_pos.is_none_or(|p| p.segment > s.index)
                     && (if s.messages > 0 {
                         s.live * 4 <= s.messages
                     } else {

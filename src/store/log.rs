@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::fs::{FileIo, OpenMode};
 use super::intervals::IntervalSet;
@@ -33,8 +34,6 @@ pub struct QueueLog {
     pub(super) durable: bool,
     /// The preparation of its next segment is queued on the background thread.
     pub(super) prepare_queued: AtomicBool,
-    /// The last unlink of a segment failed (and was logged): the next failure is not.
-    pub(super) unlink_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for QueueLog {
@@ -83,6 +82,9 @@ pub(super) struct Segment {
     /// next segment the rest of this one is zeroed, so that a segment before the last
     /// ends in zeros, as recovery expects of it.
     pub(super) stale_tail: bool,
+    /// Compaction found nothing of it to keep but could not delete its file: it is not
+    /// picked again, and goes when it reaches the front (`collect_garbage` tries then).
+    pub(super) undeletable: bool,
 }
 
 impl Segment {
@@ -104,6 +106,7 @@ impl Segment {
             stale_marks: 0,
             reusable: false,
             stale_tail: false,
+            undeletable: false,
         }
     }
 
@@ -151,6 +154,9 @@ pub(super) enum Append {
 pub(super) struct Inner {
     /// Oldest first; the last one takes appends.
     pub(super) segments: VecDeque<Segment>,
+    /// A segment file could not be deleted: no delete is tried again before this (a
+    /// collection comes with every batch of acks, and publishers wait on this lock).
+    pub(super) unlink_retry_at: Option<Instant>,
     /// Number for the next segment file.
     pub(super) next_index: u64,
     /// Bytes appended to the head segment and not yet written to its file.
@@ -213,6 +219,9 @@ pub struct Recovered {
 /// needs a segment of its own.
 pub(super) const MARKS_PER_APPEND: usize = 256;
 
+/// How long a durable log waits to try deleting a segment file again after a failure.
+const UNLINK_RETRY: Duration = Duration::from_secs(1);
+
 /// Reads a queue's messages back from its log, in order. Cloned for every batch read, so
 /// what recovery found is shared, not copied: a log whose acks left a million gaps has a
 /// million ranges, and copying them per batch made draining it quadratic.
@@ -268,7 +277,6 @@ impl QueueLog {
             dir,
             durable,
             prepare_queued: AtomicBool::new(false),
-            unlink_failing: AtomicBool::new(false),
             shared: shared.clone(),
             inner: Mutex::new(Inner {
                 segments: VecDeque::from([head]),
@@ -281,6 +289,7 @@ impl QueueLog {
                 registered: Registered::Eager,
                 prepared: None,
                 spare: None,
+                unlink_retry_at: None,
                 destroyed: false,
                 acked: IntervalSet::default(),
                 read_pos: None,
@@ -506,8 +515,8 @@ impl QueueLog {
             // A spare's messages were acknowledged by Ack marks in later segments, this one
             // among them: its file goes first, or a restart would find its messages with
             // their acknowledgements deleted (a clean stop brought back a segment of them).
-            if let Some(spare) = &inner.spare {
-                if !self.unlink(spare.index) {
+            if let Some(spare_index) = inner.spare.as_ref().map(|s| s.index) {
+                if !self.unlink(&mut inner, spare_index) {
                     break;
                 }
                 inner.dir_dirty = true;
@@ -515,7 +524,7 @@ impl QueueLog {
                     closing.push(spare.file);
                 }
             }
-            if !reuse && !self.unlink(index) {
+            if !reuse && !self.unlink(&mut inner, index) {
                 break;
             }
             let Some(front) = inner.segments.pop_front() else {
@@ -539,21 +548,27 @@ impl QueueLog {
         self.shared.close_in_background(closing);
     }
 
-    /// Unlinks segment `index`'s file; whether the segment may leave the log. A failure is
-    /// logged, once per run of failures, and a durable log keeps the segment to try again.
-    /// A paging log lets it go: nothing acknowledges its records, the next start wipes its
-    /// directory, and keeping every segment of a backlog would hold a file open for each.
-    pub(super) fn unlink(&self, index: u64) -> bool {
+    /// Unlinks segment `index`'s file; whether the segment may leave the log. A durable
+    /// log keeps a segment whose file it cannot delete, and tries again after
+    /// `UNLINK_RETRY`; a failure is logged once per run of failures. A paging log lets it
+    /// go: nothing acknowledges its records, the next start wipes its directory, and
+    /// keeping every segment of a backlog would hold a file open for each.
+    pub(super) fn unlink(&self, inner: &mut Inner, index: u64) -> bool {
+        let now = Instant::now();
+        if self.durable && inner.unlink_retry_at.is_some_and(|at| now < at) {
+            return false;
+        }
         match self.shared.fs.remove_file(&Segment::path(&self.dir, index)) {
             Ok(()) => {
-                self.unlink_failing.store(false, Ordering::Relaxed);
+                inner.unlink_retry_at = None;
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => {
-                if !self.unlink_failing.swap(true, Ordering::Relaxed) {
+                if inner.unlink_retry_at.is_none() {
                     tracing::error!(log = %self.dir.display(), segment = index, error = %e, "cannot delete a segment file that is no longer needed; a durable log keeps it, with the acknowledgements that cover it, and tries again");
                 }
+                inner.unlink_retry_at = Some(now + UNLINK_RETRY);
                 !self.durable
             }
         }

@@ -124,7 +124,7 @@ impl QueueLog {
             // then the spare is kept (and its Ack marks with it), and `collect_garbage`
             // tries again.
             let mut inner = self.lock();
-            if self.unlink(spare_index) {
+            if self.unlink(&mut inner, spare_index) {
                 inner.dir_dirty = true;
                 forget_spare(&mut inner);
             }

@@ -194,8 +194,13 @@ impl QueueLog {
         let fs = shared.fs.clone();
         for name in fs.read_dir(&dir)? {
             if name.ends_with(".tmp") {
-                // A compaction that did not finish: the segment it was rewriting is intact.
-                fs.remove_file(&dir.join(&name))?;
+                // A compaction that did not finish: the segment it was rewriting is intact,
+                // and the copy is never read (a disk refusing to delete it must not keep
+                // the queue from starting).
+                let path = dir.join(&name);
+                if let Err(e) = fs.remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot delete an unfinished compaction copy");
+                }
             }
         }
         let indices = segment_indices(&*fs, &dir)?;
@@ -223,12 +228,7 @@ impl QueueLog {
         }
         count_unacked(&*fs, &dir, &mut segments, &marks, &mut recovered)?;
         let returned_at = marks.latest_returned(&mut segments);
-        // Drop fully acknowledged segments at the front.
-        while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
-            if let Some(s) = segments.pop_front() {
-                let _ = fs.remove_file(&Segment::path(&dir, s.index));
-            }
-        }
+        drop_acknowledged_front(&*fs, &dir, &mut segments);
         if segments.is_empty() {
             let log = QueueLog::create(dir, shared, true)?;
             return Ok((log, recovered));
@@ -258,7 +258,6 @@ impl QueueLog {
             dir,
             durable: true,
             prepare_queued: std::sync::atomic::AtomicBool::new(false),
-            unlink_failing: std::sync::atomic::AtomicBool::new(false),
             shared,
             inner: Mutex::new(Inner {
                 segments,
@@ -271,6 +270,7 @@ impl QueueLog {
                 registered: Registered::No,
                 prepared: None,
                 spare: None,
+                unlink_retry_at: None,
                 destroyed: false,
                 acked,
                 // The queue reads its recovered messages from the front: compaction waits.
@@ -499,6 +499,27 @@ fn detached(message: StoredMessage) -> StoredMessage {
         properties: own(&message.properties),
         body: own(&message.body),
         ..message
+    }
+}
+
+/// Drops fully acknowledged segments at the front of a recovered log, each once its file is
+/// gone: one kept on disk but dropped here would lose the Ack marks covering it (compaction
+/// keeps only those of segments the log holds), and a later start would bring its messages
+/// back. What cannot be deleted now, `collect_garbage` deletes later.
+fn drop_acknowledged_front(fs: &dyn Fs, dir: &Path, segments: &mut VecDeque<Segment>) {
+    while segments.len() > 1 && segments.front().is_some_and(|s| s.live == 0) {
+        let Some(index) = segments.front().map(|s| s.index) else {
+            break;
+        };
+        match fs.remove_file(&Segment::path(dir, index)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(log = %dir.display(), segment = index, error = %e, "cannot delete a segment whose messages were all acknowledged; it is kept, and deleting it is tried again");
+                break;
+            }
+        }
+        segments.pop_front();
     }
 }
 
