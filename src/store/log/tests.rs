@@ -291,6 +291,26 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
     assert_eq!(seen, kept);
 }
 
+/// Appends and acknowledges messages one by one until a segment file is the spare, then
+/// appends until the head is half full with nothing prepared, so that the next segment is
+/// made from the spare. Returns the next sequence number.
+pub(in crate::store) fn until_the_spare_is_wanted(store: &Store, log: &Arc<QueueLog>) -> u64 {
+    let mut seq = 0u64;
+    while log.lock().spare.is_none() {
+        append_durable(log, seq);
+        log.ack(seq).unwrap();
+        seq += 1;
+        store.sync_now();
+        log.collect_garbage(None);
+        assert!(seq < 2_000, "a segment file became the spare");
+    }
+    while !log.wants_next_segment() {
+        append_durable(log, seq);
+        seq += 1;
+    }
+    seq
+}
+
 /// A directory fsync that fails outside the sync thread (after renaming a spare segment file
 /// into the next segment) stops the store as a failed fsync on the sync thread does: Linux
 /// reports a lost write-back once, so the sync thread's next sync of the directory could
@@ -299,20 +319,7 @@ fn a_roll_over_that_fails_to_write_leaves_later_records_where_they_are_said_to_b
 fn a_failed_directory_sync_after_reusing_a_segment_file_stops_the_store() {
     use crate::store::sim::Faults;
     let (sim, _, _, store, log) = sim_store(6, "dir-sync");
-    let mut seq = 0u64;
-    while log.lock().spare.is_none() {
-        append_durable(&log, seq);
-        log.ack(seq).unwrap();
-        seq += 1;
-        store.sync_now();
-        log.collect_garbage(None);
-        assert!(seq < 2_000, "a segment file became the spare");
-    }
-    // The head half full, nothing prepared: the next segment is made from the spare.
-    while !log.wants_next_segment() {
-        append_durable(&log, seq);
-        seq += 1;
-    }
+    let seq = until_the_spare_is_wanted(&store, &log);
     sim.set_faults(Faults {
         dir_sync_error: 1.0,
         ..Faults::default()

@@ -1,7 +1,7 @@
 //! A segment file the disk refuses to delete (`EIO` on unlink, a failed rename of a spare):
 //! the segment stays in the log, with the Ack marks that cover its messages, until its file
 //! is gone, so a restart never brings back what was acknowledged.
-use super::tests::{append_durable, restart_and_read, sim_store};
+use super::tests::{append_durable, restart_and_read, sim_store, until_the_spare_is_wanted};
 use super::*;
 use crate::store::Store;
 use crate::store::fs::Fs;
@@ -140,21 +140,8 @@ fn a_start_that_cannot_delete_an_acknowledged_segment_keeps_it() {
 #[test]
 fn a_spare_that_can_be_neither_reused_nor_deleted_stays_the_logs() {
     let (sim, fs, _, store, log) = sim_store(13, "rename");
-    let mut seq = 0u64;
-    while log.lock().spare.is_none() {
-        append_durable(&log, seq);
-        log.ack(seq).unwrap();
-        seq += 1;
-        store.sync_now();
-        log.collect_garbage(None);
-        assert!(seq < 2_000, "a segment file became the spare");
-    }
+    until_the_spare_is_wanted(&store, &log);
     let spare = log.lock().spare.as_ref().map(|s| s.index);
-    // The head half full, nothing prepared: the next segment is made from the spare.
-    while !log.wants_next_segment() {
-        append_durable(&log, seq);
-        seq += 1;
-    }
     sim.set_faults(Faults {
         unlink_error: 1.0,
         rename_error: 1.0,
