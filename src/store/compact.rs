@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::fs::OpenMode;
-use super::log::{QueueLog, Segment};
+use super::log::{QueueLog, Segment, Unlinked};
 use super::record::{Record, Seal};
 use super::recover::walk;
 
@@ -103,9 +103,13 @@ impl QueueLog {
         let replaced;
         if kept.bytes.is_empty() {
             // It leaves the log only once its file is gone (see `collect_garbage`).
-            if !self.unlink(&mut inner, index) {
-                inner.segments[at].undeletable = true;
-                return Ok(false);
+            match self.unlink(&mut inner, index) {
+                Unlinked::Gone => {}
+                Unlinked::Failed => {
+                    inner.segments[at].undeletable = true;
+                    return Ok(false);
+                }
+                Unlinked::NotTried => return Ok(false),
             }
             replaced = inner.segments.remove(at).map(|s| s.file);
         } else {
@@ -231,8 +235,10 @@ impl QueueLog {
             // rewriting it would only read and copy what is about to be freed (it cost a
             // fifth of the CPU per message under confirmed publishing).
             let settled = inner.segments.len().saturating_sub(2);
+            // A segment whose file could not be deleted waits for deletes to be tried again.
+            let deletes_wait = inner.unlink_retry_at.is_some_and(|at| Instant::now() < at);
             let candidate = inner.segments.iter().take(settled).find(|s| {
-                !s.undeletable
+                !(s.undeletable && deletes_wait)
                     && inner.read_pos.is_none_or(|p| p.segment > s.index)
                     && (if s.messages > 0 {
                         s.live * 4 <= s.messages

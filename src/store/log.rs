@@ -83,7 +83,8 @@ pub(super) struct Segment {
     /// ends in zeros, as recovery expects of it.
     pub(super) stale_tail: bool,
     /// Compaction found nothing of it to keep but could not delete its file: it is not
-    /// picked again, and goes when it reaches the front (`collect_garbage` tries then).
+    /// picked again while deletes wait (`Inner::unlink_retry_at`), and `collect_garbage`
+    /// deletes it once it reaches the front.
     pub(super) undeletable: bool,
 }
 
@@ -218,6 +219,17 @@ pub struct Recovered {
 /// Marks appended at once, at most: small against the smallest segment, so a batch never
 /// needs a segment of its own.
 pub(super) const MARKS_PER_APPEND: usize = 256;
+
+/// What became of a segment file [`QueueLog::unlink`] was asked to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unlinked {
+    /// Deleted (or already gone): the segment may leave the log.
+    Gone,
+    /// The delete failed: the segment stays.
+    Failed,
+    /// Not tried, as a delete failed less than `UNLINK_RETRY` ago: the segment stays.
+    NotTried,
+}
 
 /// How long a durable log waits to try deleting a segment file again after a failure.
 const UNLINK_RETRY: Duration = Duration::from_secs(1);
@@ -516,7 +528,7 @@ impl QueueLog {
             // among them: its file goes first, or a restart would find its messages with
             // their acknowledgements deleted (a clean stop brought back a segment of them).
             if let Some(spare_index) = inner.spare.as_ref().map(|s| s.index) {
-                if !self.unlink(&mut inner, spare_index) {
+                if self.unlink(&mut inner, spare_index) != Unlinked::Gone {
                     break;
                 }
                 inner.dir_dirty = true;
@@ -524,7 +536,7 @@ impl QueueLog {
                     closing.push(spare.file);
                 }
             }
-            if !reuse && !self.unlink(&mut inner, index) {
+            if !reuse && self.unlink(&mut inner, index) != Unlinked::Gone {
                 break;
             }
             let Some(front) = inner.segments.pop_front() else {
@@ -548,28 +560,38 @@ impl QueueLog {
         self.shared.close_in_background(closing);
     }
 
-    /// Unlinks segment `index`'s file; whether the segment may leave the log. A durable
-    /// log keeps a segment whose file it cannot delete, and tries again after
-    /// `UNLINK_RETRY`; a failure is logged once per run of failures. A paging log lets it
-    /// go: nothing acknowledges its records, the next start wipes its directory, and
-    /// keeping every segment of a backlog would hold a file open for each.
-    pub(super) fn unlink(&self, inner: &mut Inner, index: u64) -> bool {
+    /// Unlinks segment `index`'s file, and says whether the segment may leave the log. A
+    /// durable log keeps a segment whose file it cannot delete, and tries no delete again
+    /// before `UNLINK_RETRY` has passed; a failure is logged once per run of failures. A
+    /// paging log lets the segment go: nothing acknowledges its records, the next start
+    /// wipes its directory, and keeping every segment of a backlog would hold a file open
+    /// for each.
+    pub(super) fn unlink(&self, inner: &mut Inner, index: u64) -> Unlinked {
         let now = Instant::now();
         if self.durable && inner.unlink_retry_at.is_some_and(|at| now < at) {
-            return false;
+            return Unlinked::NotTried;
         }
         match self.shared.fs.remove_file(&Segment::path(&self.dir, index)) {
             Ok(()) => {
                 inner.unlink_retry_at = None;
-                true
+                Unlinked::Gone
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Unlinked::Gone,
             Err(e) => {
                 if inner.unlink_retry_at.is_none() {
-                    tracing::error!(log = %self.dir.display(), segment = index, error = %e, "cannot delete a segment file that is no longer needed; a durable log keeps it, with the acknowledgements that cover it, and tries again");
+                    let then = if self.durable {
+                        "the log keeps it, with the acknowledgements that cover it, and tries again"
+                    } else {
+                        "the paging log lets it go; the next start wipes it"
+                    };
+                    tracing::error!(log = %self.dir.display(), segment = index, error = %e, "cannot delete a segment file that is no longer needed; {then}");
                 }
                 inner.unlink_retry_at = Some(now + UNLINK_RETRY);
-                !self.durable
+                if self.durable {
+                    Unlinked::Failed
+                } else {
+                    Unlinked::Gone
+                }
             }
         }
     }

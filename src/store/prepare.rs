@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::fs::{FileIo, Fs, OpenMode};
-use super::log::{Inner, QueueLog, Segment};
+use super::log::{Inner, QueueLog, Segment, Unlinked};
 
 /// A new segment file of `capacity` bytes, sparse, synced with its size. Sparse rather than
 /// zero-filled: writing 8 MiB of zeros per segment doubled the bytes written under
@@ -124,7 +124,7 @@ impl QueueLog {
             // then the spare is kept (and its Ack marks with it), and `collect_garbage`
             // tries again.
             let mut inner = self.lock();
-            if self.unlink(&mut inner, spare_index) {
+            if self.unlink(&mut inner, spare_index) == Unlinked::Gone {
                 inner.dir_dirty = true;
                 forget_spare(&mut inner);
             }
@@ -146,7 +146,13 @@ impl QueueLog {
         if inner.destroyed || index < head_index || inner.prepared.is_some() {
             // Rolled over meanwhile onto a segment made in place: not needed.
             drop(inner);
-            let _ = self.shared.fs.remove_file(&to);
+            if let Err(e) = self.shared.fs.remove_file(&to)
+                && !matches!(e.kind(), io::ErrorKind::NotFound)
+            {
+                // Its records are sealed for its old number: a start reports them as
+                // damage and skips them.
+                tracing::warn!(file = %to.display(), error = %e, "cannot delete a reused segment file no longer needed");
+            }
             return Ok(());
         }
         inner.prepared = Some(Segment {

@@ -97,8 +97,9 @@ fn a_segment_whose_file_cannot_be_deleted_keeps_the_acks_that_cover_it() {
 fn a_segment_file_that_could_not_be_deleted_goes_once_the_disk_deletes_again() {
     let (sim, fs, _, _store, log, _) = a_disk_that_stopped_deleting(12, "unlink-again");
     sim.set_faults(Faults::default());
+    log.lock().unlink_retry_at = Some(Instant::now() + Duration::from_secs(3600));
     log.collect_garbage(None);
-    assert_eq!(kept(&log), [0, 1], "not tried again at once");
+    assert_eq!(kept(&log), [0, 1], "not tried again before the retry time");
     log.lock().unlink_retry_at = Some(Instant::now());
     log.collect_garbage(None);
     assert!(kept(&log).is_empty());
@@ -151,4 +152,78 @@ fn a_spare_that_can_be_neither_reused_nor_deleted_stays_the_logs() {
     assert!(log.lock().prepared.is_some(), "a new file made instead");
     assert_eq!(log.lock().spare.as_ref().map(|s| s.index), spare);
     assert!(spare.is_some_and(|i| on_disk(&fs, &log, i)));
+}
+
+/// Compaction that finds nothing to keep of a segment deletes it; when the disk refuses,
+/// the segment stays, is not picked again while deletes wait, and goes at the next try.
+#[test]
+fn a_segment_compaction_cannot_delete_waits_and_goes_later() {
+    let (sim, fs, _, store, log) = sim_store(15, "unlink-compact");
+    let head = |log: &QueueLog| log.lock().segments.back().map_or(0, |s| s.index);
+    let mut seq = 0u64;
+    let mut first_of = Vec::new();
+    for segment in 1..=4 {
+        first_of.push(seq);
+        while head(&log) < segment {
+            append_durable(&log, seq);
+            seq += 1;
+        }
+    }
+    // Segment 1's messages are all acknowledged; segment 0's are not.
+    let in_segment_1: Vec<u64> = (first_of[1] - 1..first_of[2] - 1).collect();
+    log.ack_all(&in_segment_1).unwrap();
+    let holds_1 = |log: &QueueLog| log.lock().segments.iter().any(|s| s.index == 1);
+    sim.set_faults(Faults {
+        unlink_error: 1.0,
+        ..Faults::default()
+    });
+    store.sync_now();
+    for _ in 0..4 {
+        log.compact_now().unwrap();
+    }
+    assert!(holds_1(&log) && on_disk(&fs, &log, 1));
+    assert!(sim.injected().unlink_errors >= 1);
+    let segment_1 = |log: &QueueLog| {
+        log.lock()
+            .segments
+            .iter()
+            .find(|s| s.index == 1)
+            .map(|s| s.undeletable)
+    };
+    assert_eq!(segment_1(&log), Some(true));
+    sim.set_faults(Faults::default());
+    log.lock().unlink_retry_at = Some(Instant::now());
+    for _ in 0..4 {
+        log.compact_now().unwrap();
+    }
+    assert!(!holds_1(&log) && !on_disk(&fs, &log, 1));
+}
+
+/// A paging log lets a segment it has read past go even when its file cannot be deleted:
+/// no acknowledgement depends on it, and the next start wipes the paging directory.
+#[test]
+fn a_paging_log_lets_a_segment_go_that_it_cannot_delete() {
+    let (sim, _, _, store, _) = sim_store(16, "unlink-paging");
+    let log = store.create_paging_log().unwrap();
+    let body = [bytes::Bytes::from(vec![b'p'; 1000])];
+    let mut seq = 0u64;
+    while log.lock().segments.len() < 3 {
+        log.append_message(seq, &super::tests::parts(&body), false, &Stamp::default())
+            .unwrap();
+        seq += 1;
+    }
+    store.sync_now();
+    let mut reader = TailReader::default();
+    while !log
+        .read_back(&mut reader, 1 << 20, &crate::store::uncharged)
+        .unwrap()
+        .is_empty()
+    {}
+    sim.set_faults(Faults {
+        unlink_error: 1.0,
+        ..Faults::default()
+    });
+    log.collect_garbage(Some(reader.pos));
+    assert_eq!(log.lock().segments.len(), 1, "read past, and let go");
+    assert!(sim.injected().unlink_errors >= 1);
 }
