@@ -677,6 +677,53 @@ async fn same_as_rabbitmq_a_policy_set_over_http_applies_to_live_queues_at_once(
     );
 }
 
+/// Same as RabbitMQ (`is_authorized_policies`): a policymaker sets, reads and deletes
+/// policies only in vhosts it may use; the `monitoring` tag lets it see every vhost, not
+/// change one. An administrator needs no permissions in the vhost.
+#[tokio::test]
+async fn a_policymaker_changes_policies_only_where_it_has_permissions() {
+    let (_broker, api) = broker_with_api().await;
+    let created = api
+        .put(
+            "/api/users/pm",
+            json!({"password": "pw", "tags": "policymaker,monitoring"}),
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    let pm = Api::new(api.addr, "pm", "pw");
+    let policy = json!({"pattern": ".*", "definition": {"max-length": 0}});
+    let refused = pm.put("/api/policies/%2F/drain-all", policy.clone()).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(api.get("/api/policies/%2F/drain-all").await.status, 404);
+    assert_eq!(
+        api.put("/api/policies/%2F/p", policy.clone()).await.status,
+        201
+    );
+    assert_eq!(pm.get("/api/policies/%2F/p").await.status, 401);
+    assert_eq!(pm.delete("/api/policies/%2F/p").await.status, 401);
+    let granted = api
+        .put(
+            "/api/permissions/%2F/pm",
+            json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        )
+        .await;
+    assert_eq!(granted.status, 201);
+    assert_eq!(pm.get("/api/policies/%2F/p").await.status, 200);
+    assert_eq!(pm.put("/api/policies/%2F/q", policy).await.status, 201);
+    assert_eq!(pm.delete("/api/policies/%2F/p").await.status, 204);
+    // The administrator (guest) has permissions in `/` too; a vhost it has none in:
+    assert_eq!(api.put("/api/vhosts/bare", json!({})).await.status, 201);
+    let drop_guest = api.delete("/api/permissions/bare/guest").await;
+    assert!(drop_guest.status == 204 || drop_guest.status == 404);
+    let admin_put = api
+        .put(
+            "/api/policies/bare/p",
+            json!({"pattern": ".*", "definition": {"max-length": 1}}),
+        )
+        .await;
+    assert_eq!(admin_put.status, 201);
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_definitions_export_and_import_while_running() {
     let (broker, api) = broker_with_api().await;

@@ -268,6 +268,20 @@ impl Caller {
         }
     }
 
+    /// The vhost named in a policy's path. Same as RabbitMQ's `is_authorized_policies`: an
+    /// administrator may see and change the policies of any vhost, a policymaker only of
+    /// one it may use (the `monitoring` tag lets it see the vhost, not change it).
+    pub fn vhost_for_policies(
+        &self,
+        broker: &Broker,
+        name: &str,
+    ) -> Result<Arc<VirtualHost>, ApiError> {
+        match self.has_any(&["administrator"]) {
+            true => self.vhost(broker, name),
+            false => self.vhost_to_change(broker, name),
+        }
+    }
+
     /// Whether the caller's permissions in `vhost` allow `permission` on `resource`; the
     /// operator may do anything.
     pub fn authorize(

@@ -409,7 +409,7 @@ async fn show_policy<const OPERATOR: bool>(
         true => caller.require_admin()?,
         false => caller.require_policymaker()?,
     }
-    caller.vhost(&m.broker, &vhost)?;
+    caller.vhost_for_policies(&m.broker, &vhost)?;
     recorded(&m, operator)
         .iter()
         .find(|p| p.vhost == vhost && p.name == name)
@@ -441,7 +441,7 @@ async fn put_policy<const OPERATOR: bool>(
         true => caller.require_admin()?,
         false => caller.require_policymaker()?,
     }
-    caller.vhost(&m.broker, &vhost)?;
+    caller.vhost_for_policies(&m.broker, &vhost)?;
     let req: PolicyBody = body_or_empty(&body)?;
     let def = PolicyDef {
         vhost,
@@ -482,7 +482,7 @@ async fn delete_policy<const OPERATOR: bool>(
         true => caller.require_admin()?,
         false => caller.require_policymaker()?,
     }
-    caller.vhost(&m.broker, &vhost)?;
+    caller.vhost_for_policies(&m.broker, &vhost)?;
     let epoch = m
         .build_change(move |m| {
             m.broker
