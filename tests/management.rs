@@ -1306,6 +1306,31 @@ async fn a_get_answers_with_a_bounded_amount_of_message_bodies() {
     assert_eq!(message_count(&ch, "big").await, 3, "both went back");
 }
 
+/// A message published over HTTP carries properties that fit in one frame, as an AMQP
+/// publisher's must: headers of 20,000 numbers (9 bytes each once encoded, 2 in JSON) made
+/// a content header larger than `frame_max`, and every consumer holding the broker to its
+/// `frame_max` closed its connection on the message and was sent it again.
+#[tokio::test]
+async fn a_message_published_over_http_has_properties_that_fit_a_frame() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    declare_plain(&ch, "framed").await;
+    let publish = |numbers: usize| {
+        json!({"properties": {"headers": {"n": vec![1; numbers]}}, "routing_key": "framed",
+               "payload": "x", "payload_encoding": "string"})
+    };
+    let path = "/api/exchanges/%2F/amq.default/publish";
+    let refused = api.post(path, publish(20_000)).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["reason"],
+        "properties longer than 131052 bytes once encoded (frame_max_bytes)"
+    );
+    assert_eq!(message_count(&ch, "framed").await, 0);
+    let taken = api.post(path, publish(1_000)).await;
+    assert_eq!(taken.json(), json!({"routed": true}));
+}
+
 /// The bound counts what a message's properties become when shown, not only its body:
 /// a `get` of 10,000 messages with empty bodies and 128 KiB headers of small values built
 /// tens of gigabytes of JSON.

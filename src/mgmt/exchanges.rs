@@ -260,6 +260,7 @@ async fn publish(
         )));
     }
     let properties = super::messages::properties_from_json(req.properties.as_ref())?;
+    properties_fit_a_frame(&m, &properties)?;
     let payload = super::messages::payload_from_json(&req.payload, &req.payload_encoding)?;
     let max = m.broker.config.limits.max_message_size_bytes;
     if payload.len() as u64 > max {
@@ -280,6 +281,25 @@ async fn publish(
         })?;
     durable(&m.broker, published.sync).await?;
     Ok(Json(json!({"routed": published.routed})).into_response())
+}
+
+/// An AMQP publisher's content header fits in one frame of the broker's `frame_max`; so
+/// must the properties of a message published here, or every consumer that holds the
+/// broker to its `frame_max` would close its connection on the message, and get it again.
+fn properties_fit_a_frame(m: &Mgmt, encoded: &[u8]) -> Result<(), ApiError> {
+    // A content header's payload: class, weight and body size, then the properties.
+    const CONTENT_HEADER_FIXED_BYTES: usize = 12;
+    let room = match m.broker.config.limits.frame_max_bytes {
+        0 => usize::MAX,
+        frame_max => (frame_max as usize)
+            .saturating_sub(crate::protocol::frame::FRAME_OVERHEAD + CONTENT_HEADER_FIXED_BYTES),
+    };
+    match encoded.len() <= room {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "properties longer than {room} bytes once encoded (frame_max_bytes)"
+        ))),
+    }
 }
 
 async fn as_source(
