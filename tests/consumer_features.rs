@@ -694,3 +694,45 @@ async fn channel_credit_reaches_a_queue_while_any_consumer_of_it_remains() {
     within(held.ack(Default::default())).await.unwrap();
     assert_eq!(acked_in_turn(&mut second, 2).await, "a b");
 }
+
+/// Same as RabbitMQ: raising a channel-wide prefetch (or lifting it with a per-consumer
+/// `basic.qos`) lets the queues its consumers waited on deliver at once, without an ack.
+/// (A `basic.qos` asks the queues again only when it widens the credit and some queue
+/// went without: a stream of them no longer asks every queue the channel consumes from.)
+#[tokio::test]
+async fn a_wider_channel_prefetch_lets_waiting_messages_through() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    within(ch.queue_declare("widened".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        within(ch.basic_publish(
+            "".into(),
+            "widened".into(),
+            Default::default(),
+            format!("{n}").as_bytes(),
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let consuming = channel_with_one_credit(&conn).await;
+    let mut consumer = consume(&consuming, "widened", "w", FieldTable::default()).await;
+    let mut next = async || within(consumer.next()).await.unwrap().unwrap();
+    next().await;
+    // The same limit again widens nothing; a wider one lets two more through.
+    within(consuming.basic_qos(1, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    within(consuming.basic_qos(3, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    next().await;
+    next().await;
+    within(consuming.basic_qos(0, BasicQosOptions { global: false }))
+        .await
+        .unwrap();
+    next().await;
+    next().await;
+}

@@ -42,6 +42,7 @@ impl Channel {
         match method {
             basic::AMQPMethod::Qos(q) => {
                 // prefetch_size is checked by the connection: amq-protocol does not keep it.
+                let before = self.prefetch.global_limit();
                 let info = &self.stats.info;
                 if q.global {
                     self.prefetch.set_global_limit(q.prefetch_count as u32);
@@ -60,8 +61,18 @@ impl Channel {
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
                 );
-                for queue in self.consumed_queues() {
-                    queue.kick(Unblock::Channel(&self.prefetch));
+                // Queues are asked again only when the channel-wide credit grew and some
+                // queue went without it, as RabbitMQ's limiter tells its queues only when a
+                // blocked channel is unblocked: a stream of basic.qos on a channel consuming
+                // from 65,536 queues asked every one of them at each frame.
+                let after = self.prefetch.global_limit();
+                let widened = before != 0 && (after == 0 || after > before);
+                if widened && self.prefetch.take_starved() {
+                    let queues = self.consumed_queues();
+                    self.work += queues.len();
+                    for queue in queues {
+                        queue.kick(Unblock::Channel(&self.prefetch));
+                    }
                 }
             }
             basic::AMQPMethod::Consume(c) => self.consume(s, out, c)?,

@@ -164,6 +164,9 @@ pub struct Channel {
     unacked: UnackedList,
     /// The last delivery tag used.
     last_tag: u64,
+    /// Deliveries moved and queues asked by the frames handled since the connection last
+    /// took the count (`take_work`), so that it yields after enough of them.
+    work: usize,
     /// Channel-wide credit, shared with the queues this channel consumes from.
     prefetch: Arc<ChannelPrefetch>,
     /// Prefetch given to consumers created from now on (basic.qos global=false).
@@ -254,6 +257,7 @@ impl Channel {
             last_consumer: None,
             unacked: UnackedList::default(),
             last_tag: 0,
+            work: 0,
             prefetch: Arc::new(ChannelPrefetch::new(max_unacked)),
             consumer_prefetch: 0,
             confirms: None,
@@ -282,6 +286,11 @@ impl Channel {
             .map_or((0, 0), |tx| (tx.publishes.len(), tx.settled));
         info.uncommitted_messages.store(publishes as u32, Relaxed);
         info.uncommitted_acks.store(settled as u32, Relaxed);
+    }
+
+    /// The work done since the last call (see `work`), which it resets.
+    pub fn take_work(&mut self) -> usize {
+        std::mem::take(&mut self.work)
     }
 
     pub fn is_open(&self) -> bool {

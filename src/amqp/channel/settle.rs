@@ -49,12 +49,15 @@ impl Channel {
     /// Takes the deliveries an ack/nack/reject names, with RabbitMQ's rules: tag 0 with
     /// multiple means all; otherwise the tag itself must be outstanding.
     pub(super) fn take_unacked(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
-        if multiple && tag == 0 {
-            return Ok(self.unacked.take_all());
-        }
-        self.unacked
-            .take(tag, multiple)
-            .map_err(|_| Self::unknown_tag(tag))
+        let taken = if multiple && tag == 0 {
+            self.unacked.take_all()
+        } else {
+            self.unacked
+                .take(tag, multiple)
+                .map_err(|_| Self::unknown_tag(tag))?
+        };
+        self.work += taken.len();
+        Ok(taken)
     }
 
     /// basic.ack, basic.reject or basic.nack from the client.

@@ -176,6 +176,7 @@ impl Channel {
                 TxSettle::Ack(list) | TxSettle::Reject(list, _) => back.extend(list),
             }
         }
+        self.work += back.len();
         if !back.is_empty() {
             // Their consumer timeouts run on: a deadline that passed while the transaction
             // held them is due now (a check that found nothing unacked stopped looking).

@@ -10,6 +10,10 @@ use super::replies::{
     cannot_decode, method_error, unknown_method, write_channel_close, write_channel_close_ok,
 };
 use super::{CLOSE_TIMEOUT, Connection, HANDSHAKE_FAILURE_DELAY, Phase};
+
+/// Deliveries (or queues) one turn of parsing may move or ask before it yields: about a
+/// few milliseconds of work. Plain frames count nothing.
+const INPUT_WORK_PER_TURN: usize = 1 << 16;
 use crate::amqp::channel::{After, Channel};
 use crate::amqp::input::Frame;
 use crate::amqp_error;
@@ -25,7 +29,16 @@ impl Connection {
     /// Parses and handles every complete frame in the read buffer.
     pub(super) fn process_input(&mut self) {
         self.parse_paused = false;
+        self.input_work = 0;
         loop {
+            if self.input_work >= INPUT_WORK_PER_TURN {
+                // Frames whose cost grows with what a channel holds (an ack of everything
+                // and a tx.rollback, over a million unacknowledged deliveries, sent over
+                // and over): the rest waits until the runtime's other tasks, on this worker
+                // too, have had their turn (`wait` yields while parsing is paused).
+                self.parse_paused = true;
+                return;
+            }
             match self.phase {
                 Phase::Dropping { .. } | Phase::Finished { .. } => {
                     self.input.clear();
@@ -248,7 +261,12 @@ impl Connection {
         if !self.channels[index].is_open() {
             return self.on_closing_channel(index, header.channel, ids);
         }
-        match self.run_on_channel(index, header, ids, payload) {
+        let ran = self.run_on_channel(index, header, ids, payload);
+        // After a channel.close the index may name the next channel, whose count is 0.
+        if let Some(ch) = self.channels.get_mut(index) {
+            self.input_work += ch.take_work();
+        }
+        match ran {
             Ok(()) => Ok(()),
             Err(e) if e.is_hard() => Err(e),
             Err(e) => {

@@ -158,6 +158,9 @@ pub struct Connection {
     /// Input is left unparsed until output falls under its limit (`output_full`): once it
     /// has, the next turn parses it without waiting for the client to send more.
     parse_paused: bool,
+    /// Work the frames parsed this turn made their channels do (`Channel::take_work`):
+    /// past `INPUT_WORK_PER_TURN` parsing pauses until the task has yielded.
+    input_work: usize,
     /// Reused buffers for draining the outbox.
     drained: Drained,
     /// The output waiting for the client and the buffer it keeps, charged to the memory
@@ -216,6 +219,7 @@ pub async fn serve(
         channels: Vec::new(),
         committing: false,
         parse_paused: false,
+        input_work: 0,
         drained: Drained::default(),
         unflushed_delivery_bytes: 0,
         buffers: Charge::default(),
