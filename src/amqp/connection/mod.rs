@@ -356,8 +356,16 @@ impl Connection {
     async fn wait(&mut self) -> Result<(), Exit> {
         if self.parse_paused && self.out.len() < self.output_limit() {
             // The client may be waiting for the answers to what it already sent (output
-            // held for a sync went out all at once): parse it now, after the runtime's other
-            // tasks have had their turn.
+            // held for a sync went out all at once, or a turn's worth of work was done):
+            // parse it now, after the runtime's other tasks have had their turn. As while
+            // a tx.commit runs, nothing is read from the socket meanwhile, so the client's
+            // heartbeats count again from when reading resumes, and the timed duties
+            // (heartbeats to the client, send and consumer timeouts) go on between turns.
+            self.reading = false;
+            let now = Instant::now();
+            if now >= self.next_deadline(now) {
+                self.on_timer(now)?;
+            }
             tokio::task::yield_now().await;
             return Ok(());
         }

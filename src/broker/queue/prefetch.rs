@@ -32,15 +32,17 @@ impl ChannelPrefetch {
 
     /// Sets the channel-wide limit (`basic.qos` with `global=true`).
     pub fn set_global_limit(&self, limit: u32) {
-        self.global_limit.store(limit, Ordering::Relaxed);
+        // SeqCst, as the credit counts: a queue asked again after a basic.qos widened the
+        // limit must see the new one.
+        self.global_limit.store(limit, Ordering::SeqCst);
     }
 
     pub fn global_limit(&self) -> u32 {
-        self.global_limit.load(Ordering::Relaxed)
+        self.global_limit.load(Ordering::SeqCst)
     }
 
     fn limit(&self) -> u32 {
-        match self.global_limit.load(Ordering::Relaxed) {
+        match self.global_limit.load(Ordering::SeqCst) {
             0 => self.hard_limit,
             n => n.min(self.hard_limit),
         }
@@ -75,7 +77,7 @@ impl ChannelPrefetch {
     /// channel's acknowledged deliveries reach a `global=true` limit.
     #[inline]
     pub fn blocks_no_ack(&self) -> bool {
-        let limit = self.global_limit.load(Ordering::Relaxed);
+        let limit = self.global_limit.load(Ordering::SeqCst);
         if limit == 0 || self.unacked.load(Ordering::SeqCst) < limit {
             return false;
         }
