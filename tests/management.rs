@@ -1306,6 +1306,41 @@ async fn a_get_answers_with_a_bounded_amount_of_message_bodies() {
     assert_eq!(message_count(&ch, "big").await, 3, "both went back");
 }
 
+/// A `get` shows a payload cut to fit its bound when its JSON would not fit: a body of
+/// control bytes shows as six times its size, and one message of them made most of a
+/// gigabyte of JSON (counted at its raw size, and the first message always shown whole).
+/// `payload_bytes` still says how large the message is, as with `truncate`.
+#[tokio::test]
+async fn a_get_cuts_a_payload_whose_json_would_not_fit_its_bound() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    declare_plain(&ch, "controls").await;
+    let body = vec![1u8; 20 * 1024 * 1024];
+    publish(&ch, "", "controls", &body).await;
+    while message_count(&ch, "controls").await < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let got = api
+        .post(
+            "/api/queues/%2F/controls/get",
+            json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    let shown = &got.json()[0];
+    assert_eq!(shown["payload_bytes"], 20 * 1024 * 1024);
+    assert_eq!(shown["payload_encoding"], "string");
+    let payload = shown["payload"].as_str().unwrap();
+    assert!(payload.bytes().all(|b| b == 1));
+    let fits = 16 * 1024 * 1024 / 6;
+    assert!(
+        (fits - 100..=fits).contains(&payload.len()),
+        "as much as fits, escaped: {}",
+        payload.len()
+    );
+    assert_eq!(message_count(&ch, "controls").await, 1, "it went back");
+}
+
 /// A message published over HTTP carries properties that fit in one frame, as an AMQP
 /// publisher's must: headers of 20,000 numbers (9 bytes each once encoded, 2 in JSON) made
 /// a content header larger than `frame_max`, and every consumer holding the broker to its

@@ -13,16 +13,11 @@ use crate::store::definitions::{decode_arguments, encode_arguments};
 
 /// A fetched message as RabbitMQ's `get` shows it. `base64` forces base64; otherwise a
 /// UTF-8 payload is shown as a string. `truncate` cuts the payload to that many bytes.
-pub fn message_json(entry: &QueueEntry, left: u32, base64: bool, truncate: Option<u64>) -> Value {
+pub fn message_json(entry: &QueueEntry, left: u32, payload: &[u8], as_text: bool) -> Value {
     let m = &entry.message;
-    // Only what is shown is copied together, however large the body.
-    let body = m
-        .body
-        .head(truncate.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)));
-    let body = &body[..];
-    let (payload, encoding) = match std::str::from_utf8(body) {
-        Ok(s) if !base64 => (s.to_owned(), "string"),
-        _ => (BASE64.encode(body), "base64"),
+    let (payload, encoding) = match std::str::from_utf8(payload) {
+        Ok(s) if as_text => (s.to_owned(), "string"),
+        _ => (BASE64.encode(payload), "base64"),
     };
     json!({
         "payload_bytes": m.body.len(),
@@ -34,6 +29,42 @@ pub fn message_json(entry: &QueueEntry, left: u32, base64: bool, truncate: Optio
         "payload": payload,
         "payload_encoding": encoding,
     })
+}
+
+/// How much of `shown` (what a `get` may show of a body) fits in `room` bytes of JSON, the
+/// bytes of JSON that takes, and whether it is shown as text: as a string with its escapes
+/// when it is UTF-8 (and `base64` was not asked for), else as base64. All of it if it fits.
+pub fn payload_fitting(shown: &[u8], base64: bool, room: u64) -> (usize, u64, bool) {
+    let as_base64 = |n: usize| (n as u64).div_ceil(3) * 4;
+    let text = !base64 && std::str::from_utf8(shown).is_ok();
+    if !text {
+        let cut = match as_base64(shown.len()) <= room {
+            true => shown.len(),
+            false => usize::try_from(room / 4 * 3).map_or(shown.len(), |n| n.min(shown.len())),
+        };
+        return (cut, as_base64(cut), false);
+    }
+    let escaped = |b: u8| -> u64 {
+        match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        }
+    };
+    let mut json = 0u64;
+    for (i, &b) in shown.iter().enumerate() {
+        if json + escaped(b) > room {
+            // Cut at a character's start, so that what is shown is still text.
+            let mut cut = i;
+            while cut > 0 && shown[cut] & 0xC0 == 0x80 {
+                cut -= 1;
+            }
+            let json = shown[..cut].iter().map(|&b| escaped(b)).sum();
+            return (cut, json, true);
+        }
+        json += escaped(b);
+    }
+    (shown.len(), json, true)
 }
 
 /// The properties as JSON; none at all is `[]`, as RabbitMQ writes an empty property list.

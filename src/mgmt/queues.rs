@@ -515,14 +515,28 @@ async fn get_messages(
             break;
         };
         let m = &entry.message;
-        let body = m.body.len() as u64;
-        shown_bytes += truncate.map_or(body, |t| t.min(body))
-            + m.properties.len() as u64 * SHOWN_BYTES_PER_PROPERTY_BYTE
+        let around = m.properties.len() as u64 * SHOWN_BYTES_PER_PROPERTY_BYTE
             + (m.exchange.len() + m.routing_key.len()) as u64;
+        // The payload is shown whole (or as `truncate` asks) if its JSON fits in what is
+        // left of the bound, and cut to fit otherwise: a body of control bytes shows as
+        // six times its size, and one 128 MiB message made most of a gigabyte of JSON.
+        let room = MAX_GET_SHOWN_BYTES.saturating_sub(shown_bytes + around);
+        // Only what is shown is copied together, however large the body.
+        let shown = m.body.head(truncate.map_or(usize::MAX, |t| t as usize));
+        let (cut, json_bytes, as_text) = super::messages::payload_fitting(&shown, base64, room);
+        shown_bytes += around + json_bytes;
         out.push(super::messages::message_json(
-            &entry, left, base64, truncate,
+            &entry,
+            left,
+            &shown[..cut],
+            as_text,
         ));
+        let bound_reached = cut < shown.len();
         taken.push(entry);
+        if bound_reached {
+            // One answer holds a bounded amount; the caller asks again for more.
+            break;
+        }
     }
     // Same as RabbitMQ, which gets them on a channel of its own.
     m.broker.ledger.count_unlisted(&vhost.retired, |c| {
