@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::http::{ApiError, Caller, normalise_path};
-use super::listener::{Bounded, Peer};
+use super::listener::{Bounded, HTTP_HEAD_TIMEOUT, Peer};
 pub use super::state::{MAX_BODY_BYTES_IN_FLIGHT, Mgmt};
 
 /// The largest request body taken (a definitions import is the largest there is); RabbitMQ's
@@ -57,14 +57,9 @@ pub async fn serve(
         .layer(middleware::from_fn(same_origin_changes))
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, normalise_path);
-    let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<Peer>(app);
     Ok((
         local,
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, make).await {
-                tracing::error!(error = %e, "the management listener stopped");
-            }
-        }),
+        tokio::spawn(super::listener::serve(listener, app, HTTP_HEAD_TIMEOUT)),
     ))
 }
 

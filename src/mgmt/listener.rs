@@ -1,28 +1,40 @@
-//! The HTTP listeners' connections: bounded in number and closed when idle, so that clients
-//! holding connections open cannot use up the broker's memory or lock operators out for
-//! long. (hyper applies no idle timeout of its own here.)
+//! The HTTP listeners' connections: bounded in number, closed when idle, and given a
+//! deadline for each request's head, so that clients holding connections open cannot use up
+//! the broker's memory or lock operators out for long.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::serve::Listener;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tower::{Service, ServiceExt};
 
 /// HTTP connections served at once per listener; further ones wait to be accepted.
 pub const MAX_HTTP_CONNECTIONS: usize = 256;
 /// HTTP connections one client address may hold at once: a client that holds connections
 /// open (sending a byte now and then, as slowloris does) cannot take every slot from one
-/// address. A browser opens six or so.
+/// address. A browser opens six or so. An IPv6 client is counted by its /64, which one
+/// host is usually given whole: counted by address, it could take every slot alone.
 pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 32;
+/// How long a client has to send a request's head (its request line and headers) once the
+/// connection waits for one: a new connection, or one between requests. The idle timeout
+/// alone let a client that sends a byte a minute hold a slot for ever without ever having
+/// been asked for credentials. hyper has this deadline, but axum's `serve` leaves it
+/// unarmed (it gives hyper no timer), so the listeners serve their connections themselves.
+pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// A connection that sends nothing for this long is closed (between requests, or in the
 /// middle of one), and so is one that takes nothing of an answer for this long: a client
 /// that asks for a long list and never reads it would otherwise hold its slot, and what the
@@ -50,6 +62,7 @@ impl Bounded {
 
     /// Counts a connection from `ip`, unless that address holds as many as it may.
     fn admit(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let ip = peer_key(ip);
         let mut counts = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(ip).or_default();
         if *count >= MAX_HTTP_CONNECTIONS_PER_PEER {
@@ -60,6 +73,45 @@ impl Bounded {
             counts: self.per_peer.clone(),
             ip,
         })
+    }
+}
+
+/// What a client's connections are counted under: its IPv4 address (also when it comes as an
+/// IPv4-mapped IPv6 one), or its IPv6 /64.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::from(u64::MAX)))),
+        },
+    }
+}
+
+/// Serves `app` on `listener`'s connections until aborted, as `axum::serve` does, but with
+/// hyper's deadline for each request's head armed ([`HTTP_HEAD_TIMEOUT`], shorter in tests).
+/// Handlers find the client's address as `ConnectInfo<Peer>`.
+pub async fn serve<S>(mut listener: Bounded, app: S, head_timeout: Duration)
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let (io, peer) = listener.accept().await;
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(Peer(peer)));
+            app.clone().oneshot(req)
+        });
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(head_timeout);
+            if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
+                tracing::debug!(%peer, error = %e, "an HTTP connection ended with an error");
+            }
+        });
     }
 }
 
@@ -122,12 +174,6 @@ impl Listener for Bounded {
 /// The client's address, for handlers (`loopback_users`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, Bounded>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Bounded>) -> Peer {
-        Peer(*stream.remote_addr())
-    }
-}
 
 /// One accepted connection: its slot, and the deadline it must send or take something by.
 pub struct Guarded {
@@ -257,5 +303,65 @@ mod tests {
             again.map_err(|e| e.kind()).err(),
             Some(io::ErrorKind::TimedOut)
         );
+    }
+
+    /// A client that trickles a request's head, a byte at a time well within the idle
+    /// time, is dropped once the head's deadline passes, without an answer; one that sends
+    /// its head in time is answered on the same kind of connection.
+    #[tokio::test]
+    async fn a_request_head_trickled_past_its_deadline_is_dropped() {
+        use tokio::io::AsyncReadExt;
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = inner.local_addr().expect("address");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let server = tokio::spawn(serve(Bounded::new(inner), app, Duration::from_millis(300)));
+
+        let mut prompt = TcpStream::connect(addr).await.expect("connect");
+        prompt
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = String::new();
+        prompt.read_to_string(&mut answer).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("hello"), "{answer}");
+
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: ";
+        let trickled = async {
+            for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+                if slow.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The server closing shows as a read of nothing (or a reset).
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => panic!("answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+                    Err(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), trickled)
+            .await
+            .expect("the trickled connection was not closed");
+        server.abort();
+    }
+
+    /// Same as for addresses: IPv6 clients are counted by their /64, IPv4-mapped ones as
+    /// the IPv4 address they are.
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("address");
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("address");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("address");
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("address");
+        let v4: IpAddr = "192.0.2.7".parse().expect("address");
+        assert_eq!(peer_key(mapped), v4);
+        assert_eq!(peer_key(v4), v4);
+        assert_ne!(peer_key("192.0.2.8".parse().expect("address")), v4);
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::{Query, RawQuery, Request, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -50,14 +50,13 @@ pub async fn serve(
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, super::http::normalise_path);
-    let app = axum::ServiceExt::<Request>::into_make_service(app);
     Ok((
         local,
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the Prometheus listener stopped");
-            }
-        }),
+        tokio::spawn(super::listener::serve(
+            listener,
+            app,
+            super::listener::HTTP_HEAD_TIMEOUT,
+        )),
     ))
 }
 
