@@ -3096,7 +3096,7 @@ async fn of_creations_of_one_vhost_at_once_exactly_one_creates_it() {
                     .map(|_| {
                         s.spawn(|| {
                             start.wait();
-                            server.add_vhost(&def)
+                            server.add_vhost(&def).expect("a short name")
                         })
                     })
                     .collect();
@@ -3112,4 +3112,45 @@ async fn of_creations_of_one_vhost_at_once_exactly_one_creates_it() {
             );
         }
     });
+}
+
+/// A queue, exchange or vhost named over HTTP must fit the AMQP short string that names it
+/// in frames: a 256-byte exchange name went out cut to 255 bytes in every delivery. Same as
+/// RabbitMQ 3.10.8 for a queue over HTTP (its reason ends in a newline); it takes such an
+/// exchange or vhost, and any of them from a definitions file. LavinMQ refuses all three.
+#[tokio::test]
+async fn names_longer_than_a_short_string_are_refused_over_http() {
+    let (_broker, api) = broker_with_api().await;
+    let long = "n".repeat(256);
+    let longest = "n".repeat(255);
+    for (kind, body) in [
+        ("queues", json!({})),
+        ("exchanges", json!({"type": "fanout"})),
+    ] {
+        let refused = api
+            .put(&format!("/api/{kind}/%2F/{long}"), body.clone())
+            .await;
+        assert_eq!(refused.status, 400, "{kind}");
+        let what = kind.trim_end_matches('s');
+        assert_eq!(
+            refused.json()["reason"],
+            format!("{what} should be less than 255 bytes, actually was 256")
+        );
+        let taken = api.put(&format!("/api/{kind}/%2F/{longest}"), body).await;
+        assert_eq!(taken.status, 201, "{kind}");
+    }
+    let refused = api.put(&format!("/api/vhosts/{long}"), json!({})).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["reason"],
+        "vhost should be less than 255 bytes, actually was 256"
+    );
+    assert_eq!(api.get(&format!("/api/vhosts/{long}")).await.status, 404);
+    let import = json!({"queues": [{"name": long, "vhost": "/", "durable": true,
+                        "auto_delete": false, "arguments": {}}]});
+    assert_eq!(api.post("/api/definitions", import).await.status, 400);
+    assert_eq!(
+        api.get(&format!("/api/queues/%2F/{long}")).await.status,
+        404
+    );
 }

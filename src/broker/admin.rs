@@ -142,12 +142,20 @@ impl Broker {
     /// `add_vhost`: creates the vhost unless it exists; an existing one takes the limits and
     /// description given. Returns whether it was created. Of two creations of one name at
     /// once, one creates it and the other updates it: the vhost joins the broker only if
-    /// the name is still free, so nothing declared in it is lost to a second copy.
-    pub fn add_vhost(&self, def: &VhostDef) -> bool {
+    /// the name is still free, so nothing declared in it is lost to a second copy. A name
+    /// longer than an AMQP short string is refused: no client could open the vhost.
+    pub fn add_vhost(&self, def: &VhostDef) -> Result<bool, String> {
+        if def.name.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
+            return Err(format!(
+                "vhost should be less than {} bytes, actually was {}",
+                crate::protocol::SHORT_STRING_MAX_BYTES,
+                def.name.len()
+            ));
+        }
         let _changing = self.changing_vhosts();
         if let Some(existing) = self.vhost(&def.name) {
             self.update_vhost(&existing, def);
-            return false;
+            return Ok(false);
         }
         let vhost = VirtualHost::new(&def.name, self.vhost_services());
         vhost.set_limits(def.limits.clone());
@@ -158,7 +166,7 @@ impl Broker {
                 let existing = won.get().clone();
                 drop(won);
                 self.update_vhost(&existing, def);
-                return false;
+                return Ok(false);
             }
             dashmap::Entry::Vacant(free) => {
                 free.insert(vhost.clone());
@@ -168,7 +176,7 @@ impl Broker {
         vhost.reload_policies(false);
         vhost.reload_policies(true);
         self.definitions.record(Change::PutVhost(def.clone()));
-        true
+        Ok(true)
     }
 
     /// Serialises creating, updating and deleting vhosts: each changes the live vhost and

@@ -53,7 +53,7 @@ impl Broker {
             report.users += 1;
         }
         for v in &defs.vhosts {
-            self.add_vhost(v);
+            self.add_vhost(v)?;
             report.vhosts += 1;
         }
         for p in &defs.permissions {

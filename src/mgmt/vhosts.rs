@@ -200,7 +200,7 @@ async fn add(
     };
     // Off the runtime: the lock of vhost changes may be held by a deletion.
     let created_now = m
-        .build_change(move |m| Ok(m.broker.add_vhost(&def)))
+        .build_change(move |m| m.broker.add_vhost(&def).map_err(ApiError::bad_request))
         .await?;
     if created_now && let Some(user) = caller.user() {
         // RabbitMQ gives the user who created a vhost full permissions in it.

@@ -101,7 +101,8 @@ pub fn parse_settle(method_id: u16, payload: &[u8]) -> Result<Settle, Malformed>
 
 #[inline]
 fn put_short_str(out: &mut Vec<u8>, s: &[u8]) {
-    // Names are validated as short strings where they enter the broker.
+    // Names are validated as short strings where they enter the broker (AMQP by the parser,
+    // HTTP and definitions files by `VirtualHost::declare_*` and `Broker::add_vhost`).
     let len = s.len().min(255);
     out.push(len as u8);
     out.extend_from_slice(&s[..len]);

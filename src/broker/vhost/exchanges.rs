@@ -38,6 +38,7 @@ impl VirtualHost {
         if d.name.is_empty() {
             return Err(default_exchange_refused());
         }
+        super::name_fits_amqp("exchange", &d.name)?;
         let mut topology = self.lock();
         let existing = self.exchange(&d.name);
         let Some(kind) = kind else {

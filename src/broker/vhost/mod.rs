@@ -156,6 +156,22 @@ fn default_exchange_refused() -> AmqpError {
     )
 }
 
+/// A queue or exchange named over HTTP or in a definitions file must fit the AMQP short
+/// string that names it in frames (deliveries name their exchange): AMQP's own declares are
+/// held to it by the parser. RabbitMQ 3.10.8's HTTP API refuses such a queue with this text
+/// (and a trailing newline), but takes such an exchange, and either from a definitions file.
+fn name_fits_amqp(kind: &str, name: &str) -> Result<(), AmqpError> {
+    let max = crate::protocol::SHORT_STRING_MAX_BYTES;
+    match name.len() <= max {
+        true => Ok(()),
+        false => Err(amqp_error!(
+            PreconditionFailed,
+            "{kind} should be less than {max} bytes, actually was {}",
+            name.len()
+        )),
+    }
+}
+
 impl VirtualHost {
     pub fn new(name: &str, services: VhostServices) -> Arc<Self> {
         Arc::new_cyclic(|me| {

@@ -48,6 +48,7 @@ impl VirtualHost {
         connection: u64,
     ) -> AmqpResult<(Arc<Queue>, u32, u32, SyncEpoch)> {
         let desc = queue_desc(&d.name, &self.name);
+        super::name_fits_amqp("queue", &d.name)?;
         crate::broker::stats::bump(&self.services.ledger.churn.queues_declared, 1);
         let mut topology = self.lock();
         if let Some(q) = self.queue(&d.name) {
