@@ -2584,10 +2584,11 @@ async fn the_ui_charts_come_from_the_rate_history_which_only_monitors_see() {
 }
 
 /// Request bodies are read before a handler can check permissions, so the API bounds what
-/// it holds at once: a request reserves what its `Content-Length` announces, among 64 MiB.
-/// Three 20 MiB imports whose bodies have not come leave no room for a fourth, which is
-/// answered 503 after waiting; small requests still pass, and room comes back when an
-/// upload goes.
+/// it holds at once: a request reserves what its `Content-Length` announces, among 64 MiB,
+/// and among 24 MiB for each user. A user's second 20 MiB import whose body has not come is
+/// answered 503 after waiting, while other users' go ahead; three such imports leave no
+/// room for a fourth, but small requests still pass, and room comes back when an upload
+/// goes.
 #[tokio::test]
 async fn request_bodies_held_at_once_are_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2597,12 +2598,25 @@ async fn request_bodies_held_at_once_are_bounded() {
         .as_ref()
         .and_then(|s| s.management_addr())
         .unwrap();
+    for user in ["one", "two", "three"] {
+        let made = api
+            .put(
+                &format!("/api/users/{user}"),
+                json!({"password": "pw", "tags": "administrator"}),
+            )
+            .await;
+        assert_eq!(made.status, 201);
+    }
     // Headers of a 20 MiB import, asking to be told when the body is wanted: hyper sends
     // "100 Continue" when the handler starts reading, after the room is reserved.
-    async fn upload(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+    async fn upload(addr: std::net::SocketAddr, user: &str) -> (tokio::net::TcpStream, String) {
+        use base64::Engine;
+        let password = if user == "guest" { "guest" } else { "pw" };
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
-            "POST /api/definitions HTTP/1.1\r\nHost: lepus\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+            "POST /api/definitions HTTP/1.1\r\nHost: lepus\r\nAuthorization: Basic {credentials}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
             lepus::mgmt::api::MAX_BODY_BYTES
         );
@@ -2612,21 +2626,26 @@ async fn request_bodies_held_at_once_are_bounded() {
         let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
         (s, answer)
     }
+    let refused = |answer: &str| {
+        answer.starts_with("HTTP/1.1 503") && answer.contains("too many request bodies at once")
+    };
     let mut held = Vec::new();
-    for _ in 0..3 {
-        let (s, answer) = within(upload(addr)).await;
+    let (s, answer) = within(upload(addr, "guest")).await;
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+    held.push(s);
+    let guest_again = tokio::spawn(upload(addr, "guest"));
+    for user in ["one", "two"] {
+        let (s, answer) = within(upload(addr, user)).await;
         assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
         held.push(s);
     }
-    let (_, refused) = upload(addr).await;
-    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
-    assert!(
-        refused.contains("too many request bodies at once"),
-        "{refused}"
-    );
+    let (_, answer) = guest_again.await.unwrap();
+    assert!(refused(&answer), "{answer}");
+    let (_, answer) = upload(addr, "three").await;
+    assert!(refused(&answer), "{answer}");
     assert_eq!(api.put("/api/vhosts/small", json!({})).await.status, 201);
     drop(held.pop());
-    let (_, answer) = within(upload(addr)).await;
+    let (_, answer) = within(upload(addr, "three")).await;
     assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
 }
 

@@ -14,17 +14,10 @@ use base64::Engine;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use super::body_room::{BODY_ROOM_WAIT_S, MAX_BODY_BYTES, MAX_BODY_BYTES_IN_FLIGHT};
 use super::http::{ApiError, Caller, normalise_path};
 use super::listener::{Bounded, HTTP_HEAD_TIMEOUT, Peer};
-pub use super::state::{MAX_BODY_BYTES_IN_FLIGHT, Mgmt};
-
-/// The largest request body taken (a definitions import is the largest there is); RabbitMQ's
-/// `management.http.max_body_size` is the same 20 MiB.
-pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
-
-/// How long a request waits for room among [`MAX_BODY_BYTES_IN_FLIGHT`] before it is
-/// answered 503.
-pub const BODY_ROOM_WAIT_S: u64 = 5;
+pub use super::state::Mgmt;
 
 /// Every route of the API, for either listener.
 pub fn routes() -> Router<Arc<Mgmt>> {
@@ -118,12 +111,16 @@ async fn authenticate(
     if !MANAGEMENT_TAGS.iter().any(|t| user.has_tag(t)) {
         return ApiError::not_authorised("Not management user").into_response();
     }
-    req.extensions_mut().insert(Caller::User(user));
     // Held until the answer is made, so the body has been read (or dropped) by then.
-    let _room = match room_for_body(&mgmt, announced_body_bytes(&req)).await {
+    let _room = match mgmt
+        .bodies
+        .reserve(&user.name, announced_body_bytes(&req))
+        .await
+    {
         Ok(room) => room,
         Err(e) => return e.into_response(),
     };
+    req.extensions_mut().insert(Caller::User(user));
     next.run(req).await
 }
 
@@ -139,25 +136,6 @@ fn announced_body_bytes(req: &Request) -> usize {
             .map_or(MAX_BODY_BYTES, |l| l.min(MAX_BODY_BYTES as u64) as usize),
         None if headers.contains_key(header::TRANSFER_ENCODING) => MAX_BODY_BYTES,
         None => 0,
-    }
-}
-
-/// Reserves room for `announced` bytes of body among [`MAX_BODY_BYTES_IN_FLIGHT`], waiting
-/// up to [`BODY_ROOM_WAIT_S`].
-async fn room_for_body(
-    mgmt: &Mgmt,
-    announced: usize,
-) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, ApiError> {
-    if announced == 0 {
-        return Ok(None);
-    }
-    let kib = announced.div_ceil(1024) as u32;
-    let wait = std::time::Duration::from_secs(BODY_ROOM_WAIT_S);
-    match tokio::time::timeout(wait, mgmt.bodies.acquire_many(kib)).await {
-        Ok(Ok(permit)) => Ok(Some(permit)),
-        _ => Err(ApiError::unavailable(
-            "too many request bodies at once; try again",
-        )),
     }
 }
 

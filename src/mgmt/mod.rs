@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod api;
 pub mod bindings;
+pub mod body_room;
 pub mod connections;
 pub mod definitions;
 pub mod exchanges;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use super::body_room::BodyRoom;
 use super::http::{ApiError, ApiResult};
 use super::rates::Rates;
 use crate::broker::Broker;
@@ -18,13 +19,6 @@ pub const BUILDS_AT_ONCE: usize = 2;
 /// lists and the overview should not wait for it.
 pub const CHANGES_AT_ONCE: usize = 1;
 
-/// Request bodies the API holds at once, at most: each request of a logged-in user reserves
-/// what it announces (its `Content-Length`, or `api::MAX_BODY_BYTES` when chunked) before its
-/// body is read, and gives it back with its answer. Bodies are read before a handler can
-/// check permissions, so without this 256 connections of management users, whatever their
-/// permissions, could make the broker hold 5 GiB.
-pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
-
 /// What the management handlers share.
 #[derive(Debug)]
 pub struct Mgmt {
@@ -36,9 +30,9 @@ pub struct Mgmt {
     /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
     /// endpoint asks for no login.
     pub scraping: Arc<tokio::sync::Semaphore>,
-    /// Room for request bodies, in KiB ([`MAX_BODY_BYTES_IN_FLIGHT`]): a request reserves
-    /// what it announces before its body is read.
-    pub bodies: tokio::sync::Semaphore,
+    /// Room for request bodies: a request reserves what it announces before its body is
+    /// read.
+    pub bodies: BodyRoom,
     /// Turns to build an answer off the runtime ([`BUILDS_AT_ONCE`], [`Mgmt::build`]).
     pub building: Arc<tokio::sync::Semaphore>,
     /// Turns to make a large change ([`CHANGES_AT_ONCE`], [`Mgmt::build_change`]).
@@ -57,7 +51,7 @@ impl Mgmt {
             broker,
             listeners: RwLock::new(Vec::new()),
             scraping: Arc::new(tokio::sync::Semaphore::new(1)),
-            bodies: tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT / 1024),
+            bodies: BodyRoom::default(),
             building: Arc::new(tokio::sync::Semaphore::new(BUILDS_AT_ONCE)),
             changing: Arc::new(tokio::sync::Semaphore::new(CHANGES_AT_ONCE)),
         })
