@@ -13,6 +13,15 @@ use crate::broker::queue::delivery::{Delivery, DeliverySource, Unblock};
 use crate::protocol::error::AmqpError;
 use crate::protocol::method::write_method;
 
+/// Output a drain of the outbox writes to the socket once it has copied this much into its
+/// buffer: copied bodies are written while they are still in the core's cache, rather than
+/// after a whole outbox (a megabyte) has been copied past them. Large bodies, sent from
+/// their own buffers, do not count. Measured on loopback against writing once per drain
+/// (1M x 1 KiB paged backlog; 5 runs each): 16 KiB -6%, 32 KiB +6%, 48 KiB +8%, 64 KiB
+/// -15% (each write then just passes the 64 KiB a TCP segment carries there); at 48 KiB
+/// also autoack +6%, fanout +3%, ack and large-64k unchanged.
+const WRITE_EARLY_BYTES: usize = 48 * 1024;
+
 impl Connection {
     pub(super) fn write_close(&mut self, e: &AmqpError) {
         let close = amqp_connection::Close {
@@ -71,16 +80,27 @@ impl Connection {
 
     // ---- the outbox -----------------------------------------------------------------------
 
-    /// Turns what queues pushed into frames: deliveries get their delivery tags here.
+    /// Turns what queues pushed into frames: deliveries get their delivery tags here. Output
+    /// is written as it passes [`WRITE_EARLY_BYTES`] rather than once the whole outbox (up
+    /// to `connection_outbox_bytes`) is copied into it.
     pub(super) fn drain_outbox(&mut self) {
         let mut drained = std::mem::take(&mut self.drained);
         self.outbox.drain(&mut drained);
         let mut undelivered: Vec<Delivery> = Vec::new();
         let now = std::time::Instant::now();
+        let mut writing = true;
         for d in drained.deliveries.drain(..) {
             match self.channel_index(d.channel) {
                 Ok(i) => match self.channels[i].deliver(d, &mut self.out, self.frame_max, now) {
-                    Ok(bytes) => self.unflushed_delivery_bytes += bytes,
+                    Ok(bytes) => {
+                        self.unflushed_delivery_bytes += bytes;
+                        // Written while what was copied is still in the cache, until the
+                        // socket takes less than all of it (an error is left for the flush
+                        // after this to report).
+                        if writing && self.out.buf().len() >= WRITE_EARLY_BYTES {
+                            writing = self.write_out().is_ok() && self.out.writable_len() == 0;
+                        }
+                    }
                     Err(d) => {
                         // Its credit came from this channel's prefetch only if its consumer
                         // was made here (not on a closed channel that had this number).

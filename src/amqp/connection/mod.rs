@@ -469,25 +469,7 @@ impl Connection {
 
     /// Writes as much output as the socket takes without waiting.
     fn flush(&mut self) -> std::io::Result<()> {
-        // TLS records left from the handshake or the last write go first.
-        self.transport.flush_own()?;
-        let mut progress = false;
-        while self.out.writable_len() > 0 {
-            let mut iov = iovecs();
-            let n = self.out.slices(&mut iov);
-            match self.transport.try_write_vectored(&iov[..n]) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(written) => {
-                    crate::broker::stats::bump(&self.outbox.info.send_oct, written as u64);
-                    crate::broker::stats::bump(&self.outbox.info.send_cnt, 1);
-                    self.out.consume(written);
-                    self.last_send = Instant::now();
-                    progress = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
+        let progress = self.write_out()?;
         // The send timeout counts from the last write that made progress while output was
         // waiting; output held back for the store does not count.
         self.stalled_since = match (self.out.writable_len() > 0, progress) {
@@ -509,6 +491,31 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// The writing half of [`Connection::flush`]: writes what the socket takes without
+    /// waiting, and says whether it took anything.
+    fn write_out(&mut self) -> std::io::Result<bool> {
+        // TLS records left from the handshake or the last write go first.
+        self.transport.flush_own()?;
+        let mut progress = false;
+        while self.out.writable_len() > 0 {
+            let mut iov = iovecs();
+            let n = self.out.slices(&mut iov);
+            match self.transport.try_write_vectored(&iov[..n]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    crate::broker::stats::bump(&self.outbox.info.send_oct, written as u64);
+                    crate::broker::stats::bump(&self.outbox.info.send_cnt, 1);
+                    self.out.consume(written);
+                    self.last_send = Instant::now();
+                    progress = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
     }
 
     fn consumed_queues(&self) -> Vec<Arc<Queue>> {
