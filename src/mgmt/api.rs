@@ -48,6 +48,10 @@ pub async fn serve(
     let app = super::ui::routes()
         .merge(routes().layer(middleware::from_fn_with_state(mgmt.clone(), authenticate)))
         .layer(middleware::from_fn(same_origin_changes))
+        .layer(middleware::from_fn_with_state(
+            mgmt.answers.clone(),
+            super::answer_room::hold_answers,
+        ))
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, normalise_path);
     Ok((

@@ -48,6 +48,10 @@ pub async fn serve(
         .route("/metrics/per-object", get(per_object))
         .route("/metrics/detailed", get(detailed))
         .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(
+            mgmt.answers.clone(),
+            super::answer_room::hold_answers,
+        ))
         .with_state(mgmt);
     let app = tower::ServiceExt::map_request(app, super::http::normalise_path);
     Ok((

@@ -19,6 +19,7 @@
 //! - [`ui`]: the web UI, static files in `www/` that use the API like any other client.
 
 pub mod admin;
+pub mod answer_room;
 pub mod api;
 pub mod bindings;
 pub mod body_room;

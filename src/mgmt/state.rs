@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use super::answer_room::AnswerRoom;
 use super::body_room::BodyRoom;
 use super::http::{ApiError, ApiResult};
 use super::rates::Rates;
@@ -33,6 +34,8 @@ pub struct Mgmt {
     /// Room for request bodies: a request reserves what it announces before its body is
     /// read.
     pub bodies: BodyRoom,
+    /// Room for answers built whole, held until their clients have read them.
+    pub answers: AnswerRoom,
     /// Turns to build an answer off the runtime ([`BUILDS_AT_ONCE`], [`Mgmt::build`]).
     pub building: Arc<tokio::sync::Semaphore>,
     /// Turns to make a large change ([`CHANGES_AT_ONCE`], [`Mgmt::build_change`]).
@@ -52,6 +55,7 @@ impl Mgmt {
             listeners: RwLock::new(Vec::new()),
             scraping: Arc::new(tokio::sync::Semaphore::new(1)),
             bodies: BodyRoom::default(),
+            answers: AnswerRoom::default(),
             building: Arc::new(tokio::sync::Semaphore::new(BUILDS_AT_ONCE)),
             changing: Arc::new(tokio::sync::Semaphore::new(CHANGES_AT_ONCE)),
         })

@@ -1,0 +1,161 @@
+//! Room for answers built whole (a sorted list, the definitions, a Prometheus scrape) while
+//! their clients read them: [`MAX_ANSWER_BYTES_HELD`] at once.
+//!
+//! Lists in their own order are written as the client reads them, but an answer that must
+//! be made whole first stays in memory until the client has taken it, and a client may take
+//! a byte a minute. Without a bound, 256 slow clients of the Prometheus endpoint (which asks
+//! for no login) could each hold a per-object scrape of a broker with many queues, tens of
+//! megabytes each.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_core::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::http::ApiError;
+
+/// Answers built whole that the API holds at once, at most; one larger than this takes all
+/// of it.
+pub const MAX_ANSWER_BYTES_HELD: usize = 256 * 1024 * 1024;
+
+/// Answers smaller than this are not counted: 256 connections hold at most 16 MiB of them.
+pub const COUNTED_ANSWER_BYTES: usize = 64 * 1024;
+
+/// How long an answer waits for room before it is replaced by a 503.
+pub const ANSWER_ROOM_WAIT_S: u64 = 5;
+
+/// How much of a held answer is handed to hyper at a time: it asks for more as its write
+/// buffer drains, so the room goes back only once the client has taken nearly all of it.
+const HANDED_BYTES: usize = 64 * 1024;
+
+/// The room, counted in KiB.
+#[derive(Debug, Clone)]
+pub struct AnswerRoom(Arc<Semaphore>);
+
+impl Default for AnswerRoom {
+    fn default() -> Self {
+        AnswerRoom(Arc::new(Semaphore::new(MAX_ANSWER_BYTES_HELD / 1024)))
+    }
+}
+
+/// Middleware for a listener's routes: an answer built whole and at least
+/// [`COUNTED_ANSWER_BYTES`] long holds room for its size until the client has read it, or
+/// is replaced by a 503 if none comes within [`ANSWER_ROOM_WAIT_S`]. Answers written as
+/// they are read (lists in their own order) are left as they are.
+pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Next) -> Response {
+    let answer = next.run(req).await;
+    let Some(len) = answer.body().size_hint().exact() else {
+        return answer;
+    };
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len < COUNTED_ANSWER_BYTES {
+        return answer;
+    }
+    let kib = len.min(MAX_ANSWER_BYTES_HELD).div_ceil(1024) as u32;
+    let wait = Duration::from_secs(ANSWER_ROOM_WAIT_S);
+    let permit = match tokio::time::timeout(wait, room.0.acquire_many_owned(kib)).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return ApiError::unavailable("too many large answers at once; try again")
+                .into_response();
+        }
+    };
+    let (mut parts, body) = answer.into_parts();
+    // The body is in memory already: this only takes it out of its wrapper.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal("an answer could not be read back").into_response();
+    };
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let held = Held {
+        bytes,
+        _permit: permit,
+    };
+    Response::from_parts(parts, Body::from_stream(held))
+}
+
+/// An answer's bytes and the room they hold, handed to hyper a piece at a time.
+struct Held {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Stream for Held {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.bytes.is_empty() {
+            return Poll::Ready(None);
+        }
+        let piece = this.bytes.split_to(this.bytes.len().min(HANDED_BYTES));
+        Poll::Ready(Some(Ok(piece)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mgmt::listener::{Bounded, serve};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+    const ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+    /// Asks for `path` from a client that takes almost nothing of the answer; returns the
+    /// connection and the first bytes of the answer.
+    async fn ask(addr: std::net::SocketAddr, path: &str) -> (TcpStream, String) {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("send");
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf).await.expect("answer");
+        (stream, String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Same bound as for request bodies, for answers: a client that reads nothing of a
+    /// large answer holds its room, and a second large answer finds none and is a 503 once
+    /// it has waited; small answers still go out, and the room comes back when the slow
+    /// client goes.
+    #[tokio::test]
+    async fn large_answers_held_at_once_are_bounded() {
+        let room = AnswerRoom(Arc::new(Semaphore::new(20 * 1024)));
+        let app = axum::Router::new()
+            .route(
+                "/large",
+                axum::routing::get(|| async { vec![b'x'; ANSWER_BYTES] }),
+            )
+            .route("/small", axum::routing::get(|| async { "small" }))
+            .layer(axum::middleware::from_fn_with_state(room, hold_answers));
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = inner.local_addr().expect("address");
+        let server = tokio::spawn(serve(Bounded::new(inner), app, Duration::from_secs(20)));
+
+        let (slow, answer) = ask(addr, "/large").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("content-length: 16777216"), "{answer}");
+        let (_, refused) = ask(addr, "/large").await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(
+            refused.contains("too many large answers at once"),
+            "{refused}"
+        );
+        let (_, small) = ask(addr, "/small").await;
+        assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+        drop(slow);
+        let (_, answer) = ask(addr, "/large").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        server.abort();
+    }
+}
