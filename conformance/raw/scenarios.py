@@ -278,6 +278,22 @@ def truncated_arguments(url):
 
 
 @scenario
+def non_utf8_queue_name(url):
+    """Both brokers check short strings in method fields for UTF-8 (a connection error)."""
+    r = opened(url)
+    r.send(method(1, 50, 10, b"\x00\x00" + shortstr(b"q\xff") + b"\x00" + b"\x00\x00\x00\x00"))
+    return {"close": r.close_frame()}
+
+
+@scenario
+def non_utf8_exchange_in_publish(url):
+    """...but not a publish's exchange or routing key: the name is unknown, and shown."""
+    r = opened(url)
+    r.send(method(1, 60, 40, b"\x00\x00" + shortstr(b"e\xff") + shortstr(b"k\xfe") + b"\x00") + header())
+    return {"close": r.close_frame()}
+
+
+@scenario
 def immediate_publish(url):
     r = opened(url)
     r.send(method(1, 60, 40, b"\x00\x00" + shortstr("") + shortstr("q") + b"\x02") + header())

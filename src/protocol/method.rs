@@ -17,6 +17,8 @@ pub enum MethodError {
     Unknown { class_id: u16, method_id: u16 },
     /// A known method whose fields do not decode.
     Malformed { class_id: u16, method_id: u16 },
+    /// A known method that would decode but for a short string that is not UTF-8.
+    NotUtf8 { class_id: u16, method_id: u16 },
     /// A field table in its arguments nests deeper than [`MAX_TABLE_DEPTH`].
     TooDeep { class_id: u16, method_id: u16 },
 }
@@ -114,11 +116,30 @@ pub fn parse_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
     }
     match parse_class(payload) {
         Ok(([], method)) => Ok(method),
+        _ if decodes_but_for_utf8(payload) => Err(MethodError::NotUtf8 {
+            class_id,
+            method_id,
+        }),
         _ => Err(MethodError::Malformed {
             class_id,
             method_id,
         }),
     }
+}
+
+/// Whether a payload that does not decode would, with its non-ASCII bytes made ASCII: then
+/// what failed is a string's UTF-8 (amq-protocol checks short strings), as lengths, ids and
+/// flags that happened to hold such bytes would (nearly always) fail again. Only a payload
+/// that failed is copied, once.
+fn decodes_but_for_utf8(payload: &[u8]) -> bool {
+    if payload.is_ascii() {
+        return false;
+    }
+    let ascii: Vec<u8> = payload
+        .iter()
+        .map(|&b| if b.is_ascii() { b } else { b'?' })
+        .collect();
+    matches!(parse_class(ascii.as_slice()), Ok(([], _)))
 }
 
 /// Appends a method frame for `method` on `channel`.
@@ -171,5 +192,23 @@ mod tests {
                 method_id: 10
             })
         );
+        // queue.declare of a name that is not UTF-8, and one also cut off
+        let declare = |name: &[u8], len: u8| {
+            let mut p = vec![0, 50, 0, 10, 0, 0, len];
+            p.extend_from_slice(name);
+            p.extend_from_slice(&[0, 0, 0, 0, 0]);
+            parse_method(&p)
+        };
+        assert_eq!(
+            declare(b"q\xff", 2),
+            Err(MethodError::NotUtf8 {
+                class_id: 50,
+                method_id: 10
+            })
+        );
+        assert!(matches!(
+            declare(b"q\xff", 200),
+            Err(MethodError::Malformed { .. })
+        ));
     }
 }

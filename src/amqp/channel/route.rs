@@ -181,7 +181,10 @@ impl Channel {
         // RabbitMQ's order: write permission on the exchange, its existence, that it is not
         // internal, then the user's topic permission on the routing key. A cached route has
         // passed all four under the same topology and grants.
-        let name = std::str::from_utf8(exchange).unwrap_or("\u{fffd}");
+        // Same as RabbitMQ, which takes any bytes here: a name that is not UTF-8 is shown
+        // with replacement characters, and names no exchange (every exchange's is UTF-8).
+        let shown = String::from_utf8_lossy(exchange);
+        let name: &str = &shown;
         if !self.routes.writable.iter().any(|x| x == exchange) {
             s.authorize(Resource::Exchange(name), Permission::Write)?;
             if self.routes.writable.len() >= WRITABLE_ENTRIES {
@@ -189,7 +192,8 @@ impl Channel {
             }
             self.routes.writable.push(Bytes::copy_from_slice(exchange));
         }
-        let found = s.vhost.exchange(name).ok_or_else(|| {
+        let utf8 = matches!(shown, std::borrow::Cow::Borrowed(_));
+        let found = s.vhost.exchange(name).filter(|_| utf8).ok_or_else(|| {
             amqp_error!(
                 NotFound,
                 "no exchange '{}' in vhost '{}'",

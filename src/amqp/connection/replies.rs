@@ -72,6 +72,11 @@ pub(super) fn method_error(e: MethodError, payload: &[u8], on_channel_zero: bool
             AmqpError::bare(ReplyCode::InternalError)
         }
         MethodError::Malformed { .. } => cannot_decode(payload),
+        // Same as RabbitMQ 3.10.8, class and method 0 included.
+        MethodError::NotUtf8 { .. } if on_channel_zero => AmqpError::bare(ReplyCode::InternalError),
+        MethodError::NotUtf8 { .. } => {
+            amqp_error!(FrameError, "Malformed UTF-8 in shortstr")
+        }
         MethodError::TooDeep {
             class_id,
             method_id,
