@@ -3165,11 +3165,22 @@ async fn names_longer_than_a_short_string_are_refused_over_http() {
         "vhost should be less than 255 bytes, actually was 256"
     );
     assert_eq!(api.get(&format!("/api/vhosts/{long}")).await.status, 404);
-    let import = json!({"queues": [{"name": long, "vhost": "/", "durable": true,
+    // A definitions file with such a name is refused whole, before anything in it is
+    // applied (its users come first).
+    let import = json!({"users": [{"name": "imported", "password_hash": "",
+                                   "hashing_algorithm": "rabbit_password_hashing_sha256",
+                                   "tags": ""}],
+                        "queues": [{"name": long, "vhost": "/", "durable": true,
                         "auto_delete": false, "arguments": {}}]});
-    assert_eq!(api.post("/api/definitions", import).await.status, 400);
+    let refused = api.post("/api/definitions", import).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["reason"],
+        "queue should be less than 255 bytes, actually was 256"
+    );
     assert_eq!(
         api.get(&format!("/api/queues/%2F/{long}")).await.status,
         404
     );
+    assert_eq!(api.get("/api/users/imported").await.status, 404);
 }

@@ -38,6 +38,7 @@ impl Broker {
         let mut report = ImportReport::default();
         // Refused before anything is applied, rather than half way.
         check_global_parameters(defs)?;
+        check_names(defs)?;
         for u in &defs.users {
             let hashing = Hashing::from_name(&u.hashing_algorithm).ok_or_else(|| {
                 format!(
@@ -172,6 +173,26 @@ impl Broker {
     ) -> Result<std::sync::Arc<super::vhost::VirtualHost>, String> {
         self.vhost(vhost)
             .ok_or_else(|| format!("{what} '{name}': vhost '{vhost}' does not exist"))
+    }
+}
+
+/// What `Broker::add_vhost` and the declares would refuse: a vhost, exchange or queue name
+/// longer than an AMQP short string.
+fn check_names(defs: &Definitions) -> Result<(), String> {
+    let max = crate::protocol::SHORT_STRING_MAX_BYTES;
+    let vhosts = defs.vhosts.iter().map(|v| ("vhost", &v.name));
+    let exchanges = defs.exchanges.iter().map(|x| ("exchange", &x.name));
+    let queues = defs.queues.iter().map(|q| ("queue", &q.name));
+    match vhosts
+        .chain(exchanges)
+        .chain(queues)
+        .find(|(_, name)| name.len() > max)
+    {
+        Some((kind, name)) => Err(format!(
+            "{kind} should be less than {max} bytes, actually was {}",
+            name.len()
+        )),
+        None => Ok(()),
     }
 }
 

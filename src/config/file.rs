@@ -214,6 +214,10 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
         }
         "default_vhost" => {
             let vhost = nonempty(value)?;
+            // No client could open it (connection.open names it in a short string).
+            if vhost.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
+                return Err("a name of at most 255 bytes");
+            }
             match config.vhosts.first_mut() {
                 Some(v) => *v = vhost,
                 None => config.vhosts.push(vhost),
@@ -741,6 +745,9 @@ mod tests {
         assert!(read("just words").is_err());
         assert!(read("listeners.tcp.default = localhost:x").is_err());
         assert!(read("auth_mechanisms.1 = KERBEROS").is_err());
+        // No client could open a vhost whose name does not fit a short string.
+        assert!(read(&format!("default_vhost = {}", "v".repeat(256))).is_err());
+        assert!(read(&format!("default_vhost = {}", "v".repeat(255))).is_ok());
     }
 
     #[test]

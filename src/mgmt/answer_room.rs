@@ -10,7 +10,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
@@ -29,11 +28,8 @@ pub const MAX_ANSWER_BYTES_HELD: usize = 256 * 1024 * 1024;
 /// Answers smaller than this are not counted: 256 connections hold at most 16 MiB of them.
 pub const COUNTED_ANSWER_BYTES: usize = 64 * 1024;
 
-/// How long an answer waits for room before it is replaced by a 503.
-pub const ANSWER_ROOM_WAIT_S: u64 = 5;
-
 /// How much of a held answer is handed to hyper at a time: it asks for more as its write
-/// buffer drains, so the room goes back only once the client has taken nearly all of it.
+/// buffer drains.
 const HANDED_BYTES: usize = 64 * 1024;
 
 /// The room, counted in KiB.
@@ -48,8 +44,9 @@ impl Default for AnswerRoom {
 
 /// Middleware for a listener's routes: an answer built whole and at least
 /// [`COUNTED_ANSWER_BYTES`] long holds room for its size until the client has read it, or
-/// is replaced by a 503 if none comes within [`ANSWER_ROOM_WAIT_S`]. Answers written as
-/// they are read (lists in their own order) are left as they are.
+/// is replaced by a 503 at once if there is none: an answer that waited for room would be
+/// held, uncounted, while it waited. Answers written as they are read (lists in their own
+/// order) are left as they are.
 pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Next) -> Response {
     let answer = next.run(req).await;
     let Some(len) = answer.body().size_hint().exact() else {
@@ -60,10 +57,9 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
         return answer;
     }
     let kib = len.min(MAX_ANSWER_BYTES_HELD).div_ceil(1024) as u32;
-    let wait = Duration::from_secs(ANSWER_ROOM_WAIT_S);
-    let permit = match tokio::time::timeout(wait, room.0.acquire_many_owned(kib)).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
+    let permit = match room.0.try_acquire_many_owned(kib) {
+        Ok(permit) => permit,
+        Err(_) => {
             return ApiError::unavailable("too many large answers at once; try again")
                 .into_response();
         }
@@ -77,16 +73,40 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     let held = Held {
-        bytes,
-        _permit: permit,
+        answer: Arc::new(Answer {
+            bytes,
+            _permit: permit,
+        }),
+        at: 0,
     };
     Response::from_parts(parts, Body::from_stream(held))
 }
 
-/// An answer's bytes and the room they hold, handed to hyper a piece at a time.
-struct Held {
+/// An answer's bytes and the room they hold: both go when the last piece of it does.
+struct Answer {
     bytes: Bytes,
     _permit: OwnedSemaphorePermit,
+}
+
+/// A piece of an answer, which keeps the whole answer (and its room) while hyper holds it:
+/// pieces sharing the answer's bytes alone kept them in memory, uncounted, while hyper's
+/// write queue waited on a client taking a byte a minute.
+struct Piece {
+    answer: Arc<Answer>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        &self.answer.bytes[self.range.clone()]
+    }
+}
+
+/// An answer handed to hyper a piece at a time.
+struct Held {
+    answer: Arc<Answer>,
+    /// Where the next piece starts.
+    at: usize,
 }
 
 impl Stream for Held {
@@ -94,11 +114,17 @@ impl Stream for Held {
 
     fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.bytes.is_empty() {
+        let len = this.answer.bytes.len();
+        if this.at >= len {
             return Poll::Ready(None);
         }
-        let piece = this.bytes.split_to(this.bytes.len().min(HANDED_BYTES));
-        Poll::Ready(Some(Ok(piece)))
+        let end = len.min(this.at + HANDED_BYTES);
+        let piece = Piece {
+            answer: this.answer.clone(),
+            range: this.at..end,
+        };
+        this.at = end;
+        Poll::Ready(Some(Ok(Bytes::from_owner(piece))))
     }
 }
 
@@ -125,9 +151,8 @@ mod tests {
     }
 
     /// Same bound as for request bodies, for answers: a client that reads nothing of a
-    /// large answer holds its room, and a second large answer finds none and is a 503 once
-    /// it has waited; small answers still go out, and the room comes back when the slow
-    /// client goes.
+    /// large answer holds its room, and a second large answer finds none and is a 503;
+    /// small answers still go out, and the room comes back when the slow client goes.
     #[tokio::test]
     async fn large_answers_held_at_once_are_bounded() {
         let room = AnswerRoom(Arc::new(Semaphore::new(20 * 1024)));
@@ -140,7 +165,8 @@ mod tests {
             .layer(axum::middleware::from_fn_with_state(room, hold_answers));
         let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = inner.local_addr().expect("address");
-        let server = tokio::spawn(serve(Bounded::new(inner), app, Duration::from_secs(20)));
+        let head_timeout = std::time::Duration::from_secs(20);
+        let server = tokio::spawn(serve(Bounded::new(inner), app, head_timeout));
 
         let (slow, answer) = ask(addr, "/large").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -153,8 +179,20 @@ mod tests {
         );
         let (_, small) = ask(addr, "/small").await;
         assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+        // The room comes back once the server has seen the slow client go.
         drop(slow);
-        let (_, answer) = ask(addr, "/large").await;
+        let again = async {
+            loop {
+                let (_, answer) = ask(addr, "/large").await;
+                if !answer.starts_with("HTTP/1.1 503") {
+                    return answer;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), again)
+            .await
+            .expect("the room never came back");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         server.abort();
     }

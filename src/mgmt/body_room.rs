@@ -25,6 +25,8 @@ pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// Request bodies one user's requests hold at once, at most: one body of the largest size,
 /// and room beside it for small ones (a user importing definitions can still make changes).
+/// Reservations are served in turn, so a second large one waiting holds up that user's
+/// small ones behind it, until it has room or gives up.
 pub const MAX_BODY_BYTES_PER_USER: usize = MAX_BODY_BYTES + 4 * 1024 * 1024;
 
 /// How long a request waits for room before it is answered 503.

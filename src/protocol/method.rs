@@ -129,8 +129,10 @@ pub fn parse_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
 
 /// Whether a payload that does not decode would, with its non-ASCII bytes made ASCII: then
 /// what failed is a string's UTF-8 (amq-protocol checks short strings), as lengths, ids and
-/// flags that happened to hold such bytes would (nearly always) fail again. Only a payload
-/// that failed is copied, once.
+/// flags that happened to hold such bytes would (nearly always) fail again. It is a guess
+/// for the reply's text only (both texts close the connection with 501): a table or long
+/// string 128-255 bytes long beside the bad string makes it say "cannot decode". Only a
+/// payload that failed is copied, once.
 fn decodes_but_for_utf8(payload: &[u8]) -> bool {
     if payload.is_ascii() {
         return false;

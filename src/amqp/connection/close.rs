@@ -95,10 +95,10 @@ impl Connection {
                     Ok(bytes) => {
                         self.unflushed_delivery_bytes += bytes;
                         // Written while what was copied is still in the cache, until the
-                        // socket takes less than all of it (an error is left for the flush
-                        // after this to report).
+                        // socket takes less than all of it or output is held for the store
+                        // (an error is left for the flush after this to report).
                         if writing && self.out.buf().len() >= WRITE_EARLY_BYTES {
-                            writing = self.write_out().is_ok() && self.out.writable_len() == 0;
+                            writing = self.write_out().is_ok() && self.out.is_empty();
                         }
                     }
                     Err(d) => {

@@ -515,6 +515,11 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        if progress {
+            // The send timeout counts from the last write that made progress (see
+            // `flush`), also when that was an early write of a drain of the outbox.
+            self.stalled_since = (self.out.writable_len() > 0).then(Instant::now);
+        }
         Ok(progress)
     }
 
