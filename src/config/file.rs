@@ -214,8 +214,9 @@ fn set_access(config: &mut Config, state: &mut ApplyState, key: &str, value: &st
         }
         "default_vhost" => {
             let vhost = nonempty(value)?;
-            // No client could open it (connection.open names it in a short string).
-            if vhost.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
+            // No client could open it: connection.open names it in a short string (of at
+            // most 255 bytes; the protocol layer's constant sits above this one).
+            if vhost.len() > 255 {
                 return Err("a name of at most 255 bytes");
             }
             match config.vhosts.first_mut() {
