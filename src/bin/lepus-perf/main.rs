@@ -58,7 +58,8 @@ struct Args {
     /// backlog: messages to queue up before draining them.
     #[arg(long, default_value_t = 100_000)]
     count: u64,
-    /// backlog: the broker's process id, to report its resident memory.
+    /// backlog: the broker's process id, to report its resident memory and to wait until it
+    /// has settled (its CPU at rest) before draining.
     #[arg(long)]
     broker_pid: Option<u32>,
     /// backlog: persistent messages on a durable queue instead of transient ones.
@@ -95,9 +96,12 @@ struct Meter {
 
 /// CPU seconds this process has used (user + system), from /proc.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
+    cpu_seconds_of("self").unwrap_or(0.0)
+}
+
+/// CPU time (user and system, every thread) that process `pid` (or "self") has used so far.
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -107,7 +111,7 @@ fn cpu_seconds() -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    Some((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// Queues of the many-queues scenario, each with its own consumer connection.
