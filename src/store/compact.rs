@@ -29,8 +29,6 @@ use super::log::{QueueLog, Segment, Unlinked};
 use super::record::{Record, Seal};
 use super::recover::walk;
 
-/// A log is compacted at most this often...
-const COMPACTION_INTERVAL: Duration = Duration::from_millis(100);
 /// ...for at most this long at a time, so that the sync thread (and the confirms waiting for
 /// it) is held up for no longer.
 const COMPACTION_BUDGET: Duration = Duration::from_millis(20);
@@ -50,14 +48,13 @@ impl QueueLog {
     /// Compacts one segment, if one needs it and the last compaction of this log was long
     /// enough ago. Called by the sync thread after a cycle.
     pub(super) fn compact_paced(self: &Arc<Self>) -> io::Result<()> {
+        if !self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .compaction_due()
         {
-            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if inner
-                .last_compaction
-                .is_some_and(|at| at.elapsed() < COMPACTION_INTERVAL)
-            {
-                return Ok(());
-            }
+            return Ok(());
         }
         let started = Instant::now();
         while started.elapsed() < COMPACTION_BUDGET && self.compact_now()? {}
@@ -159,8 +156,8 @@ impl QueueLog {
     /// sync thread is left as it is (its next cycle syncs the same files again, at no cost),
     /// so a confirm never counts on this sync.
     fn make_appended_durable(&self) -> io::Result<()> {
-        let (files, dirs) = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if inner.destroyed {
                 return Ok(());
             }
@@ -168,9 +165,15 @@ impl QueueLog {
                 // Stopped meanwhile: nothing more is written, and the copy is not put in place.
                 return Err(io::Error::other("the store stopped taking writes"));
             }
-            // A write that fails leaves the bytes buffered, for the sync thread to write and
-            // report: this compaction waits for another turn.
-            Self::write_pending(&mut inner)?;
+        }
+        // A write that fails leaves the bytes buffered, for the sync thread to write and
+        // report: this compaction waits for another turn.
+        self.write_out()?;
+        let (files, dirs) = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.destroyed {
+                return Ok(());
+            }
             let mut dirs = Vec::new();
             if inner.dir_dirty {
                 dirs.push(self.dir.clone());
@@ -237,8 +240,11 @@ impl QueueLog {
             let settled = inner.segments.len().saturating_sub(2);
             // A segment whose file could not be deleted waits for deletes to be tried again.
             let deletes_wait = inner.unlink_retry_at.is_some_and(|at| Instant::now() < at);
+            // Nor a segment whose last bytes are still to be written to its file.
+            let waits =
+                |s: &Segment| inner.has_unwritten(s.index) || (s.undeletable && deletes_wait);
             let candidate = inner.segments.iter().take(settled).find(|s| {
-                !(s.undeletable && deletes_wait)
+                !waits(s)
                     && inner.read_pos.is_none_or(|p| p.segment > s.index)
                     && (if s.messages > 0 {
                         s.live * 4 <= s.messages

@@ -2,8 +2,8 @@
 //! where any queue moves messages out of memory.
 //!
 //! Appends go into an in-memory buffer under the log's lock (no system call on the publish
-//! path); the store's sync thread writes the buffer with one `pwrite` and syncs the files
-//! (group commit). Segments are deleted from the front once every durable message in them is
+//! path); the store's sync thread writes the buffer with one `pwrite`, outside the lock
+//! (`store::write_out`), and syncs the files (group commit). Segments are deleted from the front once every durable message in them is
 //! acknowledged and the queue has read past them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -160,10 +160,18 @@ pub(super) struct Inner {
     pub(super) unlink_retry_at: Option<Instant>,
     /// Number for the next segment file.
     pub(super) next_index: u64,
-    /// Bytes appended to the head segment and not yet written to its file.
+    /// Bytes appended to the head segment since the sync thread last took them to write.
     pub(super) pending: Vec<u8>,
     /// Offset in the head segment where `pending` starts.
     pub(super) pending_offset: u64,
+    /// Bytes taken to be written (or left by a roll-over), not yet in their files, oldest
+    /// first; all of them come before `pending`. The sync thread writes them in this order,
+    /// outside the lock, and removes each from the front once written, so a segment's file
+    /// always holds a prefix of it (see `store::write_out`).
+    pub(super) unwritten: VecDeque<Unwritten>,
+    /// The buffer of an earlier `pending`, written and kept for the next one: taking
+    /// `pending` to write must not cost an allocation (and its page faults) every cycle.
+    pub(super) spare_pending: Vec<u8>,
     /// Files written since the last sync.
     pub(super) unsynced: Vec<Arc<dyn FileIo>>,
     /// A directory entry changed (segment created or deleted) since the last sync.
@@ -191,6 +199,18 @@ pub(super) struct Inner {
     pub(super) superseded: VecDeque<(u64, u64)>,
     /// Unacknowledged messages with a Returned mark: the segment of the latest one.
     pub(super) returned_at: HashMap<u64, u64>,
+}
+
+/// Bytes of a segment taken to be written to its file.
+#[derive(Clone)]
+pub(super) struct Unwritten {
+    /// The segment's number.
+    pub(super) index: u64,
+    pub(super) file: Arc<dyn FileIo>,
+    /// Where in the file they go.
+    pub(super) offset: u64,
+    /// Shared with the sync thread while it writes them; readers copy from here until then.
+    pub(super) bytes: Arc<Vec<u8>>,
 }
 
 /// What recovering a durable queue's log found.
@@ -272,6 +292,27 @@ pub struct ReadBack {
     pub expires_at: Option<u64>,
 }
 
+/// A log is compacted at most this often (`QueueLog::compact_paced`).
+pub(super) const COMPACTION_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Inner {
+    /// Whether the background thread has a segment to make: the head is half full and no
+    /// next one is made yet (see `QueueLog::prepare_next`). The sync thread asks before it
+    /// queues the job: waking the background thread after every cycle cost the broker's
+    /// core a dozen context switches per cycle, most of them for nothing.
+    pub(super) fn wants_next_segment(&self) -> bool {
+        self.segments.back().is_some_and(|head| {
+            !self.destroyed && self.prepared.is_none() && head.end >= head.capacity / 2
+        })
+    }
+
+    /// Whether a compaction may run: none ran in the last `COMPACTION_INTERVAL`.
+    pub(super) fn compaction_due(&self) -> bool {
+        self.last_compaction
+            .is_none_or(|at| at.elapsed() >= COMPACTION_INTERVAL)
+    }
+}
+
 impl QueueLog {
     /// Creates an empty log in `dir`. The first segment is sparse, so declaring a queue
     /// costs no large write; the background thread makes the segments that follow.
@@ -295,6 +336,8 @@ impl QueueLog {
                 next_index: 1,
                 pending: Vec::new(),
                 pending_offset: 0,
+                unwritten: VecDeque::new(),
+                spare_pending: Vec::new(),
                 unsynced: vec![file],
                 dir_dirty: true,
                 created: true,
@@ -408,7 +451,19 @@ impl QueueLog {
             head.end = head.capacity.max(head.end);
             inner.pending.resize(inner.pending.len() + rest, 0);
         }
-        Self::write_pending(inner)?;
+        if inner.unwritten.is_empty() {
+            // Nothing is being written: the old head's last bytes are written here.
+            Self::write_pending(inner)?;
+        } else if self.shared.write_failing() {
+            // The disk is refusing writes: what waits to be written stays bounded by about
+            // a segment, as when a roll-over wrote the old head itself (and failed).
+            return Err(io::Error::other("the data directory is not taking writes"));
+        } else {
+            // The sync thread is writing this log outside its lock (perhaps to a device that
+            // stopped answering): the old head's last bytes are left for it to write, after
+            // what it writes now, rather than written here beside it.
+            inner.take_pending();
+        }
         let capacity = self.shared.segment_bytes.max(need);
         let next = match inner.prepared.take() {
             Some(mut p) => {
@@ -449,8 +504,9 @@ impl QueueLog {
         Ok(())
     }
 
-    /// Writes the pending bytes of the head segment to its file (no sync).
-    pub(super) fn write_pending(inner: &mut Inner) -> io::Result<()> {
+    /// Writes the pending bytes of the head segment to its file (no sync), when nothing
+    /// else waits to be written before them (`unwritten` is empty).
+    fn write_pending(inner: &mut Inner) -> io::Result<()> {
         if inner.pending.is_empty() {
             return Ok(());
         }
@@ -513,7 +569,11 @@ impl QueueLog {
             let Some(front) = inner.segments.front() else {
                 break;
             };
-            if front.live > 0 || read_pos.is_some_and(|p| p.segment <= front.index) {
+            if front.live > 0
+                || read_pos.is_some_and(|p| p.segment <= front.index)
+                || inner.has_unwritten(front.index)
+            {
+                // Bytes of it not yet written would land on whatever reused its file.
                 break;
             }
             let index = front.index;
@@ -598,13 +658,17 @@ impl QueueLog {
 
     /// Writes pending bytes and returns the files to sync. Called by the sync thread.
     pub(super) fn flush(&self) -> io::Result<ToSync> {
-        let mut inner = self.lock();
-        inner.registered = Registered::No;
-        if inner.destroyed {
-            inner.pending.clear();
-            return Ok((Vec::new(), Vec::new()));
+        {
+            let mut inner = self.lock();
+            inner.registered = Registered::No;
+            if inner.destroyed {
+                inner.pending.clear();
+                inner.unwritten.clear();
+                return Ok((Vec::new(), Vec::new()));
+            }
         }
-        Self::write_pending(&mut inner)?;
+        self.write_out()?;
+        let mut inner = self.lock();
         let files = std::mem::take(&mut inner.unsynced);
         let dir_dirty = std::mem::take(&mut inner.dir_dirty);
         let created = std::mem::take(&mut inner.created);
@@ -636,6 +700,7 @@ impl QueueLog {
         let mut inner = self.lock();
         inner.destroyed = true;
         inner.pending.clear();
+        inner.unwritten.clear();
         let mut closing: Vec<Arc<dyn FileIo>> = std::mem::take(&mut inner.segments)
             .into_iter()
             .chain(inner.prepared.take())
@@ -662,9 +727,17 @@ impl Journal for QueueLog {
     }
 
     fn after_sync(self: Arc<Self>) {
+        // One look under the lock for all three: the confirms of this cycle have just woken
+        // the runtime worker, which appends to this log under the same lock; each time the
+        // sync thread held it when the worker wanted it cost two more thread switches.
+        let (wants_next, compaction_due) = {
+            let mut inner = self.lock();
+            self.settle_superseded(&mut inner);
+            (inner.wants_next_segment(), inner.compaction_due())
+        };
         // Making a file and syncing it takes longer than a sync of appends: it happens beside
         // the sync thread, one at a time per log.
-        if self.wants_next_segment() && !self.prepare_queued.swap(true, Ordering::AcqRel) {
+        if wants_next && !self.prepare_queued.swap(true, Ordering::AcqRel) {
             let log = self.clone();
             self.shared.in_background(Box::new(move || {
                 log.prepare_queued.store(false, Ordering::Release);
@@ -673,8 +746,7 @@ impl Journal for QueueLog {
                 }
             }));
         }
-        self.settle_superseded(&mut self.lock());
-        if let Err(e) = self.compact_paced() {
+        if compaction_due && let Err(e) = self.compact_paced() {
             tracing::warn!(log = %self.dir.display(), error = %e, "cannot compact a segment");
         }
     }

@@ -39,6 +39,7 @@ mod returned;
 pub mod seal;
 pub mod sim;
 pub mod sync;
+mod write_out;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -28,29 +28,13 @@ fn sparse_file(
     Ok(file)
 }
 
-/// Whether the log should have its next segment made now: its head is half full and none
-/// is ready.
-fn wants_next(inner: &Inner) -> bool {
-    inner.segments.back().is_some_and(|head| {
-        !inner.destroyed && inner.prepared.is_none() && head.end >= head.capacity / 2
-    })
-}
-
 impl QueueLog {
-    /// Whether the background thread has a segment to make (see [`QueueLog::prepare_next`]).
-    /// The sync thread asks before it queues the job: waking the background thread after
-    /// every cycle cost the broker's core a dozen context switches per cycle, most of them
-    /// for nothing.
-    pub(super) fn wants_next_segment(&self) -> bool {
-        wants_next(&self.lock())
-    }
-
     /// Makes the next segment ahead of time when the head is half full. Called on the
     /// store's background thread, outside the publish path and the sync thread's.
     pub(super) fn prepare_next(&self) -> io::Result<()> {
         let index = {
             let mut inner = self.lock();
-            if !wants_next(&inner) {
+            if !inner.wants_next_segment() {
                 return Ok(());
             }
             let index = inner.next_index;

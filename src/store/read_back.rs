@@ -33,9 +33,15 @@ impl Found {
     }
 }
 
-/// Where the head segment's file ends, as a read found it: (segment, bytes written). Bytes
-/// past it may still be in `pending`.
+/// The first position (segment, offset) not yet in its file, as a read found it
+/// (`Inner::first_unwritten`): bytes from there on may be in memory only.
 type Written = Option<(u64, u64)>;
+
+/// Whether the bytes of segment `index` up to `end` were all in the file when `written`
+/// was found.
+fn in_file(written: Written, index: u64, end: u64) -> bool {
+    written.is_none_or(|(first, at)| index < first || (index == first && end <= at))
+}
 
 /// Segments to read: each one's number, file, length and seal.
 type Segments = Vec<(u64, Arc<dyn FileIo>, u64, Seal)>;
@@ -53,18 +59,16 @@ impl QueueLog {
         offset: u64,
     ) -> io::Result<Vec<u8>> {
         let end = offset + len as u64;
-        match written {
-            Some((head, at)) if head == index && end > at => {
-                let mut buf = vec![0u8; len];
-                self.read_range(index, file, written, &mut buf, offset)?;
-                Ok(buf)
-            }
-            _ => file.read_exact_vec_at(len, offset),
+        if in_file(written, index, end) {
+            return file.read_exact_vec_at(len, offset);
         }
+        let mut buf = vec![0u8; len];
+        self.read_range(index, file, written, &mut buf, offset)?;
+        Ok(buf)
     }
 
     /// Reads `buf.len()` bytes of segment `index` at `offset`: from the file up to where it
-    /// was written, from the head's pending bytes after that. Only a read that reaches past
+    /// was written, from memory (the bytes not yet written) after that. Only a read that reaches past
     /// what was written when the read began takes the lock again, and copies only the bytes
     /// it needs: copying the whole pending buffer for every read cost a drain 5-7% of the
     /// broker's time.
@@ -77,28 +81,16 @@ impl QueueLog {
         offset: u64,
     ) -> io::Result<()> {
         let end = offset + buf.len() as u64;
-        let in_file = match written {
-            Some((head, at)) => head != index || end <= at,
-            None => true,
-        };
-        if in_file {
+        if in_file(written, index, end) {
             return file.read_exact_at(buf, offset);
         }
-        // Bytes before `pending_offset` are in the file (`write_pending` writes them under
-        // this lock), and a segment that is no longer the head was written out whole.
+        // Bytes before `unwritten_from` are in the file; the rest are copied from memory
+        // under this lock, which the sync thread takes before it drops what it wrote.
         let inner = self.lock();
-        let split = match inner.segments.back() {
-            Some(head) if head.index == index => inner.pending_offset.clamp(offset, end),
-            _ => end,
-        };
+        let split = inner.unwritten_from(index).clamp(offset, end);
         let from_file = (split - offset) as usize;
         if from_file < buf.len() {
-            let start = (split - inner.pending_offset) as usize;
-            let rest = &mut buf[from_file..];
-            let Some(src) = inner.pending.get(start..start + rest.len()) else {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            };
-            rest.copy_from_slice(src);
+            inner.copy_unwritten(index, split, &mut buf[from_file..])?;
         }
         drop(inner);
         if from_file > 0 {
@@ -168,10 +160,7 @@ impl QueueLog {
             }
         }
         let more = first + segments.len() < inner.segments.len();
-        let written = inner
-            .segments
-            .back()
-            .map(|h| (h.index, inner.pending_offset));
+        let written = inner.first_unwritten();
         (segments, written, more)
     }
 

@@ -264,6 +264,8 @@ impl QueueLog {
                 next_index: head.0 + 1,
                 pending: Vec::new(),
                 pending_offset: head.1,
+                unwritten: std::collections::VecDeque::new(),
+                spare_pending: Vec::new(),
                 unsynced: Vec::new(),
                 dir_dirty: false,
                 created: false,

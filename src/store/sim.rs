@@ -110,6 +110,10 @@ struct Disk {
     /// While true, every fsync waits (a disk that takes its time), until `resume_syncs`.
     syncs_held: Mutex<HeldSyncs>,
     syncs_resumed: Condvar,
+    /// While true, every write waits (a device that stopped answering), until
+    /// `resume_writes`.
+    writes_held: Mutex<HeldSyncs>,
+    writes_resumed: Condvar,
     /// Reads held back (see [`SimFs::hold_reads_from`]), and how many wait.
     reads_held: Mutex<HeldReads>,
     reads_changed: Condvar,
@@ -172,6 +176,8 @@ impl SimFs {
             syncs_held: Mutex::new(HeldSyncs::default()),
             syncs_resumed: Condvar::new(),
             reads_held: Mutex::new(HeldReads::default()),
+            writes_held: Mutex::new(HeldSyncs::default()),
+            writes_resumed: Condvar::new(),
             reads_changed: Condvar::new(),
         }))
     }
@@ -194,6 +200,29 @@ impl SimFs {
         let (held, _) = self
             .0
             .syncs_resumed
+            .wait_timeout_while(held, timeout, |h| h.waiting == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        held.waiting > 0
+    }
+
+    /// Makes every write from now on wait until [`SimFs::resume_writes`]: a device that
+    /// stopped answering.
+    pub fn hold_writes(&self) {
+        lock(&self.0.writes_held).held = true;
+    }
+
+    /// Lets held writes (and later ones) go on.
+    pub fn resume_writes(&self) {
+        lock(&self.0.writes_held).held = false;
+        self.0.writes_resumed.notify_all();
+    }
+
+    /// Returns once a write is held (true), or after `timeout` if none is (false).
+    pub fn wait_for_held_write(&self, timeout: std::time::Duration) -> bool {
+        let held = lock(&self.0.writes_held);
+        let (held, _) = self
+            .0
+            .writes_resumed
             .wait_timeout_while(held, timeout, |h| h.waiting == 0)
             .unwrap_or_else(|e| e.into_inner());
         held.waiting > 0
@@ -285,6 +314,21 @@ impl SimFile {
 impl FileIo for SimFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.alive()?;
+        {
+            let mut held = lock(&self.fs.writes_held);
+            if held.held {
+                held.waiting += 1;
+                self.fs.writes_resumed.notify_all();
+                while held.held {
+                    held = self
+                        .fs
+                        .writes_resumed
+                        .wait(held)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                held.waiting -= 1;
+            }
+        }
         let mut state = lock(&self.fs.state);
         let at = offset as usize;
         let end = at + buf.len();

@@ -304,7 +304,7 @@ pub(in crate::store) fn until_the_spare_is_wanted(store: &Store, log: &Arc<Queue
         log.collect_garbage(None);
         assert!(seq < 2_000, "a segment file became the spare");
     }
-    while !log.wants_next_segment() {
+    while !log.lock().wants_next_segment() {
         append_durable(log, seq);
         seq += 1;
     }

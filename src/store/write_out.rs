@@ -1,0 +1,164 @@
+//! Writing a log's appended bytes to its files without holding the log's lock.
+//!
+//! The sync thread used to write a log's buffer holding the log's lock. Every append to that
+//! queue meanwhile (a publish, an acknowledgement, on a runtime worker) waited for the
+//! write, and a device that stopped answering stopped the worker, and every connection it
+//! served with it. Now the sync thread takes the buffer under the lock
+//! ([`Inner::take_pending`]), writes it outside the lock, and takes the lock again only to
+//! drop what it wrote. Appends go on into another buffer meanwhile; a roll-over to the next
+//! segment takes the old head's last bytes the same way, and no longer writes on the
+//! appending thread.
+//!
+//! The order of writes is kept: taken bytes wait in `Inner::unwritten`, oldest first, and
+//! are written in that order, each removed only once written, so a failed write leaves
+//! itself and everything after it for the next cycle, and a segment's file always holds a
+//! prefix of the segment. Until written, readers copy them from memory
+//! ([`Inner::copy_unwritten`]); a segment with bytes not yet written is neither deleted,
+//! reused nor compacted.
+
+use std::io;
+use std::sync::Arc;
+
+use super::log::{Inner, QueueLog, Unwritten};
+
+/// A written buffer larger than this is freed rather than kept for the next `pending`.
+const SPARE_PENDING_MAX_BYTES: usize = 1 << 20;
+
+impl Inner {
+    /// Moves the head's `pending` bytes to the back of `unwritten`, for the sync thread.
+    pub(super) fn take_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(head) = self.segments.back() else {
+            return;
+        };
+        let (index, file) = (head.index, head.file.clone());
+        let next = std::mem::take(&mut self.spare_pending);
+        let bytes = std::mem::replace(&mut self.pending, next);
+        let offset = self.pending_offset;
+        self.pending_offset += bytes.len() as u64;
+        self.unwritten.push_back(Unwritten {
+            index,
+            file,
+            offset,
+            bytes: Arc::new(bytes),
+        });
+    }
+
+    /// Whether bytes of segment `index` are still to be written to its file.
+    pub(super) fn has_unwritten(&self, index: u64) -> bool {
+        self.unwritten.iter().any(|u| u.index == index)
+    }
+
+    /// The first position (segment, offset) whose byte may not be in its file yet: every
+    /// byte before it is.
+    pub(super) fn first_unwritten(&self) -> Option<(u64, u64)> {
+        match self.unwritten.front() {
+            Some(u) => Some((u.index, u.offset)),
+            None => self.segments.back().map(|h| (h.index, self.pending_offset)),
+        }
+    }
+
+    /// Where the bytes of segment `index` stop being in its file (`u64::MAX`: all are).
+    pub(super) fn unwritten_from(&self, index: u64) -> u64 {
+        if let Some(u) = self.unwritten.iter().find(|u| u.index == index) {
+            return u.offset;
+        }
+        match self.segments.back() {
+            Some(head) if head.index == index => self.pending_offset,
+            _ => u64::MAX,
+        }
+    }
+
+    /// Copies the bytes of segment `index` from `at` into `out`, from those not yet
+    /// written (taken, then pending); an error if they are not all there.
+    pub(super) fn copy_unwritten(&self, index: u64, at: u64, out: &mut [u8]) -> io::Result<()> {
+        let pending = self
+            .segments
+            .back()
+            .filter(|head| head.index == index)
+            .map(|_| (self.pending_offset, self.pending.as_slice()));
+        let pieces = self
+            .unwritten
+            .iter()
+            .filter(|u| u.index == index)
+            .map(|u| (u.offset, u.bytes.as_slice()))
+            .chain(pending);
+        let end = at + out.len() as u64;
+        // The next position to fill; pieces follow each other in order.
+        let mut pos = at;
+        for (offset, bytes) in pieces {
+            let piece_end = offset + bytes.len() as u64;
+            if pos >= end || offset > pos {
+                break;
+            }
+            if piece_end <= pos {
+                continue;
+            }
+            let n = (end.min(piece_end) - pos) as usize;
+            let (from, to) = ((pos - offset) as usize, (pos - at) as usize);
+            out[to..to + n].copy_from_slice(&bytes[from..from + n]);
+            pos += n as u64;
+        }
+        if pos < end {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
+impl QueueLog {
+    /// Writes every byte appended so far to the files, in order, outside the log's lock;
+    /// the files written wait in `Inner::unsynced` for the sync. On an error, what was not
+    /// written stays, to be written first next time. Only the sync thread calls this (and
+    /// a store's caller running its cycles itself), one call at a time: nothing else takes
+    /// from the front of `unwritten`.
+    pub(super) fn write_out(&self) -> io::Result<()> {
+        let batch: Vec<Unwritten> = {
+            let mut inner = self.lock();
+            if inner.destroyed {
+                return Ok(());
+            }
+            inner.take_pending();
+            inner.unwritten.iter().cloned().collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut written = 0;
+        let mut result = Ok(());
+        for u in &batch {
+            if let Err(e) = u.file.write_all_at(&u.bytes, u.offset) {
+                result = Err(e);
+                break;
+            }
+            written += 1;
+        }
+        drop(batch);
+        let mut inner = self.lock();
+        if inner.destroyed {
+            // Its files are unlinked: nothing written to them matters now.
+            return Ok(());
+        }
+        // Appends only add to the back: the first `written` are the ones just written.
+        let written = written.min(inner.unwritten.len());
+        let done: Vec<Unwritten> = inner.unwritten.drain(..written).collect();
+        for u in done {
+            if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &u.file)) {
+                inner.unsynced.push(u.file);
+            }
+            if inner.spare_pending.capacity() == 0
+                && let Ok(mut buffer) = Arc::try_unwrap(u.bytes)
+                && buffer.capacity() <= SPARE_PENDING_MAX_BYTES
+            {
+                buffer.clear();
+                inner.spare_pending = buffer;
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;
