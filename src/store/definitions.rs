@@ -429,10 +429,32 @@ fn parse_line(line: &[u8]) -> Option<Change> {
 }
 
 impl Journal for DefinitionsStore {
+    /// Writes the journal lines recorded so far without holding the state's lock, which
+    /// every durable declaration takes (on a runtime worker): a device that stopped answering
+    /// would have stopped the worker. Only the sync thread writes the journal (this, and
+    /// `switch_generation` after it, from `after_sync`), so nothing else moves `journal_len`
+    /// meanwhile.
     fn flush(&self) -> io::Result<ToSync> {
+        let (journal, offset, lines) = {
+            let mut state = self.lock();
+            state.registered = false;
+            let lines = std::mem::take(&mut state.pending);
+            let offset = state.journal_len;
+            state.journal_len += lines.len() as u64;
+            (state.journal.clone(), offset, lines)
+        };
+        if !lines.is_empty()
+            && let Err(e) = journal.write_all_at(&lines, offset)
+        {
+            // Written again first, before the lines recorded meanwhile.
+            let mut state = self.lock();
+            let mut lines = lines;
+            lines.extend_from_slice(&state.pending);
+            state.pending = lines;
+            state.journal_len = offset;
+            return Err(e);
+        }
         let mut state = self.lock();
-        state.registered = false;
-        Self::flush_locked(&mut state)?;
         let mut files = std::mem::take(&mut state.old_journals);
         files.push(state.journal.clone());
         let dirs = if std::mem::take(&mut state.dir_dirty) {
@@ -581,5 +603,48 @@ mod tests {
         let journals = journal_generations(&crate::store::fs::RealFs, &dir).unwrap();
         assert_eq!(journals, vec![generation2], "older journals deleted");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Regression: the sync thread wrote the journal holding the state's lock, which every
+    /// durable declaration takes on a runtime worker: a device that stopped answering
+    /// stopped the worker. And a write that fails keeps the lines in order for the next.
+    #[test]
+    fn changes_are_recorded_while_the_journal_write_is_held_and_a_failed_write_keeps_order() {
+        let sim = crate::store::sim::SimFs::new(22);
+        let fs: Arc<dyn Fs> = Arc::new(sim.clone());
+        let dir = PathBuf::from("/sim/definitions-held");
+        let store = crate::store::Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
+        defs.record(queue("a"));
+        sim.hold_writes();
+        std::thread::scope(|s| {
+            let flushing = s.spawn(|| Journal::flush(&*defs).map(|_| ()));
+            assert!(sim.wait_for_held_write(std::time::Duration::from_secs(60)));
+            let (done, recorded) = std::sync::mpsc::channel();
+            let defs = &defs;
+            s.spawn(move || {
+                defs.record(queue("b"));
+                let _ = done.send(());
+            });
+            let recorded = recorded.recv_timeout(std::time::Duration::from_secs(60));
+            sim.resume_writes();
+            assert!(
+                recorded.is_ok(),
+                "a change is recorded while the write is held"
+            );
+            assert!(flushing.join().is_ok_and(|r| r.is_ok()));
+        });
+        // A failed write, then one that succeeds: "b" then "c", each once.
+        sim.set_faults(crate::store::sim::Faults {
+            write_error: 1.0,
+            ..Default::default()
+        });
+        defs.record(queue("c"));
+        assert!(Journal::flush(&*defs).is_err());
+        sim.set_faults(crate::store::sim::Faults::default());
+        Journal::flush(&*defs).unwrap();
+        drop(defs);
+        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
+        assert_eq!(names(&loaded), vec!["a", "b", "c"]);
     }
 }

@@ -172,6 +172,9 @@ pub(super) struct Inner {
     /// The buffer of an earlier `pending`, written and kept for the next one: taking
     /// `pending` to write must not cost an allocation (and its page faults) every cycle.
     pub(super) spare_pending: Vec<u8>,
+    /// A collection stopped at a segment whose bytes were still to be written: the sync
+    /// thread collects again after its next cycle, or an idle queue would keep it for good.
+    pub(super) collect_after_write: bool,
     /// Files written since the last sync.
     pub(super) unsynced: Vec<Arc<dyn FileIo>>,
     /// A directory entry changed (segment created or deleted) since the last sync.
@@ -338,6 +341,7 @@ impl QueueLog {
                 pending_offset: 0,
                 unwritten: VecDeque::new(),
                 spare_pending: Vec::new(),
+                collect_after_write: false,
                 unsynced: vec![file],
                 dir_dirty: true,
                 created: true,
@@ -451,18 +455,19 @@ impl QueueLog {
             head.end = head.capacity.max(head.end);
             inner.pending.resize(inner.pending.len() + rest, 0);
         }
-        if inner.unwritten.is_empty() {
+        if inner.unwritten.is_empty() && !self.shared.writes_in_flight() {
             // Nothing is being written: the old head's last bytes are written here.
             Self::write_pending(inner)?;
         } else if self.shared.write_failing() {
-            // The disk is refusing writes: what waits to be written stays bounded by about
-            // a segment, as when a roll-over wrote the old head itself (and failed).
+            // The disk is refusing writes, or the writes in progress are far behind: what
+            // waits to be written stays bounded (`UNWRITTEN_MAX_BYTES`), as when a roll-over
+            // wrote the old head itself (and failed, or waited).
             return Err(io::Error::other("the data directory is not taking writes"));
         } else {
-            // The sync thread is writing this log outside its lock (perhaps to a device that
+            // The sync thread is writing outside a log's lock (perhaps to a device that
             // stopped answering): the old head's last bytes are left for it to write, after
-            // what it writes now, rather than written here beside it.
-            inner.take_pending();
+            // what waits before them, rather than written here beside it.
+            self.take_pending(inner);
         }
         let capacity = self.shared.segment_bytes.max(need);
         let next = match inner.prepared.take() {
@@ -569,11 +574,12 @@ impl QueueLog {
             let Some(front) = inner.segments.front() else {
                 break;
             };
-            if front.live > 0
-                || read_pos.is_some_and(|p| p.segment <= front.index)
-                || inner.has_unwritten(front.index)
-            {
+            if front.live > 0 || read_pos.is_some_and(|p| p.segment <= front.index) {
+                break;
+            }
+            if inner.has_unwritten(front.index) {
                 // Bytes of it not yet written would land on whatever reused its file.
+                inner.collect_after_write = true;
                 break;
             }
             let index = front.index;
@@ -663,7 +669,7 @@ impl QueueLog {
             inner.registered = Registered::No;
             if inner.destroyed {
                 inner.pending.clear();
-                inner.unwritten.clear();
+                self.forget_unwritten(&mut inner);
                 return Ok((Vec::new(), Vec::new()));
             }
         }
@@ -700,7 +706,7 @@ impl QueueLog {
         let mut inner = self.lock();
         inner.destroyed = true;
         inner.pending.clear();
-        inner.unwritten.clear();
+        self.forget_unwritten(&mut inner);
         let mut closing: Vec<Arc<dyn FileIo>> = std::mem::take(&mut inner.segments)
             .into_iter()
             .chain(inner.prepared.take())
@@ -730,11 +736,21 @@ impl Journal for QueueLog {
         // One look under the lock for all three: the confirms of this cycle have just woken
         // the runtime worker, which appends to this log under the same lock; each time the
         // sync thread held it when the worker wanted it cost two more thread switches.
-        let (wants_next, compaction_due) = {
+        let (wants_next, compaction_due, collect) = {
             let mut inner = self.lock();
             self.settle_superseded(&mut inner);
-            (inner.wants_next_segment(), inner.compaction_due())
+            let collect = std::mem::take(&mut inner.collect_after_write);
+            (
+                inner.wants_next_segment(),
+                inner.compaction_due(),
+                collect.then_some(inner.read_pos),
+            )
         };
+        if let Some(read_pos) = collect {
+            // Where the queue last said it reads from: it only moves on, so this keeps
+            // no less than the queue's own next collection would.
+            self.collect_garbage(read_pos);
+        }
         // Making a file and syncing it takes longer than a sync of appends: it happens beside
         // the sync thread, one at a time per log.
         if wants_next && !self.prepare_queued.swap(true, Ordering::AcqRel) {

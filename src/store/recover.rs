@@ -266,6 +266,7 @@ impl QueueLog {
                 pending_offset: head.1,
                 unwritten: std::collections::VecDeque::new(),
                 spare_pending: Vec::new(),
+                collect_after_write: false,
                 unsynced: Vec::new(),
                 dir_dirty: false,
                 created: false,

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use tokio::sync::watch;
@@ -100,6 +100,13 @@ pub struct Shared {
     read_only_from: AtomicU64,
     /// The last cycle could not write everything: the disk is full or failing.
     write_failing: AtomicBool,
+    /// Bytes queue logs have taken to write and not written yet (`store::write_out`), in
+    /// every log of the store; past `UNWRITTEN_MAX_BYTES` the disk counts as failing.
+    unwritten_bytes: AtomicU64,
+    /// Writes of queue logs in progress outside their locks: while one is, a roll-over
+    /// leaves its bytes to the sync thread rather than write beside it (the device may have
+    /// stopped answering).
+    writes_in_flight: AtomicUsize,
     /// Journals with writes to make.
     dirty: Mutex<Dirty>,
     wake: Condvar,
@@ -118,6 +125,11 @@ pub struct Shared {
     /// `CLOSES_QUEUED`; `None` as `background` is.
     closer: Mutex<Option<mpsc::SyncSender<BackgroundJob>>>,
 }
+
+/// At most this many bytes of queue logs wait to be written while a write is in progress
+/// (`store::write_out`): past it a roll-over refuses the append, as a failed write did, and
+/// the disk alarm holds publishers back until the writes catch up.
+pub const UNWRITTEN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Batches of files waiting for the closer thread, at most. Past it the caller closes them
 /// itself, as it did before there was a closer: slower, but descriptors and deleted files'
@@ -220,10 +232,42 @@ impl Shared {
         self.read_only_from.load(Ordering::SeqCst) == u64::MAX
     }
 
-    /// Whether the last writes failed (a full or failing disk), or the store stopped
-    /// writing: publishers should be held back.
+    /// Whether the last writes failed (a full or failing disk), the writes in progress are
+    /// `UNWRITTEN_MAX_BYTES` behind (a device that stopped answering, or far slower than
+    /// the appends), or the store stopped writing: publishers should be held back.
     pub fn write_failing(&self) -> bool {
-        self.write_failing.load(Ordering::SeqCst) || !self.writable()
+        self.write_failing.load(Ordering::SeqCst)
+            || self.unwritten_bytes.load(Ordering::SeqCst) > UNWRITTEN_MAX_BYTES
+            || !self.writable()
+    }
+
+    /// Counts `bytes` more taken to be written (`store::write_out`).
+    pub(super) fn add_unwritten(&self, bytes: u64) {
+        self.unwritten_bytes.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    /// Counts `bytes` taken to be written as written (or dropped with their log).
+    pub(super) fn remove_unwritten(&self, bytes: u64) {
+        // Never below zero, whatever the order of the two counts.
+        let _ = self
+            .unwritten_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(bytes))
+            });
+    }
+
+    /// Whether a queue log's write is in progress outside its lock.
+    pub(super) fn writes_in_flight(&self) -> bool {
+        self.writes_in_flight.load(Ordering::SeqCst) > 0
+    }
+
+    /// Notes that a write outside a log's lock starts (`true`) or ends.
+    pub(super) fn note_write_in_flight(&self, starts: bool) {
+        if starts {
+            self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Stops the store for good after an fsync outside the sync thread failed (a directory
@@ -286,6 +330,8 @@ impl Shared {
             ever_failed: AtomicBool::new(false),
             read_only_from: AtomicU64::new(u64::MAX),
             write_failing: AtomicBool::new(false),
+            unwritten_bytes: AtomicU64::new(0),
+            writes_in_flight: AtomicUsize::new(0),
             dirty: Mutex::new(Dirty::default()),
             wake: Condvar::new(),
             epoch: AtomicU64::new(1),
@@ -606,193 +652,4 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::fs::RealFs;
-
-    /// A journal that wrote nothing but asks for a directory to be synced.
-    struct DirOnly {
-        dir: PathBuf,
-        removed: bool,
-    }
-
-    impl Journal for DirOnly {
-        fn flush(&self) -> io::Result<ToSync> {
-            Ok((Vec::new(), vec![self.dir.clone()]))
-        }
-        fn removed(&self) -> bool {
-            self.removed
-        }
-    }
-
-    fn gone_dir() -> PathBuf {
-        std::env::temp_dir().join(format!("lepus-sync-gone-{}", std::process::id()))
-    }
-
-    /// A journal that counts its flushes.
-    #[derive(Default)]
-    struct Counting {
-        flushes: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Journal for Counting {
-        fn flush(&self) -> io::Result<ToSync> {
-            self.flushes.fetch_add(1, Ordering::SeqCst);
-            Ok((Vec::new(), Vec::new()))
-        }
-    }
-
-    /// A journal whose flush stands for another thread's fsync failing (`fail_stop`) while
-    /// the sync thread is in the middle of the cycle.
-    struct FailsElsewhere(std::sync::Weak<Shared>);
-
-    impl Journal for FailsElsewhere {
-        fn flush(&self) -> io::Result<ToSync> {
-            if let Some(shared) = self.0.upgrade() {
-                shared.fail_stop(&io::Error::other("EIO"), "a test");
-            }
-            Ok((Vec::new(), Vec::new()))
-        }
-    }
-
-    /// Regression: a directory fsync failing on another thread (segment preparation,
-    /// compaction, the definitions snapshot) during a cycle failed only the epochs after the
-    /// cycle's, and the cycle's own epoch read as durable: its publishes were confirmed
-    /// though the failure may have taken the error its own fsync would have seen.
-    #[test]
-    fn a_failure_outside_the_sync_thread_fails_the_epoch_being_synced() {
-        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
-        shared.mark_dirty(Arc::new(FailsElsewhere(Arc::downgrade(&shared))));
-        let epoch = shared.epoch();
-        assert!(sync_once(&shared));
-        assert_eq!(shared.outcome(epoch), Outcome::Failed);
-        assert_eq!(
-            shared.synced(),
-            u64::MAX,
-            "every epoch is settled, none left pending"
-        );
-        assert!(shared.failed(shared.epoch()), "and later ones fail too");
-    }
-
-    /// A failed epoch is never forgotten as durable: past the ones kept one by one, every
-    /// epoch up to the last let go reads as failed.
-    #[test]
-    fn a_failed_epoch_let_go_still_reads_as_failed() {
-        let shared = Shared::new(1 << 20, Arc::new(RealFs));
-        for epoch in 1..=FAILED_EPOCHS_KEPT as u64 + 2 {
-            shared.fail_epoch(epoch * 2);
-        }
-        assert!(shared.failed(2), "the first failed epoch, let go");
-        assert!(shared.failed(4));
-        assert!(
-            shared.failed(FAILED_EPOCHS_KEPT as u64 * 2 + 4),
-            "the last, kept"
-        );
-        assert!(
-            !shared.failed(FAILED_EPOCHS_KEPT as u64 * 2 + 5),
-            "one that never failed"
-        );
-    }
-
-    #[test]
-    fn a_lazy_write_goes_with_the_next_cycle_for_a_write_that_waits() {
-        let shared = Shared::new(1 << 20, Arc::new(RealFs));
-        let (lazy, eager) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
-        shared.mark_lazy(lazy.clone());
-        shared.mark_dirty(eager.clone());
-        let epoch = shared.epoch();
-        assert!(sync_once(&shared));
-        assert_eq!(shared.outcome(epoch), Outcome::Durable);
-        assert_eq!(lazy.flushes.load(Ordering::SeqCst), 1);
-        assert_eq!(eager.flushes.load(Ordering::SeqCst), 1);
-        assert!(!sync_once(&shared), "nothing is left for another cycle");
-    }
-
-    #[test]
-    fn a_lazy_write_alone_is_written_by_the_sync_thread_without_a_wake_per_write() {
-        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
-        let thread = {
-            let shared = shared.clone();
-            std::thread::spawn(move || sync_loop(&shared))
-        };
-        let journal = Arc::new(Counting::default());
-        shared.mark_lazy(journal.clone());
-        // Written once LAZY_WRITE_MS have passed; the bound here is only against a hang.
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while journal.flushes.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < give_up {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(journal.flushes.load(Ordering::SeqCst), 1);
-        shared.request_stop();
-        assert!(thread.join().is_ok());
-    }
-
-    /// Waits (up to a bound that only guards against a hang) until `journal` was flushed.
-    fn flushed(journal: &Counting) -> usize {
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while journal.flushes.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < give_up {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        journal.flushes.load(Ordering::SeqCst)
-    }
-
-    #[test]
-    fn a_cycle_waits_for_busy_workers_but_not_for_ever() {
-        use crate::store::idle::{note_worker_busy, register};
-        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
-        let weak: std::sync::Weak<dyn crate::store::idle::WakeOnIdle> =
-            Arc::downgrade(&shared) as _;
-        register(weak);
-        let thread = {
-            let shared = shared.clone();
-            std::thread::spawn(move || sync_loop(&shared))
-        };
-        // This thread plays a runtime worker that never runs out of work: the cycle starts
-        // anyway, IDLE_WAIT_MAX_US later.
-        note_worker_busy(true);
-        let busy = Arc::new(Counting::default());
-        shared.mark_dirty(busy.clone());
-        assert_eq!(flushed(&busy), 1);
-        // A worker that parks lets the waiting cycle start.
-        let parked = Arc::new(Counting::default());
-        shared.mark_dirty(parked.clone());
-        note_worker_busy(false);
-        assert_eq!(flushed(&parked), 1);
-        shared.request_stop();
-        assert!(thread.join().is_ok());
-    }
-
-    #[test]
-    fn lazy_writes_are_written_when_the_store_stops() {
-        let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
-        let journal = Arc::new(Counting::default());
-        shared.mark_lazy(journal.clone());
-        shared.request_stop();
-        sync_loop(&shared);
-        assert_eq!(journal.flushes.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn a_directory_deleted_with_its_queue_during_a_sync_is_no_failed_fsync() {
-        // Regression: a queue deleted between its log's flush and the directory sync made
-        // the whole store read-only (found by benches' large-message run).
-        let shared = Shared::new(1 << 20, Arc::new(RealFs));
-        shared.mark_dirty(Arc::new(DirOnly {
-            dir: gone_dir(),
-            removed: true,
-        }));
-        assert!(sync_once(&shared));
-        assert!(shared.writable());
-    }
-
-    #[test]
-    fn a_directory_missing_from_a_live_journal_still_fails_the_store() {
-        let shared = Shared::new(1 << 20, Arc::new(RealFs));
-        shared.mark_dirty(Arc::new(DirOnly {
-            dir: gone_dir(),
-            removed: false,
-        }));
-        assert!(sync_once(&shared));
-        assert!(!shared.writable());
-    }
-}
+mod tests;

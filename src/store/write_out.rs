@@ -19,31 +19,35 @@
 use std::io;
 use std::sync::Arc;
 
+use super::fs::FileIo;
 use super::log::{Inner, QueueLog, Unwritten};
 
 /// A written buffer larger than this is freed rather than kept for the next `pending`.
 const SPARE_PENDING_MAX_BYTES: usize = 1 << 20;
 
 impl Inner {
-    /// Moves the head's `pending` bytes to the back of `unwritten`, for the sync thread.
-    pub(super) fn take_pending(&mut self) {
+    /// Moves the head's `pending` bytes to the back of `unwritten`, for the sync thread;
+    /// returns how many, for the store's count (`Shared::add_unwritten`).
+    pub(super) fn take_pending(&mut self) -> u64 {
         if self.pending.is_empty() {
-            return;
+            return 0;
         }
         let Some(head) = self.segments.back() else {
-            return;
+            return 0;
         };
         let (index, file) = (head.index, head.file.clone());
         let next = std::mem::take(&mut self.spare_pending);
         let bytes = std::mem::replace(&mut self.pending, next);
         let offset = self.pending_offset;
-        self.pending_offset += bytes.len() as u64;
+        let taken = bytes.len() as u64;
+        self.pending_offset += taken;
         self.unwritten.push_back(Unwritten {
             index,
             file,
             offset,
             bytes: Arc::new(bytes),
         });
+        taken
     }
 
     /// Whether bytes of segment `index` are still to be written to its file.
@@ -109,23 +113,36 @@ impl Inner {
 }
 
 impl QueueLog {
+    /// Moves the head's pending bytes to be written by the sync thread, counted.
+    pub(super) fn take_pending(&self, inner: &mut Inner) {
+        let taken = inner.take_pending();
+        self.shared.add_unwritten(taken);
+    }
+
+    /// Drops what waits to be written (the log was deleted), and its count.
+    pub(super) fn forget_unwritten(&self, inner: &mut Inner) {
+        let bytes = inner.unwritten.drain(..).map(|u| u.bytes.len() as u64);
+        self.shared.remove_unwritten(bytes.sum());
+    }
+
     /// Writes every byte appended so far to the files, in order, outside the log's lock;
     /// the files written wait in `Inner::unsynced` for the sync. On an error, what was not
     /// written stays, to be written first next time. Only the sync thread calls this (and
-    /// a store's caller running its cycles itself), one call at a time: nothing else takes
-    /// from the front of `unwritten`.
+    /// a store's caller running its cycles itself), one call at a time; even so, only the
+    /// chunks this call wrote leave `unwritten`, found by identity.
     pub(super) fn write_out(&self) -> io::Result<()> {
         let batch: Vec<Unwritten> = {
             let mut inner = self.lock();
             if inner.destroyed {
                 return Ok(());
             }
-            inner.take_pending();
+            self.take_pending(&mut inner);
             inner.unwritten.iter().cloned().collect()
         };
         if batch.is_empty() {
             return Ok(());
         }
+        self.shared.note_write_in_flight(true);
         let mut written = 0;
         let mut result = Ok(());
         for u in &batch {
@@ -135,27 +152,46 @@ impl QueueLog {
             }
             written += 1;
         }
-        drop(batch);
-        let mut inner = self.lock();
-        if inner.destroyed {
-            // Its files are unlinked: nothing written to them matters now.
-            return Ok(());
-        }
-        // Appends only add to the back: the first `written` are the ones just written.
-        let written = written.min(inner.unwritten.len());
-        let done: Vec<Unwritten> = inner.unwritten.drain(..written).collect();
-        for u in done {
-            if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &u.file)) {
-                inner.unsynced.push(u.file);
-            }
-            if inner.spare_pending.capacity() == 0
-                && let Ok(mut buffer) = Arc::try_unwrap(u.bytes)
-                && buffer.capacity() <= SPARE_PENDING_MAX_BYTES
-            {
-                buffer.clear();
-                inner.spare_pending = buffer;
+        self.shared.note_write_in_flight(false);
+        let mut files: Vec<Arc<dyn FileIo>> = Vec::new();
+        for u in &batch {
+            if !files.iter().any(|f| Arc::ptr_eq(f, &u.file)) {
+                files.push(u.file.clone());
             }
         }
+        {
+            let mut inner = self.lock();
+            // A deleted log forgot its bytes (and their count) already.
+            let mut done = Vec::new();
+            for u in batch.iter().take(written) {
+                if inner.destroyed
+                    || !inner
+                        .unwritten
+                        .front()
+                        .is_some_and(|f| Arc::ptr_eq(&f.bytes, &u.bytes))
+                {
+                    break;
+                }
+                done.extend(inner.unwritten.pop_front());
+            }
+            drop(batch);
+            for u in done {
+                self.shared.remove_unwritten(u.bytes.len() as u64);
+                if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &u.file)) {
+                    inner.unsynced.push(u.file);
+                }
+                if inner.spare_pending.capacity() == 0
+                    && let Ok(mut buffer) = Arc::try_unwrap(u.bytes)
+                    && buffer.capacity() <= SPARE_PENDING_MAX_BYTES
+                {
+                    buffer.clear();
+                    inner.spare_pending = buffer;
+                }
+            }
+        }
+        // A file of a log deleted meanwhile may have had its last handle here: it is closed
+        // on the closer thread (its blocks freed there), not in the middle of this cycle.
+        self.shared.close_in_background(files);
         result
     }
 }

@@ -2,6 +2,7 @@
 use super::super::log::tests::{append_durable, parts, restart_and_read, sim_store};
 use super::super::log::{QueueLog, TailReader};
 use super::super::record::Stamp;
+use super::super::sync::UNWRITTEN_MAX_BYTES;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::mpsc::channel;
@@ -94,7 +95,8 @@ fn records_not_yet_written_are_read_back_from_memory() {
 }
 
 /// A segment whose last bytes wait to be written is neither deleted nor kept for reuse
-/// meanwhile: the write would land on whatever reused its file.
+/// meanwhile: the write would land on whatever reused its file. It goes after the cycle
+/// that writes them.
 #[test]
 fn a_segment_with_bytes_still_to_write_stays_until_they_are_written() {
     let (sim, _fs, _dir, store, log) = sim_store(13, "collect-held");
@@ -121,11 +123,47 @@ fn a_segment_with_bytes_still_to_write_stays_until_they_are_written() {
         sim.resume_writes();
         assert_eq!(front, Ok(Some(0)), "segment 0 stays while its bytes wait");
     });
+    // The cycle that writes them collects again: an idle queue makes no collection itself.
     assert!(store.sync_now());
-    log.collect_garbage(None);
     assert_eq!(
         log.lock().segments.front().map(|s| s.index),
         Some(1),
         "segment 0 goes once its bytes are written"
     );
+}
+
+/// What waits behind a write that does not return is bounded: past `UNWRITTEN_MAX_BYTES` a
+/// roll-over refuses the append, as a failed write did, and the store says its writes are
+/// failing (which raises the disk alarm, holding publishers back) until they catch up.
+#[test]
+fn bytes_waiting_behind_a_held_write_are_bounded() {
+    let (sim, _fs, _dir, store, log) = sim_store(14, "bounded-held");
+    append_durable(&log, 0);
+    sim.hold_writes();
+    let body = [Bytes::from(vec![b'b'; 1000])];
+    std::thread::scope(|s| {
+        s.spawn(|| store.sync_now());
+        assert!(sim.wait_for_held_write(HANG), "the cycle's write is held");
+        let (done, refused) = channel();
+        let (log, body) = (&log, &body);
+        s.spawn(move || {
+            // Twice the bound's worth of messages, at most.
+            let most = 2 * UNWRITTEN_MAX_BYTES / 1000;
+            let refused = (1..most).find(|&seq| {
+                log.append_message(seq, &parts(body), true, &Stamp::default())
+                    .is_err()
+            });
+            let _ = done.send(refused);
+        });
+        let refused = refused.recv_timeout(HANG);
+        let failing = store.shared.write_failing();
+        sim.resume_writes();
+        assert!(
+            refused.is_ok_and(|r| r.is_some_and(|seq| seq > UNWRITTEN_MAX_BYTES / 1100)),
+            "an append is refused once about the bound waits: {refused:?}"
+        );
+        assert!(failing, "the store's writes count as failing meanwhile");
+    });
+    assert!(store.sync_now());
+    assert!(!store.shared.write_failing(), "and no longer once written");
 }
