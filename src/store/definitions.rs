@@ -56,6 +56,11 @@ pub struct DefinitionsStore {
     /// Serialises snapshot writes; holds the generation of the last one written, so an
     /// older copy never replaces a newer one.
     written: Mutex<u64>,
+    /// Held by whoever writes the journal (the sync thread's flush, which writes without
+    /// the state's lock, and a switch of generation, at a snapshot or at shutdown), so
+    /// that the journal and where its next line goes do not change under a write.
+    /// Taken before the state's lock.
+    journal_write: Mutex<()>,
 }
 
 impl std::fmt::Debug for DefinitionsStore {
@@ -232,6 +237,7 @@ impl DefinitionsStore {
                 last_epoch: 0,
             }),
             written: Mutex::new(base),
+            journal_write: Mutex::new(()),
         });
         if skipped > 0 {
             // Retire the damaged journals: the definitions as loaded become the snapshot.
@@ -321,6 +327,7 @@ impl DefinitionsStore {
     /// Copies the definitions and switches new changes to the next journal generation.
     /// Everything in the copy is in the journals before it; nothing after is.
     fn switch_generation(&self) -> io::Result<(Definitions, u64)> {
+        let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = self.lock();
         Self::flush_locked(&mut state)?;
         let next = state.generation + 1;
@@ -431,10 +438,10 @@ fn parse_line(line: &[u8]) -> Option<Change> {
 impl Journal for DefinitionsStore {
     /// Writes the journal lines recorded so far without holding the state's lock, which
     /// every durable declaration takes (on a runtime worker): a device that stopped answering
-    /// would have stopped the worker. Only the sync thread writes the journal (this, and
-    /// `switch_generation` after it, from `after_sync`), so nothing else moves `journal_len`
-    /// meanwhile.
+    /// would have stopped the worker. `journal_write` keeps a switch of generation out
+    /// meanwhile, so nothing else moves `journal_len` or the journal.
     fn flush(&self) -> io::Result<ToSync> {
+        let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
         let (journal, offset, lines) = {
             let mut state = self.lock();
             state.registered = false;

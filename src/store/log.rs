@@ -214,6 +214,9 @@ pub(super) struct Unwritten {
     pub(super) offset: u64,
     /// Shared with the sync thread while it writes them; readers copy from here until then.
     pub(super) bytes: Arc<Vec<u8>>,
+    /// Left by a roll-over behind a write in progress: counted against
+    /// `UNWRITTEN_MAX_BYTES` until written.
+    pub(super) deferred: bool,
 }
 
 /// What recovering a durable queue's log found.
@@ -467,7 +470,7 @@ impl QueueLog {
             // The sync thread is writing outside a log's lock (perhaps to a device that
             // stopped answering): the old head's last bytes are left for it to write, after
             // what waits before them, rather than written here beside it.
-            self.take_pending(inner);
+            self.defer_pending(inner);
         }
         let capacity = self.shared.segment_bytes.max(need);
         let next = match inner.prepared.take() {
@@ -565,11 +568,18 @@ impl QueueLog {
     /// Deletes segments from the front whose durable messages are all acknowledged and that
     /// the queue has read past (`read_pos`: where the queue reads its log from, if it does).
     pub fn collect_garbage(self: &Arc<Self>, read_pos: Option<Position>) {
-        // Closed on the closer thread once unlinked (`Shared::close_in_background`).
-        let mut closing = Vec::new();
         let mut inner = self.lock();
         self.settle_superseded(&mut inner);
         inner.read_pos = read_pos;
+        self.collect_locked(inner);
+    }
+
+    /// [`QueueLog::collect_garbage`] from where the queue last said it reads (`read_pos`),
+    /// with the lock that read it: a tail paged out meanwhile moves it back.
+    fn collect_locked(self: &Arc<Self>, mut inner: MutexGuard<'_, Inner>) {
+        let read_pos = inner.read_pos;
+        // Closed on the closer thread once unlinked (`Shared::close_in_background`).
+        let mut closing = Vec::new();
         while inner.segments.len() > 1 {
             let Some(front) = inner.segments.front() else {
                 break;
@@ -736,21 +746,17 @@ impl Journal for QueueLog {
         // One look under the lock for all three: the confirms of this cycle have just woken
         // the runtime worker, which appends to this log under the same lock; each time the
         // sync thread held it when the worker wanted it cost two more thread switches.
-        let (wants_next, compaction_due, collect) = {
+        let (wants_next, compaction_due) = {
             let mut inner = self.lock();
             self.settle_superseded(&mut inner);
-            let collect = std::mem::take(&mut inner.collect_after_write);
-            (
-                inner.wants_next_segment(),
-                inner.compaction_due(),
-                collect.then_some(inner.read_pos),
-            )
+            let wants = (inner.wants_next_segment(), inner.compaction_due());
+            if std::mem::take(&mut inner.collect_after_write) {
+                // A collection skipped a segment this cycle may have written: collected
+                // again here, or an idle queue would keep it for good.
+                self.collect_locked(inner);
+            }
+            wants
         };
-        if let Some(read_pos) = collect {
-            // Where the queue last said it reads from: it only moves on, so this keeps
-            // no less than the queue's own next collection would.
-            self.collect_garbage(read_pos);
-        }
         // Making a file and syncing it takes longer than a sync of appends: it happens beside
         // the sync thread, one at a time per log.
         if wants_next && !self.prepare_queued.swap(true, Ordering::AcqRel) {

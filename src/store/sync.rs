@@ -100,12 +100,15 @@ pub struct Shared {
     read_only_from: AtomicU64,
     /// The last cycle could not write everything: the disk is full or failing.
     write_failing: AtomicBool,
-    /// Bytes queue logs have taken to write and not written yet (`store::write_out`), in
-    /// every log of the store; past `UNWRITTEN_MAX_BYTES` the disk counts as failing.
+    /// Bytes roll-overs left behind writes in progress and not written yet
+    /// (`store::write_out`), in every log of the store; past `UNWRITTEN_MAX_BYTES` the disk
+    /// counts as failing.
     unwritten_bytes: AtomicU64,
-    /// Writes of queue logs in progress outside their locks: while one is, a roll-over
-    /// leaves its bytes to the sync thread rather than write beside it (the device may have
-    /// stopped answering).
+    /// `UNWRITTEN_MAX_BYTES`, smaller in tests.
+    unwritten_max_bytes: AtomicU64,
+    /// Sync cycles and writes of queue logs in progress (outside the logs' locks): while one
+    /// is, a roll-over leaves its bytes to the sync thread rather than write beside it (the
+    /// device may have stopped answering).
     writes_in_flight: AtomicUsize,
     /// Journals with writes to make.
     dirty: Mutex<Dirty>,
@@ -126,10 +129,12 @@ pub struct Shared {
     closer: Mutex<Option<mpsc::SyncSender<BackgroundJob>>>,
 }
 
-/// At most this many bytes of queue logs wait to be written while a write is in progress
-/// (`store::write_out`): past it a roll-over refuses the append, as a failed write did, and
-/// the disk alarm holds publishers back until the writes catch up.
-pub const UNWRITTEN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// At most this many bytes of queue logs, left by roll-overs, wait behind writes in
+/// progress (`store::write_out`): past it a roll-over refuses the append, as a failed write
+/// did, and the disk alarm holds publishers back until the writes catch up. Above the
+/// largest message (`max_message_size`, 128 MiB): a healthy disk writing one large message
+/// must not count as failing.
+pub const UNWRITTEN_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Batches of files waiting for the closer thread, at most. Past it the caller closes them
 /// itself, as it did before there was a closer: slower, but descriptors and deleted files'
@@ -237,7 +242,8 @@ impl Shared {
     /// the appends), or the store stopped writing: publishers should be held back.
     pub fn write_failing(&self) -> bool {
         self.write_failing.load(Ordering::SeqCst)
-            || self.unwritten_bytes.load(Ordering::SeqCst) > UNWRITTEN_MAX_BYTES
+            || self.unwritten_bytes.load(Ordering::SeqCst)
+                > self.unwritten_max_bytes.load(Ordering::Relaxed)
             || !self.writable()
     }
 
@@ -254,6 +260,12 @@ impl Shared {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
                 Some(b.saturating_sub(bytes))
             });
+    }
+
+    /// Sets the bound `UNWRITTEN_MAX_BYTES` is in the broker.
+    #[cfg(test)]
+    pub(super) fn set_unwritten_max_bytes(&self, bytes: u64) {
+        self.unwritten_max_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Whether a queue log's write is in progress outside its lock.
@@ -331,6 +343,7 @@ impl Shared {
             read_only_from: AtomicU64::new(u64::MAX),
             write_failing: AtomicBool::new(false),
             unwritten_bytes: AtomicU64::new(0),
+            unwritten_max_bytes: AtomicU64::new(UNWRITTEN_MAX_BYTES),
             writes_in_flight: AtomicUsize::new(0),
             dirty: Mutex::new(Dirty::default()),
             wake: Condvar::new(),
@@ -551,7 +564,11 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         // Read-only after a failed fsync: nothing is written (every epoch has failed).
         return true;
     }
+    // The whole cycle, fsyncs included: a roll-over meanwhile leaves its bytes to the next
+    // cycle rather than write beside one that may be waiting for the device.
+    shared.note_write_in_flight(true);
     let retry = sync_cycle(shared, &journals, epoch);
+    shared.note_write_in_flight(false);
     let failed_writes = !retry.is_empty();
     shared.write_failing.store(failed_writes, Ordering::SeqCst);
     if failed_writes {

@@ -2,7 +2,6 @@
 use super::super::log::tests::{append_durable, parts, restart_and_read, sim_store};
 use super::super::log::{QueueLog, TailReader};
 use super::super::record::Stamp;
-use super::super::sync::UNWRITTEN_MAX_BYTES;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::mpsc::channel;
@@ -138,6 +137,9 @@ fn a_segment_with_bytes_still_to_write_stays_until_they_are_written() {
 #[test]
 fn bytes_waiting_behind_a_held_write_are_bounded() {
     let (sim, _fs, _dir, store, log) = sim_store(14, "bounded-held");
+    // 4 MiB here, not the broker's 256 MiB: the same code, less of the test machine.
+    let bound = 4 << 20;
+    store.shared.set_unwritten_max_bytes(bound);
     append_durable(&log, 0);
     sim.hold_writes();
     let body = [Bytes::from(vec![b'b'; 1000])];
@@ -148,7 +150,7 @@ fn bytes_waiting_behind_a_held_write_are_bounded() {
         let (log, body) = (&log, &body);
         s.spawn(move || {
             // Twice the bound's worth of messages, at most.
-            let most = 2 * UNWRITTEN_MAX_BYTES / 1000;
+            let most = 2 * bound / 1000;
             let refused = (1..most).find(|&seq| {
                 log.append_message(seq, &parts(body), true, &Stamp::default())
                     .is_err()
@@ -159,7 +161,7 @@ fn bytes_waiting_behind_a_held_write_are_bounded() {
         let failing = store.shared.write_failing();
         sim.resume_writes();
         assert!(
-            refused.is_ok_and(|r| r.is_some_and(|seq| seq > UNWRITTEN_MAX_BYTES / 1100)),
+            refused.is_ok_and(|r| r.is_some_and(|seq| seq > bound / 1100)),
             "an append is refused once about the bound waits: {refused:?}"
         );
         assert!(failing, "the store's writes count as failing meanwhile");
