@@ -106,9 +106,9 @@ pub struct Shared {
     unwritten_bytes: AtomicU64,
     /// `UNWRITTEN_MAX_BYTES`, smaller in tests.
     unwritten_max_bytes: AtomicU64,
-    /// Sync cycles and writes of queue logs in progress (outside the logs' locks): while one
-    /// is, a roll-over leaves its bytes to the sync thread rather than write beside it (the
-    /// device may have stopped answering).
+    /// Writes of queue logs in progress outside their locks: while one is, a roll-over
+    /// leaves its bytes to the sync thread rather than write beside it (the device may have
+    /// stopped answering).
     writes_in_flight: AtomicUsize,
     /// Journals with writes to make.
     dirty: Mutex<Dirty>,
@@ -564,11 +564,7 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         // Read-only after a failed fsync: nothing is written (every epoch has failed).
         return true;
     }
-    // The whole cycle, fsyncs included: a roll-over meanwhile leaves its bytes to the next
-    // cycle rather than write beside one that may be waiting for the device.
-    shared.note_write_in_flight(true);
     let retry = sync_cycle(shared, &journals, epoch);
-    shared.note_write_in_flight(false);
     let failed_writes = !retry.is_empty();
     shared.write_failing.store(failed_writes, Ordering::SeqCst);
     if failed_writes {
