@@ -98,8 +98,8 @@ fn publish_decoding(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("method_header_properties", |b| {
         b.iter(|| {
-            let publish = parse_publish(black_box(&method));
-            let content = parse_content_header(black_box(&header));
+            let publish = parse_publish(black_box(method.clone()));
+            let content = parse_content_header(black_box(header.clone()));
             let summary = content
                 .as_ref()
                 .ok()

@@ -103,7 +103,7 @@ pub fn method(payload: &[u8]) {
         let _ = method::is_known(class, id);
         match (class, id) {
             (60, 40) => {
-                let _ = basic::parse_publish(&Bytes::copy_from_slice(payload));
+                let _ = basic::parse_publish(Bytes::copy_from_slice(payload));
             }
             (60, 80 | 90 | 120) => {
                 let _ = basic::parse_settle(id, payload);
@@ -117,7 +117,7 @@ pub fn method(payload: &[u8]) {
 }
 
 fn content_header(payload: &[u8]) {
-    if let Ok(header) = basic::parse_content_header(&Bytes::copy_from_slice(payload)) {
+    if let Ok(header) = basic::parse_content_header(Bytes::copy_from_slice(payload)) {
         let _ = header;
     }
     if let Some(props) = payload.get(12..) {

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::io;
 use std::sync::Mutex;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::broker::memory::{Charge, Memory};
 use crate::net::Transport;
@@ -326,10 +326,16 @@ impl Input {
             return Ok(None);
         }
         check_frame_end(&self.pending, &header)?;
-        let frame = self.pending.split_to(total);
+        // One new reference to the chunk per frame, its payload's: a slice of the whole
+        // frame first (`split_to`) took a second and dropped it again, and each is an atomic
+        // operation on the chunk's count (6.6% of the broker's time under `confirm`).
+        let payload = self
+            .pending
+            .slice(FRAME_HEADER_LEN..FRAME_HEADER_LEN + header.size as usize);
+        self.pending.advance(total);
         Ok(Some(Frame {
             header,
-            payload: frame.slice(FRAME_HEADER_LEN..FRAME_HEADER_LEN + header.size as usize),
+            payload,
             rest: None,
         }))
     }
@@ -352,8 +358,8 @@ impl Input {
             whole.extend_from_slice(&self.pending[..need]);
             check_frame_end(&whole, header)?;
         }
-        let rest = self.pending.split_to(need - 1);
-        self.pending = self.pending.slice(1..);
+        let rest = self.pending.slice(..need - 1);
+        self.pending.advance(need);
         let Some((header, head)) = self.head.take() else {
             return Ok(None);
         };

@@ -45,19 +45,30 @@ fn short_str(buf: &[u8], pos: &mut usize) -> Result<std::ops::Range<usize>, Malf
     Ok(start..end)
 }
 
-/// Decodes `basic.publish` from a method payload (starting at the class id).
-pub fn parse_publish(payload: &Bytes) -> Result<Publish, Malformed> {
+/// Decodes `basic.publish` from a method payload (starting at the class id); a payload
+/// that is not one is handed back, for the error to describe. Taken by value: the payload
+/// becomes the routing key, so that the names hold one reference to the chunk they
+/// arrived in beyond the payload's own (none for the default exchange), not two (each is an
+/// atomic operation on the chunk's count, on every publish).
+pub fn parse_publish(mut payload: Bytes) -> Result<Publish, Bytes> {
     // class(2) method(2) ticket(2) exchange routing-key bits(1)
     let mut pos = 6;
-    let exchange = short_str(payload, &mut pos)?;
-    let routing_key = short_str(payload, &mut pos)?;
+    let Ok(exchange) = short_str(&payload, &mut pos) else {
+        return Err(payload);
+    };
+    let Ok(routing_key) = short_str(&payload, &mut pos) else {
+        return Err(payload);
+    };
     if pos + 1 != payload.len() {
-        return Err(Malformed);
+        return Err(payload);
     }
     let bits = payload[pos];
+    let exchange = payload.slice(exchange);
+    payload.truncate(routing_key.end);
+    bytes::Buf::advance(&mut payload, routing_key.start);
     Ok(Publish {
-        exchange: payload.slice(exchange),
-        routing_key: payload.slice(routing_key),
+        exchange,
+        routing_key: payload,
         mandatory: bits & 1 != 0,
         immediate: bits & 2 != 0,
     })
@@ -240,20 +251,24 @@ pub struct ContentHeader {
     pub properties: Bytes,
 }
 
-/// Decodes a content header payload.
-pub fn parse_content_header(payload: &Bytes) -> Result<ContentHeader, Malformed> {
+/// Decodes a content header payload, which becomes the raw property list: taken by value,
+/// so that the properties are the payload's own reference to its chunk rather than a second
+/// one (each is an atomic operation on the chunk's count). A payload too short to be a
+/// content header is handed back, for the error to describe.
+pub fn parse_content_header(mut payload: Bytes) -> Result<ContentHeader, Bytes> {
     if payload.len() < 14 {
-        return Err(Malformed);
+        return Err(payload);
     }
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let weight = u16::from_be_bytes([payload[2], payload[3]]);
     let mut size = [0u8; 8];
     size.copy_from_slice(&payload[4..12]);
+    bytes::Buf::advance(&mut payload, 12);
     Ok(ContentHeader {
         class_id,
         weight,
         body_size: u64::from_be_bytes(size),
-        properties: payload.slice(12..),
+        properties: payload,
     })
 }
 
@@ -333,7 +348,7 @@ mod differential {
             }))));
             let header = super::super::frame::peek_frame(&frame, 0).unwrap().unwrap();
             prop_assert_eq!(header.channel, channel);
-            let p = parse_publish(&payload(&frame)).unwrap();
+            let p = parse_publish(payload(&frame)).unwrap();
             prop_assert_eq!(&p.exchange[..], ex.as_bytes());
             prop_assert_eq!(&p.routing_key[..], rk.as_bytes());
             prop_assert_eq!((p.mandatory, p.immediate), (mandatory, immediate));
@@ -392,7 +407,7 @@ mod differential {
             let header = encode(&AMQPFrame::Header(1, amq_protocol::frame::AMQPContentHeader {
                 class_id: 60, body_size: body.len() as u64, properties: props.clone(),
             }));
-            let ours = parse_content_header(&payload(&header)).unwrap();
+            let ours = parse_content_header(payload(&header)).unwrap();
             prop_assert_eq!(ours.body_size, body.len() as u64);
             let summary = super::super::properties::scan(&ours.properties).unwrap();
             prop_assert_eq!(summary.delivery_mode, props.delivery_mode().unwrap_or(0));

@@ -326,8 +326,8 @@ impl Connection {
             // while a message's content is expected is refused before it is decoded.
             FRAME_METHOD if ch.expect_method().is_err() => ch.expect_method(),
             FRAME_METHOD => match ids {
-                Some((hot::CLASS_BASIC, hot::PUBLISH)) => hot::parse_publish(&payload)
-                    .map_err(|_| cannot_decode(&payload))
+                Some((hot::CLASS_BASIC, hot::PUBLISH)) => hot::parse_publish(payload)
+                    .map_err(|payload| cannot_decode(&payload))
                     .and_then(|p| ch.on_publish(p)),
                 Some((hot::CLASS_BASIC, m @ (hot::ACK | hot::REJECT | hot::NACK))) => {
                     hot::parse_settle(m, &payload)
@@ -361,13 +361,13 @@ impl Connection {
                     },
                 },
             },
-            FRAME_HEADER => match hot::parse_content_header(&payload) {
+            FRAME_HEADER => match hot::parse_content_header(payload) {
                 Ok(h) => {
                     let r = ch.on_header(session, out, h);
                     self.on_content_frame();
                     r
                 }
-                Err(_) => Err(amqp_error!(
+                Err(payload) => Err(amqp_error!(
                     FrameError,
                     "{}: unknown_frame",
                     octets_description(header.kind, &payload)
