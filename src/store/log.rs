@@ -496,6 +496,11 @@ impl QueueLog {
                     .fs
                     .open(&Segment::path(&self.dir, index), OpenMode::FRESH)?;
                 file.set_len(capacity)?;
+                // A new name in the directory, synced with the next cycle. A prepared
+                // segment's name is on disk already, or will be with the cycle that writes
+                // to it: `prepare_next` syncs the directory after renaming a spare, and
+                // marks it changed after making a new file.
+                inner.dir_dirty = true;
                 Segment::fresh(
                     index,
                     file,
@@ -505,7 +510,6 @@ impl QueueLog {
             }
         };
         inner.pending_offset = 0;
-        inner.dir_dirty = true;
         let mut next = next;
         next.ceiling = inner.segments.back().map_or(0, |h| h.ceiling);
         inner.segments.push_back(next);
@@ -622,11 +626,12 @@ impl QueueLog {
                 // Renamed into the next segment by the background thread; until then it
                 // stays where it is (recovery reads it as a segment whose messages were
                 // all acknowledged, as it would a deletion that did not reach the disk).
+                // The directory is unchanged.
                 inner.spare = Some(front);
             } else {
                 closing.push(front.file);
+                inner.dir_dirty = true;
             }
-            inner.dir_dirty = true;
             // Acks of messages whose records are gone are no longer needed.
             if let Some(first) = inner.segments.iter().map(|s| s.first_message).min() {
                 inner.acked.remove_below(first);
@@ -776,6 +781,8 @@ impl Journal for QueueLog {
 
 #[cfg(test)]
 mod ack_tests;
+#[cfg(test)]
+mod dir_sync_tests;
 #[cfg(test)]
 mod read_tests;
 #[cfg(test)]

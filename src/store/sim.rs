@@ -85,6 +85,8 @@ struct State {
     rng: u64,
     /// Faults injected so far, by kind.
     injected: Injected,
+    /// Directory syncs that succeeded: each is an fsync and a device flush.
+    dir_syncs: u64,
 }
 
 /// How many faults were injected, by kind.
@@ -254,6 +256,11 @@ impl SimFs {
     /// Sets the faults injected from now on.
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.0.state).faults = faults;
+    }
+
+    /// Directory syncs that succeeded so far.
+    pub fn dir_syncs(&self) -> u64 {
+        lock(&self.0.state).dir_syncs
     }
 
     /// Bytes the files hold (what a capacity limit counts).
@@ -615,6 +622,7 @@ impl Fs for SimFs {
             return Err(io::Error::from_raw_os_error(5));
         }
         if state.dirs.contains(path) {
+            state.dir_syncs += 1;
             Ok(())
         } else {
             Err(io::ErrorKind::NotFound.into())
