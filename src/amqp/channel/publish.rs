@@ -277,13 +277,7 @@ impl Channel {
             mandatory,
             ..
         } = publish;
-        let mut message = Message::new(
-            exchange_name,
-            routing_key,
-            properties,
-            body,
-            &summary,
-        );
+        let mut message = Message::new(exchange_name, routing_key, properties, body, &summary);
         if !extra_keys.is_empty() {
             message.extra_routing_keys = Some(extra_keys.clone().into());
         }

@@ -23,6 +23,11 @@ use crate::broker::timer::now_ms;
 /// `batch_index`.
 const SCANNED_BATCHES: usize = 8;
 
+/// The longest emptied batch buffer a queue keeps for its next batch
+/// (`State::spare_deliveries`): enough for the one or few deliveries of a dispatch that
+/// keeps up with publishes, and little for each of thousands of idle queues to hold.
+const SPARE_DELIVERIES: usize = 16;
+
 /// The address that identifies a sink (a connection), whichever consumer leads to it.
 #[inline]
 fn sink_key(sink: &Arc<dyn DeliverySink>) -> usize {
@@ -190,9 +195,11 @@ impl State {
             None => {
                 match self.consumers.get_mut(consumer.id).map(|c| c.sink.clone()) {
                     Some(sink) => {
+                        let mut deliveries = std::mem::take(&mut self.spare_deliveries);
+                        deliveries.push(delivery);
                         self.batches.push(Batch {
                             sink,
-                            deliveries: vec![delivery],
+                            deliveries,
                             bytes: size,
                         });
                         if self.batches.len() > SCANNED_BATCHES {
@@ -244,6 +251,12 @@ impl State {
                     back.push(d.entry);
                 }
                 self.insert_in_order(back);
+            } else if batch.deliveries.capacity() <= SPARE_DELIVERIES
+                && batch.deliveries.capacity() > self.spare_deliveries.capacity()
+            {
+                // Emptied by the push (or swapped for the outbox's empty buffer).
+                batch.deliveries.clear();
+                self.spare_deliveries = std::mem::take(&mut batch.deliveries);
             }
         }
         // Keep the allocation for the next dispatch.
