@@ -311,6 +311,17 @@ impl Input {
         (self.pending.len() >= n).then(|| self.pending.split_to(n))
     }
 
+    /// Drops the first `n` bytes of `pending`. What is left empty lets go of its chunk, as
+    /// `split_to` did: advanced to its end, an empty slice still held the chunk (and its
+    /// charge) until the next read, which an idle connection may never make.
+    fn consume(&mut self, n: usize) {
+        if n >= self.pending.len() {
+            self.pending = Bytes::new();
+        } else {
+            self.pending.advance(n);
+        }
+    }
+
     /// The next complete frame: its header and payload (a slice of the chunk it arrived in).
     /// `Ok(None)` when more bytes are needed. A frame larger than `frame_max` is refused
     /// from its 7-byte header.
@@ -332,7 +343,7 @@ impl Input {
         let payload = self
             .pending
             .slice(FRAME_HEADER_LEN..FRAME_HEADER_LEN + header.size as usize);
-        self.pending.advance(total);
+        self.consume(total);
         Ok(Some(Frame {
             header,
             payload,
@@ -359,7 +370,7 @@ impl Input {
             check_frame_end(&whole, header)?;
         }
         let rest = self.pending.slice(..need - 1);
-        self.pending.advance(need);
+        self.consume(need);
         let Some((header, head)) = self.head.take() else {
             return Ok(None);
         };
@@ -459,6 +470,27 @@ mod tests {
             body_frame(&mut data, size, i as u8);
         }
         (data, (0..count).map(|i| (size, i as u8)).collect())
+    }
+
+    /// Regression: once the chunk's frames were taken, the input kept an empty slice of it,
+    /// so a connection that went idle after a read held that read's buffer, charged, until a
+    /// next read that might never come.
+    #[test]
+    fn an_input_whose_frames_are_all_taken_holds_no_chunk() {
+        let memory = Memory::leaked(usize::MAX);
+        let mut input = Input::new(64 * 1024, memory);
+        let (data, _) = body_frames(40, 1000);
+        let mut stream = Stream::of(&data);
+        assert!(input.read(&mut stream, 1 << 20).expect("read") > 0);
+        let frames: Vec<Frame> =
+            std::iter::from_fn(|| input.next_frame(1 << 20).expect("frame")).collect();
+        assert_eq!(frames.len(), 40);
+        drop(frames);
+        assert_eq!(
+            memory.used(),
+            0,
+            "nothing charged once every frame is dropped"
+        );
     }
 
     #[test]

@@ -228,6 +228,10 @@ impl Message {
         let shared = Bytes::from(buf);
         let mut at = 0;
         let mut copy = |p: &Bytes| {
+            if p.is_empty() {
+                // An empty part can still be a slice of a read buffer, holding all of it.
+                return Bytes::new();
+            }
             if !small(p) {
                 return p.clone();
             }

@@ -64,11 +64,18 @@ pub fn parse_publish(mut payload: Bytes) -> Result<Publish, Bytes> {
     }
     let bits = payload[pos];
     let exchange = payload.slice(exchange);
-    payload.truncate(routing_key.end);
-    bytes::Buf::advance(&mut payload, routing_key.start);
+    let routing_key = if routing_key.is_empty() {
+        // Holding no chunk, as an empty slice does (a fanout publisher's messages would
+        // otherwise keep their read buffers through `Message::compacted`).
+        Bytes::new()
+    } else {
+        payload.truncate(routing_key.end);
+        bytes::Buf::advance(&mut payload, routing_key.start);
+        payload
+    };
     Ok(Publish {
         exchange,
-        routing_key: payload,
+        routing_key,
         mandatory: bits & 1 != 0,
         immediate: bits & 2 != 0,
     })
@@ -431,5 +438,40 @@ mod differential {
             }
             prop_assert_eq!(got, body);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the method's payload became the routing key even when the key was empty,
+    /// so a publish with an empty routing key (the usual one to a fanout exchange) kept a
+    /// reference to the read chunk it arrived in through a name of no bytes, which a copy
+    /// out of the read buffers (`Message::compacted`) then kept too.
+    #[test]
+    fn empty_names_hold_no_reference_to_the_payload() {
+        // class, method, ticket, exchange "", routing key "", bits.
+        let chunk = Bytes::from(vec![0, 60, 0, 40, 0, 0, 0, 0, 0]);
+        let publish = parse_publish(chunk.slice(..)).expect("a publish");
+        assert!(publish.exchange.is_empty() && publish.routing_key.is_empty());
+        assert!(chunk.is_unique(), "nothing else holds the chunk");
+    }
+
+    #[test]
+    fn a_routing_key_is_the_bytes_the_client_sent() {
+        let chunk = Bytes::from(vec![0, 60, 0, 40, 0, 0, 1, b'x', 2, b'k', b'y', 1]);
+        let publish = parse_publish(chunk.slice(..)).expect("a publish");
+        assert_eq!(
+            (&publish.exchange[..], &publish.routing_key[..]),
+            (&b"x"[..], &b"ky"[..])
+        );
+        assert!(publish.mandatory && !publish.immediate);
+        let short = chunk.slice(..chunk.len() - 1);
+        assert_eq!(
+            parse_publish(short.clone()),
+            Err(short),
+            "handed back when malformed"
+        );
     }
 }

@@ -382,6 +382,24 @@ mod tests {
         assert!(buffer.is_unique(), "nothing holds the read buffer");
     }
 
+    /// Regression: an empty part can be a slice of the read buffer too (an empty routing
+    /// key cut from the method's payload), and the copy kept it as it was, so the copy held
+    /// the whole buffer while it counted as out of the read buffers.
+    #[test]
+    fn a_compacted_copy_holds_no_empty_slice_of_the_read_buffer() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut ready = Ready::default();
+        let mut e = in_buffer(0, &buffer, 1);
+        let mut empty_key = buffer.slice(3..8);
+        bytes::Buf::advance(&mut empty_key, 5);
+        let mut message = Message::clone(&e.message);
+        message.routing_key = empty_key;
+        e.message = Arc::new(message);
+        ready.push_back(e);
+        ready.compact(&mut Compaction::new(Memory::leaked(0)));
+        assert!(buffer.is_unique(), "nothing holds the read buffer");
+    }
+
     /// A body sent in small frames is a buffer of the message's own, copied together at
     /// publish and charged to it. A compacted copy keeps such a buffer when it is large,
     /// and is charged for it: once the original is dropped, nothing else is.
