@@ -109,6 +109,41 @@ impl Body {
         }
     }
 
+    /// Whether the first `n` bytes of the body (all of it if it is shorter) are UTF-8,
+    /// checked piece by piece, without copying them together: the management API's `get`
+    /// shows a body as text when it is, and copies only what it shows of it.
+    pub fn head_is_utf8(&self, n: usize) -> bool {
+        let mut left = n.min(self.len());
+        // The start of a character split between pieces (at most 3 bytes), completed from
+        // the next piece.
+        let mut split: Vec<u8> = Vec::new();
+        for piece in self.parts() {
+            if left == 0 {
+                break;
+            }
+            let mut rest = &piece[..left.min(piece.len())];
+            left -= rest.len();
+            while !split.is_empty() {
+                let Some((&b, after)) = rest.split_first() else {
+                    break;
+                };
+                split.push(b);
+                rest = after;
+                match std::str::from_utf8(&split) {
+                    Ok(_) => split.clear(),
+                    Err(e) if e.error_len().is_some() => return false,
+                    Err(_) => {}
+                }
+            }
+            match std::str::from_utf8(rest) {
+                Ok(_) => {}
+                Err(e) if e.error_len().is_some() => return false,
+                Err(e) => split.extend_from_slice(&rest[e.valid_up_to()..]),
+            }
+        }
+        split.is_empty()
+    }
+
     /// Bytes of memory the list of pieces itself takes (not the pieces' bytes).
     pub fn list_bytes(&self) -> usize {
         match &self.repr {
@@ -161,6 +196,39 @@ mod tests {
         assert!(body == *b"hello, world".as_slice());
         assert!(body != *b"hello, there".as_slice());
         assert!(body != *b"hello".as_slice());
+    }
+
+    /// What the management API's `get` decides about a body in pieces: text or not, as if
+    /// the pieces were one, whichever piece a character is split across.
+    #[test]
+    fn a_head_is_utf8_checked_across_pieces() {
+        let text = "h\u{e9}\u{20ac}\u{1f600}!".as_bytes();
+        for cut in 0..=text.len() {
+            for cut2 in cut..=text.len() {
+                let body = Body::from_parts(vec![
+                    Bytes::copy_from_slice(&text[..cut]),
+                    Bytes::copy_from_slice(&text[cut..cut2]),
+                    Bytes::copy_from_slice(&text[cut2..]),
+                ]);
+                for n in 0..=text.len() + 1 {
+                    let whole = std::str::from_utf8(&text[..n.min(text.len())]).is_ok();
+                    assert_eq!(
+                        body.head_is_utf8(n),
+                        whole,
+                        "pieces at {cut}, {cut2}; head {n}"
+                    );
+                }
+            }
+        }
+        let bad = Body::from_parts(vec![
+            Bytes::from_static(b"ok \xe2\x82"),
+            Bytes::from_static(b"x ok"),
+        ]);
+        assert!(!bad.head_is_utf8(100));
+        assert!(bad.head_is_utf8(3));
+        let lone = Body::from_parts(vec![Bytes::from_static(b"a\xff"), Bytes::from_static(b"b")]);
+        assert!(!lone.head_is_utf8(3));
+        assert!(lone.head_is_utf8(1));
     }
 
     #[test]

@@ -33,10 +33,12 @@ pub fn message_json(entry: &QueueEntry, left: u32, payload: &[u8], as_text: bool
 
 /// How much of `shown` (what a `get` may show of a body) fits in `room` bytes of JSON, the
 /// bytes of JSON that takes, and whether it is shown as text: as a string with its escapes
-/// when it is UTF-8 (and `base64` was not asked for), else as base64. All of it if it fits.
-pub fn payload_fitting(shown: &[u8], base64: bool, room: u64) -> (usize, u64, bool) {
+/// when `utf8` (the payload, as `truncate` cut it, is UTF-8) and `base64` was not asked
+/// for, else as base64. All of it if it fits. `shown` need hold no more than `room` and a
+/// character's bytes of a longer payload: what is cut is decided within them.
+pub fn payload_fitting(shown: &[u8], utf8: bool, base64: bool, room: u64) -> (usize, u64, bool) {
     let as_base64 = |n: usize| (n as u64).div_ceil(3) * 4;
-    let text = !base64 && std::str::from_utf8(shown).is_ok();
+    let text = !base64 && utf8;
     if !text {
         let cut = match as_base64(shown.len()) <= room {
             true => shown.len(),

@@ -457,6 +457,10 @@ pub const MAX_GET_COUNT: u64 = 10_000;
 /// shown as JSON, up to six times its size): what one request can make the broker hold.
 pub const MAX_GET_SHOWN_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The most bytes one UTF-8 character takes: a `get` copies this much past what it can show,
+/// so that a cut falls at a character's start within what it copied.
+const UTF8_CHAR_MAX_BYTES: usize = 4;
+
 /// What a message's properties count towards `MAX_GET_SHOWN_BYTES`, per byte: they are
 /// shown decoded, as JSON values, and a header of small values (an array of voids, one
 /// byte each) takes about this many times its wire size decoded. Counting only bodies, a
@@ -521,9 +525,18 @@ async fn get_messages(
         // left of the bound, and cut to fit otherwise: a body of control bytes shows as
         // six times its size, and one 128 MiB message made most of a gigabyte of JSON.
         let room = MAX_GET_SHOWN_BYTES.saturating_sub(shown_bytes + around);
-        // Only what is shown is copied together, however large the body.
-        let shown = m.body.head(truncate.map_or(usize::MAX, |t| t as usize));
-        let (cut, json_bytes, as_text) = super::messages::payload_fitting(&shown, base64, room);
+        // Only what can be shown is copied together, however large the body: at most
+        // `room` bytes and a character's (a byte is at least one byte of JSON). Whether it
+        // is text is for the payload as `truncate` cuts it, as RabbitMQ decides, checked
+        // where it lies. Copying the whole body took 128 MiB, uncounted, per request.
+        let payload = truncate.map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
+        let utf8 = !base64 && m.body.head_is_utf8(payload);
+        let copied = usize::try_from(room)
+            .unwrap_or(usize::MAX)
+            .saturating_add(UTF8_CHAR_MAX_BYTES);
+        let shown = m.body.head(payload.min(copied));
+        let (cut, json_bytes, as_text) =
+            super::messages::payload_fitting(&shown, utf8, base64, room);
         shown_bytes += around + json_bytes;
         out.push(super::messages::message_json(
             &entry,
