@@ -610,6 +610,33 @@ async fn same_as_rabbitmq_a_connection_under_an_alarm_shows_blocking_then_blocke
     eventually(&api, "/api/connections", state("running")).await;
 }
 
+/// A policy's definition is bounded: 128 KiB as JSON, the most arguments a declare takes.
+/// A policymaker's 20 MiB list under a known key (RabbitMQ refuses it for its type) was kept
+/// as half a gigabyte of JSON values, and copied into every listing of every queue.
+#[tokio::test]
+async fn a_policy_definition_longer_than_arguments_can_be_is_refused() {
+    let (_broker, api) = broker_with_api().await;
+    let long = api
+        .put(
+            "/api/policies/%2F/long",
+            json!({"pattern": ".*", "definition": {"ha-params": vec![0; 100_000]}}),
+        )
+        .await;
+    assert_eq!(long.status, 400);
+    assert_eq!(
+        long.json()["reason"],
+        "Validation failed\n\ndefinition longer than 131072 bytes as JSON\n"
+    );
+    assert_eq!(api.get("/api/policies/%2F").await.json(), json!([]));
+    let short = api
+        .put(
+            "/api/policies/%2F/short",
+            json!({"pattern": ".*", "definition": {"max-length": 10}}),
+        )
+        .await;
+    assert_eq!(short.status, 201);
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_a_policy_set_over_http_applies_to_live_queues_at_once() {
     let (broker, api) = broker_with_api().await;
@@ -1339,6 +1366,55 @@ async fn a_get_cuts_a_payload_whose_json_would_not_fit_its_bound() {
         payload.len()
     );
     assert_eq!(message_count(&ch, "controls").await, 1, "it went back");
+}
+
+/// Same as RabbitMQ: a payload shows as a string when all of it (as `truncate` cuts it) is
+/// UTF-8, even when only its start fits in the answer; a `get` copies no more of a large
+/// body than it can show (it copied the whole 20 MiB of each to decide), and decides on the
+/// rest where it lies, across the frames the body came in.
+#[tokio::test]
+async fn a_payload_is_text_only_if_all_of_it_is_however_much_is_shown() {
+    let (broker, api) = broker_with_api().await;
+    let (_conn, ch) = broker.channel().await;
+    declare_plain(&ch, "tails").await;
+    // 20 MiB of text, then a byte no UTF-8 text holds.
+    let mut body = "\u{e9}".repeat(10 * 1024 * 1024).into_bytes();
+    body.push(0xff);
+    publish(&ch, "", "tails", &body).await;
+    while message_count(&ch, "tails").await < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let get = |truncate: Option<usize>| {
+        let mut ask = json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"});
+        if let Some(t) = truncate {
+            ask["truncate"] = json!(t);
+        }
+        api.post("/api/queues/%2F/tails/get", ask)
+    };
+    let whole = get(None).await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.json()[0]["payload_encoding"], "base64");
+    assert_eq!(whole.json()[0]["payload_bytes"], body.len());
+    let shown = whole.json()[0]["payload"].as_str().unwrap().len();
+    assert!(
+        (16 * 1024 * 1024 - 100..=16 * 1024 * 1024).contains(&shown),
+        "as much base64 as fits: {shown}"
+    );
+    // Cut before the last byte, it is text; cut inside a character, it is not.
+    let text = get(Some(body.len() - 1)).await;
+    assert_eq!(text.status, 200);
+    assert_eq!(text.json()[0]["payload_encoding"], "string");
+    let text = text.json();
+    let shown = text[0]["payload"].as_str().unwrap();
+    assert!(shown.chars().all(|c| c == '\u{e9}'));
+    assert!(
+        shown.len() > 15 * 1024 * 1024,
+        "as much text as fits: {}",
+        shown.len()
+    );
+    let split = get(Some(body.len() - 2)).await;
+    assert_eq!(split.json()[0]["payload_encoding"], "base64");
+    assert_eq!(message_count(&ch, "tails").await, 1, "it went back");
 }
 
 /// A message published over HTTP carries properties that fit in one frame, as an AMQP

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use super::Broker;
 use super::vhost::VirtualHost;
-use crate::store::definitions::{Change, GlobalParameterDef, PolicyDef, VhostDef};
+use crate::store::definitions::{Change, GlobalParameterDef, PolicyDef, VhostDef, json_within};
 
-/// The policy keys RabbitMQ 3.10 recognises; a policy with any other is refused, as
-/// RabbitMQ's validation does.
 /// How deeply a policy setting's value may nest lists and objects.
 const MAX_POLICY_VALUE_LEVELS: usize = 8;
+/// The largest policy definition taken, as compact JSON: the largest arguments a declare
+/// takes (`mgmt::http::MAX_ARGUMENTS_JSON_BYTES`, what RabbitMQ's default `frame_max` lets a
+/// declare carry), since a policy's settings stand for arguments.
+const MAX_POLICY_DEFINITION_JSON_BYTES: usize = 128 * 1024;
 
 /// How deeply `v` nests arrays and objects (a scalar is 0), walked without recursion.
 fn json_depth(v: &serde_json::Value) -> usize {
@@ -28,6 +30,8 @@ fn json_depth(v: &serde_json::Value) -> usize {
     deepest
 }
 
+/// The policy keys RabbitMQ 3.10 recognises; a policy with any other is refused, as
+/// RabbitMQ's validation does.
 pub const POLICY_KEYS: &[&str] = &[
     "alternate-exchange",
     "dead-letter-exchange",
@@ -287,6 +291,14 @@ impl Broker {
         {
             return Err(format!(
                 "Validation failed\n\n{key} nests deeper than {MAX_POLICY_VALUE_LEVELS} levels\n"
+            ));
+        }
+        // Every valid setting is a number, a short string or a short list; a definition
+        // bounded only by the request's body was copied into every listing of every queue
+        // it applies to.
+        if !json_within(&p.definition, MAX_POLICY_DEFINITION_JSON_BYTES) {
+            return Err(format!(
+                "Validation failed\n\ndefinition longer than {MAX_POLICY_DEFINITION_JSON_BYTES} bytes as JSON\n"
             ));
         }
         Ok(())

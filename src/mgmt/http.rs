@@ -427,29 +427,11 @@ pub fn visible_vhosts(broker: &Broker, caller: &Caller) -> Vec<Arc<VirtualHost>>
 /// queue whose every listing built hundreds of megabytes.
 pub const MAX_ARGUMENTS_JSON_BYTES: usize = 128 * 1024;
 
-/// Counts down what is written through it, failing past zero.
-struct Budget(usize);
-
-impl std::io::Write for Budget {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 = self
-            .0
-            .checked_sub(buf.len())
-            .ok_or_else(|| std::io::Error::other("over budget"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Arguments as JSON, as the API takes them, into an AMQP table.
 pub fn arguments_of(json: Option<&Value>) -> Result<amq_protocol::types::FieldTable, ApiError> {
     match json {
         Some(v @ Value::Object(_)) => {
-            // Measured by writing it out again, compactly, stopping at the limit.
-            if serde_json::to_writer(Budget(MAX_ARGUMENTS_JSON_BYTES), v).is_err() {
+            if !crate::store::definitions::json_within(v, MAX_ARGUMENTS_JSON_BYTES) {
                 return Err(ApiError::bad_request(format!(
                     "arguments longer than {MAX_ARGUMENTS_JSON_BYTES} bytes as JSON"
                 )));

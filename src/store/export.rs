@@ -602,6 +602,29 @@ impl Definitions {
     }
 }
 
+/// Whether `value` written as compact JSON takes at most `max_bytes`: measured by writing
+/// it out, stopping at the limit, without building the text.
+pub fn json_within(value: &Value, max_bytes: usize) -> bool {
+    /// Counts down what is written through it, failing past zero.
+    struct Budget(usize);
+
+    impl std::io::Write for Budget {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self
+                .0
+                .checked_sub(buf.len())
+                .ok_or_else(|| std::io::Error::other("over budget"))?;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    serde_json::to_writer(Budget(max_bytes), value).is_ok()
+}
+
 /// Encodes arguments twice: as plain JSON (RabbitMQ's view) and with their AMQP types.
 pub fn encode_arguments(table: &FieldTable) -> (Value, String) {
     let typed = amq_protocol::types::generation::gen_field_table(table)(Vec::new().into())
