@@ -226,8 +226,7 @@ async fn publish(
     let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
     let name = exchange_name(&name);
     let x = vhost.exchange(name).ok_or_else(ApiError::not_found)?;
-    let req: PublishBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: PublishBody = super::http::parse_json(&body)?;
     // Same as RabbitMQ 3.10.8, whose publish learns of a refusal as its channel closing:
     // each is a 400 with the code before the channel's text.
     caller

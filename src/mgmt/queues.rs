@@ -478,8 +478,7 @@ async fn get_messages(
 ) -> ApiResult {
     let vhost = caller.vhost_to_change(&m.broker, &vhost)?;
     let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    let req: GetBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: GetBody = super::http::parse_json(&body)?;
     // Same as RabbitMQ 3.10.8, which runs a `get` over a channel of its own (unlike delete
     // and purge): its errors carry the channel's text.
     caller

@@ -68,6 +68,7 @@ async fn set_limit(
     body: Bytes,
 ) -> ApiResult {
     caller.require_admin()?;
+    super::http::check_json_values(&body)?;
     let body: Value =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
     let value = body

@@ -193,8 +193,7 @@ struct BulkDelete {
 /// skipped, as in RabbitMQ.
 async fn bulk_delete(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> ApiResult {
     caller.require_admin()?;
-    let req: BulkDelete =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: BulkDelete = super::http::parse_json(&body)?;
     for name in req.users {
         let _ = m.broker.delete_user(&name);
     }
@@ -307,8 +306,7 @@ async fn put_permissions(
     body: Bytes,
 ) -> ApiResult {
     caller.require_admin()?;
-    let req: PutPermissions =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: PutPermissions = super::http::parse_json(&body)?;
     let broker = &m.broker;
     let new = broker
         .access
@@ -379,8 +377,7 @@ async fn put_topic_permissions(
     body: Bytes,
 ) -> ApiResult {
     caller.require_admin()?;
-    let req: PutTopicPermissions =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: PutTopicPermissions = super::http::parse_json(&body)?;
     m.broker
         .set_topic_permissions(&user, &vhost, &req.exchange, &req.write, &req.read)
         .map_err(ApiError::from_message)?;

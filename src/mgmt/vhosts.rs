@@ -292,8 +292,7 @@ async fn set_limit(
 ) -> ApiResult {
     caller.require_admin()?;
     let v = m.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    let req: LimitBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: LimitBody = super::http::parse_json(&body)?;
     let value = req
         .value
         .ok_or_else(|| ApiError::bad_request("Missing key: value"))?;
