@@ -226,6 +226,19 @@ mod tests {
         ]);
         assert!(!bad.head_is_utf8(100));
         assert!(bad.head_is_utf8(3));
+        // A character's start over three pieces, then a byte that does not continue it; a
+        // surrogate's encoding, split.
+        let three = Body::from_parts(vec![
+            Bytes::from_static(b"\xf0"),
+            Bytes::from_static(b"\x90"),
+            Bytes::from_static(b"A"),
+        ]);
+        assert!(!three.head_is_utf8(3));
+        let surrogate = Body::from_parts(vec![
+            Bytes::from_static(b"\xed"),
+            Bytes::from_static(b"\xa0\x80"),
+        ]);
+        assert!(!surrogate.head_is_utf8(3));
         let lone = Body::from_parts(vec![Bytes::from_static(b"a\xff"), Bytes::from_static(b"b")]);
         assert!(!lone.head_is_utf8(3));
         assert!(lone.head_is_utf8(1));

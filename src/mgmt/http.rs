@@ -476,8 +476,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 }
 
 /// Refuses a body of more than [`MAX_BODY_JSON_VALUES`] JSON values, counted by one scan of
-/// its text: every value after the first follows a `[`, `{` or `,` outside a string (an
-/// object's keys count too, an upper bound). What is not JSON is left to the parser.
+/// its text: an upper bound, one for the body, one for each `[` and `{` (their first
+/// element or member) and one for each `,` (the next), outside strings. What is not JSON is
+/// left to the parser, which stops at its first error, within what was counted.
 pub fn check_json_values(body: &[u8]) -> Result<(), ApiError> {
     let mut values = 1usize;
     let mut in_string = false;

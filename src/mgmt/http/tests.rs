@@ -14,10 +14,14 @@ fn timestamps_read_as_rabbitmq_writes_them() {
 /// payload is one value, whatever brackets and commas (or escaped quotes) it holds.
 #[test]
 fn a_body_is_weighed_by_its_values_not_its_strings() {
-    let many = format!("[{}0]", "0,".repeat(MAX_BODY_JSON_VALUES));
-    assert!(check_json_values(many.as_bytes()).is_err());
-    let fits = format!("[{}0]", "0,".repeat(MAX_BODY_JSON_VALUES - 3));
+    // The array and its first element, then one more value per comma.
+    let fits = format!("[{}0]", "0,".repeat(MAX_BODY_JSON_VALUES - 2));
     assert!(check_json_values(fits.as_bytes()).is_ok());
+    let many = format!("[{}0]", "0,".repeat(MAX_BODY_JSON_VALUES - 1));
+    assert!(check_json_values(many.as_bytes()).is_err());
+    // A string ending in an escaped backslash ends at its quote: what follows counts.
+    let after = format!(r#"["\\", {}0]"#, "0,".repeat(MAX_BODY_JSON_VALUES));
+    assert!(check_json_values(after.as_bytes()).is_err());
     let text = format!(
         r#"{{"payload": "{}\"],{{", "n": 1}}"#,
         "[{,".repeat(MAX_BODY_JSON_VALUES)
