@@ -248,7 +248,7 @@ pub fn properties_key(routing_key: &str, arguments: &amq_protocol::types::FieldT
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    m.build(move |_| list_bindings(&vhosts, Select::ALL, &q))
+    m.build(&caller, move |_| list_bindings(&vhosts, Select::ALL, &q))
         .await
 }
 
@@ -259,7 +259,7 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    m.build(move |_| list_bindings(&[vhost], Select::ALL, &q))
+    m.build(&caller, move |_| list_bindings(&[vhost], Select::ALL, &q))
         .await
 }
 
@@ -296,7 +296,7 @@ async fn between(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let kind = destination_type(&kind)?;
     ends(&vhost, exchange_name(&source), kind, &destination)?;
-    m.build(move |_| {
+    m.build(&caller, move |_| {
         let select = Select {
             source: Some(exchange_name(&source)),
             destination: Some((kind, &destination)),

@@ -8,13 +8,12 @@
 //! 5 GiB; and without the share per user, one user with no permissions anywhere, trickling
 //! four large bodies, kept every other user's changes waiting and then refused (503).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::http::ApiError;
+use super::user_shares::{UserShare, UserShares};
 
 /// The largest request body taken (a definitions import is the largest there is); RabbitMQ's
 /// `management.http.max_body_size` is the same 20 MiB.
@@ -36,8 +35,8 @@ pub const BODY_ROOM_WAIT_S: u64 = 5;
 #[derive(Debug)]
 pub struct BodyRoom {
     all: Semaphore,
-    /// Each user with a body in flight; a user leaves the map with their last one.
-    users: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// Each user's share of `all`.
+    users: UserShares,
 }
 
 /// Room held for one request's body, given back when dropped.
@@ -47,33 +46,11 @@ pub struct Reserved<'a> {
     _user: UserShare,
 }
 
-/// A user's share of one reservation.
-struct UserShare {
-    permit: Option<OwnedSemaphorePermit>,
-    name: String,
-    users: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-}
-
-impl Drop for UserShare {
-    fn drop(&mut self) {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.permit.take());
-        // Others of this user's requests clone the semaphore under this lock, so a count of
-        // one (the map's) means none holds or waits for it.
-        if users
-            .get(&self.name)
-            .is_some_and(|share| Arc::strong_count(share) == 1)
-        {
-            users.remove(&self.name);
-        }
-    }
-}
-
 impl Default for BodyRoom {
     fn default() -> Self {
         BodyRoom {
             all: Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT / 1024),
-            users: Arc::default(),
+            users: UserShares::new((MAX_BODY_BYTES_PER_USER / 1024) as u32),
         }
     }
 }
@@ -90,29 +67,17 @@ impl BodyRoom {
             return Ok(None);
         }
         let kib = announced.min(MAX_BODY_BYTES).div_ceil(1024) as u32;
-        let share = {
-            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            users
-                .entry(user.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(MAX_BODY_BYTES_PER_USER / 1024)))
-                .clone()
-        };
-        let mut user_share = UserShare {
-            permit: None,
-            name: user.to_owned(),
-            users: self.users.clone(),
-        };
         let wait = Duration::from_secs(BODY_ROOM_WAIT_S);
         let reserved = tokio::time::timeout(wait, async {
-            // The permit holds the semaphore until it is given back.
-            user_share.permit = Some(share.acquire_many_owned(kib).await.ok()?);
-            self.all.acquire_many(kib).await.ok()
+            let user = self.users.take(user, kib).await?;
+            let all = self.all.acquire_many(kib).await.ok()?;
+            Some((all, user))
         })
         .await;
         match reserved {
-            Ok(Some(all)) => Ok(Some(Reserved {
+            Ok(Some((all, user))) => Ok(Some(Reserved {
                 _all: all,
-                _user: user_share,
+                _user: user,
             })),
             _ => Err(ApiError::unavailable(
                 "too many request bodies at once; try again",

@@ -133,7 +133,7 @@ fn list_conns(
 
 async fn list_connections(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let conns = visible(&m, &caller);
-    m.build(move |m| list_conns(m, conns, &q)).await
+    m.build(&caller, move |m| list_conns(m, conns, &q)).await
 }
 
 async fn list_vhost_connections(
@@ -145,7 +145,7 @@ async fn list_vhost_connections(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    m.build(move |m| list_conns(m, conns, &q)).await
+    m.build(&caller, move |m| list_conns(m, conns, &q)).await
 }
 
 fn find(
@@ -281,12 +281,14 @@ async fn connection_channels(
     Query(q): List,
 ) -> ApiResult {
     let found = find(&m, &caller, &name)?;
-    m.build(move |m| list_channels_of(m, vec![found], &q)).await
+    m.build(&caller, move |m| list_channels_of(m, vec![found], &q))
+        .await
 }
 
 async fn list_channels(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let conns = visible(&m, &caller);
-    m.build(move |m| list_channels_of(m, conns, &q)).await
+    m.build(&caller, move |m| list_channels_of(m, conns, &q))
+        .await
 }
 
 async fn list_vhost_channels(
@@ -298,7 +300,8 @@ async fn list_vhost_channels(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let mut conns = visible(&m, &caller);
     conns.retain(|(_, o)| o.vhost == vhost.name);
-    m.build(move |m| list_channels_of(m, conns, &q)).await
+    m.build(&caller, move |m| list_channels_of(m, conns, &q))
+        .await
 }
 
 /// A channel by its name, `<connection name> (<number>)`.
@@ -350,7 +353,8 @@ fn list_consumers_of(
 
 async fn list_consumers(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    m.build(move |m| list_consumers_of(m, &vhosts, &q)).await
+    m.build(&caller, move |m| list_consumers_of(m, &vhosts, &q))
+        .await
 }
 
 async fn list_vhost_consumers(
@@ -360,5 +364,6 @@ async fn list_vhost_consumers(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    m.build(move |m| list_consumers_of(m, &[vhost], &q)).await
+    m.build(&caller, move |m| list_consumers_of(m, &[vhost], &q))
+        .await
 }

@@ -101,7 +101,8 @@ pub fn export(m: &Mgmt, vhost: Option<&str>) -> Value {
 
 async fn export_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
     caller.require_admin()?;
-    m.build(|m| Ok(Json(export(m, None)).into_response())).await
+    m.build(&caller, |m| Ok(Json(export(m, None)).into_response()))
+        .await
 }
 
 async fn export_vhost(
@@ -111,8 +112,10 @@ async fn export_vhost(
 ) -> ApiResult {
     caller.require_admin()?;
     m.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    m.build(move |m| Ok(Json(export(m, Some(&vhost))).into_response()))
-        .await
+    m.build(&caller, move |m| {
+        Ok(Json(export(m, Some(&vhost))).into_response())
+    })
+    .await
 }
 
 /// The queues, exchanges and bindings an export lists: every one a client declared, durable

@@ -96,7 +96,8 @@ fn list_exchanges(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> 
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    m.build(move |m| list_exchanges(m, &vhosts, &q)).await
+    m.build(&caller, move |m| list_exchanges(m, &vhosts, &q))
+        .await
 }
 
 async fn list_vhost(
@@ -106,7 +107,8 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    m.build(move |m| list_exchanges(m, &[vhost], &q)).await
+    m.build(&caller, move |m| list_exchanges(m, &[vhost], &q))
+        .await
 }
 
 async fn show(
@@ -311,7 +313,7 @@ async fn as_source(
     vhost
         .exchange(exchange_name(&name))
         .ok_or_else(ApiError::not_found)?;
-    m.build(move |_| {
+    m.build(&caller, move |_| {
         let select = Select {
             source: Some(exchange_name(&name)),
             destination: None,
@@ -331,7 +333,7 @@ async fn as_destination(
     vhost
         .exchange(exchange_name(&name))
         .ok_or_else(ApiError::not_found)?;
-    m.build(move |_| {
+    m.build(&caller, move |_| {
         let select = Select {
             source: None,
             destination: Some(("exchange", exchange_name(&name))),

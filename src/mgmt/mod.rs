@@ -11,6 +11,8 @@
 //! - [`http`]: callers and their tags, RabbitMQ's error bodies.
 //! - [`list`]: RabbitMQ's list parameters (sorting, filters, columns, pages); whole lists are
 //!   written as the client reads them.
+//! - [`body_room`], [`answer_room`]: how much request bodies and answers may hold at once;
+//!   [`user_shares`]: each user's share of that room and of the turns to build answers.
 //! - One file per resource: [`overview`], [`vhosts`] (with limits and policies), [`users`],
 //!   [`queues`], [`exchanges`], [`bindings`], [`connections`] (with channels and consumers),
 //!   [`definitions`]; [`messages`] converts messages to and from JSON.
@@ -38,5 +40,6 @@ pub mod rates;
 pub mod state;
 pub mod ui;
 pub mod user_limits;
+pub mod user_shares;
 pub mod users;
 pub mod vhosts;

@@ -53,7 +53,8 @@ const EXCHANGE_TYPES: &[(&str, &str)] = &[
 
 async fn overview(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> Response {
     // The totals walk every queue, and dashboards ask for them every few seconds.
-    m.build(move |m| Ok(overview_of(m, &caller, &q)))
+    let asking = caller.clone();
+    m.build(&asking, move |m| Ok(overview_of(m, &caller, &q)))
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

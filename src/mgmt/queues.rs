@@ -296,7 +296,7 @@ fn list_queues(m: &Arc<Mgmt>, vhosts: &[Arc<VirtualHost>], q: &ListQuery) -> Api
 
 async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     let vhosts = visible_vhosts(&m.broker, &caller);
-    m.build(move |m| list_queues(m, &vhosts, &q)).await
+    m.build(&caller, move |m| list_queues(m, &vhosts, &q)).await
 }
 
 async fn list_vhost(
@@ -306,7 +306,8 @@ async fn list_vhost(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    m.build(move |m| list_queues(m, &[vhost], &q)).await
+    m.build(&caller, move |m| list_queues(m, &[vhost], &q))
+        .await
 }
 
 async fn show(
@@ -579,7 +580,7 @@ async fn bindings(
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
     vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    m.build(move |_| {
+    m.build(&caller, move |_| {
         let select = super::bindings::Select {
             source: None,
             destination: Some(("queue", &name)),

@@ -6,13 +6,21 @@ use std::sync::{Arc, RwLock};
 
 use super::answer_room::AnswerRoom;
 use super::body_room::BodyRoom;
-use super::http::{ApiError, ApiResult};
+use super::http::{ApiError, ApiResult, Caller};
 use super::rates::Rates;
+use super::user_shares::{UserShare, UserShares};
 use crate::broker::Broker;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Answers built at once whose cost grows with the broker (see [`Mgmt::build`]): each holds
 /// its list while it is made, and the machine has this many cores to give them.
 pub const BUILDS_AT_ONCE: usize = 2;
+
+/// Of those, one user's requests build at most this many at once: a user with no
+/// permissions anywhere, sending lists filtered by costly regular expressions (a quarter of
+/// a second each to compile) over 32 connections, held every turn and kept everyone else's
+/// lists and overview waiting for seconds.
+pub const BUILDS_AT_ONCE_PER_USER: u32 = 1;
 
 /// Changes whose cost grows with the broker (a definitions import, a vhost's deletion, a
 /// policy applied to every queue and exchange it matches) run one at a time, on turns of
@@ -37,7 +45,7 @@ pub struct Mgmt {
     /// Room for answers built whole, held until their clients have read them.
     pub answers: AnswerRoom,
     /// Turns to build an answer off the runtime ([`BUILDS_AT_ONCE`], [`Mgmt::build`]).
-    pub building: Arc<tokio::sync::Semaphore>,
+    pub building: BuildTurns,
     /// Turns to make a large change ([`CHANGES_AT_ONCE`], [`Mgmt::build_change`]).
     pub changing: Arc<tokio::sync::Semaphore>,
 }
@@ -56,7 +64,7 @@ impl Mgmt {
             scraping: Arc::new(tokio::sync::Semaphore::new(1)),
             bodies: BodyRoom::default(),
             answers: AnswerRoom::default(),
-            building: Arc::new(tokio::sync::Semaphore::new(BUILDS_AT_ONCE)),
+            building: BuildTurns::new(BUILDS_AT_ONCE, BUILDS_AT_ONCE_PER_USER),
             changing: Arc::new(tokio::sync::Semaphore::new(CHANGES_AT_ONCE)),
         })
     }
@@ -67,11 +75,17 @@ impl Mgmt {
     /// `messages` takes 0.4 s, and held up every connection of its worker as long (an AMQP
     /// round trip waited 440 ms). [`BUILDS_AT_ONCE`] run at a time, as many as there were
     /// workers to run them before; the other requests wait their turn without a thread.
+    /// A user waits for their own share of the turns ([`BUILDS_AT_ONCE_PER_USER`]) before
+    /// they wait for one of everyone's.
     pub async fn build(
         self: &Arc<Self>,
+        caller: &Caller,
         build: impl FnOnce(&Arc<Mgmt>) -> ApiResult + Send + 'static,
     ) -> ApiResult {
-        self.off_runtime(&self.building, build).await
+        let Some(turn) = self.building.take(caller.name()).await else {
+            return Err(ApiError::unavailable("the management API is stopping"));
+        };
+        self.off_runtime(turn, build).await
     }
 
     /// [`Mgmt::build`] for a change whose cost grows with the broker, on turns of its own
@@ -80,20 +94,20 @@ impl Mgmt {
         self: &Arc<Self>,
         build: impl FnOnce(&Arc<Mgmt>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.off_runtime(&self.changing, build).await
-    }
-
-    /// Runs `build` on the blocking pool once `turns` gives it a turn. The turn goes with
-    /// the work, not with the request: a client that goes away while its answer is made
-    /// does not free a turn for another while the work goes on.
-    async fn off_runtime<T: Send + 'static>(
-        self: &Arc<Self>,
-        turns: &Arc<tokio::sync::Semaphore>,
-        build: impl FnOnce(&Arc<Mgmt>) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let Ok(turn) = turns.clone().acquire_owned().await else {
+        let Ok(turn) = self.changing.clone().acquire_owned().await else {
             return Err(ApiError::unavailable("the management API is stopping"));
         };
+        self.off_runtime(turn, build).await
+    }
+
+    /// Runs `build` on the blocking pool, holding `turn` until it is done. The turn goes
+    /// with the work, not with the request: a client that goes away while its answer is
+    /// made does not free a turn for another while the work goes on.
+    async fn off_runtime<T: Send + 'static, Turn: Send + 'static>(
+        self: &Arc<Self>,
+        turn: Turn,
+        build: impl FnOnce(&Arc<Mgmt>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let m = self.clone();
         tokio::task::spawn_blocking(move || {
             let answer = build(&m);
@@ -124,3 +138,41 @@ impl Mgmt {
             .collect()
     }
 }
+
+/// Turns to build answers: [`BUILDS_AT_ONCE`] in all, [`BUILDS_AT_ONCE_PER_USER`] for one
+/// user, whose share is taken first.
+#[derive(Debug)]
+pub struct BuildTurns {
+    all: Arc<Semaphore>,
+    users: UserShares,
+}
+
+/// A turn to build an answer, given back when dropped.
+#[derive(Debug)]
+pub struct BuildTurn {
+    _all: OwnedSemaphorePermit,
+    /// Given back after `_all`, the order they were taken in reverse.
+    _user: UserShare,
+}
+
+impl BuildTurns {
+    pub fn new(all: usize, per_user: u32) -> Self {
+        BuildTurns {
+            all: Arc::new(Semaphore::new(all)),
+            users: UserShares::new(per_user),
+        }
+    }
+
+    /// Waits for a turn of `user`'s share, then for one of everyone's.
+    pub async fn take(&self, user: &str) -> Option<BuildTurn> {
+        let user = self.users.take(user, 1).await?;
+        let all = self.all.clone().acquire_owned().await.ok()?;
+        Some(BuildTurn {
+            _all: all,
+            _user: user,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -143,7 +143,8 @@ fn vhost_json(m: &Mgmt, v: &VirtualHost, q: &ListQuery, open: &rates::OpenChanne
 
 async fn list_vhosts(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
     // Each vhost's totals walk its queues.
-    m.build(move |m| {
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
         let open = rates::channels(&m.broker);
         let items = visible_vhosts(&m.broker, &caller)
             .iter()
@@ -162,7 +163,7 @@ async fn show(
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
     // Its totals walk its queues.
-    m.build(move |m| {
+    m.build(&caller, move |m| {
         let open = rates::channels(&m.broker);
         Ok(Json(vhost_json(m, &vhost, &q, &open)).into_response())
     })
@@ -363,8 +364,11 @@ async fn policies<const OPERATOR: bool>(
     caller: Caller,
     Query(q): List,
 ) -> ApiResult {
-    m.build(move |m| policies_in(m, &caller, &q, None, OPERATOR))
-        .await
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        policies_in(m, &caller, &q, None, OPERATOR)
+    })
+    .await
 }
 
 async fn vhost_policies<const OPERATOR: bool>(
@@ -373,8 +377,11 @@ async fn vhost_policies<const OPERATOR: bool>(
     Path(vhost): Path<String>,
     Query(q): List,
 ) -> ApiResult {
-    m.build(move |m| policies_in(m, &caller, &q, Some(vhost), OPERATOR))
-        .await
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        policies_in(m, &caller, &q, Some(vhost), OPERATOR)
+    })
+    .await
 }
 
 fn policies_in(

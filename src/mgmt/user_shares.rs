@@ -1,0 +1,129 @@
+//! Each user's share of something the API holds little of (room for request bodies, turns to
+//! build answers): a request takes from its user's share before it takes from everyone's,
+//! so one user's many requests wait behind each other rather than ahead of other users'.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The users with a request holding or waiting for a share; a user leaves the map with their
+/// last one.
+type Users = Arc<Mutex<HashMap<String, Arc<Semaphore>>>>;
+
+/// Shares of `per_user` units each.
+#[derive(Debug)]
+pub struct UserShares {
+    /// Units in one user's share.
+    per_user: u32,
+    users: Users,
+}
+
+/// Units taken from a user's share, given back when dropped.
+#[derive(Debug)]
+pub struct UserShare {
+    permit: Option<OwnedSemaphorePermit>,
+    name: String,
+    users: Users,
+}
+
+impl Drop for UserShare {
+    fn drop(&mut self) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.permit.take());
+        // Others of this user's requests clone the semaphore under this lock, so a count of
+        // one (the map's) means none holds or waits for it.
+        if users
+            .get(&self.name)
+            .is_some_and(|share| Arc::strong_count(share) == 1)
+        {
+            users.remove(&self.name);
+        }
+    }
+}
+
+impl UserShares {
+    pub fn new(per_user: u32) -> Self {
+        UserShares {
+            per_user,
+            users: Arc::default(),
+        }
+    }
+
+    /// Takes `units` of `user`'s share, waiting until they are free (`None`: more than a
+    /// share). Cancelled while it waits, it leaves nothing behind.
+    pub async fn take(&self, user: &str, units: u32) -> Option<UserShare> {
+        if units > self.per_user {
+            // A semaphore waits for permits it may be given later: this would wait forever.
+            return None;
+        }
+        // Made before the semaphore is cloned, so dropped after the wait holding the clone
+        // when this is cancelled: it then finds the map's count alone and removes the user.
+        let mut share = UserShare {
+            permit: None,
+            name: user.to_owned(),
+            users: self.users.clone(),
+        };
+        let semaphore = {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            users
+                .entry(user.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_user as usize)))
+                .clone()
+        };
+        share.permit = Some(semaphore.acquire_many_owned(units).await.ok()?);
+        Some(share)
+    }
+
+    /// How many users hold or wait for a share.
+    #[cfg(test)]
+    fn users(&self) -> usize {
+        self.users.lock().map_or(0, |u| u.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user's second take waits for their first to be given back, while another user's
+    /// is served at once; the map forgets users with nothing held or awaited, cancelled
+    /// waits included.
+    #[tokio::test]
+    async fn a_user_waits_for_their_own_share_not_for_others() {
+        let shares = Arc::new(UserShares::new(1));
+        let first = shares.take("a", 1).await;
+        assert!(first.is_some());
+        let again = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.take("a", 1).await.is_some() }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!again.is_finished(), "a's second take waits for the first");
+        let other = shares.take("b", 1).await;
+        assert!(other.is_some(), "b is served while a waits");
+        drop(first);
+        assert!(
+            again.await.unwrap_or(false),
+            "a's second is served once the first is back"
+        );
+        drop(other);
+        assert_eq!(shares.users(), 0);
+
+        let held = shares.take("c", 1).await;
+        let waiting = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.take("c", 1).await.is_some() }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        waiting.abort();
+        assert!(waiting.await.is_err(), "cancelled");
+        drop(held);
+        assert_eq!(shares.users(), 0, "a cancelled wait leaves nothing behind");
+        assert!(shares.take("d", 2).await.is_none(), "more than a share");
+    }
+}
