@@ -178,6 +178,15 @@ impl Caller {
         }
     }
 
+    /// Whose share this caller's requests take (`mgmt::user_shares`): the operator's is not
+    /// that of a user who happens to be named `lepusctl`.
+    pub fn share_key(&self) -> String {
+        match self {
+            Caller::Operator => "operator".to_owned(),
+            Caller::User(u) => format!("user:{}", u.name),
+        }
+    }
+
     /// Who RabbitMQ says made what this caller makes (an exchange's
     /// `user_who_performed_action`): the user, or for the operator what RabbitMQ says of its
     /// CLI's imports.

@@ -78,7 +78,7 @@ impl Bounded {
 
 /// What a client's connections are counted under: its IPv4 address (also when it comes as an
 /// IPv4-mapped IPv6 one), or its IPv6 /64.
-fn peer_key(ip: IpAddr) -> IpAddr {
+pub fn peer_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

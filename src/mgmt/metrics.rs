@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 mod detailed;
 
+use super::listener::{Peer, peer_key};
 use super::state::Mgmt;
 use crate::broker::alarms;
 use crate::broker::stats::MessageTotals;
@@ -71,40 +72,50 @@ struct Filter {
     vhost: Option<String>,
 }
 
-async fn aggregated(State(m): State<Arc<Mgmt>>) -> Response {
+async fn aggregated(State(m): State<Arc<Mgmt>>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
     let metrics = BrokerMetrics {
         mgmt: m.clone(),
         per_object: false,
         vhost: None,
     };
-    scrape(&m, Box::new(metrics)).await
+    scrape(&m, peer, Box::new(metrics)).await
 }
 
-async fn per_object(State(m): State<Arc<Mgmt>>, Query(f): Query<Filter>) -> Response {
+async fn per_object(
+    State(m): State<Arc<Mgmt>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(f): Query<Filter>,
+) -> Response {
     let metrics = BrokerMetrics {
         mgmt: m.clone(),
         per_object: true,
         vhost: f.vhost,
     };
-    scrape(&m, Box::new(metrics)).await
+    scrape(&m, peer, Box::new(metrics)).await
 }
 
 /// `family=` and `vhost=` repeat, which a `Query` struct cannot take: the query is read
 /// as it came.
-async fn detailed(State(m): State<Arc<Mgmt>>, RawQuery(query): RawQuery) -> Response {
+async fn detailed(
+    State(m): State<Arc<Mgmt>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let metrics = detailed::DetailedMetrics {
         mgmt: m.clone(),
         request: detailed::Request::parse(query.as_deref()),
     };
-    scrape(&m, Box::new(metrics)).await
+    scrape(&m, peer, Box::new(metrics)).await
 }
 
-/// Scrapes run one at a time (`Mgmt::scraping`) and off the runtime's workers, which the
-/// AMQP connections run on: a scrape takes time in the number of queues and channels.
-async fn scrape(mgmt: &Mgmt, metrics: Box<dyn Collector>) -> Response {
+/// Scrapes run one at a time (`Mgmt::scraping`, each client's in turn) and off the
+/// runtime's workers, which the AMQP connections run on: a scrape takes time in the number
+/// of queues and channels.
+async fn scrape(mgmt: &Mgmt, peer: Peer, metrics: Box<dyn Collector>) -> Response {
     // The turn goes with the work: a scraper that goes away does not free it while the
     // scrape it asked for goes on.
-    let Ok(turn) = mgmt.scraping.clone().acquire_owned().await else {
+    let client = format!("peer:{}", peer_key(peer.0.ip()));
+    let Some(turn) = mgmt.scraping.take(&client).await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     tokio::task::spawn_blocking(move || {

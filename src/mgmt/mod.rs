@@ -12,7 +12,7 @@
 //! - [`list`]: RabbitMQ's list parameters (sorting, filters, columns, pages); whole lists are
 //!   written as the client reads them.
 //! - [`body_room`], [`answer_room`]: how much request bodies and answers may hold at once;
-//!   [`user_shares`]: each user's share of that room and of the turns to build answers.
+//!   [`user_shares`]: each user's share of the body room and of the turns to build answers.
 //! - One file per resource: [`overview`], [`vhosts`] (with limits and policies), [`users`],
 //!   [`queues`], [`exchanges`], [`bindings`], [`connections`] (with channels and consumers),
 //!   [`definitions`]; [`messages`] converts messages to and from JSON.

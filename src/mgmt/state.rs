@@ -37,8 +37,10 @@ pub struct Mgmt {
     /// The broker's listeners (protocol and address), for the overview.
     pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
     /// Prometheus scrapes run one at a time: each walks every queue and channel, and the
-    /// endpoint asks for no login.
-    pub scraping: Arc<tokio::sync::Semaphore>,
+    /// endpoint asks for no login. One client (by address, `listener::peer_key`) waits for
+    /// its own scrape before it waits for everyone's turn, so a client scraping in a loop
+    /// over its 32 connections keeps others waiting for at most one scrape of its.
+    pub scraping: BuildTurns,
     /// Room for request bodies: a request reserves what it announces before its body is
     /// read.
     pub bodies: BodyRoom,
@@ -61,7 +63,7 @@ impl Mgmt {
             rates: Rates::new(),
             broker,
             listeners: RwLock::new(Vec::new()),
-            scraping: Arc::new(tokio::sync::Semaphore::new(1)),
+            scraping: BuildTurns::new(1, 1),
             bodies: BodyRoom::default(),
             answers: AnswerRoom::default(),
             building: BuildTurns::new(BUILDS_AT_ONCE, BUILDS_AT_ONCE_PER_USER),
@@ -82,8 +84,8 @@ impl Mgmt {
         caller: &Caller,
         build: impl FnOnce(&Arc<Mgmt>) -> ApiResult + Send + 'static,
     ) -> ApiResult {
-        let Some(turn) = self.building.take(caller.name()).await else {
-            return Err(ApiError::unavailable("the management API is stopping"));
+        let Some(turn) = self.building.take(&caller.share_key()).await else {
+            return Err(ApiError::internal("the answer could not be built"));
         };
         self.off_runtime(turn, build).await
     }

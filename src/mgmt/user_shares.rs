@@ -77,30 +77,50 @@ impl UserShares {
 
     /// How many users hold or wait for a share.
     #[cfg(test)]
-    fn users(&self) -> usize {
+    pub(super) fn users(&self) -> usize {
         self.users.lock().map_or(0, |u| u.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
+    /// Lets every task that can go on run until it waits.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Spawns a take of one unit of `user`'s share; the flag says the take has begun.
+    fn spawn_take(
+        shares: &Arc<UserShares>,
+        user: &'static str,
+    ) -> (Arc<AtomicBool>, tokio::task::JoinHandle<bool>) {
+        let began = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (shares, began) = (shares.clone(), began.clone());
+            async move {
+                began.store(true, Ordering::SeqCst);
+                shares.take(user, 1).await.is_some()
+            }
+        });
+        (began, task)
+    }
+
     /// A user's second take waits for their first to be given back, while another user's
-    /// is served at once; the map forgets users with nothing held or awaited, cancelled
-    /// waits included.
+    /// is served at once; the map forgets users with nothing held or awaited.
     #[tokio::test]
     async fn a_user_waits_for_their_own_share_not_for_others() {
         let shares = Arc::new(UserShares::new(1));
         let first = shares.take("a", 1).await;
         assert!(first.is_some());
-        let again = tokio::spawn({
-            let shares = shares.clone();
-            async move { shares.take("a", 1).await.is_some() }
-        });
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let (began, again) = spawn_take(&shares, "a");
+        settle().await;
+        assert!(began.load(Ordering::SeqCst));
         assert!(!again.is_finished(), "a's second take waits for the first");
         let other = shares.take("b", 1).await;
         assert!(other.is_some(), "b is served while a waits");
@@ -111,19 +131,24 @@ mod tests {
         );
         drop(other);
         assert_eq!(shares.users(), 0);
+        assert!(shares.take("d", 2).await.is_none(), "more than a share");
+        assert_eq!(shares.users(), 0);
+    }
 
+    /// A take cancelled while it waits leaves nothing behind, even when it is the last to
+    /// go: here the units it waited for were given to it, unpolled, before it was dropped.
+    #[tokio::test]
+    async fn a_cancelled_take_leaves_no_user_behind() {
+        let shares = Arc::new(UserShares::new(1));
         let held = shares.take("c", 1).await;
-        let waiting = tokio::spawn({
-            let shares = shares.clone();
-            async move { shares.take("c", 1).await.is_some() }
-        });
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let (began, waiting) = spawn_take(&shares, "c");
+        settle().await;
+        assert!(began.load(Ordering::SeqCst));
+        assert!(!waiting.is_finished());
+        drop(held);
+        assert_eq!(shares.users(), 1, "the waiting take still has c's share");
         waiting.abort();
         assert!(waiting.await.is_err(), "cancelled");
-        drop(held);
-        assert_eq!(shares.users(), 0, "a cancelled wait leaves nothing behind");
-        assert!(shares.take("d", 2).await.is_none(), "more than a share");
+        assert_eq!(shares.users(), 0, "a cancelled take leaves nothing behind");
     }
 }
