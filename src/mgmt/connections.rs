@@ -132,8 +132,9 @@ fn list_conns(
 }
 
 async fn list_connections(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    let conns = visible(&m, &caller);
-    m.build(&caller, move |m| list_conns(m, conns, &q)).await
+    let asking = caller.clone();
+    m.build(&asking, move |m| list_conns(m, visible(m, &caller), &q))
+        .await
 }
 
 async fn list_vhost_connections(
@@ -143,11 +144,17 @@ async fn list_vhost_connections(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    let mut conns = visible(&m, &caller);
-    conns.retain(|(_, o)| o.vhost == vhost.name);
-    m.build(&caller, move |m| list_conns(m, conns, &q)).await
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        let mut conns = visible(m, &caller);
+        conns.retain(|(_, o)| o.vhost == vhost.name);
+        list_conns(m, conns, &q)
+    })
+    .await
 }
 
+/// The connection named `name`, found among all of them: called within [`Mgmt::build`],
+/// off the runtime's workers, as a list is.
 fn find(
     m: &Mgmt,
     caller: &Caller,
@@ -165,8 +172,12 @@ async fn show_connection(
     Path(name): Path<String>,
     Query(q): List,
 ) -> ApiResult {
-    let (c, opened) = find(&m, &caller, &name)?;
-    Ok(Json(connection_json(&m, c.info(), &opened, q.stats())).into_response())
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        let (c, opened) = find(m, &caller, &name)?;
+        Ok(Json(connection_json(m, c.info(), &opened, q.stats())).into_response())
+    })
+    .await
 }
 
 /// DELETE: the client is sent `320 CONNECTION_FORCED - <X-Reason>` ("Closed via management
@@ -177,21 +188,26 @@ async fn close_connection(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let (c, opened) = find(&m, &caller, &name)?;
-    // Same as RabbitMQ: monitors see everyone's connections but close only their own.
-    let mine = caller.user().is_none_or(|u| u.name == opened.user);
-    if !mine && caller.require_admin().is_err() {
-        return Err(ApiError::not_authorised(
-            "User not authorised to access object",
-        ));
-    }
     let reason = headers
         .get("x-reason")
         .and_then(|v| v.to_str().ok())
         .filter(|r| !r.is_empty())
-        .unwrap_or("Closed via management plugin");
-    c.close(320, format!("CONNECTION_FORCED - {reason}"));
-    Ok(no_content())
+        .unwrap_or("Closed via management plugin")
+        .to_owned();
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        let (c, opened) = find(m, &caller, &name)?;
+        // Same as RabbitMQ: monitors see everyone's connections but close only their own.
+        let mine = caller.user().is_none_or(|u| u.name == opened.user);
+        if !mine && caller.require_admin().is_err() {
+            return Err(ApiError::not_authorised(
+                "User not authorised to access object",
+            ));
+        }
+        c.close(320, format!("CONNECTION_FORCED - {reason}"));
+        Ok(no_content())
+    })
+    .await
 }
 
 fn channel_json(
@@ -280,15 +296,20 @@ async fn connection_channels(
     Path(name): Path<String>,
     Query(q): List,
 ) -> ApiResult {
-    let found = find(&m, &caller, &name)?;
-    m.build(&caller, move |m| list_channels_of(m, vec![found], &q))
-        .await
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        let found = find(m, &caller, &name)?;
+        list_channels_of(m, vec![found], &q)
+    })
+    .await
 }
 
 async fn list_channels(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    let conns = visible(&m, &caller);
-    m.build(&caller, move |m| list_channels_of(m, conns, &q))
-        .await
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        list_channels_of(m, visible(m, &caller), &q)
+    })
+    .await
 }
 
 async fn list_vhost_channels(
@@ -298,10 +319,13 @@ async fn list_vhost_channels(
     Query(q): List,
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
-    let mut conns = visible(&m, &caller);
-    conns.retain(|(_, o)| o.vhost == vhost.name);
-    m.build(&caller, move |m| list_channels_of(m, conns, &q))
-        .await
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        let mut conns = visible(m, &caller);
+        conns.retain(|(_, o)| o.vhost == vhost.name);
+        list_channels_of(m, conns, &q)
+    })
+    .await
 }
 
 /// A channel by its name, `<connection name> (<number>)`.
@@ -315,14 +339,19 @@ async fn show_channel(
         .rsplit_once(" (")
         .and_then(|(c, n)| Some((c, n.strip_suffix(')')?.parse::<u16>().ok()?)))
         .ok_or_else(ApiError::not_found)?;
-    let (c, opened) = find(&m, &caller, conn_name)?;
-    let ch = c
-        .info()
-        .channels()
-        .into_iter()
-        .find(|ch| ch.number == number)
-        .ok_or_else(ApiError::not_found)?;
-    Ok(Json(channel_json(&m, c.info(), &opened, &ch, q.stats())).into_response())
+    let conn_name = conn_name.to_owned();
+    let asking = caller.clone();
+    m.build(&asking, move |m| {
+        let (c, opened) = find(m, &caller, &conn_name)?;
+        let ch = c
+            .info()
+            .channels()
+            .into_iter()
+            .find(|ch| ch.number == number)
+            .ok_or_else(ApiError::not_found)?;
+        Ok(Json(channel_json(m, c.info(), &opened, &ch, q.stats())).into_response())
+    })
+    .await
 }
 
 /// The consumers of the queues of `vhosts`, answered as a list (see [`list_of`]).

@@ -318,8 +318,12 @@ async fn show(
 ) -> ApiResult {
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let queue = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    let conns = connections_by_id(&m.broker);
-    Ok(Json(queue_json(&m, &vhost, &queue, q.stats(), &conns, true)).into_response())
+    // Its consumers' channels are found among every connection: off the runtime's workers.
+    m.build(&caller, move |m| {
+        let conns = connections_by_id(&m.broker);
+        Ok(Json(queue_json(m, &vhost, &queue, q.stats(), &conns, true)).into_response())
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
