@@ -57,6 +57,17 @@ fn visible(m: &Mgmt, caller: &Caller) -> Vec<(Arc<dyn ConnectionControl>, Arc<Op
         .collect()
 }
 
+/// The open connections the caller may see in vhost `vhost`.
+fn visible_in(
+    m: &Mgmt,
+    caller: &Caller,
+    vhost: &str,
+) -> Vec<(Arc<dyn ConnectionControl>, Arc<Opened>)> {
+    let mut conns = visible(m, caller);
+    conns.retain(|(_, o)| o.vhost == vhost);
+    conns
+}
+
 fn connection_json(m: &Mgmt, info: &ConnectionInfo, opened: &Opened, stats: bool) -> Value {
     let key = rates::connection_key(info.id);
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -146,9 +157,7 @@ async fn list_vhost_connections(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let asking = caller.clone();
     m.build(&asking, move |m| {
-        let mut conns = visible(m, &caller);
-        conns.retain(|(_, o)| o.vhost == vhost.name);
-        list_conns(m, conns, &q)
+        list_conns(m, visible_in(m, &caller, &vhost.name), &q)
     })
     .await
 }
@@ -321,9 +330,7 @@ async fn list_vhost_channels(
     let vhost = caller.vhost(&m.broker, &vhost)?;
     let asking = caller.clone();
     m.build(&asking, move |m| {
-        let mut conns = visible(m, &caller);
-        conns.retain(|(_, o)| o.vhost == vhost.name);
-        list_channels_of(m, conns, &q)
+        list_channels_of(m, visible_in(m, &caller, &vhost.name), &q)
     })
     .await
 }
