@@ -1129,3 +1129,155 @@ async fn a_logged_message_that_cannot_be_read_back_is_dropped_once_not_at_every_
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Same as RabbitMQ: a purged durable queue stays empty after a restart, however much of
+/// its backlog was paged to disk (a FIFO queue's tail, a priority queue's levels). The
+/// paged messages' acks are logged after the queue has let them go, with its lock released
+/// while their records are read back.
+#[tokio::test]
+async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
+    let dir = fresh_dir("purge-paged");
+    let config = || {
+        let mut config = Config::for_tests();
+        config.data_dir = dir.clone();
+        config.limits.memory_budget_bytes = 256 * 1024;
+        config.limits.segment_bytes = 1024 * 1024;
+        config
+    };
+    let mut broker = Broker::start_with(config()).await;
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let priority = table(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]);
+    for (queue, args) in [("fifo", FieldTable::default()), ("levels", priority)] {
+        within(ch.queue_declare(queue.into(), durable(), args))
+            .await
+            .unwrap();
+    }
+    let body = vec![b'x'; 1000];
+    let n = 3000;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        for queue in ["fifo", "levels"] {
+            let props = persistent().with_priority((i % 6) as u8);
+            let publish =
+                ch.basic_publish("".into(), queue.into(), Default::default(), &body, props);
+            pending.push(within(publish).await.unwrap());
+        }
+    }
+    for p in pending {
+        assert!(within(p).await.unwrap().is_ack());
+    }
+    // Both page out: the FIFO queue its tail, the priority queue its levels.
+    let vhost = broker.server.as_ref().unwrap().broker().vhost("/").unwrap();
+    for queue in ["fifo", "levels"] {
+        let queue = vhost.queue(queue).unwrap();
+        within(async {
+            while queue.gauges().paged_out == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    drop(vhost);
+    for queue in ["fifo", "levels"] {
+        let purged = within(ch.queue_purge(queue.into(), Default::default())).await;
+        assert_eq!(purged.unwrap(), n as u32, "{queue}");
+        assert_eq!(passive_count(&ch, queue).await.unwrap(), 0, "{queue}");
+        // Confirmed after the purge, so the purge's acks are on disk with it.
+        confirmed(&ch, "", queue, b"after", persistent()).await;
+    }
+    drop(ch);
+    drop(conn);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config()).await;
+    let (_c, ch) = broker.channel().await;
+    for queue in ["fifo", "levels"] {
+        let left = drain(&ch, queue).await;
+        assert_eq!(left.len(), 1, "{queue}: the purged messages came back");
+        assert_eq!(left[0], ("after".to_string(), false), "{queue}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: a purge reads its paged tail back with the queue's lock released between
+/// batches, and once read to the log's end instead of the tail's, it acknowledged what
+/// publishers had put in the queue meanwhile: confirmed messages, still in the queue, that
+/// a restart lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
+    let dir = fresh_dir("purge-race");
+    let config = || {
+        let mut config = Config::for_tests();
+        config.data_dir = dir.clone();
+        config.limits.memory_budget_bytes = 256 * 1024;
+        config
+    };
+    let mut broker = Broker::start_with(config()).await;
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    let body = vec![b'x'; 1000];
+    let n = 20_000u32;
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let publish = ch.basic_publish(
+            "".into(),
+            "q".into(),
+            Default::default(),
+            &body,
+            persistent(),
+        );
+        pending.push(within(publish).await.unwrap());
+    }
+    for p in pending {
+        assert!(within(p).await.unwrap().is_ack());
+    }
+    // Another connection publishes, each message confirmed before the next, until the
+    // purge is over: some land before the purge, some while it reads its tail.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (other, other_ch) = broker.channel().await;
+    let publisher = tokio::spawn(async move {
+        within(other_ch.confirm_select(Default::default()))
+            .await
+            .unwrap();
+        let mut confirmed = 0u32;
+        while !*stop_rx.borrow() || confirmed < 10 {
+            let p = other_ch.basic_publish(
+                "".into(),
+                "q".into(),
+                Default::default(),
+                b"kept",
+                persistent(),
+            );
+            assert!(within(within(p).await.unwrap()).await.unwrap().is_ack());
+            confirmed += 1;
+        }
+        confirmed
+    });
+    // Once the other publisher is under way.
+    while passive_count(&ch, "q").await.unwrap() == n {
+        tokio::task::yield_now().await;
+    }
+    let purged = within(ch.queue_purge("q".into(), Default::default()))
+        .await
+        .unwrap();
+    stop_tx.send(true).unwrap();
+    let published = publisher.await.unwrap();
+    let kept = n + published - purged;
+    assert_eq!(passive_count(&ch, "q").await.unwrap(), kept);
+    drop(ch);
+    drop((conn, other));
+    broker.stop().await;
+
+    let broker = Broker::start_with(config()).await;
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(
+        passive_count(&ch, "q").await.unwrap(),
+        kept,
+        "after a restart"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,7 +10,8 @@
 //! would keep its dropped queue's memory allocated until the deadline).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -66,20 +67,27 @@ const SWEEP_MIN_ENTRIES: usize = 1024;
 
 impl Heap {
     /// Keeps the earliest entry of each target still alive. A queue re-arms after every
-    /// wake-up, so its later entries are redundant.
+    /// wake-up, so its later entries are redundant. Linear in the heap's size (one pass, then
+    /// a heapify), under the lock every queue arming a timer takes: sorting the heap to find
+    /// each target's earliest entry made every doubling an O(N log N) hold.
     fn sweep(&mut self) {
-        let mut seen: HashSet<usize> = HashSet::new();
-        // Ascending `Reverse` order is the latest deadline first: walk it backwards.
-        let sorted = std::mem::take(&mut self.entries).into_sorted_vec();
-        let kept: Vec<Reverse<Entry>> = sorted
-            .into_iter()
-            .rev()
-            .filter(|e| {
-                e.0.target.strong_count() > 0
-                    && seen.insert(Weak::as_ptr(&e.0.target) as *const () as usize)
-            })
-            .collect();
-        self.entries = BinaryHeap::from(kept);
+        let mut earliest: HashMap<usize, Entry> = HashMap::new();
+        for Reverse(e) in std::mem::take(&mut self.entries).into_vec() {
+            if e.target.strong_count() == 0 {
+                continue;
+            }
+            let key = Weak::as_ptr(&e.target) as *const () as usize;
+            match earliest.entry(key) {
+                MapEntry::Occupied(mut kept) if e < *kept.get() => {
+                    kept.insert(e);
+                }
+                MapEntry::Occupied(_) => {}
+                MapEntry::Vacant(slot) => {
+                    slot.insert(e);
+                }
+            }
+        }
+        self.entries = earliest.into_values().map(Reverse).collect();
         self.sweep_at = (2 * self.entries.len()).max(SWEEP_MIN_ENTRIES);
     }
 }

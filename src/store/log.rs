@@ -557,6 +557,11 @@ impl QueueLog {
         .map(|(_, epoch)| epoch)
     }
 
+    /// A durable queue's log, rather than a paging log.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
     /// The position the next record will take.
     pub fn end(&self) -> Position {
         let inner = self.lock();

@@ -197,30 +197,10 @@ impl State {
         read > 0
     }
 
-    /// Drops the levels' tails (purge, deletion); with `log_acks`, the durable messages among
-    /// them have their acks logged first.
-    pub fn drop_level_tails(&mut self, ctx: &QueueCtx, log_acks: bool) {
-        for mut paged in std::mem::take(&mut self.levels).into_iter().flatten() {
-            if log_acks {
-                // Until the tail is read to its end (or cannot be read).
-                loop {
-                    match paged.log.read_back(
-                        &mut paged.tail.reader,
-                        4 * PAGE_IN_BATCH,
-                        &crate::store::uncharged,
-                    ) {
-                        Ok(batch) if batch.is_empty() => break,
-                        Ok(batch) => batch
-                            .into_iter()
-                            .filter(|m| m.persisted)
-                            .for_each(|m| self.log_acks(&[m.seq], m.message.body.len() as u64)),
-                        Err(e) => {
-                            tracing::error!(queue = %ctx.name, error = %e, "cannot read a paging log");
-                            break;
-                        }
-                    }
-                }
-            }
+    /// Drops the levels' tails and their logs, unread: the queue is deleted, or purged and
+    /// holds no durable message (`purge`).
+    pub fn drop_level_tails(&mut self) {
+        for paged in std::mem::take(&mut self.levels).into_iter().flatten() {
             paged.log.destroy();
         }
         self.paged_levels = 0;

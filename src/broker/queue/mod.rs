@@ -45,6 +45,7 @@ mod limits;
 mod pace;
 mod paging;
 pub mod prefetch;
+mod purge;
 pub mod ready;
 mod requeue;
 pub mod settings;
@@ -70,7 +71,7 @@ use entry::QueueEntry;
 use ready::Ready;
 use settings::{QueueSettings, QueueType};
 pub use snapshot::{ConsumerSnapshot, QueueSnapshot};
-use state::{Enqueued, PAGE_IN_BATCH, PAGE_OUT_ABOVE, State, Tail, with_delivery_count};
+use state::{Enqueued, PAGE_OUT_ABOVE, State, Tail, with_delivery_count};
 
 /// What a queue was declared with.
 #[derive(Debug, Clone)]
@@ -520,39 +521,15 @@ impl Queue {
         })
     }
 
-    /// Drops every ready message, in memory or paged out; returns how many there were.
+    /// Drops every ready message, in memory or paged out; returns how many there were. They
+    /// leave the queue at once; the acks of paged durable ones are logged before this
+    /// returns, without holding the queue's lock while their records are read (`purge`).
     pub fn purge(&self) -> u32 {
-        self.with_state(|state| {
-            let n = state.message_count();
-            while let Some(e) = state.pop_ready() {
-                if e.persisted {
-                    state.log_ack(&e);
-                }
-            }
-            if let Some(mut tail) = state.tail.take()
-                && let Some(log) = state.log.clone()
-            {
-                // Durable messages in the tail need their acks logged: read them through.
-                loop {
-                    match log.read_back(&mut tail.reader, 4 * PAGE_IN_BATCH, &crate::store::uncharged) {
-                        Ok(batch) if batch.is_empty() => break,
-                        Ok(batch) => {
-                            for m in batch.into_iter().filter(|m| m.persisted) {
-                                state.log_acks(&[m.seq], m.message.body.len() as u64);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(queue = %self.name, error = %e, "cannot read the queue log");
-                            break;
-                        }
-                    }
-                }
-            }
-            state.drop_level_tails(&self.ctx, true);
-            state.body_bytes = 0;
-            state.collect_garbage();
-            n
-        })
+        let (n, purged) = self.with_state(State::purge);
+        for tail in purged {
+            self.ack_purged(tail);
+        }
+        n
     }
 
     /// Ready messages and consumers, as queue.declare-ok reports them.
@@ -648,7 +625,7 @@ impl Queue {
         let n = state.message_count();
         while state.pop_ready().is_some() {}
         state.tail = None;
-        state.drop_level_tails(&self.ctx, false);
+        state.drop_level_tails();
         state.body_bytes = 0;
         if let Some(log) = state.log.take() {
             log.destroy();

@@ -166,6 +166,11 @@ pub struct State {
     pub levels: Vec<Option<LevelTail>>,
     /// How many of `levels` have a tail.
     pub paged_levels: usize,
+    /// Purged tails of `log` still being read through to log their acks, each with where
+    /// its read stands (see `purge`): the log keeps what they have yet to read.
+    pub purging: Vec<(u64, Position)>,
+    /// The next purged tail's number in `purging`.
+    pub next_purge_pin: u64,
     /// Bytes of `ready` held in memory, counted in the broker's memory budget.
     pub ready_bytes: usize,
     /// Body bytes of every ready message, in memory or in the tail (`x-max-length-bytes`).
@@ -559,7 +564,12 @@ impl State {
     /// Deletes log segments nothing needs any more.
     pub fn collect_garbage(&self) {
         if let Some(log) = &self.log {
-            log.collect_garbage(self.tail.as_ref().map(|t| t.reader.pos));
+            let tail = self.tail.as_ref().map(|t| t.reader.pos);
+            let read_pos = match (tail, self.purge_floor()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            log.collect_garbage(read_pos);
         }
     }
 }
