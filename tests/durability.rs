@@ -1281,3 +1281,60 @@ async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Same as RabbitMQ: what a channel sends after a queue.purge comes after it, even when the
+/// purge's paged tail is still being read through (the connection reads nothing more from
+/// the client until it is): a publish sent right behind a purge stays in the queue, across
+/// a restart too.
+#[tokio::test]
+async fn a_publish_sent_right_behind_a_purge_of_a_paged_queue_stays() {
+    let dir = fresh_dir("purge-nowait");
+    let config = || {
+        let mut config = Config::for_tests();
+        config.data_dir = dir.clone();
+        config.limits.memory_budget_bytes = 256 * 1024;
+        config
+    };
+    let mut broker = Broker::start_with(config()).await;
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    let body = vec![b'x'; 1000];
+    let mut pending = Vec::new();
+    for _ in 0..10_000 {
+        let publish = ch.basic_publish(
+            "".into(),
+            "q".into(),
+            Default::default(),
+            &body,
+            persistent(),
+        );
+        pending.push(within(publish).await.unwrap());
+    }
+    for p in pending {
+        assert!(within(p).await.unwrap().is_ack());
+    }
+    // Sent one behind the other, the purge-ok not awaited first.
+    let purge = ch.queue_purge("q".into(), Default::default());
+    let publish = ch.basic_publish(
+        "".into(),
+        "q".into(),
+        Default::default(),
+        b"behind",
+        persistent(),
+    );
+    let (purged, published) = within(futures_lite::future::zip(purge, publish)).await;
+    assert_eq!(purged.unwrap(), 10_000);
+    assert!(within(published.unwrap()).await.unwrap().is_ack());
+    assert_eq!(passive_count(&ch, "q").await.unwrap(), 1);
+    drop(ch);
+    drop(conn);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config()).await;
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(drain(&ch, "q").await, vec![("behind".to_string(), false)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

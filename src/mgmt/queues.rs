@@ -442,7 +442,7 @@ async fn purge(
     )?;
     vhost.usable_queue(&name, 0)?;
     // A paged tail is read through to log its acks: off the runtime's workers.
-    m.build_change(move |_| Ok(queue.purge())).await?;
+    m.build_change(move |_| Ok(queue.purge().finish())).await?;
     Ok(no_content())
 }
 

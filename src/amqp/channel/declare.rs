@@ -1,9 +1,9 @@
-//! The exchange and queue classes: declare, delete, bind, unbind, purge.
+//! The exchange and queue classes: declare, delete, bind, unbind (purge is in `purge`).
 
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 use amq_protocol::types::ShortString;
 
-use super::{Channel, reply, strip_cr_lf};
+use super::{After, Channel, reply, strip_cr_lf};
 use crate::amqp::naming;
 use crate::amqp::output::Output;
 use crate::amqp::session::Session;
@@ -130,7 +130,7 @@ impl Channel {
         s: &Session,
         out: &mut Output,
         method: queue::AMQPMethod,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<After> {
         let id = self.id;
         match method {
             queue::AMQPMethod::Declare(d) => self.queue_declare(s, out, d)?,
@@ -184,21 +184,7 @@ impl Channel {
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
                 );
             }
-            queue::AMQPMethod::Purge(p) => {
-                let name = self.queue_name(p.queue.as_str())?;
-                s.authorize(Resource::Queue(&name), Permission::Read)?;
-                let q = s.vhost.usable_queue(&name, s.connection_id)?;
-                let count = q.purge();
-                if !p.nowait {
-                    reply(
-                        out,
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                            message_count: count,
-                        })),
-                    );
-                }
-            }
+            queue::AMQPMethod::Purge(p) => return self.purge(s, out, p),
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(&strip_cr_lf(d.queue.as_str()))?;
                 s.authorize(Resource::Queue(&name), Permission::Configure)?;
@@ -218,7 +204,7 @@ impl Channel {
             }
             _ => return Err(amqp_error!(CommandInvalid, "unimplemented method")),
         }
-        Ok(())
+        Ok(After::Nothing)
     }
 
     /// queue.declare, including the direct reply-to pseudo-queue.

@@ -16,6 +16,7 @@ mod consumers;
 mod declare;
 mod deliver;
 mod publish;
+mod purge;
 mod route;
 mod settle;
 mod tx;
@@ -176,6 +177,9 @@ pub struct Channel {
     /// A tx.commit under way: enqueued a batch per turn of the connection task
     /// (`tx::COMMIT_BATCH`), its input paused until the commit is done.
     committing: Option<tx::Committing>,
+    /// A queue.purge under way: its paged tails read through a batch per turn of the
+    /// connection task, its input paused until purge-ok (`purge`).
+    purging: Option<purge::Purging>,
     /// The queue most recently declared on this channel, used for empty queue names.
     last_queue: Option<String>,
     routes: route::RouteCache,
@@ -232,9 +236,9 @@ pub enum After {
     Nothing,
     /// The client closed the channel: it is cleaned up, send Close-Ok and forget it.
     Closed,
-    /// A tx.commit goes on over the next turns (`Channel::continue_commit`); until it is
-    /// done, the connection reads nothing more.
-    Committing,
+    /// A tx.commit or queue.purge goes on over the next turns (`Channel::continue_work`);
+    /// until it is done, the connection reads nothing more.
+    Continues,
 }
 
 fn reply(out: &mut Output, channel: u16, method: AMQPClass) {
@@ -263,6 +267,7 @@ impl Channel {
             confirms: None,
             tx: None,
             committing: None,
+            purging: None,
             last_queue: None,
             routes: route::RouteCache::default(),
             reply_consumer: None,
@@ -346,7 +351,7 @@ impl Channel {
                 );
             }
             AMQPClass::Exchange(m) => self.exchange_method(s, out, m)?,
-            AMQPClass::Queue(m) => self.queue_method(s, out, m)?,
+            AMQPClass::Queue(m) => return self.queue_method(s, out, m),
             AMQPClass::Basic(m) => self.basic_method(s, out, m)?,
             AMQPClass::Tx(m) => return self.tx_method(s, out, m),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {

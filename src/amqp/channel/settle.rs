@@ -174,6 +174,8 @@ impl Channel {
             self.roll_back(tx);
         }
         self.abandon_commit();
+        // A purge under way reads the rest of its tails through now, without its purge-ok.
+        self.purging = None;
         if let Some(reply) = self.reply_consumer.take() {
             s.broker.reply_consumers.unregister(&reply.key);
         }

@@ -76,7 +76,7 @@ impl Channel {
                 });
                 return Ok(match self.continue_commit(s, out)? {
                     true => After::Nothing,
-                    false => After::Committing,
+                    false => After::Continues,
                 });
             }
             tx::AMQPMethod::Rollback(_) => {
@@ -99,14 +99,24 @@ impl Channel {
         Ok(After::Nothing)
     }
 
-    /// Whether a tx.commit is under way.
-    pub fn is_committing(&self) -> bool {
-        self.committing.is_some()
+    /// Whether a tx.commit or a queue.purge is under way.
+    pub fn is_continuing(&self) -> bool {
+        self.committing.is_some() || self.purging.is_some()
+    }
+
+    /// Takes the next step of the tx.commit or queue.purge under way. Returns whether it
+    /// is done.
+    pub fn continue_work(&mut self, s: &Session, out: &mut Output) -> AmqpResult<bool> {
+        // A channel has one or the other: its input is paused while either is under way.
+        if self.purging.is_some() {
+            return Ok(self.continue_purge(out) && self.committing.is_none());
+        }
+        self.continue_commit(s, out)
     }
 
     /// Enqueues the next [`COMMIT_BATCH`] publishes of the commit under way; after the last,
     /// applies its settlements and answers. Returns whether the commit is done.
-    pub fn continue_commit(&mut self, s: &Session, out: &mut Output) -> AmqpResult<bool> {
+    fn continue_commit(&mut self, s: &Session, out: &mut Output) -> AmqpResult<bool> {
         let Some(mut c) = self.committing.take() else {
             return Ok(true);
         };

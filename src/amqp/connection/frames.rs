@@ -57,8 +57,8 @@ impl Connection {
                 }
                 _ => {}
             }
-            if self.committing && matches!(self.phase, Phase::Running) {
-                // The rest waits for the tx.commit under way (see `continue_commits`).
+            if self.continuing && matches!(self.phase, Phase::Running) {
+                // The rest waits for the tx.commit or purge under way (`continue_work`).
                 return;
             }
             if matches!(self.phase, Phase::Running) && self.output_full() {
@@ -314,7 +314,7 @@ impl Connection {
             channels,
             session,
             out,
-            committing,
+            continuing,
             ..
         } = self;
         let Some(session) = session.as_ref() else {
@@ -353,8 +353,8 @@ impl Connection {
                             Ok(())
                         }
                         Ok(After::Nothing) => Ok(()),
-                        Ok(After::Committing) => {
-                            *committing = true;
+                        Ok(After::Continues) => {
+                            *continuing = true;
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -381,28 +381,28 @@ impl Connection {
         }
     }
 
-    /// Enqueues the next batch of the tx.commit under way; when it is done (or the
-    /// connection no longer runs), input is parsed again. Its errors are the commit's, as
-    /// if the commit had run in one go.
-    pub(super) fn continue_commits(&mut self) {
+    /// Takes the next step of each tx.commit or queue.purge under way; when they are done
+    /// (or the connection no longer runs), input is parsed again. A commit's errors are
+    /// its own, as if it had run in one go.
+    pub(super) fn continue_work(&mut self) {
         let Some(session) = self
             .session
             .as_ref()
             .filter(|_| matches!(self.phase, Phase::Running))
         else {
             // A closing connection's channels drop what is left (`Channel::shutdown`).
-            self.committing = false;
+            self.continuing = false;
             return;
         };
         let mut failed = Vec::new();
         let mut pending = false;
-        for ch in self.channels.iter_mut().filter(|c| c.is_committing()) {
-            match ch.continue_commit(session, &mut self.out) {
+        for ch in self.channels.iter_mut().filter(|c| c.is_continuing()) {
+            match ch.continue_work(session, &mut self.out) {
                 Ok(done) => pending |= !done,
                 Err(e) => failed.push((ch.id, e)),
             }
         }
-        self.committing = pending;
+        self.continuing = pending;
         for (channel, e) in failed {
             if e.is_hard() {
                 self.close_connection(e, false);

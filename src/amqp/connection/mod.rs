@@ -151,10 +151,10 @@ pub struct Connection {
         reason = "shifting boxes on open and close, not channels"
     )]
     channels: Vec<Box<Channel>>,
-    /// A channel's tx.commit is under way (`Channel::continue_commit`): the task enqueues a
-    /// batch of it per turn and yields in between, and parses no more input until it is
-    /// done, so what follows the commit still comes after it.
-    committing: bool,
+    /// A channel's tx.commit or queue.purge is under way (`Channel::continue_work`): the
+    /// task takes a batch of it per turn and yields in between, and parses no more input
+    /// until it is done, so what follows it still comes after it.
+    continuing: bool,
     /// Input is left unparsed until output falls under its limit (`output_full`): once it
     /// has, the next turn parses it without waiting for the client to send more.
     parse_paused: bool,
@@ -217,7 +217,7 @@ pub async fn serve(
         start_ok: None,
         session: None,
         channels: Vec::new(),
-        committing: false,
+        continuing: false,
         parse_paused: false,
         input_work: 0,
         drained: Drained::default(),
@@ -266,7 +266,7 @@ impl Connection {
             if let Err(e) = self.flush() {
                 return Exit::Io(e);
             }
-            if self.committing {
+            if self.continuing {
                 // Nothing is read meanwhile, so the client's heartbeats count again from
                 // when reading resumes, as after any pause in reading (`wait`). The timed
                 // duties `wait` runs go on between batches: heartbeats to the client, the
@@ -298,8 +298,8 @@ impl Connection {
 
     /// Does all the work that needs no waiting.
     fn step(&mut self) -> Result<(), Exit> {
-        if self.committing {
-            self.continue_commits();
+        if self.continuing {
+            self.continue_work();
         }
         // An alarm raised before the input arrived blocks it, whichever of the two `wait`
         // saw first: its select takes ready events in no set order, so a publish could

@@ -45,7 +45,7 @@ mod limits;
 mod pace;
 mod paging;
 pub mod prefetch;
-mod purge;
+pub mod purge;
 pub mod ready;
 mod requeue;
 pub mod settings;
@@ -519,17 +519,6 @@ impl Queue {
                     && !state.deleted,
             }
         })
-    }
-
-    /// Drops every ready message, in memory or paged out; returns how many there were. They
-    /// leave the queue at once; the acks of paged durable ones are logged before this
-    /// returns, without holding the queue's lock while their records are read (`purge`).
-    pub fn purge(&self) -> u32 {
-        let (n, purged) = self.with_state(State::purge);
-        for tail in purged {
-            self.ack_purged(tail);
-        }
-        n
     }
 
     /// Ready messages and consumers, as queue.declare-ok reports them.

@@ -33,7 +33,7 @@ pub struct Purged {
 
 impl State {
     /// Drops every ready message, in memory or paged out. Returns how many there were, and
-    /// the tails whose durable messages need their acks logged ([`Queue::ack_purged`]).
+    /// the tails whose durable messages need their acks logged ([`PurgeUnderWay`]).
     pub(super) fn purge(&mut self) -> (u32, Vec<Purged>) {
         let n = self.message_count();
         let (mut seqs, mut bytes) = (Vec::new(), 0u64);
@@ -87,51 +87,101 @@ impl State {
     }
 }
 
+/// A purge whose paged tails are still being read through to log their acks, a batch per
+/// [`PurgeUnderWay::step`]: a channel takes a step per turn of its connection task and
+/// answers once it is done; the management API runs it through off the runtime's workers.
+/// Dropped before then (its connection went away), it reads the rest through at once:
+/// left unlogged, the acks would bring the purged messages back at the next start, and
+/// keep their segments on disk until then.
+#[must_use = "dropped, it reads the rest of the purged tails through at once"]
+pub struct PurgeUnderWay {
+    queue: Arc<Queue>,
+    /// Read from the back: the queue's own tail last in the list, so first, since its pin
+    /// holds back the log's garbage collection while it is read.
+    tails: Vec<Purged>,
+    /// How many messages the purge took: what purge-ok reports.
+    pub count: u32,
+}
+
+impl PurgeUnderWay {
+    /// Logs the acks of one more batch; returns whether the purge is done.
+    pub fn step(&mut self) -> bool {
+        if let Some(tail) = self.tails.last_mut()
+            && !self.queue.ack_purged_batch(tail)
+            && let Some(done) = self.tails.pop()
+            && done.pin.is_none()
+        {
+            done.log.destroy();
+        }
+        self.tails.is_empty()
+    }
+
+    /// Runs the purge to its end; returns how many messages it took.
+    pub fn finish(mut self) -> u32 {
+        while !self.step() {}
+        self.count
+    }
+}
+
+impl Drop for PurgeUnderWay {
+    fn drop(&mut self) {
+        // Not while unwinding from a panic in a step: the same step would panic again.
+        if !std::thread::panicking() {
+            while !self.step() {}
+        }
+    }
+}
+
 impl Queue {
-    /// Logs the acks of the durable messages in a purged tail: each batch is read with the
-    /// queue's lock released, and its acks logged under it, with one append per batch. A
-    /// queue deleted meanwhile stops the reading (its log is gone).
-    pub(super) fn ack_purged(&self, mut purged: Purged) {
-        loop {
-            let read = purged.log.read_back(
-                &mut purged.reader,
-                PURGE_READ_BATCH_BYTES,
-                &crate::store::uncharged,
-            );
-            let mut state = self.lock();
-            let more = match read {
-                Ok(batch) if !batch.is_empty() && !state.deleted => {
-                    let tail = batch.len().min(purged.left as usize);
-                    purged.left -= tail as u64;
-                    let durable = batch[..tail].iter().filter(|m| m.persisted);
-                    let seqs: Vec<u64> = durable.clone().map(|m| m.seq).collect();
-                    let bytes: u64 = durable.map(|m| m.message.body.len() as u64).sum();
-                    state.log_acks(&seqs, bytes);
-                    purged.left > 0
-                }
-                Ok(_) => false,
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot read the queue log");
-                    false
-                }
-            };
-            if let Some(pin) = purged.pin {
-                let at = state.purging.iter().position(|&(p, _)| p == pin);
-                match (at, more) {
-                    (Some(at), true) => state.purging[at].1 = purged.reader.pos,
-                    (Some(at), false) => {
-                        state.purging.swap_remove(at);
-                    }
-                    (None, _) => {}
-                }
-                state.collect_garbage();
-            }
-            if !more {
-                break;
-            }
+    /// Drops every ready message, in memory or paged out: they leave the queue at once. The
+    /// acks of the paged durable ones are logged by the [`PurgeUnderWay`] returned.
+    pub fn purge(self: &Arc<Self>) -> PurgeUnderWay {
+        let (count, mut tails) = self.with_state(State::purge);
+        tails.reverse();
+        PurgeUnderWay {
+            queue: self.clone(),
+            tails,
+            count,
         }
-        if purged.pin.is_none() {
-            purged.log.destroy();
+    }
+
+    /// Reads one batch of a purged tail with the queue's lock released, and logs the acks of
+    /// its durable messages under it, with one append. Returns whether there is more to
+    /// read. A queue deleted meanwhile stops the reading (its log is gone).
+    fn ack_purged_batch(&self, purged: &mut Purged) -> bool {
+        let read = purged.log.read_back(
+            &mut purged.reader,
+            PURGE_READ_BATCH_BYTES,
+            &crate::store::uncharged,
+        );
+        let mut state = self.lock();
+        let more = match read {
+            Ok(batch) if !batch.is_empty() && !state.deleted => {
+                let tail = batch.len().min(purged.left as usize);
+                purged.left -= tail as u64;
+                let durable = batch[..tail].iter().filter(|m| m.persisted);
+                let seqs: Vec<u64> = durable.clone().map(|m| m.seq).collect();
+                let bytes: u64 = durable.map(|m| m.message.body.len() as u64).sum();
+                state.log_acks(&seqs, bytes);
+                purged.left > 0
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "cannot read the queue log");
+                false
+            }
+        };
+        if let Some(pin) = purged.pin {
+            let at = state.purging.iter().position(|&(p, _)| p == pin);
+            match (at, more) {
+                (Some(at), true) => state.purging[at].1 = purged.reader.pos,
+                (Some(at), false) => {
+                    state.purging.swap_remove(at);
+                }
+                (None, _) => {}
+            }
+            state.collect_garbage();
         }
+        more
     }
 }
