@@ -1130,6 +1130,36 @@ async fn a_logged_message_that_cannot_be_read_back_is_dropped_once_not_at_every_
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A broker's configuration keeping its data in `dir`, with a memory budget of 256 KiB: a
+/// backlog of a few megabytes pages to disk.
+fn small_budget_in(dir: &Path) -> Config {
+    let mut config = Config::for_tests();
+    config.data_dir = dir.to_owned();
+    config.limits.memory_budget_bytes = 256 * 1024;
+    config.limits.segment_bytes = 1024 * 1024;
+    config
+}
+
+/// Publishes `n` bodies of 1,000 bytes to `queue` through the default exchange, the `i`th
+/// with `props(i)`, and waits for every confirm (the channel is in confirm mode).
+async fn publish_confirmed(
+    ch: &Channel,
+    queue: &str,
+    n: u32,
+    props: impl Fn(u32) -> BasicProperties,
+) {
+    let body = vec![b'x'; 1000];
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let publish =
+            ch.basic_publish("".into(), queue.into(), Default::default(), &body, props(i));
+        pending.push(within(publish).await.unwrap());
+    }
+    for p in pending {
+        assert!(within(p).await.unwrap().is_ack());
+    }
+}
+
 /// Same as RabbitMQ: a purged durable queue stays empty after a restart, however much of
 /// its backlog was paged to disk (a FIFO queue's tail, a priority queue's levels). The
 /// paged messages' acks are logged after the queue has let them go, with its lock released
@@ -1137,14 +1167,7 @@ async fn a_logged_message_that_cannot_be_read_back_is_dropped_once_not_at_every_
 #[tokio::test]
 async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
     let dir = fresh_dir("purge-paged");
-    let config = || {
-        let mut config = Config::for_tests();
-        config.data_dir = dir.clone();
-        config.limits.memory_budget_bytes = 256 * 1024;
-        config.limits.segment_bytes = 1024 * 1024;
-        config
-    };
-    let mut broker = Broker::start_with(config()).await;
+    let mut broker = Broker::start_with(small_budget_in(&dir)).await;
     let (conn, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
     let priority = table(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]);
@@ -1153,19 +1176,9 @@ async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
             .await
             .unwrap();
     }
-    let body = vec![b'x'; 1000];
     let n = 3000;
-    let mut pending = Vec::new();
-    for i in 0..n {
-        for queue in ["fifo", "levels"] {
-            let props = persistent().with_priority((i % 6) as u8);
-            let publish =
-                ch.basic_publish("".into(), queue.into(), Default::default(), &body, props);
-            pending.push(within(publish).await.unwrap());
-        }
-    }
-    for p in pending {
-        assert!(within(p).await.unwrap().is_ack());
+    for queue in ["fifo", "levels"] {
+        publish_confirmed(&ch, queue, n, |i| persistent().with_priority((i % 6) as u8)).await;
     }
     // Both page out: the FIFO queue its tail, the priority queue its levels.
     let vhost = broker.server.as_ref().unwrap().broker().vhost("/").unwrap();
@@ -1181,7 +1194,7 @@ async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
     drop(vhost);
     for queue in ["fifo", "levels"] {
         let purged = within(ch.queue_purge(queue.into(), Default::default())).await;
-        assert_eq!(purged.unwrap(), n as u32, "{queue}");
+        assert_eq!(purged.unwrap(), n, "{queue}");
         assert_eq!(passive_count(&ch, queue).await.unwrap(), 0, "{queue}");
         // Confirmed after the purge, so the purge's acks are on disk with it.
         confirmed(&ch, "", queue, b"after", persistent()).await;
@@ -1190,7 +1203,7 @@ async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
     drop(conn);
     broker.stop().await;
 
-    let broker = Broker::start_with(config()).await;
+    let broker = Broker::start_with(small_budget_in(&dir)).await;
     let (_c, ch) = broker.channel().await;
     for queue in ["fifo", "levels"] {
         let left = drain(&ch, queue).await;
@@ -1207,34 +1220,14 @@ async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
     let dir = fresh_dir("purge-race");
-    let config = || {
-        let mut config = Config::for_tests();
-        config.data_dir = dir.clone();
-        config.limits.memory_budget_bytes = 256 * 1024;
-        config
-    };
-    let mut broker = Broker::start_with(config()).await;
+    let mut broker = Broker::start_with(small_budget_in(&dir)).await;
     let (conn, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
     within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
         .await
         .unwrap();
-    let body = vec![b'x'; 1000];
     let n = 20_000u32;
-    let mut pending = Vec::new();
-    for _ in 0..n {
-        let publish = ch.basic_publish(
-            "".into(),
-            "q".into(),
-            Default::default(),
-            &body,
-            persistent(),
-        );
-        pending.push(within(publish).await.unwrap());
-    }
-    for p in pending {
-        assert!(within(p).await.unwrap().is_ack());
-    }
+    publish_confirmed(&ch, "q", n, |_| persistent()).await;
     // Another connection publishes, each message confirmed before the next, until the
     // purge is over: some land before the purge, some while it reads its tail.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1272,7 +1265,7 @@ async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
     drop((conn, other));
     broker.stop().await;
 
-    let broker = Broker::start_with(config()).await;
+    let broker = Broker::start_with(small_budget_in(&dir)).await;
     let (_c, ch) = broker.channel().await;
     assert_eq!(
         passive_count(&ch, "q").await.unwrap(),
@@ -1288,34 +1281,14 @@ async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
 /// a restart too.
 #[tokio::test]
 async fn a_publish_sent_right_behind_a_purge_of_a_paged_queue_stays() {
-    let dir = fresh_dir("purge-nowait");
-    let config = || {
-        let mut config = Config::for_tests();
-        config.data_dir = dir.clone();
-        config.limits.memory_budget_bytes = 256 * 1024;
-        config
-    };
-    let mut broker = Broker::start_with(config()).await;
+    let dir = fresh_dir("purge-behind");
+    let mut broker = Broker::start_with(small_budget_in(&dir)).await;
     let (conn, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
     within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
         .await
         .unwrap();
-    let body = vec![b'x'; 1000];
-    let mut pending = Vec::new();
-    for _ in 0..10_000 {
-        let publish = ch.basic_publish(
-            "".into(),
-            "q".into(),
-            Default::default(),
-            &body,
-            persistent(),
-        );
-        pending.push(within(publish).await.unwrap());
-    }
-    for p in pending {
-        assert!(within(p).await.unwrap().is_ack());
-    }
+    publish_confirmed(&ch, "q", 10_000, |_| persistent()).await;
     // Sent one behind the other, the purge-ok not awaited first.
     let purge = ch.queue_purge("q".into(), Default::default());
     let publish = ch.basic_publish(
@@ -1333,7 +1306,7 @@ async fn a_publish_sent_right_behind_a_purge_of_a_paged_queue_stays() {
     drop(conn);
     broker.stop().await;
 
-    let broker = Broker::start_with(config()).await;
+    let broker = Broker::start_with(small_budget_in(&dir)).await;
     let (_c, ch) = broker.channel().await;
     assert_eq!(drain(&ch, "q").await, vec![("behind".to_string(), false)]);
     let _ = std::fs::remove_dir_all(&dir);
