@@ -1213,6 +1213,20 @@ async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A broker keeping its data in `dir` on a small memory budget, whose durable queue `q`
+/// holds `n` persistent messages, confirmed and mostly paged to disk; and a channel to it
+/// in confirm mode.
+async fn paged_durable_queue(dir: &Path, n: u32) -> (Broker, lapin::Connection, Channel) {
+    let broker = Broker::start_with(small_budget_in(dir)).await;
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "q", n, |_| persistent()).await;
+    (broker, conn, ch)
+}
+
 /// Regression: a purge reads its paged tail back with the queue's lock released between
 /// batches, and once read to the log's end instead of the tail's, it acknowledged what
 /// publishers had put in the queue meanwhile: confirmed messages, still in the queue, that
@@ -1220,14 +1234,8 @@ async fn a_purged_backlog_paged_to_disk_stays_purged_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
     let dir = fresh_dir("purge-race");
-    let mut broker = Broker::start_with(small_budget_in(&dir)).await;
-    let (conn, ch) = broker.channel().await;
-    within(ch.confirm_select(Default::default())).await.unwrap();
-    within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
-        .await
-        .unwrap();
     let n = 20_000u32;
-    publish_confirmed(&ch, "q", n, |_| persistent()).await;
+    let (mut broker, conn, ch) = paged_durable_queue(&dir, n).await;
     // Another connection publishes, each message confirmed before the next, until the
     // purge is over: some land before the purge, some while it reads its tail.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1282,13 +1290,7 @@ async fn messages_published_while_a_purge_reads_its_tail_survive_a_restart() {
 #[tokio::test]
 async fn a_publish_sent_right_behind_a_purge_of_a_paged_queue_stays() {
     let dir = fresh_dir("purge-behind");
-    let mut broker = Broker::start_with(small_budget_in(&dir)).await;
-    let (conn, ch) = broker.channel().await;
-    within(ch.confirm_select(Default::default())).await.unwrap();
-    within(ch.queue_declare("q".into(), durable(), FieldTable::default()))
-        .await
-        .unwrap();
-    publish_confirmed(&ch, "q", 10_000, |_| persistent()).await;
+    let (mut broker, conn, ch) = paged_durable_queue(&dir, 10_000).await;
     // Sent one behind the other, the purge-ok not awaited first.
     let purge = ch.queue_purge("q".into(), Default::default());
     let publish = ch.basic_publish(
