@@ -286,6 +286,33 @@ async fn same_as_rabbitmq_a_quorum_queue_refuses_after_the_message_that_goes_ove
     assert_eq!(bodies(&ch, "qq").await, ["p3", "p5"]);
 }
 
+/// Regression: a quorum queue's soft limit was worked out as the limit times four, fifth
+/// taken, in 64 bits, so a huge `x-max-length` (any client may declare one up to
+/// `i64::MAX`) wrapped it to zero: once the byte limit had been reached, the queue refused
+/// every publish until it was empty. Same as RabbitMQ: down to 80% of each limit, it takes
+/// publishes again.
+#[tokio::test]
+async fn a_huge_length_limit_does_not_keep_a_quorum_queue_refusing() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let mut args = quorum_limit(0, "reject-publish");
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1 << 62));
+    args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(10));
+    declare_durable(&ch, "qq", args).await;
+    // 5 + 6 bytes goes over 10: the second is taken, and the queue refuses from the next.
+    assert!(confirmed(&ch, "", "qq", "12345").await);
+    assert!(confirmed(&ch, "", "qq", "123456").await);
+    assert!(!confirmed(&ch, "", "qq", "1").await);
+    within(ch.basic_get("qq".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("a message");
+    // 6 bytes left, below 80% of 10; one message, far below 80% of 2^62.
+    assert!(confirmed(&ch, "", "qq", "1").await);
+    assert_eq!(bodies(&ch, "qq").await, ["123456", "1"]);
+}
+
 /// Same as RabbitMQ 3.10, where quorum queues do not support `reject-publish-dlx`: they
 /// drop from the head (dead-lettering with reason `maxlen`) and confirm every publish.
 #[tokio::test]

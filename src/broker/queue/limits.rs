@@ -52,9 +52,11 @@ impl State {
     }
 
     /// Down to 80% of every length limit, as `rabbit_fifo:is_below_soft_limit` (the limit
-    /// times 0.8, truncated).
+    /// times 0.8, truncated). In 128 bits: a client's limit can be up to `i64::MAX`, whose
+    /// four times wrapped to a soft limit near zero.
     fn below_soft_limit(&self) -> bool {
-        let below = |max: Option<u64>, n: u64| max.is_none_or(|m| n <= m * 4 / 5);
+        let below =
+            |max: Option<u64>, n: u64| max.is_none_or(|m| u128::from(n) <= u128::from(m) * 4 / 5);
         below(
             self.settings.max_length,
             u64::from(self.message_count()) + self.held.count,

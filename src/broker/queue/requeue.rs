@@ -78,14 +78,12 @@ impl State {
     }
 
     /// Inserts entries at the positions their sequence numbers give them.
-    pub fn insert_in_order(&mut self, mut entries: Vec<QueueEntry>) {
-        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
-        for entry in entries {
-            let size = entry.size();
-            self.ready_bytes += size;
+    pub fn insert_in_order(&mut self, entries: Vec<QueueEntry>) {
+        for entry in &entries {
+            self.ready_bytes += entry.size();
             self.body_bytes += entry.message.body.len() as u64;
-            self.ready.insert_in_order(entry);
         }
+        self.ready.insert_all_in_order(entries);
     }
 
     /// Puts a returned message behind every other, under the next sequence number: in
