@@ -736,3 +736,32 @@ async fn a_wider_channel_prefetch_lets_waiting_messages_through() {
     next().await;
     next().await;
 }
+
+/// Credit an ack frees under a channel-wide prefetch goes round the channel's queues until
+/// one takes it, past queues with nothing to send, and the round stops there (asking all of
+/// 65,536 queues at every ack made a run of acks cost acks x queues): the next round starts
+/// after the queue that took it.
+#[tokio::test]
+async fn channel_credit_goes_round_empty_queues_to_the_one_with_messages() {
+    let broker = Broker::start().await;
+    let (conn, ch) = broker.channel().await;
+    let names = ["empty-0", "empty-1", "full", "empty-2"];
+    for q in names {
+        within(ch.queue_declare(q.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let consuming = channel_with_one_credit(&conn).await;
+    let mut full = None;
+    for q in names {
+        let consumer = consume(&consuming, q, q, FieldTable::default()).await;
+        if q == "full" {
+            full = Some(consumer);
+        }
+    }
+    let mut full = full.expect("the full queue's consumer");
+    for body in ["a", "b", "c", "d"] {
+        publish(&ch, "full", body).await;
+    }
+    assert_eq!(acked_in_turn(&mut full, 4).await, "a b c d");
+}

@@ -51,6 +51,24 @@ impl ChannelConsumers {
         self.queues.values()
     }
 
+    /// The queues consumed from, starting after the one first consumed from by consumer
+    /// `after` and coming round to it last (from the first if `after` is `None`): a round of
+    /// asking them in turn, started in time logarithmic in their number.
+    pub fn queues_after(
+        &self,
+        after: Option<ConsumerId>,
+    ) -> impl Iterator<Item = (ConsumerId, &Arc<Queue>)> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let (tail, head) = match after {
+            Some(k) => (
+                self.queues.range((Excluded(k), Unbounded)),
+                self.queues.range((Unbounded, Included(k))),
+            ),
+            None => (self.queues.range(..), self.queues.range(0..0)),
+        };
+        tail.chain(head).map(|(&id, q)| (id, q))
+    }
+
     /// Adds a consumer under a tag not in use (basic.consume refuses one that is).
     pub fn insert(&mut self, tag: Bytes, consumer: ChannelConsumer) {
         debug_assert!(!self.by_tag.contains_key(&tag), "consumer tag in use");

@@ -185,9 +185,9 @@ pub struct Channel {
     routes: route::RouteCache,
     /// At most one direct reply-to consumer per channel, as in RabbitMQ.
     reply_consumer: Option<ReplyConsumer>,
-    /// Where the next round of asking consumed queues for more starts (see
-    /// `settle::kick_in_turn`).
-    kick_from: usize,
+    /// The next round of asking consumed queues for more starts after this one's (see
+    /// `settle::kick_in_turn`): the key of a queue in `consumers`.
+    kick_after: Option<ConsumerId>,
     /// No unacknowledged delivery times out before this (the earliest deadline when it was
     /// last worked out; acks since may have made it earlier than needed).
     timeout_check: Option<Instant>,
@@ -271,7 +271,7 @@ impl Channel {
             last_queue: None,
             routes: route::RouteCache::default(),
             reply_consumer: None,
-            kick_from: 0,
+            kick_after: None,
             timeout_check: None,
             first_consumer_id: consume::next_consumer_id(),
             _user_slot: user_slot,

@@ -140,20 +140,33 @@ impl Channel {
         self.note_gauges();
     }
 
-    /// Channel-wide credit came back: every queue this channel consumes from may send again.
-    /// They are asked in turn, starting one further along each time, so that under a
-    /// channel-wide prefetch each queue gets its share (RabbitMQ's limiter notifies its queues
-    /// in a shuffled order for the same reason).
-    pub(super) fn kick_in_turn(&mut self) {
-        let queues = self.consumers.queues();
-        if queues.len() == 0 {
-            return;
-        }
-        let start = self.kick_from % queues.len();
-        self.kick_from = self.kick_from.wrapping_add(1);
-        for q in queues.clone().skip(start).chain(queues.take(start)) {
+    /// Channel-wide credit came back: the queues this channel consumes from may send again.
+    /// They are asked in turn, each round starting after where the last one stopped, so that
+    /// under a channel-wide prefetch each queue gets its share (RabbitMQ's limiter notifies
+    /// its queues in a shuffled order for the same reason). A round stops once the credit is
+    /// gone again, leaving the channel marked starved: an ack frees one unit, and asking all
+    /// of 65,536 queues with messages for it at every ack made a run of acks cost acks x
+    /// queues. Queues with nothing to send are still passed on the way (the channel keeps
+    /// one starved flag, not one per queue as RabbitMQ's limiter does), so each queue asked
+    /// counts as work against the connection's turn: a channel that makes its acks costly
+    /// yields its worker to the other connections.
+    pub(crate) fn kick_in_turn(&mut self) {
+        let (mut first, mut last, mut asked) = (None, None, 0usize);
+        let mut stopped = false;
+        for (id, q) in self.consumers.queues_after(self.kick_after) {
+            if asked > 0 && !self.prefetch.has_credit() {
+                self.prefetch.note_starved();
+                stopped = true;
+                break;
+            }
             q.kick(Unblock::Channel(&self.prefetch));
+            first.get_or_insert(id);
+            last = Some(id);
+            asked += 1;
         }
+        // A round that asked every queue moves the start on by one, as before.
+        self.kick_after = if stopped { last } else { first };
+        self.work += asked;
     }
 
     /// Requeues everything unacknowledged: `Requeue::Released` when the channel closes,

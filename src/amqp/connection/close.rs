@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{CLOSE_TIMEOUT, Connection, Exit, HANDSHAKE_FAILURE_DELAY, Phase};
 use crate::amqp::outbox::{OutboxEvent, return_to_queues};
-use crate::broker::queue::delivery::{Delivery, DeliverySource, Unblock};
+use crate::broker::queue::delivery::Delivery;
 use crate::protocol::error::AmqpError;
 use crate::protocol::method::write_method;
 
@@ -87,6 +87,8 @@ impl Connection {
         let mut drained = std::mem::take(&mut self.drained);
         self.outbox.drain(&mut drained);
         let mut undelivered: Vec<Delivery> = Vec::new();
+        // Channels whose credit came back from deliveries that found no consumer.
+        let mut unblocked: Vec<usize> = Vec::new();
         let now = std::time::Instant::now();
         let mut writing = true;
         for d in drained.deliveries.drain(..) {
@@ -104,13 +106,14 @@ impl Connection {
                     Err(d) => {
                         // Its credit came from this channel's prefetch only if its consumer
                         // was made here (not on a closed channel that had this number).
+                        // The channel's queues are asked once after the drain, not once
+                        // per delivery: a cancelled consumer's deliveries times the queues.
                         if !d.no_ack
                             && self.channels[i].made_consumer(d.consumer_id)
                             && self.channels[i].prefetch().release(1)
+                            && !unblocked.contains(&i)
                         {
-                            for q in self.channels[i].consumed_queues() {
-                                q.kick(Unblock::Channel(self.channels[i].prefetch()));
-                            }
+                            unblocked.push(i);
                         }
                         // Counted in the outbox when pushed: it leaves it here, unwritten.
                         self.unflushed_delivery_bytes += d.entry.message.wire_size();
@@ -123,11 +126,21 @@ impl Connection {
                 }
             }
         }
+        // Back in their queues before the channels' queues are asked, so another consumer
+        // can have them; and before the events, one of which can close every channel.
+        return_to_queues(undelivered);
+        for i in unblocked {
+            if let Some(ch) = self.channels.get_mut(i) {
+                ch.kick_in_turn();
+                // At most one round per channel per drain, which runs once per turn: not
+                // charged to the next frame the channel parses.
+                ch.take_work();
+            }
+        }
         for event in drained.events.drain(..) {
             self.on_event(event);
         }
         self.drained = drained;
-        return_to_queues(undelivered);
     }
 
     pub(super) fn on_event(&mut self, event: OutboxEvent) {

@@ -99,6 +99,17 @@ impl ChannelPrefetch {
         self.starved.swap(false, Ordering::SeqCst)
     }
 
+    /// Whether a delivery that needs an ack could take channel credit now.
+    pub fn has_credit(&self) -> bool {
+        self.unacked.load(Ordering::SeqCst) < self.limit()
+    }
+
+    /// Marks the channel as having left queues without credit: a queue asked in turn was not
+    /// asked this time, so the next release asks again.
+    pub fn note_starved(&self) {
+        self.starved.store(true, Ordering::SeqCst);
+    }
+
     /// Whether some queue went without because of this channel's credit; clears the flag.
     pub fn take_starved(&self) -> bool {
         self.starved.swap(false, Ordering::SeqCst)
