@@ -641,6 +641,73 @@ def http_user_limits(url):
 
 
 @scenario
+def http_what_a_management_user_sees(url):
+    """A management user's view of shared objects: only its own consumers, the limits of
+    the vhosts it can see; and a permission for a user or vhost that does not exist (400,
+    not 404). A definitions import that stops at a bad policy keeps the ones before it in
+    force."""
+    seen = {}
+
+    def answer(method, path, body=None, auth=None):
+        status, _, text = http(method, path, body, **({"auth": auth} if auth else {}))
+        return [status, json.loads(text) if text else None]
+
+    for user in ("http-see-a", "http-see-b"):
+        http("PUT", "/api/users/" + user, {"password": "pw", "tags": "management"})
+        http("PUT", "/api/permissions/%2F/" + user, {"configure": ".*", "write": ".*", "read": ".*"})
+    conns = {}
+    for user in ("http-see-a", "http-see-b"):
+        conn = pika.BlockingConnection(pika.URLParameters(url.replace("guest:guest", user + ":pw")))
+        ch = conn.channel()
+        ch.queue_declare("http-see-q")
+        ch.basic_consume("http-see-q", lambda *a: None, consumer_tag=user + "-tag")
+        conns[user] = conn
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        tags = sorted(c["consumer_tag"] for c in get_json("/api/consumers")[1])
+        if "http-see-a-tag" in tags and "http-see-b-tag" in tags:
+            break
+        time.sleep(0.1)
+    for path in ("/api/consumers", "/api/consumers/%2F"):
+        status, listed = answer("GET", path, auth=("http-see-a", "pw"))
+        seen[path] = [status, sorted([c["consumer_tag"], c["channel_details"]["user"]]
+                                     for c in listed if c["queue"]["name"] == "http-see-q")]
+    seen["consumers_no_vhost"] = answer("GET", "/api/consumers/http-see-novhost", auth=("http-see-a", "pw"))[0]
+    http("PUT", "/api/vhost-limits/%2F/max-queues", {"value": 1000})
+    status, limits = answer("GET", "/api/vhost-limits", auth=("http-see-a", "pw"))
+    seen["vhost_limits"] = [status, [l for l in limits if l["vhost"] == "/"] if status == 200 else limits]
+    http("DELETE", "/api/vhost-limits/%2F/max-queues")
+    grant = {"configure": ".*", "write": ".*", "read": ".*"}
+    seen["grant_no_user"] = answer("PUT", "/api/permissions/%2F/http-see-nobody", grant)
+    seen["grant_no_vhost"] = answer("PUT", "/api/permissions/http-see-novhost/http-see-a", grant)
+    seen["grant_no_user_bad_body"] = answer("PUT", "/api/permissions/%2F/http-see-nobody", {"x": 1})[0]
+    topic = {"exchange": "amq.topic", "write": ".*", "read": ".*"}
+    seen["topic_no_user"] = answer("PUT", "/api/topic-permissions/%2F/http-see-nobody", topic)
+    seen["topic_no_vhost"] = answer("PUT", "/api/topic-permissions/http-see-novhost/http-see-a", {"x": 1})
+    for conn in conns.values():
+        conn.close()
+    status, _ = answer("POST", "/api/definitions", {"policies": [
+        {"vhost": "/", "name": "http-see-p1", "pattern": "^http-see-q$", "apply-to": "queues",
+         "definition": {"max-length": 10}, "priority": 0},
+        {"vhost": "/", "name": "http-see-p2", "pattern": ".*", "apply-to": "queues",
+         "definition": {"http-no-such-key": 1}, "priority": 0}]})
+    seen["import_status"] = status
+    got = None
+    for _ in range(50):
+        got = get_json("/api/queues/%2F/http-see-q")[1].get("policy")
+        if got:
+            break
+        time.sleep(0.1)
+    seen["policy_in_force"] = got
+    for p in ("http-see-p1", "http-see-p2"):
+        http("DELETE", "/api/policies/%2F/" + p)
+    http("DELETE", "/api/queues/%2F/http-see-q")
+    for user in ("http-see-a", "http-see-b"):
+        http("DELETE", "/api/users/" + user)
+    return seen
+
+
+@scenario
 def http_certificate_expiration(url):
     """The TLS listener's certificates (3 days, the conformance CA's) against windows on
     both sides of their expiry, and windows neither broker can read."""

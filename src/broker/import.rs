@@ -146,8 +146,12 @@ impl Broker {
         Ok(())
     }
 
+    /// Sets the policies one after the other, as RabbitMQ's import does, stopping at the
+    /// first it refuses. Those set before it are in force whatever the outcome: recorded and
+    /// not applied, they were listed and exported while no queue followed them until the
+    /// next policy change or restart.
     fn import_policies(&self, policies: &[PolicyDef]) -> Result<usize, String> {
-        for p in policies {
+        let set = policies.iter().try_for_each(|p| {
             if self.vhost(&p.vhost).is_none() {
                 return Err(format!(
                     "policy '{}': vhost '{}' does not exist",
@@ -158,11 +162,12 @@ impl Broker {
             self.validate_policy(p, false)
                 .map_err(|e| format!("policy '{}': {}", p.name, e.trim()))?;
             self.definitions.record(Change::PutPolicy(p.clone()));
-        }
+            Ok(())
+        });
         for v in self.vhosts() {
             v.reload_policies(false);
         }
-        Ok(policies.len())
+        set.map(|()| policies.len())
     }
 
     fn existing_vhost_of(

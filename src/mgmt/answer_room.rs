@@ -1,5 +1,9 @@
 //! Room for answers built whole (a sorted list, the definitions, a Prometheus scrape) while
-//! their clients read them: [`MAX_ANSWER_BYTES_HELD`] at once.
+//! their clients read them: [`MAX_ANSWER_BYTES_HELD`] at once, and for one user (or one
+//! address, an IPv6 /64, for answers that need no login) at most
+//! [`MAX_ANSWER_BYTES_PER_USER`] of it. The share keeps one user's slow readers from
+//! taking the room from the others; the room, whoever asks, bounds the memory (clients
+//! with many addresses get a share each, up to the room).
 //!
 //! Lists in their own order are written as the client reads them, but an answer that must
 //! be made whole first stays in memory until the client has taken it, and a client may take
@@ -12,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,10 +24,19 @@ use futures_core::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::http::ApiError;
+use super::listener::Peer;
+use super::user_shares::{UserShare, UserShares};
 
 /// Answers built whole that the API holds at once, at most; one larger than this takes all
 /// of it.
 pub const MAX_ANSWER_BYTES_HELD: usize = 256 * 1024 * 1024;
+
+/// Answers built whole that one user's requests hold at once, at most; one larger than
+/// this takes all of the user's share (while a definitions export larger than it is read,
+/// that user's other large answers are refused). Without it, a user allowed to read one queue could
+/// keep a few connections each reading a 16 MiB `get` answer a little at a time, and every
+/// other user's large answers (a page of queues, the definitions) were refused meanwhile.
+pub const MAX_ANSWER_BYTES_PER_USER: usize = MAX_ANSWER_BYTES_HELD / 4;
 
 /// Answers smaller than this are not counted: 256 connections hold at most 16 MiB of them.
 pub const COUNTED_ANSWER_BYTES: usize = 64 * 1024;
@@ -34,13 +47,32 @@ const HANDED_BYTES: usize = 64 * 1024;
 
 /// The room, counted in KiB.
 #[derive(Debug, Clone)]
-pub struct AnswerRoom(Arc<Semaphore>);
+pub struct AnswerRoom {
+    all: Arc<Semaphore>,
+    /// Each user's (or address's) share of `all`.
+    users: Arc<UserShares>,
+}
 
 impl Default for AnswerRoom {
     fn default() -> Self {
-        AnswerRoom(Arc::new(Semaphore::new(MAX_ANSWER_BYTES_HELD / 1024)))
+        AnswerRoom::new(MAX_ANSWER_BYTES_HELD, MAX_ANSWER_BYTES_PER_USER)
     }
 }
+
+impl AnswerRoom {
+    fn new(all_bytes: usize, per_user_bytes: usize) -> Self {
+        AnswerRoom {
+            all: Arc::new(Semaphore::new(all_bytes / 1024)),
+            users: Arc::new(UserShares::new((per_user_bytes / 1024) as u32)),
+        }
+    }
+}
+
+/// Whose answer this is, for the room's shares: set on the answer by the API's login
+/// (`api::authenticate`). An answer without it (the Prometheus endpoint, which needs no
+/// login) counts against its client's address.
+#[derive(Debug, Clone)]
+pub struct AnsweredFor(pub String);
 
 /// Middleware for a listener's routes: an answer built whole and at least
 /// [`COUNTED_ANSWER_BYTES`] long holds room for its size until the client has read it, or
@@ -48,6 +80,10 @@ impl Default for AnswerRoom {
 /// held, uncounted, while it waited. Answers written as they are read (lists in their own
 /// order) are left as they are.
 pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|ConnectInfo(Peer(addr))| addr.ip());
     let answer = next.run(req).await;
     let Some(len) = answer.body().size_hint().exact() else {
         return answer;
@@ -57,12 +93,15 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
         return answer;
     }
     let kib = len.min(MAX_ANSWER_BYTES_HELD).div_ceil(1024) as u32;
-    let permit = match room.0.try_acquire_many_owned(kib) {
-        Ok(permit) => permit,
-        Err(_) => {
-            return ApiError::unavailable("too many large answers at once; try again")
-                .into_response();
-        }
+    let who = match (answer.extensions().get::<AnsweredFor>(), peer) {
+        (Some(AnsweredFor(user)), _) => format!("user {user}"),
+        (None, Some(ip)) => format!("address {}", network_of(ip)),
+        (None, None) => String::new(),
+    };
+    let share = room.users.try_take(&who, kib.min(room.users.per_user()));
+    let permit = room.all.clone().try_acquire_many_owned(kib);
+    let (Some(share), Ok(permit)) = (share, permit) else {
+        return ApiError::unavailable("too many large answers at once; try again").into_response();
     };
     let (mut parts, body) = answer.into_parts();
     // The body is in memory already: this only takes it out of its wrapper.
@@ -76,16 +115,32 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
         answer: Arc::new(Answer {
             bytes,
             _permit: permit,
+            _share: share,
         }),
         at: 0,
     };
     Response::from_parts(parts, Body::from_stream(held))
 }
 
+/// The network an address shares a share with: itself for IPv4, its /64 for IPv6, where a
+/// single host is usually given the whole /64 and could take a share per address in it.
+fn network_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// An answer's bytes and the room they hold: both go when the last piece of it does.
 struct Answer {
     bytes: Bytes,
     _permit: OwnedSemaphorePermit,
+    /// Given back after `_permit`.
+    _share: UserShare,
 }
 
 /// A piece of an answer, which keeps the whole answer (and its room) while hyper holds it:
@@ -140,10 +195,16 @@ mod tests {
     /// Asks for `path` from a client that takes almost nothing of the answer; returns the
     /// connection and the first bytes of the answer.
     async fn ask(addr: std::net::SocketAddr, path: &str) -> (TcpStream, String) {
+        ask_as(addr, path, "").await
+    }
+
+    /// [`ask`] for `user` (the test's handlers answer for the user an `x-user` header
+    /// names, as the API's login marks its answers).
+    async fn ask_as(addr: std::net::SocketAddr, path: &str, user: &str) -> (TcpStream, String) {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("buffer size");
         let mut stream = socket.connect(addr).await.expect("connect");
-        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nx-user: {user}\r\n\r\n");
         stream.write_all(head.as_bytes()).await.expect("send");
         let mut buf = [0u8; 256];
         let n = stream.read(&mut buf).await.expect("answer");
@@ -155,7 +216,7 @@ mod tests {
     /// small answers still go out, and the room comes back when the slow client goes.
     #[tokio::test]
     async fn large_answers_held_at_once_are_bounded() {
-        let room = AnswerRoom(Arc::new(Semaphore::new(20 * 1024)));
+        let room = AnswerRoom::new(20 * 1024 * 1024, 20 * 1024 * 1024);
         let app = axum::Router::new()
             .route(
                 "/large",
@@ -195,5 +256,50 @@ mod tests {
             .expect("the room never came back");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         server.abort();
+    }
+
+    /// One user's slow readers hold at most their share of the room: their next large
+    /// answer is refused, another user's is served.
+    #[tokio::test]
+    async fn one_user_holds_at_most_a_share_of_the_room() {
+        let room = AnswerRoom::new(40 * 1024 * 1024, 20 * 1024 * 1024);
+        let large = |headers: axum::http::HeaderMap| async move {
+            let user = headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let mut answer = vec![b'x'; ANSWER_BYTES].into_response();
+            answer.extensions_mut().insert(AnsweredFor(user));
+            answer
+        };
+        let app = axum::Router::new()
+            .route("/large", axum::routing::get(large))
+            .layer(axum::middleware::from_fn_with_state(room, hold_answers));
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = inner.local_addr().expect("address");
+        let head_timeout = std::time::Duration::from_secs(20);
+        let server = tokio::spawn(serve(Bounded::new(inner), app, head_timeout));
+
+        let (_slow, answer) = ask_as(addr, "/large", "greedy").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (_, refused) = ask_as(addr, "/large", "greedy").await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        let (_other, served) = ask_as(addr, "/large", "other").await;
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        server.abort();
+    }
+
+    /// IPv6 clients share by /64, IPv4 (also written as IPv6) by address.
+    #[test]
+    fn addresses_share_by_network() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("address");
+        assert_eq!(network_of(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(network_of(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(network_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            network_of(ip("2001:db8:1:2:bbbb::9")),
+            network_of(ip("2001:db8:1:2:aaaa::1"))
+        );
     }
 }

@@ -124,8 +124,13 @@ async fn authenticate(
         Ok(room) => room,
         Err(e) => return e.into_response(),
     };
+    let name = user.name.clone();
     req.extensions_mut().insert(Caller::User(user));
-    next.run(req).await
+    let mut answer = next.run(req).await;
+    answer
+        .extensions_mut()
+        .insert(super::answer_room::AnsweredFor(name));
+    answer
 }
 
 /// The bytes of body `req` announces: a body past [`MAX_BODY_BYTES`] counts only that much,

@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
-use super::http::{ApiError, ApiResult, Caller, no_content, timestamp, visible_vhosts};
+use super::http::{ApiError, ApiResult, Caller, no_content, timestamp};
 use super::list::{List, ListQuery, list_of};
 use super::queues::{connections_by_id, consumer_json};
 use super::rates::{self, CONSUMER_FIELDS, PUBLISHER_FIELDS};
@@ -361,20 +361,38 @@ async fn show_channel(
     .await
 }
 
-/// The consumers of the queues of `vhosts`, answered as a list (see [`list_of`]).
+/// The consumers of the queues of `vhosts` that `caller` may see, answered as a list (see
+/// [`list_of`]): a monitor sees all, others only the consumers of their own connections'
+/// channels, as RabbitMQ's `rabbit_mgmt_wm_consumers:filter_user` (their channel details
+/// name the user, the peer and the connection).
 fn list_consumers_of(
     m: &Mgmt,
+    caller: &Caller,
     vhosts: &[Arc<crate::broker::vhost::VirtualHost>],
     q: &ListQuery,
 ) -> ApiResult {
     let conns = connections_by_id(&m.broker);
+    let sees = |c: &crate::broker::queue::ConsumerSnapshot| {
+        caller.is_monitor()
+            || caller.user().is_some_and(|u| {
+                conns
+                    .get(&c.connection)
+                    .and_then(|info| info.opened())
+                    .is_some_and(|opened| opened.user == u.name)
+            })
+    };
     let mut items = Vec::new();
     for v in vhosts {
         let mut queues = v.queues();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         for queue in queues {
             let consumers = queue.snapshot().consumers;
-            items.extend(consumers.into_iter().map(|c| (v.clone(), queue.clone(), c)));
+            items.extend(
+                consumers
+                    .into_iter()
+                    .filter(|c| sees(c))
+                    .map(|c| (v.clone(), queue.clone(), c)),
+            );
         }
     }
     let node = m.node().to_owned();
@@ -387,10 +405,16 @@ fn list_consumers_of(
     )
 }
 
+/// Same as RabbitMQ (`rabbit_mgmt_wm_consumers`): every vhost's consumers, filtered by
+/// user rather than by vhost (a user's own consumers show even in a vhost whose permission
+/// was taken from them while they consumed).
 async fn list_consumers(State(m): State<Arc<Mgmt>>, caller: Caller, Query(q): List) -> ApiResult {
-    let vhosts = visible_vhosts(&m.broker, &caller);
-    m.build(&caller, move |m| list_consumers_of(m, &vhosts, &q))
-        .await
+    let mut vhosts = m.broker.vhosts();
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    m.build(&caller.clone(), move |m| {
+        list_consumers_of(m, &caller, &vhosts, &q)
+    })
+    .await
 }
 
 async fn list_vhost_consumers(
@@ -399,7 +423,9 @@ async fn list_vhost_consumers(
     Path(vhost): Path<String>,
     Query(q): List,
 ) -> ApiResult {
-    let vhost = caller.vhost(&m.broker, &vhost)?;
-    m.build(&caller, move |m| list_consumers_of(m, &[vhost], &q))
-        .await
+    let vhost = m.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    m.build(&caller.clone(), move |m| {
+        list_consumers_of(m, &caller, &[vhost], &q)
+    })
+    .await
 }

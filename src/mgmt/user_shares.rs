@@ -57,9 +57,33 @@ impl UserShares {
             // A semaphore waits for permits it may be given later: this would wait forever.
             return None;
         }
-        // Made before the semaphore is cloned, so dropped after the wait holding the clone
-        // when this is cancelled: it then finds the map's count alone and removes the user.
-        let mut share = UserShare {
+        let (mut share, semaphore) = self.share_of(user);
+        share.permit = Some(semaphore.acquire_many_owned(units).await.ok()?);
+        Some(share)
+    }
+
+    /// Units in one user's share.
+    pub fn per_user(&self) -> u32 {
+        self.per_user
+    }
+
+    /// Takes `units` of `user`'s share if they are free now, without waiting (`None`: they
+    /// are not, or more than a share was asked for).
+    pub fn try_take(&self, user: &str, units: u32) -> Option<UserShare> {
+        if units > self.per_user {
+            return None;
+        }
+        let (mut share, semaphore) = self.share_of(user);
+        share.permit = Some(semaphore.try_acquire_many_owned(units).ok()?);
+        Some(share)
+    }
+
+    /// An empty share of `user`'s and their semaphore, put in the map if they had none. The
+    /// share is made before the semaphore is cloned, so it is dropped after the clone when
+    /// the take fails or is cancelled while it waits: it then finds the map's count alone
+    /// and removes the user.
+    fn share_of(&self, user: &str) -> (UserShare, Arc<Semaphore>) {
+        let share = UserShare {
             permit: None,
             name: user.to_owned(),
             users: self.users.clone(),
@@ -71,8 +95,7 @@ impl UserShares {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_user as usize)))
                 .clone()
         };
-        share.permit = Some(semaphore.acquire_many_owned(units).await.ok()?);
-        Some(share)
+        (share, semaphore)
     }
 
     /// How many users hold or wait for a share.

@@ -306,15 +306,24 @@ async fn put_permissions(
     body: Bytes,
 ) -> ApiResult {
     caller.require_admin()?;
-    let req: PutPermissions = super::http::parse_json(&body)?;
     let broker = &m.broker;
+    // Same as RabbitMQ (`rabbit_mgmt_wm_permission:accept_content`): a user or vhost that
+    // does not exist is a bad request, said before the body is looked at.
+    let not_found = || ApiError::bad_request("vhost_or_user_not_found");
+    if broker.user(&user).is_none() || broker.vhost(&vhost).is_none() {
+        return Err(not_found());
+    }
+    let req: PutPermissions = super::http::parse_json(&body)?;
     let new = broker
         .access
         .grants(&user)
         .is_none_or(|g| !g.vhosts.contains_key(&vhost));
     broker
         .set_permissions(&user, &vhost, &req.configure, &req.write, &req.read)
-        .map_err(ApiError::from_message)?;
+        .map_err(|e| match e.contains("does not exist") {
+            true => not_found(),
+            false => ApiError::bad_request(e),
+        })?;
     Ok(created(new))
 }
 
@@ -377,10 +386,18 @@ async fn put_topic_permissions(
     body: Bytes,
 ) -> ApiResult {
     caller.require_admin()?;
+    // As for permissions (`rabbit_mgmt_wm_topic_permission:accept_content`).
+    let not_found = || ApiError::bad_request("vhost_or_user_not_found");
+    if m.broker.user(&user).is_none() || m.broker.vhost(&vhost).is_none() {
+        return Err(not_found());
+    }
     let req: PutTopicPermissions = super::http::parse_json(&body)?;
     m.broker
         .set_topic_permissions(&user, &vhost, &req.exchange, &req.write, &req.read)
-        .map_err(ApiError::from_message)?;
+        .map_err(|e| match e.contains("does not exist") {
+            true => not_found(),
+            false => ApiError::bad_request(e),
+        })?;
     Ok(created(true))
 }
 
