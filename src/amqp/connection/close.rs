@@ -126,21 +126,23 @@ impl Connection {
                 }
             }
         }
-        // Back in their queues before the channels' queues are asked, so another consumer
-        // can have them; and before the events, one of which can close every channel.
-        return_to_queues(undelivered);
-        for i in unblocked {
-            if let Some(ch) = self.channels.get_mut(i) {
-                ch.kick_in_turn();
-                // At most one round per channel per drain, which runs once per turn: not
-                // charged to the next frame the channel parses.
-                ch.take_work();
-            }
-        }
+        // The events first: a close among them takes this connection's consumers out of
+        // their queues before the undelivered deliveries go back, which would otherwise
+        // hand them to another consumer here, to come back again (a quorum queue counting
+        // two returns of a message nobody received).
         for event in drained.events.drain(..) {
             self.on_event(event);
         }
         self.drained = drained;
+        return_to_queues(undelivered);
+        // Then the channels' queues are asked for the credit that came back, with the
+        // deliveries back in their queues. A close above leaves no channel to ask. The
+        // queues asked count against the channel's next turn of parsing.
+        for i in unblocked {
+            if let Some(ch) = self.channels.get_mut(i).filter(|ch| ch.is_open()) {
+                ch.kick_in_turn();
+            }
+        }
     }
 
     pub(super) fn on_event(&mut self, event: OutboxEvent) {
