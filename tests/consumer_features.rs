@@ -737,10 +737,10 @@ async fn a_wider_channel_prefetch_lets_waiting_messages_through() {
     next().await;
 }
 
-/// Credit an ack frees under a channel-wide prefetch goes round the channel's queues until
-/// one takes it, past queues with nothing to send, and the round stops there (asking all of
-/// 65,536 queues at every ack made a run of acks cost acks x queues): the next round starts
-/// after the queue that took it.
+/// Credit an ack frees under a channel-wide prefetch reaches the queue whose consumer waits
+/// for it, beside queues with nothing to send: only the queues that went without credit are
+/// asked, as RabbitMQ's limiter asks only those it blocked (asking all of up to 65,536
+/// queues at every ack made a run of acks cost acks x queues).
 #[tokio::test]
 async fn channel_credit_goes_round_empty_queues_to_the_one_with_messages() {
     let broker = Broker::start().await;

@@ -17,7 +17,7 @@ use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
 use crate::broker::queue::consumer::Consumer;
-use crate::broker::queue::delivery::{DeliverySource, Requeue, Unblock};
+use crate::broker::queue::delivery::Requeue;
 use crate::broker::queue::settings::QueueType;
 use crate::broker::reply_to::{self, ReplySink};
 use crate::protocol::basic::write_get_ok;
@@ -68,11 +68,7 @@ impl Channel {
                 let after = self.prefetch.global_limit();
                 let widened = before != 0 && (after == 0 || after > before);
                 if widened && self.prefetch.take_starved() {
-                    let queues = self.consumed_queues();
-                    self.work += queues.len();
-                    for queue in queues {
-                        queue.kick(Unblock::Channel(&self.prefetch));
-                    }
+                    self.kick_in_turn();
                 }
             }
             basic::AMQPMethod::Consume(c) => self.consume(s, out, c)?,

@@ -23,6 +23,9 @@ pub(super) struct ChannelConsumers {
     queues: BTreeMap<ConsumerId, Arc<Queue>>,
     /// Per queue (by its address): its key in `queues`, and how many consumers here use it.
     per_queue: HashMap<usize, (ConsumerId, usize)>,
+    /// Each consumer's queue (by its address), to find the queue of a consumer that went
+    /// without channel credit.
+    queue_of: HashMap<ConsumerId, usize>,
 }
 
 fn queue_key(c: &ChannelConsumer) -> usize {
@@ -51,22 +54,20 @@ impl ChannelConsumers {
         self.queues.values()
     }
 
-    /// The queues consumed from, starting after the one first consumed from by consumer
-    /// `after` and coming round to it last (from the first if `after` is `None`): a round of
-    /// asking them in turn, started in time logarithmic in their number.
-    pub fn queues_after(
-        &self,
-        after: Option<ConsumerId>,
-    ) -> impl Iterator<Item = (ConsumerId, &Arc<Queue>)> {
-        use std::ops::Bound::{Excluded, Included, Unbounded};
-        let (tail, head) = match after {
-            Some(k) => (
-                self.queues.range((Excluded(k), Unbounded)),
-                self.queues.range((Unbounded, Included(k))),
-            ),
-            None => (self.queues.range(..), self.queues.range(0..0)),
-        };
-        tail.chain(head).map(|(&id, q)| (id, q))
+    /// The key in the queues consumed from (see [`ChannelConsumers::queue`]) of consumer
+    /// `id`'s queue, if it is still a consumer here; a key itself stands for its queue while
+    /// any consumer of it remains, even once the consumer it was named after has gone.
+    pub fn queue_key_of(&self, id: ConsumerId) -> Option<ConsumerId> {
+        if self.queues.contains_key(&id) {
+            return Some(id);
+        }
+        let queue = self.queue_of.get(&id)?;
+        self.per_queue.get(queue).map(|&(key, _)| key)
+    }
+
+    /// A queue consumed from, by its key: the id of the first consumer of it here.
+    pub fn queue(&self, key: ConsumerId) -> Option<&Arc<Queue>> {
+        self.queues.get(&key)
     }
 
     /// Adds a consumer under a tag not in use (basic.consume refuses one that is).
@@ -80,11 +81,13 @@ impl ChannelConsumers {
                 (consumer.id, 0)
             });
         *count += 1;
+        self.queue_of.insert(consumer.id, queue_key(&consumer));
         self.by_tag.insert(tag, consumer);
     }
 
     pub fn remove(&mut self, tag: &Bytes) -> Option<ChannelConsumer> {
         let consumer = self.by_tag.remove(tag)?;
+        self.queue_of.remove(&consumer.id);
         let key = queue_key(&consumer);
         if let Some((first, count)) = self.per_queue.get_mut(&key) {
             *count -= 1;
@@ -95,6 +98,7 @@ impl ChannelConsumers {
         }
         shrink_map(&mut self.by_tag);
         shrink_map(&mut self.per_queue);
+        shrink_map(&mut self.queue_of);
         Some(consumer)
     }
 
@@ -102,6 +106,7 @@ impl ChannelConsumers {
     pub fn drain(&mut self) -> impl Iterator<Item = ChannelConsumer> + '_ {
         self.queues.clear();
         self.per_queue.clear();
+        self.queue_of.clear();
         self.by_tag.drain().map(|(_, c)| c)
     }
 }

@@ -10,7 +10,9 @@ use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::message::SettledConfirms;
 use crate::broker::queue::DispatchHold;
-use crate::broker::queue::delivery::{BySource, DeliverySource, Requeue, Settled, Unblock};
+use crate::broker::queue::delivery::{
+    BySource, ConsumerId, DeliverySource, Requeue, Settled, Unblock,
+};
 use crate::broker::queue::entry::QueueEntry;
 use crate::protocol::basic::Settle;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -140,32 +142,42 @@ impl Channel {
         self.note_gauges();
     }
 
-    /// Channel-wide credit came back: the queues this channel consumes from may send again.
-    /// They are asked in turn, each round starting after where the last one stopped, so that
-    /// under a channel-wide prefetch each queue gets its share (RabbitMQ's limiter notifies
-    /// its queues in a shuffled order for the same reason). A round stops once the credit is
-    /// gone again, leaving the channel marked starved: an ack frees one unit, and asking all
-    /// of 65,536 queues with messages for it at every ack made a run of acks cost acks x
-    /// queues. Queues with nothing to send are still passed on the way (the channel keeps
-    /// one starved flag, not one per queue as RabbitMQ's limiter does), so each queue asked
-    /// counts as work against the connection's turn: a channel that makes its acks costly
-    /// yields its worker to the other connections.
+    /// Channel-wide credit came back: the queues that went without it may send again. Only
+    /// those are asked, as RabbitMQ's limiter asks only the queues it blocked (asking every
+    /// queue of the channel at each ack made a run of acks cost acks x queues, up to 65,536
+    /// queue locks an ack). They are asked in turn, each round starting after where the
+    /// last one stopped, so that under a channel-wide prefetch each queue gets its share
+    /// (RabbitMQ's limiter notifies its queues in a shuffled order for the same reason); a
+    /// round stops once the credit is gone again, and the queues it did not reach stay
+    /// marked for the next. Each queue asked counts as work against the connection's turn.
     pub(crate) fn kick_in_turn(&mut self) {
-        let (mut first, mut last, mut asked) = (None, None, 0usize);
-        let mut stopped = false;
-        for (id, q) in self.consumers.queues_after(self.kick_after) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let starved: std::collections::BTreeSet<ConsumerId> = self
+            .prefetch
+            .take_starved_consumers()
+            .into_iter()
+            .filter_map(|id| self.consumers.queue_key_of(id))
+            .collect();
+        let round: Vec<ConsumerId> = match self.kick_after {
+            Some(k) => starved
+                .range((Excluded(k), Unbounded))
+                .chain(starved.range((Unbounded, Included(k))))
+                .copied()
+                .collect(),
+            None => starved.iter().copied().collect(),
+        };
+        let mut asked = 0usize;
+        for &key in &round {
             if asked > 0 && !self.prefetch.has_credit() {
-                self.prefetch.note_starved();
-                stopped = true;
                 break;
             }
-            q.kick(Unblock::Channel(&self.prefetch));
-            first.get_or_insert(id);
-            last = Some(id);
+            if let Some(q) = self.consumers.queue(key) {
+                q.kick(Unblock::Channel(&self.prefetch));
+            }
+            self.kick_after = Some(key);
             asked += 1;
         }
-        // A round that asked every queue moves the start on by one, as before.
-        self.kick_after = if stopped { last } else { first };
+        self.prefetch.still_starved(round[asked..].iter().copied());
         self.work += asked;
     }
 

@@ -77,7 +77,7 @@ impl Consumer {
             return Err(Blocked::Sink);
         }
         if self.no_ack {
-            return match self.channel_prefetch.blocks_no_ack() {
+            return match self.channel_prefetch.blocks_no_ack(self.id) {
                 true => Err(Blocked::Channel),
                 false => Ok(()),
             };
@@ -85,7 +85,7 @@ impl Consumer {
         if self.prefetch_count != 0 && self.in_flight >= self.prefetch_count {
             return Err(Blocked::Own);
         }
-        if !self.channel_prefetch.try_acquire() {
+        if !self.channel_prefetch.try_acquire(self.id) {
             return Err(Blocked::Channel);
         }
         self.in_flight += 1;

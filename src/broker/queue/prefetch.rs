@@ -5,7 +5,12 @@
 //! consumers of the channel together. The shared count lives here, in atomics, because queues
 //! on any thread take credit from it while the channel's own task gives it back on ack.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// A consumer's id (`delivery::ConsumerId`, which names this module's type in turn).
+type ConsumerId = u64;
 
 #[derive(Debug)]
 pub struct ChannelPrefetch {
@@ -18,6 +23,11 @@ pub struct ChannelPrefetch {
     /// Set when a queue skipped a consumer for lack of channel credit, so the channel knows
     /// to ask its queues again when credit returns.
     starved: AtomicBool,
+    /// The consumers skipped for lack of channel credit since their queues were last asked:
+    /// only their queues are asked when it returns, as RabbitMQ's limiter remembers the
+    /// queues it blocked (asking every queue of the channel made each ack cost as many queue
+    /// locks as the channel had queues, 65,536 at most). One entry per consumer at most.
+    starved_consumers: Mutex<HashSet<ConsumerId>>,
 }
 
 impl ChannelPrefetch {
@@ -27,7 +37,17 @@ impl ChannelPrefetch {
             hard_limit: hard_limit.max(1),
             unacked: AtomicU32::new(0),
             starved: AtomicBool::new(false),
+            starved_consumers: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Notes that `consumer` was skipped for lack of credit, before the flag that says so.
+    fn starve(&self, consumer: ConsumerId) {
+        self.starved_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(consumer);
+        self.starved.store(true, Ordering::SeqCst);
     }
 
     /// Sets the channel-wide limit (`basic.qos` with `global=true`).
@@ -48,16 +68,16 @@ impl ChannelPrefetch {
         }
     }
 
-    /// Takes one unit of channel credit for a delivery that needs an ack, if there is any
-    /// left.
+    /// Takes one unit of channel credit for a delivery to `consumer` that needs an ack, if
+    /// there is any left.
     #[inline]
-    pub fn try_acquire(&self) -> bool {
+    pub fn try_acquire(&self, consumer: ConsumerId) -> bool {
         loop {
             let current = self.unacked.load(Ordering::SeqCst);
             if current >= self.limit() {
                 // Announce the shortage, then look again: a release that raced with us either
                 // sees the flag (and asks the queue again) or left room that we see here.
-                self.starved.store(true, Ordering::SeqCst);
+                self.starve(consumer);
                 if self.unacked.load(Ordering::SeqCst) >= self.limit() {
                     return false;
                 }
@@ -76,12 +96,12 @@ impl ChannelPrefetch {
     /// Whether a no-ack consumer must wait: RabbitMQ holds back no-ack deliveries too once the
     /// channel's acknowledged deliveries reach a `global=true` limit.
     #[inline]
-    pub fn blocks_no_ack(&self) -> bool {
+    pub fn blocks_no_ack(&self, consumer: ConsumerId) -> bool {
         let limit = self.global_limit.load(Ordering::SeqCst);
         if limit == 0 || self.unacked.load(Ordering::SeqCst) < limit {
             return false;
         }
-        self.starved.store(true, Ordering::SeqCst);
+        self.starve(consumer);
         self.unacked.load(Ordering::SeqCst) >= limit
     }
 
@@ -104,10 +124,27 @@ impl ChannelPrefetch {
         self.unacked.load(Ordering::SeqCst) < self.limit()
     }
 
-    /// Marks the channel as having left queues without credit: a queue asked in turn was not
-    /// asked this time, so the next release asks again.
-    pub fn note_starved(&self) {
-        self.starved.store(true, Ordering::SeqCst);
+    /// The consumers skipped for lack of credit since the last call, which forgets them.
+    pub fn take_starved_consumers(&self) -> Vec<ConsumerId> {
+        let mut starved = self
+            .starved_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let taken = starved.drain().collect();
+        // Up to one entry per consumer of the channel: a set grown by 65,536 consumers
+        // gives its room back once emptied.
+        if starved.capacity() > 1024 {
+            starved.shrink_to(0);
+        }
+        taken
+    }
+
+    /// Notes again that `consumers` wait for credit: a round of asking their queues stopped
+    /// before reaching them, so the next release asks again.
+    pub fn still_starved(&self, consumers: impl IntoIterator<Item = ConsumerId>) {
+        for consumer in consumers {
+            self.starve(consumer);
+        }
     }
 
     /// Whether some queue went without because of this channel's credit; clears the flag.
@@ -124,17 +161,22 @@ mod tests {
     fn global_limit_is_shared_and_given_back() {
         let p = ChannelPrefetch::new(1000);
         p.set_global_limit(2);
-        assert!(p.try_acquire());
-        assert!(p.try_acquire());
-        assert!(!p.try_acquire());
+        assert!(p.try_acquire(1));
+        assert!(p.try_acquire(2));
+        assert!(!p.try_acquire(3));
         assert!(p.release(1), "a starved queue must be told to try again");
-        assert!(p.try_acquire());
+        assert_eq!(
+            p.take_starved_consumers(),
+            [3],
+            "which consumer went without"
+        );
+        assert!(p.try_acquire(3));
     }
 
     #[test]
     fn hard_limit_applies_without_qos() {
         let p = ChannelPrefetch::new(1);
-        assert!(p.try_acquire());
-        assert!(!p.try_acquire());
+        assert!(p.try_acquire(1));
+        assert!(!p.try_acquire(1));
     }
 }
