@@ -178,8 +178,7 @@ impl Channel {
             dead: false,
         });
         if let Err(e) = added {
-            self.last_consumer = None;
-            self.consumers.remove(&tag_bytes);
+            self.forget_consumer(&tag_bytes);
             return Err(e);
         }
         // Deliveries the queue just pushed wait in the outbox, which the connection drains
@@ -235,6 +234,15 @@ impl Channel {
         Ok(())
     }
 
+    /// Takes consumer `tag` out of the channel's books, and out of the consumers waiting for
+    /// its credit.
+    pub(super) fn forget_consumer(&mut self, tag: &Bytes) -> Option<ChannelConsumer> {
+        self.last_consumer = None;
+        let gone = self.consumers.remove(tag)?;
+        self.prefetch.forget_starved(gone.id);
+        Some(gone)
+    }
+
     /// basic.cancel: of a consumer, of the reply consumer, or of nothing (still cancel-ok).
     pub(super) fn cancel(&mut self, s: &Session, out: &mut Output, c: basic::Cancel) {
         let tag = Bytes::copy_from_slice(c.consumer_tag.as_str().as_bytes());
@@ -243,12 +251,14 @@ impl Channel {
             if let Some(reply) = self.reply_consumer.take() {
                 s.broker.reply_consumers.unregister(&reply.key);
             }
-        } else if let Some(consumer) = {
-            self.last_consumer = None;
-            self.consumers.remove(&tag)
-        } && consumer.queue.remove_consumer(consumer.id).delete_queue
-        {
-            delete_queue = Some(consumer.queue);
+        } else if let Some(consumer) = self.forget_consumer(&tag) {
+            // Forgotten again once out of its queue: a dispatch before that could still
+            // mark it starved.
+            let removed = consumer.queue.remove_consumer(consumer.id);
+            self.prefetch.forget_starved(consumer.id);
+            if removed.delete_queue {
+                delete_queue = Some(consumer.queue);
+            }
         }
         if !c.nowait {
             reply(

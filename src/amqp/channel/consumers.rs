@@ -5,7 +5,7 @@
 //! that set of queues is kept as consumers come and go rather than worked out from all of
 //! them each time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +26,10 @@ pub(super) struct ChannelConsumers {
     /// Each consumer's queue (by its address), to find the queue of a consumer that went
     /// without channel credit.
     queue_of: HashMap<ConsumerId, usize>,
+    /// The queues (keys of `queues`) whose consumers went without channel credit and that
+    /// have not been asked since: the next rounds ask them, in turn. At most one entry per
+    /// queue consumed from.
+    waiting: BTreeSet<ConsumerId>,
 }
 
 fn queue_key(c: &ChannelConsumer) -> usize {
@@ -70,6 +74,27 @@ impl ChannelConsumers {
         self.queues.get(&key)
     }
 
+    /// Notes that the queues of `consumers` wait for channel credit (those still consumed
+    /// from here).
+    pub fn note_waiting(&mut self, consumers: Vec<ConsumerId>) {
+        for id in consumers {
+            if let Some(key) = self.queue_key_of(id) {
+                self.waiting.insert(key);
+            }
+        }
+    }
+
+    /// Takes the next waiting queue after the one keyed `after` (from the first, coming
+    /// round), in time logarithmic in their number.
+    pub fn take_next_waiting(&mut self, after: Option<ConsumerId>) -> Option<ConsumerId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let next = after
+            .and_then(|k| self.waiting.range((Excluded(k), Unbounded)).next().copied())
+            .or_else(|| self.waiting.first().copied())?;
+        self.waiting.remove(&next);
+        Some(next)
+    }
+
     /// Adds a consumer under a tag not in use (basic.consume refuses one that is).
     pub fn insert(&mut self, tag: Bytes, consumer: ChannelConsumer) {
         debug_assert!(!self.by_tag.contains_key(&tag), "consumer tag in use");
@@ -93,6 +118,7 @@ impl ChannelConsumers {
             *count -= 1;
             if *count == 0 {
                 self.queues.remove(first);
+                self.waiting.remove(first);
                 self.per_queue.remove(&key);
             }
         }
@@ -107,6 +133,7 @@ impl ChannelConsumers {
         self.queues.clear();
         self.per_queue.clear();
         self.queue_of.clear();
+        self.waiting.clear();
         self.by_tag.drain().map(|(_, c)| c)
     }
 }

@@ -189,8 +189,7 @@ impl Channel {
         if self.consumers.get(tag).is_none_or(|c| c.id != id) {
             return false;
         }
-        self.last_consumer = None;
-        self.consumers.remove(tag);
+        self.forget_consumer(tag);
         self.note_gauges();
         true
     }

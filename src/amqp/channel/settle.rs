@@ -10,9 +10,7 @@ use crate::amqp::session::Session;
 use crate::amqp_error;
 use crate::broker::message::SettledConfirms;
 use crate::broker::queue::DispatchHold;
-use crate::broker::queue::delivery::{
-    BySource, ConsumerId, DeliverySource, Requeue, Settled, Unblock,
-};
+use crate::broker::queue::delivery::{BySource, DeliverySource, Requeue, Settled, Unblock};
 use crate::broker::queue::entry::QueueEntry;
 use crate::protocol::basic::Settle;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -148,36 +146,29 @@ impl Channel {
     /// queue locks an ack). They are asked in turn, each round starting after where the
     /// last one stopped, so that under a channel-wide prefetch each queue gets its share
     /// (RabbitMQ's limiter notifies its queues in a shuffled order for the same reason); a
-    /// round stops once the credit is gone again, and the queues it did not reach stay
-    /// marked for the next. Each queue asked counts as work against the connection's turn.
+    /// round stops once the credit is gone again, and the queues it did not reach wait for
+    /// the next (`ChannelConsumers::waiting`). A round costs the queues it asks and the
+    /// consumers refused since the last one; each queue asked counts as work against the
+    /// connection's turn.
     pub(crate) fn kick_in_turn(&mut self) {
-        use std::ops::Bound::{Excluded, Included, Unbounded};
-        let starved: std::collections::BTreeSet<ConsumerId> = self
-            .prefetch
-            .take_starved_consumers()
-            .into_iter()
-            .filter_map(|id| self.consumers.queue_key_of(id))
-            .collect();
-        let round: Vec<ConsumerId> = match self.kick_after {
-            Some(k) => starved
-                .range((Excluded(k), Unbounded))
-                .chain(starved.range((Unbounded, Included(k))))
-                .copied()
-                .collect(),
-            None => starved.iter().copied().collect(),
-        };
+        let refused = self.prefetch.take_starved_consumers();
+        self.consumers.note_waiting(refused);
         let mut asked = 0usize;
-        for &key in &round {
+        loop {
             if asked > 0 && !self.prefetch.has_credit() {
+                // The queues not reached are asked when credit comes back.
+                self.prefetch.note_starved();
                 break;
             }
+            let Some(key) = self.consumers.take_next_waiting(self.kick_after) else {
+                break;
+            };
             if let Some(q) = self.consumers.queue(key) {
                 q.kick(Unblock::Channel(&self.prefetch));
             }
             self.kick_after = Some(key);
             asked += 1;
         }
-        self.prefetch.still_starved(round[asked..].iter().copied());
         self.work += asked;
     }
 

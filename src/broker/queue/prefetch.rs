@@ -102,7 +102,10 @@ impl ChannelPrefetch {
             return false;
         }
         self.starve(consumer);
-        self.unacked.load(Ordering::SeqCst) >= limit
+        // The limit read again: a basic.qos that widened it meanwhile may have found the
+        // flag not yet set, and asked no queue.
+        let limit = self.global_limit.load(Ordering::SeqCst);
+        limit != 0 && self.unacked.load(Ordering::SeqCst) >= limit
     }
 
     /// Gives back `n` units of credit. Returns true when a queue went without because of this
@@ -124,7 +127,8 @@ impl ChannelPrefetch {
         self.unacked.load(Ordering::SeqCst) < self.limit()
     }
 
-    /// The consumers skipped for lack of credit since the last call, which forgets them.
+    /// The consumers skipped for lack of credit since the last call, which forgets them: the
+    /// channel keeps their queues (`ChannelConsumers::note_waiting`) until it asks them.
     pub fn take_starved_consumers(&self) -> Vec<ConsumerId> {
         let mut starved = self
             .starved_consumers
@@ -139,12 +143,18 @@ impl ChannelPrefetch {
         taken
     }
 
-    /// Notes again that `consumers` wait for credit: a round of asking their queues stopped
-    /// before reaching them, so the next release asks again.
-    pub fn still_starved(&self, consumers: impl IntoIterator<Item = ConsumerId>) {
-        for consumer in consumers {
-            self.starve(consumer);
-        }
+    /// Marks the channel as having queues waiting for credit (a round of asking them stopped
+    /// before reaching them all), so that the next release asks again.
+    pub fn note_starved(&self) {
+        self.starved.store(true, Ordering::SeqCst);
+    }
+
+    /// Forgets consumer `consumer` (cancelled): the set holds only the channel's consumers.
+    pub fn forget_starved(&self, consumer: ConsumerId) {
+        self.starved_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&consumer);
     }
 
     /// Whether some queue went without because of this channel's credit; clears the flag.
@@ -171,6 +181,27 @@ mod tests {
             "which consumer went without"
         );
         assert!(p.try_acquire(3));
+    }
+
+    /// The consumers that went without credit are remembered once each, no-ack ones too,
+    /// until taken or cancelled.
+    #[test]
+    fn consumers_that_went_without_are_remembered_until_taken_or_forgotten() {
+        let p = ChannelPrefetch::new(1000);
+        p.set_global_limit(1);
+        assert!(p.try_acquire(1));
+        for _ in 0..3 {
+            assert!(!p.try_acquire(2));
+            assert!(p.blocks_no_ack(3));
+        }
+        assert!(!p.try_acquire(4));
+        p.forget_starved(4);
+        let mut taken = p.take_starved_consumers();
+        taken.sort_unstable();
+        assert_eq!(taken, [2, 3]);
+        assert!(p.take_starved_consumers().is_empty());
+        assert!(p.release(1), "they went without: the queues are asked");
+        assert!(!p.blocks_no_ack(3));
     }
 
     #[test]
