@@ -666,9 +666,9 @@ async fn same_as_rabbitmq_channel_wide_prefetch_is_shared_fairly_between_queues(
     }
 }
 
-/// Credit that an ack on one queue frees goes to every queue the channel consumes from,
-/// and the channel keeps that set as its consumers come and go: a queue whose first
-/// consumer was cancelled is still asked while another consumer of it remains.
+/// Credit that an ack on one queue frees goes to the other queues whose consumers wait for
+/// it, and the channel knows each consumer's queue as consumers come and go: a queue whose
+/// first consumer was cancelled is still asked while another consumer of it remains.
 #[tokio::test]
 async fn channel_credit_reaches_a_queue_while_any_consumer_of_it_remains() {
     let broker = Broker::start().await;

@@ -1,9 +1,9 @@
 //! The consumers of one channel, by tag, and the queues they consume from.
 //!
-//! Channel-wide credit coming back (an ack under a global prefetch, a basic.qos) asks every
-//! queue the channel consumes from to send again. A channel may hold 65,536 consumers, so
-//! that set of queues is kept as consumers come and go rather than worked out from all of
-//! them each time.
+//! Channel-wide credit coming back (an ack under a global prefetch, a basic.qos) asks the
+//! queues whose consumers went without it to send again, in turn (`waiting`). A channel may
+//! hold 65,536 consumers, so the set of queues consumed from, and each consumer's queue, are
+//! kept as consumers come and go rather than worked out from all of them each time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -82,6 +82,11 @@ impl ChannelConsumers {
                 self.waiting.insert(key);
             }
         }
+    }
+
+    /// Whether some queue waits for channel credit.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     /// Takes the next waiting queue after the one keyed `after` (from the first, coming

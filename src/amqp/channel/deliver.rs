@@ -181,7 +181,6 @@ impl Channel {
         None
     }
 
-    /// A consumer's queue was deleted. Returns true if the client should hear of it.
     /// The queue of consumer `id` cancelled it (it was deleted). Returns whether the channel
     /// still had it: not if the client cancelled it meanwhile, and a later consumer that took
     /// the same tag stays.

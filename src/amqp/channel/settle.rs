@@ -99,7 +99,8 @@ impl Channel {
         }
         let counted = taken.iter().filter(|u| u.consumer.is_some()).count() as u32;
         // When channel-wide credit comes back to a channel that ran out of it, the queues
-        // just settled must not take it first: every queue is asked in turn afterwards.
+        // just settled do not wake their consumers that wait for it: the queues that waited
+        // are asked in turn afterwards (`kick_in_turn`).
         let channel_unblocked = self.prefetch.release(counted);
         let unblock = Unblock::Nobody;
         // Group by queue, keeping delivery order within each queue.
@@ -157,7 +158,9 @@ impl Channel {
         loop {
             if asked > 0 && !self.prefetch.has_credit() {
                 // The queues not reached are asked when credit comes back.
-                self.prefetch.note_starved();
+                if self.consumers.has_waiting() {
+                    self.prefetch.note_starved();
+                }
                 break;
             }
             let Some(key) = self.consumers.take_next_waiting(self.kick_after) else {

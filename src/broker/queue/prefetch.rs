@@ -20,13 +20,15 @@ pub struct ChannelPrefetch {
     hard_limit: u32,
     /// Deliveries on this channel awaiting an ack.
     unacked: AtomicU32,
-    /// Set when a queue skipped a consumer for lack of channel credit, so the channel knows
-    /// to ask its queues again when credit returns.
+    /// Set when a queue skipped a consumer for lack of channel credit, or when the channel
+    /// still has queues waiting for it (`note_starved`), so the channel knows to ask them
+    /// when credit returns.
     starved: AtomicBool,
-    /// The consumers skipped for lack of channel credit since their queues were last asked:
-    /// only their queues are asked when it returns, as RabbitMQ's limiter remembers the
-    /// queues it blocked (asking every queue of the channel made each ack cost as many queue
-    /// locks as the channel had queues, 65,536 at most). One entry per consumer at most.
+    /// The consumers skipped for lack of channel credit since the channel last took them
+    /// (into `ChannelConsumers::waiting`, from where their queues are asked in turn): only
+    /// their queues are asked when it returns, as RabbitMQ's limiter remembers the queues it
+    /// blocked (asking every queue of the channel made each ack cost as many queue locks as
+    /// the channel had queues, 65,536 at most). One entry per consumer at most.
     starved_consumers: Mutex<HashSet<ConsumerId>>,
 }
 
@@ -144,7 +146,7 @@ impl ChannelPrefetch {
     }
 
     /// Marks the channel as having queues waiting for credit (a round of asking them stopped
-    /// before reaching them all), so that the next release asks again.
+    /// with some left), so that the next release asks again.
     pub fn note_starved(&self) {
         self.starved.store(true, Ordering::SeqCst);
     }
