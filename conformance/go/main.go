@@ -134,6 +134,19 @@ func messageCount(ch *amqp.Channel, queue string) int {
 	return q.Messages
 }
 
+// waitEnqueued polls until queue holds at least n messages. A publish on one channel and a
+// method on another are not ordered in RabbitMQ (each channel is its own process), so a
+// scenario that publishes on one and inspects on another waits for the message first.
+func waitEnqueued(ch *amqp.Channel, queue string, n int) {
+	deadline := time.Now().Add(wait)
+	for messageCount(ch, queue) < n {
+		if time.Now().After(deadline) {
+			failf("%s: fewer than %d messages after %s", queue, n, wait)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // drain gets every ready message with auto-ack and returns the bodies.
 func drain(ch *amqp.Channel, queue string) []string {
 	out := []string{}
@@ -860,8 +873,8 @@ func errorsScenario(url string) obs {
 	observed["exchange_in_use"] = replaceName(got, q)
 
 	publish(ch, "", q+"-q", "x")
+	waitEnqueued(ch, q+"-q", 1)
 	got = channelError(conn, "queue.delete if-empty", func(c *amqp.Channel) error {
-		// The same channel published, so the message is queued before this runs.
 		_, err := c.QueueDelete(q+"-q", false, true, false)
 		return err
 	})

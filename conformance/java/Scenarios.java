@@ -103,6 +103,21 @@ public class Scenarios {
         }
     }
 
+    /**
+     * Polls until queue holds at least n messages. A publish on one channel and a method on
+     * another are not ordered in RabbitMQ (each channel is its own process), so a scenario that
+     * publishes on one and inspects on another waits for the message first.
+     */
+    static void waitEnqueued(Channel ch, String queue, int n) throws IOException, InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(WAIT_S);
+        while (ch.queueDeclarePassive(queue).getMessageCount() < n) {
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError("timed out after " + WAIT_S + "s waiting for " + n + " messages in " + queue);
+            }
+            Thread.sleep(5);
+        }
+    }
+
     static void await(CountDownLatch latch, String what) throws InterruptedException {
         if (!latch.await(WAIT_S, TimeUnit.SECONDS)) {
             throw new AssertionError("timed out after " + WAIT_S + "s waiting for " + what);
@@ -738,6 +753,7 @@ public class Scenarios {
         observed.put("exchange_in_use", c.observed(q));
 
         setup.basicPublish("", q + "-q", null, bytes("x"));
+        waitEnqueued(setup, q + "-q", 1);
         c = channelClosed(conn.createChannel(), ch -> ch.queueDelete(q + "-q", false, true));
         checkEqual(list(406, "PRECONDITION_FAILED - queue '" + q + "-q' in vhost '/' not empty"), c.observed(),
                 "queue not empty");
