@@ -844,3 +844,51 @@ async fn a_blocked_connection_the_broker_closes_still_has_its_close_ok_read() {
     .await;
     assert!(raw.closed().await, "the socket closes after the Close-Ok");
 }
+
+// ---- heartbeats while a reply waits for the disk ----------------------------------------------
+
+/// Regression: a reply that waits for the disk (a durable queue's declare-ok) held back the
+/// broker's heartbeats with it, so a disk stall longer than two heartbeat intervals made a
+/// healthy client give the broker up. Same as RabbitMQ, whose heartbeat sender writes past its
+/// writer: the heartbeats go out ahead of the held reply, which follows once the disk has it.
+#[tokio::test]
+async fn heartbeats_go_on_while_a_reply_waits_for_the_disk() {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{AMQPClass, queue};
+
+    let fs = SimFs::new(15);
+    let broker = broker_on(&fs, "heartbeats").await;
+    let mut raw = common::RawClient::connect(broker.addr).await;
+    raw.handshake_with(FieldTable::default(), 1).await;
+    raw.open_channel(1).await;
+    let _resume = SyncsResumeOnDrop(fs.clone());
+    fs.hold_syncs();
+    raw.send_method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "dq".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    // Two heartbeat intervals: a declare-ok arriving first would mean the disk held nothing.
+    for _ in 0..2 {
+        match raw.recv().await {
+            Some(AMQPFrame::Heartbeat) => {}
+            other => panic!("expected a heartbeat while the disk stalls, got {other:?}"),
+        }
+        raw.send_frame(AMQPFrame::Heartbeat).await;
+    }
+    fs.resume_syncs();
+    match raw.recv_method().await {
+        Some((1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)))) => {
+            assert_eq!(ok.queue.as_str(), "dq")
+        }
+        other => panic!("expected declare-ok once the disk has it, got {other:?}"),
+    }
+}

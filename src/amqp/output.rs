@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::broker::body::Body;
 use crate::protocol::basic;
-use crate::protocol::frame::{FRAME_BODY, FRAME_END, FRAME_OVERHEAD, FrameWriter};
+use crate::protocol::frame::{FRAME_BODY, FRAME_END, FRAME_OVERHEAD, FrameWriter, write_heartbeat};
 
 /// Bodies at least this large are sent from the message's own buffer instead of being copied.
 const SHARE_BODY_BYTES: usize = 16 * 1024;
@@ -153,6 +153,49 @@ impl Output {
             Some(&(at, _)) => at.saturating_sub(self.sent) as usize,
             None => self.len(),
         }
+    }
+
+    /// Queues a heartbeat frame, unless output already waits for the client to read it (a
+    /// heartbeat would only queue behind it); returns whether it was queued. Output held
+    /// back for a sync does not wait for the client: the heartbeat goes ahead of it, where
+    /// what was written stops (a frame boundary, since a hold starts between frames), so a
+    /// client keeps hearing from a broker whose disk holds a reply back, as RabbitMQ's
+    /// heartbeat sender writes to the socket past its writer.
+    pub fn heartbeat(&mut self) -> bool {
+        if self.is_empty() {
+            write_heartbeat(&mut self.tail);
+            return true;
+        }
+        if self.writable_len() > 0 {
+            return false;
+        }
+        // Everything before the first hold went out; make the held rest start a segment.
+        self.seal();
+        if self.written > 0 {
+            let written = std::mem::take(&mut self.written);
+            match self.segments.front_mut() {
+                Some(Segment::Owned(v)) => {
+                    v.drain(..written);
+                    self.sealed_spare += written;
+                }
+                Some(Segment::Shared(b)) => {
+                    let _ = b.split_to(written);
+                }
+                None => {}
+            }
+            self.len -= written;
+        }
+        let mut frame = Vec::new();
+        write_heartbeat(&mut frame);
+        let added = frame.len();
+        self.len += added;
+        self.sealed_spare += frame.capacity() - added;
+        self.segments.push_front(Segment::Owned(frame));
+        // Every hold starts at or after what was sent, so the heartbeat is ahead of all.
+        for (at, _) in self.holds.iter_mut() {
+            *at += added as u64;
+        }
+        true
     }
 
     /// Appends a message's content header and body frames. Large bodies are queued by
@@ -390,6 +433,57 @@ mod tests {
         assert_eq!(out.writable_len(), 0);
         out.release_holds(7, |_| false).unwrap();
         assert_eq!(out.writable_len(), 5);
+    }
+
+    /// A heartbeat due while a reply waits for the disk goes out ahead of it; one due while
+    /// the client has not read what it was sent waits, as before.
+    #[test]
+    fn a_heartbeat_goes_ahead_of_held_output_only() {
+        let mut hb = Vec::new();
+        write_heartbeat(&mut hb);
+        for (written, body) in [(6, 0), (3, 0), (3, 64 * 1024), (6, 64 * 1024)] {
+            let mut out = Output::default();
+            out.buf().extend_from_slice(b"before");
+            if body > 0 {
+                // A shared body before the hold, so the written part is in a segment.
+                out.content(1, &[0, 0], &Body::from(Bytes::from(vec![1u8; body])), 0);
+            }
+            let before = out.len();
+            out.hold_until_synced(Some(7));
+            out.buf().extend_from_slice(b"after");
+            if written < before {
+                assert!(!out.heartbeat(), "the client has not read what it was sent");
+                let all = drain_writable(&mut out);
+                assert_eq!(all.len(), before);
+            } else {
+                out.consume(written);
+            }
+            assert_eq!(out.writable_len(), 0);
+            assert!(
+                out.heartbeat(),
+                "held output does not hold a heartbeat back"
+            );
+            assert_eq!(drain_writable(&mut out), hb);
+            assert_eq!(out.writable_len(), 0, "the reply still waits for the disk");
+            out.release_holds(7, |_| false).unwrap();
+            assert_eq!(drain_writable(&mut out), b"after");
+            assert!(out.is_empty());
+            assert_eq!(out.memory(), out.buf().capacity(), "body {body}");
+        }
+    }
+
+    /// Writes what may be written now, in one-byte steps.
+    fn drain_writable(out: &mut Output) -> Vec<u8> {
+        let mut all = Vec::new();
+        while out.writable_len() > 0 {
+            let mut v = iovecs();
+            let n = out.slices(&mut v);
+            let first = v[..n].iter().find(|s| !s.is_empty()).map(|s| s[0]);
+            let Some(byte) = first else { break };
+            all.push(byte);
+            out.consume(1);
+        }
+        all
     }
 
     fn drain(out: &mut Output, step: usize) -> Vec<u8> {

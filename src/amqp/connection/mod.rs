@@ -38,7 +38,6 @@ use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{DeliverySource, Unblock};
 use crate::config::MIN_FRAME_MAX_BYTES;
 use crate::net::Transport;
-use crate::protocol::frame::write_heartbeat;
 use replies::write_channel_close;
 
 pub(super) const HANDSHAKE_FAILURE_DELAY: Duration = Duration::from_secs(3);
@@ -631,11 +630,10 @@ impl Connection {
                 return Err(Exit::Done("missed heartbeats"));
             }
             if now >= self.last_send + hb / 2 {
-                // Output still waiting means the client is not reading: a heartbeat would
-                // only queue behind it. Either way the interval starts again now.
-                if self.out.is_empty() {
-                    write_heartbeat(self.out.buf());
-                }
+                // Output still waiting means the client is not reading, and no heartbeat is
+                // queued behind it; output held back for the disk does not count. Either
+                // way the interval starts again now.
+                self.out.heartbeat();
                 self.last_send = now;
             }
         }
