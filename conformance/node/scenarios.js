@@ -69,6 +69,19 @@ async function connectionError(url, action) {
 }
 
 // basic.get until a message arrives (TTLs are time-based).
+// Polls until `queue` holds n ready messages, and returns the count (the last one seen if it
+// never got there). RabbitMQ hands back what a closed channel held after its close-ok, and does
+// not order a publish on one channel before a method on another: a scenario that looks from
+// another channel waits for the count first.
+async function waitReady(ch, queue, n, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const { messageCount } = await ch.checkQueue(queue);
+    if (messageCount >= n || Date.now() > deadline) return messageCount;
+    await sleep(10);
+  }
+}
+
 async function waitGet(ch, queue, noAck) {
   const deadline = Date.now() + 10000;
   while (Date.now() < deadline) {
@@ -643,7 +656,7 @@ const scenarios = {
     tx.ack(m1);
     const m2 = await waitGet(tx, q, false);
     await tx.close();
-    const { messageCount } = await ch.checkQueue(q);
+    const messageCount = await waitReady(ch, q, 2);
     await ch.deleteQueue(q);
     await conn.close();
     return { got: [m1.content.toString(), m2.content.toString()], ready_after_close: messageCount };
@@ -702,6 +715,7 @@ const scenarios = {
       const other = await conn.createChannel();
       await waitGet(other, q, false);
       await other.close();
+      await waitReady(ch, q, 5);
       seen[`${kind} channel closed`] = await drainFive(q);
     }
     await conn.close();

@@ -392,7 +392,7 @@ def tx_close_rollback(url):
     method, _, body = wait_get(tx, q, auto_ack=False)
     got.append(body.decode())
     tx.close()
-    ready = ch.queue_declare(q, passive=True).method.message_count
+    ready = wait_ready(ch, q, 2)
     ch.queue_delete(q)
     conn.close()
     return {"got": got, "ready_after_close": ready}
@@ -457,6 +457,7 @@ def quorum_requeue_order(url):
         other = conn.channel()
         wait_get(other, q, auto_ack=False)
         other.close()
+        wait_ready(ch, q, 5)
         seen[kind + " channel closed"] = drain(q)
     conn.close()
     assert seen["quorum nack"] == "m2[0] m3[0] m4[0] m5[0] m1*[1]", seen
@@ -647,6 +648,9 @@ def tx_routes_at_publish_and_refusals_fail_the_commit(url):
     ch.queue_bind(q, x)
     ch.tx_select()
     ch.basic_publish(x, "k", b"routed already", mandatory=True)
+    # A method on the publishing channel answers after the publish was routed; the delete
+    # comes from another channel, which RabbitMQ does not order after it.
+    ch.queue_declare(q, passive=True)
     conn.channel().exchange_delete(x)
     ch.tx_commit()
     kept = ch.queue_declare(q, passive=True).method.message_count
@@ -1144,6 +1148,19 @@ def deaths(props):
     return out
 
 
+def wait_ready(ch, queue, n, timeout=10):
+    """Polls until `queue` holds n ready messages, and returns the count (the last one seen if
+    it never got there). RabbitMQ hands back what a closed channel held after its close-ok, and
+    does not order a publish on one channel before a method on another: a scenario that looks
+    from another channel waits for the count first."""
+    deadline = time.time() + timeout
+    while True:
+        count = ch.queue_declare(queue, passive=True).method.message_count
+        if count >= n or time.time() > deadline:
+            return count
+        time.sleep(0.01)
+
+
 def wait_get(ch, queue, auto_ack, timeout=10):
     """basic.get until a message arrives (TTLs are time-based)."""
     deadline = time.time() + timeout
@@ -1384,6 +1401,7 @@ def restart_quorum_delivery_count(url, phase):
             _, props, _ = other.basic_get(q)
             counts.append(props.headers.get("x-delivery-count"))
             other.close()
+            wait_ready(ch, q, 2)
         other = conn.channel()
         other.basic_qos(prefetch_count=1)
         got = []
