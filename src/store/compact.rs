@@ -110,11 +110,22 @@ impl QueueLog {
             }
             replaced = inner.segments.remove(at).map(|s| s.file);
         } else {
+            // Opened before the rename, whose handle then follows the file: nothing may fail
+            // between the rename and the segment taking the new file. An open that failed
+            // after it left the segment on the replaced file, unlinked, which could then
+            // become the log's spare and take confirmed messages no restart would find.
+            let file = match fs.open(&tmp, OpenMode::EXISTING) {
+                Ok(file) => file,
+                Err(e) => {
+                    let _ = fs.remove_file(&tmp);
+                    return Err(e);
+                }
+            };
             if let Err(e) = fs.rename(&tmp, &path) {
+                drop(file);
                 let _ = fs.remove_file(&tmp);
                 return Err(e);
             }
-            let file = fs.open(&path, OpenMode::EXISTING)?;
             let live = kept
                 .seqs
                 .iter()
@@ -186,10 +197,11 @@ impl QueueLog {
             (inner.unsynced.clone(), dirs)
         };
         let what = "the acknowledgements a compaction relies on";
+        let synced_before = self.shared.synced();
         if let Err(e) = files.iter().try_for_each(|f| f.sync_data()) {
             // As for any failed sync: the pages it covered may be dropped, and a later sync
             // that succeeds would prove nothing.
-            self.shared.fail_stop(&e, what);
+            self.shared.fail_stop(&e, what, synced_before);
             return Err(e);
         }
         dirs.iter()
@@ -201,6 +213,7 @@ impl QueueLog {
     /// directory is gone) is no failure, as on the sync thread: a client deleting queues
     /// cannot make the store read-only.
     fn sync_dir_unless_removed(&self, dir: &std::path::Path, what: &str) -> io::Result<()> {
+        let synced_before = self.shared.synced();
         match self.shared.fs.sync_dir(dir) {
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
@@ -213,7 +226,7 @@ impl QueueLog {
                 Err(e)
             }
             Err(e) => {
-                self.shared.fail_stop(&e, what);
+                self.shared.fail_stop(&e, what, synced_before);
                 Err(e)
             }
             Ok(()) => Ok(()),

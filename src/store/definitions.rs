@@ -364,9 +364,13 @@ impl DefinitionsStore {
         // `switch_generation`: this fsync failing may have taken the error the sync thread's
         // own sync of the directory would have seen, so the store stops as for any fsync
         // outside the sync thread (`Shared::fail_stop`).
+        let synced_before = self.shared.synced();
         if let Err(e) = fs.sync_dir(&self.dir) {
-            self.shared
-                .fail_stop(&e, "syncing the definitions directory after a snapshot");
+            self.shared.fail_stop(
+                &e,
+                "syncing the definitions directory after a snapshot",
+                synced_before,
+            );
             return Err(e);
         }
         *written = generation;

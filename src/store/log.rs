@@ -82,6 +82,12 @@ pub(super) struct Segment {
     /// next segment the rest of this one is zeroed, so that a segment before the last
     /// ends in zeros, as recovery expects of it.
     pub(super) stale_tail: bool,
+    /// Takes no more appends: recovery cut a damaged tail off it, and a record written over
+    /// that tail could end where an unchecked record of it starts (an Ack whose follower was
+    /// lost too), which the next start would then read, acknowledging the new message. The
+    /// log moves on to a new segment at its next append, zeroing this one's rest
+    /// (`stale_tail`).
+    pub(super) closed: bool,
     /// Compaction found nothing of it to keep but could not delete its file: it is not
     /// picked again while deletes wait (`Inner::unlink_retry_at`), and `collect_garbage`
     /// deletes it once it reaches the front.
@@ -107,6 +113,7 @@ impl Segment {
             stale_marks: 0,
             reusable: false,
             stale_tail: false,
+            closed: false,
             undeletable: false,
         }
     }
@@ -401,7 +408,8 @@ impl QueueLog {
             ));
         }
         let fits = inner.segments.back().is_some_and(|h| {
-            (h.end == 0 || h.end + len as u64 <= h.capacity)
+            !h.closed
+                && (h.end == 0 || h.end + len as u64 <= h.capacity)
                 && self.shared.seals.takes_appends(h.seal)
         });
         if !fits {

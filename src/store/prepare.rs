@@ -114,6 +114,7 @@ impl QueueLog {
             }
             return Err(e);
         }
+        let synced_before = self.shared.synced();
         let synced = if self.durable {
             self.shared.fs.sync_dir(&self.dir)
         } else {
@@ -123,7 +124,7 @@ impl QueueLog {
         forget_spare(&mut inner);
         if let Err(e) = synced {
             self.shared
-                .fail_stop(&e, "the directory of a reused segment file");
+                .fail_stop(&e, "the directory of a reused segment file", synced_before);
             return Err(e);
         }
         let head_index = inner.segments.back().map_or(0, |h| h.index);

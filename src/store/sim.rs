@@ -37,6 +37,9 @@ pub struct Faults {
     pub unlink_error: f64,
     /// A rename fails (`EIO`) and leaves both names as they were.
     pub rename_error: f64,
+    /// An open of a file that exists, without creating it, fails (`EMFILE`: the process is
+    /// out of descriptors).
+    pub open_error: f64,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +101,7 @@ pub struct Injected {
     pub torn_writes: u64,
     pub unlink_errors: u64,
     pub rename_errors: u64,
+    pub open_errors: u64,
 }
 
 /// The simulated disk (clones share it).
@@ -477,6 +481,11 @@ impl FileIo for SimFile {
 impl Fs for SimFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
         let mut state = lock(&self.0.state);
+        let p = state.faults.open_error;
+        if !mode.create && state.chance(p) {
+            state.injected.open_errors += 1;
+            return Err(io::Error::from_raw_os_error(24));
+        }
         let node = match state.files.get(path) {
             Some(node) => {
                 if mode.truncate {

@@ -286,12 +286,14 @@ impl Shared {
     /// synced after a rename). Linux reports a failed write-back once, to whoever syncs
     /// first: the sync thread's own next sync of the same directory could succeed without
     /// the lost entries being on disk. So nothing not yet synced is confirmed, as when the
-    /// sync thread's fsync fails.
-    pub fn fail_stop(&self, error: &io::Error, what: &str) {
-        // From the first epoch not yet published as synced: the sync thread may be in the
-        // middle of a cycle for an epoch before `self.epoch()`, whose fsync this failure may
-        // have robbed of its error.
-        let epoch = self.synced().saturating_add(1);
+    /// sync thread's fsync fails. `synced_before` is [`Shared::synced`] as read before the
+    /// failed fsync started: an epoch the sync thread published while it ran may have had
+    /// its own fsync robbed of this error, and fails too.
+    pub fn fail_stop(&self, error: &io::Error, what: &str, synced_before: u64) {
+        // From the first epoch not yet published as synced when the failed fsync started:
+        // the sync thread may be in the middle of a cycle for an epoch before
+        // `self.epoch()`, or have published one since.
+        let epoch = synced_before.saturating_add(1);
         self.read_only_from.fetch_min(epoch, Ordering::SeqCst);
         self.synced.send_replace(u64::MAX);
         tracing::error!(

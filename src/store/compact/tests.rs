@@ -222,3 +222,35 @@ fn a_copy_that_cannot_be_written_is_removed_and_not_retried_at_once() {
         "the failed attempt paces the next"
     );
 }
+
+/// Regression (from review): the compacted copy was renamed over the segment's file and then
+/// opened; an open that failed there (out of descriptors) left the segment writing to the
+/// replaced file, unlinked, which could go on to be reused as the log's spare and take
+/// confirmed messages no restart would find. The copy is now opened before the rename: a
+/// failed open leaves the segment's file in place, and no copy.
+#[test]
+fn a_copy_that_cannot_be_opened_leaves_the_segment_on_its_own_file() {
+    let (sim, fs, _, _store, log) = sim_store(12, "compaction-no-descriptors");
+    segment_0_keeping_message_1(&log);
+    log.collect_garbage(None);
+    log.flush().unwrap();
+    let path = Segment::path(&log.dir, 0);
+    let before = fs.read(&path).unwrap();
+    sim.set_faults(crate::store::sim::Faults {
+        open_error: 1.0,
+        ..Default::default()
+    });
+    assert!(log.compact_now().is_err(), "the copy cannot be opened");
+    sim.set_faults(Default::default());
+    assert_eq!(sim.injected().open_errors, 1);
+    assert!(
+        fs.read(&path).unwrap() == before,
+        "the segment's name still holds the file it writes to"
+    );
+    let files = fs.read_dir(&log.dir).unwrap();
+    assert!(
+        !files.iter().any(|f| f.ends_with(".tmp")),
+        "no copy is left: {files:?}"
+    );
+    assert!(!log.lock().segments[0].compacted);
+}

@@ -41,7 +41,7 @@ struct FailsElsewhere(std::sync::Weak<Shared>);
 impl Journal for FailsElsewhere {
     fn flush(&self) -> io::Result<ToSync> {
         if let Some(shared) = self.0.upgrade() {
-            shared.fail_stop(&io::Error::other("EIO"), "a test");
+            shared.fail_stop(&io::Error::other("EIO"), "a test", shared.synced());
         }
         Ok((Vec::new(), Vec::new()))
     }
@@ -185,4 +185,20 @@ fn a_directory_missing_from_a_live_journal_still_fails_the_store() {
     }));
     assert!(sync_once(&shared));
     assert!(!shared.writable());
+}
+
+/// Regression (from review): a directory fsync failing on another thread stopped the store
+/// from the first epoch not yet synced when it got round to it, so an epoch the sync thread
+/// published while that fsync ran, whose own fsync the failure may have robbed of its error,
+/// stayed durable. The failure now counts from what was synced when its fsync started.
+#[test]
+fn an_epoch_published_while_a_failed_fsync_ran_elsewhere_fails_too() {
+    let shared = Arc::new(Shared::new(1 << 20, Arc::new(RealFs)));
+    let synced_before = shared.synced();
+    shared.mark_dirty(Arc::new(Counting::default()));
+    let epoch = shared.epoch();
+    assert!(sync_once(&shared));
+    assert_eq!(shared.outcome(epoch), Outcome::Durable);
+    shared.fail_stop(&io::Error::other("EIO"), "a test", synced_before);
+    assert_eq!(shared.outcome(epoch), Outcome::Failed);
 }
