@@ -162,7 +162,7 @@ impl Output {
     /// client keeps hearing from a broker whose disk holds a reply back, as RabbitMQ's
     /// heartbeat sender writes to the socket past its writer.
     pub fn heartbeat(&mut self) -> bool {
-        if self.is_empty() {
+        if self.is_empty() && self.holds.is_empty() {
             write_heartbeat(&mut self.tail);
             return true;
         }
@@ -470,6 +470,24 @@ mod tests {
             assert!(out.is_empty());
             assert_eq!(out.memory(), out.buf().capacity(), "body {body}");
         }
+    }
+
+    /// A hold with nothing after it yet (a nowait durable declare) is passed too, and a
+    /// heartbeat that went ahead of a hold whose sync failed is kept: it is before it.
+    #[test]
+    fn a_heartbeat_goes_ahead_of_an_empty_hold_and_survives_its_failure() {
+        let mut hb = Vec::new();
+        write_heartbeat(&mut hb);
+        let mut out = Output::default();
+        out.hold_until_synced(Some(3));
+        assert!(out.heartbeat());
+        assert_eq!(out.writable_len(), hb.len(), "not behind the hold");
+        out.hold_until_synced(Some(4));
+        out.buf().extend_from_slice(b"promise");
+        assert!(!out.heartbeat(), "the first heartbeat is not written yet");
+        assert!(out.release_holds(4, |epoch| epoch == 4).is_err());
+        assert_eq!(drain_writable(&mut out), hb);
+        assert!(out.is_empty(), "what the failed epoch promised is dropped");
     }
 
     /// Writes what may be written now, in one-byte steps.
