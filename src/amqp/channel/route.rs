@@ -39,10 +39,18 @@ pub(super) struct RouteCache {
     /// Publishes that will not be cached: after a round of the cache in which few routes
     /// were used twice, a publisher spreading over many keys would only copy names into it.
     skip: usize,
+    /// Queues in the cached routes' lists, at most `MAX_CACHED_ROUTE_QUEUES`.
+    queues: usize,
 }
 
 /// Publishes left uncached after a round of the cache with fewer than a quarter hits.
 const SKIP_AFTER_THRASH: usize = 16 * ROUTE_CACHE_ENTRIES;
+
+/// Queues the cached routes of a channel may list in all: the lists are memory no gauge
+/// counts, and without a bound 64 routes through a fanout to 100,000 queues held 51 MB per
+/// channel (a hundred gigabytes on a connection's 2,047 channels). A route wider than this is
+/// worked out on each publish, which costs little beside delivering to every queue it lists.
+const MAX_CACHED_ROUTE_QUEUES: usize = 1024;
 
 /// Exchanges remembered as writable per channel.
 const WRITABLE_ENTRIES: usize = 8;
@@ -138,24 +146,35 @@ impl RouteCache {
         self.routes.clear();
         self.last = None;
         self.writable.clear();
+        self.queues = 0;
     }
 
-    /// Whether a new route is worth keeping: room is made when the cache is full, and a
-    /// cache that was mostly missed stops taking routes for a while.
-    fn should_cache(&mut self) -> bool {
+    /// Whether a new route listing `queues` is worth keeping, counting them if so: room is
+    /// made when the cache is full (of routes or of queues), and a cache that was mostly
+    /// missed stops taking routes for a while.
+    fn should_cache(&mut self, queues: usize) -> bool {
+        if queues > MAX_CACHED_ROUTE_QUEUES {
+            return false;
+        }
         if self.skip > 0 {
             self.skip -= 1;
             return false;
         }
-        if self.routes.len() >= ROUTE_CACHE_ENTRIES {
+        if self.routes.len() >= ROUTE_CACHE_ENTRIES
+            || self.queues + queues > MAX_CACHED_ROUTE_QUEUES
+        {
             if self.hits < ROUTE_CACHE_ENTRIES / 4 {
                 self.skip = SKIP_AFTER_THRASH;
             }
             self.routes.clear();
             self.last = None;
             self.hits = 0;
-            return self.skip == 0;
+            self.queues = 0;
+            if self.skip > 0 {
+                return false;
+            }
         }
+        self.queues += queues;
         true
     }
 }
@@ -242,7 +261,8 @@ impl Channel {
             .vhost
             .route(exchange, keys, &mut || headers.take(), &mut found);
         let found: Arc<[Arc<Queue>]> = found.into();
-        if extra_keys.is_empty() && self.routes.should_cache() {
+        let listed = if cacheable { found.len() } else { 0 };
+        if extra_keys.is_empty() && self.routes.should_cache(listed) {
             // Copies of the names: slices of the publish frame would keep its whole read
             // buffer alive for as long as the route is cached.
             self.routes.routes.insert(
@@ -257,5 +277,36 @@ impl Channel {
             );
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached routes list a bounded number of queues: a wider route is not cached, and
+    /// one that would take the cache past the bound empties it first.
+    #[test]
+    fn cached_routes_list_at_most_so_many_queues() {
+        let mut cache = RouteCache::default();
+        assert!(!cache.should_cache(MAX_CACHED_ROUTE_QUEUES + 1));
+        assert_eq!(cache.queues, 0);
+        for _ in 0..4 {
+            assert!(cache.should_cache(MAX_CACHED_ROUTE_QUEUES / 4));
+        }
+        assert_eq!(cache.queues, MAX_CACHED_ROUTE_QUEUES);
+        // Full of queues and never hit: emptied, and left alone for a while.
+        assert!(!cache.should_cache(1));
+        assert_eq!(cache.queues, 0);
+        cache.hits = ROUTE_CACHE_ENTRIES;
+        cache.skip = 0;
+        assert!(cache.should_cache(MAX_CACHED_ROUTE_QUEUES));
+        assert!(
+            cache.should_cache(0),
+            "a route listing no queues still fits"
+        );
+        cache.hits = ROUTE_CACHE_ENTRIES;
+        assert!(cache.should_cache(2), "made room");
+        assert_eq!(cache.queues, 2);
     }
 }

@@ -21,7 +21,7 @@
 //! vhost queues them as work and routes them later, on the broker's dead-letter worker, so no
 //! queue ever publishes into another from inside a call (see `broker::vhost::dead_letter`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
@@ -403,18 +403,26 @@ pub fn make_message(
 /// (updated) deaths and no death from the newest up to and including its first appearance
 /// was a rejection. `headers` is the encoded headers table.
 pub fn is_cycle(queue: &str, headers: &[u8]) -> bool {
+    cycle_queues(headers).contains(queue.as_bytes())
+}
+
+/// The queues `is_cycle` is true of, found in one pass over the x-death entries: a dead
+/// letter checks every queue its exchange reaches against this set, where a scan per queue
+/// cost the queues times the entries (a long-cycled message and a wide fanout: 10^8 steps).
+pub fn cycle_queues(headers: &[u8]) -> HashSet<&[u8]> {
+    let mut queues = HashSet::new();
     let Some(deaths) = raw_table::get(headers, b"x-death") else {
-        return false;
+        return queues;
     };
     for entry in raw_table::items(deaths).filter_map(raw_table::as_table) {
         if entry_field(entry, b"reason") == Some(b"rejected".as_slice()) {
-            return false;
+            break;
         }
-        if entry_field(entry, b"queue") == Some(queue.as_bytes()) {
-            return true;
+        if let Some(queue) = entry_field(entry, b"queue") {
+            queues.insert(queue);
         }
     }
-    false
+    queues
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use super::VirtualHost;
 use crate::broker::queue::Queue;
 use crate::broker::queue::context::QueueHost;
-use crate::broker::queue::dead_letter::{DeadLetter, DlxTarget, Reason, is_cycle, make_message};
+use crate::broker::queue::dead_letter::{
+    DeadLetter, DlxTarget, Reason, cycle_queues, make_message,
+};
 use crate::broker::queue::held::Routed;
 use crate::broker::queue::state::Enqueued;
 use crate::broker::timer::now_ms;
@@ -111,13 +113,16 @@ impl VirtualHost {
             let mut headers = || crate::protocol::raw_table::decode(&dead.headers);
             self.route(&exchange, &key_refs, &mut headers, &mut targets);
             if letter.reason != Reason::Rejected {
-                targets.retain(|q| {
-                    let cycle = is_cycle(&q.name, &dead.headers);
-                    if cycle {
-                        tracing::debug!(queue = %q.name, "dead letter dropped: dead-letter cycle");
-                    }
-                    !cycle
-                });
+                let cycle = cycle_queues(&dead.headers);
+                if !cycle.is_empty() {
+                    targets.retain(|q| {
+                        let cycle = cycle.contains(q.name.as_bytes());
+                        if cycle {
+                            tracing::debug!(queue = %q.name, "dead letter dropped: dead-letter cycle");
+                        }
+                        !cycle
+                    });
+                }
             }
             if let Some(ticket) = letter.ticket.as_ref().filter(|t| !t.have.is_empty()) {
                 // A set, not a scan per target: a dead-letter exchange may reach many queues.
