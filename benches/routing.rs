@@ -38,7 +38,11 @@ fn topic_matching(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % keys.len();
                 let mut hits = 0u32;
-                trie.matches(black_box(keys[i].as_bytes()), &mut |_| hits += 1);
+                trie.matches(
+                    black_box(keys[i].as_bytes()),
+                    &mut { usize::MAX },
+                    &mut |_| hits += 1,
+                );
                 black_box(hits)
             })
         });
@@ -58,7 +62,11 @@ fn topic_adversarial(c: &mut Criterion) {
     group.bench_function("ten_hashes_100_words", |b| {
         b.iter(|| {
             let mut hits = 0u32;
-            hashes.matches(black_box(long_key.as_bytes()), &mut |_| hits += 1);
+            hashes.matches(
+                black_box(long_key.as_bytes()),
+                &mut { usize::MAX },
+                &mut |_| hits += 1,
+            );
             black_box(hits)
         })
     });
@@ -76,7 +84,9 @@ fn topic_adversarial(c: &mut Criterion) {
     group.bench_function("10k_wildcard_bindings_21_words", |b| {
         b.iter(|| {
             let mut hits = 0u32;
-            wild.matches(black_box(key.as_bytes()), &mut |_| hits += 1);
+            wild.matches(black_box(key.as_bytes()), &mut { usize::MAX }, &mut |_| {
+                hits += 1
+            });
             black_box(hits)
         })
     });
@@ -107,9 +117,12 @@ fn direct_bindings(c: &mut Criterion) {
                 let mut hits = 0u32;
                 let mut none = || None;
                 let mut headers = LazyHeaders::new(&mut none);
-                bindings.route(&[black_box(key.as_bytes())], &mut headers, &mut |_| {
-                    hits += 1
-                });
+                bindings.route(
+                    &[black_box(key.as_bytes())],
+                    &mut headers,
+                    &mut { usize::MAX },
+                    &mut |_| hits += 1,
+                );
                 black_box(hits)
             })
         });

@@ -774,3 +774,66 @@ async fn a_body_longer_than_announced_is_no_longer_counted() {
     );
     witness_works(&broker).await;
 }
+
+/// A route a client built to cost seconds: 4,096 topic bindings mixing `a` and `*` over their
+/// first twelve words keep 4,096 trie states alive for each later word of a 64-word key, and
+/// a publish carries eight such keys in CC (a million states, and a thousand keys would be
+/// a hundred times that, on a runtime worker and under the exchange's lock, which binds wait
+/// for while holding the vhost's topology). The route is refused past its budget: the
+/// publishing channel is closed, and the same publish without the CC keys still routes.
+#[tokio::test]
+async fn a_topic_route_past_its_budget_is_refused_not_run_for_seconds() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("wide".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let tail = vec!["*"; 52].join(".");
+    for i in 0..4096u32 {
+        let head: Vec<&str> = (0..12)
+            .map(|bit| if i >> bit & 1 == 1 { "*" } else { "a" })
+            .collect();
+        within(ch.queue_bind(
+            "wide".into(),
+            "amq.topic".into(),
+            format!("{}.{tail}", head.join(".")).as_str().into(),
+            QueueBindOptions { nowait: true },
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(ready(&ch, "wide").await, 0);
+    let key = vec!["a"; 64].join(".");
+    // One key: some 220,000 states, within the budget; one copy however many bindings match.
+    within(ch.basic_publish(
+        "amq.topic".into(),
+        key.as_str().into(),
+        Default::default(),
+        b"m",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ready(&ch, "wide").await, 1);
+    let cc: Vec<AMQPValue> = (0..8)
+        .map(|i| long_str(&format!("{}.{i}", vec!["a"; 63].join("."))))
+        .collect();
+    let headers = table(&[("CC", AMQPValue::FieldArray(cc.into()))]);
+    let publisher = broker.connect().await;
+    let refused = within(publisher.create_channel()).await.unwrap();
+    within(refused.confirm_select(Default::default()))
+        .await
+        .unwrap();
+    assert_publish_refused(
+        &refused,
+        "amq.topic",
+        &key,
+        b"m",
+        lapin::BasicProperties::default().with_headers(headers),
+        406,
+        "PRECONDITION_FAILED - routing a message through exchange 'amq.topic' in vhost '/' passes more than 1048576 topic binding states",
+    )
+    .await;
+    assert_eq!(ready(&ch, "wide").await, 1, "nothing more was routed");
+}

@@ -82,11 +82,7 @@ pub(super) struct Segment {
     /// next segment the rest of this one is zeroed, so that a segment before the last
     /// ends in zeros, as recovery expects of it.
     pub(super) stale_tail: bool,
-    /// Takes no more appends: recovery cut a damaged tail off it, and a record written over
-    /// that tail could end where an unchecked record of it starts (an Ack whose follower was
-    /// lost too), which the next start would then read, acknowledging the new message. The
-    /// log moves on to a new segment at its next append, zeroing this one's rest
-    /// (`stale_tail`).
+    /// Takes no more appends: recovery cut a damaged tail off it (see `scan_segment`).
     pub(super) closed: bool,
     /// Compaction found nothing of it to keep but could not delete its file: it is not
     /// picked again while deletes wait (`Inner::unlink_retry_at`), and `collect_garbage`

@@ -418,13 +418,12 @@ fn scan_segment(
     if walk.dirty_tail {
         if last {
             // A torn write at the end (nothing after it was ever synced), or a reused
-            // file's earlier records: cut. The bytes stay: no record in them is valid here
-            // (the scan found none), so they need no writing at start (a broker restarted
-            // on a full disk must come up, and a reused segment would cost a segment of
-            // zeros). Nothing is appended over them: a record ending where a record of the
-            // tail starts would make it read, and `untaken_seq` notes only the numbers of
-            // records the scan checked (one followed by a lost page is not). The log moves
-            // on at its next append, and the rest of this segment is zeroed (`stale_tail`).
+            // file's earlier records: cut. The bytes stay (a broker restarted on a full disk
+            // must come up, and a reused segment would cost a segment of zeros), but nothing
+            // is appended over them: a record ending where one of the tail starts would make
+            // it read, and `untaken_seq` notes only the numbers of records the scan checked
+            // (one followed by a lost page is not). The log moves on at its next append,
+            // and the rest of this segment is zeroed then (`stale_tail`).
             seg.stale_tail = true;
             seg.closed = true;
             recovered.torn = true;

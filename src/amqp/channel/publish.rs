@@ -53,8 +53,7 @@ pub(super) struct Destination<'a> {
     /// The message's headers, for headers exchanges.
     pub headers: Option<FieldTable>,
     pub mandatory: bool,
-    /// `cached` is the route the message took when published (in a transaction), to be
-    /// used as it is, CC and BCC keys included; its direct replies went then too.
+    /// Published in a transaction: routed then, and its direct replies went then too.
     pub routed_at_publish: bool,
 }
 
@@ -291,7 +290,7 @@ impl Channel {
             message.confirm = confirms.early_sink().map(|sink| ConfirmWatch { sink, tag });
         }
         let message = Arc::new(message);
-        let destination = Destination {
+        let mut destination = Destination {
             routed_at_publish: false,
             exchange: &exchange,
             cached,
@@ -304,7 +303,8 @@ impl Channel {
         if self.tx.is_some() {
             return self.hold_for_commit(s, destination, Arc::clone(&message));
         }
-        let outcome = self.hand_to_queues(s, out, destination, &message);
+        let queues = self.queues_for(s, &mut destination)?;
+        let outcome = self.hand_to_queues(s, out, destination, queues, &message);
         if let (Some(confirms), Some(tag)) = (self.confirms.as_mut(), confirm_tag) {
             if outcome.failed {
                 confirms.nack(tag);
@@ -349,7 +349,7 @@ impl Channel {
                     d.routing_key,
                     d.extra_keys,
                     d.headers,
-                );
+                )?;
                 let bytes = route.len() * std::mem::size_of::<Arc<Queue>>();
                 (route, Charge::new(s.broker.memory, bytes))
             }
@@ -403,26 +403,31 @@ impl Channel {
         Ok((properties, summary))
     }
 
-    /// Routes a message and enqueues it; hands it to direct reply consumers; returns it to
-    /// the publisher if it is mandatory and went nowhere.
-    pub(super) fn hand_to_queues(
-        &mut self,
-        s: &Session,
-        out: &mut Output,
-        d: Destination,
-        message: &Arc<Message>,
-    ) -> Outcome {
-        let queues = match d.cached {
-            Some(queues) if d.extra_keys.is_empty() || d.routed_at_publish => queues,
+    /// The queues a publish goes to: the cache's route, or one worked out now.
+    fn queues_for(&mut self, s: &Session, d: &mut Destination) -> AmqpResult<Route> {
+        match d.cached.take() {
+            Some(queues) if d.extra_keys.is_empty() => Ok(queues),
             _ => self.route(
                 s,
                 d.exchange,
                 d.exchange_name,
                 d.routing_key,
                 d.extra_keys,
-                d.headers,
+                d.headers.take(),
             ),
-        };
+        }
+    }
+
+    /// Enqueues a message into the queues it was routed to; hands it to direct reply
+    /// consumers; returns it to the publisher if it is mandatory and went nowhere.
+    pub(super) fn hand_to_queues(
+        &mut self,
+        s: &Session,
+        out: &mut Output,
+        d: Destination,
+        queues: Route,
+        message: &Arc<Message>,
+    ) -> Outcome {
         let outcome = enqueue(&queues, message);
         if !d.routed_at_publish {
             // A transaction's direct replies went when they were published.

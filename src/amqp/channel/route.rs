@@ -243,7 +243,7 @@ impl Channel {
         routing_key: &Bytes,
         extra_keys: &[Bytes],
         headers: Option<FieldTable>,
-    ) -> Arc<[Arc<Queue>]> {
+    ) -> AmqpResult<Arc<[Arc<Queue>]>> {
         let one: [&[u8]; 1] = [routing_key];
         let many: Vec<&[u8]>;
         let keys: &[&[u8]] = if extra_keys.is_empty() {
@@ -259,7 +259,8 @@ impl Channel {
         let mut found = Vec::new();
         let cacheable = s
             .vhost
-            .route(exchange, keys, &mut || headers.take(), &mut found);
+            .route(exchange, keys, &mut || headers.take(), &mut found)
+            .map_err(|refused| refused.error(&exchange.name, &s.vhost.name))?;
         let found: Arc<[Arc<Queue>]> = found.into();
         let listed = if cacheable { found.len() } else { 0 };
         if extra_keys.is_empty() && self.routes.should_cache(listed) {
@@ -276,7 +277,7 @@ impl Channel {
                 },
             );
         }
-        found
+        Ok(found)
     }
 }
 

@@ -213,7 +213,7 @@ impl Channel {
     ) -> Outcome {
         let destination = Destination {
             exchange: &p.target,
-            cached: Some(p.route),
+            cached: None,
             exchange_name: &p.exchange,
             routing_key: &p.routing_key,
             extra_keys: &p.routing_keys[1..],
@@ -221,6 +221,6 @@ impl Channel {
             mandatory: p.mandatory,
             routed_at_publish: true,
         };
-        self.hand_to_queues(s, out, destination, &p.message)
+        self.hand_to_queues(s, out, destination, p.route, &p.message)
     }
 }

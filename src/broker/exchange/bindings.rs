@@ -240,13 +240,16 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
 
     /// Calls `found` for each destination matching a message. `routing_keys` holds the
     /// publish routing key followed by any CC/BCC keys; `headers` is only decoded by headers
-    /// exchanges. Destinations may be reported more than once.
+    /// exchanges. Destinations may be reported more than once. False if a topic exchange's
+    /// matching used `budget` up (see [`super::topic::MAX_ROUTE_TOPIC_STATES`]): the route
+    /// is refused, whatever was found.
     pub fn route(
         &self,
         routing_keys: &[&[u8]],
         headers: &mut LazyHeaders,
+        budget: &mut usize,
         found: &mut dyn FnMut(&D),
-    ) {
+    ) -> bool {
         match self.kind {
             ExchangeKind::Direct => {
                 let lookup = |key: &[u8], found: &mut dyn FnMut(&D)| {
@@ -255,7 +258,8 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                     }
                 };
                 if let [key] = routing_keys {
-                    return lookup(key, found);
+                    lookup(key, found);
+                    return true;
                 }
                 // A key given twice (CC and BCC may repeat one thousands of times) is looked
                 // up once, so each binding is reported at most once.
@@ -267,19 +271,21 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                 }
             }
             ExchangeKind::Fanout => self.entries.iter().for_each(|e| found(&e.destination)),
-            ExchangeKind::Topic => match routing_keys {
-                [key] => self.topic.matches(key, &mut |d| found(d)),
-                keys => {
-                    // A key given twice is walked once, as in the direct case.
-                    let mut keys = keys.to_vec();
-                    keys.sort_unstable();
-                    keys.dedup();
-                    self.topic.matches_any(&keys, &mut |d| found(d))
-                }
-            },
+            ExchangeKind::Topic => {
+                return match routing_keys {
+                    [key] => self.topic.matches(key, budget, &mut |d| found(d)),
+                    keys => {
+                        // A key given twice is walked once, as in the direct case.
+                        let mut keys = keys.to_vec();
+                        keys.sort_unstable();
+                        keys.dedup();
+                        self.topic.matches_any(&keys, budget, &mut |d| found(d))
+                    }
+                };
+            }
             ExchangeKind::Headers => {
                 if self.entries.is_empty() {
-                    return;
+                    return true;
                 }
                 let table = headers.get();
                 for e in &self.entries {
@@ -289,6 +295,7 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                 }
             }
         }
+        true
     }
 }
 

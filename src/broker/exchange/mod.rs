@@ -197,14 +197,16 @@ impl Exchange {
         keys.iter().map(|k| k.binding()).collect()
     }
 
-    /// Calls `found` for each destination matching a message (see [`Bindings::route`]).
+    /// Calls `found` for each destination matching a message (see [`Bindings::route`]);
+    /// false if the route used `budget` up.
     pub fn route(
         &self,
         routing_keys: &[&[u8]],
         headers: &mut LazyHeaders,
+        budget: &mut usize,
         found: &mut dyn FnMut(&Destination),
-    ) {
-        self.read().route(routing_keys, headers, found);
+    ) -> bool {
+        self.read().route(routing_keys, headers, budget, found)
     }
 }
 

@@ -11,11 +11,21 @@
 //! at most once per word, so matching costs at most (words in the key) x (trie nodes the key
 //! can reach), however many `#` a binding has: `#.#.#.#.z` against a 100-word key is 500
 //! steps, where trying every split of the key between the `#`s would be exponential.
+//!
+//! That product is still the client's to choose (4,096 bindings mixing `a` and `*` over their
+//! first twelve words keep 4,096 states for each later word of a long key, and a publish may
+//! carry a thousand CC keys), so a route has a budget of states ([`MAX_ROUTE_TOPIC_STATES`]):
+//! a route past it is refused rather than run for seconds under the exchange's lock.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::destinations::Destinations;
+
+/// The trie states one route may pass through, over all its keys and every topic exchange it
+/// reaches: a million hash lookups at most. Ordinary routes take tens; one past it is
+/// refused.
+pub const MAX_ROUTE_TOPIC_STATES: usize = 1 << 20;
 
 /// Splits a topic key into words; the empty key has no words at all.
 pub fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -132,36 +142,64 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
     }
 
     /// Calls `found` for the value of every binding whose key matches `routing_key`. Each
-    /// matching binding is reported once.
-    pub fn matches<'a>(&'a self, routing_key: &[u8], found: &mut impl FnMut(&'a T)) {
-        self.walk(routing_key, &mut |node| {
+    /// matching binding is reported once. False, with only some found, if the states the
+    /// walk passed through used `budget` up.
+    pub fn matches<'a>(
+        &'a self,
+        routing_key: &[u8],
+        budget: &mut usize,
+        found: &mut impl FnMut(&'a T),
+    ) -> bool {
+        self.walk(routing_key, budget, &mut |node| {
             node.values.iter().for_each(&mut *found)
-        });
+        })
     }
 
     /// Calls `found` for the value of every binding whose key matches any of `routing_keys`,
     /// each once however many of the keys match it: a publish with thousands of CC keys and
     /// a `#` binding costs the keys' words plus the bindings, not their product.
-    pub fn matches_any<'a>(&'a self, routing_keys: &[&[u8]], found: &mut impl FnMut(&'a T)) {
+    /// The keys share `budget`, as in [`TopicTrie::matches`].
+    pub fn matches_any<'a>(
+        &'a self,
+        routing_keys: &[&[u8]],
+        budget: &mut usize,
+        found: &mut impl FnMut(&'a T),
+    ) -> bool {
         let mut reported: HashSet<*const Node<T>, BuildHasherDefault<AddressHasher>> =
             HashSet::default();
         for key in routing_keys {
-            self.walk(key, &mut |node| {
+            let walked = self.walk(key, budget, &mut |node| {
                 if reported.insert(node) {
                     node.values.iter().for_each(&mut *found);
                 }
             });
+            if !walked {
+                return false;
+            }
         }
+        true
     }
 
-    /// Calls `end` for every trie node (each once) that `routing_key`'s words lead to.
-    fn walk<'a>(&'a self, routing_key: &[u8], end: &mut impl FnMut(&'a Node<T>)) {
+    /// Calls `end` for every trie node (each once) that `routing_key`'s words lead to. Each
+    /// word costs `budget` the states it starts from; false, without calling `end`, if it
+    /// runs out.
+    fn walk<'a>(
+        &'a self,
+        routing_key: &[u8],
+        budget: &mut usize,
+        end: &mut impl FnMut(&'a Node<T>),
+    ) -> bool {
         // The two sets trade places after each word by reference: a set is some 200 bytes,
         // and swapping them by value copied that three times per word.
         let (mut a, mut b) = (States::default(), States::default());
         let (mut current, mut next) = (&mut a, &mut b);
         current.enter(&self.root);
         for word in words(routing_key) {
+            let Some(left) = budget.checked_sub(current.len()) else {
+                *budget = 0;
+                return false;
+            };
+            *budget = left;
             next.clear();
             let mut i = 0;
             while let Some(node) = current.get(i) {
@@ -181,7 +219,7 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
             }
             std::mem::swap(&mut current, &mut next);
             if current.is_empty() {
-                return;
+                return true;
             }
         }
         let mut i = 0;
@@ -189,6 +227,7 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
             i += 1;
             end(node);
         }
+        true
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,6 +340,14 @@ impl<'a, T> States<'a, T> {
         self.len == 0
     }
 
+    fn len(&self) -> usize {
+        if self.spilled() {
+            self.spilled.len()
+        } else {
+            self.len
+        }
+    }
+
     /// The states, in the order they were entered.
     fn nodes(&self) -> &[&'a Node<T>] {
         &self.spilled
@@ -325,7 +372,7 @@ mod tests {
         let mut trie = TopicTrie::default();
         trie.insert(pattern.as_bytes(), 1u8);
         let mut hit = false;
-        trie.matches(key.as_bytes(), &mut |_| hit = true);
+        trie.matches(key.as_bytes(), &mut { usize::MAX }, &mut |_| hit = true);
         hit
     }
 
@@ -435,7 +482,7 @@ mod tests {
         assert!(trie.remove(b"a.*.c", &1));
         assert!(!trie.remove(b"a.*.c", &1));
         let mut seen = Vec::new();
-        trie.matches(b"a.b.c", &mut |v| seen.push(*v));
+        trie.matches(b"a.b.c", &mut { usize::MAX }, &mut |v| seen.push(*v));
         assert_eq!(seen, vec![2]);
         assert!(trie.remove(b"a.#", &2));
         assert!(trie.is_empty());
@@ -454,9 +501,13 @@ mod tests {
         trie.insert(b"#.#.#.#.#.#.#.#.#.#.z", 1u8);
         let key = vec!["w"; 100].join(".");
         let mut hit = false;
-        trie.matches(key.as_bytes(), &mut |_| hit = true);
+        trie.matches(key.as_bytes(), &mut { usize::MAX }, &mut |_| hit = true);
         assert!(!hit);
-        trie.matches(format!("{key}.z").as_bytes(), &mut |_| hit = true);
+        trie.matches(
+            format!("{key}.z").as_bytes(),
+            &mut { usize::MAX },
+            &mut |_| hit = true,
+        );
         // Backtracking over every split of 100 words between ten `#`s would not finish;
         // this is a few thousand steps.
         assert!(hit);
@@ -468,8 +519,30 @@ mod tests {
         trie.insert(b"#.#", 1u8);
         trie.insert(b"a.#.#.b", 2u8);
         let mut seen = Vec::new();
-        trie.matches(b"a.x.b", &mut |v| seen.push(*v));
+        trie.matches(b"a.x.b", &mut { usize::MAX }, &mut |v| seen.push(*v));
         seen.sort();
         assert_eq!(seen, vec![1, 2]);
+    }
+
+    /// A walk stops once the states it passed through use its budget up, and says so; the
+    /// keys of one route share one budget.
+    #[test]
+    fn a_walk_past_its_budget_stops_and_says_so() {
+        let mut trie = TopicTrie::default();
+        for (i, key) in ["a.*.c", "*.b.*", "#.c", "a.#"].iter().enumerate() {
+            trie.insert(key.as_bytes(), i);
+        }
+        let mut hits = 0;
+        let mut budget = 100;
+        assert!(trie.matches(b"a.b.c", &mut budget, &mut |_| hits += 1));
+        assert_eq!(hits, 4);
+        let used = 100 - budget;
+        assert!(used > 0);
+        let mut budget = used - 1;
+        assert!(!trie.matches(b"a.b.c", &mut budget, &mut |_| {}));
+        assert_eq!(budget, 0);
+        let mut budget = used * 2;
+        let keys: [&[u8]; 3] = [b"a.b.c", b"a.b.c.d", b"x.b.c"];
+        assert!(!trie.matches_any(&keys, &mut budget, &mut |_| {}));
     }
 }

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::VirtualHost;
+use crate::broker::exchange::topic::MAX_ROUTE_TOPIC_STATES;
 use crate::broker::queue::Queue;
 use crate::broker::queue::context::QueueHost;
 use crate::broker::queue::dead_letter::{
@@ -111,7 +112,13 @@ impl VirtualHost {
             targets.clear();
             let key_refs: Vec<&[u8]> = dead.routing_keys.iter().map(|k| k.as_ref()).collect();
             let mut headers = || crate::protocol::raw_table::decode(&dead.headers);
-            self.route(&exchange, &key_refs, &mut headers, &mut targets);
+            if self
+                .route(&exchange, &key_refs, &mut headers, &mut targets)
+                .is_err()
+            {
+                // Routed nowhere, as a dead letter to a missing exchange is.
+                tracing::warn!(queue, exchange = %exchange.name, "dead letter dropped: routing it passes more than {MAX_ROUTE_TOPIC_STATES} topic binding states");
+            }
             if letter.reason != Reason::Rejected {
                 let cycle = cycle_queues(&dead.headers);
                 if !cycle.is_empty() {

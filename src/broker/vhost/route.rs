@@ -6,21 +6,45 @@ use std::sync::Arc;
 use amq_protocol::types::FieldTable;
 
 use super::VirtualHost;
+use crate::broker::exchange::topic::MAX_ROUTE_TOPIC_STATES;
 use crate::broker::exchange::{Destination, Exchange, ExchangeKind, LazyHeaders};
 use crate::broker::queue::Queue;
+use crate::protocol::error::AmqpError;
+
+/// A route refused for the work it would take: its topic matching passed through more trie
+/// states than [`MAX_ROUTE_TOPIC_STATES`] (bindings and keys a client built to make one
+/// publish cost seconds under the exchange's lock). RabbitMQ has no such limit, and runs
+/// such a route to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRefused;
+
+impl RouteRefused {
+    /// The channel error a publish gets for it.
+    pub fn error(self, exchange: &str, vhost: &str) -> AmqpError {
+        crate::amqp_error!(
+            PreconditionFailed,
+            "routing a message through exchange '{}' in vhost '{}' passes more than {} topic binding states",
+            exchange,
+            vhost,
+            MAX_ROUTE_TOPIC_STATES
+        )
+    }
+}
 
 impl VirtualHost {
     /// Routes a message published to `exchange`: follows exchange-to-exchange bindings and
     /// alternate exchanges, and appends each matching queue to `out` once. Returns false
-    /// if the result depended on message headers (and so must not be cached).
+    /// if the result depended on message headers (and so must not be cached). The topic
+    /// exchanges it reaches share one budget of work; a route past it is refused.
     pub fn route(
         &self,
         exchange: &Arc<Exchange>,
         routing_keys: &[&[u8]],
         headers: &mut dyn FnMut() -> Option<FieldTable>,
         out: &mut Vec<Arc<Queue>>,
-    ) -> bool {
+    ) -> Result<bool, RouteRefused> {
         let mut cacheable = true;
+        let mut budget = MAX_ROUTE_TOPIC_STATES;
         // Exchanges reached besides the first; nothing is allocated unless the message goes
         // on through exchange-to-exchange bindings or an alternate exchange.
         let origin = Arc::as_ptr(exchange);
@@ -51,7 +75,7 @@ impl VirtualHost {
                 if x.kind == ExchangeKind::Headers {
                     cacheable = false;
                 }
-                x.route(routing_keys, &mut headers, &mut |d| {
+                let within = x.route(routing_keys, &mut headers, &mut budget, &mut |d| {
                     matched = true;
                     match d {
                         Destination::Queue(q) => out.push(q.clone()),
@@ -63,6 +87,10 @@ impl VirtualHost {
                         }
                     }
                 });
+                if !within {
+                    out.clear();
+                    return Err(RouteRefused);
+                }
             }
             // An exchange whose own bindings matched nothing hands the message to its
             // alternate exchange, looked up by name each time.
@@ -80,7 +108,7 @@ impl VirtualHost {
             out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
             out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        cacheable
+        Ok(cacheable)
     }
 }
 
@@ -141,7 +169,8 @@ impl VirtualHost {
         let mut keys: Vec<&[u8]> = vec![routing_key.as_bytes()];
         keys.extend(extra_keys.iter().map(|k| &k[..]));
         let mut queues = Vec::new();
-        self.route(&x, &keys, &mut || headers.take(), &mut queues);
+        self.route(&x, &keys, &mut || headers.take(), &mut queues)
+            .map_err(|refused| refused.error(exchange, &self.name))?;
         let mut published = Published {
             routed: false,
             sync: None,
