@@ -524,3 +524,43 @@ async fn same_as_rabbitmq_a_reject_after_the_queue_is_deleted_does_not_dead_lett
     publish(&ch, "", "dlq", b"marker", Default::default()).await;
     assert_eq!(next_message(&ch, "dlq").await.delivery.data, b"marker");
 }
+
+/// Each death adds an `x-death` entry that lists the message's CC keys, and without a
+/// dead-letter routing key the CC header stays: a message carrying 8 KB of CC keys, sent down
+/// a chain of queues, grows by 8 KB a hop (a 120 KB list round 2,000 queues was 240 MB,
+/// copied at each hop). Once its properties no longer fit in a frame the broker takes, no
+/// consumer could be sent it, and it is dropped. (RabbitMQ goes on growing it, and its
+/// consumers' clients fail on the oversized frame.) A message without CC keys goes down the
+/// same chain to its end.
+#[tokio::test]
+async fn a_dead_letter_grown_past_a_frame_is_dropped() {
+    let mut config = Config::for_tests();
+    config.limits.frame_max_bytes = 32 * 1024;
+    let broker = Broker::start_with(config).await;
+    let (_conn, ch) = broker.channel().await;
+    const HOPS: usize = 8;
+    for i in 0..HOPS {
+        let next = format!("grow-x{}", i + 1);
+        exchange(&ch, &next, ExchangeKind::Fanout).await;
+        let args = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+            ("x-dead-letter-exchange", long_str(&next)),
+        ]);
+        declare(&ch, &format!("grow-{i}"), args).await;
+        if i > 0 {
+            bind(&ch, &format!("grow-{i}"), &format!("grow-x{i}"), "").await;
+        }
+    }
+    declare(&ch, "grow-end", FieldTable::default()).await;
+    bind(&ch, "grow-end", &format!("grow-x{HOPS}"), "").await;
+    let cc: Vec<AMQPValue> = (0..80).map(|i| long_str(&format!("{i:0>100}"))).collect();
+    let big =
+        BasicProperties::default().with_headers(table(&[("CC", AMQPValue::FieldArray(cc.into()))]));
+    publish(&ch, "", "grow-0", b"big", big).await;
+    publish(&ch, "", "grow-0", b"small", BasicProperties::default()).await;
+    // Both went down the chain in order: the first to reach its end is the small one.
+    let first = next_message(&ch, "grow-end").await;
+    assert_eq!(first.delivery.data, b"small");
+    assert_eq!(deaths(&headers(&first)).len(), HOPS);
+    assert_eq!(message_count(&ch, "grow-end").await, 0);
+}

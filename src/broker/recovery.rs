@@ -150,6 +150,7 @@ impl Broker {
             limits: self.creation_limits.clone(),
             ledger: self.ledger.clone(),
             dead_letter_retry_ms: self.config.limits.dead_letter_retry_ms,
+            frame_max_bytes: self.config.limits.frame_max_bytes,
         }
     }
 

@@ -451,17 +451,7 @@ impl QueueLog {
     /// Starts a new head segment: writes out what is pending for the old one and opens the
     /// prepared segment, or makes one now if the sync thread has not.
     fn roll_over(&self, inner: &mut Inner, need: u64) -> io::Result<()> {
-        if let Some(head) = inner.segments.back_mut()
-            && head.stale_tail
-        {
-            // At most one record's length: what did not fit. The padding is the head's
-            // now: if the writes below fail, it stays pending, and no later record may be
-            // placed where it lies (a record is placed by `end` and written after what is
-            // pending).
-            let rest = head.capacity.saturating_sub(head.end) as usize;
-            head.end = head.capacity.max(head.end);
-            inner.pending.resize(inner.pending.len() + rest, 0);
-        }
+        inner.end_head_tail()?;
         if inner.unwritten.is_empty() && !self.shared.writes_in_flight() {
             // Nothing is being written: the old head's last bytes are written here.
             Self::write_pending(inner)?;

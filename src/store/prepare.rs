@@ -152,3 +152,35 @@ impl QueueLog {
         Ok(())
     }
 }
+
+impl Inner {
+    /// Before a roll-over, ends the head segment where its records end, if bytes of its
+    /// file's earlier life lie past them (`stale_tail`): a segment before the last must read
+    /// as ending there.
+    pub(super) fn end_head_tail(&mut self) -> io::Result<()> {
+        let Some(head) = self.segments.back_mut().filter(|h| h.stale_tail) else {
+            return Ok(());
+        };
+        if head.closed {
+            // Recovery cut its tail, and it took nothing since: the tail is cut off the
+            // file, which frees space on a full disk, where zeroing it cost up to a segment
+            // of writes, from memory, at the first append after a restart.
+            head.file.set_len(head.end)?;
+            head.capacity = head.end;
+            head.stale_tail = false;
+            let file = head.file.clone();
+            if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                self.unsynced.push(file);
+            }
+        } else {
+            // At most one record's length: what did not fit. The padding is the head's
+            // now: if the writes that follow fail, it stays pending, and no later record may
+            // be placed where it lies (a record is placed by `end` and written after what
+            // is pending).
+            let rest = head.capacity.saturating_sub(head.end) as usize;
+            head.end = head.capacity.max(head.end);
+            self.pending.resize(self.pending.len() + rest, 0);
+        }
+        Ok(())
+    }
+}

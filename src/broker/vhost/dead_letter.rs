@@ -55,6 +55,34 @@ impl QueueHost for VirtualHost {
     }
 }
 
+/// Says once per job what it dropped, rather than once per letter.
+fn report_dropped(queue: &str, exchange: &str, oversized: usize, refused: usize) {
+    if oversized > 0 {
+        tracing::warn!(
+            queue,
+            dropped = oversized,
+            "dead letters dropped: their properties no longer fit in a frame"
+        );
+    }
+    if refused > 0 {
+        tracing::warn!(
+            queue,
+            exchange,
+            dropped = refused,
+            "dead letters dropped: routing them passes more than {MAX_ROUTE_TOPIC_STATES} topic binding states"
+        );
+    }
+}
+
+/// Whether a message's content header frame fits in a frame of `frame_max_bytes` (0: no
+/// limit, as AMQP reads it).
+fn fits_in_a_frame(message: &crate::broker::message::Message, frame_max_bytes: u32) -> bool {
+    // The frame's own 8 bytes, and the header's class, weight and body size.
+    const HEADER_FRAME_OVERHEAD: usize = 8 + 12;
+    frame_max_bytes == 0
+        || message.properties.len() + HEADER_FRAME_OVERHEAD <= frame_max_bytes as usize
+}
+
 impl VirtualHost {
     fn submit_dead_letters(&self, queue: String, target: DlxTarget, letters: Vec<DeadLetter>) {
         if !self
@@ -99,6 +127,8 @@ impl VirtualHost {
         let mut targets: Vec<Arc<Queue>> = Vec::new();
         let mut reports: Vec<Routed> = Vec::new();
         let mut owner = None;
+        // Letters dropped, said once per job below rather than once each.
+        let (mut oversized, mut refused) = (0usize, 0usize);
         for letter in letters {
             let Some(dead) =
                 make_message(&letter.message, letter.reason, &queue, &target, now_secs)
@@ -109,6 +139,14 @@ impl VirtualHost {
                 );
                 continue;
             };
+            if !fits_in_a_frame(&dead.message, self.services.frame_max_bytes) {
+                // Each death adds an x-death entry holding the message's CC keys: a message
+                // carrying 120 KB of them, sent round 2,000 queues, grew to 240 MB, copied at
+                // each hop. Past a frame no consumer could be sent it anyway (RabbitMQ makes
+                // it, and its consumers' clients fail on the oversized frame).
+                oversized += 1;
+                continue;
+            }
             targets.clear();
             let key_refs: Vec<&[u8]> = dead.routing_keys.iter().map(|k| k.as_ref()).collect();
             let mut headers = || crate::protocol::raw_table::decode(&dead.headers);
@@ -117,7 +155,7 @@ impl VirtualHost {
                 .is_err()
             {
                 // Routed nowhere, as a dead letter to a missing exchange is.
-                tracing::warn!(queue, exchange = %exchange.name, "dead letter dropped: routing it passes more than {MAX_ROUTE_TOPIC_STATES} topic binding states");
+                refused += 1;
             }
             if letter.reason != Reason::Rejected {
                 let cycle = cycle_queues(&dead.headers);
@@ -165,6 +203,7 @@ impl VirtualHost {
             }
             reports.push(report);
         }
+        report_dropped(&queue, &exchange.name, oversized, refused);
         if let Some(owner) = owner
             && let Some(source) = self.queue(&queue)
             && Arc::as_ptr(&source) as usize == owner

@@ -64,6 +64,9 @@ pub struct VhostServices {
     pub ledger: Arc<crate::broker::stats::Ledger>,
     /// How long an at-least-once dead letter waits before it is routed again.
     pub dead_letter_retry_ms: u64,
+    /// The largest frame the broker takes (`frame_max_bytes`): a dead letter whose properties
+    /// would not fit in one is dropped (see `route_dead_letters`).
+    pub frame_max_bytes: u32,
 }
 
 /// Limits on what clients create, shared by every vhost of a broker.

@@ -123,6 +123,8 @@ fn a_message_appended_after_a_cut_tail_is_not_acknowledged_by_it() {
     assert_eq!(read_seqs(&log, 1 << 20), vec![0]);
     let next = recovered.next_seq;
     append_durable(&log, next);
+    // The cut tail is cut off the file too: no segment of zeros written from memory.
+    assert_eq!(fs.read(&path).unwrap().len(), starts[1]);
     store.sync_now();
     store.close();
     drop(log);
