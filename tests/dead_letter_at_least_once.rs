@@ -501,3 +501,52 @@ async fn the_log_of_letters_held_across_a_restart_is_deleted_once_they_settle() 
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A dead letter whose properties outgrow a frame is dropped (no consumer could be sent
+/// it); held at least once, it is settled as dropped rather than kept and remade at every
+/// retry for ever.
+#[tokio::test]
+async fn a_held_dead_letter_grown_past_a_frame_is_settled_as_dropped() {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.frame_max_bytes = 32 * 1024;
+    let broker = Broker::start_with(config).await;
+    let api = api_of(&broker);
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    fanout_to(
+        &ch,
+        "alo-big-dlx",
+        &[("alo-big-target", FieldTable::default())],
+    )
+    .await;
+    within(ch.queue_declare(
+        "alo-big".into(),
+        durable(),
+        at_least_once("alo-big-dlx", &[]),
+    ))
+    .await
+    .unwrap();
+    // 20 KB of CC keys: the message fits in a frame, its dead letter (which lists them
+    // again in x-death) does not.
+    let cc: Vec<lapin::types::AMQPValue> =
+        (0..200).map(|i| long_str(&format!("{i:0>100}"))).collect();
+    let headers = table(&[("CC", lapin::types::AMQPValue::FieldArray(cc.into()))]);
+    let confirm = within(
+        ch.basic_publish(
+            "".into(),
+            "alo-big".into(),
+            Default::default(),
+            b"big",
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    reject_next(&ch, "alo-big").await;
+    wait_counts(&api, "alo-big", (0, 0, 0)).await;
+    assert_eq!(message_count(&ch, "alo-big-target").await, 0);
+}

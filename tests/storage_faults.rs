@@ -610,6 +610,10 @@ async fn page_out_refused_part_way(priority: Option<u8>) {
             taken.push(n);
         }
     }
+    assert!(
+        taken.len() >= 2 && taken[0] == 0,
+        "the first publishes were taken: {taken:?}"
+    );
     let (_c2, reader) = broker.channel().await;
     let mut got = Vec::new();
     within(async {
@@ -626,6 +630,10 @@ async fn page_out_refused_part_way(priority: Option<u8>) {
     })
     .await;
     assert_eq!(got, taken, "every message taken comes back, in order");
+    let left = within(reader.basic_get("held".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap();
+    assert!(left.is_none(), "and nothing refused does");
 }
 
 /// Regression: when the disk refused a page-out part way, the messages it had not written

@@ -77,10 +77,9 @@ pub(super) struct Segment {
     /// may hold records from before checksums were sealed with the segment number, which a
     /// reuse would not hide: they are deleted, as compacted ones (smaller) are.
     pub(super) reusable: bool,
-    /// A reused file: past `end` lie records of its earlier life (sealed for another
-    /// segment number, so they read as the end of the log). When the log moves on to the
-    /// next segment the rest of this one is zeroed, so that a segment before the last
-    /// ends in zeros, as recovery expects of it.
+    /// Past `end` lie bytes of the file's earlier life (a reused file's records, sealed for
+    /// another number; a cut tail). When the log moves on, a segment before the last must
+    /// end there, as recovery expects: see `Inner::end_head_tail`.
     pub(super) stale_tail: bool,
     /// Takes no more appends: recovery cut a damaged tail off it (see `scan_segment`).
     pub(super) closed: bool,

@@ -338,8 +338,8 @@ impl Marks {
 }
 
 /// Reads one segment's records: counts its messages, collects marks, notes damage, and finds
-/// where its records end. A torn tail of the last segment is zeroed, so later appends are not
-/// followed by its remains; earlier segments are never changed.
+/// where its records end. A torn tail of the last segment is cut when the log moves on (it
+/// takes no appends, see below); earlier segments are never changed.
 fn scan_segment(
     shared: &Shared,
     dir: &Path,
@@ -423,7 +423,7 @@ fn scan_segment(
             // is appended over them: a record ending where one of the tail starts would make
             // it read, and `untaken_seq` notes only the numbers of records the scan checked
             // (one followed by a lost page is not). The log moves on at its next append,
-            // and the rest of this segment is zeroed then (`stale_tail`).
+            // and the file is cut to the records' end then (`Inner::end_head_tail`).
             seg.stale_tail = true;
             seg.closed = true;
             recovered.torn = true;

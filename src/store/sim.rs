@@ -420,9 +420,19 @@ impl FileIo for SimFile {
         self.alive()?;
         let mut n = lock(&self.node);
         let old = n.data.len();
-        n.data.resize(len as usize, 0);
-        if len as usize > old {
-            n.dirty.push((old, len as usize));
+        let len = len as usize;
+        n.data.resize(len, 0);
+        if len > old {
+            n.dirty.push((old, len));
+        } else {
+            // Shrunk: a crash may keep no part of a write past the end, and the blocks past
+            // it are free (the old length stays durable until a sync).
+            n.last_write = n
+                .last_write
+                .filter(|&(at, _)| at < len)
+                .map(|(at, end)| (at, end.min(len)));
+            let first_free = len.div_ceil(BLOCK_BYTES) as u64;
+            n.blocks.retain(|&b| b < first_free);
         }
         Ok(())
     }

@@ -153,6 +153,9 @@ impl RouteCache {
     /// made when the cache is full, a cache that was mostly missed stops taking routes for a
     /// while, and a route the queues already listed leave no room for is not kept.
     fn should_cache(&mut self, queues: usize) -> bool {
+        if queues > MAX_CACHED_ROUTE_QUEUES {
+            return false;
+        }
         if self.skip > 0 {
             self.skip -= 1;
             return false;

@@ -55,6 +55,21 @@ impl QueueHost for VirtualHost {
     }
 }
 
+/// Drops the queues a dead letter with these headers would close a cycle through.
+fn drop_cycles(targets: &mut Vec<Arc<Queue>>, headers: &[u8]) {
+    let cycle = cycle_queues(headers);
+    if cycle.is_empty() {
+        return;
+    }
+    targets.retain(|q| {
+        let cycle = cycle.contains(q.name.as_bytes());
+        if cycle {
+            tracing::debug!(queue = %q.name, "dead letter dropped: dead-letter cycle");
+        }
+        !cycle
+    });
+}
+
 /// Says once per job what it dropped, rather than once per letter.
 fn report_dropped(queue: &str, exchange: &str, oversized: usize, refused: usize) {
     if oversized > 0 {
@@ -77,8 +92,8 @@ fn report_dropped(queue: &str, exchange: &str, oversized: usize, refused: usize)
 /// Whether a message's content header frame fits in a frame of `frame_max_bytes` (0: no
 /// limit, as AMQP reads it).
 fn fits_in_a_frame(message: &crate::broker::message::Message, frame_max_bytes: u32) -> bool {
-    // The frame's own 8 bytes, and the header's class, weight and body size.
-    const HEADER_FRAME_OVERHEAD: usize = 8 + 12;
+    // The frame's own bytes, and the header's class, weight and body size.
+    const HEADER_FRAME_OVERHEAD: usize = crate::protocol::frame::FRAME_OVERHEAD + 12;
     frame_max_bytes == 0
         || message.properties.len() + HEADER_FRAME_OVERHEAD <= frame_max_bytes as usize
 }
@@ -145,6 +160,15 @@ impl VirtualHost {
                 // each hop. Past a frame no consumer could be sent it anyway (RabbitMQ makes
                 // it, and its consumers' clients fail on the oversized frame).
                 oversized += 1;
+                if let Some(ticket) = letter.ticket {
+                    // Held at least once, it is settled as dropped: no retry could send it.
+                    owner = Some(ticket.owner);
+                    reports.push(Routed {
+                        id: ticket.id,
+                        took: Vec::new(),
+                        complete: true,
+                    });
+                }
                 continue;
             }
             targets.clear();
@@ -158,16 +182,7 @@ impl VirtualHost {
                 refused += 1;
             }
             if letter.reason != Reason::Rejected {
-                let cycle = cycle_queues(&dead.headers);
-                if !cycle.is_empty() {
-                    targets.retain(|q| {
-                        let cycle = cycle.contains(q.name.as_bytes());
-                        if cycle {
-                            tracing::debug!(queue = %q.name, "dead letter dropped: dead-letter cycle");
-                        }
-                        !cycle
-                    });
-                }
+                drop_cycles(&mut targets, &dead.headers);
             }
             if let Some(ticket) = letter.ticket.as_ref().filter(|t| !t.have.is_empty()) {
                 // A set, not a scan per target: a dead-letter exchange may reach many queues.
