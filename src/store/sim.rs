@@ -503,6 +503,7 @@ impl Fs for SimFs {
                     n.data.clear();
                     n.blocks.clear();
                     n.dirty.push((0, 0));
+                    n.last_write = None;
                 }
                 node.clone()
             }

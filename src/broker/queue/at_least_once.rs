@@ -9,8 +9,10 @@
 //! when every queue it was routed to has it, durably if they logged it. A letter whose
 //! exchange is missing, that matched no queue, or that a queue refused is routed again
 //! after `dead_letter_retry_ms` (RabbitMQ: 3 minutes), or at once when a policy changes;
-//! a retry goes only to the queues that do not have it yet. Turning at-least-once off (by a
-//! policy, or `drop-head`) drops the held letters, as RabbitMQ does.
+//! a retry goes only to the queues that do not have it yet. A letter no retry could send (its
+//! properties no longer fit in a frame, or its line spent its dead-letter copies) is settled
+//! as dropped. Turning at-least-once off (by a policy, or `drop-head`) drops the held
+//! letters, as RabbitMQ does.
 //!
 //! A durable letter is marked held in the queue's log (`store::record::Kind::Held`): a
 //! restart, clean or not, brings it back held, and routes it again to every queue, as

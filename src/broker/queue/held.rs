@@ -60,7 +60,9 @@ pub struct Routed {
     pub id: u64,
     /// Queues that took it on this attempt, with the store epoch each logged it in.
     pub took: Vec<(String, Option<u64>)>,
-    /// Every queue it was routed to (this time or before) has it, and it went somewhere.
+    /// Every queue it was routed to (this time or before) has it, and it went somewhere; or
+    /// it was dropped for good (it cannot be made, or sent, or its line spent its copies),
+    /// and is settled as if it went nowhere more.
     pub complete: bool,
 }
 

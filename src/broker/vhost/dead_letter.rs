@@ -16,7 +16,7 @@ use crate::broker::exchange::topic::MAX_ROUTE_TOPIC_STATES;
 use crate::broker::queue::Queue;
 use crate::broker::queue::context::QueueHost;
 use crate::broker::queue::dead_letter::{
-    DeadLetter, DlxTarget, Reason, cycle_queues, make_message,
+    DeadLetter, DlxTarget, Reason, Ticket, cycle_queues, make_message,
 };
 use crate::broker::queue::held::Routed;
 use crate::broker::queue::state::Enqueued;
@@ -52,6 +52,20 @@ impl QueueHost for VirtualHost {
         {
             self.remove_queue(&q);
         }
+    }
+}
+
+/// Settles a letter dropped for good, if a queue holds it at least once: no retry could
+/// make it go (its properties cannot be decoded, or no longer fit in a frame, or its line
+/// spent its copies), and it would stay held, remade at every retry, for ever.
+fn settle_dropped(ticket: Option<Ticket>, owner: &mut Option<usize>, reports: &mut Vec<Routed>) {
+    if let Some(ticket) = ticket {
+        *owner = Some(ticket.owner);
+        reports.push(Routed {
+            id: ticket.id,
+            took: Vec::new(),
+            complete: true,
+        });
     }
 }
 
@@ -152,6 +166,7 @@ impl VirtualHost {
                     queue,
                     "dropping a dead letter whose properties cannot be decoded"
                 );
+                settle_dropped(letter.ticket, &mut owner, &mut reports);
                 continue;
             };
             if !fits_in_a_frame(&dead.message, self.services.frame_max_bytes) {
@@ -160,15 +175,7 @@ impl VirtualHost {
                 // each hop. Past a frame no consumer could be sent it anyway (RabbitMQ makes
                 // it, and its consumers' clients fail on the oversized frame).
                 oversized += 1;
-                if let Some(ticket) = letter.ticket {
-                    // Held at least once, it is settled as dropped: no retry could send it.
-                    owner = Some(ticket.owner);
-                    reports.push(Routed {
-                        id: ticket.id,
-                        took: Vec::new(),
-                        complete: true,
-                    });
-                }
+                settle_dropped(letter.ticket, &mut owner, &mut reports);
                 continue;
             }
             targets.clear();
@@ -190,6 +197,7 @@ impl VirtualHost {
                 targets.retain(|q| !have.contains(q.name.as_str()));
             }
             if !self.spend_copies(&queue, &dead.message, targets.len()) {
+                settle_dropped(letter.ticket, &mut owner, &mut reports);
                 continue;
             }
             let mut message = dead.message;
