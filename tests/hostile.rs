@@ -806,15 +806,7 @@ async fn a_topic_route_past_its_budget_is_refused_not_run_for_seconds() {
     assert_eq!(ready(&ch, "wide").await, 0);
     let key = vec!["a"; 64].join(".");
     // One key: some 220,000 states, within the budget; one copy however many bindings match.
-    within(ch.basic_publish(
-        "amq.topic".into(),
-        key.as_str().into(),
-        Default::default(),
-        b"m",
-        Default::default(),
-    ))
-    .await
-    .unwrap();
+    publish_with(&ch, "amq.topic", &key, FieldTable::default()).await;
     assert_eq!(ready(&ch, "wide").await, 1);
     let cc: Vec<AMQPValue> = (0..8)
         .map(|i| long_str(&format!("{}.{i}", vec!["a"; 63].join("."))))

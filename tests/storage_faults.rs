@@ -810,7 +810,7 @@ async fn a_message_in_two_queues_is_confirmed_early_only_once_acknowledged_from_
 /// read and the socket closes.
 #[tokio::test]
 async fn a_blocked_connection_the_broker_closes_still_has_its_close_ok_read() {
-    use amq_protocol::protocol::{AMQPClass, connection, queue};
+    use amq_protocol::protocol::{AMQPClass, connection};
     use lepus::config::MemoryWatermark;
 
     let fs = SimFs::new(14);
@@ -830,15 +830,7 @@ async fn a_blocked_connection_the_broker_closes_still_has_its_close_ok_read() {
     // connection: both in one write.
     let mut bytes = common::encode(&amq_protocol::frame::AMQPFrame::Method(
         1,
-        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: "dq".into(),
-            passive: false,
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
+        declare_durable_dq(),
     ));
     bytes.extend(common::publish_frames("dq"));
     raw.send(&bytes).await;
@@ -884,19 +876,7 @@ async fn heartbeats_go_on_while_a_reply_waits_for_the_disk() {
     raw.open_channel(1).await;
     let _resume = SyncsResumeOnDrop(fs.clone());
     fs.hold_syncs();
-    raw.send_method(
-        1,
-        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: "dq".into(),
-            passive: false,
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    )
-    .await;
+    raw.send_method(1, declare_durable_dq()).await;
     // Two heartbeat intervals: a declare-ok arriving first would mean the disk held nothing.
     for _ in 0..2 {
         match raw.recv().await {
@@ -912,4 +892,18 @@ async fn heartbeats_go_on_while_a_reply_waits_for_the_disk() {
         }
         other => panic!("expected declare-ok once the disk has it, got {other:?}"),
     }
+}
+
+/// queue.declare of the durable queue `dq`, whose declare-ok waits for the disk.
+fn declare_durable_dq() -> amq_protocol::protocol::AMQPClass {
+    use amq_protocol::protocol::{AMQPClass, queue};
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: "dq".into(),
+        passive: false,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
 }
