@@ -550,3 +550,58 @@ async fn a_held_dead_letter_grown_past_a_frame_is_settled_as_dropped() {
     wait_counts(&api, "alo-big", (0, 0, 0)).await;
     assert_eq!(message_count(&ch, "alo-big-target").await, 0);
 }
+
+/// A held dead letter routed through the default exchange to a direct reply name reaches
+/// the reply consumer, and that settles it: held for a queue, it would be handed to the
+/// consumer again at every retry.
+#[tokio::test]
+async fn a_held_dead_letter_a_reply_consumer_took_is_settled() {
+    use futures_lite::StreamExt;
+    let (broker, api) = broker(50).await;
+    let (_c1, requester) = broker.channel().await;
+    let (_c2, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let mut replies = within(requester.basic_consume(
+        "amq.rabbitmq.reply-to".into(),
+        "replies".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("alo-rpc".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(requester.basic_publish(
+        "".into(),
+        "alo-rpc".into(),
+        Default::default(),
+        b"request",
+        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+    ))
+    .await
+    .unwrap();
+    let request = within(ch.basic_get("alo-rpc".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the request arrived");
+    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    within(ch.queue_declare(
+        "alo-to-reply".into(),
+        durable(),
+        at_least_once(
+            "",
+            &[("x-dead-letter-routing-key", long_str(reply_to.as_str()))],
+        ),
+    ))
+    .await
+    .unwrap();
+    assert!(publish(&ch, "alo-to-reply", "no answer in time").await);
+    reject_next(&ch, "alo-to-reply").await;
+    let got = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(got.data, b"no answer in time");
+    wait_counts(&api, "alo-to-reply", (0, 0, 0)).await;
+}

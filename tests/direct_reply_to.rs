@@ -372,3 +372,93 @@ async fn same_as_rabbitmq_a_reply_in_a_transaction_goes_at_once() {
     let got = within(replies.next()).await.unwrap().unwrap();
     assert_eq!(got.data, b"rolled back");
 }
+
+/// Same as RabbitMQ, whose default exchange hands a reply name to its consumer whoever
+/// routes through it: a message dead-lettered through the default exchange under a reply
+/// name (here an RPC's "no answer in time" notice: a queue whose messages expire into the
+/// requester's reply name) reaches the requester, with its `x-death` story. (Lepus
+/// dropped it.)
+#[tokio::test]
+async fn same_as_rabbitmq_a_dead_letter_routed_to_a_reply_name_reaches_its_consumer() {
+    use lapin::types::{AMQPValue, LongString};
+    let broker = Broker::start().await;
+    let (_c1, requester) = broker.channel().await;
+    let (_c2, responder) = broker.channel().await;
+    within(responder.queue_declare("rpc-dl".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut replies = reply_consumer(&requester, "replies").await;
+    let reply_to = request(&requester, &responder, "rpc-dl", b"ping").await;
+
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(reply_to.as_str())),
+    );
+    within(responder.queue_declare("deadline".into(), Default::default(), args))
+        .await
+        .unwrap();
+    within(
+        responder.basic_publish(
+            "".into(),
+            "deadline".into(),
+            Default::default(),
+            b"timed out",
+            BasicProperties::default()
+                .with_correlation_id("c1".into())
+                .with_expiration("0".into()),
+        ),
+    )
+    .await
+    .unwrap();
+
+    let got = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(got.data, b"timed out");
+    assert_eq!(got.exchange.as_str(), "");
+    assert_eq!(got.routing_key.as_str(), reply_to);
+    let headers = got.properties.headers().as_ref().expect("headers");
+    assert!(
+        headers.inner().contains_key("x-death"),
+        "a dead letter: {headers:?}"
+    );
+    assert_eq!(message_count(&requester, "deadline").await, 0);
+}
+
+/// Same as RabbitMQ: a management publish to the default exchange under a reply name
+/// reaches the reply consumer, and answers `routed: false` (no queue took it), as a
+/// client's mandatory reply is also returned.
+#[tokio::test]
+async fn same_as_rabbitmq_a_management_publish_to_a_reply_name_reaches_its_consumer() {
+    let mut config = Config::for_tests();
+    config.management_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = Broker::start_with(config).await;
+    let addr = broker
+        .server
+        .as_ref()
+        .and_then(|s| s.management_addr())
+        .expect("management listener");
+    let api = common::http::Api::new(addr, "guest", "guest");
+    let (_c1, requester) = broker.channel().await;
+    let (_c2, responder) = broker.channel().await;
+    within(responder.queue_declare("rpc-api".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let mut replies = reply_consumer(&requester, "replies").await;
+    let reply_to = request(&requester, &responder, "rpc-api", b"ping").await;
+
+    let published = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            serde_json::json!({"properties": {"correlation_id": "c1"}, "routing_key": reply_to,
+                               "payload": "from the operator", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(published.json(), serde_json::json!({"routed": false}));
+    let got = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(got.data, b"from the operator");
+    assert_eq!(got.routing_key.as_str(), reply_to);
+}

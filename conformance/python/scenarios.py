@@ -231,6 +231,54 @@ def rpc_direct_reply_in_transaction(url):
 
 
 @scenario
+def rpc_direct_reply_dead_letter(url):
+    """A message dead-lettered through the default exchange under a direct reply name (an
+    RPC's deadline: a queue whose messages expire into the requester's reply name) reaches
+    the reply consumer, with its x-death story."""
+    queue, deadline_queue = unique("rpc-dl"), unique("deadline")
+    client = connect(url)
+    cch = client.channel()
+    got = []
+    cch.basic_consume("amq.rabbitmq.reply-to",
+                      lambda c, m, p, b: got.append((m.exchange, m.routing_key, p, b.decode())),
+                      auto_ack=True)
+    server = connect(url)
+    sch = server.channel()
+    sch.queue_declare(queue)
+    cch.basic_publish("", queue, b"ping", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+    reply_to = None
+    deadline = time.time() + 10
+    while reply_to is None and time.time() < deadline:
+        method, props, _ = sch.basic_get(queue, auto_ack=True)
+        if method:
+            reply_to = props.reply_to
+        else:
+            time.sleep(0.02)
+    assert reply_to, "the request never arrived"
+    sch.queue_declare(deadline_queue, arguments={
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": reply_to})
+    sch.basic_publish("", deadline_queue, b"timed out",
+                      pika.BasicProperties(expiration="0", correlation_id="c1"))
+    deadline = time.time() + 10
+    while not got and time.time() < deadline:
+        client.process_data_events(time_limit=0.05)
+    assert got, "the dead letter never reached the reply consumer"
+    exchange, routing_key, props, body = got[0]
+    death = props.headers["x-death"][0]
+    observed = {"body": body, "exchange": exchange,
+                "routing_key_is_reply_name": routing_key == reply_to,
+                "correlation_id": props.correlation_id,
+                "x_death": [death["reason"], death["exchange"], death["count"],
+                            death["queue"] == deadline_queue],
+                "left_in_queue": sch.queue_declare(deadline_queue, passive=True).method.message_count}
+    sch.queue_delete(queue)
+    sch.queue_delete(deadline_queue)
+    server.close()
+    client.close()
+    return observed
+
+
+@scenario
 def rpc_direct_reply_to(url):
     """RPC through amq.rabbitmq.reply-to: no reply queue; the server answers to the name the
     broker put in reply_to; a request without a reply consumer closes the channel."""

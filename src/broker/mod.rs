@@ -67,7 +67,7 @@ pub struct Broker {
     /// Live connections, to reach them at shutdown.
     pub connections: Connections,
     /// Direct reply-to consumers, by the key in their reply names.
-    pub reply_consumers: ReplyConsumers,
+    pub reply_consumers: Arc<ReplyConsumers>,
     /// The timer thread that expires messages and queues.
     pub timers: Arc<Timers>,
     /// The background thread that routes dead letters.

@@ -14,7 +14,6 @@ use super::connections::Connections;
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::Memory;
 use super::queue::{Queue, QueueConfig};
-use super::reply_to::ReplyConsumers;
 use super::timer::Timers;
 use super::vhost::{CreationLimits, VhostServices, VirtualHost};
 use super::worker::Worker;
@@ -102,7 +101,7 @@ impl Broker {
             vhosts: DashMap::new(),
             vhost_changes: Default::default(),
             connections: Connections::new(config.limits.max_connections),
-            reply_consumers: ReplyConsumers::default(),
+            reply_consumers: Default::default(),
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory,
@@ -151,6 +150,7 @@ impl Broker {
             ledger: self.ledger.clone(),
             dead_letter_retry_ms: self.config.limits.dead_letter_retry_ms,
             frame_max_bytes: self.config.limits.frame_max_bytes,
+            replies: self.reply_consumers.clone(),
         }
     }
 

@@ -79,6 +79,30 @@ impl ReplyConsumers {
             .is_some_and(|key| self.targets.contains_key(key))
     }
 
+    /// Hands a message routed through the default exchange to the reply consumers its
+    /// routing keys (with any CC and BCC keys) name. Same as RabbitMQ, whose default exchange
+    /// routes the set of keys: a reply named twice (in CC and BCC, or 2,000 times in BCC) is
+    /// delivered once; keys that are not reply names are left to the queues. Returns whether
+    /// some consumer took it.
+    pub fn deliver_named<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+        message: &Arc<Message>,
+    ) -> bool {
+        let prefix = PREFIX.as_bytes();
+        let mut named: Vec<&[u8]> = keys.filter(|k| k.starts_with(prefix)).collect();
+        if named.is_empty() {
+            return false;
+        }
+        named.sort_unstable();
+        named.dedup();
+        let mut taken = false;
+        for key in named {
+            taken |= self.deliver(key, message);
+        }
+        taken
+    }
+
     /// Hands a reply published to `routing_key` to its consumer. Returns false when no such
     /// consumer exists (the reply is dropped, as in RabbitMQ) or its connection is too far
     /// behind to take more.

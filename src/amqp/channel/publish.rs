@@ -506,18 +506,10 @@ fn direct_replies(
     if !exchange.is_empty() {
         return;
     }
-    let prefix = reply_to::PREFIX.as_bytes();
-    let mut keys: Vec<&Bytes> = std::iter::once(routing_key)
-        .chain(extra_keys)
-        .filter(|k| k.starts_with(prefix))
-        .collect();
-    // Same as RabbitMQ, which routes the set of keys: a reply named twice (in CC and BCC,
-    // or 2,000 times in BCC) is delivered once.
-    keys.sort_unstable();
-    keys.dedup();
-    for key in keys {
-        s.broker.reply_consumers.deliver(key, message);
-    }
+    let keys = std::iter::once(routing_key).chain(extra_keys);
+    s.broker
+        .reply_consumers
+        .deliver_named(keys.map(|k| &k[..]), message);
 }
 
 fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {

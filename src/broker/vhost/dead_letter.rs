@@ -203,6 +203,13 @@ impl VirtualHost {
             let mut message = dead.message;
             message.charge_all_to(self.services.memory);
             let dead = Arc::new(message);
+            // Same as RabbitMQ, whose default exchange hands a key naming a direct reply-to
+            // consumer straight to it, whoever routes the message.
+            let replied = exchange.name.is_empty()
+                && self
+                    .services
+                    .replies
+                    .deliver_named(key_refs.iter().copied(), &dead);
             let Some(ticket) = letter.ticket else {
                 for q in &targets {
                     q.publish(dead.clone());
@@ -213,7 +220,9 @@ impl VirtualHost {
             let mut report = Routed {
                 id: ticket.id,
                 took: Vec::with_capacity(targets.len()),
-                complete: !(targets.is_empty() && ticket.have.is_empty()),
+                // A letter only a reply consumer took went somewhere all the same: held for
+                // it, it would be handed to the consumer again at every retry.
+                complete: !(targets.is_empty() && ticket.have.is_empty() && !replied),
             };
             for q in &targets {
                 match q.publish(dead.clone()) {

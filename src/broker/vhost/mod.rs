@@ -67,6 +67,10 @@ pub struct VhostServices {
     /// The largest frame the broker takes (`frame_max_bytes`): a dead letter whose properties
     /// would not fit in one is dropped (see `route_dead_letters`).
     pub frame_max_bytes: u32,
+    /// The broker's direct reply-to consumers: a dead letter or a management publish routed
+    /// through the default exchange with a reply name reaches them, as a client's publish
+    /// does (RabbitMQ's default exchange delivers replies whoever routes through it).
+    pub replies: Arc<crate::broker::reply_to::ReplyConsumers>,
 }
 
 /// Limits on what clients create, shared by every vhost of a broker.

@@ -171,6 +171,13 @@ impl VirtualHost {
         let mut queues = Vec::new();
         self.route(&x, &keys, &mut || headers.take(), &mut queues)
             .map_err(|refused| refused.error(exchange, &self.name))?;
+        if x.name.is_empty() {
+            // Same as RabbitMQ: a reply name reaches its direct reply-to consumer, and does
+            // not count as routed.
+            self.services
+                .replies
+                .deliver_named(keys.iter().copied(), &message);
+        }
         let mut published = Published {
             routed: false,
             sync: None,
