@@ -964,6 +964,79 @@ async fn a_damaged_definitions_journal_line_stops_the_start_unless_told_to_skip_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A crash while a snapshot switched journals can cut the old journal's last line short,
+/// with the next journal already made. That line was never confirmed (its sync is the one
+/// the next journal's first lines wait for), so the start drops it, and the next journal
+/// with it, rather than refuse to start.
+#[tokio::test]
+async fn a_journal_cut_short_by_a_crash_at_a_switch_of_journals_starts_without_its_tail() {
+    let dir = fresh_dir("journal-switch");
+    {
+        let mut broker = broker_in(&dir).await;
+        let (_c, ch) = broker.channel().await;
+        for q in ["first", "second"] {
+            within(ch.queue_declare(q.into(), durable(), FieldTable::default()))
+                .await
+                .unwrap();
+        }
+        let server = broker.server.take().unwrap();
+        std::mem::forget(server);
+    }
+    let journals: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    let journal = &journals[0];
+    let text = std::fs::read_to_string(journal).unwrap();
+    let second = text.find("\"second\"").expect("second is journalled");
+    let line_start = text[..second].rfind('\n').map_or(0, |n| n + 1);
+    // The crash: "second"'s line half written, the next generation's journal made, and a
+    // change recorded after it written there (not yet synced, so never confirmed).
+    let cut = &text[..second + 3];
+    std::fs::write(journal, cut).unwrap();
+    let name = journal.file_name().unwrap().to_str().unwrap();
+    let generation: u64 = name
+        .strip_prefix("definitions.")
+        .and_then(|r| r.strip_suffix(".log"))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0);
+    let next = dir.join(format!("definitions.{}.log", generation + 1));
+    let later = text[line_start..].replace("second", "third");
+    std::fs::write(&next, later.as_bytes()).unwrap();
+
+    let mut broker = broker_in(&dir).await;
+    let (_c, ch) = broker.channel().await;
+    assert!(passive_count(&ch, "first").await.is_ok());
+    let (_c2, ch2) = broker.channel().await;
+    assert!(
+        passive_count(&ch2, "second").await.is_err(),
+        "the torn line is dropped"
+    );
+    let (_c3, ch3) = broker.channel().await;
+    assert!(
+        passive_count(&ch3, "third").await.is_err(),
+        "so is what came after it"
+    );
+    assert!(
+        !next.exists(),
+        "the later journal is gone, so it is never replayed"
+    );
+    // The journal goes on from where it was cut, and the next start reads it whole.
+    within(ch.queue_declare("fourth".into(), durable(), FieldTable::default()))
+        .await
+        .unwrap();
+    let server = broker.server.take().unwrap();
+    std::mem::forget(server);
+    let broker = broker_in(&dir).await;
+    let (_c, ch) = broker.channel().await;
+    for q in ["first", "fourth"] {
+        assert!(passive_count(&ch, q).await.is_ok(), "{q}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Logs of queues the definitions do not know are moved to lost+found, never deleted.
 #[tokio::test]
 async fn an_unknown_queue_log_is_moved_aside_not_deleted() {

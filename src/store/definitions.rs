@@ -5,7 +5,9 @@
 //! be read by people and tools), plus a journal of changes since that snapshot: one line per
 //! change, `crc32 json`. A change is appended to the journal and synced by the store's sync
 //! thread before the client hears declare-ok. A torn last line is detected by its checksum
-//! and dropped.
+//! and dropped; an older journal's last line cut short (a crash as a snapshot switched
+//! journals) ends the history there, and the later journals, which hold nothing that was
+//! confirmed, are deleted.
 //!
 //! Journals come in generations (`definitions.log` is generation 0, then
 //! `definitions.1.log`, ...), so that the snapshot can be rewritten without stopping changes:
@@ -108,11 +110,15 @@ struct Replayed {
     changes: usize,
     /// Damaged lines skipped (only with `skip_damaged`).
     skipped: usize,
+    /// It ended in a torn line, cut.
+    torn: bool,
 }
 
 /// Replays one journal into `defs`. A damaged last line of the last journal is a torn write
-/// and is cut; a damaged line anywhere else stops the start with an error naming the file
-/// and line, unless `skip_damaged` says to skip it (every change it held is lost).
+/// and is cut; so is a last line of an older journal that never got its newline (a crash
+/// while a snapshot switched journals wrote it: see [`DefinitionsStore::open`]). A damaged
+/// line anywhere else stops the start with an error naming the file and line, unless
+/// `skip_damaged` says to skip it (every change it held is lost).
 fn replay(
     fs: &dyn Fs,
     path: &Path,
@@ -126,6 +132,7 @@ fn replay(
         good_len: 0,
         changes: 0,
         skipped: 0,
+        torn: false,
     };
     let mut line_no = 0usize;
     while at < data.len() {
@@ -142,8 +149,15 @@ fn replay(
             }
             _ => {}
         }
-        let is_tail = last_journal && (nl.is_none() || line_end + 1 >= data.len());
+        // In an older journal only a line cut short counts: a complete line damaged there
+        // is rot, and taking it for a torn write would drop every journal after it.
+        let is_tail = if last_journal {
+            nl.is_none() || line_end + 1 >= data.len()
+        } else {
+            nl.is_none()
+        };
         if is_tail {
+            out.torn = true;
             tracing::warn!(
                 journal = %path.display(),
                 line = line_no,
@@ -194,7 +208,14 @@ impl DefinitionsStore {
         let mut changes = 0usize;
         let mut skipped = 0usize;
         let last = generations.last().copied();
+        // Journals after an older one that ended torn, dropped: see below.
+        let mut after_torn: Vec<u64> = Vec::new();
+        let mut ended_torn = false;
         for g in generations {
+            if ended_torn {
+                after_torn.push(g);
+                continue;
+            }
             let path = journal_path(dir, g);
             if g < base {
                 // Contained in the snapshot: left over from a snapshot that completed, and
@@ -210,6 +231,22 @@ impl DefinitionsStore {
             good_len = replayed.good_len;
             changes += replayed.changes;
             skipped += replayed.skipped;
+            // An older journal cut short: a crash while a snapshot switched journals, in the
+            // write of its last lines. That write is synced with the next journal's first
+            // lines, and a change is confirmed only once that sync is done: nothing the later
+            // journals hold was confirmed, and every change in them was made after the lost
+            // one. History ends here, as it does at a torn line of the last journal.
+            ended_torn = replayed.torn;
+        }
+        for g in &after_torn {
+            let path = journal_path(dir, *g);
+            tracing::warn!(
+                journal = %path.display(),
+                "dropping a definitions journal written after a torn one (none of its changes was confirmed)"
+            );
+            // Left in place, it would be replayed after the lines appended to the torn
+            // journal from now on: the start stops rather than leave it.
+            fs.remove_file(&path)?;
         }
         let file = fs.open(&journal_path(dir, current), OpenMode::CREATE)?;
         // Cut a torn tail so the next line starts clean.
