@@ -248,6 +248,11 @@ impl DefinitionsStore {
             // journal from now on: the start stops rather than leave it.
             fs.remove_file(&path)?;
         }
+        if !after_torn.is_empty() {
+            // The deletions are durable before the torn journal is cut clean below: a crash
+            // between the two must not find it ending whole with a later journal after it.
+            fs.sync_dir(dir)?;
+        }
         let file = fs.open(&journal_path(dir, current), OpenMode::CREATE)?;
         // Cut a torn tail so the next line starts clean.
         file.set_len(good_len)?;
