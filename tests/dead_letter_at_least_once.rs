@@ -605,3 +605,108 @@ async fn a_held_dead_letter_a_reply_consumer_took_is_settled() {
     assert_eq!(got.data, b"no answer in time");
     wait_counts(&api, "alo-to-reply", (0, 0, 0)).await;
 }
+
+/// A held dead letter that reached a reply consumer but not every queue it was routed to
+/// is retried for those queues only: the reply consumer gets it once, not at every retry.
+#[tokio::test]
+async fn a_retry_does_not_hand_a_held_letter_to_its_reply_consumer_again() {
+    use futures_lite::StreamExt;
+    use lapin::types::AMQPValue;
+    let (broker, api) = broker(50).await;
+    let (_c1, requester) = broker.channel().await;
+    let (_c2, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let mut replies = within(requester.basic_consume(
+        "amq.rabbitmq.reply-to".into(),
+        "replies".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("alo-rpc2".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(requester.basic_publish(
+        "".into(),
+        "alo-rpc2".into(),
+        Default::default(),
+        b"request",
+        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+    ))
+    .await
+    .unwrap();
+    let request = within(ch.basic_get("alo-rpc2".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the request arrived");
+    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    // A queue with no room: it refuses the letter until it is emptied.
+    let full = table(&[
+        ("x-max-length", AMQPValue::LongInt(1)),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    within(ch.queue_declare("alo-full".into(), durable(), full))
+        .await
+        .unwrap();
+    assert!(publish(&ch, "alo-full", "filler").await);
+    within(ch.queue_declare("alo-partial".into(), durable(), at_least_once("", &[])))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "alo-partial".into(),
+        "amq.direct".into(),
+        "alo-bound".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    // Dead-lettered through the default exchange with its keys: the reply name and
+    // `alo-full` (its routing key names no queue there).
+    let cc = AMQPValue::FieldArray(vec![long_str(reply_to.as_str()), long_str("alo-full")].into());
+    let confirm = within(
+        ch.basic_publish(
+            "amq.direct".into(),
+            "alo-bound".into(),
+            Default::default(),
+            b"late",
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(table(&[("CC", cc)])),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    reject_next(&ch, "alo-partial").await;
+    let first = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(first.data, b"late");
+    // Retries every 50 ms while `alo-full` refuses: each would hand the letter to the reply
+    // consumer again if it did not count as having it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let filler = within(ch.basic_get("alo-full".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap();
+    assert!(filler.is_some());
+    wait_counts(&api, "alo-partial", (0, 0, 0)).await;
+    assert_eq!(bodies(&ch, "alo-full").await, ["late"]);
+    // A reply sent now comes after anything the retries handed over.
+    within(ch.basic_publish(
+        "".into(),
+        reply_to.as_str().into(),
+        Default::default(),
+        b"sentinel",
+        BasicProperties::default(),
+    ))
+    .await
+    .unwrap();
+    let next = within(replies.next()).await.unwrap().unwrap();
+    assert_eq!(
+        next.data, b"sentinel",
+        "the letter reached the reply consumer once"
+    );
+}

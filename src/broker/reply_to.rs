@@ -82,25 +82,26 @@ impl ReplyConsumers {
     /// Hands a message routed through the default exchange to the reply consumers its
     /// routing keys (with any CC and BCC keys) name. Same as RabbitMQ, whose default exchange
     /// routes the set of keys: a reply named twice (in CC and BCC, or 2,000 times in BCC) is
-    /// delivered once; keys that are not reply names are left to the queues. Returns whether
-    /// some consumer took it.
+    /// delivered once; keys that are not reply names are left to the queues. `on_taken` is
+    /// told each name whose consumer took it.
     pub fn deliver_named<'k>(
         &self,
         keys: impl Iterator<Item = &'k [u8]>,
         message: &Arc<Message>,
-    ) -> bool {
+        mut on_taken: impl FnMut(&[u8]),
+    ) {
         let prefix = PREFIX.as_bytes();
         let mut named: Vec<&[u8]> = keys.filter(|k| k.starts_with(prefix)).collect();
         if named.is_empty() {
-            return false;
+            return;
         }
         named.sort_unstable();
         named.dedup();
-        let mut taken = false;
         for key in named {
-            taken |= self.deliver(key, message);
+            if self.deliver(key, message) {
+                on_taken(key);
+            }
         }
-        taken
     }
 
     /// Hands a reply published to `routing_key` to its consumer. Returns false when no such

@@ -509,7 +509,7 @@ fn direct_replies(
     let keys = std::iter::once(routing_key).chain(extra_keys);
     s.broker
         .reply_consumers
-        .deliver_named(keys.map(|k| &k[..]), message);
+        .deliver_named(keys.map(|k| &k[..]), message, |_| {});
 }
 
 fn enqueue(queues: &[Arc<Queue>], message: &Arc<Message>) -> Outcome {

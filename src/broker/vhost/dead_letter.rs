@@ -191,10 +191,20 @@ impl VirtualHost {
             if letter.reason != Reason::Rejected {
                 drop_cycles(&mut targets, &dead.headers);
             }
+            // Same as RabbitMQ, whose default exchange hands a key naming a direct reply-to
+            // consumer straight to it, whoever routes the message.
+            let mut reply_keys: Vec<&[u8]> = Vec::new();
+            if exchange.name.is_empty() {
+                let prefix = crate::broker::reply_to::PREFIX.as_bytes();
+                reply_keys.extend(key_refs.iter().filter(|k| k.starts_with(prefix)));
+            }
             if let Some(ticket) = letter.ticket.as_ref().filter(|t| !t.have.is_empty()) {
                 // A set, not a scan per target: a dead-letter exchange may reach many queues.
+                // A retry goes only where the letter is not yet: the queues and the reply
+                // consumers that took it are both in `have`.
                 let have: HashSet<&str> = ticket.have.iter().map(String::as_str).collect();
                 targets.retain(|q| !have.contains(q.name.as_str()));
+                reply_keys.retain(|k| std::str::from_utf8(k).is_ok_and(|k| !have.contains(k)));
             }
             if !self.spend_copies(&queue, &dead.message, targets.len()) {
                 settle_dropped(letter.ticket, &mut owner, &mut reports);
@@ -203,13 +213,14 @@ impl VirtualHost {
             let mut message = dead.message;
             message.charge_all_to(self.services.memory);
             let dead = Arc::new(message);
-            // Same as RabbitMQ, whose default exchange hands a key naming a direct reply-to
-            // consumer straight to it, whoever routes the message.
-            let replied = exchange.name.is_empty()
-                && self
-                    .services
+            let mut replied: Vec<String> = Vec::new();
+            if !reply_keys.is_empty() {
+                self.services
                     .replies
-                    .deliver_named(key_refs.iter().copied(), &dead);
+                    .deliver_named(reply_keys.into_iter(), &dead, |name| {
+                        replied.push(String::from_utf8_lossy(name).into_owned());
+                    });
+            }
             let Some(ticket) = letter.ticket else {
                 for q in &targets {
                     q.publish(dead.clone());
@@ -219,11 +230,16 @@ impl VirtualHost {
             owner = Some(ticket.owner);
             let mut report = Routed {
                 id: ticket.id,
-                took: Vec::with_capacity(targets.len()),
+                took: Vec::with_capacity(targets.len() + replied.len()),
                 // A letter only a reply consumer took went somewhere all the same: held for
                 // it, it would be handed to the consumer again at every retry.
-                complete: !(targets.is_empty() && ticket.have.is_empty() && !replied),
+                complete: !(targets.is_empty() && ticket.have.is_empty() && replied.is_empty()),
             };
+            // Reply names begin `amq.`, which no queue's name can: they stand among the
+            // queue names in `have` without meeting one.
+            report
+                .took
+                .extend(replied.into_iter().map(|name| (name, None)));
             for q in &targets {
                 match q.publish(dead.clone()) {
                     Enqueued::Accepted => report.took.push((q.name.clone(), None)),

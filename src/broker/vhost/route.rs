@@ -176,7 +176,7 @@ impl VirtualHost {
             // not count as routed.
             self.services
                 .replies
-                .deliver_named(keys.iter().copied(), &message);
+                .deliver_named(keys.iter().copied(), &message, |_| {});
         }
         let mut published = Published {
             routed: false,
