@@ -72,6 +72,12 @@ impl Connections {
         Some(conn)
     }
 
+    /// Connections accepted at most: `max_connections`, or fewer if the open-files limit
+    /// says so (RabbitMQ's `sockets_total`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     fn refusing(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire) || !*self.app_running.borrow()
     }

@@ -100,7 +100,7 @@ impl Broker {
             access: AccessControl::default(),
             vhosts: DashMap::new(),
             vhost_changes: Default::default(),
-            connections: Connections::new(config.limits.max_connections),
+            connections: Connections::new(max_connections(config.limits.max_connections)),
             reply_consumers: Default::default(),
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
@@ -337,4 +337,21 @@ fn stored_arguments(json: &serde_json::Value, typed: &str) -> amq_protocol::type
         tracing::error!(error = %e, arguments = %json, "stored arguments cannot be read; left out");
         amq_protocol::types::FieldTable::default()
     })
+}
+
+/// The connections the broker takes: `configured`, or fewer if the process may not open
+/// enough files for them and the store's files besides (`alarms::sockets_limit`, after the
+/// soft limit is raised to the hard one). Said in the log when it is fewer.
+pub(super) fn max_connections(configured: usize) -> usize {
+    let fd_limit = super::alarms::raise_file_descriptor_limit();
+    let sockets = super::alarms::sockets_limit(fd_limit);
+    if sockets < configured {
+        tracing::warn!(
+            max_connections = configured,
+            file_descriptors = fd_limit,
+            sockets,
+            "the open-files limit (ulimit -n) allows fewer connections than max_connections: taking {sockets} (raise the limit to take more)"
+        );
+    }
+    configured.min(sockets)
 }

@@ -35,6 +35,12 @@ pub const MAX_HTTP_CONNECTIONS_PER_PEER: usize = 32;
 /// been asked for credentials. hyper has this deadline, but axum's `serve` leaves it
 /// unarmed (it gives hyper no timer), so the listeners serve their connections themselves.
 pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most an HTTP connection buffers of what a client sends (a request's head, or what
+/// of a body has not been taken yet); hyper looks between reads, so a head may reach about
+/// twice this before it is refused. hyper's default is about 400 KiB: 256 connections
+/// that each sent that much of a head held 100 MiB no gauge counted. Real heads take a few
+/// KiB (a browser's cookies included); a longer one is answered 431.
+pub const HTTP_READ_BUFFER_MAX_BYTES: usize = 64 * 1024;
 /// A connection that sends nothing for this long is closed (between requests, or in the
 /// middle of one), and so is one that takes nothing of an answer for this long: a client
 /// that asks for a long list and never reads it would otherwise hold its slot, and what the
@@ -107,7 +113,8 @@ where
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(head_timeout);
+                .header_read_timeout(head_timeout)
+                .max_buf_size(HTTP_READ_BUFFER_MAX_BYTES);
             if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
                 tracing::debug!(%peer, error = %e, "an HTTP connection ended with an error");
             }

@@ -257,7 +257,7 @@ fn node_basics(broker: &Broker) -> Value {
         "disk_free_limit": broker.alarms.disk_free_limit_bytes(),
         "disk_free_alarm": raised.disk,
         "fd_total": fd_total,
-        "sockets_total": broker.config.limits.max_connections,
+        "sockets_total": broker.connections.max_connections(),
         "proc_total": 0,
         "run_queue": 0,
         "processors": processors,

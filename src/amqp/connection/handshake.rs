@@ -180,7 +180,9 @@ impl Connection {
                 proven && self.may_connect_from(&u.name)
             });
         let Some(user) = user else {
-            tracing::warn!(peer = %self.peer, user = %name, mechanism, "login refused");
+            // Debug-formatted: the name is whatever a client sent, and a line break in it
+            // would forge a line of the log.
+            tracing::warn!(peer = %self.peer, user = ?name, mechanism, "login refused");
             if self.capabilities.authentication_failure_close {
                 let err = AmqpError::new(
                     ReplyCode::AccessRefused,
