@@ -1902,6 +1902,16 @@ async fn same_as_rabbitmq_detailed_metrics_answer_the_families_asked_for() {
     let node = scrape("/metrics/detailed?family=node_coarse_metrics&family=channel_metrics").await;
     assert!(series(&node).contains(&"rabbitmq_detailed_process_resident_memory_bytes".to_owned()));
     assert!(series(&node).contains(&"rabbitmq_detailed_channel_consumers".to_owned()));
+
+    // Connections and channels are labelled as RabbitMQ labels them, by an id shaped as a
+    // process id: the endpoint asks for no login, and names would tell clients' addresses.
+    let labelled =
+        scrape("/metrics/detailed?family=connection_coarse_metrics&family=channel_metrics").await;
+    assert!(
+        labelled.contains("rabbitmq_detailed_connection_incoming_bytes_total{channel=\"<0."),
+        "{labelled}"
+    );
+    assert!(!labelled.contains("127.0.0.1"), "{labelled}");
 }
 
 #[tokio::test]

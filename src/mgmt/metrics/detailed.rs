@@ -364,8 +364,10 @@ impl DetailedMetrics {
         rows
     }
 
-    /// Connection families, labelled `channel` with the connection's name, where RabbitMQ
-    /// puts the connection's process id.
+    /// Connection families, labelled `channel` with an id shaped as RabbitMQ's process ids
+    /// (`<0.ID.0>`, ID the connection's), where RabbitMQ puts the connection's process id.
+    /// Not its name: the endpoint asks for no login, and a name is the client's address and
+    /// port.
     fn connections(&self, enc: &mut DescriptorEncoder, family: Family) -> std::fmt::Result {
         let conns = self.mgmt.broker.connections.list();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -373,7 +375,7 @@ impl DetailedMetrics {
             |f: &dyn Fn(&crate::broker::stats::ConnectionInfo) -> u64| -> Vec<(Labels, u64)> {
                 conns
                     .iter()
-                    .map(|c| (vec![("channel", c.info().name())], f(c.info())))
+                    .map(|c| (vec![("channel", process_id(c.info().id, 0))], f(c.info())))
                     .collect()
             };
         if family == Family::ConnectionCoarse {
@@ -425,13 +427,14 @@ impl DetailedMetrics {
         )
     }
 
-    /// Channel families, labelled `channel` with the channel's name.
+    /// Channel families, labelled `channel` with an id shaped as RabbitMQ's process ids
+    /// (`<0.ID.N>`: the connection's id and the channel's number), for the reason above.
     fn channels(&self, enc: &mut DescriptorEncoder, family: Family) -> std::fmt::Result {
         let mut channels = Vec::new();
         for c in self.mgmt.broker.connections.list() {
-            let name = c.info().name();
+            let id = c.info().id;
             for ch in c.info().channels() {
-                channels.push((vec![("channel", format!("{name} ({})", ch.number))], ch));
+                channels.push((vec![("channel", process_id(id, ch.number))], ch));
             }
         }
         if family == Family::ChannelProcess {
@@ -732,4 +735,10 @@ const PERSISTER_COUNTERS: &[(&str, &str)] = &[
 
 fn load(a: &std::sync::atomic::AtomicU32) -> i64 {
     i64::from(a.load(Ordering::Relaxed))
+}
+
+/// A label shaped as an Erlang process id, `<0.CONNECTION.CHANNEL>` (channel 0 for the
+/// connection itself): unique while the connection lives, and naming no address.
+fn process_id(connection: u64, channel: u16) -> String {
+    format!("<0.{connection}.{channel}>")
 }
