@@ -3,7 +3,9 @@
 //! address, an IPv6 /64, for answers that need no login) at most
 //! [`MAX_ANSWER_BYTES_PER_USER`] of it. The share keeps one user's slow readers from
 //! taking the room from the others; the room, whoever asks, bounds the memory (clients
-//! with many addresses get a share each, up to the room).
+//! with many addresses get a share each, up to the room). The Prometheus listener has a room
+//! of its own ([`AnswerRoom::for_scrapes`]), so that clients who never logged in cannot take
+//! the API's.
 //!
 //! Lists in their own order are written as the client reads them, but an answer that must
 //! be made whole first stays in memory until the client has taken it, and a client may take
@@ -38,6 +40,15 @@ pub const MAX_ANSWER_BYTES_HELD: usize = 256 * 1024 * 1024;
 /// other user's large answers (a page of queues, the definitions) were refused meanwhile.
 pub const MAX_ANSWER_BYTES_PER_USER: usize = MAX_ANSWER_BYTES_HELD / 4;
 
+/// Prometheus scrapes built whole that the metrics listener holds at once, at most, in a
+/// room of their own: the endpoint asks for no login, and in the API's room a few slow
+/// scrapers from four addresses held it all, so that every large API answer (a page of
+/// queues, the definitions) was refused to the operators too.
+pub const MAX_SCRAPE_BYTES_HELD: usize = 64 * 1024 * 1024;
+
+/// Scrapes one address (an IPv6 /64) holds at once, at most.
+pub const MAX_SCRAPE_BYTES_PER_ADDRESS: usize = MAX_SCRAPE_BYTES_HELD / 2;
+
 /// Answers smaller than this are not counted: 256 connections hold at most 16 MiB of them.
 pub const COUNTED_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -60,6 +71,11 @@ impl Default for AnswerRoom {
 }
 
 impl AnswerRoom {
+    /// The Prometheus listener's room ([`MAX_SCRAPE_BYTES_HELD`]).
+    pub fn for_scrapes() -> Self {
+        AnswerRoom::new(MAX_SCRAPE_BYTES_HELD, MAX_SCRAPE_BYTES_PER_ADDRESS)
+    }
+
     fn new(all_bytes: usize, per_user_bytes: usize) -> Self {
         AnswerRoom {
             all: Arc::new(Semaphore::new(all_bytes / 1024)),

@@ -50,7 +50,7 @@ pub async fn serve(
         .route("/metrics/detailed", get(detailed))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
-            mgmt.answers.clone(),
+            mgmt.scrape_answers.clone(),
             super::answer_room::hold_answers,
         ))
         .with_state(mgmt);

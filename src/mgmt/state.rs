@@ -44,8 +44,10 @@ pub struct Mgmt {
     /// Room for request bodies: a request reserves what it announces before its body is
     /// read.
     pub bodies: BodyRoom,
-    /// Room for answers built whole, held until their clients have read them.
+    /// Room for the API's answers built whole, held until their clients have read them.
     pub answers: AnswerRoom,
+    /// The same for Prometheus scrapes, apart: scrapers need no login.
+    pub scrape_answers: AnswerRoom,
     /// Turns to build an answer off the runtime ([`BUILDS_AT_ONCE`], [`Mgmt::build`]).
     pub building: BuildTurns,
     /// Turns to make a large change ([`CHANGES_AT_ONCE`], [`Mgmt::build_change`]).
@@ -66,6 +68,7 @@ impl Mgmt {
             scraping: BuildTurns::new(1, 1),
             bodies: BodyRoom::default(),
             answers: AnswerRoom::default(),
+            scrape_answers: AnswerRoom::for_scrapes(),
             building: BuildTurns::new(BUILDS_AT_ONCE, BUILDS_AT_ONCE_PER_USER),
             changing: Arc::new(tokio::sync::Semaphore::new(CHANGES_AT_ONCE)),
         })
