@@ -341,6 +341,10 @@ async fn accept_loop(mut listener: Listener, broker: Arc<Broker>, live: Arc<Live
                 continue;
             }
         };
+        let Some(unopened) = broker.connections.admit_unopened(peer.ip()) else {
+            drop(transport);
+            continue;
+        };
         let registered = broker.connections.register(|id| {
             let info = ConnectionInfo::new(id, peer, local, tls);
             Arc::new(Outbox::new(Arc::new(info), outbox_bytes))
@@ -355,7 +359,7 @@ async fn accept_loop(mut listener: Listener, broker: Arc<Broker>, live: Arc<Live
         let guard = LiveGuard(live.clone());
         let broker = broker.clone();
         tokio::spawn(async move {
-            crate::amqp::connection::serve(broker, transport, peer, outbox).await;
+            crate::amqp::connection::serve(broker, transport, peer, outbox, unopened).await;
             drop(guard);
         });
     }

@@ -829,3 +829,57 @@ async fn a_topic_route_past_its_budget_is_refused_not_run_for_seconds() {
     .await;
     assert_eq!(ready(&ch, "wide").await, 1, "nothing more was routed");
 }
+
+/// Connections from one address that have not opened yet (no header, no login) are capped:
+/// idle ones, each held for the handshake's timeout and reopened, took every place the
+/// broker has. Past the cap a connection from that address is closed at once; one that
+/// opens gives its place back, and other addresses are not affected.
+#[tokio::test]
+async fn one_address_holds_only_so_many_connections_that_have_not_opened() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = Config::for_tests();
+    config.limits.max_unopened_connections_per_address = 2;
+    let broker = Broker::start_with(config).await;
+    // Whether the broker answers a protocol header on a new connection (Connection.Start),
+    // or closes it unanswered.
+    let answered = |addr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"AMQP\x00\x00\x09\x01").await;
+        let mut buf = [0u8; 8];
+        let n = within(s.read(&mut buf)).await.unwrap_or(0);
+        (n > 0, s)
+    };
+    let idle_a = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let (first, _waiting) = answered(broker.addr).await;
+    assert!(first, "the second unopened connection is served");
+    let (third, _) = answered(broker.addr).await;
+    assert!(!third, "a third from the same address is closed unanswered");
+    // Another address (the whole of 127/8 is this host's) is served meanwhile.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(broker.addr).await.unwrap();
+    other.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        within(other.read(&mut buf)).await.unwrap() > 0,
+        "another address is served"
+    );
+
+    // One goes: a client gets in, and once it has opened it no longer counts.
+    drop(idle_a);
+    let conn = within(async {
+        loop {
+            if let Ok(c) =
+                lapin::Connection::connect(&broker.uri(), lapin::ConnectionProperties::default())
+                    .await
+            {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (after_open, _) = answered(broker.addr).await;
+    assert!(after_open, "the opened connection gave its place back");
+    assert!(conn.status().connected());
+}

@@ -1,8 +1,10 @@
 //! The registry of live client connections: how the broker reaches every connection to close
 //! it (shutdown, an operator) without knowing what protocol it speaks.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
@@ -30,6 +32,45 @@ pub struct Connections {
     app_running: watch::Sender<bool>,
     /// Connections accepted at most.
     max_connections: usize,
+    /// Connections not opened yet, by client network ([`network_of`]).
+    unopened: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Of those, one network holds at most this many.
+    max_unopened_per_network: usize,
+    /// Connections refused for it, so the log says so at the 1st, 2nd, 4th, 8th... only.
+    unopened_refused: AtomicU64,
+}
+
+/// The network a client address counts in for per-address limits: an IPv4 address (an
+/// IPv4-mapped IPv6 one too), or the /64 of an IPv6 one, which one host is usually given
+/// whole: counted by address, one host could take every place alone.
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// A connection's place among its network's unopened connections, given back when it
+/// opens or goes.
+#[derive(Debug)]
+pub struct Unopened {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    network: IpAddr,
+}
+
+impl Drop for Unopened {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.network) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.network);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Connections {
@@ -41,14 +82,44 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    pub fn new(max_connections: usize) -> Self {
+    pub fn new(max_connections: usize, max_unopened_per_network: usize) -> Self {
         Connections {
             live: DashMap::new(),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             app_running: watch::Sender::new(true),
             max_connections,
+            unopened: Default::default(),
+            max_unopened_per_network,
+            unopened_refused: AtomicU64::new(0),
         }
+    }
+
+    /// A place for a new connection from `peer` among its network's unopened connections
+    /// (`max_unopened_connections_per_address`), or `None`, said in the log now and then.
+    pub fn admit_unopened(&self, peer: IpAddr) -> Option<Unopened> {
+        let network = network_of(peer);
+        {
+            let mut counts = self.unopened.lock().unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(network).or_default();
+            if *n < self.max_unopened_per_network {
+                *n += 1;
+                return Some(Unopened {
+                    counts: self.unopened.clone(),
+                    network,
+                });
+            }
+        }
+        let refused = self.unopened_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            tracing::warn!(
+                %network,
+                refused,
+                "connection refused: {} connections from this network have not opened yet (max_unopened_connections_per_address)",
+                self.max_unopened_per_network
+            );
+        }
+        None
     }
 
     /// Registers a new connection made by `make` from its id, unless the broker is full or
@@ -142,5 +213,23 @@ impl Connections {
                     .into(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv6 clients count by /64, IPv4 (also written as IPv6) by address.
+    #[test]
+    fn addresses_share_by_network() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("address");
+        assert_eq!(network_of(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(network_of(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(network_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            network_of(ip("2001:db8:1:2:bbbb::9")),
+            network_of(ip("2001:db8:1:2:aaaa::1"))
+        );
     }
 }

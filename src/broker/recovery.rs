@@ -100,7 +100,10 @@ impl Broker {
             access: AccessControl::default(),
             vhosts: DashMap::new(),
             vhost_changes: Default::default(),
-            connections: Connections::new(max_connections(config.limits.max_connections)),
+            connections: Connections::new(
+                max_connections(config.limits.max_connections),
+                config.limits.max_unopened_connections_per_address,
+            ),
             reply_consumers: Default::default(),
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,

@@ -104,6 +104,11 @@ pub struct Limits {
     pub max_message_size_bytes: u64,
     /// Open client connections; further connections are closed right after accept.
     pub max_connections: usize,
+    /// Connections from one address (an IPv6 /64) that have not opened yet (TLS, login,
+    /// `connection.open`) at once; further ones from it are closed right after accept.
+    /// Idle connections from one address, each kept for the handshake's timeout and
+    /// reopened, took every place; a pool opening connections in parallel stays far below.
+    pub max_unopened_connections_per_address: usize,
     /// Consumers one channel may hold.
     pub max_consumers_per_channel: usize,
     /// Memory the consumers of one connection may hold together: their records, tags and
@@ -167,6 +172,7 @@ impl Default for Limits {
             heartbeat_s: DEFAULT_HEARTBEAT_S,
             max_message_size_bytes: DEFAULT_MAX_MESSAGE_SIZE_BYTES,
             max_connections: 65_536,
+            max_unopened_connections_per_address: 256,
             max_consumers_per_channel: 65_536,
             connection_consumer_bytes: 64 * 1024 * 1024,
             max_queues: 1_000_000,

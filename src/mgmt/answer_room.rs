@@ -111,7 +111,7 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
     let kib = len.min(MAX_ANSWER_BYTES_HELD).div_ceil(1024) as u32;
     let who = match (answer.extensions().get::<AnsweredFor>(), peer) {
         (Some(AnsweredFor(user)), _) => format!("user {user}"),
-        (None, Some(ip)) => format!("address {}", network_of(ip)),
+        (None, Some(ip)) => format!("address {}", crate::broker::connections::network_of(ip)),
         (None, None) => String::new(),
     };
     let share = room.users.try_take(&who, kib.min(room.users.per_user()));
@@ -136,19 +136,6 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
         at: 0,
     };
     Response::from_parts(parts, Body::from_stream(held))
-}
-
-/// The network an address shares a share with: itself for IPv4, its /64 for IPv6, where a
-/// single host is usually given the whole /64 and could take a share per address in it.
-fn network_of(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits))
-        }
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// An answer's bytes and the room they hold: both go when the last piece of it does.
@@ -304,18 +291,5 @@ mod tests {
         let (_other, served) = ask_as(addr, "/large", "other").await;
         assert!(served.starts_with("HTTP/1.1 200"), "{served}");
         server.abort();
-    }
-
-    /// IPv6 clients share by /64, IPv4 (also written as IPv6) by address.
-    #[test]
-    fn addresses_share_by_network() {
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("address");
-        assert_eq!(network_of(ip("10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(network_of(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(network_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_eq!(
-            network_of(ip("2001:db8:1:2:bbbb::9")),
-            network_of(ip("2001:db8:1:2:aaaa::1"))
-        );
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -83,16 +83,8 @@ impl Bounded {
 }
 
 /// What a client's connections are counted under: its IPv4 address (also when it comes as an
-/// IPv4-mapped IPv6 one), or its IPv6 /64.
-pub fn peer_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::from(u64::MAX)))),
-        },
-    }
-}
+/// IPv4-mapped IPv6 one), or its IPv6 /64; the same networks as AMQP's per-address limits.
+pub use crate::broker::connections::network_of as peer_key;
 
 /// Serves `app` on `listener`'s connections until aborted, as `axum::serve` does, but with
 /// hyper's deadline for each request's head armed ([`HTTP_HEAD_TIMEOUT`], shorter in tests).

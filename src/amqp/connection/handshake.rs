@@ -306,6 +306,8 @@ impl Connection {
             self.close_connection(e.on_method(10, 40), false);
             return;
         }
+        // Opened: it no longer counts among its network's unopened connections.
+        self.unopened = None;
         tracing::info!(
             peer = %self.peer,
             user = %user.name,

@@ -33,6 +33,7 @@ use super::session::{ClientCapabilities, Session};
 use crate::auth;
 use crate::broker::Broker;
 use crate::broker::alarms::Raised;
+use crate::broker::connections::Unopened;
 use crate::broker::memory::Charge;
 use crate::broker::queue::Queue;
 use crate::broker::queue::delivery::{DeliverySource, Unblock};
@@ -176,6 +177,9 @@ pub struct Connection {
     /// wait and dropped after it took the runtime's timer lock twice per wake-up; moving
     /// this one later is a single atomic store.
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// Its place among its network's connections that have not opened yet, given back at
+    /// `connection.open` (`max_unopened_connections_per_address`).
+    unopened: Option<Unopened>,
 }
 
 /// Serves one client connection until it closes.
@@ -184,6 +188,7 @@ pub async fn serve(
     transport: Transport,
     peer: SocketAddr,
     outbox: Arc<Outbox>,
+    unopened: Unopened,
 ) {
     let now = Instant::now();
     let input = Input::new(broker.config.limits.read_chunk_bytes, broker.memory);
@@ -223,6 +228,7 @@ pub async fn serve(
         unflushed_delivery_bytes: 0,
         buffers: Charge::default(),
         timer: Box::pin(tokio::time::sleep_until(now + IDLE_DEADLINE)),
+        unopened: Some(unopened),
     };
     conn.buffers = Charge::new(conn.broker.memory, 0);
     let ran = CatchPanic(Box::pin(conn.run())).await;
