@@ -306,8 +306,7 @@ impl Connection {
             self.close_connection(e.on_method(10, 40), false);
             return;
         }
-        // Opened: it no longer counts among its network's unopened connections.
-        self.unopened = None;
+        self.unopened = None; // Opened: its network's place is given back.
         tracing::info!(
             peer = %self.peer,
             user = %user.name,

@@ -58,6 +58,39 @@ impl QueueHost for VirtualHost {
 /// Settles a letter dropped for good, if a queue holds it at least once: no retry could
 /// make it go (its properties cannot be decoded, or no longer fit in a frame, or its line
 /// spent its copies), and it would stay held, remade at every retry, for ever.
+/// Publishes a letter its queue holds until it is routed (at-least-once) to `targets`, and
+/// says what became of it: the queues, and the reply consumers (`replied`), that took it,
+/// and whether that is everywhere it goes.
+fn publish_held(
+    ticket: &Ticket,
+    targets: &[Arc<Queue>],
+    dead: &Arc<crate::broker::message::Message>,
+    replied: Vec<String>,
+) -> Routed {
+    let mut report = Routed {
+        id: ticket.id,
+        took: Vec::with_capacity(targets.len() + replied.len()),
+        // A letter only a reply consumer took went somewhere all the same: held for it, it
+        // would be handed to the consumer again at every retry.
+        complete: !(targets.is_empty() && ticket.have.is_empty() && replied.is_empty()),
+    };
+    // Reply names begin `amq.`, which no queue's name can: they stand among the queue
+    // names in `have` without meeting one.
+    report
+        .took
+        .extend(replied.into_iter().map(|name| (name, None)));
+    for q in targets {
+        match q.publish(dead.clone()) {
+            Enqueued::Accepted => report.took.push((q.name.clone(), None)),
+            Enqueued::Persisted(epoch) => report.took.push((q.name.clone(), Some(epoch))),
+            Enqueued::Rejected | Enqueued::Failed | Enqueued::Deleted => {
+                report.complete = false;
+            }
+        }
+    }
+    report
+}
+
 fn settle_dropped(ticket: Option<Ticket>, owner: &mut Option<usize>, reports: &mut Vec<Routed>) {
     if let Some(ticket) = ticket {
         *owner = Some(ticket.owner);
@@ -228,28 +261,7 @@ impl VirtualHost {
                 continue;
             };
             owner = Some(ticket.owner);
-            let mut report = Routed {
-                id: ticket.id,
-                took: Vec::with_capacity(targets.len() + replied.len()),
-                // A letter only a reply consumer took went somewhere all the same: held for
-                // it, it would be handed to the consumer again at every retry.
-                complete: !(targets.is_empty() && ticket.have.is_empty() && replied.is_empty()),
-            };
-            // Reply names begin `amq.`, which no queue's name can: they stand among the
-            // queue names in `have` without meeting one.
-            report
-                .took
-                .extend(replied.into_iter().map(|name| (name, None)));
-            for q in &targets {
-                match q.publish(dead.clone()) {
-                    Enqueued::Accepted => report.took.push((q.name.clone(), None)),
-                    Enqueued::Persisted(epoch) => report.took.push((q.name.clone(), Some(epoch))),
-                    Enqueued::Rejected | Enqueued::Failed | Enqueued::Deleted => {
-                        report.complete = false;
-                    }
-                }
-            }
-            reports.push(report);
+            reports.push(publish_held(&ticket, &targets, &dead, replied));
         }
         report_dropped(&queue, &exchange.name, oversized, refused);
         if let Some(owner) = owner
