@@ -67,6 +67,13 @@ struct Args {
     /// (RabbitMQ's default), or `mem_relative:1.0`, a multiple of the machine's memory.
     #[arg(long = "disk-free-limit", env = "LEPUS_DISK_FREE_LIMIT", value_parser = parse_disk_limit)]
     disk_free_limit: Option<lepus::config::DiskFreeLimit>,
+    /// Connections from one address (an IPv6 /64) that have not opened yet, at once (256):
+    /// raise it for many clients behind one NAT or proxy that reconnect together.
+    #[arg(
+        long = "max-unopened-connections-per-address",
+        env = "LEPUS_MAX_UNOPENED_CONNECTIONS_PER_ADDRESS"
+    )]
+    max_unopened_connections_per_address: Option<usize>,
     /// Start even if a definitions journal has damaged lines, skipping them (the changes
     /// they held are lost). Without it, such a start is refused with the file and line.
     #[arg(long = "skip-damaged-definitions")]
@@ -158,6 +165,12 @@ fn note_origins(matches: &ArgMatches, origins: &mut Origins) {
         "LEPUS_LOG_FORMAT",
     );
     over("node_name", "node_name", "node-name", "LEPUS_NODENAME");
+    over(
+        "max_unopened_connections_per_address",
+        "max_unopened_connections_per_address",
+        "max-unopened-connections-per-address",
+        "LEPUS_MAX_UNOPENED_CONNECTIONS_PER_ADDRESS",
+    );
     over("product", "product", "product", "LEPUS_PRODUCT");
     over(
         "product_version",
@@ -251,6 +264,9 @@ fn configure(args: &Args, matches: &ArgMatches) -> Result<Configured, String> {
     }
     if let Some(d) = a.disk_free_limit {
         limits.disk_free_limit = d;
+    }
+    if let Some(n) = a.max_unopened_connections_per_address {
+        limits.max_unopened_connections_per_address = n.max(1);
     }
     if let Some(mib) = a.segment_mib {
         limits.segment_bytes = mib.max(1).saturating_mul(1 << 20);

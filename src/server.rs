@@ -350,7 +350,11 @@ async fn accept_loop(mut listener: Listener, broker: Arc<Broker>, live: Arc<Live
             Arc::new(Outbox::new(Arc::new(info), outbox_bytes))
         });
         let Some(outbox) = registered else {
-            tracing::warn!(%peer, "connection refused: connection limit reached or shutting down");
+            tracing::warn!(
+                %peer,
+                max_connections = broker.connections.max_connections(),
+                "connection refused: connection limit reached (max_connections, or the open-files limit) or shutting down"
+            );
             drop(transport);
             continue;
         };

@@ -32,6 +32,9 @@ pub struct Connections {
     app_running: watch::Sender<bool>,
     /// Connections accepted at most.
     max_connections: usize,
+    /// Connections the HTTP listeners may hold together: what the open-files limit leaves
+    /// them (`recovery::share_descriptors`).
+    http_connections: usize,
     /// Connections not opened yet, by client network ([`network_of`]).
     unopened: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Of those, one network holds at most this many.
@@ -51,6 +54,14 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
             None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
         },
     }
+}
+
+/// How the process's open files are shared out (`recovery::share_descriptors`).
+pub struct DescriptorShare {
+    /// AMQP connections taken at most.
+    pub amqp_connections: usize,
+    /// Connections the HTTP listeners (management and Prometheus) may hold together.
+    pub http_connections: usize,
 }
 
 /// A connection's place among its network's unopened connections, given back when it
@@ -82,13 +93,14 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    pub fn new(max_connections: usize, max_unopened_per_network: usize) -> Self {
+    pub fn new(share: &DescriptorShare, max_unopened_per_network: usize) -> Self {
         Connections {
             live: DashMap::new(),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             app_running: watch::Sender::new(true),
-            max_connections,
+            max_connections: share.amqp_connections,
+            http_connections: share.http_connections,
             unopened: Default::default(),
             max_unopened_per_network,
             unopened_refused: AtomicU64::new(0),
@@ -101,9 +113,10 @@ impl Connections {
         let network = network_of(peer);
         {
             let mut counts = self.unopened.lock().unwrap_or_else(|e| e.into_inner());
-            let n = counts.entry(network).or_default();
-            if *n < self.max_unopened_per_network {
-                *n += 1;
+            // Refused, a network leaves no entry behind (with a cap of 0, every address that
+            // tried would).
+            if counts.get(&network).copied().unwrap_or(0) < self.max_unopened_per_network {
+                *counts.entry(network).or_default() += 1;
                 return Some(Unopened {
                     counts: self.unopened.clone(),
                     network,
@@ -147,6 +160,11 @@ impl Connections {
     /// says so (RabbitMQ's `sockets_total`).
     pub fn max_connections(&self) -> usize {
         self.max_connections
+    }
+
+    /// Connections the HTTP listeners may hold together (each takes at most half).
+    pub fn http_connections(&self) -> usize {
+        self.http_connections
     }
 
     fn refusing(&self) -> bool {

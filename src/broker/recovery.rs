@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use super::Broker;
 use super::admin::{CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id};
 use super::alarms::Alarms;
-use super::connections::Connections;
+use super::connections::{Connections, DescriptorShare};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::Memory;
 use super::queue::{Queue, QueueConfig};
@@ -101,7 +101,7 @@ impl Broker {
             vhosts: DashMap::new(),
             vhost_changes: Default::default(),
             connections: Connections::new(
-                max_connections(config.limits.max_connections),
+                &share_descriptors(config.limits.max_connections)?,
                 config.limits.max_unopened_connections_per_address,
             ),
             reply_consumers: Default::default(),
@@ -342,12 +342,22 @@ fn stored_arguments(json: &serde_json::Value, typed: &str) -> amq_protocol::type
     })
 }
 
-/// The connections the broker takes: `configured`, or fewer if the process may not open
-/// enough files for them and the store's files besides (`alarms::sockets_limit`, after the
-/// soft limit is raised to the hard one). Said in the log when it is fewer.
-pub(super) fn max_connections(configured: usize) -> usize {
-    let fd_limit = super::alarms::raise_file_descriptor_limit();
+/// Shares the open files out, after the soft limit is raised to the hard one: AMQP takes
+/// `configured` connections, or fewer if the limit allows fewer (`alarms::sockets_limit`,
+/// said in the log); the HTTP listeners half of what that leaves, the store the rest.
+/// Refuses to start when no connection at all would be taken.
+pub(super) fn share_descriptors(configured: usize) -> std::io::Result<DescriptorShare> {
+    share_of(super::alarms::raise_file_descriptor_limit(), configured)
+}
+
+/// [`share_descriptors`] for a process allowed `fd_limit` open files (0: unknown).
+fn share_of(fd_limit: u64, configured: usize) -> std::io::Result<DescriptorShare> {
     let sockets = super::alarms::sockets_limit(fd_limit);
+    if sockets == 0 {
+        return Err(std::io::Error::other(format!(
+            "the open-files limit ({fd_limit}, ulimit -n) leaves no room for client connections; raise it to 1024 or more"
+        )));
+    }
     if sockets < configured {
         tracing::warn!(
             max_connections = configured,
@@ -356,5 +366,37 @@ pub(super) fn max_connections(configured: usize) -> usize {
             "the open-files limit (ulimit -n) allows fewer connections than max_connections: taking {sockets} (raise the limit to take more)"
         );
     }
-    configured.min(sockets)
+    let left = usize::try_from(fd_limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(sockets);
+    Ok(DescriptorShare {
+        amqp_connections: configured.min(sockets),
+        http_connections: if sockets == usize::MAX {
+            usize::MAX
+        } else {
+            left / 2
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_are_shared_between_amqp_http_and_the_store() {
+        // RabbitMQ's 832 sockets of 1,024; the HTTP listeners half of the 192 left.
+        let share = share_of(1024, 65_536).unwrap();
+        assert_eq!((share.amqp_connections, share.http_connections), (832, 96));
+        let roomy = share_of(1 << 20, 65_536).unwrap();
+        assert_eq!(roomy.amqp_connections, 65_536);
+        assert!(roomy.http_connections > 512);
+        let unknown = share_of(0, 65_536).unwrap();
+        assert_eq!(
+            (unknown.amqp_connections, unknown.http_connections),
+            (65_536, usize::MAX)
+        );
+        let refused = share_of(64, 65_536).err().expect("no room for connections");
+        assert!(refused.to_string().contains("ulimit -n"), "{refused}");
+    }
 }

@@ -570,6 +570,11 @@ fn limit_lines(l: &super::Limits, add: &mut impl FnMut(&str, String, &str)) {
         "memory_budget",
     );
     add("segment_bytes", l.segment_bytes.to_string(), "segment_size");
+    add(
+        "max_unopened_connections_per_address",
+        l.max_unopened_connections_per_address.to_string(),
+        "max_unopened_connections_per_address",
+    );
 }
 
 fn nonempty(value: &str) -> Result<String, &'static str> {

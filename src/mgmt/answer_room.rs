@@ -60,6 +60,8 @@ const HANDED_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AnswerRoom {
     all: Arc<Semaphore>,
+    /// The room's size: an answer larger than it takes all of it.
+    all_kib: u32,
     /// Each user's (or address's) share of `all`.
     users: Arc<UserShares>,
 }
@@ -79,6 +81,7 @@ impl AnswerRoom {
     fn new(all_bytes: usize, per_user_bytes: usize) -> Self {
         AnswerRoom {
             all: Arc::new(Semaphore::new(all_bytes / 1024)),
+            all_kib: (all_bytes / 1024) as u32,
             users: Arc::new(UserShares::new((per_user_bytes / 1024) as u32)),
         }
     }
@@ -108,7 +111,8 @@ pub async fn hold_answers(State(room): State<AnswerRoom>, req: Request, next: Ne
     if len < COUNTED_ANSWER_BYTES {
         return answer;
     }
-    let kib = len.min(MAX_ANSWER_BYTES_HELD).div_ceil(1024) as u32;
+    // An answer larger than the room takes all of it (not more, which it could never get).
+    let kib = (len.div_ceil(1024)).min(room.all_kib as usize) as u32;
     let who = match (answer.extensions().get::<AnsweredFor>(), peer) {
         (Some(AnsweredFor(user)), _) => format!("user {user}"),
         (None, Some(ip)) => format!("address {}", crate::broker::connections::network_of(ip)),
@@ -212,6 +216,31 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = stream.read(&mut buf).await.expect("answer");
         (stream, String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// An answer larger than the whole room takes all of it, and is served: the scrape
+    /// room (64 MiB) asked for up to 256 MiB, and refused every scrape larger than itself.
+    #[tokio::test]
+    async fn an_answer_larger_than_the_room_takes_it_all() {
+        let room = AnswerRoom::new(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let app = axum::Router::new()
+            .route(
+                "/large",
+                axum::routing::get(|| async { vec![b'x'; ANSWER_BYTES] }),
+            )
+            .layer(axum::middleware::from_fn_with_state(room, hold_answers));
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = inner.local_addr().expect("address");
+        let head_timeout = std::time::Duration::from_secs(20);
+        let server = tokio::spawn(serve(Bounded::new(inner), app, head_timeout));
+        let (_slow, answer) = ask(addr, "/large").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (_, refused) = ask(addr, "/large").await;
+        assert!(
+            refused.starts_with("HTTP/1.1 503"),
+            "the room is taken: {refused}"
+        );
+        server.abort();
     }
 
     /// Same bound as for request bodies, for answers: a client that reads nothing of a

@@ -43,7 +43,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let listener = Bounded::new(listener);
+    let listener = Bounded::with_room(listener, mgmt.broker.connections.http_connections() / 2);
     // The UI's static files are served without a login; everything under /api needs one.
     let app = super::ui::routes()
         .merge(routes().layer(middleware::from_fn_with_state(mgmt.clone(), authenticate)))

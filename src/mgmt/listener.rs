@@ -58,9 +58,15 @@ pub struct Bounded {
 
 impl Bounded {
     pub fn new(inner: TcpListener) -> Bounded {
+        Bounded::with_room(inner, MAX_HTTP_CONNECTIONS)
+    }
+
+    /// A listener serving at most `connections` at once (at most [`MAX_HTTP_CONNECTIONS`]):
+    /// fewer where the open-files limit leaves fewer descriptors.
+    pub fn with_room(inner: TcpListener, connections: usize) -> Bounded {
         Bounded {
             inner,
-            slots: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+            slots: Arc::new(Semaphore::new(connections.clamp(1, MAX_HTTP_CONNECTIONS))),
             per_peer: Arc::default(),
             idle_after: HTTP_IDLE_TIMEOUT,
         }

@@ -43,7 +43,10 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let listener = super::listener::Bounded::new(listener);
+    let listener = super::listener::Bounded::with_room(
+        listener,
+        mgmt.broker.connections.http_connections() / 2,
+    );
     let app = Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))

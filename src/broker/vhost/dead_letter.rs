@@ -55,9 +55,6 @@ impl QueueHost for VirtualHost {
     }
 }
 
-/// Settles a letter dropped for good, if a queue holds it at least once: no retry could
-/// make it go (its properties cannot be decoded, or no longer fit in a frame, or its line
-/// spent its copies), and it would stay held, remade at every retry, for ever.
 /// Publishes a letter its queue holds until it is routed (at-least-once) to `targets`, and
 /// says what became of it: the queues, and the reply consumers (`replied`), that took it,
 /// and whether that is everywhere it goes.
@@ -74,8 +71,9 @@ fn publish_held(
         // would be handed to the consumer again at every retry.
         complete: !(targets.is_empty() && ticket.have.is_empty() && replied.is_empty()),
     };
-    // Reply names begin `amq.`, which no queue's name can: they stand among the queue
-    // names in `have` without meeting one.
+    // Reply names stand among the queue names in `have`: only a queue named exactly as a
+    // live reply consumer (`amq.rabbitmq.reply-to.<key>`, which no client may declare)
+    // could meet one.
     report
         .took
         .extend(replied.into_iter().map(|name| (name, None)));
@@ -91,6 +89,9 @@ fn publish_held(
     report
 }
 
+/// Settles a letter dropped for good, if a queue holds it at least once: no retry could
+/// make it go (its properties cannot be decoded, or no longer fit in a frame, or its line
+/// spent its copies), and it would stay held, remade at every retry, for ever.
 fn settle_dropped(ticket: Option<Ticket>, owner: &mut Option<usize>, reports: &mut Vec<Routed>) {
     if let Some(ticket) = ticket {
         *owner = Some(ticket.owner);
