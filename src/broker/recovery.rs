@@ -52,6 +52,9 @@ impl Broker {
         config: Config,
     ) -> std::io::Result<(Arc<Self>, RecoveryReport)> {
         let started = Instant::now();
+        // First: a limit too low to serve anyone refuses the start before anything is
+        // written, and the store opens its files under the raised limit.
+        let descriptors = share_descriptors(config.limits.max_connections)?;
         fs.create_dir_all(&config.data_dir)?;
         let store = Arc::new(Store::open_on(
             fs,
@@ -101,7 +104,7 @@ impl Broker {
             vhosts: DashMap::new(),
             vhost_changes: Default::default(),
             connections: Connections::new(
-                &share_descriptors(config.limits.max_connections)?,
+                &descriptors,
                 config.limits.max_unopened_connections_per_address,
             ),
             reply_consumers: Default::default(),

@@ -222,20 +222,29 @@ mod tests {
     /// room (64 MiB) asked for up to 256 MiB, and refused every scrape larger than itself.
     #[tokio::test]
     async fn an_answer_larger_than_the_room_takes_it_all() {
-        let room = AnswerRoom::new(4 * 1024 * 1024, 4 * 1024 * 1024);
+        // Shares of half the room: the second user's answer finds its share free and the
+        // room taken.
+        let room = AnswerRoom::new(4 * 1024 * 1024, 2 * 1024 * 1024);
+        let large = |headers: axum::http::HeaderMap| async move {
+            let user = headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let mut answer = vec![b'x'; ANSWER_BYTES].into_response();
+            answer.extensions_mut().insert(AnsweredFor(user));
+            answer
+        };
         let app = axum::Router::new()
-            .route(
-                "/large",
-                axum::routing::get(|| async { vec![b'x'; ANSWER_BYTES] }),
-            )
+            .route("/large", axum::routing::get(large))
             .layer(axum::middleware::from_fn_with_state(room, hold_answers));
         let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = inner.local_addr().expect("address");
         let head_timeout = std::time::Duration::from_secs(20);
         let server = tokio::spawn(serve(Bounded::new(inner), app, head_timeout));
-        let (_slow, answer) = ask(addr, "/large").await;
+        let (_slow, answer) = ask_as(addr, "/large", "first").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        let (_, refused) = ask(addr, "/large").await;
+        let (_, refused) = ask_as(addr, "/large", "second").await;
         assert!(
             refused.starts_with("HTTP/1.1 503"),
             "the room is taken: {refused}"

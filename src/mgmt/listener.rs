@@ -52,6 +52,10 @@ pub struct Bounded {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Connections one address may hold: [`MAX_HTTP_CONNECTIONS_PER_PEER`], or an eighth
+    /// of a room the open-files limit made smaller (6 of 48), so that it still takes eight
+    /// addresses to fill it.
+    per_peer_max: usize,
     /// [`HTTP_IDLE_TIMEOUT`], shorter in tests.
     idle_after: Duration,
 }
@@ -64,9 +68,11 @@ impl Bounded {
     /// A listener serving at most `connections` at once (at most [`MAX_HTTP_CONNECTIONS`]):
     /// fewer where the open-files limit leaves fewer descriptors.
     pub fn with_room(inner: TcpListener, connections: usize) -> Bounded {
+        let room = connections.clamp(1, MAX_HTTP_CONNECTIONS);
         Bounded {
             inner,
-            slots: Arc::new(Semaphore::new(connections.clamp(1, MAX_HTTP_CONNECTIONS))),
+            slots: Arc::new(Semaphore::new(room)),
+            per_peer_max: (room / 8).clamp(1, MAX_HTTP_CONNECTIONS_PER_PEER),
             per_peer: Arc::default(),
             idle_after: HTTP_IDLE_TIMEOUT,
         }
@@ -77,7 +83,7 @@ impl Bounded {
         let ip = peer_key(ip);
         let mut counts = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(ip).or_default();
-        if *count >= MAX_HTTP_CONNECTIONS_PER_PEER {
+        if *count >= self.per_peer_max {
             return None;
         }
         *count += 1;
