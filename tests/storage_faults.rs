@@ -180,6 +180,7 @@ fn faults_for(rng: &mut Rng, used_guess: u64) -> Faults {
         },
         1 => Faults {
             fsync_error: 0.02,
+            dir_sync_error: 0.02,
             ..Faults::default()
         },
         2 => Faults {
@@ -189,6 +190,7 @@ fn faults_for(rng: &mut Rng, used_guess: u64) -> Faults {
         3 => Faults {
             unlink_error: 0.3,
             rename_error: 0.3,
+            open_error: 0.3,
             ..Faults::default()
         },
         _ => Faults::default(),
@@ -342,7 +344,8 @@ fn simulate(seed: u64, rounds: usize) {
             && injected.no_space > 0
             && injected.fsync_errors > 0
             && injected.unlink_errors > 0
-            && injected.rename_errors > 0,
+            && injected.rename_errors > 0
+            && injected.open_errors > 0,
         "seed {seed}: every kind of fault was injected: {injected:?}"
     );
 }

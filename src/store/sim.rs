@@ -11,8 +11,11 @@
 //!   of a file may be torn (a random prefix of it survives), and the files of the crashed
 //!   process refuse every further operation.
 //!
-//! Directory operations (create, rename, remove) are durable at once: the store syncs its
-//! directories, but what this simulator tests is data.
+//! A file's name is durable as its data is: creating, renaming or removing a file reaches
+//! the disk when its directory is synced (`sync_dir`), and a crash before that finds the
+//! directory's entries as they were at its last sync (a file made since is gone, a renamed
+//! one back under its old name, a removed one back). Directories themselves are made,
+//! renamed and removed durably at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -83,6 +86,8 @@ impl Node {
 #[derive(Debug, Default)]
 struct State {
     files: HashMap<PathBuf, Arc<Mutex<Node>>>,
+    /// The file names a crash leaves: each directory's entries as of its last sync.
+    durable_names: HashMap<PathBuf, Arc<Mutex<Node>>>,
     dirs: BTreeSet<PathBuf>,
     faults: Faults,
     rng: u64,
@@ -282,6 +287,14 @@ impl SimFs {
     pub fn crash(&self, tear: bool) {
         self.0.generation.fetch_add(1, Ordering::SeqCst);
         let mut state = lock(&self.0.state);
+        // The names first: each directory as it was at its last sync.
+        let names: HashMap<PathBuf, Arc<Mutex<Node>>> = state
+            .durable_names
+            .iter()
+            .filter(|(p, _)| p.parent().is_some_and(|d| state.dirs.contains(d)))
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect();
+        state.files = names;
         let nodes: Vec<Arc<Mutex<Node>>> = state.files.values().cloned().collect();
         for node in nodes {
             let mut n = lock(&node);
@@ -611,6 +624,18 @@ impl Fs for SimFs {
                 state.dirs.insert(new);
             }
         }
+        // A directory's entries go with it: they are its own, not its parent's.
+        let named: Vec<PathBuf> = state
+            .durable_names
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for p in named {
+            if let (Some(node), Some(new)) = (state.durable_names.remove(&p), moved(&p)) {
+                state.durable_names.insert(new, node);
+            }
+        }
         Ok(())
     }
 
@@ -630,6 +655,7 @@ impl Fs for SimFs {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut state = lock(&self.0.state);
         state.files.retain(|p, _| !p.starts_with(path));
+        state.durable_names.retain(|p, _| !p.starts_with(path));
         state.dirs.retain(|p| !p.starts_with(path));
         Ok(())
     }
@@ -643,9 +669,58 @@ impl Fs for SimFs {
         }
         if state.dirs.contains(path) {
             state.dir_syncs += 1;
+            let entries: Vec<(PathBuf, Arc<Mutex<Node>>)> = state
+                .files
+                .iter()
+                .filter(|(p, _)| p.parent() == Some(path))
+                .map(|(p, n)| (p.clone(), n.clone()))
+                .collect();
+            state.durable_names.retain(|p, _| p.parent() != Some(path));
+            state.durable_names.extend(entries);
             Ok(())
         } else {
             Err(io::ErrorKind::NotFound.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names reach the disk with their directory's sync, as on a POSIX file system that
+    /// promises nothing more: a crash finds each directory as it was last synced.
+    #[test]
+    fn file_names_are_durable_once_their_directory_is_synced() {
+        let fs = SimFs::new(7);
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let write = |name: &str| {
+            let f = fs.open(&dir.join(name), OpenMode::FRESH).unwrap();
+            f.write_all_at(name.as_bytes(), 0).unwrap();
+            f.sync_all().unwrap();
+        };
+        write("kept");
+        write("renamed");
+        write("removed");
+        fs.sync_dir(dir).unwrap();
+        write("unsynced");
+        fs.rename(&dir.join("renamed"), &dir.join("new-name"))
+            .unwrap();
+        fs.remove_file(&dir.join("removed")).unwrap();
+        fs.crash(false);
+        let mut names = fs.read_dir(dir).unwrap();
+        names.sort();
+        assert_eq!(names, ["kept", "removed", "renamed"]);
+        assert_eq!(fs.read(&dir.join("renamed")).unwrap(), b"renamed");
+
+        fs.rename(&dir.join("renamed"), &dir.join("new-name"))
+            .unwrap();
+        fs.remove_file(&dir.join("removed")).unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.crash(false);
+        let mut names = fs.read_dir(dir).unwrap();
+        names.sort();
+        assert_eq!(names, ["kept", "new-name"]);
     }
 }
