@@ -5,9 +5,11 @@
 //! be read by people and tools), plus a journal of changes since that snapshot: one line per
 //! change, `crc32 json`. A change is appended to the journal and synced by the store's sync
 //! thread before the client hears declare-ok. A torn last line is detected by its checksum
-//! and dropped; an older journal's last line cut short (a crash as a snapshot switched
-//! journals) ends the history there, and the later journals, which hold nothing that was
-//! confirmed, are deleted.
+//! and dropped. A switch of journals syncs the old one before it makes the next, so a
+//! later journal on disk means every earlier one is whole; an older journal whose last line
+//! was cut short anyway (a data directory of an earlier version, which did not) ends the
+//! history there, and the later journals, which hold nothing that was confirmed, are
+//! deleted.
 //!
 //! Journals come in generations (`definitions.log` is generation 0, then
 //! `definitions.1.log`, ...), so that the snapshot can be rewritten without stopping changes:
@@ -232,10 +234,12 @@ impl DefinitionsStore {
             changes += replayed.changes;
             skipped += replayed.skipped;
             // An older journal cut short: a crash while a snapshot switched journals, in the
-            // write of its last lines. That write is synced with the next journal's first
-            // lines, and a change is confirmed only once that sync is done: nothing the later
-            // journals hold was confirmed, and every change in them was made after the lost
-            // one. History ends here, as it does at a torn line of the last journal.
+            // write of its last lines, as earlier builds could leave it (they
+            // made the next journal before this one was synced; now its sync comes first).
+            // That write was synced with the next journal's first lines, and a change is
+            // confirmed only once that sync is done: nothing the later journals hold was
+            // confirmed, and every change in them was made after the lost one. History ends
+            // here, as it does at a torn line of the last journal.
             ended_torn = replayed.torn;
         }
         for g in &after_torn {
@@ -367,26 +371,47 @@ impl DefinitionsStore {
     }
 
     /// Copies the definitions and switches new changes to the next journal generation.
-    /// Everything in the copy is in the journals before it; nothing after is.
+    /// Everything in the copy is in the journals before it; nothing after is. The old
+    /// journal is synced before the next one is made, without the state's lock (changes go
+    /// on being recorded meanwhile, and go to the next journal): a next journal on disk
+    /// means the one before is whole, so no crash can leave a later journal's changes
+    /// without an earlier one's.
     fn switch_generation(&self) -> io::Result<(Definitions, u64)> {
         let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.lock();
-        Self::flush_locked(&mut state)?;
-        let next = state.generation + 1;
+        let (old, mut defs, next) = {
+            let mut state = self.lock();
+            Self::flush_locked(&mut state)?;
+            let mut defs = state.defs.clone();
+            defs.lepus_version = env!("CARGO_PKG_VERSION").to_owned();
+            let next = state.generation + 1;
+            defs.lepus_journal_generation = next;
+            (state.journal.clone(), defs, next)
+        };
+        let synced_before = self.shared.synced();
+        if let Err(e) = old.sync_all() {
+            // The lines it held may be lost, and some may have been confirmed by a cycle
+            // that counted on this file's sync: the store stops, as for any failed fsync.
+            self.shared.fail_stop(
+                &e,
+                "syncing the definitions journal at a switch",
+                synced_before,
+            );
+            return Err(e);
+        }
         let file = self
             .shared
             .fs
             .open(&journal_path(&self.dir, next), OpenMode::FRESH)?;
+        let mut state = self.lock();
         let old = std::mem::replace(&mut state.journal, file);
-        // Lines written to the old journal may still wait for their sync.
+        // Synced above; its file is closed with the next cycle's.
         state.old_journals.push(old);
         state.dir_dirty = true;
         state.generation = next;
         state.journal_len = 0;
-        state.changes_since_snapshot = 0;
-        let mut defs = state.defs.clone();
-        defs.lepus_version = env!("CARGO_PKG_VERSION").to_owned();
-        defs.lepus_journal_generation = next;
+        // Changes recorded while the old journal synced are pending for the next one, and
+        // not in the copy: the copy is what the old journals hold.
+        state.changes_since_snapshot = state.pending.iter().filter(|&&b| b == b'\n').count();
         Ok((defs, next))
     }
 
@@ -623,6 +648,40 @@ mod tests {
         assert_eq!(names(&loaded), vec!["a", "b"]);
         assert!(sim.injected().unlink_errors >= 2);
         assert_eq!(journal_generations(&*fs, &dir).unwrap().len(), 2);
+    }
+
+    /// A switch of journals syncs the old one before it makes the next: a power loss right
+    /// after finds every change recorded before the switch, and the ones recorded while
+    /// the old journal synced land in the next journal. Made first, the next journal could
+    /// outlive the old one's last lines (their sync came with the next journal's first),
+    /// and a start replayed later changes without the ones before them.
+    #[test]
+    fn a_switch_of_journals_makes_the_old_one_whole_first() {
+        let sim = crate::store::sim::SimFs::new(31);
+        let fs: Arc<dyn Fs> = Arc::new(sim.clone());
+        let dir = PathBuf::from("/sim/definitions-switch");
+        let store = crate::store::Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
+        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
+        defs.record(queue("a"));
+        Journal::flush(&*defs).unwrap();
+        defs.record(queue("b"));
+        let syncs_before = sim.dir_syncs();
+        let (_copy, generation) = defs.switch_generation().unwrap();
+        assert_eq!(generation, 1);
+        assert_eq!(
+            sim.dir_syncs(),
+            syncs_before,
+            "no directory sync at the switch"
+        );
+        defs.record(queue("c"));
+        drop(defs);
+        sim.crash(false);
+        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
+        assert_eq!(
+            names(&loaded),
+            vec!["a", "b"],
+            "what came before the switch is whole"
+        );
     }
 
     /// A crash at each step of a background snapshot finds every change exactly once.
