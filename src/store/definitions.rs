@@ -105,6 +105,26 @@ fn journal_generations(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<u64>> {
     Ok(found)
 }
 
+/// Deletes the journals written after a torn one (none of their changes was confirmed),
+/// durably: left in place, one would be replayed after the lines appended to the torn
+/// journal from now on, so the start stops rather than leave it; and the deletions are on
+/// disk before the torn journal is cut clean, so that a crash between the two cannot find
+/// it ending whole with a later journal after it.
+fn delete_journals(fs: &dyn Fs, dir: &Path, generations: &[u64]) -> io::Result<()> {
+    if generations.is_empty() {
+        return Ok(());
+    }
+    for g in generations {
+        let path = journal_path(dir, *g);
+        tracing::warn!(
+            journal = %path.display(),
+            "dropping a definitions journal written after a torn one (none of its changes was confirmed)"
+        );
+        fs.remove_file(&path)?;
+    }
+    fs.sync_dir(dir)
+}
+
 /// How a journal replayed.
 struct Replayed {
     /// Length of its good prefix (where the next line goes, for the last journal).
@@ -242,21 +262,7 @@ impl DefinitionsStore {
             // here, as it does at a torn line of the last journal.
             ended_torn = replayed.torn;
         }
-        for g in &after_torn {
-            let path = journal_path(dir, *g);
-            tracing::warn!(
-                journal = %path.display(),
-                "dropping a definitions journal written after a torn one (none of its changes was confirmed)"
-            );
-            // Left in place, it would be replayed after the lines appended to the torn
-            // journal from now on: the start stops rather than leave it.
-            fs.remove_file(&path)?;
-        }
-        if !after_torn.is_empty() {
-            // The deletions are durable before the torn journal is cut clean below: a crash
-            // between the two must not find it ending whole with a later journal after it.
-            fs.sync_dir(dir)?;
-        }
+        delete_journals(&*fs, dir, &after_torn)?;
         let file = fs.open(&journal_path(dir, current), OpenMode::CREATE)?;
         // Cut a torn tail so the next line starts clean.
         file.set_len(good_len)?;
@@ -378,7 +384,7 @@ impl DefinitionsStore {
     /// without an earlier one's.
     fn switch_generation(&self) -> io::Result<(Definitions, u64)> {
         let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
-        let (old, mut defs, next) = {
+        let (old, defs, next) = {
             let mut state = self.lock();
             Self::flush_locked(&mut state)?;
             let mut defs = state.defs.clone();
