@@ -64,6 +64,44 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+/// A direct reply-to consumer on `requester`, and the reply name the broker gave it (learnt
+/// as a responder does, from a request sent through `rpc_queue`).
+async fn reply_consumer(
+    requester: &Channel,
+    responder: &Channel,
+    rpc_queue: &str,
+) -> (lapin::Consumer, String) {
+    let replies = within(requester.basic_consume(
+        "amq.rabbitmq.reply-to".into(),
+        "replies".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(responder.queue_declare(rpc_queue.into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    within(requester.basic_publish(
+        "".into(),
+        rpc_queue.into(),
+        Default::default(),
+        b"request",
+        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+    ))
+    .await
+    .unwrap();
+    let request = within(responder.basic_get(rpc_queue.into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the request arrived");
+    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    (replies, reply_to.to_string())
+}
+
 /// Publishes `body` persistently on a channel in confirm mode; true if it was confirmed.
 async fn publish(ch: &Channel, queue: &str, body: &str) -> bool {
     let confirm = within(ch.basic_publish(
@@ -561,34 +599,7 @@ async fn a_held_dead_letter_a_reply_consumer_took_is_settled() {
     let (_c1, requester) = broker.channel().await;
     let (_c2, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
-    let mut replies = within(requester.basic_consume(
-        "amq.rabbitmq.reply-to".into(),
-        "replies".into(),
-        BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    within(ch.queue_declare("alo-rpc".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(requester.basic_publish(
-        "".into(),
-        "alo-rpc".into(),
-        Default::default(),
-        b"request",
-        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
-    ))
-    .await
-    .unwrap();
-    let request = within(ch.basic_get("alo-rpc".into(), BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-        .expect("the request arrived");
-    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    let (mut replies, reply_to) = reply_consumer(&requester, &ch, "alo-rpc").await;
     within(ch.queue_declare(
         "alo-to-reply".into(),
         durable(),
@@ -616,34 +627,7 @@ async fn a_retry_does_not_hand_a_held_letter_to_its_reply_consumer_again() {
     let (_c1, requester) = broker.channel().await;
     let (_c2, ch) = broker.channel().await;
     within(ch.confirm_select(Default::default())).await.unwrap();
-    let mut replies = within(requester.basic_consume(
-        "amq.rabbitmq.reply-to".into(),
-        "replies".into(),
-        BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap();
-    within(ch.queue_declare("alo-rpc2".into(), Default::default(), FieldTable::default()))
-        .await
-        .unwrap();
-    within(requester.basic_publish(
-        "".into(),
-        "alo-rpc2".into(),
-        Default::default(),
-        b"request",
-        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
-    ))
-    .await
-    .unwrap();
-    let request = within(ch.basic_get("alo-rpc2".into(), BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-        .expect("the request arrived");
-    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    let (mut replies, reply_to) = reply_consumer(&requester, &ch, "alo-rpc2").await;
     // A queue with no room: it refuses the letter until it is emptied.
     let full = table(&[
         ("x-max-length", AMQPValue::LongInt(1)),

@@ -30,6 +30,15 @@ async fn broker_with_api() -> (Broker, Api) {
     (broker, Api::new(addr, "guest", "guest"))
 }
 
+/// Where `broker`'s management API listens.
+fn api_addr(broker: &Broker) -> std::net::SocketAddr {
+    broker
+        .server
+        .as_ref()
+        .and_then(|s| s.management_addr())
+        .expect("management listener")
+}
+
 fn prometheus(broker: &Broker) -> Api {
     let addr = broker
         .server
@@ -2345,11 +2354,7 @@ async fn the_api_publish_checks_what_an_amqp_publish_checks() {
 async fn one_address_holds_at_most_32_api_connections() {
     use tokio::io::AsyncReadExt;
     let (broker, api) = broker_with_api().await;
-    let addr = broker
-        .server
-        .as_ref()
-        .and_then(|s| s.management_addr())
-        .unwrap();
+    let addr = api_addr(&broker);
     let mut held = Vec::new();
     for _ in 0..32 {
         held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -2385,11 +2390,7 @@ async fn one_address_holds_at_most_32_api_connections() {
 async fn a_request_head_of_300_kib_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (broker, api) = broker_with_api().await;
-    let addr = broker
-        .server
-        .as_ref()
-        .and_then(|s| s.management_addr())
-        .unwrap();
+    let addr = api_addr(&broker);
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET /api/overview HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
@@ -2742,11 +2743,7 @@ async fn the_ui_charts_come_from_the_rate_history_which_only_monitors_see() {
 async fn request_bodies_held_at_once_are_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (broker, api) = broker_with_api().await;
-    let addr = broker
-        .server
-        .as_ref()
-        .and_then(|s| s.management_addr())
-        .unwrap();
+    let addr = api_addr(&broker);
     for user in ["one", "two", "three"] {
         let made = api
             .put(

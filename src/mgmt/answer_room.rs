@@ -218,13 +218,11 @@ mod tests {
         (stream, String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
-    /// An answer larger than the whole room takes all of it, and is served: the scrape
-    /// room (64 MiB) asked for up to 256 MiB, and refused every scrape larger than itself.
-    #[tokio::test]
-    async fn an_answer_larger_than_the_room_takes_it_all() {
-        // Shares of half the room: the second user's answer finds its share free and the
-        // room taken.
-        let room = AnswerRoom::new(4 * 1024 * 1024, 2 * 1024 * 1024);
+    /// Serves `/large` (an answer of [`ANSWER_BYTES`]) for the user an `x-user` header
+    /// names, as the API's login marks its answers, through `room`.
+    async fn serve_large_answers_for_x_user(
+        room: AnswerRoom,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let large = |headers: axum::http::HeaderMap| async move {
             let user = headers
                 .get("x-user")
@@ -241,7 +239,20 @@ mod tests {
         let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = inner.local_addr().expect("address");
         let head_timeout = std::time::Duration::from_secs(20);
-        let server = tokio::spawn(serve(Bounded::new(inner), app, head_timeout));
+        (
+            addr,
+            tokio::spawn(serve(Bounded::new(inner), app, head_timeout)),
+        )
+    }
+
+    /// An answer larger than the whole room takes all of it, and is served: the scrape
+    /// room (64 MiB) asked for up to 256 MiB, and refused every scrape larger than itself.
+    #[tokio::test]
+    async fn an_answer_larger_than_the_room_takes_it_all() {
+        // Shares of half the room: the second user's answer finds its share free and the
+        // room taken.
+        let room = AnswerRoom::new(4 * 1024 * 1024, 2 * 1024 * 1024);
+        let (addr, server) = serve_large_answers_for_x_user(room).await;
         let (_slow, answer) = ask_as(addr, "/large", "first").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let (_, refused) = ask_as(addr, "/large", "second").await;
@@ -304,23 +315,7 @@ mod tests {
     #[tokio::test]
     async fn one_user_holds_at_most_a_share_of_the_room() {
         let room = AnswerRoom::new(40 * 1024 * 1024, 20 * 1024 * 1024);
-        let large = |headers: axum::http::HeaderMap| async move {
-            let user = headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let mut answer = vec![b'x'; ANSWER_BYTES].into_response();
-            answer.extensions_mut().insert(AnsweredFor(user));
-            answer
-        };
-        let app = axum::Router::new()
-            .route("/large", axum::routing::get(large))
-            .layer(axum::middleware::from_fn_with_state(room, hold_answers));
-        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = inner.local_addr().expect("address");
-        let head_timeout = std::time::Duration::from_secs(20);
-        let server = tokio::spawn(serve(Bounded::new(inner), app, head_timeout));
+        let (addr, server) = serve_large_answers_for_x_user(room).await;
 
         let (_slow, answer) = ask_as(addr, "/large", "greedy").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
