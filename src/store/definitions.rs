@@ -22,6 +22,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::fs::{FileIo, Fs, OpenMode};
 use super::sync::{Journal, Shared, ToSync};
@@ -30,6 +31,9 @@ pub use super::export::*;
 
 /// Journal lines after which the snapshot is rewritten.
 const SNAPSHOT_AFTER_CHANGES: usize = 10_000;
+
+/// How long after a failed snapshot the next is tried.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
 struct State {
     defs: Definitions,
@@ -47,6 +51,8 @@ struct State {
     dir_dirty: bool,
     /// A snapshot is being written in the background.
     snapshotting: bool,
+    /// After a snapshot failed, none is tried before this (not at every sync cycle).
+    snapshot_retry_at: Option<Instant>,
     /// The epoch the last recorded change is durable in: waiting for it waits for every
     /// change recorded before.
     last_epoch: u64,
@@ -286,6 +292,7 @@ impl DefinitionsStore {
                 old_journals: Vec::new(),
                 dir_dirty: false,
                 snapshotting: false,
+                snapshot_retry_at: None,
                 last_epoch: 0,
             }),
             written: Mutex::new(base),
@@ -383,16 +390,20 @@ impl DefinitionsStore {
     /// means the one before is whole, so no crash can leave a later journal's changes
     /// without an earlier one's.
     fn switch_generation(&self) -> io::Result<(Definitions, u64)> {
+        if !self.shared.writable() {
+            // A snapshot now could hold changes whose clients were told they failed.
+            return Err(io::Error::other(
+                "the data directory refused a write or a sync: no snapshot is written",
+            ));
+        }
         let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
-        let (old, defs, next) = {
-            let mut state = self.lock();
-            Self::flush_locked(&mut state)?;
+        let (old, (defs, next)) = self.write_pending(|state| {
             let mut defs = state.defs.clone();
             defs.lepus_version = env!("CARGO_PKG_VERSION").to_owned();
             let next = state.generation + 1;
             defs.lepus_journal_generation = next;
-            (state.journal.clone(), defs, next)
-        };
+            (defs, next)
+        })?;
         let synced_before = self.shared.synced();
         if let Err(e) = old.sync_all() {
             // The lines it held may be lost, and some may have been confirmed by a cycle
@@ -464,23 +475,33 @@ impl DefinitionsStore {
     fn snapshot_if_long(self: &Arc<Self>) {
         {
             let mut state = self.lock();
-            if state.snapshotting || state.changes_since_snapshot <= SNAPSHOT_AFTER_CHANGES {
+            if state.snapshotting
+                || state.changes_since_snapshot <= SNAPSHOT_AFTER_CHANGES
+                || state
+                    .snapshot_retry_at
+                    .is_some_and(|at| Instant::now() < at)
+            {
                 return;
             }
             state.snapshotting = true;
         }
-        let copy = self.switch_generation();
         let store = self.clone();
         let write = move || {
-            let result = copy.and_then(|(defs, g)| store.write_snapshot_file(&defs, g));
+            let result = store
+                .switch_generation()
+                .and_then(|(defs, g)| store.write_snapshot_file(&defs, g));
+            let mut state = store.lock();
+            state.snapshotting = false;
             if let Err(e) = result {
-                tracing::error!(error = %e, "cannot write the definitions snapshot");
+                tracing::error!(error = %e, "cannot write the definitions snapshot; trying again in {} s", SNAPSHOT_RETRY.as_secs());
+                state.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
             }
-            store.lock().snapshotting = false;
         };
-        // Serialising and syncing a large snapshot must not hold up the sync thread (and the
-        // confirms waiting on it). If no thread can be had, the snapshot waits for the next
-        // try; the journals hold everything meanwhile.
+        // Switching journals (a sync of the old one) and serialising and syncing a large
+        // snapshot must not hold up the sync thread (and the confirms waiting on it); the
+        // sync thread waits for the switch only if it has definitions to write meanwhile.
+        // If no thread can be had, the snapshot waits for the next try; the journals hold
+        // everything meanwhile.
         if let Err(e) = std::thread::Builder::new()
             .name("lepus-snapshot".into())
             .spawn(write)
@@ -490,16 +511,35 @@ impl DefinitionsStore {
         }
     }
 
-    fn flush_locked(state: &mut State) -> io::Result<()> {
-        if state.pending.is_empty() {
-            return Ok(());
+    /// Takes the lines recorded so far, and under the same lock what `also` makes of the
+    /// state, then writes the lines to the journal without the state's lock, which every
+    /// durable declaration takes on a runtime worker (a device that stopped answering would
+    /// stop the worker). A failed write gives them back, to be written first. The caller
+    /// holds `journal_write`, so nothing else moves `journal_len` or the journal meanwhile.
+    /// Returns the journal written to, and what `also` made.
+    fn write_pending<T>(
+        &self,
+        also: impl FnOnce(&mut State) -> T,
+    ) -> io::Result<(Arc<dyn FileIo>, T)> {
+        let (journal, offset, lines, made) = {
+            let mut state = self.lock();
+            let lines = std::mem::take(&mut state.pending);
+            let offset = state.journal_len;
+            state.journal_len += lines.len() as u64;
+            let made = also(&mut state);
+            (state.journal.clone(), offset, lines, made)
+        };
+        if !lines.is_empty()
+            && let Err(e) = journal.write_all_at(&lines, offset)
+        {
+            let mut state = self.lock();
+            let mut lines = lines;
+            lines.extend_from_slice(&state.pending);
+            state.pending = lines;
+            state.journal_len = offset;
+            return Err(e);
         }
-        state
-            .journal
-            .write_all_at(&state.pending, state.journal_len)?;
-        state.journal_len += state.pending.len() as u64;
-        state.pending.clear();
-        Ok(())
+        Ok((journal, made))
     }
 }
 
@@ -519,25 +559,7 @@ impl Journal for DefinitionsStore {
     /// meanwhile, so nothing else moves `journal_len` or the journal.
     fn flush(&self) -> io::Result<ToSync> {
         let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
-        let (journal, offset, lines) = {
-            let mut state = self.lock();
-            state.registered = false;
-            let lines = std::mem::take(&mut state.pending);
-            let offset = state.journal_len;
-            state.journal_len += lines.len() as u64;
-            (state.journal.clone(), offset, lines)
-        };
-        if !lines.is_empty()
-            && let Err(e) = journal.write_all_at(&lines, offset)
-        {
-            // Written again first, before the lines recorded meanwhile.
-            let mut state = self.lock();
-            let mut lines = lines;
-            lines.extend_from_slice(&state.pending);
-            state.pending = lines;
-            state.journal_len = offset;
-            return Err(e);
-        }
+        self.write_pending(|state| state.registered = false)?;
         let mut state = self.lock();
         let mut files = std::mem::take(&mut state.old_journals);
         files.push(state.journal.clone());
@@ -555,214 +577,4 @@ impl Journal for DefinitionsStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use amq_protocol::types::{AMQPValue, FieldTable};
-    use serde_json::Value;
-
-    #[test]
-    fn arguments_keep_their_types_and_read_like_rabbitmq() {
-        let mut t = FieldTable::default();
-        t.insert("x-message-ttl".into(), AMQPValue::LongInt(1000));
-        t.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("dlx".into()),
-        );
-        let (json, typed) = encode_arguments(&t);
-        assert_eq!(
-            json,
-            serde_json::json!({"x-message-ttl": 1000, "x-dead-letter-exchange": "dlx"})
-        );
-        assert_eq!(decode_arguments(&json, &typed).unwrap(), t);
-        // Without the typed copy (a RabbitMQ export), numbers come back as longs.
-        let plain = decode_arguments(&json, "").unwrap();
-        assert_eq!(
-            plain.inner().get("x-message-ttl"),
-            Some(&AMQPValue::LongLongInt(1000))
-        );
-    }
-
-    #[test]
-    fn changes_apply_idempotently() {
-        let q = QueueDef {
-            name: "q".into(),
-            vhost: "/".into(),
-            durable: true,
-            auto_delete: false,
-            arguments: Value::Object(Default::default()),
-            lepus_arguments: String::new(),
-            lepus_id: 4,
-        };
-        let mut d = Definitions::default();
-        d.apply(Change::PutQueue(q.clone()));
-        d.apply(Change::PutQueue(q.clone()));
-        assert_eq!(d.queues.len(), 1);
-        assert_eq!(d.lepus_next_queue_id, 5);
-        d.apply(Change::DeleteQueue {
-            vhost: "/".into(),
-            name: "q".into(),
-        });
-        assert!(d.queues.is_empty());
-        let line = serde_json::to_vec(&Change::PutQueue(q)).unwrap();
-        let crc = crc32fast::hash(&line);
-        let mut full = format!("{crc:08x} ").into_bytes();
-        full.extend_from_slice(&line);
-        assert!(parse_line(&full).is_some());
-        let last = full.len() - 2;
-        full[last] ^= 1;
-        assert!(parse_line(&full).is_none());
-    }
-
-    fn queue(name: &str) -> Change {
-        Change::PutQueue(QueueDef {
-            name: name.into(),
-            vhost: "/".into(),
-            durable: true,
-            auto_delete: false,
-            arguments: Value::Object(Default::default()),
-            lepus_arguments: String::new(),
-            lepus_id: 0,
-        })
-    }
-
-    fn names(d: &Definitions) -> Vec<String> {
-        let mut n: Vec<String> = d.queues.iter().map(|q| q.name.clone()).collect();
-        n.sort();
-        n
-    }
-
-    /// A disk that refuses to delete leaves journals the snapshot contains: the snapshot
-    /// still counts, and a start skips them rather than failing or replaying them.
-    #[test]
-    fn journals_that_cannot_be_deleted_do_not_stop_a_start() {
-        let sim = crate::store::sim::SimFs::new(21);
-        let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-        let dir = PathBuf::from("/sim/definitions");
-        let store = crate::store::Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        defs.record(queue("a"));
-        let (copy, generation) = defs.switch_generation().unwrap();
-        defs.record(queue("b"));
-        Journal::flush(&*defs).unwrap();
-        sim.set_faults(crate::store::sim::Faults {
-            unlink_error: 1.0,
-            ..Default::default()
-        });
-        defs.write_snapshot_file(&copy, generation).unwrap();
-        drop(defs);
-        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        assert_eq!(names(&loaded), vec!["a", "b"]);
-        assert!(sim.injected().unlink_errors >= 2);
-        assert_eq!(journal_generations(&*fs, &dir).unwrap().len(), 2);
-    }
-
-    /// A switch of journals syncs the old one before it makes the next: a power loss right
-    /// after finds every change recorded before the switch, and the ones recorded while
-    /// the old journal synced land in the next journal. Made first, the next journal could
-    /// outlive the old one's last lines (their sync came with the next journal's first),
-    /// and a start replayed later changes without the ones before them.
-    #[test]
-    fn a_switch_of_journals_makes_the_old_one_whole_first() {
-        let sim = crate::store::sim::SimFs::new(31);
-        let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-        let dir = PathBuf::from("/sim/definitions-switch");
-        let store = crate::store::Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        defs.record(queue("a"));
-        Journal::flush(&*defs).unwrap();
-        defs.record(queue("b"));
-        let syncs_before = sim.dir_syncs();
-        let (_copy, generation) = defs.switch_generation().unwrap();
-        assert_eq!(generation, 1);
-        assert_eq!(
-            sim.dir_syncs(),
-            syncs_before,
-            "no directory sync at the switch"
-        );
-        defs.record(queue("c"));
-        drop(defs);
-        sim.crash(false);
-        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        assert_eq!(
-            names(&loaded),
-            vec!["a", "b"],
-            "what came before the switch is whole"
-        );
-    }
-
-    /// A crash at each step of a background snapshot finds every change exactly once.
-    #[test]
-    fn a_crash_anywhere_in_a_snapshot_loses_no_change() {
-        let dir = std::env::temp_dir().join(format!(
-            "lepus-defs-{}",
-            crate::auth::random::random_suffix()
-        ));
-        let store = crate::store::Store::open(&dir, 64 * 1024).unwrap();
-        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        defs.record(queue("a"));
-        // Switched to generation 1, snapshot not written yet (crash here).
-        let (copy, generation) = defs.switch_generation().unwrap();
-        defs.record(queue("b"));
-        Journal::flush(&*defs).unwrap();
-        drop(defs);
-        let (defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        assert_eq!(names(&loaded), vec!["a", "b"], "both journals replayed");
-        // The old copy written late must not replace what is newer; a fresh one does.
-        defs.write_snapshot_file(&copy, generation).unwrap();
-        defs.record(queue("c"));
-        let (copy2, generation2) = defs.switch_generation().unwrap();
-        defs.write_snapshot_file(&copy2, generation2).unwrap();
-        defs.write_snapshot_file(&copy, generation).unwrap();
-        defs.record(queue("d"));
-        Journal::flush(&*defs).unwrap();
-        drop(defs);
-        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        assert_eq!(names(&loaded), vec!["a", "b", "c", "d"]);
-        let journals = journal_generations(&crate::store::fs::RealFs, &dir).unwrap();
-        assert_eq!(journals, vec![generation2], "older journals deleted");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Regression: the sync thread wrote the journal holding the state's lock, which every
-    /// durable declaration takes on a runtime worker: a device that stopped answering
-    /// stopped the worker. And a write that fails keeps the lines in order for the next.
-    #[test]
-    fn changes_are_recorded_while_the_journal_write_is_held_and_a_failed_write_keeps_order() {
-        let sim = crate::store::sim::SimFs::new(22);
-        let fs: Arc<dyn Fs> = Arc::new(sim.clone());
-        let dir = PathBuf::from("/sim/definitions-held");
-        let store = crate::store::Store::open_manual(fs.clone(), &dir, 64 * 1024).unwrap();
-        let (defs, _, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        defs.record(queue("a"));
-        sim.hold_writes();
-        std::thread::scope(|s| {
-            let flushing = s.spawn(|| Journal::flush(&*defs).map(|_| ()));
-            assert!(sim.wait_for_held_write(std::time::Duration::from_secs(60)));
-            let (done, recorded) = std::sync::mpsc::channel();
-            let defs = &defs;
-            s.spawn(move || {
-                defs.record(queue("b"));
-                let _ = done.send(());
-            });
-            let recorded = recorded.recv_timeout(std::time::Duration::from_secs(60));
-            sim.resume_writes();
-            assert!(
-                recorded.is_ok(),
-                "a change is recorded while the write is held"
-            );
-            assert!(flushing.join().is_ok_and(|r| r.is_ok()));
-        });
-        // A failed write, then one that succeeds: "b" then "c", each once.
-        sim.set_faults(crate::store::sim::Faults {
-            write_error: 1.0,
-            ..Default::default()
-        });
-        defs.record(queue("c"));
-        assert!(Journal::flush(&*defs).is_err());
-        sim.set_faults(crate::store::sim::Faults::default());
-        Journal::flush(&*defs).unwrap();
-        drop(defs);
-        let (_defs, loaded, _) = DefinitionsStore::open(&dir, store.shared.clone(), false).unwrap();
-        assert_eq!(names(&loaded), vec!["a", "b", "c"]);
-    }
-}
+mod tests;

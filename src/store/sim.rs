@@ -593,6 +593,11 @@ impl Fs for SimFs {
             state.injected.rename_errors += 1;
             return Err(io::Error::from_raw_os_error(5));
         }
+        if let Some(parent) = to.parent()
+            && !state.dirs.contains(parent)
+        {
+            return Err(io::ErrorKind::NotFound.into());
+        }
         if let Some(node) = state.files.remove(from) {
             state.files.insert(to.to_owned(), node);
             return Ok(());
