@@ -377,7 +377,9 @@ impl DefinitionsStore {
         id
     }
 
-    /// Rewrites the snapshot now (at shutdown): afterwards the journal is empty.
+    /// Rewrites the snapshot now (at shutdown): afterwards the journal is empty, unless a
+    /// background snapshot switched journals again meanwhile (either way, a start finds
+    /// every change once).
     pub fn write_snapshot(&self) -> io::Result<()> {
         let (defs, generation) = self.switch_generation()?;
         self.write_snapshot_file(&defs, generation)
@@ -390,12 +392,7 @@ impl DefinitionsStore {
     /// means the one before is whole, so no crash can leave a later journal's changes
     /// without an earlier one's.
     fn switch_generation(&self) -> io::Result<(Definitions, u64)> {
-        if !self.shared.writable() {
-            // A snapshot now could hold changes whose clients were told they failed.
-            return Err(io::Error::other(
-                "the data directory refused a write or a sync: no snapshot is written",
-            ));
-        }
+        self.refuse_unless_writable()?;
         let _writing = self.journal_write.lock().unwrap_or_else(|e| e.into_inner());
         let (old, (defs, next)) = self.write_pending(|state| {
             let mut defs = state.defs.clone();
@@ -432,6 +429,17 @@ impl DefinitionsStore {
         Ok((defs, next))
     }
 
+    /// Refuses once a sync of the data directory failed: a snapshot then could hold changes
+    /// whose clients were told they failed.
+    fn refuse_unless_writable(&self) -> io::Result<()> {
+        if self.shared.writable() {
+            return Ok(());
+        }
+        Err(io::Error::other(
+            "an fsync of the data directory failed: no definitions snapshot is written",
+        ))
+    }
+
     /// Writes a copy made by [`switch_generation`] as the snapshot, then deletes the
     /// journals it contains. Runs without the definitions lock.
     fn write_snapshot_file(&self, defs: &Definitions, generation: u64) -> io::Result<()> {
@@ -443,6 +451,13 @@ impl DefinitionsStore {
         let fs = &self.shared.fs;
         let tmp = self.dir.join("definitions.json.tmp");
         fs.write_synced(&tmp, &json)?;
+        // Again at the rename, where the snapshot takes effect: a sync that failed while it
+        // was made (the sync thread's fsync of the same journal may take the error that the
+        // switch's own fsync then does not see) must not make it the definitions.
+        if let Err(e) = self.refuse_unless_writable() {
+            let _ = fs.remove_file(&tmp);
+            return Err(e);
+        }
         fs.rename(&tmp, &snapshot_path(&self.dir))?;
         // The directory also holds the new generation's journal, made by
         // `switch_generation`: this fsync failing may have taken the error the sync thread's
@@ -499,7 +514,8 @@ impl DefinitionsStore {
         };
         // Switching journals (a sync of the old one) and serialising and syncing a large
         // snapshot must not hold up the sync thread (and the confirms waiting on it); the
-        // sync thread waits for the switch only if it has definitions to write meanwhile.
+        // sync thread waits for the switch (the old journal's write and fsync, the next
+        // one's open) only in a cycle that has the definitions to flush.
         // If no thread can be had, the snapshot waits for the next try; the journals hold
         // everything meanwhile.
         if let Err(e) = std::thread::Builder::new()
