@@ -89,6 +89,12 @@ def until(path, ready, timeout=20):
         time.sleep(0.25)
 
 
+def consumers_detailed(q):
+    """Whether each of a queue's consumers shows its channel's details."""
+    details = q.get("consumer_details") or []
+    return bool(details) and all(c.get("channel_details") for c in details)
+
+
 @scenario
 def http_shapes(url):
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -99,7 +105,9 @@ def http_shapes(url):
     ch.basic_consume("http-shape", lambda *a: None, consumer_tag="shape-tag")
     conn.process_data_events(time_limit=0.5)
     seen = {}
-    queue = until("/api/queues/%2F/http-shape", lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1)
+    # RabbitMQ fills in a consumer's channel_details from its statistics too: [] until then.
+    queue = until("/api/queues/%2F/http-shape", lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1
+                  and consumers_detailed(q))
     seen["queue"] = shape(strip(queue))
     # A quorum queue has fields of its own (leader, members, online, open_files...).
     ch.queue_declare("http-shape-qq", durable=True, arguments={"x-queue-type": "quorum"})
@@ -107,7 +115,8 @@ def http_shapes(url):
     ch.basic_consume("http-shape-qq", lambda *a: None, consumer_tag="shape-qq-tag")
     conn.process_data_events(time_limit=0.5)
     qq = until("/api/queues/%2F/http-shape-qq",
-               lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1)
+               lambda q: "message_stats" in q and q.get("messages_unacknowledged") == 1
+               and consumers_detailed(q))
     # Keyed by node name, which differs between the brokers.
     qq["open_files"] = sorted(qq.get("open_files", {}).values())
     seen["quorum_queue"] = shape(strip(qq))
