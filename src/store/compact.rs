@@ -197,13 +197,14 @@ impl QueueLog {
             (inner.unsynced.clone(), dirs)
         };
         let what = "the acknowledgements a compaction relies on";
-        let synced_before = self.shared.synced();
+        let turn = self.shared.sync_turn();
         if let Err(e) = files.iter().try_for_each(|f| f.sync_data()) {
             // As for any failed sync: the pages it covered may be dropped, and a later sync
             // that succeeds would prove nothing.
-            self.shared.fail_stop(&e, what, synced_before);
+            self.shared.fail_stop(&turn, &e, what);
             return Err(e);
         }
+        drop(turn);
         dirs.iter()
             .try_for_each(|d| self.sync_dir_unless_removed(d, what))
     }
@@ -213,7 +214,7 @@ impl QueueLog {
     /// directory is gone) is no failure, as on the sync thread: a client deleting queues
     /// cannot make the store read-only.
     fn sync_dir_unless_removed(&self, dir: &std::path::Path, what: &str) -> io::Result<()> {
-        let synced_before = self.shared.synced();
+        let turn = self.shared.sync_turn();
         match self.shared.fs.sync_dir(dir) {
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
@@ -226,7 +227,7 @@ impl QueueLog {
                 Err(e)
             }
             Err(e) => {
-                self.shared.fail_stop(&e, what, synced_before);
+                self.shared.fail_stop(&turn, &e, what);
                 Err(e)
             }
             Ok(()) => Ok(()),

@@ -401,17 +401,15 @@ impl DefinitionsStore {
             defs.lepus_journal_generation = next;
             (defs, next)
         })?;
-        let synced_before = self.shared.synced();
+        let turn = self.shared.sync_turn();
         if let Err(e) = old.sync_all() {
             // The lines it held may be lost, and some may have been confirmed by a cycle
             // that counted on this file's sync: the store stops, as for any failed fsync.
-            self.shared.fail_stop(
-                &e,
-                "syncing the definitions journal at a switch",
-                synced_before,
-            );
+            self.shared
+                .fail_stop(&turn, &e, "syncing the definitions journal at a switch");
             return Err(e);
         }
+        drop(turn);
         let file = self
             .shared
             .fs
@@ -463,15 +461,16 @@ impl DefinitionsStore {
         // `switch_generation`: this fsync failing may have taken the error the sync thread's
         // own sync of the directory would have seen, so the store stops as for any fsync
         // outside the sync thread (`Shared::fail_stop`).
-        let synced_before = self.shared.synced();
+        let turn = self.shared.sync_turn();
         if let Err(e) = fs.sync_dir(&self.dir) {
             self.shared.fail_stop(
+                &turn,
                 &e,
                 "syncing the definitions directory after a snapshot",
-                synced_before,
             );
             return Err(e);
         }
+        drop(turn);
         *written = generation;
         // The snapshot is written: journals it contains that cannot be deleted now are
         // skipped at the next start, which tries again.

@@ -114,19 +114,20 @@ impl QueueLog {
             }
             return Err(e);
         }
-        let synced_before = self.shared.synced();
         let synced = if self.durable {
-            self.shared.fs.sync_dir(&self.dir)
+            let turn = self.shared.sync_turn();
+            let synced = self.shared.fs.sync_dir(&self.dir);
+            if let Err(e) = &synced {
+                self.shared
+                    .fail_stop(&turn, e, "the directory of a reused segment file");
+            }
+            synced
         } else {
             Ok(())
         };
         let mut inner = self.lock();
         forget_spare(&mut inner);
-        if let Err(e) = synced {
-            self.shared
-                .fail_stop(&e, "the directory of a reused segment file", synced_before);
-            return Err(e);
-        }
+        synced?;
         let head_index = inner.segments.back().map_or(0, |h| h.index);
         if inner.destroyed || index < head_index || inner.prepared.is_some() {
             // Rolled over meanwhile onto a segment made in place: not needed.

@@ -117,6 +117,12 @@ pub struct Shared {
     epoch: AtomicU64,
     /// The last epoch whose writes are all on disk.
     synced: watch::Sender<u64>,
+    /// Taken by the sync thread from its fsyncs until it has published their epoch, and by
+    /// every fsync outside it until a failure is recorded (`Shared::sync_turn`). Linux may
+    /// report a failed write-back only to the first fsync after it: were the two to overlap,
+    /// a failure seen elsewhere could rob an epoch's own fsync of its error, and the epoch
+    /// be confirmed before `fail_stop` ran.
+    sync_turns: Mutex<()>,
     pub(super) stop: AtomicBool,
     /// The sync thread waits for the runtime's workers to run out of work (`store::idle`).
     waiting_for_idle: AtomicBool,
@@ -152,6 +158,12 @@ struct Dirty {
     lazy: Vec<Arc<dyn Journal>>,
     /// When `lazy` became non-empty.
     lazy_since: Option<std::time::Instant>,
+}
+
+/// The right to fsync outside the sync thread (`Shared::sync_turn`), until dropped.
+pub struct SyncTurn<'a> {
+    /// Held, never read: the turn is the lock.
+    _held: std::sync::MutexGuard<'a, ()>,
 }
 
 /// A piece of work for the store's background thread.
@@ -282,18 +294,24 @@ impl Shared {
         }
     }
 
-    /// Stops the store for good after an fsync outside the sync thread failed (a directory
-    /// synced after a rename). Linux reports a failed write-back once, to whoever syncs
-    /// first: the sync thread's own next sync of the same directory could succeed without
-    /// the lost entries being on disk. So nothing not yet synced is confirmed, as when the
-    /// sync thread's fsync fails. `synced_before` is [`Shared::synced`] as read before the
-    /// failed fsync started: an epoch the sync thread published while it ran may have had
-    /// its own fsync robbed of this error, and fails too.
-    pub fn fail_stop(&self, error: &io::Error, what: &str, synced_before: u64) {
-        // From the first epoch not yet published as synced when the failed fsync started:
-        // the sync thread may be in the middle of a cycle for an epoch before
-        // `self.epoch()`, or have published one since.
-        let epoch = synced_before.saturating_add(1);
+    /// Waits for the sync thread to have published the epoch its fsyncs are for, and keeps
+    /// it from starting the next until the turn is let go: an fsync made outside the sync
+    /// thread (a directory synced after a rename) runs, and a failure of it is recorded with
+    /// [`Shared::fail_stop`], holding one. Held briefly: the fsync and nothing else.
+    pub fn sync_turn(&self) -> SyncTurn<'_> {
+        SyncTurn {
+            _held: self.sync_turns.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Stops the store for good after an fsync outside the sync thread failed (`turn` held
+    /// across it). Linux reports a failed write-back once, to whoever syncs first: the sync
+    /// thread's own next sync of the same directory could succeed without the lost entries
+    /// being on disk. So nothing not yet synced is confirmed, as when the sync thread's fsync
+    /// fails. Every epoch published before the turn was taken had its fsyncs done before
+    /// this one started, and had their errors reported to them: those stay durable.
+    pub fn fail_stop(&self, _turn: &SyncTurn<'_>, error: &io::Error, what: &str) {
+        let epoch = self.synced().saturating_add(1);
         self.read_only_from.fetch_min(epoch, Ordering::SeqCst);
         self.synced.send_replace(u64::MAX);
         tracing::error!(
@@ -351,6 +369,7 @@ impl Shared {
             wake: Condvar::new(),
             epoch: AtomicU64::new(1),
             synced,
+            sync_turns: Mutex::new(()),
             stop: AtomicBool::new(false),
             waiting_for_idle: AtomicBool::new(false),
             background: Mutex::new(None),
@@ -566,7 +585,8 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         // Read-only after a failed fsync: nothing is written (every epoch has failed).
         return true;
     }
-    let retry = sync_cycle(shared, &journals, epoch);
+    // Held from the cycle's fsyncs until its epoch is published (`Shared::sync_turns`).
+    let (retry, turn) = sync_cycle(shared, &journals, epoch);
     let failed_writes = !retry.is_empty();
     shared.write_failing.store(failed_writes, Ordering::SeqCst);
     if failed_writes {
@@ -585,6 +605,7 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         });
     }
     if failed_writes {
+        drop(turn);
         if shared.stop.load(Ordering::SeqCst) {
             // Shutting down on a failing disk: what was not written is not confirmed.
             return false;
@@ -607,6 +628,7 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
             tracing::trace!(epoch = e, "synced (idle)");
         }
     }
+    drop(turn);
     if shared.writable() {
         for j in &journals {
             j.clone().after_sync();
@@ -616,8 +638,13 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
 }
 
 /// Writes and syncs what the journals buffered. Returns the journals whose writes failed,
-/// to be written again; an fsync that fails makes the store read-only from `epoch` on.
-fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec<Arc<dyn Journal>> {
+/// to be written again, and the turn its fsyncs took, for the epoch to be published under;
+/// an fsync that fails makes the store read-only from `epoch` on.
+fn sync_cycle<'a>(
+    shared: &'a Shared,
+    journals: &[Arc<dyn Journal>],
+    epoch: u64,
+) -> (Vec<Arc<dyn Journal>>, SyncTurn<'a>) {
     let mut files: Vec<Arc<dyn FileIo>> = Vec::new();
     // Each directory with the journal that asked for it.
     let mut dirs: Vec<(PathBuf, &Arc<dyn Journal>)> = Vec::new();
@@ -642,6 +669,9 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
             }
         }
     }
+    // Taken after the writes: a journal's flush may wait for a lock that an fsync outside
+    // this thread holds while it waits for its turn.
+    let turn = shared.sync_turn();
     let synced_files = files.iter().map(|f| f.sync_data());
     // A queue deleted between its flush and this sync took its directory with it: nothing in
     // it needs to last, and a missing directory is no failed fsync (were it one, a client
@@ -663,7 +693,7 @@ fn sync_cycle(shared: &Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Vec
     }
     // A segment deleted since its flush is closed here last: not with a confirm waiting.
     shared.close_in_background(files);
-    retry
+    (retry, turn)
 }
 
 #[cfg(test)]
