@@ -154,9 +154,18 @@ impl Store {
             .map_or(0, |d| d.as_secs());
         let to = lost.join(format!("queue-{id}-{stamp}"));
         fs.rename(&self.queue_dir(id), &to)?;
-        fs.sync_dir(&lost)?;
-        fs.sync_dir(&self.data_dir.join("queues"))?;
-        Ok(to)
+        // The sync thread syncs `queues/` too, for the directory of a log it created: a
+        // failure here may be the one its fsync should have seen (`Shared::sync_turn`).
+        let turn = self.shared.sync_turn();
+        let synced = fs
+            .sync_dir(&lost)
+            .and_then(|()| fs.sync_dir(&self.data_dir.join("queues")));
+        if let Err(e) = &synced {
+            self.shared
+                .fail_stop(&turn, e, "moving a queue's log to lost+found");
+        }
+        drop(turn);
+        synced.map(|()| to)
     }
 
     /// A new paging log for a transient queue; it does not survive a restart.

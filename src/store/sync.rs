@@ -160,7 +160,8 @@ struct Dirty {
     lazy_since: Option<std::time::Instant>,
 }
 
-/// The right to fsync outside the sync thread (`Shared::sync_turn`), until dropped.
+/// A turn at fsyncing the data directory (`Shared::sync_turn`), until dropped: the sync
+/// thread's, from its fsyncs to their epoch's publish, or an fsync's elsewhere.
 pub struct SyncTurn<'a> {
     /// Held, never read: the turn is the lock.
     _held: std::sync::MutexGuard<'a, ()>,
@@ -297,7 +298,8 @@ impl Shared {
     /// Waits for the sync thread to have published the epoch its fsyncs are for, and keeps
     /// it from starting the next until the turn is let go: an fsync made outside the sync
     /// thread (a directory synced after a rename) runs, and a failure of it is recorded with
-    /// [`Shared::fail_stop`], holding one. Held briefly: the fsync and nothing else.
+    /// [`Shared::fail_stop`], holding one. Held there for the fsync and nothing else; the
+    /// sync thread holds it from its fsyncs to the publish of their epoch.
     pub fn sync_turn(&self) -> SyncTurn<'_> {
         SyncTurn {
             _held: self.sync_turns.lock().unwrap_or_else(|e| e.into_inner()),
@@ -586,15 +588,19 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         return true;
     }
     // Held from the cycle's fsyncs until its epoch is published (`Shared::sync_turns`).
-    let (retry, turn) = sync_cycle(shared, &journals, epoch);
+    let Cycle {
+        retry,
+        turn,
+        files: synced_files,
+    } = sync_cycle(shared, &journals, epoch);
     let failed_writes = !retry.is_empty();
     shared.write_failing.store(failed_writes, Ordering::SeqCst);
     if failed_writes {
         shared.fail_epoch(epoch);
     }
-    // Only upwards: a store stopped meanwhile (`fail_stop`, on another thread) has published
-    // u64::MAX, every epoch settled, and must not go back to `epoch`, which would leave
-    // every later one pending for good.
+    // Only upwards: a store stopped by this cycle's own failed fsync has published u64::MAX,
+    // every epoch settled, and must not go back to `epoch`, which would leave every later
+    // one pending for good. (No `fail_stop` elsewhere can run meanwhile: the turn is held.)
     if shared.writable() {
         shared.synced.send_if_modified(|synced| {
             let later = *synced < epoch;
@@ -606,6 +612,7 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
     }
     if failed_writes {
         drop(turn);
+        shared.close_in_background(synced_files);
         if shared.stop.load(Ordering::SeqCst) {
             // Shutting down on a failing disk: what was not written is not confirmed.
             return false;
@@ -629,6 +636,9 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
         }
     }
     drop(turn);
+    // A segment deleted since its flush is closed last, after the publish: closing a
+    // deleted file may take milliseconds, and no confirm waits for it.
+    shared.close_in_background(synced_files);
     if shared.writable() {
         for j in &journals {
             j.clone().after_sync();
@@ -637,14 +647,20 @@ fn run_cycle(shared: &Shared, journals: Vec<Arc<dyn Journal>>, epoch: u64, pause
     true
 }
 
-/// Writes and syncs what the journals buffered. Returns the journals whose writes failed,
-/// to be written again, and the turn its fsyncs took, for the epoch to be published under;
-/// an fsync that fails makes the store read-only from `epoch` on.
-fn sync_cycle<'a>(
-    shared: &'a Shared,
-    journals: &[Arc<dyn Journal>],
-    epoch: u64,
-) -> (Vec<Arc<dyn Journal>>, SyncTurn<'a>) {
+/// What a cycle's writes and fsyncs leave to do.
+struct Cycle<'a> {
+    /// The journals whose writes failed, to be written again.
+    retry: Vec<Arc<dyn Journal>>,
+    /// The turn its fsyncs took, for the epoch to be published under.
+    turn: SyncTurn<'a>,
+    /// The files it synced, to be closed after the publish: those of deleted segments may
+    /// hold their last reference.
+    files: Vec<Arc<dyn FileIo>>,
+}
+
+/// Writes and syncs what the journals buffered; an fsync that fails makes the store
+/// read-only from `epoch` on.
+fn sync_cycle<'a>(shared: &'a Shared, journals: &[Arc<dyn Journal>], epoch: u64) -> Cycle<'a> {
     let mut files: Vec<Arc<dyn FileIo>> = Vec::new();
     // Each directory with the journal that asked for it.
     let mut dirs: Vec<(PathBuf, &Arc<dyn Journal>)> = Vec::new();
@@ -691,9 +707,7 @@ fn sync_cycle<'a>(
             "an fsync of the data directory failed: nothing written since the last good sync is confirmed, and nothing more is written; restart the broker to recover from what is on disk"
         );
     }
-    // A segment deleted since its flush is closed here last: not with a confirm waiting.
-    shared.close_in_background(files);
-    (retry, turn)
+    Cycle { retry, turn, files }
 }
 
 #[cfg(test)]

@@ -227,3 +227,23 @@ fn a_paging_log_lets_a_segment_go_that_it_cannot_delete() {
     assert_eq!(log.lock().segments.len(), 1, "read past, and let go");
     assert!(sim.injected().unlink_errors >= 1);
 }
+
+/// Regression (from review): moving a left-over queue directory to `lost+found` synced
+/// `queues/`, which the sync thread syncs too, outside the sync thread's turn and without
+/// stopping the store when that failed: the failure could take the error the sync thread's
+/// own fsync should have seen, and its epoch be confirmed. It stops the store now, as any
+/// failed fsync does.
+#[test]
+fn a_failed_sync_when_a_log_is_moved_aside_stops_the_store() {
+    let (sim, _fs, _dir, store, _log) = sim_store(11, "move-aside");
+    // Queue 7's directory exists: a log created for that id again moves it aside first.
+    sim.set_faults(Faults {
+        dir_sync_error: 1.0,
+        ..Faults::default()
+    });
+    assert!(store.create_queue_log(7).is_err());
+    assert!(
+        !store.shared.writable(),
+        "the store stops, as for any failed fsync"
+    );
+}
