@@ -673,3 +673,45 @@ async fn same_as_rabbitmq_a_pattern_with_lookahead_grants_all_but_what_it_exclud
         "ACCESS_REFUSED - access to queue 'secret-plans' in vhost '/' refused for user 'ops'",
     );
 }
+
+/// Regression (from review): the checks a new queue needs (read on it, write on its
+/// dead-letter exchange) were made by the channel, and skipped when the queue existed as it
+/// looked; were the queue deleted before the declare took the vhost's lock, the declare made
+/// it unchecked, and bob had a queue dead-lettering into an exchange he may not write to.
+/// The declare now makes them itself, under that lock, whenever it makes the queue, and
+/// only then (same as RabbitMQ: an existing queue needs none).
+#[tokio::test]
+async fn a_declare_makes_the_new_queue_checks_exactly_when_it_makes_the_queue() {
+    use lepus::broker::vhost::checks::{Check, no_checks};
+    use lepus::broker::vhost::queues::QueueDeclare;
+    let broker = broker_with_bob().await;
+    let vhost = admin(&broker).vhost("/").expect("the default vhost");
+    let declare = QueueDeclare {
+        nowait: false,
+        name: "bobq".into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: table(&[("x-dead-letter-exchange", long_str("ox"))]),
+    };
+    let asked = std::sync::Mutex::new(Vec::new());
+    let refuse = |checks: Vec<Check<'_>>| {
+        let named = checks.iter().map(|(r, p)| format!("{p:?} {r:?}"));
+        asked.lock().unwrap().extend(named);
+        Err(lepus::amqp_error!(AccessRefused, "refused by the test"))
+    };
+    assert!(vhost.declare_queue(&declare, 0, &refuse).is_err());
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["Read Queue(\"bobq\")", "Write Exchange(\"ox\")"]
+    );
+    assert!(
+        vhost.queue("bobq").is_none(),
+        "a refused declare makes nothing"
+    );
+    // Made by someone allowed to: found again, nothing is asked.
+    assert!(vhost.declare_queue(&declare, 0, &no_checks).is_ok());
+    assert!(vhost.declare_queue(&declare, 0, &refuse).is_ok());
+    assert_eq!(asked.lock().unwrap().len(), 2);
+}

@@ -12,6 +12,7 @@ use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
 use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::broker::user_limits::UserConnection;
+use crate::broker::vhost::checks::Check;
 use crate::broker::vhost::{ConnectionSlot, VirtualHost};
 use crate::config::Limits;
 use crate::protocol::error::AmqpResult;
@@ -135,6 +136,13 @@ impl Session {
         self.broker
             .access
             .check(&self.user.name, &self.vhost.name, resource, permission)
+    }
+
+    /// Each of `checks` ([`crate::broker::vhost::checks`]), in order.
+    pub fn authorize_all(&self, checks: Vec<Check<'_>>) -> AmqpResult<()> {
+        checks
+            .into_iter()
+            .try_for_each(|(resource, permission)| self.authorize(resource, permission))
     }
 
     /// For a topic exchange, whether the user's topic permissions allow this routing key

@@ -7,6 +7,7 @@
 use amq_protocol::types::FieldTable;
 
 use super::Broker;
+use super::vhost::checks::no_checks;
 use super::vhost::exchanges::ExchangeDeclare;
 use super::vhost::queues::QueueDeclare;
 use crate::auth::Hashing;
@@ -81,7 +82,7 @@ impl Broker {
                 user: user.to_owned(),
             };
             vhost
-                .declare_exchange(&declare)
+                .declare_exchange(&declare, &no_checks)
                 .map_err(|e| format!("exchange '{}' in vhost '{}': {}", x.name, x.vhost, e.text))?;
             report.exchanges += 1;
         }
@@ -98,7 +99,7 @@ impl Broker {
                     .map_err(|e| format!("queue '{}' in vhost '{}': {e}", q.name, q.vhost))?,
             };
             vhost
-                .declare_queue(&declare, NO_CONNECTION)
+                .declare_queue(&declare, NO_CONNECTION, &no_checks)
                 .map_err(|e| format!("queue '{}' in vhost '{}': {}", q.name, q.vhost, e.text))?;
             report.queues += 1;
         }

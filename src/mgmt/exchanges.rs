@@ -23,6 +23,7 @@ use super::state::Mgmt;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::checks::Check;
 use crate::broker::vhost::exchanges::ExchangeDeclare;
 use crate::protocol::error::ReplyCode;
 use crate::store::definitions::encode_arguments;
@@ -160,11 +161,6 @@ async fn declare(
     // defaults: no `type` is a direct exchange.
     let kind = req.kind.unwrap_or_else(|| "direct".into());
     let arguments = arguments_of(req.arguments.as_ref())?;
-    caller.authorize_all(
-        &m.broker,
-        &vhost.name,
-        vhost.exchange_declare_checks(&name, &arguments),
-    )?;
     let existed = vhost.exchange(&name).is_some();
     let declare = ExchangeDeclare {
         name,
@@ -177,7 +173,8 @@ async fn declare(
         arguments,
         user: caller.acting_user().to_owned(),
     };
-    let epoch = vhost.declare_exchange(&declare)?;
+    let authorize_new = |checks: Vec<Check<'_>>| caller.check_all(&m.broker, &vhost.name, checks);
+    let epoch = vhost.declare_exchange(&declare, &authorize_new)?;
     durable(&m.broker, epoch).await?;
     Ok(created(!existed))
 }

@@ -326,9 +326,20 @@ impl Caller {
         vhost: &str,
         checks: Vec<Check<'_>>,
     ) -> Result<(), ApiError> {
-        checks.into_iter().try_for_each(|(resource, permission)| {
-            self.authorize(broker, vhost, resource, permission)
-        })
+        self.check_all(broker, vhost, checks)
+            .map_err(ApiError::from_amqp)
+    }
+
+    /// [`Caller::authorize_all`] with the AMQP error (a declare makes its checks itself).
+    pub fn check_all(
+        &self,
+        broker: &Broker,
+        vhost: &str,
+        checks: Vec<Check<'_>>,
+    ) -> Result<(), AmqpError> {
+        checks
+            .into_iter()
+            .try_for_each(|(resource, permission)| self.check(broker, vhost, resource, permission))
     }
 
     /// For a topic exchange, whether the user's topic permissions allow this routing key;

@@ -29,6 +29,7 @@ use crate::broker::queue::settings::QueueType;
 use crate::broker::queue::{ConsumerSnapshot, Queue, QueueSnapshot};
 use crate::broker::stats::{ConnectionInfo, bump};
 use crate::broker::vhost::VirtualHost;
+use crate::broker::vhost::checks::{Check, no_checks};
 use crate::broker::vhost::queues::{QueueDeclare, conditional_delete_refused};
 use crate::store::definitions::encode_arguments;
 
@@ -360,11 +361,6 @@ async fn declare(
         )));
     }
     let arguments = arguments_of(req.arguments.as_ref())?;
-    caller.authorize_all(
-        &m.broker,
-        &vhost.name,
-        vhost.queue_declare_checks(&name, &arguments),
-    )?;
     let existed = vhost.queue(&name).is_some();
     let declare = QueueDeclare {
         nowait: false,
@@ -376,7 +372,8 @@ async fn declare(
         auto_delete: req.auto_delete.unwrap_or(false),
         arguments,
     };
-    let (_, _, _, epoch) = vhost.declare_queue(&declare, 0)?;
+    let authorize_new = |checks: Vec<Check<'_>>| caller.check_all(&m.broker, &vhost.name, checks);
+    let (_, _, _, epoch) = vhost.declare_queue(&declare, 0, &authorize_new)?;
     durable(&m.broker, epoch).await?;
     Ok(created(!existed))
 }
@@ -616,7 +613,9 @@ pub fn aliveness(vhost: &VirtualHost) -> Result<(), String> {
         auto_delete: false,
         arguments: FieldTable::default(),
     };
-    let (queue, _, _, _) = vhost.declare_queue(&declare, 0).map_err(|e| e.text)?;
+    let (queue, _, _, _) = vhost
+        .declare_queue(&declare, 0, &no_checks)
+        .map_err(|e| e.text)?;
     let props = crate::protocol::properties::encode_all(&Default::default())
         .ok_or_else(|| "cannot encode properties".to_owned())?;
     vhost

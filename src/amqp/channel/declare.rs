@@ -11,7 +11,7 @@ use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::exchange::ExchangeKind;
 use crate::broker::reply_to;
-use crate::broker::vhost::checks::binding_checks;
+use crate::broker::vhost::checks::{Check, binding_checks};
 use crate::broker::vhost::exchanges::ExchangeDeclare;
 use crate::broker::vhost::queues::QueueDeclare;
 use crate::protocol::error::AmqpResult;
@@ -38,7 +38,8 @@ impl Channel {
                     arguments: d.arguments,
                     user: s.user.name.clone(),
                 };
-                out.hold_until_synced(s.vhost.declare_exchange(&declare)?);
+                let authorize_new = |checks: Vec<Check<'_>>| s.authorize_all(checks);
+                out.hold_until_synced(s.vhost.declare_exchange(&declare, &authorize_new)?);
                 if !d.nowait {
                     reply(
                         out,
@@ -257,11 +258,9 @@ impl Channel {
         if !d.passive {
             // As in RabbitMQ, a server-named queue needs configure permission on the name
             // the server chose; a new queue with a dead-letter exchange also needs read on
-            // itself and write on that exchange.
+            // itself and write on that exchange (checked by the declare, once it knows it
+            // makes the queue).
             s.authorize(Resource::Queue(&name), Permission::Configure)?;
-            for (resource, permission) in s.vhost.queue_declare_checks(&name, &d.arguments) {
-                s.authorize(resource, permission)?;
-            }
         }
         let declare = QueueDeclare {
             nowait: d.nowait,
@@ -272,7 +271,10 @@ impl Channel {
             auto_delete: d.auto_delete,
             arguments: d.arguments,
         };
-        let (q, messages, consumers, sync) = s.vhost.declare_queue(&declare, s.connection_id)?;
+        let authorize_new = |checks: Vec<Check<'_>>| s.authorize_all(checks);
+        let (q, messages, consumers, sync) =
+            s.vhost
+                .declare_queue(&declare, s.connection_id, &authorize_new)?;
         self.last_queue = Some(q.name.clone());
         out.hold_until_synced(sync);
         if !d.nowait {
@@ -291,17 +293,14 @@ impl Channel {
 }
 
 /// What RabbitMQ checks before declaring an exchange: configure on it (once its type and name
-/// are known to be acceptable), and for a new exchange with an alternate exchange, read on it
-/// and write on the alternate. Passive declares check nothing.
+/// are known to be acceptable). Passive declares check nothing. A new exchange with an
+/// alternate exchange also needs read on it and write on the alternate: the declare checks
+/// that, once it knows it makes the exchange.
 fn authorize_exchange_declare(s: &Session, name: &str, d: &exchange::Declare) -> AmqpResult<()> {
     if d.passive || name.is_empty() || ExchangeKind::parse(d.kind.as_str()).is_none() {
         return Ok(());
     }
-    s.authorize(Resource::Exchange(name), Permission::Configure)?;
-    for (resource, permission) in s.vhost.exchange_declare_checks(name, &d.arguments) {
-        s.authorize(resource, permission)?;
-    }
-    Ok(())
+    s.authorize(Resource::Exchange(name), Permission::Configure)
 }
 
 /// What RabbitMQ checks before binding or unbinding: write on the destination, then (unless

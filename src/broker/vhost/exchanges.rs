@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
+use super::checks::{self, AuthorizeNew};
 use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
@@ -26,8 +27,13 @@ pub struct ExchangeDeclare {
 }
 
 impl VirtualHost {
-    /// exchange.declare, with RabbitMQ's checks in RabbitMQ's order.
-    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<SyncEpoch> {
+    /// exchange.declare, with RabbitMQ's checks in RabbitMQ's order; `authorize_new` makes
+    /// the checks a new exchange needs.
+    pub fn declare_exchange(
+        &self,
+        d: &ExchangeDeclare,
+        authorize_new: AuthorizeNew<'_>,
+    ) -> AmqpResult<SyncEpoch> {
         let kind = if d.passive {
             None
         } else {
@@ -76,6 +82,7 @@ impl VirtualHost {
                 d.name
             ));
         }
+        authorize_new(checks::new_exchange_checks(&d.name, &d.arguments))?;
         arguments::validate_exchange_arguments(&d.arguments, &desc)?;
         arguments::check_kept_size(&d.arguments, || desc.clone())?;
         let max = self.services.limits.max_exchanges_per_vhost;

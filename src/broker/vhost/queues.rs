@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use amq_protocol::types::FieldTable;
 
+use super::checks::{self, AuthorizeNew};
 use super::{SyncEpoch, VirtualHost};
 use crate::amqp_error;
 use crate::broker::arguments::{self, queue_desc};
@@ -41,11 +42,13 @@ impl VirtualHost {
     }
 
     /// queue.declare. Returns the queue with its ready-message and consumer counts. The
-    /// channel has already refused client-chosen names in the reserved `amq.` namespace.
+    /// channel has already refused client-chosen names in the reserved `amq.` namespace;
+    /// `authorize_new` makes the checks a new queue needs.
     pub fn declare_queue(
         &self,
         d: &QueueDeclare,
         connection: u64,
+        authorize_new: AuthorizeNew<'_>,
     ) -> AmqpResult<(Arc<Queue>, u32, u32, SyncEpoch)> {
         let desc = queue_desc(&d.name, &self.name);
         super::name_fits_amqp("queue", &d.name)?;
@@ -80,6 +83,7 @@ impl VirtualHost {
         if d.passive {
             return Err(self.no_queue(&d.name));
         }
+        authorize_new(checks::new_queue_checks(&d.name, &d.arguments))?;
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
         arguments::check_kept_size(&d.arguments, || desc.clone())?;
         self.check_queue_limits(&d.name)?;
