@@ -30,6 +30,31 @@ pub struct QueueDeclare {
     pub nowait: bool,
 }
 
+/// RabbitMQ's quorum queues are durable, shared and permanent: a declare of one that is not
+/// is refused.
+fn check_quorum_properties(d: &QueueDeclare, desc: &str) -> AmqpResult<()> {
+    if table::get(&d.arguments, "x-queue-type").and_then(table::as_bytes)
+        != Some(b"quorum".as_slice())
+    {
+        return Ok(());
+    }
+    for (refused, property) in [
+        (d.auto_delete, "auto-delete"),
+        (d.exclusive, "exclusive-owner"),
+        (!d.durable, "non-durable"),
+    ] {
+        if refused {
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "invalid property '{}' for {}",
+                property,
+                desc
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl VirtualHost {
     /// Finds a queue the connection may use: it exists and is not another connection's
     /// exclusive queue.
@@ -87,25 +112,7 @@ impl VirtualHost {
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
         arguments::check_kept_size(&d.arguments, || desc.clone())?;
         self.check_queue_limits(&d.name)?;
-        if table::get(&d.arguments, "x-queue-type").and_then(table::as_bytes)
-            == Some(b"quorum".as_slice())
-        {
-            // RabbitMQ's quorum queues are durable, shared and permanent.
-            for (refused, property) in [
-                (d.auto_delete, "auto-delete"),
-                (d.exclusive, "exclusive-owner"),
-                (!d.durable, "non-durable"),
-            ] {
-                if refused {
-                    return Err(amqp_error!(
-                        PreconditionFailed,
-                        "invalid property '{}' for {}",
-                        property,
-                        desc
-                    ));
-                }
-            }
-        }
+        check_quorum_properties(d, &desc)?;
         // Like RabbitMQ, an exclusive queue is never durable.
         let durable = d.durable && !d.exclusive;
         let (id, log) = if durable {
