@@ -1982,6 +1982,75 @@ async fn message_rates_come_from_sampled_counters() {
     assert!(without["message_stats"].get("publish_details").is_none());
 }
 
+/// Regression (from review): a management user's overview gave the whole broker's message
+/// rates, every user's connections in its vhosts, the node and its listeners. Same as
+/// RabbitMQ: the rates are those of its vhosts, the connections and channels its own, and
+/// the node, listeners and consumer count are a monitor's.
+#[tokio::test]
+async fn same_as_rabbitmq_a_management_users_overview_holds_only_what_it_sees() {
+    let (broker, api) = broker_with_api().await;
+    api.put("/api/vhosts/mine", json!({})).await;
+    api.put(
+        "/api/users/mgr",
+        json!({"password": "pw", "tags": "management"}),
+    )
+    .await;
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    api.put("/api/permissions/mine/mgr", all).await;
+    let (_conn, ch) = broker.channel().await;
+    ch.queue_declare("busy".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let publisher = tokio::spawn(async move {
+        loop {
+            publish(&ch, "", "busy", b"tick").await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let rate = |o: &Value| o["message_stats"]["publish_details"]["rate"].as_f64();
+    eventually(&api, "/api/overview", |o| rate(o).unwrap_or(0.0) > 0.0).await;
+    let mgr = Api::new(api.addr, "mgr", "pw");
+    let seen = mgr.get("/api/overview").await.json();
+    publisher.abort();
+    assert_eq!(rate(&seen), Some(0.0), "no publishes in its vhost: {seen}");
+    assert_eq!(
+        seen["object_totals"]["connections"], 0,
+        "guest's is not its own"
+    );
+    assert_eq!(seen["object_totals"]["channels"], 0);
+    for field in ["node", "listeners", "contexts"] {
+        assert!(seen.get(field).is_none(), "{field} is a monitor's");
+    }
+    assert!(seen["object_totals"].get("consumers").is_none());
+    let monitor = api.get("/api/overview").await.json();
+    assert!(monitor.get("listeners").is_some() && monitor["object_totals"]["consumers"].is_u64());
+}
+
+/// Regression (from review): a monitor saw the policies of every vhost. Same as RabbitMQ
+/// (`is_authorized_vhost`, `filter_vhost`): only an administrator sees those of vhosts it
+/// has no permissions in.
+#[tokio::test]
+async fn same_as_rabbitmq_a_monitor_sees_the_policies_only_of_vhosts_it_may_use() {
+    let (_broker, api) = broker_with_api().await;
+    api.put("/api/vhosts/secret", json!({})).await;
+    let policy = json!({"pattern": "^never$", "definition": {"max-length": 1}});
+    api.put("/api/policies/secret/hidden", policy.clone()).await;
+    api.put("/api/operator-policies/secret/hidden", policy)
+        .await;
+    api.put(
+        "/api/users/mon",
+        json!({"password": "pw", "tags": "monitoring"}),
+    )
+    .await;
+    let mon = Api::new(api.addr, "mon", "pw");
+    assert_eq!(mon.get("/api/policies").await.json(), json!([]));
+    assert_eq!(mon.get("/api/operator-policies").await.json(), json!([]));
+    for path in ["/api/policies/secret", "/api/operator-policies/secret"] {
+        assert_eq!(mon.get(path).await.status, 401, "{path}");
+    }
+    assert_eq!(api.get("/api/policies").await.json()[0]["name"], "hidden");
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_prometheus_serves_rabbitmq_metric_names() {
     let (broker, api) = broker_with_api().await;

@@ -717,6 +717,46 @@ def http_what_a_management_user_sees(url):
 
 
 @scenario
+def http_what_a_monitor_sees(url):
+    """A monitor sees every vhost's queues, but the policies only of vhosts it may use, as an
+    administrator sees every vhost's; and what the overview holds for a monitor and for a
+    management user."""
+    seen = {}
+    http("PUT", "/api/vhosts/http-mon-secret", {})
+    http("PUT", "/api/policies/http-mon-secret/http-mon-p",
+         {"pattern": "^never$", "definition": {"max-length": 1}, "apply-to": "queues"})
+    http("PUT", "/api/operator-policies/http-mon-secret/http-mon-op",
+         {"pattern": "^never$", "definition": {"max-length": 1}, "apply-to": "queues"})
+    http("PUT", "/api/policies/%2F/http-mon-open",
+         {"pattern": "^never$", "definition": {"max-length": 1}, "apply-to": "queues"})
+    http("PUT", "/api/users/http-mon-m", {"password": "pw", "tags": "monitoring"})
+    http("PUT", "/api/users/http-mon-u", {"password": "pw", "tags": "management"})
+    for user in ("http-mon-m", "http-mon-u"):
+        http("PUT", "/api/permissions/%2F/" + user, {"configure": ".*", "write": ".*", "read": ".*"})
+    for user in ("http-mon-m", "http-mon-u", "guest"):
+        auth = (user, "pw") if user != "guest" else ("guest", "guest")
+        view = {}
+        for path in ("/api/policies", "/api/operator-policies"):
+            status, listed = get_json(path, auth=auth)
+            view[path] = [status, sorted([p["vhost"], p["name"]] for p in listed
+                                         if p["name"].startswith("http-mon"))
+                          if status == 200 else listed]
+        for path in ("/api/policies/http-mon-secret", "/api/operator-policies/http-mon-secret",
+                     "/api/policies/%2F"):
+            status, listed = get_json(path, auth=auth)
+            view[path] = [status, sorted(p["name"] for p in listed) if status == 200 else None]
+        status, overview = get_json("/api/overview", auth=auth)
+        view["overview_keys"] = sorted(overview) if status == 200 else status
+        view["object_totals_keys"] = sorted(overview.get("object_totals", {})) if status == 200 else None
+        seen[user] = view
+    for user in ("http-mon-m", "http-mon-u"):
+        http("DELETE", "/api/users/" + user)
+    http("DELETE", "/api/policies/%2F/http-mon-open")
+    http("DELETE", "/api/vhosts/http-mon-secret")
+    return seen
+
+
+@scenario
 def http_certificate_expiration(url):
     """The TLS listener's certificates (3 days, the conformance CA's) against windows on
     both sides of their expiry, and windows neither broker can read."""

@@ -285,10 +285,18 @@ impl Caller {
         broker: &Broker,
         name: &str,
     ) -> Result<Arc<VirtualHost>, ApiError> {
-        match self.has_any(&["administrator"]) {
-            true => self.vhost(broker, name),
-            false => self.vhost_to_change(broker, name),
+        let vhost = broker.vhost(name).ok_or_else(ApiError::not_found)?;
+        match self.may_see_policies(broker, name) {
+            true => Ok(vhost),
+            false => Err(vhost_refused()),
         }
+    }
+
+    /// Whether the caller may see the policies of `vhost`: an administrator those of every
+    /// vhost, anyone else (a monitor too) only those of vhosts it may use, as RabbitMQ's
+    /// `is_authorized_vhost` and `filter_vhost` allow.
+    pub fn may_see_policies(&self, broker: &Broker, vhost: &str) -> bool {
+        self.has_any(&["administrator"]) || self.may_use(broker, vhost)
     }
 
     /// Whether the caller's permissions in `vhost` allow `permission` on `resource`; the

@@ -89,41 +89,35 @@ fn overview_of(m: &Mgmt, caller: &Caller, q: &ListQuery) -> Response {
         }
         exchanges += v.exchanges().len();
     }
+    // Same as RabbitMQ: a monitor counts every connection of the vhosts, anyone else only
+    // their own.
     let conns: Vec<_> = broker
         .connections
         .list()
         .into_iter()
         .filter(|c| {
-            c.info()
-                .opened()
-                .is_some_and(|o| visible.iter().any(|v| v.name == o.vhost))
+            c.info().opened().is_some_and(|o| {
+                visible.iter().any(|v| v.name == o.vhost)
+                    && (caller.is_monitor() || caller.user().is_none_or(|u| u.name == o.user))
+            })
         })
         .collect();
     let channels: usize = conns.iter().map(|c| c.info().channels().len()).sum();
-    let mut queue_totals = Map::new();
-    let key = "overview";
-    rates::with_rate(
-        &mut queue_totals,
-        &m.rates,
-        key,
-        "messages",
-        ready + unacked,
-    );
-    rates::with_rate(&mut queue_totals, &m.rates, key, "messages_ready", ready);
-    rates::with_rate(
-        &mut queue_totals,
-        &m.rates,
-        key,
-        "messages_unacknowledged",
-        unacked,
-    );
+    // The rates of what the caller sees: the whole broker's for a monitor, the sum of its
+    // vhosts' for anyone else (the broker's would tell them of vhosts they cannot see).
+    let seen_rates = match caller.is_monitor() {
+        true => m.rates.sample_of("overview").rates,
+        false => m
+            .rates
+            .summed(visible.iter().map(|v| rates::vhost_key(&v.name))),
+    };
+    let queue_totals = queue_totals(&seen_rates, ready, unacked);
     let mut churn_rates = Map::new();
     for (field, value) in broker.ledger.churn.fields() {
-        rates::with_rate(&mut churn_rates, &m.rates, key, field, value);
+        rates::with_rate(&mut churn_rates, &m.rates, "overview", field, value);
     }
-    let node = m.node();
     let version = &broker.config.version;
-    Json(json!({
+    let mut overview = json!({
         "management_version": version,
         "rates_mode": "basic",
         "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600], "detailed": [600]},
@@ -137,32 +131,69 @@ fn overview_of(m: &Mgmt, caller: &Caller, q: &ListQuery) -> Response {
         "release_series_support_status": "supported",
         "disable_stats": false,
         "enable_queue_totals": false,
-        "message_stats": overview_stats(m, &totals, q.stats()),
+        "message_stats": overview_stats(&totals, q.stats().then_some(&seen_rates)),
         "churn_rates": churn_rates,
         "queue_totals": queue_totals,
         "object_totals": {
             "channels": channels,
             "connections": conns.len(),
-            "consumers": consumers,
             "exchanges": exchanges,
             "queues": queues,
         },
         "statistics_db_event_queue": 0,
-        "node": node,
-        "listeners": m.listeners(node),
-        "contexts": [],
-    }))
-    .into_response()
+    });
+    if caller.is_monitor() {
+        add_monitor_fields(m, &mut overview, consumers);
+    }
+    Json(overview).into_response()
+}
+
+/// Same as RabbitMQ: the node, its listeners and the consumer count are a monitor's.
+fn add_monitor_fields(m: &Mgmt, overview: &mut Value, consumers: usize) {
+    if let Value::Object(map) = overview {
+        let node = m.node();
+        map.insert("node".into(), json!(node));
+        map.insert("listeners".into(), json!(m.listeners(node)));
+        map.insert("contexts".into(), json!([]));
+        if let Some(Value::Object(totals)) = map.get_mut("object_totals") {
+            totals.insert("consumers".into(), json!(consumers));
+        }
+    }
+}
+
+/// The overview's `queue_totals`: the depth of the queues the caller sees, with `rates`.
+fn queue_totals(rates: &[(&'static str, f64)], ready: u64, unacked: u64) -> Map<String, Value> {
+    let rate_of = |field: &str| {
+        rates
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(0.0, |(_, r)| *r)
+    };
+    let mut totals = Map::new();
+    for (field, value) in [
+        ("messages", ready + unacked),
+        ("messages_ready", ready),
+        ("messages_unacknowledged", unacked),
+    ] {
+        totals.insert(field.into(), json!(value));
+        totals.insert(format!("{field}_details"), json!({"rate": rate_of(field)}));
+    }
+    totals
 }
 
 /// The overview's `message_stats`: the vhosts' counters, and RabbitMQ's message store disk
 /// counters (Lepus's logs have none of that kind; they are 0).
 fn overview_stats(
-    m: &Mgmt,
     totals: &crate::broker::stats::MessageTotals,
-    with_rates: bool,
+    rates: Option<&Vec<(&'static str, f64)>>,
 ) -> Value {
-    let mut stats = rates::message_stats(&m.rates, "overview", totals, ALL_FIELDS, with_rates);
+    let with_rates = rates.is_some();
+    let stats = rates::MessageStats {
+        totals,
+        fields: ALL_FIELDS,
+        rates: rates.map(|r| r.as_slice()),
+    };
+    let mut stats = serde_json::to_value(stats).unwrap_or_default();
     if let Value::Object(map) = &mut stats {
         for field in ["disk_reads", "disk_writes"] {
             map.insert(field.into(), json!(0));

@@ -118,6 +118,21 @@ impl Rates {
             .unwrap_or_default()
     }
 
+    /// The rates of the objects `keys`, added up field by field (one look-up for all).
+    pub fn summed(&self, keys: impl Iterator<Item = String>) -> Vec<(&'static str, f64)> {
+        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sum: Vec<(&'static str, f64)> = Vec::new();
+        for sample in keys.filter_map(|k| objects.get(&k)) {
+            for &(field, rate) in &sample.rates {
+                match sum.iter_mut().find(|(f, _)| *f == field) {
+                    Some((_, total)) => *total += rate,
+                    None => sum.push((field, rate)),
+                }
+            }
+        }
+        sum
+    }
+
     /// The overview's recent rates, oldest first.
     pub fn history(&self) -> Vec<Value> {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());

@@ -393,12 +393,12 @@ fn policies_in(
     operator: bool,
 ) -> ApiResult {
     if let Some(v) = &vhost {
-        caller.vhost(&m.broker, v)?;
+        caller.vhost_for_policies(&m.broker, v)?;
     }
     let items = recorded(m, operator)
         .iter()
         .filter(|p| vhost.as_ref().is_none_or(|v| *v == p.vhost))
-        .filter(|p| caller.may_see(&m.broker, &p.vhost))
+        .filter(|p| caller.may_see_policies(&m.broker, &p.vhost))
         .map(policy_json)
         .collect();
     list(items, q)

@@ -99,7 +99,7 @@ pages.overview = async view => {
       ['Exchanges', totals.exchanges, '#/exchanges'], ['Queues', totals.queues, '#/queues'],
       ['Consumers', totals.consumers], ['Ready', queued.messages_ready],
       ['Unacked', queued.messages_unacknowledged], ['Total messages', queued.messages],
-    ].map(([label, value, href]) => h(href ? 'a' : 'div', {class: 'card', href},
+    ].filter(([, value]) => value !== undefined).map(([label, value, href]) => h(href ? 'a' : 'div', {class: 'card', href},
       h('span', {class: 'value'}, num(value || 0)), h('span', {class: 'label'}, label)));
     const charts = history.length ? h('div', {class: 'charts'},
       chart('Queued messages', [['messages_ready', 'Ready', '#e8a33d'],
