@@ -830,6 +830,67 @@ async fn a_topic_route_past_its_budget_is_refused_not_run_for_seconds() {
     assert_eq!(ready(&ch, "wide").await, 1, "nothing more was routed");
 }
 
+/// Regression (from review): a headers exchange looks at every binding's arguments for
+/// every message, and nothing bounded that: bindings of 4,095 arguments each, a few hundred
+/// of them, made each publish cost a million comparisons on a runtime worker. They now
+/// spend the route's budget, as topic states do: past it the publish is refused.
+#[tokio::test]
+async fn a_headers_route_past_its_budget_is_refused_not_run_for_seconds() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("matched".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let wide: Vec<(String, AMQPValue)> = (0..4094)
+        .map(|i| (format!("k{i}"), AMQPValue::Void))
+        .collect();
+    let mut args = FieldTable::default();
+    args.insert("x-match".into(), long_str("any"));
+    for (k, v) in &wide {
+        args.insert(k.as_str().into(), v.clone());
+    }
+    // 257 bindings of 4,095 arguments: just past 1,048,576.
+    for i in 0..257u32 {
+        within(ch.queue_bind(
+            "matched".into(),
+            "amq.headers".into(),
+            format!("b{i}").as_str().into(),
+            QueueBindOptions { nowait: true },
+            args.clone(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(ready(&ch, "matched").await, 0);
+    let publisher = broker.connect().await;
+    let refused = within(publisher.create_channel()).await.unwrap();
+    within(refused.confirm_select(Default::default()))
+        .await
+        .unwrap();
+    assert_publish_refused(
+        &refused,
+        "amq.headers",
+        "",
+        b"m",
+        lapin::BasicProperties::default().with_headers(table(&[("k1", long_str("x"))])),
+        406,
+        "PRECONDITION_FAILED - routing a message through exchange 'amq.headers' in vhost '/' passes more than 1048576 headers binding arguments and topic binding states",
+    )
+    .await;
+    assert_eq!(ready(&ch, "matched").await, 0, "nothing was routed");
+    // With one binding fewer the route fits, and the message goes.
+    within(ch.queue_unbind(
+        "matched".into(),
+        "amq.headers".into(),
+        "b0".into(),
+        args.clone(),
+    ))
+    .await
+    .unwrap();
+    publish_with(&ch, "amq.headers", "", table(&[("k1", long_str("x"))])).await;
+    assert_eq!(ready(&ch, "matched").await, 1);
+}
+
 /// Connections from one address that have not opened yet (no header, no login) are capped:
 /// idle ones, each held for the handshake's timeout and reopened, took every place the
 /// broker has. Past the cap a connection from that address is closed at once; one that

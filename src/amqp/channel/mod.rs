@@ -165,8 +165,9 @@ pub struct Channel {
     unacked: UnackedList,
     /// The last delivery tag used.
     last_tag: u64,
-    /// Deliveries moved and queues asked by the frames handled since the connection last
-    /// took the count (`take_work`), so that it yields after enough of them.
+    /// Deliveries moved, queues asked, routing done (topic states, headers arguments) and
+    /// queues enqueued to by the frames handled since the connection last took the count
+    /// (`take_work`), so that it yields after enough of them.
     work: usize,
     /// Channel-wide credit, shared with the queues this channel consumes from.
     prefetch: Arc<ChannelPrefetch>,

@@ -429,6 +429,9 @@ impl Channel {
         message: &Arc<Message>,
     ) -> Outcome {
         let outcome = enqueue(&queues, message);
+        // A fanout to thousands of queues, cached or not, is that many enqueues: counted
+        // toward the connection's turn, as the routing was.
+        self.work += queues.len();
         if !d.routed_at_publish {
             // A transaction's direct replies went when they were published.
             direct_replies(s, d.exchange_name, d.routing_key, d.extra_keys, message);

@@ -258,10 +258,12 @@ impl Channel {
         };
         let mut headers = headers;
         let mut found = Vec::new();
-        let cacheable = s
+        let routed = s
             .vhost
             .route(exchange, keys, &mut || headers.take(), &mut found)
             .map_err(|refused| refused.error(&exchange.name, &s.vhost.name))?;
+        self.work += routed.work;
+        let cacheable = routed.cacheable;
         let found: Arc<[Arc<Queue>]> = found.into();
         let listed = if cacheable { found.len() } else { 0 };
         if extra_keys.is_empty() && self.routes.should_cache(listed) {

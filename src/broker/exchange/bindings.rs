@@ -241,8 +241,8 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
     /// Calls `found` for each destination matching a message. `routing_keys` holds the
     /// publish routing key followed by any CC/BCC keys; `headers` is only decoded by headers
     /// exchanges. Destinations may be reported more than once. False if a topic exchange's
-    /// matching used `budget` up (see [`super::topic::MAX_ROUTE_TOPIC_STATES`]): the route
-    /// is refused, whatever was found.
+    /// matching, or a headers exchange's, used `budget` up (see
+    /// [`super::topic::MAX_ROUTE_TOPIC_STATES`]): the route is refused, whatever was found.
     pub fn route(
         &self,
         routing_keys: &[&[u8]],
@@ -289,7 +289,17 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                 }
                 let table = headers.get();
                 for e in &self.entries {
-                    if e.matcher.as_ref().is_some_and(|m| m.matches(table)) {
+                    let Some(m) = e.matcher.as_ref() else {
+                        continue;
+                    };
+                    // Every binding's arguments are looked at for every message: a million
+                    // bindings of 4,096 arguments each made one publish cost seconds.
+                    let Some(left) = budget.checked_sub(m.cost()) else {
+                        *budget = 0;
+                        return false;
+                    };
+                    *budget = left;
+                    if m.matches(table) {
                         found(&e.destination);
                     }
                 }

@@ -68,6 +68,12 @@ impl HeadersMatch {
         Ok(HeadersMatch { mode, args })
     }
 
+    /// What matching a message against this binding costs a route's budget
+    /// ([`super::topic::MAX_ROUTE_TOPIC_STATES`]): one per argument, and one for the binding.
+    pub fn cost(&self) -> usize {
+        self.args.len() + 1
+    }
+
     /// Whether a message with these headers matches.
     pub fn matches(&self, headers: Option<&FieldTable>) -> bool {
         let header = |name: &str| headers.and_then(|h| table::get(h, name));

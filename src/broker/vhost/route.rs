@@ -12,37 +12,57 @@ use crate::broker::queue::Queue;
 use crate::protocol::error::AmqpError;
 
 /// A route refused for the work it would take: its topic matching passed through more trie
-/// states than [`MAX_ROUTE_TOPIC_STATES`] (bindings and keys a client built to make one
-/// publish cost seconds under the exchange's lock). RabbitMQ has no such limit, and runs
-/// such a route to its end.
+/// states, with the arguments its headers matching looked at, than
+/// [`MAX_ROUTE_TOPIC_STATES`] (bindings and keys a client built to make one publish cost
+/// seconds under the exchange's lock). RabbitMQ has no such limit, and runs such a route to
+/// its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteRefused;
+pub struct RouteRefused {
+    /// The budget ran out in a headers exchange (else a topic exchange).
+    pub headers: bool,
+}
 
 impl RouteRefused {
     /// The channel error a publish gets for it.
     pub fn error(self, exchange: &str, vhost: &str) -> AmqpError {
+        let what = match self.headers {
+            true => "headers binding arguments and topic binding states",
+            false => "topic binding states",
+        };
         crate::amqp_error!(
             PreconditionFailed,
-            "routing a message through exchange '{}' in vhost '{}' passes more than {} topic binding states",
+            "routing a message through exchange '{}' in vhost '{}' passes more than {} {}",
             exchange,
             vhost,
-            MAX_ROUTE_TOPIC_STATES
+            MAX_ROUTE_TOPIC_STATES,
+            what
         )
     }
 }
 
+/// What a route came to besides its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// The result did not depend on the message's headers: it may be cached.
+    pub cacheable: bool,
+    /// The work it took (trie states, headers arguments, exchanges): a connection counts it
+    /// toward its turn, so that a read full of costly publishes lets other tasks run.
+    pub work: usize,
+}
+
 impl VirtualHost {
     /// Routes a message published to `exchange`: follows exchange-to-exchange bindings and
-    /// alternate exchanges, and appends each matching queue to `out` once. Returns false
-    /// if the result depended on message headers (and so must not be cached). The topic
-    /// exchanges it reaches share one budget of work; a route past it is refused.
+    /// alternate exchanges, and appends each matching queue to `out` once. Says whether the
+    /// result depended on message headers (and so must not be cached), and the work it
+    /// took. The topic and headers exchanges it reaches share one budget of work; a route
+    /// past it is refused.
     pub fn route(
         &self,
         exchange: &Arc<Exchange>,
         routing_keys: &[&[u8]],
         headers: &mut dyn FnMut() -> Option<FieldTable>,
         out: &mut Vec<Arc<Queue>>,
-    ) -> Result<bool, RouteRefused> {
+    ) -> Result<Routed, RouteRefused> {
         let mut cacheable = true;
         let mut budget = MAX_ROUTE_TOPIC_STATES;
         // Exchanges reached besides the first; nothing is allocated unless the message goes
@@ -54,7 +74,9 @@ impl VirtualHost {
         let mut headers = LazyHeaders::new(headers);
         let mut pending: Vec<Arc<Exchange>> = Vec::new();
         let mut first = Some(exchange.clone());
+        let mut hops = 0usize;
         while let Some(x) = first.take().or_else(|| pending.pop()) {
+            hops += 1;
             let mut matched = false;
             if x.name.is_empty() {
                 // The default exchange: every queue is bound by its own name. As in RabbitMQ,
@@ -89,7 +111,9 @@ impl VirtualHost {
                 });
                 if !within {
                     out.clear();
-                    return Err(RouteRefused);
+                    return Err(RouteRefused {
+                        headers: x.kind == ExchangeKind::Headers,
+                    });
                 }
             }
             // An exchange whose own bindings matched nothing hands the message to its
@@ -103,12 +127,13 @@ impl VirtualHost {
                 pending.push(next);
             }
         }
+        let work = (MAX_ROUTE_TOPIC_STATES - budget) + hops;
         // A queue reached through several bindings or paths gets the message once.
         if out.len() > 1 {
             out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
             out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        Ok(cacheable)
+        Ok(Routed { cacheable, work })
     }
 }
 
