@@ -312,6 +312,44 @@ async fn same_as_rabbitmq_exclusive_queues_belong_to_their_connection() {
     .await;
 }
 
+/// A connection's exclusive queues are now found by name at its close, not by a pass over
+/// every queue (from review): a name it once owned, deleted and taken since by another
+/// connection's queue, is not deleted with it, and those it still owns are.
+#[tokio::test]
+async fn a_closing_connection_deletes_only_the_exclusive_queues_it_still_owns() {
+    let broker = Broker::start().await;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let (first, ch) = broker.channel().await;
+    declare(&ch, "was-mine", exclusive, FieldTable::default()).await;
+    declare(&ch, "still-mine", exclusive, FieldTable::default()).await;
+    within(ch.queue_delete("was-mine".into(), Default::default()))
+        .await
+        .unwrap();
+    let (_second, ch2) = broker.channel().await;
+    declare(&ch2, "was-mine", exclusive, FieldTable::default()).await;
+    within(first.close(200, "bye".into())).await.unwrap();
+    // The close is done once the queue it owned is gone.
+    within(async {
+        loop {
+            let (_c, ch) = broker.channel().await;
+            let declared = ch.queue_declare("still-mine".into(), passive(), FieldTable::default());
+            if let Err(e) = declared.await {
+                assert_eq!(common::amqp_error(&e).map(|(code, _)| code), Some(404));
+                return;
+            }
+        }
+    })
+    .await;
+    let kept = ch2.queue_declare("was-mine".into(), passive(), FieldTable::default());
+    assert!(
+        within(kept).await.is_ok(),
+        "the other connection's queue stays"
+    );
+}
+
 #[tokio::test]
 async fn same_as_rabbitmq_auto_delete_queues_go_with_their_last_consumer() {
     let broker = Broker::start().await;

@@ -128,12 +128,17 @@ impl std::fmt::Debug for VirtualHost {
     }
 }
 
-/// The reverse index of bindings, kept under the topology lock.
+/// The reverse index of bindings, and the exclusive queues of each connection, kept under
+/// the topology lock.
 #[derive(Debug, Default)]
 struct Topology {
     /// For each destination (by identity), the bindings that lead to it and their source,
     /// keyed so that forgetting one is a lookup (a queue may have 100,000 bindings).
     incoming: HashMap<usize, HashMap<IncomingKey, (Arc<Exchange>, Binding)>>,
+    /// The names of the exclusive queues each connection (by id) owns: a connection that
+    /// closes deletes those without a pass over every queue of the vhost (a million
+    /// queues made each close of any connection cost that much).
+    exclusive: HashMap<u64, std::collections::HashSet<String>>,
     /// The epoch of the last definitions change made under this lock.
     sync: SyncEpoch,
 }

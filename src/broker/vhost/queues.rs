@@ -146,6 +146,10 @@ impl VirtualHost {
             self.record(&mut topology, Change::PutQueue(def));
         }
         self.queues.insert(d.name.clone(), queue.clone());
+        if let Some(owner) = queue.exclusive_owner {
+            let owned = topology.exclusive.entry(owner).or_default();
+            owned.insert(d.name.clone());
+        }
         self.catch_up_with_policies(&queue, policy_epoch);
         self.services.limits.queues.fetch_add(1, Ordering::Relaxed);
         crate::broker::stats::bump(&self.services.ledger.churn.queues_created, 1);
@@ -226,6 +230,14 @@ impl VirtualHost {
         if !removed {
             return (0, None);
         }
+        if let Some(owner) = queue.exclusive_owner
+            && let Some(owned) = topology.exclusive.get_mut(&owner)
+        {
+            owned.remove(&queue.name);
+            if owned.is_empty() {
+                topology.exclusive.remove(&owner);
+            }
+        }
         self.services.limits.queues.fetch_sub(1, Ordering::Relaxed);
         crate::broker::stats::bump(&self.services.ledger.churn.queues_deleted, 1);
         let sources =
@@ -256,14 +268,17 @@ impl VirtualHost {
 
     /// Deletes the exclusive queues of a connection that closed.
     pub fn remove_exclusive_queues(&self, connection: u64) {
-        let owned: Vec<Arc<Queue>> = self
-            .queues
-            .iter()
-            .filter(|q| q.exclusive_owner == Some(connection))
-            .map(|q| q.value().clone())
-            .collect();
-        for q in owned {
-            self.remove_queue(&q);
+        let names = self
+            .lock()
+            .exclusive
+            .remove(&connection)
+            .unwrap_or_default();
+        for name in names {
+            if let Some(q) = self.queue(&name)
+                && q.exclusive_owner == Some(connection)
+            {
+                self.remove_queue(&q);
+            }
         }
     }
 }
