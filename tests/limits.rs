@@ -132,6 +132,74 @@ async fn the_broker_wide_queue_limit_is_refused_as_rabbitmq_words_it_and_deletin
         .expect("deleting freed a slot");
 }
 
+/// Regression (from review): each durable queue holds its segments' files open, and a
+/// client declaring durable queues took every descriptor the process had (then no listener
+/// could accept, and no log open its next segment). Past the store's share of the
+/// open-files limit a durable queue is refused; transient ones, and everything else, go on,
+/// and deleting durable queues gives their files back.
+#[tokio::test]
+async fn durable_queues_past_the_stores_share_of_open_files_are_refused() {
+    let broker = Broker::start().await;
+    let store = broker.server.as_ref().unwrap().broker().store.clone();
+    let (open, share) = store.shared.open_files();
+    assert!(share > open, "a store starts within its share");
+    store.shared.set_open_files_max(open + 4);
+    let (_c, ch) = broker.channel().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let mut made = Vec::new();
+    let refused = loop {
+        let name = format!("d{}", made.len());
+        let channel = within(_c.create_channel()).await.unwrap();
+        match within(channel.queue_declare(name.as_str().into(), durable, FieldTable::default()))
+            .await
+        {
+            Ok(_) => made.push(name),
+            Err(e) => break e,
+        }
+        assert!(made.len() <= 4, "each durable queue opens a file at least");
+    };
+    // The count of open files moves with segments made ahead in the background.
+    let (code, text) = amqp_error(&refused).expect("refused by the broker");
+    assert_eq!(code, 406);
+    let said = format!(
+        "PRECONDITION_FAILED - cannot declare queue 'd{}' in vhost '/': the data store holds ",
+        made.len()
+    );
+    assert!(text.starts_with(&said), "{text}");
+    assert!(
+        text.ends_with(" open files, its share of the open-files limit"),
+        "{text}"
+    );
+    assert!(!made.is_empty());
+    declare(&ch, "transient")
+        .await
+        .expect("a transient queue needs no file");
+    assert_healthy(&ch).await;
+    for name in &made {
+        within(ch.queue_delete(name.as_str().into(), Default::default()))
+            .await
+            .unwrap();
+    }
+    // Their files are closed by the store's closer thread, soon after.
+    within(async {
+        loop {
+            let channel = _c.create_channel().await.unwrap();
+            if channel
+                .queue_declare("again".into(), durable, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn exchanges_per_vhost_are_limited() {
     let mut config = Config::for_tests();
