@@ -62,8 +62,6 @@ pub struct DescriptorShare {
     pub amqp_connections: usize,
     /// Connections the HTTP listeners (management and Prometheus) may hold together.
     pub http_connections: usize,
-    /// Files the store may hold open before it makes no more logs (`Store::room_for_a_log`).
-    pub store_files: usize,
 }
 
 /// A connection's place among its network's unopened connections, given back when it

@@ -61,7 +61,6 @@ impl Broker {
             &config.data_dir,
             config.limits.segment_bytes,
         )?);
-        store.shared.set_open_files_max(descriptors.store_files);
         let (definitions, mut defs, first_boot) = DefinitionsStore::open(
             &config.data_dir,
             store.shared.clone(),
@@ -370,35 +369,18 @@ fn share_of(fd_limit: u64, configured: usize) -> std::io::Result<DescriptorShare
             "the open-files limit (ulimit -n) allows fewer connections than max_connections: taking {sockets} (raise the limit to take more)"
         );
     }
-    let fds = usize::try_from(fd_limit).unwrap_or(usize::MAX);
-    let left = fds.saturating_sub(sockets);
-    let amqp_connections = configured.min(sockets);
-    if sockets == usize::MAX {
-        return Ok(DescriptorShare {
-            amqp_connections,
-            http_connections: usize::MAX,
-            store_files: usize::MAX,
-        });
-    }
-    let http_connections = left / 2;
-    // The rest, but for what the process itself holds (listeners, its log, the runtime).
-    let store_files = fds
-        .saturating_sub(amqp_connections + http_connections + DESCRIPTORS_FOR_THE_PROCESS)
-        .max(STORE_FILES_MIN);
+    let left = usize::try_from(fd_limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(sockets);
     Ok(DescriptorShare {
-        amqp_connections,
-        http_connections,
-        store_files,
+        amqp_connections: configured.min(sockets),
+        http_connections: if sockets == usize::MAX {
+            usize::MAX
+        } else {
+            left / 2
+        },
     })
 }
-
-/// Descriptors the process holds besides connections and the store's files: its listeners,
-/// standard streams, log file and the runtime's own.
-const DESCRIPTORS_FOR_THE_PROCESS: usize = 32;
-
-/// The store's share of open files is never less than this, however low the limit: a few
-/// durable queues must work.
-const STORE_FILES_MIN: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -409,15 +391,9 @@ mod tests {
         // RabbitMQ's 832 sockets of 1,024; the HTTP listeners half of the 192 left.
         let share = share_of(1024, 65_536).unwrap();
         assert_eq!((share.amqp_connections, share.http_connections), (832, 96));
-        assert_eq!(
-            share.store_files, 64,
-            "what is left but the process's own 32"
-        );
         let roomy = share_of(1 << 20, 65_536).unwrap();
         assert_eq!(roomy.amqp_connections, 65_536);
         assert!(roomy.http_connections > 512);
-        // Connections the configuration does not take are left to the store.
-        assert!(roomy.store_files > 900_000, "{}", roomy.store_files);
         let unknown = share_of(0, 65_536).unwrap();
         assert_eq!(
             (unknown.amqp_connections, unknown.http_connections),

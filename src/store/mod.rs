@@ -30,7 +30,6 @@ pub mod fs;
 pub mod idle;
 pub mod intervals;
 pub mod log;
-mod open_files;
 mod positions;
 mod prepare;
 mod read_back;
@@ -63,8 +62,6 @@ pub struct Store {
     /// The thread that closes deleted files (`Shared::close_in_background`), joined at close.
     closer: Mutex<Option<JoinHandle<()>>>,
     next_paging_id: AtomicU64,
-    /// Durable logs refused for want of open files (`Store::room_for_a_log`).
-    logs_refused: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -122,7 +119,6 @@ impl Store {
             background: Mutex::new(None),
             closer: Mutex::new(None),
             next_paging_id: AtomicU64::new(1),
-            logs_refused: AtomicU64::new(0),
         })
     }
 
@@ -135,20 +131,6 @@ impl Store {
     /// Where the log of durable queue `id` lives.
     pub fn queue_dir(&self, id: u64) -> PathBuf {
         self.data_dir.join("queues").join(id.to_string())
-    }
-
-    /// Whether the store may make another log: its open files are under its share of the
-    /// open-files limit (each log holds its segments' files open). `Err` holds the files
-    /// open, the share, and how many logs were refused so far (to say so in the log at the
-    /// 1st, 2nd, 4th, ...).
-    pub fn room_for_a_log(&self) -> Result<(), (usize, usize, u64)> {
-        match self.shared.open_files() {
-            (open, max) if open >= max => {
-                let refused = self.logs_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                Err((open, max, refused))
-            }
-            _ => Ok(()),
-        }
     }
 
     /// A new log for a durable queue.

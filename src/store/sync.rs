@@ -88,14 +88,8 @@ pub trait Journal: Send + Sync {
 pub struct Shared {
     /// Size of a segment file.
     pub segment_bytes: u64,
-    /// The file system everything is written to; its open files are counted in
-    /// `open_files`.
+    /// The file system everything is written to.
     pub fs: Arc<dyn Fs>,
-    /// Files the store holds open now (`store::open_files`).
-    open_files: Arc<AtomicUsize>,
-    /// The store's share of the open-files limit: past it no new log is made
-    /// (`Store::room_for_a_log`); `usize::MAX` until the broker sets it.
-    open_files_max: AtomicUsize,
     /// How records are sealed: the data directory's key (`store::seal`).
     pub seals: SealKey,
     /// Epochs some of whose writes failed (the disk was full, or refused a write).
@@ -287,19 +281,6 @@ impl Shared {
         self.unwritten_max_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Files the store holds open now, and its share of the open-files limit.
-    pub fn open_files(&self) -> (usize, usize) {
-        (
-            self.open_files.load(Ordering::Relaxed),
-            self.open_files_max.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Sets the store's share of the open-files limit (`Store::room_for_a_log`).
-    pub fn set_open_files_max(&self, max: usize) {
-        self.open_files_max.store(max, Ordering::Relaxed);
-    }
-
     /// Whether a queue log's write is in progress outside its lock.
     pub(super) fn writes_in_flight(&self) -> bool {
         self.writes_in_flight.load(Ordering::SeqCst) > 0
@@ -375,12 +356,9 @@ impl Shared {
     /// State for a new store: epoch 1 is the first to be written, nothing synced yet.
     pub fn new(segment_bytes: u64, fs: Arc<dyn Fs>) -> Shared {
         let (synced, _) = watch::channel(0);
-        let open_files = Arc::new(AtomicUsize::new(0));
         Shared {
             segment_bytes,
-            fs: Arc::new(super::open_files::CountingFs::new(fs, open_files.clone())),
-            open_files,
-            open_files_max: AtomicUsize::new(usize::MAX),
+            fs,
             seals: SealKey::ephemeral(),
             failed: Mutex::new(Failed::default()),
             ever_failed: AtomicBool::new(false),

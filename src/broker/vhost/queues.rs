@@ -116,7 +116,6 @@ impl VirtualHost {
         // Like RabbitMQ, an exclusive queue is never durable.
         let durable = d.durable && !d.exclusive;
         let (id, log) = if durable {
-            self.check_room_for_a_log(&d.name)?;
             let id = self.services.defs.next_queue_id();
             let log = self.services.store.create_queue_log(id).map_err(|e| {
                 tracing::error!(queue = %d.name, error = %e, "cannot create the queue's log");
@@ -181,32 +180,6 @@ impl VirtualHost {
             ));
         }
         Ok(())
-    }
-
-    /// A durable queue holds its segments' files open: past the store's share of the
-    /// open-files limit a new one is refused, rather than take the descriptors the
-    /// listeners and every other log need.
-    fn check_room_for_a_log(&self, name: &str) -> AmqpResult<()> {
-        let Err((open, max, refused)) = self.services.store.room_for_a_log() else {
-            return Ok(());
-        };
-        if refused.is_power_of_two() {
-            tracing::warn!(
-                queue = name,
-                vhost = %self.name,
-                open,
-                max,
-                refused,
-                "durable queue refused: the data store holds its share of the open-files limit (raise ulimit -n)"
-            );
-        }
-        Err(amqp_error!(
-            PreconditionFailed,
-            "cannot declare queue '{}' in vhost '{}': the data store holds {} open files, its share of the open-files limit",
-            name,
-            self.name,
-            open
-        ))
     }
 
     /// Puts back a durable queue recovered at start-up.
