@@ -97,7 +97,9 @@ fn topic_adversarial(c: &mut Criterion) {
 /// unbinding one more, cost the same (hash lookups, no scans).
 fn direct_bindings(c: &mut Criterion) {
     use amq_protocol::types::FieldTable;
-    use lepus::broker::exchange::bindings::{Binding, Bindings, ExchangeKind, LazyHeaders};
+    use lepus::broker::exchange::bindings::{
+        BindLimits, Binding, Bindings, ExchangeKind, LazyHeaders,
+    };
     let mut group = c.benchmark_group("direct_bindings");
     group.throughput(Throughput::Elements(1));
     let binding = |i: u32| Binding {
@@ -105,11 +107,11 @@ fn direct_bindings(c: &mut Criterion) {
         routing_key: format!("key-{i}"),
         arguments: FieldTable::default(),
     };
-    let refuse = || lepus::amqp_error!(InternalError, "unlimited");
+    let refuse = |_| lepus::amqp_error!(InternalError, "unlimited");
     for count in [10u32, 100_000] {
         let mut bindings = Bindings::new(ExchangeKind::Direct);
         for i in 0..count {
-            let _ = bindings.bind(binding(i), usize::MAX, refuse);
+            let _ = bindings.bind(binding(i), BindLimits::NONE, refuse);
         }
         let key = format!("key-{}", count / 2);
         group.bench_function(BenchmarkId::new("route", count), |b| {
@@ -129,7 +131,7 @@ fn direct_bindings(c: &mut Criterion) {
         let extra = binding(count + 1);
         group.bench_function(BenchmarkId::new("bind_unbind", count), |b| {
             b.iter(|| {
-                let _ = bindings.bind(extra.clone(), usize::MAX, refuse);
+                let _ = bindings.bind(extra.clone(), BindLimits::NONE, refuse);
                 black_box(bindings.unbind(&extra))
             })
         });

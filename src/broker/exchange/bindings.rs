@@ -91,6 +91,34 @@ pub struct Bindings<D> {
     direct: HashMap<Box<[u8]>, Destinations<D>>,
     /// Index for a topic exchange.
     topic: TopicTrie<D>,
+    /// What matching a message against every headers binding costs a route's budget
+    /// (`HeadersMatch::cost`, summed): kept within it as bindings are made, so that no
+    /// publish to the exchange alone is refused for its bindings' arguments.
+    headers_cost: usize,
+}
+
+/// What a new binding may not take an exchange past.
+#[derive(Debug, Clone, Copy)]
+pub struct BindLimits {
+    /// Bindings of the exchange.
+    pub bindings: usize,
+    /// The cost of its headers bindings ([`super::topic::MAX_ROUTE_TOPIC_STATES`]).
+    pub headers_cost: usize,
+}
+
+impl BindLimits {
+    /// For bindings accepted once already (recovered at a start).
+    pub const NONE: BindLimits = BindLimits {
+        bindings: usize::MAX,
+        headers_cost: usize::MAX,
+    };
+}
+
+/// Which limit a refused binding would have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindRefused {
+    Bindings,
+    HeadersCost,
 }
 
 #[derive(Debug)]
@@ -141,17 +169,18 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
             index: HashMap::new(),
             direct: HashMap::new(),
             topic: TopicTrie::default(),
+            headers_cost: 0,
         }
     }
 
     /// Adds a binding. Returns false if it already existed (binding twice is not an error).
-    /// Headers bindings are checked first, with RabbitMQ's texts; a new binding past `max`
-    /// is refused with the error `full` makes.
+    /// Headers bindings are checked first, with RabbitMQ's texts; a new binding past
+    /// `limits` is refused with the error `full` makes.
     pub fn bind(
         &mut self,
         binding: Binding<D>,
-        max: usize,
-        full: impl FnOnce() -> AmqpError,
+        limits: BindLimits,
+        full: impl FnOnce(BindRefused) -> AmqpError,
     ) -> AmqpResult<bool> {
         let matcher = match self.kind {
             ExchangeKind::Headers => Some(HeadersMatch::new(&binding.arguments)?),
@@ -161,9 +190,15 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
         if self.index.contains_key(&key) {
             return Ok(false);
         }
-        if self.entries.len() >= max {
-            return Err(full());
+        if self.entries.len() >= limits.bindings {
+            return Err(full(BindRefused::Bindings));
         }
+        let cost = matcher.as_ref().map_or(0, HeadersMatch::cost);
+        let headers_cost = self.headers_cost.saturating_add(cost);
+        if headers_cost > limits.headers_cost {
+            return Err(full(BindRefused::HeadersCost));
+        }
+        self.headers_cost = headers_cost;
         let destination = binding.destination.clone();
         match self.kind {
             ExchangeKind::Direct => self
@@ -195,7 +230,9 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
         let Some(index) = self.index.remove(&BindingKey::of(binding)) else {
             return false;
         };
-        self.entries.swap_remove(index);
+        let removed = self.entries.swap_remove(index);
+        let cost = removed.matcher.as_ref().map_or(0, HeadersMatch::cost);
+        self.headers_cost = self.headers_cost.saturating_sub(cost);
         if let Some(moved) = self.entries.get(index)
             && let Some(slot) = self.index.get_mut(&*moved.key)
         {
@@ -337,10 +374,13 @@ mod tests {
             })
             .collect();
         for b in &made {
-            assert_eq!(bindings.bind(b.clone(), 10, || unreachable!()), Ok(true));
+            assert_eq!(
+                bindings.bind(b.clone(), BindLimits::NONE, |_| unreachable!()),
+                Ok(true)
+            );
         }
         assert_eq!(
-            bindings.bind(made[1].clone(), 10, || unreachable!()),
+            bindings.bind(made[1].clone(), BindLimits::NONE, |_| unreachable!()),
             Ok(false)
         );
         let listed: Vec<_> = bindings
@@ -353,5 +393,40 @@ mod tests {
         assert!(!bindings.contains(&made[0]));
         assert!(bindings.contains(&made[2]));
         assert!(bindings.keys_where(|&d| d == 2).is_empty());
+    }
+
+    /// A headers binding that would take its exchange's bindings past the cost a route may
+    /// spend is refused when it is made, and unbinding gives its cost back.
+    #[test]
+    fn headers_bindings_are_kept_within_a_routes_budget() {
+        let mut bindings = Bindings::new(ExchangeKind::Headers);
+        let limits = BindLimits {
+            bindings: 100,
+            headers_cost: 4,
+        };
+        // Each costs 2: one argument and the binding.
+        let binding = |key: &str| Binding {
+            destination: 1u8,
+            routing_key: key.into(),
+            arguments: args(AMQPValue::LongInt(1)),
+        };
+        assert_eq!(
+            bindings.bind(binding("a"), limits, |_| unreachable!()),
+            Ok(true)
+        );
+        assert_eq!(
+            bindings.bind(binding("b"), limits, |_| unreachable!()),
+            Ok(true)
+        );
+        let refused = bindings.bind(binding("c"), limits, |why| {
+            assert_eq!(why, BindRefused::HeadersCost);
+            crate::amqp_error!(PreconditionFailed, "full")
+        });
+        assert!(refused.is_err());
+        assert!(bindings.unbind(&binding("a")));
+        assert_eq!(
+            bindings.bind(binding("c"), limits, |_| unreachable!()),
+            Ok(true)
+        );
     }
 }

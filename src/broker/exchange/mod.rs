@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use amq_protocol::types::FieldTable;
 
 use bindings::Bindings;
-pub use bindings::{ExchangeKind, LazyHeaders};
+pub use bindings::{BindLimits, BindRefused, ExchangeKind, LazyHeaders};
 
 use crate::broker::queue::Queue;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -163,10 +163,10 @@ impl Exchange {
     pub fn bind(
         &self,
         binding: Binding,
-        max: usize,
-        full: impl FnOnce() -> AmqpError,
+        limits: BindLimits,
+        full: impl FnOnce(BindRefused) -> AmqpError,
     ) -> AmqpResult<bool> {
-        self.write().bind(binding, max, full)
+        self.write().bind(binding, limits, full)
     }
 
     /// Removes a binding; returns whether it existed.

@@ -8,7 +8,8 @@ use amq_protocol::types::FieldTable;
 use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key};
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
-use crate::broker::exchange::{Binding, Destination, Exchange};
+use crate::broker::exchange::topic::MAX_ROUTE_TOPIC_STATES;
+use crate::broker::exchange::{BindLimits, BindRefused, Binding, Destination, Exchange};
 use crate::protocol::error::AmqpResult;
 use crate::store::definitions::Change;
 
@@ -30,9 +31,9 @@ impl VirtualHost {
             routing_key: key.to_owned(),
             arguments: args,
         };
-        // Recovered bindings were accepted once: the limit applies to new ones.
-        let unlimited = || amqp_error!(InternalError, "binding limit");
-        if let Ok(true) = src.bind(binding.clone(), usize::MAX, unlimited) {
+        // Recovered bindings were accepted once: the limits apply to new ones.
+        let unlimited = |_| amqp_error!(InternalError, "binding limit");
+        if let Ok(true) = src.bind(binding.clone(), BindLimits::NONE, unlimited) {
             topology
                 .incoming
                 .entry(binding.destination.identity())
@@ -48,14 +49,23 @@ impl VirtualHost {
         source: &Arc<Exchange>,
         binding: Binding,
     ) -> AmqpResult<SyncEpoch> {
-        let max = self.services.limits.max_bindings_per_exchange;
-        let full = || {
-            amqp_error!(
+        let limits = BindLimits {
+            bindings: self.services.limits.max_bindings_per_exchange,
+            headers_cost: MAX_ROUTE_TOPIC_STATES,
+        };
+        let full = |refused| match refused {
+            BindRefused::Bindings => amqp_error!(
                 PreconditionFailed,
                 "cannot bind to {}: binding limit ({}) is reached",
                 exchange_desc(&source.name, &self.name),
-                max
-            )
+                limits.bindings
+            ),
+            BindRefused::HeadersCost => amqp_error!(
+                PreconditionFailed,
+                "cannot bind to {}: its headers bindings would hold more than {} arguments",
+                exchange_desc(&source.name, &self.name),
+                limits.headers_cost
+            ),
         };
         arguments::check_kept_size(&binding.arguments, || {
             format!("a binding from {}", exchange_desc(&source.name, &self.name))
@@ -69,7 +79,7 @@ impl VirtualHost {
                 crate::protocol::SHORT_STRING_MAX_BYTES
             ));
         }
-        if source.bind(binding.clone(), max, full)? {
+        if source.bind(binding.clone(), limits, full)? {
             if let Some(def) = self.binding_def(source, &binding) {
                 self.record(topology, Change::PutBinding(def));
             }
