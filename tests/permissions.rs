@@ -715,3 +715,25 @@ async fn a_declare_makes_the_new_queue_checks_exactly_when_it_makes_the_queue() 
     assert!(vhost.declare_queue(&declare, 0, &refuse).is_ok());
     assert_eq!(asked.lock().unwrap().len(), 2);
 }
+
+/// Same as RabbitMQ (`rabbit_channel`, from review): a new queue meets the vhost's queue
+/// limit before the dead-letter exchange's permissions.
+#[tokio::test]
+async fn same_as_rabbitmq_the_queue_limit_comes_before_the_dead_letter_permissions() {
+    let broker = broker_with_bob().await;
+    let limits = lepus::store::definitions::VhostLimits {
+        max_queues: Some(1),
+        max_connections: None,
+    };
+    admin(&broker).set_vhost_limits("/", limits).unwrap();
+    refuse!(
+        &broker,
+        |ch| ch.queue_declare(
+            "bobq".into(),
+            Default::default(),
+            table(&[("x-dead-letter-exchange", long_str("ox"))])
+        ),
+        406,
+        "PRECONDITION_FAILED - cannot declare queue 'bobq': queue limit in vhost '/' (1) is reached"
+    );
+}

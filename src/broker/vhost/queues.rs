@@ -108,10 +108,12 @@ impl VirtualHost {
         if d.passive {
             return Err(self.no_queue(&d.name));
         }
+        // Same as RabbitMQ (`rabbit_channel`): the limit, then the dead-letter exchange's
+        // permissions, then the arguments.
+        self.check_queue_limits(&d.name)?;
         authorize_new(checks::new_queue_checks(&d.name, &d.arguments))?;
         arguments::validate_queue_arguments(&d.arguments, &desc)?;
         arguments::check_kept_size(&d.arguments, || desc.clone())?;
-        self.check_queue_limits(&d.name)?;
         check_quorum_properties(d, &desc)?;
         // Like RabbitMQ, an exclusive queue is never durable.
         let durable = d.durable && !d.exclusive;
