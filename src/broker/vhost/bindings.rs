@@ -38,7 +38,7 @@ impl VirtualHost {
                 .incoming
                 .entry(binding.destination.identity())
                 .or_default()
-                .insert(incoming_key(&src, &binding), (src.clone(), binding));
+                .insert(incoming_key(&src, &binding), src.clone());
         }
         self.changed();
     }
@@ -87,7 +87,7 @@ impl VirtualHost {
                 .incoming
                 .entry(binding.destination.identity())
                 .or_default()
-                .insert(incoming_key(source, &binding), (source.clone(), binding));
+                .insert(incoming_key(source, &binding), source.clone());
             self.changed();
         }
         Ok(topology.sync.take())
@@ -134,7 +134,13 @@ impl VirtualHost {
             return Vec::new();
         };
         let mut sources = Vec::with_capacity(incoming.len());
-        for (source, binding) in incoming.into_values() {
+        for ((_, routing_key, arguments), source) in incoming {
+            let binding = Binding {
+                destination: destination.clone(),
+                routing_key,
+                // Encoded here from a decoded table: it decodes.
+                arguments: crate::protocol::raw_table::decode(&arguments).unwrap_or_default(),
+            };
             source.unbind(&binding);
             if let Some(def) = self.binding_def(&source, &binding) {
                 self.record(topology, Change::DeleteBinding(def));

@@ -133,8 +133,10 @@ impl std::fmt::Debug for VirtualHost {
 #[derive(Debug, Default)]
 struct Topology {
     /// For each destination (by identity), the bindings that lead to it and their source,
-    /// keyed so that forgetting one is a lookup (a queue may have 100,000 bindings).
-    incoming: HashMap<usize, HashMap<IncomingKey, (Arc<Exchange>, Binding)>>,
+    /// keyed so that forgetting one is a lookup (a queue may have 100,000 bindings). The key
+    /// holds the arguments encoded, and they are decoded only when the destination goes:
+    /// kept decoded, an array of 4,095 empty values (4 KiB sent) took 130 KiB per binding.
+    incoming: HashMap<usize, HashMap<IncomingKey, Arc<Exchange>>>,
     /// The names of the exclusive queues each connection (by id) owns: a connection that
     /// closes deletes those without a pass over every queue of the vhost (a million
     /// queues made each close of any connection cost that much).
