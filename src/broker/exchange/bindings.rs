@@ -143,6 +143,28 @@ pub struct BindingKey<D> {
 }
 
 impl<D: Clone> BindingKey<D> {
+    /// A binding's key from its parts, its arguments as `table::encode` writes them.
+    pub fn new(destination: D, routing_key: String, arguments: Box<[u8]>) -> Self {
+        BindingKey {
+            destination,
+            routing_key,
+            arguments,
+        }
+    }
+
+    pub fn destination(&self) -> &D {
+        &self.destination
+    }
+
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The arguments, encoded.
+    pub fn encoded_arguments(&self) -> &[u8] {
+        &self.arguments
+    }
+
     fn of(binding: &Binding<D>) -> Self {
         BindingKey {
             destination: binding.destination.clone(),
@@ -227,7 +249,12 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
 
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&mut self, binding: &Binding<D>) -> bool {
-        let Some(index) = self.index.remove(&BindingKey::of(binding)) else {
+        self.unbind_key(&BindingKey::of(binding))
+    }
+
+    /// Removes a binding by its key, its arguments left encoded; returns whether it existed.
+    pub fn unbind_key(&mut self, binding: &BindingKey<D>) -> bool {
+        let Some(index) = self.index.remove(binding) else {
             return false;
         };
         let removed = self.entries.swap_remove(index);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use amq_protocol::types::FieldTable;
 
 use bindings::Bindings;
-pub use bindings::{BindLimits, BindRefused, ExchangeKind, LazyHeaders};
+pub use bindings::{BindLimits, BindRefused, BindingKey, ExchangeKind, LazyHeaders};
 
 use crate::broker::queue::Queue;
 use crate::protocol::error::{AmqpError, AmqpResult};
@@ -35,6 +35,14 @@ impl Destination {
         match self {
             Destination::Queue(q) => Arc::as_ptr(q) as usize,
             Destination::Exchange(x) => Arc::as_ptr(x) as usize,
+        }
+    }
+
+    /// Whether it survives a restart (its bindings from durable exchanges are recorded).
+    pub fn durable(&self) -> bool {
+        match self {
+            Destination::Queue(q) => q.durable,
+            Destination::Exchange(x) => x.durable,
         }
     }
 }
@@ -172,6 +180,16 @@ impl Exchange {
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&self, binding: &Binding) -> bool {
         self.write().unbind(binding)
+    }
+
+    /// Removes a binding by its key, without decoding its arguments.
+    pub fn unbind_key(&self, key: &BindingKey<Destination>) -> bool {
+        self.write().unbind_key(key)
+    }
+
+    /// The keys of this exchange's bindings, their arguments still encoded.
+    pub fn binding_keys(&self) -> Vec<Arc<BindingKey<Destination>>> {
+        self.read().keys_where(|_| true)
     }
 
     /// How many bindings this exchange is the source of.

@@ -5,11 +5,15 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
-use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key};
+use super::{
+    IncomingKey, SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key,
+};
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
 use crate::broker::exchange::topic::MAX_ROUTE_TOPIC_STATES;
-use crate::broker::exchange::{BindLimits, BindRefused, Binding, Destination, Exchange};
+use crate::broker::exchange::{
+    BindLimits, BindRefused, Binding, BindingKey, Destination, Exchange,
+};
 use crate::protocol::error::AmqpResult;
 use crate::store::definitions::Change;
 
@@ -62,7 +66,7 @@ impl VirtualHost {
             ),
             BindRefused::HeadersCost => amqp_error!(
                 PreconditionFailed,
-                "cannot bind to {}: its headers bindings would hold more than {} arguments",
+                "cannot bind to {}: matching its headers bindings would take more than {} steps (one per binding and per argument matched)",
                 exchange_desc(&source.name, &self.name),
                 limits.headers_cost
             ),
@@ -115,8 +119,26 @@ impl VirtualHost {
         source: &Arc<Exchange>,
     ) {
         let id = binding.destination.identity();
+        Self::forget_incoming_as(topology, id, &incoming_key(source, binding));
+    }
+
+    /// [`VirtualHost::forget_incoming`] for a binding known by its key.
+    pub(super) fn forget_incoming_key(
+        topology: &mut Topology,
+        binding: &BindingKey<Destination>,
+        source: &Arc<Exchange>,
+    ) {
+        let key = (
+            Arc::as_ptr(source) as usize,
+            binding.routing_key().to_owned(),
+            binding.encoded_arguments().to_vec(),
+        );
+        Self::forget_incoming_as(topology, binding.destination().identity(), &key);
+    }
+
+    fn forget_incoming_as(topology: &mut Topology, id: usize, key: &IncomingKey) {
         if let Some(list) = topology.incoming.get_mut(&id) {
-            list.remove(&incoming_key(source, binding));
+            list.remove(key);
             if list.is_empty() {
                 topology.incoming.remove(&id);
             }
@@ -135,14 +157,13 @@ impl VirtualHost {
         };
         let mut sources = Vec::with_capacity(incoming.len());
         for ((_, routing_key, arguments), source) in incoming {
-            let binding = Binding {
-                destination: destination.clone(),
-                routing_key,
-                // Encoded here from a decoded table: it decodes.
-                arguments: crate::protocol::raw_table::decode(&arguments).unwrap_or_default(),
-            };
-            source.unbind(&binding);
-            if let Some(def) = self.binding_def(&source, &binding) {
+            // By the key, its arguments left encoded: decoded only for the definitions.
+            let key = BindingKey::new(destination.clone(), routing_key, arguments.into());
+            source.unbind_key(&key);
+            if source.durable
+                && destination.durable()
+                && let Some(def) = self.binding_def(&source, &key.binding())
+            {
                 self.record(topology, Change::DeleteBinding(def));
             }
             sources.push(source);

@@ -172,9 +172,11 @@ impl VirtualHost {
                 );
             }
             // Bindings out of it: forget them in the destinations' reverse index.
-            for binding in x.bindings() {
-                x.unbind(&binding);
-                Self::forget_incoming(topology, &binding, &x);
+            // By their keys, their arguments left encoded (decoded, a wide binding took
+            // 30 times its size, all of them at once).
+            for key in x.binding_keys() {
+                x.unbind_key(&key);
+                Self::forget_incoming_key(topology, &key, &x);
             }
             // Bindings into it: remove them from their sources.
             let sources = self.remove_incoming_locked(topology, &Destination::Exchange(x.clone()));
