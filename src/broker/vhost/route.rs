@@ -45,8 +45,9 @@ impl RouteRefused {
 pub struct Routed {
     /// The result did not depend on the message's headers: it may be cached.
     pub cacheable: bool,
-    /// The work it took (trie states, headers arguments, exchanges): a connection counts it
-    /// toward its turn, so that a read full of costly publishes lets other tasks run.
+    /// The work it took (trie states, headers arguments, keys looked up in each exchange): a
+    /// connection counts it toward its turn, so that a read full of costly publishes lets
+    /// other tasks run.
     pub work: usize,
 }
 
@@ -74,9 +75,11 @@ impl VirtualHost {
         let mut headers = LazyHeaders::new(headers);
         let mut pending: Vec<Arc<Exchange>> = Vec::new();
         let mut first = Some(exchange.clone());
-        let mut hops = 0usize;
+        // Each exchange reached looks up each routing key (a publish may carry thousands of
+        // CC keys): counted as work besides the topic states.
+        let mut lookups = 0usize;
         while let Some(x) = first.take().or_else(|| pending.pop()) {
-            hops += 1;
+            lookups += routing_keys.len().max(1);
             let mut matched = false;
             if x.name.is_empty() {
                 // The default exchange: every queue is bound by its own name. As in RabbitMQ,
@@ -127,7 +130,7 @@ impl VirtualHost {
                 pending.push(next);
             }
         }
-        let work = (MAX_ROUTE_TOPIC_STATES - budget) + hops;
+        let work = (MAX_ROUTE_TOPIC_STATES - budget) + lookups;
         // A queue reached through several bindings or paths gets the message once.
         if out.len() > 1 {
             out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
