@@ -740,3 +740,43 @@ async fn a_deleted_queues_bindings_with_arguments_leave_their_exchanges() {
         (Some(0), Some(0))
     );
 }
+
+/// What bindings keep is charged to the broker's memory gauge while they live (from
+/// review: it was not, so a client could fill memory with bindings the gauge, its alarm and
+/// paging never saw), and given back when they go.
+#[tokio::test]
+async fn bindings_are_charged_to_the_memory_gauge_while_they_live() {
+    let broker = Broker::start().await;
+    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let (_c, ch) = broker.channel().await;
+    within(ch.queue_declare("wide".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let before = memory.used();
+    let wide = AMQPValue::FieldArray(vec![AMQPValue::Void; 4090].into());
+    for i in 0..100 {
+        let args = table(&[("x-match", long_str("any")), ("a", wide.clone())]);
+        within(ch.queue_bind(
+            "wide".into(),
+            "amq.headers".into(),
+            format!("k{i}").as_str().into(),
+            Default::default(),
+            args,
+        ))
+        .await
+        .unwrap();
+    }
+    let bound = memory.used();
+    assert!(
+        bound >= before + 100 * 4090 * 16,
+        "100 bindings of 4,090 values each, decoded for matching: {before} -> {bound}"
+    );
+    within(ch.queue_delete("wide".into(), Default::default()))
+        .await
+        .unwrap();
+    let after = memory.used();
+    assert!(
+        after < before + (1 << 20),
+        "given back: {before} -> {bound} -> {after}"
+    );
+}

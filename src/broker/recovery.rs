@@ -208,7 +208,8 @@ impl Broker {
                     x.internal,
                     stored_arguments(&x.arguments, &x.lepus_arguments),
                 )
-                .declared_by(&x.lepus_user),
+                .declared_by(&x.lepus_user)
+                .charged_to(self.memory),
             );
             report.exchanges += 1;
         }

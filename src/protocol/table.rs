@@ -128,6 +128,22 @@ pub fn values_within(t: &FieldTable, max: usize) -> bool {
     true
 }
 
+/// How many values `t` holds, counting those nested in tables and arrays (in one pass,
+/// without recursion).
+pub fn value_count(t: &FieldTable) -> usize {
+    let mut count = 0;
+    let mut open: Vec<&AMQPValue> = t.inner().values().collect();
+    while let Some(v) = open.pop() {
+        count += 1;
+        match v {
+            AMQPValue::FieldTable(t) => open.extend(t.inner().values()),
+            AMQPValue::FieldArray(a) => open.extend(a.as_slice()),
+            _ => {}
+        }
+    }
+    count
+}
+
 /// The error for a field table nested past [`MAX_TABLE_DEPTH`]: refused as an undecodable
 /// frame, the way RabbitMQ refuses one (501, closing the connection), with a text that says
 /// why.

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::destinations::Destinations;
 use super::headers::HeadersMatch;
 use super::topic::TopicTrie;
+use crate::broker::memory::{Charge, Memory};
 use crate::protocol::error::{AmqpError, AmqpResult};
 use crate::protocol::{raw_table, table};
 
@@ -95,6 +96,9 @@ pub struct Bindings<D> {
     /// (`HeadersMatch::cost`, summed): kept within it as bindings are made, so that no
     /// publish to the exchange alone is refused for its bindings' arguments.
     headers_cost: usize,
+    /// The gauge each binding's memory is charged to (`Bindings::charge_to`); none in unit
+    /// tests and benchmarks.
+    memory: Option<&'static Memory>,
 }
 
 /// What a new binding may not take an exchange past.
@@ -128,7 +132,13 @@ struct Entry<D> {
     destination: D,
     key: Arc<BindingKey<D>>,
     matcher: Option<HeadersMatch>,
+    /// What it keeps, charged to the broker's memory gauge while it lives.
+    _charge: Charge,
 }
+
+/// What a binding keeps besides its routing key and arguments, about: its entry, its key's
+/// allocation, the index slots that find it, and its entry in the vhost's reverse index.
+const BINDING_KEPT_BYTES: usize = 256;
 
 /// What makes a binding itself: its destination, routing key and encoded arguments.
 ///
@@ -192,7 +202,13 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
             direct: HashMap::new(),
             topic: TopicTrie::default(),
             headers_cost: 0,
+            memory: None,
         }
+    }
+
+    /// Charges what each binding made from now on keeps to `memory`.
+    pub fn charge_to(&mut self, memory: &'static Memory) {
+        self.memory = Some(memory);
     }
 
     /// Adds a binding. Returns false if it already existed (binding twice is not an error).
@@ -233,11 +249,22 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                 .insert(binding.routing_key.as_bytes(), destination),
             ExchangeKind::Headers | ExchangeKind::Fanout => {}
         }
+        // Its routing key and encoded arguments twice (here and in the vhost's reverse
+        // index), and a headers matcher's arguments decoded.
+        let decoded = match &matcher {
+            Some(_) => table::value_count(&binding.arguments) * std::mem::size_of::<AMQPValue>(),
+            None => 0,
+        };
+        let kept = BINDING_KEPT_BYTES + 2 * (key.routing_key.len() + key.arguments.len()) + decoded;
+        let charge = self
+            .memory
+            .map_or_else(Charge::default, |m| Charge::new(m, kept));
         self.index.insert(key.clone(), self.entries.len());
         self.entries.push(Entry {
             destination: binding.destination,
             key,
             matcher,
+            _charge: charge,
         });
         Ok(true)
     }

@@ -134,6 +134,15 @@ impl Exchange {
         }
     }
 
+    /// The same, its bindings charged to `memory` (what each keeps) while they live.
+    pub fn charged_to(mut self, memory: &'static crate::broker::memory::Memory) -> Self {
+        self.bindings
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .charge_to(memory);
+        self
+    }
+
     /// The exchange, declared by `user` (see [`Exchange::declared_by`]).
     pub fn declared_by(mut self, user: &str) -> Self {
         user.clone_into(&mut self.declared_by);

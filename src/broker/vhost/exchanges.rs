@@ -104,7 +104,8 @@ impl VirtualHost {
                 d.internal,
                 d.arguments.clone(),
             )
-            .declared_by(&d.user),
+            .declared_by(&d.user)
+            .charged_to(self.services.memory),
         );
         if x.durable {
             let def = self.exchange_def(&x);

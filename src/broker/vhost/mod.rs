@@ -237,8 +237,10 @@ impl VirtualHost {
         self.exchanges
             .insert(String::new(), self.default_exchange.clone());
         for &(x, kind, internal) in &PREDECLARED[1..] {
-            self.exchanges
-                .insert(x.to_owned(), Arc::new(predeclared((x, kind, internal))));
+            self.exchanges.insert(
+                x.to_owned(),
+                Arc::new(predeclared((x, kind, internal)).charged_to(self.services.memory)),
+            );
         }
     }
 
