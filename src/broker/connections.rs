@@ -62,7 +62,17 @@ pub struct DescriptorShare {
     pub amqp_connections: usize,
     /// Connections the HTTP listeners (management and Prometheus) may hold together.
     pub http_connections: usize,
+    /// Segment files the store keeps open at once (`store::file_cache`): what the
+    /// connections leave, less the HTTP share and [`STORE_FILES_RESERVED`].
+    pub store_files: usize,
 }
+
+/// Descriptors the store opens outside its file cache, kept out of its share: the
+/// definitions journal, a directory or temporary file being synced, a compaction's copy.
+pub const STORE_FILES_RESERVED: usize = 16;
+
+/// Files the store keeps open when the open-files limit is unknown or unlimited.
+pub const STORE_FILES_UNLIMITED: usize = 65_536;
 
 /// A connection's place among its network's unopened connections, given back when it
 /// opens or goes.

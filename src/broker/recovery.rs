@@ -10,7 +10,9 @@ use dashmap::DashMap;
 use super::Broker;
 use super::admin::{CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id};
 use super::alarms::Alarms;
-use super::connections::{Connections, DescriptorShare};
+use super::connections::{
+    Connections, DescriptorShare, STORE_FILES_RESERVED, STORE_FILES_UNLIMITED,
+};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::Memory;
 use super::queue::{Queue, QueueConfig};
@@ -25,6 +27,7 @@ use crate::store::definitions::{
     Change, Definitions, DefinitionsStore, GlobalParameterDef, PermissionDef, UserDef, VhostDef,
     decode_arguments,
 };
+use crate::store::file_cache::CachedFs;
 use crate::store::fs::{Fs, RealFs};
 
 /// What start-up found in the data directory.
@@ -55,6 +58,8 @@ impl Broker {
         // First: a limit too low to serve anyone refuses the start before anything is
         // written, and the store opens its files under the raised limit.
         let descriptors = share_descriptors(config.limits.max_connections)?;
+        let store_files = (config.limits.max_open_store_files).unwrap_or(descriptors.store_files);
+        let fs: Arc<dyn Fs> = Arc::new(CachedFs::new(fs, store_files));
         fs.create_dir_all(&config.data_dir)?;
         let store = Arc::new(Store::open_on(
             fs,
@@ -373,12 +378,16 @@ fn share_of(fd_limit: u64, configured: usize) -> std::io::Result<DescriptorShare
     let left = usize::try_from(fd_limit)
         .unwrap_or(usize::MAX)
         .saturating_sub(sockets);
+    let unknown = sockets == usize::MAX;
     Ok(DescriptorShare {
         amqp_connections: configured.min(sockets),
-        http_connections: if sockets == usize::MAX {
-            usize::MAX
+        http_connections: if unknown { usize::MAX } else { left / 2 },
+        store_files: if unknown {
+            STORE_FILES_UNLIMITED
         } else {
-            left / 2
+            (left - left / 2)
+                .saturating_sub(STORE_FILES_RESERVED)
+                .max(1)
         },
     })
 }
@@ -392,6 +401,7 @@ mod tests {
         // RabbitMQ's 832 sockets of 1,024; the HTTP listeners half of the 192 left.
         let share = share_of(1024, 65_536).unwrap();
         assert_eq!((share.amqp_connections, share.http_connections), (832, 96));
+        assert_eq!(share.store_files, 96 - STORE_FILES_RESERVED);
         let roomy = share_of(1 << 20, 65_536).unwrap();
         assert_eq!(roomy.amqp_connections, 65_536);
         assert!(roomy.http_connections > 512);

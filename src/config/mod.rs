@@ -147,6 +147,10 @@ pub struct Limits {
     pub memory_budget_bytes: usize,
     /// Size of one segment file of a queue log.
     pub segment_bytes: u64,
+    /// Segment files the store keeps open at once; files unused the longest are closed
+    /// (when every write to them is synced) and reopened on use. `None`: the descriptors
+    /// the connections leave (`recovery::share_descriptors`).
+    pub max_open_store_files: Option<usize>,
     /// How long a delivery may stay unacknowledged before its channel is closed, unless the
     /// queue (`x-consumer-timeout`) or the consumer says otherwise; `None` never. RabbitMQ's
     /// default is 30 minutes.
@@ -188,6 +192,7 @@ impl Default for Limits {
             read_chunk_bytes: 64 * 1024,
             memory_budget_bytes: 64 * 1024 * 1024,
             segment_bytes: 8 * 1024 * 1024,
+            max_open_store_files: None,
             consumer_timeout_ms: Some(30 * 60 * 1000),
             vm_memory_high_watermark: MemoryWatermark::Relative(0.4),
             disk_free_limit: DiskFreeLimit::Absolute(50_000_000),

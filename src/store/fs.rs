@@ -17,6 +17,10 @@ pub struct OpenMode {
     pub create: bool,
     /// Empty it.
     pub truncate: bool,
+    /// Never synced: a paging file, read back by checksum and wiped at the next start. The
+    /// store's file cache (`store::file_cache`) may close it with writes not yet written
+    /// back, which it never does to a file that is synced.
+    pub scratch: bool,
 }
 
 impl OpenMode {
@@ -24,17 +28,25 @@ impl OpenMode {
     pub const EXISTING: OpenMode = OpenMode {
         create: false,
         truncate: false,
+        scratch: false,
     };
     /// Opens a file, creating it if need be, keeping what it holds.
     pub const CREATE: OpenMode = OpenMode {
         create: true,
         truncate: false,
+        scratch: false,
     };
     /// Creates a file, or empties the one there.
     pub const FRESH: OpenMode = OpenMode {
         create: true,
         truncate: true,
+        scratch: false,
     };
+
+    /// This mode, for a file that is [`OpenMode::scratch`] if `scratch`.
+    pub const fn scratch_if(self, scratch: bool) -> OpenMode {
+        OpenMode { scratch, ..self }
+    }
 }
 
 /// An open file: positioned reads and writes, and syncs. (Its length is asked, never

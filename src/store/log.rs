@@ -327,7 +327,10 @@ impl QueueLog {
     pub fn create(dir: PathBuf, shared: Arc<Shared>, durable: bool) -> io::Result<Arc<QueueLog>> {
         shared.fs.create_dir_all(&dir)?;
         let capacity = shared.segment_bytes;
-        let file = shared.fs.open(&Segment::path(&dir, 0), OpenMode::FRESH)?;
+        let file = shared.fs.open(
+            &Segment::path(&dir, 0),
+            OpenMode::FRESH.scratch_if(!durable),
+        )?;
         file.set_len(capacity)?;
         let head = Segment::fresh(0, file.clone(), capacity, shared.seals.for_new_segment(0));
         // The new file, its directory and the directory's entry in its parent are synced by
@@ -484,10 +487,10 @@ impl QueueLog {
             None => {
                 let index = inner.next_index;
                 inner.next_index += 1;
-                let file = self
-                    .shared
-                    .fs
-                    .open(&Segment::path(&self.dir, index), OpenMode::FRESH)?;
+                let file = self.shared.fs.open(
+                    &Segment::path(&self.dir, index),
+                    OpenMode::FRESH.scratch_if(!self.durable),
+                )?;
                 file.set_len(capacity)?;
                 // A new name in the directory, synced with the next cycle. A prepared
                 // segment's name is on disk already, or will be with the cycle that writes

@@ -26,6 +26,7 @@ mod ack;
 mod compact;
 pub mod definitions;
 pub mod export;
+pub mod file_cache;
 pub mod fs;
 pub mod idle;
 pub mod intervals;

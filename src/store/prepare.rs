@@ -20,7 +20,7 @@ fn sparse_file(
     capacity: u64,
     durable: bool,
 ) -> io::Result<Arc<dyn FileIo>> {
-    let file = fs.open(path, OpenMode::FRESH)?;
+    let file = fs.open(path, OpenMode::FRESH.scratch_if(!durable))?;
     file.set_len(capacity)?;
     if durable {
         file.sync_all()?;

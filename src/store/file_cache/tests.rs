@@ -1,0 +1,186 @@
+use super::*;
+use crate::store::fs::RealFs;
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lepus-file-cache-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn cache(max_open: usize) -> CachedFs {
+    CachedFs::new(Arc::new(RealFs), max_open)
+}
+
+fn written(fs: &CachedFs, path: &Path, body: &[u8], sync: bool) -> Arc<dyn FileIo> {
+    let file = fs.open(path, OpenMode::FRESH).unwrap();
+    file.write_all_at(body, 0).unwrap();
+    if sync {
+        file.sync_data().unwrap();
+    }
+    file
+}
+
+fn read(file: &Arc<dyn FileIo>, len: usize) -> Vec<u8> {
+    file.read_exact_vec_at(len, 0).unwrap()
+}
+
+/// A thousand durable queues' segments take no more descriptors than the cache's bound
+/// once their writes are synced, and each reads back what was written to it.
+#[test]
+fn no_more_than_the_bound_of_synced_files_stay_open() {
+    let d = dir("bound");
+    let fs = cache(4);
+    let files: Vec<_> = (0..200)
+        .map(|i| {
+            written(
+                &fs,
+                &d.join(format!("{i}.seg")),
+                format!("file {i:04}").as_bytes(),
+                true,
+            )
+        })
+        .collect();
+    assert!(fs.open_files() <= 4, "{} open", fs.open_files());
+    for (i, file) in files.iter().enumerate().rev() {
+        assert_eq!(read(file, 9), format!("file {i:04}").as_bytes());
+        assert!(fs.open_files() <= 4, "{} open", fs.open_files());
+    }
+    drop(files);
+    assert_eq!(fs.open_files(), 0);
+    assert!(fs.cache.names.read().unwrap().is_empty());
+}
+
+/// A file written since its last sync is never closed: a write-back error must reach the
+/// sync that will be asked for it. Once synced, it may be closed again; a paging file
+/// (never synced) may be closed dirty.
+#[test]
+fn files_with_unsynced_writes_stay_open() {
+    let d = dir("dirty");
+    let fs = cache(2);
+    let files: Vec<_> = (0..10)
+        .map(|i| written(&fs, &d.join(format!("{i}.seg")), b"unsynced", false))
+        .collect();
+    assert_eq!(fs.open_files(), 10);
+    for file in &files {
+        file.sync_data().unwrap();
+    }
+    // A sync made each clean; the next open closes them down to the bound.
+    let _next = written(&fs, &d.join("next.seg"), b"x", true);
+    assert!(fs.open_files() <= 2, "{} open", fs.open_files());
+    // Written again after its sync: dirty again, and kept open.
+    files[0].write_all_at(b"again", 0).unwrap();
+    for i in 0..10 {
+        let _more = written(&fs, &d.join(format!("more-{i}.seg")), b"x", true);
+    }
+    assert!(files[0].len().is_ok());
+    assert!(fs.cache.clock.lock().unwrap().iter().any(|h| {
+        h.upgrade().is_some_and(|h| {
+            let slot = h.slot.lock().unwrap();
+            slot.dirty && slot.file.is_some()
+        })
+    }));
+    let scratch: Vec<_> = (0..10)
+        .map(|i| {
+            let path = d.join(format!("paging-{i}.seg"));
+            let file = fs.open(&path, OpenMode::FRESH.scratch_if(true)).unwrap();
+            file.write_all_at(b"paged", 0).unwrap();
+            file
+        })
+        .collect();
+    assert!(fs.open_files() <= 4, "{} open", fs.open_files());
+    for file in &scratch {
+        assert_eq!(read(file, 5), b"paged");
+    }
+}
+
+/// A file the cache closed is reopened by the name it has now: renames of the file, or of
+/// its directory, move it.
+#[test]
+fn a_renamed_file_is_reopened_by_its_new_name() {
+    let d = dir("rename");
+    let fs = cache(1);
+    std::fs::create_dir_all(d.join("q1")).unwrap();
+    let spare = written(&fs, &d.join("q1/spare.tmp"), b"spare", true);
+    let other = written(&fs, &d.join("other"), b"other", true);
+    fs.rename(&d.join("q1/spare.tmp"), &d.join("q1/0001.seg"))
+        .unwrap();
+    let _third = written(&fs, &d.join("third"), b"third", true);
+    assert_eq!(read(&spare, 5), b"spare");
+    fs.rename(&d.join("q1"), &d.join("lost+found")).unwrap();
+    assert_eq!(read(&other, 5), b"other");
+    assert_eq!(fs.open_files(), 1, "the spare was closed again");
+    assert_eq!(read(&spare, 5), b"spare");
+    assert_eq!(
+        *spare_path(&fs, &d.join("lost+found/0001.seg")),
+        *d.join("lost+found/0001.seg")
+    );
+}
+
+fn spare_path(fs: &CachedFs, path: &Path) -> PathBuf {
+    let names = fs.cache.names.read().unwrap();
+    let h = names
+        .get(path)
+        .and_then(|h| h.upgrade())
+        .expect("known by its new name");
+    let p = h.path.lock().unwrap().clone();
+    drop(names);
+    p
+}
+
+/// Whoever holds a file reads what it wrote after the file is deleted, or replaced by a
+/// rename onto its name, as with a descriptor kept open.
+#[test]
+fn a_deleted_or_replaced_file_stays_readable_to_whoever_holds_it() {
+    let d = dir("pinned");
+    let fs = cache(1);
+    let deleted = written(&fs, &d.join("deleted"), b"deleted", true);
+    let replaced = written(&fs, &d.join("segment"), b"old one", true);
+    let copy = written(&fs, &d.join("segment.tmp"), b"new one", true);
+    let _ = written(&fs, &d.join("filler"), b"x", true);
+    fs.remove_file(&d.join("deleted")).unwrap();
+    fs.rename(&d.join("segment.tmp"), &d.join("segment"))
+        .unwrap();
+    for i in 0..5 {
+        let _ = written(&fs, &d.join(format!("more-{i}")), b"x", true);
+    }
+    assert_eq!(read(&deleted, 7), b"deleted");
+    assert_eq!(read(&replaced, 7), b"old one");
+    assert_eq!(read(&copy, 7), b"new one");
+    assert_eq!(std::fs::read(d.join("segment")).unwrap(), b"new one");
+    // The two pinned ones stay open; the copy is closed past the bound like any other.
+    assert_eq!(fs.open_files(), 2);
+}
+
+/// A failed sync leaves the file dirty: it stays open until a sync succeeds.
+#[test]
+fn a_failed_sync_keeps_the_file_open() {
+    use crate::store::sim::{Faults, SimFs};
+    let sim = SimFs::new(7);
+    let fs = CachedFs::new(Arc::new(sim.clone()), 1);
+    let d = PathBuf::from("/sim/failed-sync");
+    fs.create_dir_all(&d).unwrap();
+    let file = fs.open(&d.join("a"), OpenMode::FRESH).unwrap();
+    file.write_all_at(b"data", 0).unwrap();
+    sim.set_faults(Faults {
+        fsync_error: 1.0,
+        ..Faults::default()
+    });
+    assert!(file.sync_data().is_err());
+    sim.set_faults(Faults::default());
+    for i in 0..5 {
+        let _ = written(&fs, &d.join(format!("other-{i}")), b"x", true);
+    }
+    let slot = |f: &CachedFs| {
+        let names = f.cache.names.read().unwrap();
+        let h = names.get(&d.join("a")).and_then(|h| h.upgrade()).unwrap();
+        let open = h.slot.lock().unwrap().file.is_some();
+        drop(names);
+        open
+    };
+    assert!(slot(&fs), "a file whose sync failed is not closed");
+    file.sync_data().unwrap();
+    let _ = written(&fs, &d.join("last"), b"x", true);
+    let _ = written(&fs, &d.join("last2"), b"x", true);
+    assert!(!slot(&fs), "closed once a sync succeeded");
+}
