@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use lepus::store::file_cache::CachedFs;
+use lepus::store::fs::Fs;
 use lepus::store::record::{FLAG_REDELIVERED, MessageParts, Stamp};
 use lepus::store::sim::{Faults, SimFs};
 use lepus::store::sync::Outcome;
@@ -296,7 +298,9 @@ fn run_round(
     }
 }
 
-fn simulate(seed: u64, rounds: usize) {
+/// `max_open_files`: run the store through its file cache (`store::file_cache`) with that
+/// bound, so that segment files are closed and reopened all along, under the same faults.
+fn simulate(seed: u64, rounds: usize, max_open_files: Option<usize>) {
     let fs = SimFs::new(seed);
     let mut rng = Rng(seed.max(1));
     let dir: PathBuf = Path::new("/sim/data").to_owned();
@@ -305,7 +309,11 @@ fn simulate(seed: u64, rounds: usize) {
     for round in 0..rounds {
         // Recovery itself runs on a healthy disk: the broker must start.
         fs.set_faults(Faults::default());
-        let store = Store::open_manual(Arc::new(fs.clone()), &dir, SEGMENT_BYTES)
+        let on: Arc<dyn Fs> = match max_open_files {
+            Some(bound) => Arc::new(CachedFs::new(Arc::new(fs.clone()), bound)),
+            None => Arc::new(fs.clone()),
+        };
+        let store = Store::open_manual(on, &dir, SEGMENT_BYTES)
             .unwrap_or_else(|e| panic!("seed {seed} round {round}: the store does not open: {e}"));
         let (log, recovered) = store
             .recover_queue_log(1)
@@ -356,13 +364,25 @@ fn confirmed_messages_survive_thousands_of_crashes_on_a_failing_disk() {
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        Some(seed) => simulate(seed, ROUNDS),
+        Some(seed) => simulate(seed, ROUNDS, None),
         None => {
             for seed in [1u64, 0x5eed, 0xfa11_0f5c] {
-                simulate(seed, ROUNDS);
+                simulate(seed, ROUNDS, None);
             }
         }
     }
+}
+
+/// The same, with the store's files closed and reopened by its file cache all along (a
+/// bound of two open files, a log of several segments): a closed file is reopened by the
+/// name it has now, and never closed with writes a sync has not covered.
+#[test]
+fn confirmed_messages_survive_crashes_on_a_failing_disk_through_the_file_cache() {
+    let seed = std::env::var("LEPUS_STORAGE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xcac4e);
+    simulate(seed, ROUNDS, Some(2));
 }
 
 // ---- the broker on a failing disk -----------------------------------------------------------

@@ -67,8 +67,9 @@ pub struct DescriptorShare {
     pub store_files: usize,
 }
 
-/// Descriptors the store opens outside its file cache, kept out of its share: the
-/// definitions journal, a directory or temporary file being synced, a compaction's copy.
+/// Descriptors the store holds beyond its file cache's bound, kept out of its share: a
+/// directory or a file written whole (`Fs::write_synced`) being synced, and files the cache
+/// closed that an operation in flight still holds.
 pub const STORE_FILES_RESERVED: usize = 16;
 
 /// Files the store keeps open when the open-files limit is unknown or unlimited.

@@ -14,16 +14,23 @@
 //!   clean file has nothing to write back. Paging files ([`OpenMode::scratch`]) are the
 //!   exception: they are never synced, their records are checked by checksum when read back,
 //!   and the next start wipes them, so they are closed dirty.
-//! - A file is reopened by the path it has now: a rename moves what the cache knows with it.
-//!   A file whose path stops naming it (deleted, or replaced by a rename onto its path) is
-//!   pinned open first, so whoever still holds it reads what it read before, as with a
-//!   descriptor kept open.
+//! - A file is reopened by the path it has now: a rename moves what the cache knows with it,
+//!   and keeps the files it moves open while it runs. A file whose path stops naming it
+//!   (deleted, or replaced by a rename onto its path) is reopened and pinned open first, so
+//!   whoever still holds it reads what it read before, as with a descriptor kept open; when
+//!   that reopen fails, the delete or rename fails instead. A file under a directory the store
+//!   removes ([`Fs::remove_dir_all`], only ever a log it destroys) that is closed then stays
+//!   closed: it is *gone*, writes and syncs to it do nothing (no one can read them back) and
+//!   reads of it fail.
+//! - A sync of a closed file does nothing and reopens nothing: it was clean when closed, and
+//!   a write since would have reopened it.
 //! - An operation in flight keeps its own reference to the open file: a close only drops
 //!   the cache's, and the descriptor goes when the operation ends.
 //!
-//! Lock order: a handle's `slot`, then the cache's `names`, then a handle's `path`. The
-//! cache's `clock` is taken with no handle's slot held, and takes slots only by `try_lock`.
-//! No lock is held while an `Arc<Handle>` is dropped (its `Drop` takes `names`).
+//! Lock order: a handle's `slot`, then its `path`. The cache's `names` is taken with no
+//! slot held, and never across a system call; the `clock` is taken with no slot held, and
+//! takes slots only by `try_lock`. No lock is held while an `Arc<Handle>` is dropped (its
+//! `Drop` takes `names`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -52,8 +59,7 @@ struct Cache {
     max_open: usize,
     /// Handles whose file is open now.
     open: AtomicUsize,
-    /// Every live handle by the path it reopens from. Written across a rename or delete
-    /// and the update of what it moves, so that no reopen sees a path in between.
+    /// Every live handle by the path it reopens from (pinned and gone ones leave it).
     names: RwLock<BTreeMap<PathBuf, Weak<Handle>>>,
     /// Handles with their file open, in the order the clock visits them.
     clock: Mutex<VecDeque<Weak<Handle>>>,
@@ -86,6 +92,10 @@ struct Slot {
     dirty: bool,
     /// Its path no longer names it (deleted or replaced): never closed by the cache.
     pinned: bool,
+    /// Renames moving it under way: not closed until they are done.
+    held: u32,
+    /// Closed, and its directory removed: nothing can reopen it.
+    gone: bool,
     /// On the clock.
     on_clock: bool,
 }
@@ -184,7 +194,7 @@ impl Handle {
             slot.on_clock = false;
             return Closed::Already;
         }
-        if slot.pinned || slot.writing > 0 || (slot.dirty && !self.scratch) {
+        if slot.pinned || slot.held > 0 || slot.writing > 0 || (slot.dirty && !self.scratch) {
             return Closed::Kept;
         }
         slot.on_clock = false;
@@ -195,30 +205,48 @@ impl Handle {
         }
     }
 
-    /// The open file, reopened by its path if the cache closed it; the writes begun so far,
-    /// and whether one is in flight. With `write`, counts a write begun (end it with
-    /// [`Handle::written`]).
-    fn file(self: &Arc<Self>, write: bool) -> io::Result<(Arc<dyn FileIo>, u64, bool)> {
+    /// Reopens the file by its path if the cache closed it (and it is not gone). Returns
+    /// whether it did, and then whether to put it on the clock ([`Cache::opened`], called
+    /// once the slot is let go).
+    fn reopen(&self, slot: &mut Slot) -> io::Result<Option<bool>> {
+        if slot.file.is_some() || slot.gone {
+            return Ok(None);
+        }
+        let path = lock(&self.path).clone();
+        let file = self.inner.open(&path, OpenMode::EXISTING)?;
+        // Counted while the slot is held, so that no close is counted first.
+        self.cache.open.fetch_add(1, Ordering::Relaxed);
+        slot.file = Some(file);
+        let put_on_clock = !slot.on_clock;
+        slot.on_clock = true;
+        Ok(Some(put_on_clock))
+    }
+
+    /// The open file for `purpose`, reopened if the cache closed it; `None` for a write or a
+    /// sync that has nothing to do (a gone file; a sync of a closed one). Also the writes
+    /// begun so far, and whether one is in flight.
+    fn file(self: &Arc<Self>, purpose: Use) -> io::Result<Option<(Arc<dyn FileIo>, u64, bool)>> {
         self.used.store(true, Ordering::Relaxed);
         let mut slot = lock(&self.slot);
-        let mut reopened = None;
-        let file = match &slot.file {
-            Some(file) => file.clone(),
-            None => {
-                let file = {
-                    let _names = self.cache.names.read().unwrap_or_else(|e| e.into_inner());
-                    let path = lock(&self.path).clone();
-                    self.inner.open(&path, OpenMode::EXISTING)?
+        if slot.file.is_none() {
+            if slot.gone {
+                return match purpose {
+                    Use::Read => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "a store file whose directory was removed while it was closed",
+                    )),
+                    Use::Write | Use::Sync => Ok(None),
                 };
-                // Counted while the slot is held, so that no close is counted first.
-                self.cache.open.fetch_add(1, Ordering::Relaxed);
-                slot.file = Some(file.clone());
-                reopened = Some(!slot.on_clock);
-                slot.on_clock = true;
-                file
             }
+            if purpose == Use::Sync && !self.scratch {
+                return Ok(None);
+            }
+        }
+        let reopened = self.reopen(&mut slot)?;
+        let Some(file) = slot.file.clone() else {
+            return Ok(None);
         };
-        if write {
+        if purpose == Use::Write {
             slot.writes += 1;
             slot.writing += 1;
             slot.dirty = true;
@@ -228,52 +256,95 @@ impl Handle {
         if let Some(put_on_clock) = reopened {
             self.cache.opened(Arc::downgrade(self), put_on_clock);
         }
-        Ok((file, writes, writing))
+        Ok(Some((file, writes, writing)))
     }
 
-    fn written(&self) {
+    /// Keeps the file open for as long as the handle lives (reopening it first if the cache
+    /// closed it, while its path still names it): its path is about to stop naming it.
+    /// Returns whether it was not pinned before; on an error it is left as it was.
+    fn pin(self: &Arc<Self>) -> io::Result<bool> {
+        let mut slot = lock(&self.slot);
+        let reopened = self.reopen(&mut slot)?;
+        let newly = !slot.pinned;
+        slot.pinned = true;
+        drop(slot);
+        if let Some(put_on_clock) = reopened {
+            self.cache.opened(Arc::downgrade(self), put_on_clock);
+        }
+        Ok(newly)
+    }
+
+    fn unpin(&self) {
+        lock(&self.slot).pinned = false;
+    }
+
+    /// Keeps the file open while a rename moves it (reopening it first if need be), so
+    /// that no reopen looks for it between the rename and the update of its path.
+    fn hold(self: &Arc<Self>) -> io::Result<()> {
+        let mut slot = lock(&self.slot);
+        let reopened = self.reopen(&mut slot)?;
+        slot.held += 1;
+        drop(slot);
+        if let Some(put_on_clock) = reopened {
+            self.cache.opened(Arc::downgrade(self), put_on_clock);
+        }
+        Ok(())
+    }
+
+    fn release(&self) {
+        let mut slot = lock(&self.slot);
+        slot.held = slot.held.saturating_sub(1);
+    }
+
+    /// Its directory is being removed: an open file stays open for whoever holds it; a
+    /// closed one is gone.
+    fn removed(&self) {
+        let mut slot = lock(&self.slot);
+        if slot.file.is_some() {
+            slot.pinned = true;
+        } else {
+            slot.gone = true;
+        }
+    }
+
+    fn read<T>(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<T>) -> io::Result<T> {
+        match self.file(Use::Read)? {
+            Some((file, _, _)) => op(&*file),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn write(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<()>) -> io::Result<()> {
+        let Some((file, _, _)) = self.file(Use::Write)? else {
+            return Ok(());
+        };
+        let result = op(&*file);
         let mut slot = lock(&self.slot);
         slot.writing = slot.writing.saturating_sub(1);
+        result
     }
 
-    /// A sync that began after `writes` writes, none in flight, succeeded: the file is clean
-    /// unless it was written since.
-    fn synced(&self, writes: u64, writing: bool) {
+    /// A sync that began after `writes` writes, none in flight, and succeeds makes the file
+    /// clean, unless it was written since.
+    fn sync(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<()>) -> io::Result<()> {
+        let Some((file, writes, writing)) = self.file(Use::Sync)? else {
+            return Ok(());
+        };
+        op(&*file)?;
         let mut slot = lock(&self.slot);
         if !writing && slot.writes == writes {
             slot.dirty = false;
         }
-    }
-
-    /// Keeps the file open for as long as the handle lives, reopening it first if the cache
-    /// closed it (its path still names it): its path is about to stop naming it.
-    fn pin(self: &Arc<Self>, reopen: bool) {
-        // Pinned first: the reopen's own turn of the clock must not close it again.
-        lock(&self.slot).pinned = true;
-        if reopen && let Err(e) = self.file(false) {
-            let path = lock(&self.path).clone();
-            tracing::warn!(path = %path.display(), error = %e, "cannot reopen a store file before its path changes; a later use of it fails");
-        }
-    }
-
-    fn run<T>(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<T>) -> io::Result<T> {
-        let (file, _, _) = self.file(false)?;
-        op(&*file)
-    }
-
-    fn write<T>(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<T>) -> io::Result<T> {
-        let (file, _, _) = self.file(true)?;
-        let result = op(&*file);
-        self.written();
-        result
-    }
-
-    fn sync(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<()>) -> io::Result<()> {
-        let (file, writes, writing) = self.file(false)?;
-        op(&*file)?;
-        self.synced(writes, writing);
         Ok(())
     }
+}
+
+/// What a handle's file is wanted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Read,
+    Write,
+    Sync,
 }
 
 impl Drop for Handle {
@@ -301,16 +372,16 @@ impl FileIo for CachedFile {
         self.0.write(|f| f.write_all_at(buf, offset))
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.run(|f| f.read_exact_at(buf, offset))
+        self.0.read(|f| f.read_exact_at(buf, offset))
     }
     fn read_exact_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-        self.0.run(|f| f.read_exact_vec_at(len, offset))
+        self.0.read(|f| f.read_exact_vec_at(len, offset))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.write(|f| f.set_len(len))
     }
     fn len(&self) -> io::Result<u64> {
-        self.0.run(|f| f.len())
+        self.0.read(|f| f.len())
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync(|f| f.sync_data())
@@ -337,13 +408,14 @@ impl Fs for CachedFs {
             }),
         });
         // Another handle of the same path (the same file: nothing renamed or deleted it in
-        // between) stays open for as long as it lives, as only one is reopened by path.
+        // between) is pinned open, as only one is known by the path. The store opens no
+        // path twice; if it did and the pin failed, the open fails.
         let displaced = {
             let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
             names.insert(path.to_owned(), Arc::downgrade(&handle))
         };
         if let Some(other) = displaced.and_then(|w| w.upgrade()) {
-            other.pin(true);
+            other.pin()?;
         }
         self.cache.opened(Arc::downgrade(&handle), true);
         Ok(Arc::new(CachedFile(handle)))
@@ -366,68 +438,103 @@ impl Fs for CachedFs {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         self.inner.read_dir(path)
     }
-    /// Moves what the cache knows of `from` (a file, or a directory's files) to `to`; a
-    /// file `to` named before is pinned open first.
+    /// Moves what the cache knows of `from` (a file, or a directory's files) to `to`, holding
+    /// them open meanwhile; a file `to` named before is pinned open first.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let replaced = self.handles_under(to);
-        for h in &replaced {
-            h.pin(true);
+        let moving = self.handles_under(from);
+        let mut pinned = Vec::new();
+        let mut held = Vec::new();
+        let result = (|| {
+            for h in &replaced {
+                if h.pin()? {
+                    pinned.push(h.clone());
+                }
+            }
+            for h in &moving {
+                h.hold()?;
+                held.push(h.clone());
+            }
+            self.inner.rename(from, to)
+        })();
+        if result.is_ok() {
+            let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
+            for p in paths_under(&names, to) {
+                names.remove(&p);
+            }
+            for h in &moving {
+                let mut path = lock(&h.path);
+                let Ok(rest) = path.strip_prefix(from) else {
+                    continue;
+                };
+                let new = if rest.as_os_str().is_empty() {
+                    to.to_owned()
+                } else {
+                    to.join(rest)
+                };
+                if names
+                    .get(&*path)
+                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(h)))
+                {
+                    names.remove(&*path);
+                }
+                names.insert(new.clone(), Arc::downgrade(h));
+                *path = new;
+            }
+        } else {
+            for h in &pinned {
+                h.unpin();
+            }
         }
-        // Handles taken out of `names`, dropped once it is released.
-        let mut keep: Vec<Arc<Handle>> = Vec::new();
-        let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
-        self.inner.rename(from, to)?;
-        for p in paths_under(&names, to) {
-            keep.extend(names.remove(&p).and_then(|w| w.upgrade()));
-        }
-        for old in paths_under(&names, from) {
-            let Some(weak) = names.remove(&old) else {
-                continue;
-            };
-            let (Some(h), Ok(rest)) = (weak.upgrade(), old.strip_prefix(from)) else {
-                continue;
-            };
-            let new = if rest.as_os_str().is_empty() {
-                to.to_owned()
-            } else {
-                to.join(rest)
-            };
-            *lock(&h.path) = new.clone();
-            names.insert(new, weak);
-            keep.push(h);
-        }
-        drop(names);
-        drop(keep);
-        Ok(())
-    }
-    /// Pins the file open first, for whoever still holds it.
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let held = self.handles_under(path);
-        for h in held.iter().filter(|h| *lock(&h.path) == path) {
-            h.pin(true);
-        }
-        let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
-        self.inner.remove_file(path)?;
-        names.remove(path);
-        drop(names);
-        drop(held);
-        Ok(())
-    }
-    /// Pins the files below `path` that are open; one the cache closed stays closed, and a
-    /// use of it fails, as its log is being destroyed.
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        let held = self.handles_under(path);
         for h in &held {
-            h.pin(false);
+            h.release();
         }
-        let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
-        self.inner.remove_dir_all(path)?;
-        for p in paths_under(&names, path) {
-            names.remove(&p);
+        result
+    }
+    /// Pins the file open first, for whoever still holds it; a file that cannot be reopened
+    /// to pin it is not removed.
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let held: Vec<_> = self
+            .handles_under(path)
+            .into_iter()
+            .filter(|h| *lock(&h.path) == path)
+            .collect();
+        let mut pinned = Vec::new();
+        let result = (|| {
+            for h in &held {
+                if h.pin()? {
+                    pinned.push(h.clone());
+                }
+            }
+            self.inner.remove_file(path)
+        })();
+        if result.is_ok() {
+            let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
+            names.remove(path);
+        } else {
+            for h in &pinned {
+                h.unpin();
+            }
         }
-        drop(names);
-        drop(held);
-        Ok(())
+        result
+    }
+    /// Destroys a directory: what the cache knows below it is forgotten, whether or not the
+    /// removal succeeds (the store removes only the directory of a log it destroys, or the
+    /// paging files of a previous run). Open files stay open for whoever holds them; closed
+    /// ones are gone.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let forgotten: Vec<Weak<Handle>> = {
+            let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
+            paths_under(&names, path)
+                .iter()
+                .filter_map(|p| names.remove(p))
+                .collect()
+        };
+        let forgotten: Vec<Arc<Handle>> = forgotten.iter().filter_map(Weak::upgrade).collect();
+        for h in &forgotten {
+            h.removed();
+        }
+        self.inner.remove_dir_all(path)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_dir(path)

@@ -184,3 +184,79 @@ fn a_failed_sync_keeps_the_file_open() {
     let _ = written(&fs, &d.join("last2"), b"x", true);
     assert!(!slot(&fs), "closed once a sync succeeded");
 }
+
+/// A queue deleted while its head segment is closed: the write and sync already on their
+/// way to it do nothing and succeed, as they did on a descriptor kept open, rather than
+/// failing the epoch of every queue; a read of it fails rather than reading another file.
+#[test]
+fn a_closed_file_under_a_removed_directory_is_gone() {
+    let d = dir("gone");
+    let fs = cache(1);
+    std::fs::create_dir_all(d.join("q")).unwrap();
+    let head = written(&fs, &d.join("q/0.seg"), b"head", true);
+    let open = fs.open(&d.join("q/1.seg"), OpenMode::FRESH).unwrap();
+    open.write_all_at(b"dirty", 0).unwrap();
+    let _ = written(&fs, &d.join("other"), b"x", true);
+    fs.remove_dir_all(&d.join("q")).unwrap();
+    assert!(!d.join("q").exists());
+    head.write_all_at(b"late", 4).unwrap();
+    head.sync_data().unwrap();
+    let refused = head.read_exact_vec_at(4, 0).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::NotFound);
+    // The open (dirty) one stays open and readable.
+    assert_eq!(read(&open, 5), b"dirty");
+    open.sync_data().unwrap();
+    assert!(
+        fs.cache
+            .names
+            .read()
+            .unwrap()
+            .keys()
+            .all(|p| !p.starts_with(d.join("q")))
+    );
+}
+
+/// A sync of a file the cache closed opens nothing: it was clean when closed.
+#[test]
+fn a_sync_of_a_closed_file_reopens_nothing() {
+    let d = dir("sync-closed");
+    let fs = cache(1);
+    let first = written(&fs, &d.join("first"), b"first", true);
+    let _second = written(&fs, &d.join("second"), b"second", true);
+    let _third = written(&fs, &d.join("third"), b"third", true);
+    assert_eq!(fs.open_files(), 1);
+    std::fs::remove_file(d.join("first")).unwrap();
+    first.sync_data().unwrap();
+    assert_eq!(fs.open_files(), 1);
+}
+
+/// When the file a rename would replace, or a delete remove, cannot be reopened to keep it
+/// for whoever holds it (the process is out of descriptors), the rename or delete fails and
+/// changes nothing: its holder never reads another file by its name.
+#[test]
+fn a_rename_or_delete_that_cannot_pin_the_file_fails() {
+    use crate::store::sim::{Faults, SimFs};
+    let sim = SimFs::new(11);
+    let fs = CachedFs::new(Arc::new(sim.clone()), 1);
+    let d = PathBuf::from("/sim/pin");
+    fs.create_dir_all(&d).unwrap();
+    let old = written(&fs, &d.join("segment"), b"old one", true);
+    let copy = written(&fs, &d.join("segment.tmp"), b"new one", true);
+    let _ = written(&fs, &d.join("filler"), b"x", true);
+    sim.set_faults(Faults {
+        open_error: 1.0,
+        ..Faults::default()
+    });
+    assert!(
+        fs.rename(&d.join("segment.tmp"), &d.join("segment"))
+            .is_err()
+    );
+    assert!(fs.remove_file(&d.join("segment")).is_err());
+    sim.set_faults(Faults::default());
+    assert_eq!(read(&old, 7), b"old one");
+    assert_eq!(read(&copy, 7), b"new one");
+    fs.rename(&d.join("segment.tmp"), &d.join("segment"))
+        .unwrap();
+    assert_eq!(read(&old, 7), b"old one");
+    assert_eq!(fs.read(&d.join("segment")).unwrap(), b"new one");
+}
