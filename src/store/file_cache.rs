@@ -223,9 +223,8 @@ impl Handle {
     }
 
     /// The open file for `purpose`, reopened if the cache closed it; `None` for a write or a
-    /// sync that has nothing to do (a gone file; a sync of a closed one). Also the writes
-    /// begun so far, and whether one is in flight.
-    fn file(self: &Arc<Self>, purpose: Use) -> io::Result<Option<(Arc<dyn FileIo>, u64, bool)>> {
+    /// sync that has nothing to do (a gone file; a sync of a closed one).
+    fn file(self: &Arc<Self>, purpose: Use) -> io::Result<Option<InUse>> {
         self.used.store(true, Ordering::Relaxed);
         let mut slot = lock(&self.slot);
         if slot.file.is_none() {
@@ -256,7 +255,11 @@ impl Handle {
         if let Some(put_on_clock) = reopened {
             self.cache.opened(Arc::downgrade(self), put_on_clock);
         }
-        Ok(Some((file, writes, writing)))
+        Ok(Some(InUse {
+            file,
+            writes,
+            writing,
+        }))
     }
 
     /// Keeps the file open for as long as the handle lives (reopening it first if the cache
@@ -309,16 +312,16 @@ impl Handle {
 
     fn read<T>(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<T>) -> io::Result<T> {
         match self.file(Use::Read)? {
-            Some((file, _, _)) => op(&*file),
+            Some(using) => op(&*using.file),
             None => Err(io::ErrorKind::NotFound.into()),
         }
     }
 
     fn write(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<()>) -> io::Result<()> {
-        let Some((file, _, _)) = self.file(Use::Write)? else {
+        let Some(using) = self.file(Use::Write)? else {
             return Ok(());
         };
-        let result = op(&*file);
+        let result = op(&*using.file);
         let mut slot = lock(&self.slot);
         slot.writing = slot.writing.saturating_sub(1);
         result
@@ -327,16 +330,25 @@ impl Handle {
     /// A sync that began after `writes` writes, none in flight, and succeeds makes the file
     /// clean, unless it was written since.
     fn sync(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<()>) -> io::Result<()> {
-        let Some((file, writes, writing)) = self.file(Use::Sync)? else {
+        let Some(using) = self.file(Use::Sync)? else {
             return Ok(());
         };
-        op(&*file)?;
+        op(&*using.file)?;
         let mut slot = lock(&self.slot);
-        if !writing && slot.writes == writes {
+        if !using.writing && slot.writes == using.writes {
             slot.dirty = false;
         }
         Ok(())
     }
+}
+
+/// A handle's file, taken for one operation.
+struct InUse {
+    file: Arc<dyn FileIo>,
+    /// Writes begun before it was taken.
+    writes: u64,
+    /// One of them still in flight.
+    writing: bool,
 }
 
 /// What a handle's file is wanted for.
