@@ -27,8 +27,9 @@
 //! - An operation in flight keeps its own reference to the open file: a close only drops
 //!   the cache's, and the descriptor goes when the operation ends.
 //!
-//! Lock order: a handle's `slot`, then its `path`. The cache's `names` is taken with no
-//! slot held, and never across a system call; the `clock` is taken with no slot held, and
+//! Lock order: a handle's `slot`, then its `path`; the cache's `names`, then a handle's
+//! `path`. `names` and a slot are never held together, and `names` never across a system
+//! call; the `clock` is taken with no slot held, and
 //! takes slots only by `try_lock`. No lock is held while an `Arc<Handle>` is dropped (its
 //! `Drop` takes `names`).
 
@@ -262,27 +263,15 @@ impl Handle {
         }))
     }
 
-    /// Keeps the file open for as long as the handle lives (reopening it first if the cache
-    /// closed it, while its path still names it): its path is about to stop naming it.
-    /// Returns whether it was not pinned before; on an error it is left as it was.
-    fn pin(self: &Arc<Self>) -> io::Result<bool> {
-        let mut slot = lock(&self.slot);
-        let reopened = self.reopen(&mut slot)?;
-        let newly = !slot.pinned;
-        slot.pinned = true;
-        drop(slot);
-        if let Some(put_on_clock) = reopened {
-            self.cache.opened(Arc::downgrade(self), put_on_clock);
-        }
-        Ok(newly)
+    /// Keeps the file open for as long as the handle lives: its path has stopped naming
+    /// it. Called with the file held open ([`Handle::hold`]) since before that happened.
+    fn pin(&self) {
+        lock(&self.slot).pinned = true;
     }
 
-    fn unpin(&self) {
-        lock(&self.slot).pinned = false;
-    }
-
-    /// Keeps the file open while a rename moves it (reopening it first if need be), so
-    /// that no reopen looks for it between the rename and the update of its path.
+    /// Keeps the file open (reopening it first if need be) while a rename or delete that
+    /// moves, replaces or removes it runs: no reopen looks for it by a path that is about to
+    /// change, and whoever holds it keeps the file it opened. Undone by [`Handle::release`].
     fn hold(self: &Arc<Self>) -> io::Result<()> {
         let mut slot = lock(&self.slot);
         let reopened = self.reopen(&mut slot)?;
@@ -405,6 +394,19 @@ impl FileIo for CachedFile {
 
 impl Fs for CachedFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
+        // Another handle of the same path (the same file: nothing renamed or deleted it in
+        // between) is pinned open first, as only one is known by the path. The store opens
+        // no path twice; if it did and the other could not be reopened, the open fails.
+        let other = {
+            let names = self.cache.names.read().unwrap_or_else(|e| e.into_inner());
+            names.get(path).and_then(Weak::upgrade)
+        };
+        if let Some(other) = &other {
+            other.hold()?;
+            other.pin();
+            other.release();
+        }
+        drop(other);
         let file = self.inner.open(path, mode)?;
         self.cache.open.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle {
@@ -416,20 +418,17 @@ impl Fs for CachedFs {
             slot: Mutex::new(Slot {
                 file: Some(file),
                 on_clock: true,
+                // A truncation is a change a sync must cover, as a write is.
+                dirty: mode.truncate,
                 ..Slot::default()
             }),
         });
-        // Another handle of the same path (the same file: nothing renamed or deleted it in
-        // between) is pinned open, as only one is known by the path. The store opens no
-        // path twice; if it did and the pin failed, the open fails.
         let displaced = {
             let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
             names.insert(path.to_owned(), Arc::downgrade(&handle))
         };
-        if let Some(other) = displaced.and_then(|w| w.upgrade()) {
-            other.pin()?;
-        }
         self.cache.opened(Arc::downgrade(&handle), true);
+        drop(displaced);
         Ok(Arc::new(CachedFile(handle)))
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -455,24 +454,21 @@ impl Fs for CachedFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let replaced = self.handles_under(to);
         let moving = self.handles_under(from);
-        let mut pinned = Vec::new();
         let mut held = Vec::new();
         let result = (|| {
-            for h in &replaced {
-                if h.pin()? {
-                    pinned.push(h.clone());
-                }
-            }
-            for h in &moving {
+            for h in replaced.iter().chain(&moving) {
                 h.hold()?;
                 held.push(h.clone());
             }
             self.inner.rename(from, to)
         })();
         if result.is_ok() {
+            for h in &replaced {
+                h.pin();
+            }
             let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
-            for p in paths_under(&names, to) {
-                names.remove(&p);
+            for h in &replaced {
+                forget(&mut names, &lock(&h.path), h);
             }
             for h in &moving {
                 let mut path = lock(&h.path);
@@ -484,18 +480,9 @@ impl Fs for CachedFs {
                 } else {
                     to.join(rest)
                 };
-                if names
-                    .get(&*path)
-                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(h)))
-                {
-                    names.remove(&*path);
-                }
+                forget(&mut names, &path, h);
                 names.insert(new.clone(), Arc::downgrade(h));
                 *path = new;
-            }
-        } else {
-            for h in &pinned {
-                h.unpin();
             }
         }
         for h in &held {
@@ -506,27 +493,30 @@ impl Fs for CachedFs {
     /// Pins the file open first, for whoever still holds it; a file that cannot be reopened
     /// to pin it is not removed.
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let held: Vec<_> = self
+        let removed: Vec<_> = self
             .handles_under(path)
             .into_iter()
             .filter(|h| *lock(&h.path) == path)
             .collect();
-        let mut pinned = Vec::new();
+        let mut held = Vec::new();
         let result = (|| {
-            for h in &held {
-                if h.pin()? {
-                    pinned.push(h.clone());
-                }
+            for h in &removed {
+                h.hold()?;
+                held.push(h.clone());
             }
             self.inner.remove_file(path)
         })();
         if result.is_ok() {
-            let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
-            names.remove(path);
-        } else {
-            for h in &pinned {
-                h.unpin();
+            for h in &removed {
+                h.pin();
             }
+            let mut names = self.cache.names.write().unwrap_or_else(|e| e.into_inner());
+            for h in &removed {
+                forget(&mut names, path, h);
+            }
+        }
+        for h in &held {
+            h.release();
         }
         result
     }
@@ -550,6 +540,16 @@ impl Fs for CachedFs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_dir(path)
+    }
+}
+
+/// Removes `path`'s entry in `names` if it is `handle`'s.
+fn forget(names: &mut BTreeMap<PathBuf, Weak<Handle>>, path: &Path, handle: &Arc<Handle>) {
+    if names
+        .get(path)
+        .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(handle)))
+    {
+        names.remove(path);
     }
 }
 

@@ -260,3 +260,22 @@ fn a_rename_or_delete_that_cannot_pin_the_file_fails() {
     assert_eq!(read(&old, 7), b"old one");
     assert_eq!(fs.read(&d.join("segment")).unwrap(), b"new one");
 }
+
+/// A pin is never undone: a delete of a file already removed with its directory fails
+/// (NotFound), and its holder still reads the file it opened.
+#[test]
+fn a_failed_delete_does_not_undo_a_pin() {
+    let d = dir("pin-kept");
+    let fs = cache(1);
+    std::fs::create_dir_all(d.join("q")).unwrap();
+    let file = fs.open(&d.join("q/0.seg"), OpenMode::FRESH).unwrap();
+    file.write_all_at(b"kept", 0).unwrap();
+    fs.remove_dir_all(&d.join("q")).unwrap();
+    file.sync_data().unwrap();
+    let gone = fs.remove_file(&d.join("q/0.seg")).unwrap_err();
+    assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+    for i in 0..5 {
+        let _ = written(&fs, &d.join(format!("other-{i}")), b"x", true);
+    }
+    assert_eq!(read(&file, 4), b"kept");
+}
