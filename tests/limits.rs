@@ -285,6 +285,62 @@ async fn what_a_connections_consumers_hold_is_limited_and_freed_when_they_go() {
 }
 
 #[tokio::test]
+async fn what_all_connections_consumers_hold_is_limited_and_charged_to_the_memory_gauge() {
+    // A budget per connection alone let a client with many connections hold that many
+    // times as much: the broker's budget counts them all, and the memory gauge sees them.
+    let mut config = Config::for_tests();
+    config.limits.broker_consumer_bytes = 100 * 1024;
+    let broker = Broker::start_with(config).await;
+    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let (_w, witness) = broker.channel().await;
+    declare(&witness, "q").await.unwrap();
+    let padded = table(&[("x-padding", long_str(&"x".repeat(30 * 1024)))]);
+    let before = memory.used();
+    let mut kept = Vec::new();
+    let mut connections = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let conn = broker.connect().await;
+        let ch = within(conn.create_channel()).await.unwrap();
+        let consumer =
+            within(ch.basic_consume("q".into(), tag.into(), Default::default(), padded.clone()))
+                .await
+                .expect("under the broker's budget");
+        kept.push(consumer);
+        connections.push(conn);
+    }
+    assert!(
+        memory.used() >= before + 3 * 30 * 1024,
+        "three consumers of 30 KiB charged: {before} -> {}",
+        memory.used()
+    );
+    let fourth = broker.connect().await;
+    let ch = within(fourth.create_channel()).await.unwrap();
+    assert_amqp_error(
+        within(ch.basic_consume("q".into(), "d".into(), Default::default(), padded.clone())).await,
+        530,
+        "NOT_ALLOWED - consumers of this broker would hold more than 102400 bytes (broker_consumer_bytes)",
+    );
+    // A connection that goes gives its consumers' shares back to the broker.
+    let consumers = broker.server.as_ref().unwrap().broker().consumers.clone();
+    let held = consumers.held_bytes();
+    within(connections.remove(0).close(200, "bye".into()))
+        .await
+        .unwrap();
+    within(async {
+        while consumers.held_bytes() >= held {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let fifth = broker.connect().await;
+    let ch = within(fifth.create_channel()).await.unwrap();
+    within(ch.basic_consume("q".into(), "e".into(), Default::default(), padded.clone()))
+        .await
+        .expect("the closed connection's consumer gave its share back");
+    assert_healthy(&witness).await;
+}
+
+#[tokio::test]
 async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
     // A raw client: the refusal closes the channel at the fourth publish, before any commit,
     // and lapin would report it as a close or as a closing channel depending on timing.

@@ -2,7 +2,6 @@
 //! limits and client capabilities. Fixed once Connection.Open succeeds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
@@ -10,11 +9,11 @@ use super::outbox::Outbox;
 use crate::auth::User;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
+pub use crate::broker::consumer_budget::{ConsumerBudget, ConsumerShare};
 use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::broker::user_limits::UserConnection;
 use crate::broker::vhost::checks::Check;
 use crate::broker::vhost::{ConnectionSlot, VirtualHost};
-use crate::config::Limits;
 use crate::protocol::error::AmqpResult;
 use crate::protocol::table;
 
@@ -65,68 +64,6 @@ pub struct Session {
     pub user_slot: UserConnection,
     /// What this connection's consumers hold, against `connection_consumer_bytes`.
     pub consumer_budget: Arc<ConsumerBudget>,
-}
-
-/// The memory one connection's consumers hold: their records, tags and arguments. A
-/// consumer's arguments may be as large as a frame and a channel may hold 65,536
-/// consumers, so without a budget one connection could hold many gigabytes of them.
-/// Counting is exact: each consumer takes its share with a compare-and-swap and gives it
-/// back when its [`ConsumerShare`] drops, so every way a consumer ends frees it.
-#[derive(Debug)]
-pub struct ConsumerBudget {
-    held_bytes: AtomicUsize,
-    limit_bytes: usize,
-}
-
-/// One consumer's share of its connection's [`ConsumerBudget`], held until it drops.
-#[derive(Debug)]
-pub struct ConsumerShare {
-    budget: Arc<ConsumerBudget>,
-    bytes: usize,
-}
-
-impl ConsumerBudget {
-    pub fn new(limits: &Limits) -> Arc<Self> {
-        Arc::new(ConsumerBudget {
-            held_bytes: AtomicUsize::new(0),
-            limit_bytes: limits.connection_consumer_bytes,
-        })
-    }
-
-    /// The budget's size, named in the refusal.
-    pub fn limit_bytes(&self) -> usize {
-        self.limit_bytes
-    }
-
-    /// Takes `bytes` for one consumer, unless that would pass the limit.
-    pub fn take(self: &Arc<Self>, bytes: usize) -> Option<ConsumerShare> {
-        let mut now = self.held_bytes.load(Ordering::Relaxed);
-        loop {
-            let after = now.checked_add(bytes).filter(|&a| a <= self.limit_bytes)?;
-            match self.held_bytes.compare_exchange_weak(
-                now,
-                after,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Some(ConsumerShare {
-                        budget: self.clone(),
-                        bytes,
-                    });
-                }
-                Err(actual) => now = actual,
-            }
-        }
-    }
-}
-
-impl Drop for ConsumerShare {
-    fn drop(&mut self) {
-        self.budget
-            .held_bytes
-            .fetch_sub(self.bytes, Ordering::AcqRel);
-    }
 }
 
 impl Session {

@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod arguments;
 pub mod body;
 pub mod connections;
+pub mod consumer_budget;
 pub mod exchange;
 pub mod heap;
 pub mod import;
@@ -54,6 +55,8 @@ pub struct Broker {
     pub definitions: Arc<DefinitionsStore>,
     /// Message bytes held in memory, against the budget.
     pub memory: &'static Memory,
+    /// What all consumers hold, against `broker_consumer_bytes`.
+    pub consumers: Arc<consumer_budget::ConsumerBudget>,
     users: DashMap<String, Arc<User>>,
     /// Held by each change to users and grants (`Broker::changing_users`).
     user_changes: std::sync::Mutex<()>,

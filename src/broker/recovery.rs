@@ -13,6 +13,7 @@ use super::alarms::Alarms;
 use super::connections::{
     Connections, DescriptorShare, STORE_FILES_RESERVED, STORE_FILES_UNLIMITED,
 };
+use super::consumer_budget::ConsumerBudget;
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::Memory;
 use super::queue::{Queue, QueueConfig};
@@ -116,6 +117,7 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory,
+            consumers: ConsumerBudget::broker(config.limits.broker_consumer_bytes, memory),
             ledger: Default::default(),
             started_at_ms: super::timer::now_ms(),
             relief_pass_ms: Default::default(),

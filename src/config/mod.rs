@@ -114,6 +114,9 @@ pub struct Limits {
     /// Memory the consumers of one connection may hold together: their records, tags and
     /// the arguments the broker keeps for each.
     pub connection_consumer_bytes: usize,
+    /// Memory the consumers of all connections may hold together: a budget per connection
+    /// alone let a client opening many connections hold that many times as much.
+    pub broker_consumer_bytes: usize,
     /// Queues in the whole broker (RabbitMQ's `cluster_queue_limit`; vhosts may set a lower
     /// `max-queues` of their own).
     pub max_queues: usize,
@@ -179,6 +182,7 @@ impl Default for Limits {
             max_unopened_connections_per_address: 256,
             max_consumers_per_channel: 65_536,
             connection_consumer_bytes: 64 * 1024 * 1024,
+            broker_consumer_bytes: 1024 * 1024 * 1024,
             max_queues: 1_000_000,
             max_exchanges_per_vhost: 100_000,
             max_bindings_per_exchange: 1_000_000,

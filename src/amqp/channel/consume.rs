@@ -16,6 +16,7 @@ use crate::amqp::session::{ConsumerShare, Session};
 use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
+use crate::broker::consumer_budget::Refused;
 use crate::broker::queue::consumer::Consumer;
 use crate::broker::queue::delivery::Requeue;
 use crate::broker::queue::settings::QueueType;
@@ -389,12 +390,17 @@ fn consumer_share(
         false => Bytes::from(table::encode(arguments).into_boxed_slice()),
     };
     let bytes = CONSUMER_RECORD_BYTES + tag.len() + arguments.len();
-    let share = s.consumer_budget.take(bytes).ok_or_else(|| {
-        amqp_error!(
+    let share = s.consumer_budget.take(bytes).map_err(|refused| match refused {
+        Refused::Connection(limit) => amqp_error!(
             NotAllowed,
             "consumers of this connection would hold more than {} bytes (connection_consumer_bytes)",
-            s.consumer_budget.limit_bytes()
-        )
+            limit
+        ),
+        Refused::Broker(limit) => amqp_error!(
+            NotAllowed,
+            "consumers of this broker would hold more than {} bytes (broker_consumer_bytes)",
+            limit
+        ),
     })?;
     Ok((arguments, share))
 }

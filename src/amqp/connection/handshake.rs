@@ -6,7 +6,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::replies::method_error;
 use super::{Connection, Phase};
-use crate::amqp::session::{ClientCapabilities, ConsumerBudget, Session};
+use crate::amqp::session::{ClientCapabilities, Session};
 use crate::amqp_error;
 use crate::auth::sasl;
 use crate::broker::stats::Opened;
@@ -339,7 +339,7 @@ impl Connection {
             capabilities: self.capabilities,
             _slot: slot,
             user_slot,
-            consumer_budget: ConsumerBudget::new(&self.broker.config.limits),
+            consumer_budget: self.broker.connection_consumer_budget(),
         });
         write_method(
             self.out.buf(),

@@ -1,0 +1,130 @@
+//! The memory consumers hold: their records, tags and arguments, counted per connection
+//! (`connection_consumer_bytes`) and over the whole broker (`broker_consumer_bytes`), and
+//! charged to the broker's memory gauge while they live.
+//!
+//! A consumer's arguments may be as large as a frame and a channel may hold 65,536
+//! consumers, so without a budget one connection could hold many gigabytes of them; and a
+//! budget per connection alone let a client with a thousand connections hold a thousand
+//! times that.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::Broker;
+use super::memory::{Charge, Memory};
+
+impl Broker {
+    /// A new connection's consumer budget, within the broker's.
+    pub fn connection_consumer_budget(&self) -> Arc<ConsumerBudget> {
+        ConsumerBudget::connection(
+            self.config.limits.connection_consumer_bytes,
+            &self.consumers,
+        )
+    }
+}
+
+/// Bytes held against a limit. Counting is exact: each consumer takes its share with a
+/// compare-and-swap and gives it back when its [`ConsumerShare`] drops, so every way a
+/// consumer ends frees it.
+#[derive(Debug)]
+pub struct ConsumerBudget {
+    held_bytes: AtomicUsize,
+    limit_bytes: usize,
+    /// The broker's budget, which a connection's takes from too.
+    whole: Option<Arc<ConsumerBudget>>,
+    /// The gauge each share is charged to.
+    memory: &'static Memory,
+}
+
+/// Which budget refused a consumer, and its size: named in the refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Connection(usize),
+    Broker(usize),
+}
+
+/// One consumer's share of its connection's budget and the broker's, held until it drops.
+#[derive(Debug)]
+pub struct ConsumerShare {
+    budget: Arc<ConsumerBudget>,
+    bytes: usize,
+    _charge: Charge,
+}
+
+impl ConsumerBudget {
+    /// The broker's budget.
+    pub fn broker(limit_bytes: usize, memory: &'static Memory) -> Arc<Self> {
+        Arc::new(ConsumerBudget {
+            held_bytes: AtomicUsize::new(0),
+            limit_bytes,
+            whole: None,
+            memory,
+        })
+    }
+
+    /// A connection's budget, within the broker's.
+    pub fn connection(limit_bytes: usize, broker: &Arc<ConsumerBudget>) -> Arc<Self> {
+        Arc::new(ConsumerBudget {
+            held_bytes: AtomicUsize::new(0),
+            limit_bytes,
+            whole: Some(broker.clone()),
+            memory: broker.memory,
+        })
+    }
+
+    /// What consumers hold now.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` for one consumer from this budget and the broker's, unless that would
+    /// pass either limit.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<ConsumerShare, Refused> {
+        if !self.reserve(bytes) {
+            return Err(match self.whole {
+                Some(_) => Refused::Connection(self.limit_bytes),
+                None => Refused::Broker(self.limit_bytes),
+            });
+        }
+        if let Some(whole) = &self.whole
+            && !whole.reserve(bytes)
+        {
+            self.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(Refused::Broker(whole.limit_bytes));
+        }
+        Ok(ConsumerShare {
+            budget: self.clone(),
+            bytes,
+            _charge: Charge::new(self.memory, bytes),
+        })
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        let mut now = self.held_bytes.load(Ordering::Relaxed);
+        loop {
+            let Some(after) = now.checked_add(bytes).filter(|&a| a <= self.limit_bytes) else {
+                return false;
+            };
+            match self.held_bytes.compare_exchange_weak(
+                now,
+                after,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+impl Drop for ConsumerShare {
+    fn drop(&mut self) {
+        self.budget
+            .held_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        if let Some(whole) = &self.budget.whole {
+            whole.held_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
