@@ -145,32 +145,6 @@ impl VirtualHost {
         }
     }
 
-    /// Removes every binding leading to `destination`. Returns the sources that lost a
-    /// binding, for the caller to auto-delete.
-    pub(super) fn remove_incoming_locked(
-        &self,
-        topology: &mut Topology,
-        destination: &Destination,
-    ) -> Vec<Arc<Exchange>> {
-        let Some(incoming) = topology.incoming.remove(&destination.identity()) else {
-            return Vec::new();
-        };
-        let mut sources = Vec::with_capacity(incoming.len());
-        for ((_, routing_key, arguments), source) in incoming {
-            // By the key, its arguments left encoded: decoded only for the definitions.
-            let key = BindingKey::new(destination.clone(), routing_key, arguments.into());
-            source.unbind_key(&key);
-            if source.durable
-                && destination.durable()
-                && let Some(def) = self.binding_def(&source, &key.binding())
-            {
-                self.record(topology, Change::DeleteBinding(def));
-            }
-            sources.push(source);
-        }
-        sources
-    }
-
     /// exchange.bind: routes from `source` to `destination`.
     pub fn bind_exchange(
         &self,

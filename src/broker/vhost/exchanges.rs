@@ -5,6 +5,7 @@ use std::sync::Arc;
 use amq_protocol::types::FieldTable;
 
 use super::checks::{self, AuthorizeNew};
+use super::unbinding::{Incoming, Sources};
 use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
@@ -148,40 +149,68 @@ impl VirtualHost {
                 exchange_desc(name, &self.name)
             ));
         }
-        self.remove_exchange_locked(&mut topology, &x);
-        Ok(topology.sync.take())
+        // Out of the vhost under the lock; its bindings removed a batch at a time after.
+        let Some(incoming) = self.detach_exchange_locked(&mut topology, &x) else {
+            return Ok(None);
+        };
+        let sync = topology.sync.take();
+        drop(topology);
+        self.unbind_outgoing(&x);
+        let sources = self.unbind_incoming(&Destination::Exchange(x.clone()), incoming);
+        let mut topology = self.lock();
+        for source in sources.list {
+            self.maybe_auto_delete(&mut topology, &source);
+        }
+        Ok(sync.max(topology.sync.take()))
+    }
+
+    /// Takes `x` out of the vhost: out of its exchanges, its deletion recorded (which forgets
+    /// the bindings from and to it in the definitions), and what leads to it out of the
+    /// reverse index, returned. `None` if it had left already.
+    fn detach_exchange_locked(
+        &self,
+        topology: &mut Topology,
+        x: &Arc<Exchange>,
+    ) -> Option<Incoming> {
+        if !self.exchange_is(x) {
+            return None;
+        }
+        self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        if x.durable {
+            self.record(
+                topology,
+                Change::DeleteExchange {
+                    vhost: self.name.clone(),
+                    name: x.name.clone(),
+                },
+            );
+        }
+        self.changed();
+        Some(Self::take_incoming(
+            topology,
+            &Destination::Exchange(x.clone()),
+        ))
     }
 
     /// Removes an exchange and every binding from or to it, then the auto-delete exchanges
-    /// that lost their last binding that way, and so on: a worklist, not recursion, so a chain
-    /// of auto-delete exchanges of any length costs no stack.
+    /// that lost their last binding that way, and so on, all under the lock: a worklist, not
+    /// recursion, so a chain of auto-delete exchanges of any length costs no stack.
     pub(super) fn remove_exchange_locked(&self, topology: &mut Topology, x: &Arc<Exchange>) {
         let mut doomed = vec![x.clone()];
         while let Some(x) = doomed.pop() {
-            if !self.exchange_is(&x) {
+            let Some(incoming) = self.detach_exchange_locked(topology, &x) else {
                 continue;
-            }
-            self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, &x));
-            if x.durable {
-                // Also forgets the bindings from and to it in the definitions.
-                self.record(
-                    topology,
-                    Change::DeleteExchange {
-                        vhost: self.name.clone(),
-                        name: x.name.clone(),
-                    },
-                );
-            }
-            // Bindings out of it: forget them in the destinations' reverse index.
-            // By their keys, their arguments left encoded (decoded, a wide binding took
-            // 30 times its size, all of them at once).
-            for key in x.binding_keys() {
-                x.unbind_key(&key);
-                Self::forget_incoming_key(topology, &key, &x);
-            }
-            // Bindings into it: remove them from their sources.
-            let sources = self.remove_incoming_locked(topology, &Destination::Exchange(x.clone()));
-            doomed.extend(sources.into_iter().filter(|s| self.should_auto_delete(s)));
+            };
+            Self::unbind_outgoing_locked(topology, &x, &x.binding_keys());
+            let mut sources = Sources::default();
+            let destination = Destination::Exchange(x.clone());
+            Self::unbind_incoming_locked(&destination, incoming.into_iter(), &mut sources);
+            doomed.extend(
+                sources
+                    .list
+                    .into_iter()
+                    .filter(|s| self.should_auto_delete(s)),
+            );
             self.changed();
         }
     }

@@ -242,12 +242,8 @@ impl VirtualHost {
         }
         self.services.limits.queues.fetch_sub(1, Ordering::Relaxed);
         crate::broker::stats::bump(&self.services.ledger.churn.queues_deleted, 1);
-        let sources =
-            self.remove_incoming_locked(&mut topology, &Destination::Queue(queue.clone()));
-        for source in sources {
-            self.maybe_auto_delete(&mut topology, &source);
-        }
         if queue.durable {
+            // Also forgets the bindings to it in the definitions.
             self.record(
                 &mut topology,
                 Change::DeleteQueue {
@@ -256,9 +252,20 @@ impl VirtualHost {
                 },
             );
         }
+        let destination = Destination::Queue(queue.clone());
+        let incoming = Self::take_incoming(&mut topology, &destination);
         self.changed();
-        let sync = topology.sync.take();
+        let mut sync = topology.sync.take();
         drop(topology);
+        // Its bindings a batch at a time, the lock let go between batches.
+        let sources = self.unbind_incoming(&destination, incoming);
+        if !sources.list.is_empty() {
+            let mut topology = self.lock();
+            for source in sources.list {
+                self.maybe_auto_delete(&mut topology, &source);
+            }
+            sync = sync.max(topology.sync.take());
+        }
         let (messages, mut consumers) = queue.mark_deleted();
         // RabbitMQ cancels a deleted queue's consumers in consumer-tag order.
         consumers.sort_by(|a, b| a.tag.cmp(&b.tag));

@@ -1,0 +1,194 @@
+//! Deleting a queue or exchange with more bindings than the broker removes under one hold
+//! of the vhost's lock (`vhost::unbinding`, 4,096 at a time): every binding goes, the
+//! auto-delete exchanges that lose their last one go too, and nothing comes back after a
+//! restart.
+
+mod common;
+
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{Channel, ExchangeKind};
+
+const BINDINGS: usize = 10_000;
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Binds `queue` to `exchange` with keys `k0`..`k{n-1}`, a thousand in flight at a time.
+async fn bind_many(ch: &Channel, queue: &str, exchange: &str, n: usize) {
+    for start in (0..n).step_by(1000) {
+        let pending: Vec<_> = (start..(start + 1000).min(n))
+            .map(|i| {
+                let key = format!("k{i}");
+                ch.queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    key.as_str().into(),
+                    Default::default(),
+                    FieldTable::default(),
+                )
+            })
+            .collect();
+        for bind in pending {
+            within(bind).await.expect("bound");
+        }
+    }
+}
+
+/// Publishes to `exchange` with each key of `keys`, with confirms, so that routing is done
+/// before the caller looks.
+async fn publish_each(ch: &Channel, exchange: &str, keys: &[&str]) {
+    for key in keys {
+        let confirm = within(ch.basic_publish(
+            exchange.into(),
+            (*key).into(),
+            Default::default(),
+            b"m",
+            Default::default(),
+        ))
+        .await
+        .expect("published");
+        within(confirm).await.expect("confirmed");
+    }
+}
+
+async fn exists(broker: &Broker, exchange: &str) -> bool {
+    let (_c, ch) = broker.channel().await;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    within(ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Direct,
+        passive,
+        FieldTable::default(),
+    ))
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_deleted_exchange_takes_all_its_bindings_and_its_auto_delete_feeder() {
+    let dir = temp_dir("deletions-exchange");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::for_tests();
+    config.data_dir = dir.clone();
+    let mut broker = Broker::start_with(config.clone()).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.exchange_declare(
+        "many".into(),
+        ExchangeKind::Direct,
+        durable_exchange(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_declare("q".into(), durable_queue(), FieldTable::default()))
+        .await
+        .unwrap();
+    bind_many(&ch, "q", "many", BINDINGS).await;
+    // An auto-delete exchange whose one binding leads into `many`.
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    within(ch.exchange_declare(
+        "feeder".into(),
+        ExchangeKind::Fanout,
+        auto_delete,
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.exchange_bind(
+        "many".into(),
+        "feeder".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    publish_each(&ch, "many", &["k0", "k9999"]).await;
+    assert_eq!(message_count(&ch, "q").await, 2);
+
+    within(ch.exchange_delete("many".into(), Default::default()))
+        .await
+        .unwrap();
+    assert!(
+        !exists(&broker, "feeder").await,
+        "the feeder lost its last binding"
+    );
+    // Declared again, it is a new exchange with no binding.
+    within(ch.exchange_declare(
+        "many".into(),
+        ExchangeKind::Direct,
+        durable_exchange(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    publish_each(&ch, "many", &["k0", "k5000", "k9999"]).await;
+    assert_eq!(message_count(&ch, "q").await, 2, "nothing routed to q");
+    drop(ch);
+    drop(_c);
+    broker.stop().await;
+
+    let broker = Broker::start_with(config).await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    // (The two transient messages did not survive the restart.)
+    publish_each(&ch, "many", &["k1", "k7777"]).await;
+    assert_eq!(message_count(&ch, "q").await, 0, "no binding came back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_a_deleted_queue_takes_all_its_bindings_and_empties_an_auto_delete_exchange()
+ {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    bind_many(&ch, "q", "amq.direct", BINDINGS).await;
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    within(ch.exchange_declare(
+        "only-q".into(),
+        ExchangeKind::Direct,
+        auto_delete,
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    bind_many(&ch, "q", "only-q", 1).await;
+
+    let deleted = within(ch.queue_delete("q".into(), Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0);
+    assert!(!exists(&broker, "only-q").await, "it lost its last binding");
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish_each(&ch, "amq.direct", &["k0", "k4096", "k9999"]).await;
+    assert_eq!(message_count(&ch, "q").await, 0, "the new q has no binding");
+}
