@@ -192,3 +192,61 @@ async fn same_as_rabbitmq_a_deleted_queue_takes_all_its_bindings_and_empties_an_
     publish_each(&ch, "amq.direct", &["k0", "k4096", "k9999"]).await;
     assert_eq!(message_count(&ch, "q").await, 0, "the new q has no binding");
 }
+
+/// Binds exchange `destination` to `source` with keys `k0`..`k{n-1}`, a thousand in flight
+/// at a time.
+async fn bind_exchanges(ch: &Channel, destination: &str, source: &str, n: usize) {
+    for start in (0..n).step_by(1000) {
+        let pending: Vec<_> = (start..(start + 1000).min(n))
+            .map(|i| {
+                let key = format!("k{i}");
+                ch.exchange_bind(
+                    destination.into(),
+                    source.into(),
+                    key.as_str().into(),
+                    Default::default(),
+                    FieldTable::default(),
+                )
+            })
+            .collect();
+        for bind in pending {
+            within(bind).await.expect("bound");
+        }
+    }
+}
+
+#[tokio::test]
+async fn same_as_rabbitmq_an_auto_delete_exchange_that_loses_its_last_binding_takes_every_binding_into_it()
+ {
+    // The auto-delete exchange `a` goes when its one binding does, with the 10,000
+    // bindings that lead into it from `t` (removed in batches once the unbind's lock is
+    // let go), and then the auto-delete `t` itself, which they were all of.
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    for (name, kind) in [("a", ExchangeKind::Fanout), ("t", ExchangeKind::Direct)] {
+        within(ch.exchange_declare(name.into(), kind, auto_delete, FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    within(ch.queue_declare("q".into(), Default::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    bind_many(&ch, "q", "a", 1).await;
+    bind_exchanges(&ch, "a", "t", BINDINGS).await;
+    publish_each(&ch, "t", &["k0", "k9999"]).await;
+    assert_eq!(message_count(&ch, "q").await, 2, "t routes through a to q");
+
+    within(ch.queue_unbind("q".into(), "a".into(), "k0".into(), FieldTable::default()))
+        .await
+        .unwrap();
+    assert!(!exists(&broker, "a").await, "a lost its last binding");
+    assert!(
+        !exists(&broker, "t").await,
+        "t lost every binding it had, into a"
+    );
+}

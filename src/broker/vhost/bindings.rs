@@ -192,7 +192,9 @@ impl VirtualHost {
             arguments: arguments.clone(),
         };
         self.remove_binding_locked(&mut topology, &src, &binding);
-        Ok(topology.sync.take())
+        let sync = topology.sync.take();
+        drop(topology);
+        Ok(sync.max(self.settle_unbinding(Vec::new())))
     }
 
     /// queue.bind.
@@ -258,6 +260,8 @@ impl VirtualHost {
             return Err(self.resource_locked(queue));
         }
         self.remove_binding_locked(&mut topology, &x, &binding);
-        Ok(topology.sync.take())
+        let sync = topology.sync.take();
+        drop(topology);
+        Ok(sync.max(self.settle_unbinding(Vec::new())))
     }
 }

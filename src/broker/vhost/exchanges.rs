@@ -5,7 +5,7 @@ use std::sync::Arc;
 use amq_protocol::types::FieldTable;
 
 use super::checks::{self, AuthorizeNew};
-use super::unbinding::{Incoming, Sources};
+use super::unbinding::Incoming;
 use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
@@ -142,6 +142,8 @@ impl VirtualHost {
         let Some(x) = self.exchange(name) else {
             return Ok(None);
         };
+        // (A binding to a queue or exchange whose deletion is still removing its bindings
+        // counts until it is removed.)
         if if_unused && x.has_bindings() {
             return Err(amqp_error!(
                 PreconditionFailed,
@@ -155,13 +157,12 @@ impl VirtualHost {
         };
         let sync = topology.sync.take();
         drop(topology);
-        self.unbind_outgoing(&x);
+        // The bindings into it first: until they are gone a message may still reach it
+        // through another exchange, and then reaches all of its destinations, as in
+        // RabbitMQ, where they all go at once.
         let sources = self.unbind_incoming(&Destination::Exchange(x.clone()), incoming);
-        let mut topology = self.lock();
-        for source in sources.list {
-            self.maybe_auto_delete(&mut topology, &source);
-        }
-        Ok(sync.max(topology.sync.take()))
+        self.unbind_outgoing(&x);
+        Ok(sync.max(self.settle_unbinding(sources.list)))
     }
 
     /// Takes `x` out of the vhost: out of its exchanges, its deletion recorded (which forgets
@@ -192,26 +193,20 @@ impl VirtualHost {
         ))
     }
 
-    /// Removes an exchange and every binding from or to it, then the auto-delete exchanges
-    /// that lost their last binding that way, and so on, all under the lock: a worklist, not
-    /// recursion, so a chain of auto-delete exchanges of any length costs no stack.
+    /// Takes an auto-delete exchange that lost its last binding out of the vhost; the
+    /// bindings into it are left for [`VirtualHost::settle_unbinding`] to remove once the
+    /// lock is let go (and the exchanges that loses to auto-delete, and so on: a worklist,
+    /// not recursion, so a chain of auto-delete exchanges of any length costs no stack).
     pub(super) fn remove_exchange_locked(&self, topology: &mut Topology, x: &Arc<Exchange>) {
-        let mut doomed = vec![x.clone()];
-        while let Some(x) = doomed.pop() {
-            let Some(incoming) = self.detach_exchange_locked(topology, &x) else {
-                continue;
-            };
-            Self::unbind_outgoing_locked(topology, &x, &x.binding_keys());
-            let mut sources = Sources::default();
-            let destination = Destination::Exchange(x.clone());
-            Self::unbind_incoming_locked(&destination, incoming.into_iter(), &mut sources);
-            doomed.extend(
-                sources
-                    .list
-                    .into_iter()
-                    .filter(|s| self.should_auto_delete(s)),
-            );
-            self.changed();
+        let Some(incoming) = self.detach_exchange_locked(topology, x) else {
+            return;
+        };
+        // None, for an exchange auto-deleted: it has no binding left.
+        Self::unbind_outgoing_locked(topology, x, &x.binding_keys());
+        if !incoming.is_empty() {
+            topology
+                .unbinding
+                .push((Destination::Exchange(x.clone()), incoming));
         }
     }
 

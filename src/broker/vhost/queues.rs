@@ -259,13 +259,7 @@ impl VirtualHost {
         drop(topology);
         // Its bindings a batch at a time, the lock let go between batches.
         let sources = self.unbind_incoming(&destination, incoming);
-        if !sources.list.is_empty() {
-            let mut topology = self.lock();
-            for source in sources.list {
-                self.maybe_auto_delete(&mut topology, &source);
-            }
-            sync = sync.max(topology.sync.take());
-        }
+        sync = sync.max(self.settle_unbinding(sources.list));
         let (messages, mut consumers) = queue.mark_deleted();
         // RabbitMQ cancels a deleted queue's consumers in consumer-tag order.
         consumers.sort_by(|a, b| a.tag.cmp(&b.tag));

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{IncomingKey, Topology, VirtualHost};
+use super::{IncomingKey, SyncEpoch, Topology, VirtualHost};
 use crate::broker::exchange::{BindingKey, Destination, Exchange};
 
 /// Bindings removed per hold of the topology lock when a queue or exchange is deleted.
@@ -103,6 +103,30 @@ impl VirtualHost {
             Self::unbind_outgoing_locked(&mut topology, x, batch);
             self.changed();
             parking_lot::MutexGuard::unlock_fair(topology);
+        }
+    }
+
+    /// Auto-deletes the `sources` that lost a binding and have none left, a batch per hold
+    /// of the lock; then removes the bindings into the exchanges so deleted
+    /// ([`Topology::unbinding`]) as a deleted exchange's are, and auto-deletes what they
+    /// leave, and so on. Called with the lock let go, after every change that can start an
+    /// auto-delete cascade. Returns the epoch of the definitions changes it made.
+    pub(super) fn settle_unbinding(&self, mut sources: Vec<Arc<Exchange>>) -> SyncEpoch {
+        let mut sync = None;
+        loop {
+            for batch in sources.chunks(UNBIND_BATCH) {
+                let mut topology = self.lock();
+                for source in batch {
+                    self.maybe_auto_delete(&mut topology, source);
+                }
+                sync = sync.max(topology.sync.take());
+                parking_lot::MutexGuard::unlock_fair(topology);
+            }
+            let next = self.lock().unbinding.pop();
+            let Some((destination, incoming)) = next else {
+                return sync;
+            };
+            sources = self.unbind_incoming(&destination, incoming).list;
         }
     }
 }
