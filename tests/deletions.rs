@@ -250,3 +250,75 @@ async fn same_as_rabbitmq_an_auto_delete_exchange_that_loses_its_last_binding_ta
         "t lost every binding it had, into a"
     );
 }
+
+/// Between the batches of a deletion, the queue or exchange has left its vhost but some
+/// bindings still lead to it. Routing treats it as gone, as RabbitMQ does once a deletion
+/// is done: a message that only it would have taken goes to the exchange's alternate
+/// exchange (or is unroutable), rather than into an object being deleted, confirmed and
+/// lost. The state between batches is made here by hand (`detach`), as no test can time
+/// a publish into it.
+#[tokio::test]
+async fn same_as_rabbitmq_a_queue_or_exchange_being_deleted_takes_no_message() {
+    let broker = Broker::start().await;
+    let (_c, ch) = broker.channel().await;
+    let with_ae = lapin::types::FieldTable::from(std::collections::BTreeMap::from([(
+        "alternate-exchange".into(),
+        lapin::types::AMQPValue::LongString("ae".into()),
+    )]));
+    within(ch.exchange_declare(
+        "ae".into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.exchange_declare(
+        "t".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        with_ae,
+    ))
+    .await
+    .unwrap();
+    within(ch.exchange_declare(
+        "x2".into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for q in ["q", "q2", "lost"] {
+        within(ch.queue_declare(q.into(), Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    bind_many(&ch, "lost", "ae", 1).await;
+    bind_many(&ch, "q", "t", 1).await;
+    bind_many(&ch, "q2", "x2", 1).await;
+    within(ch.exchange_bind(
+        "x2".into(),
+        "t".into(),
+        "kx".into(),
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let vhost = broker.server.as_ref().unwrap().broker().vhost("/").unwrap();
+    let t = vhost.exchange("t").unwrap();
+    let routed = |key: &[u8]| {
+        let mut out = Vec::new();
+        vhost.route(&t, &[key], &mut || None, &mut out).unwrap();
+        let mut names: Vec<String> = out.iter().map(|q| q.name.clone()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(routed(b"k0"), ["q"]);
+    assert_eq!(routed(b"kx"), ["q2"]);
+    vhost.queue("q").unwrap().detach();
+    assert_eq!(routed(b"k0"), ["lost"], "to the alternate exchange");
+    vhost.exchange("x2").unwrap().detach();
+    assert_eq!(routed(b"kx"), ["lost"], "to the alternate exchange");
+}

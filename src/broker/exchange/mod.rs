@@ -10,6 +10,7 @@ pub mod destinations;
 pub mod headers;
 pub mod topic;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use amq_protocol::types::FieldTable;
@@ -101,6 +102,11 @@ pub struct Exchange {
     /// [`INTERNAL_USER`] for what the broker made itself. A declare of an exchange that
     /// exists changes nothing, as in RabbitMQ.
     pub declared_by: String,
+    /// Deleted: out of its vhost, its bindings being removed a batch at a time
+    /// (`vhost::unbinding`). Routing treats it as gone, as RabbitMQ does once the deletion
+    /// is done: a message reaching it through another exchange's binding goes to that
+    /// exchange's alternate, or is unroutable.
+    detached: AtomicBool,
 }
 
 /// Who RabbitMQ says made what it made itself (the predeclared exchanges) or what its CLI
@@ -131,6 +137,7 @@ impl Exchange {
             bindings: RwLock::new(Bindings::new(kind)),
             counters: Default::default(),
             declared_by: String::new(),
+            detached: AtomicBool::new(false),
         }
     }
 
@@ -141,6 +148,16 @@ impl Exchange {
             .unwrap_or_else(|e| e.into_inner())
             .charge_to(memory);
         self
+    }
+
+    /// Whether it was deleted (see [`Exchange::detached`]).
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
+    }
+
+    /// Marks it deleted, before the routing version moves (routes are cached by it).
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::Release);
     }
 
     /// The exchange, declared by `user` (see [`Exchange::declared_by`]).

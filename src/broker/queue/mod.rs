@@ -52,6 +52,7 @@ pub mod settings;
 mod snapshot;
 pub mod state;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use amq_protocol::types::FieldTable;
@@ -103,6 +104,10 @@ pub struct Queue {
     /// What the code under the lock needs to know about the queue and its services.
     ctx: QueueCtx,
     state: Mutex<State>,
+    /// Deleted: out of its vhost, its bindings being removed a batch at a time
+    /// (`vhost::unbinding`). Routing treats it as gone, as RabbitMQ does once the deletion
+    /// is done: a message for it alone goes to the exchange's alternate, or is unroutable.
+    detached: AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -154,6 +159,17 @@ impl Drop for DispatchHold {
 }
 
 impl Queue {
+    /// Whether it was deleted (see [`Queue::detached`]).
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks it deleted, before the routing version moves (routes are cached by it).
+    pub fn detach(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// A new queue; durable queues bring their (empty) log.
     pub fn new(
         config: QueueConfig,
@@ -181,6 +197,7 @@ impl Queue {
                 exclusive_owner: config.exclusive_owner,
                 arguments: config.arguments,
                 id: config.id,
+                detached: AtomicBool::new(false),
                 state: Mutex::new(State {
                     ready: Ready::new(settings.max_priority),
                     consumers: Consumers::new(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
+use super::unbinding::Pending;
 use super::{
     IncomingKey, SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key,
 };
@@ -102,6 +103,7 @@ impl VirtualHost {
         topology: &mut Topology,
         source: &Arc<Exchange>,
         binding: &Binding,
+        pending: &mut Pending,
     ) {
         if source.unbind(binding) {
             if let Some(def) = self.binding_def(source, binding) {
@@ -109,7 +111,7 @@ impl VirtualHost {
             }
             Self::forget_incoming(topology, binding, source);
             self.changed();
-            self.maybe_auto_delete(topology, source);
+            self.maybe_auto_delete(topology, source, pending);
         }
     }
 
@@ -191,10 +193,11 @@ impl VirtualHost {
             routing_key: routing_key.to_owned(),
             arguments: arguments.clone(),
         };
-        self.remove_binding_locked(&mut topology, &src, &binding);
+        let mut pending = Pending::new();
+        self.remove_binding_locked(&mut topology, &src, &binding, &mut pending);
         let sync = topology.sync.take();
         drop(topology);
-        Ok(sync.max(self.settle_unbinding(Vec::new())))
+        Ok(sync.max(self.settle_unbinding(Vec::new(), pending)))
     }
 
     /// queue.bind.
@@ -259,9 +262,10 @@ impl VirtualHost {
         if locked {
             return Err(self.resource_locked(queue));
         }
-        self.remove_binding_locked(&mut topology, &x, &binding);
+        let mut pending = Pending::new();
+        self.remove_binding_locked(&mut topology, &x, &binding, &mut pending);
         let sync = topology.sync.take();
         drop(topology);
-        Ok(sync.max(self.settle_unbinding(Vec::new())))
+        Ok(sync.max(self.settle_unbinding(Vec::new(), pending)))
     }
 }

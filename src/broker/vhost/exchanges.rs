@@ -5,7 +5,7 @@ use std::sync::Arc;
 use amq_protocol::types::FieldTable;
 
 use super::checks::{self, AuthorizeNew};
-use super::unbinding::Incoming;
+use super::unbinding::{Incoming, Pending};
 use super::{SyncEpoch, Topology, VirtualHost, default_exchange_refused};
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
@@ -162,7 +162,7 @@ impl VirtualHost {
         // RabbitMQ, where they all go at once.
         let sources = self.unbind_incoming(&Destination::Exchange(x.clone()), incoming);
         self.unbind_outgoing(&x);
-        Ok(sync.max(self.settle_unbinding(sources.list)))
+        Ok(sync.max(self.settle_unbinding(sources.list, Pending::new())))
     }
 
     /// Takes `x` out of the vhost: out of its exchanges, its deletion recorded (which forgets
@@ -177,6 +177,7 @@ impl VirtualHost {
             return None;
         }
         self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        x.detach();
         if x.durable {
             self.record(
                 topology,
@@ -194,19 +195,23 @@ impl VirtualHost {
     }
 
     /// Takes an auto-delete exchange that lost its last binding out of the vhost; the
-    /// bindings into it are left for [`VirtualHost::settle_unbinding`] to remove once the
-    /// lock is let go (and the exchanges that loses to auto-delete, and so on: a worklist,
-    /// not recursion, so a chain of auto-delete exchanges of any length costs no stack).
-    pub(super) fn remove_exchange_locked(&self, topology: &mut Topology, x: &Arc<Exchange>) {
+    /// bindings into it are left in `pending`, for [`VirtualHost::settle_unbinding`] to
+    /// remove once the lock is let go (and the exchanges that loses to auto-delete, and so
+    /// on: a worklist, not recursion, so a chain of auto-delete exchanges of any length costs
+    /// no stack).
+    pub(super) fn remove_exchange_locked(
+        &self,
+        topology: &mut Topology,
+        x: &Arc<Exchange>,
+        pending: &mut Pending,
+    ) {
         let Some(incoming) = self.detach_exchange_locked(topology, x) else {
             return;
         };
         // None, for an exchange auto-deleted: it has no binding left.
         Self::unbind_outgoing_locked(topology, x, &x.binding_keys());
         if !incoming.is_empty() {
-            topology
-                .unbinding
-                .push((Destination::Exchange(x.clone()), incoming));
+            pending.push((Destination::Exchange(x.clone()), incoming));
         }
     }
 
@@ -216,9 +221,14 @@ impl VirtualHost {
         source.auto_delete && !source.has_bindings() && self.exchange_is(source)
     }
 
-    pub(super) fn maybe_auto_delete(&self, topology: &mut Topology, source: &Arc<Exchange>) {
+    pub(super) fn maybe_auto_delete(
+        &self,
+        topology: &mut Topology,
+        source: &Arc<Exchange>,
+        pending: &mut Pending,
+    ) {
         if self.should_auto_delete(source) {
-            self.remove_exchange_locked(topology, source);
+            self.remove_exchange_locked(topology, source, pending);
         }
     }
 

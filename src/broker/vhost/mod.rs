@@ -145,10 +145,6 @@ struct Topology {
     exclusive: HashMap<u64, std::collections::HashSet<String>>,
     /// The epoch of the last definitions change made under this lock.
     sync: SyncEpoch,
-    /// Exchanges an auto-delete cascade took out of the vhost, with the bindings into them
-    /// still to remove: removed in batches once the lock is let go
-    /// (`VirtualHost::settle_unbinding`), as a deleted queue's or exchange's are.
-    unbinding: Vec<(Destination, unbinding::Incoming)>,
 }
 
 /// Identifies a binding among those leading to one destination: its source (by identity),

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use amq_protocol::types::FieldTable;
 
 use super::checks::{self, AuthorizeNew};
+use super::unbinding::Pending;
 use super::{SyncEpoch, VirtualHost};
 use crate::amqp_error;
 use crate::broker::arguments::{self, queue_desc};
@@ -252,6 +253,7 @@ impl VirtualHost {
                 },
             );
         }
+        queue.detach();
         let destination = Destination::Queue(queue.clone());
         let incoming = Self::take_incoming(&mut topology, &destination);
         self.changed();
@@ -259,7 +261,7 @@ impl VirtualHost {
         drop(topology);
         // Its bindings a batch at a time, the lock let go between batches.
         let sources = self.unbind_incoming(&destination, incoming);
-        sync = sync.max(self.settle_unbinding(sources.list));
+        sync = sync.max(self.settle_unbinding(sources.list, Pending::new()));
         let (messages, mut consumers) = queue.mark_deleted();
         // RabbitMQ cancels a deleted queue's consumers in consumer-tag order.
         consumers.sort_by(|a, b| a.tag.cmp(&b.tag));

@@ -100,17 +100,21 @@ impl VirtualHost {
                 if x.kind == ExchangeKind::Headers {
                     cacheable = false;
                 }
-                let within = x.route(routing_keys, &mut headers, &mut budget, &mut |d| {
-                    matched = true;
-                    match d {
-                        Destination::Queue(q) => out.push(q.clone()),
-                        Destination::Exchange(next) => {
-                            let at = Arc::as_ptr(next);
-                            if at != origin && seen.get_or_insert_default().insert(at) {
-                                pending.push(next.clone());
-                            }
+                // A queue or exchange being deleted is gone already: its bindings are
+                // removed in batches after it leaves the vhost (`vhost::unbinding`).
+                let within = x.route(routing_keys, &mut headers, &mut budget, &mut |d| match d {
+                    Destination::Queue(q) if !q.is_detached() => {
+                        matched = true;
+                        out.push(q.clone());
+                    }
+                    Destination::Exchange(next) if !next.is_detached() => {
+                        matched = true;
+                        let at = Arc::as_ptr(next);
+                        if at != origin && seen.get_or_insert_default().insert(at) {
+                            pending.push(next.clone());
                         }
                     }
+                    _ => {}
                 });
                 if !within {
                     out.clear();

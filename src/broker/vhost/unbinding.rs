@@ -21,6 +21,11 @@ pub(super) const UNBIND_BATCH: usize = 4096;
 /// What leads to one destination: its entry of the reverse index.
 pub(super) type Incoming = HashMap<IncomingKey, Arc<Exchange>>;
 
+/// Exchanges an auto-delete cascade took out of the vhost, with the bindings into them still
+/// to remove: kept by the operation that started the cascade, which removes them in batches
+/// once it lets the lock go ([`VirtualHost::settle_unbinding`]), and so waits for all of it.
+pub(super) type Pending = Vec<(Destination, Incoming)>;
+
 /// The sources that lost a binding to a deleted destination, each once, for the caller to
 /// auto-delete.
 #[derive(Default)]
@@ -108,22 +113,25 @@ impl VirtualHost {
 
     /// Auto-deletes the `sources` that lost a binding and have none left, a batch per hold
     /// of the lock; then removes the bindings into the exchanges so deleted
-    /// ([`Topology::unbinding`]) as a deleted exchange's are, and auto-deletes what they
+    /// (`pending`) as a deleted exchange's are, and auto-deletes what they
     /// leave, and so on. Called with the lock let go, after every change that can start an
     /// auto-delete cascade. Returns the epoch of the definitions changes it made.
-    pub(super) fn settle_unbinding(&self, mut sources: Vec<Arc<Exchange>>) -> SyncEpoch {
+    pub(super) fn settle_unbinding(
+        &self,
+        mut sources: Vec<Arc<Exchange>>,
+        mut pending: Pending,
+    ) -> SyncEpoch {
         let mut sync = None;
         loop {
             for batch in sources.chunks(UNBIND_BATCH) {
                 let mut topology = self.lock();
                 for source in batch {
-                    self.maybe_auto_delete(&mut topology, source);
+                    self.maybe_auto_delete(&mut topology, source, &mut pending);
                 }
                 sync = sync.max(topology.sync.take());
                 parking_lot::MutexGuard::unlock_fair(topology);
             }
-            let next = self.lock().unbinding.pop();
-            let Some((destination, incoming)) = next else {
+            let Some((destination, incoming)) = pending.pop() else {
                 return sync;
             };
             sources = self.unbind_incoming(&destination, incoming).list;
