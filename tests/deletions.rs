@@ -28,17 +28,28 @@ fn durable_queue() -> QueueDeclareOptions {
 
 /// Binds `queue` to `exchange` with keys `k0`..`k{n-1}`, a thousand in flight at a time.
 async fn bind_many(ch: &Channel, queue: &str, exchange: &str, n: usize) {
+    bind_keys(ch, queue, exchange, n, false).await;
+}
+
+/// Binds exchange `destination` to `source` with keys `k0`..`k{n-1}`, likewise.
+async fn bind_exchanges(ch: &Channel, destination: &str, source: &str, n: usize) {
+    bind_keys(ch, destination, source, n, true).await;
+}
+
+async fn bind_keys(ch: &Channel, destination: &str, source: &str, n: usize, exchange: bool) {
     for start in (0..n).step_by(1000) {
         let pending: Vec<_> = (start..(start + 1000).min(n))
             .map(|i| {
                 let key = format!("k{i}");
-                ch.queue_bind(
-                    queue.into(),
-                    exchange.into(),
-                    key.as_str().into(),
-                    Default::default(),
-                    FieldTable::default(),
-                )
+                let (d, s, k) = (destination.into(), source.into(), key.as_str().into());
+                let args = FieldTable::default();
+                let bind: std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<()>>>> =
+                    if exchange {
+                        Box::pin(ch.exchange_bind(d, s, k, Default::default(), args))
+                    } else {
+                        Box::pin(ch.queue_bind(d, s, k, Default::default(), args))
+                    };
+                bind
             })
             .collect();
         for bind in pending {
@@ -191,28 +202,6 @@ async fn same_as_rabbitmq_a_deleted_queue_takes_all_its_bindings_and_empties_an_
         .unwrap();
     publish_each(&ch, "amq.direct", &["k0", "k4096", "k9999"]).await;
     assert_eq!(message_count(&ch, "q").await, 0, "the new q has no binding");
-}
-
-/// Binds exchange `destination` to `source` with keys `k0`..`k{n-1}`, a thousand in flight
-/// at a time.
-async fn bind_exchanges(ch: &Channel, destination: &str, source: &str, n: usize) {
-    for start in (0..n).step_by(1000) {
-        let pending: Vec<_> = (start..(start + 1000).min(n))
-            .map(|i| {
-                let key = format!("k{i}");
-                ch.exchange_bind(
-                    destination.into(),
-                    source.into(),
-                    key.as_str().into(),
-                    Default::default(),
-                    FieldTable::default(),
-                )
-            })
-            .collect();
-        for bind in pending {
-            within(bind).await.expect("bound");
-        }
-    }
 }
 
 #[tokio::test]
