@@ -341,6 +341,102 @@ async fn what_all_connections_consumers_hold_is_limited_and_charged_to_the_memor
 }
 
 #[tokio::test]
+async fn what_all_bindings_hold_is_limited_counted_again_after_a_restart_and_given_back() {
+    // The limits per exchange and per vhost multiply to a hundred billion bindings: the
+    // broker's budget bounds them all, and the memory gauge sees them.
+    let dir = temp_dir("binding-budget");
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = |budget_bytes| {
+        let mut config = Config::for_tests();
+        config.data_dir = dir.clone();
+        config.limits.broker_binding_bytes = budget_bytes;
+        config
+    };
+    let mut broker = Broker::start_with(config(16 * 1024)).await;
+    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let (_w, witness) = broker.channel().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for q in ["q", "r"] {
+        within(witness.queue_declare(q.into(), durable, FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    // Each keeps about 4.3 KiB: 256 bytes and its 2 KiB of arguments twice.
+    let padded = table(&[("x-padding", long_str(&"x".repeat(2000)))]);
+    let bind = |ch: lapin::Channel, queue: &'static str, key: &'static str| {
+        let padded = padded.clone();
+        async move {
+            within(ch.queue_bind(
+                queue.into(),
+                "amq.direct".into(),
+                key.into(),
+                QueueBindOptions::default(),
+                padded,
+            ))
+            .await
+        }
+    };
+    let before = memory.used();
+    bind(witness.clone(), "q", "a").await.unwrap();
+    bind(witness.clone(), "q", "b").await.unwrap();
+    bind(witness.clone(), "r", "c").await.unwrap();
+    assert!(
+        memory.used() >= before + 3 * 4000,
+        "three bindings of 4 KiB charged: {before} -> {}",
+        memory.used()
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        bind(ch, "q", "d").await,
+        406,
+        "PRECONDITION_FAILED - cannot bind to exchange 'amq.direct' in vhost '/': bindings of this broker would hold more than 16384 bytes (broker_binding_bytes)",
+    );
+    assert_healthy(&witness).await;
+    drop(witness);
+    drop(_w);
+    drop(_c);
+    broker.stop().await;
+
+    // Same as RabbitMQ: every durable binding comes back, even past a smaller budget, and
+    // is counted: a new one is refused until one goes.
+    let broker = Broker::start_with(config(12 * 1024)).await;
+    let (_w, witness) = broker.channel().await;
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        bind(ch, "q", "d").await,
+        406,
+        "PRECONDITION_FAILED - cannot bind to exchange 'amq.direct' in vhost '/': bindings of this broker would hold more than 12288 bytes (broker_binding_bytes)",
+    );
+    let held = || {
+        broker
+            .server
+            .as_ref()
+            .unwrap()
+            .broker()
+            .creation_limits
+            .bindings
+            .held_bytes()
+    };
+    assert!(
+        held() >= 3 * 4000,
+        "the recovered bindings are counted: {}",
+        held()
+    );
+    // A queue that goes gives its bindings' shares back.
+    within(witness.queue_delete("q".into(), Default::default()))
+        .await
+        .unwrap();
+    assert!(held() < 2 * 4000, "after the deletion: {}", held());
+    bind(witness.clone(), "r", "d")
+        .await
+        .expect("the deleted queue's bindings gave their shares back");
+    assert_healthy(&witness).await;
+}
+
+#[tokio::test]
 async fn a_transaction_past_max_uncommitted_is_refused_and_rolled_back() {
     // A raw client: the refusal closes the channel at the fourth publish, before any commit,
     // and lapin would report it as a close or as a closing channel depending on timing.

@@ -9,7 +9,7 @@ use super::outbox::Outbox;
 use crate::auth::User;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::Broker;
-pub use crate::broker::consumer_budget::{ConsumerBudget, ConsumerShare};
+pub use crate::broker::budget::{Budget, Share};
 use crate::broker::exchange::{Exchange, ExchangeKind};
 use crate::broker::user_limits::UserConnection;
 use crate::broker::vhost::checks::Check;
@@ -63,7 +63,7 @@ pub struct Session {
     /// against the user's `max-channels`.
     pub user_slot: UserConnection,
     /// What this connection's consumers hold, against `connection_consumer_bytes`.
-    pub consumer_budget: Arc<ConsumerBudget>,
+    pub consumer_budget: Arc<Budget>,
 }
 
 impl Session {

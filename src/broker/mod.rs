@@ -10,8 +10,8 @@ pub mod admin;
 pub mod alarms;
 pub mod arguments;
 pub mod body;
+pub mod budget;
 pub mod connections;
-pub mod consumer_budget;
 pub mod exchange;
 pub mod heap;
 pub mod import;
@@ -56,7 +56,7 @@ pub struct Broker {
     /// Message bytes held in memory, against the budget.
     pub memory: &'static Memory,
     /// What all consumers hold, against `broker_consumer_bytes`.
-    pub consumers: Arc<consumer_budget::ConsumerBudget>,
+    pub consumers: Arc<budget::Budget>,
     users: DashMap<String, Arc<User>>,
     /// Held by each change to users and grants (`Broker::changing_users`).
     user_changes: std::sync::Mutex<()>,

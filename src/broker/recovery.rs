@@ -10,10 +10,10 @@ use dashmap::DashMap;
 use super::Broker;
 use super::admin::{CLUSTER_NAME, INTERNAL_CLUSTER_ID, new_cluster_id};
 use super::alarms::Alarms;
+use super::budget::Budget;
 use super::connections::{
     Connections, DescriptorShare, STORE_FILES_RESERVED, STORE_FILES_UNLIMITED,
 };
-use super::consumer_budget::ConsumerBudget;
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::memory::Memory;
 use super::queue::{Queue, QueueConfig};
@@ -117,7 +117,7 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory,
-            consumers: ConsumerBudget::broker(config.limits.broker_consumer_bytes, memory),
+            consumers: Budget::broker(config.limits.broker_consumer_bytes, memory),
             ledger: Default::default(),
             started_at_ms: super::timer::now_ms(),
             relief_pass_ms: Default::default(),
@@ -126,6 +126,7 @@ impl Broker {
                 queues: Default::default(),
                 max_exchanges_per_vhost: config.limits.max_exchanges_per_vhost,
                 max_bindings_per_exchange: config.limits.max_bindings_per_exchange,
+                bindings: Budget::broker(config.limits.broker_binding_bytes, memory),
             },
             alarms: Alarms::start(
                 &config.data_dir,
@@ -216,7 +217,7 @@ impl Broker {
                     stored_arguments(&x.arguments, &x.lepus_arguments),
                 )
                 .declared_by(&x.lepus_user)
-                .charged_to(self.memory),
+                .charged_to(&self.creation_limits.bindings),
             );
             report.exchanges += 1;
         }

@@ -124,6 +124,10 @@ pub struct Limits {
     pub max_exchanges_per_vhost: usize,
     /// Bindings whose source is one exchange.
     pub max_bindings_per_exchange: usize,
+    /// Memory the bindings of all vhosts may hold together (each counts 256 bytes besides
+    /// its routing key and arguments): the limits per exchange and per vhost multiply to a
+    /// hundred billion bindings.
+    pub broker_binding_bytes: usize,
     /// Publishes and acknowledgements a transaction may hold before its commit.
     pub max_uncommitted_per_channel: usize,
     /// Publishes one channel may have waiting for their confirms (only a stalled disk makes
@@ -186,6 +190,7 @@ impl Default for Limits {
             max_queues: 1_000_000,
             max_exchanges_per_vhost: 100_000,
             max_bindings_per_exchange: 1_000_000,
+            broker_binding_bytes: 2 * 1024 * 1024 * 1024,
             max_uncommitted_per_channel: 1_000_000,
             max_unconfirmed_per_channel: 1_000_000,
             max_unacked_per_channel: 1_000_000,

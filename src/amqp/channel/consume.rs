@@ -12,11 +12,11 @@ use bytes::Bytes;
 use super::{Channel, ChannelConsumer, ReplyConsumer, Unacked, reply};
 use crate::amqp::naming;
 use crate::amqp::output::Output;
-use crate::amqp::session::{ConsumerShare, Session};
+use crate::amqp::session::{Session, Share};
 use crate::amqp_error;
 use crate::auth::access::{Permission, Resource};
 use crate::broker::arguments::queue_desc;
-use crate::broker::consumer_budget::Refused;
+use crate::broker::budget::Refused;
 use crate::broker::queue::consumer::Consumer;
 use crate::broker::queue::delivery::Requeue;
 use crate::broker::queue::settings::QueueType;
@@ -378,11 +378,7 @@ const CONSUMER_RECORD_BYTES: usize =
 /// A new consumer's arguments as they are kept (encoded), and its share of its
 /// connection's consumer budget; past the budget, a connection error naming the limit, as
 /// for `max_consumers_per_channel`.
-fn consumer_share(
-    s: &Session,
-    tag: &Bytes,
-    arguments: &FieldTable,
-) -> AmqpResult<(Bytes, ConsumerShare)> {
+fn consumer_share(s: &Session, tag: &Bytes, arguments: &FieldTable) -> AmqpResult<(Bytes, Share)> {
     let arguments = match arguments.inner().is_empty() {
         true => Bytes::new(),
         // Exactly sized: `Bytes` keeps a vector's whole allocation, which its growth may

@@ -32,7 +32,7 @@ use unacked::{Unacked, UnackedList};
 
 use super::confirm::Confirms;
 use super::output::Output;
-use super::session::{ConsumerShare, Session};
+use super::session::{Session, Share};
 use crate::amqp_error;
 use crate::broker::Broker;
 use crate::broker::exchange::Exchange;
@@ -67,7 +67,7 @@ struct ChannelConsumer {
     /// How long its deliveries may stay unacknowledged.
     timeout_ms: Option<u64>,
     /// What it holds of its connection's consumer budget, given back when it goes.
-    _share: ConsumerShare,
+    _share: Share,
 }
 
 /// A message being assembled from its frames.

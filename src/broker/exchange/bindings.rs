@@ -14,7 +14,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use super::destinations::Destinations;
 use super::headers::HeadersMatch;
 use super::topic::TopicTrie;
-use crate::broker::memory::{Charge, Memory};
+use crate::broker::budget::{Budget, Share};
 use crate::protocol::error::{AmqpError, AmqpResult};
 use crate::protocol::{raw_table, table};
 
@@ -96,9 +96,9 @@ pub struct Bindings<D> {
     /// (`HeadersMatch::cost`, summed): kept within it as bindings are made, so that no
     /// publish to the exchange alone is refused for its bindings' arguments.
     headers_cost: usize,
-    /// The gauge each binding's memory is charged to (`Bindings::charge_to`); none in unit
-    /// tests and benchmarks.
-    memory: Option<&'static Memory>,
+    /// The broker's binding budget, which each binding's memory is held against
+    /// (`Bindings::charge_to`); none in unit tests and benchmarks.
+    budget: Option<Arc<Budget>>,
 }
 
 /// What a new binding may not take an exchange past.
@@ -108,6 +108,8 @@ pub struct BindLimits {
     pub bindings: usize,
     /// The cost of its headers bindings ([`super::topic::MAX_ROUTE_TOPIC_STATES`]).
     pub headers_cost: usize,
+    /// Whether the broker's binding budget may refuse it (it still counts it if not).
+    pub within_budget: bool,
 }
 
 impl BindLimits {
@@ -115,6 +117,7 @@ impl BindLimits {
     pub const NONE: BindLimits = BindLimits {
         bindings: usize::MAX,
         headers_cost: usize::MAX,
+        within_budget: false,
     };
 }
 
@@ -123,6 +126,8 @@ impl BindLimits {
 pub enum BindRefused {
     Bindings,
     HeadersCost,
+    /// The broker's binding budget, of this many bytes (`broker_binding_bytes`).
+    Budget(usize),
 }
 
 #[derive(Debug)]
@@ -132,8 +137,9 @@ struct Entry<D> {
     destination: D,
     key: Arc<BindingKey<D>>,
     matcher: Option<HeadersMatch>,
-    /// What it keeps, charged to the broker's memory gauge while it lives.
-    _charge: Charge,
+    /// What it keeps, held against the broker's binding budget (and so charged to the
+    /// memory gauge) while it lives; none in unit tests and benchmarks.
+    _share: Option<Share>,
 }
 
 /// What a binding keeps besides its routing key and arguments, about: its entry, its key's
@@ -202,13 +208,13 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
             direct: HashMap::new(),
             topic: TopicTrie::default(),
             headers_cost: 0,
-            memory: None,
+            budget: None,
         }
     }
 
-    /// Charges what each binding made from now on keeps to `memory`.
-    pub fn charge_to(&mut self, memory: &'static Memory) {
-        self.memory = Some(memory);
+    /// Holds what each binding made from now on keeps against `budget`.
+    pub fn charge_to(&mut self, budget: &Arc<Budget>) {
+        self.budget = Some(budget.clone());
     }
 
     /// Adds a binding. Returns false if it already existed (binding twice is not an error).
@@ -236,6 +242,21 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
         if headers_cost > limits.headers_cost {
             return Err(full(BindRefused::HeadersCost));
         }
+        // Its routing key and encoded arguments twice (here and in the vhost's reverse
+        // index), and a headers matcher's arguments decoded.
+        let decoded = match &matcher {
+            Some(_) => table::value_count(&binding.arguments) * std::mem::size_of::<AMQPValue>(),
+            None => 0,
+        };
+        let kept = BINDING_KEPT_BYTES + 2 * (key.routing_key.len() + key.arguments.len()) + decoded;
+        let share = match &self.budget {
+            None => None,
+            Some(budget) if limits.within_budget => match budget.take(kept) {
+                Ok(share) => Some(share),
+                Err(refused) => return Err(full(BindRefused::Budget(refused.limit_bytes()))),
+            },
+            Some(budget) => Some(budget.take_anyway(kept)),
+        };
         self.headers_cost = headers_cost;
         let destination = binding.destination.clone();
         match self.kind {
@@ -249,22 +270,12 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
                 .insert(binding.routing_key.as_bytes(), destination),
             ExchangeKind::Headers | ExchangeKind::Fanout => {}
         }
-        // Its routing key and encoded arguments twice (here and in the vhost's reverse
-        // index), and a headers matcher's arguments decoded.
-        let decoded = match &matcher {
-            Some(_) => table::value_count(&binding.arguments) * std::mem::size_of::<AMQPValue>(),
-            None => 0,
-        };
-        let kept = BINDING_KEPT_BYTES + 2 * (key.routing_key.len() + key.arguments.len()) + decoded;
-        let charge = self
-            .memory
-            .map_or_else(Charge::default, |m| Charge::new(m, kept));
         self.index.insert(key.clone(), self.entries.len());
         self.entries.push(Entry {
             destination: binding.destination,
             key,
             matcher,
-            _charge: charge,
+            _share: share,
         });
         Ok(true)
     }
@@ -449,6 +460,52 @@ mod tests {
         assert!(bindings.keys_where(|&d| d == 2).is_empty());
     }
 
+    /// What bindings keep is held against the broker's budget: one past it is refused, one
+    /// recovered at a start is counted but never refused, and unbinding gives it back.
+    #[test]
+    fn bindings_are_held_against_the_brokers_budget() {
+        let memory = crate::broker::memory::Memory::leaked(0);
+        let budget = Budget::broker(2 * BINDING_KEPT_BYTES + 8, memory);
+        let mut bindings = Bindings::new(ExchangeKind::Direct);
+        bindings.charge_to(&budget);
+        let limits = BindLimits {
+            bindings: 100,
+            headers_cost: 100,
+            within_budget: true,
+        };
+        let binding = |key: &str| Binding {
+            destination: 1u8,
+            routing_key: key.into(),
+            arguments: FieldTable::default(),
+        };
+        assert_eq!(
+            bindings.bind(binding("a"), limits, |_| unreachable!()),
+            Ok(true)
+        );
+        assert_eq!(budget.held_bytes(), BINDING_KEPT_BYTES + 2);
+        assert_eq!(memory.used(), BINDING_KEPT_BYTES + 2);
+        let mut refused = None;
+        let full = |r| {
+            refused = Some(r);
+            crate::amqp_error!(PreconditionFailed, "full")
+        };
+        assert!(bindings.bind(binding("bb"), limits, full).is_err());
+        assert_eq!(
+            refused,
+            Some(BindRefused::Budget(2 * BINDING_KEPT_BYTES + 8))
+        );
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(
+            bindings.bind(binding("bb"), BindLimits::NONE, |_| unreachable!()),
+            Ok(true)
+        );
+        assert_eq!(budget.held_bytes(), 2 * BINDING_KEPT_BYTES + 6);
+        assert!(bindings.unbind(&binding("a")));
+        assert!(bindings.unbind(&binding("bb")));
+        assert_eq!(budget.held_bytes(), 0);
+        assert_eq!(memory.used(), 0);
+    }
+
     /// A headers binding that would take its exchange's bindings past the cost a route may
     /// spend is refused when it is made, and unbinding gives its cost back.
     #[test]
@@ -457,6 +514,7 @@ mod tests {
         let limits = BindLimits {
             bindings: 100,
             headers_cost: 4,
+            within_budget: true,
         };
         // Each costs 2: one argument and the binding.
         let binding = |key: &str| Binding {

@@ -141,12 +141,13 @@ impl Exchange {
         }
     }
 
-    /// The same, its bindings charged to `memory` (what each keeps) while they live.
-    pub fn charged_to(mut self, memory: &'static crate::broker::memory::Memory) -> Self {
+    /// The same, what each of its bindings keeps held against `budget` (the broker's, which
+    /// charges it to the memory gauge) while they live.
+    pub fn charged_to(mut self, budget: &Arc<crate::broker::budget::Budget>) -> Self {
         self.bindings
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
-            .charge_to(memory);
+            .charge_to(budget);
         self
     }
 

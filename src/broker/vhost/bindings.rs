@@ -57,6 +57,7 @@ impl VirtualHost {
         let limits = BindLimits {
             bindings: self.services.limits.max_bindings_per_exchange,
             headers_cost: MAX_ROUTE_TOPIC_STATES,
+            within_budget: true,
         };
         let full = |refused| match refused {
             BindRefused::Bindings => amqp_error!(
@@ -70,6 +71,12 @@ impl VirtualHost {
                 "cannot bind to {}: matching its headers bindings would take more than {} steps (one per binding and per argument matched)",
                 exchange_desc(&source.name, &self.name),
                 limits.headers_cost
+            ),
+            BindRefused::Budget(bytes) => amqp_error!(
+                PreconditionFailed,
+                "cannot bind to {}: bindings of this broker would hold more than {} bytes (broker_binding_bytes)",
+                exchange_desc(&source.name, &self.name),
+                bytes
             ),
         };
         arguments::check_kept_size(&binding.arguments, || {

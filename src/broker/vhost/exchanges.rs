@@ -106,7 +106,7 @@ impl VirtualHost {
                 d.arguments.clone(),
             )
             .declared_by(&d.user)
-            .charged_to(self.services.memory),
+            .charged_to(&self.services.limits.bindings),
         );
         if x.durable {
             let def = self.exchange_def(&x);

@@ -82,6 +82,8 @@ pub struct CreationLimits {
     pub queues: Arc<AtomicUsize>,
     pub max_exchanges_per_vhost: usize,
     pub max_bindings_per_exchange: usize,
+    /// What every binding of the broker keeps, against `broker_binding_bytes`.
+    pub bindings: Arc<crate::broker::budget::Budget>,
 }
 
 /// A virtual host.
@@ -241,7 +243,9 @@ impl VirtualHost {
         for &(x, kind, internal) in &PREDECLARED[1..] {
             self.exchanges.insert(
                 x.to_owned(),
-                Arc::new(predeclared((x, kind, internal)).charged_to(self.services.memory)),
+                Arc::new(
+                    predeclared((x, kind, internal)).charged_to(&self.services.limits.bindings),
+                ),
             );
         }
     }

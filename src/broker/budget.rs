@@ -1,11 +1,13 @@
-//! The memory consumers hold: their records, tags and arguments, counted per connection
-//! (`connection_consumer_bytes`) and over the whole broker (`broker_consumer_bytes`), and
-//! charged to the broker's memory gauge while they live.
+//! Budgets of bytes for what clients make the broker keep, beyond the messages: consumers
+//! (their records, tags and arguments), counted per connection (`connection_consumer_bytes`)
+//! and over the whole broker (`broker_consumer_bytes`), and bindings, over the whole broker
+//! (`broker_binding_bytes`). What each holds is charged to the memory gauge while it lives.
 //!
 //! A consumer's arguments may be as large as a frame and a channel may hold 65,536
 //! consumers, so without a budget one connection could hold many gigabytes of them; and a
 //! budget per connection alone let a client with a thousand connections hold a thousand
-//! times that.
+//! times that. Bindings outlive connections: an exchange may hold a million of them, and a
+//! vhost a hundred thousand exchanges, so only a budget over the broker bounds them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,46 +17,56 @@ use super::memory::{Charge, Memory};
 
 impl Broker {
     /// A new connection's consumer budget, within the broker's.
-    pub fn connection_consumer_budget(&self) -> Arc<ConsumerBudget> {
-        ConsumerBudget::connection(
+    pub fn connection_consumer_budget(&self) -> Arc<Budget> {
+        Budget::connection(
             self.config.limits.connection_consumer_bytes,
             &self.consumers,
         )
     }
 }
 
-/// Bytes held against a limit. Counting is exact: each consumer takes its share with a
-/// compare-and-swap and gives it back when its [`ConsumerShare`] drops, so every way a
-/// consumer ends frees it.
+/// Bytes held against a limit. Counting is exact: each consumer or binding takes its share
+/// with a compare-and-swap and gives it back when its [`Share`] drops, so every way one ends
+/// frees it.
 #[derive(Debug)]
-pub struct ConsumerBudget {
+pub struct Budget {
     held_bytes: AtomicUsize,
     limit_bytes: usize,
     /// The broker's budget, which a connection's takes from too.
-    whole: Option<Arc<ConsumerBudget>>,
+    whole: Option<Arc<Budget>>,
     /// The gauge each share is charged to.
     memory: &'static Memory,
 }
 
-/// Which budget refused a consumer, and its size: named in the refusal.
+/// Which budget refused a share, and its size: named in the refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     Connection(usize),
     Broker(usize),
 }
 
-/// One consumer's share of its connection's budget and the broker's, held until it drops.
+/// One consumer's or binding's share of its budget (and of the broker's, for a connection's),
+/// held until it drops.
 #[derive(Debug)]
-pub struct ConsumerShare {
-    budget: Arc<ConsumerBudget>,
+pub struct Share {
+    budget: Arc<Budget>,
     bytes: usize,
     _charge: Charge,
 }
 
-impl ConsumerBudget {
+impl Refused {
+    /// The size of the budget that refused.
+    pub fn limit_bytes(self) -> usize {
+        match self {
+            Refused::Connection(bytes) | Refused::Broker(bytes) => bytes,
+        }
+    }
+}
+
+impl Budget {
     /// The broker's budget.
     pub fn broker(limit_bytes: usize, memory: &'static Memory) -> Arc<Self> {
-        Arc::new(ConsumerBudget {
+        Arc::new(Budget {
             held_bytes: AtomicUsize::new(0),
             limit_bytes,
             whole: None,
@@ -63,8 +75,8 @@ impl ConsumerBudget {
     }
 
     /// A connection's budget, within the broker's.
-    pub fn connection(limit_bytes: usize, broker: &Arc<ConsumerBudget>) -> Arc<Self> {
-        Arc::new(ConsumerBudget {
+    pub fn connection(limit_bytes: usize, broker: &Arc<Budget>) -> Arc<Self> {
+        Arc::new(Budget {
             held_bytes: AtomicUsize::new(0),
             limit_bytes,
             whole: Some(broker.clone()),
@@ -72,14 +84,14 @@ impl ConsumerBudget {
         })
     }
 
-    /// What consumers hold now.
+    /// What is held now.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes.load(Ordering::Relaxed)
     }
 
-    /// Takes `bytes` for one consumer from this budget and the broker's, unless that would
-    /// pass either limit.
-    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<ConsumerShare, Refused> {
+    /// Takes `bytes` for one consumer or binding from this budget and the broker's, unless
+    /// that would pass either limit.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<Share, Refused> {
         if !self.reserve(bytes) {
             return Err(match self.whole {
                 Some(_) => Refused::Connection(self.limit_bytes),
@@ -92,11 +104,25 @@ impl ConsumerBudget {
             self.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return Err(Refused::Broker(whole.limit_bytes));
         }
-        Ok(ConsumerShare {
+        Ok(Share {
             budget: self.clone(),
             bytes,
             _charge: Charge::new(self.memory, bytes),
         })
+    }
+
+    /// Takes `bytes` whatever the limit: for what was accepted once already (bindings
+    /// recovered at a start), which must still be counted.
+    pub fn take_anyway(self: &Arc<Self>, bytes: usize) -> Share {
+        self.held_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if let Some(whole) = &self.whole {
+            whole.held_bytes.fetch_add(bytes, Ordering::AcqRel);
+        }
+        Share {
+            budget: self.clone(),
+            bytes,
+            _charge: Charge::new(self.memory, bytes),
+        }
     }
 
     fn reserve(&self, bytes: usize) -> bool {
@@ -118,7 +144,7 @@ impl ConsumerBudget {
     }
 }
 
-impl Drop for ConsumerShare {
+impl Drop for Share {
     fn drop(&mut self) {
         self.budget
             .held_bytes
