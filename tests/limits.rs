@@ -364,7 +364,7 @@ async fn what_all_bindings_hold_is_limited_counted_again_after_a_restart_and_giv
             .await
             .unwrap();
     }
-    // Each keeps about 4.3 KiB: 256 bytes and its 2 KiB of arguments twice.
+    // Each keeps about 4.6 KiB: 577 bytes and its 2 KiB of arguments twice.
     let padded = table(&[("x-padding", long_str(&"x".repeat(2000)))]);
     let bind = |ch: lapin::Channel, queue: &'static str, key: &'static str| {
         let padded = padded.clone();

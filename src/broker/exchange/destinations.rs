@@ -15,7 +15,7 @@ pub struct Destinations<T> {
     /// Each destination once, with its number of bindings here.
     list: Vec<(T, u32)>,
     /// Where each destination is in `list`, once the list is too long to scan.
-    index: Option<HashMap<T, usize>>,
+    index: Option<Box<HashMap<T, usize>>>,
 }
 
 impl<T> Default for Destinations<T> {
@@ -65,7 +65,7 @@ impl<T: Clone + Eq + Hash> Destinations<T> {
                     .enumerate()
                     .map(|(i, (v, _))| (v.clone(), i))
                     .collect();
-                self.index = Some(index);
+                self.index = Some(Box::new(index));
             }
             None => {}
         }

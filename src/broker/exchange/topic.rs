@@ -42,7 +42,7 @@ pub struct TopicTrie<T> {
 #[derive(Debug)]
 struct Node<T> {
     /// Literal words.
-    children: HashMap<Box<[u8]>, Node<T>>,
+    children: Children<T>,
     /// The `*` edge.
     star: Option<Box<Node<T>>>,
     /// The `#` edge.
@@ -56,7 +56,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: Children::Few(Box::default()),
             star: None,
             hash: None,
             values: Destinations::default(),
@@ -71,6 +71,91 @@ impl<T> Node<T> {
             && self.children.is_empty()
             && self.star.is_none()
             && self.hash.is_none()
+    }
+}
+
+/// Up to this many literal words follow a node in a list, scanned; more go in a hash map.
+const FEW_CHILDREN: usize = 8;
+
+/// The literal words that follow a node, each with its node.
+///
+/// Most nodes have one or two: a key's words below its first few are usually its own. A
+/// hash map allocates room for four entries at least, and a node inline in it took some 700
+/// bytes for one child, so a binding key of 120 words took 85 KB. A few children live in a
+/// slice of exactly their number instead, and are found by comparing the words, which costs
+/// no more than hashing one.
+#[derive(Debug)]
+enum Children<T> {
+    Few(Box<[(Box<[u8]>, Node<T>)]>),
+    Many(Box<HashMap<Box<[u8]>, Node<T>>>),
+}
+
+impl<T> Children<T> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(few) => few.is_empty(),
+            Children::Many(many) => many.is_empty(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, word: &[u8]) -> Option<&Node<T>> {
+        match self {
+            Children::Few(few) => few.iter().find(|(w, _)| **w == *word).map(|(_, n)| n),
+            Children::Many(many) => many.get(word),
+        }
+    }
+
+    fn get_mut(&mut self, word: &[u8]) -> Option<&mut Node<T>> {
+        match self {
+            Children::Few(few) => few.iter_mut().find(|(w, _)| **w == *word).map(|(_, n)| n),
+            Children::Many(many) => many.get_mut(word),
+        }
+    }
+
+    /// The node that follows `word`, made if there is none.
+    fn get_or_insert(&mut self, word: &[u8]) -> &mut Node<T> {
+        if let Children::Few(few) = self
+            && few.len() >= FEW_CHILDREN
+            && !few.iter().any(|(w, _)| **w == *word)
+        {
+            let many = std::mem::take(few).into_vec().into_iter().collect();
+            *self = Children::Many(Box::new(many));
+        }
+        match self {
+            Children::Few(few) => {
+                let at = match few.iter().position(|(w, _)| **w == *word) {
+                    Some(at) => at,
+                    None => {
+                        // Grown by one, to exactly its number: most nodes keep one child.
+                        let mut grown = std::mem::take(few).into_vec();
+                        grown.push((word.into(), Node::default()));
+                        *few = grown.into_boxed_slice();
+                        few.len() - 1
+                    }
+                };
+                &mut few[at].1
+            }
+            Children::Many(many) => many.entry(word.into()).or_default(),
+        }
+    }
+
+    /// Removes the node that follows `word`.
+    fn remove(&mut self, word: &[u8]) {
+        match self {
+            Children::Few(few) => {
+                let mut kept = std::mem::take(few).into_vec();
+                kept.retain(|(w, _)| **w != *word);
+                *few = kept.into_boxed_slice();
+            }
+            Children::Many(many) => {
+                many.remove(word);
+                if many.len() <= FEW_CHILDREN / 2 {
+                    let few: Vec<_> = std::mem::take(&mut **many).into_iter().collect();
+                    *self = Children::Few(few.into_boxed_slice());
+                }
+            }
+        }
     }
 }
 
@@ -95,7 +180,7 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
                         ..Node::default()
                     })
                 }),
-                _ => node.children.entry(word.into()).or_default(),
+                _ => node.children.get_or_insert(word),
             };
         }
         node.values.insert(value);
@@ -208,9 +293,7 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
                     // `#` absorbs this word and stays.
                     next.enter(node);
                 }
-                if !node.children.is_empty()
-                    && let Some(child) = node.children.get(word)
-                {
+                if let Some(child) = node.children.get(word) {
                     next.enter(child);
                 }
                 if let Some(star) = &node.star {
@@ -486,6 +569,36 @@ mod tests {
         assert_eq!(seen, vec![2]);
         assert!(trie.remove(b"a.#", &2));
         assert!(trie.is_empty());
+    }
+
+    /// A node's words move from its list to a hash map past `FEW_CHILDREN` and back as they
+    /// go: every binding still matches what it matched, and only that.
+    #[test]
+    fn a_node_with_many_words_after_it_matches_each() {
+        let mut trie = TopicTrie::default();
+        let found = |trie: &TopicTrie<usize>, key: &str| {
+            let mut seen = Vec::new();
+            trie.matches(key.as_bytes(), &mut { usize::MAX }, &mut |v| seen.push(*v));
+            seen
+        };
+        let count = 3 * FEW_CHILDREN;
+        for i in 0..count {
+            trie.insert(format!("w{i}.x").as_bytes(), i);
+            for j in 0..count {
+                let expected = if j <= i { vec![j] } else { vec![] };
+                assert_eq!(found(&trie, &format!("w{j}.x")), expected, "{j} after {i}");
+            }
+        }
+        assert!(matches!(trie.root.children, Children::Many(_)));
+        for i in (0..count).step_by(2).chain((1..count).step_by(2)) {
+            assert!(trie.remove(format!("w{i}.x").as_bytes(), &i));
+            assert_eq!(found(&trie, &format!("w{i}.x")), Vec::<usize>::new());
+            if i + 2 < count {
+                assert_eq!(found(&trie, &format!("w{}.x", i + 2)), vec![i + 2]);
+            }
+        }
+        assert!(trie.is_empty());
+        assert!(matches!(trie.root.children, Children::Few(_)));
     }
 
     #[test]
