@@ -12,18 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Broker;
 use super::memory::{Charge, Memory};
-
-impl Broker {
-    /// A new connection's consumer budget, within the broker's.
-    pub fn connection_consumer_budget(&self) -> Arc<Budget> {
-        Budget::connection(
-            self.config.limits.connection_consumer_bytes,
-            &self.consumers,
-        )
-    }
-}
 
 /// Bytes held against a limit. Counting is exact: each consumer or binding takes its share
 /// with a compare-and-swap and gives it back when its [`Share`] drops, so every way one ends

@@ -115,6 +115,14 @@ impl Broker {
         self.users.get(name).map(|u| u.value().clone())
     }
 
+    /// A new connection's consumer budget, within the broker's.
+    pub fn connection_consumer_budget(&self) -> Arc<budget::Budget> {
+        budget::Budget::connection(
+            self.config.limits.connection_consumer_bytes,
+            &self.consumers,
+        )
+    }
+
     pub fn vhost(&self, name: &str) -> Option<Arc<VirtualHost>> {
         self.vhosts.get(name).map(|v| v.value().clone())
     }

@@ -121,13 +121,7 @@ impl Broker {
             ledger: Default::default(),
             started_at_ms: super::timer::now_ms(),
             relief_pass_ms: Default::default(),
-            creation_limits: CreationLimits {
-                max_queues: config.limits.max_queues,
-                queues: Default::default(),
-                max_exchanges_per_vhost: config.limits.max_exchanges_per_vhost,
-                max_bindings_per_exchange: config.limits.max_bindings_per_exchange,
-                bindings: Budget::broker(config.limits.broker_binding_bytes, memory),
-            },
+            creation_limits: CreationLimits::new(&config.limits, memory),
             alarms: Alarms::start(
                 &config.data_dir,
                 store.shared.clone(),

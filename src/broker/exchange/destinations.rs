@@ -14,7 +14,9 @@ const SCAN_DESTINATIONS: usize = 16;
 pub struct Destinations<T> {
     /// Each destination once, with its number of bindings here.
     list: Vec<(T, u32)>,
-    /// Where each destination is in `list`, once the list is too long to scan.
+    /// Where each destination is in `list`, once the list is too long to scan. Boxed: most
+    /// lists never need one, and every topic trie node holds a list.
+    #[allow(clippy::box_collection)]
     index: Option<Box<HashMap<T, usize>>>,
 }
 

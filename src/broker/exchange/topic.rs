@@ -86,9 +86,14 @@ const FEW_CHILDREN: usize = 8;
 /// no more than hashing one.
 #[derive(Debug)]
 enum Children<T> {
-    Few(Box<[(Box<[u8]>, Node<T>)]>),
-    Many(Box<HashMap<Box<[u8]>, Node<T>>>),
+    Few(Box<[(Word, Node<T>)]>),
+    /// Boxed, so that a node with few words keeps no empty map inline.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<Word, Node<T>>>),
 }
+
+/// A literal word of a binding key.
+type Word = Box<[u8]>;
 
 impl<T> Children<T> {
     fn is_empty(&self) -> bool {

@@ -86,6 +86,18 @@ pub struct CreationLimits {
     pub bindings: Arc<crate::broker::budget::Budget>,
 }
 
+impl CreationLimits {
+    pub fn new(limits: &crate::config::Limits, memory: &'static Memory) -> Self {
+        CreationLimits {
+            max_queues: limits.max_queues,
+            queues: Default::default(),
+            max_exchanges_per_vhost: limits.max_exchanges_per_vhost,
+            max_bindings_per_exchange: limits.max_bindings_per_exchange,
+            bindings: crate::broker::budget::Budget::broker(limits.broker_binding_bytes, memory),
+        }
+    }
+}
+
 /// A virtual host.
 pub struct VirtualHost {
     pub name: String,
