@@ -69,6 +69,7 @@ fn bench_queue(name: &str) -> Option<(Arc<Queue>, std::path::PathBuf)> {
             exclusive_owner: None,
             arguments: Default::default(),
             id: 0,
+            share: None,
         },
         QueueServices {
             store: Arc::new(store),

@@ -74,6 +74,7 @@ fn queue(host: &Arc<TestHost>, arguments: FieldTable) -> (Arc<Queue>, std::path:
             exclusive_owner: None,
             arguments,
             id: 0,
+            share: None,
         },
         QueueServices {
             store,

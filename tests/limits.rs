@@ -6,7 +6,7 @@
 mod common;
 
 use amq_protocol::protocol::{AMQPClass, basic};
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -341,30 +341,24 @@ async fn what_all_connections_consumers_hold_is_limited_and_charged_to_the_memor
 }
 
 #[tokio::test]
-async fn what_all_bindings_hold_is_limited_counted_again_after_a_restart_and_given_back() {
-    // The limits per exchange and per vhost multiply to a hundred billion bindings: the
-    // broker's budget bounds them all, and the memory gauge sees them.
-    let dir = temp_dir("binding-budget");
+async fn what_queues_exchanges_and_bindings_hold_is_limited_counted_the_same_after_a_restart_and_given_back()
+ {
+    // The limits on their numbers multiply to a hundred billion bindings: the broker's
+    // topology budget bounds what they all hold, and the memory gauge sees it.
+    let dir = temp_dir("topology-budget");
     let _ = std::fs::remove_dir_all(&dir);
     let config = |budget_bytes| {
         let mut config = Config::for_tests();
         config.data_dir = dir.clone();
-        config.limits.broker_binding_bytes = budget_bytes;
+        config.limits.broker_topology_bytes = budget_bytes;
         config
     };
-    let mut broker = Broker::start_with(config(16 * 1024)).await;
-    let memory = broker.server.as_ref().unwrap().broker().memory;
-    let (_w, witness) = broker.channel().await;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    for q in ["q", "r"] {
-        within(witness.queue_declare(q.into(), durable, FieldTable::default()))
-            .await
-            .unwrap();
-    }
-    // Each keeps about 4.6 KiB: 577 bytes and its 2 KiB of arguments twice.
+    // Each binding keeps some 4.6 KiB: 577 bytes and its 2 KiB of arguments twice, and as
+    // much again in the definitions.
     let padded = table(&[("x-padding", long_str(&"x".repeat(2000)))]);
     let bind = |ch: lapin::Channel, queue: &'static str, key: &'static str| {
         let padded = padded.clone();
@@ -379,60 +373,112 @@ async fn what_all_bindings_hold_is_limited_counted_again_after_a_restart_and_giv
             .await
         }
     };
-    let before = memory.used();
+    let mut broker = Broker::start_with(config(usize::MAX)).await;
+    let held = |broker: &Broker| {
+        let server = broker.server.as_ref().unwrap();
+        server.broker().creation_limits.topology.held_bytes()
+    };
+    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let (_w, witness) = broker.channel().await;
+    let before = (held(&broker), memory.used());
+    for q in ["q", "r"] {
+        within(witness.queue_declare(q.into(), durable, FieldTable::default()))
+            .await
+            .unwrap();
+    }
     bind(witness.clone(), "q", "a").await.unwrap();
     bind(witness.clone(), "q", "b").await.unwrap();
     bind(witness.clone(), "r", "c").await.unwrap();
+    let declared = held(&broker);
     assert!(
-        memory.used() >= before + 3 * 4000,
-        "three bindings of 4 KiB charged: {before} -> {}",
+        declared >= before.0 + 3 * 8000 && memory.used() >= before.1 + 3 * 8000,
+        "three bindings of 8 KiB charged: {before:?} -> {declared}, {}",
         memory.used()
     );
-    let (_c, ch) = broker.channel().await;
-    assert_amqp_error(
-        bind(ch, "q", "d").await,
-        406,
-        "PRECONDITION_FAILED - cannot bind to exchange 'amq.direct' in vhost '/': bindings of this broker would hold more than 16384 bytes (broker_binding_bytes)",
-    );
-    assert_healthy(&witness).await;
     drop(witness);
     drop(_w);
-    drop(_c);
     broker.stop().await;
 
-    // Same as RabbitMQ: every durable binding comes back, even past a smaller budget, and
-    // is counted: a new one is refused until one goes.
-    let broker = Broker::start_with(config(12 * 1024)).await;
+    // Same as RabbitMQ: every durable queue and binding comes back, even past a smaller
+    // budget, counted as when they were declared: a new one is refused until one goes.
+    let budget = declared - 1;
+    let broker = Broker::start_with(config(budget)).await;
+    assert_eq!(held(&broker), declared, "counted as when declared");
+    let full = format!(
+        "queues, exchanges and bindings of this broker would hold more than {budget} bytes (broker_topology_bytes)"
+    );
     let (_w, witness) = broker.channel().await;
     let (_c, ch) = broker.channel().await;
     assert_amqp_error(
         bind(ch, "q", "d").await,
         406,
-        "PRECONDITION_FAILED - cannot bind to exchange 'amq.direct' in vhost '/': bindings of this broker would hold more than 12288 bytes (broker_binding_bytes)",
+        &format!("PRECONDITION_FAILED - cannot bind to exchange 'amq.direct' in vhost '/': {full}"),
     );
-    let held = || {
-        broker
-            .server
-            .as_ref()
-            .unwrap()
-            .broker()
-            .creation_limits
-            .bindings
-            .held_bytes()
-    };
-    assert!(
-        held() >= 3 * 4000,
-        "the recovered bindings are counted: {}",
-        held()
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        declare(&ch, "s").await,
+        406,
+        &format!("PRECONDITION_FAILED - cannot declare queue 's': {full}"),
     );
-    // A queue that goes gives its bindings' shares back.
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.exchange_declare(
+            "x".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await,
+        406,
+        &format!("PRECONDITION_FAILED - cannot declare exchange 'x': {full}"),
+    );
+    // A queue that goes gives its share and its bindings' back.
     within(witness.queue_delete("q".into(), Default::default()))
         .await
         .unwrap();
-    assert!(held() < 2 * 4000, "after the deletion: {}", held());
+    assert!(
+        held(&broker) < declared - 2 * 8000,
+        "after the deletion: {}",
+        held(&broker)
+    );
     bind(witness.clone(), "r", "d")
         .await
-        .expect("the deleted queue's bindings gave their shares back");
+        .expect("the deleted queue and its bindings gave their shares back");
+    declare(&witness, "s").await.expect("room for a queue");
+    assert_healthy(&witness).await;
+}
+
+#[tokio::test]
+async fn a_queues_arguments_are_charged_as_kept_decoded() {
+    // 4,000 values of arguments are some 28 KB on the wire and half a megabyte kept: a
+    // client declaring such queues by the thousand is refused at the budget.
+    let mut config = Config::for_tests();
+    config.limits.broker_topology_bytes = 256 * 1024;
+    let broker = Broker::start_with(config).await;
+    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let values = |n: usize| {
+        let mut args = FieldTable::default();
+        for i in 0..n {
+            args.insert(format!("k{i}").into(), AMQPValue::Boolean(true));
+        }
+        args
+    };
+    let (_w, witness) = broker.channel().await;
+    let before = memory.used();
+    within(witness.queue_declare("small".into(), Default::default(), values(1000)))
+        .await
+        .expect("within the budget");
+    assert!(
+        memory.used() >= before + 1000 * 128,
+        "1,000 values charged: {before} -> {}",
+        memory.used()
+    );
+    let (_c, ch) = broker.channel().await;
+    assert_amqp_error(
+        within(ch.queue_declare("large".into(), Default::default(), values(4000))).await,
+        406,
+        "PRECONDITION_FAILED - cannot declare queue 'large': queues, exchanges and bindings of this broker would hold more than 262144 bytes (broker_topology_bytes)",
+    );
     assert_healthy(&witness).await;
 }
 

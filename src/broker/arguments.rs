@@ -473,6 +473,20 @@ pub fn assert_queue_equivalence(
     Ok(())
 }
 
+/// What a decoded value of kept arguments takes besides its encoded bytes (measured: 133
+/// bytes per boolean of a 4,000-value table, key included, resident).
+const KEPT_VALUE_BYTES: usize = 128;
+
+/// What the broker keeps for arguments it holds decoded (a queue's, an exchange's, or a
+/// durable object's in the definitions), charged to the topology budget.
+pub fn kept_bytes(args: &FieldTable) -> usize {
+    table::encode(args).len() + table::value_count(args) * KEPT_VALUE_BYTES
+}
+
+/// What the durable definitions keep for a durable queue, exchange or binding besides its
+/// names and arguments (measured: about 1,000 bytes per durable binding, resident).
+pub const DEFINITION_KEPT_BYTES: usize = 1024;
+
 /// Refuses arguments (of `what`, a queue, an exchange or a binding) holding more values than
 /// the broker keeps for an object (`table::MAX_KEPT_TABLE_VALUES`).
 pub fn check_kept_size(args: &FieldTable, what: impl FnOnce() -> String) -> AmqpResult<()> {

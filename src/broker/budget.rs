@@ -1,13 +1,15 @@
 //! Budgets of bytes for what clients make the broker keep, beyond the messages: consumers
 //! (their records, tags and arguments), counted per connection (`connection_consumer_bytes`)
-//! and over the whole broker (`broker_consumer_bytes`), and bindings, over the whole broker
-//! (`broker_binding_bytes`). What each holds is charged to the memory gauge while it lives.
+//! and over the whole broker (`broker_consumer_bytes`), and queues, exchanges and bindings,
+//! over the whole broker (`broker_topology_bytes`). What each holds is charged to the memory
+//! gauge while it lives.
 //!
 //! A consumer's arguments may be as large as a frame and a channel may hold 65,536
 //! consumers, so without a budget one connection could hold many gigabytes of them; and a
 //! budget per connection alone let a client with a thousand connections hold a thousand
-//! times that. Bindings outlive connections: an exchange may hold a million of them, and a
-//! vhost a hundred thousand exchanges, so only a budget over the broker bounds them.
+//! times that. Queues, exchanges and bindings outlive connections: an exchange may hold a
+//! million bindings, a vhost a hundred thousand exchanges, and a queue's arguments half a
+//! megabyte decoded, so only a budget over the broker bounds them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -201,6 +201,9 @@ impl Broker {
             else {
                 continue;
             };
+            // Recovered exchanges were accepted once: counted, never refused.
+            let arguments = stored_arguments(&x.arguments, &x.lepus_arguments);
+            let kept = Exchange::kept_bytes(&x.name, x.durable, &arguments);
             vhost.restore_exchange(
                 Exchange::new(
                     x.name.clone(),
@@ -208,10 +211,13 @@ impl Broker {
                     x.durable,
                     x.auto_delete,
                     x.internal,
-                    stored_arguments(&x.arguments, &x.lepus_arguments),
+                    arguments,
                 )
                 .declared_by(&x.lepus_user)
-                .charged_to(&self.creation_limits.bindings),
+                .charged_to(
+                    &self.creation_limits.topology,
+                    self.creation_limits.topology.take_anyway(kept),
+                ),
             );
             report.exchanges += 1;
         }
@@ -262,6 +268,9 @@ impl Broker {
             known_ids.push(q.lepus_id);
             let policy = vhost.queue_policy(&q.name);
             let holds = !recovered.held.is_empty();
+            let arguments = stored_arguments(&q.arguments, &q.lepus_arguments);
+            // Recovered queues were accepted once: counted, never refused.
+            let kept = QueueConfig::kept_bytes(&q.name, true, &arguments);
             let queue = Queue::recovered(
                 QueueConfig {
                     name: q.name.clone(),
@@ -269,8 +278,9 @@ impl Broker {
                     durable: true,
                     auto_delete: q.auto_delete,
                     exclusive_owner: None,
-                    arguments: stored_arguments(&q.arguments, &q.lepus_arguments),
+                    arguments,
                     id: q.lepus_id,
+                    share: Some(self.creation_limits.topology.take_anyway(kept)),
                 },
                 vhost.queue_services(),
                 log,

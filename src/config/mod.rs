@@ -124,10 +124,11 @@ pub struct Limits {
     pub max_exchanges_per_vhost: usize,
     /// Bindings whose source is one exchange.
     pub max_bindings_per_exchange: usize,
-    /// Memory the bindings of all vhosts may hold together (each counts 256 bytes besides
-    /// its routing key and arguments): the limits per exchange and per vhost multiply to a
-    /// hundred billion bindings.
-    pub broker_binding_bytes: usize,
+    /// Memory the queues, exchanges and bindings of all vhosts may hold together, as charged
+    /// (their records, names and arguments, and the durable definitions' copies): the limits
+    /// on their numbers multiply to a hundred billion bindings, and a queue's arguments may
+    /// hold 4,096 values, half a megabyte kept.
+    pub broker_topology_bytes: usize,
     /// Publishes and acknowledgements a transaction may hold before its commit.
     pub max_uncommitted_per_channel: usize,
     /// Publishes one channel may have waiting for their confirms (only a stalled disk makes
@@ -190,7 +191,7 @@ impl Default for Limits {
             max_queues: 1_000_000,
             max_exchanges_per_vhost: 100_000,
             max_bindings_per_exchange: 1_000_000,
-            broker_binding_bytes: 2 * 1024 * 1024 * 1024,
+            broker_topology_bytes: 4 * 1024 * 1024 * 1024,
             max_uncommitted_per_channel: 1_000_000,
             max_unconfirmed_per_channel: 1_000_000,
             max_unacked_per_channel: 1_000_000,

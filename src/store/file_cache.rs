@@ -317,16 +317,34 @@ impl Handle {
     }
 
     /// A sync that began after `writes` writes, none in flight, and succeeds makes the file
-    /// clean, unless it was written since.
+    /// clean, unless it was written since. Past the cache's bound, a file made clean is
+    /// closed at once: the clock turns only when a file is opened, so files that were dirty
+    /// past the bound (hundreds of queues acknowledged within one sync) stayed open until
+    /// the next open.
     fn sync(self: &Arc<Self>, op: impl FnOnce(&dyn FileIo) -> io::Result<()>) -> io::Result<()> {
         let Some(using) = self.file(Use::Sync)? else {
             return Ok(());
         };
         op(&*using.file)?;
         let mut slot = lock(&self.slot);
+        let mut closed = None;
         if !using.writing && slot.writes == using.writes {
             slot.dirty = false;
+            if self.cache.open.load(Ordering::Relaxed) > self.cache.max_open
+                && !slot.pinned
+                && slot.held == 0
+                && slot.writing == 0
+            {
+                closed = slot.file.take();
+                if closed.is_some() {
+                    self.cache.open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
         }
+        // Closed (once `using` goes too) with no lock held; it stays on the clock, which
+        // finds it closed, or reopened.
+        drop(slot);
+        drop(closed);
         Ok(())
     }
 }

@@ -96,7 +96,7 @@ pub struct Bindings<D> {
     /// (`HeadersMatch::cost`, summed): kept within it as bindings are made, so that no
     /// publish to the exchange alone is refused for its bindings' arguments.
     headers_cost: usize,
-    /// The broker's binding budget, which each binding's memory is held against
+    /// The broker's topology budget, which each binding's memory is held against
     /// (`Bindings::charge_to`); none in unit tests and benchmarks.
     budget: Option<Arc<Budget>>,
 }
@@ -108,8 +108,11 @@ pub struct BindLimits {
     pub bindings: usize,
     /// The cost of its headers bindings ([`super::topic::MAX_ROUTE_TOPIC_STATES`]).
     pub headers_cost: usize,
-    /// Whether the broker's binding budget may refuse it (it still counts it if not).
+    /// Whether the broker's topology budget may refuse it (it still counts it if not).
     pub within_budget: bool,
+    /// What the durable definitions keep for it (0 for a transient binding), held against
+    /// the budget with what the exchange keeps.
+    pub definition_bytes: usize,
 }
 
 impl BindLimits {
@@ -118,6 +121,7 @@ impl BindLimits {
         bindings: usize::MAX,
         headers_cost: usize::MAX,
         within_budget: false,
+        definition_bytes: 0,
     };
 }
 
@@ -126,7 +130,7 @@ impl BindLimits {
 pub enum BindRefused {
     Bindings,
     HeadersCost,
-    /// The broker's binding budget, of this many bytes (`broker_binding_bytes`).
+    /// The broker's topology budget, of this many bytes (`broker_topology_bytes`).
     Budget(usize),
 }
 
@@ -137,7 +141,7 @@ struct Entry<D> {
     destination: D,
     key: Arc<BindingKey<D>>,
     matcher: Option<HeadersMatch>,
-    /// What it keeps, held against the broker's binding budget (and so charged to the
+    /// What it keeps, held against the broker's topology budget (and so charged to the
     /// memory gauge) while it lives; none in unit tests and benchmarks.
     _share: Option<Share>,
 }
@@ -271,7 +275,8 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
         let kept = BINDING_KEPT_BYTES
             + 2 * (key.routing_key.len() + key.arguments.len())
             + index
-            + decoded;
+            + decoded
+            + limits.definition_bytes;
         let share = match &self.budget {
             None => None,
             Some(budget) if limits.within_budget => match budget.take(kept) {
@@ -499,6 +504,7 @@ mod tests {
             bindings: 100,
             headers_cost: 100,
             within_budget: true,
+            definition_bytes: 0,
         };
         let binding = |key: &str| Binding {
             destination: 1u8,
@@ -568,6 +574,7 @@ mod tests {
             bindings: 100,
             headers_cost: 4,
             within_budget: true,
+            definition_bytes: 0,
         };
         // Each costs 2: one argument and the binding.
         let binding = |key: &str| Binding {

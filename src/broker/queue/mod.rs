@@ -58,6 +58,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use amq_protocol::types::FieldTable;
 
 use crate::amqp_error;
+use crate::broker::budget::Share;
 use crate::broker::message::{Compaction, Message};
 use crate::broker::policy::Policy;
 use crate::broker::timer::{Timed, now_ms};
@@ -74,19 +75,7 @@ use settings::{QueueSettings, QueueType};
 pub use snapshot::{ConsumerSnapshot, QueueSnapshot};
 use state::{Enqueued, PAGE_OUT_ABOVE, State, Tail, with_delivery_count};
 
-/// What a queue was declared with.
-#[derive(Debug, Clone)]
-pub struct QueueConfig {
-    pub name: String,
-    pub vhost: String,
-    pub durable: bool,
-    pub auto_delete: bool,
-    /// The connection an exclusive queue belongs to.
-    pub exclusive_owner: Option<u64>,
-    pub arguments: FieldTable,
-    /// A durable queue's log directory number (0 for transient queues).
-    pub id: u64,
-}
+pub use context::QueueConfig;
 
 /// A message queue.
 pub struct Queue {
@@ -108,6 +97,9 @@ pub struct Queue {
     /// (`vhost::unbinding`). Routing treats it as gone, as RabbitMQ does once the deletion
     /// is done: a message for it alone goes to the exchange's alternate, or is unroutable.
     detached: AtomicBool,
+    /// What it keeps, held against the topology budget (and so charged to the memory gauge)
+    /// while it lives.
+    _share: Option<Share>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -198,6 +190,7 @@ impl Queue {
                 arguments: config.arguments,
                 id: config.id,
                 detached: AtomicBool::new(false),
+                _share: config.share,
                 state: Mutex::new(State {
                     ready: Ready::new(settings.max_priority),
                     consumers: Consumers::new(

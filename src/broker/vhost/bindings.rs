@@ -8,6 +8,7 @@ use amq_protocol::types::FieldTable;
 use super::unbinding::Pending;
 use super::{
     IncomingKey, SyncEpoch, Topology, VirtualHost, default_exchange_refused, incoming_key,
+    topology_full,
 };
 use crate::amqp_error;
 use crate::broker::arguments::{self, exchange_desc};
@@ -17,6 +18,13 @@ use crate::broker::exchange::{
 };
 use crate::protocol::error::AmqpResult;
 use crate::store::definitions::Change;
+
+/// What the durable definitions keep for a durable binding.
+fn definition_bytes(binding: &Binding) -> usize {
+    arguments::DEFINITION_KEPT_BYTES
+        + binding.routing_key.len()
+        + arguments::kept_bytes(&binding.arguments)
+}
 
 impl VirtualHost {
     /// Puts back a durable binding found in the definitions at start-up.
@@ -36,9 +44,14 @@ impl VirtualHost {
             routing_key: key.to_owned(),
             arguments: args,
         };
-        // Recovered bindings were accepted once: the limits apply to new ones.
+        // Recovered bindings were accepted once: the limits apply to new ones. They are
+        // durable: the definitions keep them too.
         let unlimited = |_| amqp_error!(InternalError, "binding limit");
-        if let Ok(true) = src.bind(binding.clone(), BindLimits::NONE, unlimited) {
+        let limits = BindLimits {
+            definition_bytes: definition_bytes(&binding),
+            ..BindLimits::NONE
+        };
+        if let Ok(true) = src.bind(binding.clone(), limits, unlimited) {
             topology
                 .incoming
                 .entry(binding.destination.identity())
@@ -54,10 +67,12 @@ impl VirtualHost {
         source: &Arc<Exchange>,
         binding: Binding,
     ) -> AmqpResult<SyncEpoch> {
+        let def = self.binding_def(source, &binding);
         let limits = BindLimits {
             bindings: self.services.limits.max_bindings_per_exchange,
             headers_cost: MAX_ROUTE_TOPIC_STATES,
             within_budget: true,
+            definition_bytes: def.as_ref().map_or(0, |_| definition_bytes(&binding)),
         };
         let full = |refused| match refused {
             BindRefused::Bindings => amqp_error!(
@@ -74,9 +89,9 @@ impl VirtualHost {
             ),
             BindRefused::Budget(bytes) => amqp_error!(
                 PreconditionFailed,
-                "cannot bind to {}: bindings of this broker would hold more than {} bytes (broker_binding_bytes)",
+                "cannot bind to {}: {}",
                 exchange_desc(&source.name, &self.name),
-                bytes
+                topology_full(bytes)
             ),
         };
         arguments::check_kept_size(&binding.arguments, || {
@@ -92,7 +107,7 @@ impl VirtualHost {
             ));
         }
         if source.bind(binding.clone(), limits, full)? {
-            if let Some(def) = self.binding_def(source, &binding) {
+            if let Some(def) = def {
                 self.record(topology, Change::PutBinding(def));
             }
             topology

@@ -96,6 +96,10 @@ impl VirtualHost {
                 max
             ));
         }
+        let share = self.topology_share(
+            Exchange::kept_bytes(&d.name, d.durable, &d.arguments),
+            || format!("cannot declare exchange '{}'", d.name),
+        )?;
         let x = Arc::new(
             Exchange::new(
                 d.name.clone(),
@@ -106,7 +110,7 @@ impl VirtualHost {
                 d.arguments.clone(),
             )
             .declared_by(&d.user)
-            .charged_to(&self.services.limits.bindings),
+            .charged_to(&self.services.limits.topology, share),
         );
         if x.durable {
             let def = self.exchange_def(&x);

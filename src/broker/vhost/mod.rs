@@ -74,6 +74,13 @@ pub struct VhostServices {
     pub replies: Arc<crate::broker::reply_to::ReplyConsumers>,
 }
 
+/// The end of a refusal by the topology budget (`broker_topology_bytes`) of `bytes`.
+pub(crate) fn topology_full(bytes: usize) -> String {
+    format!(
+        "queues, exchanges and bindings of this broker would hold more than {bytes} bytes (broker_topology_bytes)"
+    )
+}
+
 /// Limits on what clients create, shared by every vhost of a broker.
 #[derive(Clone, Debug)]
 pub struct CreationLimits {
@@ -82,8 +89,9 @@ pub struct CreationLimits {
     pub queues: Arc<AtomicUsize>,
     pub max_exchanges_per_vhost: usize,
     pub max_bindings_per_exchange: usize,
-    /// What every binding of the broker keeps, against `broker_binding_bytes`.
-    pub bindings: Arc<crate::broker::budget::Budget>,
+    /// What every queue, exchange and binding of the broker keeps, against
+    /// `broker_topology_bytes`.
+    pub topology: Arc<crate::broker::budget::Budget>,
 }
 
 impl CreationLimits {
@@ -93,7 +101,7 @@ impl CreationLimits {
             queues: Default::default(),
             max_exchanges_per_vhost: limits.max_exchanges_per_vhost,
             max_bindings_per_exchange: limits.max_bindings_per_exchange,
-            bindings: crate::broker::budget::Budget::broker(limits.broker_binding_bytes, memory),
+            topology: crate::broker::budget::Budget::broker(limits.broker_topology_bytes, memory),
         }
     }
 }
@@ -256,7 +264,13 @@ impl VirtualHost {
             self.exchanges.insert(
                 x.to_owned(),
                 Arc::new(
-                    predeclared((x, kind, internal)).charged_to(&self.services.limits.bindings),
+                    predeclared((x, kind, internal)).charged_to(
+                        &self.services.limits.topology,
+                        self.services
+                            .limits
+                            .topology
+                            .take_anyway(Exchange::kept_bytes(x, true, &FieldTable::default())),
+                    ),
                 ),
             );
         }
@@ -472,6 +486,27 @@ impl VirtualHost {
             arguments,
             lepus_arguments,
         })
+    }
+
+    /// Takes `bytes` from the topology budget for a new queue, exchange or binding, or
+    /// refuses it: 406, `what` ("cannot declare queue 'q'") and the budget.
+    fn topology_share(
+        &self,
+        bytes: usize,
+        what: impl FnOnce() -> String,
+    ) -> crate::protocol::error::AmqpResult<crate::broker::budget::Share> {
+        self.services
+            .limits
+            .topology
+            .take(bytes)
+            .map_err(|refused| {
+                amqp_error!(
+                    PreconditionFailed,
+                    "{}: {}",
+                    what(),
+                    topology_full(refused.limit_bytes())
+                )
+            })
     }
 
     /// The routing generation: a cached route is valid while this is unchanged.

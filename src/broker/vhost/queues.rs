@@ -118,6 +118,10 @@ impl VirtualHost {
         check_quorum_properties(d, &desc)?;
         // Like RabbitMQ, an exclusive queue is never durable.
         let durable = d.durable && !d.exclusive;
+        let share = self.topology_share(
+            QueueConfig::kept_bytes(&d.name, durable, &d.arguments),
+            || format!("cannot declare queue '{}'", d.name),
+        )?;
         let (id, log) = if durable {
             let id = self.services.defs.next_queue_id();
             let log = self.services.store.create_queue_log(id).map_err(|e| {
@@ -139,6 +143,7 @@ impl VirtualHost {
                 exclusive_owner: d.exclusive.then_some(connection),
                 arguments: d.arguments.clone(),
                 id,
+                share: Some(share),
             },
             self.queue_services(),
             log,
