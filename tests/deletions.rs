@@ -310,4 +310,14 @@ async fn same_as_rabbitmq_a_queue_or_exchange_being_deleted_takes_no_message() {
     assert_eq!(routed(b"k0"), ["lost"], "to the alternate exchange");
     vhost.exchange("x2").unwrap().detach();
     assert_eq!(routed(b"kx"), ["lost"], "to the alternate exchange");
+    // Nor does `if-unused` count what leads only to them.
+    within(ch.exchange_delete(
+        "t".into(),
+        ExchangeDeleteOptions {
+            if_unused: true,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("an exchange whose bindings all lead to what is being deleted is unused");
 }

@@ -364,6 +364,11 @@ impl<D: Clone + Eq + Hash> Bindings<D> {
         self.entries.is_empty()
     }
 
+    /// Each binding's destination, in no particular order.
+    pub fn destinations(&self) -> impl Iterator<Item = &D> {
+        self.entries.iter().map(|e| &e.destination)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

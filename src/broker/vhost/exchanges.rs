@@ -146,9 +146,7 @@ impl VirtualHost {
         let Some(x) = self.exchange(name) else {
             return Ok(None);
         };
-        // (A binding to a queue or exchange whose deletion is still removing its bindings
-        // counts until it is removed.)
-        if if_unused && x.has_bindings() {
+        if if_unused && x.in_use() {
             return Err(amqp_error!(
                 PreconditionFailed,
                 "{} in use",
