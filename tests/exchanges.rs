@@ -741,18 +741,26 @@ async fn a_deleted_queues_bindings_with_arguments_leave_their_exchanges() {
     );
 }
 
-/// What bindings keep is charged to the broker's memory gauge while they live (from
-/// review: it was not, so a client could fill memory with bindings the gauge, its alarm and
-/// paging never saw), and given back when they go.
+/// What bindings keep is held against the broker's topology budget while they live (from
+/// review: it was counted nowhere, so a client could fill memory with bindings), and given
+/// back when they go. (It was charged to the memory gauge, by which queues page their
+/// backlogs out; paging gives none of it back.)
 #[tokio::test]
-async fn bindings_are_charged_to_the_memory_gauge_while_they_live() {
+async fn bindings_are_held_against_the_topology_budget_while_they_live() {
     let broker = Broker::start().await;
-    let memory = broker.server.as_ref().unwrap().broker().memory;
+    let topology = broker
+        .server
+        .as_ref()
+        .unwrap()
+        .broker()
+        .creation_limits
+        .topology
+        .clone();
     let (_c, ch) = broker.channel().await;
     within(ch.queue_declare("wide".into(), Default::default(), FieldTable::default()))
         .await
         .unwrap();
-    let before = memory.used();
+    let before = topology.held_bytes();
     let wide = AMQPValue::FieldArray(vec![AMQPValue::Void; 4090].into());
     for i in 0..100 {
         let args = table(&[("x-match", long_str("any")), ("a", wide.clone())]);
@@ -766,7 +774,7 @@ async fn bindings_are_charged_to_the_memory_gauge_while_they_live() {
         .await
         .unwrap();
     }
-    let bound = memory.used();
+    let bound = topology.held_bytes();
     assert!(
         bound >= before + 100 * 4090 * 16,
         "100 bindings of 4,090 values each, decoded for matching: {before} -> {bound}"
@@ -774,7 +782,7 @@ async fn bindings_are_charged_to_the_memory_gauge_while_they_live() {
     within(ch.queue_delete("wide".into(), Default::default()))
         .await
         .unwrap();
-    let after = memory.used();
+    let after = topology.held_bytes();
     assert!(
         after < before + (1 << 20),
         "given back: {before} -> {bound} -> {after}"

@@ -228,6 +228,7 @@ impl Broker {
         for q in vhost.queues() {
             vhost.remove_queue(&q);
         }
+        vhost.retire_exchanges();
         self.access.forget_vhost(name);
         Ok(self.definitions.record(Change::DeleteVhost {
             name: name.to_owned(),

@@ -1,8 +1,8 @@
 //! Budgets of bytes for what clients make the broker keep, beyond the messages: consumers
 //! (their records, tags and arguments), counted per connection (`connection_consumer_bytes`)
 //! and over the whole broker (`broker_consumer_bytes`), and queues, exchanges and bindings,
-//! over the whole broker (`broker_topology_bytes`). What each holds is charged to the memory
-//! gauge while it lives.
+//! over the whole broker (`broker_topology_bytes`). What each consumer holds is charged to
+//! the memory gauge while it lives; topology is not (see `Budget::memory`).
 //!
 //! A consumer's arguments may be as large as a frame and a channel may hold 65,536
 //! consumers, so without a budget one connection could hold many gigabytes of them; and a
@@ -25,8 +25,11 @@ pub struct Budget {
     limit_bytes: usize,
     /// The broker's budget, which a connection's takes from too.
     whole: Option<Arc<Budget>>,
-    /// The gauge each share is charged to.
-    memory: &'static Memory,
+    /// The gauge each share is charged to; none for the topology budget. The gauge decides
+    /// when queues page their backlogs out, which gives none of a queue's, an exchange's or
+    /// a binding's own memory back: charged, 25,000 durable queues put every backlog of the
+    /// broker on disk.
+    memory: Option<&'static Memory>,
 }
 
 /// Which budget refused a share, and its size: named in the refusal.
@@ -56,7 +59,7 @@ impl Refused {
 
 impl Budget {
     /// The broker's budget.
-    pub fn broker(limit_bytes: usize, memory: &'static Memory) -> Arc<Self> {
+    pub fn broker(limit_bytes: usize, memory: Option<&'static Memory>) -> Arc<Self> {
         Arc::new(Budget {
             held_bytes: AtomicUsize::new(0),
             limit_bytes,
@@ -98,7 +101,9 @@ impl Budget {
         Ok(Share {
             budget: self.clone(),
             bytes,
-            _charge: Charge::new(self.memory, bytes),
+            _charge: self
+                .memory
+                .map_or_else(Charge::default, |m| Charge::new(m, bytes)),
         })
     }
 
@@ -112,7 +117,9 @@ impl Budget {
         Share {
             budget: self.clone(),
             bytes,
-            _charge: Charge::new(self.memory, bytes),
+            _charge: self
+                .memory
+                .map_or_else(Charge::default, |m| Charge::new(m, bytes)),
         }
     }
 

@@ -8,7 +8,10 @@
 //! that is consumed as fast as it comes costs two copies and a file for nothing.
 //!
 //! Everything a client can make the broker hold is charged here while it lives ([`Charge`]):
-//! each message, each input chunk, each half-received body, each connection's output. The
+//! each message, each input chunk, each half-received body, each connection's output, each
+//! consumer. Queues, exchanges and bindings are not: paging gives none of their memory back,
+//! so charged they put every backlog on disk; their own budget bounds them
+//! (`broker::budget`). The
 //! counter is updated for every message, by many threads, so it is sharded: each thread adds
 //! to a slot of its own (a plain load and store, no locked instruction, no cache line shared
 //! with another core), and reading the total sums the slots. Reading happens when a queue

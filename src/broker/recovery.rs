@@ -117,11 +117,11 @@ impl Broker {
             timers: Timers::start()?,
             worker: Worker::start("lepus-dead-letters")?,
             memory,
-            consumers: Budget::broker(config.limits.broker_consumer_bytes, memory),
+            consumers: Budget::broker(config.limits.broker_consumer_bytes, Some(memory)),
             ledger: Default::default(),
             started_at_ms: super::timer::now_ms(),
             relief_pass_ms: Default::default(),
-            creation_limits: CreationLimits::new(&config.limits, memory),
+            creation_limits: CreationLimits::new(&config.limits),
             alarms: Alarms::start(
                 &config.data_dir,
                 store.shared.clone(),

@@ -191,7 +191,8 @@ impl Default for Limits {
             max_queues: 1_000_000,
             max_exchanges_per_vhost: 100_000,
             max_bindings_per_exchange: 1_000_000,
-            broker_topology_bytes: 4 * 1024 * 1024 * 1024,
+            // 4 GiB, or all a 32-bit address space holds.
+            broker_topology_bytes: usize::try_from(4u64 << 30).unwrap_or(usize::MAX),
             max_uncommitted_per_channel: 1_000_000,
             max_unconfirmed_per_channel: 1_000_000,
             max_unacked_per_channel: 1_000_000,

@@ -173,8 +173,7 @@ impl Exchange {
     }
 
     /// The same, holding `share` (what it keeps itself, from `budget`) and what each of its
-    /// bindings keeps against `budget` (the broker's topology budget, which charges it to the
-    /// memory gauge) while they live.
+    /// bindings keeps against `budget` (the broker's topology budget) while they live.
     pub fn charged_to(
         mut self,
         budget: &Arc<crate::broker::budget::Budget>,

@@ -97,8 +97,7 @@ pub struct Queue {
     /// (`vhost::unbinding`). Routing treats it as gone, as RabbitMQ does once the deletion
     /// is done: a message for it alone goes to the exchange's alternate, or is unroutable.
     detached: AtomicBool,
-    /// What it keeps, held against the topology budget (and so charged to the memory gauge)
-    /// while it lives.
+    /// What it keeps, held against the topology budget while it lives.
     _share: Option<Share>,
 }
 

@@ -95,13 +95,13 @@ pub struct CreationLimits {
 }
 
 impl CreationLimits {
-    pub fn new(limits: &crate::config::Limits, memory: &'static Memory) -> Self {
+    pub fn new(limits: &crate::config::Limits) -> Self {
         CreationLimits {
             max_queues: limits.max_queues,
             queues: Default::default(),
             max_exchanges_per_vhost: limits.max_exchanges_per_vhost,
             max_bindings_per_exchange: limits.max_bindings_per_exchange,
-            topology: crate::broker::budget::Budget::broker(limits.broker_topology_bytes, memory),
+            topology: crate::broker::budget::Budget::broker(limits.broker_topology_bytes, None),
         }
     }
 }

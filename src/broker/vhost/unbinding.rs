@@ -111,6 +111,17 @@ impl VirtualHost {
         }
     }
 
+    /// The vhost is being deleted: every exchange loses its bindings, a batch at a time. An
+    /// exchange bound to another that is bound back (or to itself) holds it in its bindings:
+    /// left to the vhost's end, the pair kept each other, and their shares of the topology
+    /// budget, for as long as the broker ran.
+    pub fn retire_exchanges(&self) {
+        for x in self.exchanges() {
+            x.detach();
+            self.unbind_outgoing(&x);
+        }
+    }
+
     /// Auto-deletes the `sources` that lost a binding and have none left, a batch per hold
     /// of the lock; then removes the bindings into the exchanges so deleted
     /// (`pending`) as a deleted exchange's are, and auto-deletes what they
