@@ -536,7 +536,18 @@ async fn a_deleted_vhost_gives_back_what_its_exchanges_held_even_bound_in_a_cycl
     }
     assert!(held() > before, "{before} -> {}", held());
     within(conn.close(200, "bye".into())).await.unwrap();
+    let v = server.vhost("v").unwrap();
     server.delete_vhost("v").unwrap();
+    // Whoever still holds the deleted vhost (a channel whose close is on its way, an API
+    // request) adds nothing to it: that would outlive the deletion, its share held.
+    let refused = v
+        .bind_exchange("a", "a", "again", &FieldTable::default())
+        .expect_err("refused");
+    assert_eq!(
+        (refused.code as u16, refused.text.as_str()),
+        (320, "CONNECTION_FORCED - vhost 'v' is deleted")
+    );
+    drop(v);
     within(async {
         while held() != before {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

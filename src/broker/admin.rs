@@ -217,6 +217,7 @@ impl Broker {
         let Some((_, vhost)) = self.vhosts.remove(name) else {
             return Err(format!("Virtual host '{name}' does not exist"));
         };
+        vhost.retire();
         for conn in self.connections.list() {
             if conn.info().opened().is_some_and(|o| o.vhost == name) {
                 conn.close(

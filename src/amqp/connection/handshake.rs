@@ -324,11 +324,10 @@ impl Connection {
             channel_max: self.channel_max,
             heartbeat_s: self.heartbeat_s,
         });
-        self.broker
-            .ledger
-            .churn
-            .connections_opened
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.still_in(&vhost) {
+            return;
+        }
+        crate::broker::stats::bump(&self.broker.ledger.churn.connections_opened, 1);
         self.session = Some(Session {
             broker: self.broker.clone(),
             vhost,
@@ -350,5 +349,18 @@ impl Connection {
         );
         self.phase = Phase::Running;
         self.start_flow();
+    }
+
+    /// Whether `vhost`, which this connection just opened, is still the broker's. One
+    /// deleted since it was looked up closed its connections before this one counted as
+    /// opened (`Broker::delete_vhost`): this one closes itself, as they were, and says no.
+    fn still_in(&mut self, vhost: &std::sync::Arc<crate::broker::vhost::VirtualHost>) -> bool {
+        let ours = self.broker.vhost(&vhost.name);
+        if ours.is_some_and(|v| std::sync::Arc::ptr_eq(&v, vhost)) {
+            return true;
+        }
+        let e = amqp_error!(ConnectionForced, "vhost '{}' is deleted", vhost.name);
+        self.close_connection(e, false);
+        false
     }
 }

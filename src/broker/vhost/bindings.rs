@@ -67,6 +67,7 @@ impl VirtualHost {
         source: &Arc<Exchange>,
         binding: Binding,
     ) -> AmqpResult<SyncEpoch> {
+        self.refuse_if_retired(topology)?;
         let def = self.binding_def(source, &binding);
         let limits = BindLimits {
             bindings: self.services.limits.max_bindings_per_exchange,

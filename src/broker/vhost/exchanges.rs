@@ -47,6 +47,7 @@ impl VirtualHost {
         }
         super::name_fits_amqp("exchange", &d.name)?;
         let mut topology = self.lock();
+        self.refuse_if_retired(&topology)?;
         let existing = self.exchange(&d.name);
         let Some(kind) = kind else {
             return existing

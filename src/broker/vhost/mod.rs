@@ -167,6 +167,10 @@ struct Topology {
     exclusive: HashMap<u64, std::collections::HashSet<String>>,
     /// The epoch of the last definitions change made under this lock.
     sync: SyncEpoch,
+    /// The vhost was deleted (`VirtualHost::retire`): nothing more is declared or bound in
+    /// it by a channel or an API request that still holds it, or what it made would outlive
+    /// the deletion, its shares of the topology budget held and its definitions recorded.
+    retired: bool,
 }
 
 /// Identifies a binding among those leading to one destination: its source (by identity),
@@ -486,6 +490,26 @@ impl VirtualHost {
             arguments,
             lepus_arguments,
         })
+    }
+
+    /// Marks the vhost deleted: declares and binds are refused from now on (see
+    /// `Topology::retired`). Called once it has left the broker's map, before its
+    /// connections are closed.
+    pub fn retire(&self) {
+        self.lock().retired = true;
+    }
+
+    /// Refuses what would add to a deleted vhost: its connections are being closed with the
+    /// same code and text.
+    fn refuse_if_retired(&self, topology: &Topology) -> crate::protocol::error::AmqpResult<()> {
+        if topology.retired {
+            return Err(amqp_error!(
+                ConnectionForced,
+                "vhost '{}' is deleted",
+                self.name
+            ));
+        }
+        Ok(())
     }
 
     /// Takes `bytes` from the topology budget for a new queue, exchange or binding, or

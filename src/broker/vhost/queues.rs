@@ -80,6 +80,7 @@ impl VirtualHost {
         super::name_fits_amqp("queue", &d.name)?;
         crate::broker::stats::bump(&self.services.ledger.churn.queues_declared, 1);
         let mut topology = self.lock();
+        self.refuse_if_retired(&topology)?;
         if let Some(q) = self.queue(&d.name) {
             let owned_by_other = q.exclusive_owner.is_some_and(|o| o != connection);
             if owned_by_other || (!d.passive && d.exclusive != q.exclusive_owner.is_some()) {
