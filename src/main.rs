@@ -52,6 +52,10 @@ struct Args {
     /// Message bytes queues keep in memory before paging their tails out to disk.
     #[arg(long = "memory-budget-mib", env = "LEPUS_MEMORY_BUDGET_MIB")]
     memory_budget_mib: Option<usize>,
+    /// Memory the queues, exchanges and bindings of all vhosts may hold together, as
+    /// charged; past it declares and binds are refused (406).
+    #[arg(long = "topology-budget-mib", env = "LEPUS_TOPOLOGY_BUDGET_MIB")]
+    topology_budget_mib: Option<usize>,
     /// Size of each queue log segment file.
     #[arg(long = "segment-mib", env = "LEPUS_SEGMENT_MIB")]
     segment_mib: Option<u64>,
@@ -185,6 +189,12 @@ fn note_origins(matches: &ArgMatches, origins: &mut Origins) {
         "LEPUS_MEMORY_BUDGET_MIB",
     );
     over(
+        "topology_budget",
+        "topology_budget_mib",
+        "topology-budget-mib",
+        "LEPUS_TOPOLOGY_BUDGET_MIB",
+    );
+    over(
         "segment_size",
         "segment_mib",
         "segment-mib",
@@ -255,6 +265,9 @@ fn configure(args: &Args, matches: &ArgMatches) -> Result<Configured, String> {
     let limits = &mut config.limits;
     if let Some(mib) = a.memory_budget_mib {
         limits.memory_budget_bytes = mib.saturating_mul(1 << 20);
+    }
+    if let Some(mib) = a.topology_budget_mib {
+        limits.broker_topology_bytes = mib.saturating_mul(1 << 20);
     }
     if let Some(ms) = a.send_timeout_ms {
         limits.send_timeout_ms = ms.max(1);

@@ -86,6 +86,16 @@ fn flags_override_the_environment_which_overrides_the_file() {
         "tcp_listen_options.send_timeout = 3000    # flag --send-timeout-ms"
     );
     assert!(line(&from_flag, "heartbeat").ends_with(":1"));
+    // The topology budget, in MiB as the memory budget is.
+    assert_eq!(
+        line(&from_file, "broker_topology_bytes"),
+        "broker_topology_bytes = 4294967296    # default"
+    );
+    let topology = print_config(&mut lepus(&["--topology-budget-mib", "12"]));
+    assert_eq!(
+        line(&topology, "broker_topology_bytes"),
+        "broker_topology_bytes = 12582912    # flag --topology-budget-mib"
+    );
     // Same as RabbitMQ: RABBITMQ_CONFIG_FILE may leave out the extension.
     let via_rabbitmq_env =
         print_config(lepus(&[]).env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq")));

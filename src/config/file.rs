@@ -569,6 +569,11 @@ fn limit_lines(l: &super::Limits, add: &mut impl FnMut(&str, String, &str)) {
         l.memory_budget_bytes.to_string(),
         "memory_budget",
     );
+    add(
+        "broker_topology_bytes",
+        l.broker_topology_bytes.to_string(),
+        "topology_budget",
+    );
     add("segment_bytes", l.segment_bytes.to_string(), "segment_size");
     add(
         "max_unopened_connections_per_address",
