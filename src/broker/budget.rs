@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::memory::{Charge, Memory};
 
-/// Bytes held against a limit. Counting is exact: each consumer or binding takes its share
-/// with a compare-and-swap and gives it back when its [`Share`] drops, so every way one ends
-/// frees it.
+/// Bytes held against a limit. Counting is exact: each consumer, queue, exchange or binding
+/// takes its share with a compare-and-swap and gives it back when its [`Share`] drops, so
+/// every way one ends frees it.
 #[derive(Debug)]
 pub struct Budget {
     held_bytes: AtomicUsize,
@@ -39,8 +39,8 @@ pub enum Refused {
     Broker(usize),
 }
 
-/// One consumer's or binding's share of its budget (and of the broker's, for a connection's),
-/// held until it drops.
+/// One consumer's, queue's, exchange's or binding's share of its budget (and of the broker's,
+/// for a connection's), held until it drops.
 #[derive(Debug)]
 pub struct Share {
     budget: Arc<Budget>,
@@ -83,8 +83,8 @@ impl Budget {
         self.held_bytes.load(Ordering::Relaxed)
     }
 
-    /// Takes `bytes` for one consumer or binding from this budget and the broker's, unless
-    /// that would pass either limit.
+    /// Takes `bytes` for one consumer, queue, exchange or binding from this budget and the
+    /// broker's, unless that would pass either limit.
     pub fn take(self: &Arc<Self>, bytes: usize) -> Result<Share, Refused> {
         if !self.reserve(bytes) {
             return Err(match self.whole {
@@ -107,8 +107,8 @@ impl Budget {
         })
     }
 
-    /// Takes `bytes` whatever the limit: for what was accepted once already (bindings
-    /// recovered at a start), which must still be counted.
+    /// Takes `bytes` whatever the limit: for what was accepted once already (recovered at a
+    /// start, or the exchanges every vhost has), which must still be counted.
     pub fn take_anyway(self: &Arc<Self>, bytes: usize) -> Share {
         self.held_bytes.fetch_add(bytes, Ordering::AcqRel);
         if let Some(whole) = &self.whole {

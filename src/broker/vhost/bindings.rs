@@ -68,12 +68,27 @@ impl VirtualHost {
         binding: Binding,
     ) -> AmqpResult<SyncEpoch> {
         self.refuse_if_retired(topology)?;
-        let def = self.binding_def(source, &binding);
+        arguments::check_kept_size(&binding.arguments, || {
+            format!("a binding from {}", exchange_desc(&source.name, &self.name))
+        })?;
+        if binding.routing_key.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
+            // Only the management API and definitions can send one: AMQP's is a short
+            // string. A topic binding's words are nested trie nodes, walked recursively.
+            return Err(amqp_error!(
+                PreconditionFailed,
+                "binding key longer than {} bytes",
+                crate::protocol::SHORT_STRING_MAX_BYTES
+            ));
+        }
         let limits = BindLimits {
             bindings: self.services.limits.max_bindings_per_exchange,
             headers_cost: MAX_ROUTE_TOPIC_STATES,
             within_budget: true,
-            definition_bytes: def.as_ref().map_or(0, |_| definition_bytes(&binding)),
+            // The definitions keep a durable one too.
+            definition_bytes: match source.durable && binding.destination.durable() {
+                true => definition_bytes(&binding),
+                false => 0,
+            },
         };
         let full = |refused| match refused {
             BindRefused::Bindings => amqp_error!(
@@ -95,20 +110,8 @@ impl VirtualHost {
                 topology_full(bytes)
             ),
         };
-        arguments::check_kept_size(&binding.arguments, || {
-            format!("a binding from {}", exchange_desc(&source.name, &self.name))
-        })?;
-        if binding.routing_key.len() > crate::protocol::SHORT_STRING_MAX_BYTES {
-            // Only the management API and definitions can send one: AMQP's is a short
-            // string. A topic binding's words are nested trie nodes, walked recursively.
-            return Err(amqp_error!(
-                PreconditionFailed,
-                "binding key longer than {} bytes",
-                crate::protocol::SHORT_STRING_MAX_BYTES
-            ));
-        }
         if source.bind(binding.clone(), limits, full)? {
-            if let Some(def) = def {
+            if let Some(def) = self.binding_def(source, &binding) {
                 self.record(topology, Change::PutBinding(def));
             }
             topology
