@@ -402,6 +402,9 @@ async fn same_as_rabbitmqctl_status_reports_its_sections_and_json() {
         "\nRuntime\n\nOS PID: ",
         "\nAlarms\n\n(none)\n",
         "\nTotals\n\nConnection count: 1\nQueue count: 1\nVirtual host count: 1\n",
+        // Lepus's own: what the budgets hold, the queue's share among it.
+        "\nBudgets\n\nQueues, exchanges and bindings: ",
+        ", limit: 4294967296\nConsumers: ",
         &format!(
             "Interface: {}, port: {}, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0",
             broker.addr.ip(),
@@ -417,6 +420,9 @@ async fn same_as_rabbitmqctl_status_reports_its_sections_and_json() {
     assert_eq!(json["totals"]["queue_count"], 1);
     assert_eq!(json["alarms"], serde_json::json!([]));
     assert_eq!(json["listeners"][0]["protocol"], "amqp");
+    let topology = &json["lepus_budgets"]["topology_bytes"];
+    assert!(topology["used"].as_u64().unwrap() >= 1536, "{topology}");
+    assert_eq!(topology["limit"], 4294967296u64);
 }
 
 #[tokio::test(flavor = "multi_thread")]

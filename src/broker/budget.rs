@@ -83,6 +83,11 @@ impl Budget {
         self.held_bytes.load(Ordering::Relaxed)
     }
 
+    /// What may be held at most.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_bytes
+    }
+
     /// Takes `bytes` for one consumer, queue, exchange or binding from this budget and the
     /// broker's, unless that would pass either limit.
     pub fn take(self: &Arc<Self>, bytes: usize) -> Result<Share, Refused> {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
@@ -227,6 +227,12 @@ async fn status(State(m): State<Arc<Mgmt>>) -> Response {
             "sockets_used": broker.connection_count(),
             "sockets_limit": config.limits.max_connections,
         },
+        // Lepus's own: what the budgets past which declares, binds and consumers are
+        // refused hold.
+        "lepus_budgets": {
+            "topology_bytes": budget(&broker.creation_limits.topology),
+            "consumer_bytes": budget(&broker.consumers),
+        },
         "totals": {
             "virtual_host_count": broker.vhosts().len(),
             "connection_count": broker.connection_count(),
@@ -235,6 +241,11 @@ async fn status(State(m): State<Arc<Mgmt>>) -> Response {
         "listeners": listeners,
     }))
     .into_response()
+}
+
+/// A budget as the status shows it.
+fn budget(b: &crate::broker::budget::Budget) -> Value {
+    json!({"used": b.held_bytes(), "limit": b.limit_bytes()})
 }
 
 /// An address as rabbitmqctl prints a listener's interface (`[::]`, `0.0.0.0`).

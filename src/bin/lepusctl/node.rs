@@ -275,6 +275,21 @@ fn status_text(s: &Value) -> Vec<String> {
             ],
         ),
         (
+            "Budgets",
+            vec![
+                format!(
+                    "Queues, exchanges and bindings: {} bytes, limit: {}",
+                    text(&s["lepus_budgets"]["topology_bytes"]["used"]),
+                    text(&s["lepus_budgets"]["topology_bytes"]["limit"])
+                ),
+                format!(
+                    "Consumers: {} bytes, limit: {}",
+                    text(&s["lepus_budgets"]["consumer_bytes"]["used"]),
+                    text(&s["lepus_budgets"]["consumer_bytes"]["limit"])
+                ),
+            ],
+        ),
+        (
             "Totals",
             vec![
                 format!(
