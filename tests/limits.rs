@@ -480,7 +480,7 @@ async fn a_queues_arguments_are_charged_as_kept_decoded() {
         topology.held_bytes()
     );
     // Not to the memory gauge, by which queues page their backlogs out: that gives none of
-    // it back, and charged, 25,000 durable queues put every backlog of the broker on disk.
+    // it back, and charged, some 20,000 durable queues put every backlog on disk.
     assert!(
         memory.used() < before.1 + 64 * 1024,
         "the gauge: {before:?} -> {}",

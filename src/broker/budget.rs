@@ -27,8 +27,8 @@ pub struct Budget {
     whole: Option<Arc<Budget>>,
     /// The gauge each share is charged to; none for the topology budget. The gauge decides
     /// when queues page their backlogs out, which gives none of a queue's, an exchange's or
-    /// a binding's own memory back: charged, 25,000 durable queues put every backlog of the
-    /// broker on disk.
+    /// a binding's own memory back: charged, some 20,000 durable queues (64 MiB, the paging
+    /// budget) put every backlog of the broker on disk.
     memory: Option<&'static Memory>,
 }
 
