@@ -748,14 +748,7 @@ async fn a_deleted_queues_bindings_with_arguments_leave_their_exchanges() {
 #[tokio::test]
 async fn bindings_are_held_against_the_topology_budget_while_they_live() {
     let broker = Broker::start().await;
-    let topology = broker
-        .server
-        .as_ref()
-        .unwrap()
-        .broker()
-        .creation_limits
-        .topology
-        .clone();
+    let topology = broker.topology();
     let (_c, ch) = broker.channel().await;
     within(ch.queue_declare("wide".into(), Default::default(), FieldTable::default()))
         .await

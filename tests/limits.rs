@@ -374,10 +374,7 @@ async fn what_queues_exchanges_and_bindings_hold_is_limited_counted_the_same_aft
         }
     };
     let mut broker = Broker::start_with(config(usize::MAX)).await;
-    let held = |broker: &Broker| {
-        let server = broker.server.as_ref().unwrap();
-        server.broker().creation_limits.topology.held_bytes()
-    };
+    let held = |broker: &Broker| broker.topology().held_bytes();
     let (_w, witness) = broker.channel().await;
     let before = held(&broker);
     for q in ["q", "r"] {
@@ -461,14 +458,7 @@ async fn a_queues_arguments_are_charged_as_kept_decoded() {
         }
         args
     };
-    let topology = broker
-        .server
-        .as_ref()
-        .unwrap()
-        .broker()
-        .creation_limits
-        .topology
-        .clone();
+    let topology = broker.topology();
     let (_w, witness) = broker.channel().await;
     let before = (topology.held_bytes(), memory.used());
     within(witness.queue_declare("small".into(), Default::default(), values(1000)))
@@ -501,7 +491,7 @@ async fn a_deleted_vhost_gives_back_what_its_exchanges_held_even_bound_in_a_cycl
     // a vhost's deletion takes their bindings, so that they go, and their shares with them.
     let broker = Broker::start().await;
     let server = broker.server.as_ref().unwrap().broker();
-    let held = || server.creation_limits.topology.held_bytes();
+    let held = || broker.topology().held_bytes();
     let before = held();
     let def = lepus::store::definitions::VhostDef::named("v");
     server.add_vhost(&def).unwrap();

@@ -72,6 +72,12 @@ impl Broker {
         RawClient::connect(self.addr).await
     }
 
+    /// The budget of what queues, exchanges and bindings keep (`broker_topology_bytes`).
+    pub fn topology(&self) -> std::sync::Arc<lepus::broker::budget::Budget> {
+        let server = self.server.as_ref().expect("a running broker");
+        server.broker().creation_limits.topology.clone()
+    }
+
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
