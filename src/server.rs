@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::amqp::outbox::Outbox;
 use crate::broker::Broker;
+use crate::broker::connections::Connections;
 use crate::broker::stats::ConnectionInfo;
 use crate::config::Config;
 use crate::mgmt::state::Mgmt;
@@ -213,7 +214,10 @@ impl Server {
 async fn closed_until_started(
     listener: Listener,
     app: &mut tokio::sync::watch::Receiver<bool>,
+    connections: &Connections,
 ) -> Option<Listener> {
+    // `start_app` answers once this is dropped, with the socket open again.
+    let _closed = connections.listener_closing();
     let closed = match listener.close() {
         Ok(closed) => closed,
         // Without its address the socket cannot be opened again: keep it, and refuse
@@ -322,7 +326,7 @@ async fn accept_loop(mut listener: Listener, broker: Arc<Broker>, live: Arc<Live
     let mut app = broker.connections.watch_app();
     loop {
         if !*app.borrow_and_update() {
-            match closed_until_started(listener, &mut app).await {
+            match closed_until_started(listener, &mut app, &broker.connections).await {
                 Some(reopened) => listener = reopened,
                 None => return,
             }

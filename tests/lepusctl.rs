@@ -392,6 +392,38 @@ async fn same_as_rabbitmqctl_stop_app_closes_amqp_and_start_app_brings_it_back()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn same_as_rabbitmqctl_start_app_returns_once_clients_can_connect() {
+    let broker = Broker::start().await;
+    assert_eq!(ctl(&broker, &["stop_app"]).await.0, 0);
+    // Hold the port the listener gave up, so that it cannot open again yet. (Another
+    // test's broker could be given the freed port first; it is one of thousands.)
+    let squatter = within(async {
+        loop {
+            match tokio::net::TcpListener::bind(broker.addr).await {
+                Ok(listener) => break listener,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    // While the port is taken, start_app does not say the broker started (it did at once
+    // before, and a client connecting as soon as it returned was refused) ...
+    let (status, out, err) = ctl(&broker, &["start_app"]).await;
+    assert_eq!(status, 69, "{out}");
+    assert!(
+        err.starts_with("Error: the AMQP listeners are not open again after 10 s"),
+        "{err}"
+    );
+    // ... and once the port is free, the listener takes it and start_app says so.
+    drop(squatter);
+    let (status, out, err) = ctl(&broker, &["start_app"]).await;
+    assert_eq!(status, 0, "{out}{err}");
+    // Same as RabbitMQ: once start_app has returned, a client connects at its first try.
+    let mut raw = broker.raw().await;
+    raw.handshake().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn same_as_rabbitmqctl_status_reports_its_sections_and_json() {
     let broker = Broker::start().await;
     let _client = declare_and_publish(&broker).await;

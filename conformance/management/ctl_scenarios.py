@@ -29,6 +29,11 @@ def ctl(*args):
     return [out.returncode, keep]
 
 
+def local_port(conn):
+    """The port of a pika connection's socket: the broker lists it as peer_port."""
+    return conn._impl._transport._sock.getsockname()[1]
+
+
 @scenario
 def ctl_lists(url):
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -37,6 +42,9 @@ def ctl_lists(url):
     # (whose tables are kept sorted) in name order (conformance/DIFFERENCES.md).
     ch.queue_declare("ctl-q", durable=True, arguments={"x-dead-letter-exchange": "dlx", "x-max-length": 10})
     ch.queue_bind("ctl-q", "amq.direct", "ctl-rk")
+    # Confirmed, so that the message is queued before the tool looks (lepusctl starts in
+    # milliseconds, rabbitmqctl in a second).
+    ch.confirm_delivery()
     ch.basic_publish("", "ctl-q", b"x")
     seen = {}
     seen["set_policy"] = ctl("set_policy", "--priority", "3", "--apply-to", "queues", "ctl-pol", "^ctl-", '{"max-length":5}')
@@ -79,6 +87,7 @@ def ctl_changes(url):
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
     ch.queue_declare("ctl-dq")
+    ch.confirm_delivery()
     ch.basic_publish("", "ctl-dq", b"1")
     ch.basic_publish("", "ctl-dq", b"2")
     seen["purge"] = ctl("purge_queue", "ctl-dq")
@@ -86,8 +95,10 @@ def ctl_changes(url):
     seen["delete_queue_again"] = ctl("delete_queue", "ctl-dq")
     seen["authenticate"] = ctl("authenticate_user", "guest", "guest")
     seen["authenticate_bad"] = ctl("authenticate_user", "guest", "wrong")[0]
-    status, pids = ctl("-q", "list_connections", "pid", "--no-table-headers")
-    closed = ctl("close_connection", pids[0], "Closed via rabbitmqctl") if pids else [None, []]
+    # This scenario's connection, by its port: another scenario's may not be gone yet.
+    status, rows = ctl("-q", "list_connections", "pid", "peer_port", "--no-table-headers")
+    pids = [row.split("\t")[0] for row in rows if row.split("\t")[-1] == str(local_port(conn))]
+    closed = ctl("close_connection", pids[0], "Closed via rabbitmqctl") if pids else [None, rows]
     seen["close_connection"] = closed[0]
     try:
         conn.process_data_events(time_limit=10)
@@ -143,6 +154,7 @@ def ctl_app(url):
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
     ch.queue_declare("ctl-app", durable=True)
+    ch.confirm_delivery()
     ch.basic_publish("", "ctl-app", b"kept", pika.BasicProperties(delivery_mode=2))
     seen = {"await_startup": ctl("await_startup")}
     status, lines = ctl("stop_app")

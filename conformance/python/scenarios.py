@@ -605,7 +605,10 @@ def global_prefetch_fairness(url):
         conn.process_data_events(time_limit=0.1)
     per_queue = sorted(counts.values())
     conn.close()
-    return {"delivered": sum(per_queue), "every_queue_got_a_share": per_queue[0] >= 20}
+    # RabbitMQ wakes the queues waiting for credit in a shuffled order, so its shares are
+    # random (about a third each; below 20 of 100 once in some 300 runs): 10 tells a share
+    # from starvation, and is missed once in millions.
+    return {"delivered": sum(per_queue), "every_queue_got_a_share": per_queue[0] >= 10}
 
 
 @scenario

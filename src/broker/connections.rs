@@ -20,6 +20,15 @@ pub trait ConnectionControl: Send + Sync {
     fn info(&self) -> &Arc<ConnectionInfo>;
 }
 
+/// One AMQP listener closed for `stop_app` ([`Connections::listener_closing`]).
+pub struct ClosedListener<'a>(&'a watch::Sender<usize>);
+
+impl Drop for ClosedListener<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Live connections by id.
 pub struct Connections {
     live: DashMap<u64, Arc<dyn ConnectionControl>>,
@@ -30,6 +39,10 @@ pub struct Connections {
     /// connections are closed and refused) and `start_app` true again; the process, the
     /// store and the management listeners stay.
     app_running: watch::Sender<bool>,
+    /// AMQP listeners closed by `stop_app` and not yet open again: `start_app` answers once
+    /// this is back to 0, so that a client connecting as soon as `rabbitmqctl start_app`
+    /// returns is accepted, as by RabbitMQ (the Java client's test suite does just that).
+    listeners_closed: watch::Sender<usize>,
     /// Connections accepted at most.
     max_connections: usize,
     /// Connections the HTTP listeners may hold together: what the open-files limit leaves
@@ -110,6 +123,7 @@ impl Connections {
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             app_running: watch::Sender::new(true),
+            listeners_closed: watch::Sender::new(0),
             max_connections: share.amqp_connections,
             http_connections: share.http_connections,
             unopened: Default::default(),
@@ -202,6 +216,22 @@ impl Connections {
     /// Follows `stop_app` and `start_app`, for the listeners.
     pub fn watch_app(&self) -> watch::Receiver<bool> {
         self.app_running.subscribe()
+    }
+
+    /// A listener about to close for `stop_app`: counted as closed until the guard drops,
+    /// once it listens again (or gives up).
+    pub fn listener_closing(&self) -> ClosedListener<'_> {
+        self.listeners_closed.send_modify(|n| *n += 1);
+        ClosedListener(&self.listeners_closed)
+    }
+
+    /// Returns once every listener `stop_app` closed listens again. A listener that has not
+    /// yet seen a `stop_app` followed at once by `start_app` is not waited for: it sees
+    /// `start_app` too and keeps its socket.
+    pub async fn listening(&self) {
+        let mut closed = self.listeners_closed.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = closed.wait_for(|n| *n == 0).await;
     }
 
     pub fn unregister(&self, id: u64) {

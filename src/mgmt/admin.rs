@@ -137,6 +137,10 @@ async fn app_state(State(m): State<Arc<Mgmt>>) -> Response {
     .into_response()
 }
 
+/// How long `start_app` waits for the AMQP listeners to open again before it says they did
+/// not (they go on trying: another process may hold the port for a while).
+const LISTENERS_REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Deserialize)]
 struct AppRequest {
     running: bool,
@@ -149,6 +153,19 @@ async fn set_app_state(State(m): State<Arc<Mgmt>>, Json(req): Json<AppRequest>) 
     let connections = &m.broker.connections;
     if req.running {
         connections.start_app();
+        // As `rabbitmqctl start_app`, answer once clients can connect again.
+        if tokio::time::timeout(LISTENERS_REOPEN_WAIT, connections.listening())
+            .await
+            .is_err()
+        {
+            let reason = format!(
+                "the AMQP listeners are not open again after {} s (is another process holding the port?)",
+                LISTENERS_REOPEN_WAIT.as_secs()
+            );
+            tracing::warn!("start_app: {reason}");
+            let body = json!({"error": "listeners_closed", "reason": reason});
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+        }
         tracing::info!("start_app: accepting AMQP connections again");
     } else {
         connections.stop_app();
