@@ -70,9 +70,9 @@ struct Inner {
     store: Arc<Shared>,
     interval: Duration,
     stop: AtomicBool,
-    /// The most memory accounted at a check since freed memory was last released to the
-    /// system (`heap`).
-    peak_used_bytes: AtomicUsize,
+    /// The least the process held beyond the accounted memory, at a check since freed
+    /// memory was last released to the system (`heap`; see [`slack_to_release`]).
+    slack_floor_bytes: AtomicUsize,
     /// Wakes the monitor early (thresholds changed, or stop).
     wake: std::sync::Condvar,
     wake_lock: Mutex<bool>,
@@ -116,7 +116,7 @@ impl Alarms {
             store,
             interval: Duration::from_millis(interval_ms.max(10)),
             stop: AtomicBool::new(false),
-            peak_used_bytes: AtomicUsize::new(0),
+            slack_floor_bytes: AtomicUsize::new(usize::MAX),
             wake: std::sync::Condvar::new(),
             wake_lock: Mutex::new(false),
             over_budget: std::sync::OnceLock::new(),
@@ -207,6 +207,22 @@ fn monitor(inner: &Inner) {
     }
 }
 
+/// Whether enough freed memory is kept by the allocator to give it back: `slack` is what the
+/// process holds beyond the accounted memory (resident minus the gauge), and `floor` the
+/// least slack seen since the last release. Freed memory raises the slack, whether the
+/// accounted memory fell at a check or between two (a backlog paged out within a second
+/// was seen by no check, and its 80 MB stayed resident). Saying yes resets the floor, so
+/// that the next check measures it after the release: memory used but not accounted
+/// (queues, channels) asks for one release per `RELEASE_AFTER_FREED_BYTES` it grows.
+fn slack_to_release(floor: &AtomicUsize, slack: usize) -> bool {
+    let least = floor.fetch_min(slack, Ordering::Relaxed).min(slack);
+    if slack - least >= heap::RELEASE_AFTER_FREED_BYTES {
+        floor.store(usize::MAX, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
 /// Measures and raises or clears the alarms.
 fn check(inner: &Inner) {
     if inner.gauge.over_budget()
@@ -217,17 +233,15 @@ fn check(inner: &Inner) {
     let _checking = lock(&inner.checking);
     let t = *lock(&inner.thresholds);
     let used = inner.gauge.used();
-    let peak = inner
-        .peak_used_bytes
-        .fetch_max(used, Ordering::Relaxed)
-        .max(used);
-    if peak - used >= heap::RELEASE_AFTER_FREED_BYTES {
-        // Much was freed since (a backlog drained, a queue deleted): give it back.
-        inner.peak_used_bytes.store(used, Ordering::Relaxed);
-        heap::release_soon();
-    }
     let limit = memory_limit(t.memory);
     let mut rss = resident_bytes();
+    if let Some(r) = rss
+        && slack_to_release(&inner.slack_floor_bytes, (r as usize).saturating_sub(used))
+    {
+        // Much was freed and the allocator kept it (a backlog paged out or drained, a queue
+        // deleted): give it back.
+        heap::release_soon();
+    }
     if rss.is_some_and(|r| r > limit) && !inner.raised.borrow().memory {
         // Before blocking publishers, see whether the process holds that much or only the
         // allocator does, with memory freed and kept.
@@ -419,6 +433,26 @@ mod tests {
         alarms.set_disk_free_limit(DiskFreeLimit::Absolute(u64::MAX));
         assert_eq!(alarms.raised().reason(), "low on disk");
         alarms.stop();
+    }
+
+    #[test]
+    fn freed_memory_the_allocator_keeps_is_released_once_per_threshold_it_grows() {
+        const MIB: usize = 1 << 20;
+        let floor = AtomicUsize::new(usize::MAX);
+        // 10 MiB beyond what is accounted at start: the floor.
+        assert!(!slack_to_release(&floor, 10 * MIB));
+        // A backlog paged out between two checks: the gauge fell, the process kept the pages.
+        assert!(!slack_to_release(&floor, 41 * MIB));
+        assert!(slack_to_release(&floor, 42 * MIB));
+        // The release gave back 30 MiB: measured again from there.
+        assert!(!slack_to_release(&floor, 12 * MIB));
+        assert!(!slack_to_release(&floor, 43 * MIB));
+        // A release that gave nothing back (the memory is used, not accounted) is not asked
+        // for again until the slack has grown by the threshold once more.
+        assert!(slack_to_release(&floor, 44 * MIB));
+        assert!(!slack_to_release(&floor, 44 * MIB));
+        assert!(!slack_to_release(&floor, 75 * MIB));
+        assert!(slack_to_release(&floor, 76 * MIB));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!
 //! Returning them (`malloc_trim`) takes each arena's lock while it works, 10-20 ms for 60 MiB
 //! here, so it never runs on a runtime worker: it runs on a thread of its own, after large
-//! frees only (a queue paging out, or the memory monitor seeing the accounted memory fall by
-//! `RELEASE_AFTER_FREED_BYTES`), and at most once per `RELEASE_INTERVAL_MS`.
+//! frees only (a queue paging out, or the memory monitor seeing the process hold
+//! `RELEASE_AFTER_FREED_BYTES` more beyond the accounted memory than it did), and at most
+//! once per `RELEASE_INTERVAL_MS`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
