@@ -61,10 +61,13 @@ def ctl_lists(url):
     seen["exchanges"] = mine(ctl("-q", "list_exchanges", "name", "type"),
                              lambda l: l.split("\t")[0] in ("", "amq.direct", "amq.topic", "amq.fanout"))
     seen["bindings"] = mine(ctl("-q", "list_bindings"), lambda l: "ctl-" in l)
-    seen["users"] = ctl("-q", "list_users")
-    seen["permissions"] = ctl("-q", "list_permissions")
-    seen["policies"] = ctl("-q", "list_policies")
-    seen["vhosts"] = ctl("-q", "list_vhosts", "name")
+    # The default user and vhost, and this scenario's own: what other scenarios made and
+    # have not deleted yet is theirs.
+    ours = lambda l: l.split("\t")[0] in ("guest", "/") or "ctl-" in l  # noqa: E731
+    seen["users"] = mine(ctl("-q", "list_users"), ours)
+    seen["permissions"] = mine(ctl("-q", "list_permissions"), ours)
+    seen["policies"] = mine(ctl("-q", "list_policies"), lambda l: "ctl-" in l)
+    seen["vhosts"] = mine(ctl("-q", "list_vhosts", "name"), ours)
     status, lines = ctl("-q", "list_queues", "--no-table-headers")
     seen["no_headers"] = [status, sorted(l for l in lines if l.startswith("ctl-"))]
     seen["unknown_command"] = ctl("no_such_command")[0]
