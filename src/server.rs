@@ -218,6 +218,12 @@ async fn closed_until_started(
 ) -> Option<Listener> {
     // `start_app` answers once this is dropped, with the socket open again.
     let _closed = connections.listener_closing();
+    // A `start_app` since the loop saw the app stopped found the listener not yet counted
+    // and answered: keep the socket, so that its client is not refused. One after this
+    // finds it counted and waits.
+    if *app.borrow() {
+        return Some(listener);
+    }
     let closed = match listener.close() {
         Ok(closed) => closed,
         // Without its address the socket cannot be opened again: keep it, and refuse

@@ -73,6 +73,8 @@ struct Inner {
     /// The least the process held beyond the accounted memory, at a check since freed
     /// memory was last released to the system (`heap`; see [`slack_to_release`]).
     slack_floor_bytes: AtomicUsize,
+    /// The slack at the previous check: only what lasts two checks counts.
+    slack_last_bytes: AtomicUsize,
     /// Wakes the monitor early (thresholds changed, or stop).
     wake: std::sync::Condvar,
     wake_lock: Mutex<bool>,
@@ -117,6 +119,7 @@ impl Alarms {
             interval: Duration::from_millis(interval_ms.max(10)),
             stop: AtomicBool::new(false),
             slack_floor_bytes: AtomicUsize::new(usize::MAX),
+            slack_last_bytes: AtomicUsize::new(usize::MAX),
             wake: std::sync::Condvar::new(),
             wake_lock: Mutex::new(false),
             over_budget: std::sync::OnceLock::new(),
@@ -214,9 +217,15 @@ fn monitor(inner: &Inner) {
 /// was seen by no check, and its 80 MB stayed resident). Saying yes resets the floor, so
 /// that the next check measures it after the release: memory used but not accounted
 /// (queues, channels) asks for one release per `RELEASE_AFTER_FREED_BYTES` it grows.
-fn slack_to_release(floor: &AtomicUsize, slack: usize) -> bool {
-    let least = floor.fetch_min(slack, Ordering::Relaxed).min(slack);
-    if slack - least >= heap::RELEASE_AFTER_FREED_BYTES {
+///
+/// Only slack that lasts two checks counts (the lesser of this one and `last`): memory in
+/// use for a moment and accounted nowhere (a large management answer, connections coming
+/// and going) would otherwise ask for releases that give nothing back, and leave a floor
+/// so high that memory freed meanwhile was never released.
+fn slack_to_release(floor: &AtomicUsize, last: &AtomicUsize, slack: usize) -> bool {
+    let lasting = last.swap(slack, Ordering::Relaxed).min(slack);
+    let least = floor.fetch_min(lasting, Ordering::Relaxed).min(lasting);
+    if lasting - least >= heap::RELEASE_AFTER_FREED_BYTES {
         floor.store(usize::MAX, Ordering::Relaxed);
         return true;
     }
@@ -236,7 +245,11 @@ fn check(inner: &Inner) {
     let limit = memory_limit(t.memory);
     let mut rss = resident_bytes();
     if let Some(r) = rss
-        && slack_to_release(&inner.slack_floor_bytes, (r as usize).saturating_sub(used))
+        && slack_to_release(
+            &inner.slack_floor_bytes,
+            &inner.slack_last_bytes,
+            (r as usize).saturating_sub(used),
+        )
     {
         // Much was freed and the allocator kept it (a backlog paged out or drained, a queue
         // deleted): give it back.
@@ -438,21 +451,27 @@ mod tests {
     #[test]
     fn freed_memory_the_allocator_keeps_is_released_once_per_threshold_it_grows() {
         const MIB: usize = 1 << 20;
-        let floor = AtomicUsize::new(usize::MAX);
+        let (floor, last) = (AtomicUsize::new(usize::MAX), AtomicUsize::new(usize::MAX));
+        let check = |slack_mib: usize| slack_to_release(&floor, &last, slack_mib * MIB);
         // 10 MiB beyond what is accounted at start: the floor.
-        assert!(!slack_to_release(&floor, 10 * MIB));
-        // A backlog paged out between two checks: the gauge fell, the process kept the pages.
-        assert!(!slack_to_release(&floor, 41 * MIB));
-        assert!(slack_to_release(&floor, 42 * MIB));
+        assert!(!check(10));
+        // Memory in use at one check only (a large management answer) asks for nothing.
+        assert!(!check(42));
+        assert!(!check(10));
+        // A backlog paged out between two checks: the gauge fell, the process kept the
+        // pages, and still does at the next check.
+        assert!(!check(42));
+        assert!(check(42));
         // The release gave back 30 MiB: measured again from there.
-        assert!(!slack_to_release(&floor, 12 * MIB));
-        assert!(!slack_to_release(&floor, 43 * MIB));
+        assert!(!check(12));
+        assert!(!check(44));
+        assert!(check(44));
         // A release that gave nothing back (the memory is used, not accounted) is not asked
         // for again until the slack has grown by the threshold once more.
-        assert!(slack_to_release(&floor, 44 * MIB));
-        assert!(!slack_to_release(&floor, 44 * MIB));
-        assert!(!slack_to_release(&floor, 75 * MIB));
-        assert!(slack_to_release(&floor, 76 * MIB));
+        assert!(!check(44));
+        assert!(!check(75));
+        assert!(!check(76));
+        assert!(check(76));
     }
 
     #[test]

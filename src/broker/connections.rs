@@ -225,9 +225,9 @@ impl Connections {
         ClosedListener(&self.listeners_closed)
     }
 
-    /// Returns once every listener `stop_app` closed listens again. A listener that has not
-    /// yet seen a `stop_app` followed at once by `start_app` is not waited for: it sees
-    /// `start_app` too and keeps its socket.
+    /// Returns once every listener `stop_app` closed listens again. A listener not yet
+    /// counted is not waited for: it counts itself before it looks whether the app runs,
+    /// and keeps its socket if it does (`server::closed_until_started`).
     pub async fn listening(&self) {
         let mut closed = self.listeners_closed.subscribe();
         // The sender lives in `self`, so the wait cannot fail.

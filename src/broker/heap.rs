@@ -21,8 +21,8 @@ use std::time::Duration;
 /// At least this long between two releases: a burst of requests makes one more, after it.
 pub const RELEASE_INTERVAL_MS: u64 = 1000;
 
-/// The memory monitor asks for a release when the accounted memory has fallen this far below
-/// its highest reading since the last one.
+/// The memory monitor asks for a release when the process holds this much more beyond the
+/// accounted memory than it did after the last one (`alarms::slack_to_release`).
 pub const RELEASE_AFTER_FREED_BYTES: usize = 32 * 1024 * 1024;
 
 /// A release was asked for and has not started yet.
